@@ -1,0 +1,121 @@
+"""Every error leaves as RFC 9457 problem details; nothing internal reaches the client."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+_AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    kind: str | None = None,
+) -> ProblemDetailsException:
+    """A problem-details exception. ``kind`` becomes the ``type`` URI's last segment."""
+    title = _TITLES.get(status, "Error")
+    slug = kind or title.lower().replace(" ", "-")
+    extra: dict[str, Any] | None = {"errors": errors} if errors else None
+    return ProblemDetailsException(
+        status_code=status,
+        title=title,
+        detail=detail,
+        type_=f"https://tracecode.example/problems/{slug}",
+        extra=extra,
+    )
+
+
+def bad_input(field: str, message: str) -> ProblemDetailsException:
+    """400 naming one field (a JSON path such as ``events[3].at``)."""
+    return problem(
+        400,
+        f"{field}: {message}",
+        errors=[{"field": field, "message": message}],
+        kind="invalid-input",
+    )
+
+
+def _field_of(item: Any) -> tuple[str, str]:
+    message = str(item.get("message", "invalid")) if isinstance(item, dict) else str(item)
+    key = item.get("key") if isinstance(item, dict) else None
+    match = _AT_PATH.search(message)
+    if match:
+        message = message[: match.start()]
+        key = key or match.group(1)
+    return (str(key) if key else "body"), message
+
+
+def _from_validation(exc: ValidationException) -> ProblemDetailsException:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors = [dict(zip(("field", "message"), _field_of(item), strict=True)) for item in extra]
+    if not errors:
+        errors = [{"field": "body", "message": str(exc.detail)}]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem(400, detail, errors=errors, kind="invalid-input")
+
+
+def _from_http(exc: HTTPException) -> ProblemDetailsException:
+    if isinstance(exc, ValidationException):
+        return _from_validation(exc)
+    status = exc.status_code
+    detail = str(exc.detail) if exc.detail else _TITLES.get(status, "Error")
+    if status == 413:
+        detail = "the request body is larger than the service accepts"
+    return problem(status, detail)
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "the service failed to handle this request").to_response(request)
+
+
+def plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(exception_to_problem_detail_map={HTTPException: _from_http})
+    )
+
+
+exception_handlers = {Exception: _internal}
+
+
+def strict_body(data: Any, type_: type[T]) -> T:
+    """Convert a decoded JSON body to ``type_`` with strict types: "24" is not 24.
+
+    Litestar's own body validation coerces strings to numbers (it shares that code path
+    with query parameters), so handlers take the body with ``SkipValidation`` and call
+    this instead. Raises a 400 naming the first bad field.
+    """
+    try:
+        return msgspec.convert(data, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        field, message = _field_of({"message": str(exc)})
+        raise bad_input(field, message) from None

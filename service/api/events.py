@@ -1,0 +1,160 @@
+"""POST /v1/events: supply-chain scan events."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.exceptions import PermissionDeniedException
+from litestar.params import JSONBody, SkipValidation
+
+from service.api.auth import principal_of, requires
+from service.api.errors import bad_input, strict_body
+from service.core.auth import Role
+from service.core.codes import try_parse_code
+from service.core.events import (
+    INVALID_CODE,
+    MAX_CODES_PER_REQUEST,
+    REPEATED_CODE,
+    Incoming,
+    Rejection,
+    shape_errors,
+)
+from service.usecases.events import ingest
+
+OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+RawCode = Annotated[str, msgspec.Meta(max_length=200)]
+Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True, rename={"from_org": "from"}):
+    event_id: UUID
+    type: Literal["commission", "pack", "unpack", "ship", "receive", "dispense", "return", "destroy"]
+    at: Annotated[datetime, msgspec.Meta(tz=True)]
+    org: OrgId
+    codes: Annotated[list[RawCode], msgspec.Meta(min_length=1, max_length=MAX_CODES_PER_REQUEST)]
+    to: OrgId | None = None
+    from_org: OrgId | None = None
+    parent: RawCode | None = None
+    lot: Short | None = None
+    expiry: date | None = None
+    produced: date | None = None
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] | None = None
+    setl_id: Short | None = None
+    ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class EventsIn(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=MAX_CODES_PER_REQUEST)]
+
+
+class RejectedOut(msgspec.Struct):
+    event_id: UUID
+    code: str
+    reason: str
+
+
+class FlagRef(msgspec.Struct):
+    flag_id: str
+    kind: str
+    code: str
+
+
+class EventsOut(msgspec.Struct):
+    accepted: int  # codes taken
+    duplicates: int  # events already stored
+    rejected: list[RejectedOut]
+    flags: list[FlagRef]
+    accepted_events: int
+
+
+def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejection]]:
+    """Shape-check every event (a 400 names the first bad field) and put codes in
+    canonical form; codes that are not codes are rejected one by one."""
+    total = sum(len(e.codes) for e in batch.events)
+    if total > MAX_CODES_PER_REQUEST:
+        raise bad_input("events", f"{total} codes in one request; at most {MAX_CODES_PER_REQUEST}")
+    incoming: list[Incoming] = []
+    refused: list[Rejection] = []
+    for i, e in enumerate(batch.events):
+        errors = shape_errors(
+            type_=e.type,
+            at=e.at,
+            now=now,
+            to=e.to,
+            parent=e.parent,
+            lot=e.lot,
+            expiry=e.expiry,
+            quantity=e.quantity,
+            setl_id=e.setl_id,
+        )
+        if errors:
+            field, message = errors[0]
+            raise bad_input(f"events[{i}].{field}", message)
+        parent = None
+        if e.parent is not None:
+            parsed_parent = try_parse_code(e.parent)
+            if parsed_parent is None:
+                raise bad_input(f"events[{i}].parent", "is not a trace code or SSCC")
+            parent = parsed_parent.canonical
+        codes: list[str] = []
+        seen: set[str] = set()
+        for raw in e.codes:
+            parsed = try_parse_code(raw)
+            if parsed is None:
+                refused.append(Rejection(e.event_id, raw, INVALID_CODE))
+            elif parsed.canonical in seen:
+                refused.append(Rejection(e.event_id, parsed.canonical, REPEATED_CODE))
+            else:
+                seen.add(parsed.canonical)
+                codes.append(parsed.canonical)
+        incoming.append(
+            Incoming(
+                event_id=e.event_id,
+                type=e.type,
+                at=e.at.astimezone(UTC),
+                org=e.org,
+                codes=tuple(codes),
+                to=e.to,
+                from_org=e.from_org,
+                parent=parent,
+                lot=e.lot,
+                expiry=e.expiry,
+                produced=e.produced,
+                quantity=e.quantity,
+                setl_id=e.setl_id,
+                ref=e.ref,
+            )
+        )
+    return incoming, refused
+
+
+class EventsController(Controller):
+    path = "/v1/events"
+    tags = ["events"]
+    guards = [requires(Role.ORG)]
+
+    @post("/", status_code=200)
+    async def submit(
+        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[EventsIn]]
+    ) -> EventsOut:
+        """Store a batch of scan events; each code is taken or rejected on its own."""
+        data = strict_body(data, EventsIn)
+        principal = principal_of(request)
+        for i, e in enumerate(data.events):
+            if not principal.may_act_for(e.org):
+                raise PermissionDeniedException(
+                    f"events[{i}].org: this key acts only for organisation {principal.org}"
+                )
+        incoming, refused = _parse(data, datetime.now(UTC))
+        result = await ingest(request.app.state.pool, incoming, refused)
+        return EventsOut(
+            accepted=result.accepted_codes,
+            duplicates=result.duplicates,
+            rejected=[RejectedOut(r.event_id, r.code, r.reason) for r in result.rejected],
+            flags=[],
+            accepted_events=result.accepted_events,
+        )

@@ -1,0 +1,85 @@
+"""The application factory: wiring only (routes, plugins, lifespan)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from service import metrics
+from service.api import errors
+from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware
+from service.api.codes import CodesController
+from service.api.events import EventsController
+from service.api.health import HealthController
+from service.api.registry import RegistryController
+from service.config import Settings
+from service.store.db import create_pool
+
+log = logging.getLogger(__name__)
+
+
+async def _watch_pool(app: Litestar) -> None:
+    pool = app.state.pool
+    while True:
+        size = pool.get_size()
+        metrics.DB_POOL_SIZE.set(size)
+        metrics.DB_POOL_IN_USE.set(size - pool.get_idle_size())
+        await asyncio.sleep(1)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.database_url:
+        raise RuntimeError("TRACE_DATABASE_URL is not set (tracecode serve sets it)")
+    app.state.pool = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+    watcher = asyncio.create_task(_watch_pool(app))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if app.state.redis is not None:
+            await app.state.redis.aclose()
+        await app.state.pool.close()
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the ASGI app. Settings default to the environment."""
+    settings = settings or Settings.from_env()
+    prometheus = PrometheusConfig(
+        app_name="tracecode", prefix="tracecode", group_path=True, exclude=["/metrics"]
+    )
+    auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in PUBLIC_PATHS])
+    config = AppConfig(
+        route_handlers=[
+            HealthController,
+            PrometheusController,
+            RegistryController,
+            EventsController,
+            CodesController,
+        ],
+        middleware=[prometheus.middleware, auth],
+        plugins=[errors.plugin()],
+        exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
+        lifespan=[_lifespan],
+        openapi_config=OpenAPIConfig(title="Trace-code settlement service", version="1.0.0", path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+    app = Litestar.from_config(config)
+    app.state.settings = settings
+    return app

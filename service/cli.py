@@ -1,0 +1,167 @@
+"""The ``tracecode`` command: serve, migrate, and manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from dataclasses import replace
+
+from service.config import Settings
+
+log = logging.getLogger("tracecode")
+
+
+def resolve_servers(settings: Settings, *, need_redis: bool = True) -> Settings:
+    """Start the embedded PostgreSQL (and Valkey) when no URL is configured, and publish
+    the URLs in the environment so worker processes use the same servers."""
+    from service import embedded
+
+    if not settings.database_url:
+        url = embedded.start_postgres(settings.data_dir)
+        log.info("embedded PostgreSQL in %s", settings.data_dir / "postgres")
+        settings = replace(settings, database_url=url)
+        os.environ["TRACE_DATABASE_URL"] = url
+    if need_redis and not settings.redis_url:
+        url = embedded.start_redis(settings.data_dir / "valkey")
+        log.info("embedded Valkey in %s", settings.data_dir / "valkey")
+        settings = replace(settings, redis_url=url)
+        os.environ["TRACE_REDIS_URL"] = url
+    return settings
+
+
+async def _migrate(url: str) -> list[str]:
+    import asyncpg
+
+    from service.store.migrations import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    settings = resolve_servers(settings, need_redis=False)
+    assert settings.database_url
+    applied = asyncio.run(_migrate(settings.database_url))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = resolve_servers(settings)
+    assert settings.database_url
+    applied = asyncio.run(_migrate(settings.database_url))
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+    workers = args.workers or settings.workers
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # each worker writes its metrics here; /metrics adds them up
+        metrics_dir = settings.data_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(f"tracecode serving on http://{host}:{port} ({workers} worker(s))", flush=True)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+async def _create_key(url: str, role: str, org: str | None) -> tuple[str, str]:
+    import asyncpg
+
+    from service.core.auth import Role, new_key, token_hash
+    from service.store import registry
+    from service.store.migrations import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        if org is not None and await registry.get_org(conn, org) is None:
+            raise SystemExit(f"unknown organisation {org}; register it first (POST /v1/orgs)")
+        key_id, secret = new_key()
+        await registry.insert_key(conn, key_id, token_hash(secret), Role(role), org)
+        return key_id, secret
+    finally:
+        await conn.close()
+
+
+async def _revoke_key(url: str, key_id: str) -> bool:
+    import asyncpg
+
+    from service.store import registry
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await registry.revoke_key(conn, key_id) is not None
+    finally:
+        await conn.close()
+
+
+def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
+    if (args.role == "org") != (args.org is not None):
+        print("an org key needs --org; other roles take none", file=sys.stderr)
+        return 2
+    settings = resolve_servers(settings, need_redis=False)
+    assert settings.database_url
+    key_id, secret = asyncio.run(_create_key(settings.database_url, args.role, args.org))
+    print(f"key {key_id} created (role {args.role}); the secret below is shown only once:")
+    print(secret)
+    return 0
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    settings = resolve_servers(settings, need_redis=False)
+    assert settings.database_url
+    if not asyncio.run(_revoke_key(settings.database_url, args.key_id)):
+        print(f"no key {args.key_id}", file=sys.stderr)
+        return 1
+    print(f"key {args.key_id} revoked")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tracecode", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service (starts embedded servers if needed)")
+    serve.add_argument("--host", default=None, help="bind address (TRACE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (TRACE_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (TRACE_WORKERS)")
+    serve.set_defaults(run=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
+    key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)
+    create = key.add_parser("create", help="create a key; its secret is the last line printed")
+    create.add_argument("--role", required=True, choices=["org", "insurer", "investigator", "admin"])
+    create.add_argument("--org", default=None, help="the organisation of an org key")
+    create.set_defaults(run=cmd_key_create)
+    revoke = key.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=cmd_key_revoke)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.run(Settings.from_env(), args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Configuration, read once from the environment (``TRACE_*`` variables)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be told from outside.
+
+    ``database_url`` / ``redis_url`` left empty mean "start a private embedded server in
+    ``data_dir``".
+    """
+
+    database_url: str | None
+    redis_url: str | None
+    data_dir: Path
+    host: str
+    port: int
+    workers: int
+    db_pool_min: int
+    db_pool_max: int
+    max_body_bytes: int
+    psn_secret: bytes
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = os.environ.get("TRACE_DATA_DIR") or platformdirs.user_data_dir("tracecode")
+        return cls(
+            database_url=os.environ.get("TRACE_DATABASE_URL") or None,
+            redis_url=os.environ.get("TRACE_REDIS_URL") or None,
+            data_dir=Path(data_dir).expanduser(),
+            host=os.environ.get("TRACE_HOST", "127.0.0.1"),
+            port=_int("TRACE_PORT", 8000),
+            workers=_int("TRACE_WORKERS", 1),
+            db_pool_min=_int("TRACE_DB_POOL_MIN", 2),
+            db_pool_max=_int("TRACE_DB_POOL_MAX", 10),
+            max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024),
+            psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
+            log_level=os.environ.get("TRACE_LOG_LEVEL", "info"),
+        )

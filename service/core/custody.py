@@ -1,0 +1,253 @@
+"""Custody and state of codes as a fold of their events in event-time order.
+
+The truth about a code is its events sorted by event time. :class:`World` applies
+facts one by one to a set of code states; containers carry their contents, to any
+depth. Folding the same facts from empty states in :func:`sort_key` order gives the
+same result whatever order they arrived in; that is what makes late uploads converge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from uuid import UUID
+
+from service.core.codes import parse_code
+
+# Same-instant events are ordered by what must logically come first.
+TYPE_RANK = {
+    "commission": 0,
+    "pack": 1,
+    "unpack": 2,
+    "ship": 3,
+    "receive": 4,
+    "dispense": 5,
+    "return": 6,
+    "destroy": 7,
+}
+EVENT_TYPES = tuple(TYPE_RANK)
+EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+
+# Custody states (what the fold decides). "dispensed" is not one of them: it is read
+# from units_left, which sales change (see display_state).
+UNKNOWN = "unknown"  # activity seen, but never commissioned
+COMMISSIONED = "commissioned"
+IN_TRANSIT = "in_transit"
+RECEIVED = "received"
+DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """An accepted event, restricted to the codes it was accepted for."""
+
+    event_id: UUID
+    type: str
+    at: datetime
+    org: str
+    codes: tuple[str, ...]
+    to: str | None = None
+    parent: str | None = None
+    lot: str | None = None
+    expiry: date | None = None
+    produced: date | None = None
+
+
+def sort_key(fact: Fact) -> tuple[datetime, int, UUID]:
+    return (fact.at, TYPE_RANK[fact.type], fact.event_id)
+
+
+@dataclass(slots=True)
+class CodeState:
+    code: str
+    kind: str  # cn20 | gs1 | sscc
+    product_id: str | None
+    last_at: datetime
+    state: str = UNKNOWN
+    commissioned: bool = False
+    commissioned_by: str | None = None
+    commission_event: UUID | None = None
+    lot: str | None = None
+    expiry: date | None = None
+    produced: date | None = None
+    parent: str | None = None
+    custodian: str | None = None
+    destination: str | None = None
+    pack_units: int | None = None
+    units_left: int | None = None
+    recalled: bool = False
+
+    def custody(self) -> tuple[object, ...]:
+        """The part of the state that the fold decides (for comparing folds)."""
+        return (
+            self.state,
+            self.commissioned,
+            self.commissioned_by,
+            self.commission_event,
+            self.lot,
+            self.expiry,
+            self.produced,
+            self.parent,
+            self.custodian,
+            self.destination,
+            self.last_at,
+        )
+
+
+def kind_of(code: str) -> str:
+    """The kind of a canonical code."""
+    return parse_code(code).kind.value
+
+
+def product_of(code: str) -> str | None:
+    """The product identifier a canonical code names (None for an SSCC)."""
+    return parse_code(code).product_id
+
+
+def display_state(s: CodeState) -> str:
+    """The state shown to clients: recalls and sales are read on top of custody."""
+    if s.state == DESTROYED:
+        return DESTROYED
+    if s.recalled:
+        return "recalled"
+    if s.units_left == 0:
+        return "dispensed"
+    return s.state
+
+
+def blank(code: str, at: datetime) -> CodeState:
+    return CodeState(code=code, kind=kind_of(code), product_id=product_of(code), last_at=at)
+
+
+@dataclass(slots=True)
+class World:
+    """A set of code states that facts are applied to, in sort_key order.
+
+    ``pack_units`` gives the units of a newly commissioned pack by product id;
+    ``applied`` records, per code, the facts that reached it and through which
+    container (None when the fact named the code itself).
+    """
+
+    states: dict[str, CodeState]
+    pack_units: Mapping[str, int] = field(default_factory=dict)
+    children: dict[str, set[str]] = field(default_factory=dict)
+    applied: dict[str, list[tuple[Fact, str | None]]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    record: bool = False
+
+    def __post_init__(self) -> None:
+        for s in self.states.values():
+            if s.parent is not None:
+                self.children.setdefault(s.parent, set()).add(s.code)
+
+    def get(self, code: str, at: datetime) -> CodeState:
+        s = self.states.get(code)
+        if s is None:
+            s = self.states[code] = blank(code, at)
+        return s
+
+    def subtree(self, code: str) -> Iterator[tuple[str, str | None]]:
+        """The code and everything inside it now, each with the top container it came through."""
+        yield code, None
+        seen = {code}
+        stack = list(self.children.get(code, ()))
+        while stack:
+            child = stack.pop()
+            if child in seen:  # a malformed cycle must not loop forever
+                continue
+            seen.add(child)
+            yield child, code
+            stack.extend(self.children.get(child, ()))
+
+    def _touch(self, s: CodeState, fact: Fact, via: str | None) -> None:
+        if fact.at > s.last_at:
+            s.last_at = fact.at
+        self.changed.add(s.code)
+        if self.record:
+            self.applied.setdefault(s.code, []).append((fact, via))
+
+    def _detach(self, s: CodeState) -> None:
+        if s.parent is not None:
+            self.children.get(s.parent, set()).discard(s.code)
+            s.parent = None
+
+    def apply(self, fact: Fact) -> None:
+        kind = fact.type
+        if kind in ("pack", "unpack"):
+            assert fact.parent is not None
+            container = self.get(fact.parent, fact.at)
+            if kind == "pack" and container.kind == "sscc" and not container.commissioned:
+                # an SSCC comes into existence at its first pack, held by the packer
+                container.commissioned = True
+                container.commissioned_by = fact.org
+                container.commission_event = fact.event_id
+                container.state = COMMISSIONED
+                container.custodian = fact.org
+            self._touch(container, fact, None)
+        for code in fact.codes:
+            s = self.get(code, fact.at)
+            if kind == "commission":
+                self._commission(s, fact)
+            elif kind == "pack":
+                assert fact.parent is not None
+                self._detach(s)
+                s.parent = fact.parent
+                self.children.setdefault(fact.parent, set()).add(code)
+            elif kind == "unpack":
+                if s.parent == fact.parent:
+                    self._detach(s)
+            if kind in ("ship", "receive", "destroy"):
+                for inner, via in self.subtree(code):
+                    t = self.get(inner, fact.at)
+                    self._move(t, fact)
+                    self._touch(t, fact, via)
+            else:
+                self._touch(s, fact, None)
+
+    def _commission(self, s: CodeState, fact: Fact) -> None:
+        s.commissioned = True
+        s.commissioned_by = fact.org
+        s.commission_event = fact.event_id
+        s.lot, s.expiry, s.produced = fact.lot, fact.expiry, fact.produced
+        if s.state == UNKNOWN:
+            s.state = COMMISSIONED
+            s.custodian = fact.org
+        if s.pack_units is None and s.product_id is not None:
+            units = self.pack_units.get(s.product_id)
+            if units is not None:
+                s.pack_units = units
+                s.units_left = units
+
+    @staticmethod
+    def _move(s: CodeState, fact: Fact) -> None:
+        if fact.type == "ship":
+            s.state = IN_TRANSIT
+            s.destination = fact.to
+        elif fact.type == "receive":
+            s.state = RECEIVED
+            s.custodian = fact.org
+            s.destination = None
+        elif fact.type == "destroy":
+            s.state = DESTROYED
+
+    def apply_all(self, facts: Iterable[Fact]) -> None:
+        for fact in sorted(facts, key=sort_key):
+            self.apply(fact)
+
+
+def replay(
+    facts: Iterable[Fact],
+    keep: Mapping[str, CodeState],
+    pack_units: Mapping[str, int],
+    *,
+    record: bool = False,
+) -> World:
+    """Fold ``facts`` from nothing. What sales and recalls decided (pack_units,
+    units_left, recalled) is carried over from ``keep``, the stored states."""
+    world = World(states={}, pack_units=pack_units, record=record)
+    for code, old in keep.items():
+        s = world.get(code, EPOCH)
+        s.pack_units, s.units_left, s.recalled = old.pack_units, old.units_left, old.recalled
+    world.apply_all(facts)
+    return world

@@ -1,0 +1,180 @@
+"""Supply-chain events: what each type needs, and which codes of an event are taken.
+
+Pure rules over plain values; the use case in ``service/usecases/events.py`` loads the
+inputs and stores the outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from service.core.custody import CodeState, Fact, product_of
+
+MAX_CODES_PER_REQUEST = 10_000
+MAX_FUTURE = timedelta(minutes=10)
+
+# Rejection reasons for single codes of an event (API.md lists the first four; the
+# rest name the other reasons a code cannot be taken).
+INVALID_CODE = "INVALID_CODE"
+UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
+NOT_MANUFACTURER = "NOT_MANUFACTURER"
+COMMISSION_CONFLICT = "COMMISSION_CONFLICT"
+UNKNOWN_ORG = "UNKNOWN_ORG"
+NOT_A_CONTAINER = "NOT_A_CONTAINER"
+REPEATED_CODE = "REPEATED_CODE"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One event of a request, shape-checked, codes already in canonical form."""
+
+    event_id: UUID
+    type: str
+    at: datetime
+    org: str
+    codes: tuple[str, ...]
+    to: str | None = None
+    from_org: str | None = None
+    parent: str | None = None
+    lot: str | None = None
+    expiry: date | None = None
+    produced: date | None = None
+    quantity: int | None = None
+    setl_id: str | None = None
+    ref: str | None = None
+
+    def fact(self, codes: tuple[str, ...]) -> Fact:
+        return Fact(
+            event_id=self.event_id,
+            type=self.type,
+            at=self.at,
+            org=self.org,
+            codes=codes,
+            to=self.to,
+            parent=self.parent,
+            lot=self.lot,
+            expiry=self.expiry,
+            produced=self.produced,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    event_id: UUID
+    code: str
+    reason: str
+
+
+def shape_errors(
+    *,
+    type_: str,
+    at: datetime,
+    now: datetime,
+    to: str | None,
+    parent: str | None,
+    lot: str | None,
+    expiry: date | None,
+    quantity: int | None,
+    setl_id: str | None,
+) -> list[tuple[str, str]]:
+    """Field problems that make the whole request a 400: (field, message) pairs."""
+    errors: list[tuple[str, str]] = []
+    if at.tzinfo is None:
+        errors.append(("at", "must carry a UTC offset (RFC 3339)"))
+    elif at > now + MAX_FUTURE:
+        errors.append(("at", "is more than 10 minutes in the future"))
+    if type_ == "commission":
+        if not lot:
+            errors.append(("lot", "a commission needs the lot"))
+        if expiry is None:
+            errors.append(("expiry", "a commission needs the expiry date"))
+    if type_ in ("pack", "unpack") and not parent:
+        errors.append(("parent", f"a {type_} needs the container code"))
+    if type_ != "ship" and to is not None:
+        errors.append(("to", "only a ship names a destination"))
+    if type_ == "ship" and not to:
+        errors.append(("to", "a ship needs the destination organisation"))
+    if type_ not in ("pack", "unpack") and parent is not None:
+        errors.append(("parent", "only pack and unpack name a container"))
+    if quantity is not None and type_ != "dispense":
+        errors.append(("quantity", "only a dispense carries a quantity"))
+    if setl_id is not None and type_ not in ("dispense", "return"):
+        errors.append(("setl_id", "only a dispense or return carries a settlement id"))
+    return errors
+
+
+def judge(
+    events: list[Incoming],
+    states: Mapping[str, CodeState],
+    products: Mapping[str, Mapping[str, Any]],
+    orgs: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[Fact], list[Rejection]]:
+    """Decide, code by code, what each event may take. Returns the facts (events cut
+    down to their accepted codes; events left with none are dropped) and the rejections."""
+    facts: list[Fact] = []
+    rejected: list[Rejection] = []
+    # commissions seen earlier in this same request, so two in one batch conflict too
+    commissioned: dict[str, tuple[object, ...]] = {}
+    for event in events:
+        reason = _event_reason(event, products, orgs)
+        taken: list[str] = []
+        for code in event.codes:
+            why = reason or _code_reason(event, code, states, products, commissioned)
+            if why:
+                rejected.append(Rejection(event.event_id, code, why))
+            else:
+                taken.append(code)
+        if taken:
+            facts.append(event.fact(tuple(taken)))
+    return facts, rejected
+
+
+def _event_reason(
+    event: Incoming,
+    products: Mapping[str, Mapping[str, Any]],
+    orgs: Mapping[str, Mapping[str, Any]],
+) -> str | None:
+    """A reason that refuses every code of the event, or None."""
+    for org in (event.org, event.to, event.from_org):
+        if org is not None and org not in orgs:
+            return UNKNOWN_ORG
+    if event.type == "commission" and orgs[event.org]["kind"] != "manufacturer":
+        return NOT_MANUFACTURER
+    if event.type == "pack" and event.parent is not None:
+        product = products.get(product_of(event.parent) or "")
+        if product is not None and product["level"] == "unit":
+            return NOT_A_CONTAINER
+    return None
+
+
+def _code_reason(
+    event: Incoming,
+    code: str,
+    states: Mapping[str, CodeState],
+    products: Mapping[str, Mapping[str, Any]],
+    commissioned: dict[str, tuple[object, ...]],
+) -> str | None:
+    if event.type in ("pack", "unpack") and code == event.parent:
+        return NOT_A_CONTAINER
+    if event.type != "commission":
+        return None
+    product_id = product_of(code)
+    product = products.get(product_id) if product_id else None
+    if product is None:
+        return UNKNOWN_PRODUCT
+    if product["manufacturer"] != event.org:
+        return NOT_MANUFACTURER
+    wanted = (event.org, event.lot, event.expiry, event.produced)
+    earlier = commissioned.get(code)
+    if earlier is None:
+        state = states.get(code)
+        if state is not None and state.commissioned:
+            earlier = (state.commissioned_by, state.lot, state.expiry, state.produced)
+    if earlier is not None and earlier != wanted:
+        return COMMISSION_CONFLICT
+    commissioned[code] = wanted
+    return None

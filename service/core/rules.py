@@ -1,0 +1,69 @@
+"""Whether settling one code at one organisation now would be payable (the code-level
+rows of API.md's reason table). Settlement adds the line-level rules on top."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
+
+MISSING_CODES = "MISSING_CODES"
+QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
+INVALID_CODE = "INVALID_CODE"
+UNKNOWN_CODE = "UNKNOWN_CODE"
+PRODUCT_MISMATCH = "PRODUCT_MISMATCH"
+NOT_IN_CUSTODY = "NOT_IN_CUSTODY"
+ALREADY_SETTLED = "ALREADY_SETTLED"
+EXPIRED = "EXPIRED"
+RECALLED = "RECALLED"
+DESTROYED_REASON = "DESTROYED"
+OUT_OF_REGION = "OUT_OF_REGION"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    reason: str
+    detail: str
+
+
+def holds(state: CodeState, org: str) -> bool:
+    """The organisation holds the pack: it received it and has not sent it on, or the
+    pack is on its way to it (its receive scan may simply not be uploaded yet)."""
+    if state.state == IN_TRANSIT:
+        return state.destination == org
+    return state.custodian == org
+
+
+def in_region(regions: list[str], region: str) -> bool:
+    return not regions or any(region.startswith(prefix) for prefix in regions)
+
+
+def code_reasons(
+    code: str,
+    state: CodeState | None,
+    product: Mapping[str, Any] | None,
+    org: Mapping[str, Any],
+    today: date,
+) -> list[Reason]:
+    """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would)."""
+    if state is None or not state.commissioned or product is None:
+        return [Reason(code, UNKNOWN_CODE, "this code was never commissioned")]
+    reasons: list[Reason] = []
+    if state.state == DESTROYED:
+        reasons.append(Reason(code, DESTROYED_REASON, "the pack was destroyed"))
+    if state.recalled:
+        reasons.append(Reason(code, RECALLED, f"lot {state.lot} is recalled"))
+    if state.expiry is not None and state.expiry < today:
+        reasons.append(Reason(code, EXPIRED, f"expired on {state.expiry.isoformat()}"))
+    if state.units_left is not None and state.units_left <= 0:
+        reasons.append(Reason(code, ALREADY_SETTLED, "no units are left in this pack"))
+    if not holds(state, org["id"]):
+        where = state.destination if state.state == IN_TRANSIT else state.custodian
+        reasons.append(Reason(code, NOT_IN_CUSTODY, f"the pack is held by {where}"))
+    if not in_region(list(product["regions"]), org["region"]):
+        reasons.append(Reason(code, OUT_OF_REGION, f"may not be sold in region {org['region']}"))
+    return reasons

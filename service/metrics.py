@@ -1,0 +1,21 @@
+"""Service metrics beyond the per-route request rate and latency that Litestar's
+Prometheus middleware records. Multi-process aware through PROMETHEUS_MULTIPROC_DIR."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS = Counter("tracecode_events_total", "Events accepted, by type", ["type"])
+EVENT_DUPLICATES = Counter("tracecode_event_duplicates_total", "Events already stored (retries)")
+CODES_ACCEPTED = Counter("tracecode_event_codes_total", "Codes accepted in events, by type", ["type"])
+CODES_REJECTED = Counter("tracecode_codes_rejected_total", "Codes rejected, by reason", ["reason"])
+REPLAYS = Counter(
+    "tracecode_replays_total",
+    "Ingest batches that arrived out of event-time order and were replayed",
+)
+DB_POOL_SIZE = Gauge(
+    "tracecode_db_pool_connections", "Open database connections", multiprocess_mode="livesum"
+)
+DB_POOL_IN_USE = Gauge(
+    "tracecode_db_pool_in_use", "Database connections checked out", multiprocess_mode="livesum"
+)

@@ -1,0 +1,160 @@
+"""SQL for per-code state: locking, reading and writing ``codes`` rows, and walking
+containers (``containment``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import asyncpg
+
+from service.core.custody import CodeState
+
+_COLUMNS = (
+    "code",
+    "kind",
+    "product_id",
+    "commissioned",
+    "commissioned_by",
+    "commission_event",
+    "lot",
+    "expiry",
+    "produced",
+    "parent",
+    "state",
+    "custodian",
+    "destination",
+    "pack_units",
+    "units_left",
+    "recalled",
+    "last_at",
+)
+_TYPES = (
+    "text",
+    "text",
+    "text",
+    "bool",
+    "text",
+    "uuid",
+    "text",
+    "date",
+    "date",
+    "text",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "int4",
+    "bool",
+    "timestamptz",
+)
+_SELECT = ", ".join(_COLUMNS)
+
+
+def _state(row: asyncpg.Record) -> CodeState:
+    return CodeState(**{c: row[c] for c in _COLUMNS})
+
+
+async def lock(conn: asyncpg.Connection, codes: Iterable[str]) -> dict[str, CodeState]:
+    """Lock the existing rows of ``codes`` for this transaction, in code order (every
+    writer locks in that order, so two writers cannot deadlock), and return them."""
+    rows = await conn.fetch(
+        f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE",  # noqa: S608
+        list(codes),
+    )
+    return {r["code"]: _state(r) for r in rows}
+
+
+async def read(conn: asyncpg.Connection, codes: Iterable[str]) -> dict[str, CodeState]:
+    rows = await conn.fetch(
+        f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
+        list(codes),
+    )
+    return {r["code"]: _state(r) for r in rows}
+
+
+async def read_one(conn: asyncpg.Connection, code: str) -> CodeState | None:
+    row = await conn.fetchrow(f"SELECT {_SELECT} FROM codes WHERE code = $1", code)  # noqa: S608
+    return _state(row) if row else None
+
+
+async def descendants_ever(conn: asyncpg.Connection, codes: Iterable[str]) -> list[str]:
+    """Every code that was ever packed, at any depth, inside one of ``codes``."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE d(code) AS (
+               SELECT child FROM containment WHERE parent = ANY($1::text[])
+               UNION
+               SELECT c.child FROM containment c JOIN d ON c.parent = d.code)
+           SELECT code FROM d""",
+        list(codes),
+    )
+    return [r["code"] for r in rows]
+
+
+async def ancestors_ever(conn: asyncpg.Connection, codes: Iterable[str]) -> list[str]:
+    """Every container that ever held one of ``codes``, at any depth."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE a(code) AS (
+               SELECT parent FROM containment WHERE child = ANY($1::text[])
+               UNION
+               SELECT c.parent FROM containment c JOIN a ON c.child = a.code)
+           SELECT code FROM a""",
+        list(codes),
+    )
+    return [r["code"] for r in rows]
+
+
+async def contents(conn: asyncpg.Connection, code: str) -> list[str]:
+    rows = await conn.fetch("SELECT code FROM codes WHERE parent = $1 ORDER BY code", code)
+    return [r["code"] for r in rows]
+
+
+class CreatedConcurrently(Exception):
+    """Another transaction created a code row this one meant to create; retry."""
+
+
+async def insert_new(conn: asyncpg.Connection, states: Iterable[CodeState]) -> None:
+    """Insert rows for codes seen for the first time. If any already exists (a
+    concurrent request created it after this one looked), raise CreatedConcurrently so
+    the whole transaction runs again, this time locking the row."""
+    rows = list(states)
+    if not rows:
+        return
+    columns = [[getattr(s, c) for s in rows] for c in _COLUMNS]
+    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
+    inserted = await conn.fetchval(
+        f"""WITH ins AS (
+                INSERT INTO codes ({_SELECT}) SELECT * FROM unnest({params})
+                ON CONFLICT (code) DO NOTHING RETURNING 1)
+            SELECT count(*) FROM ins""",  # noqa: S608
+        *columns,
+    )
+    if inserted != len(rows):
+        raise CreatedConcurrently
+
+
+async def update(conn: asyncpg.Connection, states: Iterable[CodeState]) -> None:
+    """Replace the state of rows this transaction has locked, in one statement."""
+    rows = list(states)
+    if not rows:
+        return
+    columns = [[getattr(s, c) for s in rows] for c in _COLUMNS]
+    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
+    sets = ", ".join(f"{c} = n.{c}" for c in _COLUMNS[1:])
+    await conn.execute(
+        f"""UPDATE codes SET {sets}, updated_at = now()
+            FROM unnest({params}) AS n({_SELECT})
+            WHERE codes.code = n.code""",  # noqa: S608
+        *columns,
+    )
+
+
+async def add_containment(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> None:
+    pairs = list(pairs)
+    if not pairs:
+        return
+    await conn.execute(
+        """INSERT INTO containment (parent, child)
+           SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING""",
+        [p for p, _ in pairs],
+        [c for _, c in pairs],
+    )

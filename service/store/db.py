@@ -1,0 +1,56 @@
+"""Connection pool set-up and the retry rule for transactions that lost a race."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+import asyncpg
+
+from service.store.codes import CreatedConcurrently
+
+T = TypeVar("T")
+
+# Lost races that are safe to run again from the start: nothing of the failed attempt
+# was committed.
+RETRYABLE: tuple[type[Exception], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    CreatedConcurrently,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections decode jsonb to Python values."""
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=60,
+        statement_cache_size=1024,
+    )
+    assert pool is not None
+    return pool
+
+
+async def with_retry(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 5
+) -> T:
+    """Run ``work(conn)`` in one transaction; run it again if it deadlocked or lost a
+    serialization race (each attempt starts clean)."""
+    for attempt in range(attempts):
+        async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    # the pool hands out a proxy that behaves as the connection
+                    return await work(cast(asyncpg.Connection, conn))
+            except RETRYABLE:
+                if attempt == attempts - 1:
+                    raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,96 @@
+"""SQL for organisations, products and API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service.core.auth import Principal, Role
+
+ORG_FIELDS = ("id", "name", "kind", "region")
+PRODUCT_FIELDS = (
+    "product_id",
+    "name",
+    "med_list_codg",
+    "pack_units",
+    "manufacturer",
+    "level",
+    "contains",
+    "regions",
+    "trace_exempt",
+)
+
+
+async def insert_org(conn: asyncpg.Connection, org: dict[str, Any]) -> dict[str, Any] | None:
+    """Insert; return None if the id exists already (the existing row is then read with
+    :func:`get_org`)."""
+    row = await conn.fetchrow(
+        """INSERT INTO orgs (id, name, kind, region) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (id) DO NOTHING RETURNING id, name, kind, region""",
+        org["id"],
+        org["name"],
+        org["kind"],
+        org["region"],
+    )
+    return dict(row) if row else None
+
+
+async def get_org(conn: asyncpg.Connection, org_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT id, name, kind, region FROM orgs WHERE id = $1", org_id)
+    return dict(row) if row else None
+
+
+async def get_orgs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch("SELECT id, name, kind, region FROM orgs WHERE id = ANY($1::text[])", ids)
+    return {r["id"]: dict(r) for r in rows}
+
+
+async def insert_product(conn: asyncpg.Connection, product: dict[str, Any]) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"""INSERT INTO products ({", ".join(PRODUCT_FIELDS)})
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (product_id) DO NOTHING RETURNING {", ".join(PRODUCT_FIELDS)}""",  # noqa: S608
+        *(product[f] for f in PRODUCT_FIELDS),
+    )
+    return dict(row) if row else None
+
+
+async def get_products(conn: asyncpg.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {', '.join(PRODUCT_FIELDS)} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
+        ids,
+    )
+    return {r["product_id"]: dict(r) for r in rows}
+
+
+async def insert_key(
+    conn: asyncpg.Connection, key_id: str, secret_hash: bytes, role: Role, org: str | None
+) -> None:
+    await conn.execute(
+        "INSERT INTO api_keys (key_id, secret_hash, role, org) VALUES ($1, $2, $3, $4)",
+        key_id,
+        secret_hash,
+        role.value,
+        org,
+    )
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: str) -> datetime | None:
+    """Revoke (idempotent); return when it was revoked, or None for an unknown key."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+           WHERE key_id = $1 RETURNING revoked_at""",
+        key_id,
+    )
+
+
+async def principal_for(conn: asyncpg.Connection, secret_hash: bytes) -> Principal | None:
+    row = await conn.fetchrow(
+        "SELECT key_id, role, org FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+        secret_hash,
+    )
+    if row is None:
+        return None
+    return Principal(key_id=row["key_id"], role=Role(row["role"]), org=row["org"])

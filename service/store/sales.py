@@ -1,0 +1,71 @@
+"""SQL for consumptions: the units each sale took from each pack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+async def existing(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (code, sale_key) pairs have consumed units already (reversed or not)."""
+    pairs = list(pairs)
+    if not pairs:
+        return set()
+    rows = await conn.fetch(
+        """SELECT code, sale_key FROM consumptions
+           WHERE (code, sale_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [c for c, _ in pairs],
+        [k for _, k in pairs],
+    )
+    return {(r["code"], r["sale_key"]) for r in rows}
+
+
+async def record(
+    conn: asyncpg.Connection,
+    rows: Iterable[tuple[str, str, str | None, UUID | None, str, datetime, int]],
+) -> None:
+    """Insert (code, sale_key, setl_id, event_id, org, at, units) consumptions."""
+    records = list(rows)
+    if records:
+        await conn.copy_records_to_table(
+            "consumptions",
+            records=records,
+            columns=("code", "sale_key", "setl_id", "event_id", "org", "at", "units"),
+        )
+
+
+async def open_for(conn: asyncpg.Connection, codes: Iterable[str]) -> list[dict[str, Any]]:
+    """Unreversed consumptions of ``codes``, newest first."""
+    rows = await conn.fetch(
+        """SELECT code, sale_key, setl_id, org, at, units FROM consumptions
+           WHERE code = ANY($1::text[]) AND reversed_at IS NULL
+           ORDER BY at DESC, created_at DESC""",
+        list(codes),
+    )
+    return [dict(r) for r in rows]
+
+
+async def reverse(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> None:
+    pairs = list(pairs)
+    if pairs:
+        await conn.execute(
+            """UPDATE consumptions SET reversed_at = now()
+               WHERE (code, sale_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                 AND reversed_at IS NULL""",
+            [c for c, _ in pairs],
+            [k for _, k in pairs],
+        )
+
+
+async def for_code(conn: asyncpg.Connection, code: str) -> list[dict[str, Any]]:
+    """All consumptions of one code, oldest first (history)."""
+    rows = await conn.fetch(
+        """SELECT sale_key, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed
+           FROM consumptions WHERE code = $1 ORDER BY at, created_at""",
+        code,
+    )
+    return [dict(r) for r in rows]

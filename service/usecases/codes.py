@@ -1,0 +1,138 @@
+"""Reading codes: point-of-care verification and investigators' history."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from service.core.codes import try_parse_code
+from service.core.custody import CodeState, display_state, product_of, replay
+from service.core.rules import INVALID_CODE, Reason, code_reasons
+from service.store import codes as code_store
+from service.store import events as event_store
+from service.store import registry
+from service.store import sales as sale_store
+
+
+def _answer(
+    raw: str,
+    canonical: str | None,
+    state: CodeState | None,
+    product: Mapping[str, Any] | None,
+    org: Mapping[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    if canonical is None:
+        reasons = [Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")]
+    else:
+        reasons = code_reasons(canonical, state, product, org, now.date())
+    known = state is not None and state.commissioned
+    return {
+        "code": canonical or raw,
+        "known": known,
+        "product_id": state.product_id if state else None,
+        "med_list_codg": product["med_list_codg"] if product else None,
+        "name": product["name"] if product else None,
+        "lot": state.lot if state else None,
+        "expiry": state.expiry if state else None,
+        "state": display_state(state) if state else None,
+        "custodian": state.custodian if state else None,
+        "units_left": state.units_left if state else None,
+        "dispensable": not reasons,
+        "reasons": [{"code": r.code, "reason": r.reason, "detail": r.detail} for r in reasons],
+    }
+
+
+async def verify(
+    conn: asyncpg.Connection, raws: Sequence[str], org: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """One answer per code, in order: would settling it at ``org`` now be payable?"""
+    canon: list[str | None] = []
+    for raw in raws:
+        parsed = try_parse_code(raw)
+        canon.append(parsed.canonical if parsed else None)
+    wanted = [c for c in canon if c is not None]
+    states = await code_store.read(conn, wanted) if wanted else {}
+    product_ids = {s.product_id for s in states.values() if s.product_id}
+    products = await registry.get_products(conn, sorted(product_ids)) if product_ids else {}
+    now = datetime.now(UTC)
+    answers = []
+    for raw, code in zip(raws, canon, strict=True):
+        state = states.get(code) if code else None
+        product = products.get(state.product_id) if state and state.product_id else None
+        answers.append(_answer(raw, code, state, product, org, now))
+    return answers
+
+
+async def history(conn: asyncpg.Connection, code: str) -> dict[str, Any]:
+    """The code, where it is, and everything that happened to it or to any container it
+    was in, in event-time order."""
+    state = await code_store.read_one(conn, code)
+    family = {code, *await code_store.ancestors_ever(conn, [code])}
+    facts = await event_store.facts_for(conn, family)
+    world = replay(facts, keep={}, pack_units={}, record=True)
+    applied = world.applied.get(code, [])
+    details = await event_store.details(conn, [f.event_id for f, _ in applied])
+    events = []
+    for fact, via in applied:
+        d = details[fact.event_id]
+        item: dict[str, Any] = {
+            "event_id": fact.event_id,
+            "type": d["type"],
+            "at": d["at"],
+            "org": d["org"],
+        }
+        for key, out in (
+            ("to_org", "to"),
+            ("from_org", "from"),
+            ("parent", "parent"),
+            ("lot", "lot"),
+            ("expiry", "expiry"),
+            ("produced", "produced"),
+            ("quantity", "quantity"),
+            ("setl_id", "setl_id"),
+            ("ref", "ref"),
+        ):
+            if d[key] is not None:
+                item[out] = d[key]
+        if via is not None:
+            item["via"] = via
+        item["received_at"] = d["received_at"]
+        events.append(item)
+    product_id = state.product_id if state else product_of(code)
+    products = await registry.get_products(conn, [product_id]) if product_id else {}
+    product = products.get(product_id) if product_id else None
+    sales = await sale_store.for_code(conn, code)
+    return {
+        "code": code,
+        "known": bool(state and state.commissioned),
+        "kind": state.kind if state else None,
+        "product_id": product_id,
+        "product": product,
+        "lot": state.lot if state else None,
+        "expiry": state.expiry if state else None,
+        "produced": state.produced if state else None,
+        "container": state.parent if state else None,
+        "contents": await code_store.contents(conn, code),
+        "state": display_state(state) if state else None,
+        "custodian": state.custodian if state else None,
+        "destination": state.destination if state else None,
+        "units_left": state.units_left if state else None,
+        "pack_units": state.pack_units if state else None,
+        "events": events,
+        "settlements": [
+            {
+                "setl_id": s["setl_id"],
+                "org": s["org"],
+                "at": s["at"],
+                "units": s["units"],
+                "reversed": s["reversed"],
+                **({"event_id": s["event_id"]} if s["event_id"] else {}),
+            }
+            for s in sales
+        ],
+        "flags": [],
+    }

@@ -1,0 +1,109 @@
+"""Test servers: a throwaway embedded PostgreSQL and Valkey for the session, or the
+servers named by TRACE_TEST_DATABASE_URL / TRACE_TEST_REDIS_URL (their data is wiped)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.store.migrations import migrate
+from tests.helpers import Api
+
+_TABLES_KEPT = {"schema_migrations"}
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    db_url = os.environ.get("TRACE_TEST_DATABASE_URL")
+    redis_url = os.environ.get("TRACE_TEST_REDIS_URL")
+    root = Path(tempfile.mkdtemp(prefix="tracecode-test-"))
+    if not db_url:
+        from service.embedded import start_postgres
+
+        db_url = start_postgres(root, throwaway=True)
+    if not redis_url:
+        from service.embedded import start_redis
+
+        redis_url = start_redis(root / "valkey", throwaway=True)
+    yield db_url, redis_url
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def db_url(server_urls: tuple[str, str]) -> str:
+    conn = await asyncpg.connect(server_urls[0])
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return server_urls[0]
+
+
+@pytest.fixture(scope="session")
+def settings(server_urls: tuple[str, str], db_url: str) -> Settings:
+    base = Settings.from_env()
+    return replace(
+        base,
+        database_url=db_url,
+        redis_url=server_urls[1],
+        max_body_bytes=4 * 1024 * 1024,
+        psn_secret=b"test-secret",
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    app = create_app(settings)
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", autouse=True)
+async def clean(request: pytest.FixtureRequest) -> None:
+    """Each database test starts from empty tables and an empty Redis."""
+    if "unit" in request.node.path.parts:
+        return
+    db_url = request.getfixturevalue("db_url")
+    redis_url = request.getfixturevalue("server_urls")[1]
+    conn = await asyncpg.connect(db_url)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            if r["tablename"] not in _TABLES_KEPT
+        ]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    r = aioredis.from_url(redis_url)
+    await r.flushdb()
+    await r.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def admin(client: AsyncTestClient, db_url: str) -> Api:  # type: ignore[type-arg]
+    """An admin key, made the way the README makes the first one (the CLI's code path)."""
+    from service.cli import _create_key
+
+    _, secret = await _create_key(db_url, "admin", None)
+    return Api(client, secret)

