@@ -24,8 +24,10 @@ def gtin_check(body13: str) -> str:
 
 
 def sscc(serial: int, prefix: str = "06901234") -> str:
-    """A valid SSCC, canonical form ``00`` + 18 digits."""
-    body = ("0" + prefix + str(serial).zfill(17 - len(prefix)))[:17]
+    """A valid SSCC, canonical form ``00`` + 18 digits (extension digit + company
+    prefix + serial reference + check digit)."""
+    body = prefix + str(serial).zfill(17 - len(prefix))
+    assert len(body) == 17
     return "00" + body + gtin_check(body)
 
 

@@ -53,11 +53,11 @@ async def forget(conn: asyncpg.Connection, event_ids: Iterable[UUID]) -> None:
 
 async def link_codes(conn: asyncpg.Connection, facts: Iterable[Fact]) -> None:
     """Record which codes each fact touched (containers of pack/unpack as role 'p')."""
-    records: list[tuple[str, Any, UUID, str]] = []
+    records: list[tuple[str, Any, UUID, bytes]] = []
     for f in facts:
-        records.extend((code, f.at, f.event_id, "c") for code in f.codes)
+        records.extend((code, f.at, f.event_id, b"c") for code in f.codes)
         if f.parent is not None:
-            records.append((f.parent, f.at, f.event_id, "p"))
+            records.append((f.parent, f.at, f.event_id, b"p"))
     if records:
         await conn.copy_records_to_table(
             "event_codes", records=records, columns=("code", "at", "event_id", "role")

@@ -1,0 +1,289 @@
+"""Supply-chain events through the public API: custody, containers, rejections, verify,
+history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, at, cn20, event, small_world, sscc
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _world(admin: Api) -> dict[str, Any]:
+    return await small_world(admin)
+
+
+async def test_case_journey_two_hops(admin: Api) -> None:
+    """The README walk-through: commission, pack into a case, ship and receive it twice,
+    then each unit's verify answer and history."""
+    w = await _world(admin)
+    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
+    units = [cn20(w["unit"], i) for i in range(1, 11)]
+    case = sscc(1)
+    out = await m.events(
+        event("commission", "M1", units, 0, lot="L1", expiry="2028-12-31", produced="2026-01-05")
+    )
+    assert out["accepted"] == 10
+    assert out["rejected"] == []
+    await m.events(event("pack", "M1", units, 1, parent=case))
+    await m.events(event("ship", "M1", [case], 2, to="D1"))
+    await d1.events(event("receive", "D1", [case], 3, **{"from": "M1"}))
+    await d1.events(event("ship", "D1", [case], 4, to="P1"))
+    await p1.events(event("receive", "P1", [case], 5))
+
+    answer = await p1.ok("GET", f"/v1/codes/{units[0]}/verify")
+    assert answer["known"] is True
+    assert answer["custodian"] == "P1"
+    assert answer["state"] == "received"
+    assert answer["units_left"] == 24
+    assert answer["dispensable"] is True
+    assert answer["reasons"] == []
+    assert answer["lot"] == "L1"
+    assert answer["expiry"] == "2028-12-31"
+    assert answer["med_list_codg"] == "XJ01CAA040A001010104256"
+
+    elsewhere = await d1.ok("GET", f"/v1/codes/{units[0]}/verify")
+    assert elsewhere["dispensable"] is False
+    assert [r["reason"] for r in elsewhere["reasons"]] == ["NOT_IN_CUSTODY"]
+
+    investigator = await admin.key_for("investigator")
+    history = await investigator.ok("GET", f"/v1/codes/{units[3]}/history")
+    assert [e["type"] for e in history["events"]] == [
+        "commission",
+        "pack",
+        "ship",
+        "receive",
+        "ship",
+        "receive",
+    ]
+    assert [e.get("via") for e in history["events"]][2:] == [case] * 4
+    assert history["container"] == case
+    assert history["custodian"] == "P1"
+    case_history = await investigator.ok("GET", f"/v1/codes/{case}/history")
+    assert sorted(case_history["contents"]) == sorted(units)
+    assert case_history["kind"] == "sscc"
+
+
+async def test_nested_containers_move_everything_inside(admin: Api) -> None:
+    w = await _world(admin)
+    m, d1 = w["keys"]["M1"], w["keys"]["D1"]
+    units = [cn20(w["unit"], i) for i in range(1, 5)]
+    case_a, case_b, pallet = sscc(10), sscc(11), sscc(12)
+    await m.events(
+        event("commission", "M1", units, 0, lot="L1", expiry="2028-12-31"),
+        event("pack", "M1", units[:2], 1, parent=case_a),
+        event("pack", "M1", units[2:], 1, parent=case_b),
+        event("pack", "M1", [case_a, case_b], 2, parent=pallet),
+        event("ship", "M1", [pallet], 3, to="D1"),
+    )
+    for code in units:
+        item = await d1.ok("GET", f"/v1/codes/{code}/verify")
+        assert item["state"] == "in_transit"
+    await d1.events(event("receive", "D1", [pallet], 4))
+    await d1.events(event("unpack", "D1", [case_a], 5, parent=pallet))
+    await d1.events(event("ship", "D1", [pallet], 6, to="D2"))  # case_a stays behind
+    kept = await d1.ok("POST", "/v1/verify", {"codes": units})
+    assert [i["state"] for i in kept["items"]] == ["received", "received", "in_transit", "in_transit"]
+
+
+async def test_per_code_rejections_and_duplicates(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    w = await _world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    good = cn20(w["unit"], 1)
+    unknown_product = cn20("8999999", 1)
+    first = event(
+        "commission", "M1", [good, "not-a-code", unknown_product, good], 0, lot="L1", expiry="2028-12-31"
+    )
+    out = await m.events(first)
+    reasons = {(r["code"], r["reason"]) for r in out["rejected"]}
+    assert reasons == {
+        ("not-a-code", "INVALID_CODE"),
+        (unknown_product, "UNKNOWN_PRODUCT"),
+        (good, "REPEATED_CODE"),
+    }
+    assert out["accepted"] == 1
+    again = await m.events(first)
+    assert again["duplicates"] == 1
+    assert again["accepted"] == 0
+    conflict = await m.events(event("commission", "M1", [good], 1, lot="OTHER", expiry="2028-12-31"))
+    assert conflict["rejected"][0]["reason"] == "COMMISSION_CONFLICT"
+    not_maker = await admin.events(
+        event("commission", "P1", [cn20(w["unit"], 2)], 1, lot="L1", expiry="2028-12-31")
+    )
+    assert not_maker["rejected"][0]["reason"] == "NOT_MANUFACTURER"
+    # a receive of a code nobody commissioned is evidence: accepted
+    fake = cn20(w["unit"], 99)
+    taken = await p1.events(event("receive", "P1", [fake], 2))
+    assert taken["accepted"] == 1
+    item = await p1.ok("GET", f"/v1/codes/{fake}/verify")
+    assert item["known"] is False
+    assert [r["reason"] for r in item["reasons"]] == ["UNKNOWN_CODE"]
+    assert await db.fetchval("SELECT count(*) FROM events") == 2  # all-rejected events are not kept
+
+
+async def test_all_rejected_event_can_be_retried_after_fix(admin: Api) -> None:
+    w = await _world(admin)
+    m = w["keys"]["M1"]
+    code = cn20("8111111", 1)
+    ev = event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31")
+    assert (await m.events(ev))["rejected"][0]["reason"] == "UNKNOWN_PRODUCT"
+    await admin.ok(
+        "POST",
+        "/v1/products",
+        {
+            "product_id": "8111111",
+            "name": "Late product",
+            "med_list_codg": "Y",
+            "pack_units": 10,
+            "manufacturer": "M1",
+        },
+        201,
+    )
+    retried = await m.events(ev)
+    assert retried["accepted"] == 1
+    assert retried["duplicates"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"type": "teleport"}, "events[0].type"),
+        ({"at": "yesterday"}, "events[0].at"),
+        ({"at": "2026-03-02T08:00:00"}, "events[0].at"),  # no offset
+        ({"at": "2099-01-01T00:00:00+00:00"}, "events[0].at"),
+        ({"event_id": "123"}, "events[0].event_id"),
+        ({"codes": []}, "events[0].codes"),
+        ({"codes": "8123456"}, "events[0].codes"),
+        ({"quantity": "2"}, "events[0].quantity"),
+        ({"lot": None}, "events[0].lot"),
+        ({"surprise": 1}, "events[0]"),
+        ({"type": "ship"}, "events[0].to"),
+        ({"type": "pack"}, "events[0].parent"),
+        ({"type": "pack", "lot": None, "expiry": None, "parent": "junk"}, "events[0].parent"),
+    ],
+)
+async def test_bad_events_are_400_and_store_nothing(
+    admin: Api, db, change: dict[str, Any], field: str
+) -> None:  # type: ignore[no-untyped-def]
+    w = await _world(admin)
+    body = event("commission", "M1", [cn20(w["unit"], 1)], 0, lot="L1", expiry="2028-12-31")
+    body.update(change)
+    resp = await w["keys"]["M1"].post("/v1/events", {"events": [body]})
+    assert resp.status_code == 400, resp.text
+    problem = resp.json()
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert any(e["field"].startswith(field) for e in problem["errors"]), problem
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_too_many_codes_and_oversize_body(admin: Api) -> None:
+    w = await _world(admin)
+    m = w["keys"]["M1"]
+    codes = [cn20(w["unit"], i) for i in range(10_001)]
+    resp = await m.post(
+        "/v1/events", {"events": [event("commission", "M1", codes, 0, lot="L", expiry="2028-01-01")]}
+    )
+    assert resp.status_code == 400
+    assert resp.json()["errors"][0]["field"].startswith("events")
+    huge = {"events": [event("commission", "M1", ["x" * 190] * 9000, 0, lot="L", expiry="2028-01-01")] * 3}
+    resp = await m.post("/v1/events", huge)
+    assert resp.status_code == 413
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    bad_json = await m.client.post(
+        "/v1/events", headers={**m.headers, "content-type": "application/json"}, content=b"{nope"
+    )
+    assert bad_json.status_code == 400
+
+
+async def test_ten_thousand_codes_in_one_request(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    w = await _world(admin)
+    m = w["keys"]["M1"]
+    codes = [cn20(w["unit"], i) for i in range(10_000)]
+    out = await m.events(event("commission", "M1", codes, 0, lot="L1", expiry="2028-12-31"))
+    assert out["accepted"] == 10_000
+    cases = [sscc(100 + i) for i in range(1000)]
+    packs = [event("pack", "M1", codes[i * 10 : i * 10 + 10], 1, parent=cases[i]) for i in range(1000)]
+    out = await m.post("/v1/events", {"events": packs})
+    assert out.json()["accepted"] == 10_000
+    out = await m.events(event("ship", "M1", cases, 2, to="D1"))
+    assert (
+        await db.fetchval("SELECT count(*) FROM codes WHERE state = 'in_transit' AND destination = 'D1'")
+        == 11_000
+    )
+
+
+async def test_dispense_consumes_and_return_restores(admin: Api) -> None:
+    w = await _world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 1)
+    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31"))
+    await m.events(event("ship", "M1", [code], 1, to="P1"))
+    await p1.events(event("receive", "P1", [code], 2))
+    await p1.events(event("dispense", "P1", [code], 3, quantity=10))
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 14
+    await p1.events(event("dispense", "P1", [code], 4))
+    gone = await p1.ok("GET", f"/v1/codes/{code}/verify")
+    assert gone["units_left"] == 0
+    assert gone["state"] == "dispensed"
+    assert [r["reason"] for r in gone["reasons"]] == ["ALREADY_SETTLED"]
+    await p1.events(event("return", "P1", [code], 5))
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 14
+
+
+async def test_verify_reasons_expired_region_and_batch_order(admin: Api) -> None:
+    w = await _world(admin)
+    m, p9 = w["keys"]["M1"], w["keys"]["P9"]
+    old = cn20(w["unit"], 1)
+    fresh = cn20(w["unit"], 2)
+    await m.events(
+        event("commission", "M1", [old], 0, lot="L0", expiry="2020-01-01"),
+        event("commission", "M1", [fresh], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [old, fresh], 1, to="P9"),
+    )
+    out = await p9.ok("POST", "/v1/verify", {"codes": [fresh, "garbage", old]})
+    items = out["items"]
+    assert [i["code"] for i in items] == [fresh, "garbage", old]
+    assert [r["reason"] for r in items[0]["reasons"]] == ["OUT_OF_REGION"]
+    assert [r["reason"] for r in items[1]["reasons"]] == ["INVALID_CODE"]
+    assert {r["reason"] for r in items[2]["reasons"]} == {"EXPIRED", "OUT_OF_REGION"}
+    insurer = await admin.key_for("insurer")
+    assert (await insurer.get(f"/v1/codes/{fresh}/verify")).status_code == 400
+    assert (await insurer.get(f"/v1/codes/{fresh}/verify", org="P9")).status_code == 200
+    assert (await p9.get(f"/v1/codes/{fresh}/verify", org="P1")).status_code == 403
+
+
+async def test_gs1_forms_are_one_code(admin: Api) -> None:
+    w = await _world(admin)
+    m = w["keys"]["M1"]
+    await admin.ok(
+        "POST",
+        "/v1/products",
+        {
+            "product_id": "06901234567892",
+            "name": "GS1 drug",
+            "med_list_codg": "G1",
+            "pack_units": 10,
+            "manufacturer": "M1",
+        },
+        201,
+    )
+    bracketed = "(01)06901234567892(17)281231(10)LOT7(21)SER1"
+    out = await m.events(event("commission", "M1", [bracketed], 0, lot="LOT7", expiry="2028-12-31"))
+    assert out["accepted"] == 1
+    raw = "]d2010690123456789217281231\x1d10LOT7\x1d21SER1"
+    item = await m.ok("POST", "/v1/verify", {"codes": [raw]})
+    assert item["items"][0]["code"] == "010690123456789221SER1"
+    assert item["items"][0]["known"] is True
+
+
+async def test_history_needs_investigator(admin: Api) -> None:
+    w = await _world(admin)
+    code = cn20(w["unit"], 1)
+    assert (await w["keys"]["P1"].get(f"/v1/codes/{code}/history")).status_code == 403
+    inv = await admin.key_for("investigator")
+    assert (await inv.get(f"/v1/codes/{code}/history")).status_code == 404
+    assert (await inv.get("/v1/codes/nonsense/history")).status_code == 400
+    assert at(0).endswith("+00:00")
