@@ -10,6 +10,7 @@ speaks the Redis protocol, has streams and consumer groups).
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -167,7 +168,9 @@ def _ensure_database(admin_url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    # a thread of its own, so this also works when called under a running event loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
 
 
 def _valkey_binary() -> str:

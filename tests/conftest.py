@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
@@ -24,7 +23,7 @@ _TABLES_KEPT = {"schema_migrations"}
 
 
 @pytest.fixture(scope="session")
-def server_urls() -> Iterator[tuple[str, str]]:
+def server_urls() -> tuple[str, str]:
     db_url = os.environ.get("TRACE_TEST_DATABASE_URL")
     redis_url = os.environ.get("TRACE_TEST_REDIS_URL")
     root = Path(tempfile.mkdtemp(prefix="tracecode-test-"))
@@ -36,7 +35,7 @@ def server_urls() -> Iterator[tuple[str, str]]:
         from service.embedded import start_redis
 
         redis_url = start_redis(root / "valkey", throwaway=True)
-    yield db_url, redis_url
+    return db_url, redis_url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -75,29 +74,6 @@ async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session", autouse=True)
-async def clean(request: pytest.FixtureRequest) -> None:
-    """Each database test starts from empty tables and an empty Redis."""
-    if "unit" in request.node.path.parts:
-        return
-    db_url = request.getfixturevalue("db_url")
-    redis_url = request.getfixturevalue("server_urls")[1]
-    conn = await asyncpg.connect(db_url)
-    try:
-        tables = [
-            r["tablename"]
-            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-            if r["tablename"] not in _TABLES_KEPT
-        ]
-        if tables:
-            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
-    r = aioredis.from_url(redis_url)
-    await r.flushdb()
-    await r.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -31,6 +31,7 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
 }
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
 
 
@@ -71,6 +72,9 @@ def _field_of(item: Any) -> tuple[str, str]:
     if match:
         message = message[: match.start()]
         key = key or match.group(1)
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:  # name the unexpected field itself, not the object holding it
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
     return (str(key) if key else "body"), message
 
 

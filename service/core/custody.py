@@ -194,9 +194,8 @@ class World:
                 self._detach(s)
                 s.parent = fact.parent
                 self.children.setdefault(fact.parent, set()).add(code)
-            elif kind == "unpack":
-                if s.parent == fact.parent:
-                    self._detach(s)
+            elif kind == "unpack" and s.parent == fact.parent:
+                self._detach(s)
             if kind in ("ship", "receive", "destroy"):
                 for inner, via in self.subtree(code):
                     t = self.get(inner, fact.at)

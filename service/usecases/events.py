@@ -93,12 +93,13 @@ async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestRes
         family |= set(await code_store.ancestors_ever(conn, family))
         history = await event_store.facts_for(conn, family)
         world = replay(history + facts, keep=states, pack_units=pack_units)
-        dirty = set(states) | world.changed
+        # every locked code may have changed; ancestors were only read, never written
+        dirty = set(states)
 
     by_id = {e.event_id: e for e in fresh}
     await _consume(conn, world, [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)])
 
-    dirty |= {c for f in facts for c in f.codes}
+    dirty |= {c for f in facts for c in f.codes} | {f.parent for f in facts if f.parent}
     await code_store.insert_new(conn, [world.states[c] for c in dirty if c not in states])
     await code_store.update(conn, [world.states[c] for c in dirty if c in states])
     await event_store.link_codes(conn, facts)

@@ -33,7 +33,7 @@ async def test_org_created_then_same_then_conflict(admin: Api) -> None:
 async def test_product_rules(admin: Api) -> None:
     await admin.ok("POST", "/v1/orgs", ORG, 201)
     created = await admin.ok("POST", "/v1/products", PRODUCT, 201)
-    assert created["level"] == "unit" and created["regions"] == [] and created["trace_exempt"] is False
+    assert (created["level"], created["regions"], created["trace_exempt"]) == ("unit", [], False)
     assert (await admin.post("/v1/products", PRODUCT)).status_code == 200
     assert (await admin.post("/v1/products", {**PRODUCT, "pack_units": 12})).status_code == 409
     gtin = {**PRODUCT, "product_id": "06901234567892", "level": "case", "contains": 10}
@@ -51,22 +51,20 @@ async def test_product_rules(admin: Api) -> None:
         ({"level": "box"}, "level"),
         ({"level": "case"}, "contains"),
         ({"regions": ["4x"]}, "regions[0]"),
-        ({"colour": "red"}, "body"),
+        ({"colour": "red"}, "colour"),
     ],
 )
-async def test_bad_product_is_400_naming_field(admin: Api, change: dict[str, object], field: str) -> None:
+async def test_bad_product_is_400_naming_field(admin: Api, db, change: dict[str, object], field: str) -> None:  # type: ignore[no-untyped-def]
     await admin.ok("POST", "/v1/orgs", ORG, 201)
     resp = await admin.post("/v1/products", {**PRODUCT, **change})
     assert resp.status_code == 400, resp.text
     problem = resp.json()
-    assert problem["status"] == 400 and problem["title"] and problem["type"]
-    fields = [e["field"] for e in problem["errors"]]
-    assert any(
-        field in f or (field == "body" and "colour" in e["message"])
-        for f, e in zip(fields, problem["errors"], strict=True)
-    ), problem
-    rows = await admin.get("/v1/orgs")  # nothing stored: the product is still unknown
-    assert rows.status_code in (404, 405)
+    assert problem["status"] == 400
+    assert problem["title"]
+    assert problem["type"]
+    assert field in [e["field"] for e in problem["errors"]], problem
+    assert field in problem["detail"]
+    assert await db.fetchval("SELECT count(*) FROM products") == 0
 
 
 async def test_no_key_unknown_key_revoked_key_are_401(client: AsyncTestClient, admin: Api) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,29 @@
+"""Integration tests share the session's servers and start from empty tables."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+_TABLES_KEPT = {"schema_migrations"}
+
+
+@pytest_asyncio.fixture(loop_scope="session", autouse=True)
+async def clean(db_url: str, server_urls: tuple[str, str]) -> None:
+    """Each database test starts from empty tables and an empty Redis."""
+    redis_url = server_urls[1]
+    conn = await asyncpg.connect(db_url)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            if r["tablename"] not in _TABLES_KEPT
+        ]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    r = aioredis.from_url(redis_url)
+    await r.flushdb()
+    await r.aclose()

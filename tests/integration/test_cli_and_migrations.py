@@ -1,0 +1,126 @@
+"""The command line as a new user runs it, and migrations applied once each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from service.store.migrations import load_migrations, migrate
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TRACECODE = str(Path(sys.executable).parent / "tracecode")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACE_", "PROMETHEUS_"))}
+    env["TRACE_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [TRACECODE, "serve", "--port", str(port), "--workers", "2"],
+        env=_env(data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError("tracecode serve exited early")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("tracecode serve did not become ready")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def test_serve_on_embedded_servers_keys_and_restart(tmp_path: Path) -> None:
+    """With no URLs configured: serve starts private servers, the CLI makes the first
+    admin key, data survives a restart, and a revoked key is refused."""
+    await asyncio.to_thread(_first_run_and_restart, tmp_path / "data")
+
+
+def _first_run_and_restart(data_dir: Path) -> None:
+    port = _free_port()
+    server = _serve(data_dir, port)
+    try:
+        made = subprocess.run(
+            [TRACECODE, "key", "create", "--role", "admin"],
+            env=_env(data_dir),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        secret = made.stdout.strip().splitlines()[-1]
+        headers = {"Authorization": f"Bearer {secret}"}
+        org = {"id": "M1", "name": "Maker", "kind": "manufacturer", "region": "450100"}
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{base}/v1/orgs", json=org, headers=headers).status_code == 201
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "tracecode_requests_total" in metrics or "tracecode_request" in metrics
+    finally:
+        _stop(server)
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+
+    server = _serve(data_dir, port)  # data survives a restart
+    try:
+        assert httpx.post(f"{base}/v1/orgs", json=org, headers=headers).status_code == 200
+        key_id = secret.split(".")[0]
+        revoked = subprocess.run(
+            [TRACECODE, "key", "revoke", key_id], env=_env(data_dir), capture_output=True, text=True
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert httpx.post(f"{base}/v1/orgs", json=org, headers=headers).status_code == 401
+    finally:
+        _stop(server)
+
+
+async def test_migrations_once_each_even_when_raced(db) -> None:  # type: ignore[no-untyped-def]
+    await db.execute("DROP DATABASE IF EXISTS migration_race")
+    await db.execute("CREATE DATABASE migration_race")
+    params = db._params  # same server, other database
+    dsn_kwargs = {"host": db._addr if isinstance(db._addr, str) else db._addr[0], "user": params.user}
+    if not isinstance(db._addr, str):
+        dsn_kwargs["port"] = db._addr[1]
+    try:
+        conns = [await asyncpg.connect(database="migration_race", **dsn_kwargs) for _ in range(3)]
+        applied = await asyncio.gather(*(migrate(c) for c in conns))
+        total = sorted(name for names in applied for name in names)
+        assert total == [m.name for m in load_migrations()]  # each applied exactly once
+        assert await migrate(conns[0]) == []  # and a second run does nothing
+        rows = await conns[0].fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == [m.version for m in load_migrations()]
+        for c in conns:
+            await c.close()
+    finally:
+        await db.execute("DROP DATABASE IF EXISTS migration_race")
