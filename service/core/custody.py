@@ -8,6 +8,7 @@ same result whatever order they arrived in; that is what makes late uploads conv
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -95,14 +96,20 @@ class CodeState:
         )
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _parts(code: str) -> tuple[str, str | None]:
+    parsed = parse_code(code)
+    return parsed.kind.value, parsed.product_id
+
+
 def kind_of(code: str) -> str:
-    """The kind of a canonical code."""
-    return parse_code(code).kind.value
+    """The kind of a canonical code (cached: a batch asks this of each code several times)."""
+    return _parts(code)[0]
 
 
 def product_of(code: str) -> str | None:
     """The product identifier a canonical code names (None for an SSCC)."""
-    return parse_code(code).product_id
+    return _parts(code)[1]
 
 
 def display_state(s: CodeState) -> str:
