@@ -21,6 +21,7 @@ from service.api.codes import CodesController
 from service.api.events import EventsController
 from service.api.health import HealthController
 from service.api.registry import RegistryController
+from service.api.settlements import SettlementsController
 from service.config import Settings
 from service.store.db import create_pool
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RegistryController,
             EventsController,
             CodesController,
+            SettlementsController,
         ],
         middleware=[prometheus.middleware, auth],
         plugins=[errors.plugin()],

@@ -13,6 +13,7 @@ from service.core.custody import CodeState, display_state, product_of, replay
 from service.core.rules import INVALID_CODE, Reason, code_reasons
 from service.store import codes as code_store
 from service.store import events as event_store
+from service.store import flags as flag_store
 from service.store import registry
 from service.store import sales as sale_store
 
@@ -134,5 +135,5 @@ async def history(conn: asyncpg.Connection, code: str) -> dict[str, Any]:
             }
             for s in sales
         ],
-        "flags": [],
+        "flags": [{**f, "flag_id": str(f["flag_id"])} for f in await flag_store.for_code(conn, code)],
     }

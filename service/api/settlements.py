@@ -1,0 +1,111 @@
+"""Settlement by code: POST /v1/settlements, GET /v1/settlements/{id}, reversal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.exceptions import PermissionDeniedException
+from litestar.params import FromPath, JSONBody, SkipValidation
+
+from service.api.auth import principal_of, requires
+from service.api.errors import bad_input, problem, strict_body
+from service.core.auth import Role
+from service.core.events import MAX_FUTURE
+from service.core.settlement import Line
+from service.usecases import settlements as usecase
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+MAX_LINES = 500
+MAX_CODES = 1_000
+
+
+class LineIn(msgspec.Struct, forbid_unknown_fields=True):
+    line_no: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+    med_list_codg: Id
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    codes: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=MAX_CODES)
+    ] = []
+    split: bool = False
+
+
+class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
+    setl_id: Id
+    org: Id
+    psn_no: Id
+    at: Annotated[datetime, msgspec.Meta(tz=True)]
+    lines: Annotated[list[LineIn], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
+    mode: Literal["settle", "precheck"] = "settle"
+
+
+def _claim(data: SettlementIn) -> usecase.Claim:
+    if data.at > datetime.now(UTC) + MAX_FUTURE:
+        raise bad_input("at", "is more than 10 minutes in the future")
+    seen: set[int] = set()
+    total = 0
+    for i, line in enumerate(data.lines):
+        if line.line_no in seen:
+            raise bad_input(f"lines[{i}].line_no", f"line {line.line_no} appears twice")
+        seen.add(line.line_no)
+        total += len(line.codes)
+    if total > MAX_CODES:
+        raise bad_input("lines", f"{total} codes in one settlement; at most {MAX_CODES}")
+    return usecase.Claim(
+        setl_id=data.setl_id,
+        org=data.org,
+        psn_no=data.psn_no,
+        at=data.at.astimezone(UTC),
+        mode=data.mode,
+        lines=tuple(
+            Line(ln.line_no, ln.med_list_codg, ln.quantity, ln.split, tuple(ln.codes)) for ln in data.lines
+        ),
+    )
+
+
+class SettlementsController(Controller):
+    path = "/v1/settlements"
+    tags = ["settlements"]
+
+    @post("/", status_code=200, guards=[requires(Role.INSURER, Role.ORG)])
+    async def settle(
+        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[SettlementIn]]
+    ) -> dict[str, Any]:
+        """Decide which lines the fund pays; ``precheck`` judges and changes nothing."""
+        data = strict_body(data, SettlementIn)
+        principal = principal_of(request)
+        if principal.role is Role.ORG and (data.mode != "precheck" or principal.org != data.org):
+            raise PermissionDeniedException(
+                "an org key may only pre-check settlements for its own organisation"
+            )
+        claim = _claim(data)
+        settings = request.app.state.settings
+        try:
+            return await usecase.settle(
+                request.app.state.pool, claim, msgspec.json.encode(data), settings.psn_secret
+            )
+        except usecase.Conflict:
+            raise problem(
+                409, f"settlement {data.setl_id} exists with a different body", kind="conflict"
+            ) from None
+        except usecase.UnknownOrg:
+            raise bad_input("org", f"unknown organisation {data.org}") from None
+
+    @get("/{setl_id:str}", guards=[requires(Role.INSURER)])
+    async def read(self, request: Request[Any, Any, Any], setl_id: FromPath[str]) -> dict[str, Any]:
+        """The stored settlement and its answer (a precheck is not stored)."""
+        async with request.app.state.pool.acquire() as conn:
+            found = await usecase.get(conn, setl_id)
+        if found is None:
+            raise problem(404, f"no settlement {setl_id}")
+        return found
+
+    @post("/{setl_id:str}/reversal", status_code=200, guards=[requires(Role.INSURER)])
+    async def reverse(self, request: Request[Any, Any, Any], setl_id: FromPath[str]) -> dict[str, Any]:
+        """The sale was refunded: its units go back to the organisation. Idempotent."""
+        result = await usecase.reverse(request.app.state.pool, setl_id)
+        if result is None:
+            raise problem(404, f"no settlement {setl_id}")
+        return result

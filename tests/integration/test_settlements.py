@@ -1,0 +1,315 @@
+"""Settlement by code through the public API: every reason, split packs, idempotency,
+reversal, one sale one consumption, flags, and racing settlements."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, at, cn20, event, small_world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CODG = "XJ01CAA040A001010104256"
+
+
+async def stocked(admin: Api, n: int = 6) -> dict[str, Any]:
+    """small_world plus ``n`` packs (24 units each) held by pharmacy P1, lot L1."""
+    w = await small_world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    codes = [cn20(w["unit"], i) for i in range(1, n + 1)]
+    await m.events(
+        event("commission", "M1", codes, 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", codes, 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", codes, 2))
+    w["codes"] = codes
+    w["insurer"] = await admin.key_for("insurer")
+    return w
+
+
+def claim(setl_id: str, lines: list[dict[str, Any]], org: str = "P1", mode: str = "settle") -> dict[str, Any]:
+    numbered = [{"line_no": i + 1, "med_list_codg": CODG, **ln} for i, ln in enumerate(lines)]
+    return {
+        "setl_id": setl_id,
+        "org": org,
+        "psn_no": "450103199001011234",
+        "at": at(60),
+        "mode": mode,
+        "lines": numbered,
+    }
+
+
+def reasons(answer: dict[str, Any], line: int = 0) -> list[str]:
+    return [r["reason"] for r in answer["lines"][line]["reasons"]]
+
+
+async def test_whole_pack_settles_once_then_already_settled(admin: Api) -> None:
+    w = await stocked(admin)
+    ins, code = w["insurer"], w["codes"][0]
+    first = await ins.ok("POST", "/v1/settlements", claim("S1", [{"quantity": 24, "codes": [code]}]))
+    assert first["decision"] == "accepted"
+    assert first["lines"][0]["payable"] is True
+    again = await ins.ok("POST", "/v1/settlements", claim("S2", [{"quantity": 24, "codes": [code]}]))
+    assert again["decision"] == "rejected"
+    assert reasons(again) == ["ALREADY_SETTLED"]
+    assert "S1" in again["lines"][0]["reasons"][0]["detail"]
+    assert [f["kind"] for f in again["flags"]] == ["DUPLICATE"]
+    inv = await admin.key_for("investigator")
+    history = await inv.ok("GET", f"/v1/codes/{code}/history")
+    assert [(s["setl_id"], s["units"], s["reversed"]) for s in history["settlements"]] == [("S1", 24, False)]
+    assert [f["kind"] for f in history["flags"]] == ["DUPLICATE"]
+
+
+async def test_every_line_reason(admin: Api) -> None:
+    w = await stocked(admin, n=8)
+    ins, m = w["insurer"], w["keys"]["M1"]
+    c = w["codes"]
+    # an expired pack, a destroyed pack, a recalled lot, a pack held elsewhere, a fake
+    old = cn20(w["unit"], 100)
+    await m.events(
+        event("commission", "M1", [old], 0, lot="L0", expiry="2020-01-31"),
+        event("ship", "M1", [old], 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [old], 2), event("destroy", "P1", [c[5]], 3))
+    elsewhere = cn20(w["unit"], 101)
+    await m.events(event("commission", "M1", [elsewhere], 0, lot="L1", expiry="2030-12-31"))
+    await admin.ok(
+        "POST",
+        "/v1/products",
+        {
+            "product_id": "8200000",
+            "name": "Gauze",
+            "med_list_codg": "EXEMPT-1",
+            "pack_units": 1,
+            "manufacturer": "M1",
+            "trace_exempt": True,
+        },
+        201,
+    )
+    fake = cn20(w["unit"], 999)
+    lines = [
+        {"quantity": 24},  # 1 MISSING_CODES
+        {"quantity": 48, "codes": [c[0]]},  # 2 QUANTITY_MISMATCH (whole pack)
+        {"quantity": 24, "codes": ["12345"]},  # 3 INVALID_CODE
+        {"quantity": 24, "codes": [fake]},  # 4 UNKNOWN_CODE
+        {"quantity": 24, "codes": [c[1]], "med_list_codg": "OTHER-DRUG"},  # 5 PRODUCT_MISMATCH
+        {"quantity": 24, "codes": [elsewhere]},  # 6 NOT_IN_CUSTODY
+        {"quantity": 24, "codes": [old]},  # 7 EXPIRED
+        {"quantity": 24, "codes": [c[5]]},  # 8 DESTROYED
+        {"quantity": 2, "med_list_codg": "EXEMPT-1"},  # 9 payable: trace exempt
+        {"quantity": 30, "codes": [c[2]], "split": True},  # 10 QUANTITY_MISMATCH (split)
+        {"quantity": 24, "codes": [c[3]]},  # 11 payable
+    ]
+    body = claim("S-ALL", lines)
+    for i, line in enumerate(lines):
+        body["lines"][i].update({k: v for k, v in line.items() if k == "med_list_codg"})
+    answer = await ins.ok("POST", "/v1/settlements", body)
+    got = [reasons(answer, i) for i in range(len(lines))]
+    assert got == [
+        ["MISSING_CODES"],
+        ["QUANTITY_MISMATCH"],
+        ["INVALID_CODE"],
+        ["UNKNOWN_CODE"],
+        ["PRODUCT_MISMATCH"],
+        ["NOT_IN_CUSTODY"],
+        ["EXPIRED"],
+        ["DESTROYED"],
+        [],
+        ["QUANTITY_MISMATCH"],
+        [],
+    ]
+    assert answer["decision"] == "partial"
+    kinds = {(f["kind"], f["code"]) for f in answer["flags"]}
+    assert kinds == {
+        ("UNKNOWN_CODE", fake),
+        ("PRODUCT_MISMATCH", c[1]),
+        ("DIVERSION", elsewhere),
+        ("EXPIRED", old),
+    }
+    # out of region: a pharmacy in Beijing settling a Guangxi-only product it holds
+    p9_code = cn20(w["unit"], 200)
+    await m.events(
+        event("commission", "M1", [p9_code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [p9_code], 1, to="P9"),
+    )
+    beijing = await ins.ok(
+        "POST", "/v1/settlements", claim("S-BJ", [{"quantity": 24, "codes": [p9_code]}], org="P9")
+    )
+    assert reasons(beijing) == ["OUT_OF_REGION"]
+    assert [f["kind"] for f in beijing["flags"]] == ["OUT_OF_REGION"]
+
+
+async def test_recalled_lot_is_refused(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    w = await stocked(admin)
+    await db.execute("UPDATE codes SET recalled = true WHERE product_id = '8123456' AND lot = 'L1'")
+    answer = await w["insurer"].ok(
+        "POST", "/v1/settlements", claim("S-R", [{"quantity": 24, "codes": [w["codes"][0]]}])
+    )
+    assert reasons(answer) == ["RECALLED"]
+    assert [f["kind"] for f in answer["flags"]] == ["RECALLED"]
+
+
+async def test_split_pack_down_to_the_last_unit(admin: Api) -> None:
+    w = await stocked(admin)
+    ins, code = w["insurer"], w["codes"][0]
+    for i, qty in enumerate([10, 10, 4]):
+        answer = await ins.ok(
+            "POST", "/v1/settlements", claim(f"SP{i}", [{"quantity": qty, "codes": [code], "split": True}])
+        )
+        assert answer["decision"] == "accepted", answer
+    last = await ins.ok(
+        "POST", "/v1/settlements", claim("SP9", [{"quantity": 1, "codes": [code], "split": True}])
+    )
+    assert reasons(last) == ["ALREADY_SETTLED"]
+    verify = await w["keys"]["P1"].ok("GET", f"/v1/codes/{code}/verify")
+    assert verify["units_left"] == 0
+    assert verify["state"] == "dispensed"
+
+
+async def test_split_line_draws_codes_in_order_and_too_much_is_refused(admin: Api) -> None:
+    w = await stocked(admin)
+    ins, (a, b) = w["insurer"], w["codes"][:2]
+    await ins.ok("POST", "/v1/settlements", claim("SA", [{"quantity": 20, "codes": [a], "split": True}]))
+    big = await ins.ok(
+        "POST", "/v1/settlements", claim("SB", [{"quantity": 22, "codes": [a, b], "split": True}])
+    )
+    assert big["decision"] == "accepted"
+    p1 = w["keys"]["P1"]
+    left = (await p1.ok("POST", "/v1/verify", {"codes": [a, b]}))["items"]
+    assert [i["units_left"] for i in left] == [0, 6]  # 4 from a, then 18 from b
+    too_much = await ins.ok(
+        "POST", "/v1/settlements", claim("SC", [{"quantity": 7, "codes": [b], "split": True}])
+    )
+    assert reasons(too_much) == ["QUANTITY_MISMATCH"]
+    whole_after_split = await ins.ok("POST", "/v1/settlements", claim("SD", [{"quantity": 24, "codes": [b]}]))
+    assert reasons(whole_after_split) == ["ALREADY_SETTLED"]
+
+
+async def test_idempotent_replay_and_conflict(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    w = await stocked(admin)
+    ins, code = w["insurer"], w["codes"][0]
+    body = claim("S-IDEM", [{"quantity": 5, "codes": [code], "split": True}])
+    first = await ins.ok("POST", "/v1/settlements", body)
+    second = await ins.ok("POST", "/v1/settlements", body)
+    assert second == first
+    assert (await w["keys"]["P1"].ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 19
+    changed = await ins.post("/v1/settlements", {**body, "lines": [{**body["lines"][0], "quantity": 6}]})
+    assert changed.status_code == 409
+    assert changed.headers["content-type"].startswith("application/problem+json")
+    stored = await ins.ok("GET", "/v1/settlements/S-IDEM")
+    assert stored["answer"] == first
+    assert "psn_no" not in stored["request"]
+    raw = await db.fetchval("SELECT request::text || encode(psn_hash, 'hex') FROM settlements")
+    assert "450103199001011234" not in raw
+    assert (await ins.get("/v1/settlements/NOPE")).status_code == 404
+
+
+async def test_precheck_changes_nothing(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    w = await stocked(admin)
+    code = w["codes"][0]
+    p1 = w["keys"]["P1"]
+    answer = await p1.ok(
+        "POST", "/v1/settlements", claim("PC", [{"quantity": 24, "codes": [code]}], mode="precheck")
+    )
+    assert answer["decision"] == "accepted"
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 24
+    assert await db.fetchval("SELECT count(*) FROM settlements") == 0
+    assert (await w["insurer"].get("/v1/settlements/PC")).status_code == 404
+    # an org key may not settle, nor pre-check for another organisation
+    assert (
+        await p1.post("/v1/settlements", claim("X", [{"quantity": 24, "codes": [code]}]))
+    ).status_code == 403
+    other = claim("X", [{"quantity": 24, "codes": [code]}], org="H1", mode="precheck")
+    assert (await p1.post("/v1/settlements", other)).status_code == 403
+
+
+async def test_reversal_restores_exactly_and_once(admin: Api) -> None:
+    w = await stocked(admin)
+    ins, (a, b) = w["insurer"], w["codes"][:2]
+    await ins.ok(
+        "POST",
+        "/v1/settlements",
+        claim("SR", [{"quantity": 24, "codes": [a]}, {"quantity": 7, "codes": [b], "split": True}]),
+    )
+    undo = await ins.ok("POST", "/v1/settlements/SR/reversal")
+    assert sorted((r["code"], r["units"]) for r in undo["restored"]) == sorted([(a, 24), (b, 7)])
+    assert await ins.ok("POST", "/v1/settlements/SR/reversal") == undo
+    left = (await w["keys"]["P1"].ok("POST", "/v1/verify", {"codes": [a, b]}))["items"]
+    assert [i["units_left"] for i in left] == [24, 24]
+    again = await ins.ok("POST", "/v1/settlements", claim("SR2", [{"quantity": 24, "codes": [a]}]))
+    assert again["decision"] == "accepted"
+    assert (await ins.ok("GET", "/v1/settlements/SR"))["reversed"] is True
+    assert (await ins.post("/v1/settlements/UNKNOWN/reversal", None)).status_code == 404
+
+
+async def test_dispense_and_settlement_with_one_setl_id_consume_once(admin: Api) -> None:
+    w = await stocked(admin)
+    ins, p1, (a, b) = w["insurer"], w["keys"]["P1"], w["codes"][:2]
+    # dispense first, then the settlement of the same sale
+    await p1.events(event("dispense", "P1", [a], 50, quantity=6, setl_id="SALE-1"))
+    answer = await ins.ok(
+        "POST", "/v1/settlements", claim("SALE-1", [{"quantity": 6, "codes": [a], "split": True}])
+    )
+    assert answer["decision"] == "accepted"
+    assert (await p1.ok("GET", f"/v1/codes/{a}/verify"))["units_left"] == 18
+    # settlement first, then the dispense event of the same sale
+    await ins.ok("POST", "/v1/settlements", claim("SALE-2", [{"quantity": 24, "codes": [b]}]))
+    out = await p1.events(event("dispense", "P1", [b], 61, setl_id="SALE-2"))
+    assert out["accepted"] == 1
+    item = await p1.ok("GET", f"/v1/codes/{b}/verify")
+    assert item["units_left"] == 0
+    # a return restores the units like a reversal
+    await p1.events(event("return", "P1", [b], 70, setl_id="SALE-2"))
+    assert (await p1.ok("GET", f"/v1/codes/{b}/verify"))["units_left"] == 24
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mode": "maybe"}, "mode"),
+        ({"lines": []}, "lines"),
+        ({"at": "2099-01-01T00:00:00+00:00"}, "at"),
+        ({"psn_no": 4501}, "psn_no"),
+        ({"extra": True}, "extra"),
+    ],
+)
+async def test_bad_settlements_are_400(admin: Api, db, change: dict[str, Any], field: str) -> None:  # type: ignore[no-untyped-def]
+    w = await stocked(admin, n=1)
+    body = {**claim("BAD", [{"quantity": 24, "codes": [w["codes"][0]]}]), **change}
+    resp = await w["insurer"].post("/v1/settlements", body)
+    assert resp.status_code == 400, resp.text
+    assert field in [e["field"] for e in resp.json()["errors"]]
+    assert await db.fetchval("SELECT count(*) FROM settlements") == 0
+    dup_lines = claim("BAD", [{"quantity": 24, "codes": []}, {"quantity": 24, "codes": []}])
+    dup_lines["lines"][1]["line_no"] = 1
+    assert (await w["insurer"].post("/v1/settlements", dup_lines)).status_code == 400
+
+
+async def test_racing_settlements_never_consume_a_unit_twice(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    """Many concurrent settlements over the same packs, codes listed in different orders:
+    no deadlock, and consumed units never exceed what the packs hold."""
+    w = await stocked(admin, n=4)
+    ins, codes = w["insurer"], w["codes"]
+    bodies = []
+    for i in range(40):
+        order = codes[i % 4 :] + codes[: i % 4]
+        if i % 3 == 0:
+            bodies.append(claim(f"R{i}", [{"quantity": 24 * 2, "codes": order[:2]}]))
+        else:
+            bodies.append(claim(f"R{i}", [{"quantity": 7, "codes": order, "split": True}]))
+    answers = await asyncio.gather(*(ins.post("/v1/settlements", b) for b in bodies))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    consumed = await db.fetch(
+        "SELECT code, sum(units) AS units FROM consumptions WHERE reversed_at IS NULL GROUP BY code"
+    )
+    for row in consumed:
+        assert row["units"] <= 24
+    left = {r["code"]: r["units_left"] for r in await db.fetch("SELECT code, units_left FROM codes")}
+    for row in consumed:
+        assert left[row["code"]] == 24 - row["units"]
+    paid_units = sum(sum(ln["units"] for ln in a.json()["lines"]) for a in answers)
+    assert paid_units == sum(r["units"] for r in consumed)
+    assert paid_units > 0
