@@ -19,10 +19,13 @@ from service.api import errors
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from service.api.codes import CodesController
 from service.api.events import EventsController
+from service.api.flags import FlagsController
 from service.api.health import HealthController
+from service.api.investigation import InvestigationController
 from service.api.registry import RegistryController
 from service.api.settlements import SettlementsController
 from service.config import Settings
+from service.feed import FlagFeed
 from service.store.db import create_pool
 
 log = logging.getLogger(__name__)
@@ -45,14 +48,25 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
-    app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
-    watcher = asyncio.create_task(_watch_pool(app))
+    app.state.redis = None
+    tasks = [asyncio.create_task(_watch_pool(app))]
+    app.state.feed_wake = lambda: None
+    if settings.redis_url:
+        # short timeouts: a Redis outage must not hold up settling or ingest
+        app.state.redis = aioredis.from_url(
+            settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        feed = FlagFeed(app.state.pool, app.state.redis)
+        app.state.feed_wake = feed.wake
+        tasks.append(asyncio.create_task(feed.run()))
     try:
         yield
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if app.state.redis is not None:
             await app.state.redis.aclose()
         await app.state.pool.close()
@@ -73,6 +87,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             EventsController,
             CodesController,
             SettlementsController,
+            FlagsController,
+            InvestigationController,
         ],
         middleware=[prometheus.middleware, auth],
         plugins=[errors.plugin()],

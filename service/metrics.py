@@ -19,3 +19,15 @@ DB_POOL_SIZE = Gauge(
 DB_POOL_IN_USE = Gauge(
     "tracecode_db_pool_in_use", "Database connections checked out", multiprocess_mode="livesum"
 )
+FLAGS_PUBLISHED = Counter("tracecode_flags_published_total", "Flags published to the Redis stream")
+FLAGS_PUBLISH_FAILED = Counter(
+    "tracecode_flags_publish_failed_total",
+    "Flags that could not be published because Redis was unavailable (they are retried)",
+)
+FLAGS_UNPUBLISHED = Gauge(
+    "tracecode_flags_unpublished", "Flags waiting for the Redis stream", multiprocess_mode="max"
+)
+FLAGS_RAISED = Counter("tracecode_flags_raised_total", "Flags raised, by kind", ["kind"])
+SETTLEMENTS = Counter(
+    "tracecode_settlements_total", "Settlements answered, by mode and decision", ["mode", "decision"]
+)

@@ -151,10 +151,12 @@ class EventsController(Controller):
                 )
         incoming, refused = _parse(data, datetime.now(UTC))
         result = await ingest(request.app.state.pool, incoming, refused)
+        if result.flags:
+            request.app.state.feed_wake()
         return EventsOut(
             accepted=result.accepted_codes,
             duplicates=result.duplicates,
             rejected=[RejectedOut(r.event_id, r.code, r.reason) for r in result.rejected],
-            flags=[],
+            flags=[FlagRef(str(f["flag_id"]), f["kind"], f["code"]) for f in result.flags],
             accepted_events=result.accepted_events,
         )

@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, JSONBody, SkipValidation
 
+from service import metrics
 from service.api.auth import principal_of, requires
 from service.api.errors import bad_input, problem, strict_body
 from service.core.auth import Role
@@ -83,7 +84,7 @@ class SettlementsController(Controller):
         claim = _claim(data)
         settings = request.app.state.settings
         try:
-            return await usecase.settle(
+            answer = await usecase.settle(
                 request.app.state.pool, claim, msgspec.json.encode(data), settings.psn_secret
             )
         except usecase.Conflict:
@@ -92,6 +93,10 @@ class SettlementsController(Controller):
             ) from None
         except usecase.UnknownOrg:
             raise bad_input("org", f"unknown organisation {data.org}") from None
+        metrics.SETTLEMENTS.labels(claim.mode, answer["decision"]).inc()
+        if answer["flags"]:
+            request.app.state.feed_wake()
+        return answer
 
     @get("/{setl_id:str}", guards=[requires(Role.INSURER)])
     async def read(self, request: Request[Any, Any, Any], setl_id: FromPath[str]) -> dict[str, Any]:

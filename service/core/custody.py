@@ -127,6 +127,31 @@ def blank(code: str, at: datetime) -> CodeState:
     return CodeState(code=code, kind=kind_of(code), product_id=product_of(code), last_at=at)
 
 
+def holds(state: CodeState, org: str) -> bool:
+    """The organisation holds the pack: it received it and has not sent it on, or the
+    pack is on its way to it (its receive scan may simply not be uploaded yet)."""
+    if state.state == IN_TRANSIT:
+        return state.destination == org
+    return state.custodian == org
+
+
+@dataclass(frozen=True, slots=True)
+class Suspicion:
+    """Physically real but suspicious activity seen while folding (becomes a flag)."""
+
+    kind: str  # UNKNOWN_CODE | DIVERSION
+    code: str
+    fact: Fact
+    detail: str
+    holder: str | None = None
+    shipped_to: str | None = None
+
+    @property
+    def key(self) -> str:
+        """One flag per suspicion and evidence, however often the evidence is re-sent."""
+        return f"{self.kind}:{self.code}:event:{self.fact.event_id}"
+
+
 @dataclass(slots=True)
 class World:
     """A set of code states that facts are applied to, in sort_key order.
@@ -142,6 +167,7 @@ class World:
     applied: dict[str, list[tuple[Fact, str | None]]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     record: bool = False
+    suspicions: list[Suspicion] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for s in self.states.values():
@@ -194,6 +220,8 @@ class World:
             self._touch(container, fact, None)
         for code in fact.codes:
             s = self.get(code, fact.at)
+            if kind != "commission":
+                self._suspect(s, fact)
             if kind == "commission":
                 self._commission(s, fact)
             elif kind == "pack":
@@ -210,6 +238,28 @@ class World:
                     self._touch(t, fact, via)
             else:
                 self._touch(s, fact, None)
+
+    def _suspect(self, s: CodeState, fact: Fact) -> None:
+        """Judge a named code as the fact finds it, before the fact changes it."""
+        if not s.commissioned:
+            detail = f"{fact.type} by {fact.org} of a code never commissioned"
+            self.suspicions.append(Suspicion("UNKNOWN_CODE", s.code, fact, detail))
+            return
+        if fact.type not in ("receive", "dispense") or holds(s, fact.org):
+            return
+        if fact.type == "receive" and s.custodian == fact.org:
+            return  # a re-scan of its own stock
+        where = f"held by {s.custodian}" + (f", last shipped to {s.destination}" if s.destination else "")
+        self.suspicions.append(
+            Suspicion(
+                "DIVERSION",
+                s.code,
+                fact,
+                f"{fact.type} by {fact.org}, but the pack is {where}",
+                holder=s.custodian,
+                shipped_to=s.destination,
+            )
+        )
 
     def _commission(self, s: CodeState, fact: Fact) -> None:
         s.commissioned = True

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
+from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, holds
 
 MISSING_CODES = "MISSING_CODES"
 QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
@@ -28,14 +28,6 @@ class Reason:
     code: str
     reason: str
     detail: str
-
-
-def holds(state: CodeState, org: str) -> bool:
-    """The organisation holds the pack: it received it and has not sent it on, or the
-    pack is on its way to it (its receive scan may simply not be uploaded yet)."""
-    if state.state == IN_TRANSIT:
-        return state.destination == org
-    return state.custodian == org
 
 
 def in_region(regions: list[str], region: str) -> bool:

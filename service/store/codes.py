@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from service.core.custody import CodeState
+from service.store.conn import Conn
 
 _COLUMNS = (
     "code",
@@ -54,7 +55,7 @@ def _state(row: asyncpg.Record) -> CodeState:
     return CodeState(**{c: row[c] for c in _COLUMNS})
 
 
-async def lock(conn: asyncpg.Connection, codes: Iterable[str]) -> dict[str, CodeState]:
+async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     """Lock the existing rows of ``codes`` for this transaction, in code order (every
     writer locks in that order, so two writers cannot deadlock), and return them."""
     rows = await conn.fetch(
@@ -64,7 +65,7 @@ async def lock(conn: asyncpg.Connection, codes: Iterable[str]) -> dict[str, Code
     return {r["code"]: _state(r) for r in rows}
 
 
-async def read(conn: asyncpg.Connection, codes: Iterable[str]) -> dict[str, CodeState]:
+async def read(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     rows = await conn.fetch(
         f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
         list(codes),
@@ -72,12 +73,12 @@ async def read(conn: asyncpg.Connection, codes: Iterable[str]) -> dict[str, Code
     return {r["code"]: _state(r) for r in rows}
 
 
-async def read_one(conn: asyncpg.Connection, code: str) -> CodeState | None:
+async def read_one(conn: Conn, code: str) -> CodeState | None:
     row = await conn.fetchrow(f"SELECT {_SELECT} FROM codes WHERE code = $1", code)  # noqa: S608
     return _state(row) if row else None
 
 
-async def descendants_ever(conn: asyncpg.Connection, codes: Iterable[str]) -> list[str]:
+async def descendants_ever(conn: Conn, codes: Iterable[str]) -> list[str]:
     """Every code that was ever packed, at any depth, inside one of ``codes``."""
     rows = await conn.fetch(
         """WITH RECURSIVE d(code) AS (
@@ -90,7 +91,7 @@ async def descendants_ever(conn: asyncpg.Connection, codes: Iterable[str]) -> li
     return [r["code"] for r in rows]
 
 
-async def ancestors_ever(conn: asyncpg.Connection, codes: Iterable[str]) -> list[str]:
+async def ancestors_ever(conn: Conn, codes: Iterable[str]) -> list[str]:
     """Every container that ever held one of ``codes``, at any depth."""
     rows = await conn.fetch(
         """WITH RECURSIVE a(code) AS (
@@ -103,7 +104,7 @@ async def ancestors_ever(conn: asyncpg.Connection, codes: Iterable[str]) -> list
     return [r["code"] for r in rows]
 
 
-async def contents(conn: asyncpg.Connection, code: str) -> list[str]:
+async def contents(conn: Conn, code: str) -> list[str]:
     rows = await conn.fetch("SELECT code FROM codes WHERE parent = $1 ORDER BY code", code)
     return [r["code"] for r in rows]
 
@@ -112,7 +113,7 @@ class CreatedConcurrently(Exception):
     """Another transaction created a code row this one meant to create; retry."""
 
 
-async def insert_new(conn: asyncpg.Connection, states: Iterable[CodeState]) -> None:
+async def insert_new(conn: Conn, states: Iterable[CodeState]) -> None:
     """Insert rows for codes seen for the first time. If any already exists (a
     concurrent request created it after this one looked), raise CreatedConcurrently so
     the whole transaction runs again, this time locking the row."""
@@ -132,7 +133,7 @@ async def insert_new(conn: asyncpg.Connection, states: Iterable[CodeState]) -> N
         raise CreatedConcurrently
 
 
-async def update(conn: asyncpg.Connection, states: Iterable[CodeState]) -> None:
+async def update(conn: Conn, states: Iterable[CodeState]) -> None:
     """Replace the state of rows this transaction has locked, in one statement."""
     rows = list(states)
     if not rows:
@@ -148,7 +149,7 @@ async def update(conn: asyncpg.Connection, states: Iterable[CodeState]) -> None:
     )
 
 
-async def add_containment(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> None:
+async def add_containment(conn: Conn, pairs: Iterable[tuple[str, str]]) -> None:
     pairs = list(pairs)
     if not pairs:
         return

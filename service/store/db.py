@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import asyncpg
 
 from service.store.codes import CreatedConcurrently
+from service.store.conn import Conn
 
 T = TypeVar("T")
 
@@ -21,7 +22,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
 )
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Conn) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -39,17 +40,14 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
-async def with_retry(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 5
-) -> T:
+async def with_retry(pool: asyncpg.Pool, work: Callable[[Conn], Awaitable[T]], attempts: int = 5) -> T:
     """Run ``work(conn)`` in one transaction; run it again if it deadlocked or lost a
     serialization race (each attempt starts clean)."""
     for attempt in range(attempts):
         async with pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    # the pool hands out a proxy that behaves as the connection
-                    return await work(cast(asyncpg.Connection, conn))
+                    return await work(conn)
             except RETRYABLE:
                 if attempt == attempts - 1:
                     raise

@@ -6,13 +6,12 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from service.core.custody import Fact
 from service.core.events import Incoming
+from service.store.conn import Conn
 
 
-async def insert(conn: asyncpg.Connection, events: list[Incoming]) -> set[UUID]:
+async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
     """Store events whose id is new; return those ids. A concurrent insert of the same
     id waits for the other transaction and then counts as already stored."""
     if not events:
@@ -43,7 +42,7 @@ async def insert(conn: asyncpg.Connection, events: list[Incoming]) -> set[UUID]:
     return {r["event_id"] for r in rows}
 
 
-async def forget(conn: asyncpg.Connection, event_ids: Iterable[UUID]) -> None:
+async def forget(conn: Conn, event_ids: Iterable[UUID]) -> None:
     """Drop events (inserted earlier in this same transaction) that took no code, so a
     corrected retry with the same id is processed rather than counted as a duplicate."""
     ids = list(event_ids)
@@ -51,7 +50,7 @@ async def forget(conn: asyncpg.Connection, event_ids: Iterable[UUID]) -> None:
         await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ids)
 
 
-async def link_codes(conn: asyncpg.Connection, facts: Iterable[Fact]) -> None:
+async def link_codes(conn: Conn, facts: Iterable[Fact]) -> None:
     """Record which codes each fact touched (containers of pack/unpack as role 'p')."""
     records: list[tuple[str, Any, UUID, bytes]] = []
     for f in facts:
@@ -64,7 +63,7 @@ async def link_codes(conn: asyncpg.Connection, facts: Iterable[Fact]) -> None:
         )
 
 
-async def facts_for(conn: asyncpg.Connection, codes: Iterable[str]) -> list[Fact]:
+async def facts_for(conn: Conn, codes: Iterable[str]) -> list[Fact]:
     """Every stored fact that touched one of ``codes``, restricted to those codes."""
     rows = await conn.fetch(
         """SELECT e.event_id, e.type, e.at, e.org, e.to_org, e.parent, e.lot, e.expiry,
@@ -92,7 +91,7 @@ async def facts_for(conn: asyncpg.Connection, codes: Iterable[str]) -> list[Fact
     ]
 
 
-async def details(conn: asyncpg.Connection, event_ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:
+async def details(conn: Conn, event_ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:
     """The stored fields of events, for history."""
     rows = await conn.fetch(
         """SELECT event_id, type, at, org, to_org, from_org, parent, lot, expiry, produced,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
+from service.store.conn import Conn
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 _LOCK_KEY = 7_413_000_001  # arbitrary, constant: "tracecode migrations"
@@ -39,7 +39,7 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def migrate(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the names applied by this call."""
     applied_now: list[str] = []
     async with conn.transaction():

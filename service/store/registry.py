@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from service.core.auth import Principal, Role
+from service.store.conn import Conn
 
 ORG_FIELDS = ("id", "name", "kind", "region")
 PRODUCT_FIELDS = (
@@ -23,7 +22,7 @@ PRODUCT_FIELDS = (
 )
 
 
-async def insert_org(conn: asyncpg.Connection, org: dict[str, Any]) -> dict[str, Any] | None:
+async def insert_org(conn: Conn, org: dict[str, Any]) -> dict[str, Any] | None:
     """Insert; return None if the id exists already (the existing row is then read with
     :func:`get_org`)."""
     row = await conn.fetchrow(
@@ -37,17 +36,17 @@ async def insert_org(conn: asyncpg.Connection, org: dict[str, Any]) -> dict[str,
     return dict(row) if row else None
 
 
-async def get_org(conn: asyncpg.Connection, org_id: str) -> dict[str, Any] | None:
+async def get_org(conn: Conn, org_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow("SELECT id, name, kind, region FROM orgs WHERE id = $1", org_id)
     return dict(row) if row else None
 
 
-async def get_orgs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, dict[str, Any]]:
     rows = await conn.fetch("SELECT id, name, kind, region FROM orgs WHERE id = ANY($1::text[])", ids)
     return {r["id"]: dict(r) for r in rows}
 
 
-async def insert_product(conn: asyncpg.Connection, product: dict[str, Any]) -> dict[str, Any] | None:
+async def insert_product(conn: Conn, product: dict[str, Any]) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         f"""INSERT INTO products ({", ".join(PRODUCT_FIELDS)})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -57,7 +56,7 @@ async def insert_product(conn: asyncpg.Connection, product: dict[str, Any]) -> d
     return dict(row) if row else None
 
 
-async def get_products(conn: asyncpg.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def get_products(conn: Conn, ids: list[str]) -> dict[str, dict[str, Any]]:
     rows = await conn.fetch(
         f"SELECT {', '.join(PRODUCT_FIELDS)} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
         ids,
@@ -65,9 +64,7 @@ async def get_products(conn: asyncpg.Connection, ids: list[str]) -> dict[str, di
     return {r["product_id"]: dict(r) for r in rows}
 
 
-async def insert_key(
-    conn: asyncpg.Connection, key_id: str, secret_hash: bytes, role: Role, org: str | None
-) -> None:
+async def insert_key(conn: Conn, key_id: str, secret_hash: bytes, role: Role, org: str | None) -> None:
     await conn.execute(
         "INSERT INTO api_keys (key_id, secret_hash, role, org) VALUES ($1, $2, $3, $4)",
         key_id,
@@ -77,7 +74,7 @@ async def insert_key(
     )
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: str) -> datetime | None:
+async def revoke_key(conn: Conn, key_id: str) -> datetime | None:
     """Revoke (idempotent); return when it was revoked, or None for an unknown key."""
     return await conn.fetchval(  # type: ignore[no-any-return]
         """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
@@ -86,7 +83,7 @@ async def revoke_key(conn: asyncpg.Connection, key_id: str) -> datetime | None:
     )
 
 
-async def principal_for(conn: asyncpg.Connection, secret_hash: bytes) -> Principal | None:
+async def principal_for(conn: Conn, secret_hash: bytes) -> Principal | None:
     row = await conn.fetchrow(
         "SELECT key_id, role, org FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
         secret_hash,

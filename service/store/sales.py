@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
+from service.store.conn import Conn
 
 
-async def existing(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+async def existing(conn: Conn, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which (code, sale_key) pairs have consumed units already (reversed or not)."""
     pairs = list(pairs)
     if not pairs:
@@ -25,7 +25,7 @@ async def existing(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -
 
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Conn,
     rows: Iterable[tuple[str, str, str | None, UUID | None, str, datetime, int]],
 ) -> None:
     """Insert (code, sale_key, setl_id, event_id, org, at, units) consumptions."""
@@ -38,7 +38,7 @@ async def record(
         )
 
 
-async def open_for(conn: asyncpg.Connection, codes: Iterable[str]) -> list[dict[str, Any]]:
+async def open_for(conn: Conn, codes: Iterable[str]) -> list[dict[str, Any]]:
     """Unreversed consumptions of ``codes``, newest first."""
     rows = await conn.fetch(
         """SELECT code, sale_key, setl_id, org, at, units FROM consumptions
@@ -49,7 +49,7 @@ async def open_for(conn: asyncpg.Connection, codes: Iterable[str]) -> list[dict[
     return [dict(r) for r in rows]
 
 
-async def reverse(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> None:
+async def reverse(conn: Conn, pairs: Iterable[tuple[str, str]]) -> None:
     pairs = list(pairs)
     if pairs:
         await conn.execute(
@@ -61,7 +61,7 @@ async def reverse(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) ->
         )
 
 
-async def for_code(conn: asyncpg.Connection, code: str) -> list[dict[str, Any]]:
+async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
     """All consumptions of one code, oldest first (history)."""
     rows = await conn.fetch(
         """SELECT sale_key, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed

@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from service.core.settlement import EarlierSale
+from service.store.conn import Conn
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     setl_id: str,
     org: str,
@@ -42,13 +41,13 @@ _GET = """SELECT setl_id, org, psn_hash, at, body_hash, request, response, decis
 _GET_LOCKED = _GET + " FOR UPDATE"
 
 
-async def get(conn: asyncpg.Connection, setl_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+async def get(conn: Conn, setl_id: str, *, lock: bool = False) -> dict[str, Any] | None:
     query = _GET_LOCKED if lock else _GET
     row = await conn.fetchrow(query, setl_id)
     return dict(row) if row else None
 
 
-async def answer(conn: asyncpg.Connection, setl_id: str, response: dict[str, Any], decision: str) -> None:
+async def answer(conn: Conn, setl_id: str, response: dict[str, Any], decision: str) -> None:
     await conn.execute(
         "UPDATE settlements SET response = $2, decision = $3 WHERE setl_id = $1",
         setl_id,
@@ -57,7 +56,7 @@ async def answer(conn: asyncpg.Connection, setl_id: str, response: dict[str, Any
     )
 
 
-async def mark_reversed(conn: asyncpg.Connection, setl_id: str, reversal: dict[str, Any]) -> None:
+async def mark_reversed(conn: Conn, setl_id: str, reversal: dict[str, Any]) -> None:
     await conn.execute(
         "UPDATE settlements SET reversal = $2, reversed_at = now() WHERE setl_id = $1",
         setl_id,
@@ -65,7 +64,7 @@ async def mark_reversed(conn: asyncpg.Connection, setl_id: str, reversal: dict[s
     )
 
 
-async def earlier_sales(conn: asyncpg.Connection, codes: list[str]) -> dict[str, list[EarlierSale]]:
+async def earlier_sales(conn: Conn, codes: list[str]) -> dict[str, list[EarlierSale]]:
     """Unreversed consumptions of ``codes``, oldest first."""
     rows = await conn.fetch(
         """SELECT code, sale_key, setl_id, event_id::text AS event_id, units FROM consumptions
@@ -81,7 +80,7 @@ async def earlier_sales(conn: asyncpg.Connection, codes: list[str]) -> dict[str,
     return out
 
 
-async def sale_consumptions(conn: asyncpg.Connection, sale_key: str) -> list[dict[str, Any]]:
+async def sale_consumptions(conn: Conn, sale_key: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT code, units FROM consumptions
            WHERE sale_key = $1 AND reversed_at IS NULL ORDER BY code""",
@@ -90,7 +89,7 @@ async def sale_consumptions(conn: asyncpg.Connection, sale_key: str) -> list[dic
     return [dict(r) for r in rows]
 
 
-async def exempt_codgs(conn: asyncpg.Connection, codgs: list[str]) -> set[str]:
+async def exempt_codgs(conn: Conn, codgs: list[str]) -> set[str]:
     rows = await conn.fetch(
         "SELECT DISTINCT med_list_codg FROM products WHERE med_list_codg = ANY($1::text[]) AND trace_exempt",
         codgs,

@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState, display_state, product_of, replay
 from service.core.rules import INVALID_CODE, Reason, code_reasons
@@ -16,6 +14,7 @@ from service.store import events as event_store
 from service.store import flags as flag_store
 from service.store import registry
 from service.store import sales as sale_store
+from service.store.conn import Conn
 
 
 def _answer(
@@ -47,9 +46,7 @@ def _answer(
     }
 
 
-async def verify(
-    conn: asyncpg.Connection, raws: Sequence[str], org: Mapping[str, Any]
-) -> list[dict[str, Any]]:
+async def verify(conn: Conn, raws: Sequence[str], org: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One answer per code, in order: would settling it at ``org`` now be payable?"""
     canon: list[str | None] = []
     for raw in raws:
@@ -68,7 +65,7 @@ async def verify(
     return answers
 
 
-async def history(conn: asyncpg.Connection, code: str) -> dict[str, Any]:
+async def history(conn: Conn, code: str) -> dict[str, Any]:
     """The code, where it is, and everything that happened to it or to any container it
     was in, in event-time order."""
     state = await code_store.read_one(conn, code)

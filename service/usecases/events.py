@@ -3,20 +3,27 @@ statements whatever the number of codes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from service import metrics
-from service.core.custody import World, product_of, replay, sort_key
-from service.core.events import Incoming, Rejection, judge
+from service.core.custody import CodeState, Fact, Suspicion, World, product_of, replay, sort_key
+from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection, judge
+from service.core.rules import in_region
 from service.core.sales import draw
 from service.store import codes as code_store
 from service.store import events as event_store
+from service.store import flags as flag_store
+from service.store import recalls as recall_store
 from service.store import registry
 from service.store import sales as sale_store
+from service.store.conn import Conn
 from service.store.db import with_retry
+from service.store.flags import NewFlag
 
 
 @dataclass(slots=True)
@@ -26,6 +33,7 @@ class IngestResult:
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     replayed: bool = False
+    flags: list[dict[str, Any]] = field(default_factory=list)
     by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -43,7 +51,7 @@ async def ingest(pool: asyncpg.Pool, events: list[Incoming], refused: list[Rejec
             if event.codes:
                 unique.append(event)
 
-    async def work(conn: asyncpg.Connection) -> IngestResult:
+    async def work(conn: Conn) -> IngestResult:
         result = await _ingest(conn, unique)
         result.duplicates += repeats
         return result
@@ -54,7 +62,7 @@ async def ingest(pool: asyncpg.Pool, events: list[Incoming], refused: list[Rejec
     return result
 
 
-async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestResult:
+async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     result = IngestResult()
     new_ids = await event_store.insert(conn, events)
     fresh = [e for e in events if e.event_id in new_ids]
@@ -69,7 +77,8 @@ async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestRes
         states.update(await code_store.lock(conn, inside))
 
     orgs = await registry.get_orgs(conn, sorted({o for e in fresh for o in (e.org, e.to, e.from_org) if o}))
-    wanted_products = {product_of(c) for e in fresh if e.type == "commission" for c in e.codes}
+    wanted_products = {product_of(c) for e in fresh if e.type in ("commission", "dispense") for c in e.codes}
+    wanted_products |= {s.product_id for s in states.values() if s.product_id}
     wanted_products |= {product_of(e.parent) for e in fresh if e.parent}
     products = await registry.get_products(conn, sorted(p for p in wanted_products if p))
 
@@ -77,7 +86,10 @@ async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestRes
     result.rejected = rejected
     taken = {f.event_id for f in facts}
     await event_store.forget(conn, [e.event_id for e in fresh if e.event_id not in taken])
+    by_id = {e.event_id: e for e in fresh}
+    flags = _conflict_flags(rejected, by_id, states)
     if not facts:
+        result.flags = await flag_store.raise_flags(conn, flags)
         return result
 
     pack_units = {pid: int(p["pack_units"]) for pid, p in products.items()}
@@ -86,6 +98,7 @@ async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestRes
         world = World(states=dict(states), pack_units=pack_units)
         world.apply_all(facts)
         dirty = world.changed
+        family: set[str] = set()
     else:
         # an event older than what these codes have seen: fold their whole history again
         result.replayed = True
@@ -96,8 +109,23 @@ async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestRes
         # every locked code may have changed; ancestors were only read, never written
         dirty = set(states)
 
-    by_id = {e.event_id: e for e in fresh}
-    await _consume(conn, world, [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)])
+    await _mark_recalled(conn, world, facts)
+    sales = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
+    flags += await _consume(conn, world, sales, products, orgs)
+    # a replay re-judges old facts too: those suspicions stand (or are raised again),
+    # but the answer reports only what this request's events raised
+    current = {f.dedup_key for f in flags}
+    for suspicion in world.suspicions:
+        flags.append(_flag_of(suspicion))
+        if suspicion.fact.event_id in taken:
+            current.add(suspicion.key)
+    raised = {r["dedup_key"]: r for r in await flag_store.raise_flags(conn, flags)}
+    result.flags = [raised[k] for k in dict.fromkeys(f.dedup_key for f in flags) if k in current]
+    if result.replayed:
+        standing = {flag.dedup_key for flag in flags}
+        await flag_store.auto_clear(
+            conn, sorted(states), standing, ("UNKNOWN_CODE", "DIVERSION"), [str(i) for i in taken]
+        )
 
     dirty |= {c for f in facts for c in f.codes} | {f.parent for f in facts if f.parent}
     await code_store.insert_new(conn, [world.states[c] for c in dirty if c not in states])
@@ -114,19 +142,28 @@ async def _ingest(conn: asyncpg.Connection, events: list[Incoming]) -> IngestRes
 
 
 async def _consume(
-    conn: asyncpg.Connection, world: World, sales: list[tuple[Incoming, tuple[str, ...]]]
-) -> None:
+    conn: Conn,
+    world: World,
+    sales: list[tuple[Incoming, tuple[str, ...]]],
+    products: Mapping[str, Mapping[str, Any]],
+    orgs: Mapping[str, Mapping[str, Any]],
+) -> list[NewFlag]:
     """Dispenses take units from packs; returns give back the latest sale's units. A
-    dispense carrying a setl_id that a settlement already consumed takes nothing again."""
+    dispense carrying a setl_id that a settlement already consumed takes nothing again.
+    Returns the suspicions a dispense raises: a consumed pack dispensed again (回流药),
+    expired, recalled or out-of-region stock."""
+    flags: list[NewFlag] = []
     dispenses = [(e, codes) for e, codes in sales if e.type == "dispense"]
     returns = [(e, codes) for e, codes in sales if e.type == "return"]
     if dispenses:
         keys = [(c, _sale_key(e)) for e, codes in dispenses for c in codes]
         done = await sale_store.existing(conn, keys)
         rows = []
+        earlier = await sale_store.open_for(conn, {c for _, codes in dispenses for c in codes})
         for event, codes in dispenses:
             key = _sale_key(event)
             fresh_codes = [c for c in codes if (c, key) not in done]
+            flags += _dispense_flags(event, fresh_codes, world, products, orgs, earlier)
             left = {c: world.states[c].units_left or 0 for c in fresh_codes}
             for code, units in draw(left, fresh_codes, event.quantity):
                 rows.append((code, key, event.setl_id, event.event_id, event.org, event.at, units))
@@ -157,6 +194,111 @@ async def _consume(
                 state.units_left = (state.units_left or 0) + int(match["units"])
                 world.changed.add(code)
         await sale_store.reverse(conn, undone)
+    return flags
+
+
+def _dispense_flags(
+    event: Incoming,
+    codes: list[str],
+    world: World,
+    products: Mapping[str, Mapping[str, Any]],
+    orgs: Mapping[str, Mapping[str, Any]],
+    earlier: list[dict[str, Any]],
+) -> list[NewFlag]:
+    out = []
+    org = orgs[event.org]
+
+    def flag(kind: str, code: str, detail: str, **refs: Any) -> None:
+        out.append(
+            NewFlag(
+                kind=kind,
+                code=code,
+                org=event.org,
+                region=org["region"],
+                at=event.at,
+                detail=f"dispense by {event.org}: {detail}",
+                refs={"events": [str(event.event_id)], **refs},
+                dedup_key=f"{kind}:{code}:event:{event.event_id}",
+            )
+        )
+
+    for code in codes:
+        state = world.states[code]
+        if not state.commissioned:
+            continue  # the fold already suspects an unknown code
+        if state.units_left is not None and state.units_left <= 0:
+            before = [e for e in earlier if e["code"] == code]
+            names = [e["setl_id"] or e["sale_key"] for e in before]
+            flag("DUPLICATE", code, "the pack was already consumed", settlements=names)
+        if state.expiry is not None and state.expiry < event.at.date():
+            flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
+        if state.recalled:
+            flag("RECALLED", code, f"lot {state.lot} is recalled")
+        product = products.get(state.product_id or "")
+        if product is not None and not in_region(list(product["regions"]), org["region"]):
+            flag("OUT_OF_REGION", code, f"may not be sold in region {org['region']}")
+    return out
+
+
+def _flag_of(s: Suspicion) -> NewFlag:
+    refs: dict[str, Any] = {"events": [str(s.fact.event_id)]}
+    if s.holder:
+        refs["holder"] = s.holder
+    if s.shipped_to:
+        refs["last_shipped_to"] = s.shipped_to
+    return NewFlag(
+        kind=s.kind,
+        code=s.code,
+        org=s.fact.org,
+        region=None,
+        at=s.fact.at,
+        detail=s.detail,
+        refs=refs,
+        dedup_key=s.key,
+    )
+
+
+def _conflict_flags(
+    rejected: list[Rejection], events: Mapping[UUID, Incoming], states: Mapping[str, CodeState]
+) -> list[NewFlag]:
+    """A code commissioned twice with different attributes: a cloned code, likely."""
+    out = []
+    for r in rejected:
+        if r.reason != COMMISSION_CONFLICT:
+            continue
+        event = events[r.event_id]
+        first = states.get(r.code)
+        refs: dict[str, Any] = {"events": [str(r.event_id)]}
+        if first is not None and first.commission_event is not None:
+            refs["events"].insert(0, str(first.commission_event))
+        out.append(
+            NewFlag(
+                kind=COMMISSION_CONFLICT,
+                code=r.code,
+                org=event.org,
+                region=None,
+                at=event.at,
+                detail=f"{event.org} commissioned it again as lot {event.lot}, expiry {event.expiry}",
+                refs=refs,
+                dedup_key=f"{COMMISSION_CONFLICT}:{r.code}:event:{r.event_id}",
+            )
+        )
+    return out
+
+
+async def _mark_recalled(conn: Conn, world: World, facts: list[Fact]) -> None:
+    """Codes commissioned into a lot that was already recalled are recalled too."""
+    lots = {(world.states[c].product_id, f.lot) for f in facts if f.type == "commission" for c in f.codes}
+    recalled = await recall_store.recalled_lots(conn, [(p, lot) for p, lot in lots if p and lot])
+    if not recalled:
+        return
+    for f in facts:
+        if f.type != "commission":
+            continue
+        for code in f.codes:
+            state = world.states[code]
+            if (state.product_id, state.lot) in recalled:
+                state.recalled = True
 
 
 def _sale_key(event: Incoming) -> str:
@@ -166,6 +308,8 @@ def _sale_key(event: Incoming) -> str:
 def _count(result: IngestResult) -> None:
     for type_, count in result.by_type.items():
         metrics.EVENTS.labels(type_).inc(count)
+    for flag in result.flags:
+        metrics.FLAGS_RAISED.labels(flag["kind"]).inc()
     metrics.EVENT_DUPLICATES.inc(result.duplicates)
     for rejection in result.rejected:
         metrics.CODES_REJECTED.labels(rejection.reason).inc()

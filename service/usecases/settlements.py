@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
@@ -20,6 +20,7 @@ from service.store import flags as flag_store
 from service.store import registry
 from service.store import sales as sale_store
 from service.store import settlements as setl_store
+from service.store.conn import Conn
 from service.store.db import with_retry
 from service.store.flags import NewFlag
 
@@ -82,13 +83,13 @@ async def settle(pool: asyncpg.Pool, claim: Claim, canonical_body: bytes, secret
     codes = sorted({c for c in canonical.values() if c})
     if claim.mode == "precheck":
         async with pool.acquire() as conn:
-            outcomes, _ = await _judge(cast(asyncpg.Connection, conn), claim, canonical, codes, lock=False)
+            outcomes, _ = await _judge(conn, claim, canonical, codes, lock=False)
         return _response(claim.setl_id, outcomes, [])
 
     psn_hash = keyed_hash(secret, claim.psn_no)
     body_hash = _body_hash(secret, canonical_body)
 
-    async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+    async def work(conn: Conn) -> dict[str, Any]:
         fresh = await setl_store.claim(
             conn,
             setl_id=claim.setl_id,
@@ -115,7 +116,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, canonical_body: bytes, secret
 
 
 async def _judge(
-    conn: asyncpg.Connection,
+    conn: Conn,
     claim: Claim,
     canonical: Mapping[str, str | None],
     codes: list[str],
@@ -146,7 +147,7 @@ async def _judge(
 
 
 async def _consume(
-    conn: asyncpg.Connection, claim: Claim, outcomes: list[LineOutcome], states: dict[str, CodeState]
+    conn: Conn, claim: Claim, outcomes: list[LineOutcome], states: dict[str, CodeState]
 ) -> None:
     rows = []
     changed: dict[str, CodeState] = {}
@@ -215,7 +216,7 @@ def _response(setl_id: str, outcomes: list[LineOutcome], flags: list[dict[str, A
     }
 
 
-async def get(conn: asyncpg.Connection, setl_id: str) -> dict[str, Any] | None:
+async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
     stored = await setl_store.get(conn, setl_id)
     if stored is None:
         return None
@@ -237,7 +238,7 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
     """Give back every unit this sale consumed (None for an unknown id). Doing it again
     returns the same result and restores nothing more."""
 
-    async def work(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    async def work(conn: Conn) -> dict[str, Any] | None:
         stored = await setl_store.get(conn, setl_id, lock=True)
         if stored is None:
             return None

@@ -20,6 +20,8 @@ CREATE INDEX settlements_psn ON settlements (psn_hash);
 CREATE INDEX settlements_org_at ON settlements (org, at);
 
 CREATE INDEX consumptions_sale ON consumptions (sale_key);
+CREATE INDEX consumptions_org ON consumptions (org);
+CREATE INDEX events_org_type ON events (org, type);
 
 CREATE TABLE flags (
     flag_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -34,11 +36,12 @@ CREATE TABLE flags (
     detail      text NOT NULL,
     refs        jsonb NOT NULL DEFAULT '{}',
     dedup_key   text NOT NULL UNIQUE,             -- one flag per suspicion and evidence
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz                      -- on the Redis stream yet? (outbox)
 );
-CREATE INDEX flags_newest ON flags (raised_at DESC, flag_id DESC);
+CREATE INDEX flags_unpublished ON flags (flag_id) WHERE published_at IS NULL;
 CREATE INDEX flags_code ON flags (code);
-CREATE INDEX flags_org ON flags (org, raised_at DESC);
+CREATE INDEX flags_org ON flags (org, flag_id DESC);
 CREATE INDEX flags_kind_status ON flags (kind, status);
 
 CREATE TABLE flag_changes (
@@ -48,4 +51,15 @@ CREATE TABLE flag_changes (
     note      text,
     by_key    text,
     PRIMARY KEY (flag_id, at)
+);
+
+-- Lot recalls: every code of the lot is marked recalled, and so is any code of the lot
+-- commissioned later.
+CREATE TABLE recalls (
+    product_id  text NOT NULL,
+    lot         text NOT NULL,
+    reason      text NOT NULL,
+    ordered_by  text,
+    at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (product_id, lot)
 );

@@ -1,0 +1,716 @@
+"""Settlement throughput and latency: the service over HTTP against a raw-asyncpg baseline
+running the same transactions on the same database, in the same run.
+
+What is measured
+    Every settlement is one claim of pharmacy P1 with ONE line of product 8123456 (24
+    units a pack), typical of an outpatient sale: 80% whole-pack lines of 1 to 3 fresh
+    packs, 20% split lines (拆零) of 1 to 10 units taken from an opened pack (a fresh
+    pack is opened when the current one holds too few units). Every claim must come
+    back ``accepted``; anything else (another status or decision, an exception) counts
+    as an error. Both sides draw the same random sequence of claims, each from its own
+    stock of codes.
+
+    * service: ``POST /v1/settlements`` with an insurer key, through one
+      ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, at most ``--concurrency``
+      connections) against ``tracecode serve --workers W``.
+    * baseline: the same process calls the service's own SQL functions
+      (``service.store.settlements``/``registry``/``codes``/``sales``) on an asyncpg
+      pool of ``--concurrency`` connections, one transaction per settlement, in the
+      service's order: INSERT settlements (ON CONFLICT DO NOTHING RETURNING), SELECT the
+      org, SELECT ... FOR UPDATE the codes rows in code order, SELECT the products,
+      SELECT the earlier consumptions, COPY the consumptions, UPDATE the codes rows'
+      units_left, UPDATE the settlement's response. What the service adds on top is what
+      the ratio prices: HTTP, the API-key look-up, JSON, validation, code parsing and
+      judging.
+
+    Two modes, each on both sides, each ``--seconds`` long:
+
+    * max throughput: ``--concurrency`` closed loops settle as fast as they can;
+      latency is request start to response parsed.
+    * at ``--rate`` settlements/s: open loop, sends scheduled on a fixed clock whatever
+      the earlier ones did; latency runs from the SCHEDULED send time, so queueing in
+      the client's connection pool (or the baseline's asyncpg pool) counts and a
+      stalled server cannot hide it (no coordinated omission).
+
+    settlements/s counts accepted settlements over the phase (the open-loop phase ends
+    when the last answer arrives). p50/p99 are nearest-rank percentiles of all answers.
+    A short unmeasured warm-up runs on each side first. CPU time of the load generator
+    (this process), the service's processes and PostgreSQL's processes is read from
+    /proc around each phase.
+
+How to run (from the repository root)
+    .venv/bin/python scripts/bench_settle.py [--seconds 20] [--concurrency 8] [--rate 150]
+                                             [--workers 2] [--codes N] [--database-url URL]
+
+Without ``--database-url`` a throwaway embedded PostgreSQL is started in a temporary
+folder and deleted at exit. Stock (commission, ship to P1, receive by P1) goes through
+``POST /v1/events`` in batches of 10,000 codes, ``--codes`` per side (default 5,000 per
+second of measurement). The service runs as ``tracecode serve`` in a subprocess (its
+embedded Valkey in a temporary ``TRACE_DATA_DIR``) and is stopped at the end, also on
+errors. The load generator runs on the same machine as the service and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import httpx
+
+from service.store import codes as code_store
+from service.store import registry
+from service.store import sales as sale_store
+from service.store import settlements as setl_store
+from service.store.db import create_pool
+
+PRODUCT = "8123456"
+CODG = "XJ01CAA040A001010104256"
+PACK_UNITS = 24
+MANUFACTURER = "M1"
+PHARMACY = "P1"
+PHARMACY_REGION = "450103"
+LOT = "BENCH1"
+EXPIRY = date(2030, 12, 31)
+PRODUCED = date(2025, 1, 15)
+STOCK_BATCH = 10_000  # codes per POST /v1/events (the service's limit)
+CODES_PER_SECOND = 5_000  # default stock per side and second of measurement
+WARM_UP_SECONDS = 2.0
+PSN_SECRET = "bench-settle-secret"  # noqa: S105 (a throwaway database's HMAC key)
+TRACECODE = Path(sys.executable).parent / "tracecode"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Settle = Callable[["Sale"], Awaitable[str | None]]  # None when accepted, else why not
+
+
+# --- the workload -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sale:
+    """One claim of one line, and the units it must take from each code."""
+
+    setl_id: str
+    psn_no: str
+    at: datetime
+    codes: tuple[str, ...]
+    quantity: int
+    split: bool
+    takes: tuple[tuple[str, int], ...]
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {
+                "setl_id": self.setl_id,
+                "org": PHARMACY,
+                "psn_no": self.psn_no,
+                "at": self.at.isoformat(),
+                "mode": "settle",
+                "lines": [
+                    {
+                        "line_no": 1,
+                        "med_list_codg": CODG,
+                        "quantity": self.quantity,
+                        "split": self.split,
+                        "codes": list(self.codes),
+                    }
+                ],
+            }
+        ).encode()
+
+
+class OutOfStock(Exception):
+    """Every code of this side's stock is spoken for."""
+
+
+class Sales:
+    """Claims drawn from one side's stock of received packs. ``slot`` picks one of
+    several opened packs for split lines, so concurrent senders do not queue on one row."""
+
+    def __init__(self, side: str, stock: list[str], slots: int, seed: int) -> None:
+        self._side = side
+        self._tag = uuid.uuid4().hex[:8]  # setl_ids stay fresh on a reused database
+        self._stock = stock
+        self._next = 0
+        self._opened: list[tuple[str, int] | None] = [None] * slots
+        self._rng = random.Random(seed)  # noqa: S311 (a workload, not a secret)
+        self.made = 0
+
+    def _fresh(self, n: int) -> list[str]:
+        if self._next + n > len(self._stock):
+            raise OutOfStock
+        codes = self._stock[self._next : self._next + n]
+        self._next += n
+        return codes
+
+    def next(self, slot: int) -> Sale:
+        rng = self._rng
+        if rng.random() < 0.2:
+            quantity = rng.randint(1, 10)
+            opened = self._opened[slot]
+            if opened is None or opened[1] < quantity:
+                opened = (self._fresh(1)[0], PACK_UNITS)
+            code, left = opened
+            self._opened[slot] = (code, left - quantity) if left > quantity else None
+            codes, split, takes = [code], True, [(code, quantity)]
+        else:
+            packs = rng.choices((1, 2, 3), weights=(70, 22, 8))[0]
+            codes = self._fresh(packs)
+            quantity, split, takes = PACK_UNITS * packs, False, [(c, PACK_UNITS) for c in codes]
+        self.made += 1
+        return Sale(
+            setl_id=f"BENCH-{self._side}-{self._tag}-{self.made}",
+            psn_no=f"450103{rng.randrange(10**12):012d}",
+            at=datetime.now(UTC),
+            codes=tuple(codes),
+            quantity=quantity,
+            split=split,
+            takes=tuple(takes),
+        )
+
+
+# --- the two sides ------------------------------------------------------------------
+
+
+def service_side(client: httpx.AsyncClient) -> Settle:
+    async def settle(sale: Sale) -> str | None:
+        resp = await client.post("/v1/settlements", content=sale.body())
+        if resp.status_code != 200:
+            return f"HTTP {resp.status_code}: {resp.text[:300]}"
+        decision = resp.json().get("decision")
+        return None if decision == "accepted" else f"decision {decision}: {resp.text[:300]}"
+
+    return settle
+
+
+class Refused(Exception):
+    """The baseline found the codes in a state the service would not accept."""
+
+
+def baseline_side(pool: asyncpg.Pool, secret: bytes) -> Settle:
+    """The service's settlement transaction through its own store functions, without
+    HTTP, authentication, JSON decoding, validation or judging."""
+
+    async def settle(sale: Sale) -> str | None:
+        body = sale.body()  # the service hashes the request body; so does the baseline
+        psn_hash = hmac.new(secret, sale.psn_no.encode(), hashlib.sha256).digest()
+        body_hash = hmac.new(secret, b"settlement\x00" + body, hashlib.sha256).digest()
+        codes = sorted(sale.codes)
+        request = {
+            "setl_id": sale.setl_id,
+            "org": PHARMACY,
+            "psn_hash": psn_hash.hex(),
+            "at": sale.at.isoformat(),
+            "mode": "settle",
+            "lines": [
+                {
+                    "line_no": 1,
+                    "med_list_codg": CODG,
+                    "quantity": sale.quantity,
+                    "split": sale.split,
+                    "codes": list(sale.codes),
+                }
+            ],
+        }
+        try:
+            async with pool.acquire() as proxy, proxy.transaction():
+                conn = cast(asyncpg.Connection, proxy)
+                fresh = await setl_store.claim(
+                    conn,
+                    setl_id=sale.setl_id,
+                    org=PHARMACY,
+                    psn_hash=psn_hash,
+                    at=sale.at,
+                    body_hash=body_hash,
+                    request=request,
+                )
+                if not fresh:
+                    raise Refused(f"settlement {sale.setl_id} exists")
+                org = await registry.get_org(conn, PHARMACY)
+                states = await code_store.lock(conn, codes)
+                product_ids = sorted({s.product_id for s in states.values() if s.product_id})
+                products = await registry.get_products(conn, product_ids)
+                earlier = await setl_store.earlier_sales(conn, codes)
+                if org is None or len(states) != len(codes) or PRODUCT not in products:
+                    raise Refused("unknown org, code or product")
+                for code, units in sale.takes:
+                    state = states[code]
+                    if (state.units_left or 0) < units or (not sale.split and earlier.get(code)):
+                        raise Refused(f"{code}: {state.units_left} units left, {units} wanted")
+                    state.units_left = (state.units_left or 0) - units
+                await sale_store.record(
+                    conn,
+                    [(c, sale.setl_id, sale.setl_id, None, PHARMACY, sale.at, u) for c, u in sale.takes],
+                )
+                await code_store.update(conn, [states[c] for c, _ in sale.takes])
+                response = {
+                    "setl_id": sale.setl_id,
+                    "decision": "accepted",
+                    "lines": [{"line_no": 1, "payable": True, "reasons": [], "units": sale.quantity}],
+                    "flags": [],
+                }
+                await setl_store.answer(conn, sale.setl_id, response, "accepted")
+        except Refused as exc:
+            return str(exc)
+        return None
+
+    return settle
+
+
+# --- load ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One phase of one side."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+    out_of_stock: bool = False
+    cpu: dict[str, float | None] = field(default_factory=dict)  # CPU seconds by process group
+
+    @property
+    def accepted(self) -> int:
+        return len(self.latencies) - len(self.errors)
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.elapsed if self.elapsed else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        """Nearest-rank percentile of the latencies, in milliseconds."""
+        if not self.latencies:
+            return math.nan
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def _one(settle: Settle, sale: Sale, since: float, result: Result) -> None:
+    try:
+        error = await settle(sale)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    result.latencies.append(time.perf_counter() - since)
+    if error is not None:
+        result.errors.append(error)
+
+
+async def closed_loop(settle: Settle, sales: Sales, concurrency: int, seconds: float) -> Result:
+    """``concurrency`` loops, each sending its next claim when the last one is answered."""
+    result = Result()
+    start = time.perf_counter()
+    end = start + seconds
+
+    async def loop(slot: int) -> None:
+        while time.perf_counter() < end:
+            try:
+                sale = sales.next(slot)
+            except OutOfStock:
+                result.out_of_stock = True
+                return
+            await _one(settle, sale, time.perf_counter(), result)
+
+    await asyncio.gather(*(loop(slot) for slot in range(concurrency)))
+    result.elapsed = time.perf_counter() - start
+    return result
+
+
+async def open_loop(settle: Settle, sales: Sales, rate: float, seconds: float, slots: int) -> Result:
+    """Claim i is due at start + i / rate; its latency counts from that moment."""
+    result = Result()
+    start = time.perf_counter() + 0.01
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            sale = sales.next(i % slots)
+        except OutOfStock:
+            result.out_of_stock = True
+            break
+        tasks.append(asyncio.create_task(_one(settle, sale, due, result)))
+    await asyncio.gather(*tasks)
+    result.elapsed = time.perf_counter() - start
+    return result
+
+
+# --- CPU accounting from /proc -----------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    # after "pid (comm) ": state ppid ... utime(11) stime(12) cutime(13) cstime(14)
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLK_TCK
+
+
+def _tree_cpu(root: int | None) -> float | None:
+    if root is None:
+        return None
+    stats = {
+        int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(int(p.name)))
+    }
+    if root not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def _local_postmaster(backend_pid: int) -> int | None:
+    """The parent of our PostgreSQL backend, when that backend is a process here."""
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{backend_pid}/comm").read_text().startswith("postgres"):
+            found = _stat(backend_pid)
+            return found[0] if found else None
+    return None
+
+
+@dataclass(frozen=True)
+class CpuProbe:
+    service_pid: int
+    postmaster_pid: int | None  # None when PostgreSQL is not a local process
+
+    def sample(self) -> dict[str, float | None]:
+        return {
+            "bench": time.process_time(),
+            "service": _tree_cpu(self.service_pid),
+            "postgres": _tree_cpu(self.postmaster_pid),
+        }
+
+
+async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
+    before = probe.sample()
+    result = await phase
+    after = probe.sample()
+    for name, value in after.items():
+        old = before[name]
+        result.cpu[name] = None if value is None or old is None else value - old
+    return result
+
+
+# --- servers and set-up (as scripts/bench_ingest.py) --------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_service(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: S603
+            [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                    return proc
+            time.sleep(0.2)
+        raise RuntimeError(f"the service was not ready within 60 s:\n{log_path.read_text()[-3000:]}")
+    except BaseException:
+        stop_service(proc)
+        raise
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT, then SIGKILL after 10 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def create_admin_key(env: dict[str, str]) -> str:
+    done = subprocess.run(  # noqa: S603
+        [str(TRACECODE), "key", "create", "--role", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+async def post(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> Any:
+    resp = await client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+    if resp.status_code not in (200, 201):
+        raise RuntimeError(f"POST {path}: {resp.status_code} {resp.text[:1000]}")
+    return resp.json()
+
+
+async def register(client: httpx.AsyncClient, admin: str) -> dict[str, str]:
+    """Orgs M1 and P1, the product, and keys: M1's, P1's and an insurer's (by name)."""
+    orgs = ((MANUFACTURER, "manufacturer", "450100"), (PHARMACY, "pharmacy", PHARMACY_REGION))
+    for org, kind, region in orgs:
+        await post(
+            client, admin, "/v1/orgs", {"id": org, "name": f"{org} Ltd", "kind": kind, "region": region}
+        )
+    product = {
+        "product_id": PRODUCT,
+        "name": "Amoxicillin 0.25g x 24",
+        "med_list_codg": CODG,
+        "pack_units": PACK_UNITS,
+        "manufacturer": MANUFACTURER,
+        "regions": ["45"],
+    }
+    await post(client, admin, "/v1/products", product)
+    keys = {
+        org: (await post(client, admin, "/v1/keys", {"role": "org", "org": org}))["secret"]
+        for org in (MANUFACTURER, PHARMACY)
+    }
+    keys["insurer"] = (await post(client, admin, "/v1/keys", {"role": "insurer"}))["secret"]
+    return keys
+
+
+async def stock(client: httpx.AsyncClient, keys: dict[str, str], codes: list[str], first: datetime) -> None:
+    """Commission, ship to P1 and receive by P1, 10,000 codes a request, in event-time order."""
+    at = first
+    for i in range(0, len(codes), STOCK_BATCH):
+        batch = codes[i : i + STOCK_BATCH]
+        steps: list[tuple[str, dict[str, Any]]] = [
+            (
+                MANUFACTURER,
+                {
+                    "type": "commission",
+                    "org": MANUFACTURER,
+                    "lot": LOT,
+                    "expiry": EXPIRY.isoformat(),
+                    "produced": PRODUCED.isoformat(),
+                },
+            ),
+            (MANUFACTURER, {"type": "ship", "org": MANUFACTURER, "to": PHARMACY}),
+            (PHARMACY, {"type": "receive", "org": PHARMACY}),
+        ]
+        for key_of, fields in steps:
+            at += timedelta(seconds=1)
+            event = {"event_id": str(uuid.uuid4()), "at": at.isoformat(), "codes": batch, **fields}
+            answer = await post(client, keys[key_of], "/v1/events", {"events": [event]})
+            if answer["accepted"] != len(batch):
+                raise RuntimeError(f"{fields['type']}: {answer['accepted']} of {len(batch)} accepted")
+
+
+async def migrate(url: str) -> None:
+    from service.store.migrations import migrate as apply
+
+    conn = await asyncpg.connect(url)
+    try:
+        await apply(conn)
+    finally:
+        await conn.close()
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    pg_version: str = ""
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    codes_per_side: int = 0
+    results: dict[tuple[str, str], Result] = field(default_factory=dict)  # (mode, side)
+
+
+async def bench(args: argparse.Namespace, database_url: str, port: int, server_pid: int, admin: str) -> Run:
+    run = Run(codes_per_side=args.codes or CODES_PER_SECOND * math.ceil(args.seconds))
+    conn = await asyncpg.connect(database_url)
+    try:
+        run.pg_version = await conn.fetchval("SHOW server_version")
+        postmaster = _local_postmaster(await conn.fetchval("SELECT pg_backend_pid()"))
+        last = await conn.fetchval("SELECT max(code) FROM codes WHERE code LIKE $1", f"{PRODUCT}%")
+    finally:
+        await conn.close()
+    probe = CpuProbe(server_pid, postmaster)
+    first = int(last[7:]) + 1 if last else 1
+    n = run.codes_per_side
+    ours = [f"{PRODUCT}{s:013d}" for s in range(first, first + n)]
+    theirs = [f"{PRODUCT}{s:013d}" for s in range(first + n, first + 2 * n)]
+
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as setup:
+        keys = await register(setup, admin)
+        started = time.perf_counter()
+        since = datetime.now(UTC) - timedelta(days=1)
+        await stock(setup, keys, ours + theirs, since)
+        print(f"stocked 2 x {n:,} codes in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    headers = {"Authorization": f"Bearer {keys['insurer']}", "Content-Type": "application/json"}
+    slots = args.concurrency
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, headers=headers, timeout=60) as client:
+        pool = await create_pool(database_url, min_size=args.concurrency, max_size=args.concurrency)
+        try:
+            sides: dict[str, tuple[Settle, Sales]] = {
+                "service": (service_side(client), Sales("S", ours, slots, args.seed)),
+                "baseline": (baseline_side(pool, PSN_SECRET.encode()), Sales("B", theirs, slots, args.seed)),
+            }
+            for settle, sales in sides.values():  # warm-up: connections, prepared statements
+                await closed_loop(settle, sales, args.concurrency, WARM_UP_SECONDS)
+            run.load_before = os.getloadavg()
+            for side, (settle, sales) in sides.items():
+                print(f"{side}: max throughput for {args.seconds} s", file=sys.stderr)
+                phase = closed_loop(settle, sales, args.concurrency, args.seconds)
+                run.results[("max", side)] = await measured(probe, phase)
+            for side, (settle, sales) in sides.items():
+                print(f"{side}: {args.rate}/s for {args.seconds} s", file=sys.stderr)
+                phase = open_loop(settle, sales, args.rate, args.seconds, slots)
+                run.results[("rate", side)] = await measured(probe, phase)
+        finally:
+            await pool.close()
+    return run
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def report(args: argparse.Namespace, run: Run, embedded: bool) -> str:
+    ncpu = len(os.sched_getaffinity(0))
+    modes = {"max": f"max throughput ({args.concurrency} concurrent)", "rate": f"at {args.rate:g}/s"}
+    where = "embedded, throwaway" if embedded else "--database-url"
+    lines = [
+        f"- machine: {ncpu} CPU(s) (nproc), {cpu_model()}; load average before the measured phases: "
+        + " ".join(f"{x:.2f}" for x in run.load_before),
+        f"- Python {platform.python_version()}, PostgreSQL {run.pg_version} ({where}), "
+        f"service workers: {args.workers}, concurrency: {args.concurrency}, {args.seconds:g} s per phase",
+        "- the load generator (httpx client, and the baseline itself) runs on the same machine",
+        "- claims: one line each; 80% whole-pack (1-3 packs of 24), 20% split (1-10 units)",
+        f"- command: `{shlex.join(sys.orig_argv)}`",
+        "",
+        "| mode | service settlements/s | baseline settlements/s | service / baseline "
+        "| service p50 / p99 ms | baseline p50 / p99 ms | errors (service / baseline) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, label in modes.items():
+        ours, theirs = run.results[(mode, "service")], run.results[(mode, "baseline")]
+        ratio = 100 * ours.rate / theirs.rate if theirs.rate else math.nan
+        lines.append(
+            f"| {label} | {ours.rate:,.0f} | {theirs.rate:,.0f} | {ratio:.0f}% "
+            f"| {ours.percentile_ms(0.5):.1f} / {ours.percentile_ms(0.99):.1f} "
+            f"| {theirs.percentile_ms(0.5):.1f} / {theirs.percentile_ms(0.99):.1f} "
+            f"| {len(ours.errors)} / {len(theirs.errors)} |"
+        )
+    ours, theirs = run.results[("max", "service")], run.results[("max", "baseline")]
+    rated = run.results[("rate", "service")]
+    ratio_ok = theirs.rate > 0 and ours.rate >= 0.8 * theirs.rate
+    p99_ok = rated.percentile_ms(0.99) < 25
+    lines += [
+        "",
+        f"Aim: service >= 80% of the baseline at max throughput: {'met' if ratio_ok else 'NOT met'}; "
+        f"service p99 < 25 ms at {args.rate:g}/s: {'met' if p99_ok else 'NOT met'}.",
+        "",
+        "CPU per accepted settlement (ms), and how busy the machine was "
+        f"(CPU seconds / (phase seconds x {ncpu} CPUs)):",
+        "",
+        "| mode | side | bench process ms | service processes ms | PostgreSQL ms | machine busy |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (mode, side), result in run.results.items():
+        per = [
+            "n/a" if (v := result.cpu.get(name)) is None else f"{1000 * v / max(result.accepted, 1):.2f}"
+            for name in ("bench", "service", "postgres")
+        ]
+        total = sum(v for v in result.cpu.values() if v is not None)
+        busy = 100 * total / (result.elapsed * ncpu) if result.elapsed else math.nan
+        lines.append(f"| {modes[mode]} | {side} | {' | '.join(per)} | {busy:.0f}% |")
+    for (mode, side), result in run.results.items():
+        if result.out_of_stock:
+            lines.append(f"\nWARNING: {side} ran out of stock in {modes[mode]}; raise --codes.")
+        for error in result.errors[:3]:
+            lines.append(f"\n{side}, {modes[mode]}: {error}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20, help="length of each phase (default 20)")
+    p.add_argument("--concurrency", type=int, default=8, help="connections / loops (default 8)")
+    p.add_argument("--rate", type=float, default=150, help="target settlements/s (default 150)")
+    p.add_argument("--workers", type=int, default=2, help="service worker processes (default 2)")
+    p.add_argument("--codes", type=int, default=0, help=f"stock per side (default {CODES_PER_SECOND:,}/s)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the claims (default 1)")
+    p.add_argument("--database-url", default=None, help="use this database instead of a throwaway one")
+    args = p.parse_args()
+
+    database_url = args.database_url
+    if database_url is None:
+        from service.embedded import start_postgres
+
+        # stopped and deleted at exit, after the service has stopped
+        database_url = start_postgres(Path(tempfile.mkdtemp(prefix="tracecode-bench-pg-")), throwaway=True)
+    asyncio.run(migrate(database_url))
+    workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-"))
+    env = dict(
+        os.environ,
+        TRACE_DATABASE_URL=database_url,
+        TRACE_DATA_DIR=str(workdir / "data"),
+        TRACE_PSN_SECRET=PSN_SECRET,
+    )
+    try:
+        port = free_port()
+        server = start_service(env, port, args.workers, workdir / "service.log")
+        try:
+            admin = create_admin_key(env)
+            run = asyncio.run(bench(args, database_url, port, server.pid, admin))
+        finally:
+            stop_service(server)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(report(args, run, embedded=args.database_url is None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

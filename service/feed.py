@@ -1,0 +1,94 @@
+"""The live flag feed: every new or changed flag goes onto the Redis stream ``flags``.
+
+PostgreSQL keeps the record; the stream is a copy for other systems (read it with
+consumer groups: XREADGROUP). Flags are published from an outbox (``flags.published_at``
+is NULL until the stream has them), so a Redis outage delays the feed but loses nothing
+and never blocks settling or ingest. Delivery is at least once: consumers dedupe on
+``flag_id`` + ``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service import metrics
+from service.store import flags as flag_store
+
+log = logging.getLogger(__name__)
+
+STREAM = "flags"
+STREAM_MAXLEN = 1_000_000  # approximate trim; PostgreSQL has the full record
+BATCH = 500
+
+
+def _entry(flag: dict[str, Any]) -> dict[str, str]:
+    return {
+        "flag_id": str(flag["flag_id"]),
+        "kind": flag["kind"],
+        "code": flag["code"],
+        "org": flag["org"] or "",
+        "region": flag["region"] or "",
+        "at": flag["at"].isoformat(),
+        "raised_at": flag["raised_at"].isoformat(),
+        "status": flag["status"],
+        "detail": flag["detail"],
+        "refs": json.dumps(flag["refs"], default=str),
+    }
+
+
+class FlagFeed:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.pool = pool
+        self.redis = redis
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New flags were committed: publish soon rather than at the next tick."""
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished flags; return how many went out. Raises
+        RedisError (after counting the batch as failed) when Redis is unreachable."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            flags = await flag_store.claim_unpublished(conn, BATCH)
+            if not flags:
+                metrics.FLAGS_UNPUBLISHED.set(0)
+                return 0
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for flag in flags:
+                        pipe.xadd(STREAM, _entry(flag), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                    await pipe.execute()
+            except (RedisError, OSError):
+                metrics.FLAGS_PUBLISH_FAILED.inc(len(flags))
+                metrics.FLAGS_UNPUBLISHED.set(await flag_store.unpublished_count(conn))
+                raise
+            await flag_store.mark_published(conn, [f["flag_id"] for f in flags])
+            metrics.FLAGS_PUBLISHED.inc(len(flags))
+            return len(flags)
+
+    async def run(self) -> None:
+        """Publish forever: on a wake-up or every second; back off while Redis is down."""
+        delay = 1.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            self._wake.clear()
+            try:
+                while await self.publish_pending() == BATCH:
+                    pass
+                delay = 1.0
+            except (RedisError, OSError) as exc:
+                delay = min(delay * 2, 10.0)
+                log.warning("flag feed: Redis unavailable (%s); retrying in %.0f s", exc, delay)
+            except asyncpg.PostgresError as exc:  # pragma: no cover - database hiccup
+                delay = min(delay * 2, 10.0)
+                log.warning("flag feed: database error (%s)", exc)

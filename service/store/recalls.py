@@ -1,0 +1,74 @@
+"""SQL for lot recalls and where a lot's units are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.store.conn import Conn
+
+
+async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    if not lots:
+        return set()
+    rows = await conn.fetch(
+        """SELECT product_id, lot FROM recalls
+           WHERE (product_id, lot) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [p for p, _ in lots],
+        [lot for _, lot in lots],
+    )
+    return {(r["product_id"], r["lot"]) for r in rows}
+
+
+async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str) -> tuple[bool, int]:
+    """Record the recall (once) and mark every code of the lot; returns (new, codes marked)."""
+    new = await conn.fetchval(
+        """INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (product_id, lot) DO NOTHING RETURNING true""",
+        product_id,
+        lot,
+        reason,
+        by_key,
+    )
+    status = await conn.execute(
+        """UPDATE codes SET recalled = true, updated_at = now()
+           WHERE product_id = $1 AND lot = $2 AND NOT recalled""",
+        product_id,
+        lot,
+    )
+    return bool(new), int(status.split()[-1])
+
+
+async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
+    """Counts of the lot's codes by displayed state and by custodian (one scan)."""
+    rows = await conn.fetch(
+        """SELECT CASE WHEN state = 'destroyed' THEN 'destroyed'
+                       WHEN recalled THEN 'recalled'
+                       WHEN units_left = 0 THEN 'dispensed'
+                       ELSE state END AS shown,
+                  custodian, count(*) AS n, sum(units_left) AS units
+           FROM codes WHERE product_id = $1 AND lot = $2
+           GROUP BY 1, 2""",
+        product_id,
+        lot,
+    )
+    by_state: dict[str, int] = {}
+    by_custodian: dict[str, int] = {}
+    units = 0
+    for r in rows:
+        by_state[r["shown"]] = by_state.get(r["shown"], 0) + r["n"]
+        holder = r["custodian"] or "unknown"
+        by_custodian[holder] = by_custodian.get(holder, 0) + r["n"]
+        units += r["units"] or 0
+    recall = await conn.fetchrow(
+        "SELECT reason, at FROM recalls WHERE product_id = $1 AND lot = $2", product_id, lot
+    )
+    return {
+        "product_id": product_id,
+        "lot": lot,
+        "codes": sum(by_state.values()),
+        "units_left": units,
+        "by_state": by_state,
+        "by_custodian": by_custodian,
+        "recalled": recall is not None,
+        "recall": dict(recall) if recall else None,
+    }

@@ -1,0 +1,49 @@
+"""SQL for organisation statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.store.conn import Conn
+
+
+async def org_stats(conn: Conn, org: str) -> dict[str, Any]:
+    received = await conn.fetchval(
+        """SELECT count(*) FROM events e JOIN event_codes l USING (event_id)
+           WHERE e.org = $1 AND e.type = 'receive' AND l.role = 'c'""",
+        org,
+    )
+    # a dispense event counts as dispensed; a sale settled by insurance as settled (a
+    # dispense that carries its settlement id is both)
+    sales = await conn.fetchrow(
+        """SELECT count(DISTINCT code) FILTER (WHERE event_id IS NOT NULL) AS dispensed_codes,
+                  coalesce(sum(units) FILTER (WHERE event_id IS NOT NULL), 0) AS dispensed_units,
+                  count(DISTINCT code) FILTER (WHERE setl_id IS NOT NULL) AS settled_codes,
+                  coalesce(sum(units) FILTER (WHERE setl_id IS NOT NULL), 0) AS settled_units
+           FROM consumptions WHERE org = $1 AND reversed_at IS NULL""",
+        org,
+    )
+    settlements = await conn.fetch(
+        "SELECT decision, count(*) AS n FROM settlements WHERE org = $1 GROUP BY decision", org
+    )
+    flags = await conn.fetch(
+        "SELECT kind, status, count(*) AS n FROM flags WHERE org = $1 GROUP BY kind, status", org
+    )
+    by_kind: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    for r in flags:
+        by_kind[r["kind"]] = by_kind.get(r["kind"], 0) + r["n"]
+        by_status[r["status"]] = by_status.get(r["status"], 0) + r["n"]
+    assert sales is not None
+    return {
+        "org": org,
+        "received": received,
+        "dispensed": sales["dispensed_codes"],
+        "dispensed_units": sales["dispensed_units"],
+        "settled": sales["settled_codes"],
+        "settled_units": sales["settled_units"],
+        "settlements": {r["decision"] or "pending": r["n"] for r in settlements},
+        "flagged": sum(by_kind.values()),
+        "flags_by_kind": by_kind,
+        "flags_by_status": by_status,
+    }
