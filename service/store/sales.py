@@ -69,3 +69,21 @@ async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
         code,
     )
     return [dict(r) for r in rows]
+
+
+async def unapplied_dispenses(conn: Conn, codes: list[str]) -> list[dict[str, Any]]:
+    """Dispense events of ``codes`` that consumed nothing yet (they arrived before the
+    code was commissioned), oldest first, one row per event with its codes in order."""
+    rows = await conn.fetch(
+        """SELECT e.event_id, e.org, e.at, e.quantity, e.setl_id, array_agg(l.code ORDER BY l.code) AS codes
+           FROM event_codes l JOIN events e USING (event_id)
+           WHERE l.code = ANY($1::text[]) AND l.role = 'c' AND e.type = 'dispense'
+             AND NOT EXISTS (
+                 SELECT 1 FROM consumptions c
+                 WHERE c.code = l.code
+                   AND c.sale_key = coalesce(e.setl_id, 'event:' || e.event_id::text))
+           GROUP BY e.event_id
+           ORDER BY e.at, e.event_id""",
+        codes,
+    )
+    return [dict(r) for r in rows]

@@ -112,6 +112,7 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     await _mark_recalled(conn, world, facts)
     sales = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
     flags += await _consume(conn, world, sales, products, orgs)
+    await _apply_early_dispenses(conn, world, states, products, orgs)
     # a replay re-judges old facts too: those suspicions stand (or are raised again),
     # but the answer reports only what this request's events raised
     current = {f.dedup_key for f in flags}
@@ -195,6 +196,41 @@ async def _consume(
                 world.changed.add(code)
         await sale_store.reverse(conn, undone)
     return flags
+
+
+async def _apply_early_dispenses(
+    conn: Conn,
+    world: World,
+    before: Mapping[str, CodeState],
+    products: Mapping[str, Mapping[str, Any]],
+    orgs: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """A dispense that arrived before its code's commission took nothing (the pack size
+    was unknown); now that the code is commissioned, it takes its units. Its suspicions
+    were judged on arrival, so none are raised here."""
+    newly = [c for c, s in before.items() if not s.commissioned and world.states[c].commissioned]
+    if not newly:
+        return
+    pending = await sale_store.unapplied_dispenses(conn, newly)
+    if not pending:
+        return
+    sellers = await registry.get_orgs(conn, sorted({p["org"] for p in pending}))
+    sales = [
+        (
+            Incoming(
+                event_id=p["event_id"],
+                type="dispense",
+                at=p["at"],
+                org=p["org"],
+                codes=tuple(p["codes"]),
+                quantity=p["quantity"],
+                setl_id=p["setl_id"],
+            ),
+            tuple(p["codes"]),
+        )
+        for p in pending
+    ]
+    await _consume(conn, world, sales, products, {**orgs, **sellers})
 
 
 def _dispense_flags(

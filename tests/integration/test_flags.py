@@ -1,0 +1,268 @@
+"""Flags and investigation through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.helpers import Api, cn20, event, small_world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def world(admin: Api) -> dict[str, Any]:
+    w = await small_world(admin)
+    w["inv"] = await admin.key_for("investigator")
+    w["insurer"] = await admin.key_for("insurer")
+    return w
+
+
+async def flags(inv: Api, **filters: Any) -> list[dict[str, Any]]:
+    return (await inv.ok("GET", "/v1/flags?" + "&".join(f"{k}={v}" for k, v in filters.items())))["items"]
+
+
+async def test_late_ship_clears_a_diversion_flag(admin: Api) -> None:
+    w = await world(admin)
+    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 1)
+    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"))
+    ship_to_d1 = event("ship", "M1", [code], 1, to="D1")
+    await m.events(ship_to_d1)
+    await d1.events(event("receive", "D1", [code], 2))
+    # the pharmacy uploads its receive before the distributor uploads its ship
+    out = await p1.events(event("receive", "P1", [code], 4))
+    assert [f["kind"] for f in out["flags"]] == ["DIVERSION"]
+    flag_id = out["flags"][0]["flag_id"]
+    late_ship = event("ship", "D1", [code], 3, to="P1")
+    explained = await d1.events(late_ship)
+    assert explained["flags"] == []
+    flag = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert flag["status"] == "auto_cleared"
+    assert late_ship["event_id"] in flag["refs"]["cleared_by"]
+    assert [h["status"] for h in flag["history"]] == ["auto_cleared"]
+
+
+async def test_unknown_code_flag_clears_when_commission_arrives_late(admin: Api) -> None:
+    w = await world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 2)
+    out = await p1.events(event("receive", "P1", [code], 5))
+    assert [f["kind"] for f in out["flags"]] == ["UNKNOWN_CODE"]
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    assert await flags(w["inv"], status="open") == []
+    assert [f["kind"] for f in await flags(w["inv"], status="auto_cleared")] == ["UNKNOWN_CODE"]
+
+
+async def test_dispense_flags_and_no_flag_storms(admin: Api) -> None:
+    w = await world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 3)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2), event("dispense", "P1", [code], 3))
+    resold = event("dispense", "P1", [code], 4)
+    first = await p1.events(resold)
+    assert [f["kind"] for f in first["flags"]] == ["DUPLICATE"]
+    again = await p1.events(resold)  # a retry is the same evidence
+    assert again["duplicates"] == 1
+    settle = {
+        "setl_id": "S-DUP",
+        "org": "P1",
+        "psn_no": "1",
+        "at": "2026-03-02T09:00:00+00:00",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
+        ],
+    }
+    a1 = await w["insurer"].ok("POST", "/v1/settlements", settle)
+    a2 = await w["insurer"].ok("POST", "/v1/settlements", settle)
+    assert a1["flags"] == a2["flags"]
+    assert len(await flags(w["inv"], kind="DUPLICATE", code=code)) == 2  # one per piece of evidence
+
+
+async def test_commission_conflict_is_flagged(admin: Api) -> None:
+    w = await world(admin)
+    m = w["keys"]["M1"]
+    code = cn20(w["unit"], 4)
+    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"))
+    out = await m.events(event("commission", "M1", [code], 1, lot="L9", expiry="2031-01-01"))
+    assert out["rejected"][0]["reason"] == "COMMISSION_CONFLICT"
+    assert [f["kind"] for f in out["flags"]] == ["COMMISSION_CONFLICT"]
+
+
+async def test_listing_filters_and_stable_cursor(admin: Api) -> None:
+    w = await world(admin)
+    p1, p9, inv = w["keys"]["P1"], w["keys"]["P9"], w["inv"]
+    for i in range(7):
+        await p1.events(event("receive", "P1", [cn20("8123456", 100 + i)], i))
+    await p9.events(event("receive", "P9", [cn20("8123456", 200)], 10))
+    assert len(await flags(inv, org="P1")) == 7
+    assert len(await flags(inv, region="11")) == 1
+    assert len(await flags(inv, region="4501")) == 7
+    assert len(await flags(inv, code=cn20("8123456", 103))) == 1
+    assert (
+        len(await flags(inv, since="2026-03-02T08:03:00%2B00:00", until="2026-03-02T08:05:00%2B00:00")) == 2
+    )
+    page1 = await inv.ok("GET", "/v1/flags?limit=3")
+    assert [f["code"] for f in page1["items"]] == [
+        cn20("8123456", 200),
+        cn20("8123456", 106),
+        cn20("8123456", 105),
+    ]
+    await p1.events(event("receive", "P1", [cn20("8123456", 300)], 20))  # arrives between pages
+    seen = [f["flag_id"] for f in page1["items"]]
+    cursor = page1["next_cursor"]
+    while cursor:
+        page = await inv.ok("GET", f"/v1/flags?limit=3&cursor={cursor}")
+        seen += [f["flag_id"] for f in page["items"]]
+        cursor = page["next_cursor"]
+    assert len(seen) == len(set(seen)) == 8  # nothing lost or repeated; the newcomer is on page 0
+    for bad in ("kind=NOPE", "status=closed", "cursor=zzz", "limit=0", "since=yesterday", "region=4x"):
+        resp = await inv.get(f"/v1/flags?{bad}")
+        assert resp.status_code == 400, bad
+    assert (await p1.get("/v1/flags")).status_code == 403
+
+
+async def test_workflow_keeps_history(admin: Api) -> None:
+    w = await world(admin)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 1)], 0))
+    flag_id = out["flags"][0]["flag_id"]
+    inv = w["inv"]
+    await inv.ok("PATCH", f"/v1/flags/{flag_id}", {"status": "investigating", "note": "calling the pharmacy"})
+    done = await inv.ok("PATCH", f"/v1/flags/{flag_id}", {"status": "confirmed", "note": "fake pack"})
+    assert done["status"] == "confirmed"
+    assert [(h["status"], h["note"]) for h in done["history"]] == [
+        ("investigating", "calling the pharmacy"),
+        ("confirmed", "fake pack"),
+    ]
+    assert all(h["by_key"] == inv.key.split(".")[0] for h in done["history"])
+    assert (
+        await inv.client.patch(f"/v1/flags/{flag_id}", headers=inv.headers, json={"status": "auto_cleared"})
+    ).status_code == 400
+    assert (
+        await inv.client.patch(f"/v1/flags/{flag_id}", headers=inv.headers, json={"status": "open", "x": 1})
+    ).status_code == 400
+    assert (
+        await inv.client.patch("/v1/flags/999999", headers=inv.headers, json={"status": "open"})
+    ).status_code == 404
+    assert (
+        await w["keys"]["P1"].client.patch(
+            f"/v1/flags/{flag_id}", headers=w["keys"]["P1"].headers, json={"status": "open"}
+        )
+    ).status_code == 403
+
+
+async def test_recall_lot_summary_and_stats(admin: Api) -> None:
+    w = await world(admin)
+    m, p1, inv = w["keys"]["M1"], w["keys"]["P1"], w["inv"]
+    codes = [cn20(w["unit"], i) for i in range(1, 5)]
+    await m.events(
+        event("commission", "M1", codes, 0, lot="L7", expiry="2030-01-01"),
+        event("ship", "M1", codes, 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", codes[:3], 2), event("dispense", "P1", [codes[0]], 3))
+    lot = await inv.ok("GET", "/v1/lots/8123456/L7")
+    assert lot["by_state"] == {"dispensed": 1, "received": 2, "in_transit": 1}
+    assert lot["by_custodian"] == {"P1": 3, "M1": 1}
+    recall = await inv.ok(
+        "POST", "/v1/recalls", {"product_id": "8123456", "lot": "L7", "reason": "impurity"}, 201
+    )
+    assert recall["codes_recalled"] == 4
+    assert (
+        await inv.ok("POST", "/v1/recalls", {"product_id": "8123456", "lot": "L7", "reason": "impurity"})
+    )["codes_recalled"] == 0
+    out = await p1.events(event("dispense", "P1", [codes[1]], 4))
+    assert [f["kind"] for f in out["flags"]] == ["RECALLED"]
+    settle = {
+        "setl_id": "S-REC",
+        "org": "P1",
+        "psn_no": "1",
+        "at": "2026-03-02T09:00:00+00:00",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [codes[2]]}
+        ],
+    }
+    answer = await w["insurer"].ok("POST", "/v1/settlements", settle)
+    assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["RECALLED"]
+    late = cn20(w["unit"], 50)  # commissioned into the recalled lot afterwards
+    await m.events(event("commission", "M1", [late], 5, lot="L7", expiry="2030-01-01"))
+    assert (
+        await p1.ok(
+            "GET",
+            f"/v1/codes/{late}/verify",
+        )
+    )["state"] == "recalled"
+    assert (await inv.get("/v1/lots/8123456/NOPE")).status_code == 404
+    assert (await inv.post("/v1/recalls", {"product_id": "8123456", "lot": "L7"})).status_code == 400
+    stats = await inv.ok("GET", "/v1/orgs/P1/stats")
+    assert (stats["received"], stats["dispensed"], stats["settled"]) == (3, 2, 0)
+    assert stats["flags_by_kind"] == {"RECALLED": 2}
+    assert (await inv.get("/v1/orgs/NOPE/stats")).status_code == 404
+
+
+async def test_flags_reach_the_redis_stream(admin: Api, server_urls: tuple[str, str]) -> None:
+    w = await world(admin)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 9)], 0))
+    flag_id = out["flags"][0]["flag_id"]
+    r = aioredis.from_url(server_urls[1])
+    try:
+        for _ in range(100):
+            entries = await r.xrange("flags")
+            if entries:
+                break
+            await asyncio.sleep(0.05)
+        assert [e[1][b"flag_id"].decode() for e in entries] == [flag_id]
+        assert entries[0][1][b"kind"] == b"UNKNOWN_CODE"
+    finally:
+        await r.aclose()
+
+
+async def test_service_keeps_working_while_redis_is_down(
+    settings: Settings, server_urls: tuple[str, str], db
+) -> None:  # type: ignore[no-untyped-def]
+    down = replace(settings, redis_url="redis://127.0.0.1:9")  # nothing listens there
+    from prometheus_client import REGISTRY
+
+    failed_before = REGISTRY.get_sample_value("tracecode_flags_publish_failed_total") or 0.0
+    async with AsyncTestClient(app=create_app(down)) as client:
+        from service.cli import _create_key
+
+        _, secret = await _create_key(settings.database_url or "", "admin", None)
+        admin = Api(client, secret)
+        w = await world(admin)
+        out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 9)], 0))
+        assert [f["kind"] for f in out["flags"]] == ["UNKNOWN_CODE"]
+        failed = 0.0
+        for _ in range(100):
+            failed = _metric((await client.get("/metrics")).text, "tracecode_flags_publish_failed_total")
+            if failed > failed_before:
+                break
+            await asyncio.sleep(0.05)
+        assert failed > failed_before
+    assert await db.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL") == 1
+    # once Redis is back, the outbox catches up
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        for _ in range(100):
+            if await db.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL") == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert await db.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL") == 0
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
