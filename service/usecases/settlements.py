@@ -14,7 +14,7 @@ import asyncpg
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState
-from service.core.settlement import FLAG_FOR_REASON, Line, LineOutcome, decision, judge
+from service.core.settlement import FLAG_FOR_REASON, EarlierSale, Line, LineOutcome, decision, judge
 from service.store import codes as code_store
 from service.store import flags as flag_store
 from service.store import registry
@@ -105,9 +105,9 @@ async def settle(pool: asyncpg.Pool, claim: Claim, canonical_body: bytes, secret
             if not hmac.compare_digest(stored["body_hash"], body_hash):
                 raise Conflict
             return dict(stored["response"])
-        outcomes, (states, org) = await _judge(conn, claim, canonical, codes, lock=True)
+        outcomes, (states, org, earlier) = await _judge(conn, claim, canonical, codes, lock=True)
         await _consume(conn, claim, outcomes, states)
-        flags = await flag_store.raise_flags(conn, _flags(claim, outcomes, org))
+        flags = await flag_store.raise_flags(conn, _flags(claim, outcomes, org, states, earlier))
         response = _response(claim.setl_id, outcomes, flags)
         await setl_store.answer(conn, claim.setl_id, response, response["decision"])
         return response
@@ -122,7 +122,7 @@ async def _judge(
     codes: list[str],
     *,
     lock: bool,
-) -> tuple[list[LineOutcome], tuple[dict[str, CodeState], dict[str, Any]]]:
+) -> tuple[list[LineOutcome], tuple[dict[str, CodeState], dict[str, Any], dict[str, list[EarlierSale]]]]:
     org = await registry.get_org(conn, claim.org)
     if org is None:
         raise UnknownOrg
@@ -143,7 +143,7 @@ async def _judge(
         on=claim.at.date(),
         earlier=earlier,
     )
-    return outcomes, (states, org)
+    return outcomes, (states, org, earlier)
 
 
 async def _consume(
@@ -175,13 +175,31 @@ def _merge(rows: list[tuple[str, str, str, None, str, datetime, int]]) -> list[t
     return list(merged.values())
 
 
-def _flags(claim: Claim, outcomes: list[LineOutcome], org: Mapping[str, Any]) -> list[NewFlag]:
+def _flags(
+    claim: Claim,
+    outcomes: list[LineOutcome],
+    org: Mapping[str, Any],
+    states: Mapping[str, CodeState],
+    earlier: Mapping[str, list[EarlierSale]],
+) -> list[NewFlag]:
+    """The suspicions among the reasons, each with its evidence: this settlement, and
+    the earlier sales (for a duplicate) or the holder (for a diversion)."""
     flags = []
     for outcome in outcomes:
         for reason in outcome.reasons:
             kind = FLAG_FOR_REASON.get(reason.reason)
             if kind is None or not reason.code:
                 continue
+            refs: dict[str, Any] = {"settlements": [claim.setl_id]}
+            if kind == "DUPLICATE":
+                before = earlier.get(reason.code, [])
+                refs["earlier_settlements"] = [e.setl_id for e in before if e.setl_id]
+                refs["earlier_events"] = [e.event_id for e in before if e.event_id]
+            state = states.get(reason.code)
+            if kind == "DIVERSION" and state is not None:
+                refs["holder"] = state.custodian
+                if state.destination:
+                    refs["last_shipped_to"] = state.destination
             flags.append(
                 NewFlag(
                     kind=kind,

@@ -61,6 +61,8 @@ async def test_whole_pack_settles_once_then_already_settled(admin: Api) -> None:
     history = await inv.ok("GET", f"/v1/codes/{code}/history")
     assert [(s["setl_id"], s["units"], s["reversed"]) for s in history["settlements"]] == [("S1", 24, False)]
     assert [f["kind"] for f in history["flags"]] == ["DUPLICATE"]
+    assert history["flags"][0]["refs"]["settlements"] == ["S2"]
+    assert history["flags"][0]["refs"]["earlier_settlements"] == ["S1"]
 
 
 async def test_every_line_reason(admin: Api) -> None:
