@@ -208,7 +208,7 @@ def _flags(
                     region=org["region"],
                     at=claim.at,
                     detail=f"settlement {claim.setl_id} line {outcome.line_no}: {reason.detail}",
-                    refs={"settlements": [claim.setl_id]},
+                    refs=refs,
                     dedup_key=f"{kind}:{reason.code}:setl:{claim.setl_id}",
                 )
             )

@@ -62,7 +62,7 @@ async def test_whole_pack_settles_once_then_already_settled(admin: Api) -> None:
     assert [(s["setl_id"], s["units"], s["reversed"]) for s in history["settlements"]] == [("S1", 24, False)]
     assert [f["kind"] for f in history["flags"]] == ["DUPLICATE"]
     assert history["flags"][0]["refs"]["settlements"] == ["S2"]
-    assert history["flags"][0]["refs"]["earlier_settlements"] == ["S1"]
+    assert history["flags"][0]["refs"]["earlier_settlements"] == ["S1"], history["flags"]
 
 
 async def test_every_line_reason(admin: Api) -> None:
