@@ -1,0 +1,30 @@
+-- Distribute the tracecode schema on Citus (run on the coordinator after
+-- `tracecode migrate`, before loading data). Per-code tables are co-located by the
+-- canonical code, so ingest, verify and single-pack settlement stay on one shard.
+
+-- Small, read-mostly registry tables: a copy on every node.
+SELECT create_reference_table('orgs');
+SELECT create_reference_table('products');
+SELECT create_reference_table('api_keys');
+SELECT create_reference_table('recalls');
+SELECT create_reference_table('schema_migrations');
+
+-- Per-code state and links, co-located by code.
+SELECT create_distributed_table('codes', 'code');
+SELECT create_distributed_table('event_codes', 'code', colocate_with => 'codes');
+SELECT create_distributed_table('consumptions', 'code', colocate_with => 'codes');
+-- containment is keyed (parent, child): walking down from a container is shard-local,
+-- walking up (ancestors, for history and replays) fans out; both are small lookups.
+SELECT create_distributed_table('containment', 'parent', colocate_with => 'codes');
+
+-- The event log and settlements are keyed by their own ids.
+SELECT create_distributed_table('events', 'event_id');
+SELECT create_distributed_table('settlements', 'setl_id');
+
+-- Flags are read by code and by filters; distribute by code. Citus requires the
+-- distribution column in unique constraints: dedup_key already starts with the kind and
+-- contains the code, so replace the unique index with (code, dedup_key) first:
+ALTER TABLE flags DROP CONSTRAINT flags_dedup_key_key;
+ALTER TABLE flags ADD CONSTRAINT flags_code_dedup_key UNIQUE (code, dedup_key);
+SELECT create_distributed_table('flags', 'code', colocate_with => 'codes');
+SELECT create_distributed_table('flag_changes', 'flag_id');
