@@ -122,6 +122,8 @@ async def test_health_metrics_openapi(client: AsyncTestClient) -> None:  # type:
     assert (await client.get("/health/live")).status_code == 200
     assert (await client.get("/health/ready")).json() == {"status": "ready"}
     schema = (await client.get("/schema/openapi.json")).json()
-    assert ("/v1/events" in schema["paths"] and "/v1/settlements" not in schema["paths"]) or True
+    for path in ("/v1/events", "/v1/settlements", "/v1/flags", "/v1/verify", "/v1/orgs"):
+        assert path in schema["paths"], path
+    assert "EventIn" in str(schema["components"]["schemas"])
     metrics = (await client.get("/metrics")).text
     assert "tracecode_db_pool_connections" in metrics
