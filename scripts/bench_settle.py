@@ -23,7 +23,9 @@ What is measured
       the ratio prices: HTTP, the API-key look-up, JSON, validation, code parsing and
       judging.
 
-    Two modes, each on both sides, each ``--seconds`` long:
+    Two modes, each on both sides, each ``--seconds`` long in total, measured in
+    ``--rounds`` alternating slices (service, baseline, baseline, service, ...) so both
+    sides see the same background load on a shared machine:
 
     * max throughput: ``--concurrency`` closed loops settle as fast as they can;
       latency is request start to response parsed.
@@ -32,15 +34,17 @@ What is measured
       the client's connection pool (or the baseline's asyncpg pool) counts and a
       stalled server cannot hide it (no coordinated omission).
 
-    settlements/s counts accepted settlements over the phase (the open-loop phase ends
-    when the last answer arrives). p50/p99 are nearest-rank percentiles of all answers.
-    A short unmeasured warm-up runs on each side first. CPU time of the load generator
-    (this process), the service's processes and PostgreSQL's processes is read from
-    /proc around each phase.
+    settlements/s counts accepted settlements over the measured time (an open-loop
+    slice ends when its last answer arrives). p50/p99 are nearest-rank percentiles of
+    all answers of all slices. After stocking, ``VACUUM ANALYZE`` and ``CHECKPOINT`` run
+    once, and a short unmeasured warm-up runs on each side. CPU time of the load
+    generator (this process), the service's processes, PostgreSQL's processes and of
+    the rest of the machine is read from /proc around each slice.
 
 How to run (from the repository root)
     .venv/bin/python scripts/bench_settle.py [--seconds 20] [--concurrency 8] [--rate 150]
-                                             [--workers 2] [--codes N] [--database-url URL]
+                                             [--workers 2] [--rounds 4] [--codes N] [--seed 1]
+                                             [--database-url URL]
 
 Without ``--database-url`` a throwaway embedded PostgreSQL is started in a temporary
 folder and deleted at exit. Stock (commission, ship to P1, receive by P1) goes through
@@ -284,13 +288,22 @@ def baseline_side(pool: asyncpg.Pool, secret: bytes) -> Settle:
 
 @dataclass
 class Result:
-    """One phase of one side."""
+    """One phase of one side (the sum of its rounds)."""
 
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     out_of_stock: bool = False
     cpu: dict[str, float | None] = field(default_factory=dict)  # CPU seconds by process group
+
+    def add(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+        self.out_of_stock |= other.out_of_stock
+        for name, value in other.cpu.items():
+            old = self.cpu.get(name, 0.0)
+            self.cpu[name] = None if value is None or old is None else old + value
 
     @property
     def accepted(self) -> int:
@@ -373,23 +386,58 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
+def _processes() -> dict[int, tuple[int, float]]:
+    return {int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(int(p.name)))}
+
+
+def _tree(root: int, processes: dict[int, tuple[int, float]]) -> list[int]:
+    """``root`` and its descendants ([] if ``root`` is gone)."""
+    if root not in processes:
+        return []
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in processes.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def _tree_cpu(root: int | None) -> float | None:
     if root is None:
         return None
-    stats = {
-        int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(int(p.name)))
-    }
-    if root not in stats:
-        return None
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += stats[pid][1]
-        todo.extend(children.get(pid, []))
-    return total
+    processes = _processes()
+    tree = _tree(root, processes)
+    return sum(processes[pid][1] for pid in tree) if tree else None
+
+
+def connections_per_worker(server_pid: int, port: int) -> list[int]:
+    """Established client connections to ``port`` that each service worker process holds
+    (uvicorn's workers share one listening socket; the kernel decides who accepts)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()  # sl local remote state ... inode(9)
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "01":
+                    inodes.add(cols[9])
+    workers = []
+    for pid in _tree(server_pid, _processes()):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+    counts = []
+    for pid in workers or [server_pid]:  # one worker: uvicorn serves in the main process
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    held += link.startswith("socket:[") and link[8:-1] in inodes
+        counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def _local_postmaster(backend_pid: int) -> int | None:
@@ -411,7 +459,19 @@ class CpuProbe:
             "bench": time.process_time(),
             "service": _tree_cpu(self.service_pid),
             "postgres": _tree_cpu(self.postmaster_pid),
+            "machine": _machine_cpu(),
         }
+
+
+def _machine_cpu() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (all processes, all CPUs)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...; guest time is inside user
+    busy = [int(first[i]) for i in (1, 2, 3, 6, 7, 8)]
+    return sum(busy) / CLK_TCK
 
 
 async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
@@ -421,6 +481,10 @@ async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
     for name, value in after.items():
         old = before[name]
         result.cpu[name] = None if value is None or old is None else value - old
+    ours = [result.cpu[name] for name in ("bench", "service", "postgres")]
+    machine = result.cpu.pop("machine")
+    known = [v for v in ours if v is not None]
+    result.cpu["others"] = None if machine is None or len(known) < 3 else max(0.0, machine - sum(known))
     return result
 
 
@@ -538,6 +602,18 @@ async def stock(client: httpx.AsyncClient, keys: dict[str, str], codes: list[str
                 raise RuntimeError(f"{fields['type']}: {answer['accepted']} of {len(batch)} accepted")
 
 
+async def settle_down(url: str) -> None:
+    """After stocking: fresh statistics and a clean checkpoint, so that autovacuum and a
+    checkpoint are less likely to land inside one side's measurement."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM ANALYZE codes, events, event_codes")
+        with contextlib.suppress(asyncpg.PostgresError):  # needs superuser or pg_checkpoint
+            await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def migrate(url: str) -> None:
     from service.store.migrations import migrate as apply
 
@@ -556,6 +632,7 @@ class Run:
     pg_version: str = ""
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     codes_per_side: int = 0
+    connections: dict[str, list[int]] = field(default_factory=dict)  # by moment, per worker
     results: dict[tuple[str, str], Result] = field(default_factory=dict)  # (mode, side)
 
 
@@ -581,6 +658,7 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
         since = datetime.now(UTC) - timedelta(days=1)
         await stock(setup, keys, ours + theirs, since)
         print(f"stocked 2 x {n:,} codes in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    await settle_down(database_url)
 
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     headers = {"Authorization": f"Bearer {keys['insurer']}", "Content-Type": "application/json"}
@@ -594,15 +672,22 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
             }
             for settle, sales in sides.values():  # warm-up: connections, prepared statements
                 await closed_loop(settle, sales, args.concurrency, WARM_UP_SECONDS)
+            run.connections["after the warm-up"] = connections_per_worker(server_pid, port)
             run.load_before = os.getloadavg()
-            for side, (settle, sales) in sides.items():
-                print(f"{side}: max throughput for {args.seconds} s", file=sys.stderr)
-                phase = closed_loop(settle, sales, args.concurrency, args.seconds)
-                run.results[("max", side)] = await measured(probe, phase)
-            for side, (settle, sales) in sides.items():
-                print(f"{side}: {args.rate}/s for {args.seconds} s", file=sys.stderr)
-                phase = open_loop(settle, sales, args.rate, args.seconds, slots)
-                run.results[("rate", side)] = await measured(probe, phase)
+            seconds = args.seconds / args.rounds
+            for mode in ("max", "rate"):
+                for r in range(args.rounds):
+                    order = list(sides) if r % 2 == 0 else list(reversed(sides))  # ABBA...
+                    for side in order:
+                        settle, sales = sides[side]
+                        print(f"{mode}, round {r + 1}/{args.rounds}: {side}", file=sys.stderr)
+                        phase = (
+                            closed_loop(settle, sales, args.concurrency, seconds)
+                            if mode == "max"
+                            else open_loop(settle, sales, args.rate, seconds, slots)
+                        )
+                        run.results.setdefault((mode, side), Result()).add(await measured(probe, phase))
+            run.connections["at the end"] = connections_per_worker(server_pid, port)
         finally:
             await pool.close()
     return run
@@ -626,6 +711,8 @@ def report(args: argparse.Namespace, run: Run, embedded: bool) -> str:
         f"- Python {platform.python_version()}, PostgreSQL {run.pg_version} ({where}), "
         f"service workers: {args.workers}, concurrency: {args.concurrency}, {args.seconds:g} s per phase",
         "- the load generator (httpx client, and the baseline itself) runs on the same machine",
+        "- client connections held by each service worker: "
+        + "; ".join(f"{when} {', '.join(map(str, n))}" for when, n in run.connections.items()),
         "- claims: one line each; 80% whole-pack (1-3 packs of 24), 20% split (1-10 units)",
         f"- command: `{shlex.join(sys.orig_argv)}`",
         "",
@@ -651,20 +738,23 @@ def report(args: argparse.Namespace, run: Run, embedded: bool) -> str:
         f"Aim: service >= 80% of the baseline at max throughput: {'met' if ratio_ok else 'NOT met'}; "
         f"service p99 < 25 ms at {args.rate:g}/s: {'met' if p99_ok else 'NOT met'}.",
         "",
-        "CPU per accepted settlement (ms), and how busy the machine was "
-        f"(CPU seconds / (phase seconds x {ncpu} CPUs)):",
+        "CPU time per accepted settlement (ms) by process group; the CPU that processes "
+        "outside this benchmark used meanwhile (in CPUs: seconds / phase seconds); and how "
+        f"busy the machine was (all busy CPU seconds / (phase seconds x {ncpu})):",
         "",
-        "| mode | side | bench process ms | service processes ms | PostgreSQL ms | machine busy |",
-        "|---|---|---:|---:|---:|---:|",
+        "| mode | side | bench process | service processes | PostgreSQL | other processes | machine busy |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for (mode, side), result in run.results.items():
         per = [
             "n/a" if (v := result.cpu.get(name)) is None else f"{1000 * v / max(result.accepted, 1):.2f}"
             for name in ("bench", "service", "postgres")
         ]
+        others = result.cpu.get("others")
         total = sum(v for v in result.cpu.values() if v is not None)
         busy = 100 * total / (result.elapsed * ncpu) if result.elapsed else math.nan
-        lines.append(f"| {modes[mode]} | {side} | {' | '.join(per)} | {busy:.0f}% |")
+        other = "n/a" if others is None else f"{others / result.elapsed:.2f}"
+        lines.append(f"| {modes[mode]} | {side} | {' | '.join(per)} | {other} | {busy:.0f}% |")
     for (mode, side), result in run.results.items():
         if result.out_of_stock:
             lines.append(f"\nWARNING: {side} ran out of stock in {modes[mode]}; raise --codes.")
@@ -680,6 +770,9 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=150, help="target settlements/s (default 150)")
     p.add_argument("--workers", type=int, default=2, help="service worker processes (default 2)")
     p.add_argument("--codes", type=int, default=0, help=f"stock per side (default {CODES_PER_SECOND:,}/s)")
+    p.add_argument(
+        "--rounds", type=int, default=4, help="alternating service/baseline slices per mode (default 4)"
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed of the claims (default 1)")
     p.add_argument("--database-url", default=None, help="use this database instead of a throwaway one")
     args = p.parse_args()
