@@ -16,7 +16,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from service import metrics
 from service.api import errors
-from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware
+from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache
 from service.api.codes import CodesController
 from service.api.events import EventsController
 from service.api.flags import FlagsController
@@ -100,4 +100,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app = Litestar.from_config(config)
     app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.key_cache_seconds)
     return app

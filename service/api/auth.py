@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -16,6 +17,37 @@ from service.store import registry
 PUBLIC_PATHS = {"/health", "/metrics", "/schema"}
 
 
+class KeyCache:
+    """Known keys for a few seconds, to spare a database round trip per request.
+
+    Only valid keys are kept. A revoke through this process drops the key at once;
+    other processes stop accepting it within ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    def get(self, digest: bytes) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: bytes, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[digest] = (time.monotonic() + self.ttl, principal)
+
+    def drop_key(self, key_id: str) -> None:
+        for digest, (_, principal) in list(self._entries.items()):
+            if principal.key_id == key_id:
+                del self._entries[digest]
+
+
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
     """401 for a missing, unknown or revoked key; sets ``request.user`` to a Principal."""
 
@@ -27,11 +59,15 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
-        pool = connection.app.state.pool
-        async with pool.acquire() as conn:
-            principal = await registry.principal_for(conn, token_hash(token))
+        digest = token_hash(token)
+        cache: KeyCache = connection.app.state.key_cache
+        principal = cache.get(digest)
         if principal is None:
-            raise NotAuthorizedException("unknown or revoked API key")
+            async with connection.app.state.pool.acquire() as conn:
+                principal = await registry.principal_for(conn, digest)
+            if principal is None:
+                raise NotAuthorizedException("unknown or revoked API key")
+            cache.put(digest, principal)
         return AuthenticationResult(user=principal, auth=token)
 
 
@@ -43,11 +79,12 @@ def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 
 def requires(
     *roles: Role,
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """A guard that lets only the given roles through (admin always may)."""
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
+    """A guard that lets only the given roles through (admin always may). A coroutine,
+    so Litestar runs it on the event loop rather than handing it to a worker thread."""
     allowed = {*roles, Role.ADMIN}
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         if principal_of(connection).role not in allowed:
             names = ", ".join(sorted(r.value for r in allowed))
             raise PermissionDeniedException(f"this needs one of the roles: {names}")

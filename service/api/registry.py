@@ -135,4 +135,5 @@ class RegistryController(Controller):
             revoked_at = await registry.revoke_key(conn, key_id)
         if revoked_at is None:
             raise problem(404, f"no key {key_id}")
+        request.app.state.key_cache.drop_key(key_id)
         return KeyRevoked(key_id=key_id, revoked_at=revoked_at)

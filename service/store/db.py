@@ -26,6 +26,11 @@ async def _init_connection(conn: Conn) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (one round trip per request): the service
+    keeps no session state (no SET, LISTEN, cursors or session advisory locks)."""
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections decode jsonb to Python values."""
     pool = await asyncpg.create_pool(
@@ -33,6 +38,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=60,
         statement_cache_size=1024,
     )

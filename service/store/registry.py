@@ -36,14 +36,29 @@ async def insert_org(conn: Conn, org: dict[str, Any]) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+# Organisations and products never change once registered (a different body for an
+# existing id is refused with 409), so each process keeps the rows it has read: hot
+# paths (verify, settlement, ingest) then skip those round trips. Misses are not kept.
+_orgs: dict[str, dict[str, Any]] = {}
+_products: dict[str, dict[str, Any]] = {}
+
+
+def forget_cached() -> None:
+    """Drop the cached registry rows (for tests, which wipe the tables between cases)."""
+    _orgs.clear()
+    _products.clear()
+
+
 async def get_org(conn: Conn, org_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow("SELECT id, name, kind, region FROM orgs WHERE id = $1", org_id)
-    return dict(row) if row else None
+    return (await get_orgs(conn, [org_id])).get(org_id)
 
 
 async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, dict[str, Any]]:
-    rows = await conn.fetch("SELECT id, name, kind, region FROM orgs WHERE id = ANY($1::text[])", ids)
-    return {r["id"]: dict(r) for r in rows}
+    missing = [i for i in ids if i not in _orgs]
+    if missing:
+        rows = await conn.fetch("SELECT id, name, kind, region FROM orgs WHERE id = ANY($1::text[])", missing)
+        _orgs.update((r["id"], dict(r)) for r in rows)
+    return {i: _orgs[i] for i in ids if i in _orgs}
 
 
 async def insert_product(conn: Conn, product: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,11 +72,14 @@ async def insert_product(conn: Conn, product: dict[str, Any]) -> dict[str, Any] 
 
 
 async def get_products(conn: Conn, ids: list[str]) -> dict[str, dict[str, Any]]:
-    rows = await conn.fetch(
-        f"SELECT {', '.join(PRODUCT_FIELDS)} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
-        ids,
-    )
-    return {r["product_id"]: dict(r) for r in rows}
+    missing = [i for i in ids if i not in _products]
+    if missing:
+        rows = await conn.fetch(
+            f"SELECT {', '.join(PRODUCT_FIELDS)} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
+            missing,
+        )
+        _products.update((r["product_id"], dict(r)) for r in rows)
+    return {i: _products[i] for i in ids if i in _products}
 
 
 async def insert_key(conn: Conn, key_id: str, secret_hash: bytes, role: Role, org: str | None) -> None:

@@ -131,7 +131,9 @@ async def _judge(
     products = await registry.get_products(conn, product_ids)
     no_codes = [ln.med_list_codg for ln in claim.lines if not ln.codes]
     exempt = await setl_store.exempt_codgs(conn, no_codes) if no_codes else set()
-    earlier = await setl_store.earlier_sales(conn, codes) if codes else {}
+    # a pack with all its units has no open sale: skip the look-up for untouched packs
+    opened = [c for c, s in states.items() if s.units_left != s.pack_units]
+    earlier = await setl_store.earlier_sales(conn, opened) if opened else {}
     outcomes = judge(
         setl_id=claim.setl_id,
         lines=claim.lines,

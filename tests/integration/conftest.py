@@ -6,6 +6,8 @@ import asyncpg
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from service.store import registry
+
 _TABLES_KEPT = {"schema_migrations"}
 
 
@@ -24,6 +26,7 @@ async def clean(db_url: str, server_urls: tuple[str, str]) -> None:
             await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
+    registry.forget_cached()
     r = aioredis.from_url(redis_url)
     await r.flushdb()
     await r.aclose()

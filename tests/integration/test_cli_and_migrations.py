@@ -100,7 +100,11 @@ def _first_run_and_restart(data_dir: Path) -> None:
             [TRACECODE, "key", "revoke", key_id], env=_env(data_dir), capture_output=True, text=True
         )
         assert revoked.returncode == 0, revoked.stderr
-        assert httpx.post(f"{base}/v1/orgs", json=org, headers=headers).status_code == 401
+        # workers remember a valid key for TRACE_KEY_CACHE_SECONDS (2 s by default)
+        deadline = time.monotonic() + 10
+        while httpx.post(f"{base}/v1/orgs", json=org, headers=headers).status_code != 401:
+            assert time.monotonic() < deadline, "a revoked key was still accepted after 10 s"
+            time.sleep(0.2)
     finally:
         _stop(server)
 

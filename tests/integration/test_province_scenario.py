@@ -233,9 +233,7 @@ async def test_month_in_a_province(admin: Api) -> None:
     stale = next(c for c in unsold["H1"] if product_of[c] == "8200002")  # lot EXP expired on 10 March
     await keys["H1"].events(ev("dispense", "H1", [stale], 25))
     expected.add(("EXPIRED", stale))
-    recalled = next(
-        c for c in unsold["P2"] if product_of[c] == "8200001"
-    )
+    recalled = next(c for c in unsold["P2"] if product_of[c] == "8200001")
     await inv.ok(
         "POST", "/v1/recalls", {"product_id": "8200001", "lot": "L1", "reason": "contamination"}, 201
     )
