@@ -7,7 +7,6 @@ from prometheus_client import Counter, Gauge
 
 EVENTS = Counter("tracecode_events_total", "Events accepted, by type", ["type"])
 EVENT_DUPLICATES = Counter("tracecode_event_duplicates_total", "Events already stored (retries)")
-CODES_ACCEPTED = Counter("tracecode_event_codes_total", "Codes accepted in events, by type", ["type"])
 CODES_REJECTED = Counter("tracecode_codes_rejected_total", "Codes rejected, by reason", ["reason"])
 REPLAYS = Counter(
     "tracecode_replays_total",

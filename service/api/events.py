@@ -16,13 +16,13 @@ from service.api.errors import bad_input, strict_body
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import (
-    INVALID_CODE,
     MAX_CODES_PER_REQUEST,
     REPEATED_CODE,
     Incoming,
     Rejection,
     shape_errors,
 )
+from service.core.rules import INVALID_CODE
 from service.usecases.events import ingest
 
 OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]

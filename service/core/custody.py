@@ -240,15 +240,16 @@ class World:
                 self._touch(s, fact, None)
 
     def _suspect(self, s: CodeState, fact: Fact) -> None:
-        """Judge a named code as the fact finds it, before the fact changes it."""
+        """Judge a named code as the fact finds it, before the fact changes it: activity
+        on a code never commissioned, or by an organisation that neither holds the pack
+        nor was the destination of its last shipment (receive, dispense, ship, destroy,
+        pack, unpack: 串货)."""
         if not s.commissioned:
             detail = f"{fact.type} by {fact.org} of a code never commissioned"
             self.suspicions.append(Suspicion("UNKNOWN_CODE", s.code, fact, detail))
             return
-        if fact.type not in ("receive", "dispense") or holds(s, fact.org):
-            return
-        if fact.type == "receive" and s.custodian == fact.org:
-            return  # a re-scan of its own stock
+        if holds(s, fact.org) or (s.custodian == fact.org and fact.type != "dispense"):
+            return  # its own stock (a re-scan, or moving what it still has on record)
         where = f"held by {s.custodian}" + (f", last shipped to {s.destination}" if s.destination else "")
         self.suspicions.append(
             Suspicion(

@@ -19,7 +19,6 @@ MAX_FUTURE = timedelta(minutes=10)
 
 # Rejection reasons for single codes of an event (API.md lists the first four; the
 # rest name the other reasons a code cannot be taken).
-INVALID_CODE = "INVALID_CODE"
 UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
 NOT_MANUFACTURER = "NOT_MANUFACTURER"
 COMMISSION_CONFLICT = "COMMISSION_CONFLICT"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, holds
@@ -21,6 +21,16 @@ EXPIRED = "EXPIRED"
 RECALLED = "RECALLED"
 DESTROYED_REASON = "DESTROYED"
 OUT_OF_REGION = "OUT_OF_REGION"
+
+
+# Expiry dates are calendar dates in China, which keeps one time zone (UTC+8, no DST):
+# a pack that expires on 2 March may not be sold at 07:00 on 3 March Beijing time, even
+# though that is still 2 March in UTC.
+CHINA = timezone(timedelta(hours=8), "CST")
+
+
+def local_date(moment: datetime) -> date:
+    return moment.astimezone(CHINA).date()
 
 
 @dataclass(frozen=True, slots=True)

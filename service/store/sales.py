@@ -52,16 +52,22 @@ async def open_for(conn: Conn, codes: Iterable[str]) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def reverse(conn: Conn, pairs: Iterable[tuple[str, str]]) -> None:
+async def reverse(conn: Conn, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Mark (code, sale_key) consumptions reversed; return the units of those this call
+    reversed. One that a concurrent transaction reversed first is not returned, so the
+    caller restores each unit at most once (lock the codes before calling)."""
     pairs = list(pairs)
-    if pairs:
-        await conn.execute(
-            """UPDATE consumptions SET reversed_at = now()
-               WHERE (code, sale_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-                 AND reversed_at IS NULL""",
-            [c for c, _ in pairs],
-            [k for _, k in pairs],
-        )
+    if not pairs:
+        return {}
+    rows = await conn.fetch(
+        """UPDATE consumptions SET reversed_at = now()
+           WHERE (code, sale_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             AND reversed_at IS NULL
+           RETURNING code, sale_key, units""",
+        [c for c, _ in pairs],
+        [k for _, k in pairs],
+    )
+    return {(r["code"], r["sale_key"]): r["units"] for r in rows}
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState, display_state, product_of, replay
-from service.core.rules import INVALID_CODE, Reason, code_reasons
+from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
@@ -28,7 +28,7 @@ def _answer(
     if canonical is None:
         reasons = [Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")]
     else:
-        reasons = code_reasons(canonical, state, product, org, now.date())
+        reasons = code_reasons(canonical, state, product, org, local_date(now))
     known = state is not None and state.commissioned
     return {
         "code": canonical or raw,

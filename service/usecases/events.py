@@ -13,7 +13,7 @@ import asyncpg
 from service import metrics
 from service.core.custody import CodeState, Fact, Suspicion, World, product_of, replay, sort_key
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection, judge
-from service.core.rules import in_region
+from service.core.rules import in_region, local_date
 from service.core.sales import draw
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -93,6 +93,8 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
         return result
 
     pack_units = {pid: int(p["pack_units"]) for pid, p in products.items()}
+    # the fold changes these very state objects: note now which codes were placeholders
+    placeholders = {c for c, st in states.items() if not st.commissioned}
     earliest = min(f.at for f in facts)
     if all(s.last_at < earliest for s in states.values()):
         world = World(states=dict(states), pack_units=pack_units)
@@ -112,7 +114,7 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     await _mark_recalled(conn, world, facts)
     sales = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
     flags += await _consume(conn, world, sales, products, orgs)
-    await _apply_early_dispenses(conn, world, states, products, orgs)
+    await _apply_early_dispenses(conn, world, placeholders, products, orgs)
     # a replay re-judges old facts too: those suspicions stand (or are raised again),
     # but the answer reports only what this request's events raised
     current = {f.dedup_key for f in flags}
@@ -175,7 +177,7 @@ async def _consume(
         await sale_store.record(conn, rows)
     if returns:
         open_sales = await sale_store.open_for(conn, {c for _, codes in returns for c in codes})
-        undone: list[tuple[str, str]] = []
+        undo: list[tuple[str, str]] = []
         for event, codes in returns:
             for code in codes:
                 match = next(
@@ -183,32 +185,32 @@ async def _consume(
                         s
                         for s in open_sales
                         if s["code"] == code
+                        and s["org"] == event.org  # a return goes back to the organisation that sold
                         and (event.setl_id is None or s["setl_id"] == event.setl_id)
-                        and (s["code"], s["sale_key"]) not in undone
+                        and (s["code"], s["sale_key"]) not in undo
                     ),
                     None,
                 )
-                if match is None:
-                    continue
-                undone.append((code, match["sale_key"]))
-                state = world.states[code]
-                state.units_left = (state.units_left or 0) + int(match["units"])
-                world.changed.add(code)
-        await sale_store.reverse(conn, undone)
+                if match is not None:
+                    undo.append((code, match["sale_key"]))
+        for (code, _), units in (await sale_store.reverse(conn, undo)).items():
+            state = world.states[code]
+            state.units_left = (state.units_left or 0) + units
+            world.changed.add(code)
     return flags
 
 
 async def _apply_early_dispenses(
     conn: Conn,
     world: World,
-    before: Mapping[str, CodeState],
+    placeholders: set[str],
     products: Mapping[str, Mapping[str, Any]],
     orgs: Mapping[str, Mapping[str, Any]],
 ) -> None:
     """A dispense that arrived before its code's commission took nothing (the pack size
     was unknown); now that the code is commissioned, it takes its units. Its suspicions
     were judged on arrival, so none are raised here."""
-    newly = [c for c, s in before.items() if not s.commissioned and world.states[c].commissioned]
+    newly = [c for c in placeholders if world.states[c].commissioned]
     if not newly:
         return
     pending = await sale_store.unapplied_dispenses(conn, newly)
@@ -266,7 +268,7 @@ def _dispense_flags(
             before = [e for e in earlier if e["code"] == code]
             names = [e["setl_id"] or e["sale_key"] for e in before]
             flag("DUPLICATE", code, "the pack was already consumed", settlements=names)
-        if state.expiry is not None and state.expiry < event.at.date():
+        if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
         if state.recalled:
             flag("RECALLED", code, f"lot {state.lot} is recalled")

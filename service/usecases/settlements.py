@@ -14,6 +14,7 @@ import asyncpg
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState
+from service.core.rules import local_date
 from service.core.settlement import FLAG_FOR_REASON, EarlierSale, Line, LineOutcome, decision, judge
 from service.store import codes as code_store
 from service.store import flags as flag_store
@@ -142,7 +143,7 @@ async def _judge(
         products=products,
         exempt_codgs=exempt,
         org=org,
-        on=claim.at.date(),
+        on=local_date(claim.at),
         earlier=earlier,
     )
     return outcomes, (states, org, earlier)
@@ -265,16 +266,18 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
         if stored["reversal"] is not None:
             return dict(stored["reversal"])
         taken = await setl_store.sale_consumptions(conn, setl_id)
+        # lock the packs first (as every writer does), then reverse: a concurrent return
+        # of the same sale then restores its units once, in one of the two transactions
         states = await code_store.lock(conn, [t["code"] for t in taken])
-        for t in taken:
-            state = states[t["code"]]
-            state.units_left = (state.units_left or 0) + int(t["units"])
-        await sale_store.reverse(conn, [(t["code"], setl_id) for t in taken])
-        await code_store.update(conn, states.values())
+        restored = await sale_store.reverse(conn, [(t["code"], setl_id) for t in taken])
+        for (code, _), units in restored.items():
+            state = states[code]
+            state.units_left = (state.units_left or 0) + units
+        await code_store.update(conn, [states[code] for code, _ in restored])
         result = {
             "setl_id": setl_id,
             "reversed": True,
-            "restored": [{"code": t["code"], "units": t["units"]} for t in taken],
+            "restored": [{"code": code, "units": units} for (code, _), units in sorted(restored.items())],
         }
         await setl_store.mark_reversed(conn, setl_id, result)
         return result

@@ -266,3 +266,18 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+async def test_moving_or_destroying_someone_elses_stock_is_diversion(admin: Api) -> None:
+    w = await world(admin)
+    m, p1, h1 = w["keys"]["M1"], w["keys"]["P1"], w["keys"]["H1"]
+    a, b = cn20(w["unit"], 1), cn20(w["unit"], 2)
+    await m.events(
+        event("commission", "M1", [a, b], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [a, b], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [a, b], 2))
+    shipped = await h1.events(event("ship", "H1", [a], 3, to="H1"))
+    destroyed = await h1.events(event("destroy", "H1", [b], 3))
+    assert [f["kind"] for f in shipped["flags"]] == ["DIVERSION"]
+    assert [f["kind"] for f in destroyed["flags"]] == ["DIVERSION"]

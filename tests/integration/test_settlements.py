@@ -315,3 +315,44 @@ async def test_racing_settlements_never_consume_a_unit_twice(admin: Api, db) -> 
     paid_units = sum(sum(ln["units"] for ln in a.json()["lines"]) for a in answers)
     assert paid_units == sum(r["units"] for r in consumed)
     assert paid_units > 0
+
+
+async def test_reversal_racing_a_return_restores_once(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    w = await stocked(admin, n=6)
+    ins, p1 = w["insurer"], w["keys"]["P1"]
+    for i, code in enumerate(w["codes"]):
+        await ins.ok("POST", "/v1/settlements", claim(f"RR{i}", [{"quantity": 24, "codes": [code]}]))
+    await asyncio.gather(
+        *(ins.post(f"/v1/settlements/RR{i}/reversal", None) for i in range(6)),
+        *(
+            p1.post("/v1/events", {"events": [event("return", "P1", [c], 90, setl_id=f"RR{i}")]})
+            for i, c in enumerate(w["codes"])
+        ),
+    )
+    left = await db.fetch("SELECT units_left FROM codes WHERE code = ANY($1::text[])", w["codes"])
+    assert [r["units_left"] for r in left] == [24] * 6
+
+
+async def test_a_return_goes_back_only_to_the_seller(admin: Api) -> None:
+    w = await stocked(admin)
+    ins, code = w["insurer"], w["codes"][0]
+    await ins.ok("POST", "/v1/settlements", claim("SOLD", [{"quantity": 24, "codes": [code]}]))
+    await w["keys"]["H1"].events(event("return", "H1", [code], 90))  # not H1's sale
+    again = await ins.ok("POST", "/v1/settlements", claim("RESOLD", [{"quantity": 24, "codes": [code]}]))
+    assert reasons(again) == ["ALREADY_SETTLED"]
+
+
+async def test_expiry_is_judged_on_the_date_in_china(admin: Api) -> None:
+    w = await small_world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 1)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2026-03-02"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2))
+    ins = await admin.key_for("insurer")
+    body = claim("LATE", [{"quantity": 24, "codes": [code]}])
+    body["at"] = "2026-03-02T23:30:00+00:00"  # 07:30 on 3 March in Beijing: expired
+    answer = await ins.ok("POST", "/v1/settlements", body)
+    assert reasons(answer) == ["EXPIRED"]
