@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_lifespan],
         openapi_config=OpenAPIConfig(title="Trace-code settlement service", version="1.0.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
+        before_request=errors.refuse_nul_and_bad_text,
         debug=False,
     )
     app = Litestar.from_config(config)

@@ -108,6 +108,21 @@ def plugin() -> ProblemDetailsPlugin:
     )
 
 
+async def refuse_nul_and_bad_text(request: Request[Any, Any, Any]) -> None:
+    """PostgreSQL text cannot hold NUL, and every body must be UTF-8: refuse both up
+    front with a 400 rather than failing deep inside a statement."""
+    if "\x00" in request.scope["path"] or b"%00" in request.scope.get("query_string", b""):
+        raise bad_input("url", "NUL characters are not allowed")
+    if request.method in ("POST", "PATCH", "PUT"):
+        body = await request.body()
+        if b"\\u0000" in body:
+            raise bad_input("body", "NUL characters (\\u0000) are not allowed in text")
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise bad_input("body", f"not UTF-8 (byte {exc.start})") from None
+
+
 exception_handlers = {Exception: _internal}
 
 

@@ -15,6 +15,7 @@ from service.api.auth import principal_of, requires
 from service.api.errors import bad_input, problem, strict_body
 from service.core.auth import Role
 from service.core.codes import try_parse_code
+from service.core.events import EARLIEST_YEAR
 from service.store import flags as flag_store
 
 KINDS = (
@@ -54,7 +55,7 @@ def _after(cursor: str) -> int:
 
 
 def _flag_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise problem(404, f"no flag {value}")
     return int(value)
 
@@ -90,6 +91,8 @@ class FlagsController(Controller):
         for name, value in (("since", since), ("until", until)):
             if value is not None and value.tzinfo is None:
                 raise bad_input(name, "must carry a UTC offset (RFC 3339)")
+            if value is not None and value.year < EARLIEST_YEAR:
+                raise bad_input(name, f"is before the year {EARLIEST_YEAR}")
         if code is not None:
             parsed = try_parse_code(code)
             if parsed is None:

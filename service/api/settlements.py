@@ -14,7 +14,7 @@ from service import metrics
 from service.api.auth import principal_of, requires
 from service.api.errors import bad_input, problem, strict_body
 from service.core.auth import Role
-from service.core.events import MAX_FUTURE
+from service.core.events import time_problem
 from service.core.settlement import Line
 from service.usecases import settlements as usecase
 
@@ -43,8 +43,9 @@ class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _claim(data: SettlementIn) -> usecase.Claim:
-    if data.at > datetime.now(UTC) + MAX_FUTURE:
-        raise bad_input("at", "is more than 10 minutes in the future")
+    problem_at = time_problem(data.at, datetime.now(UTC))
+    if problem_at:
+        raise bad_input("at", problem_at)
     seen: set[int] = set()
     total = 0
     for i, line in enumerate(data.lines):

@@ -68,6 +68,20 @@ class Rejection:
     reason: str
 
 
+EARLIEST_YEAR = 2000
+
+
+def time_problem(at: datetime, now: datetime) -> str | None:
+    """Why an event or settlement time cannot be taken, or None."""
+    if at.tzinfo is None:
+        return "must carry a UTC offset (RFC 3339)"
+    if at.year < EARLIEST_YEAR:
+        return f"is before the year {EARLIEST_YEAR}"  # checked before any arithmetic can overflow
+    if at > now + MAX_FUTURE:
+        return "is more than 10 minutes in the future"
+    return None
+
+
 def shape_errors(
     *,
     type_: str,
@@ -82,10 +96,9 @@ def shape_errors(
 ) -> list[tuple[str, str]]:
     """Field problems that make the whole request a 400: (field, message) pairs."""
     errors: list[tuple[str, str]] = []
-    if at.tzinfo is None:
-        errors.append(("at", "must carry a UTC offset (RFC 3339)"))
-    elif at > now + MAX_FUTURE:
-        errors.append(("at", "is more than 10 minutes in the future"))
+    problem = time_problem(at, now)
+    if problem:
+        errors.append(("at", problem))
     if type_ == "commission":
         if not lot:
             errors.append(("lot", "a commission needs the lot"))

@@ -1,0 +1,48 @@
+"""Hostile input gets a 400 problem, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import Api, small_world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_nul_bad_utf8_and_extreme_dates_are_400(admin: Api) -> None:
+    w = await small_world(admin)
+    m, inv = w["keys"]["M1"], await admin.key_for("investigator")
+    ins = await admin.key_for("insurer")
+    nul_org = {"id": "X1", "name": "bad\u0000name", "kind": "pharmacy", "region": "450100"}
+    assert (await admin.post("/v1/orgs", nul_org)).status_code == 400
+    headers = {**m.headers, "content-type": "application/json"}
+    raw = await m.client.post("/v1/events", headers=headers, content=b'{"events": [\xff\xfe]}')
+    assert raw.status_code == 400
+    early = {
+        "events": [
+            {
+                "event_id": "8f0c5c52-8d43-4d7e-9d59-6a2f0d9b7a10",
+                "type": "receive",
+                "at": "0001-01-01T00:00:00+01:00",
+                "org": "M1",
+                "codes": ["81234560000000000001"],
+            }
+        ]
+    }
+    resp = await m.post("/v1/events", early)
+    assert resp.status_code == 400
+    assert resp.json()["errors"][0]["field"] == "events[0].at"
+    setl = {
+        "setl_id": "S",
+        "org": "P1",
+        "psn_no": "1",
+        "at": "0001-01-01T00:00:00+01:00",
+        "lines": [{"line_no": 1, "med_list_codg": "X", "quantity": 1, "codes": []}],
+    }
+    assert (await ins.post("/v1/settlements", setl)).status_code == 400
+    assert (await inv.get("/v1/flags?since=0001-01-01T00:00:00%2B01:00")).status_code == 400
+    assert (await inv.get("/v1/flags/\u00b2")).status_code == 404
+    assert (await inv.get("/v1/orgs/a%00b/stats")).status_code in (400, 404)
+    assert (await inv.get("/v1/lots/8123456/L%00")).status_code in (400, 404)
+    assert (await ins.get("/v1/settlements/S%00")).status_code in (400, 404)
+    assert (await m.get("/v1/codes/81234560000000000001/verify?org=P%001")).status_code in (400, 403)
