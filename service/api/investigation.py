@@ -15,6 +15,8 @@ from service.core.codes import is_product_id
 from service.store import recalls as recall_store
 from service.store import registry
 from service.store import stats as stats_store
+from service.store.conn import Conn
+from service.store.db import with_retry
 
 
 class RecallIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,12 +50,15 @@ class InvestigationController(Controller):
         data = strict_body(data, RecallIn)
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
-        async with request.app.state.pool.acquire() as conn, conn.transaction():
+        async with request.app.state.pool.acquire() as conn:
             if not await registry.get_products(conn, [data.product_id]):
                 raise bad_input("product_id", f"unknown product {data.product_id}")
-            new, marked = await recall_store.recall(
-                conn, data.product_id, data.lot, data.reason, principal_of(request).key_id
-            )
+        by_key = principal_of(request).key_id
+
+        async def work(conn: Conn) -> tuple[bool, int]:
+            return await recall_store.recall(conn, data.product_id, data.lot, data.reason, by_key)
+
+        new, marked = await with_retry(request.app.state.pool, work)
         body = {
             "product_id": data.product_id,
             "lot": data.lot,

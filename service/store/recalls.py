@@ -29,9 +29,12 @@ async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str
         reason,
         by_key,
     )
+    # lock in code order, as every writer of codes rows does, so a recall cannot
+    # deadlock with a settlement or an ingest
     status = await conn.execute(
         """UPDATE codes SET recalled = true, updated_at = now()
-           WHERE product_id = $1 AND lot = $2 AND NOT recalled""",
+           WHERE code IN (SELECT code FROM codes WHERE product_id = $1 AND lot = $2 AND NOT recalled
+                          ORDER BY code FOR UPDATE)""",
         product_id,
         lot,
     )
