@@ -12,7 +12,7 @@ import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from service.core.codes import parse_code
 
@@ -28,6 +28,9 @@ TYPE_RANK = {
     "destroy": 7,
 }
 EVENT_TYPES = tuple(TYPE_RANK)
+# A settlement is not an event, but a replay re-judges the custody suspicions it raised
+# (see Fact.settlement) at its own time, ordered like a dispense.
+TYPE_RANK["settle"] = TYPE_RANK["dispense"]
 EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
 # Custody states (what the fold decides). "dispensed" is not one of them: it is read
@@ -53,6 +56,12 @@ class Fact:
     lot: str | None = None
     expiry: date | None = None
     produced: date | None = None
+    setl_id: str | None = None  # only for "settle" facts
+
+    @classmethod
+    def settlement(cls, setl_id: str, at: datetime, org: str, code: str) -> Fact:
+        """A settlement of ``code``, to re-judge by event time: it changes nothing."""
+        return cls(uuid5(NAMESPACE_URL, f"settlement:{setl_id}"), "settle", at, org, (code,), setl_id=setl_id)
 
 
 def sort_key(fact: Fact) -> tuple[datetime, int, UUID]:
@@ -149,6 +158,8 @@ class Suspicion:
     @property
     def key(self) -> str:
         """One flag per suspicion and evidence, however often the evidence is re-sent."""
+        if self.fact.type == "settle":
+            return f"{self.kind}:{self.code}:setl:{self.fact.setl_id}"
         return f"{self.kind}:{self.code}:event:{self.fact.event_id}"
 
 
@@ -207,6 +218,10 @@ class World:
 
     def apply(self, fact: Fact) -> None:
         kind = fact.type
+        if kind == "settle":
+            for code in fact.codes:
+                self._suspect(self.get(code, fact.at), fact)
+            return
         if kind in ("pack", "unpack"):
             assert fact.parent is not None
             container = self.get(fact.parent, fact.at)

@@ -81,7 +81,8 @@ async def auto_clear(
            SET status = 'auto_cleared', updated_at = now(), published_at = NULL,
                refs = refs || jsonb_build_object('cleared_by', $4::text[])
            WHERE code = ANY($1::text[]) AND kind = ANY($3::text[]) AND status = 'open'
-             AND dedup_key LIKE '%:event:%' AND NOT (dedup_key = ANY($2::text[]))
+             AND (dedup_key LIKE '%:event:%' OR dedup_key LIKE '%:setl:%')
+             AND NOT (dedup_key = ANY($2::text[]))
            RETURNING flag_id""",
         list(codes),
         list(standing),
@@ -97,6 +98,18 @@ async def auto_clear(
             ids,
         )
     return ids
+
+
+async def settlement_suspicions(conn: Conn, codes: Sequence[str]) -> list[dict[str, Any]]:
+    """Open custody flags (UNKNOWN_CODE, DIVERSION) that settlements raised on ``codes``:
+    a late event may explain them, so a replay judges them again."""
+    rows = await conn.fetch(
+        """SELECT code, org, at, dedup_key FROM flags
+           WHERE code = ANY($1::text[]) AND status = 'open'
+             AND kind IN ('UNKNOWN_CODE', 'DIVERSION') AND dedup_key LIKE '%:setl:%'""",
+        list(codes),
+    )
+    return [{**dict(r), "setl_id": r["dedup_key"].split(":setl:", 1)[1]} for r in rows]
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:

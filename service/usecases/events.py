@@ -96,7 +96,14 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     # the fold changes these very state objects: note now which codes were placeholders
     placeholders = {c for c, st in states.items() if not st.commissioned}
     earliest = min(f.at for f in facts)
-    if all(s.last_at < earliest for s in states.values()):
+    # settlements refused for custody reasons these events may explain (a late ship)
+    reopen = []
+    if any(f.type in ("commission", "ship", "receive") for f in facts) and states:
+        reopen = [
+            Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"])
+            for r in await flag_store.settlement_suspicions(conn, sorted(states))
+        ]
+    if not reopen and all(s.last_at < earliest for s in states.values()):
         world = World(states=dict(states), pack_units=pack_units)
         world.apply_all(facts)
         dirty = world.changed
@@ -107,7 +114,7 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
         family = set(states) | named
         family |= set(await code_store.ancestors_ever(conn, family))
         history = await event_store.facts_for(conn, family)
-        world = replay(history + facts, keep=states, pack_units=pack_units)
+        world = replay(history + facts + reopen, keep=states, pack_units=pack_units)
         # every locked code may have changed; ancestors were only read, never written
         dirty = set(states)
 

@@ -281,3 +281,32 @@ async def test_moving_or_destroying_someone_elses_stock_is_diversion(admin: Api)
     destroyed = await h1.events(event("destroy", "H1", [b], 3))
     assert [f["kind"] for f in shipped["flags"]] == ["DIVERSION"]
     assert [f["kind"] for f in destroyed["flags"]] == ["DIVERSION"]
+
+
+async def test_late_events_clear_a_settlements_diversion_flag(admin: Api) -> None:
+    w = await world(admin)
+    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 5)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="D1"),
+    )
+    await d1.events(event("receive", "D1", [code], 2))
+    settle = {
+        "setl_id": "S-EARLY",
+        "org": "P1",
+        "psn_no": "1",
+        "at": "2026-03-02T09:00:00+00:00",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
+        ],
+    }
+    answer = await w["insurer"].ok("POST", "/v1/settlements", settle)
+    assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["NOT_IN_CUSTODY"]
+    flag_id = answer["flags"][0]["flag_id"]
+    ship = event("ship", "D1", [code], 3, to="P1")  # uploaded after the settlement
+    await d1.events(ship)
+    await p1.events(event("receive", "P1", [code], 4))
+    flag = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert flag["status"] == "auto_cleared"
+    assert ship["event_id"] in flag["refs"]["cleared_by"]
