@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from service.core.flags import NewFlag
 from service.store.conn import Conn
 
 _COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs"
-
-
-@dataclass(frozen=True, slots=True)
-class NewFlag:
-    kind: str
-    code: str
-    org: str | None
-    region: str | None  # None: taken from the organisation
-    at: datetime
-    detail: str
-    refs: dict[str, Any]
-    dedup_key: str
 
 
 async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> list[dict[str, Any]]:

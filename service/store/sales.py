@@ -44,7 +44,7 @@ async def record(
 async def open_for(conn: Conn, codes: Iterable[str]) -> list[dict[str, Any]]:
     """Unreversed consumptions of ``codes``, newest first."""
     rows = await conn.fetch(
-        """SELECT code, sale_key, setl_id, org, at, units FROM consumptions
+        """SELECT code, sale_key, setl_id, event_id, org, at, units FROM consumptions
            WHERE code = ANY($1::text[]) AND reversed_at IS NULL
            ORDER BY at DESC, created_at DESC""",
         list(codes),

@@ -11,9 +11,10 @@ from uuid import UUID
 import asyncpg
 
 from service import metrics
-from service.core.custody import CodeState, Fact, Suspicion, World, product_of, replay, sort_key
-from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection, judge
-from service.core.rules import in_region, local_date
+from service.core import flags as flag_rules
+from service.core.custody import Fact, World, product_of, replay, sort_key
+from service.core.events import Incoming, Rejection, judge
+from service.core.flags import NewFlag, sale_key
 from service.core.sales import draw
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -23,7 +24,6 @@ from service.store import registry
 from service.store import sales as sale_store
 from service.store.conn import Conn
 from service.store.db import with_retry
-from service.store.flags import NewFlag
 
 
 @dataclass(slots=True)
@@ -87,7 +87,7 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     taken = {f.event_id for f in facts}
     await event_store.forget(conn, [e.event_id for e in fresh if e.event_id not in taken])
     by_id = {e.event_id: e for e in fresh}
-    flags = _conflict_flags(rejected, by_id, states)
+    flags = flag_rules.commission_conflict_flags(rejected, by_id, states)
     if not facts:
         result.flags = await flag_store.raise_flags(conn, flags)
         return result
@@ -126,7 +126,7 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     # but the answer reports only what this request's events raised
     current = {f.dedup_key for f in flags}
     for suspicion in world.suspicions:
-        flags.append(_flag_of(suspicion))
+        flags.append(flag_rules.suspicion_flag(suspicion))
         if suspicion.fact.event_id in taken:
             current.add(suspicion.key)
     raised = {r["dedup_key"]: r for r in await flag_store.raise_flags(conn, flags)}
@@ -166,14 +166,14 @@ async def _consume(
     dispenses = [(e, codes) for e, codes in sales if e.type == "dispense"]
     returns = [(e, codes) for e, codes in sales if e.type == "return"]
     if dispenses:
-        keys = [(c, _sale_key(e)) for e, codes in dispenses for c in codes]
+        keys = [(c, sale_key(e)) for e, codes in dispenses for c in codes]
         done = await sale_store.existing(conn, keys)
         rows = []
         earlier = await sale_store.open_for(conn, {c for _, codes in dispenses for c in codes})
         for event, codes in dispenses:
-            key = _sale_key(event)
+            key = sale_key(event)
             fresh_codes = [c for c in codes if (c, key) not in done]
-            flags += _dispense_flags(event, fresh_codes, world, products, orgs, earlier)
+            flags += flag_rules.dispense_flags(event, fresh_codes, world.states, products, orgs, earlier)
             left = {c: world.states[c].units_left or 0 for c in fresh_codes}
             for code, units in draw(left, fresh_codes, event.quantity):
                 rows.append((code, key, event.setl_id, event.event_id, event.org, event.at, units))
@@ -242,95 +242,6 @@ async def _apply_early_dispenses(
     await _consume(conn, world, sales, products, {**orgs, **sellers})
 
 
-def _dispense_flags(
-    event: Incoming,
-    codes: list[str],
-    world: World,
-    products: Mapping[str, Mapping[str, Any]],
-    orgs: Mapping[str, Mapping[str, Any]],
-    earlier: list[dict[str, Any]],
-) -> list[NewFlag]:
-    out = []
-    org = orgs[event.org]
-
-    def flag(kind: str, code: str, detail: str, **refs: Any) -> None:
-        out.append(
-            NewFlag(
-                kind=kind,
-                code=code,
-                org=event.org,
-                region=org["region"],
-                at=event.at,
-                detail=f"dispense by {event.org}: {detail}",
-                refs={"events": [str(event.event_id)], **refs},
-                dedup_key=f"{kind}:{code}:event:{event.event_id}",
-            )
-        )
-
-    for code in codes:
-        state = world.states[code]
-        if not state.commissioned:
-            continue  # the fold already suspects an unknown code
-        if state.units_left is not None and state.units_left <= 0:
-            before = [e for e in earlier if e["code"] == code]
-            names = [e["setl_id"] or e["sale_key"] for e in before]
-            flag("DUPLICATE", code, "the pack was already consumed", settlements=names)
-        if state.expiry is not None and state.expiry < local_date(event.at):
-            flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
-        if state.recalled:
-            flag("RECALLED", code, f"lot {state.lot} is recalled")
-        product = products.get(state.product_id or "")
-        if product is not None and not in_region(list(product["regions"]), org["region"]):
-            flag("OUT_OF_REGION", code, f"may not be sold in region {org['region']}")
-    return out
-
-
-def _flag_of(s: Suspicion) -> NewFlag:
-    refs: dict[str, Any] = {"events": [str(s.fact.event_id)]}
-    if s.holder:
-        refs["holder"] = s.holder
-    if s.shipped_to:
-        refs["last_shipped_to"] = s.shipped_to
-    return NewFlag(
-        kind=s.kind,
-        code=s.code,
-        org=s.fact.org,
-        region=None,
-        at=s.fact.at,
-        detail=s.detail,
-        refs=refs,
-        dedup_key=s.key,
-    )
-
-
-def _conflict_flags(
-    rejected: list[Rejection], events: Mapping[UUID, Incoming], states: Mapping[str, CodeState]
-) -> list[NewFlag]:
-    """A code commissioned twice with different attributes: a cloned code, likely."""
-    out = []
-    for r in rejected:
-        if r.reason != COMMISSION_CONFLICT:
-            continue
-        event = events[r.event_id]
-        first = states.get(r.code)
-        refs: dict[str, Any] = {"events": [str(r.event_id)]}
-        if first is not None and first.commission_event is not None:
-            refs["events"].insert(0, str(first.commission_event))
-        out.append(
-            NewFlag(
-                kind=COMMISSION_CONFLICT,
-                code=r.code,
-                org=event.org,
-                region=None,
-                at=event.at,
-                detail=f"{event.org} commissioned it again as lot {event.lot}, expiry {event.expiry}",
-                refs=refs,
-                dedup_key=f"{COMMISSION_CONFLICT}:{r.code}:event:{r.event_id}",
-            )
-        )
-    return out
-
-
 async def _mark_recalled(conn: Conn, world: World, facts: list[Fact]) -> None:
     """Codes commissioned into a lot that was already recalled are recalled too."""
     lots = {(world.states[c].product_id, f.lot) for f in facts if f.type == "commission" for c in f.codes}
@@ -344,10 +255,6 @@ async def _mark_recalled(conn: Conn, world: World, facts: list[Fact]) -> None:
             state = world.states[code]
             if (state.product_id, state.lot) in recalled:
                 state.recalled = True
-
-
-def _sale_key(event: Incoming) -> str:
-    return event.setl_id if event.setl_id else f"event:{event.event_id}"
 
 
 def _count(result: IngestResult) -> None:

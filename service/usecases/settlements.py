@@ -14,8 +14,9 @@ import asyncpg
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState
+from service.core.flags import settlement_flags
 from service.core.rules import local_date
-from service.core.settlement import FLAG_FOR_REASON, EarlierSale, Line, LineOutcome, decision, judge
+from service.core.settlement import EarlierSale, Line, LineOutcome, decision, judge
 from service.store import codes as code_store
 from service.store import flags as flag_store
 from service.store import registry
@@ -23,7 +24,6 @@ from service.store import sales as sale_store
 from service.store import settlements as setl_store
 from service.store.conn import Conn
 from service.store.db import with_retry
-from service.store.flags import NewFlag
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,9 @@ async def settle(pool: asyncpg.Pool, claim: Claim, canonical_body: bytes, secret
             return dict(stored["response"])
         outcomes, (states, org, earlier) = await _judge(conn, claim, canonical, codes, lock=True)
         await _consume(conn, claim, outcomes, states)
-        flags = await flag_store.raise_flags(conn, _flags(claim, outcomes, org, states, earlier))
+        flags = await flag_store.raise_flags(
+            conn, settlement_flags(claim.setl_id, claim.at, outcomes, org, states, earlier)
+        )
         response = _response(claim.setl_id, outcomes, flags)
         await setl_store.answer(conn, claim.setl_id, response, response["decision"])
         return response
@@ -176,46 +178,6 @@ def _merge(rows: list[tuple[str, str, str, None, str, datetime, int]]) -> list[t
         else:
             merged[row[0]] = row
     return list(merged.values())
-
-
-def _flags(
-    claim: Claim,
-    outcomes: list[LineOutcome],
-    org: Mapping[str, Any],
-    states: Mapping[str, CodeState],
-    earlier: Mapping[str, list[EarlierSale]],
-) -> list[NewFlag]:
-    """The suspicions among the reasons, each with its evidence: this settlement, and
-    the earlier sales (for a duplicate) or the holder (for a diversion)."""
-    flags = []
-    for outcome in outcomes:
-        for reason in outcome.reasons:
-            kind = FLAG_FOR_REASON.get(reason.reason)
-            if kind is None or not reason.code:
-                continue
-            refs: dict[str, Any] = {"settlements": [claim.setl_id]}
-            if kind == "DUPLICATE":
-                before = earlier.get(reason.code, [])
-                refs["earlier_settlements"] = [e.setl_id for e in before if e.setl_id]
-                refs["earlier_events"] = [e.event_id for e in before if e.event_id]
-            state = states.get(reason.code)
-            if kind == "DIVERSION" and state is not None:
-                refs["holder"] = state.custodian
-                if state.destination:
-                    refs["last_shipped_to"] = state.destination
-            flags.append(
-                NewFlag(
-                    kind=kind,
-                    code=reason.code,
-                    org=claim.org,
-                    region=org["region"],
-                    at=claim.at,
-                    detail=f"settlement {claim.setl_id} line {outcome.line_no}: {reason.detail}",
-                    refs=refs,
-                    dedup_key=f"{kind}:{reason.code}:setl:{claim.setl_id}",
-                )
-            )
-    return flags
 
 
 def _response(setl_id: str, outcomes: list[LineOutcome], flags: list[dict[str, Any]]) -> dict[str, Any]:
