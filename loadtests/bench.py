@@ -1,0 +1,577 @@
+"""The load bench: seed, serve, run the Locust shape, measure ceilings, print one table.
+
+``loadtests/bench`` runs this file with the repository's virtualenv. Steps:
+
+1. a throwaway embedded PostgreSQL (deleted at exit), or ``--database-url`` (emptied
+   first with ``--truncate``); ``loadtests/seed.py`` fills it with ``--codes`` packs;
+2. ``tracecode serve --workers W`` on a free port (its embedded Valkey in a temporary
+   data folder);
+3. Locust, headless, with ``loadtests/locustfile.py``'s shape at ``--scale`` of the
+   province peak for ``--duration`` seconds; CSV, HTML, the log and a JSON summary go to
+   ``loadtests/reports/<time>/``;
+4. ceilings, closed loop, ``--ceiling-concurrency`` requests in flight, for
+   ``--ceiling-seconds`` each: the service's maximum for ``verify`` and ``settle``
+   (a minimal keep-alive HTTP client, so the client costs little), and the raw-asyncpg
+   ceiling for the same work on the same database: verify = one primary-key read of
+   ``codes``; settle = the service's settlement transaction made of the service's own
+   ``service.store`` calls (insert the settlement, read the org, lock the codes in code
+   order, read products and earlier sales, COPY the consumptions, update the codes,
+   store the answer), without HTTP, auth, JSON or judging;
+5. one table: per operation, the target and the sustained rate while holding the peak and
+   in the 2x spike, p50/p95/p99 over the run, errors and the p99 objective; then the
+   ceilings and their ratio.
+
+Everything runs on this machine, load generator included: the caveat is printed with
+the figures. The exit code is Locust's (1 when an objective was missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TRACECODE = Path(sys.executable).parent / "tracecode"
+sys.path.insert(0, str(HERE))
+
+import seed as seeder  # noqa: E402
+import volumes  # noqa: E402
+
+CAVEAT = (
+    "CAVEAT: {cpus} CPU(s) shared by PostgreSQL, {workers} service worker(s), the load generator "
+    "and this bench. These are figures of this machine, not of a dedicated server: the "
+    "load generator's own CPU is taken from the service, and latencies include it."
+)
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"the service was not ready within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def start_service(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_ready(port, proc, log_path)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- ceilings -------------------------------------------------------------------------
+
+
+class Http:
+    """A minimal HTTP/1.1 keep-alive client over one connection (the service answers
+    with Content-Length), so the client's own cost stays small next to the server's."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, key: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        for _ in range(2):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            assert self.reader is not None
+            self.writer.write(head + body)
+            status_line = await self.reader.readline()
+            if status_line:
+                break
+            await self.close()  # the server closed an idle keep-alive connection: reconnect
+        else:
+            raise ConnectionError("the server closed the connection")
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        data = await self.reader.readexactly(length) if length else b""
+        return int(status_line.split()[1]), data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+class OutOfWork(Exception):
+    """No packs left to settle: the closed loop ends early."""
+
+
+def take(items: list[Any]) -> Any:
+    if not items:
+        raise OutOfWork
+    return items.pop()
+
+
+async def closed_loop(
+    workers: list[Callable[[], Awaitable[bool]]], seconds: float
+) -> tuple[int, int, list[float], float]:
+    """Run each worker back to back for ``seconds`` (or until one says it is out of
+    work). Returns (successes, errors, latencies in ms, elapsed seconds)."""
+    ok = err = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    out_of_work = False
+
+    async def loop(work: Callable[[], Awaitable[bool]]) -> None:
+        nonlocal ok, err, out_of_work
+        while time.perf_counter() < deadline and not out_of_work:
+            started = time.perf_counter()
+            try:
+                result = await work()
+            except OutOfWork:
+                out_of_work = True
+                return
+            except Exception:
+                err += 1
+                continue
+            latencies.append(1000 * (time.perf_counter() - started))
+            if result:
+                ok += 1
+            else:
+                err += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(w) for w in workers))
+    return ok, err, latencies, time.perf_counter() - started
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(p * len(ordered) + 0.999999) - 1))] if ordered else 0.0
+
+
+async def ceilings(
+    url: str, port: int, manifest: dict[str, Any], seconds: float, conc: int
+) -> dict[str, Any]:
+    """Service maximum and raw-asyncpg ceiling for verify and settle."""
+    from service.store import codes as code_store
+    from service.store import registry
+    from service.store import sales as sale_store
+    from service.store import settlements as setl_store
+    from service.store.db import create_pool, with_retry
+
+    pool = await create_pool(url, min_size=conc, max_size=conc)
+    try:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT c.code, c.custodian, c.product_id, p.med_list_codg, p.pack_units
+                   FROM codes c JOIN products p USING (product_id) JOIN orgs o ON o.id = c.custodian
+                   WHERE c.state = 'received' AND c.units_left = c.pack_units AND NOT c.recalled
+                     AND o.kind IN ('pharmacy', 'hospital')
+                   ORDER BY random() LIMIT 120000"""
+            )
+        by_org: dict[str, list[asyncpg.Record]] = {}
+        for r in rows:
+            by_org.setdefault(r["custodian"], []).append(r)
+        claims: list[list[asyncpg.Record]] = []
+        for recs in by_org.values():
+            claims.extend(recs[i : i + 3] for i in range(0, len(recs) - 2, 3))
+        random.shuffle(claims)
+        half = len(claims) // 2
+        service_claims, raw_claims = claims[:half], claims[half:]
+        verify_codes = [(r["code"], r["custodian"]) for r in rows[:20000]]
+        keys = {org: o["key"] for org, o in manifest["orgs"].items()}
+        insurer = manifest["keys"]["insurer"][0]
+
+        def lines_of(claim: list[asyncpg.Record]) -> list[dict[str, Any]]:
+            by_product: dict[str, list[asyncpg.Record]] = {}
+            for r in claim:
+                by_product.setdefault(r["product_id"], []).append(r)
+            return [
+                {
+                    "line_no": i + 1,
+                    "med_list_codg": rs[0]["med_list_codg"],
+                    "split": False,
+                    "quantity": sum(r["pack_units"] for r in rs),
+                    "codes": [r["code"] for r in rs],
+                }
+                for i, rs in enumerate(by_product.values())
+            ]
+
+        out: dict[str, Any] = {}
+
+        # verify: service
+        clients = [Http(port) for _ in range(conc)]
+
+        def service_verify(client: Http) -> Callable[[], Awaitable[bool]]:
+            async def work() -> bool:
+                code, org = random.choice(verify_codes)
+                status, _ = await client.request("GET", f"/v1/codes/{code}/verify", keys[org])
+                return status == 200
+
+            return work
+
+        out["verify", "service"] = await closed_loop([service_verify(c) for c in clients], seconds)
+
+        # verify: raw asyncpg primary-key read
+        async def raw_verify() -> bool:
+            code, _ = random.choice(verify_codes)
+            async with pool.acquire() as conn:
+                return await code_store.read_one(conn, code) is not None
+
+        out["verify", "raw asyncpg"] = await closed_loop([raw_verify] * conc, seconds)
+
+        # settle: service
+        def service_settle(client: Http) -> Callable[[], Awaitable[bool]]:
+            async def work() -> bool:
+                claim = take(service_claims)
+                body = {
+                    "setl_id": f"BS{uuid.uuid4().hex[:20]}",
+                    "org": claim[0]["custodian"],
+                    "psn_no": "440100199001011234",
+                    "at": datetime.now(UTC).isoformat(),
+                    "mode": "settle",
+                    "lines": lines_of(claim),
+                }
+                status, data = await client.request(
+                    "POST", "/v1/settlements", insurer, json.dumps(body).encode()
+                )
+                return status == 200 and json.loads(data).get("decision") == "accepted"
+
+            return work
+
+        out["settle", "service"] = await closed_loop([service_settle(c) for c in clients], seconds)
+        for c in clients:
+            await c.close()
+
+        # settle: raw asyncpg, the service's transaction through service.store
+        async def raw_settle() -> bool:
+            claim = take(raw_claims)
+            setl_id = f"BR{uuid.uuid4().hex[:20]}"
+            org_id = claim[0]["custodian"]
+            codes = sorted(r["code"] for r in claim)
+            at = datetime.now(UTC)
+            request = {"setl_id": setl_id, "org": org_id, "lines": lines_of(claim)}
+
+            async def work(conn: asyncpg.Connection) -> bool:
+                fresh = await setl_store.claim(
+                    conn,
+                    setl_id=setl_id,
+                    org=org_id,
+                    psn_hash=b"\x00" * 32,
+                    at=at,
+                    body_hash=b"\x01" * 32,
+                    request=request,
+                )
+                org = await registry.get_org(conn, org_id)
+                states = await code_store.lock(conn, codes)
+                await registry.get_products(
+                    conn, sorted({s.product_id for s in states.values() if s.product_id})
+                )
+                earlier = await setl_store.earlier_sales(conn, codes)
+                if not fresh or org is None or len(states) != len(codes) or earlier:
+                    return False
+                rows = []
+                for s in states.values():
+                    rows.append((s.code, setl_id, setl_id, None, org_id, at, s.units_left or 0))
+                    s.units_left = 0
+                await sale_store.record(conn, rows)
+                await code_store.update(conn, states.values())
+                response = {"setl_id": setl_id, "decision": "accepted", "lines": [], "flags": []}
+                await setl_store.answer(conn, setl_id, response, "accepted")
+                return True
+
+            return await with_retry(pool, work)
+
+        out["settle", "raw asyncpg"] = await closed_loop([raw_settle] * conc, seconds)
+    finally:
+        await pool.close()
+    return {f"{op}|{side}": v for (op, side), v in out.items()}
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def report(
+    summary: dict[str, Any], ceiling: dict[str, Any] | None, args: argparse.Namespace, cpus: int
+) -> str:
+    ops = summary["operations"]
+    order = list(volumes.by_operation(volumes.PROVINCE_PEAK_RPS))
+    names = order + sorted(n for n in ops if n not in order)
+    targets = volumes.by_operation({k: v * summary["scale"] for k, v in volumes.PROVINCE_PEAK_RPS.items()})
+    empty = {"requests": 0, "failures": 0, "p50": None, "p95": None, "p99": None, "windows": {}}
+    peak = sum(volumes.PROVINCE_PEAK_RPS.values())
+    lines = [
+        f"Load: {summary['shape']} shape at {summary['scale']:g} x the province peak "
+        f"({summary['scale'] * peak:,.0f} req/s held, {2 * summary['scale'] * peak:,.0f} in the spike), "
+        f"{summary['duration']:.0f} s; {args.workers} service worker(s); {args.codes:,} codes seeded; "
+        f"users {sum(summary['users'].values())}",
+        CAVEAT.format(cpus=cpus, workers=args.workers),
+        "",
+        "| operation | target/s | hold/s | spike target/s | spike/s | requests | errors | p50 ms | p95 ms "
+        "| p99 ms | spike p99 ms | p99 objective |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in names:
+        op = ops.get(name) or {**empty, "target_rate": targets.get(name)}
+        win = op["windows"]
+        hold, spike = win.get("hold", {}), win.get("spike", {})
+        target = op["target_rate"]
+        objective = summary["slo_ms"].get(name)
+        if objective is None:
+            verdict = "-"
+        elif not op["requests"]:
+            verdict = f"{objective:g} (no requests)"
+        else:
+            verdict = f"{objective:g} {'ok' if op['p99'] <= objective else 'MISSED'}"
+        lines.append(
+            f"| {name} | {fmt(target, 2)} | {fmt(hold.get('rate'), 2)} | "
+            f"{fmt(2 * target if target and spike else None, 2)} | {fmt(spike.get('rate'), 2)} | "
+            f"{op['requests']:,} | {op['failures']:,} | {fmt(op['p50'])} | {fmt(op['p95'])} | "
+            f"{fmt(op['p99'])} | {fmt(spike.get('p99'))} | {verdict} |"
+        )
+    total = summary["total"]
+    lines.append(
+        f"| **all** | {fmt(summary['scale'] * peak, 1)} | "
+        f"{fmt(sum((o['windows'].get('hold', {}).get('rate') or 0) for o in ops.values()), 1)} | "
+        f"{fmt(2 * summary['scale'] * peak, 1)} | "
+        f"{fmt(sum((o['windows'].get('spike', {}).get('rate') or 0) for o in ops.values()), 1)} | "
+        f"{total['requests']:,} | {total['failures']:,} | | | | | |"
+    )
+    skipped = {k: v for k, v in summary["outcomes"].items() if k.startswith("skipped.")}
+    lines += [
+        "",
+        "hold = 25-55% of the run at 1x, spike = 62-75% at 2x (rates from request counts; p99 of the "
+        "spike window from its own requests); p50/p95/p99 over the whole run.",
+        "outcomes: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(summary["outcomes"].items()) if k not in skipped),
+    ]
+    if skipped:
+        lines.append(
+            "skipped (pool empty, another operation went instead): "
+            + ", ".join(f"{k[8:]} {v:,}" for k, v in sorted(skipped.items()))
+        )
+    if summary["errors"]:
+        lines.append("errors:")
+        lines += [f"  {e['occurrences']:,} x {e['name']}: {e['error'][:160]}" for e in summary["errors"][:10]]
+    lines.append(
+        "objectives: " + ("all met" if summary["passed"] else "MISSED: " + "; ".join(summary["breaches"]))
+    )
+    if ceiling:
+        lines += [
+            "",
+            f"Ceilings: closed loop, {args.ceiling_concurrency} in flight, {args.ceiling_seconds:g} s each, "
+            "after the load run (the service idle otherwise).",
+            CAVEAT.format(cpus=cpus, workers=args.workers),
+            "",
+            "| operation | service max/s | service p50 / p99 ms | raw asyncpg/s | raw p50 / p99 ms "
+            "| service / raw |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for op in ("verify", "settle"):
+            s_ok, s_err, s_lat, s_t = ceiling[f"{op}|service"]
+            r_ok, r_err, r_lat, r_t = ceiling[f"{op}|raw asyncpg"]
+            s_rate, r_rate = s_ok / s_t, r_ok / r_t
+            lines.append(
+                f"| {op} | {s_rate:,.0f}{f' ({s_err} errors)' if s_err else ''} | "
+                f"{pct(s_lat, 0.5):.1f} / {pct(s_lat, 0.99):.1f} | "
+                f"{r_rate:,.0f}{f' ({r_err} errors)' if r_err else ''} | "
+                f"{pct(r_lat, 0.5):.1f} / {pct(r_lat, 0.99):.1f} | {100 * s_rate / r_rate:.0f}% |"
+            )
+        lines += [
+            "",
+            "verify: service = auth + org + code + product reads, JSON, over HTTP; raw = one primary-key "
+            "read of codes. settle: 3 packs a claim; raw = the service's transaction through service.store "
+            "(no HTTP, auth, JSON or judging).",
+        ]
+    return "\n".join(lines)
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--codes", type=int, default=1_000_000, help="codes to seed (default 1,000,000)")
+    p.add_argument("--scale", type=float, default=0.05, help="fraction of the province peak (default 0.05)")
+    p.add_argument("--duration", type=float, default=300, help="seconds of load (default 300)")
+    p.add_argument("--shape", choices=("province", "flat"), default="province")
+    p.add_argument(
+        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="service workers (default: CPUs)"
+    )
+    p.add_argument("--database-url", default=None, help="use this database (with --truncate if not empty)")
+    p.add_argument("--truncate", action="store_true", help="empty --database-url first")
+    p.add_argument("--reports", type=Path, default=HERE / "reports", help="default loadtests/reports")
+    p.add_argument("--ceiling-seconds", type=float, default=10)
+    p.add_argument("--ceiling-concurrency", type=int, default=16)
+    p.add_argument("--no-ceiling", action="store_true", help="skip the ceiling measurements")
+    p.add_argument(
+        "--slo", default="", help="p99 objectives, passed to the Locust file (e.g. settle=25,verify=10)"
+    )
+    p.add_argument("locust_args", nargs="*", help="more Locust arguments, after --")
+    args = p.parse_args()
+
+    cpus = len(os.sched_getaffinity(0))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.reports / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="tracecode-loadbench-"))
+    url = args.database_url
+    try:
+        if url is None:
+            from service.embedded import start_postgres
+
+            # its own folder: stopped, then deleted, at exit (after the service is stopped)
+            url = start_postgres(Path(tempfile.mkdtemp(prefix="tracecode-loadbench-pg-")), throwaway=True)
+        print(f"seeding {args.codes:,} codes ...", flush=True)
+        seeded = asyncio.run(
+            seeder.seed(
+                url,
+                codes=args.codes,
+                manifest_path=out / "manifest.json",
+                truncate=args.truncate,
+                progress=False,
+            )
+        )
+        print(
+            f"seeded {seeded['total_rows']:,} rows in {seeded['copy_seconds']:.1f} s "
+            f"({seeded['rows_per_second']:,.0f} rows/s), then VACUUM ANALYZE",
+            flush=True,
+        )
+        port = free_port()
+        env = dict(
+            os.environ, TRACE_DATABASE_URL=url, TRACE_DATA_DIR=str(work / "data"), TRACE_LOG_LEVEL="warning"
+        )
+        env.pop("TRACE_REDIS_URL", None)
+        server = start_service(env, port, args.workers, out / "service.log")
+        try:
+            print(
+                f"service on port {port} ({args.workers} workers); Locust for {args.duration:g} s ...",
+                flush=True,
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(HERE / "locustfile.py"),
+                "--headless",
+                "--host",
+                f"http://127.0.0.1:{port}",
+                "--manifest",
+                str(out / "manifest.json"),
+                "--load-scale",
+                str(args.scale),
+                "--load-duration",
+                str(args.duration),
+                "--load-shape",
+                args.shape,
+                "--csv",
+                str(out / "locust"),
+                "--csv-full-history",
+                "--html",
+                str(out / "locust.html"),
+                "--summary-json",
+                str(out / "summary.json"),
+                "--only-summary",
+                "--loglevel",
+                "INFO",
+                *(["--slo", args.slo] if args.slo else []),
+                *args.locust_args,
+            ]
+            with (out / "locust.log").open("wb") as log_file:
+                done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+            summary_path = out / "summary.json"
+            if not summary_path.exists():
+                print((out / "locust.log").read_text()[-4000:], file=sys.stderr)
+                return 2
+            summary = json.loads(summary_path.read_text())
+            ceiling = None
+            if not args.no_ceiling:
+                print("measuring ceilings ...", flush=True)
+                manifest = json.loads((out / "manifest.json").read_text())
+                ceiling = asyncio.run(
+                    ceilings(url, port, manifest, args.ceiling_seconds, args.ceiling_concurrency)
+                )
+        finally:
+            stop(server)
+        table = report(summary, ceiling, args, cpus)
+        header = (
+            f"- machine: {cpus} CPU(s), {platform.processor() or platform.machine()}, Python "
+            f"{platform.python_version()}\n- command: {' '.join(sys.orig_argv)}\n- reports: {out}\n"
+        )
+        (out / "report.md").write_text(header + "\n" + table + "\n")
+        print()
+        print(header)
+        print(table)
+        return done.returncode
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
