@@ -79,29 +79,27 @@ async def read_one(conn: Conn, code: str) -> CodeState | None:
 
 
 async def descendants_ever(conn: Conn, codes: Iterable[str]) -> list[str]:
-    """Every code that was ever packed, at any depth, inside one of ``codes``."""
-    rows = await conn.fetch(
-        """WITH RECURSIVE d(code) AS (
-               SELECT child FROM containment WHERE parent = ANY($1::text[])
-               UNION
-               SELECT c.child FROM containment c JOIN d ON c.parent = d.code)
-           SELECT code FROM d""",
-        list(codes),
-    )
-    return [r["code"] for r in rows]
+    """Every code that was ever packed, at any depth, inside one of ``codes``.
+
+    One indexed look-up per level (cases, then pallets: two or three levels) rather than
+    a recursive query, whose row estimates made PostgreSQL hash-join the whole
+    containment table when a batch named many codes."""
+    return await _walk(conn, codes, "SELECT child FROM containment WHERE parent = ANY($1::text[])")
 
 
 async def ancestors_ever(conn: Conn, codes: Iterable[str]) -> list[str]:
     """Every container that ever held one of ``codes``, at any depth."""
-    rows = await conn.fetch(
-        """WITH RECURSIVE a(code) AS (
-               SELECT parent FROM containment WHERE child = ANY($1::text[])
-               UNION
-               SELECT c.parent FROM containment c JOIN a ON c.child = a.code)
-           SELECT code FROM a""",
-        list(codes),
-    )
-    return [r["code"] for r in rows]
+    return await _walk(conn, codes, "SELECT parent FROM containment WHERE child = ANY($1::text[])")
+
+
+async def _walk(conn: Conn, start: Iterable[str], step: str) -> list[str]:
+    seen: set[str] = set()
+    frontier = list(set(start))
+    while frontier:
+        found = {r[0] for r in await conn.fetch(step, frontier)} - seen
+        seen |= found
+        frontier = list(found)
+    return list(seen)
 
 
 async def contents(conn: Conn, code: str) -> list[str]:
