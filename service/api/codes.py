@@ -26,20 +26,23 @@ class VerifyIn(msgspec.Struct, forbid_unknown_fields=True):
     org: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
-async def _org_for(
-    request: Request[Any, Any, Any], principal: Principal, org: str | None, field: str
-) -> dict[str, Any]:
+def _org_for(principal: Principal, org: str | None, field: str) -> str:
     """The organisation a verification is for: an org key's own, or the one named."""
     if org is None:
         if principal.org is None:
             raise bad_input(field, "name the organisation the code would be settled at")
         org = principal.org
     require_org_access(principal, org)
+    return org
+
+
+async def _verify(request: Request[Any, Any, Any], codes: list[str], org: str) -> list[dict[str, Any]]:
+    """One connection for the whole answer (organisation and product rows are cached)."""
     async with request.app.state.pool.acquire() as conn:
         found = await registry.get_org(conn, org)
-    if found is None:
-        raise bad_input(field, f"unknown organisation {org}")
-    return found
+        if found is None:
+            raise bad_input("org", f"unknown organisation {org}")
+        return await code_usecases.verify(conn, codes, found)
 
 
 class CodesController(Controller):
@@ -54,9 +57,8 @@ class CodesController(Controller):
         org: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> dict[str, Any]:
         """May this pack be dispensed and settled at this organisation now?"""
-        target = await _org_for(request, principal_of(request), org, "org")
-        async with request.app.state.pool.acquire() as conn:
-            return (await code_usecases.verify(conn, [code], target))[0]
+        target = _org_for(principal_of(request), org, "org")
+        return (await _verify(request, [code], target))[0]
 
     @post("/verify", status_code=200, guards=[requires(Role.ORG, Role.INSURER, Role.INVESTIGATOR)])
     async def verify_many(
@@ -64,9 +66,8 @@ class CodesController(Controller):
     ) -> dict[str, Any]:
         """Verify up to 1,000 codes; one answer per code, in request order."""
         data = strict_body(data, VerifyIn)
-        target = await _org_for(request, principal_of(request), data.org, "org")
-        async with request.app.state.pool.acquire() as conn:
-            return {"items": await code_usecases.verify(conn, data.codes, target)}
+        target = _org_for(principal_of(request), data.org, "org")
+        return {"items": await _verify(request, data.codes, target)}
 
     @get("/codes/{code:str}/history", guards=[requires(Role.INVESTIGATOR)])
     async def history(self, request: Request[Any, Any, Any], code: FromPath[str]) -> dict[str, Any]:
