@@ -35,8 +35,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,9 +47,10 @@ from typing import Any
 
 import asyncpg
 
+from service.localrun import free_port, start_service, stop_service
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TRACECODE = Path(sys.executable).parent / "tracecode"
 sys.path.insert(0, str(HERE))
 
 import seed as seeder  # noqa: E402
@@ -65,50 +64,6 @@ CAVEAT = (
 
 
 # --- processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            if s.recv(64).startswith(b"HTTP/1.1 200"):
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"the service was not ready within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-
-
-def start_service(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_ready(port, proc, log_path)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # --- ceilings -------------------------------------------------------------------------
@@ -507,7 +462,7 @@ def main() -> int:
             os.environ, TRACE_DATABASE_URL=url, TRACE_DATA_DIR=str(work / "data"), TRACE_LOG_LEVEL="warning"
         )
         env.pop("TRACE_REDIS_URL", None)
-        server = start_service(env, port, args.workers, out / "service.log")
+        server = start_service(env, port, out / "service.log", workers=args.workers)
         try:
             print(
                 f"service on port {port} ({args.workers} workers); Locust for {args.duration:g} s ...",
@@ -558,7 +513,7 @@ def main() -> int:
                     ceilings(url, port, manifest, args.ceiling_seconds, args.ceiling_concurrency)
                 )
         finally:
-            stop(server)
+            stop_service(server)
         table = report(summary, ceiling, args, cpus)
         header = (
             f"- machine: {cpus} CPU(s), {platform.processor() or platform.machine()}, Python "

@@ -42,10 +42,7 @@ import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +55,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from service.localrun import create_admin_key, free_port, start_service, stop_service
+
 PRODUCT = "8123456"
 MANUFACTURER = "M1"
 DISTRIBUTOR = "D1"
@@ -66,7 +65,6 @@ EXPIRY = date(2030, 12, 31)
 PRODUCED = date(2025, 1, 15)
 PACK_UNITS = 24
 WARM_UP = 100
-TRACECODE = Path(sys.executable).parent / "tracecode"
 
 # The columns of a ``codes`` row, as service/store/codes.py writes them.
 CODE_COLUMNS = (
@@ -129,54 +127,6 @@ class Serials:
 
 
 # --- servers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_service(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603
-            [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.2)
-    raise RuntimeError(f"the service was not ready within 60 s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_service(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def create_admin_key(env: dict[str, str]) -> str:
-    done = subprocess.run(  # noqa: S603
-        [str(TRACECODE), "key", "create", "--role", "admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
 
 
 # --- the service side ---------------------------------------------------------------
@@ -363,7 +313,7 @@ def run(args: argparse.Namespace, database_url: str, workdir: Path) -> tuple[Tim
             last = loop.run(conn.fetchval("SELECT max(code) FROM codes WHERE code LIKE $1", f"{PRODUCT}%"))
             serials = Serials(int(last[7:]) + 1 if last else 1)
             port = free_port()
-            server = start_service(env, port, args.workers, workdir / "service.log")
+            server = start_service(env, port, workdir / "service.log", workers=args.workers)
             try:
                 admin = create_admin_key(env)
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:

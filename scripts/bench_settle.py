@@ -68,9 +68,6 @@ import platform
 import random
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +81,7 @@ from typing import Any, cast
 import asyncpg
 import httpx
 
+from service.localrun import create_admin_key, free_port, start_service, stop_service
 from service.store import codes as code_store
 from service.store import registry
 from service.store import sales as sale_store
@@ -103,7 +101,6 @@ STOCK_BATCH = 10_000  # codes per POST /v1/events (the service's limit)
 CODES_PER_SECOND = 5_000  # default stock per side and second of measurement
 WARM_UP_SECONDS = 2.0
 PSN_SECRET = "bench-settle-secret"  # noqa: S105 (a throwaway database's HMAC key)
-TRACECODE = Path(sys.executable).parent / "tracecode"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Settle = Callable[["Sale"], Awaitable[str | None]]  # None when accepted, else why not
@@ -491,59 +488,6 @@ async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
 # --- servers and set-up (as scripts/bench_ingest.py) --------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_service(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603
-            [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                    return proc
-            time.sleep(0.2)
-        raise RuntimeError(f"the service was not ready within 60 s:\n{log_path.read_text()[-3000:]}")
-    except BaseException:
-        stop_service(proc)
-        raise
-
-
-def stop_service(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT, then SIGKILL after 10 s."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def create_admin_key(env: dict[str, str]) -> str:
-    done = subprocess.run(  # noqa: S603
-        [str(TRACECODE), "key", "create", "--role", "admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
-
-
 async def post(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> Any:
     resp = await client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
     if resp.status_code not in (200, 201):
@@ -793,7 +737,7 @@ def main() -> int:
     )
     try:
         port = free_port()
-        server = start_service(env, port, args.workers, workdir / "service.log")
+        server = start_service(env, port, workdir / "service.log", workers=args.workers)
         try:
             admin = create_admin_key(env)
             run = asyncio.run(bench(args, database_url, port, server.pid, admin))

@@ -10,25 +10,21 @@ test process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from service.localrun import free_port, start_service, stop_service
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADTESTS = ROOT / "loadtests"
-TRACECODE = Path(sys.executable).parent / "tracecode"
 
 # Every operation of every user class of the Locust file.
 OPERATIONS = {
@@ -38,43 +34,6 @@ OPERATIONS = {
     "settle", "precheck", "settlement_get", "reversal",  # settlement engines
     "history", "flags",  # investigators
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_service(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [str(TRACECODE), "serve", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.2)
-    stop_service(proc)
-    raise AssertionError(f"the service was not ready within 60 s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_service(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

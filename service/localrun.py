@@ -1,0 +1,76 @@
+"""Run ``tracecode serve`` as a child process on this machine, for the benchmarks and
+the tests that need a real server (several workers, a real port)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TRACECODE = Path(sys.executable).parent / "tracecode"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ready(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(b"GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        return s.recv(64).startswith(b"HTTP/1.1 200")
+    return False
+
+
+def start_service(
+    env: dict[str, str], port: int, log_path: Path, *, workers: int = 1, timeout: float = 90
+) -> subprocess.Popen[bytes]:
+    """Start the service and wait until /health/ready answers 200. Raises RuntimeError
+    (with the end of its log) if it exits or is not ready in time; it is then stopped."""
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own console script
+            [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited early:\n{log_path.read_text()[-3000:]}")
+        if _ready(port):
+            return proc
+        time.sleep(0.2)
+    stop_service(proc)
+    raise RuntimeError(f"the service was not ready within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_service(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGINT (a graceful stop, which also stops embedded servers), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def create_admin_key(env: dict[str, str]) -> str:
+    """A new admin key through the CLI, as a new user makes the first one."""
+    done = subprocess.run(  # noqa: S603 - our own console script
+        [str(TRACECODE), "key", "create", "--role", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
