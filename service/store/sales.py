@@ -52,22 +52,39 @@ async def open_for(conn: Conn, codes: Iterable[str]) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def reverse(conn: Conn, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """Mark (code, sale_key) consumptions reversed; return the units of those this call
-    reversed. One that a concurrent transaction reversed first is not returned, so the
-    caller restores each unit at most once (lock the codes before calling)."""
-    pairs = list(pairs)
-    if not pairs:
+async def reverse(conn: Conn, items: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], int]:
+    """Mark (code, sale_key) consumptions reversed by ``by`` (a return event id, or
+    ``reversal``); return the units of those this call reversed. One that a concurrent
+    transaction reversed first is not returned, so the caller restores each unit at most
+    once (lock the codes before calling)."""
+    rows_in = list(items)
+    if not rows_in:
         return {}
     rows = await conn.fetch(
-        """UPDATE consumptions SET reversed_at = now()
-           WHERE (code, sale_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-             AND reversed_at IS NULL
-           RETURNING code, sale_key, units""",
-        [c for c, _ in pairs],
-        [k for _, k in pairs],
+        """UPDATE consumptions c SET reversed_at = now(), reversed_by = i.by
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS i(code, sale_key, by)
+           WHERE c.code = i.code AND c.sale_key = i.sale_key AND c.reversed_at IS NULL
+           RETURNING c.code, c.sale_key, c.units""",
+        [c for c, _, _ in rows_in],
+        [k for _, k, _ in rows_in],
+        [b for _, _, b in rows_in],
     )
     return {(r["code"], r["sale_key"]): r["units"] for r in rows}
+
+
+async def unapplied_returns(conn: Conn, codes: list[str]) -> list[dict[str, Any]]:
+    """Return events of ``codes`` that have not undone a sale yet (they arrived before
+    the dispense they undo), oldest first, one row per (event, code)."""
+    rows = await conn.fetch(
+        """SELECT e.event_id, e.org, e.at, e.setl_id, l.code
+           FROM event_codes l JOIN events e USING (event_id)
+           WHERE l.code = ANY($1::text[]) AND l.role = 'c' AND e.type = 'return'
+             AND NOT EXISTS (SELECT 1 FROM consumptions c
+                             WHERE c.code = l.code AND c.reversed_by = e.event_id::text)
+           ORDER BY e.at, e.event_id""",
+        codes,
+    )
+    return [dict(r) for r in rows]
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from service.core import flags as flag_rules
 from service.core.custody import Fact, World, product_of, replay, sort_key
 from service.core.events import Incoming, Rejection, judge
 from service.core.flags import NewFlag, sale_key
-from service.core.sales import draw
+from service.core.sales import Return, draw, match_returns
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
@@ -182,24 +182,21 @@ async def _consume(
                 world.changed.add(code)
                 done.add((code, key))
         await sale_store.record(conn, rows)
-    if returns:
-        open_sales = await sale_store.open_for(conn, {c for _, codes in returns for c in codes})
-        undo: list[tuple[str, str]] = []
-        for event, codes in returns:
-            for code in codes:
-                match = next(
-                    (
-                        s
-                        for s in open_sales
-                        if s["code"] == code
-                        and s["org"] == event.org  # a return goes back to the organisation that sold
-                        and (event.setl_id is None or s["setl_id"] == event.setl_id)
-                        and (s["code"], s["sale_key"]) not in undo
-                    ),
-                    None,
-                )
-                if match is not None:
-                    undo.append((code, match["sale_key"]))
+    # A return undoes the seller's latest sale of the pack before it (by event time).
+    # Returns uploaded before the dispense they undo wait: each new dispense looks for them.
+    undoing = [Return(e.event_id, e.org, e.at, e.setl_id, code) for e, codes in returns for code in codes]
+    if dispenses:
+        dispensed = sorted({c for _, codes in dispenses for c in codes})
+        waiting = await sale_store.unapplied_returns(conn, dispensed)
+        seen = {r.event_id for r in undoing}
+        undoing += [
+            Return(r["event_id"], r["org"], r["at"], r["setl_id"], r["code"])
+            for r in waiting
+            if r["event_id"] not in seen
+        ]
+    if undoing:
+        open_sales = await sale_store.open_for(conn, {r.code for r in undoing})
+        undo = match_returns(sorted(undoing, key=lambda r: (r.at, r.event_id)), open_sales)
         for (code, _), units in (await sale_store.reverse(conn, undo)).items():
             state = world.states[code]
             state.units_left = (state.units_left or 0) + units

@@ -231,7 +231,7 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
         # lock the packs first (as every writer does), then reverse: a concurrent return
         # of the same sale then restores its units once, in one of the two transactions
         states = await code_store.lock(conn, [t["code"] for t in taken])
-        restored = await sale_store.reverse(conn, [(t["code"], setl_id) for t in taken])
+        restored = await sale_store.reverse(conn, [(t["code"], setl_id, "reversal") for t in taken])
         for (code, _), units in restored.items():
             state = states[code]
             state.units_left = (state.units_left or 0) + units

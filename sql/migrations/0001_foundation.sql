@@ -109,6 +109,7 @@ CREATE TABLE consumptions (
     at           timestamptz NOT NULL,
     units        integer NOT NULL CHECK (units > 0),
     reversed_at  timestamptz,
+    reversed_by  text,             -- the return event, or 'reversal' (of the settlement)
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (code, sale_key)
 );

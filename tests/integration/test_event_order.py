@@ -63,11 +63,13 @@ def _scenario(draw: st.DrawFn) -> list[dict[str, Any]]:
     if draw(st.booleans()):
         loose = units[0]
         add("unpack", holder, [loose], parent=cases[0])
-        ending = draw(st.sampled_from(["keep", "destroy", "dispense"]))
+        ending = draw(st.sampled_from(["keep", "destroy", "dispense", "dispense and return"]))
         if ending == "destroy":
             add("destroy", holder, [loose])
-        elif ending == "dispense":
+        elif ending.startswith("dispense"):
             add("dispense", holder, [loose], quantity=draw(st.integers(1, 24)))
+            if ending.endswith("return"):
+                add("return", holder, [loose])
     return events
 
 

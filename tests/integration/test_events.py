@@ -287,3 +287,19 @@ async def test_history_needs_investigator(admin: Api) -> None:
     assert (await inv.get(f"/v1/codes/{code}/history")).status_code == 404
     assert (await inv.get("/v1/codes/nonsense/history")).status_code == 400
     assert at(0).endswith("+00:00")
+
+
+async def test_a_return_uploaded_before_its_dispense_still_undoes_it(admin: Api) -> None:
+    w = await small_world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 1)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2))
+    await p1.events(event("return", "P1", [code], 6))  # the patient's return, uploaded first
+    await p1.events(event("dispense", "P1", [code], 5, quantity=10))
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 24
+    await p1.events(event("dispense", "P1", [code], 7, quantity=4))  # a later sale stands
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 20
