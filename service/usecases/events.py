@@ -119,6 +119,8 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
         dirty = set(states)
 
     await _mark_recalled(conn, world, facts)
+    # link first: a return in this batch must be visible to an early dispense applied below
+    await event_store.link_codes(conn, facts)
     sales = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
     flags += await _consume(conn, world, sales, products, orgs)
     await _apply_early_dispenses(conn, world, placeholders, products, orgs)
@@ -140,7 +142,6 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     dirty |= {c for f in facts for c in f.codes} | {f.parent for f in facts if f.parent}
     await code_store.insert_new(conn, [world.states[c] for c in dirty if c not in states])
     await code_store.update(conn, [world.states[c] for c in dirty if c in states])
-    await event_store.link_codes(conn, facts)
     await code_store.add_containment(
         conn, [(f.parent, c) for f in facts if f.type == "pack" and f.parent for c in f.codes]
     )
