@@ -94,6 +94,8 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     detail = str(exc.detail) if exc.detail else _TITLES.get(status, "Error")
     if status == 413:
         detail = "the request body is larger than the service accepts"
+    if status == 400:  # e.g. a body that is not JSON: still name what was wrong
+        return bad_input("body", detail)
     return problem(status, detail)
 
 

@@ -47,9 +47,10 @@ def _cursor(flag_id: int) -> str:
 def _after(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("f"):
+        flag_id = int(raw[1:]) if raw.startswith("f") else 0
+        if not 0 < flag_id < 2**63:
             raise ValueError(cursor)
-        return int(raw[1:])
+        return flag_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise bad_input("cursor", "not a cursor this service handed out") from None
 
@@ -91,8 +92,8 @@ class FlagsController(Controller):
         for name, value in (("since", since), ("until", until)):
             if value is not None and value.tzinfo is None:
                 raise bad_input(name, "must carry a UTC offset (RFC 3339)")
-            if value is not None and value.year < EARLIEST_YEAR:
-                raise bad_input(name, f"is before the year {EARLIEST_YEAR}")
+            if value is not None and not EARLIEST_YEAR <= value.year < 9999:
+                raise bad_input(name, f"must be between the years {EARLIEST_YEAR} and 9998")
         if code is not None:
             parsed = try_parse_code(code)
             if parsed is None:

@@ -263,7 +263,7 @@ class World:
             detail = f"{fact.type} by {fact.org} of a code never commissioned"
             self.suspicions.append(Suspicion("UNKNOWN_CODE", s.code, fact, detail))
             return
-        if holds(s, fact.org) or (s.custodian == fact.org and fact.type != "dispense"):
+        if holds(s, fact.org) or (s.custodian == fact.org and fact.type not in ("dispense", "settle")):
             return  # its own stock (a re-scan, or moving what it still has on record)
         where = f"held by {s.custodian}" + (f", last shipped to {s.destination}" if s.destination else "")
         self.suspicions.append(

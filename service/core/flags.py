@@ -84,7 +84,10 @@ def dispense_flags(
 
 def suspicion_flag(s: Suspicion) -> NewFlag:
     """A custody suspicion found by the fold, as a flag with its evidence."""
-    refs: dict[str, Any] = {"events": [str(s.fact.event_id)]}
+    if s.fact.type == "settle":
+        refs: dict[str, Any] = {"settlements": [s.fact.setl_id]}
+    else:
+        refs = {"events": [str(s.fact.event_id)]}
     if s.holder:
         refs["holder"] = s.holder
     if s.shipped_to:

@@ -60,22 +60,25 @@ async def auto_clear(
     standing: set[str],
     kinds: Sequence[str],
     cleared_by: list[str],
+    rejudged: set[str],
 ) -> list[int]:
-    """Open event-time flags of ``kinds`` on ``codes`` that the current fold no longer
-    suspects (their key is not in ``standing``) become auto_cleared, naming the events
-    that explained them."""
+    """Open flags of ``kinds`` on ``codes`` that the current fold no longer suspects
+    (their key is not in ``standing``) become auto_cleared, naming the events that
+    explained them. Event flags on these codes were all re-judged by the fold; a
+    settlement's flag only if its key is in ``rejudged``."""
     rows = await conn.fetch(
         """UPDATE flags
            SET status = 'auto_cleared', updated_at = now(), published_at = NULL,
                refs = refs || jsonb_build_object('cleared_by', $4::text[])
            WHERE code = ANY($1::text[]) AND kind = ANY($3::text[]) AND status = 'open'
-             AND (dedup_key LIKE '%:event:%' OR dedup_key LIKE '%:setl:%')
+             AND (dedup_key LIKE '%:event:%' OR dedup_key = ANY($5::text[]))
              AND NOT (dedup_key = ANY($2::text[]))
            RETURNING flag_id""",
         list(codes),
         list(standing),
         list(kinds),
         cleared_by,
+        list(rejudged),
     )
     ids = [r["flag_id"] for r in rows]
     if ids:

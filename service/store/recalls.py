@@ -7,7 +7,20 @@ from typing import Any
 from service.store.conn import Conn
 
 
+async def lock_lots(conn: Conn, lots: list[tuple[str, str]]) -> None:
+    """Serialise a recall with commissions into the same lot (a transaction lock per
+    lot, taken in a fixed order): codes committed while a recall runs are not missed."""
+    if lots:
+        await conn.execute(
+            """SELECT pg_advisory_xact_lock(hashtext(p || '/' || l))
+               FROM unnest($1::text[], $2::text[]) AS x(p, l)""",
+            [p for p, _ in sorted(lots)],
+            [lot for _, lot in sorted(lots)],
+        )
+
+
 async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these lots are recalled (call lock_lots first)."""
     if not lots:
         return set()
     rows = await conn.fetch(
@@ -21,6 +34,7 @@ async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> set[tuple[st
 
 async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str) -> tuple[bool, int]:
     """Record the recall (once) and mark every code of the lot; returns (new, codes marked)."""
+    await lock_lots(conn, [(product_id, lot)])
     new = await conn.fetchval(
         """INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
            ON CONFLICT (product_id, lot) DO NOTHING RETURNING true""",

@@ -97,11 +97,13 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     placeholders = {c for c, st in states.items() if not st.commissioned}
     earliest = min(f.at for f in facts)
     # settlements refused for custody reasons these events may explain (a late ship)
+    # (only those at or after this batch's earliest event: older judgements cannot change)
     reopen = []
-    if any(f.type in ("commission", "ship", "receive") for f in facts) and states:
+    if any(f.type in ("commission", "ship", "receive") for f in facts):
         reopen = [
             Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"])
-            for r in await flag_store.settlement_suspicions(conn, sorted(states))
+            for r in await flag_store.settlement_suspicions(conn, sorted(set(states) | named))
+            if r["at"] >= earliest
         ]
     if not reopen and all(s.last_at < earliest for s in states.values()):
         world = World(states=dict(states), pack_units=pack_units)
@@ -135,8 +137,16 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     result.flags = [raised[k] for k in dict.fromkeys(f.dedup_key for f in flags) if k in current]
     if result.replayed:
         standing = {flag.dedup_key for flag in flags}
+        rejudged = {
+            f"{kind}:{f.codes[0]}:setl:{f.setl_id}" for f in reopen for kind in ("UNKNOWN_CODE", "DIVERSION")
+        }
         await flag_store.auto_clear(
-            conn, sorted(states), standing, ("UNKNOWN_CODE", "DIVERSION"), [str(i) for i in taken]
+            conn,
+            sorted(set(states) | named),
+            standing,
+            ("UNKNOWN_CODE", "DIVERSION"),
+            [str(i) for i in taken],
+            rejudged,
         )
 
     dirty |= {c for f in facts for c in f.codes} | {f.parent for f in facts if f.parent}
@@ -243,7 +253,9 @@ async def _apply_early_dispenses(
 async def _mark_recalled(conn: Conn, world: World, facts: list[Fact]) -> None:
     """Codes commissioned into a lot that was already recalled are recalled too."""
     lots = {(world.states[c].product_id, f.lot) for f in facts if f.type == "commission" for c in f.codes}
-    recalled = await recall_store.recalled_lots(conn, [(p, lot) for p, lot in lots if p and lot])
+    wanted = [(p, lot) for p, lot in lots if p and lot]
+    await recall_store.lock_lots(conn, wanted)
+    recalled = await recall_store.recalled_lots(conn, wanted)
     if not recalled:
         return
     for f in facts:

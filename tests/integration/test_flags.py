@@ -310,3 +310,51 @@ async def test_late_events_clear_a_settlements_diversion_flag(admin: Api) -> Non
     flag = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
     assert flag["status"] == "auto_cleared"
     assert ship["event_id"] in flag["refs"]["cleared_by"]
+
+
+def _settle_body(setl_id: str, org: str, code: str, hour: int) -> dict[str, Any]:
+    return {
+        "setl_id": setl_id,
+        "org": org,
+        "psn_no": "1",
+        "at": f"2026-03-02T{hour:02d}:00:00+00:00",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
+        ],
+    }
+
+
+async def test_genuine_settlement_flags_stand(admin: Api) -> None:
+    """Late events clear only what they explain: a pharmacy settling another's stock, or
+    the old holder settling a pack it has shipped away, stays suspicious."""
+    w = await world(admin)
+    m, p1, h1 = w["keys"]["M1"], w["keys"]["P1"], w["keys"]["H1"]
+    a, b = cn20(w["unit"], 11), cn20(w["unit"], 12)
+    await m.events(
+        event("commission", "M1", [a, b], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [a, b], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [a, b], 2))
+    stolen = await w["insurer"].ok("POST", "/v1/settlements", _settle_body("S-H1", "H1", a, 10))
+    await p1.events(event("ship", "P1", [b], 3, to="H1"))
+    shipped_away = await w["insurer"].ok("POST", "/v1/settlements", _settle_body("S-P1", "P1", b, 10))
+    # later uploads, some older than what the codes have seen (a replay)
+    await p1.events(event("dispense", "P1", [a], 2.5, quantity=1))
+    await h1.events(event("receive", "H1", [b], 4))
+    for answer in (stolen, shipped_away):
+        flag = await w["inv"].ok("GET", f"/v1/flags/{answer['flags'][0]['flag_id']}")
+        assert (flag["kind"], flag["status"]) == ("DIVERSION", "open")
+
+
+async def test_late_commission_clears_a_settlements_unknown_code_flag(admin: Api) -> None:
+    w = await world(admin)
+    code = cn20(w["unit"], 13)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", _settle_body("S-UNK", "P1", code, 10))
+    assert [f["kind"] for f in answer["flags"]] == ["UNKNOWN_CODE"]
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    flag = await w["inv"].ok("GET", f"/v1/flags/{answer['flags'][0]['flag_id']}")
+    assert flag["status"] == "auto_cleared"
+    assert await flags(w["inv"], status="open") == []
