@@ -1,5 +1,6 @@
 -- Distribute the tracecode schema on Citus (run on the coordinator after
--- `tracecode migrate`, before loading data). Per-code tables are co-located by the
+-- `tracecode migrate`, before loading data). Not yet run on a cluster: see README.md,
+-- "What must change first" (the flags keys and multi-shard row locks). Per-code tables are co-located by the
 -- canonical code, so ingest, verify and single-pack settlement stay on one shard.
 
 -- Small, read-mostly registry tables: a copy on every node.
@@ -24,7 +25,10 @@ SELECT create_distributed_table('settlements', 'setl_id');
 -- Flags are read by code and by filters; distribute by code. Citus requires the
 -- distribution column in unique constraints: dedup_key already starts with the kind and
 -- contains the code, so replace the unique index with (code, dedup_key) first:
+ALTER TABLE flag_changes DROP CONSTRAINT flag_changes_flag_id_fkey;
 ALTER TABLE flags DROP CONSTRAINT flags_dedup_key_key;
+ALTER TABLE flags DROP CONSTRAINT flags_pkey;
+ALTER TABLE flags ADD PRIMARY KEY (code, flag_id);
 ALTER TABLE flags ADD CONSTRAINT flags_code_dedup_key UNIQUE (code, dedup_key);
 SELECT create_distributed_table('flags', 'code', colocate_with => 'codes');
 SELECT create_distributed_table('flag_changes', 'flag_id');
