@@ -109,7 +109,6 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
         world = World(states=dict(states), pack_units=pack_units)
         world.apply_all(facts)
         dirty = world.changed
-        family: set[str] = set()
     else:
         # an event older than what these codes have seen: fold their whole history again
         result.replayed = True
