@@ -12,7 +12,7 @@ import asyncpg
 
 from service import metrics
 from service.core import flags as flag_rules
-from service.core.custody import Fact, World, product_of, replay, sort_key
+from service.core.custody import CodeState, Fact, World, product_of, replay, sort_key
 from service.core.events import Incoming, Rejection, judge
 from service.core.flags import NewFlag, sale_key
 from service.core.sales import Return, draw, match_returns
@@ -95,29 +95,8 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     pack_units = {pid: int(p["pack_units"]) for pid, p in products.items()}
     # the fold changes these very state objects: note now which codes were placeholders
     placeholders = {c for c, st in states.items() if not st.commissioned}
-    earliest = min(f.at for f in facts)
-    # settlements refused for custody reasons these events may explain (a late ship)
-    # (only those at or after this batch's earliest event: older judgements cannot change)
-    reopen = []
-    if any(f.type in ("commission", "ship", "receive") for f in facts):
-        reopen = [
-            Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"])
-            for r in await flag_store.settlement_suspicions(conn, sorted(set(states) | named))
-            if r["at"] >= earliest
-        ]
-    if not reopen and all(s.last_at < earliest for s in states.values()):
-        world = World(states=dict(states), pack_units=pack_units)
-        world.apply_all(facts)
-        dirty = world.changed
-    else:
-        # an event older than what these codes have seen: fold their whole history again
-        result.replayed = True
-        family = set(states) | named
-        family |= set(await code_store.ancestors_ever(conn, family))
-        history = await event_store.facts_for(conn, family)
-        world = replay(history + facts + reopen, keep=states, pack_units=pack_units)
-        # every locked code may have changed; ancestors were only read, never written
-        dirty = set(states)
+    world, reopen = await _fold(conn, facts, states, named, pack_units)
+    result.replayed = reopen is not None
 
     await _mark_recalled(conn, world, facts)
     # link first: a return in this batch must be visible to an early dispense applied below
@@ -134,7 +113,7 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
             current.add(suspicion.key)
     raised = {r["dedup_key"]: r for r in await flag_store.raise_flags(conn, flags)}
     result.flags = [raised[k] for k in dict.fromkeys(f.dedup_key for f in flags) if k in current]
-    if result.replayed:
+    if reopen is not None:
         standing = {flag.dedup_key for flag in flags}
         rejudged = {
             f"{kind}:{f.codes[0]}:setl:{f.setl_id}" for f in reopen for kind in ("UNKNOWN_CODE", "DIVERSION")
@@ -148,6 +127,8 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
             rejudged,
         )
 
+    # after a replay every locked code may have changed (ancestors were only read)
+    dirty = set(states) if result.replayed else set(world.changed)
     dirty |= {c for f in facts for c in f.codes} | {f.parent for f in facts if f.parent}
     await code_store.insert_new(conn, [world.states[c] for c in dirty if c not in states])
     await code_store.update(conn, [world.states[c] for c in dirty if c in states])
@@ -159,6 +140,37 @@ async def _ingest(conn: Conn, events: list[Incoming]) -> IngestResult:
     result.accepted_events = len(facts)
     result.accepted_codes = sum(len(f.codes) for f in facts)
     return result
+
+
+async def _fold(
+    conn: Conn,
+    facts: list[Fact],
+    states: dict[str, CodeState],
+    named: set[str],
+    pack_units: Mapping[str, int],
+) -> tuple[World, list[Fact] | None]:
+    """Apply the facts to the locked states. In event-time order (every fact newer than
+    all its codes have seen) that is an incremental step; otherwise the codes' whole
+    history, with every container they were ever in, is folded again, and so are the
+    settlements these facts may explain (returned; None when nothing was replayed)."""
+    earliest = min(f.at for f in facts)
+    # settlements refused for custody reasons these events may explain (a late ship);
+    # only those at or after this batch's earliest event: older judgements cannot change
+    reopen = []
+    if any(f.type in ("commission", "ship", "receive") for f in facts):
+        reopen = [
+            Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"])
+            for r in await flag_store.settlement_suspicions(conn, sorted(set(states) | named))
+            if r["at"] >= earliest
+        ]
+    if not reopen and all(s.last_at < earliest for s in states.values()):
+        world = World(states=dict(states), pack_units=pack_units)
+        world.apply_all(facts)
+        return world, None
+    family = set(states) | named
+    family |= set(await code_store.ancestors_ever(conn, family))
+    history = await event_store.facts_for(conn, family)
+    return replay(history + facts + reopen, keep=states, pack_units=pack_units), reopen
 
 
 async def _consume(
