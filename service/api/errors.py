@@ -31,6 +31,8 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
 }
+# a JSON \u0000 escape, not an escaped backslash followed by the text "u0000"
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
 
@@ -117,7 +119,7 @@ async def refuse_nul_and_bad_text(request: Request[Any, Any, Any]) -> None:
         raise bad_input("url", "NUL characters are not allowed")
     if request.method in ("POST", "PATCH", "PUT"):
         body = await request.body()
-        if b"\\u0000" in body:
+        if b"\\u0000" in body and _JSON_NUL.search(body):
             raise bad_input("body", "NUL characters (\\u0000) are not allowed in text")
         try:
             body.decode("utf-8")

@@ -15,6 +15,8 @@ async def test_nul_bad_utf8_and_extreme_dates_are_400(admin: Api) -> None:
     ins = await admin.key_for("insurer")
     nul_org = {"id": "X1", "name": "bad\u0000name", "kind": "pharmacy", "region": "450100"}
     assert (await admin.post("/v1/orgs", nul_org)).status_code == 400
+    literal = {**nul_org, "name": "back\\u0000slash"}  # a backslash, then the text u0000
+    assert (await admin.post("/v1/orgs", literal)).status_code == 201
     headers = {**m.headers, "content-type": "application/json"}
     raw = await m.client.post("/v1/events", headers=headers, content=b'{"events": [\xff\xfe]}')
     assert raw.status_code == 400
