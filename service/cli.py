@@ -56,6 +56,12 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    if "TRACE_PSN_SECRET" not in os.environ:
+        log.warning(
+            "TRACE_PSN_SECRET is not set: insured person numbers are keyed with a development "
+            "secret. Set a long random secret in production, and keep it: changing it unlinks "
+            "earlier settlements of the same person."
+        )
     settings = resolve_servers(settings)
     assert settings.database_url
     applied = asyncio.run(_migrate(settings.database_url))
