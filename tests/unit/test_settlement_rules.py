@@ -1,0 +1,95 @@
+"""Settlement line rules, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from service.core.custody import CodeState
+from service.core.sales import Return, draw, match_returns
+from service.core.settlement import EarlierSale, Line, decision, judge
+
+ORG = {"id": "P1", "region": "450103"}
+PRODUCT = {"product_id": "8123456", "name": "Amoxicillin", "med_list_codg": "X1", "regions": ["45"]}
+A, B = "81234560000000000011", "81234560000000000028"
+
+
+def pack(code: str, left: int = 24) -> CodeState:
+    return CodeState(
+        code=code,
+        kind="cn20",
+        product_id="8123456",
+        last_at=datetime(2026, 3, 1, tzinfo=UTC),
+        state="received",
+        commissioned=True,
+        custodian="P1",
+        lot="L1",
+        expiry=date(2028, 1, 1),
+        pack_units=24,
+        units_left=left,
+    )
+
+
+def run(
+    lines: list[Line],
+    states: dict[str, CodeState],
+    earlier: dict[str, list[EarlierSale]] | None = None,
+    exempt: set[str] | None = None,
+) -> list[list[str]]:
+    outcomes = judge(
+        setl_id="S9",
+        lines=lines,
+        canonical={c: c for ln in lines for c in ln.codes},
+        states=states,
+        products={"8123456": PRODUCT},
+        exempt_codgs=exempt or set(),
+        org=ORG,
+        on=date(2026, 3, 5),
+        earlier=earlier or {},
+    )
+    return [[r.reason for r in o.reasons] for o in outcomes]
+
+
+def test_whole_pack_quantity_must_match_and_split_draws_in_order() -> None:
+    states = {A: pack(A), B: pack(B, left=5)}
+    assert run([Line(1, "X1", 24, False, (A,))], states) == [[]]
+    assert run([Line(1, "X1", 25, False, (A,))], states) == [["QUANTITY_MISMATCH"]]
+    assert run([Line(1, "X1", 29, True, (B, A))], states) == [[]]
+    assert run([Line(1, "X1", 30, True, (B,))], states) == [["QUANTITY_MISMATCH"]]
+
+
+def test_a_payable_line_leaves_less_for_the_next() -> None:
+    states = {A: pack(A)}
+    assert run([Line(1, "X1", 20, True, (A,)), Line(2, "X1", 10, True, (A,))], states) == [
+        [],
+        ["QUANTITY_MISMATCH"],
+    ]
+    earlier = {A: [EarlierSale("S1", "S1", None, 4)]}
+    assert run([Line(1, "X1", 24, False, (A,))], {A: pack(A, left=20)}, earlier) == [["ALREADY_SETTLED"]]
+
+
+def test_missing_codes_unless_exempt_and_the_decision() -> None:
+    assert run([Line(1, "GAUZE", 2, False, ())], {}, exempt={"GAUZE"}) == [[]]
+    assert run([Line(1, "X1", 2, False, ())], {}) == [["MISSING_CODES"]]
+    assert run([Line(1, "Y9", 24, False, (A,))], {A: pack(A)}) == [["PRODUCT_MISMATCH"]]
+
+
+def test_draw_and_returns() -> None:
+    assert draw({A: 3, B: 24}, [A, B], 5) == [(A, 3), (B, 2)]
+    assert draw({A: 3, B: 0}, [A, B], None) == [(A, 3)]
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    sales = [
+        {"code": A, "sale_key": "late", "org": "P1", "at": datetime(2026, 3, 3, tzinfo=UTC), "setl_id": None},
+        {
+            "code": A,
+            "sale_key": "early",
+            "org": "P1",
+            "at": datetime(2026, 3, 1, tzinfo=UTC),
+            "setl_id": None,
+        },
+    ]
+    import uuid
+
+    ret = Return(uuid.UUID(int=1), "P1", at, None, A)
+    assert match_returns([ret], sales) == [(A, "early", str(uuid.UUID(int=1)))]  # not a sale after the return
+    assert match_returns([Return(uuid.UUID(int=2), "H1", at, None, A)], sales) == []  # only the seller's
+    assert decision([]) == "accepted"
