@@ -16,7 +16,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from service import metrics
 from service.api import errors
-from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache
+from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
 from service.api.events import EventsController
 from service.api.flags import FlagsController
@@ -50,6 +50,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     )
     app.state.redis = None
     tasks = [asyncio.create_task(_watch_pool(app))]
+    if settings.key_cache_seconds > 0:
+        tasks.append(asyncio.create_task(listen_for_revocations(settings.database_url, app.state.key_cache)))
     app.state.feed_wake = lambda: None
     if settings.redis_url:
         # short timeouts: a Redis outage must not hold up settling or ingest

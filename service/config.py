@@ -55,5 +55,5 @@ class Settings:
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024),
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
             log_level=os.environ.get("TRACE_LOG_LEVEL", "info"),
-            key_cache_seconds=float(os.environ.get("TRACE_KEY_CACHE_SECONDS", "0")),
+            key_cache_seconds=float(os.environ.get("TRACE_KEY_CACHE_SECONDS", "60")),
         )

@@ -13,30 +13,41 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from service.core.auth import Principal, Role, token_hash
 from service.store import registry
+from service.store.conn import Conn
 
 PUBLIC_PATHS = {"/health", "/metrics", "/schema"}
 
 
 class KeyCache:
-    """Known keys for a few seconds, to spare a database round trip per request.
+    """Valid keys, remembered for ``ttl`` seconds to spare a database round trip per
+    request.
 
-    Only valid keys are kept. A revoke through this process drops the key at once;
-    other processes stop accepting it within ``ttl`` seconds.
+    It is used only while this process listens to the database for revocations
+    (``live``): a revoke, from any process or the CLI, notifies every listener when it
+    commits, and the key is dropped at once. While the listener is down, nothing is
+    cached, so a revoked key is never accepted from memory.
     """
 
     def __init__(self, ttl: float, size: int = 10_000) -> None:
         self.ttl = ttl
         self.size = size
+        self.live = False
         self._entries: dict[bytes, tuple[float, Principal]] = {}
 
+    def set_live(self, live: bool) -> None:
+        self.live = live
+        self._entries.clear()  # whatever was revoked while deaf must not survive
+
     def get(self, digest: bytes) -> Principal | None:
+        if not self.live:
+            return None
         entry = self._entries.get(digest)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
     def put(self, digest: bytes, principal: Principal) -> None:
-        if self.ttl <= 0:
+        if self.ttl <= 0 or not self.live:
             return
         if len(self._entries) >= self.size:
             self._entries.clear()
@@ -96,3 +107,32 @@ def require_org_access(principal: Principal, org: str) -> None:
     """403 unless the key may act as ``org``."""
     if principal.role is Role.ORG and principal.org != org:
         raise PermissionDeniedException(f"this key acts only for organisation {principal.org}")
+
+
+async def listen_for_revocations(url: str, cache: KeyCache) -> None:
+    """Keep one connection listening for revoked keys (forever; reconnects)."""
+    import asyncio
+
+    import asyncpg
+
+    from service.store.registry import KEY_REVOKED_CHANNEL
+
+    def on_revoke(_: Conn, __: int, ___: str, key_id: object) -> None:
+        cache.drop_key(str(key_id))
+
+    while True:
+        conn = None
+        try:
+            conn = await asyncpg.connect(url)
+            await conn.add_listener(KEY_REVOKED_CHANNEL, on_revoke)
+            cache.set_live(True)
+            while not conn.is_closed():
+                await asyncio.sleep(1)
+                await conn.execute("SELECT 1")  # notices a dead connection
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
+        finally:
+            cache.set_live(False)
+            if conn is not None and not conn.is_closed():
+                await conn.close()
+        await asyncio.sleep(2)

@@ -92,12 +92,18 @@ async def insert_key(conn: Conn, key_id: str, secret_hash: bytes, role: Role, or
     )
 
 
+KEY_REVOKED_CHANNEL = "tracecode_key_revoked"
+
+
 async def revoke_key(conn: Conn, key_id: str) -> datetime | None:
-    """Revoke (idempotent); return when it was revoked, or None for an unknown key."""
+    """Revoke (idempotent); return when it was revoked, or None for an unknown key.
+    Every service process listening on KEY_REVOKED_CHANNEL is told when this commits."""
     return await conn.fetchval(  # type: ignore[no-any-return]
-        """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-           WHERE key_id = $1 RETURNING revoked_at""",
+        """WITH r AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+                      WHERE key_id = $1 RETURNING revoked_at)
+           SELECT revoked_at FROM r, pg_notify($2, $1)""",
         key_id,
+        KEY_REVOKED_CHANNEL,
     )
 
 

@@ -127,3 +127,29 @@ async def test_health_metrics_openapi(client: AsyncTestClient) -> None:  # type:
     assert "EventIn" in str(schema["components"]["schemas"])
     metrics = (await client.get("/metrics")).text
     assert "tracecode_db_pool_connections" in metrics
+
+
+async def test_a_revoke_from_another_process_reaches_the_key_cache(admin: Api, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Keys are cached (TRACE_KEY_CACHE_SECONDS), but a revoke made elsewhere (the CLI,
+    another worker) is announced by the database and refused at once."""
+    import asyncio
+
+    import asyncpg
+
+    from service.store import registry
+
+    assert admin.client.app.state.key_cache.live  # listening, so caching
+    insurer = await admin.key_for("insurer")
+    assert (await insurer.get("/v1/settlements/none")).status_code == 404  # now cached
+    conn = await asyncpg.connect(db_url)
+    try:
+        await registry.revoke_key(conn, insurer.key.split(".")[0])  # not through this app
+    finally:
+        await conn.close()
+    status = 0
+    for _ in range(50):
+        status = (await insurer.get("/v1/settlements/none")).status_code
+        if status == 401:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 401
