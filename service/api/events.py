@@ -13,6 +13,7 @@ from litestar.params import JSONBody, SkipValidation
 
 from service.api.auth import principal_of, requires
 from service.api.errors import bad_input, strict_body
+from service.api.types import OrgId, RawCode, Short
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import (
@@ -24,10 +25,6 @@ from service.core.events import (
 )
 from service.core.rules import INVALID_CODE
 from service.usecases.events import ingest
-
-OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-RawCode = Annotated[str, msgspec.Meta(max_length=200)]
-Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True, rename={"from_org": "from"}):

@@ -11,14 +11,10 @@ from litestar.params import FromPath, JSONBody, SkipValidation
 
 from service.api.auth import requires
 from service.api.errors import bad_input, problem, strict_body
+from service.api.types import OrgId, Region, RegionPrefix, Text
 from service.core.auth import Role, new_key, token_hash
 from service.core.codes import is_product_id
 from service.store import registry
-
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Region = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
-RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}$")]
 
 
 class OrgIn(msgspec.Struct, forbid_unknown_fields=True):

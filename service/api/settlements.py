@@ -13,19 +13,19 @@ from litestar.params import FromPath, JSONBody, SkipValidation
 from service import metrics
 from service.api.auth import principal_of, requires
 from service.api.errors import bad_input, problem, strict_body
+from service.api.types import OrgId, Short
 from service.core.auth import Role
 from service.core.events import time_problem
 from service.core.settlement import Line
 from service.usecases import settlements as usecase
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 MAX_LINES = 500
 MAX_CODES = 1_000
 
 
 class LineIn(msgspec.Struct, forbid_unknown_fields=True):
     line_no: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
-    med_list_codg: Id
+    med_list_codg: Short
     quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
     codes: Annotated[
         list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=MAX_CODES)
@@ -34,9 +34,9 @@ class LineIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
-    setl_id: Id
-    org: Id
-    psn_no: Id
+    setl_id: Short
+    org: OrgId
+    psn_no: Short
     at: Annotated[datetime, msgspec.Meta(tz=True)]
     lines: Annotated[list[LineIn], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
     mode: Literal["settle", "precheck"] = "settle"
