@@ -58,6 +58,9 @@ from typing import Any
 
 import asyncpg
 
+from service.store import codes as code_store
+from service.store import registry as registry_store
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_MANIFEST = HERE / ".data" / "manifest.json"
 
@@ -124,25 +127,7 @@ FRESH_SERIAL_MAX = 9_999_999_999_999
 PSN_SECRET = os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode()
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "codes": (
-        "code",
-        "kind",
-        "product_id",
-        "commissioned",
-        "commissioned_by",
-        "commission_event",
-        "lot",
-        "expiry",
-        "produced",
-        "parent",
-        "state",
-        "custodian",
-        "destination",
-        "pack_units",
-        "units_left",
-        "recalled",
-        "last_at",
-    ),
+    "codes": code_store.COLUMNS,
     "events": (
         "event_id",
         "type",
@@ -880,19 +865,7 @@ async def seed(
                 "orgs", records=registry["orgs"], columns=("id", "name", "kind", "region")
             )
             await conn.copy_records_to_table(
-                "products",
-                records=registry["products"],
-                columns=(
-                    "product_id",
-                    "name",
-                    "med_list_codg",
-                    "pack_units",
-                    "manufacturer",
-                    "level",
-                    "contains",
-                    "regions",
-                    "trace_exempt",
-                ),
+                "products", records=registry["products"], columns=registry_store.PRODUCT_FIELDS
             )
             await conn.copy_records_to_table(
                 "api_keys", records=registry["api_keys"], columns=("key_id", "secret_hash", "role", "org")
@@ -1046,7 +1019,6 @@ async def check(url: str, sample: int) -> list[str]:
     (``service.core.custody.replay``) and compare with their stored rows; also compare
     every pack's units_left with its unreversed consumptions. Returns the mismatches."""
     from service.core.custody import replay
-    from service.store import codes as code_store
     from service.store import events as event_store
 
     conn = await asyncpg.connect(url)

@@ -199,6 +199,33 @@ def service_ship(client: httpx.Client, key: str, codes: list[str], at: datetime)
 # --- the baseline: raw asyncpg ------------------------------------------------------
 
 
+def code_columns(
+    codes: list[str], commission_event: uuid.UUID, state: str, destination: str | None, at: datetime
+) -> list[list[Any]]:
+    """The codes rows the service writes for these packs, as column arrays (in
+    service.store.codes.COLUMNS order), built inside the timed part like the service does."""
+    n = len(codes)
+    return [
+        codes,
+        ["cn20"] * n,
+        [c[:7] for c in codes],
+        [True] * n,
+        [MANUFACTURER] * n,
+        [commission_event] * n,
+        [LOT] * n,
+        [EXPIRY] * n,
+        [PRODUCED] * n,
+        [None] * n,
+        [state] * n,
+        [MANUFACTURER] * n,
+        [destination] * n,
+        [PACK_UNITS] * n,
+        [PACK_UNITS] * n,
+        [False] * n,
+        [at] * n,
+    ]
+
+
 async def baseline_commission(
     conn: asyncpg.Connection, codes: list[str], at: datetime
 ) -> tuple[float, uuid.UUID]:
@@ -207,25 +234,7 @@ async def baseline_commission(
     started = time.perf_counter()
     event_id = uuid.uuid4()
     n = len(codes)
-    columns = [
-        codes,
-        ["cn20"] * n,
-        [c[:7] for c in codes],
-        [True] * n,
-        [MANUFACTURER] * n,
-        [event_id] * n,
-        [LOT] * n,
-        [EXPIRY] * n,
-        [PRODUCED] * n,
-        [None] * n,
-        ["commissioned"] * n,
-        [MANUFACTURER] * n,
-        [None] * n,
-        [PACK_UNITS] * n,
-        [PACK_UNITS] * n,
-        [False] * n,
-        [at] * n,
-    ]
+    columns = code_columns(codes, event_id, "commissioned", None, at)
     links = [(c, at, event_id, b"c") for c in codes]
     async with conn.transaction():
         await conn.fetch(
@@ -247,25 +256,7 @@ async def baseline_ship(
     started = time.perf_counter()
     event_id = uuid.uuid4()
     n = len(codes)
-    columns = [
-        codes,
-        ["cn20"] * n,
-        [c[:7] for c in codes],
-        [True] * n,
-        [MANUFACTURER] * n,
-        [commission_event] * n,
-        [LOT] * n,
-        [EXPIRY] * n,
-        [PRODUCED] * n,
-        [None] * n,
-        ["in_transit"] * n,
-        [MANUFACTURER] * n,
-        [DISTRIBUTOR] * n,
-        [PACK_UNITS] * n,
-        [PACK_UNITS] * n,
-        [False] * n,
-        [at] * n,
-    ]
+    columns = code_columns(codes, commission_event, "in_transit", DISTRIBUTOR, at)
     links = [(c, at, event_id, b"c") for c in codes]
     async with conn.transaction():
         await conn.fetch(INSERT_EVENT, event_id, "ship", at, MANUFACTURER, DISTRIBUTOR, None, None, None, n)

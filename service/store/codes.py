@@ -10,7 +10,8 @@ import asyncpg
 from service.core.custody import CodeState
 from service.store.conn import Conn
 
-_COLUMNS = (
+# The columns of a codes row, in CodeState's order (the load-test seeder COPYs them too).
+COLUMNS = (
     "code",
     "kind",
     "product_id",
@@ -48,11 +49,11 @@ _TYPES = (
     "bool",
     "timestamptz",
 )
-_SELECT = ", ".join(_COLUMNS)
+_SELECT = ", ".join(COLUMNS)
 
 
 def _state(row: asyncpg.Record) -> CodeState:
-    return CodeState(**{c: row[c] for c in _COLUMNS})
+    return CodeState(**{c: row[c] for c in COLUMNS})
 
 
 async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
@@ -118,7 +119,7 @@ async def insert_new(conn: Conn, states: Iterable[CodeState]) -> None:
     rows = list(states)
     if not rows:
         return
-    columns = [[getattr(s, c) for s in rows] for c in _COLUMNS]
+    columns = [[getattr(s, c) for s in rows] for c in COLUMNS]
     params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
     inserted = await conn.fetchval(
         f"""WITH ins AS (
@@ -136,9 +137,9 @@ async def update(conn: Conn, states: Iterable[CodeState]) -> None:
     rows = list(states)
     if not rows:
         return
-    columns = [[getattr(s, c) for s in rows] for c in _COLUMNS]
+    columns = [[getattr(s, c) for s in rows] for c in COLUMNS]
     params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-    sets = ", ".join(f"{c} = n.{c}" for c in _COLUMNS[1:])
+    sets = ", ".join(f"{c} = n.{c}" for c in COLUMNS[1:])
     await conn.execute(
         f"""UPDATE codes SET {sets}, updated_at = now()
             FROM unnest({params}) AS n({_SELECT})

@@ -188,10 +188,15 @@ async def _consume(
     dispenses = [(e, codes) for e, codes in sales if e.type == "dispense"]
     returns = [(e, codes) for e, codes in sales if e.type == "return"]
     if dispenses:
-        keys = [(c, sale_key(e)) for e, codes in dispenses for c in codes]
+        # only a dispense naming a settlement can find its sale already consumed (by that
+        # settlement); one keyed by its own new event id cannot
+        keys = [(c, sale_key(e)) for e, codes in dispenses if e.setl_id for c in codes]
         done = await sale_store.existing(conn, keys)
         rows = []
-        earlier = await sale_store.open_for(conn, {c for _, codes in dispenses for c in codes})
+        # the earlier sales are evidence only for a pack already used up (a DUPLICATE)
+        dispensed = {c for _, codes in dispenses for c in codes}
+        used_up = {c for c in dispensed if world.states[c].units_left == 0}
+        earlier = await sale_store.open_for(conn, used_up) if used_up else []
         for event, codes in dispenses:
             key = sale_key(event)
             fresh_codes = [c for c in codes if (c, key) not in done]
@@ -208,8 +213,9 @@ async def _consume(
     # Returns uploaded before the dispense they undo wait: each new dispense looks for them.
     undoing = [Return(e.event_id, e.org, e.at, e.setl_id, code) for e, codes in returns for code in codes]
     if dispenses:
-        dispensed = sorted({c for _, codes in dispenses for c in codes})
-        waiting = await sale_store.unapplied_returns(conn, dispensed)
+        waiting = await sale_store.unapplied_returns(
+            conn, sorted({c for _, codes in dispenses for c in codes})
+        )
         seen = {r.event_id for r in undoing}
         undoing += [
             Return(r["event_id"], r["org"], r["at"], r["setl_id"], r["code"])
