@@ -16,7 +16,7 @@ from service.api.errors import bad_input, problem, strict_body
 from service.api.types import OrgId, Short
 from service.core.auth import Role
 from service.core.events import time_problem
-from service.core.settlement import Line
+from service.core.settlement import Claim, Line
 from service.usecases import settlements as usecase
 
 MAX_LINES = 500
@@ -42,7 +42,7 @@ class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
     mode: Literal["settle", "precheck"] = "settle"
 
 
-def _claim(data: SettlementIn) -> usecase.Claim:
+def _claim(data: SettlementIn) -> Claim:
     problem_at = time_problem(data.at, datetime.now(UTC))
     if problem_at:
         raise bad_input("at", problem_at)
@@ -55,7 +55,7 @@ def _claim(data: SettlementIn) -> usecase.Claim:
         total += len(line.codes)
     if total > MAX_CODES:
         raise bad_input("lines", f"{total} codes in one settlement; at most {MAX_CODES}")
-    return usecase.Claim(
+    return Claim(
         setl_id=data.setl_id,
         org=data.org,
         psn_no=data.psn_no,
@@ -85,9 +85,7 @@ class SettlementsController(Controller):
         claim = _claim(data)
         settings = request.app.state.settings
         try:
-            answer = await usecase.settle(
-                request.app.state.pool, claim, msgspec.json.encode(data), settings.psn_secret
-            )
+            answer = await usecase.settle(request.app.state.pool, claim, settings.psn_secret)
         except usecase.Conflict:
             raise problem(
                 409, f"settlement {data.setl_id} exists with a different body", kind="conflict"

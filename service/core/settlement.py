@@ -6,10 +6,14 @@ rows come from :func:`service.core.rules.code_reasons`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
+
+import msgspec
 
 from service.core.custody import CodeState
 from service.core.rules import (
@@ -48,6 +52,31 @@ class Line:
     quantity: int
     split: bool
     codes: tuple[str, ...]  # as sent
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A settlement request as judged: times in UTC, codes as sent."""
+
+    setl_id: str
+    org: str
+    psn_no: str
+    at: datetime
+    mode: str
+    lines: tuple[Line, ...]
+
+
+def person_hash(secret: bytes, psn_no: str) -> bytes:
+    """HMAC-SHA256 of an insured person number: links one person's settlements without
+    storing the number."""
+    return hmac.new(secret, psn_no.encode(), hashlib.sha256).digest()
+
+
+def fingerprint(secret: bytes, claim: Claim) -> bytes:
+    """What tells a replay of a settlement from a changed body: an HMAC of the whole
+    claim (the same claim always gives the same bytes; the secret keeps the person
+    number in it from being guessed)."""
+    return hmac.new(secret, b"settlement\x00" + msgspec.json.encode(claim), hashlib.sha256).digest()
 
 
 @dataclass(frozen=True, slots=True)

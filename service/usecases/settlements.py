@@ -3,10 +3,8 @@ under row locks taken in code order, so racing settlements cannot both win or de
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +14,15 @@ from service.core.codes import try_parse_code
 from service.core.custody import CodeState
 from service.core.flags import settlement_flags
 from service.core.rules import local_date
-from service.core.settlement import EarlierSale, Line, LineOutcome, decision, judge
+from service.core.settlement import (
+    Claim,
+    EarlierSale,
+    LineOutcome,
+    decision,
+    fingerprint,
+    judge,
+    person_hash,
+)
 from service.store import codes as code_store
 from service.store import flags as flag_store
 from service.store import registry
@@ -26,31 +32,12 @@ from service.store.conn import Conn
 from service.store.db import with_retry
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    setl_id: str
-    org: str
-    psn_no: str
-    at: datetime
-    mode: str
-    lines: tuple[Line, ...]
-
-
 class Conflict(Exception):
     """The settlement id exists with a different body."""
 
 
 class UnknownOrg(Exception):
     """The dispensing organisation is not registered."""
-
-
-def keyed_hash(secret: bytes, value: str) -> bytes:
-    """HMAC-SHA256: links one person's settlements without storing the number."""
-    return hmac.new(secret, value.encode(), hashlib.sha256).digest()
-
-
-def _body_hash(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, b"settlement\x00" + body, hashlib.sha256).digest()
 
 
 def _stored_request(claim: Claim, psn_hash: bytes) -> dict[str, Any]:
@@ -73,7 +60,7 @@ def _stored_request(claim: Claim, psn_hash: bytes) -> dict[str, Any]:
     }
 
 
-async def settle(pool: asyncpg.Pool, claim: Claim, canonical_body: bytes, secret: bytes) -> dict[str, Any]:
+async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, Any]:
     """Judge the claim; in ``settle`` mode store the answer and consume the payable
     lines' units, or return the stored answer for a replay of the same body."""
     canonical = {
@@ -87,8 +74,8 @@ async def settle(pool: asyncpg.Pool, claim: Claim, canonical_body: bytes, secret
             outcomes, _ = await _judge(conn, claim, canonical, codes, lock=False)
         return _response(claim.setl_id, outcomes, [])
 
-    psn_hash = keyed_hash(secret, claim.psn_no)
-    body_hash = _body_hash(secret, canonical_body)
+    psn_hash = person_hash(secret, claim.psn_no)
+    body_hash = fingerprint(secret, claim)
 
     async def work(conn: Conn) -> dict[str, Any]:
         fresh = await setl_store.claim(
