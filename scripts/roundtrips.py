@@ -1,0 +1,147 @@
+"""Count the database round trips of the service's write paths (settlement, reversal,
+ingest), by running the use cases on a pool whose connections log every statement they
+send (asyncpg's query logger; BEGIN and COMMIT included, a COPY counted as one). Registry
+rows are cached by each process; the first operation reads them.
+
+How to run (from the repository root)
+    .venv/bin/python scripts/roundtrips.py [--database-url URL]
+
+Without ``--database-url`` a throwaway embedded PostgreSQL is started and deleted at
+exit. Prints one line per operation: its name, and the statements it sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from service.core.events import Incoming
+from service.core.settlement import Claim, Line
+from service.store.db import create_pool
+from service.store.migrations import migrate
+from service.usecases import events, settlements
+
+PRODUCT = "8123456"
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+SECRET = b"roundtrips"
+
+
+def code(serial: int) -> str:
+    return PRODUCT + str(serial).zfill(13)
+
+
+def event(type_: str, org: str, codes: list[str], minutes: float, **fields: Any) -> Incoming:
+    return Incoming(
+        event_id=uuid.uuid4(),
+        type=type_,
+        at=T0 + timedelta(minutes=minutes),
+        org=org,
+        codes=tuple(codes),
+        **fields,
+    )
+
+
+async def setup(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO orgs (id, name, kind, region) VALUES
+               ('M1', 'Maker', 'manufacturer', '450300'), ('P1', 'Pharmacy', 'pharmacy', '450103')"""
+        )
+        await conn.execute(
+            """INSERT INTO products (product_id, name, med_list_codg, pack_units, manufacturer, regions)
+               VALUES ($1, 'Amoxicillin', 'XJ01', 24, 'M1', '{45}')""",
+            PRODUCT,
+        )
+
+
+async def main(database_url: str | None) -> None:
+    if database_url is None:
+        from service.embedded import start_postgres
+
+        database_url = start_postgres(Path(tempfile.mkdtemp(prefix="roundtrips-")), throwaway=True)
+    conn = await asyncpg.connect(database_url)
+    await migrate(conn)
+    await conn.close()
+
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    sent: Counter[str] = Counter()
+
+    def log(query: Any) -> None:
+        sent[query.query.split(None, 1)[0].upper()] += 1
+
+    async with pool.acquire() as conn:
+        conn.add_query_logger(log)  # type: ignore[union-attr]
+    # COPY does not pass through the query logger: count it on the way in
+    copy = asyncpg.Connection.copy_records_to_table
+
+    async def counted_copy(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> str:
+        sent["COPY"] += 1
+        return await copy(self, *args, **kwargs)
+
+    asyncpg.Connection.copy_records_to_table = counted_copy  # type: ignore[method-assign]
+    await setup(pool)
+
+    async def measure(name: str, work: Callable[[], Awaitable[object]]) -> None:
+        sent.clear()
+        await work()
+        print(f"{name:<58} {sum(sent.values()):>3}  ({', '.join(f'{k} {v}' for k, v in sorted(sent.items()))})")
+
+    async def _ingest(batch: list[Incoming]) -> None:
+        result = await events.ingest(pool, batch, [])
+        assert result.accepted_events == len(batch), result
+
+    lot = {"lot": "L1", "expiry": date(2028, 1, 1)}
+    batch = [code(i) for i in range(1, 101)]
+    await measure("ingest: commission 100 codes", lambda: _ingest([event("commission", "M1", batch, 0, **lot)]))
+    await measure(
+        "ingest: ship 100 codes (in order)", lambda: _ingest([event("ship", "M1", batch, 10, to="P1")])
+    )
+    await measure("ingest: receive 100 codes (in order)", lambda: _ingest([event("receive", "P1", batch, 20)]))
+    await measure(
+        "ingest: receive 1 code, late (replay)", lambda: _ingest([event("receive", "P1", [code(1)], 15)])
+    )
+    await measure(
+        "ingest: dispense 1 code (in order)", lambda: _ingest([event("dispense", "P1", [code(2)], 30)])
+    )
+
+    def claim(setl_id: str, codes: list[str], quantity: int, split: bool = False) -> Claim:
+        line = Line(1, "XJ01", quantity, split, tuple(codes))
+        return Claim(setl_id, "P1", "450103199001011234", T0 + timedelta(hours=1), "settle", (line,))
+
+    await measure(
+        "settle: 1 whole pack", lambda: settlements.settle(pool, claim("S1", [code(10)], 24), SECRET)
+    )
+    await measure(
+        "settle: 1 split sale from a fresh pack",
+        lambda: settlements.settle(pool, claim("S2", [code(11)], 6, True), SECRET),
+    )
+    await measure(
+        "settle: 1 split sale from an opened pack",
+        lambda: settlements.settle(pool, claim("S3", [code(11)], 6, True), SECRET),
+    )
+    await measure(
+        "settle: replay of S1 (same body)",
+        lambda: settlements.settle(pool, claim("S1", [code(10)], 24), SECRET),
+    )
+    await measure(
+        "settle: refused (already settled)",
+        lambda: settlements.settle(pool, claim("S4", [code(10)], 24), SECRET),
+    )
+    await measure("reversal of S1", lambda: settlements.reverse(pool, "S1"))
+    await pool.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    asyncio.run(main(args.database_url))
