@@ -147,7 +147,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "event_codes": ("code", "at", "event_id", "role"),
     "containment": ("parent", "child"),
-    "consumptions": ("code", "sale_key", "setl_id", "event_id", "org", "at", "units"),
+    "consumptions": ("code", "sale_kind", "sale_id", "setl_id", "event_id", "org", "at", "units"),
     "settlements": (
         "setl_id",
         "org",
@@ -158,7 +158,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "response",
         "decision",
     ),
-    "flags": ("kind", "code", "org", "region", "at", "detail", "refs", "dedup_key", "status"),
+    "flags": ("kind", "code", "org", "region", "at", "detail", "refs", "source_kind", "source_id", "status"),
 }
 C, P = b"c", b"p"  # event_codes roles
 
@@ -697,10 +697,10 @@ class Seeder:
         rows["event_codes"].extend((c, t, eid, C) for c in codes)
         units = quantity if quantity is not None else pu
         if setl_id is None:
-            rows["consumptions"].extend((c, f"event:{eid}", None, eid, org, t, units) for c in codes)
+            rows["consumptions"].extend((c, "event", str(eid), None, eid, org, t, units) for c in codes)
             return t
         ts = t - timedelta(minutes=1)
-        rows["consumptions"].extend((c, setl_id, setl_id, None, org, ts, units) for c in codes)
+        rows["consumptions"].extend((c, "settlement", setl_id, setl_id, None, org, ts, units) for c in codes)
         psn = f"44{self.rng.randint(0, 10**16 - 1):016d}"
         psn_hash = hmac.new(PSN_SECRET, psn.encode(), hashlib.sha256).digest()
         total = units * len(codes)
@@ -735,7 +735,8 @@ class Seeder:
         self, rows: dict[str, list[tuple[Any, ...]]], kind: str, code: str, org: str, t: datetime
     ) -> None:
         status = self.rng.choices(("open", "investigating", "confirmed", "dismissed"), (6, 2, 1, 1))[0]
-        refs = {"settlements": [f"S{self.rng.getrandbits(64):016x}"]}
+        setl_id = f"S{self.rng.getrandbits(64):016x}"
+        refs = {"settlements": [setl_id]}
         rows["flags"].append(
             (
                 kind,
@@ -745,7 +746,8 @@ class Seeder:
                 t,
                 f"settlement attempt by {org}: the pack was already consumed",
                 json.dumps(refs),
-                f"{kind}:{code}:seed:{self.rng.getrandbits(64):x}",
+                "settlement",
+                setl_id,
                 status,
             )
         )

@@ -23,12 +23,10 @@ SELECT create_distributed_table('events', 'event_id');
 SELECT create_distributed_table('settlements', 'setl_id');
 
 -- Flags are read by code and by filters; distribute by code. Citus requires the
--- distribution column in unique constraints: dedup_key already starts with the kind and
--- contains the code, so replace the unique index with (code, dedup_key) first:
+-- distribution column in unique constraints: the evidence key (code, kind, source_kind,
+-- source_id) already starts with it; the primary key must too:
 ALTER TABLE flag_changes DROP CONSTRAINT flag_changes_flag_id_fkey;
-ALTER TABLE flags DROP CONSTRAINT flags_dedup_key_key;
 ALTER TABLE flags DROP CONSTRAINT flags_pkey;
 ALTER TABLE flags ADD PRIMARY KEY (code, flag_id);
-ALTER TABLE flags ADD CONSTRAINT flags_code_dedup_key UNIQUE (code, dedup_key);
 SELECT create_distributed_table('flags', 'code', colocate_with => 'codes');
 SELECT create_distributed_table('flag_changes', 'flag_id');

@@ -154,6 +154,6 @@ class EventsController(Controller):
             accepted=result.accepted_codes,
             duplicates=result.duplicates,
             rejected=[RejectedOut(r.event_id, r.code, r.reason) for r in result.rejected],
-            flags=[FlagRef(str(f["flag_id"]), f["kind"], f["code"]) for f in result.flags],
+            flags=[FlagRef(str(f.flag_id), f.kind, f.code) for f in result.flags],
             accepted_events=result.accepted_events,
         )

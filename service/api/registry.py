@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from service.api.errors import bad_input, problem, strict_body
 from service.api.types import OrgId, Region, RegionPrefix, Text
 from service.core.auth import Role, new_key, token_hash
 from service.core.codes import is_product_id
+from service.core.registry import Org, Product
 from service.store import registry
 
 
@@ -54,17 +56,17 @@ class KeyRevoked(msgspec.Struct):
 
 
 def _created_or_same(
-    created: dict[str, Any] | None,
-    existing: dict[str, Any] | None,
-    wanted: dict[str, Any],
+    created: Org | Product | None,
+    existing: Org | Product | None,
+    wanted: Org | Product,
     what: str,
 ) -> Response[dict[str, Any]]:
     """201 for a new record, 200 when the same body is posted again, 409 otherwise."""
     if created is not None:
-        return Response(created, status_code=201)
+        return Response(dataclasses.asdict(created), status_code=201)
     assert existing is not None
     if existing == wanted:
-        return Response(existing, status_code=200)
+        return Response(dataclasses.asdict(existing), status_code=200)
     raise problem(409, f"{what} exists with different attributes", kind="conflict")
 
 
@@ -78,7 +80,7 @@ class RegistryController(Controller):
         self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[OrgIn]]
     ) -> Response[dict[str, Any]]:
         data = strict_body(data, OrgIn)
-        wanted = msgspec.structs.asdict(data)
+        wanted = Org(**msgspec.structs.asdict(data))
         async with request.app.state.pool.acquire() as conn:
             created = await registry.insert_org(conn, wanted)
             existing = None if created else await registry.get_org(conn, data.id)
@@ -95,14 +97,13 @@ class RegistryController(Controller):
             raise bad_input("contains", "only a case or pallet contains children")
         if data.level != "unit" and data.contains is None:
             raise bad_input("contains", f"a {data.level} must say how many children it holds")
-        wanted = msgspec.structs.asdict(data)
-        wanted["regions"] = sorted(set(data.regions))
+        wanted = Product(**{**msgspec.structs.asdict(data), "regions": tuple(sorted(set(data.regions)))})
         async with request.app.state.pool.acquire() as conn, conn.transaction():
             maker = await registry.get_org(conn, data.manufacturer)
             if maker is None:
                 raise bad_input("manufacturer", f"unknown organisation {data.manufacturer}")
-            if maker["kind"] != "manufacturer":
-                raise bad_input("manufacturer", f"{data.manufacturer} is a {maker['kind']}")
+            if maker.kind != "manufacturer":
+                raise bad_input("manufacturer", f"{data.manufacturer} is a {maker.kind}")
             created = await registry.insert_product(conn, wanted)
             existing = None
             if created is None:

@@ -155,12 +155,6 @@ class Suspicion:
     holder: str | None = None
     shipped_to: str | None = None
 
-    @property
-    def key(self) -> str:
-        """One flag per suspicion and evidence, however often the evidence is re-sent."""
-        if self.fact.type == "settle":
-            return f"{self.kind}:{self.code}:setl:{self.fact.setl_id}"
-        return f"{self.kind}:{self.code}:event:{self.fact.event_id}"
 
 
 @dataclass(slots=True)

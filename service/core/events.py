@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from service.core.custody import CodeState, Fact, product_of
+from service.core.registry import Org, Product
 
 MAX_CODES_PER_REQUEST = 10_000
 MAX_FUTURE = timedelta(minutes=10)
@@ -122,8 +122,8 @@ def shape_errors(
 def judge(
     events: list[Incoming],
     states: Mapping[str, CodeState],
-    products: Mapping[str, Mapping[str, Any]],
-    orgs: Mapping[str, Mapping[str, Any]],
+    products: Mapping[str, Product],
+    orgs: Mapping[str, Org],
 ) -> tuple[list[Fact], list[Rejection]]:
     """Decide, code by code, what each event may take. Returns the facts (events cut
     down to their accepted codes; events left with none are dropped) and the rejections."""
@@ -147,18 +147,18 @@ def judge(
 
 def _event_reason(
     event: Incoming,
-    products: Mapping[str, Mapping[str, Any]],
-    orgs: Mapping[str, Mapping[str, Any]],
+    products: Mapping[str, Product],
+    orgs: Mapping[str, Org],
 ) -> str | None:
     """A reason that refuses every code of the event, or None."""
     for org in (event.org, event.to, event.from_org):
         if org is not None and org not in orgs:
             return UNKNOWN_ORG
-    if event.type == "commission" and orgs[event.org]["kind"] != "manufacturer":
+    if event.type == "commission" and orgs[event.org].kind != "manufacturer":
         return NOT_MANUFACTURER
     if event.type == "pack" and event.parent is not None:
         product = products.get(product_of(event.parent) or "")
-        if product is not None and product["level"] == "unit":
+        if product is not None and product.level == "unit":
             return NOT_A_CONTAINER
     return None
 
@@ -167,7 +167,7 @@ def _code_reason(
     event: Incoming,
     code: str,
     states: Mapping[str, CodeState],
-    products: Mapping[str, Mapping[str, Any]],
+    products: Mapping[str, Product],
     commissioned: dict[str, tuple[object, ...]],
 ) -> str | None:
     if event.type in ("pack", "unpack") and code == event.parent:
@@ -178,7 +178,7 @@ def _code_reason(
     product = products.get(product_id) if product_id else None
     if product is None:
         return UNKNOWN_PRODUCT
-    if product["manufacturer"] != event.org:
+    if product.manufacturer != event.org:
         return NOT_MANUFACTURER
     wanted = (event.org, event.lot, event.expiry, event.produced)
     earlier = commissioned.get(code)

@@ -3,12 +3,12 @@
 The custody suspicions (UNKNOWN_CODE, DIVERSION) are found by the fold in
 ``core/custody.py`` at each event's time; this module turns them, and what dispenses,
 commissions and settlements reveal, into flags with their evidence. One flag per
-suspicion and piece of evidence: ``dedup_key`` names both.
+suspicion, code and piece of evidence: :attr:`NewFlag.key` names them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +16,31 @@ from uuid import UUID
 
 from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
-from service.core.rules import in_region, local_date
-from service.core.settlement import FLAG_FOR_REASON, EarlierSale, LineOutcome
+from service.core.registry import Org, Product
+from service.core.rules import local_date
+from service.core.sales import Consumption
+
+EVENT = "event"
+SETTLEMENT = "settlement"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a suspicion rests on: an event, or a settlement."""
+
+    kind: str  # EVENT | SETTLEMENT
+    id: str
+
+    @classmethod
+    def event(cls, event_id: UUID) -> Evidence:
+        return cls(EVENT, str(event_id))
+
+    @classmethod
+    def settlement(cls, setl_id: str) -> Evidence:
+        return cls(SETTLEMENT, setl_id)
+
+
+FlagKey = tuple[str, str, Evidence]  # (kind, code, evidence): one flag each
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +52,30 @@ class NewFlag:
     at: datetime
     detail: str
     refs: dict[str, Any]
-    dedup_key: str
+    source: Evidence
+
+    @property
+    def key(self) -> FlagKey:
+        """One flag per suspicion, code and evidence, however often the evidence is re-sent."""
+        return (self.kind, self.code, self.source)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRef:
+    """A stored flag, as answers name it."""
+
+    flag_id: int
+    kind: str
+    code: str
 
 
 def dispense_flags(
     event: Incoming,
     codes: list[str],
     states: Mapping[str, CodeState],
-    products: Mapping[str, Mapping[str, Any]],
-    orgs: Mapping[str, Mapping[str, Any]],
-    earlier: list[dict[str, Any]],
+    products: Mapping[str, Product],
+    orgs: Mapping[str, Org],
+    earlier: Sequence[Consumption],
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
     consumed pack sold again (回流药), expired, recalled or out-of-region stock."""
@@ -51,11 +88,11 @@ def dispense_flags(
                 kind=kind,
                 code=code,
                 org=event.org,
-                region=org["region"],
+                region=org.region,
                 at=event.at,
                 detail=f"dispense by {event.org}: {detail}",
                 refs={"events": [str(event.event_id)], **refs},
-                dedup_key=f"{kind}:{code}:event:{event.event_id}",
+                source=Evidence.event(event.event_id),
             )
         )
 
@@ -64,30 +101,32 @@ def dispense_flags(
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
         if state.units_left is not None and state.units_left <= 0:
-            before = [e for e in earlier if e["code"] == code]
+            before = [e for e in earlier if e.code == code]
             flag(
                 "DUPLICATE",
                 code,
                 "the pack was already consumed",
-                earlier_settlements=[e["setl_id"] for e in before if e["setl_id"]],
-                earlier_events=[str(e["event_id"]) for e in before if e["event_id"]],
+                earlier_settlements=[e.setl_id for e in before if e.setl_id],
+                earlier_events=[str(e.event_id) for e in before if e.event_id],
             )
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
         if state.recalled:
             flag("RECALLED", code, f"lot {state.lot} is recalled")
         product = products.get(state.product_id or "")
-        if product is not None and not in_region(list(product["regions"]), org["region"]):
-            flag("OUT_OF_REGION", code, f"may not be sold in region {org['region']}")
+        if product is not None and not product.sold_in(org.region):
+            flag("OUT_OF_REGION", code, f"may not be sold in region {org.region}")
     return out
 
 
 def suspicion_flag(s: Suspicion) -> NewFlag:
     """A custody suspicion found by the fold, as a flag with its evidence."""
-    if s.fact.type == "settle":
+    if s.fact.setl_id is not None:  # a settlement re-judged by the fold
         refs: dict[str, Any] = {"settlements": [s.fact.setl_id]}
+        source = Evidence.settlement(s.fact.setl_id)
     else:
         refs = {"events": [str(s.fact.event_id)]}
+        source = Evidence.event(s.fact.event_id)
     if s.holder:
         refs["holder"] = s.holder
     if s.shipped_to:
@@ -100,7 +139,7 @@ def suspicion_flag(s: Suspicion) -> NewFlag:
         at=s.fact.at,
         detail=s.detail,
         refs=refs,
-        dedup_key=s.key,
+        source=source,
     )
 
 
@@ -126,54 +165,7 @@ def commission_conflict_flags(
                 at=event.at,
                 detail=f"{event.org} commissioned it again as lot {event.lot}, expiry {event.expiry}",
                 refs=refs,
-                dedup_key=f"{COMMISSION_CONFLICT}:{r.code}:event:{r.event_id}",
+                source=Evidence.event(r.event_id),
             )
         )
     return out
-
-
-def settlement_flags(
-    setl_id: str,
-    at: datetime,
-    outcomes: list[LineOutcome],
-    org: Mapping[str, Any],
-    states: Mapping[str, CodeState],
-    earlier: Mapping[str, list[EarlierSale]],
-) -> list[NewFlag]:
-    """The suspicions among the reasons, each with its evidence: this settlement, and
-    the earlier sales (for a duplicate) or the holder (for a diversion)."""
-    flags = []
-    for outcome in outcomes:
-        for reason in outcome.reasons:
-            kind = FLAG_FOR_REASON.get(reason.reason)
-            if kind is None or not reason.code:
-                continue
-            refs: dict[str, Any] = {"settlements": [setl_id]}
-            if kind == "DUPLICATE":
-                before = earlier.get(reason.code, [])
-                refs["earlier_settlements"] = [e.setl_id for e in before if e.setl_id]
-                refs["earlier_events"] = [e.event_id for e in before if e.event_id]
-            state = states.get(reason.code)
-            if kind == "DIVERSION" and state is not None:
-                refs["holder"] = state.custodian
-                if state.destination:
-                    refs["last_shipped_to"] = state.destination
-            flags.append(
-                NewFlag(
-                    kind=kind,
-                    code=reason.code,
-                    org=org["id"],
-                    region=org["region"],
-                    at=at,
-                    detail=f"settlement {setl_id} line {outcome.line_no}: {reason.detail}",
-                    refs=refs,
-                    dedup_key=f"{kind}:{reason.code}:setl:{setl_id}",
-                )
-            )
-    return flags
-
-
-def sale_key(event: Incoming) -> str:
-    """A sale is its settlement when it has one (a dispense and a settlement with the
-    same setl_id are one sale), else the dispense event."""
-    return event.setl_id if event.setl_id else f"event:{event.event_id}"

@@ -3,12 +3,11 @@ rows of API.md's reason table). Settlement adds the line-level rules on top."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
 
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, holds
+from service.core.registry import Org, Product
 
 MISSING_CODES = "MISSING_CODES"
 QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
@@ -40,15 +39,11 @@ class Reason:
     detail: str
 
 
-def in_region(regions: list[str], region: str) -> bool:
-    return not regions or any(region.startswith(prefix) for prefix in regions)
-
-
 def code_reasons(
     code: str,
     state: CodeState | None,
-    product: Mapping[str, Any] | None,
-    org: Mapping[str, Any],
+    product: Product | None,
+    org: Org,
     today: date,
 ) -> list[Reason]:
     """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would)."""
@@ -63,9 +58,9 @@ def code_reasons(
         reasons.append(Reason(code, EXPIRED, f"expired on {state.expiry.isoformat()}"))
     if state.units_left is not None and state.units_left <= 0:
         reasons.append(Reason(code, ALREADY_SETTLED, "no units are left in this pack"))
-    if not holds(state, org["id"]):
+    if not holds(state, org.id):
         where = state.destination if state.state == IN_TRANSIT else state.custodian
         reasons.append(Reason(code, NOT_IN_CUSTODY, f"the pack is held by {where}"))
-    if not in_region(list(product["regions"]), org["region"]):
-        reasons.append(Reason(code, OUT_OF_REGION, f"may not be sold in region {org['region']}"))
+    if not product.sold_in(org.region):
+        reasons.append(Reason(code, OUT_OF_REGION, f"may not be sold in region {org.region}"))
     return reasons

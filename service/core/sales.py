@@ -1,12 +1,57 @@
-"""How sales draw units from packs (whole packs and split packs, 拆零)."""
+"""How sales draw units from packs and give them back (whole packs and split packs, 拆零).
+
+Every change of a pack's ``units_left`` goes through :func:`move_units`: settlements,
+dispenses, returns and reversals alike.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
+
+from service.core.custody import CodeState
+
+SETTLEMENT = "settlement"
+EVENT = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Sale:
+    """Which sale took units: a settlement (by its id), or a dispense event that names no
+    settlement (by the event id). A dispense and a settlement with the same setl_id are
+    one sale."""
+
+    kind: str  # SETTLEMENT | EVENT
+    id: str
+
+    @classmethod
+    def of_settlement(cls, setl_id: str) -> Sale:
+        return cls(SETTLEMENT, setl_id)
+
+    @classmethod
+    def of_dispense(cls, event_id: UUID, setl_id: str | None) -> Sale:
+        return cls(SETTLEMENT, setl_id) if setl_id else cls(EVENT, str(event_id))
+
+
+@dataclass(slots=True)
+class Consumption:
+    """The units one sale took from one pack."""
+
+    code: str
+    sale: Sale
+    setl_id: str | None
+    event_id: UUID | None
+    org: str
+    at: datetime
+    units: int
+    reversed: bool = False
+
+    def describe(self) -> str:
+        if self.setl_id:
+            return f"settlement {self.setl_id}"
+        return f"dispense event {self.event_id}"
 
 
 def draw(units_left: Mapping[str, int], codes: Sequence[str], quantity: int | None) -> list[tuple[str, int]]:
@@ -31,6 +76,18 @@ def draw(units_left: Mapping[str, int], codes: Sequence[str], quantity: int | No
     return taken
 
 
+def move_units(states: Mapping[str, CodeState], changes: Iterable[tuple[str, int]]) -> set[str]:
+    """Apply (code, units) changes to the packs' ``units_left``: negative units are drawn
+    by a sale, positive units come back (a return or a reversal). Returns the codes
+    changed."""
+    changed = set()
+    for code, units in changes:
+        state = states[code]
+        state.units_left = (state.units_left or 0) + units
+        changed.add(code)
+    return changed
+
+
 @dataclass(frozen=True, slots=True)
 class Return:
     """A patient's return of one pack to the organisation that sold it."""
@@ -43,25 +100,25 @@ class Return:
 
 
 def match_returns(
-    returns: Sequence[Return], open_sales: Sequence[Mapping[str, Any]]
-) -> list[tuple[str, str, str]]:
-    """Which sale each return undoes, as (code, sale_key, return event id): the latest
-    unreversed sale of that pack by the same organisation at or before the return (the
-    sale named by ``setl_id`` if the return names one). A return with no such sale undoes
-    nothing yet. ``returns`` in event-time order; ``open_sales`` newest first."""
-    undone: set[tuple[str, str]] = set()
+    returns: Sequence[Return], open_sales: Sequence[Consumption]
+) -> list[tuple[Return, Consumption]]:
+    """Which sale each return undoes: the latest unreversed sale of that pack by the same
+    organisation at or before the return (the sale named by ``setl_id`` if the return
+    names one). A return with no such sale undoes nothing yet. ``returns`` in event-time
+    order; ``open_sales`` newest first."""
+    undone: set[tuple[str, Sale]] = set()
     out = []
     for r in returns:
         for sale in open_sales:
-            key = (sale["code"], sale["sale_key"])
+            key = (sale.code, sale.sale)
             if (
-                sale["code"] == r.code
-                and sale["org"] == r.org
-                and sale["at"] <= r.at
-                and (r.setl_id is None or sale["setl_id"] == r.setl_id)
+                sale.code == r.code
+                and sale.org == r.org
+                and sale.at <= r.at
+                and (r.setl_id is None or sale.setl_id == r.setl_id)
                 and key not in undone
             ):
                 undone.add(key)
-                out.append((r.code, sale["sale_key"], str(r.event_id)))
+                out.append((r, sale))
                 break
     return out

@@ -15,7 +15,10 @@ from typing import Any
 
 import msgspec
 
+from service.core.codes import try_parse_code
 from service.core.custody import CodeState
+from service.core.flags import Evidence, FlagRef, NewFlag
+from service.core.registry import Org, Product
 from service.core.rules import (
     ALREADY_SETTLED,
     EXPIRED,
@@ -29,7 +32,9 @@ from service.core.rules import (
     UNKNOWN_CODE,
     Reason,
     code_reasons,
+    local_date,
 )
+from service.core.sales import Consumption, Sale, draw, move_units
 
 ACCEPTED, PARTIAL, REJECTED = "accepted", "partial", "rejected"
 
@@ -79,21 +84,6 @@ def fingerprint(secret: bytes, claim: Claim) -> bytes:
     return hmac.new(secret, b"settlement\x00" + msgspec.json.encode(claim), hashlib.sha256).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class EarlierSale:
-    """An unreversed consumption of a code: who took its units, and how many."""
-
-    sale_key: str
-    setl_id: str | None
-    event_id: str | None
-    units: int
-
-    def describe(self) -> str:
-        if self.setl_id:
-            return f"settlement {self.setl_id}"
-        return f"dispense event {self.event_id}"
-
-
 @dataclass(slots=True)
 class LineOutcome:
     line_no: int
@@ -115,11 +105,11 @@ def judge(
     lines: Sequence[Line],
     canonical: Mapping[str, str | None],
     states: Mapping[str, CodeState],
-    products: Mapping[str, Mapping[str, Any]],
+    products: Mapping[str, Product],
     exempt_codgs: set[str],
-    org: Mapping[str, Any],
+    org: Org,
     on: date,
-    earlier: Mapping[str, list[EarlierSale]],
+    earlier: Mapping[str, list[Consumption]],
 ) -> list[LineOutcome]:
     """Judge each line in order. Units taken by a payable line are not available to the
     lines after it; a line that is not payable takes nothing. Units that this same sale
@@ -142,11 +132,11 @@ def _judge_line(
     setl_id: str,
     canonical: Mapping[str, str | None],
     states: Mapping[str, CodeState],
-    products: Mapping[str, Mapping[str, Any]],
+    products: Mapping[str, Product],
     exempt_codgs: set[str],
-    org: Mapping[str, Any],
+    org: Org,
     on: date,
-    earlier: Mapping[str, list[EarlierSale]],
+    earlier: Mapping[str, list[Consumption]],
     left: Mapping[str, int],
 ) -> LineOutcome:
     out = LineOutcome(line.line_no, payable=False)
@@ -170,14 +160,14 @@ def _judge_line(
         codes.append(code)
         state = states.get(code)
         product = products.get(state.product_id) if state and state.product_id else None
-        own = [e for e in earlier.get(code, []) if e.sale_key == setl_id]
+        own = [e for e in earlier.get(code, []) if e.sale == Sale.of_settlement(setl_id)]
         for reason in code_reasons(code, state, product, org, on):
             if reason.reason == ALREADY_SETTLED:
                 continue  # judged below, against what this settlement leaves
             out.reasons.append(reason)
-        if product is not None and product["med_list_codg"] != line.med_list_codg:
+        if product is not None and product.med_list_codg != line.med_list_codg:
             out.reasons.append(
-                Reason(code, PRODUCT_MISMATCH, f"the pack is {product['med_list_codg']} ({product['name']})")
+                Reason(code, PRODUCT_MISMATCH, f"the pack is {product.med_list_codg} ({product.name})")
             )
         if state is not None and state.commissioned and not own:
             _check_units(out, line, code, state, left, earlier.get(code, []))
@@ -199,7 +189,7 @@ def _check_units(
     code: str,
     state: CodeState,
     left: Mapping[str, int],
-    earlier: list[EarlierSale],
+    earlier: list[Consumption],
 ) -> None:
     units = left.get(code, 0)
     whole = state.pack_units or 0
@@ -220,26 +210,20 @@ def _draw(
     codes: list[str],
     states: Mapping[str, CodeState],
     left: Mapping[str, int],
-    earlier: Mapping[str, list[EarlierSale]],
+    earlier: Mapping[str, list[Consumption]],
     setl_id: str,
 ) -> list[tuple[str, int]] | None:
     """The units the line takes, or None when its quantity does not fit its codes."""
-    fresh = [c for c in codes if not any(e.sale_key == setl_id for e in earlier.get(c, []))]
-    already = sum(e.units for c in codes for e in earlier.get(c, []) if e.sale_key == setl_id)
-    wanted = line.quantity - already
+    own = Sale.of_settlement(setl_id)
+    fresh = [c for c in codes if not any(e.sale == own for e in earlier.get(c, []))]
     if not line.split:
         if sum(states[c].pack_units or 0 for c in codes) != line.quantity:
             return None
-        return [(c, left[c]) for c in fresh]
-    takes: list[tuple[str, int]] = []
-    for code in fresh:
-        if wanted <= 0:
-            break
-        units = min(left.get(code, 0), wanted)
-        if units > 0:
-            takes.append((code, units))
-            wanted -= units
-    return takes if wanted <= 0 else None
+        return draw(left, fresh, None)
+    already = sum(e.units for c in codes for e in earlier.get(c, []) if e.sale == own)
+    wanted = line.quantity - already
+    takes = draw(left, fresh, wanted) if wanted > 0 else []
+    return takes if sum(u for _, u in takes) >= wanted else None
 
 
 def _quantity_detail(line: Line, codes: list[str], states: Mapping[str, CodeState], available: int) -> str:
@@ -247,3 +231,130 @@ def _quantity_detail(line: Line, codes: list[str], states: Mapping[str, CodeStat
         return f"{line.quantity} units billed, {available} left in the codes listed"
     whole = sum(states[c].pack_units or 0 for c in codes)
     return f"{line.quantity} units billed, the packs listed hold {whole}"
+
+
+def settlement_flags(
+    setl_id: str,
+    at: datetime,
+    outcomes: Sequence[LineOutcome],
+    org: Org,
+    states: Mapping[str, CodeState],
+    earlier: Mapping[str, list[Consumption]],
+) -> list[NewFlag]:
+    """The suspicions among the reasons, each with its evidence: this settlement, and
+    the earlier sales (for a duplicate) or the holder (for a diversion)."""
+    flags = []
+    for outcome in outcomes:
+        for reason in outcome.reasons:
+            kind = FLAG_FOR_REASON.get(reason.reason)
+            if kind is None or not reason.code:
+                continue
+            refs: dict[str, Any] = {"settlements": [setl_id]}
+            if kind == "DUPLICATE":
+                before = earlier.get(reason.code, [])
+                refs["earlier_settlements"] = [e.setl_id for e in before if e.setl_id]
+                refs["earlier_events"] = [str(e.event_id) for e in before if e.event_id]
+            state = states.get(reason.code)
+            if kind == "DIVERSION" and state is not None:
+                refs["holder"] = state.custodian
+                if state.destination:
+                    refs["last_shipped_to"] = state.destination
+            flags.append(
+                NewFlag(
+                    kind=kind,
+                    code=reason.code,
+                    org=org.id,
+                    region=org.region,
+                    at=at,
+                    detail=f"settlement {setl_id} line {outcome.line_no}: {reason.detail}",
+                    refs=refs,
+                    source=Evidence.settlement(setl_id),
+                )
+            )
+    return flags
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What judging a claim needs, as read (with the code rows locked) by the use case."""
+
+    org: Org
+    states: Mapping[str, CodeState]  # the codes rows of the claim's codes
+    products: Mapping[str, Product]  # the products of those codes
+    exempt_codgs: set[str]  # catalogue items among the code-less lines that carry no code
+    earlier: Mapping[str, list[Consumption]]  # unreversed sales of opened packs, oldest first
+
+
+@dataclass(slots=True)
+class Decision:
+    """The judgement of a claim and what settling it writes."""
+
+    outcomes: list[LineOutcome]
+    consumptions: list[Consumption]  # one per pack the payable lines draw from
+    changed: list[CodeState]  # packs whose units_left went down
+    flags: list[NewFlag]
+
+
+def canonical_codes(claim: Claim) -> dict[str, str | None]:
+    """Each code as sent → its canonical form (None: not a code)."""
+    return {
+        raw: (p.canonical if (p := try_parse_code(raw)) else None)
+        for line in claim.lines
+        for raw in line.codes
+    }
+
+
+def opened(states: Mapping[str, CodeState]) -> list[str]:
+    """Packs that may have an open sale: a pack with all its units has none (so the use
+    case skips the look-up of earlier sales for untouched packs)."""
+    return [code for code, s in states.items() if s.units_left != s.pack_units]
+
+
+def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) -> Decision:
+    """Judge every line; the payable lines draw their units (``loaded.states`` is updated
+    in place), merged into one consumption per pack; the suspicions become flags."""
+    outcomes = judge(
+        setl_id=claim.setl_id,
+        lines=claim.lines,
+        canonical=canonical,
+        states=loaded.states,
+        products=loaded.products,
+        exempt_codgs=loaded.exempt_codgs,
+        org=loaded.org,
+        on=local_date(claim.at),
+        earlier=loaded.earlier,
+    )
+    drawn: dict[str, int] = {}  # two lines may draw from one pack: one consumption
+    for outcome in outcomes:
+        if outcome.payable:
+            for code, units in outcome.takes:
+                drawn[code] = drawn.get(code, 0) + units
+    sale = Sale.of_settlement(claim.setl_id)
+    consumptions = [
+        Consumption(code, sale, claim.setl_id, None, claim.org, claim.at, units)
+        for code, units in drawn.items()
+    ]
+    changed = move_units(loaded.states, [(code, -units) for code, units in drawn.items()])
+    flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, loaded.states, loaded.earlier)
+    return Decision(outcomes, consumptions, [loaded.states[c] for c in sorted(changed)], flags)
+
+
+def answer(setl_id: str, outcomes: Sequence[LineOutcome], flags: Sequence[FlagRef]) -> dict[str, Any]:
+    """The answer to the settlement engine (stored with the settlement, and returned
+    again for a replay of the same body)."""
+    return {
+        "setl_id": setl_id,
+        "decision": decision(outcomes),
+        "lines": [
+            {
+                "line_no": o.line_no,
+                "payable": o.payable,
+                "reasons": [
+                    {"code": r.code or None, "reason": r.reason, "detail": r.detail} for r in o.reasons
+                ],
+                "units": sum(u for _, u in o.takes) if o.payable else 0,
+            }
+            for o in outcomes
+        ],
+        "flags": [{"flag_id": str(f.flag_id), "kind": f.kind, "code": f.code} for f in flags],
+    }

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import asyncpg
 
 from service.core.custody import CodeState
-from service.store.conn import Conn
+from service.core.sales import Sale
+from service.store.conn import Conn, RetryTransaction
 
 # The columns of a codes row, in CodeState's order (the load-test seeder COPYs them too).
 COLUMNS = (
@@ -66,6 +67,20 @@ async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     return {r["code"]: _state(r) for r in rows}
 
 
+async def lock_sold(conn: Conn, sale: Sale) -> dict[str, CodeState]:
+    """Lock, in code order, the rows of the packs that ``sale`` took units from and has
+    not given back, and return them."""
+    rows = await conn.fetch(
+        f"""SELECT {_SELECT} FROM codes
+            WHERE code IN (SELECT code FROM consumptions
+                           WHERE sale_kind = $1 AND sale_id = $2 AND reversed_at IS NULL)
+            ORDER BY code FOR UPDATE""",  # noqa: S608
+        sale.kind,
+        sale.id,
+    )
+    return {r["code"]: _state(r) for r in rows}
+
+
 async def read(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     rows = await conn.fetch(
         f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
@@ -108,7 +123,7 @@ async def contents(conn: Conn, code: str) -> list[str]:
     return [r["code"] for r in rows]
 
 
-class CreatedConcurrently(Exception):
+class CreatedConcurrently(RetryTransaction):
     """Another transaction created a code row this one meant to create; retry."""
 
 

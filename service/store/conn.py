@@ -1,4 +1,5 @@
-"""The connection type store functions take: a plain connection or a pool's proxy."""
+"""The connection type store functions take (a plain connection or a pool's proxy), and
+the signal that a transaction lost a race and must run again."""
 
 from __future__ import annotations
 
@@ -8,3 +9,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+
+
+class RetryTransaction(Exception):
+    """Another transaction created what this one meant to create (a code row, an event,
+    a settlement): run the whole transaction again, which then finds it."""

@@ -8,17 +8,17 @@ from typing import TypeVar
 
 import asyncpg
 
-from service.store.codes import CreatedConcurrently
-from service.store.conn import Conn
+from service.store.conn import Conn, RetryTransaction
 
 T = TypeVar("T")
+__all__ = ["RETRYABLE", "RetryTransaction", "create_pool", "with_retry"]
 
 # Lost races that are safe to run again from the start: nothing of the failed attempt
 # was committed.
 RETRYABLE: tuple[type[Exception], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
-    CreatedConcurrently,
+    RetryTransaction,
 )
 
 

@@ -11,6 +11,14 @@ from service.core.events import Incoming
 from service.store.conn import Conn
 
 
+async def existing(conn: Conn, event_ids: list[UUID]) -> set[UUID]:
+    """Which of these event ids are stored already."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch("SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", event_ids)
+    return {r["event_id"] for r in rows}
+
+
 async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
     """Store events whose id is new; return those ids. A concurrent insert of the same
     id waits for the other transaction and then counts as already stored."""
@@ -40,14 +48,6 @@ async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
         [len(e.codes) for e in events],
     )
     return {r["event_id"] for r in rows}
-
-
-async def forget(conn: Conn, event_ids: Iterable[UUID]) -> None:
-    """Drop events (inserted earlier in this same transaction) that took no code, so a
-    corrected retry with the same id is processed rather than counted as a duplicate."""
-    ids = list(event_ids)
-    if ids:
-        await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ids)
 
 
 async def link_codes(conn: Conn, facts: Iterable[Fact]) -> None:

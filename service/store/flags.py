@@ -6,35 +6,39 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from service.core.flags import NewFlag
+import asyncpg
+
+from service.core.custody import Fact
+from service.core.flags import Evidence, FlagKey, FlagRef, NewFlag
 from service.store.conn import Conn
 
 _COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs"
 
 
-async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> list[dict[str, Any]]:
-    """Store suspicions, one flag per ``dedup_key`` (a retry of the same evidence is the
-    same flag; an auto-cleared flag whose suspicion returns is opened again). Returns
-    {flag_id, kind, code, dedup_key} per distinct key, in the order given."""
-    unique: dict[str, NewFlag] = {}
+async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, FlagRef]:
+    """Store suspicions, one flag per key (kind, code, evidence): a retry of the same
+    evidence is the same flag; an auto-cleared flag whose suspicion returns is opened
+    again. Returns the stored flag of every key given."""
+    unique: dict[FlagKey, NewFlag] = {}
     for flag in flags:
-        unique.setdefault(flag.dedup_key, flag)
+        unique.setdefault(flag.key, flag)
     items = list(unique.values())
     if not items:
-        return []
+        return {}
     rows = await conn.fetch(
         """WITH given AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                                    $5::timestamptz[], $6::text[], $7::jsonb[], $8::text[])
-                   WITH ORDINALITY AS g(kind, code, org, region, at, detail, refs, dedup_key, n))
-           INSERT INTO flags (kind, code, org, region, at, detail, refs, dedup_key)
-           SELECT g.kind, g.code, g.org, coalesce(g.region, o.region), g.at, g.detail, g.refs, g.dedup_key
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                                    $6::text[], $7::jsonb[], $8::text[], $9::text[])
+                   WITH ORDINALITY AS g(kind, code, org, region, at, detail, refs, source_kind, source_id, n))
+           INSERT INTO flags (kind, code, org, region, at, detail, refs, source_kind, source_id)
+           SELECT g.kind, g.code, g.org, coalesce(g.region, o.region), g.at, g.detail, g.refs,
+                  g.source_kind, g.source_id
            FROM given g LEFT JOIN orgs o ON o.id = g.org
            ORDER BY g.n
-           ON CONFLICT (dedup_key) DO UPDATE
+           ON CONFLICT (code, kind, source_kind, source_id) DO UPDATE
                SET status = 'open', updated_at = now(), published_at = NULL
                WHERE flags.status = 'auto_cleared'
-           RETURNING flag_id, kind, code, dedup_key""",
+           RETURNING flag_id, kind, code, source_kind, source_id""",
         [f.kind for f in items],
         [f.code for f in items],
         [f.org for f in items],
@@ -42,43 +46,63 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> list[dict[str, An
         [f.at for f in items],
         [f.detail for f in items],
         [f.refs for f in items],
-        [f.dedup_key for f in items],
+        [f.source.kind for f in items],
+        [f.source.id for f in items],
     )
-    touched = {r["dedup_key"]: dict(r) for r in rows}
-    missing = [f.dedup_key for f in items if f.dedup_key not in touched]
-    if missing:  # raised before and still standing: the existing flag
+    stored = {_key(r): FlagRef(r["flag_id"], r["kind"], r["code"]) for r in rows}
+    standing = [f for f in items if f.key not in stored]
+    if standing:  # raised before and still standing: the existing flag
         for r in await conn.fetch(
-            "SELECT flag_id, kind, code, dedup_key FROM flags WHERE dedup_key = ANY($1::text[])", missing
+            """SELECT flag_id, kind, code, source_kind, source_id FROM flags
+               WHERE (code, kind, source_kind, source_id) IN
+                     (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))""",
+            [f.code for f in standing],
+            [f.kind for f in standing],
+            [f.source.kind for f in standing],
+            [f.source.id for f in standing],
         ):
-            touched[r["dedup_key"]] = dict(r)
-    return [touched[f.dedup_key] for f in items]
+            stored[_key(r)] = FlagRef(r["flag_id"], r["kind"], r["code"])
+    return stored
+
+
+def _key(row: asyncpg.Record) -> FlagKey:
+    return (row["kind"], row["code"], Evidence(row["source_kind"], row["source_id"]))
 
 
 async def auto_clear(
     conn: Conn,
     codes: Sequence[str],
-    standing: set[str],
+    standing: Iterable[FlagKey],
     kinds: Sequence[str],
     cleared_by: list[str],
-    rejudged: set[str],
+    rejudged: Iterable[tuple[str, str]],
 ) -> list[int]:
     """Open flags of ``kinds`` on ``codes`` that the current fold no longer suspects
     (their key is not in ``standing``) become auto_cleared, naming the events that
     explained them. Event flags on these codes were all re-judged by the fold; a
-    settlement's flag only if its key is in ``rejudged``."""
+    settlement's flag only if its (code, setl_id) is in ``rejudged``."""
+    keep = list(standing)
+    again = list(rejudged)
     rows = await conn.fetch(
         """UPDATE flags
            SET status = 'auto_cleared', updated_at = now(), published_at = NULL,
-               refs = refs || jsonb_build_object('cleared_by', $4::text[])
-           WHERE code = ANY($1::text[]) AND kind = ANY($3::text[]) AND status = 'open'
-             AND (dedup_key LIKE '%:event:%' OR dedup_key = ANY($5::text[]))
-             AND NOT (dedup_key = ANY($2::text[]))
+               refs = refs || jsonb_build_object('cleared_by', $3::text[])
+           WHERE code = ANY($1::text[]) AND kind = ANY($2::text[]) AND status = 'open'
+             AND (source_kind = 'event'
+                  OR (source_kind = 'settlement'
+                      AND (code, source_id) IN (SELECT * FROM unnest($4::text[], $5::text[]))))
+             AND (code, kind, source_kind, source_id) NOT IN
+                 (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[]))
            RETURNING flag_id""",
         list(codes),
-        list(standing),
         list(kinds),
         cleared_by,
-        list(rejudged),
+        [code for code, _ in again],
+        [setl_id for _, setl_id in again],
+        [code for _, code, _ in keep],
+        [kind for kind, _, _ in keep],
+        [source.kind for _, _, source in keep],
+        [source.id for _, _, source in keep],
     )
     ids = [r["flag_id"] for r in rows]
     if ids:
@@ -91,16 +115,16 @@ async def auto_clear(
     return ids
 
 
-async def settlement_suspicions(conn: Conn, codes: Sequence[str]) -> list[dict[str, Any]]:
-    """Open custody flags (UNKNOWN_CODE, DIVERSION) that settlements raised on ``codes``:
-    a late event may explain them, so a replay judges them again."""
+async def settlement_suspicions(conn: Conn, codes: Sequence[str]) -> list[Fact]:
+    """Open custody flags (UNKNOWN_CODE, DIVERSION) that settlements raised on ``codes``,
+    as the settlements to judge again: a late event may explain them."""
     rows = await conn.fetch(
-        """SELECT code, org, at, dedup_key FROM flags
-           WHERE code = ANY($1::text[]) AND status = 'open'
-             AND kind IN ('UNKNOWN_CODE', 'DIVERSION') AND dedup_key LIKE '%:setl:%'""",
+        """SELECT code, org, at, source_id FROM flags
+           WHERE code = ANY($1::text[]) AND status = 'open' AND source_kind = 'settlement'
+             AND kind IN ('UNKNOWN_CODE', 'DIVERSION')""",
         list(codes),
     )
-    return [{**dict(r), "setl_id": r["dedup_key"].split(":setl:", 1)[1]} for r in rows]
+    return [Fact.settlement(r["source_id"], r["at"], r["org"], r["code"]) for r in rows]
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:

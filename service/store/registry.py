@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+
+import asyncpg
 
 from service.core.auth import Principal, Role
+from service.core.registry import Org, Product
 from service.store.conn import Conn
 
 ORG_FIELDS = ("id", "name", "kind", "region")
@@ -22,25 +24,33 @@ PRODUCT_FIELDS = (
 )
 
 
-async def insert_org(conn: Conn, org: dict[str, Any]) -> dict[str, Any] | None:
+def _org(row: asyncpg.Record) -> Org:
+    return Org(row["id"], row["name"], row["kind"], row["region"])
+
+
+def _product(row: asyncpg.Record) -> Product:
+    return Product(**{**dict(row), "regions": tuple(row["regions"])})
+
+
+async def insert_org(conn: Conn, org: Org) -> Org | None:
     """Insert; return None if the id exists already (the existing row is then read with
     :func:`get_org`)."""
     row = await conn.fetchrow(
         """INSERT INTO orgs (id, name, kind, region) VALUES ($1, $2, $3, $4)
            ON CONFLICT (id) DO NOTHING RETURNING id, name, kind, region""",
-        org["id"],
-        org["name"],
-        org["kind"],
-        org["region"],
+        org.id,
+        org.name,
+        org.kind,
+        org.region,
     )
-    return dict(row) if row else None
+    return _org(row) if row else None
 
 
 # Organisations and products never change once registered (a different body for an
 # existing id is refused with 409), so each process keeps the rows it has read: hot
 # paths (verify, settlement, ingest) then skip those round trips. Misses are not kept.
-_orgs: dict[str, dict[str, Any]] = {}
-_products: dict[str, dict[str, Any]] = {}
+_orgs: dict[str, Org] = {}
+_products: dict[str, Product] = {}
 
 
 def forget_cached() -> None:
@@ -49,36 +59,45 @@ def forget_cached() -> None:
     _products.clear()
 
 
-async def get_org(conn: Conn, org_id: str) -> dict[str, Any] | None:
+async def get_org(conn: Conn, org_id: str) -> Org | None:
     return (await get_orgs(conn, [org_id])).get(org_id)
 
 
-async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, Org]:
     missing = [i for i in ids if i not in _orgs]
     if missing:
         rows = await conn.fetch("SELECT id, name, kind, region FROM orgs WHERE id = ANY($1::text[])", missing)
-        _orgs.update((r["id"], dict(r)) for r in rows)
+        _orgs.update((r["id"], _org(r)) for r in rows)
     return {i: _orgs[i] for i in ids if i in _orgs}
 
 
-async def insert_product(conn: Conn, product: dict[str, Any]) -> dict[str, Any] | None:
+async def insert_product(conn: Conn, product: Product) -> Product | None:
+    """Insert; return None if the id exists already."""
     row = await conn.fetchrow(
         f"""INSERT INTO products ({", ".join(PRODUCT_FIELDS)})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             ON CONFLICT (product_id) DO NOTHING RETURNING {", ".join(PRODUCT_FIELDS)}""",  # noqa: S608
-        *(product[f] for f in PRODUCT_FIELDS),
+        product.product_id,
+        product.name,
+        product.med_list_codg,
+        product.pack_units,
+        product.manufacturer,
+        product.level,
+        product.contains,
+        list(product.regions),
+        product.trace_exempt,
     )
-    return dict(row) if row else None
+    return _product(row) if row else None
 
 
-async def get_products(conn: Conn, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def get_products(conn: Conn, ids: list[str]) -> dict[str, Product]:
     missing = [i for i in ids if i not in _products]
     if missing:
         rows = await conn.fetch(
             f"SELECT {', '.join(PRODUCT_FIELDS)} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
             missing,
         )
-        _products.update((r["product_id"], dict(r)) for r in rows)
+        _products.update((r["product_id"], _product(r)) for r in rows)
     return {i: _products[i] for i in ids if i in _products}
 
 

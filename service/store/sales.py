@@ -2,102 +2,109 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
+from service.core.events import Incoming
+from service.core.sales import Consumption, Return, Sale
 from service.store.conn import Conn
 
+_COLUMNS = "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed"
 
-async def existing(conn: Conn, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (code, sale_key) pairs have consumed units already (reversed or not)."""
-    pairs = list(pairs)
-    if not pairs:
-        return set()
-    rows = await conn.fetch(
-        """SELECT code, sale_key FROM consumptions
-           WHERE (code, sale_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
-        [c for c, _ in pairs],
-        [k for _, k in pairs],
+
+def _consumption(row: asyncpg.Record) -> Consumption:
+    return Consumption(
+        code=row["code"],
+        sale=Sale(row["sale_kind"], row["sale_id"]),
+        setl_id=row["setl_id"],
+        event_id=row["event_id"],
+        org=row["org"],
+        at=row["at"],
+        units=row["units"],
+        reversed=row["reversed"],
     )
-    return {(r["code"], r["sale_key"]) for r in rows}
 
 
-async def record(
-    conn: Conn,
-    rows: Iterable[tuple[str, str, str | None, UUID | None, str, datetime, int]],
-) -> None:
-    """Insert (code, sale_key, setl_id, event_id, org, at, units) consumptions."""
-    records = list(rows)
-    if records:
-        # a sale takes a few packs: one INSERT beats COPY's extra round trips here
-        columns = list(zip(*records, strict=True))
-        await conn.execute(
-            """INSERT INTO consumptions (code, sale_key, setl_id, event_id, org, at, units)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[],
-                                    $6::timestamptz[], $7::int4[])""",
-            *columns,
-        )
-
-
-async def open_for(conn: Conn, codes: Iterable[str]) -> list[dict[str, Any]]:
-    """Unreversed consumptions of ``codes``, newest first."""
+async def of_codes(conn: Conn, codes: Iterable[str], *, open_only: bool) -> list[Consumption]:
+    """The consumptions of ``codes`` (only unreversed ones with ``open_only``), in the
+    order they happened: by sale time, then by when they were recorded."""
     rows = await conn.fetch(
-        """SELECT code, sale_key, setl_id, event_id, org, at, units FROM consumptions
-           WHERE code = ANY($1::text[]) AND reversed_at IS NULL
-           ORDER BY at DESC, created_at DESC""",
+        f"""SELECT {_COLUMNS} FROM consumptions
+            WHERE code = ANY($1::text[]) AND (NOT $2 OR reversed_at IS NULL)
+            ORDER BY at, created_at""",  # noqa: S608
         list(codes),
+        open_only,
     )
-    return [dict(r) for r in rows]
+    return [_consumption(r) for r in rows]
 
 
-async def reverse(conn: Conn, items: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], int]:
-    """Mark (code, sale_key) consumptions reversed by ``by`` (a return event id, or
-    ``reversal``); return the units of those this call reversed. One that a concurrent
-    transaction reversed first is not returned, so the caller restores each unit at most
-    once (lock the codes before calling)."""
-    rows_in = list(items)
-    if not rows_in:
-        return {}
+async def of_sale(conn: Conn, sale: Sale) -> list[Consumption]:
+    """The unreversed consumptions of one sale, in code order."""
     rows = await conn.fetch(
-        """UPDATE consumptions c SET reversed_at = now(), reversed_by = i.by
-           FROM unnest($1::text[], $2::text[], $3::text[]) AS i(code, sale_key, by)
-           WHERE c.code = i.code AND c.sale_key = i.sale_key AND c.reversed_at IS NULL
-           RETURNING c.code, c.sale_key, c.units""",
-        [c for c, _, _ in rows_in],
-        [k for _, k, _ in rows_in],
-        [b for _, _, b in rows_in],
+        f"""SELECT {_COLUMNS} FROM consumptions
+            WHERE sale_kind = $1 AND sale_id = $2 AND reversed_at IS NULL ORDER BY code""",  # noqa: S608
+        sale.kind,
+        sale.id,
     )
-    return {(r["code"], r["sale_key"]): r["units"] for r in rows}
+    return [_consumption(r) for r in rows]
 
 
-async def unapplied_returns(conn: Conn, codes: list[str]) -> list[dict[str, Any]]:
+async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
+    """Insert consumptions (a sale takes a few packs: one INSERT beats COPY's extra round
+    trips here)."""
+    if not consumptions:
+        return
+    await conn.execute(
+        """INSERT INTO consumptions (code, sale_kind, sale_id, setl_id, event_id, org, at, units)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[],
+                                $6::text[], $7::timestamptz[], $8::int4[])""",
+        [c.code for c in consumptions],
+        [c.sale.kind for c in consumptions],
+        [c.sale.id for c in consumptions],
+        [c.setl_id for c in consumptions],
+        [c.event_id for c in consumptions],
+        [c.org for c in consumptions],
+        [c.at for c in consumptions],
+        [c.units for c in consumptions],
+    )
+
+
+async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]]) -> None:
+    """Mark consumptions reversed, each by a return event (or None: the reversal of its
+    settlement). The caller holds the packs' row locks, so what it decided from the rows
+    it read is what is reversed here."""
+    if not undone:
+        return
+    await conn.execute(
+        """UPDATE consumptions c SET reversed_at = now(), reversed_by_event = i.by
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[]) AS i(code, kind, id, by)
+           WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id AND c.reversed_at IS NULL""",
+        [c.code for c, _ in undone],
+        [c.sale.kind for c, _ in undone],
+        [c.sale.id for c, _ in undone],
+        [by for _, by in undone],
+    )
+
+
+async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
     """Return events of ``codes`` that have not undone a sale yet (they arrived before
-    the dispense they undo), oldest first, one row per (event, code)."""
+    the dispense they undo), oldest first, one per (event, code)."""
     rows = await conn.fetch(
         """SELECT e.event_id, e.org, e.at, e.setl_id, l.code
            FROM event_codes l JOIN events e USING (event_id)
            WHERE l.code = ANY($1::text[]) AND l.role = 'c' AND e.type = 'return'
              AND NOT EXISTS (SELECT 1 FROM consumptions c
-                             WHERE c.code = l.code AND c.reversed_by = e.event_id::text)
+                             WHERE c.code = l.code AND c.reversed_by_event = e.event_id)
            ORDER BY e.at, e.event_id""",
-        codes,
+        list(codes),
     )
-    return [dict(r) for r in rows]
+    return [Return(r["event_id"], r["org"], r["at"], r["setl_id"], r["code"]) for r in rows]
 
 
-async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
-    """All consumptions of one code, oldest first (history)."""
-    rows = await conn.fetch(
-        """SELECT sale_key, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed
-           FROM consumptions WHERE code = $1 ORDER BY at, created_at""",
-        code,
-    )
-    return [dict(r) for r in rows]
-
-
-async def unapplied_dispenses(conn: Conn, codes: list[str]) -> list[dict[str, Any]]:
+async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
     """Dispense events of ``codes`` that consumed nothing yet (they arrived before the
     code was commissioned), oldest first, one row per event with its codes in order."""
     rows = await conn.fetch(
@@ -107,9 +114,30 @@ async def unapplied_dispenses(conn: Conn, codes: list[str]) -> list[dict[str, An
              AND NOT EXISTS (
                  SELECT 1 FROM consumptions c
                  WHERE c.code = l.code
-                   AND c.sale_key = coalesce(e.setl_id, 'event:' || e.event_id::text))
+                   AND (c.event_id = e.event_id OR (e.setl_id IS NOT NULL AND c.setl_id = e.setl_id)))
            GROUP BY e.event_id
            ORDER BY e.at, e.event_id""",
-        codes,
+        list(codes),
+    )
+    return [
+        Incoming(
+            event_id=r["event_id"],
+            type="dispense",
+            at=r["at"],
+            org=r["org"],
+            codes=tuple(r["codes"]),
+            quantity=r["quantity"],
+            setl_id=r["setl_id"],
+        )
+        for r in rows
+    ]
+
+
+async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
+    """All consumptions of one code, oldest first (history)."""
+    rows = await conn.fetch(
+        """SELECT setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed
+           FROM consumptions WHERE code = $1 ORDER BY at, created_at""",
+        code,
     )
     return [dict(r) for r in rows]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState, display_state, product_of, replay
+from service.core.registry import Org, Product
 from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -21,8 +23,8 @@ def _answer(
     raw: str,
     canonical: str | None,
     state: CodeState | None,
-    product: Mapping[str, Any] | None,
-    org: Mapping[str, Any],
+    product: Product | None,
+    org: Org,
     now: datetime,
 ) -> dict[str, Any]:
     if canonical is None:
@@ -34,8 +36,8 @@ def _answer(
         "code": canonical or raw,
         "known": known,
         "product_id": state.product_id if state else None,
-        "med_list_codg": product["med_list_codg"] if product else None,
-        "name": product["name"] if product else None,
+        "med_list_codg": product.med_list_codg if product else None,
+        "name": product.name if product else None,
         "lot": state.lot if state else None,
         "expiry": state.expiry if state else None,
         "state": display_state(state) if state else None,
@@ -46,7 +48,7 @@ def _answer(
     }
 
 
-async def verify(conn: Conn, raws: Sequence[str], org: Mapping[str, Any]) -> list[dict[str, Any]]:
+async def verify(conn: Conn, raws: Sequence[str], org: Org) -> list[dict[str, Any]]:
     """One answer per code, in order: would settling it at ``org`` now be payable?"""
     canon: list[str | None] = []
     for raw in raws:
@@ -109,7 +111,7 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
         "known": bool(state and state.commissioned),
         "kind": state.kind if state else None,
         "product_id": product_id,
-        "product": product,
+        "product": dataclasses.asdict(product) if product else None,
         "lot": state.lot if state else None,
         "expiry": state.expiry if state else None,
         "produced": state.produced if state else None,

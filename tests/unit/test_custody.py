@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.core.custody import Fact, World, display_state, replay
+from service.core.flags import Evidence, suspicion_flag
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 UNIT_A, UNIT_B = "81234560000000000011", "81234560000000000028"
@@ -68,7 +69,9 @@ def test_a_settlement_is_judged_without_changing_anything() -> None:
     assert world.states[UNIT_A].last_at == T0 + timedelta(minutes=7)
     early = Fact.settlement("S2", T0 + timedelta(minutes=5), "P1", UNIT_A)  # before the ship to P1
     suspicious = replay([*JOURNEY, early], keep={}, pack_units={})
-    assert [(s.kind, s.key) for s in suspicious.suspicions] == [("DIVERSION", f"DIVERSION:{UNIT_A}:setl:S2")]
+    assert [(s.kind, suspicion_flag(s).key) for s in suspicious.suspicions] == [
+        ("DIVERSION", ("DIVERSION", UNIT_A, Evidence.settlement("S2")))
+    ]
 
 
 @settings(max_examples=200)

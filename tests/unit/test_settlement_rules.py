@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from service.core.custody import CodeState
-from service.core.sales import Return, draw, match_returns
-from service.core.settlement import EarlierSale, Line, decision, judge
+from service.core.registry import Org, Product
+from service.core.sales import Consumption, Return, Sale, draw, match_returns
+from service.core.settlement import Line, decision, judge
 
-ORG = {"id": "P1", "region": "450103"}
-PRODUCT = {"product_id": "8123456", "name": "Amoxicillin", "med_list_codg": "X1", "regions": ["45"]}
+ORG = Org("P1", "Qingxiu Pharmacy", "pharmacy", "450103")
+PRODUCT = Product("8123456", "Amoxicillin", "X1", 24, "M1", "unit", None, ("45",), False)
 A, B = "81234560000000000011", "81234560000000000028"
 
 
@@ -32,7 +33,7 @@ def pack(code: str, left: int = 24) -> CodeState:
 def run(
     lines: list[Line],
     states: dict[str, CodeState],
-    earlier: dict[str, list[EarlierSale]] | None = None,
+    earlier: dict[str, list[Consumption]] | None = None,
     exempt: set[str] | None = None,
 ) -> list[list[str]]:
     outcomes = judge(
@@ -63,7 +64,9 @@ def test_a_payable_line_leaves_less_for_the_next() -> None:
         [],
         ["QUANTITY_MISMATCH"],
     ]
-    earlier = {A: [EarlierSale("S1", "S1", None, 4)]}
+    earlier = {
+        A: [Consumption(A, Sale.of_settlement("S1"), "S1", None, "P1", datetime(2026, 3, 4, tzinfo=UTC), 4)]
+    }
     assert run([Line(1, "X1", 24, False, (A,))], {A: pack(A, left=20)}, earlier) == [["ALREADY_SETTLED"]]
 
 
@@ -77,19 +80,16 @@ def test_draw_and_returns() -> None:
     assert draw({A: 3, B: 24}, [A, B], 5) == [(A, 3), (B, 2)]
     assert draw({A: 3, B: 0}, [A, B], None) == [(A, 3)]
     at = datetime(2026, 3, 2, tzinfo=UTC)
-    sales = [
-        {"code": A, "sale_key": "late", "org": "P1", "at": datetime(2026, 3, 3, tzinfo=UTC), "setl_id": None},
-        {
-            "code": A,
-            "sale_key": "early",
-            "org": "P1",
-            "at": datetime(2026, 3, 1, tzinfo=UTC),
-            "setl_id": None,
-        },
-    ]
     import uuid
 
+    late, early = Sale("event", "late"), Sale("event", "early")
+    sales = [
+        Consumption(A, late, None, None, "P1", datetime(2026, 3, 3, tzinfo=UTC), 24),
+        Consumption(A, early, None, None, "P1", datetime(2026, 3, 1, tzinfo=UTC), 24),
+    ]
     ret = Return(uuid.UUID(int=1), "P1", at, None, A)
-    assert match_returns([ret], sales) == [(A, "early", str(uuid.UUID(int=1)))]  # not a sale after the return
+    assert [(r.code, s.sale, r.event_id) for r, s in match_returns([ret], sales)] == [
+        (A, early, uuid.UUID(int=1))
+    ]  # not a sale after the return
     assert match_returns([Return(uuid.UUID(int=2), "H1", at, None, A)], sales) == []  # only the seller's
     assert decision([]) == "accepted"

@@ -1,0 +1,291 @@
+"""What a batch of new supply-chain events changes: the decide step of ingest.
+
+The use case (``service/usecases/events.py``) loads a :class:`Loaded` (with the code rows
+locked), :func:`decide` works out a :class:`Plan` without I/O, and the use case writes
+it. The helpers before :func:`decide` tell the load step what the decision will need, so
+that the rule for "what to read" sits next to the rule that reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from service.core import flags as flag_rules
+from service.core.custody import CodeState, Fact, World, product_of, replay, sort_key
+from service.core.events import Incoming, Rejection, judge
+from service.core.flags import FlagKey, NewFlag
+from service.core.registry import Org, Product
+from service.core.sales import Consumption, Return, Sale, draw, match_returns, move_units
+
+# Custody suspicions that a late event can explain (a replay judges them again).
+CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
+
+
+def named_codes(events: Iterable[Incoming]) -> set[str]:
+    """The codes and containers the events name."""
+    return {c for e in events for c in e.codes} | {e.parent for e in events if e.parent}
+
+
+def commission_lots(events: Iterable[Incoming]) -> list[tuple[str, str]]:
+    """(product, lot) of every commission: a recall of the lot must not be missed."""
+    lots = {(product_of(c), e.lot) for e in events if e.type == "commission" for c in e.codes}
+    return sorted((p, lot) for p, lot in lots if p and lot)
+
+
+def may_explain_settlements(events: Iterable[Incoming]) -> bool:
+    """Only a commission, ship or receive can explain a settlement's custody suspicion."""
+    return any(e.type in ("commission", "ship", "receive") for e in events)
+
+
+def needs_replay(earliest: datetime, states: Mapping[str, CodeState], reopen: Sequence[Fact]) -> bool:
+    """In event-time order (every event newer than all its codes have seen, and no
+    settlement to judge again) the fold is an incremental step; otherwise the codes'
+    whole history is folded again."""
+    return bool(reopen) or any(s.last_at >= earliest for s in states.values())
+
+
+def commissioned_now(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:
+    """Codes seen before they were commissioned (dispenses may wait for them) that these
+    events commission."""
+    return {
+        c
+        for e in events
+        if e.type == "commission"
+        for c in e.codes
+        if c in states and not states[c].commissioned
+    }
+
+
+def dispensed(events: Iterable[Incoming]) -> set[str]:
+    return {c for e in events if e.type == "dispense" for c in e.codes}
+
+
+def sales_needed(
+    events: Iterable[Incoming],
+    states: Mapping[str, CodeState],
+    waiting_returns: Iterable[Return],
+    placeholders: Iterable[str],
+) -> set[str]:
+    """The packs whose recorded sales the decision reads: those a dispense names with a
+    settlement id (the settlement may have taken the units already), those already used
+    up when dispensed again (the evidence of a 回流药 flag), those returned (the sale a
+    return undoes), and those whose waiting dispenses and returns apply now."""
+    out = set(placeholders) | {r.code for r in waiting_returns}
+    for e in events:
+        if e.type == "return" or (e.type == "dispense" and e.setl_id):
+            out.update(e.codes)
+        elif e.type == "dispense":
+            out.update(c for c in e.codes if c in states and states[c].units_left == 0)
+    return out
+
+
+def registry_needed(
+    events: Iterable[Incoming], states: Mapping[str, CodeState], waiting: Iterable[Incoming]
+) -> tuple[list[str], list[str]]:
+    """The organisations and products the decision reads: (org ids, product ids)."""
+    events = list(events)
+    orgs = {o for e in events for o in (e.org, e.to, e.from_org) if o} | {d.org for d in waiting}
+    products = {product_of(c) for e in events if e.type in ("commission", "dispense") for c in e.codes}
+    products |= {s.product_id for s in states.values() if s.product_id}
+    products |= {product_of(e.parent) for e in events if e.parent}
+    return sorted(orgs), sorted(p for p in products if p)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What deciding a batch needs, as read by the use case."""
+
+    events: list[Incoming]  # the new events (not stored before), codes in canonical form
+    states: dict[str, CodeState]  # the locked rows of the named codes and of all they ever contained
+    orgs: Mapping[str, Org]
+    products: Mapping[str, Product]
+    recalled_lots: set[tuple[str, str]]
+    reopen: list[Fact]  # settlements whose open custody flags these events may explain
+    history: list[Fact] | None  # every stored fact of the codes' family, when a replay is needed
+    sales: list[Consumption]  # recorded sales of the packs in sales_needed, oldest first
+    waiting_returns: list[Return]  # stored returns that undid nothing yet, of dispensed/commissioned packs
+    waiting_dispenses: list[Incoming]  # stored dispenses that took nothing yet, of packs commissioned now
+
+
+@dataclass(frozen=True, slots=True)
+class AutoClear:
+    """Open custody flags on ``codes`` that the new fold no longer raises become
+    auto_cleared, naming the events that explained them."""
+
+    codes: list[str]
+    standing: set[FlagKey]
+    cleared_by: list[str]
+    rejudged: set[tuple[str, str]]  # (code, setl_id) of the settlements judged again
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the batch writes, and what its answer reports."""
+
+    events: list[Incoming] = field(default_factory=list)  # the events that took a code
+    facts: list[Fact] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    new_codes: list[CodeState] = field(default_factory=list)
+    changed_codes: list[CodeState] = field(default_factory=list)
+    containment: list[tuple[str, str]] = field(default_factory=list)
+    consumptions: list[Consumption] = field(default_factory=list)
+    reversals: list[tuple[Consumption, UUID]] = field(default_factory=list)  # (sale, the return)
+    flags: list[NewFlag] = field(default_factory=list)
+    reported: list[FlagKey] = field(default_factory=list)  # flags this request's events raised
+    clear: AutoClear | None = None
+    replayed: bool = False
+
+
+class _Book:
+    """The recorded sales of the packs in play, and what this batch adds to them."""
+
+    def __init__(self, stored: Sequence[Consumption], returns: Sequence[Return]) -> None:
+        self.rows = list(stored)  # oldest first; new rows are appended
+        self.keys = {(r.code, r.sale) for r in stored}
+        self.new: list[Consumption] = []
+        self.reversals: list[tuple[Consumption, UUID]] = []
+        self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's
+        self.applied: set[tuple[UUID, str]] = set()
+
+    def sold(self, code: str, sale: Sale) -> bool:
+        return (code, sale) in self.keys
+
+    def add(self, sale: Consumption) -> None:
+        self.rows.append(sale)
+        self.keys.add((sale.code, sale.sale))
+        self.new.append(sale)
+
+    def open_newest_first(self, codes: set[str]) -> list[Consumption]:
+        return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
+
+
+def decide(loaded: Loaded) -> Plan:
+    """Judge each code of each new event, fold the accepted ones into custody (in
+    event-time order, replaying history when the batch is late), apply dispenses and
+    returns to the packs' units, and collect the flags. ``loaded.states`` is updated in
+    place."""
+    states = loaded.states
+    facts, rejected = judge(loaded.events, states, loaded.products, loaded.orgs)
+    by_id = {e.event_id: e for e in loaded.events}
+    taken = {f.event_id for f in facts}
+    plan = Plan(events=[e for e in loaded.events if e.event_id in taken], facts=facts, rejected=rejected)
+    flags = flag_rules.commission_conflict_flags(rejected, by_id, states)
+    if not facts:
+        plan.flags = flags
+        plan.reported = [f.key for f in flags]
+        return plan
+
+    # the fold changes these very state objects: note now which codes were placeholders
+    placeholders = {c for c, s in states.items() if not s.commissioned}
+    pack_units = {pid: p.pack_units for pid, p in loaded.products.items()}
+    earliest = min(f.at for f in facts)
+    # only settlements at or after this batch's earliest event: older judgements cannot change
+    reopen = [r for r in loaded.reopen if r.at >= earliest]
+    if needs_replay(earliest, states, reopen):
+        assert loaded.history is not None, "the load step reads the history when a replay is needed"
+        world = replay(loaded.history + facts + reopen, keep=states, pack_units=pack_units)
+        plan.replayed = True
+    else:
+        world = World(states=dict(states), pack_units=pack_units)
+        world.apply_all(facts)
+    _mark_recalled(world, facts, loaded.recalled_lots)
+
+    book = _Book(loaded.sales, loaded.waiting_returns)
+    book.returns += [
+        Return(f.event_id, f.org, f.at, by_id[f.event_id].setl_id, code)
+        for f in facts
+        if f.type == "return"
+        for code in f.codes
+    ]
+    in_order = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
+    flags += _consume(world, in_order, loaded.products, loaded.orgs, book)
+    # a dispense that arrived before its code's commission took nothing (the pack size
+    # was unknown); now it takes its units. Its suspicions were judged on arrival.
+    newly = {c for c in placeholders if world.states[c].commissioned}
+    early = [(d, d.codes) for d in loaded.waiting_dispenses if newly.intersection(d.codes)]
+    _consume(world, early, loaded.products, loaded.orgs, book)
+
+    # a replay judges old facts again too: those suspicions stand (or are raised again),
+    # but the answer reports only what this request's events raised
+    reported = {f.key for f in flags}
+    for suspicion in world.suspicions:
+        flag = flag_rules.suspicion_flag(suspicion)
+        flags.append(flag)
+        if suspicion.fact.event_id in taken:
+            reported.add(flag.key)
+    plan.flags = flags
+    plan.reported = [k for k in dict.fromkeys(f.key for f in flags) if k in reported]
+    if plan.replayed:
+        plan.clear = AutoClear(
+            codes=sorted(set(states) | named_codes(loaded.events)),
+            standing={f.key for f in flags},
+            cleared_by=[str(i) for i in taken],
+            rejudged={(f.codes[0], f.setl_id) for f in reopen if f.setl_id},
+        )
+
+    # after a replay every locked code may have changed (ancestors were only read)
+    dirty = set(states) if plan.replayed else set(world.changed)
+    dirty |= {c for f in facts for c in f.codes} | {f.parent for f in facts if f.parent}
+    plan.new_codes = [world.states[c] for c in sorted(dirty) if c not in states]
+    plan.changed_codes = [world.states[c] for c in sorted(dirty) if c in states]
+    plan.containment = [(f.parent, c) for f in facts if f.type == "pack" and f.parent for c in f.codes]
+    plan.consumptions = book.new
+    plan.reversals = book.reversals
+    return plan
+
+
+def _consume(
+    world: World,
+    sales: Sequence[tuple[Incoming, tuple[str, ...]]],
+    products: Mapping[str, Product],
+    orgs: Mapping[str, Org],
+    book: _Book,
+) -> list[NewFlag]:
+    """Dispenses take units from packs; returns give back the latest sale's units. A
+    dispense carrying a setl_id that a settlement already consumed takes nothing again.
+    Returns the suspicions a dispense raises: a consumed pack dispensed again (回流药),
+    expired, recalled or out-of-region stock."""
+    flags: list[NewFlag] = []
+    dispenses = [(e, codes) for e, codes in sales if e.type == "dispense"]
+    # the earlier sales are evidence only for a pack already used up (a DUPLICATE)
+    earlier = [r for r in book.rows if not r.reversed]
+    for event, codes in dispenses:
+        sale = Sale.of_dispense(event.event_id, event.setl_id)
+        fresh = [c for c in codes if not book.sold(c, sale)]
+        flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
+        left = {c: world.states[c].units_left or 0 for c in fresh}
+        taken = draw(left, fresh, event.quantity)
+        for code, units in taken:
+            book.add(Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units))
+        world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
+    # A return undoes the seller's latest sale of the pack before it (by event time).
+    # Returns that arrived before the dispense they undo wait: each new dispense looks for them.
+    wanted = {c for e, codes in sales for c in codes}
+    undoing = sorted(
+        (r for r in book.returns if (r.event_id, r.code) not in book.applied and r.code in wanted),
+        key=lambda r: (r.at, r.event_id),
+    )
+    if undoing:
+        open_sales = book.open_newest_first({r.code for r in undoing})
+        for ret, sold in match_returns(undoing, open_sales):
+            sold.reversed = True
+            book.applied.add((ret.event_id, ret.code))
+            book.reversals.append((sold, ret.event_id))
+            world.changed |= move_units(world.states, [(sold.code, sold.units)])
+    return flags
+
+
+def _mark_recalled(world: World, facts: Sequence[Fact], recalled: set[tuple[str, str]]) -> None:
+    """Codes commissioned into a lot that was already recalled are recalled too."""
+    if not recalled:
+        return
+    for f in facts:
+        if f.type != "commission":
+            continue
+        for code in f.codes:
+            state = world.states[code]
+            if (state.product_id, state.lot) in recalled:
+                state.recalled = True

@@ -1,0 +1,31 @@
+"""The registry as the rules see it: organisations and products, typed values built by
+``service/store/registry.py``. They never change once registered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    name: str
+    kind: str  # manufacturer | distributor | hospital | pharmacy
+    region: str  # 6-digit administrative division code
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    product_id: str
+    name: str
+    med_list_codg: str  # the insurance catalogue item settlements bill
+    pack_units: int  # smallest units in one pack
+    manufacturer: str
+    level: str  # unit | case | pallet
+    contains: int | None
+    regions: tuple[str, ...]  # region-code prefixes where it may be sold; () = anywhere
+    trace_exempt: bool
+
+    def sold_in(self, region: str) -> bool:
+        """May this product be sold in ``region``?"""
+        return not self.regions or any(region.startswith(prefix) for prefix in self.regions)
