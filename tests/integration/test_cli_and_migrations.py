@@ -128,3 +128,49 @@ async def test_migrations_once_each_even_when_raced(db) -> None:  # type: ignore
             await c.close()
     finally:
         await db.execute("DROP DATABASE IF EXISTS migration_race")
+
+
+async def test_typed_identities_migration_converts_stored_rows(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Rows stored with the old string identities (sale_key, dedup_key, reversed_by)
+    come out of migration 0003 as typed columns, one flag per (code, kind, evidence)."""
+    import shutil
+
+    from service.store.migrations import MIGRATIONS_DIR
+
+    await db.execute("DROP DATABASE IF EXISTS migration_0003")
+    await db.execute("CREATE DATABASE migration_0003")
+    params = db._params
+    dsn_kwargs = {"host": db._addr if isinstance(db._addr, str) else db._addr[0], "user": params.user}
+    if not isinstance(db._addr, str):
+        dsn_kwargs["port"] = db._addr[1]
+    for name in ("0001_foundation.sql", "0002_settlements_flags.sql"):
+        shutil.copy(MIGRATIONS_DIR / name, tmp_path / name)
+    conn = await asyncpg.connect(database="migration_0003", **dsn_kwargs)
+    try:
+        await migrate(conn, tmp_path)
+        ret = "6f1c0c8e-0000-4000-8000-000000000009"
+        disp = "6f1c0c8e-0000-4000-8000-000000000008"
+        code = "0104006123456786" + "21A:B"  # a GS1 serial may hold ':'
+        await conn.execute(
+            f"""INSERT INTO consumptions (code, sale_key, setl_id, event_id, org, at, units, reversed_at, reversed_by)
+                VALUES ('81234560000000000011', 'S1', 'S1', NULL, 'P1', now(), 24, now(), 'reversal'),
+                       ('81234560000000000028', 'event:{disp}', NULL, '{disp}', 'P1', now(), 6, now(), '{ret}')"""
+        )
+        await conn.execute(
+            f"""INSERT INTO flags (kind, code, at, detail, dedup_key) VALUES
+                ('DIVERSION', '{code}', now(), 'd', 'DIVERSION:{code}:setl:S:9'),
+                ('DUPLICATE', '81234560000000000011', now(), 'd', 'DUPLICATE:81234560000000000011:event:{disp}')"""
+        )
+        await migrate(conn)
+        sales = await conn.fetch(
+            "SELECT code, sale_kind, sale_id, reversed_by_event::text AS by FROM consumptions ORDER BY code"
+        )
+        assert [tuple(r) for r in sales] == [
+            ("81234560000000000011", "settlement", "S1", None),
+            ("81234560000000000028", "event", disp, ret),
+        ]
+        flags = await conn.fetch("SELECT kind, source_kind, source_id FROM flags ORDER BY kind")
+        assert [tuple(r) for r in flags] == [("DIVERSION", "settlement", "S:9"), ("DUPLICATE", "event", disp)]
+    finally:
+        await conn.close()
+        await db.execute("DROP DATABASE IF EXISTS migration_0003")
