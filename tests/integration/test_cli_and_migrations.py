@@ -151,24 +151,25 @@ async def test_typed_identities_migration_converts_stored_rows(db, tmp_path) -> 
         ret = "6f1c0c8e-0000-4000-8000-000000000009"
         disp = "6f1c0c8e-0000-4000-8000-000000000008"
         code = "0104006123456786" + "21A:B"  # a GS1 serial may hold ':'
-        await conn.execute(
-            f"""INSERT INTO consumptions (code, sale_key, setl_id, event_id, org, at, units, reversed_at, reversed_by)
-                VALUES ('81234560000000000011', 'S1', 'S1', NULL, 'P1', now(), 24, now(), 'reversal'),
-                       ('81234560000000000028', 'event:{disp}', NULL, '{disp}', 'P1', now(), 6, now(), '{ret}')"""
+        unit_a, unit_b = "81234560000000000011", "81234560000000000028"
+        await conn.executemany(
+            """INSERT INTO consumptions (code, sale_key, setl_id, event_id, org, at, units, reversed_at,
+                                         reversed_by)
+               VALUES ($1, $2, $3, $4::uuid, 'P1', now(), $5, now(), $6)""",
+            [(unit_a, "S1", "S1", None, 24, "reversal"), (unit_b, f"event:{disp}", None, disp, 6, ret)],
         )
-        await conn.execute(
-            f"""INSERT INTO flags (kind, code, at, detail, dedup_key) VALUES
-                ('DIVERSION', '{code}', now(), 'd', 'DIVERSION:{code}:setl:S:9'),
-                ('DUPLICATE', '81234560000000000011', now(), 'd', 'DUPLICATE:81234560000000000011:event:{disp}')"""
+        await conn.executemany(
+            "INSERT INTO flags (kind, code, at, detail, dedup_key) VALUES ($1, $2, now(), 'd', $3)",
+            [
+                ("DIVERSION", code, f"DIVERSION:{code}:setl:S:9"),
+                ("DUPLICATE", unit_a, f"DUPLICATE:{unit_a}:event:{disp}"),
+            ],
         )
         await migrate(conn)
         sales = await conn.fetch(
             "SELECT code, sale_kind, sale_id, reversed_by_event::text AS by FROM consumptions ORDER BY code"
         )
-        assert [tuple(r) for r in sales] == [
-            ("81234560000000000011", "settlement", "S1", None),
-            ("81234560000000000028", "event", disp, ret),
-        ]
+        assert [tuple(r) for r in sales] == [(unit_a, "settlement", "S1", None), (unit_b, "event", disp, ret)]
         flags = await conn.fetch("SELECT kind, source_kind, source_id FROM flags ORDER BY kind")
         assert [tuple(r) for r in flags] == [("DIVERSION", "settlement", "S:9"), ("DUPLICATE", "event", disp)]
     finally:
