@@ -50,7 +50,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -67,6 +66,9 @@ import volumes
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+
+from benchkit.codes import cn20, sscc
+from benchkit.stats import percentile
 
 log = logging.getLogger("tracecode.load")
 HERE = Path(__file__).resolve().parent
@@ -371,14 +373,11 @@ class World:
 
     def new_codes(self, product_id: str, n: int) -> list[str]:
         serials = self.serials[product_id]
-        return [f"{product_id}{next(serials):013d}" for _ in range(n)]
+        return [cn20(product_id, next(serials)) for _ in range(n)]
 
     def new_case(self, manufacturer: str) -> str:
-        body = (
-            f"{self.sscc_ext}{self.manufacturers[manufacturer]['sscc_company']}{next(self.sscc_serials):09d}"
-        )
-        total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-        return "00" + body + str((10 - total % 10) % 10)
+        company = self.manufacturers[manufacturer]["sscc_company"]
+        return sscc(self.sscc_ext + company, next(self.sscc_serials))
 
 
 WORLD: World | None = None
@@ -1107,13 +1106,6 @@ def _request(name: str, response_time: float, exception: Any, **_: Any) -> None:
             LATENCIES.setdefault((name, window), array("f")).append(response_time)
 
 
-def _pct(values: array[float] | list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))])
-
-
 def _count_at(t: float, name: str) -> tuple[float, int, int]:
     """(time, requests, failures) of the snapshot nearest ``t``."""
     at, counts = min(SNAPSHOTS, key=lambda s: abs(s[0] - t))
@@ -1143,9 +1135,9 @@ def summary(environment: Environment) -> dict[str, Any]:
                 "requests": n1 - n0,
                 "failures": f1 - f0,
                 "rate": (n1 - n0) / (t1 - t0) if t1 > t0 else None,
-                "p50": _pct(lat, 0.50),
-                "p95": _pct(lat, 0.95),
-                "p99": _pct(lat, 0.99),
+                "p50": percentile(lat, 0.50),
+                "p95": percentile(lat, 0.95),
+                "p99": percentile(lat, 0.99),
             }
         ops[name] = {
             "requests": e.num_requests,
