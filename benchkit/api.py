@@ -77,10 +77,14 @@ async def register(
     return keys
 
 
-def event(type_: str, org: str, codes: Sequence[str], at: date, **fields: Any) -> dict[str, Any]:
+def event(type_: str, org: str, codes: Sequence[str], at: date | str, **fields: Any) -> dict[str, Any]:
     """One event of a ``POST /v1/events`` body, with a new event id. ``fields`` are the
-    type's own (``to``, ``lot``, ``expiry``, ...); dates and times go as ISO 8601."""
+    type's own (``to``, ``lot``, ``expiry``, ...), named as in the JSON except ``from_org``
+    (as in ``service.core.events.Incoming``) for ``from``, a Python keyword. Dates and
+    times go as ISO 8601."""
     values = {"at": at, **fields}
+    if "from_org" in values:
+        values["from"] = values.pop("from_org")
     return {
         "event_id": str(uuid.uuid4()),
         "type": type_,

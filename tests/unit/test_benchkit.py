@@ -52,6 +52,8 @@ def test_event_body_writes_dates_as_iso_8601() -> None:
         "lot": "L1",
         "expiry": "2030-12-31",
     }
+    # "from" is a Python keyword: the sender is named from_org, as in service.core.events.Incoming
+    assert event("receive", "D1", [], "2026-03-02T08:00:00Z", from_org="M1")["from"] == "M1"
 
 
 def test_the_api_reads_a_claim_body_back_as_the_same_claim() -> None:
