@@ -13,10 +13,9 @@
    ``--ceiling-seconds`` each: the service's maximum for ``verify`` and ``settle``
    (a minimal keep-alive HTTP client, so the client costs little), and the raw-asyncpg
    ceiling for the same work on the same database: verify = one primary-key read of
-   ``codes``; settle = the service's settlement transaction made of the service's own
-   ``service.store`` calls (insert the settlement, read the org, lock the codes in code
-   order, read products and earlier sales, COPY the consumptions, update the codes,
-   store the answer), without HTTP, auth, JSON or judging;
+   ``codes``; settle = the service's own settlement use case
+   (``service.usecases.settlements.settle``, through ``benchkit.baseline``) on the same
+   kind of claim, without HTTP, auth, JSON or validation;
 5. one table: per operation, the target and the sustained rate while holding the peak and
    in the 2x spike, p50/p95/p99 over the run, errors and the p99 objective; then the
    ceilings and their ratio.
@@ -47,7 +46,12 @@ from typing import Any
 
 import asyncpg
 
-from service.localrun import free_port, start_service, stop_service
+from benchkit import baseline
+from benchkit.api import claim_body
+from benchkit.localrun import free_port, start_service, stop_service, throwaway_postgres
+from benchkit.stats import percentile
+from service.config import Settings
+from service.core.settlement import Claim, Line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -157,8 +161,7 @@ async def closed_loop(
 
 
 def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(p * len(ordered) + 0.999999) - 1))] if ordered else 0.0
+    return percentile(values, p) or 0.0
 
 
 async def ceilings(
@@ -166,10 +169,7 @@ async def ceilings(
 ) -> dict[str, Any]:
     """Service maximum and raw-asyncpg ceiling for verify and settle."""
     from service.store import codes as code_store
-    from service.store import registry
-    from service.store import sales as sale_store
-    from service.store import settlements as setl_store
-    from service.store.db import create_pool, with_retry
+    from service.store.db import create_pool
 
     pool = await create_pool(url, min_size=conc, max_size=conc)
     try:
@@ -194,20 +194,29 @@ async def ceilings(
         keys = {org: o["key"] for org, o in manifest["orgs"].items()}
         insurer = manifest["keys"]["insurer"][0]
 
-        def lines_of(claim: list[asyncpg.Record]) -> list[dict[str, Any]]:
+        def claim_of(packs: list[asyncpg.Record], prefix: str) -> Claim:
+            """A claim for these whole packs of one organisation, one line per product."""
             by_product: dict[str, list[asyncpg.Record]] = {}
-            for r in claim:
+            for r in packs:
                 by_product.setdefault(r["product_id"], []).append(r)
-            return [
-                {
-                    "line_no": i + 1,
-                    "med_list_codg": rs[0]["med_list_codg"],
-                    "split": False,
-                    "quantity": sum(r["pack_units"] for r in rs),
-                    "codes": [r["code"] for r in rs],
-                }
+            lines = tuple(
+                Line(
+                    line_no=i + 1,
+                    med_list_codg=rs[0]["med_list_codg"],
+                    quantity=sum(r["pack_units"] for r in rs),
+                    split=False,
+                    codes=tuple(r["code"] for r in rs),
+                )
                 for i, rs in enumerate(by_product.values())
-            ]
+            )
+            return Claim(
+                setl_id=f"{prefix}{uuid.uuid4().hex[:20]}",
+                org=packs[0]["custodian"],
+                psn_no="440100199001011234",
+                at=datetime.now(UTC),
+                mode="settle",
+                lines=lines,
+            )
 
         out: dict[str, Any] = {}
 
@@ -235,15 +244,7 @@ async def ceilings(
         # settle: service
         def service_settle(client: Http) -> Callable[[], Awaitable[bool]]:
             async def work() -> bool:
-                claim = take(service_claims)
-                body = {
-                    "setl_id": f"BS{uuid.uuid4().hex[:20]}",
-                    "org": claim[0]["custodian"],
-                    "psn_no": "440100199001011234",
-                    "at": datetime.now(UTC).isoformat(),
-                    "mode": "settle",
-                    "lines": lines_of(claim),
-                }
+                body = claim_body(claim_of(take(service_claims), "BS"))
                 status, data = await client.request(
                     "POST", "/v1/settlements", insurer, json.dumps(body).encode()
                 )
@@ -255,44 +256,12 @@ async def ceilings(
         for c in clients:
             await c.close()
 
-        # settle: raw asyncpg, the service's transaction through service.store
+        # settle: the service's use case, no HTTP (the secret only shapes the stored hashes)
+        secret = Settings.from_env().psn_secret
+
         async def raw_settle() -> bool:
-            claim = take(raw_claims)
-            setl_id = f"BR{uuid.uuid4().hex[:20]}"
-            org_id = claim[0]["custodian"]
-            codes = sorted(r["code"] for r in claim)
-            at = datetime.now(UTC)
-            request = {"setl_id": setl_id, "org": org_id, "lines": lines_of(claim)}
-
-            async def work(conn: asyncpg.Connection) -> bool:
-                fresh = await setl_store.claim(
-                    conn,
-                    setl_id=setl_id,
-                    org=org_id,
-                    psn_hash=b"\x00" * 32,
-                    at=at,
-                    body_hash=b"\x01" * 32,
-                    request=request,
-                )
-                org = await registry.get_org(conn, org_id)
-                states = await code_store.lock(conn, codes)
-                await registry.get_products(
-                    conn, sorted({s.product_id for s in states.values() if s.product_id})
-                )
-                earlier = await setl_store.earlier_sales(conn, codes)
-                if not fresh or org is None or len(states) != len(codes) or earlier:
-                    return False
-                rows = []
-                for s in states.values():
-                    rows.append((s.code, setl_id, setl_id, None, org_id, at, s.units_left or 0))
-                    s.units_left = 0
-                await sale_store.record(conn, rows)
-                await code_store.update(conn, states.values())
-                response = {"setl_id": setl_id, "decision": "accepted", "lines": [], "flags": []}
-                await setl_store.answer(conn, setl_id, response, "accepted")
-                return True
-
-            return await with_retry(pool, work)
+            claim = claim_of(take(raw_claims), "BR")
+            return await baseline.settle(pool, claim, secret) == "accepted"
 
         out["settle", "raw asyncpg"] = await closed_loop([raw_settle] * conc, seconds)
     finally:
@@ -400,8 +369,8 @@ def report(
         lines += [
             "",
             "verify: service = auth + org + code + product reads, JSON, over HTTP; raw = one primary-key "
-            "read of codes. settle: 3 packs a claim; raw = the service's transaction through service.store "
-            "(no HTTP, auth, JSON or judging).",
+            "read of codes. settle: 3 packs a claim; raw = the service's settlement use case "
+            "(no HTTP, auth, JSON or validation).",
         ]
     return "\n".join(lines)
 
@@ -438,10 +407,7 @@ def main() -> int:
     url = args.database_url
     try:
         if url is None:
-            from service.embedded import start_postgres
-
-            # its own folder: stopped, then deleted, at exit (after the service is stopped)
-            url = start_postgres(Path(tempfile.mkdtemp(prefix="tracecode-loadbench-pg-")), throwaway=True)
+            url = throwaway_postgres("tracecode-loadbench-pg-")
         print(f"seeding {args.codes:,} codes ...", flush=True)
         seeded = asyncio.run(
             seeder.seed(

@@ -50,7 +50,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -67,6 +66,10 @@ import volumes
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+
+from benchkit.api import event
+from benchkit.codes import cn20, sscc
+from benchkit.stats import percentile
 
 log = logging.getLogger("tracecode.load")
 HERE = Path(__file__).resolve().parent
@@ -371,14 +374,11 @@ class World:
 
     def new_codes(self, product_id: str, n: int) -> list[str]:
         serials = self.serials[product_id]
-        return [f"{product_id}{next(serials):013d}" for _ in range(n)]
+        return [cn20(product_id, next(serials)) for _ in range(n)]
 
     def new_case(self, manufacturer: str) -> str:
-        body = (
-            f"{self.sscc_ext}{self.manufacturers[manufacturer]['sscc_company']}{next(self.sscc_serials):09d}"
-        )
-        total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-        return "00" + body + str((10 - total % 10) % 10)
+        company = self.manufacturers[manufacturer]["sscc_company"]
+        return sscc(self.sscc_ext + company, next(self.sscc_serials))
 
 
 WORLD: World | None = None
@@ -395,12 +395,13 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
 def psn() -> str:
     return f"44{random.randrange(10**16):016d}"
+
+
+def claim(setl_id: str, org: str, lines: list[dict[str, Any]], mode: str = "settle") -> dict[str, Any]:
+    """A ``POST /v1/settlements`` body: a claim made now, for a random insured person."""
+    return {"setl_id": setl_id, "org": org, "psn_no": psn(), "at": now_iso(), "mode": mode, "lines": lines}
 
 
 # --- users ----------------------------------------------------------------------------
@@ -510,16 +511,10 @@ class Manufacturer(Actor):
         contains = int(w.products[product_id]["contains"])
         codes = w.new_codes(product_id, contains * max(1, round(volumes.COMMISSION_BATCH / contains)))
         today = date.today()
-        ev = {
-            "event_id": new_id(),
-            "type": "commission",
-            "at": now_iso(),
-            "org": mfr,
-            "codes": codes,
-            "lot": f"LT{today:%y%m%d}{random.randrange(1000):03d}",
-            "expiry": (today + timedelta(days=730)).isoformat(),
-            "produced": today.isoformat(),
-        }
+        lot = f"LT{today:%y%m%d}{random.randrange(1000):03d}"
+        ev = event(
+            "commission", mfr, codes, now_iso(), lot=lot, expiry=today + timedelta(days=730), produced=today
+        )
         if self.post_events("commission", mfr, [ev]):
             w.unpacked.put(mfr, (product_id, codes))
             w.touched.append(codes[0])
@@ -535,10 +530,7 @@ class Manufacturer(Actor):
         contains = int(w.products[product_id]["contains"])
         cases = [(w.new_case(mfr), codes[i : i + contains]) for i in range(0, len(codes), contains)]
         at = now_iso()
-        evs = [
-            {"event_id": new_id(), "type": "pack", "at": at, "org": mfr, "codes": units, "parent": case}
-            for case, units in cases
-        ]
+        evs = [event("pack", mfr, units, at, parent=case) for case, units in cases]
         if self.post_events("pack", mfr, evs):
             for case, units in cases:
                 w.cases.put(mfr, {"case": case, "units": units})
@@ -551,14 +543,7 @@ class Manufacturer(Actor):
             return False
         group = [c for c in (w.cases.take(mfr) for _ in range(volumes.CASES_PER_SHIPMENT)) if c]
         dist = random.choice(w.by_kind["distributor"])
-        ev = {
-            "event_id": new_id(),
-            "type": "ship",
-            "at": now_iso(),
-            "org": mfr,
-            "codes": [c["case"] for c in group],
-            "to": dist,
-        }
+        ev = event("ship", mfr, [c["case"] for c in group], now_iso(), to=dist)
         if self.post_events("ship_mfr", mfr, [ev]):
             w.incoming.put(dist, {"from": mfr, "codes": ev["codes"], "cases": group})
         return True
@@ -575,14 +560,7 @@ class Distributor(Actor):
         shipment = w.incoming.take(dist) if dist else None
         if shipment is None:
             return False
-        ev = {
-            "event_id": new_id(),
-            "type": "receive",
-            "at": now_iso(),
-            "org": dist,
-            "codes": shipment["codes"],
-            "from": shipment["from"],
-        }
+        ev = event("receive", dist, shipment["codes"], now_iso(), from_org=shipment["from"])
         if self.post_events("receive_dist", dist, [ev]):
             for case in shipment["cases"]:
                 w.cases.put(dist, case)
@@ -600,14 +578,7 @@ class Distributor(Actor):
             return False
         dist, case = found
         hospital = random.choice(w.by_kind["hospital"])
-        ev = {
-            "event_id": new_id(),
-            "type": "ship",
-            "at": now_iso(),
-            "org": dist,
-            "codes": [case["case"]],
-            "to": hospital,
-        }
+        ev = event("ship", dist, [case["case"]], now_iso(), to=hospital)
         if self.post_events("ship_case", dist, [ev]):
             w.incoming.put(hospital, {"from": dist, "codes": [case["case"]], **case})
         return True
@@ -620,15 +591,8 @@ class Distributor(Actor):
         pharmacy = random.choice(w.by_kind["pharmacy"])
         at, units = now_iso(), case["units"]
         evs = [
-            {
-                "event_id": new_id(),
-                "type": "unpack",
-                "at": at,
-                "org": dist,
-                "codes": units,
-                "parent": case["case"],
-            },
-            {"event_id": new_id(), "type": "ship", "at": at, "org": dist, "codes": units, "to": pharmacy},
+            event("unpack", dist, units, at, parent=case["case"]),
+            event("ship", dist, units, at, to=pharmacy),
         ]
         if self.post_events("ship_loose", dist, evs):
             w.incoming.put(pharmacy, {"from": dist, "codes": units, "units": units})
@@ -651,14 +615,7 @@ class Dispensary(Actor):
         shipment = w.incoming.take(org) if org else None
         if shipment is None:
             return False
-        ev = {
-            "event_id": new_id(),
-            "type": "receive",
-            "at": now_iso(),
-            "org": org,
-            "codes": shipment["codes"],
-            "from": shipment["from"],
-        }
+        ev = event("receive", org, shipment["codes"], now_iso(), from_org=shipment["from"])
         if self.post_events("receive", org, [ev]):
             for code in shipment["units"]:
                 w.stock.put(org, code)
@@ -718,28 +675,9 @@ class Dispensary(Actor):
         if org is not None and (sale := w.to_dispense.take(org)) is not None:
             evs = []
             if sale["whole"]:
-                evs.append(
-                    {
-                        "event_id": new_id(),
-                        "type": "dispense",
-                        "at": at,
-                        "org": org,
-                        "codes": sale["whole"],
-                        "setl_id": sale["setl_id"],
-                    }
-                )
+                evs.append(event("dispense", org, sale["whole"], at, setl_id=sale["setl_id"]))
             for code, units in sale["split"]:
-                evs.append(
-                    {
-                        "event_id": new_id(),
-                        "type": "dispense",
-                        "at": at,
-                        "org": org,
-                        "codes": [code],
-                        "quantity": units,
-                        "setl_id": sale["setl_id"],
-                    }
-                )
+                evs.append(event("dispense", org, [code], at, quantity=units, setl_id=sale["setl_id"]))
             if evs:
                 self.post_events("dispense", org, evs)
                 OUTCOMES["dispense.settled_sale"] += 1
@@ -748,7 +686,7 @@ class Dispensary(Actor):
         if org is None:
             return False
         codes = [c for c in (w.stock.take(org) for _ in range(random.randint(1, 3))) if c]
-        ev = {"event_id": new_id(), "type": "dispense", "at": at, "org": org, "codes": codes}
+        ev = event("dispense", org, codes, at)
         if self.post_events("dispense", org, [ev]):
             w.touched.extend(codes)
         OUTCOMES["dispense.self_paid"] += 1
@@ -767,14 +705,7 @@ class Dispensary(Actor):
             item = [code, int(w.products[code[:7]]["pack_units"])]
         code, left = item
         units = random.randint(1, max(1, min(left, int(w.products[code[:7]]["pack_units"]) // 3)))
-        ev = {
-            "event_id": new_id(),
-            "type": "dispense",
-            "at": now_iso(),
-            "org": org,
-            "codes": [code],
-            "quantity": units,
-        }
+        ev = event("dispense", org, [code], now_iso(), quantity=units)
         if self.post_events("dispense_split", org, [ev]) and left - units > 0:
             w.opened.put(org, [code, left - units])
         return True
@@ -861,14 +792,7 @@ class SettlementEngine(Actor):
             return False
         lines, split = self._lines(org, codes)
         setl_id = f"LT{uuid.uuid4().hex[:24]}"
-        body = {
-            "setl_id": setl_id,
-            "org": org,
-            "psn_no": psn(),
-            "at": now_iso(),
-            "mode": "settle",
-            "lines": lines,
-        }
+        body = claim(setl_id, org, lines)
 
         def check(data: Any) -> str | None:
             if data.get("decision") != "accepted":
@@ -902,14 +826,7 @@ class SettlementEngine(Actor):
             "split": False,
             "codes": [code],
         }
-        body = {
-            "setl_id": f"LTF{uuid.uuid4().hex[:24]}",
-            "org": org,
-            "psn_no": psn(),
-            "at": now_iso(),
-            "mode": "settle",
-            "lines": [line],
-        }
+        body = claim(f"LTF{uuid.uuid4().hex[:24]}", org, [line])
 
         def check(data: Any) -> str | None:
             reasons = [r["reason"] for ln in data.get("lines", []) for r in ln["reasons"]]
@@ -930,14 +847,7 @@ class SettlementEngine(Actor):
         if not codes:
             return False
         lines, split = self._lines(org, codes)
-        body = {
-            "setl_id": f"LTP{uuid.uuid4().hex[:24]}",
-            "org": org,
-            "psn_no": psn(),
-            "at": now_iso(),
-            "mode": "precheck",
-            "lines": lines,
-        }
+        body = claim(f"LTP{uuid.uuid4().hex[:24]}", org, lines, mode="precheck")
 
         def check(data: Any) -> str | None:
             if data.get("decision") != "accepted":
@@ -1107,13 +1017,6 @@ def _request(name: str, response_time: float, exception: Any, **_: Any) -> None:
             LATENCIES.setdefault((name, window), array("f")).append(response_time)
 
 
-def _pct(values: array[float] | list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))])
-
-
 def _count_at(t: float, name: str) -> tuple[float, int, int]:
     """(time, requests, failures) of the snapshot nearest ``t``."""
     at, counts = min(SNAPSHOTS, key=lambda s: abs(s[0] - t))
@@ -1143,9 +1046,9 @@ def summary(environment: Environment) -> dict[str, Any]:
                 "requests": n1 - n0,
                 "failures": f1 - f0,
                 "rate": (n1 - n0) / (t1 - t0) if t1 > t0 else None,
-                "p50": _pct(lat, 0.50),
-                "p95": _pct(lat, 0.95),
-                "p99": _pct(lat, 0.99),
+                "p50": percentile(lat, 0.50),
+                "p95": percentile(lat, 0.95),
+                "p99": percentile(lat, 0.99),
             }
         ops[name] = {
             "requests": e.num_requests,

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -58,6 +56,12 @@ from typing import Any
 
 import asyncpg
 
+from benchkit.api import claim_body
+from benchkit.codes import cn20, sscc
+from service.config import Settings
+from service.core.flags import Evidence
+from service.core.sales import Sale
+from service.core.settlement import Claim, Line, fingerprint, person_hash
 from service.store import codes as code_store
 from service.store import registry as registry_store
 
@@ -124,8 +128,9 @@ UNIT_WEIGHTS = [0.70, 0.05, 0.25]
 
 FRESH_SERIAL_MIN = 5_000_000_000_000  # seeded serials stay far below; load tests draw above
 FRESH_SERIAL_MAX = 9_999_999_999_999
-PSN_SECRET = os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode()
 
+# The columns COPY writes, by table. consumptions and flags are built by consumption()
+# and flag() just below: a change to those tables' columns is made in these three places.
 COLUMNS: dict[str, tuple[str, ...]] = {
     "codes": code_store.COLUMNS,
     "events": (
@@ -163,16 +168,88 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 C, P = b"c", b"p"  # event_codes roles
 
 
-def gs1_check(body: str) -> str:
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return str((10 - total % 10) % 10)
+def consumption(
+    code: str, setl_id: str | None, event_id: uuid.UUID, org: str, at: datetime, units: int
+) -> tuple[Any, ...]:
+    """A ``consumptions`` row in COLUMNS order. The sale is its settlement when it has
+    one, else its dispense event (``service.core.sales.Sale.of_dispense``)."""
+    sale = Sale.of_dispense(event_id, setl_id)
+    return (code, sale.kind, sale.id, setl_id, None if setl_id else event_id, org, at, units)
 
 
-def sscc(extension: str, company: str, serial: int) -> str:
-    """Canonical SSCC: ``00`` + extension digit + 7-digit company prefix + 9-digit
-    serial reference + check digit."""
-    body = f"{extension}{company}{serial:09d}"
-    return "00" + body + gs1_check(body)
+def flag(
+    kind: str, code: str, org: str, region: str, at: datetime, detail: str, setl_id: str, status: str
+) -> tuple[Any, ...]:
+    """A ``flags`` row in COLUMNS order, raised by settlement ``setl_id`` (its evidence)."""
+    evidence = Evidence.settlement(setl_id)
+    refs = json.dumps({"settlements": [setl_id]})
+    return (kind, code, org, region, at, detail, refs, evidence.kind, evidence.id, status)
+
+
+def settlement(secret: bytes, claim: Claim) -> tuple[Any, ...]:
+    """The ``settlements`` row of ``claim`` accepted in full, as the service stores it:
+    the person and body hashes are the service's own (``service.core.settlement``), so
+    the same claim sent to the API again is a replay and gets this answer back."""
+    psn_hash = person_hash(secret, claim.psn_no)
+    request = claim_body(claim)  # stored without the person number, with its hash
+    del request["psn_no"]
+    request["psn_hash"] = psn_hash.hex()
+    response = {
+        "setl_id": claim.setl_id,
+        "decision": "accepted",
+        "flags": [],
+        "lines": [
+            {"line_no": ln.line_no, "payable": True, "reasons": [], "units": ln.quantity}
+            for ln in claim.lines
+        ],
+    }
+    body_hash = fingerprint(secret, claim)
+    return (
+        claim.setl_id,
+        claim.org,
+        psn_hash,
+        claim.at,
+        body_hash,
+        json.dumps(request),
+        json.dumps(response),
+        "accepted",
+    )
+
+
+def pack(
+    code: str,
+    product: Product,
+    commission_event: uuid.UUID,
+    lot: tuple[str, date, date],
+    parent: str | None,
+    state: str,
+    holder: str,
+    destination: str | None,
+    units_left: int,
+    last_at: datetime,
+) -> tuple[Any, ...]:
+    """A pack's ``codes`` row (service.store.codes.COLUMNS order); ``lot`` is (lot,
+    expiry, produced)."""
+    lot_no, expiry, produced = lot
+    return (
+        code,
+        "cn20",
+        product.product_id,
+        True,
+        product.manufacturer,
+        commission_event,
+        lot_no,
+        expiry,
+        produced,
+        parent,
+        state,
+        holder,
+        destination,
+        product.pack_units,
+        units_left,
+        False,
+        last_at,
+    )
 
 
 def event(
@@ -278,8 +355,9 @@ class Sink:
 
 
 class Seeder:
-    def __init__(self, codes: int, seed: int, pool_codes: int, now: datetime) -> None:
+    def __init__(self, codes: int, seed: int, pool_codes: int, now: datetime, psn_secret: bytes) -> None:
         self.n = codes
+        self.psn_secret = psn_secret
         self.rng = random.Random(seed)
         self.now = now
         self.latest = now - timedelta(hours=2)
@@ -431,7 +509,7 @@ class Seeder:
         lot = f"L{produced:%y%m%d}{rng.randint(0, 999):03d}"
         first = product.next_serial
         product.next_serial += units
-        units_codes = [f"{product.product_id}{s:013d}" for s in range(first, first + units)]
+        units_codes = [cn20(product.product_id, s) for s in range(first, first + units)]
 
         # commission, in uploads of up to 5,000 codes
         commission_of: list[tuple[uuid.UUID, datetime]] = []
@@ -461,7 +539,7 @@ class Seeder:
         for ci, (members, fate) in enumerate(zip(cases, fates, strict=True)):
             serial = self.sscc_next[mfr]
             self.sscc_next[mfr] = serial + 1
-            case = sscc("0", company, serial)
+            case = sscc("0" + company, serial)
             pack_id, t_pack = self._uuid(), t0 + timedelta(minutes=10, seconds=2 * ci)
             ev.append(event("pack", pack_id, t_pack, mfr, len(members), parent=case))
             ec.extend((c, t_pack, pack_id, C) for c in members)
@@ -556,27 +634,8 @@ class Seeder:
                 state, holder, udest, last = "commissioned", mfr, None, t_pack
             for c in members:
                 eid, _ = commission_of[int(c[7:]) - first]
-                codes_rows.append(
-                    (
-                        c,
-                        "cn20",
-                        product.product_id,
-                        True,
-                        mfr,
-                        eid,
-                        lot,
-                        expiry,
-                        produced,
-                        unit_parent,
-                        state,
-                        holder,
-                        udest,
-                        pu,
-                        pu,
-                        False,
-                        last,
-                    )
-                )
+                batch = (lot, expiry, produced)
+                codes_rows.append(pack(c, product, eid, batch, unit_parent, state, holder, udest, pu, last))
             if rng.random() < self.p_history:
                 self.pools.history.append(members[0])
             item = {"case": case, "units": members}
@@ -615,8 +674,7 @@ class Seeder:
     ) -> None:
         """Packs received at a pharmacy or hospital: on the shelf, opened for split-pack
         sales, or sold (sales of 1-3 packs, half of them settled by insurance)."""
-        rng, rows, pu, pid = self.rng, sink.rows, product.pack_units, product.product_id
-        mfr = product.manufacturer
+        rng, rows, pu = self.rng, sink.rows, product.pack_units
         fates = rng.choices((SHELF, OPENED, DISPENSED), weights=UNIT_WEIGHTS, k=len(members))
         sold: list[str] = []
         for c, fate in zip(members, fates, strict=True):
@@ -633,27 +691,8 @@ class Seeder:
                 left = 0
             elif rng.random() < self.p_stock:
                 self.pools.add(self.pools.stock, org, c, 1)
-            rows["codes"].append(
-                (
-                    c,
-                    "cn20",
-                    pid,
-                    True,
-                    mfr,
-                    eid,
-                    lot,
-                    expiry,
-                    produced,
-                    parent,
-                    "received",
-                    org,
-                    None,
-                    pu,
-                    left,
-                    False,
-                    last,
-                )
-            )
+            batch = (lot, expiry, produced)
+            rows["codes"].append(pack(c, product, eid, batch, parent, "received", org, None, left, last))
             if rng.random() < self.p_history:
                 self.pools.history.append(c)
         # sales of 1-3 whole packs; a code's last_at becomes its sale time
@@ -697,38 +736,14 @@ class Seeder:
         rows["event_codes"].extend((c, t, eid, C) for c in codes)
         units = quantity if quantity is not None else pu
         if setl_id is None:
-            rows["consumptions"].extend((c, "event", str(eid), None, eid, org, t, units) for c in codes)
+            rows["consumptions"].extend(consumption(c, None, eid, org, t, units) for c in codes)
             return t
         ts = t - timedelta(minutes=1)
-        rows["consumptions"].extend((c, "settlement", setl_id, setl_id, None, org, ts, units) for c in codes)
+        rows["consumptions"].extend(consumption(c, setl_id, eid, org, ts, units) for c in codes)
+        line = Line(1, product.med_list_codg, units * len(codes), quantity is not None, tuple(codes))
         psn = f"44{self.rng.randint(0, 10**16 - 1):016d}"
-        psn_hash = hmac.new(PSN_SECRET, psn.encode(), hashlib.sha256).digest()
-        total = units * len(codes)
-        line = {
-            "line_no": 1,
-            "med_list_codg": product.med_list_codg,
-            "quantity": total,
-            "split": quantity is not None,
-            "codes": codes,
-        }
-        request = {
-            "setl_id": setl_id,
-            "org": org,
-            "psn_hash": psn_hash.hex(),
-            "at": ts.isoformat(),
-            "mode": "settle",
-            "lines": [line],
-        }
-        response = {
-            "setl_id": setl_id,
-            "decision": "accepted",
-            "flags": [],
-            "lines": [{"line_no": 1, "payable": True, "reasons": [], "units": total}],
-        }
-        body_hash = hashlib.sha256(json.dumps(request).encode()).digest()
-        rows["settlements"].append(
-            (setl_id, org, psn_hash, ts, body_hash, json.dumps(request), json.dumps(response), "accepted")
-        )
+        claim = Claim(setl_id, org, psn, ts, "settle", (line,))
+        rows["settlements"].append(settlement(self.psn_secret, claim))
         return t
 
     def _flag(
@@ -736,21 +751,9 @@ class Seeder:
     ) -> None:
         status = self.rng.choices(("open", "investigating", "confirmed", "dismissed"), (6, 2, 1, 1))[0]
         setl_id = f"S{self.rng.getrandbits(64):016x}"
-        refs = {"settlements": [setl_id]}
-        rows["flags"].append(
-            (
-                kind,
-                code,
-                org,
-                self.orgs[org].region,
-                t,
-                f"settlement attempt by {org}: the pack was already consumed",
-                json.dumps(refs),
-                "settlement",
-                setl_id,
-                status,
-            )
-        )
+        detail = f"settlement attempt by {org}: the pack was already consumed"
+        region = self.orgs[org].region
+        rows["flags"].append(flag(kind, code, org, region, t, detail, setl_id, status))
 
     # --- driving it -------------------------------------------------------------------
 
@@ -853,10 +856,15 @@ async def seed(
     truncate: bool = False,
     chunk: int = 50_000,
     progress: bool = True,
+    psn_secret: bytes | None = None,
 ) -> dict[str, Any]:
-    """Seed the database at ``url`` and write the manifest; return a summary."""
+    """Seed the database at ``url`` and write the manifest; return a summary. Settlements
+    are hashed with ``psn_secret``, by default the one the service reads from its
+    environment (``TRACE_PSN_SECRET``)."""
     started = time.perf_counter()
-    seeder = Seeder(codes, seed_value, pool_codes, datetime.now(UTC).replace(microsecond=0))
+    now = datetime.now(UTC).replace(microsecond=0)
+    secret = Settings.from_env().psn_secret if psn_secret is None else psn_secret
+    seeder = Seeder(codes, seed_value, pool_codes, now, secret)
     seeder.build_registry()
     conn = await asyncpg.connect(url)
     try:

@@ -5,18 +5,14 @@ What is measured
 
     * service: ``POST /v1/events`` with ONE ``commission`` event of B fresh CN20 codes,
       then ONE ``ship`` event of the same B codes from M1 to D1. The time is the wall
-      time of the request seen by the client (a persistent ``httpx.Client``; the JSON
-      body is encoded before the clock starts). Event times increase and lie in the
+      time of the request seen by the client (a persistent ``httpx.AsyncClient``; the
+      JSON body is encoded before the clock starts). Event times increase and lie in the
       past, so the service takes its in-order path (no replay).
-    * baseline: one asyncpg connection doing the writes the service does for the same
-      batch, on another range of codes, one transaction per batch: for commission an
-      ``events`` row, B ``codes`` rows (``INSERT ... SELECT * FROM unnest(...)``, the
-      columns and values of ``service/store/codes.py`` ``insert_new``) and B
-      ``event_codes`` rows (COPY); for ship an ``events`` row, ``UPDATE codes ... FROM
-      unnest(...)`` of B rows (as ``update``) and B ``event_codes`` rows (COPY). The
-      time includes building the parameter arrays in Python. The baseline reads
-      nothing: the service's row locks, registry look-ups, HTTP, JSON and validation
-      are what the ratio prices.
+    * baseline: the same process calls the service's own use case,
+      ``service.usecases.events.ingest`` (through ``benchkit.baseline``), with the same
+      event on another range of codes, on an asyncpg pool of one connection: the same
+      work without HTTP, JSON and validation. The time includes building the event
+      value. HTTP, JSON decoding, validation and code parsing are what the ratio prices.
 
     codes/s = B / seconds. The table gives medians over all rounds (nothing discarded)
     and the ratio service / baseline. One unmeasured 100-code warm-up runs first on
@@ -36,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -55,41 +50,23 @@ from typing import Any
 import asyncpg
 import httpx
 
-from service.localrun import create_admin_key, free_port, start_service, stop_service
+from benchkit import baseline, localrun
+from benchkit.api import AMOXICILLIN, Org, event, register
+from benchkit.codes import cn20
+from benchkit.stats import cpu_model
+from service.core.events import Incoming
+from service.store.db import create_pool
 
-PRODUCT = "8123456"
-MANUFACTURER = "M1"
-DISTRIBUTOR = "D1"
-LOT = "BENCH1"
-EXPIRY = date(2030, 12, 31)
-PRODUCED = date(2025, 1, 15)
-PACK_UNITS = 24
+PRODUCT = AMOXICILLIN.product_id
+MANUFACTURER = Org(AMOXICILLIN.manufacturer, "manufacturer", "450100")
+DISTRIBUTOR = Org("D1", "distributor", "450100")
 WARM_UP = 100
-
-# The columns of a ``codes`` row, as service/store/codes.py writes them.
-CODE_COLUMNS = (
-    "code, kind, product_id, commissioned, commissioned_by, commission_event, lot, expiry, "
-    "produced, parent, state, custodian, destination, pack_units, units_left, recalled, last_at"
+# What is measured, in this order: each operation's own event fields (the same names in
+# the API's JSON and in service.core.events.Incoming).
+OPERATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("commission", {"lot": "BENCH1", "expiry": date(2030, 12, 31), "produced": date(2025, 1, 15)}),
+    ("ship", {"to": DISTRIBUTOR.id}),
 )
-CODE_ARRAYS = (
-    "$1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::uuid[], $7::text[], "
-    "$8::date[], $9::date[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], "
-    "$15::int4[], $16::bool[], $17::timestamptz[]"
-)
-INSERT_EVENT = """
-    INSERT INTO events (event_id, type, at, org, to_org, lot, expiry, produced, code_count)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (event_id) DO NOTHING RETURNING event_id"""
-INSERT_CODES = f"""
-    WITH ins AS (
-        INSERT INTO codes ({CODE_COLUMNS}) SELECT * FROM unnest({CODE_ARRAYS})
-        ON CONFLICT (code) DO NOTHING RETURNING 1)
-    SELECT count(*) FROM ins"""  # noqa: S608
-UPDATE_CODES = f"""
-    UPDATE codes SET {", ".join(f"{c} = n.{c}" for c in CODE_COLUMNS.split(", ")[1:])},
-                     updated_at = now()
-    FROM unnest({CODE_ARRAYS}) AS n({CODE_COLUMNS})
-    WHERE codes.code = n.code"""  # noqa: S608
 
 
 @dataclass
@@ -121,215 +98,92 @@ class Serials:
         self.next = first
 
     def take(self, n: int) -> list[str]:
-        codes = [f"{PRODUCT}{s:013d}" for s in range(self.next, self.next + n)]
+        codes = [cn20(PRODUCT, s) for s in range(self.next, self.next + n)]
         self.next += n
         return codes
 
 
-# --- servers ------------------------------------------------------------------------
+# --- the two sides -----------------------------------------------------------------
 
 
-# --- the service side ---------------------------------------------------------------
-
-
-def call(client: httpx.Client, key: str, path: str, body: dict[str, Any]) -> Any:
-    resp = client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
-    if resp.status_code not in (200, 201):
-        raise RuntimeError(f"POST {path}: {resp.status_code} {resp.text}")
-    return resp.json()
-
-
-def register(client: httpx.Client, admin: str) -> dict[str, str]:
-    """Orgs M1 and D1, the unit product, and an org key for each org (secret by org)."""
-    for org, kind in ((MANUFACTURER, "manufacturer"), (DISTRIBUTOR, "distributor")):
-        call(client, admin, "/v1/orgs", {"id": org, "name": f"{org} Ltd", "kind": kind, "region": "450100"})
-    product = {
-        "product_id": PRODUCT,
-        "name": "Amoxicillin 0.25g x 24",
-        "med_list_codg": "XJ01CAA040A001010104256",
-        "pack_units": PACK_UNITS,
-        "manufacturer": MANUFACTURER,
-        "regions": ["45"],
-    }
-    call(client, admin, "/v1/products", product)
-    return {
-        org: call(client, admin, "/v1/keys", {"role": "org", "org": org})["secret"]
-        for org in (MANUFACTURER, DISTRIBUTOR)
-    }
-
-
-def service_batch(client: httpx.Client, key: str, event: dict[str, Any]) -> float:
+async def service_batch(client: httpx.AsyncClient, key: str, ev: dict[str, Any]) -> float:
     """POST one event; return the seconds the request took. Every code must be taken."""
-    content = json.dumps({"events": [event]}).encode()
+    content = json.dumps({"events": [ev]}).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     started = time.perf_counter()
-    resp = client.post("/v1/events", content=content, headers=headers)
+    resp = await client.post("/v1/events", content=content, headers=headers)
     seconds = time.perf_counter() - started
-    if resp.status_code != 200 or resp.json()["accepted"] != len(event["codes"]):
-        raise RuntimeError(f"{event['type']} of {len(event['codes'])} codes: {resp.status_code} {resp.text}")
+    if resp.status_code != 200 or resp.json()["accepted"] != len(ev["codes"]):
+        raise RuntimeError(f"{ev['type']} of {len(ev['codes'])} codes: {resp.status_code} {resp.text}")
     return seconds
 
 
-def service_commission(client: httpx.Client, key: str, codes: list[str], at: datetime) -> float:
-    event = {
-        "event_id": str(uuid.uuid4()),
-        "type": "commission",
-        "at": at.isoformat(),
-        "org": MANUFACTURER,
-        "codes": codes,
-        "lot": LOT,
-        "expiry": EXPIRY.isoformat(),
-        "produced": PRODUCED.isoformat(),
-    }
-    return service_batch(client, key, event)
-
-
-def service_ship(client: httpx.Client, key: str, codes: list[str], at: datetime) -> float:
-    event = {
-        "event_id": str(uuid.uuid4()),
-        "type": "ship",
-        "at": at.isoformat(),
-        "org": MANUFACTURER,
-        "codes": codes,
-        "to": DISTRIBUTOR,
-    }
-    return service_batch(client, key, event)
-
-
-# --- the baseline: raw asyncpg ------------------------------------------------------
-
-
-def code_columns(
-    codes: list[str], commission_event: uuid.UUID, state: str, destination: str | None, at: datetime
-) -> list[list[Any]]:
-    """The codes rows the service writes for these packs, as column arrays (in
-    service.store.codes.COLUMNS order), built inside the timed part like the service does."""
-    n = len(codes)
-    return [
-        codes,
-        ["cn20"] * n,
-        [c[:7] for c in codes],
-        [True] * n,
-        [MANUFACTURER] * n,
-        [commission_event] * n,
-        [LOT] * n,
-        [EXPIRY] * n,
-        [PRODUCED] * n,
-        [None] * n,
-        [state] * n,
-        [MANUFACTURER] * n,
-        [destination] * n,
-        [PACK_UNITS] * n,
-        [PACK_UNITS] * n,
-        [False] * n,
-        [at] * n,
-    ]
-
-
-async def baseline_commission(
-    conn: asyncpg.Connection, codes: list[str], at: datetime
-) -> tuple[float, uuid.UUID]:
-    """The writes of a commission of ``codes``, timed from building the values to commit.
-    Returns the seconds and the event id (the ship that follows writes it again)."""
-    started = time.perf_counter()
-    event_id = uuid.uuid4()
-    n = len(codes)
-    columns = code_columns(codes, event_id, "commissioned", None, at)
-    links = [(c, at, event_id, b"c") for c in codes]
-    async with conn.transaction():
-        await conn.fetch(
-            INSERT_EVENT, event_id, "commission", at, MANUFACTURER, None, LOT, EXPIRY, PRODUCED, n
-        )
-        inserted = await conn.fetchval(INSERT_CODES, *columns)
-        if inserted != n:
-            raise RuntimeError(f"baseline commission inserted {inserted} of {n} codes")
-        await conn.copy_records_to_table(
-            "event_codes", records=links, columns=("code", "at", "event_id", "role")
-        )
-    return time.perf_counter() - started, event_id
-
-
-async def baseline_ship(
-    conn: asyncpg.Connection, codes: list[str], commission_event: uuid.UUID, at: datetime
+async def baseline_batch(
+    pool: asyncpg.Pool, type_: str, codes: list[str], at: datetime, fields: dict[str, Any]
 ) -> float:
-    """The writes of a ship of ``codes`` (commissioned by ``commission_event``) to D1."""
+    """The same event through the service's ingest use case; the seconds it took,
+    building the event value included. Every code must be taken."""
     started = time.perf_counter()
-    event_id = uuid.uuid4()
-    n = len(codes)
-    columns = code_columns(codes, commission_event, "in_transit", DISTRIBUTOR, at)
-    links = [(c, at, event_id, b"c") for c in codes]
-    async with conn.transaction():
-        await conn.fetch(INSERT_EVENT, event_id, "ship", at, MANUFACTURER, DISTRIBUTOR, None, None, None, n)
-        status = await conn.execute(UPDATE_CODES, *columns)
-        if status != f"UPDATE {n}":
-            raise RuntimeError(f"baseline ship: {status}, expected UPDATE {n}")
-        await conn.copy_records_to_table(
-            "event_codes", records=links, columns=("code", "at", "event_id", "role")
-        )
-    return time.perf_counter() - started
+    incoming = Incoming(uuid.uuid4(), type_, at, MANUFACTURER.id, tuple(codes), **fields)
+    accepted = await baseline.ingest(pool, [incoming])
+    seconds = time.perf_counter() - started
+    if accepted != len(codes):
+        raise RuntimeError(f"baseline {type_}: {accepted} of {len(codes)} codes accepted")
+    return seconds
 
 
 # --- the run ------------------------------------------------------------------------
 
 
-def one_round(
-    client: httpx.Client,
+async def one_round(
+    client: httpx.AsyncClient,
     key: str,
-    conn: asyncpg.Connection,
-    loop: asyncio.Runner,
+    pool: asyncpg.Pool,
     codes: tuple[list[str], list[str]],
     clock: Clock,
 ) -> list[tuple[str, str, float]]:
     """Commission then ship one batch through the service and another through the
     baseline, interleaved so both see the same machine noise. (operation, side, seconds)."""
     ours, theirs = codes
-    results = [("commission", "service", service_commission(client, key, ours, clock.tick()))]
-    seconds, commission_event = loop.run(baseline_commission(conn, theirs, clock.tick()))
-    results.append(("commission", "baseline", seconds))
-    results.append(("ship", "service", service_ship(client, key, ours, clock.tick())))
-    seconds = loop.run(baseline_ship(conn, theirs, commission_event, clock.tick()))
-    results.append(("ship", "baseline", seconds))
+    results = []
+    for op, fields in OPERATIONS:
+        ev = event(op, MANUFACTURER.id, ours, clock.tick(), **fields)
+        results.append((op, "service", await service_batch(client, key, ev)))
+        results.append((op, "baseline", await baseline_batch(pool, op, theirs, clock.tick(), fields)))
     return results
 
 
-def run(args: argparse.Namespace, database_url: str, workdir: Path) -> tuple[Timings, str]:
+async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> tuple[Timings, str]:
     """Start the service and run both workloads; return the timings and the PostgreSQL version."""
     timings = Timings()
     clock = Clock()
     env = dict(os.environ, TRACE_DATABASE_URL=database_url, TRACE_DATA_DIR=str(workdir / "data"))
-    with asyncio.Runner() as loop:
-        conn: asyncpg.Connection = loop.run(asyncpg.connect(database_url))
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            pg_version: str = await conn.fetchval("SHOW server_version")
+            last = await conn.fetchval("SELECT max(code) FROM codes WHERE code LIKE $1", f"{PRODUCT}%")
+        serials = Serials(int(last[7:]) + 1 if last else 1)
+        port = localrun.free_port()
+        server = localrun.start_service(env, port, workdir / "service.log", workers=args.workers)
         try:
-            pg_version: str = loop.run(conn.fetchval("SHOW server_version"))
-            last = loop.run(conn.fetchval("SELECT max(code) FROM codes WHERE code LIKE $1", f"{PRODUCT}%"))
-            serials = Serials(int(last[7:]) + 1 if last else 1)
-            port = free_port()
-            server = start_service(env, port, workdir / "service.log", workers=args.workers)
-            try:
-                admin = create_admin_key(env)
-                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-                    m1 = register(client, admin)[MANUFACTURER]
-                    pair = (serials.take(WARM_UP), serials.take(WARM_UP))
-                    one_round(client, m1, conn, loop, pair, clock)  # warm-up, not measured
-                    for size in args.batches:
-                        for r in range(args.rounds):
-                            pair = (serials.take(size), serials.take(size))
-                            for op, side, seconds in one_round(client, m1, conn, loop, pair, clock):
-                                timings.add(side, op, size, seconds)
-                            print(f"batch {size}: round {r + 1}/{args.rounds} done", file=sys.stderr)
-            finally:
-                stop_service(server)
+            admin = localrun.create_admin_key(env)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+                keys = await register(client, admin, [MANUFACTURER, DISTRIBUTOR], [AMOXICILLIN])
+                m1 = keys[MANUFACTURER.id]
+                pair = (serials.take(WARM_UP), serials.take(WARM_UP))
+                await one_round(client, m1, pool, pair, clock)  # warm-up, not measured
+                for size in args.batches:
+                    for r in range(args.rounds):
+                        pair = (serials.take(size), serials.take(size))
+                        for op, side, seconds in await one_round(client, m1, pool, pair, clock):
+                            timings.add(side, op, size, seconds)
+                        print(f"batch {size}: round {r + 1}/{args.rounds} done", file=sys.stderr)
         finally:
-            loop.run(conn.close())
+            localrun.stop_service(server)
+    finally:
+        await pool.close()
     return timings, pg_version
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def report(args: argparse.Namespace, timings: Timings, pg_version: str) -> str:
@@ -371,31 +225,15 @@ def main() -> int:
     p.add_argument("--database-url", default=None, help="use this database instead of a throwaway one")
     args = p.parse_args()
 
-    database_url = args.database_url
-    if database_url is None:
-        from service.embedded import start_postgres
-
-        # stopped and deleted at exit, after the service has stopped
-        database_url = start_postgres(Path(tempfile.mkdtemp(prefix="tracecode-bench-pg-")), throwaway=True)
-    with asyncio.Runner() as loop:
-        loop.run(migrate(database_url))
+    database_url = args.database_url or localrun.throwaway_postgres()
+    asyncio.run(localrun.migrate(database_url))
     workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-"))
     try:
-        timings, pg_version = run(args, database_url, workdir)
+        timings, pg_version = asyncio.run(run(args, database_url, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(args, timings, pg_version))
     return 0
-
-
-async def migrate(url: str) -> None:
-    from service.store.migrations import migrate as apply
-
-    conn = await asyncpg.connect(url)
-    try:
-        await apply(conn)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

@@ -13,15 +13,11 @@ What is measured
     * service: ``POST /v1/settlements`` with an insurer key, through one
       ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, at most ``--concurrency``
       connections) against ``tracecode serve --workers W``.
-    * baseline: the same process calls the service's own SQL functions
-      (``service.store.settlements``/``registry``/``codes``/``sales``) on an asyncpg
-      pool of ``--concurrency`` connections, one transaction per settlement, in the
-      service's order: INSERT settlements (ON CONFLICT DO NOTHING RETURNING), SELECT the
-      org, SELECT ... FOR UPDATE the codes rows in code order, SELECT the products,
-      SELECT the earlier consumptions, COPY the consumptions, UPDATE the codes rows'
-      units_left, UPDATE the settlement's response. What the service adds on top is what
-      the ratio prices: HTTP, the API-key look-up, JSON, validation, code parsing and
-      judging.
+    * baseline: the same process calls the service's own use case,
+      ``service.usecases.settlements.settle`` (through ``benchkit.baseline``), with the
+      same claim on an asyncpg pool of ``--concurrency`` connections: the same work
+      without HTTP, JSON and validation. What the service adds on top is what the ratio
+      prices: HTTP, the API-key look-up, JSON decoding and validation.
 
     Two modes, each on both sides, each ``--seconds`` long in total, measured in
     ``--rounds`` alternating slices (service, baseline, baseline, service, ...) so both
@@ -59,8 +55,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -76,24 +70,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
 
 import asyncpg
 import httpx
 
-from service.localrun import create_admin_key, free_port, start_service, stop_service
-from service.store import codes as code_store
-from service.store import registry
-from service.store import sales as sale_store
-from service.store import settlements as setl_store
+from benchkit import baseline, localrun
+from benchkit.api import AMOXICILLIN, Org, claim_body, event, post, register
+from benchkit.codes import cn20
+from benchkit.stats import cpu_model, percentile
+from service.core.settlement import Claim, Line
 from service.store.db import create_pool
 
-PRODUCT = "8123456"
-CODG = "XJ01CAA040A001010104256"
-PACK_UNITS = 24
-MANUFACTURER = "M1"
-PHARMACY = "P1"
-PHARMACY_REGION = "450103"
+PRODUCT = AMOXICILLIN.product_id
+PACK_UNITS = AMOXICILLIN.pack_units
+MANUFACTURER = Org(AMOXICILLIN.manufacturer, "manufacturer", "450100")
+PHARMACY = Org("P1", "pharmacy", "450103")
 LOT = "BENCH1"
 EXPIRY = date(2030, 12, 31)
 PRODUCED = date(2025, 1, 15)
@@ -103,43 +94,10 @@ WARM_UP_SECONDS = 2.0
 PSN_SECRET = "bench-settle-secret"  # noqa: S105 (a throwaway database's HMAC key)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-Settle = Callable[["Sale"], Awaitable[str | None]]  # None when accepted, else why not
+Settle = Callable[[Claim], Awaitable[str | None]]  # None when accepted, else why not
 
 
 # --- the workload -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sale:
-    """One claim of one line, and the units it must take from each code."""
-
-    setl_id: str
-    psn_no: str
-    at: datetime
-    codes: tuple[str, ...]
-    quantity: int
-    split: bool
-    takes: tuple[tuple[str, int], ...]
-
-    def body(self) -> bytes:
-        return json.dumps(
-            {
-                "setl_id": self.setl_id,
-                "org": PHARMACY,
-                "psn_no": self.psn_no,
-                "at": self.at.isoformat(),
-                "mode": "settle",
-                "lines": [
-                    {
-                        "line_no": 1,
-                        "med_list_codg": CODG,
-                        "quantity": self.quantity,
-                        "split": self.split,
-                        "codes": list(self.codes),
-                    }
-                ],
-            }
-        ).encode()
 
 
 class OutOfStock(Exception):
@@ -166,7 +124,7 @@ class Sales:
         self._next += n
         return codes
 
-    def next(self, slot: int) -> Sale:
+    def next(self, slot: int) -> Claim:
         rng = self._rng
         if rng.random() < 0.2:
             quantity = rng.randint(1, 10)
@@ -175,20 +133,19 @@ class Sales:
                 opened = (self._fresh(1)[0], PACK_UNITS)
             code, left = opened
             self._opened[slot] = (code, left - quantity) if left > quantity else None
-            codes, split, takes = [code], True, [(code, quantity)]
+            codes, split = [code], True
         else:
             packs = rng.choices((1, 2, 3), weights=(70, 22, 8))[0]
             codes = self._fresh(packs)
-            quantity, split, takes = PACK_UNITS * packs, False, [(c, PACK_UNITS) for c in codes]
+            quantity, split = PACK_UNITS * packs, False
         self.made += 1
-        return Sale(
+        return Claim(
             setl_id=f"BENCH-{self._side}-{self._tag}-{self.made}",
+            org=PHARMACY.id,
             psn_no=f"450103{rng.randrange(10**12):012d}",
             at=datetime.now(UTC),
-            codes=tuple(codes),
-            quantity=quantity,
-            split=split,
-            takes=tuple(takes),
+            mode="settle",
+            lines=(Line(1, AMOXICILLIN.med_list_codg, quantity, split, tuple(codes)),),
         )
 
 
@@ -196,8 +153,8 @@ class Sales:
 
 
 def service_side(client: httpx.AsyncClient) -> Settle:
-    async def settle(sale: Sale) -> str | None:
-        resp = await client.post("/v1/settlements", content=sale.body())
+    async def settle(claim: Claim) -> str | None:
+        resp = await client.post("/v1/settlements", content=json.dumps(claim_body(claim)).encode())
         if resp.status_code != 200:
             return f"HTTP {resp.status_code}: {resp.text[:300]}"
         decision = resp.json().get("decision")
@@ -206,76 +163,12 @@ def service_side(client: httpx.AsyncClient) -> Settle:
     return settle
 
 
-class Refused(Exception):
-    """The baseline found the codes in a state the service would not accept."""
-
-
 def baseline_side(pool: asyncpg.Pool, secret: bytes) -> Settle:
-    """The service's settlement transaction through its own store functions, without
-    HTTP, authentication, JSON decoding, validation or judging."""
+    """The service's settlement use case on the same claim, without HTTP, JSON or validation."""
 
-    async def settle(sale: Sale) -> str | None:
-        body = sale.body()  # the service hashes the request body; so does the baseline
-        psn_hash = hmac.new(secret, sale.psn_no.encode(), hashlib.sha256).digest()
-        body_hash = hmac.new(secret, b"settlement\x00" + body, hashlib.sha256).digest()
-        codes = sorted(sale.codes)
-        request = {
-            "setl_id": sale.setl_id,
-            "org": PHARMACY,
-            "psn_hash": psn_hash.hex(),
-            "at": sale.at.isoformat(),
-            "mode": "settle",
-            "lines": [
-                {
-                    "line_no": 1,
-                    "med_list_codg": CODG,
-                    "quantity": sale.quantity,
-                    "split": sale.split,
-                    "codes": list(sale.codes),
-                }
-            ],
-        }
-        try:
-            async with pool.acquire() as proxy, proxy.transaction():
-                conn = cast(asyncpg.Connection, proxy)
-                fresh = await setl_store.claim(
-                    conn,
-                    setl_id=sale.setl_id,
-                    org=PHARMACY,
-                    psn_hash=psn_hash,
-                    at=sale.at,
-                    body_hash=body_hash,
-                    request=request,
-                )
-                if not fresh:
-                    raise Refused(f"settlement {sale.setl_id} exists")
-                org = await registry.get_org(conn, PHARMACY)
-                states = await code_store.lock(conn, codes)
-                product_ids = sorted({s.product_id for s in states.values() if s.product_id})
-                products = await registry.get_products(conn, product_ids)
-                earlier = await setl_store.earlier_sales(conn, codes)
-                if org is None or len(states) != len(codes) or PRODUCT not in products:
-                    raise Refused("unknown org, code or product")
-                for code, units in sale.takes:
-                    state = states[code]
-                    if (state.units_left or 0) < units or (not sale.split and earlier.get(code)):
-                        raise Refused(f"{code}: {state.units_left} units left, {units} wanted")
-                    state.units_left = (state.units_left or 0) - units
-                await sale_store.record(
-                    conn,
-                    [(c, sale.setl_id, sale.setl_id, None, PHARMACY, sale.at, u) for c, u in sale.takes],
-                )
-                await code_store.update(conn, [states[c] for c, _ in sale.takes])
-                response = {
-                    "setl_id": sale.setl_id,
-                    "decision": "accepted",
-                    "lines": [{"line_no": 1, "payable": True, "reasons": [], "units": sale.quantity}],
-                    "flags": [],
-                }
-                await setl_store.answer(conn, sale.setl_id, response, "accepted")
-        except Refused as exc:
-            return str(exc)
-        return None
+    async def settle(claim: Claim) -> str | None:
+        decision = await baseline.settle(pool, claim, secret)
+        return None if decision == "accepted" else f"decision {decision}"
 
     return settle
 
@@ -311,16 +204,14 @@ class Result:
         return self.accepted / self.elapsed if self.elapsed else 0.0
 
     def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile of the latencies, in milliseconds."""
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        """Nearest-rank percentile of the latencies, in milliseconds (NaN when none)."""
+        value = percentile(self.latencies, q)
+        return math.nan if value is None else 1000 * value
 
 
-async def _one(settle: Settle, sale: Sale, since: float, result: Result) -> None:
+async def _one(settle: Settle, claim: Claim, since: float, result: Result) -> None:
     try:
-        error = await settle(sale)
+        error = await settle(claim)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     result.latencies.append(time.perf_counter() - since)
@@ -337,11 +228,11 @@ async def closed_loop(settle: Settle, sales: Sales, concurrency: int, seconds: f
     async def loop(slot: int) -> None:
         while time.perf_counter() < end:
             try:
-                sale = sales.next(slot)
+                claim = sales.next(slot)
             except OutOfStock:
                 result.out_of_stock = True
                 return
-            await _one(settle, sale, time.perf_counter(), result)
+            await _one(settle, claim, time.perf_counter(), result)
 
     await asyncio.gather(*(loop(slot) for slot in range(concurrency)))
     result.elapsed = time.perf_counter() - start
@@ -359,11 +250,11 @@ async def open_loop(settle: Settle, sales: Sales, rate: float, seconds: float, s
         if delay > 0:
             await asyncio.sleep(delay)
         try:
-            sale = sales.next(i % slots)
+            claim = sales.next(i % slots)
         except OutOfStock:
             result.out_of_stock = True
             break
-        tasks.append(asyncio.create_task(_one(settle, sale, due, result)))
+        tasks.append(asyncio.create_task(_one(settle, claim, due, result)))
     await asyncio.gather(*tasks)
     result.elapsed = time.perf_counter() - start
     return result
@@ -485,38 +376,7 @@ async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
     return result
 
 
-# --- servers and set-up (as scripts/bench_ingest.py) --------------------------------
-
-
-async def post(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> Any:
-    resp = await client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
-    if resp.status_code not in (200, 201):
-        raise RuntimeError(f"POST {path}: {resp.status_code} {resp.text[:1000]}")
-    return resp.json()
-
-
-async def register(client: httpx.AsyncClient, admin: str) -> dict[str, str]:
-    """Orgs M1 and P1, the product, and keys: M1's, P1's and an insurer's (by name)."""
-    orgs = ((MANUFACTURER, "manufacturer", "450100"), (PHARMACY, "pharmacy", PHARMACY_REGION))
-    for org, kind, region in orgs:
-        await post(
-            client, admin, "/v1/orgs", {"id": org, "name": f"{org} Ltd", "kind": kind, "region": region}
-        )
-    product = {
-        "product_id": PRODUCT,
-        "name": "Amoxicillin 0.25g x 24",
-        "med_list_codg": CODG,
-        "pack_units": PACK_UNITS,
-        "manufacturer": MANUFACTURER,
-        "regions": ["45"],
-    }
-    await post(client, admin, "/v1/products", product)
-    keys = {
-        org: (await post(client, admin, "/v1/keys", {"role": "org", "org": org}))["secret"]
-        for org in (MANUFACTURER, PHARMACY)
-    }
-    keys["insurer"] = (await post(client, admin, "/v1/keys", {"role": "insurer"}))["secret"]
-    return keys
+# --- set-up ------------------------------------------------------------------------
 
 
 async def stock(client: httpx.AsyncClient, keys: dict[str, str], codes: list[str], first: datetime) -> None:
@@ -524,26 +384,18 @@ async def stock(client: httpx.AsyncClient, keys: dict[str, str], codes: list[str
     at = first
     for i in range(0, len(codes), STOCK_BATCH):
         batch = codes[i : i + STOCK_BATCH]
-        steps: list[tuple[str, dict[str, Any]]] = [
-            (
-                MANUFACTURER,
-                {
-                    "type": "commission",
-                    "org": MANUFACTURER,
-                    "lot": LOT,
-                    "expiry": EXPIRY.isoformat(),
-                    "produced": PRODUCED.isoformat(),
-                },
-            ),
-            (MANUFACTURER, {"type": "ship", "org": MANUFACTURER, "to": PHARMACY}),
-            (PHARMACY, {"type": "receive", "org": PHARMACY}),
+        mfr, pharmacy = MANUFACTURER.id, PHARMACY.id
+        steps = [
+            (mfr, "commission", {"lot": LOT, "expiry": EXPIRY, "produced": PRODUCED}),
+            (mfr, "ship", {"to": pharmacy}),
+            (pharmacy, "receive", {}),
         ]
-        for key_of, fields in steps:
+        for org, type_, fields in steps:
             at += timedelta(seconds=1)
-            event = {"event_id": str(uuid.uuid4()), "at": at.isoformat(), "codes": batch, **fields}
-            answer = await post(client, keys[key_of], "/v1/events", {"events": [event]})
+            body = {"events": [event(type_, org, batch, at, **fields)]}
+            answer = await post(client, keys[org], "/v1/events", body)
             if answer["accepted"] != len(batch):
-                raise RuntimeError(f"{fields['type']}: {answer['accepted']} of {len(batch)} accepted")
+                raise RuntimeError(f"{type_}: {answer['accepted']} of {len(batch)} accepted")
 
 
 async def settle_down(url: str) -> None:
@@ -554,16 +406,6 @@ async def settle_down(url: str) -> None:
         await conn.execute("VACUUM ANALYZE codes, events, event_codes")
         with contextlib.suppress(asyncpg.PostgresError):  # needs superuser or pg_checkpoint
             await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
-
-
-async def migrate(url: str) -> None:
-    from service.store.migrations import migrate as apply
-
-    conn = await asyncpg.connect(url)
-    try:
-        await apply(conn)
     finally:
         await conn.close()
 
@@ -592,12 +434,12 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
     probe = CpuProbe(server_pid, postmaster)
     first = int(last[7:]) + 1 if last else 1
     n = run.codes_per_side
-    ours = [f"{PRODUCT}{s:013d}" for s in range(first, first + n)]
-    theirs = [f"{PRODUCT}{s:013d}" for s in range(first + n, first + 2 * n)]
+    ours = [cn20(PRODUCT, s) for s in range(first, first + n)]
+    theirs = [cn20(PRODUCT, s) for s in range(first + n, first + 2 * n)]
 
     base_url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as setup:
-        keys = await register(setup, admin)
+        keys = await register(setup, admin, [MANUFACTURER, PHARMACY], [AMOXICILLIN], insurer=True)
         started = time.perf_counter()
         since = datetime.now(UTC) - timedelta(days=1)
         await stock(setup, keys, ours + theirs, since)
@@ -635,14 +477,6 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
         finally:
             await pool.close()
     return run
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def report(args: argparse.Namespace, run: Run, embedded: bool) -> str:
@@ -721,13 +555,8 @@ def main() -> int:
     p.add_argument("--database-url", default=None, help="use this database instead of a throwaway one")
     args = p.parse_args()
 
-    database_url = args.database_url
-    if database_url is None:
-        from service.embedded import start_postgres
-
-        # stopped and deleted at exit, after the service has stopped
-        database_url = start_postgres(Path(tempfile.mkdtemp(prefix="tracecode-bench-pg-")), throwaway=True)
-    asyncio.run(migrate(database_url))
+    database_url = args.database_url or localrun.throwaway_postgres()
+    asyncio.run(localrun.migrate(database_url))
     workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-"))
     env = dict(
         os.environ,
@@ -736,13 +565,13 @@ def main() -> int:
         TRACE_PSN_SECRET=PSN_SECRET,
     )
     try:
-        port = free_port()
-        server = start_service(env, port, workdir / "service.log", workers=args.workers)
+        port = localrun.free_port()
+        server = localrun.start_service(env, port, workdir / "service.log", workers=args.workers)
         try:
-            admin = create_admin_key(env)
+            admin = localrun.create_admin_key(env)
             run = asyncio.run(bench(args, database_url, port, server.pid, admin))
         finally:
-            stop_service(server)
+            localrun.stop_service(server)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(args, run, embedded=args.database_url is None))

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from benchkit.codes import cn20
+from benchkit.localrun import migrate, throwaway_postgres
 from service.core.events import Incoming
 from service.core.settlement import Claim, Line
 from service.store.db import create_pool
-from service.store.migrations import migrate
 from service.usecases import events, settlements
 
 PRODUCT = "8123456"
@@ -37,7 +36,7 @@ SECRET = b"roundtrips"
 
 
 def code(serial: int) -> str:
-    return PRODUCT + str(serial).zfill(13)
+    return cn20(PRODUCT, serial)
 
 
 def event(type_: str, org: str, codes: list[str], minutes: float, **fields: Any) -> Incoming:
@@ -65,13 +64,8 @@ async def setup(pool: asyncpg.Pool) -> None:
 
 
 async def main(database_url: str | None) -> None:
-    if database_url is None:
-        from service.embedded import start_postgres
-
-        database_url = start_postgres(Path(tempfile.mkdtemp(prefix="roundtrips-")), throwaway=True)
-    conn = await asyncpg.connect(database_url)
-    await migrate(conn)
-    await conn.close()
+    database_url = database_url or throwaway_postgres("roundtrips-")
+    await migrate(database_url)
 
     pool = await create_pool(database_url, min_size=1, max_size=1)
     sent: Counter[str] = Counter()
@@ -96,7 +90,8 @@ async def main(database_url: str | None) -> None:
     async def measure(name: str, work: Callable[[], Awaitable[object]]) -> None:
         sent.clear()
         await work()
-        print(f"{name:<58} {sum(sent.values()):>3}  ({', '.join(f'{k} {v}' for k, v in sorted(sent.items()))})")
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(sent.items()))
+        print(f"{name:<58} {sum(sent.values()):>3}  ({kinds})")
 
     async def _ingest(batch: list[Incoming]) -> None:
         result = await events.ingest(pool, batch, [])
@@ -104,11 +99,15 @@ async def main(database_url: str | None) -> None:
 
     lot = {"lot": "L1", "expiry": date(2028, 1, 1)}
     batch = [code(i) for i in range(1, 101)]
-    await measure("ingest: commission 100 codes", lambda: _ingest([event("commission", "M1", batch, 0, **lot)]))
+    await measure(
+        "ingest: commission 100 codes", lambda: _ingest([event("commission", "M1", batch, 0, **lot)])
+    )
     await measure(
         "ingest: ship 100 codes (in order)", lambda: _ingest([event("ship", "M1", batch, 10, to="P1")])
     )
-    await measure("ingest: receive 100 codes (in order)", lambda: _ingest([event("receive", "P1", batch, 20)]))
+    await measure(
+        "ingest: receive 100 codes (in order)", lambda: _ingest([event("receive", "P1", batch, 20)])
+    )
     await measure(
         "ingest: receive 1 code, late (replay)", lambda: _ingest([event("receive", "P1", [code(1)], 15)])
     )

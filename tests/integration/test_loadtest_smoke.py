@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from service.localrun import free_port, start_service, stop_service
+from benchkit.localrun import free_port, start_service, stop_service
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,5 +1,6 @@
-"""Run ``tracecode serve`` as a child process on this machine, for the benchmarks and
-the tests that need a real server (several workers, a real port)."""
+"""Servers on this machine for the benchmarks and the tests that need real ones:
+``tracecode serve`` as a child process (several workers, a real port), a throwaway
+embedded PostgreSQL, and the service's own migrations applied to it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import asyncpg
+
+from service.store.migrations import migrate as apply_migrations
 
 TRACECODE = Path(sys.executable).parent / "tracecode"
 
@@ -74,3 +80,21 @@ def create_admin_key(env: dict[str, str]) -> str:
         check=True,
     )
     return done.stdout.strip().splitlines()[-1]
+
+
+def throwaway_postgres(prefix: str = "tracecode-bench-pg-") -> str:
+    """Start an embedded PostgreSQL in a new temporary folder; return its URL. It is
+    stopped and the folder deleted at exit (after a service started later has stopped)."""
+    from service.embedded import start_postgres
+
+    return start_postgres(Path(tempfile.mkdtemp(prefix=prefix)), throwaway=True)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the service's migrations (``service.store.migrations``) to the database at
+    ``url``; return the names applied now."""
+    conn = await asyncpg.connect(url)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
