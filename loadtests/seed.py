@@ -644,7 +644,8 @@ class Seeder:
                     lot,
                     expiry,
                     produced,
-                    parent,
+                    # a pack sold on its own leaves its case (the service's implicit unpack)
+                    parent if fate == SHELF else None,
                     "received",
                     org,
                     None,
