@@ -279,6 +279,9 @@ class World:
         Decided before the fact changes anything, so the order of its codes does not
         matter."""
         named = set(fact.codes)
+        # Ingest's incremental step loads only the named codes and everything ever packed
+        # inside them. A named container above a code is among them, with every container
+        # in between, so a walk up that stops at a container not loaded has found none.
         return {c for c in named if self._parent(c) is not None and not self._inside(c, named)}
 
     def _parent(self, code: str) -> str | None:
