@@ -692,7 +692,9 @@ class Seeder:
             elif rng.random() < self.p_stock:
                 self.pools.add(self.pools.stock, org, c, 1)
             batch = (lot, expiry, produced)
-            rows["codes"].append(pack(c, product, eid, batch, parent, "received", org, None, left, last))
+            # a pack sold on its own leaves its case (the service's implicit unpack)
+            inside = parent if fate == SHELF else None
+            rows["codes"].append(pack(c, product, eid, batch, inside, "received", org, None, left, last))
             if rng.random() < self.p_history:
                 self.pools.history.append(c)
         # sales of 1-3 whole packs; a code's last_at becomes its sale time

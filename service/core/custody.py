@@ -31,6 +31,9 @@ EVENT_TYPES = tuple(TYPE_RANK)
 # A settlement is not an event, but a replay re-judges the custody suspicions it raised
 # (see Fact.settlement) at its own time, ordered like a dispense.
 TYPE_RANK["settle"] = TYPE_RANK["dispense"]
+# Moves of a single pack that take it out of its case when the case is not moved with it
+# (warehouses and pharmacies pick packs out of a case without scanning an unpack).
+IMPLICIT_UNPACK = frozenset({"ship", "receive", "dispense", "return", "destroy"})
 EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
 # Custody states (what the fold decides). "dispensed" is not one of them: it is read
@@ -163,13 +166,16 @@ class World:
 
     ``pack_units`` gives the units of a newly commissioned pack by product id;
     ``applied`` records, per code, the facts that reached it and through which
-    container (None when the fact named the code itself).
+    container (None when the fact named the code itself); ``left`` records, per code
+    and fact, the container the code left when that fact named it on its own (an
+    implicit unpack, see :meth:`apply`). Both are kept only with ``record``.
     """
 
     states: dict[str, CodeState]
     pack_units: Mapping[str, int] = field(default_factory=dict)
     children: dict[str, set[str]] = field(default_factory=dict)
     applied: dict[str, list[tuple[Fact, str | None]]] = field(default_factory=dict)
+    left: dict[tuple[str, UUID], str] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     record: bool = False
     suspicions: list[Suspicion] = field(default_factory=list)
@@ -211,6 +217,13 @@ class World:
             s.parent = None
 
     def apply(self, fact: Fact) -> None:
+        """Apply one fact (callers apply facts in sort_key order).
+
+        A ship, receive, dispense, return or destroy that names a code inside a
+        container, but not that container nor any container around it, takes the code
+        out of its direct container first (an implicit unpack): the container's later
+        moves no longer carry it. What the code itself contains stays inside it, and the
+        container it left stays where it was (in its own pallet, say)."""
         kind = fact.type
         if kind == "settle":
             for code in fact.codes:
@@ -227,10 +240,16 @@ class World:
                 container.state = COMMISSIONED
                 container.custodian = fact.org
             self._touch(container, fact, None)
+        loose = self._picked(fact) if kind in IMPLICIT_UNPACK else set()
         for code in fact.codes:
             s = self.get(code, fact.at)
             if kind != "commission":
                 self._suspect(s, fact)
+            if code in loose:
+                assert s.parent is not None
+                if self.record:
+                    self.left[code, fact.event_id] = s.parent
+                self._detach(s)
             if kind == "commission":
                 self._commission(s, fact)
             elif kind == "pack":
@@ -247,6 +266,32 @@ class World:
                     self._touch(t, fact, via)
             else:
                 self._touch(s, fact, None)
+
+    def _picked(self, fact: Fact) -> set[str]:
+        """The codes the fact names that sit in a container which the fact names
+        neither itself nor through a container around it: they were picked out of it.
+        Decided before the fact changes anything, so the order of its codes does not
+        matter."""
+        named = set(fact.codes)
+        # Ingest's incremental step loads only the named codes and everything ever packed
+        # inside them. A named container above a code is among them, with every container
+        # in between, so a walk up that stops at a container not loaded has found none.
+        return {c for c in named if self._parent(c) is not None and not self._inside(c, named)}
+
+    def _parent(self, code: str) -> str | None:
+        s = self.states.get(code)
+        return s.parent if s is not None else None
+
+    def _inside(self, code: str, containers: set[str]) -> bool:
+        """Some container around ``code``, at any depth, is one of ``containers``."""
+        seen = {code}
+        parent = self._parent(code)
+        while parent is not None and parent not in seen:  # a malformed cycle must not loop
+            if parent in containers:
+                return True
+            seen.add(parent)
+            parent = self._parent(parent)
+        return False
 
     def _suspect(self, s: CodeState, fact: Fact) -> None:
         """Judge a named code as the fact finds it, before the fact changes it: activity

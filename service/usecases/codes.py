@@ -79,6 +79,21 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
     events = []
     for fact, via in applied:
         d = details[fact.event_id]
+        left = world.left.get((code, fact.event_id))
+        if left is not None:
+            # the move named the pack on its own, out of its case: show that unpack,
+            # under the move's event id (no unpack event was scanned)
+            events.append(
+                {
+                    "event_id": fact.event_id,
+                    "type": "unpack",
+                    "implicit": True,
+                    "at": d["at"],
+                    "org": d["org"],
+                    "parent": left,
+                    "received_at": d["received_at"],
+                }
+            )
         item: dict[str, Any] = {
             "event_id": fact.event_id,
             "type": d["type"],

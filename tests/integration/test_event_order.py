@@ -23,7 +23,10 @@ _serials = itertools.count(1)
 def _scenario(draw: st.DrawFn) -> list[dict[str, Any]]:
     """A legitimate journey: commission, pack into cases (maybe a pallet), ship and
     receive through one or two distributors to a pharmacy, with unpacks, single-unit
-    moves and a destroy along the way. Codes are placeholders u0.., c0.., p0."""
+    moves and a destroy along the way. Packs are often picked out of their case without
+    an unpack scan (a distributor sends one straight to the pharmacy; the pharmacy
+    sells, destroys or passes one on), and the case may then move on without them.
+    Codes are placeholders u0.., c0.., p0."""
     n_units = draw(st.integers(2, 6))
     n_cases = draw(st.integers(1, 2))
     units = [f"u{i}" for i in range(n_units)]
@@ -53,6 +56,7 @@ def _scenario(draw: st.DrawFn) -> list[dict[str, Any]]:
         top = ["p0"]
     hops = [*["D1", "D2"][: draw(st.integers(1, 2))], "P1"]
     holder = "M1"
+    picked = False
     for hop in hops:
         add("ship", holder, top, to=hop)
         add("receive", hop, top, **({"from": holder} if draw(st.booleans()) else {}))
@@ -60,16 +64,36 @@ def _scenario(draw: st.DrawFn) -> list[dict[str, Any]]:
         if top == ["p0"] and draw(st.booleans()):
             add("unpack", holder, cases, parent="p0")
             top = cases
+        if hop != "P1" and not picked and draw(st.booleans()):
+            # a distributor sends one pack from a case straight on, with no unpack scan
+            picked = True
+            add("ship", holder, [units[-1]], to="P1")
+            add("receive", "P1", [units[-1]])
+    # packs picked out of a case and sent on: their holders may sell them in the end
+    sent = [("P1", units[-1])] if picked else []
     if draw(st.booleans()):
         loose = units[0]
-        add("unpack", holder, [loose], parent=cases[0])
-        ending = draw(st.sampled_from(["keep", "destroy", "dispense", "dispense and return"]))
+        if draw(st.booleans()):
+            add("unpack", holder, [loose], parent=cases[0])
+        # otherwise picked with no unpack scan: the move below takes it out of its case
+        ending = draw(st.sampled_from(["keep", "destroy", "dispense", "dispense and return", "send"]))
         if ending == "destroy":
             add("destroy", holder, [loose])
         elif ending.startswith("dispense"):
             add("dispense", holder, [loose], quantity=draw(st.integers(1, 24)))
             if ending.endswith("return"):
                 add("return", holder, [loose])
+        elif ending == "send":
+            add("ship", holder, [loose], to="H1")
+            add("receive", "H1", [loose])
+            sent.append(("H1", loose))
+    if draw(st.booleans()):
+        # the rest goes back to a distributor, without the packs picked from it
+        add("ship", holder, top, to="D1")
+        add("receive", "D1", top)
+    for org, pack in sent:
+        if draw(st.booleans()):  # not a DIVERSION: the case did not take the pack along
+            add("dispense", org, [pack], quantity=draw(st.integers(1, 24)))
     return events
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -85,5 +86,101 @@ def test_incremental_then_replay_equals_the_fold_in_order(order: list[int], spli
     again = replay(shuffled, keep=first.states, pack_units={"8123456": 24})
     expected = replay(JOURNEY, keep={}, pack_units={"8123456": 24})
     assert {c: s.custody() for c, s in again.states.items()} == {
+        c: s.custody() for c, s in expected.states.items()
+    }
+
+
+UNIT_C = "81234560000000000035"
+# M packs three units into a case and the case goes M -> D1 -> P1 (no pallet).
+CASE_JOURNEY = [
+    fact("commission", "M1", (UNIT_A, UNIT_B, UNIT_C), 0, 101, lot="L1"),
+    fact("pack", "M1", (UNIT_A, UNIT_B, UNIT_C), 1, 102, parent=CASE),
+    fact("ship", "M1", (CASE,), 2, 103, to="D1"),
+    fact("receive", "D1", (CASE,), 3, 104),
+    fact("ship", "D1", (CASE,), 4, 105, to="P1"),
+    fact("receive", "P1", (CASE,), 5, 106),
+]
+# P1 picks UNIT_A out of the case without scanning an unpack and sends it to G1; then
+# the case goes back to D1.
+PICK = [
+    fact("ship", "P1", (UNIT_A,), 6, 107, to="G1"),
+    fact("receive", "G1", (UNIT_A,), 7, 108),
+    fact("ship", "P1", (CASE,), 8, 109, to="D1"),
+]
+
+
+def test_a_code_moved_on_its_own_leaves_its_container() -> None:
+    world = replay([*CASE_JOURNEY, *PICK], keep={}, pack_units={"8123456": 24}, record=True)
+    picked = world.states[UNIT_A]
+    assert (picked.state, picked.custodian, picked.parent) == ("received", "G1", None)
+    for unit in (UNIT_B, UNIT_C):  # the rest of the case went back to D1
+        s = world.states[unit]
+        assert (s.state, s.destination, s.parent) == ("in_transit", "D1", CASE)
+    assert world.children[CASE] == {UNIT_B, UNIT_C}
+    assert world.left == {(UNIT_A, uuid.UUID(int=107)): CASE}  # the ship to G1 took it out
+    assert [f.event_id.int for f, _ in world.applied[UNIT_A]][-2:] == [107, 108]  # not 109
+    # G1 now holds it: settling it there is nothing suspicious
+    settle = Fact.settlement("S1", T0 + timedelta(minutes=9), "G1", UNIT_A)
+    world.apply(settle)
+    assert world.suspicions == []
+
+
+def test_each_move_type_picks_a_pack_out_of_its_case() -> None:
+    for type_ in ("ship", "receive", "dispense", "return", "destroy"):
+        move = fact(type_, "P1", (UNIT_A,), 6, 107, **({"to": "G1"} if type_ == "ship" else {}))
+        world = replay([*CASE_JOURNEY, move], keep={}, pack_units={})
+        assert world.states[UNIT_A].parent is None, type_
+        assert world.states[UNIT_B].parent == CASE, type_
+
+
+def test_a_code_named_with_its_container_stays_inside_it() -> None:
+    both = fact("ship", "P1", (UNIT_A, CASE), 6, 107, to="G1")  # the unit listed first
+    world = replay([*CASE_JOURNEY, both], keep={}, pack_units={}, record=True)
+    unit = world.states[UNIT_A]
+    assert (unit.state, unit.destination, unit.parent) == ("in_transit", "G1", CASE)
+    assert world.left == {}
+
+
+def test_nested_a_pack_leaves_its_case_and_the_case_stays_on_the_pallet() -> None:
+    on_pallet = JOURNEY[:5]  # the pallet received at D1, the case (UNIT_A, UNIT_B) on it
+    damaged = fact("destroy", "D1", (UNIT_A,), 6, 6)
+    world = replay([*on_pallet, damaged], keep={}, pack_units={}, record=True)
+    assert world.states[UNIT_A].parent is None
+    assert world.left == {(UNIT_A, uuid.UUID(int=6)): CASE}  # its direct container
+    assert (world.states[UNIT_B].parent, world.states[CASE].parent) == (CASE, PALLET)
+    # named together with the pallet two levels up, a pack travels inside both
+    world.apply(fact("ship", "D1", (PALLET, UNIT_B), 7, 7, to="P1"))
+    assert (world.states[UNIT_B].parent, world.states[UNIT_B].destination) == (CASE, "P1")
+    assert world.states[UNIT_A].destination is None  # already out: the pallet left without it
+    assert world.suspicions == []
+
+
+def test_a_case_moved_on_its_own_leaves_its_pallet_with_its_contents() -> None:
+    pallet_journey = JOURNEY[:5]  # the pallet received at D1, the case still on it
+    world = replay([*pallet_journey, fact("ship", "D1", (CASE,), 6, 6, to="P1")], keep={}, pack_units={})
+    assert world.states[CASE].parent is None
+    for unit in (UNIT_A, UNIT_B):
+        assert (world.states[unit].parent, world.states[unit].destination) == (CASE, "P1")
+
+
+@settings(max_examples=200)
+@given(order=st.permutations(range(len(CASE_JOURNEY) + len(PICK))), split=st.integers(0, 9))
+def test_picks_converge_incrementally_and_by_replay(order: list[int], split: int) -> None:
+    """Apply a prefix of the arrival order to the stored states, then either the rest
+    incrementally (when it is all newer, as ingest does) or everything again."""
+    journey = [*CASE_JOURNEY, *PICK]
+    shuffled = [journey[i] for i in order]
+    expected = replay(journey, keep={}, pack_units={"8123456": 24})
+    first = World(states={}, pack_units={"8123456": 24})
+    first.apply_all(shuffled[:split])
+    rest = shuffled[split:]
+    if all(s.last_at < min((f.at for f in rest), default=T0) for s in first.states.values()):
+        # fresh states as the store would hand them back (children rebuilt from parent)
+        stored = {c: copy.copy(s) for c, s in first.states.items()}
+        world = World(states=stored, pack_units={"8123456": 24})
+        world.apply_all(rest)
+    else:
+        world = replay(shuffled, keep=first.states, pack_units={"8123456": 24})
+    assert {c: s.custody() for c, s in world.states.items()} == {
         c: s.custody() for c, s in expected.states.items()
     }

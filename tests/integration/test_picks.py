@@ -1,0 +1,132 @@
+"""A pack picked out of its case without an unpack scan leaves the case: the case's
+later moves do not carry it, and its new holder may settle it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, at, cn20, event, small_world, sscc
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CODG = "XJ01CAA040A001010104256"
+
+
+async def _world(admin: Api) -> dict[str, Any]:
+    """small_world plus a second pharmacy P2 (the ``G`` of the bug report) in region 45,
+    three packs u1-u3 and their case."""
+    w = await small_world(admin)
+    org = {"id": "P2", "name": "P2 Ltd", "kind": "pharmacy", "region": "450103"}
+    await admin.ok("POST", "/v1/orgs", org, 201)
+    w["keys"]["P2"] = await admin.key_for("org", "P2")
+    w["units"] = [cn20(w["unit"], i) for i in range(1, 4)]
+    w["box"] = sscc(1)
+    w["insurer"] = await admin.key_for("insurer")
+    w["investigator"] = await admin.key_for("investigator")
+    return w
+
+
+def _journey(w: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The four steps of the report, as each organisation uploads them."""
+    units, box = w["units"], w["box"]
+    u1 = units[0]
+    return {
+        # 1. M1 -> D1 -> P1, the case with u1-u3 inside
+        "case": [
+            event("commission", "M1", units, 0, lot="L1", expiry="2030-12-31"),
+            event("pack", "M1", units, 1, parent=box),
+            event("ship", "M1", [box], 2, to="D1"),
+            event("receive", "D1", [box], 3, **{"from": "M1"}),
+            event("ship", "D1", [box], 4, to="P1"),
+            event("receive", "P1", [box], 5),
+        ],
+        # 2. P1 picks u1 out of the case (no unpack scan) and ships it to P2
+        "pick": [event("ship", "P1", [u1], 6, to="P2")],
+        "pick_received": [event("receive", "P2", [u1], 7, **{"from": "P1"})],
+        # 3. P1 sends the case on to D1
+        "case_on": [event("ship", "P1", [box], 8, to="D1")],
+    }
+
+
+def _claim(code: str) -> dict[str, Any]:
+    return {
+        "setl_id": "S-PICK-1",
+        "org": "P2",
+        "psn_no": "450103199001011234",
+        "at": at(60),
+        "lines": [{"line_no": 1, "med_list_codg": CODG, "quantity": 24, "codes": [code]}],
+    }
+
+
+async def _post(admin: Api, events: list[dict[str, Any]]) -> None:
+    out = await admin.events(*events)
+    assert out["rejected"] == [], out
+
+
+async def _check_outcome(w: dict[str, Any], journey: dict[str, list[dict[str, Any]]]) -> None:
+    inv, box = w["investigator"], w["box"]
+    u1, u2, u3 = w["units"]
+    # 4. P2 settles u1: it holds the pack, so the line is payable and nothing is flagged
+    answer = await w["insurer"].ok("POST", "/v1/settlements", _claim(u1))
+    assert answer["decision"] == "accepted", answer
+    assert answer["lines"][0]["payable"] is True
+    assert answer["flags"] == []
+
+    history = await inv.ok("GET", f"/v1/codes/{u1}/history")
+    assert (history["state"], history["custodian"], history["container"]) == ("dispensed", "P2", None)
+    pick = journey["pick"][0]["event_id"]
+    shown = [
+        (e["type"], e["event_id"], e.get("implicit"), e.get("parent"), e.get("via"))
+        for e in history["events"]
+    ]
+    assert shown[-3:] == [
+        ("unpack", pick, True, box, None),  # the moment u1 left its case, caused by the ship
+        ("ship", pick, None, None, None),
+        ("receive", journey["pick_received"][0]["event_id"], None, None, None),
+    ]
+    unpack, ship = history["events"][-3:-1]
+    assert (unpack["at"], unpack["org"]) == (ship["at"], "P1")
+    case_on = journey["case_on"][0]["event_id"]
+    assert case_on not in {e["event_id"] for e in history["events"]}  # the case left without it
+    assert [f for f in history["flags"] if f["status"] != "auto_cleared"] == []
+
+    for unit in (u2, u3):  # the rest of the case went on to D1
+        rest = await inv.ok("GET", f"/v1/codes/{unit}/history")
+        assert (rest["state"], rest["destination"], rest["container"]) == ("in_transit", "D1", box)
+        assert rest["events"][-1]["event_id"] == case_on
+        assert rest["events"][-1]["via"] == box
+    case = await inv.ok("GET", f"/v1/codes/{box}/history")
+    assert sorted(case["contents"]) == sorted([u2, u3])
+
+    # a receive uploaded before its ship may have been suspected; the ship explained it
+    diversions = await inv.ok("GET", f"/v1/flags?code={u1}&kind=DIVERSION")
+    assert [f["status"] for f in diversions["items"]] in ([], ["auto_cleared"])
+
+
+async def test_a_pack_picked_out_of_its_case_stays_with_its_new_holder(admin: Api) -> None:
+    """The report's four steps, uploaded in order, each by its organisation."""
+    w = await _world(admin)
+    journey = _journey(w)
+    keys = w["keys"]
+    for e in journey["case"]:
+        await _post(keys[e["org"]], [e])
+    await _post(keys["P1"], journey["pick"])
+    await _post(keys["P2"], journey["pick_received"])
+    picked = await w["investigator"].ok("GET", f"/v1/codes/{w['units'][0]}/history")
+    assert (picked["custodian"], picked["container"]) == ("P2", None)
+    await _post(keys["P1"], journey["case_on"])
+    await _check_outcome(w, journey)
+
+
+async def test_a_pick_uploaded_late_converges_to_the_same(admin: Api) -> None:
+    """P2's receive and then P1's ship of the pick arrive after the case has moved on:
+    the fold is replayed by event time and ends as in order."""
+    w = await _world(admin)
+    journey = _journey(w)
+    await _post(admin, journey["case"])
+    await _post(admin, journey["case_on"])  # u1 goes along with the case to D1, for now
+    await _post(admin, journey["pick_received"])  # a receive by P2 that nothing explains yet
+    await _post(admin, journey["pick"])
+    await _check_outcome(w, journey)
