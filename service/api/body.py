@@ -47,11 +47,12 @@ class StrictJSON(AbstractDTO[T]):
 
     def decode_bytes(self, value: bytes) -> Any:
         try:
-            return self.decoder.decode(value)
+            # an empty body reads as null, as Litestar's own request.json() has it
+            return self.decoder.decode(value or b"null")
         except msgspec.ValidationError as exc:
             raise schema_error(exc) from None
         except msgspec.DecodeError as exc:
-            raise bad_input("body", f"not valid JSON: {exc}") from None
+            raise bad_input("body", str(exc)) from None  # "JSON is malformed: ..."
 
     def decode_builtins(self, value: dict[str, Any]) -> Any:
         raise NotImplementedError("StrictJSON decodes JSON bodies only")

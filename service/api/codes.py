@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -40,7 +41,8 @@ def _org_for(principal: Principal, org: str | None, field: str) -> str:
     return org
 
 
-async def _verify(pool: DbPool, codes: list[str], org: str) -> list[dict[str, Any]]:
+async def _verify(pool: asyncpg.Pool, codes: list[str], org: str) -> list[dict[str, Any]]:
+    """The use case's answers; an unknown organisation is a 400 naming ``org``."""
     try:
         return await usecase.verify_at(pool, codes, org)
     except Invalid as exc:

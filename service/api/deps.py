@@ -41,13 +41,9 @@ def dependencies(state: State) -> dict[str, Provide | Callable[..., Any]]:
     def key_cache() -> KeyCache:
         return state.key_cache  # type: ignore[no-any-return]
 
-    providers: dict[str, Provide | Callable[..., Any]] = {
-        name: Provide(provider, sync_to_thread=False)
-        for name, provider in (
-            ("pool", pool),
-            ("settings", settings),
-            ("feed_wake", feed_wake),
-            ("key_cache", key_cache),
-        )
+    return {
+        "pool": Provide(pool, sync_to_thread=False),
+        "settings": Provide(settings, sync_to_thread=False),
+        "feed_wake": Provide(feed_wake, sync_to_thread=False),
+        "key_cache": Provide(key_cache, sync_to_thread=False),
     }
-    return providers

@@ -16,7 +16,7 @@ from service.api.body import StrictJSON
 from service.api.deps import DbPool, FeedWake
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
-from service.api.schemas import FlagDetailOut, FlagPage
+from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import EARLIEST_YEAR
@@ -102,9 +102,9 @@ class FlagsController(Controller):
             code = parsed.canonical
         query = usecase.FlagQuery(kind, status, org, region, code, since, until)
         page = await usecase.search(pool, query, before_id=_after(cursor) if cursor else None, limit=limit)
-        next_cursor = _cursor(page.next_before) if page.next_before is not None else None
-        return msgspec.convert(
-            {"items": page.items, "next_cursor": next_cursor}, FlagPage, from_attributes=True
+        return FlagPage(
+            items=msgspec.convert(page.items, list[FlagOut], from_attributes=True),
+            next_cursor=_cursor(page.next_before) if page.next_before is not None else None,
         )
 
     @get("/{flag_id:str}", responses=problems(*KEYED, 404))

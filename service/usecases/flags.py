@@ -24,7 +24,7 @@ class FlagQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class FlagPage:
+class Page:
     items: list[dict[str, Any]]
     next_before: int | None  # the flag id the next page starts below; None on the last page
 
@@ -33,7 +33,7 @@ def _shown(flag: dict[str, Any]) -> dict[str, Any]:
     return {**flag, "flag_id": str(flag["flag_id"])}
 
 
-async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None, limit: int) -> FlagPage:
+async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None, limit: int) -> Page:
     """Up to ``limit`` flags, newest first (by id, which only grows), below ``before_id``:
     flags raised while an investigator pages never shift a page."""
     async with pool.acquire() as conn:
@@ -51,7 +51,7 @@ async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None,
         )
     items = rows[:limit]
     more = len(rows) > limit and bool(items)
-    return FlagPage([_shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
+    return Page([_shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
 
 
 async def read(pool: asyncpg.Pool, flag_id: int) -> dict[str, Any] | None:
