@@ -2,15 +2,15 @@
 
 Litestar's own body handling decodes the JSON to Python values and then converts them
 with lax types (it shares that path with query parameters), so "24" would pass for 24.
-A handler names its body's type twice instead, once for the decoder and once for the
-handler::
+A handler names its body's type twice instead, once for the decoder and once for its
+``data`` (a mismatch stops the app at start-up)::
 
     @post("/", dto=StrictJSON[EventsIn])
-    async def submit(self, data: EventsIn) -> EventsOut: ...
+    async def submit(self, data: JSONBody[EventsIn]) -> EventsOut: ...
 
-Litestar then hands the raw body to :meth:`StrictJSON.decode_bytes` and documents the
-Struct as the request body in OpenAPI. This DTO only decodes: it never touches
-responses.
+Litestar then hands the raw body to :meth:`StrictJSON.decode_bytes` (the one decode)
+and documents the Struct as the request body in OpenAPI. This DTO only decodes: it never
+touches responses.
 """
 
 from __future__ import annotations
