@@ -10,17 +10,18 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.config.app import AppConfig
+from litestar.datastructures import State
 from litestar.middleware.base import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 
 from service import metrics
-from service.api import errors
+from service.api import errors, openapi
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
+from service.api.deps import dependencies
 from service.api.events import EventsController
 from service.api.flags import FlagsController
-from service.api.health import HealthController
+from service.api.health import HealthController, MetricsController
 from service.api.investigation import InvestigationController
 from service.api.registry import RegistryController
 from service.api.settlements import SettlementsController
@@ -81,10 +82,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app_name="tracecode", prefix="tracecode", group_path=True, exclude=["/metrics"]
     )
     auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in PUBLIC_PATHS])
+    # the lifespan adds the pool, Redis and the feed's wake-up once they are started
+    state = State({"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds)})
     config = AppConfig(
         route_handlers=[
             HealthController,
-            PrometheusController,
+            MetricsController,
             RegistryController,
             EventsController,
             CodesController,
@@ -96,12 +99,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[errors.plugin()],
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
         lifespan=[_lifespan],
-        openapi_config=OpenAPIConfig(title="Trace-code settlement service", version="1.0.0", path="/schema"),
+        openapi_config=openapi.config(),
+        state=state,
+        dependencies=dependencies(state),
         request_max_body_size=settings.max_body_bytes,
         before_request=errors.refuse_nul_and_bad_text,
         debug=False,
     )
-    app = Litestar.from_config(config)
-    app.state.settings = settings
-    app.state.key_cache = KeyCache(settings.key_cache_seconds)
-    return app
+    return Litestar.from_config(config)

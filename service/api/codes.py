@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter, SkipValidation
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import principal_of, require_org_access, requires
-from service.api.errors import bad_input, problem, strict_body
+from service.api.body import StrictJSON
+from service.api.deps import DbPool
+from service.api.errors import bad_input, problem
+from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
+from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
 from service.core.auth import Principal, Role
 from service.core.codes import try_parse_code
-from service.store import registry
-from service.usecases import codes as code_usecases
+from service.usecases import codes as usecase
+from service.usecases.errors import Invalid
 
 MAX_VERIFY = 1_000
 
@@ -36,47 +41,61 @@ def _org_for(principal: Principal, org: str | None, field: str) -> str:
     return org
 
 
-async def _verify(request: Request[Any, Any, Any], codes: list[str], org: str) -> list[dict[str, Any]]:
-    """One connection for the whole answer (organisation and product rows are cached)."""
-    async with request.app.state.pool.acquire() as conn:
-        found = await registry.get_org(conn, org)
-        if found is None:
-            raise bad_input("org", f"unknown organisation {org}")
-        return await code_usecases.verify(conn, codes, found)
+async def _verify(pool: asyncpg.Pool, codes: list[str], org: str) -> list[dict[str, Any]]:
+    """The use case's answers; an unknown organisation is a 400 naming ``org``."""
+    try:
+        return await usecase.verify_at(pool, codes, org)
+    except Invalid as exc:
+        raise bad_input(exc.field, exc.message) from None
 
 
 class CodesController(Controller):
     path = "/v1"
     tags = ["codes"]
+    security = BEARER
 
-    @get("/codes/{code:str}/verify", guards=[requires(Role.ORG, Role.INSURER, Role.INVESTIGATOR)])
+    @get(
+        "/codes/{code:str}/verify",
+        guards=[requires(Role.ORG, Role.INSURER, Role.INVESTIGATOR)],
+        responses=problems(*KEYED),
+    )
     async def verify_one(
         self,
         request: Request[Any, Any, Any],
+        pool: DbPool,
         code: FromPath[str],
         org: Annotated[str | None, QueryParameter(max_length=64)] = None,
-    ) -> dict[str, Any]:
+    ) -> VerifyOut:
         """May this pack be dispensed and settled at this organisation now?"""
         target = _org_for(principal_of(request), org, "org")
-        return (await _verify(request, [code], target))[0]
+        return msgspec.convert((await _verify(pool, [code], target))[0], VerifyOut, from_attributes=True)
 
-    @post("/verify", status_code=200, guards=[requires(Role.ORG, Role.INSURER, Role.INVESTIGATOR)])
+    @post(
+        "/verify",
+        status_code=200,
+        dto=StrictJSON[VerifyIn],
+        guards=[requires(Role.ORG, Role.INSURER, Role.INVESTIGATOR)],
+        responses=problems(*WITH_BODY),
+    )
     async def verify_many(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[VerifyIn]]
-    ) -> dict[str, Any]:
+        self, request: Request[Any, Any, Any], pool: DbPool, data: JSONBody[VerifyIn]
+    ) -> VerifyPage:
         """Verify up to 1,000 codes; one answer per code, in request order."""
-        data = strict_body(data, VerifyIn)
         target = _org_for(principal_of(request), data.org, "org")
-        return {"items": await _verify(request, data.codes, target)}
+        items = await _verify(pool, data.codes, target)
+        return VerifyPage(items=msgspec.convert(items, list[VerifyOut], from_attributes=True))
 
-    @get("/codes/{code:str}/history", guards=[requires(Role.INVESTIGATOR)])
-    async def history(self, request: Request[Any, Any, Any], code: FromPath[str]) -> dict[str, Any]:
+    @get(
+        "/codes/{code:str}/history",
+        guards=[requires(Role.INVESTIGATOR)],
+        responses=problems(*KEYED, 404),
+    )
+    async def history(self, pool: DbPool, code: FromPath[str]) -> HistoryOut:
         """Everything that happened to a code and to the containers it was in."""
         parsed = try_parse_code(code)
         if parsed is None:
             raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
-        async with request.app.state.pool.acquire() as conn:
-            found = await code_usecases.history(conn, parsed.canonical)
-        if found["state"] is None and not found["events"]:
+        found = await usecase.history_of(pool, parsed.canonical)
+        if found is None:
             raise problem(404, f"nothing is known about {parsed.canonical}")
-        return found
+        return msgspec.convert(found, HistoryOut, from_attributes=True)

@@ -9,10 +9,14 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, post
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import JSONBody, SkipValidation
+from litestar.params import JSONBody
 
 from service.api.auth import principal_of, requires
-from service.api.errors import bad_input, strict_body
+from service.api.body import StrictJSON
+from service.api.deps import DbPool, FeedWake
+from service.api.errors import bad_input
+from service.api.openapi import BEARER, WITH_BODY, problems
+from service.api.schemas import EventsOut, FlagRef, RejectedOut
 from service.api.types import OrgId, RawCode, Short
 from service.core.auth import Role
 from service.core.codes import try_parse_code
@@ -46,26 +50,6 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True, rename={"from_org": "f
 
 class EventsIn(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=MAX_CODES_PER_REQUEST)]
-
-
-class RejectedOut(msgspec.Struct):
-    event_id: UUID
-    code: str
-    reason: str
-
-
-class FlagRef(msgspec.Struct):
-    flag_id: str
-    kind: str
-    code: str
-
-
-class EventsOut(msgspec.Struct):
-    accepted: int  # codes taken
-    duplicates: int  # events already stored
-    rejected: list[RejectedOut]
-    flags: list[FlagRef]
-    accepted_events: int
 
 
 def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejection]]:
@@ -133,13 +117,13 @@ class EventsController(Controller):
     path = "/v1/events"
     tags = ["events"]
     guards = [requires(Role.ORG)]
+    security = BEARER
 
-    @post("/", status_code=200)
+    @post("/", status_code=200, dto=StrictJSON[EventsIn], responses=problems(*WITH_BODY))
     async def submit(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[EventsIn]]
+        self, request: Request[Any, Any, Any], pool: DbPool, feed_wake: FeedWake, data: JSONBody[EventsIn]
     ) -> EventsOut:
         """Store a batch of scan events; each code is taken or rejected on its own."""
-        data = strict_body(data, EventsIn)
         principal = principal_of(request)
         for i, e in enumerate(data.events):
             if not principal.may_act_for(e.org):
@@ -147,13 +131,15 @@ class EventsController(Controller):
                     f"events[{i}].org: this key acts only for organisation {principal.org}"
                 )
         incoming, refused = _parse(data, datetime.now(UTC))
-        result = await ingest(request.app.state.pool, incoming, refused)
+        result = await ingest(pool, incoming, refused)
         if result.flags:
-            request.app.state.feed_wake()
+            feed_wake()
+        # built field by field: the result counts codes as ``accepted_codes``, and its
+        # flags carry numeric ids that the API shows as strings
         return EventsOut(
             accepted=result.accepted_codes,
             duplicates=result.duplicates,
-            rejected=[RejectedOut(r.event_id, r.code, r.reason) for r in result.rejected],
+            rejected=msgspec.convert(result.rejected, list[RejectedOut], from_attributes=True),
             flags=[FlagRef(str(f.flag_id), f.kind, f.code) for f in result.flags],
             accepted_events=result.accepted_events,
         )

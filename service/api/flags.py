@@ -9,14 +9,18 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, patch
-from litestar.params import FromPath, JSONBody, QueryParameter, SkipValidation
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import principal_of, requires
-from service.api.errors import bad_input, problem, strict_body
+from service.api.body import StrictJSON
+from service.api.deps import DbPool, FeedWake
+from service.api.errors import bad_input, problem
+from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
+from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import EARLIEST_YEAR
-from service.store import flags as flag_store
+from service.usecases import flags as usecase
 
 KINDS = (
     "UNKNOWN_CODE",
@@ -34,10 +38,6 @@ STATUSES = ("open", "investigating", "confirmed", "dismissed", "auto_cleared")
 class FlagChange(msgspec.Struct, forbid_unknown_fields=True):
     status: Literal["open", "investigating", "confirmed", "dismissed"]
     note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
-
-
-def shown(flag: dict[str, Any]) -> dict[str, Any]:
-    return {**flag, "flag_id": str(flag["flag_id"])}
 
 
 def _cursor(flag_id: int) -> str:
@@ -65,11 +65,12 @@ class FlagsController(Controller):
     path = "/v1/flags"
     tags = ["flags"]
     guards = [requires(Role.INVESTIGATOR)]
+    security = BEARER
 
-    @get("/")
+    @get("/", responses=problems(*KEYED))
     async def search(
         self,
-        request: Request[Any, Any, Any],
+        pool: DbPool,
         kind: Annotated[str | None, QueryParameter()] = None,
         status: Annotated[str | None, QueryParameter()] = None,
         org: Annotated[str | None, QueryParameter(max_length=64)] = None,
@@ -79,7 +80,7 @@ class FlagsController(Controller):
         until: Annotated[datetime | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
-    ) -> dict[str, Any]:
+    ) -> FlagPage:
         """Flags, newest first. ``since``/``until`` bound the activity time (``at``);
         ``region`` matches a region-code prefix. Pass ``next_cursor`` back as ``cursor``
         for the next page; flags raised meanwhile never shift a page."""
@@ -99,55 +100,35 @@ class FlagsController(Controller):
             if parsed is None:
                 raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
             code = parsed.canonical
-        before = _after(cursor) if cursor else None
-        async with request.app.state.pool.acquire() as conn:
-            rows = await flag_store.search(
-                conn,
-                kind=kind,
-                status=status,
-                org=org,
-                region=region,
-                code=code,
-                since=since,
-                until=until,
-                before_id=before,
-                limit=limit + 1,
-            )
-        items = rows[:limit]
-        more = len(rows) > limit
-        return {
-            "items": [shown(f) for f in items],
-            "next_cursor": _cursor(items[-1]["flag_id"]) if more and items else None,
-        }
+        query = usecase.FlagQuery(kind, status, org, region, code, since, until)
+        page = await usecase.search(pool, query, before_id=_after(cursor) if cursor else None, limit=limit)
+        return FlagPage(
+            items=msgspec.convert(page.items, list[FlagOut], from_attributes=True),
+            next_cursor=_cursor(page.next_before) if page.next_before is not None else None,
+        )
 
-    @get("/{flag_id:str}")
-    async def read(self, request: Request[Any, Any, Any], flag_id: FromPath[str]) -> dict[str, Any]:
+    @get("/{flag_id:str}", responses=problems(*KEYED, 404))
+    async def read(self, pool: DbPool, flag_id: FromPath[str]) -> FlagDetailOut:
         """One flag with its workflow history (who changed it, when, why)."""
-        key = _flag_id(flag_id)
-        async with request.app.state.pool.acquire() as conn:
-            flag = await flag_store.get(conn, key)
-            if flag is None:
-                raise problem(404, f"no flag {flag_id}")
-            return {**shown(flag), "history": await flag_store.changes(conn, key)}
+        found = await usecase.read(pool, _flag_id(flag_id))
+        if found is None:
+            raise problem(404, f"no flag {flag_id}")
+        return msgspec.convert(found, FlagDetailOut, from_attributes=True)
 
-    @patch("/{flag_id:str}")
+    @patch("/{flag_id:str}", dto=StrictJSON[FlagChange], responses=problems(*WITH_BODY, 404))
     async def change(
         self,
         request: Request[Any, Any, Any],
+        pool: DbPool,
+        feed_wake: FeedWake,
         flag_id: FromPath[str],
-        data: SkipValidation[JSONBody[FlagChange]],
-    ) -> dict[str, Any]:
+        data: JSONBody[FlagChange],
+    ) -> FlagDetailOut:
         """Move a flag through the workflow; each change is kept with who and when."""
-        data = strict_body(data, FlagChange)
         key = _flag_id(flag_id)
         who = principal_of(request).key_id
-        async with request.app.state.pool.acquire() as conn, conn.transaction():
-            flag = await flag_store.get(conn, key, lock=True)
-            if flag is None:
-                raise problem(404, f"no flag {flag_id}")
-            await flag_store.set_status(conn, key, data.status, data.note, who)
-            flag = await flag_store.get(conn, key)
-            assert flag is not None
-            history = await flag_store.changes(conn, key)
-        request.app.state.feed_wake()
-        return {**shown(flag), "history": history}
+        found = await usecase.change(pool, key, data.status, data.note, who)
+        if found is None:
+            raise problem(404, f"no flag {flag_id}")
+        feed_wake()
+        return msgspec.convert(found, FlagDetailOut, from_attributes=True)

@@ -1,10 +1,15 @@
-"""Liveness and readiness."""
+"""Operations: liveness, readiness and the Prometheus metrics."""
 
 from __future__ import annotations
 
-from typing import Any
+import litestar
+from litestar import Controller, Response, get
+from litestar.enums import MediaType
+from litestar.openapi import ResponseSpec
+from litestar.plugins.prometheus import PrometheusController
 
-from litestar import Controller, Request, Response, get
+from service.api.deps import DbPool
+from service.api.schemas import HealthOut
 
 
 class HealthController(Controller):
@@ -12,15 +17,36 @@ class HealthController(Controller):
     tags = ["operations"]
 
     @get("/live")
-    async def live(self) -> dict[str, str]:
-        return {"status": "live"}
+    async def live(self) -> HealthOut:
+        return HealthOut(status="live")
 
-    @get("/ready")
-    async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+    @get(
+        "/ready",
+        responses={
+            503: ResponseSpec(HealthOut, description="The database does not answer", generate_examples=False)
+        },
+    )
+    async def ready(self, pool: DbPool) -> Response[HealthOut]:
         """Ready only when the database answers."""
         try:
-            async with request.app.state.pool.acquire(timeout=2) as conn:
+            async with pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1", timeout=2)
         except Exception as exc:
-            return Response({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
-        return Response({"status": "ready"}, status_code=200)
+            return Response(HealthOut(status="unavailable", reason=type(exc).__name__), status_code=503)
+        return Response(HealthOut(status="ready"), status_code=200)
+
+
+class MetricsController(PrometheusController):
+    """Litestar's Prometheus controller (multi-process aware), documented as what it
+    serves: the Prometheus text format, not JSON."""
+
+    # the same handler function, under the same name (so it replaces the parent's route)
+    get = litestar.get(
+        media_type=MediaType.TEXT,
+        tags=["operations"],
+        responses={
+            200: ResponseSpec(
+                str, media_type=MediaType.TEXT, description="Prometheus text format", generate_examples=False
+            )
+        },
+    )(PrometheusController.get.fn)

@@ -6,17 +6,18 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody, SkipValidation
+from litestar.params import FromPath, JSONBody
 
 from service.api.auth import principal_of, requires
-from service.api.errors import bad_input, problem, strict_body
+from service.api.body import StrictJSON
+from service.api.deps import DbPool
+from service.api.errors import bad_input, problem
+from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
+from service.api.schemas import LotOut, OrgStatsOut, RecallOut
 from service.core.auth import Role
 from service.core.codes import is_product_id
-from service.store import recalls as recall_store
-from service.store import registry
-from service.store import stats as stats_store
-from service.store.conn import Conn
-from service.store.db import with_retry
+from service.usecases import investigation as usecase
+from service.usecases.errors import Invalid
 
 
 class RecallIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -29,48 +30,42 @@ class InvestigationController(Controller):
     path = "/v1"
     tags = ["investigation"]
     guards = [requires(Role.INVESTIGATOR)]
+    security = BEARER
 
-    @get("/lots/{product_id:str}/{lot:str}")
-    async def lot(
-        self, request: Request[Any, Any, Any], product_id: FromPath[str], lot: FromPath[str]
-    ) -> dict[str, Any]:
+    @get("/lots/{product_id:str}/{lot:str}", responses=problems(*KEYED, 404))
+    async def lot(self, pool: DbPool, product_id: FromPath[str], lot: FromPath[str]) -> LotOut:
         """Where a lot's units are: counts by state and by custodian."""
-        async with request.app.state.pool.acquire() as conn:
-            summary = await recall_store.lot_summary(conn, product_id, lot)
-        if summary["codes"] == 0 and not summary["recalled"]:
+        summary = await usecase.lot(pool, product_id, lot)
+        if summary is None:
             raise problem(404, f"no codes of product {product_id} lot {lot}")
-        return summary
+        return msgspec.convert(summary, LotOut, from_attributes=True)
 
-    @post("/recalls", status_code=201)
+    @post(
+        "/recalls",
+        status_code=201,
+        dto=StrictJSON[RecallIn],
+        responses={**unchanged(RecallOut), **problems(*WITH_BODY)},
+    )
     async def recall(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[RecallIn]]
-    ) -> Response[dict[str, Any]]:
+        self, request: Request[Any, Any, Any], pool: DbPool, data: JSONBody[RecallIn]
+    ) -> Response[RecallOut]:
         """Every code of the lot becomes recalled; later dispenses and settlements of them
         are refused and flagged. Ordering the same recall again changes nothing (200)."""
-        data = strict_body(data, RecallIn)
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
-        async with request.app.state.pool.acquire() as conn:
-            if not await registry.get_products(conn, [data.product_id]):
-                raise bad_input("product_id", f"unknown product {data.product_id}")
         by_key = principal_of(request).key_id
+        try:
+            done = await usecase.recall(pool, data.product_id, data.lot, data.reason, by_key)
+        except Invalid as exc:
+            raise bad_input(exc.field, exc.message) from None
+        return Response(
+            msgspec.convert(done, RecallOut, from_attributes=True), status_code=201 if done.new else 200
+        )
 
-        async def work(conn: Conn) -> tuple[bool, int]:
-            return await recall_store.recall(conn, data.product_id, data.lot, data.reason, by_key)
-
-        new, marked = await with_retry(request.app.state.pool, work)
-        body = {
-            "product_id": data.product_id,
-            "lot": data.lot,
-            "reason": data.reason,
-            "codes_recalled": marked,
-        }
-        return Response(body, status_code=201 if new else 200)
-
-    @get("/orgs/{org:str}/stats")
-    async def stats(self, request: Request[Any, Any, Any], org: FromPath[str]) -> dict[str, Any]:
+    @get("/orgs/{org:str}/stats", responses=problems(*KEYED, 404))
+    async def stats(self, pool: DbPool, org: FromPath[str]) -> OrgStatsOut:
         """Received, dispensed, settled and flagged counts for one organisation."""
-        async with request.app.state.pool.acquire() as conn:
-            if await registry.get_org(conn, org) is None:
-                raise problem(404, f"no organisation {org}")
-            return await stats_store.org_stats(conn, org)
+        found = await usecase.org_stats(pool, org)
+        if found is None:
+            raise problem(404, f"no organisation {org}")
+        return msgspec.convert(found, OrgStatsOut, from_attributes=True)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, delete, post
-from litestar.params import FromPath, JSONBody, SkipValidation
+from litestar import Controller, Response, delete, post
+from litestar.params import FromPath, JSONBody
 
 from service.api.auth import requires
-from service.api.errors import bad_input, problem, strict_body
+from service.api.body import StrictJSON
+from service.api.deps import DbPool, Keys
+from service.api.errors import bad_input, problem
+from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
+from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
 from service.api.types import OrgId, Region, RegionPrefix, Text
-from service.core.auth import Role, new_key, token_hash
+from service.core.auth import Role
 from service.core.codes import is_product_id
 from service.core.registry import Org, Product
-from service.store import registry
+from service.usecases import registry as usecase
+from service.usecases.errors import Conflict, Invalid
 
 
 class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,54 +46,41 @@ class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     org: OrgId | None = None
 
 
-class KeyOut(msgspec.Struct):
-    key_id: str
-    secret: str
-    role: str
-    org: str | None
-
-
-class KeyRevoked(msgspec.Struct):
-    key_id: str
-    revoked_at: datetime
-
-
-def _created_or_same(
-    created: Org | Product | None,
-    existing: Org | Product | None,
-    wanted: Org | Product,
-    what: str,
-) -> Response[dict[str, Any]]:
-    """201 for a new record, 200 when the same body is posted again, 409 otherwise."""
-    if created is not None:
-        return Response(dataclasses.asdict(created), status_code=201)
-    assert existing is not None
-    if existing == wanted:
-        return Response(dataclasses.asdict(existing), status_code=200)
-    raise problem(409, f"{what} exists with different attributes", kind="conflict")
+def _conflict(what: str) -> Exception:
+    return problem(409, f"{what} exists with different attributes", kind="conflict")
 
 
 class RegistryController(Controller):
     path = "/v1"
     guards = [requires(Role.ADMIN)]
+    security = BEARER
     tags = ["registry"]
 
-    @post("/orgs", status_code=201)
-    async def create_org(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[OrgIn]]
-    ) -> Response[dict[str, Any]]:
-        data = strict_body(data, OrgIn)
-        wanted = Org(**msgspec.structs.asdict(data))
-        async with request.app.state.pool.acquire() as conn:
-            created = await registry.insert_org(conn, wanted)
-            existing = None if created else await registry.get_org(conn, data.id)
-        return _created_or_same(created, existing, wanted, f"organisation {data.id}")
+    @post(
+        "/orgs",
+        status_code=201,
+        dto=StrictJSON[OrgIn],
+        responses={**unchanged(OrgOut), **problems(*WITH_BODY, 409)},
+    )
+    async def create_org(self, pool: DbPool, data: JSONBody[OrgIn]) -> Response[OrgOut]:
+        """201 for a new organisation, 200 when the same body is posted again."""
+        try:
+            done = await usecase.register_org(pool, Org(**msgspec.structs.asdict(data)))
+        except Conflict:
+            raise _conflict(f"organisation {data.id}") from None
+        return Response(
+            msgspec.convert(done.record, OrgOut, from_attributes=True),
+            status_code=201 if done.created else 200,
+        )
 
-    @post("/products", status_code=201)
-    async def create_product(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[ProductIn]]
-    ) -> Response[dict[str, Any]]:
-        data = strict_body(data, ProductIn)
+    @post(
+        "/products",
+        status_code=201,
+        dto=StrictJSON[ProductIn],
+        responses={**unchanged(ProductOut), **problems(*WITH_BODY, 409)},
+    )
+    async def create_product(self, pool: DbPool, data: JSONBody[ProductIn]) -> Response[ProductOut]:
+        """201 for a new product, 200 when the same body is posted again."""
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
         if data.level == "unit" and data.contains is not None:
@@ -98,39 +88,35 @@ class RegistryController(Controller):
         if data.level != "unit" and data.contains is None:
             raise bad_input("contains", f"a {data.level} must say how many children it holds")
         wanted = Product(**{**msgspec.structs.asdict(data), "regions": tuple(sorted(set(data.regions)))})
-        async with request.app.state.pool.acquire() as conn, conn.transaction():
-            maker = await registry.get_org(conn, data.manufacturer)
-            if maker is None:
-                raise bad_input("manufacturer", f"unknown organisation {data.manufacturer}")
-            if maker.kind != "manufacturer":
-                raise bad_input("manufacturer", f"{data.manufacturer} is a {maker.kind}")
-            created = await registry.insert_product(conn, wanted)
-            existing = None
-            if created is None:
-                existing = (await registry.get_products(conn, [data.product_id]))[data.product_id]
-        return _created_or_same(created, existing, wanted, f"product {data.product_id}")
+        try:
+            done = await usecase.register_product(pool, wanted)
+        except Invalid as exc:
+            raise bad_input(exc.field, exc.message) from None
+        except Conflict:
+            raise _conflict(f"product {data.product_id}") from None
+        return Response(
+            msgspec.convert(done.record, ProductOut, from_attributes=True),
+            status_code=201 if done.created else 200,
+        )
 
-    @post("/keys", status_code=201)
-    async def create_key(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[KeyIn]]
-    ) -> KeyOut:
-        data = strict_body(data, KeyIn)
+    @post("/keys", status_code=201, dto=StrictJSON[KeyIn], responses=problems(*WITH_BODY))
+    async def create_key(self, pool: DbPool, data: JSONBody[KeyIn]) -> KeyOut:
+        """A new key; its secret is shown only in this answer."""
         if data.role is Role.ORG and data.org is None:
             raise bad_input("org", "an org key must name its organisation")
         if data.role is not Role.ORG and data.org is not None:
             raise bad_input("org", f"a {data.role.value} key is not bound to an organisation")
-        key_id, secret = new_key()
-        async with request.app.state.pool.acquire() as conn:
-            if data.org is not None and await registry.get_org(conn, data.org) is None:
-                raise bad_input("org", f"unknown organisation {data.org}")
-            await registry.insert_key(conn, key_id, token_hash(secret), data.role, data.org)
+        try:
+            key_id, secret = await usecase.create_key(pool, data.role, data.org)
+        except Invalid as exc:
+            raise bad_input(exc.field, exc.message) from None
         return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org)
 
-    @delete("/keys/{key_id:str}", status_code=200)
-    async def revoke_key(self, request: Request[Any, Any, Any], key_id: FromPath[str]) -> KeyRevoked:
-        async with request.app.state.pool.acquire() as conn:
-            revoked_at = await registry.revoke_key(conn, key_id)
+    @delete("/keys/{key_id:str}", status_code=200, responses=problems(*KEYED, 404))
+    async def revoke_key(self, pool: DbPool, key_cache: Keys, key_id: FromPath[str]) -> KeyRevoked:
+        """Revoke a key (idempotent); every worker refuses it at once."""
+        revoked_at = await usecase.revoke_key(pool, key_id)
         if revoked_at is None:
             raise problem(404, f"no key {key_id}")
-        request.app.state.key_cache.drop_key(key_id)
+        key_cache.drop_key(key_id)  # this worker's own cache, before the NOTIFY arrives
         return KeyRevoked(key_id=key_id, revoked_at=revoked_at)

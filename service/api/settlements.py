@@ -8,11 +8,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import FromPath, JSONBody, SkipValidation
+from litestar.params import FromPath, JSONBody
 
 from service import metrics
 from service.api.auth import principal_of, requires
-from service.api.errors import bad_input, problem, strict_body
+from service.api.body import StrictJSON
+from service.api.deps import AppSettings, DbPool, FeedWake
+from service.api.errors import bad_input, problem
+from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
+from service.api.schemas import ReversalOut, SettlementOut, SettlementRecordOut
 from service.api.types import OrgId, Short
 from service.core.auth import Role
 from service.core.events import time_problem
@@ -70,46 +74,62 @@ def _claim(data: SettlementIn) -> Claim:
 class SettlementsController(Controller):
     path = "/v1/settlements"
     tags = ["settlements"]
+    security = BEARER
 
-    @post("/", status_code=200, guards=[requires(Role.INSURER, Role.ORG)])
+    @post(
+        "/",
+        status_code=200,
+        dto=StrictJSON[SettlementIn],
+        guards=[requires(Role.INSURER, Role.ORG)],
+        responses=problems(*WITH_BODY, 409),
+    )
     async def settle(
-        self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[SettlementIn]]
-    ) -> dict[str, Any]:
+        self,
+        request: Request[Any, Any, Any],
+        pool: DbPool,
+        settings: AppSettings,
+        feed_wake: FeedWake,
+        data: JSONBody[SettlementIn],
+    ) -> SettlementOut:
         """Decide which lines the fund pays; ``precheck`` judges and changes nothing."""
-        data = strict_body(data, SettlementIn)
         principal = principal_of(request)
         if principal.role is Role.ORG and (data.mode != "precheck" or principal.org != data.org):
             raise PermissionDeniedException(
                 "an org key may only pre-check settlements for its own organisation"
             )
         claim = _claim(data)
-        settings = request.app.state.settings
         try:
-            answer = await usecase.settle(request.app.state.pool, claim, settings.psn_secret)
+            answer = await usecase.settle(pool, claim, settings.psn_secret)
         except usecase.Conflict:
             raise problem(
                 409, f"settlement {data.setl_id} exists with a different body", kind="conflict"
             ) from None
         except usecase.UnknownOrg:
             raise bad_input("org", f"unknown organisation {data.org}") from None
-        metrics.SETTLEMENTS.labels(claim.mode, answer["decision"]).inc()
-        if answer["flags"]:
-            request.app.state.feed_wake()
-        return answer
+        out = msgspec.convert(answer, SettlementOut, from_attributes=True)
+        metrics.SETTLEMENTS.labels(claim.mode, out.decision).inc()
+        if out.flags:
+            feed_wake()
+        return out
 
-    @get("/{setl_id:str}", guards=[requires(Role.INSURER)])
-    async def read(self, request: Request[Any, Any, Any], setl_id: FromPath[str]) -> dict[str, Any]:
+    @get("/{setl_id:str}", guards=[requires(Role.INSURER)], responses=problems(*KEYED, 404))
+    async def read(self, pool: DbPool, setl_id: FromPath[str]) -> SettlementRecordOut:
         """The stored settlement and its answer (a precheck is not stored)."""
-        async with request.app.state.pool.acquire() as conn:
+        async with pool.acquire() as conn:
             found = await usecase.get(conn, setl_id)
         if found is None:
             raise problem(404, f"no settlement {setl_id}")
-        return found
+        return msgspec.convert(found, SettlementRecordOut, from_attributes=True)
 
-    @post("/{setl_id:str}/reversal", status_code=200, guards=[requires(Role.INSURER)])
-    async def reverse(self, request: Request[Any, Any, Any], setl_id: FromPath[str]) -> dict[str, Any]:
+    @post(
+        "/{setl_id:str}/reversal",
+        status_code=200,
+        guards=[requires(Role.INSURER)],
+        responses=problems(*WITH_BODY, 404),  # a body, if sent, is read (and ignored)
+    )
+    async def reverse(self, pool: DbPool, setl_id: FromPath[str]) -> ReversalOut:
         """The sale was refunded: its units go back to the organisation. Idempotent."""
-        result = await usecase.reverse(request.app.state.pool, setl_id)
+        result = await usecase.reverse(pool, setl_id)
         if result is None:
             raise problem(404, f"no settlement {setl_id}")
-        return result
+        return msgspec.convert(result, ReversalOut, from_attributes=True)

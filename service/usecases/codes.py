@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState, display_state, product_of, replay
 from service.core.registry import Org, Product
@@ -17,6 +19,7 @@ from service.store import flags as flag_store
 from service.store import registry
 from service.store import sales as sale_store
 from service.store.conn import Conn
+from service.usecases.errors import Invalid
 
 
 def _answer(
@@ -48,6 +51,16 @@ def _answer(
     }
 
 
+async def verify_at(pool: asyncpg.Pool, raws: Sequence[str], org_id: str) -> list[dict[str, Any]]:
+    """:func:`verify` at the organisation ``org_id``, on one connection (organisation and
+    product rows are cached). Raises Invalid (``org``) for an unknown organisation."""
+    async with pool.acquire() as conn:
+        org = await registry.get_org(conn, org_id)
+        if org is None:
+            raise Invalid("org", f"unknown organisation {org_id}")
+        return await verify(conn, raws, org)
+
+
 async def verify(conn: Conn, raws: Sequence[str], org: Org) -> list[dict[str, Any]]:
     """One answer per code, in order: would settling it at ``org`` now be payable?"""
     canon: list[str | None] = []
@@ -65,6 +78,15 @@ async def verify(conn: Conn, raws: Sequence[str], org: Org) -> list[dict[str, An
         product = products.get(state.product_id) if state and state.product_id else None
         answers.append(_answer(raw, code, state, product, org, now))
     return answers
+
+
+async def history_of(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
+    """:func:`history` of the canonical ``code``, or None when nothing is known of it."""
+    async with pool.acquire() as conn:
+        found = await history(conn, code)
+    if found["state"] is None and not found["events"]:
+        return None
+    return found
 
 
 async def history(conn: Conn, code: str) -> dict[str, Any]:

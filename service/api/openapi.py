@@ -1,0 +1,86 @@
+"""What the OpenAPI document says beyond the handlers' own types: the bearer scheme and
+the problem-details answers each route can give."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
+
+PROBLEM_JSON = "application/problem+json"
+
+# Every route but the public ones (/health, /metrics, /schema) needs a key.
+BEARER: list[SecurityRequirement] = [{"bearer": []}]
+
+
+class FieldError(msgspec.Struct):
+    field: str  # a JSON path such as events[3].at, or a parameter's name
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details: how every error leaves the service."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None  # each bad field (400 only)
+
+
+_MEANING = {
+    400: "The request is malformed or breaks the schema; `errors` names each bad field",
+    401: "No API key, or an unknown or revoked one",
+    403: "The key's role or organisation may not do this",
+    404: "Nothing with that id",
+    409: "The id exists with a different body",
+    413: "The request body is larger than the service accepts",
+}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """The error answers a route can give, each documented as problem details."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_JSON,
+            description=_MEANING[status],
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+def unchanged(type_: type[msgspec.Struct]) -> dict[int, ResponseSpec]:
+    """The 200 of a create route (201) that was given the same record again."""
+    return {
+        200: ResponseSpec(
+            data_container=type_,
+            description="The same record again: nothing changed",
+            generate_examples=False,
+        )
+    }
+
+
+# The answers every keyed route can give before its handler runs: a NUL in the URL (400),
+# the key middleware (401) and the role guards (403).
+KEYED = (400, 401, 403)
+# ... and those of a route that takes a JSON body.
+WITH_BODY = (*KEYED, 413)
+
+
+def config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Trace-code settlement service",
+        version="1.0.0",
+        path="/schema",
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="An API key: `Authorization: Bearer <key>` (`tracecode key create`)",
+                )
+            }
+        ),
+    )

@@ -1,0 +1,17 @@
+"""Refusals a use case raises; the API turns each into its problem-details answer."""
+
+from __future__ import annotations
+
+
+class Invalid(Exception):
+    """The request names something the service cannot accept (an unknown organisation,
+    a manufacturer that is not one, ...): a 400 naming ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Conflict(Exception):
+    """The id exists with different attributes: a 409."""

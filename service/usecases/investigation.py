@@ -1,0 +1,56 @@
+"""Investigation: where a lot is, recalling it, an organisation's figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from service.store import recalls as recall_store
+from service.store import registry
+from service.store import stats as stats_store
+from service.store.conn import Conn
+from service.store.db import with_retry
+from service.usecases.errors import Invalid
+
+
+async def lot(pool: asyncpg.Pool, product_id: str, lot: str) -> dict[str, Any] | None:
+    """Counts of the lot's units by state and by custodian, and its recall; None when
+    the lot has no codes and was never recalled."""
+    async with pool.acquire() as conn:
+        summary = await recall_store.lot_summary(conn, product_id, lot)
+    if summary["codes"] == 0 and not summary["recalled"]:
+        return None
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    product_id: str
+    lot: str
+    reason: str
+    codes_recalled: int
+    new: bool  # False: the lot was recalled before (nothing changed)
+
+
+async def recall(pool: asyncpg.Pool, product_id: str, lot: str, reason: str, by_key: str) -> Recalled:
+    """Every code of the lot becomes recalled, and so does any code of it commissioned
+    later. Raises Invalid (``product_id``) for an unknown product."""
+    async with pool.acquire() as conn:
+        if not await registry.get_products(conn, [product_id]):
+            raise Invalid("product_id", f"unknown product {product_id}")
+
+    async def work(conn: Conn) -> tuple[bool, int]:
+        return await recall_store.recall(conn, product_id, lot, reason, by_key)
+
+    new, marked = await with_retry(pool, work)
+    return Recalled(product_id, lot, reason, marked, new)
+
+
+async def org_stats(pool: asyncpg.Pool, org: str) -> dict[str, Any] | None:
+    """Received, dispensed, settled and flagged counts; None for an unknown org."""
+    async with pool.acquire() as conn:
+        if await registry.get_org(conn, org) is None:
+            return None
+        return await stats_store.org_stats(conn, org)

@@ -1,0 +1,75 @@
+"""The registry: organisations, products and API keys. Registering is idempotent: the
+same record again is accepted, a different one under the same id is a conflict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import asyncpg
+
+from service.core.auth import Role, new_key, token_hash
+from service.core.registry import Org, Product
+from service.store import registry
+from service.usecases.errors import Conflict, Invalid
+
+R = TypeVar("R", Org, Product)
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Generic[R]):
+    record: R
+    created: bool  # False: the same record was registered before
+
+
+def _created_or_same(created: R | None, existing: R | None, wanted: R) -> Registered[R]:
+    if created is not None:
+        return Registered(created, True)
+    assert existing is not None
+    if existing != wanted:
+        raise Conflict
+    return Registered(existing, False)
+
+
+async def register_org(pool: asyncpg.Pool, org: Org) -> Registered[Org]:
+    """Register ``org``. Raises Conflict."""
+    async with pool.acquire() as conn:
+        created = await registry.insert_org(conn, org)
+        existing = None if created else await registry.get_org(conn, org.id)
+    return _created_or_same(created, existing, org)
+
+
+async def register_product(pool: asyncpg.Pool, product: Product) -> Registered[Product]:
+    """Register ``product``, made by a registered manufacturer. Raises Invalid
+    (``manufacturer``) or Conflict."""
+    maker_id = product.manufacturer
+    async with pool.acquire() as conn, conn.transaction():
+        maker = await registry.get_org(conn, maker_id)
+        if maker is None:
+            raise Invalid("manufacturer", f"unknown organisation {maker_id}")
+        if maker.kind != "manufacturer":
+            raise Invalid("manufacturer", f"{maker_id} is a {maker.kind}")
+        created = await registry.insert_product(conn, product)
+        existing = None
+        if created is None:
+            existing = (await registry.get_products(conn, [product.product_id]))[product.product_id]
+    return _created_or_same(created, existing, product)
+
+
+async def create_key(pool: asyncpg.Pool, role: Role, org: str | None) -> tuple[str, str]:
+    """A new key for ``role`` (bound to ``org`` for an org key); returns (key id,
+    secret). Only its hash is stored. Raises Invalid (``org``) for an unknown org."""
+    key_id, secret = new_key()
+    async with pool.acquire() as conn:
+        if org is not None and await registry.get_org(conn, org) is None:
+            raise Invalid("org", f"unknown organisation {org}")
+        await registry.insert_key(conn, key_id, token_hash(secret), role, org)
+    return key_id, secret
+
+
+async def revoke_key(pool: asyncpg.Pool, key_id: str) -> datetime | None:
+    """Revoke (idempotent); when it was revoked, or None for an unknown key. Every
+    process listening for revocations hears of it when this commits."""
+    async with pool.acquire() as conn:
+        return await registry.revoke_key(conn, key_id)
