@@ -17,7 +17,7 @@ from service.api.deps import DbPool, FeedWake
 from service.api.errors import bad_input
 from service.api.openapi import BEARER, WITH_BODY, problems
 from service.api.schemas import EventsOut, FlagRef, RejectedOut
-from service.api.types import OrgId, RawCode, Short
+from service.api.types import OrgId, RawCode, SetlId, Short
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import (
@@ -44,7 +44,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True, rename={"from_org": "f
     expiry: date | None = None
     produced: date | None = None
     quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] | None = None
-    setl_id: Short | None = None
+    setl_id: SetlId | None = None
     ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 

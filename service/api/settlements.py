@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,7 @@ from service.api.deps import AppSettings, DbPool, FeedWake
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import ReversalOut, SettlementOut, SettlementRecordOut
-from service.api.types import OrgId, Short
+from service.api.types import SETL_ID_PATTERN, OrgId, SetlId, Short
 from service.core.auth import Role
 from service.core.events import time_problem
 from service.core.settlement import Claim, Line
@@ -38,7 +39,7 @@ class LineIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
-    setl_id: Short
+    setl_id: SetlId
     org: OrgId
     psn_no: Short
     at: Annotated[datetime, msgspec.Meta(tz=True)]
@@ -69,6 +70,15 @@ def _claim(data: SettlementIn) -> Claim:
             Line(ln.line_no, ln.med_list_codg, ln.quantity, ln.split, tuple(ln.codes)) for ln in data.lines
         ),
     )
+
+
+def _check_setl_id(setl_id: str) -> None:
+    """A settlement id in a path follows the same pattern as in a body (400 otherwise)."""
+    if not _SETL_ID.fullmatch(setl_id):
+        raise bad_input("setl_id", f"must match {SETL_ID_PATTERN}")
+
+
+_SETL_ID = re.compile(SETL_ID_PATTERN)
 
 
 class SettlementsController(Controller):
@@ -115,6 +125,7 @@ class SettlementsController(Controller):
     @get("/{setl_id:str}", guards=[requires(Role.INSURER)], responses=problems(*KEYED, 404))
     async def read(self, pool: DbPool, setl_id: FromPath[str]) -> SettlementRecordOut:
         """The stored settlement and its answer (a precheck is not stored)."""
+        _check_setl_id(setl_id)
         async with pool.acquire() as conn:
             found = await usecase.get(conn, setl_id)
         if found is None:
@@ -129,6 +140,7 @@ class SettlementsController(Controller):
     )
     async def reverse(self, pool: DbPool, setl_id: FromPath[str]) -> ReversalOut:
         """The sale was refunded: its units go back to the organisation. Idempotent."""
+        _check_setl_id(setl_id)
         result = await usecase.reverse(pool, setl_id)
         if result is None:
             raise problem(404, f"no settlement {setl_id}")

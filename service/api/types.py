@@ -10,6 +10,12 @@ import msgspec
 # An organisation id as registered; bodies naming one (events, settlements, keys) use
 # the same type, so a malformed id is a 400 naming the field everywhere.
 OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# A settlement id as the settlement engine assigns it (NHSA's setl_id is up to 30
+# characters of letters and digits): letters, digits, '.', '_' and '-', starting with a
+# letter or digit. It names a resource in URL paths (/v1/settlements/{setl_id}), so
+# nothing that would need escaping there is taken.
+SETL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SetlId = Annotated[str, msgspec.Meta(pattern=SETL_ID_PATTERN)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 RawCode = Annotated[str, msgspec.Meta(max_length=200)]  # judged per code, not per request
