@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from service.core.settlement import Claim
+from service.core.settlement import Claim, document
 
 
 async def post(client: httpx.AsyncClient, key: str, path: str, body: Mapping[str, Any]) -> Any:
@@ -95,22 +95,5 @@ def event(type_: str, org: str, codes: Sequence[str], at: date | str, **fields: 
 
 
 def claim_body(claim: Claim) -> dict[str, Any]:
-    """The ``POST /v1/settlements`` body that the API reads back as ``claim``
-    (``service/api/settlements.py``: the same values, ``at`` taken in UTC, codes as sent)."""
-    return {
-        "setl_id": claim.setl_id,
-        "org": claim.org,
-        "psn_no": claim.psn_no,
-        "at": claim.at.isoformat(),
-        "mode": claim.mode,
-        "lines": [
-            {
-                "line_no": line.line_no,
-                "med_list_codg": line.med_list_codg,
-                "quantity": line.quantity,
-                "split": line.split,
-                "codes": list(line.codes),
-            }
-            for line in claim.lines
-        ],
-    }
+    """The ``POST /v1/settlements`` body that the API reads back as ``claim``."""
+    return document(claim)

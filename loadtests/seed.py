@@ -56,12 +56,19 @@ from typing import Any
 
 import asyncpg
 
-from benchkit.api import claim_body
 from benchkit.codes import cn20, sscc
 from service.config import Settings
 from service.core.flags import Evidence
 from service.core.sales import Sale
-from service.core.settlement import Claim, Line, fingerprint, person_hash
+from service.core.settlement import (
+    Claim,
+    Line,
+    LineOutcome,
+    answer,
+    fingerprint,
+    person_hash,
+    stored_request,
+)
 from service.store import codes as code_store
 from service.store import registry as registry_store
 
@@ -190,28 +197,16 @@ def settlement(secret: bytes, claim: Claim) -> tuple[Any, ...]:
     """The ``settlements`` row of ``claim`` accepted in full, as the service stores it:
     the person and body hashes are the service's own (``service.core.settlement``), so
     the same claim sent to the API again is a replay and gets this answer back."""
-    psn_hash = person_hash(secret, claim.psn_no)
-    request = claim_body(claim)  # stored without the person number, with its hash
-    del request["psn_no"]
-    request["psn_hash"] = psn_hash.hex()
-    response = {
-        "setl_id": claim.setl_id,
-        "decision": "accepted",
-        "flags": [],
-        "lines": [
-            {"line_no": ln.line_no, "payable": True, "reasons": [], "units": ln.quantity}
-            for ln in claim.lines
-        ],
-    }
-    body_hash = fingerprint(secret, claim)
+    # every line payable, drawing its quantity (the codes' split is not shown in answers)
+    paid = [LineOutcome(ln.line_no, True, takes=[("", ln.quantity)]) for ln in claim.lines]
     return (
         claim.setl_id,
         claim.org,
-        psn_hash,
+        person_hash(secret, claim.psn_no),
         claim.at,
-        body_hash,
-        json.dumps(request),
-        json.dumps(response),
+        fingerprint(secret, claim),
+        json.dumps(stored_request(claim, secret)),
+        json.dumps(answer(claim.setl_id, paid, [])),
         "accepted",
     )
 

@@ -71,6 +71,35 @@ class Claim:
     lines: tuple[Line, ...]
 
 
+def document(claim: Claim) -> dict[str, Any]:
+    """The claim as a JSON document: the body ``POST /v1/settlements`` reads back as this
+    claim (``at`` in UTC, codes as sent)."""
+    return {
+        "setl_id": claim.setl_id,
+        "org": claim.org,
+        "psn_no": claim.psn_no,
+        "at": claim.at.isoformat(),
+        "mode": claim.mode,
+        "lines": [
+            {
+                "line_no": line.line_no,
+                "med_list_codg": line.med_list_codg,
+                "quantity": line.quantity,
+                "split": line.split,
+                "codes": list(line.codes),
+            }
+            for line in claim.lines
+        ],
+    }
+
+
+def stored_request(claim: Claim, secret: bytes) -> dict[str, Any]:
+    """The claim as kept with its settlement: the person number only as its keyed hash."""
+    kept = document(claim)
+    del kept["psn_no"]
+    return {**kept, "psn_hash": person_hash(secret, claim.psn_no).hex()}
+
+
 def person_hash(secret: bytes, psn_no: str) -> bytes:
     """HMAC-SHA256 of an insured person number: links one person's settlements without
     storing the number."""

@@ -66,7 +66,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             psn_hash=person_hash(secret, claim.psn_no),
             at=claim.at,
             body_hash=body_hash,
-            request=_stored_request(claim, secret),
+            request=rules.stored_request(claim, secret),
             response=answer,
             decision=answer["decision"],
         )
@@ -91,27 +91,6 @@ async def _load(conn: Conn, claim: Claim, codes: list[str], *, lock: bool) -> Lo
     for sale in await sale_store.of_codes(conn, opened, open_only=True) if opened else []:
         earlier.setdefault(sale.code, []).append(sale)
     return Loaded(org=org, states=states, products=products, exempt_codgs=exempt, earlier=earlier)
-
-
-def _stored_request(claim: Claim, secret: bytes) -> dict[str, Any]:
-    """The claim as kept with the settlement: the person number only as its keyed hash."""
-    return {
-        "setl_id": claim.setl_id,
-        "org": claim.org,
-        "psn_hash": person_hash(secret, claim.psn_no).hex(),
-        "at": claim.at.isoformat(),
-        "mode": claim.mode,
-        "lines": [
-            {
-                "line_no": line.line_no,
-                "med_list_codg": line.med_list_codg,
-                "quantity": line.quantity,
-                "split": line.split,
-                "codes": list(line.codes),
-            }
-            for line in claim.lines
-        ],
-    }
 
 
 async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
