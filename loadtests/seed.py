@@ -199,13 +199,14 @@ def settlement(secret: bytes, claim: Claim) -> tuple[Any, ...]:
     the same claim sent to the API again is a replay and gets this answer back."""
     # every line payable, drawing its quantity (the codes' split is not shown in answers)
     paid = [LineOutcome(ln.line_no, True, takes=[("", ln.quantity)]) for ln in claim.lines]
+    psn_hash = person_hash(secret, claim.psn_no)
     return (
         claim.setl_id,
         claim.org,
-        person_hash(secret, claim.psn_no),
+        psn_hash,
         claim.at,
         fingerprint(secret, claim),
-        json.dumps(stored_request(claim, secret)),
+        json.dumps(stored_request(claim, psn_hash)),
         json.dumps(answer(claim.setl_id, paid, [])),
         "accepted",
     )

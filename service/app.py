@@ -18,7 +18,7 @@ from service import metrics
 from service.api import errors, openapi
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
-from service.api.deps import dependencies
+from service.api.deps import AppServices, dependencies
 from service.api.events import EventsController
 from service.api.flags import FlagsController
 from service.api.health import HealthController, MetricsController
@@ -62,6 +62,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         feed = FlagFeed(app.state.pool, app.state.redis)
         app.state.feed_wake = feed.wake
         tasks.append(asyncio.create_task(feed.run()))
+    app.state.services = AppServices(app.state.pool, settings, app.state.key_cache, app.state.feed_wake)
     try:
         yield
     finally:

@@ -11,7 +11,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import principal_of, require_org_access, requires
 from service.api.body import StrictJSON
-from service.api.deps import DbPool
+from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
@@ -62,13 +62,15 @@ class CodesController(Controller):
     async def verify_one(
         self,
         request: Request[Any, Any, Any],
-        pool: DbPool,
+        services: Services,
         code: FromPath[str],
         org: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> VerifyOut:
         """May this pack be dispensed and settled at this organisation now?"""
         target = _org_for(principal_of(request), org, "org")
-        return msgspec.convert((await _verify(pool, [code], target))[0], VerifyOut, from_attributes=True)
+        return msgspec.convert(
+            (await _verify(services.pool, [code], target))[0], VerifyOut, from_attributes=True
+        )
 
     @post(
         "/verify",
@@ -78,11 +80,11 @@ class CodesController(Controller):
         responses=problems(*WITH_BODY),
     )
     async def verify_many(
-        self, request: Request[Any, Any, Any], pool: DbPool, data: JSONBody[VerifyIn]
+        self, request: Request[Any, Any, Any], services: Services, data: JSONBody[VerifyIn]
     ) -> VerifyPage:
         """Verify up to 1,000 codes; one answer per code, in request order."""
         target = _org_for(principal_of(request), data.org, "org")
-        items = await _verify(pool, data.codes, target)
+        items = await _verify(services.pool, data.codes, target)
         return VerifyPage(items=msgspec.convert(items, list[VerifyOut], from_attributes=True))
 
     @get(
@@ -90,12 +92,12 @@ class CodesController(Controller):
         guards=[requires(Role.INVESTIGATOR)],
         responses=problems(*KEYED, 404),
     )
-    async def history(self, pool: DbPool, code: FromPath[str]) -> HistoryOut:
+    async def history(self, services: Services, code: FromPath[str]) -> HistoryOut:
         """Everything that happened to a code and to the containers it was in."""
         parsed = try_parse_code(code)
         if parsed is None:
             raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
-        found = await usecase.history_of(pool, parsed.canonical)
+        found = await usecase.history_of(services.pool, parsed.canonical)
         if found is None:
             raise problem(404, f"nothing is known about {parsed.canonical}")
         return msgspec.convert(found, HistoryOut, from_attributes=True)

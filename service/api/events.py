@@ -13,7 +13,7 @@ from litestar.params import JSONBody
 
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
-from service.api.deps import DbPool, FeedWake
+from service.api.deps import Services
 from service.api.errors import bad_input
 from service.api.openapi import BEARER, WITH_BODY, problems
 from service.api.schemas import EventsOut, FlagRef, RejectedOut
@@ -121,7 +121,7 @@ class EventsController(Controller):
 
     @post("/", status_code=200, dto=StrictJSON[EventsIn], responses=problems(*WITH_BODY))
     async def submit(
-        self, request: Request[Any, Any, Any], pool: DbPool, feed_wake: FeedWake, data: JSONBody[EventsIn]
+        self, request: Request[Any, Any, Any], services: Services, data: JSONBody[EventsIn]
     ) -> EventsOut:
         """Store a batch of scan events; each code is taken or rejected on its own."""
         principal = principal_of(request)
@@ -131,9 +131,9 @@ class EventsController(Controller):
                     f"events[{i}].org: this key acts only for organisation {principal.org}"
                 )
         incoming, refused = _parse(data, datetime.now(UTC))
-        result = await ingest(pool, incoming, refused)
+        result = await ingest(services.pool, incoming, refused)
         if result.flags:
-            feed_wake()
+            services.feed_wake()
         # built field by field: the result counts codes as ``accepted_codes``, and its
         # flags carry numeric ids that the API shows as strings
         return EventsOut(

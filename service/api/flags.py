@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
-from service.api.deps import DbPool, FeedWake
+from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
@@ -70,7 +70,7 @@ class FlagsController(Controller):
     @get("/", responses=problems(*KEYED))
     async def search(
         self,
-        pool: DbPool,
+        services: Services,
         kind: Annotated[str | None, QueryParameter()] = None,
         status: Annotated[str | None, QueryParameter()] = None,
         org: Annotated[str | None, QueryParameter(max_length=64)] = None,
@@ -101,16 +101,18 @@ class FlagsController(Controller):
                 raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
             code = parsed.canonical
         query = usecase.FlagQuery(kind, status, org, region, code, since, until)
-        page = await usecase.search(pool, query, before_id=_after(cursor) if cursor else None, limit=limit)
+        page = await usecase.search(
+            services.pool, query, before_id=_after(cursor) if cursor else None, limit=limit
+        )
         return FlagPage(
             items=msgspec.convert(page.items, list[FlagOut], from_attributes=True),
             next_cursor=_cursor(page.next_before) if page.next_before is not None else None,
         )
 
     @get("/{flag_id:str}", responses=problems(*KEYED, 404))
-    async def read(self, pool: DbPool, flag_id: FromPath[str]) -> FlagDetailOut:
+    async def read(self, services: Services, flag_id: FromPath[str]) -> FlagDetailOut:
         """One flag with its workflow history (who changed it, when, why)."""
-        found = await usecase.read(pool, _flag_id(flag_id))
+        found = await usecase.read(services.pool, _flag_id(flag_id))
         if found is None:
             raise problem(404, f"no flag {flag_id}")
         return msgspec.convert(found, FlagDetailOut, from_attributes=True)
@@ -119,16 +121,15 @@ class FlagsController(Controller):
     async def change(
         self,
         request: Request[Any, Any, Any],
-        pool: DbPool,
-        feed_wake: FeedWake,
+        services: Services,
         flag_id: FromPath[str],
         data: JSONBody[FlagChange],
     ) -> FlagDetailOut:
         """Move a flag through the workflow; each change is kept with who and when."""
         key = _flag_id(flag_id)
         who = principal_of(request).key_id
-        found = await usecase.change(pool, key, data.status, data.note, who)
+        found = await usecase.change(services.pool, key, data.status, data.note, who)
         if found is None:
             raise problem(404, f"no flag {flag_id}")
-        feed_wake()
+        services.feed_wake()
         return msgspec.convert(found, FlagDetailOut, from_attributes=True)

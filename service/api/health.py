@@ -8,7 +8,7 @@ from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
 
-from service.api.deps import DbPool
+from service.api.deps import Services
 from service.api.schemas import HealthOut
 
 
@@ -26,10 +26,10 @@ class HealthController(Controller):
             503: ResponseSpec(HealthOut, description="The database does not answer", generate_examples=False)
         },
     )
-    async def ready(self, pool: DbPool) -> Response[HealthOut]:
+    async def ready(self, services: Services) -> Response[HealthOut]:
         """Ready only when the database answers."""
         try:
-            async with pool.acquire(timeout=2) as conn:
+            async with services.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1", timeout=2)
         except Exception as exc:
             return Response(HealthOut(status="unavailable", reason=type(exc).__name__), status_code=503)

@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
-from service.api.deps import DbPool
+from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import LotOut, OrgStatsOut, RecallOut
@@ -33,9 +33,9 @@ class InvestigationController(Controller):
     security = BEARER
 
     @get("/lots/{product_id:str}/{lot:str}", responses=problems(*KEYED, 404))
-    async def lot(self, pool: DbPool, product_id: FromPath[str], lot: FromPath[str]) -> LotOut:
+    async def lot(self, services: Services, product_id: FromPath[str], lot: FromPath[str]) -> LotOut:
         """Where a lot's units are: counts by state and by custodian."""
-        summary = await usecase.lot(pool, product_id, lot)
+        summary = await usecase.lot(services.pool, product_id, lot)
         if summary is None:
             raise problem(404, f"no codes of product {product_id} lot {lot}")
         return msgspec.convert(summary, LotOut, from_attributes=True)
@@ -47,7 +47,7 @@ class InvestigationController(Controller):
         responses={**unchanged(RecallOut), **problems(*WITH_BODY)},
     )
     async def recall(
-        self, request: Request[Any, Any, Any], pool: DbPool, data: JSONBody[RecallIn]
+        self, request: Request[Any, Any, Any], services: Services, data: JSONBody[RecallIn]
     ) -> Response[RecallOut]:
         """Every code of the lot becomes recalled; later dispenses and settlements of them
         are refused and flagged. Ordering the same recall again changes nothing (200)."""
@@ -55,7 +55,7 @@ class InvestigationController(Controller):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
         by_key = principal_of(request).key_id
         try:
-            done = await usecase.recall(pool, data.product_id, data.lot, data.reason, by_key)
+            done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
         except Invalid as exc:
             raise bad_input(exc.field, exc.message) from None
         return Response(
@@ -63,9 +63,9 @@ class InvestigationController(Controller):
         )
 
     @get("/orgs/{org:str}/stats", responses=problems(*KEYED, 404))
-    async def stats(self, pool: DbPool, org: FromPath[str]) -> OrgStatsOut:
+    async def stats(self, services: Services, org: FromPath[str]) -> OrgStatsOut:
         """Received, dispensed, settled and flagged counts for one organisation."""
-        found = await usecase.org_stats(pool, org)
+        found = await usecase.org_stats(services.pool, org)
         if found is None:
             raise problem(404, f"no organisation {org}")
         return msgspec.convert(found, OrgStatsOut, from_attributes=True)

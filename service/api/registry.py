@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.api.auth import requires
 from service.api.body import StrictJSON
-from service.api.deps import DbPool, Keys
+from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
@@ -62,10 +62,10 @@ class RegistryController(Controller):
         dto=StrictJSON[OrgIn],
         responses={**unchanged(OrgOut), **problems(*WITH_BODY, 409)},
     )
-    async def create_org(self, pool: DbPool, data: JSONBody[OrgIn]) -> Response[OrgOut]:
+    async def create_org(self, services: Services, data: JSONBody[OrgIn]) -> Response[OrgOut]:
         """201 for a new organisation, 200 when the same body is posted again."""
         try:
-            done = await usecase.register_org(pool, Org(**msgspec.structs.asdict(data)))
+            done = await usecase.register_org(services.pool, Org(**msgspec.structs.asdict(data)))
         except Conflict:
             raise _conflict(f"organisation {data.id}") from None
         return Response(
@@ -79,7 +79,7 @@ class RegistryController(Controller):
         dto=StrictJSON[ProductIn],
         responses={**unchanged(ProductOut), **problems(*WITH_BODY, 409)},
     )
-    async def create_product(self, pool: DbPool, data: JSONBody[ProductIn]) -> Response[ProductOut]:
+    async def create_product(self, services: Services, data: JSONBody[ProductIn]) -> Response[ProductOut]:
         """201 for a new product, 200 when the same body is posted again."""
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
@@ -89,7 +89,7 @@ class RegistryController(Controller):
             raise bad_input("contains", f"a {data.level} must say how many children it holds")
         wanted = Product(**{**msgspec.structs.asdict(data), "regions": tuple(sorted(set(data.regions)))})
         try:
-            done = await usecase.register_product(pool, wanted)
+            done = await usecase.register_product(services.pool, wanted)
         except Invalid as exc:
             raise bad_input(exc.field, exc.message) from None
         except Conflict:
@@ -100,23 +100,23 @@ class RegistryController(Controller):
         )
 
     @post("/keys", status_code=201, dto=StrictJSON[KeyIn], responses=problems(*WITH_BODY))
-    async def create_key(self, pool: DbPool, data: JSONBody[KeyIn]) -> KeyOut:
+    async def create_key(self, services: Services, data: JSONBody[KeyIn]) -> KeyOut:
         """A new key; its secret is shown only in this answer."""
         if data.role is Role.ORG and data.org is None:
             raise bad_input("org", "an org key must name its organisation")
         if data.role is not Role.ORG and data.org is not None:
             raise bad_input("org", f"a {data.role.value} key is not bound to an organisation")
         try:
-            key_id, secret = await usecase.create_key(pool, data.role, data.org)
+            key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
         except Invalid as exc:
             raise bad_input(exc.field, exc.message) from None
         return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org)
 
     @delete("/keys/{key_id:str}", status_code=200, responses=problems(*KEYED, 404))
-    async def revoke_key(self, pool: DbPool, key_cache: Keys, key_id: FromPath[str]) -> KeyRevoked:
+    async def revoke_key(self, services: Services, key_id: FromPath[str]) -> KeyRevoked:
         """Revoke a key (idempotent); every worker refuses it at once."""
-        revoked_at = await usecase.revoke_key(pool, key_id)
+        revoked_at = await usecase.revoke_key(services.pool, key_id)
         if revoked_at is None:
             raise problem(404, f"no key {key_id}")
-        key_cache.drop_key(key_id)  # this worker's own cache, before the NOTIFY arrives
+        services.key_cache.drop_key(key_id)  # this worker's own cache, before the NOTIFY arrives
         return KeyRevoked(key_id=key_id, revoked_at=revoked_at)

@@ -14,7 +14,7 @@ from litestar.params import FromPath, JSONBody
 from service import metrics
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
-from service.api.deps import AppSettings, DbPool, FeedWake
+from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import ReversalOut, SettlementOut, SettlementRecordOut
@@ -96,9 +96,7 @@ class SettlementsController(Controller):
     async def settle(
         self,
         request: Request[Any, Any, Any],
-        pool: DbPool,
-        settings: AppSettings,
-        feed_wake: FeedWake,
+        services: Services,
         data: JSONBody[SettlementIn],
     ) -> SettlementOut:
         """Decide which lines the fund pays; ``precheck`` judges and changes nothing."""
@@ -109,7 +107,7 @@ class SettlementsController(Controller):
             )
         claim = _claim(data)
         try:
-            answer = await usecase.settle(pool, claim, settings.psn_secret)
+            answer = await usecase.settle(services.pool, claim, services.settings.psn_secret)
         except usecase.Conflict:
             raise problem(
                 409, f"settlement {data.setl_id} exists with a different body", kind="conflict"
@@ -119,14 +117,14 @@ class SettlementsController(Controller):
         out = msgspec.convert(answer, SettlementOut, from_attributes=True)
         metrics.SETTLEMENTS.labels(claim.mode, out.decision).inc()
         if out.flags:
-            feed_wake()
+            services.feed_wake()
         return out
 
     @get("/{setl_id:str}", guards=[requires(Role.INSURER)], responses=problems(*KEYED, 404))
-    async def read(self, pool: DbPool, setl_id: FromPath[str]) -> SettlementRecordOut:
+    async def read(self, services: Services, setl_id: FromPath[str]) -> SettlementRecordOut:
         """The stored settlement and its answer (a precheck is not stored)."""
         _check_setl_id(setl_id)
-        async with pool.acquire() as conn:
+        async with services.pool.acquire() as conn:
             found = await usecase.get(conn, setl_id)
         if found is None:
             raise problem(404, f"no settlement {setl_id}")
@@ -138,10 +136,10 @@ class SettlementsController(Controller):
         guards=[requires(Role.INSURER)],
         responses=problems(*WITH_BODY, 404),  # a body, if sent, is read (and ignored)
     )
-    async def reverse(self, pool: DbPool, setl_id: FromPath[str]) -> ReversalOut:
+    async def reverse(self, services: Services, setl_id: FromPath[str]) -> ReversalOut:
         """The sale was refunded: its units go back to the organisation. Idempotent."""
         _check_setl_id(setl_id)
-        result = await usecase.reverse(pool, setl_id)
+        result = await usecase.reverse(services.pool, setl_id)
         if result is None:
             raise problem(404, f"no settlement {setl_id}")
         return msgspec.convert(result, ReversalOut, from_attributes=True)

@@ -93,11 +93,12 @@ def document(claim: Claim) -> dict[str, Any]:
     }
 
 
-def stored_request(claim: Claim, secret: bytes) -> dict[str, Any]:
-    """The claim as kept with its settlement: the person number only as its keyed hash."""
+def stored_request(claim: Claim, psn_hash: bytes) -> dict[str, Any]:
+    """The claim as kept with its settlement: the person number only as its keyed hash
+    (:func:`person_hash`)."""
     kept = document(claim)
     del kept["psn_no"]
-    return {**kept, "psn_hash": person_hash(secret, claim.psn_no).hex()}
+    return {**kept, "psn_hash": psn_hash.hex()}
 
 
 def person_hash(secret: bytes, psn_no: str) -> bytes:

@@ -42,6 +42,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         return rules.answer(claim.setl_id, rules.decide(claim, canonical, loaded).outcomes, [])
 
     body_hash = fingerprint(secret, claim)
+    psn_hash = person_hash(secret, claim.psn_no)
 
     async def work(conn: Conn) -> dict[str, Any]:
         # load: a replay needs only the stored answer; otherwise the packs, locked in
@@ -63,10 +64,10 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             conn,
             setl_id=claim.setl_id,
             org=claim.org,
-            psn_hash=person_hash(secret, claim.psn_no),
+            psn_hash=psn_hash,
             at=claim.at,
             body_hash=body_hash,
-            request=rules.stored_request(claim, secret),
+            request=rules.stored_request(claim, psn_hash),
             response=answer,
             decision=answer["decision"],
         )
