@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import redis.asyncio as aioredis
 from litestar import Litestar
@@ -28,6 +29,7 @@ from service.api.settlements import SettlementsController
 from service.config import Settings
 from service.feed import FlagFeed
 from service.store.db import create_pool
+from service.usecases import flags as flag_usecases
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.feed_wake = feed.wake
         tasks.append(asyncio.create_task(feed.run()))
     app.state.services = AppServices(app.state.pool, settings, app.state.key_cache, app.state.feed_wake)
+    grace = timedelta(hours=settings.flag_grace_hours)
+    promoting = flag_usecases.keep_promoting(
+        app.state.pool, grace, settings.flag_promote_seconds, app.state.feed_wake
+    )
+    tasks.append(asyncio.create_task(promoting))
     try:
         yield
     finally:

@@ -19,6 +19,19 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+    if value < 0:
+        raise SystemExit(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service can be told from outside.
@@ -39,6 +52,8 @@ class Settings:
     psn_secret: bytes
     log_level: str
     key_cache_seconds: float
+    flag_grace_hours: float  # how long a suspicion a late upload may explain stays pending
+    flag_promote_seconds: float  # how often pending flags past their window are opened
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,4 +71,6 @@ class Settings:
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
             log_level=os.environ.get("TRACE_LOG_LEVEL", "info"),
             key_cache_seconds=float(os.environ.get("TRACE_KEY_CACHE_SECONDS", "60")),
+            flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0),
+            flag_promote_seconds=_float("TRACE_FLAG_PROMOTE_SECONDS", 60.0),
         )

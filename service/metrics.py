@@ -26,6 +26,9 @@ FLAGS_PUBLISH_FAILED = Counter(
 FLAGS_UNPUBLISHED = Gauge(
     "tracecode_flags_unpublished", "Flags waiting for the Redis stream", multiprocess_mode="max"
 )
+FLAGS_PROMOTED = Counter(
+    "tracecode_flags_promoted_total", "Pending flags opened because their grace window passed unexplained"
+)
 FLAGS_RAISED = Counter("tracecode_flags_raised_total", "Flags raised, by kind", ["kind"])
 SETTLEMENTS = Counter(
     "tracecode_settlements_total", "Settlements answered, by mode and decision", ["mode", "decision"]

@@ -31,8 +31,9 @@ KINDS = (
     "EXPIRED",
     "RECALLED",
     "COMMISSION_CONFLICT",
+    "EXCESS_PURCHASE",
 )
-STATUSES = ("open", "investigating", "confirmed", "dismissed", "auto_cleared")
+STATUSES = ("pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared")
 
 
 class FlagChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -81,7 +82,9 @@ class FlagsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> FlagPage:
-        """Flags, newest first. ``since``/``until`` bound the activity time (``at``);
+        """Flags, newest first; without ``status`` every status but ``pending`` (suspicions
+        a late upload may still explain, within their grace window; ``status=pending``
+        lists them). ``since``/``until`` bound the activity time (``at``);
         ``region`` matches a region-code prefix. Pass ``next_cursor`` back as ``cursor``
         for the next page; flags raised meanwhile never shift a page."""
         if kind is not None and kind not in KINDS:

@@ -17,7 +17,7 @@ from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
 from service.api.types import OrgId, Region, RegionPrefix, Text
 from service.core.auth import Role
 from service.core.codes import is_product_id
-from service.core.registry import Org, Product
+from service.core.registry import Org, PersonLimit, Product
 from service.usecases import registry as usecase
 from service.usecases.errors import Conflict, Invalid
 
@@ -27,6 +27,13 @@ class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Text
     kind: Literal["manufacturer", "distributor", "hospital", "pharmacy"]
     region: Region
+
+
+class PersonLimitIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The most units one insured person plausibly needs within ``days`` days."""
+
+    units: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    days: Annotated[int, msgspec.Meta(ge=1, le=3660)]
 
 
 class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,6 +46,7 @@ class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
     contains: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     regions: Annotated[list[RegionPrefix], msgspec.Meta(max_length=100)] = []
     trace_exempt: bool = False
+    person_limit: PersonLimitIn | None = None
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -87,7 +95,14 @@ class RegistryController(Controller):
             raise bad_input("contains", "only a case or pallet contains children")
         if data.level != "unit" and data.contains is None:
             raise bad_input("contains", f"a {data.level} must say how many children it holds")
-        wanted = Product(**{**msgspec.structs.asdict(data), "regions": tuple(sorted(set(data.regions)))})
+        limit = data.person_limit
+        wanted = Product(
+            **{
+                **msgspec.structs.asdict(data),
+                "regions": tuple(sorted(set(data.regions))),
+                "person_limit": PersonLimit(limit.units, limit.days) if limit else None,
+            }
+        )
         try:
             done = await usecase.register_product(services.pool, wanted)
         except Invalid as exc:

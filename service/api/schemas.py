@@ -68,6 +68,11 @@ class OrgOut(msgspec.Struct):
     region: str
 
 
+class PersonLimitOut(msgspec.Struct):
+    units: int
+    days: int
+
+
 class ProductOut(msgspec.Struct):
     product_id: str
     name: str
@@ -78,6 +83,7 @@ class ProductOut(msgspec.Struct):
     contains: int | None
     regions: list[str]
     trace_exempt: bool
+    person_limit: PersonLimitOut | None
 
 
 class KeyOut(msgspec.Struct):

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from service.core.codes import parse_code
+from service.core.registry import Org, Product
 
 # Same-instant events are ordered by what must logically come first.
 TYPE_RANK = {
@@ -151,7 +152,7 @@ def holds(state: CodeState, org: str) -> bool:
 class Suspicion:
     """Physically real but suspicious activity seen while folding (becomes a flag)."""
 
-    kind: str  # UNKNOWN_CODE | DIVERSION
+    kind: str  # UNKNOWN_CODE | DIVERSION | OUT_OF_REGION
     code: str
     fact: Fact
     detail: str
@@ -179,6 +180,10 @@ class World:
     changed: set[str] = field(default_factory=set)
     record: bool = False
     suspicions: list[Suspicion] = field(default_factory=list)
+    # the registry rows known to the fold: a receipt outside a product's regions is judged
+    # where both the product and the receiving organisation are known
+    products: Mapping[str, Product] = field(default_factory=dict)
+    orgs: Mapping[str, Org] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for s in self.states.values():
@@ -264,6 +269,8 @@ class World:
                     t = self.get(inner, fact.at)
                     self._move(t, fact)
                     self._touch(t, fact, via)
+                    if kind == "receive":
+                        self._check_region(t, fact)
             else:
                 self._touch(s, fact, None)
 
@@ -316,6 +323,16 @@ class World:
             )
         )
 
+    def _check_region(self, s: CodeState, fact: Fact) -> None:
+        """A product received by an organisation outside its regions (串货 across
+        regions), judged for every pack the receipt takes in, inside cases too."""
+        product = self.products.get(s.product_id or "")
+        org = self.orgs.get(fact.org)
+        if not s.commissioned or product is None or org is None or product.sold_in(org.region):
+            return  # a code never commissioned is suspect as such already (UNKNOWN_CODE)
+        detail = f"receive by {fact.org}: may not be sold in region {org.region}"
+        self.suspicions.append(Suspicion("OUT_OF_REGION", s.code, fact, detail))
+
     def _commission(self, s: CodeState, fact: Fact) -> None:
         s.commissioned = True
         s.commissioned_by = fact.org
@@ -353,10 +370,12 @@ def replay(
     pack_units: Mapping[str, int],
     *,
     record: bool = False,
+    products: Mapping[str, Product] | None = None,
+    orgs: Mapping[str, Org] | None = None,
 ) -> World:
     """Fold ``facts`` from nothing. What sales and recalls decided (pack_units,
     units_left, recalled) is carried over from ``keep``, the stored states."""
-    world = World(states={}, pack_units=pack_units, record=record)
+    world = World(states={}, pack_units=pack_units, record=record, products=products or {}, orgs=orgs or {})
     for code, old in keep.items():
         s = world.get(code, EPOCH)
         s.pack_units, s.units_left, s.recalled = old.pack_units, old.units_left, old.recalled

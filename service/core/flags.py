@@ -22,6 +22,22 @@ from service.core.sales import Consumption
 
 EVENT = "event"
 SETTLEMENT = "settlement"
+PERSON = "person"
+
+PENDING, OPEN = "pending", "open"
+# The custody suspicions: activity on a code whose commission is not known, or by an
+# organisation not known to hold it (a receive with no matching shipment, a move or sale
+# by someone else). A late upload can explain them (the commission, the shipment), and the
+# fold judges them again when one arrives, so they start pending for the grace window.
+# Every other kind rests on facts no later upload changes (the pack was already consumed,
+# its product, expiry, recall or region, a second commission, a person's purchases), so
+# it is open at once.
+CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
+
+
+def initial_status(kind: str) -> str:
+    """The status a new flag of ``kind`` starts in."""
+    return PENDING if kind in CUSTODY_KINDS else OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +55,12 @@ class Evidence:
     def settlement(cls, setl_id: str) -> Evidence:
         return cls(SETTLEMENT, setl_id)
 
+    @classmethod
+    def person(cls, psn_hash: bytes, med_list_codg: str) -> Evidence:
+        """One insured person's purchases of one catalogue item. The id is opaque: it is
+        compared, never taken apart."""
+        return cls(PERSON, f"{psn_hash.hex()}/{med_list_codg}")
+
 
 FlagKey = tuple[str, str, Evidence]  # (kind, code, evidence): one flag each
 
@@ -53,6 +75,10 @@ class NewFlag:
     detail: str
     refs: dict[str, Any]
     source: Evidence
+
+    @property
+    def status(self) -> str:
+        return initial_status(self.kind)
 
     @property
     def key(self) -> FlagKey:

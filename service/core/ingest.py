@@ -20,9 +20,6 @@ from service.core.flags import FlagKey, NewFlag
 from service.core.registry import Org, Product
 from service.core.sales import Consumption, Return, Sale, draw, match_returns, move_units
 
-# Custody suspicions that a late event can explain (a replay judges them again).
-CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
-
 
 def named_codes(events: Iterable[Incoming]) -> set[str]:
     """The codes and containers the events name."""
@@ -186,10 +183,16 @@ def decide(loaded: Loaded) -> Plan:
     reopen = [r for r in loaded.reopen if r.at >= earliest]
     if needs_replay(earliest, states, reopen):
         assert loaded.history is not None, "the load step reads the history when a replay is needed"
-        world = replay(loaded.history + facts + reopen, keep=states, pack_units=pack_units)
+        world = replay(
+            loaded.history + facts + reopen,
+            keep=states,
+            pack_units=pack_units,
+            products=loaded.products,
+            orgs=loaded.orgs,
+        )
         plan.replayed = True
     else:
-        world = World(states=dict(states), pack_units=pack_units)
+        world = World(states=dict(states), pack_units=pack_units, products=loaded.products, orgs=loaded.orgs)
         world.apply_all(facts)
     _mark_recalled(world, facts, loaded.recalled_lots)
 

@@ -15,6 +15,14 @@ class Org:
 
 
 @dataclass(frozen=True, slots=True)
+class PersonLimit:
+    """The most units one insured person plausibly needs within ``days`` days."""
+
+    units: int
+    days: int
+
+
+@dataclass(frozen=True, slots=True)
 class Product:
     product_id: str
     name: str
@@ -25,6 +33,7 @@ class Product:
     contains: int | None
     regions: tuple[str, ...]  # region-code prefixes where it may be sold; () = anywhere
     trace_exempt: bool
+    person_limit: PersonLimit | None = None
 
     def sold_in(self, region: str) -> bool:
         """May this product be sold in ``region``?"""

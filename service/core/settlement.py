@@ -10,7 +10,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,7 +18,7 @@ import msgspec
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState
 from service.core.flags import Evidence, FlagRef, NewFlag
-from service.core.registry import Org, Product
+from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
     ALREADY_SETTLED,
     EXPIRED,
@@ -304,7 +304,7 @@ def settlement_flags(
     return flags
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Loaded:
     """What judging a claim needs, as read (with the code rows locked) by the use case."""
 
@@ -313,6 +313,98 @@ class Loaded:
     products: Mapping[str, Product]  # the products of those codes
     exempt_codgs: set[str]  # catalogue items among the code-less lines that carry no code
     earlier: Mapping[str, list[Consumption]]  # unreversed sales of opened packs, oldest first
+    # for EXCESS_PURCHASE, only when an item billed has a person limit:
+    psn_hash: bytes = b""  # the insured person, by keyed hash
+    purchases: Sequence[Purchase] = ()  # the person's unreversed purchases of those items in their windows
+    # when the person's latest EXCESS_PURCHASE flag of each item (by evidence id) was raised
+    excess_flagged: Mapping[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """The units of one catalogue item one insured person bought in one settlement."""
+
+    med_list_codg: str
+    setl_id: str
+    org: str
+    at: datetime
+    units: int
+
+
+EXCESS_PURCHASE = "EXCESS_PURCHASE"
+
+
+def person_limits(
+    claim: Claim,
+    canonical: Mapping[str, str | None],
+    states: Mapping[str, CodeState],
+    products: Mapping[str, Product],
+) -> dict[str, PersonLimit]:
+    """The person limit of each billed catalogue item whose packs' product has one."""
+    limits: dict[str, PersonLimit] = {}
+    for line in claim.lines:
+        for raw in line.codes:
+            state = states.get(canonical.get(raw) or "")
+            product = products.get(state.product_id or "") if state else None
+            if product and product.person_limit and product.med_list_codg == line.med_list_codg:
+                limits[line.med_list_codg] = product.person_limit
+    return limits
+
+
+def _excess(
+    claim: Claim,
+    canonical: Mapping[str, str | None],
+    outcomes: Sequence[LineOutcome],
+    limits: Mapping[str, PersonLimit],
+    loaded: Loaded,
+) -> tuple[list[Purchase], list[NewFlag]]:
+    """What the payable lines add to the person's purchases of items with a limit, and
+    an EXCESS_PURCHASE flag where the units bought within the limit's days (up to and
+    including this settlement) pass it: one flag per person, item and window, so none
+    while the person's last flag of the item is less than the limit's days old.
+    Payability does not change."""
+    bought: dict[str, int] = {}
+    first_code: dict[str, str] = {}
+    for line, outcome in zip(claim.lines, outcomes, strict=True):
+        if outcome.payable and line.med_list_codg in limits:
+            # the units billed: a dispense of the same sale may have drawn them already
+            bought[line.med_list_codg] = bought.get(line.med_list_codg, 0) + line.quantity
+            code = canonical.get(line.codes[0]) if line.codes else None
+            if code:
+                first_code.setdefault(line.med_list_codg, code)
+    purchases, flags = [], []
+    for codg, units in bought.items():
+        limit = limits[codg]
+        purchases.append(Purchase(codg, claim.setl_id, claim.org, claim.at, units))
+        since = claim.at - timedelta(days=limit.days)
+        window = [p for p in loaded.purchases if p.med_list_codg == codg and since < p.at <= claim.at]
+        total = units + sum(p.units for p in window)
+        evidence = Evidence.person(loaded.psn_hash, codg)
+        last = loaded.excess_flagged.get(evidence.id)
+        if total <= limit.units or (last is not None and last > since) or codg not in first_code:
+            continue
+        orgs = sorted({p.org for p in window} | {claim.org})
+        flags.append(
+            NewFlag(
+                kind=EXCESS_PURCHASE,
+                code=first_code[codg],
+                org=claim.org,
+                region=loaded.org.region,
+                at=claim.at,
+                detail=(
+                    f"one insured person bought {total} units of {codg} within {limit.days} days "
+                    f"at {len(orgs)} institution(s); a course of treatment needs at most {limit.units}"
+                ),
+                refs={
+                    "settlements": [p.setl_id for p in window] + [claim.setl_id],
+                    "orgs": orgs,
+                    "units": total,
+                    "person_limit": {"units": limit.units, "days": limit.days},
+                },
+                source=evidence,
+            )
+        )
+    return purchases, flags
 
 
 @dataclass(slots=True)
@@ -323,6 +415,7 @@ class Decision:
     consumptions: list[Consumption]  # one per pack the payable lines draw from
     changed: list[CodeState]  # packs whose units_left went down
     flags: list[NewFlag]
+    purchases: list[Purchase]  # of items with a person limit, by the payable lines
 
 
 def canonical_codes(claim: Claim) -> dict[str, str | None]:
@@ -366,7 +459,11 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     ]
     changed = move_units(loaded.states, [(code, -units) for code, units in drawn.items()])
     flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, loaded.states, loaded.earlier)
-    return Decision(outcomes, consumptions, [loaded.states[c] for c in sorted(changed)], flags)
+    limits = person_limits(claim, canonical, loaded.states, loaded.products)
+    purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])
+    return Decision(
+        outcomes, consumptions, [loaded.states[c] for c in sorted(changed)], flags + excess, purchases
+    )
 
 
 def answer(setl_id: str, outcomes: Sequence[LineOutcome], flags: Sequence[FlagRef]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -28,15 +28,16 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
     rows = await conn.fetch(
         """WITH given AS (
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                    $6::text[], $7::jsonb[], $8::text[], $9::text[])
-                   WITH ORDINALITY AS g(kind, code, org, region, at, detail, refs, source_kind, source_id, n))
-           INSERT INTO flags (kind, code, org, region, at, detail, refs, source_kind, source_id)
+                                    $6::text[], $7::jsonb[], $8::text[], $9::text[], $10::text[])
+                   WITH ORDINALITY
+                   AS g(kind, code, org, region, at, detail, refs, source_kind, source_id, status, n))
+           INSERT INTO flags (kind, code, org, region, at, detail, refs, source_kind, source_id, status)
            SELECT g.kind, g.code, g.org, coalesce(g.region, o.region), g.at, g.detail, g.refs,
-                  g.source_kind, g.source_id
+                  g.source_kind, g.source_id, g.status
            FROM given g LEFT JOIN orgs o ON o.id = g.org
            ORDER BY g.n
            ON CONFLICT (code, kind, source_kind, source_id) DO UPDATE
-               SET status = 'open', updated_at = now(), published_at = NULL
+               SET status = EXCLUDED.status, updated_at = now(), published_at = NULL
                WHERE flags.status = 'auto_cleared'
            RETURNING flag_id, kind, code, source_kind, source_id""",
         [f.kind for f in items],
@@ -48,6 +49,7 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
         [f.refs for f in items],
         [f.source.kind for f in items],
         [f.source.id for f in items],
+        [f.status for f in items],
     )
     stored = {_key(r): FlagRef(r["flag_id"], r["kind"], r["code"]) for r in rows}
     standing = [f for f in items if f.key not in stored]
@@ -69,6 +71,21 @@ def _key(row: asyncpg.Record) -> FlagKey:
     return (row["kind"], row["code"], Evidence(row["source_kind"], row["source_id"]))
 
 
+async def last_raised(conn: Conn, kind: str, sources: Sequence[Evidence]) -> dict[str, datetime]:
+    """For each piece of evidence that has flags of ``kind`` (on any code), the activity
+    time of the latest, by evidence id."""
+    rows = await conn.fetch(
+        """SELECT source_id, max(at) AS at FROM flags
+           WHERE kind = $1 AND (source_kind, source_id) IN
+                 (SELECT * FROM unnest($2::text[], $3::text[]))
+           GROUP BY source_id""",
+        kind,
+        [e.kind for e in sources],
+        [e.id for e in sources],
+    )
+    return {r["source_id"]: r["at"] for r in rows}
+
+
 async def auto_clear(
     conn: Conn,
     codes: Sequence[str],
@@ -87,7 +104,7 @@ async def auto_clear(
         """UPDATE flags
            SET status = 'auto_cleared', updated_at = now(), published_at = NULL,
                refs = refs || jsonb_build_object('cleared_by', $3::text[])
-           WHERE code = ANY($1::text[]) AND kind = ANY($2::text[]) AND status = 'open'
+           WHERE code = ANY($1::text[]) AND kind = ANY($2::text[]) AND status IN ('pending', 'open')
              AND (source_kind = 'event'
                   OR (source_kind = 'settlement'
                       AND (code, source_id) IN (SELECT * FROM unnest($4::text[], $5::text[]))))
@@ -120,11 +137,42 @@ async def settlement_suspicions(conn: Conn, codes: Sequence[str]) -> list[Fact]:
     as the settlements to judge again: a late event may explain them."""
     rows = await conn.fetch(
         """SELECT code, org, at, source_id FROM flags
-           WHERE code = ANY($1::text[]) AND status = 'open' AND source_kind = 'settlement'
+           WHERE code = ANY($1::text[]) AND status IN ('pending', 'open') AND source_kind = 'settlement'
              AND kind IN ('UNKNOWN_CODE', 'DIVERSION')""",
         list(codes),
     )
     return [Fact.settlement(r["source_id"], r["at"], r["org"], r["code"]) for r in rows]
+
+
+PROMOTION_LOCK = 7_413_000_002  # arbitrary, constant: "tracecode pending-flag promotion"
+
+
+async def promote_pending(conn: Conn, window: timedelta, limit: int = 10_000) -> list[int] | None:
+    """Pending flags whose grace window has passed unexplained become open, each change
+    kept with who (``system``) and why, and put on the feed's outbox. Runs in one
+    transaction holding a transaction-level advisory lock; returns None without doing
+    anything when another transaction holds it (one promotion at a time, whatever the
+    number of workers)."""
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PROMOTION_LOCK):
+        return None
+    rows = await conn.fetch(
+        """UPDATE flags SET status = 'open', updated_at = now(), published_at = NULL
+           WHERE flag_id IN (SELECT flag_id FROM flags
+                             WHERE status = 'pending' AND updated_at <= now() - $1::interval
+                             ORDER BY updated_at LIMIT $2)
+           RETURNING flag_id""",
+        window,
+        limit,
+    )
+    ids = [r["flag_id"] for r in rows]
+    if ids:
+        await conn.execute(
+            """INSERT INTO flag_changes (flag_id, status, note, by_key)
+               SELECT id, 'open', 'the grace window passed with nothing explaining it', 'system'
+               FROM unnest($1::bigint[]) AS id""",
+            ids,
+        )
+    return ids
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
@@ -177,7 +225,7 @@ async def search(
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM flags
             WHERE ($1::text IS NULL OR kind = $1)
-              AND ($2::text IS NULL OR status = $2)
+              AND (status = $2 OR ($2::text IS NULL AND status <> 'pending'))
               AND ($3::text IS NULL OR org = $3)
               AND ($4::text IS NULL OR region LIKE $4 || '%')
               AND ($5::text IS NULL OR code = $5)

@@ -7,7 +7,7 @@ from datetime import datetime
 import asyncpg
 
 from service.core.auth import Principal, Role
-from service.core.registry import Org, Product
+from service.core.registry import Org, PersonLimit, Product
 from service.store.conn import Conn
 
 ORG_FIELDS = ("id", "name", "kind", "region")
@@ -22,6 +22,8 @@ PRODUCT_FIELDS = (
     "regions",
     "trace_exempt",
 )
+# and the optional person limit, as two columns (the load-test seeder leaves them empty)
+_PRODUCT_COLUMNS = ", ".join((*PRODUCT_FIELDS, "person_limit_units", "person_limit_days"))
 
 
 def _org(row: asyncpg.Record) -> Org:
@@ -29,7 +31,12 @@ def _org(row: asyncpg.Record) -> Org:
 
 
 def _product(row: asyncpg.Record) -> Product:
-    return Product(**{**dict(row), "regions": tuple(row["regions"])})
+    units, days = row["person_limit_units"], row["person_limit_days"]
+    return Product(
+        **{f: row[f] for f in PRODUCT_FIELDS if f != "regions"},
+        regions=tuple(row["regions"]),
+        person_limit=PersonLimit(units, days) if units is not None else None,
+    )
 
 
 async def insert_org(conn: Conn, org: Org) -> Org | None:
@@ -74,9 +81,9 @@ async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, Org]:
 async def insert_product(conn: Conn, product: Product) -> Product | None:
     """Insert; return None if the id exists already."""
     row = await conn.fetchrow(
-        f"""INSERT INTO products ({", ".join(PRODUCT_FIELDS)})
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-            ON CONFLICT (product_id) DO NOTHING RETURNING {", ".join(PRODUCT_FIELDS)}""",  # noqa: S608
+        f"""INSERT INTO products ({_PRODUCT_COLUMNS})
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (product_id) DO NOTHING RETURNING {_PRODUCT_COLUMNS}""",  # noqa: S608
         product.product_id,
         product.name,
         product.med_list_codg,
@@ -86,6 +93,8 @@ async def insert_product(conn: Conn, product: Product) -> Product | None:
         product.contains,
         list(product.regions),
         product.trace_exempt,
+        product.person_limit.units if product.person_limit else None,
+        product.person_limit.days if product.person_limit else None,
     )
     return _product(row) if row else None
 
@@ -94,7 +103,7 @@ async def get_products(conn: Conn, ids: list[str]) -> dict[str, Product]:
     missing = [i for i in ids if i not in _products]
     if missing:
         rows = await conn.fetch(
-            f"SELECT {', '.join(PRODUCT_FIELDS)} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
+            f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE product_id = ANY($1::text[])",  # noqa: S608
             missing,
         )
         _products.update((r["product_id"], _product(r)) for r in rows)

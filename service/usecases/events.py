@@ -11,7 +11,7 @@ import asyncpg
 from service import metrics
 from service.core import ingest as rules
 from service.core.events import Incoming, Rejection
-from service.core.flags import FlagRef
+from service.core.flags import CUSTODY_KINDS, FlagRef
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
@@ -132,7 +132,7 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
             conn,
             plan.clear.codes,
             plan.clear.standing,
-            rules.CUSTODY_KINDS,
+            CUSTODY_KINDS,
             plan.clear.cleared_by,
             plan.clear.rejudged,
         )

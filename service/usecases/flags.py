@@ -3,13 +3,19 @@ through the workflow. Flags leave here with their ids as strings, as the API sho
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from service import metrics
 from service.store import flags as flag_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +82,28 @@ async def change(
         flag = await flag_store.get(conn, flag_id)
         assert flag is not None
         return {**_shown(flag), "history": await flag_store.changes(conn, flag_id)}
+
+
+async def promote_due(pool: asyncpg.Pool, window: timedelta) -> list[int] | None:
+    """Pending flags whose grace ``window`` has passed unexplained become open; their
+    ids, or None when another process is promoting right now."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await flag_store.promote_pending(conn, window)
+
+
+async def keep_promoting(
+    pool: asyncpg.Pool, window: timedelta, every: float, promoted: Callable[[], None]
+) -> None:
+    """Forever, every ``every`` seconds: :func:`promote_due`, then ``promoted()`` (the
+    feed's wake-up) when flags changed. Every worker runs this; the database lets one
+    promote at a time, and what is due is read from the flags, so a restart loses
+    nothing."""
+    while True:
+        try:
+            ids = await promote_due(pool, window)
+            if ids:
+                metrics.FLAGS_PROMOTED.inc(len(ids))
+                promoted()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("flag promotion: database unavailable (%s)", exc)
+        await asyncio.sleep(every)

@@ -5,15 +5,19 @@ settlements cannot both win or deadlock."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from service.core import settlement as rules
+from service.core.flags import Evidence
 from service.core.sales import Consumption, Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprint, person_hash
 from service.store import codes as code_store
 from service.store import flags as flag_store
+from service.store import purchases as purchase_store
 from service.store import registry
 from service.store import sales as sale_store
 from service.store import settlements as setl_store
@@ -35,14 +39,13 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
     claim again returns the stored answer, a different one with the same id raises
     Conflict. ``precheck`` judges and changes nothing."""
     canonical = rules.canonical_codes(claim)
-    codes = sorted({c for c in canonical.values() if c})
+    psn_hash = person_hash(secret, claim.psn_no)
     if claim.mode == "precheck":
         async with pool.acquire() as conn:
-            loaded = await _load(conn, claim, codes, lock=False)
+            loaded = await _load(conn, claim, canonical, psn_hash, lock=False)
         return rules.answer(claim.setl_id, rules.decide(claim, canonical, loaded).outcomes, [])
 
     body_hash = fingerprint(secret, claim)
-    psn_hash = person_hash(secret, claim.psn_no)
 
     async def work(conn: Conn) -> dict[str, Any]:
         # load: a replay needs only the stored answer; otherwise the packs, locked in
@@ -52,12 +55,13 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             if not hmac.compare_digest(stored["body_hash"], body_hash):
                 raise Conflict
             return dict(stored["response"])
-        loaded = await _load(conn, claim, codes, lock=True)
+        loaded = await _load(conn, claim, canonical, psn_hash, lock=True)
         # decide
         decision = rules.decide(claim, canonical, loaded)
         # write
         await sale_store.record(conn, decision.consumptions)
         await code_store.update(conn, decision.changed)
+        await purchase_store.record(conn, psn_hash, decision.purchases)
         raised = await flag_store.raise_flags(conn, decision.flags)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
         fresh = await setl_store.insert(
@@ -78,10 +82,13 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
     return await with_retry(pool, work)
 
 
-async def _load(conn: Conn, claim: Claim, codes: list[str], *, lock: bool) -> Loaded:
+async def _load(
+    conn: Conn, claim: Claim, canonical: Mapping[str, str | None], psn_hash: bytes, *, lock: bool
+) -> Loaded:
     org = await registry.get_org(conn, claim.org)
     if org is None:
         raise UnknownOrg
+    codes = sorted({c for c in canonical.values() if c})
     states = await (code_store.lock(conn, codes) if lock else code_store.read(conn, codes))
     product_ids = sorted({s.product_id for s in states.values() if s.product_id})
     products = await registry.get_products(conn, product_ids)
@@ -91,7 +98,15 @@ async def _load(conn: Conn, claim: Claim, codes: list[str], *, lock: bool) -> Lo
     earlier: dict[str, list[Consumption]] = {}
     for sale in await sale_store.of_codes(conn, opened, open_only=True) if opened else []:
         earlier.setdefault(sale.code, []).append(sale)
-    return Loaded(org=org, states=states, products=products, exempt_codgs=exempt, earlier=earlier)
+    loaded = Loaded(org=org, states=states, products=products, exempt_codgs=exempt, earlier=earlier)
+    limits = rules.person_limits(claim, canonical, states, products)
+    if limits:  # the person's purchases of those items within their windows, and their flags
+        since = claim.at - timedelta(days=max(limit.days for limit in limits.values()))
+        loaded.psn_hash = psn_hash
+        loaded.purchases = await purchase_store.window(conn, psn_hash, sorted(limits), since, claim.at)
+        people = [Evidence.person(psn_hash, item) for item in limits]
+        loaded.excess_flagged = await flag_store.last_raised(conn, rules.EXCESS_PURCHASE, people)
+    return loaded
 
 
 async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
@@ -138,6 +153,7 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
         }
         # write
         await sale_store.reverse(conn, [(t, None) for t in taken])
+        await purchase_store.reverse(conn, stored["psn_hash"], setl_id)
         await code_store.update(conn, [states[c] for c in sorted(changed)])
         await setl_store.mark_reversed(conn, setl_id, result)
         return result

@@ -182,9 +182,9 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(d1, "POST", "/v1/events", 200, body={"events": [event("receive", "D1", [case], 3)]})
     await c.call(d1, "POST", "/v1/events", 200, body={"events": [event("ship", "D1", [case], 4, to="P1")]})
     await c.call(p1, "POST", "/v1/events", 200, body={"events": [event("receive", "P1", [case], 5)]})
-    # a hospital receives a pack it was never sent: a DIVERSION flag
+    # a hospital receives two packs it was never sent: two DIVERSION flags (pending)
     out = await c.call(
-        h1, "POST", "/v1/events", 200, body={"events": [event("receive", "H1", [codes[3]], 6)]}
+        h1, "POST", "/v1/events", 200, body={"events": [event("receive", "H1", codes[2:4], 6)]}
     )
     assert out["flags"], out
     await c.call(p1, "POST", "/v1/events", 403, body={"events": [event("receive", "D1", [case], 6)]})
@@ -241,9 +241,10 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(inv, "GET", "/v1/settlements/{setl_id}", 403, setl_id="S1")
 
     # flags
-    page = await c.call(inv, "GET", "/v1/flags", 200, query={"limit": "1"})
+    await c.call(inv, "GET", "/v1/flags", 200, query={"limit": "1"})
+    page = await c.call(inv, "GET", "/v1/flags", 200, query={"limit": "1", "status": "pending"})
     assert page["next_cursor"]
-    await c.call(inv, "GET", "/v1/flags", 200, query={"cursor": page["next_cursor"], "status": "open"})
+    await c.call(inv, "GET", "/v1/flags", 200, query={"cursor": page["next_cursor"], "status": "pending"})
     await c.call(inv, "GET", "/v1/flags", 400, query={"kind": "NOPE"})
     await c.call(inv, "GET", "/v1/flags", 400, query={"limit": "0"})
     await c.call(None, "GET", "/v1/flags", 401)

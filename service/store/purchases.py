@@ -1,0 +1,51 @@
+"""SQL for purchases: what each insured person (by keyed hash) bought of each catalogue
+item with a person limit, by settlement (for EXCESS_PURCHASE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from service.core.settlement import Purchase
+from service.store.conn import Conn
+
+
+async def window(
+    conn: Conn, psn_hash: bytes, items: Sequence[str], since: datetime, until: datetime
+) -> list[Purchase]:
+    """The person's unreversed purchases of ``items`` in (since, until], by index."""
+    rows = await conn.fetch(
+        """SELECT med_list_codg, setl_id, org, at, units FROM purchases
+           WHERE psn_hash = $1 AND med_list_codg = ANY($2::text[]) AND at > $3 AND at <= $4
+             AND NOT reversed
+           ORDER BY at""",
+        psn_hash,
+        list(items),
+        since,
+        until,
+    )
+    return [Purchase(r["med_list_codg"], r["setl_id"], r["org"], r["at"], r["units"]) for r in rows]
+
+
+async def record(conn: Conn, psn_hash: bytes, purchases: Sequence[Purchase]) -> None:
+    if not purchases:
+        return
+    await conn.execute(
+        """INSERT INTO purchases (psn_hash, med_list_codg, setl_id, org, at, units)
+           SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[])""",
+        psn_hash,
+        [p.med_list_codg for p in purchases],
+        [p.setl_id for p in purchases],
+        [p.org for p in purchases],
+        [p.at for p in purchases],
+        [p.units for p in purchases],
+    )
+
+
+async def reverse(conn: Conn, psn_hash: bytes, setl_id: str) -> None:
+    """A refunded settlement's purchases no longer count."""
+    await conn.execute(
+        "UPDATE purchases SET reversed = true WHERE psn_hash = $1 AND setl_id = $2 AND NOT reversed",
+        psn_hash,
+        setl_id,
+    )
