@@ -1,5 +1,6 @@
 """SQL for purchases: what each insured person (by keyed hash) bought of each catalogue
-item with a person limit, by settlement (for EXCESS_PURCHASE)."""
+item with a person limit, by settlement (for EXCESS_PURCHASE). A reversal marks them
+reversed with the settlement (``settlements.mark_reversed``)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,3 @@ async def record(conn: Conn, psn_hash: bytes, purchases: Sequence[Purchase]) -> 
         [p.units for p in purchases],
     )
 
-
-async def reverse(conn: Conn, psn_hash: bytes, setl_id: str) -> None:
-    """A refunded settlement's purchases no longer count."""
-    await conn.execute(
-        "UPDATE purchases SET reversed = true WHERE psn_hash = $1 AND setl_id = $2 AND NOT reversed",
-        psn_hash,
-        setl_id,
-    )

@@ -50,11 +50,17 @@ async def get(conn: Conn, setl_id: str, *, lock: bool = False) -> dict[str, Any]
     return dict(row) if row else None
 
 
-async def mark_reversed(conn: Conn, setl_id: str, reversal: dict[str, Any]) -> None:
+async def mark_reversed(conn: Conn, setl_id: str, psn_hash: bytes, reversal: dict[str, Any]) -> None:
+    """Keep the reversal with the settlement; the person's purchases of it no longer
+    count (for EXCESS_PURCHASE). One statement: a reversal is one round trip fewer."""
     await conn.execute(
-        "UPDATE settlements SET reversal = $2, reversed_at = now() WHERE setl_id = $1",
+        """WITH purchases AS (
+               UPDATE purchases SET reversed = true
+               WHERE psn_hash = $3 AND setl_id = $1 AND NOT reversed)
+           UPDATE settlements SET reversal = $2, reversed_at = now() WHERE setl_id = $1""",
         setl_id,
         reversal,
+        psn_hash,
     )
 
 

@@ -153,9 +153,8 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
         }
         # write
         await sale_store.reverse(conn, [(t, None) for t in taken])
-        await purchase_store.reverse(conn, stored["psn_hash"], setl_id)
         await code_store.update(conn, [states[c] for c in sorted(changed)])
-        await setl_store.mark_reversed(conn, setl_id, result)
+        await setl_store.mark_reversed(conn, setl_id, stored["psn_hash"], result)
         return result
 
     return await with_retry(pool, work)
