@@ -128,6 +128,14 @@ async def small_world(admin: Api) -> dict[str, Any]:
     return {"keys": keys, "unit": "8123456", "case": "8123457"}
 
 
+async def world(admin: Api) -> dict[str, Any]:
+    """:func:`small_world`, with an investigator's and an insurer's key."""
+    w = await small_world(admin)
+    w["inv"] = await admin.key_for("investigator")
+    w["insurer"] = await admin.key_for("insurer")
+    return w
+
+
 def shuffled(items: list[Any], seed: int) -> list[Any]:
     copy = list(items)
     random.Random(seed).shuffle(copy)

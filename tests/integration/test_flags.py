@@ -12,16 +12,9 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import Api, cn20, event, small_world
+from tests.helpers import Api, cn20, event, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def world(admin: Api) -> dict[str, Any]:
-    w = await small_world(admin)
-    w["inv"] = await admin.key_for("investigator")
-    w["insurer"] = await admin.key_for("insurer")
-    return w
 
 
 async def flags(inv: Api, **filters: Any) -> list[dict[str, Any]]:

@@ -16,16 +16,9 @@ from service.app import create_app
 from service.config import Settings
 from service.store.db import create_pool
 from service.usecases import flags as flag_usecases
-from tests.helpers import Api, cn20, event, small_world, sscc
+from tests.helpers import Api, cn20, event, small_world, sscc, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def world(admin: Api) -> dict[str, Any]:
-    w = await small_world(admin)
-    w["inv"] = await admin.key_for("investigator")
-    w["insurer"] = await admin.key_for("insurer")
-    return w
 
 
 async def listed(inv: Api, **filters: Any) -> list[dict[str, Any]]:
