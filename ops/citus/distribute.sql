@@ -30,3 +30,7 @@ ALTER TABLE flags DROP CONSTRAINT flags_pkey;
 ALTER TABLE flags ADD PRIMARY KEY (code, flag_id);
 SELECT create_distributed_table('flags', 'code', colocate_with => 'codes');
 SELECT create_distributed_table('flag_changes', 'flag_id');
+
+-- A person's purchases of capped items (EXCESS_PURCHASE) are read by person: keyed by
+-- the person's hash, so one person's window is one shard.
+SELECT create_distributed_table('purchases', 'psn_hash');
