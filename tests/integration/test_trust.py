@@ -84,7 +84,9 @@ async def test_a_suspicion_a_late_upload_may_explain_starts_pending(admin: Api, 
         await r.aclose()
 
 
-async def test_the_window_passes_unexplained_and_promotion_runs_once(admin: Api, db_url: str) -> None:
+async def test_the_window_passes_unexplained_and_promotion_runs_once(
+    admin: Api, db_url: str, server_urls: Any
+) -> None:
     w = await world(admin)
     inv = w["inv"]
     _, flag_id = await unexplained_receive(w, 2)
@@ -102,6 +104,18 @@ async def test_the_window_passes_unexplained_and_promotion_runs_once(admin: Api,
     assert flag["status"] == "open"
     assert [(h["status"], h["by_key"]) for h in flag["history"]] == [("open", "system")]
     assert [f["flag_id"] for f in await listed(inv)] == [flag_id]
+    # the promotion reaches the feed too (the service's publisher picks it up within seconds)
+    r = aioredis.from_url(server_urls[1])
+    try:
+        seen: list[tuple[str, str]] = []
+        for _ in range(50):
+            seen = [(e[b"flag_id"].decode(), e[b"status"].decode()) for _, e in await r.xrange("flags")]
+            if (flag_id, "open") in seen:
+                break
+            await asyncio.sleep(0.1)
+        assert (flag_id, "open") in seen
+    finally:
+        await r.aclose()
 
 
 async def test_each_worker_runs_the_promotion_and_it_survives_a_restart(
