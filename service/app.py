@@ -24,6 +24,7 @@ from service.api.events import EventsController
 from service.api.flags import FlagsController
 from service.api.health import HealthController, MetricsController
 from service.api.investigation import InvestigationController
+from service.api.nhsa import NhsaController
 from service.api.registry import RegistryController
 from service.api.settlements import SettlementsController
 from service.config import Settings
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SettlementsController,
             FlagsController,
             InvestigationController,
+            NhsaController,
         ],
         middleware=[prometheus.middleware, auth],
         plugins=[errors.plugin()],

@@ -14,7 +14,7 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
-from service.api.types import OrgId, Region, RegionPrefix, Text
+from service.api.types import FixmedinsCode, OrgId, Region, RegionPrefix, Text
 from service.core.auth import Role
 from service.core.codes import is_product_id
 from service.core.registry import Org, PersonLimit, Product
@@ -27,6 +27,7 @@ class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Text
     kind: Literal["manufacturer", "distributor", "hospital", "pharmacy"]
     region: Region
+    fixmedins_code: FixmedinsCode | None = None
 
 
 class PersonLimitIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -61,11 +61,12 @@ class FlagOut(msgspec.Struct, kw_only=True):
 # -- registry ----------------------------------------------------------------------
 
 
-class OrgOut(msgspec.Struct):
+class OrgOut(msgspec.Struct, omit_defaults=True):  # fixmedins_code only when registered
     id: str
     name: str
     kind: str
     region: str
+    fixmedins_code: str | None = None
 
 
 class PersonLimitOut(msgspec.Struct):

@@ -45,6 +45,9 @@ class Incoming:
     quantity: int | None = None
     setl_id: str | None = None
     ref: str | None = None
+    # the catalogue item a dispense was billed as (NHSA sale uploads carry it): a pack of
+    # another product raises PRODUCT_MISMATCH (串换), as a settlement line does
+    med_list_codg: str | None = None
 
     def fact(self, codes: tuple[str, ...]) -> Fact:
         return Fact(

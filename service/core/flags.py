@@ -17,7 +17,7 @@ from uuid import UUID
 from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
-from service.core.rules import local_date
+from service.core.rules import PRODUCT_MISMATCH, local_date
 from service.core.sales import Consumption
 
 EVENT = "event"
@@ -104,7 +104,8 @@ def dispense_flags(
     earlier: Sequence[Consumption],
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
-    consumed pack sold again (回流药), expired, recalled or out-of-region stock."""
+    consumed pack sold again (回流药), expired, recalled or out-of-region stock, and a
+    pack of another product than the one billed (串换, when the dispense names it)."""
     out = []
     org = orgs[event.org]
 
@@ -142,6 +143,13 @@ def dispense_flags(
         product = products.get(state.product_id or "")
         if product is not None and not product.sold_in(org.region):
             flag("OUT_OF_REGION", code, f"may not be sold in region {org.region}")
+        if product is not None and event.med_list_codg and product.med_list_codg != event.med_list_codg:
+            flag(
+                PRODUCT_MISMATCH,
+                code,
+                f"billed as {event.med_list_codg}, the pack is {product.med_list_codg} ({product.name})",
+                billed=event.med_list_codg,
+            )
     return out
 
 

@@ -12,6 +12,7 @@ class Org:
     name: str
     kind: str  # manufacturer | distributor | hospital | pharmacy
     region: str  # 6-digit administrative division code
+    fixmedins_code: str | None = None  # its code on the national insurance platform (NHSA uploads)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from service.core.auth import Principal, Role
 from service.core.registry import Org, PersonLimit, Product
 from service.store.conn import Conn
 
-ORG_FIELDS = ("id", "name", "kind", "region")
+ORG_FIELDS = ("id", "name", "kind", "region", "fixmedins_code")
+_ORG_COLUMNS = ", ".join(ORG_FIELDS)
 PRODUCT_FIELDS = (
     "product_id",
     "name",
@@ -27,7 +28,7 @@ _PRODUCT_COLUMNS = ", ".join((*PRODUCT_FIELDS, "person_limit_units", "person_lim
 
 
 def _org(row: asyncpg.Record) -> Org:
-    return Org(row["id"], row["name"], row["kind"], row["region"])
+    return Org(row["id"], row["name"], row["kind"], row["region"], row["fixmedins_code"])
 
 
 def _product(row: asyncpg.Record) -> Product:
@@ -43,12 +44,13 @@ async def insert_org(conn: Conn, org: Org) -> Org | None:
     """Insert; return None if the id exists already (the existing row is then read with
     :func:`get_org`)."""
     row = await conn.fetchrow(
-        """INSERT INTO orgs (id, name, kind, region) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (id) DO NOTHING RETURNING id, name, kind, region""",
+        f"""INSERT INTO orgs ({_ORG_COLUMNS}) VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (id) DO NOTHING RETURNING {_ORG_COLUMNS}""",  # noqa: S608
         org.id,
         org.name,
         org.kind,
         org.region,
+        org.fixmedins_code,
     )
     return _org(row) if row else None
 
@@ -73,9 +75,24 @@ async def get_org(conn: Conn, org_id: str) -> Org | None:
 async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, Org]:
     missing = [i for i in ids if i not in _orgs]
     if missing:
-        rows = await conn.fetch("SELECT id, name, kind, region FROM orgs WHERE id = ANY($1::text[])", missing)
+        rows = await conn.fetch(f"SELECT {_ORG_COLUMNS} FROM orgs WHERE id = ANY($1::text[])", missing)  # noqa: S608
         _orgs.update((r["id"], _org(r)) for r in rows)
     return {i: _orgs[i] for i in ids if i in _orgs}
+
+
+async def org_by_fixmedins_code(conn: Conn, fixmedins_code: str) -> Org | None:
+    """The organisation registered with this NHSA institution code, if any."""
+    for org in _orgs.values():
+        if org.fixmedins_code == fixmedins_code:
+            return org
+    row = await conn.fetchrow(
+        f"SELECT {_ORG_COLUMNS} FROM orgs WHERE fixmedins_code = $1",  # noqa: S608
+        fixmedins_code,
+    )
+    if row is None:
+        return None
+    org = _orgs[row["id"]] = _org(row)
+    return org
 
 
 async def insert_product(conn: Conn, product: Product) -> Product | None:

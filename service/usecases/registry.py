@@ -33,11 +33,26 @@ def _created_or_same(created: R | None, existing: R | None, wanted: R) -> Regist
 
 
 async def register_org(pool: asyncpg.Pool, org: Org) -> Registered[Org]:
-    """Register ``org``. Raises Conflict."""
+    """Register ``org``. Raises Conflict (also when another organisation holds its
+    ``fixmedins_code``)."""
     async with pool.acquire() as conn:
-        created = await registry.insert_org(conn, org)
+        try:
+            created = await registry.insert_org(conn, org)
+        except asyncpg.UniqueViolationError:
+            raise Conflict from None
         existing = None if created else await registry.get_org(conn, org.id)
     return _created_or_same(created, existing, org)
+
+
+async def get_org(pool: asyncpg.Pool, org_id: str) -> Org | None:
+    async with pool.acquire() as conn:
+        return await registry.get_org(conn, org_id)
+
+
+async def org_by_fixmedins_code(pool: asyncpg.Pool, fixmedins_code: str) -> Org | None:
+    """The organisation that NHSA uploads name by ``fixmedins_code``, if registered."""
+    async with pool.acquire() as conn:
+        return await registry.org_by_fixmedins_code(conn, fixmedins_code)
 
 
 async def register_product(pool: asyncpg.Pool, product: Product) -> Registered[Product]:

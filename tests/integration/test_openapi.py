@@ -258,6 +258,9 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 404, flag_id="999999", body=change)
     await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 400, flag_id=flag_id, body={"status": "gone"})
 
+    # NHSA uploads: envelope errors answer in the platform's envelope (infcode -1)
+    await c.call(p1, "POST", "/v1/nhsa", 200, body={"infno": "3505"})
+
     # investigation
     await c.call(inv, "GET", "/v1/lots/{product_id}/{lot}", 200, product_id=w["unit"], lot="L1")
     await c.call(inv, "GET", "/v1/lots/{product_id}/{lot}", 404, product_id=w["unit"], lot="L9")

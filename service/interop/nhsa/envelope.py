@@ -1,0 +1,267 @@
+"""The NHSA request envelope: its fields checked, its ``input`` found, and the values the
+rows carry (numbers as strings or numbers, China-time dates and times) read leniently
+where institutions' systems are known to differ. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from service.core.rules import CHINA
+
+
+class FieldError(Exception):
+    """A field of the envelope or of a row cannot be taken: ``infcode -1`` naming it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# interfaces this service takes, and the key under ``input`` that carries their rows:
+# the single form one object, the batch form ("A") an array
+SALE, SALE_RETURN = "3505", "3506"
+WRAPPERS = {SALE: ("selinfo", "selinfoDetail"), SALE_RETURN: ("selinfo", "selinfoDetail")}
+# the platform's other 进销存 interfaces and queries: known, not taken yet
+KNOWN_NOT_TAKEN = {"3501", "3502", "3503", "3504", "3507", "3508", "3509", "3510", "3511", "3512", "3513"}
+
+# required envelope fields (FIELDS.md "Request envelope"; insuplc_admdvs is conditional)
+REQUIRED = (
+    "infno",
+    "msgid",
+    "mdtrtarea_admvs",
+    "recer_sys_code",
+    "infver",
+    "opter_type",
+    "opter",
+    "opter_name",
+    "inf_time",
+    "fixmedins_code",
+    "fixmedins_name",
+    "input",
+)
+OPTIONAL = ("insuplc_admdvs", "dev_no", "dev_safe_info", "cainfo", "signtype", "sign_no")
+MAX_LENGTH = {
+    "msgid": 30,
+    "mdtrtarea_admvs": 6,
+    "insuplc_admdvs": 6,
+    "recer_sys_code": 10,
+    "dev_no": 100,
+    "dev_safe_info": 2000,
+    "cainfo": 1024,
+    "signtype": 10,
+    "infver": 6,
+    "opter_type": 3,
+    "opter": 30,
+    "opter_name": 50,
+    "fixmedins_code": 30,
+    "fixmedins_name": 200,
+    "sign_no": 30,
+}
+MAX_INPUT_ROWS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    infno: str  # as sent, e.g. "3505A"
+    interface: str  # the interface it belongs to, e.g. "3505"
+    batch: bool  # the "A" form: many rows
+    msgid: str
+    fixmedins_code: str
+    fixmedins_name: str
+    mdtrtarea_admvs: str
+    inf_time: datetime  # UTC
+    fields: dict[str, str]  # every other envelope field as sent (kept with the record)
+    rows: list[Any]  # the rows under the wrapper (one for a single form), unchecked
+
+
+def text(value: Any) -> str | None:
+    """A string field as institutions send it: a string, or a number where a string was
+    meant. Empty and blank strings are absent (systems send "" for fields they lack)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value or None
+
+
+def required_text(row: dict[str, Any], key: str, field: str, max_length: int | None = None) -> str:
+    value = row.get(key)
+    if (value is not None and not isinstance(value, str | int | float)) or isinstance(value, bool):
+        raise FieldError(field, "must be a string")
+    got = text(value)
+    if got is None:
+        raise FieldError(field, "is required")
+    if max_length is not None and len(got) > max_length:
+        raise FieldError(field, f"is longer than {max_length} characters")
+    return got
+
+
+def optional_text(row: dict[str, Any], key: str, field: str, max_length: int | None = None) -> str | None:
+    if row.get(key) is None or text(row.get(key)) is None:
+        return None
+    return required_text(row, key, field, max_length)
+
+
+def number(value: Any, field: str) -> Decimal:
+    """A quantity or price: a JSON number or a numeric string ("24", "24.0000")."""
+    if isinstance(value, bool) or value is None:
+        raise FieldError(field, "is required" if value is None else "must be a number")
+    raw = value.strip() if isinstance(value, str) else value
+    if isinstance(raw, str) and not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", raw):
+        raise FieldError(field, f"is not a number: {value!r}")
+    if not isinstance(raw, str | int | float):
+        raise FieldError(field, "must be a number")
+    try:
+        out = Decimal(str(raw))
+    except InvalidOperation:
+        raise FieldError(field, f"is not a number: {value!r}") from None
+    if not out.is_finite():
+        raise FieldError(field, "must be a finite number")
+    return out
+
+
+def whole_units(value: Any, field: str, *, maximum: int = 10_000_000) -> int:
+    """A count of smallest units: a positive whole number (16,4 decimals allowed if zero)."""
+    n = number(value, field)
+    if n != n.to_integral_value():
+        raise FieldError(field, f"must be a whole number of smallest units, not {n}")
+    if not 1 <= n <= maximum:
+        raise FieldError(field, f"must be between 1 and {maximum}")
+    return int(n)
+
+
+def flag01(value: Any, field: str) -> bool:
+    """A 0/1 flag, sent as "0"/"1" or 0/1."""
+    got = text(value)
+    if got is None:
+        raise FieldError(field, "is required")
+    if got not in ("0", "1"):
+        raise FieldError(field, f"must be 0 or 1, not {got!r}")
+    return got == "1"
+
+
+_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?")
+
+
+def china_time(value: Any, field: str) -> datetime:
+    """``yyyy-MM-dd HH:mm:ss`` in China time (UTC+8), returned in UTC. A time that
+    carries its own offset (RFC 3339) is taken as it says."""
+    got = text(value)
+    if got is None:
+        raise FieldError(field, "is required")
+    if not _DATETIME.match(got):
+        raise FieldError(field, f"is not a date-time yyyy-MM-dd HH:mm:ss: {got!r}")
+    try:
+        parsed = datetime.fromisoformat(got)
+    except ValueError:
+        raise FieldError(field, f"is not a valid date-time: {got!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=CHINA)
+    return parsed.astimezone(UTC)
+
+
+def calendar_date(value: Any, field: str) -> date:
+    """``yyyy-MM-dd`` (a date-time is cut to its date)."""
+    got = text(value)
+    if got is None:
+        raise FieldError(field, "is required")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?", got):
+        raise FieldError(field, f"is not a date yyyy-MM-dd: {got!r}")
+    try:
+        return date.fromisoformat(got[:10])
+    except ValueError:
+        raise FieldError(field, f"is not a valid date: {got!r}") from None
+
+
+def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
+    """Row keys in lower case: some systems send spec columns in upper case
+    (``MDTRT_SETL_TYPE``). A key sent in both casings keeps the lower-case one."""
+    out = {k.lower(): v for k, v in row.items() if k.lower() != k}
+    out.update((k, v) for k, v in row.items() if k.lower() == k)
+    return out
+
+
+def parse(body: Any) -> Envelope:
+    """Check the envelope and find the rows of its ``input``. Raises FieldError."""
+    if not isinstance(body, dict):
+        raise FieldError("(body)", "must be a JSON object, the request envelope")
+    fields: dict[str, str] = {}
+    for key in (*REQUIRED, *OPTIONAL):
+        if key == "input":
+            continue
+        value = (
+            required_text(body, key, key, MAX_LENGTH.get(key))
+            if key in REQUIRED
+            else optional_text(body, key, key, MAX_LENGTH.get(key))
+        )
+        if value is not None:
+            fields[key] = value
+    infno = fields.pop("infno")
+    batch = infno.upper().endswith("A")
+    interface = infno[:-1] if batch else infno
+    if interface not in WRAPPERS:
+        if interface in KNOWN_NOT_TAKEN:
+            raise FieldError("infno", f"interface {infno} is not taken by this service yet")
+        raise FieldError("infno", f"unknown interface {infno!r}")
+    inf_time = china_time(fields.pop("inf_time"), "inf_time")
+    raw_input = body.get("input")
+    if isinstance(raw_input, str):  # some systems send input as a JSON string (≤ 40,000 chars)
+        try:
+            raw_input = json.loads(raw_input)
+        except ValueError:
+            raise FieldError("input", "is a string that is not JSON") from None
+    if not isinstance(raw_input, dict):
+        raise FieldError("input", "must be an object holding the interface's wrapper")
+    single_key, batch_key = WRAPPERS[interface]
+    key = batch_key if batch else single_key
+    wrapped = raw_input.get(key)
+    if wrapped is None:
+        raise FieldError(f"input.{key}", "is required")
+    if batch:
+        if not isinstance(wrapped, list) or not wrapped:
+            raise FieldError(f"input.{key}", "must be a non-empty array")
+        if len(wrapped) > MAX_INPUT_ROWS:
+            raise FieldError(f"input.{key}", f"has more than {MAX_INPUT_ROWS} rows")
+        rows = list(wrapped)
+    else:
+        if not isinstance(wrapped, dict):
+            raise FieldError(f"input.{key}", "must be an object")
+        rows = [wrapped]
+    return Envelope(
+        infno=infno,
+        interface=interface,
+        batch=batch,
+        msgid=fields.pop("msgid"),
+        fixmedins_code=fields.pop("fixmedins_code"),
+        fixmedins_name=fields.pop("fixmedins_name"),
+        mdtrtarea_admvs=fields["mdtrtarea_admvs"],
+        inf_time=inf_time,
+        fields=fields,
+        rows=rows,
+    )
+
+
+def wrapper_path(envelope: Envelope, index: int) -> str:
+    """The JSON path of a row, as error messages name it: ``input.selinfoDetail[3]``."""
+    single_key, batch_key = WRAPPERS[envelope.interface]
+    return f"input.{batch_key}[{index}]" if envelope.batch else f"input.{single_key}"
+
+
+def stamp(moment: datetime) -> str:
+    """The response envelope's time format, yyyyMMddHHmmssSSS in China time."""
+    local = moment.astimezone(CHINA)
+    return local.strftime("%Y%m%d%H%M%S") + f"{local.microsecond // 1000:03d}"
+
+
+def ref_msgid(region: str, moment: datetime, serial: int) -> str:
+    """``inf_refmsgid``: region code (6) + time (14, China) + serial (10)."""
+    return f"{region[:6]:0>6}{moment.astimezone(CHINA).strftime('%Y%m%d%H%M%S')}{serial % 10**10:010d}"

@@ -1,0 +1,181 @@
+"""3505 sale and 3506 sale return (and their batch forms 3505A / 3506A) as the service's
+own events: a sale is a ``dispense`` of the codes it carries, a sale return a ``return``.
+
+Event ids are uuid5 of (institution, interface, ``fixmedins_bchno``, code), so a record
+uploaded twice, or once as 3505 and again in a 3505A batch, is one fact: the events
+table's unique id makes every retry a duplicate, also when retries race. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from service.core.codes import try_parse_code
+from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.rules import INVALID_CODE
+from service.interop.nhsa.envelope import (
+    SALE,
+    SALE_RETURN,
+    Envelope,
+    FieldError,
+    calendar_date,
+    china_time,
+    flag01,
+    lower_keys,
+    optional_text,
+    required_text,
+    whole_units,
+    wrapper_path,
+)
+
+# uuid5 namespace of events translated from NHSA uploads (fixed forever: ids depend on it)
+NAMESPACE = UUID("6b1d3f0e-5a35-4c35-9e05-0b5a3505a000")
+SETL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# required row fields (FIELDS.md; ⚠ fields that only one source requires are not)
+_ITEM = ("med_list_codg", "fixmedins_hilist_id", "fixmedins_hilist_name", "fixmedins_bchno", "rx_flag")
+_COMMON = ("manu_lotnum", "mdtrt_sn", "sel_retn_opter_name")
+REQUIRED = {
+    SALE: (*_ITEM, *_COMMON, "prsc_dr_name", "phar_name", "phar_prac_cert_no", "rtal_docno"),
+    SALE_RETURN: (*_ITEM, *_COMMON, "psn_cert_type"),
+}
+MAX_LENGTH = {
+    "med_list_codg": 50,
+    "fixmedins_hilist_id": 30,
+    "fixmedins_hilist_name": 200,
+    "fixmedins_bchno": 30,
+    "manu_lotnum": 30,
+    "mdtrt_sn": 30,
+    "rtal_docno": 40,
+}
+MAX_CODE_LENGTH = 100
+
+
+@dataclass(slots=True)
+class Record:
+    """One row of an upload, translated."""
+
+    index: int
+    path: str  # e.g. input.selinfoDetail[2]
+    row: dict[str, Any]  # as sent, keys in lower case
+    events: list[Incoming] = field(default_factory=list)
+    refused: list[Rejection] = field(default_factory=list)  # codes that are not codes
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    index: int
+    row: dict[str, Any]  # as sent, keys in lower case (for the error list)
+    field: str  # full path, e.g. input.selinfoDetail[2].sel_retn_cnt
+    message: str
+
+
+def event_id(fixmedins_code: str, interface: str, bchno: str, code: str) -> UUID:
+    return uuid5(NAMESPACE, f"nhsa/{fixmedins_code}/{interface}/{bchno}/{code}")
+
+
+def translate(envelope: Envelope, org: str, now: datetime) -> tuple[list[Record], list[RowError]]:
+    """Each row as events of ``org`` (the uploading institution's organisation), or the
+    first problem of the row."""
+    records: list[Record] = []
+    errors: list[RowError] = []
+    for i, raw in enumerate(envelope.rows):
+        path = wrapper_path(envelope, i)
+        row = lower_keys(raw) if isinstance(raw, dict) else {}
+        try:
+            if not isinstance(raw, dict):
+                raise FieldError(path, "must be an object")
+            records.append(_record(envelope, org, now, i, path, row))
+        except FieldError as exc:
+            name = exc.field if exc.field.startswith(path) else f"{path}.{exc.field}"
+            errors.append(RowError(i, row, name, exc.message))
+    return records, errors
+
+
+def raw_codes(row: dict[str, Any]) -> list[str]:
+    """The trace codes a row carries, in order: ``drugtracinfo`` as an array of
+    ``{"drug_trac_codg"}`` or as one such object (older builds), then the legacy single
+    ``drug_trac_codg`` (a comma-separated list is split, as [A] builds its array)."""
+    out: list[str] = []
+    node = row.get("drugtracinfo")
+    items = [node] if isinstance(node, dict) else node if isinstance(node, list) else []
+    if node is not None and not isinstance(node, dict | list):
+        raise FieldError("drugtracinfo", "must be an array of {drug_trac_codg} objects")
+    for j, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise FieldError(f"drugtracinfo[{j}]", "must be an object {drug_trac_codg}")
+        code = optional_text(lower_keys(item), "drug_trac_codg", f"drugtracinfo[{j}].drug_trac_codg")
+        if code is not None:
+            out.append(code)
+    legacy = optional_text(row, "drug_trac_codg", "drug_trac_codg")
+    if legacy is not None:
+        out += [c.strip() for c in legacy.split(",") if c.strip()]
+    for code in out:
+        if len(code) > MAX_CODE_LENGTH:
+            raise FieldError("drugtracinfo", f"a trace code is longer than {MAX_CODE_LENGTH} characters")
+    return out
+
+
+def _record(
+    envelope: Envelope, org: str, now: datetime, index: int, path: str, row: dict[str, Any]
+) -> Record:
+    interface = envelope.interface
+    for key in REQUIRED[interface]:
+        required_text(row, key, key, MAX_LENGTH.get(key))
+    bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
+    med_list_codg = required_text(row, "med_list_codg", "med_list_codg", 50)
+    split = flag01(row.get("trdn_flag"), "trdn_flag")
+    count = whole_units(row.get("sel_retn_cnt"), "sel_retn_cnt")
+    at = china_time(row.get("sel_retn_time"), "sel_retn_time")
+    problem = time_problem(at, now)
+    if problem:
+        raise FieldError("sel_retn_time", problem)
+    if interface == SALE or row.get("manu_date") not in (None, ""):
+        calendar_date(row.get("manu_date"), "manu_date")
+    if row.get("expy_end") not in (None, ""):  # ⚠ optional in 3505/3506 per [B] and [Q]
+        calendar_date(row.get("expy_end"), "expy_end")
+    setl_id = optional_text(row, "setl_id", "setl_id")
+    if setl_id is not None and not SETL_ID.match(setl_id):
+        raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
+    codes = raw_codes(row)
+
+    record = Record(index, path, row)
+    kind = "dispense" if interface == SALE else "return"
+    canonical: list[str] = []
+    seen: set[str] = set()
+    for raw in codes:
+        parsed = try_parse_code(raw)
+        code_id = event_id(envelope.fixmedins_code, interface, bchno, parsed.canonical if parsed else raw)
+        if parsed is None:
+            record.refused.append(Rejection(code_id, raw, INVALID_CODE))
+        elif parsed.canonical in seen:
+            record.refused.append(Rejection(code_id, parsed.canonical, REPEATED_CODE))
+        else:
+            seen.add(parsed.canonical)
+            canonical.append(parsed.canonical)
+
+    def event(codes: tuple[str, ...], quantity: int | None) -> Incoming:
+        return Incoming(
+            event_id=event_id(envelope.fixmedins_code, interface, bchno, "+".join(codes)),
+            type=kind,
+            at=at,
+            org=org,
+            codes=codes,
+            quantity=quantity,
+            setl_id=setl_id,
+            ref=bchno,
+            med_list_codg=med_list_codg if kind == "dispense" else None,
+        )
+
+    if kind == "dispense" and split and canonical:
+        # a split sale (拆零) draws sel_retn_cnt smallest units from its codes in order
+        record.events.append(event(tuple(canonical), count))
+    else:
+        # whole packs, one event per code: a code refused now (not a code) can be sent
+        # corrected under the same record and still be taken. A return restores the
+        # whole of the sale it undoes (⚠ a partial return of a split sale restores all).
+        record.events += [event((code,), None) for code in canonical]
+    return record

@@ -1,0 +1,340 @@
+"""NHSA 进销存 uploads through POST /v1/nhsa, with payloads shaped as institutions' systems
+send them (../shared/nhsa/FIELDS.md), and the registry's fixmedins_code."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, cn20, event, small_world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MED = "XJ01CAA040A001010104256"
+P1_CODE = "P45010300001"
+
+
+def envelope(infno: str, input_: dict[str, Any], fixmedins_code: str = P1_CODE) -> dict[str, Any]:
+    """The request envelope as [B] InputPost.cs builds it."""
+    return {
+        "infno": infno,
+        "msgid": f"{fixmedins_code}202603051000000001",
+        "mdtrtarea_admvs": "450103",
+        "insuplc_admdvs": "450100",
+        "recer_sys_code": "YBXT",
+        "dev_no": "",
+        "dev_safe_info": "",
+        "cainfo": "",
+        "signtype": "SM3",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "0001",
+        "opter_name": "王药师",
+        "inf_time": "2026-03-05 10:00:00",
+        "fixmedins_code": fixmedins_code,
+        "fixmedins_name": "青秀大药房",
+        "sign_no": "",
+        "input": input_,
+    }
+
+
+def sale(bchno: str, codes: list[str], count: Any, *, split: Any = "0", **extra: Any) -> dict[str, Any]:
+    """A 3505 selinfo row with every required field ([B] Selinfo3505)."""
+    row: dict[str, Any] = {
+        "med_list_codg": MED,
+        "fixmedins_hilist_id": "YP0001",
+        "fixmedins_hilist_name": "阿莫西林胶囊 0.25g*24",
+        "fixmedins_bchno": bchno,
+        "rx_flag": "1",
+        "manu_lotnum": "L1",
+        "manu_date": "2026-01-05",
+        "expy_end": "2028-12-31",
+        "prsc_dr_name": "李医生",
+        "phar_name": "王药师",
+        "phar_prac_cert_no": "YS450100001",
+        "hi_feesetl_type": "1",
+        "setl_id": "",
+        "mdtrt_sn": "MD2026030500001",
+        "psn_no": "45000012345678",
+        "psn_cert_type": "01",
+        "certno": "450103199001011234",
+        "psn_name": "张三",
+        "trdn_flag": split,
+        "finl_trns_pric": 12.5,
+        "rxno": "",
+        "rx_circ_flag": "0",
+        "rtal_docno": f"R{bchno}",
+        "stoout_no": "",
+        "bchno": "",
+        "drug_prod_barc": "",
+        "shelf_posi": "A1",
+        "sel_retn_cnt": count,
+        "sel_retn_time": "2026-03-05 10:00:00",
+        "sel_retn_opter_name": "王药师",
+        "MDTRT_SETL_TYPE": "1",
+        "memo": "",
+        "drugtracinfo": [{"drug_trac_codg": c} for c in codes],
+    }
+    row.update(extra)
+    return row
+
+
+def sale_return(bchno: str, codes: list[str], count: Any, **extra: Any) -> dict[str, Any]:
+    """A 3506 selinfo row ([B] Selinfo3506): no prescriber or pharmacist fields."""
+    row = sale(bchno, codes, count, **extra)
+    for key in ("prsc_dr_name", "phar_name", "phar_prac_cert_no", "rtal_docno", "rxno", "hi_feesetl_type"):
+        row.pop(key)
+    row["medins_prod_sel_no"] = extra.get("medins_prod_sel_no", "")
+    row.setdefault("sel_retn_time", "2026-03-06 09:00:00")
+    return row
+
+
+async def _world(admin: Api) -> dict[str, Any]:
+    """small_world, P1 registered with its NHSA code, and 4 packs received by P1."""
+    w = await small_world(admin)
+    await admin.ok(
+        "POST",
+        "/v1/orgs",
+        {"id": "P2", "name": "P2 Ltd", "kind": "pharmacy", "region": "450103", "fixmedins_code": P1_CODE},
+        201,
+    )
+    w["keys"]["P2"] = await admin.key_for("org", "P2")
+    m, p2 = w["keys"]["M1"], w["keys"]["P2"]
+    units = [cn20(w["unit"], i) for i in range(1, 5)]
+    await m.events(event("commission", "M1", units, 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"))
+    await m.events(event("ship", "M1", units, 1, to="P2"))
+    await p2.events(event("receive", "P2", units, 2))
+    w["units"] = units
+    return w
+
+
+async def nhsa(api: Api, body: Any) -> dict[str, Any]:
+    out: dict[str, Any] = await api.ok("POST", "/v1/nhsa", body)
+    return out
+
+
+async def _stored_events(db: Any) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM events WHERE type IN ('dispense', 'return')"))
+
+
+async def test_registry_fixmedins_code(admin: Api) -> None:
+    body = {
+        "id": "P7",
+        "name": "P7",
+        "kind": "pharmacy",
+        "region": "450103",
+        "fixmedins_code": "P45010300007",
+    }
+    assert (await admin.ok("POST", "/v1/orgs", body, 201))["fixmedins_code"] == "P45010300007"
+    await admin.ok("POST", "/v1/orgs", body, 200)
+    await admin.ok("POST", "/v1/orgs", {**body, "fixmedins_code": "P45010300008"}, 409)
+    other = {**body, "id": "P8"}  # a second organisation may not take the same code
+    resp = await admin.post("/v1/orgs", other)
+    assert resp.status_code == 409
+    plain = {"id": "P9x", "name": "P9", "kind": "pharmacy", "region": "450103"}
+    assert "fixmedins_code" not in await admin.ok("POST", "/v1/orgs", plain, 201)
+    bad = await admin.post("/v1/orgs", {**plain, "id": "P10", "fixmedins_code": "P 1"})
+    assert bad.status_code == 400
+
+
+async def _units_left(api: Api, code: str) -> int:
+    out = await api.ok("GET", f"/v1/codes/{code}/verify")
+    return int(out["units_left"])
+
+
+async def test_sales_whole_and_split(admin: Api, db: Any) -> None:
+    """A whole-pack sale (numbers as strings), a split sale (numbers as numbers), and the
+    legacy single drug_trac_codg with the older single-object drugtracinfo."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B001", [u[0]], "24.0000", setl_id="S100")}))
+    assert out["infcode"] == 0, out
+    assert out["err_msg"] is None
+    assert out["output"]["result"] == {"retRslt": "1", "msgRslt": "success"}
+    assert out["output"]["tracecode"] == {"accepted": 1, "duplicates": 0, "rejected": [], "flags": []}
+    assert len(out["inf_refmsgid"]) == 30
+    assert out["inf_refmsgid"].startswith("450103")
+    assert len(out["refmsg_time"]) == 17
+    assert await _units_left(p2, u[0]) == 0
+
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B002", [u[1]], 6, split=1)}))
+    assert out["infcode"] == 0, out
+    assert await _units_left(p2, u[1]) == 18
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B003", [u[1]], "6", split="1")}))
+    assert await _units_left(p2, u[1]) == 12
+
+    legacy = sale("B004", [], 24, drug_trac_codg=u[2])
+    legacy["drugtracinfo"] = {"drug_trac_codg": u[3]}  # older builds: one object
+    out = await nhsa(p2, envelope("3505", {"selinfo": legacy}))
+    assert out["output"]["tracecode"]["accepted"] == 2, out
+    assert await _units_left(p2, u[2]) == 0
+    assert await _units_left(p2, u[3]) == 0
+
+    inv = await admin.key_for("investigator")
+    history = await inv.ok("GET", f"/v1/codes/{u[0]}/history")
+    dispense = [e for e in history["events"] if e["type"] == "dispense"]
+    assert len(dispense) == 1
+    assert dispense[0]["org"] == "P2"
+    assert dispense[0]["at"].startswith("2026-03-05T02:00:00")  # China time, stored in UTC
+    # the person number is not stored anywhere
+    psn = await db.fetchval(
+        "SELECT count(*) FROM events WHERE ref LIKE '%45000012345678%' OR setl_id LIKE '%45000012345678%'"
+    )
+    assert psn == 0
+
+
+async def test_sale_return_restores_units(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B010", [u[0]], 24, setl_id="S110")}))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B011", [u[1]], 6, split="1")}))
+    assert await _units_left(p2, u[0]) == 0
+    out = await nhsa(p2, envelope("3506", {"selinfo": sale_return("R010", [u[0]], 24, setl_id="S110")}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["result"]["retRslt"] == "1"
+    assert await _units_left(p2, u[0]) == 24
+    batch = {"selinfoDetail": [sale_return("R011", [u[1]], "6.0000", trdn_flag="1")]}
+    out = await nhsa(p2, envelope("3506A", batch))
+    assert out["infcode"] == 0, out
+    assert await _units_left(p2, u[1]) == 24
+    # returned packs may be sold again
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B012", [u[0]], 24)}))
+    assert out["output"]["tracecode"]["flags"] == []
+    assert await _units_left(p2, u[0]) == 0
+
+
+async def test_retries_are_one_fact(admin: Api, db: Any) -> None:
+    """The same record again, and again inside a batch form, is one fact."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    body = envelope("3505", {"selinfo": sale("B020", [u[0], u[1]], 48)})
+    first = await nhsa(p2, body)
+    assert first["output"]["tracecode"]["accepted"] == 2
+    again = await nhsa(p2, copy.deepcopy(body))
+    assert again["infcode"] == 0
+    assert again["output"]["tracecode"] == {"accepted": 0, "duplicates": 2, "rejected": [], "flags": []}
+    batch = await nhsa(p2, envelope("3505A", {"selinfoDetail": [sale("B020", [u[0], u[1]], 48)]}))
+    assert batch["output"]["tracecode"]["duplicates"] == 2
+    assert await _stored_events(db) == 2
+    assert await db.fetchval("SELECT count(*) FROM flags") == 0  # no resale suspected
+
+
+async def test_same_sale_through_settlements_consumes_once(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B030", [u[0]], 24, setl_id="S300")}))
+    assert out["output"]["tracecode"]["accepted"] == 1
+    claim = {
+        "setl_id": "S300",
+        "org": "P2",
+        "psn_no": "45000012345678",
+        "at": "2026-03-05T10:00:00+08:00",
+        "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [u[0]]}],
+    }
+    answer = await insurer.ok("POST", "/v1/settlements", claim)
+    assert answer["decision"] == "accepted", answer
+    assert answer["flags"] == []
+    assert await _units_left(p2, u[0]) == 0
+    # and the other way round: settled first, then uploaded
+    await insurer.ok(
+        "POST",
+        "/v1/settlements",
+        {
+            **claim,
+            "setl_id": "S301",
+            "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [u[1]]}],
+        },
+    )
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B031", [u[1]], 24, setl_id="S301")}))
+    assert out["output"]["tracecode"]["flags"] == [], out
+    assert await _units_left(p2, u[1]) == 0
+
+
+async def test_product_mismatch_flag(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    row = sale("B040", [u[0]], 24, med_list_codg="XA02BCA000A001010100001")
+    out = await nhsa(p2, envelope("3505", {"selinfo": row}))
+    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["PRODUCT_MISMATCH"]
+
+
+async def test_wrong_institution_is_403(admin: Api, db: Any) -> None:
+    w = await _world(admin)
+    u = w["units"]
+    body = envelope("3505", {"selinfo": sale("B050", [u[0]], 24)})
+    resp = await w["keys"]["P1"].post("/v1/nhsa", body)  # P1 has no fixmedins_code
+    assert resp.status_code == 403
+    assert "fixmedins_code" in resp.json()["detail"]
+    other = envelope("3505", {"selinfo": sale("B050", [u[0]], 24)}, fixmedins_code="P45010399999")
+    assert (await w["keys"]["P2"].post("/v1/nhsa", other)).status_code == 403
+    assert await _stored_events(db) == 0
+
+
+async def test_bad_input_answers_infcode_minus_one(admin: Api, db: Any) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+
+    def without(row: dict[str, Any], key: str) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if k != key}
+
+    good = sale("B060", [u[0]], 24)
+    cases: list[tuple[Any, str]] = [
+        ([1, 2], "(body)"),
+        (without(envelope("3505", {"selinfo": good}), "msgid"), "msgid"),
+        (envelope("9999", {"selinfo": good}), "infno"),
+        (envelope("3503", {"purcinfo": {}}), "infno"),
+        (envelope("3505", {"other": good}), "input.selinfo"),
+        ({**envelope("3505", {"selinfo": good}), "inf_time": "05/03/2026"}, "inf_time"),
+        (envelope("3505", {"selinfo": without(good, "fixmedins_bchno")}), "input.selinfo.fixmedins_bchno"),
+        (envelope("3505", {"selinfo": {**good, "sel_retn_cnt": "twenty"}}), "input.selinfo.sel_retn_cnt"),
+        (
+            envelope("3505", {"selinfo": {**good, "sel_retn_cnt": 2.5, "trdn_flag": 1}}),
+            "input.selinfo.sel_retn_cnt",
+        ),
+        (
+            envelope("3505", {"selinfo": {**good, "sel_retn_time": "2026-02-30 10:00:00"}}),
+            "input.selinfo.sel_retn_time",
+        ),
+        (envelope("3505", {"selinfo": {**good, "manu_date": "2026/01/05"}}), "input.selinfo.manu_date"),
+        (envelope("3505", {"selinfo": {**good, "trdn_flag": "Y"}}), "input.selinfo.trdn_flag"),
+        (envelope("3505", {"selinfo": {**good, "setl_id": "S 1/2"}}), "input.selinfo.setl_id"),
+        (envelope("3505A", {"selinfoDetail": []}), "input.selinfoDetail"),
+    ]
+    for body, field in cases:
+        out = await nhsa(p2, body)
+        assert out["infcode"] == -1, (field, out)
+        assert out["err_msg"].startswith(f"{field}:"), (field, out["err_msg"])
+    resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=b'{"infno": ')
+    assert resp.status_code == 200
+    assert resp.json()["infcode"] == -1
+    assert await _stored_events(db) == 0
+
+
+async def test_batch_with_one_bad_row(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    rows = [
+        sale("B070", [u[0]], 24),
+        sale("B071", [u[1]], "abc"),
+        sale("B072", [u[2]], 6, split="1"),
+        sale("B073", ["not-a-code", u[3]], 24),
+    ]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["result"]["retRslt"] == "0"
+    errs = {e["fixmedins_bchno"]: e for e in out["output"]["selinfoErrDetail"]}
+    assert set(errs) == {"B071", "B073"}
+    assert errs["B071"]["msgRslt"].startswith("input.selinfoDetail[1].sel_retn_cnt:")
+    assert errs["B071"]["retRslt"] == "0"
+    assert errs["B071"]["med_list_codg"] == MED
+    assert "INVALID_CODE" in errs["B073"]["msgRslt"]
+    assert out["output"]["tracecode"]["rejected"] == [
+        {"fixmedins_bchno": "B073", "code": "not-a-code", "reason": "INVALID_CODE"}
+    ]
+    assert await _units_left(p2, u[0]) == 0
+    assert await _units_left(p2, u[1]) == 24  # the bad row changed nothing
+    assert await _units_left(p2, u[2]) == 18
+    assert await _units_left(p2, u[3]) == 0
