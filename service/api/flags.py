@@ -32,6 +32,7 @@ KINDS = (
     "RECALLED",
     "COMMISSION_CONFLICT",
     "EXCESS_PURCHASE",
+    "STOCK_IMBALANCE",
 )
 STATUSES = ("pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared")
 

@@ -6,17 +6,18 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
 from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
-from service.api.schemas import LotOut, OrgStatsOut, RecallOut
+from service.api.schemas import LedgerItemOut, LedgerOut, LotOut, OrgStatsOut, RecallOut
 from service.core.auth import Role
 from service.core.codes import is_product_id
 from service.usecases import investigation as usecase
+from service.usecases import nhsa as nhsa_usecase
 from service.usecases.errors import Invalid
 
 
@@ -69,3 +70,35 @@ class InvestigationController(Controller):
         if found is None:
             raise problem(404, f"no organisation {org}")
         return msgspec.convert(found, OrgStatsOut, from_attributes=True)
+
+    @get("/orgs/{org:str}/ledger", responses=problems(*KEYED, 404))
+    async def ledger(
+        self,
+        services: Services,
+        org: FromPath[str],
+        med_list_codg: Annotated[str | None, QueryParameter(max_length=50)] = None,
+    ) -> LedgerOut:
+        """The institution's 进销存 ledger per catalogue item, from its NHSA uploads: units
+        in and out by kind, the balance, and the last counted stock."""
+        items = await nhsa_usecase.ledger(services.pool, org, med_list_codg)
+        if items is None:
+            raise problem(404, f"no organisation {org}")
+        return LedgerOut(
+            org=org,
+            items=[
+                LedgerItemOut(
+                    med_list_codg=i["med_list_codg"],
+                    units_in=int(i["units_in"]),
+                    units_out=int(i["units_out"]),
+                    by_kind={k: int(v) for k, v in i["by_kind"].items()},
+                    balance=int(i["balance"]),
+                    counted=i["counted"],
+                    counted_at=i["counted_at"],
+                    count_difference=None
+                    if i["counted"] is None
+                    else int(i["counted"]) - int(i["balance_before_count"]),
+                    records=int(i["records"]),
+                )
+                for i in items
+            ],
+        )

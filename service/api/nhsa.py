@@ -16,10 +16,10 @@ from service.api.auth import principal_of, requires
 from service.api.deps import Services
 from service.api.openapi import BEARER, WITH_BODY, problems
 from service.core.auth import Role
-from service.core.events import Incoming, Rejection
+from service.core.rules import CHINA
 from service.interop.nhsa import envelope as nhsa
-from service.interop.nhsa import sales
-from service.usecases.events import ingest
+from service.interop.nhsa import inventory, sales
+from service.usecases import nhsa as usecase
 from service.usecases.registry import get_org, org_by_fixmedins_code
 
 OK, FAILED = "1", "0"  # retRslt (⚠ FIELDS.md does not say which is which; 1 = success here)
@@ -61,11 +61,27 @@ class NhsaTracecode(msgspec.Struct):
     duplicates: int  # events already stored (a record sent again)
     rejected: list[NhsaRejected]
     flags: list[NhsaFlag]
+    records: int = 0  # ledger records stored now (a record sent again is not stored twice)
+    deleted: list[str] = msgspec.field(default_factory=list)  # 3507: fixmedins_bchno deleted now
 
 
-class NhsaOutput(msgspec.Struct, omit_defaults=True, rename={"sel_err": "selinfoErrDetail"}):
+class NhsaOutput(
+    msgspec.Struct,
+    omit_defaults=True,
+    rename={
+        "sel_err": "selinfoErrDetail",
+        "inv_err": "invinfoErrDetail",
+        "purc_err": "purcinfoErrDetail",
+        "good_err": "goodErrDetail",
+    },
+):
     result: NhsaResult
-    sel_err: list[NhsaRowError] | None = None  # batch forms: the rows not (wholly) taken
+    # batch forms: the rows not (wholly) taken, under the interface's own list name
+    sel_err: list[NhsaRowError] | None = None
+    inv_err: list[NhsaRowError] | None = None
+    purc_err: list[NhsaRowError] | None = None
+    good_err: list[NhsaRowError] | None = None
+    data: list[dict[str, Any]] | None = None  # queries (3508/3511/3513): the rows found
     tracecode: NhsaTracecode | None = None
 
 
@@ -103,6 +119,25 @@ def _row_error(row: dict[str, Any], message: str) -> NhsaRowError:
     )
 
 
+def _output(
+    env: nhsa.Envelope,
+    result: NhsaResult,
+    errors: list[NhsaRowError] | None,
+    tracecode: NhsaTracecode | None = None,
+) -> NhsaOutput:
+    """The output, the batch form's error list under its interface's name."""
+    out = NhsaOutput(result=result, tracecode=tracecode)
+    if env.batch and errors is not None:
+        name = {
+            "selinfoErrDetail": "sel_err",
+            "invinfoErrDetail": "inv_err",
+            "purcinfoErrDetail": "purc_err",
+            "goodErrDetail": "good_err",
+        }[nhsa.ERROR_LISTS[env.interface]]
+        setattr(out, name, errors)
+    return out
+
+
 class NhsaController(Controller):
     path = "/v1/nhsa"
     tags = ["nhsa"]
@@ -111,8 +146,10 @@ class NhsaController(Controller):
 
     @post("/", status_code=200, responses=problems(*WITH_BODY))
     async def upload(self, request: Request[Any, Any, Any], services: Services) -> NhsaOut:
-        """An NHSA 进销存 upload (3505/3505A sale, 3506/3506A sale return) in the platform's
-        envelope; answered in its response envelope (``infcode`` -1 names the bad field,
+        """An NHSA 进销存 upload in the platform's envelope (3501/3501A stock count,
+        3502/3502A inventory change, 3503/3503A purchase, 3504/3504A purchase return,
+        3505/3505A sale, 3506/3506A sale return, 3507/3507A deletion; 3508/3511/3513
+        queries); answered in its response envelope (``infcode`` -1 names the bad field,
         and then nothing is stored)."""
         received = datetime.now(UTC)
         principal = principal_of(request)
@@ -137,23 +174,25 @@ class NhsaController(Controller):
             if own is None:
                 return _answer(received, region, "fixmedins_code: no organisation has this code", None)
 
-        records, errors = sales.translate(env, own.id, received)
+        if env.interface in nhsa.QUERIES:
+            return await self._query(services, env, own.id, received)
+        translate = sales.translate if env.interface in (nhsa.SALE, nhsa.SALE_RETURN) else inventory.translate
+        records, errors = translate(env, own.id, received)
         if errors and (not env.batch or not records):
             first = errors[0]
             return _answer(
                 received,
                 region,
                 f"{first.field}: {first.message}",
-                NhsaOutput(
-                    result=NhsaResult(FAILED, f"{first.field}: {first.message}"),
-                    sel_err=[_row_error(e.row, f"{e.field}: {e.message}") for e in errors]
-                    if env.batch
-                    else None,
+                _output(
+                    env,
+                    NhsaResult(FAILED, f"{first.field}: {first.message}"),
+                    [_row_error(e.row, f"{e.field}: {e.message}") for e in errors],
                 ),
             )
-        events: list[Incoming] = [e for r in records for e in r.events]
-        refused: list[Rejection] = [x for r in records for x in r.refused]
-        result = await ingest(services.pool, events, refused)
+        kept = {"infno": env.infno, "fixmedins_name": env.fixmedins_name, **env.fields}
+        done = await usecase.upload(services.pool, own.id, records, env.msgid, kept, received)
+        result = done.result
         if result.flags:
             services.feed_wake()
 
@@ -173,16 +212,99 @@ class NhsaController(Controller):
             for r in records
             if r.index in by_row
         ]
+        row_errors += [
+            _row_error(r.row, f"{r.path}.fixmedins_bchno: no record of this type was uploaded with it")
+            for r in done.missing
+        ]
+        if done.missing and not env.batch:
+            message = row_errors[-1].msg_rslt
+            return _answer(received, region, message, _output(env, NhsaResult(FAILED, message), None))
         failed = bool(row_errors)
         message = "; ".join(e.msg_rslt for e in row_errors) if failed else "success"
-        output = NhsaOutput(
-            result=NhsaResult(FAILED if failed else OK, message[:200]),
-            sel_err=row_errors if env.batch else None,
+        output = _output(
+            env,
+            NhsaResult(FAILED if failed else OK, message[:200]),
+            row_errors,
             tracecode=NhsaTracecode(
                 accepted=result.accepted_codes,
                 duplicates=result.duplicates,
                 rejected=rejected,
                 flags=[NhsaFlag(str(f.flag_id), f.kind, f.code) for f in result.flags],
+                records=done.records_new,
+                deleted=done.deleted,
             ),
         )
         return _answer(received, region, None, output)
+
+    async def _query(self, services: Services, env: nhsa.Envelope, org: str, received: datetime) -> NhsaOut:
+        """3508 stock (the counts, with the ledger's balance), 3511 sales, 3513 the trace
+        codes of sales: from this service's records of the institution."""
+        region = env.mdtrtarea_admvs
+        try:
+            q = inventory.query(env)
+        except nhsa.FieldError as exc:
+            return _answer(received, region, f"{exc.field}: {exc.message}", None)
+        filters: dict[str, Any] = {
+            "med_list_codg": q.med_list_codg,
+            "hilist_id": None,
+            "bchno": q.bchno,
+            "code": None,
+            "begin": q.begin,
+            "end": q.end,
+        }
+        rows: list[dict[str, Any]] = []
+        code = env.fixmedins_code
+        if env.interface == nhsa.INVENTORY_QUERY:
+            found = await usecase.records(services.pool, org, ("3501",), **filters)
+            if q.item is not None:
+                found = [
+                    r
+                    for r in found
+                    if q.item in (r["med_list_codg"], r["row_data"].get("fixmedins_hilist_id"))
+                ]
+            ledgers = {
+                item["med_list_codg"]: item for item in await usecase.ledger(services.pool, org, None) or []
+            }
+            for r in found:
+                item = ledgers.get(r["med_list_codg"], {})
+                rows.append(
+                    inventory.answer_row(
+                        r,
+                        code,
+                        medinsListCodg=r["row_data"].get("fixmedins_hilist_id"),
+                        medinsListName=r["row_data"].get("fixmedins_hilist_name"),
+                        invCnt=r["units"],
+                        ledgerBalance=item.get("balance"),
+                    )
+                )
+        else:
+            found = await usecase.records(services.pool, org, ("3505",), **{**filters, "code": q.code})
+            if q.item is not None:
+                found = [
+                    r
+                    for r in found
+                    if q.item in (r["med_list_codg"], r["row_data"].get("fixmedins_hilist_id"))
+                ]
+            if q.mdtrt_id is not None:
+                found = [r for r in found if r["row_data"].get("mdtrt_sn") == q.mdtrt_id]
+            for r in found:
+                if env.interface == nhsa.SALE_QUERY:
+                    rows.append(inventory.answer_row(r, code, selRetnCnt=r["units"]))
+                    continue
+                data = r["row_data"]
+                for c in r["codes"]:
+                    if q.code is None or c == q.code:
+                        rows.append(
+                            {
+                                "fixmedinsCode": code,
+                                "fixmedinsBchno": r["fixmedins_bchno"],
+                                "medListCodg": r["med_list_codg"],
+                                "medinsListCodg": data.get("fixmedins_hilist_id"),
+                                "mdtrtId": data.get("mdtrt_sn"),
+                                "mdtrtSetlType": data.get("mdtrt_setl_type"),
+                                "setlId": data.get("setl_id"),
+                                "selRetnTime": r["at"].astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S"),
+                                "drugTracCodg": c,
+                            }
+                        )
+        return _answer(received, region, None, NhsaOutput(result=NhsaResult(OK, "success"), data=rows))

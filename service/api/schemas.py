@@ -310,3 +310,22 @@ class OrgStatsOut(msgspec.Struct):
     flagged: int
     flags_by_kind: dict[str, int]
     flags_by_status: dict[str, int]
+
+
+class LedgerItemOut(msgspec.Struct):
+    """One catalogue item in an institution's 进销存 ledger (from its NHSA uploads)."""
+
+    med_list_codg: str
+    units_in: int  # purchases, transfers and other receipts, donations, patient returns
+    units_out: int  # purchase returns, transfers and other issues, sales, losses, destruction
+    by_kind: dict[str, int]  # units by kind (purchase, sale, transfer_in, ...)
+    balance: int  # the last counted stock plus the moves after it (no count: in - out)
+    counted: int | None  # the last stock count (3501)
+    counted_at: datetime | None
+    count_difference: int | None  # the count less what the ledger held before it
+    records: int  # uploaded records that count (deleted ones do not)
+
+
+class LedgerOut(msgspec.Struct):
+    org: str
+    items: list[LedgerItemOut]

@@ -3,6 +3,7 @@ handful of set-based statements whatever the number of codes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -33,9 +34,16 @@ class IngestResult:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
-async def ingest(pool: asyncpg.Pool, events: list[Incoming], refused: list[Rejection]) -> IngestResult:
+async def ingest(
+    pool: asyncpg.Pool,
+    events: list[Incoming],
+    refused: list[Rejection],
+    also: Callable[[Conn], Awaitable[list[FlagRef]]] | None = None,
+) -> IngestResult:
     """Store ``events`` (codes already parsed; ``refused`` lists codes that failed
-    parsing). Durable when this returns."""
+    parsing). ``also`` writes what an interface keeps besides the events (the NHSA
+    ledger) in the same transaction, after them, and returns the flags it raised.
+    Durable when this returns."""
     seen: set[UUID] = set()
     unique: list[Incoming] = []
     repeats = 0
@@ -52,6 +60,8 @@ async def ingest(pool: asyncpg.Pool, events: list[Incoming], refused: list[Rejec
         result = IngestResult(duplicates=repeats + len(unique) - len(loaded.events))
         if loaded.events:
             await _write(conn, rules.decide(loaded), result)
+        if also is not None:
+            result.flags += await also(conn)
         return result
 
     result = await with_retry(pool, work)

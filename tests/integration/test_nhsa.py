@@ -106,6 +106,25 @@ async def _world(admin: Api) -> dict[str, Any]:
     await m.events(event("commission", "M1", units, 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"))
     await m.events(event("ship", "M1", units, 1, to="P2"))
     await p2.events(event("receive", "P2", units, 2))
+    # and its purchase of them in the ledger (a sale beyond it would be STOCK_IMBALANCE)
+    purchase = {
+        "med_list_codg": MED,
+        "fixmedins_hilist_id": "YP0001",
+        "fixmedins_hilist_name": "阿莫西林胶囊 0.25g*24",
+        "fixmedins_bchno": "C000",
+        "rx_flag": "1",
+        "manu_lotnum": "L1",
+        "manu_date": "2026-01-05",
+        "expy_end": "2028-12-31",
+        "spler_name": "南宁医药配送",
+        "prodentp_name": "桂林制药",
+        "aprvno": "国药准字H45020000",
+        "purc_retn_cnt": 96,
+        "purc_retn_stoin_time": "2026-03-01 09:00:00",
+        "purc_retn_opter_name": "王药师",
+        "prod_geay_flag": "0",
+    }
+    assert (await nhsa(p2, envelope("3503", {"purcinfo": purchase})))["infcode"] == 0
     w["units"] = units
     return w
 
@@ -153,7 +172,14 @@ async def test_sales_whole_and_split(admin: Api, db: Any) -> None:
     assert out["infcode"] == 0, out
     assert out["err_msg"] is None
     assert out["output"]["result"] == {"retRslt": "1", "msgRslt": "success"}
-    assert out["output"]["tracecode"] == {"accepted": 1, "duplicates": 0, "rejected": [], "flags": []}
+    assert out["output"]["tracecode"] == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": [],
+        "flags": [],
+        "records": 1,
+        "deleted": [],
+    }
     assert len(out["inf_refmsgid"]) == 30
     assert out["inf_refmsgid"].startswith("450103")
     assert len(out["refmsg_time"]) == 17
@@ -214,7 +240,14 @@ async def test_retries_are_one_fact(admin: Api, db: Any) -> None:
     assert first["output"]["tracecode"]["accepted"] == 2
     again = await nhsa(p2, copy.deepcopy(body))
     assert again["infcode"] == 0
-    assert again["output"]["tracecode"] == {"accepted": 0, "duplicates": 2, "rejected": [], "flags": []}
+    assert again["output"]["tracecode"] == {
+        "accepted": 0,
+        "duplicates": 2,
+        "rejected": [],
+        "flags": [],
+        "records": 0,
+        "deleted": [],
+    }
     batch = await nhsa(p2, envelope("3505A", {"selinfoDetail": [sale("B020", [u[0], u[1]], 48)]}))
     assert batch["output"]["tracecode"]["duplicates"] == 2
     assert await _stored_events(db) == 2
@@ -258,7 +291,8 @@ async def test_product_mismatch_flag(admin: Api) -> None:
     p2, u = w["keys"]["P2"], w["units"]
     row = sale("B040", [u[0]], 24, med_list_codg="XA02BCA000A001010100001")
     out = await nhsa(p2, envelope("3505", {"selinfo": row}))
-    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["PRODUCT_MISMATCH"]
+    kinds = [f["kind"] for f in out["output"]["tracecode"]["flags"]]
+    assert kinds == ["PRODUCT_MISMATCH", "STOCK_IMBALANCE"]  # and none of the billed item was bought
 
 
 async def test_wrong_institution_is_403(admin: Api, db: Any) -> None:
@@ -285,7 +319,7 @@ async def test_bad_input_answers_infcode_minus_one(admin: Api, db: Any) -> None:
         ([1, 2], "(body)"),
         (without(envelope("3505", {"selinfo": good}), "msgid"), "msgid"),
         (envelope("9999", {"selinfo": good}), "infno"),
-        (envelope("3503", {"purcinfo": {}}), "infno"),
+        (envelope("3509", {"data": {}}), "infno"),
         (envelope("3505", {"other": good}), "input.selinfo"),
         ({**envelope("3505", {"selinfo": good}), "inf_time": "05/03/2026"}, "inf_time"),
         (envelope("3505", {"selinfo": without(good, "fixmedins_bchno")}), "input.selinfo.fixmedins_bchno"),

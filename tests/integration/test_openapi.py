@@ -272,6 +272,9 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(inv, "GET", "/v1/orgs/{org}/stats", 200, org="P1")
     await c.call(inv, "GET", "/v1/orgs/{org}/stats", 404, org="NOPE")
     await c.call(p1, "GET", "/v1/orgs/{org}/stats", 403, org="P1")
+    await c.call(inv, "GET", "/v1/orgs/{org}/ledger", 200, org="P1", query={"med_list_codg": CODG})
+    await c.call(inv, "GET", "/v1/orgs/{org}/ledger", 404, org="NOPE")
+    await c.call(p1, "GET", "/v1/orgs/{org}/ledger", 403, org="P1")
     # after the recall: a verify and a history with reasons and flags of every kind seen
     await c.call(p1, "GET", "/v1/codes/{code}/verify", 200, code=codes[2])
     await c.call(inv, "GET", "/v1/codes/{code}/history", 200, code=codes[1])

@@ -24,11 +24,35 @@ class FieldError(Exception):
 
 
 # interfaces this service takes, and the key under ``input`` that carries their rows:
-# the single form one object, the batch form ("A") an array
-SALE, SALE_RETURN = "3505", "3506"
-WRAPPERS = {SALE: ("selinfo", "selinfoDetail"), SALE_RETURN: ("selinfo", "selinfoDetail")}
-# the platform's other 进销存 interfaces and queries: known, not taken yet
-KNOWN_NOT_TAKEN = {"3501", "3502", "3503", "3504", "3507", "3508", "3509", "3510", "3511", "3512", "3513"}
+# the single form one object, the batch form ("A") an array (None: no batch form)
+STOCK_COUNT, INVENTORY_CHANGE, PURCHASE, PURCHASE_RETURN = "3501", "3502", "3503", "3504"
+SALE, SALE_RETURN, DELETION = "3505", "3506", "3507"
+INVENTORY_QUERY, SALE_QUERY, SALE_TRACE_QUERY = "3508", "3511", "3513"
+QUERIES = (INVENTORY_QUERY, SALE_QUERY, SALE_TRACE_QUERY)
+WRAPPERS: dict[str, tuple[str, str | None]] = {
+    STOCK_COUNT: ("invinfo", "invinfoDetail"),
+    INVENTORY_CHANGE: ("invinfo", "invinfoDetail"),
+    PURCHASE: ("purcinfo", "purcinfoDetail"),
+    PURCHASE_RETURN: ("purcinfo", "purcinfoDetail"),
+    SALE: ("selinfo", "selinfoDetail"),
+    SALE_RETURN: ("selinfo", "selinfoDetail"),
+    DELETION: ("data", "goodDetail"),
+    INVENTORY_QUERY: ("data", None),
+    SALE_QUERY: ("data", None),
+    SALE_TRACE_QUERY: ("data", None),
+}
+# the batch forms' list of rows not taken (3502A and 3504A per [B]; the others by analogy ⚠)
+ERROR_LISTS = {
+    STOCK_COUNT: "invinfoErrDetail",
+    INVENTORY_CHANGE: "invinfoErrDetail",
+    PURCHASE: "purcinfoErrDetail",
+    PURCHASE_RETURN: "purcinfoErrDetail",
+    SALE: "selinfoErrDetail",
+    SALE_RETURN: "selinfoErrDetail",
+    DELETION: "goodErrDetail",
+}
+# the platform's other queries: known, not taken
+KNOWN_NOT_TAKEN = {"3509", "3510", "3512"}
 
 # required envelope fields (FIELDS.md "Request envelope"; insuplc_admdvs is conditional)
 REQUIRED = (
@@ -208,8 +232,8 @@ def parse(body: Any) -> Envelope:
     infno = fields.pop("infno")
     batch = infno.upper().endswith("A")
     interface = infno[:-1] if batch else infno
-    if interface not in WRAPPERS:
-        if interface in KNOWN_NOT_TAKEN:
+    if interface not in WRAPPERS or (batch and WRAPPERS[interface][1] is None):
+        if interface in KNOWN_NOT_TAKEN or interface in WRAPPERS:
             raise FieldError("infno", f"interface {infno} is not taken by this service yet")
         raise FieldError("infno", f"unknown interface {infno!r}")
     inf_time = china_time(fields.pop("inf_time"), "inf_time")
@@ -222,8 +246,11 @@ def parse(body: Any) -> Envelope:
     if not isinstance(raw_input, dict):
         raise FieldError("input", "must be an object holding the interface's wrapper")
     single_key, batch_key = WRAPPERS[interface]
-    key = batch_key if batch else single_key
+    key = batch_key if batch and batch_key else single_key
     wrapped = raw_input.get(key)
+    if interface == DELETION and not batch and wrapped is None and isinstance(raw_input.get(batch_key), list):
+        # ⚠ some systems build goodDetail but post it as "3507": taken as the batch form
+        batch, key, wrapped = True, batch_key or key, raw_input.get(batch_key)
     if wrapped is None:
         raise FieldError(f"input.{key}", "is required")
     if batch:

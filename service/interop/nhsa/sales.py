@@ -8,6 +8,7 @@ table's unique id makes every retry a duplicate, also when retries race. Pure: n
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from uuid import UUID, uuid5
 
 from service.core.codes import try_parse_code
 from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.ledger import Entry
 from service.core.rules import INVALID_CODE
 from service.interop.nhsa.envelope import (
     SALE,
@@ -63,6 +65,8 @@ class Record:
     row: dict[str, Any]  # as sent, keys in lower case
     events: list[Incoming] = field(default_factory=list)
     refused: list[Rejection] = field(default_factory=list)  # codes that are not codes
+    entry: Entry | None = None  # the ledger's record of it (None: a deletion)
+    deletes: tuple[str, ...] = ()  # a 3507 deletion: the interfaces whose record it deletes
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +81,22 @@ def event_id(fixmedins_code: str, interface: str, bchno: str, code: str) -> UUID
     return uuid5(NAMESPACE, f"nhsa/{fixmedins_code}/{interface}/{bchno}/{code}")
 
 
-def translate(envelope: Envelope, org: str, now: datetime) -> tuple[list[Record], list[RowError]]:
-    """Each row as events of ``org`` (the uploading institution's organisation), or the
-    first problem of the row."""
+PERSON_FIELDS = ("psn_no", "certno", "psn_name")
+
+
+def kept_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as kept with the ledger: the person is never stored."""
+    return {k: v for k, v in row.items() if k not in PERSON_FIELDS}
+
+
+Build = Callable[[Envelope, str, datetime, int, str, dict[str, Any]], Record]
+
+
+def translate(
+    envelope: Envelope, org: str, now: datetime, build: Build | None = None
+) -> tuple[list[Record], list[RowError]]:
+    """Each row as events of ``org`` (the uploading institution's organisation) and its
+    ledger record, or the first problem of the row."""
     records: list[Record] = []
     errors: list[RowError] = []
     for i, raw in enumerate(envelope.rows):
@@ -88,7 +105,7 @@ def translate(envelope: Envelope, org: str, now: datetime) -> tuple[list[Record]
         try:
             if not isinstance(raw, dict):
                 raise FieldError(path, "must be an object")
-            records.append(_record(envelope, org, now, i, path, row))
+            records.append((build or _record)(envelope, org, now, i, path, row))
         except FieldError as exc:
             name = exc.field if exc.field.startswith(path) else f"{path}.{exc.field}"
             errors.append(RowError(i, row, name, exc.message))
@@ -178,4 +195,16 @@ def _record(
         # corrected under the same record and still be taken. A return restores the
         # whole of the sale it undoes (⚠ a partial return of a split sale restores all).
         record.events += [event((code,), None) for code in canonical]
+    record.entry = Entry(
+        org=org,
+        interface=interface,
+        bchno=bchno,
+        med_list_codg=med_list_codg,
+        kind="sale" if kind == "dispense" else "sale_return",
+        units=count,
+        at=at,
+        codes=tuple(canonical),
+        event_ids=tuple(e.event_id for e in record.events),
+        row=kept_row(row),
+    )
     return record

@@ -1,0 +1,174 @@
+"""The 进销存 ledger's rules: which way each uploaded record moves an item's balance,
+when a move out is more than the ledger holds (STOCK_IMBALANCE), and what a stock count
+reveals about the codes it counted. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
+from service.core.flags import Evidence, NewFlag
+
+STOCK_IMBALANCE = "STOCK_IMBALANCE"
+NHSA = "nhsa"  # flag evidence: one uploaded record
+
+# ledger kinds, and the side of the balance each is on
+COUNT = "count"
+IN_KINDS = ("purchase", "transfer_in", "count_gain", "other_in", "donation_in", "sale_return")
+OUT_KINDS = (
+    "purchase_return",
+    "transfer_out",
+    "count_loss",
+    "destroyed",
+    "other_out",
+    "donation_out",
+    "sale",
+)
+KINDS = (*IN_KINDS, *OUT_KINDS)
+
+# 3502 inv_chg_type (FIELDS.md, [A] YbInvChgType): the ledger kind, and the event its codes
+# become (None: the ledger only; a count gain or loss moves no pack between parties)
+INV_CHG_TYPES: dict[str, tuple[str, str | None]] = {
+    "101": ("transfer_in", "receive"),
+    "102": ("transfer_out", "ship"),
+    "103": ("count_gain", None),
+    "104": ("count_loss", None),
+    "105": ("destroyed", "destroy"),
+    "106": ("other_in", "receive"),
+    "107": ("other_out", "ship"),
+    "108": ("purchase", "receive"),
+    "109": ("purchase_return", "ship"),
+    "110": ("donation_in", "receive"),
+    "111": ("donation_out", "ship"),
+}
+# 3507 inv_data_type: the interfaces whose records it deletes (⚠ 3 and 4 cover the returns)
+DATA_TYPES: dict[str, tuple[str, ...]] = {
+    "1": ("3501",),
+    "2": ("3502",),
+    "3": ("3503", "3504"),
+    "4": ("3505", "3506"),
+}
+
+
+def delta(kind: str, units: int) -> int:
+    """The signed effect of ``units`` of ``kind`` on the balance (a count has none)."""
+    if kind in IN_KINDS:
+        return units
+    if kind in OUT_KINDS:
+        return -units
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One uploaded record, as the ledger keeps it."""
+
+    org: str
+    interface: str  # without its "A"
+    bchno: str
+    med_list_codg: str
+    kind: str
+    units: int
+    at: datetime
+    codes: tuple[str, ...] = ()
+    event_ids: tuple[UUID, ...] = ()
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> int:
+        return delta(self.kind, self.units)
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(NHSA, f"{self.org}/{self.interface}/{self.bchno}")
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """An item's ledger at one institution, as of one record (that record included)."""
+
+    balance: int
+    units_in: int
+    units_out: int
+    counted: int | None  # the last stock count up to then
+    counted_at: datetime | None
+
+
+def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], Figures]) -> list[NewFlag]:
+    """A move out that leaves its item's balance below zero, as of its own time: one
+    STOCK_IMBALANCE flag per record, the ledger's figures as evidence. ``figures`` is
+    keyed by (interface, fixmedins_bchno)."""
+    out = []
+    for e in entries:
+        f = figures.get((e.interface, e.bchno))
+        if e.delta >= 0 or f is None or f.balance >= 0:
+            continue
+        out.append(
+            NewFlag(
+                kind=STOCK_IMBALANCE,
+                code=e.med_list_codg,
+                org=e.org,
+                region=None,
+                at=e.at,
+                detail=(
+                    f"{e.org} moved out {e.units} units of {e.med_list_codg} ({e.kind}, record {e.bchno}); "
+                    f"its ledger then holds {f.balance}"
+                ),
+                refs={
+                    "med_list_codg": e.med_list_codg,
+                    "interface": e.interface,
+                    "fixmedins_bchno": e.bchno,
+                    "kind": e.kind,
+                    "units": e.units,
+                    "balance_before": f.balance + e.units,
+                    "balance_after": f.balance,
+                    "units_in": f.units_in,
+                    "units_out": f.units_out,
+                    "last_count": f.counted,
+                    "last_count_at": f.counted_at.isoformat() if f.counted_at else None,
+                    "events": [str(i) for i in e.event_ids],
+                },
+                source=e.evidence,
+            )
+        )
+    return out
+
+
+def count_flags(entry: Entry, states: Mapping[str, CodeState], region: str | None) -> list[NewFlag]:
+    """What a stock count reveals about the codes it counted: a pack this service knows to
+    be held by another organisation (DIVERSION), sold already (DUPLICATE, 回流) or destroyed
+    (DUPLICATE: a destroyed pack back in stock). A code never seen adds nothing here."""
+    out = []
+    for code in entry.codes:
+        s = states.get(code)
+        if s is None or not s.commissioned:
+            continue
+        found: tuple[str, str] | None = None
+        if s.state == DESTROYED:
+            found = ("DUPLICATE", "the pack was destroyed")
+        elif s.units_left is not None and s.units_left <= 0:
+            found = ("DUPLICATE", "the pack was already consumed")
+        elif s.state == IN_TRANSIT and s.destination != entry.org:
+            found = ("DIVERSION", f"the pack is in transit to {s.destination}")
+        elif s.state != IN_TRANSIT and s.custodian is not None and s.custodian != entry.org:
+            found = ("DIVERSION", f"the pack is held by {s.custodian}")
+        if found is None:
+            continue
+        kind, why = found
+        out.append(
+            NewFlag(
+                kind=kind,
+                code=code,
+                org=entry.org,
+                region=region,
+                at=entry.at,
+                detail=f"stock count by {entry.org} (record {entry.bchno}): {why}",
+                refs={"fixmedins_bchno": entry.bchno, "interface": entry.interface, "custodian": s.custodian},
+                source=entry.evidence,
+            )
+        )
+    return out

@@ -1,0 +1,234 @@
+"""3501 stock count, 3502 inventory change, 3503 purchase, 3504 purchase return and 3507
+deletion (and their batch forms) as ledger records, with the events that 3502's trace
+codes become; and the 3508/3511/3513 queries' inputs. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from service.core.codes import try_parse_code
+from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.ledger import COUNT, DATA_TYPES, INV_CHG_TYPES, Entry
+from service.core.rules import CHINA, INVALID_CODE
+from service.interop.nhsa.envelope import (
+    DELETION,
+    INVENTORY_CHANGE,
+    PURCHASE,
+    PURCHASE_RETURN,
+    STOCK_COUNT,
+    Envelope,
+    FieldError,
+    calendar_date,
+    china_time,
+    flag01,
+    number,
+    optional_text,
+    required_text,
+    whole_units,
+)
+from service.interop.nhsa.sales import (
+    MAX_LENGTH,
+    Record,
+    RowError,
+    event_id,
+    kept_row,
+    raw_codes,
+)
+from service.interop.nhsa.sales import (
+    translate as _translate,
+)
+
+_ITEM = ("med_list_codg", "fixmedins_hilist_id", "fixmedins_hilist_name", "fixmedins_bchno", "rx_flag")
+REQUIRED = {
+    STOCK_COUNT: _ITEM,
+    INVENTORY_CHANGE: _ITEM,
+    PURCHASE: (
+        *_ITEM,
+        "manu_lotnum",
+        "spler_name",
+        "prodentp_name",
+        "aprvno",
+        "purc_retn_opter_name",
+    ),
+    PURCHASE_RETURN: (*_ITEM, "spler_name", "purc_invo_no", "purc_retn_opter_name"),
+}
+
+
+def translate(envelope: Envelope, org: str, now: datetime) -> tuple[list[Record], list[RowError]]:
+    return _translate(envelope, org, now, _record)
+
+
+def count_units(value: Any, field: str) -> int:
+    """A counted stock: a whole number of smallest units, zero allowed."""
+    n = number(value, field)
+    if n == 0:
+        return 0
+    return whole_units(value, field)
+
+
+def _record(
+    envelope: Envelope, org: str, now: datetime, index: int, path: str, row: dict[str, Any]
+) -> Record:
+    interface = envelope.interface
+    record = Record(index, path, row)
+    if interface == DELETION:
+        bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
+        data_type = required_text(row, "inv_data_type", "inv_data_type")
+        if data_type not in DATA_TYPES:
+            raise FieldError("inv_data_type", f"must be one of {', '.join(DATA_TYPES)}, not {data_type!r}")
+        record.deletes = DATA_TYPES[data_type]
+        return record
+    for key in REQUIRED[interface]:
+        required_text(row, key, key, MAX_LENGTH.get(key))
+    bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
+    codg = required_text(row, "med_list_codg", "med_list_codg", 50)
+    codes: list[str] = []
+    events: list[Incoming] = []
+    if interface == STOCK_COUNT:
+        day = calendar_date(row.get("invdate"), "invdate")
+        # ⚠ a stock count (盘存, the opening inventory) stands at the start of its day
+        at = datetime.combine(day, time(), CHINA)
+        units = count_units(row.get("inv_cnt"), "inv_cnt")
+        kind = COUNT
+        _dates(row, required=False)
+        codes = raw_codes(row)
+    elif interface == INVENTORY_CHANGE:
+        chg = required_text(row, "inv_chg_type", "inv_chg_type", 6)
+        if chg not in INV_CHG_TYPES:
+            raise FieldError("inv_chg_type", f"must be one of {', '.join(INV_CHG_TYPES)}, not {chg!r}")
+        kind, event_type = INV_CHG_TYPES[chg]
+        number(row.get("pric"), "pric")
+        units = whole_units(row.get("cnt"), "cnt")
+        at = _when(row, "inv_chg_time", now)
+        flag01(row.get("trdn_flag"), "trdn_flag")
+        codes = raw_codes(row)
+        if event_type is not None:
+            seen: set[str] = set()
+            for raw in codes:
+                parsed = try_parse_code(raw)
+                canonical = parsed.canonical if parsed else raw
+                eid = event_id(envelope.fixmedins_code, interface, bchno, canonical)
+                if parsed is None:
+                    record.refused.append(Rejection(eid, raw, INVALID_CODE))
+                elif canonical in seen:
+                    record.refused.append(Rejection(eid, canonical, REPEATED_CODE))
+                else:
+                    seen.add(canonical)
+                    # ⚠ 3502 names no counterpart: a transfer or return out is a ship with
+                    # no destination, a receipt a receive with no sender
+                    events.append(Incoming(eid, event_type, at, org, (canonical,), ref=bchno))
+    else:  # purchase, purchase return
+        units = whole_units(row.get("purc_retn_cnt"), "purc_retn_cnt")
+        at = _when(row, "purc_retn_stoin_time", now)
+        if row.get("finl_trns_pric") not in (None, ""):
+            number(row.get("finl_trns_pric"), "finl_trns_pric")
+        if interface == PURCHASE:
+            flag01(row.get("prod_geay_flag"), "prod_geay_flag")
+            _dates(row, required=True)
+            kind = "purchase"
+        else:
+            _dates(row, required=False)
+            kind = "purchase_return"
+    record.events = events
+    parsed_codes = [p.canonical for p in (try_parse_code(c) for c in codes) if p is not None]
+    record.entry = Entry(
+        org=org,
+        interface=interface,
+        bchno=bchno,
+        med_list_codg=codg,
+        kind=kind,
+        units=units,
+        at=at,
+        codes=tuple(dict.fromkeys(parsed_codes)),
+        event_ids=tuple(e.event_id for e in events),
+        row=kept_row(row),
+    )
+    return record
+
+
+def _when(row: dict[str, Any], key: str, now: datetime) -> datetime:
+    at = china_time(row.get(key), key)
+    problem = time_problem(at, now)
+    if problem:
+        raise FieldError(key, problem)
+    return at
+
+
+def _dates(row: dict[str, Any], *, required: bool) -> None:
+    for key in ("manu_date", "expy_end"):
+        if required or row.get(key) not in (None, ""):
+            calendar_date(row.get(key), key)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A 3508/3511/3513 query's input."""
+
+    item: str | None  # medins_list_codg (the institution's item code, or the catalogue code) ⚠
+    med_list_codg: str | None
+    bchno: str | None
+    code: str | None
+    mdtrt_id: str | None
+    begin: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive (the day after enddate)
+
+
+def query(envelope: Envelope) -> Query:
+    """The query's ``input.data``. Raises FieldError naming the field."""
+    row = envelope.rows[0]
+    if not isinstance(row, dict):
+        raise FieldError("input.data", "must be an object")
+    from service.interop.nhsa.envelope import lower_keys
+
+    row = lower_keys(row)
+
+    def named(key: str, length: int | None = None) -> str | None:
+        try:
+            return optional_text(row, key, key, length)
+        except FieldError as exc:
+            raise FieldError(f"input.data.{exc.field}", exc.message) from None
+
+    code = named("fixmedins_code", 30)
+    if code is not None and code != envelope.fixmedins_code:
+        raise FieldError("input.data.fixmedins_code", "must be the envelope's fixmedins_code")
+    try:
+        begin = calendar_date(row.get("begndate"), "begndate")
+        end = calendar_date(row.get("enddate"), "enddate")
+    except FieldError as exc:
+        raise FieldError(f"input.data.{exc.field}", exc.message) from None
+    if end < begin:
+        raise FieldError("input.data.enddate", "is before begndate")
+    item, bchno = named("medins_list_codg", 150), named("fixmedins_bchno", 30)
+    if envelope.interface == "3508" and item is None and bchno is None:
+        raise FieldError("input.data.medins_list_codg", "or fixmedins_bchno is required")
+    return Query(
+        item=item,
+        med_list_codg=named("med_list_codg", 50),
+        bchno=bchno,
+        code=named("drug_trac_codg", 100),
+        mdtrt_id=named("mdtrt_id", 30),
+        begin=_day_start(begin),
+        end=_day_start(end + timedelta(days=1)),
+    )
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), CHINA)
+
+
+def camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def answer_row(record: dict[str, Any], fixmedins_code: str, **extra: Any) -> dict[str, Any]:
+    """A stored record as the platform's camelCase output row."""
+    row = {camel(k): v for k, v in record["row_data"].items() if k not in ("drugtracinfo", "drug_trac_codg")}
+    row.update(fixmedinsCode=fixmedins_code, fixmedinsBchno=record["fixmedins_bchno"])
+    row["medListCodg"] = record["med_list_codg"]
+    row["valiFlag"] = "1"
+    row["crteTime"] = record["received_at"].astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    row.update(extra)
+    return row

@@ -1,0 +1,227 @@
+"""SQL for the 进销存 ledger (``nhsa_records``): records written set-based, an item's
+figures as of a record, the ledger per item, deletions, and the records the NHSA queries
+read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures
+from service.store.conn import Conn
+
+
+async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> None:
+    """Serialise writers of the same (institution, item), in item order (no deadlock), so
+    that two uploads racing cannot both see the stock one of them takes."""
+    if items:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('ledger/' || $1 || '/' || i, 0)) "
+            "FROM unnest($2::text[]) AS i ORDER BY i",
+            org,
+            sorted(set(items)),
+        )
+
+
+async def insert(
+    conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dict[str, Any]
+) -> set[tuple[str, str]]:
+    """Store the records not stored before; returns the (interface, bchno) of the new ones.
+    A record already stored (a retry) is left as it is, also when it was deleted."""
+    if not entries:
+        return set()
+    rows = await conn.fetch(
+        """INSERT INTO nhsa_records (org, interface, fixmedins_bchno, med_list_codg, kind, units, delta,
+                                     at, codes, event_ids, msgid, envelope, row_data)
+           SELECT g.org, g.interface, g.bchno, g.codg, g.kind, g.units, g.delta, g.at,
+                  coalesce(string_to_array(nullif(g.codes, ''), E'\\x1f'), '{}'),
+                  coalesce(string_to_array(nullif(g.ids, ''), ',')::uuid[], '{}'),
+                  $12, $13::jsonb, g.row_data
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                       $8::timestamptz[], $9::text[], $10::text[], $11::jsonb[])
+                AS g(org, interface, bchno, codg, kind, units, delta, at, codes, ids, row_data)
+           ON CONFLICT (org, interface, fixmedins_bchno) DO NOTHING
+           RETURNING interface, fixmedins_bchno""",
+        [e.org for e in entries],
+        [e.interface for e in entries],
+        [e.bchno for e in entries],
+        [e.med_list_codg for e in entries],
+        [e.kind for e in entries],
+        [e.units for e in entries],
+        [e.delta for e in entries],
+        [e.at for e in entries],
+        ["\x1f".join(e.codes) for e in entries],  # a unit separator: never in a code
+        [",".join(str(i) for i in e.event_ids) for e in entries],
+        [e.row for e in entries],
+        msgid,
+        envelope,
+    )
+    return {(r["interface"], r["fixmedins_bchno"]) for r in rows}
+
+
+_FIGURES = f"""
+    coalesce(sum(r.delta), 0) AS balance,
+    coalesce(sum(r.units) FILTER (WHERE r.kind = ANY('{{{",".join(IN_KINDS)}}}'::text[])), 0) AS units_in,
+    coalesce(sum(r.units) FILTER (WHERE r.kind = ANY('{{{",".join(OUT_KINDS)}}}'::text[])), 0) AS units_out"""
+
+
+async def figures(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Figures]:
+    """Each record's item ledger as of that record (ties by interface and serial), only
+    records that still count. The balance starts from the last stock count before it (the
+    counted stock) and adds the moves after that count; without a count, from zero."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT n.interface, n.fixmedins_bchno, f.*, c.units AS counted, c.at AS counted_at
+            FROM unnest($2::text[], $3::text[]) AS k(interface, bchno)
+            JOIN nhsa_records n ON n.org = $1 AND n.interface = k.interface AND n.fixmedins_bchno = k.bchno
+            LEFT JOIN LATERAL (
+                SELECT r.units, r.at FROM nhsa_records r
+                WHERE r.org = $1 AND r.med_list_codg = n.med_list_codg AND r.deleted_at IS NULL
+                  AND r.kind = '{COUNT}' AND r.at <= n.at
+                ORDER BY r.at DESC, r.fixmedins_bchno DESC LIMIT 1) c ON true
+            CROSS JOIN LATERAL (
+                SELECT coalesce(c.units, 0) + {_FIGURES} FROM nhsa_records r
+                WHERE r.org = $1 AND r.med_list_codg = n.med_list_codg AND r.deleted_at IS NULL
+                  AND (c.at IS NULL OR r.at > c.at)
+                  AND (r.at, r.interface, r.fixmedins_bchno) <= (n.at, n.interface, n.fixmedins_bchno)) f""",  # noqa: S608
+        org,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {
+        (r["interface"], r["fixmedins_bchno"]): Figures(
+            int(r["balance"]), int(r["units_in"]), int(r["units_out"]), r["counted"], r["counted_at"]
+        )
+        for r in rows
+    }
+
+
+async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[str, Any]]:
+    """Per catalogue item: units by kind, in, out, the balance, the last counted stock and
+    the balance as of that count."""
+    rows = await conn.fetch(
+        f"""WITH live AS (
+                SELECT * FROM nhsa_records
+                WHERE org = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR med_list_codg = $2)),
+            items AS (
+                SELECT r.med_list_codg, {_FIGURES}, count(*) AS records
+                FROM live r GROUP BY r.med_list_codg),
+            kinds AS (
+                SELECT med_list_codg, jsonb_object_agg(kind, units) AS by_kind FROM (
+                    SELECT med_list_codg, kind, sum(units) AS units FROM live
+                    WHERE kind <> '{COUNT}' GROUP BY 1, 2) s
+                GROUP BY med_list_codg),
+            counts AS (
+                SELECT DISTINCT ON (med_list_codg) med_list_codg, units AS counted, at AS counted_at,
+                       fixmedins_bchno AS counted_bchno
+                FROM live WHERE kind = '{COUNT}'
+                ORDER BY med_list_codg, at DESC, fixmedins_bchno DESC)
+            SELECT i.med_list_codg, i.units_in, i.units_out, i.records,
+                   coalesce(k.by_kind, '{{}}'::jsonb) AS by_kind,
+                   c.counted, c.counted_at, c.counted_bchno,
+                   CASE WHEN c.counted IS NULL THEN i.balance
+                        ELSE c.counted + (SELECT coalesce(sum(l.delta), 0) FROM live l
+                                          WHERE l.med_list_codg = i.med_list_codg AND l.at > c.counted_at)
+                   END AS balance,
+                   CASE WHEN c.counted IS NOT NULL THEN
+                       (SELECT coalesce(sum(l.delta), 0) FROM live l
+                        WHERE l.med_list_codg = i.med_list_codg AND l.at <= c.counted_at)
+                   END AS balance_before_count
+            FROM items i LEFT JOIN kinds k USING (med_list_codg) LEFT JOIN counts c USING (med_list_codg)
+            ORDER BY i.med_list_codg""",  # noqa: S608
+        org,
+        med_list_codg,
+    )
+    out = []
+    for r in rows:
+        item = dict(r)
+        by_kind = item["by_kind"]
+        item["by_kind"] = json.loads(by_kind) if isinstance(by_kind, str) else dict(by_kind)
+        out.append(item)
+    return out
+
+
+async def live_records(conn: Conn, org: str, interfaces: Sequence[str], bchno: str) -> list[dict[str, Any]]:
+    """The records of ``bchno`` under ``interfaces`` that still count, locked."""
+    rows = await conn.fetch(
+        """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, event_ids, row_data
+           FROM nhsa_records
+           WHERE org = $1 AND interface = ANY($2::text[]) AND fixmedins_bchno = $3 AND deleted_at IS NULL
+           ORDER BY interface FOR UPDATE""",
+        org,
+        list(interfaces),
+        bchno,
+    )
+    return [dict(r) for r in rows]
+
+
+async def any_records(conn: Conn, org: str, interfaces: Sequence[str], bchno: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM nhsa_records
+               WHERE org = $1 AND interface = ANY($2::text[]) AND fixmedins_bchno = $3)""",
+            org,
+            list(interfaces),
+            bchno,
+        )
+    )
+
+
+async def mark_deleted(conn: Conn, org: str, keys: Sequence[tuple[str, str]], msgid: str) -> None:
+    await conn.execute(
+        """UPDATE nhsa_records SET deleted_at = now(), deleted_msgid = $4
+           WHERE org = $1 AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+             AND deleted_at IS NULL""",
+        org,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        msgid,
+    )
+
+
+async def records(
+    conn: Conn,
+    org: str,
+    interfaces: Sequence[str],
+    *,
+    med_list_codg: str | None,
+    hilist_id: str | None,
+    bchno: str | None,
+    code: str | None,
+    begin: datetime | None,
+    end: datetime | None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Records that still count, for the NHSA queries, oldest first."""
+    rows = await conn.fetch(
+        """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, row_data, received_at
+           FROM nhsa_records
+           WHERE org = $1 AND interface = ANY($2::text[]) AND deleted_at IS NULL
+             AND ($3::text IS NULL OR med_list_codg = $3)
+             AND ($4::text IS NULL OR row_data->>'fixmedins_hilist_id' = $4)
+             AND ($5::text IS NULL OR fixmedins_bchno = $5)
+             AND ($6::text IS NULL OR $6 = ANY(codes))
+             AND ($7::timestamptz IS NULL OR at >= $7)
+             AND ($8::timestamptz IS NULL OR at < $8)
+           ORDER BY at, interface, fixmedins_bchno
+           LIMIT $9""",
+        org,
+        list(interfaces),
+        med_list_codg,
+        hilist_id,
+        bchno,
+        code,
+        begin,
+        end,
+        limit,
+    )
+    out = []
+    for r in rows:
+        item = dict(r)
+        data = item["row_data"]
+        item["row_data"] = json.loads(data) if isinstance(data, str) else dict(data)
+        out.append(item)
+    return out

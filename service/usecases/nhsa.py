@@ -1,0 +1,133 @@
+"""NHSA 进销存 uploads: their events through the same ingest as POST /v1/events, and, in
+the same transaction, their ledger records, deletions and the ledger's flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+import asyncpg
+
+from service.core import ledger as rules
+from service.core.events import Incoming, Rejection
+from service.core.flags import FlagRef, NewFlag
+from service.interop.nhsa.sales import NAMESPACE, Record
+from service.store import codes as code_store
+from service.store import flags as flag_store
+from service.store import ledger as ledger_store
+from service.store import registry
+from service.store.conn import Conn
+from service.usecases.events import IngestResult, ingest
+
+
+@dataclass(slots=True)
+class Uploaded:
+    result: IngestResult
+    records_new: int = 0  # ledger records stored by this upload (the rest were retries)
+    deleted: list[str] = field(default_factory=list)  # fixmedins_bchno of records deleted now
+    missing: list[Record] = field(default_factory=list)  # deletions of records never uploaded
+
+
+def compensation_id(org: str, interface: str, bchno: str, original: UUID) -> UUID:
+    """The compensating event of a deleted record's event: one id, however often deleted."""
+    return uuid5(NAMESPACE, f"nhsa-delete/{org}/{interface}/{bchno}/{original}")
+
+
+async def upload(
+    pool: asyncpg.Pool, org: str, records: list[Record], msgid: str, envelope: dict[str, Any], now: datetime
+) -> Uploaded:
+    """Store the records' events, ledger entries and deletions, in one transaction."""
+    entries = [r.entry for r in records if r.entry is not None]
+    deletions = [r for r in records if r.deletes]
+    events: list[Incoming] = [e for r in records for e in r.events]
+    refused: list[Rejection] = [x for r in records for x in r.refused]
+    uploaded = Uploaded(IngestResult())
+
+    # A deleted sale's codes come back as by a return (a deleted return: as by a sale);
+    # the compensating events are built from the records as stored now, and their ids
+    # are fixed, so a deletion sent twice, or racing itself, is one fact.
+    targets: list[tuple[Record, dict[str, Any]]] = []
+    if deletions:
+        async with pool.acquire() as conn:
+            for d in deletions:
+                bchno = str(d.row.get("fixmedins_bchno") or "").strip()
+                live = await ledger_store.live_records(conn, org, d.deletes, bchno)
+                targets += [(d, stored) for stored in live]
+                if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
+                    uploaded.missing.append(d)
+        events += _compensations(org, targets, now)
+
+    async def also(conn: Conn) -> list[FlagRef]:
+        uploaded.records_new = 0
+        uploaded.deleted = []
+        await ledger_store.lock_items(conn, org, [e.med_list_codg for e in entries])
+        new = await ledger_store.insert(conn, entries, msgid, envelope)
+        uploaded.records_new = len(new)
+        keys = [(stored["interface"], stored["fixmedins_bchno"]) for _, stored in targets]
+        if keys:
+            await ledger_store.mark_deleted(conn, org, keys, msgid)
+            uploaded.deleted = sorted({k[1] for k in keys})
+        fresh = [e for e in entries if (e.interface, e.bchno) in new]
+        flags: list[NewFlag] = []
+        out_moves = [e for e in fresh if e.delta < 0]
+        if out_moves:
+            figures = await ledger_store.figures(conn, org, [(e.interface, e.bchno) for e in out_moves])
+            flags += rules.imbalance_flags(out_moves, figures)
+        counts = [e for e in fresh if e.kind == rules.COUNT and e.codes]
+        if counts:
+            states = await code_store.lock(conn, sorted({c for e in counts for c in e.codes}))
+            found = await registry.get_orgs(conn, [org])
+            region = found[org].region if org in found else None
+            for e in counts:
+                flags += rules.count_flags(e, states, region)
+        raised = await flag_store.raise_flags(conn, flags)
+        return [raised[f.key] for f in flags if f.key in raised]
+
+    uploaded.result = await ingest(pool, events, refused, also=also)
+    return uploaded
+
+
+def _compensations(org: str, targets: list[tuple[Record, dict[str, Any]]], now: datetime) -> list[Incoming]:
+    """The events that undo deleted sales and sale returns. ⚠ Only sales and returns are
+    undone so: a 3502 record's receive, ship or destroy is a scan of a physical move, and
+    its deletion changes the ledger only."""
+    out = []
+    for _, stored in targets:
+        interface = stored["interface"]
+        if interface not in ("3505", "3506") or not stored["codes"]:
+            continue
+        row = stored["row_data"]
+        row = row if isinstance(row, dict) else {}
+        setl_id = str(row.get("setl_id") or "").strip() or None
+        at = max(now, stored["at"] + timedelta(seconds=1))
+        codes = tuple(stored["codes"])
+        original = stored["event_ids"][0] if stored["event_ids"] else uuid5(NAMESPACE, "+".join(codes))
+        out.append(
+            Incoming(
+                event_id=compensation_id(org, interface, stored["fixmedins_bchno"], original),
+                type="return" if interface == "3505" else "dispense",
+                at=at,
+                org=org,
+                codes=codes,
+                setl_id=setl_id,
+                ref=f"3507:{stored['fixmedins_bchno']}",
+            )
+        )
+    return out
+
+
+async def ledger(pool: asyncpg.Pool, org: str, med_list_codg: str | None) -> list[dict[str, Any]] | None:
+    """The institution's ledger per catalogue item; None for an unknown organisation."""
+    async with pool.acquire() as conn:
+        if await registry.get_org(conn, org) is None:
+            return None
+        return await ledger_store.ledger(conn, org, med_list_codg)
+
+
+async def records(
+    pool: asyncpg.Pool, org: str, interfaces: tuple[str, ...], **filters: Any
+) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        return await ledger_store.records(conn, org, interfaces, **filters)

@@ -1,0 +1,295 @@
+"""The 进销存 ledger through POST /v1/nhsa: purchases, inventory changes, stock counts,
+deletions and queries, with payloads shaped as FIELDS.md describes; a pharmacy's month."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api
+from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale, sale_return
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+OTHER = "XA02BCA000A001010100001"
+
+
+def item(bchno: str, codg: str = MED) -> dict[str, Any]:
+    return {
+        "med_list_codg": codg,
+        "fixmedins_hilist_id": "YP0001",
+        "fixmedins_hilist_name": "阿莫西林胶囊 0.25g*24",
+        "fixmedins_bchno": bchno,
+        "rx_flag": "1",
+        "memo": "",
+    }
+
+
+def purchase(bchno: str, count: Any, **extra: Any) -> dict[str, Any]:
+    """A 3503 purcinfo row ([B] Purcinfo3503): no trace-code node."""
+    return {
+        **item(bchno),
+        "manu_lotnum": "L1",
+        "manu_date": "2026-01-05",
+        "expy_end": "2028-12-31",
+        "dynt_no": "",
+        "spler_name": "南宁医药配送",
+        "spler_pmtno": "",
+        "prodentp_name": "桂林制药",
+        "aprvno": "国药准字H45020000",
+        "finl_trns_pric": "10.500000",
+        "purc_retn_cnt": count,
+        "purc_invo_codg": "",
+        "purc_invo_no": "",
+        "purc_retn_stoin_time": "2026-03-02 09:00:00",
+        "purc_retn_opter_name": "王药师",
+        "prod_geay_flag": "0",
+        **extra,
+    }
+
+
+def purchase_return(bchno: str, count: Any, **extra: Any) -> dict[str, Any]:
+    """A 3504 row: no lot, manufacturer, approval or gift fields; the invoice no. required."""
+    row = purchase(bchno, count, **{"purc_invo_no": "INV001", "medins_prod_purc_no": "P100", **extra})
+    for key in ("dynt_no", "manu_lotnum", "prodentp_name", "aprvno", "prod_geay_flag"):
+        row.pop(key)
+    return row
+
+
+def change(bchno: str, chg: str, count: Any, codes: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """A 3502 invinfo row: no lot or date fields."""
+    return {
+        **item(bchno),
+        "inv_chg_type": chg,
+        "pric": 10.5,
+        "cnt": count,
+        "inv_chg_time": "2026-03-04 11:00:00",
+        "inv_chg_opter_name": "王药师",
+        "trdn_flag": "0",
+        "drugtracinfo": [{"drug_trac_codg": c} for c in codes or []],
+        **extra,
+    }
+
+
+def count(bchno: str, units: Any, day: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A 3501 invinfo row: drugtracinfo a single object ([B])."""
+    row = {
+        **item(bchno),
+        "manu_lotnum": "",
+        "manu_date": "2026-01-05",
+        "expy_end": "2028-12-31",
+        "invdate": day,
+        "inv_cnt": units,
+        **extra,
+    }
+    if code is not None:
+        row["drugtracinfo"] = {"drug_trac_codg": code}
+    return row
+
+
+def deletion(bchno: str, data_type: str) -> dict[str, Any]:
+    return {"fixmedins_bchno": bchno, "inv_data_type": data_type}
+
+
+async def _ledger(api: Api, org: str = "P2", codg: str = MED) -> dict[str, Any]:
+    out = await api.ok("GET", f"/v1/orgs/{org}/ledger?med_list_codg={codg}")
+    assert out["org"] == org
+    items = {i["med_list_codg"]: i for i in out["items"]}
+    return items.get(codg, {})
+
+
+async def test_a_pharmacys_month(admin: Api, db: Any) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    inv = await admin.key_for("investigator")
+
+    # purchases (3503 with numbers as strings, 3503A), then a purchase retried: one fact
+    out = await nhsa(p2, envelope("3503", {"purcinfo": purchase("C001", "72.0000")}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["result"]["retRslt"] == "1"
+    assert out["output"]["tracecode"]["records"] == 1
+    out = await nhsa(p2, envelope("3503A", {"purcinfoDetail": [purchase("C002", 24), purchase("C001", 72)]}))
+    assert out["output"]["tracecode"]["records"] == 1  # C001 again is the same record
+    # a purchase return of one pack's worth
+    out = await nhsa(p2, envelope("3504", {"purcinfo": purchase_return("C003", 24)}))
+    assert out["infcode"] == 0, out
+
+    # sales: whole pack, split sales, a batch; a patient return
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B100", [u[0]], 24, setl_id="S900")}))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B101", [u[1]], 6, split="1")}))
+    batch = [sale("B102", [u[1]], "6", split="1"), sale("B103", [u[2]], 24)]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": batch}))
+    assert out["output"]["tracecode"]["records"] == 2
+    await nhsa(p2, envelope("3506", {"selinfo": sale_return("R100", [u[0]], 24, setl_id="S900")}))
+
+    led = await _ledger(inv)
+    assert led["units_in"] == 96 + 72 + 24 + 24  # _world's purchase C000 of its 4 packs
+    assert led["units_out"] == 24 + 24 + 6 + 6 + 24
+    assert led["by_kind"] == {"purchase": 192, "purchase_return": 24, "sale": 60, "sale_return": 24}
+    assert led["balance"] == 132
+    assert led["counted"] is None
+
+    # the sale B103 is deleted: the ledger no longer counts it, its pack comes back as by
+    # a return, and the history shows both; deleting it again is one fact
+    out = await nhsa(p2, envelope("3507", {"data": deletion("B103", "4")}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["deleted"] == ["B103"]
+    assert await _units_left(p2, u[2]) == 24
+    history = await inv.ok("GET", f"/v1/codes/{u[2]}/history")
+    assert [e["type"] for e in history["events"]][-2:] == ["dispense", "return"]
+    again = await nhsa(p2, envelope("3507A", {"goodDetail": [deletion("B103", "4")]}))
+    assert again["infcode"] == 0, again
+    assert again["output"]["tracecode"]["deleted"] == []
+    assert again["output"]["tracecode"]["accepted"] == 0
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'return'") == 2
+    led = await _ledger(inv)
+    assert led["balance"] == 156
+    # the deleted sale sent again stays deleted (one fact)
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B103", [u[2]], 24)}))
+    assert out["output"]["tracecode"]["records"] == 0
+    assert (await _ledger(inv))["balance"] == 156
+
+    # the month's stock count, counting a pack it holds: the count is kept and compared
+    out = await nhsa(p2, envelope("3501", {"invinfo": count("K001", "154.00", "2026-03-07", u[3])}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["flags"] == []
+    led = await _ledger(inv)
+    assert led["counted"] == 154
+    assert led["count_difference"] == -2
+    assert led["balance"] == 154
+    assert led["counted_at"].startswith("2026-03-06T16:00:00")  # the start of 7 March, China time
+
+    # an unknown organisation, and an org key: refused
+    assert (await inv.get("/v1/orgs/NOPE/ledger")).status_code == 404
+    assert (await p2.get("/v1/orgs/P2/ledger")).status_code == 403
+
+
+async def test_stock_imbalance_one_flag_per_record(admin: Api) -> None:
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    await nhsa(p2, envelope("3503", {"purcinfo": {**purchase("C010", 10), "med_list_codg": OTHER}}))
+    # a sale without codes of more than was bought
+    body = envelope("3505", {"selinfo": sale("B110", [], 14, med_list_codg=OTHER)})
+    out = await nhsa(p2, body)
+    flags = out["output"]["tracecode"]["flags"]
+    assert [f["kind"] for f in flags] == ["STOCK_IMBALANCE"], out
+    again = await nhsa(p2, copy.deepcopy(body))
+    assert again["output"]["tracecode"]["flags"] == []  # the record is one fact
+    # a transfer out takes it further below zero: a second flag, for that record
+    out = await nhsa(
+        p2,
+        envelope(
+            "3502",
+            {
+                "invinfo": {
+                    **change("T110", "102", 3, inv_chg_time="2026-03-06 08:00:00"),
+                    "med_list_codg": OTHER,
+                }
+            },
+        ),
+    )
+    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["STOCK_IMBALANCE"]
+    page = await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE")
+    assert len(page["items"]) == 2
+    first = page["items"][-1]
+    assert first["code"] == OTHER
+    assert first["org"] == "P2"
+    assert first["status"] == "open"
+    assert first["refs"]["balance_after"] == -4
+    assert first["refs"]["units_in"] == 10
+    assert first["refs"]["fixmedins_bchno"] == "B110"
+    assert (await _ledger(inv, codg=OTHER))["balance"] == -7
+
+
+async def test_inventory_changes_with_codes(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    rows = [
+        change("T200", "105", 24, [u[0]]),  # destroyed
+        change("T201", "104", 2),  # a count loss: the ledger only
+        change("T202", "999", 1),  # not a change type
+    ]
+    out = await nhsa(p2, envelope("3502A", {"invinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    errs = out["output"]["invinfoErrDetail"]
+    assert [e["fixmedins_bchno"] for e in errs] == ["T202"]
+    assert errs[0]["msgRslt"].startswith("input.invinfoDetail[2].inv_chg_type:")
+    verify = await p2.ok("GET", f"/v1/codes/{u[0]}/verify")
+    assert verify["dispensable"] is False
+    # a transfer out ships the pack (no destination named)
+    out = await nhsa(p2, envelope("3502", {"invinfo": change("T203", "102", 24, [u[1]])}))
+    assert out["output"]["tracecode"]["accepted"] == 1
+    inv = await admin.key_for("investigator")
+    history = await inv.ok("GET", f"/v1/codes/{u[1]}/history")
+    assert history["events"][-1]["type"] == "ship"
+    led = await _ledger(inv)
+    assert led["by_kind"] == {"purchase": 96, "destroyed": 24, "count_loss": 2, "transfer_out": 24}
+
+
+async def test_stock_count_of_a_sold_pack_is_flagged(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B300", [u[0]], 24)}))
+    rows = [count("K300", 24, "2026-03-08", u[0]), count("K301", "x", "2026-03-08")]
+    out = await nhsa(p2, envelope("3501A", {"invinfoDetail": rows}))
+    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["DUPLICATE"], out
+    assert [e["fixmedins_bchno"] for e in out["output"]["invinfoErrDetail"]] == ["K301"]
+
+
+async def test_bad_inventory_input(admin: Api, db: Any) -> None:
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    no_supplier = {k: v for k, v in purchase("C500", 1).items() if k != "spler_name"}
+    cases: list[tuple[Any, str]] = [
+        (envelope("3503", {"purcinfo": no_supplier}), "input.purcinfo.spler_name"),
+        (envelope("3503", {"purcinfo": purchase("C501", "ten")}), "input.purcinfo.purc_retn_cnt"),
+        (
+            envelope("3504", {"purcinfo": purchase_return("C502", 1, purc_invo_no="")}),
+            "input.purcinfo.purc_invo_no",
+        ),
+        (
+            envelope("3502", {"invinfo": change("T500", "101", 1, inv_chg_time="2026-13-01 00:00:00")}),
+            "input.invinfo.inv_chg_time",
+        ),
+        (envelope("3501", {"invinfo": count("K500", 1, "2026/03/01")}), "input.invinfo.invdate"),
+        (envelope("3507", {"data": deletion("B999", "9")}), "input.data.inv_data_type"),
+        (envelope("3507", {"data": deletion("B999", "4")}), "input.data.fixmedins_bchno"),
+        (
+            envelope("3508", {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31"}}),
+            "input.data.medins_list_codg",
+        ),
+    ]
+    for body, field in cases:
+        out = await nhsa(p2, body)
+        assert out["infcode"] == -1, (field, out)
+        assert out["err_msg"].startswith(f"{field}:"), (field, out["err_msg"])
+    assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+
+
+async def test_queries(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B600", [u[0], u[1]], 48, setl_id="S600")}))
+    await nhsa(p2, envelope("3501", {"invinfo": count("K600", 0, "2026-03-09")}))
+    span = {"fixmedins_code": "P45010300001", "begndate": "2026-03-01", "enddate": "2026-03-31"}
+    out = await nhsa(p2, envelope("3508", {"data": {**span, "medins_list_codg": "YP0001"}}))
+    assert out["infcode"] == 0, out
+    [stock] = out["output"]["data"]
+    assert stock["invCnt"] == 0
+    assert stock["fixmedinsBchno"] == "K600"
+    assert stock["medListCodg"] == MED
+    out = await nhsa(p2, envelope("3511", {"data": span}))
+    [sold] = out["output"]["data"]
+    assert sold["fixmedinsBchno"] == "B600"
+    assert sold["selRetnCnt"] == 48
+    assert "psnNo" not in sold
+    out = await nhsa(p2, envelope("3513", {"data": {**span, "psn_cert_type": "01", "drug_trac_codg": u[1]}}))
+    [trace] = out["output"]["data"]
+    assert trace["drugTracCodg"] == u[1]
+    assert trace["mdtrtId"] == "MD2026030500001"
+    assert trace["setlId"] == "S600"
+    outside = {**span, "begndate": "2026-04-01", "enddate": "2026-04-30"}
+    assert (await nhsa(p2, envelope("3511", {"data": outside})))["output"]["data"] == []
