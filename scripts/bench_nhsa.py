@@ -1,0 +1,197 @@
+"""NHSA sale ingest against POST /v1/events: the same sales, side by side in one run.
+
+What is measured
+    For each batch size B and round: B fresh packs are commissioned, shipped and received
+    by two pharmacies (not measured). Pharmacy P1 then sells its B packs as ONE 3505A
+    upload (``selinfoDetail``, one whole-pack row per code) through ``POST /v1/nhsa``;
+    pharmacy P2 sells its B packs as ONE ``dispense`` event through ``POST /v1/events``.
+    The time is the client's wall time of the request (body encoded before the clock
+    starts). codes/s = B / seconds; medians over all rounds, and the ratio nhsa / events.
+    The NHSA side does more: it also writes B ledger records and judges STOCK_IMBALANCE.
+
+How to run (from the repository root)
+    .venv/bin/python scripts/bench_nhsa.py [--rounds N] [--batches 100,1000] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from benchkit import localrun
+from benchkit.api import AMOXICILLIN, Org, event, post, register
+from benchkit.codes import cn20
+from service.core.rules import CHINA
+from service.store.db import create_pool
+
+M1 = Org(AMOXICILLIN.manufacturer, "manufacturer", "450100")
+PHARMACIES = (Org("P1", "pharmacy", "450103"), Org("P2", "pharmacy", "450103"))
+FIXMEDINS = "P45010300001"
+
+
+def sale_rows(codes: list[str], at: datetime, tag: str) -> list[dict[str, Any]]:
+    when = at.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    return [
+        {
+            "med_list_codg": AMOXICILLIN.med_list_codg,
+            "fixmedins_hilist_id": "YP0001",
+            "fixmedins_hilist_name": "Amoxicillin",
+            "fixmedins_bchno": f"{tag}{i}",
+            "rx_flag": "1",
+            "manu_lotnum": "BENCH1",
+            "manu_date": "2025-01-15",
+            "prsc_dr_name": "Dr",
+            "phar_name": "Ph",
+            "phar_prac_cert_no": "YS1",
+            "mdtrt_sn": f"MD{tag}{i}",
+            "rtal_docno": f"R{tag}{i}",
+            "trdn_flag": "0",
+            "sel_retn_cnt": 24,
+            "sel_retn_time": when,
+            "sel_retn_opter_name": "Ph",
+            "drugtracinfo": [{"drug_trac_codg": code}],
+        }
+        for i, code in enumerate(codes)
+    ]
+
+
+def envelope(rows: list[dict[str, Any]], at: datetime) -> dict[str, Any]:
+    return {
+        "infno": "3505A",
+        "msgid": f"{FIXMEDINS}{at.astimezone(CHINA):%Y%m%d%H%M%S}0001",
+        "mdtrtarea_admvs": "450103",
+        "recer_sys_code": "YBXT",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "0001",
+        "opter_name": "bench",
+        "inf_time": at.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S"),
+        "fixmedins_code": FIXMEDINS,
+        "fixmedins_name": "bench pharmacy",
+        "input": {"selinfoDetail": rows},
+    }
+
+
+async def timed(client: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> tuple[float, Any]:
+    content = json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    resp = await client.post(path, content=content, headers=headers)
+    seconds = time.perf_counter() - started
+    if resp.status_code != 200:
+        raise RuntimeError(f"{path}: {resp.status_code} {resp.text}")
+    return seconds, resp.json()
+
+
+async def run(
+    args: argparse.Namespace, database_url: str, workdir: Path
+) -> dict[int, tuple[list[float], list[float]]]:
+    env = dict(os.environ, TRACE_DATABASE_URL=database_url, TRACE_DATA_DIR=str(workdir / "data"))
+    pool: asyncpg.Pool = await create_pool(database_url, min_size=1, max_size=1)
+    async with pool.acquire() as conn:
+        last = await conn.fetchval(
+            "SELECT max(code) FROM codes WHERE code LIKE $1", f"{AMOXICILLIN.product_id}%"
+        )
+    await pool.close()
+    serial = int(last[7:]) + 1 if last else 1
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    out: dict[int, tuple[list[float], list[float]]] = {}
+    port = localrun.free_port()
+    server = localrun.start_service(env, port, workdir / "service.log")
+    try:
+        admin = localrun.create_admin_key(env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            keys = await register(client, admin, [M1], [AMOXICILLIN])
+            for p in PHARMACIES:
+                body = {"id": p.id, "name": p.id, "kind": p.kind, "region": p.region}
+                if p.id == "P1":
+                    body["fixmedins_code"] = FIXMEDINS
+                await post(client, admin, "/v1/orgs", body)
+                keys[p.id] = (await post(client, admin, "/v1/keys", {"role": "org", "org": p.id}))["secret"]
+            for size in args.batches:
+                for r in range(args.rounds):
+                    sides = []
+                    for p in PHARMACIES:
+                        codes = [cn20(AMOXICILLIN.product_id, s) for s in range(serial, serial + size)]
+                        serial += size
+                        for ev in (
+                            event(
+                                "commission",
+                                M1.id,
+                                codes,
+                                at,
+                                lot="BENCH1",
+                                expiry="2030-12-31",
+                                produced="2025-01-15",
+                            ),
+                            event("ship", M1.id, codes, at + timedelta(seconds=1), to=p.id),
+                        ):
+                            await timed(client, keys[M1.id], "/v1/events", {"events": [ev]})
+                        receive = event("receive", p.id, codes, at + timedelta(seconds=2))
+                        await timed(client, keys[p.id], "/v1/events", {"events": [receive]})
+                        sides.append(codes)
+                    sold = at + timedelta(seconds=3)
+                    t_nhsa, answer = await timed(
+                        client,
+                        keys["P1"],
+                        "/v1/nhsa",
+                        envelope(sale_rows(sides[0], sold, f"B{size}R{r}N"), sold),
+                    )
+                    if answer["output"]["tracecode"]["accepted"] != size:
+                        raise RuntimeError(f"nhsa: {answer}")
+                    t_events, answer = await timed(
+                        client,
+                        keys["P2"],
+                        "/v1/events",
+                        {"events": [event("dispense", "P2", sides[1], sold)]},
+                    )
+                    if answer["accepted"] != size:
+                        raise RuntimeError(f"events: {answer}")
+                    nhsa_times, event_times = out.setdefault(size, ([], []))
+                    nhsa_times.append(t_nhsa)
+                    event_times.append(t_events)
+                    at += timedelta(minutes=1)
+                    print(f"batch {size}: round {r + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        localrun.stop_service(server)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batches", default="100,1000", help="codes per request, comma-separated")
+    p.add_argument("--database-url", default=None)
+    args = p.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    database_url = args.database_url or localrun.throwaway_postgres()
+    asyncio.run(localrun.migrate(database_url))
+    workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-nhsa-"))
+    try:
+        timings = asyncio.run(run(args, database_url, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("| batch | /v1/nhsa 3505A codes/s | /v1/events dispense codes/s | nhsa / events |")
+    print("|---:|---:|---:|---:|")
+    for size, (ours, theirs) in timings.items():
+        a = statistics.median(size / s for s in ours)
+        b = statistics.median(size / s for s in theirs)
+        print(f"| {size:,} | {a:,.0f} | {b:,.0f} | {100 * a / b:.0f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
