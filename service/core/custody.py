@@ -311,6 +311,8 @@ class World:
             return
         if holds(s, fact.org) or (s.custodian == fact.org and fact.type not in ("dispense", "settle")):
             return  # its own stock (a re-scan, or moving what it still has on record)
+        if fact.type == "receive" and s.state == IN_TRANSIT and s.destination is None:
+            return  # sent without naming where to (an NHSA 3502 transfer out): any receiver fits
         where = f"held by {s.custodian}" + (f", last shipped to {s.destination}" if s.destination else "")
         self.suspicions.append(
             Suspicion(

@@ -184,3 +184,13 @@ def test_picks_converge_incrementally_and_by_replay(order: list[int], split: int
     assert {c: s.custody() for c, s in world.states.items()} == {
         c: s.custody() for c, s in expected.states.items()
     }
+
+
+def test_a_receive_of_a_pack_shipped_to_no_named_destination_is_not_suspect() -> None:
+    """An NHSA 3502 transfer out names no counterparty: whoever receives the pack next
+    fits, and holds it."""
+    shipped = Fact(uuid.uuid4(), "ship", T0 + timedelta(minutes=8), "P1", (UNIT_A,))
+    received = Fact(uuid.uuid4(), "receive", T0 + timedelta(minutes=9), "H1", (UNIT_A,))
+    world = replay([*JOURNEY, shipped, received], keep={}, pack_units={})
+    assert world.suspicions == []
+    assert (world.states[UNIT_A].state, world.states[UNIT_A].custodian) == ("received", "H1")
