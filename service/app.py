@@ -20,6 +20,7 @@ from service.api import errors, openapi
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
 from service.api.deps import AppServices, dependencies
+from service.api.epcis import EpcisController
 from service.api.events import EventsController
 from service.api.flags import FlagsController
 from service.api.health import HealthController, MetricsController
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             FlagsController,
             InvestigationController,
             NhsaController,
+            EpcisController,
         ],
         middleware=[prometheus.middleware, auth],
         plugins=[errors.plugin()],

@@ -54,6 +54,9 @@ class Settings:
     key_cache_seconds: float
     flag_grace_hours: float  # how long a suspicion a late upload may explain stays pending
     flag_promote_seconds: float  # how often pending flags past their window are opened
+    # GS1's EPCIS JSON Schema (EPCIS-JSON-Schema.json): when set, captures are validated
+    # against it; otherwise only the fields the service reads are checked
+    epcis_schema: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,4 +76,7 @@ class Settings:
             key_cache_seconds=float(os.environ.get("TRACE_KEY_CACHE_SECONDS", "60")),
             flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0),
             flag_promote_seconds=_float("TRACE_FLAG_PROMOTE_SECONDS", 60.0),
+            epcis_schema=Path(os.environ["TRACE_EPCIS_SCHEMA"])
+            if os.environ.get("TRACE_EPCIS_SCHEMA")
+            else None,
         )

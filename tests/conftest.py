@@ -20,6 +20,9 @@ from service.store.migrations import migrate
 from tests.helpers import Api
 
 _TABLES_KEPT = {"schema_migrations"}
+# GS1's EPCIS material beside the repository (../shared/epcis/), as CI lays it
+EPCIS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "epcis"
+EPCIS_SCHEMA = EPCIS_DIR / "schema" / "EPCIS-JSON-Schema.json"
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +60,7 @@ def settings(server_urls: tuple[str, str], db_url: str) -> Settings:
         redis_url=server_urls[1],
         max_body_bytes=4 * 1024 * 1024,
         psn_secret=b"test-secret",
+        epcis_schema=EPCIS_SCHEMA,
     )
 
 

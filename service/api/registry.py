@@ -14,9 +14,9 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
-from service.api.types import FixmedinsCode, OrgId, Region, RegionPrefix, Text
+from service.api.types import FixmedinsCode, Gln, OrgId, Region, RegionPrefix, Text
 from service.core.auth import Role
-from service.core.codes import is_product_id
+from service.core.codes import is_gln, is_product_id
 from service.core.registry import Org, PersonLimit, Product
 from service.usecases import registry as usecase
 from service.usecases.errors import Conflict, Invalid
@@ -28,6 +28,7 @@ class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
     kind: Literal["manufacturer", "distributor", "hospital", "pharmacy"]
     region: Region
     fixmedins_code: FixmedinsCode | None = None
+    glns: Annotated[list[Gln], msgspec.Meta(max_length=1000)] = []
 
 
 class PersonLimitIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,9 +73,14 @@ class RegistryController(Controller):
         responses={**unchanged(OrgOut), **problems(*WITH_BODY, 409)},
     )
     async def create_org(self, services: Services, data: JSONBody[OrgIn]) -> Response[OrgOut]:
-        """201 for a new organisation, 200 when the same body is posted again."""
+        """201 for a new organisation, 200 when the same body is posted again. A GLN
+        another organisation holds is a 409."""
+        for i, gln in enumerate(data.glns):
+            if not is_gln(gln):
+                raise bad_input(f"glns[{i}]", "the GLN's check digit is wrong")
+        wanted = Org(**{**msgspec.structs.asdict(data), "glns": tuple(sorted(set(data.glns)))})
         try:
-            done = await usecase.register_org(services.pool, Org(**msgspec.structs.asdict(data)))
+            done = await usecase.register_org(services.pool, wanted)
         except Conflict:
             raise _conflict(f"organisation {data.id}") from None
         return Response(

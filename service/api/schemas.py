@@ -61,12 +61,13 @@ class FlagOut(msgspec.Struct, kw_only=True):
 # -- registry ----------------------------------------------------------------------
 
 
-class OrgOut(msgspec.Struct, omit_defaults=True):  # fixmedins_code only when registered
+class OrgOut(msgspec.Struct, omit_defaults=True):  # fixmedins_code, glns only when registered
     id: str
     name: str
     kind: str
     region: str
     fixmedins_code: str | None = None
+    glns: list[str] = []
 
 
 class PersonLimitOut(msgspec.Struct):

@@ -24,3 +24,5 @@ RawCode = Annotated[str, msgspec.Meta(max_length=200)]  # judged per code, not p
 FixmedinsCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,30}$")]
 Region = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
 RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}$")]
+# A GS1 Global Location Number: 13 digits (the check digit is checked by the handler).
+Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}$")]

@@ -32,6 +32,7 @@ __all__ = [
     "CodeKind",
     "InvalidCode",
     "ParsedCode",
+    "is_gln",
     "is_product_id",
     "parse_code",
     "try_parse_code",
@@ -149,6 +150,11 @@ def is_product_id(value: str) -> bool:
     if len(value) == 7:
         return True
     return len(value) == 14 and _check_digit_ok(value)
+
+
+def is_gln(value: str) -> bool:
+    """A GS1 Global Location Number: 13 digits with a valid check digit."""
+    return len(value) == 13 and value.isascii() and value.isdigit() and _check_digit_ok(value)
 
 
 def _check_digit_ok(digits: str) -> bool:

@@ -13,6 +13,7 @@ class Org:
     kind: str  # manufacturer | distributor | hospital | pharmacy
     region: str  # 6-digit administrative division code
     fixmedins_code: str | None = None  # its code on the national insurance platform (NHSA uploads)
+    glns: tuple[str, ...] = ()  # GS1 GLNs (13 digits) by which EPCIS events name it, sorted
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from service.core.auth import Principal, Role
 from service.core.registry import Org, PersonLimit, Product
 from service.store.conn import Conn
 
-ORG_FIELDS = ("id", "name", "kind", "region", "fixmedins_code")
+ORG_FIELDS = ("id", "name", "kind", "region", "fixmedins_code", "glns")
 _ORG_COLUMNS = ", ".join(ORG_FIELDS)
 PRODUCT_FIELDS = (
     "product_id",
@@ -28,7 +28,9 @@ _PRODUCT_COLUMNS = ", ".join((*PRODUCT_FIELDS, "person_limit_units", "person_lim
 
 
 def _org(row: asyncpg.Record) -> Org:
-    return Org(row["id"], row["name"], row["kind"], row["region"], row["fixmedins_code"])
+    return Org(
+        row["id"], row["name"], row["kind"], row["region"], row["fixmedins_code"], tuple(row["glns"])
+    )
 
 
 def _product(row: asyncpg.Record) -> Product:
@@ -42,17 +44,27 @@ def _product(row: asyncpg.Record) -> Product:
 
 async def insert_org(conn: Conn, org: Org) -> Org | None:
     """Insert; return None if the id exists already (the existing row is then read with
-    :func:`get_org`)."""
+    :func:`get_org`). A GLN another organisation holds raises UniqueViolationError (call
+    inside a transaction)."""
     row = await conn.fetchrow(
-        f"""INSERT INTO orgs ({_ORG_COLUMNS}) VALUES ($1, $2, $3, $4, $5)
+        f"""INSERT INTO orgs ({_ORG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
             ON CONFLICT (id) DO NOTHING RETURNING {_ORG_COLUMNS}""",  # noqa: S608
         org.id,
         org.name,
         org.kind,
         org.region,
         org.fixmedins_code,
+        list(org.glns),
     )
-    return _org(row) if row else None
+    if row is None:
+        return None
+    if org.glns:
+        await conn.execute(
+            "INSERT INTO org_glns (gln, org) SELECT unnest($1::text[]), $2",
+            list(org.glns),
+            org.id,
+        )
+    return _org(row)
 
 
 # Organisations and products never change once registered (a different body for an
@@ -93,6 +105,18 @@ async def org_by_fixmedins_code(conn: Conn, fixmedins_code: str) -> Org | None:
         return None
     org = _orgs[row["id"]] = _org(row)
     return org
+
+
+async def orgs_by_gln(conn: Conn, glns: list[str]) -> dict[str, Org]:
+    """The organisations registered with these GLNs, by GLN (unregistered GLNs left out)."""
+    if not glns:
+        return {}
+    rows = await conn.fetch(
+        "SELECT gln, org FROM org_glns WHERE gln = ANY($1::text[])",
+        glns,
+    )
+    orgs = await get_orgs(conn, sorted({r["org"] for r in rows}))
+    return {r["gln"]: orgs[r["org"]] for r in rows if r["org"] in orgs}
 
 
 async def insert_product(conn: Conn, product: Product) -> Product | None:

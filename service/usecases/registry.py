@@ -34,10 +34,11 @@ def _created_or_same(created: R | None, existing: R | None, wanted: R) -> Regist
 
 async def register_org(pool: asyncpg.Pool, org: Org) -> Registered[Org]:
     """Register ``org``. Raises Conflict (also when another organisation holds its
-    ``fixmedins_code``)."""
+    ``fixmedins_code`` or one of its ``glns``)."""
     async with pool.acquire() as conn:
         try:
-            created = await registry.insert_org(conn, org)
+            async with conn.transaction():
+                created = await registry.insert_org(conn, org)
         except asyncpg.UniqueViolationError:
             raise Conflict from None
         existing = None if created else await registry.get_org(conn, org.id)

@@ -279,6 +279,30 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(p1, "GET", "/v1/codes/{code}/verify", 200, code=codes[2])
     await c.call(inv, "GET", "/v1/codes/{code}/history", 200, code=codes[1])
 
+    # EPCIS 2.0: an event at the pharmacy's own location (no GLNs registered: none named)
+    ev = {
+        "type": "ObjectEvent",
+        "action": "OBSERVE",
+        "epcList": ["urn:epc:id:sgtin:0614141.107346.2017"],
+        "eventTime": at(70),
+        "eventTimeZoneOffset": "+00:00",
+    }
+    doc = {
+        "type": "EPCISDocument",
+        "schemaVersion": "2.0",
+        "creationDate": at(70),
+        "epcisBody": {"eventList": [ev]},
+        "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+    }
+    job = await c.call(p1, "POST", "/epcis/capture", 202, body=doc)
+    await c.call(p1, "GET", "/epcis/capture/{capture_id}", 200, capture_id=job["captureID"])
+    await c.call(
+        p1, "POST", "/epcis/events", 202, body={**ev, "@context": doc["@context"][0], "eventTime": at(71)}
+    )
+    found = await c.call(inv, "GET", "/epcis/events", 200, query={"perPage": "1"})
+    event_id = found["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]["eventID"]
+    await c.call(inv, "GET", "/epcis/events/{event_id}", 200, event_id=event_id)
+
     answered = {(method, path) for method, path, status in c.seen if status < 300}
     assert answered == _operations(spec), _operations(spec) - answered
     errors = {status for _, _, status in c.seen if status >= 400}

@@ -1,0 +1,265 @@
+"""GS1 EPCIS 2.0 REST binding: capture (org keys, at their own GLNs) and queries
+(investigator, admin). Errors are the standard's exception types as problem details."""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from jsonschema import Draft7Validator
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import PermissionDeniedException
+from litestar.params import FromPath, QueryParameter
+from litestar.plugins.problem_details import ProblemDetailsException
+
+from service.api.auth import principal_of, requires
+from service.api.deps import Services
+from service.api.openapi import BEARER, KEYED, problems
+from service.core.auth import Role
+from service.interop.epcis.mapping import biz_step
+from service.store.epcis import Job, Query
+from service.usecases import epcis as usecase
+
+MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
+VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
+CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
+
+
+def _limits(settings_bytes: int) -> dict[str, str]:
+    return {
+        **VERSIONS,
+        "GS1-EPCIS-Capture-Limit": str(MAX_EVENTS),
+        "GS1-EPCIS-Capture-File-Size-Limit": str(settings_bytes),
+    }
+
+
+def epcis_problem(status: int, exception: str, detail: str, **extra: Any) -> ProblemDetailsException:
+    """The standard's exception (``epcisException:ValidationException``, ...) as problem details."""
+    return ProblemDetailsException(
+        status_code=status,
+        title=exception,
+        detail=detail,
+        type_=f"epcisException:{exception}",
+        extra=extra or None,
+    )
+
+
+class CaptureJobOut(msgspec.Struct):
+    captureID: str
+    running: bool
+    success: bool
+    captureErrorBehaviour: str
+    createdAt: datetime
+    finishedAt: datetime
+    errors: list[dict[str, Any]]
+    eventCount: int
+
+
+class QueryResults(msgspec.Struct):
+    queryName: str
+    resultsBody: dict[str, list[dict[str, Any]]]
+
+
+class QueryBody(msgspec.Struct):
+    queryResults: QueryResults
+
+
+class EPCISQueryDocument(msgspec.Struct, rename={"context": "@context"}):
+    context: list[Any]
+    type: str
+    schemaVersion: str
+    creationDate: datetime
+    epcisBody: QueryBody
+
+
+def _job_out(job: Job) -> CaptureJobOut:
+    return CaptureJobOut(
+        captureID=job.capture_id,
+        running=False,
+        success=job.success,
+        captureErrorBehaviour=job.behaviour,
+        createdAt=job.created_at,
+        finishedAt=job.finished_at,
+        errors=job.errors,
+        eventCount=job.events,
+    )
+
+
+@functools.cache
+def _validator(path: Path) -> Draft7Validator:
+    return Draft7Validator(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _schema_errors(
+    doc: dict[str, Any], schema: Path | None, in_list: bool
+) -> tuple[dict[int, tuple[str, str]], list[str]]:
+    """Schema errors by event index, and those of the document itself."""
+    if schema is None:
+        return {}, []
+    by_event: dict[int, tuple[str, str]] = {}
+    other: list[str] = []
+    for err in _validator(schema).iter_errors(doc):
+        path = list(err.absolute_path)
+        if in_list and len(path) >= 3 and path[:2] == ["epcisBody", "eventList"] and isinstance(path[2], int):
+            fld = ".".join(str(p) for p in path[3:]) or "event"
+            by_event.setdefault(path[2], (fld, err.message[:300]))
+        else:
+            other.append(f"{'.'.join(str(p) for p in path) or 'document'}: {err.message[:300]}")
+    return by_event, other
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise epcis_problem(400, "ValidationException", f"not JSON: {exc}") from None
+
+
+class EpcisController(Controller):
+    path = "/epcis"
+    tags = ["epcis"]
+    security = BEARER
+
+    async def _capture(
+        self, request: Request[Any, Any, Any], services: Services, events: list[Any], doc: dict[str, Any]
+    ) -> usecase.Captured:
+        principal = principal_of(request)
+        if principal.role is not Role.ORG or principal.org is None:
+            raise PermissionDeniedException("capture needs an org key")
+        behaviour = request.headers.get("GS1-Capture-Error-Behaviour", "rollback").lower()
+        if behaviour not in ("rollback", "proceed"):
+            raise epcis_problem(
+                400, "ValidationException", "GS1-Capture-Error-Behaviour: rollback or proceed"
+            )
+        if len(events) > MAX_EVENTS:
+            raise epcis_problem(
+                413, "CaptureLimitExceededException", f"{len(events)} events; at most {MAX_EVENTS}"
+            )
+        invalid, other = _schema_errors(doc, services.settings.epcis_schema, in_list="epcisBody" in doc)
+        if other:
+            raise epcis_problem(400, "ValidationException", "; ".join(other[:5]))
+        for i, e in enumerate(events):
+            if not isinstance(e, dict):
+                raise epcis_problem(400, "ValidationException", f"eventList[{i}]: not an object")
+        try:
+            captured = await usecase.capture(services.pool, principal.org, events, behaviour, invalid)
+        except usecase.ForeignLocation as exc:
+            raise epcis_problem(403, "SecurityException", str(exc)) from None
+        if captured.result.flags:
+            services.feed_wake()
+        return captured
+
+    @post("/capture", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 413))
+    async def capture(self, request: Request[Any, Any, Any], services: Services) -> Response[CaptureJobOut]:
+        """Capture an EPCISDocument (JSON or JSON-LD). The job is done when this answers."""
+        doc = _decode(await request.body())
+        body = doc.get("epcisBody") if isinstance(doc, dict) else None
+        events = body.get("eventList") if isinstance(body, dict) else None
+        if not isinstance(doc, dict) or doc.get("type") != "EPCISDocument" or not isinstance(events, list):
+            raise epcis_problem(400, "ValidationException", "an EPCISDocument with epcisBody.eventList")
+        captured = await self._capture(request, services, events, doc)
+        job = captured.job
+        headers = {
+            **_limits(services.settings.max_body_bytes),
+            "Location": f"/epcis/capture/{job.capture_id}",
+        }
+        return Response(_job_out(job), status_code=202, headers=headers)
+
+    @get("/capture/{capture_id:str}", guards=[requires(Role.ORG)], responses=problems(*KEYED, 404))
+    async def capture_job(
+        self, request: Request[Any, Any, Any], services: Services, capture_id: FromPath[str]
+    ) -> Response[CaptureJobOut]:
+        """A capture job: its outcome and errors (its own organisation's, or any for admin)."""
+        job = await usecase.get_job(services.pool, capture_id)
+        principal = principal_of(request)
+        if job is None or not principal.may_act_for(job.org):
+            raise epcis_problem(404, "NoSuchResourceException", f"no capture job {capture_id}")
+        return Response(_job_out(job), headers=VERSIONS)
+
+    @post("/events", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 413))
+    async def capture_event(
+        self, request: Request[Any, Any, Any], services: Services
+    ) -> Response[CaptureJobOut]:
+        """Capture one event (rollback: it is taken or not)."""
+        event = _decode(await request.body())
+        if not isinstance(event, dict):
+            raise epcis_problem(400, "ValidationException", "an EPCIS event object")
+        captured = await self._capture(request, services, [event], event)
+        job = captured.job
+        if not job.success:
+            raise epcis_problem(400, "ValidationException", job.errors[0]["detail"], errors=job.errors)
+        headers = {
+            **_limits(services.settings.max_body_bytes),
+            "Location": f"/epcis/capture/{job.capture_id}",
+        }
+        return Response(_job_out(job), status_code=202, headers=headers)
+
+    @get("/events", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED))
+    async def events(
+        self,
+        services: Services,
+        event_type: Annotated[str | None, QueryParameter(name="eventType")] = None,
+        ge_time: Annotated[datetime | None, QueryParameter(name="GE_eventTime")] = None,
+        lt_time: Annotated[datetime | None, QueryParameter(name="LT_eventTime")] = None,
+        eq_biz_step: Annotated[str | None, QueryParameter(name="EQ_bizStep")] = None,
+        eq_biz_location: Annotated[str | None, QueryParameter(name="EQ_bizLocation")] = None,
+        match_epc: Annotated[str | None, QueryParameter(name="MATCH_epc")] = None,
+        match_any_epc: Annotated[str | None, QueryParameter(name="MATCH_anyEPC")] = None,
+        match_parent_id: Annotated[str | None, QueryParameter(name="MATCH_parentID")] = None,
+        per_page: Annotated[int, QueryParameter(name="perPage", ge=1, le=1000)] = 30,
+        next_page_token: Annotated[str | None, QueryParameter(name="nextPageToken")] = None,
+    ) -> Response[EPCISQueryDocument]:
+        """Events matching every parameter given (each a comma-separated list, any of its
+        values), in capture order; a ``Link: rel="next"`` header pages on."""
+
+        def many(value: str | None) -> list[str] | None:
+            return [v for v in value.split(",") if v] if value else None
+
+        after = 0
+        if next_page_token:
+            if not next_page_token.isdigit():
+                raise epcis_problem(
+                    400, "QueryParameterException", "nextPageToken: not a token of this service"
+                )
+            after = int(next_page_token)
+        steps = many(eq_biz_step)
+        q = Query(
+            event_types=many(event_type),
+            ge_time=ge_time,
+            lt_time=lt_time,
+            biz_steps=[biz_step(s) or s for s in steps] if steps else None,
+            biz_locations=many(eq_biz_location),
+            epcs=many(match_epc),
+            any_epcs=many(match_any_epc),
+            parent_ids=many(match_parent_id),
+            after_seq=after,
+            limit=per_page + 1,
+        )
+        rows = await usecase.query(services.pool, q)
+        headers = dict(VERSIONS)
+        if len(rows) > per_page:
+            rows = rows[:per_page]
+            headers["Link"] = f'</epcis/events?nextPageToken={rows[-1][0]}>; rel="next"'
+        return Response(_document([body for _, body in rows]), headers=headers)
+
+    @get("/events/{event_id:path}", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 404))
+    async def event(self, services: Services, event_id: FromPath[str]) -> Response[EPCISQueryDocument]:
+        """One event by its eventID."""
+        rows = await usecase.query(services.pool, Query(event_id=event_id.lstrip("/"), limit=1))
+        if not rows:
+            raise epcis_problem(404, "NoSuchResourceException", f"no event {event_id}")
+        return Response(_document([rows[0][1]]), headers=VERSIONS)
+
+
+def _document(events: list[dict[str, Any]]) -> EPCISQueryDocument:
+    return EPCISQueryDocument(
+        context=[CONTEXT],
+        type="EPCISQueryDocument",
+        schemaVersion="2.0",
+        creationDate=datetime.now().astimezone(),
+        epcisBody=QueryBody(QueryResults("SimpleEventQuery", {"eventList": events})),
+    )

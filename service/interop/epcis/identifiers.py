@@ -1,0 +1,93 @@
+"""EPCIS identifiers → this service's codes and GLNs (pure).
+
+EPC pure-identity URNs (``urn:epc:id:sgtin:…``, ``sscc``, ``sgln``, ``pgln``) are decoded
+by ``epcpy`` (GS1's Tag Data Standard: company-prefix split, %-escapes in serials), GS1
+Digital Link URIs by ``biip``; both give GS1 element strings, which
+:func:`service.core.codes.parse_code` then validates and puts in canonical form
+(``01<GTIN>21<serial>``, ``00<SSCC>``) exactly as it does for scanned codes. Nothing here
+parses GS1 syntax by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from biip import BiipException
+from biip.gs1_digital_link_uris import GS1DigitalLinkURI
+from epcpy.epc_schemes.pgln import PGLN
+from epcpy.epc_schemes.sgln import SGLN
+from epcpy.epc_schemes.sgtin import SGTIN
+from epcpy.epc_schemes.sscc import SSCC
+from epcpy.utils.common import ConvertException
+
+from service.core.codes import is_gln, try_parse_code
+
+_EPC_ID: Final = "urn:epc:id:"
+_MAX_LENGTH: Final = 300
+
+
+def _digital_link(uri: str) -> dict[str, str] | None:
+    """The AIs of a GS1 Digital Link URI (path and query), or None if it is not one."""
+    if not uri.startswith(("http://", "https://")) or len(uri) > _MAX_LENGTH:
+        return None
+    try:
+        link = GS1DigitalLinkURI.parse(uri)
+    except (BiipException, ValueError):
+        return None
+    return {e.ai.ai: e.value for e in link.element_strings}
+
+
+def to_code(uri: str) -> str | None:
+    """The canonical trace code an EPC names (an SGTIN: ``01<GTIN>21<serial>``; an SSCC:
+    ``00<SSCC>``), or None for anything else (a class-level ``lgtin``, a GIAI, ...).
+    A plain code in any form /v1/events accepts is taken too."""
+    element_string: str | None = None
+    if uri.startswith(_EPC_ID):
+        if len(uri) > _MAX_LENGTH:
+            return None
+        scheme = uri[len(_EPC_ID) :].split(":", 1)[0]
+        try:
+            if scheme == "sgtin":
+                element_string = SGTIN(uri).gs1_element_string()
+            elif scheme == "sscc":
+                element_string = SSCC(uri).gs1_element_string()
+        except (ConvertException, ValueError, IndexError, KeyError, AttributeError):  # epcpy's refusals vary
+            return None
+    elif uri.startswith(("http://", "https://")):
+        ais = _digital_link(uri)
+        if ais is None:
+            return None
+        if "00" in ais:
+            element_string = f"(00){ais['00']}"
+        elif "01" in ais and "21" in ais:
+            element_string = f"(01){ais['01']}(21){ais['21']}"
+    else:
+        parsed = try_parse_code(uri)
+        return parsed.canonical if parsed else None
+    if element_string is None:
+        return None
+    parsed = try_parse_code(element_string)
+    return parsed.canonical if parsed else None
+
+
+def to_gln(uri: str) -> str | None:
+    """The GLN (13 digits) a location or party identifier names: ``urn:epc:id:sgln:…``
+    (any extension: a sub-location of that GLN), ``urn:epc:id:pgln:…``, or a Digital
+    Link with AI 414 or 417. None for anything else."""
+    gln: str | None = None
+    if uri.startswith(_EPC_ID):
+        if len(uri) > _MAX_LENGTH:
+            return None
+        scheme = uri[len(_EPC_ID) :].split(":", 1)[0]
+        try:
+            if scheme == "sgln":
+                gln = SGLN(uri).gs1_key()
+            elif scheme == "pgln":
+                gln = PGLN(uri).gs1_key()
+        except (ConvertException, ValueError, IndexError, KeyError, AttributeError):
+            return None
+    else:
+        ais = _digital_link(uri)
+        if ais is not None:
+            gln = ais.get("414") or ais.get("417")
+    return gln if gln is not None and is_gln(gln) else None

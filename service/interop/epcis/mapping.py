@@ -1,0 +1,284 @@
+"""One EPCIS 2.0 event → the record kept of it and, where its CBV business step moves
+custody, the same :class:`~service.core.events.Incoming` command /v1/events builds (pure).
+
+| EPCIS event                                          | command      |
+|------------------------------------------------------|--------------|
+| ObjectEvent ADD, bizStep commissioning               | commission (lot, expiry from ``ilmd``) |
+| ObjectEvent, bizStep shipping, a registered destination | ship (``destinationList``) |
+| ObjectEvent, bizStep receiving                       | receive (``from``: ``sourceList``) |
+| ObjectEvent, bizStep dispensing / retail_selling     | dispense     |
+| ObjectEvent, bizStep destroying / decommissioning    | destroy      |
+| AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack |
+
+Everything else (other types, steps and actions) is kept and queryable, with no custody
+effect. The acting organisation is the one holding the event's ``bizLocation`` (else
+``readPoint``) GLN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Final
+
+import msgspec
+
+from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.rules import INVALID_CODE
+from service.interop.epcis.identifiers import to_code, to_gln
+
+# uuid5 namespace of the facts made from EPCIS events whose eventID is not a UUID URN
+NAMESPACE: Final = uuid.UUID("2f6b0c1e-6d0b-5c1a-9a63-4f3c1e0e7a51")
+EVENT_TYPES: Final = frozenset(
+    {"ObjectEvent", "AggregationEvent", "TransactionEvent", "TransformationEvent", "AssociationEvent"}
+)
+_STEP_PREFIXES: Final = ("https://ref.gs1.org/cbv/BizStep-", "urn:epcglobal:cbv:bizstep:", "cbv:BizStep-")
+_LOT_KEYS: Final = ("cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "lotNumber")
+_EXPIRY_KEYS: Final = (
+    "cbvmda:itemExpirationDate",
+    "urn:epcglobal:cbv:mda:itemExpirationDate",
+    "itemExpirationDate",
+)
+
+
+class EventError(Exception):
+    """The event cannot be taken: the standard's ``ValidationException`` naming ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An EPCIS event as kept: the body as received (with its eventID filled in when it
+    had none) and the columns the queries use."""
+
+    event_id: str
+    fact_id: uuid.UUID
+    type: str
+    event_time: datetime
+    action: str | None
+    biz_step: str | None
+    biz_location: str | None
+    epcs: tuple[str, ...]
+    parent_id: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    record: Record
+    command: Incoming | None  # None: kept, no custody effect
+    refused: tuple[Rejection, ...]  # identifiers of a custody event that are not codes
+
+
+def biz_step(value: object) -> str | None:
+    """The CBV step's bare name (``shipping``) from any of its spellings; other URIs as given."""
+    if not isinstance(value, str):
+        return None
+    for prefix in _STEP_PREFIXES:
+        if value.startswith(prefix):
+            return value[len(prefix) :]
+    return value
+
+
+def _id_of(value: object) -> str | None:
+    if isinstance(value, dict):
+        ident = value.get("id")
+        return ident if isinstance(ident, str) else None
+    return None
+
+
+def location_glns(event: Mapping[str, Any]) -> list[str]:
+    """The GLNs of the event's read point and business location (the places it happened)."""
+    glns = []
+    for key in ("bizLocation", "readPoint"):
+        ident = _id_of(event.get(key))
+        gln = to_gln(ident) if ident else None
+        if gln:
+            glns.append(gln)
+    return glns
+
+
+def party_glns(event: Mapping[str, Any], key: str) -> list[str]:
+    """The GLNs named by ``sourceList`` / ``destinationList`` (owning party or location)."""
+    items = event.get(key)
+    out: list[str] = []
+    if isinstance(items, list):
+        for item in items:
+            ident = item.get(key[: -len("List")]) if isinstance(item, dict) else None
+            gln = to_gln(ident) if isinstance(ident, str) else None
+            if gln and gln not in out:
+                out.append(gln)
+    return out
+
+
+def all_glns(event: Mapping[str, Any]) -> list[str]:
+    return [*location_glns(event), *party_glns(event, "sourceList"), *party_glns(event, "destinationList")]
+
+
+def _strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def epcs_of(event: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every EPC the event names (instances and classes), as given: what MATCH_anyEPC sees."""
+    found: list[str] = []
+    for key in ("epcList", "childEPCs", "inputEPCList", "outputEPCList"):
+        found.extend(_strings(event.get(key)))
+    for key in ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList"):
+        items = event.get(key)
+        if isinstance(items, list):
+            classes = (i.get("epcClass") for i in items if isinstance(i, dict))
+            found.extend(c for c in classes if isinstance(c, str))
+    parent = event.get("parentID")
+    if isinstance(parent, str):
+        found.append(parent)
+    return tuple(dict.fromkeys(found))
+
+
+def identify(event: Mapping[str, Any]) -> tuple[str, uuid.UUID]:
+    """(eventID, fact id). A ``urn:uuid:`` eventID is the fact id itself; another eventID
+    (e.g. the CBV ``ni:///sha-256;…`` hash) is named by uuid5 of it; an event without one
+    is given ``urn:uuid:<uuid5 of the SHA-256 of its sorted-key JSON>`` so a re-capture is
+    one fact (not the CBV's canonical event hash)."""
+    given = event.get("eventID")
+    if isinstance(given, str) and given:
+        if given.lower().startswith("urn:uuid:"):
+            try:
+                return given, uuid.UUID(given[len("urn:uuid:") :])
+            except ValueError:
+                pass
+        return given, uuid.uuid5(NAMESPACE, given)
+    content = {k: v for k, v in event.items() if k not in ("eventID", "recordTime")}
+    digest = hashlib.sha256(msgspec.json.encode(content, order="sorted")).hexdigest()
+    fact_id = uuid.uuid5(NAMESPACE, digest)
+    return f"urn:uuid:{fact_id}", fact_id
+
+
+def _time(event: Mapping[str, Any], now: datetime) -> datetime:
+    raw = event.get("eventTime")
+    if not isinstance(raw, str):
+        raise EventError("eventTime", "is required")
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise EventError("eventTime", "is not an RFC 3339 time") from None
+    problem = time_problem(at, now)
+    if problem:
+        raise EventError("eventTime", problem)
+    return at.astimezone(UTC)
+
+
+def _ilmd(event: Mapping[str, Any], keys: tuple[str, ...]) -> object:
+    ilmd = event.get("ilmd")
+    if isinstance(ilmd, dict):
+        for key in keys:
+            if key in ilmd:
+                return ilmd[key]
+    return None
+
+
+def _codes(event_id: uuid.UUID, raws: list[str]) -> tuple[tuple[str, ...], list[Rejection]]:
+    codes: list[str] = []
+    refused: list[Rejection] = []
+    for raw in raws:
+        code = to_code(raw)
+        if code is None:
+            refused.append(Rejection(event_id, raw[:200], INVALID_CODE))
+        elif code in codes:
+            refused.append(Rejection(event_id, code, REPEATED_CODE))
+        else:
+            codes.append(code)
+    return tuple(codes), refused
+
+
+def map_event(event: Mapping[str, Any], orgs_by_gln: Mapping[str, str], actor: str, now: datetime) -> Mapped:
+    """Map one event (already shape-checked). ``orgs_by_gln``: organisation id by GLN;
+    ``actor``: the capturing organisation (it must hold the event's locations: the
+    caller checks). Raises EventError."""
+    type_ = event.get("type")
+    if type_ not in EVENT_TYPES:
+        raise EventError("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
+    event_id, fact_id = identify(event)
+    at = _time(event, now)
+    action = event.get("action") if isinstance(event.get("action"), str) else None
+    step = biz_step(event.get("bizStep"))
+    body = dict(event) if "eventID" in event else {**event, "eventID": event_id}
+    parent = event.get("parentID") if isinstance(event.get("parentID"), str) else None
+    record = Record(
+        event_id=event_id,
+        fact_id=fact_id,
+        type=str(type_),
+        event_time=at,
+        action=action,
+        biz_step=step,
+        biz_location=_id_of(event.get("bizLocation")),
+        epcs=epcs_of(event),
+        parent_id=parent,
+        body=body,
+    )
+    command, refused = _command(event, record, orgs_by_gln, actor)
+    return Mapped(record, command, tuple(refused))
+
+
+def _command(
+    event: Mapping[str, Any], record: Record, orgs_by_gln: Mapping[str, str], actor: str
+) -> tuple[Incoming | None, list[Rejection]]:
+    kind: str | None = None
+    extra: dict[str, Any] = {}
+    raws = _strings(event.get("epcList"))
+    if record.type == "ObjectEvent":
+        step, action = record.biz_step, record.action
+        if step == "commissioning" and action == "ADD":
+            kind = "commission"
+            lot, expiry = _ilmd(event, _LOT_KEYS), _ilmd(event, _EXPIRY_KEYS)
+            if not isinstance(lot, str) or not lot or len(lot) > 64:
+                raise EventError("ilmd.cbvmda:lotNumber", "a commissioning event needs the lot")
+            try:
+                extra["expiry"] = date.fromisoformat(str(expiry)) if expiry is not None else None
+            except ValueError:
+                raise EventError("ilmd.cbvmda:itemExpirationDate", "is not a date") from None
+            if extra["expiry"] is None:
+                raise EventError("ilmd.cbvmda:itemExpirationDate", "a commissioning event needs the expiry")
+            extra["lot"] = lot
+        elif step == "shipping" and action == "OBSERVE":
+            dest = [orgs_by_gln.get(g) for g in party_glns(event, "destinationList")]
+            if dest:
+                known = [d for d in dest if d is not None]
+                if not known:
+                    raise EventError("destinationList", "names no GLN of a registered organisation")
+                kind, extra["to"] = "ship", next((d for d in known if d != actor), known[0])
+        elif step == "receiving" and action == "OBSERVE":
+            kind = "receive"
+            sources = [orgs_by_gln[g] for g in party_glns(event, "sourceList") if g in orgs_by_gln]
+            extra["from_org"] = next((s for s in sources if s != actor), None)
+        elif step in ("dispensing", "retail_selling") and action == "OBSERVE":
+            kind = "dispense"
+        elif step in ("destroying", "decommissioning") and action in ("OBSERVE", "DELETE"):
+            kind = "destroy"
+    elif record.type == "AggregationEvent" and record.action in ("ADD", "DELETE") and record.parent_id:
+        kind = "pack" if record.action == "ADD" else "unpack"
+        parent = to_code(record.parent_id)
+        if parent is None:
+            raise EventError("parentID", "is not an SGTIN or SSCC")
+        extra["parent"] = parent
+        raws = _strings(event.get("childEPCs"))
+    if kind is None or not raws:
+        return None, []
+    codes, refused = _codes(record.fact_id, raws)
+    command = Incoming(
+        event_id=record.fact_id,
+        type=kind,
+        at=record.event_time,
+        org=actor,
+        codes=codes,
+        ref=record.event_id[:200],
+        **extra,
+    )
+    return command, refused

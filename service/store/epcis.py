@@ -1,0 +1,138 @@
+"""SQL for captured EPCIS events and capture jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from service.interop.epcis.mapping import Record
+from service.store.conn import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    capture_id: str
+    org: str
+    behaviour: str
+    success: bool
+    errors: list[dict[str, Any]]
+    events: int
+    created_at: datetime
+    finished_at: datetime
+
+
+async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Record]) -> int:
+    """Keep the records; an eventID stored before is left as it was. Returns how many were new."""
+    if not records:
+        return 0
+    rows = await conn.fetch(
+        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time,
+                                     action, biz_step, biz_location, epcs, parent_id, body)
+           SELECT r.event_id, r.fact_id, $1, $2, r.event_type, r.event_time, r.action, r.biz_step,
+                  r.biz_location, ARRAY(SELECT jsonb_array_elements_text(r.epcs)), r.parent_id, r.body
+           FROM jsonb_to_recordset($3::jsonb) AS r(event_id text, fact_id uuid, event_type text,
+                event_time timestamptz, action text, biz_step text, biz_location text, epcs jsonb,
+                parent_id text, body jsonb)
+           ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+        capture_id,
+        org,
+        [
+            {
+                "event_id": r.event_id,
+                "fact_id": str(r.fact_id),
+                "event_type": r.type,
+                "event_time": r.event_time.isoformat(),
+                "action": r.action,
+                "biz_step": r.biz_step,
+                "biz_location": r.biz_location,
+                "epcs": list(r.epcs),
+                "parent_id": r.parent_id,
+                "body": r.body,
+            }
+            for r in records
+        ],
+    )
+    return len(rows)
+
+
+async def insert_job(conn: Conn, job: Job) -> None:
+    await conn.execute(
+        """INSERT INTO epcis_captures (capture_id, org, behaviour, success, errors, events,
+                                       created_at, finished_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        job.capture_id,
+        job.org,
+        job.behaviour,
+        job.success,
+        job.errors,
+        job.events,
+        job.created_at,
+        job.finished_at,
+    )
+
+
+async def get_job(conn: Conn, capture_id: str) -> Job | None:
+    row = await conn.fetchrow("SELECT * FROM epcis_captures WHERE capture_id = $1", capture_id)
+    if row is None:
+        return None
+    return Job(
+        capture_id=row["capture_id"],
+        org=row["org"],
+        behaviour=row["behaviour"],
+        success=row["success"],
+        errors=row["errors"],
+        events=row["events"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    event_types: list[str] | None = None
+    ge_time: datetime | None = None
+    lt_time: datetime | None = None
+    biz_steps: list[str] | None = None
+    biz_locations: list[str] | None = None
+    epcs: list[str] | None = None  # MATCH_epc: epcList / childEPCs
+    any_epcs: list[str] | None = None  # MATCH_anyEPC: any EPC named, parent included
+    parent_ids: list[str] | None = None
+    event_id: str | None = None
+    after_seq: int = 0
+    limit: int = 100
+
+
+async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, body) of the matching events in capture order, after ``after_seq``."""
+    rows = await conn.fetch(
+        """SELECT seq, body::text AS body FROM epcis_events
+           WHERE seq > $1
+             AND ($2::text[] IS NULL OR event_type = ANY($2))
+             AND ($3::timestamptz IS NULL OR event_time >= $3)
+             AND ($4::timestamptz IS NULL OR event_time < $4)
+             AND ($5::text[] IS NULL OR biz_step = ANY($5))
+             AND ($6::text[] IS NULL OR biz_location = ANY($6))
+             AND ($7::text[] IS NULL OR EXISTS (
+                   SELECT 1 FROM jsonb_array_elements_text(
+                       coalesce(body->'epcList', '[]') || coalesce(body->'childEPCs', '[]')) e
+                   WHERE e = ANY($7)))
+             AND ($8::text[] IS NULL OR epcs && $8)
+             AND ($9::text[] IS NULL OR parent_id = ANY($9))
+             AND ($10::text IS NULL OR event_id = $10)
+           ORDER BY seq LIMIT $11""",
+        q.after_seq,
+        q.event_types,
+        q.ge_time,
+        q.lt_time,
+        q.biz_steps,
+        q.biz_locations,
+        q.epcs,
+        q.any_epcs,
+        q.parent_ids,
+        q.event_id,
+        q.limit,
+    )
+    return [(r["seq"], msgspec.json.decode(r["body"])) for r in rows]

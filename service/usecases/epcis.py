@@ -1,0 +1,114 @@
+"""EPCIS 2.0 capture: map a document's events, store them as received, and feed the
+custody commands through the same ingest as /v1/events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from service.core.events import Incoming, Rejection
+from service.interop.epcis.mapping import EventError, Mapped, all_glns, location_glns, map_event
+from service.store import epcis as store
+from service.store import registry
+from service.usecases.events import IngestResult, ingest
+
+
+class ForeignLocation(Exception):
+    """An event happened at a GLN the capturing organisation does not hold: a 403."""
+
+    def __init__(self, index: int, gln: str) -> None:
+        super().__init__(f"eventList[{index}]: GLN {gln} is not one of this organisation's")
+        self.index = index
+        self.gln = gln
+
+
+@dataclass(slots=True)
+class Captured:
+    job: store.Job
+    result: IngestResult = field(default_factory=IngestResult)
+
+
+def _error(index: int, event_id: str | None, fld: str, message: str) -> dict[str, Any]:
+    return {
+        "type": "epcisException:ValidationException",
+        "title": "Validation failed",
+        "status": 400,
+        "detail": f"eventList[{index}].{fld}: {message}",
+        "eventIndex": index,
+        "eventID": event_id,
+        "field": fld,
+    }
+
+
+async def capture(
+    pool: asyncpg.Pool,
+    org: str,
+    events: list[Mapping[str, Any]],
+    behaviour: str,
+    invalid: Mapping[int, tuple[str, str]],
+) -> Captured:
+    """Capture ``events`` for ``org``. ``invalid``: events the schema refused, by index,
+    as (field, message). With ``rollback`` any error stores nothing; with ``proceed``
+    the good events are stored. Raises ForeignLocation (nothing stored)."""
+    created = datetime.now(UTC)
+    glns = sorted({g for e in events for g in all_glns(e)})
+    async with pool.acquire() as conn:
+        by_gln = {gln: o.id for gln, o in (await registry.orgs_by_gln(conn, glns)).items()}
+    for i, event in enumerate(events):
+        for gln in location_glns(event):
+            if by_gln.get(gln) != org:
+                raise ForeignLocation(i, gln)
+    errors: list[dict[str, Any]] = []
+    mapped: list[Mapped] = []
+    for i, event in enumerate(events):
+        given = event.get("eventID")
+        event_id = given if isinstance(given, str) else None
+        if i in invalid:
+            errors.append(_error(i, event_id, *invalid[i]))
+            continue
+        try:
+            mapped.append(map_event(event, by_gln, org, created))
+        except EventError as exc:
+            errors.append(_error(i, event_id, exc.field, exc.message))
+    if errors and behaviour == "rollback":
+        mapped = []
+    commands: list[Incoming] = [m.command for m in mapped if m.command is not None]
+    refused: list[Rejection] = [r for m in mapped for r in m.refused]
+    captured = Captured(
+        store.Job(
+            capture_id=uuid.uuid4().hex,
+            org=org,
+            behaviour=behaviour,
+            success=not errors,
+            errors=errors,
+            events=len(mapped),
+            created_at=created,
+            finished_at=created,
+        )
+    )
+    if commands or refused:
+        captured.result = await ingest(pool, commands, refused)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.insert_events(conn, captured.job.capture_id, org, [m.record for m in mapped])
+        job = captured.job = store.Job(**{**_fields(captured.job), "finished_at": datetime.now(UTC)})
+        await store.insert_job(conn, job)
+    return captured
+
+
+def _fields(job: store.Job) -> dict[str, Any]:
+    return {f: getattr(job, f) for f in store.Job.__dataclass_fields__}
+
+
+async def get_job(pool: asyncpg.Pool, capture_id: str) -> store.Job | None:
+    async with pool.acquire() as conn:
+        return await store.get_job(conn, capture_id)
+
+
+async def query(pool: asyncpg.Pool, q: store.Query) -> list[tuple[int, dict[str, Any]]]:
+    async with pool.acquire() as conn:
+        return await store.query(conn, q)

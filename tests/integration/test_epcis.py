@@ -1,0 +1,264 @@
+"""GS1 EPCIS 2.0: organisations' GLNs, capture and query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, at, event
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+GLN_M1 = "0614141073467"  # urn:epc:id:sgln:0614141.07346.*
+GLN_D1 = "0012345111112"  # urn:epc:id:sgln:0012345.11111.*
+
+
+async def test_orgs_register_their_glns(admin: Api) -> None:
+    body = {"id": "M1", "name": "M1", "kind": "manufacturer", "region": "450100", "glns": [GLN_M1]}
+    out = await admin.ok("POST", "/v1/orgs", body, 201)
+    assert out["glns"] == [GLN_M1]
+    await admin.ok("POST", "/v1/orgs", body, 200)
+    await admin.ok("POST", "/v1/orgs", {**body, "glns": []}, 409)
+    # a GLN belongs to one organisation
+    other = {"id": "D1", "name": "D1", "kind": "distributor", "region": "450100", "glns": [GLN_M1]}
+    await admin.ok("POST", "/v1/orgs", other, 409)
+    # nothing of the refused organisation was kept
+    await admin.ok("POST", "/v1/orgs", {**other, "glns": [GLN_D1]}, 201)
+    bad = await admin.ok("POST", "/v1/orgs", {**other, "id": "D2", "glns": ["0012345111119"]}, 400)
+    assert bad["errors"][0]["field"] == "glns[0]"
+    bad = await admin.ok("POST", "/v1/orgs", {**other, "id": "D2", "glns": ["12345"]}, 400)
+    assert bad["errors"][0]["field"].startswith("glns")
+    plain = await admin.ok("POST", "/v1/orgs", {**other, "id": "D3", "glns": []}, 201)
+    assert "glns" not in plain
+
+
+def _doc(*events: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+        "type": "EPCISDocument",
+        "schemaVersion": "2.0",
+        "creationDate": "2026-03-02T08:00:00Z",
+        "epcisBody": {"eventList": list(events)},
+    }
+
+
+def _ev(type_: str, minutes: float, gln_loc: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "eventTime": at(minutes),
+        "eventTimeZoneOffset": "+00:00",
+        "bizLocation": {"id": gln_loc},
+        **fields,
+    }
+
+
+M_LOC, D_LOC, P_LOC = (
+    "urn:epc:id:sgln:0614141.07346.0",
+    "urn:epc:id:sgln:0012345.11111.0",
+    "urn:epc:id:sgln:9524567.98765.0",
+)
+GTIN = "10614141073464"  # urn:epc:id:sgtin:0614141.107346.*
+SSCC_URN = "urn:epc:id:sscc:0614141.1234567890"
+SSCC_CODE = "00106141412345678908"
+
+
+async def _pharma_world(admin: Api) -> dict[str, Api]:
+    for org, kind, gln in (
+        ("M1", "manufacturer", GLN_M1),
+        ("D1", "distributor", GLN_D1),
+        ("P1", "pharmacy", "9524567987655"),
+    ):
+        await admin.ok(
+            "POST", "/v1/orgs", {"id": org, "name": org, "kind": kind, "region": "450100", "glns": [gln]}, 201
+        )
+    await admin.ok(
+        "POST",
+        "/v1/products",
+        {
+            "product_id": GTIN,
+            "name": "Amoxicillin",
+            "med_list_codg": "X1",
+            "pack_units": 24,
+            "manufacturer": "M1",
+        },
+        201,
+    )
+    keys = {o: await admin.key_for("org", o) for o in ("M1", "D1", "P1")}
+    keys["inv"] = await admin.key_for("investigator")
+    return keys
+
+
+def _journey() -> list[tuple[str, dict[str, Any]]]:
+    units = [f"urn:epc:id:sgtin:0614141.107346.{s}" for s in (1, 2, 3)]
+    return [
+        (
+            "M1",
+            _ev(
+                "ObjectEvent",
+                0,
+                M_LOC,
+                action="ADD",
+                bizStep="commissioning",
+                epcList=units,
+                ilmd={"cbvmda:lotNumber": "L1", "cbvmda:itemExpirationDate": "2030-12-31"},
+            ),
+        ),
+        (
+            "M1",
+            _ev(
+                "AggregationEvent",
+                1,
+                M_LOC,
+                action="ADD",
+                bizStep="packing",
+                parentID=SSCC_URN,
+                childEPCs=units,
+            ),
+        ),
+        (
+            "M1",
+            _ev(
+                "ObjectEvent",
+                2,
+                M_LOC,
+                action="OBSERVE",
+                bizStep="shipping",
+                epcList=[SSCC_URN],
+                destinationList=[{"type": "owning_party", "destination": "urn:epc:id:pgln:0012345.11111"}],
+            ),
+        ),
+        ("D1", _ev("ObjectEvent", 3, D_LOC, action="OBSERVE", bizStep="receiving", epcList=[SSCC_URN])),
+        (
+            "D1",
+            _ev(
+                "ObjectEvent",
+                4,
+                D_LOC,
+                action="OBSERVE",
+                bizStep="shipping",
+                epcList=[SSCC_URN],
+                destinationList=[{"type": "location", "destination": P_LOC}],
+            ),
+        ),
+        ("P1", _ev("ObjectEvent", 5, P_LOC, action="OBSERVE", bizStep="receiving", epcList=[SSCC_URN])),
+        ("P1", _ev("ObjectEvent", 6, P_LOC, action="OBSERVE", bizStep="dispensing", epcList=[units[0]])),
+    ]
+
+
+async def test_pharma_journey_as_epcis_gives_custody(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    for org, ev in _journey():
+        resp = await keys[org].post("/epcis/capture", _doc(ev))
+        assert resp.status_code == 202, resp.text
+        assert resp.headers["location"].startswith("/epcis/capture/")
+        assert resp.headers["GS1-EPCIS-Capture-Limit"] == "10000"
+        job = await keys[org].ok("GET", resp.headers["location"])
+        assert job["success"], job
+    unit2 = "0110614141073464212"
+    state = await keys["P1"].ok("GET", f"/v1/codes/{unit2}/verify")
+    assert state["custodian"] == "P1", state
+    assert state["lot"] == "L1", state
+    history = await keys["inv"].ok("GET", f"/v1/codes/{unit2}/history")
+    assert [e["type"] for e in history["events"]] == [
+        "commission",
+        "pack",
+        "ship",
+        "receive",
+        "ship",
+        "receive",
+    ]
+    # re-capture is one fact
+    org, ev = _journey()[0]
+    await keys[org].post("/epcis/capture", _doc(ev))
+    history = await keys["inv"].ok("GET", f"/v1/codes/{unit2}/history")
+    assert len(history["events"]) == 6
+    # queries
+    inv = keys["inv"]
+    resp = await inv.get("/epcis/events")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["GS1-EPCIS-Version"] == "2.0.0"
+    assert len(resp.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 7
+
+    async def n(**params: Any) -> int:
+        r = await inv.get("/epcis/events", **params)
+        assert r.status_code == 200, r.text
+        return len(r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"])
+
+    assert await n(eventType="AggregationEvent") == 1
+    assert await n(EQ_bizStep="shipping") == 2
+    assert await n(EQ_bizLocation=D_LOC) == 2
+    assert await n(GE_eventTime=at(3), LT_eventTime=at(5)) == 2
+    assert await n(MATCH_epc=SSCC_URN) == 4
+    assert await n(MATCH_anyEPC=SSCC_URN) == 5
+    assert await n(MATCH_parentID=SSCC_URN) == 1
+    page = await inv.get("/epcis/events", perPage=4)
+    assert len(page.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 4
+    token = page.headers["link"].split("nextPageToken=")[1].split(">")[0]
+    assert await n(perPage=4, nextPageToken=token) == 3
+    first = page.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]
+    one = await inv.ok("GET", f"/epcis/events/{first['eventID']}")
+    assert one["epcisBody"]["queryResults"]["resultsBody"]["eventList"] == [first]
+    assert (await keys["P1"].get("/epcis/events")).status_code == 403
+
+
+async def test_same_journey_via_v1_events_gives_same_history(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    units = [f"0110614141073464 21{s}".replace(" ", "") for s in (1, 2, 3)]
+    await keys["M1"].events(
+        event("commission", "M1", units, 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", units, 1, parent=SSCC_CODE),
+        event("ship", "M1", [SSCC_CODE], 2, to="D1"),
+    )
+    await keys["D1"].events(
+        event("receive", "D1", [SSCC_CODE], 3), event("ship", "D1", [SSCC_CODE], 4, to="P1")
+    )
+    await keys["P1"].events(event("receive", "P1", [SSCC_CODE], 5))
+    state = await keys["P1"].ok("GET", f"/v1/codes/{units[1]}/verify")
+    assert state["custodian"] == "P1"
+    assert state["lot"] == "L1"
+    history = await keys["inv"].ok("GET", f"/v1/codes/{units[1]}/history")
+    assert [e["type"] for e in history["events"]] == [
+        "commission",
+        "pack",
+        "ship",
+        "receive",
+        "ship",
+        "receive",
+    ]
+
+
+async def test_rollback_and_proceed_with_one_bad_event(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    good = _journey()[0][1]
+    bad = _ev(
+        "ObjectEvent",
+        1,
+        M_LOC,
+        action="ADD",
+        bizStep="commissioning",
+        epcList=["urn:epc:id:sgtin:0614141.107346.9"],
+    )  # no lot: refused
+    resp = await keys["M1"].post("/epcis/capture", _doc(good, bad))
+    assert resp.status_code == 202
+    job = resp.json()
+    assert not job["success"], job
+    assert job["errors"][0]["eventIndex"] == 1, job
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404
+    resp = await keys["M1"].client.post(
+        "/epcis/capture",
+        headers={**keys["M1"].headers, "GS1-Capture-Error-Behaviour": "proceed"},
+        json=_doc(good, bad),
+    )
+    assert resp.status_code == 202
+    assert not resp.json()["success"]
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 200
+
+
+async def test_foreign_gln_is_403_and_nothing_stored(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    ev = _journey()[3][1]  # D1's receive
+    resp = await keys["M1"].post("/epcis/capture", _doc(_journey()[0][1], ev))
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["type"] == "epcisException:SecurityException"
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404

@@ -1,0 +1,74 @@
+"""EPCIS identifiers → canonical codes and GLNs, including the standard's examples."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.interop.epcis.identifiers import to_code, to_gln
+
+
+@pytest.mark.parametrize(
+    ("uri", "code"),
+    [
+        # Example_9.6.1-ObjectEvent: company prefix 0614141, indicator 1 + item 07346
+        ("urn:epc:id:sgtin:0614141.107346.2017", "0110614141073464212017"),
+        ("urn:epc:id:sgtin:0614141.107346.2018", "0110614141073464212018"),
+        # aggregation_event_all_possible_fields: a 9-digit company prefix
+        ("urn:epc:id:sgtin:9520001.012346.10000001001", "0109520001123467211000000100" + "1"),
+        ("urn:epc:id:sgtin:4012345.033333.AGHFG", "01040123453333362" + "1AGHFG"),
+        # a %-escaped serial
+        ("urn:epc:id:sgtin:4012345.011111.A%2Fb", "010401234511111821A/b"),
+        ("urn:epc:id:sscc:0614141.1234567890", "00106141412345678908"),
+        # Digital Link (Example_9.6.1-ObjectEventWithDigitalLink)
+        ("https://id.gs1.org/01/70614141123451/21/2017", "0170614141123451212017"),
+        ("https://example.com/00/106141412345678908", "00106141412345678908"),
+        # the forms /v1/events takes are taken too
+        ("81234560000000000011", "81234560000000000011"),
+        ("(01)10614141073464(21)2017", "0110614141073464212017"),
+    ],
+)
+def test_codes(uri: str, code: str) -> None:
+    assert to_code(uri) == code
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "urn:epc:class:lgtin:0614141.077777.987",  # a class, not one pack
+        "urn:epc:id:giai:4000001.111",
+        "urn:epc:id:sgtin:0614141.107346",  # no serial
+        "urn:epc:id:sgtin:0614141.107346.%zz",
+        "urn:epc:id:sscc:0614141.12345",
+        "https://id.gs1.org/01/04012345987652",  # a GTIN without serial
+        "https://id.gs1.org/01/04012345987653/21/1",  # bad check digit
+        "urn:epc:id:sgln:0614141.07346.1234",
+        "junk",
+        "urn:epc:id:sgtin:" + "1" * 400,
+    ],
+)
+def test_not_codes(uri: str) -> None:
+    assert to_code(uri) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "gln"),
+    [
+        ("urn:epc:id:sgln:0614141.07346.1234", "0614141073467"),
+        ("urn:epc:id:sgln:0614141.07346.0", "0614141073467"),
+        ("urn:epc:id:sgln:0012345.11111.400", "0012345111112"),
+        ("urn:epc:id:sgln:952005385.011.scA", "9520053850113"),
+        ("urn:epc:id:pgln:0614141.07346", "0614141073467"),
+        ("https://id.gs1.org/414/0614141073467/254/1234", "0614141073467"),
+        ("https://id.gs1.org/417/0614141073467", "0614141073467"),
+    ],
+)
+def test_glns(uri: str, gln: str) -> None:
+    assert to_gln(uri) == gln
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["urn:epc:id:sgln:0614141.07346", "urn:epc:id:sgtin:0614141.107346.2017", "junk", "https://x.org/414/1"],
+)
+def test_not_glns(uri: str) -> None:
+    assert to_gln(uri) is None
