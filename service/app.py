@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.prometheus import PrometheusConfig
 
-from service import metrics
+from service import console, metrics
 from service.api import errors, openapi
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
@@ -63,6 +63,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.redis = aioredis.from_url(
             settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
+        console.use_redis(app, app.state.redis)
         feed = FlagFeed(app.state.pool, app.state.redis)
         app.state.feed_wake = feed.wake
         tasks.append(asyncio.create_task(feed.run()))
@@ -91,7 +92,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(
         app_name="tracecode", prefix="tracecode", group_path=True, exclude=["/metrics"]
     )
-    auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in PUBLIC_PATHS])
+    # the console signs in with a session of its own (service/console/auth.py)
+    auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in (*PUBLIC_PATHS, console.PATH)])
     # the lifespan adds the pool, Redis and the feed's wake-up once they are started
     state = State({"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds)})
     config = AppConfig(
@@ -106,7 +108,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             InvestigationController,
             NhsaController,
             EpcisController,
+            console.router(settings),
         ],
+        template_config=console.template_config(),
         middleware=[prometheus.middleware, auth],
         plugins=[errors.plugin()],
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]

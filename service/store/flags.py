@@ -247,6 +247,12 @@ async def search(
     return [dict(r) for r in rows]
 
 
+async def counts(conn: Conn) -> list[tuple[str, str, int]]:
+    """(kind, status, how many) for every kind and status that has flags."""
+    rows = await conn.fetch("SELECT kind, status, count(*) AS n FROM flags GROUP BY kind, status")
+    return [(r["kind"], r["status"], r["n"]) for r in rows]
+
+
 async def claim_unpublished(conn: Conn, limit: int) -> list[dict[str, Any]]:
     """Flags (new or changed) not yet on the stream, locked so that another worker
     publishing at the same time skips them."""

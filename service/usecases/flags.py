@@ -60,6 +60,16 @@ async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None,
     return Page([_shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
 
 
+async def counts(pool: asyncpg.Pool) -> dict[str, dict[str, int]]:
+    """How many flags there are, by kind and then status (pending ones included)."""
+    async with pool.acquire() as conn:
+        rows = await flag_store.counts(conn)
+    by_kind: dict[str, dict[str, int]] = {}
+    for kind, status, n in rows:
+        by_kind.setdefault(kind, {})[status] = n
+    return by_kind
+
+
 async def read(pool: asyncpg.Pool, flag_id: int) -> dict[str, Any] | None:
     """The flag with its ``history`` of status changes, or None."""
     async with pool.acquire() as conn:

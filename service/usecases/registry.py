@@ -50,6 +50,12 @@ async def get_org(pool: asyncpg.Pool, org_id: str) -> Org | None:
         return await registry.get_org(conn, org_id)
 
 
+async def get_orgs(pool: asyncpg.Pool, org_ids: list[str]) -> dict[str, Org]:
+    """The registered organisations among ``org_ids``, by id (unknown ids are left out)."""
+    async with pool.acquire() as conn:
+        return await registry.get_orgs(conn, org_ids)
+
+
 async def org_by_fixmedins_code(pool: asyncpg.Pool, fixmedins_code: str) -> Org | None:
     """The organisation that NHSA uploads name by ``fixmedins_code``, if registered."""
     async with pool.acquire() as conn:

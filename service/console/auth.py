@@ -1,0 +1,118 @@
+"""Console sign-in: a server-side session that holds the key's hash (never the key),
+checked against the key registry on every request, so a revoked key ends its sessions
+at once (the same cache and registry as the API's bearer keys, which a revoke empties
+everywhere through PostgreSQL's NOTIFY)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
+from litestar.types import Empty, Message, ScopeSession
+
+from service.api.auth import KeyCache
+from service.core.auth import Principal, Role, token_hash
+from service.store import registry
+
+CONSOLE_ROLES = frozenset({Role.INVESTIGATOR, Role.ADMIN})
+SESSION_KEY = "console_session"
+SESSION_STORE = "console-sessions"
+SESSION_SECONDS = 8 * 3600  # a working day; then sign in again
+_ROTATE = "console_rotate_session"
+
+
+class SignInRequired(Exception):
+    """No session, an expired one, or its key was revoked: go to the sign-in page."""
+
+
+class _RotatingBackend(ServerSideSessionBackend):
+    """A fresh session id at sign-in, so an id planted before it is worthless."""
+
+    def get_session_id(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+        if connection.scope.get("state", {}).get(_ROTATE):
+            return self.generate_session_id()
+        return super().get_session_id(connection)
+
+    async def store_in_message(
+        self, scope_session: ScopeSession, message: Message, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> None:
+        # nothing is stored for a visitor who has not signed in (no row per anonymous hit)
+        if scope_session is not Empty and not scope_session:
+            if not connection.cookies.get(self.config.key):
+                return
+            scope_session = Empty
+        await super().store_in_message(scope_session, message, connection)
+
+
+class _SessionConfig(ServerSideSessionConfig):
+    _backend_class = _RotatingBackend
+
+
+def session_config(secure: bool) -> ServerSideSessionConfig:
+    return _SessionConfig(
+        key=SESSION_KEY,
+        store=SESSION_STORE,
+        max_age=SESSION_SECONDS,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+        renew_on_access=False,
+    )
+
+
+async def principal_for_secret(
+    connection: ASGIConnection[Any, Any, Any, Any], secret: str
+) -> Principal | None:
+    """The key's principal when it may use the console, else None."""
+    principal = await _principal(connection, token_hash(secret))
+    return principal if principal is not None and principal.role in CONSOLE_ROLES else None
+
+
+async def _principal(connection: ASGIConnection[Any, Any, Any, Any], digest: bytes) -> Principal | None:
+    cache: KeyCache = connection.app.state.key_cache
+    principal = cache.get(digest)
+    if principal is None:
+        async with connection.app.state.pool.acquire() as conn:
+            principal = await registry.principal_for(conn, digest)
+        if principal is not None:
+            cache.put(digest, principal)
+    return principal
+
+
+def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: str) -> None:
+    connection.scope.setdefault("state", {})[_ROTATE] = True
+    connection.set_session({"digest": token_hash(secret).hex()})
+
+
+def end_session(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    connection.clear_session()
+
+
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for every console page but sign-in: the session's key must still be valid
+    and an investigator's or admin's. Sets ``connection.state.principal``."""
+    if connection.route_handler.opt.get("public"):
+        return
+    session = connection.scope.get("session")
+    digest_hex = session.get("digest") if isinstance(session, dict) else None
+    if not isinstance(digest_hex, str):
+        raise SignInRequired
+    try:
+        digest = bytes.fromhex(digest_hex)
+    except ValueError:
+        raise SignInRequired from None
+    principal = await _principal(connection, digest)
+    if principal is None or principal.role not in CONSOLE_ROLES:
+        if session is not Empty:
+            connection.clear_session()
+        raise SignInRequired
+    connection.state.principal = principal
+
+
+def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    found = connection.state.principal
+    assert isinstance(found, Principal)
+    return found

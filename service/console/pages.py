@@ -1,0 +1,266 @@
+"""The console's pages: each handler reads a form or query, calls the same use cases as
+the API (``service/usecases``), and renders a template. No rule lives here."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, get_args
+from urllib.parse import urlencode
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect, Template
+
+from service.api.flags import KINDS, STATUSES, FlagChange
+from service.console import auth
+from service.console.i18n import CATALOGUES, language, translator
+from service.console.timeline import layout
+from service.core.codes import try_parse_code
+from service.usecases import codes as code_usecases
+from service.usecases import flags as flag_usecases
+from service.usecases import registry as registry_usecases
+
+LANG_COOKIE = "console_lang"
+CHINA = timezone(timedelta(hours=8))
+PAGE_SIZE = 50
+# the statuses a person may set (the rest are the service's own): the API's workflow
+SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
+
+Req = Request[Any, Any, Any]
+
+
+def _text(value: object, limit: int = 2000) -> str | None:
+    """A form or query value as text: None when absent or empty; NUL cannot be stored."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or "\x00" in value or len(value) > limit:
+        return None
+    return value
+
+
+def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Template:
+    """Render ``name`` with the labels of the reader's language."""
+    lang = language(request.cookies.get(LANG_COOKIE))
+    return Template(
+        template_name=name,
+        status_code=status_code,
+        context={
+            "t": translator(lang),
+            "lang": lang,
+            "other_lang": next(code for code in CATALOGUES if code != lang),
+            "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "signed_in": "principal" in request.state.dict(),
+            **context,
+        },
+    )
+
+
+def when(value: datetime | None) -> str:
+    """A time in China time, to the minute."""
+    return value.astimezone(CHINA).strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+class SignInController(Controller):
+    path = "/"
+    opt = {"public": True}
+
+    @get("/signin")
+    async def signin_form(self, request: Req) -> Template:
+        return page(request, "signin.html", refused=False)
+
+    @post("/signin")
+    async def signin(self, request: Req) -> Template | Redirect:
+        form = await request.form()
+        secret = _text(form.get("key"), 200)
+        found = await auth.principal_for_secret(request, secret) if secret else None
+        if found is None or secret is None:
+            return page(request, "signin.html", status_code=401, refused=True)
+        auth.start_session(request, secret)
+        return Redirect("/console/codes", status_code=303)
+
+    @post("/lang")
+    async def switch_language(self, request: Req) -> Redirect:
+        form = await request.form()
+        lang = language(_text(form.get("lang")))
+        back = _text(form.get("next")) or "/console"
+        if not back.startswith("/console") or back.startswith("//"):
+            back = "/console"  # never a redirect off the console
+        return Redirect(
+            back,
+            status_code=303,
+            cookies=[
+                Cookie(key=LANG_COOKIE, value=lang, path="/console", samesite="strict", max_age=31536000)
+            ],
+        )
+
+
+class ConsoleController(Controller):
+    path = "/"
+
+    @get("/")
+    async def home(self) -> Redirect:
+        return Redirect("/console/codes")
+
+    @post("/signout")
+    async def signout(self, request: Req) -> Redirect:
+        auth.end_session(request)
+        return Redirect("/console/signin", status_code=303)
+
+    @get("/codes")
+    async def code(self, request: Req, q: FromQuery[str | None] = None) -> Template:
+        services = request.app.state.services
+        raw = _text(q, 200)
+        if raw is None:
+            return page(request, "code.html", q="", found=None, invalid=False)
+        parsed = try_parse_code(raw)
+        if parsed is None:
+            return page(request, "code.html", q=raw, found=None, invalid=True)
+        found = await code_usecases.history_of(services.pool, parsed.canonical)
+        if found is None:
+            return page(request, "code.html", q=raw, found=None, invalid=False, unknown=parsed.canonical)
+        orgs = {
+            o
+            for e in found["events"]
+            for o in (e.get("org"), e.get("to"), e.get("from"))
+            if isinstance(o, str)
+        }
+        orgs |= {s["org"] for s in found["settlements"]} | {f["org"] for f in found["flags"] if f["org"]}
+        if found["custodian"]:
+            orgs.add(found["custodian"])
+        named = await registry_usecases.get_orgs(services.pool, sorted(orgs))
+        names = {org_id: org.name for org_id, org in named.items()}
+        return page(
+            request,
+            "code.html",
+            q=raw,
+            found=found,
+            invalid=False,
+            names=names,
+            timeline=layout(found["events"], names),
+        )
+
+    @get("/flags")
+    async def flags(self, request: Req) -> Template:
+        return await self._queue(request, pending=False)
+
+    @get("/flags/pending")
+    async def pending(self, request: Req) -> Template:
+        return await self._queue(request, pending=True)
+
+    async def _queue(self, request: Req, *, pending: bool) -> Template:
+        services = request.app.state.services
+        params = request.query_params
+        query, bad = _flag_query(params, pending=pending)
+        before = _text(params.get("before"), 19)
+        before_id = int(before) if before and before.isdigit() and int(before) < 2**63 else None
+        result = None
+        if not bad:
+            result = await flag_usecases.search(services.pool, query, before_id=before_id, limit=PAGE_SIZE)
+        counts = await flag_usecases.counts(services.pool)
+        kept = {
+            k: v for k in ("kind", "status", "org", "region", "since", "until") if (v := _text(params.get(k)))
+        }
+        if pending:
+            kept.pop("status", None)
+        return page(
+            request,
+            "flags.html",
+            pending=pending,
+            items=result.items if result else [],
+            next_link=(
+                f"{request.url.path}?{urlencode({**kept, 'before': result.next_before})}"
+                if result and result.next_before is not None
+                else None
+            ),
+            first_link=f"{request.url.path}?{urlencode(kept)}" if before_id else None,
+            filters=kept,
+            bad=bad,
+            counts=counts,
+            kinds=KINDS,
+            statuses=STATUSES,
+            settable=SETTABLE,
+            changed=_text(params.get("changed"), 10),
+        )
+
+    @get("/flags/{flag_id:int}")
+    async def flag(self, request: Req, flag_id: FromPath[int]) -> Template:
+        found = (
+            await flag_usecases.read(request.app.state.services.pool, flag_id) if flag_id < 2**63 else None
+        )
+        return page(request, "flag.html", flag=found, flag_id=flag_id, settable=SETTABLE)
+
+    @post("/flags/{flag_id:int}")
+    async def change_flag(self, request: Req, flag_id: FromPath[int]) -> Redirect | Template:
+        form = await request.form()
+        status = _text(form.get("status"))
+        if status is None or status not in SETTABLE or flag_id >= 2**63:
+            return page(request, "flag.html", flag=None, flag_id=flag_id, settable=SETTABLE)
+        await self._change(request, [flag_id], status, _text(form.get("note")))
+        return Redirect(f"/console/flags/{flag_id}", status_code=303)
+
+    @post("/flags/bulk")
+    async def change_flags(self, request: Req) -> Redirect:
+        form = await request.form()
+        status = _text(form.get("status"))
+        ids = [int(v) for v in form.getall("flag_id", []) if v.isascii() and v.isdigit() and len(v) < 19]
+        back = _text(form.get("next")) or "/console/flags"
+        if not back.startswith("/console/flags"):
+            back = "/console/flags"
+        changed = 0
+        if status is not None and status in SETTABLE and ids:
+            changed = await self._change(request, ids, status, _text(form.get("note")))
+        sep = "&" if "?" in back else "?"
+        return Redirect(f"{back}{sep}changed={changed}", status_code=303)
+
+    async def _change(self, request: Req, ids: list[int], status: str, note: str | None) -> int:
+        services = request.app.state.services
+        who = auth.principal(request).key_id
+        changed = 0
+        for flag_id in ids:
+            if await flag_usecases.change(services.pool, flag_id, status, note, who) is not None:
+                changed += 1
+        if changed:
+            services.feed_wake()
+        return changed
+
+
+def _day(value: str | None, field: str, bad: list[str]) -> datetime | None:
+    """A date typed in the form, as the start of that day in China time."""
+    if value is None:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(value), time(), CHINA)
+    except ValueError:
+        bad.append(field)
+        return None
+
+
+def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery, list[str]]:
+    """The queue's filters, checked as the API checks them; the names of the bad ones."""
+    bad: list[str] = []
+    kind = _text(params.get("kind"))
+    if kind is not None and kind not in KINDS:
+        bad.append("kind")
+    status = "pending" if pending else _text(params.get("status"))
+    if status is not None and status not in STATUSES:
+        bad.append("status")
+    region = _text(params.get("region"), 6)
+    if region is not None and not (region.isascii() and region.isdigit()):
+        bad.append("region")
+    org = _text(params.get("org"), 64)
+    since = _day(_text(params.get("since")), "since", bad)
+    until = _day(_text(params.get("until")), "until", bad)
+    if until is not None:
+        until += timedelta(days=1)  # the whole last day
+    code = _text(params.get("code"), 200)
+    canonical = None
+    if code is not None:
+        parsed = try_parse_code(code)
+        if parsed is None:
+            bad.append("code")
+        else:
+            canonical = parsed.canonical
+    return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until), bad

@@ -1,0 +1,200 @@
+"""The investigator console through HTTP: sign-in and its refusals, CSRF, escaping,
+revocation, the code page and the flag queue."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api
+from tests.integration.console_story import CANONICAL, EVIL, RAW_SCAN, journey
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+_TOKEN = re.compile(r'name="_csrf_token" value="([^"]+)"')
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(client: AsyncTestClient) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The shared test client with no cookies before or after (it is the session's)."""
+    client.cookies.clear()
+    yield client
+    client.cookies.clear()
+
+
+async def _token(c: AsyncTestClient, path: str = "/console/signin") -> str:  # type: ignore[type-arg]
+    page = await c.get(path)
+    assert page.status_code == 200, page.text
+    found = _TOKEN.search(page.text)
+    assert found
+    return found.group(1)
+
+
+async def _sign_in(c: AsyncTestClient, key: str) -> object:  # type: ignore[type-arg]
+    token = await _token(c)
+    return await c.post("/console/signin", data={"key": key, "_csrf_token": token}, follow_redirects=False)
+
+
+async def test_sign_in_and_out_with_an_investigator_key(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    inv = await admin.key_for("investigator")
+    assert (await browser.get("/console/codes", follow_redirects=False)).headers[
+        "location"
+    ] == "/console/signin"
+    resp = await _sign_in(browser, inv.key)
+    assert resp.status_code == 303
+    assert resp.headers["location"] == "/console/codes"
+    cookie = next(c for c in resp.headers.get_list("set-cookie") if c.startswith("console_session="))  # type: ignore[attr-defined]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "Max-Age=" in cookie
+    assert "Path=/console" in cookie
+    assert inv.key not in cookie  # the session holds no secret; the cookie only an id
+    page = await browser.get("/console/codes")
+    assert page.status_code == 200
+    assert 'action="/console/signout"' in page.text
+    csp = page.headers["content-security-policy"]
+    assert "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp
+    out = await browser.post(
+        "/console/signout",
+        data={"_csrf_token": _TOKEN.search(page.text).group(1)},
+        follow_redirects=False,  # type: ignore[union-attr]
+    )
+    assert out.status_code == 303
+    assert (await browser.get("/console/codes", follow_redirects=False)).status_code == 303
+
+
+async def test_admin_may_sign_in_and_other_roles_are_refused(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    await admin.ok("POST", "/v1/orgs", {"id": "P1", "name": "P", "kind": "pharmacy", "region": "450103"}, 201)
+    for key in ((await admin.key_for("org", "P1")).key, (await admin.key_for("insurer")).key, "nonsense"):
+        resp = await _sign_in(browser, key)
+        assert resp.status_code == 401  # type: ignore[attr-defined]
+        assert not any(c.startswith("console_session=") for c in resp.headers.get_list("set-cookie"))  # type: ignore[attr-defined]
+        assert (await browser.get("/console/flags", follow_redirects=False)).status_code == 303
+    assert (await _sign_in(browser, admin.key)).status_code == 303  # type: ignore[attr-defined]
+    assert (await browser.get("/console/flags")).status_code == 200
+    # the API's bearer keys still work, and the console is not reachable with one
+    assert (await admin.get("/v1/flags")).status_code == 200
+
+
+async def test_forms_without_their_csrf_token_are_refused(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    w = await journey(admin)
+    await _token(browser)
+    refused = await browser.post("/console/signin", data={"key": w["inv"].key}, follow_redirects=False)
+    assert refused.status_code == 403
+    assert (await _sign_in(browser, w["inv"].key)).status_code == 303  # type: ignore[attr-defined]
+    flag_id = w["open_flags"][0]
+    forged = await browser.post(
+        f"/console/flags/{flag_id}",
+        data={"status": "dismissed", "_csrf_token": "forged"},
+        follow_redirects=False,
+    )
+    assert forged.status_code == 403
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "open"
+
+
+async def test_a_revoked_key_ends_its_sessions_at_once(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    out = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    assert (await _sign_in(browser, out["secret"])).status_code == 303  # type: ignore[attr-defined]
+    assert (await browser.get("/console/flags")).status_code == 200
+    await admin.ok("DELETE", f"/v1/keys/{out['key_id']}")
+    after = await browser.get("/console/flags", follow_redirects=False)
+    assert after.status_code == 303
+    assert after.headers["location"] == "/console/signin"
+
+
+async def test_code_page_from_a_raw_scan_shows_custody_and_escapes_names(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/codes", params={"q": RAW_SCAN})
+    assert page.status_code == 200
+    html = page.text
+    assert CANONICAL in html
+    assert "Cefixime 100mg x 6" in html
+    assert "L9" in html
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; Pharmacy" in html
+    assert EVIL not in html
+    svg = html[
+        html.index('<svg class="timeline"') : html.index("</svg>", html.index('<svg class="timeline"'))
+    ]
+    marks = [set(m.split()) for m in re.findall(r'<g class="mark ([^"]+)"', svg)]
+    assert len(marks) == 9  # 8 events and the implicit unpack
+    assert {"type-ship", "via"} in [m & {"type-ship", "via"} for m in marks]  # the case's ship
+    # picked out of the case by D1's ship, which reached the service after P1's receive
+    assert {"type-unpack", "implicit", "late"} <= marks[4]
+    assert {"type-ship", "late"} <= marks[5]
+    assert "via" not in marks[5]
+    assert sum("late" in m for m in marks) == 2
+    assert svg.count('class="ship') == 3
+    # its flags, each linked: the diversion a late upload cleared, the open one
+    for flag_id in w["open_flags"]:
+        assert f'href="/console/flags/{flag_id}"' in html
+    assert "流向异常" in html
+    assert "自动解除" in html
+    assert (await browser.get("/console/codes", params={"q": "not a code"})).status_code == 200
+
+
+async def test_language_switch_and_unknown_code(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    page = await browser.get("/console/codes", params={"q": "81234560000000000011"})
+    assert "系统中没有此追溯码的任何记录" in page.text
+    switched = await browser.post(
+        "/console/lang",
+        data={
+            "lang": "en",
+            "next": "https://evil.example/",
+            "_csrf_token": _TOKEN.search(page.text).group(1),
+        },  # type: ignore[union-attr]
+        follow_redirects=False,
+    )
+    assert switched.headers["location"] == "/console"
+    page = await browser.get("/console/codes", params={"q": "81234560000000000011"})
+    assert "Nothing is known of this code." in page.text
+    assert 'lang="en"' in page.text
+
+
+async def test_flag_queue_filters_changes_one_and_many(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    queue = await browser.get("/console/flags")
+    assert queue.status_code == 200
+    flag_id = w["open_flags"][0]
+    assert f'value="{flag_id}"' in queue.text
+    assert "超区域" in queue.text
+    assert "流向异常" in queue.text  # in the counts (auto-cleared) …
+    token = _TOKEN.search(queue.text).group(1)  # type: ignore[union-attr]
+    none = await browser.get("/console/flags", params={"kind": "EXPIRED"})
+    assert f'value="{flag_id}"' not in none.text
+    bad = await browser.get("/console/flags", params={"since": "yesterday"})
+    assert "since" in bad.text
+    changed = await browser.post(
+        f"/console/flags/{flag_id}",
+        data={"status": "investigating", "note": "called <the> pharmacy", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert changed.status_code == 303
+    detail = await browser.get(f"/console/flags/{flag_id}")
+    assert "called &lt;the&gt; pharmacy" in detail.text
+    assert "调查中" in detail.text
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert stored["status"] == "investigating"
+    assert [h["note"] for h in stored["history"]] == ["called <the> pharmacy"]
+    bulk = await browser.post(
+        "/console/flags/bulk",
+        data={"flag_id": [str(flag_id)], "status": "dismissed", "note": "bulk", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert bulk.status_code == 303
+    assert "changed=1" in bulk.headers["location"]
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "dismissed"
+    pending = await browser.get("/console/flags/pending")
+    assert pending.status_code == 200

@@ -1,0 +1,102 @@
+"""The console in a real browser: Debian's Chromium driven by Playwright, against the
+service started as a child process on the tests' own database and Valkey.
+
+Skipped, saying how to get it, where ``/usr/bin/chromium`` is missing (``.ci/run``
+installs it from the distribution's packages). Playwright's own browser downloads are
+never used: there may be no network."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from benchkit.localrun import free_port, start_service, stop_service
+from tests.helpers import Api
+from tests.integration.console_story import CANONICAL, EVIL, RAW_SCAN, journey
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SHOTS = Path(os.environ.get("TRACE_SCREENSHOTS", "/tmp"))  # screenshots for people to look at
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="browser tests need Debian's Chromium: apt-get install chromium (.ci/run does this)",
+    ),
+]
+
+
+@pytest.fixture
+def service_url(server_urls: tuple[str, str], db_url: str, tmp_path: Path) -> Iterator[str]:
+    """``tracecode serve`` on the tests' servers (a real port, as a person would use it)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRACE_DATABASE_URL": db_url,
+        "TRACE_REDIS_URL": server_urls[1],
+        "TRACE_PSN_SECRET": "test-secret",
+        "TRACE_LOG_LEVEL": "warning",
+    }
+    proc = start_service(env, port, tmp_path / "service.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_service(proc)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(service_url: str) -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            context = await browser.new_context(base_url=service_url, viewport={"width": 1280, "height": 900})
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_sign_in_search_a_raw_scan_and_see_its_timeline_and_flags(admin: Api, page: object) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    blocked: list[str] = []  # anything the Content-Security-Policy refused
+    page.on(
+        "console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None
+    )
+
+    await page.goto("/console")
+    await expect(page).to_have_url("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+
+    await page.get_by_label("追溯码").fill(RAW_SCAN)  # GS separator and ]d2, as a scanner types
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.get_by_role("heading", name=CANONICAL)).to_be_visible()
+    timeline = page.locator("svg.timeline")
+    await expect(timeline).to_be_visible()
+    await expect(timeline.locator("g.mark")).to_have_count(9)
+    await expect(timeline.locator("g.mark.via")).to_have_count(2)  # the case's ship and receive
+    await expect(timeline.locator("g.mark.implicit")).to_have_count(1)
+    await expect(page.locator("table.flags").get_by_text("流向异常")).to_be_visible()
+    await expect(page.get_by_text(EVIL).first).to_be_visible()  # markup shown as text
+    await page.screenshot(path=str(SHOTS / "console-code.png"), full_page=True)
+
+    await page.locator("table.flags a").last.click()
+    await expect(page.get_by_role("heading", level=2, name="变更状态")).to_be_visible()
+    await page.screenshot(path=str(SHOTS / "console-flag.png"), full_page=True)
+    assert blocked == []

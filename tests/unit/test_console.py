@@ -1,0 +1,60 @@
+"""The console's pure parts: its catalogues and the custody timeline's layout."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from service.console.i18n import CATALOGUES, translator
+from service.console.timeline import late_flags, layout
+
+T0 = datetime(2026, 3, 2, 8, tzinfo=UTC)
+TEMPLATES = Path(__file__).parents[2] / "service" / "console" / "templates"
+
+
+def test_every_language_has_every_label_and_templates_use_only_known_ones() -> None:
+    keys = [set(c) for c in CATALOGUES.values()]
+    assert all(k == keys[0] for k in keys)
+    used = {m for f in TEMPLATES.glob("*.html") for m in re.findall(r"\bt\('([a-z_.]+)'[,)]", f.read_text())}
+    assert used
+    assert used <= keys[0]
+    assert translator("en")("events.via", "X") == "moved inside X"
+    assert translator("fr")("nav.codes") == "追溯码"  # unknown languages read Chinese
+
+
+def _e(minutes: int, received: int, type_: str = "receive", org: str = "A", **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e{minutes}",
+        "type": type_,
+        "org": org,
+        "at": T0 + timedelta(minutes=minutes),
+        "received_at": T0 + timedelta(minutes=received),
+        **extra,
+    }
+
+
+def test_late_means_received_after_something_that_happened_later() -> None:
+    in_order = [_e(0, 10), _e(1, 11), _e(2, 12)]
+    assert late_flags(in_order) == [False, False, False]
+    # the middle event happened before the last but reached the service after it
+    assert late_flags([_e(0, 10), _e(1, 30), _e(2, 20)]) == [False, True, False]
+    # received long after it happened, but before anything later: not late
+    assert late_flags([_e(0, 500), _e(1, 501)]) == [False, False]
+
+
+def test_a_shipment_points_at_the_receive_that_took_it() -> None:
+    events = [
+        _e(0, 0, "ship", "M", to="D", via="00123"),
+        _e(1, 1, "receive", "D"),
+        _e(2, 2, "ship", "D", to="P"),
+    ]
+    drawn = layout(events, {"M": "Maker <Ltd>"})
+    assert [lane.label for lane in drawn.lanes] == ["Maker <Ltd> (M)", "D", "P"]
+    first, second = drawn.arrows
+    assert (first.x2, first.y2) == (drawn.marks[1].x, drawn.marks[1].y)
+    assert first.via
+    assert first.received
+    assert not second.received
+    assert second.y2 == drawn.lanes[2].y
