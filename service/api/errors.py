@@ -92,6 +92,9 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
     status = exc.status_code
+    if status == 500:  # e.g. Litestar's own ImproperlyConfiguredException: keep it inside
+        log.error("internal error: %s", exc.detail)
+        return problem(500, "the service failed to handle this request")
     detail = str(exc.detail) if exc.detail else _TITLES.get(status, "Error")
     if status == 413:
         detail = "the request body is larger than the service accepts"
