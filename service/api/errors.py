@@ -121,12 +121,30 @@ async def refuse_nul_and_bad_text(request: Request[Any, Any, Any]) -> None:
         raise bad_input("url", "NUL characters are not allowed")
     if request.method in ("POST", "PATCH", "PUT"):
         body = await request.body()
+        if request.route_handler.parsed_data_field is not None:  # the route decodes JSON
+            _refuse_non_json(request.headers.get("content-type"), body)
         if b"\\u0000" in body and _JSON_NUL.search(body):
             raise bad_input("body", "NUL characters (\\u0000) are not allowed in text")
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise bad_input("body", f"not UTF-8 (byte {exc.start})") from None
+
+
+def _refuse_non_json(content_type: str | None, body: bytes) -> None:
+    """A JSON route says so rather than guessing: another declared media type is a 415
+    (no declared type is read as JSON, as curl scripts often send), and an empty body a
+    400 naming ``body`` (Litestar would otherwise answer ``data: 'data'``)."""
+    if content_type is not None:
+        media_type = content_type.partition(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise problem(
+                415,
+                f"the body must be JSON (Content-Type: application/json), not {media_type or 'empty'}",
+                errors=[{"field": "content-type", "message": "must be application/json"}],
+            )
+    if not body.strip():
+        raise bad_input("body", "a JSON body is required")
 
 
 exception_handlers = {Exception: _internal}

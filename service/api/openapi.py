@@ -35,6 +35,7 @@ _MEANING = {
     404: "Nothing with that id",
     409: "The id exists with a different body",
     413: "The request body is larger than the service accepts",
+    415: "The body is declared as something other than JSON (Content-Type)",
 }
 
 
@@ -66,7 +67,7 @@ def unchanged(type_: type[msgspec.Struct]) -> dict[int, ResponseSpec]:
 # the key middleware (401) and the role guards (403).
 KEYED = (400, 401, 403)
 # ... and those of a route that takes a JSON body.
-WITH_BODY = (*KEYED, 413)
+WITH_BODY = (*KEYED, 413, 415)
 
 
 def config() -> OpenAPIConfig:

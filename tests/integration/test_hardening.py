@@ -36,3 +36,72 @@ async def test_an_internal_http_error_does_not_leak_its_message() -> None:
     out = _from_http(ImproperlyConfiguredException("'user' is not defined in scope"))
     assert out.status_code == 500
     assert "user" not in str(out.detail)
+
+
+DEEP = b"[" * 1000 + b"]" * 1000
+DEEP_OBJECT = b'{"a":' * 1000 + b"1" + b"}" * 1000
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/verify"), ("POST", "/v1/events"), ("POST", "/v1/settlements"), ("PATCH", "/v1/flags/1")],
+)
+async def test_json_nested_a_thousand_levels_is_400(admin: Api, method: str, path: str) -> None:
+    inside = (b'{"events":' + DEEP + b"}", b'{"codes":["x"],"org":' + DEEP_OBJECT + b"}")
+    for raw in (DEEP, DEEP_OBJECT, *inside):
+        headers = {**admin.headers, "content-type": "application/json"}
+        resp = await admin.client.request(method, path, headers=headers, content=raw)
+        assert resp.status_code == 400, (path, raw[:20], resp.status_code, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["errors"]
+
+
+BODY_ROUTES = [
+    ("POST", "/v1/orgs"),
+    ("POST", "/v1/products"),
+    ("POST", "/v1/keys"),
+    ("POST", "/v1/events"),
+    ("POST", "/v1/verify"),
+    ("POST", "/v1/settlements"),
+    ("POST", "/v1/recalls"),
+    ("PATCH", "/v1/flags/1"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+async def test_an_empty_body_is_a_400_naming_body(admin: Api, method: str, path: str) -> None:
+    for headers in (admin.headers, {**admin.headers, "content-type": "application/json"}):
+        resp = await admin.client.request(method, path, headers=headers, content=b"")
+        assert resp.status_code == 400, (path, resp.text)
+        assert resp.json()["errors"] == [{"field": "body", "message": "a JSON body is required"}]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+async def test_a_body_declared_as_not_json_is_415(admin: Api, method: str, path: str) -> None:
+    for media_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        headers = {**admin.headers, "content-type": media_type}
+        resp = await admin.client.request(method, path, headers=headers, content=b'{"events": []}')
+        assert resp.status_code == 415, (path, media_type, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["errors"][0]["field"] == "content-type"
+    # JSON with a charset, or a +json type, is JSON
+    for media_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        headers = {**admin.headers, "content-type": media_type}
+        resp = await admin.client.request(method, path, headers=headers, content=b"{}")
+        assert resp.status_code in (400, 404), (path, media_type, resp.text)
+
+
+async def test_a_reversal_needs_no_body_and_ignores_its_type(admin: Api) -> None:
+    ins = await admin.key_for("insurer")
+    headers = {**ins.headers, "content-type": "text/plain"}
+    resp = await ins.client.post("/v1/settlements/S1/reversal", headers=headers, content=b"")
+    assert resp.status_code == 404
+
+
+async def test_flag_times_given_as_epoch_numbers_are_400(admin: Api) -> None:
+    inv = await admin.key_for("investigator")
+    for query in ("since=48432269392", "until=1", "since=1.5", "until=-3"):
+        resp = await inv.get("/v1/flags?" + query)
+        assert resp.status_code == 400, (query, resp.text)
+        assert resp.json()["errors"][0]["field"] == query.partition("=")[0]
+    assert (await inv.get("/v1/flags?since=2026-03-02T08:00:00%2B08:00")).status_code == 200
