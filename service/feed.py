@@ -49,6 +49,9 @@ class FlagFeed:
         self.pool = pool
         self.redis = redis
         self._wake = asyncio.Event()
+        # (flag_id, status) already counted as failed: while Redis is down the same batch
+        # is retried every few seconds, and each flag must count once, not once a try
+        self._failed: set[tuple[int, str]] = set()
 
     def wake(self) -> None:
         """New flags were committed: publish soon rather than at the next tick."""
@@ -68,10 +71,17 @@ class FlagFeed:
                         pipe.xadd(STREAM, _entry(flag), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
                     await pipe.execute()
             except (RedisError, OSError):
-                metrics.FLAGS_PUBLISH_FAILED.inc(len(flags))
+                versions = {(f["flag_id"], f["status"]) for f in flags}
+                if len(self._failed) > 10 * BATCH:  # a bound; at worst a flag counts twice
+                    self._failed.clear()
+                new = versions - self._failed
+                self._failed |= new
+                if new:
+                    metrics.FLAGS_PUBLISH_FAILED.inc(len(new))
                 metrics.FLAGS_UNPUBLISHED.set(await flag_store.unpublished_count(conn))
                 raise
             await flag_store.mark_published(conn, [f["flag_id"] for f in flags])
+            self._failed.difference_update((f["flag_id"], f["status"]) for f in flags)
             metrics.FLAGS_PUBLISHED.inc(len(flags))
             return len(flags)
 

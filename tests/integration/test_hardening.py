@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
+from redis.exceptions import RedisError
 
-from tests.helpers import Api
+from service.app import create_app
+from service.cli import _create_key
+from service.config import Settings
+from service.feed import FlagFeed
+from service.store.db import create_pool
+from service.store.migrations import migrate
+from tests.helpers import Api, cn20, event, small_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -105,3 +119,52 @@ async def test_flag_times_given_as_epoch_numbers_are_400(admin: Api) -> None:
         assert resp.status_code == 400, (query, resp.text)
         assert resp.json()["errors"][0]["field"] == query.partition("=")[0]
     assert (await inv.get("/v1/flags?since=2026-03-02T08:00:00%2B08:00")).status_code == 200
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(db_url: str, name: str) -> AsyncIterator[str]:
+    """A migrated database of its own on the session's server, so that the session
+    app's background tasks (flag feed, promotion) never touch what a test does there."""
+    parts = urlsplit(db_url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_publish_failures_count_each_flag_once_however_often_it_is_retried(
+    settings: Settings, db_url: str
+) -> None:
+    async with scratch_database(db_url, "tracecode_feed_test") as url:
+        down = replace(settings, database_url=url, redis_url="redis://127.0.0.1:9")
+        async with AsyncTestClient(app=create_app(down)) as client:
+            _, secret = await _create_key(url, "admin", None)
+            w = await small_world(Api(client, secret))
+            codes = [cn20("8123456", n) for n in (7, 8, 9)]
+            out = await w["keys"]["P1"].events(event("receive", "P1", codes, 0))
+            assert len(out["flags"]) == 3
+        # the app is gone (its own feed with it); retry the batch by hand, Redis still down
+        pool = await create_pool(url, min_size=1, max_size=1)
+        redis = aioredis.from_url("redis://127.0.0.1:9", socket_connect_timeout=1.0)
+        try:
+            feed = FlagFeed(pool, redis)
+            before = REGISTRY.get_sample_value("tracecode_flags_publish_failed_total") or 0.0
+            for _ in range(3):
+                with pytest.raises((RedisError, OSError)):
+                    await feed.publish_pending()
+            after = REGISTRY.get_sample_value("tracecode_flags_publish_failed_total") or 0.0
+            # a fresh feed has counted none of them yet: 3 flags, not 3 tries x 3 flags
+            assert after - before == 3
+        finally:
+            await redis.aclose()
+            await pool.close()
