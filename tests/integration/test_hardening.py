@@ -168,3 +168,33 @@ async def test_publish_failures_count_each_flag_once_however_often_it_is_retried
         finally:
             await redis.aclose()
             await pool.close()
+
+
+async def test_a_revocation_during_a_key_lookup_is_not_undone_by_caching(
+    admin: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke commits, and its NOTIFY is handled, after a cache miss has read the
+    key but before it caches it: the key must not be served from the cache afterwards."""
+    from service.store import registry
+
+    cache = admin.client.app.state.key_cache
+    assert cache.live
+    insurer = await admin.key_for("insurer")
+    key_id = insurer.key.split(".")[0]
+    real_lookup = registry.principal_for
+
+    async def lookup_then_revoke(conn: Any, digest: bytes) -> Any:
+        found = await real_lookup(conn, digest)
+        other = await asyncpg.connect(db_url)
+        try:
+            await registry.revoke_key(other, key_id)
+        finally:
+            await other.close()
+        cache.drop_key(key_id)  # what the listener does when the NOTIFY arrives
+        return found
+
+    monkeypatch.setattr(registry, "principal_for", lookup_then_revoke)
+    first = await insurer.get("/v1/settlements/none")
+    assert first.status_code == 404  # read before the revoke committed: let through once
+    monkeypatch.setattr(registry, "principal_for", real_lookup)
+    assert (await insurer.get("/v1/settlements/none")).status_code == 401
