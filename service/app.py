@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import asyncpg
 import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.config.app import AppConfig
@@ -28,7 +29,7 @@ from service.api.registry import RegistryController
 from service.api.settlements import SettlementsController
 from service.config import Settings
 from service.feed import FlagFeed
-from service.store.db import create_pool
+from service.store.db import UNAVAILABLE, Outage, create_pool
 from service.usecases import flags as flag_usecases
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,16 @@ log = logging.getLogger(__name__)
 
 async def _watch_pool(app: Litestar) -> None:
     pool = app.state.pool
+    outage: Outage = app.state.db_outage
     while True:
         size = pool.get_size()
         metrics.DB_POOL_SIZE.set(size)
         metrics.DB_POOL_IN_USE.set(size - pool.get_idle_size())
+        if outage.since is not None:  # a request found the database down: is it back?
+            with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+                async with pool.acquire(timeout=2) as conn:
+                    await conn.fetchval("SELECT 1", timeout=2)
+                outage.end()
         await asyncio.sleep(1)
 
 
@@ -91,7 +98,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in PUBLIC_PATHS])
     # the lifespan adds the pool, Redis and the feed's wake-up once they are started
-    state = State({"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds)})
+    state = State(
+        {"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds), "db_outage": Outage()}
+    )
     config = AppConfig(
         route_handlers=[
             HealthController,

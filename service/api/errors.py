@@ -15,6 +15,8 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from service.store.db import UNAVAILABLE
+
 log = logging.getLogger(__name__)
 
 _TITLES = {
@@ -42,6 +44,7 @@ def problem(
     *,
     errors: list[dict[str, str]] | None = None,
     kind: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> ProblemDetailsException:
     """A problem-details exception. ``kind`` becomes the ``type`` URI's last segment."""
     title = _TITLES.get(status, "Error")
@@ -53,6 +56,7 @@ def problem(
         detail=detail,
         type_=f"https://tracecode.example/problems/{slug}",
         extra=extra,
+        headers=headers,
     )
 
 
@@ -103,7 +107,17 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     return problem(status, detail)
 
 
+RETRY_AFTER_SECONDS = 5
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, UNAVAILABLE):  # the database is down: say so, log it once
+        request.app.state.db_outage.begin(exc)
+        return problem(
+            503,
+            "the database is unavailable; try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ).to_response(request)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "the service failed to handle this request").to_response(request)
 

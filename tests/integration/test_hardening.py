@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import re
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -198,3 +203,58 @@ async def test_a_revocation_during_a_key_lookup_is_not_undone_by_caching(
     assert first.status_code == 404  # read before the revoke committed: let through once
     monkeypatch.setattr(registry, "principal_for", real_lookup)
     assert (await insurer.get("/v1/settlements/none")).status_code == 401
+
+
+async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL of this test's own is stopped under the service and started again."""
+    from service.embedded import start_postgres, stop_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="tracecode-outage-"))
+    url = await asyncio.to_thread(start_postgres, root, throwaway=True)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    # no Redis: the flag feed stays out of it
+    app = create_app(replace(settings, database_url=url, redis_url=None))
+    try:
+        async with AsyncTestClient(app=app) as client:
+            _, secret = await _create_key(url, "admin", None)
+            admin = Api(client, secret)
+            inv = await admin.key_for("investigator")
+            assert (await inv.get("/v1/flags")).status_code == 200
+            assert (await client.get("/health/ready")).status_code == 200
+
+            await asyncio.to_thread(stop_postgres, root)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                for api, path in [(inv, "/v1/flags"), (inv, "/v1/flags/1"), (admin, "/v1/orgs/X/stats")] * 3:
+                    resp = await api.get(path)
+                    assert resp.status_code == 503, (path, resp.text)
+                    assert resp.headers["content-type"].startswith("application/problem+json")
+                    assert int(resp.headers["retry-after"]) > 0
+                resp = await admin.post(
+                    "/v1/orgs", {"id": "O1", "name": "x", "kind": "pharmacy", "region": "450100"}
+                )
+                assert resp.status_code == 503
+                assert (await client.get("/health/ready")).status_code == 503
+            warned = [r for r in caplog.records if r.name == "service.store.db"]
+            assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+            assert "database unavailable" in warned[0].getMessage()
+            assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+
+            await asyncio.to_thread(start_postgres, root, throwaway=True)
+            status = 0
+            for _ in range(300):  # the pool reconnects by itself; give it what it needs
+                status = (await inv.get("/v1/flags")).status_code
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200
+            assert (await client.get("/health/ready")).status_code == 200
+    finally:
+        await asyncio.to_thread(stop_postgres, root)
+        shutil.rmtree(root, ignore_errors=True)
