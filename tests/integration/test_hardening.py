@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -258,3 +259,55 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
     finally:
         await asyncio.to_thread(stop_postgres, root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _postgres_runs(data_dir: Path) -> bool:
+    return (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def _valkey_answers(data_dir: Path) -> bool:
+    import redis
+
+    sock = data_dir / "valkey" / "valkey.sock"
+    try:
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> None:
+    """systemd and kill send SIGTERM: the embedded PostgreSQL and Valkey go with it."""
+    import signal
+
+    from benchkit.localrun import free_port, start_service
+    from service.embedded import stop_postgres
+
+    data_dir = tmp_path / "data"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
+    log = tmp_path / "service.log"
+    server = await asyncio.to_thread(start_service, env, free_port(), log, workers=1)
+    try:
+        assert _postgres_runs(data_dir)
+        assert await asyncio.to_thread(_valkey_answers, data_dir)
+        server.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.wait, 60)
+        assert code == 0, log.read_text()[-2000:]
+        assert not _postgres_runs(data_dir), log.read_text()[-2000:]
+        assert not await asyncio.to_thread(_valkey_answers, data_dir)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        # whatever the outcome, leave nothing running
+        await asyncio.to_thread(stop_postgres, data_dir)
+        if await asyncio.to_thread(_valkey_answers, data_dir):
+            import redis
+
+            sock = str(data_dir / "valkey" / "valkey.sock")
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
