@@ -311,3 +311,65 @@ async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> No
             sock = str(data_dir / "valkey" / "valkey.sock")
             with contextlib.suppress(redis.RedisError):
                 redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
+
+
+async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
+    return "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, *args))
+
+
+async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from service.store.flags import search_sql
+    from service.store.stats import RECEIVED_SQL
+
+    await db.execute(
+        """INSERT INTO flags (kind, code, org, region, at, status, detail, source_kind, source_id)
+           SELECT 'DUPLICATE', '8' || lpad(i::text, 19, '0'), 'O' || (i % 50),
+                  CASE WHEN i % 100 = 0 THEN '110101' ELSE (450100 + i % 90)::text END,
+                  timestamptz '2026-01-01 00:00+00' + i * interval '1 hour',
+                  CASE WHEN i % 97 = 0 THEN 'confirmed' ELSE 'open' END,
+                  'x', 'event', i::text
+           FROM generate_series(1, 6000) i"""
+    )
+    await db.execute(
+        """INSERT INTO events (event_id, type, at, org, code_count)
+           SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid,
+                  (ARRAY['commission', 'ship', 'receive', 'dispense'])[1 + i % 4],
+                  timestamptz '2026-01-01 00:00+00' + i * interval '1 minute', 'O' || (i % 50), 4
+           FROM generate_series(1, 6000) i"""
+    )
+    await db.execute(
+        """INSERT INTO event_codes (code, at, event_id, role)
+           SELECT '8' || lpad((i * 4 + j)::text, 19, '0'), e.at, e.event_id, 'c'
+           FROM (SELECT row_number() OVER (ORDER BY event_id) AS i, event_id, at FROM events) e,
+                generate_series(0, 3) j"""
+    )
+    await db.execute("ANALYZE flags; ANALYZE events; ANALYZE event_codes")
+
+    def search(**given: Any) -> tuple[str, list[Any]]:
+        filters: dict[str, Any] = dict.fromkeys(
+            ("kind", "status", "org", "region", "code", "since", "until", "before_id")
+        )
+        return search_sql(**{**filters, **given, "limit": 100})
+
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    for given, index in [
+        ({"region": "11"}, "flags_region"),
+        ({"status": "confirmed"}, "flags_status"),
+        ({"since": start, "until": start + timedelta(days=1)}, "flags_at"),
+    ]:
+        plan = await _plan(db, *search(**given))
+        assert index in plan, (given, plan)
+    # the filters mean what they meant: a region prefix, a status, a time window
+    sql, args = search(region="11")
+    assert {r["region"] for r in await db.fetch(sql, *args)} == {"110101"}
+    sql, args = search(region="4501", status="confirmed", since=start)
+    rows = await db.fetch(sql, *args)
+    assert rows
+    assert all(r["region"].startswith("4501") and r["status"] == "confirmed" for r in rows)
+    assert all(r["at"] >= start for r in rows)
+
+    plan = await _plan(db, RECEIVED_SQL, ["O7"])
+    assert "event_codes_event" in plan, plan
+    assert "Seq Scan on event_codes" not in plan, plan
