@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STREAM = "flags"
 STREAM_MAXLEN = 1_000_000  # approximate trim; PostgreSQL has the full record
 BATCH = 500
-_DATABASE_DOWN: tuple[type[Exception], ...] = (*UNAVAILABLE, asyncpg.PostgresError)
+_DATABASE_DOWN: tuple[type[Exception], ...] = (*UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _entry(flag: dict[str, Any]) -> dict[str, str]:

@@ -15,7 +15,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
-from service.store.db import UNAVAILABLE
+from service.store.db import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ RETRY_AFTER_SECONDS = 5
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if isinstance(exc, UNAVAILABLE):  # the database is down: say so, log it once
+    if unavailable(exc):  # the database is down: say so, log it once
         request.app.state.db_outage.begin(exc)
         return problem(
             503,

@@ -13,7 +13,15 @@ import asyncpg
 from service.store.conn import Conn, RetryTransaction
 
 T = TypeVar("T")
-__all__ = ["RETRYABLE", "UNAVAILABLE", "Outage", "RetryTransaction", "create_pool", "with_retry"]
+__all__ = [
+    "RETRYABLE",
+    "UNAVAILABLE",
+    "Outage",
+    "RetryTransaction",
+    "create_pool",
+    "unavailable",
+    "with_retry",
+]
 log = logging.getLogger(__name__)
 
 # Lost races that are safe to run again from the start: nothing of the failed attempt
@@ -35,8 +43,15 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # "connection is closed"
 )
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Is ``exc`` the database being unreachable (see UNAVAILABLE)? Also asyncpg's
+    "connection is closed", but not its other interface errors, which are our bugs."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
 class Outage:

@@ -373,3 +373,16 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     plan = await _plan(db, RECEIVED_SQL, ["O7"])
     assert "event_codes_event" in plan, plan
     assert "Seq Scan on event_codes" not in plan, plan
+
+
+async def test_what_counts_as_the_database_being_unavailable() -> None:
+    from service.store.db import unavailable
+
+    assert unavailable(ConnectionRefusedError())
+    assert unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
+    assert unavailable(asyncpg.InterfaceError("connection is closed"))
+    # our own mistakes stay 500s, logged with their traceback
+    assert not unavailable(
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    )
+    assert not unavailable(asyncpg.UniqueViolationError("duplicate key"))
