@@ -225,7 +225,7 @@ def search_sql(
     One catch-all statement (``$1 IS NULL OR kind = $1`` ...) is prepared once, and
     after a few runs PostgreSQL plans it generically: no index fits every combination,
     so it walks the whole table. Each combination is its own statement instead (at most
-    128), and each plans with the indexes that fit it (0005_search_indexes.sql).
+    128), and each plans with the indexes that fit it (0009_search_indexes.sql).
     """
     args: list[Any] = []
 
