@@ -30,7 +30,7 @@ from service.api.registry import RegistryController
 from service.api.settlements import SettlementsController
 from service.config import Settings
 from service.feed import FlagFeed
-from service.store.db import create_pool
+from service.store.db import Outage, create_pool
 from service.usecases import flags as flag_usecases
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,16 @@ log = logging.getLogger(__name__)
 
 async def _watch_pool(app: Litestar) -> None:
     pool = app.state.pool
+    outage: Outage = app.state.db_outage
     while True:
         size = pool.get_size()
         metrics.DB_POOL_SIZE.set(size)
         metrics.DB_POOL_IN_USE.set(size - pool.get_idle_size())
+        if outage.since is not None:  # a request found the database down: is it back?
+            with contextlib.suppress(Exception):  # any failure: not back yet
+                async with pool.acquire(timeout=2) as conn:
+                    await conn.fetchval("SELECT 1", timeout=2)
+                outage.end()
         await asyncio.sleep(1)
 
 
@@ -95,7 +101,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # the console signs in with a session of its own (service/console/auth.py)
     auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in (*PUBLIC_PATHS, console.PATH)])
     # the lifespan adds the pool, Redis and the feed's wake-up once they are started
-    state = State({"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds)})
+    state = State(
+        {"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds), "db_outage": Outage()}
+    )
     config = AppConfig(
         route_handlers=[
             HealthController,

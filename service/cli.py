@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 from dataclasses import replace
 
@@ -53,6 +54,10 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # a stop that was asked for: atexit hooks run
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -77,6 +82,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     print(f"tracecode serving on http://{host}:{port} ({workers} worker(s))", flush=True)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again to whatever
+    # handler was there before. The default one ends the process at once, skipping the
+    # atexit hooks that stop the embedded PostgreSQL and Valkey (SIGINT raises
+    # KeyboardInterrupt, which runs them). So a SIGTERM exits like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         "service.app:create_app",
         factory=True,

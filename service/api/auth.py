@@ -26,16 +26,23 @@ class KeyCache:
     (``live``): a revoke, from any process or the CLI, notifies every listener when it
     commits, and the key is dropped at once. While the listener is down, nothing is
     cached, so a revoked key is never accepted from memory.
+
+    A revocation can arrive while a request is looking its key up (a cache miss): the
+    lookup may have read the key before the revoke committed. So every drop bumps
+    ``generation``, and a lookup caches its answer only if no drop happened since it
+    began (``put(..., since=generation read before the lookup)``).
     """
 
     def __init__(self, ttl: float, size: int = 10_000) -> None:
         self.ttl = ttl
         self.size = size
         self.live = False
+        self.generation = 0
         self._entries: dict[bytes, tuple[float, Principal]] = {}
 
     def set_live(self, live: bool) -> None:
         self.live = live
+        self.generation += 1
         self._entries.clear()  # whatever was revoked while deaf must not survive
 
     def get(self, digest: bytes) -> Principal | None:
@@ -46,14 +53,17 @@ class KeyCache:
             return None
         return entry[1]
 
-    def put(self, digest: bytes, principal: Principal) -> None:
-        if self.ttl <= 0 or not self.live:
+    def put(self, digest: bytes, principal: Principal, since: int) -> None:
+        """Remember a key read from the database by a lookup that began at generation
+        ``since``; forget it if a revocation (or a listener outage) came meanwhile."""
+        if self.ttl <= 0 or not self.live or since != self.generation:
             return
         if len(self._entries) >= self.size:
             self._entries.clear()
         self._entries[digest] = (time.monotonic() + self.ttl, principal)
 
     def drop_key(self, key_id: str) -> None:
+        self.generation += 1
         for digest, (_, principal) in list(self._entries.items()):
             if principal.key_id == key_id:
                 del self._entries[digest]
@@ -74,11 +84,12 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         cache: KeyCache = connection.app.state.key_cache
         principal = cache.get(digest)
         if principal is None:
+            generation = cache.generation
             async with connection.app.state.pool.acquire() as conn:
                 principal = await registry.principal_for(conn, digest)
             if principal is None:
                 raise NotAuthorizedException("unknown or revoked API key")
-            cache.put(digest, principal)
+            cache.put(digest, principal, since=generation)
         return AuthenticationResult(user=principal, auth=token)
 
 
@@ -96,6 +107,11 @@ def requires(
     allowed = {*roles, Role.ADMIN}
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope.get("method") == "OPTIONS":
+            # Litestar's own OPTIONS answer (204 and Allow) inherits the controller's
+            # guards but skips the key middleware: there is no principal, and nothing
+            # is disclosed, so let it through
+            return
         if principal_of(connection).role not in allowed:
             names = ", ".join(sorted(r.value for r in allowed))
             raise PermissionDeniedException(f"this needs one of the roles: {names}")
@@ -123,13 +139,15 @@ async def listen_for_revocations(url: str, cache: KeyCache) -> None:
     while True:
         conn = None
         try:
-            conn = await asyncpg.connect(url)
+            conn = await asyncpg.connect(url, timeout=5)
             await conn.add_listener(KEY_REVOKED_CHANNEL, on_revoke)
             cache.set_live(True)
             while not conn.is_closed():
                 await asyncio.sleep(1)
-                await conn.execute("SELECT 1")  # notices a dead connection
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # notices a dead connection; a server that stops answering (a network
+                # partition) must not keep the cache live, so the probe has a deadline
+                await conn.execute("SELECT 1", timeout=5)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pass
         finally:
             cache.set_live(False)

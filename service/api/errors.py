@@ -15,6 +15,8 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from service.store.db import unavailable
+
 log = logging.getLogger(__name__)
 
 _TITLES = {
@@ -42,6 +44,7 @@ def problem(
     *,
     errors: list[dict[str, str]] | None = None,
     kind: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> ProblemDetailsException:
     """A problem-details exception. ``kind`` becomes the ``type`` URI's last segment."""
     title = _TITLES.get(status, "Error")
@@ -53,6 +56,7 @@ def problem(
         detail=detail,
         type_=f"https://tracecode.example/problems/{slug}",
         extra=extra,
+        headers=headers,
     )
 
 
@@ -92,6 +96,9 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
     status = exc.status_code
+    if status == 500:  # e.g. Litestar's own ImproperlyConfiguredException: keep it inside
+        log.error("internal error: %s", exc.detail)
+        return problem(500, "the service failed to handle this request")
     detail = str(exc.detail) if exc.detail else _TITLES.get(status, "Error")
     if status == 413:
         detail = "the request body is larger than the service accepts"
@@ -100,7 +107,17 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     return problem(status, detail)
 
 
+RETRY_AFTER_SECONDS = 5
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if unavailable(exc):  # the database is down: say so, log it once
+        request.app.state.db_outage.begin(exc)
+        return problem(
+            503,
+            "the database is unavailable; try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ).to_response(request)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "the service failed to handle this request").to_response(request)
 
@@ -118,12 +135,30 @@ async def refuse_nul_and_bad_text(request: Request[Any, Any, Any]) -> None:
         raise bad_input("url", "NUL characters are not allowed")
     if request.method in ("POST", "PATCH", "PUT"):
         body = await request.body()
+        if request.route_handler.parsed_data_field is not None:  # the route decodes JSON
+            _refuse_non_json(request.headers.get("content-type"), body)
         if b"\\u0000" in body and _JSON_NUL.search(body):
             raise bad_input("body", "NUL characters (\\u0000) are not allowed in text")
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise bad_input("body", f"not UTF-8 (byte {exc.start})") from None
+
+
+def _refuse_non_json(content_type: str | None, body: bytes) -> None:
+    """A JSON route says so rather than guessing: another declared media type is a 415
+    (no declared type is read as JSON, as curl scripts often send), and an empty body a
+    400 naming ``body`` (Litestar would otherwise answer ``data: 'data'``)."""
+    if content_type is not None:
+        media_type = content_type.partition(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise problem(
+                415,
+                f"the body must be JSON (Content-Type: application/json), not {media_type or 'empty'}",
+                errors=[{"field": "content-type", "message": "must be application/json"}],
+            )
+    if not body.strip():
+        raise bad_input("body", "a JSON body is required")
 
 
 exception_handlers = {Exception: _internal}

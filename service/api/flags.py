@@ -57,6 +57,14 @@ def _after(cursor: str) -> int:
         raise bad_input("cursor", "not a cursor this service handed out") from None
 
 
+def _is_number(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
+
+
 def _flag_id(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise problem(404, f"no flag {value}")
@@ -72,6 +80,7 @@ class FlagsController(Controller):
     @get("/", responses=problems(*KEYED))
     async def search(
         self,
+        request: Request[Any, Any, Any],
         services: Services,
         kind: Annotated[str | None, QueryParameter()] = None,
         status: Annotated[str | None, QueryParameter()] = None,
@@ -95,6 +104,9 @@ class FlagsController(Controller):
         if region is not None and not region.isdigit():
             raise bad_input("region", "a region code or prefix (digits)")
         for name, value in (("since", since), ("until", until)):
+            if value is not None and _is_number(request.query_params.get(name, "")):
+                # Litestar reads a number as epoch seconds; API.md promises RFC 3339 only
+                raise bad_input(name, "an RFC 3339 date-time with an offset, not a number")
             if value is not None and value.tzinfo is None:
                 raise bad_input(name, "must carry a UTC offset (RFC 3339)")
             if value is not None and not EARLIEST_YEAR <= value.year < 9999:

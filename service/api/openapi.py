@@ -35,6 +35,8 @@ _MEANING = {
     404: "Nothing with that id",
     409: "The id exists with a different body",
     413: "The request body is larger than the service accepts",
+    415: "The body is declared as something other than JSON (Content-Type)",
+    503: "The database is unavailable for now; try again after `Retry-After` seconds",
 }
 
 
@@ -63,10 +65,11 @@ def unchanged(type_: type[msgspec.Struct]) -> dict[int, ResponseSpec]:
 
 
 # The answers every keyed route can give before its handler runs: a NUL in the URL (400),
-# the key middleware (401) and the role guards (403).
-KEYED = (400, 401, 403)
+# the key middleware (401) and the role guards (403); and, at any point, a database
+# outage (503).
+KEYED = (400, 401, 403, 503)
 # ... and those of a route that takes a JSON body.
-WITH_BODY = (*KEYED, 413)
+WITH_BODY = (*KEYED, 413, 415)
 
 
 def config() -> OpenAPIConfig:

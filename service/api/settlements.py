@@ -134,7 +134,7 @@ class SettlementsController(Controller):
         "/{setl_id:str}/reversal",
         status_code=200,
         guards=[requires(Role.INSURER)],
-        responses=problems(*WITH_BODY, 404),  # a body, if sent, is read (and ignored)
+        responses=problems(*KEYED, 413, 404),  # a body, if sent, is read (and ignored)
     )
     async def reverse(self, services: Services, setl_id: FromPath[str]) -> ReversalOut:
         """The sale was refunded: its units go back to the organisation. Idempotent."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -11,7 +13,16 @@ import asyncpg
 from service.store.conn import Conn, RetryTransaction
 
 T = TypeVar("T")
-__all__ = ["RETRYABLE", "RetryTransaction", "create_pool", "with_retry"]
+__all__ = [
+    "RETRYABLE",
+    "UNAVAILABLE",
+    "Outage",
+    "RetryTransaction",
+    "create_pool",
+    "unavailable",
+    "with_retry",
+]
+log = logging.getLogger(__name__)
 
 # Lost races that are safe to run again from the start: nothing of the failed attempt
 # was committed.
@@ -20,6 +31,50 @@ RETRYABLE: tuple[type[Exception], ...] = (
     asyncpg.SerializationError,
     RetryTransaction,
 )
+
+
+# The database cannot be reached or cannot serve right now: it is down or restarting
+# (refused or lost connections, "the database system is shutting down / starting up"),
+# a connection died under a statement, or no connection came in time. None of it is the
+# request's fault, and all of it passes: the answer is a 503 with Retry-After.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Is ``exc`` the database being unreachable (see UNAVAILABLE)? Also asyncpg's
+    "connection is closed", but not its other interface errors, which are our bugs."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+class Outage:
+    """Whether this worker found the database unreachable. An outage logs one warning
+    when it begins and one line when it ends, however many requests it fails: the app's
+    watcher probes the database while ``since`` is set and calls :meth:`end`."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def begin(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "database unavailable (%s: %s); answering 503 until it is back",
+                type(exc).__name__,
+                exc,
+            )
+
+    def end(self) -> None:
+        if self.since is not None:
+            log.warning("database reachable again after %.0f s", time.monotonic() - self.since)
+            self.since = None
 
 
 async def _init_connection(conn: Conn) -> None:

@@ -208,6 +208,54 @@ async def set_status(conn: Conn, flag_id: int, status: str, note: str | None, by
     )
 
 
+def search_sql(
+    *,
+    kind: str | None,
+    status: str | None,
+    org: str | None,
+    region: str | None,
+    code: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before_id: int | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The statement for one combination of filters, naming only the filters given.
+
+    One catch-all statement (``$1 IS NULL OR kind = $1`` ...) is prepared once, and
+    after a few runs PostgreSQL plans it generically: no index fits every combination,
+    so it walks the whole table. Each combination is its own statement instead (at most
+    128), and each plans with the indexes that fit it (0009_search_indexes.sql).
+    """
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = [f"status = {arg(status)}" if status is not None else "status <> 'pending'"]
+    if kind is not None:
+        where.append(f"kind = {arg(kind)}")
+    if org is not None:
+        where.append(f"org = {arg(org)}")
+    if region is not None:
+        # a prefix of digits, as a byte-wise range (``~>=~``/``~<~``, the operators of
+        # the text_pattern_ops index): a LIKE on a parameter cannot use an index in a
+        # generic plan, and ':' is the byte after '9'
+        where.append(f"region ~>=~ {arg(region)} AND region ~<~ {arg(region + ':')}")
+    if code is not None:
+        where.append(f"code = {arg(code)}")
+    if since is not None:
+        where.append(f"at >= {arg(since)}")
+    if until is not None:
+        where.append(f"at < {arg(until)}")
+    if before_id is not None:
+        where.append(f"flag_id < {arg(before_id)}")
+    sql = f"""SELECT {_COLUMNS} FROM flags WHERE {" AND ".join(where)}
+              ORDER BY flag_id DESC LIMIT {arg(limit)}"""  # noqa: S608 - fixed fragments only
+    return sql, args
+
+
 async def search(
     conn: Conn,
     *,
@@ -222,29 +270,18 @@ async def search(
     limit: int,
 ) -> list[dict[str, Any]]:
     """Newest first (by flag id, which only grows), after the cursor ``before_id``."""
-    rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM flags
-            WHERE ($1::text IS NULL OR kind = $1)
-              AND (status = $2 OR ($2::text IS NULL AND status <> 'pending'))
-              AND ($3::text IS NULL OR org = $3)
-              AND ($4::text IS NULL OR region LIKE $4 || '%')
-              AND ($5::text IS NULL OR code = $5)
-              AND ($6::timestamptz IS NULL OR at >= $6)
-              AND ($7::timestamptz IS NULL OR at < $7)
-              AND ($8::bigint IS NULL OR flag_id < $8)
-            ORDER BY flag_id DESC
-            LIMIT $9""",  # noqa: S608
-        kind,
-        status,
-        org,
-        region,
-        code,
-        since,
-        until,
-        before_id,
-        limit,
+    sql, args = search_sql(
+        kind=kind,
+        status=status,
+        org=org,
+        region=region,
+        code=code,
+        since=since,
+        until=until,
+        before_id=before_id,
+        limit=limit,
     )
-    return [dict(r) for r in rows]
+    return [dict(r) for r in await conn.fetch(sql, *args)]
 
 
 async def counts(conn: Conn) -> list[tuple[str, str, int]]:

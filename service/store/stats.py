@@ -6,13 +6,14 @@ from typing import Any
 
 from service.store.conn import Conn
 
+# codes the organisation received: its receive events (events_org_type), then each
+# event's codes by event id (event_codes_event), not a scan of event_codes
+RECEIVED_SQL = """SELECT count(*) FROM events e JOIN event_codes l USING (event_id)
+                  WHERE e.org = $1 AND e.type = 'receive' AND l.role = 'c'"""
+
 
 async def org_stats(conn: Conn, org: str) -> dict[str, Any]:
-    received = await conn.fetchval(
-        """SELECT count(*) FROM events e JOIN event_codes l USING (event_id)
-           WHERE e.org = $1 AND e.type = 'receive' AND l.role = 'c'""",
-        org,
-    )
+    received = await conn.fetchval(RECEIVED_SQL, org)
     # a dispense event counts as dispensed; a sale settled by insurance as settled (a
     # dispense that carries its settlement id is both)
     sales = await conn.fetchrow(

@@ -1,0 +1,388 @@
+"""Hardening (issue 13): no 5xx from any input, clear 4xx for odd requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
+from redis.exceptions import RedisError
+
+from service.app import create_app
+from service.cli import _create_key
+from service.config import Settings
+from service.feed import FlagFeed
+from service.store.db import create_pool
+from service.store.migrations import migrate
+from tests.helpers import Api, cn20, event, small_world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _paths(client: AsyncTestClient) -> list[str]:  # type: ignore[type-arg]
+    spec: dict[str, Any] = (await client.get("/schema/openapi.json")).json()
+    # any value for a path parameter: OPTIONS never reaches the handler
+    return [re.sub(r"\{[^}]+\}", "X1", path) for path in spec["paths"]]
+
+
+async def test_options_on_every_documented_path_is_204_or_405(admin: Api) -> None:
+    paths = await _paths(admin.client)
+    assert "/v1/flags" in paths
+    for headers in ({}, admin.headers, {"Authorization": "Bearer nonsense"}):
+        for path in paths:
+            resp = await admin.client.options(path, headers=headers)
+            assert resp.status_code in (204, 405), (path, headers, resp.status_code, resp.text)
+
+
+async def test_an_internal_http_error_does_not_leak_its_message() -> None:
+    from litestar.exceptions import ImproperlyConfiguredException
+
+    from service.api.errors import _from_http
+
+    out = _from_http(ImproperlyConfiguredException("'user' is not defined in scope"))
+    assert out.status_code == 500
+    assert "user" not in str(out.detail)
+
+
+DEEP = b"[" * 1000 + b"]" * 1000
+DEEP_OBJECT = b'{"a":' * 1000 + b"1" + b"}" * 1000
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/verify"), ("POST", "/v1/events"), ("POST", "/v1/settlements"), ("PATCH", "/v1/flags/1")],
+)
+async def test_json_nested_a_thousand_levels_is_400(admin: Api, method: str, path: str) -> None:
+    inside = (b'{"events":' + DEEP + b"}", b'{"codes":["x"],"org":' + DEEP_OBJECT + b"}")
+    for raw in (DEEP, DEEP_OBJECT, *inside):
+        headers = {**admin.headers, "content-type": "application/json"}
+        resp = await admin.client.request(method, path, headers=headers, content=raw)
+        assert resp.status_code == 400, (path, raw[:20], resp.status_code, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["errors"]
+
+
+BODY_ROUTES = [
+    ("POST", "/v1/orgs"),
+    ("POST", "/v1/products"),
+    ("POST", "/v1/keys"),
+    ("POST", "/v1/events"),
+    ("POST", "/v1/verify"),
+    ("POST", "/v1/settlements"),
+    ("POST", "/v1/recalls"),
+    ("PATCH", "/v1/flags/1"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+async def test_an_empty_body_is_a_400_naming_body(admin: Api, method: str, path: str) -> None:
+    for headers in (admin.headers, {**admin.headers, "content-type": "application/json"}):
+        resp = await admin.client.request(method, path, headers=headers, content=b"")
+        assert resp.status_code == 400, (path, resp.text)
+        assert resp.json()["errors"] == [{"field": "body", "message": "a JSON body is required"}]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+async def test_a_body_declared_as_not_json_is_415(admin: Api, method: str, path: str) -> None:
+    for media_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        headers = {**admin.headers, "content-type": media_type}
+        resp = await admin.client.request(method, path, headers=headers, content=b'{"events": []}')
+        assert resp.status_code == 415, (path, media_type, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["errors"][0]["field"] == "content-type"
+    # JSON with a charset, or a +json type, is JSON
+    for media_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        headers = {**admin.headers, "content-type": media_type}
+        resp = await admin.client.request(method, path, headers=headers, content=b"{}")
+        assert resp.status_code in (400, 404), (path, media_type, resp.text)
+
+
+async def test_a_reversal_needs_no_body_and_ignores_its_type(admin: Api) -> None:
+    ins = await admin.key_for("insurer")
+    headers = {**ins.headers, "content-type": "text/plain"}
+    resp = await ins.client.post("/v1/settlements/S1/reversal", headers=headers, content=b"")
+    assert resp.status_code == 404
+
+
+async def test_flag_times_given_as_epoch_numbers_are_400(admin: Api) -> None:
+    inv = await admin.key_for("investigator")
+    for query in ("since=48432269392", "until=1", "since=1.5", "until=-3"):
+        resp = await inv.get("/v1/flags?" + query)
+        assert resp.status_code == 400, (query, resp.text)
+        assert resp.json()["errors"][0]["field"] == query.partition("=")[0]
+    assert (await inv.get("/v1/flags?since=2026-03-02T08:00:00%2B08:00")).status_code == 200
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(db_url: str, name: str) -> AsyncIterator[str]:
+    """A migrated database of its own on the session's server, so that the session
+    app's background tasks (flag feed, promotion) never touch what a test does there."""
+    parts = urlsplit(db_url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_publish_failures_count_each_flag_once_however_often_it_is_retried(
+    settings: Settings, db_url: str
+) -> None:
+    async with scratch_database(db_url, "tracecode_feed_test") as url:
+        down = replace(settings, database_url=url, redis_url="redis://127.0.0.1:9")
+        async with AsyncTestClient(app=create_app(down)) as client:
+            _, secret = await _create_key(url, "admin", None)
+            w = await small_world(Api(client, secret))
+            codes = [cn20("8123456", n) for n in (7, 8, 9)]
+            out = await w["keys"]["P1"].events(event("receive", "P1", codes, 0))
+            assert len(out["flags"]) == 3
+        # the app is gone (its own feed with it); retry the batch by hand, Redis still down
+        pool = await create_pool(url, min_size=1, max_size=1)
+        redis = aioredis.from_url("redis://127.0.0.1:9", socket_connect_timeout=1.0)
+        try:
+            feed = FlagFeed(pool, redis)
+            before = REGISTRY.get_sample_value("tracecode_flags_publish_failed_total") or 0.0
+            for _ in range(3):
+                with pytest.raises((RedisError, OSError)):
+                    await feed.publish_pending()
+            after = REGISTRY.get_sample_value("tracecode_flags_publish_failed_total") or 0.0
+            # a fresh feed has counted none of them yet: 3 flags, not 3 tries x 3 flags
+            assert after - before == 3
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+
+async def test_a_revocation_during_a_key_lookup_is_not_undone_by_caching(
+    admin: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke commits, and its NOTIFY is handled, after a cache miss has read the
+    key but before it caches it: the key must not be served from the cache afterwards."""
+    from service.store import registry
+
+    cache = admin.client.app.state.key_cache
+    assert cache.live
+    insurer = await admin.key_for("insurer")
+    key_id = insurer.key.split(".")[0]
+    real_lookup = registry.principal_for
+
+    async def lookup_then_revoke(conn: Any, digest: bytes) -> Any:
+        found = await real_lookup(conn, digest)
+        other = await asyncpg.connect(db_url)
+        try:
+            await registry.revoke_key(other, key_id)
+        finally:
+            await other.close()
+        cache.drop_key(key_id)  # what the listener does when the NOTIFY arrives
+        return found
+
+    monkeypatch.setattr(registry, "principal_for", lookup_then_revoke)
+    first = await insurer.get("/v1/settlements/none")
+    assert first.status_code == 404  # read before the revoke committed: let through once
+    monkeypatch.setattr(registry, "principal_for", real_lookup)
+    assert (await insurer.get("/v1/settlements/none")).status_code == 401
+
+
+async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL of this test's own is stopped under the service and started again."""
+    from service.embedded import start_postgres, stop_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="tracecode-outage-"))
+    url = await asyncio.to_thread(start_postgres, root, throwaway=True)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    # no Redis: the flag feed stays out of it
+    app = create_app(replace(settings, database_url=url, redis_url=None))
+    try:
+        async with AsyncTestClient(app=app) as client:
+            _, secret = await _create_key(url, "admin", None)
+            admin = Api(client, secret)
+            inv = await admin.key_for("investigator")
+            assert (await inv.get("/v1/flags")).status_code == 200
+            assert (await client.get("/health/ready")).status_code == 200
+
+            await asyncio.to_thread(stop_postgres, root)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                for api, path in [(inv, "/v1/flags"), (inv, "/v1/flags/1"), (admin, "/v1/orgs/X/stats")] * 3:
+                    resp = await api.get(path)
+                    assert resp.status_code == 503, (path, resp.text)
+                    assert resp.headers["content-type"].startswith("application/problem+json")
+                    assert int(resp.headers["retry-after"]) > 0
+                resp = await admin.post(
+                    "/v1/orgs", {"id": "O1", "name": "x", "kind": "pharmacy", "region": "450100"}
+                )
+                assert resp.status_code == 503
+                assert (await client.get("/health/ready")).status_code == 503
+            warned = [r for r in caplog.records if r.name == "service.store.db"]
+            assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+            assert "database unavailable" in warned[0].getMessage()
+            assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+
+            await asyncio.to_thread(start_postgres, root, throwaway=True)
+            status = 0
+            for _ in range(300):  # the pool reconnects by itself; give it what it needs
+                status = (await inv.get("/v1/flags")).status_code
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200
+            assert (await client.get("/health/ready")).status_code == 200
+    finally:
+        await asyncio.to_thread(stop_postgres, root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _postgres_runs(data_dir: Path) -> bool:
+    return (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def _valkey_answers(data_dir: Path) -> bool:
+    import redis
+
+    sock = data_dir / "valkey" / "valkey.sock"
+    try:
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> None:
+    """systemd and kill send SIGTERM: the embedded PostgreSQL and Valkey go with it."""
+    import signal
+
+    from benchkit.localrun import free_port, start_service
+    from service.embedded import stop_postgres
+
+    data_dir = tmp_path / "data"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
+    log = tmp_path / "service.log"
+    server = await asyncio.to_thread(start_service, env, free_port(), log, workers=1)
+    try:
+        assert _postgres_runs(data_dir)
+        assert await asyncio.to_thread(_valkey_answers, data_dir)
+        server.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.wait, 60)
+        assert code == 0, log.read_text()[-2000:]
+        assert not _postgres_runs(data_dir), log.read_text()[-2000:]
+        assert not await asyncio.to_thread(_valkey_answers, data_dir)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        # whatever the outcome, leave nothing running
+        await asyncio.to_thread(stop_postgres, data_dir)
+        if await asyncio.to_thread(_valkey_answers, data_dir):
+            import redis
+
+            sock = str(data_dir / "valkey" / "valkey.sock")
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
+
+
+async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
+    return "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, *args))
+
+
+async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from service.store.flags import search_sql
+    from service.store.stats import RECEIVED_SQL
+
+    await db.execute(
+        """INSERT INTO flags (kind, code, org, region, at, status, detail, source_kind, source_id)
+           SELECT 'DUPLICATE', '8' || lpad(i::text, 19, '0'), 'O' || (i % 50),
+                  CASE WHEN i % 100 = 0 THEN '110101' ELSE (450100 + i % 90)::text END,
+                  timestamptz '2026-01-01 00:00+00' + i * interval '1 hour',
+                  CASE WHEN i % 97 = 0 THEN 'confirmed' ELSE 'open' END,
+                  'x', 'event', i::text
+           FROM generate_series(1, 6000) i"""
+    )
+    await db.execute(
+        """INSERT INTO events (event_id, type, at, org, code_count)
+           SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid,
+                  (ARRAY['commission', 'ship', 'receive', 'dispense'])[1 + i % 4],
+                  timestamptz '2026-01-01 00:00+00' + i * interval '1 minute', 'O' || (i % 50), 4
+           FROM generate_series(1, 6000) i"""
+    )
+    await db.execute(
+        """INSERT INTO event_codes (code, at, event_id, role)
+           SELECT '8' || lpad((i * 4 + j)::text, 19, '0'), e.at, e.event_id, 'c'
+           FROM (SELECT row_number() OVER (ORDER BY event_id) AS i, event_id, at FROM events) e,
+                generate_series(0, 3) j"""
+    )
+    await db.execute("ANALYZE flags; ANALYZE events; ANALYZE event_codes")
+
+    def search(**given: Any) -> tuple[str, list[Any]]:
+        filters: dict[str, Any] = dict.fromkeys(
+            ("kind", "status", "org", "region", "code", "since", "until", "before_id")
+        )
+        return search_sql(**{**filters, **given, "limit": 100})
+
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    for given, index in [
+        ({"region": "11"}, "flags_region"),
+        ({"status": "confirmed"}, "flags_status"),
+        ({"since": start, "until": start + timedelta(days=1)}, "flags_at"),
+    ]:
+        plan = await _plan(db, *search(**given))
+        assert index in plan, (given, plan)
+    # the filters mean what they meant: a region prefix, a status, a time window
+    sql, args = search(region="11")
+    assert {r["region"] for r in await db.fetch(sql, *args)} == {"110101"}
+    sql, args = search(region="4501", status="confirmed", since=start)
+    rows = await db.fetch(sql, *args)
+    assert rows
+    assert all(r["region"].startswith("4501") and r["status"] == "confirmed" for r in rows)
+    assert all(r["at"] >= start for r in rows)
+
+    plan = await _plan(db, RECEIVED_SQL, ["O7"])
+    assert "event_codes_event" in plan, plan
+    assert "Seq Scan on event_codes" not in plan, plan
+
+
+async def test_what_counts_as_the_database_being_unavailable() -> None:
+    from service.store.db import unavailable
+
+    assert unavailable(ConnectionRefusedError())
+    assert unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
+    assert unavailable(asyncpg.InterfaceError("connection is closed"))
+    # our own mistakes stay 500s, logged with their traceback
+    assert not unavailable(
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    )
+    assert not unavailable(asyncpg.UniqueViolationError("duplicate key"))
