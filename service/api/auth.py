@@ -80,17 +80,27 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
-        digest = token_hash(token)
-        cache: KeyCache = connection.app.state.key_cache
-        principal = cache.get(digest)
+        principal = await principal_for_digest(connection, token_hash(token))
         if principal is None:
-            generation = cache.generation
-            async with connection.app.state.pool.acquire() as conn:
-                principal = await registry.principal_for(conn, digest)
-            if principal is None:
-                raise NotAuthorizedException("unknown or revoked API key")
-            cache.put(digest, principal, since=generation)
+            raise NotAuthorizedException("unknown or revoked API key")
         return AuthenticationResult(user=principal, auth=token)
+
+
+async def principal_for_digest(
+    connection: ASGIConnection[Any, Any, Any, Any], digest: bytes
+) -> Principal | None:
+    """The valid key with this token hash, from the cache or the database (None for an
+    unknown or revoked key). The API's middleware and the console's sessions both ask
+    here, so a revocation counts for both at once."""
+    cache: KeyCache = connection.app.state.key_cache
+    principal = cache.get(digest)
+    if principal is None:
+        generation = cache.generation
+        async with connection.app.state.pool.acquire() as conn:
+            principal = await registry.principal_for(conn, digest)
+        if principal is not None:
+            cache.put(digest, principal, since=generation)
+    return principal
 
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

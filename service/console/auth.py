@@ -12,9 +12,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 from litestar.types import Empty, Message, ScopeSession
 
-from service.api.auth import KeyCache
+from service.api.auth import principal_for_digest
 from service.core.auth import Principal, Role, token_hash
-from service.store import registry
 
 CONSOLE_ROLES = frozenset({Role.INVESTIGATOR, Role.ADMIN})
 SESSION_KEY = "console_session"
@@ -67,19 +66,8 @@ async def principal_for_secret(
     connection: ASGIConnection[Any, Any, Any, Any], secret: str
 ) -> Principal | None:
     """The key's principal when it may use the console, else None."""
-    principal = await _principal(connection, token_hash(secret))
+    principal = await principal_for_digest(connection, token_hash(secret))
     return principal if principal is not None and principal.role in CONSOLE_ROLES else None
-
-
-async def _principal(connection: ASGIConnection[Any, Any, Any, Any], digest: bytes) -> Principal | None:
-    cache: KeyCache = connection.app.state.key_cache
-    principal = cache.get(digest)
-    if principal is None:
-        async with connection.app.state.pool.acquire() as conn:
-            principal = await registry.principal_for(conn, digest)
-        if principal is not None:
-            cache.put(digest, principal)
-    return principal
 
 
 def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: str) -> None:
@@ -104,7 +92,7 @@ async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
         digest = bytes.fromhex(digest_hex)
     except ValueError:
         raise SignInRequired from None
-    principal = await _principal(connection, digest)
+    principal = await principal_for_digest(connection, digest)
     if principal is None or principal.role not in CONSOLE_ROLES:
         if session is not Empty:
             connection.clear_session()
