@@ -80,9 +80,8 @@ async def main(database_url: str, settlements: int) -> None:
                 )
                 assert answer["accepted"] == BATCH, answer
             cpu, wall = (time.process_time() - cpu) / BATCHES, (time.perf_counter() - wall) / BATCHES
-            print(
-                f"ingest {type_:<10} per batch of {BATCH:,}: CPU {cpu * 1000:6.1f} ms, wall {wall * 1000:6.1f} ms"
-            )
+            figures = f"CPU {cpu * 1000:6.1f} ms, wall {wall * 1000:6.1f} ms"
+            print(f"ingest {type_:<10} per batch of {BATCH:,}: {figures}")
         for i in range(0, len(codes), BATCH):
             await post("/v1/events", {"events": [event("receive", "P1", codes[i : i + BATCH], 3)]})
         insurer = (await post("/v1/keys", {"role": "insurer"}))["secret"]
