@@ -7,6 +7,9 @@ from prometheus_client import Counter, Gauge
 
 EVENTS = Counter("tracecode_events_total", "Events accepted, by type", ["type"])
 EVENT_DUPLICATES = Counter("tracecode_event_duplicates_total", "Events already stored (retries)")
+CODES_ACCEPTED = Counter(
+    "tracecode_codes_accepted_total", "Codes taken by ingest, one per code of each accepted event"
+)
 CODES_REJECTED = Counter("tracecode_codes_rejected_total", "Codes rejected, by reason", ["reason"])
 REPLAYS = Counter(
     "tracecode_replays_total",

@@ -160,6 +160,7 @@ def _count(result: IngestResult) -> None:
     for flag in result.flags:
         metrics.FLAGS_RAISED.labels(flag.kind).inc()
     metrics.EVENT_DUPLICATES.inc(result.duplicates)
+    metrics.CODES_ACCEPTED.inc(result.accepted_codes)
     for rejection in result.rejected:
         metrics.CODES_REJECTED.labels(rejection.reason).inc()
     if result.replayed:
