@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -38,7 +39,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
 # a connection died under a statement, or no connection came in time. None of it is the
 # request's fault, and all of it passes: the answer is a 503 with Retry-After.
 UNAVAILABLE: tuple[type[Exception], ...] = (
-    OSError,
+    ConnectionError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
@@ -47,10 +48,17 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 
 def unavailable(exc: BaseException) -> bool:
-    """Is ``exc`` the database being unreachable (see UNAVAILABLE)? Also asyncpg's
-    "connection is closed", but not its other interface errors, which are our bugs."""
+    """Is ``exc`` the database being unreachable (see UNAVAILABLE)? Also an OSError
+    raised inside asyncpg (connecting to a Unix socket that is gone is a
+    FileNotFoundError), and asyncpg's "connection is closed", but not its other interface
+    errors, nor an OSError of our own (a missing file is our bug, not an outage)."""
     if isinstance(exc, UNAVAILABLE):
         return True
+    if isinstance(exc, OSError):
+        return any(
+            frame.f_globals.get("__name__", "").startswith("asyncpg")
+            for frame, _ in traceback.walk_tb(exc.__traceback__)
+        )
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 

@@ -386,3 +386,11 @@ async def test_what_counts_as_the_database_being_unavailable() -> None:
         asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
     )
     assert not unavailable(asyncpg.UniqueViolationError("duplicate key"))
+    # a file of our own that is missing is not the database being down
+    with pytest.raises(FileNotFoundError) as own:
+        open("/nonexistent/tracecode/schema.json")  # noqa: ASYNC230, SIM115
+    assert not unavailable(own.value)
+    # but a Unix socket that is gone, as asyncpg meets it, is
+    with pytest.raises(FileNotFoundError) as gone:
+        await asyncpg.connect(host="/nonexistent/tracecode-socket-dir", user="x", timeout=2)
+    assert unavailable(gone.value)
