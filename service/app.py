@@ -16,7 +16,7 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.prometheus import PrometheusConfig
 
 from service import console, metrics
-from service.api import errors, openapi
+from service.api import errors, openapi, ratelimit
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
 from service.api.deps import AppServices, dependencies
@@ -119,7 +119,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             console.router(settings),
         ],
         template_config=console.template_config(),
-        middleware=[prometheus.middleware, auth],
+        # the limiter after the key middleware: it counts by the key that is calling
+        middleware=[prometheus.middleware, auth, *ratelimit.middleware(settings.rate_limits)],
+        stores={ratelimit.STORE: ratelimit.store(settings.redis_url)},
         plugins=[errors.plugin()],
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
         lifespan=[_lifespan],

@@ -104,7 +104,8 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
         detail = "the request body is larger than the service accepts"
     if status == 400:  # e.g. a body that is not JSON: still name what was wrong
         return bad_input("body", detail)
-    return problem(status, detail)
+    # keep what the answer announces: Retry-After on a 429, Allow on a 405
+    return problem(status, detail, headers=dict(exc.headers) if exc.headers else None)
 
 
 RETRY_AFTER_SECONDS = 5
