@@ -26,6 +26,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] | None = None  # each bad field (400 only)
+    request_id: str | None = None  # as in the X-Request-ID header and the request's log line
 
 
 _MEANING = {

@@ -42,6 +42,7 @@ async def test_a_key_over_its_roles_limit_gets_429_with_retry_after_and_others_c
         assert 1 <= int(over.headers["retry-after"]) <= 60
         problem = over.json()
         assert (problem["status"], problem["title"]) == (429, "Too many requests")
+        assert problem["request_id"] == over.headers["x-request-id"]
         # another key of the same role has its own count; unlimited roles and the public
         # paths are not counted at all
         assert (await second.get("/v1/flags")).status_code == 200
