@@ -16,7 +16,7 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.prometheus import PrometheusConfig
 
 from service import console, metrics
-from service.api import errors, openapi
+from service.api import errors, openapi, ratelimit, requestlog
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
 from service.api.deps import AppServices, dependencies
@@ -95,6 +95,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI app. Settings default to the environment."""
     settings = settings or Settings.from_env()
+    requestlog.configure()
     prometheus = PrometheusConfig(
         app_name="tracecode", prefix="tracecode", group_path=True, exclude=["/metrics"]
     )
@@ -119,7 +120,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             console.router(settings),
         ],
         template_config=console.template_config(),
-        middleware=[prometheus.middleware, auth],
+        # the limiter after the key middleware: it counts by the key that is calling
+        middleware=[prometheus.middleware, auth, *ratelimit.middleware(settings.rate_limits)],
+        stores={ratelimit.STORE: ratelimit.store(settings.redis_url)},
         plugins=[errors.plugin()],
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
         lifespan=[_lifespan],
@@ -130,4 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_request=errors.refuse_nul_and_bad_text,
         debug=False,
     )
-    return Litestar.from_config(config)
+    app = Litestar.from_config(config)
+    # outside everything, routing included, so a 404 is logged and carries a request id too
+    app.asgi_handler = requestlog.RequestLog(app.asgi_handler)
+    return app

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 
@@ -32,6 +33,35 @@ def _float(name: str, default: float) -> float:
     return value
 
 
+RateUnit = Literal["second", "minute", "hour", "day"]
+RateLimit = tuple[RateUnit, int]
+_RATE_UNITS = ("second", "minute", "hour", "day")
+# requests per key, by role: far above what the test suite or the load tests send
+DEFAULT_RATE_LIMITS = {"org": "500/second", "insurer": "2000/second", "investigator": "500/second",
+                       "admin": "2000/second"}
+
+
+def rate_limit(name: str, raw: str) -> RateLimit | None:
+    """``"600/minute"`` → ``("minute", 600)``; a bare number is per second; ``"off"`` or
+    ``"0"`` → None (no limit)."""
+    text = raw.strip().lower()
+    if text in ("off", "0"):
+        return None
+    count, _, unit = text.partition("/")
+    unit = unit or "second"
+    if not count.isdigit() or unit not in _RATE_UNITS:
+        raise SystemExit(f"{name} must be N/second, N/minute, N/hour, N/day or off, got {raw!r}")
+    return unit, int(count)  # type: ignore[return-value]
+
+
+def _rate_limits() -> dict[str, RateLimit | None]:
+    return {
+        role: rate_limit(f"TRACE_RATE_LIMIT_{role.upper()}",
+                         os.environ.get(f"TRACE_RATE_LIMIT_{role.upper()}") or default)
+        for role, default in DEFAULT_RATE_LIMITS.items()
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service can be told from outside.
@@ -57,6 +87,8 @@ class Settings:
     # GS1's EPCIS JSON Schema (EPCIS-JSON-Schema.json): when set, captures are validated
     # against it; otherwise only the fields the service reads are checked
     epcis_schema: Path | None = None
+    # requests each API key may send, by role (TRACE_RATE_LIMIT_<ROLE>); None: unlimited
+    rate_limits: dict[str, RateLimit | None] = field(default_factory=_rate_limits)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -79,4 +111,5 @@ class Settings:
             epcis_schema=Path(os.environ["TRACE_EPCIS_SCHEMA"])
             if os.environ.get("TRACE_EPCIS_SCHEMA")
             else None,
+            rate_limits=_rate_limits(),
         )

@@ -38,6 +38,16 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
 
 
+class _Problem(ProblemDetailsException):
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """The problem, with the request id of the log line that records it."""
+        response = super().to_response(request)
+        request_id = request.scope.get("state", {}).get("request_id")
+        if request_id:
+            response.content["request_id"] = request_id
+        return response
+
+
 def problem(
     status: int,
     detail: str,
@@ -50,7 +60,7 @@ def problem(
     title = _TITLES.get(status, "Error")
     slug = kind or title.lower().replace(" ", "-")
     extra: dict[str, Any] | None = {"errors": errors} if errors else None
-    return ProblemDetailsException(
+    return _Problem(
         status_code=status,
         title=title,
         detail=detail,
@@ -104,7 +114,8 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
         detail = "the request body is larger than the service accepts"
     if status == 400:  # e.g. a body that is not JSON: still name what was wrong
         return bad_input("body", detail)
-    return problem(status, detail)
+    # keep what the answer announces: Retry-After on a 429, Allow on a 405
+    return problem(status, detail, headers=dict(exc.headers) if exc.headers else None)
 
 
 RETRY_AFTER_SECONDS = 5

@@ -26,6 +26,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] | None = None  # each bad field (400 only)
+    request_id: str | None = None  # as in the X-Request-ID header and the request's log line
 
 
 _MEANING = {
@@ -36,6 +37,7 @@ _MEANING = {
     409: "The id exists with a different body",
     413: "The request body is larger than the service accepts",
     415: "The body is declared as something other than JSON (Content-Type)",
+    429: "This key sent more than its role's rate limit; try again after `Retry-After` seconds",
     503: "The database is unavailable for now; try again after `Retry-After` seconds",
 }
 
@@ -65,9 +67,9 @@ def unchanged(type_: type[msgspec.Struct]) -> dict[int, ResponseSpec]:
 
 
 # The answers every keyed route can give before its handler runs: a NUL in the URL (400),
-# the key middleware (401) and the role guards (403); and, at any point, a database
-# outage (503).
-KEYED = (400, 401, 403, 503)
+# the key middleware (401), the role guards (403) and the key's rate limit (429); and, at
+# any point, a database outage (503).
+KEYED = (400, 401, 403, 429, 503)
 # ... and those of a route that takes a JSON body.
 WITH_BODY = (*KEYED, 413, 415)
 

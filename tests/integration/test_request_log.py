@@ -1,0 +1,77 @@
+"""One structured log line per request, numbered by a request id the client can quote;
+never a secret or a person number in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api, cn20, world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PSN_NO = "450103199001011234"
+
+
+async def test_one_log_line_per_request_names_the_request_and_key_but_no_secret_or_person(
+    admin: Api, client: AsyncTestClient, caplog: pytest.LogCaptureFixture  # type: ignore[type-arg]
+) -> None:
+    w = await world(admin)
+    insurer: Api = w["insurer"]
+    body = {
+        "setl_id": "LOG1",
+        "org": "P1",
+        "psn_no": PSN_NO,
+        "at": "2026-03-05T10:00:00+08:00",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24,
+             "codes": [cn20(w["unit"], 1)]}
+        ],
+    }
+    headers = {**insurer.headers, "X-Request-ID": "pos-7.batch_42:1"}
+    with caplog.at_level(logging.INFO, logger="tracecode.access"):
+        resp = await client.post("/v1/settlements", headers=headers, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-request-id"] == "pos-7.batch_42:1"
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tracecode.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["event"] == "request"
+    assert (line["request_id"], line["method"], line["route"], line["status"]) == (
+        "pos-7.batch_42:1", "POST", "/v1/settlements", 200
+    )
+    assert isinstance(line["duration_ms"], float | int)
+    assert line["duration_ms"] >= 0
+    key_id, _, secret = insurer.key.partition(".")
+    assert line["key_id"] == key_id
+    assert secret not in caplog.text
+    assert insurer.key not in caplog.text
+    assert PSN_NO not in caplog.text
+
+
+async def test_the_request_id_is_in_problem_details_and_generated_when_not_sane(
+    admin: Api, client: AsyncTestClient, caplog: pytest.LogCaptureFixture  # type: ignore[type-arg]
+) -> None:
+    with caplog.at_level(logging.INFO, logger="tracecode.access"):
+        given = await client.get("/v1/settlements/NOPE", headers={**admin.headers, "X-Request-ID": "r-1"})
+        odd = await client.get("/v1/nowhere", headers={"X-Request-ID": "no spaces <allowed>"})
+        unkeyed = await client.get("/v1/flags")
+    assert given.status_code == 404
+    assert (given.json()["request_id"], given.headers["x-request-id"]) == ("r-1", "r-1")
+    # an id that could forge or break a log line is replaced by a fresh one
+    assert odd.status_code == 404
+    assert odd.headers["x-request-id"] != "no spaces <allowed>"
+    assert odd.json()["request_id"] == odd.headers["x-request-id"]
+    assert unkeyed.status_code == 401
+    assert unkeyed.json()["request_id"] == unkeyed.headers["x-request-id"]
+    logged: list[dict[str, Any]] = [json.loads(r.getMessage()) for r in caplog.records
+                                    if r.name == "tracecode.access"]
+    assert [(x["request_id"], x["status"], x["route"], x["key_id"]) for x in logged] == [
+        ("r-1", 404, "/v1/settlements/{setl_id}", admin.key.partition(".")[0]),
+        (odd.headers["x-request-id"], 404, None, None),
+        (unkeyed.headers["x-request-id"], 401, "/v1/flags", None),
+    ]
