@@ -33,11 +33,18 @@ def _ready(port: int) -> bool:
     return False
 
 
+_ROLES = ("ORG", "INSURER", "INVESTIGATOR", "ADMIN")
+
+
 def start_service(
     env: dict[str, str], port: int, log_path: Path, *, workers: int = 1, timeout: float = 90
 ) -> subprocess.Popen[bytes]:
     """Start the service and wait until /health/ready answers 200. Raises RuntimeError
-    (with the end of its log) if it exits or is not ready in time; it is then stopped."""
+    (with the end of its log) if it exits or is not ready in time; it is then stopped.
+
+    Benchmarks and load tests measure capacity, not the per-key rate limiter: unless
+    ``env`` says otherwise, the service they start has no rate limits."""
+    env = {**{f"TRACE_RATE_LIMIT_{role}": "off" for role in _ROLES}, **env}
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own console script
             [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],
