@@ -26,3 +26,10 @@ Region = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
 RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}$")]
 # A GS1 Global Location Number: 13 digits (the check digit is checked by the handler).
 Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}$")]
+
+# Examples for the OpenAPI document: a request built from them gets past validation into
+# the rules (the README's first session), so generated requests (schemathesis) do too.
+# They say more about a field without changing what it accepts.
+EXAMPLE_CODE = "81234560000000000011"
+EXAMPLE_TIME = "2026-03-02T08:00:00+08:00"
+ExampleCodes = msgspec.Meta(examples=[[EXAMPLE_CODE]])
