@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from service import metrics
 from service.api.auth import principal_of, requires
@@ -18,7 +18,16 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import ReversalOut, SettlementOut, SettlementRecordOut
-from service.api.types import EXAMPLE_CODE, EXAMPLE_TIME, SETL_ID_PATTERN, ExampleCodes, OrgId, SetlId, Short
+from service.api.types import (
+    EXAMPLE_CODE,
+    EXAMPLE_TIME,
+    SETL_ID_PATTERN,
+    ExampleCodes,
+    OrgId,
+    SetlId,
+    SetlIdInPath,
+    Short,
+)
 from service.core.auth import Role
 from service.core.events import time_problem
 from service.core.settlement import Claim, Line
@@ -131,7 +140,7 @@ class SettlementsController(Controller):
         return out
 
     @get("/{setl_id:str}", guards=[requires(Role.INSURER)], responses=problems(*KEYED, 404))
-    async def read(self, services: Services, setl_id: FromPath[str]) -> SettlementRecordOut:
+    async def read(self, services: Services, setl_id: SetlIdInPath) -> SettlementRecordOut:
         """The stored settlement and its answer (a precheck is not stored)."""
         _check_setl_id(setl_id)
         async with services.pool.acquire() as conn:
@@ -146,7 +155,7 @@ class SettlementsController(Controller):
         guards=[requires(Role.INSURER)],
         responses=problems(*KEYED, 413, 404),  # a body, if sent, is read (and ignored)
     )
-    async def reverse(self, services: Services, setl_id: FromPath[str]) -> ReversalOut:
+    async def reverse(self, services: Services, setl_id: SetlIdInPath) -> ReversalOut:
         """The sale was refunded: its units go back to the organisation. Idempotent."""
         _check_setl_id(setl_id)
         result = await usecase.reverse(services.pool, setl_id)
