@@ -75,7 +75,15 @@ class StrictJSON(AbstractDTO[T]):
     def create_openapi_schema(
         cls, field_definition: FieldDefinition, handler_id: str, schema_creator: SchemaCreator
     ) -> Reference | Schema:
-        return schema_creator.for_field_definition(field_definition)
+        schema = schema_creator.for_field_definition(field_definition)
+        # The decoder refuses fields a Struct does not declare (forbid_unknown_fields):
+        # say so in the document, so clients and generated requests (schemathesis) know.
+        for struct in _strict_structs(cls.model_type):
+            component = FieldDefinition.from_annotation(struct)
+            schema_creator.schema_registry.get_schema_for_field_definition(
+                component
+            ).additional_properties = False
+        return schema
 
     @classmethod
     def is_supported_model_type_field(cls, field_definition: FieldDefinition) -> bool:
@@ -88,3 +96,31 @@ class StrictJSON(AbstractDTO[T]):
     @classmethod
     def detect_nested_field(cls, field_definition: FieldDefinition) -> bool:
         return False
+
+
+def _strict_structs(type_: Any) -> list[type[msgspec.Struct]]:
+    """The Structs reachable from ``type_`` (fields, lists, unions) that forbid unknown fields."""
+    found: list[type[msgspec.Struct]] = []
+
+    def walk(info: msgspec.inspect.Type) -> None:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in found:
+                return
+            if info.forbid_unknown_fields:
+                found.append(info.cls)
+            for f in info.fields:
+                walk(f.type)
+        elif isinstance(info, msgspec.inspect.Metadata):
+            walk(info.type)
+        elif isinstance(
+            info, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType)
+        ):
+            walk(info.item_type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            walk(info.value_type)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            for t in info.types:
+                walk(t)
+
+    walk(msgspec.inspect.type_info(type_))
+    return found

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody
 
 from service.api.auth import principal_of, require_org_access, requires
 from service.api.body import StrictJSON
@@ -15,6 +15,7 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
+from service.api.types import CodeInPath, ExampleCodes, OrgInQuery
 from service.core.auth import Principal, Role
 from service.core.codes import try_parse_code
 from service.usecases import codes as usecase
@@ -27,8 +28,9 @@ class VerifyIn(msgspec.Struct, forbid_unknown_fields=True):
     codes: Annotated[
         list[Annotated[str, msgspec.Meta(max_length=200)]],
         msgspec.Meta(min_length=1, max_length=MAX_VERIFY),
+        ExampleCodes,
     ]
-    org: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    org: Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["P1"])] | None = None
 
 
 def _org_for(principal: Principal, org: str | None, field: str) -> str:
@@ -63,8 +65,8 @@ class CodesController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: Services,
-        code: FromPath[str],
-        org: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        code: CodeInPath,
+        org: OrgInQuery = None,
     ) -> VerifyOut:
         """May this pack be dispensed and settled at this organisation now?"""
         target = _org_for(principal_of(request), org, "org")
@@ -92,7 +94,7 @@ class CodesController(Controller):
         guards=[requires(Role.INVESTIGATOR)],
         responses=problems(*KEYED, 404),
     )
-    async def history(self, services: Services, code: FromPath[str]) -> HistoryOut:
+    async def history(self, services: Services, code: CodeInPath) -> HistoryOut:
         """Everything that happened to a code and to the containers it was in."""
         parsed = try_parse_code(code)
         if parsed is None:

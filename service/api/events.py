@@ -17,7 +17,7 @@ from service.api.deps import Services
 from service.api.errors import bad_input
 from service.api.openapi import BEARER, WITH_BODY, problems
 from service.api.schemas import EventsOut, FlagRef, RejectedOut
-from service.api.types import OrgId, RawCode, SetlId, Short
+from service.api.types import EXAMPLE_TIME, ExampleCodes, OrgId, RawCode, SetlId, Short
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import (
@@ -32,11 +32,16 @@ from service.usecases.events import ingest
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True, rename={"from_org": "from"}):
-    event_id: UUID
-    type: Literal["commission", "pack", "unpack", "ship", "receive", "dispense", "return", "destroy"]
-    at: Annotated[datetime, msgspec.Meta(tz=True)]
-    org: OrgId
-    codes: Annotated[list[RawCode], msgspec.Meta(min_length=1, max_length=MAX_CODES_PER_REQUEST)]
+    event_id: Annotated[UUID, msgspec.Meta(examples=["6f1c0c8e-0000-4000-8000-000000000004"])]
+    type: Annotated[
+        Literal["commission", "pack", "unpack", "ship", "receive", "dispense", "return", "destroy"],
+        msgspec.Meta(examples=["receive"]),
+    ]
+    at: Annotated[datetime, msgspec.Meta(tz=True, examples=[EXAMPLE_TIME])]
+    org: Annotated[OrgId, msgspec.Meta(examples=["P1"])]
+    codes: Annotated[
+        list[RawCode], msgspec.Meta(min_length=1, max_length=MAX_CODES_PER_REQUEST), ExampleCodes
+    ]
     to: OrgId | None = None
     from_org: OrgId | None = None
     parent: RawCode | None = None

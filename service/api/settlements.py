@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from service import metrics
 from service.api.auth import principal_of, requires
@@ -18,7 +18,16 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import ReversalOut, SettlementOut, SettlementRecordOut
-from service.api.types import SETL_ID_PATTERN, OrgId, SetlId, Short
+from service.api.types import (
+    EXAMPLE_CODE,
+    EXAMPLE_TIME,
+    SETL_ID_PATTERN,
+    ExampleCodes,
+    OrgId,
+    SetlId,
+    SetlIdInPath,
+    Short,
+)
 from service.core.auth import Role
 from service.core.events import time_problem
 from service.core.settlement import Claim, Line
@@ -29,21 +38,31 @@ MAX_CODES = 1_000
 
 
 class LineIn(msgspec.Struct, forbid_unknown_fields=True):
-    line_no: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
-    med_list_codg: Short
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    line_no: Annotated[int, msgspec.Meta(ge=1, le=100_000, examples=[1])]
+    med_list_codg: Annotated[Short, msgspec.Meta(examples=["XJ01CAA040A001010104256"])]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000, examples=[24])]
     codes: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=MAX_CODES)
+        list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=MAX_CODES), ExampleCodes
     ] = []
     split: bool = False
 
 
+_EXAMPLE_LINE = {
+    "line_no": 1,
+    "med_list_codg": "XJ01CAA040A001010104256",
+    "quantity": 24,
+    "codes": [EXAMPLE_CODE],
+}
+
+
 class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
-    setl_id: SetlId
-    org: OrgId
-    psn_no: Short
-    at: Annotated[datetime, msgspec.Meta(tz=True)]
-    lines: Annotated[list[LineIn], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
+    setl_id: Annotated[SetlId, msgspec.Meta(examples=["S0001"])]
+    org: Annotated[OrgId, msgspec.Meta(examples=["P1"])]
+    psn_no: Annotated[Short, msgspec.Meta(examples=["450103199001011234"])]
+    at: Annotated[datetime, msgspec.Meta(tz=True, examples=[EXAMPLE_TIME])]
+    lines: Annotated[
+        list[LineIn], msgspec.Meta(min_length=1, max_length=MAX_LINES, examples=[[_EXAMPLE_LINE]])
+    ]
     mode: Literal["settle", "precheck"] = "settle"
 
 
@@ -121,7 +140,7 @@ class SettlementsController(Controller):
         return out
 
     @get("/{setl_id:str}", guards=[requires(Role.INSURER)], responses=problems(*KEYED, 404))
-    async def read(self, services: Services, setl_id: FromPath[str]) -> SettlementRecordOut:
+    async def read(self, services: Services, setl_id: SetlIdInPath) -> SettlementRecordOut:
         """The stored settlement and its answer (a precheck is not stored)."""
         _check_setl_id(setl_id)
         async with services.pool.acquire() as conn:
@@ -136,7 +155,7 @@ class SettlementsController(Controller):
         guards=[requires(Role.INSURER)],
         responses=problems(*KEYED, 413, 404),  # a body, if sent, is read (and ignored)
     )
-    async def reverse(self, services: Services, setl_id: FromPath[str]) -> ReversalOut:
+    async def reverse(self, services: Services, setl_id: SetlIdInPath) -> ReversalOut:
         """The sale was refunded: its units go back to the organisation. Idempotent."""
         _check_setl_id(setl_id)
         result = await usecase.reverse(services.pool, setl_id)

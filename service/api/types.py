@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from litestar.openapi.spec import Example
+from litestar.params import PathParameter, QueryParameter
 
 # An organisation id as registered; bodies naming one (events, settlements, keys) use
 # the same type, so a malformed id is a 400 naming the field everywhere.
@@ -26,3 +28,14 @@ Region = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
 RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}$")]
 # A GS1 Global Location Number: 13 digits (the check digit is checked by the handler).
 Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}$")]
+
+# Examples for the OpenAPI document: a request built from them gets past validation into
+# the rules (the README's first session), so generated requests (schemathesis) do too.
+# They say more about a field without changing what it accepts.
+EXAMPLE_CODE = "81234560000000000011"
+EXAMPLE_TIME = "2026-03-02T08:00:00+08:00"
+ExampleCodes = msgspec.Meta(examples=[[EXAMPLE_CODE]])
+# path parameters with the same examples (documentation only: the handler judges them)
+CodeInPath = Annotated[str, PathParameter(examples=[Example(value=EXAMPLE_CODE)])]
+SetlIdInPath = Annotated[str, PathParameter(examples=[Example(value="S0001")])]
+OrgInQuery = Annotated[str | None, QueryParameter(max_length=64, examples=[Example(value="P1")])]

@@ -4,6 +4,7 @@ containers (``containment``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from uuid import UUID
 
 import asyncpg
 
@@ -65,6 +66,53 @@ async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
         list(codes),
     )
     return {r["code"]: _state(r) for r in rows}
+
+
+class ContentsChanged(RetryTransaction):
+    """A code was packed into one of the locked codes between the walk and the lock; retry."""
+
+
+async def stored_and_children(
+    conn: Conn, event_ids: list[UUID], codes: Iterable[str]
+) -> tuple[set[UUID], list[tuple[str, str]]]:
+    """Which of ``event_ids`` are stored already, and the (parent, child) pairs one level
+    inside ``codes``: two independent reads in one round trip (ingest's first look)."""
+    rows = await conn.fetch(
+        """SELECT event_id, NULL AS parent, NULL AS child FROM events WHERE event_id = ANY($1::uuid[])
+           UNION ALL
+           SELECT NULL, parent, child FROM containment WHERE parent = ANY($2::text[])""",
+        event_ids,
+        list(set(codes)),
+    )
+    stored = {r["event_id"] for r in rows if r["event_id"] is not None}
+    return stored, [(r["parent"], r["child"]) for r in rows if r["event_id"] is None]
+
+
+async def lock_with_contents(
+    conn: Conn, named: Iterable[str], children: Iterable[str]
+) -> dict[str, CodeState]:
+    """Lock ``named`` and every code ever packed inside them, at any depth, in one
+    statement in code order, and return the rows. ``children`` is the first level inside
+    ``named``, already read.
+
+    The walk below is plain reads, with no lock held, so one order holds for all code rows:
+    two batches that cross (a case in one, its contents in the other) cannot deadlock.
+    Once the rows are locked nothing can be packed into them; a code packed into one of
+    them between the walk and the lock raises ContentsChanged, and the transaction runs
+    again."""
+    wanted = set(named) | set(children)
+    wanted |= set(await descendants_ever(conn, set(children) - set(named)))
+    states = await lock(conn, wanted)
+    if states:
+        moved_in = await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM containment
+                              WHERE parent = ANY($1::text[]) AND NOT child = ANY($2::text[]))""",
+            list(states),
+            list(wanted),
+        )
+        if moved_in:
+            raise ContentsChanged
+    return states
 
 
 async def lock_sold(conn: Conn, sale: Sale) -> dict[str, CodeState]:

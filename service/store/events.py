@@ -11,14 +11,6 @@ from service.core.events import Incoming
 from service.store.conn import Conn
 
 
-async def existing(conn: Conn, event_ids: list[UUID]) -> set[UUID]:
-    """Which of these event ids are stored already."""
-    if not event_ids:
-        return set()
-    rows = await conn.fetch("SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", event_ids)
-    return {r["event_id"] for r in rows}
-
-
 async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
     """Store events whose id is new; return those ids. A concurrent insert of the same
     id waits for the other transaction and then counts as already stored."""

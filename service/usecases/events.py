@@ -72,11 +72,10 @@ async def ingest(
 
 async def _load(conn: Conn, events: list[Incoming]) -> rules.Loaded:
     """Everything the decision needs, the code rows locked. Lot locks come first, as a
-    recall takes them, so the two cannot deadlock."""
-    stored = await event_store.existing(conn, [e.event_id for e in events])
-    fresh = [e for e in events if e.event_id not in stored]
+    recall takes them, then every code row in one statement in code order, so no two
+    writers can deadlock."""
     loaded = rules.Loaded(
-        events=fresh,
+        events=[],
         states={},
         orgs={},
         products={},
@@ -87,17 +86,23 @@ async def _load(conn: Conn, events: list[Incoming]) -> rules.Loaded:
         waiting_returns=[],
         waiting_dispenses=[],
     )
+    if not events:
+        return loaded
+    stored, pairs = await code_store.stored_and_children(
+        conn, [e.event_id for e in events], rules.named_codes(events)
+    )
+    fresh = loaded.events = [e for e in events if e.event_id not in stored]
     if not fresh:
         return loaded
     lots = rules.commission_lots(fresh)
     await recall_store.lock_lots(conn, lots)
     loaded.recalled_lots = await recall_store.recalled_lots(conn, lots)
 
+    # One lock order for every code row: walk the containment first (reads), then lock
+    # the named codes and everything ever packed inside them together, in code order.
     named = rules.named_codes(fresh)
-    states = loaded.states = await code_store.lock(conn, named)
-    inside = set(await code_store.descendants_ever(conn, named)) - states.keys()
-    if inside:
-        states.update(await code_store.lock(conn, inside))
+    children = [child for parent, child in pairs if parent in named]
+    states = loaded.states = await code_store.lock_with_contents(conn, named, children)
     family = set(states) | named
 
     if rules.may_explain_settlements(fresh):
