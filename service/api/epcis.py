@@ -221,7 +221,8 @@ class EpcisController(Controller):
 
         after = 0
         if next_page_token:
-            if not next_page_token.isdigit():
+            # ASCII digits only ("³".isdigit() is true), and within a bigint
+            if not (next_page_token.isascii() and next_page_token.isdigit() and len(next_page_token) <= 18):
                 raise epcis_problem(
                     400, "QueryParameterException", "nextPageToken: not a token of this service"
                 )

@@ -101,7 +101,7 @@ class FlagsController(Controller):
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:
             raise bad_input("status", f"one of {', '.join(STATUSES)}")
-        if region is not None and not region.isdigit():
+        if region is not None and not (region.isascii() and region.isdigit()):
             raise bad_input("region", "a region code or prefix (digits)")
         for name, value in (("since", since), ("until", until)):
             if value is not None and _is_number(request.query_params.get(name, "")):

@@ -155,7 +155,8 @@ class ConsoleController(Controller):
         params = request.query_params
         query, bad = _flag_query(params, pending=pending)
         before = _text(params.get("before"), 19)
-        before_id = int(before) if before and before.isdigit() and int(before) < 2**63 else None
+        number = before is not None and before.isascii() and before.isdigit()  # "³" is a digit too
+        before_id = int(before) if number and before and int(before) < 2**63 else None
         result = None
         if not bad:
             result = await flag_usecases.search(services.pool, query, before_id=before_id, limit=PAGE_SIZE)
