@@ -20,6 +20,7 @@ from service.api.auth import principal_of, requires
 from service.api.deps import Services
 from service.api.openapi import BEARER, KEYED, problems
 from service.core.auth import Role
+from service.core.events import EARLIEST_YEAR
 from service.interop.epcis.mapping import biz_step
 from service.store.epcis import Job, Query
 from service.usecases import epcis as usecase
@@ -227,6 +228,14 @@ class EpcisController(Controller):
                     400, "QueryParameterException", "nextPageToken: not a token of this service"
                 )
             after = int(next_page_token)
+        for name, moment in (("GE_eventTime", ge_time), ("LT_eventTime", lt_time)):
+            # PostgreSQL's timestamptz and an offset near year 1 or 9999 do not mix (was a 500)
+            if moment is not None and not EARLIEST_YEAR <= moment.year < 9999:
+                raise epcis_problem(
+                    400,
+                    "QueryParameterException",
+                    f"{name}: must be between the years {EARLIEST_YEAR} and 9998",
+                )
         steps = many(eq_biz_step)
         q = Query(
             event_types=many(event_type),

@@ -200,6 +200,9 @@ async def test_pharma_journey_as_epcis_gives_custody(admin: Api) -> None:
     for bad in ("³", "12a", "9" * 40):
         resp = await inv.get("/epcis/events", nextPageToken=bad)
         assert resp.status_code == 400, (bad, resp.text)
+    # also found by it: a time near year 1 cannot be a timestamptz (it was a 500)
+    resp = await inv.get("/epcis/events", LT_eventTime="0001-01-01T00:01:00.0+00:05")
+    assert resp.status_code == 400, resp.text
     first = page.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]
     one = await inv.ok("GET", f"/epcis/events/{first['eventID']}")
     assert one["epcisBody"]["queryResults"]["resultsBody"]["eventList"] == [first]
