@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.helpers import Api, small_world
@@ -50,7 +52,7 @@ async def test_nul_bad_utf8_and_extreme_dates_are_400(admin: Api) -> None:
     assert (await m.get("/v1/codes/81234560000000000001/verify?org=P%001")).status_code in (400, 403)
 
 
-async def test_a_settlement_id_outside_its_pattern_is_400_and_stores_nothing(admin: Api) -> None:
+async def test_a_settlement_id_outside_its_pattern_is_400_and_stores_nothing(admin: Api, db: Any) -> None:
     w = await small_world(admin)
     ins, p1 = await admin.key_for("insurer"), w["keys"]["P1"]
     claim = {
@@ -81,4 +83,6 @@ async def test_a_settlement_id_outside_its_pattern_is_400_and_stores_nothing(adm
     assert (await ins.post("/v1/settlements/S:1/reversal", {})).status_code == 400
     ok = await ins.post("/v1/settlements", {**claim, "setl_id": "450000G.2026-03_05"})
     assert ok.status_code == 200  # letters, digits, '.', '_' and '-' are a settlement id
-    assert (await ins.get("/v1/settlements/S1")).status_code == 404  # nothing was stored
+    # only that one was stored: none of the refused ids, no dispense event
+    assert [r["setl_id"] for r in await db.fetch("SELECT setl_id FROM settlements")] == ["450000G.2026-03_05"]
+    assert await db.fetchval("SELECT count(*) FROM events") == 0

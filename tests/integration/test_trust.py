@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.store import flags as flag_store
 from service.store.db import create_pool
 from service.usecases import flags as flag_usecases
 from tests.helpers import Api, cn20, event, small_world, sscc, world
@@ -93,6 +94,10 @@ async def test_the_window_passes_unexplained_and_promotion_runs_once(
     pools = [await create_pool(db_url, min_size=1, max_size=1) for _ in range(3)]
     try:
         assert await flag_usecases.promote_due(pools[0], timedelta(hours=48)) == []  # not yet due
+        # while another worker is promoting (it holds the lock), this one does nothing
+        async with pools[1].acquire() as holder, holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", flag_store.PROMOTION_LOCK)
+            assert await flag_usecases.promote_due(pools[0], timedelta(0)) is None
         # three workers promote at once: one does it, the others find the lock taken or nothing due
         results = await asyncio.gather(*(flag_usecases.promote_due(p, timedelta(0)) for p in pools))
         assert sorted(map(str, (i for r in results if r for i in r))) == [flag_id]
