@@ -1,6 +1,6 @@
 """EPCIS 2.0 capture: map a document's events, and store them as received, with the
 capture job, in the same transaction as their custody commands (the same ingest as
-/v1/events, the records written by its ``also``)."""
+/v1/events, the records written by its ``also``); and the queries, a page at a time."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from service.interop.epcis.mapping import EventError, Mapped, all_glns, location
 from service.store import epcis as store
 from service.store import registry
 from service.store.conn import Conn
+from service.store.epcis import Job as Job
+from service.store.epcis import Query as Query
 from service.usecases.events import IngestResult, ingest
 
 
@@ -32,7 +34,7 @@ class ForeignLocation(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Captured:
-    job: store.Job
+    job: Job
     result: IngestResult
 
 
@@ -82,7 +84,7 @@ async def capture(
         mapped = []
     commands: list[Incoming] = [m.command for m in mapped if m.command is not None]
     refused: list[Rejection] = [r for m in mapped for r in m.refused]
-    job = store.Job(
+    job = Job(
         capture_id=uuid.uuid4().hex,
         org=org,
         behaviour=behaviour,
@@ -105,11 +107,27 @@ async def capture(
     return Captured(job, result)
 
 
-async def get_job(pool: asyncpg.Pool, capture_id: str) -> store.Job | None:
+async def get_job(pool: asyncpg.Pool, capture_id: str) -> Job | None:
     async with pool.acquire() as conn:
         return await store.get_job(conn, capture_id)
 
 
-async def query(pool: asyncpg.Pool, q: store.Query) -> list[tuple[int, dict[str, Any]]]:
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[dict[str, Any]]  # as captured, in capture order
+    next_token: int | None  # the nextPageToken of the next page; None on the last page
+
+
+async def events(pool: asyncpg.Pool, q: Query, per_page: int) -> EventPage:
+    """Up to ``per_page`` events matching ``q``, in capture order, after ``q.after_seq``."""
     async with pool.acquire() as conn:
-        return await store.query(conn, q)
+        rows = await store.query(conn, replace(q, limit=per_page + 1))  # one more: a next page?
+    page = rows[:per_page]
+    return EventPage([body for _, body in page], page[-1][0] if len(rows) > per_page else None)
+
+
+async def event(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
+    """One event by its eventID, as captured."""
+    async with pool.acquire() as conn:
+        rows = await store.query(conn, Query(event_id=event_id, limit=1))
+    return rows[0][1] if rows else None
