@@ -22,7 +22,6 @@ from service.api.openapi import BEARER, KEYED, problems
 from service.core.auth import Role
 from service.core.events import EARLIEST_YEAR
 from service.interop.epcis.mapping import biz_step
-from service.store.epcis import Job, Query
 from service.usecases import epcis as usecase
 
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
@@ -77,7 +76,7 @@ class EPCISQueryDocument(msgspec.Struct, rename={"context": "@context"}):
     epcisBody: QueryBody
 
 
-def _job_out(job: Job) -> CaptureJobOut:
+def _job_out(job: usecase.Job) -> CaptureJobOut:
     return CaptureJobOut(
         captureID=job.capture_id,
         running=False,
@@ -237,7 +236,7 @@ class EpcisController(Controller):
                     f"{name}: must be between the years {EARLIEST_YEAR} and 9998",
                 )
         steps = many(eq_biz_step)
-        q = Query(
+        q = usecase.Query(
             event_types=many(event_type),
             ge_time=ge_time,
             lt_time=lt_time,
@@ -247,22 +246,20 @@ class EpcisController(Controller):
             any_epcs=many(match_any_epc),
             parent_ids=many(match_parent_id),
             after_seq=after,
-            limit=per_page + 1,
         )
-        rows = await usecase.query(services.pool, q)
+        page = await usecase.events(services.pool, q, per_page)
         headers = dict(VERSIONS)
-        if len(rows) > per_page:
-            rows = rows[:per_page]
-            headers["Link"] = f'</epcis/events?nextPageToken={rows[-1][0]}>; rel="next"'
-        return Response(_document([body for _, body in rows]), headers=headers)
+        if page.next_token is not None:
+            headers["Link"] = f'</epcis/events?nextPageToken={page.next_token}>; rel="next"'
+        return Response(_document(page.events), headers=headers)
 
     @get("/events/{event_id:path}", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 404))
     async def event(self, services: Services, event_id: FromPath[str]) -> Response[EPCISQueryDocument]:
         """One event by its eventID."""
-        rows = await usecase.query(services.pool, Query(event_id=event_id.lstrip("/"), limit=1))
-        if not rows:
+        found = await usecase.event(services.pool, event_id.lstrip("/"))
+        if found is None:
             raise epcis_problem(404, "NoSuchResourceException", f"no event {event_id}")
-        return Response(_document([rows[0][1]]), headers=VERSIONS)
+        return Response(_document([found]), headers=VERSIONS)
 
 
 def _document(events: list[dict[str, Any]]) -> EPCISQueryDocument:

@@ -106,7 +106,10 @@ class Query:
 
 
 async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
-    """(seq, body) of the matching events in capture order, after ``after_seq``."""
+    """(seq, body) of the matching events in capture order, after ``after_seq``.
+    MATCH_epc narrows by the indexed ``epcs`` (every EPC named), then keeps events whose
+    ``epcList``/``childEPCs`` hold one; ``@>`` is false, not an error, where a document
+    stored without the schema has an object there."""
     rows = await conn.fetch(
         """SELECT seq, body::text AS body FROM epcis_events
            WHERE seq > $1
@@ -115,10 +118,9 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
              AND ($4::timestamptz IS NULL OR event_time < $4)
              AND ($5::text[] IS NULL OR biz_step = ANY($5))
              AND ($6::text[] IS NULL OR biz_location = ANY($6))
-             AND ($7::text[] IS NULL OR EXISTS (
-                   SELECT 1 FROM jsonb_array_elements_text(
-                       coalesce(body->'epcList', '[]') || coalesce(body->'childEPCs', '[]')) e
-                   WHERE e = ANY($7)))
+             AND ($7::text[] IS NULL OR (epcs && $7 AND EXISTS (
+                   SELECT 1 FROM unnest($7) m
+                   WHERE body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m))))
              AND ($8::text[] IS NULL OR epcs && $8)
              AND ($9::text[] IS NULL OR parent_id = ANY($9))
              AND ($10::text IS NULL OR event_id = $10)

@@ -1,20 +1,25 @@
-"""EPCIS 2.0 capture: map a document's events, store them as received, and feed the
-custody commands through the same ingest as /v1/events."""
+"""EPCIS 2.0 capture: map a document's events, and store them as received, with the
+capture job, in the same transaction as their custody commands (the same ingest as
+/v1/events, the records written by its ``also``); and the queries, a page at a time."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from service.core.events import Incoming, Rejection
+from service.core.flags import FlagRef
 from service.interop.epcis.mapping import EventError, Mapped, all_glns, location_glns, map_event
 from service.store import epcis as store
 from service.store import registry
+from service.store.conn import Conn
+from service.store.epcis import Job as Job
+from service.store.epcis import Query as Query
 from service.usecases.events import IngestResult, ingest
 
 
@@ -27,10 +32,10 @@ class ForeignLocation(Exception):
         self.gln = gln
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Captured:
-    job: store.Job
-    result: IngestResult = field(default_factory=IngestResult)
+    job: Job
+    result: IngestResult
 
 
 def _error(index: int, event_id: str | None, fld: str, message: str) -> dict[str, Any]:
@@ -79,36 +84,50 @@ async def capture(
         mapped = []
     commands: list[Incoming] = [m.command for m in mapped if m.command is not None]
     refused: list[Rejection] = [r for m in mapped for r in m.refused]
-    captured = Captured(
-        store.Job(
-            capture_id=uuid.uuid4().hex,
-            org=org,
-            behaviour=behaviour,
-            success=not errors,
-            errors=errors,
-            events=len(mapped),
-            created_at=created,
-            finished_at=created,
-        )
+    job = Job(
+        capture_id=uuid.uuid4().hex,
+        org=org,
+        behaviour=behaviour,
+        success=not errors,
+        errors=errors,
+        events=len(mapped),
+        created_at=created,
+        finished_at=created,
     )
-    if commands or refused:
-        captured.result = await ingest(pool, commands, refused)
-    async with pool.acquire() as conn, conn.transaction():
-        await store.insert_events(conn, captured.job.capture_id, org, [m.record for m in mapped])
-        job = captured.job = store.Job(**{**_fields(captured.job), "finished_at": datetime.now(UTC)})
+
+    async def keep(conn: Conn) -> list[FlagRef]:
+        nonlocal job
+        await store.insert_events(conn, job.capture_id, org, [m.record for m in mapped])
+        job = replace(job, finished_at=datetime.now(UTC))
         await store.insert_job(conn, job)
-    return captured
+        return []
+
+    # the custody commands, the events as received and the job: one transaction
+    result = await ingest(pool, commands, refused, also=keep)
+    return Captured(job, result)
 
 
-def _fields(job: store.Job) -> dict[str, Any]:
-    return {f: getattr(job, f) for f in store.Job.__dataclass_fields__}
-
-
-async def get_job(pool: asyncpg.Pool, capture_id: str) -> store.Job | None:
+async def get_job(pool: asyncpg.Pool, capture_id: str) -> Job | None:
     async with pool.acquire() as conn:
         return await store.get_job(conn, capture_id)
 
 
-async def query(pool: asyncpg.Pool, q: store.Query) -> list[tuple[int, dict[str, Any]]]:
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[dict[str, Any]]  # as captured, in capture order
+    next_token: int | None  # the nextPageToken of the next page; None on the last page
+
+
+async def events(pool: asyncpg.Pool, q: Query, per_page: int) -> EventPage:
+    """Up to ``per_page`` events matching ``q``, in capture order, after ``q.after_seq``."""
     async with pool.acquire() as conn:
-        return await store.query(conn, q)
+        rows = await store.query(conn, replace(q, limit=per_page + 1))  # one more: a next page?
+    page = rows[:per_page]
+    return EventPage([body for _, body in page], page[-1][0] if len(rows) > per_page else None)
+
+
+async def event(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
+    """One event by its eventID, as captured."""
+    async with pool.acquire() as conn:
+        rows = await store.query(conn, Query(event_id=event_id, limit=1))
+    return rows[0][1] if rows else None

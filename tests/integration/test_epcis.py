@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
 
+from service.app import create_app
+from service.config import Settings
 from tests.helpers import Api, at, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -61,6 +65,8 @@ M_LOC, D_LOC, P_LOC = (
 GTIN = "10614141073464"  # urn:epc:id:sgtin:0614141.107346.*
 SSCC_URN = "urn:epc:id:sscc:0614141.1234567890"
 SSCC_CODE = "00106141412345678908"
+# a unit's history after the journey, whichever way it arrived (its dispense is another unit's)
+HISTORY = ["commission", "pack", "ship", "receive", "ship", "receive"]
 
 
 async def _pharma_world(admin: Api) -> dict[str, Api]:
@@ -160,14 +166,7 @@ async def test_pharma_journey_as_epcis_gives_custody(admin: Api) -> None:
     assert state["custodian"] == "P1", state
     assert state["lot"] == "L1", state
     history = await keys["inv"].ok("GET", f"/v1/codes/{unit2}/history")
-    assert [e["type"] for e in history["events"]] == [
-        "commission",
-        "pack",
-        "ship",
-        "receive",
-        "ship",
-        "receive",
-    ]
+    assert [e["type"] for e in history["events"]] == HISTORY
     # re-capture is one fact
     org, ev = _journey()[0]
     await keys[org].post("/epcis/capture", _doc(ev))
@@ -225,14 +224,7 @@ async def test_same_journey_via_v1_events_gives_same_history(admin: Api) -> None
     assert state["custodian"] == "P1"
     assert state["lot"] == "L1"
     history = await keys["inv"].ok("GET", f"/v1/codes/{units[1]}/history")
-    assert [e["type"] for e in history["events"]] == [
-        "commission",
-        "pack",
-        "ship",
-        "receive",
-        "ship",
-        "receive",
-    ]
+    assert [e["type"] for e in history["events"]] == HISTORY
 
 
 async def test_rollback_and_proceed_with_one_bad_event(admin: Api) -> None:
@@ -269,3 +261,22 @@ async def test_foreign_gln_is_403_and_nothing_stored(admin: Api) -> None:
     assert resp.status_code == 403, resp.text
     assert resp.json()["type"] == "epcisException:SecurityException"
     assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404
+
+
+async def test_match_epc_with_no_schema_and_objects_for_lists(settings: Settings, db_url: str) -> None:
+    """Without TRACE_EPCIS_SCHEMA an ObjectEvent with objects for ``epcList`` and
+    ``childEPCs`` is kept; MATCH_epc over it was a 500 (jsonb_array_elements_text of an
+    object), for every later query."""
+    from service.cli import _create_key
+
+    async with AsyncTestClient(app=create_app(replace(settings, epcis_schema=None))) as client:
+        _, secret = await _create_key(db_url, "admin", None)
+        keys = await _pharma_world(Api(client, secret))
+        odd = _ev("ObjectEvent", 0, M_LOC, action="OBSERVE", epcList={}, childEPCs={})
+        resp = await keys["M1"].post("/epcis/capture", _doc(odd, _journey()[0][1]))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["success"], resp.text
+        unit = "urn:epc:id:sgtin:0614141.107346.1"
+        resp = await keys["inv"].get("/epcis/events", MATCH_epc=unit)
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 1

@@ -10,6 +10,7 @@ parses GS1 syntax by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from biip import BiipException
@@ -24,6 +25,29 @@ from service.core.codes import is_gln, try_parse_code
 
 _EPC_ID: Final = "urn:epc:id:"
 _MAX_LENGTH: Final = 300
+_EPCPY_REFUSALS: Final = (ConvertException, ValueError, IndexError, KeyError, AttributeError)  # they vary
+_CODE_SCHEMES: Final[Mapping[str, Callable[[str], str]]] = {
+    "sgtin": lambda uri: SGTIN(uri).gs1_element_string(),
+    "sscc": lambda uri: SSCC(uri).gs1_element_string(),
+}
+_GLN_SCHEMES: Final[Mapping[str, Callable[[str], str]]] = {
+    "sgln": lambda uri: SGLN(uri).gs1_key(),
+    "pgln": lambda uri: PGLN(uri).gs1_key(),
+}
+
+
+def _epc(uri: str, schemes: Mapping[str, Callable[[str], str]]) -> str | None:
+    """What ``epcpy`` makes of a pure-identity URI (``urn:epc:id:<scheme>:…``) of one of
+    ``schemes``, or None (another scheme, too long, or refused)."""
+    if len(uri) > _MAX_LENGTH:
+        return None
+    decode = schemes.get(uri[len(_EPC_ID) :].split(":", 1)[0])
+    if decode is None:
+        return None
+    try:
+        return decode(uri)
+    except _EPCPY_REFUSALS:
+        return None
 
 
 def _digital_link(uri: str) -> dict[str, str] | None:
@@ -43,16 +67,7 @@ def to_code(uri: str) -> str | None:
     A plain code in any form /v1/events accepts is taken too."""
     element_string: str | None = None
     if uri.startswith(_EPC_ID):
-        if len(uri) > _MAX_LENGTH:
-            return None
-        scheme = uri[len(_EPC_ID) :].split(":", 1)[0]
-        try:
-            if scheme == "sgtin":
-                element_string = SGTIN(uri).gs1_element_string()
-            elif scheme == "sscc":
-                element_string = SSCC(uri).gs1_element_string()
-        except (ConvertException, ValueError, IndexError, KeyError, AttributeError):  # epcpy's refusals vary
-            return None
+        element_string = _epc(uri, _CODE_SCHEMES)
     elif uri.startswith(("http://", "https://")):
         ais = _digital_link(uri)
         if ais is None:
@@ -76,16 +91,7 @@ def to_gln(uri: str) -> str | None:
     Link with AI 414 or 417. None for anything else."""
     gln: str | None = None
     if uri.startswith(_EPC_ID):
-        if len(uri) > _MAX_LENGTH:
-            return None
-        scheme = uri[len(_EPC_ID) :].split(":", 1)[0]
-        try:
-            if scheme == "sgln":
-                gln = SGLN(uri).gs1_key()
-            elif scheme == "pgln":
-                gln = PGLN(uri).gs1_key()
-        except (ConvertException, ValueError, IndexError, KeyError, AttributeError):
-            return None
+        gln = _epc(uri, _GLN_SCHEMES)
     else:
         ais = _digital_link(uri)
         if ais is not None:

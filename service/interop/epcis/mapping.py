@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.events import REPEATED_CODE, Incoming, Rejection, shape_errors, time_problem
 from service.core.rules import INVALID_CODE
 from service.interop.epcis.identifiers import to_code, to_gln
 
@@ -42,6 +42,15 @@ _EXPIRY_KEYS: Final = (
     "urn:epcglobal:cbv:mda:itemExpirationDate",
     "itemExpirationDate",
 )
+
+# /v1/events' field names (core.events.shape_errors) as this format names them
+_FIELDS: Final = {
+    "at": "eventTime",
+    "lot": "ilmd.cbvmda:lotNumber",
+    "expiry": "ilmd.cbvmda:itemExpirationDate",
+    "to": "destinationList",
+    "parent": "parentID",
+}
 
 
 class EventError(Exception):
@@ -223,12 +232,12 @@ def map_event(event: Mapping[str, Any], orgs_by_gln: Mapping[str, str], actor: s
         parent_id=parent,
         body=body,
     )
-    command, refused = _command(event, record, orgs_by_gln, actor)
+    command, refused = _command(event, record, orgs_by_gln, actor, now)
     return Mapped(record, command, tuple(refused))
 
 
 def _command(
-    event: Mapping[str, Any], record: Record, orgs_by_gln: Mapping[str, str], actor: str
+    event: Mapping[str, Any], record: Record, orgs_by_gln: Mapping[str, str], actor: str, now: datetime
 ) -> tuple[Incoming | None, list[Rejection]]:
     kind: str | None = None
     extra: dict[str, Any] = {}
@@ -238,15 +247,11 @@ def _command(
         if step == "commissioning" and action == "ADD":
             kind = "commission"
             lot, expiry = _ilmd(event, _LOT_KEYS), _ilmd(event, _EXPIRY_KEYS)
-            if not isinstance(lot, str) or not lot or len(lot) > 64:
-                raise EventError("ilmd.cbvmda:lotNumber", "a commissioning event needs the lot")
+            extra["lot"] = lot if isinstance(lot, str) and len(lot) <= 64 else None
             try:
                 extra["expiry"] = date.fromisoformat(str(expiry)) if expiry is not None else None
             except ValueError:
-                raise EventError("ilmd.cbvmda:itemExpirationDate", "is not a date") from None
-            if extra["expiry"] is None:
-                raise EventError("ilmd.cbvmda:itemExpirationDate", "a commissioning event needs the expiry")
-            extra["lot"] = lot
+                raise EventError(_FIELDS["expiry"], "is not a date") from None
         elif step == "shipping" and action == "OBSERVE":
             dest = [orgs_by_gln.get(g) for g in party_glns(event, "destinationList")]
             if dest:
@@ -269,7 +274,24 @@ def _command(
             raise EventError("parentID", "is not an SGTIN or SSCC")
         extra["parent"] = parent
         raws = _strings(event.get("childEPCs"))
-    if kind is None or not raws:
+    if kind is None:
+        return None, []
+    # what each type needs is /v1/events' rule (core.events.shape_errors), named in EPCIS terms
+    errors = shape_errors(
+        type_=kind,
+        at=record.event_time,
+        now=now,
+        to=extra.get("to"),
+        parent=extra.get("parent"),
+        lot=extra.get("lot"),
+        expiry=extra.get("expiry"),
+        quantity=None,
+        setl_id=None,
+    )
+    if errors:
+        name, message = errors[0]
+        raise EventError(_FIELDS.get(name, name), message)
+    if not raws:
         return None, []
     codes, refused = _codes(record.fact_id, raws)
     command = Incoming(
