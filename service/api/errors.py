@@ -15,6 +15,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from service.api.requestlog import request_id_of
 from service.store.db import unavailable
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class _Problem(ProblemDetailsException):
     def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """The problem, with the request id of the log line that records it."""
         response = super().to_response(request)
-        request_id = request.scope.get("state", {}).get("request_id")
+        request_id = request_id_of(request.scope)
         if request_id:
             response.content["request_id"] = request_id
         return response
