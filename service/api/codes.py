@@ -15,7 +15,7 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
-from service.api.types import CodeInPath, ExampleCodes, OrgInQuery
+from service.api.types import CodeInPath, ExampleCodes, OrgInQuery, RawCode
 from service.core.auth import Principal, Role
 from service.core.codes import try_parse_code
 from service.usecases import codes as usecase
@@ -25,11 +25,7 @@ MAX_VERIFY = 1_000
 
 
 class VerifyIn(msgspec.Struct, forbid_unknown_fields=True):
-    codes: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=200)]],
-        msgspec.Meta(min_length=1, max_length=MAX_VERIFY),
-        ExampleCodes,
-    ]
+    codes: Annotated[list[RawCode], msgspec.Meta(min_length=1, max_length=MAX_VERIFY), ExampleCodes]
     org: Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["P1"])] | None = None
 
 

@@ -14,6 +14,7 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import LedgerItemOut, LedgerOut, LotOut, OrgStatsOut, RecallOut
+from service.api.types import ProductId, Short
 from service.core.auth import Role
 from service.core.codes import is_product_id
 from service.usecases import investigation as usecase
@@ -22,8 +23,8 @@ from service.usecases.errors import Invalid
 
 
 class RecallIn(msgspec.Struct, forbid_unknown_fields=True):
-    product_id: Annotated[str, msgspec.Meta(min_length=7, max_length=14)]
-    lot: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    product_id: ProductId
+    lot: Short
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 
 

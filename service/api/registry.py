@@ -14,7 +14,7 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
-from service.api.types import FixmedinsCode, Gln, OrgId, Region, RegionPrefix, Text
+from service.api.types import FixmedinsCode, Gln, OrgId, ProductId, Region, RegionPrefix, Text
 from service.core.auth import Role
 from service.core.codes import is_gln, is_product_id
 from service.core.registry import Org, PersonLimit, Product
@@ -39,7 +39,7 @@ class PersonLimitIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
-    product_id: Annotated[str, msgspec.Meta(min_length=7, max_length=14)]
+    product_id: ProductId
     name: Text
     med_list_codg: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     pack_units: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
