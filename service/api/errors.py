@@ -17,6 +17,7 @@ from litestar.plugins.problem_details import (
 
 from service.api.requestlog import request_id_of
 from service.store.db import unavailable
+from service.usecases.errors import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,17 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return problem(500, "the service failed to handle this request").to_response(request)
 
 
+def _from_invalid(exc: Invalid) -> ProblemDetailsException:
+    return bad_input(exc.field, exc.message)
+
+
 def plugin() -> ProblemDetailsPlugin:
+    """Litestar's errors and the use cases' refusals (``Invalid``: a 400 naming its field)
+    as problem details."""
     return ProblemDetailsPlugin(
-        ProblemDetailsConfig(exception_to_problem_detail_map={HTTPException: _from_http})
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={HTTPException: _from_http, Invalid: _from_invalid}
+        )
     )
 
 

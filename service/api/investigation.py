@@ -19,7 +19,6 @@ from service.core.auth import Role
 from service.core.codes import is_product_id
 from service.usecases import investigation as usecase
 from service.usecases import nhsa as nhsa_usecase
-from service.usecases.errors import Invalid
 
 
 class RecallIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,10 +55,7 @@ class InvestigationController(Controller):
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
         by_key = principal_of(request).key_id
-        try:
-            done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
-        except Invalid as exc:
-            raise bad_input(exc.field, exc.message) from None
+        done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
         return Response(
             msgspec.convert(done, RecallOut, from_attributes=True), status_code=201 if done.new else 200
         )

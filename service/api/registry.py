@@ -19,7 +19,7 @@ from service.core.auth import Role
 from service.core.codes import is_gln, is_product_id
 from service.core.registry import Org, PersonLimit, Product
 from service.usecases import registry as usecase
-from service.usecases.errors import Conflict, Invalid
+from service.usecases.errors import Conflict
 
 
 class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,8 +112,6 @@ class RegistryController(Controller):
         )
         try:
             done = await usecase.register_product(services.pool, wanted)
-        except Invalid as exc:
-            raise bad_input(exc.field, exc.message) from None
         except Conflict:
             raise _conflict(f"product {data.product_id}") from None
         return Response(
@@ -128,10 +126,7 @@ class RegistryController(Controller):
             raise bad_input("org", "an org key must name its organisation")
         if data.role is not Role.ORG and data.org is not None:
             raise bad_input("org", f"a {data.role.value} key is not bound to an organisation")
-        try:
-            key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
-        except Invalid as exc:
-            raise bad_input(exc.field, exc.message) from None
+        key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
         return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org)
 
     @delete("/keys/{key_id:str}", status_code=200, responses=problems(*KEYED, 404))
