@@ -25,7 +25,8 @@ class Page:
     next_before: int | None  # the flag id the next page starts below; None on the last page
 
 
-def _shown(flag: dict[str, Any]) -> dict[str, Any]:
+def shown(flag: dict[str, Any]) -> dict[str, Any]:
+    """A flag row as the API shows it: its id as a string."""
     return {**flag, "flag_id": str(flag["flag_id"])}
 
 
@@ -37,7 +38,7 @@ async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None,
         rows = await flag_store.search(conn, query, before_id=before_id, limit=limit + 1)
     items = rows[:limit]
     more = len(rows) > limit and bool(items)
-    return Page([_shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
+    return Page([shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
 
 
 async def counts(pool: asyncpg.Pool) -> dict[str, dict[str, int]]:
@@ -56,7 +57,7 @@ async def read(pool: asyncpg.Pool, flag_id: int) -> dict[str, Any] | None:
         flag = await flag_store.get(conn, flag_id)
         if flag is None:
             return None
-        return {**_shown(flag), "history": await flag_store.changes(conn, flag_id)}
+        return {**shown(flag), "history": await flag_store.changes(conn, flag_id)}
 
 
 async def change(
@@ -71,7 +72,7 @@ async def change(
         await flag_store.set_status(conn, flag_id, status, note, by_key)
         flag = await flag_store.get(conn, flag_id)
         assert flag is not None
-        return {**_shown(flag), "history": await flag_store.changes(conn, flag_id)}
+        return {**shown(flag), "history": await flag_store.changes(conn, flag_id)}
 
 
 async def promote_due(pool: asyncpg.Pool, window: timedelta) -> list[int] | None:
