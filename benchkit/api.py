@@ -44,6 +44,23 @@ class Product:
 AMOXICILLIN = Product("8123456", "Amoxicillin 0.25g x 24", "XJ01CAA040A001010104256", 24, "M1", ("45",))
 
 
+def org_body(org: Org) -> dict[str, Any]:
+    """The ``POST /v1/orgs`` body that registers ``org``."""
+    return {"id": org.id, "name": f"{org.id} Ltd", "kind": org.kind, "region": org.region}
+
+
+def product_body(p: Product) -> dict[str, Any]:
+    """The ``POST /v1/products`` body that registers ``p``."""
+    return {
+        "product_id": p.product_id,
+        "name": p.name,
+        "med_list_codg": p.med_list_codg,
+        "pack_units": p.pack_units,
+        "manufacturer": p.manufacturer,
+        "regions": list(p.regions),
+    }
+
+
 async def register(
     client: httpx.AsyncClient,
     admin: str,
@@ -56,18 +73,9 @@ async def register(
     each org (by org id) and, with ``insurer``, an insurer key under ``"insurer"``."""
     orgs = list(orgs)
     for org in orgs:
-        body: dict[str, Any] = {"id": org.id, "name": f"{org.id} Ltd", "kind": org.kind, "region": org.region}
-        await post(client, admin, "/v1/orgs", body)
+        await post(client, admin, "/v1/orgs", org_body(org))
     for p in products:
-        body = {
-            "product_id": p.product_id,
-            "name": p.name,
-            "med_list_codg": p.med_list_codg,
-            "pack_units": p.pack_units,
-            "manufacturer": p.manufacturer,
-            "regions": list(p.regions),
-        }
-        await post(client, admin, "/v1/products", body)
+        await post(client, admin, "/v1/products", product_body(p))
     keys = {
         org.id: (await post(client, admin, "/v1/keys", {"role": "org", "org": org.id}))["secret"]
         for org in orgs

@@ -18,18 +18,17 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.python import asgi
 
+from benchkit.api import AMOXICILLIN, Org, org_body, product_body
+
 SCHEMA_PATH = "/schema/openapi.json"
-# Facts for generated requests to meet: the examples in the document name these, so a
-# generated event, settlement or verify reaches the rules instead of "unknown org".
-ORGS = (("M1", "manufacturer", "450300"), ("D1", "distributor", "450100"), ("P1", "pharmacy", "450103"))
-PRODUCT: dict[str, Any] = {
-    "product_id": "8123456",
-    "name": "Amoxicillin 0.25g x 24",
-    "med_list_codg": "XJ01CAA040A001010104256",
-    "pack_units": 24,
-    "manufacturer": "M1",
-    "regions": ["45"],
-}
+# Facts for generated requests to meet: the examples in the document name these (the
+# README's first session), so a generated event, settlement or verify reaches the rules
+# instead of "unknown org".
+ORGS = (
+    Org("M1", "manufacturer", "450300"),
+    Org("D1", "distributor", "450100"),
+    Org("P1", "pharmacy", "450103"),
+)
 
 
 @dataclass
@@ -43,10 +42,9 @@ class Report:
 
 
 def _seed_registry(client: asgi.ASGIClient, headers: dict[str, str]) -> None:
-    for org_id, kind, region in ORGS:
-        body: dict[str, Any] = {"id": org_id, "name": f"{org_id} Ltd", "kind": kind, "region": region}
-        client.post("/v1/orgs", json=body, headers=headers)
-    client.post("/v1/products", json=PRODUCT, headers=headers)
+    for org in ORGS:
+        client.post("/v1/orgs", json=org_body(org), headers=headers)
+    client.post("/v1/products", json=product_body(AMOXICILLIN), headers=headers)
 
 
 def fuzz(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from service.config import DEFAULT_RATE_LIMITS, rate_limit_variable
 from service.store.migrations import migrate as apply_migrations
 
 TRACECODE = Path(sys.executable).parent / "tracecode"
@@ -33,9 +34,6 @@ def _ready(port: int) -> bool:
     return False
 
 
-_ROLES = ("ORG", "INSURER", "INVESTIGATOR", "ADMIN")
-
-
 def start_service(
     env: dict[str, str], port: int, log_path: Path, *, workers: int = 1, timeout: float = 90
 ) -> subprocess.Popen[bytes]:
@@ -44,7 +42,7 @@ def start_service(
 
     Benchmarks and load tests measure capacity, not the per-key rate limiter: unless
     ``env`` says otherwise, the service they start has no rate limits."""
-    env = {**{f"TRACE_RATE_LIMIT_{role}": "off" for role in _ROLES}, **env}
+    env = {**{rate_limit_variable(role): "off" for role in DEFAULT_RATE_LIMITS}, **env}
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own console script
             [str(TRACECODE), "serve", "--port", str(port), "--workers", str(workers)],

@@ -16,8 +16,8 @@ SettlementEngine   ``settle`` (insurer key; 1-5 packs in lines by product, some 
                    lines, some trace-exempt lines, 1% attempts on an already consumed
                    pack that must be ``rejected``), ``precheck``, ``reversal``,
                    ``settlement_get``
-Investigator       ``history``; ``flags`` (``GET /v1/flags``: that endpoint may not exist
-                   yet, so a 404 counts as a success, as does a 200; anything else fails)
+Investigator       ``history``; ``flags`` (``GET /v1/flags``, some with a status, kind or
+                   region filter: a 200 with an ``items`` list)
 =================  ===============================================================
 
 The users form one closed supply loop: what manufacturers commission and ship,

@@ -30,7 +30,7 @@ from service.api.registry import RegistryController
 from service.api.settlements import SettlementsController
 from service.config import Settings
 from service.feed import FlagFeed
-from service.store.db import Outage, create_pool
+from service.store.db import Outage, create_pool, probe
 from service.usecases import flags as flag_usecases
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ async def _watch_pool(app: Litestar) -> None:
         metrics.DB_POOL_IN_USE.set(size - pool.get_idle_size())
         if outage.since is not None:  # a request found the database down: is it back?
             with contextlib.suppress(Exception):  # any failure: not back yet
-                async with pool.acquire(timeout=2) as conn:
-                    await conn.fetchval("SELECT 1", timeout=2)
+                await probe(pool)
                 outage.end()
         await asyncio.sleep(1)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import platformdirs
 
@@ -35,7 +35,6 @@ def _float(name: str, default: float) -> float:
 
 RateUnit = Literal["second", "minute", "hour", "day"]
 RateLimit = tuple[RateUnit, int]
-_RATE_UNITS = ("second", "minute", "hour", "day")
 # requests per key, by role: far above what the test suite or the load tests send
 DEFAULT_RATE_LIMITS = {"org": "500/second", "insurer": "2000/second", "investigator": "500/second",
                        "admin": "2000/second"}
@@ -49,15 +48,19 @@ def rate_limit(name: str, raw: str) -> RateLimit | None:
         return None
     count, _, unit = text.partition("/")
     unit = unit or "second"
-    if not count.isdigit() or unit not in _RATE_UNITS:
+    if not count.isdigit() or unit not in get_args(RateUnit):
         raise SystemExit(f"{name} must be N/second, N/minute, N/hour, N/day or off, got {raw!r}")
     return unit, int(count)  # type: ignore[return-value]
 
 
+def rate_limit_variable(role: str) -> str:
+    """The environment variable that sets ``role``'s rate limit."""
+    return f"TRACE_RATE_LIMIT_{role.upper()}"
+
+
 def _rate_limits() -> dict[str, RateLimit | None]:
     return {
-        role: rate_limit(f"TRACE_RATE_LIMIT_{role.upper()}",
-                         os.environ.get(f"TRACE_RATE_LIMIT_{role.upper()}") or default)
+        role: rate_limit(rate_limit_variable(role), os.environ.get(rate_limit_variable(role)) or default)
         for role, default in DEFAULT_RATE_LIMITS.items()
     }
 
@@ -84,11 +87,11 @@ class Settings:
     key_cache_seconds: float
     flag_grace_hours: float  # how long a suspicion a late upload may explain stays pending
     flag_promote_seconds: float  # how often pending flags past their window are opened
+    # requests each API key may send, by role (TRACE_RATE_LIMIT_<ROLE>); None: unlimited
+    rate_limits: dict[str, RateLimit | None]
     # GS1's EPCIS JSON Schema (EPCIS-JSON-Schema.json): when set, captures are validated
     # against it; otherwise only the fields the service reads are checked
     epcis_schema: Path | None = None
-    # requests each API key may send, by role (TRACE_RATE_LIMIT_<ROLE>); None: unlimited
-    rate_limits: dict[str, RateLimit | None] = field(default_factory=_rate_limits)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import JSONBody
@@ -15,21 +14,16 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
-from service.api.types import CodeInPath, ExampleCodes, OrgInQuery
+from service.api.types import CodeInPath, ExampleCodes, OrgInQuery, RawCode
 from service.core.auth import Principal, Role
 from service.core.codes import try_parse_code
 from service.usecases import codes as usecase
-from service.usecases.errors import Invalid
 
 MAX_VERIFY = 1_000
 
 
 class VerifyIn(msgspec.Struct, forbid_unknown_fields=True):
-    codes: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=200)]],
-        msgspec.Meta(min_length=1, max_length=MAX_VERIFY),
-        ExampleCodes,
-    ]
+    codes: Annotated[list[RawCode], msgspec.Meta(min_length=1, max_length=MAX_VERIFY), ExampleCodes]
     org: Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["P1"])] | None = None
 
 
@@ -41,14 +35,6 @@ def _org_for(principal: Principal, org: str | None, field: str) -> str:
         org = principal.org
     require_org_access(principal, org)
     return org
-
-
-async def _verify(pool: asyncpg.Pool, codes: list[str], org: str) -> list[dict[str, Any]]:
-    """The use case's answers; an unknown organisation is a 400 naming ``org``."""
-    try:
-        return await usecase.verify_at(pool, codes, org)
-    except Invalid as exc:
-        raise bad_input(exc.field, exc.message) from None
 
 
 class CodesController(Controller):
@@ -71,7 +57,7 @@ class CodesController(Controller):
         """May this pack be dispensed and settled at this organisation now?"""
         target = _org_for(principal_of(request), org, "org")
         return msgspec.convert(
-            (await _verify(services.pool, [code], target))[0], VerifyOut, from_attributes=True
+            (await usecase.verify_at(services.pool, [code], target))[0], VerifyOut, from_attributes=True
         )
 
     @post(
@@ -86,7 +72,7 @@ class CodesController(Controller):
     ) -> VerifyPage:
         """Verify up to 1,000 codes; one answer per code, in request order."""
         target = _org_for(principal_of(request), data.org, "org")
-        items = await _verify(services.pool, data.codes, target)
+        items = await usecase.verify_at(services.pool, data.codes, target)
         return VerifyPage(items=msgspec.convert(items, list[VerifyOut], from_attributes=True))
 
     @get(

@@ -15,7 +15,9 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from service.api.requestlog import request_id_of
 from service.store.db import unavailable
+from service.usecases.errors import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class _Problem(ProblemDetailsException):
     def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """The problem, with the request id of the log line that records it."""
         response = super().to_response(request)
-        request_id = request.scope.get("state", {}).get("request_id")
+        request_id = request_id_of(request.scope)
         if request_id:
             response.content["request_id"] = request_id
         return response
@@ -133,9 +135,17 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return problem(500, "the service failed to handle this request").to_response(request)
 
 
+def _from_invalid(exc: Invalid) -> ProblemDetailsException:
+    return bad_input(exc.field, exc.message)
+
+
 def plugin() -> ProblemDetailsPlugin:
+    """Litestar's errors and the use cases' refusals (``Invalid``: a 400 naming its field)
+    as problem details."""
     return ProblemDetailsPlugin(
-        ProblemDetailsConfig(exception_to_problem_detail_map={HTTPException: _from_http})
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={HTTPException: _from_http, Invalid: _from_invalid}
+        )
     )
 
 

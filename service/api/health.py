@@ -10,6 +10,7 @@ from litestar.plugins.prometheus import PrometheusController
 
 from service.api.deps import Services
 from service.api.schemas import HealthOut
+from service.store.db import probe
 
 
 class HealthController(Controller):
@@ -29,8 +30,7 @@ class HealthController(Controller):
     async def ready(self, services: Services) -> Response[HealthOut]:
         """Ready only when the database answers."""
         try:
-            async with services.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1", timeout=2)
+            await probe(services.pool)
         except Exception as exc:
             return Response(HealthOut(status="unavailable", reason=type(exc).__name__), status_code=503)
         return Response(HealthOut(status="ready"), status_code=200)

@@ -14,16 +14,16 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import LedgerItemOut, LedgerOut, LotOut, OrgStatsOut, RecallOut
+from service.api.types import ProductId, Short
 from service.core.auth import Role
 from service.core.codes import is_product_id
 from service.usecases import investigation as usecase
 from service.usecases import nhsa as nhsa_usecase
-from service.usecases.errors import Invalid
 
 
 class RecallIn(msgspec.Struct, forbid_unknown_fields=True):
-    product_id: Annotated[str, msgspec.Meta(min_length=7, max_length=14)]
-    lot: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    product_id: ProductId
+    lot: Short
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 
 
@@ -55,10 +55,7 @@ class InvestigationController(Controller):
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
         by_key = principal_of(request).key_id
-        try:
-            done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
-        except Invalid as exc:
-            raise bad_input(exc.field, exc.message) from None
+        done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
         return Response(
             msgspec.convert(done, RecallOut, from_attributes=True), status_code=201 if done.new else 200
         )

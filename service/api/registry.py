@@ -14,12 +14,12 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
-from service.api.types import FixmedinsCode, Gln, OrgId, Region, RegionPrefix, Text
+from service.api.types import FixmedinsCode, Gln, OrgId, ProductId, Region, RegionPrefix, Text
 from service.core.auth import Role
 from service.core.codes import is_gln, is_product_id
 from service.core.registry import Org, PersonLimit, Product
 from service.usecases import registry as usecase
-from service.usecases.errors import Conflict, Invalid
+from service.usecases.errors import Conflict
 
 
 class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,7 +39,7 @@ class PersonLimitIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
-    product_id: Annotated[str, msgspec.Meta(min_length=7, max_length=14)]
+    product_id: ProductId
     name: Text
     med_list_codg: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     pack_units: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
@@ -112,8 +112,6 @@ class RegistryController(Controller):
         )
         try:
             done = await usecase.register_product(services.pool, wanted)
-        except Invalid as exc:
-            raise bad_input(exc.field, exc.message) from None
         except Conflict:
             raise _conflict(f"product {data.product_id}") from None
         return Response(
@@ -128,10 +126,7 @@ class RegistryController(Controller):
             raise bad_input("org", "an org key must name its organisation")
         if data.role is not Role.ORG and data.org is not None:
             raise bad_input("org", f"a {data.role.value} key is not bound to an organisation")
-        try:
-            key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
-        except Invalid as exc:
-            raise bad_input(exc.field, exc.message) from None
+        key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
         return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org)
 
     @delete("/keys/{key_id:str}", status_code=200, responses=problems(*KEYED, 404))

@@ -47,6 +47,7 @@ def configure() -> None:
 
 
 def request_id_of(scope: Scope) -> str | None:
+    """The id :class:`RequestLog` gave this request (None outside it)."""
     state: dict[str, Any] = scope.get("state") or {}
     rid = state.get("request_id")
     return rid if isinstance(rid, str) else None

@@ -24,6 +24,7 @@ from service.api.types import (
     SETL_ID_PATTERN,
     ExampleCodes,
     OrgId,
+    RawCode,
     SetlId,
     SetlIdInPath,
     Short,
@@ -41,9 +42,7 @@ class LineIn(msgspec.Struct, forbid_unknown_fields=True):
     line_no: Annotated[int, msgspec.Meta(ge=1, le=100_000, examples=[1])]
     med_list_codg: Annotated[Short, msgspec.Meta(examples=["XJ01CAA040A001010104256"])]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000_000, examples=[24])]
-    codes: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=MAX_CODES), ExampleCodes
-    ] = []
+    codes: Annotated[list[RawCode], msgspec.Meta(max_length=MAX_CODES), ExampleCodes] = []
     split: bool = False
 
 

@@ -21,6 +21,8 @@ SetlId = Annotated[str, msgspec.Meta(pattern=SETL_ID_PATTERN)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 RawCode = Annotated[str, msgspec.Meta(max_length=200)]  # judged per code, not per request
+# a product as registered: 7 digits (CN20) or a GTIN-14 (the handler checks which)
+ProductId = Annotated[str, msgspec.Meta(min_length=7, max_length=14)]
 # An institution's code on the national medical-insurance platform (定点医药机构编码,
 # str 30 in the NHSA envelope), e.g. "P45010300001".
 FixmedinsCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,30}$")]

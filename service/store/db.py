@@ -20,6 +20,7 @@ __all__ = [
     "Outage",
     "RetryTransaction",
     "create_pool",
+    "probe",
     "unavailable",
     "with_retry",
 ]
@@ -107,6 +108,16 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
     )
     assert pool is not None
     return pool
+
+
+PROBE_SECONDS = 2
+
+
+async def probe(pool: asyncpg.Pool) -> None:
+    """Does the database answer? Waits at most ``PROBE_SECONDS`` for a connection, and as
+    long again for ``SELECT 1``; raises whatever kept it from answering."""
+    async with pool.acquire(timeout=PROBE_SECONDS) as conn:
+        await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
 
 
 async def with_retry(pool: asyncpg.Pool, work: Callable[[Conn], Awaitable[T]], attempts: int = 5) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -208,18 +209,20 @@ async def set_status(conn: Conn, flag_id: int, status: str, note: str | None, by
     )
 
 
-def search_sql(
-    *,
-    kind: str | None,
-    status: str | None,
-    org: str | None,
-    region: str | None,
-    code: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    before_id: int | None,
-    limit: int,
-) -> tuple[str, list[Any]]:
+@dataclass(frozen=True, slots=True)
+class FlagQuery:
+    """What a flag search filters on; None: not filtered."""
+
+    kind: str | None = None
+    status: str | None = None  # None: every status but pending
+    org: str | None = None
+    region: str | None = None  # a region-code prefix
+    code: str | None = None  # canonical
+    since: datetime | None = None  # activity time (``at``), inclusive
+    until: datetime | None = None  # exclusive
+
+
+def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[str, list[Any]]:
     """The statement for one combination of filters, naming only the filters given.
 
     One catch-all statement (``$1 IS NULL OR kind = $1`` ...) is prepared once, and
@@ -233,22 +236,22 @@ def search_sql(
         args.append(value)
         return f"${len(args)}"
 
-    where = [f"status = {arg(status)}" if status is not None else "status <> 'pending'"]
-    if kind is not None:
-        where.append(f"kind = {arg(kind)}")
-    if org is not None:
-        where.append(f"org = {arg(org)}")
-    if region is not None:
+    where = [f"status = {arg(query.status)}" if query.status is not None else "status <> 'pending'"]
+    if query.kind is not None:
+        where.append(f"kind = {arg(query.kind)}")
+    if query.org is not None:
+        where.append(f"org = {arg(query.org)}")
+    if query.region is not None:
         # a prefix of digits, as a byte-wise range (``~>=~``/``~<~``, the operators of
         # the text_pattern_ops index): a LIKE on a parameter cannot use an index in a
         # generic plan, and ':' is the byte after '9'
-        where.append(f"region ~>=~ {arg(region)} AND region ~<~ {arg(region + ':')}")
-    if code is not None:
-        where.append(f"code = {arg(code)}")
-    if since is not None:
-        where.append(f"at >= {arg(since)}")
-    if until is not None:
-        where.append(f"at < {arg(until)}")
+        where.append(f"region ~>=~ {arg(query.region)} AND region ~<~ {arg(query.region + ':')}")
+    if query.code is not None:
+        where.append(f"code = {arg(query.code)}")
+    if query.since is not None:
+        where.append(f"at >= {arg(query.since)}")
+    if query.until is not None:
+        where.append(f"at < {arg(query.until)}")
     if before_id is not None:
         where.append(f"flag_id < {arg(before_id)}")
     sql = f"""SELECT {_COLUMNS} FROM flags WHERE {" AND ".join(where)}
@@ -256,31 +259,9 @@ def search_sql(
     return sql, args
 
 
-async def search(
-    conn: Conn,
-    *,
-    kind: str | None,
-    status: str | None,
-    org: str | None,
-    region: str | None,
-    code: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    before_id: int | None,
-    limit: int,
-) -> list[dict[str, Any]]:
+async def search(conn: Conn, query: FlagQuery, *, before_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Newest first (by flag id, which only grows), after the cursor ``before_id``."""
-    sql, args = search_sql(
-        kind=kind,
-        status=status,
-        org=org,
-        region=region,
-        code=code,
-        since=since,
-        until=until,
-        before_id=before_id,
-        limit=limit,
-    )
+    sql, args = search_sql(query, before_id=before_id, limit=limit)
     return [dict(r) for r in await conn.fetch(sql, *args)]
 
 

@@ -20,6 +20,7 @@ from service.store import registry
 from service.store import sales as sale_store
 from service.store.conn import Conn
 from service.usecases.errors import Invalid
+from service.usecases.flags import shown
 
 
 def _answer(
@@ -171,5 +172,5 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
             }
             for s in sales
         ],
-        "flags": [{**f, "flag_id": str(f["flag_id"])} for f in await flag_store.for_code(conn, code)],
+        "flags": [shown(f) for f in await flag_store.for_code(conn, code)],
     }

@@ -7,26 +7,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from service import metrics
 from service.store import flags as flag_store
+from service.store.flags import FlagQuery as FlagQuery  # what a search filters on
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class FlagQuery:
-    kind: str | None = None
-    status: str | None = None
-    org: str | None = None
-    region: str | None = None  # a region-code prefix
-    code: str | None = None  # canonical
-    since: datetime | None = None  # activity time (``at``), inclusive
-    until: datetime | None = None  # exclusive
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +25,8 @@ class Page:
     next_before: int | None  # the flag id the next page starts below; None on the last page
 
 
-def _shown(flag: dict[str, Any]) -> dict[str, Any]:
+def shown(flag: dict[str, Any]) -> dict[str, Any]:
+    """A flag row as the API shows it: its id as a string."""
     return {**flag, "flag_id": str(flag["flag_id"])}
 
 
@@ -43,21 +34,11 @@ async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None,
     """Up to ``limit`` flags, newest first (by id, which only grows), below ``before_id``:
     flags raised while an investigator pages never shift a page."""
     async with pool.acquire() as conn:
-        rows = await flag_store.search(
-            conn,
-            kind=query.kind,
-            status=query.status,
-            org=query.org,
-            region=query.region,
-            code=query.code,
-            since=query.since,
-            until=query.until,
-            before_id=before_id,
-            limit=limit + 1,  # one more tells whether there is a next page
-        )
+        # one more than asked for tells whether there is a next page
+        rows = await flag_store.search(conn, query, before_id=before_id, limit=limit + 1)
     items = rows[:limit]
     more = len(rows) > limit and bool(items)
-    return Page([_shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
+    return Page([shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
 
 
 async def counts(pool: asyncpg.Pool) -> dict[str, dict[str, int]]:
@@ -76,7 +57,7 @@ async def read(pool: asyncpg.Pool, flag_id: int) -> dict[str, Any] | None:
         flag = await flag_store.get(conn, flag_id)
         if flag is None:
             return None
-        return {**_shown(flag), "history": await flag_store.changes(conn, flag_id)}
+        return {**shown(flag), "history": await flag_store.changes(conn, flag_id)}
 
 
 async def change(
@@ -91,7 +72,7 @@ async def change(
         await flag_store.set_status(conn, flag_id, status, note, by_key)
         flag = await flag_store.get(conn, flag_id)
         assert flag is not None
-        return {**_shown(flag), "history": await flag_store.changes(conn, flag_id)}
+        return {**shown(flag), "history": await flag_store.changes(conn, flag_id)}
 
 
 async def promote_due(pool: asyncpg.Pool, window: timedelta) -> list[int] | None:

@@ -320,7 +320,7 @@ async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
 async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from service.store.flags import search_sql
+    from service.store.flags import FlagQuery, search_sql
     from service.store.stats import RECEIVED_SQL
 
     await db.execute(
@@ -348,10 +348,7 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     await db.execute("ANALYZE flags; ANALYZE events; ANALYZE event_codes")
 
     def search(**given: Any) -> tuple[str, list[Any]]:
-        filters: dict[str, Any] = dict.fromkeys(
-            ("kind", "status", "org", "region", "code", "since", "until", "before_id")
-        )
-        return search_sql(**{**filters, **given, "limit": 100})
+        return search_sql(FlagQuery(**given), before_id=None, limit=100)
 
     start = datetime(2026, 3, 1, tzinfo=UTC)
     for given, index in [

@@ -1,8 +1,7 @@
 """Smoke run of the load test, so ``loadtests/`` does not rot: seed a small data set with
 ``loadtests/seed.py``, serve it with ``tracecode serve``, run ``loadtests/locustfile.py``
 headless for a few seconds with one user of each class taking its operations in turn.
-Every main kind of request must be made and none may fail (``GET /v1/flags`` counts a
-404 as a success: the endpoint may not exist yet). No timing is asserted.
+Every main kind of request must be made and none may fail. No timing is asserted.
 
 Locust runs in a subprocess: it monkey-patches with gevent, which must not happen to the
 test process."""
