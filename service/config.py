@@ -48,7 +48,7 @@ def rate_limit(name: str, raw: str) -> RateLimit | None:
         return None
     count, _, unit = text.partition("/")
     unit = unit or "second"
-    if not count.isdigit() or unit not in get_args(RateUnit):
+    if not (count.isascii() and count.isdigit()) or unit not in get_args(RateUnit):
         raise SystemExit(f"{name} must be N/second, N/minute, N/hour, N/day or off, got {raw!r}")
     return unit, int(count)  # type: ignore[return-value]
 
@@ -108,7 +108,7 @@ class Settings:
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024),
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
             log_level=os.environ.get("TRACE_LOG_LEVEL", "info"),
-            key_cache_seconds=float(os.environ.get("TRACE_KEY_CACHE_SECONDS", "60")),
+            key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0),
             flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0),
             flag_promote_seconds=_float("TRACE_FLAG_PROMOTE_SECONDS", 60.0),
             epcis_schema=Path(os.environ["TRACE_EPCIS_SCHEMA"])

@@ -20,6 +20,8 @@ async def test_a_rate_limit_is_read_as_count_per_unit() -> None:
     assert rate_limit("X", "off") is None
     with pytest.raises(SystemExit):
         rate_limit("X", "fast")
+    with pytest.raises(SystemExit):  # "²".isdigit() is true, but int() refuses it
+        rate_limit("X", "²/second")
 
 
 @pytest.mark.parametrize("store", ["valkey", "memory"])
