@@ -21,12 +21,12 @@ from service.api.deps import Services
 from service.api.openapi import BEARER, KEYED, problems
 from service.core.auth import Role
 from service.core.events import EARLIEST_YEAR
-from service.interop.epcis.mapping import biz_step
+from service.interop.epcis.mapping import GS1_CONTEXT_PREFIX, biz_step, own_context
 from service.usecases import epcis as usecase
 
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
 VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
-CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
+CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
 
 def _limits(settings_bytes: int) -> dict[str, str]:
@@ -146,7 +146,9 @@ class EpcisController(Controller):
             if not isinstance(e, dict):
                 raise epcis_problem(400, "ValidationException", f"eventList[{i}]: not an object")
         try:
-            captured = await usecase.capture(services.pool, principal.org, events, behaviour, invalid)
+            captured = await usecase.capture(
+                services.pool, principal.org, events, behaviour, invalid, own_context(doc)
+            )
         except usecase.ForeignLocation as exc:
             raise epcis_problem(403, "SecurityException", str(exc)) from None
         if captured.result.flags:

@@ -106,12 +106,14 @@ class Query:
 
 
 async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
-    """(seq, body) of the matching events in capture order, after ``after_seq``.
+    """(seq, body) of the matching events in capture order, after ``after_seq``; the body
+    as captured, with ``recordTime`` the time this service recorded it (the standard has
+    the repository set it, and ignore one given at capture).
     MATCH_epc narrows by the indexed ``epcs`` (every EPC named), then keeps events whose
     ``epcList``/``childEPCs`` hold one; ``@>`` is false, not an error, where a document
     stored without the schema has an object there."""
     rows = await conn.fetch(
-        """SELECT seq, body::text AS body FROM epcis_events
+        """SELECT seq, body::text AS body, record_time FROM epcis_events
            WHERE seq > $1
              AND ($2::text[] IS NULL OR event_type = ANY($2))
              AND ($3::timestamptz IS NULL OR event_time >= $3)
@@ -137,4 +139,9 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
         q.event_id,
         q.limit,
     )
-    return [(r["seq"], msgspec.json.decode(r["body"])) for r in rows]
+    return [(r["seq"], _recorded(msgspec.json.decode(r["body"]), r["record_time"])) for r in rows]
+
+
+def _recorded(body: dict[str, Any], at: datetime) -> dict[str, Any]:
+    body["recordTime"] = at.isoformat().replace("+00:00", "Z")
+    return body

@@ -5,7 +5,7 @@ capture job, in the same transaction as their custody commands (the same ingest 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -56,10 +56,12 @@ async def capture(
     events: list[Mapping[str, Any]],
     behaviour: str,
     invalid: Mapping[int, tuple[str, str]],
+    context: Sequence[Any] = (),
 ) -> Captured:
     """Capture ``events`` for ``org``. ``invalid``: events the schema refused, by index,
-    as (field, message). With ``rollback`` any error stores nothing; with ``proceed``
-    the good events are stored. Raises ForeignLocation (nothing stored)."""
+    as (field, message); ``context``: the document's own ``@context`` entries. With
+    ``rollback`` any error stores nothing; with ``proceed`` the good events are stored.
+    Raises ForeignLocation (nothing stored)."""
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
     async with pool.acquire() as conn:
@@ -77,7 +79,7 @@ async def capture(
             errors.append(_error(i, event_id, *invalid[i]))
             continue
         try:
-            mapped.append(map_event(event, by_gln, org, created))
+            mapped.append(map_event(event, by_gln, org, created, context))
         except EventError as exc:
             errors.append(_error(i, event_id, exc.field, exc.message))
     if errors and behaviour == "rollback":

@@ -14,7 +14,11 @@ _TABLES_KEPT = {"schema_migrations"}
 @pytest_asyncio.fixture(loop_scope="session", autouse=True)
 async def clean(db_url: str, server_urls: tuple[str, str]) -> None:
     """Each database test starts from empty tables and an empty Redis."""
-    redis_url = server_urls[1]
+    await wipe(db_url, server_urls[1])
+
+
+async def wipe(db_url: str, redis_url: str) -> None:
+    """Empty every table (but the migrations') and Redis, and forget cached registry rows."""
     conn = await asyncpg.connect(db_url)
     try:
         tables = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -10,7 +12,11 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.interop.epcis.identifiers import to_code
+from service.interop.epcis.mapping import all_glns, epcs_of, location_glns
+from tests.conftest import EPCIS_DIR
 from tests.helpers import Api, at, event
+from tests.integration.conftest import wipe
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -208,23 +214,88 @@ async def test_pharma_journey_as_epcis_gives_custody(admin: Api) -> None:
     assert (await keys["P1"].get("/epcis/events")).status_code == 403
 
 
-async def test_same_journey_via_v1_events_gives_same_history(admin: Api) -> None:
+async def _snapshot(keys: dict[str, Api]) -> dict[str, Any]:
+    """What investigators and pharmacies see of the journey: each code's state and
+    history, and the flags, without the ids and clock times each upload gets anew."""
+    volatile = {"event_id", "flag_id", "raised_at", "received_at", "refs", "ref", "updated_at"}
+
+    def meaning(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: meaning(v) for k, v in value.items() if k not in volatile}
+        if isinstance(value, list):
+            return [meaning(v) for v in value]
+        return value
+
+    inv = keys["inv"]
+    seen: dict[str, Any] = {}
+    for code in [*UNITS, SSCC_CODE]:
+        seen[code] = {
+            "verify": await keys["P1"].ok("GET", f"/v1/codes/{code}/verify"),
+            "history": await inv.ok("GET", f"/v1/codes/{code}/history"),
+        }
+    flags = []
+    for status in ("pending", "open"):
+        flags += (await inv.ok("GET", f"/v1/flags?status={status}"))["items"]
+    seen["flags"] = sorted((f["kind"], f["code"], f["org"], f["status"], f["at"]) for f in flags)
+    return meaning(seen)
+
+
+UNITS = [f"011061414107346421{s}" for s in (1, 2, 3)]
+
+
+async def test_same_journey_via_v1_events_gives_same_state_flags_and_history(
+    admin: Api, db_url: str, server_urls: tuple[str, str]
+) -> None:
+    """API.md: "state, flags and history are the same whichever way a fact arrived"."""
+    from service.cli import _create_key
+
     keys = await _pharma_world(admin)
-    units = [f"0110614141073464 21{s}".replace(" ", "") for s in (1, 2, 3)]
+    for org, ev in _journey():
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    again = _ev(
+        "ObjectEvent",
+        7,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="dispensing",
+        epcList=[_journey()[-1][1]["epcList"][0]],
+    )
+    assert (await keys["P1"].post("/epcis/capture", _doc(again))).json()["success"]
+    via_epcis = await _snapshot(keys)
+    assert [f[0] for f in via_epcis["flags"]] == ["DUPLICATE"], via_epcis["flags"]
+
+    await wipe(db_url, server_urls[1])
+    _, secret = await _create_key(db_url, "admin", None)
+    keys = await _pharma_world(Api(admin.client, secret))
     await keys["M1"].events(
-        event("commission", "M1", units, 0, lot="L1", expiry="2030-12-31"),
-        event("pack", "M1", units, 1, parent=SSCC_CODE),
+        event("commission", "M1", UNITS, 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", UNITS, 1, parent=SSCC_CODE),
         event("ship", "M1", [SSCC_CODE], 2, to="D1"),
     )
     await keys["D1"].events(
         event("receive", "D1", [SSCC_CODE], 3), event("ship", "D1", [SSCC_CODE], 4, to="P1")
     )
-    await keys["P1"].events(event("receive", "P1", [SSCC_CODE], 5))
-    state = await keys["P1"].ok("GET", f"/v1/codes/{units[1]}/verify")
-    assert state["custodian"] == "P1"
-    assert state["lot"] == "L1"
-    history = await keys["inv"].ok("GET", f"/v1/codes/{units[1]}/history")
-    assert [e["type"] for e in history["events"]] == HISTORY
+    await keys["P1"].events(
+        event("receive", "P1", [SSCC_CODE], 5),
+        event("dispense", "P1", UNITS[:1], 6),
+        event("dispense", "P1", UNITS[:1], 7),
+    )
+    via_v1 = await _snapshot(keys)
+    assert [e["type"] for e in via_v1[UNITS[1]]["history"]["events"]] == HISTORY
+    assert via_v1 == via_epcis, _differences(via_v1, via_epcis)
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two JSON values differ, as readable paths (an assertion's message)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d for k in sorted(a.keys() | b.keys()) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")
+        ]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
 async def test_rollback_and_proceed_with_one_bad_event(admin: Api) -> None:
@@ -280,3 +351,105 @@ async def test_match_epc_with_no_schema_and_objects_for_lists(settings: Settings
         resp = await keys["inv"].get("/epcis/events", MATCH_epc=unit)
         assert resp.status_code == 200, resp.text
         assert len(resp.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 1
+
+
+EXAMPLES = {
+    path.name: json.loads(path.read_text(encoding="utf-8"))
+    for path in sorted((EPCIS_DIR / "examples").glob("*.jsonld"))
+}
+
+
+def _expanded(value: Any, prefixes: dict[str, str]) -> Any:
+    """``value`` with every compact IRI (``example:myField``) written out in full, by the
+    JSON-LD prefixes in force: two events mean the same when their expansions are equal."""
+    if isinstance(value, dict):
+        return {_expanded(k, prefixes): _expanded(v, prefixes) for k, v in value.items() if k != "@context"}
+    if isinstance(value, list):
+        return [_expanded(v, prefixes) for v in value]
+    if isinstance(value, str) and ":" in value:
+        prefix, rest = value.split(":", 1)
+        if prefix in prefixes and not rest.startswith("//"):
+            return prefixes[prefix] + rest
+    return value
+
+
+def _prefixes(*contexts: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for context in contexts:
+        for entry in context if isinstance(context, list) else [context]:
+            if isinstance(entry, dict):
+                found.update({k: v for k, v in entry.items() if isinstance(v, str)})
+    return found
+
+
+@pytest.mark.skipif(not EXAMPLES, reason="GS1's examples are not laid beside the repository")
+@pytest.mark.parametrize("name", EXAMPLES)
+async def test_every_gs1_example_is_captured_and_queried_back_equal_in_meaning(admin: Api, name: str) -> None:
+    doc = EXAMPLES[name]
+    body = doc["epcisBody"]
+    sent = body["eventList"] if "eventList" in body else body["queryResults"]["resultsBody"]["eventList"]
+    if doc["type"] != "EPCISDocument":  # a query's answer is captured as the document it lists
+        doc = {**doc, "type": "EPCISDocument", "epcisBody": {"eventList": sent}}
+    # the capturing organisation holds every place the events happened; each party they
+    # name is an organisation too; each GTIN of their instance identifiers is a product
+    places = sorted({g for e in sent for g in location_glns(e)})
+    parties = sorted({g for e in sent for g in all_glns(e)} - set(places))
+    await admin.ok(
+        "POST",
+        "/v1/orgs",
+        {"id": "X0", "name": "X0", "kind": "distributor", "region": "450100", "glns": places},
+        201,
+    )
+    for i, gln in enumerate(parties, 1):
+        org = {"id": f"X{i}", "name": f"X{i}", "kind": "distributor", "region": "450100", "glns": [gln]}
+        await admin.ok("POST", "/v1/orgs", org, 201)
+    await admin.ok(
+        "POST", "/v1/orgs", {"id": "MX", "name": "MX", "kind": "manufacturer", "region": "450100"}, 201
+    )
+    gtins = sorted({c[2:16] for e in sent for c in map(to_code, epcs_of(e)) if c and c.startswith("01")})
+    for gtin in gtins:
+        product = {
+            "product_id": gtin,
+            "name": gtin,
+            "med_list_codg": f"M{gtin}",
+            "pack_units": 1,
+            "manufacturer": "MX",
+        }
+        await admin.ok("POST", "/v1/products", product, 201)
+    x0 = await admin.key_for("org", "X0")
+
+    resp = await x0.post("/epcis/capture", doc)
+    assert resp.status_code == 202, resp.text
+    job = await x0.ok("GET", resp.headers["location"])
+    assert job["success"], job
+    assert not job["errors"], job
+
+    answer = await admin.ok("GET", "/epcis/events?perPage=1000")
+    got = answer["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    # in capture order, an eventID seen before being the same fact
+    ids = [e.get("eventID") for e in sent]
+    wanted = [e for i, e in enumerate(sent) if ids[i] is None or ids[i] not in ids[:i]]
+    assert len(got) == len(wanted)
+    for out, original in zip(got, wanted, strict=True):
+        assert out.pop("recordTime")  # the repository's own
+        if "eventID" not in original:
+            assert out.pop("eventID").startswith("urn:uuid:")
+        mine = _prefixes(doc["@context"], original.get("@context"))
+        theirs = _prefixes(answer["@context"], out.get("@context"))
+        expected = {k: v for k, v in original.items() if k != "recordTime"}
+        assert _expanded(out, theirs) == _expanded(expected, mine), (name, _differences(out, expected))
+
+
+async def test_concurrent_captures_of_one_document_store_it_once(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    made = [ev for org, ev in _journey() if org == "M1"]  # commission, pack, ship: no eventIDs
+    given = _ev("ObjectEvent", 2.5, M_LOC, action="OBSERVE", bizStep="inspecting", epcList=[SSCC_URN])
+    given["eventID"] = "urn:uuid:9c6f0f4e-1a7b-4d8e-9a51-2f0c7d3b6e10"
+    doc = _doc(*made, given)
+    answers = await asyncio.gather(*(keys["M1"].post("/epcis/capture", doc) for _ in range(8)))
+    assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+    assert all(a.json()["success"] for a in answers), [a.text for a in answers]
+    listed = await keys["inv"].ok("GET", "/epcis/events")
+    assert len(listed["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 4
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
+    assert [e["type"] for e in history["events"]] == ["commission", "pack", "ship"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -30,6 +30,8 @@ from service.core.events import REPEATED_CODE, Incoming, Rejection, shape_errors
 from service.core.rules import INVALID_CODE
 from service.interop.epcis.identifiers import to_code, to_gln
 
+# GS1's JSON-LD contexts (every version): the query document names the standard one itself
+GS1_CONTEXT_PREFIX: Final = "https://ref.gs1.org/standards/epcis/"
 # uuid5 namespace of the facts made from EPCIS events whose eventID is not a UUID URN
 NAMESPACE: Final = uuid.UUID("2f6b0c1e-6d0b-5c1a-9a63-4f3c1e0e7a51")
 EVENT_TYPES: Final = frozenset(
@@ -207,10 +209,26 @@ def _codes(event_id: uuid.UUID, raws: list[str]) -> tuple[tuple[str, ...], list[
     return tuple(codes), refused
 
 
-def map_event(event: Mapping[str, Any], orgs_by_gln: Mapping[str, str], actor: str, now: datetime) -> Mapped:
+def own_context(document: Mapping[str, Any]) -> list[Any]:
+    """The document's ``@context`` entries beyond GS1's own (the namespaces its extensions
+    use, such as ``{"example": "http://ns.example.com/epcis/"}``)."""
+    given = document.get("@context")
+    entries = given if isinstance(given, list) else [given] if given is not None else []
+    return [c for c in entries if not (isinstance(c, str) and c.startswith(GS1_CONTEXT_PREFIX))]
+
+
+def map_event(
+    event: Mapping[str, Any],
+    orgs_by_gln: Mapping[str, str],
+    actor: str,
+    now: datetime,
+    context: Sequence[Any] = (),
+) -> Mapped:
     """Map one event (already shape-checked). ``orgs_by_gln``: organisation id by GLN;
     ``actor``: the capturing organisation (it must hold the event's locations: the
-    caller checks). Raises EventError."""
+    caller checks); ``context``: the capture document's :func:`own_context`, kept with
+    an event that has no ``@context`` of its own, so that its extensions keep their
+    meaning wherever a query returns it. Raises EventError."""
     type_ = event.get("type")
     if type_ not in EVENT_TYPES:
         raise EventError("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
@@ -218,7 +236,10 @@ def map_event(event: Mapping[str, Any], orgs_by_gln: Mapping[str, str], actor: s
     at = _time(event, now)
     action = event.get("action") if isinstance(event.get("action"), str) else None
     step = biz_step(event.get("bizStep"))
-    body = dict(event) if "eventID" in event else {**event, "eventID": event_id}
+    body = dict(event)
+    body.setdefault("eventID", event_id)
+    if context and "@context" not in body:
+        body["@context"] = list(context)
     parent = event.get("parentID") if isinstance(event.get("parentID"), str) else None
     record = Record(
         event_id=event_id,
