@@ -20,7 +20,7 @@ from service.api import errors, openapi, ratelimit, requestlog
 from service.api.auth import PUBLIC_PATHS, ApiKeyMiddleware, KeyCache, listen_for_revocations
 from service.api.codes import CodesController
 from service.api.deps import AppServices, dependencies
-from service.api.epcis import EpcisController
+from service.api.epcis import EpcisController, schema_validators
 from service.api.events import EventsController
 from service.api.flags import FlagsController
 from service.api.health import HealthController, MetricsController
@@ -55,6 +55,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise RuntimeError("TRACE_DATABASE_URL is not set (tracecode serve sets it)")
+    if settings.epcis_schema is not None:
+        schema_validators(settings.epcis_schema)  # compiled now, not in a first capture
     app.state.pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )

@@ -2,7 +2,8 @@
 
 EPC pure-identity URNs (``urn:epc:id:sgtin:…``, ``sscc``, ``sgln``, ``pgln``) are decoded
 by ``epcpy`` (GS1's Tag Data Standard: company-prefix split, %-escapes in serials), GS1
-Digital Link URIs by ``biip``; both give GS1 element strings, which
+Digital Link URIs by ``biip``; both give GS1 element strings (epcpy's in canonical
+order without brackets), which
 :func:`service.core.codes.parse_code` then validates and puts in canonical form
 (``01<GTIN>21<serial>``, ``00<SSCC>``) exactly as it does for scanned codes. Nothing here
 parses GS1 syntax by hand.
@@ -10,6 +11,7 @@ parses GS1 syntax by hand.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -26,14 +28,23 @@ from service.core.codes import is_gln, try_parse_code
 _EPC_ID: Final = "urn:epc:id:"
 _MAX_LENGTH: Final = 300
 _EPCPY_REFUSALS: Final = (ConvertException, ValueError, IndexError, KeyError, AttributeError)  # they vary
+# Each as the unbracketed element string, the canonical form core.codes reads on its fast
+# path (the bracketed one goes through biip again: five times the cost of epcpy itself).
+# epcpy's SGTIN element string is always "(01)" + 14 digits + "(21)" + the serial.
 _CODE_SCHEMES: Final[Mapping[str, Callable[[str], str]]] = {
-    "sgtin": lambda uri: SGTIN(uri).gs1_element_string(),
-    "sscc": lambda uri: SSCC(uri).gs1_element_string(),
+    "sgtin": lambda uri: "01{}21{}".format(*_gtin_and_serial(SGTIN(uri).gs1_element_string())),
+    "sscc": lambda uri: f"00{SSCC(uri).gs1_key()}",
 }
 _GLN_SCHEMES: Final[Mapping[str, Callable[[str], str]]] = {
     "sgln": lambda uri: SGLN(uri).gs1_key(),
     "pgln": lambda uri: PGLN(uri).gs1_key(),
 }
+
+
+def _gtin_and_serial(element_string: str) -> tuple[str, str]:
+    if element_string[:4] != "(01)" or element_string[18:22] != "(21)":
+        raise ValueError(f"not an SGTIN element string: {element_string!r}")
+    return element_string[4:18], element_string[22:]
 
 
 def _epc(uri: str, schemes: Mapping[str, Callable[[str], str]]) -> str | None:
@@ -61,6 +72,10 @@ def _digital_link(uri: str) -> dict[str, str] | None:
     return {e.ai.ai: e.value for e in link.element_strings}
 
 
+# A pack's EPC comes back in event after event (commission, pack, ship, receive, ...), and
+# a document often names it twice (commission and ship): decoding is most of what a
+# capture costs in Python, so the answers are remembered (pure functions of the string).
+@functools.lru_cache(maxsize=1 << 16)
 def to_code(uri: str) -> str | None:
     """The canonical trace code an EPC names (an SGTIN: ``01<GTIN>21<serial>``; an SSCC:
     ``00<SSCC>``), or None for anything else (a class-level ``lgtin``, a GIAI, ...).
@@ -85,6 +100,7 @@ def to_code(uri: str) -> str | None:
     return parsed.canonical if parsed else None
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def to_gln(uri: str) -> str | None:
     """The GLN (13 digits) a location or party identifier names: ``urn:epc:id:sgln:…``
     (any extension: a sub-location of that GLN), ``urn:epc:id:pgln:…``, or a Digital
