@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -453,3 +454,13 @@ async def test_concurrent_captures_of_one_document_store_it_once(admin: Api) -> 
     assert len(listed["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 4
     history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
     assert [e["type"] for e in history["events"]] == ["commission", "pack", "ship"]
+
+
+async def test_a_missing_schema_file_stops_the_start(settings: Settings, tmp_path: Path) -> None:
+    """The schema is compiled as the app starts: a wrong TRACE_EPCIS_SCHEMA is found there,
+    not by the first capture (as a 500)."""
+    app = create_app(replace(settings, epcis_schema=tmp_path / "missing.json"))
+    with pytest.raises(BaseExceptionGroup) as caught:  # entering the client starts the app
+        async with AsyncTestClient(app=app):
+            pass
+    assert caught.group_contains(FileNotFoundError, match="missing.json", depth=None)
