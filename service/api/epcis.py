@@ -31,6 +31,20 @@ VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
 CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
 
+# where each kind of document a capture takes holds its events
+_EVENT_LISTS: dict[Any, tuple[str, ...]] = {
+    "EPCISDocument": ("epcisBody", "eventList"),
+    "EPCISQueryDocument": ("epcisBody", "queryResults", "resultsBody", "eventList"),
+}
+
+
+def _walk(value: Any, path: tuple[str, ...]) -> Any:
+    """``value[path[0]][path[1]]...``, or None where a step is missing or not an object."""
+    for step in path:
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
 def _limits(settings_bytes: int) -> dict[str, str]:
     return {
         **VERSIONS,
@@ -101,9 +115,10 @@ def schema_validators(path: Path) -> tuple[Callable[[Any], Any], Draft7Validator
 
 
 def _schema_errors(
-    doc: dict[str, Any], schema: Path | None, in_list: bool
+    doc: dict[str, Any], schema: Path | None, list_path: tuple[str, ...] | None
 ) -> tuple[dict[int, tuple[str, str]], list[str]]:
-    """Schema errors by event index, and those of the document itself."""
+    """Schema errors by event index (of the event list at ``list_path`` in ``doc``; None
+    for a single event), and those of the document itself."""
     if schema is None:
         return {}, []
     quick, full = schema_validators(schema)
@@ -117,9 +132,10 @@ def _schema_errors(
     other: list[str] = []
     for err in full.iter_errors(doc):
         path = list(err.absolute_path)
-        if in_list and len(path) >= 3 and path[:2] == ["epcisBody", "eventList"] and isinstance(path[2], int):
-            fld = ".".join(str(p) for p in path[3:]) or "event"
-            by_event.setdefault(path[2], (fld, err.message[:300]))
+        n = len(list_path) if list_path else 0
+        if list_path and len(path) > n and tuple(path[:n]) == list_path and isinstance(path[n], int):
+            fld = ".".join(str(p) for p in path[n + 1 :]) or "event"
+            by_event.setdefault(path[n], (fld, err.message[:300]))
         else:
             other.append(f"{'.'.join(str(p) for p in path) or 'document'}: {err.message[:300]}")
     return by_event, other
@@ -132,13 +148,49 @@ def _decode(body: bytes) -> Any:
         raise epcis_problem(400, "ValidationException", f"not JSON: {exc}") from None
 
 
+def _version(header: str, raw: str) -> tuple[int, int, int]:
+    parts = raw.strip().split(".")
+    if not (len(parts) <= 3 and all(p.isascii() and p.isdigit() and len(p) <= 6 for p in parts)):
+        raise epcis_problem(400, "ValidationException", f"{header}: not a version such as 2.0.0")
+    major, minor, patch = (int(p) for p in (*parts, "0", "0")[:3])
+    return major, minor, patch
+
+
+async def check_versions(request: Request[Any, Any, Any]) -> None:
+    """The binding's version headers: what a client says it sends (``GS1-EPCIS-Version``,
+    ``GS1-CBV-Version``: 2.0.x) or will take (``-Min`` / ``-Max``: a range holding 2.0.0)
+    must be what this service speaks, else 406 NotAcceptableException."""
+    for standard in ("EPCIS", "CBV"):
+        name = f"GS1-{standard}-"
+        given = {part: request.headers.get(name + part) for part in ("Version", "Min", "Max")}
+        ours = _version(name + "Version", VERSIONS[name + "Version"])
+        wanted = {part: _version(name + part, raw) for part, raw in given.items() if raw is not None}
+        if (
+            ("Version" in wanted and wanted["Version"][:2] != ours[:2])
+            or ("Min" in wanted and wanted["Min"] > ours)
+            or ("Max" in wanted and wanted["Max"] < ours)
+        ):
+            asked = ", ".join(f"{name}{part}: {given[part]}" for part in wanted)
+            raise epcis_problem(
+                406,
+                "NotAcceptableException",
+                f"{asked}; this service speaks {standard} {'.'.join(map(str, ours))}",
+            )
+
+
 class EpcisController(Controller):
     path = "/epcis"
     tags = ["epcis"]
     security = BEARER
+    before_request = staticmethod(check_versions)
 
     async def _capture(
-        self, request: Request[Any, Any, Any], services: Services, events: list[Any], doc: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        events: list[Any],
+        doc: dict[str, Any],
+        list_path: tuple[str, ...] | None,
     ) -> usecase.Captured:
         principal = principal_of(request)
         if principal.role is not Role.ORG or principal.org is None:
@@ -152,7 +204,7 @@ class EpcisController(Controller):
             raise epcis_problem(
                 413, "CaptureLimitExceededException", f"{len(events)} events; at most {MAX_EVENTS}"
             )
-        invalid, other = _schema_errors(doc, services.settings.epcis_schema, in_list="epcisBody" in doc)
+        invalid, other = _schema_errors(doc, services.settings.epcis_schema, list_path)
         if other:
             raise epcis_problem(400, "ValidationException", "; ".join(other[:5]))
         for i, e in enumerate(events):
@@ -168,15 +220,21 @@ class EpcisController(Controller):
             services.feed_wake()
         return captured
 
-    @post("/capture", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 413))
+    @post("/capture", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 406, 413))
     async def capture(self, request: Request[Any, Any, Any], services: Services) -> Response[CaptureJobOut]:
-        """Capture an EPCISDocument (JSON or JSON-LD). The job is done when this answers."""
+        """Capture an EPCISDocument, or the events of an EPCISQueryDocument (JSON or
+        JSON-LD). The job is done when this answers."""
         doc = _decode(await request.body())
-        body = doc.get("epcisBody") if isinstance(doc, dict) else None
-        events = body.get("eventList") if isinstance(body, dict) else None
-        if not isinstance(doc, dict) or doc.get("type") != "EPCISDocument" or not isinstance(events, list):
-            raise epcis_problem(400, "ValidationException", "an EPCISDocument with epcisBody.eventList")
-        captured = await self._capture(request, services, events, doc)
+        list_path = _EVENT_LISTS.get(doc.get("type")) if isinstance(doc, dict) else None
+        events = _walk(doc, list_path) if list_path else None
+        if list_path is None or not isinstance(events, list):
+            raise epcis_problem(
+                400,
+                "ValidationException",
+                "an EPCISDocument with epcisBody.eventList, or an EPCISQueryDocument "
+                "with epcisBody.queryResults.resultsBody.eventList",
+            )
+        captured = await self._capture(request, services, events, doc, list_path)
         job = captured.job
         headers = {
             **_limits(services.settings.max_body_bytes),
@@ -184,7 +242,7 @@ class EpcisController(Controller):
         }
         return Response(_job_out(job), status_code=202, headers=headers)
 
-    @get("/capture/{capture_id:str}", guards=[requires(Role.ORG)], responses=problems(*KEYED, 404))
+    @get("/capture/{capture_id:str}", guards=[requires(Role.ORG)], responses=problems(*KEYED, 404, 406))
     async def capture_job(
         self, request: Request[Any, Any, Any], services: Services, capture_id: FromPath[str]
     ) -> Response[CaptureJobOut]:
@@ -195,7 +253,7 @@ class EpcisController(Controller):
             raise epcis_problem(404, "NoSuchResourceException", f"no capture job {capture_id}")
         return Response(_job_out(job), headers=VERSIONS)
 
-    @post("/events", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 413))
+    @post("/events", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 406, 413))
     async def capture_event(
         self, request: Request[Any, Any, Any], services: Services
     ) -> Response[CaptureJobOut]:
@@ -203,7 +261,7 @@ class EpcisController(Controller):
         event = _decode(await request.body())
         if not isinstance(event, dict):
             raise epcis_problem(400, "ValidationException", "an EPCIS event object")
-        captured = await self._capture(request, services, [event], event)
+        captured = await self._capture(request, services, [event], event, None)
         job = captured.job
         if not job.success:
             raise epcis_problem(400, "ValidationException", job.errors[0]["detail"], errors=job.errors)
@@ -213,7 +271,7 @@ class EpcisController(Controller):
         }
         return Response(_job_out(job), status_code=202, headers=headers)
 
-    @get("/events", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED))
+    @get("/events", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 406))
     async def events(
         self,
         services: Services,
@@ -268,7 +326,9 @@ class EpcisController(Controller):
             headers["Link"] = f'</epcis/events?nextPageToken={page.next_token}>; rel="next"'
         return Response(_document(page.events), headers=headers)
 
-    @get("/events/{event_id:path}", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 404))
+    @get(
+        "/events/{event_id:path}", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 404, 406)
+    )
     async def event(self, services: Services, event_id: FromPath[str]) -> Response[EPCISQueryDocument]:
         """One event by its eventID."""
         found = await usecase.event(services.pool, event_id.lstrip("/"))

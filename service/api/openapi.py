@@ -34,6 +34,7 @@ _MEANING = {
     401: "No API key, or an unknown or revoked one",
     403: "The key's role or organisation may not do this",
     404: "Nothing with that id",
+    406: "The client asked for a version of the standard this service does not speak",
     409: "The id exists with a different body",
     413: "The request body is larger than the service accepts",
     415: "The body is declared as something other than JSON (Content-Type)",

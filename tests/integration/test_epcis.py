@@ -388,9 +388,8 @@ def _prefixes(*contexts: Any) -> dict[str, str]:
 async def test_every_gs1_example_is_captured_and_queried_back_equal_in_meaning(admin: Api, name: str) -> None:
     doc = EXAMPLES[name]
     body = doc["epcisBody"]
+    # the binding's capture takes an EPCISQueryDocument too (GS1's example of one)
     sent = body["eventList"] if "eventList" in body else body["queryResults"]["resultsBody"]["eventList"]
-    if doc["type"] != "EPCISDocument":  # a query's answer is captured as the document it lists
-        doc = {**doc, "type": "EPCISDocument", "epcisBody": {"eventList": sent}}
     # the capturing organisation holds every place the events happened; each party they
     # name is an organisation too; each GTIN of their instance identifiers is a product
     places = sorted({g for e in sent for g in location_glns(e)})
@@ -464,3 +463,60 @@ async def test_a_missing_schema_file_stops_the_start(settings: Settings, tmp_pat
         async with AsyncTestClient(app=app):
             pass
     assert caught.group_contains(FileNotFoundError, match="missing.json", depth=None)
+
+
+async def test_version_headers_say_what_this_service_speaks(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    doc = _doc(_journey()[0][1])
+
+    async def capture(**headers: str) -> Any:
+        return await keys["M1"].client.post(
+            "/epcis/capture", headers={**keys["M1"].headers, **headers}, json=doc
+        )
+
+    for refused in ({"GS1-EPCIS-Version": "1.2.0"}, {"GS1-CBV-Min": "2.1"}, {"GS1-EPCIS-Max": "1.2.0"}):
+        resp = await capture(**refused)
+        assert resp.status_code == 406, (refused, resp.text)
+        assert resp.json()["type"] == "epcisException:NotAcceptableException"
+        assert next(iter(refused)) in resp.json()["detail"]
+    resp = await capture(**{"GS1-EPCIS-Version": "two"})
+    assert resp.status_code == 400, resp.text
+    assert "GS1-EPCIS-Version" in resp.json()["detail"]
+    # nothing of the refused captures was kept
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404
+    resp = await capture(**{"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Min": "1.2.0", "GS1-CBV-Max": "2.0.0"})
+    assert resp.status_code == 202, resp.text
+    resp = await keys["inv"].client.get(
+        "/epcis/events", headers={**keys["inv"].headers, "GS1-EPCIS-Min": "3.0.0"}
+    )
+    assert resp.status_code == 406, resp.text
+
+
+async def test_an_epcis_query_document_is_captured_as_its_events(admin: Api) -> None:
+    keys = await _pharma_world(admin)
+    answer = {
+        **_doc(),
+        "type": "EPCISQueryDocument",
+        "epcisBody": {
+            "queryResults": {
+                "queryName": "SimpleEventQuery",
+                "resultsBody": {"eventList": [_journey()[0][1]]},
+            }
+        },
+    }
+    resp = await keys["M1"].post("/epcis/capture", answer)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["eventCount"] == 1, resp.text
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 200
+    bad = {
+        **answer,
+        "epcisBody": {
+            "queryResults": {
+                "queryName": "SimpleEventQuery",
+                "resultsBody": {"eventList": [{"type": "ObjectEvent"}]},
+            }
+        },
+    }
+    resp = await keys["M1"].post("/epcis/capture", bad)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["errors"][0]["eventIndex"] == 0, resp.text
