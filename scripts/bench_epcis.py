@@ -2,14 +2,14 @@
 
 What is measured
     For each batch size B and round, two fresh sets of B packs of one GTIN make the same
-    journey: the manufacturer M1 commissions them (lot and expiry) and ships them to the
-    distributor D1, in one request; D1 receives them, in a second request. One set goes
-    as EPCIS 2.0 documents to ``POST /epcis/capture`` (SGTIN URNs; a commissioning
-    ObjectEvent with ``ilmd`` and a shipping ObjectEvent with a ``destinationList``, then
-    a receiving ObjectEvent), the other as the same events to ``POST /v1/events``
-    (canonical ``01<GTIN>21<serial>`` codes). Which side goes first alternates by round.
-    The time is the client's wall time of the two requests (bodies encoded before the
-    clock starts); codes/s = B / seconds; medians over all rounds, and the ratio
+    journey, one request per step: the manufacturer M1 commissions them (lot and expiry),
+    M1 ships them to the distributor D1, and D1 receives them. One set goes as EPCIS 2.0
+    documents to ``POST /epcis/capture`` (SGTIN URNs; a commissioning ObjectEvent with
+    ``ilmd``, a shipping ObjectEvent with a ``destinationList``, a receiving
+    ObjectEvent), the other as the same events to ``POST /v1/events`` (canonical
+    ``01<GTIN>21<serial>`` codes). Which side goes first alternates by round. The time is
+    the client's wall time of the three requests (bodies encoded before the clock
+    starts); codes/s = B / seconds; medians over all rounds, and the ratio
     epcis / events. The EPCIS side does more: it also validates each document against
     GS1's JSON Schema (when it is laid beside the repository, as in the tests) and keeps
     every event as received for queries.
@@ -57,8 +57,8 @@ def document(*events: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def epcis_journey(serials: range, at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
-    """M1's document (commission, ship to D1) and D1's (receive)."""
+def epcis_journey(serials: range, at: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """(organisation, document) of each step: M1 commissions, M1 ships to D1, D1 receives."""
     epcs = [f"urn:epc:id:sgtin:0614141.107346.{s}" for s in serials]
     m1_loc, d1_loc = ORGS[0][3], ORGS[1][3]
 
@@ -87,21 +87,17 @@ def epcis_journey(serials: range, at: datetime) -> tuple[dict[str, Any], dict[st
         destinationList=[{"type": "location", "destination": d1_loc}],
     )
     receive = ev(at + timedelta(seconds=2), d1_loc, action="OBSERVE", bizStep="receiving")
-    return document(commission, ship), document(receive)
+    return [("M1", document(commission)), ("M1", document(ship)), ("D1", document(receive))]
 
 
-def events_journey(serials: range, at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The same journey as ``POST /v1/events`` bodies."""
+def events_journey(serials: range, at: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """The same steps as ``POST /v1/events`` bodies."""
     codes = [f"01{GTIN}21{s}" for s in serials]
-    return (
-        {
-            "events": [
-                event("commission", "M1", codes, at, lot="BENCH1", expiry="2030-12-31"),
-                event("ship", "M1", codes, at + timedelta(seconds=1), to="D1"),
-            ]
-        },
-        {"events": [event("receive", "D1", codes, at + timedelta(seconds=2))]},
-    )
+    return [
+        ("M1", {"events": [event("commission", "M1", codes, at, lot="BENCH1", expiry="2030-12-31")]}),
+        ("M1", {"events": [event("ship", "M1", codes, at + timedelta(seconds=1), to="D1")]}),
+        ("D1", {"events": [event("receive", "D1", codes, at + timedelta(seconds=2))]}),
+    ]
 
 
 async def timed(
@@ -156,9 +152,9 @@ async def run(
                         ("/epcis/capture", epcis_journey, epcis_times),
                         ("/v1/events", events_journey, event_times),
                     ):
-                        ship, receive = build(range(serial, serial + size), at)
+                        steps = build(range(serial, serial + size), at)
                         serial += size
-                        sides.append((path, [(keys["M1"], ship), (keys["D1"], receive)], times))
+                        sides.append((path, [(keys[org], body) for org, body in steps], times))
                     for path, steps, times in sides if r % 2 == 0 else reversed(sides):
                         times.append(await timed(client, path, steps, size))
                     at += timedelta(minutes=1)

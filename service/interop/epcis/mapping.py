@@ -196,7 +196,7 @@ def _ilmd(event: Mapping[str, Any], keys: tuple[str, ...]) -> object:
 
 
 def _codes(event_id: uuid.UUID, raws: list[str]) -> tuple[tuple[str, ...], list[Rejection]]:
-    codes: list[str] = []
+    codes: dict[str, None] = {}  # in order, and a set (a list's "in" made 10,000 EPCs quadratic)
     refused: list[Rejection] = []
     for raw in raws:
         code = to_code(raw)
@@ -205,7 +205,7 @@ def _codes(event_id: uuid.UUID, raws: list[str]) -> tuple[tuple[str, ...], list[
         elif code in codes:
             refused.append(Rejection(event_id, code, REPEATED_CODE))
         else:
-            codes.append(code)
+            codes[code] = None
     return tuple(codes), refused
 
 
