@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from service.core.events import Incoming
-from service.store.db import create_pool
+from service.store.db import LARGE_BATCH, create_pool
 from service.usecases import events as ingest_usecase
 from tests.helpers import BASE_TIME, Api, cn20, small_world, sscc
 
@@ -66,3 +66,38 @@ async def test_crossing_batches_do_not_deadlock(admin: Api, db: asyncpg.Connecti
         await pool.close()  # a closing backend flushes its statistics
     await asyncio.sleep(1)  # the flush is asynchronous (a late one could hide a deadlock, never add one)
     assert await _deadlocks(db) - before == 0
+
+
+async def test_a_large_batch_is_planned_for_its_own_arrays(admin: Api, db_url: str) -> None:
+    """A connection that ran ingest's statements many times with small batches keeps a
+    generic plan for them, costed for an array of about ten codes; a large batch must not
+    run on it (it scanned the whole codes table under bench_epcis.py). PostgreSQL counts,
+    per prepared statement of the session, the runs of each kind of plan."""
+    w = await small_world(admin)
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+
+    def batch(first: int, n: int, minutes: float) -> list[Incoming]:
+        codes = [cn20(w["unit"], first + i) for i in range(n)]
+        return [
+            _event("commission", codes, minutes, lot="L1", expiry=date(2030, 12, 31)),
+            _event("ship", codes, minutes + 0.5, to="D1"),
+        ]
+
+    async def lock_plans() -> tuple[int, int]:
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%FROM codes WHERE code = ANY%FOR UPDATE'"
+            )
+        assert row is not None, "ingest did not lock code rows on this connection?"
+        return row["generic_plans"], row["custom_plans"]
+
+    try:
+        for r in range(12):
+            assert not (await ingest_usecase.ingest(pool, batch(100 * r, 3, r), [])).rejected
+        generic, custom = await lock_plans()
+        assert generic > 0  # what the small batches use: the cached plan
+        assert not (await ingest_usecase.ingest(pool, batch(10_000, LARGE_BATCH, 20), [])).rejected
+        assert await lock_plans() == (generic, custom + 1)
+    finally:
+        await pool.close()
