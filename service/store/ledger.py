@@ -61,32 +61,66 @@ async def insert(
     return {(r["interface"], r["fixmedins_bchno"]) for r in rows}
 
 
+_IN = "r.kind = ANY('{" + ",".join(IN_KINDS) + "}'::text[])"
+_OUT = "r.kind = ANY('{" + ",".join(OUT_KINDS) + "}'::text[])"
+# Running sums of an item's records in ledger order (``run``: up to and including the
+# record; ``upto``: every record at or before its time), for below_zero()
+_RUNNING = f"""
+    sum(r.delta) OVER run AS balance,
+    coalesce(sum(r.units) FILTER (WHERE {_IN}) OVER run, 0) AS units_in,
+    coalesce(sum(r.units) FILTER (WHERE {_OUT}) OVER run, 0) AS units_out,
+    sum(r.delta) OVER upto AS balance_upto,
+    coalesce(sum(r.units) FILTER (WHERE {_IN}) OVER upto, 0) AS units_in_upto,
+    coalesce(sum(r.units) FILTER (WHERE {_OUT}) OVER upto, 0) AS units_out_upto"""
+
 _FIGURES = f"""
     coalesce(sum(r.delta), 0) AS balance,
     coalesce(sum(r.units) FILTER (WHERE r.kind = ANY('{{{",".join(IN_KINDS)}}}'::text[])), 0) AS units_in,
     coalesce(sum(r.units) FILTER (WHERE r.kind = ANY('{{{",".join(OUT_KINDS)}}}'::text[])), 0) AS units_out"""
 
 
-async def figures(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Figures]:
-    """Each record's item ledger as of that record (ties by interface and serial), only
-    records that still count. The balance starts from the last stock count before it (the
-    counted stock) and adds the moves after that count; without a count, from zero."""
+async def below_zero(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Figures]:
+    """The records of ``keys`` that leave their item's balance below zero, each with its
+    item's ledger as of that record (ties by interface and serial), of the records that
+    still count. The balance starts from the last stock count before it (the counted
+    stock) and adds the moves after that count; without a count, from zero.
+
+    One pass over each item's records (running sums in ledger order), not one per record
+    (which made a 1,000-row upload's figures take 0.4 s, then 0.9, 1.4 s as the ledger
+    grew); and only the records below zero come back, the ones that raise a flag."""
     if not keys:
         return {}
     rows = await conn.fetch(
-        f"""SELECT n.interface, n.fixmedins_bchno, f.*, c.units AS counted, c.at AS counted_at
-            FROM unnest($2::text[], $3::text[]) AS k(interface, bchno)
-            JOIN nhsa_records n ON n.org = $1 AND n.interface = k.interface AND n.fixmedins_bchno = k.bchno
-            LEFT JOIN LATERAL (
-                SELECT r.units, r.at FROM nhsa_records r
-                WHERE r.org = $1 AND r.med_list_codg = n.med_list_codg AND r.deleted_at IS NULL
-                  AND r.kind = '{COUNT}' AND r.at <= n.at
-                ORDER BY r.at DESC, r.fixmedins_bchno DESC LIMIT 1) c ON true
-            CROSS JOIN LATERAL (
-                SELECT coalesce(c.units, 0) + {_FIGURES} FROM nhsa_records r
-                WHERE r.org = $1 AND r.med_list_codg = n.med_list_codg AND r.deleted_at IS NULL
-                  AND (c.at IS NULL OR r.at > c.at)
-                  AND (r.at, r.interface, r.fixmedins_bchno) <= (n.at, n.interface, n.fixmedins_bchno)) f""",  # noqa: S608
+        f"""WITH k AS MATERIALIZED (
+                SELECT n.interface, n.fixmedins_bchno, n.med_list_codg
+                FROM unnest($2::text[], $3::text[]) AS k(interface, bchno)
+                JOIN nhsa_records n
+                  ON n.org = $1 AND n.interface = k.interface AND n.fixmedins_bchno = k.bchno),
+            sums AS MATERIALIZED (
+                SELECT r.interface, r.fixmedins_bchno, r.med_list_codg, r.kind, r.units, r.at,
+                       (r.interface, r.fixmedins_bchno) IN (SELECT interface, fixmedins_bchno FROM k)
+                           AS wanted,
+                       {_RUNNING}
+                FROM nhsa_records r
+                WHERE r.org = $1 AND r.deleted_at IS NULL AND r.med_list_codg IN (SELECT med_list_codg FROM k)
+                WINDOW run AS (PARTITION BY r.med_list_codg ORDER BY r.at, r.interface, r.fixmedins_bchno
+                               ROWS UNBOUNDED PRECEDING),
+                       upto AS (PARTITION BY r.med_list_codg ORDER BY r.at RANGE UNBOUNDED PRECEDING)),
+            counts AS MATERIALIZED (SELECT * FROM sums WHERE kind = '{COUNT}'),
+            figures AS (
+                SELECT s.interface, s.fixmedins_bchno, c.units AS counted, c.at AS counted_at,
+                       CASE WHEN c.at IS NULL THEN s.balance WHEN s.at = c.at THEN c.units
+                            ELSE c.units + s.balance - c.balance_upto END AS balance,
+                       CASE WHEN c.at IS NULL THEN s.units_in WHEN s.at = c.at THEN 0
+                            ELSE s.units_in - c.units_in_upto END AS units_in,
+                       CASE WHEN c.at IS NULL THEN s.units_out WHEN s.at = c.at THEN 0
+                            ELSE s.units_out - c.units_out_upto END AS units_out
+                FROM sums s
+                LEFT JOIN LATERAL (
+                    SELECT * FROM counts c WHERE c.med_list_codg = s.med_list_codg AND c.at <= s.at
+                    ORDER BY c.at DESC, c.fixmedins_bchno DESC LIMIT 1) c ON true
+                WHERE s.wanted)
+            SELECT * FROM figures WHERE balance < 0""",  # noqa: S608
         org,
         [k[0] for k in keys],
         [k[1] for k in keys],

@@ -73,7 +73,7 @@ async def upload(
         flags: list[NewFlag] = []
         out_moves = [e for e in fresh if e.delta < 0]
         if out_moves:
-            figures = await ledger_store.figures(conn, org, [(e.interface, e.bchno) for e in out_moves])
+            figures = await ledger_store.below_zero(conn, org, [(e.interface, e.bchno) for e in out_moves])
             flags += rules.imbalance_flags(out_moves, figures)
         counts = [e for e in fresh if e.kind == rules.COUNT and e.codes]
         if counts:

@@ -293,3 +293,71 @@ async def test_queries(admin: Api) -> None:
     assert trace["setlId"] == "S600"
     outside = {**span, "begndate": "2026-04-01", "enddate": "2026-04-30"}
     assert (await nhsa(p2, envelope("3511", {"data": outside})))["output"]["data"] == []
+
+
+async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: Any) -> None:
+    """store.ledger.below_zero (running sums in one pass) against the rule written plainly:
+    the last live count at or before the record's time, then the live moves after that
+    count up to the record in ledger order (time, interface, serial). Random ledgers with
+    shared times, several counts and deleted records."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS
+    from service.store import ledger as ledger_store
+
+    await admin.ok(
+        "POST", "/v1/orgs", {"id": "LX", "name": "LX", "kind": "pharmacy", "region": "450103"}, 201
+    )
+    rng = random.Random(7)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    records = []
+    for i in range(300):
+        kind = rng.choice([COUNT, COUNT, *IN_KINDS, *OUT_KINDS, "sale", "sale", "purchase"])
+        units = rng.randint(0, 50)
+        delta = 0 if kind == COUNT else units if kind in IN_KINDS else -units
+        records.append(
+            {
+                "interface": rng.choice(["3501", "3502", "3505"]),
+                "bchno": f"B{i:04d}",
+                "item": rng.choice(["I1", "I2"]),
+                "kind": kind,
+                "units": units,
+                "delta": delta,
+                "at": base + timedelta(hours=rng.randint(0, 40)),  # many share a time
+                "deleted": rng.random() < 0.1,
+            }
+        )
+    await db.executemany(
+        """INSERT INTO nhsa_records (org, interface, fixmedins_bchno, med_list_codg, kind, units, delta, at,
+                                     msgid, envelope, row_data, deleted_at)
+           VALUES ('LX', $1, $2, $3, $4, $5, $6, $7, 'm', '{}', '{}', CASE WHEN $8 THEN now() END)""",
+        [
+            (r["interface"], r["bchno"], r["item"], r["kind"], r["units"], r["delta"], r["at"], r["deleted"])
+            for r in records
+        ],
+    )
+    live = [r for r in records if not r["deleted"]]
+    got = await ledger_store.below_zero(db, "LX", [(r["interface"], r["bchno"]) for r in live])
+    below = 0
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["at"], r["interface"], r["bchno"])
+
+    for n in live:
+        same = [r for r in live if r["item"] == n["item"]]
+        counts = [r for r in same if r["kind"] == COUNT and r["at"] <= n["at"]]
+        count = max(counts, key=lambda r: (r["at"], r["bchno"])) if counts else None
+        moves = [r for r in same if (count is None or r["at"] > count["at"]) and order(r) <= order(n)]
+        balance = (count["units"] if count else 0) + sum(r["delta"] for r in moves)
+        f = got.get((n["interface"], n["bchno"]))
+        if balance >= 0:
+            assert f is None, n  # only the records below zero come back
+            continue
+        below += 1
+        assert f is not None, n
+        assert f.balance == balance, n
+        assert f.units_in == sum(r["units"] for r in moves if r["kind"] in IN_KINDS), n
+        assert f.units_out == sum(r["units"] for r in moves if r["kind"] in OUT_KINDS), n
+        assert (f.counted, f.counted_at) == ((count["units"], count["at"]) if count else (None, None)), n
+    assert 30 < below < len(live) - 30  # both kinds of record were there to check

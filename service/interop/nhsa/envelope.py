@@ -107,6 +107,8 @@ class Envelope:
 def text(value: Any) -> str | None:
     """A string field as institutions send it: a string, or a number where a string was
     meant. Empty and blank strings are absent (systems send "" for fields they lack)."""
+    if type(value) is str:  # the common case first: a row has a dozen such fields
+        return value.strip() or None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -119,6 +121,12 @@ def text(value: Any) -> str | None:
 
 def required_text(row: dict[str, Any], key: str, field: str, max_length: int | None = None) -> str:
     value = row.get(key)
+    if (
+        type(value) is str
+        and (stripped := value.strip())
+        and (max_length is None or len(stripped) <= max_length)
+    ):
+        return stripped  # the common case first, as in text()
     if (value is not None and not isinstance(value, str | int | float)) or isinstance(value, bool):
         raise FieldError(field, "must be a string")
     got = text(value)
@@ -155,6 +163,8 @@ def number(value: Any, field: str) -> Decimal:
 
 def whole_units(value: Any, field: str, *, maximum: int = 10_000_000) -> int:
     """A count of smallest units: a positive whole number (16,4 decimals allowed if zero)."""
+    if type(value) is int and 1 <= value <= maximum:
+        return value  # the common case first
     n = number(value, field)
     if n != n.to_integral_value():
         raise FieldError(field, f"must be a whole number of smallest units, not {n}")
@@ -209,6 +219,8 @@ def calendar_date(value: Any, field: str) -> date:
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
     """Row keys in lower case: some systems send spec columns in upper case
     (``MDTRT_SETL_TYPE``). A key sent in both casings keeps the lower-case one."""
+    if all(k.islower() for k in row):
+        return row  # the common case: nothing to change (the row is only read)
     out = {k.lower(): v for k, v in row.items() if k.lower() != k}
     out.update((k, v) for k, v in row.items() if k.lower() == k)
     return out

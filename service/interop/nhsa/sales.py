@@ -165,10 +165,11 @@ def _record(
     seen: set[str] = set()
     for raw in codes:
         parsed = try_parse_code(raw)
-        code_id = event_id(envelope.fixmedins_code, interface, bchno, parsed.canonical if parsed else raw)
         if parsed is None:
+            code_id = event_id(envelope.fixmedins_code, interface, bchno, raw)
             record.refused.append(Rejection(code_id, raw, INVALID_CODE))
         elif parsed.canonical in seen:
+            code_id = event_id(envelope.fixmedins_code, interface, bchno, parsed.canonical)
             record.refused.append(Rejection(code_id, parsed.canonical, REPEATED_CODE))
         else:
             seen.add(parsed.canonical)
