@@ -520,3 +520,20 @@ async def test_an_epcis_query_document_is_captured_as_its_events(admin: Api) -> 
     resp = await keys["M1"].post("/epcis/capture", bad)
     assert resp.status_code == 202, resp.text
     assert resp.json()["errors"][0]["eventIndex"] == 0, resp.text
+
+
+async def test_epcis_routes_keep_the_apps_checks_of_every_request(admin: Api) -> None:
+    """Found by scripts/fuzz.py: the EPCIS routes' own before_request replaced the app's,
+    so a NUL in a query reached PostgreSQL (a 500)."""
+    inv = await admin.key_for("investigator")
+    resp = await inv.client.get("/epcis/events?MATCH_parentID=%00x&MATCH_epc=strict", headers=inv.headers)
+    assert resp.status_code == 400, resp.text
+    keys = await _pharma_world(admin)
+    doc = _doc(_ev("ObjectEvent", 0, M_LOC, action="OBSERVE", bizStep="inspecting", epcList=["aNUL"]))
+    resp = await keys["M1"].client.post(
+        "/epcis/capture",
+        headers={**keys["M1"].headers, "Content-Type": "application/json"},
+        content=json.dumps(doc).replace("aNUL", "a\\u0000").encode(),  # the JSON escape of NUL
+    )
+    assert resp.status_code == 400, resp.text
+    assert "NUL" in resp.json()["detail"], resp.text
