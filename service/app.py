@@ -74,7 +74,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         feed = FlagFeed(app.state.pool, app.state.redis)
         app.state.feed_wake = feed.wake
         tasks.append(asyncio.create_task(feed.run()))
-    app.state.services = AppServices(app.state.pool, settings, app.state.key_cache, app.state.feed_wake)
+    app.state.services = AppServices(
+        app.state.pool, settings, app.state.key_cache, app.state.feed_wake, app.state.redis
+    )
     grace = timedelta(hours=settings.flag_grace_hours)
     promoting = flag_usecases.keep_promoting(
         app.state.pool, grace, settings.flag_promote_seconds, app.state.feed_wake

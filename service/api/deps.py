@@ -1,7 +1,7 @@
 """What handlers receive by dependency injection, declared once on the app.
 
 A handler asks for the app's services by naming them: ``services: Services``. They are
-one object (the pool, the settings, the flag feed's wake-up, the key cache) rather than
+one object (the pool, the settings, the flag feed's wake-up and Valkey, the key cache) rather than
 one dependency each, because Litestar resolves several dependencies of one handler
 concurrently, in a task group of their own: measured, that cost more per request than
 the whole settlement rule. The lifespan builds the object once the pool and the feed are
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import SkipValidation
@@ -30,6 +31,7 @@ class AppServices:
     settings: Settings
     key_cache: KeyCache
     feed_wake: Callable[[], None]  # new or changed flags were committed: publish soon
+    redis: aioredis.Redis | None = None  # the flag feed's Valkey, when the service has one
 
 
 Services = NamedDependency[SkipValidation[AppServices]]

@@ -391,3 +391,77 @@ async def test_what_counts_as_the_database_being_unavailable() -> None:
     with pytest.raises(FileNotFoundError) as gone:
         await asyncpg.connect(host="/nonexistent/tracecode-socket-dir", user="x", timeout=2)
     assert unavailable(gone.value)
+
+
+async def test_serve_restarts_its_embedded_servers_when_they_die(tmp_path: Path) -> None:
+    """The embedded PostgreSQL and Valkey are supervised: killed, each is started again by
+    ``tracecode serve`` (readiness 503 meanwhile, one log line), and the service carries
+    on with its data."""
+    import signal
+
+    import httpx
+    import redis
+
+    from benchkit.localrun import create_admin_key, free_port, start_service
+    from service.embedded import stop_postgres
+
+    data_dir = tmp_path / "data"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
+    log = tmp_path / "service.log"
+    port = free_port()
+    server = await asyncio.to_thread(start_service, env, port, log, workers=1)
+    try:
+        admin = await asyncio.to_thread(create_admin_key, env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            headers = {"Authorization": f"Bearer {admin}"}
+            body = {"id": "M1", "name": "M1", "kind": "manufacturer", "region": "450100"}
+            assert (await client.post("/v1/orgs", json=body, headers=headers)).status_code == 201
+
+            async def readiness_dips_and_returns() -> list[int]:
+                seen: list[int] = []
+                for _ in range(300):  # 30 s
+                    status = (await client.get("/health/ready")).status_code
+                    if not seen or seen[-1] != status:
+                        seen.append(status)
+                    if seen[-2:] == [503, 200]:
+                        break
+                    await asyncio.sleep(0.1)
+                return seen
+
+            postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+            os.kill(postmaster, signal.SIGKILL)
+            assert (await readiness_dips_and_returns())[-2:] == [503, 200], log.read_text()[-3000:]
+            # the data survived, and the pool found the new server by itself
+            for _ in range(50):
+                answer = await client.post("/v1/orgs", json=body, headers=headers)
+                if answer.status_code != 503:
+                    break
+                await asyncio.sleep(0.2)
+            assert answer.status_code == 200, answer.text  # the same organisation again
+
+            sock = str(data_dir / "valkey" / "valkey.sock")
+            valkey = int(redis.Redis(unix_socket_path=sock).info()["process_id"])
+            os.kill(valkey, signal.SIGKILL)
+            assert (await readiness_dips_and_returns())[-2:] == [503, 200], log.read_text()[-3000:]
+
+        text = log.read_text()
+        assert text.count("embedded PostgreSQL is not running") == 1, text[-3000:]
+        assert text.count("embedded Valkey is not running") == 1, text[-3000:]
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 60) == 0, log.read_text()[-2000:]
+        assert not _postgres_runs(data_dir)
+        assert not await asyncio.to_thread(_valkey_answers, data_dir)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        await asyncio.to_thread(stop_postgres, data_dir)
+        if await asyncio.to_thread(_valkey_answers, data_dir):
+            sock = str(data_dir / "valkey" / "valkey.sock")
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
