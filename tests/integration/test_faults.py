@@ -1,0 +1,157 @@
+"""Faults a running ``tracecode serve`` must survive (issue 13, item 3): a worker killed in
+the middle of ingest loses no acknowledged event, and SIGTERM lets requests in flight
+finish before the service exits. The service runs as a user starts it, on its own
+embedded PostgreSQL and Valkey in a folder of the test's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from benchkit.api import AMOXICILLIN, Org, event, register
+from benchkit.codes import cn20
+from benchkit.localrun import create_admin_key, free_port, start_service
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    client: httpx.AsyncClient
+    keys: dict[str, str]
+    database_url: str
+    log: Path
+
+
+@contextlib.asynccontextmanager
+async def _serve(tmp_path: Path, workers: int) -> AsyncIterator[Served]:
+    from service.embedded import start_postgres, stop_postgres
+
+    data_dir = tmp_path / "data"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
+    log = tmp_path / "service.log"
+    port = free_port()
+    process = await asyncio.to_thread(start_service, env, port, log, workers=workers)
+    try:
+        admin = await asyncio.to_thread(create_admin_key, env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            keys = await register(client, admin, [Org("M1", "manufacturer", "450100")], [AMOXICILLIN])
+            url = await asyncio.to_thread(start_postgres, data_dir)  # the running server's URL
+            yield Served(process, client, keys, url, log)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await asyncio.to_thread(stop_postgres, data_dir)
+        with contextlib.suppress(Exception):
+            import redis
+
+            redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock")).shutdown(nosave=True)
+
+
+def _workers(parent: int) -> list[int]:
+    """The serving process's worker processes (uvicorn's children that run the app)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    found = []
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_text()
+        if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+            found.append(int(child))
+    return found
+
+
+def _batch(serial: int, size: int) -> dict[str, object]:
+    codes = [cn20(AMOXICILLIN.product_id, s) for s in range(serial, serial + size)]
+    return {
+        "events": [
+            event("commission", "M1", codes, "2026-03-01T08:00:00+08:00", lot="L1", expiry="2030-12-31")
+        ]
+    }
+
+
+async def test_a_worker_killed_during_ingest_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    async with _serve(tmp_path, workers=2) as s:
+        headers = {"Authorization": f"Bearer {s.keys['M1']}"}
+        acknowledged: list[str] = []
+        cut_off: list[dict[str, object]] = []
+
+        async def send(serial: int) -> None:
+            body = _batch(serial, 200)
+            try:
+                answer = await s.client.post("/v1/events", json=body, headers=headers)
+            except httpx.TransportError:
+                cut_off.append(body)  # the worker died under it: not acknowledged
+                return
+            assert answer.status_code == 200, answer.text
+            acknowledged.append(body["events"][0]["event_id"])  # type: ignore[index]
+
+        async def load() -> None:
+            serial = 1
+            for _ in range(60):
+                await asyncio.gather(*(send(serial + i * 200) for i in range(4)))
+                serial += 800
+
+        task = asyncio.create_task(load())
+        try:
+            # each worker in turn (the client's connections may all be on one of them)
+            first = _workers(s.process.pid)
+            assert len(first) == 2, first
+            for victim in first:
+                await asyncio.sleep(1.0)
+                os.kill(victim, signal.SIGKILL)
+        finally:
+            await task
+
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])",
+                [uuid.UUID(e) for e in acknowledged],
+            )
+        finally:
+            await conn.close()
+        assert cut_off  # the kills cut requests off in flight: the fault happened
+        assert len(acknowledged) > 50, (len(acknowledged), len(cut_off))
+        assert stored == len(acknowledged)  # 0 acknowledged events lost
+        # a client sends what was cut off again: each batch is then stored, once
+        for body in cut_off:
+            answer = await s.client.post("/v1/events", json=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] + 200 * answer.json()["duplicates"] == 200, answer.text
+        # the killed worker was replaced: the service still answers on every connection
+        assert (await s.client.get("/health/ready")).status_code == 200
+        assert len(_workers(s.process.pid)) == 2
+        print(f"\n{len(acknowledged)} batches acknowledged, all stored; {len(cut_off)} cut off, sent again")
+
+
+async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
+    async with _serve(tmp_path, workers=1) as s:
+        headers = {"Authorization": f"Bearer {s.keys['M1']}"}
+        bodies = [_batch(1 + i * 5000, 5000) for i in range(3)]
+        sent = [asyncio.create_task(s.client.post("/v1/events", json=b, headers=headers)) for b in bodies]
+        await asyncio.sleep(0.3)  # the batches are being stored
+        s.process.send_signal(signal.SIGTERM)
+        answers = await asyncio.gather(*sent)
+        assert [a.status_code for a in answers] == [200, 200, 200], [a.text[:300] for a in answers]
+        assert [a.json()["accepted"] for a in answers] == [5000, 5000, 5000]
+        assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]
