@@ -29,7 +29,7 @@ from litestar.template.config import TemplateConfig
 
 from service.config import Settings
 from service.console import auth
-from service.console.pages import ConsoleController, SignInController, page, when
+from service.console.pages import ConsoleController, InvestigationController, SignInController, page, when
 
 PATH = "/console"
 _STATIC = Path(__file__).parent / "static"
@@ -70,7 +70,7 @@ def router(settings: Settings, *, secure_cookies: bool = False) -> Router:
     static = create_static_files_router(path="/static", directories=[_STATIC], opt={"public": True})
     return Router(
         path=PATH,
-        route_handlers=[SignInController, ConsoleController, static],
+        route_handlers=[SignInController, ConsoleController, InvestigationController, static],
         middleware=[
             auth.session_config(secure_cookies).middleware,
             DefineMiddleware(CSRFMiddleware, config=csrf),

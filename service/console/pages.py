@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, get_args
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -14,17 +14,21 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from service.api.flags import KINDS, STATUSES, FlagChange
-from service.console import auth
+from service.console import auth, charts
 from service.console.i18n import CATALOGUES, language, translator
 from service.console.timeline import layout
 from service.core.codes import try_parse_code
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
+from service.usecases import investigation
+from service.usecases import nhsa as nhsa_usecases
 from service.usecases import registry as registry_usecases
+from service.usecases.errors import Invalid
 
 LANG_COOKIE = "console_lang"
 CHINA = timezone(timedelta(hours=8))
 PAGE_SIZE = 50
+DAYS = 30  # an organisation's daily chart
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 
@@ -226,6 +230,77 @@ class ConsoleController(Controller):
         if changed:
             services.feed_wake()
         return changed
+
+
+class InvestigationController(Controller):
+    """Where a lot is (and its recall), and what an organisation has done."""
+
+    path = "/"
+
+    @get("/lots/{product_id:str}/{lot:str}")
+    async def lot(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Template:
+        services = request.app.state.services
+        summary = await investigation.lot(services.pool, product_id, lot)
+        products = await registry_usecases.get_products(services.pool, [product_id])
+        if summary is None:
+            return page(request, "lot.html", status_code=404, product_id=product_id, lot=lot, summary=None)
+        t = translator(language(request.cookies.get(LANG_COOKIE)))
+        holders = await registry_usecases.get_orgs(services.pool, sorted(summary["by_custodian"]))
+        return page(
+            request,
+            "lot.html",
+            product_id=product_id,
+            lot=lot,
+            product=products.get(product_id),
+            summary=summary,
+            by_state=charts.bars([(k, t(f"state.{k}"), n) for k, n in summary["by_state"].items()]),
+            by_custodian=charts.bars(
+                [(k, holders[k].name if k in holders else k, n) for k, n in summary["by_custodian"].items()]
+            ),
+            recalled_now=_text(request.query_params.get("recalled"), 10),
+            refused=_text(request.query_params.get("refused"), 20),
+        )
+
+    @post("/lots/{product_id:str}/{lot:str}/recall")
+    async def recall(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Redirect:
+        services = request.app.state.services
+        form = await request.form()
+        reason = _text(form.get("reason"))
+        back = f"/console/lots/{quote(product_id, safe='')}/{quote(lot, safe='')}"
+        if reason is None or form.get("confirm") != "yes":
+            return Redirect(f"{back}?refused={'reason' if reason is None else 'confirm'}", status_code=303)
+        try:
+            done = await investigation.recall(
+                services.pool, product_id, lot, reason, auth.principal(request).key_id
+            )
+        except Invalid:
+            return Redirect(f"{back}?refused=product", status_code=303)
+        return Redirect(f"{back}?recalled={done.codes_recalled}", status_code=303)
+
+    @get("/orgs/{org:str}")
+    async def org(self, request: Req, org: FromPath[str]) -> Template:
+        services = request.app.state.services
+        found = await registry_usecases.get_org(services.pool, org)
+        if found is None:
+            return page(request, "org.html", status_code=404, org_id=org, org=None)
+        stats = await investigation.org_stats(services.pool, org)
+        today = datetime.now(CHINA).date()
+        daily = await investigation.org_daily(services.pool, org, DAYS, today)
+        open_flags = await flag_usecases.search(
+            services.pool, flag_usecases.FlagQuery(status="open", org=org), before_id=None, limit=PAGE_SIZE
+        )
+        ledger = await nhsa_usecases.ledger(services.pool, org, None)
+        return page(
+            request,
+            "org.html",
+            org_id=org,
+            org=found,
+            stats=stats,
+            days=charts.columns(daily),
+            open_flags=open_flags.items,
+            more_flags=open_flags.next_before is not None,
+            ledger=ledger or [],
+        )
 
 
 def _day(value: str | None, field: str, bad: list[str]) -> datetime | None:

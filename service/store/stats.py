@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 from service.store.conn import Conn
@@ -48,3 +49,20 @@ async def org_stats(conn: Conn, org: str) -> dict[str, Any]:
         "flags_by_kind": by_kind,
         "flags_by_status": by_status,
     }
+
+
+async def daily(conn: Conn, org: str, since: datetime) -> dict[date, tuple[int, int]]:
+    """Per day in China time, from ``since``: the organisation's settlements (by their
+    time) and the flags raised on it (by the suspicious activity's time)."""
+    rows = await conn.fetch(
+        """SELECT day, sum(settlements)::int AS settlements, sum(flags)::int AS flags FROM (
+               SELECT (at AT TIME ZONE 'Asia/Shanghai')::date AS day, 1 AS settlements, 0 AS flags
+               FROM settlements WHERE org = $1 AND at >= $2
+               UNION ALL
+               SELECT (at AT TIME ZONE 'Asia/Shanghai')::date, 0, 1
+               FROM flags WHERE org = $1 AND at >= $2) d
+           GROUP BY day ORDER BY day""",
+        org,
+        since,
+    )
+    return {r["day"]: (r["settlements"], r["flags"]) for r in rows}

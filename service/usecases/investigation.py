@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import asyncpg
 
+from service.core.rules import CHINA
 from service.store import recalls as recall_store
 from service.store import registry
 from service.store import stats as stats_store
@@ -54,3 +56,12 @@ async def org_stats(pool: asyncpg.Pool, org: str) -> dict[str, Any] | None:
         if await registry.get_org(conn, org) is None:
             return None
         return await stats_store.org_stats(conn, org)
+
+
+async def org_daily(pool: asyncpg.Pool, org: str, days: int, today: date) -> list[tuple[date, int, int]]:
+    """The organisation's settlements and flags per day (China time) for the ``days``
+    days up to ``today``, a row for every day."""
+    first = today - timedelta(days=days - 1)
+    async with pool.acquire() as conn:
+        found = await stats_store.daily(conn, org, datetime.combine(first, time(), CHINA))
+    return [(d, *found.get(d, (0, 0))) for d in (first + timedelta(days=i) for i in range(days))]

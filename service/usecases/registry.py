@@ -95,3 +95,9 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str) -> datetime | None:
     process listening for revocations hears of it when this commits."""
     async with pool.acquire() as conn:
         return await registry.revoke_key(conn, key_id)
+
+
+async def get_products(pool: asyncpg.Pool, product_ids: list[str]) -> dict[str, Product]:
+    """The registered products among ``product_ids``, by id."""
+    async with pool.acquire() as conn:
+        return await registry.get_products(conn, product_ids)

@@ -198,3 +198,73 @@ async def test_flag_queue_filters_changes_one_and_many(admin: Api, browser: Asyn
     assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "dismissed"
     pending = await browser.get("/console/flags/pending")
     assert pending.status_code == 200
+
+
+async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmation(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    from tests.integration.console_story import GTIN
+
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    code_page = (await browser.get("/console/codes", params={"q": RAW_SCAN})).text
+    lot_path = f"/console/lots/{GTIN}/L9"
+    assert f'href="{lot_path}"' in code_page
+    page = await browser.get(lot_path)
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "Cefixime 100mg x 6" in html
+    assert html.count('<svg class="bars"') == 2
+    assert 'class="bar bar-received"' in html  # the pack, in stock at X1
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; Pharmacy" in html  # its holder, as text
+    assert EVIL not in html
+    assert 'href="/console/orgs/X1"' in html
+    token = _TOKEN.search(html)
+    assert token
+    recall = f"{lot_path}/recall"
+    # no reason, or no confirmation: nothing recalled
+    for form in ({"reason": "", "confirm": "yes"}, {"reason": "contaminated"}):
+        answer = await browser.post(
+            recall, data={**form, "_csrf_token": token.group(1)}, follow_redirects=False
+        )
+        assert answer.status_code == 303
+        assert "refused=" in answer.headers["location"]
+    assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False
+    answer = await browser.post(
+        recall,
+        data={"reason": "contaminated", "confirm": "yes", "_csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"].endswith("?recalled=1")
+    lot = await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9")
+    assert lot["recalled"] is True
+    assert lot["by_state"] == {"recalled": 1}
+    after = (await browser.get(answer.headers["location"])).text
+    assert 'class="bar bar-recalled"' in after
+    assert "contaminated" in after
+    assert 'action="' + recall not in after  # a recalled lot offers no second recall
+    # without the CSRF token the recall form is refused
+    refused = await browser.post(recall, data={"reason": "x", "confirm": "yes"}, follow_redirects=False)
+    assert refused.status_code == 403
+    assert (await browser.get(f"/console/lots/{GTIN}/NOPE")).status_code == 404
+
+
+async def test_org_page_figures_daily_chart_open_flags_and_ledger(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/orgs/X1")
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; Pharmacy" in html
+    assert EVIL not in html
+    assert '<svg class="daily"' in html
+    assert html.count('class="col-settlements"') == 30 + 1  # a column a day, and the legend's
+    for flag_id in w["open_flags"]:
+        assert f'href="/console/flags/{flag_id}"' in html
+    assert "此机构没有上传进销存数据" in html  # X1 uploaded no ledger
+    assert (await browser.get("/console/orgs/NOPE")).status_code == 404

@@ -96,7 +96,46 @@ async def test_sign_in_search_a_raw_scan_and_see_its_timeline_and_flags(admin: A
     await expect(page.get_by_text(EVIL).first).to_be_visible()  # markup shown as text
     await page.screenshot(path=str(SHOTS / "console-code.png"), full_page=True)
 
-    await page.locator("table.flags a").last.click()
+    await page.locator("table.flags a[href^='/console/flags/']").last.click()
     await expect(page.get_by_role("heading", level=2, name="变更状态")).to_be_visible()
     await page.screenshot(path=str(SHOTS / "console-flag.png"), full_page=True)
+    assert blocked == []
+
+
+async def test_follow_a_lot_recall_it_and_judge_an_organisation(admin: Api, page: object) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    blocked: list[str] = []
+    page.on(
+        "console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None
+    )
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await page.goto("/console/codes?q=" + CANONICAL)
+
+    await page.get_by_role("link", name="查看批次").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("L9")
+    by_state = page.locator("section", has=page.get_by_role("heading", name="按状态"))
+    await expect(by_state.locator("svg.bars rect.bar-received")).to_have_count(1)
+    await page.get_by_label("召回原因").fill("污染")
+    await page.get_by_role("button", name="召回", exact=True).click()  # not confirmed yet
+    await expect(by_state.locator("svg.bars rect.bar-received")).to_have_count(1)  # nothing recalled
+    await page.get_by_label("我确认召回").check()
+    await page.get_by_role("button", name="召回", exact=True).click()
+    await expect(page.get_by_role("status")).to_contain_text("1 个追溯码改为召回状态")
+    await expect(by_state.locator("svg.bars rect.bar-recalled")).to_have_count(1)
+    await expect(by_state.locator("table")).to_contain_text("已召回")
+    await page.screenshot(path=str(SHOTS / "console-lot.png"), full_page=True)
+
+    await (
+        page.locator("section", has=page.get_by_role("heading", name="按持有方")).get_by_role("link").click()
+    )
+    await expect(page).to_have_url("/console/orgs/X1")
+    await expect(page.get_by_role("heading", level=1)).to_contain_text(EVIL)  # markup shown as text
+    await expect(page.locator("svg.daily")).to_be_visible()
+    await expect(page.get_by_role("heading", name="待处理预警")).to_be_visible()
+    await page.screenshot(path=str(SHOTS / "console-org.png"), full_page=True)
     assert blocked == []

@@ -58,3 +58,27 @@ def test_a_shipment_points_at_the_receive_that_took_it() -> None:
     assert first.received
     assert not second.received
     assert second.y2 == drawn.lanes[2].y
+
+
+def test_bars_longest_first_scaled_to_the_largest() -> None:
+    from service.console.charts import bars
+
+    laid = bars([("a", "A", 5), ("b", "B", 20), ("c", "C", 0)], length=100, row=10)
+    assert [(b.key, b.value, b.length, b.y) for b in laid.bars] == [
+        ("b", 20, 100, 8),
+        ("a", 5, 25, 18),
+        ("c", 0, 0, 28),
+    ]
+    assert laid.height == 8 + 30 + 4
+    assert bars([]).bars == []
+
+
+def test_columns_put_both_series_on_one_scale() -> None:
+    from datetime import date
+
+    from service.console.charts import columns
+
+    laid = columns([(date(2026, 11, 1), 4, 1), (date(2026, 11, 2), 0, 8)], height=80, step=20)
+    assert laid.top == 8
+    assert [(d.x, d.settlements_height, d.flags_height) for d in laid.days] == [(40, 40, 10), (60, 0, 80)]
+    assert columns([]).days == []
