@@ -55,6 +55,9 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+GRACEFUL_SECONDS = 10
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)  # a stop that was asked for: atexit hooks run
 
@@ -104,6 +107,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             log_level=settings.log_level,
             access_log=False,
             server_header=False,
+            # requests in flight may finish, then the rest (a console's live stream) is cut
+            timeout_graceful_shutdown=GRACEFUL_SECONDS,
         )
     finally:
         unwatch()  # before the exit hooks stop the embedded servers, not to restart them

@@ -66,8 +66,7 @@ async def principal_for_secret(
     connection: ASGIConnection[Any, Any, Any, Any], secret: str
 ) -> Principal | None:
     """The key's principal when it may use the console, else None."""
-    principal = await principal_for_digest(connection, token_hash(secret))
-    return principal if principal is not None and principal.role in CONSOLE_ROLES else None
+    return await console_principal(connection, token_hash(secret))
 
 
 def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: str) -> None:
@@ -79,22 +78,37 @@ def end_session(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     connection.clear_session()
 
 
+def session_digest(connection: ASGIConnection[Any, Any, Any, Any]) -> bytes | None:
+    """The hash of the key the session was signed in with, if there is a session."""
+    session = connection.scope.get("session")
+    digest_hex = session.get("digest") if isinstance(session, dict) else None
+    if not isinstance(digest_hex, str):
+        return None
+    try:
+        return bytes.fromhex(digest_hex)
+    except ValueError:
+        return None
+
+
+async def console_principal(
+    connection: ASGIConnection[Any, Any, Any, Any], digest: bytes
+) -> Principal | None:
+    """The key's principal while it is valid and may use the console, else None."""
+    principal = await principal_for_digest(connection, digest)
+    return principal if principal is not None and principal.role in CONSOLE_ROLES else None
+
+
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for every console page but sign-in: the session's key must still be valid
     and an investigator's or admin's. Sets ``connection.state.principal``."""
     if connection.route_handler.opt.get("public"):
         return
-    session = connection.scope.get("session")
-    digest_hex = session.get("digest") if isinstance(session, dict) else None
-    if not isinstance(digest_hex, str):
+    digest = session_digest(connection)
+    if digest is None:
         raise SignInRequired
-    try:
-        digest = bytes.fromhex(digest_hex)
-    except ValueError:
-        raise SignInRequired from None
-    principal = await principal_for_digest(connection, digest)
-    if principal is None or principal.role not in CONSOLE_ROLES:
-        if session is not Empty:
+    principal = await console_principal(connection, digest)
+    if principal is None:
+        if connection.scope.get("session") is not Empty:
             connection.clear_session()
         raise SignInRequired
     connection.state.principal = principal

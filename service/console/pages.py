@@ -3,6 +3,9 @@ the API (``service/usecases``), and renders a template. No rule lives here."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, get_args
 from urllib.parse import quote, urlencode
@@ -11,11 +14,14 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
 from litestar.params import FromPath, FromQuery
-from litestar.response import Redirect, Template
+from litestar.response import Redirect, ServerSentEvent, Template
+from litestar.response.sse import ServerSentEventMessage
+from redis.exceptions import RedisError
 
+from service import feed
 from service.api.flags import KINDS, STATUSES, FlagChange
 from service.console import auth, charts
-from service.console.i18n import CATALOGUES, language, translator
+from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.timeline import layout
 from service.core.codes import try_parse_code
 from service.usecases import codes as code_usecases
@@ -29,6 +35,9 @@ LANG_COOKIE = "console_lang"
 CHINA = timezone(timedelta(hours=8))
 PAGE_SIZE = 50
 DAYS = 30  # an organisation's daily chart
+LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s socket timeout)
+LIVE_RECHECK_SECONDS = 15  # how often a live stream checks that its key still counts
+LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 
@@ -190,6 +199,41 @@ class ConsoleController(Controller):
             changed=_text(params.get("changed"), 10),
         )
 
+    @get("/flags/live")
+    async def live(self, request: Req) -> ServerSentEvent:
+        """New and changed flags as they reach the feed's stream (server-sent events), for
+        the queue's "new flags" list. Ends when the session's key is revoked."""
+        t = translator(language(request.cookies.get(LANG_COOKIE)))
+        redis = request.app.state.redis
+        after = _text(request.headers.get("last-event-id"), 40) or "$"
+        digest = auth.session_digest(request)
+
+        async def events() -> AsyncIterator[ServerSentEventMessage]:
+            nonlocal after
+            checked = started = asyncio.get_running_loop().time()
+            yield ServerSentEventMessage(comment="live", retry=3000)
+            while redis is not None and checked - started < LIVE_MAX_SECONDS:
+                try:
+                    if after == "$":  # from now on: the stream's last entry, once, not at every wait
+                        last = await redis.xrevrange(feed.STREAM, count=1)
+                        after = last[0][0].decode() if last else "0-0"
+                    found = await redis.xread({feed.STREAM: after}, count=100, block=LIVE_BLOCK_MS)
+                except (RedisError, OSError):
+                    found = []
+                    await asyncio.sleep(1)
+                for _, entries in found:
+                    for entry_id, fields in entries:
+                        after = entry_id.decode()
+                        yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
+                now = asyncio.get_running_loop().time()
+                if now - checked > LIVE_RECHECK_SECONDS:  # a revoked key ends the stream too
+                    checked = now
+                    if digest is None or await auth.console_principal(request, digest) is None:
+                        return
+                    yield ServerSentEventMessage(comment="still here")
+
+        return ServerSentEvent(events())
+
     @get("/flags/{flag_id:int}")
     async def flag(self, request: Req, flag_id: FromPath[int]) -> Template:
         found = (
@@ -301,6 +345,23 @@ class InvestigationController(Controller):
             more_flags=open_flags.next_before is not None,
             ledger=ledger or [],
         )
+
+
+def _live(fields: dict[bytes, bytes], t: Translate) -> str:
+    """One stream entry as the JSON the queue's script shows (as text, never markup)."""
+    flag = {k.decode(): v.decode() for k, v in fields.items()}
+    at = datetime.fromisoformat(flag["at"]) if flag.get("at") else None
+    return json.dumps(
+        {
+            "flag_id": flag.get("flag_id", ""),
+            "kind": t(f"kind.{flag.get('kind', '')}"),
+            "status": t(f"status.{flag.get('status', '')}"),
+            "code": flag.get("code", ""),
+            "org": flag.get("org", ""),
+            "at": when(at),
+        },
+        ensure_ascii=False,
+    )
 
 
 def _day(value: str | None, field: str, bad: list[str]) -> datetime | None:

@@ -139,3 +139,30 @@ async def test_follow_a_lot_recall_it_and_judge_an_organisation(admin: Api, page
     await expect(page.get_by_role("heading", name="待处理预警")).to_be_visible()
     await page.screenshot(path=str(SHOTS / "console-org.png"), full_page=True)
     assert blocked == []
+
+
+async def test_a_new_flag_appears_in_the_queue_without_reloading(admin: Api, page: object) -> None:
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    inv = await admin.key_for("investigator")
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(inv.key)
+    await page.get_by_role("button", name="登录").click()
+    await page.goto("/console/flags")
+    live = page.locator("section.live")
+    await expect(live).to_be_hidden()  # nothing new yet
+    await page.wait_for_timeout(500)  # the page's stream is open
+    # a pharmacy receives a code nobody commissioned: an UNKNOWN_CODE flag, on the feed
+    code = cn20("8123456", 424242)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [code], 0))
+    assert [f["kind"] for f in out["flags"]] == ["UNKNOWN_CODE"]
+    await expect(live).to_be_visible(timeout=15_000)
+    await expect(live.locator("li").first).to_contain_text(code)
+    await expect(live.locator("li a").first).to_have_attribute(
+        "href", f"/console/flags/{out['flags'][0]['flag_id']}"
+    )
+    await page.screenshot(path=str(SHOTS / "console-flags-live.png"), full_page=True)

@@ -31,6 +31,7 @@ class Served:
     process: subprocess.Popen[bytes]
     client: httpx.AsyncClient
     keys: dict[str, str]
+    admin: str
     database_url: str
     log: Path
 
@@ -54,7 +55,7 @@ async def _serve(tmp_path: Path, workers: int) -> AsyncIterator[Served]:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             keys = await register(client, admin, [Org("M1", "manufacturer", "450100")], [AMOXICILLIN])
             url = await asyncio.to_thread(start_postgres, data_dir)  # the running server's URL
-            yield Served(process, client, keys, url, log)
+            yield Served(process, client, keys, admin, url, log)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -155,3 +156,24 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text[:300] for a in answers]
         assert [a.json()["accepted"] for a in answers] == [5000, 5000, 5000]
         assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]
+
+
+async def test_sigterm_with_a_consoles_live_stream_open_still_exits(tmp_path: Path) -> None:
+    """A console's stream of new flags never ends by itself; a stop cuts it after the
+    grace period rather than waiting for it."""
+    import re
+
+    async with _serve(tmp_path, workers=1) as s:
+        admin_key = s.admin
+        signin = await s.client.get("/console/signin")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', signin.text)
+        assert token
+        signed = await s.client.post(
+            "/console/signin", data={"key": admin_key, "_csrf_token": token.group(1)}
+        )
+        assert signed.status_code in (200, 303), signed.text
+        async with s.client.stream("GET", "/console/flags/live") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            s.process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]

@@ -8,4 +8,22 @@ document.addEventListener("DOMContentLoaded", () => {
       for (const box of form.querySelectorAll('input[name="flag_id"]')) box.checked = all.checked;
     });
   }
+  // new and changed flags as they reach the feed (server-sent events), newest first;
+  // every value is set as text, never as markup
+  const live = document.querySelector("section.live[data-live]");
+  if (live && "EventSource" in window) {
+    const list = live.querySelector("ul.live-flags");
+    const source = new EventSource(live.dataset.live);
+    source.addEventListener("flag", (message) => {
+      const flag = JSON.parse(message.data);
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = "/console/flags/" + encodeURIComponent(flag.flag_id);
+      link.textContent = flag.flag_id;
+      item.append(link, " " + [flag.kind, flag.status, flag.code, flag.org, flag.at].join(" · "));
+      list.prepend(item);
+      while (list.children.length > 50) list.lastElementChild.remove();
+      live.hidden = false;
+    });
+  }
 });
