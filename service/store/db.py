@@ -120,20 +120,26 @@ async def probe(pool: asyncpg.Pool) -> None:
         await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
 
 
-# Batches with more codes than this are planned for their own arrays (plan_for_arrays).
+# Batches with more codes than this are planned for their own values (plan_for_values).
 LARGE_BATCH = 100
 
 
-async def plan_for_arrays(conn: Conn) -> None:
-    """Have this transaction's statements planned for the arrays they are given.
+async def plan_for_values(conn: Conn) -> None:
+    """Have this transaction's statements planned for the values they are given.
 
     After a prepared statement's fifth run PostgreSQL may keep one generic plan for any
-    parameters, costed for an array of about ten. Kept from small batches, and used for a
-    batch of thousands of codes, that plan can scan the whole ``codes`` table, filtering
-    by the array (seen with ``code = ANY($1) ORDER BY code FOR UPDATE``: 0.7 s and
-    growing with the table, for a batch the index answers in milliseconds). A large
-    batch's statements are few and long, so planning each costs little next to running
-    it; small batches keep their cached plans (and this statement's round trip)."""
+    parameters, costed for a typical value. Where the values' sizes vary by orders of
+    magnitude that plan can be far off:
+
+    - ingest: costed for an array of about ten codes and used for a batch of thousands,
+      it scanned the whole ``codes`` table, filtering by the array (``code = ANY($1)
+      ORDER BY code FOR UPDATE``: 0.7 s and growing with the table, for a batch the
+      index answers in milliseconds);
+    - a lot's summary: costed for 7 codes and used for a lot of 100,000, it sorted them
+      on disk (108 ms, against 35 ms hashed).
+
+    Statements that big are few, so planning each costs little next to running it; small
+    batches keep their cached plans (and this statement's round trip)."""
     await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
 
 

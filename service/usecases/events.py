@@ -20,7 +20,7 @@ from service.store import recalls as recall_store
 from service.store import registry
 from service.store import sales as sale_store
 from service.store.conn import Conn
-from service.store.db import LARGE_BATCH, RetryTransaction, plan_for_arrays, with_retry
+from service.store.db import LARGE_BATCH, RetryTransaction, plan_for_values, with_retry
 
 
 @dataclass(slots=True)
@@ -57,7 +57,7 @@ async def ingest(
 
     async def work(conn: Conn) -> IngestResult:
         if sum(len(e.codes) for e in unique) > LARGE_BATCH:
-            await plan_for_arrays(conn)
+            await plan_for_values(conn)
         loaded = await _load(conn, unique)
         result = IngestResult(duplicates=repeats + len(unique) - len(loaded.events))
         if loaded.events:

@@ -13,14 +13,15 @@ from service.store import recalls as recall_store
 from service.store import registry
 from service.store import stats as stats_store
 from service.store.conn import Conn
-from service.store.db import with_retry
+from service.store.db import plan_for_values, with_retry
 from service.usecases.errors import Invalid
 
 
 async def lot(pool: asyncpg.Pool, product_id: str, lot: str) -> dict[str, Any] | None:
     """Counts of the lot's units by state and by custodian, and its recall; None when
     the lot has no codes and was never recalled."""
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await plan_for_values(conn)  # a lot holds one code or hundreds of thousands
         summary = await recall_store.lot_summary(conn, product_id, lot)
     if summary["codes"] == 0 and not summary["recalled"]:
         return None

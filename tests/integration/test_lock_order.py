@@ -101,3 +101,29 @@ async def test_a_large_batch_is_planned_for_its_own_arrays(admin: Api, db_url: s
         assert await lock_plans() == (generic, custom + 1)
     finally:
         await pool.close()
+
+
+async def test_a_lots_summary_is_planned_for_its_own_lot(admin: Api, db_url: str) -> None:
+    """A generic plan for the lot summary, costed for a handful of codes, sorted a lot of
+    100,000 on disk (bench_console.py): the summary is planned for the lot asked for."""
+    from service.usecases import investigation
+
+    w = await small_world(admin)
+    codes = [cn20(w["unit"], i) for i in range(1, 4)]
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        commission = _event("commission", codes, 0, lot="L1", expiry=date(2030, 12, 31))
+        assert not (await ingest_usecase.ingest(pool, [commission], [])).rejected
+        for _ in range(8):
+            summary = await investigation.lot(pool, w["unit"], "L1")
+            assert summary is not None
+            assert summary["codes"] == 3
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%FROM codes WHERE product_id = $1 AND lot = $2%'"
+            )
+    finally:
+        await pool.close()
+    assert row is not None
+    assert (row["generic_plans"], row["custom_plans"]) == (0, 8)
