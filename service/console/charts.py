@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 
 LABEL_WIDTH = 200  # room for the labels, left of the bars
+MOST = 15  # bars in a chart; past that, the rest in one
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +27,19 @@ class Bars:
     height: int
 
 
-def bars(items: Sequence[tuple[str, str, int]], *, length: int = 360, row: int = 26) -> Bars:
-    """Horizontal bars, one a row, longest first: ``items`` are (key, label, value)."""
+def bars(
+    items: Sequence[tuple[str, str, int]],
+    *,
+    length: int = 360,
+    row: int = 26,
+    most: int = MOST,
+    rest: str = "",
+) -> Bars:
+    """Horizontal bars, one a row, longest first: ``items`` are (key, label, value). Past
+    ``most`` bars, the rest are added up in one last bar labelled ``rest`` (key ``""``)."""
     ordered = sorted(items, key=lambda item: (-item[2], item[0]))
+    if len(ordered) > most:
+        ordered = [*ordered[: most - 1], ("", rest, sum(value for _, _, value in ordered[most - 1 :]))]
     top = max((value for _, _, value in ordered), default=0) or 1
     laid = [
         Bar(label, key, value, 8 + i * row, round(length * value / top, 1))

@@ -289,7 +289,9 @@ class InvestigationController(Controller):
         if summary is None:
             return page(request, "lot.html", status_code=404, product_id=product_id, lot=lot, summary=None)
         t = translator(language(request.cookies.get(LANG_COOKIE)))
-        holders = await registry_usecases.get_orgs(services.pool, sorted(summary["by_custodian"]))
+        by_custodian = summary["by_custodian"]
+        top = sorted(by_custodian, key=lambda k: (-by_custodian[k], k))[: charts.MOST - 1]
+        holders = await registry_usecases.get_orgs(services.pool, top)
         return page(
             request,
             "lot.html",
@@ -299,7 +301,8 @@ class InvestigationController(Controller):
             summary=summary,
             by_state=charts.bars([(k, t(f"state.{k}"), n) for k, n in summary["by_state"].items()]),
             by_custodian=charts.bars(
-                [(k, holders[k].name if k in holders else k, n) for k, n in summary["by_custodian"].items()]
+                [(k, holders[k].name if k in holders else k, n) for k, n in by_custodian.items()],
+                rest=t("lot.others", len(by_custodian) - len(top)),
             ),
             recalled_now=_text(request.query_params.get("recalled"), 10),
             refused=_text(request.query_params.get("refused"), 20),

@@ -82,3 +82,12 @@ def test_columns_put_both_series_on_one_scale() -> None:
     assert laid.top == 8
     assert [(d.x, d.settlements_height, d.flags_height) for d in laid.days] == [(40, 40, 10), (60, 0, 80)]
     assert columns([]).days == []
+
+
+def test_bars_past_the_most_add_up_the_rest_in_one() -> None:
+    from service.console.charts import bars
+
+    laid = bars([(f"o{i}", f"O{i}", 100 - i) for i in range(40)], most=5, rest="35 others")
+    assert [b.key for b in laid.bars] == ["o0", "o1", "o2", "o3", ""]
+    assert laid.bars[-1].label == "35 others"
+    assert laid.bars[-1].value == sum(100 - i for i in range(4, 40))
