@@ -166,3 +166,62 @@ async def test_a_new_flag_appears_in_the_queue_without_reloading(admin: Api, pag
         "href", f"/console/flags/{out['flags'][0]['flag_id']}"
     )
     await page.screenshot(path=str(SHOTS / "console-flags-live.png"), full_page=True)
+
+
+async def test_work_a_flag_with_a_note_then_bulk_dismiss_at_tablet_width(admin: Api, page: object) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    await page.set_viewport_size({"width": 768, "height": 1024})  # a tablet held upright
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.keyboard.press("Enter")  # the keyboard is enough
+    await expect(page).to_have_url("/console/codes")
+    flag_id = w["open_flags"][0]
+    await page.goto(f"/console/flags/{flag_id}")
+    await page.get_by_label("状态").select_option("investigating")
+    await page.get_by_label("备注").fill("called <the> pharmacy")
+    await page.get_by_role("button", name="保存").click()
+    history = page.locator("table.history")
+    await expect(history).to_contain_text("called <the> pharmacy")  # as text
+    await expect(history).to_contain_text("调查中")
+    # nothing wider than the screen
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await page.screenshot(path=str(SHOTS / "console-flag-tablet.png"), full_page=True)
+
+    await page.goto("/console/flags?status=investigating")
+    await page.get_by_label("选择", exact=True).check()  # select all
+    await page.locator("#bulk-status").select_option("dismissed")
+    await page.locator("#bulk-note").fill("bulk")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page.get_by_role("status")).to_contain_text("已更新 1 条预警")
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "dismissed"
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await page.screenshot(path=str(SHOTS / "console-flags-tablet.png"), full_page=True)
+
+
+async def test_an_org_key_and_a_form_without_its_token_are_refused(admin: Api, page: object) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["keys"]["P1"].key)  # a pharmacy's key
+    await page.get_by_role("button", name="登录").click()
+    await expect(page.get_by_role("alert")).to_be_visible()
+    await expect(page).to_have_url("/console/signin")
+    await page.screenshot(path=str(SHOTS / "console-signin-refused.png"), full_page=True)
+
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await page.goto(f"/console/flags/{w['open_flags'][0]}")
+    # the form posted without its CSRF token (as a page of another site would): refused
+    await page.locator('input[name="_csrf_token"]').first.evaluate("input => input.remove()")
+    await page.locator("form.change").evaluate(
+        "form => form.querySelector('input[name=_csrf_token]')?.remove()"
+    )
+    await page.get_by_label("备注").fill("forged")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("出错了 (403)")
+    assert (await w["inv"].ok("GET", f"/v1/flags/{w['open_flags'][0]}"))["status"] == "open"

@@ -232,8 +232,10 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
             await asyncio.to_thread(stop_postgres, root)
             caplog.clear()
             with caplog.at_level(logging.WARNING):
-                for api, path in [(inv, "/v1/flags"), (inv, "/v1/flags/1"), (admin, "/v1/orgs/X/stats")] * 3:
-                    resp = await api.get(path)
+                # under load: requests arrive together while the database is away
+                asked = [(inv, "/v1/flags"), (inv, "/v1/flags/1"), (admin, "/v1/orgs/X/stats")] * 10
+                answers = await asyncio.gather(*(api.get(path) for api, path in asked))
+                for (_, path), resp in zip(asked, answers, strict=True):
                     assert resp.status_code == 503, (path, resp.text)
                     assert resp.headers["content-type"].startswith("application/problem+json")
                     assert int(resp.headers["retry-after"]) > 0
