@@ -304,7 +304,7 @@ class InvestigationController(Controller):
                 [(k, holders[k].name if k in holders else k, n) for k, n in by_custodian.items()],
                 rest=t("lot.others", len(by_custodian) - len(top)),
             ),
-            recalled_now=_text(request.query_params.get("recalled"), 10),
+            recalled_now=_count(request.query_params.get("recalled")),
             refused=_text(request.query_params.get("refused"), 20),
         )
 
@@ -348,6 +348,12 @@ class InvestigationController(Controller):
             more_flags=open_flags.next_before is not None,
             ledger=ledger or [],
         )
+
+
+def _count(value: object) -> int | None:
+    """A count passed back in a redirect's query (digits only: nothing else is shown)."""
+    text = _text(value, 10)
+    return int(text) if text is not None and text.isascii() and text.isdigit() else None
 
 
 def _live(fields: dict[bytes, bytes], t: Translate) -> str:
