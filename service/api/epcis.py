@@ -33,7 +33,7 @@ CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
 
 # where each kind of document a capture takes holds its events
-_EVENT_LISTS: dict[Any, tuple[str, ...]] = {
+_EVENT_LISTS: dict[str, tuple[str, ...]] = {
     "EPCISDocument": ("epcisBody", "eventList"),
     "EPCISQueryDocument": ("epcisBody", "queryResults", "resultsBody", "eventList"),
 }
@@ -234,7 +234,8 @@ class EpcisController(Controller):
         """Capture an EPCISDocument, or the events of an EPCISQueryDocument (JSON or
         JSON-LD). The job is done when this answers."""
         doc = _decode(await request.body())
-        list_path = _EVENT_LISTS.get(doc.get("type")) if isinstance(doc, dict) else None
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        list_path = _EVENT_LISTS.get(kind) if isinstance(kind, str) else None  # (a list is no key)
         events = _walk(doc, list_path) if list_path else None
         if list_path is None or not isinstance(events, list):
             raise epcis_problem(

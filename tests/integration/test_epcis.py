@@ -520,6 +520,9 @@ async def test_an_epcis_query_document_is_captured_as_its_events(admin: Api) -> 
     resp = await keys["M1"].post("/epcis/capture", bad)
     assert resp.status_code == 202, resp.text
     assert resp.json()["errors"][0]["eventIndex"] == 0, resp.text
+    for kind in (["EPCISDocument"], {"a": 1}, None, 7):  # not a document's type: a 400, never a 500
+        resp = await keys["M1"].post("/epcis/capture", {**answer, "type": kind})
+        assert resp.status_code == 400, (kind, resp.text)
 
 
 async def test_epcis_routes_keep_the_apps_checks_of_every_request(admin: Api) -> None:
