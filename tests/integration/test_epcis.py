@@ -348,6 +348,11 @@ async def test_match_epc_with_no_schema_and_objects_for_lists(settings: Settings
         resp = await keys["M1"].post("/epcis/capture", _doc(odd, _journey()[0][1]))
         assert resp.status_code == 202, resp.text
         assert resp.json()["success"], resp.text
+        # nor is an event whose type is a list: an error of that event, not a 500
+        odd_type = {**_journey()[1][1], "type": ["ObjectEvent"]}
+        resp = await keys["M1"].post("/epcis/capture", _doc(odd_type))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["errors"][0]["field"] == "type", resp.text
         unit = "urn:epc:id:sgtin:0614141.107346.1"
         resp = await keys["inv"].get("/epcis/events", MATCH_epc=unit)
         assert resp.status_code == 200, resp.text

@@ -230,7 +230,7 @@ def map_event(
     an event that has no ``@context`` of its own, so that its extensions keep their
     meaning wherever a query returns it. Raises EventError."""
     type_ = event.get("type")
-    if type_ not in EVENT_TYPES:
+    if not isinstance(type_, str) or type_ not in EVENT_TYPES:  # (a list is not hashable)
         raise EventError("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
     event_id, fact_id = identify(event)
     at = _time(event, now)
