@@ -73,7 +73,9 @@ async def prepare(url: str, lot_units: int) -> dict[str, Any]:
     return {"product": product, "pharmacy": pharmacy, "distributor": distributor, "flag": flag}
 
 
-async def measure(base: str, key: str, pages: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
+async def measure(
+    base: str, key: str, pages: dict[str, list[str]], rounds: int, each: bool = False
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in pages}
     async with httpx.AsyncClient(base_url=base, timeout=60, follow_redirects=True) as client:
         signin = await client.get("/console/signin")
@@ -90,6 +92,8 @@ async def measure(base: str, key: str, pages: dict[str, list[str]], rounds: int)
                 started = time.perf_counter()
                 answer = await client.get(path)
                 times[name].append(1000 * (time.perf_counter() - started))
+                if each:
+                    print(f"{time.strftime('%H:%M:%S')} {times[name][-1]:7.1f} ms  {path}", file=sys.stderr)
                 if answer.status_code != 200:
                     raise RuntimeError(f"{path}: {answer.status_code} {answer.text[:500]}")
     return times
@@ -101,6 +105,7 @@ def main() -> int:
     p.add_argument("--lot-units", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--database-url", default=None)
+    p.add_argument("--each", action="store_true", help="print every request's time (to stderr)")
     args = p.parse_args()
     url = args.database_url or localrun.throwaway_postgres()
     workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-console-"))
@@ -129,7 +134,7 @@ def main() -> int:
         server = localrun.start_service(env, port, workdir / "service.log")
         try:
             key = manifest["keys"]["investigator"][0]
-            times = asyncio.run(measure(f"http://127.0.0.1:{port}", key, pages, args.rounds))
+            times = asyncio.run(measure(f"http://127.0.0.1:{port}", key, pages, args.rounds, args.each))
         finally:
             localrun.stop_service(server)
     finally:

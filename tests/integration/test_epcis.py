@@ -545,3 +545,26 @@ async def test_epcis_routes_keep_the_apps_checks_of_every_request(admin: Api) ->
     )
     assert resp.status_code == 400, resp.text
     assert "NUL" in resp.json()["detail"], resp.text
+
+
+async def test_identifiers_too_long_to_keep_are_refused_not_a_500(admin: Api) -> None:
+    """Found in review: a 4,000-character eventID or EPC broke an index key (a 500), and
+    the EPC caches kept such strings whole."""
+    from service.interop.epcis.identifiers import _to_code
+
+    keys = await _pharma_world(admin)
+    long_id = "urn:x:" + "a" * 4000
+    cached = _to_code.cache_info().currsize
+    for event, field in (
+        ({**_journey()[0][1], "eventID": long_id}, "eventID"),
+        ({**_journey()[0][1], "epcList": ["urn:epc:id:sgtin:0614141.107346.1", long_id]}, "epcList[1]"),
+        (
+            _ev("ObjectEvent", 0, M_LOC, action="OBSERVE", quantityList=[{"epcClass": long_id}]),
+            "quantityList[0].epcClass",
+        ),
+    ):
+        resp = await keys["M1"].post("/epcis/capture", _doc(event))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["errors"][0]["field"] == field, resp.text
+    assert _to_code.cache_info().currsize == cached  # nothing that long is remembered
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404

@@ -26,7 +26,7 @@ from epcpy.utils.common import ConvertException
 from service.core.codes import is_gln, try_parse_code
 
 _EPC_ID: Final = "urn:epc:id:"
-_MAX_LENGTH: Final = 300
+MAX_LENGTH: Final = 300  # an identifier longer than this is none this service knows
 _EPCPY_REFUSALS: Final = (ConvertException, ValueError, IndexError, KeyError, AttributeError)  # they vary
 # Each as the unbracketed element string, the canonical form core.codes reads on its fast
 # path (the bracketed one goes through biip again: five times the cost of epcpy itself).
@@ -50,7 +50,7 @@ def _gtin_and_serial(element_string: str) -> tuple[str, str]:
 def _epc(uri: str, schemes: Mapping[str, Callable[[str], str]]) -> str | None:
     """What ``epcpy`` makes of a pure-identity URI (``urn:epc:id:<scheme>:…``) of one of
     ``schemes``, or None (another scheme, too long, or refused)."""
-    if len(uri) > _MAX_LENGTH:
+    if len(uri) > MAX_LENGTH:
         return None
     decode = schemes.get(uri[len(_EPC_ID) :].split(":", 1)[0])
     if decode is None:
@@ -63,7 +63,7 @@ def _epc(uri: str, schemes: Mapping[str, Callable[[str], str]]) -> str | None:
 
 def _digital_link(uri: str) -> dict[str, str] | None:
     """The AIs of a GS1 Digital Link URI (path and query), or None if it is not one."""
-    if not uri.startswith(("http://", "https://")) or len(uri) > _MAX_LENGTH:
+    if not uri.startswith(("http://", "https://")) or len(uri) > MAX_LENGTH:
         return None
     try:
         link = GS1DigitalLinkURI.parse(uri)
@@ -72,14 +72,19 @@ def _digital_link(uri: str) -> dict[str, str] | None:
     return {e.ai.ai: e.value for e in link.element_strings}
 
 
-# A pack's EPC comes back in event after event (commission, pack, ship, receive, ...), and
-# a document often names it twice (commission and ship): decoding is most of what a
-# capture costs in Python, so the answers are remembered (pure functions of the string).
-@functools.lru_cache(maxsize=1 << 16)
 def to_code(uri: str) -> str | None:
     """The canonical trace code an EPC names (an SGTIN: ``01<GTIN>21<serial>``; an SSCC:
     ``00<SSCC>``), or None for anything else (a class-level ``lgtin``, a GIAI, ...).
     A plain code in any form /v1/events accepts is taken too."""
+    return _to_code(uri) if len(uri) <= MAX_LENGTH else None
+
+
+# A pack's EPC comes back in event after event (commission, pack, ship, receive, ...), and
+# a document often names it twice (commission and ship): decoding is most of what a
+# capture costs in Python, so the answers are remembered (pure functions of the string;
+# only strings up to MAX_LENGTH, so that the cache's size is bounded in bytes too).
+@functools.lru_cache(maxsize=1 << 16)
+def _to_code(uri: str) -> str | None:
     element_string: str | None = None
     if uri.startswith(_EPC_ID):
         element_string = _epc(uri, _CODE_SCHEMES)
@@ -100,11 +105,15 @@ def to_code(uri: str) -> str | None:
     return parsed.canonical if parsed else None
 
 
-@functools.lru_cache(maxsize=1 << 12)
 def to_gln(uri: str) -> str | None:
     """The GLN (13 digits) a location or party identifier names: ``urn:epc:id:sgln:…``
     (any extension: a sub-location of that GLN), ``urn:epc:id:pgln:…``, or a Digital
     Link with AI 414 or 417. None for anything else."""
+    return _to_gln(uri) if len(uri) <= MAX_LENGTH else None
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _to_gln(uri: str) -> str | None:
     gln: str | None = None
     if uri.startswith(_EPC_ID):
         gln = _epc(uri, _GLN_SCHEMES)

@@ -28,7 +28,7 @@ import msgspec
 
 from service.core.events import REPEATED_CODE, Incoming, Rejection, shape_errors, time_problem
 from service.core.rules import INVALID_CODE
-from service.interop.epcis.identifiers import to_code, to_gln
+from service.interop.epcis.identifiers import MAX_LENGTH, to_code, to_gln
 
 # GS1's JSON-LD contexts (every version): the query document names the standard one itself
 GS1_CONTEXT_PREFIX: Final = "https://ref.gs1.org/standards/epcis/"
@@ -44,6 +44,11 @@ _EXPIRY_KEYS: Final = (
     "urn:epcglobal:cbv:mda:itemExpirationDate",
     "itemExpirationDate",
 )
+
+# the lists of instance identifiers an event may carry (stored, indexed: bounded in length)
+_EPC_LISTS: Final = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
+_QUANTITY_LISTS: Final = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
+MAX_EVENT_ID: Final = 1000  # an eventID is kept as a key: PostgreSQL's index holds ~2,700 bytes
 
 # /v1/events' field names (core.events.shape_errors) as this format names them
 _FIELDS: Final = {
@@ -137,12 +142,32 @@ def _strings(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+def _too_long(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, message) for an identifier longer than is kept as an index key: the eventID,
+    and every EPC (instances, classes, the parent); None if all fit."""
+    given = event.get("eventID")
+    if isinstance(given, str) and len(given) > MAX_EVENT_ID:
+        return "eventID", f"is longer than {MAX_EVENT_ID} characters"
+    named: list[tuple[str, object]] = [("parentID", event.get("parentID"))]
+    for key in _EPC_LISTS:
+        items = event.get(key)
+        named += [(f"{key}[{i}]", v) for i, v in enumerate(items if isinstance(items, list) else [])]
+    for key in _QUANTITY_LISTS:
+        items = event.get(key)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            named.append((f"{key}[{i}].epcClass", item.get("epcClass") if isinstance(item, dict) else None))
+    for field, value in named:
+        if isinstance(value, str) and len(value) > MAX_LENGTH:
+            return field, f"is longer than {MAX_LENGTH} characters"
+    return None
+
+
 def epcs_of(event: Mapping[str, Any]) -> tuple[str, ...]:
     """Every EPC the event names (instances and classes), as given: what MATCH_anyEPC sees."""
     found: list[str] = []
-    for key in ("epcList", "childEPCs", "inputEPCList", "outputEPCList"):
+    for key in _EPC_LISTS:
         found.extend(_strings(event.get(key)))
-    for key in ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList"):
+    for key in _QUANTITY_LISTS:
         items = event.get(key)
         if isinstance(items, list):
             classes = (i.get("epcClass") for i in items if isinstance(i, dict))
@@ -232,6 +257,9 @@ def map_event(
     type_ = event.get("type")
     if not isinstance(type_, str) or type_ not in EVENT_TYPES:  # (a list is not hashable)
         raise EventError("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
+    too_long = _too_long(event)
+    if too_long:
+        raise EventError(*too_long)
     event_id, fact_id = identify(event)
     at = _time(event, now)
     action = event.get("action") if isinstance(event.get("action"), str) else None
