@@ -555,7 +555,7 @@ async def test_identifiers_too_long_to_keep_are_refused_not_a_500(admin: Api) ->
     keys = await _pharma_world(admin)
     long_id = "urn:x:" + "a" * 4000
     cached = _to_code.cache_info().currsize
-    for event, field in (
+    for sent, field in (
         ({**_journey()[0][1], "eventID": long_id}, "eventID"),
         ({**_journey()[0][1], "epcList": ["urn:epc:id:sgtin:0614141.107346.1", long_id]}, "epcList[1]"),
         (
@@ -563,7 +563,7 @@ async def test_identifiers_too_long_to_keep_are_refused_not_a_500(admin: Api) ->
             "quantityList[0].epcClass",
         ),
     ):
-        resp = await keys["M1"].post("/epcis/capture", _doc(event))
+        resp = await keys["M1"].post("/epcis/capture", _doc(sent))
         assert resp.status_code == 202, resp.text
         assert resp.json()["errors"][0]["field"] == field, resp.text
     assert _to_code.cache_info().currsize == cached  # nothing that long is remembered
