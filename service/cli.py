@@ -74,11 +74,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     embedded_postgres, embedded_valkey = not settings.database_url, not settings.redis_url
     settings = resolve_servers(settings)
     assert settings.database_url
-    unwatch: Callable[[], None] = lambda: None  # noqa: E731
-    if embedded_postgres or embedded_valkey:
-        from service import embedded
-
-        unwatch = embedded.supervise(settings.data_dir, postgres=embedded_postgres, valkey=embedded_valkey)
     applied = asyncio.run(_migrate(settings.database_url))
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
@@ -97,6 +92,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # atexit hooks that stop the embedded PostgreSQL and Valkey (SIGINT raises
     # KeyboardInterrupt, which runs them). So a SIGTERM exits like Ctrl-C does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # the embedded servers are watched while the service serves, and only then
+    unwatch: Callable[[], None] = lambda: None  # noqa: E731
+    if embedded_postgres or embedded_valkey:
+        from service import embedded
+
+        unwatch = embedded.supervise(settings.data_dir, postgres=embedded_postgres, valkey=embedded_valkey)
     try:
         uvicorn.run(
             "service.app:create_app",

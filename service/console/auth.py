@@ -114,6 +114,16 @@ async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
     connection.state.principal = principal
 
 
+async def session_lives(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Is the connection's session still in the store (not signed out, not expired)? For a
+    long-lived response, which the guard checked only when it began."""
+    session_id = connection.cookies.get(SESSION_KEY)
+    if not session_id:
+        return False
+    store = connection.app.stores.get(SESSION_STORE)
+    return await store.exists(session_id)
+
+
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     found = connection.state.principal
     assert isinstance(found, Principal)

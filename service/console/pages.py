@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, get_args
@@ -23,7 +24,7 @@ from service.api.flags import KINDS, STATUSES, FlagChange
 from service.console import auth, charts
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.timeline import layout
-from service.core.codes import try_parse_code
+from service.core.codes import is_product_id, try_parse_code
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
 from service.usecases import investigation
@@ -35,9 +36,11 @@ LANG_COOKIE = "console_lang"
 CHINA = timezone(timedelta(hours=8))
 PAGE_SIZE = 50
 DAYS = 30  # an organisation's daily chart
+MAX_LOT = 64  # as the API's lot field (service/api/types.py Short)
 LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s socket timeout)
 LIVE_RECHECK_SECONDS = 15  # how often a live stream checks that its key still counts
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
+STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 
@@ -205,7 +208,8 @@ class ConsoleController(Controller):
         the queue's "new flags" list. Ends when the session's key is revoked."""
         t = translator(language(request.cookies.get(LANG_COOKIE)))
         redis = request.app.state.redis
-        after = _text(request.headers.get("last-event-id"), 40) or "$"
+        given = _text(request.headers.get("last-event-id"), 40)
+        after = given if given is not None and STREAM_ID.fullmatch(given) else "$"
         digest = auth.session_digest(request)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -226,8 +230,10 @@ class ConsoleController(Controller):
                         after = entry_id.decode()
                         yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
                 now = asyncio.get_running_loop().time()
-                if now - checked > LIVE_RECHECK_SECONDS:  # a revoked key ends the stream too
+                if now - checked > LIVE_RECHECK_SECONDS:  # sign-out, expiry or revocation ends it
                     checked = now
+                    if not await auth.session_lives(request):
+                        return
                     if digest is None or await auth.console_principal(request, digest) is None:
                         return
                     yield ServerSentEventMessage(comment="still here")
@@ -284,6 +290,8 @@ class InvestigationController(Controller):
     @get("/lots/{product_id:str}/{lot:str}")
     async def lot(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Template:
         services = request.app.state.services
+        if not _lot_named(product_id, lot):
+            return page(request, "lot.html", status_code=404, product_id=product_id, lot=lot, summary=None)
         summary = await investigation.lot(services.pool, product_id, lot)
         products = await registry_usecases.get_products(services.pool, [product_id])
         if summary is None:
@@ -304,6 +312,7 @@ class InvestigationController(Controller):
                 [(k, holders[k].name if k in holders else k, n) for k, n in by_custodian.items()],
                 rest=t("lot.others", len(by_custodian) - len(top)),
             ),
+            known=set(holders),  # organisations with a page (not "unknown", no custodian)
             recalled_now=_count(request.query_params.get("recalled")),
             refused=_text(request.query_params.get("refused"), 20),
         )
@@ -314,6 +323,8 @@ class InvestigationController(Controller):
         form = await request.form()
         reason = _text(form.get("reason"))
         back = f"/console/lots/{quote(product_id, safe='')}/{quote(lot, safe='')}"
+        if not _lot_named(product_id, lot):
+            return Redirect(f"{back}?refused=product", status_code=303)
         if reason is None or form.get("confirm") != "yes":
             return Redirect(f"{back}?refused={'reason' if reason is None else 'confirm'}", status_code=303)
         try:
@@ -348,6 +359,11 @@ class InvestigationController(Controller):
             more_flags=open_flags.next_before is not None,
             ledger=ledger or [],
         )
+
+
+def _lot_named(product_id: str, lot: str) -> bool:
+    """A product id and lot as the API takes them (``POST /v1/recalls``, ``/v1/lots``)."""
+    return is_product_id(product_id) and 0 < len(lot) <= MAX_LOT and "\x00" not in lot
 
 
 def _count(value: object) -> int | None:

@@ -268,3 +268,26 @@ async def test_org_page_figures_daily_chart_open_flags_and_ledger(
         assert f'href="/console/flags/{flag_id}"' in html
     assert "此机构没有上传进销存数据" in html  # X1 uploaded no ledger
     assert (await browser.get("/console/orgs/NOPE")).status_code == 404
+
+
+async def test_a_lot_too_long_for_the_api_is_refused_by_the_console_too(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """Found in review: the console's recall took a lot the API refuses, and a 4,000
+    character one broke the recalls' key (a 500)."""
+    from tests.integration.console_story import GTIN
+
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    long_lot = "L" * 4000
+    assert (await browser.get(f"/console/lots/{GTIN}/{long_lot}")).status_code == 404
+    token = await _token(browser, f"/console/lots/{GTIN}/L9")
+    answer = await browser.post(
+        f"/console/lots/{GTIN}/{long_lot}/recall",
+        data={"reason": "x", "confirm": "yes", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    assert "refused=product" in answer.headers["location"]
+    assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False

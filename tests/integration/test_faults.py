@@ -177,3 +177,34 @@ async def test_sigterm_with_a_consoles_live_stream_open_still_exits(tmp_path: Pa
             assert stream.headers["content-type"].startswith("text/event-stream")
             s.process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]
+
+
+async def test_a_consoles_live_stream_ends_when_its_session_is_signed_out(tmp_path: Path) -> None:
+    """Found in review: the stream checked the key, not the session, so signing out in
+    another tab left it running for up to ten minutes. It now ends at its next check
+    (every 15 s). A Last-Event-ID that is no stream id is read as "from now"."""
+    import re
+
+    async with _serve(tmp_path, workers=1) as s:
+        signin = await s.client.get("/console/signin")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', signin.text)
+        assert token
+        await s.client.post("/console/signin", data={"key": s.admin, "_csrf_token": token.group(1)})
+
+        async def read_until_it_ends() -> int:
+            lines = 0
+            headers = {"Last-Event-ID": "not-an-id"}
+            async with s.client.stream("GET", "/console/flags/live", headers=headers) as stream:
+                assert stream.status_code == 200
+                async for _ in stream.aiter_lines():
+                    lines += 1
+            return lines
+
+        reading = asyncio.create_task(read_until_it_ends())
+        await asyncio.sleep(1)
+        assert not reading.done()  # open while the session lives
+        page = await s.client.get("/console/flags")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+        assert token
+        await s.client.post("/console/signout", data={"_csrf_token": token.group(1)})
+        assert await asyncio.wait_for(reading, 40) > 0  # ended by the service, not by us
