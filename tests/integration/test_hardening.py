@@ -372,6 +372,8 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     plan = await _plan(db, RECEIVED_SQL, ["O7"])
     assert "event_codes_event" in plan, plan
     assert "Seq Scan on event_codes" not in plan, plan
+    assert "events_org_type" in plan, plan  # the organisation's events by index, never all
+    assert "Seq Scan on events" not in plan, plan
 
 
 async def test_what_counts_as_the_database_being_unavailable() -> None:
