@@ -4,14 +4,18 @@ embedded PostgreSQL, and the service's own migrations applied to it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -19,6 +23,7 @@ from service.config import DEFAULT_RATE_LIMITS, rate_limit_variable
 from service.store.migrations import migrate as apply_migrations
 
 TRACECODE = Path(sys.executable).parent / "tracecode"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -103,3 +108,19 @@ async def migrate(url: str) -> list[str]:
         return await apply_migrations(conn)
     finally:
         await conn.close()
+
+
+def run_bench(
+    database_url: str | None,
+    prefix: str,
+    run: Callable[[str, Path], Coroutine[Any, Any, T]],
+) -> T:
+    """A benchmark's set-up and tear-down: the given database (or a throwaway embedded
+    one), migrated, and a scratch folder for the service it starts; ``run(url, folder)``."""
+    url = database_url or throwaway_postgres()
+    asyncio.run(migrate(url))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return asyncio.run(run(url, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

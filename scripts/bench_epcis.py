@@ -21,13 +21,10 @@ How to run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -171,13 +168,9 @@ def main() -> int:
     p.add_argument("--database-url", default=None)
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    database_url = args.database_url or localrun.throwaway_postgres()
-    asyncio.run(localrun.migrate(database_url))
-    workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-epcis-"))
-    try:
-        timings = asyncio.run(run(args, database_url, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    timings = localrun.run_bench(
+        args.database_url, "tracecode-bench-epcis-", lambda url, workdir: run(args, url, workdir)
+    )
     print(f"schema validation: {'on' if SCHEMA.exists() else 'off (no ../shared/epcis)'}")
     print("| batch | /epcis/capture codes/s | /v1/events codes/s | epcis / events |")
     print("|---:|---:|---:|---:|")

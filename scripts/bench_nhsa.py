@@ -24,13 +24,10 @@ How to run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,13 +212,9 @@ def main() -> int:
     p.add_argument("--database-url", default=None)
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    database_url = args.database_url or localrun.throwaway_postgres()
-    asyncio.run(localrun.migrate(database_url))
-    workdir = Path(tempfile.mkdtemp(prefix="tracecode-bench-nhsa-"))
-    try:
-        timings = asyncio.run(run(args, database_url, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    timings = localrun.run_bench(
+        args.database_url, "tracecode-bench-nhsa-", lambda url, workdir: run(args, url, workdir)
+    )
     print(
         "| batch | /v1/nhsa 3505A codes/s | /v1/events, the same sales | nhsa / events"
         " | /v1/events, one event of all codes | nhsa / one event |"
