@@ -21,7 +21,8 @@ import pytest
 
 from benchkit.api import AMOXICILLIN, Org, event, register
 from benchkit.codes import cn20
-from benchkit.localrun import create_admin_key, free_port, start_service
+from benchkit.localrun import create_admin_key
+from tests.integration.served import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,36 +39,14 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def _serve(tmp_path: Path, workers: int) -> AsyncIterator[Served]:
-    from service.embedded import start_postgres, stop_postgres
+    from service.embedded import start_postgres
 
-    data_dir = tmp_path / "data"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
-    }
-    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
-    log = tmp_path / "service.log"
-    port = free_port()
-    process = await asyncio.to_thread(start_service, env, port, log, workers=workers)
-    try:
-        admin = await asyncio.to_thread(create_admin_key, env)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    async with serving(tmp_path, workers) as s:
+        admin = await asyncio.to_thread(create_admin_key, s.env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=60) as client:
             keys = await register(client, admin, [Org("M1", "manufacturer", "450100")], [AMOXICILLIN])
-            url = await asyncio.to_thread(start_postgres, data_dir)  # the running server's URL
-            yield Served(process, client, keys, admin, url, log)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.to_thread(process.wait, 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        await asyncio.to_thread(stop_postgres, data_dir)
-        with contextlib.suppress(Exception):
-            import redis
-
-            redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock")).shutdown(nosave=True)
+            url = await asyncio.to_thread(start_postgres, s.data_dir)  # the running server's URL
+            yield Served(s.process, client, keys, admin, url, s.log)
 
 
 def _workers(parent: int) -> list[int]:

@@ -29,6 +29,7 @@ from service.feed import FlagFeed
 from service.store.db import create_pool
 from service.store.migrations import migrate
 from tests.helpers import Api, cn20, event, small_world
+from tests.integration.served import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -263,56 +264,20 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _postgres_runs(data_dir: Path) -> bool:
-    return (data_dir / "postgres" / "postmaster.pid").exists()
-
-
-def _valkey_answers(data_dir: Path) -> bool:
-    import redis
-
-    sock = data_dir / "valkey" / "valkey.sock"
-    try:
-        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
 async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> None:
     """systemd and kill send SIGTERM: the embedded PostgreSQL and Valkey go with it."""
     import signal
 
-    from benchkit.localrun import free_port, start_service
-    from service.embedded import stop_postgres
+    from service.embedded import postgres_runs, redis_answers
 
-    data_dir = tmp_path / "data"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
-    }
-    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
-    log = tmp_path / "service.log"
-    server = await asyncio.to_thread(start_service, env, free_port(), log, workers=1)
-    try:
-        assert _postgres_runs(data_dir)
-        assert await asyncio.to_thread(_valkey_answers, data_dir)
-        server.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(server.wait, 60)
-        assert code == 0, log.read_text()[-2000:]
-        assert not _postgres_runs(data_dir), log.read_text()[-2000:]
-        assert not await asyncio.to_thread(_valkey_answers, data_dir)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        # whatever the outcome, leave nothing running
-        await asyncio.to_thread(stop_postgres, data_dir)
-        if await asyncio.to_thread(_valkey_answers, data_dir):
-            import redis
-
-            sock = str(data_dir / "valkey" / "valkey.sock")
-            with contextlib.suppress(redis.RedisError):
-                redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
+    async with serving(tmp_path) as s:
+        assert await asyncio.to_thread(postgres_runs, s.data_dir)
+        assert await asyncio.to_thread(redis_answers, s.valkey_dir)
+        s.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(s.process.wait, 60)
+        assert code == 0, s.log.read_text()[-2000:]
+        assert not await asyncio.to_thread(postgres_runs, s.data_dir), s.log.read_text()[-2000:]
+        assert not await asyncio.to_thread(redis_answers, s.valkey_dir)
 
 
 async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
@@ -406,22 +371,12 @@ async def test_serve_restarts_its_embedded_servers_when_they_die(tmp_path: Path)
     import httpx
     import redis
 
-    from benchkit.localrun import create_admin_key, free_port, start_service
-    from service.embedded import stop_postgres
+    from benchkit.localrun import create_admin_key
+    from service.embedded import postgres_runs, redis_answers
 
-    data_dir = tmp_path / "data"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
-    }
-    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
-    log = tmp_path / "service.log"
-    port = free_port()
-    server = await asyncio.to_thread(start_service, env, port, log, workers=1)
-    try:
-        admin = await asyncio.to_thread(create_admin_key, env)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with serving(tmp_path) as s:
+        admin = await asyncio.to_thread(create_admin_key, s.env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=10) as client:
             headers = {"Authorization": f"Bearer {admin}"}
             body = {"id": "M1", "name": "M1", "kind": "manufacturer", "region": "450100"}
             assert (await client.post("/v1/orgs", json=body, headers=headers)).status_code == 201
@@ -437,9 +392,9 @@ async def test_serve_restarts_its_embedded_servers_when_they_die(tmp_path: Path)
                     await asyncio.sleep(0.1)
                 return seen
 
-            postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+            postmaster = int((s.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
             os.kill(postmaster, signal.SIGKILL)
-            assert (await readiness_dips_and_returns())[-2:] == [503, 200], log.read_text()[-3000:]
+            assert (await readiness_dips_and_returns())[-2:] == [503, 200], s.log.read_text()[-3000:]
             # the data survived, and the pool found the new server by itself
             for _ in range(50):
                 answer = await client.post("/v1/orgs", json=body, headers=headers)
@@ -448,24 +403,15 @@ async def test_serve_restarts_its_embedded_servers_when_they_die(tmp_path: Path)
                 await asyncio.sleep(0.2)
             assert answer.status_code == 200, answer.text  # the same organisation again
 
-            sock = str(data_dir / "valkey" / "valkey.sock")
+            sock = str(s.valkey_dir / "valkey.sock")
             valkey = int(redis.Redis(unix_socket_path=sock).info()["process_id"])
             os.kill(valkey, signal.SIGKILL)
-            assert (await readiness_dips_and_returns())[-2:] == [503, 200], log.read_text()[-3000:]
+            assert (await readiness_dips_and_returns())[-2:] == [503, 200], s.log.read_text()[-3000:]
 
-        text = log.read_text()
+        text = s.log.read_text()
         assert text.count("embedded PostgreSQL is not running") == 1, text[-3000:]
         assert text.count("embedded Valkey is not running") == 1, text[-3000:]
-        server.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(server.wait, 60) == 0, log.read_text()[-2000:]
-        assert not _postgres_runs(data_dir)
-        assert not await asyncio.to_thread(_valkey_answers, data_dir)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        await asyncio.to_thread(stop_postgres, data_dir)
-        if await asyncio.to_thread(_valkey_answers, data_dir):
-            sock = str(data_dir / "valkey" / "valkey.sock")
-            with contextlib.suppress(redis.RedisError):
-                redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
+        s.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]
+        assert not await asyncio.to_thread(postgres_runs, s.data_dir)
+        assert not await asyncio.to_thread(redis_answers, s.valkey_dir)
