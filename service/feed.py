@@ -46,6 +46,24 @@ def _entry(flag: dict[str, Any]) -> dict[str, str]:
     }
 
 
+async def last_entry(redis: aioredis.Redis) -> str:
+    """The id of the stream's newest entry ("0-0" while it is empty): where a reader that
+    wants only what comes next starts."""
+    newest: Any = await redis.xrevrange(STREAM, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+async def read_after(redis: aioredis.Redis, after: str, *, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    """The flags published after entry ``after``, as (entry id, fields), oldest first;
+    waits up to ``block_ms`` for the first when there is none yet."""
+    found: Any = await redis.xread({STREAM: after}, count=100, block=block_ms)
+    return [
+        (entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+        for _, entries in found
+        for entry_id, fields in entries
+    ]
+
+
 class RedisUnavailable(RedisError):
     """Redis refused or dropped a batch (its own errors and socket errors alike), told
     apart from the database's socket errors so that each outage is logged as what it is."""

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from typing import Any, get_args
 from urllib.parse import quote, urlencode
 
@@ -25,6 +25,7 @@ from service.console import auth, charts
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.timeline import layout
 from service.core.codes import is_product_id, try_parse_code
+from service.core.rules import CHINA
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
 from service.usecases import investigation
@@ -33,7 +34,6 @@ from service.usecases import registry as registry_usecases
 from service.usecases.errors import Invalid
 
 LANG_COOKIE = "console_lang"
-CHINA = timezone(timedelta(hours=8))
 PAGE_SIZE = 50
 DAYS = 30  # an organisation's daily chart
 MAX_LOT = 64  # as the API's lot field (service/api/types.py Short)
@@ -219,16 +219,14 @@ class ConsoleController(Controller):
             while redis is not None and checked - started < LIVE_MAX_SECONDS:
                 try:
                     if after == "$":  # from now on: the stream's last entry, once, not at every wait
-                        last = await redis.xrevrange(feed.STREAM, count=1)
-                        after = last[0][0].decode() if last else "0-0"
-                    found = await redis.xread({feed.STREAM: after}, count=100, block=LIVE_BLOCK_MS)
+                        after = await feed.last_entry(redis)
+                    found = await feed.read_after(redis, after, block_ms=LIVE_BLOCK_MS)
                 except (RedisError, OSError):
                     found = []
                     await asyncio.sleep(1)
-                for _, entries in found:
-                    for entry_id, fields in entries:
-                        after = entry_id.decode()
-                        yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
+                for entry_id, fields in found:
+                    after = entry_id
+                    yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
                 now = asyncio.get_running_loop().time()
                 if now - checked > LIVE_RECHECK_SECONDS:  # sign-out, expiry or revocation ends it
                     checked = now
@@ -372,9 +370,8 @@ def _count(value: object) -> int | None:
     return int(text) if text is not None and text.isascii() and text.isdigit() else None
 
 
-def _live(fields: dict[bytes, bytes], t: Translate) -> str:
+def _live(flag: dict[str, str], t: Translate) -> str:
     """One stream entry as the JSON the queue's script shows (as text, never markup)."""
-    flag = {k.decode(): v.decode() for k, v in fields.items()}
     at = datetime.fromisoformat(flag["at"]) if flag.get("at") else None
     return json.dumps(
         {
