@@ -105,7 +105,7 @@ class FlagFeed:
                     metrics.FLAGS_PUBLISH_FAILED.inc(len(new))
                 metrics.FLAGS_UNPUBLISHED.set(await flag_store.unpublished_count(conn))
                 raise RedisUnavailable(str(exc)) from exc
-            await flag_store.mark_published(conn, [f["flag_id"] for f in flags])
+            await flag_store.mark_published(conn, flags)
             self._failed.difference_update((f["flag_id"], f["status"]) for f in flags)
             metrics.FLAGS_PUBLISHED.inc(len(flags))
             return len(flags)

@@ -1,5 +1,9 @@
 """Test servers: a throwaway embedded PostgreSQL and Valkey for the session, or the
-servers named by TRACE_TEST_DATABASE_URL / TRACE_TEST_REDIS_URL (their data is wiped)."""
+servers named by TRACE_TEST_DATABASE_URL / TRACE_TEST_REDIS_URL (their data is wiped).
+
+With TRACE_TEST_CITUS_URL set to a Citus coordinator, the suite runs on a distributed
+schema instead: the service's tables there are dropped, the migrations run, then
+``ops/citus/distribute.sql`` (DEVELOPERS.md says how to start a cluster)."""
 
 from __future__ import annotations
 
@@ -23,11 +27,13 @@ _TABLES_KEPT = {"schema_migrations"}
 # GS1's EPCIS material beside the repository (../shared/epcis/), as CI lays it
 EPCIS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "epcis"
 EPCIS_SCHEMA = EPCIS_DIR / "schema" / "EPCIS-JSON-Schema.json"
+DISTRIBUTE_SQL = Path(__file__).resolve().parents[1] / "ops" / "citus" / "distribute.sql"
+CITUS_URL = os.environ.get("TRACE_TEST_CITUS_URL")
 
 
 @pytest.fixture(scope="session")
 def server_urls() -> tuple[str, str]:
-    db_url = os.environ.get("TRACE_TEST_DATABASE_URL")
+    db_url = CITUS_URL or os.environ.get("TRACE_TEST_DATABASE_URL")
     redis_url = os.environ.get("TRACE_TEST_REDIS_URL")
     root = Path(tempfile.mkdtemp(prefix="tracecode-test-"))
     if not db_url:
@@ -45,10 +51,21 @@ def server_urls() -> tuple[str, str]:
 async def db_url(server_urls: tuple[str, str]) -> str:
     conn = await asyncpg.connect(server_urls[0])
     try:
+        if CITUS_URL:
+            await _drop_tables(conn)
         await migrate(conn)
+        if CITUS_URL:
+            await conn.execute(DISTRIBUTE_SQL.read_text())
     finally:
         await conn.close()
     return server_urls[0]
+
+
+async def _drop_tables(conn: asyncpg.Connection) -> None:
+    """A clean coordinator: the service's tables go (Citus's own live in pg_catalog)."""
+    tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    if tables:
+        await conn.execute(f"DROP TABLE {', '.join(tables)} CASCADE")
 
 
 @pytest.fixture(scope="session")

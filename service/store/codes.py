@@ -10,7 +10,7 @@ import asyncpg
 
 from service.core.custody import CodeState
 from service.core.sales import Sale
-from service.store.conn import Conn, RetryTransaction
+from service.store.conn import Conn, RetryTransaction, distributed
 
 # The columns of a codes row, in CodeState's order (the load-test seeder COPYs them too).
 COLUMNS = (
@@ -59,13 +59,36 @@ def _state(row: asyncpg.Record) -> CodeState:
 
 
 async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
-    """Lock the existing rows of ``codes`` for this transaction, in code order (every
-    writer locks in that order, so two writers cannot deadlock), and return them."""
-    rows = await conn.fetch(
-        f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE",  # noqa: S608
-        list(codes),
-    )
-    return {r["code"]: _state(r) for r in rows}
+    """Lock the existing rows of ``codes`` for this transaction and return them.
+
+    Every writer locks in one order, (shard, code), so two writers cannot deadlock: one
+    statement per shard, each in code order. Plain PostgreSQL is one shard (one
+    statement); on Citus a row lock is taken by a statement on one shard only."""
+    states: dict[str, CodeState] = {}
+    for group in await by_shard(conn, codes):
+        rows = await conn.fetch(
+            f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE",  # noqa: S608
+            group,
+        )
+        states.update((r["code"], _state(r)) for r in rows)
+    return states
+
+
+async def by_shard(conn: Conn, codes: Iterable[str]) -> list[list[str]]:
+    """``codes`` grouped by the shard of ``codes`` (the table) that holds them, in shard
+    order: one group on plain PostgreSQL; on Citus the coordinator names each code's
+    shard (one round trip, none for a single code)."""
+    wanted = sorted(set(codes))
+    if len(wanted) <= 1 or not distributed(conn):
+        return [wanted] if wanted else []
+    groups: dict[int, list[str]] = {}
+    for r in await conn.fetch(
+        """SELECT get_shard_id_for_distribution_column('codes', c) AS shard, c
+           FROM unnest($1::text[]) AS c ORDER BY 1""",
+        wanted,
+    ):
+        groups.setdefault(r["shard"], []).append(r["c"])
+    return list(groups.values())
 
 
 class ContentsChanged(RetryTransaction):
@@ -116,17 +139,15 @@ async def lock_with_contents(
 
 
 async def lock_sold(conn: Conn, sale: Sale) -> dict[str, CodeState]:
-    """Lock, in code order, the rows of the packs that ``sale`` took units from and has
-    not given back, and return them."""
-    rows = await conn.fetch(
-        f"""SELECT {_SELECT} FROM codes
-            WHERE code IN (SELECT code FROM consumptions
-                           WHERE sale_kind = $1 AND sale_id = $2 AND reversed_at IS NULL)
-            ORDER BY code FOR UPDATE""",  # noqa: S608
+    """Lock the rows of the packs that ``sale`` took units from and has not given back
+    (as ``lock`` does), and return them. The caller reads the sale's consumptions again
+    once they are locked: they are settled then."""
+    taken = await conn.fetch(
+        "SELECT code FROM consumptions WHERE sale_kind = $1 AND sale_id = $2 AND reversed_at IS NULL",
         sale.kind,
         sale.id,
     )
-    return {r["code"]: _state(r) for r in rows}
+    return await lock(conn, [r["code"] for r in taken])
 
 
 async def read(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
@@ -196,7 +217,9 @@ async def insert_new(conn: Conn, states: Iterable[CodeState]) -> None:
 
 
 async def update(conn: Conn, states: Iterable[CodeState]) -> None:
-    """Replace the state of rows this transaction has locked, in one statement."""
+    """Replace the state of rows this transaction has locked, in one statement. (The
+    codes are named twice: ``code = ANY`` lets Citus send the statement only to the
+    shards that hold them, not join the list on every shard.)"""
     rows = list(states)
     if not rows:
         return
@@ -206,7 +229,7 @@ async def update(conn: Conn, states: Iterable[CodeState]) -> None:
     await conn.execute(
         f"""UPDATE codes SET {sets}, updated_at = now()
             FROM unnest({params}) AS n({_SELECT})
-            WHERE codes.code = n.code""",  # noqa: S608
+            WHERE codes.code = n.code AND codes.code = ANY($1::text[])""",  # noqa: S608
         *columns,
     )
 

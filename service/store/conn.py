@@ -14,3 +14,9 @@ Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 class RetryTransaction(Exception):
     """Another transaction created what this one meant to create (a code row, an event,
     a settlement): run the whole transaction again, which then finds it."""
+
+
+def distributed(conn: Conn) -> bool:
+    """Is this connection's database distributed (Citus)? Known to the pool's
+    connections (``store.db.Connection``); a plain connection counts as not."""
+    return bool(getattr(conn, "distributed", False))

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from service.core.custody import Fact
 from service.core.events import Incoming
 from service.store.conn import Conn
@@ -55,40 +57,54 @@ async def link_codes(conn: Conn, facts: Iterable[Fact]) -> None:
         )
 
 
+async def links(conn: Conn, codes: Iterable[str]) -> list[tuple[str, UUID, bool]]:
+    """(code, event id, whether the code is one of the event's codes rather than the
+    container of a pack or unpack) for every event that touched one of ``codes``. One
+    read on the codes' shards; the events themselves are read by id (``fields``): on
+    Citus the log is keyed by event id, and a join of the two would cross shards."""
+    rows = await conn.fetch(
+        "SELECT code, event_id, role = 'c' AS named FROM event_codes WHERE code = ANY($1::text[])",
+        list(set(codes)),
+    )
+    return [(r["code"], r["event_id"], r["named"]) for r in rows]
+
+
+async def fields(
+    conn: Conn, event_ids: Iterable[UUID], type_: str | None = None
+) -> dict[UUID, asyncpg.Record]:
+    """The stored fields of the events ``event_ids`` (only those of ``type_``), by id."""
+    rows = await conn.fetch(
+        """SELECT event_id, type, at, org, to_org, from_org, parent, lot, expiry, produced,
+                  quantity, setl_id, ref, received_at
+           FROM events WHERE event_id = ANY($1::uuid[]) AND ($2::text IS NULL OR type = $2)""",
+        list(set(event_ids)),
+        type_,
+    )
+    return {r["event_id"]: r for r in rows}
+
+
 async def facts_for(conn: Conn, codes: Iterable[str]) -> list[Fact]:
     """Every stored fact that touched one of ``codes``, restricted to those codes."""
-    rows = await conn.fetch(
-        """SELECT e.event_id, e.type, e.at, e.org, e.to_org, e.parent, e.lot, e.expiry,
-                  e.produced,
-                  array_agg(l.code ORDER BY l.code) FILTER (WHERE l.role = 'c') AS codes
-           FROM event_codes l JOIN events e USING (event_id)
-           WHERE l.code = ANY($1::text[])
-           GROUP BY e.event_id""",
-        list(codes),
-    )
+    touched: dict[UUID, list[str]] = {}
+    for code, event_id, named in await links(conn, codes):
+        touched.setdefault(event_id, []).extend([code] if named else [])
     return [
         Fact(
             event_id=r["event_id"],
             type=r["type"],
             at=r["at"],
             org=r["org"],
-            codes=tuple(r["codes"] or ()),
+            codes=tuple(sorted(touched[r["event_id"]])),
             to=r["to_org"],
             parent=r["parent"],
             lot=r["lot"],
             expiry=r["expiry"],
             produced=r["produced"],
         )
-        for r in rows
+        for r in (await fields(conn, touched)).values()
     ]
 
 
 async def details(conn: Conn, event_ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:
     """The stored fields of events, for history."""
-    rows = await conn.fetch(
-        """SELECT event_id, type, at, org, to_org, from_org, parent, lot, expiry, produced,
-                  quantity, setl_id, ref, received_at
-           FROM events WHERE event_id = ANY($1::uuid[])""",
-        list(event_ids),
-    )
-    return {r["event_id"]: dict(r) for r in rows}
+    return {event_id: dict(r) for event_id, r in (await fields(conn, event_ids)).items()}

@@ -38,7 +38,7 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
            FROM given g LEFT JOIN orgs o ON o.id = g.org
            ORDER BY g.n
            ON CONFLICT (code, kind, source_kind, source_id) DO UPDATE
-               SET status = EXCLUDED.status, updated_at = now(), published_at = NULL
+               SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, published_at = NULL
                WHERE flags.status = 'auto_cleared'
            RETURNING flag_id, kind, code, source_kind, source_id""",
         [f.kind for f in items],
@@ -58,7 +58,8 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
         for r in await conn.fetch(
             """SELECT flag_id, kind, code, source_kind, source_id FROM flags
                WHERE (code, kind, source_kind, source_id) IN
-                     (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))""",
+                     (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))
+                 AND code = ANY($1::text[])""",
             [f.code for f in standing],
             [f.kind for f in standing],
             [f.source.kind for f in standing],
@@ -111,7 +112,7 @@ async def auto_clear(
                       AND (code, source_id) IN (SELECT * FROM unnest($4::text[], $5::text[]))))
              AND (code, kind, source_kind, source_id) NOT IN
                  (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[]))
-           RETURNING flag_id""",
+           RETURNING code, flag_id""",
         list(codes),
         list(kinds),
         cleared_by,
@@ -122,15 +123,21 @@ async def auto_clear(
         [source.kind for _, _, source in keep],
         [source.id for _, _, source in keep],
     )
-    ids = [r["flag_id"] for r in rows]
-    if ids:
+    await _changed_by_system(conn, rows, "auto_cleared", "explained by later-arriving events")
+    return [r["flag_id"] for r in rows]
+
+
+async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status: str, note: str) -> None:
+    """Keep the system's change of ``flags`` (rows of code and flag_id) in their history."""
+    if flags:
         await conn.execute(
-            """INSERT INTO flag_changes (flag_id, status, note, by_key)
-               SELECT id, 'auto_cleared', 'explained by later-arriving events', 'system'
-               FROM unnest($1::bigint[]) AS id""",
-            ids,
+            """INSERT INTO flag_changes (code, flag_id, status, note, by_key)
+               SELECT code, id, $3, $4, 'system' FROM unnest($1::text[], $2::bigint[]) AS f(code, id)""",
+            [r["code"] for r in flags],
+            [r["flag_id"] for r in flags],
+            status,
+            note,
         )
-    return ids
 
 
 async def settlement_suspicions(conn: Conn, codes: Sequence[str]) -> list[Fact]:
@@ -161,19 +168,12 @@ async def promote_pending(conn: Conn, window: timedelta, limit: int = 10_000) ->
            WHERE flag_id IN (SELECT flag_id FROM flags
                              WHERE status = 'pending' AND updated_at <= now() - $1::interval
                              ORDER BY updated_at LIMIT $2)
-           RETURNING flag_id""",
+           RETURNING code, flag_id""",
         window,
         limit,
     )
-    ids = [r["flag_id"] for r in rows]
-    if ids:
-        await conn.execute(
-            """INSERT INTO flag_changes (flag_id, status, note, by_key)
-               SELECT id, 'open', 'the grace window passed with nothing explaining it', 'system'
-               FROM unnest($1::bigint[]) AS id""",
-            ids,
-        )
-    return ids
+    await _changed_by_system(conn, rows, "open", "the grace window passed with nothing explaining it")
+    return [r["flag_id"] for r in rows]
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
@@ -181,27 +181,36 @@ async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def get(conn: Conn, flag_id: int, *, lock: bool = False) -> dict[str, Any] | None:
-    query = f"SELECT {_COLUMNS} FROM flags WHERE flag_id = $1"  # noqa: S608
-    row = await conn.fetchrow(query + (" FOR UPDATE" if lock else ""), flag_id)
+async def get(conn: Conn, flag_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM flags WHERE flag_id = $1", flag_id)  # noqa: S608
     return dict(row) if row else None
 
 
-async def changes(conn: Conn, flag_id: int) -> list[dict[str, Any]]:
+async def lock(conn: Conn, code: str, flag_id: int) -> None:
+    """Lock one flag's row for this transaction (by its code too: one shard on Citus)."""
+    await conn.execute("SELECT 1 FROM flags WHERE code = $1 AND flag_id = $2 FOR UPDATE", code, flag_id)
+
+
+async def changes(conn: Conn, code: str, flag_id: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT at, status, note, by_key FROM flag_changes WHERE flag_id = $1 ORDER BY at", flag_id
+        "SELECT at, status, note, by_key FROM flag_changes WHERE code = $1 AND flag_id = $2 ORDER BY at",
+        code,
+        flag_id,
     )
     return [dict(r) for r in rows]
 
 
-async def set_status(conn: Conn, flag_id: int, status: str, note: str | None, by_key: str) -> None:
+async def set_status(conn: Conn, code: str, flag_id: int, status: str, note: str | None, by_key: str) -> None:
     await conn.execute(
-        "UPDATE flags SET status = $2, updated_at = now(), published_at = NULL WHERE flag_id = $1",
+        """UPDATE flags SET status = $3, updated_at = now(), published_at = NULL
+           WHERE code = $1 AND flag_id = $2""",
+        code,
         flag_id,
         status,
     )
     await conn.execute(
-        "INSERT INTO flag_changes (flag_id, status, note, by_key) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO flag_changes (code, flag_id, status, note, by_key) VALUES ($1, $2, $3, $4, $5)",
+        code,
         flag_id,
         status,
         note,
@@ -271,19 +280,38 @@ async def counts(conn: Conn) -> list[tuple[str, str, int]]:
     return [(r["kind"], r["status"], r["n"]) for r in rows]
 
 
+PUBLISHING_LOCK = 7_413_000_003  # arbitrary, constant: "tracecode flag publishing"
+
+
 async def claim_unpublished(conn: Conn, limit: int) -> list[dict[str, Any]]:
-    """Flags (new or changed) not yet on the stream, locked so that another worker
-    publishing at the same time skips them."""
+    """Flags (new or changed) not yet on the stream, oldest first; empty when another
+    transaction is publishing (one publisher at a time, whatever the number of workers:
+    a transaction-level advisory lock)."""
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PUBLISHING_LOCK):
+        return []
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM flags WHERE published_at IS NULL
-            ORDER BY flag_id LIMIT $1 FOR UPDATE SKIP LOCKED""",  # noqa: S608
+        f"""SELECT {_COLUMNS}, updated_at FROM flags WHERE published_at IS NULL
+            ORDER BY flag_id LIMIT $1""",  # noqa: S608
         limit,
     )
     return [dict(r) for r in rows]
 
 
-async def mark_published(conn: Conn, ids: list[int]) -> None:
-    await conn.execute("UPDATE flags SET published_at = now() WHERE flag_id = ANY($1::bigint[])", ids)
+async def mark_published(conn: Conn, flags: Sequence[dict[str, Any]]) -> None:
+    """Mark the claimed flags published, each only if it has not changed since it was
+    read: a change committed meanwhile keeps its flag on the outbox."""
+    await conn.execute(
+        """UPDATE flags SET published_at = now()
+           FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[])
+                AS p(code, id, updated_at, status)
+           WHERE flags.code = p.code AND flags.flag_id = p.id
+             AND flags.updated_at = p.updated_at AND flags.status = p.status
+             AND flags.code = ANY($1::text[])""",
+        [f["code"] for f in flags],
+        [f["flag_id"] for f in flags],
+        [f["updated_at"] for f in flags],
+        [f["status"] for f in flags],
+    )
 
 
 async def unpublished_count(conn: Conn) -> int:

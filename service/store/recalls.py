@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.store import codes as code_store
 from service.store.conn import Conn
+from service.store.db import LARGE_BATCH, plan_for_values
 
 
 async def lock_lots(conn: Conn, lots: list[tuple[str, str]]) -> None:
@@ -43,16 +45,19 @@ async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str
         reason,
         by_key,
     )
-    # lock in code order, as every writer of codes rows does, so a recall cannot
-    # deadlock with a settlement or an ingest
-    status = await conn.execute(
-        """UPDATE codes SET recalled = true, updated_at = now()
-           WHERE code IN (SELECT code FROM codes WHERE product_id = $1 AND lot = $2 AND NOT recalled
-                          ORDER BY code FOR UPDATE)""",
-        product_id,
-        lot,
+    # lock the lot's rows as every writer of codes rows does (store.codes.lock), so a
+    # recall cannot deadlock with a settlement or an ingest; then mark them
+    rows = await conn.fetch(
+        "SELECT code FROM codes WHERE product_id = $1 AND lot = $2 AND NOT recalled", product_id, lot
     )
-    return bool(new), int(status.split()[-1])
+    if len(rows) > LARGE_BATCH:
+        await plan_for_values(conn)
+    locked = await code_store.lock(conn, [r["code"] for r in rows])
+    marked = [code for code, state in locked.items() if not state.recalled]
+    await conn.execute(
+        "UPDATE codes SET recalled = true, updated_at = now() WHERE code = ANY($1::text[])", marked
+    )
+    return bool(new), len(marked)
 
 
 async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:

@@ -167,13 +167,11 @@ KEY_REVOKED_CHANNEL = "tracecode_key_revoked"
 async def revoke_key(conn: Conn, key_id: str) -> datetime | None:
     """Revoke (idempotent); return when it was revoked, or None for an unknown key.
     Every service process listening on KEY_REVOKED_CHANNEL is told when this commits."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        """WITH r AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-                      WHERE key_id = $1 RETURNING revoked_at)
-           SELECT revoked_at FROM r, pg_notify($2, $1)""",
-        key_id,
-        KEY_REVOKED_CHANNEL,
-    )
+    await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id)
+    revoked: datetime | None = await conn.fetchval("SELECT revoked_at FROM api_keys WHERE key_id = $1", key_id)
+    if revoked is not None:  # on this server: the service's processes listen here, not on shards
+        await conn.execute("SELECT pg_notify($1, $2)", KEY_REVOKED_CHANNEL, key_id)
+    return revoked
 
 
 async def principal_for(conn: Conn, secret_hash: bytes) -> Principal | None:

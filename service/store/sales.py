@@ -10,6 +10,7 @@ import asyncpg
 
 from service.core.events import Incoming
 from service.core.sales import Consumption, Return, Sale
+from service.store import events as event_store
 from service.store.conn import Conn
 
 _COLUMNS = "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed"
@@ -81,7 +82,8 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
     await conn.execute(
         """UPDATE consumptions c SET reversed_at = now(), reversed_by_event = i.by
            FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[]) AS i(code, kind, id, by)
-           WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id AND c.reversed_at IS NULL""",
+           WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id AND c.reversed_at IS NULL
+             AND c.code = ANY($1::text[])""",
         [c.code for c, _ in undone],
         [c.sale.kind for c, _ in undone],
         [c.sale.id for c, _ in undone],
@@ -93,43 +95,49 @@ async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
     """Return events of ``codes`` that have not undone a sale yet (they arrived before
     the dispense they undo), oldest first, one per (event, code)."""
     rows = await conn.fetch(
-        """SELECT e.event_id, e.org, e.at, e.setl_id, l.code
-           FROM event_codes l JOIN events e USING (event_id)
-           WHERE l.code = ANY($1::text[]) AND l.role = 'c' AND e.type = 'return'
+        """SELECT l.code, l.event_id FROM event_codes l
+           WHERE l.code = ANY($1::text[]) AND l.role = 'c'
              AND NOT EXISTS (SELECT 1 FROM consumptions c
-                             WHERE c.code = l.code AND c.reversed_by_event = e.event_id)
-           ORDER BY e.at, e.event_id""",
+                             WHERE c.code = l.code AND c.reversed_by_event = l.event_id)""",
         list(codes),
     )
-    return [Return(r["event_id"], r["org"], r["at"], r["setl_id"], r["code"]) for r in rows]
+    returns = await event_store.fields(conn, [r["event_id"] for r in rows], "return")
+    found = [
+        Return(e["event_id"], e["org"], e["at"], e["setl_id"], r["code"])
+        for r in rows
+        if (e := returns.get(r["event_id"])) is not None
+    ]
+    return sorted(found, key=lambda r: (r.at, r.event_id, r.code))
 
 
 async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
     """Dispense events of ``codes`` that consumed nothing yet (they arrived before the
-    code was commissioned), oldest first, one row per event with its codes in order."""
-    rows = await conn.fetch(
-        """SELECT e.event_id, e.org, e.at, e.quantity, e.setl_id, array_agg(l.code ORDER BY l.code) AS codes
-           FROM event_codes l JOIN events e USING (event_id)
-           WHERE l.code = ANY($1::text[]) AND l.role = 'c' AND e.type = 'dispense'
-             AND NOT EXISTS (
-                 SELECT 1 FROM consumptions c
-                 WHERE c.code = l.code
-                   AND (c.event_id = e.event_id OR (e.setl_id IS NOT NULL AND c.setl_id = e.setl_id)))
-           GROUP BY e.event_id
-           ORDER BY e.at, e.event_id""",
-        list(codes),
-    )
+    code was commissioned), oldest first, one per event with its codes in order."""
+    linked = [(code, event_id) for code, event_id, named in await event_store.links(conn, codes) if named]
+    dispenses = await event_store.fields(conn, [event_id for _, event_id in linked], "dispense")
+    if not dispenses:
+        return []
+    taken = await of_codes(conn, codes, open_only=False)
+    waiting: dict[UUID, list[str]] = {}
+    for code, event_id in linked:
+        e = dispenses.get(event_id)
+        setl_id = e["setl_id"] if e is not None else None
+        if e is not None and not any(
+            c.code == code and (c.event_id == event_id or (setl_id is not None and c.setl_id == setl_id))
+            for c in taken
+        ):
+            waiting.setdefault(event_id, []).append(code)
     return [
         Incoming(
-            event_id=r["event_id"],
+            event_id=e["event_id"],
             type="dispense",
-            at=r["at"],
-            org=r["org"],
-            codes=tuple(r["codes"]),
-            quantity=r["quantity"],
-            setl_id=r["setl_id"],
+            at=e["at"],
+            org=e["org"],
+            codes=tuple(sorted(waiting[e["event_id"]])),
+            quantity=e["quantity"],
+            setl_id=e["setl_id"],
         )
-        for r in rows
+        for e in sorted((dispenses[i] for i in waiting), key=lambda e: (e["at"], e["event_id"]))
     ]
 
 

@@ -57,7 +57,7 @@ async def read(pool: asyncpg.Pool, flag_id: int) -> dict[str, Any] | None:
         flag = await flag_store.get(conn, flag_id)
         if flag is None:
             return None
-        return {**shown(flag), "history": await flag_store.changes(conn, flag_id)}
+        return {**shown(flag), "history": await flag_store.changes(conn, flag["code"], flag_id)}
 
 
 async def change(
@@ -67,12 +67,15 @@ async def change(
     is (as :func:`read`), or None for an unknown flag. The change goes onto the feed's
     outbox in the same transaction."""
     async with pool.acquire() as conn, conn.transaction():
-        if await flag_store.get(conn, flag_id, lock=True) is None:
+        found = await flag_store.get(conn, flag_id)  # a flag's code never changes
+        if found is None:
             return None
-        await flag_store.set_status(conn, flag_id, status, note, by_key)
+        code = found["code"]
+        await flag_store.lock(conn, code, flag_id)
+        await flag_store.set_status(conn, code, flag_id, status, note, by_key)
         flag = await flag_store.get(conn, flag_id)
         assert flag is not None
-        return {**shown(flag), "history": await flag_store.changes(conn, flag_id)}
+        return {**shown(flag), "history": await flag_store.changes(conn, code, flag_id)}
 
 
 async def promote_due(pool: asyncpg.Pool, window: timedelta) -> list[int] | None:

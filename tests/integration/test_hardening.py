@@ -28,6 +28,7 @@ from service.config import Settings
 from service.feed import FlagFeed
 from service.store.db import create_pool
 from service.store.migrations import migrate
+from tests.conftest import CITUS_URL
 from tests.helpers import Api, cn20, event, small_world
 from tests.integration.served import serving
 
@@ -284,6 +285,9 @@ async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
     return "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, *args))
 
 
+@pytest.mark.skipif(
+    bool(CITUS_URL), reason="one server's plans: a Citus shard holds 1/32 of the rows and rightly scans them"
+)
 async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -> None:
     from datetime import UTC, datetime, timedelta
 

@@ -17,6 +17,7 @@ import pytest
 from service.core.events import Incoming
 from service.store.db import LARGE_BATCH, create_pool
 from service.usecases import events as ingest_usecase
+from tests.conftest import CITUS_URL
 from tests.helpers import BASE_TIME, Api, cn20, small_world, sscc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -68,6 +69,9 @@ async def test_crossing_batches_do_not_deadlock(admin: Api, db: asyncpg.Connecti
     assert await _deadlocks(db) - before == 0
 
 
+@pytest.mark.skipif(
+    bool(CITUS_URL), reason="Citus keeps no generic plan for a distributed statement (0 counted here)"
+)
 async def test_a_large_batch_is_planned_for_its_own_arrays(admin: Api, db_url: str) -> None:
     """A connection that ran ingest's statements many times with small batches keeps a
     generic plan for them, costed for an array of about ten codes; a large batch must not
