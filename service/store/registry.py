@@ -167,8 +167,12 @@ KEY_REVOKED_CHANNEL = "tracecode_key_revoked"
 async def revoke_key(conn: Conn, key_id: str) -> datetime | None:
     """Revoke (idempotent); return when it was revoked, or None for an unknown key.
     Every service process listening on KEY_REVOKED_CHANNEL is told when this commits."""
-    await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id)
-    revoked: datetime | None = await conn.fetchval("SELECT revoked_at FROM api_keys WHERE key_id = $1", key_id)
+    await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id
+    )
+    revoked: datetime | None = await conn.fetchval(
+        "SELECT revoked_at FROM api_keys WHERE key_id = $1", key_id
+    )
     if revoked is not None:  # on this server: the service's processes listen here, not on shards
         await conn.execute("SELECT pg_notify($1, $2)", KEY_REVOKED_CHANNEL, key_id)
     return revoked
