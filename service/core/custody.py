@@ -68,8 +68,10 @@ class Fact:
         return cls(uuid5(NAMESPACE_URL, f"settlement:{setl_id}"), "settle", at, org, (code,), setl_id=setl_id)
 
 
-def sort_key(fact: Fact) -> tuple[datetime, int, UUID]:
-    return (fact.at, TYPE_RANK[fact.type], fact.event_id)
+def sort_key(fact: Fact) -> tuple[datetime, int, int]:
+    # the id as an int: the order UUIDs compare in, but compared in C (sorting a batch of
+    # 1,000 sales of one time compared UUIDs in Python: 14 ms of a 3505A upload's CPU)
+    return (fact.at, TYPE_RANK[fact.type], fact.event_id.int)
 
 
 @dataclass(slots=True)
