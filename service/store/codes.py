@@ -199,39 +199,34 @@ class CreatedConcurrently(RetryTransaction):
 async def insert_new(conn: Conn, states: Iterable[CodeState]) -> None:
     """Insert rows for codes seen for the first time. If any already exists (a
     concurrent request created it after this one looked), raise CreatedConcurrently so
-    the whole transaction runs again, this time locking the row."""
-    rows = list(states)
+    the whole transaction runs again, this time locking the row.
+
+    COPY: 1,000 new codes took 317 ms on Citus as ``INSERT … SELECT FROM unnest`` (each
+    shard was sent every array), and COPY sends each row to its shard."""
+    rows = [tuple(getattr(s, c) for c in COLUMNS) for s in states]
     if not rows:
         return
-    columns = [[getattr(s, c) for s in rows] for c in COLUMNS]
-    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-    inserted = await conn.fetchval(
-        f"""WITH ins AS (
-                INSERT INTO codes ({_SELECT}) SELECT * FROM unnest({params})
-                ON CONFLICT (code) DO NOTHING RETURNING 1)
-            SELECT count(*) FROM ins""",  # noqa: S608
-        *columns,
-    )
-    if inserted != len(rows):
-        raise CreatedConcurrently
+    try:
+        await conn.copy_records_to_table("codes", records=rows, columns=COLUMNS)
+    except asyncpg.UniqueViolationError as exc:
+        raise CreatedConcurrently from exc
 
 
 async def update(conn: Conn, states: Iterable[CodeState]) -> None:
-    """Replace the state of rows this transaction has locked, in one statement. (The
-    codes are named twice: ``code = ANY`` lets Citus send the statement only to the
-    shards that hold them, not join the list on every shard.)"""
-    rows = list(states)
-    if not rows:
-        return
-    columns = [[getattr(s, c) for s in rows] for c in COLUMNS]
+    """Replace the state of rows this transaction has locked: one statement on plain
+    PostgreSQL, one per shard on Citus (a statement with the whole list went to every
+    shard the list touches, each parsing all of it: 180 ms for 1,000 codes). The codes
+    are named twice: ``code = ANY`` is what routes the statement to its shard."""
+    by_code = {s.code: s for s in states}
     params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
     sets = ", ".join(f"{c} = n.{c}" for c in COLUMNS[1:])
-    await conn.execute(
-        f"""UPDATE codes SET {sets}, updated_at = now()
-            FROM unnest({params}) AS n({_SELECT})
-            WHERE codes.code = n.code AND codes.code = ANY($1::text[])""",  # noqa: S608
-        *columns,
-    )
+    for group in await by_shard(conn, by_code):
+        await conn.execute(
+            f"""UPDATE codes SET {sets}, updated_at = now()
+                FROM unnest({params}) AS n({_SELECT})
+                WHERE codes.code = n.code AND codes.code = ANY($1::text[])""",  # noqa: S608
+            *[[getattr(by_code[code], c) for code in group] for c in COLUMNS],
+        )
 
 
 async def add_containment(conn: Conn, pairs: Iterable[tuple[str, str]]) -> None:
