@@ -91,6 +91,17 @@ async def by_shard(conn: Conn, codes: Iterable[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+async def fetch_by_shard(conn: Conn, sql: str, codes: Iterable[str], *args: object) -> list[asyncpg.Record]:
+    """Run a read whose ``$1`` is a list of codes once per shard, each with that shard's
+    codes (once on plain PostgreSQL). Citus sends a statement to every shard its list
+    touches, each with the whole list: a read of 1,000 codes on 32 shards made each
+    shard parse 1,000."""
+    rows: list[asyncpg.Record] = []
+    for group in await by_shard(conn, codes):
+        rows += await conn.fetch(sql, group, *args)
+    return rows
+
+
 class ContentsChanged(RetryTransaction):
     """A code was packed into one of the locked codes between the walk and the lock; retry."""
 
@@ -99,16 +110,13 @@ async def stored_and_children(
     conn: Conn, event_ids: list[UUID], codes: Iterable[str]
 ) -> tuple[set[UUID], list[tuple[str, str]]]:
     """Which of ``event_ids`` are stored already, and the (parent, child) pairs one level
-    inside ``codes``: two independent reads in one round trip (ingest's first look)."""
-    rows = await conn.fetch(
-        """SELECT event_id, NULL AS parent, NULL AS child FROM events WHERE event_id = ANY($1::uuid[])
-           UNION ALL
-           SELECT NULL, parent, child FROM containment WHERE parent = ANY($2::text[])""",
-        event_ids,
-        list(set(codes)),
+    inside ``codes`` (ingest's first look): two reads. (One statement of both, a UNION
+    ALL, was planned on Citus as two sent to every shard: 5 ms a shard group.)"""
+    stored = await conn.fetch("SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", event_ids)
+    pairs = await fetch_by_shard(
+        conn, "SELECT parent, child FROM containment WHERE parent = ANY($1::text[])", codes
     )
-    stored = {r["event_id"] for r in rows if r["event_id"] is not None}
-    return stored, [(r["parent"], r["child"]) for r in rows if r["event_id"] is None]
+    return {r["event_id"] for r in stored}, [(r["parent"], r["child"]) for r in pairs]
 
 
 async def lock_with_contents(
@@ -126,15 +134,11 @@ async def lock_with_contents(
     wanted = set(named) | set(children)
     wanted |= set(await descendants_ever(conn, set(children) - set(named)))
     states = await lock(conn, wanted)
-    if states:
-        moved_in = await conn.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM containment
-                              WHERE parent = ANY($1::text[]) AND NOT child = ANY($2::text[]))""",
-            list(states),
-            list(wanted),
-        )
-        if moved_in:
-            raise ContentsChanged
+    inside = await fetch_by_shard(
+        conn, "SELECT child FROM containment WHERE parent = ANY($1::text[])", states
+    )
+    if any(r["child"] not in wanted for r in inside):
+        raise ContentsChanged
     return states
 
 

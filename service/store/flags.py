@@ -11,6 +11,7 @@ import asyncpg
 
 from service.core.custody import Fact
 from service.core.flags import Evidence, FlagKey, FlagRef, NewFlag
+from service.store import codes as code_store
 from service.store.conn import Conn
 
 _COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs"
@@ -143,11 +144,12 @@ async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status
 async def settlement_suspicions(conn: Conn, codes: Sequence[str]) -> list[Fact]:
     """Open custody flags (UNKNOWN_CODE, DIVERSION) that settlements raised on ``codes``,
     as the settlements to judge again: a late event may explain them."""
-    rows = await conn.fetch(
+    rows = await code_store.fetch_by_shard(
+        conn,
         """SELECT code, org, at, source_id FROM flags
            WHERE code = ANY($1::text[]) AND status IN ('pending', 'open') AND source_kind = 'settlement'
              AND kind IN ('UNKNOWN_CODE', 'DIVERSION')""",
-        list(codes),
+        codes,
     )
     return [Fact.settlement(r["source_id"], r["at"], r["org"], r["code"]) for r in rows]
 
