@@ -87,6 +87,8 @@ class FlagFeed:
         RedisUnavailable (after counting the batch as failed) when Redis is unreachable."""
         async with self.pool.acquire() as conn, conn.transaction():
             flags = await flag_store.claim_unpublished(conn, BATCH)
+            if flags is None:  # another worker is publishing
+                return 0
             if not flags:
                 metrics.FLAGS_UNPUBLISHED.set(0)
                 return 0

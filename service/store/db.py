@@ -120,7 +120,7 @@ async def learn_layout(conn: Connection) -> None:
         await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
     ) and bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'codes'::regclass)"
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass('codes'))"
         )
     )
     if distributed:

@@ -285,12 +285,12 @@ async def counts(conn: Conn) -> list[tuple[str, str, int]]:
 PUBLISHING_LOCK = 7_413_000_003  # arbitrary, constant: "tracecode flag publishing"
 
 
-async def claim_unpublished(conn: Conn, limit: int) -> list[dict[str, Any]]:
-    """Flags (new or changed) not yet on the stream, oldest first; empty when another
+async def claim_unpublished(conn: Conn, limit: int) -> list[dict[str, Any]] | None:
+    """Flags (new or changed) not yet on the stream, oldest first; None when another
     transaction is publishing (one publisher at a time, whatever the number of workers:
     a transaction-level advisory lock)."""
     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PUBLISHING_LOCK):
-        return []
+        return None
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS}, updated_at FROM flags WHERE published_at IS NULL
             ORDER BY flag_id LIMIT $1""",  # noqa: S608
@@ -301,19 +301,32 @@ async def claim_unpublished(conn: Conn, limit: int) -> list[dict[str, Any]]:
 
 async def mark_published(conn: Conn, flags: Sequence[dict[str, Any]]) -> None:
     """Mark the claimed flags published, each only if it has not changed since it was
-    read: a change committed meanwhile keeps its flag on the outbox."""
-    await conn.execute(
-        """UPDATE flags SET published_at = now()
-           FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[])
-                AS p(code, id, updated_at, status)
-           WHERE flags.code = p.code AND flags.flag_id = p.id
-             AND flags.updated_at = p.updated_at AND flags.status = p.status
-             AND flags.code = ANY($1::text[])""",
-        [f["code"] for f in flags],
-        [f["flag_id"] for f in flags],
-        [f["updated_at"] for f in flags],
-        [f["status"] for f in flags],
-    )
+    read: a change committed meanwhile keeps its flag on the outbox. A flag another
+    transaction holds is skipped, not waited for (it stays on the outbox and goes out
+    again): the publisher never waits on a writer, so it cannot deadlock with one. One
+    statement per shard (once on plain PostgreSQL): Citus locks rows one shard at a time."""
+    by_code: dict[str, list[dict[str, Any]]] = {}
+    for f in flags:
+        by_code.setdefault(f["code"], []).append(f)
+    for group in await code_store.by_shard(conn, by_code):
+        mine = [f for code in group for f in by_code[code]]
+        await conn.execute(
+            """UPDATE flags SET published_at = now()
+               WHERE (code, flag_id) IN (
+                   SELECT f.code, f.flag_id FROM flags f
+                   JOIN unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[])
+                        AS p(code, id, updated_at, status)
+                     ON f.code = p.code AND f.flag_id = p.id
+                    AND f.updated_at = p.updated_at AND f.status = p.status
+                   WHERE f.code = ANY($1::text[])
+                   ORDER BY f.code, f.flag_id
+                   FOR UPDATE OF f SKIP LOCKED)
+                 AND code = ANY($1::text[])""",
+            [f["code"] for f in mine],
+            [f["flag_id"] for f in mine],
+            [f["updated_at"] for f in mine],
+            [f["status"] for f in mine],
+        )
 
 
 async def unpublished_count(conn: Conn) -> int:

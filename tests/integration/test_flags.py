@@ -352,3 +352,48 @@ async def test_late_commission_clears_a_settlements_unknown_code_flag(admin: Api
     flag = await w["inv"].ok("GET", f"/v1/flags/{answer['flags'][0]['flag_id']}")
     assert flag["status"] == "auto_cleared"
     assert await flags(w["inv"], status="open") == []
+
+
+async def test_the_publisher_passes_over_a_flag_a_writer_holds(  # type: ignore[no-untyped-def]
+    client: AsyncTestClient,  # type: ignore[type-arg]  # its app's feed is the publisher
+    db,
+    db_url: str,
+) -> None:
+    """The feed marks what it published without waiting for writers: a flag another
+    transaction holds stays on the outbox (and goes out once released), and the rest of
+    the batch is marked meanwhile. (It used to wait there, holding the publishing lock.)"""
+    import asyncpg
+
+    await db.execute(
+        """INSERT INTO flags (kind, code, at, detail, source_kind, source_id)
+           VALUES ('DUPLICATE', 'X1', now(), 'held', 'event', 'x'),
+                  ('DUPLICATE', 'Y1', now(), 'free', 'event', 'y')"""
+    )
+    writer = await asyncpg.connect(db_url)
+    try:
+        for _ in range(20):  # hold X1 while it is still unpublished (the feed may be quicker)
+            await db.execute("UPDATE flags SET published_at = NULL WHERE code IN ('X1', 'Y1')")
+            tx = writer.transaction()
+            await tx.start()
+            held = await writer.fetchval("SELECT published_at FROM flags WHERE code = 'X1' FOR UPDATE")
+            if held is None:
+                break
+            await tx.rollback()
+        else:
+            pytest.fail("the flag was published before it could be held, 20 times")
+        try:
+            for _ in range(100):  # the app's feed publishes within a second or so
+                if await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'Y1'"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'Y1'")
+            assert await db.fetchval("SELECT published_at IS NULL FROM flags WHERE code = 'X1'")
+        finally:
+            await tx.rollback()
+        for _ in range(100):  # released: it goes out too
+            if await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'X1'"):
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'X1'")
+    finally:
+        await writer.close()
