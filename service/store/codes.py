@@ -64,14 +64,10 @@ async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     Every writer locks in one order, (shard, code), so two writers cannot deadlock: one
     statement per shard, each in code order. Plain PostgreSQL is one shard (one
     statement); on Citus a row lock is taken by a statement on one shard only."""
-    states: dict[str, CodeState] = {}
-    for group in await by_shard(conn, codes):
-        rows = await conn.fetch(
-            f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE",  # noqa: S608
-            group,
-        )
-        states.update((r["code"], _state(r)) for r in rows)
-    return states
+    rows = await fetch_by_shard(
+        conn, f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes  # noqa: S608
+    )
+    return {r["code"]: _state(r) for r in rows}
 
 
 async def by_shard(conn: Conn, codes: Iterable[str]) -> list[list[str]]:

@@ -53,10 +53,10 @@ async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str
     if len(rows) > LARGE_BATCH:
         await plan_for_values(conn)
     locked = await code_store.lock(conn, [r["code"] for r in rows])
-    marked = [code for code, state in locked.items() if not state.recalled]
-    await conn.execute(
-        "UPDATE codes SET recalled = true, updated_at = now() WHERE code = ANY($1::text[])", marked
-    )
+    marked = [state for state in locked.values() if not state.recalled]
+    for state in marked:
+        state.recalled = True
+    await code_store.update(conn, marked)
     return bool(new), len(marked)
 
 
