@@ -34,3 +34,5 @@ SELECT create_distributed_table('purchases', 'psn_hash');
 
 -- An institution's NHSA records and ledger are read by institution.
 SELECT create_distributed_table('nhsa_records', 'org', colocate_with => 'codes');
+SELECT create_distributed_table('nhsa_items', 'org', colocate_with => 'codes');
+SELECT create_distributed_table('nhsa_uploads', 'org', colocate_with => 'codes');

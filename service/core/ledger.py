@@ -98,6 +98,45 @@ class Figures:
     counted_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """An item's ledger now: its figures as of its latest live record (``last_at``)."""
+
+    figures: Figures
+    last_at: datetime | None
+
+
+def ledger_order(entry: Entry) -> tuple[datetime, str, str]:
+    """Records of one time in the order of interface and serial (code-point order, as the
+    SQL's ``COLLATE "C"``)."""
+    return (entry.at, entry.interface, entry.bchno)
+
+
+def append(
+    standing: Standing, entries: Sequence[Entry]
+) -> tuple[Standing, dict[tuple[str, str], Figures]] | None:
+    """The item's ledger after ``entries`` (new records of that item), and the figures as
+    of each of them that moves out, when they simply follow the ledger: each later than
+    its latest record, none a stock count. None otherwise: then the figures are computed
+    from all the item's records (store.ledger.below_zero, refresh_items)."""
+    last = standing.last_at
+    if any(e.kind == COUNT or (last is not None and e.at <= last) for e in entries):
+        return None
+    f = standing.figures
+    balance, units_in, units_out = f.balance, f.units_in, f.units_out
+    figures = {}
+    for e in sorted(entries, key=ledger_order):
+        balance += e.delta
+        if e.kind in IN_KINDS:
+            units_in += e.units
+        elif e.kind in OUT_KINDS:
+            units_out += e.units
+        if e.delta < 0:
+            figures[(e.interface, e.bchno)] = Figures(balance, units_in, units_out, f.counted, f.counted_at)
+        last = e.at if last is None else max(last, e.at)
+    return Standing(Figures(balance, units_in, units_out, f.counted, f.counted_at), last), figures
+
+
 def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], Figures]) -> list[NewFlag]:
     """A move out that leaves its item's balance below zero, as of its own time: one
     STOCK_IMBALANCE flag per record, the ledger's figures as evidence. ``figures`` is

@@ -5,60 +5,161 @@ read."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures
-from service.store.conn import Conn
+import asyncpg
+
+from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures, Standing
+from service.store.conn import Conn, RetryTransaction
 
 
-async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> None:
+async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
     """Serialise writers of the same (institution, item), in item order (no deadlock), so
-    that two uploads racing cannot both see the stock one of them takes."""
-    if items:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('ledger/' || $1 || '/' || i, 0)) "
-            "FROM unnest($2::text[]) AS i ORDER BY i",
-            org,
-            sorted(set(items)),
+    that two uploads racing cannot both see the stock one of them takes; then each
+    item's ledger as kept (None: not computed from its records yet)."""
+    items = sorted(set(items))
+    if not items:
+        return {}
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('ledger/' || $1 || '/' || i, 0)) "
+        "FROM unnest($2::text[]) AS i ORDER BY i",
+        org,
+        items,
+    )
+    await conn.execute(
+        """INSERT INTO nhsa_items (org, med_list_codg) SELECT $1, i FROM unnest($2::text[]) AS i
+           ON CONFLICT DO NOTHING""",
+        org,
+        items,
+    )
+    rows = await conn.fetch(
+        """SELECT med_list_codg, balance, units_in, units_out, counted, counted_at, last_at, stale
+           FROM nhsa_items WHERE org = $1 AND med_list_codg = ANY($2::text[])""",
+        org,
+        items,
+    )
+    return {
+        r["med_list_codg"]: None
+        if r["stale"]
+        else Standing(
+            Figures(r["balance"], r["units_in"], r["units_out"], r["counted"], r["counted_at"]), r["last_at"]
         )
+        for r in rows
+    }
+
+
+async def save_items(conn: Conn, org: str, standings: Mapping[str, Standing]) -> None:
+    """Store the items' ledgers as ``core.ledger.append`` left them."""
+    if not standings:
+        return
+    items = sorted(standings)
+    f = [standings[i].figures for i in items]
+    await conn.execute(
+        """UPDATE nhsa_items i
+           SET balance = n.balance, units_in = n.units_in, units_out = n.units_out, counted = n.counted,
+               counted_at = n.counted_at, last_at = n.last_at, stale = false
+           FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                       $7::timestamptz[], $8::timestamptz[])
+                AS n(item, balance, units_in, units_out, counted, counted_at, last_at)
+           WHERE i.org = $1 AND i.med_list_codg = n.item""",
+        org,
+        items,
+        [x.balance for x in f],
+        [x.units_in for x in f],
+        [x.units_out for x in f],
+        [x.counted for x in f],
+        [x.counted_at for x in f],
+        [standings[i].last_at for i in items],
+    )
+
+
+_AFTER = "(c.counted_at IS NULL OR r.at > c.counted_at)"  # a move after the last count
+
+
+async def refresh_items(conn: Conn, org: str, items: Sequence[str]) -> None:
+    """Compute the items' ledgers from their records that still count: the last stock
+    count (latest time, then serial), and the moves after it (all of them without one)."""
+    if not items:
+        return
+    await conn.execute(
+        f"""UPDATE nhsa_items i
+            SET balance = coalesce(c.counted, 0) + coalesce(m.balance, 0), units_in = coalesce(m.units_in, 0),
+                units_out = coalesce(m.units_out, 0), counted = c.counted, counted_at = c.counted_at,
+                last_at = m.last_at, stale = false
+            FROM unnest($2::text[]) AS k(item)
+            LEFT JOIN LATERAL (
+                SELECT r.units AS counted, r.at AS counted_at FROM nhsa_records r
+                WHERE r.org = $1 AND r.med_list_codg = k.item AND r.deleted_at IS NULL AND r.kind = '{COUNT}'
+                ORDER BY r.at DESC, r.fixmedins_bchno COLLATE "C" DESC LIMIT 1) c ON true
+            LEFT JOIN LATERAL (
+                SELECT max(r.at) AS last_at,
+                       sum(r.delta) FILTER (WHERE {_AFTER}) AS balance,
+                       sum(r.units) FILTER (WHERE {_AFTER} AND {_IN}) AS units_in,
+                       sum(r.units) FILTER (WHERE {_AFTER} AND {_OUT}) AS units_out
+                FROM nhsa_records r
+                WHERE r.org = $1 AND r.med_list_codg = k.item AND r.deleted_at IS NULL) m ON true
+            WHERE i.org = $1 AND i.med_list_codg = k.item""",  # noqa: S608
+        org,
+        sorted(set(items)),
+    )
 
 
 async def insert(
     conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dict[str, Any]
 ) -> set[tuple[str, str]]:
     """Store the records not stored before; returns the (interface, bchno) of the new ones.
-    A record already stored (a retry) is left as it is, also when it was deleted."""
+    A record already stored (a retry) is left as it is, also when it was deleted. A
+    record stored by a concurrent upload after this one looked runs the transaction
+    again (RetryTransaction).
+
+    The envelope is stored once, in ``nhsa_uploads``; the records go in by COPY, which
+    also sends each to its shard on Citus."""
     if not entries:
         return set()
-    rows = await conn.fetch(
-        """INSERT INTO nhsa_records (org, interface, fixmedins_bchno, med_list_codg, kind, units, delta,
-                                     at, codes, event_ids, msgid, envelope, row_data)
-           SELECT g.org, g.interface, g.bchno, g.codg, g.kind, g.units, g.delta, g.at,
-                  coalesce(string_to_array(nullif(g.codes, ''), E'\\x1f'), '{}'),
-                  coalesce(string_to_array(nullif(g.ids, ''), ',')::uuid[], '{}'),
-                  $12, $13::jsonb, g.row_data
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
-                       $8::timestamptz[], $9::text[], $10::text[], $11::jsonb[])
-                AS g(org, interface, bchno, codg, kind, units, delta, at, codes, ids, row_data)
-           ON CONFLICT (org, interface, fixmedins_bchno) DO NOTHING
-           RETURNING interface, fixmedins_bchno""",
-        [e.org for e in entries],
+    org = entries[0].org
+    stored = await conn.fetch(
+        """SELECT interface, fixmedins_bchno FROM nhsa_records
+           WHERE org = $1
+             AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
+        org,
         [e.interface for e in entries],
         [e.bchno for e in entries],
-        [e.med_list_codg for e in entries],
-        [e.kind for e in entries],
-        [e.units for e in entries],
-        [e.delta for e in entries],
-        [e.at for e in entries],
-        ["\x1f".join(e.codes) for e in entries],  # a unit separator: never in a code
-        [",".join(str(i) for i in e.event_ids) for e in entries],
-        [e.row for e in entries],
+    )
+    seen = {(r["interface"], r["fixmedins_bchno"]) for r in stored}
+    new = []
+    for e in entries:
+        if (e.interface, e.bchno) not in seen:
+            seen.add((e.interface, e.bchno))
+            new.append(e)
+    if not new:
+        return set()
+    upload = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO nhsa_uploads (org, upload_id, msgid, envelope) VALUES ($1, $2, $3, $4)",
+        org,
+        upload,
         msgid,
         envelope,
     )
-    return {(r["interface"], r["fixmedins_bchno"]) for r in rows}
+    records = [
+        (e.org, e.interface, e.bchno, e.med_list_codg, e.kind, e.units, e.delta, e.at,
+         list(e.codes), list(e.event_ids), msgid, upload, e.row)
+        for e in new
+    ]
+    try:
+        await conn.copy_records_to_table("nhsa_records", columns=_COLUMNS, records=records)
+    except asyncpg.UniqueViolationError as exc:
+        raise RetryTransaction from exc
+    return {(e.interface, e.bchno) for e in new}
+
+
+_COLUMNS = (
+    "org", "interface", "fixmedins_bchno", "med_list_codg", "kind", "units", "delta", "at",
+    "codes", "event_ids", "msgid", "upload_id", "row_data",
+)  # fmt: skip
 
 
 _IN = "r.kind = ANY('{" + ",".join(IN_KINDS) + "}'::text[])"
@@ -103,7 +204,8 @@ async def below_zero(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> d
                        {_RUNNING}
                 FROM nhsa_records r
                 WHERE r.org = $1 AND r.deleted_at IS NULL AND r.med_list_codg IN (SELECT med_list_codg FROM k)
-                WINDOW run AS (PARTITION BY r.med_list_codg ORDER BY r.at, r.interface, r.fixmedins_bchno
+                WINDOW run AS (PARTITION BY r.med_list_codg
+                                    ORDER BY r.at, r.interface COLLATE "C", r.fixmedins_bchno COLLATE "C"
                                ROWS UNBOUNDED PRECEDING),
                        upto AS (PARTITION BY r.med_list_codg ORDER BY r.at RANGE UNBOUNDED PRECEDING)),
             counts AS MATERIALIZED (SELECT * FROM sums WHERE kind = '{COUNT}'),
@@ -118,7 +220,7 @@ async def below_zero(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> d
                 FROM sums s
                 LEFT JOIN LATERAL (
                     SELECT * FROM counts c WHERE c.med_list_codg = s.med_list_codg AND c.at <= s.at
-                    ORDER BY c.at DESC, c.fixmedins_bchno DESC LIMIT 1) c ON true
+                    ORDER BY c.at DESC, c.fixmedins_bchno COLLATE "C" DESC LIMIT 1) c ON true
                 WHERE s.wanted)
             SELECT * FROM figures WHERE balance < 0""",  # noqa: S608
         org,
@@ -152,7 +254,7 @@ async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[s
                 SELECT DISTINCT ON (med_list_codg) med_list_codg, units AS counted, at AS counted_at,
                        fixmedins_bchno AS counted_bchno
                 FROM live WHERE kind = '{COUNT}'
-                ORDER BY med_list_codg, at DESC, fixmedins_bchno DESC)
+                ORDER BY med_list_codg, at DESC, fixmedins_bchno COLLATE "C" DESC)
             SELECT i.med_list_codg, i.units_in, i.units_out, i.records,
                    coalesce(k.by_kind, '{{}}'::jsonb) AS by_kind,
                    c.counted, c.counted_at, c.counted_bchno,

@@ -62,7 +62,10 @@ async def upload(
     async def also(conn: Conn) -> list[FlagRef]:
         uploaded.records_new = 0
         uploaded.deleted = []
-        await ledger_store.lock_items(conn, org, [e.med_list_codg for e in entries])
+        deleted_items = {stored["med_list_codg"] for _, stored in targets}
+        standings = await ledger_store.lock_items(
+            conn, org, [e.med_list_codg for e in entries] + [*deleted_items]
+        )
         new = await ledger_store.insert(conn, entries, msgid, envelope)
         uploaded.records_new = len(new)
         keys = [(stored["interface"], stored["fixmedins_bchno"]) for _, stored in targets]
@@ -70,11 +73,28 @@ async def upload(
             await ledger_store.mark_deleted(conn, org, keys, msgid)
             uploaded.deleted = sorted({k[1] for k in keys})
         fresh = [e for e in entries if (e.interface, e.bchno) in new]
-        flags: list[NewFlag] = []
+
+        # Each item's ledger moves on from where it stood when the new records follow it;
+        # otherwise (a deletion, a count, a record older than its latest) it is computed
+        # again from all its records.
+        figures: dict[tuple[str, str], rules.Figures] = {}
+        moved: dict[str, rules.Standing] = {}
+        recompute = set(deleted_items)
+        for item, item_entries in _by_item(fresh).items():
+            standing = standings.get(item)
+            after = rules.append(standing, item_entries) if standing and item not in recompute else None
+            if after is None:
+                recompute.add(item)
+            else:
+                moved[item], item_figures = after
+                figures.update(item_figures)
         out_moves = [e for e in fresh if e.delta < 0]
-        if out_moves:
-            figures = await ledger_store.below_zero(conn, org, [(e.interface, e.bchno) for e in out_moves])
-            flags += rules.imbalance_flags(out_moves, figures)
+        slow = [(e.interface, e.bchno) for e in out_moves if e.med_list_codg in recompute]
+        if slow:
+            figures.update(await ledger_store.below_zero(conn, org, slow))
+        await ledger_store.save_items(conn, org, moved)
+        await ledger_store.refresh_items(conn, org, sorted(recompute))
+        flags: list[NewFlag] = rules.imbalance_flags(out_moves, figures)
         counts = [e for e in fresh if e.kind == rules.COUNT and e.codes]
         if counts:
             states = await code_store.lock(conn, sorted({c for e in counts for c in e.codes}))
@@ -87,6 +107,13 @@ async def upload(
 
     uploaded.result = await ingest(pool, events, refused, also=also)
     return uploaded
+
+
+def _by_item(entries: list[rules.Entry]) -> dict[str, list[rules.Entry]]:
+    out: dict[str, list[rules.Entry]] = {}
+    for e in entries:
+        out.setdefault(e.med_list_codg, []).append(e)
+    return out
 
 
 def _compensations(org: str, targets: list[tuple[Record, dict[str, Any]]], now: datetime) -> list[Incoming]:

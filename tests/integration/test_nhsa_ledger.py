@@ -330,8 +330,9 @@ async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: 
         )
     await db.executemany(
         """INSERT INTO nhsa_records (org, interface, fixmedins_bchno, med_list_codg, kind, units, delta, at,
-                                     msgid, envelope, row_data, deleted_at)
-           VALUES ('LX', $1, $2, $3, $4, $5, $6, $7, 'm', '{}', '{}', CASE WHEN $8 THEN now() END)""",
+                                     msgid, upload_id, row_data, deleted_at)
+           VALUES ('LX', $1, $2, $3, $4, $5, $6, $7, 'm', gen_random_uuid(), '{}',
+                   CASE WHEN $8 THEN now() END)""",
         [
             (r["interface"], r["bchno"], r["item"], r["kind"], r["units"], r["delta"], r["at"], r["deleted"])
             for r in records
@@ -361,3 +362,121 @@ async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: 
         assert f.units_out == sum(r["units"] for r in moves if r["kind"] in OUT_KINDS), n
         assert (f.counted, f.counted_at) == ((count["units"], count["at"]) if count else (None, None)), n
     assert 30 < below < len(live) - 30  # both kinds of record were there to check
+
+
+def _plain_ledger(live: list[dict[str, Any]], item: str, upto: Any = None) -> tuple[Any, ...]:
+    """The ledger rule written plainly, from the item's live records: the last count at or
+    before the record (all records without ``upto``), then the moves after that count up
+    to the record in ledger order (time, interface, serial). (balance, units in, units
+    out, counted, counted at)."""
+    from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["at"], r["interface"], r["fixmedins_bchno"])
+
+    same = [r for r in live if r["med_list_codg"] == item and (upto is None or order(r) <= order(upto))]
+    limit = upto["at"] if upto is not None else None
+    counts = [r for r in same if r["kind"] == COUNT and (limit is None or r["at"] <= limit)]
+    count = max(counts, key=lambda r: (r["at"], r["fixmedins_bchno"])) if counts else None
+    moves = [r for r in same if count is None or r["at"] > count["at"]]
+    return (
+        (count["units"] if count else 0) + sum(r["delta"] for r in moves),
+        sum(r["units"] for r in moves if r["kind"] in IN_KINDS),
+        sum(r["units"] for r in moves if r["kind"] in OUT_KINDS),
+        count["units"] if count else None,
+        count["at"] if count else None,
+    )
+
+
+async def test_item_ledgers_kept_as_uploads_go_follow_the_records(admin: Api, db: Any) -> None:
+    """Each item's ledger is kept as uploads come (moved on from where it stood when the
+    new records follow it, computed from all its records otherwise): after every upload
+    of a random month (purchases, returns, sales, count gains and losses, stock counts,
+    deletions, retries, records in and out of time order, two items), the kept ledger is
+    the one the rule gives from the live records, and STOCK_IMBALANCE is raised for
+    exactly the new moves out that leave their item below zero as of their own time."""
+    import random
+
+    from service.core.ledger import OUT_KINDS
+
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    rng = random.Random(11)
+    sent: list[tuple[str, str]] = []  # (interface, bchno) uploaded
+    uploads: list[dict[str, Any]] = []
+    day, hour = 2, 9
+    paths = {"fast": 0, "slow": 0}
+    for n in range(40):
+        if rng.random() < 0.25:
+            day, hour = rng.randint(2, day), rng.randint(8, 20)  # back in time
+        else:
+            hour += 1
+            day, hour = (day + 1, 8) if hour > 20 else (day, hour)
+        when = f"2026-03-{day:02d} {hour:02d}:00:00"
+        codg = rng.choice([MED, OTHER])
+        choice = rng.random()
+        if uploads and choice < 0.08:
+            body = rng.choice(uploads)  # a retry
+        elif sent and choice < 0.16:
+            interface, bchno = rng.choice(sent)
+            data_type = {"3501": "1", "3502": "2", "3503": "3", "3504": "3", "3505": "4", "3506": "4"}
+            body = envelope("3507", {"data": deletion(bchno, data_type[interface])})
+        else:
+            rows = []
+            kind = rng.choice(["3503", "3504", "3505", "3505", "3505", "3506", "3502", "3501"])
+            for j in range(rng.randint(1, 3)):
+                bchno = f"Q{n:02d}{j}"
+                units = rng.randint(1, 60)
+                if kind == "3503":
+                    row = purchase(bchno, units, purc_retn_stoin_time=when)
+                elif kind == "3504":
+                    row = purchase_return(bchno, units, purc_retn_stoin_time=when)
+                elif kind == "3505":
+                    row = sale(bchno, [], units, sel_retn_time=when)
+                elif kind == "3506":
+                    row = sale_return(bchno, [], units, sel_retn_time=when)
+                elif kind == "3502":
+                    row = change(bchno, rng.choice(["103", "104"]), units, inv_chg_time=when)
+                else:
+                    row = count(bchno, rng.randint(0, 200), f"2026-03-{day:02d}")
+                rows.append({**row, "med_list_codg": codg})
+                sent.append((kind, bchno))
+            wrapper = {"3503": "purcinfo", "3504": "purcinfo", "3505": "selinfo", "3506": "selinfo"}.get(
+                kind, "invinfo"
+            )
+            body = envelope(f"{kind}A", {f"{wrapper}Detail": rows})
+            uploads.append(body)
+        before = {r["med_list_codg"]: r["last_at"] for r in await db.fetch("SELECT * FROM nhsa_items")}
+        stored = {
+            (r["interface"], r["fixmedins_bchno"]) for r in await db.fetch("SELECT * FROM nhsa_records")
+        }
+        out = await nhsa(p2, copy.deepcopy(body))
+        assert out["infcode"] == 0, out
+
+        live = [
+            dict(r)
+            for r in await db.fetch("SELECT * FROM nhsa_records WHERE org = 'P2' AND deleted_at IS NULL")
+        ]
+        for kept in await db.fetch("SELECT * FROM nhsa_items WHERE org = 'P2'"):
+            assert not kept["stale"]
+            got = (kept["balance"], kept["units_in"], kept["units_out"], kept["counted"], kept["counted_at"])
+            assert got == _plain_ledger(live, kept["med_list_codg"]), (n, body)
+            mine = [r["at"] for r in live if r["med_list_codg"] == kept["med_list_codg"]]
+            assert kept["last_at"] == (max(mine) if mine else None)
+
+        flagged = {
+            r["source_id"]
+            for r in await db.fetch(
+                "SELECT source_id FROM flags WHERE kind = 'STOCK_IMBALANCE' AND org = 'P2'"
+            )
+        }
+        new = [r for r in live if (r["interface"], r["fixmedins_bchno"]) not in stored]
+        for r in new:
+            if r["kind"] in OUT_KINDS:
+                below = _plain_ledger(live, r["med_list_codg"], upto=r)[0] < 0
+                assert (f"P2/{r['interface']}/{r['fixmedins_bchno']}" in flagged) == below, (n, r)
+        if new:
+            last = before.get(new[0]["med_list_codg"])
+            follows = last is not None and all(r["at"] > last and r["kind"] != "count" for r in new)
+            paths["fast" if follows else "slow"] += 1
+    assert min(paths.values()) > 3, paths  # both ways of keeping a ledger were taken

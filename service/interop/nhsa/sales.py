@@ -86,7 +86,10 @@ PERSON_FIELDS = ("psn_no", "certno", "psn_name")
 
 def kept_row(row: dict[str, Any]) -> dict[str, Any]:
     """The row as kept with the ledger: the person is never stored."""
-    return {k: v for k, v in row.items() if k not in PERSON_FIELDS}
+    out = row.copy()
+    for key in PERSON_FIELDS:
+        out.pop(key, None)
+    return out
 
 
 Build = Callable[[Envelope, str, datetime, int, str, dict[str, Any]], Record]
