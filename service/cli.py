@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from service.config import Settings
+from service.config import DEFAULT_SERVER, SERVERS, Settings
 
 log = logging.getLogger("tracecode")
 
@@ -63,8 +63,10 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
+    server = args.server or settings.server
+    if server not in SERVERS:
+        print(f"TRACE_SERVER must be one of {', '.join(SERVERS)}, not {server!r}", file=sys.stderr)
+        return 2
     if "TRACE_PSN_SECRET" not in os.environ:
         log.warning(
             "TRACE_PSN_SECRET is not set: insured person numbers are keyed with a development "
@@ -86,12 +88,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     host = args.host or settings.host
     port = args.port or settings.port
-    print(f"tracecode serving on http://{host}:{port} ({workers} worker(s))", flush=True)
-    # uvicorn stops gracefully on SIGTERM, then raises the signal again to whatever
-    # handler was there before. The default one ends the process at once, skipping the
-    # atexit hooks that stop the embedded PostgreSQL and Valkey (SIGINT raises
-    # KeyboardInterrupt, which runs them). So a SIGTERM exits like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    print(f"tracecode serving on http://{host}:{port} ({workers} worker(s), {server})", flush=True)
     # the embedded servers are watched while the service serves, and only then
     unwatch: Callable[[], None] = lambda: None  # noqa: E731
     if embedded_postgres or embedded_valkey:
@@ -99,21 +96,54 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
         unwatch = embedded.supervise(settings.data_dir, postgres=embedded_postgres, valkey=embedded_valkey)
     try:
-        uvicorn.run(
-            "service.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=settings.log_level,
-            access_log=False,
-            server_header=False,
-            # requests in flight may finish, then the rest (a console's live stream) is cut
-            timeout_graceful_shutdown=GRACEFUL_SECONDS,
-        )
+        (_granian if server == "granian" else _uvicorn)(host, port, workers, settings.log_level)
     finally:
         unwatch()  # before the exit hooks stop the embedded servers, not to restart them
     return 0
+
+
+def _uvicorn(host: str, port: int, workers: int, log_level: str) -> None:
+    import uvicorn
+
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again to whatever
+    # handler was there before. The default one ends the process at once, skipping the
+    # atexit hooks that stop the embedded PostgreSQL and Valkey (SIGINT raises
+    # KeyboardInterrupt, which runs them). So a SIGTERM exits like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        # requests in flight may finish, then the rest (a console's live stream) is cut
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+    )
+
+
+def _granian(host: str, port: int, workers: int, log_level: str) -> None:
+    """Granian: its HTTP/1.1 and the sockets in Rust, the app in each worker's event loop.
+    On SIGINT or SIGTERM it stops its workers (each given GRACEFUL_SECONDS) and returns,
+    so the exit hooks stop the embedded servers."""
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    Granian(
+        "service.app:create_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        log_level=LogLevels(log_level.lower()),
+        log_access=False,
+        workers_kill_timeout=GRACEFUL_SECONDS,
+        respawn_failed_workers=True,  # a worker that dies is replaced, as uvicorn does
+    ).serve()
 
 
 async def _create_key(url: str, role: str, org: str | None) -> tuple[str, str]:
@@ -176,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (TRACE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (TRACE_PORT, default 8000)")
     serve.add_argument("--workers", type=int, default=None, help="worker processes (TRACE_WORKERS)")
+    serve.add_argument(
+        "--server", choices=SERVERS, default=None, help=f"HTTP server (TRACE_SERVER, {DEFAULT_SERVER})"
+    )
     serve.set_defaults(run=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
     key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)

@@ -65,6 +65,10 @@ def _rate_limits() -> dict[str, RateLimit | None]:
     }
 
 
+SERVERS = ("uvicorn", "granian")
+DEFAULT_SERVER = "uvicorn"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service can be told from outside.
@@ -79,6 +83,7 @@ class Settings:
     host: str
     port: int
     workers: int
+    server: str  # the HTTP server that runs the app: "uvicorn" or "granian" (TRACE_SERVER)
     db_pool_min: int
     db_pool_max: int
     max_body_bytes: int
@@ -103,6 +108,7 @@ class Settings:
             host=os.environ.get("TRACE_HOST", "127.0.0.1"),
             port=_int("TRACE_PORT", 8000),
             workers=_int("TRACE_WORKERS", 1),
+            server=os.environ.get("TRACE_SERVER", DEFAULT_SERVER),
             db_pool_min=_int("TRACE_DB_POOL_MIN", 2),
             db_pool_max=_int("TRACE_DB_POOL_MAX", 10),
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024),

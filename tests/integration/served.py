@@ -31,7 +31,7 @@ class Serving:
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, workers: int = 1) -> AsyncIterator[Serving]:
+async def serving(tmp_path: Path, workers: int = 1, server: str | None = None) -> AsyncIterator[Serving]:
     data_dir = tmp_path / "data"
     env = {
         k: v
@@ -39,6 +39,8 @@ async def serving(tmp_path: Path, workers: int = 1) -> AsyncIterator[Serving]:
         if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
     }
     env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
+    if server is not None:
+        env["TRACE_SERVER"] = server
     log = tmp_path / "service.log"
     port = free_port()
     process = await asyncio.to_thread(start_service, env, port, log, workers=workers)

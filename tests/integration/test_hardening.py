@@ -281,6 +281,65 @@ async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> No
         assert not await asyncio.to_thread(redis_answers, s.valkey_dir)
 
 
+async def test_granian_serves_and_stops_as_uvicorn_does(tmp_path: Path) -> None:
+    """``serve --server granian`` (TRACE_SERVER): the app behind Granian's workers answers,
+    their metrics add up, a worker that dies is replaced, and SIGTERM stops the service
+    and its embedded servers with exit code 0."""
+    import signal
+
+    import httpx
+
+    from benchkit.localrun import create_admin_key
+    from service.embedded import postgres_runs, redis_answers
+
+    async with serving(tmp_path, workers=2, server="granian") as s:
+        admin = await asyncio.to_thread(create_admin_key, s.env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=30) as client:
+            body = {"id": "M1", "name": "Maker", "kind": "manufacturer", "region": "450100"}
+            made = await client.post("/v1/orgs", json=body, headers={"Authorization": f"Bearer {admin}"})
+            assert made.status_code == 201, made.text
+            for _ in range(20):  # requests land on both workers
+                assert (await client.get("/health/live")).status_code == 200
+            assert "tracecode_" in (await client.get("/metrics")).text
+
+            workers = _app_workers(s.process.pid)
+            assert len(workers) == 2, workers
+            os.kill(workers[0], signal.SIGKILL)
+            for _ in range(100):
+                await asyncio.sleep(0.2)
+                now = _app_workers(s.process.pid)
+                if len(now) == 2 and workers[0] not in now:
+                    break
+            assert len(now) == 2, (workers, now, s.log.read_text()[-2000:])
+            assert workers[0] not in now, (workers, now)
+            for _ in range(50):  # the new worker serves
+                if (await client.get("/health/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert (await client.get("/health/ready")).status_code == 200
+
+        assert "granian" in s.log.read_text().lower()
+        s.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]
+        assert not await asyncio.to_thread(postgres_runs, s.data_dir), s.log.read_text()[-2000:]
+        assert not await asyncio.to_thread(redis_answers, s.valkey_dir)
+
+
+def _app_workers(parent: int) -> list[int]:
+    """The serving process's children that run the app: Python processes (Granian forks
+    them), not multiprocessing's resource tracker nor the embedded Valkey."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    found = []
+    for child in children:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        if Path(argv[0]).name.startswith("python") and "resource_tracker" not in " ".join(argv):
+            found.append(int(child))
+    return found
+
+
 async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
     return "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, *args))
 
