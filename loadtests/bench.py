@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ from typing import Any
 
 import asyncpg
 
-from benchkit import baseline
+from benchkit import baseline, procs
 from benchkit.api import claim_body
 from benchkit.localrun import free_port, start_service, stop_service, throwaway_postgres
 from benchkit.stats import percentile
@@ -68,6 +69,42 @@ CAVEAT = (
 
 
 # --- processes ------------------------------------------------------------------------
+
+
+def cpu_sample(server_pid: int, postmaster: int | None) -> dict[str, float | None]:
+    """CPU seconds used so far: the load generator (Locust's processes, children of this
+    one, once they have ended), the service's process tree, PostgreSQL's, this bench, and
+    the whole machine."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "load generator": children.ru_utime + children.ru_stime,
+        "service": procs.tree_cpu(server_pid),
+        "PostgreSQL": procs.tree_cpu(postmaster),
+        "bench": time.process_time(),
+        "machine": procs.machine_cpu(),
+    }
+
+
+def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU seconds per part between two samples, and ``others`` (the machine's rest)."""
+    used: dict[str, float | None] = {}
+    for name, value in after.items():
+        old = before[name]
+        used[name] = None if value is None or old is None else value - old
+    machine = used.pop("machine")
+    known = [v for v in used.values() if v is not None]
+    complete = machine is not None and len(known) == len(used)
+    used["others"] = max(0.0, machine - sum(known)) if complete and machine is not None else None
+    used["machine"] = machine
+    return used
+
+
+async def postmaster_of(url: str) -> int | None:
+    conn = await asyncpg.connect(url)
+    try:
+        return procs.local_postmaster(await conn.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await conn.close()
 
 
 # --- ceilings -------------------------------------------------------------------------
@@ -281,7 +318,11 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 
 def report(
-    summary: dict[str, Any], ceiling: dict[str, Any] | None, args: argparse.Namespace, cpus: int
+    summary: dict[str, Any],
+    ceiling: dict[str, Any] | None,
+    args: argparse.Namespace,
+    cpus: int,
+    cpu: dict[str, float | None] | None = None,
 ) -> str:
     ops = summary["operations"]
     order = list(volumes.by_operation(volumes.PROVINCE_PEAK_RPS))
@@ -345,6 +386,19 @@ def report(
     lines.append(
         "objectives: " + ("all met" if summary["passed"] else "MISSED: " + "; ".join(summary["breaches"]))
     )
+    if cpu and total["requests"]:
+        parts = ("load generator", "service", "PostgreSQL", "bench", "others")
+        per_request = [
+            f"{name} {1000 * v / total['requests']:.2f} ms"
+            for name in parts
+            if (v := cpu.get(name)) is not None
+        ]
+        busy = cpu.get("machine")
+        lines.append(
+            "CPU per request over the load run: "
+            + ", ".join(per_request)
+            + (f"; the machine was {100 * busy / (cpu['seconds'] or 1) / cpus:.0f}% busy" if busy else "")
+        )
     if ceiling:
         lines += [
             "",
@@ -464,8 +518,13 @@ def main() -> int:
                 *(["--slo", args.slo] if args.slo else []),
                 *args.locust_args,
             ]
+            postmaster = asyncio.run(postmaster_of(url))
+            before = cpu_sample(server.pid, postmaster)
+            started = time.monotonic()
             with (out / "locust.log").open("wb") as log_file:
                 done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+            cpu = cpu_used(before, cpu_sample(server.pid, postmaster))
+            cpu["seconds"] = time.monotonic() - started
             summary_path = out / "summary.json"
             if not summary_path.exists():
                 print((out / "locust.log").read_text()[-4000:], file=sys.stderr)
@@ -480,7 +539,7 @@ def main() -> int:
                 )
         finally:
             stop_service(server)
-        table = report(summary, ceiling, args, cpus)
+        table = report(summary, ceiling, args, cpus, cpu)
         header = (
             f"- machine: {cpus} CPU(s), {platform.processor() or platform.machine()}, Python "
             f"{platform.python_version()}\n- command: {' '.join(sys.orig_argv)}\n- reports: {out}\n"

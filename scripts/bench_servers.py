@@ -15,8 +15,8 @@ What is measured
     Reported per server and endpoint, medians over the rounds: requests/s, p50 and p99
     (wrk's, over its connections), verify's rate over live's in the same round, and how
     the work was shared among the workers: the established connections each worker
-    process held in the middle of the run (``ss``) and each one's share of the workers'
-    CPU time over the run (/proc), with the workers' CPU per request, and wrk's own.
+    process held in the middle of the run and each one's share of the workers' CPU time
+    over the run (both from /proc), with the workers' CPU per request, and wrk's own.
 
     wrk runs on the same machine as the service and PostgreSQL: its CPU is taken from
     them, the same for both servers.
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import httpx
 
-from benchkit import localrun
+from benchkit import localrun, procs
 from benchkit.api import AMOXICILLIN, Org, event, post, register
 from benchkit.codes import cn20
 from service.config import SERVERS
@@ -120,58 +120,18 @@ def _parse_wrk(out: str) -> tuple[float, float, float, int]:
     return rate, _ms(*p50.groups()), _ms(*p99.groups()), errors  # type: ignore[union-attr]
 
 
-def _socket_owners(port: int) -> dict[int, int]:
-    """Established connections to ``port``, by the pid of the process that holds them."""
-    out = subprocess.run(  # noqa: S603
-        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    owners: dict[int, int] = {}
-    for pid in re.findall(r"pid=(\d+)", out):
-        owners[int(pid)] = owners.get(int(pid), 0) + 1
-    return owners
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _workers(root: int) -> list[int]:
-    """The service's worker processes: descendants of ``root`` that run the app."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            todo.append(child)
-            try:
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
-            except OSError:
-                continue
-            # Python processes, but not multiprocessing's resource tracker
-            if Path(argv[0]).name.startswith("python") and not any("resource_tracker" in a for a in argv):
-                found.append(child)
-    return found
+def cpu_of(found: tuple[int, float] | None) -> float:
+    return found[1] if found else 0.0
 
 
 def _wrk(args: argparse.Namespace, port: int, url_path: str, script: Path | None, root: int) -> Run:
-    workers = [pid for pid in _workers(root) if pid != root] or [root]
-    before = {pid: _cpu_seconds(pid) for pid in workers}
-    seen: dict[int, int] = {}
+    workers = procs.app_workers(root)
+    before = {pid: procs.stat(pid) for pid in workers}
+    held: list[int] = []
 
     def sample() -> None:
         time.sleep(args.seconds / 2)
-        seen.update(_socket_owners(port))
+        held.extend(procs.connections_per_worker(root, port))
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -192,13 +152,13 @@ def _wrk(args: argparse.Namespace, port: int, url_path: str, script: Path | None
     rate, p50, p99, errors = _parse_wrk(out)
     if errors:
         raise RuntimeError(f"wrk counted {errors} errors:\n{out}")
-    used = {pid: _cpu_seconds(pid) - before[pid] for pid in workers}
+    used = {pid: cpu_of(procs.stat(pid)) - cpu_of(before[pid]) for pid in workers}
     total = sum(used.values()) or 1e-9
     return Run(
         rate=rate,
         p50_ms=p50,
         p99_ms=p99,
-        connections=sorted((seen.get(pid, 0) for pid in workers), reverse=True),
+        connections=held,
         cpu_share=sorted((u / total for u in used.values()), reverse=True),
         cpu_ms_per_request=1000 * total / (rate * args.seconds),
         wrk_cpu_ms_per_request=1000 * wrk_cpu / (rate * args.seconds),

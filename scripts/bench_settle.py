@@ -74,7 +74,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchkit import baseline, localrun
+from benchkit import baseline, localrun, procs
 from benchkit.api import AMOXICILLIN, Org, claim_body, event, post, register
 from benchkit.codes import cn20
 from benchkit.stats import cpu_model, percentile
@@ -92,7 +92,6 @@ STOCK_BATCH = 10_000  # codes per POST /v1/events (the service's limit)
 CODES_PER_SECOND = 5_000  # default stock per side and second of measurement
 WARM_UP_SECONDS = 2.0
 PSN_SECRET = "bench-settle-secret"  # noqa: S105 (a throwaway database's HMAC key)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Settle = Callable[[Claim], Awaitable[str | None]]  # None when accepted, else why not
 
@@ -263,80 +262,6 @@ async def open_loop(settle: Settle, sales: Sales, rate: float, seconds: float, s
 # --- CPU accounting from /proc -----------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of the process and its reaped children)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    # after "pid (comm) ": state ppid ... utime(11) stime(12) cutime(13) cstime(14)
-    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLK_TCK
-
-
-def _processes() -> dict[int, tuple[int, float]]:
-    return {int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(int(p.name)))}
-
-
-def _tree(root: int, processes: dict[int, tuple[int, float]]) -> list[int]:
-    """``root`` and its descendants ([] if ``root`` is gone)."""
-    if root not in processes:
-        return []
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in processes.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _tree_cpu(root: int | None) -> float | None:
-    if root is None:
-        return None
-    processes = _processes()
-    tree = _tree(root, processes)
-    return sum(processes[pid][1] for pid in tree) if tree else None
-
-
-def connections_per_worker(server_pid: int, port: int) -> list[int]:
-    """Established client connections to ``port`` that each service worker process holds
-    (uvicorn's workers share one listening socket; the kernel decides who accepts)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cols = line.split()  # sl local remote state ... inode(9)
-                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "01":
-                    inodes.add(cols[9])
-    workers = []
-    for pid in _tree(server_pid, _processes()):
-        with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                workers.append(pid)
-    counts = []
-    for pid in workers or [server_pid]:  # one worker: uvicorn serves in the main process
-        held = 0
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    link = os.readlink(fd)
-                    held += link.startswith("socket:[") and link[8:-1] in inodes
-        counts.append(held)
-    return sorted(counts, reverse=True)
-
-
-def _local_postmaster(backend_pid: int) -> int | None:
-    """The parent of our PostgreSQL backend, when that backend is a process here."""
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{backend_pid}/comm").read_text().startswith("postgres"):
-            found = _stat(backend_pid)
-            return found[0] if found else None
-    return None
-
-
 @dataclass(frozen=True)
 class CpuProbe:
     service_pid: int
@@ -345,21 +270,10 @@ class CpuProbe:
     def sample(self) -> dict[str, float | None]:
         return {
             "bench": time.process_time(),
-            "service": _tree_cpu(self.service_pid),
-            "postgres": _tree_cpu(self.postmaster_pid),
-            "machine": _machine_cpu(),
+            "service": procs.tree_cpu(self.service_pid),
+            "postgres": procs.tree_cpu(self.postmaster_pid),
+            "machine": procs.machine_cpu(),
         }
-
-
-def _machine_cpu() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (all processes, all CPUs)."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    # cpu user nice system idle iowait irq softirq steal ...; guest time is inside user
-    busy = [int(first[i]) for i in (1, 2, 3, 6, 7, 8)]
-    return sum(busy) / CLK_TCK
 
 
 async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
@@ -427,7 +341,7 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
     conn = await asyncpg.connect(database_url)
     try:
         run.pg_version = await conn.fetchval("SHOW server_version")
-        postmaster = _local_postmaster(await conn.fetchval("SELECT pg_backend_pid()"))
+        postmaster = procs.local_postmaster(await conn.fetchval("SELECT pg_backend_pid()"))
         last = await conn.fetchval("SELECT max(code) FROM codes WHERE code LIKE $1", f"{PRODUCT}%")
     finally:
         await conn.close()
@@ -458,7 +372,7 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
             }
             for settle, sales in sides.values():  # warm-up: connections, prepared statements
                 await closed_loop(settle, sales, args.concurrency, WARM_UP_SECONDS)
-            run.connections["after the warm-up"] = connections_per_worker(server_pid, port)
+            run.connections["after the warm-up"] = procs.connections_per_worker(server_pid, port)
             run.load_before = os.getloadavg()
             seconds = args.seconds / args.rounds
             for mode in ("max", "rate"):
@@ -473,7 +387,7 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
                             else open_loop(settle, sales, args.rate, seconds, slots)
                         )
                         run.results.setdefault((mode, side), Result()).add(await measured(probe, phase))
-            run.connections["at the end"] = connections_per_worker(server_pid, port)
+            run.connections["at the end"] = procs.connections_per_worker(server_pid, port)
         finally:
             await pool.close()
     return run

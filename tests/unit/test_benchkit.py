@@ -64,3 +64,52 @@ def test_the_api_reads_a_claim_body_back_as_the_same_claim() -> None:
     # at another offset: the API takes the time in UTC
     shifted = {**claim_body(claim), "at": at.astimezone(timezone(timedelta(hours=8))).isoformat()}
     assert _claim(msgspec.convert(shifted, SettlementIn)) == claim
+
+
+def test_procs_finds_a_child_its_cpu_and_the_connections_it_holds() -> None:
+    """benchkit.procs, which the benchmarks' CPU and connection figures come from: a
+    child Python process that burns CPU and accepts three connections is found as a
+    worker of this process, its CPU time counts, and the connections are its."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from benchkit import procs
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.listen()
+    code = (
+        "import socket, sys, time\n"
+        "s = socket.socket(fileno=int(sys.argv[1]))\n"
+        "held = [s.accept()[0] for _ in range(3)]\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(listener.fileno())],
+        pass_fds=[listener.fileno()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as child:
+        listener.close()
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"ready\n"
+            me = os.getpid()
+            assert child.pid in procs.tree(me)
+            assert child.pid in procs.app_workers(me)
+            used = procs.tree_cpu(child.pid)
+            assert used is not None
+            assert used >= 0.2  # the 0.3 s it burnt, in clock ticks
+            assert procs.connections_per_worker(me, port)[0] == 3
+            assert procs.machine_cpu() is not None
+        finally:
+            for c in clients:
+                c.close()
+            child.kill()
