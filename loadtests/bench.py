@@ -38,8 +38,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +99,51 @@ def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) ->
     used["others"] = max(0.0, machine - sum(known)) if complete and machine is not None else None
     used["machine"] = machine
     return used
+
+
+class WaitSampler(threading.Thread):
+    """What the database sessions are doing while the load runs, from pg_stat_activity
+    every 0.1 s: running, waiting (for a lock, I/O, the WAL, ...), or idle inside a
+    transaction, which is PostgreSQL waiting for the service's next statement while the
+    transaction holds its locks."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.samples = 0
+        self.counts: Counter[str] = Counter()
+
+    def run(self) -> None:
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            while not self.stop.is_set():
+                rows = await conn.fetch(
+                    """SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction'
+                                   WHEN wait_event IS NULL THEN 'running'
+                                   ELSE wait_event_type || ':' || wait_event END AS doing
+                       FROM pg_stat_activity
+                       WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                         AND datname = current_database() AND state IN ('active', 'idle in transaction')"""
+                )
+                self.samples += 1
+                self.counts.update(r["doing"] for r in rows)
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+
+    def summary(self) -> str:
+        seen = sum(self.counts.values())
+        if not self.samples or not seen:
+            return "database sessions: none busy in any sample"
+        top = ", ".join(f"{name} {100 * n / seen:.0f}%" for name, n in self.counts.most_common(8))
+        return (
+            f"database sessions busy (pg_stat_activity every 0.1 s, {self.samples:,} samples): "
+            f"{seen / self.samples:.1f} on average; {top}"
+        )
 
 
 async def postmaster_of(url: str) -> int | None:
@@ -323,6 +370,7 @@ def report(
     args: argparse.Namespace,
     cpus: int,
     cpu: dict[str, float | None] | None = None,
+    waits: str | None = None,
 ) -> str:
     ops = summary["operations"]
     order = list(volumes.by_operation(volumes.PROVINCE_PEAK_RPS))
@@ -399,6 +447,8 @@ def report(
             + ", ".join(per_request)
             + (f"; the machine was {100 * busy / (cpu['seconds'] or 1) / cpus:.0f}% busy" if busy else "")
         )
+    if waits:
+        lines.append(waits)
     if ceiling:
         lines += [
             "",
@@ -519,12 +569,16 @@ def main() -> int:
                 *args.locust_args,
             ]
             postmaster = asyncio.run(postmaster_of(url))
+            waits = WaitSampler(url)
+            waits.start()
             before = cpu_sample(server.pid, postmaster)
             started = time.monotonic()
             with (out / "locust.log").open("wb") as log_file:
                 done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False)
             cpu = cpu_used(before, cpu_sample(server.pid, postmaster))
             cpu["seconds"] = time.monotonic() - started
+            waits.stop.set()
+            waits.join()
             summary_path = out / "summary.json"
             if not summary_path.exists():
                 print((out / "locust.log").read_text()[-4000:], file=sys.stderr)
@@ -539,7 +593,7 @@ def main() -> int:
                 )
         finally:
             stop_service(server)
-        table = report(summary, ceiling, args, cpus, cpu)
+        table = report(summary, ceiling, args, cpus, cpu, waits.summary())
         header = (
             f"- machine: {cpus} CPU(s), {platform.processor() or platform.machine()}, Python "
             f"{platform.python_version()}\n- command: {' '.join(sys.orig_argv)}\n- reports: {out}\n"

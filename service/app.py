@@ -57,6 +57,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         raise RuntimeError("TRACE_DATABASE_URL is not set (tracecode serve sets it)")
     if settings.epcis_schema is not None:
         schema_validators(settings.epcis_schema)  # compiled now, not in a first capture
+    metrics.time_gc_pauses()
     app.state.pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )

@@ -3,7 +3,11 @@ Prometheus middleware records. Multi-process aware through PROMETHEUS_MULTIPROC_
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import gc
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("tracecode_events_total", "Events accepted, by type", ["type"])
 EVENT_DUPLICATES = Counter("tracecode_event_duplicates_total", "Events already stored (retries)")
@@ -36,3 +40,28 @@ FLAGS_RAISED = Counter("tracecode_flags_raised_total", "Flags raised, by kind", 
 SETTLEMENTS = Counter(
     "tracecode_settlements_total", "Settlements answered, by mode and decision", ["mode", "decision"]
 )
+GC_PAUSES = Histogram(
+    "tracecode_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector (the whole worker stops), by generation",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+
+class _GcTimer:
+    """Times each collection through ``gc.callbacks`` (one per process)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            GC_PAUSES.labels(str(info["generation"])).observe(time.perf_counter() - self.started)
+
+
+def time_gc_pauses() -> None:
+    """Record the garbage collector's pauses in GC_PAUSES (once per process)."""
+    if not any(isinstance(cb, _GcTimer) for cb in gc.callbacks):
+        gc.callbacks.append(_GcTimer())

@@ -5,6 +5,7 @@ templates the query selects."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import shutil
@@ -158,6 +159,7 @@ async def _traffic(admin: Api) -> None:
     await ins.ok("POST", "/v1/settlements/S-MON/reversal", {})
     await inv.ok("GET", f"/v1/codes/{code}/history")
     await inv.ok("GET", "/v1/flags")
+    gc.collect()  # a pause of the collector, as a worker has many (this app runs in-process)
 
 
 async def _exported(client: AsyncTestClient) -> dict[str, list[dict[str, str]]]:  # type: ignore[type-arg]
