@@ -49,7 +49,7 @@ from typing import Any
 
 import asyncpg
 
-from benchkit import baseline, procs
+from benchkit import baseline, procs, wrk
 from benchkit.api import claim_body
 from benchkit.localrun import free_port, start_service, stop_service, throwaway_postgres
 from benchkit.stats import percentile
@@ -325,6 +325,17 @@ async def ceilings(
 
         out["verify", "raw asyncpg"] = await closed_loop([raw_verify] * conc, seconds)
 
+        # verify: the service again, driven by wrk (native code: the generator's own CPU,
+        # taken from the service on a shared machine, is a fraction of a Python client's)
+        if wrk.available():
+            with tempfile.TemporaryDirectory() as scratch:
+                requests = [(f"/v1/codes/{code}/verify", keys[org]) for code, org in verify_codes[:5000]]
+                lua = wrk.script(Path(scratch) / "verify.lua", requests)
+                url = f"http://127.0.0.1:{port}/"
+                out["verify", "wrk"] = await asyncio.to_thread(
+                    wrk.run, url, seconds=max(1, round(seconds)), connections=conc, lua=lua
+                )
+
         # settle: service
         def service_settle(client: Http) -> Callable[[], Awaitable[bool]]:
             async def work() -> bool:
@@ -470,12 +481,25 @@ def report(
                 f"{r_rate:,.0f}{f' ({r_err} errors)' if r_err else ''} | "
                 f"{pct(r_lat, 0.5):.1f} / {pct(r_lat, 0.99):.1f} | {100 * s_rate / r_rate:.0f}% |"
             )
+        driven = ceiling.get("verify|wrk")
+        if driven is not None:
+            lines.append(
+                f"| verify, driven by wrk | {driven.rate:,.0f}"
+                f"{f' ({driven.errors} errors)' if driven.errors else ''} | "
+                f"{driven.p50_ms:.1f} / {driven.p99_ms:.1f} | | | |"
+            )
         lines += [
             "",
             "verify: service = auth + org + code + product reads, JSON, over HTTP; raw = one primary-key "
             "read of codes. settle: 3 packs a claim; raw = the service's settlement use case "
             "(no HTTP, auth, JSON or validation).",
         ]
+        if driven is not None:
+            per_request = 1000 * driven.cpu_seconds / max(1.0, driven.rate * args.ceiling_seconds)
+            lines.append(
+                f"verify, driven by wrk: the same requests from a native generator "
+                f"({args.ceiling_concurrency} connections); wrk's own CPU {per_request:.3f} ms a request."
+            )
     return "\n".join(lines)
 
 

@@ -30,11 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -44,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from benchkit import localrun, procs
+from benchkit import localrun, procs, wrk
 from benchkit.api import AMOXICILLIN, Org, event, post, register
 from benchkit.codes import cn20
 from service.config import SERVERS
@@ -91,35 +87,6 @@ async def _setup(port: int, env: dict[str, str]) -> tuple[str, list[str]]:
     return keys[P1.id], codes
 
 
-def _lua(path: Path, key: str, codes: list[str]) -> Path:
-    """A wrk script: each request verifies the next pack, with the pharmacy's key."""
-    listed = ", ".join(f'"{c}"' for c in codes)
-    path.write_text(
-        f"""wrk.headers["Authorization"] = "Bearer {key}"
-codes = {{{listed}}}
-i = 0
-request = function()
-  i = i % #codes + 1
-  return wrk.format("GET", "/v1/codes/" .. codes[i] .. "/verify")
-end
-"""
-    )
-    return path
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
-def _parse_wrk(out: str) -> tuple[float, float, float, int]:
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    errors += int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    return rate, _ms(*p50.groups()), _ms(*p99.groups()), errors  # type: ignore[union-attr]
-
-
 def cpu_of(found: tuple[int, float] | None) -> float:
     return found[1] if found else 0.0
 
@@ -135,33 +102,26 @@ def _wrk(args: argparse.Namespace, port: int, url_path: str, script: Path | None
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    command = [
-        "wrk",
-        f"-t{args.threads}",
-        f"-c{args.connections}",
-        f"-d{args.seconds}s",
-        "--latency",
-        *(["-s", str(script)] if script else []),
+    done = wrk.run(
         f"http://127.0.0.1:{port}{url_path}",
-    ]
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout  # noqa: S603
+        seconds=args.seconds,
+        connections=args.connections,
+        threads=args.threads,
+        lua=script,
+    )
     sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    rate, p50, p99, errors = _parse_wrk(out)
-    if errors:
-        raise RuntimeError(f"wrk counted {errors} errors:\n{out}")
+    if done.errors:
+        raise RuntimeError(f"wrk counted {done.errors} errors")
     used = {pid: cpu_of(procs.stat(pid)) - cpu_of(before[pid]) for pid in workers}
     total = sum(used.values()) or 1e-9
     return Run(
-        rate=rate,
-        p50_ms=p50,
-        p99_ms=p99,
+        rate=done.rate,
+        p50_ms=done.p50_ms,
+        p99_ms=done.p99_ms,
         connections=held,
         cpu_share=sorted((u / total for u in used.values()), reverse=True),
-        cpu_ms_per_request=1000 * total / (rate * args.seconds),
-        wrk_cpu_ms_per_request=1000 * wrk_cpu / (rate * args.seconds),
+        cpu_ms_per_request=1000 * total / (done.rate * args.seconds),
+        wrk_cpu_ms_per_request=1000 * done.cpu_seconds / (done.rate * args.seconds),
     )
 
 
@@ -177,7 +137,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Res
         key, codes = await _setup(port, env)
     finally:
         localrun.stop_service(server)
-    script = _lua(workdir / "verify.lua", key, codes)
+    script = wrk.script(workdir / "verify.lua", [(f"/v1/codes/{c}/verify", key) for c in codes])
     order = list(SERVERS)
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
@@ -207,7 +167,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--database-url", default=None)
     args = p.parse_args()
-    if shutil.which("wrk") is None:
+    if not wrk.available():
         print("wrk is needed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     results = localrun.run_bench(
