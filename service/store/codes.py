@@ -52,6 +52,7 @@ _TYPES = (
     "timestamptz",
 )
 _SELECT = ", ".join(COLUMNS)
+SELECT = _SELECT  # the columns, for statements built elsewhere (store.settlements)
 
 
 def _state(row: asyncpg.Record) -> CodeState:
@@ -158,6 +159,25 @@ async def read(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     return {r["code"]: _state(r) for r in rows}
 
 
+async def read_versions(conn: Conn, codes: Iterable[str]) -> tuple[dict[str, CodeState], dict[str, int]]:
+    """The rows of ``codes`` as ``read`` gives them, and the version of each (every
+    write adds one): what ``store.settlements.settle_unchanged`` checks they still are."""
+    rows = await conn.fetch(
+        f"SELECT {_SELECT}, version FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
+        list(codes),
+    )
+    return {r["code"]: _state(r) for r in rows}, {r["code"]: r["version"] for r in rows}
+
+
+def update_arrays(states: Iterable[CodeState]) -> tuple[str, str, list[list[object]]]:
+    """For an ``UPDATE codes … FROM unnest(…) AS n(…)`` whose parameters start at $1:
+    the unnest arguments, the SET list and the arrays (one per column, codes first)."""
+    states = list(states)
+    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
+    sets = ", ".join(f"{c} = n.{c}" for c in COLUMNS[1:])
+    return params, sets, [[getattr(s, c) for s in states] for c in COLUMNS]
+
+
 async def read_one(conn: Conn, code: str) -> CodeState | None:
     row = await conn.fetchrow(f"SELECT {_SELECT} FROM codes WHERE code = $1", code)  # noqa: S608
     return _state(row) if row else None
@@ -218,14 +238,13 @@ async def update(conn: Conn, states: Iterable[CodeState]) -> None:
     shard the list touches, each parsing all of it: 180 ms for 1,000 codes). The codes
     are named twice: ``code = ANY`` is what routes the statement to its shard."""
     by_code = {s.code: s for s in states}
-    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-    sets = ", ".join(f"{c} = n.{c}" for c in COLUMNS[1:])
     for group in await by_shard(conn, by_code):
+        params, sets, arrays = update_arrays(by_code[code] for code in group)
         await conn.execute(
-            f"""UPDATE codes SET {sets}, updated_at = now()
+            f"""UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
                 FROM unnest({params}) AS n({_SELECT})
                 WHERE codes.code = n.code AND codes.code = ANY($1::text[])""",  # noqa: S608
-            *[[getattr(by_code[code], c) for code in group] for c in COLUMNS],
+            *arrays,
         )
 
 

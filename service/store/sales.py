@@ -58,10 +58,20 @@ async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
     trips here)."""
     if not consumptions:
         return
-    await conn.execute(
-        """INSERT INTO consumptions (code, sale_kind, sale_id, setl_id, event_id, org, at, units)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[],
-                                $6::text[], $7::timestamptz[], $8::int4[])""",
+    await conn.execute(insert_sql(1), *insert_arrays(consumptions))
+
+
+def insert_sql(first: int) -> str:
+    """``INSERT INTO consumptions`` of the 8 arrays ``insert_arrays`` gives, as parameters
+    ``$first`` onwards."""
+    p = [f"${first + i}" for i in range(8)]
+    return f"""INSERT INTO consumptions (code, sale_kind, sale_id, setl_id, event_id, org, at, units)
+               SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
+                                    {p[4]}::uuid[], {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[])"""  # noqa: S608
+
+
+def insert_arrays(consumptions: Sequence[Consumption]) -> list[list[Any]]:
+    return [
         [c.code for c in consumptions],
         [c.sale.kind for c in consumptions],
         [c.sale.id for c in consumptions],
@@ -70,7 +80,7 @@ async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
         [c.org for c in consumptions],
         [c.at for c in consumptions],
         [c.units for c in consumptions],
-    )
+    ]
 
 
 async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]]) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from service.core.custody import CodeState
+from service.core.sales import Consumption
+from service.store import codes as code_store
+from service.store import sales as sale_store
 from service.store.conn import Conn
 
 
@@ -36,6 +41,59 @@ async def insert(
         decision,
     )
     return row is not None
+
+
+async def settle_unchanged(
+    conn: Conn,
+    *,
+    packs: Mapping[str, CodeState],
+    versions: Mapping[str, int],
+    consumptions: Sequence[Consumption],
+    setl_id: str,
+    org: str,
+    psn_hash: bytes,
+    at: datetime,
+    body_hash: bytes,
+    request: dict[str, Any],
+    response: dict[str, Any],
+    decision: str,
+) -> None:
+    """Store a settlement, its consumptions and its packs' new rows in ONE statement (its
+    own transaction), only if every pack is still at the version it was read at and the
+    id is still free. Otherwise PostgreSQL raises SQLSTATE 40001 and nothing is written:
+    the caller reads again. ``packs`` holds every pack the decision read, changed or not:
+    each is written back with its version advanced, so two settlements that read the
+    same pack cannot both be written."""
+    codes = sorted(packs)
+    params, sets, arrays = code_store.update_arrays(packs[c] for c in codes)
+    versions_at = len(arrays) + 1
+    insert_at = len(arrays) + 2
+    settlement = ", ".join(f"${insert_at + 8 + i}" for i in range(8))
+    await conn.execute(
+        f"""WITH written AS (
+                UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
+                FROM unnest({params}, ${versions_at}::bigint[]) AS n({code_store.SELECT}, version)
+                WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
+                RETURNING codes.code),
+            consumed AS ({sale_store.insert_sql(insert_at)}),
+            settled AS (
+                INSERT INTO settlements (setl_id, org, psn_hash, at, body_hash, request, response, decision)
+                VALUES ({settlement})
+                ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
+            SELECT CASE WHEN (SELECT count(*) FROM written) = {len(codes)} AND EXISTS (SELECT FROM settled)
+                        THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
+        *arrays,
+        [versions[c] for c in codes],
+        *sale_store.insert_arrays(consumptions),
+        setl_id,
+        org,
+        psn_hash,
+        at,
+        body_hash,
+        request,
+        response,
+        decision,
+    )
 
 
 _GET = """SELECT setl_id, org, psn_hash, at, body_hash, request, response, decision, reversal,

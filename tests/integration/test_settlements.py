@@ -4,6 +4,7 @@ reversal, one sale one consumption, flags, and racing settlements."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -315,6 +316,100 @@ async def test_racing_settlements_never_consume_a_unit_twice(admin: Api, db) -> 
     paid_units = sum(sum(ln["units"] for ln in a.json()["lines"]) for a in answers)
     assert paid_units == sum(r["units"] for r in consumed)
     assert paid_units > 0
+
+
+async def test_a_pack_changed_between_the_read_and_the_write_is_judged_again(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """A settlement reads its packs without locking them and writes only if none changed
+    since. Here another writer holds the pack's row while the settlement reads it, then
+    sells the pack and commits: the settlement's write, which waited on that row, finds
+    the pack changed, reads again and is refused (ALREADY_SETTLED) instead of taking the
+    units a second time (without the version check it was accepted). The settlement runs
+    through the use case on a pool of its own, as a request handler does: the in-process
+    test client answers one request at a time."""
+    import asyncpg
+
+    from service.core.settlement import Claim, Line
+    from service.store.db import create_pool
+    from service.usecases import settlements as settle_usecase
+    from tests.conftest import CITUS_URL
+    from tests.helpers import BASE_TIME
+
+    w = await stocked(admin, n=1)
+    code = w["codes"][0]
+    line = Line(1, CODG, 24, False, (code,))
+    sale = Claim("RACE1", "P1", "450103199001011234", BASE_TIME + timedelta(hours=1), "settle", (line,))
+    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(db_url)
+    try:
+        held = other.transaction()
+        await held.start()
+        await other.execute("SELECT 1 FROM codes WHERE code = $1 FOR UPDATE", code)
+        sent = asyncio.create_task(settle_usecase.settle(pool, sale, b"test-secret"))
+        for _ in range(500):  # its write waits on the row: it has read the pack as it was
+            if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the settlement's write never waited on the held row")
+        # the other writer's sale of the whole pack (every writer moves the version on)
+        await other.execute("UPDATE codes SET units_left = 0, version = version + 1 WHERE code = $1", code)
+        await other.execute(
+            """INSERT INTO consumptions (code, sale_kind, sale_id, org, at, units)
+               VALUES ($1, 'event', 'OTHER-SALE', 'P1', now(), 24)""",
+            code,
+        )
+        await held.commit()
+        answer = await sent
+    finally:
+        await other.close()
+        await pool.close()
+    assert answer["decision"] == "rejected", answer
+    assert reasons(answer) == ["ALREADY_SETTLED"]
+    taken = await db.fetch("SELECT sale_id, units FROM consumptions WHERE code = $1", code)
+    assert [(r["sale_id"], r["units"]) for r in taken] == [("OTHER-SALE", 24)]
+
+
+async def test_settlements_racing_on_a_pool_of_their_own_never_consume_a_unit_twice(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """As the test above, with the settlements really overlapping: 40 claims over the
+    same 4 packs through the use case on a pool of 4 connections, whole packs and split
+    sales, codes in different orders. Reads, decisions and writes interleave; every
+    write that finds a pack changed runs again (or takes the locked transaction)."""
+    from service.core.settlement import Claim, Line
+    from service.store.db import create_pool
+    from service.usecases import settlements as settle_usecase
+    from tests.helpers import BASE_TIME
+
+    w = await stocked(admin, n=4)
+    codes = w["codes"]
+    claims = []
+    when = BASE_TIME + timedelta(hours=1)
+    for i in range(40):
+        order = tuple(codes[i % 4 :] + codes[: i % 4])
+        line = Line(1, CODG, 48, False, order[:2]) if i % 3 == 0 else Line(1, CODG, 7, True, order)
+        claims.append(Claim(f"RP{i}", "P1", f"45010319900101{i:04d}", when, "settle", (line,)))
+    pool = await create_pool(db_url, min_size=4, max_size=4)
+    try:
+        answers = await asyncio.gather(*(settle_usecase.settle(pool, c, b"test-secret") for c in claims))
+    finally:
+        await pool.close()
+    consumed = {
+        r["code"]: r["units"]
+        for r in await db.fetch(
+            "SELECT code, sum(units) AS units FROM consumptions WHERE reversed_at IS NULL GROUP BY code"
+        )
+    }
+    left = {r["code"]: r["units_left"] for r in await db.fetch("SELECT code, units_left FROM codes")}
+    for code in codes:
+        assert consumed.get(code, 0) <= 24
+        assert left[code] == 24 - consumed.get(code, 0)
+    paid = sum(ln["units"] for a in answers for ln in a["lines"])
+    assert paid == sum(consumed.values())
+    assert paid > 0
 
 
 async def test_reversal_racing_a_return_restores_once(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
