@@ -39,7 +39,7 @@ class UnknownOrg(Exception):
 
 async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, Any]:
     """Judge the claim and answer. In ``settle`` mode the payable lines' units are
-    consumed and the answer is stored with the settlement, in one transaction; the same
+    consumed and the answer is stored with the settlement, all or nothing; the same
     claim again returns the stored answer, a different one with the same id raises
     Conflict. ``precheck`` judges and changes nothing."""
     canonical = rules.canonical_codes(claim)
@@ -71,9 +71,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         # code order
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
-            if not hmac.compare_digest(stored["body_hash"], body_hash):
-                raise Conflict
-            return dict(stored["response"])
+            return _replay(stored, body_hash)
         loaded = await _load(conn, claim, canonical, psn_hash, lock=True)
         # decide
         decision = rules.decide(claim, canonical, loaded)
@@ -108,9 +106,7 @@ async def _settle_unchanged(
     locked transaction (it raises a flag or counts a person's purchases)."""
     stored = await setl_store.get(conn, claim.setl_id)
     if stored is not None:
-        if not hmac.compare_digest(stored["body_hash"], body_hash):
-            raise Conflict
-        return dict(stored["response"])
+        return _replay(stored, body_hash)
     versions: dict[str, int] = {}
     loaded = await _load(conn, claim, canonical, psn_hash, lock=False, versions=versions)
     decision = rules.decide(claim, canonical, loaded)
@@ -132,6 +128,13 @@ async def _settle_unchanged(
         decision=answer["decision"],
     )
     return answer
+
+
+def _replay(stored: Mapping[str, Any], body_hash: bytes) -> dict[str, Any]:
+    """The stored answer of a settlement sent again; Conflict if the body differs."""
+    if not hmac.compare_digest(stored["body_hash"], body_hash):
+        raise Conflict
+    return dict(stored["response"])
 
 
 async def _load(
