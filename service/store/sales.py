@@ -11,7 +11,7 @@ import asyncpg
 from service.core.events import Incoming
 from service.core.sales import Consumption, Return, Sale
 from service.store import events as event_store
-from service.store.conn import Conn
+from service.store.conn import Conn, distributed
 
 _COLUMNS = "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed"
 
@@ -103,7 +103,20 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
 
 async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
     """Return events of ``codes`` that have not undone a sale yet (they arrived before
-    the dispense they undo), oldest first, one per (event, code)."""
+    the dispense they undo), oldest first, one per (event, code). Every dispense asks:
+    one statement on plain PostgreSQL; on Citus the links on the codes' shards, then the
+    events by id (a join of the two would cross shards)."""
+    if not distributed(conn):
+        joined = await conn.fetch(
+            """SELECT l.code, e.event_id, e.org, e.at, e.setl_id
+               FROM event_codes l JOIN events e ON e.event_id = l.event_id AND e.type = 'return'
+               WHERE l.code = ANY($1::text[]) AND l.role = 'c'
+                 AND NOT EXISTS (SELECT 1 FROM consumptions c
+                                 WHERE c.code = l.code AND c.reversed_by_event = l.event_id)""",
+            list(codes),
+        )
+        found = [Return(r["event_id"], r["org"], r["at"], r["setl_id"], r["code"]) for r in joined]
+        return sorted(found, key=_oldest_first)
     rows = await conn.fetch(
         """SELECT l.code, l.event_id FROM event_codes l
            WHERE l.code = ANY($1::text[]) AND l.role = 'c'
@@ -117,7 +130,11 @@ async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
         for r in rows
         if (e := returns.get(r["event_id"])) is not None
     ]
-    return sorted(found, key=lambda r: (r.at, r.event_id, r.code))
+    return sorted(found, key=_oldest_first)
+
+
+def _oldest_first(r: Return) -> tuple[Any, ...]:
+    return (r.at, r.event_id, r.code)
 
 
 async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
