@@ -53,7 +53,9 @@ def tree_cpu(root: int | None) -> float | None:
 
 
 def machine_cpu() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (all processes, all CPUs)."""
+    """Busy CPU seconds of the whole machine since boot (all processes, all CPUs),
+    including the time the hypervisor took for others (steal): on a shared virtual
+    machine that shows as CPU none of the measured processes used."""
     try:
         first = Path("/proc/stat").read_text().splitlines()[0].split()
     except (OSError, IndexError):
