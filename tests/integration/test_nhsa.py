@@ -372,3 +372,40 @@ async def test_batch_with_one_bad_row(admin: Api) -> None:
     assert await _units_left(p2, u[1]) == 24  # the bad row changed nothing
     assert await _units_left(p2, u[2]) == 18
     assert await _units_left(p2, u[3]) == 0
+
+
+async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any, db_url: str) -> None:
+    """The same 3505A batch sent four times at once is stored once: its events, its
+    ledger records and the units it takes. The uploads race through the use case on a
+    pool of their own, as request handlers do (the in-process test client answers one
+    request at a time)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from service.interop.nhsa import envelope as nhsa_envelope
+    from service.interop.nhsa import sales as nhsa_sales
+    from service.store.db import create_pool
+    from service.usecases import nhsa as nhsa_usecase
+
+    w = await _world(admin)
+    u = w["units"]
+    rows = [sale(f"CC{i}", [u[i]], 24, sel_retn_time="2026-03-05 10:00:00") for i in range(4)]
+    env = nhsa_envelope.parse(envelope("3505A", {"selinfoDetail": rows}))
+    now = datetime.now(UTC)
+    pool = await create_pool(db_url, min_size=4, max_size=4)
+    try:
+        uploads = []
+        for _ in range(4):
+            records, errors = nhsa_sales.translate(env, "P2", now)
+            assert not errors
+            uploads.append(nhsa_usecase.upload(pool, "P2", records, env.msgid, {"infno": env.infno}, now))
+        done = await asyncio.gather(*uploads)
+    finally:
+        await pool.close()
+    assert sum(d.result.accepted_codes for d in done) == 4
+    assert sum(d.records_new for d in done) == 4
+    assert await _stored_events(db) == 4
+    stored = await db.fetchval("SELECT count(*) FROM nhsa_records WHERE interface = '3505' AND org = 'P2'")
+    assert stored == 4
+    assert [await _units_left(w["keys"]["P2"], code) for code in u] == [0, 0, 0, 0]
+    assert await db.fetchval("SELECT count(*) FROM flags") == 0
