@@ -428,6 +428,41 @@ async def test_reversal_racing_a_return_restores_once(admin: Api, db) -> None:  
     assert [r["units_left"] for r in left] == [24] * 6
 
 
+async def test_reversals_racing_returns_on_a_pool_of_their_own_restore_once(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """The test above with the two really overlapping: each sale's reversal and the
+    pharmacy's return of the same pack run at once, through the use cases on a pool of
+    their own. Each pack gets its units back once."""
+    import uuid
+
+    from service.core.events import Incoming
+    from service.store.db import create_pool
+    from service.usecases import events as ingest_usecase
+    from service.usecases import settlements as settle_usecase
+    from tests.helpers import BASE_TIME
+
+    w = await stocked(admin, n=6)
+    ins = w["insurer"]
+    for i, code in enumerate(w["codes"]):
+        await ins.ok("POST", "/v1/settlements", claim(f"RQ{i}", [{"quantity": 24, "codes": [code]}]))
+    when = BASE_TIME + timedelta(minutes=90)
+    returns = [
+        Incoming(event_id=uuid.uuid4(), type="return", at=when, org="P1", codes=(c,), setl_id=f"RQ{i}")
+        for i, c in enumerate(w["codes"])
+    ]
+    pool = await create_pool(db_url, min_size=4, max_size=4)
+    try:
+        await asyncio.gather(
+            *(settle_usecase.reverse(pool, f"RQ{i}") for i in range(6)),
+            *(ingest_usecase.ingest(pool, [r], []) for r in returns),
+        )
+    finally:
+        await pool.close()
+    left = await db.fetch("SELECT units_left FROM codes WHERE code = ANY($1::text[])", w["codes"])
+    assert [r["units_left"] for r in left] == [24] * 6
+
+
 async def test_a_return_goes_back_only_to_the_seller(admin: Api) -> None:
     w = await stocked(admin)
     ins, code = w["insurer"], w["codes"][0]
