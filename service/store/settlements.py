@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -13,50 +14,44 @@ from service.store import sales as sale_store
 from service.store.conn import Conn
 
 
-async def insert(
-    conn: Conn,
-    *,
-    setl_id: str,
-    org: str,
-    psn_hash: bytes,
-    at: datetime,
-    body_hash: bytes,
-    request: dict[str, Any],
-    response: dict[str, Any],
-    decision: str,
-) -> bool:
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A settlement as the ``settlements`` table keeps it, with its answer."""
+
+    setl_id: str
+    org: str
+    psn_hash: bytes
+    at: datetime
+    body_hash: bytes
+    request: dict[str, Any]
+    response: dict[str, Any]
+    decision: str
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _ROW)
+
+
+_ROW = [f.name for f in fields(Row)]
+_INSERT = f"INSERT INTO settlements ({', '.join(_ROW)})"
+
+
+async def insert(conn: Conn, row: Row) -> bool:
     """Store the settlement with its answer; False if the id exists already (a concurrent
     request with the same id waits here until the other transaction ends)."""
-    row = await conn.fetchval(
-        """INSERT INTO settlements (setl_id, org, psn_hash, at, body_hash, request, response, decision)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-           ON CONFLICT (setl_id) DO NOTHING RETURNING 1""",
-        setl_id,
-        org,
-        psn_hash,
-        at,
-        body_hash,
-        request,
-        response,
-        decision,
+    stored = await conn.fetchval(
+        f"{_INSERT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (setl_id) DO NOTHING RETURNING 1",
+        *row.values(),
     )
-    return row is not None
+    return stored is not None
 
 
 async def settle_unchanged(
     conn: Conn,
+    row: Row,
     *,
     packs: Mapping[str, CodeState],
     versions: Mapping[str, int],
     consumptions: Sequence[Consumption],
-    setl_id: str,
-    org: str,
-    psn_hash: bytes,
-    at: datetime,
-    body_hash: bytes,
-    request: dict[str, Any],
-    response: dict[str, Any],
-    decision: str,
 ) -> None:
     """Store a settlement, its consumptions and its packs' new rows in ONE statement (its
     own transaction), only if every pack is still at the version it was read at and the
@@ -68,7 +63,7 @@ async def settle_unchanged(
     params, sets, arrays = code_store.update_arrays(packs[c] for c in codes)
     versions_at = len(arrays) + 1
     insert_at = len(arrays) + 2
-    settlement = ", ".join(f"${insert_at + 8 + i}" for i in range(8))
+    settlement = ", ".join(f"${insert_at + 8 + i}" for i in range(len(_ROW)))
     await conn.execute(
         f"""WITH written AS (
                 UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
@@ -76,23 +71,13 @@ async def settle_unchanged(
                 WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
                 RETURNING codes.code),
             consumed AS ({sale_store.insert_sql(insert_at)}),
-            settled AS (
-                INSERT INTO settlements (setl_id, org, psn_hash, at, body_hash, request, response, decision)
-                VALUES ({settlement})
-                ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
+            settled AS ({_INSERT} VALUES ({settlement}) ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
             SELECT CASE WHEN (SELECT count(*) FROM written) = {len(codes)} AND EXISTS (SELECT FROM settled)
                         THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
         *arrays,
         [versions[c] for c in codes],
         *sale_store.insert_arrays(consumptions),
-        setl_id,
-        org,
-        psn_hash,
-        at,
-        body_hash,
-        request,
-        response,
-        decision,
+        *row.values(),
     )
 
 

@@ -81,17 +81,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         await purchase_store.record(conn, psn_hash, decision.purchases)
         raised = await flag_store.raise_flags(conn, decision.flags)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
-        fresh = await setl_store.insert(
-            conn,
-            setl_id=claim.setl_id,
-            org=claim.org,
-            psn_hash=psn_hash,
-            at=claim.at,
-            body_hash=body_hash,
-            request=rules.stored_request(claim, psn_hash),
-            response=answer,
-            decision=answer["decision"],
-        )
+        fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hash, answer))
         if not fresh:  # a concurrent request with the same id stored it first: run again,
             raise RetryTransaction  # which then finds it and answers as a replay
         return answer
@@ -115,9 +105,17 @@ async def _settle_unchanged(
     answer = rules.answer(claim.setl_id, decision.outcomes, [])
     await setl_store.settle_unchanged(
         conn,
+        _row(claim, psn_hash, body_hash, answer),
         packs={**loaded.states, **{s.code: s for s in decision.changed}},
         versions=versions,
         consumptions=decision.consumptions,
+    )
+    return answer
+
+
+def _row(claim: Claim, psn_hash: bytes, body_hash: bytes, answer: dict[str, Any]) -> setl_store.Row:
+    """The settlement as stored: the request (the person only as its keyed hash) and the answer."""
+    return setl_store.Row(
         setl_id=claim.setl_id,
         org=claim.org,
         psn_hash=psn_hash,
@@ -127,7 +125,6 @@ async def _settle_unchanged(
         response=answer,
         decision=answer["decision"],
     )
-    return answer
 
 
 def _replay(stored: Mapping[str, Any], body_hash: bytes) -> dict[str, Any]:
