@@ -51,8 +51,7 @@ _TYPES = (
     "bool",
     "timestamptz",
 )
-_SELECT = ", ".join(COLUMNS)
-SELECT = _SELECT  # the columns, for statements built elsewhere (store.settlements)
+SELECT = ", ".join(COLUMNS)  # the column list of statements (also store.settlements)
 
 
 def _state(row: asyncpg.Record) -> CodeState:
@@ -66,7 +65,7 @@ async def lock(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     statement per shard, each in code order. Plain PostgreSQL is one shard (one
     statement); on Citus a row lock is taken by a statement on one shard only."""
     rows = await fetch_by_shard(
-        conn, f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes  # noqa: S608
+        conn, f"SELECT {SELECT} FROM codes WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes  # noqa: S608
     )
     return {r["code"]: _state(r) for r in rows}
 
@@ -166,7 +165,7 @@ async def lock_sold(conn: Conn, sale: Sale) -> dict[str, CodeState]:
 
 async def read(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     rows = await conn.fetch(
-        f"SELECT {_SELECT} FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
+        f"SELECT {SELECT} FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
         list(codes),
     )
     return {r["code"]: _state(r) for r in rows}
@@ -176,7 +175,7 @@ async def read_versions(conn: Conn, codes: Iterable[str]) -> tuple[dict[str, Cod
     """The rows of ``codes`` as ``read`` gives them, and the version of each (every
     write adds one): what ``store.settlements.settle_unchanged`` checks they still are."""
     rows = await conn.fetch(
-        f"SELECT {_SELECT}, version FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
+        f"SELECT {SELECT}, version FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
         list(codes),
     )
     return {r["code"]: _state(r) for r in rows}, {r["code"]: r["version"] for r in rows}
@@ -192,7 +191,7 @@ def update_arrays(states: Iterable[CodeState]) -> tuple[str, str, list[list[obje
 
 
 async def read_one(conn: Conn, code: str) -> CodeState | None:
-    row = await conn.fetchrow(f"SELECT {_SELECT} FROM codes WHERE code = $1", code)  # noqa: S608
+    row = await conn.fetchrow(f"SELECT {SELECT} FROM codes WHERE code = $1", code)  # noqa: S608
     return _state(row) if row else None
 
 
@@ -255,7 +254,7 @@ async def update(conn: Conn, states: Iterable[CodeState]) -> None:
         params, sets, arrays = update_arrays(by_code[code] for code in group)
         await conn.execute(
             f"""UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
-                FROM unnest({params}) AS n({_SELECT})
+                FROM unnest({params}) AS n({SELECT})
                 WHERE codes.code = n.code AND codes.code = ANY($1::text[])""",  # noqa: S608
             *arrays,
         )

@@ -289,6 +289,7 @@ async def test_granian_serves_and_stops_as_uvicorn_does(tmp_path: Path) -> None:
 
     import httpx
 
+    from benchkit import procs
     from benchkit.localrun import create_admin_key
     from service.embedded import postgres_runs, redis_answers
 
@@ -302,12 +303,12 @@ async def test_granian_serves_and_stops_as_uvicorn_does(tmp_path: Path) -> None:
                 assert (await client.get("/health/live")).status_code == 200
             assert "tracecode_" in (await client.get("/metrics")).text
 
-            workers = _app_workers(s.process.pid)
+            workers = procs.app_workers(s.process.pid)
             assert len(workers) == 2, workers
             os.kill(workers[0], signal.SIGKILL)
             for _ in range(100):
                 await asyncio.sleep(0.2)
-                now = _app_workers(s.process.pid)
+                now = procs.app_workers(s.process.pid)
                 if len(now) == 2 and workers[0] not in now:
                     break
             assert len(now) == 2, (workers, now, s.log.read_text()[-2000:])
@@ -323,21 +324,6 @@ async def test_granian_serves_and_stops_as_uvicorn_does(tmp_path: Path) -> None:
         assert await asyncio.to_thread(s.process.wait, 60) == 0, s.log.read_text()[-2000:]
         assert not await asyncio.to_thread(postgres_runs, s.data_dir), s.log.read_text()[-2000:]
         assert not await asyncio.to_thread(redis_answers, s.valkey_dir)
-
-
-def _app_workers(parent: int) -> list[int]:
-    """The serving process's children that run the app: Python processes (Granian forks
-    them), not multiprocessing's resource tracker nor the embedded Valkey."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    found = []
-    for child in children:
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_text().split("\0")
-        except OSError:
-            continue
-        if Path(argv[0]).name.startswith("python") and "resource_tracker" not in " ".join(argv):
-            found.append(int(child))
-    return found
 
 
 async def _plan(db: asyncpg.Connection, sql: str, args: list[Any]) -> str:
