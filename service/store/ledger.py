@@ -76,7 +76,10 @@ async def save_items(conn: Conn, org: str, standings: Mapping[str, Standing]) ->
     )
 
 
-_AFTER = "(c.counted_at IS NULL OR r.at > c.counted_at)"  # a move after the last count
+# Conditions on a record ``r``: it moves units in, out, or comes after the last count ``c``
+_IN = "r.kind = ANY('{" + ",".join(IN_KINDS) + "}'::text[])"
+_OUT = "r.kind = ANY('{" + ",".join(OUT_KINDS) + "}'::text[])"
+_AFTER = "(c.counted_at IS NULL OR r.at > c.counted_at)"
 
 
 async def refresh_items(conn: Conn, org: str, items: Sequence[str]) -> None:
@@ -162,8 +165,6 @@ _COLUMNS = (
 )  # fmt: skip
 
 
-_IN = "r.kind = ANY('{" + ",".join(IN_KINDS) + "}'::text[])"
-_OUT = "r.kind = ANY('{" + ",".join(OUT_KINDS) + "}'::text[])"
 # Running sums of an item's records in ledger order (``run``: up to and including the
 # record; ``upto``: every record at or before its time), for below_zero()
 _RUNNING = f"""
@@ -176,8 +177,8 @@ _RUNNING = f"""
 
 _FIGURES = f"""
     coalesce(sum(r.delta), 0) AS balance,
-    coalesce(sum(r.units) FILTER (WHERE r.kind = ANY('{{{",".join(IN_KINDS)}}}'::text[])), 0) AS units_in,
-    coalesce(sum(r.units) FILTER (WHERE r.kind = ANY('{{{",".join(OUT_KINDS)}}}'::text[])), 0) AS units_out"""
+    coalesce(sum(r.units) FILTER (WHERE {_IN}), 0) AS units_in,
+    coalesce(sum(r.units) FILTER (WHERE {_OUT}), 0) AS units_out"""
 
 
 async def below_zero(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Figures]:
