@@ -29,19 +29,13 @@ async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, St
         org,
         items,
     )
-    await conn.execute(
-        """INSERT INTO nhsa_items (org, med_list_codg) SELECT $1, i FROM unnest($2::text[]) AS i
-           ON CONFLICT DO NOTHING""",
-        org,
-        items,
-    )
     rows = await conn.fetch(
         """SELECT med_list_codg, balance, units_in, units_out, counted, counted_at, last_at, stale
            FROM nhsa_items WHERE org = $1 AND med_list_codg = ANY($2::text[])""",
         org,
         items,
     )
-    return {
+    kept: dict[str, Standing | None] = {
         r["med_list_codg"]: None
         if r["stale"]
         else Standing(
@@ -49,6 +43,15 @@ async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, St
         )
         for r in rows
     }
+    new = [i for i in items if i not in kept]
+    if new:  # an item's first record here: its row, not computed yet (the lock is held)
+        await conn.execute(
+            "INSERT INTO nhsa_items (org, med_list_codg) SELECT $1, i FROM unnest($2::text[]) AS i",
+            org,
+            new,
+        )
+        kept.update(dict.fromkeys(new))
+    return kept
 
 
 async def save_items(conn: Conn, org: str, standings: Mapping[str, Standing]) -> None:
