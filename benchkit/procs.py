@@ -65,6 +65,22 @@ def machine_cpu() -> float | None:
     return sum(busy) / CLK_TCK
 
 
+def used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU seconds each part used between two samples of {part: CPU seconds so far} that
+    include ``machine`` (``machine_cpu``), and ``others``: what the machine used beyond
+    the parts (None unless every part is known)."""
+    out: dict[str, float | None] = {}
+    for name, value in after.items():
+        old = before[name]
+        out[name] = None if value is None or old is None else value - old
+    machine = out.pop("machine")
+    known = [v for v in out.values() if v is not None]
+    complete = machine is not None and len(known) == len(out)
+    out["others"] = max(0.0, machine - sum(known)) if complete and machine is not None else None
+    out["machine"] = machine
+    return out
+
+
 def app_workers(server_pid: int) -> list[int]:
     """The worker processes of ``tracecode serve`` (uvicorn spawns them, Granian forks
     them): its Python descendants, not multiprocessing's resource tracker. With one

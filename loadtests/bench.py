@@ -87,20 +87,6 @@ def cpu_sample(server_pid: int, postmaster: int | None) -> dict[str, float | Non
     }
 
 
-def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
-    """CPU seconds per part between two samples, and ``others`` (the machine's rest)."""
-    used: dict[str, float | None] = {}
-    for name, value in after.items():
-        old = before[name]
-        used[name] = None if value is None or old is None else value - old
-    machine = used.pop("machine")
-    known = [v for v in used.values() if v is not None]
-    complete = machine is not None and len(known) == len(used)
-    used["others"] = max(0.0, machine - sum(known)) if complete and machine is not None else None
-    used["machine"] = machine
-    return used
-
-
 class WaitSampler(threading.Thread):
     """What the database sessions are doing while the load runs, from pg_stat_activity
     every 0.1 s: running, waiting (for a lock, I/O, the WAL, ...), or idle inside a
@@ -599,7 +585,7 @@ def main() -> int:
             started = time.monotonic()
             with (out / "locust.log").open("wb") as log_file:
                 done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False)
-            cpu = cpu_used(before, cpu_sample(server.pid, postmaster))
+            cpu = procs.used(before, cpu_sample(server.pid, postmaster))
             cpu["seconds"] = time.monotonic() - started
             waits.stop.set()
             waits.join()

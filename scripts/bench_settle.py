@@ -279,14 +279,8 @@ class CpuProbe:
 async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
     before = probe.sample()
     result = await phase
-    after = probe.sample()
-    for name, value in after.items():
-        old = before[name]
-        result.cpu[name] = None if value is None or old is None else value - old
-    ours = [result.cpu[name] for name in ("bench", "service", "postgres")]
-    machine = result.cpu.pop("machine")
-    known = [v for v in ours if v is not None]
-    result.cpu["others"] = None if machine is None or len(known) < 3 else max(0.0, machine - sum(known))
+    result.cpu = procs.used(before, probe.sample())
+    result.cpu.pop("machine")  # the parts and the others add up to it
     return result
 
 
