@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from service.core import settlement as rules
+from service.core.custody import CodeState
 from service.core.flags import Evidence
 from service.core.sales import Consumption, Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprint, person_hash
@@ -46,7 +47,8 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
     psn_hash = person_hash(secret, claim.psn_no)
     if claim.mode == "precheck":
         async with pool.acquire() as conn:
-            loaded = await _load(conn, claim, canonical, psn_hash, lock=False)
+            states = await code_store.read(conn, _packs(canonical))
+            loaded = await _load(conn, claim, canonical, psn_hash, states)
         return rules.answer(claim.setl_id, rules.decide(claim, canonical, loaded).outcomes, [])
 
     body_hash = fingerprint(secret, claim)
@@ -68,11 +70,11 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
 
     async def work(conn: Conn) -> dict[str, Any]:
         # load: a replay needs only the stored answer; otherwise the packs, locked in
-        # code order
+        # code order, and what the decision reads besides
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
             return _replay(stored, body_hash)
-        loaded = await _load(conn, claim, canonical, psn_hash, lock=True)
+        loaded = await _load(conn, claim, canonical, psn_hash, await code_store.lock(conn, _packs(canonical)))
         # decide
         decision = rules.decide(claim, canonical, loaded)
         # write
@@ -97,8 +99,8 @@ async def _settle_unchanged(
     stored = await setl_store.get(conn, claim.setl_id)
     if stored is not None:
         return _replay(stored, body_hash)
-    versions: dict[str, int] = {}
-    loaded = await _load(conn, claim, canonical, psn_hash, lock=False, versions=versions)
+    states, versions = await code_store.read_versions(conn, _packs(canonical))
+    loaded = await _load(conn, claim, canonical, psn_hash, states)
     decision = rules.decide(claim, canonical, loaded)
     if decision.flags or decision.purchases:
         return None
@@ -134,26 +136,23 @@ def _replay(stored: Mapping[str, Any], body_hash: bytes) -> dict[str, Any]:
     return dict(stored["response"])
 
 
+def _packs(canonical: Mapping[str, str | None]) -> list[str]:
+    """The claim's codes that are codes, in code order (the order every writer locks in)."""
+    return sorted({c for c in canonical.values() if c})
+
+
 async def _load(
     conn: Conn,
     claim: Claim,
     canonical: Mapping[str, str | None],
     psn_hash: bytes,
-    *,
-    lock: bool,
-    versions: dict[str, int] | None = None,
+    states: dict[str, CodeState],
 ) -> Loaded:
+    """Everything the decision needs besides the packs' rows (``states``, which each path
+    reads its own way: locked, or with their versions)."""
     org = await registry.get_org(conn, claim.org)
     if org is None:
         raise UnknownOrg
-    codes = sorted({c for c in canonical.values() if c})
-    if lock:
-        states = await code_store.lock(conn, codes)
-    elif versions is not None:  # read unlocked, with the versions the write will check
-        states, found = await code_store.read_versions(conn, codes)
-        versions.update(found)
-    else:
-        states = await code_store.read(conn, codes)
     product_ids = sorted({s.product_id for s in states.values() if s.product_id})
     products = await registry.get_products(conn, product_ids)
     no_codes = [line.med_list_codg for line in claim.lines if not line.codes]
