@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -85,11 +86,17 @@ async def test_a_worker_killed_during_ingest_loses_no_acknowledged_event(tmp_pat
             assert answer.status_code == 200, answer.text
             acknowledged.append(body["events"][0]["event_id"])  # type: ignore[index]
 
+        killed = asyncio.Event()
+
         async def load() -> None:
-            serial = 1
-            for _ in range(60):
+            # at least 60 rounds, and 5 after the last kill: every kill lands in the load,
+            # and the client's connections to a killed worker fail in it, not after it
+            serial, rounds, after = 1, 0, 0
+            while rounds < 60 or after < 5:
                 await asyncio.gather(*(send(serial + i * 200) for i in range(4)))
                 serial += 800
+                rounds += 1
+                after += killed.is_set()
 
         task = asyncio.create_task(load())
         try:
@@ -99,7 +106,9 @@ async def test_a_worker_killed_during_ingest_loses_no_acknowledged_event(tmp_pat
             for victim in first:
                 await asyncio.sleep(1.0)
                 os.kill(victim, signal.SIGKILL)
+            killed.set()
         finally:
+            killed.set()
             await task
 
         conn = await asyncpg.connect(s.database_url)
@@ -120,6 +129,11 @@ async def test_a_worker_killed_during_ingest_loses_no_acknowledged_event(tmp_pat
             assert answer.json()["accepted"] + 200 * answer.json()["duplicates"] == 200, answer.text
         # the killed worker was replaced: the service still answers on every connection
         assert (await s.client.get("/health/ready")).status_code == 200
+        # the supervisor replaces a dead worker when it next looks (uvicorn: every 0.5 s),
+        # which may be after the load is over when the last kill came late in it
+        deadline = time.monotonic() + 10
+        while len(_workers(s.process.pid)) != 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # (another process: no event to wait on)
         assert len(_workers(s.process.pid)) == 2
         print(f"\n{len(acknowledged)} batches acknowledged, all stored; {len(cut_off)} cut off, sent again")
 
