@@ -97,6 +97,14 @@ def _jsonb_in(data: bytes) -> Any:
     return msgspec.json.decode(memoryview(data)[1:])
 
 
+def _json_out(value: object) -> bytes:
+    return msgspec.json.encode(value)  # json's binary form is its text
+
+
+def _json_in(data: bytes) -> Any:
+    return msgspec.json.decode(data)
+
+
 class Connection(asyncpg.Connection):
     """A connection that knows whether its database is distributed (Citus): row locks
     are then taken one shard at a time (``store.codes.lock``)."""
@@ -113,6 +121,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await learn_layout(conn)
     await conn.set_type_codec(
         "jsonb", encoder=_jsonb_out, decoder=_jsonb_in, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "json", encoder=_json_out, decoder=_json_in, schema="pg_catalog", format="binary"
     )
 
 
