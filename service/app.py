@@ -99,7 +99,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI app. Settings default to the environment."""
     settings = settings or Settings.from_env()
-    requestlog.configure()
+    requestlog.configure(settings.log_level)
     prometheus = PrometheusConfig(
         app_name="tracecode", prefix="tracecode", group_path=True, exclude=["/metrics"]
     )

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from service.config import DEFAULT_SERVER, SERVERS, Settings
+from service.config import DEFAULT_SERVER, LOG_FORMAT, SERVERS, Settings
 
 log = logging.getLogger("tracecode")
 
@@ -224,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return int(args.run(Settings.from_env(), args))
 
 

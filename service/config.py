@@ -67,6 +67,8 @@ def _rate_limits() -> dict[str, RateLimit | None]:
 
 SERVERS = ("uvicorn", "granian")
 DEFAULT_SERVER = "uvicorn"
+# the service's log lines (a request's line is JSON after the colon)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,7 @@ def settings(server_urls: tuple[str, str], db_url: str) -> Settings:
         redis_url=server_urls[1],
         max_body_bytes=4 * 1024 * 1024,
         psn_secret=b"test-secret",
+        log_level="warning",  # a test that reads the request log asks for it (caplog)
         # validated against GS1's schema where it is laid beside the repository
         epcis_schema=EPCIS_SCHEMA if EPCIS_SCHEMA.exists() else None,
     )

@@ -13,6 +13,7 @@ digits, ``.``, ``_``, ``:`` or ``-``), else a fresh one; it is sent back in the
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -23,6 +24,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.config import LOG_FORMAT
 from service.core.auth import Principal
 
 HEADER = "X-Request-ID"
@@ -30,11 +32,18 @@ _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 log = structlog.get_logger("tracecode.access")
 
 
-def configure() -> None:
-    """JSON lines handed to the standard library's ``tracecode.access`` logger, so they
-    go wherever the service's logging goes (``tracecode serve``: standard error)."""
+def configure(level: str) -> None:
+    """The service's logging at ``level`` (TRACE_LOG_LEVEL), in every process that runs
+    the app: a worker that the server spawned starts with no logging set up, and its
+    request lines were lost. Request lines are JSON handed to the standard library's
+    ``tracecode.access`` logger, so they go wherever the service's logging goes
+    (``tracecode serve``: standard error); below ``level`` they are not even rendered."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # no-op where already set up
+    for name in ("tracecode", "service"):
+        logging.getLogger(name).setLevel(level.upper())
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

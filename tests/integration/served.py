@@ -31,14 +31,16 @@ class Serving:
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, workers: int = 1, server: str | None = None) -> AsyncIterator[Serving]:
+async def serving(
+    tmp_path: Path, workers: int = 1, server: str | None = None, log_level: str = "warning"
+) -> AsyncIterator[Serving]:
     data_dir = tmp_path / "data"
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
     }
-    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": "warning"})
+    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": log_level})
     if server is not None:
         env["TRACE_SERVER"] = server
     log = tmp_path / "service.log"

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.helpers import Api, cn20, world
+from tests.integration.served import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -75,3 +78,25 @@ async def test_the_request_id_is_in_problem_details_and_generated_when_not_sane(
         (odd.headers["x-request-id"], 404, None, None),
         (unkeyed.headers["x-request-id"], 401, "/v1/flags", None),
     ]
+
+
+async def test_every_worker_of_serve_logs_its_requests_at_info_and_none_at_warning(tmp_path: Path) -> None:
+    """``tracecode serve --workers 2`` as run in production: each worker process sets up
+    its logging from TRACE_LOG_LEVEL (a spawned worker starts with none)."""
+    for level in ("info", "warning"):
+        (tmp_path / level).mkdir()
+        async with serving(tmp_path / level, workers=2, log_level=level) as s:
+            for i in range(20):  # a new connection each: the kernel spreads them over the workers
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}") as c:
+                    resp = await c.get("/health/live", headers={"X-Request-ID": f"{level}-{i}"})
+                    assert resp.status_code == 200
+        lines = [
+            json.loads(line.partition("tracecode.access: ")[2])
+            for line in s.log.read_text().splitlines()
+            if "tracecode.access: " in line
+        ]
+        logged = {line["request_id"] for line in lines if line["route"] == "/health/live"}
+        if level == "info":
+            assert logged == {f"info-{i}" for i in range(20)}, s.log.read_text()[-2000:]
+        else:
+            assert not lines, lines[:3]
