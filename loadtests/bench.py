@@ -140,6 +140,43 @@ async def postmaster_of(url: str) -> int | None:
         await conn.close()
 
 
+async def database_memory(url: str) -> dict[str, Any]:
+    """What the database's memory held against its size: the database, its largest
+    relations, PostgreSQL's shared buffers, and the block reads so far (from shared
+    buffers, or else from the kernel's page cache or the disk)."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            """SELECT pg_database_size(current_database()) AS size,
+                      current_setting('shared_buffers') AS shared_buffers,
+                      blks_hit, blks_read
+               FROM pg_stat_database WHERE datname = current_database()"""
+        )
+        largest = await conn.fetch(
+            """SELECT c.relname, pg_total_relation_size(c.oid) AS size
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind = 'r' AND n.nspname = 'public'
+               ORDER BY 2 DESC LIMIT 4"""
+        )
+    finally:
+        await conn.close()
+    return {**dict(row), "largest": [(r["relname"], r["size"]) for r in largest]}
+
+
+def memory_line(before: dict[str, Any], after: dict[str, Any]) -> str:
+    hit = after["blks_hit"] - before["blks_hit"]
+    read = after["blks_read"] - before["blks_read"]
+    with open("/proc/meminfo") as f:
+        ram = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+    largest = ", ".join(f"{name} {size / 2**30:.1f}" for name, size in after["largest"])
+    return (
+        f"database memory: {after['size'] / 2**30:.1f} GB on disk (largest, GB: {largest}); "
+        f"shared_buffers {after['shared_buffers']}, the machine's RAM {ram / 2**30:.0f} GB; "
+        f"block reads over the load run {100 * hit / max(1, hit + read):.1f}% from shared buffers "
+        f"({read:,} of {hit + read:,} from the page cache or the disk)"
+    )
+
+
 # --- ceilings -------------------------------------------------------------------------
 
 
@@ -579,6 +616,7 @@ def main() -> int:
                 *args.locust_args,
             ]
             postmaster = asyncio.run(postmaster_of(url))
+            memory_before = asyncio.run(database_memory(url))
             waits = WaitSampler(url)
             waits.start()
             before = cpu_sample(server.pid, postmaster)
@@ -589,6 +627,7 @@ def main() -> int:
             cpu["seconds"] = time.monotonic() - started
             waits.stop.set()
             waits.join()
+            memory = memory_line(memory_before, asyncio.run(database_memory(url)))
             summary_path = out / "summary.json"
             if not summary_path.exists():
                 print((out / "locust.log").read_text()[-4000:], file=sys.stderr)
@@ -603,7 +642,7 @@ def main() -> int:
                 )
         finally:
             stop_service(server)
-        table = report(summary, ceiling, args, cpus, cpu, waits.summary())
+        table = report(summary, ceiling, args, cpus, cpu, waits.summary() + "\n" + memory)
         header = (
             f"- machine: {cpus} CPU(s), {platform.processor() or platform.machine()}, Python "
             f"{platform.python_version()}\n- command: {' '.join(sys.orig_argv)}\n- reports: {out}\n"
