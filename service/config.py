@@ -20,6 +20,16 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(name: str, default: str) -> str:
+    raw = os.environ.get(name) or default
+    if raw.lower() not in LOG_LEVELS:
+        raise SystemExit(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return raw.lower()
+
+
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -115,7 +125,7 @@ class Settings:
             db_pool_max=_int("TRACE_DB_POOL_MAX", 10),
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024),
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
-            log_level=os.environ.get("TRACE_LOG_LEVEL", "info"),
+            log_level=_log_level("TRACE_LOG_LEVEL", "info"),
             key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0),
             flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0),
             flag_promote_seconds=_float("TRACE_FLAG_PROMOTE_SECONDS", 60.0),

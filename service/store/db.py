@@ -87,10 +87,11 @@ class Outage:
             self.since = None
 
 
+# msgspec, not the json module: a 1,000-row NHSA upload encodes 1,000 rows as sent
+
+
 def _jsonb_out(value: object) -> bytes:
-    # jsonb's binary form (version 1, then the text), which COPY needs too; msgspec, not
-    # the json module: a 1,000-row NHSA upload encodes 1,000 jsonb rows
-    return b"\x01" + msgspec.json.encode(value)
+    return b"\x01" + msgspec.json.encode(value)  # jsonb's binary form (COPY needs it too)
 
 
 def _jsonb_in(data: bytes) -> Any:

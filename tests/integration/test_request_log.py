@@ -3,8 +3,11 @@ never a secret or a person number in it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from benchkit.localrun import TRACECODE
 from tests.helpers import Api, cn20, world
 from tests.integration.served import serving
 
@@ -100,3 +104,18 @@ async def test_every_worker_of_serve_logs_its_requests_at_info_and_none_at_warni
             assert logged == {f"info-{i}" for i in range(20)}, s.log.read_text()[-2000:]
         else:
             assert not lines, lines[:3]
+
+
+async def test_an_unknown_log_level_stops_serve_naming_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "TRACE_LOG_LEVEL": "verbose", "TRACE_DATA_DIR": str(tmp_path)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(TRACECODE), "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "TRACE_LOG_LEVEL must be one of debug, info, warning, error, critical" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
