@@ -75,8 +75,7 @@ def used(before: dict[str, float | None], after: dict[str, float | None]) -> dic
         out[name] = None if value is None or old is None else value - old
     machine = out.pop("machine")
     known = [v for v in out.values() if v is not None]
-    complete = machine is not None and len(known) == len(out)
-    out["others"] = max(0.0, machine - sum(known)) if complete and machine is not None else None
+    out["others"] = max(0.0, machine - sum(known)) if machine is not None and len(known) == len(out) else None
     out["machine"] = machine
     return out
 

@@ -87,9 +87,8 @@ class Outage:
             self.since = None
 
 
-# msgspec, not the json module: a 1,000-row NHSA upload encodes 1,000 rows as sent
-
-
+# The json and jsonb codecs use msgspec, not the json module: a 1,000-row NHSA upload
+# encodes 1,000 rows as sent.
 def _jsonb_out(value: object) -> bytes:
     return b"\x01" + msgspec.json.encode(value)  # jsonb's binary form (COPY needs it too)
 

@@ -61,9 +61,13 @@ async def settle_unchanged(
     same pack cannot both be written."""
     codes = sorted(packs)
     params, sets, arrays = code_store.update_arrays(packs[c] for c in codes)
+    consumed = sale_store.insert_arrays(consumptions)
+    # parameters: the packs' arrays, their versions, their count, the consumptions' arrays,
+    # then the settlement's row
     versions_at = len(arrays) + 1
-    insert_at = len(arrays) + 2
-    settlement = ", ".join(f"${insert_at + 8 + i}" for i in range(len(_ROW)))
+    insert_at = versions_at + 2
+    row_at = insert_at + len(consumed)
+    settlement = ", ".join(f"${row_at + i}" for i in range(len(_ROW)))
     await conn.execute(
         f"""WITH written AS (
                 UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
@@ -72,11 +76,13 @@ async def settle_unchanged(
                 RETURNING codes.code),
             consumed AS ({sale_store.insert_sql(insert_at)}),
             settled AS ({_INSERT} VALUES ({settlement}) ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
-            SELECT CASE WHEN (SELECT count(*) FROM written) = {len(codes)} AND EXISTS (SELECT FROM settled)
+            SELECT CASE WHEN (SELECT count(*) FROM written) = ${versions_at + 1}::int
+                             AND EXISTS (SELECT FROM settled)
                         THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
         *arrays,
         [versions[c] for c in codes],
-        *sale_store.insert_arrays(consumptions),
+        len(codes),
+        *consumed,
         *row.values(),
     )
 
