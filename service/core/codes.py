@@ -21,9 +21,9 @@ from __future__ import annotations
 import datetime
 import enum
 import re
-from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 from biip import BiipException, ParseConfig
 from biip.checksums import gs1_standard_check_digit
 from biip.gs1_element_strings import GS1ElementString
@@ -63,8 +63,7 @@ class CodeKind(enum.StrEnum):
     SSCC = "sscc"
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedCode:
+class ParsedCode(msgspec.Struct, frozen=True):
     canonical: str
     """CN20: the 20 digits; GS1: ``01<GTIN14>21<serial>``; SSCC: ``00<SSCC18>``."""
     kind: CodeKind

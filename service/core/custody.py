@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+import msgspec
+
 from service.core.codes import parse_code
 from service.core.registry import Org, Product
 
@@ -46,8 +48,7 @@ RECEIVED = "received"
 DESTROYED = "destroyed"
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
+class Fact(msgspec.Struct, frozen=True):
     """An accepted event, restricted to the codes it was accepted for."""
 
     event_id: UUID

@@ -7,9 +7,10 @@ inputs and stores the outcome.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from uuid import UUID
+
+import msgspec
 
 from service.core.custody import CodeState, Fact, product_of
 from service.core.registry import Org, Product
@@ -27,8 +28,7 @@ NOT_A_CONTAINER = "NOT_A_CONTAINER"
 REPEATED_CODE = "REPEATED_CODE"
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(msgspec.Struct, frozen=True):
     """One event of a request, shape-checked, codes already in canonical form."""
 
     event_id: UUID
@@ -64,8 +64,7 @@ class Incoming:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(msgspec.Struct, frozen=True):
     event_id: UUID
     code: str
     reason: str

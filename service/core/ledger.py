@@ -5,10 +5,11 @@ reveals about the codes it counted. Pure: no I/O."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import msgspec
 
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
 from service.core.flags import Evidence, NewFlag
@@ -63,8 +64,7 @@ def delta(kind: str, units: int) -> int:
     return 0
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     """One uploaded record, as the ledger keeps it."""
 
     org: str
@@ -76,7 +76,7 @@ class Entry:
     at: datetime
     codes: tuple[str, ...] = ()
     event_ids: tuple[UUID, ...] = ()
-    row: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def delta(self) -> int:
@@ -87,8 +87,7 @@ class Entry:
         return Evidence(NHSA, f"{self.org}/{self.interface}/{self.bchno}")
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
+class Figures(msgspec.Struct, frozen=True):
     """An item's ledger at one institution, as of one record (that record included)."""
 
     balance: int
@@ -98,8 +97,7 @@ class Figures:
     counted_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class Standing:
+class Standing(msgspec.Struct, frozen=True):
     """An item's ledger now: its figures as of its latest live record (``last_at``)."""
 
     figures: Figures
@@ -126,12 +124,13 @@ def append(
     balance, units_in, units_out = f.balance, f.units_in, f.units_out
     figures = {}
     for e in sorted(entries, key=ledger_order):
-        balance += e.delta
+        moved = e.delta
+        balance += moved
         if e.kind in IN_KINDS:
             units_in += e.units
         elif e.kind in OUT_KINDS:
             units_out += e.units
-        if e.delta < 0:
+        if moved < 0:
             figures[(e.interface, e.bchno)] = Figures(balance, units_in, units_out, f.counted, f.counted_at)
         last = e.at if last is None else max(last, e.at)
     return Standing(Figures(balance, units_in, units_out, f.counted, f.counted_at), last), figures
