@@ -114,27 +114,32 @@ async def refresh_items(conn: Conn, org: str, items: Sequence[str]) -> None:
 
 
 async def insert(
-    conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dict[str, Any]
+    conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dict[str, Any], *, look_first: bool
 ) -> set[tuple[str, str]]:
     """Store the records not stored before; returns the (interface, bchno) of the new ones.
-    A record already stored (a retry) is left as it is, also when it was deleted. A
-    record stored by a concurrent upload after this one looked runs the transaction
-    again (RetryTransaction).
+    A record already stored (a retry) is left as it is, also when it was deleted.
+
+    Without ``look_first`` the records are taken to be new, as an upload's nearly always
+    are, and one stored already (by an earlier upload, or by a concurrent one) runs the
+    transaction again (RetryTransaction), then to look first: the look is a primary-key
+    probe per record, which the COPY makes anyway.
 
     The envelope is stored once, in ``nhsa_uploads``; the records go in by COPY, which
     also sends each to its shard on Citus."""
     if not entries:
         return set()
     org = entries[0].org
-    stored = await conn.fetch(
-        """SELECT interface, fixmedins_bchno FROM nhsa_records
-           WHERE org = $1
-             AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
-        org,
-        [e.interface for e in entries],
-        [e.bchno for e in entries],
-    )
-    seen = {(r["interface"], r["fixmedins_bchno"]) for r in stored}
+    seen: set[tuple[str, str]] = set()
+    if look_first:
+        stored = await conn.fetch(
+            """SELECT interface, fixmedins_bchno FROM nhsa_records
+               WHERE org = $1
+                 AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
+            org,
+            [e.interface for e in entries],
+            [e.bchno for e in entries],
+        )
+        seen = {(r["interface"], r["fixmedins_bchno"]) for r in stored}
     new = []
     for e in entries:
         if (e.interface, e.bchno) not in seen:

@@ -59,14 +59,19 @@ async def upload(
                     uploaded.missing.append(d)
         events += _compensations(org, targets, now)
 
+    tries = 0
+
     async def also(conn: Conn) -> list[FlagRef]:
+        nonlocal tries
+        tries += 1
         uploaded.records_new = 0
         uploaded.deleted = []
         deleted_items = {stored["med_list_codg"] for _, stored in targets}
         standings = await ledger_store.lock_items(
             conn, org, [e.med_list_codg for e in entries] + [*deleted_items]
         )
-        new = await ledger_store.insert(conn, entries, msgid, envelope)
+        # a record already stored makes the first try run again, looking first
+        new = await ledger_store.insert(conn, entries, msgid, envelope, look_first=tries > 1)
         uploaded.records_new = len(new)
         keys = [(stored["interface"], stored["fixmedins_bchno"]) for _, stored in targets]
         if keys:
