@@ -114,6 +114,10 @@ async def main(database_url: str | None) -> None:
     await measure(
         "ingest: dispense 1 code (in order)", lambda: _ingest([event("dispense", "P1", [code(2)], 30)])
     )
+    await measure(
+        "ingest: dispense 3 codes (in order)",
+        lambda: _ingest([event("dispense", "P1", [code(3), code(4), code(5)], 31)]),
+    )
 
     def claim(setl_id: str, codes: list[str], quantity: int, split: bool = False) -> Claim:
         line = Line(1, "XJ01", quantity, split, tuple(codes))

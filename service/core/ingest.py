@@ -136,6 +136,16 @@ class Plan:
     replayed: bool = False
 
 
+def moves_only(plan: Plan) -> bool:
+    """Does the plan only record its events and move packs that exist: no flag, no new
+    code row, no packing, no sale undone, no history replayed? Such a plan may be written
+    without having locked what it read, provided none of it changed since
+    (``usecases.events``)."""
+    return not (
+        plan.flags or plan.new_codes or plan.containment or plan.reversals or plan.replayed or plan.clear
+    )
+
+
 class _Book:
     """The recorded sales of the packs in play, and what this batch adds to them."""
 

@@ -151,6 +151,17 @@ async def lock_with_contents(
     return states
 
 
+async def read_with_contents(
+    conn: Conn, named: Iterable[str], children: Iterable[str]
+) -> tuple[dict[str, CodeState], dict[str, int]]:
+    """``lock_with_contents`` without the locks: the rows of ``named`` and of every code
+    ever packed inside them, with their versions. A code packed into one of them since
+    changes that container's row, so its version tells (``store.ingest.write_unchanged``)."""
+    wanted = set(named) | set(children)
+    wanted |= set(await descendants_ever(conn, set(children) - set(named)))
+    return await read_versions(conn, wanted)
+
+
 async def lock_sold(conn: Conn, sale: Sale) -> dict[str, CodeState]:
     """Lock the rows of the packs that ``sale`` took units from and has not given back
     (as ``lock`` does), and return them. The caller reads the sale's consumptions again

@@ -18,14 +18,26 @@ async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
     id waits for the other transaction and then counts as already stored."""
     if not events:
         return set()
-    rows = await conn.fetch(
-        """INSERT INTO events (event_id, type, at, org, to_org, from_org, parent, lot, expiry,
-                               produced, quantity, setl_id, ref, code_count)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
-                                $5::text[], $6::text[], $7::text[], $8::text[], $9::date[],
-                                $10::date[], $11::int4[], $12::text[], $13::text[], $14::int4[])
-           ON CONFLICT (event_id) DO NOTHING
-           RETURNING event_id""",
+    rows = await conn.fetch(insert_sql(1), *insert_arrays(events))
+    return {r["event_id"] for r in rows}
+
+
+def insert_sql(first: int) -> str:
+    """``INSERT INTO events`` of the 14 arrays ``insert_arrays`` gives, as parameters
+    ``$first`` onwards; an id stored already is skipped, the new ones are returned."""
+    p = [f"${first + i}" for i in range(14)]
+    return f"""INSERT INTO events (event_id, type, at, org, to_org, from_org, parent, lot, expiry,
+                                   produced, quantity, setl_id, ref, code_count)
+               SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::timestamptz[], {p[3]}::text[],
+                                    {p[4]}::text[], {p[5]}::text[], {p[6]}::text[], {p[7]}::text[],
+                                    {p[8]}::date[], {p[9]}::date[], {p[10]}::int4[], {p[11]}::text[],
+                                    {p[12]}::text[], {p[13]}::int4[])
+               ON CONFLICT (event_id) DO NOTHING
+               RETURNING event_id"""  # noqa: S608
+
+
+def insert_arrays(events: list[Incoming]) -> list[list[Any]]:
+    return [
         [e.event_id for e in events],
         [e.type for e in events],
         [e.at for e in events],
@@ -40,21 +52,44 @@ async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
         [e.setl_id for e in events],
         [e.ref for e in events],
         [len(e.codes) for e in events],
-    )
-    return {r["event_id"] for r in rows}
+    ]
 
 
-async def link_codes(conn: Conn, facts: Iterable[Fact]) -> None:
-    """Record which codes each fact touched (containers of pack/unpack as role 'p')."""
+def _links(facts: Iterable[Fact]) -> list[tuple[str, Any, UUID, bytes]]:
+    """(code, at, event id, role) of each code a fact touched: its codes ('c') and the
+    container of a pack or unpack ('p')."""
     records: list[tuple[str, Any, UUID, bytes]] = []
     for f in facts:
         records.extend((code, f.at, f.event_id, b"c") for code in f.codes)
         if f.parent is not None:
             records.append((f.parent, f.at, f.event_id, b"p"))
+    return records
+
+
+async def link_codes(conn: Conn, facts: Iterable[Fact]) -> None:
+    """Record which codes each fact touched (containers of pack/unpack as role 'p')."""
+    records = _links(facts)
     if records:
         await conn.copy_records_to_table(
             "event_codes", records=records, columns=("code", "at", "event_id", "role")
         )
+
+
+def link_sql(first: int) -> str:
+    """``INSERT INTO event_codes`` of the 4 arrays ``link_arrays`` gives, as parameters
+    ``$first`` onwards (``link_codes`` without COPY, for a statement of several writes)."""
+    p = [f"${first + i}" for i in range(4)]
+    return f"""INSERT INTO event_codes (code, at, event_id, role)
+               SELECT code, at, event_id, role::"char"
+               FROM unnest({p[0]}::text[], {p[1]}::timestamptz[], {p[2]}::uuid[], {p[3]}::text[])
+                    AS l(code, at, event_id, role)
+               ON CONFLICT DO NOTHING"""  # noqa: S608
+
+
+def link_arrays(facts: Iterable[Fact]) -> list[list[Any]]:
+    records = _links(facts)
+    return [[r[0] for r in records], [r[1] for r in records], [r[2] for r in records],
+            [r[3].decode() for r in records]]  # fmt: skip
 
 
 async def links(conn: Conn, codes: Iterable[str]) -> list[tuple[str, UUID, bool]]:

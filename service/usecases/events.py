@@ -3,7 +3,7 @@ handful of set-based statements whatever the number of codes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -12,15 +12,28 @@ import asyncpg
 from service import metrics
 from service.core import ingest as rules
 from service.core.events import Incoming, Rejection
-from service.core.flags import CUSTODY_KINDS, FlagRef
+from service.core.flags import CUSTODY_KINDS, FlagKey, FlagRef
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
+from service.store import ingest as ingest_store
 from service.store import recalls as recall_store
 from service.store import registry
 from service.store import sales as sale_store
 from service.store.conn import Conn
-from service.store.db import LARGE_BATCH, RetryTransaction, plan_for_values, with_retry
+from service.store.db import LARGE_BATCH, RETRYABLE, RetryTransaction, plan_for_values, with_retry
+
+# The optimistic path (``_ingest_unchanged``) takes small batches that move packs that
+# exist: a commission creates rows and serialises with recalls by lot, a pack or unpack
+# changes containment, a return undoes a sale; those take the locked transaction.
+MOVES = frozenset({"ship", "receive", "dispense"})
+OPTIMISTIC_MAX_CODES = 10
+# how often such a batch is read and written again when a code row changed in between,
+# before it takes the locked transaction instead
+OPTIMISTIC_ATTEMPTS = 3
+# what ends an optimistic try: a row changed since it was read, or a concurrent request
+# stored the same event first (its sale then collides with this one's)
+LOST_RACE: tuple[type[Exception], ...] = (*RETRYABLE, asyncpg.UniqueViolationError)
 
 
 @dataclass(slots=True)
@@ -55,10 +68,26 @@ async def ingest(
             if event.codes:
                 unique.append(event)
 
+    # The common case, a scan or a sale of a few packs, in four round trips without a
+    # transaction held open across them: the events stored already, the code rows as they
+    # are, then one statement that writes it all only if none of those rows changed
+    # since; if one did, all of it runs again. A batch that raises a flag, creates or
+    # packs codes, undoes a sale or replays history goes through the transaction below,
+    # which locks its code rows first. ``also`` writes in that transaction.
+    done: IngestResult | None = None
+    if also is None and _moves_few(unique):
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            try:
+                async with pool.acquire() as conn:
+                    done = await _ingest_unchanged(conn, unique, repeats)
+            except LOST_RACE:
+                continue
+            break
+
     async def work(conn: Conn) -> IngestResult:
         if sum(len(e.codes) for e in unique) > LARGE_BATCH:
             await plan_for_values(conn)
-        loaded = await _load(conn, unique)
+        loaded, _ = await _load(conn, unique, locked=True)
         result = IngestResult(duplicates=repeats + len(unique) - len(loaded.events))
         if loaded.events:
             await _write(conn, rules.decide(loaded), result)
@@ -66,16 +95,49 @@ async def ingest(
             result.flags += await also(conn)
         return result
 
-    result = await with_retry(pool, work)
+    result = done if done is not None else await with_retry(pool, work)
     result.rejected = refused + result.rejected
     _count(result)
     return result
 
 
-async def _load(conn: Conn, events: list[Incoming]) -> rules.Loaded:
-    """Everything the decision needs, the code rows locked. Lot locks come first, as a
-    recall takes them, then every code row in one statement in code order, so no two
-    writers can deadlock."""
+class _NeedsLocks(Exception):
+    """The optimistic load found that the batch needs the locked transaction."""
+
+
+def _moves_few(events: list[Incoming]) -> bool:
+    return (
+        bool(events)
+        and all(e.type in MOVES for e in events)
+        and sum(len(e.codes) for e in events) <= OPTIMISTIC_MAX_CODES
+    )
+
+
+async def _ingest_unchanged(conn: Conn, events: list[Incoming], repeats: int) -> IngestResult | None:
+    """Load (unlocked) → decide → write if unchanged; None when the batch needs the locked
+    transaction (``core.ingest.moves_only``)."""
+    try:
+        loaded, versions = await _load(conn, events, locked=False)
+    except _NeedsLocks:
+        return None
+    result = IngestResult(duplicates=repeats + len(events) - len(loaded.events))
+    if not loaded.events:
+        return result
+    plan = rules.decide(loaded)
+    if not rules.moves_only(plan):
+        return None
+    if plan.events:
+        read = {**loaded.states, **{s.code: s for s in plan.changed_codes}}
+        await ingest_store.write_unchanged(conn, plan, read, versions)
+    _report(plan, {}, result)
+    return result
+
+
+async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[rules.Loaded, dict[str, int]]:
+    """Everything the decision needs, the code rows locked; or, not ``locked``, the code
+    rows read with their versions (returned beside). Lot locks come first, as a recall
+    takes them, then every code row in one statement in code order, so no two writers
+    can deadlock."""
     loaded = rules.Loaded(
         events=[],
         states={},
@@ -88,14 +150,15 @@ async def _load(conn: Conn, events: list[Incoming]) -> rules.Loaded:
         waiting_returns=[],
         waiting_dispenses=[],
     )
+    versions: dict[str, int] = {}
     if not events:
-        return loaded
+        return loaded, versions
     stored, pairs = await code_store.stored_and_children(
         conn, [e.event_id for e in events], rules.named_codes(events)
     )
     fresh = loaded.events = [e for e in events if e.event_id not in stored]
     if not fresh:
-        return loaded
+        return loaded, versions
     lots = rules.commission_lots(fresh)
     await recall_store.lock_lots(conn, lots)
     loaded.recalled_lots = await recall_store.recalled_lots(conn, lots)
@@ -104,13 +167,19 @@ async def _load(conn: Conn, events: list[Incoming]) -> rules.Loaded:
     # the named codes and everything ever packed inside them together, in code order.
     named = rules.named_codes(fresh)
     children = [child for parent, child in pairs if parent in named]
-    states = loaded.states = await code_store.lock_with_contents(conn, named, children)
+    if locked:
+        states = loaded.states = await code_store.lock_with_contents(conn, named, children)
+    else:
+        states, versions = await code_store.read_with_contents(conn, named, children)
+        loaded.states = states
     family = set(states) | named
 
     if rules.may_explain_settlements(fresh):
         loaded.reopen = await flag_store.settlement_suspicions(conn, sorted(family))
     earliest = min(e.at for e in fresh)
     if rules.needs_replay(earliest, states, [r for r in loaded.reopen if r.at >= earliest]):
+        if not locked:
+            raise _NeedsLocks  # a late event: the history is replayed with the rows locked
         family |= set(await code_store.ancestors_ever(conn, family))
         loaded.history = await event_store.facts_for(conn, family)
 
@@ -127,12 +196,11 @@ async def _load(conn: Conn, events: list[Incoming]) -> rules.Loaded:
     orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses)
     loaded.orgs = await registry.get_orgs(conn, orgs)
     loaded.products = await registry.get_products(conn, products)
-    return loaded
+    return loaded, versions
 
 
 async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
     """Store the plan, set-based, and fill in the answer."""
-    result.rejected = plan.rejected
     if plan.events:
         stored = await event_store.insert(conn, plan.events)
         if len(stored) != len(plan.events):  # a concurrent request stored one meanwhile
@@ -153,6 +221,12 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
             plan.clear.cleared_by,
             plan.clear.rejudged,
         )
+    _report(plan, raised, result)
+
+
+def _report(plan: rules.Plan, raised: Mapping[FlagKey, FlagRef], result: IngestResult) -> None:
+    """The answer: what was taken and rejected, and the flags this request raised."""
+    result.rejected = plan.rejected
     result.flags = [raised[key] for key in plan.reported]
     result.replayed = plan.replayed
     for f in plan.facts:

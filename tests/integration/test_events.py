@@ -3,6 +3,7 @@ history."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -303,3 +304,113 @@ async def test_a_return_uploaded_before_its_dispense_still_undoes_it(admin: Api)
     assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 24
     await p1.events(event("dispense", "P1", [code], 7, quantity=4))  # a later sale stands
     assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 20
+
+
+async def _stocked(admin: Api, n: int) -> dict[str, Any]:
+    """small_world plus ``n`` packs (24 units each) received by pharmacy P1."""
+    w = await _world(admin)
+    codes = [cn20(w["unit"], i) for i in range(1, n + 1)]
+    await w["keys"]["M1"].events(
+        event("commission", "M1", codes, 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", codes, 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", codes, 2))
+    w["codes"] = codes
+    return w
+
+
+async def test_a_pack_sold_between_a_dispenses_read_and_write_is_judged_again(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """A small dispense reads its packs without locking them and writes only if none
+    changed since (usecases.events, the optimistic path). Here another writer holds the
+    pack's row while the dispense reads it, then sells the whole pack and commits: the
+    dispense's write, which waited on that row, finds the pack changed, reads again and
+    takes nothing (the pack is used up: DUPLICATE) instead of taking its 24 units a second
+    time. Through the use case on a pool of its own, as a request handler does."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    from service.core.events import Incoming
+    from service.store.db import create_pool
+    from service.usecases import events as ingest_usecase
+    from tests.conftest import CITUS_URL
+    from tests.helpers import BASE_TIME
+
+    w = await _stocked(admin, 1)
+    code = w["codes"][0]
+    sale = Incoming(uuid.uuid4(), "dispense", BASE_TIME + timedelta(minutes=30), "P1", (code,))
+    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(db_url)
+    try:
+        held = other.transaction()
+        await held.start()
+        await other.execute("SELECT 1 FROM codes WHERE code = $1 FOR UPDATE", code)
+        sent = asyncio.create_task(ingest_usecase.ingest(pool, [sale], []))
+        for _ in range(500):  # its write waits on the row: it has read the pack as it was
+            if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the dispense's write never waited on the held row")
+        # the other writer's sale of the whole pack (every writer moves the version on)
+        await other.execute("UPDATE codes SET units_left = 0, version = version + 1 WHERE code = $1", code)
+        await other.execute(
+            """INSERT INTO consumptions (code, sale_kind, sale_id, org, at, units)
+               VALUES ($1, 'event', 'OTHER-SALE', 'P1', now(), 24)""",
+            code,
+        )
+        await held.commit()
+        result = await sent
+    finally:
+        await other.close()
+        await pool.close()
+    assert [f.kind for f in result.flags] == ["DUPLICATE"]
+    taken = await db.fetch("SELECT sale_id, units FROM consumptions WHERE code = $1", code)
+    assert [(r["sale_id"], r["units"]) for r in taken] == [("OTHER-SALE", 24)]
+    assert await db.fetchval("SELECT units_left FROM codes WHERE code = $1", code) == 0
+
+
+async def test_dispenses_racing_on_a_pool_of_their_own_never_take_a_unit_twice(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """40 small dispenses (split sales of 5 units, 1 to 3 packs in different orders) of
+    the same 4 packs at once, through the use case on a pool of 4 connections: reads,
+    decisions and writes interleave, and every write that finds a pack changed runs again
+    (or takes the locked transaction). No pack gives more than its 24 units, and what
+    each pack has left is what its sales did not take."""
+    import asyncio
+    import uuid
+
+    from service.core.events import Incoming
+    from service.store.db import create_pool
+    from service.usecases import events as ingest_usecase
+    from tests.helpers import BASE_TIME
+
+    w = await _stocked(admin, 4)
+    codes = w["codes"]
+    sales = []
+    for i in range(40):
+        order = tuple(codes[i % 4 :] + codes[: i % 4])[: 1 + i % 3]
+        when = BASE_TIME + timedelta(minutes=30, seconds=i)
+        sales.append(Incoming(uuid.uuid4(), "dispense", when, "P1", order, quantity=5))
+    pool = await create_pool(db_url, min_size=4, max_size=4)
+    try:
+        results = await asyncio.gather(*(ingest_usecase.ingest(pool, [s], []) for s in sales))
+    finally:
+        await pool.close()
+    assert all(r.accepted_events == 1 for r in results)
+    consumed = {
+        r["code"]: r["units"]
+        for r in await db.fetch(
+            "SELECT code, sum(units) AS units FROM consumptions WHERE reversed_at IS NULL GROUP BY code"
+        )
+    }
+    left = {r["code"]: r["units_left"] for r in await db.fetch("SELECT code, units_left FROM codes")}
+    for code in codes:
+        assert consumed.get(code, 0) <= 24
+        assert left[code] == 24 - consumed.get(code, 0)
+    assert sum(consumed.values()) == 4 * 24  # 40 sales of 5 units ask for more than the 96 there are

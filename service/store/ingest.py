@@ -1,0 +1,56 @@
+"""SQL for an ingest written in one statement, the optimistic path of
+``usecases.events.ingest``: the events, the codes they touched, the code rows and the
+sales, only if no code row the decision read has changed since."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from service.core.custody import CodeState
+from service.core.ingest import Plan
+from service.store import codes as code_store
+from service.store import events as event_store
+from service.store import sales as sale_store
+from service.store.conn import Conn
+
+
+async def write_unchanged(
+    conn: Conn, plan: Plan, codes: Mapping[str, CodeState], versions: Mapping[str, int]
+) -> None:
+    """Store ``plan`` (its events, their links, its sales) and the rows of ``codes`` in
+    ONE statement, its own transaction, only if every row is still at the version it was
+    read at and no event was stored meanwhile. Otherwise PostgreSQL raises SQLSTATE 40001
+    (``tracecode_changed_since_read``) and nothing is written: the caller reads again.
+    ``codes`` holds every row the decision read, changed or not: each is written back
+    with its version advanced, so two writers that read the same row cannot both win."""
+    order = sorted(codes)
+    params, sets, arrays = code_store.update_arrays(codes[c] for c in order)
+    events = event_store.insert_arrays(plan.events)
+    links = event_store.link_arrays(plan.facts)
+    sales = sale_store.insert_arrays(plan.consumptions)
+    # parameters: the rows' arrays, their versions and count, then the events', their
+    # count, the links' and the sales' arrays
+    versions_at = len(arrays) + 1
+    events_at = versions_at + 2
+    links_at = events_at + len(events) + 1
+    sales_at = links_at + len(links)
+    await conn.execute(
+        f"""WITH written AS (
+                UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
+                FROM unnest({params}, ${versions_at}::bigint[]) AS n({code_store.SELECT}, version)
+                WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
+                RETURNING codes.code),
+            stored AS ({event_store.insert_sql(events_at)}),
+            linked AS ({event_store.link_sql(links_at)}),
+            sold AS ({sale_store.insert_sql(sales_at)})
+            SELECT CASE WHEN (SELECT count(*) FROM written) = ${versions_at + 1}::int
+                             AND (SELECT count(*) FROM stored) = ${links_at - 1}::int
+                        THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
+        *arrays,
+        [versions[c] for c in order],
+        len(order),
+        *events,
+        len(plan.events),
+        *links,
+        *sales,
+    )
