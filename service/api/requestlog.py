@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
+import msgspec
 import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
@@ -30,6 +31,15 @@ from service.core.auth import Principal
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 log = structlog.get_logger("tracecode.access")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=repr)  # what JSON lacks, as its repr (as structlog's default)
+
+
+def _json(event: Any, **_: Any) -> str:
+    """A log line's JSON: msgspec's, a fifth of the time of the json module's (a line a
+    request)."""
+    return _ENCODER.encode(event).decode()
 
 
 def configure(level: str) -> None:
@@ -47,7 +57,7 @@ def configure(level: str) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_json),
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
@@ -69,7 +79,7 @@ def _incoming_id(scope: Scope) -> str:
             if _SANE.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, without building a UUID
 
 
 class RequestLog:
