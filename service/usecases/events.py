@@ -1,5 +1,7 @@
-"""Ingest a batch of supply-chain events: load → decide → write in one transaction, a
-handful of set-based statements whatever the number of codes."""
+"""Ingest a batch of supply-chain events: load → decide → write, a handful of set-based
+statements whatever the number of codes. A few packs moved (the common scan or sale)
+are read without locks and written in one statement if nothing they read has changed;
+any other batch runs in one transaction with its code rows locked."""
 
 from __future__ import annotations
 
