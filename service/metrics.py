@@ -40,6 +40,13 @@ FLAGS_RAISED = Counter("tracecode_flags_raised_total", "Flags raised, by kind", 
 SETTLEMENTS = Counter(
     "tracecode_settlements_total", "Settlements answered, by mode and decision", ["mode", "decision"]
 )
+OPTIMISTIC = Counter(
+    "tracecode_optimistic_writes_total",
+    "Settlements and small ingests tried without locks, by outcome: written; raced (a row "
+    "changed, or an id was taken, since it was read: read and tried again); locked (the "
+    "request needed, or after its tries took, the locked transaction)",
+    ["operation", "outcome"],
+)
 GC_PAUSES = Histogram(
     "tracecode_gc_pause_seconds",
     "Pauses of Python's cyclic garbage collector (the whole worker stops), by generation",

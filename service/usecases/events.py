@@ -83,8 +83,10 @@ async def ingest(
                 async with pool.acquire() as conn:
                     done = await _ingest_unchanged(conn, unique, repeats)
             except LOST_RACE:
+                metrics.OPTIMISTIC.labels("ingest", "raced").inc()
                 continue
             break
+        metrics.OPTIMISTIC.labels("ingest", "written" if done is not None else "locked").inc()
 
     async def work(conn: Conn) -> IngestResult:
         if sum(len(e.codes) for e in unique) > LARGE_BATCH:

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from service import metrics
 from service.core import settlement as rules
 from service.core.custody import CodeState
 from service.core.flags import Evidence
@@ -63,10 +64,13 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             async with pool.acquire() as conn:
                 answer = await _settle_unchanged(conn, claim, canonical, psn_hash, body_hash)
         except RETRYABLE:
+            metrics.OPTIMISTIC.labels("settle", "raced").inc()
             continue
         if answer is not None:
+            metrics.OPTIMISTIC.labels("settle", "written").inc()
             return answer
         break
+    metrics.OPTIMISTIC.labels("settle", "locked").inc()
 
     async def work(conn: Conn) -> dict[str, Any]:
         # load: a replay needs only the stored answer; otherwise the packs, locked in

@@ -339,9 +339,17 @@ async def test_a_pack_sold_between_a_dispenses_read_and_write_is_judged_again(
     from tests.conftest import CITUS_URL
     from tests.helpers import BASE_TIME
 
+    from prometheus_client import REGISTRY
+
     w = await _stocked(admin, 1)
     code = w["codes"][0]
     sale = Incoming(uuid.uuid4(), "dispense", BASE_TIME + timedelta(minutes=30), "P1", (code,))
+
+    def counted(outcome: str) -> float:
+        labels = {"operation": "ingest", "outcome": outcome}
+        return REGISTRY.get_sample_value("tracecode_optimistic_writes_total", labels) or 0.0
+
+    raced, locked = counted("raced"), counted("locked")
     activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
     pool = await create_pool(db_url, min_size=1, max_size=1)
     other = await asyncpg.connect(db_url)
@@ -369,6 +377,8 @@ async def test_a_pack_sold_between_a_dispenses_read_and_write_is_judged_again(
         await other.close()
         await pool.close()
     assert [f.kind for f in result.flags] == ["DUPLICATE"]
+    # the metrics tell: its write lost the race once, then it took the locked path (a flag)
+    assert (counted("raced") - raced, counted("locked") - locked) == (1, 1)
     taken = await db.fetch("SELECT sale_id, units FROM consumptions WHERE code = $1", code)
     assert [(r["sale_id"], r["units"]) for r in taken] == [("OTHER-SALE", 24)]
     assert await db.fetchval("SELECT units_left FROM codes WHERE code = $1", code) == 0
