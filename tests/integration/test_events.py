@@ -332,14 +332,13 @@ async def test_a_pack_sold_between_a_dispenses_read_and_write_is_judged_again(
     import uuid
 
     import asyncpg
+    from prometheus_client import REGISTRY
 
     from service.core.events import Incoming
     from service.store.db import create_pool
     from service.usecases import events as ingest_usecase
     from tests.conftest import CITUS_URL
     from tests.helpers import BASE_TIME
-
-    from prometheus_client import REGISTRY
 
     w = await _stocked(admin, 1)
     code = w["codes"][0]
