@@ -55,8 +55,9 @@ MAX_LENGTH = {
     "rtal_docno": 40,
 }
 # each interface's required fields with their limits, med_list_codg and fixmedins_bchno first
+_FIRST = ("med_list_codg", "fixmedins_bchno")
 _CHECKED = {
-    interface: tuple((key, MAX_LENGTH.get(key)) for key in ("med_list_codg", "fixmedins_bchno", *keys))
+    interface: tuple((key, MAX_LENGTH.get(key)) for key in (*_FIRST, *(k for k in keys if k not in _FIRST)))
     for interface, keys in REQUIRED.items()
 }
 MAX_CODE_LENGTH = 100
