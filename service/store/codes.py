@@ -10,7 +10,7 @@ import asyncpg
 
 from service.core.custody import CodeState
 from service.core.sales import Sale
-from service.store.conn import Conn, RetryTransaction, distributed
+from service.store.conn import Conn, RetryTransaction, distributed, unique_violation
 
 # The columns of a codes row, in CodeState's order (the load-test seeder COPYs them too).
 COLUMNS = (
@@ -251,8 +251,10 @@ async def insert_new(conn: Conn, states: Iterable[CodeState]) -> None:
         return
     try:
         await conn.copy_records_to_table("codes", records=rows, columns=COLUMNS)
-    except asyncpg.UniqueViolationError as exc:
-        raise CreatedConcurrently from exc
+    except asyncpg.PostgresError as exc:
+        if unique_violation(exc):
+            raise CreatedConcurrently from exc
+        raise
 
 
 async def update(conn: Conn, states: Iterable[CodeState]) -> None:

@@ -20,3 +20,17 @@ def distributed(conn: Conn) -> bool:
     """Is this connection's database distributed (Citus)? Known to the pool's
     connections (``store.db.Connection``); a plain connection counts as not."""
     return bool(getattr(conn, "distributed", False))
+
+
+# Citus passes a worker's unique violation in a COPY or a multi-shard insert on as an
+# internal error (SQLSTATE XX000) that keeps PostgreSQL's message (checked on 13.2.2);
+# a single-shard statement keeps 23505.
+_DUPLICATE_KEY = "duplicate key value violates unique constraint"
+
+
+def unique_violation(exc: BaseException) -> bool:
+    """Did a write meet a row that another transaction stored (a unique key)? Also as
+    Citus reports it from a COPY or a multi-shard insert."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return True
+    return isinstance(exc, asyncpg.InternalServerError) and str(exc).startswith(_DUPLICATE_KEY)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import asyncpg
+
 from service.core.custody import CodeState
 from service.core.ingest import Plan
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import sales as sale_store
-from service.store.conn import Conn
+from service.store.conn import Conn, RetryTransaction, unique_violation
 
 
 async def write_unchanged(
@@ -19,10 +21,21 @@ async def write_unchanged(
 ) -> None:
     """Store ``plan`` (its events, their links, its sales) and the rows of ``codes`` in
     ONE statement, its own transaction, only if every row is still at the version it was
-    read at and no event was stored meanwhile. Otherwise PostgreSQL raises SQLSTATE 40001
-    (``tracecode_changed_since_read``) and nothing is written: the caller reads again.
+    read at and no event was stored meanwhile. Otherwise nothing is written, and the
+    caller reads again: PostgreSQL raises SQLSTATE 40001 (``tracecode_changed_since_read``),
+    or, where a concurrent request stored the same event's sale first, this raises
+    RetryTransaction.
     ``codes`` holds every row the decision read, changed or not: each is written back
     with its version advanced, so two writers that read the same row cannot both win."""
+    try:
+        await _write(conn, codes, versions, plan)
+    except asyncpg.PostgresError as exc:
+        if unique_violation(exc):  # a concurrent request stored the same event's sale first
+            raise RetryTransaction from exc
+        raise
+
+
+async def _write(conn: Conn, codes: Mapping[str, CodeState], versions: Mapping[str, int], plan: Plan) -> None:
     order = sorted(codes)
     params, sets, arrays = code_store.update_arrays(codes[c] for c in order)
     events = event_store.insert_arrays(plan.events)

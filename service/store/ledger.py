@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures, Standing
-from service.store.conn import Conn, RetryTransaction, distributed
+from service.store.conn import Conn, RetryTransaction, unique_violation
 
 
 async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
@@ -119,8 +119,8 @@ async def insert(
     """Store the records not stored before; returns the (interface, bchno) of the new ones.
     A record already stored (a retry) is left as it is, also when it was deleted.
 
-    Without ``look_first`` (on plain PostgreSQL) the records are taken to be new, as an
-    upload's nearly always are, and one stored already (by an earlier upload, or by a
+    Without ``look_first`` the records are taken to be new, as an upload's nearly always
+    are, and one stored already (by an earlier upload, or by a
     concurrent one) runs the transaction again (RetryTransaction), then to look first:
     the look is a primary-key probe per record, which the COPY makes anyway.
 
@@ -130,10 +130,7 @@ async def insert(
         return set()
     org = entries[0].org
     seen: set[tuple[str, str]] = set()
-    # On Citus a COPY that meets a stored record fails as an internal error (the worker's
-    # unique violation, as the coordinator passes it on), not as a unique violation: there
-    # the records are always looked for first.
-    if look_first or distributed(conn):
+    if look_first:
         stored = await conn.fetch(
             """SELECT interface, fixmedins_bchno FROM nhsa_records
                WHERE org = $1
@@ -165,8 +162,10 @@ async def insert(
     ]
     try:
         await conn.copy_records_to_table("nhsa_records", columns=_COLUMNS, records=records)
-    except asyncpg.UniqueViolationError as exc:
-        raise RetryTransaction from exc
+    except asyncpg.PostgresError as exc:
+        if unique_violation(exc):
+            raise RetryTransaction from exc
+        raise
     return {(e.interface, e.bchno) for e in new}
 
 

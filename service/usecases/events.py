@@ -33,9 +33,7 @@ OPTIMISTIC_MAX_CODES = 10
 # how often such a batch is read and written again when a code row changed in between,
 # before it takes the locked transaction instead
 OPTIMISTIC_ATTEMPTS = 3
-# what ends an optimistic try: a row changed since it was read, or a concurrent request
-# stored the same event first (its sale then collides with this one's)
-LOST_RACE: tuple[type[Exception], ...] = (*RETRYABLE, asyncpg.UniqueViolationError)
+
 
 
 @dataclass(slots=True)
@@ -82,7 +80,7 @@ async def ingest(
             try:
                 async with pool.acquire() as conn:
                     done = await _ingest_unchanged(conn, unique, repeats)
-            except LOST_RACE:
+            except RETRYABLE:  # a row changed, or the same event was stored, since it was read
                 metrics.OPTIMISTIC.labels("ingest", "raced").inc()
                 continue
             break

@@ -423,3 +423,52 @@ async def test_dispenses_racing_on_a_pool_of_their_own_never_take_a_unit_twice(
         assert consumed.get(code, 0) <= 24
         assert left[code] == 24 - consumed.get(code, 0)
     assert sum(consumed.values()) == 4 * 24  # 40 sales of 5 units ask for more than the 96 there are
+
+
+async def test_a_code_row_created_meanwhile_by_another_request_runs_the_ingest_again(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """Two requests that both see a code for the first time both create its row. Here the
+    other one's row is inserted and held uncommitted while a receive of the same code
+    runs through the use case: its insert waits on that row, meets it once the other
+    commits, and the whole transaction runs again, finding the row (store.codes.insert_new,
+    CreatedConcurrently). On Citus the COPY reports the clash as an internal error, not
+    as a unique violation (store.conn.unique_violation): it answered 500 before."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    from service.core.events import Incoming
+    from service.store.db import create_pool
+    from service.usecases import events as ingest_usecase
+    from tests.conftest import CITUS_URL
+    from tests.helpers import BASE_TIME
+
+    w = await _world(admin)
+    code = cn20(w["unit"], 77)
+    scan = Incoming(uuid.uuid4(), "receive", BASE_TIME + timedelta(minutes=30), "P1", (code,))
+    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(db_url)
+    try:
+        held = other.transaction()
+        await held.start()
+        await other.execute(
+            "INSERT INTO codes (code, kind, state, last_at) VALUES ($1, 'cn20', 'unknown', now())", code
+        )
+        sent = asyncio.create_task(ingest_usecase.ingest(pool, [scan], []))
+        for _ in range(500):  # its insert of the row waits on the held one
+            if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the receive's insert never waited on the held row")
+        await held.commit()
+        result = await sent
+    finally:
+        await other.close()
+        await pool.close()
+    assert result.accepted_events == 1
+    assert await db.fetchval("SELECT count(*) FROM codes WHERE code = $1", code) == 1
+    assert await db.fetchval("SELECT count(*) FROM event_codes WHERE code = $1", code) == 1
