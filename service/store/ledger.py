@@ -120,9 +120,9 @@ async def insert(
     A record already stored (a retry) is left as it is, also when it was deleted.
 
     Without ``look_first`` the records are taken to be new, as an upload's nearly always
-    are, and one stored already (by an earlier upload, or by a
-    concurrent one) runs the transaction again (RetryTransaction), then to look first:
-    the look is a primary-key probe per record, which the COPY makes anyway.
+    are, and one stored already (by an earlier upload, or by a concurrent one) runs the
+    transaction again (RetryTransaction), then to look first: the look is a primary-key
+    probe per record, which the COPY makes anyway.
 
     The envelope is stored once, in ``nhsa_uploads``; the records go in by COPY, which
     also sends each to its shard on Citus."""
