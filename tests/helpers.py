@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar.testing import AsyncTestClient
 
@@ -140,3 +142,70 @@ def shuffled(items: list[Any], seed: int) -> list[Any]:
     copy = list(items)
     random.Random(seed).shuffle(copy)
     return copy
+
+
+async def until_waiting_on_a_lock(db: Any, what: str) -> None:
+    """Return once some database session waits on a lock (a statement that another
+    connection's open transaction holds up); fail naming ``what`` after 10 s. On Citus
+    the coordinator's view of every node's sessions."""
+    from tests.conftest import CITUS_URL
+
+    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
+    for _ in range(500):
+        if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what} never waited on the held row")
+
+
+T = TypeVar("T")
+
+
+async def sold_elsewhere_meanwhile(
+    db: Any, db_url: str, code: str, request: Callable[[Any], Awaitable[T]], what: str
+) -> T:
+    """Run ``request(pool)`` (a use case on a pool of its own, as a request handler runs
+    it: the in-process test client answers one request at a time) while another
+    connection holds the row of the 24-unit pack ``code``. Once the request waits on that
+    row, having read the pack as it was, the other connection sells the whole pack (and
+    moves the row's version on, as every writer does) and commits. Returns what the
+    request returned."""
+    import asyncpg
+
+    from service.store.db import create_pool
+
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(db_url)
+    try:
+        held = other.transaction()
+        await held.start()
+        await other.execute("SELECT 1 FROM codes WHERE code = $1 FOR UPDATE", code)
+        sent = asyncio.create_task(request(pool))
+        await until_waiting_on_a_lock(db, what)
+        await other.execute("UPDATE codes SET units_left = 0, version = version + 1 WHERE code = $1", code)
+        await other.execute(
+            """INSERT INTO consumptions (code, sale_kind, sale_id, org, at, units)
+               VALUES ($1, 'event', 'OTHER-SALE', 'P1', now(), 24)""",
+            code,
+        )
+        await held.commit()
+        return await sent
+    finally:
+        await other.close()
+        await pool.close()
+
+
+async def units_taken_once(db: Any, codes: list[str]) -> dict[str, int]:
+    """Check that no 24-unit pack of ``codes`` gave more than its units and that what
+    each has left is what its sales did not take; return the units taken from each."""
+    consumed = {
+        r["code"]: r["units"]
+        for r in await db.fetch(
+            "SELECT code, sum(units) AS units FROM consumptions WHERE reversed_at IS NULL GROUP BY code"
+        )
+    }
+    left = {r["code"]: r["units_left"] for r in await db.fetch("SELECT code, units_left FROM codes")}
+    for code in codes:
+        assert consumed.get(code, 0) <= 24
+        assert left[code] == 24 - consumed.get(code, 0)
+    return {code: consumed.get(code, 0) for code in codes}

@@ -201,6 +201,16 @@ def update_arrays(states: Iterable[CodeState]) -> tuple[str, str, list[list[obje
     return params, sets, [[getattr(s, c) for s in states] for c in COLUMNS]
 
 
+def update_unchanged_sql(params: str, sets: str, versions_at: int) -> str:
+    """``UPDATE codes`` of ``update_arrays``'s rows (parameters from $1), each only where
+    its version is still the one in the array ``$versions_at``, advancing it; returns the
+    codes written (the one-statement writes compare their count with the rows')."""
+    return f"""UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
+               FROM unnest({params}, ${versions_at}::bigint[]) AS n({SELECT}, version)
+               WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
+               RETURNING codes.code"""  # noqa: S608
+
+
 async def read_one(conn: Conn, code: str) -> CodeState | None:
     row = await conn.fetchrow(f"SELECT {SELECT} FROM codes WHERE code = $1", code)  # noqa: S608
     return _state(row) if row else None

@@ -48,11 +48,7 @@ async def _write(conn: Conn, codes: Mapping[str, CodeState], versions: Mapping[s
     links_at = events_at + len(events) + 1
     sales_at = links_at + len(links)
     await conn.execute(
-        f"""WITH written AS (
-                UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
-                FROM unnest({params}, ${versions_at}::bigint[]) AS n({code_store.SELECT}, version)
-                WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
-                RETURNING codes.code),
+        f"""WITH written AS ({code_store.update_unchanged_sql(params, sets, versions_at)}),
             stored AS ({event_store.insert_sql(events_at)}),
             linked AS ({event_store.link_sql(links_at)}),
             sold AS ({sale_store.insert_sql(sales_at)})

@@ -69,11 +69,7 @@ async def settle_unchanged(
     row_at = insert_at + len(consumed)
     settlement = ", ".join(f"${row_at + i}" for i in range(len(_ROW)))
     await conn.execute(
-        f"""WITH written AS (
-                UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
-                FROM unnest({params}, ${versions_at}::bigint[]) AS n({code_store.SELECT}, version)
-                WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
-                RETURNING codes.code),
+        f"""WITH written AS ({code_store.update_unchanged_sql(params, sets, versions_at)}),
             consumed AS ({sale_store.insert_sql(insert_at)}),
             settled AS ({_INSERT} VALUES ({settlement}) ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
             SELECT CASE WHEN (SELECT count(*) FROM written) = ${versions_at + 1}::int

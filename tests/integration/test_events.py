@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, at, cn20, event, small_world, sscc
+from tests.helpers import (
+    Api,
+    at,
+    cn20,
+    event,
+    small_world,
+    sold_elsewhere_meanwhile,
+    sscc,
+    units_taken_once,
+    until_waiting_on_a_lock,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -328,16 +338,12 @@ async def test_a_pack_sold_between_a_dispenses_read_and_write_is_judged_again(
     dispense's write, which waited on that row, finds the pack changed, reads again and
     takes nothing (the pack is used up: DUPLICATE) instead of taking its 24 units a second
     time. Through the use case on a pool of its own, as a request handler does."""
-    import asyncio
     import uuid
 
-    import asyncpg
     from prometheus_client import REGISTRY
 
     from service.core.events import Incoming
-    from service.store.db import create_pool
     from service.usecases import events as ingest_usecase
-    from tests.conftest import CITUS_URL
     from tests.helpers import BASE_TIME
 
     w = await _stocked(admin, 1)
@@ -349,32 +355,9 @@ async def test_a_pack_sold_between_a_dispenses_read_and_write_is_judged_again(
         return REGISTRY.get_sample_value("tracecode_optimistic_writes_total", labels) or 0.0
 
     raced, locked = counted("raced"), counted("locked")
-    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
-    pool = await create_pool(db_url, min_size=1, max_size=1)
-    other = await asyncpg.connect(db_url)
-    try:
-        held = other.transaction()
-        await held.start()
-        await other.execute("SELECT 1 FROM codes WHERE code = $1 FOR UPDATE", code)
-        sent = asyncio.create_task(ingest_usecase.ingest(pool, [sale], []))
-        for _ in range(500):  # its write waits on the row: it has read the pack as it was
-            if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the dispense's write never waited on the held row")
-        # the other writer's sale of the whole pack (every writer moves the version on)
-        await other.execute("UPDATE codes SET units_left = 0, version = version + 1 WHERE code = $1", code)
-        await other.execute(
-            """INSERT INTO consumptions (code, sale_kind, sale_id, org, at, units)
-               VALUES ($1, 'event', 'OTHER-SALE', 'P1', now(), 24)""",
-            code,
-        )
-        await held.commit()
-        result = await sent
-    finally:
-        await other.close()
-        await pool.close()
+    result = await sold_elsewhere_meanwhile(
+        db, db_url, code, lambda pool: ingest_usecase.ingest(pool, [sale], []), "the dispense's write"
+    )
     assert [f.kind for f in result.flags] == ["DUPLICATE"]
     # the metrics tell: its write lost the race once, then it took the locked path (a flag)
     assert (counted("raced") - raced, counted("locked") - locked) == (1, 1)
@@ -412,16 +395,7 @@ async def test_dispenses_racing_on_a_pool_of_their_own_never_take_a_unit_twice(
     finally:
         await pool.close()
     assert all(r.accepted_events == 1 for r in results)
-    consumed = {
-        r["code"]: r["units"]
-        for r in await db.fetch(
-            "SELECT code, sum(units) AS units FROM consumptions WHERE reversed_at IS NULL GROUP BY code"
-        )
-    }
-    left = {r["code"]: r["units_left"] for r in await db.fetch("SELECT code, units_left FROM codes")}
-    for code in codes:
-        assert consumed.get(code, 0) <= 24
-        assert left[code] == 24 - consumed.get(code, 0)
+    consumed = await units_taken_once(db, codes)
     assert sum(consumed.values()) == 4 * 24  # 40 sales of 5 units ask for more than the 96 there are
 
 
@@ -442,13 +416,11 @@ async def test_a_code_row_created_meanwhile_by_another_request_runs_the_ingest_a
     from service.core.events import Incoming
     from service.store.db import create_pool
     from service.usecases import events as ingest_usecase
-    from tests.conftest import CITUS_URL
     from tests.helpers import BASE_TIME
 
     w = await _world(admin)
     code = cn20(w["unit"], 77)
     scan = Incoming(uuid.uuid4(), "receive", BASE_TIME + timedelta(minutes=30), "P1", (code,))
-    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
     pool = await create_pool(db_url, min_size=1, max_size=1)
     other = await asyncpg.connect(db_url)
     try:
@@ -458,12 +430,7 @@ async def test_a_code_row_created_meanwhile_by_another_request_runs_the_ingest_a
             "INSERT INTO codes (code, kind, state, last_at) VALUES ($1, 'cn20', 'unknown', now())", code
         )
         sent = asyncio.create_task(ingest_usecase.ingest(pool, [scan], []))
-        for _ in range(500):  # its insert of the row waits on the held one
-            if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the receive's insert never waited on the held row")
+        await until_waiting_on_a_lock(db, "the receive's insert")  # its insert waits on the held row
         await held.commit()
         result = await sent
     finally:

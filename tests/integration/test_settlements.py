@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, at, cn20, event, small_world
+from tests.helpers import Api, at, cn20, event, small_world, sold_elsewhere_meanwhile, units_taken_once
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -328,44 +328,17 @@ async def test_a_pack_changed_between_the_read_and_the_write_is_judged_again(
     units a second time (without the version check it was accepted). The settlement runs
     through the use case on a pool of its own, as a request handler does: the in-process
     test client answers one request at a time."""
-    import asyncpg
-
     from service.core.settlement import Claim, Line
-    from service.store.db import create_pool
     from service.usecases import settlements as settle_usecase
-    from tests.conftest import CITUS_URL
     from tests.helpers import BASE_TIME
 
     w = await stocked(admin, n=1)
     code = w["codes"][0]
     line = Line(1, CODG, 24, False, (code,))
     sale = Claim("RACE1", "P1", "450103199001011234", BASE_TIME + timedelta(hours=1), "settle", (line,))
-    activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
-    pool = await create_pool(db_url, min_size=1, max_size=1)
-    other = await asyncpg.connect(db_url)
-    try:
-        held = other.transaction()
-        await held.start()
-        await other.execute("SELECT 1 FROM codes WHERE code = $1 FOR UPDATE", code)
-        sent = asyncio.create_task(settle_usecase.settle(pool, sale, b"test-secret"))
-        for _ in range(500):  # its write waits on the row: it has read the pack as it was
-            if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the settlement's write never waited on the held row")
-        # the other writer's sale of the whole pack (every writer moves the version on)
-        await other.execute("UPDATE codes SET units_left = 0, version = version + 1 WHERE code = $1", code)
-        await other.execute(
-            """INSERT INTO consumptions (code, sale_kind, sale_id, org, at, units)
-               VALUES ($1, 'event', 'OTHER-SALE', 'P1', now(), 24)""",
-            code,
-        )
-        await held.commit()
-        answer = await sent
-    finally:
-        await other.close()
-        await pool.close()
+    answer = await sold_elsewhere_meanwhile(
+        db, db_url, code, lambda pool: settle_usecase.settle(pool, sale, b"test-secret"), "the settlement"
+    )
     assert answer["decision"] == "rejected", answer
     assert reasons(answer) == ["ALREADY_SETTLED"]
     taken = await db.fetch("SELECT sale_id, units FROM consumptions WHERE code = $1", code)
@@ -397,16 +370,7 @@ async def test_settlements_racing_on_a_pool_of_their_own_never_consume_a_unit_tw
         answers = await asyncio.gather(*(settle_usecase.settle(pool, c, b"test-secret") for c in claims))
     finally:
         await pool.close()
-    consumed = {
-        r["code"]: r["units"]
-        for r in await db.fetch(
-            "SELECT code, sum(units) AS units FROM consumptions WHERE reversed_at IS NULL GROUP BY code"
-        )
-    }
-    left = {r["code"]: r["units_left"] for r in await db.fetch("SELECT code, units_left FROM codes")}
-    for code in codes:
-        assert consumed.get(code, 0) <= 24
-        assert left[code] == 24 - consumed.get(code, 0)
+    consumed = await units_taken_once(db, codes)
     paid = sum(ln["units"] for a in answers for ln in a["lines"])
     assert paid == sum(consumed.values())
     assert paid > 0
