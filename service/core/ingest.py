@@ -141,9 +141,7 @@ def moves_only(plan: Plan) -> bool:
     code row, no packing, no sale undone, no history replayed? Such a plan may be written
     without having locked what it read, provided none of it changed since
     (``usecases.events``)."""
-    return not (
-        plan.flags or plan.new_codes or plan.containment or plan.reversals or plan.replayed or plan.clear
-    )
+    return not (plan.flags or plan.new_codes or plan.containment or plan.reversals or plan.replayed)
 
 
 class _Book:

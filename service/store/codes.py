@@ -140,8 +140,7 @@ async def lock_with_contents(
     Once the rows are locked nothing can be packed into them; a code packed into one of
     them between the walk and the lock raises ContentsChanged, and the transaction runs
     again."""
-    wanted = set(named) | set(children)
-    wanted |= set(await descendants_ever(conn, set(children) - set(named)))
+    wanted = await _with_contents(conn, named, children)
     states = await lock(conn, wanted)
     inside = await fetch_by_shard(
         conn, "SELECT child FROM containment WHERE parent = ANY($1::text[])", states
@@ -157,9 +156,14 @@ async def read_with_contents(
     """``lock_with_contents`` without the locks: the rows of ``named`` and of every code
     ever packed inside them, with their versions. A code packed into one of them since
     changes that container's row, so its version tells (``store.ingest.write_unchanged``)."""
+    return await read_versions(conn, await _with_contents(conn, named, children))
+
+
+async def _with_contents(conn: Conn, named: Iterable[str], children: Iterable[str]) -> set[str]:
+    """``named``, ``children`` (the first level inside them) and every code ever packed
+    inside those children, at any depth."""
     wanted = set(named) | set(children)
-    wanted |= set(await descendants_ever(conn, set(children) - set(named)))
-    return await read_versions(conn, wanted)
+    return wanted | set(await descendants_ever(conn, set(children) - set(named)))
 
 
 async def lock_sold(conn: Conn, sale: Sale) -> dict[str, CodeState]:
