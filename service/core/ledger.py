@@ -30,6 +30,7 @@ OUT_KINDS = (
     "sale",
 )
 KINDS = (*IN_KINDS, *OUT_KINDS)
+_SIGN = {**dict.fromkeys(IN_KINDS, 1), **dict.fromkeys(OUT_KINDS, -1)}  # a count has none
 
 # 3502 inv_chg_type (FIELDS.md, [A] YbInvChgType): the ledger kind, and the event its codes
 # become (None: the ledger only; a count gain or loss moves no pack between parties)
@@ -57,11 +58,7 @@ DATA_TYPES: dict[str, tuple[str, ...]] = {
 
 def delta(kind: str, units: int) -> int:
     """The signed effect of ``units`` of ``kind`` on the balance (a count has none)."""
-    if kind in IN_KINDS:
-        return units
-    if kind in OUT_KINDS:
-        return -units
-    return 0
+    return _SIGN.get(kind, 0) * units
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -124,13 +121,12 @@ def append(
     balance, units_in, units_out = f.balance, f.units_in, f.units_out
     figures = {}
     for e in sorted(entries, key=ledger_order):
-        moved = e.delta
+        moved = delta(e.kind, e.units)
         balance += moved
-        if e.kind in IN_KINDS:
+        if moved > 0:
             units_in += e.units
-        elif e.kind in OUT_KINDS:
+        elif moved < 0:
             units_out += e.units
-        if moved < 0:
             figures[(e.interface, e.bchno)] = Figures(balance, units_in, units_out, f.counted, f.counted_at)
         last = e.at if last is None else max(last, e.at)
     return Standing(Figures(balance, units_in, units_out, f.counted, f.counted_at), last), figures

@@ -157,7 +157,7 @@ async def insert(
     )
     records = [
         (e.org, e.interface, e.bchno, e.med_list_codg, e.kind, e.units, e.delta, e.at,
-         list(e.codes), list(e.event_ids), msgid, upload, e.row)
+         e.codes, e.event_ids, msgid, upload, e.row)
         for e in new
     ]
     try:

@@ -239,7 +239,8 @@ def calendar_date(value: Any, field: str) -> date:
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
     """Row keys in lower case: some systems send spec columns in upper case
     (``MDTRT_SETL_TYPE``). A key sent in both casings keeps the lower-case one."""
-    if "".join(row).islower():
+    keys = "".join(row)
+    if keys.lower() == keys:
         return row  # the common case, no upper-case letter: nothing to change (the row is only read)
     out = {k.lower(): v for k, v in row.items() if k.lower() != k}
     out.update((k, v) for k, v in row.items() if k.lower() == k)

@@ -182,18 +182,18 @@ def _record(
         raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
     codes = raw_codes(row)
 
-    record = Record(index, path, row)
     kind = "dispense" if interface == SALE else "return"
+    fixmedins_code = envelope.fixmedins_code
+    refused: list[Rejection] = []
     canonical: list[str] = []
     seen: set[str] = set()
     for raw in codes:
         parsed = try_parse_code(raw)
         if parsed is None:
-            code_id = event_id(envelope.fixmedins_code, interface, bchno, raw)
-            record.refused.append(Rejection(code_id, raw, INVALID_CODE))
+            refused.append(Rejection(event_id(fixmedins_code, interface, bchno, raw), raw, INVALID_CODE))
         elif parsed.canonical in seen:
-            code_id = event_id(envelope.fixmedins_code, interface, bchno, parsed.canonical)
-            record.refused.append(Rejection(code_id, parsed.canonical, REPEATED_CODE))
+            code_id = event_id(fixmedins_code, interface, bchno, parsed.canonical)
+            refused.append(Rejection(code_id, parsed.canonical, REPEATED_CODE))
         else:
             seen.add(parsed.canonical)
             canonical.append(parsed.canonical)
@@ -207,12 +207,12 @@ def _record(
         # corrected under the same record and still be taken. A return restores the
         # whole of the sale it undoes (⚠ a partial return of a split sale restores all).
         packs, quantity = [(code,) for code in canonical], None
-    ids = [event_id(envelope.fixmedins_code, interface, bchno, "+".join(codes)) for codes in packs]
-    record.events = [
+    ids = [event_id(fixmedins_code, interface, bchno, "+".join(codes)) for codes in packs]
+    events = [
         Incoming(i, kind, at, org, codes, quantity=quantity, setl_id=setl_id, ref=bchno, med_list_codg=billed)
         for i, codes in zip(ids, packs, strict=True)
     ]
-    record.entry = Entry(
+    entry = Entry(
         org=org,
         interface=interface,
         bchno=bchno,
@@ -224,4 +224,4 @@ def _record(
         event_ids=tuple(ids),
         row=kept_row(row),
     )
-    return record
+    return Record(index, path, row, events, refused, entry)
