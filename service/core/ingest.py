@@ -206,7 +206,7 @@ def decide(loaded: Loaded) -> Plan:
 
     book = _Book(loaded.sales, loaded.waiting_returns)
     book.returns += [
-        Return(f.event_id, f.org, f.at, by_id[f.event_id].setl_id, code)
+        Return(f.event_id, f.org, f.at, by_id[f.event_id].setl_id, code, by_id[f.event_id].undoes)
         for f in facts
         if f.type == "return"
         for code in f.codes

@@ -97,6 +97,7 @@ class Return:
     at: datetime
     setl_id: str | None
     code: str
+    undoes: UUID | None = None  # the dispense event whose sale it undoes, if it names one
 
 
 def match_returns(
@@ -104,20 +105,19 @@ def match_returns(
 ) -> list[tuple[Return, Consumption]]:
     """Which sale each return undoes: the latest unreversed sale of that pack by the same
     organisation at or before the return (the sale named by ``setl_id`` if the return
-    names one). A return with no such sale undoes nothing yet. ``returns`` in event-time
-    order; ``open_sales`` newest first."""
+    names one). A return with no such sale undoes nothing yet. A return that names the
+    dispense event it undoes (``undoes``) undoes that event's sale of the pack only, or
+    nothing. ``returns`` in event-time order; ``open_sales`` newest first."""
     undone: set[tuple[str, Sale]] = set()
     out = []
     for r in returns:
         for sale in open_sales:
             key = (sale.code, sale.sale)
-            if (
-                sale.code == r.code
-                and sale.org == r.org
-                and sale.at <= r.at
-                and (r.setl_id is None or sale.setl_id == r.setl_id)
-                and key not in undone
-            ):
+            if r.undoes is not None:
+                named = sale.event_id == r.undoes
+            else:
+                named = sale.at <= r.at and (r.setl_id is None or sale.setl_id == r.setl_id)
+            if sale.code == r.code and sale.org == r.org and named and key not in undone:
                 undone.add(key)
                 out.append((r, sale))
                 break

@@ -23,15 +23,15 @@ async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
 
 
 def insert_sql(first: int) -> str:
-    """``INSERT INTO events`` of the 14 arrays ``insert_arrays`` gives, as parameters
+    """``INSERT INTO events`` of the 15 arrays ``insert_arrays`` gives, as parameters
     ``$first`` onwards; an id stored already is skipped, the new ones are returned."""
-    p = [f"${first + i}" for i in range(14)]
+    p = [f"${first + i}" for i in range(15)]
     return f"""INSERT INTO events (event_id, type, at, org, to_org, from_org, parent, lot, expiry,
-                                   produced, quantity, setl_id, ref, code_count)
+                                   produced, quantity, setl_id, ref, code_count, undoes)
                SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::timestamptz[], {p[3]}::text[],
                                     {p[4]}::text[], {p[5]}::text[], {p[6]}::text[], {p[7]}::text[],
                                     {p[8]}::date[], {p[9]}::date[], {p[10]}::int4[], {p[11]}::text[],
-                                    {p[12]}::text[], {p[13]}::int4[])
+                                    {p[12]}::text[], {p[13]}::int4[], {p[14]}::uuid[])
                ON CONFLICT (event_id) DO NOTHING
                RETURNING event_id"""  # noqa: S608
 
@@ -52,6 +52,7 @@ def insert_arrays(events: list[Incoming]) -> list[list[Any]]:
         [e.setl_id for e in events],
         [e.ref for e in events],
         [len(e.codes) for e in events],
+        [e.undoes for e in events],
     ]
 
 
@@ -110,7 +111,7 @@ async def fields(
     """The stored fields of the events ``event_ids`` (only those of ``type_``), by id."""
     rows = await conn.fetch(
         """SELECT event_id, type, at, org, to_org, from_org, parent, lot, expiry, produced,
-                  quantity, setl_id, ref, received_at
+                  quantity, setl_id, ref, undoes, received_at
            FROM events WHERE event_id = ANY($1::uuid[]) AND ($2::text IS NULL OR type = $2)""",
         list(set(event_ids)),
         type_,

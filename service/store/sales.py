@@ -103,13 +103,15 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
 
 async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
     """Return events of ``codes`` that have not undone a sale yet (they arrived before
-    the dispense they undo), oldest first, one per (event, code). Every dispense asks:
+    the dispense they undo), oldest first, one per (event, code). A return that names the
+    sale it undoes never waits: that sale was stored before it. Every dispense asks:
     one statement on plain PostgreSQL; on Citus the links on the codes' shards, then the
     events by id (a join of the two would cross shards)."""
     if not distributed(conn):
         joined = await conn.fetch(
             """SELECT l.code, e.event_id, e.org, e.at, e.setl_id
-               FROM event_codes l JOIN events e ON e.event_id = l.event_id AND e.type = 'return'
+               FROM event_codes l
+               JOIN events e ON e.event_id = l.event_id AND e.type = 'return' AND e.undoes IS NULL
                WHERE l.code = ANY($1::text[]) AND l.role = 'c'
                  AND NOT EXISTS (SELECT 1 FROM consumptions c
                                  WHERE c.code = l.code AND c.reversed_by_event = l.event_id)""",
@@ -128,7 +130,7 @@ async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
     found = [
         Return(e["event_id"], e["org"], e["at"], e["setl_id"], r["code"])
         for r in rows
-        if (e := returns.get(r["event_id"])) is not None
+        if (e := returns.get(r["event_id"])) is not None and e["undoes"] is None
     ]
     return sorted(found, key=_oldest_first)
 

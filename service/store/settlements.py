@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -115,3 +115,14 @@ async def exempt_codgs(conn: Conn, codgs: list[str]) -> set[str]:
         codgs,
     )
     return {r["med_list_codg"] for r in rows}
+
+
+async def standing(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
+    """Which of ``setl_ids`` are settlements stored and not reversed."""
+    wanted = sorted({s for s in setl_ids if s})
+    if not wanted:
+        return set()
+    rows = await conn.fetch(
+        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND reversed_at IS NULL", wanted
+    )
+    return {r["setl_id"] for r in rows}

@@ -18,6 +18,7 @@ from service.store import codes as code_store
 from service.store import flags as flag_store
 from service.store import ledger as ledger_store
 from service.store import registry
+from service.store import settlements as setl_store
 from service.store.conn import Conn
 from service.usecases.events import IngestResult, ingest
 
@@ -45,9 +46,9 @@ async def upload(
     refused: list[Rejection] = [x for r in records for x in r.refused]
     uploaded = Uploaded(IngestResult())
 
-    # A deleted sale's codes come back as by a return (a deleted return: as by a sale);
-    # the compensating events are built from the records as stored now, and their ids
-    # are fixed, so a deletion sent twice, or racing itself, is one fact.
+    # A deleted sale gives back the units its own events took (a deleted return: its codes
+    # are sold again); the compensating events are built from the records as stored now,
+    # and their ids are fixed, so a deletion sent twice, or racing itself, is one fact.
     targets: list[tuple[Record, dict[str, Any]]] = []
     if deletions:
         async with pool.acquire() as conn:
@@ -57,7 +58,8 @@ async def upload(
                 targets += [(d, stored) for stored in live]
                 if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
                     uploaded.missing.append(d)
-        events += _compensations(org, targets, now)
+            settled = await setl_store.standing(conn, [_setl_id(stored) for _, stored in targets])
+        events += _compensations(org, targets, settled, now)
 
     tries = 0
 
@@ -121,32 +123,58 @@ def _by_item(entries: list[rules.Entry]) -> dict[str, list[rules.Entry]]:
     return out
 
 
-def _compensations(org: str, targets: list[tuple[Record, dict[str, Any]]], now: datetime) -> list[Incoming]:
-    """The events that undo deleted sales and sale returns. ⚠ Only sales and returns are
-    undone so: a 3502 record's receive, ship or destroy is a scan of a physical move, and
-    its deletion changes the ledger only."""
+def _setl_id(stored: dict[str, Any]) -> str | None:
+    row = stored["row_data"]
+    return (str(row.get("setl_id") or "").strip() or None) if isinstance(row, dict) else None
+
+
+def _compensations(
+    org: str, targets: list[tuple[Record, dict[str, Any]]], settled: set[str], now: datetime
+) -> list[Incoming]:
+    """The events that undo deleted sales and sale returns.
+
+    A deleted sale: one return per event of the record, naming that event (``undoes``),
+    so that it gives back the units that very sale took, and nothing when it took
+    nothing (a resend of a settled sale, a DUPLICATE, a sale returned already). A sale
+    whose ``setl_id`` names a settlement that stands is not undone: the units are the
+    settlement's, until the insurer reverses it.
+
+    ⚠ Only sales and returns are undone so: a 3502 record's receive, ship or destroy is a
+    scan of a physical move, and its deletion changes the ledger only."""
     out = []
     for _, stored in targets:
         interface = stored["interface"]
-        if interface not in ("3505", "3506") or not stored["codes"]:
-            continue
-        row = stored["row_data"]
-        row = row if isinstance(row, dict) else {}
-        setl_id = str(row.get("setl_id") or "").strip() or None
-        at = max(now, stored["at"] + timedelta(seconds=1))
         codes = tuple(stored["codes"])
-        original = stored["event_ids"][0] if stored["event_ids"] else uuid5(NAMESPACE, "+".join(codes))
-        out.append(
-            Incoming(
-                event_id=compensation_id(org, interface, stored["fixmedins_bchno"], original),
-                type="return" if interface == "3505" else "dispense",
-                at=at,
-                org=org,
-                codes=codes,
-                setl_id=setl_id,
-                ref=f"3507:{stored['fixmedins_bchno']}",
-            )
-        )
+        if interface not in ("3505", "3506") or not codes:
+            continue
+        bchno = stored["fixmedins_bchno"]
+        setl_id = _setl_id(stored)
+        at = max(now, stored["at"] + timedelta(seconds=1))
+        ref = f"3507:{bchno}"
+        ids: list[UUID] = list(stored["event_ids"])
+        if interface == "3505":
+            if setl_id in settled:
+                continue
+            # whole packs: one event per code, in order; a split sale: one event of all
+            whole = len(ids) == len(codes)
+            sold = list(zip(ids, [(c,) for c in codes], strict=True)) if whole else [(ids[0], codes)]
+            out += [
+                Incoming(
+                    compensation_id(org, interface, bchno, original),
+                    "return",
+                    at,
+                    org,
+                    packs,
+                    setl_id=setl_id,
+                    ref=ref,
+                    undoes=original,
+                )
+                for original, packs in sold
+            ]
+            continue
+        original = ids[0] if ids else uuid5(NAMESPACE, "+".join(codes))
+        event_id = compensation_id(org, interface, bchno, original)
+        out.append(Incoming(event_id, "dispense", at, org, codes, setl_id=setl_id, ref=ref))
     return out
 
 

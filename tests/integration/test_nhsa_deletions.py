@@ -1,0 +1,131 @@
+"""A 3507 deletion undoes what the deleted record did, and only that: a deleted sale
+gives back the units its own events took (nothing when they took nothing), never
+another sale's or a settlement's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api
+from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale, sale_return
+from tests.integration.test_nhsa_ledger import deletion
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def claim(setl_id: str, code: str, at: str, psn_no: str = "45000012345678") -> dict[str, Any]:
+    return {
+        "setl_id": setl_id,
+        "org": "P2",
+        "psn_no": psn_no,
+        "at": at,
+        "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [code]}],
+    }
+
+
+async def delete_sale(api: Api, bchno: str) -> dict[str, Any]:
+    out = await nhsa(api, envelope("3507", {"data": deletion(bchno, "4")}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["deleted"] == [bchno]
+    return out
+
+
+async def test_deleting_the_upload_of_a_settled_sale_leaves_the_pack_settled(admin: Api) -> None:
+    """The sale record only repeats the settlement (same setl_id): deleting it must not
+    give the settlement's units back, or the pack could be settled and paid again."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    first = await insurer.ok("POST", "/v1/settlements", claim("S401", u[1], "2026-03-05T10:00:00+08:00"))
+    assert first["decision"] == "accepted"
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B401", [u[1]], 24, setl_id="S401")}))
+    await delete_sale(p2, "B401")
+    assert await _units_left(p2, u[1]) == 0
+    again = claim("S402", u[1], "2026-03-06T10:00:00+08:00", psn_no="45000099999999")
+    assert (await insurer.ok("POST", "/v1/settlements", again))["decision"] == "rejected"
+
+
+async def test_a_sale_uploaded_before_its_settlement_stays_sold_while_the_settlement_stands(
+    admin: Api,
+) -> None:
+    """The sale took the units first; the settlement of the same setl_id is that sale.
+    Deleting the upload leaves them taken; the insurer's reversal gives them back."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B411", [u[1]], 24, setl_id="S411")}))
+    accepted = await insurer.ok("POST", "/v1/settlements", claim("S411", u[1], "2026-03-05T10:00:00+08:00"))
+    assert accepted["decision"] == "accepted"
+    await delete_sale(p2, "B411")
+    assert await _units_left(p2, u[1]) == 0
+    await insurer.ok("POST", "/v1/settlements/S411/reversal", None)
+    assert await _units_left(p2, u[1]) == 24
+
+
+async def test_a_sale_naming_a_settlement_that_never_came_is_undone(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B421", [u[1]], 24, setl_id="S421")}))
+    assert await _units_left(p2, u[1]) == 0
+    await delete_sale(p2, "B421")
+    assert await _units_left(p2, u[1]) == 24
+
+
+async def test_deleting_a_duplicate_sale_leaves_the_genuine_one(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z50", [u[0]], 24, sel_retn_time="2026-03-05 10:00:00")}))
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("Z51", [u[0]], 24, sel_retn_time="2026-03-05 11:00:00")}))
+    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["DUPLICATE"]
+    await delete_sale(p2, "Z51")
+    assert await _units_left(p2, u[0]) == 0
+    # the genuine sale's deletion still gives its units back
+    await delete_sale(p2, "Z50")
+    assert await _units_left(p2, u[0]) == 24
+
+
+async def test_deleting_a_returned_sale_leaves_no_return_waiting(admin: Api) -> None:
+    """The sale was returned already: its deletion gives back nothing, and leaves nothing
+    behind that would undo the pack's next sale."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z70", [u[0]], 24, sel_retn_time="2026-03-05 10:00:00")}))
+    ret = sale_return("R70", [u[0]], 24, sel_retn_time="2026-03-06 10:00:00")
+    await nhsa(p2, envelope("3506", {"selinfo": ret}))
+    assert await _units_left(p2, u[0]) == 24
+    await delete_sale(p2, "Z70")
+    assert await _units_left(p2, u[0]) == 24
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z71", [u[0]], 24, sel_retn_time="2026-03-07 10:00:00")}))
+    assert await _units_left(p2, u[0]) == 0
+
+
+async def test_deleting_the_first_of_two_split_sales_gives_back_its_own_units(admin: Api, db: Any) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    first = sale("X050", [u[1]], 6, split="1", sel_retn_time="2026-03-05 10:00:00")
+    second = sale("X051", [u[1]], 10, split="1", sel_retn_time="2026-03-05 11:00:00")
+    await nhsa(p2, envelope("3505", {"selinfo": first}))
+    await nhsa(p2, envelope("3505", {"selinfo": second}))
+    assert await _units_left(p2, u[1]) == 8
+    await delete_sale(p2, "X050")
+    assert await _units_left(p2, u[1]) == 14
+    # the history shows the sale and the return that undid it
+    inv = await admin.key_for("investigator")
+    history = await inv.ok("GET", f"/v1/codes/{u[1]}/history")
+    assert [e["type"] for e in history["events"]][-3:] == ["dispense", "dispense", "return"]
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'return' AND undoes IS NOT NULL") >= 1
+
+
+async def test_deleting_a_whole_pack_sale_of_two_packs_gives_back_both(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("X060", [u[2], u[3]], 48)}))
+    assert [await _units_left(p2, c) for c in u[2:]] == [0, 0]
+    await delete_sale(p2, "X060")
+    assert [await _units_left(p2, c) for c in u[2:]] == [24, 24]
+    # deleting it again is one fact
+    again = await nhsa(p2, envelope("3507", {"data": deletion("X060", "4")}))
+    assert again["output"]["tracecode"]["deleted"] == []
+    assert [await _units_left(p2, c) for c in u[2:]] == [24, 24]
