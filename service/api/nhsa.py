@@ -138,6 +138,12 @@ def _output(
     return out
 
 
+CONFLICT = (
+    "a record of this type was uploaded with it before, with other contents, and stands as it was"
+    " (a deleted one stays deleted): send the correction under a new fixmedins_bchno"
+)
+
+
 class NhsaController(Controller):
     path = "/v1/nhsa"
     tags = ["nhsa"]
@@ -216,7 +222,10 @@ class NhsaController(Controller):
             _row_error(r.row, f"{r.path}.fixmedins_bchno: no record of this type was uploaded with it")
             for r in done.missing
         ]
-        if done.missing and not env.batch:
+        row_errors += [
+            _row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts
+        ]
+        if (done.missing or done.conflicts) and not env.batch:
             message = row_errors[-1].msg_rslt
             return _answer(received, region, message, _output(env, NhsaResult(FAILED, message), None))
         failed = bool(row_errors)

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures, Standing
-from service.store.conn import Conn, RetryTransaction, unique_violation
+from service.store.conn import Conn, unique_violation
 
 
 async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
@@ -113,40 +113,19 @@ async def refresh_items(conn: Conn, org: str, items: Sequence[str]) -> None:
     )
 
 
-async def insert(
-    conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dict[str, Any], *, look_first: bool
-) -> set[tuple[str, str]]:
-    """Store the records not stored before; returns the (interface, bchno) of the new ones.
-    A record already stored (a retry) is left as it is, also when it was deleted.
+class RecordsStored(Exception):
+    """A record of the upload is stored already (a retry, or a concurrent upload of it):
+    nothing of this transaction is kept, and the caller sends the records not stored."""
 
-    Without ``look_first`` the records are taken to be new, as an upload's nearly always
-    are, and one stored already (by an earlier upload, or by a concurrent one) runs the
-    transaction again (RetryTransaction), then to look first: the look is a primary-key
-    probe per record, which the COPY makes anyway.
 
-    The envelope is stored once, in ``nhsa_uploads``; the records go in by COPY, which
-    also sends each to its shard on Citus."""
+async def insert(conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dict[str, Any]) -> None:
+    """Store new records: the envelope once, in ``nhsa_uploads``, and the records by COPY,
+    which also sends each to its shard on Citus. The records are taken to be new, as an
+    upload's nearly always are (no look first): one stored already raises RecordsStored.
+    The caller sends each key once."""
     if not entries:
-        return set()
+        return
     org = entries[0].org
-    seen: set[tuple[str, str]] = set()
-    if look_first:
-        stored = await conn.fetch(
-            """SELECT interface, fixmedins_bchno FROM nhsa_records
-               WHERE org = $1
-                 AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
-            org,
-            [e.interface for e in entries],
-            [e.bchno for e in entries],
-        )
-        seen = {(r["interface"], r["fixmedins_bchno"]) for r in stored}
-    new = []
-    for e in entries:
-        if (e.interface, e.bchno) not in seen:
-            seen.add((e.interface, e.bchno))
-            new.append(e)
-    if not new:
-        return set()
     upload = uuid.uuid4()
     await conn.execute(
         "INSERT INTO nhsa_uploads (org, upload_id, msgid, envelope) VALUES ($1, $2, $3, $4)",
@@ -158,15 +137,29 @@ async def insert(
     records = [
         (e.org, e.interface, e.bchno, e.med_list_codg, e.kind, e.units, e.delta, e.at,
          e.codes, e.event_ids, msgid, upload, e.row)
-        for e in new
-    ]
+        for e in entries
+    ]  # fmt: skip
     try:
         await conn.copy_records_to_table("nhsa_records", columns=_COLUMNS, records=records)
     except asyncpg.PostgresError as exc:
         if unique_violation(exc):
-            raise RetryTransaction from exc
+            raise RecordsStored from exc
         raise
-    return {(e.interface, e.bchno) for e in new}
+
+
+async def stored_rows(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The row as sent of each of ``keys`` (interface, fixmedins_bchno) stored already."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT interface, fixmedins_bchno, row_data FROM nhsa_records
+           WHERE org = $1
+             AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
+        org,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["interface"], r["fixmedins_bchno"]): r["row_data"] for r in rows}
 
 
 _COLUMNS = (
@@ -317,16 +310,20 @@ async def any_records(conn: Conn, org: str, interfaces: Sequence[str], bchno: st
     )
 
 
-async def mark_deleted(conn: Conn, org: str, keys: Sequence[tuple[str, str]], msgid: str) -> None:
-    await conn.execute(
+async def mark_deleted(conn: Conn, org: str, keys: Sequence[tuple[str, str]], msgid: str) -> list[str]:
+    """Mark the records of ``keys`` deleted; the serials of those this marked (a record
+    deleted meanwhile by another upload is not)."""
+    rows = await conn.fetch(
         """UPDATE nhsa_records SET deleted_at = now(), deleted_msgid = $4
            WHERE org = $1 AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))
-             AND deleted_at IS NULL""",
+             AND deleted_at IS NULL
+           RETURNING fixmedins_bchno""",
         org,
         [k[0] for k in keys],
         [k[1] for k in keys],
         msgid,
     )
+    return sorted({r["fixmedins_bchno"] for r in rows})
 
 
 async def records(

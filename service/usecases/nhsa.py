@@ -3,6 +3,7 @@ the same transaction, their ledger records, deletions and the ledger's flags."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,12 @@ class Uploaded:
     records_new: int = 0  # ledger records stored by this upload (the rest were retries)
     deleted: list[str] = field(default_factory=list)  # fixmedins_bchno of records deleted now
     missing: list[Record] = field(default_factory=list)  # deletions of records never uploaded
+    conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
+    targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
+
+
+# an upload runs again when one of its records was stored meanwhile (RecordsStored)
+RECORD_ATTEMPTS = 5
 
 
 def compensation_id(org: str, interface: str, bchno: str, original: UUID) -> UUID:
@@ -39,47 +46,95 @@ def compensation_id(org: str, interface: str, bchno: str, original: UUID) -> UUI
 async def upload(
     pool: asyncpg.Pool, org: str, records: list[Record], msgid: str, envelope: dict[str, Any], now: datetime
 ) -> Uploaded:
-    """Store the records' events, ledger entries and deletions, in one transaction."""
-    entries = [r.entry for r in records if r.entry is not None]
-    deletions = [r for r in records if r.deletes]
-    events: list[Incoming] = [e for r in records for e in r.events]
-    refused: list[Rejection] = [x for r in records for x in r.refused]
+    """Store the records' events, ledger entries and deletions, in one transaction.
+
+    A record is its key, (interface, ``fixmedins_bchno``): sent again (a retry, the same
+    record in a batch form, a row repeated in one upload) it is one fact, and its events
+    are not taken again whatever codes it carries now (they count as duplicates); sent
+    again with other contents it is listed in ``conflicts`` and changes nothing. Records
+    are taken to be new: when one was stored already, nothing is kept and the upload runs
+    again without it."""
     uploaded = Uploaded(IngestResult())
+    refused: list[Rejection] = [x for r in records for x in r.refused]
+    compensations = await _deletions(pool, org, [r for r in records if r.deletes], uploaded, now)
+    keys = [(r.entry.interface, r.entry.bchno) for r in records if r.entry is not None]
+    stored: dict[tuple[str, str], Any] = {}
+    for attempt in range(RECORD_ATTEMPTS):
+        taken, again, uploaded.conflicts = _sort_out(records, stored)
+        events = [e for r in taken for e in r.events] + compensations
+        entries = [r.entry for r in taken if r.entry is not None]
+        try:
+            uploaded.result = await ingest(
+                pool, events, refused, also=_ledger_writer(org, entries, msgid, envelope, uploaded)
+            )
+            break
+        except ledger_store.RecordsStored:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise
+            async with pool.acquire() as conn:
+                stored = await ledger_store.stored_rows(conn, org, keys)
+    uploaded.result.duplicates += sum(len(r.events) for r in again)
+    return uploaded
 
-    # A deleted sale gives back the units its own events took (a deleted return: its codes
-    # are sold again); the compensating events are built from the records as stored now,
-    # and their ids are fixed, so a deletion sent twice, or racing itself, is one fact.
-    targets: list[tuple[Record, dict[str, Any]]] = []
-    if deletions:
-        async with pool.acquire() as conn:
-            for d in deletions:
-                bchno = str(d.row.get("fixmedins_bchno") or "").strip()
-                live = await ledger_store.live_records(conn, org, d.deletes, bchno)
-                targets += [(d, stored) for stored in live]
-                if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
-                    uploaded.missing.append(d)
-            settled = await setl_store.standing(conn, [_setl_id(stored) for _, stored in targets])
-        events += _compensations(org, targets, settled, now)
 
-    tries = 0
+def _sort_out(
+    records: list[Record], stored: dict[tuple[str, str], Any]
+) -> tuple[list[Record], list[Record], list[Record]]:
+    """(records to take, records sent again as they were, records sent again with other
+    contents), each key taken once: the stored record, else the upload's first row."""
+    first = dict(stored)
+    taken, again, conflicts = [], [], []
+    for r in records:
+        if r.entry is None:  # a deletion
+            taken.append(r)
+            continue
+        key = (r.entry.interface, r.entry.bchno)
+        if key not in first:
+            first[key] = r.entry.row
+            taken.append(r)
+        elif first[key] == r.entry.row:
+            again.append(r)
+        else:
+            conflicts.append(r)
+    return taken, again, conflicts
 
-    async def also(conn: Conn) -> list[FlagRef]:
-        nonlocal tries
-        tries += 1
-        uploaded.records_new = 0
-        uploaded.deleted = []
-        deleted_items = {stored["med_list_codg"] for _, stored in targets}
+
+async def _deletions(
+    pool: asyncpg.Pool, org: str, deletions: list[Record], uploaded: Uploaded, now: datetime
+) -> list[Incoming]:
+    """The records the deletions delete (kept in ``uploaded``'s targets) and the events
+    that undo them. A deleted sale gives back the units its own events took (a deleted
+    return: its codes are sold again); the compensating events are built from the records
+    as stored now, and their ids are fixed, so a deletion sent twice, or racing itself,
+    is one fact."""
+    if not deletions:
+        return []
+    targets: list[dict[str, Any]] = []
+    async with pool.acquire() as conn:
+        for d in deletions:
+            bchno = str(d.row.get("fixmedins_bchno") or "").strip()
+            live = await ledger_store.live_records(conn, org, d.deletes, bchno)
+            targets += live
+            if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
+                uploaded.missing.append(d)
+        settled = await setl_store.standing(conn, [_setl_id(stored) for stored in targets])
+    uploaded.targets = targets
+    return _compensations(org, targets, settled, now)
+def _ledger_writer(
+    org: str, entries: list[rules.Entry], msgid: str, envelope: dict[str, Any], uploaded: Uploaded
+) -> Callable[[Conn], Awaitable[list[FlagRef]]]:
+    """The ledger's part of the upload's transaction, run after its events: the records,
+    the deletions, each item's ledger and the flags they raise."""
+
+    async def write(conn: Conn) -> list[FlagRef]:
+        deleted_items = {stored["med_list_codg"] for stored in uploaded.targets}
         standings = await ledger_store.lock_items(
             conn, org, [e.med_list_codg for e in entries] + [*deleted_items]
         )
-        # a record already stored makes the first try run again, looking first
-        new = await ledger_store.insert(conn, entries, msgid, envelope, look_first=tries > 1)
-        uploaded.records_new = len(new)
-        keys = [(stored["interface"], stored["fixmedins_bchno"]) for _, stored in targets]
-        if keys:
-            await ledger_store.mark_deleted(conn, org, keys, msgid)
-            uploaded.deleted = sorted({k[1] for k in keys})
-        fresh = [e for e in entries if (e.interface, e.bchno) in new]
+        await ledger_store.insert(conn, entries, msgid, envelope)
+        uploaded.records_new = len(entries)
+        keys = [(stored["interface"], stored["fixmedins_bchno"]) for stored in uploaded.targets]
+        uploaded.deleted = await ledger_store.mark_deleted(conn, org, keys, msgid) if keys else []
 
         # Each item's ledger moves on from where it stood when the new records follow it;
         # otherwise (a deletion, a count, a record older than its latest) it is computed
@@ -87,7 +142,7 @@ async def upload(
         figures: dict[tuple[str, str], rules.Figures] = {}
         moved: dict[str, rules.Standing] = {}
         recompute = set(deleted_items)
-        for item, item_entries in _by_item(fresh).items():
+        for item, item_entries in _by_item(entries).items():
             standing = standings.get(item)
             after = rules.append(standing, item_entries) if standing and item not in recompute else None
             if after is None:
@@ -95,14 +150,14 @@ async def upload(
             else:
                 moved[item], item_figures = after
                 figures.update(item_figures)
-        out_moves = [e for e in fresh if e.delta < 0]
+        out_moves = [e for e in entries if e.delta < 0]
         slow = [(e.interface, e.bchno) for e in out_moves if e.med_list_codg in recompute]
         if slow:
             figures.update(await ledger_store.below_zero(conn, org, slow))
         await ledger_store.save_items(conn, org, moved)
         await ledger_store.refresh_items(conn, org, sorted(recompute))
         flags: list[NewFlag] = rules.imbalance_flags(out_moves, figures)
-        counts = [e for e in fresh if e.kind == rules.COUNT and e.codes]
+        counts = [e for e in entries if e.kind == rules.COUNT and e.codes]
         if counts:
             states = await code_store.lock(conn, sorted({c for e in counts for c in e.codes}))
             found = await registry.get_orgs(conn, [org])
@@ -112,8 +167,7 @@ async def upload(
         raised = await flag_store.raise_flags(conn, flags)
         return [raised[f.key] for f in flags if f.key in raised]
 
-    uploaded.result = await ingest(pool, events, refused, also=also)
-    return uploaded
+    return write
 
 
 def _by_item(entries: list[rules.Entry]) -> dict[str, list[rules.Entry]]:
@@ -129,7 +183,7 @@ def _setl_id(stored: dict[str, Any]) -> str | None:
 
 
 def _compensations(
-    org: str, targets: list[tuple[Record, dict[str, Any]]], settled: set[str], now: datetime
+    org: str, targets: list[dict[str, Any]], settled: set[str], now: datetime
 ) -> list[Incoming]:
     """The events that undo deleted sales and sale returns.
 
@@ -142,7 +196,7 @@ def _compensations(
     ⚠ Only sales and returns are undone so: a 3502 record's receive, ship or destroy is a
     scan of a physical move, and its deletion changes the ledger only."""
     out = []
-    for _, stored in targets:
+    for stored in targets:
         interface = stored["interface"]
         codes = tuple(stored["codes"])
         if interface not in ("3505", "3506") or not codes:

@@ -14,6 +14,8 @@ from tests.integration.test_nhsa_ledger import deletion
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
+MARCH_5_10, MARCH_5_11 = "2026-03-05 10:00:00", "2026-03-05 11:00:00"
+
 
 def claim(setl_id: str, code: str, at: str, psn_no: str = "45000012345678") -> dict[str, Any]:
     return {
@@ -76,8 +78,8 @@ async def test_a_sale_naming_a_settlement_that_never_came_is_undone(admin: Api) 
 async def test_deleting_a_duplicate_sale_leaves_the_genuine_one(admin: Api) -> None:
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
-    await nhsa(p2, envelope("3505", {"selinfo": sale("Z50", [u[0]], 24, sel_retn_time="2026-03-05 10:00:00")}))
-    out = await nhsa(p2, envelope("3505", {"selinfo": sale("Z51", [u[0]], 24, sel_retn_time="2026-03-05 11:00:00")}))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z50", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("Z51", [u[0]], 24, sel_retn_time=MARCH_5_11)}))
     assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["DUPLICATE"]
     await delete_sale(p2, "Z51")
     assert await _units_left(p2, u[0]) == 0
@@ -91,21 +93,22 @@ async def test_deleting_a_returned_sale_leaves_no_return_waiting(admin: Api) -> 
     behind that would undo the pack's next sale."""
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
-    await nhsa(p2, envelope("3505", {"selinfo": sale("Z70", [u[0]], 24, sel_retn_time="2026-03-05 10:00:00")}))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z70", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
     ret = sale_return("R70", [u[0]], 24, sel_retn_time="2026-03-06 10:00:00")
     await nhsa(p2, envelope("3506", {"selinfo": ret}))
     assert await _units_left(p2, u[0]) == 24
     await delete_sale(p2, "Z70")
     assert await _units_left(p2, u[0]) == 24
-    await nhsa(p2, envelope("3505", {"selinfo": sale("Z71", [u[0]], 24, sel_retn_time="2026-03-07 10:00:00")}))
+    later = sale("Z71", [u[0]], 24, sel_retn_time="2026-03-07 10:00:00")
+    await nhsa(p2, envelope("3505", {"selinfo": later}))
     assert await _units_left(p2, u[0]) == 0
 
 
 async def test_deleting_the_first_of_two_split_sales_gives_back_its_own_units(admin: Api, db: Any) -> None:
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
-    first = sale("X050", [u[1]], 6, split="1", sel_retn_time="2026-03-05 10:00:00")
-    second = sale("X051", [u[1]], 10, split="1", sel_retn_time="2026-03-05 11:00:00")
+    first = sale("X050", [u[1]], 6, split="1", sel_retn_time=MARCH_5_10)
+    second = sale("X051", [u[1]], 10, split="1", sel_retn_time=MARCH_5_11)
     await nhsa(p2, envelope("3505", {"selinfo": first}))
     await nhsa(p2, envelope("3505", {"selinfo": second}))
     assert await _units_left(p2, u[1]) == 8

@@ -1,0 +1,79 @@
+"""A record is its key, (institution, interface, fixmedins_bchno): sent again it is one
+fact whatever codes it carries now, and sent again with other contents it changes
+nothing and says so."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api
+from tests.integration.test_nhsa import _units_left, _world, envelope, nhsa, sale
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_a_split_sale_sent_again_with_its_codes_in_another_order_is_one_fact(
+    admin: Api, db: Any
+) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z30", [u[0], u[1]], 30, split="1")}))
+    before = [await _units_left(p2, c) for c in u[:2]]
+    assert before == [0, 18]
+    again = await nhsa(p2, envelope("3505", {"selinfo": sale("Z30", [u[1], u[0]], 30, split="1")}))
+    assert again["infcode"] == -1  # the same serial with other contents
+    assert "fixmedins_bchno" in again["err_msg"]
+    assert [await _units_left(p2, c) for c in u[:2]] == before
+    assert await db.fetchval("SELECT count(*) FROM flags WHERE kind = 'DUPLICATE'") == 0
+    # sent again as it was first: one fact, its event a duplicate
+    same = await nhsa(p2, envelope("3505A", {"selinfoDetail": [sale("Z30", [u[0], u[1]], 30, split="1")]}))
+    assert same["infcode"] == 0
+    assert same["output"]["result"]["retRslt"] == "1"
+    assert same["output"]["tracecode"]["duplicates"] == 1
+    assert same["output"]["tracecode"]["records"] == 0
+    assert [await _units_left(p2, c) for c in u[:2]] == before
+
+
+async def test_one_serial_twice_in_a_batch_with_other_codes_keeps_the_first(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    inv = await admin.key_for("investigator")
+    rows = [sale("Y020", [u[0]], 24), sale("Y020", [u[1]], 24), sale("Y021", [u[2]], 24)]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": rows}))
+    assert out["infcode"] == 0
+    assert out["output"]["result"]["retRslt"] == "0"
+    errors = out["output"]["selinfoErrDetail"]
+    assert [e["fixmedins_bchno"] for e in errors] == ["Y020"]
+    assert "input.selinfoDetail[1].fixmedins_bchno" in errors[0]["msgRslt"]
+    assert out["output"]["tracecode"]["records"] == 2
+    assert [await _units_left(p2, c) for c in u[:3]] == [0, 24, 0]
+    ledger = (await inv.ok("GET", "/v1/orgs/P2/ledger"))["items"][0]
+    assert ledger["by_kind"]["sale"] == 48
+
+
+async def test_the_same_row_twice_in_a_batch_is_one_fact(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    row = sale("Y030", [u[0]], 24)
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": [row, copy.deepcopy(row)]}))
+    assert out["output"]["result"]["retRslt"] == "1"
+    assert out["output"]["tracecode"]["accepted"] == 1
+    assert out["output"]["tracecode"]["duplicates"] == 1
+    assert out["output"]["tracecode"]["records"] == 1
+
+
+async def test_a_code_corrected_under_the_same_serial_is_not_taken(admin: Api) -> None:
+    """The record stands as first sent; the correction goes under a new serial."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    first = await nhsa(p2, envelope("3505", {"selinfo": sale("X060", [u[0], "not-a-code"], 48)}))
+    assert first["output"]["tracecode"]["accepted"] == 1
+    again = await nhsa(p2, envelope("3505", {"selinfo": sale("X060", [u[0], u[1]], 48)}))
+    assert again["infcode"] == -1
+    assert await _units_left(p2, u[1]) == 24
+    corrected = await nhsa(p2, envelope("3505", {"selinfo": sale("X061", [u[1]], 24)}))
+    assert corrected["output"]["tracecode"]["accepted"] == 1
+    assert await _units_left(p2, u[1]) == 0
