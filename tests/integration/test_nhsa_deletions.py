@@ -132,3 +132,31 @@ async def test_deleting_a_whole_pack_sale_of_two_packs_gives_back_both(admin: Ap
     again = await nhsa(p2, envelope("3507", {"data": deletion("X060", "4")}))
     assert again["output"]["tracecode"]["deleted"] == []
     assert [await _units_left(p2, c) for c in u[2:]] == [24, 24]
+
+
+async def test_racing_deletions_of_one_record_report_one_deletion(admin: Api, db_url: str) -> None:
+    """Four deletions of one sale at once: one return, one deletion reported. They race
+    through the use case on a pool of their own, as request handlers do."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from service.interop.nhsa import envelope as nhsa_envelope
+    from service.interop.nhsa import inventory as nhsa_inventory
+    from service.store.db import create_pool
+    from service.usecases import nhsa as nhsa_usecase
+
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z10", [u[0]], 24)}))
+    env = nhsa_envelope.parse(envelope("3507", {"data": deletion("Z10", "4")}))
+    now = datetime.now(UTC)
+    pool = await create_pool(db_url, min_size=4, max_size=4)
+    try:
+        records = [nhsa_inventory.translate(env, "P2", now)[0] for _ in range(4)]
+        uploads = [nhsa_usecase.upload(pool, "P2", r, env.msgid, {}, now) for r in records]
+        done = await asyncio.gather(*uploads)
+    finally:
+        await pool.close()
+    assert sum(len(d.deleted) for d in done) == 1
+    assert sum(d.result.accepted_codes for d in done) == 1
+    assert await _units_left(p2, u[0]) == 24
