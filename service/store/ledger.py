@@ -241,7 +241,7 @@ async def below_zero(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> d
 
 async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[str, Any]]:
     """Per catalogue item: units by kind, in, out, the balance, the last counted stock and
-    the balance as of that count."""
+    the balance just before that count (from the count before it, as the balance is)."""
     rows = await conn.fetch(
         f"""WITH live AS (
                 SELECT * FROM nhsa_records
@@ -258,7 +258,13 @@ async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[s
                 SELECT DISTINCT ON (med_list_codg) med_list_codg, units AS counted, at AS counted_at,
                        fixmedins_bchno AS counted_bchno
                 FROM live WHERE kind = '{COUNT}'
-                ORDER BY med_list_codg, at DESC, fixmedins_bchno COLLATE "C" DESC)
+                ORDER BY med_list_codg, at DESC, fixmedins_bchno COLLATE "C" DESC),
+            earlier AS (  -- the count before the last one
+                SELECT DISTINCT ON (l.med_list_codg) l.med_list_codg, l.units AS counted, l.at
+                FROM live l JOIN counts c USING (med_list_codg)
+                WHERE l.kind = '{COUNT}'
+                  AND (l.at, l.fixmedins_bchno COLLATE "C") < (c.counted_at, c.counted_bchno COLLATE "C")
+                ORDER BY l.med_list_codg, l.at DESC, l.fixmedins_bchno COLLATE "C" DESC)
             SELECT i.med_list_codg, i.units_in, i.units_out, i.records,
                    coalesce(k.by_kind, '{{}}'::jsonb) AS by_kind,
                    c.counted, c.counted_at, c.counted_bchno,
@@ -267,10 +273,13 @@ async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[s
                                           WHERE l.med_list_codg = i.med_list_codg AND l.at > c.counted_at)
                    END AS balance,
                    CASE WHEN c.counted IS NOT NULL THEN
-                       (SELECT coalesce(sum(l.delta), 0) FROM live l
-                        WHERE l.med_list_codg = i.med_list_codg AND l.at <= c.counted_at)
+                       coalesce(e.counted, 0)
+                       + (SELECT coalesce(sum(l.delta), 0) FROM live l
+                          WHERE l.med_list_codg = i.med_list_codg AND l.at <= c.counted_at
+                            AND (e.at IS NULL OR l.at > e.at))
                    END AS balance_before_count
             FROM items i LEFT JOIN kinds k USING (med_list_codg) LEFT JOIN counts c USING (med_list_codg)
+                 LEFT JOIN earlier e USING (med_list_codg)
             ORDER BY i.med_list_codg""",  # noqa: S608
         org,
         med_list_codg,
