@@ -65,7 +65,12 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
         raise bad_input("events", f"{total} codes in one request; at most {MAX_CODES_PER_REQUEST}")
     incoming: list[Incoming] = []
     refused: list[Rejection] = []
+    first: dict[UUID, int] = {}
     for i, e in enumerate(batch.events):
+        # an id is one event: sent twice as it is, one fact; with other contents, an error
+        j = first.setdefault(e.event_id, i)
+        if batch.events[j] != e:
+            raise bad_input(f"events[{i}].event_id", f"is the id of events[{j}], which has other contents")
         errors = shape_errors(
             type_=e.type,
             at=e.at,

@@ -190,6 +190,22 @@ async def test_bad_events_are_400_and_store_nothing(
     assert await db.fetchval("SELECT count(*) FROM events") == 0
 
 
+async def test_one_id_for_two_different_events_in_a_request_is_400(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    """An id is one event: the same event twice in a request is one fact, two different
+    events under one id are refused (the second would have been dropped unseen)."""
+    w = await _world(admin)
+    m = w["keys"]["M1"]
+    first = event("commission", "M1", [cn20(w["unit"], 1)], 0, lot="L1", expiry="2028-12-31")
+    other = {**first, "codes": [cn20(w["unit"], 2)]}
+    resp = await m.post("/v1/events", {"events": [first, other]})
+    assert resp.status_code == 400, resp.text
+    assert [e["field"] for e in resp.json()["errors"]] == ["events[1].event_id"]
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+    same = await m.events(first, dict(first))
+    assert same["accepted"] == 1
+    assert same["duplicates"] == 1
+
+
 async def test_too_many_codes_and_oversize_body(admin: Api) -> None:
     w = await _world(admin)
     m = w["keys"]["M1"]
