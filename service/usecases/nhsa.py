@@ -226,9 +226,11 @@ def _compensations(
                 for original, packs in sold
             ]
             continue
+        # a deleted return: its packs are sold again, as a sale of their own (the sale the
+        # return undid keeps its reversal; under its setl_id it could not consume again)
         original = ids[0] if ids else uuid5(NAMESPACE, "+".join(codes))
         event_id = compensation_id(org, interface, bchno, original)
-        out.append(Incoming(event_id, "dispense", at, org, codes, setl_id=setl_id, ref=ref))
+        out.append(Incoming(event_id, "dispense", at, org, codes, ref=ref))
     return out
 
 

@@ -160,3 +160,13 @@ async def test_racing_deletions_of_one_record_report_one_deletion(admin: Api, db
     assert sum(len(d.deleted) for d in done) == 1
     assert sum(d.result.accepted_codes for d in done) == 1
     assert await _units_left(p2, u[0]) == 24
+
+
+async def test_deleting_a_return_that_named_its_settlement_sells_the_pack_again(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("X030", [u[0]], 24, setl_id="S30")}))
+    await nhsa(p2, envelope("3506", {"selinfo": sale_return("R030", [u[0]], 24, setl_id="S30")}))
+    assert await _units_left(p2, u[0]) == 24
+    await delete_sale(p2, "R030")
+    assert await _units_left(p2, u[0]) == 0
