@@ -120,6 +120,8 @@ async def _deletions(
         settled = await setl_store.standing(conn, [_setl_id(stored) for stored in targets])
     uploaded.targets = targets
     return _compensations(org, targets, settled, now)
+
+
 def _ledger_writer(
     org: str, entries: list[rules.Entry], msgid: str, envelope: dict[str, Any], uploaded: Uploaded
 ) -> Callable[[Conn], Awaitable[list[FlagRef]]]:
