@@ -409,3 +409,36 @@ async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any
     assert stored == 4
     assert [await _units_left(w["keys"]["P2"], code) for code in u] == [0, 0, 0, 0]
     assert await db.fetchval("SELECT count(*) FROM flags") == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("sel_retn_time", "0001-01-01 00:00:00"),
+        ("sel_retn_time", "9999-12-31 23:59:59-10:00"),
+        ("inf_time", "0001-01-01 00:00:00"),
+    ],
+)
+async def test_time_out_of_range_is_infcode_minus_one(admin: Api, db: Any, where: str, value: str) -> None:
+    """A time whose UTC falls outside the calendar is a field error, not a 500."""
+    w = await _world(admin)
+    row = sale("B080", [w["units"][0]], 24)
+    body = envelope("3505", {"selinfo": row})
+    (body if where == "inf_time" else row)[where] = value
+    out = await nhsa(w["keys"]["P2"], body)
+    assert out["infcode"] == -1, out
+    assert where in out["err_msg"], out["err_msg"]
+    assert await _stored_events(db) == 0
+
+
+async def test_batch_row_with_time_out_of_range_is_listed(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    rows = [sale("B081", [u[0]], 24), sale("B082", [u[1]], 24, sel_retn_time="0001-01-01 00:00:00")]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    [err] = out["output"]["selinfoErrDetail"]
+    assert err["fixmedins_bchno"] == "B082"
+    assert err["msgRslt"].startswith("input.selinfoDetail[1].sel_retn_time:"), err
+    assert await _units_left(p2, u[0]) == 0
+    assert await _units_left(p2, u[1]) == 24

@@ -254,6 +254,16 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
             envelope("3502", {"invinfo": change("T500", "101", 1, inv_chg_time="2026-13-01 00:00:00")}),
             "input.invinfo.inv_chg_time",
         ),
+        (
+            envelope("3502", {"invinfo": change("T501", "101", 1, inv_chg_time="0001-01-01 00:00:00")}),
+            "input.invinfo.inv_chg_time",
+        ),
+        (
+            envelope(
+                "3503", {"purcinfo": purchase("C503", 1, purc_retn_stoin_time="9999-12-31 23:59:59-10:00")}
+            ),
+            "input.purcinfo.purc_retn_stoin_time",
+        ),
         (envelope("3501", {"invinfo": count("K500", 1, "2026/03/01")}), "input.invinfo.invdate"),
         (envelope("3507", {"data": deletion("B999", "9")}), "input.data.inv_data_type"),
         (envelope("3507", {"data": deletion("B999", "4")}), "input.data.fixmedins_bchno"),

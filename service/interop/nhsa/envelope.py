@@ -220,7 +220,10 @@ def china_time(value: Any, field: str) -> datetime:
         parsed = datetime.fromisoformat(got if matched.end() < len(got) else got + _CHINA_OFFSET)
     except ValueError:
         raise FieldError(field, f"is not a valid date-time: {got!r}") from None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 carried past the calendar by its offset
+        raise FieldError(field, f"is out of range: {got!r}") from None
 
 
 def calendar_date(value: Any, field: str) -> date:
