@@ -265,6 +265,9 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
             "input.purcinfo.purc_retn_stoin_time",
         ),
         (envelope("3501", {"invinfo": count("K500", 1, "2026/03/01")}), "input.invinfo.invdate"),
+        (envelope("3501", {"invinfo": count("K501", 5, "0001-01-01")}), "input.invinfo.invdate"),
+        (envelope("3501", {"invinfo": count("K502", 5, "1999-12-31")}), "input.invinfo.invdate"),
+        (envelope("3501", {"invinfo": count("K503", 500, "2099-01-01")}), "input.invinfo.invdate"),
         (envelope("3507", {"data": deletion("B999", "9")}), "input.data.inv_data_type"),
         (envelope("3507", {"data": deletion("B999", "4")}), "input.data.fixmedins_bchno"),
         (
@@ -277,6 +280,22 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
         assert out["infcode"] == -1, (field, out)
         assert out["err_msg"].startswith(f"{field}:"), (field, out["err_msg"])
     assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+
+
+async def test_stock_count_dated_out_of_range_is_a_bad_row(admin: Api) -> None:
+    """A count dated before 2000 or in the future is refused as other times are: it would
+    fix the ledger's balance until then. In a batch the other rows are kept."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    rows = [count("K510", 90, "2026-03-07"), count("K511", 5, "0001-01-01"), count("K512", 500, "2099-01-01")]
+    out = await nhsa(p2, envelope("3501A", {"invinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    errs = {e["fixmedins_bchno"]: e["msgRslt"] for e in out["output"]["invinfoErrDetail"]}
+    assert errs["K511"].startswith("input.invinfoDetail[1].invdate: is before the year"), errs
+    assert errs["K512"].startswith("input.invinfoDetail[2].invdate: is more than"), errs
+    assert set(errs) == {"K511", "K512"}
+    assert (await _ledger(inv))["balance"] == 90
 
 
 async def test_queries(admin: Api) -> None:

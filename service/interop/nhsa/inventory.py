@@ -90,6 +90,9 @@ def _record(
         day = calendar_date(row.get("invdate"), "invdate")
         # ⚠ a stock count (盘存, the opening inventory) stands at the start of its day
         at = datetime.combine(day, time(), CHINA)
+        problem = time_problem(at, now)  # the rule of every other time field
+        if problem:
+            raise FieldError("invdate", problem)
         units = count_units(row.get("inv_cnt"), "inv_cnt")
         kind = COUNT
         _dates(row, required=False)
