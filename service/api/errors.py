@@ -158,12 +158,21 @@ async def refuse_nul_and_bad_text(request: Request[Any, Any, Any]) -> None:
         body = await request.body()
         if request.route_handler.parsed_data_field is not None:  # the route decodes JSON
             _refuse_non_json(request.headers.get("content-type"), body)
-        if b"\\u0000" in body and _JSON_NUL.search(body):
-            raise bad_input("body", "NUL characters (\\u0000) are not allowed in text")
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise bad_input("body", f"not UTF-8 (byte {exc.start})") from None
+        problem = text_problem(body)
+        if problem is not None:
+            raise bad_input("body", problem)
+
+
+def text_problem(body: bytes) -> str | None:
+    """Why a JSON text cannot become PostgreSQL text, or None: a NUL escape, or bytes that
+    are not UTF-8. Also for JSON sent inside a string (NHSA's ``input``), decoded later."""
+    if b"\\u0000" in body and _JSON_NUL.search(body):
+        return "NUL characters (\\u0000) are not allowed in text"
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 (byte {exc.start})"
+    return None
 
 
 def _refuse_non_json(content_type: str | None, body: bytes) -> None:

@@ -14,6 +14,7 @@ from litestar.exceptions import PermissionDeniedException
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
+from service.api.errors import text_problem
 from service.api.openapi import BEARER, WITH_BODY, problems
 from service.core.auth import Role
 from service.core.rules import CHINA
@@ -163,6 +164,11 @@ class NhsaController(Controller):
             body = msgspec.json.decode(await request.body())
         except msgspec.DecodeError:
             return _answer(received, "000000", "(body): is not JSON", None)
+        except RecursionError:
+            return _answer(received, "000000", "(body): is nested too deeply", None)
+        raw_input = body.get("input") if isinstance(body, dict) else None
+        if isinstance(raw_input, str) and (problem := text_problem(raw_input.encode())) is not None:
+            return _answer(received, "000000", f"input: {problem}", None)  # checked as the body is
         try:
             env = nhsa.parse(body)
         except nhsa.FieldError as exc:
@@ -197,7 +203,11 @@ class NhsaController(Controller):
                 ),
             )
         kept = {"infno": env.infno, "fixmedins_name": env.fixmedins_name, **env.fields}
-        done = await usecase.upload(services.pool, own.id, records, env.msgid, kept, received)
+        try:
+            done = await usecase.upload(services.pool, own.id, records, env.msgid, kept, received)
+        except RecursionError:  # a row nested just short of the decoder's limit but past the
+            # store's JSON encoder's (its stack is deeper): the transaction stored nothing
+            return _answer(received, region, "input: is nested too deeply", None)
         result = done.result
         if result.flags:
             services.feed_wake()

@@ -4,6 +4,7 @@ send them (../shared/nhsa/FIELDS.md), and the registry's fixmedins_code."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -442,3 +443,58 @@ async def test_batch_row_with_time_out_of_range_is_listed(admin: Api) -> None:
     assert err["msgRslt"].startswith("input.selinfoDetail[1].sel_retn_time:"), err
     assert await _units_left(p2, u[0]) == 0
     assert await _units_left(p2, u[1]) == 24
+
+
+@pytest.mark.parametrize("depth", [1_000, 30_000])
+async def test_body_nested_too_deep_is_infcode_minus_one(admin: Api, db: Any, depth: int) -> None:
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    raw = b'{"infno": ' + b"[" * depth + b"]" * depth + b"}"
+    resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["infcode"] == -1
+    assert resp.json()["err_msg"].startswith("(body):"), resp.json()
+    assert await _stored_events(db) == 0
+
+
+async def test_row_nested_just_short_of_the_decoder_limit(admin: Api, db: Any) -> None:
+    """A row nested a little less deep than the body's decoder refuses can still be too
+    deep for the store's JSON encoder: from 900 levels to past the decoder's limit, every
+    answer is infcode 0 or -1, never a 500."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    template = json.dumps(envelope("3505", {"selinfo": sale("B085", [], 24, memo="@@")}))
+    answers = set()
+    for depth in range(900, 1_000, 2):
+        raw = template.replace('"@@"', "[" * depth + "]" * depth).encode()
+        resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)
+        assert resp.status_code == 200, (depth, resp.text)
+        answers.add((resp.json()["infcode"], (resp.json()["err_msg"] or "").split(":")[0]))
+    assert answers <= {(0, ""), (-1, "(body)"), (-1, "input")}, answers
+
+
+@pytest.mark.parametrize("mode", ["deep", "nul", "surrogate"])
+async def test_input_as_a_json_string_is_checked_as_the_body_is(admin: Api, db: Any, mode: str) -> None:
+    """``input`` sent as a JSON string is decoded here, after the body's checks: the same
+    checks apply to it (no NUL, no lone surrogate, no nesting beyond the decoder)."""
+    w = await _world(admin)
+    inner = json.dumps({"selinfo": sale("B090", [w["units"][0]], 24)})
+    inner = {
+        "deep": '{"selinfo": ' + "[" * 30_000 + "]" * 30_000 + "}",
+        "nul": inner.replace('"B090"', '"B\\u0000090"'),
+        "surrogate": inner.replace('"B090"', '"B\\ud800090"'),
+    }[mode]
+    out = await nhsa(w["keys"]["P2"], {**envelope("3505", {}), "input": inner})
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input:"), out["err_msg"]
+    assert await _stored_events(db) == 0
+    assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+
+
+async def test_input_as_a_json_string_is_taken(admin: Api) -> None:
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    inner = json.dumps({"selinfo": sale("B091", [u[0]], 24)}, ensure_ascii=False)
+    out = await nhsa(p2, {**envelope("3505", {}), "input": inner})
+    assert out["infcode"] == 0, out
+    assert await _units_left(p2, u[0]) == 0

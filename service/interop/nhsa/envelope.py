@@ -4,12 +4,13 @@ where institutions' systems are known to differ. Pure: no I/O, no clock."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import msgspec
 
 from service.core.rules import CHINA
 
@@ -275,10 +276,12 @@ def parse(body: Any) -> Envelope:
     inf_time = china_time(fields.pop("inf_time"), "inf_time")
     raw_input = body.get("input")
     if isinstance(raw_input, str):  # some systems send input as a JSON string (≤ 40,000 chars)
-        try:
-            raw_input = json.loads(raw_input)
-        except ValueError:
+        try:  # by the body's decoder, which refuses lone surrogates as json.loads does not
+            raw_input = msgspec.json.decode(raw_input)
+        except msgspec.DecodeError:
             raise FieldError("input", "is a string that is not JSON") from None
+        except RecursionError:
+            raise FieldError("input", "is a string nested too deeply") from None
     if not isinstance(raw_input, dict):
         raise FieldError("input", "must be an object holding the interface's wrapper")
     single_key, batch_key = WRAPPERS[interface]
