@@ -337,6 +337,17 @@ async def test_bad_input_answers_infcode_minus_one(admin: Api, db: Any) -> None:
         (envelope("3505", {"selinfo": {**good, "trdn_flag": "Y"}}), "input.selinfo.trdn_flag"),
         (envelope("3505", {"selinfo": {**good, "setl_id": "S 1/2"}}), "input.selinfo.setl_id"),
         (envelope("3505A", {"selinfoDetail": []}), "input.selinfoDetail"),
+        # a wrong type is refused, not read as absent (the sale would lose its codes or link)
+        (envelope("3505", {"selinfo": {**good, "setl_id": {"id": "S1"}}}), "input.selinfo.setl_id"),
+        (
+            envelope("3505", {"selinfo": {**good, "drugtracinfo": [], "drug_trac_codg": [u[0], u[1]]}}),
+            "input.selinfo.drug_trac_codg",
+        ),
+        (
+            envelope("3505", {"selinfo": {**good, "drugtracinfo": [{"drug_trac_codg": [u[0]]}]}}),
+            "input.selinfo.drugtracinfo[0].drug_trac_codg",
+        ),
+        (envelope("3505", {"selinfo": {**good, "setl_id": True}}), "input.selinfo.setl_id"),
     ]
     for body, field in cases:
         out = await nhsa(p2, body)

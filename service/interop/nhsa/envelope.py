@@ -156,7 +156,11 @@ def required_texts(row: dict[str, Any], fields: tuple[tuple[str, int | None], ..
 
 
 def optional_text(row: dict[str, Any], key: str, field: str, max_length: int | None = None) -> str | None:
-    if row.get(key) is None or text(row.get(key)) is None:
+    """``required_text`` of a field that may be absent (missing, null or blank). Another
+    type (an array, an object, a boolean) is refused, not read as absent: a trace code or
+    setl_id sent so would be lost silently."""
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return required_text(row, key, field, max_length)
 
