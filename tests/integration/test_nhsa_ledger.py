@@ -509,3 +509,18 @@ async def test_item_ledgers_kept_as_uploads_go_follow_the_records(admin: Api, db
             follows = last is not None and all(r["at"] > last and r["kind"] != "count" for r in new)
             paths["fast" if follows else "slow"] += 1
     assert min(paths.values()) > 3, paths  # both ways of keeping a ledger were taken
+
+
+@pytest.mark.parametrize("infno", ["3505", "3501"])
+async def test_empty_string_drugtracinfo_is_absent(admin: Api, infno: str) -> None:
+    """``""`` is read as an absent field, drugtracinfo too: a record without codes."""
+    w = await _world(admin)
+    body = (
+        envelope("3505", {"selinfo": sale("B700", [], 24, drugtracinfo="")})
+        if infno == "3505"
+        else envelope("3501", {"invinfo": count("K700", 24, "2026-03-07", drugtracinfo="")})
+    )
+    out = await nhsa(w["keys"]["P2"], body)
+    assert out["infcode"] == 0, out["err_msg"]
+    assert out["output"]["result"]["retRslt"] == "1", out
+    assert out["output"]["tracecode"]["records"] == 1

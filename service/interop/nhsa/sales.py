@@ -140,6 +140,8 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
     ``drug_trac_codg`` (a comma-separated list is split, as [A] builds its array)."""
     out: list[str] = []
     node = row.get("drugtracinfo")
+    if isinstance(node, str) and not node.strip():
+        node = None  # "" for an absent field, as for every other field
     items = [node] if isinstance(node, dict) else node if isinstance(node, list) else []
     if node is not None and not isinstance(node, dict | list):
         raise FieldError("drugtracinfo", "must be an array of {drug_trac_codg} objects")
