@@ -509,3 +509,21 @@ async def test_input_as_a_json_string_is_taken(admin: Api) -> None:
     out = await nhsa(p2, {**envelope("3505", {}), "input": inner})
     assert out["infcode"] == 0, out
     assert await _units_left(p2, u[0]) == 0
+
+
+async def test_same_code_in_both_code_fields_is_one_scan(admin: Api) -> None:
+    """[B] sends the legacy single drug_trac_codg alongside drugtracinfo: a code in both is
+    one scan, not REPEATED_CODE (which would answer retRslt 0 and make the sender retry).
+    A code repeated within drugtracinfo itself is still refused."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B095", [u[0]], 24, drug_trac_codg=u[0])}))
+    assert out["output"]["result"]["retRslt"] == "1", out
+    assert out["output"]["tracecode"]["accepted"] == 1
+    assert out["output"]["tracecode"]["rejected"] == []
+    both = sale("B096", [u[1]], 48, drug_trac_codg=f"{u[1]},{u[2]}")
+    out = await nhsa(p2, envelope("3505", {"selinfo": both}))
+    assert out["output"]["result"]["retRslt"] == "1", out
+    assert [await _units_left(p2, c) for c in u[1:3]] == [0, 0]
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B097", [u[3], u[3]], 24)}))
+    assert [x["reason"] for x in out["output"]["tracecode"]["rejected"]] == ["REPEATED_CODE"]

@@ -157,11 +157,19 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
             out.append(code)
     legacy = optional_text(row, "drug_trac_codg", "drug_trac_codg")
     if legacy is not None:
-        out += [c.strip() for c in legacy.split(",") if c.strip()]
+        # [B] sends the legacy code alongside the array: a code in both is one scan (one
+        # repeated within either field is still REPEATED_CODE)
+        listed = {_canonical(c) for c in out}
+        out += [c for c in (c.strip() for c in legacy.split(",")) if c and _canonical(c) not in listed]
     for code in out:
         if len(code) > MAX_CODE_LENGTH:
             raise FieldError("drugtracinfo", f"a trace code is longer than {MAX_CODE_LENGTH} characters")
     return out
+
+
+def _canonical(code: str) -> str:
+    parsed = try_parse_code(code)
+    return parsed.canonical if parsed is not None else code
 
 
 def _record(
