@@ -235,9 +235,12 @@ class NhsaController(Controller):
         row_errors += [
             _row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts
         ]
-        if (done.missing or done.conflicts) and not env.batch:
-            message = row_errors[-1].msg_rslt
-            return _answer(received, region, message, _output(env, NhsaResult(FAILED, message), None))
+        unknown_or_conflicting = len(done.missing) + len(done.conflicts)
+        if unknown_or_conflicting and (not env.batch or unknown_or_conflicting == len(records)):
+            # no good row (the single record, or a batch whose rows all name unknown records,
+            # conflict with stored ones, or are bad): -1, naming the first
+            message = row_errors[0 if env.batch else -1].msg_rslt
+            return _answer(received, region, message, _output(env, NhsaResult(FAILED, message), row_errors))
         failed = bool(row_errors)
         message = "; ".join(e.msg_rslt for e in row_errors) if failed else "success"
         output = _output(

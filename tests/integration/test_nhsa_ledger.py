@@ -524,3 +524,23 @@ async def test_empty_string_drugtracinfo_is_absent(admin: Api, infno: str) -> No
     assert out["infcode"] == 0, out["err_msg"]
     assert out["output"]["result"]["retRslt"] == "1", out
     assert out["output"]["tracecode"]["records"] == 1
+
+
+async def test_deletion_batch_with_no_known_record_is_minus_one(admin: Api) -> None:
+    """A batch with no good row is -1, a 3507A whose every row names an unknown record
+    too (a bad row and an unknown one: no good row either)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    rows = [deletion("NOPE1", "4"), deletion("NOPE2", "3")]
+    out = await nhsa(p2, envelope("3507A", {"goodDetail": rows}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.goodDetail[0].fixmedins_bchno:"), out["err_msg"]
+    assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["NOPE1", "NOPE2"]
+    out = await nhsa(p2, envelope("3507A", {"goodDetail": [deletion("NOPE3", "9"), deletion("NOPE4", "4")]}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.goodDetail[0].inv_data_type:"), out["err_msg"]
+    # one known row: the batch is taken, the unknown one listed
+    out = await nhsa(p2, envelope("3507A", {"goodDetail": [deletion("C000", "3"), deletion("NOPE5", "4")]}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["deleted"] == ["C000"]
+    assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["NOPE5"]
