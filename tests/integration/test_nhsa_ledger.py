@@ -544,3 +544,25 @@ async def test_deletion_batch_with_no_known_record_is_minus_one(admin: Api) -> N
     assert out["infcode"] == 0, out
     assert out["output"]["tracecode"]["deleted"] == ["C000"]
     assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["NOPE5"]
+
+
+async def test_codes_that_do_not_parse_are_reported_in_counts_and_ledger_only_changes(admin: Api) -> None:
+    """A stock count's codes, and a 103/104 change's, that are not codes are listed as
+    INVALID_CODE (as a sale's or a 3502 move's are), not dropped unseen; the record is kept."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    rows = [count("K710", 5, "2026-03-07", "not-a-code"), count("K711", 24, "2026-03-07", u[0])]
+    out = await nhsa(p2, envelope("3501A", {"invinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["rejected"] == [
+        {"fixmedins_bchno": "K710", "code": "not-a-code", "reason": "INVALID_CODE"}
+    ]
+    assert [e["fixmedins_bchno"] for e in out["output"]["invinfoErrDetail"]] == ["K710"]
+    assert out["output"]["tracecode"]["records"] == 2
+    out = await nhsa(p2, envelope("3502", {"invinfo": change("T710", "103", 1, ["bad-code", u[1]])}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["rejected"] == [
+        {"fixmedins_bchno": "T710", "code": "bad-code", "reason": "INVALID_CODE"}
+    ]
+    assert out["output"]["result"]["retRslt"] == "0"
+    assert out["output"]["tracecode"]["records"] == 1

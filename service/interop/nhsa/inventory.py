@@ -97,6 +97,11 @@ def _record(
         kind = COUNT
         _dates(row, required=False)
         codes = raw_codes(row)
+        record.refused += [
+            Rejection(event_id(envelope.fixmedins_code, interface, bchno, raw), raw, INVALID_CODE)
+            for raw in codes
+            if try_parse_code(raw) is None
+        ]
     elif interface == INVENTORY_CHANGE:
         chg = required_text(row, "inv_chg_type", "inv_chg_type", 6)
         if chg not in INV_CHG_TYPES:
@@ -107,21 +112,22 @@ def _record(
         at = _when(row, "inv_chg_time", now)
         flag01(row.get("trdn_flag"), "trdn_flag")
         codes = raw_codes(row)
-        if event_type is not None:
-            seen: set[str] = set()
-            for raw in codes:
-                parsed = try_parse_code(raw)
-                canonical = parsed.canonical if parsed else raw
-                eid = event_id(envelope.fixmedins_code, interface, bchno, canonical)
-                if parsed is None:
-                    record.refused.append(Rejection(eid, raw, INVALID_CODE))
-                elif canonical in seen:
-                    record.refused.append(Rejection(eid, canonical, REPEATED_CODE))
-                else:
-                    seen.add(canonical)
-                    # ⚠ 3502 names no counterpart: a transfer or return out is a ship with
-                    # no destination, a receipt a receive with no sender
-                    events.append(Incoming(eid, event_type, at, org, (canonical,), ref=bchno))
+        seen: set[str] = set()
+        for raw in codes:
+            parsed = try_parse_code(raw)
+            canonical = parsed.canonical if parsed else raw
+            eid = event_id(envelope.fixmedins_code, interface, bchno, canonical)
+            if parsed is None:
+                record.refused.append(Rejection(eid, raw, INVALID_CODE))
+            elif event_type is None:
+                continue  # a count gain or loss (103/104): its codes go to the ledger only
+            elif canonical in seen:
+                record.refused.append(Rejection(eid, canonical, REPEATED_CODE))
+            else:
+                seen.add(canonical)
+                # ⚠ 3502 names no counterpart: a transfer or return out is a ship with
+                # no destination, a receipt a receive with no sender
+                events.append(Incoming(eid, event_type, at, org, (canonical,), ref=bchno))
     else:  # purchase, purchase return
         units = whole_units(row.get("purc_retn_cnt"), "purc_retn_cnt")
         at = _when(row, "purc_retn_stoin_time", now)
