@@ -274,6 +274,14 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
             envelope("3508", {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31"}}),
             "input.data.medins_list_codg",
         ),
+        (
+            envelope("3511", {"data": {"begndate": "0001-01-01", "enddate": "2026-03-31"}}),
+            "input.data.begndate",
+        ),
+        (
+            envelope("3513", {"data": {"begndate": "2026-03-01", "enddate": "9999-12-31"}}),
+            "input.data.enddate",
+        ),
     ]
     for body, field in cases:
         out = await nhsa(p2, body)

@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from service.core.codes import try_parse_code
-from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.events import EARLIEST_YEAR, REPEATED_CODE, Incoming, Rejection, time_problem
 from service.core.ledger import COUNT, DATA_TYPES, INV_CHG_TYPES, Entry
 from service.core.rules import CHINA, INVALID_CODE
 from service.interop.nhsa.envelope import (
@@ -207,6 +207,9 @@ def query(envelope: Envelope) -> Query:
         end = calendar_date(row.get("enddate"), "enddate")
     except FieldError as exc:
         raise FieldError(f"input.data.{exc.field}", exc.message) from None
+    for key, day in (("begndate", begin), ("enddate", end)):
+        if not EARLIEST_YEAR <= day.year < 9999:  # as /v1/flags' since and until
+            raise FieldError(f"input.data.{key}", f"must be between the years {EARLIEST_YEAR} and 9998")
     if end < begin:
         raise FieldError("input.data.enddate", "is before begndate")
     item, bchno = named("medins_list_codg", 150), named("fixmedins_bchno", 30)
