@@ -474,10 +474,10 @@ async def test_row_nested_just_short_of_the_decoder_limit(admin: Api, db: Any) -
     answer is infcode 0 or -1, never a 500."""
     w = await _world(admin)
     p2 = w["keys"]["P2"]
-    template = json.dumps(envelope("3505", {"selinfo": sale("B085", [], 24, memo="@@")}))
+    template = json.dumps(envelope("3505", {"selinfo": sale("B085-%%", [], 24, memo="@@")}))
     answers = set()
-    for depth in range(900, 1_000, 2):
-        raw = template.replace('"@@"', "[" * depth + "]" * depth).encode()
+    for depth in range(900, 1_000, 2):  # each its own record (one serial is one record)
+        raw = template.replace('"@@"', "[" * depth + "]" * depth).replace("%%", str(depth)).encode()
         resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)
         assert resp.status_code == 200, (depth, resp.text)
         answers.add((resp.json()["infcode"], (resp.json()["err_msg"] or "").split(":")[0]))
