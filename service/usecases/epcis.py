@@ -50,6 +50,40 @@ def _error(index: int, event_id: str | None, fld: str, message: str) -> dict[str
     }
 
 
+class _RolledBack(Exception):
+    """Raised inside the capture's transaction so that nothing of a refused document stays."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} events refused")
+        self.errors = errors
+
+
+def _refusals(
+    indexed: Sequence[tuple[int, Mapped]], rejected: Sequence[Rejection]
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """An error for each event some of whose identifiers were refused (as a parse or
+    by the custody rules, as /v1/events' ``rejected``), and the indexes of those whose
+    every identifier was refused: they did not happen."""
+    by_fact: dict[uuid.UUID, list[Rejection]] = {}
+    for r in rejected:
+        by_fact.setdefault(r.event_id, []).append(r)
+    errors: list[dict[str, Any]] = []
+    refused: set[int] = set()
+    for i, m in indexed:
+        if m.command is None:
+            continue
+        mine = [*m.refused, *by_fact.get(m.command.event_id, [])]
+        if not mine:
+            continue
+        named = ", ".join(f"{r.code} {r.reason}" for r in mine[:10])
+        more = f" and {len(mine) - 10} more" if len(mine) > 10 else ""
+        fld = "childEPCs" if m.record.type == "AggregationEvent" else "epcList"
+        errors.append(_error(i, m.record.event_id, fld, f"refused: {named}{more}"))
+        if {r.code for r in mine} >= set(m.command.codes):
+            refused.add(i)
+    return errors, refused
+
+
 async def capture(
     pool: asyncpg.Pool,
     org: str,
@@ -59,8 +93,12 @@ async def capture(
     context: Sequence[Any] = (),
 ) -> Captured:
     """Capture ``events`` for ``org``. ``invalid``: events the schema refused, by index,
-    as (field, message); ``context``: the document's own ``@context`` entries. With
-    ``rollback`` any error stores nothing; with ``proceed`` the good events are stored.
+    as (field, message); ``context``: the document's own ``@context`` entries. An event
+    is refused when it cannot be mapped, or when some of its identifiers are refused
+    (not codes, or by the custody rules). With ``rollback`` any refusal stores nothing
+    (the custody effects of the other events are undone in the same transaction); with
+    ``proceed`` the others are stored, and so is an event some of whose codes were taken
+    (as /v1/events takes them), while one with none taken is not.
     Raises ForeignLocation (nothing stored)."""
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
@@ -71,7 +109,7 @@ async def capture(
             if by_gln.get(gln) != org:
                 raise ForeignLocation(i, gln)
     errors: list[dict[str, Any]] = []
-    mapped: list[Mapped] = []
+    indexed: list[tuple[int, Mapped]] = []
     for i, event in enumerate(events):
         given = event.get("eventID")
         event_id = given if isinstance(given, str) else None
@@ -79,11 +117,12 @@ async def capture(
             errors.append(_error(i, event_id, *invalid[i]))
             continue
         try:
-            mapped.append(map_event(event, by_gln, org, created, context))
+            indexed.append((i, map_event(event, by_gln, org, created, context)))
         except EventError as exc:
             errors.append(_error(i, event_id, exc.field, exc.message))
     if errors and behaviour == "rollback":
-        mapped = []
+        indexed = []
+    mapped = [m for _, m in indexed]
     commands: list[Incoming] = [m.command for m in mapped if m.command is not None]
     refused: list[Rejection] = [r for m in mapped for r in m.refused]
     job = Job(
@@ -97,15 +136,28 @@ async def capture(
         finished_at=created,
     )
 
-    async def keep(conn: Conn) -> list[FlagRef]:
+    async def keep(conn: Conn, rejected: list[Rejection]) -> list[FlagRef]:
         nonlocal job
-        await store.insert_events(conn, job.capture_id, org, [m.record for m in mapped])
-        job = replace(job, finished_at=datetime.now(UTC))
+        refusals, gone = _refusals(indexed, rejected)
+        if refusals and behaviour == "rollback":
+            raise _RolledBack(refusals)
+        kept = [m.record for i, m in indexed if i not in gone]
+        await store.insert_events(conn, job.capture_id, org, kept)
+        every = sorted([*errors, *refusals], key=lambda e: int(e["eventIndex"]))
+        job = replace(
+            job, success=not every, errors=every, events=len(kept), finished_at=datetime.now(UTC)
+        )
         await store.insert_job(conn, job)
         return []
 
     # the custody commands, the events as received and the job: one transaction
-    result = await ingest(pool, commands, refused, also=keep)
+    try:
+        result = await ingest(pool, commands, refused, also=keep)
+    except _RolledBack as exc:
+        job = replace(job, success=False, errors=exc.errors, events=0, finished_at=datetime.now(UTC))
+        async with pool.acquire() as conn:
+            await store.insert_job(conn, job)
+        return Captured(job, IngestResult())
     return Captured(job, result)
 
 

@@ -51,11 +51,12 @@ async def ingest(
     pool: asyncpg.Pool,
     events: list[Incoming],
     refused: list[Rejection],
-    also: Callable[[Conn], Awaitable[list[FlagRef]]] | None = None,
+    also: Callable[[Conn, list[Rejection]], Awaitable[list[FlagRef]]] | None = None,
 ) -> IngestResult:
     """Store ``events`` (codes already parsed; ``refused`` lists codes that failed
     parsing). ``also`` writes what an interface keeps besides the events (the NHSA
-    ledger) in the same transaction, after them, and returns the flags it raised.
+    ledger, the EPCIS events) in the same transaction, after them, given the codes the
+    rules refused; it returns the flags it raised, or raises to store nothing.
     Durable when this returns."""
     seen: set[UUID] = set()
     unique: list[Incoming] = []
@@ -94,7 +95,7 @@ async def ingest(
         if loaded.events:
             await _write(conn, rules.decide(loaded), result)
         if also is not None:
-            result.flags += await also(conn)
+            result.flags += await also(conn, result.rejected)
         return result
 
     result = done if done is not None else await with_retry(pool, work)

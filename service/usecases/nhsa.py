@@ -124,11 +124,11 @@ async def _deletions(
 
 def _ledger_writer(
     org: str, entries: list[rules.Entry], msgid: str, envelope: dict[str, Any], uploaded: Uploaded
-) -> Callable[[Conn], Awaitable[list[FlagRef]]]:
+) -> Callable[[Conn, list[Rejection]], Awaitable[list[FlagRef]]]:
     """The ledger's part of the upload's transaction, run after its events: the records,
     the deletions, each item's ledger and the flags they raise."""
 
-    async def write(conn: Conn) -> list[FlagRef]:
+    async def write(conn: Conn, _refused: list[Rejection]) -> list[FlagRef]:
         deleted_items = {stored["med_list_codg"] for stored in uploaded.targets}
         standings = await ledger_store.lock_items(
             conn, org, [e.med_list_codg for e in entries] + [*deleted_items]

@@ -326,6 +326,72 @@ async def test_rollback_and_proceed_with_one_bad_event(admin: Api) -> None:
     assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 200
 
 
+LOT = {"cbvmda:lotNumber": "L1", "cbvmda:itemExpirationDate": "2030-12-31"}
+
+
+def _events(answer: Any) -> list[dict[str, Any]]:
+    return list(answer["epcisBody"]["queryResults"]["resultsBody"]["eventList"])
+
+
+async def test_an_event_whose_codes_the_custody_rules_refuse_is_refused(admin: Api, db: Any) -> None:
+    """Found in review: refused codes (UNKNOWN_PRODUCT, NOT_MANUFACTURER, ...) counted as
+    a success; the rollback kept the document's other events, and the refused event was
+    queryable as if it had happened."""
+    keys = await _pharma_world(admin)
+    good = _journey()[0][1]  # commissions .1 .2 .3 of the registered GTIN
+    unknown_product = _ev(
+        "ObjectEvent",
+        1,
+        M_LOC,
+        action="ADD",
+        bizStep="commissioning",
+        epcList=["urn:epc:id:sgtin:0614141.099999.1"],
+        ilmd=LOT,
+    )
+    resp = await keys["M1"].post("/epcis/capture", _doc(good, unknown_product))  # rollback
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert (job["success"], job["eventCount"]) == (False, 0), job
+    assert [(e["eventIndex"], e["type"]) for e in job["errors"]] == [
+        (1, "epcisException:ValidationException")
+    ], job
+    assert "UNKNOWN_PRODUCT" in job["errors"][0]["detail"], job
+    assert (await keys["M1"].ok("GET", resp.headers["location"]))["errors"] == job["errors"]
+    assert await db.fetchval("SELECT count(*) FROM epcis_events") == 0
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404
+
+    # proceed: the good event is stored and takes effect, the refused one is not kept
+    resp = await keys["M1"].client.post(
+        "/epcis/capture",
+        headers={**keys["M1"].headers, "GS1-Capture-Error-Behaviour": "proceed"},
+        json=_doc(good, unknown_product),
+    )
+    job = resp.json()
+    assert (job["success"], job["eventCount"], job["errors"][0]["eventIndex"]) == (False, 1, 1), job
+    assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 200
+    kept = _events(await keys["inv"].ok("GET", "/epcis/events"))
+    assert [e["epcList"] for e in kept] == [good["epcList"]]
+
+    # every code refused (D1 is no manufacturer): a failure on both capture routes
+    by_d1 = _ev(
+        "ObjectEvent",
+        0,
+        D_LOC,
+        action="ADD",
+        bizStep="commissioning",
+        epcList=["urn:epc:id:sgtin:0614141.107346.7"],
+        ilmd=LOT,
+    )
+    resp = await keys["D1"].post("/epcis/capture", _doc(by_d1))
+    assert (resp.status_code, resp.json()["success"]) == (202, False), resp.text
+    assert "NOT_MANUFACTURER" in resp.json()["errors"][0]["detail"], resp.text
+    resp = await keys["D1"].post("/epcis/events", by_d1)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["type"] == "epcisException:ValidationException", resp.text
+    assert (await keys["inv"].get("/v1/codes/0110614141073464217/history")).status_code == 404
+    assert len(_events(await keys["inv"].ok("GET", "/epcis/events"))) == 1
+
+
 async def test_foreign_gln_is_403_and_nothing_stored(admin: Api) -> None:
     keys = await _pharma_world(admin)
     ev = _journey()[3][1]  # D1's receive

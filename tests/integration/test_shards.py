@@ -14,7 +14,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from service.core.events import Incoming
+from service.core.events import Incoming, Rejection
 from service.core.flags import FlagRef
 from service.store.conn import Conn
 from service.store.db import create_pool
@@ -46,7 +46,7 @@ async def test_a_batch_held_open_does_not_hold_up_other_codes_of_its_shards(
     pool = await create_pool(db_url, min_size=1, max_size=2)
     inside, release = asyncio.Event(), asyncio.Event()
 
-    async def hold_open(conn: Conn) -> list[FlagRef]:
+    async def hold_open(conn: Conn, _rejected: list[Rejection]) -> list[FlagRef]:
         # the batch's rows are locked and written, on every shard it touches: wait here
         inside.set()
         await asyncio.wait_for(release.wait(), timeout=60)
