@@ -147,6 +147,8 @@ def _decode(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise epcis_problem(400, "ValidationException", f"not JSON: {exc}") from None
+    except RecursionError:  # msgspec's decoder recurses (a document ~1,000 levels deep was a 500)
+        raise epcis_problem(400, "ValidationException", "JSON nested too deep") from None
 
 
 def _version(header: str, raw: str) -> tuple[int, int, int]:

@@ -613,6 +613,18 @@ async def test_epcis_routes_keep_the_apps_checks_of_every_request(admin: Api) ->
     assert "NUL" in resp.json()["detail"], resp.text
 
 
+async def test_json_nested_a_thousand_levels_is_a_400(admin: Api) -> None:
+    """Found in review: msgspec's RecursionError was not caught (a 500)."""
+    keys = await _pharma_world(admin)
+    raw = b'{"type":"EPCISDocument","example:x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    for path in ("/epcis/capture", "/epcis/events"):
+        resp = await keys["M1"].client.post(
+            path, headers={**keys["M1"].headers, "content-type": "application/json"}, content=raw
+        )
+        assert resp.status_code == 400, (path, resp.text)
+        assert resp.json()["type"] == "epcisException:ValidationException", (path, resp.text)
+
+
 async def test_identifiers_too_long_to_keep_are_refused_not_a_500(admin: Api) -> None:
     """Found in review: a 4,000-character eventID or EPC broke an index key (a 500), and
     the EPC caches kept such strings whole."""
