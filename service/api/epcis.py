@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 import fastjsonschema
 import msgspec
@@ -286,6 +287,7 @@ class EpcisController(Controller):
     @get("/events", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 406))
     async def events(
         self,
+        request: Request[Any, Any, Any],
         services: Services,
         event_type: Annotated[str | None, QueryParameter(name="eventType")] = None,
         ge_time: Annotated[datetime | None, QueryParameter(name="GE_eventTime")] = None,
@@ -335,7 +337,12 @@ class EpcisController(Controller):
         page = await usecase.events(services.pool, q, per_page)
         headers = dict(VERSIONS)
         if page.next_token is not None:
-            headers["Link"] = f'</epcis/events?nextPageToken={page.next_token}>; rel="next"'
+            # the same query, page size and all, from the next token on (as the binding's example)
+            paging = ("perPage", "nextPageToken")
+            kept = [(k, v) for k, v in request.query_params.multi_items() if k not in paging]
+            pairs = [("perPage", per_page), *kept, ("nextPageToken", page.next_token)]
+            query = urlencode(pairs, quote_via=quote)
+            headers["Link"] = f'</epcis/events?{query}>; rel="next"'
         return Response(_document(page.events), headers=headers)
 
     @get(

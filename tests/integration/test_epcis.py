@@ -215,6 +215,25 @@ async def test_pharma_journey_as_epcis_gives_custody(admin: Api) -> None:
     assert (await keys["P1"].get("/epcis/events")).status_code == 403
 
 
+async def test_the_next_page_link_keeps_the_query(admin: Api) -> None:
+    """Found in review: the ``Link: rel="next"`` URL dropped every filter and perPage."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey():
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).status_code == 202
+    inv = keys["inv"]
+    seen = []
+    resp = await inv.get("/epcis/events", EQ_bizStep="shipping", GE_eventTime=at(0), perPage=1)
+    while True:
+        assert resp.status_code == 200, resp.text
+        seen += [(e["bizStep"], e["bizLocation"]["id"]) for e in _events(resp.json())]
+        if "link" not in resp.headers:
+            break
+        link = resp.headers["link"]
+        assert link.startswith("</epcis/events?perPage=1&"), link
+        resp = await inv.client.get(link.split(">")[0].lstrip("<"), headers=inv.headers)
+    assert seen == [("shipping", M_LOC), ("shipping", D_LOC)]
+
+
 async def _snapshot(keys: dict[str, Api]) -> dict[str, Any]:
     """What investigators and pharmacies see of the journey: each code's state and
     history, and the flags, without the ids and clock times each upload gets anew."""
