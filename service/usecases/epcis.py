@@ -14,7 +14,15 @@ import asyncpg
 
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagRef
-from service.interop.epcis.mapping import EventError, Mapped, all_glns, location_glns, map_event
+from service.interop.epcis.mapping import (
+    EventError,
+    Mapped,
+    all_glns,
+    location_glns,
+    map_event,
+    unpacks_all,
+)
+from service.store import codes as code_store
 from service.store import epcis as store
 from service.store import registry
 from service.store.conn import Conn
@@ -102,8 +110,10 @@ async def capture(
     Raises ForeignLocation (nothing stored)."""
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
+    emptied = sorted({c for c in map(unpacks_all, events) if c is not None})
     async with pool.acquire() as conn:
         by_gln = {gln: o.id for gln, o in (await registry.orgs_by_gln(conn, glns)).items()}
+        inside = {c: set(await code_store.contents(conn, c)) for c in emptied}
     for i, event in enumerate(events):
         for gln in location_glns(event):
             if by_gln.get(gln) != org:
@@ -117,9 +127,15 @@ async def capture(
             errors.append(_error(i, event_id, *invalid[i]))
             continue
         try:
-            indexed.append((i, map_event(event, by_gln, org, created, context)))
+            m = map_event(event, by_gln, org, created, context, inside)
         except EventError as exc:
             errors.append(_error(i, event_id, exc.field, exc.message))
+            continue
+        indexed.append((i, m))
+        c = m.command
+        if c is not None and c.parent in inside:  # what the document packs and unpacks before
+            held = inside[c.parent]
+            inside[c.parent] = held | set(c.codes) if c.type == "pack" else held - set(c.codes)
     if errors and behaviour == "rollback":
         indexed = []
     mapped = [m for _, m in indexed]

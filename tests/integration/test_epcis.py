@@ -411,6 +411,29 @@ async def test_an_event_whose_codes_the_custody_rules_refuse_is_refused(admin: A
     assert len(_events(await keys["inv"].ok("GET", "/epcis/events"))) == 1
 
 
+async def test_an_aggregation_delete_naming_no_children_unpacks_them_all(admin: Api) -> None:
+    """Found in review: EPCIS 2.0 has a DELETE with no child lists disaggregate every
+    child; it unpacked nothing, and the units went on travelling with the SSCC."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:2]:  # commission 3 units, pack them into the SSCC
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).status_code == 202
+    unpack_all = _ev("AggregationEvent", 1.5, M_LOC, action="DELETE", bizStep="unpacking", parentID=SSCC_URN)
+    resp = await keys["M1"].post("/epcis/capture", _doc(unpack_all))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["success"], resp.text
+    for unit in UNITS:
+        history = await keys["inv"].ok("GET", f"/v1/codes/{unit}/history")
+        assert history["container"] is None, history
+        assert [e["type"] for e in history["events"]] == ["commission", "pack", "unpack"], history
+    # within one document too: what it packed before is what the unpack takes
+    pack, unpack = {**_journey()[1][1], "eventTime": at(2)}, {**unpack_all, "eventTime": at(3)}
+    resp = await keys["M1"].post("/epcis/capture", _doc(pack, unpack))
+    assert resp.json()["success"], resp.text
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
+    assert history["container"] is None, history
+    assert [e["type"] for e in history["events"]][-2:] == ["pack", "unpack"], history
+
+
 async def test_foreign_gln_is_403_and_nothing_stored(admin: Api) -> None:
     keys = await _pharma_world(admin)
     ev = _journey()[3][1]  # D1's receive

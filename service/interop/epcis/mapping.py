@@ -8,7 +8,7 @@ custody, the same :class:`~service.core.events.Incoming` command /v1/events buil
 | ObjectEvent, bizStep receiving                       | receive (``from``: ``sourceList``) |
 | ObjectEvent, bizStep dispensing / retail_selling     | dispense     |
 | ObjectEvent, bizStep destroying / decommissioning    | destroy      |
-| AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack |
+| AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack (no children named: all) |
 
 Everything else (other types, steps and actions) is kept and queryable, with no custody
 effect. The acting organisation is the one holding the event's ``bizLocation`` (else
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -242,18 +242,32 @@ def own_context(document: Mapping[str, Any]) -> list[Any]:
     return [c for c in entries if not (isinstance(c, str) and c.startswith(GS1_CONTEXT_PREFIX))]
 
 
+def unpacks_all(event: Mapping[str, Any]) -> str | None:
+    """The container's code when ``event`` is an AggregationEvent DELETE naming no
+    children, which disaggregates all of them (EPCIS 2.0): the caller looks up what the
+    container holds (:func:`map_event`'s ``contents``). None for any other event."""
+    if event.get("type") != "AggregationEvent" or event.get("action") != "DELETE":
+        return None
+    if _strings(event.get("childEPCs")) or event.get("childQuantityList"):
+        return None
+    parent = event.get("parentID")
+    return to_code(parent) if isinstance(parent, str) and len(parent) <= MAX_LENGTH else None
+
+
 def map_event(
     event: Mapping[str, Any],
     orgs_by_gln: Mapping[str, str],
     actor: str,
     now: datetime,
     context: Sequence[Any] = (),
+    contents: Mapping[str, Collection[str]] | None = None,
 ) -> Mapped:
     """Map one event (already shape-checked). ``orgs_by_gln``: organisation id by GLN;
     ``actor``: the capturing organisation (it must hold the event's locations: the
     caller checks); ``context``: the capture document's :func:`own_context`, kept with
     an event that has no ``@context`` of its own, so that its extensions keep their
-    meaning wherever a query returns it. Raises EventError."""
+    meaning wherever a query returns it; ``contents``: the codes each container of an
+    event :func:`unpacks_all` holds. Raises EventError."""
     type_ = event.get("type")
     if not isinstance(type_, str) or type_ not in EVENT_TYPES:  # (a list is not hashable)
         raise EventError("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
@@ -281,16 +295,22 @@ def map_event(
         parent_id=parent,
         body=body,
     )
-    command, refused = _command(event, record, orgs_by_gln, actor, now)
+    command, refused = _command(event, record, orgs_by_gln, actor, now, contents or {})
     return Mapped(record, command, tuple(refused))
 
 
 def _command(
-    event: Mapping[str, Any], record: Record, orgs_by_gln: Mapping[str, str], actor: str, now: datetime
+    event: Mapping[str, Any],
+    record: Record,
+    orgs_by_gln: Mapping[str, str],
+    actor: str,
+    now: datetime,
+    contents: Mapping[str, Collection[str]],
 ) -> tuple[Incoming | None, list[Rejection]]:
     kind: str | None = None
     extra: dict[str, Any] = {}
     raws = _strings(event.get("epcList"))
+    held: tuple[str, ...] = ()  # the codes an unpack of all the children takes
     if record.type == "ObjectEvent":
         step, action = record.biz_step, record.action
         if step == "commissioning" and action == "ADD":
@@ -323,6 +343,8 @@ def _command(
             raise EventError("parentID", "is not an SGTIN or SSCC")
         extra["parent"] = parent
         raws = _strings(event.get("childEPCs"))
+        if unpacks_all(event) == parent:
+            held = tuple(sorted(contents.get(parent, ())))
     if kind is None:
         return None, []
     # what each type needs is /v1/events' rule (core.events.shape_errors), named in EPCIS terms
@@ -340,9 +362,9 @@ def _command(
     if errors:
         name, message = errors[0]
         raise EventError(_FIELDS.get(name, name), message)
-    if not raws:
+    if not raws and not held:
         return None, []
-    codes, refused = _codes(record.fact_id, raws)
+    codes, refused = _codes(record.fact_id, raws) if raws else (held, [])
     command = Incoming(
         event_id=record.fact_id,
         type=kind,
