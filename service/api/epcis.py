@@ -33,6 +33,20 @@ VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
 CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
 
+# the query parameters GET /epcis/events takes (any other is a QueryParameterException)
+QUERY_PARAMETERS = (
+    "eventType",
+    "GE_eventTime",
+    "LT_eventTime",
+    "EQ_bizStep",
+    "EQ_bizLocation",
+    "MATCH_epc",
+    "MATCH_anyEPC",
+    "MATCH_parentID",
+    "perPage",
+    "nextPageToken",
+)
+
 # where each kind of document a capture takes holds its events
 _EVENT_LISTS: dict[str, tuple[str, ...]] = {
     "EPCISDocument": ("epcisBody", "eventList"),
@@ -300,12 +314,20 @@ class EpcisController(Controller):
         per_page: Annotated[int, QueryParameter(name="perPage", ge=1, le=1000)] = 30,
         next_page_token: Annotated[str | None, QueryParameter(name="nextPageToken")] = None,
     ) -> Response[EPCISQueryDocument]:
-        """Events matching every parameter given (each a comma-separated list, any of its
-        values), in capture order; a ``Link: rel="next"`` header pages on."""
+        """Events matching every parameter given (each list pipe-delimited, any of its
+        values), in capture order; a ``Link: rel="next"`` header pages on. Any other
+        parameter is a QueryParameterException."""
 
         def many(value: str | None) -> list[str] | None:
-            return [v for v in value.split(",") if v] if value else None
+            return [v for v in value.split("|") if v] if value else None
 
+        unknown = sorted(set(request.query_params) - set(QUERY_PARAMETERS))
+        if unknown:
+            raise epcis_problem(
+                400,
+                "QueryParameterException",
+                f"{', '.join(unknown)[:300]}: not supported (the parameters: {', '.join(QUERY_PARAMETERS)})",
+            )
         after = 0
         if next_page_token:
             # ASCII digits only ("³".isdigit() is true), and within a bigint

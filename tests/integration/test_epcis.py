@@ -234,6 +234,31 @@ async def test_the_next_page_link_keeps_the_query(admin: Api) -> None:
     assert seen == [("shipping", M_LOC), ("shipping", D_LOC)]
 
 
+async def test_query_lists_are_pipe_delimited_and_other_parameters_refused(admin: Api) -> None:
+    """Found in review: lists were split on "," (the binding's style is pipeDelimited, and
+    a URI may hold a comma), and a parameter not supported, such as EQ_action, was ignored."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey():
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).status_code == 202
+    inv = keys["inv"]
+    for params, count in (
+        ({"eventType": "ObjectEvent|AggregationEvent"}, 7),
+        ({"EQ_bizStep": "shipping|receiving"}, 4),
+        ({"EQ_bizLocation": f"{M_LOC}|{D_LOC}"}, 5),
+        ({"MATCH_anyEPC": "urn:epc:id:sgtin:0614141.107346.2|urn:epc:id:sgtin:0614141.107346.1"}, 3),
+        ({"eventType": "ObjectEvent,AggregationEvent"}, 0),
+    ):
+        resp = await inv.get("/epcis/events", **params)
+        assert resp.status_code == 200, (params, resp.text)
+        assert len(_events(resp.json())) == count, params
+    for params in ({"EQ_action": "DELETE"}, {"eventtype": "ObjectEvent"}, {"perPage": 2, "foo": ""}):
+        resp = await inv.get("/epcis/events", **params)
+        assert resp.status_code == 400, (params, resp.text)
+        problem = resp.json()
+        assert problem["type"] == "epcisException:QueryParameterException", (params, problem)
+        assert next(k for k in params if k != "perPage") in problem["detail"], problem
+
+
 async def _snapshot(keys: dict[str, Api]) -> dict[str, Any]:
     """What investigators and pharmacies see of the journey: each code's state and
     history, and the flags, without the ids and clock times each upload gets anew."""
