@@ -16,6 +16,7 @@ import msgspec
 from jsonschema import Draft7Validator
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import PermissionDeniedException
+from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import FromPath, QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 
@@ -24,7 +25,7 @@ from service.api.deps import Services
 from service.api.errors import refuse_nul_and_bad_text
 from service.api.openapi import BEARER, KEYED, problems
 from service.core.auth import Role
-from service.core.events import EARLIEST_YEAR
+from service.core.events import bound_problem
 from service.interop.epcis.mapping import GS1_CONTEXT_PREFIX, biz_step, own_context
 from service.usecases import epcis as usecase
 
@@ -46,6 +47,9 @@ QUERY_PARAMETERS = (
     "perPage",
     "nextPageToken",
 )
+
+DATE_TIME = OpenAPIFormat.DATE_TIME
+PER_PAGE_DEFAULT = 30
 
 # where each kind of document a capture takes holds its events
 _EVENT_LISTS: dict[str, tuple[str, ...]] = {
@@ -304,14 +308,15 @@ class EpcisController(Controller):
         request: Request[Any, Any, Any],
         services: Services,
         event_type: Annotated[str | None, QueryParameter(name="eventType")] = None,
-        ge_time: Annotated[datetime | None, QueryParameter(name="GE_eventTime")] = None,
-        lt_time: Annotated[datetime | None, QueryParameter(name="LT_eventTime")] = None,
+        # read here, not by Litestar, so that a bad one is the binding's exception naming it
+        ge_time: Annotated[str | None, QueryParameter(name="GE_eventTime", format=DATE_TIME)] = None,
+        lt_time: Annotated[str | None, QueryParameter(name="LT_eventTime", format=DATE_TIME)] = None,
         eq_biz_step: Annotated[str | None, QueryParameter(name="EQ_bizStep")] = None,
         eq_biz_location: Annotated[str | None, QueryParameter(name="EQ_bizLocation")] = None,
         match_epc: Annotated[str | None, QueryParameter(name="MATCH_epc")] = None,
         match_any_epc: Annotated[str | None, QueryParameter(name="MATCH_anyEPC")] = None,
         match_parent_id: Annotated[str | None, QueryParameter(name="MATCH_parentID")] = None,
-        per_page: Annotated[int, QueryParameter(name="perPage", ge=1, le=1000)] = 30,
+        per_page: Annotated[str | None, QueryParameter(name="perPage", description="1 to 1000 (30)")] = None,
         next_page_token: Annotated[str | None, QueryParameter(name="nextPageToken")] = None,
     ) -> Response[EPCISQueryDocument]:
         """Events matching every parameter given (each list pipe-delimited, any of its
@@ -336,19 +341,12 @@ class EpcisController(Controller):
                     400, "QueryParameterException", "nextPageToken: not a token of this service"
                 )
             after = int(next_page_token)
-        for name, moment in (("GE_eventTime", ge_time), ("LT_eventTime", lt_time)):
-            # PostgreSQL's timestamptz and an offset near year 1 or 9999 do not mix (was a 500)
-            if moment is not None and not EARLIEST_YEAR <= moment.year < 9999:
-                raise epcis_problem(
-                    400,
-                    "QueryParameterException",
-                    f"{name}: must be between the years {EARLIEST_YEAR} and 9998",
-                )
+        page_size = _per_page(per_page)
         steps = many(eq_biz_step)
         q = usecase.Query(
             event_types=many(event_type),
-            ge_time=ge_time,
-            lt_time=lt_time,
+            ge_time=_bound("GE_eventTime", ge_time),
+            lt_time=_bound("LT_eventTime", lt_time),
             biz_steps=[biz_step(s) or s for s in steps] if steps else None,
             biz_locations=many(eq_biz_location),
             epcs=many(match_epc),
@@ -356,13 +354,13 @@ class EpcisController(Controller):
             parent_ids=many(match_parent_id),
             after_seq=after,
         )
-        page = await usecase.events(services.pool, q, per_page)
+        page = await usecase.events(services.pool, q, page_size)
         headers = dict(VERSIONS)
         if page.next_token is not None:
             # the same query, page size and all, from the next token on (as the binding's example)
             paging = ("perPage", "nextPageToken")
             kept = [(k, v) for k, v in request.query_params.multi_items() if k not in paging]
-            pairs = [("perPage", per_page), *kept, ("nextPageToken", page.next_token)]
+            pairs = [("perPage", page_size), *kept, ("nextPageToken", page.next_token)]
             query = urlencode(pairs, quote_via=quote)
             headers["Link"] = f'</epcis/events?{query}>; rel="next"'
         return Response(_document(page.events), headers=headers)
@@ -376,6 +374,30 @@ class EpcisController(Controller):
         if found is None:
             raise epcis_problem(404, "NoSuchResourceException", f"no event {event_id}")
         return Response(_document([found]), headers=VERSIONS)
+
+
+def _per_page(raw: str | None) -> int:
+    if raw is None:
+        return PER_PAGE_DEFAULT
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):
+        raise epcis_problem(400, "QueryParameterException", "perPage: an integer from 1 to 1000")
+    return int(raw)
+
+
+def _bound(name: str, raw: str | None) -> datetime | None:
+    """A GE_/LT_eventTime: an RFC 3339 date-time with an offset (as ``since`` on /v1/flags)."""
+    if raw is None:
+        return None
+    try:
+        at = msgspec.convert(raw, datetime)
+    except msgspec.ValidationError:
+        raise epcis_problem(
+            400, "QueryParameterException", f"{name}: not an RFC 3339 date-time with an offset"
+        ) from None
+    problem = bound_problem(at)
+    if problem:
+        raise epcis_problem(400, "QueryParameterException", f"{name}: {problem}")
+    return at
 
 
 def _document(events: list[dict[str, Any]]) -> EPCISQueryDocument:

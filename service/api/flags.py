@@ -19,7 +19,7 @@ from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
 from service.core.codes import try_parse_code
-from service.core.events import EARLIEST_YEAR
+from service.core.events import bound_problem
 from service.usecases import flags as usecase
 
 KINDS = (
@@ -107,10 +107,9 @@ class FlagsController(Controller):
             if value is not None and _is_number(request.query_params.get(name, "")):
                 # Litestar reads a number as epoch seconds; API.md promises RFC 3339 only
                 raise bad_input(name, "an RFC 3339 date-time with an offset, not a number")
-            if value is not None and value.tzinfo is None:
-                raise bad_input(name, "must carry a UTC offset (RFC 3339)")
-            if value is not None and not EARLIEST_YEAR <= value.year < 9999:
-                raise bad_input(name, f"must be between the years {EARLIEST_YEAR} and 9998")
+            problem = bound_problem(value) if value is not None else None
+            if problem:
+                raise bad_input(name, problem)
         if code is not None:
             parsed = try_parse_code(code)
             if parsed is None:

@@ -87,6 +87,17 @@ def time_problem(at: datetime, now: datetime) -> str | None:
     return None
 
 
+def bound_problem(at: datetime) -> str | None:
+    """Why a time cannot bound a query (``since``, ``GE_eventTime``, ...), or None: it
+    carries an offset, and PostgreSQL's timestamptz and an offset near year 1 or 9999
+    do not mix (was a 500)."""
+    if at.tzinfo is None:
+        return "must carry a UTC offset (RFC 3339)"
+    if not EARLIEST_YEAR <= at.year < 9999:
+        return f"must be between the years {EARLIEST_YEAR} and 9998"
+    return None
+
+
 def shape_errors(
     *,
     type_: str,

@@ -259,6 +259,28 @@ async def test_query_lists_are_pipe_delimited_and_other_parameters_refused(admin
         assert next(k for k in params if k != "perPage") in problem["detail"], problem
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "perPage=0",
+        "perPage=abc",
+        "perPage=1001",
+        "GE_eventTime=yesterday",
+        "LT_eventTime=1700000000",
+        "GE_eventTime=2026-03-02T08:00:00",
+    ],
+)
+async def test_bad_query_values_are_query_parameter_exceptions_naming_them(admin: Api, query: str) -> None:
+    """Found in review: Litestar's checks answered the app's own problem naming per_page or
+    ge_time, and took an epoch or a time with no offset (which /v1/flags refuses)."""
+    inv = await admin.key_for("investigator")
+    resp = await inv.client.get(f"/epcis/events?{query}", headers=inv.headers)
+    assert resp.status_code == 400, resp.text
+    problem = resp.json()
+    assert problem["type"] == "epcisException:QueryParameterException", problem
+    assert problem["detail"].startswith(query.split("=")[0] + ":"), problem
+
+
 async def _snapshot(keys: dict[str, Api]) -> dict[str, Any]:
     """What investigators and pharmacies see of the journey: each code's state and
     history, and the flags, without the ids and clock times each upload gets anew."""
