@@ -18,7 +18,7 @@ What is measured
     side does more: it also writes B ledger records and judges STOCK_IMBALANCE.
 
 How to run (from the repository root)
-    .venv/bin/python scripts/bench_nhsa.py [--rounds N] [--batches 100,1000] [--database-url URL]
+    .venv/bin/python scripts/bench_nhsa.py [--rounds N] [--batches 1,10,100,1000] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ async def run(
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batches", default="100,1000", help="codes per request, comma-separated")
+    p.add_argument("--batches", default="1,10,100,1000", help="codes per request, comma-separated")
     p.add_argument("--database-url", default=None)
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
