@@ -39,9 +39,11 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
            FROM given g LEFT JOIN orgs o ON o.id = g.org
            ORDER BY g.n
            ON CONFLICT (code, kind, source_kind, source_id) DO UPDATE
-               SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, published_at = NULL
+               SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, published_at = NULL,
+                   detail = EXCLUDED.detail, refs = EXCLUDED.refs
                WHERE flags.status = 'auto_cleared'
-           RETURNING flag_id, kind, code, source_kind, source_id""",
+           RETURNING flag_id, kind, code, source_kind, source_id, status,
+                     xmax <> 0 AS reopened  -- a row updated, not inserted (PostgreSQL's xmax)""",
         [f.kind for f in items],
         [f.code for f in items],
         [f.org for f in items],
@@ -54,6 +56,9 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
         [f.status for f in items],
     )
     stored = {_key(r): FlagRef(r["flag_id"], r["kind"], r["code"]) for r in rows}
+    for status in ("pending", "open"):  # the re-opened ones: kept in their history
+        again = [r for r in rows if r["reopened"] and r["status"] == status]
+        await _changed_by_system(conn, again, status, "suspected again: what explained it no longer does")
     standing = [f for f in items if f.key not in stored]
     if standing:  # raised before and still standing: the existing flag
         for r in await conn.fetch(
@@ -166,10 +171,13 @@ async def promote_pending(conn: Conn, window: timedelta, limit: int = 10_000) ->
     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PROMOTION_LOCK):
         return None
     rows = await conn.fetch(
+        # the status is checked on the row updated too: a change committed while this
+        # waited for the row (an investigator's) is seen there, not in the subquery
         """UPDATE flags SET status = 'open', updated_at = now(), published_at = NULL
            WHERE flag_id IN (SELECT flag_id FROM flags
                              WHERE status = 'pending' AND updated_at <= now() - $1::interval
                              ORDER BY updated_at LIMIT $2)
+             AND status = 'pending' AND updated_at <= now() - $1::interval
            RETURNING code, flag_id""",
         window,
         limit,

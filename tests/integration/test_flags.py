@@ -397,3 +397,57 @@ async def test_the_publisher_passes_over_a_flag_a_writer_holds(  # type: ignore[
         assert await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'X1'")
     finally:
         await writer.close()
+
+
+async def test_a_flag_suspected_again_says_so_in_its_history(admin: Api) -> None:
+    """Auto-cleared by a late ship, then suspect again when the pack goes elsewhere: the
+    re-opening is in the flag's history, and it no longer names what had explained it."""
+    w = await world(admin)
+    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 903)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="D1"),
+    )
+    await d1.events(event("receive", "D1", [code], 2))
+    [flag] = (await p1.events(event("receive", "P1", [code], 10)))["flags"]
+    await d1.events(event("ship", "D1", [code], 3, to="P1"))
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "auto_cleared"
+    await d1.events(event("receive", "D1", [code], 4), event("ship", "D1", [code], 5, to="H1"))
+    again = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert again["status"] == "pending"
+    assert [h["status"] for h in again["history"]][-2:] == ["auto_cleared", "pending"]
+    assert again["history"][-1]["by_key"] == "system"
+    assert "cleared_by" not in again["refs"]
+
+
+async def test_promotion_leaves_a_change_committed_while_it_waited(admin: Api, db, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """An investigator dismisses a pending flag while the promotion waits for its row:
+    the flag stays dismissed."""
+    from datetime import timedelta
+
+    import asyncpg
+
+    from service.store import flags as flag_store
+    from service.store.db import create_pool
+    from service.usecases import flags as flag_usecases
+    from tests.helpers import until_waiting_on_a_lock
+
+    w = await world(admin)
+    [flag] = (await w["keys"]["P1"].events(event("receive", "P1", [cn20(w["unit"], 904)], 0)))["flags"]
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(db_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await flag_store.set_status(other, flag["code"], int(flag["flag_id"]), "dismissed", "known", "k_inv")
+        promoting = asyncio.create_task(flag_usecases.promote_due(pool, timedelta(0)))
+        await until_waiting_on_a_lock(db, "the promotion")
+        await tx.commit()
+        await promoting
+    finally:
+        await other.close()
+        await pool.close()
+    after = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert after["status"] == "dismissed"
+    assert [h["status"] for h in after["history"]][-1:] == ["dismissed"]
