@@ -69,7 +69,12 @@ async def principal_for_secret(
     return await console_principal(connection, token_hash(secret))
 
 
-def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: str) -> None:
+async def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: str) -> None:
+    """A new session under a fresh id; the browser's previous session, if any, ends (a
+    sign-in as another key must not leave the first one usable)."""
+    previous = connection.cookies.get(SESSION_KEY)
+    if previous:
+        await connection.app.stores.get(SESSION_STORE).delete(previous)
     connection.scope.setdefault("state", {})[_ROTATE] = True
     connection.set_session({"digest": token_hash(secret).hex()})
 

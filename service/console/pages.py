@@ -25,6 +25,7 @@ from service.console import auth, charts
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.timeline import layout
 from service.core.codes import is_product_id, try_parse_code
+from service.core.events import bound_problem
 from service.core.rules import CHINA
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
@@ -94,7 +95,7 @@ class SignInController(Controller):
         found = await auth.principal_for_secret(request, secret) if secret else None
         if found is None or secret is None:
             return page(request, "signin.html", status_code=401, refused=True)
-        auth.start_session(request, secret)
+        await auth.start_session(request, secret)
         return Redirect("/console/codes", status_code=303)
 
     @post("/lang")
@@ -178,7 +179,9 @@ class ConsoleController(Controller):
             result = await flag_usecases.search(services.pool, query, before_id=before_id, limit=PAGE_SIZE)
         counts = await flag_usecases.counts(services.pool)
         kept = {
-            k: v for k in ("kind", "status", "org", "region", "since", "until") if (v := _text(params.get(k)))
+            k: v
+            for k in ("kind", "status", "org", "region", "code", "since", "until")
+            if (v := _text(params.get(k)))
         }
         if pending:
             kept.pop("status", None)
@@ -387,14 +390,29 @@ def _live(flag: dict[str, str], t: Translate) -> str:
 
 
 def _day(value: str | None, field: str, bad: list[str]) -> datetime | None:
-    """A date typed in the form, as the start of that day in China time."""
+    """A date typed in the form, as the start of that day in China time (the years the
+    API's ``since`` and ``until`` take)."""
     if value is None:
         return None
     try:
-        return datetime.combine(date.fromisoformat(value), time(), CHINA)
+        day = datetime.combine(date.fromisoformat(value), time(), CHINA)
     except ValueError:
         bad.append(field)
         return None
+    if bound_problem(day) is not None or day.year >= 9998:  # the whole day must fit too
+        bad.append(field)
+        return None
+    return day
+
+
+def _filter(params: Any, field: str, limit: int, bad: list[str]) -> str | None:
+    """A text filter: one longer than the API takes is bad, not dropped (it would list
+    every flag under a filter the form still shows)."""
+    value = _text(params.get(field))
+    if value is not None and len(value) > limit:
+        bad.append(field)
+        return None
+    return value
 
 
 def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery, list[str]]:
@@ -406,15 +424,15 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
     status = "pending" if pending else _text(params.get("status"))
     if status is not None and status not in STATUSES:
         bad.append("status")
-    region = _text(params.get("region"), 6)
+    region = _filter(params, "region", 6, bad)
     if region is not None and not (region.isascii() and region.isdigit()):
         bad.append("region")
-    org = _text(params.get("org"), 64)
+    org = _filter(params, "org", 64, bad)
     since = _day(_text(params.get("since")), "since", bad)
     until = _day(_text(params.get("until")), "until", bad)
     if until is not None:
         until += timedelta(days=1)  # the whole last day
-    code = _text(params.get("code"), 200)
+    code = _filter(params, "code", 200, bad)
     canonical = None
     if code is not None:
         parsed = try_parse_code(code)

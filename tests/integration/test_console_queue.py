@@ -1,0 +1,78 @@
+"""The console's flag queue keeps its filters across pages and refuses, visibly, a filter
+it cannot apply; signing in again ends the browser's previous session."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api, cn20, event, world
+from tests.integration.test_console import _sign_in, browser  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+_FLAG_IDS = re.compile(r'name="flag_id" value="(\d+)"')
+
+
+async def _sold(w: dict[str, Any], serial: int, resales: int) -> list[str]:
+    """A pack sold by P1, then dispensed again ``resales`` times: one DUPLICATE each."""
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], serial)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2), event("dispense", "P1", [code], 3))
+    out = await p1.events(*[event("dispense", "P1", [code], 4 + i) for i in range(resales)])
+    return [f["flag_id"] for f in out["flags"]]
+
+
+async def test_the_next_page_keeps_the_code_filter(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]  # noqa: F811
+    w = await world(admin)
+    other = await _sold(w, 900, 5)  # older flags of another code
+    mine = await _sold(w, 901, 55)
+    code = cn20(w["unit"], 901)
+    await _sign_in(browser, w["inv"].key)
+    first = await browser.get("/console/flags", params={"code": code})
+    assert set(_FLAG_IDS.findall(first.text)) <= set(mine)
+    nav = first.text[first.text.index('<nav class="paging"') :]
+    found = re.search(r'<a href="([^"]*before=[^"]+)"', nav)
+    assert found
+    second = await browser.get(found.group(1).replace("&amp;", "&"))
+    shown = set(_FLAG_IDS.findall(second.text))
+    assert shown
+    assert shown <= set(mine)
+    assert not shown & set(other)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"until": "9999-12-31"}, {"since": "0001-01-01"}, {"region": "1101011"}, {"org": "X" * 65}],
+)
+async def test_a_filter_the_api_would_refuse_is_shown_as_refused(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    query: dict[str, str],
+) -> None:
+    w = await world(admin)
+    await _sold(w, 902, 1)
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/flags", params=query)
+    assert page.status_code == 200
+    assert 'role="alert"' in page.text
+    assert _FLAG_IDS.findall(page.text) == []
+
+
+async def test_signing_in_again_ends_the_previous_session(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]  # noqa: F811
+    boss = await admin.key_for("admin")
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, boss.key)
+    first = browser.cookies.get("console_session")
+    await _sign_in(browser, inv.key)  # the same browser, another key
+    assert browser.cookies.get("console_session") != first
+    browser.cookies.clear()
+    browser.cookies.set("console_session", first, path="/console")
+    assert (await browser.get("/console/flags", follow_redirects=False)).status_code == 303
