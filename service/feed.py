@@ -1,10 +1,13 @@
-"""The live flag feed: every new or changed flag goes onto the Redis stream ``flags``.
+"""The live flag feed: every new flag and every change of a flag's status goes onto the
+Redis stream ``flags``, in the order they happened.
 
 PostgreSQL keeps the record; the stream is a copy for other systems (read it with
-consumer groups: XREADGROUP). Flags are published from an outbox (``flags.published_at``
-is NULL until the stream has them), so a Redis outage delays the feed but loses nothing
-and never blocks settling or ingest. Delivery is at least once: consumers dedupe on
-``flag_id`` + ``status``.
+consumer groups: XREADGROUP). Changes are published from an outbox (``flag_outbox``, a
+row per change, written in the change's transaction and deleted once the stream has it),
+so a Redis outage delays the feed but loses nothing, not even a change overtaken by the
+next, and never blocks settling or ingest. Each entry is the flag as it is when sent,
+with the change's ``status`` and ``changed_at``. Delivery is at least once: consumers
+dedupe on ``flag_id`` + ``status`` + ``changed_at``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -41,6 +45,7 @@ def _entry(flag: dict[str, Any]) -> dict[str, str]:
         "at": flag["at"].isoformat(),
         "raised_at": flag["raised_at"].isoformat(),
         "status": flag["status"],
+        "changed_at": flag["changed_at"].isoformat(),
         "detail": flag["detail"],
         "refs": json.dumps(flag["refs"], default=str),
     }
@@ -74,16 +79,16 @@ class FlagFeed:
         self.pool = pool
         self.redis = redis
         self._wake = asyncio.Event()
-        # (flag_id, status) already counted as failed: while Redis is down the same batch
-        # is retried every few seconds, and each flag must count once, not once a try
-        self._failed: set[tuple[int, str]] = set()
+        # (flag_id, changed_at) already counted as failed: while Redis is down the same
+        # batch is retried every few seconds, and each change must count once, not once a try
+        self._failed: set[tuple[int, datetime]] = set()
 
     def wake(self) -> None:
         """New flags were committed: publish soon rather than at the next tick."""
         self._wake.set()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unpublished flags; return how many went out. Raises
+        """Publish one batch of the outbox's changes; return how many went out. Raises
         RedisUnavailable (after counting the batch as failed) when Redis is unreachable."""
         async with self.pool.acquire() as conn, conn.transaction():
             flags = await flag_store.claim_unpublished(conn, BATCH)
@@ -98,7 +103,7 @@ class FlagFeed:
                         pipe.xadd(STREAM, _entry(flag), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
                     await pipe.execute()
             except (RedisError, OSError) as exc:
-                versions = {(f["flag_id"], f["status"]) for f in flags}
+                versions = {(f["flag_id"], f["changed_at"]) for f in flags}
                 if len(self._failed) > 10 * BATCH:  # a bound; at worst a flag counts twice
                     self._failed.clear()
                 new = versions - self._failed
@@ -108,7 +113,7 @@ class FlagFeed:
                 metrics.FLAGS_UNPUBLISHED.set(await flag_store.unpublished_count(conn))
                 raise RedisUnavailable(str(exc)) from exc
             await flag_store.mark_published(conn, flags)
-            self._failed.difference_update((f["flag_id"], f["status"]) for f in flags)
+            self._failed.difference_update((f["flag_id"], f["changed_at"]) for f in flags)
             metrics.FLAGS_PUBLISHED.inc(len(flags))
             return len(flags)
 

@@ -18,6 +18,7 @@ SELECT create_distributed_table('event_codes', 'code', colocate_with => 'codes')
 SELECT create_distributed_table('consumptions', 'code', colocate_with => 'codes');
 SELECT create_distributed_table('flags', 'code', colocate_with => 'codes');
 SELECT create_distributed_table('flag_changes', 'code', colocate_with => 'codes');
+SELECT create_distributed_table('flag_outbox', 'code', colocate_with => 'codes');
 -- containment is keyed (parent, child): walking down from a container is shard-local,
 -- walking up (ancestors, for replays) fans out; both are small look-ups.
 SELECT create_distributed_table('containment', 'parent', colocate_with => 'codes');

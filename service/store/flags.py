@@ -1,4 +1,5 @@
-"""SQL for flags: raising (deduplicated), clearing, listing, the workflow, the outbox."""
+"""SQL for flags: raising (deduplicated), clearing, listing, the workflow, and the feed's
+outbox (``flag_outbox``: a row per change of status, written with the change)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
            FROM given g LEFT JOIN orgs o ON o.id = g.org
            ORDER BY g.n
            ON CONFLICT (code, kind, source_kind, source_id) DO UPDATE
-               SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, published_at = NULL,
+               SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at,
                    detail = EXCLUDED.detail, refs = EXCLUDED.refs
                WHERE flags.status = 'auto_cleared'
            RETURNING flag_id, kind, code, source_kind, source_id, status,
@@ -56,6 +57,7 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
         [f.status for f in items],
     )
     stored = {_key(r): FlagRef(r["flag_id"], r["kind"], r["code"]) for r in rows}
+    await _to_outbox(conn, [r for r in rows if not r["reopened"]])
     for status in ("pending", "open"):  # the re-opened ones: kept in their history
         again = [r for r in rows if r["reopened"] and r["status"] == status]
         await _changed_by_system(conn, again, status, "suspected again: what explained it no longer does")
@@ -110,7 +112,7 @@ async def auto_clear(
     again = list(rejudged)
     rows = await conn.fetch(
         """UPDATE flags
-           SET status = 'auto_cleared', updated_at = now(), published_at = NULL,
+           SET status = 'auto_cleared', updated_at = now(),
                refs = refs || jsonb_build_object('cleared_by', $3::text[])
            WHERE code = ANY($1::text[]) AND kind = ANY($2::text[]) AND status IN ('pending', 'open')
              AND (source_kind = 'event'
@@ -134,15 +136,31 @@ async def auto_clear(
 
 
 async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status: str, note: str) -> None:
-    """Keep the system's change of ``flags`` (rows of code and flag_id) in their history."""
+    """Keep the system's change of ``flags`` (rows of code and flag_id) in their history,
+    and on the feed's outbox."""
     if flags:
         await conn.execute(
-            """INSERT INTO flag_changes (code, flag_id, status, note, by_key)
+            """WITH outbox AS (
+                   INSERT INTO flag_outbox (code, flag_id, status)
+                   SELECT code, id, $3 FROM unnest($1::text[], $2::bigint[]) AS f(code, id))
+               INSERT INTO flag_changes (code, flag_id, status, note, by_key)
                SELECT code, id, $3, $4, 'system' FROM unnest($1::text[], $2::bigint[]) AS f(code, id)""",
             [r["code"] for r in flags],
             [r["flag_id"] for r in flags],
             status,
             note,
+        )
+
+
+async def _to_outbox(conn: Conn, flags: Sequence[asyncpg.Record]) -> None:
+    """Put new flags (rows of code, flag_id and status) on the feed's outbox."""
+    if flags:
+        await conn.execute(
+            """INSERT INTO flag_outbox (code, flag_id, status)
+               SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])""",
+            [r["code"] for r in flags],
+            [r["flag_id"] for r in flags],
+            [r["status"] for r in flags],
         )
 
 
@@ -173,7 +191,7 @@ async def promote_pending(conn: Conn, window: timedelta, limit: int = 10_000) ->
     rows = await conn.fetch(
         # the status is checked on the row updated too: a change committed while this
         # waited for the row (an investigator's) is seen there, not in the subquery
-        """UPDATE flags SET status = 'open', updated_at = now(), published_at = NULL
+        """UPDATE flags SET status = 'open', updated_at = now()
            WHERE flag_id IN (SELECT flag_id FROM flags
                              WHERE status = 'pending' AND updated_at <= now() - $1::interval
                              ORDER BY updated_at LIMIT $2)
@@ -211,9 +229,10 @@ async def changes(conn: Conn, code: str, flag_id: int) -> list[dict[str, Any]]:
 
 
 async def set_status(conn: Conn, code: str, flag_id: int, status: str, note: str | None, by_key: str) -> None:
+    """A person's change of status: the flag, its history and the feed's outbox."""
     await conn.execute(
-        """UPDATE flags SET status = $3, updated_at = now(), published_at = NULL
-           WHERE code = $1 AND flag_id = $2""",
+        """WITH outbox AS (INSERT INTO flag_outbox (code, flag_id, status) VALUES ($1, $2, $3))
+           UPDATE flags SET status = $3, updated_at = now() WHERE code = $1 AND flag_id = $2""",
         code,
         flag_id,
         status,
@@ -294,48 +313,33 @@ PUBLISHING_LOCK = 7_413_000_003  # arbitrary, constant: "tracecode flag publishi
 
 
 async def claim_unpublished(conn: Conn, limit: int) -> list[dict[str, Any]] | None:
-    """Flags (new or changed) not yet on the stream, oldest first; None when another
+    """Changes of status not yet on the stream, oldest first, each with its flag as it is
+    now and the change's own status and time (``changed_at``); None when another
     transaction is publishing (one publisher at a time, whatever the number of workers:
-    a transaction-level advisory lock)."""
+    a transaction-level advisory lock). A plain read: it never waits on a writer."""
     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PUBLISHING_LOCK):
         return None
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS}, updated_at FROM flags WHERE published_at IS NULL
-            ORDER BY flag_id LIMIT $1""",  # noqa: S608
+        """SELECT f.flag_id, f.kind, f.code, f.org, f.region, f.at, f.raised_at, o.status, f.detail,
+                  f.refs, o.at AS changed_at
+           FROM flag_outbox o JOIN flags f ON f.code = o.code AND f.flag_id = o.flag_id
+           ORDER BY o.at, o.flag_id LIMIT $1""",
         limit,
     )
     return [dict(r) for r in rows]
 
 
-async def mark_published(conn: Conn, flags: Sequence[dict[str, Any]]) -> None:
-    """Mark the claimed flags published, each only if it has not changed since it was
-    read: a change committed meanwhile keeps its flag on the outbox. A flag another
-    transaction holds is skipped, not waited for (it stays on the outbox and goes out
-    again): the publisher never waits on a writer, so it cannot deadlock with one. One
-    statement per shard (once on plain PostgreSQL): Citus locks rows one shard at a time."""
-    by_code: dict[str, list[dict[str, Any]]] = {}
-    for f in flags:
-        by_code.setdefault(f["code"], []).append(f)
-    for group in await code_store.by_shard(conn, by_code):
-        mine = [f for code in group for f in by_code[code]]
-        await conn.execute(
-            """UPDATE flags SET published_at = now()
-               WHERE (code, flag_id) IN (
-                   SELECT f.code, f.flag_id FROM flags f
-                   JOIN unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[])
-                        AS p(code, id, updated_at, status)
-                     ON f.code = p.code AND f.flag_id = p.id
-                    AND f.updated_at = p.updated_at AND f.status = p.status
-                   WHERE f.code = ANY($1::text[])
-                   ORDER BY f.code, f.flag_id
-                   FOR UPDATE OF f SKIP LOCKED)
-                 AND code = ANY($1::text[])""",
-            [f["code"] for f in mine],
-            [f["flag_id"] for f in mine],
-            [f["updated_at"] for f in mine],
-            [f["status"] for f in mine],
-        )
+async def mark_published(conn: Conn, changes: Sequence[dict[str, Any]]) -> None:
+    """Take the published changes off the outbox (in the publishing transaction)."""
+    await conn.execute(
+        """DELETE FROM flag_outbox
+           WHERE (code, flag_id, at) IN (SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]))
+             AND code = ANY($1::text[])""",
+        [c["code"] for c in changes],
+        [c["flag_id"] for c in changes],
+        [c["changed_at"] for c in changes],
+    )
 
 
 async def unpublished_count(conn: Conn) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL"))
+    return int(await conn.fetchval("SELECT count(*) FROM flag_outbox"))

@@ -245,14 +245,14 @@ async def test_service_keeps_working_while_redis_is_down(
                 break
             await asyncio.sleep(0.05)
         assert failed > failed_before
-    assert await db.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL") == 1
+    assert await db.fetchval("SELECT count(*) FROM flag_outbox") == 1
     # once Redis is back, the outbox catches up
     async with AsyncTestClient(app=create_app(settings)) as client:
         for _ in range(100):
-            if await db.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL") == 0:
+            if await db.fetchval("SELECT count(*) FROM flag_outbox") == 0:
                 break
             await asyncio.sleep(0.05)
-    assert await db.fetchval("SELECT count(*) FROM flags WHERE published_at IS NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM flag_outbox") == 0
 
 
 def _metric(text: str, name: str) -> float:
@@ -354,49 +354,77 @@ async def test_late_commission_clears_a_settlements_unknown_code_flag(admin: Api
     assert await flags(w["inv"], status="open") == []
 
 
-async def test_the_publisher_passes_over_a_flag_a_writer_holds(  # type: ignore[no-untyped-def]
+async def test_the_publisher_never_waits_for_a_writer(  # type: ignore[no-untyped-def]
     client: AsyncTestClient,  # type: ignore[type-arg]  # its app's feed is the publisher
     db,
     db_url: str,
 ) -> None:
-    """The feed marks what it published without waiting for writers: a flag another
-    transaction holds stays on the outbox (and goes out once released), and the rest of
-    the batch is marked meanwhile. (It used to wait there, holding the publishing lock.)"""
+    """The feed reads the outbox and its flags and deletes what it sent: a flag another
+    transaction holds goes out all the same. (It once waited there, holding the
+    publishing lock.)"""
     import asyncpg
 
     await db.execute(
-        """INSERT INTO flags (kind, code, at, detail, source_kind, source_id)
-           VALUES ('DUPLICATE', 'X1', now(), 'held', 'event', 'x'),
-                  ('DUPLICATE', 'Y1', now(), 'free', 'event', 'y')"""
+        """WITH f AS (INSERT INTO flags (kind, code, at, detail, source_kind, source_id)
+                      VALUES ('DUPLICATE', 'X1', now(), 'held', 'event', 'x'),
+                             ('DUPLICATE', 'Y1', now(), 'free', 'event', 'y')
+                      RETURNING code, flag_id, status)
+           INSERT INTO flag_outbox (code, flag_id, status) SELECT * FROM f"""
     )
     writer = await asyncpg.connect(db_url)
     try:
-        for _ in range(20):  # hold X1 while it is still unpublished (the feed may be quicker)
-            await db.execute("UPDATE flags SET published_at = NULL WHERE code IN ('X1', 'Y1')")
-            tx = writer.transaction()
-            await tx.start()
-            held = await writer.fetchval("SELECT published_at FROM flags WHERE code = 'X1' FOR UPDATE")
-            if held is None:
-                break
-            await tx.rollback()
-        else:
-            pytest.fail("the flag was published before it could be held, 20 times")
-        try:
+        async with writer.transaction():
+            await writer.execute("SELECT 1 FROM flags WHERE code = 'X1' FOR UPDATE")
             for _ in range(100):  # the app's feed publishes within a second or so
-                if await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'Y1'"):
+                if not await db.fetchval("SELECT count(*) FROM flag_outbox WHERE code IN ('X1', 'Y1')"):
                     break
                 await asyncio.sleep(0.05)
-            assert await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'Y1'")
-            assert await db.fetchval("SELECT published_at IS NULL FROM flags WHERE code = 'X1'")
-        finally:
-            await tx.rollback()
-        for _ in range(100):  # released: it goes out too
-            if await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'X1'"):
-                break
-            await asyncio.sleep(0.05)
-        assert await db.fetchval("SELECT published_at IS NOT NULL FROM flags WHERE code = 'X1'")
+            assert await db.fetchval("SELECT count(*) FROM flag_outbox WHERE code IN ('X1', 'Y1')") == 0
     finally:
         await writer.close()
+
+
+async def test_every_change_of_status_reaches_the_feed_in_order(
+    admin: Api, db, server_urls: tuple[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    """Two changes while the publisher is away (another worker holds its lock, or Redis is
+    down) both reach the stream, in order, after the flag's first status."""
+    from service.store.flags import PUBLISHING_LOCK
+
+    w = await world(admin)
+    code = cn20(w["unit"], 905)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2), event("dispense", "P1", [code], 3))
+    [flag] = (await p1.events(event("dispense", "P1", [code], 4)))["flags"]
+    r = aioredis.from_url(server_urls[1])
+
+    async def seen() -> list[str]:
+        entries = await r.xrange("flags")
+        return [e[1][b"status"].decode() for e in entries if e[1][b"flag_id"].decode() == flag["flag_id"]]
+
+    try:
+        for _ in range(100):
+            if await seen():
+                break
+            await asyncio.sleep(0.05)
+        assert await seen() == ["open"]
+        await db.execute("SELECT pg_advisory_lock($1)", PUBLISHING_LOCK)
+        try:
+            await w["inv"].ok("PATCH", f"/v1/flags/{flag['flag_id']}", {"status": "investigating"})
+            await w["inv"].ok("PATCH", f"/v1/flags/{flag['flag_id']}", {"status": "confirmed"})
+        finally:
+            await db.execute("SELECT pg_advisory_unlock($1)", PUBLISHING_LOCK)
+        for _ in range(100):
+            if (await seen())[-1:] == ["confirmed"]:
+                break
+            await asyncio.sleep(0.05)
+        assert await seen() == ["open", "investigating", "confirmed"]
+    finally:
+        await r.aclose()
 
 
 async def test_a_flag_suspected_again_says_so_in_its_history(admin: Api) -> None:
