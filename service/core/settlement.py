@@ -119,7 +119,10 @@ class LineOutcome:
     line_no: int
     payable: bool
     reasons: list[Reason] = field(default_factory=list)
-    takes: list[tuple[str, int]] = field(default_factory=list)  # (canonical code, units)
+    takes: list[tuple[str, int]] = field(default_factory=list)  # (canonical code, units) drawn now
+    # (canonical code, units) this sale had taken already (a dispense with its setl_id)
+    # that the line bills: paid, not drawn again
+    credited: list[tuple[str, int]] = field(default_factory=list)
 
 
 def decision(outcomes: Sequence[LineOutcome]) -> str:
@@ -143,16 +146,26 @@ def judge(
 ) -> list[LineOutcome]:
     """Judge each line in order. Units taken by a payable line are not available to the
     lines after it; a line that is not payable takes nothing. Units that this same sale
-    already took (a dispense event with this setl_id) count as taken by this line."""
+    already took from a pack (a dispense event with this setl_id) are billed once, by the
+    first line that names the pack; the sale takes no more from that pack (a sale consumes
+    a pack once)."""
     left = {code: s.units_left or 0 for code, s in states.items()}
+    own = Sale.of_settlement(setl_id)
+    credit: dict[str, int] = {}  # units this sale took already, not billed by a line yet
+    for code, sales in earlier.items():
+        for e in sales:
+            if e.sale == own:
+                credit[code] = credit.get(code, 0) + e.units
     outcomes = []
     for line in lines:
         outcome = _judge_line(
-            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left
+            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit
         )
         if outcome.payable:
             for code, units in outcome.takes:
                 left[code] -= units
+            for code, units in outcome.credited:
+                credit[code] -= units
         outcomes.append(outcome)
     return outcomes
 
@@ -168,6 +181,7 @@ def _judge_line(
     on: date,
     earlier: Mapping[str, list[Consumption]],
     left: Mapping[str, int],
+    credit: Mapping[str, int],
 ) -> LineOutcome:
     out = LineOutcome(line.line_no, payable=False)
     if not line.codes:
@@ -199,16 +213,20 @@ def _judge_line(
             out.reasons.append(
                 Reason(code, PRODUCT_MISMATCH, f"the pack is {product.med_list_codg} ({product.name})")
             )
-        if state is not None and state.commissioned and not own:
-            _check_units(out, line, code, state, left, earlier.get(code, []))
+        if state is not None and state.commissioned:
+            if not own:
+                _check_units(out, line, code, state, left, earlier.get(code, []))
+            elif not line.split:
+                _check_credit(out, code, state, credit.get(code, 0), own)
     if out.reasons:
         return out
-    takes = _draw(line, codes, states, left, earlier, setl_id)
-    if takes is None:
-        available = sum(left.get(c, 0) for c in codes)
+    touched = {c for c in codes if any(e.sale == Sale.of_settlement(setl_id) for e in earlier.get(c, []))}
+    drawn = _draw(line, codes, states, left, credit, touched)
+    if drawn is None:
+        available = sum(credit.get(c, 0) if c in touched else left.get(c, 0) for c in codes)
         out.reasons.append(Reason("", QUANTITY_MISMATCH, _quantity_detail(line, codes, states, available)))
         return out
-    out.takes = takes
+    out.takes, out.credited = drawn
     out.payable = True
     return out
 
@@ -235,25 +253,46 @@ def _check_units(
     out.reasons.append(Reason(code, ALREADY_SETTLED, detail))
 
 
+def _check_credit(out: LineOutcome, code: str, state: CodeState, credit: int, own: list[Consumption]) -> None:
+    """A whole-pack line naming a pack this sale took units from already: it bills what
+    the sale took, which must be the whole pack, and only once."""
+    whole = state.pack_units or 0
+    if credit == whole:
+        return
+    by = ", ".join(e.describe() for e in own)
+    if credit <= 0:
+        detail = f"the {whole} units this sale took ({by}) are billed by an earlier line"
+        out.reasons.append(Reason(code, ALREADY_SETTLED, detail))
+    else:
+        detail = f"this sale took {credit} of the pack's {whole} units ({by}); a whole-pack line bills all"
+        out.reasons.append(Reason(code, QUANTITY_MISMATCH, detail))
+
+
 def _draw(
     line: Line,
     codes: list[str],
     states: Mapping[str, CodeState],
     left: Mapping[str, int],
-    earlier: Mapping[str, list[Consumption]],
-    setl_id: str,
-) -> list[tuple[str, int]] | None:
-    """The units the line takes, or None when its quantity does not fit its codes."""
-    own = Sale.of_settlement(setl_id)
-    fresh = [c for c in codes if not any(e.sale == own for e in earlier.get(c, []))]
+    credit: Mapping[str, int],
+    touched: set[str],
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]] | None:
+    """(the units the line draws now, the units it bills that this sale took already), or
+    None when its quantity does not fit its codes. A pack this sale took from already
+    (``touched``) gives only what the sale took and no line billed yet (``credit``)."""
+    fresh = [c for c in codes if c not in touched]
     if not line.split:
         if sum(states[c].pack_units or 0 for c in codes) != line.quantity:
             return None
-        return draw(left, fresh, None)
-    already = sum(e.units for c in codes for e in earlier.get(c, []) if e.sale == own)
-    wanted = line.quantity - already
+        return draw(left, fresh, None), [(c, credit[c]) for c in codes if c in touched]
+    wanted = line.quantity
+    credited = []
+    for c in codes:
+        units = min(credit.get(c, 0), wanted) if c in touched else 0
+        if units > 0:
+            credited.append((c, units))
+            wanted -= units
     takes = draw(left, fresh, wanted) if wanted > 0 else []
-    return takes if sum(u for _, u in takes) >= wanted else None
+    return (takes, credited) if sum(u for _, u in takes) >= wanted else None
 
 
 def _quantity_detail(line: Line, codes: list[str], states: Mapping[str, CodeState], available: int) -> str:
@@ -479,7 +518,7 @@ def answer(setl_id: str, outcomes: Sequence[LineOutcome], flags: Sequence[FlagRe
                 "reasons": [
                     {"code": r.code or None, "reason": r.reason, "detail": r.detail} for r in o.reasons
                 ],
-                "units": sum(u for _, u in o.takes) if o.payable else 0,
+                "units": sum(u for _, u in (*o.takes, *o.credited)) if o.payable else 0,
             }
             for o in outcomes
         ],

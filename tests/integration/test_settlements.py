@@ -269,6 +269,45 @@ async def test_dispense_and_settlement_with_one_setl_id_consume_once(admin: Api)
     assert (await p1.ok("GET", f"/v1/codes/{b}/verify"))["units_left"] == 24
 
 
+async def test_units_a_dispense_of_the_same_sale_took_are_billed_once(admin: Api) -> None:
+    """The dispense of sale S1 took the pack: the settlement S1 bills it once, on its
+    first line naming it; a second line naming it is ALREADY_SETTLED."""
+    w = await stocked(admin)
+    ins, p1, a = w["insurer"], w["keys"]["P1"], w["codes"][0]
+    await p1.events(event("dispense", "P1", [a], 50, setl_id="S1"))
+    answer = await ins.ok(
+        "POST",
+        "/v1/settlements",
+        claim("S1", [{"quantity": 24, "codes": [a]}, {"quantity": 24, "codes": [a]}]),
+    )
+    assert [line["payable"] for line in answer["lines"]] == [True, False]
+    assert answer["lines"][0]["units"] == 24
+    assert reasons(answer, 1) == ["ALREADY_SETTLED"]
+    # split lines: 6 units dispensed under S2 pay one 6-unit line, not two
+    b = w["codes"][1]
+    await p1.events(event("dispense", "P1", [b], 51, quantity=6, setl_id="S2"))
+    split = {"quantity": 6, "codes": [b], "split": True}
+    answer = await ins.ok("POST", "/v1/settlements", claim("S2", [split, split]))
+    assert [line["payable"] for line in answer["lines"]] == [True, False]
+    assert (await p1.ok("GET", f"/v1/codes/{b}/verify"))["units_left"] == 18
+
+
+async def test_a_whole_pack_line_is_not_paid_for_a_split_dispense_of_its_sale(admin: Api) -> None:
+    """6 units dispensed under S1, then S1 bills the whole pack: refused, so the 18 units
+    left cannot be paid twice (by S1 now and by the next sale of them)."""
+    w = await stocked(admin)
+    ins, p1, a = w["insurer"], w["keys"]["P1"], w["codes"][0]
+    await p1.events(event("dispense", "P1", [a], 50, quantity=6, setl_id="S1"))
+    whole = await ins.ok("POST", "/v1/settlements", claim("S1", [{"quantity": 24, "codes": [a]}]))
+    assert whole["decision"] == "rejected"
+    assert reasons(whole) == ["QUANTITY_MISMATCH"]
+    rest = await ins.ok(
+        "POST", "/v1/settlements", claim("S3", [{"quantity": 18, "codes": [a], "split": True}])
+    )
+    assert rest["decision"] == "accepted"
+    assert (await p1.ok("GET", f"/v1/codes/{a}/verify"))["units_left"] == 0
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
