@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
+from service.core.codes import CodeKind
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, holds
 from service.core.registry import Org, Product
 
@@ -47,6 +48,9 @@ def code_reasons(
     today: date,
 ) -> list[Reason]:
     """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would)."""
+    if state is not None and state.kind == CodeKind.SSCC.value:
+        # a logistic unit packed here: known, but it holds no units of its own (no flag)
+        return [Reason(code, QUANTITY_MISMATCH, "a logistic unit (SSCC), not a pack: bill the packs in it")]
     if state is None or not state.commissioned or product is None:
         return [Reason(code, UNKNOWN_CODE, "this code was never commissioned")]
     reasons: list[Reason] = []

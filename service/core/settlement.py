@@ -213,7 +213,7 @@ def _judge_line(
             out.reasons.append(
                 Reason(code, PRODUCT_MISMATCH, f"the pack is {product.med_list_codg} ({product.name})")
             )
-        if state is not None and state.commissioned:
+        if state is not None and state.commissioned and state.pack_units:  # a pack, not a logistic unit
             if not own:
                 _check_units(out, line, code, state, left, earlier.get(code, []))
             elif not line.split:

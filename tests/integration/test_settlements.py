@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, at, cn20, event, small_world, sold_elsewhere_meanwhile, units_taken_once
+from tests.helpers import Api, at, cn20, event, small_world, sold_elsewhere_meanwhile, sscc, units_taken_once
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -306,6 +306,22 @@ async def test_a_whole_pack_line_is_not_paid_for_a_split_dispense_of_its_sale(ad
     )
     assert rest["decision"] == "accepted"
     assert (await p1.ok("GET", f"/v1/codes/{a}/verify"))["units_left"] == 0
+
+
+async def test_an_sscc_is_refused_as_no_pack_and_raises_no_flag(admin: Api) -> None:
+    """A pallet this service knows (its packs were packed into it) is not a pack: the
+    line is refused, and no fraud lead (UNKNOWN_CODE, DUPLICATE) is raised."""
+    w = await stocked(admin, n=2)
+    p1, ins = w["keys"]["P1"], w["insurer"]
+    pallet = sscc(5)
+    await p1.events(event("pack", "P1", w["codes"], 10, parent=pallet))
+    item = (await p1.ok("POST", "/v1/verify", {"codes": [pallet]}))["items"][0]
+    assert item["known"] is True
+    assert [r["reason"] for r in item["reasons"]] == ["QUANTITY_MISMATCH"]
+    answer = await ins.ok("POST", "/v1/settlements", claim("SS1", [{"quantity": 48, "codes": [pallet]}]))
+    assert answer["decision"] == "rejected"
+    assert reasons(answer) == ["QUANTITY_MISMATCH"]
+    assert answer["flags"] == []
 
 
 @pytest.mark.parametrize(
