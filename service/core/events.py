@@ -13,7 +13,7 @@ from uuid import UUID
 import msgspec
 
 from service.core.custody import CodeState, Fact, product_of
-from service.core.registry import Org, Product
+from service.core.registry import UNIT, Org, Product
 
 MAX_CODES_PER_REQUEST = 10_000
 MAX_FUTURE = timedelta(minutes=10)
@@ -174,7 +174,7 @@ def _event_reason(
         return NOT_MANUFACTURER
     if event.type == "pack" and event.parent is not None:
         product = products.get(product_of(event.parent) or "")
-        if product is not None and product.level == "unit":
+        if product is not None and product.level == UNIT:
             return NOT_A_CONTAINER
     return None
 

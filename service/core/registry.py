@@ -24,6 +24,9 @@ class PersonLimit:
     days: int
 
 
+UNIT = "unit"  # a product's level when it is a sales pack; a case or a pallet holds packs
+
+
 @dataclass(frozen=True, slots=True)
 class Product:
     product_id: str

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from service.core.codes import CodeKind
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, holds
-from service.core.registry import Org, Product
+from service.core.registry import UNIT, Org, Product
 
 MISSING_CODES = "MISSING_CODES"
 QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
@@ -53,6 +53,11 @@ def code_reasons(
         return [Reason(code, QUANTITY_MISMATCH, "a logistic unit (SSCC), not a pack: bill the packs in it")]
     if state is None or not state.commissioned or product is None:
         return [Reason(code, UNKNOWN_CODE, "this code was never commissioned")]
+    if product.level != UNIT:
+        # a case or pallet holds packs, and each pack is sold and paid once, as itself:
+        # the case's own code paid too would pay its packs twice (no flag)
+        detail = f"a {product.level} of packs, not a pack: bill the packs in it"
+        return [Reason(code, QUANTITY_MISMATCH, detail)]
     reasons: list[Reason] = []
     if state.state == DESTROYED:
         reasons.append(Reason(code, DESTROYED_REASON, "the pack was destroyed"))

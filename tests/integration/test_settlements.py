@@ -324,6 +324,34 @@ async def test_an_sscc_is_refused_as_no_pack_and_raises_no_flag(admin: Api) -> N
     assert answer["flags"] == []
 
 
+async def test_a_case_is_not_paid_as_well_as_its_packs(admin: Api) -> None:
+    """A case holds packs and each pack is paid once, as itself: a line naming the case
+    is refused (no flag), so the case and its packs cannot both be paid."""
+    w = await small_world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    units = [cn20(w["unit"], i) for i in range(1, 11)]
+    case = cn20(w["case"], 1)
+    await m.events(
+        event("commission", "M1", units, 0, lot="L1", expiry="2030-12-31"),
+        event("commission", "M1", [case], 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", units, 1, parent=case),
+        event("ship", "M1", [case], 2, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [case], 3))
+    ins = await admin.key_for("insurer")
+    body = claim("SC1", [{"quantity": 240, "codes": [case]}])
+    body["lines"][0]["med_list_codg"] = CODG + "-C"
+    first = await ins.ok("POST", "/v1/settlements", body)
+    assert first["decision"] == "rejected"
+    assert reasons(first) == ["QUANTITY_MISMATCH"]
+    assert first["flags"] == []
+    assert [r["reason"] for r in (await p1.ok("GET", f"/v1/codes/{case}/verify"))["reasons"]] == [
+        "QUANTITY_MISMATCH"
+    ]
+    pack = await ins.ok("POST", "/v1/settlements", claim("SC2", [{"quantity": 24, "codes": [units[0]]}]))
+    assert pack["decision"] == "accepted"
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
