@@ -132,6 +132,9 @@ class SettlementsController(Controller):
             ) from None
         except usecase.UnknownOrg:
             raise bad_input("org", f"unknown organisation {data.org}") from None
+        except usecase.NotDispensing:
+            message = f"{data.org} does not dispense to patients (a hospital or pharmacy does)"
+            raise bad_input("org", message) from None
         out = msgspec.convert(answer, SettlementOut, from_attributes=True)
         metrics.SETTLEMENTS.labels(claim.mode, out.decision).inc()
         if out.flags:

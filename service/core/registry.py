@@ -15,6 +15,14 @@ class Org:
     fixmedins_code: str | None = None  # its code on the national insurance platform (NHSA uploads)
     glns: tuple[str, ...] = ()  # GS1 GLNs (13 digits) by which EPCIS events name it, sorted
 
+    @property
+    def dispenses(self) -> bool:
+        """Does it dispense to patients (the organisation a settlement pays)?"""
+        return self.kind in DISPENSING
+
+
+DISPENSING = ("hospital", "pharmacy")
+
 
 @dataclass(frozen=True, slots=True)
 class PersonLimit:

@@ -39,6 +39,10 @@ class UnknownOrg(Exception):
     """The dispensing organisation is not registered."""
 
 
+class NotDispensing(Exception):
+    """The organisation named does not dispense to patients (a manufacturer, a distributor)."""
+
+
 async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, Any]:
     """Judge the claim and answer. In ``settle`` mode the payable lines' units are
     consumed and the answer is stored with the settlement, all or nothing; the same
@@ -157,6 +161,8 @@ async def _load(
     org = await registry.get_org(conn, claim.org)
     if org is None:
         raise UnknownOrg
+    if not org.dispenses:
+        raise NotDispensing
     product_ids = sorted({s.product_id for s in states.values() if s.product_id})
     products = await registry.get_products(conn, product_ids)
     no_codes = [line.med_list_codg for line in claim.lines if not line.codes]

@@ -352,6 +352,23 @@ async def test_a_case_is_not_paid_as_well_as_its_packs(admin: Api) -> None:
     assert pack["decision"] == "accepted"
 
 
+async def test_a_manufacturer_or_distributor_is_not_paid(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    """A settlement pays a dispensing organisation: one naming a manufacturer (or a
+    distributor), even for a pack it holds, is a 400 naming org, and nothing is stored."""
+    w = await small_world(admin)
+    code = cn20(w["unit"], 1)
+    await w["keys"]["M1"].events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"))
+    ins = await admin.key_for("insurer")
+    for org in ("M1", "D1"):
+        resp = await ins.post(
+            "/v1/settlements", claim(f"SM-{org}", [{"quantity": 24, "codes": [code]}], org=org)
+        )
+        assert resp.status_code == 400, resp.text
+        assert [e["field"] for e in resp.json()["errors"]] == ["org"]
+    assert await db.fetchval("SELECT count(*) FROM settlements") == 0
+    assert (await w["keys"]["M1"].ok("GET", f"/v1/codes/{code}/verify?org=M1"))["units_left"] == 24
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
