@@ -283,15 +283,21 @@ async def test_moving_or_destroying_someone_elses_stock_is_diversion(admin: Api)
     assert [f["kind"] for f in destroyed["flags"]] == ["DIVERSION"]
 
 
-async def test_late_events_clear_a_settlements_diversion_flag(admin: Api) -> None:
-    w = await world(admin)
-    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
-    code = cn20(w["unit"], 5)
-    await m.events(
+async def _held_by_d1(w: dict[str, Any], serial: int) -> str:
+    """A pack commissioned by M1 and received by the distributor D1 (minutes 0 to 2)."""
+    code = cn20(w["unit"], serial)
+    await w["keys"]["M1"].events(
         event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
         event("ship", "M1", [code], 1, to="D1"),
     )
-    await d1.events(event("receive", "D1", [code], 2))
+    await w["keys"]["D1"].events(event("receive", "D1", [code], 2))
+    return code
+
+
+async def test_late_events_clear_a_settlements_diversion_flag(admin: Api) -> None:
+    w = await world(admin)
+    d1, p1 = w["keys"]["D1"], w["keys"]["P1"]
+    code = await _held_by_d1(w, 5)
     settle = {
         "setl_id": "S-EARLY",
         "org": "P1",
@@ -437,13 +443,8 @@ async def test_a_flag_suspected_again_says_so_in_its_history(admin: Api) -> None
     """Auto-cleared by a late ship, then suspect again when the pack goes elsewhere: the
     re-opening is in the flag's history, and it no longer names what had explained it."""
     w = await world(admin)
-    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
-    code = cn20(w["unit"], 903)
-    await m.events(
-        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
-        event("ship", "M1", [code], 1, to="D1"),
-    )
-    await d1.events(event("receive", "D1", [code], 2))
+    d1, p1 = w["keys"]["D1"], w["keys"]["P1"]
+    code = await _held_by_d1(w, 903)
     [flag] = (await p1.events(event("receive", "P1", [code], 10)))["flags"]
     await d1.events(event("ship", "D1", [code], 3, to="P1"))
     assert (await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "auto_cleared"
