@@ -714,6 +714,24 @@ async def test_json_nested_a_thousand_levels_is_a_400(admin: Api) -> None:
         assert resp.json()["type"] == "epcisException:ValidationException", (path, resp.text)
 
 
+async def test_a_capture_declared_as_another_media_type_is_415(admin: Api, db: Any) -> None:
+    """The REST binding's UnsupportedMediaTypeException; JSON-LD is JSON, and a body with
+    no declared type is read as JSON."""
+    keys = await _pharma_world(admin)
+    raw = b'{"type":"EPCISDocument"}'
+    for path in ("/epcis/capture", "/epcis/events"):
+        resp = await keys["M1"].client.post(
+            path, headers={**keys["M1"].headers, "content-type": "text/plain"}, content=raw
+        )
+        assert resp.status_code == 415, (path, resp.text)
+        assert resp.json()["type"] == "epcisException:UnsupportedMediaTypeException"
+        ld = await keys["M1"].client.post(
+            path, headers={**keys["M1"].headers, "content-type": "application/ld+json"}, content=raw
+        )
+        assert ld.status_code == 400, (path, ld.text)  # read, and refused for what it says
+    assert await db.fetchval("SELECT count(*) FROM epcis_events") == 0
+
+
 async def test_identifiers_too_long_to_keep_are_refused_not_a_500(admin: Api) -> None:
     """Found in review: a 4,000-character eventID or EPC broke an index key (a 500), and
     the EPC caches kept such strings whole."""
