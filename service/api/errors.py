@@ -40,9 +40,28 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
 
 
+# Under /epcis, the REST binding's exception types name the service's own refusals (a
+# missing key, a role, a body too large or with a NUL, ...) as they name the capture's
+EPCIS_EXCEPTIONS = {
+    400: "ValidationException",
+    401: "SecurityException",
+    403: "SecurityException",
+    404: "NoSuchResourceException",
+    406: "NotAcceptableException",
+    413: "CaptureLimitExceededException",
+    414: "URITooLongException",
+    415: "UnsupportedMediaTypeException",
+    500: "ImplementationException",
+}  # others (429, 503) keep the service's own types: the binding has none for them
+
+
 class _Problem(ProblemDetailsException):
     def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """The problem, with the request id of the log line that records it."""
+        """The problem, with the request id of the log line that records it; under
+        ``/epcis``, typed as the binding's exception."""
+        exception = EPCIS_EXCEPTIONS.get(self.status_code)
+        if exception is not None and request.scope["path"].startswith("/epcis"):
+            self.type_, self.title = f"epcisException:{exception}", exception
         response = super().to_response(request)
         request_id = request_id_of(request.scope)
         if request_id:

@@ -714,6 +714,27 @@ async def test_json_nested_a_thousand_levels_is_a_400(admin: Api) -> None:
         assert resp.json()["type"] == "epcisException:ValidationException", (path, resp.text)
 
 
+async def test_the_services_own_refusals_under_epcis_are_the_bindings_exceptions(admin: Api) -> None:
+    """A missing key, a role, a NUL: under /epcis they carry the REST binding's types."""
+    keys = await _pharma_world(admin)
+    client = keys["M1"].client
+    no_key = await client.get("/epcis/events")
+    assert no_key.status_code == 401
+    assert no_key.json()["type"] == "epcisException:SecurityException"
+    wrong_role = await keys["P1"].get("/epcis/events")
+    assert wrong_role.status_code == 403
+    assert wrong_role.json()["type"] == "epcisException:SecurityException"
+    nul = await client.post(
+        "/epcis/events",
+        headers={**keys["M1"].headers, "content-type": "application/json"},
+        content=b'{"a":"\\u0000"}',
+    )
+    assert nul.status_code == 400
+    assert nul.json()["type"] == "epcisException:ValidationException"
+    # and elsewhere the service's own types, as before
+    assert (await client.get("/v1/flags")).json()["type"].startswith("https://")
+
+
 async def test_a_capture_declared_as_another_media_type_is_415(admin: Api, db: Any) -> None:
     """The REST binding's UnsupportedMediaTypeException; JSON-LD is JSON, and a body with
     no declared type is read as JSON."""
