@@ -39,7 +39,7 @@ PAGE_SIZE = 50
 DAYS = 30  # an organisation's daily chart
 MAX_LOT = 64  # as the API's lot field (service/api/types.py Short)
 LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s socket timeout)
-LIVE_RECHECK_SECONDS = 15  # how often a live stream checks that its key still counts
+LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still counts (and before a flag)
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 # the statuses a person may set (the rest are the service's own): the API's workflow
@@ -227,16 +227,18 @@ class ConsoleController(Controller):
                 except (RedisError, OSError):
                     found = []
                     await asyncio.sleep(1)
-                for entry_id, fields in found:
-                    after = entry_id
-                    yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
                 now = asyncio.get_running_loop().time()
-                if now - checked > LIVE_RECHECK_SECONDS:  # sign-out, expiry or revocation ends it
+                due = now - checked > LIVE_RECHECK_SECONDS
+                if found or due:  # sign-out, expiry or revocation ends it, before any flag goes out
                     checked = now
                     if not await auth.session_lives(request):
                         return
                     if digest is None or await auth.console_principal(request, digest) is None:
                         return
+                for entry_id, fields in found:
+                    after = entry_id
+                    yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
+                if due:
                     yield ServerSentEventMessage(comment="still here")
 
         return ServerSentEvent(events())
