@@ -50,6 +50,18 @@ async def _watch_pool(app: Litestar) -> None:
         await asyncio.sleep(1)
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the background loops, again each second until they have stopped: on
+    Python 3.11 a cancellation that meets a timeout inside asyncio.wait_for (asyncpg's
+    and redis-py's own) can surface as TimeoutError, which a loop that outlives outages
+    catches and carries on from; one cancel then left shutdown waiting for ever."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1)
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -86,11 +98,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop(tasks)
         if app.state.redis is not None:
             await app.state.redis.aclose()
         await app.state.pool.close()

@@ -82,10 +82,15 @@ class FlagFeed:
         # (flag_id, changed_at) already counted as failed: while Redis is down the same
         # batch is retried every few seconds, and each change must count once, not once a try
         self._failed: set[tuple[int, datetime]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s
 
     def wake(self) -> None:
-        """New flags were committed: publish soon rather than at the next tick."""
-        self._wake.set()
+        """New flags were committed: publish soon rather than at the next tick. Safe from
+        any thread: an asyncio.Event set from another loop's thread (the test client runs
+        requests beside the lifespan's loop) could leave run() never woken, and the app's
+        shutdown waiting for it."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def publish_pending(self) -> int:
         """Publish one batch of the outbox's changes; return how many went out. Raises
@@ -119,10 +124,15 @@ class FlagFeed:
 
     async def run(self) -> None:
         """Publish forever: on a wake-up or every second; back off while Redis is down."""
+        self._loop = asyncio.get_running_loop()
         delay = 1.0
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can turn a cancellation
+            # that meets its own timeout into a TimeoutError, which this loop would swallow,
+            # and the app's shutdown then waited for this task forever (a test teardown hung)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 while await self.publish_pending() == BATCH:
