@@ -151,7 +151,8 @@ def judge(
     a pack once)."""
     left = {code: s.units_left or 0 for code, s in states.items()}
     own = Sale.of_settlement(setl_id)
-    credit: dict[str, int] = {}  # units this sale took already, not billed by a line yet
+    # units this sale took already from each pack it touched, not billed by a line yet
+    credit: dict[str, int] = {}
     for code, sales in earlier.items():
         for e in sales:
             if e.sale == own:
@@ -220,10 +221,9 @@ def _judge_line(
                 _check_credit(out, code, state, credit.get(code, 0), own)
     if out.reasons:
         return out
-    touched = {c for c in codes if any(e.sale == Sale.of_settlement(setl_id) for e in earlier.get(c, []))}
-    drawn = _draw(line, codes, states, left, credit, touched)
+    drawn = _draw(line, codes, states, left, credit)
     if drawn is None:
-        available = sum(credit.get(c, 0) if c in touched else left.get(c, 0) for c in codes)
+        available = sum(credit[c] if c in credit else left.get(c, 0) for c in codes)
         out.reasons.append(Reason("", QUANTITY_MISMATCH, _quantity_detail(line, codes, states, available)))
         return out
     out.takes, out.credited = drawn
@@ -274,20 +274,19 @@ def _draw(
     states: Mapping[str, CodeState],
     left: Mapping[str, int],
     credit: Mapping[str, int],
-    touched: set[str],
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]] | None:
     """(the units the line draws now, the units it bills that this sale took already), or
-    None when its quantity does not fit its codes. A pack this sale took from already
-    (``touched``) gives only what the sale took and no line billed yet (``credit``)."""
-    fresh = [c for c in codes if c not in touched]
+    None when its quantity does not fit its codes. A pack this sale took from already (a
+    key of ``credit``) gives only what the sale took and no line billed yet."""
+    fresh = [c for c in codes if c not in credit]
     if not line.split:
         if sum(states[c].pack_units or 0 for c in codes) != line.quantity:
             return None
-        return draw(left, fresh, None), [(c, credit[c]) for c in codes if c in touched]
+        return draw(left, fresh, None), [(c, credit[c]) for c in codes if c in credit]
     wanted = line.quantity
     credited = []
     for c in codes:
-        units = min(credit.get(c, 0), wanted) if c in touched else 0
+        units = min(credit.get(c, 0), wanted)
         if units > 0:
             credited.append((c, units))
             wanted -= units
