@@ -26,8 +26,14 @@ async def wipe(db_url: str, redis_url: str) -> None:
             for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             if r["tablename"] not in _TABLES_KEPT
         ]
-        if tables:
-            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        for attempt in range(5):  # the apps' background loops read tables meanwhile
+            try:
+                if tables:
+                    await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+                break
+            except asyncpg.DeadlockDetectedError:  # a loop's read of two tables (the feed's)
+                if attempt == 4:
+                    raise
     finally:
         await conn.close()
     registry.forget_cached()
