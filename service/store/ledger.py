@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,8 @@ from service.store.conn import Conn, unique_violation
 async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
     """Serialise writers of the same (institution, item), in item order (no deadlock), so
     that two uploads racing cannot both see the stock one of them takes; then each
-    item's ledger as kept (None: not computed from its records yet)."""
+    item's ledger as kept (None: not computed from its records yet), its row locked too,
+    so that a write of the optimistic ingest (``append_sql``) waits for this one."""
     items = sorted(set(items))
     if not items:
         return {}
@@ -29,20 +31,7 @@ async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, St
         org,
         items,
     )
-    rows = await conn.fetch(
-        """SELECT med_list_codg, balance, units_in, units_out, counted, counted_at, last_at, stale
-           FROM nhsa_items WHERE org = $1 AND med_list_codg = ANY($2::text[])""",
-        org,
-        items,
-    )
-    kept: dict[str, Standing | None] = {
-        r["med_list_codg"]: None
-        if r["stale"]
-        else Standing(
-            Figures(r["balance"], r["units_in"], r["units_out"], r["counted"], r["counted_at"]), r["last_at"]
-        )
-        for r in rows
-    }
+    kept = await _standings(conn, org, items, lock=True)
     new = [i for i in items if i not in kept]
     if new:  # an item's first record here: its row, not computed yet (the lock is held)
         await conn.execute(
@@ -52,6 +41,29 @@ async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, St
         )
         kept.update(dict.fromkeys(new))
     return kept
+
+
+async def read_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
+    """Each item's ledger as kept, without a lock (None: not computed from its records
+    yet; absent: no record of it yet), for the optimistic ingest."""
+    return await _standings(conn, org, sorted(set(items)), lock=False)
+
+
+_STANDINGS = """SELECT med_list_codg, balance, units_in, units_out, counted, counted_at, last_at, stale
+                FROM nhsa_items WHERE org = $1 AND med_list_codg = ANY($2::text[])"""
+
+
+async def _standings(conn: Conn, org: str, items: list[str], *, lock: bool) -> dict[str, Standing | None]:
+    query = _STANDINGS + " ORDER BY med_list_codg FOR UPDATE" if lock else _STANDINGS
+    rows = await conn.fetch(query, org, items)
+    return {
+        r["med_list_codg"]: None
+        if r["stale"]
+        else Standing(
+            Figures(r["balance"], r["units_in"], r["units_out"], r["counted"], r["counted_at"]), r["last_at"]
+        )
+        for r in rows
+    }
 
 
 async def save_items(conn: Conn, org: str, standings: Mapping[str, Standing]) -> None:
@@ -167,6 +179,99 @@ _COLUMNS = (
     "codes", "event_ids", "msgid", "upload_id", "row_data",
 )  # fmt: skip
 
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """New records of an upload that simply follow their items' ledgers
+    (``core.ledger.append``), for the optimistic ingest's one statement
+    (``store.ingest.write_unchanged``): each item's ledger as it was read, which must
+    still stand, and as the records leave it."""
+
+    org: str
+    entries: Sequence[Entry]
+    msgid: str
+    envelope: dict[str, Any]
+    before: Mapping[str, Standing]
+    after: Mapping[str, Standing]
+
+
+APPEND_PARAMS = 25  # the parameters of append_sql, in append_arrays' order
+
+
+def append_sql(first: int) -> tuple[str, str]:
+    """The CTEs that write an ``Appended`` from ``append_arrays``'s parameters ($first
+    onwards): the upload, its records and the items' ledgers, each item only where its
+    ledger is still as read; and the condition that holds when every item was."""
+    p = [f"${first + i}" for i in range(APPEND_PARAMS)]
+    ctes = f"""uploaded AS (
+                INSERT INTO nhsa_uploads (org, upload_id, msgid, envelope)
+                VALUES ({p[0]}, {p[1]}, {p[2]}, {p[3]})),
+            recorded AS (
+                INSERT INTO nhsa_records ({", ".join(_COLUMNS)})
+                SELECT {p[0]}, n.interface, n.bchno, n.item, n.kind, n.units, n.delta, n.at,
+                       ARRAY(SELECT jsonb_array_elements_text(n.codes::jsonb)),
+                       ARRAY(SELECT jsonb_array_elements_text(n.event_ids::jsonb)::uuid),
+                       {p[2]}, {p[1]}, n.row_data
+                FROM unnest({p[4]}::text[], {p[5]}::text[], {p[6]}::text[], {p[7]}::text[], {p[8]}::bigint[],
+                            {p[9]}::bigint[], {p[10]}::timestamptz[], {p[11]}::text[], {p[12]}::text[],
+                            {p[13]}::json[])
+                     AS n(interface, bchno, item, kind, units, delta, at, codes, event_ids, row_data)),
+            moved AS (
+                UPDATE nhsa_items i
+                SET balance = n.balance, units_in = n.units_in, units_out = n.units_out, last_at = n.last_at
+                FROM unnest({p[14]}::text[], {p[15]}::bigint[], {p[16]}::bigint[], {p[17]}::bigint[],
+                            {p[18]}::bigint[], {p[19]}::timestamptz[], {p[20]}::timestamptz[],
+                            {p[21]}::bigint[], {p[22]}::bigint[], {p[23]}::bigint[], {p[24]}::timestamptz[])
+                     AS n(item, was_balance, was_in, was_out, was_counted, was_counted_at, was_last_at,
+                          balance, units_in, units_out, last_at)
+                WHERE i.org = {p[0]} AND i.med_list_codg = n.item AND NOT i.stale
+                  AND (i.balance, i.units_in, i.units_out) = (n.was_balance, n.was_in, n.was_out)
+                  AND i.counted IS NOT DISTINCT FROM n.was_counted
+                  AND i.counted_at IS NOT DISTINCT FROM n.was_counted_at
+                  AND i.last_at IS NOT DISTINCT FROM n.was_last_at
+                RETURNING 1)"""  # noqa: S608
+    return ctes, f"(SELECT count(*) FROM moved) = cardinality({p[14]}::text[])"  # noqa: S608
+
+
+def append_arrays(appended: Appended) -> list[Any]:
+    entries = appended.entries
+    items = sorted(appended.after)
+    was = [appended.before[i] for i in items]
+    now = [appended.after[i] for i in items]
+    return [
+        appended.org,
+        uuid.uuid4(),
+        appended.msgid,
+        appended.envelope,
+        [e.interface for e in entries],
+        [e.bchno for e in entries],
+        [e.med_list_codg for e in entries],
+        [e.kind for e in entries],
+        [e.units for e in entries],
+        [e.delta for e in entries],
+        [e.at for e in entries],
+        [json.dumps(e.codes) for e in entries],  # JSON: a list of lists would be a 2-D array
+        [json.dumps([str(i) for i in e.event_ids]) for e in entries],
+        [e.row for e in entries],
+        items,
+        [s.figures.balance for s in was],
+        [s.figures.units_in for s in was],
+        [s.figures.units_out for s in was],
+        [s.figures.counted for s in was],
+        [s.figures.counted_at for s in was],
+        [s.last_at for s in was],
+        [s.figures.balance for s in now],
+        [s.figures.units_in for s in now],
+        [s.figures.units_out for s in now],
+        [s.last_at for s in now],
+    ]
+
+
+def records_stored(exc: BaseException) -> bool:
+    """Did a write meet a record stored already (``nhsa_records``' key), rather than
+    another table's?"""
+    return unique_violation(exc) and "nhsa_records" in str(exc)
 
 # Running sums of an item's records in ledger order (``run``: up to and including the
 # record; ``upto``: every record at or before its time), for below_zero()

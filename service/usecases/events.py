@@ -19,6 +19,7 @@ from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
 from service.store import ingest as ingest_store
+from service.store import ledger as ledger_store
 from service.store import recalls as recall_store
 from service.store import registry
 from service.store import sales as sale_store
@@ -52,12 +53,16 @@ async def ingest(
     events: list[Incoming],
     refused: list[Rejection],
     also: Callable[[Conn, list[Rejection]], Awaitable[list[FlagRef]]] | None = None,
+    also_unchanged: Callable[[Conn], Awaitable[ledger_store.Appended | None]] | None = None,
 ) -> IngestResult:
     """Store ``events`` (codes already parsed; ``refused`` lists codes that failed
     parsing). ``also`` writes what an interface keeps besides the events (the NHSA
     ledger, the EPCIS events) in the same transaction, after them, given the codes the
     rules refused; it returns the flags it raised, or raises to store nothing.
-    Durable when this returns."""
+    ``also_unchanged`` lets a batch with ``also`` take the optimistic path: it reads
+    (unlocked) what an NHSA upload's ledger records change, and gives them to write in
+    the same one statement, or None when ``also`` must run instead (a flag to raise, a
+    ledger to compute again). Durable when this returns."""
     seen: set[UUID] = set()
     unique: list[Incoming] = []
     repeats = 0
@@ -76,11 +81,11 @@ async def ingest(
     # packs codes, undoes a sale or replays history goes through the transaction below,
     # which locks its code rows first. ``also`` writes in that transaction.
     done: IngestResult | None = None
-    if also is None and _moves_few(unique):
+    if (also is None or also_unchanged is not None) and _moves_few(unique):
         for _ in range(OPTIMISTIC_ATTEMPTS):
             try:
                 async with pool.acquire() as conn:
-                    done = await _ingest_unchanged(conn, unique, repeats)
+                    done = await _ingest_unchanged(conn, unique, repeats, also_unchanged)
             except RETRYABLE:  # a row changed, or the same event was stored, since it was read
                 metrics.OPTIMISTIC.labels("ingest", "raced").inc()
                 continue
@@ -116,12 +121,20 @@ def _moves_few(events: list[Incoming]) -> bool:
     )
 
 
-async def _ingest_unchanged(conn: Conn, events: list[Incoming], repeats: int) -> IngestResult | None:
+async def _ingest_unchanged(
+    conn: Conn,
+    events: list[Incoming],
+    repeats: int,
+    also_unchanged: Callable[[Conn], Awaitable[ledger_store.Appended | None]] | None,
+) -> IngestResult | None:
     """Load (unlocked) → decide → write if unchanged; None when the batch needs the locked
-    transaction (``core.ingest.moves_only``)."""
+    transaction (``core.ingest.moves_only``; with ``also_unchanged``: an event stored
+    already, whose record ``also`` sorts out, or a ledger it must write itself)."""
     try:
         loaded, versions = await _load(conn, events, locked=False)
     except _NeedsLocks:
+        return None
+    if also_unchanged is not None and len(loaded.events) < len(events):
         return None
     result = IngestResult(duplicates=repeats + len(events) - len(loaded.events))
     if not loaded.events:
@@ -129,9 +142,12 @@ async def _ingest_unchanged(conn: Conn, events: list[Incoming], repeats: int) ->
     plan = rules.decide(loaded)
     if not rules.moves_only(plan):
         return None
-    if plan.events:
+    ledger = None
+    if also_unchanged is not None and (ledger := await also_unchanged(conn)) is None:
+        return None
+    if plan.events or ledger is not None:
         read = {**loaded.states, **{s.code: s for s in plan.changed_codes}}
-        await ingest_store.write_unchanged(conn, plan, read, versions)
+        await ingest_store.write_unchanged(conn, plan, read, versions, ledger)
     _report(plan, {}, result)
     return result
 

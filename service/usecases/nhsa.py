@@ -63,10 +63,17 @@ async def upload(
         taken, again, uploaded.conflicts = _sort_out(records, stored)
         events = [e for r in taken for e in r.events] + compensations
         entries = [r.entry for r in taken if r.entry is not None]
+        # with no deletion, the records may be written with their events in one statement
+        unchanged = None if uploaded.targets or not entries else _appender(org, entries, msgid, envelope)
         try:
             uploaded.result = await ingest(
-                pool, events, refused, also=_ledger_writer(org, entries, msgid, envelope, uploaded)
+                pool,
+                events,
+                refused,
+                also=_ledger_writer(org, entries, msgid, envelope, uploaded),
+                also_unchanged=unchanged,
             )
+            uploaded.records_new = len(entries)
             break
         except ledger_store.RecordsStored:
             if attempt == RECORD_ATTEMPTS - 1:
@@ -134,7 +141,6 @@ def _ledger_writer(
             conn, org, [e.med_list_codg for e in entries] + [*deleted_items]
         )
         await ledger_store.insert(conn, entries, msgid, envelope)
-        uploaded.records_new = len(entries)
         keys = [(stored["interface"], stored["fixmedins_bchno"]) for stored in uploaded.targets]
         uploaded.deleted = await ledger_store.mark_deleted(conn, org, keys, msgid) if keys else []
 
@@ -170,6 +176,32 @@ def _ledger_writer(
         return [raised[f.key] for f in flags if f.key in raised]
 
     return write
+
+
+def _appender(
+    org: str, entries: list[rules.Entry], msgid: str, envelope: dict[str, Any]
+) -> Callable[[Conn], Awaitable[ledger_store.Appended | None]]:
+    """The ledger's part of the optimistic ingest: the records, when they simply follow
+    each item's ledger as read now (no count, none older than its latest record) and
+    raise no flag; otherwise None, and ``_ledger_writer`` runs in the locked transaction."""
+
+    async def read(conn: Conn) -> ledger_store.Appended | None:
+        before = await ledger_store.read_items(conn, org, [e.med_list_codg for e in entries])
+        after: dict[str, rules.Standing] = {}
+        figures: dict[tuple[str, str], rules.Figures] = {}
+        for item, item_entries in _by_item(entries).items():
+            standing = before.get(item)
+            moved = rules.append(standing, item_entries) if standing else None
+            if moved is None:
+                return None
+            after[item], item_figures = moved
+            figures.update(item_figures)
+        if rules.imbalance_flags([e for e in entries if e.delta < 0], figures):
+            return None
+        kept = {item: s for item, s in before.items() if s is not None}
+        return ledger_store.Appended(org, entries, msgid, envelope, kept, after)
+
+    return read
 
 
 def _by_item(entries: list[rules.Entry]) -> dict[str, list[rules.Entry]]:
