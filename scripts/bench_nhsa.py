@@ -17,13 +17,23 @@ What is measured
     starts). codes/s = B / seconds; medians over all rounds, and the ratios. The NHSA
     side does more: it also writes B ledger records and judges STOCK_IMBALANCE.
 
+    With ``--tills C`` it measures, after that, throughput instead of one request's time:
+    C pharmacies upload through ``/v1/nhsa`` at once, each its own single sales (3505,
+    one pack each, one after another, as a pharmacy's till sends them after each sale),
+    then C other pharmacies send the same single sales to ``/v1/events`` as one-pack
+    ``dispense`` events; ``--per`` sales per till. codes/s = all sales / the phase's wall
+    time, over ``--rounds`` rounds, the two sides alternating which goes first. The
+    client (this process) shares the machine: its CPU per request is printed too.
+
 How to run (from the repository root)
-    .venv/bin/python scripts/bench_nhsa.py [--rounds N] [--batches 1,10,100,1000] [--database-url URL]
+    .venv/bin/python scripts/bench_nhsa.py [--rounds N] [--batches 1,10,100,1000]
+        [--tills C [--per K]] [--database-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -73,6 +83,14 @@ def sale_rows(codes: list[str], at: datetime, tag: str) -> list[dict[str, Any]]:
     ]
 
 
+def single_sale(code: str, at: datetime, bchno: str, fixmedins: str) -> dict[str, Any]:
+    """A 3505 upload of one whole-pack sale, the single form a till sends."""
+    body = envelope(sale_rows([code], at, bchno), at, fixmedins=fixmedins)
+    body["infno"] = "3505"
+    body["input"] = {"selinfo": body["input"]["selinfoDetail"][0]}
+    return body
+
+
 def purchase_row(size: int, at: datetime, tag: str) -> dict[str, Any]:
     """One 3503 purchase record of ``size`` packs of 24 (FIELDS.md's purcinfo)."""
     return {
@@ -94,10 +112,12 @@ def purchase_row(size: int, at: datetime, tag: str) -> dict[str, Any]:
     }
 
 
-def envelope(rows: list[dict[str, Any]], at: datetime, infno: str = "3505A") -> dict[str, Any]:
+def envelope(
+    rows: list[dict[str, Any]], at: datetime, infno: str = "3505A", fixmedins: str = FIXMEDINS
+) -> dict[str, Any]:
     return {
         "infno": infno,
-        "msgid": f"{FIXMEDINS}{at.astimezone(CHINA):%Y%m%d%H%M%S}0001",
+        "msgid": f"{fixmedins}{at.astimezone(CHINA):%Y%m%d%H%M%S}0001",
         "mdtrtarea_admvs": "450103",
         "recer_sys_code": "YBXT",
         "infver": "V1.0",
@@ -105,7 +125,7 @@ def envelope(rows: list[dict[str, Any]], at: datetime, infno: str = "3505A") -> 
         "opter": "0001",
         "opter_name": "bench",
         "inf_time": at.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S"),
-        "fixmedins_code": FIXMEDINS,
+        "fixmedins_code": fixmedins,
         "fixmedins_name": "bench pharmacy",
         "input": {"selinfoDetail": rows} if infno == "3505A" else {"purcinfo": rows[0]},
     }
@@ -200,17 +220,93 @@ async def run(
                         times.append(t)
                     at += timedelta(minutes=1)
                     print(f"batch {size}: round {r + 1}/{args.rounds} done", file=sys.stderr)
+            if args.tills:
+                args.till_results = await tills(client, admin, keys[M1.id], args, serial, at)
     finally:
         localrun.stop_service(server)
     return out
+
+
+def till_code(i: int) -> str:
+    """The NHSA institution code of the i-th till's pharmacy (``--tills``)."""
+    return f"P450199{i:05d}"
+
+
+async def tills(
+    client: httpx.AsyncClient, admin: str, maker: str, args: argparse.Namespace, serial: int, at: datetime
+) -> dict[str, list[float]]:
+    """``--tills``: codes/s of C pharmacies selling at once, one pack per request, each
+    side in its own phase; and the client's CPU seconds per request."""
+    keys: dict[str, str] = {}
+    for side in ("N", "E"):
+        for i in range(args.tills):
+            org = f"T{i}{side}"
+            body = {"id": org, "name": org, "kind": "pharmacy", "region": "450103"}
+            if side == "N":
+                body["fixmedins_code"] = till_code(i)
+            await post(client, admin, "/v1/orgs", body)
+            keys[org] = (await post(client, admin, "/v1/keys", {"role": "org", "org": org}))["secret"]
+    out: dict[str, list[float]] = {"nhsa": [], "events": [], "client_cpu": []}
+    for r in range(args.rounds):
+        for side in ("nhsa", "events") if r % 2 == 0 else ("events", "nhsa"):
+            orgs = [f"T{i}{side[0].upper()}" for i in range(args.tills)]
+            codes = [[cn20(AMOXICILLIN.product_id, serial + n * args.per + j) for j in range(args.per)]
+                     for n in range(args.tills)]  # fmt: skip
+            serial += args.per * args.tills
+            every = [c for till in codes for c in till]
+            made = event("commission", M1.id, every, at, lot="BENCH1", expiry="2030-12-31")
+            await timed(client, maker, "/v1/events", {"events": [made]})
+            bought = at + timedelta(seconds=2)
+            sales = []
+            for i, org in enumerate(orgs):
+                shipped = event("ship", M1.id, codes[i], at, to=org)
+                await timed(client, maker, "/v1/events", {"events": [shipped]})
+                received = event("receive", org, codes[i], bought)
+                await timed(client, keys[org], "/v1/events", {"events": [received]})
+                times = [bought + timedelta(seconds=1 + k) for k in range(args.per)]
+                if side == "nhsa":
+                    row = purchase_row(args.per, bought, f"{org}R{r}")
+                    stock = envelope([row], bought, "3503", till_code(i))
+                    _, answer = await timed(client, keys[org], "/v1/nhsa", stock)
+                    if answer["infcode"] != 0:
+                        raise RuntimeError(f"nhsa 3503: {answer}")
+                    bodies = [single_sale(c, t, f"{org}R{r}S{k}", till_code(i))
+                              for k, (c, t) in enumerate(zip(codes[i], times, strict=True))]  # fmt: skip
+                    sales.append((keys[org], "/v1/nhsa", bodies))
+                else:
+                    bodies = [{"events": [event("dispense", org, [c], t)]}
+                              for c, t in zip(codes[i], times, strict=True)]  # fmt: skip
+                    sales.append((keys[org], "/v1/events", bodies))
+            cpu, started = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(sell(client, key, path, bodies) for key, path, bodies in sales))
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            out[side].append(len(every) / seconds)
+            out["client_cpu"].append(cpu / len(every))
+            at += timedelta(seconds=args.per + 10)
+        print(f"tills: round {r + 1}/{args.rounds} done", file=sys.stderr)
+    return out
+
+
+async def sell(client: httpx.AsyncClient, key: str, path: str, bodies: list[dict[str, Any]]) -> None:
+    """One till: its sales one after another, each taken."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for content in [json.dumps(b).encode() for b in bodies]:
+        resp = await client.post(path, content=content, headers=headers)
+        answer = resp.json()
+        taken = answer["output"]["tracecode"]["accepted"] if path == "/v1/nhsa" else answer.get("accepted")
+        if resp.status_code != 200 or taken != 1:
+            raise RuntimeError(f"{path}: {resp.status_code} {resp.text}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batches", default="1,10,100,1000", help="codes per request, comma-separated")
+    p.add_argument("--tills", type=int, default=0, help="pharmacies selling at once (0: no such phase)")
+    p.add_argument("--per", type=int, default=30, help="--tills: single sales per pharmacy and round")
     p.add_argument("--database-url", default=None)
     args = p.parse_args()
+    args.till_results = None
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     timings = localrun.run_bench(
         args.database_url, "tracecode-bench-nhsa-", lambda url, workdir: run(args, url, workdir)
@@ -225,6 +321,15 @@ def main() -> int:
         print(
             f"| {size:,} | {nhsa:,.0f} | {sales:,.0f} | {100 * nhsa / sales:.0f}%"
             f" | {one:,.0f} | {100 * nhsa / one:.0f}% |"
+        )
+    if args.till_results:
+        got = args.till_results
+        nhsa, sales = statistics.median(got["nhsa"]), statistics.median(got["events"])
+        rounds = ", ".join(f"{100 * n / e:.0f}%" for n, e in zip(got["nhsa"], got["events"], strict=True))
+        print(
+            f"\n{args.tills} pharmacies at once, single sales: /v1/nhsa {nhsa:,.0f} codes/s, "
+            f"/v1/events {sales:,.0f} codes/s, nhsa / events {100 * nhsa / sales:.0f}% "
+            f"(rounds: {rounds}; client CPU {1000 * statistics.median(got['client_cpu']):.2f} ms a request)"
         )
     return 0
 
