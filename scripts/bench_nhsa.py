@@ -46,7 +46,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from benchkit import localrun
+from benchkit import localrun, procs
 from benchkit.api import AMOXICILLIN, Org, event, post, register
 from benchkit.codes import cn20
 from service.core.rules import CHINA
@@ -148,6 +148,7 @@ async def run(
     env = dict(os.environ, TRACE_DATABASE_URL=database_url, TRACE_DATA_DIR=str(workdir / "data"))
     pool: asyncpg.Pool = await create_pool(database_url, min_size=1, max_size=1)
     async with pool.acquire() as conn:
+        postmaster = procs.local_postmaster(await conn.fetchval("SELECT pg_backend_pid()"))
         last = await conn.fetchval(
             "SELECT max(code) FROM codes WHERE code LIKE $1", f"{AMOXICILLIN.product_id}%"
         )
@@ -221,7 +222,8 @@ async def run(
                     at += timedelta(minutes=1)
                     print(f"batch {size}: round {r + 1}/{args.rounds} done", file=sys.stderr)
             if args.tills:
-                args.till_results = await tills(client, admin, keys[M1.id], args, serial, at)
+                cpu = (server.pid, postmaster)
+                args.till_results = await tills(client, admin, keys[M1.id], args, serial, at, cpu)
     finally:
         localrun.stop_service(server)
     return out
@@ -233,10 +235,17 @@ def till_code(i: int) -> str:
 
 
 async def tills(
-    client: httpx.AsyncClient, admin: str, maker: str, args: argparse.Namespace, serial: int, at: datetime
+    client: httpx.AsyncClient,
+    admin: str,
+    maker: str,
+    args: argparse.Namespace,
+    serial: int,
+    at: datetime,
+    pids: tuple[int, int | None],
 ) -> dict[str, list[float]]:
     """``--tills``: codes/s of C pharmacies selling at once, one pack per request, each
-    side in its own phase; and the client's CPU seconds per request."""
+    side in its own phase; and the CPU seconds per request of the service, of PostgreSQL
+    (``pids``: their process trees) and of the client, each side."""
     keys: dict[str, str] = {}
     for side in ("N", "E"):
         for i in range(args.tills):
@@ -247,6 +256,8 @@ async def tills(
             await post(client, admin, "/v1/orgs", body)
             keys[org] = (await post(client, admin, "/v1/keys", {"role": "org", "org": org}))["secret"]
     out: dict[str, list[float]] = {"nhsa": [], "events": [], "client_cpu": []}
+    for side in ("nhsa", "events"):
+        out[f"{side}_service_cpu"], out[f"{side}_postgres_cpu"] = [], []
     for r in range(args.rounds):
         for side in ("nhsa", "events") if r % 2 == 0 else ("events", "nhsa"):
             orgs = [f"T{i}{side[0].upper()}" for i in range(args.tills)]
@@ -277,11 +288,15 @@ async def tills(
                     bodies = [{"events": [event("dispense", org, [c], t)]}
                               for c, t in zip(codes[i], times, strict=True)]  # fmt: skip
                     sales.append((keys[org], "/v1/events", bodies))
+            trees = [procs.tree_cpu(pid) or 0.0 for pid in pids]
             cpu, started = time.process_time(), time.perf_counter()
             await asyncio.gather(*(sell(client, key, path, bodies) for key, path, bodies in sales))
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            service, postgres = ((procs.tree_cpu(pid) or 0.0) - t for pid, t in zip(pids, trees, strict=True))
             out[side].append(len(every) / seconds)
             out["client_cpu"].append(cpu / len(every))
+            out[f"{side}_service_cpu"].append(service / len(every))
+            out[f"{side}_postgres_cpu"].append(postgres / len(every))
             at += timedelta(seconds=args.per + 10)
         print(f"tills: round {r + 1}/{args.rounds} done", file=sys.stderr)
     return out
@@ -326,10 +341,15 @@ def main() -> int:
         got = args.till_results
         nhsa, sales = statistics.median(got["nhsa"]), statistics.median(got["events"])
         rounds = ", ".join(f"{100 * n / e:.0f}%" for n, e in zip(got["nhsa"], got["events"], strict=True))
+
+        def ms(key: str) -> str:
+            return f"{1000 * statistics.median(got[key]):.2f}"
+
         print(
             f"\n{args.tills} pharmacies at once, single sales: /v1/nhsa {nhsa:,.0f} codes/s, "
-            f"/v1/events {sales:,.0f} codes/s, nhsa / events {100 * nhsa / sales:.0f}% "
-            f"(rounds: {rounds}; client CPU {1000 * statistics.median(got['client_cpu']):.2f} ms a request)"
+            f"/v1/events {sales:,.0f} codes/s, nhsa / events {100 * nhsa / sales:.0f}% (rounds: {rounds})\n"
+            f"CPU ms a sale, nhsa / events: service {ms('nhsa_service_cpu')} / {ms('events_service_cpu')}, "
+            f"PostgreSQL {ms('nhsa_postgres_cpu')} / {ms('events_postgres_cpu')}; client {ms('client_cpu')}"
         )
     return 0
 
