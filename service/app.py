@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -95,6 +96,12 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool, grace, settings.flag_promote_seconds, app.state.feed_wake
     )
     tasks.append(asyncio.create_task(promoting))
+    # What the worker has loaded (the app, the libraries, their caches) lives as long as
+    # it does: frozen, the oldest generation's collections no longer walk it. They ran
+    # inside requests, and a 1,000-row NHSA upload, which makes tens of thousands of
+    # objects, met one in two of its rounds, 20-25 ms each (scripts/bench_nhsa.py).
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
