@@ -1,5 +1,5 @@
 """Count the database round trips of the service's write paths (settlement, reversal,
-ingest), by running the use cases on a pool whose connections log every statement they
+ingest, an NHSA sale), by running the use cases on a pool whose connections log every statement they
 send (asyncpg's query logger; BEGIN and COMMIT included, a COPY counted as one). Registry
 rows are cached by each process; the first operation reads them. asyncpg's one-time
 look-ups of column types are not counted.
@@ -26,9 +26,13 @@ import asyncpg
 from benchkit.codes import cn20
 from benchkit.localrun import migrate, throwaway_postgres
 from service.core.events import Incoming
+from service.core.rules import CHINA
 from service.core.settlement import Claim, Line
+from service.interop.nhsa import envelope as nhsa
+from service.interop.nhsa import inventory, sales
 from service.store.db import create_pool
 from service.usecases import events, settlements
+from service.usecases import nhsa as nhsa_usecase
 
 PRODUCT = "8123456"
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -50,11 +54,43 @@ def event(type_: str, org: str, codes: list[str], minutes: float, **fields: Any)
     )
 
 
+FIXMEDINS = "P45010300001"
+
+
+def upload(infno: str, wrapper: str, row: dict[str, Any], at: datetime) -> nhsa.Envelope:
+    """An NHSA upload of one record by P1, in the platform's envelope."""
+    when = at.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    return nhsa.parse(
+        {"infno": infno, "msgid": f"{FIXMEDINS}202603020000000001", "mdtrtarea_admvs": "450103",
+         "recer_sys_code": "YBXT", "infver": "V1.0", "opter_type": "1", "opter": "1", "opter_name": "Ph",
+         "inf_time": when, "fixmedins_code": FIXMEDINS, "fixmedins_name": "Pharmacy",
+         "input": {wrapper: {"med_list_codg": "XJ01", "fixmedins_hilist_id": "YP1",
+                             "fixmedins_hilist_name": "Amoxicillin", "rx_flag": "1", **row}}}
+    )  # fmt: skip
+
+
+def sale_row(bchno: str, code_: str, at: datetime) -> dict[str, Any]:
+    when = at.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    return {"fixmedins_bchno": bchno, "manu_lotnum": "L1", "manu_date": "2025-01-15", "prsc_dr_name": "Dr",
+            "phar_name": "Ph", "phar_prac_cert_no": "YS1", "mdtrt_sn": "MD1", "rtal_docno": f"R{bchno}",
+            "trdn_flag": "0", "sel_retn_cnt": 24, "sel_retn_time": when, "sel_retn_opter_name": "Ph",
+            "drugtracinfo": [{"drug_trac_codg": code_}]}  # fmt: skip
+
+
+def purchase_row(bchno: str, units: int, at: datetime) -> dict[str, Any]:
+    when = at.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    return {"fixmedins_bchno": bchno, "manu_lotnum": "L1", "manu_date": "2025-01-15",
+            "expy_end": "2030-12-31", "spler_name": "D", "prodentp_name": "M", "aprvno": "A",
+            "purc_retn_cnt": units, "purc_retn_stoin_time": when, "purc_retn_opter_name": "Ph",
+            "prod_geay_flag": "0"}  # fmt: skip
+
+
 async def setup(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await conn.execute(
-            """INSERT INTO orgs (id, name, kind, region) VALUES
-               ('M1', 'Maker', 'manufacturer', '450300'), ('P1', 'Pharmacy', 'pharmacy', '450103')"""
+            f"""INSERT INTO orgs (id, name, kind, region, fixmedins_code) VALUES
+               ('M1', 'Maker', 'manufacturer', '450300', NULL),
+               ('P1', 'Pharmacy', 'pharmacy', '450103', '{FIXMEDINS}')"""  # noqa: S608
         )
         await conn.execute(
             """INSERT INTO products (product_id, name, med_list_codg, pack_units, manufacturer, regions)
@@ -143,6 +179,19 @@ async def main(database_url: str | None) -> None:
         lambda: settlements.settle(pool, claim("S4", [code(10)], 24), SECRET),
     )
     await measure("reversal of S1", lambda: settlements.reverse(pool, "S1"))
+
+    async def _nhsa(env: nhsa.Envelope, translate: Any) -> None:
+        records, errors = translate(env, "P1", T0 + timedelta(days=1))
+        assert not errors, errors
+        done = await nhsa_usecase.upload(pool, "P1", records, env.msgid, {"infno": env.infno}, T0)
+        assert not done.result.flags, done.result
+
+    bought = T0 + timedelta(hours=2)
+    purchase = upload("3503", "purcinfo", purchase_row("B1", 240, bought), bought)
+    await measure("nhsa: 3503 purchase (no codes)", lambda: _nhsa(purchase, inventory.translate))
+    sold = T0 + timedelta(hours=3)
+    sale = upload("3505", "selinfo", sale_row("S20", code(20), sold), sold)
+    await measure("nhsa: 3505 sale of 1 pack", lambda: _nhsa(sale, sales.translate))
     await pool.close()
 
 
