@@ -201,3 +201,57 @@ async def test_a_consoles_live_stream_ends_when_its_session_is_signed_out(tmp_pa
         assert token
         await s.client.post("/console/signout", data={"_csrf_token": token.group(1)})
         assert await asyncio.wait_for(reading, 40) > 0  # ended by the service, not by us
+
+
+async def test_a_consoles_live_stream_sends_no_flag_once_its_key_is_revoked(tmp_path: Path) -> None:
+    """The stream checks the session and its key before any flag goes out, not only every
+    15 s: an investigator whose key is revoked while the stream is open gets no flag
+    raised after the revocation, and the stream ends. (Before the revocation, a flag
+    raised then reaches the same stream: the check is not what keeps it quiet.)"""
+    import re
+
+    async with _serve(tmp_path, workers=1) as s:
+        admin = {"Authorization": f"Bearer {s.admin}"}
+        made = (await s.client.post("/v1/keys", json={"role": "investigator"}, headers=admin)).json()
+        signin = await s.client.get("/console/signin")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', signin.text)
+        assert token
+        form = {"key": made["secret"], "_csrf_token": token.group(1)}
+        signed = await s.client.post("/console/signin", data=form)
+        assert signed.status_code in (200, 303), signed.text
+        maker = {"Authorization": f"Bearer {s.keys['M1']}"}
+
+        async def raise_flag(serial: int) -> None:
+            # a dispense of a code never commissioned: UNKNOWN_CODE
+            code = cn20(AMOXICILLIN.product_id, serial)
+            sale = event("dispense", "M1", [code], "2026-03-02T08:00:00+08:00")
+            answer = await s.client.post("/v1/events", json={"events": [sale]}, headers=maker)
+            assert answer.status_code == 200, answer.text
+            assert [f["kind"] for f in answer.json()["flags"]] == ["UNKNOWN_CODE"], answer.text
+
+        flags: list[str] = []
+        first = asyncio.Event()
+
+        async def read_until_it_ends() -> None:
+            async with s.client.stream("GET", "/console/flags/live") as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: {"):  # a flag (the first message is a comment)
+                        flags.append(line)
+                        first.set()
+
+        reading = asyncio.create_task(read_until_it_ends())
+        await asyncio.sleep(1)  # the stream is open and reading from "now"
+        await raise_flag(900001)
+        await asyncio.wait_for(first.wait(), 20)  # the live stream carries flags
+        revoked = await s.client.delete(f"/v1/keys/{made['key_id']}", headers=admin)
+        assert revoked.status_code == 200, revoked.text
+        investigator = {"Authorization": f"Bearer {made['secret']}"}
+        for _ in range(100):  # until the worker has heard of the revocation
+            if (await s.client.get("/v1/flags", headers=investigator)).status_code == 401:
+                break
+            await asyncio.sleep(0.05)
+        await raise_flag(900002)
+        await asyncio.wait_for(reading, 8)  # ended at that flag, not at the 15 s check
+        assert len(flags) == 1, flags
+        assert cn20(AMOXICILLIN.product_id, 900001) in flags[0], flags
