@@ -137,6 +137,11 @@ def _ledger_writer(
 
     async def write(conn: Conn, _refused: list[Rejection]) -> list[FlagRef]:
         deleted_items = {stored["med_list_codg"] for stored in uploaded.targets}
+        # the counted packs' rows before the items' ledgers, as every writer takes them
+        # (code rows, then ledger rows: a sale written in one statement does too)
+        counts = [e for e in entries if e.kind == rules.COUNT and e.codes]
+        counted = sorted({c for e in counts for c in e.codes})
+        states = await code_store.lock(conn, counted) if counted else {}
         standings = await ledger_store.lock_items(
             conn, org, [e.med_list_codg for e in entries] + [*deleted_items]
         )
@@ -165,9 +170,7 @@ def _ledger_writer(
         await ledger_store.save_items(conn, org, moved)
         await ledger_store.refresh_items(conn, org, sorted(recompute))
         flags: list[NewFlag] = rules.imbalance_flags(out_moves, figures)
-        counts = [e for e in entries if e.kind == rules.COUNT and e.codes]
         if counts:
-            states = await code_store.lock(conn, sorted({c for e in counts for c in e.codes}))
             found = await registry.get_orgs(conn, [org])
             region = found[org].region if org in found else None
             for e in counts:
