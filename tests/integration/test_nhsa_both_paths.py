@@ -467,7 +467,7 @@ async def _until_waiting(db: Any, n: int) -> None:
 
     activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
     for _ in range(500):
-        if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'") >= n:  # noqa: S608
+        if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'") >= n:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"never {n} sessions waiting on a lock")
