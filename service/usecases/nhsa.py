@@ -165,11 +165,21 @@ def _ledger_writer(
                 figures.update(item_figures)
         out_moves = [e for e in entries if e.delta < 0]
         slow = [(e.interface, e.bchno) for e in out_moves if e.med_list_codg in recompute]
-        if slow:
-            figures.update(await ledger_store.below_zero(conn, org, slow))
+        # a computed item's stored moves out from the earliest record written or deleted
+        # now are judged again: a sale sent late, or a purchase deleted, can leave a later
+        # sale's ledger below zero
+        since: dict[str, datetime] = {}
+        changed = [(e.med_list_codg, e.at) for e in entries]
+        for item, at in changed + [(t["med_list_codg"], t["at"]) for t in uploaded.targets]:
+            if item in recompute:
+                since[item] = min(since.get(item, at), at)
+        if slow or since:
+            figures.update(await ledger_store.below_zero(conn, org, slow, since))
+        new = {(e.interface, e.bchno) for e in entries}
+        stored = await ledger_store.entries(conn, org, [k for k in figures if k not in new])
         await ledger_store.save_items(conn, org, moved)
         await ledger_store.refresh_items(conn, org, sorted(recompute))
-        flags: list[NewFlag] = rules.imbalance_flags(out_moves, figures)
+        flags: list[NewFlag] = rules.imbalance_flags(out_moves + stored, figures)
         if counts:
             found = await registry.get_orgs(conn, [org])
             region = found[org].region if org in found else None

@@ -204,6 +204,41 @@ async def test_stock_imbalance_one_flag_per_record(admin: Api) -> None:
     assert (await _ledger(inv, codg=OTHER))["balance"] == -7
 
 
+async def test_a_record_sent_late_or_deleted_flags_the_later_moves_it_leaves_unbacked(admin: Api) -> None:
+    """STOCK_IMBALANCE judges a move out as of its own time. A sale sent after a later
+    one, or a purchase deleted, changes the ledger of the moves after it: those that it
+    leaves below zero are flagged then (before, only the new records were judged, and a
+    ledger could end below zero with no flag)."""
+    w = await _world(admin)  # P2 bought 96 units on 03-01
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    later = await nhsa(
+        p2, envelope("3505", {"selinfo": sale("LATE2", [], 96, sel_retn_time="2026-03-05 12:00:00")})
+    )
+    assert later["output"]["tracecode"]["flags"] == []  # 96 of 96
+    earlier = await nhsa(
+        p2, envelope("3505", {"selinfo": sale("LATE1", [], 24, sel_retn_time="2026-03-05 10:00:00")})
+    )
+    flags = earlier["output"]["tracecode"]["flags"]
+    assert [f["kind"] for f in flags] == ["STOCK_IMBALANCE"], earlier  # for LATE2, not LATE1 (72 left then)
+    (flag,) = (await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE"))["items"]
+    assert (flag["refs"]["fixmedins_bchno"], flag["refs"]["balance_after"]) == ("LATE2", -24)
+
+    # another item: two purchases back one sale; deleting the second leaves it unbacked
+    bought = [purchase(f"BUY{i}", 30, purc_retn_stoin_time=f"2026-03-0{2 + i} 09:00:00") for i in range(2)]
+    for row in bought:
+        assert (await nhsa(p2, envelope("3503", {"purcinfo": {**row, "med_list_codg": OTHER}})))[
+            "infcode"
+        ] == 0
+    sold = sale("SOLD", [], 50, sel_retn_time="2026-03-05 10:00:00", med_list_codg=OTHER)
+    assert (await nhsa(p2, envelope("3505", {"selinfo": sold})))["output"]["tracecode"]["flags"] == []
+    deleted = await nhsa(p2, envelope("3507", {"data": deletion("BUY1", "3")}))
+    assert [f["kind"] for f in deleted["output"]["tracecode"]["flags"]] == ["STOCK_IMBALANCE"], deleted
+    page = await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE")
+    found = [(f["refs"]["fixmedins_bchno"], f["refs"]["balance_after"]) for f in page["items"]]
+    assert found == [("SOLD", -20), ("LATE2", -24)]
+
+
 async def test_inventory_changes_with_codes(admin: Api) -> None:
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
@@ -430,8 +465,9 @@ async def test_item_ledgers_kept_as_uploads_go_follow_the_records(admin: Api, db
     new records follow it, computed from all its records otherwise): after every upload
     of a random month (purchases, returns, sales, count gains and losses, stock counts,
     deletions, retries, records in and out of time order, two items), the kept ledger is
-    the one the rule gives from the live records, and STOCK_IMBALANCE is raised for
-    exactly the new moves out that leave their item below zero as of their own time."""
+    the one the rule gives from the live records, STOCK_IMBALANCE is raised for exactly
+    the new moves out that leave their item below zero as of their own time, and every
+    move out below zero as of its own time has one."""
     import random
 
     from service.core.ledger import OUT_KINDS
@@ -512,6 +548,9 @@ async def test_item_ledgers_kept_as_uploads_go_follow_the_records(admin: Api, db
             if r["kind"] in OUT_KINDS:
                 below = _plain_ledger(live, r["med_list_codg"], upto=r)[0] < 0
                 assert (f"P2/{r['interface']}/{r['fixmedins_bchno']}" in flagged) == below, (n, r)
+        for r in live:  # a move out left below zero by a record sent late or deleted is flagged too
+            if r["kind"] in OUT_KINDS and _plain_ledger(live, r["med_list_codg"], upto=r)[0] < 0:
+                assert f"P2/{r['interface']}/{r['fixmedins_bchno']}" in flagged, (n, r)
         if new:
             last = before.get(new[0]["med_list_codg"])
             follows = last is not None and all(r["at"] > last and r["kind"] != "count" for r in new)
