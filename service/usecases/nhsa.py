@@ -32,6 +32,13 @@ class Uploaded:
     missing: list[Record] = field(default_factory=list)  # deletions of records never uploaded
     conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
     targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
+    settled: set[str] = field(default_factory=set)  # setl_ids of deleted sales that stood when read
+
+
+class SettledMeanwhile(Exception):
+    """A settlement of a deleted sale's setl_id was committed after the deletion read
+    which ones stand: nothing of this transaction is kept, and the deletion is worked out
+    again."""
 
 
 # an upload runs again when one of its records was stored meanwhile (RecordsStored)
@@ -56,7 +63,8 @@ async def upload(
     again without it."""
     uploaded = Uploaded(IngestResult())
     refused: list[Rejection] = [x for r in records for x in r.refused]
-    compensations = await _deletions(pool, org, [r for r in records if r.deletes], uploaded, now)
+    deletions = [r for r in records if r.deletes]
+    compensations = await _deletions(pool, org, deletions, uploaded, now)
     keys = [(r.entry.interface, r.entry.bchno) for r in records if r.entry is not None]
     stored: dict[tuple[str, str], Any] = {}
     for attempt in range(RECORD_ATTEMPTS):
@@ -80,6 +88,11 @@ async def upload(
                 raise
             async with pool.acquire() as conn:
                 stored = await ledger_store.stored_rows(conn, org, keys)
+        except SettledMeanwhile:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise
+            uploaded.missing = []
+            compensations = await _deletions(pool, org, deletions, uploaded, now)
     uploaded.result.duplicates += sum(len(r.events) for r in again)
     return uploaded
 
@@ -125,7 +138,7 @@ async def _deletions(
             if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
                 uploaded.missing.append(d)
         settled = await setl_store.standing(conn, [_setl_id(stored) for stored in targets])
-    uploaded.targets = targets
+    uploaded.targets, uploaded.settled = targets, settled
     return _compensations(org, targets, settled, now)
 
 
@@ -136,6 +149,13 @@ def _ledger_writer(
     the deletions, each item's ledger and the flags they raise."""
 
     async def write(conn: Conn, _refused: list[Rejection]) -> list[FlagRef]:
+        # A deleted sale whose settlement stands is not undone. Which stand was read before
+        # this transaction; read again now that the packs' rows are locked: a settlement
+        # committed in between means working the deletion out again (one committing later
+        # waits for these rows, and is judged after this upload).
+        sales = [_setl_id(stored) for stored in uploaded.targets if stored["interface"] == "3505"]
+        if any(sales) and await setl_store.standing(conn, sales) - uploaded.settled:
+            raise SettledMeanwhile
         deleted_items = {stored["med_list_codg"] for stored in uploaded.targets}
         # the counted packs' rows before the items' ledgers, as every writer takes them
         # (code rows, then ledger rows: a sale written in one statement does too)

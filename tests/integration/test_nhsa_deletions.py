@@ -170,3 +170,47 @@ async def test_deleting_a_return_that_named_its_settlement_sells_the_pack_again(
     assert await _units_left(p2, u[0]) == 24
     await delete_sale(p2, "R030")
     assert await _units_left(p2, u[0]) == 0
+
+
+async def test_a_settlement_committed_while_a_deletion_is_worked_out_keeps_its_units(
+    admin: Api, db_url: str, monkeypatch: Any
+) -> None:
+    """A deletion reads which deleted sales' settlements stand before its transaction. A
+    settlement of the sale committed just after that read (here: between the read and
+    the transaction, every time) is seen again inside the transaction, once the pack's
+    row is locked, and the deletion is worked out again: the pack stays the
+    settlement's. Before, its units came back while the settlement stood, and the pack
+    could have been settled and paid a second time. The deletion runs through the use
+    case on a pool of its own (the in-process client answers one request at a time)."""
+    from datetime import UTC, datetime
+
+    from service.interop.nhsa import envelope as nhsa_envelope
+    from service.interop.nhsa import inventory as nhsa_inventory
+    from service.store.db import create_pool
+    from service.usecases import nhsa as nhsa_usecase
+
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B511", [u[0]], 24, setl_id="S511")}))
+    worked_out = nhsa_usecase._deletions
+
+    async def settled_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        found = await worked_out(*args, **kwargs)
+        answer = await insurer.ok("POST", "/v1/settlements", claim("S511", u[0], "2026-03-05T10:00:00+08:00"))
+        assert answer["decision"] == "accepted"  # the sale it repeats: paid, once
+        return found
+
+    monkeypatch.setattr(nhsa_usecase, "_deletions", settled_meanwhile)
+    env = nhsa_envelope.parse(envelope("3507", {"data": deletion("B511", "4")}))
+    now = datetime.now(UTC)
+    records, errors = nhsa_inventory.translate(env, "P2", now)
+    assert not errors
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        done = await nhsa_usecase.upload(pool, "P2", records, env.msgid, {}, now)
+    finally:
+        await pool.close()
+    assert done.deleted == ["B511"]
+    assert done.result.accepted_codes == 0  # no compensating return
+    assert await _units_left(p2, u[0]) == 0
