@@ -214,14 +214,16 @@ def decide(loaded: Loaded) -> Plan:
     in_order = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
     flags += _consume(world, in_order, loaded.products, loaded.orgs, book)
     # a dispense that arrived before its code's commission took nothing (the pack size
-    # was unknown); now it takes its units. Its suspicions were judged on arrival.
+    # was unknown); now it takes its units, and is judged as a dispense of a known pack
+    # (on arrival the fold suspected an unknown code only): a pack dispensed twice,
+    # expired, recalled. Raised now, but not reported to this request's sender.
+    reported = {f.key for f in flags}
     newly = {c for c in placeholders if world.states[c].commissioned}
     early = [(d, d.codes) for d in loaded.waiting_dispenses if newly.intersection(d.codes)]
-    _consume(world, early, loaded.products, loaded.orgs, book)
+    flags += _consume(world, early, loaded.products, loaded.orgs, book)
 
     # a replay judges old facts again too: those suspicions stand (or are raised again),
     # but the answer reports only what this request's events raised
-    reported = {f.key for f in flags}
     for suspicion in world.suspicions:
         flag = flag_rules.suspicion_flag(suspicion)
         flags.append(flag)

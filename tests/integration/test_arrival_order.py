@@ -1,0 +1,310 @@
+"""The same events in any arrival order end in the same custody, units and flags (pending
+ones included), through the public API. Written in review of the event ingest; the cases
+it found that the service does not meet yet are marked xfail (strict: they fail the suite
+once fixed, so the mark is taken off) and listed in the README's known limits."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, cn20, event, small_world, sscc
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UNIT = "8123456"
+
+
+async def _world(admin: Api) -> dict[str, Any]:
+    w = await small_world(admin)
+    w["inv"] = await admin.key_for("investigator")
+    w["insurer"] = await admin.key_for("insurer")
+    return w
+
+
+async def _send(admin: Api, events: list[dict[str, Any]]) -> None:
+    for e in events:
+        out = await admin.events(e)
+        assert out["rejected"] == [], out
+
+
+async def _verify(w: dict[str, Any], code: str, org: str = "P1") -> dict[str, Any]:
+    return await w["inv"].ok("GET", f"/v1/codes/{code}/verify?org={org}")
+
+
+async def _standing(w: dict[str, Any], code: str) -> list[tuple[str, str]]:
+    """Flags on ``code`` that investigators will (eventually) see: pending and open."""
+    out = []
+    for status in ("pending", "open"):
+        items = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status={status}"))["items"]
+        out += [(f["kind"], f["status"], f["detail"]) for f in items]
+    return out
+
+
+async def _state(w: dict[str, Any], code: str) -> tuple[Any, ...]:
+    h = await w["inv"].ok("GET", f"/v1/codes/{code}/history")
+    return (h["state"], h["custodian"], h["destination"], h["units_left"])
+
+
+# --------------------------------------------------------------------------- returns
+
+
+@pytest.mark.xfail(
+    strict=True, reason="known limit: a return is matched once, against the sales known when it arrives"
+)
+async def test_a_return_arriving_between_two_split_sales_undoes_the_later_one(admin: Api) -> None:
+    """P1 sells 10 units (t=10), then 5 units (t=11), then the patient returns the
+    second sale (t=12): 14 units are left, whatever order the three arrive in."""
+    w = await _world(admin)
+    expected = None
+    for n, order in enumerate([(0, 1, 2), (0, 2, 1)]):
+        code = cn20(UNIT, 100 + n)
+        await _send(
+            admin,
+            [
+                event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+                event("ship", "M1", [code], 1, to="P1"),
+                event("receive", "P1", [code], 2),
+            ],
+        )
+        sales = [
+            event("dispense", "P1", [code], 10, quantity=10),
+            event("dispense", "P1", [code], 11, quantity=5),
+            event("return", "P1", [code], 12),
+        ]
+        await _send(admin, [sales[i] for i in order])
+        got = (await _verify(w, code))["units_left"]
+        if expected is None:
+            expected = got
+            assert got == 14
+        assert got == expected, (order, got)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit: a return is matched once, against the sales known when it arrives",
+)
+async def test_a_return_arriving_after_the_pack_was_sold_again_converges(admin: Api) -> None:
+    """P1 sells the whole pack (t=10), the patient returns it (t=20), P1 sells it again
+    (t=30). In time order: nothing left, no flag. With the return uploaded last the
+    pack must end the same: used up, and no DUPLICATE standing against P1."""
+    w = await _world(admin)
+    results = []
+    for n, order in enumerate([(0, 1, 2), (0, 2, 1)]):
+        code = cn20(UNIT, 200 + n)
+        await _send(
+            admin,
+            [
+                event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+                event("ship", "M1", [code], 1, to="P1"),
+                event("receive", "P1", [code], 2),
+            ],
+        )
+        sales = [
+            event("dispense", "P1", [code], 10),
+            event("return", "P1", [code], 20),
+            event("dispense", "P1", [code], 30),
+        ]
+        await _send(admin, [sales[i] for i in order])
+        results.append(((await _verify(w, code))["units_left"], [k for k, _, _ in await _standing(w, code)]))
+    assert results[0] == (0, [])
+    assert results[1] == results[0]
+
+
+# --------------------------------------------------------------------------- a story
+
+
+def _story(units: list[str], box: str) -> list[dict[str, Any]]:
+    """A case of four packs: M1 -> D1 -> P1. P1 picks packs out of the case (no unpack
+    scan): sells u1, sells part of u2 and takes it back, sends u3 back to D1, which
+    ships it to H1, where it is sold in part. P1 sends the case (with u4 in it) back to
+    D1."""
+    u1, u2, u3, _u4 = units
+    return [
+        event("commission", "M1", units, 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", units, 1, parent=box),
+        event("ship", "M1", [box], 2, to="D1"),
+        event("receive", "D1", [box], 3, **{"from": "M1"}),
+        event("ship", "D1", [box], 4, to="P1"),
+        event("receive", "P1", [box], 5),
+        event("dispense", "P1", [u1], 6),
+        event("dispense", "P1", [u2], 7, quantity=10),
+        event("return", "P1", [u2], 8),
+        event("ship", "P1", [u3], 9, to="D1"),
+        event("receive", "D1", [u3], 10),
+        event("ship", "D1", [u3], 11, to="H1"),
+        event("receive", "H1", [u3], 12),
+        event("dispense", "H1", [u3], 13, quantity=5),
+        event("ship", "P1", [box], 14, to="D1"),
+        event("receive", "D1", [box], 15),
+    ]
+
+
+async def _story_outcome(w: dict[str, Any], units: list[str], box: str) -> dict[str, Any]:
+    out = {}
+    for name, code in zip(["u1", "u2", "u3", "u4", "box"], [*units, box], strict=True):
+        out[name] = (await _state(w, code), await _standing(w, code))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_a_case_story_in_random_order_ends_as_in_time_order(admin: Api, seed: int) -> None:
+    """A case story shuffled: unlike test_event_order's property test this one also
+    checks that no pending flag is left standing, with a return and a re-shipment."""
+    w = await _world(admin)
+    units = [cn20(UNIT, 300 + i) for i in range(4)]
+    box = sscc(300)
+    await _send(admin, _story(units, box))
+    in_order = await _story_outcome(w, units, box)
+    assert in_order == {
+        "u1": (("dispensed", "P1", None, 0), []),
+        "u2": (("received", "P1", None, 24), []),
+        "u3": (("received", "H1", None, 19), []),
+        "u4": (("received", "D1", None, 24), []),
+        "box": (("received", "D1", None, None), []),
+    }
+    units_b = [cn20(UNIT, 400 + i) for i in range(4)]
+    box_b = sscc(400)
+    story = _story(units_b, box_b)
+    random.Random(seed).shuffle(story)
+    await _send(admin, story)
+    assert await _story_outcome(w, units_b, box_b) == in_order, [(e["type"], e["at"][11:16]) for e in story]
+
+
+# --------------------------------------------------------------------------- probes
+
+
+async def test_two_dispenses_uploaded_before_the_commission_are_still_a_duplicate(admin: Api) -> None:
+    """P1 sells the same pack twice (回流药). In time order the second dispense raises
+    DUPLICATE; when the pharmacy's uploads arrive before the manufacturer's and the
+    distributor's, the same DUPLICATE must be raised once the commission arrives."""
+    w = await _world(admin)
+    kinds = []
+    for n, pharmacy_first in enumerate([False, True]):
+        code = cn20(UNIT, 500 + n)
+        chain = [
+            event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+            event("ship", "M1", [code], 1, to="P1"),
+            event("receive", "P1", [code], 2),
+        ]
+        sales = [event("dispense", "P1", [code], 10), event("dispense", "P1", [code], 20)]
+        await _send(admin, sales + chain if pharmacy_first else chain + sales)
+        kinds.append(
+            ((await _verify(w, code))["units_left"], sorted(k for k, _, _ in await _standing(w, code)))
+        )
+    assert kinds[0] == (0, ["DUPLICATE"])
+    assert kinds[1] == kinds[0]
+
+
+async def test_a_dispense_of_an_expired_pack_uploaded_before_its_commission_is_flagged(admin: Api) -> None:
+    w = await _world(admin)
+    kinds = []
+    for n, pharmacy_first in enumerate([False, True]):
+        code = cn20(UNIT, 520 + n)
+        chain = [
+            event("commission", "M1", [code], 0, lot="OLD", expiry="2020-01-31"),
+            event("ship", "M1", [code], 1, to="P1"),
+            event("receive", "P1", [code], 2),
+        ]
+        sales = [event("dispense", "P1", [code], 10)]
+        await _send(admin, sales + chain if pharmacy_first else chain + sales)
+        kinds.append(sorted(k for k, _, _ in await _standing(w, code)))
+    assert kinds[0] == ["EXPIRED"]
+    assert kinds[1] == kinds[0]
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: OUT_OF_REGION is not among the flags a replay clears")
+async def test_a_pack_picked_before_its_case_left_the_region_is_not_out_of_region(admin: Api) -> None:
+    """D1 picks u1 out of the case and sends it to P1, then sends the case (u2 still in
+    it) to P9 outside the product's regions. Only u2 left the region. When D1's pick
+    arrives after P9's receipt of the case, u1's OUT_OF_REGION must not stand."""
+    w = await _world(admin)
+    outcome = []
+    for n, pick_late in enumerate([False, True]):
+        u1, u2 = cn20(UNIT, 540 + 2 * n), cn20(UNIT, 541 + 2 * n)
+        box = sscc(540 + n)
+        head = [
+            event("commission", "M1", [u1, u2], 0, lot="L1", expiry="2030-12-31"),
+            event("pack", "M1", [u1, u2], 1, parent=box),
+            event("ship", "M1", [box], 2, to="D1"),
+            event("receive", "D1", [box], 3),
+        ]
+        pick = [event("ship", "D1", [u1], 4, to="P1"), event("receive", "P1", [u1], 5)]
+        case_out = [event("ship", "D1", [box], 6, to="P9"), event("receive", "P9", [box], 7)]
+        await _send(admin, head + case_out + pick if pick_late else head + pick + case_out)
+        outcome.append(
+            (
+                await _state(w, u1),
+                sorted(k for k, _, _ in await _standing(w, u1)),
+                sorted(k for k, _, _ in await _standing(w, u2)),
+            )
+        )
+    assert outcome[0] == (("received", "P1", None, 24), [], ["OUT_OF_REGION"])
+    assert outcome[1] == outcome[0]
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: at one instant every ship sorts before every receive")
+async def test_a_cross_dock_received_and_shipped_in_the_same_instant(admin: Api) -> None:
+    """D1 receives the case and sends it on to P1 in the same second (cross-docking):
+    the case is on its way to P1, and nothing is suspicious. (TYPE_RANK puts every ship
+    of an instant before every receive, so D1 ships before it has received.)"""
+    w = await _world(admin)
+    u1 = cn20(UNIT, 560)
+    box = sscc(560)
+    await _send(
+        admin,
+        [
+            event("commission", "M1", [u1], 0, lot="L1", expiry="2030-12-31"),
+            event("pack", "M1", [u1], 1, parent=box),
+            event("ship", "M1", [box], 2, to="D1"),
+            event("receive", "D1", [box], 3),
+            event("ship", "D1", [box], 3, to="P1"),
+        ],
+    )
+    assert await _state(w, box) == ("in_transit", "D1", "P1", None)
+    assert await _standing(w, box) == []
+
+
+def _claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict[str, Any]:
+    from tests.helpers import at
+
+    return {
+        "setl_id": setl_id,
+        "org": org,
+        "psn_no": "450103199001011234",
+        "at": at(minutes),
+        "mode": "settle",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
+        ],
+    }
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: a settlement does not take its pack out of its case")
+async def test_a_pack_settled_out_of_an_open_case_stays_sold_where_it_was_sold(admin: Api) -> None:
+    """P1 receives a case, sells u1 from it by settlement (依码结算: no dispense scan), and
+    sends the rest of the case back to D1. u1 did not travel back with the case: it was
+    sold at P1, and the patient's return of it to P1 is no diversion."""
+    w = await _world(admin)
+    u1, u2 = cn20(UNIT, 600), cn20(UNIT, 601)
+    box = sscc(600)
+    await _send(
+        admin,
+        [
+            event("commission", "M1", [u1, u2], 0, lot="L1", expiry="2030-12-31"),
+            event("pack", "M1", [u1, u2], 1, parent=box),
+            event("ship", "M1", [box], 2, to="P1"),
+            event("receive", "P1", [box], 3),
+        ],
+    )
+    answer = await w["insurer"].ok("POST", "/v1/settlements", _claim("S-CASE-1", u1, 10))
+    assert answer["decision"] == "accepted", answer
+    await _send(admin, [event("ship", "P1", [box], 20, to="D1"), event("receive", "D1", [box], 21)])
+    h = await w["inv"].ok("GET", f"/v1/codes/{u1}/history")
+    custody = (h["custodian"], h["container"], h["units_left"])
+    # the patient brings it back to P1
+    out = await admin.events(event("return", "P1", [u1], 30, setl_id="S-CASE-1"))
+    raised = [f["kind"] for f in out["flags"]]
+    assert (custody, raised) == (("P1", None, 0), [])
