@@ -21,6 +21,7 @@ from service.core.flags import Evidence, FlagRef, NewFlag
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
     ALREADY_SETTLED,
+    DESTROYED_REASON,
     EXPIRED,
     INVALID_CODE,
     MISSING_CODES,
@@ -41,6 +42,7 @@ ACCEPTED, PARTIAL, REJECTED = "accepted", "partial", "rejected"
 # Which reasons are also a suspicion for investigators, and under which flag kind.
 FLAG_FOR_REASON = {
     ALREADY_SETTLED: "DUPLICATE",
+    DESTROYED_REASON: "DUPLICATE",  # a pack that left the market, back in it
     NOT_IN_CUSTODY: "DIVERSION",
     PRODUCT_MISMATCH: "PRODUCT_MISMATCH",
     UNKNOWN_CODE: "UNKNOWN_CODE",

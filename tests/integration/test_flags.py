@@ -283,6 +283,29 @@ async def test_moving_or_destroying_someone_elses_stock_is_diversion(admin: Api)
     assert [f["kind"] for f in destroyed["flags"]] == ["DIVERSION"]
 
 
+async def test_a_destroyed_pack_dispensed_or_settled_is_a_duplicate(admin: Api) -> None:
+    """A pack its holder reported destroyed, then sold (dispensed, or settled by code),
+    is a pack back in the market (回流): DUPLICATE, as a stock count that lists it. Found
+    in review: the dispense raised nothing and took the pack's units; the settlement was
+    refused (DESTROYED) but raised nothing either."""
+    w = await world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    a, b = cn20(w["unit"], 31), cn20(w["unit"], 32)
+    await m.events(
+        event("commission", "M1", [a, b], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [a, b], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [a, b], 2), event("destroy", "P1", [a, b], 3))
+    sold = await p1.events(event("dispense", "P1", [a], 4))
+    assert [(f["kind"], f["code"]) for f in sold["flags"]] == [("DUPLICATE", a)]
+    flag = await w["inv"].ok("GET", f"/v1/flags/{sold['flags'][0]['flag_id']}")
+    assert "destroyed" in flag["detail"]
+    settled = await w["insurer"].ok("POST", "/v1/settlements", _settle_body("S-DESTROYED", "P1", b, 9))
+    assert settled["decision"] == "rejected"
+    assert [r["reason"] for r in settled["lines"][0]["reasons"]] == ["DESTROYED"]
+    assert [(f["kind"], f["code"]) for f in settled["flags"]] == [("DUPLICATE", b)]
+
+
 async def _held_by_d1(w: dict[str, Any], serial: int) -> str:
     """A pack commissioned by M1 and received by the distributor D1 (minutes 0 to 2)."""
     code = cn20(w["unit"], serial)
