@@ -131,6 +131,7 @@ async def test_every_line_reason(admin: Api) -> None:
         ("PRODUCT_MISMATCH", c[1]),
         ("DIVERSION", elsewhere),
         ("EXPIRED", old),
+        ("DUPLICATE", c[5]),  # a destroyed pack, back in the market
     }
     # out of region: a pharmacy in Beijing settling a Guangxi-only product it holds
     p9_code = cn20(w["unit"], 200)
