@@ -33,6 +33,10 @@ PENDING, OPEN = "pending", "open"
 # its product, expiry, recall or region, a second commission, a person's purchases), so
 # it is open at once.
 CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
+# refs of an OUT_OF_REGION raised by the fold at a receipt: a replay that no longer raises
+# it clears it, as it does the custody kinds (one raised by a sale stands: no replay
+# judges that sale again)
+AT_RECEIPT = "at_receipt"
 
 
 def initial_status(kind: str) -> str:
@@ -167,6 +171,8 @@ def suspicion_flag(s: Suspicion) -> NewFlag:
         refs["holder"] = s.holder
     if s.shipped_to:
         refs["last_shipped_to"] = s.shipped_to
+    if s.kind == "OUT_OF_REGION":
+        refs[AT_RECEIPT] = True  # the fold's own, judged again by a replay (not a sale's)
     return NewFlag(
         kind=s.kind,
         code=s.code,

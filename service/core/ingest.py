@@ -80,11 +80,16 @@ def sales_needed(
 
 
 def registry_needed(
-    events: Iterable[Incoming], states: Mapping[str, CodeState], waiting: Iterable[Incoming]
+    events: Iterable[Incoming],
+    states: Mapping[str, CodeState],
+    waiting: Iterable[Incoming],
+    history: Iterable[Fact] = (),
 ) -> tuple[list[str], list[str]]:
-    """The organisations and products the decision reads: (org ids, product ids)."""
+    """The organisations and products the decision reads: (org ids, product ids). A
+    replay judges the history's receipts again (their region), so its organisations too."""
     events = list(events)
     orgs = {o for e in events for o in (e.org, e.to, e.from_org) if o} | {d.org for d in waiting}
+    orgs |= {f.org for f in history}
     products = {product_of(c) for e in events if e.type in ("commission", "dispense") for c in e.codes}
     products |= {s.product_id for s in states.values() if s.product_id}
     products |= {product_of(e.parent) for e in events if e.parent}

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from service.core.custody import Fact
-from service.core.flags import Evidence, FlagKey, FlagRef, NewFlag
+from service.core.flags import AT_RECEIPT, Evidence, FlagKey, FlagRef, NewFlag
 from service.store import codes as code_store
 from service.store.conn import Conn
 
@@ -104,17 +104,19 @@ async def auto_clear(
     cleared_by: list[str],
     rejudged: Iterable[tuple[str, str]],
 ) -> list[int]:
-    """Open flags of ``kinds`` on ``codes`` that the current fold no longer suspects
-    (their key is not in ``standing``) become auto_cleared, naming the events that
-    explained them. Event flags on these codes were all re-judged by the fold; a
-    settlement's flag only if its (code, setl_id) is in ``rejudged``."""
+    """Open flags of ``kinds`` on ``codes`` (and OUT_OF_REGION flags raised at a receipt)
+    that the current fold no longer suspects (their key is not in ``standing``) become
+    auto_cleared, naming the events that explained them. Event flags on these codes were
+    all re-judged by the fold; a settlement's flag only if its (code, setl_id) is in
+    ``rejudged``."""
     keep = list(standing)
     again = list(rejudged)
     rows = await conn.fetch(
         """UPDATE flags
            SET status = 'auto_cleared', updated_at = now(),
                refs = refs || jsonb_build_object('cleared_by', $3::text[])
-           WHERE code = ANY($1::text[]) AND kind = ANY($2::text[]) AND status IN ('pending', 'open')
+           WHERE code = ANY($1::text[]) AND status IN ('pending', 'open')
+             AND (kind = ANY($2::text[]) OR (kind = 'OUT_OF_REGION' AND refs ? $10::text))
              AND (source_kind = 'event'
                   OR (source_kind = 'settlement'
                       AND (code, source_id) IN (SELECT * FROM unnest($4::text[], $5::text[]))))
@@ -130,6 +132,7 @@ async def auto_clear(
         [kind for kind, _, _ in keep],
         [source.kind for _, _, source in keep],
         [source.id for _, _, source in keep],
+        AT_RECEIPT,
     )
     await _changed_by_system(conn, rows, "auto_cleared", "explained by later-arriving events")
     return [r["flag_id"] for r in rows]

@@ -212,7 +212,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
 
-    orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses)
+    orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)
     loaded.products = await registry.get_products(conn, products)
     return loaded, versions
