@@ -180,7 +180,6 @@ _COLUMNS = (
 )  # fmt: skip
 
 
-
 @dataclass(frozen=True, slots=True)
 class Appended:
     """New records of an upload that simply follow their items' ledgers
