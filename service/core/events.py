@@ -26,6 +26,9 @@ COMMISSION_CONFLICT = "COMMISSION_CONFLICT"
 UNKNOWN_ORG = "UNKNOWN_ORG"
 NOT_A_CONTAINER = "NOT_A_CONTAINER"
 REPEATED_CODE = "REPEATED_CODE"
+# the event_id is another organisation's event (an id is one organisation's: a retry of
+# someone else's event is no retry, and must not pass for one)
+EVENT_ID_TAKEN = "EVENT_ID_TAKEN"
 
 
 class Incoming(msgspec.Struct, frozen=True):

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from service.core import flags as flag_rules
 from service.core.custody import CodeState, Fact, World, product_of, replay, sort_key
-from service.core.events import Incoming, Rejection, judge
+from service.core.events import EVENT_ID_TAKEN, Incoming, Rejection, judge
 from service.core.flags import FlagKey, NewFlag
 from service.core.registry import Org, Product
 from service.core.sales import Consumption, Return, Sale, draw, match_returns, move_units
@@ -110,6 +110,8 @@ class Loaded:
     sales: list[Consumption]  # recorded sales of the packs in sales_needed, oldest first
     waiting_returns: list[Return]  # stored returns that undid nothing yet, of dispensed/commissioned packs
     waiting_dispenses: list[Incoming]  # stored dispenses that took nothing yet, of packs commissioned now
+    # events whose event_id another organisation's stored event holds: refused, not retries
+    taken_elsewhere: list[Incoming] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,11 @@ class Plan:
     reported: list[FlagKey] = field(default_factory=list)  # flags this request's events raised
     clear: AutoClear | None = None
     replayed: bool = False
+
+
+def taken_elsewhere(loaded: Loaded) -> list[Rejection]:
+    """Each code of an event whose id is another organisation's event: EVENT_ID_TAKEN."""
+    return [Rejection(e.event_id, c, EVENT_ID_TAKEN) for e in loaded.taken_elsewhere for c in e.codes]
 
 
 def moves_only(plan: Plan) -> bool:

@@ -104,28 +104,29 @@ class ContentsChanged(RetryTransaction):
 
 async def stored_and_children(
     conn: Conn, event_ids: list[UUID], codes: Iterable[str]
-) -> tuple[set[UUID], list[tuple[str, str]]]:
-    """Which of ``event_ids`` are stored already, and the (parent, child) pairs one level
-    inside ``codes`` (ingest's first look). One statement on plain PostgreSQL; two reads on
-    Citus, where the UNION ALL of both was planned as two sent to every shard (5 ms a
-    shard group)."""
+) -> tuple[dict[UUID, str], list[tuple[str, str]]]:
+    """Which of ``event_ids`` are stored already, each with its organisation, and the
+    (parent, child) pairs one level inside ``codes`` (ingest's first look). One statement
+    on plain PostgreSQL; two reads on Citus, where the UNION ALL of both was planned as
+    two sent to every shard (5 ms a shard group)."""
     if not distributed(conn):
         rows = await conn.fetch(
-            """SELECT event_id, NULL AS parent, NULL AS child FROM events WHERE event_id = ANY($1::uuid[])
+            """SELECT event_id, org, NULL AS parent, NULL AS child
+               FROM events WHERE event_id = ANY($1::uuid[])
                UNION ALL
-               SELECT NULL, parent, child FROM containment WHERE parent = ANY($2::text[])""",
+               SELECT NULL, NULL, parent, child FROM containment WHERE parent = ANY($2::text[])""",
             event_ids,
             list(codes),
         )
         return (
-            {r["event_id"] for r in rows if r["event_id"] is not None},
+            {r["event_id"]: r["org"] for r in rows if r["event_id"] is not None},
             [(r["parent"], r["child"]) for r in rows if r["event_id"] is None],
         )
-    stored = await conn.fetch("SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", event_ids)
+    stored = await conn.fetch("SELECT event_id, org FROM events WHERE event_id = ANY($1::uuid[])", event_ids)
     pairs = await fetch_by_shard(
         conn, "SELECT parent, child FROM containment WHERE parent = ANY($1::text[])", codes
     )
-    return {r["event_id"] for r in stored}, [(r["parent"], r["child"]) for r in pairs]
+    return {r["event_id"]: r["org"] for r in stored}, [(r["parent"], r["child"]) for r in pairs]
 
 
 async def lock_with_contents(

@@ -96,7 +96,7 @@ async def ingest(
         if sum(len(e.codes) for e in unique) > LARGE_BATCH:
             await plan_for_values(conn)
         loaded, _ = await _load(conn, unique, locked=True)
-        result = IngestResult(duplicates=repeats + len(unique) - len(loaded.events))
+        result = _started(loaded, len(unique), repeats)
         if loaded.events:
             await _write(conn, rules.decide(loaded), result)
         if also is not None:
@@ -107,6 +107,14 @@ async def ingest(
     result.rejected = refused + result.rejected
     _count(result)
     return result
+
+
+def _started(loaded: rules.Loaded, events: int, repeats: int) -> IngestResult:
+    """The answer before the new events are decided: the events stored already (retries,
+    and events repeated in the request), and those whose id another organisation holds."""
+    taken = rules.taken_elsewhere(loaded)
+    stored = events - len(loaded.events) - len(loaded.taken_elsewhere)
+    return IngestResult(duplicates=repeats + stored, rejected=taken)
 
 
 class _NeedsLocks(Exception):
@@ -136,7 +144,7 @@ async def _ingest_unchanged(
         return None
     if also_unchanged is not None and len(loaded.events) < len(events):
         return None
-    result = IngestResult(duplicates=repeats + len(events) - len(loaded.events))
+    result = _started(loaded, len(events), repeats)
     if not loaded.events:
         return result
     plan = rules.decide(loaded)
@@ -176,6 +184,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         conn, [e.event_id for e in events], rules.named_codes(events)
     )
     fresh = loaded.events = [e for e in events if e.event_id not in stored]
+    loaded.taken_elsewhere = [e for e in events if stored.get(e.event_id, e.org) != e.org]
     if not fresh:
         return loaded, versions
     lots = rules.commission_lots(fresh)
@@ -245,7 +254,7 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
 
 def _report(plan: rules.Plan, raised: Mapping[FlagKey, FlagRef], result: IngestResult) -> None:
     """The answer: what was taken and rejected, and the flags this request raised."""
-    result.rejected = plan.rejected
+    result.rejected += plan.rejected
     result.flags = [raised[key] for key in plan.reported]
     result.replayed = plan.replayed
     for f in plan.facts:

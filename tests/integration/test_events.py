@@ -455,3 +455,29 @@ async def test_a_code_row_created_meanwhile_by_another_request_runs_the_ingest_a
     assert result.accepted_events == 1
     assert await db.fetchval("SELECT count(*) FROM codes WHERE code = $1", code) == 1
     assert await db.fetchval("SELECT count(*) FROM event_codes WHERE code = $1", code) == 1
+
+
+async def test_an_event_id_another_organisation_holds_is_refused_not_a_retry(admin: Api) -> None:
+    """An event_id is one organisation's. P9 stores an event under an id; P1's own event
+    under that id is no retry of it: its codes are refused (EVENT_ID_TAKEN) instead of
+    being counted as a harmless duplicate while nothing of P1's is stored. (Found in
+    review: P1 was answered duplicates: 1 and its sale was never recorded.) P9's own
+    resend stays a duplicate."""
+    w = await small_world(admin)
+    mine, theirs = cn20(w["unit"], 61), cn20(w["unit"], 62)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [mine, theirs], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [mine], 1, to="P1"),
+        event("ship", "M1", [theirs], 1, to="P9"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [mine], 2))
+    await w["keys"]["P9"].events(event("receive", "P9", [theirs], 2))
+    squat = event("dispense", "P9", [theirs], 3)
+    assert (await w["keys"]["P9"].events(squat))["accepted"] == 1
+    sale = {**event("dispense", "P1", [mine], 4), "event_id": squat["event_id"]}
+    out = await w["keys"]["P1"].events(sale)
+    assert (out["accepted"], out["duplicates"]) == (0, 0)
+    assert out["rejected"] == [{"event_id": squat["event_id"], "code": mine, "reason": "EVENT_ID_TAKEN"}]
+    assert (await w["keys"]["P1"].ok("GET", f"/v1/codes/{mine}/verify"))["units_left"] == 24
+    again = await w["keys"]["P9"].events(squat)
+    assert (again["duplicates"], again["rejected"]) == (1, [])
