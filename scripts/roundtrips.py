@@ -181,7 +181,7 @@ async def main(database_url: str | None) -> None:
     await measure("reversal of S1", lambda: settlements.reverse(pool, "S1"))
 
     async def _nhsa(env: nhsa.Envelope, translate: Any) -> None:
-        records, errors = translate(env, "P1", T0 + timedelta(days=1))
+        records, errors = translate(env, "P1", T0 + timedelta(days=1), sales.id_namespace(SECRET))
         assert not errors, errors
         done = await nhsa_usecase.upload(pool, "P1", records, env.msgid, {"infno": env.infno}, T0)
         assert not done.result.flags, done.result

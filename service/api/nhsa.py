@@ -189,7 +189,7 @@ class NhsaController(Controller):
         if env.interface in nhsa.QUERIES:
             return await self._query(services, env, own.id, received)
         translate = sales.translate if env.interface in (nhsa.SALE, nhsa.SALE_RETURN) else inventory.translate
-        records, errors = translate(env, own.id, received)
+        records, errors = translate(env, own.id, received, sales.id_namespace(services.settings.psn_secret))
         if errors and (not env.batch or not records):
             first = errors[0]
             return _answer(

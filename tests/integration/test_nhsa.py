@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
+from service.interop.nhsa.sales import id_namespace as nhsa_ids
 from tests.helpers import Api, cn20, event, small_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MED = "XJ01CAA040A001010104256"
 P1_CODE = "P45010300001"
+# the namespace of NHSA event ids under the tests' secret (conftest's settings), for the
+# tests that translate uploads themselves and run the use case on a pool of their own
+IDS = nhsa_ids(b"test-secret")
 
 
 def envelope(infno: str, input_: dict[str, Any], fixmedins_code: str = P1_CODE) -> dict[str, Any]:
@@ -408,7 +412,7 @@ async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any
     try:
         uploads = []
         for _ in range(4):
-            records, errors = nhsa_sales.translate(env, "P2", now)
+            records, errors = nhsa_sales.translate(env, "P2", now, IDS)
             assert not errors
             uploads.append(nhsa_usecase.upload(pool, "P2", records, env.msgid, {"infno": env.infno}, now))
         done = await asyncio.gather(*uploads)
@@ -527,3 +531,22 @@ async def test_same_code_in_both_code_fields_is_one_scan(admin: Api) -> None:
     assert [await _units_left(p2, c) for c in u[1:3]] == [0, 0]
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B097", [u[3], u[3]], 24)}))
     assert [x["reason"] for x in out["output"]["tracecode"]["rejected"]] == ["REPEATED_CODE"]
+
+
+async def test_another_organisation_cannot_take_a_sales_event_id_first(admin: Api) -> None:
+    """A sale's event id is no function of the upload's public fields alone (institution
+    code, interface, serial, code): it is keyed by the installation's secret. Found in
+    review: with the ids worked out from public fields, another organisation could store
+    an event under a sale's id first, and the sale was then answered as a duplicate and
+    never taken (now it would be refused, EVENT_ID_TAKEN: POST /v1/events' rule)."""
+    from service.interop.nhsa.sales import NAMESPACE, event_id
+
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    p9 = await admin.key_for("org", "P9")
+    public = event_id(NAMESPACE.bytes, P1_CODE, "3505", "B001", u[0])  # what anyone can compute
+    squat = {**event("receive", "P9", [cn20(w["unit"], 99)], 3), "event_id": str(public)}
+    assert (await p9.events(squat))["accepted"] == 1
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B001", [u[0]], 24)}))
+    assert out["output"]["tracecode"]["accepted"] == 1, out
+    assert await _units_left(p2, u[0]) == 0

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from service.cli import _create_key
 from tests.helpers import Api
 from tests.integration.conftest import wipe
-from tests.integration.test_nhsa import MED, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa import IDS, MED, _world, envelope, nhsa, sale
 from tests.integration.test_nhsa_ledger import OTHER, change, purchase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -383,7 +383,7 @@ async def _run_at_once(
         work = []
         for kind, body in uploads:
             env = nhsa_envelope.parse(body)
-            records, errors = (sales if kind == "sales" else inventory).translate(env, org, now)
+            records, errors = (sales if kind == "sales" else inventory).translate(env, org, now, IDS)
             assert not errors, errors
             work.append(nhsa_usecase.upload(pool, org, records, env.msgid, {"infno": env.infno}, now))
         return list(await asyncio.gather(*work))
@@ -497,10 +497,10 @@ async def test_a_sale_in_one_statement_and_a_stock_count_of_its_pack_do_not_dead
     deadlocks = await db.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
     now = datetime.now(UTC)
     counted = nhsa_envelope.parse(envelope("3501", {"invinfo": count("CNT9", 96, "2026-03-03", code=u[0])}))
-    count_records, errors = inventory.translate(counted, "P2", now)
+    count_records, errors = inventory.translate(counted, "P2", now, IDS)
     assert not errors
     sold = nhsa_envelope.parse(envelope("3505", {"selinfo": sale("DL1", [u[0]], 24)}))
-    sale_records, errors = sales.translate(sold, "P2", now)
+    sale_records, errors = sales.translate(sold, "P2", now, IDS)
     assert not errors
     pool = await create_pool(db_url, min_size=2, max_size=2)
     held = await asyncpg.connect(db_url)

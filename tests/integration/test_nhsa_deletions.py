@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Api
-from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale, sale_return
+from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale, sale_return
 from tests.integration.test_nhsa_ledger import deletion
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -152,7 +152,7 @@ async def test_racing_deletions_of_one_record_report_one_deletion(admin: Api, db
     now = datetime.now(UTC)
     pool = await create_pool(db_url, min_size=4, max_size=4)
     try:
-        records = [nhsa_inventory.translate(env, "P2", now)[0] for _ in range(4)]
+        records = [nhsa_inventory.translate(env, "P2", now, IDS)[0] for _ in range(4)]
         uploads = [nhsa_usecase.upload(pool, "P2", r, env.msgid, {}, now) for r in records]
         done = await asyncio.gather(*uploads)
     finally:
@@ -204,7 +204,7 @@ async def test_a_settlement_committed_while_a_deletion_is_worked_out_keeps_its_u
     monkeypatch.setattr(nhsa_usecase, "_deletions", settled_meanwhile)
     env = nhsa_envelope.parse(envelope("3507", {"data": deletion("B511", "4")}))
     now = datetime.now(UTC)
-    records, errors = nhsa_inventory.translate(env, "P2", now)
+    records, errors = nhsa_inventory.translate(env, "P2", now, IDS)
     assert not errors
     pool = await create_pool(db_url, min_size=1, max_size=1)
     try:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.helpers import Api, cn20, event
-from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale
 from tests.integration.test_nhsa_ledger import _plain_ledger, purchase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -125,7 +125,7 @@ async def test_sales_racing_purchases_on_a_pool_of_their_own_lose_no_unit(
         work = []
         for kind, body in uploads:
             env = nhsa_envelope.parse(body)
-            records, errors = (sales if kind == "sales" else inventory).translate(env, "P2", now)
+            records, errors = (sales if kind == "sales" else inventory).translate(env, "P2", now, IDS)
             assert not errors
             work.append(nhsa_usecase.upload(pool, "P2", records, env.msgid, {"infno": env.infno}, now))
         done = await asyncio.gather(*work)
@@ -165,7 +165,7 @@ async def test_a_sale_written_while_an_upload_holds_its_item_waits_and_reads_aga
     w = await _world(admin)
     u = w["units"]
     env = nhsa_envelope.parse(envelope("3505", {"selinfo": sale("W1", [u[0]], 24)}))
-    records, errors = sales.translate(env, "P2", datetime.now(UTC))
+    records, errors = sales.translate(env, "P2", datetime.now(UTC), IDS)
     assert not errors
     held = await create_pool(db_url, min_size=1, max_size=1)
     pool = await create_pool(db_url, min_size=1, max_size=1)

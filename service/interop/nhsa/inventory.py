@@ -56,8 +56,8 @@ REQUIRED = {
 }
 
 
-def translate(envelope: Envelope, org: str, now: datetime) -> tuple[list[Record], list[RowError]]:
-    return _translate(envelope, org, now, _record)
+def translate(envelope: Envelope, org: str, now: datetime, ids: bytes) -> tuple[list[Record], list[RowError]]:
+    return _translate(envelope, org, now, ids, _record)
 
 
 def count_units(value: Any, field: str) -> int:
@@ -69,7 +69,7 @@ def count_units(value: Any, field: str) -> int:
 
 
 def _record(
-    envelope: Envelope, org: str, now: datetime, index: int, path: str, row: dict[str, Any]
+    envelope: Envelope, org: str, now: datetime, ids: bytes, index: int, path: str, row: dict[str, Any]
 ) -> Record:
     interface = envelope.interface
     record = Record(index, path, row)
@@ -98,7 +98,7 @@ def _record(
         _dates(row, required=False)
         codes = raw_codes(row)
         record.refused += [
-            Rejection(event_id(envelope.fixmedins_code, interface, bchno, raw), raw, INVALID_CODE)
+            Rejection(event_id(ids, envelope.fixmedins_code, interface, bchno, raw), raw, INVALID_CODE)
             for raw in codes
             if try_parse_code(raw) is None
         ]
@@ -116,7 +116,7 @@ def _record(
         for raw in codes:
             parsed = try_parse_code(raw)
             canonical = parsed.canonical if parsed else raw
-            eid = event_id(envelope.fixmedins_code, interface, bchno, canonical)
+            eid = event_id(ids, envelope.fixmedins_code, interface, bchno, canonical)
             if parsed is None:
                 record.refused.append(Rejection(eid, raw, INVALID_CODE))
             elif event_type is None:

@@ -7,11 +7,12 @@ table's unique id makes every retry a duplicate, also when retries race. Pure: n
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from hashlib import sha1
+from hashlib import sha1, sha256
 from typing import Any
 from uuid import UUID
 
@@ -84,15 +85,24 @@ class RowError:
     message: str
 
 
-def event_id(fixmedins_code: str, interface: str, bchno: str, code: str) -> UUID:
-    """uuid5(NAMESPACE, "nhsa/…"), computed as ``uuid.uuid5`` does, in half its time (an
-    upload makes one per sale): the version and variant bits set on the integer."""
+def id_namespace(secret: bytes) -> bytes:
+    """The namespace of this installation's NHSA event ids, derived from its secret: an
+    id is then no function of an upload's public fields alone, so another organisation
+    cannot store an event under a sale's id before the sale arrives (it would be refused,
+    EVENT_ID_TAKEN). Ids stay the same for the same record while the secret does; a
+    record sent again after a change of secret is still one fact (its ledger key)."""
+    return hmac.new(secret, b"tracecode/nhsa/event-ids", sha256).digest()[:16]
+
+
+def event_id(ids: bytes, fixmedins_code: str, interface: str, bchno: str, code: str) -> UUID:
+    """uuid5 of "nhsa/…" in the namespace ``ids`` (``id_namespace``), computed as
+    ``uuid.uuid5`` does, in half its time (an upload makes one per sale): the version and
+    variant bits set on the integer."""
     name = f"nhsa/{fixmedins_code}/{interface}/{bchno}/{code}".encode()
-    digest = int.from_bytes(sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest = int.from_bytes(sha1(ids + name, usedforsecurity=False).digest()[:16])
     return UUID(int=digest & _UUID5_CLEAR | _UUID5_SET)
 
 
-_NAMESPACE_BYTES = NAMESPACE.bytes
 _UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits
 _UUID5_SET = (0x5000 << 64) | (0x8000 << 48)  # version 5, RFC 4122 variant
 
@@ -111,11 +121,11 @@ def kept_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-Build = Callable[[Envelope, str, datetime, int, str, dict[str, Any]], Record]
+Build = Callable[[Envelope, str, datetime, bytes, int, str, dict[str, Any]], Record]
 
 
 def translate(
-    envelope: Envelope, org: str, now: datetime, build: Build | None = None
+    envelope: Envelope, org: str, now: datetime, ids: bytes, build: Build | None = None
 ) -> tuple[list[Record], list[RowError]]:
     """Each row as events of ``org`` (the uploading institution's organisation) and its
     ledger record, or the first problem of the row."""
@@ -127,7 +137,7 @@ def translate(
         try:
             if not isinstance(raw, dict):
                 raise FieldError(path, "must be an object")
-            records.append((build or _record)(envelope, org, now, i, path, row))
+            records.append((build or _record)(envelope, org, now, ids, i, path, row))
         except FieldError as exc:
             name = exc.field if exc.field.startswith(path) else f"{path}.{exc.field}"
             errors.append(RowError(i, row, name, exc.message))
@@ -173,7 +183,7 @@ def _canonical(code: str) -> str:
 
 
 def _record(
-    envelope: Envelope, org: str, now: datetime, index: int, path: str, row: dict[str, Any]
+    envelope: Envelope, org: str, now: datetime, ids: bytes, index: int, path: str, row: dict[str, Any]
 ) -> Record:
     interface = envelope.interface
     med_list_codg, bchno = required_texts(row, _CHECKED[interface])[:2]
@@ -200,9 +210,9 @@ def _record(
     for raw in codes:
         parsed = try_parse_code(raw)
         if parsed is None:
-            refused.append(Rejection(event_id(fixmedins_code, interface, bchno, raw), raw, INVALID_CODE))
+            refused.append(Rejection(event_id(ids, fixmedins_code, interface, bchno, raw), raw, INVALID_CODE))
         elif parsed.canonical in seen:
-            code_id = event_id(fixmedins_code, interface, bchno, parsed.canonical)
+            code_id = event_id(ids, fixmedins_code, interface, bchno, parsed.canonical)
             refused.append(Rejection(code_id, parsed.canonical, REPEATED_CODE))
         else:
             seen.add(parsed.canonical)
@@ -217,10 +227,10 @@ def _record(
         # corrected under the same record and still be taken. A return restores the
         # whole of the sale it undoes (⚠ a partial return of a split sale restores all).
         packs, quantity = [(code,) for code in canonical], None
-    ids = [event_id(fixmedins_code, interface, bchno, "+".join(codes)) for codes in packs]
+    event_ids = [event_id(ids, fixmedins_code, interface, bchno, "+".join(codes)) for codes in packs]
     events = [
         Incoming(i, kind, at, org, codes, quantity=quantity, setl_id=setl_id, ref=bchno, med_list_codg=billed)
-        for i, codes in zip(ids, packs, strict=True)
+        for i, codes in zip(event_ids, packs, strict=True)
     ]
     entry = Entry(
         org=org,
@@ -231,7 +241,7 @@ def _record(
         units=count,
         at=at,
         codes=tuple(canonical),
-        event_ids=tuple(ids),
+        event_ids=tuple(event_ids),
         row=kept_row(row),
     )
     return Record(index, path, row, events, refused, entry)
