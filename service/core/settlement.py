@@ -303,6 +303,14 @@ def _quantity_detail(line: Line, codes: list[str], states: Mapping[str, CodeStat
     return f"{line.quantity} units billed, the packs listed hold {whole}"
 
 
+def undone_by_reversal(org: str, taken: Sequence[Consumption]) -> list[Consumption]:
+    """What a settlement's reversal gives back: the units its sale took at its own
+    organisation. A dispense by another organisation that names the same setl_id is no
+    part of that sale, and keeps its units taken (a reversal must not make another
+    organisation's pack sellable again)."""
+    return [t for t in taken if t.org == org]
+
+
 def settlement_flags(
     setl_id: str,
     at: datetime,

@@ -216,8 +216,9 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
             return dict(stored["reversal"])
         sale = Sale.of_settlement(setl_id)
         states = await code_store.lock_sold(conn, sale)
-        taken = [t for t in await sale_store.of_sale(conn, sale) if t.code in states]
+        sold = [t for t in await sale_store.of_sale(conn, sale) if t.code in states]
         # decide
+        taken = rules.undone_by_reversal(stored["org"], sold)
         changed = move_units(states, [(t.code, t.units) for t in taken])
         result = {
             "setl_id": setl_id,

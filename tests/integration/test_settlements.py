@@ -562,3 +562,28 @@ async def test_expiry_is_judged_on_the_date_in_china(admin: Api) -> None:
     body["at"] = "2026-03-02T23:30:00+00:00"  # 07:30 on 3 March in Beijing: expired
     answer = await ins.ok("POST", "/v1/settlements", body)
     assert reasons(answer) == ["EXPIRED"]
+
+
+async def test_a_reversal_gives_back_only_its_own_organisations_units(admin: Api) -> None:
+    """Another organisation's dispense that names a settlement's setl_id is no part of
+    that sale: the settlement's reversal gives back the settling pharmacy's pack, not the
+    other's. Found in review: P9 dispensed its own pack under P1's setl_id, and P1's
+    reversal made P9's pack whole again, sellable a second time without a DUPLICATE."""
+    w = await small_world(admin)
+    mine, theirs = cn20(w["unit"], 71), cn20(w["unit"], 72)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [mine, theirs], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [mine], 1, to="P1"),
+        event("ship", "M1", [theirs], 1, to="P9"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [mine], 2))
+    await w["keys"]["P9"].events(event("receive", "P9", [theirs], 2))
+    ins = await admin.key_for("insurer")
+    settled = await ins.ok("POST", "/v1/settlements", claim("S-OWN", [{"quantity": 24, "codes": [mine]}]))
+    assert settled["decision"] == "accepted"
+    await w["keys"]["P9"].events(event("dispense", "P9", [theirs], 5, setl_id="S-OWN"))
+    reversed_ = await ins.ok("POST", "/v1/settlements/S-OWN/reversal", None)
+    assert reversed_["restored"] == [{"code": mine, "units": 24}]
+    inv = await admin.key_for("investigator")
+    left = [(await inv.ok("GET", f"/v1/codes/{c}/history"))["units_left"] for c in (mine, theirs)]
+    assert left == [24, 0]
