@@ -21,6 +21,8 @@ EXPIRED = "EXPIRED"
 RECALLED = "RECALLED"
 DESTROYED_REASON = "DESTROYED"
 OUT_OF_REGION = "OUT_OF_REGION"
+# verify only: the organisation asked about does not dispense (a settlement naming it is a 400)
+NOT_DISPENSING = "NOT_DISPENSING"
 
 
 # Expiry dates are calendar dates in China, which keeps one time zone (UTC+8, no DST):
@@ -47,7 +49,23 @@ def code_reasons(
     org: Org,
     today: date,
 ) -> list[Reason]:
-    """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would)."""
+    """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would).
+    At an organisation that does not dispense to patients nothing is payable (verify says
+    so first, then what it would say of the pack elsewhere)."""
+    reasons = _pack_reasons(code, state, product, org, today)
+    if not org.dispenses:
+        detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
+        reasons.insert(0, Reason(code, NOT_DISPENSING, detail))
+    return reasons
+
+
+def _pack_reasons(
+    code: str,
+    state: CodeState | None,
+    product: Product | None,
+    org: Org,
+    today: date,
+) -> list[Reason]:
     if state is not None and state.kind == CodeKind.SSCC.value:
         # a logistic unit packed here: known, but it holds no units of its own (no flag)
         return [Reason(code, QUANTITY_MISMATCH, "a logistic unit (SSCC), not a pack: bill the packs in it")]

@@ -54,14 +54,11 @@ def _answer(
 
 async def verify_at(pool: asyncpg.Pool, raws: Sequence[str], org_id: str) -> list[dict[str, Any]]:
     """:func:`verify` at the organisation ``org_id``, on one connection (organisation and
-    product rows are cached). Raises Invalid (``org``) for an unknown organisation, and
-    for one that does not dispense to patients, as a settlement naming it is refused."""
+    product rows are cached). Raises Invalid (``org``) for an unknown organisation."""
     async with pool.acquire() as conn:
         org = await registry.get_org(conn, org_id)
         if org is None:
             raise Invalid("org", f"unknown organisation {org_id}")
-        if not org.dispenses:
-            raise Invalid("org", f"{org_id} does not dispense to patients (a hospital or pharmacy does)")
         return await verify(conn, raws, org)
 
 

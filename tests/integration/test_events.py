@@ -58,7 +58,7 @@ async def test_case_journey_two_hops(admin: Api) -> None:
 
     elsewhere = await d1.ok("GET", f"/v1/codes/{units[0]}/verify")
     assert elsewhere["dispensable"] is False
-    assert [r["reason"] for r in elsewhere["reasons"]] == ["NOT_IN_CUSTODY"]
+    assert [r["reason"] for r in elsewhere["reasons"]] == ["NOT_DISPENSING", "NOT_IN_CUSTODY"]
 
     investigator = await admin.key_for("investigator")
     history = await investigator.ok("GET", f"/v1/codes/{units[3]}/history")

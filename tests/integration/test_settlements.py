@@ -369,16 +369,17 @@ async def test_a_manufacturer_or_distributor_is_not_paid(admin: Api, db) -> None
     assert await db.fetchval("SELECT count(*) FROM settlements") == 0
     inv = await admin.key_for("investigator")
     assert (await inv.ok("GET", f"/v1/codes/{code}/history"))["units_left"] == 24
-    # verify answers for a dispensing organisation too (found in review: it said
-    # dispensable: true at M1, where the settlement is refused)
-    for verify in (
-        ins.get(f"/v1/codes/{code}/verify", org="M1"),
-        w["keys"]["M1"].get(f"/v1/codes/{code}/verify"),
-        ins.post("/v1/verify", {"org": "D1", "codes": [code]}),
-    ):
-        resp = await verify
-        assert resp.status_code == 400, resp.text
-        assert [e["field"] for e in resp.json()["errors"]] == ["org"]
+    # and verify there says not dispensable, first of all for that (found in review: it
+    # said dispensable: true at M1, where the settlement is refused)
+    answers = [
+        await ins.ok("GET", f"/v1/codes/{code}/verify?org=M1"),
+        await w["keys"]["M1"].ok("GET", f"/v1/codes/{code}/verify"),
+        (await ins.ok("POST", "/v1/verify", {"org": "D1", "codes": [code]}))["items"][0],
+    ]
+    for answer in answers:
+        assert answer["dispensable"] is False, answer
+        assert answer["reasons"][0]["reason"] == "NOT_DISPENSING", answer
+    assert [r["reason"] for r in answers[0]["reasons"]] == ["NOT_DISPENSING"]  # M1 holds it
 
 
 @pytest.mark.parametrize(
