@@ -71,6 +71,10 @@ def _flag_id(value: str) -> int:
     return int(value)
 
 
+# the query parameters of GET /v1/flags, as its handler names them
+SEARCH_PARAMETERS = ("kind", "status", "org", "region", "code", "since", "until", "limit", "cursor")
+
+
 class FlagsController(Controller):
     path = "/v1/flags"
     tags = ["flags"]
@@ -97,6 +101,11 @@ class FlagsController(Controller):
         lists them). ``since``/``until`` bound the activity time (``at``);
         ``region`` matches a region-code prefix. Pass ``next_cursor`` back as ``cursor``
         for the next page; flags raised meanwhile never shift a page."""
+        for name in request.query_params:  # a misspelt filter must not list everything
+            if name not in SEARCH_PARAMETERS:
+                raise bad_input(name, f"not a parameter of this search ({', '.join(SEARCH_PARAMETERS)})")
+            if len(request.query_params.getall(name)) > 1:
+                raise bad_input(name, "given more than once: one value per filter")
         if kind is not None and kind not in KINDS:
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:

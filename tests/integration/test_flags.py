@@ -95,6 +95,26 @@ async def test_commission_conflict_is_flagged(admin: Api) -> None:
     assert [f["kind"] for f in out["flags"]] == ["COMMISSION_CONFLICT"]
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("statuss=pending", "statuss"),  # misspelt: the answer would look filtered and list all
+        ("orgs=P1", "orgs"),
+        ("kind=DIVERSION&kind=OUT_OF_REGION", "kind"),  # one of two values would be dropped
+        ("status=open&status=pending", "status"),
+    ],
+)
+async def test_a_flag_search_it_cannot_apply_is_400_naming_the_parameter(
+    admin: Api, query: str, field: str
+) -> None:
+    """Found in review: an unknown or repeated filter was ignored, and the page listed
+    flags the investigator meant to leave out."""
+    inv = await admin.key_for("investigator")
+    resp = await inv.client.get(f"/v1/flags?{query}", headers=inv.headers)
+    assert resp.status_code == 400, resp.text
+    assert [e["field"] for e in resp.json()["errors"]] == [field]
+
+
 async def test_listing_filters_and_stable_cursor(admin: Api) -> None:
     w = await world(admin)
     p1, p9, inv = w["keys"]["P1"], w["keys"]["P9"], w["inv"]
