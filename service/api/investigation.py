@@ -36,6 +36,10 @@ class InvestigationController(Controller):
     @get("/lots/{product_id:str}/{lot:str}", responses=problems(*KEYED, 404))
     async def lot(self, services: Services, product_id: FromPath[str], lot: FromPath[str]) -> LotOut:
         """Where a lot's units are: counts by state and by custodian."""
+        if not is_product_id(product_id):  # as a recall names it
+            raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
+        if len(lot) > 64:
+            raise bad_input("lot", "at most 64 characters")
         summary = await usecase.lot(services.pool, product_id, lot)
         if summary is None:
             raise problem(404, f"no codes of product {product_id} lot {lot}")
@@ -73,7 +77,7 @@ class InvestigationController(Controller):
         self,
         services: Services,
         org: FromPath[str],
-        med_list_codg: Annotated[str | None, QueryParameter(max_length=50)] = None,
+        med_list_codg: Annotated[str | None, QueryParameter(min_length=1, max_length=50)] = None,
     ) -> LedgerOut:
         """The institution's 进销存 ledger per catalogue item, from its NHSA uploads: units
         in and out by kind, the balance, and the last counted stock."""

@@ -86,3 +86,22 @@ async def test_a_settlement_id_outside_its_pattern_is_400_and_stores_nothing(adm
     # only that one was stored: none of the refused ids, no dispense event
     assert [r["setl_id"] for r in await db.fetch("SELECT setl_id FROM settlements")] == ["450000G.2026-03_05"]
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/lots/abc/L1", "product_id"),  # as POST /v1/recalls names it, not a 404
+        (f"/v1/lots/8123456/{'L' * 65}", "lot"),
+        ("/v1/orgs/P1/ledger?med_list_codg=", "med_list_codg"),  # empty: not "no item"
+    ],
+)
+async def test_malformed_investigation_paths_are_400_naming_the_field(
+    admin: Api, path: str, field: str
+) -> None:
+    """Found in review: these answered 404 or an empty ledger, as if the input were fine."""
+    await small_world(admin)
+    inv = await admin.key_for("investigator")
+    resp = await inv.get(path)
+    assert resp.status_code == 400, resp.text
+    assert field in resp.text
