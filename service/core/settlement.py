@@ -303,12 +303,20 @@ def _quantity_detail(line: Line, codes: list[str], states: Mapping[str, CodeStat
     return f"{line.quantity} units billed, the packs listed hold {whole}"
 
 
-def undone_by_reversal(org: str, taken: Sequence[Consumption]) -> list[Consumption]:
-    """What a settlement's reversal gives back: the units its sale took at its own
-    organisation. A dispense by another organisation that names the same setl_id is no
-    part of that sale, and keeps its units taken (a reversal must not make another
-    organisation's pack sellable again)."""
-    return [t for t in taken if t.org == org]
+def undone_by_reversal(request: Mapping[str, Any], taken: Sequence[Consumption]) -> list[Consumption]:
+    """What a settlement's reversal gives back, of what its sale took (``request``: the
+    settlement as stored): the units its own organisation's sale took, and the units of
+    the packs it billed, whoever's dispense under its id took them (the settlement was
+    credited them). Another organisation's dispense of another pack under the same
+    setl_id is no part of the sale, and keeps its units taken: a reversal must not make
+    that pack sellable again."""
+    billed = {
+        parsed.canonical
+        for line in request.get("lines", [])
+        for raw in line.get("codes", [])
+        if (parsed := try_parse_code(raw)) is not None
+    }
+    return [t for t in taken if t.org == request.get("org") or t.code in billed]
 
 
 def settlement_flags(

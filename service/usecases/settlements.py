@@ -201,8 +201,9 @@ async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
 
 
 async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
-    """Give back every unit this sale consumed (None for an unknown id). Doing it again
-    returns the same result and restores nothing more."""
+    """Give back the units this sale consumed (``core.settlement.undone_by_reversal``;
+    None for an unknown id). Doing it again returns the same result and restores nothing
+    more."""
 
     async def work(conn: Conn) -> dict[str, Any] | None:
         # load: the settlement (locked), the packs its sale took units from (locked in
@@ -218,7 +219,7 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
         states = await code_store.lock_sold(conn, sale)
         sold = [t for t in await sale_store.of_sale(conn, sale) if t.code in states]
         # decide
-        taken = rules.undone_by_reversal(stored["org"], sold)
+        taken = rules.undone_by_reversal(stored["request"], sold)
         changed = move_units(states, [(t.code, t.units) for t in taken])
         result = {
             "setl_id": setl_id,

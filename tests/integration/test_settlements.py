@@ -588,3 +588,25 @@ async def test_a_reversal_gives_back_only_its_own_organisations_units(admin: Api
     inv = await admin.key_for("investigator")
     left = [(await inv.ok("GET", f"/v1/codes/{c}/history"))["units_left"] for c in (mine, theirs)]
     assert left == [24, 0]
+
+
+async def test_a_reversal_gives_back_the_packs_it_billed_whoever_dispensed_them(admin: Api) -> None:
+    """The settlement was credited the units another organisation's dispense under its id
+    took from the pack it billed (that dispense raised DIVERSION): its reversal gives
+    them back, as API.md's reversal does. Found in review of the rule above, which at
+    first gave back only the settling organisation's own units, here nothing."""
+    w = await small_world(admin)
+    pack = cn20(w["unit"], 81)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [pack], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [pack], 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [pack], 2))
+    sold = await w["keys"]["P9"].events(event("dispense", "P9", [pack], 3, setl_id="S-X"))
+    assert "DIVERSION" in [f["kind"] for f in sold["flags"]]  # (and OUT_OF_REGION: P9 is in Beijing)
+    ins = await admin.key_for("insurer")
+    settled = await ins.ok("POST", "/v1/settlements", claim("S-X", [{"quantity": 24, "codes": [pack]}]))
+    assert settled["decision"] == "accepted"
+    reversed_ = await ins.ok("POST", "/v1/settlements/S-X/reversal", None)
+    assert reversed_["restored"] == [{"code": pack, "units": 24}]
+    assert (await w["keys"]["P1"].ok("GET", f"/v1/codes/{pack}/verify"))["units_left"] == 24
