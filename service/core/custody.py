@@ -155,7 +155,7 @@ def holds(state: CodeState, org: str) -> bool:
 class Suspicion:
     """Physically real but suspicious activity seen while folding (becomes a flag)."""
 
-    kind: str  # UNKNOWN_CODE | DIVERSION | OUT_OF_REGION
+    kind: str  # UNKNOWN_CODE | DIVERSION | OUT_OF_REGION | DUPLICATE (a destroyed pack dispensed)
     code: str
     fact: Fact
     detail: str
@@ -312,6 +312,11 @@ class World:
             detail = f"{fact.type} by {fact.org} of a code never commissioned"
             self.suspicions.append(Suspicion("UNKNOWN_CODE", s.code, fact, detail))
             return
+        if s.state == DESTROYED and fact.type == "dispense":
+            # a pack that left the market, back in it (as a stock count sees it): judged
+            # here, in event time, so a sale dated before the destroy is no such thing
+            detail = f"dispense by {fact.org}: the pack was destroyed"
+            self.suspicions.append(Suspicion("DUPLICATE", s.code, fact, detail))
         if holds(s, fact.org) or (s.custodian == fact.org and fact.type not in ("dispense", "settle")):
             return  # its own stock (a re-scan, or moving what it still has on record)
         if fact.type == "receive" and s.state == IN_TRANSIT and s.destination is None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from service.core.custody import DESTROYED, CodeState, Suspicion
+from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
 from service.core.rules import PRODUCT_MISMATCH, local_date
@@ -131,9 +131,7 @@ def dispense_flags(
         state = states[code]
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
-        if state.state == DESTROYED:  # a pack that left the market, back in it (as a stock count sees it)
-            flag("DUPLICATE", code, "the pack was destroyed")
-        elif state.units_left is not None and state.units_left <= 0:
+        if state.units_left is not None and state.units_left <= 0:
             before = [e for e in earlier if e.code == code]
             flag(
                 "DUPLICATE",

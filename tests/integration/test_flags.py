@@ -326,6 +326,29 @@ async def test_a_destroyed_pack_dispensed_or_settled_is_a_duplicate(admin: Api) 
     assert [(f["kind"], f["code"]) for f in settled["flags"]] == [("DUPLICATE", b)]
 
 
+async def test_a_sale_dated_before_its_packs_destruction_is_no_duplicate(admin: Api) -> None:
+    """A destroyed pack is judged in event time: a split sale dated before the destroy
+    (the rest of the pack then destroyed) is no pack back in the market, whichever
+    arrives first or when both arrive together. Found in review: the first version
+    judged the dispense against the pack's state after all the events it knew."""
+    w = await world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    a, b = cn20(w["unit"], 41), cn20(w["unit"], 42)
+    await m.events(
+        event("commission", "M1", [a, b], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [a, b], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [a, b], 2))
+    await p1.events(event("destroy", "P1", [a], 20))
+    late = await p1.events(event("dispense", "P1", [a], 10, quantity=5))  # uploaded after
+    together = await p1.events(
+        event("dispense", "P1", [b], 10, quantity=5), event("destroy", "P1", [b], 20)
+    )
+    assert (late["flags"], together["flags"]) == ([], [])
+    standing = (await w["inv"].ok("GET", "/v1/flags?kind=DUPLICATE"))["items"]
+    assert standing == []
+
+
 async def _held_by_d1(w: dict[str, Any], serial: int) -> str:
     """A pack commissioned by M1 and received by the distributor D1 (minutes 0 to 2)."""
     code = cn20(w["unit"], serial)
