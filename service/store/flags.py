@@ -18,10 +18,13 @@ from service.store.conn import Conn
 _COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs"
 
 
-async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, FlagRef]:
+async def raise_flags(
+    conn: Conn, flags: Iterable[NewFlag], fresh: set[FlagKey] | None = None
+) -> dict[FlagKey, FlagRef]:
     """Store suspicions, one flag per key (kind, code, evidence): a retry of the same
     evidence is the same flag; an auto-cleared flag whose suspicion returns is opened
-    again. Returns the stored flag of every key given."""
+    again. Returns the stored flag of every key given; ``fresh``, when given, receives the
+    keys raised now (stored or opened again), not those that stood already."""
     unique: dict[FlagKey, NewFlag] = {}
     for flag in flags:
         unique.setdefault(flag.key, flag)
@@ -57,6 +60,8 @@ async def raise_flags(conn: Conn, flags: Iterable[NewFlag]) -> dict[FlagKey, Fla
         [f.status for f in items],
     )
     stored = {_key(r): FlagRef(r["flag_id"], r["kind"], r["code"]) for r in rows}
+    if fresh is not None:
+        fresh.update(stored)
     await _to_outbox(conn, [r for r in rows if not r["reopened"]])
     for status in ("pending", "open"):  # the re-opened ones: kept in their history
         again = [r for r in rows if r["reopened"] and r["status"] == status]

@@ -13,7 +13,7 @@ import asyncpg
 
 from service.core import ledger as rules
 from service.core.events import Incoming, Rejection
-from service.core.flags import FlagRef, NewFlag
+from service.core.flags import FlagKey, FlagRef, NewFlag
 from service.interop.nhsa.sales import NAMESPACE, Record
 from service.store import codes as code_store
 from service.store import flags as flag_store
@@ -199,14 +199,19 @@ def _ledger_writer(
         stored = await ledger_store.entries(conn, org, [k for k in figures if k not in new])
         await ledger_store.save_items(conn, org, moved)
         await ledger_store.refresh_items(conn, org, sorted(recompute))
-        flags: list[NewFlag] = rules.imbalance_flags(out_moves + stored, figures)
+        flags: list[NewFlag] = rules.imbalance_flags(out_moves, figures)
+        rejudged = rules.imbalance_flags(stored, figures)  # stored records left below zero now
         if counts:
             found = await registry.get_orgs(conn, [org])
             region = found[org].region if org in found else None
             for e in counts:
                 flags += rules.count_flags(e, states, region)
-        raised = await flag_store.raise_flags(conn, flags)
-        return [raised[f.key] for f in flags if f.key in raised]
+        fresh: set[FlagKey] = set()
+        raised = await flag_store.raise_flags(conn, flags + rejudged, fresh)
+        # the answer names this upload's records' flags, and a stored record's only when
+        # this upload raised it (not one it stood under already)
+        reported = flags + [f for f in rejudged if f.key in fresh]
+        return [raised[f.key] for f in reported if f.key in raised]
 
     return write
 
