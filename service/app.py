@@ -98,8 +98,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     tasks.append(asyncio.create_task(promoting))
     # What the worker has loaded (the app, the libraries, their caches) lives as long as
     # it does: frozen, the oldest generation's collections no longer walk it. They ran
-    # inside requests, and a 1,000-row NHSA upload, which makes tens of thousands of
-    # objects, met one in two of its rounds, 20-25 ms each (scripts/bench_nhsa.py).
+    # inside requests: a 1,000-row NHSA upload makes tens of thousands of objects, and
+    # over scripts/bench_nhsa.py --batches 1000 they took 54 ms each, 14 ms frozen
+    # (tracecode_gc_pause_seconds, loadtests/README.md).
     gc.collect()
     gc.freeze()
     try:

@@ -77,9 +77,10 @@ async def ingest(
     # The common case, a scan or a sale of a few packs, in four round trips without a
     # transaction held open across them: the events stored already, the code rows as they
     # are, then one statement that writes it all only if none of those rows changed
-    # since; if one did, all of it runs again. A batch that raises a flag, creates or
-    # packs codes, undoes a sale or replays history goes through the transaction below,
-    # which locks its code rows first. ``also`` writes in that transaction.
+    # since; if one did, all of it runs again. An NHSA sale reads its items' ledgers too
+    # (``also_unchanged``, a fifth) and writes its records in that statement. A batch that
+    # raises a flag, creates or packs codes, undoes a sale or replays history goes through
+    # the transaction below, which locks its code rows first; ``also`` writes in it.
     done: IngestResult | None = None
     if (also is None or also_unchanged is not None) and _moves_few(unique):
         for _ in range(OPTIMISTIC_ATTEMPTS):

@@ -476,11 +476,12 @@ async def _until_waiting(db: Any, n: int) -> None:
 async def test_a_sale_in_one_statement_and_a_stock_count_of_its_pack_do_not_deadlock(
     admin: Api, db: Any, db_url: str
 ) -> None:
-    """A stock count (3501, the locked transaction) locks its item's ledger row
-    (lock_items, FOR UPDATE since b6e769f) and only then its counted codes' rows; a sale of
-    one of those packs in one statement updates the pack's row first, then the item's
-    ledger row. Both at once: each waits on the other, a deadlock (PostgreSQL aborts one
-    after deadlock_timeout; it is retried)."""
+    """A stock count (3501, the locked transaction) and a sale of one of its packs in one
+    statement, at once. The sale updates the pack's row, then the item's ledger row; the
+    count took the item's ledger row (lock_items, FOR UPDATE) before its counted packs'
+    rows, so each waited on the other: a deadlock (PostgreSQL aborted one after
+    deadlock_timeout, and it was retried). The count now locks its packs first, as every
+    writer does, and no deadlock is counted."""
     import asyncio
     from datetime import UTC, datetime
 
@@ -522,7 +523,7 @@ async def test_a_sale_in_one_statement_and_a_stock_count_of_its_pack_do_not_dead
         selling = asyncio.create_task(
             nhsa_usecase.upload(pool, "P2", sale_records, sold.msgid, {"infno": "3505"}, now)
         )
-        await _until_waiting(db, 2)  # the sale's write waits on the item's row
+        await _until_waiting(db, 2)  # the sale waits too (on the pack's row, the count holding it)
         await tx.rollback()
         done = await asyncio.gather(counting, selling)
     finally:
