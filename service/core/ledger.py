@@ -4,7 +4,7 @@ reveals about the codes it counted. Pure: no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -130,6 +130,30 @@ def append(
             figures[(e.interface, e.bchno)] = Figures(balance, units_in, units_out, f.counted, f.counted_at)
         last = e.at if last is None else max(last, e.at)
     return Standing(Figures(balance, units_in, units_out, f.counted, f.counted_at), last), figures
+
+
+def append_items(
+    standings: Mapping[str, Standing | None], entries: Sequence[Entry], recompute: Iterable[str] = ()
+) -> tuple[dict[str, Standing], dict[tuple[str, str], Figures], set[str]]:
+    """:func:`append` for each item of ``entries``: the items' ledgers after them, the
+    figures as of each move out, and the items whose ledger is to be computed from all
+    their records instead (none kept yet, named in ``recompute``, or records that do not
+    simply follow it)."""
+    by_item: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_item.setdefault(e.med_list_codg, []).append(e)
+    moved: dict[str, Standing] = {}
+    figures: dict[tuple[str, str], Figures] = {}
+    slow = set(recompute)
+    for item, item_entries in by_item.items():
+        standing = standings.get(item)
+        after = append(standing, item_entries) if standing is not None and item not in slow else None
+        if after is None:
+            slow.add(item)
+        else:
+            moved[item], item_figures = after
+            figures.update(item_figures)
+    return moved, figures, slow
 
 
 def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], Figures]) -> list[NewFlag]:

@@ -52,31 +52,21 @@ def code_reasons(
     """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would).
     At an organisation that does not dispense to patients nothing is payable (verify says
     so first, then what it would say of the pack elsewhere)."""
-    reasons = _pack_reasons(code, state, product, org, today)
+    reasons: list[Reason] = []
     if not org.dispenses:
         detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
-        reasons.insert(0, Reason(code, NOT_DISPENSING, detail))
-    return reasons
-
-
-def _pack_reasons(
-    code: str,
-    state: CodeState | None,
-    product: Product | None,
-    org: Org,
-    today: date,
-) -> list[Reason]:
+        reasons.append(Reason(code, NOT_DISPENSING, detail))
     if state is not None and state.kind == CodeKind.SSCC.value:
         # a logistic unit packed here: known, but it holds no units of its own (no flag)
-        return [Reason(code, QUANTITY_MISMATCH, "a logistic unit (SSCC), not a pack: bill the packs in it")]
+        detail = "a logistic unit (SSCC), not a pack: bill the packs in it"
+        return [*reasons, Reason(code, QUANTITY_MISMATCH, detail)]
     if state is None or not state.commissioned or product is None:
-        return [Reason(code, UNKNOWN_CODE, "this code was never commissioned")]
+        return [*reasons, Reason(code, UNKNOWN_CODE, "this code was never commissioned")]
     if product.level != UNIT:
         # a case or pallet holds packs, and each pack is sold and paid once, as itself:
         # the case's own code paid too would pay its packs twice (no flag)
         detail = f"a {product.level} of packs, not a pack: bill the packs in it"
-        return [Reason(code, QUANTITY_MISMATCH, detail)]
-    reasons: list[Reason] = []
+        return [*reasons, Reason(code, QUANTITY_MISMATCH, detail)]
     if state.state == DESTROYED:
         reasons.append(Reason(code, DESTROYED_REASON, "the pack was destroyed"))
     if state.recalled:

@@ -172,17 +172,7 @@ def _ledger_writer(
         # Each item's ledger moves on from where it stood when the new records follow it;
         # otherwise (a deletion, a count, a record older than its latest) it is computed
         # again from all its records.
-        figures: dict[tuple[str, str], rules.Figures] = {}
-        moved: dict[str, rules.Standing] = {}
-        recompute = set(deleted_items)
-        for item, item_entries in _by_item(entries).items():
-            standing = standings.get(item)
-            after = rules.append(standing, item_entries) if standing and item not in recompute else None
-            if after is None:
-                recompute.add(item)
-            else:
-                moved[item], item_figures = after
-                figures.update(item_figures)
+        moved, figures, recompute = rules.append_items(standings, entries, deleted_items)
         out_moves = [e for e in entries if e.delta < 0]
         slow = [(e.interface, e.bchno) for e in out_moves if e.med_list_codg in recompute]
         # a computed item's stored moves out from the earliest record written or deleted
@@ -225,28 +215,13 @@ def _appender(
 
     async def read(conn: Conn) -> ledger_store.Appended | None:
         before = await ledger_store.read_items(conn, org, [e.med_list_codg for e in entries])
-        after: dict[str, rules.Standing] = {}
-        figures: dict[tuple[str, str], rules.Figures] = {}
-        for item, item_entries in _by_item(entries).items():
-            standing = before.get(item)
-            moved = rules.append(standing, item_entries) if standing else None
-            if moved is None:
-                return None
-            after[item], item_figures = moved
-            figures.update(item_figures)
-        if rules.imbalance_flags([e for e in entries if e.delta < 0], figures):
+        after, figures, slow = rules.append_items(before, entries)
+        if slow or rules.imbalance_flags([e for e in entries if e.delta < 0], figures):
             return None
         kept = {item: s for item, s in before.items() if s is not None}
         return ledger_store.Appended(org, entries, msgid, envelope, kept, after)
 
     return read
-
-
-def _by_item(entries: list[rules.Entry]) -> dict[str, list[rules.Entry]]:
-    out: dict[str, list[rules.Entry]] = {}
-    for e in entries:
-        out.setdefault(e.med_list_codg, []).append(e)
-    return out
 
 
 def _setl_id(stored: dict[str, Any]) -> str | None:
