@@ -139,6 +139,34 @@ async def nhsa(api: Api, body: Any) -> dict[str, Any]:
     return out
 
 
+async def uploads_at_once(
+    db_url: str, org: str, uploads: list[tuple[str, dict[str, Any]]], size: int = 6
+) -> list[Any]:
+    """The uploads (("sales" or "inventory", envelope)) at once, through the use case on a
+    pool of ``size`` connections of their own, as request handlers run them (the
+    in-process test client answers one request at a time); what each returned."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from service.interop.nhsa import envelope as nhsa_envelope
+    from service.interop.nhsa import inventory, sales
+    from service.store.db import create_pool
+    from service.usecases import nhsa as nhsa_usecase
+
+    now = datetime.now(UTC)
+    pool = await create_pool(db_url, min_size=size, max_size=size)
+    try:
+        work = []
+        for kind, body in uploads:
+            env = nhsa_envelope.parse(body)
+            records, errors = (sales if kind == "sales" else inventory).translate(env, org, now, IDS)
+            assert not errors, errors
+            work.append(nhsa_usecase.upload(pool, org, records, env.msgid, {"infno": env.infno}, now))
+        return list(await asyncio.gather(*work))
+    finally:
+        await pool.close()
+
+
 async def _stored_events(db: Any) -> int:
     return int(await db.fetchval("SELECT count(*) FROM events WHERE type IN ('dispense', 'return')"))
 
@@ -395,29 +423,11 @@ async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any
     ledger records and the units it takes. The uploads race through the use case on a
     pool of their own, as request handlers do (the in-process test client answers one
     request at a time)."""
-    import asyncio
-    from datetime import UTC, datetime
-
-    from service.interop.nhsa import envelope as nhsa_envelope
-    from service.interop.nhsa import sales as nhsa_sales
-    from service.store.db import create_pool
-    from service.usecases import nhsa as nhsa_usecase
-
     w = await _world(admin)
     u = w["units"]
     rows = [sale(f"CC{i}", [u[i]], 24, sel_retn_time="2026-03-05 10:00:00") for i in range(4)]
-    env = nhsa_envelope.parse(envelope("3505A", {"selinfoDetail": rows}))
-    now = datetime.now(UTC)
-    pool = await create_pool(db_url, min_size=4, max_size=4)
-    try:
-        uploads = []
-        for _ in range(4):
-            records, errors = nhsa_sales.translate(env, "P2", now, IDS)
-            assert not errors
-            uploads.append(nhsa_usecase.upload(pool, "P2", records, env.msgid, {"infno": env.infno}, now))
-        done = await asyncio.gather(*uploads)
-    finally:
-        await pool.close()
+    body = envelope("3505A", {"selinfoDetail": rows})
+    done = await uploads_at_once(db_url, "P2", [("sales", body)] * 4, size=4)
     assert sum(d.result.accepted_codes for d in done) == 4
     assert sum(d.records_new for d in done) == 4
     assert await _stored_events(db) == 4

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from service.cli import _create_key
 from tests.helpers import Api
 from tests.integration.conftest import wipe
-from tests.integration.test_nhsa import IDS, MED, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa import IDS, MED, _world, envelope, nhsa, sale, uploads_at_once
 from tests.integration.test_nhsa_ledger import OTHER, change, purchase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -366,31 +366,6 @@ async def test_both_paths_store_the_same(
         assert optimistic[key] == value, key
 
 
-async def _run_at_once(
-    db_url: str, org: str, uploads: list[tuple[str, dict[str, Any]]], size: int = 6
-) -> list[Any]:
-    import asyncio
-    from datetime import UTC, datetime
-
-    from service.interop.nhsa import envelope as nhsa_envelope
-    from service.interop.nhsa import inventory, sales
-    from service.store.db import create_pool
-    from service.usecases import nhsa as nhsa_usecase
-
-    now = datetime.now(UTC)
-    pool = await create_pool(db_url, min_size=size, max_size=size)
-    try:
-        work = []
-        for kind, body in uploads:
-            env = nhsa_envelope.parse(body)
-            records, errors = (sales if kind == "sales" else inventory).translate(env, org, now, IDS)
-            assert not errors, errors
-            work.append(nhsa_usecase.upload(pool, org, records, env.msgid, {"infno": env.infno}, now))
-        return list(await asyncio.gather(*work))
-    finally:
-        await pool.close()
-
-
 async def test_race_sales_with_counts_deletions_and_older_records(admin: Api, db: Any, db_url: str) -> None:
     from tests.helpers import cn20, event
     from tests.integration.test_nhsa_ledger import _plain_ledger, count, deletion
@@ -418,7 +393,7 @@ async def test_race_sales_with_counts_deletions_and_older_records(admin: Api, db
         if i in (8, 20):
             uploads.append(("inventory", envelope("3507", {"data": deletion(f"S{i // 8}", "3")})))
     before = _written()
-    done = await _run_at_once(db_url, "P2", uploads)
+    done = await uploads_at_once(db_url, "P2", uploads)
     assert _written() - before >= 1
     live = [
         dict(r) for r in await db.fetch("SELECT * FROM nhsa_records WHERE org = 'P2' AND deleted_at IS NULL")
@@ -447,7 +422,7 @@ async def test_race_conflicting_serials(admin: Api, db: Any, db_url: str) -> Non
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
     uploads = [("sales", envelope("3505", {"selinfo": sale("CF1", [c], 24)})) for c in u]
-    done = await _run_at_once(db_url, "P2", uploads, size=4)
+    done = await uploads_at_once(db_url, "P2", uploads, size=4)
     assert sum(d.records_new for d in done) == 1
     assert sum(len(d.conflicts) for d in done) == 3
     assert sum(d.result.accepted_codes for d in done) == 1

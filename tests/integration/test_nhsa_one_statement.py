@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.helpers import Api, cn20, event
-from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale, uploads_at_once
 from tests.integration.test_nhsa_ledger import _plain_ledger, purchase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -95,11 +95,6 @@ async def test_sales_racing_purchases_on_a_pool_of_their_own_lose_no_unit(
     the locked transaction) at once, through the use case on a pool of 4 connections: the
     item's ledger kept is the one its records give, every sale took its pack, and no
     upload's move was lost to another's."""
-    from service.interop.nhsa import envelope as nhsa_envelope
-    from service.interop.nhsa import inventory, sales
-    from service.store.db import create_pool
-    from service.usecases import nhsa as nhsa_usecase
-
     w = await _world(admin)
     m, p2 = w["keys"]["M1"], w["keys"]["P2"]
     packs = [cn20(w["unit"], i) for i in range(10, 22)]
@@ -119,18 +114,7 @@ async def test_sales_racing_purchases_on_a_pool_of_their_own_lose_no_unit(
             ("inventory", envelope("3503", {"purcinfo": purchase(f"RP{j}", 100, purc_retn_stoin_time=at)}))
         )
     before = _written()
-    now = datetime.now(UTC)
-    pool = await create_pool(db_url, min_size=4, max_size=4)
-    try:
-        work = []
-        for kind, body in uploads:
-            env = nhsa_envelope.parse(body)
-            records, errors = (sales if kind == "sales" else inventory).translate(env, "P2", now, IDS)
-            assert not errors
-            work.append(nhsa_usecase.upload(pool, "P2", records, env.msgid, {"infno": env.infno}, now))
-        done = await asyncio.gather(*work)
-    finally:
-        await pool.close()
+    done = await uploads_at_once(db_url, "P2", uploads, size=4)
 
     assert sum(d.result.accepted_codes for d in done) == 12
     assert _written() - before >= 1  # some sales took the optimistic path
