@@ -138,6 +138,18 @@ async def world(admin: Api) -> dict[str, Any]:
     return w
 
 
+async def received(w: dict[str, Any], org: str, serials: list[int]) -> list[str]:
+    """Packs of the world's product (these serials) commissioned by M1, shipped to ``org``
+    and received there (minutes 0 to 2); their codes."""
+    codes = [cn20(w["unit"], s) for s in serials]
+    await w["keys"]["M1"].events(
+        event("commission", "M1", codes, 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", codes, 1, to=org),
+    )
+    await w["keys"][org].events(event("receive", org, codes, 2))
+    return codes
+
+
 def shuffled(items: list[Any], seed: int) -> list[Any]:
     copy = list(items)
     random.Random(seed).shuffle(copy)

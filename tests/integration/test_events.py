@@ -13,6 +13,7 @@ from tests.helpers import (
     at,
     cn20,
     event,
+    received,
     small_world,
     sold_elsewhere_meanwhile,
     sscc,
@@ -464,14 +465,7 @@ async def test_an_event_id_another_organisation_holds_is_refused_not_a_retry(adm
     review: P1 was answered duplicates: 1 and its sale was never recorded.) P9's own
     resend stays a duplicate."""
     w = await small_world(admin)
-    mine, theirs = cn20(w["unit"], 61), cn20(w["unit"], 62)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [mine, theirs], 0, lot="L1", expiry="2030-01-01"),
-        event("ship", "M1", [mine], 1, to="P1"),
-        event("ship", "M1", [theirs], 1, to="P9"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", [mine], 2))
-    await w["keys"]["P9"].events(event("receive", "P9", [theirs], 2))
+    (mine,), (theirs,) = await received(w, "P1", [61]), await received(w, "P9", [62])
     squat = event("dispense", "P9", [theirs], 3)
     assert (await w["keys"]["P9"].events(squat))["accepted"] == 1
     sale = {**event("dispense", "P1", [mine], 4), "event_id": squat["event_id"]}

@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import Api, cn20, event, world
+from tests.helpers import Api, cn20, event, received, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -309,13 +309,9 @@ async def test_a_destroyed_pack_dispensed_or_settled_is_a_duplicate(admin: Api) 
     in review: the dispense raised nothing and took the pack's units; the settlement was
     refused (DESTROYED) but raised nothing either."""
     w = await world(admin)
-    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
-    a, b = cn20(w["unit"], 31), cn20(w["unit"], 32)
-    await m.events(
-        event("commission", "M1", [a, b], 0, lot="L1", expiry="2030-01-01"),
-        event("ship", "M1", [a, b], 1, to="P1"),
-    )
-    await p1.events(event("receive", "P1", [a, b], 2), event("destroy", "P1", [a, b], 3))
+    p1 = w["keys"]["P1"]
+    a, b = await received(w, "P1", [31, 32])
+    await p1.events(event("destroy", "P1", [a, b], 3))
     sold = await p1.events(event("dispense", "P1", [a], 4))
     assert [(f["kind"], f["code"]) for f in sold["flags"]] == [("DUPLICATE", a)]
     flag = await w["inv"].ok("GET", f"/v1/flags/{sold['flags'][0]['flag_id']}")
@@ -332,13 +328,8 @@ async def test_a_sale_dated_before_its_packs_destruction_is_no_duplicate(admin: 
     arrives first or when both arrive together. Found in review: the first version
     judged the dispense against the pack's state after all the events it knew."""
     w = await world(admin)
-    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
-    a, b = cn20(w["unit"], 41), cn20(w["unit"], 42)
-    await m.events(
-        event("commission", "M1", [a, b], 0, lot="L1", expiry="2030-01-01"),
-        event("ship", "M1", [a, b], 1, to="P1"),
-    )
-    await p1.events(event("receive", "P1", [a, b], 2))
+    p1 = w["keys"]["P1"]
+    a, b = await received(w, "P1", [41, 42])
     await p1.events(event("destroy", "P1", [a], 20))
     late = await p1.events(event("dispense", "P1", [a], 10, quantity=5))  # uploaded after
     together = await p1.events(

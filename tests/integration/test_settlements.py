@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, at, cn20, event, small_world, sold_elsewhere_meanwhile, sscc, units_taken_once
+from tests.helpers import (
+    Api,
+    at,
+    cn20,
+    event,
+    received,
+    small_world,
+    sold_elsewhere_meanwhile,
+    sscc,
+    units_taken_once,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -571,14 +581,7 @@ async def test_a_reversal_gives_back_only_its_own_organisations_units(admin: Api
     other's. Found in review: P9 dispensed its own pack under P1's setl_id, and P1's
     reversal made P9's pack whole again, sellable a second time without a DUPLICATE."""
     w = await small_world(admin)
-    mine, theirs = cn20(w["unit"], 71), cn20(w["unit"], 72)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [mine, theirs], 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [mine], 1, to="P1"),
-        event("ship", "M1", [theirs], 1, to="P9"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", [mine], 2))
-    await w["keys"]["P9"].events(event("receive", "P9", [theirs], 2))
+    (mine,), (theirs,) = await received(w, "P1", [71]), await received(w, "P9", [72])
     ins = await admin.key_for("insurer")
     settled = await ins.ok("POST", "/v1/settlements", claim("S-OWN", [{"quantity": 24, "codes": [mine]}]))
     assert settled["decision"] == "accepted"
@@ -596,12 +599,7 @@ async def test_a_reversal_gives_back_the_packs_it_billed_whoever_dispensed_them(
     them back, as API.md's reversal does. Found in review of the rule above, which at
     first gave back only the settling organisation's own units, here nothing."""
     w = await small_world(admin)
-    pack = cn20(w["unit"], 81)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [pack], 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [pack], 1, to="P1"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", [pack], 2))
+    (pack,) = await received(w, "P1", [81])
     sold = await w["keys"]["P9"].events(event("dispense", "P9", [pack], 3, setl_id="S-X"))
     assert "DIVERSION" in [f["kind"] for f in sold["flags"]]  # (and OUT_OF_REGION: P9 is in Beijing)
     ins = await admin.key_for("insurer")
