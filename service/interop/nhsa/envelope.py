@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -215,6 +216,19 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?")
 def china_time(value: Any, field: str) -> datetime:
     """``yyyy-MM-dd HH:mm:ss`` in China time (UTC+8), returned in UTC. A time that
     carries its own offset (RFC 3339) is taken as it says."""
+    if (
+        type(value) is str
+        and len(value) == 19
+        and value[4] == value[7] == "-"
+        and value[10] == " "
+        and value[13] == value[16] == ":"
+    ):
+        # the common case first, exactly yyyy-MM-dd HH:mm:ss: fromisoformat refuses what
+        # is not ASCII digits there, as the pattern below does (each row has such a time)
+        try:
+            return datetime.fromisoformat(value + _CHINA_OFFSET).astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass  # the full checks below name the problem
     got = text(value)
     if got is None:
         raise FieldError(field, "is required")
@@ -236,12 +250,22 @@ def calendar_date(value: Any, field: str) -> date:
     got = text(value)
     if got is None:
         raise FieldError(field, "is required")
+    parsed = _calendar_date(got)
+    if isinstance(parsed, str):
+        raise FieldError(field, parsed)
+    return parsed
+
+
+@lru_cache(maxsize=4096)
+def _calendar_date(got: str) -> date | str:
+    """The date, or what is wrong with it. Cached: the rows of an upload repeat their
+    lots' manufacture and expiry dates."""
     if not _DATE.fullmatch(got):
-        raise FieldError(field, f"is not a date yyyy-MM-dd: {got!r}")
+        return f"is not a date yyyy-MM-dd: {got!r}"
     try:
         return date.fromisoformat(got[:10])
     except ValueError:
-        raise FieldError(field, f"is not a valid date: {got!r}") from None
+        return f"is not a valid date: {got!r}"
 
 
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
