@@ -1,0 +1,102 @@
+"""A sale whose take of a pack was given back may take it again: a dispense under a
+settlement's id, returned, then the settlement; an NHSA sale deleted by 3507, then the
+corrected sale under the same settlement. The given-back consumption has the same key
+(pack, sale) as the new take: it was a 500 and then a sale that took nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, event, received, world
+from tests.integration.test_nhsa import _world as nhsa_world
+from tests.integration.test_nhsa import envelope, nhsa, sale
+from tests.integration.test_nhsa_ledger import deletion
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MED = "XJ01CAA040A001010104256"
+
+
+def claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict[str, Any]:
+    from tests.helpers import at
+
+    return {
+        "setl_id": setl_id,
+        "org": org,
+        "psn_no": "450103199001011234",
+        "at": at(minutes),
+        "mode": "settle",
+        "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [code]}],
+    }
+
+
+async def _units_left(api: Api, code: str) -> int:
+    out: dict[str, Any] = await api.ok("GET", f"/v1/codes/{code}/verify")
+    return int(out["units_left"])
+
+
+async def _taken(db: Any, code: str) -> list[tuple[str, int, bool]]:
+    rows = await db.fetch(
+        "SELECT sale_id, units, reversed_at IS NOT NULL AS given_back FROM consumptions WHERE code = $1", code
+    )
+    return [(r["sale_id"], r["units"], r["given_back"]) for r in rows]
+
+
+@pytest.mark.parametrize("path", ["one statement", "locked"])
+async def test_a_settlement_after_its_dispense_was_returned_takes_the_pack(
+    admin: Api, db: Any, path: str
+) -> None:
+    w = await world(admin)
+    [u, other] = await received(w, "P1", [700, 701] if path == "one statement" else [702, 703])
+    p1 = w["keys"]["P1"]
+    await p1.events(event("dispense", "P1", [u], 50, setl_id="S-AGAIN"))
+    await p1.events(event("return", "P1", [u], 55, setl_id="S-AGAIN"))
+    assert await _units_left(p1, u) == 24
+    body = claim("S-AGAIN", u, 60)
+    if path == "locked":  # a second line that raises a flag takes the locked transaction
+        body["lines"].append({"line_no": 2, "med_list_codg": MED, "quantity": 24, "codes": [other, other]})
+    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert answer["lines"][0]["payable"] is True, answer
+    assert await _units_left(p1, u) == 0
+    assert await _taken(db, u) == [("S-AGAIN", 24, False)]
+    got = await w["insurer"].ok("GET", "/v1/settlements/S-AGAIN")
+    assert got["setl_id"] == "S-AGAIN"
+    # the history keeps the dispense and the return that came before
+    h = await w["inv"].ok("GET", f"/v1/codes/{u}/history")
+    assert [e["type"] for e in h["events"]][-2:] == ["dispense", "return"]
+
+
+async def test_a_dispense_after_its_sale_was_returned_takes_the_pack_again(admin: Api, db: Any) -> None:
+    w = await world(admin)
+    [u] = await received(w, "P1", [710])
+    p1 = w["keys"]["P1"]
+    await p1.events(event("dispense", "P1", [u], 50, setl_id="S-TWICE"))
+    await p1.events(event("return", "P1", [u], 55, setl_id="S-TWICE"))
+    out = await p1.events(event("dispense", "P1", [u], 60, setl_id="S-TWICE"))
+    assert out["accepted"] == 1, out
+    assert out["flags"] == [], out
+    assert await _units_left(p1, u) == 0
+    assert await _taken(db, u) == [("S-TWICE", 24, False)]
+
+
+async def test_the_corrected_sale_after_a_deletion_takes_the_pack(admin: Api, db: Any) -> None:
+    """3505 B2 under setl_id S2, deleted by 3507, then the corrected record B2b under S2:
+    the pack is sold, as the ledger says."""
+    w = await nhsa_world(admin)
+    p2, u = w["keys"]["P2"], w["units"][0]
+    assert (await nhsa(p2, envelope("3505", {"selinfo": sale("B2", [u], 24, setl_id="S2")})))["infcode"] == 0
+    assert await _units_left(p2, u) == 0
+    assert (await nhsa(p2, envelope("3507", {"data": deletion("B2", "4")})))["infcode"] == 0
+    assert await _units_left(p2, u) == 24
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B2b", [u], 24, setl_id="S2")}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["accepted"] == 1, out
+    assert await _units_left(p2, u) == 0
+    assert await _taken(db, u) == [("S2", 24, False)]
+    # and the settlement of S2 is then that one sale: the pack is not taken twice
+    insurer = await admin.key_for("insurer")
+    answer = await insurer.ok("POST", "/v1/settlements", claim("S2", u, 60, org="P2"))
+    assert answer["lines"][0]["payable"] is True, answer
+    assert await _taken(db, u) == [("S2", 24, False)]
