@@ -9,14 +9,18 @@ import msgspec
 from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 
+# Patterns end in END, not a bare "$": Python's "$" (msgspec checks patterns with re)
+# also matches before a final newline, so "P1\n" was taken for "P1" in bodies while the
+# same id was refused in paths. In the OpenAPI document it still reads as the end.
+END = r"$(?!\n)"
 # An organisation id as registered; bodies naming one (events, settlements, keys) use
 # the same type, so a malformed id is a 400 naming the field everywhere.
-OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+" + END)]
 # A settlement id as the settlement engine assigns it (NHSA's setl_id is up to 30
 # characters of letters and digits): letters, digits, '.', '_' and '-', starting with a
 # letter or digit. It names a resource in URL paths (/v1/settlements/{setl_id}), so
 # nothing that would need escaping there is taken.
-SETL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SETL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}" + END
 SetlId = Annotated[str, msgspec.Meta(pattern=SETL_ID_PATTERN)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -25,11 +29,11 @@ RawCode = Annotated[str, msgspec.Meta(max_length=200)]  # judged per code, not p
 ProductId = Annotated[str, msgspec.Meta(min_length=7, max_length=14)]
 # An institution's code on the national medical-insurance platform (定点医药机构编码,
 # str 30 in the NHSA envelope), e.g. "P45010300001".
-FixmedinsCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,30}$")]
-Region = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
-RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}$")]
+FixmedinsCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,30}" + END)]
+Region = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}" + END)]
+RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}" + END)]
 # A GS1 Global Location Number: 13 digits (the check digit is checked by the handler).
-Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}$")]
+Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}" + END)]
 
 # Examples for the OpenAPI document: a request built from them gets past validation into
 # the rules (the README's first session), so generated requests (schemathesis) do too.

@@ -198,7 +198,7 @@ def _record(
     if row.get("expy_end") not in (None, ""):  # ⚠ optional in 3505/3506 per [B] and [Q]
         calendar_date(row.get("expy_end"), "expy_end")
     setl_id = optional_text(row, "setl_id", "setl_id")
-    if setl_id is not None and not SETL_ID.match(setl_id):
+    if setl_id is not None and not SETL_ID.fullmatch(setl_id):
         raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
     codes = raw_codes(row)
 
