@@ -14,6 +14,7 @@ import asyncpg
 from service.core import ledger as rules
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagKey, FlagRef, NewFlag
+from service.interop.nhsa.envelope import text
 from service.interop.nhsa.sales import NAMESPACE, Record
 from service.store import codes as code_store
 from service.store import flags as flag_store
@@ -132,7 +133,7 @@ async def _deletions(
     targets: list[dict[str, Any]] = []
     async with pool.acquire() as conn:
         for d in deletions:
-            bchno = str(d.row.get("fixmedins_bchno") or "").strip()
+            bchno = text(d.row.get("fixmedins_bchno")) or ""  # as the row was read: 0 is "0"
             live = await ledger_store.live_records(conn, org, d.deletes, bchno)
             targets += live
             if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
@@ -226,7 +227,7 @@ def _appender(
 
 def _setl_id(stored: dict[str, Any]) -> str | None:
     row = stored["row_data"]
-    return (str(row.get("setl_id") or "").strip() or None) if isinstance(row, dict) else None
+    return text(row.get("setl_id")) if isinstance(row, dict) else None
 
 
 def _compensations(

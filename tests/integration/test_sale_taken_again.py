@@ -100,3 +100,15 @@ async def test_the_corrected_sale_after_a_deletion_takes_the_pack(admin: Api, db
     answer = await insurer.ok("POST", "/v1/settlements", claim("S2", u, 60, org="P2"))
     assert answer["lines"][0]["payable"] is True, answer
     assert await _taken(db, u) == [("S2", 24, False)]
+
+
+async def test_a_record_whose_serial_was_sent_as_a_number_is_deleted_by_that_number(admin: Api) -> None:
+    """fixmedins_bchno 0 (a JSON number) is the record "0"; a 3507 naming it as the number
+    0 deletes it (it answered "no record of this type": 0 was read as absent)."""
+    w = await nhsa_world(admin)
+    p2, u = w["keys"]["P2"], w["units"][1]
+    assert (await nhsa(p2, envelope("3505", {"selinfo": sale(0, [u], 24)})))["infcode"] == 0  # type: ignore[arg-type]
+    assert await _units_left(p2, u) == 0
+    out = await nhsa(p2, envelope("3507", {"data": {"fixmedins_bchno": 0, "inv_data_type": "4"}}))
+    assert out["infcode"] == 0, out
+    assert await _units_left(p2, u) == 24
