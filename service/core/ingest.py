@@ -161,9 +161,7 @@ class _Book:
 
     def __init__(self, stored: Sequence[Consumption], returns: Sequence[Return]) -> None:
         self.rows = list(stored)  # oldest first; new rows are appended
-        # a sale whose take was given back (returned, or its record deleted) may take
-        # the pack again: only open takes count as sold
-        self.keys = {(r.code, r.sale) for r in stored if not r.reversed}
+        self.keys = {(r.code, r.sale) for r in stored}
         self.new: list[Consumption] = []
         self.reversals: list[tuple[Consumption, UUID]] = []
         self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's

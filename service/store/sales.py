@@ -11,7 +11,7 @@ import asyncpg
 from service.core.events import Incoming
 from service.core.sales import Consumption, Return, Sale
 from service.store import events as event_store
-from service.store.conn import Conn, RetryTransaction, distributed
+from service.store.conn import Conn, distributed
 
 _COLUMNS = "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed"
 
@@ -55,34 +55,19 @@ async def of_sale(conn: Conn, sale: Sale) -> list[Consumption]:
 
 async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
     """Insert consumptions (a sale takes a few packs: one INSERT beats COPY's extra round
-    trips here). The caller holds the packs' row locks and read their open sales: a
-    sale that already holds one of them unreversed can only be a concurrent writer's,
-    and the transaction runs again."""
+    trips here)."""
     if not consumptions:
         return
-    rows = await conn.fetch(insert_sql(1), *insert_arrays(consumptions))
-    if len(rows) != len(consumptions):
-        raise RetryTransaction
+    await conn.execute(insert_sql(1), *insert_arrays(consumptions))
 
 
 def insert_sql(first: int) -> str:
     """``INSERT INTO consumptions`` of the 8 arrays ``insert_arrays`` gives, as parameters
-    ``$first`` onwards, returning a row for each one written. A sale may take a pack
-    again after its take was given back (a dispense under a settlement's id returned,
-    then the settlement; a 3507 deletion, then the corrected sale): the given-back row,
-    which has the same key, becomes the new take (the dispense and the return stay in
-    the event log). A row of the same sale that was not given back is left as it is and
-    not returned: the callers count the rows to find that (another writer's)."""
+    ``$first`` onwards."""
     p = [f"${first + i}" for i in range(8)]
     return f"""INSERT INTO consumptions (code, sale_kind, sale_id, setl_id, event_id, org, at, units)
                SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
-                                    {p[4]}::uuid[], {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[])
-               ON CONFLICT (code, sale_kind, sale_id) DO UPDATE
-                   SET setl_id = EXCLUDED.setl_id, event_id = EXCLUDED.event_id, org = EXCLUDED.org,
-                       at = EXCLUDED.at, units = EXCLUDED.units, reversed_at = NULL,
-                       reversed_by_event = NULL
-                   WHERE consumptions.reversed_at IS NOT NULL
-               RETURNING 1"""  # noqa: S608
+                                    {p[4]}::uuid[], {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[])"""  # noqa: S608
 
 
 def insert_arrays(consumptions: Sequence[Consumption]) -> list[list[Any]]:
