@@ -221,3 +221,17 @@ async def units_taken_once(db: Any, codes: list[str]) -> dict[str, int]:
         assert consumed.get(code, 0) <= 24
         assert left[code] == 24 - consumed.get(code, 0)
     return {code: consumed.get(code, 0) for code in codes}
+
+
+def pack_claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict[str, Any]:
+    """A settlement (mode settle) of one whole pack of the small world's unit product."""
+    return {
+        "setl_id": setl_id,
+        "org": org,
+        "psn_no": "450103199001011234",
+        "at": at(minutes),
+        "mode": "settle",
+        "lines": [
+            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
+        ],
+    }

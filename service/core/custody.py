@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from operator import attrgetter
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import msgspec
@@ -83,15 +85,9 @@ def fold_order(facts: Iterable[Fact]) -> list[Fact]:
     which is right between two organisations (M1 ships, D1 receives) but not for one that
     receives a case and sends it on in the same second (cross-docking). A function of
     the facts alone, so the fold still converges whatever order they arrived in."""
-    ordered = sorted(facts, key=sort_key)
     out: list[Fact] = []
-    start = 0
-    while start < len(ordered):
-        end = start + 1
-        while end < len(ordered) and ordered[end].at == ordered[start].at:
-            end += 1
-        out += _receive_before_shipping_on(ordered[start:end])
-        start = end
+    for _, instant in itertools.groupby(sorted(facts, key=sort_key), key=attrgetter("at")):
+        out += _receive_before_shipping_on(list(instant))
     return out
 
 

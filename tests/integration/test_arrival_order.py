@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, cn20, event, small_world, sscc
+from tests.helpers import Api, cn20, event, pack_claim, received, small_world, sscc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -60,15 +60,7 @@ async def test_a_return_arriving_between_two_split_sales_undoes_the_later_one(ad
     w = await _world(admin)
     expected = None
     for n, order in enumerate([(0, 1, 2), (0, 2, 1)]):
-        code = cn20(UNIT, 100 + n)
-        await _send(
-            admin,
-            [
-                event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
-                event("ship", "M1", [code], 1, to="P1"),
-                event("receive", "P1", [code], 2),
-            ],
-        )
+        [code] = await received(w, "P1", [100 + n])
         sales = [
             event("dispense", "P1", [code], 10, quantity=10),
             event("dispense", "P1", [code], 11, quantity=5),
@@ -93,15 +85,7 @@ async def test_a_return_arriving_after_the_pack_was_sold_again_converges(admin: 
     w = await _world(admin)
     results = []
     for n, order in enumerate([(0, 1, 2), (0, 2, 1)]):
-        code = cn20(UNIT, 200 + n)
-        await _send(
-            admin,
-            [
-                event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
-                event("ship", "M1", [code], 1, to="P1"),
-                event("receive", "P1", [code], 2),
-            ],
-        )
+        [code] = await received(w, "P1", [200 + n])
         sales = [
             event("dispense", "P1", [code], 10),
             event("return", "P1", [code], 20),
@@ -301,21 +285,6 @@ async def test_a_cross_dock_received_and_shipped_in_the_same_instant(admin: Api,
     assert await _standing(w, u1) == []
 
 
-def _claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict[str, Any]:
-    from tests.helpers import at
-
-    return {
-        "setl_id": setl_id,
-        "org": org,
-        "psn_no": "450103199001011234",
-        "at": at(minutes),
-        "mode": "settle",
-        "lines": [
-            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
-        ],
-    }
-
-
 @pytest.mark.xfail(strict=True, reason="known limit: a settlement does not take its pack out of its case")
 async def test_a_pack_settled_out_of_an_open_case_stays_sold_where_it_was_sold(admin: Api) -> None:
     """P1 receives a case, sells u1 from it by settlement (依码结算: no dispense scan), and
@@ -333,7 +302,7 @@ async def test_a_pack_settled_out_of_an_open_case_stays_sold_where_it_was_sold(a
             event("receive", "P1", [box], 3),
         ],
     )
-    answer = await w["insurer"].ok("POST", "/v1/settlements", _claim("S-CASE-1", u1, 10))
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-CASE-1", u1, 10))
     assert answer["decision"] == "accepted", answer
     await _send(admin, [event("ship", "P1", [box], 20, to="D1"), event("receive", "D1", [box], 21)])
     h = await w["inv"].ok("GET", f"/v1/codes/{u1}/history")

@@ -157,24 +157,17 @@ async def _settled(admin: Api) -> list[Any]:
         "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [u[1]]}],
     }
     assert (await insurer.ok("POST", "/v1/settlements", claim))["decision"] == "accepted"
+    sold = [("B031", u[1], "S301", "10:30"), ("B032", u[2], "S302", "10:40")]
     out = [
         await post(
             p2,
             envelope(
                 "3505",
-                {"selinfo": sale("B031", [u[1]], 24, setl_id="S301", sel_retn_time="2026-03-05 10:30:00")},
+                {"selinfo": sale(bchno, [code], 24, setl_id=setl_id, sel_retn_time=f"2026-03-05 {hm}:00")},
             ),
         )
+        for bchno, code, setl_id, hm in sold
     ]
-    out.append(
-        await post(
-            p2,
-            envelope(
-                "3505",
-                {"selinfo": sale("B032", [u[2]], 24, setl_id="S302", sel_retn_time="2026-03-05 10:40:00")},
-            ),
-        )
-    )
     claim2 = {
         **claim,
         "setl_id": "S302",
@@ -187,38 +180,19 @@ async def _settled(admin: Api) -> list[Any]:
 async def _inventory(admin: Api) -> list[Any]:
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
+    changes = [
+        ("I1", "102", [u[0]], "09:00"),
+        ("I2", "101", [u[0]], "09:10"),
+        ("I3", "104", [u[1]], "09:20"),
+        ("I4", "107", [u[1], u[2]], "09:30"),
+    ]
     out = [
         await post(
             p2,
-            envelope(
-                "3502", {"invinfo": change("I1", "102", 24, [u[0]], inv_chg_time="2026-03-05 09:00:00")}
-            ),
+            envelope("3502", {"invinfo": change(bchno, kind, 24, codes, inv_chg_time=f"2026-03-05 {hm}:00")}),
         )
+        for bchno, kind, codes, hm in changes
     ]
-    out.append(
-        await post(
-            p2,
-            envelope(
-                "3502", {"invinfo": change("I2", "101", 24, [u[0]], inv_chg_time="2026-03-05 09:10:00")}
-            ),
-        )
-    )
-    out.append(
-        await post(
-            p2,
-            envelope(
-                "3502", {"invinfo": change("I3", "104", 24, [u[1]], inv_chg_time="2026-03-05 09:20:00")}
-            ),
-        )
-    )
-    out.append(
-        await post(
-            p2,
-            envelope(
-                "3502", {"invinfo": change("I4", "107", 24, [u[1], u[2]], inv_chg_time="2026-03-05 09:30:00")}
-            ),
-        )
-    )
     return [_tracecode(o) for o in out]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, event, received, world
+from tests.helpers import Api, event, pack_claim, received, world
 from tests.integration.test_nhsa import _world as nhsa_world
 from tests.integration.test_nhsa import envelope, nhsa, sale
 from tests.integration.test_nhsa_ledger import deletion
@@ -18,19 +18,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MED = "XJ01CAA040A001010104256"
 GIVEN_BACK = "known limit: a given-back take is not taken again (the fix broke the load-test smoke run)"
-
-
-def claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict[str, Any]:
-    from tests.helpers import at
-
-    return {
-        "setl_id": setl_id,
-        "org": org,
-        "psn_no": "450103199001011234",
-        "at": at(minutes),
-        "mode": "settle",
-        "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [code]}],
-    }
 
 
 async def _units_left(api: Api, code: str) -> int:
@@ -56,7 +43,7 @@ async def test_a_settlement_after_its_dispense_was_returned_takes_the_pack(
     await p1.events(event("dispense", "P1", [u], 50, setl_id="S-AGAIN"))
     await p1.events(event("return", "P1", [u], 55, setl_id="S-AGAIN"))
     assert await _units_left(p1, u) == 24
-    body = claim("S-AGAIN", u, 60)
+    body = pack_claim("S-AGAIN", u, 60)
     if path == "locked":  # a second line that raises a flag takes the locked transaction
         body["lines"].append({"line_no": 2, "med_list_codg": MED, "quantity": 24, "codes": [other, other]})
     answer = await w["insurer"].ok("POST", "/v1/settlements", body)
@@ -101,7 +88,7 @@ async def test_the_corrected_sale_after_a_deletion_takes_the_pack(admin: Api, db
     assert await _taken(db, u) == [("S2", 24, False)]
     # and the settlement of S2 is then that one sale: the pack is not taken twice
     insurer = await admin.key_for("insurer")
-    answer = await insurer.ok("POST", "/v1/settlements", claim("S2", u, 60, org="P2"))
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S2", u, 60, org="P2"))
     assert answer["lines"][0]["payable"] is True, answer
     assert await _taken(db, u) == [("S2", 24, False)]
 
