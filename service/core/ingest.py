@@ -137,6 +137,7 @@ class Plan:
     containment: list[tuple[str, str]] = field(default_factory=list)
     consumptions: list[Consumption] = field(default_factory=list)
     reversals: list[tuple[Consumption, UUID]] = field(default_factory=list)  # (sale, the return)
+    erased: list[Consumption] = field(default_factory=list)  # stored takes of deleted records
     flags: list[NewFlag] = field(default_factory=list)
     reported: list[FlagKey] = field(default_factory=list)  # flags this request's events raised
     clear: AutoClear | None = None
@@ -153,7 +154,9 @@ def moves_only(plan: Plan) -> bool:
     code row, no packing, no sale undone, no history replayed? Such a plan may be written
     without having locked what it read, provided none of it changed since
     (``usecases.events``)."""
-    return not (plan.flags or plan.new_codes or plan.containment or plan.reversals or plan.replayed)
+    return not (
+        plan.flags or plan.new_codes or plan.containment or plan.reversals or plan.erased or plan.replayed
+    )
 
 
 class _Book:
@@ -164,6 +167,7 @@ class _Book:
         self.keys = {(r.code, r.sale) for r in stored}
         self.new: list[Consumption] = []
         self.reversals: list[tuple[Consumption, UUID]] = []
+        self.erased: list[Consumption] = []
         self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's
         self.applied: set[tuple[UUID, str]] = set()
 
@@ -177,6 +181,23 @@ class _Book:
 
     def open_newest_first(self, codes: set[str]) -> list[Consumption]:
         return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
+
+    def give_back(self, sold: Consumption, by: Return) -> None:
+        """A return gives a sale's take back: it stays, reversed, and that sale does not
+        take the pack again (a late upload of the sale, its settlement). A deletion of
+        the sale's record (NHSA 3507, a return naming the event it undoes) erases the
+        take instead: the record never counted, and a corrected record of the same sale
+        takes the pack."""
+        sold.reversed = True
+        self.applied.add((by.event_id, by.code))
+        if by.undoes is None:
+            self.reversals.append((sold, by.event_id))
+            return
+        self.keys.discard((sold.code, sold.sale))
+        kept = [n for n in self.new if n is not sold]
+        if len(kept) == len(self.new):  # stored: delete it
+            self.erased.append(sold)
+        self.new = kept
 
 
 def decide(loaded: Loaded) -> Plan:
@@ -259,6 +280,7 @@ def decide(loaded: Loaded) -> Plan:
     plan.containment = [(f.parent, c) for f in facts if f.type == "pack" and f.parent for c in f.codes]
     plan.consumptions = book.new
     plan.reversals = book.reversals
+    plan.erased = book.erased
     return plan
 
 
@@ -296,9 +318,7 @@ def _consume(
     if undoing:
         open_sales = book.open_newest_first({r.code for r in undoing})
         for ret, sold in match_returns(undoing, open_sales):
-            sold.reversed = True
-            book.applied.add((ret.event_id, ret.code))
-            book.reversals.append((sold, ret.event_id))
+            book.give_back(sold, ret)
             world.changed |= move_units(world.states, [(sold.code, sold.units)])
     return flags
 

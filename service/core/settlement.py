@@ -369,6 +369,10 @@ class Loaded:
     products: Mapping[str, Product]  # the products of those codes
     exempt_codgs: set[str]  # catalogue items among the code-less lines that carry no code
     earlier: Mapping[str, list[Consumption]]  # unreversed sales of opened packs, oldest first
+    # this sale's takes that a return gave back (a dispense under its setl_id, returned
+    # before the settlement came), read by the locked path only: the sale took those
+    # packs once, and does not take them again
+    given_back: Sequence[Consumption] = ()
     # for EXCESS_PURCHASE, only when an item billed has a person limit:
     psn_hash: bytes = b""  # the insured person, by keyed hash
     purchases: Sequence[Purchase] = ()  # the person's unreversed purchases of those items in their windows
@@ -489,6 +493,20 @@ def opened(states: Mapping[str, CodeState]) -> list[str]:
     return [code for code, s in states.items() if s.units_left != s.pack_units]
 
 
+def _with_given_back(
+    earlier: Mapping[str, list[Consumption]], given_back: Sequence[Consumption]
+) -> Mapping[str, list[Consumption]]:
+    """The sales the lines are judged against: a take of this sale that a return gave
+    back counts as the sale's own, so the line bills it (as when the return comes after
+    the settlement) and takes nothing again."""
+    if not given_back:
+        return earlier
+    merged = {code: list(sales) for code, sales in earlier.items()}
+    for take in given_back:
+        merged.setdefault(take.code, []).append(take)
+    return merged
+
+
 def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) -> Decision:
     """Judge every line; the payable lines draw their units (``loaded.states`` is updated
     in place), merged into one consumption per pack; the suspicions become flags."""
@@ -501,7 +519,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         exempt_codgs=loaded.exempt_codgs,
         org=loaded.org,
         on=local_date(claim.at),
-        earlier=loaded.earlier,
+        earlier=_with_given_back(loaded.earlier, loaded.given_back),
     )
     drawn: dict[str, int] = {}  # two lines may draw from one pack: one consumption
     for outcome in outcomes:

@@ -11,7 +11,7 @@ import asyncpg
 from service.core.events import Incoming
 from service.core.sales import Consumption, Return, Sale
 from service.store import events as event_store
-from service.store.conn import Conn, distributed
+from service.store.conn import Conn, RetryTransaction, distributed
 
 _COLUMNS = "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed"
 
@@ -42,13 +42,15 @@ async def of_codes(conn: Conn, codes: Iterable[str], *, open_only: bool) -> list
     return [_consumption(r) for r in rows]
 
 
-async def of_sale(conn: Conn, sale: Sale) -> list[Consumption]:
-    """The unreversed consumptions of one sale, in code order."""
+async def of_sale(conn: Conn, sale: Sale, *, given_back: bool = False) -> list[Consumption]:
+    """The unreversed consumptions of one sale (with ``given_back``: the reversed ones),
+    in code order."""
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM consumptions
-            WHERE sale_kind = $1 AND sale_id = $2 AND reversed_at IS NULL ORDER BY code""",  # noqa: S608
+            WHERE sale_kind = $1 AND sale_id = $2 AND (reversed_at IS NOT NULL) = $3 ORDER BY code""",  # noqa: S608
         sale.kind,
         sale.id,
+        given_back,
     )
     return [_consumption(r) for r in rows]
 
@@ -58,16 +60,24 @@ async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
     trips here)."""
     if not consumptions:
         return
-    await conn.execute(insert_sql(1), *insert_arrays(consumptions))
+    written = await conn.fetch(insert_sql(1), *insert_arrays(consumptions))
+    if len(written) != len(consumptions):  # the sale already took one of them: read again
+        raise RetryTransaction
 
 
 def insert_sql(first: int) -> str:
     """``INSERT INTO consumptions`` of the 8 arrays ``insert_arrays`` gives, as parameters
-    ``$first`` onwards."""
+    ``$first`` onwards, returning a row for each one written. A row whose sale already
+    took that pack is left as it is and not returned: the callers count the rows. They
+    read the packs' sales before deciding, so a missing row means the sale's take was
+    stored since (a concurrent writer), or was given back and the writer did not read
+    that (a settlement's one-statement path): either way the request reads again."""
     p = [f"${first + i}" for i in range(8)]
     return f"""INSERT INTO consumptions (code, sale_kind, sale_id, setl_id, event_id, org, at, units)
                SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
-                                    {p[4]}::uuid[], {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[])"""  # noqa: S608
+                                    {p[4]}::uuid[], {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[])
+               ON CONFLICT (code, sale_kind, sale_id) DO NOTHING
+               RETURNING 1"""  # noqa: S608
 
 
 def insert_arrays(consumptions: Sequence[Consumption]) -> list[list[Any]]:
@@ -98,6 +108,24 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
         [c.sale.kind for c, _ in undone],
         [c.sale.id for c, _ in undone],
         [by for _, by in undone],
+    )
+
+
+async def erase(conn: Conn, erased: Sequence[Consumption]) -> None:
+    """Delete the takes of sales whose record was deleted (NHSA 3507): they never
+    counted, so the same sale may take the pack again (a corrected record). The dispense
+    and the compensating return stay in the event log. The caller holds the packs' row
+    locks."""
+    if not erased:
+        return
+    await conn.execute(
+        """DELETE FROM consumptions c
+           USING unnest($1::text[], $2::text[], $3::text[]) AS i(code, kind, id)
+           WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id
+             AND c.code = ANY($1::text[])""",
+        [c.code for c in erased],
+        [c.sale.kind for c in erased],
+        [c.sale.id for c in erased],
     )
 
 

@@ -240,6 +240,7 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
     await code_store.add_containment(conn, plan.containment)
     await sale_store.record(conn, plan.consumptions)
     await sale_store.reverse(conn, plan.reversals)
+    await sale_store.erase(conn, plan.erased)
     raised = await flag_store.raise_flags(conn, plan.flags)
     if plan.clear is not None:
         await flag_store.auto_clear(

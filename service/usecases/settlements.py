@@ -83,6 +83,9 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         if stored is not None:
             return _replay(stored, body_hash)
         loaded = await _load(conn, claim, canonical, psn_hash, await code_store.lock(conn, _packs(canonical)))
+        # a take of this sale given back before it came (read here only: the one-statement
+        # path finds such a row when it writes, and ends up here)
+        loaded.given_back = await sale_store.of_sale(conn, Sale.of_settlement(claim.setl_id), given_back=True)
         # decide
         decision = rules.decide(claim, canonical, loaded)
         # write
