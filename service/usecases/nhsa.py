@@ -15,7 +15,7 @@ from service.core import ledger as rules
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagKey, FlagRef, NewFlag
 from service.interop.nhsa.envelope import text
-from service.interop.nhsa.sales import NAMESPACE, Record
+from service.interop.nhsa.sales import NAMESPACE, Record, same_record
 from service.store import codes as code_store
 from service.store import flags as flag_store
 from service.store import ledger as ledger_store
@@ -113,7 +113,7 @@ def _sort_out(
         if key not in first:
             first[key] = r.entry.row
             taken.append(r)
-        elif first[key] == r.entry.row:
+        elif same_record(first[key], r.entry.row):
             again.append(r)
         else:
             conflicts.append(r)

@@ -77,3 +77,33 @@ async def test_a_code_corrected_under_the_same_serial_is_not_taken(admin: Api) -
     corrected = await nhsa(p2, envelope("3505", {"selinfo": sale("X061", [u[1]], 24)}))
     assert corrected["output"]["tracecode"]["accepted"] == 1
     assert await _units_left(p2, u[1]) == 0
+
+
+async def test_a_record_resent_in_another_spelling_is_one_fact(admin: Api) -> None:
+    """A till's retry may be serialised anew: numbers for numeric strings, null or a
+    missing key for "", the legacy drug_trac_codg for drugtracinfo, the packs of a
+    whole-pack sale in another order. It is the same record: its events duplicates,
+    nothing refused (it was refused as "other contents")."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    first = sale("W070", [u[0], u[1]], 48, rxno="", memo="")
+    out = await nhsa(p2, envelope("3505", {"selinfo": first}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["accepted"] == 2, out
+    respelled = copy.deepcopy(first)
+    respelled.update(rx_flag=1, trdn_flag=0, sel_retn_cnt="48", finl_trns_pric="12.5", rxno=None)
+    del respelled["memo"]
+    respelled["drugtracinfo"] = [{"drug_trac_codg": u[1]}]
+    respelled["drug_trac_codg"] = u[0]
+    again = await nhsa(p2, envelope("3505A", {"selinfoDetail": [respelled]}))
+    assert again["infcode"] == 0, again
+    assert again["output"]["result"]["retRslt"] == "1", again
+    assert again["output"]["tracecode"]["duplicates"] == 2
+    assert again["output"]["tracecode"]["records"] == 0
+    # another quantity under the same serial is still other contents
+    other = copy.deepcopy(first)
+    other["sel_retn_cnt"] = 24
+    refused = await nhsa(p2, envelope("3505", {"selinfo": other}))
+    assert refused["infcode"] == -1, refused
+    assert "fixmedins_bchno" in refused["err_msg"]
+    assert [await _units_left(p2, c) for c in u[:2]] == [0, 0]

@@ -31,6 +31,7 @@ from service.interop.nhsa.envelope import (
     lower_keys,
     optional_text,
     required_texts,
+    text,
     whole_units,
     wrapper_path,
 )
@@ -174,6 +175,35 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
     for code in out:
         if len(code) > MAX_CODE_LENGTH:
             raise FieldError("drugtracinfo", f"a trace code is longer than {MAX_CODE_LENGTH} characters")
+    return out
+
+
+_CODE_FIELDS = frozenset(("drugtracinfo", "drug_trac_codg"))
+
+
+def same_record(first: dict[str, Any], again: dict[str, Any]) -> bool:
+    """Is ``again`` the record ``first`` sent once more (rows as kept: keys in lower case,
+    no person fields)? Compared as read, not as spelled: a number for the string of its
+    digits, "" or null for a missing field, the legacy ``drug_trac_codg`` for
+    ``drugtracinfo``, a code in another of its forms (GS1 element string, CN20). A code
+    of a split sale in another place is another record (a split sale draws its units in
+    the order listed); the packs of a whole-pack sale may come in any order."""
+    return first == again or _as_read(first) == _as_read(again)
+
+
+def _as_read(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in _CODE_FIELDS:
+            continue
+        read = value if isinstance(value, list | dict) else text(value)
+        if read is not None:
+            out[key] = read
+    try:
+        codes = [_canonical(c) for c in raw_codes(row)]
+        out[" codes"] = codes if out.get("trdn_flag") == "1" else sorted(codes)
+    except FieldError:  # not readable: only the same spelling is the same record
+        out[" codes"] = [row.get(k) for k in sorted(_CODE_FIELDS)]
     return out
 
 
