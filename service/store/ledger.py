@@ -399,19 +399,19 @@ async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[s
                 WHERE l.kind = '{COUNT}'
                   AND (l.at, l.fixmedins_bchno COLLATE "C") < (c.counted_at, c.counted_bchno COLLATE "C")
                 ORDER BY l.med_list_codg, l.at DESC, l.fixmedins_bchno COLLATE "C" DESC)
-            SELECT i.med_list_codg, i.units_in, i.units_out, i.records,
+            SELECT i.med_list_codg, i.units_in::bigint, i.units_out::bigint, i.records,
                    coalesce(k.by_kind, '{{}}'::jsonb) AS by_kind,
                    c.counted, c.counted_at, c.counted_bchno,
-                   CASE WHEN c.counted IS NULL THEN i.balance
-                        ELSE c.counted + (SELECT coalesce(sum(l.delta), 0) FROM live l
-                                          WHERE l.med_list_codg = i.med_list_codg AND l.at > c.counted_at)
-                   END AS balance,
-                   CASE WHEN c.counted IS NOT NULL THEN
-                       coalesce(e.counted, 0)
-                       + (SELECT coalesce(sum(l.delta), 0) FROM live l
-                          WHERE l.med_list_codg = i.med_list_codg AND l.at <= c.counted_at
-                            AND (e.at IS NULL OR l.at > e.at))
-                   END AS balance_before_count
+                   (CASE WHEN c.counted IS NULL THEN i.balance
+                         ELSE c.counted + (SELECT coalesce(sum(l.delta), 0) FROM live l
+                                           WHERE l.med_list_codg = i.med_list_codg AND l.at > c.counted_at)
+                    END)::bigint AS balance,  -- sums of bigint are numeric: whole units, as ints
+                   (CASE WHEN c.counted IS NOT NULL THEN
+                        coalesce(e.counted, 0)
+                        + (SELECT coalesce(sum(l.delta), 0) FROM live l
+                           WHERE l.med_list_codg = i.med_list_codg AND l.at <= c.counted_at
+                             AND (e.at IS NULL OR l.at > e.at))
+                    END)::bigint AS balance_before_count
             FROM items i LEFT JOIN kinds k USING (med_list_codg) LEFT JOIN counts c USING (med_list_codg)
                  LEFT JOIN earlier e USING (med_list_codg)
             ORDER BY i.med_list_codg""",  # noqa: S608

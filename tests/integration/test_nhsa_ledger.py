@@ -356,6 +356,7 @@ async def test_queries(admin: Api) -> None:
     assert out["infcode"] == 0, out
     [stock] = out["output"]["data"]
     assert stock["invCnt"] == 0
+    assert stock["ledgerBalance"] == 0  # a number, as invCnt (it was the string "0")
     assert stock["fixmedinsBchno"] == "K600"
     assert stock["medListCodg"] == MED
     out = await nhsa(p2, envelope("3511", {"data": span}))

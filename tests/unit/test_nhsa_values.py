@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from service.interop.nhsa.envelope import FieldError, calendar_date, china_time
+from service.interop.nhsa.envelope import FieldError, calendar_date, china_time, flag01, whole_units
+from service.interop.nhsa.sales import kept_row
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,57 @@ def test_china_time(value: object, expected: datetime | str) -> None:
 def test_calendar_date_answers_the_same_each_time(value: str, expected: date | str) -> None:
     for _ in range(2):  # the second answer comes from the cache
         _answers(calendar_date, value, "manu_date", expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (24, 24),
+        ("24", 24),
+        (" 24.0000 ", 24),
+        ("\u0662\u0664", "not a number"),  # Arabic-Indic digits: Decimal reads them, we do not
+        ("\uff12\uff14", "not a number"),  # full-width digits
+        ("2.5", "whole number"),
+        (0, "between 1 and"),
+        (True, "must be a number"),
+        ("", "not a number"),
+    ],
+)
+def test_whole_units_reads_ascii_digits_only(value: object, expected: int | str) -> None:
+    _answers(whole_units, value, "sel_retn_cnt", expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        (0, False),
+        (" 1 ", True),
+        (True, "must be 0 or 1, not true"),
+        ("2", "must be 0 or 1"),
+        (None, "is required"),
+    ],
+)
+def test_flag01(value: object, expected: bool | str) -> None:
+    """A JSON true is not read as absent ("is required" misled the sender)."""
+    _answers(flag01, value, "trdn_flag", expected)
+
+
+def test_kept_row_drops_the_person_also_inside_trace_code_items() -> None:
+    row = {
+        "fixmedins_bchno": "B1",
+        "psn_no": "45000012345678",
+        "drugtracinfo": [
+            {"drug_trac_codg": "83012345678901234567", "PSN_NO": "45000012345678", "certno": "4501"}
+        ],
+    }
+    kept = kept_row(row)
+    assert kept == {"fixmedins_bchno": "B1", "drugtracinfo": [{"drug_trac_codg": "83012345678901234567"}]}
+    assert "psn_no" in row  # the row as read is left alone
+    single = {"fixmedins_bchno": "B2", "drugtracinfo": {"drug_trac_codg": "8301", "psn_name": "x"}}
+    assert kept_row(single)["drugtracinfo"] == {"drug_trac_codg": "8301"}
+    plain = {"fixmedins_bchno": "B3", "drugtracinfo": [{"drug_trac_codg": "8301"}]}
+    assert kept_row(plain) is plain
 
 
 def _answers(read: Callable[[Any, str], object], value: object, field: str, expected: object) -> None:

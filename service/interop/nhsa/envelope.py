@@ -166,12 +166,16 @@ def optional_text(row: dict[str, Any], key: str, field: str, max_length: int | N
     return required_text(row, key, field, max_length)
 
 
+# ASCII digits only: Python's \d and Decimal also read other scripts' digits (٢٤, ２４)
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+
 def number(value: Any, field: str) -> Decimal:
     """A quantity or price: a JSON number or a numeric string ("24", "24.0000")."""
     if isinstance(value, bool) or value is None:
         raise FieldError(field, "is required" if value is None else "must be a number")
     raw = value.strip() if isinstance(value, str) else value
-    if isinstance(raw, str) and not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", raw):
+    if isinstance(raw, str) and not _NUMBER.fullmatch(raw):
         raise FieldError(field, f"is not a number: {value!r}")
     if not isinstance(raw, str | int | float):
         raise FieldError(field, "must be a number")
@@ -200,6 +204,8 @@ def flag01(value: Any, field: str) -> bool:
     """A 0/1 flag, sent as "0"/"1" or 0/1."""
     if value in ("0", "1") and type(value) is str:
         return bool(value == "1")  # the common case first
+    if isinstance(value, bool):  # JSON true/false: not absent, and not 0/1 either
+        raise FieldError(field, f"must be 0 or 1, not {str(value).lower()}")
     got = text(value)
     if got is None:
         raise FieldError(field, "is required")
@@ -208,9 +214,9 @@ def flag01(value: Any, field: str) -> bool:
     return got == "1"
 
 
-_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?")
+_DATETIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,6})?")
 _CHINA_OFFSET = datetime(2000, 1, 1, tzinfo=CHINA).isoformat()[-6:]  # "+08:00"
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}( [0-9]{2}:[0-9]{2}:[0-9]{2})?")
 
 
 def china_time(value: Any, field: str) -> datetime:

@@ -113,13 +113,25 @@ _PERSON = frozenset(PERSON_FIELDS)
 
 
 def kept_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as kept with the ledger: the person is never stored."""
-    if _PERSON.isdisjoint(row):
+    """The row as kept with the ledger: the person is never stored, also where a system
+    repeats the person's fields in each trace-code item."""
+    items = row.get("drugtracinfo")
+    nested = isinstance(items, list | dict) and any(
+        isinstance(item, dict) and not _PERSON.isdisjoint(k.lower() for k in item)
+        for item in (items if isinstance(items, list) else [items])
+    )
+    if _PERSON.isdisjoint(row) and not nested:
         return row
-    out = row.copy()
-    for key in PERSON_FIELDS:
-        out.pop(key, None)
+    out = {k: v for k, v in row.items() if k not in _PERSON}
+    if nested:
+        out["drugtracinfo"] = (
+            [_without_person(i) for i in items] if isinstance(items, list) else _without_person(items)
+        )
     return out
+
+
+def _without_person(item: Any) -> Any:
+    return {k: v for k, v in item.items() if k.lower() not in _PERSON} if isinstance(item, dict) else item
 
 
 Build = Callable[[Envelope, str, datetime, bytes, int, str, dict[str, Any]], Record]
