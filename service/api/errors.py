@@ -170,16 +170,47 @@ def plugin() -> ProblemDetailsPlugin:
 
 async def refuse_nul_and_bad_text(request: Request[Any, Any, Any]) -> None:
     """PostgreSQL text cannot hold NUL, and every body must be UTF-8: refuse both up
-    front with a 400 rather than failing deep inside a statement."""
-    if "\x00" in request.scope["path"] or b"%00" in request.scope.get("query_string", b""):
-        raise bad_input("url", "NUL characters are not allowed")
+    front with a 400 naming the field rather than failing deep inside a statement."""
+    await refuse_nul_in_url(request)
     if request.method in ("POST", "PATCH", "PUT"):
         body = await request.body()
         if request.route_handler.parsed_data_field is not None:  # the route decodes JSON
             _refuse_non_json(request.headers.get("content-type"), body)
         problem = text_problem(body)
         if problem is not None:
-            raise bad_input("body", problem)
+            raise bad_input(text_field(body), problem)
+
+
+async def refuse_nul_in_url(request: Request[Any, Any, Any]) -> None:
+    """The URL part of the checks, for a route that answers bad bodies in its own format
+    (NHSA's envelope)."""
+    if "\x00" in request.scope["path"] or b"%00" in request.scope.get("query_string", b""):
+        raise bad_input("url", "NUL characters are not allowed")
+
+
+def text_field(body: bytes) -> str:
+    """Where ``text_problem`` found its problem: the JSON path of the first key or
+    string that holds a NUL (``lines[0].codes[1]``), else ``body``."""
+    try:
+        return _nul_path(msgspec.json.decode(body), "") or "body"
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return "body"
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else k, k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", "", v) for i, v in enumerate(value))
+    for where, key, v in items:
+        if "\x00" in key:
+            return where
+        if (found := _nul_path(v, where)) is not None:
+            return found
+    return None
 
 
 def text_problem(body: bytes) -> str | None:

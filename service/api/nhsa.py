@@ -14,7 +14,7 @@ from litestar.exceptions import PermissionDeniedException
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
-from service.api.errors import text_problem
+from service.api.errors import refuse_nul_in_url, text_field, text_problem
 from service.api.openapi import BEARER, WITH_BODY, problems
 from service.core.auth import Role
 from service.core.rules import CHINA
@@ -150,6 +150,8 @@ class NhsaController(Controller):
     tags = ["nhsa"]
     guards = [requires(Role.ORG)]
     security = BEARER
+    # the app's body checks (NUL, UTF-8) are the handler's: answered in the envelope
+    before_request = staticmethod(refuse_nul_in_url)
 
     @post("/", status_code=200, responses=problems(*WITH_BODY))
     async def upload(self, request: Request[Any, Any, Any], services: Services) -> NhsaOut:
@@ -160,8 +162,12 @@ class NhsaController(Controller):
         and then nothing is stored)."""
         received = datetime.now(UTC)
         principal = principal_of(request)
+        raw = await request.body()
+        if (problem := text_problem(raw)) is not None:  # the app's check, answered in the envelope
+            field = text_field(raw)
+            return _answer(received, "000000", f"{'(body)' if field == 'body' else field}: {problem}", None)
         try:
-            body = msgspec.json.decode(await request.body())
+            body = msgspec.json.decode(raw)
         except msgspec.DecodeError:
             return _answer(received, "000000", "(body): is not JSON", None)
         except RecursionError:

@@ -16,7 +16,16 @@ async def test_nul_bad_utf8_and_extreme_dates_are_400(admin: Api) -> None:
     m, inv = w["keys"]["M1"], await admin.key_for("investigator")
     ins = await admin.key_for("insurer")
     nul_org = {"id": "X1", "name": "bad\u0000name", "kind": "pharmacy", "region": "450100"}
-    assert (await admin.post("/v1/orgs", nul_org)).status_code == 400
+    refused = await admin.post("/v1/orgs", nul_org)
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [
+        {"field": "name", "message": "NUL characters (\\u0000) are not allowed in text"}
+    ]
+    claim = {"setl_id": "S1", "org": "P1", "psn_no": "1", "at": "2026-03-05T10:00:00+08:00", "mode": "settle"}
+    claim["lines"] = [{"line_no": 1, "med_list_codg": "X", "quantity": 1, "codes": ["ok", "b\u0000d"]}]
+    refused = await ins.post("/v1/settlements", claim)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "lines[0].codes[1]"
     literal = {**nul_org, "name": "back\\u0000slash"}  # a backslash, then the text u0000
     assert (await admin.post("/v1/orgs", literal)).status_code == 201
     headers = {**m.headers, "content-type": "application/json"}

@@ -560,3 +560,22 @@ async def test_another_organisation_cannot_take_a_sales_event_id_first(admin: Ap
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B001", [u[0]], 24)}))
     assert out["output"]["tracecode"]["accepted"] == 1, out
     assert await _units_left(p2, u[0]) == 0
+
+
+async def test_a_nul_or_bad_utf8_in_a_row_is_answered_in_the_envelope_naming_the_field(
+    admin: Api, db: Any
+) -> None:
+    """The app refuses NUL and bytes that are not UTF-8 in every body; on /v1/nhsa the
+    refusal is the platform's envelope (it was a problem+json naming ``body``)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    row = sale("B095", [w["units"][0]], 24, psn_no="4500\u00001234")
+    out = await nhsa(p2, envelope("3505", {"selinfo": row}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.selinfo.psn_no: NUL characters"), out["err_msg"]
+    raw = json.dumps(envelope("3505", {"selinfo": sale("B096", [], 24)})).encode().replace(b"B096", b"B\xff96")
+    resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["infcode"] == -1
+    assert resp.json()["err_msg"].startswith("(body): not UTF-8"), resp.json()
+    assert await _stored_events(db) == 0
