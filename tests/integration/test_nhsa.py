@@ -573,7 +573,8 @@ async def test_a_nul_or_bad_utf8_in_a_row_is_answered_in_the_envelope_naming_the
     out = await nhsa(p2, envelope("3505", {"selinfo": row}))
     assert out["infcode"] == -1, out
     assert out["err_msg"].startswith("input.selinfo.psn_no: NUL characters"), out["err_msg"]
-    raw = json.dumps(envelope("3505", {"selinfo": sale("B096", [], 24)})).encode().replace(b"B096", b"B\xff96")
+    raw = json.dumps(envelope("3505", {"selinfo": sale("B096", [], 24)})).encode()
+    raw = raw.replace(b"B096", b"B\xff96")
     resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)
     assert resp.status_code == 200, resp.text
     assert resp.json()["infcode"] == -1
