@@ -200,11 +200,11 @@ def text_field(body: bytes) -> str:
 def _nul_path(value: Any, path: str) -> str | None:
     if isinstance(value, str):
         return (path or "body") if "\x00" in value else None
-    items: Any = ()
+    items: list[tuple[str, str, Any]] = []
     if isinstance(value, dict):
-        items = ((f"{path}.{k}" if path else k, k, v) for k, v in value.items())
+        items = [(f"{path}.{k}" if path else str(k), str(k), v) for k, v in value.items()]
     elif isinstance(value, list):
-        items = ((f"{path}[{i}]", "", v) for i, v in enumerate(value))
+        items = [(f"{path}[{i}]", "", v) for i, v in enumerate(value)]
     for where, key, v in items:
         if "\x00" in key:
             return where
