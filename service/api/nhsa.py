@@ -230,7 +230,7 @@ class NhsaController(Controller):
                 by_row.setdefault(rec.index, []).append(f"{x.code}: {x.reason}")
         row_errors = [_row_error(e.row, f"{e.field}: {e.message}") for e in errors]
         row_errors += [
-            _row_error(r.row, "trace codes refused: " + "; ".join(by_row[r.index]))
+            _row_error(r.row, f"{r.path}.drugtracinfo: trace codes refused: " + "; ".join(by_row[r.index]))
             for r in records
             if r.index in by_row
         ]
@@ -238,9 +238,7 @@ class NhsaController(Controller):
             _row_error(r.row, f"{r.path}.fixmedins_bchno: no record of this type was uploaded with it")
             for r in done.missing
         ]
-        row_errors += [
-            _row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts
-        ]
+        row_errors += [_row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts]
         unknown_or_conflicting = len(done.missing) + len(done.conflicts)
         if unknown_or_conflicting and (not env.batch or unknown_or_conflicting == len(records)):
             # no good row (the single record, or a batch whose rows all name unknown records,

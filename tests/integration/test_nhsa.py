@@ -408,7 +408,10 @@ async def test_batch_with_one_bad_row(admin: Api) -> None:
     assert errs["B071"]["msgRslt"].startswith("input.selinfoDetail[1].sel_retn_cnt:")
     assert errs["B071"]["retRslt"] == "0"
     assert errs["B071"]["med_list_codg"] == MED
-    assert "INVALID_CODE" in errs["B073"]["msgRslt"]
+    assert (
+        errs["B073"]["msgRslt"]
+        == "input.selinfoDetail[3].drugtracinfo: trace codes refused: not-a-code: INVALID_CODE"
+    )
     assert out["output"]["tracecode"]["rejected"] == [
         {"fixmedins_bchno": "B073", "code": "not-a-code", "reason": "INVALID_CODE"}
     ]
