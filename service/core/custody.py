@@ -68,7 +68,8 @@ class Fact(msgspec.Struct, frozen=True):
 
     @classmethod
     def settlement(cls, setl_id: str, at: datetime, org: str, code: str) -> Fact:
-        """A settlement of ``code``, to re-judge by event time: it changes nothing."""
+        """A settlement of ``code``, folded by event time when a history is replayed:
+        judged again as a dispense is, and it takes the pack out of its case."""
         return cls(uuid5(NAMESPACE_URL, f"settlement:{setl_id}"), "settle", at, org, (code,), setl_id=setl_id)
 
 
@@ -297,8 +298,12 @@ class World:
         container it left stays where it was (in its own pallet, say)."""
         kind = fact.type
         if kind == "settle":
+            # judged as the pack was then; sold, it leaves its case (as a dispense of it does)
             for code in fact.codes:
-                self._suspect(self.get(code, fact.at), fact)
+                s = self.get(code, fact.at)
+                self._suspect(s, fact)
+                self._detach(s)
+                self._touch(s, fact, None)
             return
         if kind in ("pack", "unpack"):
             assert fact.parent is not None

@@ -112,6 +112,8 @@ class Loaded:
     waiting_dispenses: list[Incoming]  # stored dispenses that took nothing yet, of packs commissioned now
     # events whose event_id another organisation's stored event holds: refused, not retries
     taken_elsewhere: list[Incoming] = field(default_factory=list)
+    # with the history: the standing settlements of the family's packs, folded with it
+    settled: list[Fact] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +226,14 @@ def decide(loaded: Loaded) -> Plan:
     reopen = [r for r in loaded.reopen if r.at >= earliest]
     if needs_replay(earliest, states, reopen):
         assert loaded.history is not None, "the load step reads the history when a replay is needed"
+        # every standing settlement of the packs is folded too, by its time: it takes its
+        # pack out of its case, and a late event may make it suspect (judged again, as a
+        # dispense would be); those at or after the earliest new event are re-judged
+        folded = {(f.setl_id, f.codes) for f in reopen}
+        settled = [f for f in loaded.settled if (f.setl_id, f.codes) not in folded]
+        reopen += [f for f in settled if f.at >= earliest]
         world = replay(
-            loaded.history + facts + reopen,
+            loaded.history + facts + reopen + [f for f in settled if f.at < earliest],
             keep=states,
             pack_units=pack_units,
             products=loaded.products,

@@ -8,8 +8,10 @@ from uuid import UUID
 
 import asyncpg
 
+from service.core.custody import Fact
 from service.core.events import Incoming
-from service.core.sales import Consumption, Return, Sale
+from service.core.sales import SETTLEMENT, Consumption, Return, Sale
+from service.store import codes as code_store
 from service.store import events as event_store
 from service.store.conn import Conn, RetryTransaction, distributed
 
@@ -53,6 +55,21 @@ async def of_sale(conn: Conn, sale: Sale, *, given_back: bool = False) -> list[C
         given_back,
     )
     return [_consumption(r) for r in rows]
+
+
+async def settlement_facts(conn: Conn, codes: Sequence[str]) -> list[Fact]:
+    """The settlements that took units of ``codes`` and stand (not reversed), as facts to
+    fold with the codes' events when their history is replayed: a takes made by a
+    settlement itself, not by a dispense that carries its id (that dispense is in the
+    history already)."""
+    rows = await code_store.fetch_by_shard(
+        conn,
+        """SELECT code, setl_id, org, at FROM consumptions
+           WHERE code = ANY($1::text[]) AND sale_kind = $2 AND event_id IS NULL AND reversed_at IS NULL""",
+        codes,
+        SETTLEMENT,
+    )
+    return [Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"]) for r in rows]
 
 
 async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:

@@ -211,6 +211,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
             raise _NeedsLocks  # a late event: the history is replayed with the rows locked
         family |= set(await code_store.ancestors_ever(conn, family))
         loaded.history = await event_store.facts_for(conn, family)
+        loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
 
     placeholders = rules.commissioned_now(fresh, states)
     if placeholders:

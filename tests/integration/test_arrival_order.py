@@ -285,7 +285,6 @@ async def test_a_cross_dock_received_and_shipped_in_the_same_instant(admin: Api,
     assert await _standing(w, u1) == []
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: a settlement does not take its pack out of its case")
 async def test_a_pack_settled_out_of_an_open_case_stays_sold_where_it_was_sold(admin: Api) -> None:
     """P1 receives a case, sells u1 from it by settlement (依码结算: no dispense scan), and
     sends the rest of the case back to D1. u1 did not travel back with the case: it was

@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import Api, cn20, event, received, world
+from tests.helpers import Api, at, cn20, event, received, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -543,3 +543,33 @@ async def test_promotion_leaves_a_change_committed_while_it_waited(admin: Api, d
     after = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
     assert after["status"] == "dismissed"
     assert [h["status"] for h in after["history"]][-1:] == ["dismissed"]
+
+
+async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_suspect(admin: Api) -> None:
+    """P1 settles a pack it holds (08:10, accepted, no flag). Then an upload arrives that
+    P1 had shipped that pack to H1 at 08:05: at the sale the pack was on its way to H1,
+    so the settlement is a DIVERSION, as a dispense in its place would be. It is raised
+    against the settlement, not reported to the late upload's sender (it was not judged
+    again: a paid settlement with no flag stayed as it was)."""
+    w = await world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    code = cn20(w["unit"], 21)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2))
+    body = _settle_body("S-LATE", "P1", code, 8)
+    body["at"] = at(10)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    late = await p1.events(event("ship", "P1", [code], 5, to="H1"))
+    assert late["accepted"] == 1, late
+    assert late["flags"] == []  # the settlement's flag is not this upload's
+    flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    raised = [(f["kind"], f["org"], f["refs"].get("settlements")) for f in flags]
+    assert raised == [("DIVERSION", "P1", ["S-LATE"])], flags
+    # the receiver confirms it: still a diversion (P1 sold a pack it had sent away)
+    await w["keys"]["H1"].events(event("receive", "H1", [code], 6))
+    flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    assert [f["kind"] for f in flags] == ["DIVERSION"], flags
