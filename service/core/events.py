@@ -51,8 +51,9 @@ class Incoming(msgspec.Struct, frozen=True):
     # the catalogue item a dispense was billed as (NHSA sale uploads carry it): a pack of
     # another product raises PRODUCT_MISMATCH (串换), as a settlement line does
     med_list_codg: str | None = None
-    # a return that undoes one sale: the dispense event whose units it gives back (an
-    # NHSA 3507 deletion's compensation); None for a patient's return
+    # an NHSA 3507 deletion's compensation names the event it undoes: a return, the
+    # dispense whose units it gives back; a dispense, the return whose units it takes
+    # again. None otherwise
     undoes: UUID | None = None
 
     def fact(self, codes: tuple[str, ...]) -> Fact:

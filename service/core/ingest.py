@@ -69,10 +69,11 @@ def sales_needed(
     """The packs whose recorded sales the decision reads: those a dispense names with a
     settlement id (the settlement may have taken the units already), those already used
     up when dispensed again (the evidence of a 回流药 flag), those returned (the sale a
-    return undoes), and those whose waiting dispenses and returns apply now."""
+    return undoes), those a deleted return's compensation names (what that return gave
+    back), and those whose waiting dispenses and returns apply now."""
     out = set(placeholders) | {r.code for r in waiting_returns}
     for e in events:
-        if e.type == "return" or (e.type == "dispense" and e.setl_id):
+        if e.type == "return" or (e.type == "dispense" and (e.setl_id or e.undoes)):
             out.update(e.codes)
         elif e.type == "dispense":
             out.update(c for c in e.codes if c in states and states[c].units_left == 0)
@@ -172,6 +173,7 @@ class _Book:
         self.erased: list[Consumption] = []
         self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's
         self.applied: set[tuple[UUID, str]] = set()
+        self.cancelled: set[UUID] = set()  # deleted returns: they give nothing back
 
     def sold(self, code: str, sale: Sale) -> bool:
         return (code, sale) in self.keys
@@ -180,6 +182,10 @@ class _Book:
         self.rows.append(sale)
         self.keys.add((sale.code, sale.sale))
         self.new.append(sale)
+
+    def restored_by(self, ret: UUID, code: str) -> bool:
+        """Did the return ``ret`` give back units of ``code``?"""
+        return any(r.reversed and r.reversed_by == ret and r.code == code for r in self.rows)
 
     def open_newest_first(self, codes: set[str]) -> list[Consumption]:
         return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
@@ -308,6 +314,14 @@ def _consume(
     # the earlier sales are evidence only for a pack already used up (a DUPLICATE)
     earlier = [r for r in book.rows if not r.reversed]
     for event, codes in dispenses:
+        if event.undoes is not None:
+            # a deleted return's compensation: it sells again what that return gave back,
+            # and nothing when it gave nothing back (then the return, waiting for its sale,
+            # never gives anything back)
+            codes = tuple(c for c in codes if book.restored_by(event.undoes, c))
+            if not codes:
+                book.cancelled.add(event.undoes)
+                continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         fresh = [c for c in codes if not book.sold(c, sale)]
         flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
@@ -320,7 +334,13 @@ def _consume(
     # Returns that arrived before the dispense they undo wait: each new dispense looks for them.
     wanted = {c for e, codes in sales for c in codes}
     undoing = sorted(
-        (r for r in book.returns if (r.event_id, r.code) not in book.applied and r.code in wanted),
+        (
+            r
+            for r in book.returns
+            if (r.event_id, r.code) not in book.applied
+            and r.code in wanted
+            and r.event_id not in book.cancelled
+        ),
         key=lambda r: (r.at, r.event_id),
     )
     if undoing:

@@ -47,6 +47,7 @@ class Consumption:
     at: datetime
     units: int
     reversed: bool = False
+    reversed_by: UUID | None = None  # the return that gave the units back (None: a reversal)
 
     def describe(self) -> str:
         if self.setl_id:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -117,6 +117,15 @@ async def fields(
         type_,
     )
     return {r["event_id"]: r for r in rows}
+
+
+async def undone(conn: Conn, event_ids: Sequence[UUID]) -> set[UUID]:
+    """Which of ``event_ids`` a stored event undoes (names in ``undoes``): the events of
+    records that a 3507 deletion deleted."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch("SELECT undoes FROM events WHERE undoes = ANY($1::uuid[])", list(event_ids))
+    return {r["undoes"] for r in rows}
 
 
 async def facts_for(conn: Conn, codes: Iterable[str]) -> list[Fact]:

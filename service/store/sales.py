@@ -15,7 +15,10 @@ from service.store import codes as code_store
 from service.store import events as event_store
 from service.store.conn import Conn, RetryTransaction, distributed
 
-_COLUMNS = "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed"
+_COLUMNS = (
+    "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed,"
+    " reversed_by_event"
+)
 
 
 def _consumption(row: asyncpg.Record) -> Consumption:
@@ -28,6 +31,7 @@ def _consumption(row: asyncpg.Record) -> Consumption:
         at=row["at"],
         units=row["units"],
         reversed=row["reversed"],
+        reversed_by=row["reversed_by_event"],
     )
 
 
@@ -59,7 +63,7 @@ async def of_sale(conn: Conn, sale: Sale, *, given_back: bool = False) -> list[C
 
 async def settlement_facts(conn: Conn, codes: Sequence[str]) -> list[Fact]:
     """The settlements that took units of ``codes`` and stand (not reversed), as facts to
-    fold with the codes' events when their history is replayed: a takes made by a
+    fold with the codes' events when their history is replayed: the takes made by a
     settlement itself, not by a dispense that carries its id (that dispense is in the
     history already)."""
     rows = await code_store.fetch_by_shard(
@@ -149,8 +153,9 @@ async def erase(conn: Conn, erased: Sequence[Consumption]) -> None:
 async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
     """Return events of ``codes`` that have not undone a sale yet (they arrived before
     the dispense they undo), oldest first, one per (event, code). A return that names the
-    sale it undoes never waits: that sale was stored before it. Every dispense asks:
-    one statement on plain PostgreSQL; on Citus the links on the codes' shards, then the
+    sale it undoes never waits: that sale was stored before it; nor does a return whose
+    record was deleted (a dispense names it, ``undoes``). Every dispense asks: one
+    statement on plain PostgreSQL; on Citus the links on the codes' shards, then the
     events by id (a join of the two would cross shards)."""
     if not distributed(conn):
         joined = await conn.fetch(
@@ -159,7 +164,8 @@ async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
                JOIN events e ON e.event_id = l.event_id AND e.type = 'return' AND e.undoes IS NULL
                WHERE l.code = ANY($1::text[]) AND l.role = 'c'
                  AND NOT EXISTS (SELECT 1 FROM consumptions c
-                                 WHERE c.code = l.code AND c.reversed_by_event = l.event_id)""",
+                                 WHERE c.code = l.code AND c.reversed_by_event = l.event_id)
+                 AND NOT EXISTS (SELECT 1 FROM events d WHERE d.undoes = e.event_id)""",
             list(codes),
         )
         found = [Return(r["event_id"], r["org"], r["at"], r["setl_id"], r["code"]) for r in joined]
@@ -172,10 +178,13 @@ async def unapplied_returns(conn: Conn, codes: Sequence[str]) -> list[Return]:
         list(codes),
     )
     returns = await event_store.fields(conn, [r["event_id"] for r in rows], "return")
+    deleted = await event_store.undone(conn, [i for i, e in returns.items() if e["undoes"] is None])
     found = [
         Return(e["event_id"], e["org"], e["at"], e["setl_id"], r["code"])
         for r in rows
-        if (e := returns.get(r["event_id"])) is not None and e["undoes"] is None
+        if (e := returns.get(r["event_id"])) is not None
+        and e["undoes"] is None
+        and e["event_id"] not in deleted
     ]
     return sorted(found, key=_oldest_first)
 

@@ -239,7 +239,9 @@ def _compensations(
     so that it gives back the units that very sale took, and nothing when it took
     nothing (a resend of a settled sale, a DUPLICATE, a sale returned already). A sale
     whose ``setl_id`` names a settlement that stands is not undone: the units are the
-    settlement's, until the insurer reverses it.
+    settlement's, until the insurer reverses it. A deleted return: one dispense per event
+    of the record, naming that event, which sells again what it gave back, and nothing
+    when it gave nothing back.
 
     ⚠ Only sales and returns are undone so: a 3502 record's receive, ship or destroy is a
     scan of a physical move, and its deletion changes the ledger only."""
@@ -274,11 +276,15 @@ def _compensations(
                 for original, packs in sold
             ]
             continue
-        # a deleted return: its packs are sold again, as a sale of their own (the sale the
-        # return undid keeps its reversal; under its setl_id it could not consume again)
-        original = ids[0] if ids else uuid5(NAMESPACE, "+".join(codes))
-        event_id = compensation_id(org, interface, bchno, original)
-        out.append(Incoming(event_id, "dispense", at, org, codes, ref=ref))
+        # a deleted return (one event per pack): what each event gave back is sold again,
+        # as a sale of its own (the sale the return undid keeps its reversal: under its
+        # setl_id it could not consume again); an event that gave nothing back, waiting
+        # for its sale or matching none, gives nothing back later either
+        out += [
+            Incoming(compensation_id(org, interface, bchno, original), "dispense", at, org, (code,), ref=ref,
+                     undoes=original)
+            for original, code in zip(ids, codes, strict=True)
+        ]  # fmt: skip
     return out
 
 

@@ -172,6 +172,39 @@ async def test_deleting_a_return_that_named_its_settlement_sells_the_pack_again(
     assert await _units_left(p2, u[0]) == 0
 
 
+async def test_deleting_a_return_that_gave_nothing_back_leaves_the_pack(admin: Api) -> None:
+    """A return of a pack this pharmacy never sold gave nothing back (it waits for a sale
+    that does not come). Deleting it sold the pack (a dispense as a sale of its own): a
+    shelf pack consumed, and its next genuine sale refused. Now it sells nothing, and the
+    deleted return never gives anything back: not to the pack's next sale either."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    ret = sale_return("R040", [u[1]], 24, sel_retn_time="2026-03-06 09:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": ret})))["infcode"] == 0
+    assert await _units_left(p2, u[1]) == 24
+    await delete_sale(p2, "R040")
+    assert await _units_left(p2, u[1]) == 24
+    # a sale dated before the deleted return comes later: it is not undone
+    early = sale("Z041", [u[1]], 24, sel_retn_time=MARCH_5_10)
+    out = await nhsa(p2, envelope("3505", {"selinfo": early}))
+    assert out["output"]["tracecode"]["accepted"] == 1, out
+    assert out["output"]["tracecode"]["flags"] == [], out
+    assert await _units_left(p2, u[1]) == 0
+
+
+async def test_deleting_one_return_of_two_packs_sells_again_only_what_it_gave_back(admin: Api) -> None:
+    """R050 returns u0 (sold under X050) and u1 (never sold here): deleting it sells u0
+    again and leaves u1 on the shelf."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("X050", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
+    ret = sale_return("R050", [u[0], u[1]], 48, sel_retn_time="2026-03-06 09:00:00")
+    await nhsa(p2, envelope("3506", {"selinfo": ret}))
+    assert [await _units_left(p2, c) for c in u[:2]] == [24, 24]
+    await delete_sale(p2, "R050")
+    assert [await _units_left(p2, c) for c in u[:2]] == [0, 24]
+
+
 async def test_a_settlement_committed_while_a_deletion_is_worked_out_keeps_its_units(
     admin: Api, db_url: str, monkeypatch: Any
 ) -> None:
