@@ -65,12 +65,15 @@ class Fact(msgspec.Struct, frozen=True):
     expiry: date | None = None
     produced: date | None = None
     setl_id: str | None = None  # only for "settle" facts
+    sold: bool = False  # a "settle" fact whose settlement took units of the pack
 
     @classmethod
-    def settlement(cls, setl_id: str, at: datetime, org: str, code: str) -> Fact:
+    def settlement(cls, setl_id: str, at: datetime, org: str, code: str, *, sold: bool = False) -> Fact:
         """A settlement of ``code``, folded by event time when a history is replayed:
-        judged again as a dispense is, and it takes the pack out of its case."""
-        return cls(uuid5(NAMESPACE_URL, f"settlement:{setl_id}"), "settle", at, org, (code,), setl_id=setl_id)
+        judged again as a dispense is; one that took units (``sold``, a refunded or
+        returned sale too) took the pack out of its case."""
+        event_id = uuid5(NAMESPACE_URL, f"settlement:{setl_id}")
+        return cls(event_id, "settle", at, org, (code,), setl_id=setl_id, sold=sold)
 
 
 def sort_key(fact: Fact) -> tuple[datetime, int, int]:
@@ -302,8 +305,9 @@ class World:
             for code in fact.codes:
                 s = self.get(code, fact.at)
                 self._suspect(s, fact)
-                self._detach(s)
-                self._touch(s, fact, None)
+                if fact.sold:  # a refused line took nothing: the pack stays where it was
+                    self._detach(s)
+                    self._touch(s, fact, None)
             return
         if kind in ("pack", "unpack"):
             assert fact.parent is not None

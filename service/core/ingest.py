@@ -141,6 +141,7 @@ class Plan:
     consumptions: list[Consumption] = field(default_factory=list)
     reversals: list[tuple[Consumption, UUID]] = field(default_factory=list)  # (sale, the return)
     erased: list[Consumption] = field(default_factory=list)  # stored takes of deleted records
+    reopened: list[Consumption] = field(default_factory=list)  # takes whose return was deleted
     flags: list[NewFlag] = field(default_factory=list)
     reported: list[FlagKey] = field(default_factory=list)  # flags this request's events raised
     clear: AutoClear | None = None
@@ -158,7 +159,13 @@ def moves_only(plan: Plan) -> bool:
     without having locked what it read, provided none of it changed since
     (``usecases.events``)."""
     return not (
-        plan.flags or plan.new_codes or plan.containment or plan.reversals or plan.erased or plan.replayed
+        plan.flags
+        or plan.new_codes
+        or plan.containment
+        or plan.reversals
+        or plan.erased
+        or plan.reopened
+        or plan.replayed
     )
 
 
@@ -171,6 +178,7 @@ class _Book:
         self.new: list[Consumption] = []
         self.reversals: list[tuple[Consumption, UUID]] = []
         self.erased: list[Consumption] = []
+        self.reopened: list[Consumption] = []
         self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's
         self.applied: set[tuple[UUID, str]] = set()
         self.cancelled: set[UUID] = set()  # deleted returns: they give nothing back
@@ -183,9 +191,15 @@ class _Book:
         self.keys.add((sale.code, sale.sale))
         self.new.append(sale)
 
-    def restored_by(self, ret: UUID, code: str) -> bool:
-        """Did the return ``ret`` give back units of ``code``?"""
-        return any(r.reversed and r.reversed_by == ret and r.code == code for r in self.rows)
+    def given_back_by(self, ret: UUID, codes: Iterable[str]) -> list[Consumption]:
+        """The takes of ``codes`` that the return ``ret`` gave back."""
+        wanted = set(codes)
+        return [r for r in self.rows if r.reversed and r.reversed_by == ret and r.code in wanted]
+
+    def reopen(self, take: Consumption) -> None:
+        """The return that gave ``take`` back was deleted: the sale stands again."""
+        take.reversed, take.reversed_by = False, None
+        self.reopened.append(take)
 
     def open_newest_first(self, codes: set[str]) -> list[Consumption]:
         return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
@@ -201,11 +215,16 @@ class _Book:
         if by.undoes is None:
             self.reversals.append((sold, by.event_id))
             return
-        self.keys.discard((sold.code, sold.sale))
-        kept = [n for n in self.new if n is not sold]
+        self.erase(sold)
+
+    def erase(self, take: Consumption) -> None:
+        """The record of the sale that took it was deleted: the take goes (erased)."""
+        self.keys.discard((take.code, take.sale))
+        kept = [n for n in self.new if n is not take]
         if len(kept) == len(self.new):  # stored: delete it
-            self.erased.append(sold)
+            self.erased.append(take)
         self.new = kept
+        self.rows = [r for r in self.rows if r is not take]
 
 
 def decide(loaded: Loaded) -> Plan:
@@ -232,14 +251,15 @@ def decide(loaded: Loaded) -> Plan:
     reopen = [r for r in loaded.reopen if r.at >= earliest]
     if needs_replay(earliest, states, reopen):
         assert loaded.history is not None, "the load step reads the history when a replay is needed"
-        # every standing settlement of the packs is folded too, by its time: it takes its
-        # pack out of its case, and a late event may make it suspect (judged again, as a
-        # dispense would be); those at or after the earliest new event are re-judged
-        folded = {(f.setl_id, f.codes) for f in reopen}
-        settled = [f for f in loaded.settled if (f.setl_id, f.codes) not in folded]
-        reopen += [f for f in settled if f.at >= earliest]
+        # every settlement that took units of the packs is folded too, by its time: it
+        # took its pack out of its case, and a late event may make it suspect (judged
+        # again, as a dispense would be); those at or after the earliest new event are
+        # re-judged. A flagged one that also took units is folded once, as a sale.
+        sold = {(f.setl_id, f.codes) for f in loaded.settled}
+        reopen = [f for f in reopen if (f.setl_id, f.codes) not in sold]
+        reopen += [f for f in loaded.settled if f.at >= earliest]
         world = replay(
-            loaded.history + facts + reopen + [f for f in settled if f.at < earliest],
+            loaded.history + facts + reopen + [f for f in loaded.settled if f.at < earliest],
             keep=states,
             pack_units=pack_units,
             products=loaded.products,
@@ -295,6 +315,7 @@ def decide(loaded: Loaded) -> Plan:
     plan.consumptions = book.new
     plan.reversals = book.reversals
     plan.erased = book.erased
+    plan.reopened = book.reopened
     return plan
 
 
@@ -314,19 +335,16 @@ def _consume(
     # the earlier sales are evidence only for a pack already used up (a DUPLICATE)
     earlier = [r for r in book.rows if not r.reversed]
     for event, codes in dispenses:
+        quantity = event.quantity
         if event.undoes is not None:
-            # a deleted return's compensation: it sells again what that return gave back,
-            # and nothing when it gave nothing back (then the return, waiting for its sale,
-            # never gives anything back)
-            codes = tuple(c for c in codes if book.restored_by(event.undoes, c))
+            codes, quantity = _undo_return(event.undoes, codes, world, book)
             if not codes:
-                book.cancelled.add(event.undoes)
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         fresh = [c for c in codes if not book.sold(c, sale)]
         flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
         left = {c: world.states[c].units_left or 0 for c in fresh}
-        taken = draw(left, fresh, event.quantity)
+        taken = draw(left, fresh, quantity)
         for code, units in taken:
             book.add(Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units))
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
@@ -348,7 +366,38 @@ def _consume(
         for ret, sold in match_returns(undoing, open_sales):
             book.give_back(sold, ret)
             world.changed |= move_units(world.states, [(sold.code, sold.units)])
+        # a deleted sale whose take a patient's return gave back already: the take goes,
+        # and the units stay where the return put them
+        for ret in undoing:
+            if ret.undoes is not None and (ret.event_id, ret.code) not in book.applied:
+                gone = [r for r in book.rows if r.reversed and (r.event_id, r.code) == (ret.undoes, ret.code)]
+                for take in gone:
+                    book.applied.add((ret.event_id, ret.code))
+                    book.erase(take)
     return flags
+
+
+def _undo_return(
+    ret: UUID, codes: tuple[str, ...], world: World, book: _Book
+) -> tuple[tuple[str, ...], int | None]:
+    """A deleted return's compensation (a dispense naming the return): the takes that
+    return gave back stand again, where their packs still hold the units. What a pack no
+    longer holds (sold again since) is sold again as the compensation's own sale of those
+    units, judged as a dispense (a pack used up: DUPLICATE): returned are (those codes,
+    the units). A return that gave nothing back never gives anything back (it may be
+    waiting for its sale)."""
+    back = book.given_back_by(ret, codes)
+    if not back:
+        book.cancelled.add(ret)
+        return (), None
+    again = []
+    for take in back:
+        if (world.states[take.code].units_left or 0) >= take.units:
+            book.reopen(take)
+            world.changed |= move_units(world.states, [(take.code, -take.units)])
+        else:
+            again.append(take)
+    return tuple(t.code for t in again), sum(t.units for t in again) or None
 
 
 def _mark_recalled(world: World, facts: Sequence[Fact], recalled: set[tuple[str, str]]) -> None:

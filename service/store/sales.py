@@ -62,18 +62,18 @@ async def of_sale(conn: Conn, sale: Sale, *, given_back: bool = False) -> list[C
 
 
 async def settlement_facts(conn: Conn, codes: Sequence[str]) -> list[Fact]:
-    """The settlements that took units of ``codes`` and stand (not reversed), as facts to
-    fold with the codes' events when their history is replayed: the takes made by a
-    settlement itself, not by a dispense that carries its id (that dispense is in the
-    history already)."""
+    """The settlements that took units of ``codes``, as facts to fold with the codes'
+    events when their history is replayed: the takes made by a settlement itself, not by
+    a dispense that carries its id (that dispense is in the history already), standing
+    or given back since (the pack left its case when it was sold)."""
     rows = await code_store.fetch_by_shard(
         conn,
         """SELECT code, setl_id, org, at FROM consumptions
-           WHERE code = ANY($1::text[]) AND sale_kind = $2 AND event_id IS NULL AND reversed_at IS NULL""",
+           WHERE code = ANY($1::text[]) AND sale_kind = $2 AND event_id IS NULL""",
         codes,
         SETTLEMENT,
     )
-    return [Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"]) for r in rows]
+    return [Fact.settlement(r["setl_id"], r["at"], r["org"], r["code"], sold=True) for r in rows]
 
 
 async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
@@ -129,6 +129,22 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
         [c.sale.kind for c, _ in undone],
         [c.sale.id for c, _ in undone],
         [by for _, by in undone],
+    )
+
+
+async def reopen(conn: Conn, takes: Sequence[Consumption]) -> None:
+    """The takes whose return was deleted (NHSA 3507) stand again. The caller holds the
+    packs' row locks."""
+    if not takes:
+        return
+    await conn.execute(
+        """UPDATE consumptions c SET reversed_at = NULL, reversed_by_event = NULL
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS i(code, kind, id)
+           WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id AND c.reversed_at IS NOT NULL
+             AND c.code = ANY($1::text[])""",
+        [c.code for c in takes],
+        [c.sale.kind for c in takes],
+        [c.sale.id for c in takes],
     )
 
 
@@ -195,9 +211,13 @@ def _oldest_first(r: Return) -> tuple[Any, ...]:
 
 async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
     """Dispense events of ``codes`` that consumed nothing yet (they arrived before the
-    code was commissioned), oldest first, one per event with its codes in order."""
+    code was commissioned), oldest first, one per event with its codes in order. Not
+    those of deleted records (a return names them, ``undoes``), nor a deleted return's
+    compensation (it sells only what that return gave back, which was nothing)."""
     linked = [(code, event_id) for code, event_id, named in await event_store.links(conn, codes) if named]
-    dispenses = await event_store.fields(conn, [event_id for _, event_id in linked], "dispense")
+    found = await event_store.fields(conn, [event_id for _, event_id in linked], "dispense")
+    deleted = await event_store.undone(conn, list(found))
+    dispenses = {i: e for i, e in found.items() if i not in deleted and e["undoes"] is None}
     if not dispenses:
         return []
     taken = await of_codes(conn, codes, open_only=False)

@@ -242,6 +242,7 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
     await sale_store.record(conn, plan.consumptions)
     await sale_store.reverse(conn, plan.reversals)
     await sale_store.erase(conn, plan.erased)
+    await sale_store.reopen(conn, plan.reopened)
     raised = await flag_store.raise_flags(conn, plan.flags)
     if plan.clear is not None:
         await flag_store.auto_clear(

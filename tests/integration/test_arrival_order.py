@@ -310,3 +310,58 @@ async def test_a_pack_settled_out_of_an_open_case_stays_sold_where_it_was_sold(a
     out = await admin.events(event("return", "P1", [u1], 30, setl_id="S-CASE-1"))
     raised = [f["kind"] for f in out["flags"]]
     assert (custody, raised) == (("P1", None, 0), [])
+
+
+async def _case_at(admin: Api, w: dict[str, Any], n: int, to: str | None) -> tuple[str, str, str]:
+    """u1 and u2 packed in a case by M1 and shipped (to ``to``, received there when given)."""
+    u1, u2, box = cn20(UNIT, n), cn20(UNIT, n + 1), sscc(n)
+    events = [
+        event("commission", "M1", [u1, u2], 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", [u1, u2], 1, parent=box),
+        event("ship", "M1", [box], 2, to=to or "D1"),
+    ]
+    if to is not None:
+        events.append(event("receive", to, [box], 3))
+    await _send(admin, events)
+    return u1, u2, box
+
+
+async def test_a_refused_settlement_leaves_its_pack_in_its_case_when_history_is_replayed(admin: Api) -> None:
+    """P1 bills u1 while the case is on its way to D1: refused (NOT_IN_CUSTODY). A late
+    upload replays the history; the refused settlement is judged again but sold nothing,
+    so u1 stays in the case, travels with it to P1, and P1's sale of it is paid."""
+    w = await _world(admin)
+    u1, _, box = await _case_at(admin, w, 620, None)
+    bad = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-REFUSED", u1, 10))
+    assert bad["decision"] == "rejected", bad
+    await _send(admin, [event("receive", "D1", [box], 5)])  # late: dated before the settlement
+    await _send(admin, [event("ship", "D1", [box], 20, to="P1"), event("receive", "P1", [box], 21)])
+    h = await w["inv"].ok("GET", f"/v1/codes/{u1}/history")
+    assert (h["custodian"], h["container"]) == ("P1", box)
+    good = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-PAID", u1, 30))
+    assert good["decision"] == "accepted", good
+
+
+@pytest.mark.parametrize("given_back", ["reversal", "return"])
+async def test_a_pack_sold_then_given_back_stays_out_of_its_case_when_history_is_replayed(
+    admin: Api, given_back: str
+) -> None:
+    """Sold out of the case at P1, then refunded (or returned by the patient): the pack
+    is loose on P1's shelf. A replay of the history (a late re-scan of the case dated
+    before the sale) must not put it back into the case, which D1 now holds."""
+    w = await _world(admin)
+    u1, _, box = await _case_at(admin, w, 630 if given_back == "reversal" else 640, "P1")
+    setl_id = f"S-BACK-{given_back}"
+    sold = await w["insurer"].ok("POST", "/v1/settlements", pack_claim(setl_id, u1, 10))
+    assert sold["decision"] == "accepted", sold
+    await _send(admin, [event("ship", "P1", [box], 20, to="D1"), event("receive", "D1", [box], 21)])
+    if given_back == "reversal":
+        await w["insurer"].ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
+    else:
+        await _send(admin, [event("return", "P1", [u1], 30, setl_id=setl_id)])
+    before = await _state(w, u1)
+    await _send(admin, [event("receive", "P1", [box], 4)])  # late: a replay
+    assert await _state(w, u1) == before
+    assert before[:2] == ("received", "P1")
+    again = await w["insurer"].ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-2", u1, 40))
+    assert again["decision"] == "accepted", again

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api
+from tests.helpers import Api, cn20, event
 from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale, sale_return
 from tests.integration.test_nhsa_ledger import deletion
 
@@ -203,6 +203,62 @@ async def test_deleting_one_return_of_two_packs_sells_again_only_what_it_gave_ba
     assert [await _units_left(p2, c) for c in u[:2]] == [24, 24]
     await delete_sale(p2, "R050")
     assert [await _units_left(p2, c) for c in u[:2]] == [0, 24]
+
+
+@pytest.mark.parametrize("interface", ["3505", "3506"])
+async def test_a_deleted_record_of_a_code_not_yet_commissioned_sells_nothing_when_it_is(
+    admin: Api, interface: str
+) -> None:
+    """A sale (or return) of a code the service does not know yet waits for its
+    commission; deleted before that, it never takes anything (its waiting dispense was
+    applied as a sale once the commission came)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    code = cn20(w["unit"], 90 if interface == "3505" else 91)
+    row = sale("Z090", [code], 24) if interface == "3505" else sale_return("R090", [code], 24)
+    assert (await nhsa(p2, envelope(interface, {"selinfo": row})))["infcode"] == 0
+    await delete_sale(p2, row["fixmedins_bchno"])
+    await w["keys"]["M1"].events(event("commission", "M1", [code], 3, lot="L1", expiry="2028-12-31"))
+    assert await _units_left(p2, code) == 24
+
+
+@pytest.mark.parametrize("order", ["return first", "sale first", "one batch"])
+async def test_deleting_a_sale_and_its_return_leaves_the_pack_as_it_was(admin: Api, order: str) -> None:
+    """Both records stop counting, in whichever order they are deleted: the pack is on the
+    shelf, whole (it was sold again by the return's deletion, and the sale's deletion then
+    found its take given back already)."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("Z80", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
+    ret = sale_return("R80", [u[0]], 24, sel_retn_time="2026-03-06 10:00:00")
+    await nhsa(p2, envelope("3506", {"selinfo": ret}))
+    assert await _units_left(p2, u[0]) == 24
+    if order == "one batch":
+        out = await nhsa(p2, envelope("3507A", {"goodDetail": [deletion("Z80", "4"), deletion("R80", "4")]}))
+        assert sorted(out["output"]["tracecode"]["deleted"]) == ["R80", "Z80"], out
+    else:
+        for bchno in ("R80", "Z80") if order == "return first" else ("Z80", "R80"):
+            await delete_sale(p2, bchno)
+    assert await _units_left(p2, u[0]) == 24
+    # and the pack sells as any shelf pack does
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("Z81", [u[0]], 24, sel_retn_time=MARCH_5_11)}))
+    assert out["output"]["tracecode"]["flags"] == [], out
+    assert await _units_left(p2, u[0]) == 0
+
+
+async def test_deleting_the_return_of_a_split_sale_takes_again_only_its_units(admin: Api) -> None:
+    """6 units sold, returned, then 10 sold from the pack: deleting the return makes the
+    6-unit sale stand again, so 8 are left (it took the whole pack's remainder)."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("X90", [u[1]], 6, split="1", sel_retn_time=MARCH_5_10)}))
+    ret = sale_return("R90", [u[1]], 6, sel_retn_time="2026-03-06 10:00:00")
+    await nhsa(p2, envelope("3506", {"selinfo": ret}))
+    later = sale("X91", [u[1]], 10, split="1", sel_retn_time="2026-03-06 11:00:00")
+    await nhsa(p2, envelope("3505", {"selinfo": later}))
+    assert await _units_left(p2, u[1]) == 14
+    await delete_sale(p2, "R90")
+    assert await _units_left(p2, u[1]) == 8
 
 
 async def test_a_settlement_committed_while_a_deletion_is_worked_out_keeps_its_units(

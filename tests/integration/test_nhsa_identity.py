@@ -80,7 +80,8 @@ async def test_a_code_corrected_under_the_same_serial_is_not_taken(admin: Api) -
 
 
 async def test_a_record_resent_in_another_spelling_is_one_fact(admin: Api) -> None:
-    """A till's retry may be serialised anew: numbers for numeric strings, null or a
+    """A till's retry may be serialised anew: numbers for numeric strings (or "48.0000"
+    for 48, "12.50" for 12.5), null or a
     missing key for "", the legacy drug_trac_codg for drugtracinfo, the packs of a
     whole-pack sale in another order. It is the same record: its events duplicates,
     nothing refused (it was refused as "other contents")."""
@@ -91,7 +92,7 @@ async def test_a_record_resent_in_another_spelling_is_one_fact(admin: Api) -> No
     assert out["infcode"] == 0, out
     assert out["output"]["tracecode"]["accepted"] == 2, out
     respelled = copy.deepcopy(first)
-    respelled.update(rx_flag=1, trdn_flag=0, sel_retn_cnt="48", finl_trns_pric="12.5", rxno=None)
+    respelled.update(rx_flag=1, trdn_flag=0, sel_retn_cnt="48.0000", finl_trns_pric="12.50", rxno=None)
     del respelled["memo"]
     respelled["drugtracinfo"] = [{"drug_trac_codg": u[1]}]
     respelled["drug_trac_codg"] = u[0]

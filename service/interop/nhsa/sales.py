@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from hashlib import sha1, sha256
 from typing import Any
 from uuid import UUID
@@ -199,12 +200,14 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
 
 
 _CODE_FIELDS = frozenset(("drugtracinfo", "drug_trac_codg"))
+_NUMERIC = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
 
 def same_record(first: dict[str, Any], again: dict[str, Any]) -> bool:
     """Is ``again`` the record ``first`` sent once more (rows as kept: keys in lower case,
     no person fields)? Compared as read, not as spelled: a number for the string of its
-    digits, "" or null for a missing field, the legacy ``drug_trac_codg`` for
+    digits, a number in another form (24, "24.0000"; "12.5", "12.50"), "" or null for a
+    missing field, the legacy ``drug_trac_codg`` for
     ``drugtracinfo``, a code in another of its forms (GS1 element string, CN20). A code
     of a split sale in another place is another record (a split sale draws its units in
     the order listed); the packs of a whole-pack sale may come in any order."""
@@ -216,12 +219,14 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
     for key, value in row.items():
         if key in _CODE_FIELDS:
             continue
-        read = value if isinstance(value, list | dict) else text(value)
+        read: Any = value if isinstance(value, list | dict) else text(value)
+        if isinstance(read, str) and _NUMERIC.fullmatch(read):
+            read = Decimal(read)  # compared by value
         if read is not None:
             out[key] = read
     try:
         codes = [_canonical(c) for c in raw_codes(row)]
-        out[" codes"] = codes if out.get("trdn_flag") == "1" else sorted(codes)
+        out[" codes"] = codes if text(row.get("trdn_flag")) == "1" else sorted(codes)
     except FieldError:  # not readable: only the same spelling is the same record
         out[" codes"] = [row.get(k) for k in sorted(_CODE_FIELDS)]
     return out
