@@ -225,7 +225,8 @@ def pack(
     last_at: datetime,
 ) -> tuple[Any, ...]:
     """A pack's ``codes`` row (service.store.codes.COLUMNS order); ``lot`` is (lot,
-    expiry, produced)."""
+    expiry, produced). ``sold_at`` is left empty: it only makes a custody event dated
+    before a seeded settlement replay the history, which the load never sends."""
     lot_no, expiry, produced = lot
     return (
         code,
@@ -245,6 +246,7 @@ def pack(
         units_left,
         False,
         last_at,
+        None,
     )
 
 
@@ -596,6 +598,7 @@ class Seeder:
                     None,
                     False,
                     case_last,
+                    None,
                 )
             )
             if rng.random() < self.p_history:
@@ -713,7 +716,7 @@ class Seeder:
             for j in range(len(codes_rows) - len(members), len(codes_rows)):
                 row = codes_rows[j]
                 if row[0] in last_of:
-                    codes_rows[j] = (*row[:16], last_of[row[0]])
+                    codes_rows[j] = (*row[:16], last_of[row[0]], *row[17:])  # last_at
 
     def _sale(
         self,

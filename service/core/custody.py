@@ -161,6 +161,10 @@ class CodeState:
     pack_units: int | None = None
     units_left: int | None = None
     recalled: bool = False
+    # the latest settlement that took units of the pack: a custody event dated before it
+    # replays the history, so the settlement is judged again (a sale's own dispense or
+    # return does not: it changes no custody)
+    sold_at: datetime | None = None
 
     def custody(self) -> tuple[object, ...]:
         """The part of the state that the fold decides (for comparing folds)."""
@@ -307,7 +311,8 @@ class World:
                 self._suspect(s, fact)
                 if fact.sold:  # a refused line took nothing: the pack stays where it was
                     self._detach(s)
-                    self._touch(s, fact, None)
+                    s.sold_at = fact.at if s.sold_at is None else max(s.sold_at, fact.at)
+                    self.changed.add(code)
             return
         if kind in ("pack", "unpack"):
             assert fact.parent is not None

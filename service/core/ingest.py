@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from uuid import UUID
 
 from service.core import flags as flag_rules
@@ -37,11 +36,22 @@ def may_explain_settlements(events: Iterable[Incoming]) -> bool:
     return any(e.type in ("commission", "ship", "receive") for e in events)
 
 
-def needs_replay(earliest: datetime, states: Mapping[str, CodeState], reopen: Sequence[Fact]) -> bool:
-    """In event-time order (every event newer than all its codes have seen, and no
-    settlement to judge again) the fold is an incremental step; otherwise the codes'
-    whole history is folded again."""
-    return bool(reopen) or any(s.last_at >= earliest for s in states.values())
+def needs_replay(
+    events: Sequence[Incoming] | Sequence[Fact], states: Mapping[str, CodeState], reopen: Sequence[Fact]
+) -> bool:
+    """In event-time order (every event newer than all its codes have seen, no custody
+    event older than a settlement that sold one of them, and no settlement to judge
+    again) the fold is an incremental step; otherwise the codes' whole history is folded
+    again. A sale's own dispense or return dated before its settlement moves no custody:
+    it changes no settlement's judgement."""
+    earliest = min(e.at for e in events)
+    moves = [e.at for e in events if e.type not in ("dispense", "return")]
+    moved_from = min(moves) if moves else None
+    return (
+        bool(reopen)
+        or any(s.last_at >= earliest for s in states.values())
+        or (moved_from is not None and any(s.sold_at and s.sold_at >= moved_from for s in states.values()))
+    )
 
 
 def commissioned_now(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:
@@ -249,7 +259,7 @@ def decide(loaded: Loaded) -> Plan:
     earliest = min(f.at for f in facts)
     # only settlements at or after this batch's earliest event: older judgements cannot change
     reopen = [r for r in loaded.reopen if r.at >= earliest]
-    if needs_replay(earliest, states, reopen):
+    if needs_replay(facts, states, reopen):
         assert loaded.history is not None, "the load step reads the history when a replay is needed"
         # every settlement that took units of the packs is folded too, by its time: it
         # took its pack out of its case, and a late event may make it suspect (judged

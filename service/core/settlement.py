@@ -532,10 +532,10 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         for code, units in drawn.items()
     ]
     changed = move_units(loaded.states, [(code, -units) for code, units in drawn.items()])
-    for code in drawn:  # a sale, as a dispense is: the pack leaves its case, and an event
-        state = loaded.states[code]  # dated before it makes the history be replayed
+    for code in drawn:  # sold, the pack leaves its case (as a dispense takes it out), and
+        state = loaded.states[code]  # a custody event dated before the sale replays the history
         state.parent = None
-        state.last_at = max(state.last_at, claim.at)
+        state.sold_at = claim.at if state.sold_at is None else max(state.sold_at, claim.at)
     flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, loaded.states, loaded.earlier)
     limits = person_limits(claim, canonical, loaded.states, loaded.products)
     purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])

@@ -31,6 +31,7 @@ COLUMNS = (
     "units_left",
     "recalled",
     "last_at",
+    "sold_at",
 )
 _TYPES = (
     "text",
@@ -49,6 +50,7 @@ _TYPES = (
     "int4",
     "int4",
     "bool",
+    "timestamptz",
     "timestamptz",
 )
 SELECT = ", ".join(COLUMNS)  # the column list of statements (also store.settlements)

@@ -206,7 +206,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     if rules.may_explain_settlements(fresh):
         loaded.reopen = await flag_store.settlement_suspicions(conn, sorted(family))
     earliest = min(e.at for e in fresh)
-    if rules.needs_replay(earliest, states, [r for r in loaded.reopen if r.at >= earliest]):
+    if rules.needs_replay(fresh, states, [r for r in loaded.reopen if r.at >= earliest]):
         if not locked:
             raise _NeedsLocks  # a late event: the history is replayed with the rows locked
         family |= set(await code_store.ancestors_ever(conn, family))

@@ -550,7 +550,8 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     P1 had shipped that pack to H1 at 08:05: at the sale the pack was on its way to H1,
     so the settlement is a DIVERSION, as a dispense in its place would be. It is raised
     against the settlement, not reported to the late upload's sender (it was not judged
-    again: a paid settlement with no flag stayed as it was)."""
+    again: a paid settlement with no flag stayed as it was). The sale's own dispense,
+    dated before the settlement, moves no custody and replays nothing."""
     w = await world(admin)
     m, p1 = w["keys"]["M1"], w["keys"]["P1"]
     code = cn20(w["unit"], 21)
@@ -563,13 +564,23 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     body["at"] = at(10)
     answer = await w["insurer"].ok("POST", "/v1/settlements", body)
     assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    replays = _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total")
+    # the sale's own dispense, dated before its settlement (a till's clock), moves no
+    # custody: no replay, and it takes nothing again
+    dispense = event("dispense", "P1", [code], 9, setl_id="S-LATE")
+    own_id = dispense["event_id"]
+    own = await p1.events(dispense)
+    assert (own["accepted"], own["flags"]) == (1, []), own
+    assert _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total") == replays
     late = await p1.events(event("ship", "P1", [code], 5, to="H1"))
     assert late["accepted"] == 1, late
+    assert _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total") == replays + 1
     assert late["flags"] == []  # the settlement's flag is not this upload's
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
-    raised = [(f["kind"], f["org"], f["refs"].get("settlements")) for f in flags]
-    assert raised == [("DIVERSION", "P1", ["S-LATE"])], flags
+    raised = sorted((f["kind"], f["org"], f["refs"].get("settlements") or f["refs"]["events"]) for f in flags)
+    # the settlement, and its sale's own dispense (both by P1, of a pack it had sent away)
+    assert raised == sorted([("DIVERSION", "P1", ["S-LATE"]), ("DIVERSION", "P1", [own_id])]), flags
     # the receiver confirms it: still a diversion (P1 sold a pack it had sent away)
     await w["keys"]["H1"].events(event("receive", "H1", [code], 6))
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
-    assert [f["kind"] for f in flags] == ["DIVERSION"], flags
+    assert [f["kind"] for f in flags] == ["DIVERSION", "DIVERSION"], flags

@@ -70,13 +70,14 @@ def test_a_settlement_is_judged_and_takes_its_pack_out_of_its_case() -> None:
     world = replay([*JOURNEY, settle, fact("ship", "P1", (CASE,), 9, 9, to="D1")], keep={}, pack_units={})
     assert world.suspicions == []
     unit = world.states[UNIT_A]
-    assert (unit.custodian, unit.parent, unit.last_at) == ("P1", None, T0 + timedelta(minutes=8))
+    assert (unit.custodian, unit.parent, unit.sold_at) == ("P1", None, T0 + timedelta(minutes=8))
+    assert unit.last_at == T0 + timedelta(minutes=7)  # a sale moves no custody
     assert world.states[UNIT_B].custodian == "P1"  # still in the case: on its way to D1
     assert world.states[UNIT_B].destination == "D1"
     # a settlement judged only (its line was refused: it took nothing) leaves the pack in its case
     refused = Fact.settlement("S3", T0 + timedelta(minutes=8), "P1", UNIT_A)
     world = replay([*JOURNEY, refused], keep={}, pack_units={})
-    assert (world.states[UNIT_A].parent, world.states[UNIT_A].last_at) == (CASE, T0 + timedelta(minutes=7))
+    assert (world.states[UNIT_A].parent, world.states[UNIT_A].sold_at) == (CASE, None)
     early = Fact.settlement("S2", T0 + timedelta(minutes=5), "P1", UNIT_A)  # before the ship to P1
     suspicious = replay([*JOURNEY, early], keep={}, pack_units={})
     assert [(s.kind, suspicion_flag(s).key) for s in suspicious.suspicions] == [
