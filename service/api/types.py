@@ -9,6 +9,8 @@ import msgspec
 from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 
+from service.core.sales import SETL_ID_SHAPE
+
 # Patterns end in END, not a bare "$": Python's "$" (msgspec checks patterns with re)
 # also matches before a final newline, so "P1\n" was taken for "P1" in bodies while the
 # same id was refused in paths. In the OpenAPI document it still reads as the end.
@@ -16,11 +18,9 @@ END = r"$(?!\n)"
 # An organisation id as registered; bodies naming one (events, settlements, keys) use
 # the same type, so a malformed id is a 400 naming the field everywhere.
 OrgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+" + END)]
-# A settlement id as the settlement engine assigns it (NHSA's setl_id is up to 30
-# characters of letters and digits): letters, digits, '.', '_' and '-', starting with a
-# letter or digit. It names a resource in URL paths (/v1/settlements/{setl_id}), so
-# nothing that would need escaping there is taken.
-SETL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}" + END
+# A settlement id (core.sales.SETL_ID_SHAPE); it names a resource in URL paths
+# (/v1/settlements/{setl_id}).
+SETL_ID_PATTERN = "^" + SETL_ID_SHAPE + END
 SetlId = Annotated[str, msgspec.Meta(pattern=SETL_ID_PATTERN)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]

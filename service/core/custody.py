@@ -166,6 +166,10 @@ class CodeState:
     # return does not: it changes no custody)
     sold_at: datetime | None = None
 
+    def sold(self, at: datetime) -> None:
+        """A settlement took units of the pack at ``at``."""
+        self.sold_at = at if self.sold_at is None else max(self.sold_at, at)
+
     def custody(self) -> tuple[object, ...]:
         """The part of the state that the fold decides (for comparing folds)."""
         return (
@@ -311,7 +315,7 @@ class World:
                 self._suspect(s, fact)
                 if fact.sold:  # a refused line took nothing: the pack stays where it was
                     self._detach(s)
-                    s.sold_at = fact.at if s.sold_at is None else max(s.sold_at, fact.at)
+                    s.sold(fact.at)
                     self.changed.add(code)
             return
         if kind in ("pack", "unpack"):

@@ -123,7 +123,8 @@ class Loaded:
     waiting_dispenses: list[Incoming]  # stored dispenses that took nothing yet, of packs commissioned now
     # events whose event_id another organisation's stored event holds: refused, not retries
     taken_elsewhere: list[Incoming] = field(default_factory=list)
-    # with the history: the standing settlements of the family's packs, folded with it
+    # with the history: the settlements that took units of the family's packs (standing
+    # or given back since), folded with it
     settled: list[Fact] = field(default_factory=list)
 
 
@@ -226,6 +227,14 @@ class _Book:
             self.reversals.append((sold, by.event_id))
             return
         self.erase(sold)
+
+    def erase_given_back(self, deletion: Return) -> None:
+        """A deleted sale (``deletion`` names its event) whose take a patient's return
+        gave back already: the take goes, and the units stay where the return put them."""
+        named = (deletion.undoes, deletion.code)
+        for take in [r for r in self.rows if r.reversed and (r.event_id, r.code) == named]:
+            self.applied.add((deletion.event_id, deletion.code))
+            self.erase(take)
 
     def erase(self, take: Consumption) -> None:
         """The record of the sale that took it was deleted: the take goes (erased)."""
@@ -376,14 +385,9 @@ def _consume(
         for ret, sold in match_returns(undoing, open_sales):
             book.give_back(sold, ret)
             world.changed |= move_units(world.states, [(sold.code, sold.units)])
-        # a deleted sale whose take a patient's return gave back already: the take goes,
-        # and the units stay where the return put them
         for ret in undoing:
             if ret.undoes is not None and (ret.event_id, ret.code) not in book.applied:
-                gone = [r for r in book.rows if r.reversed and (r.event_id, r.code) == (ret.undoes, ret.code)]
-                for take in gone:
-                    book.applied.add((ret.event_id, ret.code))
-                    book.erase(take)
+                book.erase_given_back(ret)
     return flags
 
 

@@ -15,6 +15,10 @@ from service.core.custody import CodeState
 
 SETTLEMENT = "settlement"
 EVENT = "event"
+# A settlement id as the settlement engine assigns it (NHSA's setl_id is up to 30
+# letters and digits): letters, digits, '.', '_' and '-', starting with a letter or
+# digit. It names a resource in URL paths, so nothing that would need escaping there.
+SETL_ID_SHAPE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
 @dataclass(frozen=True, slots=True)

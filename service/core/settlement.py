@@ -535,7 +535,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     for code in drawn:  # sold, the pack leaves its case (as a dispense takes it out), and
         state = loaded.states[code]  # a custody event dated before the sale replays the history
         state.parent = None
-        state.sold_at = claim.at if state.sold_at is None else max(state.sold_at, claim.at)
+        state.sold(claim.at)
     flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, loaded.states, loaded.earlier)
     limits = person_limits(claim, canonical, loaded.states, loaded.products)
     purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])

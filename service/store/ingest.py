@@ -77,7 +77,7 @@ async def _write(
             sold AS ({sale_store.insert_sql(sales_at)}){ledger_ctes}
             SELECT CASE WHEN (SELECT count(*) FROM written) = ${versions_at + 1}::int
                              AND (SELECT count(*) FROM stored) = ${links_at - 1}::int
-                             AND (SELECT count(*) FROM sold) = {len(plan.consumptions)}
+                             AND (SELECT count(*) FROM sold) = cardinality(${sales_at}::text[])
                              AND {ledger_unchanged}
                         THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
         *arrays,

@@ -114,6 +114,12 @@ def insert_arrays(consumptions: Sequence[Consumption]) -> list[list[Any]]:
     ]
 
 
+def _keys(takes: Sequence[Consumption]) -> list[list[str]]:
+    """The takes' keys as arrays, (code, sale kind, sale id): ``$1``-``$3`` of the
+    statements that change stored takes."""
+    return [[c.code for c in takes], [c.sale.kind for c in takes], [c.sale.id for c in takes]]
+
+
 async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]]) -> None:
     """Mark consumptions reversed, each by a return event (or None: the reversal of its
     settlement). The caller holds the packs' row locks, so what it decided from the rows
@@ -125,9 +131,7 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
            FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[]) AS i(code, kind, id, by)
            WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id AND c.reversed_at IS NULL
              AND c.code = ANY($1::text[])""",
-        [c.code for c, _ in undone],
-        [c.sale.kind for c, _ in undone],
-        [c.sale.id for c, _ in undone],
+        *_keys([c for c, _ in undone]),
         [by for _, by in undone],
     )
 
@@ -142,9 +146,7 @@ async def reopen(conn: Conn, takes: Sequence[Consumption]) -> None:
            FROM unnest($1::text[], $2::text[], $3::text[]) AS i(code, kind, id)
            WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id AND c.reversed_at IS NOT NULL
              AND c.code = ANY($1::text[])""",
-        [c.code for c in takes],
-        [c.sale.kind for c in takes],
-        [c.sale.id for c in takes],
+        *_keys(takes),
     )
 
 
@@ -160,9 +162,7 @@ async def erase(conn: Conn, erased: Sequence[Consumption]) -> None:
            USING unnest($1::text[], $2::text[], $3::text[]) AS i(code, kind, id)
            WHERE c.code = i.code AND c.sale_kind = i.kind AND c.sale_id = i.id
              AND c.code = ANY($1::text[])""",
-        [c.code for c in erased],
-        [c.sale.kind for c in erased],
-        [c.sale.id for c in erased],
+        *_keys(erased),
     )
 
 

@@ -73,7 +73,7 @@ async def settle_unchanged(
             consumed AS ({sale_store.insert_sql(insert_at)}),
             settled AS ({_INSERT} VALUES ({settlement}) ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
             SELECT CASE WHEN (SELECT count(*) FROM written) = ${versions_at + 1}::int
-                             AND (SELECT count(*) FROM consumed) = {len(consumptions)}
+                             AND (SELECT count(*) FROM consumed) = cardinality(${insert_at}::text[])
                              AND EXISTS (SELECT FROM settled)
                         THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
         *arrays,

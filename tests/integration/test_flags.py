@@ -553,28 +553,27 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     again: a paid settlement with no flag stayed as it was). The sale's own dispense,
     dated before the settlement, moves no custody and replays nothing."""
     w = await world(admin)
-    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
-    code = cn20(w["unit"], 21)
-    await m.events(
-        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
-        event("ship", "M1", [code], 1, to="P1"),
-    )
-    await p1.events(event("receive", "P1", [code], 2))
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [21])
     body = _settle_body("S-LATE", "P1", code, 8)
     body["at"] = at(10)
     answer = await w["insurer"].ok("POST", "/v1/settlements", body)
     assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
-    replays = _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total")
+
+    async def replays() -> float:
+        return _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total")
+
+    before = await replays()
     # the sale's own dispense, dated before its settlement (a till's clock), moves no
     # custody: no replay, and it takes nothing again
     dispense = event("dispense", "P1", [code], 9, setl_id="S-LATE")
     own_id = dispense["event_id"]
     own = await p1.events(dispense)
     assert (own["accepted"], own["flags"]) == (1, []), own
-    assert _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total") == replays
+    assert await replays() == before
     late = await p1.events(event("ship", "P1", [code], 5, to="H1"))
     assert late["accepted"] == 1, late
-    assert _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total") == replays + 1
+    assert await replays() == before + 1
     assert late["flags"] == []  # the settlement's flag is not this upload's
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
     raised = sorted((f["kind"], f["org"], f["refs"].get("settlements") or f["refs"]["events"]) for f in flags)

@@ -27,6 +27,15 @@ def claim(setl_id: str, code: str, at: str, psn_no: str = "45000012345678") -> d
     }
 
 
+async def sold_and_returned(api: Api, code: str, sold: str, returned: str) -> None:
+    """``code`` sold whole (March 5, 10:00) under ``sold``, returned under ``returned``
+    (March 6): the pack is on the shelf again."""
+    await nhsa(api, envelope("3505", {"selinfo": sale(sold, [code], 24, sel_retn_time=MARCH_5_10)}))
+    ret = sale_return(returned, [code], 24, sel_retn_time="2026-03-06 10:00:00")
+    await nhsa(api, envelope("3506", {"selinfo": ret}))
+    assert await _units_left(api, code) == 24
+
+
 async def delete_sale(api: Api, bchno: str) -> dict[str, Any]:
     out = await nhsa(api, envelope("3507", {"data": deletion(bchno, "4")}))
     assert out["infcode"] == 0, out
@@ -93,10 +102,7 @@ async def test_deleting_a_returned_sale_leaves_no_return_waiting(admin: Api) -> 
     behind that would undo the pack's next sale."""
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
-    await nhsa(p2, envelope("3505", {"selinfo": sale("Z70", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
-    ret = sale_return("R70", [u[0]], 24, sel_retn_time="2026-03-06 10:00:00")
-    await nhsa(p2, envelope("3506", {"selinfo": ret}))
-    assert await _units_left(p2, u[0]) == 24
+    await sold_and_returned(p2, u[0], "Z70", "R70")
     await delete_sale(p2, "Z70")
     assert await _units_left(p2, u[0]) == 24
     later = sale("Z71", [u[0]], 24, sel_retn_time="2026-03-07 10:00:00")
@@ -229,10 +235,7 @@ async def test_deleting_a_sale_and_its_return_leaves_the_pack_as_it_was(admin: A
     found its take given back already)."""
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
-    await nhsa(p2, envelope("3505", {"selinfo": sale("Z80", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
-    ret = sale_return("R80", [u[0]], 24, sel_retn_time="2026-03-06 10:00:00")
-    await nhsa(p2, envelope("3506", {"selinfo": ret}))
-    assert await _units_left(p2, u[0]) == 24
+    await sold_and_returned(p2, u[0], "Z80", "R80")
     if order == "one batch":
         out = await nhsa(p2, envelope("3507A", {"goodDetail": [deletion("Z80", "4"), deletion("R80", "4")]}))
         assert sorted(out["output"]["tracecode"]["deleted"]) == ["R80", "Z80"], out

@@ -167,7 +167,7 @@ def optional_text(row: dict[str, Any], key: str, field: str, max_length: int | N
 
 
 # ASCII digits only: Python's \d and Decimal also read other scripts' digits (٢٤, ２４)
-_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
 
 def number(value: Any, field: str) -> Decimal:
@@ -175,7 +175,7 @@ def number(value: Any, field: str) -> Decimal:
     if isinstance(value, bool) or value is None:
         raise FieldError(field, "is required" if value is None else "must be a number")
     raw = value.strip() if isinstance(value, str) else value
-    if isinstance(raw, str) and not _NUMBER.fullmatch(raw):
+    if isinstance(raw, str) and not NUMBER.fullmatch(raw):
         raise FieldError(field, f"is not a number: {value!r}")
     if not isinstance(raw, str | int | float):
         raise FieldError(field, "must be a number")

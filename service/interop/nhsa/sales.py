@@ -23,7 +23,9 @@ from service.core.codes import try_parse_code
 from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
 from service.core.ledger import Entry
 from service.core.rules import INVALID_CODE
+from service.core.sales import SETL_ID_SHAPE
 from service.interop.nhsa.envelope import (
+    NUMBER,
     SALE,
     SALE_RETURN,
     Envelope,
@@ -41,7 +43,7 @@ from service.interop.nhsa.envelope import (
 
 # uuid5 namespace of events translated from NHSA uploads (fixed forever: ids depend on it)
 NAMESPACE = UUID("6b1d3f0e-5a35-4c35-9e05-0b5a3505a000")
-SETL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SETL_ID = re.compile(SETL_ID_SHAPE)  # fullmatch
 
 # required row fields (FIELDS.md; ⚠ fields that only one source requires are not)
 _ITEM = ("med_list_codg", "fixmedins_hilist_id", "fixmedins_hilist_name", "fixmedins_bchno", "rx_flag")
@@ -200,7 +202,6 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
 
 
 _CODE_FIELDS = frozenset(("drugtracinfo", "drug_trac_codg"))
-_NUMERIC = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
 
 def same_record(first: dict[str, Any], again: dict[str, Any]) -> bool:
@@ -220,7 +221,7 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
         if key in _CODE_FIELDS:
             continue
         read: Any = value if isinstance(value, list | dict) else text(value)
-        if isinstance(read, str) and _NUMERIC.fullmatch(read):
+        if isinstance(read, str) and NUMBER.fullmatch(read):
             read = Decimal(read)  # compared by value
         if read is not None:
             out[key] = read
