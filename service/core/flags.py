@@ -29,10 +29,12 @@ PENDING, OPEN = "pending", "open"
 # organisation not known to hold it (a receive with no matching shipment, a move or sale
 # by someone else). A late upload can explain them (the commission, the shipment), and the
 # fold judges them again when one arrives, so they start pending for the grace window.
-# Every other kind rests on facts no later upload changes (the pack was already consumed,
-# its product, expiry, recall or region, a second commission, a person's purchases), so
-# it is open at once.
+# Every other kind rests on facts that a later upload rarely changes (the pack was already
+# consumed, its product, expiry, recall or region, a second commission, a person's
+# purchases), so it is open at once; the one exception, a patient's return uploaded after
+# the pack's resale was flagged DUPLICATE, withdraws that flag (``core.ingest``).
 CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
+DUPLICATE = "DUPLICATE"  # a consumed pack sold again (回流药), or a destroyed one
 # refs of an OUT_OF_REGION raised by the fold at a receipt: a replay that no longer raises
 # it clears it, as it does the custody kinds (one raised by a sale stands: no replay
 # judges that sale again)
@@ -134,7 +136,7 @@ def dispense_flags(
         if state.units_left is not None and state.units_left <= 0:
             before = [e for e in earlier if e.code == code]
             flag(
-                "DUPLICATE",
+                DUPLICATE,
                 code,
                 "the pack was already consumed",
                 earlier_settlements=[e.setl_id for e in before if e.setl_id],

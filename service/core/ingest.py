@@ -15,7 +15,7 @@ from uuid import UUID
 from service.core import flags as flag_rules
 from service.core.custody import CodeState, Fact, World, product_of, replay, sort_key
 from service.core.events import EVENT_ID_TAKEN, Incoming, Rejection, judge
-from service.core.flags import FlagKey, NewFlag
+from service.core.flags import Evidence, FlagKey, NewFlag
 from service.core.registry import Org, Product
 from service.core.sales import Consumption, Return, Sale, draw, match_returns, move_units
 
@@ -70,6 +70,19 @@ def dispensed(events: Iterable[Incoming]) -> set[str]:
     return {c for e in events if e.type == "dispense" for c in e.codes}
 
 
+def late(events: Iterable[Incoming], states: Mapping[str, CodeState], type_: str) -> set[str]:
+    """The packs of ``type_`` events (dispense, return) that arrive late: dated at or
+    before the last event their pack has seen. A sale or return between sales already
+    recorded may change which sale a return undoes, and what a later sale took."""
+    return {
+        c
+        for e in events
+        if e.type == type_
+        for c in e.codes
+        if c in states and states[c].commissioned and states[c].last_at >= e.at
+    }
+
+
 def sales_needed(
     events: Iterable[Incoming],
     states: Mapping[str, CodeState],
@@ -80,8 +93,9 @@ def sales_needed(
     settlement id (the settlement may have taken the units already), those already used
     up when dispensed again (the evidence of a 回流药 flag), those returned (the sale a
     return undoes), those a deleted return's compensation names (what that return gave
-    back), and those whose waiting dispenses and returns apply now."""
-    out = set(placeholders) | {r.code for r in waiting_returns}
+    back), those a late dispense names (a return after it may undo it instead), and
+    those whose waiting dispenses and returns apply now."""
+    out = set(placeholders) | {r.code for r in waiting_returns} | late(events, states, "dispense")
     for e in events:
         if e.type == "return" or (e.type == "dispense" and (e.setl_id or e.undoes)):
             out.update(e.codes)
@@ -126,6 +140,12 @@ class Loaded:
     # with the history: the settlements that took units of the family's packs (standing
     # or given back since), folded with it
     settled: list[Fact] = field(default_factory=list)
+    # the stored returns that gave back sales of a late dispense's packs (one per return
+    # and pack): one dated after the late sale undoes it instead
+    givers: list[Return] = field(default_factory=list)
+    # stored dispenses of a late return's packs that took nothing (the pack was used up):
+    # those dated after the return take the units it gives back
+    resold: list[Incoming] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +172,11 @@ class Plan:
     consumptions: list[Consumption] = field(default_factory=list)
     reversals: list[tuple[Consumption, UUID]] = field(default_factory=list)  # (sale, the return)
     erased: list[Consumption] = field(default_factory=list)  # stored takes of deleted records
-    reopened: list[Consumption] = field(default_factory=list)  # takes whose return was deleted
+    reopened: list[Consumption] = field(default_factory=list)  # takes that stand again
     flags: list[NewFlag] = field(default_factory=list)
+    # flags a late-arriving event explained: a resale flagged DUPLICATE that, by event
+    # time, came after the pack was returned
+    withdrawn: list[FlagKey] = field(default_factory=list)
     reported: list[FlagKey] = field(default_factory=list)  # flags this request's events raised
     clear: AutoClear | None = None
     replayed: bool = False
@@ -176,6 +199,7 @@ def moves_only(plan: Plan) -> bool:
         or plan.reversals
         or plan.erased
         or plan.reopened
+        or plan.withdrawn
         or plan.replayed
     )
 
@@ -183,7 +207,9 @@ def moves_only(plan: Plan) -> bool:
 class _Book:
     """The recorded sales of the packs in play, and what this batch adds to them."""
 
-    def __init__(self, stored: Sequence[Consumption], returns: Sequence[Return]) -> None:
+    def __init__(
+        self, stored: Sequence[Consumption], returns: Sequence[Return], givers: Sequence[Return] = ()
+    ) -> None:
         self.rows = list(stored)  # oldest first; new rows are appended
         self.keys = {(r.code, r.sale) for r in stored}
         self.new: list[Consumption] = []
@@ -193,6 +219,11 @@ class _Book:
         self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's
         self.applied: set[tuple[UUID, str]] = set()
         self.cancelled: set[UUID] = set()  # deleted returns: they give nothing back
+        self.givers = {(r.event_id, r.code): r for r in givers}  # stored returns, by (id, code)
+        # dispenses that found their pack used up and took nothing: stored ones (of a late
+        # return's packs), then this batch's; and the DUPLICATE flags a late return explained
+        self.short: list[tuple[Incoming, str]] = []
+        self.explained: set[FlagKey] = set()
 
     def sold(self, code: str, sale: Sale) -> bool:
         return (code, sale) in self.keys
@@ -208,12 +239,22 @@ class _Book:
         return [r for r in self.rows if r.reversed and r.reversed_by == ret and r.code in wanted]
 
     def reopen(self, take: Consumption) -> None:
-        """The return that gave ``take`` back was deleted: the sale stands again."""
+        """The return that gave ``take`` back was deleted, or undoes another sale: the
+        sale stands again."""
         take.reversed, take.reversed_by = False, None
         self.reopened.append(take)
 
     def open_newest_first(self, codes: set[str]) -> list[Consumption]:
         return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
+
+    def given_back_now(self) -> dict[str, Return]:
+        """Per pack, the earliest patient's return (not a deletion) that gave units back
+        in this batch."""
+        out: dict[str, Return] = {}
+        applied = [r for r in self.returns if (r.event_id, r.code) in self.applied and r.undoes is None]
+        for r in sorted(applied, key=lambda r: (r.at, r.event_id), reverse=True):
+            out[r.code] = r  # the earliest last
+        return out
 
     def give_back(self, sold: Consumption, by: Return) -> None:
         """A return gives a sale's take back: it stays, reversed, and that sale does not
@@ -290,7 +331,8 @@ def decide(loaded: Loaded) -> Plan:
         world.apply_all(facts)
     _mark_recalled(world, facts, loaded.recalled_lots)
 
-    book = _Book(loaded.sales, loaded.waiting_returns)
+    book = _Book(loaded.sales, loaded.waiting_returns, loaded.givers)
+    book.short = [(d, c) for d in loaded.resold for c in d.codes]
     book.returns += [
         Return(f.event_id, f.org, f.at, by_id[f.event_id].setl_id, code, by_id[f.event_id].undoes)
         for f in facts
@@ -307,6 +349,12 @@ def decide(loaded: Loaded) -> Plan:
     newly = {c for c in placeholders if world.states[c].commissioned}
     early = [(d, d.codes) for d in loaded.waiting_dispenses if newly.intersection(d.codes)]
     flags += _consume(world, early, loaded.products, loaded.orgs, book)
+    # a return that arrived after the pack was sold again (a resale that found it used up
+    # and took nothing, flagged DUPLICATE): by event time that sale came after the return,
+    # so it takes the units given back now, and its DUPLICATE is withdrawn (raised again
+    # if the pack is used up still)
+    freed = _freed(loaded.resold, book)
+    flags += _consume(world, freed, loaded.products, loaded.orgs, book)
 
     # a replay judges old facts again too: those suspicions stand (or are raised again),
     # but the answer reports only what this request's events raised
@@ -317,6 +365,9 @@ def decide(loaded: Loaded) -> Plan:
             reported.add(flag.key)
     plan.flags = flags
     plan.reported = [k for k in dict.fromkeys(f.key for f in flags) if k in reported]
+    standing = {f.key for f in flags}
+    freed_keys = [(flag_rules.DUPLICATE, c, Evidence.event(d.event_id)) for d, codes in freed for c in codes]
+    plan.withdrawn = [k for k in dict.fromkeys([*book.explained, *freed_keys]) if k not in standing]
     if plan.replayed:
         plan.clear = AutoClear(
             codes=sorted(set(states) | named_codes(loaded.events)),
@@ -364,9 +415,15 @@ def _consume(
         flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
         left = {c: world.states[c].units_left or 0 for c in fresh}
         taken = draw(left, fresh, quantity)
-        for code, units in taken:
-            book.add(Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units))
+        takes = [Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units)
+                 for code, units in taken]  # fmt: skip
+        for take in takes:
+            book.add(take)
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
+        for take in takes:
+            _undoes_instead(take, world, book)
+        drawn = {code for code, _ in taken}
+        book.short += [(event, c) for c in fresh if c not in drawn and world.states[c].commissioned]
     # A return undoes the seller's latest sale of the pack before it (by event time).
     # Returns that arrived before the dispense they undo wait: each new dispense looks for them.
     wanted = {c for e, codes in sales for c in codes}
@@ -388,7 +445,83 @@ def _consume(
         for ret in undoing:
             if ret.undoes is not None and (ret.event_id, ret.code) not in book.applied:
                 book.erase_given_back(ret)
-    return flags
+        for ret in undoing:
+            if (ret.event_id, ret.code) not in book.applied and ret.undoes is None:
+                _given_back_at_once(ret, world, book)
+    return [f for f in flags if f.key not in book.explained]
+
+
+def _undoes_instead(take: Consumption, world: World, book: _Book) -> None:
+    """A sale that arrived late, dated before a stored return of the pack by the same
+    seller that undid an earlier sale of it: by event time the return undoes this sale
+    (the seller's latest before it). The earlier sale's take stands again, and this one
+    is given back. Only where the pack holds the earlier take's units again; otherwise
+    the pack was sold on since, and the takes stay as they are (a known limit), as they
+    do for a return that names its settlement (matched by that, not by time)."""
+    swaps = [
+        (ret, sold)
+        for sold in book.rows
+        if sold.reversed
+        and sold.code == take.code
+        and sold.org == take.org
+        and sold.at < take.at
+        and sold.reversed_by is not None
+        and (ret := book.givers.get((sold.reversed_by, sold.code))) is not None
+        and ret.at >= take.at
+        and ret.setl_id is None
+        and ret.undoes is None
+    ]
+    if not swaps:
+        return
+    ret, sold = min(swaps, key=lambda s: (s[0].at, s[0].event_id))
+    if (world.states[take.code].units_left or 0) < sold.units:
+        return
+    book.reopen(sold)
+    take.reversed, take.reversed_by = True, ret.event_id
+    book.reversals.append((take, ret.event_id))
+    world.changed |= move_units(world.states, [(sold.code, -sold.units), (take.code, take.units)])
+
+
+def _given_back_at_once(ret: Return, world: World, book: _Book) -> None:
+    """A return that found no sale to undo, while a sale of the pack by the same seller
+    dated before it took nothing (flagged DUPLICATE) because a sale dated after that one
+    holds the pack: by event time that earlier sale took the units, and this return gave
+    them back, before the later sale took them. The earlier sale's take is recorded,
+    given back at once (the pack's units do not change), and its DUPLICATE is explained."""
+    short = [
+        (d, c)
+        for d, c in book.short
+        if c == ret.code
+        and d.org == ret.org
+        and d.at <= ret.at
+        and (ret.setl_id is None or d.setl_id == ret.setl_id)
+        and not book.sold(c, Sale.of_dispense(d.event_id, d.setl_id))
+    ]
+    if not short:
+        return
+    d, code = max(short, key=lambda s: (s[0].at, s[0].event_id.int))
+    later = sum(t.units for t in book.rows if t.code == code and not t.reversed and t.at > d.at)
+    if not later:
+        return  # the pack was used up before that sale: a DUPLICATE indeed
+    held = (world.states[code].units_left or 0) + later  # what the pack held when it was sold
+    units = held if d.quantity is None else min(d.quantity, held)
+    sale = Sale.of_dispense(d.event_id, d.setl_id)
+    take = Consumption(code, sale, d.setl_id, d.event_id, d.org, d.at, units)
+    book.add(take)
+    book.give_back(take, ret)
+    book.explained.add((flag_rules.DUPLICATE, code, Evidence.event(d.event_id)))
+
+
+def _freed(resold: Sequence[Incoming], book: _Book) -> list[tuple[Incoming, tuple[str, ...]]]:
+    """The stored dispenses that found their pack used up and are dated at or after a
+    return that gave the pack's units back in this batch, with those packs, oldest first."""
+    back = book.given_back_now()
+    out = []
+    for d in resold:
+        codes = tuple(c for c in d.codes if c in back and back[c].at <= d.at)
+        if codes:
+            out.append((d, codes))
+    return out
 
 
 def _undo_return(

@@ -143,6 +143,30 @@ async def auto_clear(
     return [r["flag_id"] for r in rows]
 
 
+async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -> list[int]:
+    """Pending and open flags of exactly ``keys`` that later-arriving events explained (a
+    resale flagged DUPLICATE that, by event time, came after the pack was returned)
+    become auto_cleared, naming those events."""
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        """UPDATE flags
+           SET status = 'auto_cleared', updated_at = now(),
+               refs = refs || jsonb_build_object('cleared_by', $5::text[])
+           WHERE code = ANY($2::text[]) AND status IN ('pending', 'open')
+             AND (kind, code, source_kind, source_id) IN
+                 (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))
+           RETURNING code, flag_id""",
+        [kind for kind, _, _ in keys],
+        [code for _, code, _ in keys],
+        [source.kind for _, _, source in keys],
+        [source.id for _, _, source in keys],
+        cleared_by,
+    )
+    await _changed_by_system(conn, rows, "auto_cleared", "explained by later-arriving events")
+    return [r["flag_id"] for r in rows]
+
+
 async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status: str, note: str) -> None:
     """Keep the system's change of ``flags`` (rows of code and flag_id) in their history,
     and on the feed's outbox."""

@@ -244,6 +244,37 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
     ]
 
 
+async def resold(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
+    """Stored dispenses of ``codes`` that took nothing of them (they found the pack used
+    up), oldest first, for a late return that gives the packs' units back. Not a split
+    sale that took units of another pack: what it still wants is not its quantity."""
+    waiting = await unapplied_dispenses(conn, codes)
+    split = [Sale.of_dispense(d.event_id, d.setl_id) for d in waiting if d.quantity is not None]
+    drew: set[Sale] = set()
+    if split:
+        rows = await conn.fetch(
+            """SELECT DISTINCT sale_kind, sale_id FROM consumptions
+               WHERE (sale_kind, sale_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
+            [s.kind for s in split],
+            [s.id for s in split],
+        )
+        drew = {Sale(r["sale_kind"], r["sale_id"]) for r in rows}
+    return [d for d in waiting if d.quantity is None or Sale.of_dispense(d.event_id, d.setl_id) not in drew]
+
+
+async def givers(conn: Conn, takes: Sequence[Consumption]) -> list[Return]:
+    """The stored patients' returns that gave ``takes`` back, one per (return, pack)."""
+    by = {(t.reversed_by, t.code) for t in takes if t.reversed and t.reversed_by is not None}
+    if not by:
+        return []
+    found = await event_store.fields(conn, [i for i, _ in by], "return")
+    return [
+        Return(e["event_id"], e["org"], e["at"], e["setl_id"], code, e["undoes"])
+        for event_id, code in sorted(by, key=str)
+        if (e := found.get(event_id)) is not None
+    ]
+
+
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
     """All consumptions of one code, oldest first (history)."""
     rows = await conn.fetch(
