@@ -252,7 +252,7 @@ class _Book:
         in this batch."""
         out: dict[str, Return] = {}
         applied = [r for r in self.returns if (r.event_id, r.code) in self.applied and r.undoes is None]
-        for r in sorted(applied, key=lambda r: (r.at, r.event_id), reverse=True):
+        for r in sorted(applied, key=lambda r: (r.at, r.event_id.int), reverse=True):
             out[r.code] = r  # the earliest last
         return out
 
@@ -422,8 +422,9 @@ def _consume(
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
         for take in takes:
             _undoes_instead(take, world, book)
-        drawn = {code for code, _ in taken}
-        book.short += [(event, c) for c in fresh if c not in drawn and world.states[c].commissioned]
+        if quantity is None or not taken:  # a split sale short of part of its units is no resale
+            drawn = {code for code, _ in taken}
+            book.short += [(event, c) for c in fresh if c not in drawn and world.states[c].commissioned]
     # A return undoes the seller's latest sale of the pack before it (by event time).
     # Returns that arrived before the dispense they undo wait: each new dispense looks for them.
     wanted = {c for e, codes in sales for c in codes}
@@ -473,7 +474,7 @@ def _undoes_instead(take: Consumption, world: World, book: _Book) -> None:
     ]
     if not swaps:
         return
-    ret, sold = min(swaps, key=lambda s: (s[0].at, s[0].event_id))
+    ret, sold = min(swaps, key=lambda s: (s[0].at, s[0].event_id.int))
     if (world.states[take.code].units_left or 0) < sold.units:
         return
     book.reopen(sold)
