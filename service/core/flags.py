@@ -134,14 +134,7 @@ def dispense_flags(
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
         if state.units_left is not None and state.units_left <= 0:
-            before = [e for e in earlier if e.code == code]
-            flag(
-                DUPLICATE,
-                code,
-                "the pack was already consumed",
-                earlier_settlements=[e.setl_id for e in before if e.setl_id],
-                earlier_events=[str(e.event_id) for e in before if e.event_id],
-            )
+            out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
         if state.recalled:
@@ -157,6 +150,28 @@ def dispense_flags(
                 billed=event.med_list_codg,
             )
     return out
+
+
+def resale_flag(
+    event_id: UUID, org: str, region: str, at: datetime, code: str, earlier: Sequence[Consumption]
+) -> NewFlag:
+    """DUPLICATE: the dispense ``event_id`` sold a pack that was already consumed
+    (回流药), with the sales before it as evidence."""
+    before = [e for e in earlier if e.code == code]
+    return NewFlag(
+        kind=DUPLICATE,
+        code=code,
+        org=org,
+        region=region,
+        at=at,
+        detail=f"dispense by {org}: the pack was already consumed",
+        refs={
+            "events": [str(event_id)],
+            "earlier_settlements": [e.setl_id for e in before if e.setl_id],
+            "earlier_events": [str(e.event_id) for e in before if e.event_id],
+        },
+        source=Evidence.event(event_id),
+    )
 
 
 def suspicion_flag(s: Suspicion) -> NewFlag:

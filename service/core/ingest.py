@@ -278,7 +278,8 @@ class _Book:
             self.erase(take)
 
     def erase(self, take: Consumption) -> None:
-        """The record of the sale that took it was deleted: the take goes (erased)."""
+        """The take goes (erased): the record of the sale that took it was deleted, or by
+        event time that sale found the pack used up."""
         self.keys.discard((take.code, take.sale))
         kept = [n for n in self.new if n is not take]
         if len(kept) == len(self.new):  # stored: delete it
@@ -412,6 +413,10 @@ def _consume(
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         fresh = [c for c in codes if not book.sold(c, sale)]
+        # a late sale is judged, and draws, on the pack as it stood at its time: without
+        # the units that a return dated after it gave back (they were still sold then)
+        later = _returned_later(event, fresh, book)
+        move_units(world.states, [(c, -sold.units) for c, (_, sold) in later.items()])
         flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
         left = {c: world.states[c].units_left or 0 for c in fresh}
         taken = draw(left, fresh, quantity)
@@ -420,8 +425,15 @@ def _consume(
         for take in takes:
             book.add(take)
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
+        move_units(world.states, [(c, sold.units) for c, (_, sold) in later.items()])
         for take in takes:
-            _undoes_instead(take, world, book)
+            if take.code in later:  # that return undoes this sale, the seller's latest before it
+                ret, sold = later[take.code]
+                book.reopen(sold)
+                book.give_back(take, ret)
+                world.changed |= move_units(world.states, [(take.code, take.units - sold.units)])
+            elif world.states[take.code].units_left == 0:
+                flags += _resold_after(take, world, book, orgs, earlier)
         if quantity is None or not taken:  # a split sale short of part of its units is no resale
             drawn = {code for code, _ in taken}
             book.short += [(event, c) for c in fresh if c not in drawn and world.states[c].commissioned]
@@ -452,35 +464,66 @@ def _consume(
     return [f for f in flags if f.key not in book.explained]
 
 
-def _undoes_instead(take: Consumption, world: World, book: _Book) -> None:
-    """A sale that arrived late, dated before a stored return of the pack by the same
-    seller that undid an earlier sale of it: by event time the return undoes this sale
-    (the seller's latest before it). The earlier sale's take stands again, and this one
-    is given back. Only where the pack holds the earlier take's units again; otherwise
-    the pack was sold on since, and the takes stay as they are (a known limit), as they
-    do for a return that names its settlement (matched by that, not by time)."""
-    swaps = [
-        (ret, sold)
-        for sold in book.rows
-        if sold.reversed
-        and sold.code == take.code
-        and sold.org == take.org
-        and sold.at < take.at
-        and sold.reversed_by is not None
-        and (ret := book.givers.get((sold.reversed_by, sold.code))) is not None
-        and ret.at >= take.at
-        and ret.setl_id is None
-        and ret.undoes is None
-    ]
-    if not swaps:
-        return
-    ret, sold = min(swaps, key=lambda s: (s[0].at, s[0].event_id.int))
-    if (world.states[take.code].units_left or 0) < sold.units:
-        return
-    book.reopen(sold)
-    take.reversed, take.reversed_by = True, ret.event_id
-    book.reversals.append((take, ret.event_id))
-    world.changed |= move_units(world.states, [(sold.code, -sold.units), (take.code, take.units)])
+def _returned_later(
+    event: Incoming, codes: Sequence[str], book: _Book
+) -> dict[str, tuple[Return, Consumption]]:
+    """Per pack of a late sale: the earliest stored return by the same seller, dated at or
+    after the sale, that undid the seller's sale of the pack dated before it (matched by
+    time: not one that names its settlement or the event it undoes). By event time that
+    earlier sale still held its units when this one was made, and the return undoes this
+    one (the seller's latest sale before it)."""
+    found = []
+    for sold in book.rows:
+        ret = book.givers.get((sold.reversed_by, sold.code)) if sold.reversed_by is not None else None
+        if (
+            ret is not None
+            and sold.reversed
+            and sold.code in codes
+            and sold.org == event.org
+            and sold.at < event.at <= ret.at
+            and ret.setl_id is None
+            and ret.undoes is None
+        ):
+            found.append((ret, sold))
+    out: dict[str, tuple[Return, Consumption]] = {}
+    for ret, sold in sorted(found, key=lambda f: (f[0].at, f[0].event_id.int), reverse=True):
+        out[sold.code] = (ret, sold)  # the earliest last
+    return out
+
+
+def _resold_after(
+    take: Consumption, world: World, book: _Book, orgs: Mapping[str, Org], earlier: Sequence[Consumption]
+) -> list[NewFlag]:
+    """A late sale that used the pack up, dated before a sale of it by the same seller
+    whose take a return gave back: by event time that later sale found the pack used up
+    (a resale, DUPLICATE, that took nothing: its take goes), and the return undoes this
+    sale, the seller's latest before it that took units. Not a take of a settlement's
+    sale: the settlement was decided on it."""
+    found = []
+    for sold in book.rows:
+        ret = book.givers.get((sold.reversed_by, sold.code)) if sold.reversed_by is not None else None
+        if (
+            ret is not None
+            and sold.reversed
+            and sold.code == take.code
+            and sold.org == take.org
+            and sold.at > take.at
+            and sold.setl_id is None
+            and sold.event_id is not None
+            and ret.setl_id is None
+            and ret.undoes is None
+        ):
+            found.append((ret, sold))
+    if not found:
+        return []
+    ret, resale = min(found, key=lambda f: (f[0].at, f[0].event_id.int))
+    assert resale.event_id is not None
+    book.erase(resale)
+    book.give_back(take, ret)
+    world.changed |= move_units(world.states, [(take.code, take.units)])
+    region = orgs[resale.org].region
+    evidence = [*earlier, take]
+    return [flag_rules.resale_flag(resale.event_id, resale.org, region, resale.at, take.code, evidence)]
 
 
 def _given_back_at_once(ret: Return, world: World, book: _Book) -> None:

@@ -1,7 +1,8 @@
 """The same events in any arrival order end in the same custody, units and flags (pending
 ones included), through the public API. Written in review of the event ingest; the cases
 it found that the service does not meet yet are marked xfail (strict: they fail the suite
-once fixed, so the mark is taken off) and listed in the README's known limits."""
+once fixed, so the mark is taken off) and listed in the README's known limits (none
+now)."""
 
 from __future__ import annotations
 
@@ -134,9 +135,6 @@ async def test_a_split_sale_returned_late_takes_the_units_it_was_short_of(admin:
     assert await _standing(w, code) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known limit: a late sale does not re-fold the pack's later sales (README)"
-)
 async def test_two_sales_and_a_return_in_any_order(admin: Api) -> None:
     """P1 sells the pack (t=10), sells it again (t=15: a resale of a used-up pack), the
     patient returns it (t=20). Uploaded in any order: the resale is the DUPLICATE and
