@@ -8,7 +8,7 @@ suspicion, code and piece of evidence: :attr:`NewFlag.key` names them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,10 +108,14 @@ def dispense_flags(
     products: Mapping[str, Product],
     orgs: Mapping[str, Org],
     earlier: Sequence[Consumption],
+    *,
+    used_up: Collection[str] | None = None,
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
     consumed pack sold again (回流药), expired, recalled or out-of-region stock, and a
-    pack of another product than the one billed (串换, when the dispense names it)."""
+    pack of another product than the one billed (串换, when the dispense names it).
+    ``used_up``: the packs that were used up when it was sold, where their state now
+    does not say (a late sale, folded again in event time)."""
     out = []
     org = orgs[event.org]
 
@@ -133,7 +137,8 @@ def dispense_flags(
         state = states[code]
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
-        if state.units_left is not None and state.units_left <= 0:
+        gone = state.units_left is not None and state.units_left <= 0
+        if code in used_up if used_up is not None else gone:
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")

@@ -17,7 +17,17 @@ from service.core.custody import CodeState, Fact, World, product_of, replay, sor
 from service.core.events import EVENT_ID_TAKEN, Incoming, Rejection, judge
 from service.core.flags import Evidence, FlagKey, NewFlag
 from service.core.registry import Org, Product
-from service.core.sales import Consumption, Return, Sale, draw, match_returns, move_units
+from service.core.sales import (
+    Consumption,
+    Dispense,
+    Refold,
+    Return,
+    Sale,
+    draw,
+    match_returns,
+    move_units,
+    refold,
+)
 
 
 def named_codes(events: Iterable[Incoming]) -> set[str]:
@@ -70,14 +80,18 @@ def dispensed(events: Iterable[Incoming]) -> set[str]:
     return {c for e in events if e.type == "dispense" for c in e.codes}
 
 
-def late(events: Iterable[Incoming], states: Mapping[str, CodeState], type_: str) -> set[str]:
-    """The packs of ``type_`` events (dispense, return) that arrive late: dated at or
-    before the last event their pack has seen. A sale or return between sales already
-    recorded may change which sale a return undoes, and what a later sale took."""
+SALE_TYPES = ("dispense", "return")
+
+
+def late_sales(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:
+    """The packs of dispenses and returns that arrive late: dated at or before the last
+    event their pack has seen. Their sales are folded again in event time
+    (``core.sales.refold``): a sale or return between those recorded may change which
+    sale a return undoes, and what the sales after it took."""
     return {
         c
         for e in events
-        if e.type == type_
+        if e.type in SALE_TYPES
         for c in e.codes
         if c in states and states[c].commissioned and states[c].last_at >= e.at
     }
@@ -93,9 +107,9 @@ def sales_needed(
     settlement id (the settlement may have taken the units already), those already used
     up when dispensed again (the evidence of a 回流药 flag), those returned (the sale a
     return undoes), those a deleted return's compensation names (what that return gave
-    back), those a late dispense names (a return after it may undo it instead), and
-    those whose waiting dispenses and returns apply now."""
-    out = set(placeholders) | {r.code for r in waiting_returns} | late(events, states, "dispense")
+    back), those of a late sale or return (folded again), and those whose waiting
+    dispenses and returns apply now."""
+    out = set(placeholders) | {r.code for r in waiting_returns} | late_sales(events, states)
     for e in events:
         if e.type == "return" or (e.type == "dispense" and (e.setl_id or e.undoes)):
             out.update(e.codes)
@@ -140,12 +154,8 @@ class Loaded:
     # with the history: the settlements that took units of the family's packs (standing
     # or given back since), folded with it
     settled: list[Fact] = field(default_factory=list)
-    # the stored returns that gave back sales of a late dispense's packs (one per return
-    # and pack): one dated after the late sale undoes it instead
-    givers: list[Return] = field(default_factory=list)
-    # stored dispenses of a late return's packs that took nothing (the pack was used up):
-    # those dated after the return take the units it gives back
-    resold: list[Incoming] = field(default_factory=list)
+    # every stored dispense and return of each pack of a late sale or return (late_sales)
+    pack_sales: dict[str, tuple[list[Dispense], list[Return]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +184,8 @@ class Plan:
     erased: list[Consumption] = field(default_factory=list)  # stored takes of deleted records
     reopened: list[Consumption] = field(default_factory=list)  # takes that stand again
     flags: list[NewFlag] = field(default_factory=list)
-    # flags a late-arriving event explained: a resale flagged DUPLICATE that, by event
-    # time, came after the pack was returned
+    # flags a late-arriving sale or return explained: a resale flagged DUPLICATE that, by
+    # event time, found the pack back in stock
     withdrawn: list[FlagKey] = field(default_factory=list)
     reported: list[FlagKey] = field(default_factory=list)  # flags this request's events raised
     clear: AutoClear | None = None
@@ -207,9 +217,7 @@ def moves_only(plan: Plan) -> bool:
 class _Book:
     """The recorded sales of the packs in play, and what this batch adds to them."""
 
-    def __init__(
-        self, stored: Sequence[Consumption], returns: Sequence[Return], givers: Sequence[Return] = ()
-    ) -> None:
+    def __init__(self, stored: Sequence[Consumption], returns: Sequence[Return]) -> None:
         self.rows = list(stored)  # oldest first; new rows are appended
         self.keys = {(r.code, r.sale) for r in stored}
         self.new: list[Consumption] = []
@@ -219,11 +227,6 @@ class _Book:
         self.returns = list(returns)  # not applied yet: stored waiting ones, then this batch's
         self.applied: set[tuple[UUID, str]] = set()
         self.cancelled: set[UUID] = set()  # deleted returns: they give nothing back
-        self.givers = {(r.event_id, r.code): r for r in givers}  # stored returns, by (id, code)
-        # dispenses that found their pack used up and took nothing: stored ones (of a late
-        # return's packs), then this batch's; and the DUPLICATE flags a late return explained
-        self.short: list[tuple[Incoming, str]] = []
-        self.explained: set[FlagKey] = set()
 
     def sold(self, code: str, sale: Sale) -> bool:
         return (code, sale) in self.keys
@@ -239,22 +242,13 @@ class _Book:
         return [r for r in self.rows if r.reversed and r.reversed_by == ret and r.code in wanted]
 
     def reopen(self, take: Consumption) -> None:
-        """The return that gave ``take`` back was deleted, or undoes another sale: the
-        sale stands again."""
+        """The return that gave ``take`` back was deleted, or undoes another sale by event
+        time: the sale stands again."""
         take.reversed, take.reversed_by = False, None
         self.reopened.append(take)
 
     def open_newest_first(self, codes: set[str]) -> list[Consumption]:
         return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
-
-    def given_back_now(self) -> dict[str, Return]:
-        """Per pack, the earliest patient's return (not a deletion) that gave units back
-        in this batch."""
-        out: dict[str, Return] = {}
-        applied = [r for r in self.returns if (r.event_id, r.code) in self.applied and r.undoes is None]
-        for r in sorted(applied, key=lambda r: (r.at, r.event_id.int), reverse=True):
-            out[r.code] = r  # the earliest last
-        return out
 
     def give_back(self, sold: Consumption, by: Return) -> None:
         """A return gives a sale's take back: it stays, reversed, and that sale does not
@@ -279,7 +273,7 @@ class _Book:
 
     def erase(self, take: Consumption) -> None:
         """The take goes (erased): the record of the sale that took it was deleted, or by
-        event time that sale found the pack used up."""
+        event time the sale took other units (or none)."""
         self.keys.discard((take.code, take.sale))
         kept = [n for n in self.new if n is not take]
         if len(kept) == len(self.new):  # stored: delete it
@@ -332,15 +326,23 @@ def decide(loaded: Loaded) -> Plan:
         world.apply_all(facts)
     _mark_recalled(world, facts, loaded.recalled_lots)
 
-    book = _Book(loaded.sales, loaded.waiting_returns, loaded.givers)
-    book.short = [(d, c) for d in loaded.resold for c in d.codes]
+    book = _Book(loaded.sales, loaded.waiting_returns)
+    # a late sale or return folds its pack's sales again, in event time; the others are
+    # applied to the sales recorded, as they come
+    refolded, rejudged, folded = _refold_late(loaded, facts, world, book)
+    flags += refolded
     book.returns += [
         Return(f.event_id, f.org, f.at, by_id[f.event_id].setl_id, code, by_id[f.event_id].undoes)
         for f in facts
         if f.type == "return"
         for code in f.codes
+        if code not in folded
     ]
-    in_order = [(by_id[f.event_id], f.codes) for f in sorted(facts, key=sort_key)]
+    in_order = [
+        (by_id[f.event_id], codes)
+        for f in sorted(facts, key=sort_key)
+        if (codes := tuple(c for c in f.codes if c not in folded))
+    ]
     flags += _consume(world, in_order, loaded.products, loaded.orgs, book)
     # a dispense that arrived before its code's commission took nothing (the pack size
     # was unknown); now it takes its units, and is judged as a dispense of a known pack
@@ -350,12 +352,7 @@ def decide(loaded: Loaded) -> Plan:
     newly = {c for c in placeholders if world.states[c].commissioned}
     early = [(d, d.codes) for d in loaded.waiting_dispenses if newly.intersection(d.codes)]
     flags += _consume(world, early, loaded.products, loaded.orgs, book)
-    # a return that arrived after the pack was sold again (a resale that found it used up
-    # and took nothing, flagged DUPLICATE): by event time that sale came after the return,
-    # so it takes the units given back now, and its DUPLICATE is withdrawn (raised again
-    # if the pack is used up still)
-    freed = _freed(loaded.resold, book)
-    flags += _consume(world, freed, loaded.products, loaded.orgs, book)
+    flags += rejudged  # stored sales a late one found to be resales: raised, not reported
 
     # a replay judges old facts again too: those suspicions stand (or are raised again),
     # but the answer reports only what this request's events raised
@@ -367,8 +364,7 @@ def decide(loaded: Loaded) -> Plan:
     plan.flags = flags
     plan.reported = [k for k in dict.fromkeys(f.key for f in flags) if k in reported]
     standing = {f.key for f in flags}
-    freed_keys = [(flag_rules.DUPLICATE, c, Evidence.event(d.event_id)) for d, codes in freed for c in codes]
-    plan.withdrawn = [k for k in dict.fromkeys([*book.explained, *freed_keys]) if k not in standing]
+    plan.withdrawn = [k for keys in folded.values() for k in keys if k not in standing]
     if plan.replayed:
         plan.clear = AutoClear(
             codes=sorted(set(states) | named_codes(loaded.events)),
@@ -413,30 +409,12 @@ def _consume(
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         fresh = [c for c in codes if not book.sold(c, sale)]
-        # a late sale is judged, and draws, on the pack as it stood at its time: without
-        # the units that a return dated after it gave back (they were still sold then)
-        later = _returned_later(event, fresh, book)
-        move_units(world.states, [(c, -sold.units) for c, (_, sold) in later.items()])
         flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
         left = {c: world.states[c].units_left or 0 for c in fresh}
         taken = draw(left, fresh, quantity)
-        takes = [Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units)
-                 for code, units in taken]  # fmt: skip
-        for take in takes:
-            book.add(take)
+        for code, units in taken:
+            book.add(Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units))
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
-        move_units(world.states, [(c, sold.units) for c, (_, sold) in later.items()])
-        for take in takes:
-            if take.code in later:  # that return undoes this sale, the seller's latest before it
-                ret, sold = later[take.code]
-                book.reopen(sold)
-                book.give_back(take, ret)
-                world.changed |= move_units(world.states, [(take.code, take.units - sold.units)])
-            elif world.states[take.code].units_left == 0:
-                flags += _resold_after(take, world, book, orgs, earlier)
-        if quantity is None or not taken:  # a split sale short of part of its units is no resale
-            drawn = {code for code, _ in taken}
-            book.short += [(event, c) for c in fresh if c not in drawn and world.states[c].commissioned]
     # A return undoes the seller's latest sale of the pack before it (by event time).
     # Returns that arrived before the dispense they undo wait: each new dispense looks for them.
     wanted = {c for e, codes in sales for c in codes}
@@ -458,114 +436,105 @@ def _consume(
         for ret in undoing:
             if ret.undoes is not None and (ret.event_id, ret.code) not in book.applied:
                 book.erase_given_back(ret)
-        for ret in undoing:
-            if (ret.event_id, ret.code) not in book.applied and ret.undoes is None:
-                _given_back_at_once(ret, world, book)
-    return [f for f in flags if f.key not in book.explained]
+    return flags
 
 
-def _returned_later(
-    event: Incoming, codes: Sequence[str], book: _Book
-) -> dict[str, tuple[Return, Consumption]]:
-    """Per pack of a late sale: the earliest stored return by the same seller, dated at or
-    after the sale, that undid the seller's sale of the pack dated before it (matched by
-    time: not one that names its settlement or the event it undoes). By event time that
-    earlier sale still held its units when this one was made, and the return undoes this
-    one (the seller's latest sale before it)."""
-    found = []
-    for sold in book.rows:
-        ret = book.givers.get((sold.reversed_by, sold.code)) if sold.reversed_by is not None else None
-        if (
-            ret is not None
-            and sold.reversed
-            and sold.code in codes
-            and sold.org == event.org
-            and sold.at < event.at <= ret.at
-            and ret.setl_id is None
-            and ret.undoes is None
-        ):
-            found.append((ret, sold))
-    out: dict[str, tuple[Return, Consumption]] = {}
-    for ret, sold in sorted(found, key=lambda f: (f[0].at, f[0].event_id.int), reverse=True):
-        out[sold.code] = (ret, sold)  # the earliest last
-    return out
+def _refold_late(
+    loaded: Loaded, facts: Sequence[Fact], world: World, book: _Book
+) -> tuple[list[NewFlag], list[NewFlag], dict[str, list[FlagKey]]]:
+    """Fold the sales of each pack of a late sale or return again in event time
+    (``core.sales.refold``) with the batch's own, and record the difference: takes that
+    change, returns matched again. The batch's dispenses of such a pack are judged on
+    the pack as it stood at their time; a stored one that now finds the pack used up is
+    flagged DUPLICATE, and one that no longer does has its DUPLICATE withdrawn.
+
+    Returns the flags of the batch's dispenses, those of stored ones, and per pack folded
+    the DUPLICATE keys to withdraw (those packs are left out of the incremental step).
+    A pack whose sales hold what the fold does not model stays with that step: a 3507
+    deletion's compensation, a settlement's reversal, a split sale over several packs,
+    or a settlement that would find fewer units than it took."""
+    by_id = {e.event_id: e for e in loaded.events}
+    flags: list[NewFlag] = []
+    rejudged: list[NewFlag] = []
+    folded: dict[str, list[FlagKey]] = {}
+    for code, (stored_dispenses, stored_returns) in sorted(loaded.pack_sales.items()):
+        state = world.states[code]
+        pack_units = world.pack_units.get(state.product_id or "")
+        new = [by_id[f.event_id] for f in facts if code in f.codes and f.type in SALE_TYPES]
+        new_dispenses = [e for e in new if e.type == "dispense"]
+        dispenses = stored_dispenses + [
+            Dispense(e.event_id, e.org, e.at, e.quantity, e.setl_id, len(e.codes), e.undoes)
+            for e in new_dispenses
+        ]
+        returns = stored_returns + [
+            Return(e.event_id, e.org, e.at, e.setl_id, code, e.undoes) for e in new if e.type == "return"
+        ]
+        takes = [t for t in book.rows if t.code == code]
+        fold = (
+            refold(code, pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
+            if pack_units is not None and _foldable(dispenses, returns, takes)
+            else None
+        )
+        if fold is None:
+            continue
+        _record_refold(fold, takes, book)
+        state.units_left = fold.units_left
+        world.changed.add(code)
+        resold, repeats = set(fold.resales), set(fold.repeats)
+        for e in new_dispenses:
+            if e.event_id not in repeats:  # a sale that took the pack already is not judged again
+                earlier = [t for t in fold.takes if t.at <= e.at]
+                used_up = {code} if e.event_id in resold else set()
+                flags += flag_rules.dispense_flags(
+                    e, [code], world.states, loaded.products, loaded.orgs, earlier, used_up=used_up
+                )
+        for d in stored_dispenses:
+            if d.event_id in resold and d.org in loaded.orgs:
+                before = [t for t in fold.takes if t.at <= d.at]
+                region = loaded.orgs[d.org].region
+                rejudged.append(flag_rules.resale_flag(d.event_id, d.org, region, d.at, code, before))
+        folded[code] = [
+            (flag_rules.DUPLICATE, code, Evidence.event(d.event_id))
+            for d in stored_dispenses
+            if d.event_id not in resold
+        ]
+    return flags, rejudged, folded
 
 
-def _resold_after(
-    take: Consumption, world: World, book: _Book, orgs: Mapping[str, Org], earlier: Sequence[Consumption]
-) -> list[NewFlag]:
-    """A late sale that used the pack up, dated before a sale of it by the same seller
-    whose take a return gave back: by event time that later sale found the pack used up
-    (a resale, DUPLICATE, that took nothing: its take goes), and the return undoes this
-    sale, the seller's latest before it that took units. Not a take of a settlement's
-    sale: the settlement was decided on it."""
-    found = []
-    for sold in book.rows:
-        ret = book.givers.get((sold.reversed_by, sold.code)) if sold.reversed_by is not None else None
-        if (
-            ret is not None
-            and sold.reversed
-            and sold.code == take.code
-            and sold.org == take.org
-            and sold.at > take.at
-            and sold.setl_id is None
-            and sold.event_id is not None
-            and ret.setl_id is None
-            and ret.undoes is None
-        ):
-            found.append((ret, sold))
-    if not found:
-        return []
-    ret, resale = min(found, key=lambda f: (f[0].at, f[0].event_id.int))
-    assert resale.event_id is not None
-    book.erase(resale)
-    book.give_back(take, ret)
-    world.changed |= move_units(world.states, [(take.code, take.units)])
-    region = orgs[resale.org].region
-    evidence = [*earlier, take]
-    return [flag_rules.resale_flag(resale.event_id, resale.org, region, resale.at, take.code, evidence)]
+def _foldable(dispenses: Sequence[Dispense], returns: Sequence[Return], takes: Sequence[Consumption]) -> bool:
+    """Does ``core.sales.refold`` model all of a pack's sales: no 3507 deletion's
+    compensation, no settlement's reversal, no split sale over several packs?"""
+    return not (
+        any(d.undoes is not None or (d.quantity is not None and d.packs > 1) for d in dispenses)
+        or any(r.undoes is not None for r in returns)
+        or any(t.reversed and t.reversed_by is None for t in takes)
+    )
 
 
-def _given_back_at_once(ret: Return, world: World, book: _Book) -> None:
-    """A return that found no sale to undo, while a sale of the pack by the same seller
-    dated before it took nothing (flagged DUPLICATE) because a sale dated after that one
-    holds the pack: by event time that earlier sale took the units, and this return gave
-    them back, before the later sale took them. The earlier sale's take is recorded,
-    given back at once (the pack's units do not change), and its DUPLICATE is explained."""
-    short = [
-        (d, c)
-        for d, c in book.short
-        if c == ret.code
-        and d.org == ret.org
-        and d.at <= ret.at
-        and (ret.setl_id is None or d.setl_id == ret.setl_id)
-        and not book.sold(c, Sale.of_dispense(d.event_id, d.setl_id))
-    ]
-    if not short:
-        return
-    d, code = max(short, key=lambda s: (s[0].at, s[0].event_id.int))
-    later = sum(t.units for t in book.rows if t.code == code and not t.reversed and t.at > d.at)
-    if not later:
-        return  # the pack was used up before that sale: a DUPLICATE indeed
-    held = (world.states[code].units_left or 0) + later  # what the pack held when it was sold
-    units = held if d.quantity is None else min(d.quantity, held)
-    sale = Sale.of_dispense(d.event_id, d.setl_id)
-    take = Consumption(code, sale, d.setl_id, d.event_id, d.org, d.at, units)
-    book.add(take)
-    book.give_back(take, ret)
-    book.explained.add((flag_rules.DUPLICATE, code, Evidence.event(d.event_id)))
+def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> None:
+    """Bring the pack's recorded takes to the fold's: a take whose units or return
+    changed is written again, one given back or standing again is marked so."""
+    folded = {t.sale: t for t in fold.takes}
 
+    def add(take: Consumption) -> None:
+        book.add(take)
+        if take.reversed and take.reversed_by is not None:
+            book.reversals.append((take, take.reversed_by))
 
-def _freed(resold: Sequence[Incoming], book: _Book) -> list[tuple[Incoming, tuple[str, ...]]]:
-    """The stored dispenses that found their pack used up and are dated at or after a
-    return that gave the pack's units back in this batch, with those packs, oldest first."""
-    back = book.given_back_now()
-    out = []
-    for d in resold:
-        codes = tuple(c for c in d.codes if c in back and back[c].at <= d.at)
-        if codes:
-            out.append((d, codes))
-    return out
+    for take in stored:
+        now = folded.pop(take.sale, None)
+        if now is None:
+            book.erase(take)
+        elif now.units != take.units or (take.reversed and now.reversed_by not in (None, take.reversed_by)):
+            book.erase(take)  # written again
+            add(now)
+        elif take.reversed and not now.reversed:
+            book.reopen(take)
+        elif now.reversed and not take.reversed and now.reversed_by is not None:
+            take.reversed, take.reversed_by = True, now.reversed_by
+            book.reversals.append((take, now.reversed_by))
+    for take in folded.values():
+        add(take)
 
 
 def _undo_return(

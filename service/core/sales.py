@@ -7,7 +7,7 @@ dispenses, returns and reversals alike.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -103,6 +103,7 @@ class Return:
     setl_id: str | None
     code: str
     undoes: UUID | None = None  # the dispense event whose sale it undoes, if it names one
+    received: datetime | None = None  # when it was stored (None: arriving now), for refold
 
 
 def match_returns(
@@ -127,3 +128,89 @@ def match_returns(
                 out.append((r, sale))
                 break
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Dispense:
+    """A dispense of one pack, as :func:`refold` reads it."""
+
+    event_id: UUID
+    org: str
+    at: datetime
+    quantity: int | None  # None: the whole pack
+    setl_id: str | None
+    packs: int = 1  # how many packs the dispense names
+    undoes: UUID | None = None  # a 3507 deletion's compensation: the return it undoes
+    received: datetime | None = None  # when it was stored (None: arriving now)
+
+
+@dataclass(slots=True)
+class Refold:
+    """A pack's sales folded in event time."""
+
+    takes: list[Consumption]  # what each sale took, oldest first; given back ones reversed
+    units_left: int
+    resales: list[UUID]  # dispenses that found the pack used up (DUPLICATE)
+    repeats: list[UUID]  # dispenses of a sale that had taken the pack already
+
+
+def refold(
+    code: str,
+    pack_units: int,
+    dispenses: Sequence[Dispense],
+    settled: Sequence[Consumption],
+    returns: Sequence[Return],
+) -> Refold | None:
+    """The sales of one pack in event time, whatever order they arrived in: each
+    dispense draws from what is left (a whole-pack sale all of it, a split sale up to
+    its quantity; nothing from a used-up pack: a resale), a settlement's own take takes
+    what it took when it was decided, and each return gives back the seller's latest
+    sale of the pack at or before it that stands (the one of its ``setl_id`` if it names
+    one), or waits. A sale takes a pack once: a dispense whose sale (its ``setl_id``)
+    took the pack already takes nothing again. At one instant they follow in the order
+    they arrived (settlements' takes first, those arriving now last; within one upload
+    dispenses before returns, as the incremental step takes them). None
+    when a settlement finds fewer units than it took (it was decided on other facts: the
+    pack's sales are left as they are)."""
+    arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
+        (s.at, 0, s.at, 0, 0, s) for s in settled
+    ]
+    for kind, events in ((0, dispenses), (1, returns)):
+        for e in events:  # stored ones by when they were stored, then those arriving now
+            arrived.append((e.at, 1 if e.received else 2, e.received or e.at, kind, e.event_id.int, e))
+    left = pack_units
+    takes: list[Consumption] = []
+    sales: set[Sale] = set()
+    resales: list[UUID] = []
+    repeats: list[UUID] = []
+    for *_, action in sorted(arrived, key=lambda a: a[:5]):
+        if isinstance(action, Return):
+            stands = [
+                t for t in takes
+                if not t.reversed and t.org == action.org and t.at <= action.at
+                and (action.setl_id is None or t.setl_id == action.setl_id)
+            ]  # fmt: skip
+            if stands:
+                undone = stands[-1]
+                undone.reversed, undone.reversed_by = True, action.event_id
+                left += undone.units
+            continue
+        if isinstance(action, Consumption):  # a settlement's own take
+            if left < action.units:
+                return None
+            sales.add(action.sale)
+            takes.append(replace(action, reversed=False, reversed_by=None))
+            left -= action.units
+            continue
+        sale = Sale.of_dispense(action.event_id, action.setl_id)
+        if sale in sales:
+            repeats.append(action.event_id)
+            continue
+        if left <= 0:
+            resales.append(action.event_id)
+            continue
+        units = left if action.quantity is None else min(action.quantity, left)
+        sales.add(sale)
+        takes.append(Consumption(code, sale, action.setl_id, action.event_id, action.org, action.at, units))
+        left -= units
+    return Refold(takes, left, resales, repeats)

@@ -111,7 +111,7 @@ async def fields(
     """The stored fields of the events ``event_ids`` (only those of ``type_``), by id."""
     rows = await conn.fetch(
         """SELECT event_id, type, at, org, to_org, from_org, parent, lot, expiry, produced,
-                  quantity, setl_id, ref, undoes, received_at
+                  quantity, setl_id, ref, undoes, code_count, received_at
            FROM events WHERE event_id = ANY($1::uuid[]) AND ($2::text IS NULL OR type = $2)""",
         list(set(event_ids)),
         type_,

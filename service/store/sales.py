@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -10,7 +11,7 @@ import asyncpg
 
 from service.core.custody import Fact
 from service.core.events import Incoming
-from service.core.sales import SETTLEMENT, Consumption, Return, Sale
+from service.core.sales import SETTLEMENT, Consumption, Dispense, Return, Sale
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store.conn import Conn, RetryTransaction, distributed
@@ -244,35 +245,25 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
     ]
 
 
-async def resold(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
-    """Stored dispenses of ``codes`` that took nothing of them (they found the pack used
-    up), oldest first, for a late return that gives the packs' units back. Not a split
-    sale that took units of another pack: what it still wants is not its quantity."""
-    waiting = await unapplied_dispenses(conn, codes)
-    split = [Sale.of_dispense(d.event_id, d.setl_id) for d in waiting if d.quantity is not None]
-    drew: set[Sale] = set()
-    if split:
-        rows = await conn.fetch(
-            """SELECT DISTINCT sale_kind, sale_id FROM consumptions
-               WHERE (sale_kind, sale_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
-            [s.kind for s in split],
-            [s.id for s in split],
-        )
-        drew = {Sale(r["sale_kind"], r["sale_id"]) for r in rows}
-    return [d for d in waiting if d.quantity is None or Sale.of_dispense(d.event_id, d.setl_id) not in drew]
-
-
-async def givers(conn: Conn, takes: Sequence[Consumption]) -> list[Return]:
-    """The stored patients' returns that gave ``takes`` back, one per (return, pack)."""
-    by = {(t.reversed_by, t.code) for t in takes if t.reversed and t.reversed_by is not None}
-    if not by:
-        return []
-    found = await event_store.fields(conn, [i for i, _ in by], "return")
-    return [
-        Return(e["event_id"], e["org"], e["at"], e["setl_id"], code, e["undoes"])
-        for event_id, code in sorted(by, key=str)
-        if (e := found.get(event_id)) is not None
-    ]
+async def pack_sales(conn: Conn, codes: Sequence[str]) -> dict[str, tuple[list[Dispense], list[Return]]]:
+    """Every stored dispense and return of each of ``codes``, for their sales to be
+    folded again in event time (``core.sales.refold``)."""
+    linked = [(code, event_id) for code, event_id, named in await event_store.links(conn, codes) if named]
+    found = await event_store.fields(conn, [event_id for _, event_id in linked])
+    out: dict[str, tuple[list[Dispense], list[Return]]] = {code: ([], []) for code in codes}
+    for code, event_id in linked:
+        e = found.get(event_id)
+        if e is None:
+            continue
+        if e["type"] == "dispense":
+            dispense = Dispense(e["event_id"], e["org"], e["at"], e["quantity"], e["setl_id"])
+            out[code][0].append(
+                replace(dispense, packs=e["code_count"], undoes=e["undoes"], received=e["received_at"])
+            )
+        elif e["type"] == "return":
+            returned = Return(e["event_id"], e["org"], e["at"], e["setl_id"], code, e["undoes"])
+            out[code][1].append(replace(returned, received=e["received_at"]))
+    return out
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:

@@ -219,17 +219,14 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     returnable = rules.dispensed(fresh) | placeholders
     if returnable:
         loaded.waiting_returns = await sale_store.unapplied_returns(conn, sorted(returnable))
-    late_returns = rules.late(fresh, states, "return")
-    if late_returns:
-        loaded.resold = await sale_store.resold(conn, sorted(late_returns))
     needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders)
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
-        late_sales = rules.late(fresh, states, "dispense")
-        loaded.givers = await sale_store.givers(conn, [s for s in loaded.sales if s.code in late_sales])
+    late = rules.late_sales(fresh, states)
+    if late:
+        loaded.pack_sales = await sale_store.pack_sales(conn, sorted(late))
 
-    waiting = loaded.waiting_dispenses + loaded.resold
-    orgs, products = rules.registry_needed(fresh, states, waiting, loaded.history or ())
+    orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)
     loaded.products = await registry.get_products(conn, products)
     return loaded, versions
@@ -245,9 +242,9 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
     await code_store.insert_new(conn, plan.new_codes)
     await code_store.update(conn, plan.changed_codes)
     await code_store.add_containment(conn, plan.containment)
+    await sale_store.erase(conn, plan.erased)  # first: a take written again is erased, then recorded
     await sale_store.record(conn, plan.consumptions)
     await sale_store.reverse(conn, plan.reversals)
-    await sale_store.erase(conn, plan.erased)
     await sale_store.reopen(conn, plan.reopened)
     raised = await flag_store.raise_flags(conn, plan.flags)
     await flag_store.withdraw(conn, plan.withdrawn, [str(f.event_id) for f in plan.facts])

@@ -153,6 +153,30 @@ async def test_two_sales_and_a_return_in_any_order(admin: Api) -> None:
     assert results == [(24, ["DUPLICATE"])] * len(results), results
 
 
+@pytest.mark.parametrize("seed", range(24))
+async def test_a_packs_sales_and_returns_in_any_order_end_as_in_time_order(admin: Api, seed: int) -> None:
+    """Three to five sales (whole packs, 5 or 10 units) and returns of one pack by one
+    pharmacy, a minute apart, uploaded in time order and in five other orders: the units
+    left and the flags standing are the same."""
+    rng = random.Random(seed)
+    w = await _world(admin)
+    steps = [(rng.choice(["whole", "5", "10", "return"]), 10 + 5 * i) for i in range(rng.choice([3, 4, 5]))]
+    orders = list(itertools.permutations(range(len(steps))))
+    results = []
+    for n, order in enumerate([orders[0], *rng.sample(orders[1:], 5)]):
+        [code] = await received(w, "P1", [1000 + 10 * seed + n])
+        events = [
+            event("return", "P1", [code], t)
+            if kind == "return"
+            else event("dispense", "P1", [code], t, **({} if kind == "whole" else {"quantity": int(kind)}))
+            for kind, t in steps
+        ]
+        await _send(admin, [events[i] for i in order])
+        left = (await _verify(w, code))["units_left"]
+        results.append((order, left, sorted(k for k, _, _ in await _standing(w, code))))
+    assert [r[1:] for r in results] == [results[0][1:]] * len(results), (steps, results)
+
+
 # --------------------------------------------------------------------------- a story
 
 

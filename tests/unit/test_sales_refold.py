@@ -1,0 +1,96 @@
+"""The sales of one pack folded in event time (``core.sales.refold``), without a database:
+the same dispenses, settlements and returns give the same takes whatever order they are
+listed in."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+from service.core.sales import SETTLEMENT, Consumption, Dispense, Return, Sale, refold
+
+CODE = "81234560000000000011"
+T0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
+
+
+def at(minute: int) -> datetime:
+    return T0 + timedelta(minutes=minute)
+
+
+def sale(minute: int, quantity: int | None = None, org: str = "P1", setl_id: str | None = None) -> Dispense:
+    return Dispense(uuid4(), org, at(minute), quantity, setl_id)
+
+
+def back(minute: int, org: str = "P1", setl_id: str | None = None) -> Return:
+    return Return(uuid4(), org, at(minute), setl_id, CODE)
+
+
+def settled(minute: int, setl_id: str, units: int) -> Consumption:
+    return Consumption(CODE, Sale(SETTLEMENT, setl_id), setl_id, None, "P1", at(minute), units)
+
+
+def summary(
+    dispenses: list[Dispense], returns: list[Return], settlements: tuple[Consumption, ...] = ()
+) -> tuple[int, list[tuple[datetime, int, bool, UUID | None]], list[UUID]]:
+    fold = refold(CODE, 24, dispenses, settlements, returns)
+    assert fold is not None
+    takes = sorted((t.at, t.units, t.reversed, t.reversed_by) for t in fold.takes)
+    return fold.units_left, takes, sorted(fold.resales, key=str)
+
+
+def test_a_return_gives_back_the_sellers_latest_sale_before_it() -> None:
+    first, second, ret = sale(10, 10), sale(11, 5), back(12)
+    left, takes, resales = summary([first, second], [ret])
+    assert left == 14
+    assert takes == [(at(10), 10, False, None), (at(11), 5, True, ret.event_id)]
+    assert resales == []
+
+
+def test_a_sale_of_a_used_up_pack_is_a_resale_until_a_return_gives_units_back() -> None:
+    first, resale, ret, again = sale(10), sale(15), back(20), sale(30)
+    left, takes, resales = summary([first, resale, again], [ret])
+    assert left == 0
+    assert takes == [(at(10), 24, True, ret.event_id), (at(30), 24, False, None)]
+    assert resales == [resale.event_id]
+
+
+def test_the_order_listed_does_not_matter() -> None:
+    dispenses = [sale(10), sale(12, 5), sale(20, 10), sale(30)]
+    returns = [back(15), back(25)]
+    expected = summary(dispenses, returns)
+    for order in itertools.permutations(dispenses):
+        assert summary(list(order), list(reversed(returns))) == expected
+
+
+def test_a_sale_takes_a_pack_once() -> None:
+    """A dispense under a settlement that took the pack takes nothing again, and is no
+    resale; nor is a second dispense of the same sale."""
+    dispenses = [sale(12, setl_id="S1"), sale(13, setl_id="S1")]
+    left, takes, resales = summary(dispenses, [], (settled(11, "S1", 24),))
+    assert (left, len(takes), resales) == (0, 1, [])
+
+
+def test_a_return_that_names_its_settlement_gives_back_that_sale() -> None:
+    ret = back(20, setl_id="S1")
+    left, takes, _ = summary([sale(10, 4, setl_id="S1"), sale(15, 6)], [ret])
+    assert left == 18
+    assert (at(10), 4, True, ret.event_id) in takes
+
+
+def test_a_return_with_no_sale_before_it_gives_nothing_back() -> None:
+    left, takes, _ = summary([sale(20, 5)], [back(10), back(30, org="P2")])
+    assert (left, takes) == (19, [(at(20), 5, False, None)])
+
+
+def test_a_settlement_that_finds_fewer_units_than_it_took_leaves_the_pack_as_it_is() -> None:
+    assert refold(CODE, 24, [sale(5)], [settled(10, "S1", 24)], []) is None
+
+
+def test_a_repeat_of_a_sale_is_no_resale() -> None:
+    first = sale(10, setl_id="S1")
+    again = replace(first, event_id=uuid4(), at=at(12))
+    fold = refold(CODE, 24, [again, first], [], [])
+    assert fold is not None
+    assert (fold.units_left, fold.resales, fold.repeats) == (0, [], [again.event_id])
