@@ -459,8 +459,9 @@ def _refold_late(
     folded: dict[str, list[FlagKey]] = {}
     for code, (stored_dispenses, stored_returns) in sorted(loaded.pack_sales.items()):
         state = world.states[code]
-        pack_units = world.pack_units.get(state.product_id or "")
         new = [by_id[f.event_id] for f in facts if code in f.codes and f.type in SALE_TYPES]
+        if not new:  # the late sale or return was refused
+            continue
         new_dispenses = [e for e in new if e.type == "dispense"]
         dispenses = stored_dispenses + [
             Dispense(e.event_id, e.org, e.at, e.quantity, e.setl_id, len(e.codes), e.undoes)
@@ -471,8 +472,8 @@ def _refold_late(
         ]
         takes = [t for t in book.rows if t.code == code]
         fold = (
-            refold(code, pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
-            if pack_units is not None and _foldable(dispenses, returns, takes)
+            refold(code, state.pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
+            if state.pack_units is not None and _foldable(dispenses, returns, takes)
             else None
         )
         if fold is None:
@@ -525,7 +526,9 @@ def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> 
         now = folded.pop(take.sale, None)
         if now is None:
             book.erase(take)
-        elif now.units != take.units or (take.reversed and now.reversed_by not in (None, take.reversed_by)):
+        elif (now.units, now.event_id, now.at, now.org) != (take.units, take.event_id, take.at, take.org) or (
+            take.reversed and now.reversed_by not in (None, take.reversed_by)
+        ):
             book.erase(take)  # written again
             add(now)
         elif take.reversed and not now.reversed:

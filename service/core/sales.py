@@ -169,7 +169,8 @@ def refold(
     one), or waits. A sale takes a pack once: a dispense whose sale (its ``setl_id``)
     took the pack already takes nothing again. At one instant they follow in the order
     they arrived (settlements' takes first, those arriving now last; within one upload
-    dispenses before returns, as the incremental step takes them). None
+    dispenses before returns, as the incremental step takes them), and a return that
+    found no sale undoes a sale of its instant that arrives after it. None
     when a settlement finds fewer units than it took (it was decided on other facts: the
     pack's sales are left as they are)."""
     arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
@@ -180,25 +181,31 @@ def refold(
             arrived.append((e.at, 1 if e.received else 2, e.received or e.at, kind, e.event_id.int, e))
     left = pack_units
     takes: list[Consumption] = []
-    sales: set[Sale] = set()
+    sales: set[Sale] = {t.sale for t in settled}  # a dispense of a settled sale takes nothing again
     resales: list[UUID] = []
     repeats: list[UUID] = []
+    waiting: list[Return] = []  # returns that found no sale to undo
+
+    def give_back(ret: Return) -> bool:
+        nonlocal left
+        stands = [
+            t for t in takes
+            if not t.reversed and t.org == ret.org and t.at <= ret.at
+            and (ret.setl_id is None or t.setl_id == ret.setl_id)
+        ]  # fmt: skip
+        if stands:
+            stands[-1].reversed, stands[-1].reversed_by = True, ret.event_id
+            left += stands[-1].units
+        return bool(stands)
+
     for *_, action in sorted(arrived, key=lambda a: a[:5]):
         if isinstance(action, Return):
-            stands = [
-                t for t in takes
-                if not t.reversed and t.org == action.org and t.at <= action.at
-                and (action.setl_id is None or t.setl_id == action.setl_id)
-            ]  # fmt: skip
-            if stands:
-                undone = stands[-1]
-                undone.reversed, undone.reversed_by = True, action.event_id
-                left += undone.units
+            if not give_back(action):
+                waiting.append(action)
             continue
         if isinstance(action, Consumption):  # a settlement's own take
             if left < action.units:
                 return None
-            sales.add(action.sale)
             takes.append(replace(action, reversed=False, reversed_by=None))
             left -= action.units
             continue
@@ -213,4 +220,9 @@ def refold(
         sales.add(sale)
         takes.append(Consumption(code, sale, action.setl_id, action.event_id, action.org, action.at, units))
         left -= units
+        # a return of this very instant that arrived before this sale, and found nothing,
+        # undoes it (as a waiting return does when the sale arrives: core.ingest)
+        for ret in [r for r in waiting if r.at == action.at]:
+            if give_back(ret):
+                waiting.remove(ret)
     return Refold(takes, left, resales, repeats)

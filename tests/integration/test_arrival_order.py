@@ -153,6 +153,24 @@ async def test_two_sales_and_a_return_in_any_order(admin: Api) -> None:
     assert results == [(24, ["DUPLICATE"])] * len(results), results
 
 
+async def test_a_sale_and_its_return_of_one_minute_in_any_order(admin: Api) -> None:
+    """P1 sells the pack and takes it back within the same minute (t=10), and sells it
+    again (t=20): in every arrival order the return undoes the first sale, and the
+    second takes the pack, with no flag."""
+    w = await _world(admin)
+    results = []
+    for n, order in enumerate(itertools.permutations(range(3))):
+        [code] = await received(w, "P1", [400 + n])
+        sales = [
+            event("dispense", "P1", [code], 10),
+            event("return", "P1", [code], 10),
+            event("dispense", "P1", [code], 20),
+        ]
+        await _send(admin, [sales[i] for i in order])
+        results.append(((await _verify(w, code))["units_left"], [k for k, _, _ in await _standing(w, code)]))
+    assert results == [(0, [])] * len(results), results
+
+
 @pytest.mark.parametrize("seed", range(24))
 async def test_a_packs_sales_and_returns_in_any_order_end_as_in_time_order(admin: Api, seed: int) -> None:
     """Three to five sales (whole packs, 5 or 10 units) and returns of one pack by one

@@ -94,3 +94,33 @@ def test_a_repeat_of_a_sale_is_no_resale() -> None:
     fold = refold(CODE, 24, [again, first], [], [])
     assert fold is not None
     assert (fold.units_left, fold.resales, fold.repeats) == (0, [], [again.event_id])
+
+
+def test_a_dispense_of_a_sale_its_settlement_took_takes_nothing_again() -> None:
+    """The settlement (10:05) took 2 units; its dispense, dated 10:00, arrives late:
+    no second take, and no resale."""
+    fold = refold(CODE, 10, [sale(20, 2), sale(0, 2, setl_id="S")], [settled(5, "S", 2)], [])
+    assert fold is not None
+    assert (fold.units_left, len(fold.takes), fold.resales) == (6, 2, [])
+
+
+def test_at_one_instant_a_return_that_came_first_undoes_the_sale_that_came_after() -> None:
+    """A return and a whole-pack sale of the same minute: whichever arrived first, the
+    return gives the sale back (as a waiting return does when its sale arrives)."""
+    ret = replace(back(10), received=at(11))
+    first = replace(sale(10), received=at(12))
+    for stored_first in (ret, first):
+        arriving = first if stored_first is ret else replace(ret, received=None)
+        dispenses = [d for d in (stored_first, arriving) if isinstance(d, Dispense)]
+        returns = [r for r in (stored_first, arriving) if isinstance(r, Return)]
+        fold = refold(CODE, 24, dispenses, [], returns)
+        assert fold is not None
+        assert (fold.units_left, [t.reversed_by for t in fold.takes]) == (24, [ret.event_id])
+
+
+def test_a_sale_sent_twice_is_taken_by_its_earliest_dispense() -> None:
+    later, earlier = sale(10, 5, setl_id="S"), sale(0, 5, setl_id="S")
+    fold = refold(CODE, 24, [later, earlier], [], [])
+    assert fold is not None
+    assert [(t.event_id, t.at) for t in fold.takes] == [(earlier.event_id, at(0))]
+    assert fold.repeats == [later.event_id]
