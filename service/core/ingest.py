@@ -479,8 +479,7 @@ def _refold_late(
         if fold is None:
             continue
         _record_refold(fold, takes, book)
-        state.units_left = fold.units_left
-        world.changed.add(code)
+        world.changed |= move_units(world.states, [(code, fold.units_left - (state.units_left or 0))])
         resold, repeats = set(fold.resales), set(fold.repeats)
         for e in new_dispenses:
             if e.event_id not in repeats:  # a sale that took the pack already is not judged again

@@ -216,7 +216,7 @@ def refold(
         if left <= 0:
             resales.append(action.event_id)
             continue
-        units = left if action.quantity is None else min(action.quantity, left)
+        [(_, units)] = draw({code: left}, [code], action.quantity)
         sales.add(sale)
         takes.append(Consumption(code, sale, action.setl_id, action.event_id, action.org, action.at, units))
         left -= units
