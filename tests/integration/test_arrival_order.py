@@ -173,22 +173,27 @@ async def test_a_sale_and_its_return_of_one_minute_in_any_order(admin: Api) -> N
 
 @pytest.mark.parametrize("seed", range(24))
 async def test_a_packs_sales_and_returns_in_any_order_end_as_in_time_order(admin: Api, seed: int) -> None:
-    """Three to five sales (whole packs, 5 or 10 units) and returns of one pack by one
-    pharmacy, a minute apart, uploaded in time order and in five other orders: the units
-    left and the flags standing are the same."""
+    """Three to five sales (whole packs, 5 or 10 units) and returns of one pack, a
+    minute apart, mostly by the pharmacy that holds it and some by a hospital that does
+    not (DIVERSION), some under a settlement id (a return naming the sale before it),
+    uploaded in time order and in five other orders: the units left and the flags
+    standing are the same."""
     rng = random.Random(seed)
     w = await _world(admin)
-    steps = [(rng.choice(["whole", "5", "10", "return"]), 10 + 5 * i) for i in range(rng.choice([3, 4, 5]))]
+    steps = [
+        (rng.choice(["whole", "5", "10", "return"]), rng.choice(["P1", "P1", "H1"]), rng.random() < 0.3)
+        for _ in range(rng.choice([3, 4, 5]))
+    ]
     orders = list(itertools.permutations(range(len(steps))))
     results = []
     for n, order in enumerate([orders[0], *rng.sample(orders[1:], 5)]):
         [code] = await received(w, "P1", [1000 + 10 * seed + n])
-        events = [
-            event("return", "P1", [code], t)
-            if kind == "return"
-            else event("dispense", "P1", [code], t, **({} if kind == "whole" else {"quantity": int(kind)}))
-            for kind, t in steps
-        ]
+        events = []
+        for i, (kind, org, settled) in enumerate(steps):
+            fields: dict[str, Any] = {} if kind in ("whole", "return") else {"quantity": int(kind)}
+            if settled:  # a return names the settlement of the step before it
+                fields["setl_id"] = f"S{seed}-{n}-{i - 1 if kind == 'return' else i}"
+            events.append(event("return" if kind == "return" else "dispense", org, [code], 10 + 5 * i, **fields))
         await _send(admin, [events[i] for i in order])
         left = (await _verify(w, code))["units_left"]
         results.append((order, left, sorted(k for k, _, _ in await _standing(w, code))))
