@@ -193,7 +193,8 @@ async def test_a_packs_sales_and_returns_in_any_order_end_as_in_time_order(admin
             fields: dict[str, Any] = {} if kind in ("whole", "return") else {"quantity": int(kind)}
             if settled:  # a return names the settlement of the step before it
                 fields["setl_id"] = f"S{seed}-{n}-{i - 1 if kind == 'return' else i}"
-            events.append(event("return" if kind == "return" else "dispense", org, [code], 10 + 5 * i, **fields))
+            type_ = "return" if kind == "return" else "dispense"
+            events.append(event(type_, org, [code], 10 + 5 * i, **fields))
         await _send(admin, [events[i] for i in order])
         left = (await _verify(w, code))["units_left"]
         results.append((order, left, sorted(k for k, _, _ in await _standing(w, code))))
