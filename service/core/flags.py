@@ -31,8 +31,9 @@ PENDING, OPEN = "pending", "open"
 # fold judges them again when one arrives, so they start pending for the grace window.
 # Every other kind rests on facts that a later upload rarely changes (the pack was already
 # consumed, its product, expiry, recall or region, a second commission, a person's
-# purchases), so it is open at once; the one exception, a patient's return uploaded after
-# the pack's resale was flagged DUPLICATE, withdraws that flag (``core.ingest``).
+# purchases), so it is open at once. The one exception: a late sale or return folds its
+# pack's sales again in event time (``core.ingest``), and a DUPLICATE that the fold no
+# longer finds (the pack was back in stock by then) is withdrawn.
 CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
 DUPLICATE = "DUPLICATE"  # a consumed pack sold again (回流药), or a destroyed one
 # refs of an OUT_OF_REGION raised by the fold at a receipt: a replay that no longer raises
@@ -137,8 +138,8 @@ def dispense_flags(
         state = states[code]
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
-        gone = state.units_left is not None and state.units_left <= 0
-        if code in used_up if used_up is not None else gone:
+        now_used_up = state.units_left is not None and state.units_left <= 0
+        if code in used_up if used_up is not None else now_used_up:
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")

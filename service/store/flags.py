@@ -145,8 +145,8 @@ async def auto_clear(
 
 async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -> list[int]:
     """Pending and open flags of exactly ``keys`` that later-arriving events explained (a
-    resale flagged DUPLICATE that, by event time, came after the pack was returned)
-    become auto_cleared, naming those events."""
+    sale flagged DUPLICATE that, its pack's sales folded again in event time, found the
+    pack in stock) become auto_cleared, naming those events."""
     if not keys:
         return []
     rows = await conn.fetch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -255,14 +254,12 @@ async def pack_sales(conn: Conn, codes: Sequence[str]) -> dict[str, tuple[list[D
         e = found.get(event_id)
         if e is None:
             continue
+        fields = {"undoes": e["undoes"], "received": e["received_at"]}
         if e["type"] == "dispense":
-            dispense = Dispense(e["event_id"], e["org"], e["at"], e["quantity"], e["setl_id"])
-            out[code][0].append(
-                replace(dispense, packs=e["code_count"], undoes=e["undoes"], received=e["received_at"])
-            )
+            sold = (e["event_id"], e["org"], e["at"], e["quantity"], e["setl_id"])
+            out[code][0].append(Dispense(*sold, packs=e["code_count"], **fields))
         elif e["type"] == "return":
-            returned = Return(e["event_id"], e["org"], e["at"], e["setl_id"], code, e["undoes"])
-            out[code][1].append(replace(returned, received=e["received_at"]))
+            out[code][1].append(Return(e["event_id"], e["org"], e["at"], e["setl_id"], code, **fields))
     return out
 
 
