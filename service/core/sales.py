@@ -170,9 +170,9 @@ def refold(
     took the pack already takes nothing again. At one instant they follow in the order
     they arrived (settlements' takes first, those arriving now last; within one upload
     dispenses before returns, as the incremental step takes them), and a return that
-    found no sale undoes a sale of its instant that arrives after it. None
-    when a settlement finds fewer units than it took (it was decided on other facts: the
-    pack's sales are left as they are)."""
+    found no sale undoes a sale of its instant that arrives after it. None when a
+    settlement finds fewer units than it took (it was decided on other facts: the pack's
+    sales are left as they are)."""
     arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
         (s.at, 0, s.at, 0, 0, s) for s in settled
     ]
