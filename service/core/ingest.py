@@ -457,11 +457,22 @@ def _refold_late(
     flags: list[NewFlag] = []
     rejudged: list[NewFlag] = []
     folded: dict[str, list[FlagKey]] = {}
+    arriving: dict[str, list[Incoming]] = {}  # the batch's sales and returns, by pack
+    for f in facts:
+        if f.type in SALE_TYPES:
+            for c in f.codes:
+                arriving.setdefault(c, []).append(by_id[f.event_id])
+    recorded: dict[str, list[Consumption]] = {}
+    for t in book.rows:
+        recorded.setdefault(t.code, []).append(t)
     for code, (stored_dispenses, stored_returns) in sorted(loaded.pack_sales.items()):
         state = world.states[code]
-        new = [by_id[f.event_id] for f in facts if code in f.codes and f.type in SALE_TYPES]
+        new = arriving.get(code, [])
+        takes = recorded.get(code, [])
         if not new:  # the late sale or return was refused
             continue
+        if not (stored_dispenses or stored_returns or takes) and all(e.type == "dispense" for e in new):
+            continue  # only sales of a pack never sold: the incremental step takes them in time order
         new_dispenses = [e for e in new if e.type == "dispense"]
         dispenses = stored_dispenses + [
             Dispense(e.event_id, e.org, e.at, e.quantity, e.setl_id, len(e.codes), e.undoes)
@@ -470,7 +481,6 @@ def _refold_late(
         returns = stored_returns + [
             Return(e.event_id, e.org, e.at, e.setl_id, code, e.undoes) for e in new if e.type == "return"
         ]
-        takes = [t for t in book.rows if t.code == code]
         fold = (
             refold(code, state.pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
             if state.pack_units is not None and _foldable(dispenses, returns, takes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -128,10 +129,24 @@ async def undone(conn: Conn, event_ids: Sequence[UUID]) -> set[UUID]:
     return {r["undoes"] for r in rows}
 
 
-async def facts_for(conn: Conn, codes: Iterable[str]) -> list[Fact]:
-    """Every stored fact that touched one of ``codes``, restricted to those codes."""
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Every stored event that touched some codes: the links (code, event id, whether the
+    code is one of its codes), and the events' fields by id."""
+
+    links: list[tuple[str, UUID, bool]]
+    fields: dict[UUID, asyncpg.Record]
+
+
+async def stored_for(conn: Conn, codes: Iterable[str]) -> Stored:
+    found = await links(conn, codes)
+    return Stored(found, await fields(conn, {event_id for _, event_id, _ in found}))
+
+
+def facts_of(stored: Stored) -> list[Fact]:
+    """The stored events as facts, each restricted to the codes it named among those."""
     touched: dict[UUID, list[str]] = {}
-    for code, event_id, named in await links(conn, codes):
+    for code, event_id, named in stored.links:
         touched.setdefault(event_id, []).extend([code] if named else [])
     return [
         Fact(
@@ -146,8 +161,13 @@ async def facts_for(conn: Conn, codes: Iterable[str]) -> list[Fact]:
             expiry=r["expiry"],
             produced=r["produced"],
         )
-        for r in (await fields(conn, touched)).values()
+        for r in stored.fields.values()
     ]
+
+
+async def facts_for(conn: Conn, codes: Iterable[str]) -> list[Fact]:
+    """Every stored fact that touched one of ``codes``, restricted to those codes."""
+    return facts_of(await stored_for(conn, codes))
 
 
 async def details(conn: Conn, event_ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:

@@ -244,15 +244,17 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
     ]
 
 
-async def pack_sales(conn: Conn, codes: Sequence[str]) -> dict[str, tuple[list[Dispense], list[Return]]]:
-    """Every stored dispense and return of each of ``codes``, for their sales to be
-    folded again in event time (``core.sales.refold``)."""
-    linked = [(code, event_id) for code, event_id, named in await event_store.links(conn, codes) if named]
-    found = await event_store.fields(conn, [event_id for _, event_id in linked])
-    out: dict[str, tuple[list[Dispense], list[Return]]] = {code: ([], []) for code in codes}
-    for code, event_id in linked:
-        e = found.get(event_id)
-        if e is None:
+PackSales = dict[str, tuple[list[Dispense], list[Return]]]
+
+
+def pack_sales(stored: event_store.Stored, codes: Iterable[str]) -> PackSales:
+    """Every stored dispense and return of each of ``codes`` (from the stored events of a
+    history replay, which a late sale always reads), for their sales to be folded again
+    in event time (``core.sales.refold``)."""
+    out: PackSales = {code: ([], []) for code in codes}
+    for code, event_id, named in stored.links:
+        e = stored.fields.get(event_id)
+        if not named or e is None or code not in out:
             continue
         fields = {"undoes": e["undoes"], "received": e["received_at"]}
         if e["type"] == "dispense":

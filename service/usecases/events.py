@@ -203,6 +203,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         loaded.states = states
     family = set(states) | named
 
+    stored_events = None
     if rules.may_explain_settlements(fresh):
         loaded.reopen = await flag_store.settlement_suspicions(conn, sorted(family))
     earliest = min(e.at for e in fresh)
@@ -210,7 +211,8 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         if not locked:
             raise _NeedsLocks  # a late event: the history is replayed with the rows locked
         family |= set(await code_store.ancestors_ever(conn, family))
-        loaded.history = await event_store.facts_for(conn, family)
+        stored_events = await event_store.stored_for(conn, family)
+        loaded.history = event_store.facts_of(stored_events)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
 
     placeholders = rules.commissioned_now(fresh, states)
@@ -223,8 +225,9 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
     late = rules.late_sales(fresh, states)
-    if late:
-        loaded.pack_sales = await sale_store.pack_sales(conn, sorted(late))
+    if late:  # a late sale or return replays the history, read above with its packs' sales
+        stored_events = stored_events or await event_store.stored_for(conn, late)
+        loaded.pack_sales = sale_store.pack_sales(stored_events, late)
 
     orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)
