@@ -1,8 +1,7 @@
 """The same events in any arrival order end in the same custody, units and flags (pending
-ones included), through the public API. Written in review of the event ingest; the cases
-it found that the service does not meet yet are marked xfail (strict: they fail the suite
-once fixed, so the mark is taken off) and listed in the README's known limits (none
-now)."""
+ones included), through the public API. Written in review of the event ingest. A case
+the service does not meet yet is marked xfail (strict: it fails the suite once fixed, so
+the mark is taken off) and listed in the README's known limits; there is none now."""
 
 from __future__ import annotations
 
