@@ -20,6 +20,7 @@ from service.core.registry import Org, Product
 from service.core.sales import (
     Consumption,
     Dispense,
+    PackSales,
     Refold,
     Return,
     Sale,
@@ -85,9 +86,8 @@ SALE_TYPES = ("dispense", "return")
 
 def late_sales(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:
     """The packs of dispenses and returns that arrive late: dated at or before the last
-    event their pack has seen. Their sales are folded again in event time
-    (``core.sales.refold``): a sale or return between those recorded may change which
-    sale a return undoes, and what the sales after it took."""
+    event their pack has seen (a late batch replays its history, which holds their
+    stored sales: ``to_refold`` says which are folded again)."""
     return {
         c
         for e in events
@@ -97,19 +97,34 @@ def late_sales(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> s
     }
 
 
+def to_refold(events: Iterable[Incoming], states: Mapping[str, CodeState], late: PackSales) -> PackSales:
+    """Of the late packs, those whose sales are folded again in event time
+    (``core.sales.refold``): a sale or return between those recorded may change which
+    sale a return undoes, and what the sales after it took. Not a pack never sold nor
+    returned (no stored dispense or return, no settlement's take) that only sales reach:
+    the incremental step takes them in time order, as the fold would."""
+    returned = {c for e in events if e.type == "return" for c in e.codes}
+    return {
+        code: (dispenses, returns)
+        for code, (dispenses, returns) in late.items()
+        if dispenses or returns or states[code].sold_at is not None or code in returned
+    }
+
+
 def sales_needed(
     events: Iterable[Incoming],
     states: Mapping[str, CodeState],
     waiting_returns: Iterable[Return],
     placeholders: Iterable[str],
+    refolded: Iterable[str],
 ) -> set[str]:
     """The packs whose recorded sales the decision reads: those a dispense names with a
     settlement id (the settlement may have taken the units already), those already used
     up when dispensed again (the evidence of a 回流药 flag), those returned (the sale a
     return undoes), those a deleted return's compensation names (what that return gave
-    back), those of a late sale or return (folded again), and those whose waiting
+    back), those whose sales are folded again (``to_refold``), and those whose waiting
     dispenses and returns apply now."""
-    out = set(placeholders) | {r.code for r in waiting_returns} | late_sales(events, states)
+    out = set(placeholders) | {r.code for r in waiting_returns} | set(refolded)
     for e in events:
         if e.type == "return" or (e.type == "dispense" and (e.setl_id or e.undoes)):
             out.update(e.codes)
@@ -154,8 +169,8 @@ class Loaded:
     # with the history: the settlements that took units of the family's packs (standing
     # or given back since), folded with it
     settled: list[Fact] = field(default_factory=list)
-    # every stored dispense and return of each pack of a late sale or return (late_sales)
-    pack_sales: dict[str, tuple[list[Dispense], list[Return]]] = field(default_factory=dict)
+    # every stored dispense and return of each pack whose sales are folded again (to_refold)
+    pack_sales: PackSales = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,8 +486,6 @@ def _refold_late(
         takes = recorded.get(code, [])
         if not new:  # the late sale or return was refused
             continue
-        if not (stored_dispenses or stored_returns or takes) and all(e.type == "dispense" for e in new):
-            continue  # only sales of a pack never sold: the incremental step takes them in time order
         new_dispenses = [e for e in new if e.type == "dispense"]
         dispenses = stored_dispenses + [
             Dispense(e.event_id, e.org, e.at, e.quantity, e.setl_id, len(e.codes), e.undoes)

@@ -144,6 +144,9 @@ class Dispense:
     received: datetime | None = None  # when it was stored (None: arriving now)
 
 
+PackSales = dict[str, tuple[list[Dispense], list[Return]]]  # per pack, its stored dispenses and returns
+
+
 @dataclass(slots=True)
 class Refold:
     """A pack's sales folded in event time."""

@@ -10,7 +10,7 @@ import asyncpg
 
 from service.core.custody import Fact
 from service.core.events import Incoming
-from service.core.sales import SETTLEMENT, Consumption, Dispense, Return, Sale
+from service.core.sales import SETTLEMENT, Consumption, Dispense, PackSales, Return, Sale
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store.conn import Conn, RetryTransaction, distributed
@@ -242,9 +242,6 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
         )
         for e in sorted((dispenses[i] for i in waiting), key=lambda e: (e["at"], e["event_id"]))
     ]
-
-
-PackSales = dict[str, tuple[list[Dispense], list[Return]]]
 
 
 def pack_sales(stored: event_store.Stored, codes: Iterable[str]) -> PackSales:

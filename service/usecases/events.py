@@ -221,13 +221,13 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     returnable = rules.dispensed(fresh) | placeholders
     if returnable:
         loaded.waiting_returns = await sale_store.unapplied_returns(conn, sorted(returnable))
-    needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders)
-    if needed:
-        loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
     late = rules.late_sales(fresh, states)
     if late:  # a late sale or return replays the history, read above with its packs' sales
         stored_events = stored_events or await event_store.stored_for(conn, late)
-        loaded.pack_sales = sale_store.pack_sales(stored_events, late)
+        loaded.pack_sales = rules.to_refold(fresh, states, sale_store.pack_sales(stored_events, late))
+    needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders, loaded.pack_sales)
+    if needed:
+        loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
 
     orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)
