@@ -262,6 +262,11 @@ class _Book:
         take.reversed, take.reversed_by = False, None
         self.reopened.append(take)
 
+    def reverse(self, take: Consumption, by: UUID) -> None:
+        """``take`` is given back by the return ``by`` (as a fold matched them)."""
+        take.reversed, take.reversed_by = True, by
+        self.reversals.append((take, by))
+
     def open_newest_first(self, codes: set[str]) -> list[Consumption]:
         return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
 
@@ -347,7 +352,7 @@ def decide(loaded: Loaded) -> Plan:
     refolded, rejudged, folded = _refold_late(loaded, facts, world, book)
     flags += refolded
     book.returns += [
-        Return(f.event_id, f.org, f.at, by_id[f.event_id].setl_id, code, by_id[f.event_id].undoes)
+        _return_of(by_id[f.event_id], code)
         for f in facts
         if f.type == "return"
         for code in f.codes
@@ -457,11 +462,9 @@ def _consume(
 def _refold_late(
     loaded: Loaded, facts: Sequence[Fact], world: World, book: _Book
 ) -> tuple[list[NewFlag], list[NewFlag], dict[str, list[FlagKey]]]:
-    """Fold the sales of each pack of a late sale or return again in event time
+    """Fold the sales of each pack of ``loaded.pack_sales`` again in event time
     (``core.sales.refold``) with the batch's own, and record the difference: takes that
-    change, returns matched again. The batch's dispenses of such a pack are judged on
-    the pack as it stood at their time; a stored one that now finds the pack used up is
-    flagged DUPLICATE, and one that no longer does has its DUPLICATE withdrawn.
+    change, returns matched again.
 
     Returns the flags of the batch's dispenses, those of stored ones, and per pack folded
     the DUPLICATE keys to withdraw (those packs are left out of the incremental step).
@@ -469,9 +472,6 @@ def _refold_late(
     deletion's compensation, a settlement's reversal, a split sale over several packs,
     or a settlement that would find fewer units than it took."""
     by_id = {e.event_id: e for e in loaded.events}
-    flags: list[NewFlag] = []
-    rejudged: list[NewFlag] = []
-    folded: dict[str, list[FlagKey]] = {}
     arriving: dict[str, list[Incoming]] = {}  # the batch's sales and returns, by pack
     for f in facts:
         if f.type in SALE_TYPES:
@@ -480,32 +480,32 @@ def _refold_late(
     recorded: dict[str, list[Consumption]] = {}
     for t in book.rows:
         recorded.setdefault(t.code, []).append(t)
+    flags: list[NewFlag] = []
+    rejudged: list[NewFlag] = []
+    folded: dict[str, list[FlagKey]] = {}
     for code, (stored_dispenses, stored_returns) in sorted(loaded.pack_sales.items()):
-        state = world.states[code]
-        new = arriving.get(code, [])
+        new = arriving.get(code, [])  # none: the late sale or return was refused
         takes = recorded.get(code, [])
-        if not new:  # the late sale or return was refused
-            continue
         new_dispenses = [e for e in new if e.type == "dispense"]
         dispenses = stored_dispenses + [
             Dispense(e.event_id, e.org, e.at, e.quantity, e.setl_id, len(e.codes), e.undoes)
             for e in new_dispenses
         ]
-        returns = stored_returns + [
-            Return(e.event_id, e.org, e.at, e.setl_id, code, e.undoes) for e in new if e.type == "return"
-        ]
-        fold = (
-            refold(code, state.pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
-            if state.pack_units is not None and _foldable(dispenses, returns, takes)
-            else None
-        )
+        returns = stored_returns + [_return_of(e, code) for e in new if e.type == "return"]
+        pack_units = world.states[code].pack_units
+        if not new or pack_units is None or not _foldable(dispenses, returns, takes):
+            continue
+        fold = refold(code, pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
         if fold is None:
             continue
         _record_refold(fold, takes, book)
-        world.changed |= move_units(world.states, [(code, fold.units_left - (state.units_left or 0))])
-        resold, repeats = set(fold.resales), set(fold.repeats)
+        left = world.states[code].units_left or 0
+        world.changed |= move_units(world.states, [(code, fold.units_left - left)])
+        # the batch's dispenses judged on the pack as it stood at their time (a sale that
+        # took the pack already is not judged again); stored ones only for DUPLICATE
+        resold = set(fold.resales)
         for e in new_dispenses:
-            if e.event_id not in repeats:  # a sale that took the pack already is not judged again
+            if e.event_id not in fold.repeats:
                 earlier = [t for t in fold.takes if t.at <= e.at]
                 used_up = {code} if e.event_id in resold else set()
                 flags += flag_rules.dispense_flags(
@@ -524,6 +524,10 @@ def _refold_late(
     return flags, rejudged, folded
 
 
+def _return_of(event: Incoming, code: str) -> Return:
+    return Return(event.event_id, event.org, event.at, event.setl_id, code, event.undoes)
+
+
 def _foldable(dispenses: Sequence[Dispense], returns: Sequence[Return], takes: Sequence[Consumption]) -> bool:
     """Does ``core.sales.refold`` model all of a pack's sales: no 3507 deletion's
     compensation, no settlement's reversal, no split sale over several packs?"""
@@ -535,14 +539,14 @@ def _foldable(dispenses: Sequence[Dispense], returns: Sequence[Return], takes: S
 
 
 def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> None:
-    """Bring the pack's recorded takes to the fold's: a take whose units or return
+    """Bring the pack's recorded takes to the fold's: a take whose units, sale or return
     changed is written again, one given back or standing again is marked so."""
     folded = {t.sale: t for t in fold.takes}
 
     def add(take: Consumption) -> None:
         book.add(take)
-        if take.reversed and take.reversed_by is not None:
-            book.reversals.append((take, take.reversed_by))
+        if take.reversed_by is not None:
+            book.reverse(take, take.reversed_by)
 
     for take in stored:
         now = folded.pop(take.sale, None)
@@ -555,9 +559,8 @@ def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> 
             add(now)
         elif take.reversed and not now.reversed:
             book.reopen(take)
-        elif now.reversed and not take.reversed and now.reversed_by is not None:
-            take.reversed, take.reversed_by = True, now.reversed_by
-            book.reversals.append((take, now.reversed_by))
+        elif not take.reversed and now.reversed_by is not None:
+            book.reverse(take, now.reversed_by)
     for take in folded.values():
         add(take)
 
