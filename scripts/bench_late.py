@@ -24,23 +24,24 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from litestar.testing import AsyncTestClient
 
+from benchkit.api import AMOXICILLIN, Org, event, post, register
+from benchkit.codes import cn20
 from service.app import create_app
 from service.cli import _create_key
 from service.config import Settings
 from service.store.migrations import migrate
 
+M1, P1 = Org(AMOXICILLIN.manufacturer, "manufacturer", "450300"), Org("P1", "pharmacy", "450103")
 
-def event(type_: str, org: str, codes: list[str], minute: int, **fields: Any) -> dict[str, Any]:
-    at = f"2026-03-02T08:{minute:02d}:00+08:00"
-    return {"event_id": str(uuid.uuid4()), "type": type_, "at": at, "org": org, "codes": codes, **fields}
+
+def at(minute: int) -> str:
+    return f"2026-03-02T08:{minute:02d}:00+08:00"
 
 
 async def main(database_url: str, rounds: int, batch: int) -> None:
@@ -52,33 +53,26 @@ async def main(database_url: str, rounds: int, batch: int) -> None:
     settings = replace(Settings.from_env(), database_url=database_url, redis_url=None, psn_secret=b"x")
     _, admin = await _create_key(database_url, "admin", None)
     async with AsyncTestClient(app=create_app(settings), timeout=300) as client:
-
-        async def post(path: str, body: dict[str, Any]) -> Any:
-            resp = await client.post(path, json=body, headers={"Authorization": f"Bearer {admin}"})
-            assert resp.status_code in (200, 201), resp.text
-            return resp.json()
-
-        await post("/v1/orgs", {"id": "M1", "name": "M", "kind": "manufacturer", "region": "450300"})
-        await post("/v1/orgs", {"id": "P1", "name": "P", "kind": "pharmacy", "region": "450103"})
-        product = {"product_id": "8123456", "name": "A", "med_list_codg": "X", "pack_units": 24}
-        await post("/v1/products", {**product, "manufacturer": "M1", "regions": ["45"]})
+        keys = await register(client, admin, [M1, P1], [AMOXICILLIN])
         seconds: dict[str, list[float]] = {"in order": [], "late": []}
         serial = 1
         for r in range(rounds + 1):  # the first round warms up, unmeasured
             sides = ("in order", "late") if r % 2 == 0 else ("late", "in order")
             ranges = {}
             for side in sides:
-                codes = ["8123456" + str(serial + i).zfill(13) for i in range(batch)]
+                codes = [cn20(AMOXICILLIN.product_id, s) for s in range(serial, serial + batch)]
                 serial += batch
-                made = event("commission", "M1", codes, 1, lot="L", expiry="2030-01-01")
-                for e in (made, event("ship", "M1", codes, 2, to="P1"), event("receive", "P1", codes, 5)):
-                    await post("/v1/events", {"events": [e]})
+                made = event("commission", M1.id, codes, at(1), lot="L", expiry="2030-01-01")
+                for e in (made, event("ship", M1.id, codes, at(2), to=P1.id)):
+                    await post(client, keys[M1.id], "/v1/events", {"events": [e]})
+                received = event("receive", P1.id, codes, at(5))
+                await post(client, keys[P1.id], "/v1/events", {"events": [received]})
                 ranges[side] = codes
             for side in sides:
-                minute = 4 if side == "late" else 6
-                body = {"events": [event("dispense", "P1", [c], minute) for c in ranges[side]]}
+                sold = at(4 if side == "late" else 6)
+                body = {"events": [event("dispense", P1.id, [c], sold) for c in ranges[side]]}
                 started = time.perf_counter()
-                answer = await post("/v1/events", body)
+                answer = await post(client, keys[P1.id], "/v1/events", body)
                 if r:
                     seconds[side].append(time.perf_counter() - started)
                 assert answer["accepted"] == batch, answer
