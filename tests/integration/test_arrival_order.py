@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -44,6 +45,29 @@ async def _standing(w: dict[str, Any], code: str) -> list[tuple[str, str]]:
     return out
 
 
+EVERY_ORDER = list(itertools.permutations(range(3)))
+
+
+async def _in_each_order(
+    admin: Api,
+    w: dict[str, Any],
+    serial: int,
+    sales: Callable[[str, int], list[dict[str, Any]]],
+    orders: Sequence[tuple[int, ...]] = EVERY_ORDER,
+) -> list[tuple[tuple[int, ...], int, list[str]]]:
+    """For each arrival order, a new pack received by P1 (serials from ``serial``) is sent
+    ``sales(code, n)`` (n: the order's place) in that order: (the order, the units left,
+    the kinds of the flags standing on it)."""
+    out = []
+    for n, order in enumerate(orders):
+        [code] = await received(w, "P1", [serial + n])
+        events = sales(code, n)
+        await _send(admin, [events[i] for i in order])
+        left = (await _verify(w, code))["units_left"]
+        out.append((order, left, sorted(k for k, _, _ in await _standing(w, code))))
+    return out
+
+
 async def _state(w: dict[str, Any], code: str) -> tuple[Any, ...]:
     h = await w["inv"].ok("GET", f"/v1/codes/{code}/history")
     return (h["state"], h["custodian"], h["destination"], h["units_left"])
@@ -56,18 +80,17 @@ async def test_a_return_arriving_between_two_split_sales_undoes_the_later_one(ad
     """P1 sells 10 units (t=10), then 5 units (t=11), then the patient returns the
     second sale (t=12): 14 units are left, whatever order the three arrive in."""
     w = await _world(admin)
-    got_all = []
-    for n, order in enumerate(itertools.permutations(range(3))):
-        [code] = await received(w, "P1", [100 + n])
-        sales = [
+    got_all = await _in_each_order(
+        admin,
+        w,
+        100,
+        lambda code, _: [
             event("dispense", "P1", [code], 10, quantity=10),
             event("dispense", "P1", [code], 11, quantity=5),
             event("return", "P1", [code], 12),
-        ]
-        await _send(admin, [sales[i] for i in order])
-        got = (await _verify(w, code))["units_left"]
-        got_all.append((order, got))
-    assert all(got == 14 for _, got in got_all), got_all
+        ],
+    )
+    assert all(got == 14 for _, got, _ in got_all), got_all
 
 
 async def test_a_return_arriving_after_the_pack_was_sold_again_converges(admin: Api) -> None:
@@ -75,16 +98,17 @@ async def test_a_return_arriving_after_the_pack_was_sold_again_converges(admin: 
     (t=30). In time order: nothing left, no flag. With the return uploaded last the
     pack must end the same: used up, and no DUPLICATE standing against P1."""
     w = await _world(admin)
-    results = []
-    for n, order in enumerate(itertools.permutations(range(3))):
-        [code] = await received(w, "P1", [200 + n])
-        sales = [
+    outcomes = await _in_each_order(
+        admin,
+        w,
+        200,
+        lambda code, _: [
             event("dispense", "P1", [code], 10),
             event("return", "P1", [code], 20),
             event("dispense", "P1", [code], 30),
-        ]
-        await _send(admin, [sales[i] for i in order])
-        results.append(((await _verify(w, code))["units_left"], [k for k, _, _ in await _standing(w, code)]))
+        ],
+    )
+    results = [(left, kinds) for _, left, kinds in outcomes]
     assert results[0] == (0, [])
     assert results == [results[0]] * len(results), results
 
@@ -139,16 +163,17 @@ async def test_two_sales_and_a_return_in_any_order(admin: Api) -> None:
     patient returns it (t=20). Uploaded in any order: the resale is the DUPLICATE and
     the return gives back the first sale (the whole pack is left)."""
     w = await _world(admin)
-    results = []
-    for n, order in enumerate(itertools.permutations(range(3))):
-        [code] = await received(w, "P1", [330 + n])
-        sales = [
+    outcomes = await _in_each_order(
+        admin,
+        w,
+        330,
+        lambda code, _: [
             event("dispense", "P1", [code], 10),
             event("dispense", "P1", [code], 15),
             event("return", "P1", [code], 20),
-        ]
-        await _send(admin, [sales[i] for i in order])
-        results.append(((await _verify(w, code))["units_left"], [k for k, _, _ in await _standing(w, code)]))
+        ],
+    )
+    results = [(left, kinds) for _, left, kinds in outcomes]
     assert results == [(24, ["DUPLICATE"])] * len(results), results
 
 
@@ -157,16 +182,17 @@ async def test_a_sale_and_its_return_of_one_minute_in_any_order(admin: Api) -> N
     again (t=20): in every arrival order the return undoes the first sale, and the
     second takes the pack, with no flag."""
     w = await _world(admin)
-    results = []
-    for n, order in enumerate(itertools.permutations(range(3))):
-        [code] = await received(w, "P1", [400 + n])
-        sales = [
+    outcomes = await _in_each_order(
+        admin,
+        w,
+        400,
+        lambda code, _: [
             event("dispense", "P1", [code], 10),
             event("return", "P1", [code], 10),
             event("dispense", "P1", [code], 20),
-        ]
-        await _send(admin, [sales[i] for i in order])
-        results.append(((await _verify(w, code))["units_left"], [k for k, _, _ in await _standing(w, code)]))
+        ],
+    )
+    results = [(left, kinds) for _, left, kinds in outcomes]
     assert results == [(0, [])] * len(results), results
 
 
@@ -184,9 +210,8 @@ async def test_a_packs_sales_and_returns_in_any_order_end_as_in_time_order(admin
         for _ in range(rng.choice([3, 4, 5]))
     ]
     orders = list(itertools.permutations(range(len(steps))))
-    results = []
-    for n, order in enumerate([orders[0], *rng.sample(orders[1:], 5)]):
-        [code] = await received(w, "P1", [1000 + 10 * seed + n])
+
+    def sales(code: str, n: int) -> list[dict[str, Any]]:
         events = []
         for i, (kind, org, settled) in enumerate(steps):
             fields: dict[str, Any] = {} if kind in ("whole", "return") else {"quantity": int(kind)}
@@ -194,9 +219,9 @@ async def test_a_packs_sales_and_returns_in_any_order_end_as_in_time_order(admin
                 fields["setl_id"] = f"S{seed}-{n}-{i - 1 if kind == 'return' else i}"
             type_ = "return" if kind == "return" else "dispense"
             events.append(event(type_, org, [code], 10 + 5 * i, **fields))
-        await _send(admin, [events[i] for i in order])
-        left = (await _verify(w, code))["units_left"]
-        results.append((order, left, sorted(k for k, _, _ in await _standing(w, code))))
+        return events
+
+    results = await _in_each_order(admin, w, 1000 + 10 * seed, sales, [orders[0], *rng.sample(orders[1:], 5)])
     assert [r[1:] for r in results] == [results[0][1:]] * len(results), (steps, results)
 
 
