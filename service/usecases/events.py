@@ -203,7 +203,6 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         loaded.states = states
     family = set(states) | named
 
-    stored_events = None
     if rules.may_explain_settlements(fresh):
         loaded.reopen = await flag_store.settlement_suspicions(conn, sorted(family))
     earliest = min(e.at for e in fresh)
@@ -211,9 +210,12 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         if not locked:
             raise _NeedsLocks  # a late event: the history is replayed with the rows locked
         family |= set(await code_store.ancestors_ever(conn, family))
-        stored_events = await event_store.stored_for(conn, family)
-        loaded.history = event_store.facts_of(stored_events)
+        history = await event_store.stored_for(conn, family)
+        loaded.history = event_store.facts_of(history)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
+        # a late sale or return (one reason to replay): its packs' sales are in the history
+        if late := rules.late_sales(fresh, states):
+            loaded.pack_sales = rules.to_refold(fresh, states, sale_store.pack_sales(history, late))
 
     placeholders = rules.commissioned_now(fresh, states)
     if placeholders:
@@ -221,10 +223,6 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     returnable = rules.dispensed(fresh) | placeholders
     if returnable:
         loaded.waiting_returns = await sale_store.unapplied_returns(conn, sorted(returnable))
-    late = rules.late_sales(fresh, states)
-    if late:  # a late sale or return replays the history, read above with its packs' sales
-        stored_events = stored_events or await event_store.stored_for(conn, late)
-        loaded.pack_sales = rules.to_refold(fresh, states, sale_store.pack_sales(stored_events, late))
     needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders, loaded.pack_sales)
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
