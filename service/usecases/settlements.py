@@ -58,15 +58,16 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
 
     body_hash = fingerprint(secret, claim)
 
-    # The common case in three round trips, without a transaction held open across them:
-    # the stored answer (a replay), the packs as they are, then one statement that
-    # writes the sale only if none of its packs changed since (and the id is still
-    # free); if one did, all of it runs again. A claim that raises a flag or counts a
-    # person's purchases goes through the transaction below, which locks its packs first.
-    for _ in range(OPTIMISTIC_ATTEMPTS):
+    # The common case in two round trips, without a transaction held open across them:
+    # the packs as they are, then one statement that writes the sale only if none of its
+    # packs changed since and the id is still free; if not, all of it runs again, first
+    # reading the stored answer (a claim sent again is rare, so the first try does not
+    # look for it). A claim that raises a flag or counts a person's purchases goes
+    # through the transaction below, which locks its packs first.
+    for attempt in range(OPTIMISTIC_ATTEMPTS):
         try:
             async with pool.acquire() as conn:
-                answer = await _settle_unchanged(conn, claim, canonical, psn_hash, body_hash)
+                answer = await _settle_unchanged(conn, claim, canonical, psn_hash, body_hash, attempt > 0)
         except RETRYABLE:
             metrics.OPTIMISTIC.labels("settle", "raced").inc()
             continue
@@ -103,13 +104,22 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
 
 
 async def _settle_unchanged(
-    conn: Conn, claim: Claim, canonical: Mapping[str, str | None], psn_hash: bytes, body_hash: bytes
+    conn: Conn,
+    claim: Claim,
+    canonical: Mapping[str, str | None],
+    psn_hash: bytes,
+    body_hash: bytes,
+    look_for_stored: bool,
 ) -> dict[str, Any] | None:
     """Load (unlocked) → decide → write if unchanged; None when the claim needs the
-    locked transaction (it raises a flag or counts a person's purchases)."""
-    stored = await setl_store.get(conn, claim.setl_id)
-    if stored is not None:
-        return _replay(stored, body_hash)
+    locked transaction (it raises a flag or counts a person's purchases). The stored
+    answer is read first only when ``look_for_stored``: otherwise a stored settlement of
+    the id makes the write fail (RETRYABLE) or the decision need the locked path, and
+    either reads it there."""
+    if look_for_stored:
+        stored = await setl_store.get(conn, claim.setl_id)
+        if stored is not None:
+            return _replay(stored, body_hash)
     states, versions = await code_store.read_versions(conn, _packs(canonical))
     loaded = await _load(conn, claim, canonical, psn_hash, states)
     decision = rules.decide(claim, canonical, loaded)
