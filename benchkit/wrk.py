@@ -19,6 +19,8 @@ class Result:
     p99_ms: float
     errors: int  # socket errors and answers other than 2xx/3xx
     cpu_seconds: float  # wrk's own CPU time
+    requests: int  # requests answered in all
+    seconds: float  # the run's length as wrk measured it
 
 
 def available() -> bool:
@@ -43,6 +45,36 @@ end
     return path
 
 
+def post_script(path: Path, target: str, key: str, bodies: Path, threads: int) -> Path:
+    """A wrk script that POSTs each line of the file ``bodies`` to ``target`` once, with
+    ``Authorization: Bearer key``: the lines are dealt to the ``threads`` threads in turn
+    (line n to thread n mod threads), and a thread that has sent all of its lines starts
+    again from its first (so more requests than lines sends some again)."""
+    path.write_text(
+        f"""local counter = 0
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  bodies = {{}}
+  local n = 0
+  for line in io.lines("{bodies}") do
+    if n % {threads} == id then bodies[#bodies + 1] = line end
+    n = n + 1
+  end
+  i = 0
+end
+local headers = {{["Authorization"] = "Bearer {key}", ["Content-Type"] = "application/json"}}
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "{target}", headers, bodies[i])
+end
+"""
+    )
+    return path
+
+
 def run(url: str, *, seconds: int, connections: int, threads: int = 2, lua: Path | None = None) -> Result:
     """wrk against ``url`` (the script's paths replace its path) for ``seconds``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -57,6 +89,8 @@ def run(url: str, *, seconds: int, connections: int, threads: int = 2, lua: Path
         errors=sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
         + sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out)),
         cpu_seconds=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        requests=int(_find(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)[0]),
+        seconds=_ms(*_find(r"\d+ requests in ([\d.]+)(us|ms|s|m)", out)) / 1000,
     )
 
 

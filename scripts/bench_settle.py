@@ -13,6 +13,12 @@ What is measured
     * service: ``POST /v1/settlements`` with an insurer key, through one
       ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, at most ``--concurrency``
       connections) against ``tracecode serve --workers W``.
+    * service, driven by wrk (max throughput only; when Debian's ``wrk`` is installed,
+      unless ``--no-wrk``): the same claims, written out beforehand, POSTed by wrk, a
+      native generator (C, 2 threads, ``--concurrency`` connections) whose own CPU per
+      request is a fraction of httpx's, so on a shared machine it shows what the
+      service itself can do. Accepted settlements are counted in the database after
+      each slice; a request that was not a new accepted settlement is an error.
     * baseline: the same process calls the service's own use case,
       ``service.usecases.settlements.settle`` (through ``benchkit.baseline``), with the
       same claim on an asyncpg pool of ``--concurrency`` connections: the same work
@@ -40,7 +46,7 @@ What is measured
 How to run (from the repository root)
     .venv/bin/python scripts/bench_settle.py [--seconds 20] [--concurrency 8] [--rate 150]
                                              [--workers 2] [--rounds 4] [--codes N] [--seed 1]
-                                             [--database-url URL]
+                                             [--no-wrk] [--database-url URL]
 
 Without ``--database-url`` a throwaway embedded PostgreSQL is started in a temporary
 folder and deleted at exit. Stock (commission, ship to P1, receive by P1) goes through
@@ -62,6 +68,7 @@ import platform
 import random
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -74,7 +81,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchkit import baseline, localrun, procs
+from benchkit import baseline, localrun, procs, wrk
 from benchkit.api import AMOXICILLIN, Org, claim_body, event, post, register
 from benchkit.codes import cn20
 from benchkit.stats import cpu_model, percentile
@@ -91,6 +98,8 @@ PRODUCED = date(2025, 1, 15)
 STOCK_BATCH = 10_000  # codes per POST /v1/events (the service's limit)
 CODES_PER_SECOND = 5_000  # default stock per side and second of measurement
 WARM_UP_SECONDS = 2.0
+WRK_MAX_RATE = 3_000  # claims written out per second of a wrk slice (more than it can settle)
+WRK_THREADS = 2
 PSN_SECRET = "bench-settle-secret"  # noqa: S105 (a throwaway database's HMAC key)
 
 Settle = Callable[[Claim], Awaitable[str | None]]  # None when accepted, else why not
@@ -116,6 +125,11 @@ class Sales:
         self._rng = random.Random(seed)  # noqa: S311 (a workload, not a secret)
         self.made = 0
 
+    @property
+    def prefix(self) -> str:
+        """What every setl_id of these claims starts with."""
+        return f"BENCH-{self._side}-{self._tag}-"
+
     def _fresh(self, n: int) -> list[str]:
         if self._next + n > len(self._stock):
             raise OutOfStock
@@ -139,7 +153,7 @@ class Sales:
             quantity, split = PACK_UNITS * packs, False
         self.made += 1
         return Claim(
-            setl_id=f"BENCH-{self._side}-{self._tag}-{self.made}",
+            setl_id=f"{self.prefix}{self.made}",
             org=PHARMACY.id,
             psn_no=f"450103{rng.randrange(10**12):012d}",
             at=datetime.now(UTC),
@@ -184,10 +198,21 @@ class Result:
     elapsed: float = 0.0
     out_of_stock: bool = False
     cpu: dict[str, float | None] = field(default_factory=dict)  # CPU seconds by process group
+    # driven by wrk: its counts and percentiles (one per slice) instead of latencies
+    wrk_requests: int = 0
+    wrk_accepted: int = 0
+    wrk_cpu: float = 0.0
+    wrk_p50: list[float] = field(default_factory=list)
+    wrk_p99: list[float] = field(default_factory=list)
 
     def add(self, other: Result) -> None:
         self.latencies += other.latencies
         self.errors += other.errors
+        self.wrk_requests += other.wrk_requests
+        self.wrk_accepted += other.wrk_accepted
+        self.wrk_cpu += other.wrk_cpu
+        self.wrk_p50 += other.wrk_p50
+        self.wrk_p99 += other.wrk_p99
         self.elapsed += other.elapsed
         self.out_of_stock |= other.out_of_stock
         for name, value in other.cpu.items():
@@ -196,6 +221,8 @@ class Result:
 
     @property
     def accepted(self) -> int:
+        if self.wrk_p50:
+            return self.wrk_accepted
         return len(self.latencies) - len(self.errors)
 
     @property
@@ -203,7 +230,10 @@ class Result:
         return self.accepted / self.elapsed if self.elapsed else 0.0
 
     def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile of the latencies, in milliseconds (NaN when none)."""
+        """Nearest-rank percentile of the latencies, in milliseconds (NaN when none);
+        driven by wrk, the median of its slices' p50 or the largest of their p99."""
+        if self.wrk_p50:
+            return statistics.median(self.wrk_p50) if q == 0.5 else max(self.wrk_p99)
         value = percentile(self.latencies, q)
         return math.nan if value is None else 1000 * value
 
@@ -259,6 +289,47 @@ async def open_loop(settle: Settle, sales: Sales, rate: float, seconds: float, s
     return result
 
 
+async def wrk_slice(
+    sales: Sales, seconds: float, connections: int, base_url: str, key: str, database_url: str, scratch: Path
+) -> Result:
+    """The next claims POSTed by wrk for ``seconds``; accepted settlements are counted in
+    the database. Latencies are wrk's percentiles (``Result.wrk_p50``/``wrk_p99``)."""
+    result = Result()
+    bodies = scratch / "claims.jsonl"
+    written = 0
+    with bodies.open("w") as out:
+        for k in range(int(WRK_MAX_RATE * seconds)):
+            try:
+                claim = sales.next(k % connections)
+            except OutOfStock:
+                result.out_of_stock = True
+                break
+            out.write(json.dumps(claim_body(claim)) + "\n")
+            written += 1
+    lua = wrk.post_script(scratch / "settle.lua", "/v1/settlements", key, bodies, threads=WRK_THREADS)
+    count = "SELECT count(*) FROM settlements WHERE setl_id LIKE $1 AND decision = 'accepted'"
+    conn = await asyncpg.connect(database_url)
+    try:
+        before = await conn.fetchval(count, f"{sales.prefix}%")
+        ran = await asyncio.to_thread(
+            wrk.run, f"{base_url}/", seconds=max(1, round(seconds)), connections=connections,
+            threads=WRK_THREADS, lua=lua,
+        )  # fmt: skip
+        accepted = await conn.fetchval(count, f"{sales.prefix}%") - before
+    finally:
+        await conn.close()
+    result.elapsed = ran.seconds
+    result.wrk_requests, result.wrk_accepted, result.wrk_cpu = ran.requests, accepted, ran.cpu_seconds
+    result.wrk_p50.append(ran.p50_ms)
+    result.wrk_p99.append(ran.p99_ms)
+    if ran.requests > written:
+        result.out_of_stock = True  # wrk sent some claims twice
+    missing = ran.requests - accepted
+    if missing or ran.errors:
+        result.errors.append(f"{missing} of {ran.requests} requests not a new accepted settlement")
+    return result
+
+
 # --- CPU accounting from /proc -----------------------------------------------------
 
 
@@ -281,6 +352,17 @@ async def measured(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
     result = await phase
     result.cpu = procs.used(before, probe.sample())
     result.cpu.pop("machine")  # the parts and the others add up to it
+    return result
+
+
+async def measured_wrk(probe: CpuProbe, phase: Awaitable[Result]) -> Result:
+    """``measured``, with wrk's own CPU (a child of this process) as the load
+    generator's, and not among the other processes'."""
+    result = await measured(probe, phase)
+    result.cpu["bench"] = result.wrk_cpu
+    others = result.cpu.get("others")
+    if others is not None:
+        result.cpu["others"] = max(0.0, others - result.wrk_cpu)
     return result
 
 
@@ -344,14 +426,16 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
     n = run.codes_per_side
     ours = [cn20(PRODUCT, s) for s in range(first, first + n)]
     theirs = [cn20(PRODUCT, s) for s in range(first + n, first + 2 * n)]
+    driven = [cn20(PRODUCT, s) for s in range(first + 2 * n, first + 3 * n)] if args.wrk else []
 
     base_url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as setup:
         keys = await register(setup, admin, [MANUFACTURER, PHARMACY], [AMOXICILLIN], insurer=True)
         started = time.perf_counter()
         since = datetime.now(UTC) - timedelta(days=1)
-        await stock(setup, keys, ours + theirs, since)
-        print(f"stocked 2 x {n:,} codes in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        await stock(setup, keys, ours + theirs + driven, since)
+        took = time.perf_counter() - started
+        print(f"stocked {3 if driven else 2} x {n:,} codes in {took:.0f} s", file=sys.stderr)
     await settle_down(database_url)
 
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
@@ -369,18 +453,32 @@ async def bench(args: argparse.Namespace, database_url: str, port: int, server_p
             run.connections["after the warm-up"] = procs.connections_per_worker(server_pid, port)
             run.load_before = os.getloadavg()
             seconds = args.seconds / args.rounds
-            for mode in ("max", "rate"):
-                for r in range(args.rounds):
-                    order = list(sides) if r % 2 == 0 else list(reversed(sides))  # ABBA...
-                    for side in order:
-                        settle, sales = sides[side]
-                        print(f"{mode}, round {r + 1}/{args.rounds}: {side}", file=sys.stderr)
-                        phase = (
-                            closed_loop(settle, sales, args.concurrency, seconds)
-                            if mode == "max"
-                            else open_loop(settle, sales, args.rate, seconds, slots)
-                        )
-                        run.results.setdefault((mode, side), Result()).add(await measured(probe, phase))
+            driven_sales = Sales("W", driven, slots, args.seed)
+            scratch = Path(tempfile.mkdtemp(prefix="tracecode-bench-wrk-"))
+            try:
+                for mode in ("max", "rate"):
+                    names = [*sides, "wrk"] if mode == "max" and driven else list(sides)
+                    for r in range(args.rounds):
+                        order = names if r % 2 == 0 else list(reversed(names))  # ABBA...
+                        for side in order:
+                            print(f"{mode}, round {r + 1}/{args.rounds}: {side}", file=sys.stderr)
+                            if side == "wrk":
+                                result = await measured_wrk(
+                                    probe,
+                                    wrk_slice(driven_sales, seconds, args.concurrency, base_url,
+                                              keys["insurer"], database_url, scratch),
+                                )  # fmt: skip
+                            else:
+                                settle, sales = sides[side]
+                                phase = (
+                                    closed_loop(settle, sales, args.concurrency, seconds)
+                                    if mode == "max"
+                                    else open_loop(settle, sales, args.rate, seconds, slots)
+                                )
+                                result = await measured(probe, phase)
+                            run.results.setdefault((mode, side), Result()).add(result)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
             run.connections["at the end"] = procs.connections_per_worker(server_pid, port)
         finally:
             await pool.close()
@@ -396,7 +494,7 @@ def report(args: argparse.Namespace, run: Run, embedded: bool) -> str:
         + " ".join(f"{x:.2f}" for x in run.load_before),
         f"- Python {platform.python_version()}, PostgreSQL {run.pg_version} ({where}), "
         f"service workers: {args.workers}, concurrency: {args.concurrency}, {args.seconds:g} s per phase",
-        "- the load generator (httpx client, and the baseline itself) runs on the same machine",
+        "- the load generators (httpx client, wrk, and the baseline itself) run on the same machine",
         "- client connections held by each service worker: "
         + "; ".join(f"{when} {', '.join(map(str, n))}" for when, n in run.connections.items()),
         "- claims: one line each; 80% whole-pack (1-3 packs of 24), 20% split (1-10 units)",
@@ -406,29 +504,38 @@ def report(args: argparse.Namespace, run: Run, embedded: bool) -> str:
         "| service p50 / p99 ms | baseline p50 / p99 ms | errors (service / baseline) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode, label in modes.items():
-        ours, theirs = run.results[(mode, "service")], run.results[(mode, "baseline")]
+    rows = [(label, mode, "service") for mode, label in modes.items()]
+    if ("max", "wrk") in run.results:
+        rows.insert(1, (f"max throughput, driven by wrk ({args.concurrency} connections)", "max", "wrk"))
+    for label, mode, side in rows:
+        ours, theirs = run.results[(mode, side)], run.results[(mode, "baseline")]
         ratio = 100 * ours.rate / theirs.rate if theirs.rate else math.nan
+        errors = ours.wrk_requests - ours.wrk_accepted if side == "wrk" else len(ours.errors)
         lines.append(
             f"| {label} | {ours.rate:,.0f} | {theirs.rate:,.0f} | {ratio:.0f}% "
             f"| {ours.percentile_ms(0.5):.1f} / {ours.percentile_ms(0.99):.1f} "
             f"| {theirs.percentile_ms(0.5):.1f} / {theirs.percentile_ms(0.99):.1f} "
-            f"| {len(ours.errors)} / {len(theirs.errors)} |"
+            f"| {errors} / {len(theirs.errors)} |"
         )
-    ours, theirs = run.results[("max", "service")], run.results[("max", "baseline")]
+    theirs = run.results[("max", "baseline")]
     rated = run.results[("rate", "service")]
-    ratio_ok = theirs.rate > 0 and ours.rate >= 0.8 * theirs.rate
+    aims = []
+    for side, how in (("service", "httpx"), ("wrk", "wrk")):
+        if ("max", side) in run.results:
+            met = theirs.rate > 0 and run.results[("max", side)].rate >= 0.8 * theirs.rate
+            aims.append(f"driven by {how}: {'met' if met else 'NOT met'}")
     p99_ok = rated.percentile_ms(0.99) < 25
     lines += [
         "",
-        f"Aim: service >= 80% of the baseline at max throughput: {'met' if ratio_ok else 'NOT met'}; "
+        f"Aim: service >= 80% of the baseline at max throughput, {', '.join(aims)}; "
         f"service p99 < 25 ms at {args.rate:g}/s: {'met' if p99_ok else 'NOT met'}.",
         "",
         "CPU time per accepted settlement (ms) by process group; the CPU that processes "
         "outside this benchmark used meanwhile (in CPUs: seconds / phase seconds); and how "
         f"busy the machine was (all busy CPU seconds / (phase seconds x {ncpu})):",
         "",
-        "| mode | side | bench process | service processes | PostgreSQL | other processes | machine busy |",
+        "| mode | side | load generator (this process; wrk) | service processes | PostgreSQL "
+        "| other processes | machine busy |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for (mode, side), result in run.results.items():
@@ -460,8 +567,10 @@ def main() -> int:
         "--rounds", type=int, default=4, help="alternating service/baseline slices per mode (default 4)"
     )
     p.add_argument("--seed", type=int, default=1, help="random seed of the claims (default 1)")
+    p.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip the max throughput driven by wrk")
     p.add_argument("--database-url", default=None, help="use this database instead of a throwaway one")
     args = p.parse_args()
+    args.wrk = args.wrk and wrk.available()
 
     database_url = args.database_url or localrun.throwaway_postgres()
     asyncio.run(localrun.migrate(database_url))
