@@ -131,3 +131,38 @@ async def test_a_lots_summary_is_planned_for_its_own_lot(admin: Api, db_url: str
         await pool.close()
     assert len(rows) == 1, rows
     assert (rows[0]["generic_plans"], rows[0]["custom_plans"]) == (0, 8)
+
+
+@pytest.mark.skipif(bool(CITUS_URL), reason="the Citus coordinator keeps PostgreSQL's own choice of plans")
+async def test_keyed_statements_are_planned_once(admin: Api, db_url: str) -> None:
+    """A keyed look-up runs on the plan made once for its connection: left to choose,
+    PostgreSQL planned it again at each run (a generic plan is costed for about ten codes,
+    more than a verify names). A statement that takes any combination of filters (the
+    EPCIS query) is still planned for the filters given."""
+    from service.store.epcis import Query
+    from service.usecases import codes as codes_usecase
+    from service.usecases import epcis as epcis_usecase
+
+    w = await small_world(admin)
+    codes = [cn20(w["unit"], i) for i in range(1, 4)]
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        commission = _event("commission", codes, 0, lot="L1", expiry=date(2030, 12, 31))
+        assert not (await ingest_usecase.ingest(pool, [commission], [])).rejected
+        for code in codes * 3:
+            (answer,) = await codes_usecase.verify_at(pool, [code], "P1")
+            assert answer["known"]
+        for _ in range(6):
+            assert (await epcis_usecase.events(pool, Query(), 10)).events == []
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE (statement LIKE '%FROM codes WHERE code = ANY%' OR statement LIKE '%FROM epcis_events%')"
+                " AND statement NOT LIKE '%FOR UPDATE%' AND statement NOT LIKE '%pg_prepared%'"
+            )
+    finally:
+        await pool.close()
+    plans = {("epcis" if "epcis_events" in r["statement"] else "codes"): (r["generic_plans"], r["custom_plans"])
+             for r in rows}  # fmt: skip
+    assert plans["codes"][0] >= 9 and plans["codes"][1] == 0, rows
+    assert plans["epcis"] == (0, 6), rows
