@@ -157,12 +157,17 @@ async def test_keyed_statements_are_planned_once(admin: Api, db_url: str) -> Non
         async with pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE (statement LIKE '%FROM codes WHERE code = ANY%' OR statement LIKE '%FROM epcis_events%')"
+                " WHERE (statement LIKE '%FROM codes WHERE code = ANY%'"
+                "        OR statement LIKE '%FROM epcis_events%')"
                 " AND statement NOT LIKE '%FOR UPDATE%' AND statement NOT LIKE '%pg_prepared%'"
             )
     finally:
         await pool.close()
-    plans = {("epcis" if "epcis_events" in r["statement"] else "codes"): (r["generic_plans"], r["custom_plans"])
-             for r in rows}  # fmt: skip
-    assert plans["codes"][0] >= 9 and plans["codes"][1] == 0, rows
+    plans = {
+        "epcis" if "epcis_events" in r["statement"] else "codes": (r["generic_plans"], r["custom_plans"])
+        for r in rows
+    }
+    generic, custom = plans["codes"]
+    assert generic >= 9, rows
+    assert custom == 0, rows
     assert plans["epcis"] == (0, 6), rows
