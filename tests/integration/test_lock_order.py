@@ -8,8 +8,11 @@ handlers do: the in-process test client does not overlap requests enough to cros
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -107,30 +110,52 @@ async def test_a_large_batch_is_planned_for_its_own_arrays(admin: Api, db_url: s
         await pool.close()
 
 
-async def test_a_lots_summary_is_planned_for_its_own_lot(admin: Api, db_url: str) -> None:
-    """A generic plan for the lot summary, costed for a handful of codes, sorted a lot of
-    100,000 on disk (bench_console.py): the summary is planned for the lot asked for."""
-    from service.usecases import investigation
-
+@contextlib.asynccontextmanager
+async def _three_codes_on_one_connection(
+    admin: Api, db_url: str
+) -> AsyncIterator[tuple[asyncpg.Pool, dict[str, Any], list[str]]]:
+    """small_world, three codes of its unit product commissioned in lot L1, and a pool of
+    one connection: PostgreSQL counts the runs of each kind of plan per prepared
+    statement of a session (``plans``)."""
     w = await small_world(admin)
     codes = [cn20(w["unit"], i) for i in range(1, 4)]
     pool = await create_pool(db_url, min_size=1, max_size=1)
     try:
         commission = _event("commission", codes, 0, lot="L1", expiry=date(2030, 12, 31))
         assert not (await ingest_usecase.ingest(pool, [commission], [])).rejected
+        yield pool, w, codes
+    finally:
+        await pool.close()
+
+
+async def _plans(pool: asyncpg.Pool, *patterns: str) -> dict[str, tuple[int, int]]:
+    """(generic plans, custom plans) run so far, of each pattern's one prepared statement
+    (``LIKE``, not locking)."""
+    out = {}
+    async with pool.acquire() as conn:
+        for pattern in patterns:
+            rows = await conn.fetch(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE $1 AND statement NOT LIKE '%FOR UPDATE%'",
+                pattern,
+            )
+            assert len(rows) == 1, (pattern, rows)
+            out[pattern] = (rows[0]["generic_plans"], rows[0]["custom_plans"])
+    return out
+
+
+async def test_a_lots_summary_is_planned_for_its_own_lot(admin: Api, db_url: str) -> None:
+    """A generic plan for the lot summary, costed for a handful of codes, sorted a lot of
+    100,000 on disk (bench_console.py): the summary is planned for the lot asked for."""
+    from service.usecases import investigation
+
+    async with _three_codes_on_one_connection(admin, db_url) as (pool, w, _):
         for _ in range(8):
             summary = await investigation.lot(pool, w["unit"], "L1")
             assert summary is not None
             assert summary["codes"] == 3
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE statement LIKE '%END AS shown%' AND statement NOT LIKE '%pg_prepared%'"
-            )
-    finally:
-        await pool.close()
-    assert len(rows) == 1, rows
-    assert (rows[0]["generic_plans"], rows[0]["custom_plans"]) == (0, 8)
+        shown = "%END AS shown%"
+        assert (await _plans(pool, shown))[shown] == (0, 8)
 
 
 @pytest.mark.skipif(bool(CITUS_URL), reason="the Citus coordinator keeps PostgreSQL's own choice of plans")
@@ -143,31 +168,15 @@ async def test_keyed_statements_are_planned_once(admin: Api, db_url: str) -> Non
     from service.usecases import codes as codes_usecase
     from service.usecases import epcis as epcis_usecase
 
-    w = await small_world(admin)
-    codes = [cn20(w["unit"], i) for i in range(1, 4)]
-    pool = await create_pool(db_url, min_size=1, max_size=1)
-    try:
-        commission = _event("commission", codes, 0, lot="L1", expiry=date(2030, 12, 31))
-        assert not (await ingest_usecase.ingest(pool, [commission], [])).rejected
+    async with _three_codes_on_one_connection(admin, db_url) as (pool, _, codes):
         for code in codes * 3:
             (answer,) = await codes_usecase.verify_at(pool, [code], "P1")
             assert answer["known"]
         for _ in range(6):
             assert (await epcis_usecase.events(pool, Query(), 10)).events == []
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE (statement LIKE '%FROM codes WHERE code = ANY%'"
-                "        OR statement LIKE '%FROM epcis_events%')"
-                " AND statement NOT LIKE '%FOR UPDATE%' AND statement NOT LIKE '%pg_prepared%'"
-            )
-    finally:
-        await pool.close()
-    plans = {
-        "epcis" if "epcis_events" in r["statement"] else "codes": (r["generic_plans"], r["custom_plans"])
-        for r in rows
-    }
-    generic, custom = plans["codes"]
-    assert generic >= 9, rows
-    assert custom == 0, rows
-    assert plans["epcis"] == (0, 6), rows
+        keyed, query = "SELECT code, kind, %FROM codes WHERE code = ANY%", "%FROM epcis_events%"
+        plans = await _plans(pool, keyed, query)
+    generic, custom = plans[keyed]
+    assert generic >= 9
+    assert custom == 0
+    assert plans[query] == (0, 6)
