@@ -223,6 +223,15 @@ async def plan_for_values(conn: Conn) -> None:
     await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
+async def fetch_for_values(conn: Conn, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one read planned for its values (``plan_for_values``, in a transaction of its
+    own): for a statement that takes any combination of filters (``$1 IS NULL OR ...``),
+    which only a plan for the filters given fits with an index."""
+    async with conn.transaction():
+        await plan_for_values(conn)
+        return await conn.fetch(query, *args)
+
+
 async def with_retry(pool: asyncpg.Pool, work: Callable[[Conn], Awaitable[T]], attempts: int = 5) -> T:
     """Run ``work(conn)`` in one transaction; run it again if it deadlocked or lost a
     serialization race (each attempt starts clean)."""

@@ -10,7 +10,7 @@ import msgspec
 
 from service.interop.epcis.mapping import Record
 from service.store.conn import Conn
-from service.store.db import plan_for_values
+from service.store.db import fetch_for_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,37 +113,35 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
     MATCH_epc narrows by the indexed ``epcs`` (every EPC named), then keeps events whose
     ``epcList``/``childEPCs`` hold one; ``@>`` is false, not an error, where a document
     stored without the schema has an object there."""
-    # one statement for every combination of filters: planned for the filters given, so
-    # that it uses the index that fits them (the GIN index of EPCs, the time index)
-    async with conn.transaction():
-        await plan_for_values(conn)
-        rows = await conn.fetch(
-            """SELECT seq, body::text AS body, record_time FROM epcis_events
-               WHERE seq > $1
-                 AND ($2::text[] IS NULL OR event_type = ANY($2))
-                 AND ($3::timestamptz IS NULL OR event_time >= $3)
-                 AND ($4::timestamptz IS NULL OR event_time < $4)
-                 AND ($5::text[] IS NULL OR biz_step = ANY($5))
-                 AND ($6::text[] IS NULL OR biz_location = ANY($6))
-                 AND ($7::text[] IS NULL OR (epcs && $7 AND EXISTS (
-                       SELECT 1 FROM unnest($7) m
-                       WHERE body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m))))
-                 AND ($8::text[] IS NULL OR epcs && $8)
-                 AND ($9::text[] IS NULL OR parent_id = ANY($9))
-                 AND ($10::text IS NULL OR event_id = $10)
-               ORDER BY seq LIMIT $11""",
-            q.after_seq,
-            q.event_types,
-            q.ge_time,
-            q.lt_time,
-            q.biz_steps,
-            q.biz_locations,
-            q.epcs,
-            q.any_epcs,
-            q.parent_ids,
-            q.event_id,
-            q.limit,
-        )
+    # the GIN index of EPCs or the time index, as the filters given fit
+    rows = await fetch_for_values(
+        conn,
+        """SELECT seq, body::text AS body, record_time FROM epcis_events
+           WHERE seq > $1
+             AND ($2::text[] IS NULL OR event_type = ANY($2))
+             AND ($3::timestamptz IS NULL OR event_time >= $3)
+             AND ($4::timestamptz IS NULL OR event_time < $4)
+             AND ($5::text[] IS NULL OR biz_step = ANY($5))
+             AND ($6::text[] IS NULL OR biz_location = ANY($6))
+             AND ($7::text[] IS NULL OR (epcs && $7 AND EXISTS (
+                   SELECT 1 FROM unnest($7) m
+                   WHERE body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m))))
+             AND ($8::text[] IS NULL OR epcs && $8)
+             AND ($9::text[] IS NULL OR parent_id = ANY($9))
+             AND ($10::text IS NULL OR event_id = $10)
+           ORDER BY seq LIMIT $11""",
+        q.after_seq,
+        q.event_types,
+        q.ge_time,
+        q.lt_time,
+        q.biz_steps,
+        q.biz_locations,
+        q.epcs,
+        q.any_epcs,
+        q.parent_ids,
+        q.event_id,
+        q.limit,
+    )
     return [(r["seq"], _recorded(msgspec.json.decode(r["body"]), r["record_time"])) for r in rows]
 
 

@@ -15,7 +15,7 @@ import asyncpg
 
 from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures, Standing
 from service.store.conn import Conn, unique_violation
-from service.store.db import plan_for_values
+from service.store.db import fetch_for_values
 
 
 async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
@@ -484,30 +484,29 @@ async def records(
     limit: int = 1000,
 ) -> list[dict[str, Any]]:
     """Records that still count, for the NHSA queries, oldest first."""
-    async with conn.transaction():  # one statement for every filter: planned for those given
-        await plan_for_values(conn)
-        rows = await conn.fetch(
-            """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, row_data, received_at
-               FROM nhsa_records
-               WHERE org = $1 AND interface = ANY($2::text[]) AND deleted_at IS NULL
-                 AND ($3::text IS NULL OR med_list_codg = $3)
-                 AND ($4::text IS NULL OR row_data->>'fixmedins_hilist_id' = $4)
-                 AND ($5::text IS NULL OR fixmedins_bchno = $5)
-                 AND ($6::text IS NULL OR $6 = ANY(codes))
-                 AND ($7::timestamptz IS NULL OR at >= $7)
-                 AND ($8::timestamptz IS NULL OR at < $8)
-               ORDER BY at, interface, fixmedins_bchno
-               LIMIT $9""",
-            org,
-            list(interfaces),
-            med_list_codg,
-            hilist_id,
-            bchno,
-            code,
-            begin,
-            end,
-            limit,
-        )
+    rows = await fetch_for_values(
+        conn,
+        """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, row_data, received_at
+           FROM nhsa_records
+           WHERE org = $1 AND interface = ANY($2::text[]) AND deleted_at IS NULL
+             AND ($3::text IS NULL OR med_list_codg = $3)
+             AND ($4::text IS NULL OR row_data->>'fixmedins_hilist_id' = $4)
+             AND ($5::text IS NULL OR fixmedins_bchno = $5)
+             AND ($6::text IS NULL OR $6 = ANY(codes))
+             AND ($7::timestamptz IS NULL OR at >= $7)
+             AND ($8::timestamptz IS NULL OR at < $8)
+           ORDER BY at, interface, fixmedins_bchno
+           LIMIT $9""",
+        org,
+        list(interfaces),
+        med_list_codg,
+        hilist_id,
+        bchno,
+        code,
+        begin,
+        end,
+        limit,
+    )
     out = []
     for r in rows:
         item = dict(r)

@@ -93,24 +93,42 @@ async def test_a_return_arriving_between_two_split_sales_undoes_the_later_one(ad
     assert all(got == 14 for _, got, _ in got_all), got_all
 
 
-async def test_a_return_arriving_after_the_pack_was_sold_again_converges(admin: Api) -> None:
-    """P1 sells the whole pack (t=10), the patient returns it (t=20), P1 sells it again
-    (t=30). In time order: nothing left, no flag. With the return uploaded last the
-    pack must end the same: used up, and no DUPLICATE standing against P1."""
+# Three sales and returns of one pack by P1, each sent in every arrival order: (its
+# first serial, the events as (type, minute), the units left and flags standing after).
+THREE_STEPS = {
+    # sold (t=10), returned (t=20), sold again (t=30): used up, and no DUPLICATE
+    # standing against P1 when the return is uploaded last
+    "a return arriving after the pack was sold again": (
+        200,
+        [("dispense", 10), ("return", 20), ("dispense", 30)],
+        (0, []),
+    ),
+    # sold (t=10), sold again (t=15: a resale of a used-up pack), returned (t=20): the
+    # resale is the DUPLICATE and the return gives back the first sale (the whole pack)
+    "two sales and a return": (
+        330,
+        [("dispense", 10), ("dispense", 15), ("return", 20)],
+        (24, ["DUPLICATE"]),
+    ),
+    # sold and taken back within the same minute (t=10), sold again (t=20): the return
+    # undoes the first sale, the second takes the pack, with no flag
+    "a sale and its return of one minute": (
+        400,
+        [("dispense", 10), ("return", 10), ("dispense", 20)],
+        (0, []),
+    ),
+}
+
+
+@pytest.mark.parametrize("story", THREE_STEPS)
+async def test_three_sales_and_returns_in_any_order_end_as_in_time_order(admin: Api, story: str) -> None:
+    serial, steps, expected = THREE_STEPS[story]
     w = await _world(admin)
     outcomes = await _in_each_order(
-        admin,
-        w,
-        200,
-        lambda code, _: [
-            event("dispense", "P1", [code], 10),
-            event("return", "P1", [code], 20),
-            event("dispense", "P1", [code], 30),
-        ],
+        admin, w, serial, lambda code, _: [event(kind, "P1", [code], minute) for kind, minute in steps]
     )
     results = [(left, kinds) for _, left, kinds in outcomes]
-    assert results[0] == (0, [])
-    assert results == [results[0]] * len(results), results
+    assert results == [expected] * len(results), results
 
 
 async def test_a_resale_flagged_duplicate_is_cleared_by_the_return_before_it(admin: Api) -> None:
@@ -156,44 +174,6 @@ async def test_a_split_sale_returned_late_takes_the_units_it_was_short_of(admin:
     await _send(admin, [event("return", "P1", [code], 20)])
     assert (await _verify(w, code))["units_left"] == 19
     assert await _standing(w, code) == []
-
-
-async def test_two_sales_and_a_return_in_any_order(admin: Api) -> None:
-    """P1 sells the pack (t=10), sells it again (t=15: a resale of a used-up pack), the
-    patient returns it (t=20). Uploaded in any order: the resale is the DUPLICATE and
-    the return gives back the first sale (the whole pack is left)."""
-    w = await _world(admin)
-    outcomes = await _in_each_order(
-        admin,
-        w,
-        330,
-        lambda code, _: [
-            event("dispense", "P1", [code], 10),
-            event("dispense", "P1", [code], 15),
-            event("return", "P1", [code], 20),
-        ],
-    )
-    results = [(left, kinds) for _, left, kinds in outcomes]
-    assert results == [(24, ["DUPLICATE"])] * len(results), results
-
-
-async def test_a_sale_and_its_return_of_one_minute_in_any_order(admin: Api) -> None:
-    """P1 sells the pack and takes it back within the same minute (t=10), and sells it
-    again (t=20): in every arrival order the return undoes the first sale, and the
-    second takes the pack, with no flag."""
-    w = await _world(admin)
-    outcomes = await _in_each_order(
-        admin,
-        w,
-        400,
-        lambda code, _: [
-            event("dispense", "P1", [code], 10),
-            event("return", "P1", [code], 10),
-            event("dispense", "P1", [code], 20),
-        ],
-    )
-    results = [(left, kinds) for _, left, kinds in outcomes]
-    assert results == [(0, [])] * len(results), results
 
 
 @pytest.mark.parametrize("seed", range(24))
