@@ -138,8 +138,11 @@ def dispense_flags(
         state = states[code]
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
-        now_used_up = state.units_left is not None and state.units_left <= 0
-        if code in used_up if used_up is not None else now_used_up:
+        if used_up is not None:
+            was_used_up = code in used_up
+        else:
+            was_used_up = state.units_left is not None and state.units_left <= 0
+        if was_used_up:
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")

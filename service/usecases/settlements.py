@@ -67,7 +67,9 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
     for attempt in range(OPTIMISTIC_ATTEMPTS):
         try:
             async with pool.acquire() as conn:
-                answer = await _settle_unchanged(conn, claim, canonical, psn_hash, body_hash, attempt > 0)
+                answer = await _settle_unchanged(
+                    conn, claim, canonical, psn_hash, body_hash, look_for_stored=attempt > 0
+                )
         except RETRYABLE:
             metrics.OPTIMISTIC.labels("settle", "raced").inc()
             continue
@@ -109,6 +111,7 @@ async def _settle_unchanged(
     canonical: Mapping[str, str | None],
     psn_hash: bytes,
     body_hash: bytes,
+    *,
     look_for_stored: bool,
 ) -> dict[str, Any] | None:
     """Load (unlocked) → decide → write if unchanged; None when the claim needs the
