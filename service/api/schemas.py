@@ -158,13 +158,16 @@ class HistoryEventOut(msgspec.Struct, kw_only=True, omit_defaults=True, rename={
     setl_id: str | None = None
     ref: str | None = None
     via: str | None = None
-    # an unpack the service inferred: the pack was moved on its own (event_id is that move)
+    # an unpack the service inferred: the pack was moved or sold on its own (event_id is
+    # that move; for a settlement's, the settlement's id in the fold, setl_id names it)
     implicit: bool | None = None
     received_at: datetime
 
 
 class HistorySaleOut(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Units of the code consumed by one sale; ``event_id`` only for a dispense event."""
+    """Units of the code consumed by one sale; ``event_id`` only for a dispense event.
+    ``reversed``: the insurer reversed the settlement; ``returned_by``: the return event
+    that gave the units back (a return is not a reversal)."""
 
     setl_id: str | None
     org: str
@@ -172,6 +175,7 @@ class HistorySaleOut(msgspec.Struct, kw_only=True, omit_defaults=True):
     units: int
     reversed: bool
     event_id: UUID | None = None
+    returned_by: UUID | None = None
 
 
 class HistoryOut(msgspec.Struct):

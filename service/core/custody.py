@@ -245,9 +245,10 @@ class World:
 
     ``pack_units`` gives the units of a newly commissioned pack by product id;
     ``applied`` records, per code, the facts that reached it and through which
-    container (None when the fact named the code itself); ``left`` records, per code
-    and fact, the container the code left when that fact named it on its own (an
-    implicit unpack, see :meth:`apply`). Both are kept only with ``record``.
+    container (None when the fact named the code itself), a settlement's when it took
+    the pack; ``left`` records, per code and fact, the container the code left when that
+    fact named it on its own (an implicit unpack, see :meth:`apply`). Both are kept only
+    with ``record``.
     """
 
     states: dict[str, CodeState]
@@ -314,6 +315,10 @@ class World:
                 s = self.get(code, fact.at)
                 self._suspect(s, fact)
                 if fact.sold:  # a refused line took nothing: the pack stays where it was
+                    if self.record:  # a history shows the sale's pick out of its case
+                        self.applied.setdefault(code, []).append((fact, None))
+                        if s.parent is not None:
+                            self.left[code, fact.event_id] = s.parent
                     self._detach(s)
                     s.sold(fact.at)
                     self.changed.add(code)

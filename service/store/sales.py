@@ -263,9 +263,12 @@ def pack_sales(stored: event_store.Stored, codes: Iterable[str]) -> PackSales:
 
 
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
-    """All consumptions of one code, oldest first (history)."""
+    """All consumptions of one code, oldest first (history): ``reversed`` when the
+    settlement was reversed, ``returned_by`` the return event that gave the units back."""
     rows = await conn.fetch(
-        """SELECT setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed
+        """SELECT setl_id, event_id, org, at, units, created_at,
+                  reversed_at IS NOT NULL AND reversed_by_event IS NULL AS reversed,
+                  reversed_by_event AS returned_by
            FROM consumptions WHERE code = $1 ORDER BY at, created_at""",
         code,
     )

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from service.core.codes import try_parse_code
-from service.core.custody import CodeState, display_state, product_of, replay
+from service.core.custody import CodeState, Fact, display_state, product_of, replay
 from service.core.registry import Org, Product
 from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date
 from service.store import codes as code_store
@@ -96,11 +96,20 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
     state = await code_store.read_one(conn, code)
     family = {code, *await code_store.ancestors_ever(conn, [code])}
     facts = await event_store.facts_for(conn, family)
+    # a settlement that took the pack took it out of its case, as in the stored state:
+    # the case's later moves no longer carry it
+    facts += await sale_store.settlement_facts(conn, [code])
     world = replay(facts, keep={}, pack_units={}, record=True)
     applied = world.applied.get(code, [])
-    details = await event_store.details(conn, [f.event_id for f, _ in applied])
+    details = await event_store.details(conn, [f.event_id for f, _ in applied if f.type != "settle"])
+    sales = await sale_store.for_code(conn, code)
     events = []
     for fact, via in applied:
+        if fact.type == "settle":  # listed under settlements; here, the pick it made
+            left = world.left.get((code, fact.event_id))
+            if left is not None:
+                events.append(_settlement_pick(fact, left, sales))
+            continue
         d = details[fact.event_id]
         left = world.left.get((code, fact.event_id))
         if left is not None:
@@ -143,7 +152,6 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
     product_id = state.product_id if state else product_of(code)
     products = await registry.get_products(conn, [product_id]) if product_id else {}
     product = products.get(product_id) if product_id else None
-    sales = await sale_store.for_code(conn, code)
     return {
         "code": code,
         "known": bool(state and state.commissioned),
@@ -169,8 +177,27 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
                 "units": s["units"],
                 "reversed": s["reversed"],
                 **({"event_id": s["event_id"]} if s["event_id"] else {}),
+                **({"returned_by": s["returned_by"]} if s["returned_by"] else {}),
             }
             for s in sales
         ],
         "flags": [shown(f) for f in await flag_store.for_code(conn, code)],
     }
+
+
+def _settlement_pick(fact: Fact, parent: str, sales: list[dict[str, Any]]) -> dict[str, Any]:
+    """The implicit unpack of a pack that a settlement took out of its case (no unpack
+    scan, no event): under the settlement's id in the fold (``Fact.settlement``), naming
+    it by ``setl_id``, received when the settlement was."""
+    received = [s["created_at"] for s in sales if s["setl_id"] == fact.setl_id and s["event_id"] is None]
+    return {
+        "event_id": fact.event_id,
+        "type": "unpack",
+        "implicit": True,
+        "at": fact.at,
+        "org": fact.org,
+        "parent": parent,
+        "setl_id": fact.setl_id,
+        "received_at": min(received, default=fact.at),
+    }
+

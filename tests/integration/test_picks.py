@@ -50,10 +50,10 @@ def _journey(w: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _claim(code: str) -> dict[str, Any]:
+def _claim(code: str, org: str = "P2") -> dict[str, Any]:
     return {
-        "setl_id": "S-PICK-1",
-        "org": "P2",
+        "setl_id": f"S-PICK-{org}",
+        "org": org,
         "psn_no": "450103199001011234",
         "at": at(60),
         "lines": [{"line_no": 1, "med_list_codg": CODG, "quantity": 24, "codes": [code]}],
@@ -130,3 +130,28 @@ async def test_a_pick_uploaded_late_converges_to_the_same(admin: Api) -> None:
     await _post(admin, journey["pick_received"])  # a receive by P2 that nothing explains yet
     await _post(admin, journey["pick"])
     await _check_outcome(w, journey)
+
+
+async def test_a_pack_settled_out_of_its_case_leaves_the_case_in_its_history(admin: Api) -> None:
+    """P1 settles u1 out of the case it received (no unpack scan), then sends the case
+    on to P2: u1's history shows the settlement's pick and not the case's later moves,
+    as its state does."""
+    w = await _world(admin)
+    journey = _journey(w)
+    await _post(admin, journey["case"])
+    u1, u2 = w["units"][:2]
+    answer = await w["insurer"].ok("POST", "/v1/settlements", _claim(u1, "P1"))
+    assert answer["decision"] == "accepted", answer
+    moves = [event("ship", "P1", [w["box"]], 70, to="P2"), event("receive", "P2", [w["box"]], 71)]
+    await _post(admin, moves)
+
+    history = await w["investigator"].ok("GET", f"/v1/codes/{u1}/history")
+    assert (history["state"], history["custodian"], history["container"]) == ("dispensed", "P1", None)
+    pick = history["events"][-1]
+    shown = (pick["type"], pick["implicit"], pick["parent"], pick["setl_id"], pick["org"])
+    assert shown == ("unpack", True, w["box"], "S-PICK-P1", "P1")
+    assert pick["at"] == history["settlements"][0]["at"]
+    assert {m["event_id"] for m in moves}.isdisjoint(e["event_id"] for e in history["events"])
+    rest = await w["investigator"].ok("GET", f"/v1/codes/{u2}/history")  # the case took the rest
+    assert [e["event_id"] for e in rest["events"][-2:]] == [m["event_id"] for m in moves]
+    assert (rest["custodian"], rest["container"]) == ("P2", w["box"])

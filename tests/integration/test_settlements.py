@@ -280,6 +280,27 @@ async def test_dispense_and_settlement_with_one_setl_id_consume_once(admin: Api)
     assert (await p1.ok("GET", f"/v1/codes/{b}/verify"))["units_left"] == 24
 
 
+async def test_a_return_is_not_a_reversal_in_the_codes_history(admin: Api) -> None:
+    """A pack given back by a return shows the return's event, not a reversal: only the
+    insurer reverses a settlement."""
+    w = await stocked(admin)
+    ins, p1, (a, b) = w["insurer"], w["keys"]["P1"], w["codes"][:2]
+    inv = await admin.key_for("investigator")
+    await ins.ok("POST", "/v1/settlements", claim("S-RET", [{"quantity": 24, "codes": [a]}]))
+    back = event("return", "P1", [a], 70)
+    await p1.events(back)
+    await ins.ok("POST", "/v1/settlements", claim("S-REV", [{"quantity": 24, "codes": [b]}]))
+    await ins.ok("POST", "/v1/settlements/S-REV/reversal")
+
+    returned = (await inv.ok("GET", f"/v1/codes/{a}/history"))["settlements"]
+    assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in returned] == [
+        ("S-RET", False, back["event_id"])
+    ]
+    assert (await ins.ok("GET", "/v1/settlements/S-RET"))["reversed"] is False
+    reversed_ = (await inv.ok("GET", f"/v1/codes/{b}/history"))["settlements"]
+    assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in reversed_] == [("S-REV", True, None)]
+
+
 async def test_units_a_dispense_of_the_same_sale_took_are_billed_once(admin: Api) -> None:
     """The dispense of sale S1 took the pack: the settlement S1 bills it once, on its
     first line naming it; a second line naming it is ALREADY_SETTLED."""
