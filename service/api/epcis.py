@@ -296,7 +296,12 @@ class EpcisController(Controller):
             raise epcis_problem(404, "NoSuchResourceException", f"no capture job {capture_id}")
         return Response(_job_out(job), headers=VERSIONS)
 
-    @post("/events", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 406, 413, 415))
+    @post(
+        "/events",
+        status_code=202,
+        guards=[requires(Role.ORG)],
+        responses=problems(*KEYED, 406, 409, 413, 415),
+    )
     async def capture_event(
         self, request: Request[Any, Any, Any], services: Services
     ) -> Response[CaptureJobOut]:
@@ -307,7 +312,10 @@ class EpcisController(Controller):
         captured = await self._capture(request, services, [event], event, None)
         job = captured.job
         if not job.success:
-            raise epcis_problem(400, "ValidationException", job.errors[0]["detail"], errors=job.errors)
+            first = job.errors[0]
+            if first["type"] == "epcisException:ResourceAlreadyExistsException":
+                raise epcis_problem(409, "ResourceAlreadyExistsException", first["detail"], errors=job.errors)
+            raise epcis_problem(400, "ValidationException", first["detail"], errors=job.errors)
         headers = {
             **_limits(services.settings.max_body_bytes),
             "Location": f"/epcis/capture/{job.capture_id}",

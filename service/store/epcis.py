@@ -25,10 +25,11 @@ class Job:
     finished_at: datetime
 
 
-async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Record]) -> int:
-    """Keep the records; an eventID stored before is left as it was. Returns how many were new."""
+async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Record]) -> set[str]:
+    """Keep the records; an eventID stored before is left as it was. Returns the eventIDs
+    stored now."""
     if not records:
-        return 0
+        return set()
     rows = await conn.fetch(
         """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time,
                                      action, biz_step, biz_location, epcs, parent_id, body)
@@ -56,7 +57,17 @@ async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Rec
             for r in records
         ],
     )
-    return len(rows)
+    return {r["event_id"] for r in rows}
+
+
+async def stored(conn: Conn, event_ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """(organisation, body as captured) of each of ``event_ids`` stored already."""
+    if not event_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT event_id, org, body FROM epcis_events WHERE event_id = ANY($1::text[])", event_ids
+    )
+    return {r["event_id"]: (r["org"], r["body"]) for r in rows}
 
 
 async def insert_job(conn: Conn, job: Job) -> None:
@@ -99,7 +110,7 @@ class Query:
     biz_steps: list[str] | None = None
     biz_locations: list[str] | None = None
     epcs: list[str] | None = None  # MATCH_epc: epcList / childEPCs
-    any_epcs: list[str] | None = None  # MATCH_anyEPC: any EPC named, parent included
+    any_epcs: list[str] | None = None  # MATCH_anyEPC: any EPC named, parent included, no class
     parent_ids: list[str] | None = None
     event_id: str | None = None
     after_seq: int = 0
@@ -110,9 +121,11 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
     """(seq, body) of the matching events in capture order, after ``after_seq``; the body
     as captured, with ``recordTime`` the time this service recorded it (the standard has
     the repository set it, and ignore one given at capture).
-    MATCH_epc narrows by the indexed ``epcs`` (every EPC named), then keeps events whose
-    ``epcList``/``childEPCs`` hold one; ``@>`` is false, not an error, where a document
-    stored without the schema has an object there."""
+    MATCH_epc narrows by the indexed ``epcs`` (every EPC and class named), then keeps
+    events whose ``epcList``/``childEPCs`` hold one; MATCH_anyEPC likewise, with
+    ``parentID``, ``inputEPCList`` and ``outputEPCList`` too, never a ``quantityList``'s
+    class (the binding's list); ``@>`` is false, not an error, where a document stored
+    without the schema has an object there."""
     # the GIN index of EPCs or the time index, as the filters given fit
     rows = await fetch_for_values(
         conn,
@@ -126,7 +139,11 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
              AND ($7::text[] IS NULL OR (epcs && $7 AND EXISTS (
                    SELECT 1 FROM unnest($7) m
                    WHERE body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m))))
-             AND ($8::text[] IS NULL OR epcs && $8)
+             AND ($8::text[] IS NULL OR (epcs && $8 AND EXISTS (
+                   SELECT 1 FROM unnest($8) m
+                   WHERE body->>'parentID' = m
+                      OR body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m)
+                      OR body->'inputEPCList' @> to_jsonb(m) OR body->'outputEPCList' @> to_jsonb(m))))
              AND ($9::text[] IS NULL OR parent_id = ANY($9))
              AND ($10::text IS NULL OR event_id = $10)
            ORDER BY seq LIMIT $11""",

@@ -17,6 +17,7 @@ from service.core.flags import FlagRef
 from service.interop.epcis.mapping import (
     EventError,
     Mapped,
+    Record,
     all_glns,
     location_glns,
     map_event,
@@ -102,11 +103,12 @@ async def capture(
 ) -> Captured:
     """Capture ``events`` for ``org``. ``invalid``: events the schema refused, by index,
     as (field, message); ``context``: the document's own ``@context`` entries. An event
-    is refused when it cannot be mapped, or when some of its identifiers are refused
-    (not codes, or by the custody rules). With ``rollback`` any refusal stores nothing
-    (the custody effects of the other events are undone in the same transaction); with
-    ``proceed`` the others are stored, and so is an event some of whose codes were taken
-    (as /v1/events takes them), while one with none taken is not.
+    is refused when it cannot be mapped, when its eventID names another event captured
+    before (``_taken``), or when some of its identifiers are refused (not codes, or by
+    the custody rules). With ``rollback`` any refusal stores nothing (the custody effects
+    of the other events are undone in the same transaction); with ``proceed`` the others
+    are stored, and so is an event some of whose codes were taken (as /v1/events takes
+    them), while one with none taken is not.
     Raises ForeignLocation (nothing stored)."""
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
@@ -136,8 +138,69 @@ async def capture(
         if c is not None and c.parent in inside:  # what the document packs and unpacks before
             held = inside[c.parent]
             inside[c.parent] = held | set(c.codes) if c.type == "pack" else held - set(c.codes)
-    if errors and behaviour == "rollback":
-        indexed = []
+    for attempt in range(CAPTURE_ATTEMPTS):
+        try:
+            return await _store(pool, org, behaviour, created, errors, indexed)
+        except _TakenMeanwhile:
+            if attempt == CAPTURE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+# a capture runs again when an eventID it took as new was stored meanwhile as another event
+CAPTURE_ATTEMPTS = 3
+
+
+class _TakenMeanwhile(Exception):
+    """Another capture stored one of this capture's new eventIDs, as another event,
+    after it was looked up: nothing of this transaction is kept, and it runs again."""
+
+
+def _taken(prior: tuple[str, dict[str, Any]] | None, org: str, record: Record) -> bool:
+    """Does the record's eventID name another event, captured before? A captured event
+    is not changed: the same eventID with other contents, or from another organisation,
+    is refused; sent again as it was, it is one fact. An error declaration of an
+    organisation's own event is taken as a duplicate (README, EPCIS: not done)."""
+    if prior is None:
+        return False
+    stored_org, body = prior
+    if stored_org == org and "errorDeclaration" in record.body:
+        return False
+    return (stored_org, body) != (org, record.body)
+
+
+def _taken_error(index: int, event_id: str) -> dict[str, Any]:
+    return {
+        "type": "epcisException:ResourceAlreadyExistsException",
+        "title": "Event already captured",
+        "status": 409,
+        "detail": f"eventList[{index}].eventID: {event_id} was captured before as another event;"
+        " a captured event is not changed (send it under a new eventID)",
+        "eventIndex": index,
+        "eventID": event_id,
+        "field": "eventID",
+    }
+
+
+async def _store(
+    pool: asyncpg.Pool,
+    org: str,
+    behaviour: str,
+    created: datetime,
+    errors: list[dict[str, Any]],
+    indexed: list[tuple[int, Mapped]],
+) -> Captured:
+    """The mapped events' custody commands, the events as received and the job, in one
+    transaction; ``errors`` (the events that did not map) and the eventIDs taken already
+    decide what is stored, by the capture's ``behaviour``."""
+    async with pool.acquire() as conn:
+        priors = await store.stored(conn, [m.record.event_id for _, m in indexed])
+    taken = {i for i, m in indexed if _taken(priors.get(m.record.event_id), org, m.record)}
+    errors = sorted(
+        [*errors, *(_taken_error(i, m.record.event_id) for i, m in indexed if i in taken)],
+        key=lambda e: int(e["eventIndex"]),
+    )
+    indexed = [] if errors and behaviour == "rollback" else [(i, m) for i, m in indexed if i not in taken]
     mapped = [m for _, m in indexed]
     commands: list[Incoming] = [m.command for m in mapped if m.command is not None]
     refused: list[Rejection] = [r for m in mapped for r in m.refused]
@@ -158,11 +221,14 @@ async def capture(
         if refusals and behaviour == "rollback":
             raise _RolledBack(refusals)
         kept = [m.record for i, m in indexed if i not in gone]
-        await store.insert_events(conn, job.capture_id, org, kept)
+        new = await store.insert_events(conn, job.capture_id, org, kept)
+        unseen = [r for r in kept if r.event_id not in new and r.event_id not in priors]
+        if unseen:  # stored by another capture since they were looked up
+            now = await store.stored(conn, [r.event_id for r in unseen])
+            if any(_taken(now.get(r.event_id), org, r) for r in unseen):
+                raise _TakenMeanwhile
         every = sorted([*errors, *refusals], key=lambda e: int(e["eventIndex"]))
-        job = replace(
-            job, success=not every, errors=every, events=len(kept), finished_at=datetime.now(UTC)
-        )
+        job = replace(job, success=not every, errors=every, events=len(kept), finished_at=datetime.now(UTC))
         await store.insert_job(conn, job)
         return []
 

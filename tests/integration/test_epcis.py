@@ -615,6 +615,65 @@ async def test_concurrent_captures_of_one_document_store_it_once(admin: Api) -> 
     assert [e["type"] for e in history["events"]] == ["commission", "pack", "ship"]
 
 
+async def test_an_eventid_captured_before_names_that_event_only(admin: Api) -> None:
+    """A captured event is not changed: another event under its eventID, from another
+    organisation or with other contents, is refused (409 ResourceAlreadyExistsException)
+    and has no custody effect; sent again as it was, it is one fact."""
+    keys = await _pharma_world(admin)
+    await keys["M1"].ok("POST", "/epcis/capture", _doc(*[ev for org, ev in _journey()[:3]]), 202)
+    seen = _ev("ObjectEvent", 2.5, M_LOC, action="OBSERVE", bizStep="inspecting", epcList=[SSCC_URN])
+    seen["eventID"] = "urn:uuid:0b7c3a52-5e1d-4f0a-8b9c-7d6e5f4a3b21"
+    seen["@context"] = _doc()["@context"]
+    await keys["M1"].ok("POST", "/epcis/events", seen, 202)
+
+    receiving = {**_journey()[3][1], "eventID": seen["eventID"], "@context": seen["@context"]}
+    refused = await keys["D1"].ok("POST", "/epcis/events", receiving, 409)
+    assert refused["type"] == "epcisException:ResourceAlreadyExistsException", refused
+    assert refused["errors"][0]["field"] == "eventID"
+    changed = await keys["M1"].ok("POST", "/epcis/events", {**seen, "eventTime": at(2.6)}, 409)
+    assert changed["type"] == "epcisException:ResourceAlreadyExistsException", changed
+    await keys["M1"].ok("POST", "/epcis/events", seen, 202)  # as it was: one fact
+
+    stored = _events(await keys["inv"].ok("GET", f"/epcis/events/{seen['eventID']}"))
+    assert [(e["bizStep"], e["eventTime"]) for e in stored] == [("inspecting", seen["eventTime"])]
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert [e["type"] for e in history["events"]] == ["pack", "ship"]
+    assert history["custodian"] == "M1"
+
+    # in a document under proceed, the others are kept
+    fresh = _journey()[3][1]
+    answer = await keys["D1"].client.post(
+        "/epcis/capture",
+        headers={**keys["D1"].headers, "GS1-Capture-Error-Behaviour": "proceed"},
+        json=_doc(receiving, fresh),
+    )
+    job = answer.json()
+    assert [(e["eventIndex"], e["type"]) for e in job["errors"]] == [
+        (0, "epcisException:ResourceAlreadyExistsException")
+    ], job
+    assert job["eventCount"] == 1, job
+    assert (await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history"))["custodian"] == "D1"
+
+
+async def test_match_any_epc_leaves_out_quantity_classes(admin: Api) -> None:
+    """MATCH_anyEPC looks at epcList, childEPCs, parentID, inputEPCList and
+    outputEPCList, not at the classes of a quantityList (the binding)."""
+    keys = await _pharma_world(admin)
+    lot = "urn:epc:class:lgtin:0614141.107346.L1"
+    counted = _ev("ObjectEvent", 1, M_LOC, action="OBSERVE", bizStep="inspecting",
+                  quantityList=[{"epcClass": lot, "quantity": 10}])  # fmt: skip
+    parent = _ev("AggregationEvent", 2, M_LOC, action="OBSERVE", bizStep="inspecting", parentID=SSCC_URN,
+                 childQuantityList=[{"epcClass": lot, "quantity": 4}])  # fmt: skip
+    await keys["M1"].ok("POST", "/epcis/capture", _doc(counted, parent), 202)
+
+    async def types(value: str) -> list[str]:
+        found = await keys["inv"].ok("GET", f"/epcis/events?MATCH_anyEPC={value}")
+        return [e["type"] for e in _events(found)]
+
+    assert await types(lot) == []
+    assert await types(SSCC_URN) == ["AggregationEvent"]
+
+
 async def test_a_missing_schema_file_stops_the_start(settings: Settings, tmp_path: Path) -> None:
     """The schema is compiled as the app starts: a wrong TRACE_EPCIS_SCHEMA is found there,
     not by the first capture (as a 500)."""
