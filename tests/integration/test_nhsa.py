@@ -440,6 +440,21 @@ async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any
     assert await db.fetchval("SELECT count(*) FROM flags") == 0
 
 
+@pytest.mark.parametrize("infno", ["3505", "3506"])
+@pytest.mark.parametrize("price", ["abc", [1], True])
+async def test_a_sale_price_that_is_no_number_is_infcode_minus_one(
+    admin: Api, db: Any, infno: str, price: Any
+) -> None:
+    """finl_trns_pric is optional in 3505/3506, and a number when given (num 16,6), as
+    in 3503."""
+    w = await _world(admin)
+    row = sale("B079", [w["units"][0]], 24, finl_trns_pric=price, psn_cert_type="01")
+    out = await nhsa(w["keys"]["P2"], envelope(infno, {"selinfo": row}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.selinfo.finl_trns_pric:"), out["err_msg"]
+    assert await _stored_events(db) == 0
+
+
 @pytest.mark.parametrize(
     ("where", "value"),
     [

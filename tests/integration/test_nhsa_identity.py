@@ -107,4 +107,14 @@ async def test_a_record_resent_in_another_spelling_is_one_fact(admin: Api) -> No
     refused = await nhsa(p2, envelope("3505", {"selinfo": other}))
     assert refused["infcode"] == -1, refused
     assert "fixmedins_bchno" in refused["err_msg"]
+    # and so is an identifier that only reads as the same number: "000123" is not "123"
+    for field, was, now in (("mdtrt_sn", "000123", "123"), ("rtal_docno", "1.50", "1.5")):
+        sent = await nhsa(
+            p2, envelope("3505", {"selinfo": {**first, "fixmedins_bchno": f"W07{field}", field: was}})
+        )
+        assert sent["infcode"] == 0, sent
+        changed = await nhsa(
+            p2, envelope("3505", {"selinfo": {**first, "fixmedins_bchno": f"W07{field}", field: now}})
+        )
+        assert changed["infcode"] == -1, (field, changed)
     assert [await _units_left(p2, c) for c in u[:2]] == [0, 0]

@@ -168,6 +168,9 @@ def optional_text(row: dict[str, Any], key: str, field: str, max_length: int | N
 
 # ASCII digits only: Python's \d and Decimal also read other scripts' digits (٢٤, ２４)
 NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+# the rows' quantities and prices (FIELDS.md's num fields): read as numbers, so "24" and
+# 24.0000 are one value; every other field is text, where "000123" is not "123"
+NUMERIC_FIELDS = frozenset(("inv_cnt", "pric", "cnt", "finl_trns_pric", "purc_retn_cnt", "sel_retn_cnt"))
 
 
 def number(value: Any, field: str) -> Decimal:

@@ -26,6 +26,7 @@ from service.core.rules import INVALID_CODE
 from service.core.sales import SETL_ID_SHAPE
 from service.interop.nhsa.envelope import (
     NUMBER,
+    NUMERIC_FIELDS,
     SALE,
     SALE_RETURN,
     Envelope,
@@ -34,6 +35,7 @@ from service.interop.nhsa.envelope import (
     china_time,
     flag01,
     lower_keys,
+    number,
     optional_text,
     required_texts,
     text,
@@ -207,7 +209,8 @@ _CODE_FIELDS = frozenset(("drugtracinfo", "drug_trac_codg"))
 def same_record(first: dict[str, Any], again: dict[str, Any]) -> bool:
     """Is ``again`` the record ``first`` sent once more (rows as kept: keys in lower case,
     no person fields)? Compared as read, not as spelled: a number for the string of its
-    digits, a number in another form (24, "24.0000"; "12.5", "12.50"), "" or null for a
+    digits, a quantity or price in another form (24, "24.0000"; "12.5", "12.50"; not
+    another field: "000123" is not "123"), "" or null for a
     missing field, the legacy ``drug_trac_codg`` for
     ``drugtracinfo``, a code in another of its forms (GS1 element string, CN20). A code
     of a split sale in another place is another record (a split sale draws its units in
@@ -221,7 +224,7 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
         if key in _CODE_FIELDS:
             continue
         read: Any = value if isinstance(value, list | dict) else text(value)
-        if isinstance(read, str) and NUMBER.fullmatch(read):
+        if key in NUMERIC_FIELDS and isinstance(read, str) and NUMBER.fullmatch(read):
             read = Decimal(read)  # compared by value
         if read is not None:
             out[key] = read
@@ -253,6 +256,8 @@ def _record(
         calendar_date(row.get("manu_date"), "manu_date")
     if row.get("expy_end") not in (None, ""):  # ⚠ optional in 3505/3506 per [B] and [Q]
         calendar_date(row.get("expy_end"), "expy_end")
+    if row.get("finl_trns_pric") not in (None, ""):
+        number(row.get("finl_trns_pric"), "finl_trns_pric")
     setl_id = optional_text(row, "setl_id", "setl_id")
     if setl_id is not None and not SETL_ID.fullmatch(setl_id):
         raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
