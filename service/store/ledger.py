@@ -95,24 +95,39 @@ async def save_items(conn: Conn, org: str, standings: Mapping[str, Standing]) ->
 # Conditions on a record ``r``: it moves units in, out, or comes after the last count ``c``
 _IN = "r.kind = ANY('{" + ",".join(IN_KINDS) + "}'::text[])"
 _OUT = "r.kind = ANY('{" + ",".join(OUT_KINDS) + "}'::text[])"
-_AFTER = "(c.counted_at IS NULL OR r.at > c.counted_at)"
+
+
+def _key(alias: str) -> str:
+    """A record's place in ledger order (core.ledger.ledger_order): time, interface,
+    serial. A stock count is the opening stock of its instant (a 3501's invdate is the
+    start of its day): 3501 sorts first, so the moves of the count's instant come after
+    it."""
+    return f'({alias}.at, {alias}.interface COLLATE "C", {alias}.fixmedins_bchno COLLATE "C")'
+
+
+def _last_first(alias: str) -> str:
+    return f'{alias}.at DESC, {alias}.interface COLLATE "C" DESC, {alias}.fixmedins_bchno COLLATE "C" DESC'
+
+
+# after the item's last count (c), in ledger order; a count moves nothing (delta 0)
+_AFTER = f"(c.at IS NULL OR {_key('r')} > {_key('c')})"
 
 
 async def refresh_items(conn: Conn, org: str, items: Sequence[str]) -> None:
     """Compute the items' ledgers from their records that still count: the last stock
-    count (latest time, then serial), and the moves after it (all of them without one)."""
+    count (in ledger order), and the moves after it (all of them without one)."""
     if not items:
         return
     await conn.execute(
         f"""UPDATE nhsa_items i
-            SET balance = coalesce(c.counted, 0) + coalesce(m.balance, 0), units_in = coalesce(m.units_in, 0),
-                units_out = coalesce(m.units_out, 0), counted = c.counted, counted_at = c.counted_at,
+            SET balance = coalesce(c.units, 0) + coalesce(m.balance, 0), units_in = coalesce(m.units_in, 0),
+                units_out = coalesce(m.units_out, 0), counted = c.units, counted_at = c.at,
                 last_at = m.last_at, stale = false
             FROM unnest($2::text[]) AS k(item)
             LEFT JOIN LATERAL (
-                SELECT r.units AS counted, r.at AS counted_at FROM nhsa_records r
+                SELECT r.units, r.at, r.interface, r.fixmedins_bchno FROM nhsa_records r
                 WHERE r.org = $1 AND r.med_list_codg = k.item AND r.deleted_at IS NULL AND r.kind = '{COUNT}'
-                ORDER BY r.at DESC, r.fixmedins_bchno COLLATE "C" DESC LIMIT 1) c ON true
+                ORDER BY {_last_first("r")} LIMIT 1) c ON true
             LEFT JOIN LATERAL (
                 SELECT max(r.at) AS last_at,
                        sum(r.delta) FILTER (WHERE {_AFTER}) AS balance,
@@ -274,14 +289,12 @@ def records_stored(exc: BaseException) -> bool:
     return unique_violation(exc) and "nhsa_records" in str(exc)
 
 # Running sums of an item's records in ledger order (``run``: up to and including the
-# record; ``upto``: every record at or before its time), for below_zero()
+# record), for below_zero(): a move's figures are the last count before it plus what its
+# sums add to the count's own
 _RUNNING = f"""
     sum(r.delta) OVER run AS balance,
     coalesce(sum(r.units) FILTER (WHERE {_IN}) OVER run, 0) AS units_in,
-    coalesce(sum(r.units) FILTER (WHERE {_OUT}) OVER run, 0) AS units_out,
-    sum(r.delta) OVER upto AS balance_upto,
-    coalesce(sum(r.units) FILTER (WHERE {_IN}) OVER upto, 0) AS units_in_upto,
-    coalesce(sum(r.units) FILTER (WHERE {_OUT}) OVER upto, 0) AS units_out_upto"""
+    coalesce(sum(r.units) FILTER (WHERE {_OUT}) OVER run, 0) AS units_out"""
 
 _FIGURES = f"""
     coalesce(sum(r.delta), 0) AS balance,
@@ -295,8 +308,9 @@ async def below_zero(
     """The records of ``keys``, and the moves out of each item of ``since`` from its time
     on, that leave their item's balance below zero, each with its item's ledger as of
     that record (ties by interface and serial), of the records that still count. The
-    balance starts from the last stock count before it (the counted stock) and adds the
-    moves after that count; without a count, from zero.
+    balance starts from the last stock count before it (the counted stock; a move of the
+    count's own instant comes after it) and adds the moves after that count; without a
+    count, from zero.
 
     One pass over each item's records (running sums in ledger order), not one per record
     (which made a 1,000-row upload's figures take 0.4 s, then 0.9, 1.4 s as the ledger
@@ -323,21 +337,19 @@ async def below_zero(
                        OR r.med_list_codg IN (SELECT item FROM s))
                 WINDOW run AS (PARTITION BY r.med_list_codg
                                     ORDER BY r.at, r.interface COLLATE "C", r.fixmedins_bchno COLLATE "C"
-                               ROWS UNBOUNDED PRECEDING),
-                       upto AS (PARTITION BY r.med_list_codg ORDER BY r.at RANGE UNBOUNDED PRECEDING)),
+                               ROWS UNBOUNDED PRECEDING)),
             counts AS MATERIALIZED (SELECT * FROM sums WHERE kind = '{COUNT}'),
             figures AS (
                 SELECT s.interface, s.fixmedins_bchno, c.units AS counted, c.at AS counted_at,
-                       CASE WHEN c.at IS NULL THEN s.balance WHEN s.at = c.at THEN c.units
-                            ELSE c.units + s.balance - c.balance_upto END AS balance,
-                       CASE WHEN c.at IS NULL THEN s.units_in WHEN s.at = c.at THEN 0
-                            ELSE s.units_in - c.units_in_upto END AS units_in,
-                       CASE WHEN c.at IS NULL THEN s.units_out WHEN s.at = c.at THEN 0
-                            ELSE s.units_out - c.units_out_upto END AS units_out
+                       CASE WHEN c.at IS NULL THEN s.balance
+                            ELSE c.units + s.balance - c.balance END AS balance,
+                       CASE WHEN c.at IS NULL THEN s.units_in ELSE s.units_in - c.units_in END AS units_in,
+                       CASE WHEN c.at IS NULL THEN s.units_out ELSE s.units_out - c.units_out END AS units_out
                 FROM sums s
                 LEFT JOIN LATERAL (
-                    SELECT * FROM counts c WHERE c.med_list_codg = s.med_list_codg AND c.at <= s.at
-                    ORDER BY c.at DESC, c.fixmedins_bchno COLLATE "C" DESC LIMIT 1) c ON true
+                    SELECT * FROM counts c
+                    WHERE c.med_list_codg = s.med_list_codg AND {_key("c")} <= {_key("s")}
+                    ORDER BY {_last_first("c")} LIMIT 1) c ON true
                 WHERE s.wanted)
             SELECT * FROM figures WHERE balance < 0""",  # noqa: S608
         org,
@@ -389,29 +401,30 @@ async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[s
                     SELECT med_list_codg, kind, sum(units) AS units FROM live
                     WHERE kind <> '{COUNT}' GROUP BY 1, 2) s
                 GROUP BY med_list_codg),
-            counts AS (
-                SELECT DISTINCT ON (med_list_codg) med_list_codg, units AS counted, at AS counted_at,
-                       fixmedins_bchno AS counted_bchno
-                FROM live WHERE kind = '{COUNT}'
-                ORDER BY med_list_codg, at DESC, fixmedins_bchno COLLATE "C" DESC),
+            counts AS (  -- the last count, in ledger order
+                SELECT DISTINCT ON (r.med_list_codg) r.med_list_codg, r.units AS counted, r.at AS counted_at,
+                       r.fixmedins_bchno AS counted_bchno, r.at, r.interface, r.fixmedins_bchno
+                FROM live r WHERE r.kind = '{COUNT}'
+                ORDER BY r.med_list_codg, {_last_first("r")}),
             earlier AS (  -- the count before the last one
-                SELECT DISTINCT ON (l.med_list_codg) l.med_list_codg, l.units AS counted, l.at
+                SELECT DISTINCT ON (l.med_list_codg) l.med_list_codg, l.units AS counted,
+                       l.at, l.interface, l.fixmedins_bchno
                 FROM live l JOIN counts c USING (med_list_codg)
-                WHERE l.kind = '{COUNT}'
-                  AND (l.at, l.fixmedins_bchno COLLATE "C") < (c.counted_at, c.counted_bchno COLLATE "C")
-                ORDER BY l.med_list_codg, l.at DESC, l.fixmedins_bchno COLLATE "C" DESC)
+                WHERE l.kind = '{COUNT}' AND {_key("l")} < {_key("c")}
+                ORDER BY l.med_list_codg, {_last_first("l")})
             SELECT i.med_list_codg, i.units_in::bigint, i.units_out::bigint, i.records,
                    coalesce(k.by_kind, '{{}}'::jsonb) AS by_kind,
                    c.counted, c.counted_at, c.counted_bchno,
                    (CASE WHEN c.counted IS NULL THEN i.balance
                          ELSE c.counted + (SELECT coalesce(sum(l.delta), 0) FROM live l
-                                           WHERE l.med_list_codg = i.med_list_codg AND l.at > c.counted_at)
+                                           WHERE l.med_list_codg = i.med_list_codg
+                                             AND {_key("l")} > {_key("c")})
                     END)::bigint AS balance,  -- sums of bigint are numeric: whole units, as ints
                    (CASE WHEN c.counted IS NOT NULL THEN
                         coalesce(e.counted, 0)
                         + (SELECT coalesce(sum(l.delta), 0) FROM live l
-                           WHERE l.med_list_codg = i.med_list_codg AND l.at <= c.counted_at
-                             AND (e.at IS NULL OR l.at > e.at))
+                           WHERE l.med_list_codg = i.med_list_codg AND {_key("l")} < {_key("c")}
+                             AND (e.at IS NULL OR {_key("l")} > {_key("e")}))
                     END)::bigint AS balance_before_count
             FROM items i LEFT JOIN kinds k USING (med_list_codg) LEFT JOIN counts c USING (med_list_codg)
                  LEFT JOIN earlier e USING (med_list_codg)

@@ -346,6 +346,29 @@ async def test_stock_count_dated_out_of_range_is_a_bad_row(admin: Api) -> None:
     assert (await _ledger(inv))["balance"] == 90
 
 
+async def test_a_stock_count_is_the_opening_stock_of_its_day(admin: Api) -> None:
+    """A 3501 counts the stock at the start of its invdate: a sale at 00:00:00 of that
+    day comes after the count, as every later sale does."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    held = (await _ledger(inv)).get("balance", 0)
+    await nhsa(p2, envelope("3501", {"invinfo": count("K650", 10, "2026-03-10")}))
+    out = await nhsa(
+        p2, envelope("3505", {"selinfo": sale("B650", [], 10, sel_retn_time="2026-03-10 00:00:00")})
+    )
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["flags"] == []
+    ledger = await _ledger(inv)
+    assert (ledger["balance"], ledger["counted"], ledger["units_out"]) == (0, 10, 10), ledger
+    assert ledger["count_difference"] == 10 - held  # against what was held before the day
+    out = await nhsa(
+        p2, envelope("3505", {"selinfo": sale("B651", [], 5, sel_retn_time="2026-03-10 00:00:00")})
+    )
+    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["STOCK_IMBALANCE"], out
+    assert (await _ledger(inv))["balance"] == -5
+
+
 async def test_queries(admin: Api) -> None:
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
@@ -375,9 +398,10 @@ async def test_queries(admin: Api) -> None:
 
 async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: Any) -> None:
     """store.ledger.below_zero (running sums in one pass) against the rule written plainly:
-    the last live count at or before the record's time, then the live moves after that
-    count up to the record in ledger order (time, interface, serial). Random ledgers with
-    shared times, several counts and deleted records."""
+    the last live count up to the record, then the live moves after that count up to the
+    record, both in ledger order (time, interface, serial: at one instant a 3501 count
+    comes first, the opening stock). Random ledgers with shared times, several counts and
+    deleted records."""
     import random
     from datetime import UTC, datetime, timedelta
 
@@ -425,9 +449,10 @@ async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: 
 
     for n in live:
         same = [r for r in live if r["item"] == n["item"]]
-        counts = [r for r in same if r["kind"] == COUNT and r["at"] <= n["at"]]
-        count = max(counts, key=lambda r: (r["at"], r["bchno"])) if counts else None
-        moves = [r for r in same if (count is None or r["at"] > count["at"]) and order(r) <= order(n)]
+        # the last count before it in ledger order; the moves after that count, up to it
+        counts = [r for r in same if r["kind"] == COUNT and order(r) <= order(n)]
+        count = max(counts, key=order) if counts else None
+        moves = [r for r in same if (count is None or order(r) > order(count)) and order(r) <= order(n)]
         balance = (count["units"] if count else 0) + sum(r["delta"] for r in moves)
         f = got.get((n["interface"], n["bchno"]))
         if balance >= 0:
@@ -443,20 +468,19 @@ async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: 
 
 
 def _plain_ledger(live: list[dict[str, Any]], item: str, upto: Any = None) -> tuple[Any, ...]:
-    """The ledger rule written plainly, from the item's live records: the last count at or
-    before the record (all records without ``upto``), then the moves after that count up
-    to the record in ledger order (time, interface, serial). (balance, units in, units
-    out, counted, counted at)."""
+    """The ledger rule written plainly, from the item's live records: the last count up to
+    the record (all records without ``upto``), then the moves after that count up to the
+    record, both in ledger order (time, interface, serial: a count comes first at its
+    instant). (balance, units in, units out, counted, counted at)."""
     from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS
 
     def order(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r["at"], r["interface"], r["fixmedins_bchno"])
 
     same = [r for r in live if r["med_list_codg"] == item and (upto is None or order(r) <= order(upto))]
-    limit = upto["at"] if upto is not None else None
-    counts = [r for r in same if r["kind"] == COUNT and (limit is None or r["at"] <= limit)]
-    count = max(counts, key=lambda r: (r["at"], r["fixmedins_bchno"])) if counts else None
-    moves = [r for r in same if count is None or r["at"] > count["at"]]
+    counts = [r for r in same if r["kind"] == COUNT]
+    count = max(counts, key=order) if counts else None
+    moves = [r for r in same if count is None or order(r) > order(count)]
     return (
         (count["units"] if count else 0) + sum(r["delta"] for r in moves),
         sum(r["units"] for r in moves if r["kind"] in IN_KINDS),
