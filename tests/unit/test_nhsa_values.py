@@ -113,3 +113,33 @@ def _answers(read: Callable[[Any, str], object], value: object, field: str, expe
         read(value, field)
     assert caught.value.field == field
     assert expected in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        ("(01)04000001000012(21)TF1", "010400000100001221TF1"),
+        ("010400000100001221TF1", "010400000100001221TF1"),
+        ("81234560000000000001", "81234560000000000001"),
+        ("not-a-code", "not-a-code"),  # finds nothing, as before
+    ],
+)
+def test_a_3513_query_reads_a_trace_code_in_any_of_its_forms(sent: str, read: str) -> None:
+    from service.interop.nhsa.envelope import parse
+    from service.interop.nhsa.inventory import query
+
+    body = {
+        "infno": "3513",
+        "msgid": "P4501030000120260310100000001",
+        "mdtrtarea_admvs": "450103",
+        "recer_sys_code": "YBXT",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "1",
+        "opter_name": "x",
+        "inf_time": "2026-03-10 10:00:00",
+        "fixmedins_code": "P45010300001",
+        "fixmedins_name": "x",
+        "input": {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31", "drug_trac_codg": sent}},
+    }
+    assert query(parse(body)).code == read

@@ -215,11 +215,13 @@ def query(envelope: Envelope) -> Query:
     item, bchno = named("medins_list_codg", 150), named("fixmedins_bchno", 30)
     if envelope.interface == "3508" and item is None and bchno is None:
         raise FieldError("input.data.medins_list_codg", "or fixmedins_bchno is required")
+    code = named("drug_trac_codg", 100)
+    parsed = try_parse_code(code) if code is not None else None  # a code in any of its forms
     return Query(
         item=item,
         med_list_codg=named("med_list_codg", 50),
         bchno=bchno,
-        code=named("drug_trac_codg", 100),
+        code=parsed.canonical if parsed is not None else code,
         mdtrt_id=named("mdtrt_id", 30),
         begin=_day_start(begin),
         end=_day_start(end + timedelta(days=1)),
