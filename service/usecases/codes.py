@@ -177,7 +177,7 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
                 "units": s["units"],
                 "reversed": s["reversed"],
                 **({"event_id": s["event_id"]} if s["event_id"] else {}),
-                **({"returned_by": s["returned_by"]} if s["returned_by"] else {}),
+                "returned_by": s["returned_by"],
             }
             for s in sales
         ],

@@ -10,8 +10,8 @@ import pytest
 import pytest_asyncio
 from litestar.testing import AsyncTestClient
 
-from tests.helpers import Api
-from tests.integration.console_story import CANONICAL, EVIL, RAW_SCAN, journey
+from tests.helpers import Api, event
+from tests.integration.console_story import BRACKETED, CANONICAL, EVIL, RAW_SCAN, journey
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -140,6 +140,28 @@ async def test_code_page_from_a_raw_scan_shows_custody_and_escapes_names(
     assert "流向异常" in html
     assert "自动解除" in html
     assert (await browser.get("/console/codes", params={"q": "not a code"})).status_code == 200
+
+
+async def test_code_page_of_a_sold_then_returned_pack(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """The sales table: a sale without a settlement id, then given back by a return."""
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    x1 = await admin.key_for("org", "X1")
+    await x1.events(event("dispense", "X1", [BRACKETED], 8))
+    sold = await browser.get("/console/codes", params={"q": CANONICAL})
+    assert sold.status_code == 200, sold.text
+    row = re.search(r'<table class="settlements">.*?</table>', sold.text, re.S)
+    assert row is not None
+    assert "None" not in row.group(0)
+    assert "—" in row.group(0)
+    back = event("return", "X1", [BRACKETED], 9)
+    await x1.events(back)
+    returned = await browser.get("/console/codes", params={"q": CANONICAL})
+    assert returned.status_code == 200, returned.text
+    table = re.search(r'<table class="settlements">.*?</table>', returned.text, re.S)
+    assert table is not None
+    assert "已退货" in table.group(0)
+    assert [c.strip() for c in re.findall(r"<td>([^<]*)</td>", table.group(0))][-2:] == ["", "✓"]
 
 
 async def test_language_switch_and_unknown_code(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
