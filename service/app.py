@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             InvestigationController,
             NhsaController,
             EpcisController,
-            console.router(settings),
+            console.router(settings, secure_cookies=settings.secure_cookies),
         ],
         template_config=console.template_config(),
         # the limiter after the key middleware: it counts by the key that is calling

@@ -20,6 +20,16 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _flag(name: str) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off (empty: off)."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"{name} must be on or off (1/true/yes/on, 0/false/no/off), got {raw!r}")
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -109,6 +119,9 @@ class Settings:
     # GS1's EPCIS JSON Schema (EPCIS-JSON-Schema.json): when set, captures are validated
     # against it; otherwise only the fields the service reads are checked
     epcis_schema: Path | None = None
+    # the console's session and CSRF cookies marked Secure: sent only over HTTPS (set it
+    # when a TLS proxy serves the console)
+    secure_cookies: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -133,4 +146,5 @@ class Settings:
             if os.environ.get("TRACE_EPCIS_SCHEMA")
             else None,
             rate_limits=_rate_limits(),
+            secure_cookies=_flag("TRACE_SECURE_COOKIES"),
         )

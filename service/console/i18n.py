@@ -160,6 +160,8 @@ ZH: Mapping[str, str] = {
     "org.ledger.counted": "最近盘点",
     "code.lot_link": "查看批次",
     "error.title": "出错了",
+    "flags.bad_status": "未更改：请选择一个可设置的状态。",
+    "flags.bad_note": "未更改：备注最多 2000 个字符，且不能含有 NUL 字符。",
     "error.forbidden": "请求被拒绝（表单已过期？请刷新页面后重试）。",
 }
 
@@ -315,6 +317,8 @@ EN: Mapping[str, str] = {
     "org.ledger.counted": "Last count",
     "code.lot_link": "See the lot",
     "error.title": "Something went wrong",
+    "flags.bad_status": "Nothing changed: choose a status that may be set.",
+    "flags.bad_note": "Nothing changed: a note is at most 2,000 characters, without NUL characters.",
     "error.forbidden": "The request was refused (an expired form? Reload the page and try again).",
 }
 

@@ -58,6 +58,15 @@ def _text(value: object, limit: int = 2000) -> str | None:
     return value
 
 
+def _note(value: object) -> tuple[bool, str | None]:
+    """(readable, the note): a note that is too long, holds NUL or is not text (a file) is
+    refused, as the API refuses it, and then nothing changes; a blank one is no note."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True, None
+    note = _text(value)
+    return note is not None, note
+
+
 def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Template:
     """Render ``name`` with the labels of the reader's language."""
     lang = language(request.cookies.get(LANG_COOKIE))
@@ -245,18 +254,28 @@ class ConsoleController(Controller):
 
     @get("/flags/{flag_id:int}")
     async def flag(self, request: Req, flag_id: FromPath[int]) -> Template:
-        found = (
-            await flag_usecases.read(request.app.state.services.pool, flag_id) if flag_id < 2**63 else None
+        return await self._flag_page(request, flag_id)
+
+    async def _flag_page(self, request: Req, flag_id: int, error: str | None = None) -> Template:
+        """The flag's page: 404 for an unknown flag, 400 with ``error`` for a refused change."""
+        pool = request.app.state.services.pool
+        found = await flag_usecases.read(pool, flag_id) if 0 < flag_id < 2**63 else None
+        status_code = 404 if found is None else 400 if error else 200
+        return page(
+            request, "flag.html", status_code, flag=found, flag_id=flag_id, settable=SETTABLE, error=error
         )
-        return page(request, "flag.html", flag=found, flag_id=flag_id, settable=SETTABLE)
 
     @post("/flags/{flag_id:int}")
     async def change_flag(self, request: Req, flag_id: FromPath[int]) -> Redirect | Template:
         form = await request.form()
         status = _text(form.get("status"))
-        if status is None or status not in SETTABLE or flag_id >= 2**63:
-            return page(request, "flag.html", flag=None, flag_id=flag_id, settable=SETTABLE)
-        await self._change(request, [flag_id], status, _text(form.get("note")))
+        readable, note = _note(form.get("note"))
+        if status is None or status not in SETTABLE:
+            return await self._flag_page(request, flag_id, "flags.bad_status")
+        if not readable:
+            return await self._flag_page(request, flag_id, "flags.bad_note")
+        if await self._change(request, [flag_id], status, note) == 0:
+            return await self._flag_page(request, flag_id)
         return Redirect(f"/console/flags/{flag_id}", status_code=303)
 
     @post("/flags/bulk")
@@ -267,9 +286,14 @@ class ConsoleController(Controller):
         back = _text(form.get("next")) or "/console/flags"
         if not back.startswith("/console/flags"):
             back = "/console/flags"
+        # the page's own notice of an earlier change goes: this change's count replaces it
+        path, _, query = back.partition("?")
+        kept = [p for p in query.split("&") if p and not p.startswith("changed=")]
+        back = f"{path}?{'&'.join(kept)}" if kept else path
         changed = 0
-        if status is not None and status in SETTABLE and ids:
-            changed = await self._change(request, ids, status, _text(form.get("note")))
+        readable, note = _note(form.get("note"))
+        if status is not None and status in SETTABLE and ids and readable:
+            changed = await self._change(request, ids, status, note)
         sep = "&" if "?" in back else "?"
         return Redirect(f"{back}{sep}changed={changed}", status_code=303)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import pytest_asyncio
 from litestar.testing import AsyncTestClient
 
+from service.app import create_app
+from service.config import Settings
 from tests.helpers import Api, event
 from tests.integration.console_story import BRACKETED, CANONICAL, EVIL, RAW_SCAN, journey
 
@@ -218,8 +221,54 @@ async def test_flag_queue_filters_changes_one_and_many(admin: Api, browser: Asyn
     assert bulk.status_code == 303
     assert "changed=1" in bulk.headers["location"]
     assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "dismissed"
+    # sent again from the page it came back to: that page's notice gives way to this one's
+    again = await browser.post(
+        "/console/flags/bulk",
+        data={
+            "flag_id": [str(flag_id)],
+            "status": "open",
+            "next": bulk.headers["location"],
+            "_csrf_token": token,
+        },
+        follow_redirects=False,
+    )
+    assert again.headers["location"].count("changed=") == 1, again.headers["location"]
     pending = await browser.get("/console/flags/pending")
     assert pending.status_code == 200
+
+
+async def test_a_refused_flag_change_changes_nothing_and_says_why(
+    admin: Api, browser: AsyncTestClient
+) -> None:  # type: ignore[type-arg]
+    """An unknown flag is a 404 page; a status that may not be set, or a note the API
+    would refuse (too long, NUL), is a 400 naming it, and the flag is as it was."""
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    flag_id = w["open_flags"][0]
+    for unknown in (999999, 0):
+        assert (await browser.get(f"/console/flags/{unknown}")).status_code == 404
+    page = await browser.get(f"/console/flags/{flag_id}")
+    token = _TOKEN.search(page.text).group(1)  # type: ignore[union-attr]
+    for status, note, says in (
+        ("auto_cleared", "", "请选择一个可设置的状态"),
+        ("investigating", "x" * 2001, "备注最多 2000 个字符"),
+        ("investigating", "a\x00b", "备注最多 2000 个字符"),
+    ):
+        refused = await browser.post(
+            f"/console/flags/{flag_id}",
+            data={"status": status, "note": note, "_csrf_token": token},
+            follow_redirects=False,
+        )
+        assert refused.status_code == 400, (status, refused.status_code)
+        assert says in refused.text
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert (stored["status"], stored["history"]) == ("open", [])
+    gone = await browser.post(
+        "/console/flags/999999",
+        data={"status": "investigating", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert gone.status_code == 404
 
 
 async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmation(
@@ -313,3 +362,11 @@ async def test_a_lot_too_long_for_the_api_is_refused_by_the_console_too(
     assert answer.status_code == 303, answer.text
     assert "refused=product" in answer.headers["location"]
     assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False
+
+
+async def test_secure_cookies_when_asked(settings: Settings) -> None:
+    """TRACE_SECURE_COOKIES: behind TLS, the console's cookies are sent over HTTPS only."""
+    async with AsyncTestClient(app=create_app(replace(settings, secure_cookies=True))) as c:
+        page = await c.get("/console/signin")
+    cookies = page.headers.get_list("set-cookie")
+    assert any(k.startswith("console_csrf=") and "Secure" in k for k in cookies), cookies
