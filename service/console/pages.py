@@ -67,6 +67,13 @@ def _note(value: object) -> tuple[bool, str | None]:
     return note is not None, note
 
 
+def _here(request: Req) -> str:
+    """The page's own URL, to come back to: its path encoded again (a lot may hold "#" or
+    "?"), and its query as sent."""
+    query = request.url.query
+    return quote(request.url.path, safe="/") + (f"?{query}" if query else "")
+
+
 def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Template:
     """Render ``name`` with the labels of the reader's language."""
     lang = language(request.cookies.get(LANG_COOKIE))
@@ -77,7 +84,7 @@ def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Tem
             "t": translator(lang),
             "lang": lang,
             "other_lang": next(code for code in CATALOGUES if code != lang),
-            "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "path": _here(request),
             "signed_in": "principal" in request.state.dict(),
             **context,
         },

@@ -185,6 +185,9 @@ async def test_language_switch_and_unknown_code(admin: Api, browser: AsyncTestCl
     page = await browser.get("/console/codes", params={"q": "81234560000000000011"})
     assert "Nothing is known of this code." in page.text
     assert 'lang="en"' in page.text
+    # the switch comes back to the page it was on, also a lot whose name holds "#"
+    lot = await browser.get("/console/lots/06901234567892/L%231")
+    assert 'name="next" value="/console/lots/06901234567892/L%231"' in lot.text
 
 
 async def test_flag_queue_filters_changes_one_and_many(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
