@@ -65,7 +65,8 @@ from service.core.settlement import (
     Line,
     LineOutcome,
     answer,
-    fingerprint,
+    canonical_codes,
+    fingerprints,
     person_hash,
     stored_request,
 )
@@ -205,7 +206,7 @@ def settlement(secret: bytes, claim: Claim) -> tuple[Any, ...]:
         claim.org,
         psn_hash,
         claim.at,
-        fingerprint(secret, claim),
+        fingerprints(secret, claim, canonical_codes(claim))[0],
         json.dumps(stored_request(claim, psn_hash)),
         json.dumps(answer(claim.setl_id, paid, [])),
         "accepted",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -109,11 +109,26 @@ def person_hash(secret: bytes, psn_no: str) -> bytes:
     return hmac.new(secret, psn_no.encode(), hashlib.sha256).digest()
 
 
-def fingerprint(secret: bytes, claim: Claim) -> bytes:
+def fingerprint(secret: bytes, claim: Claim, canonical: Mapping[str, str | None] | None = None) -> bytes:
     """What tells a replay of a settlement from a changed body: an HMAC of the whole
     claim (the same claim always gives the same bytes; the secret keeps the person
-    number in it from being guessed)."""
+    number in it from being guessed). With ``canonical`` (``canonical_codes``), each code
+    is taken in its canonical form, so a code spelled another way (a GS1 code in
+    brackets, or raw) is the same claim."""
+    if canonical is not None:
+        read = [replace(line, codes=tuple(canonical.get(c) or c for c in line.codes)) for line in claim.lines]
+        claim = replace(claim, lines=tuple(read))
     return hmac.new(secret, b"settlement\x00" + msgspec.json.encode(claim), hashlib.sha256).digest()
+
+
+def fingerprints(secret: bytes, claim: Claim, canonical: Mapping[str, str | None]) -> tuple[bytes, ...]:
+    """The fingerprint a settlement is stored with (codes in canonical form), and the one
+    of the codes as sent when it differs: a settlement stored before codes were read so
+    (its fingerprint of the codes as sent) is still answered as a replay."""
+    stored = fingerprint(secret, claim, canonical)
+    respelled = any(form is not None and form != raw for raw, form in canonical.items())
+    as_sent = fingerprint(secret, claim) if respelled else stored
+    return (stored,) if as_sent == stored else (stored, as_sent)
 
 
 @dataclass(slots=True)

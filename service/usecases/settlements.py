@@ -16,7 +16,7 @@ from service.core import settlement as rules
 from service.core.custody import CodeState
 from service.core.flags import Evidence
 from service.core.sales import Consumption, Sale, move_units
-from service.core.settlement import Claim, Loaded, fingerprint, person_hash
+from service.core.settlement import Claim, Loaded, fingerprints, person_hash
 from service.store import codes as code_store
 from service.store import flags as flag_store
 from service.store import purchases as purchase_store
@@ -56,7 +56,8 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             loaded = await _load(conn, claim, canonical, psn_hash, states)
         return rules.answer(claim.setl_id, rules.decide(claim, canonical, loaded).outcomes, [])
 
-    body_hash = fingerprint(secret, claim)
+    # stored with the first; a replay matches either (fingerprints)
+    body_hashes = fingerprints(secret, claim, canonical)
 
     # The common case in two round trips, without a transaction held open across them:
     # the packs as they are, then one statement that writes the sale only if none of its
@@ -68,7 +69,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         try:
             async with pool.acquire() as conn:
                 answer = await _settle_unchanged(
-                    conn, claim, canonical, psn_hash, body_hash, look_for_stored=attempt > 0
+                    conn, claim, canonical, psn_hash, body_hashes, look_for_stored=attempt > 0
                 )
         except RETRYABLE:
             metrics.OPTIMISTIC.labels("settle", "raced").inc()
@@ -84,7 +85,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         # code order, and what the decision reads besides
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
-            return _replay(stored, body_hash)
+            return _replay(stored, body_hashes)
         loaded = await _load(conn, claim, canonical, psn_hash, await code_store.lock(conn, _packs(canonical)))
         # a take of this sale given back before it came (read here only: the one-statement
         # path finds such a row when it writes, and ends up here)
@@ -97,7 +98,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         await purchase_store.record(conn, psn_hash, decision.purchases)
         raised = await flag_store.raise_flags(conn, decision.flags)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
-        fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hash, answer))
+        fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hashes[0], answer))
         if not fresh:  # a concurrent request with the same id stored it first: run again,
             raise RetryTransaction  # which then finds it and answers as a replay
         return answer
@@ -110,7 +111,7 @@ async def _settle_unchanged(
     claim: Claim,
     canonical: Mapping[str, str | None],
     psn_hash: bytes,
-    body_hash: bytes,
+    body_hashes: tuple[bytes, ...],
     *,
     look_for_stored: bool,
 ) -> dict[str, Any] | None:
@@ -122,7 +123,7 @@ async def _settle_unchanged(
     if look_for_stored:
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
-            return _replay(stored, body_hash)
+            return _replay(stored, body_hashes)
     states, versions = await code_store.read_versions(conn, _packs(canonical))
     loaded = await _load(conn, claim, canonical, psn_hash, states)
     decision = rules.decide(claim, canonical, loaded)
@@ -131,7 +132,7 @@ async def _settle_unchanged(
     answer = rules.answer(claim.setl_id, decision.outcomes, [])
     await setl_store.settle_unchanged(
         conn,
-        _row(claim, psn_hash, body_hash, answer),
+        _row(claim, psn_hash, body_hashes[0], answer),
         packs={**loaded.states, **{s.code: s for s in decision.changed}},
         versions=versions,
         consumptions=decision.consumptions,
@@ -153,9 +154,9 @@ def _row(claim: Claim, psn_hash: bytes, body_hash: bytes, answer: dict[str, Any]
     )
 
 
-def _replay(stored: Mapping[str, Any], body_hash: bytes) -> dict[str, Any]:
+def _replay(stored: Mapping[str, Any], body_hashes: tuple[bytes, ...]) -> dict[str, Any]:
     """The stored answer of a settlement sent again; Conflict if the body differs."""
-    if not hmac.compare_digest(stored["body_hash"], body_hash):
+    if not any(hmac.compare_digest(stored["body_hash"], h) for h in body_hashes):
         raise Conflict
     return dict(stored["response"])
 

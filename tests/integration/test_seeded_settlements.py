@@ -1,6 +1,6 @@
 """A settlement written by the load-test seeder is one the service would have stored:
 the same claim sent to the API again is a replay and gets the stored answer back, not
-a 409 (the seeder hashes with the service's own ``person_hash`` and ``fingerprint``)."""
+a 409 (the seeder hashes with the service's own ``person_hash`` and ``fingerprints``)."""
 
 from __future__ import annotations
 

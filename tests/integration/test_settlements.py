@@ -4,11 +4,12 @@ reversal, one sale one consumption, flags, and racing settlements."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from service.config import Settings
 from tests.helpers import (
     Api,
     at,
@@ -299,6 +300,48 @@ async def test_a_return_is_not_a_reversal_in_the_codes_history(admin: Api) -> No
     assert (await ins.ok("GET", "/v1/settlements/S-RET"))["reversed"] is False
     reversed_ = (await inv.ok("GET", f"/v1/codes/{b}/history"))["settlements"]
     assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in reversed_] == [("S-REV", True, None)]
+
+
+async def test_a_claim_resent_with_its_codes_spelled_another_way_is_a_replay(
+    admin: Api, db: Any, settings: Settings
+) -> None:
+    """A GS1 code in brackets, then in its canonical form: the same claim, answered from
+    the stored settlement (not a 409); another code is still a conflict. A settlement
+    stored with the fingerprint of the codes as sent (before they were read so) is still
+    answered as a replay."""
+    from service.core.settlement import Claim, Line, fingerprint
+
+    w = await small_world(admin)
+    gtin = "06901234567892"
+    product = {
+        "product_id": gtin,
+        "name": "Cefixime",
+        "med_list_codg": "G1",
+        "pack_units": 6,
+        "manufacturer": "M1",
+    }
+    await admin.ok("POST", "/v1/products", product, 201)
+    packs = [f"(01){gtin}(21)RS{i}" for i in (1, 2)]
+    await w["keys"]["M1"].events(
+        event("commission", "M1", packs, 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", packs, 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", packs, 2))
+    ins = await admin.key_for("insurer")
+    body = claim("S-SPELL", [{"med_list_codg": "G1", "quantity": 6, "codes": [packs[0]]}])
+    first = await ins.ok("POST", "/v1/settlements", body)
+    assert first["decision"] == "accepted", first
+    canonical = {**body, "lines": [{**body["lines"][0], "codes": [f"01{gtin}21RS1"]}]}
+    assert await ins.ok("POST", "/v1/settlements", canonical) == first
+    other = {**body, "lines": [{**body["lines"][0], "codes": [packs[1]]}]}
+    assert (await ins.post("/v1/settlements", other)).status_code == 409
+
+    when = datetime.fromisoformat(body["at"]).astimezone(UTC)
+    line = Line(1, "G1", 6, False, (packs[0],))
+    as_sent = Claim("S-SPELL", "P1", body["psn_no"], when, "settle", (line,))
+    old = fingerprint(settings.psn_secret, as_sent)
+    await db.execute("UPDATE settlements SET body_hash = $1 WHERE setl_id = 'S-SPELL'", old)
+    assert await ins.ok("POST", "/v1/settlements", body) == first
 
 
 async def test_units_a_dispense_of_the_same_sale_took_are_billed_once(admin: Api) -> None:
