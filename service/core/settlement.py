@@ -125,10 +125,10 @@ def fingerprints(secret: bytes, claim: Claim, canonical: Mapping[str, str | None
     """The fingerprint a settlement is stored with (codes in canonical form), and the one
     of the codes as sent when it differs: a settlement stored before codes were read so
     (its fingerprint of the codes as sent) is still answered as a replay."""
-    stored = fingerprint(secret, claim, canonical)
-    respelled = any(form is not None and form != raw for raw, form in canonical.items())
-    as_sent = fingerprint(secret, claim) if respelled else stored
-    return (stored,) if as_sent == stored else (stored, as_sent)
+    as_sent = fingerprint(secret, claim)
+    if all(form is None or form == raw for raw, form in canonical.items()):
+        return (as_sent,)  # the common case: every code sent in its canonical form
+    return fingerprint(secret, claim, canonical), as_sent
 
 
 @dataclass(slots=True)
