@@ -356,7 +356,10 @@ class World:
             if kind in ("ship", "receive", "destroy"):
                 for inner, via in self.subtree(code):
                     t = self.get(inner, fact.at)
-                    self._move(t, fact)
+                    if t.state == DESTROYED and kind != "destroy":
+                        self._destroyed_moved(t, fact)
+                    else:
+                        self._move(t, fact)
                     self._touch(t, fact, via)
                     if kind == "receive":
                         self._check_region(t, fact)
@@ -418,6 +421,14 @@ class World:
                 shipped_to=s.destination,
             )
         )
+
+    def _destroyed_moved(self, s: CodeState, fact: Fact) -> None:
+        """A pack reported destroyed that moves again (alone or in a case): a pack back
+        in the market (回流), or a destroy reported falsely. It stays destroyed, so no
+        later sale of it is payable, and the move is DUPLICATE, as its dispense is."""
+        if s.commissioned:
+            detail = f"{fact.type} by {fact.org}: the pack was destroyed"
+            self.suspicions.append(Suspicion("DUPLICATE", s.code, fact, detail))
 
     def _check_region(self, s: CodeState, fact: Fact) -> None:
         """A product received by an organisation outside its regions (串货 across

@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import Api, at, cn20, event, received, world
+from tests.helpers import Api, at, cn20, event, received, sscc, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -322,6 +322,32 @@ async def test_a_destroyed_pack_dispensed_or_settled_is_a_duplicate(admin: Api) 
     assert [(f["kind"], f["code"]) for f in settled["flags"]] == [("DUPLICATE", b)]
 
 
+async def test_a_destroyed_pack_that_moves_again_stays_destroyed(admin: Api) -> None:
+    """A pack its holder reported destroyed, shipped and received again, alone or packed
+    into another case: each move is DUPLICATE (back in the market, 回流), and the pack
+    stays destroyed, so it is not dispensable and its settlement is refused. Found by a
+    probe: the receive made it `received` again, dispensable and payable, with no flag."""
+    w = await world(admin)
+    p1 = w["keys"]["P1"]
+    a, b = await received(w, "P1", [51, 52])
+    await p1.events(event("destroy", "P1", [a, b], 3))
+    case = sscc(52)
+    moved = await p1.events(
+        event("ship", "P1", [a], 4, to="D1"),
+        event("pack", "P1", [b], 4, parent=case),
+        event("ship", "P1", [case], 5, to="D1"),
+    )
+    assert sorted((f["kind"], f["code"]) for f in moved["flags"]) == sorted(
+        [("DUPLICATE", a), ("DUPLICATE", b)]
+    )
+    d1 = w["keys"]["D1"]
+    await d1.events(event("receive", "D1", [a], 6), event("receive", "D1", [case], 6))
+    for code in (a, b):
+        answer = await d1.ok("GET", f"/v1/codes/{code}/verify")
+        assert (answer["state"], answer["dispensable"]) == ("destroyed", False), answer
+        assert "DESTROYED" in [r["reason"] for r in answer["reasons"]], answer
+
+
 async def test_a_sale_dated_before_its_packs_destruction_is_no_duplicate(admin: Api) -> None:
     """A destroyed pack is judged in event time: a split sale dated before the destroy
     (the rest of the pack then destroyed) is no pack back in the market, whichever
@@ -332,9 +358,7 @@ async def test_a_sale_dated_before_its_packs_destruction_is_no_duplicate(admin: 
     a, b = await received(w, "P1", [41, 42])
     await p1.events(event("destroy", "P1", [a], 20))
     late = await p1.events(event("dispense", "P1", [a], 10, quantity=5))  # uploaded after
-    together = await p1.events(
-        event("dispense", "P1", [b], 10, quantity=5), event("destroy", "P1", [b], 20)
-    )
+    together = await p1.events(event("dispense", "P1", [b], 10, quantity=5), event("destroy", "P1", [b], 20))
     assert (late["flags"], together["flags"]) == ([], [])
     standing = (await w["inv"].ok("GET", "/v1/flags?kind=DUPLICATE"))["items"]
     assert standing == []
