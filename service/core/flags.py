@@ -111,12 +111,15 @@ def dispense_flags(
     earlier: Sequence[Consumption],
     *,
     used_up: Collection[str] | None = None,
+    recalls: Mapping[tuple[str, str], datetime] | None = None,
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
     consumed pack sold again (回流药), expired, recalled or out-of-region stock, and a
     pack of another product than the one billed (串换, when the dispense names it).
     ``used_up``: the packs that were used up when it was sold, where their state now
-    does not say (a late sale, folded again in event time)."""
+    does not say (a late sale, folded again in event time). ``recalls``: when each
+    recalled lot's recall was ordered; a sale dated before it (uploaded late) sold a
+    pack that was not recalled yet (a lot missing there: recalled, whenever)."""
     out = []
     org = orgs[event.org]
 
@@ -146,7 +149,8 @@ def dispense_flags(
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
-        if state.recalled:
+        recalled_at = (recalls or {}).get((state.product_id or "", state.lot or ""))
+        if state.recalled and (recalled_at is None or recalled_at <= event.at):
             flag("RECALLED", code, f"lot {state.lot} is recalled")
         product = products.get(state.product_id or "")
         if product is not None and not product.sold_in(org.region):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
 from service.core import flags as flag_rules
@@ -158,7 +159,9 @@ class Loaded:
     states: dict[str, CodeState]  # the locked rows of the named codes and of all they ever contained
     orgs: Mapping[str, Org]
     products: Mapping[str, Product]
-    recalled_lots: set[tuple[str, str]]
+    # the recalled lots among those commissioned now and those of the recalled packs
+    # read, each with when its recall was ordered
+    recalled_lots: dict[tuple[str, str], datetime]
     reopen: list[Fact]  # settlements whose open custody flags these events may explain
     history: list[Fact] | None  # every stored fact of the codes' family, when a replay is needed
     sales: list[Consumption]  # recorded sales of the packs in sales_needed, oldest first
@@ -363,7 +366,7 @@ def decide(loaded: Loaded) -> Plan:
         for f in sorted(facts, key=sort_key)
         if (codes := tuple(c for c in f.codes if c not in folded))
     ]
-    flags += _consume(world, in_order, loaded.products, loaded.orgs, book)
+    flags += _consume(world, in_order, loaded, book)
     # a dispense that arrived before its code's commission took nothing (the pack size
     # was unknown); now it takes its units, and is judged as a dispense of a known pack
     # (on arrival the fold suspected an unknown code only): a pack dispensed twice,
@@ -371,7 +374,7 @@ def decide(loaded: Loaded) -> Plan:
     reported = {f.key for f in flags}
     newly = {c for c in placeholders if world.states[c].commissioned}
     early = [(d, d.codes) for d in loaded.waiting_dispenses if newly.intersection(d.codes)]
-    flags += _consume(world, early, loaded.products, loaded.orgs, book)
+    flags += _consume(world, early, loaded, book)
     flags += rejudged  # stored sales a late one found to be resales: raised, not reported
 
     # a replay judges old facts again too: those suspicions stand (or are raised again),
@@ -409,8 +412,7 @@ def decide(loaded: Loaded) -> Plan:
 def _consume(
     world: World,
     sales: Sequence[tuple[Incoming, tuple[str, ...]]],
-    products: Mapping[str, Product],
-    orgs: Mapping[str, Org],
+    loaded: Loaded,
     book: _Book,
 ) -> list[NewFlag]:
     """Dispenses take units from packs; returns give back the latest sale's units. A
@@ -429,7 +431,9 @@ def _consume(
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         fresh = [c for c in codes if not book.sold(c, sale)]
-        flags += flag_rules.dispense_flags(event, fresh, world.states, products, orgs, earlier)
+        flags += flag_rules.dispense_flags(
+            event, fresh, world.states, loaded.products, loaded.orgs, earlier, recalls=loaded.recalled_lots
+        )
         left = {c: world.states[c].units_left or 0 for c in fresh}
         taken = draw(left, fresh, quantity)
         for code, units in taken:
@@ -509,7 +513,14 @@ def _refold_late(
                 earlier = [t for t in fold.takes if t.at <= e.at]
                 used_up = {code} if e.event_id in resold else set()
                 flags += flag_rules.dispense_flags(
-                    e, [code], world.states, loaded.products, loaded.orgs, earlier, used_up=used_up
+                    e,
+                    [code],
+                    world.states,
+                    loaded.products,
+                    loaded.orgs,
+                    earlier,
+                    used_up=used_up,
+                    recalls=loaded.recalled_lots,
                 )
         for d in stored_dispenses:
             if d.event_id in resold and d.org in loaded.orgs:
@@ -588,7 +599,7 @@ def _undo_return(
     return tuple(t.code for t in again), sum(t.units for t in again) or None
 
 
-def _mark_recalled(world: World, facts: Sequence[Fact], recalled: set[tuple[str, str]]) -> None:
+def _mark_recalled(world: World, facts: Sequence[Fact], recalled: Mapping[tuple[str, str], datetime]) -> None:
     """Codes commissioned into a lot that was already recalled are recalled too."""
     if not recalled:
         return

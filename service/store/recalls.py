@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from service.store import codes as code_store
@@ -21,17 +22,18 @@ async def lock_lots(conn: Conn, lots: list[tuple[str, str]]) -> None:
         )
 
 
-async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these lots are recalled (call lock_lots first)."""
+async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+    """Which of these lots are recalled, and when the recall was ordered (call lock_lots
+    first where the answer must hold until commit)."""
     if not lots:
-        return set()
+        return {}
     rows = await conn.fetch(
-        """SELECT product_id, lot FROM recalls
+        """SELECT product_id, lot, at FROM recalls
            WHERE (product_id, lot) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
         [p for p, _ in lots],
         [lot for _, lot in lots],
     )
-    return {(r["product_id"], r["lot"]) for r in rows}
+    return {(r["product_id"], r["lot"]): r["at"] for r in rows}
 
 
 async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str) -> tuple[bool, int]:

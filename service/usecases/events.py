@@ -171,7 +171,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         states={},
         orgs={},
         products={},
-        recalled_lots=set(),
+        recalled_lots={},
         reopen=[],
         history=None,
         sales=[],
@@ -202,6 +202,11 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         states, versions = await code_store.read_with_contents(conn, named, children)
         loaded.states = states
     family = set(states) | named
+    # when the recalls of the recalled packs read were ordered (rare: one more read then),
+    # for the sales among these events dated before them
+    recalled = {(s.product_id, s.lot) for s in states.values() if s.recalled and s.product_id and s.lot}
+    if missing := sorted(recalled - loaded.recalled_lots.keys()):
+        loaded.recalled_lots |= await recall_store.recalled_lots(conn, missing)
 
     if rules.may_explain_settlements(fresh):
         loaded.reopen = await flag_store.settlement_suspicions(conn, sorted(family))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import Api, at, cn20, event, received, sscc, world
+from tests.helpers import BASE_TIME, Api, at, cn20, event, received, sscc, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -197,7 +198,8 @@ async def test_recall_lot_summary_and_stats(admin: Api) -> None:
     assert (
         await inv.ok("POST", "/v1/recalls", {"product_id": "8123456", "lot": "L7", "reason": "impurity"})
     )["codes_recalled"] == 0
-    out = await p1.events(event("dispense", "P1", [codes[1]], 4))
+    now = (datetime.now(UTC) - BASE_TIME) / timedelta(minutes=1)  # the recall's time, in the story's minutes
+    out = await p1.events(event("dispense", "P1", [codes[1]], now))
     assert [f["kind"] for f in out["flags"]] == ["RECALLED"]
     settle = {
         "setl_id": "S-REC",
@@ -223,6 +225,15 @@ async def test_recall_lot_summary_and_stats(admin: Api) -> None:
     stats = await inv.ok("GET", "/v1/orgs/P1/stats")
     assert (stats["received"], stats["dispensed"], stats["settled"]) == (3, 2, 0)
     assert stats["flags_by_kind"] == {"RECALLED": 2}
+    # a sale dated before the recall was ordered, uploaded after it (a day's sales sent at
+    # night): the pack was not recalled when sold (found by a probe: it was flagged)
+    early = cn20(w["unit"], 51)
+    await m.events(
+        event("commission", "M1", [early], 0, lot="L7", expiry="2030-01-01"),
+        event("ship", "M1", [early], 1, to="P1"),
+    )
+    out = await p1.events(event("receive", "P1", [early], 2), event("dispense", "P1", [early], 4))
+    assert out["flags"] == [], out
     assert (await inv.get("/v1/orgs/NOPE/stats")).status_code == 404
 
 
