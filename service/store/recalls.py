@@ -36,17 +36,23 @@ async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> dict[tuple[s
     return {(r["product_id"], r["lot"]): r["at"] for r in rows}
 
 
-async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str) -> tuple[bool, int]:
-    """Record the recall (once) and mark every code of the lot; returns (new, codes marked)."""
+async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str) -> tuple[bool, str, int]:
+    """Record the recall (once) and mark every code of the lot; returns (new, the reason
+    it stands under: the first order's, codes marked)."""
     await lock_lots(conn, [(product_id, lot)])
-    new = await conn.fetchval(
-        """INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (product_id, lot) DO NOTHING RETURNING true""",
+    row = await conn.fetchrow(
+        """WITH new AS (
+               INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (product_id, lot) DO NOTHING RETURNING reason)
+           SELECT (SELECT reason FROM new) AS new,
+                  (SELECT reason FROM recalls WHERE product_id = $1 AND lot = $2) AS stored""",
         product_id,
         lot,
         reason,
         by_key,
     )
+    assert row is not None
+    new = row["new"] is not None
     # lock the lot's rows as every writer of codes rows does (store.codes.lock), so a
     # recall cannot deadlock with a settlement or an ingest; then mark them
     rows = await conn.fetch(
@@ -59,7 +65,7 @@ async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str
     for state in marked:
         state.recalled = True
     await code_store.update(conn, marked)
-    return bool(new), len(marked)
+    return new, row["new"] or row["stored"], len(marked)
 
 
 async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:

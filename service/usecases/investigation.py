@@ -44,11 +44,11 @@ async def recall(pool: asyncpg.Pool, product_id: str, lot: str, reason: str, by_
         if not await registry.get_products(conn, [product_id]):
             raise Invalid("product_id", f"unknown product {product_id}")
 
-    async def work(conn: Conn) -> tuple[bool, int]:
+    async def work(conn: Conn) -> tuple[bool, str, int]:
         return await recall_store.recall(conn, product_id, lot, reason, by_key)
 
-    new, marked = await with_retry(pool, work)
-    return Recalled(product_id, lot, reason, marked, new)
+    new, stands_under, marked = await with_retry(pool, work)
+    return Recalled(product_id, lot, stands_under, marked, new)
 
 
 async def org_stats(pool: asyncpg.Pool, org: str) -> dict[str, Any] | None:
