@@ -69,20 +69,28 @@ class KeyCache:
                 del self._entries[digest]
 
 
+# a 401 names the scheme it wants (RFC 9110 §11.6.1)
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
     """401 for a missing, unknown or revoked key; sets ``request.user`` to a Principal."""
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        sent = connection.headers.getall("authorization", [])
+        if len(sent) > 1:  # which one counts would be anyone's guess (a proxy's, ours)
+            raise NotAuthorizedException("send one Authorization header", headers=_CHALLENGE)
+        scheme, _, token = (sent[0] if sent else "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
+            raise NotAuthorizedException(
+                "an API key is required: Authorization: Bearer <key>", headers=_CHALLENGE
+            )
         principal = await principal_for_digest(connection, token_hash(token))
         if principal is None:
-            raise NotAuthorizedException("unknown or revoked API key")
+            raise NotAuthorizedException("unknown or revoked API key", headers=_CHALLENGE)
         return AuthenticationResult(user=principal, auth=token)
 
 

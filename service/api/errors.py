@@ -37,6 +37,7 @@ _TITLES = {
 # a JSON \u0000 escape, not an escaped backslash followed by the text "u0000"
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+_MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
 
 
@@ -108,10 +109,15 @@ def _field_of(item: Any) -> tuple[str, str]:
     if match:
         message = message[: match.start()]
         key = key or match.group(1)
-    unknown = _UNKNOWN_FIELD.search(message)
-    if unknown:  # name the unexpected field itself, not the object holding it
-        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
-    return (str(key) if key else "body"), message
+    named = _UNKNOWN_FIELD.search(message) or _MISSING_FIELD.search(message)
+    if named:  # name the unexpected or missing field itself, not the object holding it
+        key = f"{key}.{named.group(1)}" if key else named.group(1)
+    return _short(str(key) if key else "body"), _short(message)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """A field name or message as answered: a key of a megabyte is not sent back whole."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _from_validation(exc: ValidationException) -> ProblemDetailsException:

@@ -113,6 +113,36 @@ async def test_a_body_declared_as_not_json_is_415(admin: Api, method: str, path:
         assert resp.status_code in (400, 404), (path, media_type, resp.text)
 
 
+async def test_a_401_names_its_scheme_and_one_key_is_sent(admin: Api) -> None:
+    """A 401 carries WWW-Authenticate: Bearer (RFC 9110); two Authorization headers are
+    refused rather than one picked (found by a probe: the first was used)."""
+    client = admin.client
+    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic x"}):
+        for path in ("/v1/flags", "/epcis/events"):
+            resp = await client.get(path, headers=headers)
+            assert (resp.status_code, resp.headers.get("www-authenticate")) == (401, "Bearer"), (
+                path,
+                headers,
+            )
+    both = [("Authorization", admin.headers["Authorization"]), ("Authorization", "Bearer other")]
+    assert (await client.get("/v1/flags", headers=both)).status_code == 401
+
+
+async def test_a_missing_field_is_named_and_a_huge_key_is_not_echoed_whole(admin: Api) -> None:
+    """A missing required field is named by its path (found by a probe: "body", or the
+    object holding it); an unknown key of a megabyte comes back cut short, not four
+    times over."""
+    out = await admin.ok("POST", "/v1/orgs", {"name": "x", "kind": "pharmacy", "region": "450103"}, 400)
+    assert [e["field"] for e in out["errors"]] == ["id"], out
+    no_id = {k: v for k, v in event("dispense", "P1", ["81234560000000000001"], 1).items() if k != "event_id"}
+    out = await admin.ok("POST", "/v1/events", {"events": [no_id]}, 400)
+    assert [e["field"] for e in out["errors"]] == ["events[0].event_id"], out
+    huge = "k" * 1_000_000
+    resp = await admin.post("/v1/verify", {"codes": ["81234560000000000001"], huge: 1})
+    assert resp.status_code == 400
+    assert len(resp.content) < 2_000, len(resp.content)
+
+
 async def test_a_reversal_needs_no_body_and_ignores_its_type(admin: Api) -> None:
     ins = await admin.key_for("insurer")
     headers = {**ins.headers, "content-type": "text/plain"}
