@@ -26,7 +26,7 @@ from service.api.errors import refuse_nul_and_bad_text
 from service.api.openapi import BEARER, KEYED, problems
 from service.core.auth import Role
 from service.core.events import bound_problem
-from service.interop.epcis.mapping import GS1_CONTEXT_PREFIX, biz_step, own_context
+from service.interop.epcis.mapping import EVENT_TYPES, GS1_CONTEXT_PREFIX, biz_step, own_context
 from service.usecases import epcis as usecase
 
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
@@ -353,6 +353,20 @@ class EpcisController(Controller):
                 "QueryParameterException",
                 f"{', '.join(unknown)[:300]}: not supported (the parameters: {', '.join(QUERY_PARAMETERS)})",
             )
+        given = [k for k, _ in request.query_params.multi_items()]
+        repeated = sorted({k for k in given if given.count(k) > 1})
+        if repeated:  # which one counts would be a guess: a list is pipe-delimited
+            raise epcis_problem(
+                400, "QueryParameterException", f"{', '.join(repeated)}: given more than once"
+            )
+        types = many(event_type)
+        if types and (odd := sorted(set(types) - EVENT_TYPES)):
+            raise epcis_problem(
+                400,
+                "QueryParameterException",
+                f"eventType: {', '.join(odd)[:200]} is not an event type"
+                f" (one of {', '.join(sorted(EVENT_TYPES))})",
+            )
         after = 0
         if next_page_token:
             # ASCII digits only ("³".isdigit() is true), and within a bigint
@@ -364,7 +378,7 @@ class EpcisController(Controller):
         page_size = _per_page(per_page)
         steps = many(eq_biz_step)
         q = usecase.Query(
-            event_types=many(event_type),
+            event_types=types,
             ge_time=_bound("GE_eventTime", ge_time),
             lt_time=_bound("LT_eventTime", lt_time),
             biz_steps=[biz_step(s) or s for s in steps] if steps else None,
