@@ -11,7 +11,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
 from service.api.deps import Services
-from service.api.errors import bad_input, problem
+from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import LedgerItemOut, LedgerOut, LotOut, OrgStatsOut, RecallOut
 from service.api.types import ProductId, Short
@@ -75,12 +75,14 @@ class InvestigationController(Controller):
     @get("/orgs/{org:str}/ledger", responses=problems(*KEYED, 404))
     async def ledger(
         self,
+        request: Request[Any, Any, Any],
         services: Services,
         org: FromPath[str],
         med_list_codg: Annotated[str | None, QueryParameter(min_length=1, max_length=50)] = None,
     ) -> LedgerOut:
         """The institution's 进销存 ledger per catalogue item, from its NHSA uploads: units
         in and out by kind, the balance, and the last counted stock."""
+        refuse_other_parameters(request, ("med_list_codg",))
         items = await nhsa_usecase.ledger(services.pool, org, med_list_codg)
         if items is None:
             raise problem(404, f"no organisation {org}")

@@ -143,6 +143,21 @@ async def test_a_missing_field_is_named_and_a_huge_key_is_not_echoed_whole(admin
     assert len(resp.content) < 2_000, len(resp.content)
 
 
+async def test_a_misspelt_or_repeated_filter_is_a_400_not_ignored(admin: Api) -> None:
+    """Found by a probe: GET /v1/orgs/{org}/ledger?med_list_code=… (misspelt) listed the
+    whole ledger, and a repeated org on verify took the last value."""
+    w = await small_world(admin)
+    inv = await admin.key_for("investigator")
+    out = await inv.ok("GET", "/v1/orgs/P1/ledger?med_list_code=X", status=400)
+    assert out["errors"][0]["field"] == "med_list_code", out
+    out = await inv.ok("GET", "/v1/orgs/P1/ledger?med_list_codg=X&med_list_codg=Y", status=400)
+    assert out["errors"][0]["field"] == "med_list_codg", out
+    code = cn20(w["unit"], 1)
+    out = await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1&org=H1", status=400)
+    assert out["errors"][0]["field"] == "org", out
+    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["code"] == code
+
+
 async def test_a_reversal_needs_no_body_and_ignores_its_type(admin: Api) -> None:
     ins = await admin.key_for("insurer")
     headers = {**ins.headers, "content-type": "text/plain"}
