@@ -6,6 +6,7 @@ inputs and stores the outcome.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from uuid import UUID
@@ -102,6 +103,19 @@ def bound_problem(at: datetime) -> str | None:
     return None
 
 
+def lot_problem(lot: str) -> str | None:
+    """What is wrong with a lot as named: it is printed on the pack, so a look-alike
+    (an invisible character, a direction mark, a space at an end, a full-width letter)
+    would be another lot that a recall of the printed one misses."""
+    if lot != lot.strip():
+        return "no spaces at either end"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for c in lot):
+        return "control, invisible or unassigned characters are not allowed"
+    if unicodedata.normalize("NFKC", lot) != lot:
+        return f"must be written in its plain form ({unicodedata.normalize('NFKC', lot)!r})"
+    return None
+
+
 def shape_errors(
     *,
     type_: str,
@@ -119,6 +133,8 @@ def shape_errors(
     problem = time_problem(at, now)
     if problem:
         errors.append(("at", problem))
+    if lot is not None and (problem := lot_problem(lot)):
+        errors.append(("lot", problem))
     if type_ == "commission":
         if not lot:
             errors.append(("lot", "a commission needs the lot"))
