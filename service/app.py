@@ -72,7 +72,10 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         schema_validators(settings.epcis_schema)  # compiled now, not in a first capture
     metrics.time_gc_pauses()
     app.state.pool = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        acquire_seconds=settings.db_acquire_seconds,
     )
     app.state.redis = None
     tasks = [asyncio.create_task(_watch_pool(app))]

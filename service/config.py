@@ -122,6 +122,8 @@ class Settings:
     # the console's session and CSRF cookies marked Secure: sent only over HTTPS (set it
     # when a TLS proxy serves the console)
     secure_cookies: bool = False
+    # how long a request waits for a pooled connection before it is answered 503
+    db_acquire_seconds: float = 10.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -147,4 +149,5 @@ class Settings:
             else None,
             rate_limits=_rate_limits(),
             secure_cookies=_flag("TRACE_SECURE_COOKIES"),
+            db_acquire_seconds=_float("TRACE_DB_ACQUIRE_SECONDS", 10.0),
         )

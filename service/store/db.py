@@ -162,12 +162,35 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     settings the pool gives each connection when it opens it, which a reset would undo."""
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+# how long a request waits for a pooled connection before it is answered 503
+ACQUIRE_SECONDS = 10.0
+
+
+class Pool(asyncpg.Pool):
+    """A pool whose ``acquire`` waits at most ``acquire_seconds`` unless told otherwise:
+    when the database stops answering (rather than refusing), its connections stay stuck
+    in their statements (until ``command_timeout``), and the requests queued behind them
+    get a 503 (a TimeoutError is UNAVAILABLE), not a wait without end."""
+
+    acquire_seconds = ACQUIRE_SECONDS
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_seconds if timeout is None else timeout)
+
+
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, acquire_seconds: float = ACQUIRE_SECONDS
+) -> asyncpg.Pool:
     """A pool whose connections decode jsonb to Python values."""
-    pool = await asyncpg.create_pool(
+    pool = Pool(
         url,
         min_size=min_size,
         max_size=max_size,
+        # asyncpg.create_pool's defaults, which its Pool takes only when named
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        record_class=asyncpg.Record,
         init=_init_connection,
         reset=_keep_session,
         connection_class=Connection,
@@ -177,7 +200,8 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         # introspection took 1.7 s with it on a Citus coordinator
         server_settings={"jit": "off"},
     )
-    assert pool is not None
+    pool.acquire_seconds = acquire_seconds
+    await pool
     return pool
 
 

@@ -32,7 +32,11 @@ class Serving:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, workers: int = 1, server: str | None = None, log_level: str = "warning"
+    tmp_path: Path,
+    workers: int = 1,
+    server: str | None = None,
+    log_level: str = "warning",
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Serving]:
     data_dir = tmp_path / "data"
     env = {
@@ -43,6 +47,7 @@ async def serving(
     env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": log_level})
     if server is not None:
         env["TRACE_SERVER"] = server
+    env.update(extra_env or {})
     log = tmp_path / "service.log"
     port = free_port()
     process = await asyncio.to_thread(start_service, env, port, log, workers=workers)

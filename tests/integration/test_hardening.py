@@ -310,6 +310,46 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def test_a_database_that_stops_answering_is_503_for_the_requests_queued(tmp_path: Path) -> None:
+    """PostgreSQL frozen (SIGSTOP), not down, under ``tracecode serve``: the requests that
+    hold the pool's connections wait in their statements, and those queued behind them
+    are answered 503 once TRACE_DB_ACQUIRE_SECONDS have passed (found by a probe: they
+    waited without end)."""
+    import signal
+
+    import httpx
+
+    from benchkit import localrun, procs
+
+    pool = {"TRACE_DB_POOL_MIN": "2", "TRACE_DB_POOL_MAX": "2", "TRACE_DB_ACQUIRE_SECONDS": "1"}
+    async with serving(tmp_path, extra_env=pool) as s:
+        admin = await asyncio.to_thread(localrun.create_admin_key, s.env)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=120) as client:
+            made = await client.post("/v1/keys", json={"role": "investigator"}, headers=_bearer(admin))
+            inv = _bearer(made.json()["secret"])
+            assert (await client.get("/v1/flags", headers=inv)).status_code == 200
+            pid_file = s.data_dir / "postgres" / "postmaster.pid"
+            stopped = procs.tree(int(pid_file.read_text().split()[0]))
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                asked = [asyncio.create_task(client.get("/v1/flags", headers=inv)) for _ in range(6)]
+                done, stuck = await asyncio.wait(asked, timeout=10)
+                assert len(stuck) <= 2, len(stuck)  # at most the pool's connections wait
+                for task in done:
+                    resp = task.result()
+                    assert resp.status_code == 503, resp.text
+                    assert int(resp.headers["retry-after"]) > 0
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            await asyncio.gather(*asked)
+
+
+def _bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
 async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> None:
     """systemd and kill send SIGTERM: the embedded PostgreSQL and Valkey go with it."""
     import signal
