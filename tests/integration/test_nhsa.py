@@ -441,12 +441,12 @@ async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any
 
 
 @pytest.mark.parametrize("infno", ["3505", "3506"])
-@pytest.mark.parametrize("price", ["abc", [1], True])
+@pytest.mark.parametrize("price", ["abc", [1], True, -5, "-0.5", 1e308])
 async def test_a_sale_price_that_is_no_number_is_infcode_minus_one(
     admin: Api, db: Any, infno: str, price: Any
 ) -> None:
-    """finl_trns_pric is optional in 3505/3506, and a number when given (num 16,6), as
-    in 3503."""
+    """finl_trns_pric is optional in 3505/3506, and a price when given (num 16,6: not
+    negative, ten digits before the point), as in 3503."""
     w = await _world(admin)
     row = sale("B079", [w["units"][0]], 24, finl_trns_pric=price, psn_cert_type="01")
     out = await nhsa(w["keys"]["P2"], envelope(infno, {"selinfo": row}))

@@ -191,6 +191,20 @@ def number(value: Any, field: str) -> Decimal:
     return out
 
 
+# num 16,6 (FIELDS.md): at most ten digits before the point
+MAX_PRICE = Decimal(10) ** 10
+
+
+def price(value: Any, field: str) -> Decimal:
+    """A unit price (num 16,6): a number, not negative, below ten billion."""
+    n = number(value, field)
+    if n < 0:
+        raise FieldError(field, f"must not be negative, not {n}")
+    if n >= MAX_PRICE:
+        raise FieldError(field, "is too large for num 16,6")
+    return n
+
+
 def whole_units(value: Any, field: str, *, maximum: int = 10_000_000) -> int:
     """A count of smallest units: a positive whole number (16,4 decimals allowed if zero)."""
     if type(value) is int and 1 <= value <= maximum:

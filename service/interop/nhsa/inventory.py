@@ -25,6 +25,7 @@ from service.interop.nhsa.envelope import (
     flag01,
     number,
     optional_text,
+    price,
     required_text,
     whole_units,
 )
@@ -107,7 +108,7 @@ def _record(
         if chg not in INV_CHG_TYPES:
             raise FieldError("inv_chg_type", f"must be one of {', '.join(INV_CHG_TYPES)}, not {chg!r}")
         kind, event_type = INV_CHG_TYPES[chg]
-        number(row.get("pric"), "pric")
+        price(row.get("pric"), "pric")
         units = whole_units(row.get("cnt"), "cnt")
         at = _when(row, "inv_chg_time", now)
         flag01(row.get("trdn_flag"), "trdn_flag")
@@ -132,7 +133,7 @@ def _record(
         units = whole_units(row.get("purc_retn_cnt"), "purc_retn_cnt")
         at = _when(row, "purc_retn_stoin_time", now)
         if row.get("finl_trns_pric") not in (None, ""):
-            number(row.get("finl_trns_pric"), "finl_trns_pric")
+            price(row.get("finl_trns_pric"), "finl_trns_pric")
         if interface == PURCHASE:
             flag01(row.get("prod_geay_flag"), "prod_geay_flag")
             _dates(row, required=True)

@@ -35,8 +35,8 @@ from service.interop.nhsa.envelope import (
     china_time,
     flag01,
     lower_keys,
-    number,
     optional_text,
+    price,
     required_texts,
     text,
     whole_units,
@@ -257,7 +257,7 @@ def _record(
     if row.get("expy_end") not in (None, ""):  # ⚠ optional in 3505/3506 per [B] and [Q]
         calendar_date(row.get("expy_end"), "expy_end")
     if row.get("finl_trns_pric") not in (None, ""):
-        number(row.get("finl_trns_pric"), "finl_trns_pric")
+        price(row.get("finl_trns_pric"), "finl_trns_pric")
     setl_id = optional_text(row, "setl_id", "setl_id")
     if setl_id is not None and not SETL_ID.fullmatch(setl_id):
         raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
