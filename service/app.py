@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             InvestigationController,
             NhsaController,
             EpcisController,
-            console.router(settings, secure_cookies=settings.secure_cookies),
+            console.router(settings),
         ],
         template_config=console.template_config(),
         # the limiter after the key middleware: it counts by the key that is calling

@@ -58,7 +58,8 @@ def _refused(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return page(request, "error.html", status_code=status, status=status)
 
 
-def router(settings: Settings, *, secure_cookies: bool = False) -> Router:
+def router(settings: Settings) -> Router:
+    secure_cookies = settings.secure_cookies  # TRACE_SECURE_COOKIES: behind TLS
     csrf = CSRFConfig(
         secret=_secret(settings),
         cookie_name="console_csrf",

@@ -277,6 +277,8 @@ class ConsoleController(Controller):
         form = await request.form()
         status = _text(form.get("status"))
         readable, note = _note(form.get("note"))
+        if not 0 < flag_id < 2**63:  # no such flag (the database's ids are bigints)
+            return await self._flag_page(request, flag_id)
         if status is None or status not in SETTABLE:
             return await self._flag_page(request, flag_id, "flags.bad_status")
         if not readable:

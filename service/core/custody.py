@@ -401,6 +401,8 @@ class World:
             detail = f"{fact.type} by {fact.org} of a code never commissioned"
             self.suspicions.append(Suspicion("UNKNOWN_CODE", s.code, fact, detail))
             return
+        if s.state == DESTROYED and fact.type in ("ship", "receive"):
+            return  # a pack back in the market: DUPLICATE where it moves (_destroyed_moved)
         if s.state == DESTROYED and fact.type == "dispense":
             # a pack that left the market, back in it (as a stock count sees it): judged
             # here, in event time, so a sale dated before the destroy is no such thing

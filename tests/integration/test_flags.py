@@ -353,7 +353,11 @@ async def test_a_destroyed_pack_that_moves_again_stays_destroyed(admin: Api) -> 
         [("DUPLICATE", a), ("DUPLICATE", b)]
     )
     d1 = w["keys"]["D1"]
-    await d1.events(event("receive", "D1", [a], 6), event("receive", "D1", [case], 6))
+    took = await d1.events(event("receive", "D1", [a], 6), event("receive", "D1", [case], 6))
+    # the receiver it was shipped to: DUPLICATE only (not DIVERSION: the ship named D1)
+    assert sorted((f["kind"], f["code"]) for f in took["flags"]) == sorted(
+        [("DUPLICATE", a), ("DUPLICATE", b)]
+    )
     for code in (a, b):
         answer = await d1.ok("GET", f"/v1/codes/{code}/verify")
         assert (answer["state"], answer["dispensable"]) == ("destroyed", False), answer
