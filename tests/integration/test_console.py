@@ -266,12 +266,13 @@ async def test_a_refused_flag_change_changes_nothing_and_says_why(
         assert says in refused.text
     stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
     assert (stored["status"], stored["history"]) == ("open", [])
-    gone = await browser.post(
-        "/console/flags/999999",
-        data={"status": "investigating", "_csrf_token": token},
-        follow_redirects=False,
-    )
-    assert gone.status_code == 404
+    for gone_id in (999999, 2**63):  # the second past the ids' bigint (it was a 500)
+        gone = await browser.post(
+            f"/console/flags/{gone_id}",
+            data={"status": "investigating", "_csrf_token": token},
+            follow_redirects=False,
+        )
+        assert gone.status_code == 404, (gone_id, gone.status_code)
 
 
 async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmation(
