@@ -159,14 +159,20 @@ class _TakenMeanwhile(Exception):
 def _taken(prior: tuple[str, dict[str, Any]] | None, org: str, record: Record) -> bool:
     """Does the record's eventID name another event, captured before? A captured event
     is not changed: the same eventID with other contents, or from another organisation,
-    is refused; sent again as it was, it is one fact. An error declaration of an
-    organisation's own event is taken as a duplicate (README, EPCIS: not done)."""
+    is refused; sent again as it was, it is one fact (its ``recordTime`` and the
+    ``@context`` it came with aside: the service sets the one, a document or a single
+    event brings the other). An error declaration of an organisation's own event is
+    taken as a duplicate (README, EPCIS: not done)."""
     if prior is None:
         return False
     stored_org, body = prior
     if stored_org == org and "errorDeclaration" in record.body:
         return False
-    return (stored_org, body) != (org, record.body)
+    return stored_org != org or _contents(body) != _contents(record.body)
+
+
+def _contents(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("recordTime", "@context")}
 
 
 def _taken_error(index: int, event_id: str) -> dict[str, Any]:
@@ -196,6 +202,13 @@ async def _store(
     async with pool.acquire() as conn:
         priors = await store.stored(conn, [m.record.event_id for _, m in indexed])
     taken = {i for i, m in indexed if _taken(priors.get(m.record.event_id), org, m.record)}
+    # an eventID given twice in the document: the first is the event, another with
+    # other contents is refused (one with the same is the same fact)
+    first: dict[str, Record] = {}
+    for i, m in indexed:
+        seen = first.setdefault(m.record.event_id, m.record)
+        if seen is not m.record and _taken((org, seen.body), org, m.record):
+            taken.add(i)
     errors = sorted(
         [*errors, *(_taken_error(i, m.record.event_id) for i, m in indexed if i in taken)],
         key=lambda e: int(e["eventIndex"]),

@@ -637,6 +637,11 @@ async def test_an_eventid_captured_before_names_that_event_only(admin: Api) -> N
     changed = await keys["M1"].ok("POST", "/epcis/events", {**seen, "eventTime": at(2.6)}, 409)
     assert changed["type"] == "epcisException:ResourceAlreadyExistsException", changed
     await keys["M1"].ok("POST", "/epcis/events", seen, 202)  # as it was: one fact
+    # also with a recordTime of the sender's (the service sets its own), or in a document
+    await keys["M1"].ok("POST", "/epcis/events", {**seen, "recordTime": at(9)}, 202)
+    await keys["M1"].ok(
+        "POST", "/epcis/capture", _doc({k: v for k, v in seen.items() if k != "@context"}), 202
+    )
 
     stored = _events(await keys["inv"].ok("GET", f"/epcis/events/{seen['eventID']}"))
     assert [(e["bizStep"], e["eventTime"]) for e in stored] == [("inspecting", seen["eventTime"])]
@@ -657,11 +662,25 @@ async def test_an_eventid_captured_before_names_that_event_only(admin: Api) -> N
     ], job
     assert job["eventCount"] == 1, job
     assert (await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history"))["custodian"] == "D1"
+    # one eventID twice in a document, with other contents: the second is refused
+    twice = "urn:uuid:4d2f6c1e-8a3b-4c5d-9e6f-7a8b9c0d1e2f"
+    first = _ev("ObjectEvent", 7, D_LOC, action="OBSERVE", bizStep="inspecting", epcList=[SSCC_URN])
+    again = {**first, "bizStep": "storing"}
+    answer = await keys["D1"].client.post(
+        "/epcis/capture",
+        headers={**keys["D1"].headers, "GS1-Capture-Error-Behaviour": "proceed"},
+        json=_doc({**first, "eventID": twice}, {**again, "eventID": twice}),
+    )
+    job = answer.json()
+    assert [(e["eventIndex"], e["field"]) for e in job["errors"]] == [(1, "eventID")], job
+    stored = _events(await keys["inv"].ok("GET", f"/epcis/events/{twice}"))
+    assert [e["bizStep"] for e in stored] == ["inspecting"]
 
 
 async def test_match_any_epc_leaves_out_quantity_classes(admin: Api) -> None:
-    """MATCH_anyEPC looks at epcList, childEPCs, parentID, inputEPCList and
-    outputEPCList, not at the classes of a quantityList (the binding)."""
+    """MATCH_anyEPC does not match the classes of a quantityList or childQuantityList
+    (the binding lists epcList, childEPCs, parentID, inputEPCList and outputEPCList);
+    a parentID it does."""
     keys = await _pharma_world(admin)
     lot = "urn:epc:class:lgtin:0614141.107346.L1"
     counted = _ev("ObjectEvent", 1, M_LOC, action="OBSERVE", bizStep="inspecting",
