@@ -127,3 +127,14 @@ async def standing(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
         "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND reversed_at IS NULL", wanted
     )
     return {r["setl_id"] for r in rows}
+
+
+async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
+    """Which of ``setl_ids`` are settlements the insurer reversed."""
+    wanted = sorted({s for s in setl_ids if s})
+    if not wanted:
+        return set()
+    rows = await conn.fetch(
+        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND reversed_at IS NOT NULL", wanted
+    )
+    return {r["setl_id"] for r in rows}

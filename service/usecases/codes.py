@@ -18,6 +18,7 @@ from service.store import events as event_store
 from service.store import flags as flag_store
 from service.store import registry
 from service.store import sales as sale_store
+from service.store import settlements as setl_store
 from service.store.conn import Conn
 from service.usecases.errors import Invalid
 from service.usecases.flags import shown
@@ -103,6 +104,8 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
     applied = world.applied.get(code, [])
     details = await event_store.details(conn, [f.event_id for f, _ in applied if f.type != "settle"])
     sales = await sale_store.for_code(conn, code)
+    # reversed: by the insurer, also where a return had given the units back before
+    reversed_ids = await setl_store.reversed_among(conn, [s["setl_id"] for s in sales])
     events = []
     for fact, via in applied:
         if fact.type == "settle":  # listed under settlements; here, the pick it made
@@ -175,7 +178,7 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
                 "org": s["org"],
                 "at": s["at"],
                 "units": s["units"],
-                "reversed": s["reversed"],
+                "reversed": s["reversed"] or s["setl_id"] in reversed_ids,
                 **({"event_id": s["event_id"]} if s["event_id"] else {}),
                 "returned_by": s["returned_by"],
             }

@@ -300,6 +300,12 @@ async def test_a_return_is_not_a_reversal_in_the_codes_history(admin: Api) -> No
     assert (await ins.ok("GET", "/v1/settlements/S-RET"))["reversed"] is False
     reversed_ = (await inv.ok("GET", f"/v1/codes/{b}/history"))["settlements"]
     assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in reversed_] == [("S-REV", True, None)]
+    # returned first, then reversed by the insurer: both are shown
+    await ins.ok("POST", "/v1/settlements/S-RET/reversal")
+    both = (await inv.ok("GET", f"/v1/codes/{a}/history"))["settlements"]
+    assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in both] == [
+        ("S-RET", True, back["event_id"])
+    ]
 
 
 async def test_a_claim_resent_with_its_codes_spelled_another_way_is_a_replay(
