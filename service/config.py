@@ -40,6 +40,13 @@ def _log_level(name: str, default: str) -> str:
     return raw.lower()
 
 
+def _positive(name: str, default: float) -> float:
+    value = _float(name, default)
+    if value == 0:  # 0 would answer every request that waits at all with a 503
+        raise SystemExit(f"{name} must be more than 0")
+    return value
+
+
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -149,5 +156,5 @@ class Settings:
             else None,
             rate_limits=_rate_limits(),
             secure_cookies=_flag("TRACE_SECURE_COOKIES"),
-            db_acquire_seconds=_float("TRACE_DB_ACQUIRE_SECONDS", 10.0),
+            db_acquire_seconds=_positive("TRACE_DB_ACQUIRE_SECONDS", 10.0),
         )

@@ -17,7 +17,6 @@ from service.api.schemas import LedgerItemOut, LedgerOut, LotOut, OrgStatsOut, R
 from service.api.types import ProductId, Short
 from service.core.auth import Role
 from service.core.codes import is_product_id
-from service.core.events import lot_problem
 from service.usecases import investigation as usecase
 from service.usecases import nhsa as nhsa_usecase
 
@@ -59,8 +58,6 @@ class InvestigationController(Controller):
         are refused and flagged. Ordering the same recall again changes nothing (200)."""
         if not is_product_id(data.product_id):
             raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
-        if problem_of_lot := lot_problem(data.lot):  # as a commission names it
-            raise bad_input("lot", problem_of_lot)
         by_key = principal_of(request).key_id
         done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
         return Response(

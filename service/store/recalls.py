@@ -40,19 +40,18 @@ async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str
     """Record the recall (once) and mark every code of the lot; returns (new, the reason
     it stands under: the first order's, codes marked)."""
     await lock_lots(conn, [(product_id, lot)])
-    row = await conn.fetchrow(
-        """WITH new AS (
-               INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (product_id, lot) DO NOTHING RETURNING reason)
-           SELECT (SELECT reason FROM new) AS new,
-                  (SELECT reason FROM recalls WHERE product_id = $1 AND lot = $2) AS stored""",
+    new = await conn.fetchval(
+        """INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (product_id, lot) DO NOTHING RETURNING true""",
         product_id,
         lot,
         reason,
         by_key,
     )
-    assert row is not None
-    new = row["new"] is not None
+    if not new:  # ordered before: it stands under its first reason
+        reason = await conn.fetchval(
+            "SELECT reason FROM recalls WHERE product_id = $1 AND lot = $2", product_id, lot
+        )
     # lock the lot's rows as every writer of codes rows does (store.codes.lock), so a
     # recall cannot deadlock with a settlement or an ingest; then mark them
     rows = await conn.fetch(
@@ -65,7 +64,15 @@ async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str
     for state in marked:
         state.recalled = True
     await code_store.update(conn, marked)
-    return new, row["new"] or row["stored"], len(marked)
+    return bool(new), reason, len(marked)
+
+
+async def lot_exists(conn: Conn, product_id: str, lot: str) -> bool:
+    """Does any code of this product carry this very lot?"""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM codes WHERE product_id = $1 AND lot = $2)", product_id, lot
+    )
+    return bool(found)
 
 
 async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:

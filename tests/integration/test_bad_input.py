@@ -132,3 +132,11 @@ async def test_a_lot_that_would_look_like_another_is_refused(admin: Api, db: Any
     out = await inv.ok("POST", "/v1/recalls", recall, 400)
     assert [e["field"] for e in out["errors"]] == ["lot"], out
     assert await db.fetchval("SELECT count(*) FROM recalls") == 0
+    # a lot stored before the rule (written here as such data would be) can still be recalled
+    await db.execute(
+        """INSERT INTO codes (code, product_id, kind, lot, state, last_at)
+           VALUES ($1, '8123456', 'cn20', $2, 'commissioned', now())""",
+        cn20(w["unit"], 2),
+        lot,
+    )
+    assert (await inv.ok("POST", "/v1/recalls", recall, 201))["codes_recalled"] == 1
