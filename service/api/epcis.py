@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -353,8 +354,8 @@ class EpcisController(Controller):
                 "QueryParameterException",
                 f"{', '.join(unknown)[:300]}: not supported (the parameters: {', '.join(QUERY_PARAMETERS)})",
             )
-        given = [k for k, _ in request.query_params.multi_items()]
-        repeated = sorted({k for k in given if given.count(k) > 1})
+        given = Counter(k for k, _ in request.query_params.multi_items())
+        repeated = sorted(k for k, n in given.items() if n > 1)
         if repeated:  # which one counts would be a guess: a list is pipe-delimited
             raise epcis_problem(
                 400, "QueryParameterException", f"{', '.join(repeated)}: given more than once"

@@ -369,7 +369,8 @@ async def test_a_lot_too_long_for_the_api_is_refused_by_the_console_too(
 
 
 async def test_secure_cookies_when_asked(settings: Settings) -> None:
-    """TRACE_SECURE_COOKIES: behind TLS, the console's cookies are sent over HTTPS only."""
+    """TRACE_SECURE_COOKIES: behind TLS, the console's cookies are sent over HTTPS only
+    (the CSRF cookie of the sign-in page; the session cookie is set by the same config)."""
     async with AsyncTestClient(app=create_app(replace(settings, secure_cookies=True))) as c:
         page = await c.get("/console/signin")
     cookies = page.headers.get_list("set-cookie")
