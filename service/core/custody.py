@@ -365,6 +365,12 @@ class World:
                         self._check_region(t, fact)
             else:
                 self._touch(s, fact, None)
+                if self.record and kind in ("pack", "unpack"):
+                    # a history shows a case packed into a pallet, or taken out of one,
+                    # to what the case holds too (API.md: "or any container it was in")
+                    for inner, via in self.subtree(code):
+                        if via is not None:
+                            self.applied.setdefault(inner, []).append((fact, via))
 
     def _picked(self, fact: Fact) -> set[str]:
         """The codes the fact names that sit in a container which the fact names

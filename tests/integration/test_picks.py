@@ -155,3 +155,31 @@ async def test_a_pack_settled_out_of_its_case_leaves_the_case_in_its_history(adm
     rest = await w["investigator"].ok("GET", f"/v1/codes/{u2}/history")  # the case took the rest
     assert [e["event_id"] for e in rest["events"][-2:]] == [m["event_id"] for m in moves]
     assert (rest["custodian"], rest["container"]) == ("P2", w["box"])
+
+
+async def test_a_packs_history_shows_its_case_going_onto_a_pallet_and_off_it(admin: Api) -> None:
+    """A case packed onto a pallet and later unpacked from it does not move the packs
+    inside, but their history shows both, through the case: the pallet's moves that
+    carried them are explained (found by a probe: only the case's own history had them)."""
+    w = await _world(admin)
+    u1 = w["units"][0]
+    pallet = sscc(99)
+    steps = [
+        event("commission", "M1", w["units"], 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", w["units"], 1, parent=w["box"]),
+        event("pack", "M1", [w["box"]], 2, parent=pallet),
+        event("ship", "M1", [pallet], 3, to="D1"),
+        event("receive", "D1", [pallet], 4),
+        event("unpack", "D1", [w["box"]], 5, parent=pallet),
+    ]
+    await _post(admin, steps)
+    history = await w["investigator"].ok("GET", f"/v1/codes/{u1}/history")
+    shown = [(e["type"], e.get("via"), e.get("parent")) for e in history["events"]]
+    assert shown == [
+        ("commission", None, None),
+        ("pack", None, w["box"]),
+        ("pack", w["box"], pallet),
+        ("ship", pallet, None),
+        ("receive", pallet, None),
+        ("unpack", w["box"], pallet),
+    ], shown
