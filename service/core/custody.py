@@ -418,6 +418,8 @@ class World:
             return  # its own stock (a re-scan, or moving what it still has on record)
         if fact.type == "receive" and s.state == IN_TRANSIT and s.destination is None:
             return  # sent without naming where to (an NHSA 3502 transfer out): any receiver fits
+        if fact.type == "receive" and s.destination == fact.org:
+            return  # the destination of its last shipment, after another took it in
         where = f"held by {s.custodian}" + (f", last shipped to {s.destination}" if s.destination else "")
         self.suspicions.append(
             Suspicion(
@@ -470,7 +472,10 @@ class World:
         elif fact.type == "receive":
             s.state = RECEIVED
             s.custodian = fact.org
-            s.destination = None
+            if s.destination == fact.org:
+                s.destination = None
+            # else a receipt by another (DIVERSION): the shipment's destination stays on
+            # record, so its own receipt later is no diversion (API.md)
         elif fact.type == "destroy":
             s.state = DESTROYED
 

@@ -621,3 +621,20 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     await w["keys"]["H1"].events(event("receive", "H1", [code], 6))
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
     assert [f["kind"] for f in flags] == ["DIVERSION", "DIVERSION"], flags
+
+
+async def test_the_destination_receiving_after_a_wrong_receipt_is_no_diversion(admin: Api) -> None:
+    """M1 ships to P1, H1 takes the pack in (DIVERSION), then P1 receives it: P1 was the
+    destination of its last shipment, so its receipt is no diversion (API.md; found by a
+    probe: it was flagged, "held by H1")."""
+    w = await world(admin)
+    code = cn20(w["unit"], 61)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    wrong = await w["keys"]["H1"].events(event("receive", "H1", [code], 2))
+    assert [f["kind"] for f in wrong["flags"]] == ["DIVERSION"]
+    right = await w["keys"]["P1"].events(event("receive", "P1", [code], 3))
+    assert right["flags"] == [], right
+    assert (await w["inv"].ok("GET", f"/v1/codes/{code}/history"))["custodian"] == "P1"
