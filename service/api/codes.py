@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from service.api.auth import principal_of, require_org_access, requires
 from service.api.body import StrictJSON
 from service.api.deps import Services
-from service.api.errors import bad_input, problem
+from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
 from service.api.types import CodeInPath, ExampleCodes, OrgInQuery, RawCode
@@ -55,8 +55,7 @@ class CodesController(Controller):
         org: OrgInQuery = None,
     ) -> VerifyOut:
         """May this pack be dispensed and settled at this organisation now?"""
-        if request.scope.get("query_string") and len(request.query_params.getall("org", [])) > 1:
-            raise bad_input("org", "given more than once: one value")  # which one would be a guess
+        refuse_other_parameters(request, ("org",), others=True)  # a client may add its own
         target = _org_for(principal_of(request), org, "org")
         return msgspec.convert(
             (await usecase.verify_at(services.pool, [code], target))[0], VerifyOut, from_attributes=True

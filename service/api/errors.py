@@ -102,14 +102,19 @@ def bad_input(field: str, message: str) -> ProblemDetailsException:
     )
 
 
-def refuse_other_parameters(request: Request[Any, Any, Any], allowed: tuple[str, ...]) -> None:
-    """A query parameter the route does not take, or one given twice, is a 400 naming it
-    rather than ignored: a misspelt filter must not list everything."""
+def refuse_other_parameters(
+    request: Request[Any, Any, Any], allowed: tuple[str, ...], *, others: bool = False
+) -> None:
+    """A query parameter the route does not take (unless ``others`` may come), or one of
+    ``allowed`` given twice, is a 400 naming it rather than ignored: a misspelt filter
+    must not list everything, and which of two values counts would be a guess."""
     if not request.scope.get("query_string"):
         return  # the common case, nothing to read
     params = request.query_params
     for name in params:
         if name not in allowed:
+            if others:
+                continue
             raise bad_input(_short(name), f"not a parameter here ({', '.join(allowed) or 'none'})")
         if len(params.getall(name)) > 1:
             raise bad_input(name, "given more than once: one value")

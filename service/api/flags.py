@@ -14,7 +14,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.api.auth import principal_of, requires
 from service.api.body import StrictJSON
 from service.api.deps import Services
-from service.api.errors import bad_input, problem
+from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
@@ -101,11 +101,7 @@ class FlagsController(Controller):
         lists them). ``since``/``until`` bound the activity time (``at``);
         ``region`` matches a region-code prefix. Pass ``next_cursor`` back as ``cursor``
         for the next page; flags raised meanwhile never shift a page."""
-        for name in request.query_params:  # a misspelt filter must not list everything
-            if name not in SEARCH_PARAMETERS:
-                raise bad_input(name, f"not a parameter of this search ({', '.join(SEARCH_PARAMETERS)})")
-            if len(request.query_params.getall(name)) > 1:
-                raise bad_input(name, "given more than once: one value per filter")
+        refuse_other_parameters(request, SEARCH_PARAMETERS)
         if kind is not None and kind not in KINDS:
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:

@@ -120,21 +120,21 @@ async def exempt_codgs(conn: Conn, codgs: list[str]) -> set[str]:
 
 async def standing(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     """Which of ``setl_ids`` are settlements stored and not reversed."""
-    wanted = sorted({s for s in setl_ids if s})
-    if not wanted:
-        return set()
-    rows = await conn.fetch(
-        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND reversed_at IS NULL", wanted
-    )
-    return {r["setl_id"] for r in rows}
+    return await _stored(conn, setl_ids, reversed_=False)
 
 
 async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     """Which of ``setl_ids`` are settlements the insurer reversed."""
+    return await _stored(conn, setl_ids, reversed_=True)
+
+
+async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool) -> set[str]:
     wanted = sorted({s for s in setl_ids if s})
     if not wanted:
         return set()
     rows = await conn.fetch(
-        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND reversed_at IS NOT NULL", wanted
+        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND (reversed_at IS NOT NULL) = $2",
+        wanted,
+        reversed_,
     )
     return {r["setl_id"] for r in rows}
