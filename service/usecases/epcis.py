@@ -47,11 +47,19 @@ class Captured:
     result: IngestResult
 
 
-def _error(index: int, event_id: str | None, fld: str, message: str) -> dict[str, Any]:
+def _error(
+    index: int,
+    event_id: str | None,
+    fld: str,
+    message: str,
+    exception: tuple[str, str, int] = ("ValidationException", "Validation failed", 400),
+) -> dict[str, Any]:
+    """One event's error in a capture job: the binding's exception, title and status."""
+    name, title, status = exception
     return {
-        "type": "epcisException:ValidationException",
-        "title": "Validation failed",
-        "status": 400,
+        "type": f"epcisException:{name}",
+        "title": title,
+        "status": status,
         "detail": f"eventList[{index}].{fld}: {message}",
         "eventIndex": index,
         "eventID": event_id,
@@ -176,16 +184,9 @@ def _contents(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _taken_error(index: int, event_id: str) -> dict[str, Any]:
-    return {
-        "type": "epcisException:ResourceAlreadyExistsException",
-        "title": "Event already captured",
-        "status": 409,
-        "detail": f"eventList[{index}].eventID: {event_id} was captured before as another event;"
-        " a captured event is not changed (send it under a new eventID)",
-        "eventIndex": index,
-        "eventID": event_id,
-        "field": "eventID",
-    }
+    message = f"{event_id} was captured before as another event; a captured event is not changed"
+    exception = ("ResourceAlreadyExistsException", "Event already captured", 409)
+    return _error(index, event_id, "eventID", f"{message} (send it under a new eventID)", exception)
 
 
 async def _store(
