@@ -17,14 +17,14 @@ import msgspec
 from jsonschema import Draft7Validator
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import PermissionDeniedException
-from litestar.openapi.spec import OpenAPIFormat
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromPath, QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
 from service.api.errors import refuse_nul_and_bad_text
-from service.api.openapi import BEARER, KEYED, problems
+from service.api.openapi import BEARER, KEYED, body, problems
 from service.core.auth import Role
 from service.core.events import bound_problem
 from service.interop.epcis.mapping import EVENT_TYPES, GS1_CONTEXT_PREFIX, biz_step, own_context
@@ -221,6 +221,48 @@ async def check_request(request: Request[Any, Any, Any]) -> None:
     await check_versions(request)
 
 
+# What a capture takes, for the OpenAPI document (the handlers read the body themselves:
+# GS1's JSON Schema decides, and a refused document is the binding's exception).
+_JSON = ("application/json", "application/ld+json")
+_GS1_SCHEMA = "GS1's EPCIS 2.0 JSON Schema (https://gs1.github.io/EPCIS/EPCIS-JSON-Schema.json)"
+EVENT_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["@context", "type", "eventTime", "eventTimeZoneOffset"],
+    properties={"type": Schema(type=OpenAPIType.STRING, enum=sorted(EVENT_TYPES))},
+    description=f"An EPCIS 2.0 event in JSON or JSON-LD, as {_GS1_SCHEMA} defines it",
+)
+DOCUMENT_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["type", "schemaVersion", "creationDate"],
+    properties={
+        "type": Schema(type=OpenAPIType.STRING, enum=sorted(_EVENT_LISTS)),
+        "epcisBody": Schema(
+            type=OpenAPIType.OBJECT, description="eventList (or queryResults.resultsBody.eventList)"
+        ),
+    },
+    description=f"An EPCISDocument or EPCISQueryDocument, as {_GS1_SCHEMA} defines it",
+)
+_EXAMPLE_CONTEXT = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"]
+_EXAMPLE_COMMISSION = {
+    "type": "ObjectEvent",
+    "eventTime": "2026-03-02T08:00:00+08:00",
+    "eventTimeZoneOffset": "+08:00",
+    "action": "ADD",
+    "bizStep": "commissioning",
+    "bizLocation": {"id": "urn:epc:id:sgln:0614141.07346.0"},
+    "epcList": ["urn:epc:id:sgtin:0614141.107346.2018"],
+    "ilmd": {"cbvmda:lotNumber": "L2603", "cbvmda:itemExpirationDate": "2028-02-29"},
+}
+EXAMPLE_EVENT = {"@context": _EXAMPLE_CONTEXT, **_EXAMPLE_COMMISSION}  # alone, it names its context
+EXAMPLE_DOCUMENT = {
+    "@context": _EXAMPLE_CONTEXT,
+    "type": "EPCISDocument",
+    "schemaVersion": "2.0",
+    "creationDate": "2026-03-02T08:00:00+08:00",
+    "epcisBody": {"eventList": [_EXAMPLE_COMMISSION]},
+}
+
+
 class EpcisController(Controller):
     path = "/epcis"
     tags = ["epcis"]
@@ -263,7 +305,13 @@ class EpcisController(Controller):
             services.feed_wake()
         return captured
 
-    @post("/capture", status_code=202, guards=[requires(Role.ORG)], responses=problems(*KEYED, 406, 413, 415))
+    @post(
+        "/capture",
+        status_code=202,
+        guards=[requires(Role.ORG)],
+        responses=problems(*KEYED, 406, 413, 415),
+        operation_class=body("The document to capture", DOCUMENT_SCHEMA, EXAMPLE_DOCUMENT, *_JSON),
+    )
     async def capture(self, request: Request[Any, Any, Any], services: Services) -> Response[CaptureJobOut]:
         """Capture an EPCISDocument, or the events of an EPCISQueryDocument (JSON or
         JSON-LD). The job is done when this answers."""
@@ -302,6 +350,7 @@ class EpcisController(Controller):
         status_code=202,
         guards=[requires(Role.ORG)],
         responses=problems(*KEYED, 406, 409, 413, 415),
+        operation_class=body("The event to capture", EVENT_SCHEMA, EXAMPLE_EVENT, *_JSON),
     )
     async def capture_event(
         self, request: Request[Any, Any, Any], services: Services

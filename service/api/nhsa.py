@@ -11,11 +11,12 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, post
 from litestar.exceptions import PermissionDeniedException
+from litestar.openapi.spec import OpenAPIType, Schema
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
 from service.api.errors import refuse_nul_in_url, text_field, text_problem
-from service.api.openapi import BEARER, WITH_BODY, problems
+from service.api.openapi import BEARER, WITH_BODY, body, problems
 from service.core.auth import Role
 from service.core.rules import CHINA
 from service.interop.nhsa import envelope as nhsa
@@ -24,6 +25,80 @@ from service.usecases import nhsa as usecase
 from service.usecases.registry import get_org, org_by_fixmedins_code
 
 OK, FAILED = "1", "0"  # retRslt (⚠ FIELDS.md does not say which is which; 1 = success here)
+
+# The request envelope, for the OpenAPI document (the handler reads the body itself: an
+# envelope that breaks this is answered in the response envelope, not as a problem).
+_INFNOS = sorted({*nhsa.WRAPPERS, *(f"{i}A" for i, (_, batch) in nhsa.WRAPPERS.items() if batch is not None)})
+ENVELOPE = Schema(
+    type=OpenAPIType.OBJECT,
+    required=list(nhsa.REQUIRED),
+    properties={
+        **{
+            key: Schema(type=OpenAPIType.STRING, max_length=nhsa.MAX_LENGTH.get(key))
+            for key in (*nhsa.REQUIRED, *nhsa.OPTIONAL)
+            if key not in ("infno", "inf_time", "input")
+        },
+        "infno": Schema(
+            type=OpenAPIType.STRING, enum=_INFNOS, description="the interface; A: the batch form"
+        ),
+        "inf_time": Schema(
+            type=OpenAPIType.STRING,
+            description="China time (UTC+8) unless it carries an offset",
+            examples=["2026-03-05 10:00:00"],
+        ),
+        "input": Schema(
+            one_of=[Schema(type=OpenAPIType.OBJECT), Schema(type=OpenAPIType.STRING)],
+            description="the interface's rows under its wrapper: "
+            + "; ".join(
+                f"{i}: {single}" + (f" ({i}A: {batch}, an array)" if batch else "")
+                for i, (single, batch) in sorted(nhsa.WRAPPERS.items())
+            )
+            + ". Fields as in the platform's interface documents (README, NHSA uploads); "
+            "numbers may be sent as strings. Some systems send input as a JSON string: taken too.",
+        ),
+    },
+)
+EXAMPLE_SALE = {
+    "infno": "3505",
+    "msgid": "P45010300001202603051000000001",
+    "mdtrtarea_admvs": "450103",
+    "recer_sys_code": "YBXT",
+    "infver": "V1.0",
+    "opter_type": "1",
+    "opter": "0001",
+    "opter_name": "王药师",
+    "inf_time": "2026-03-05 10:00:00",
+    "fixmedins_code": "P45010300001",
+    "fixmedins_name": "青秀大药房",
+    "input": {
+        "selinfo": {
+            "med_list_codg": "XJ01CAA040A001010104256",
+            "fixmedins_hilist_id": "YP0001",
+            "fixmedins_hilist_name": "阿莫西林胶囊 0.25g*24",
+            "fixmedins_bchno": "B20260305001",
+            "rx_flag": "1",
+            "prsc_dr_name": "李医生",
+            "phar_name": "王药师",
+            "phar_prac_cert_no": "YS450100001",
+            "rtal_docno": "R20260305001",
+            "manu_lotnum": "L2603",
+            "manu_date": "2026-03-01",
+            "expy_end": "2028-02-29",
+            "psn_no": "45000012345678",
+            "psn_cert_type": "01",
+            "certno": "450103199001011234",
+            "psn_name": "张三",
+            "setl_id": "S0001",
+            "mdtrt_sn": "MD2026030500001",
+            "trdn_flag": "0",
+            "finl_trns_pric": "12.5",
+            "sel_retn_cnt": "1",
+            "sel_retn_time": "2026-03-05 10:00:00",
+            "sel_retn_opter_name": "王药师",
+            "drugtracinfo": [{"drug_trac_codg": "81234560000000000011"}],
+        }
+    },
+}
 
 
 class NhsaResult(msgspec.Struct, rename={"ret_rslt": "retRslt", "msg_rslt": "msgRslt"}):
@@ -153,7 +228,12 @@ class NhsaController(Controller):
     # the app's body checks (NUL, UTF-8) are the handler's: answered in the envelope
     before_request = staticmethod(refuse_nul_in_url)
 
-    @post("/", status_code=200, responses=problems(*WITH_BODY))
+    @post(
+        "/",
+        status_code=200,
+        responses=problems(*WITH_BODY),
+        operation_class=body("The platform's request envelope", ENVELOPE, EXAMPLE_SALE, "application/json"),
+    )
     async def upload(self, request: Request[Any, Any, Any], services: Services) -> NhsaOut:
         """An NHSA 进销存 upload in the platform's envelope (3501/3501A stock count,
         3502/3502A inventory change, 3503/3503A purchase, 3504/3504A purchase return,

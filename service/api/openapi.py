@@ -3,9 +3,20 @@ the problem-details answers each route can give."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import msgspec
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -90,3 +101,20 @@ def config() -> OpenAPIConfig:
             }
         ),
     )
+
+
+def body(description: str, schema: Schema, example: Any, *media_types: str) -> type[Operation]:
+    """The OpenAPI operation of a route that reads its body itself (an NHSA envelope, an
+    EPCIS document) rather than through a typed parameter: Litestar then documents no
+    request body, so the operation is given one here (Litestar's ``operation_class``)."""
+
+    @dataclass
+    class WithBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(
+                description=description,
+                required=True,
+                content={m: OpenAPIMediaType(schema=schema, example=example) for m in media_types},
+            )
+
+    return WithBody

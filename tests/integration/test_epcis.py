@@ -215,6 +215,32 @@ async def test_pharma_journey_as_epcis_gives_custody(admin: Api) -> None:
     assert (await keys["P1"].get("/epcis/events")).status_code == 403
 
 
+async def _documented_example(admin: Api, path: str) -> Any:
+    """The request body the served OpenAPI document shows for ``path``."""
+    spec = await admin.ok("GET", "/schema/openapi.json")
+    content = spec["paths"][path]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/ld+json"}
+    return content["application/json"]["example"]
+
+
+@pytest.mark.parametrize("path", ["/epcis/capture", "/epcis/events"])
+async def test_the_documented_examples_are_captured_as_they_are(admin: Api, path: str) -> None:
+    """The request bodies the OpenAPI document shows for a capture are taken as they are:
+    each commissions its pack at the manufacturer's location."""
+    example = await _documented_example(admin, path)
+    keys = await _pharma_world(admin)
+    resp = await keys["M1"].post(path, example)
+    assert resp.status_code == 202, resp.text
+    job = await keys["M1"].ok("GET", resp.headers["location"])
+    assert job["success"], job
+    assert not job["errors"], job
+    events = example["epcisBody"]["eventList"] if path == "/epcis/capture" else [example]
+    code = to_code(events[0]["epcList"][0])
+    history = await keys["inv"].ok("GET", f"/v1/codes/{code}/history")
+    assert [e["type"] for e in history["events"]] == ["commission"], history
+    assert history["custodian"] == "M1", history
+
+
 async def test_the_next_page_link_keeps_the_query(admin: Api) -> None:
     """Found in review: the ``Link: rel="next"`` URL dropped every filter and perPage."""
     keys = await _pharma_world(admin)

@@ -171,6 +171,36 @@ async def _stored_events(db: Any) -> int:
     return int(await db.fetchval("SELECT count(*) FROM events WHERE type IN ('dispense', 'return')"))
 
 
+async def test_the_documented_example_is_taken_as_it_is(admin: Api) -> None:
+    """The request body the OpenAPI document shows for /v1/nhsa, read from the served
+    document, is a sale the service takes: an integrator may start from it."""
+    spec = await admin.ok("GET", "/schema/openapi.json")
+    example = spec["paths"]["/v1/nhsa"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    row = example["input"]["selinfo"]
+    assert example["fixmedins_code"] == P1_CODE
+    assert row["med_list_codg"] == MED
+    w = await _world(admin)  # P2 is the institution P45010300001
+    m, p2 = w["keys"]["M1"], w["keys"]["P2"]
+    code = row["drugtracinfo"][0]["drug_trac_codg"]
+    made = event(
+        "commission",
+        "M1",
+        [code],
+        0,
+        lot=row["manu_lotnum"],
+        expiry=row["expy_end"],
+        produced=row["manu_date"],
+    )
+    await m.events(made)
+    await m.events(event("ship", "M1", [code], 1, to="P2"))
+    await p2.events(event("receive", "P2", [code], 2))
+    out = await nhsa(p2, example)
+    assert out["infcode"] == 0, out["err_msg"]
+    assert out["output"]["tracecode"]["accepted"] == 1, out
+    assert not out["output"]["tracecode"]["rejected"], out
+    assert (await p2.ok("GET", f"/v1/codes/{code}/verify"))["state"] == "dispensed"
+
+
 async def test_registry_fixmedins_code(admin: Api) -> None:
     body = {
         "id": "P7",

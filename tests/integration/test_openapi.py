@@ -52,8 +52,11 @@ class Contract:
         query: dict[str, str] | None = None,
         body: Any = None,
         raw: bytes | None = None,
+        documented: bool = True,
         **path: str,
     ) -> Any:
+        """``documented=False``: a request the document does not describe that still gets a
+        2xx (an NHSA envelope refused in the platform's own answer, infcode -1)."""
         url = template.format(**{k: quote(v, safe="") for k, v in path.items()})
         headers = dict(key.headers) if key else {}
         content = raw if raw is not None else (msgspec.json.encode(body) if body is not None else None)
@@ -69,7 +72,7 @@ class Contract:
             headers=headers,
             data=content,
         )
-        if resp.status_code < 300:  # a request the service took must match its documented form
+        if resp.status_code < 300 and documented:  # a request the service took must match its form
             self.openapi.validate_request(request)
         self.openapi.validate_response(
             request,
@@ -259,7 +262,7 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 400, flag_id=flag_id, body={"status": "gone"})
 
     # NHSA uploads: envelope errors answer in the platform's envelope (infcode -1)
-    await c.call(p1, "POST", "/v1/nhsa", 200, body={"infno": "3505"})
+    await c.call(p1, "POST", "/v1/nhsa", 200, body={"infno": "3505"}, documented=False)
 
     # investigation
     await c.call(inv, "GET", "/v1/lots/{product_id}/{lot}", 200, product_id=w["unit"], lot="L1")
