@@ -66,6 +66,9 @@ class Fact(msgspec.Struct, frozen=True):
     produced: date | None = None
     setl_id: str | None = None  # only for "settle" facts
     sold: bool = False  # a "settle" fact whose settlement took units of the pack
+    # an NHSA 3507 deletion's compensation: the event whose record was deleted
+    # (core.ingest.replay_counted leaves both out of a replay of custody)
+    undoes: UUID | None = None
 
     @classmethod
     def settlement(cls, setl_id: str, at: datetime, org: str, code: str, *, sold: bool = False) -> Fact:

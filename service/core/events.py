@@ -69,6 +69,7 @@ class Incoming(msgspec.Struct, frozen=True):
             lot=self.lot,
             expiry=self.expiry,
             produced=self.produced,
+            undoes=self.undoes,
         )
 
 

@@ -61,6 +61,7 @@ def needs_replay(
     moved_from = min(moves) if moves else None
     return (
         bool(reopen)
+        or any(e.undoes is not None for e in events)  # a deletion: see ``replay_counted``
         or any(s.last_at >= earliest for s in states.values())
         or (moved_from is not None and any(s.sold_at and s.sold_at >= moved_from for s in states.values()))
     )
@@ -87,15 +88,42 @@ SALE_TYPES = ("dispense", "return")
 
 def late_sales(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:
     """The packs of dispenses and returns that arrive late: dated at or before the last
-    event their pack has seen (a late batch replays its history, which holds their
-    stored sales: ``to_refold`` says which are folded again)."""
+    event their pack has seen, or undoing a deleted record (a late batch, and a deletion,
+    replay the history, which holds their stored sales: ``to_refold`` says which are
+    folded again)."""
     return {
         c
         for e in events
         if e.type in SALE_TYPES
         for c in e.codes
-        if c in states and states[c].commissioned and states[c].last_at >= e.at
+        if c in states and states[c].commissioned and (states[c].last_at >= e.at or e.undoes is not None)
     }
+
+
+def replay_counted(
+    facts: Sequence[Fact],
+    others: Sequence[Fact],
+    keep: Mapping[str, CodeState],
+    pack_units: Mapping[str, int],
+    products: Mapping[str, Product],
+    orgs: Mapping[str, Org],
+) -> World:
+    """``custody.replay`` of the facts that count, then ``others``: not those of a record
+    that an NHSA 3507 deletion deleted, nor the deletion's compensations. Custody then
+    ends as if the deleted record had never been sent (a deleted sale's pack never left
+    the shelf; a deleted return never brought it back), and nothing is raised for either;
+    both stay in the log and the history. Their times still count as seen (``last_at``):
+    an event dated before them is still late."""
+    undone = {f.undoes for f in facts if f.undoes is not None}
+    counted = [f for f in facts if f.undoes is None and f.event_id not in undone]
+    world = replay([*counted, *others], keep=keep, pack_units=pack_units, products=products, orgs=orgs)
+    if len(counted) < len(facts):
+        for f in facts:
+            if f.undoes is not None or f.event_id in undone:
+                for code in f.codes:
+                    if (s := world.states.get(code)) is not None and f.at > s.last_at:
+                        s.last_at = f.at
+    return world
 
 
 def to_refold(events: Iterable[Incoming], states: Mapping[str, CodeState], late: PackSales) -> PackSales:
@@ -132,6 +160,14 @@ def sales_needed(
         elif e.type == "dispense":
             out.update(c for c in e.codes if c in states and states[c].units_left == 0)
     return out
+
+
+def refunds_needed(events: Iterable[Incoming], sales: Iterable[Consumption]) -> set[str]:
+    """The settlement ids whose refund the decision reads: those the dispenses name (a
+    refunded sale takes nothing more) and those of takes a return gave back (deleted,
+    the return does not sell again what the insurer refunded)."""
+    named = {e.setl_id for e in events if e.type == "dispense" and e.setl_id}
+    return named | {t.setl_id for t in sales if t.setl_id and t.reversed_by is not None}
 
 
 def registry_needed(
@@ -174,6 +210,9 @@ class Loaded:
     settled: list[Fact] = field(default_factory=list)
     # every stored dispense and return of each pack whose sales are folded again (to_refold)
     pack_sales: PackSales = field(default_factory=dict)
+    # settlements the insurer reversed (refunded), among those the events' dispenses name
+    # and those of takes a return gave back (``refunds_needed``)
+    refunded: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,8 +375,9 @@ def decide(loaded: Loaded) -> Plan:
         sold = {(f.setl_id, f.codes) for f in loaded.settled}
         reopen = [f for f in reopen if (f.setl_id, f.codes) not in sold]
         reopen += [f for f in loaded.settled if f.at >= earliest]
-        world = replay(
-            loaded.history + facts + reopen + [f for f in loaded.settled if f.at < earliest],
+        world = replay_counted(
+            loaded.history + facts,
+            reopen + [f for f in loaded.settled if f.at < earliest],
             keep=states,
             pack_units=pack_units,
             products=loaded.products,
@@ -425,8 +465,10 @@ def _consume(
     earlier = [r for r in book.rows if not r.reversed]
     for event, codes in dispenses:
         quantity = event.quantity
+        if event.setl_id in loaded.refunded:
+            continue  # the sale was refunded: its units came back, and it takes none again
         if event.undoes is not None:
-            codes, quantity = _undo_return(event.undoes, codes, world, book)
+            codes, quantity = _undo_return(event.undoes, codes, world, book, loaded.refunded)
             if not codes:
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
@@ -497,9 +539,11 @@ def _refold_late(
         ]
         returns = stored_returns + [_return_of(e, code) for e in new if e.type == "return"]
         pack_units = world.states[code].pack_units
-        if not new or pack_units is None or not _foldable(dispenses, returns, takes):
+        if not new or pack_units is None or not _foldable(dispenses, returns, takes, loaded.refunded):
             continue
-        fold = refold(code, pack_units, dispenses, [t for t in takes if t.event_id is None], returns)
+        fold = refold(
+            code, pack_units, dispenses, [t for t in takes if t.event_id is None], returns, loaded.refunded
+        )
         if fold is None:
             continue
         _record_refold(fold, takes, book)
@@ -539,13 +583,15 @@ def _return_of(event: Incoming, code: str) -> Return:
     return Return(event.event_id, event.org, event.at, event.setl_id, code, event.undoes)
 
 
-def _foldable(dispenses: Sequence[Dispense], returns: Sequence[Return], takes: Sequence[Consumption]) -> bool:
-    """Does ``core.sales.refold`` model all of a pack's sales: no 3507 deletion's
-    compensation, no settlement's reversal, no split sale over several packs?"""
+def _foldable(
+    dispenses: Sequence[Dispense], returns: Sequence[Return], takes: Sequence[Consumption], refunded: set[str]
+) -> bool:
+    """Does ``core.sales.refold`` model all of a pack's sales: no settlement's reversal
+    (also one refunded after a return gave its units back), no split sale over several
+    packs?"""
     return not (
-        any(d.undoes is not None or (d.quantity is not None and d.packs > 1) for d in dispenses)
-        or any(r.undoes is not None for r in returns)
-        or any(t.reversed and t.reversed_by is None for t in takes)
+        any(d.quantity is not None and d.packs > 1 for d in dispenses)
+        or any(t.reversed and (t.reversed_by is None or t.setl_id in refunded) for t in takes)
     )
 
 
@@ -577,15 +623,16 @@ def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> 
 
 
 def _undo_return(
-    ret: UUID, codes: tuple[str, ...], world: World, book: _Book
+    ret: UUID, codes: tuple[str, ...], world: World, book: _Book, refunded: set[str]
 ) -> tuple[tuple[str, ...], int | None]:
     """A deleted return's compensation (a dispense naming the return): the takes that
     return gave back stand again, where their packs still hold the units. What a pack no
     longer holds (sold again since) is sold again as the compensation's own sale of those
     units, judged as a dispense (a pack used up: DUPLICATE): returned are (those codes,
     the units). A return that gave nothing back never gives anything back (it may be
-    waiting for its sale)."""
-    back = book.given_back_by(ret, codes)
+    waiting for its sale). A take of a settlement the insurer refunded since stays given
+    back: the refund stands."""
+    back = [t for t in book.given_back_by(ret, codes) if t.setl_id not in refunded]
     if not back:
         book.cancelled.add(ret)
         return (), None

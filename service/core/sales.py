@@ -6,7 +6,7 @@ dispenses, returns and reversals alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
@@ -163,6 +163,7 @@ def refold(
     dispenses: Sequence[Dispense],
     settled: Sequence[Consumption],
     returns: Sequence[Return],
+    refunded: Collection[str] = (),
 ) -> Refold | None:
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to
@@ -175,7 +176,14 @@ def refold(
     dispenses before returns, as the incremental step takes them), and a return that
     found no sale undoes a sale of its instant that arrives after it. None when a
     settlement finds fewer units than it took (it was decided on other facts: the pack's
-    sales are left as they are)."""
+    sales are left as they are). The sales and returns of records an NHSA 3507 deletion
+    deleted, and the deletion's compensations (``undoes``), are left out: the pack's
+    sales end as if those records had never been sent. A dispense under a settlement the
+    insurer refunded (``refunded``) takes nothing: the sale was given back whole."""
+    undone = {d.undoes for d in dispenses if d.undoes is not None}
+    undone |= {r.undoes for r in returns if r.undoes is not None}
+    dispenses = [d for d in dispenses if d.undoes is None and d.event_id not in undone]
+    returns = [r for r in returns if r.undoes is None and r.event_id not in undone]
     arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
         (s.at, 0, s.at, 0, 0, s) for s in settled
     ]
@@ -213,7 +221,7 @@ def refold(
             left -= action.units
             continue
         sale = Sale.of_dispense(action.event_id, action.setl_id)
-        if sale in sales:
+        if sale in sales or action.setl_id in refunded:
             repeats.append(action.event_id)
             continue
         if left <= 0:

@@ -160,6 +160,7 @@ def facts_of(stored: Stored) -> list[Fact]:
             lot=r["lot"],
             expiry=r["expiry"],
             produced=r["produced"],
+            undoes=r["undoes"],
         )
         for r in stored.fields.values()
     ]

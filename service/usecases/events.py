@@ -23,6 +23,7 @@ from service.store import ledger as ledger_store
 from service.store import recalls as recall_store
 from service.store import registry
 from service.store import sales as sale_store
+from service.store import settlements as setl_store
 from service.store.conn import Conn
 from service.store.db import LARGE_BATCH, RETRYABLE, RetryTransaction, plan_for_values, with_retry
 
@@ -231,6 +232,8 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders, loaded.pack_sales)
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
+    if refunds := rules.refunds_needed([*fresh, *loaded.waiting_dispenses], loaded.sales):
+        loaded.refunded = await setl_store.reversed_among(conn, refunds)
 
     orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)

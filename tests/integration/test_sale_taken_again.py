@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import Api, event, pack_claim, received, world
 from tests.integration.test_nhsa import _world as nhsa_world
-from tests.integration.test_nhsa import envelope, nhsa, sale
+from tests.integration.test_nhsa import envelope, nhsa, sale, sale_return
 from tests.integration.test_nhsa_ledger import deletion
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -110,4 +110,47 @@ async def test_a_record_whose_serial_was_sent_as_a_number_is_deleted_by_that_num
     assert await _units_left(p2, u) == 0
     out = await nhsa(p2, envelope("3507", {"data": {"fixmedins_bchno": 0, "inv_data_type": "4"}}))
     assert out["infcode"] == 0, out
+    assert await _units_left(p2, u) == 24
+
+
+@pytest.mark.parametrize("order", ["dispense first", "reversal first"])
+async def test_a_dispense_under_a_reversed_settlement_leaves_its_pack_on_the_shelf(
+    admin: Api, order: str
+) -> None:
+    """Settlement S took pack a; P1's dispense upload under S names pack b too. Reversed,
+    the sale is refunded: whichever of the dispense and the reversal came first, b ends
+    with its 24 units and may be settled again. Found by a probe: a dispense arriving
+    after the reversal took b for good, and a later genuine sale of b was refused
+    ALREADY_SETTLED, naming the refunded settlement."""
+    w = await world(admin)
+    [a, b] = await received(w, "P1", [720, 721] if order == "dispense first" else [722, 723])
+    p1, insurer = w["keys"]["P1"], w["insurer"]
+    setl_id = f"S-REFUND-{order[0]}"
+    assert (await insurer.ok("POST", "/v1/settlements", pack_claim(setl_id, a, 50)))["decision"] == "accepted"
+    dispense = event("dispense", "P1", [b], 51, setl_id=setl_id)
+    if order == "dispense first":
+        await p1.events(dispense)
+    await insurer.ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
+    if order == "reversal first":
+        assert (await p1.events(dispense))["accepted"] == 1
+    assert [await _units_left(p1, c) for c in (a, b)] == [24, 24]
+    again = await insurer.ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-NEXT", b, 70))
+    assert again["decision"] == "accepted", again
+
+
+async def test_deleting_the_return_of_a_refunded_sale_leaves_the_pack_on_the_shelf(admin: Api) -> None:
+    """Settled, returned (3506 naming the settlement) and refunded by the insurer: the
+    pack is on the shelf. Deleting the return record used to sell it again, under the
+    refunded settlement; the refund stands, so the pack stays whole."""
+    w = await nhsa_world(admin)
+    p2, u = w["keys"]["P2"], w["units"][0]
+    insurer = await admin.key_for("insurer")
+    claim = pack_claim("S-RET-REF", u, 60, org="P2")
+    assert (await insurer.ok("POST", "/v1/settlements", claim))["decision"] == "accepted"
+    ret = sale_return("R-RET-REF", [u], 24, setl_id="S-RET-REF", sel_retn_time="2026-03-06 09:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": ret})))["infcode"] == 0
+    await insurer.ok("POST", "/v1/settlements/S-RET-REF/reversal", None)
+    assert await _units_left(p2, u) == 24
+    out = await nhsa(p2, envelope("3507", {"data": deletion("R-RET-REF", "4")}))
+    assert out["output"]["tracecode"]["deleted"] == ["R-RET-REF"], out
     assert await _units_left(p2, u) == 24

@@ -124,3 +124,21 @@ def test_a_sale_sent_twice_is_taken_by_its_earliest_dispense() -> None:
     assert fold is not None
     assert [(t.event_id, t.at) for t in fold.takes] == [(earlier.event_id, at(0))]
     assert fold.repeats == [later.event_id]
+
+
+def test_a_deleted_sale_is_left_out_and_the_resale_after_it_takes_the_pack() -> None:
+    """NHSA 3507: the first of two sales of the pack was deleted (its compensation, a
+    return naming it). The second sale, a resale while the first stood, takes the pack."""
+    first, second = sale(10), sale(20)
+    deletion = Return(uuid4(), "P1", at(30), None, CODE, undoes=first.event_id)
+    left, takes, resales = summary([first, second], [deletion])
+    assert (left, takes, resales) == (0, [(at(20), 24, False, None)], [])
+
+
+def test_a_deleted_return_is_left_out_with_its_compensation() -> None:
+    """A deleted return (its compensation, a dispense naming it) gives nothing back: the
+    sale before it stands, and the sale after it is a resale."""
+    first, ret, again = sale(10), back(15), sale(20)
+    deletion = replace(sale(30), undoes=ret.event_id)
+    left, takes, resales = summary([first, again, deletion], [ret])
+    assert (left, takes, resales) == (0, [(at(10), 24, False, None)], [again.event_id])
