@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import litestar
 from litestar import Controller, Response, get
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
-from redis.exceptions import RedisError
 
 from service.api.deps import Services
 from service.api.schemas import HealthOut
-from service.store.db import PROBE_SECONDS, probe
+from service.store.db import probe
 
 
 class HealthController(Controller):
@@ -27,24 +24,17 @@ class HealthController(Controller):
     @get(
         "/ready",
         responses={
-            503: ResponseSpec(
-                HealthOut, description="The database or Valkey does not answer", generate_examples=False
-            )
+            503: ResponseSpec(HealthOut, description="The database does not answer", generate_examples=False)
         },
     )
     async def ready(self, services: Services) -> Response[HealthOut]:
-        """Ready only when the database answers, and Valkey where the service has one (while
-        Valkey is down requests are still served: flags wait in the outbox)."""
+        """Ready only when the database answers (API.md). Not Valkey: while it is down the
+        API serves on (flags wait in the outbox, rate limits count nothing), so a load
+        balancer must not take every instance out of rotation for it."""
         try:
             await probe(services.pool)
         except Exception as exc:
             return Response(HealthOut(status="unavailable", reason=type(exc).__name__), status_code=503)
-        if services.redis is not None:
-            try:
-                await asyncio.wait_for(services.redis.ping(), PROBE_SECONDS)
-            except (RedisError, OSError, TimeoutError) as exc:
-                reason = f"Valkey: {type(exc).__name__}"
-                return Response(HealthOut(status="unavailable", reason=reason), status_code=503)
         return Response(HealthOut(status="ready"), status_code=200)
 
 

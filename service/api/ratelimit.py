@@ -7,7 +7,7 @@ unlimited: the key middleware runs first and leaves no principal on them.
 
 from __future__ import annotations
 
-import contextlib
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -28,26 +28,55 @@ from service.core.auth import Principal
 STORE = "rate_limit"
 
 
+# How long the limiter waits for Valkey (it answers in well under a millisecond when it
+# is well), and how long it then counts nothing before asking Valkey again.
+STORE_TIMEOUT_SECONDS = 0.25
+STORE_RETRY_SECONDS = 5.0
+
+
 class FailOpenRedisStore(RedisStore):
     """A Redis store that answers "nothing counted yet" while Valkey is unreachable: an
-    outage of the limiter's store must not stop settlement or ingest."""
+    outage of the limiter's store must not stop settlement or ingest. Once Valkey failed
+    to answer, it is not asked again for ``STORE_RETRY_SECONDS``: Litestar's limiter
+    takes a lock per worker around its get and set, so a Valkey that stops answering
+    (frozen, a network partition) made every request of the worker wait in turn for its
+    timeouts, about 2 s each (found by a probe)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._down_until = 0.0
+
+    def _down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _failed(self) -> None:
+        self._down_until = time.monotonic() + STORE_RETRY_SECONDS
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        if self._down():
+            return None
         try:
             return await super().get(key, renew_for)
         except (RedisError, OSError):
+            self._failed()
             return None
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        if self._down():
+            return
+        try:
             await super().set(key, value, expires_in)
+        except (RedisError, OSError):
+            self._failed()
 
 
 def store(redis_url: str | None) -> Store:
     """Valkey when the service has one (shared by every worker), else this process's memory."""
     if not redis_url:
         return MemoryStore()
-    client = aioredis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = aioredis.from_url(
+        redis_url, socket_timeout=STORE_TIMEOUT_SECONDS, socket_connect_timeout=STORE_TIMEOUT_SECONDS
+    )
     return FailOpenRedisStore(client, namespace="tracecode:ratelimit", handle_client_shutdown=True)
 
 

@@ -24,7 +24,6 @@ from litestar.middleware.csrf import CSRFMiddleware
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
-from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
 
 from service.config import Settings
@@ -105,7 +104,8 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 def use_redis(app: Litestar, redis: Any) -> None:
     """Keep console sessions in the app's Redis (shared by every worker)."""
-    app.stores.register(auth.SESSION_STORE, RedisStore(redis, namespace="console"), allow_override=True)
+    store = auth.SessionStore(redis, namespace="console")
+    app.stores.register(auth.SESSION_STORE, store, allow_override=True)
 
 
 __all__ = ["PATH", "router", "template_config", "use_redis"]

@@ -5,12 +5,16 @@ everywhere through PostgreSQL's NOTIFY)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.exceptions import ServiceUnavailableException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
+from litestar.stores.redis import RedisStore
 from litestar.types import Empty, Message, ScopeSession
+from redis.exceptions import RedisError
 
 from service.api.auth import principal_for_digest
 from service.core.auth import Principal, Role, token_hash
@@ -45,6 +49,37 @@ class _RotatingBackend(ServerSideSessionBackend):
         await super().store_in_message(scope_session, message, connection)
 
 
+class SessionStore(RedisStore):
+    """Sessions in Valkey; while Valkey does not answer, a console request is a 503 that
+    says so (it was a 500 with a traceback per request: found by a probe). The API does
+    not need Valkey and serves on."""
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        try:
+            return await super().get(key, renew_for)
+        except (RedisError, OSError) as exc:
+            raise _unavailable() from exc
+
+    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        try:
+            await super().set(key, value, expires_in)
+        except (RedisError, OSError) as exc:
+            raise _unavailable() from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await super().delete(key)
+        except (RedisError, OSError) as exc:
+            raise _unavailable() from exc
+
+
+def _unavailable() -> ServiceUnavailableException:
+    return ServiceUnavailableException(
+        "the console keeps its sessions in Valkey, which does not answer now; the API is not affected",
+        headers={"Retry-After": "5"},
+    )
+
+
 class _SessionConfig(ServerSideSessionConfig):
     _backend_class = _RotatingBackend
 
@@ -73,8 +108,9 @@ async def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: 
     """A new session under a fresh id; the browser's previous session, if any, ends (a
     sign-in as another key must not leave the first one usable)."""
     previous = connection.cookies.get(SESSION_KEY)
-    if previous:
-        await connection.app.stores.get(SESSION_STORE).delete(previous)
+    # also asks the store now whether it answers: the new session is written as the
+    # answer starts, too late to answer 503 instead
+    await connection.app.stores.get(SESSION_STORE).delete(previous or "-")
     connection.scope.setdefault("state", {})[_ROTATE] = True
     connection.set_session({"digest": token_hash(secret).hex()})
 
