@@ -14,7 +14,6 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.middleware.base import DefineMiddleware
-from litestar.plugins.prometheus import PrometheusConfig
 
 from service import console, metrics
 from service.api import errors, openapi, ratelimit, requestlog
@@ -119,9 +118,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI app. Settings default to the environment."""
     settings = settings or Settings.from_env()
     requestlog.configure(settings.log_level)
-    prometheus = PrometheusConfig(
-        app_name="tracecode", prefix="tracecode", group_path=True, exclude=["/metrics"]
-    )
     # the console signs in with a session of its own (service/console/auth.py)
     auth = DefineMiddleware(ApiKeyMiddleware, exclude=[f"^{p}" for p in (*PUBLIC_PATHS, console.PATH)])
     # the lifespan adds the pool, Redis and the feed's wake-up once they are started
@@ -144,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         template_config=console.template_config(),
         # the limiter after the key middleware: it counts by the key that is calling
-        middleware=[prometheus.middleware, auth, *ratelimit.middleware(settings.rate_limits)],
+        middleware=[auth, *ratelimit.middleware(settings.rate_limits)],
         stores={ratelimit.STORE: ratelimit.store(settings.redis_url)},
         plugins=[errors.plugin()],
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
@@ -157,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app = Litestar.from_config(config)
-    # outside everything, routing included, so a 404 is logged and carries a request id too
+    # outside everything, routing included, so a 404 is logged and carries a request id
+    # too, and every answer is counted with its real status (service.metrics)
     app.asgi_handler = requestlog.RequestLog(app.asgi_handler)
     return app

@@ -1,5 +1,6 @@
-"""Service metrics beyond the per-route request rate and latency that Litestar's
-Prometheus middleware records. Multi-process aware through PROMETHEUS_MULTIPROC_DIR."""
+"""The service's metrics: per-route requests (counted by ``api.requestlog``, which sees
+every answer's real status) and what the service does. Multi-process aware through
+PROMETHEUS_MULTIPROC_DIR."""
 
 from __future__ import annotations
 
@@ -8,6 +9,33 @@ import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+# Requests by route template ("unmatched" when no route matched), with the names and labels
+# Litestar's Prometheus middleware gave them. They are counted outside everything, so a
+# 401 or 429 from a middleware, or a 503 from the key look-up, is counted as answered:
+# Litestar's middleware counted those as 200 with no duration (found by a probe).
+REQUEST_LABELS = ("method", "path", "status_code", "app_name")
+REQUESTS = Counter("tracecode_requests_total", "Total requests", REQUEST_LABELS)
+REQUEST_ERRORS = Counter("tracecode_requests_error_total", "Total errors in requests", REQUEST_LABELS)
+REQUEST_SECONDS = Histogram(
+    "tracecode_request_duration_seconds", "Request duration, in seconds", REQUEST_LABELS
+)
+REQUESTS_IN_PROGRESS = Gauge(
+    "tracecode_requests_in_progress",
+    "Requests being answered (the route is not known before routing)",
+    ("method", "app_name"),
+    multiprocess_mode="livesum",
+)
+APP_NAME = "tracecode"
+
+
+def request_answered(method: str, path: str, status: int, seconds: float) -> None:
+    labels = (method, path, str(status), APP_NAME)
+    REQUESTS.labels(*labels).inc()
+    REQUEST_SECONDS.labels(*labels).observe(seconds)
+    if status >= 500:
+        REQUEST_ERRORS.labels(*labels).inc()
+
 
 EVENTS = Counter("tracecode_events_total", "Events accepted, by type", ["type"])
 EVENT_DUPLICATES = Counter("tracecode_event_duplicates_total", "Events already stored (retries)")

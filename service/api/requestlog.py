@@ -25,6 +25,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.config import LOG_FORMAT
 from service.core.auth import Principal
 
@@ -106,9 +107,18 @@ class RequestLog:
                 MutableScopeHeaders(message)[HEADER] = rid
             await send(message)
 
+        method = scope.get("method", "")
+        counted = scope.get("path") != "/metrics"  # a scrape is not traffic
+        in_progress = metrics.REQUESTS_IN_PROGRESS.labels(method, metrics.APP_NAME)
+        if counted:
+            in_progress.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            if counted:
+                in_progress.dec()
+                metrics.request_answered(method, scope.get("path_template") or "unmatched", status, seconds)
             user = scope.get("user")
             log.info(
                 "request",
@@ -116,6 +126,6 @@ class RequestLog:
                 method=scope.get("method"),
                 route=scope.get("path_template") or None,  # None: no route matched
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(seconds * 1000, 2),
                 key_id=user.key_id if isinstance(user, Principal) else None,
             )

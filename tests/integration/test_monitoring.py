@@ -82,7 +82,7 @@ def dashboard_exprs() -> dict[str, str]:
 
 def test_metric_names_are_parsed_from_promql() -> None:
     expr = (
-        'histogram_quantile(0.99, sum by (path, le) (rate(tracecode_request_duration_seconds_bucket'
+        "histogram_quantile(0.99, sum by (path, le) (rate(tracecode_request_duration_seconds_bucket"
         '{method="GET", path=~"/v1/a|/v1/b"}[$__rate_interval]))) > 0.1 and on() up{job="x"} == 0'
         " or sum(tracecode_db_pool_in_use) / sum without (instance) (tracecode_db_pool_connections)"
     )
@@ -196,7 +196,8 @@ def _problems(exprs: dict[str, str], exported: dict[str, list[dict[str, str]]]) 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_every_alert_and_dashboard_query_names_exported_metrics(
-    client: AsyncTestClient, admin: Api  # type: ignore[type-arg]
+    client: AsyncTestClient,
+    admin: Api,  # type: ignore[type-arg]
 ) -> None:
     await _traffic(admin)
     exported = await _exported(client)
@@ -206,3 +207,32 @@ async def test_every_alert_and_dashboard_query_names_exported_metrics(
     assert len(dashboard) >= 10
     exprs.update({f"dashboard {k}": v for k, v in dashboard.items()})
     assert _problems(exprs, exported) == []
+
+
+def _count(text: str, path: str, status: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "tracecode_requests_total"
+        and s.labels.get("path") == path
+        and s.labels.get("status_code") == status
+    )
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_answers_made_before_the_handler_are_counted_with_their_status(
+    client: AsyncTestClient,
+    admin: Api,  # type: ignore[type-arg]
+) -> None:
+    """A 401 from the key middleware and a 404 off every route are counted as what they
+    were. Litestar's Prometheus middleware counted a middleware's 401 (and 429, and 503)
+    as a 200 with no duration, and a 404 off-route not at all (found by a probe)."""
+    before = (await client.get("/metrics")).text
+    for _ in range(3):
+        assert (await client.get("/v1/flags", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (await client.get("/no/such/route")).status_code == 404
+    after = (await client.get("/metrics")).text
+    assert _count(after, "/v1/flags", "401") - _count(before, "/v1/flags", "401") == 3
+    assert _count(after, "/v1/flags", "200") == _count(before, "/v1/flags", "200")
+    assert _count(after, "unmatched", "404") - _count(before, "unmatched", "404") == 1
