@@ -70,6 +70,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     if settings.epcis_schema is not None:
         schema_validators(settings.epcis_schema)  # compiled now, not in a first capture
     metrics.time_gc_pauses()
+    metrics.forget_dead_workers()
     app.state.pool = await create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,

@@ -11,8 +11,9 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
-from service.config import DEFAULT_SERVER, LOG_FORMAT, SERVERS, Settings
+from service.config import DEFAULT_SERVER, LOG_FORMAT, SERVERS, Settings, in_range
 
 log = logging.getLogger("tracecode")
 
@@ -62,11 +63,29 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)  # a stop that was asked for: atexit hooks run
 
 
+def _metrics_dir(parent: Path) -> Path:
+    """A new folder for this serve's workers' metrics under ``parent``; those of serves
+    that are no longer running are removed."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        if old.is_dir() and old.name.isdigit() and not Path(f"/proc/{old.name}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.is_file():  # the flat layout of earlier releases
+            old.unlink(missing_ok=True)
+    mine = parent / str(os.getpid())
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir()
+    return mine
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     server = args.server or settings.server
     if server not in SERVERS:
         print(f"TRACE_SERVER must be one of {', '.join(SERVERS)}, not {server!r}", file=sys.stderr)
         return 2
+    # checked before anything starts
+    workers = in_range("--workers", args.workers, 1) if args.workers is not None else settings.workers
+    port = in_range("--port", args.port, 1, 65535) if args.port is not None else settings.port
     if "TRACE_PSN_SECRET" not in os.environ:
         log.warning(
             "TRACE_PSN_SECRET is not set: insured person numbers are keyed with a development "
@@ -79,15 +98,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     applied = asyncio.run(_migrate(settings.database_url))
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
-    workers = args.workers or settings.workers
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # each worker writes its metrics here; /metrics adds them up
-        metrics_dir = settings.data_dir / "prometheus"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # each worker writes its metrics here; /metrics adds them up. A folder of this
+        # serve's own: a second serve on the same data (which then fails to bind) used to
+        # empty the running one's, blanking its /metrics (found by a probe)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(settings.data_dir / "prometheus"))
     host = args.host or settings.host
-    port = args.port or settings.port
     print(f"tracecode serving on http://{host}:{port} ({workers} worker(s), {server})", flush=True)
     # the embedded servers are watched while the service serves, and only then
     unwatch: Callable[[], None] = lambda: None  # noqa: E731

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +11,23 @@ from typing import Literal, get_args
 import platformdirs
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, low: int, high: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+    return in_range(name, value, low, high)
+
+
+def in_range(name: str, value: int, low: int, high: int | None = None) -> int:
+    """``value``, or SystemExit naming ``name`` when it is outside low..high."""
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise SystemExit(f"{name} must be {bounds}, got {value}")
+    return value
 
 
 def _flag(name: str) -> bool:
@@ -41,10 +51,18 @@ def _log_level(name: str, default: str) -> str:
 
 
 def _positive(name: str, default: float) -> float:
+    """A number above 0: a wait of 0 would answer every request that waits at all with a
+    503 (TRACE_DB_ACQUIRE_SECONDS), a period of 0 would loop without pause
+    (TRACE_FLAG_PROMOTE_SECONDS: a probe saw 1,600 transactions a second, idle)."""
     value = _float(name, default)
-    if value == 0:  # 0 would answer every request that waits at all with a 503
+    if value == 0:
         raise SystemExit(f"{name} must be more than 0")
     return value
+
+
+def _pool_max() -> int:
+    low = _int("TRACE_DB_POOL_MIN", 2, 0)
+    return _int("TRACE_DB_POOL_MAX", max(10, low), max(1, low))
 
 
 def _float(name: str, default: float) -> float:
@@ -55,6 +73,8 @@ def _float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value):
+        raise SystemExit(f"{name} must be a finite number, got {raw!r}")
     if value < 0:
         raise SystemExit(f"{name} must not be negative, got {raw!r}")
     return value
@@ -140,17 +160,17 @@ class Settings:
             redis_url=os.environ.get("TRACE_REDIS_URL") or None,
             data_dir=Path(data_dir).expanduser(),
             host=os.environ.get("TRACE_HOST", "127.0.0.1"),
-            port=_int("TRACE_PORT", 8000),
-            workers=_int("TRACE_WORKERS", 1),
+            port=_int("TRACE_PORT", 8000, 1, 65535),
+            workers=_int("TRACE_WORKERS", 1, 1),
             server=os.environ.get("TRACE_SERVER", DEFAULT_SERVER),
-            db_pool_min=_int("TRACE_DB_POOL_MIN", 2),
-            db_pool_max=_int("TRACE_DB_POOL_MAX", 10),
-            max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024),
+            db_pool_min=_int("TRACE_DB_POOL_MIN", 2, 0),
+            db_pool_max=_pool_max(),
+            max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024, 1),
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
             log_level=_log_level("TRACE_LOG_LEVEL", "info"),
             key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0),
             flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0),
-            flag_promote_seconds=_float("TRACE_FLAG_PROMOTE_SECONDS", 60.0),
+            flag_promote_seconds=_positive("TRACE_FLAG_PROMOTE_SECONDS", 60.0),
             epcis_schema=Path(os.environ["TRACE_EPCIS_SCHEMA"])
             if os.environ.get("TRACE_EPCIS_SCHEMA")
             else None,

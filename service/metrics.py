@@ -5,10 +5,12 @@ PROMETHEUS_MULTIPROC_DIR."""
 from __future__ import annotations
 
 import gc
+import os
 import time
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 # Requests by route template ("unmatched" when no route matched), with the names and labels
 # Litestar's Prometheus middleware gave them. They are counted outside everything, so a
@@ -59,7 +61,7 @@ FLAGS_PUBLISH_FAILED = Counter(
     "Flags that could not be published because Redis was unavailable (they are retried)",
 )
 FLAGS_UNPUBLISHED = Gauge(
-    "tracecode_flags_unpublished", "Flags waiting for the Redis stream", multiprocess_mode="max"
+    "tracecode_flags_unpublished", "Flags waiting for the Redis stream", multiprocess_mode="livemax"
 )
 FLAGS_PROMOTED = Counter(
     "tracecode_flags_promoted_total", "Pending flags opened because their grace window passed unexplained"
@@ -100,3 +102,16 @@ def time_gc_pauses() -> None:
     """Record the garbage collector's pauses in GC_PAUSES (once per process)."""
     if not any(isinstance(cb, _GcTimer) for cb in gc.callbacks):
         gc.callbacks.append(_GcTimer())
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of worker processes that are gone (a worker killed and
+    replaced): their last values (pool connections, flags waiting) stayed in /metrics
+    for ever (found by a probe). Each worker calls it as it starts."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            multiprocess.mark_process_dead(int(pid), folder)  # type: ignore[no-untyped-call]

@@ -175,3 +175,49 @@ async def test_typed_identities_migration_converts_stored_rows(db, tmp_path) -> 
     finally:
         await conn.close()
         await db.execute("DROP DATABASE IF EXISTS migration_0003")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("TRACE_PORT", "99999", "TRACE_PORT must be from 1 to 65535"),
+        ("TRACE_WORKERS", "0", "TRACE_WORKERS must be at least 1"),
+        ("TRACE_MAX_BODY_BYTES", "-5", "TRACE_MAX_BODY_BYTES must be at least 1"),
+        ("TRACE_FLAG_PROMOTE_SECONDS", "0", "TRACE_FLAG_PROMOTE_SECONDS must be more than 0"),
+        ("TRACE_KEY_CACHE_SECONDS", "nan", "TRACE_KEY_CACHE_SECONDS must be a finite number"),
+        ("TRACE_DB_POOL_MAX", "0", "TRACE_DB_POOL_MAX must be at least 2"),  # the min, 2 by default
+        ("TRACE_DB_POOL_MIN", "12", "TRACE_DB_POOL_MAX must be at least 12"),
+    ],
+)
+async def test_a_setting_out_of_range_stops_serve_before_anything_starts(
+    tmp_path: Path, setting: str, value: str, says: str
+) -> None:
+    """Found by a probe: a port beyond 65535 bound another, 0 workers ran one, a promote
+    period of 0 looped without pause, a body limit below 1 refused every body, NaN was
+    taken as a cache time, and pool sizes that asyncpg refuses failed with a traceback
+    after the embedded servers had started."""
+    env = {**_env(tmp_path / "data"), setting: value}
+    if setting == "TRACE_DB_POOL_MIN":
+        env["TRACE_DB_POOL_MAX"] = "4"
+    done = await asyncio.to_thread(
+        subprocess.run, [TRACECODE, "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "postgres").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--port", "0"), ("--workers", "0")])
+async def test_a_serve_flag_out_of_range_is_refused(tmp_path: Path, flag: str, value: str) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [TRACECODE, "serve", flag, value],
+        env=_env(tmp_path / "data"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"{flag} must be" in done.stderr, done.stderr
+    assert not (tmp_path / "data" / "postgres").exists()
