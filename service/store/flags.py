@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from service import metrics
 from service.core.custody import Fact
 from service.core.flags import AT_RECEIPT, Evidence, FlagKey, FlagRef, NewFlag
 from service.store import codes as code_store
@@ -62,7 +63,10 @@ async def raise_flags(
     stored = {_key(r): FlagRef(r["flag_id"], r["kind"], r["code"]) for r in rows}
     if fresh is not None:
         fresh.update(stored)
-    await _to_outbox(conn, [r for r in rows if not r["reopened"]])
+    new = [r for r in rows if not r["reopened"]]
+    for r in new:  # every flag stored, whoever raised it (a transaction run again counts again)
+        metrics.FLAGS_RAISED.labels(r["kind"]).inc()
+    await _to_outbox(conn, new)
     for status in ("pending", "open"):  # the re-opened ones: kept in their history
         again = [r for r in rows if r["reopened"] and r["status"] == status]
         await _changed_by_system(conn, again, status, "suspected again: what explained it no longer does")

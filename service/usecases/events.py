@@ -283,8 +283,6 @@ def _report(plan: rules.Plan, raised: Mapping[FlagKey, FlagRef], result: IngestR
 def _count(result: IngestResult) -> None:
     for type_, count in result.by_type.items():
         metrics.EVENTS.labels(type_).inc(count)
-    for flag in result.flags:
-        metrics.FLAGS_RAISED.labels(flag.kind).inc()
     metrics.EVENT_DUPLICATES.inc(result.duplicates)
     metrics.CODES_ACCEPTED.inc(result.accepted_codes)
     for rejection in result.rejected:

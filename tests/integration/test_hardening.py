@@ -629,29 +629,31 @@ async def test_metrics_survive_a_second_serve_and_forget_a_dead_worker(tmp_path:
         )
 
     pool = {"TRACE_DB_POOL_MIN": "2", "TRACE_DB_POOL_MAX": "2"}
-    async with serving(tmp_path, workers=2, extra_env=pool) as s:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=30) as client:
-            for _ in range(20):
-                await client.get("/health/ready")
-            assert "tracecode_requests_total" in (await client.get("/metrics")).text
-            second = await asyncio.to_thread(
-                subprocess.run,
-                [str(TRACECODE), "serve", "--port", str(s.port), "--workers", "2"],
-                env=s.env,
-                capture_output=True,
-                timeout=120,
-            )
-            assert second.returncode != 0  # the port is taken
-            assert "tracecode_requests_total" in (await client.get("/metrics")).text
+    async with (
+        serving(tmp_path, workers=2, extra_env=pool) as s,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=30) as client,
+    ):
+        for _ in range(20):
+            await client.get("/health/ready")
+        assert "tracecode_requests_total" in (await client.get("/metrics")).text
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [str(TRACECODE), "serve", "--port", str(s.port), "--workers", "2"],
+            env=s.env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert second.returncode != 0  # the port is taken
+        assert "tracecode_requests_total" in (await client.get("/metrics")).text
 
-            await asyncio.sleep(1.5)  # each worker's pool gauge is set every second
-            assert pool_connections((await client.get("/metrics")).text) == 4
-            workers = procs.app_workers(s.process.pid)
-            os.kill(workers[0], signal.SIGKILL)
-            for _ in range(100):
-                await asyncio.sleep(0.2)
-                now = procs.app_workers(s.process.pid)
-                if len(now) == 2 and workers[0] not in now:
-                    break
-            await asyncio.sleep(1.5)
-            assert pool_connections((await client.get("/metrics")).text) == 4
+        await asyncio.sleep(1.5)  # each worker's pool gauge is set every second
+        assert pool_connections((await client.get("/metrics")).text) == 4
+        workers = procs.app_workers(s.process.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            now = procs.app_workers(s.process.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+        await asyncio.sleep(1.5)
+        assert pool_connections((await client.get("/metrics")).text) == 4

@@ -19,7 +19,7 @@ import yaml
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Api, cn20, event, world
+from tests.helpers import Api, cn20, event, pack_claim, received, world
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "ops" / "prometheus"
@@ -236,3 +236,28 @@ async def test_answers_made_before_the_handler_are_counted_with_their_status(
     assert _count(after, "/v1/flags", "401") - _count(before, "/v1/flags", "401") == 3
     assert _count(after, "/v1/flags", "200") == _count(before, "/v1/flags", "200")
     assert _count(after, "unmatched", "404") - _count(before, "unmatched", "404") == 1
+
+
+def _raised(text: str, kind: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "tracecode_flags_raised_total" and s.labels.get("kind") == kind
+    )
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_flag_a_settlement_raises_is_counted(client: AsyncTestClient, admin: Api) -> None:  # type: ignore[type-arg]
+    """tracecode_flags_raised_total counted only the flags an ingest answer listed: a
+    resold pack caught at settlement (DUPLICATE) was missing from the metric and the
+    dashboard (found by a probe)."""
+    w = await world(admin)
+    [code] = await received(w, "P1", [880])
+    before = (await client.get("/metrics")).text
+    first = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-MON-1", code, 60))
+    assert first["decision"] == "accepted"
+    again = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-MON-2", code, 70))
+    assert [f["kind"] for f in again["flags"]] == ["DUPLICATE"], again
+    after = (await client.get("/metrics")).text
+    assert _raised(after, "DUPLICATE") - _raised(before, "DUPLICATE") == 1
