@@ -18,8 +18,8 @@ from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
-from service.core.codes import try_parse_code
 from service.core.events import bound_problem
+from service.core.flags import flagged_code
 from service.usecases import flags as usecase
 
 KINDS = (
@@ -116,10 +116,9 @@ class FlagsController(Controller):
             if problem:
                 raise bad_input(name, problem)
         if code is not None:
-            parsed = try_parse_code(code)
-            if parsed is None:
-                raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
-            code = parsed.canonical
+            code = flagged_code(code)
+            if code is None:
+                raise bad_input("code", "not a CN20 code, GS1 element string, SSCC or catalogue code")
         query = usecase.FlagQuery(kind, status, org, region, code, since, until)
         page = await usecase.search(
             services.pool, query, before_id=_after(cursor) if cursor else None, limit=limit
