@@ -319,7 +319,15 @@ class NhsaController(Controller):
             for r in done.missing
         ]
         row_errors += [_row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts]
-        unknown_or_conflicting = len(done.missing) + len(done.conflicts)
+        row_errors += [
+            _row_error(
+                r.row,
+                f"{r.path}.fixmedins_bchno: names a {' and a '.join(interfaces)} record, and "
+                "inv_data_type cannot tell which is meant: neither is deleted",
+            )
+            for r, interfaces in done.ambiguous
+        ]
+        unknown_or_conflicting = len(done.missing) + len(done.conflicts) + len(done.ambiguous)
         if unknown_or_conflicting and (not env.batch or unknown_or_conflicting == len(records)):
             # no good row (the single record, or a batch whose rows all name unknown records,
             # conflict with stored ones, or are bad): -1, naming the first

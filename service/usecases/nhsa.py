@@ -31,6 +31,9 @@ class Uploaded:
     records_new: int = 0  # ledger records stored by this upload (the rest were retries)
     deleted: list[str] = field(default_factory=list)  # fixmedins_bchno of records deleted now
     missing: list[Record] = field(default_factory=list)  # deletions of records never uploaded
+    # deletions whose fixmedins_bchno names records of two interfaces (a 3505 and a 3506,
+    # a 3503 and a 3504): which is meant is unknown, so neither is deleted; the interfaces
+    ambiguous: list[tuple[Record, list[str]]] = field(default_factory=list)
     conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
     targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
     settled: set[str] = field(default_factory=set)  # setl_ids of deleted sales that stood when read
@@ -92,7 +95,7 @@ async def upload(
         except SettledMeanwhile:
             if attempt == RECORD_ATTEMPTS - 1:
                 raise
-            uploaded.missing = []
+            uploaded.missing, uploaded.ambiguous = [], []
             compensations = await _deletions(pool, org, deletions, uploaded, now)
     uploaded.result.duplicates += sum(len(r.events) for r in again)
     return uploaded
@@ -135,6 +138,9 @@ async def _deletions(
         for d in deletions:
             bchno = text(d.row.get("fixmedins_bchno")) or ""  # as the row was read: 0 is "0"
             live = await ledger_store.live_records(conn, org, d.deletes, bchno)
+            if len(live) > 1:  # one record per interface: a sale and a return, say
+                uploaded.ambiguous.append((d, [r["interface"] for r in live]))
+                continue
             targets += live
             if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
                 uploaded.missing.append(d)

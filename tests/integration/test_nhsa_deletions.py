@@ -384,3 +384,29 @@ async def test_a_deleted_sale_of_a_pack_that_was_shipped_away_leaves_no_suspicio
     answer = await p1.ok("GET", f"/v1/codes/{u[0]}/verify")
     assert (answer["custodian"], answer["units_left"], answer["dispensable"]) == ("P1", 24, True), answer
     assert await _standing_flags(inv, u[0]) == []
+
+
+async def test_a_deletion_naming_a_sale_and_a_return_deletes_neither(admin: Api) -> None:
+    """A 3505 and a 3506 (of another pack) share fixmedins_bchno X96: a 3507 of X96 with
+    inv_data_type 4 cannot say which one it means. It deleted both (the other pack sold
+    again, both records out of the ledger: found by a probe); now it deletes neither and
+    says why (infcode -1), and nothing changes."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    await nhsa(p2, envelope("3505", {"selinfo": sale("X96", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("X97", [u[1]], 24, sel_retn_time=MARCH_5_10)}))
+    ret = sale_return("X96", [u[1]], 24, sel_retn_time="2026-03-06 10:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": ret})))["infcode"] == 0
+    before = [await _units_left(p2, c) for c in u[:2]]
+    assert before == [0, 24]
+    out = await nhsa(p2, envelope("3507", {"data": deletion("X96", "4")}))
+    assert out["infcode"] == -1, out
+    assert "fixmedins_bchno" in out["err_msg"], out
+    assert "3505" in out["err_msg"], out
+    assert "3506" in out["err_msg"], out
+    assert [await _units_left(p2, c) for c in u[:2]] == before
+    # in a batch, the row is listed and the others are deleted
+    both = [deletion("X96", "4"), deletion("X97", "4")]
+    out = await nhsa(p2, envelope("3507A", {"goodDetail": both}))
+    assert out["output"]["tracecode"]["deleted"] == ["X97"], out
+    assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["X96"], out
