@@ -25,6 +25,7 @@ from service.interop.epcis.mapping import (
 )
 from service.store import codes as code_store
 from service.store import epcis as store
+from service.store import events as event_store
 from service.store import registry
 from service.store.conn import Conn
 from service.store.epcis import Job as Job
@@ -179,6 +180,24 @@ def _taken(prior: tuple[str, dict[str, Any]] | None, org: str, record: Record) -
     return stored_org != org or _contents(body) != _contents(record.body)
 
 
+def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
+    """Is the fact stored under the command's id (None: none) the command's own? Sent
+    once through /v1/events and once as EPCIS it is one fact; another event under its id
+    is refused, as within EPCIS (the repository would have kept an event the custody
+    log does not hold: found by a probe). Compared by what both formats carry."""
+    if stored is None:
+        return True
+    given = (command.type, command.at, command.org, command.to, command.parent, command.lot)
+    return given == (
+        stored["type"],
+        stored["at"],
+        stored["org"],
+        stored["to_org"],
+        stored["parent"],
+        stored["lot"],
+    )
+
+
 def _contents(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in ("recordTime", "@context")}
 
@@ -202,7 +221,15 @@ async def _store(
     decide what is stored, by the capture's ``behaviour``."""
     async with pool.acquire() as conn:
         priors = await store.stored(conn, [m.record.event_id for _, m in indexed])
+        # facts under these events' ids that came another way (/v1/events, a urn:uuid
+        # eventID being the fact's own id): the same fact again, or another one
+        elsewhere = await event_store.fields(
+            conn, [m.command.event_id for _, m in indexed if m.command and m.record.event_id not in priors]
+        )
     taken = {i for i, m in indexed if _taken(priors.get(m.record.event_id), org, m.record)}
+    taken |= {
+        i for i, m in indexed if m.command and not _same_fact(elsewhere.get(m.command.event_id), m.command)
+    }
     # an eventID given twice in the document: the first is the event, another with
     # other contents is refused (one with the same is the same fact)
     first: dict[str, Record] = {}

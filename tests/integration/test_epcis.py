@@ -882,3 +882,31 @@ async def test_identifiers_too_long_to_keep_are_refused_not_a_500(admin: Api) ->
         assert resp.json()["errors"][0]["field"] == field, resp.text
     assert _to_code.cache_info().currsize == cached  # nothing that long is remembered
     assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404
+
+
+async def test_an_event_id_taken_through_v1_events_is_refused_for_another_event(admin: Api) -> None:
+    """A fact stored through /v1/events under id U; EPCIS events with eventID urn:uuid:U
+    (the fact's own id). The same commission again is one fact; another (an hour later)
+    is refused, ResourceAlreadyExistsException: it used to be answered captured, the
+    repository keeping an event that the custody log did not hold (found by a probe)."""
+    keys = await _pharma_world(admin)
+    epc = "urn:epc:id:sgtin:0614141.107346.3001"
+    made = event("commission", "M1", [to_code(epc)], 0, lot="L1", expiry="2030-12-31")
+    assert (await keys["M1"].events(made))["accepted"] == 1
+    same = {
+        "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+        **_ev("ObjectEvent", 0, M_LOC, action="ADD", bizStep="commissioning", epcList=[epc]),
+        "eventID": f"urn:uuid:{made['event_id']}",
+        "ilmd": {"cbvmda:lotNumber": "L1", "cbvmda:itemExpirationDate": "2030-12-31"},
+    }
+    other = {**same, "eventTime": at(60)}
+    resp = await keys["M1"].post("/epcis/events", other)
+    assert resp.status_code == 409, resp.text
+    assert "ResourceAlreadyExistsException" in resp.text
+    resp = await keys["M1"].post("/epcis/events", same)
+    assert resp.status_code == 202, resp.text
+    job = await keys["M1"].ok("GET", resp.headers["location"])
+    assert job["success"], job
+    found = await keys["inv"].ok("GET", f"/epcis/events/urn:uuid:{made['event_id']}")
+    [kept] = found["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert kept["eventTime"] == same["eventTime"]
