@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -218,6 +219,7 @@ def start_redis(root: Path, *, throwaway: bool = False) -> str:
             if redis.Redis.from_url(url).ping():
                 return url  # an earlier run's server is still up: reuse it
         sock.unlink()
+    _kill_stale_valkey(root)
     args = [
         _valkey_binary(),
         "--port",
@@ -236,6 +238,7 @@ def start_redis(root: Path, *, throwaway: bool = False) -> str:
         str(root / "valkey.log"),
     ]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+    (root / "valkey.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if sock.exists():
@@ -265,6 +268,34 @@ def start_redis(root: Path, *, throwaway: bool = False) -> str:
     return url
 
 
+def _kill_stale_valkey(root: Path) -> None:
+    """Kill the Valkey that last ran under ``root`` if its process is still there: it does
+    not answer (frozen, or stuck), and a second server on the same append-only file would
+    corrupt it (found by a probe: the supervisor started one beside a frozen one)."""
+    try:
+        pid = int((root / "valkey.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return  # no pid file, or the process is gone
+    if b"valkey-server" not in cmdline or str(root).encode() not in cmdline:
+        return  # the pid was taken by another process since
+    log.warning("embedded Valkey (pid %s) does not answer; killing it before starting another", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` a process that has not exited (a zombie has: it holds no files)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def postgres_runs(root: Path) -> bool:
     """Does the embedded PostgreSQL under ``root`` run (``pg_ctl status``)?"""
     with warnings.catch_warnings():
@@ -284,10 +315,13 @@ def postgres_runs(root: Path) -> bool:
 def redis_answers(root: Path) -> bool:
     """Does the embedded Valkey under ``root`` answer a PING?"""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     sock = root.resolve() / "valkey.sock"
-    try:
-        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+    try:  # one try (redis-py retries 3 times by default: 25 s against a frozen server)
+        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, retry=Retry(NoBackoff(), 0))
+        return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
 

@@ -657,3 +657,63 @@ async def test_metrics_survive_a_second_serve_and_forget_a_dead_worker(tmp_path:
                 break
         await asyncio.sleep(1.5)
         assert pool_connections((await client.get("/metrics")).text) == 4
+
+
+async def test_a_frozen_embedded_valkey_is_replaced_not_doubled(tmp_path: Path) -> None:
+    """The supervisor starts Valkey again when it stops answering. Frozen, not dead, it
+    used to be left running beside the new one, both on the same append-only file (found
+    by a probe); now it is killed first, and one server runs on the data."""
+    import signal
+
+    import redis
+
+    from service.embedded import redis_answers
+
+    async with serving(tmp_path) as s:
+        sock = str(s.valkey_dir / "valkey.sock")
+        frozen = int(redis.Redis(unix_socket_path=sock).info()["process_id"])
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            for _ in range(600):  # 60 s: the supervisor's check waits 2 s for an answer
+                await asyncio.sleep(0.1)
+                if _state(frozen) in ("", "Z"):
+                    break
+            assert _state(frozen) in ("", "Z"), s.log.read_text()[-2000:]  # gone, or a zombie
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        for _ in range(300):
+            if await asyncio.to_thread(redis_answers, s.valkey_dir):
+                break
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(redis_answers, s.valkey_dir)
+        # one server on the data: the frozen one is gone (or a zombie, holding no files)
+        servers = _valkeys_on(s.valkey_dir)
+        assert len(servers) == 1, servers
+
+
+def _valkeys_on(folder: Path) -> list[str]:
+    """The pids of running valkey-server processes whose command line names ``folder``."""
+    return [
+        p.name
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        and "valkey-server" in (line := _cmdline(p))
+        and str(folder) in line
+        and _state(int(p.name)) not in ("", "Z")
+    ]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
