@@ -60,11 +60,6 @@ def _positive(name: str, default: float) -> float:
     return value
 
 
-def _pool_max() -> int:
-    low = _int("TRACE_DB_POOL_MIN", 2, 0)
-    return _int("TRACE_DB_POOL_MAX", max(10, low), max(1, low))
-
-
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -83,8 +78,12 @@ def _float(name: str, default: float) -> float:
 RateUnit = Literal["second", "minute", "hour", "day"]
 RateLimit = tuple[RateUnit, int]
 # requests per key, by role: far above what the test suite or the load tests send
-DEFAULT_RATE_LIMITS = {"org": "500/second", "insurer": "2000/second", "investigator": "500/second",
-                       "admin": "2000/second"}
+DEFAULT_RATE_LIMITS = {
+    "org": "500/second",
+    "insurer": "2000/second",
+    "investigator": "500/second",
+    "admin": "2000/second",
+}
 
 
 def rate_limit(name: str, raw: str) -> RateLimit | None:
@@ -163,8 +162,8 @@ class Settings:
             port=_int("TRACE_PORT", 8000, 1, 65535),
             workers=_int("TRACE_WORKERS", 1, 1),
             server=os.environ.get("TRACE_SERVER", DEFAULT_SERVER),
-            db_pool_min=_int("TRACE_DB_POOL_MIN", 2, 0),
-            db_pool_max=_pool_max(),
+            db_pool_min=(pool_min := _int("TRACE_DB_POOL_MIN", 2, 0)),
+            db_pool_max=_int("TRACE_DB_POOL_MAX", max(10, pool_min), max(1, pool_min)),
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024, 1),
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
             log_level=_log_level("TRACE_LOG_LEVEL", "info"),

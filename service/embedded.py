@@ -329,7 +329,8 @@ def redis_answers(root: Path) -> bool:
 def supervise(data_dir: Path, *, postgres: bool, valkey: bool, every: float = 1.0) -> Callable[[], None]:
     """Watch the embedded servers ``tracecode serve`` started under ``data_dir`` and start
     again the ones that die (their data stays; one log line each time), in a thread of
-    the serving process. Meanwhile ``/health/ready`` says 503. Returns the function that
+    the serving process. Meanwhile ``/health/ready`` says 503 for PostgreSQL (not for
+    Valkey: the API serves on without it). Returns the function that
     stops the watch: call it before the servers are stopped, or it starts them again."""
     watched: list[tuple[str, Callable[[], bool], Callable[[], object]]] = []
     if postgres:

@@ -31,8 +31,16 @@ REQUESTS_IN_PROGRESS = Gauge(
 APP_NAME = "tracecode"
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The method as a label: any other a client sends is OTHER (labels are series)."""
+    return method if method in METHODS else "OTHER"
+
+
 def request_answered(method: str, path: str, status: int, seconds: float) -> None:
-    labels = (method, path, str(status), APP_NAME)
+    labels = (method_label(method), path, str(status), APP_NAME)
     REQUESTS.labels(*labels).inc()
     REQUEST_SECONDS.labels(*labels).observe(seconds)
     if status >= 500:

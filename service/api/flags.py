@@ -18,8 +18,8 @@ from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
+from service.core.codes import try_parse_code
 from service.core.events import bound_problem
-from service.core.flags import flagged_code
 from service.usecases import flags as usecase
 
 KINDS = (
@@ -72,7 +72,9 @@ def _flag_id(value: str) -> int:
 
 
 # the query parameters of GET /v1/flags, as its handler names them
-SEARCH_PARAMETERS = ("kind", "status", "org", "region", "code", "since", "until", "limit", "cursor")
+SEARCH_PARAMETERS = (
+    "kind", "status", "org", "region", "code", "med_list_codg", "since", "until", "limit", "cursor"
+)  # fmt: skip
 
 
 class FlagsController(Controller):
@@ -91,6 +93,7 @@ class FlagsController(Controller):
         org: Annotated[str | None, QueryParameter(max_length=64)] = None,
         region: Annotated[str | None, QueryParameter(max_length=6)] = None,
         code: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        med_list_codg: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
         since: Annotated[datetime | None, QueryParameter()] = None,
         until: Annotated[datetime | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
@@ -99,8 +102,10 @@ class FlagsController(Controller):
         """Flags, newest first; without ``status`` every status but ``pending`` (suspicions
         a late upload may still explain, within their grace window; ``status=pending``
         lists them). ``since``/``until`` bound the activity time (``at``);
-        ``region`` matches a region-code prefix. Pass ``next_cursor`` back as ``cursor``
-        for the next page; flags raised meanwhile never shift a page."""
+        ``region`` matches a region-code prefix; ``med_list_codg`` finds the flags that
+        name a catalogue item (STOCK_IMBALANCE), as ``code`` those of a trace code. Pass
+        ``next_cursor`` back as ``cursor`` for the next page; flags raised meanwhile never
+        shift a page."""
         refuse_other_parameters(request, SEARCH_PARAMETERS)
         if kind is not None and kind not in KINDS:
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
@@ -116,9 +121,14 @@ class FlagsController(Controller):
             if problem:
                 raise bad_input(name, problem)
         if code is not None:
-            code = flagged_code(code)
-            if code is None:
-                raise bad_input("code", "not a CN20 code, GS1 element string, SSCC or catalogue code")
+            parsed = try_parse_code(code)
+            if parsed is None:
+                raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
+            code = parsed.canonical
+        if med_list_codg is not None:
+            if code is not None:
+                raise bad_input("med_list_codg", "give code or med_list_codg, not both")
+            code = med_list_codg  # the catalogue item a STOCK_IMBALANCE names as its code
         query = usecase.FlagQuery(kind, status, org, region, code, since, until)
         page = await usecase.search(
             services.pool, query, before_id=_after(cursor) if cursor else None, limit=limit

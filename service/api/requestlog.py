@@ -109,7 +109,7 @@ class RequestLog:
 
         method = scope.get("method", "")
         counted = scope.get("path") != "/metrics"  # a scrape is not traffic
-        in_progress = metrics.REQUESTS_IN_PROGRESS.labels(method, metrics.APP_NAME)
+        in_progress = metrics.REQUESTS_IN_PROGRESS.labels(metrics.method_label(method), metrics.APP_NAME)
         if counted:
             in_progress.inc()
         try:

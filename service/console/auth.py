@@ -5,6 +5,8 @@ everywhere through PostgreSQL's NOTIFY)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -55,22 +57,30 @@ class SessionStore(RedisStore):
     not need Valkey and serves on."""
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
-        try:
+        with _answered():
             return await super().get(key, renew_for)
-        except (RedisError, OSError) as exc:
-            raise _unavailable() from exc
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
-        try:
+        with _answered():
             await super().set(key, value, expires_in)
-        except (RedisError, OSError) as exc:
-            raise _unavailable() from exc
 
     async def delete(self, key: str) -> None:
-        try:
+        with _answered():
             await super().delete(key)
-        except (RedisError, OSError) as exc:
-            raise _unavailable() from exc
+
+    async def check(self) -> None:
+        """A 503 now if Valkey does not answer: a new session is written as the answer
+        starts, too late to answer 503 instead."""
+        with _answered():
+            await self._redis.ping()
+
+
+@contextlib.contextmanager
+def _answered() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise _unavailable() from exc
 
 
 def _unavailable() -> ServiceUnavailableException:
@@ -108,9 +118,11 @@ async def start_session(connection: ASGIConnection[Any, Any, Any, Any], secret: 
     """A new session under a fresh id; the browser's previous session, if any, ends (a
     sign-in as another key must not leave the first one usable)."""
     previous = connection.cookies.get(SESSION_KEY)
-    # also asks the store now whether it answers: the new session is written as the
-    # answer starts, too late to answer 503 instead
-    await connection.app.stores.get(SESSION_STORE).delete(previous or "-")
+    store = connection.app.stores.get(SESSION_STORE)
+    if isinstance(store, SessionStore):
+        await store.check()
+    if previous:
+        await store.delete(previous)
     connection.scope.setdefault("state", {})[_ROTATE] = True
     connection.set_session({"digest": token_hash(secret).hex()})
 

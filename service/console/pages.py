@@ -26,7 +26,6 @@ from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.timeline import layout
 from service.core.codes import is_product_id, try_parse_code
 from service.core.events import bound_problem
-from service.core.flags import flagged_code
 from service.core.rules import CHINA
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
@@ -472,7 +471,9 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
     code = _filter(params, "code", 200, bad)
     canonical = None
     if code is not None:
-        canonical = flagged_code(code)
-        if canonical is None:
+        parsed = try_parse_code(code)
+        if parsed is None:
             bad.append("code")
+        else:
+            canonical = parsed.canonical
     return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until), bad

@@ -8,14 +8,12 @@ suspicion, code and piece of evidence: :attr:`NewFlag.key` names them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from service.core.codes import try_parse_code
 from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
@@ -241,17 +239,3 @@ def commission_conflict_flags(
             )
         )
     return out
-
-
-# a catalogue code (med_list_codg) as a flag's ``code``: STOCK_IMBALANCE names the item
-CATALOGUE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def flagged_code(raw: str) -> str | None:
-    """What a search for the flags of ``raw`` looks for: a trace code in any of its forms
-    (canonical), or a catalogue code as given (a STOCK_IMBALANCE flag names the catalogue
-    item the ledger is short of). None when it is neither."""
-    parsed = try_parse_code(raw)
-    if parsed is not None:
-        return parsed.canonical
-    return raw if CATALOGUE_CODE.fullmatch(raw) else None

@@ -23,6 +23,7 @@ from service.core.sales import (
     Dispense,
     PackSales,
     Refold,
+    Refund,
     Return,
     Sale,
     draw,
@@ -162,11 +163,15 @@ def sales_needed(
     return out
 
 
-def refunds_needed(events: Iterable[Incoming], sales: Iterable[Consumption]) -> set[str]:
-    """The settlement ids whose refund the decision reads: those the dispenses name (a
-    refunded sale takes nothing more) and those of takes a return gave back (deleted,
-    the return does not sell again what the insurer refunded)."""
+def refunds_needed(
+    events: Iterable[Incoming], sales: Iterable[Consumption], pack_sales: PackSales
+) -> set[str]:
+    """The settlement ids whose refund the decision reads: those the dispenses name, new,
+    waiting or folded again (a refunded sale takes nothing more), and those of takes a
+    return gave back (deleted, the return does not sell again what the insurer
+    refunded)."""
     named = {e.setl_id for e in events if e.type == "dispense" and e.setl_id}
+    named |= {d.setl_id for dispenses, _ in pack_sales.values() for d in dispenses if d.setl_id}
     return named | {t.setl_id for t in sales if t.setl_id and t.reversed_by is not None}
 
 
@@ -210,9 +215,9 @@ class Loaded:
     settled: list[Fact] = field(default_factory=list)
     # every stored dispense and return of each pack whose sales are folded again (to_refold)
     pack_sales: PackSales = field(default_factory=dict)
-    # settlements the insurer reversed (refunded), among those the events' dispenses name
-    # and those of takes a return gave back (``refunds_needed``)
-    refunded: set[str] = field(default_factory=set)
+    # settlements the insurer reversed (refunded), by setl_id, among those the dispenses
+    # name and those of takes a return gave back (``refunds_needed``)
+    refunded: dict[str, Refund] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,8 +470,6 @@ def _consume(
     earlier = [r for r in book.rows if not r.reversed]
     for event, codes in dispenses:
         quantity = event.quantity
-        if event.setl_id in loaded.refunded:
-            continue  # the sale was refunded: its units came back, and it takes none again
         if event.undoes is not None:
             codes, quantity = _undo_return(event.undoes, codes, world, book, loaded.refunded)
             if not codes:
@@ -476,8 +479,11 @@ def _consume(
         flags += flag_rules.dispense_flags(
             event, fresh, world.states, loaded.products, loaded.orgs, earlier, recalls=loaded.recalled_lots
         )
-        left = {c: world.states[c].units_left or 0 for c in fresh}
-        taken = draw(left, fresh, quantity)
+        # judged, but what a refund of its sale gives back it does not take again
+        refund = loaded.refunded.get(event.setl_id) if event.setl_id else None
+        takes_from = [c for c in fresh if refund is None or not refund.gives_back(event.org, c)]
+        left = {c: world.states[c].units_left or 0 for c in takes_from}
+        taken = draw(left, takes_from, quantity)
         for code, units in taken:
             book.add(Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units))
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
@@ -514,9 +520,9 @@ def _refold_late(
 
     Returns the flags of the batch's dispenses, those of stored ones, and per pack folded
     the DUPLICATE keys to withdraw (those packs are left out of the incremental step).
-    A pack whose sales hold what the fold does not model stays with that step: a 3507
-    deletion's compensation, a settlement's reversal, a split sale over several packs,
-    or a settlement that would find fewer units than it took."""
+    A pack whose sales hold what the fold does not model stays with that step: a
+    settlement's reversal, a split sale over several packs, or a settlement that would
+    find fewer units than it took."""
     by_id = {e.event_id: e for e in loaded.events}
     arriving: dict[str, list[Incoming]] = {}  # the batch's sales and returns, by pack
     for f in facts:
@@ -553,7 +559,8 @@ def _refold_late(
         # took the pack already is not judged again); stored ones only for DUPLICATE
         resold = set(fold.resales)
         for e in new_dispenses:
-            if e.event_id not in fold.repeats:
+            # a deleted return's compensation sells nothing of its own here: not judged
+            if e.undoes is None and e.event_id not in fold.repeats:
                 earlier = [t for t in fold.takes if t.at <= e.at]
                 used_up = {code} if e.event_id in resold else set()
                 flags += flag_rules.dispense_flags(
@@ -584,7 +591,10 @@ def _return_of(event: Incoming, code: str) -> Return:
 
 
 def _foldable(
-    dispenses: Sequence[Dispense], returns: Sequence[Return], takes: Sequence[Consumption], refunded: set[str]
+    dispenses: Sequence[Dispense],
+    returns: Sequence[Return],
+    takes: Sequence[Consumption],
+    refunded: Mapping[str, Refund],
 ) -> bool:
     """Does ``core.sales.refold`` model all of a pack's sales: no settlement's reversal
     (also one refunded after a return gave its units back), no split sale over several
@@ -623,7 +633,7 @@ def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> 
 
 
 def _undo_return(
-    ret: UUID, codes: tuple[str, ...], world: World, book: _Book, refunded: set[str]
+    ret: UUID, codes: tuple[str, ...], world: World, book: _Book, refunded: Mapping[str, Refund]
 ) -> tuple[tuple[str, ...], int | None]:
     """A deleted return's compensation (a dispense naming the return): the takes that
     return gave back stand again, where their packs still hold the units. What a pack no
@@ -632,7 +642,11 @@ def _undo_return(
     the units). A return that gave nothing back never gives anything back (it may be
     waiting for its sale). A take of a settlement the insurer refunded since stays given
     back: the refund stands."""
-    back = [t for t in book.given_back_by(ret, codes) if t.setl_id not in refunded]
+    back = [
+        t
+        for t in book.given_back_by(ret, codes)
+        if (refund := refunded.get(t.setl_id or "")) is None or not refund.gives_back(t.org, t.code)
+    ]
     if not back:
         book.cancelled.add(ret)
         return (), None

@@ -6,11 +6,13 @@ dispenses, returns and reversals alike.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
+from service.core.codes import try_parse_code
 from service.core.custody import CodeState
 
 SETTLEMENT = "settlement"
@@ -94,6 +96,36 @@ def move_units(states: Mapping[str, CodeState], changes: Iterable[tuple[str, int
 
 
 @dataclass(frozen=True, slots=True)
+class Refund:
+    """A settlement the insurer reversed: what its sale was, for what the reversal gives
+    back (its organisation, and the packs it billed)."""
+
+    org: str
+    billed: frozenset[str]
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any]) -> Refund:
+        """From the settlement as stored (``request``)."""
+        billed = frozenset(
+            parsed.canonical
+            for line in request.get("lines", [])
+            for raw in line.get("codes", [])
+            if (parsed := try_parse_code(raw)) is not None
+        )
+        return cls(str(request.get("org")), billed)
+
+    def gives_back(self, org: str, code: str) -> bool:
+        """Is a take of ``code`` by ``org``'s sale under this settlement's id part of the
+        sale, given back by the reversal: its own organisation's, or a pack it billed,
+        whoever's dispense took it (the settlement was credited them)? Another
+        organisation's dispense of another pack under the same setl_id is no part of the
+        sale and keeps its units taken: a reversal must not make that pack sellable
+        again. A dispense arriving after the reversal takes nothing of what the reversal
+        would have given back had it come first."""
+        return org == self.org or code in self.billed
+
+
+@dataclass(frozen=True, slots=True)
 class Return:
     """A patient's return of one pack to the organisation that sold it."""
 
@@ -163,7 +195,7 @@ def refold(
     dispenses: Sequence[Dispense],
     settled: Sequence[Consumption],
     returns: Sequence[Return],
-    refunded: Collection[str] = (),
+    refunded: Mapping[str, Refund] | None = None,
 ) -> Refold | None:
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to
@@ -179,7 +211,9 @@ def refold(
     sales are left as they are). The sales and returns of records an NHSA 3507 deletion
     deleted, and the deletion's compensations (``undoes``), are left out: the pack's
     sales end as if those records had never been sent. A dispense under a settlement the
-    insurer refunded (``refunded``) takes nothing: the sale was given back whole."""
+    insurer refunded (``refunded``, by setl_id) takes nothing the refund gives back
+    (``Refund.gives_back``)."""
+    refunded = refunded or {}
     undone = {d.undoes for d in dispenses if d.undoes is not None}
     undone |= {r.undoes for r in returns if r.undoes is not None}
     dispenses = [d for d in dispenses if d.undoes is None and d.event_id not in undone]
@@ -221,7 +255,8 @@ def refold(
             left -= action.units
             continue
         sale = Sale.of_dispense(action.event_id, action.setl_id)
-        if sale in sales or action.setl_id in refunded:
+        refund = refunded.get(action.setl_id) if action.setl_id else None
+        if sale in sales or (refund is not None and refund.gives_back(action.org, code)):
             repeats.append(action.event_id)
             continue
         if left <= 0:

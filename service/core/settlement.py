@@ -35,7 +35,7 @@ from service.core.rules import (
     code_reasons,
     local_date,
 )
-from service.core.sales import Consumption, Sale, draw, move_units
+from service.core.sales import Consumption, Refund, Sale, draw, move_units
 
 ACCEPTED, PARTIAL, REJECTED = "accepted", "partial", "rejected"
 
@@ -320,18 +320,9 @@ def _quantity_detail(line: Line, codes: list[str], states: Mapping[str, CodeStat
 
 def undone_by_reversal(request: Mapping[str, Any], taken: Sequence[Consumption]) -> list[Consumption]:
     """What a settlement's reversal gives back, of what its sale took (``request``: the
-    settlement as stored): the units its own organisation's sale took, and the units of
-    the packs it billed, whoever's dispense under its id took them (the settlement was
-    credited them). Another organisation's dispense of another pack under the same
-    setl_id is no part of the sale, and keeps its units taken: a reversal must not make
-    that pack sellable again."""
-    billed = {
-        parsed.canonical
-        for line in request.get("lines", [])
-        for raw in line.get("codes", [])
-        if (parsed := try_parse_code(raw)) is not None
-    }
-    return [t for t in taken if t.org == request.get("org") or t.code in billed]
+    settlement as stored): see :meth:`Refund.gives_back`."""
+    refund = Refund.of(request)
+    return [t for t in taken if refund.gives_back(t.org, t.code)]
 
 
 def settlement_flags(

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from service.core.custody import CodeState
-from service.core.sales import Consumption
+from service.core.sales import Consumption, Refund
 from service.store import codes as code_store
 from service.store import sales as sale_store
 from service.store.conn import Conn
@@ -126,6 +126,19 @@ async def standing(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
 async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     """Which of ``setl_ids`` are settlements the insurer reversed."""
     return await _stored(conn, setl_ids, reversed_=True)
+
+
+async def refunds(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, Refund]:
+    """The settlements among ``setl_ids`` that the insurer reversed, each as its refund."""
+    wanted = sorted({s for s in setl_ids if s})
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        """SELECT setl_id, request FROM settlements
+           WHERE setl_id = ANY($1::text[]) AND reversed_at IS NOT NULL""",
+        wanted,
+    )
+    return {r["setl_id"]: Refund.of(r["request"]) for r in rows}
 
 
 async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool) -> set[str]:

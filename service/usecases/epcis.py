@@ -184,10 +184,20 @@ def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
     """Is the fact stored under the command's id (None: none) the command's own? Sent
     once through /v1/events and once as EPCIS it is one fact; another event under its id
     is refused, as within EPCIS (the repository would have kept an event the custody
-    log does not hold: found by a probe). Compared by what both formats carry."""
+    log does not hold: found by a probe). Compared by what both formats carry, the codes
+    by their number. Read before the capture's transaction: a /v1/events upload of the
+    same id committed in between is not compared (README, EPCIS)."""
     if stored is None:
         return True
-    given = (command.type, command.at, command.org, command.to, command.parent, command.lot)
+    given = (
+        command.type,
+        command.at,
+        command.org,
+        command.to,
+        command.parent,
+        command.lot,
+        len(command.codes),
+    )
     return given == (
         stored["type"],
         stored["at"],
@@ -195,6 +205,7 @@ def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
         stored["to_org"],
         stored["parent"],
         stored["lot"],
+        stored["code_count"],
     )
 
 

@@ -232,8 +232,8 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders, loaded.pack_sales)
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
-    if refunds := rules.refunds_needed([*fresh, *loaded.waiting_dispenses], loaded.sales):
-        loaded.refunded = await setl_store.reversed_among(conn, refunds)
+    if refunds := rules.refunds_needed([*fresh, *loaded.waiting_dispenses], loaded.sales, loaded.pack_sales):
+        loaded.refunded = await setl_store.refunds(conn, refunds)
 
     orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)

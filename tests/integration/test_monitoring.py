@@ -261,3 +261,19 @@ async def test_a_flag_a_settlement_raises_is_counted(client: AsyncTestClient, ad
     assert [f["kind"] for f in again["flags"]] == ["DUPLICATE"], again
     after = (await client.get("/metrics")).text
     assert _raised(after, "DUPLICATE") - _raised(before, "DUPLICATE") == 1
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_method_of_a_clients_own_is_counted_as_other(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """Every answer is counted, off-route ones too: a method a client makes up must not
+    make a series of its own (labels are series; found in review)."""
+    await client.request("BREW", "/no/such/route")
+    text = (await client.get("/metrics")).text
+    methods = {
+        s.labels.get("method")
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "tracecode_requests_total"
+    }
+    assert "BREW" not in methods
+    assert "OTHER" in methods

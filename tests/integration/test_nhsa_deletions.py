@@ -410,3 +410,24 @@ async def test_a_deletion_naming_a_sale_and_a_return_deletes_neither(admin: Api)
     out = await nhsa(p2, envelope("3507A", {"goodDetail": both}))
     assert out["output"]["tracecode"]["deleted"] == ["X97"], out
     assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["X96"], out
+
+
+async def test_deleting_a_return_raises_nothing_against_its_compensation(admin: Api) -> None:
+    """Sold, returned, the return deleted after the pack's expiry: the deletion's
+    compensation sells nothing of its own and is not judged (it raised EXPIRED, dated
+    at the deletion: found in review)."""
+    w = await _world(admin)
+    m, p2 = w["keys"]["M1"], w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    code = cn20(w["unit"], 777)
+    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2026-03-10", produced="2026-01-05"))
+    await m.events(event("ship", "M1", [code], 1, to="P2"))
+    await p2.events(event("receive", "P2", [code], 2))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("EXP1", [code], 24, sel_retn_time=MARCH_5_10)}))
+    ret = sale_return("EXP2", [code], 24, sel_retn_time="2026-03-06 10:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": ret})))["infcode"] == 0
+    before = await _standing_flags(inv, code)
+    out = await delete_sale(p2, "EXP2")
+    assert out["output"]["tracecode"]["flags"] == [], out
+    assert await _standing_flags(inv, code) == before
+    assert await _units_left(p2, code) == 0

@@ -202,9 +202,11 @@ async def test_stock_imbalance_one_flag_per_record(admin: Api) -> None:
     assert first["refs"]["units_in"] == 10
     assert first["refs"]["fixmedins_bchno"] == "B110"
     assert (await _ledger(inv, codg=OTHER))["balance"] == -7
-    # found by the catalogue code they name (it was a 400: "not a CN20 code")
-    by_code = await inv.ok("GET", f"/v1/flags?code={OTHER}")
-    assert [f["flag_id"] for f in by_code["items"]] == [f["flag_id"] for f in page["items"]]
+    # found by the catalogue item they name (code= takes trace codes only: a 400)
+    by_item = await inv.ok("GET", f"/v1/flags?med_list_codg={OTHER}")
+    assert [f["flag_id"] for f in by_item["items"]] == [f["flag_id"] for f in page["items"]]
+    assert (await inv.get(f"/v1/flags?code={OTHER}")).status_code == 400
+    assert (await inv.get(f"/v1/flags?med_list_codg={OTHER}&code={OTHER}")).status_code == 400
 
 
 async def test_a_record_sent_late_or_deleted_flags_the_later_moves_it_leaves_unbacked(admin: Api) -> None:

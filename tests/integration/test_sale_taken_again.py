@@ -154,3 +154,46 @@ async def test_deleting_the_return_of_a_refunded_sale_leaves_the_pack_on_the_she
     out = await nhsa(p2, envelope("3507", {"data": deletion("R-RET-REF", "4")}))
     assert out["output"]["tracecode"]["deleted"] == ["R-RET-REF"], out
     assert await _units_left(p2, u) == 24
+
+
+async def test_a_refunded_dispense_takes_nothing_when_its_pack_is_folded_again(admin: Api, db: Any) -> None:
+    """A dispense under a settlement refunded before it came takes nothing; a late sale
+    of the same pack (its sales folded again in event time) must not let it take the
+    pack then: the late sale does, and its settlement is paid. Found in review: the fold
+    did not know the stored dispense's settlement was refunded."""
+    w = await world(admin)
+    [a, b] = await received(w, "P1", [730, 731])
+    p1, insurer = w["keys"]["P1"], w["insurer"]
+    assert (await insurer.ok("POST", "/v1/settlements", pack_claim("S-RF", a, 50)))["decision"] == "accepted"
+    await insurer.ok("POST", "/v1/settlements/S-RF/reversal", None)
+    assert (await p1.events(event("dispense", "P1", [b], 51, setl_id="S-RF")))["accepted"] == 1
+    assert await _units_left(p1, b) == 24
+    await p1.events(event("receive", "P1", [b], 90))  # a re-scan: b's last event
+    await p1.events(event("dispense", "P1", [b], 60, setl_id="S-LATE"))  # late: folded again
+    assert [sale_id for sale_id, _, _ in await _taken(db, b)] == ["S-LATE"]
+    paid = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LATE", b, 61))
+    assert paid["lines"][0]["payable"] is True, paid
+
+
+@pytest.mark.parametrize("order", ["dispense first", "reversal first"])
+async def test_another_organisations_dispense_under_a_refunded_settlement_keeps_its_pack(
+    admin: Api, order: str
+) -> None:
+    """H1 dispenses pack b under P1's settlement S, which billed pack a. A reversal gives
+    back the settlement's own organisation's takes and the packs it billed, not b; so in
+    either order b stays taken (it must not be sellable again). Found in review: with
+    the reversal first, the dispense took nothing and b was back on the shelf."""
+    w = await world(admin)
+    first = order == "dispense first"
+    [a] = await received(w, "P1", [740 if first else 742])
+    [b] = await received(w, "H1", [741 if first else 743])
+    h1, insurer = w["keys"]["H1"], w["insurer"]
+    setl_id = f"S-OTHER-{order[0]}"
+    assert (await insurer.ok("POST", "/v1/settlements", pack_claim(setl_id, a, 50)))["decision"] == "accepted"
+    dispense = event("dispense", "H1", [b], 51, setl_id=setl_id)
+    if first:
+        await h1.events(dispense)
+    await insurer.ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
+    if not first:
+        await h1.events(dispense)
+    assert await _units_left(h1, b) == 0
