@@ -128,6 +128,11 @@ async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]
     return await _stored(conn, setl_ids, reversed_=True)
 
 
+async def stored_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
+    """Which of ``setl_ids`` are settlements, standing or reversed."""
+    return await _stored(conn, setl_ids, reversed_=None)
+
+
 async def refunds(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, Refund]:
     """The settlements among ``setl_ids`` that the insurer reversed, each as its refund."""
     wanted = sorted({s for s in setl_ids if s})
@@ -141,12 +146,13 @@ async def refunds(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, Refun
     return {r["setl_id"]: Refund.of(r["request"]) for r in rows}
 
 
-async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool) -> set[str]:
+async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool | None) -> set[str]:
     wanted = sorted({s for s in setl_ids if s})
     if not wanted:
         return set()
     rows = await conn.fetch(
-        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND (reversed_at IS NOT NULL) = $2",
+        """SELECT setl_id FROM settlements
+           WHERE setl_id = ANY($1::text[]) AND ($2::bool IS NULL OR (reversed_at IS NOT NULL) = $2)""",
         wanted,
         reversed_,
     )

@@ -36,7 +36,8 @@ class Uploaded:
     ambiguous: list[tuple[Record, list[str]]] = field(default_factory=list)
     conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
     targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
-    settled: set[str] = field(default_factory=set)  # setl_ids of deleted sales that stood when read
+    # setl_ids of deleted sales that are settlements (standing or refunded) when read
+    settled: set[str] = field(default_factory=set)
 
 
 class SettledMeanwhile(Exception):
@@ -144,7 +145,7 @@ async def _deletions(
             targets += live
             if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
                 uploaded.missing.append(d)
-        settled = await setl_store.standing(conn, [_setl_id(stored) for stored in targets])
+        settled = await setl_store.stored_among(conn, [_setl_id(stored) for stored in targets])
     uploaded.targets, uploaded.settled = targets, settled
     return _compensations(org, targets, settled, now)
 
@@ -244,8 +245,9 @@ def _compensations(
     A deleted sale: one return per event of the record, naming that event (``undoes``),
     so that it gives back the units that very sale took, and nothing when it took
     nothing (a resend of a settled sale, a DUPLICATE, a sale returned already). A sale
-    whose ``setl_id`` names a settlement that stands is not undone: the units are the
-    settlement's, until the insurer reverses it. A deleted return: one dispense per event
+    whose ``setl_id`` names a settlement is not undone: the sale is the settlement's, its
+    units taken until the insurer reverses it, and given back by that reversal (a
+    refunded one stays in the pack's history). A deleted return: one dispense per event
     of the record, naming that event, which sells again what it gave back, and nothing
     when it gave nothing back.
 

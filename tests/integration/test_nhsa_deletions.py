@@ -431,3 +431,26 @@ async def test_deleting_a_return_raises_nothing_against_its_compensation(admin: 
     assert out["output"]["tracecode"]["flags"] == [], out
     assert await _standing_flags(inv, code) == before
     assert await _units_left(p2, code) == 0
+
+
+async def test_deleting_the_upload_of_a_refunded_settled_sale_keeps_the_settlement_in_history(
+    admin: Api,
+) -> None:
+    """The 3505 repeats settlement S411b, which was paid and then refunded. Deleting the
+    upload erased the settlement's take, and the pack's history no longer listed S411b
+    (found by a probe). The settlement's sale is the settlement's: its deletion leaves it
+    as it stands, reversed, and the pack whole."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    inv = await admin.key_for("investigator")
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B412", [u[2]], 24, setl_id="S412")}))
+    paid = await insurer.ok("POST", "/v1/settlements", claim("S412", u[2], "2026-03-05T10:00:00+08:00"))
+    assert paid["decision"] == "accepted"
+    await insurer.ok("POST", "/v1/settlements/S412/reversal", None)
+    before = (await inv.ok("GET", f"/v1/codes/{u[2]}/history"))["settlements"]
+    assert [(s["setl_id"], s["reversed"]) for s in before] == [("S412", True)]
+    await delete_sale(p2, "B412")
+    after = (await inv.ok("GET", f"/v1/codes/{u[2]}/history"))["settlements"]
+    assert after == before
+    assert await _units_left(p2, u[2]) == 24
