@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,15 @@ FLAGS_PROMOTED = Counter(
     "tracecode_flags_promoted_total", "Pending flags opened because their grace window passed unexplained"
 )
 FLAGS_RAISED = Counter("tracecode_flags_raised_total", "Flags raised, by kind", ["kind"])
+
+
+def flags_raised(kinds: Iterable[str]) -> None:
+    """Count the flags a committed transaction stored (``store.flags.raise_flags``'s
+    ``stored_now``): every flag, whoever raised it, once."""
+    for kind in kinds:
+        FLAGS_RAISED.labels(kind).inc()
+
+
 SETTLEMENTS = Counter(
     "tracecode_settlements_total", "Settlements answered, by mode and decision", ["mode", "decision"]
 )

@@ -10,7 +10,6 @@ from typing import Any
 
 import asyncpg
 
-from service import metrics
 from service.core.custody import Fact
 from service.core.flags import AT_RECEIPT, Evidence, FlagKey, FlagRef, NewFlag
 from service.store import codes as code_store
@@ -20,12 +19,17 @@ _COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, ref
 
 
 async def raise_flags(
-    conn: Conn, flags: Iterable[NewFlag], fresh: set[FlagKey] | None = None
+    conn: Conn,
+    flags: Iterable[NewFlag],
+    fresh: set[FlagKey] | None = None,
+    stored_now: list[str] | None = None,
 ) -> dict[FlagKey, FlagRef]:
     """Store suspicions, one flag per key (kind, code, evidence): a retry of the same
     evidence is the same flag; an auto-cleared flag whose suspicion returns is opened
     again. Returns the stored flag of every key given; ``fresh``, when given, receives the
-    keys raised now (stored or opened again), not those that stood already."""
+    keys raised now (stored or opened again), not those that stood already;
+    ``stored_now`` the kind of each flag stored now (new), for the caller to count once
+    its transaction has committed (``metrics.flags_raised``)."""
     unique: dict[FlagKey, NewFlag] = {}
     for flag in flags:
         unique.setdefault(flag.key, flag)
@@ -64,8 +68,8 @@ async def raise_flags(
     if fresh is not None:
         fresh.update(stored)
     new = [r for r in rows if not r["reopened"]]
-    for r in new:  # every flag stored, whoever raised it (a transaction run again counts again)
-        metrics.FLAGS_RAISED.labels(r["kind"]).inc()
+    if stored_now is not None:
+        stored_now += [r["kind"] for r in new]
     await _to_outbox(conn, new)
     for status in ("pending", "open"):  # the re-opened ones: kept in their history
         again = [r for r in rows if r["reopened"] and r["status"] == status]

@@ -47,6 +47,7 @@ class IngestResult:
     replayed: bool = False
     flags: list[FlagRef] = field(default_factory=list)
     by_type: dict[str, int] = field(default_factory=dict)
+    stored_flag_kinds: list[str] = field(default_factory=list)  # flags stored now, counted once committed
 
 
 async def ingest(
@@ -255,7 +256,7 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
     await sale_store.record(conn, plan.consumptions)
     await sale_store.reverse(conn, plan.reversals)
     await sale_store.reopen(conn, plan.reopened)
-    raised = await flag_store.raise_flags(conn, plan.flags)
+    raised = await flag_store.raise_flags(conn, plan.flags, stored_now=result.stored_flag_kinds)
     await flag_store.withdraw(conn, plan.withdrawn, [str(f.event_id) for f in plan.facts])
     if plan.clear is not None:
         await flag_store.auto_clear(
@@ -283,6 +284,7 @@ def _report(plan: rules.Plan, raised: Mapping[FlagKey, FlagRef], result: IngestR
 def _count(result: IngestResult) -> None:
     for type_, count in result.by_type.items():
         metrics.EVENTS.labels(type_).inc(count)
+    metrics.flags_raised(result.stored_flag_kinds)
     metrics.EVENT_DUPLICATES.inc(result.duplicates)
     metrics.CODES_ACCEPTED.inc(result.accepted_codes)
     for rejection in result.rejected:

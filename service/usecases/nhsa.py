@@ -11,6 +11,7 @@ from uuid import UUID, uuid5
 
 import asyncpg
 
+from service import metrics
 from service.core import ledger as rules
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagKey, FlagRef, NewFlag
@@ -34,6 +35,7 @@ class Uploaded:
     # deletions whose fixmedins_bchno names records of two interfaces (a 3505 and a 3506,
     # a 3503 and a 3504): which is meant is unknown, so neither is deleted; the interfaces
     ambiguous: list[tuple[Record, list[str]]] = field(default_factory=list)
+    ledger_flag_kinds: list[str] = field(default_factory=list)  # stored by the ledger's write
     conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
     targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
     # setl_ids of deleted sales that are settlements (standing or refunded) when read
@@ -87,6 +89,7 @@ async def upload(
                 also_unchanged=unchanged,
             )
             uploaded.records_new = len(entries)
+            metrics.flags_raised(uploaded.ledger_flag_kinds)  # committed: counted once
             break
         except ledger_store.RecordsStored:
             if attempt == RECORD_ATTEMPTS - 1:
@@ -157,6 +160,7 @@ def _ledger_writer(
     the deletions, each item's ledger and the flags they raise."""
 
     async def write(conn: Conn, _refused: list[Rejection]) -> list[FlagRef]:
+        uploaded.ledger_flag_kinds = []  # this attempt's (the transaction may run again)
         # A deleted sale whose settlement stands is not undone. Which stand was read before
         # this transaction; read again now that the packs' rows are locked: a settlement
         # committed in between means working the deletion out again (one committing later
@@ -205,7 +209,7 @@ def _ledger_writer(
             for e in counts:
                 flags += rules.count_flags(e, states, region)
         fresh: set[FlagKey] = set()
-        raised = await flag_store.raise_flags(conn, flags + rejudged, fresh)
+        raised = await flag_store.raise_flags(conn, flags + rejudged, fresh, uploaded.ledger_flag_kinds)
         # the answer names this upload's records' flags, and a stored record's only when
         # this upload raised it (not one it stood under already)
         reported = flags + [f for f in rejudged if f.key in fresh]

@@ -79,8 +79,10 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             return answer
         break
     metrics.OPTIMISTIC.labels("settle", "locked").inc()
+    flag_kinds: list[str] = []  # the flags the committed attempt stored, counted after it
 
     async def work(conn: Conn) -> dict[str, Any]:
+        flag_kinds.clear()
         # load: a replay needs only the stored answer; otherwise the packs, locked in
         # code order, and what the decision reads besides
         stored = await setl_store.get(conn, claim.setl_id)
@@ -96,14 +98,16 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         await sale_store.record(conn, decision.consumptions)
         await code_store.update(conn, decision.changed)
         await purchase_store.record(conn, psn_hash, decision.purchases)
-        raised = await flag_store.raise_flags(conn, decision.flags)
+        raised = await flag_store.raise_flags(conn, decision.flags, stored_now=flag_kinds)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
         fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hashes[0], answer))
         if not fresh:  # a concurrent request with the same id stored it first: run again,
             raise RetryTransaction  # which then finds it and answers as a replay
         return answer
 
-    return await with_retry(pool, work)
+    answer = await with_retry(pool, work)
+    metrics.flags_raised(flag_kinds)
+    return answer
 
 
 async def _settle_unchanged(
