@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from operator import attrgetter
+from typing import Protocol
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import msgspec
@@ -239,7 +240,6 @@ class Suspicion:
     detail: str
     holder: str | None = None
     shipped_to: str | None = None
-
 
 
 @dataclass(slots=True)
@@ -485,6 +485,24 @@ class World:
     def apply_all(self, facts: Iterable[Fact]) -> None:
         for fact in fold_order(facts):
             self.apply(fact)
+
+
+class Undoable(Protocol):
+    """An event that may be an NHSA 3507 deletion's compensation (``undoes``)."""
+
+    @property
+    def event_id(self) -> UUID: ...
+
+    @property
+    def undoes(self) -> UUID | None: ...
+
+
+def left_out_by_deletions(events: Iterable[Undoable]) -> set[UUID]:
+    """The ids of the events that count as never sent: those of records an NHSA 3507
+    deletion deleted (its compensations name them) and the compensations themselves.
+    Custody and a pack's sales are folded without them."""
+    compensations = [e for e in events if e.undoes is not None]
+    return {e.event_id for e in compensations} | {e.undoes for e in compensations if e.undoes is not None}
 
 
 def replay(

@@ -14,7 +14,15 @@ from datetime import datetime
 from uuid import UUID
 
 from service.core import flags as flag_rules
-from service.core.custody import CodeState, Fact, World, product_of, replay, sort_key
+from service.core.custody import (
+    CodeState,
+    Fact,
+    World,
+    left_out_by_deletions,
+    product_of,
+    replay,
+    sort_key,
+)
 from service.core.events import EVENT_ID_TAKEN, Incoming, Rejection, judge
 from service.core.flags import Evidence, FlagKey, NewFlag
 from service.core.registry import Org, Product
@@ -115,12 +123,12 @@ def replay_counted(
     the shelf; a deleted return never brought it back), and nothing is raised for either;
     both stay in the log and the history. Their times still count as seen (``last_at``):
     an event dated before them is still late."""
-    undone = {f.undoes for f in facts if f.undoes is not None}
-    counted = [f for f in facts if f.undoes is None and f.event_id not in undone]
+    left_out = left_out_by_deletions(facts)
+    counted = [f for f in facts if f.event_id not in left_out]
     world = replay([*counted, *others], keep=keep, pack_units=pack_units, products=products, orgs=orgs)
-    if len(counted) < len(facts):
+    if left_out:
         for f in facts:
-            if f.undoes is not None or f.event_id in undone:
+            if f.event_id in left_out:
                 for code in f.codes:
                     if (s := world.states.get(code)) is not None and f.at > s.last_at:
                         s.last_at = f.at

@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from service.core.codes import try_parse_code
-from service.core.custody import CodeState
+from service.core.custody import CodeState, left_out_by_deletions
 
 SETTLEMENT = "settlement"
 EVENT = "event"
@@ -214,10 +214,9 @@ def refold(
     insurer refunded (``refunded``, by setl_id) takes nothing the refund gives back
     (``Refund.gives_back``)."""
     refunded = refunded or {}
-    undone = {d.undoes for d in dispenses if d.undoes is not None}
-    undone |= {r.undoes for r in returns if r.undoes is not None}
-    dispenses = [d for d in dispenses if d.undoes is None and d.event_id not in undone]
-    returns = [r for r in returns if r.undoes is None and r.event_id not in undone]
+    left_out = left_out_by_deletions([*dispenses, *returns])
+    dispenses = [d for d in dispenses if d.event_id not in left_out]
+    returns = [r for r in returns if r.event_id not in left_out]
     arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
         (s.at, 0, s.at, 0, 0, s) for s in settled
     ]

@@ -30,7 +30,7 @@ from service.store.db import create_pool
 from service.store.migrations import migrate
 from tests.conftest import CITUS_URL
 from tests.helpers import Api, cn20, event, small_world
-from tests.integration.served import serving
+from tests.integration.served import Serving, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -319,35 +319,46 @@ async def test_a_database_that_stops_answering_is_503_for_the_requests_queued(tm
 
     import httpx
 
-    from benchkit import localrun, procs
+    from benchkit import procs
 
     pool = {"TRACE_DB_POOL_MIN": "2", "TRACE_DB_POOL_MAX": "2", "TRACE_DB_ACQUIRE_SECONDS": "1"}
-    async with serving(tmp_path, extra_env=pool) as s:
-        admin = await asyncio.to_thread(localrun.create_admin_key, s.env)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=120) as client:
-            made = await client.post("/v1/keys", json={"role": "investigator"}, headers=_bearer(admin))
-            inv = _bearer(made.json()["secret"])
-            assert (await client.get("/v1/flags", headers=inv)).status_code == 200
-            pid_file = s.data_dir / "postgres" / "postmaster.pid"
-            stopped = procs.tree(int(pid_file.read_text().split()[0]))
+    async with (
+        serving(tmp_path, extra_env=pool) as s,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=120) as client,
+    ):
+        inv = _bearer(await _investigator(s, client))
+        pid_file = s.data_dir / "postgres" / "postmaster.pid"
+        stopped = procs.tree(int(pid_file.read_text().split()[0]))
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            asked = [asyncio.create_task(client.get("/v1/flags", headers=inv)) for _ in range(6)]
+            done, stuck = await asyncio.wait(asked, timeout=10)
+            assert len(stuck) <= 2, len(stuck)  # at most the pool's connections wait
+            for task in done:
+                resp = task.result()
+                assert resp.status_code == 503, resp.text
+                assert int(resp.headers["retry-after"]) > 0
+        finally:
             for pid in stopped:
-                os.kill(pid, signal.SIGSTOP)
-            try:
-                asked = [asyncio.create_task(client.get("/v1/flags", headers=inv)) for _ in range(6)]
-                done, stuck = await asyncio.wait(asked, timeout=10)
-                assert len(stuck) <= 2, len(stuck)  # at most the pool's connections wait
-                for task in done:
-                    resp = task.result()
-                    assert resp.status_code == 503, resp.text
-                    assert int(resp.headers["retry-after"]) > 0
-            finally:
-                for pid in stopped:
-                    os.kill(pid, signal.SIGCONT)
-            await asyncio.gather(*asked)
+                os.kill(pid, signal.SIGCONT)
+        await asyncio.gather(*asked)
 
 
 def _bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+async def _investigator(s: Serving, client: Any) -> str:
+    """The secret of a new investigator's key on a served instance (made with the CLI's
+    first admin key), checked to answer ``/v1/flags``."""
+    from benchkit import localrun
+
+    admin = await asyncio.to_thread(localrun.create_admin_key, s.env)
+    made = await client.post("/v1/keys", json={"role": "investigator"}, headers=_bearer(admin))
+    secret: str = made.json()["secret"]
+    assert (await client.get("/v1/flags", headers=_bearer(secret))).status_code == 200
+    return secret
 
 
 async def test_sigterm_to_serve_stops_its_embedded_servers(tmp_path: Path) -> None:
@@ -571,39 +582,37 @@ async def test_a_valkey_that_stops_answering_leaves_the_api_serving(tmp_path: Pa
     import httpx
     import redis
 
-    from benchkit import localrun
-
     limits = {"TRACE_RATE_LIMIT_INVESTIGATOR": "1000/second", "TRACE_RATE_LIMIT_ADMIN": "1000/second"}
-    async with serving(tmp_path, extra_env=limits) as s:
-        admin = await asyncio.to_thread(localrun.create_admin_key, s.env)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=60) as client:
-            made = await client.post("/v1/keys", json={"role": "investigator"}, headers=_bearer(admin))
-            inv = _bearer(made.json()["secret"])
-            assert (await client.get("/v1/flags", headers=inv)).status_code == 200
-            sock = str(s.valkey_dir / "valkey.sock")
-            valkey = [int(redis.Redis(unix_socket_path=sock).info()["process_id"])]
-            page = await client.get("/console/signin")
-            token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
-            assert token
-            os.kill(valkey[0], signal.SIGSTOP)
-            try:
-                started = time.monotonic()
-                for _ in range(10):
-                    assert (await client.get("/v1/flags", headers=inv)).status_code == 200
-                took = time.monotonic() - started
-                assert took < 8, took  # not a benchmark: a stall per request took 20 s
-                ready = await client.get("/health/ready")
-                assert ready.status_code == 200, ready.text
-                signed = await client.post(
-                    "/console/signin",
-                    data={"key": made.json()["secret"], "_csrf_token": token.group(1)},
-                    follow_redirects=False,
-                )
-                assert signed.status_code == 503, signed.text
-                assert "Valkey" in signed.text
-            finally:
-                os.kill(valkey[0], signal.SIGCONT)
-            assert (await client.get("/v1/flags", headers=inv)).status_code == 200
+    async with (
+        serving(tmp_path, extra_env=limits) as s,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=60) as client,
+    ):
+        secret = await _investigator(s, client)
+        inv = _bearer(secret)
+        sock = str(s.valkey_dir / "valkey.sock")
+        valkey = [int(redis.Redis(unix_socket_path=sock).info()["process_id"])]
+        page = await client.get("/console/signin")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+        assert token
+        os.kill(valkey[0], signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            for _ in range(10):
+                assert (await client.get("/v1/flags", headers=inv)).status_code == 200
+            took = time.monotonic() - started
+            assert took < 8, took  # not a benchmark: a stall per request took 20 s
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200, ready.text
+            signed = await client.post(
+                "/console/signin",
+                data={"key": secret, "_csrf_token": token.group(1)},
+                follow_redirects=False,
+            )
+            assert signed.status_code == 503, signed.text
+            assert "Valkey" in signed.text
+        finally:
+            os.kill(valkey[0], signal.SIGCONT)
+        assert (await client.get("/v1/flags", headers=inv)).status_code == 200
 
 
 async def test_metrics_survive_a_second_serve_and_forget_a_dead_worker(tmp_path: Path) -> None:
