@@ -412,10 +412,11 @@ class World:
             return
         if s.state == DESTROYED and fact.type in ("ship", "receive"):
             return  # a pack back in the market: DUPLICATE where it moves (_destroyed_moved)
-        if s.state == DESTROYED and fact.type == "dispense":
-            # a pack that left the market, back in it (as a stock count sees it): judged
-            # here, in event time, so a sale dated before the destroy is no such thing
-            detail = f"dispense by {fact.org}: the pack was destroyed"
+        if s.state == DESTROYED and (fact.type == "dispense" or fact.sold):
+            # a pack that left the market, back in it (as a stock count sees it), sold or
+            # paid for: judged here, in event time, so a sale dated before the destroy is
+            # no such thing (a settlement refused took nothing: its answer said why)
+            detail = f"{fact.type} by {fact.org}: the pack was destroyed"
             self.suspicions.append(Suspicion("DUPLICATE", s.code, fact, detail))
         if holds(s, fact.org) or (s.custodian == fact.org and fact.type not in ("dispense", "settle")):
             return  # its own stock (a re-scan, or moving what it still has on record)

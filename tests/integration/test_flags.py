@@ -623,6 +623,30 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     assert [f["kind"] for f in flags] == ["DIVERSION", "DIVERSION"], flags
 
 
+async def test_a_paid_settlement_of_a_pack_destroyed_before_it_is_flagged(admin: Api) -> None:
+    """P1 settles a pack (08:10, paid). Then its destroy, dated 08:05, arrives: a pack
+    destroyed before it was sold and paid (回流), so the settlement is DUPLICATE, as a
+    dispense in its place is (found by a probe: the pack ended destroyed, with no flag)."""
+    w = await world(admin)
+    [code] = await received(w, "P1", [22])
+    body = _settle_body("S-GONE", "P1", code, 8)
+    body["at"] = at(10)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    late = await w["keys"]["P1"].events(event("destroy", "P1", [code], 5))
+    assert late["accepted"] == 1, late
+    flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}"))["items"]  # open: nothing explains it
+    raised = [(f["kind"], f["org"], f["refs"].get("settlements")) for f in flags]
+    assert raised == [("DUPLICATE", "P1", ["S-GONE"])], flags
+    # the same facts in time order: the settlement is refused, as the pack was destroyed
+    [other] = await received(w, "P1", [23])
+    await w["keys"]["P1"].events(event("destroy", "P1", [other], 5))
+    body = _settle_body("S-GONE2", "P1", other, 8)
+    body["at"] = at(10)
+    refused = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert refused["decision"] == "rejected", refused
+
+
 async def test_the_destination_receiving_after_a_wrong_receipt_is_no_diversion(admin: Api) -> None:
     """M1 ships to P1, H1 takes the pack in (DIVERSION), then P1 receives it: P1 was the
     destination of its last shipment, so its receipt is no diversion (API.md; found by a
