@@ -157,6 +157,19 @@ async def test_every_line_reason(admin: Api) -> None:
     assert [f["kind"] for f in beijing["flags"]] == ["OUT_OF_REGION"]
 
 
+async def test_an_exempt_product_under_a_traced_item_does_not_exempt_the_item(admin: Api) -> None:
+    """A trace-exempt product registered under the catalogue item of a traced one: a line
+    of that item with no code is still MISSING_CODES (应采尽采), as the packs it may be
+    are traced (found by a probe: it was paid, with 0 units). An item is exempt only
+    when every product billed as it is."""
+    w = await stocked(admin, 1)
+    twin = {"product_id": "8200001", "name": "Loose tablets", "med_list_codg": CODG, "pack_units": 1,
+            "manufacturer": "M1", "trace_exempt": True}  # fmt: skip
+    await admin.ok("POST", "/v1/products", twin, 201)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", claim("S-TWIN", [{"quantity": 240}]))
+    assert (answer["decision"], reasons(answer)) == ("rejected", ["MISSING_CODES"]), answer
+
+
 async def test_recalled_lot_is_refused(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
     w = await stocked(admin)
     await db.execute("UPDATE codes SET recalled = true WHERE product_id = '8123456' AND lot = 'L1'")
