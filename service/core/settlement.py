@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import msgspec
 
 from service.core.codes import try_parse_code
-from service.core.custody import CodeState
-from service.core.flags import Evidence, FlagRef, NewFlag
+from service.core.custody import CodeState, Fact, Suspicion
+from service.core.flags import Evidence, FlagRef, NewFlag, suspicion_flag
+from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
     ALREADY_SETTLED,
@@ -160,12 +162,14 @@ def judge(
     org: Org,
     on: date,
     earlier: Mapping[str, list[Consumption]],
+    held_then: AbstractSet[str] = frozenset(),
 ) -> list[LineOutcome]:
     """Judge each line in order. Units taken by a payable line are not available to the
     lines after it; a line that is not payable takes nothing. Units that this same sale
     already took from a pack (a dispense event with this setl_id) are billed once, by the
     first line that names the pack; the sale takes no more from that pack (a sale consumes
-    a pack once)."""
+    a pack once). A pack in ``held_then`` was the seller's at the sale: it is not refused
+    NOT_IN_CUSTODY for where later events took it (``custody_at_sale``)."""
     left = {code: s.units_left or 0 for code, s in states.items()}
     own = Sale.of_settlement(setl_id)
     # units this sale took already from each pack it touched, not billed by a line yet
@@ -177,8 +181,9 @@ def judge(
     outcomes = []
     for line in lines:
         outcome = _judge_line(
-            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit
-        )
+            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit,
+            held_then,
+        )  # fmt: skip
         if outcome.payable:
             for code, units in outcome.takes:
                 left[code] -= units
@@ -200,6 +205,7 @@ def _judge_line(
     earlier: Mapping[str, list[Consumption]],
     left: Mapping[str, int],
     credit: Mapping[str, int],
+    held_then: AbstractSet[str],
 ) -> LineOutcome:
     out = LineOutcome(line.line_no, payable=False)
     if not line.codes:
@@ -226,6 +232,8 @@ def _judge_line(
         for reason in code_reasons(code, state, product, org, on):
             if reason.reason == ALREADY_SETTLED:
                 continue  # judged below, against what this settlement leaves
+            if reason.reason == NOT_IN_CUSTODY and code in held_then:
+                continue  # the seller's at the sale; events dated after it moved it on
             out.reasons.append(reason)
         if product is not None and product.med_list_codg != line.med_list_codg:
             out.reasons.append(
@@ -384,6 +392,11 @@ class Loaded:
     purchases: Sequence[Purchase] = ()  # the person's unreversed purchases of those items in their windows
     # when the person's latest EXCESS_PURCHASE flag of each item (by evidence id) was raised
     excess_flagged: Mapping[str, datetime] = field(default_factory=dict)
+    # a claim dated before its packs' latest events (``late``): the events of the packs
+    # and of every container they were ever in, and the settlements that took units of
+    # them, to fold custody as it was at the sale; None otherwise
+    history: Sequence[Fact] | None = None
+    settled: Sequence[Fact] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +529,7 @@ def _with_given_back(
 def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) -> Decision:
     """Judge every line; the payable lines draw their units (``loaded.states`` is updated
     in place), merged into one consumption per pack; the suspicions become flags."""
+    then = custody_at_sale(claim, loaded) if loaded.history is not None else {}
     outcomes = judge(
         setl_id=claim.setl_id,
         lines=claim.lines,
@@ -526,6 +540,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         org=loaded.org,
         on=local_date(claim.at),
         earlier=_with_given_back(loaded.earlier, loaded.given_back),
+        held_then=set(loaded.states) - then.keys() if loaded.history is not None else set(),
     )
     drawn: dict[str, int] = {}  # two lines may draw from one pack: one consumption
     for outcome in outcomes:
@@ -543,11 +558,55 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         state.parent = None
         state.sold(claim.at)
     flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, loaded.states, loaded.earlier)
+    # a pack paid for that the seller holds now but did not hold at the sale (a scan
+    # time may lag the move): the suspicion a later replay would raise, raised now
+    paid = {code for o in outcomes if o.payable for code, _ in [*o.takes, *o.credited]}
+    flags += [suspicion_flag(then[code]) for code in sorted(paid) if code in then]
     limits = person_limits(claim, canonical, loaded.states, loaded.products)
     purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])
+    after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}
     return Decision(
-        outcomes, consumptions, [loaded.states[c] for c in sorted(changed)], flags + excess, purchases
+        outcomes,
+        consumptions,
+        [after.get(c) or loaded.states[c] for c in sorted(changed)],
+        flags + excess,
+        purchases,
     )
+
+
+def late(at: datetime, states: Mapping[str, CodeState]) -> bool:
+    """Did events dated after the sale reach the service before its claim? Custody is
+    then judged from the packs' history, as it was at the sale (``custody_at_sale``)."""
+    return any(s.last_at > at for s in states.values())
+
+
+def custody_at_sale(claim: Claim, loaded: Loaded) -> dict[str, Suspicion]:
+    """For a late claim: each pack's custody suspicion at the sale, folded from its
+    history up to the claim's time, as a replay judges a settlement: DIVERSION (another
+    held it then) or UNKNOWN_CODE (not commissioned yet). A pack without one was the
+    seller's at the sale."""
+    assert loaded.history is not None
+    sale = [Fact.settlement(claim.setl_id, claim.at, claim.org, code) for code in sorted(loaded.states)]
+    before = [f for f in loaded.history if f.at <= claim.at]
+    others = [*(f for f in loaded.settled if f.at <= claim.at), *sale]
+    world = replay_counted(before, others, keep=loaded.states, pack_units={}, products={}, orgs={})
+    return {
+        s.code: s
+        for s in world.suspicions
+        if s.fact.setl_id == claim.setl_id and s.kind in ("DIVERSION", "UNKNOWN_CODE")
+    }
+
+
+def sold_in_time(claim: Claim, codes: Sequence[str], loaded: Loaded) -> dict[str, CodeState]:
+    """For a late claim: the packs it took units of, as their whole history folds with
+    this sale in it (``loaded.states`` hold the units it left): sold at the sale, each
+    left its case then, and the case's later moves did not carry it."""
+    assert loaded.history is not None
+    sold = [Fact.settlement(claim.setl_id, claim.at, claim.org, code, sold=True) for code in codes]
+    world = replay_counted(
+        loaded.history, [*loaded.settled, *sold], keep=loaded.states, pack_units={}, products={}, orgs={}
+    )
+    return {code: world.states[code] for code in codes}
 
 
 def answer(setl_id: str, outcomes: Sequence[LineOutcome], flags: Sequence[FlagRef]) -> dict[str, Any]:

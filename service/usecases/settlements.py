@@ -18,6 +18,7 @@ from service.core.flags import Evidence
 from service.core.sales import Consumption, Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprints, person_hash
 from service.store import codes as code_store
+from service.store import events as event_store
 from service.store import flags as flag_store
 from service.store import purchases as purchase_store
 from service.store import registry
@@ -120,15 +121,17 @@ async def _settle_unchanged(
     look_for_stored: bool,
 ) -> dict[str, Any] | None:
     """Load (unlocked) → decide → write if unchanged; None when the claim needs the
-    locked transaction (it raises a flag or counts a person's purchases). The stored
-    answer is read first only when ``look_for_stored``: otherwise a stored settlement of
-    the id makes the write fail (RETRYABLE) or the decision need the locked path, and
-    either reads it there."""
+    locked transaction (it raises a flag, counts a person's purchases, or is late: its
+    packs have events dated after the sale). The stored answer is read first only when
+    ``look_for_stored``: otherwise a stored settlement of the id makes the write fail
+    (RETRYABLE) or the decision need the locked path, and either reads it there."""
     if look_for_stored:
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
             return _replay(stored, body_hashes)
     states, versions = await code_store.read_versions(conn, _packs(canonical))
+    if rules.late(claim.at, states):
+        return None  # its packs' history is read with their rows locked
     loaded = await _load(conn, claim, canonical, psn_hash, states)
     decision = rules.decide(claim, canonical, loaded)
     if decision.flags or decision.purchases:
@@ -193,6 +196,10 @@ async def _load(
     for sale in await sale_store.of_codes(conn, opened, open_only=True) if opened else []:
         earlier.setdefault(sale.code, []).append(sale)
     loaded = Loaded(org=org, states=states, products=products, exempt_codgs=exempt, earlier=earlier)
+    if rules.late(claim.at, states):  # custody is judged as it was at the sale, from the history
+        family = set(states) | set(await code_store.ancestors_ever(conn, states))
+        loaded.history = event_store.facts_of(await event_store.stored_for(conn, family))
+        loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
     limits = rules.person_limits(claim, canonical, states, products)
     if limits:  # the person's purchases of those items within their windows, and their flags
         since = claim.at - timedelta(days=max(limit.days for limit in limits.values()))

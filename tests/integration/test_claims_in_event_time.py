@@ -1,0 +1,128 @@
+"""A claim is judged for custody as its packs were at the sale (the claim's ``at``),
+also when events dated after the sale reached the service first: truth is by event
+time (DESIGN.md). Found by a probe: custody was read as the packs stood when the claim
+arrived, so a legitimate sale out of a case that was shipped on afterwards was refused,
+and a sale dated before the seller had the pack was paid without a word."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, cn20, event, pack_claim, sscc, world
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _case_at_p1(w: dict[str, Any], serials: list[int], box: int) -> tuple[list[str], str]:
+    """Packs commissioned by M1, packed into a case, shipped to P1 and received there
+    (minutes 0 to 3)."""
+    units, case = [cn20(w["unit"], s) for s in serials], sscc(box)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", units, 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", units, 1, parent=case),
+        event("ship", "M1", [case], 2, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [case], 3))
+    return units, case
+
+
+async def test_a_sale_out_of_a_case_shipped_on_afterwards_is_paid(admin: Api) -> None:
+    """P1 sells a pack out of its case at minute 10 (no scan), then ships the rest of the
+    case to H1 at minute 20. The ship reaches the service before the claim: the claim is
+    still paid, as when it comes first, and the pack stays sold at P1, out of the case
+    (H1's receipt of the case does not take it in)."""
+    w = await world(admin)
+    units, case = await _case_at_p1(w, [301, 302], 31)
+    await w["keys"]["P1"].events(event("ship", "P1", [case], 20, to="H1"))
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV1", units[0], 10))
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    await w["keys"]["H1"].events(event("receive", "H1", [case], 30))
+    sold = await w["inv"].ok("GET", f"/v1/codes/{units[0]}/history")
+    assert (sold["custodian"], sold["units_left"], sold["container"]) == ("P1", 0, None), sold
+    other = await w["inv"].ok("GET", f"/v1/codes/{units[1]}/history")
+    assert (other["custodian"], other["container"]) == ("H1", case), other
+    assert (await w["inv"].ok("GET", f"/v1/flags?code={units[0]}&status=pending"))["items"] == []
+    assert (await w["inv"].ok("GET", f"/v1/flags?code={units[0]}"))["items"] == []
+
+
+async def test_the_same_facts_with_the_claim_first_end_the_same(admin: Api) -> None:
+    """The control of the test above: the claim first, then the ship of the case."""
+    w = await world(admin)
+    units, case = await _case_at_p1(w, [311, 312], 32)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV2", units[0], 10))
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    await w["keys"]["P1"].events(event("ship", "P1", [case], 20, to="H1"))
+    await w["keys"]["H1"].events(event("receive", "H1", [case], 30))
+    sold = await w["inv"].ok("GET", f"/v1/codes/{units[0]}/history")
+    assert (sold["custodian"], sold["units_left"], sold["container"]) == ("P1", 0, None), sold
+
+
+async def test_a_sale_dated_before_the_seller_had_the_pack_is_flagged(admin: Api) -> None:
+    """D1 holds a pack until it ships it to P1 at minute 30. A claim of P1 dated minute
+    20 arrives after that: P1 holds the pack now, so it is paid (a scan time can lag the
+    move), but at the sale D1 held it, and the settlement is a DIVERSION, pending, as it
+    is when the ship arrives after the claim (the replay judges it so)."""
+    w = await world(admin)
+    code = cn20(w["unit"], 321)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 1, to="D1"),
+    )
+    await w["keys"]["D1"].events(event("receive", "D1", [code], 2), event("ship", "D1", [code], 30, to="P1"))
+    await w["keys"]["P1"].events(event("receive", "P1", [code], 31))
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV3", code, 20))
+    assert answer["decision"] == "accepted", answer
+    [flag] = answer["flags"]
+    assert flag["kind"] == "DIVERSION", answer
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert (stored["status"], stored["refs"]["settlements"], stored["refs"]["holder"]) == (
+        "pending",
+        ["S-EV3"],
+        "D1",
+    ), stored
+
+
+async def test_a_sale_dated_before_the_pack_was_made_is_flagged(admin: Api) -> None:
+    """A claim dated before the pack's commission, of a pack the seller holds now: paid,
+    and UNKNOWN_CODE against the settlement (at the sale the code did not exist)."""
+    w = await world(admin)
+    code = cn20(w["unit"], 331)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 60, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 61, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [code], 62))
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV4", code, 10))
+    assert answer["decision"] == "accepted", answer
+    assert [f["kind"] for f in answer["flags"]] == ["UNKNOWN_CODE"], answer
+
+
+async def test_a_pack_held_neither_then_nor_now_is_refused(admin: Api) -> None:
+    """D1 held the pack at the sale and holds it now (it shipped nothing to P1): the
+    claim is refused NOT_IN_CUSTODY with one DIVERSION flag, late or not."""
+    w = await world(admin)
+    code = cn20(w["unit"], 341)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 1, to="D1"),
+    )
+    await w["keys"]["D1"].events(event("receive", "D1", [code], 30))
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV5", code, 20))
+    assert answer["decision"] == "rejected", answer
+    assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["NOT_IN_CUSTODY"], answer
+    assert [f["kind"] for f in answer["flags"]] == ["DIVERSION"], answer
+
+
+async def test_a_precheck_judges_custody_at_the_sale_too(admin: Api) -> None:
+    """precheck answers as settle would, and changes nothing."""
+    w = await world(admin)
+    units, case = await _case_at_p1(w, [351], 35)
+    await w["keys"]["P1"].events(event("ship", "P1", [case], 20, to="H1"))
+    body = pack_claim("S-EV6", units[0], 10)
+    body["mode"] = "precheck"
+    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert answer["decision"] == "accepted", answer
+    still = await w["inv"].ok("GET", f"/v1/codes/{units[0]}/history")
+    assert (still["units_left"], still["container"]) == (24, case), still
