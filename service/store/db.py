@@ -53,8 +53,13 @@ def unavailable(exc: BaseException) -> bool:
     """Is ``exc`` the database being unreachable (see UNAVAILABLE)? Also an OSError
     raised inside asyncpg (connecting to a Unix socket that is gone is a
     FileNotFoundError), and asyncpg's "connection is closed", but not its other interface
-    errors, nor an OSError of our own (a missing file is our bug, not an outage)."""
+    errors, nor an OSError of our own (a missing file is our bug, not an outage). And a
+    pooled connection whose backend the server ended while it sat idle (a shutdown, an
+    administrator's pg_terminate_backend): its next statement fails in asyncpg's protocol,
+    "cannot switch to state …", before the pool sees it closed."""
     if isinstance(exc, UNAVAILABLE):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError) and str(exc).startswith("cannot switch to state"):
         return True
     if isinstance(exc, OSError):
         return any(

@@ -486,6 +486,39 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     assert "Seq Scan on events" not in plan, plan
 
 
+async def test_a_pooled_connection_ended_by_the_server_is_never_a_500(settings: Settings, db: Any) -> None:
+    """A pooled connection whose backend the server ended (an administrator's
+    pg_terminate_backend, a shutdown, a failover) fails its next statement with asyncpg's
+    InternalClientError ("cannot switch to state …"): that is the database being away,
+    503 with Retry-After, not our bug (found by a probe: 500 during a shutdown); the pool
+    connects again for the requests after it."""
+    sep = "&" if "?" in settings.database_url else "?"
+    url = f"{settings.database_url}{sep}application_name=tracecode-doomed"
+    app = create_app(replace(settings, database_url=url, redis_url=None, db_pool_min=1, db_pool_max=1))
+    async with AsyncTestClient(app=app) as client:
+        _, secret = await _create_key(settings.database_url, "investigator", None)
+        inv = Api(client, secret)
+        statuses = []
+        for _ in range(5):
+            assert (await inv.get("/v1/flags")).status_code == 200  # the pooled connection is open
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                "tracecode-doomed",
+            )
+            resp = await inv.get("/v1/flags")
+            statuses.append(resp.status_code)
+            assert resp.status_code in (200, 503), resp.text
+            if resp.status_code == 503:
+                assert int(resp.headers["retry-after"]) > 0
+        status = 0
+        for _ in range(100):
+            status = (await inv.get("/v1/flags")).status_code
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, statuses
+
+
 async def test_what_counts_as_the_database_being_unavailable() -> None:
     from service.store.db import unavailable
 
