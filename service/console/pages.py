@@ -399,7 +399,7 @@ class InvestigationController(Controller):
 
 def _lot_named(product_id: str, lot: str) -> bool:
     """A product id and lot that may name a lot (``/v1/lots``); what a recall takes
-    besides is its use case's rule (``core.events.lot_problem``)."""
+    besides is its use case's rule (``core.events.identifier_problem``)."""
     return is_product_id(product_id) and 0 < len(lot) <= MAX_LOT and "\x00" not in lot
 
 

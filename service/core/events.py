@@ -104,17 +104,22 @@ def bound_problem(at: datetime) -> str | None:
     return None
 
 
-def lot_problem(lot: str) -> str | None:
-    """What is wrong with a lot as named: it is printed on the pack, so a look-alike
-    (an invisible character, a direction mark, a space at an end, a full-width letter)
-    would be another lot that a recall of the printed one misses."""
-    if lot != lot.strip():
+def identifier_problem(name: str) -> str | None:
+    """What is wrong with an identifier as named (a lot printed on the pack, a catalogue
+    item's code): a look-alike (an invisible character, a direction mark, a space at an
+    end, a full-width letter) would be another identifier that reads the same to a
+    person, so a recall of the printed lot would miss it, or an investigator would take
+    one institution's made-up item for the real one."""
+    if name != name.strip():
         return "no spaces at either end"
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for c in lot):
+    # not printable: control, format (direction marks), separator other than the ASCII
+    # space, surrogate, private-use or unassigned characters
+    if not name.isprintable():
         return "control, invisible or unassigned characters are not allowed"
-    if unicodedata.normalize("NFKC", lot) != lot:
-        return f"must be written in its plain form ({unicodedata.normalize('NFKC', lot)!r})"
+    if not name.isascii() and unicodedata.normalize("NFKC", name) != name:
+        return f"must be written in its plain form ({unicodedata.normalize('NFKC', name)!r})"
     return None
+
 
 
 def shape_errors(
@@ -134,7 +139,7 @@ def shape_errors(
     problem = time_problem(at, now)
     if problem:
         errors.append(("at", problem))
-    if lot is not None and (problem := lot_problem(lot)):
+    if lot is not None and (problem := identifier_problem(lot)):
         errors.append(("lot", problem))
     if type_ == "commission":
         if not lot:

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from service.core.events import lot_problem
+from service.core.events import identifier_problem
 from service.core.rules import CHINA
 from service.store import recalls as recall_store
 from service.store import registry
@@ -46,7 +46,7 @@ async def recall(pool: asyncpg.Pool, product_id: str, lot: str, reason: str, by_
             raise Invalid("product_id", f"unknown product {product_id}")
         # a lot as a commission may name it (a look-alike would recall a lot nobody has),
         # unless codes of that very lot exist already (commissioned before the rule)
-        problem = lot_problem(lot)
+        problem = identifier_problem(lot)
         if problem and not await recall_store.lot_exists(conn, product_id, lot):
             raise Invalid("lot", problem)
 

@@ -485,6 +485,21 @@ async def test_a_sale_price_that_is_no_number_is_infcode_minus_one(
     assert await _stored_events(db) == 0
 
 
+@pytest.mark.parametrize("codg", ["XJ01CAA\u202e040A", "XJ01CAA040A\u200d", "ＸJ01CAA040A"])
+async def test_a_sale_of_an_item_that_reads_like_another_is_infcode_minus_one(
+    admin: Api, db: Any, codg: str
+) -> None:
+    """med_list_codg with a direction mark, an invisible character or a full-width letter
+    would be another item that reads like the real one: refused, nothing stored."""
+    w = await _world(admin)
+    out = await nhsa(
+        w["keys"]["P2"], envelope("3505", {"selinfo": sale("B078", [w["units"][0]], 24, med_list_codg=codg)})
+    )
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.selinfo.med_list_codg:"), out["err_msg"]
+    assert await _stored_events(db) == 0
+
+
 @pytest.mark.parametrize(
     ("where", "value"),
     [

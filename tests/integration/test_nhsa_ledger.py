@@ -309,6 +309,16 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
             ),
             "input.purcinfo.purc_retn_stoin_time",
         ),
+        # an item that reads like another (a direction mark inside it; found by a probe:
+        # the console showed a made-up item as the real one)
+        (
+            envelope("3503", {"purcinfo": {**purchase("C504", 5), "med_list_codg": "XJ01CAA\u202e040A"}}),
+            "input.purcinfo.med_list_codg",
+        ),
+        (
+            envelope("3503", {"purcinfo": {**purchase("C505", 5), "med_list_codg": "XJ01CAA\u200b040A"}}),
+            "input.purcinfo.med_list_codg",
+        ),
         (envelope("3501", {"invinfo": count("K500", 1, "2026/03/01")}), "input.invinfo.invdate"),
         (envelope("3501", {"invinfo": count("K501", 5, "0001-01-01")}), "input.invinfo.invdate"),
         (envelope("3501", {"invinfo": count("K502", 5, "1999-12-31")}), "input.invinfo.invdate"),

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from service.core.events import identifier_problem
 from service.core.rules import CHINA
 
 
@@ -154,6 +155,15 @@ def required_texts(row: dict[str, Any], fields: tuple[tuple[str, int | None], ..
         else:
             out.append(required_text(row, key, key, max_length))
     return out
+
+
+def catalogue_item(codg: str) -> str:
+    """A row's ``med_list_codg``, the ledger's item, as read: a plain identifier
+    (``core.events.identifier_problem``), so that no upload keeps an item that reads like
+    another one (a direction mark inside it, say)."""
+    if (problem := identifier_problem(codg)) is not None:
+        raise FieldError("med_list_codg", problem)
+    return codg
 
 
 def optional_text(row: dict[str, Any], key: str, field: str, max_length: int | None = None) -> str | None:

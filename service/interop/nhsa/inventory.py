@@ -21,6 +21,7 @@ from service.interop.nhsa.envelope import (
     Envelope,
     FieldError,
     calendar_date,
+    catalogue_item,
     china_time,
     flag01,
     number,
@@ -84,7 +85,7 @@ def _record(
     for key in REQUIRED[interface]:
         required_text(row, key, key, MAX_LENGTH.get(key))
     bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
-    codg = required_text(row, "med_list_codg", "med_list_codg", 50)
+    codg = catalogue_item(required_text(row, "med_list_codg", "med_list_codg", 50))
     codes: list[str] = []
     events: list[Incoming] = []
     if interface == STOCK_COUNT:

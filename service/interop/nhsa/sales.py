@@ -32,6 +32,7 @@ from service.interop.nhsa.envelope import (
     Envelope,
     FieldError,
     calendar_date,
+    catalogue_item,
     china_time,
     flag01,
     lower_keys,
@@ -246,6 +247,7 @@ def _record(
 ) -> Record:
     interface = envelope.interface
     med_list_codg, bchno = required_texts(row, _CHECKED[interface])[:2]
+    catalogue_item(med_list_codg)
     split = flag01(row.get("trdn_flag"), "trdn_flag")
     count = whole_units(row.get("sel_retn_cnt"), "sel_retn_cnt")
     at = china_time(row.get("sel_retn_time"), "sel_retn_time")
