@@ -222,6 +222,16 @@ def blank(code: str, at: datetime) -> CodeState:
     return CodeState(code=code, kind=kind_of(code), product_id=product_of(code), last_at=at)
 
 
+def whereabouts(state: CodeState) -> str:
+    """Where the pack is, in words: "on its way from P to Q", or "held by P" (", last
+    shipped to Q" when another took in what was shipped to Q)."""
+    if state.state == IN_TRANSIT:  # shipped by its custodian (an NHSA transfer out may name no one)
+        to = f" to {state.destination}" if state.destination else ", to no destination named"
+        return f"on its way from {state.custodian}{to}"
+    shipped = f", last shipped to {state.destination}" if state.destination else ""
+    return f"held by {state.custodian}{shipped}"
+
+
 def holds(state: CodeState, org: str) -> bool:
     """The organisation holds the pack: it received it and has not sent it on, or the
     pack is on its way to it (its receive scan may simply not be uploaded yet)."""
@@ -424,7 +434,7 @@ class World:
             return  # sent without naming where to (an NHSA 3502 transfer out): any receiver fits
         if fact.type == "receive" and s.destination == fact.org:
             return  # the destination of its last shipment, after another took it in
-        where = f"held by {s.custodian}" + (f", last shipped to {s.destination}" if s.destination else "")
+        where = whereabouts(s)
         self.suspicions.append(
             Suspicion(
                 "DIVERSION",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from service.core.codes import CodeKind
-from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, holds
+from service.core.custody import DESTROYED, CodeState, holds, whereabouts
 from service.core.registry import UNIT, Org, Product
 
 MISSING_CODES = "MISSING_CODES"
@@ -76,8 +76,7 @@ def code_reasons(
     if state.units_left is not None and state.units_left <= 0:
         reasons.append(Reason(code, ALREADY_SETTLED, "no units are left in this pack"))
     if not holds(state, org.id):
-        where = state.destination if state.state == IN_TRANSIT else state.custodian
-        reasons.append(Reason(code, NOT_IN_CUSTODY, f"the pack is held by {where}"))
+        reasons.append(Reason(code, NOT_IN_CUSTODY, f"the pack is {whereabouts(state)}"))
     if not product.sold_in(org.region):
         reasons.append(Reason(code, OUT_OF_REGION, f"may not be sold in region {org.region}"))
     return reasons

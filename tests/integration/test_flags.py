@@ -617,6 +617,11 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     raised = sorted((f["kind"], f["org"], f["refs"].get("settlements") or f["refs"]["events"]) for f in flags)
     # the settlement, and its sale's own dispense (both by P1, of a pack it had sent away)
     assert raised == sorted([("DIVERSION", "P1", ["S-LATE"]), ("DIVERSION", "P1", [own_id])]), flags
+    # said as it was: the pack was on its way to H1 (not "held by P1, last shipped to H1")
+    assert {f["detail"] for f in flags} == {
+        "settle by P1, but the pack is on its way from P1 to H1",
+        "dispense by P1, but the pack is on its way from P1 to H1",
+    }, flags
     # the receiver confirms it: still a diversion (P1 sold a pack it had sent away)
     await w["keys"]["H1"].events(event("receive", "H1", [code], 6))
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
