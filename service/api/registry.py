@@ -81,8 +81,11 @@ class RegistryController(Controller):
         wanted = Org(**{**msgspec.structs.asdict(data), "glns": tuple(sorted(set(data.glns)))})
         try:
             done = await usecase.register_org(services.pool, wanted)
-        except Conflict:
-            raise _conflict(f"organisation {data.id}") from None
+        except Conflict as exc:
+            if exc.field is None:
+                raise _conflict(f"organisation {data.id}") from None
+            errors = [{"field": exc.field, "message": exc.message}]
+            raise problem(409, f"{exc.field}: {exc.message}", errors=errors, kind="conflict") from None
         return Response(
             msgspec.convert(done.record, OrgOut, from_attributes=True),
             status_code=201 if done.created else 200,

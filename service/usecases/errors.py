@@ -14,4 +14,10 @@ class Invalid(Exception):
 
 
 class Conflict(Exception):
-    """The id exists with different attributes: a 409."""
+    """The id exists with different attributes, or another record holds a value that is
+    unique (``field``, and what is wrong with it): a 409."""
+
+    def __init__(self, field: str | None = None, message: str = "") -> None:
+        super().__init__(f"{field}: {message}" if field else "conflict")
+        self.field = field
+        self.message = message

@@ -39,10 +39,19 @@ async def register_org(pool: asyncpg.Pool, org: Org) -> Registered[Org]:
         try:
             async with conn.transaction():
                 created = await registry.insert_org(conn, org)
-        except asyncpg.UniqueViolationError:
-            raise Conflict from None
+        except asyncpg.UniqueViolationError as exc:
+            raise _held_elsewhere(exc) from None
         existing = None if created else await registry.get_org(conn, org.id)
     return _created_or_same(created, existing, org)
+
+
+def _held_elsewhere(exc: asyncpg.UniqueViolationError) -> Conflict:
+    """The value another organisation holds, as the unique index the insert hit names it."""
+    if (exc.constraint_name or "").startswith("orgs_fixmedins_code"):  # on Citus, a shard's name
+        return Conflict("fixmedins_code", "another organisation has this fixmedins_code")
+    if (exc.constraint_name or "").startswith("org_glns_pkey"):
+        return Conflict("glns", "another organisation has one of these GLNs")
+    return Conflict()
 
 
 async def get_org(pool: asyncpg.Pool, org_id: str) -> Org | None:

@@ -30,6 +30,24 @@ async def test_org_created_then_same_then_conflict(admin: Api) -> None:
     assert changed.headers["content-type"].startswith("application/problem+json")
 
 
+async def test_a_unique_value_held_by_another_org_is_a_409_naming_it(admin: Api) -> None:
+    """A new organisation with another's fixmedins_code or GLN: 409 naming that field,
+    not "organisation X exists with different attributes" of an id that does not exist
+    (found by a probe); nothing stored."""
+    await admin.ok("POST", "/v1/orgs", {**ORG, "id": "F1", "fixmedins_code": "H45010300777"}, 201)
+    await admin.ok("POST", "/v1/orgs", {**ORG, "id": "G1", "glns": ["6901234000016"]}, 201)
+    for field, clash in (
+        ("fixmedins_code", {"fixmedins_code": "H45010300777"}),
+        ("glns", {"glns": ["6901234000016"]}),
+    ):
+        resp = await admin.post("/v1/orgs", {**ORG, "id": "F2", **clash})
+        assert resp.status_code == 409, resp.text
+        body = resp.json()
+        assert body["detail"].startswith(f"{field}: another organisation has"), body
+        assert [e["field"] for e in body["errors"]] == [field], body
+        assert (await admin.get("/v1/orgs/F2/stats")).status_code == 404
+
+
 async def test_product_rules(admin: Api) -> None:
     await admin.ok("POST", "/v1/orgs", ORG, 201)
     created = await admin.ok("POST", "/v1/products", PRODUCT, 201)
