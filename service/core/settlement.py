@@ -105,6 +105,16 @@ def stored_request(claim: Claim, psn_hash: bytes) -> dict[str, Any]:
     return {**kept, "psn_hash": psn_hash.hex()}
 
 
+def shown_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored claim as answers show it: its codes in their canonical form, as every
+    answer shows codes (kept as sent; one that is not a code stays as it was sent)."""
+    lines = [
+        {**line, "codes": [(p.canonical if (p := try_parse_code(c)) else c) for c in line.get("codes", [])]}
+        for line in request.get("lines", [])
+    ]
+    return {**request, "lines": lines}
+
+
 def person_hash(secret: bytes, psn_no: str) -> bytes:
     """HMAC-SHA256 of an insured person number: links one person's settlements without
     storing the number."""

@@ -218,7 +218,7 @@ async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
         "setl_id": stored["setl_id"],
         "org": stored["org"],
         "at": stored["at"],
-        "request": stored["request"],
+        "request": rules.shown_request(stored["request"]),
         "answer": stored["response"],
         "decision": stored["decision"],
         "reversed": stored["reversed_at"] is not None,

@@ -350,6 +350,10 @@ async def test_a_claim_resent_with_its_codes_spelled_another_way_is_a_replay(
     body = claim("S-SPELL", [{"med_list_codg": "G1", "quantity": 6, "codes": [packs[0]]}])
     first = await ins.ok("POST", "/v1/settlements", body)
     assert first["decision"] == "accepted", first
+    # read back, the request shows its codes in their canonical form, as every answer does
+    # (found by a probe: as sent, in brackets)
+    stored = await ins.ok("GET", "/v1/settlements/S-SPELL")
+    assert stored["request"]["lines"][0]["codes"] == [f"01{gtin}21RS1"], stored
     canonical = {**body, "lines": [{**body["lines"][0], "codes": [f"01{gtin}21RS1"]}]}
     assert await ins.ok("POST", "/v1/settlements", canonical) == first
     other = {**body, "lines": [{**body["lines"][0], "codes": [packs[1]]}]}
