@@ -24,8 +24,11 @@ from service.store.migrations import migrate
 from tests.helpers import Api
 
 _TABLES_KEPT = {"schema_migrations"}
-# GS1's EPCIS material beside the repository (../shared/epcis/), as CI lays it
-EPCIS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "epcis"
+# GS1's EPCIS material beside the repository (../shared/epcis/), as CI lays it, or where
+# TRACE_TEST_EPCIS_DIR says (a git worktree elsewhere has nothing beside it)
+EPCIS_DIR = Path(
+    os.environ.get("TRACE_TEST_EPCIS_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "epcis"
+)
 EPCIS_SCHEMA = EPCIS_DIR / "schema" / "EPCIS-JSON-Schema.json"
 DISTRIBUTE_SQL = Path(__file__).resolve().parents[1] / "ops" / "citus" / "distribute.sql"
 CITUS_URL = os.environ.get("TRACE_TEST_CITUS_URL")
