@@ -171,7 +171,8 @@ def _taken(prior: tuple[str, dict[str, Any]] | None, org: str, record: Record) -
     is refused; sent again as it was, it is one fact (its ``recordTime`` and the
     ``@context`` it came with aside: the service sets the one, a document or a single
     event brings the other). An error declaration of an organisation's own event is
-    taken as a duplicate (README, EPCIS: not done)."""
+    taken as a duplicate (README, EPCIS: not done); one of an event not captured is
+    stored, with no custody effect (``mapping``)."""
     if prior is None:
         return False
     stored_org, body = prior

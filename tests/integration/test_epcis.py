@@ -910,3 +910,39 @@ async def test_an_event_id_taken_through_v1_events_is_refused_for_another_event(
     found = await keys["inv"].ok("GET", f"/epcis/events/urn:uuid:{made['event_id']}")
     [kept] = found["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
     assert kept["eventTime"] == same["eventTime"]
+
+
+async def test_an_error_declaration_of_an_event_never_captured_is_kept_and_not_done(admin: Api) -> None:
+    """Found by a probe: an event carrying an ``errorDeclaration`` under an eventID never
+    captured was done as the event it declares erroneous (a dispense emptied the pack, a
+    commission made codes). It is kept and queryable, with no custody effect; the event
+    it declares, sent after it under that eventID, is refused as another event."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    declared = {"declarationTime": at(9), "reason": "incorrect_data"}
+    dispensed = {**_journey()[-1][1], "eventID": "urn:uuid:5e0c4a7b-2f1d-4c3e-8a9b-0d1e2f3a4b5c"}
+    commissioned = {
+        **_ev("ObjectEvent", 7, M_LOC, action="ADD", bizStep="commissioning", ilmd=LOT),
+        "epcList": ["urn:epc:id:sgtin:0614141.107346.77"],
+        "eventID": "urn:uuid:6f1d5b8c-3a2e-4d4f-9bac-1e2f3a4b5c6d",
+    }
+    for org, ev in (("P1", dispensed), ("M1", commissioned)):
+        job = await keys[org].ok("POST", "/epcis/capture", _doc({**ev, "errorDeclaration": declared}), 202)
+        assert (job["success"], job["eventCount"]) == (True, 1), job
+        [kept] = _events(await keys["inv"].ok("GET", f"/epcis/events/{ev['eventID']}"))
+        assert kept["errorDeclaration"] == declared, kept
+    state = await keys["P1"].ok("GET", f"/v1/codes/{UNITS[0]}/verify")
+    assert (state["state"], state["custodian"], state["units_left"], state["dispensable"]) == (
+        "received",
+        "P1",
+        24,
+        True,
+    ), state
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
+    assert [e["type"] for e in history["events"]] == HISTORY, history
+    assert (await keys["inv"].get("/v1/codes/0110614141073464217" + "7/history")).status_code == 404
+    # the declared event itself, sent later under its eventID, is not taken
+    resp = await keys["P1"].post("/epcis/capture", _doc(dispensed))
+    assert resp.json()["errors"][0]["type"] == "epcisException:ResourceAlreadyExistsException", resp.text
+    assert (await keys["P1"].ok("GET", f"/v1/codes/{UNITS[0]}/verify"))["units_left"] == 24

@@ -10,9 +10,10 @@ custody, the same :class:`~service.core.events.Incoming` command /v1/events buil
 | ObjectEvent, bizStep destroying / decommissioning    | destroy      |
 | AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack (no children named: all) |
 
-Everything else (other types, steps and actions) is kept and queryable, with no custody
-effect. The acting organisation is the one holding the event's ``bizLocation`` (else
-``readPoint``) GLN.
+An event carrying an ``errorDeclaration`` declares the event under its eventID
+erroneous: it is kept and queryable, with no custody effect. Everything else (other
+types, steps and actions) is kept and queryable, with no custody effect. The acting
+organisation is the one holding the event's ``bizLocation`` (else ``readPoint``) GLN.
 """
 
 from __future__ import annotations
@@ -307,6 +308,10 @@ def _command(
     now: datetime,
     contents: Mapping[str, Collection[str]],
 ) -> tuple[Incoming | None, list[Rejection]]:
+    if "errorDeclaration" in event:
+        # it declares the event under its eventID erroneous (EPCIS 2.0): kept and
+        # queryable as such, never done, whether or not that event was captured here
+        return None, []
     kind: str | None = None
     extra: dict[str, Any] = {}
     raws = _strings(event.get("epcList"))
