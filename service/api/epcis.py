@@ -276,15 +276,11 @@ class EpcisController(Controller):
         events: list[Any],
         doc: dict[str, Any],
         list_path: tuple[str, ...] | None,
+        behaviour: str,
     ) -> usecase.Captured:
         principal = principal_of(request)
         if principal.role is not Role.ORG or principal.org is None:
             raise PermissionDeniedException("capture needs an org key")
-        behaviour = request.headers.get("GS1-Capture-Error-Behaviour", "rollback").lower()
-        if behaviour not in ("rollback", "proceed"):
-            raise epcis_problem(
-                400, "ValidationException", "GS1-Capture-Error-Behaviour: rollback or proceed"
-            )
         if len(events) > MAX_EVENTS:
             raise epcis_problem(
                 413, "CaptureLimitExceededException", f"{len(events)} events; at most {MAX_EVENTS}"
@@ -326,7 +322,12 @@ class EpcisController(Controller):
                 "an EPCISDocument with epcisBody.eventList, or an EPCISQueryDocument "
                 "with epcisBody.queryResults.resultsBody.eventList",
             )
-        captured = await self._capture(request, services, events, doc, list_path)
+        behaviour = request.headers.get("GS1-Capture-Error-Behaviour", "rollback").lower()
+        if behaviour not in ("rollback", "proceed"):
+            raise epcis_problem(
+                400, "ValidationException", "GS1-Capture-Error-Behaviour: rollback or proceed"
+            )
+        captured = await self._capture(request, services, events, doc, list_path, behaviour)
         job = captured.job
         headers = {
             **_limits(services.settings.max_body_bytes),
@@ -355,11 +356,14 @@ class EpcisController(Controller):
     async def capture_event(
         self, request: Request[Any, Any, Any], services: Services
     ) -> Response[CaptureJobOut]:
-        """Capture one event (rollback: it is taken or not)."""
+        """Capture one event: it is taken or not (a 400 stores nothing). The binding's
+        single-event capture has no ``GS1-Capture-Error-Behaviour``: one sent is ignored
+        (under ``proceed`` the event was stored with its refused codes left out, and
+        answered 400: found by a probe)."""
         event = await _body(request)
         if not isinstance(event, dict):
             raise epcis_problem(400, "ValidationException", "an EPCIS event object")
-        captured = await self._capture(request, services, [event], event, None)
+        captured = await self._capture(request, services, [event], event, None, "rollback")
         job = captured.job
         if not job.success:
             first = job.errors[0]

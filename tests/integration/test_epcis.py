@@ -946,3 +946,33 @@ async def test_an_error_declaration_of_an_event_never_captured_is_kept_and_not_d
     resp = await keys["P1"].post("/epcis/capture", _doc(dispensed))
     assert resp.json()["errors"][0]["type"] == "epcisException:ResourceAlreadyExistsException", resp.text
     assert (await keys["P1"].ok("GET", f"/v1/codes/{UNITS[0]}/verify"))["units_left"] == 24
+
+
+async def test_a_single_event_refused_is_not_stored_whatever_the_error_behaviour(admin: Api) -> None:
+    """Found by a probe: ``POST /epcis/events`` under ``GS1-Capture-Error-Behaviour:
+    proceed`` answered 400 for a ship naming a code and a malformed EPC, yet stored the
+    ship with the code, and its corrected resend under the eventID was then a 409. The
+    binding's single-event capture has no error behaviour: a 400 stores nothing."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:2]:  # commission, pack into the SSCC
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    ship = {
+        **_journey()[2][1],
+        "@context": _doc()["@context"],
+        "eventID": "urn:uuid:7a2e6c9d-4b3f-4e5a-8cbd-2f3a4b5c6d7e",
+        "epcList": [SSCC_URN, "urn:epc:id:sgtin:0614141.107346.%2Fbad"],
+    }
+    headers = {**keys["M1"].headers, "GS1-Capture-Error-Behaviour": "proceed"}
+    resp = await keys["M1"].client.post("/epcis/events", headers=headers, json=ship)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["type"] == "epcisException:ValidationException", resp.text
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert [e["type"] for e in history["events"]] == ["pack"], history
+    assert (await keys["inv"].get(f"/epcis/events/{ship['eventID']}")).status_code == 404
+    # corrected, under the same eventID: taken
+    resp = await keys["M1"].client.post(
+        "/epcis/events", headers=headers, json={**ship, "epcList": [SSCC_URN]}
+    )
+    assert resp.status_code == 202, resp.text
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert [e["type"] for e in history["events"]] == ["pack", "ship"], history
