@@ -976,3 +976,36 @@ async def test_a_single_event_refused_is_not_stored_whatever_the_error_behaviour
     assert resp.status_code == 202, resp.text
     history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
     assert [e["type"] for e in history["events"]] == ["pack", "ship"], history
+
+
+async def test_the_dispositions_that_decide_custody(admin: Api) -> None:
+    """Found by a probe: ``disposition`` was ignored. A dispensing event with
+    ``partially_dispensed`` took the whole 24-unit pack (a later split sale of its units
+    was then ALREADY_SETTLED and a DUPLICATE); an inspection finding a pack
+    ``destroyed`` left it dispensable. EPCIS does not say how many units a partial
+    dispense took: it is refused, naming the field; ``destroyed`` destroys."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    unit, other = "urn:epc:id:sgtin:0614141.107346.2", "urn:epc:id:sgtin:0614141.107346.3"
+    partial = _ev("ObjectEvent", 7, P_LOC, action="OBSERVE", bizStep="dispensing", epcList=[unit])
+    for spelling in ("partially_dispensed", "https://ref.gs1.org/cbv/Disp-partially_dispensed"):
+        job = await keys["P1"].ok("POST", "/epcis/capture", _doc({**partial, "disposition": spelling}), 202)
+        assert (job["success"], job["eventCount"]) == (False, 0), job
+        assert job["errors"][0]["field"] == "disposition", job
+        assert "quantity" in job["errors"][0]["detail"], job
+    assert (await keys["P1"].ok("GET", f"/v1/codes/{UNITS[1]}/verify"))["units_left"] == 24
+    # sent as the message says, the units are what is taken
+    split = event("dispense", "P1", [UNITS[1]], 7, quantity=6)
+    assert (await keys["P1"].events(split))["accepted"] == 1
+    state = await keys["P1"].ok("GET", f"/v1/codes/{UNITS[1]}/verify")
+    assert (state["units_left"], state["dispensable"]) == (18, True), state
+    assert not (await keys["inv"].ok("GET", f"/v1/codes/{UNITS[1]}/history"))["flags"]
+
+    found = _ev("ObjectEvent", 8, P_LOC, action="OBSERVE", bizStep="inspecting", epcList=[other])
+    job = await keys["P1"].ok("POST", "/epcis/capture", _doc({**found, "disposition": "destroyed"}), 202)
+    assert job["success"], job
+    state = await keys["P1"].ok("GET", f"/v1/codes/{UNITS[2]}/verify")
+    assert (state["state"], state["dispensable"]) == ("destroyed", False), state
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[2]}/history")
+    assert [e["type"] for e in history["events"]][-1] == "destroy", history

@@ -6,8 +6,9 @@ custody, the same :class:`~service.core.events.Incoming` command /v1/events buil
 | ObjectEvent ADD, bizStep commissioning               | commission (lot, expiry from ``ilmd``) |
 | ObjectEvent, bizStep shipping, a registered destination | ship (``destinationList``) |
 | ObjectEvent, bizStep receiving                       | receive (``from``: ``sourceList``) |
-| ObjectEvent, bizStep dispensing / retail_selling     | dispense     |
+| ObjectEvent, bizStep dispensing / retail_selling     | dispense (disposition partially_dispensed: refused) |
 | ObjectEvent, bizStep destroying / decommissioning    | destroy      |
+| ObjectEvent OBSERVE / DELETE, disposition destroyed  | destroy (whatever the step) |
 | AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack (no children named: all) |
 
 An event carrying an ``errorDeclaration`` declares the event under its eventID
@@ -39,6 +40,7 @@ EVENT_TYPES: Final = frozenset(
     {"ObjectEvent", "AggregationEvent", "TransactionEvent", "TransformationEvent", "AssociationEvent"}
 )
 _STEP_PREFIXES: Final = ("https://ref.gs1.org/cbv/BizStep-", "urn:epcglobal:cbv:bizstep:", "cbv:BizStep-")
+_DISP_PREFIXES: Final = ("https://ref.gs1.org/cbv/Disp-", "urn:epcglobal:cbv:disp:", "cbv:Disp-")
 _LOT_KEYS: Final = ("cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "lotNumber")
 _EXPIRY_KEYS: Final = (
     "cbvmda:itemExpirationDate",
@@ -94,14 +96,24 @@ class Mapped:
     refused: tuple[Rejection, ...]  # identifiers of a custody event that are not codes
 
 
-def biz_step(value: object) -> str | None:
-    """The CBV step's bare name (``shipping``) from any of its spellings; other URIs as given."""
+def _cbv(value: object, prefixes: tuple[str, ...]) -> str | None:
+    """A CBV term's bare name (``shipping``) from any of its spellings; other URIs as given."""
     if not isinstance(value, str):
         return None
-    for prefix in _STEP_PREFIXES:
+    for prefix in prefixes:
         if value.startswith(prefix):
             return value[len(prefix) :]
     return value
+
+
+def biz_step(value: object) -> str | None:
+    """The CBV business step's bare name (``shipping``); other URIs as given."""
+    return _cbv(value, _STEP_PREFIXES)
+
+
+def disposition(value: object) -> str | None:
+    """The CBV disposition's bare name (``destroyed``); other URIs as given."""
+    return _cbv(value, _DISP_PREFIXES)
 
 
 def _id_of(value: object) -> str | None:
@@ -318,7 +330,10 @@ def _command(
     held: tuple[str, ...] = ()  # the codes an unpack of all the children takes
     if record.type == "ObjectEvent":
         step, action = record.biz_step, record.action
-        if step == "commissioning" and action == "ADD":
+        state = disposition(event.get("disposition"))  # what the objects are after it
+        if state == "destroyed" and action in ("OBSERVE", "DELETE"):
+            kind = "destroy"
+        elif step == "commissioning" and action == "ADD":
             kind = "commission"
             lot, expiry = _ilmd(event, _LOT_KEYS), _ilmd(event, _EXPIRY_KEYS)
             extra["lot"] = lot if isinstance(lot, str) and len(lot) <= 64 else None
@@ -338,6 +353,13 @@ def _command(
             sources = [orgs_by_gln[g] for g in party_glns(event, "sourceList") if g in orgs_by_gln]
             extra["from_org"] = next((s for s in sources if s != actor), None)
         elif step in ("dispensing", "retail_selling") and action == "OBSERVE":
+            if state == "partially_dispensed":  # a split pack: how many units, EPCIS does not say
+                raise EventError(
+                    "disposition",
+                    "partially_dispensed: the units dispensed are not in the event (a quantityList"
+                    " counts a class, not units of a pack); send this dispense with its quantity"
+                    " in smallest units to POST /v1/events, or settle it with its units",
+                )
             kind = "dispense"
         elif step in ("destroying", "decommissioning") and action in ("OBSERVE", "DELETE"):
             kind = "destroy"
