@@ -70,6 +70,14 @@ async def stored(conn: Conn, event_ids: list[str]) -> dict[str, tuple[str, dict[
     return {r["event_id"]: (r["org"], r["body"]) for r in rows}
 
 
+async def existing(conn: Conn, event_ids: list[str]) -> set[str]:
+    """Those of ``event_ids`` stored already."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch("SELECT event_id FROM epcis_events WHERE event_id = ANY($1::text[])", event_ids)
+    return {r["event_id"] for r in rows}
+
+
 async def insert_job(conn: Conn, job: Job) -> None:
     await conn.execute(
         """INSERT INTO epcis_captures (capture_id, org, behaviour, success, errors, events,

@@ -19,6 +19,8 @@ from service.interop.epcis.mapping import (
     Mapped,
     Record,
     all_glns,
+    content,
+    legacy_id,
     location_glns,
     map_event,
     unpacks_all,
@@ -122,9 +124,11 @@ async def capture(
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
     emptied = sorted({c for c in map(unpacks_all, events) if c is not None})
+    legacy = sorted({i for i in map(legacy_id, events) if i is not None})
     async with pool.acquire() as conn:
         by_gln = {gln: o.id for gln, o in (await registry.orgs_by_gln(conn, glns)).items()}
         inside = {c: set(await code_store.contents(conn, c)) for c in emptied}
+        earlier = await store.existing(conn, legacy)  # stored under the ids given before
     for i, event in enumerate(events):
         for gln in location_glns(event):
             if by_gln.get(gln) != org:
@@ -138,7 +142,7 @@ async def capture(
             errors.append(_error(i, event_id, *invalid[i]))
             continue
         try:
-            m = map_event(event, by_gln, org, created, context, inside)
+            m = map_event(event, by_gln, org, created, context, inside, earlier)
         except EventError as exc:
             errors.append(_error(i, event_id, exc.field, exc.message))
             continue
@@ -168,17 +172,17 @@ class _TakenMeanwhile(Exception):
 def _taken(prior: tuple[str, dict[str, Any]] | None, org: str, record: Record) -> bool:
     """Does the record's eventID name another event, captured before? A captured event
     is not changed: the same eventID with other contents, or from another organisation,
-    is refused; sent again as it was, it is one fact (its ``recordTime`` and the
-    ``@context`` it came with aside: the service sets the one, a document or a single
-    event brings the other). An error declaration of an organisation's own event is
-    taken as a duplicate (README, EPCIS: not done); one of an event not captured is
-    stored, with no custody effect (``mapping``)."""
+    is refused; sent again with the same contents (``mapping.content``: its ``recordTime``
+    and the ``@context`` it came with aside, its time as an instant, ...), it is one
+    fact. An error declaration of an organisation's own event is taken as a duplicate
+    (README, EPCIS: not done); one of an event not captured is stored, with no custody
+    effect (``mapping``)."""
     if prior is None:
         return False
     stored_org, body = prior
     if stored_org == org and "errorDeclaration" in record.body:
         return False
-    return stored_org != org or _contents(body) != _contents(record.body)
+    return stored_org != org or content(body) != content(record.body)
 
 
 def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
@@ -208,10 +212,6 @@ def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
         stored["lot"],
         stored["code_count"],
     )
-
-
-def _contents(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in ("recordTime", "@context")}
 
 
 def _taken_error(index: int, event_id: str) -> dict[str, Any]:

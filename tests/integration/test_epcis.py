@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import uuid
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
 from service.interop.epcis.identifiers import to_code
-from service.interop.epcis.mapping import all_glns, epcs_of, location_glns
+from service.interop.epcis.mapping import NAMESPACE, all_glns, epcs_of, location_glns
 from tests.conftest import EPCIS_DIR
-from tests.helpers import Api, at, event
+from tests.helpers import BASE_TIME, Api, at, event
 from tests.integration.conftest import wipe
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -1009,3 +1013,65 @@ async def test_the_dispositions_that_decide_custody(admin: Api) -> None:
     assert (state["state"], state["dispensable"]) == ("destroyed", False), state
     history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[2]}/history")
     assert [e["type"] for e in history["events"]][-1] == "destroy", history
+
+
+async def test_an_event_without_event_id_is_one_fact_however_it_is_sent_again(admin: Api, db: Any) -> None:
+    """Found by a probe: an event with no eventID was named by the hash of its JSON as
+    written, its ``@context`` included: sent through ``POST /epcis/events`` and in a
+    document, or with its time in another offset, it was two dispenses (a DUPLICATE
+    flag). It is named by its contents as read: the instant, the codes its EPCs name
+    (in any form), its lists in any order. An event stored under the id its JSON gave
+    it before keeps that id when sent again as it was."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    sold = _ev(
+        "ObjectEvent",
+        6,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="dispensing",
+        epcList=["urn:epc:id:sgtin:0614141.107346.1", "urn:epc:id:sgtin:0614141.107346.2"],
+    )
+    assert sold["eventTime"] == "2026-03-02T08:06:00+00:00"
+    await keys["P1"].ok("POST", "/epcis/events", {**sold, "@context": _doc()["@context"]}, 202)
+    again = {
+        **sold,
+        "eventTime": "2026-03-02T16:06:00+08:00",
+        "bizStep": "https://ref.gs1.org/cbv/BizStep-dispensing",
+        "epcList": ["https://id.gs1.org/01/10614141073464/21/2", "urn:epc:id:sgtin:0614141.107346.1"],
+    }
+    for sent in (sold, again):
+        job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sent), 202)
+        assert job["success"], job
+    for unit in UNITS[:2]:
+        history = await keys["inv"].ok("GET", f"/v1/codes/{unit}/history")
+        assert [e["type"] for e in history["events"]].count("dispense") == 1, history
+        assert not history["flags"], history
+    listed = _events(await keys["inv"].ok("GET", "/epcis/events?EQ_bizStep=dispensing"))
+    assert [e["eventTime"] for e in listed] == [sold["eventTime"]], listed
+
+    # stored by the version before under the hash of its JSON as sent (a fact and its record)
+    unit = "urn:epc:id:sgtin:0614141.107346.3"
+    last = _ev("ObjectEvent", 7, P_LOC, action="OBSERVE", bizStep="dispensing", epcList=[unit])
+    fact = uuid.uuid5(NAMESPACE, hashlib.sha256(msgspec.json.encode(last, order="sorted")).hexdigest())
+    dispensed = {**event("dispense", "P1", [UNITS[2]], 7), "event_id": str(fact)}
+    assert (await keys["P1"].events(dispensed))["accepted"] == 1
+    await db.execute(
+        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time, action,
+                                     biz_step, biz_location, epcs, parent_id, body)
+           VALUES ($1, $2, 'before', 'P1', 'ObjectEvent', $3, 'OBSERVE', 'dispensing', $4, $5, NULL,
+                   $6::jsonb)""",
+        f"urn:uuid:{fact}",
+        fact,
+        BASE_TIME + timedelta(minutes=7),
+        P_LOC,
+        last["epcList"],
+        json.dumps({**last, "eventID": f"urn:uuid:{fact}"}),
+    )
+    job = await keys["P1"].ok("POST", "/epcis/capture", _doc(last), 202)
+    assert job["success"], job
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[2]}/history")
+    assert [e["type"] for e in history["events"]].count("dispense") == 1, history
+    assert not history["flags"], history
+    assert len(_events(await keys["inv"].ok("GET", "/epcis/events?EQ_bizStep=dispensing"))) == 2

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -51,6 +51,14 @@ _EXPIRY_KEYS: Final = (
 # the lists of instance identifiers an event may carry (stored, indexed: bounded in length)
 _EPC_LISTS: Final = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
 _QUANTITY_LISTS: Final = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
+# lists whose order carries no meaning (an event's contents compare them in one order)
+_UNORDERED_LISTS: Final = (
+    *_EPC_LISTS,
+    *_QUANTITY_LISTS,
+    "sourceList",
+    "destinationList",
+    "bizTransactionList",
+)
 MAX_EVENT_ID: Final = 1000  # an eventID is kept as a key: PostgreSQL's index holds ~2,700 bytes
 
 # /v1/events' field names (core.events.shape_errors) as this format names them
@@ -191,23 +199,86 @@ def epcs_of(event: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def identify(event: Mapping[str, Any]) -> tuple[str, uuid.UUID]:
+def read_time(raw: object) -> datetime | None:
+    """An RFC 3339 date-time as the service reads one everywhere (``at`` on /v1/events, a
+    query's bounds: msgspec's parser), or None if it is none. It may lack an offset."""
+    try:
+        return msgspec.convert(raw, datetime)
+    except msgspec.ValidationError:
+        return None
+
+
+def _sorted(items: list[Any]) -> list[Any]:
+    return sorted(items, key=lambda item: msgspec.json.encode(item, order="sorted"))
+
+
+def content(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What an event says, as read: without what is not the event's own (``eventID``,
+    ``recordTime`` the repository sets, the ``@context`` a document or the event brings),
+    the time as its instant, instance identifiers (the EPC lists, ``parentID``) as the
+    codes they name, the CBV step and disposition by bare name, and the lists whose order
+    means nothing (EPCs, quantities, sources, destinations, transactions) in one order.
+    Two events with equal contents are one event."""
+    out = {k: v for k, v in event.items() if k not in ("eventID", "recordTime", "@context")}
+    at = read_time(out.get("eventTime"))
+    if at is not None and at.tzinfo is not None:
+        out["eventTime"] = at.astimezone(UTC).isoformat()
+    for key, read in (("bizStep", biz_step), ("disposition", disposition)):
+        if isinstance(out.get(key), str):
+            out[key] = read(out[key])
+    if isinstance(out.get("parentID"), str):
+        out["parentID"] = to_code(out["parentID"]) or out["parentID"]
+    for key in _EPC_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [(to_code(v) or v) if isinstance(v, str) else v for v in out[key]]
+    for key in _UNORDERED_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = _sorted(out[key])
+    return out
+
+
+def _made_id(digest: str) -> tuple[str, uuid.UUID]:
+    fact_id = uuid.uuid5(NAMESPACE, digest)
+    return f"urn:uuid:{fact_id}", fact_id
+
+
+def _hash(value: Mapping[str, Any]) -> str:
+    return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
+
+
+def legacy_id(event: Mapping[str, Any]) -> str | None:
+    """The eventID an event without one was given before its :func:`content` named it:
+    from its JSON as sent (its ``@context`` and the time as written). None for an event
+    with an eventID."""
+    if _given_id(event):
+        return None
+    return _made_id(_hash({k: v for k, v in event.items() if k not in ("eventID", "recordTime")}))[0]
+
+
+def _given_id(event: Mapping[str, Any]) -> str | None:
+    given = event.get("eventID")
+    return given if isinstance(given, str) and given else None
+
+
+def identify(event: Mapping[str, Any], earlier: Container[str] = ()) -> tuple[str, uuid.UUID]:
     """(eventID, fact id). A ``urn:uuid:`` eventID is the fact id itself; another eventID
     (e.g. the CBV ``ni:///sha-256;…`` hash) is named by uuid5 of it; an event without one
-    is given ``urn:uuid:<uuid5 of the SHA-256 of its sorted-key JSON>`` so a re-capture is
-    one fact (not the CBV's canonical event hash)."""
-    given = event.get("eventID")
-    if isinstance(given, str) and given:
+    is given ``urn:uuid:<uuid5 of the SHA-256 of its content>`` (:func:`content`), so it is
+    one fact however it is sent again (not the CBV's canonical event hash) — unless its
+    :func:`legacy_id` is one of ``earlier`` (the eventIDs stored already): an event stored
+    under that id before keeps it when sent again as it was."""
+    given = _given_id(event)
+    if given is not None:
         if given.lower().startswith("urn:uuid:"):
             try:
                 return given, uuid.UUID(given[len("urn:uuid:") :])
             except ValueError:
                 pass
         return given, uuid.uuid5(NAMESPACE, given)
-    content = {k: v for k, v in event.items() if k not in ("eventID", "recordTime")}
-    digest = hashlib.sha256(msgspec.json.encode(content, order="sorted")).hexdigest()
-    fact_id = uuid.uuid5(NAMESPACE, digest)
-    return f"urn:uuid:{fact_id}", fact_id
+    legacy = legacy_id(event)
+    if legacy is not None and legacy in earlier:
+        return legacy, uuid.UUID(legacy[len("urn:uuid:") :])
+    return _made_id(_hash(content(event)))
 
 
 def _time(event: Mapping[str, Any], now: datetime) -> datetime:
@@ -274,20 +345,22 @@ def map_event(
     now: datetime,
     context: Sequence[Any] = (),
     contents: Mapping[str, Collection[str]] | None = None,
+    earlier: Container[str] = (),
 ) -> Mapped:
     """Map one event (already shape-checked). ``orgs_by_gln``: organisation id by GLN;
     ``actor``: the capturing organisation (it must hold the event's locations: the
     caller checks); ``context``: the capture document's :func:`own_context`, kept with
     an event that has no ``@context`` of its own, so that its extensions keep their
     meaning wherever a query returns it; ``contents``: the codes each container of an
-    event :func:`unpacks_all` holds. Raises EventError."""
+    event :func:`unpacks_all` holds; ``earlier``: those of the events' :func:`legacy_id`
+    stored already (:func:`identify`). Raises EventError."""
     type_ = event.get("type")
     if not isinstance(type_, str) or type_ not in EVENT_TYPES:  # (a list is not hashable)
         raise EventError("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
     too_long = _too_long(event)
     if too_long:
         raise EventError(*too_long)
-    event_id, fact_id = identify(event)
+    event_id, fact_id = identify(event, earlier)
     at = _time(event, now)
     action = event.get("action") if isinstance(event.get("action"), str) else None
     step = biz_step(event.get("bizStep"))
