@@ -1075,3 +1075,27 @@ async def test_an_event_without_event_id_is_one_fact_however_it_is_sent_again(ad
     assert [e["type"] for e in history["events"]].count("dispense") == 1, history
     assert not history["flags"], history
     assert len(_events(await keys["inv"].ok("GET", "/epcis/events?EQ_bizStep=dispensing"))) == 2
+
+
+async def test_a_capture_names_at_most_as_many_epcs_as_v1_events_takes_codes(admin: Api, db: Any) -> None:
+    """Found by a probe: EPCIS had no limit of codes a request. One ObjectEvent of 300,000
+    EPCs (7.2 MB) was taken in 11-22 s, holding the event loop (``/health/live`` took
+    3.7 s). A capture names at most 10,000, as ``/v1/events``: more is a 413
+    ``CaptureLimitExceededException`` and nothing is stored."""
+    keys = await _pharma_world(admin)
+    epcs = [f"urn:epc:id:sgtin:0614141.107346.{n}" for n in range(10_001)]
+    made = _ev("ObjectEvent", 0, M_LOC, action="ADD", bizStep="commissioning", ilmd=LOT)
+    for path, body in (
+        ("/epcis/capture", _doc({**made, "epcList": epcs})),
+        ("/epcis/capture", _doc({**made, "epcList": epcs[:5_000]}, {**made, "epcList": epcs[5_000:]})),
+        ("/epcis/events", {**made, "@context": _doc()["@context"], "epcList": epcs}),
+    ):
+        resp = await keys["M1"].post(path, body)
+        assert resp.status_code == 413, (path, resp.text)
+        problem = resp.json()
+        assert problem["type"] == "epcisException:CaptureLimitExceededException", problem
+        assert "10001 EPCs" in problem["detail"], problem
+    assert await db.fetchval("SELECT count(*) FROM epcis_events") == 0
+    assert (await keys["inv"].get(f"/v1/codes/{to_code(epcs[0])}/history")).status_code == 404
+    seen = _ev("ObjectEvent", 0, M_LOC, action="OBSERVE", bizStep="inspecting", epcList=epcs[:10_000])
+    assert (await keys["M1"].post("/epcis/capture", _doc(seen))).json()["success"]

@@ -183,6 +183,11 @@ def _too_long(event: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def epc_count(event: Mapping[str, Any]) -> int:
+    """How many EPCs the event's lists name (what /v1/events counts as a request's codes)."""
+    return sum(len(items) for key in _EPC_LISTS if isinstance(items := event.get(key), list))
+
+
 def epcs_of(event: Mapping[str, Any]) -> tuple[str, ...]:
     """Every EPC the event names (instances and classes), as given: what MATCH_anyEPC sees."""
     found: list[str] = []
