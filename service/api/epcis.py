@@ -153,13 +153,22 @@ def _schema_errors(
     other: list[str] = []
     for err in full.iter_errors(doc):
         path = list(err.absolute_path)
+        if err.validator == "required" and isinstance(err.instance, dict):  # name the field missing
+            path += [p for p in err.validator_value if p not in err.instance][:1]
         n = len(list_path) if list_path else 0
         if list_path and len(path) > n and tuple(path[:n]) == list_path and isinstance(path[n], int):
-            fld = ".".join(str(p) for p in path[n + 1 :]) or "event"
-            by_event.setdefault(path[n], (fld, err.message[:300]))
+            by_event.setdefault(path[n], (_field(path[n + 1 :]) or "event", err.message[:300]))
         else:
-            other.append(f"{'.'.join(str(p) for p in path) or 'document'}: {err.message[:300]}")
+            other.append(f"{_field(path) or 'document'}: {err.message[:300]}")
     return by_event, other
+
+
+def _field(path: list[Any]) -> str:
+    """A JSON path as the service names fields: ``epcList[1]``, ``bizLocation.id``."""
+    named = ""
+    for step in path:
+        named += f"[{step}]" if isinstance(step, int) else f".{step}" if named else str(step)
+    return named
 
 
 async def _body(request: Request[Any, Any, Any]) -> Any:

@@ -524,19 +524,30 @@ async def test_foreign_gln_is_403_and_nothing_stored(admin: Api) -> None:
     assert (await keys["inv"].get("/v1/codes/0110614141073464211/history")).status_code == 404
 
 
-async def test_match_epc_with_no_schema_and_objects_for_lists(settings: Settings, db_url: str) -> None:
+async def test_match_epc_with_no_schema_and_objects_for_lists(
+    settings: Settings, db_url: str, db: Any
+) -> None:
     """Without TRACE_EPCIS_SCHEMA an ObjectEvent with objects for ``epcList`` and
-    ``childEPCs`` is kept; MATCH_epc over it was a 500 (jsonb_array_elements_text of an
-    object), for every later query."""
+    ``childEPCs`` was kept; MATCH_epc over it was a 500 (jsonb_array_elements_text of an
+    object), for every later query. Such an event is now refused (as with the schema);
+    one an earlier version kept still answers."""
     from service.cli import _create_key
 
     async with AsyncTestClient(app=create_app(replace(settings, epcis_schema=None))) as client:
         _, secret = await _create_key(db_url, "admin", None)
         keys = await _pharma_world(Api(client, secret))
         odd = _ev("ObjectEvent", 0, M_LOC, action="OBSERVE", epcList={}, childEPCs={})
-        resp = await keys["M1"].post("/epcis/capture", _doc(odd, _journey()[0][1]))
+        resp = await keys["M1"].post("/epcis/capture", _doc(odd))
         assert resp.status_code == 202, resp.text
-        assert resp.json()["success"], resp.text
+        assert resp.json()["errors"][0]["field"] == "epcList", resp.text
+        await db.execute(
+            """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time,
+                                         epcs, body)
+               VALUES ('urn:x:odd', gen_random_uuid(), 'before', 'M1', 'ObjectEvent', now(), '{}',
+                       $1::jsonb)""",
+            json.dumps({**odd, "eventID": "urn:x:odd"}),
+        )
+        assert (await keys["M1"].post("/epcis/capture", _doc(_journey()[0][1]))).json()["success"]
         # nor is an event whose type is a list: an error of that event, not a 500
         odd_type = {**_journey()[1][1], "type": ["ObjectEvent"]}
         resp = await keys["M1"].post("/epcis/capture", _doc(odd_type))
@@ -546,6 +557,57 @@ async def test_match_epc_with_no_schema_and_objects_for_lists(settings: Settings
         resp = await keys["inv"].get("/epcis/events", MATCH_epc=unit)
         assert resp.status_code == 200, resp.text
         assert len(resp.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 1
+
+
+# Found by a probe: values the service reads were taken in forms it refuses elsewhere, or
+# with no effect; the schema, where configured, names no error of a format. Each change
+# to a good commission, and the field its refusal names (with the schema or without)
+_BAD_VALUES: list[tuple[dict[str, Any], str]] = [
+    ({"eventTime": "2026-W10-1T08:00:00+08:00"}, "eventTime"),
+    ({"eventTime": "20260302T080000+0800"}, "eventTime"),
+    ({"eventTime": "2026-03-02T08+08:00"}, "eventTime"),
+    ({"eventTime": "2026-03-02T08:00:00+08:00:30"}, "eventTime"),  # the seconds moved the instant
+    ({"ilmd": {**LOT, "cbvmda:itemExpirationDate": "2030-W01-1"}}, "ilmd.cbvmda:itemExpirationDate"),
+    ({"ilmd": {**LOT, "cbvmda:itemExpirationDate": 20301231}}, "ilmd.cbvmda:itemExpirationDate"),
+    ({"ilmd": {**LOT, "cbvmda:itemExpirationDate": "20301231"}}, "ilmd.cbvmda:itemExpirationDate"),
+    ({"bizLocation": {"id": "9524567987655"}}, "bizLocation.id"),  # P1's GLN: it skipped the 403
+    ({"bizLocation": "urn:epc:id:sgln:9524567.98765.0"}, "bizLocation"),
+    ({"eventTimeZoneOffset": None}, "eventTimeZoneOffset"),
+    ({"action": None}, "action"),
+    ({"epcList": "urn:epc:id:sgtin:0614141.107346.50"}, "epcList"),  # had no effect, a success
+    ({"epcList": ["urn:epc:id:sgtin:0614141.107346.50", 7]}, "epcList[1]"),  # 7 was dropped
+]
+
+
+@pytest.mark.parametrize("schema", [True, False], ids=["schema", "no-schema"])
+async def test_values_the_service_reads_are_refused_in_any_other_form(
+    settings: Settings, db_url: str, schema: bool
+) -> None:
+    from service.cli import _create_key
+
+    made = _ev("ObjectEvent", 0, M_LOC, action="ADD", bizStep="commissioning", ilmd=LOT)
+    made["epcList"] = ["urn:epc:id:sgtin:0614141.107346.50"]
+    app = create_app(settings if schema else replace(settings, epcis_schema=None))
+    async with AsyncTestClient(app=app) as client:
+        _, secret = await _create_key(db_url, "admin", None)
+        keys = await _pharma_world(Api(client, secret))
+        for change, field in _BAD_VALUES:
+            sent = {k: v for k, v in {**made, **change}.items() if v is not None}
+            resp = await keys["M1"].post("/epcis/capture", _doc(sent))
+            assert resp.status_code == 202, (change, resp.text)
+            job = resp.json()
+            assert (job["success"], job["eventCount"]) == (False, 0), (change, job)
+            error = job["errors"][0]
+            assert (error["type"], error["field"]) == ("epcisException:ValidationException", field), change
+            single = await keys["M1"].post("/epcis/events", {**sent, "@context": _doc()["@context"]})
+            assert single.status_code == 400, (change, single.text)
+        assert (await keys["inv"].get(f"/v1/codes/{to_code(made['epcList'][0])}/history")).status_code == 404
+        assert not _events(await keys["inv"].ok("GET", "/epcis/events"))
+        # RFC 3339 takes a lower-case "z", which was refused
+        job = await keys["M1"].ok(
+            "POST", "/epcis/capture", _doc({**made, "eventTime": "2026-03-02T08:00:00z"}), 202
+        )
+        assert job["success"], job
 
 
 EXAMPLES = {

@@ -20,6 +20,7 @@ organisation is the one holding the event's ``bizLocation`` (else ``readPoint``)
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ _UNORDERED_LISTS: Final = (
     "destinationList",
     "bizTransactionList",
 )
+_ACTIONS: Final = ("ADD", "OBSERVE", "DELETE")
+_OFFSET: Final = re.compile(r"[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)")  # GS1's schema's pattern
+_URI: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")  # a scheme, then no space
 MAX_EVENT_ID: Final = 1000  # an eventID is kept as a key: PostgreSQL's index holds ~2,700 bytes
 
 # /v1/events' field names (core.events.shape_errors) as this format names them
@@ -288,16 +292,52 @@ def identify(event: Mapping[str, Any], earlier: Container[str] = ()) -> tuple[st
 
 def _time(event: Mapping[str, Any], now: datetime) -> datetime:
     raw = event.get("eventTime")
-    if not isinstance(raw, str):
+    if raw is None:
         raise EventError("eventTime", "is required")
-    try:
-        at = datetime.fromisoformat(raw)
-    except ValueError:
-        raise EventError("eventTime", "is not an RFC 3339 time") from None
+    at = read_time(raw)
+    if at is None:
+        raise EventError("eventTime", "is not an RFC 3339 date-time (2026-03-02T08:00:00+08:00)")
     problem = time_problem(at, now)
     if problem:
         raise EventError("eventTime", problem)
     return at.astimezone(UTC)
+
+
+def _check(event: Mapping[str, Any]) -> None:
+    """The fields this service reads, as GS1's schema has them, whether or not it is
+    configured (its formats are not checked where it names the errors: found by a
+    probe). Raises EventError naming the first bad one."""
+    offset = event.get("eventTimeZoneOffset")
+    if not (isinstance(offset, str) and _OFFSET.fullmatch(offset)):
+        raise EventError("eventTimeZoneOffset", "is required: an offset from -14:00 to +14:00 (+08:00)")
+    if event.get("type") != "TransformationEvent" and event.get("action") not in _ACTIONS:
+        raise EventError("action", f"is required: one of {', '.join(_ACTIONS)}")
+    for key in _EPC_LISTS:
+        items = event.get(key)
+        if key in event and not isinstance(items, list):
+            raise EventError(key, "must be a list of EPCs")
+        for i, item in enumerate(items or ()):
+            if not isinstance(item, str):
+                raise EventError(f"{key}[{i}]", "must be an EPC (a string)")
+    if "parentID" in event and not _is_uri(event["parentID"]):
+        raise EventError("parentID", "must be a URI")
+    for key in ("bizLocation", "readPoint"):
+        if key in event and not isinstance(event[key], dict):
+            raise EventError(key, "must be an object with the location's id")
+        if key in event and not _is_uri(event[key].get("id")):
+            raise EventError(f"{key}.id", "must be a URI (an SGLN: urn:epc:id:sgln:…)")
+    for key in ("sourceList", "destinationList"):
+        items = event.get(key)
+        if key in event and not isinstance(items, list):
+            raise EventError(key, "must be a list")
+        name = key[: -len("List")]
+        for i, item in enumerate(items or ()):
+            if not (isinstance(item, dict) and _is_uri(item.get(name))):
+                raise EventError(f"{key}[{i}].{name}", "must be a URI (a PGLN or SGLN)")
+
+
+def _is_uri(value: object) -> bool:
+    return isinstance(value, str) and _URI.fullmatch(value) is not None
 
 
 def _ilmd(event: Mapping[str, Any], keys: tuple[str, ...]) -> object:
@@ -365,8 +405,9 @@ def map_event(
     too_long = _too_long(event)
     if too_long:
         raise EventError(*too_long)
-    event_id, fact_id = identify(event, earlier)
     at = _time(event, now)
+    _check(event)
+    event_id, fact_id = identify(event, earlier)
     action = event.get("action") if isinstance(event.get("action"), str) else None
     step = biz_step(event.get("bizStep"))
     body = dict(event)
@@ -415,10 +456,10 @@ def _command(
             kind = "commission"
             lot, expiry = _ilmd(event, _LOT_KEYS), _ilmd(event, _EXPIRY_KEYS)
             extra["lot"] = lot if isinstance(lot, str) and len(lot) <= 64 else None
-            try:
-                extra["expiry"] = date.fromisoformat(str(expiry)) if expiry is not None else None
-            except ValueError:
-                raise EventError(_FIELDS["expiry"], "is not a date") from None
+            try:  # as /v1/events reads ``expiry``
+                extra["expiry"] = msgspec.convert(expiry, date) if expiry is not None else None
+            except msgspec.ValidationError:
+                raise EventError(_FIELDS["expiry"], "is not a date (YYYY-MM-DD)") from None
         elif step == "shipping" and action == "OBSERVE":
             dest = [orgs_by_gln.get(g) for g in party_glns(event, "destinationList")]
             if dest:
