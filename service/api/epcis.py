@@ -94,6 +94,9 @@ class CaptureJobOut(msgspec.Struct):
     finishedAt: datetime
     errors: list[dict[str, Any]]
     eventCount: int
+    # events stored with no custody effect though their step names one (this service's
+    # own: a shipping event naming no destination), as errors are named
+    warnings: list[dict[str, Any]]
 
 
 class QueryResults(msgspec.Struct):
@@ -123,6 +126,7 @@ def _job_out(job: usecase.Job) -> CaptureJobOut:
         finishedAt=job.finished_at,
         errors=job.errors,
         eventCount=job.events,
+        warnings=job.warnings,
     )
 
 

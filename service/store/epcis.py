@@ -23,6 +23,7 @@ class Job:
     events: int
     created_at: datetime
     finished_at: datetime
+    warnings: list[dict[str, Any]]  # events stored with no custody effect, and why
 
 
 async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Record]) -> set[str]:
@@ -81,8 +82,8 @@ async def existing(conn: Conn, event_ids: list[str]) -> set[str]:
 async def insert_job(conn: Conn, job: Job) -> None:
     await conn.execute(
         """INSERT INTO epcis_captures (capture_id, org, behaviour, success, errors, events,
-                                       created_at, finished_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                                       created_at, finished_at, warnings)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         job.capture_id,
         job.org,
         job.behaviour,
@@ -91,6 +92,7 @@ async def insert_job(conn: Conn, job: Job) -> None:
         job.events,
         job.created_at,
         job.finished_at,
+        job.warnings,
     )
 
 
@@ -107,6 +109,7 @@ async def get_job(conn: Conn, capture_id: str) -> Job | None:
         events=row["events"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+        warnings=row["warnings"],
     )
 
 

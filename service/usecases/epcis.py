@@ -70,6 +70,15 @@ def _error(
     }
 
 
+def _warning(index: int, m: Mapped) -> list[dict[str, Any]]:
+    """The event's warning in a capture job (it is stored, with no custody effect), if any."""
+    if m.warning is None:
+        return []
+    fld, message = m.warning
+    detail = f"eventList[{index}].{fld}: {message}"
+    return [{"eventIndex": index, "eventID": m.record.event_id, "field": fld, "detail": detail}]
+
+
 class _RolledBack(Exception):
     """Raised inside the capture's transaction so that nothing of a refused document stays."""
 
@@ -266,6 +275,7 @@ async def _store(
         events=len(mapped),
         created_at=created,
         finished_at=created,
+        warnings=[],
     )
 
     async def keep(conn: Conn, rejected: list[Rejection]) -> list[FlagRef]:
@@ -281,7 +291,15 @@ async def _store(
             if any(_taken(now.get(r.event_id), org, r) for r in unseen):
                 raise _TakenMeanwhile
         every = sorted([*errors, *refusals], key=lambda e: int(e["eventIndex"]))
-        job = replace(job, success=not every, errors=every, events=len(kept), finished_at=datetime.now(UTC))
+        warnings = [w for i, m in indexed if i not in gone for w in _warning(i, m)]
+        job = replace(
+            job,
+            success=not every,
+            errors=every,
+            events=len(kept),
+            finished_at=datetime.now(UTC),
+            warnings=warnings,
+        )
         await store.insert_job(conn, job)
         return []
 

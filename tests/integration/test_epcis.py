@@ -1161,3 +1161,30 @@ async def test_a_capture_names_at_most_as_many_epcs_as_v1_events_takes_codes(adm
     assert (await keys["inv"].get(f"/v1/codes/{to_code(epcs[0])}/history")).status_code == 404
     seen = _ev("ObjectEvent", 0, M_LOC, action="OBSERVE", bizStep="inspecting", epcList=epcs[:10_000])
     assert (await keys["M1"].post("/epcis/capture", _doc(seen))).json()["success"]
+
+
+async def test_a_shipping_event_naming_no_destination_is_kept_with_a_warning(admin: Api) -> None:
+    """Found by a probe: a shipping event without ``destinationList`` (the shape of GS1's
+    example 9.6.1) was silently left out of custody, and the receive that followed raised
+    a DIVERSION. It is still stored with no custody effect (the examples are captured as
+    they are), and the capture job's ``warnings`` tell the sender why."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:2]:  # commission, pack into the SSCC
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    ship = {k: v for k, v in _journey()[2][1].items() if k != "destinationList"}
+    resp = await keys["M1"].post("/epcis/capture", _doc(_journey()[0][1], ship))
+    job = resp.json()
+    assert (job["success"], job["errors"], job["eventCount"]) == (True, [], 2), job
+    [warning] = job["warnings"]
+    assert (warning["eventIndex"], warning["field"]) == (1, "destinationList"), warning
+    assert warning["eventID"].startswith("urn:uuid:"), warning
+    assert "no custody effect" in warning["detail"], warning
+    assert (await keys["M1"].ok("GET", resp.headers["location"]))["warnings"] == job["warnings"]
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert ([e["type"] for e in history["events"]], history["custodian"]) == (["pack"], "M1"), history
+    assert [
+        e["bizStep"] for e in _events(await keys["inv"].ok("GET", f"/epcis/events/{warning['eventID']}"))
+    ] == ["shipping"]
+    # a ship naming its destination has none
+    job = await keys["M1"].ok("POST", "/epcis/capture", _doc(_journey()[2][1]), 202)
+    assert (job["success"], job["warnings"]) == (True, []), job

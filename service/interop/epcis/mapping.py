@@ -106,6 +106,7 @@ class Mapped:
     record: Record
     command: Incoming | None  # None: kept, no custody effect
     refused: tuple[Rejection, ...]  # identifiers of a custody event that are not codes
+    warning: tuple[str, str] | None = None  # (field, message): why a step moves no custody
 
 
 def _cbv(value: object, prefixes: tuple[str, ...]) -> str | None:
@@ -427,8 +428,8 @@ def map_event(
         parent_id=parent,
         body=body,
     )
-    command, refused = _command(event, record, orgs_by_gln, actor, now, contents or {})
-    return Mapped(record, command, tuple(refused))
+    command, refused, warning = _command(event, record, orgs_by_gln, actor, now, contents or {})
+    return Mapped(record, command, tuple(refused), warning)
 
 
 def _command(
@@ -438,12 +439,13 @@ def _command(
     actor: str,
     now: datetime,
     contents: Mapping[str, Collection[str]],
-) -> tuple[Incoming | None, list[Rejection]]:
+) -> tuple[Incoming | None, list[Rejection], tuple[str, str] | None]:
     if "errorDeclaration" in event:
         # it declares the event under its eventID erroneous (EPCIS 2.0): kept and
         # queryable as such, never done, whether or not that event was captured here
-        return None, []
+        return None, [], None
     kind: str | None = None
+    warning: tuple[str, str] | None = None
     extra: dict[str, Any] = {}
     raws = _strings(event.get("epcList"))
     held: tuple[str, ...] = ()  # the codes an unpack of all the children takes
@@ -462,11 +464,17 @@ def _command(
                 raise EventError(_FIELDS["expiry"], "is not a date (YYYY-MM-DD)") from None
         elif step == "shipping" and action == "OBSERVE":
             dest = [orgs_by_gln.get(g) for g in party_glns(event, "destinationList")]
-            if dest:
-                known = [d for d in dest if d is not None]
-                if not known:
-                    raise EventError("destinationList", "names no GLN of a registered organisation")
+            known = [d for d in dest if d is not None]
+            if dest and not known:
+                raise EventError("destinationList", "names no GLN of a registered organisation")
+            if known:
                 kind, extra["to"] = "ship", next((d for d in known if d != actor), known[0])
+            else:  # GS1's own example ships so: kept, and the sender told (its receive would be a DIVERSION)
+                warning = (
+                    "destinationList",
+                    "names no destination GLN: stored with no custody effect (a ship needs the"
+                    " organisation it goes to); send it again under a new eventID naming it",
+                )
         elif step == "receiving" and action == "OBSERVE":
             kind = "receive"
             sources = [orgs_by_gln[g] for g in party_glns(event, "sourceList") if g in orgs_by_gln]
@@ -492,7 +500,7 @@ def _command(
         if unpacks_all(event) == parent:
             held = tuple(sorted(contents.get(parent, ())))
     if kind is None:
-        return None, []
+        return None, [], warning
     # what each type needs is /v1/events' rule (core.events.shape_errors), named in EPCIS terms
     errors = shape_errors(
         type_=kind,
@@ -509,7 +517,7 @@ def _command(
         name, message = errors[0]
         raise EventError(_FIELDS.get(name, name), message)
     if not raws and not held:
-        return None, []
+        return None, [], None
     codes, refused = _codes(record.fact_id, raws) if raws else (held, [])
     command = Incoming(
         event_id=record.fact_id,
@@ -520,4 +528,4 @@ def _command(
         ref=record.event_id[:200],
         **extra,
     )
-    return command, refused
+    return command, refused, None
