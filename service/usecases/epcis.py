@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from service.core.custody import TYPE_RANK, replay
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagRef
 from service.interop.epcis.mapping import (
@@ -29,6 +30,7 @@ from service.store import codes as code_store
 from service.store import epcis as store
 from service.store import events as event_store
 from service.store import registry
+from service.store import sales as sale_store
 from service.store.conn import Conn
 from service.store.epcis import Job as Job
 from service.store.epcis import Query as Query
@@ -132,11 +134,9 @@ async def capture(
     Raises ForeignLocation (nothing stored)."""
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
-    emptied = sorted({c for c in map(unpacks_all, events) if c is not None})
     legacy = sorted({i for i in map(legacy_id, events) if i is not None})
     async with pool.acquire() as conn:
         by_gln = {gln: o.id for gln, o in (await registry.orgs_by_gln(conn, glns)).items()}
-        inside = {c: set(await code_store.contents(conn, c)) for c in emptied}
         earlier = await store.existing(conn, legacy)  # stored under the ids given before
     for i, event in enumerate(events):
         for gln in location_glns(event):
@@ -151,15 +151,24 @@ async def capture(
             errors.append(_error(i, event_id, *invalid[i]))
             continue
         try:
-            m = map_event(event, by_gln, org, created, context, inside, earlier)
+            m = map_event(event, by_gln, org, created, context, earlier=earlier)
         except EventError as exc:
             errors.append(_error(i, event_id, exc.field, exc.message))
             continue
         indexed.append((i, m))
-        c = m.command
-        if c is not None and c.parent in inside:  # what the document packs and unpacks before
-            held = inside[c.parent]
-            inside[c.parent] = held | set(c.codes) if c.type == "pack" else held - set(c.codes)
+    # an AggregationEvent DELETE naming no children takes what its container held at its
+    # time (the stored facts and this capture's own), in event-time order
+    emptying = sorted(
+        (m.record.event_time, n) for n, (i, m) in enumerate(indexed) if unpacks_all(events[i]) is not None
+    )
+    for _, n in emptying:
+        i, m = indexed[n]
+        parent = unpacks_all(events[i])
+        assert parent is not None
+        others = [o.command for _, o in indexed if o.command is not None]
+        async with pool.acquire() as conn:
+            held = await _held_at(conn, parent, m.record.event_time, others)
+        indexed[n] = (i, map_event(events[i], by_gln, org, created, context, {parent: held}, earlier))
     for attempt in range(CAPTURE_ATTEMPTS):
         try:
             return await _store(pool, org, behaviour, created, errors, indexed)
@@ -167,6 +176,26 @@ async def capture(
             if attempt == CAPTURE_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+async def _held_at(conn: Conn, parent: str, at: datetime, others: Sequence[Incoming]) -> list[str]:
+    """The codes ``parent`` held just before an unpack at ``at``: a history's fold (the
+    stored facts of every code ever inside it and of the containers around them, and the
+    settlements that took packs out) with ``others`` (the capture's own commands), of
+    what comes before an unpack at that instant."""
+    inside = set(await code_store.descendants_ever(conn, [parent]))
+    inside |= {c for o in others if o.type == "pack" and o.parent == parent for c in o.codes}
+    family = {parent, *inside, *await code_store.ancestors_ever(conn, [parent, *inside])}
+    facts = await event_store.facts_for(conn, family)
+    facts += await sale_store.settlement_facts(conn, sorted(inside))
+    stored = {f.event_id for f in facts}
+    for o in others:
+        codes = tuple(c for c in o.codes if c in family)
+        if codes and o.event_id not in stored:
+            facts.append(o.fact(codes))
+    before = [f for f in facts if (f.at, TYPE_RANK[f.type]) < (at, TYPE_RANK["unpack"])]
+    states = replay(before, keep={}, pack_units={}).states
+    return sorted(c for c in inside if c in states and states[c].parent == parent)
 
 
 # a capture runs again when an eventID it took as new was stored meanwhile as another event

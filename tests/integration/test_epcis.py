@@ -1188,3 +1188,42 @@ async def test_a_shipping_event_naming_no_destination_is_kept_with_a_warning(adm
     # a ship naming its destination has none
     job = await keys["M1"].ok("POST", "/epcis/capture", _doc(_journey()[2][1]), 202)
     assert (job["success"], job["warnings"]) == (True, []), job
+
+
+async def test_an_unpack_of_all_children_takes_what_the_container_held_at_its_time(admin: Api) -> None:
+    """Found by a probe: an AggregationEvent DELETE naming no children took what the case
+    held when it arrived, not at its own time: a late "unpack all" dated before a later
+    pack unpacked the child packed later, and missed one unpacked since. It takes what
+    the case held at its time, from the stored facts and the capture's own, in
+    event-time order whatever the document's order."""
+    keys = await _pharma_world(admin)
+    u1, u2, u3 = (f"urn:epc:id:sgtin:0614141.107346.{s}" for s in (1, 2, 3))
+
+    def aggregation(minutes: float, action: str, *children: str) -> dict[str, Any]:
+        ev = _ev("AggregationEvent", minutes, M_LOC, action=action, parentID=SSCC_URN)
+        return {**ev, "childEPCs": list(children)} if children else ev
+
+    sent = [
+        _journey()[0][1],
+        aggregation(1, "ADD", u1, u3),
+        aggregation(3, "ADD", u2),
+        aggregation(4, "DELETE", u3),
+    ]
+    for ev in sent:
+        assert (await keys["M1"].post("/epcis/capture", _doc(ev))).json()["success"]
+    job = await keys["M1"].ok("POST", "/epcis/capture", _doc(aggregation(2, "DELETE")), 202)  # late
+    assert job["success"], job
+
+    async def unpacked(unit: str) -> tuple[list[str], str | None]:
+        history = await keys["inv"].ok("GET", f"/v1/codes/{unit}/history")
+        return [e["at"] for e in history["events"] if e["type"] == "unpack"], history["container"]
+
+    two, four = "2026-03-02T08:02:00Z", "2026-03-02T08:04:00Z"
+    assert await unpacked(UNITS[0]) == ([two], None)
+    assert await unpacked(UNITS[2]) == ([two, four], None)  # in the case at 08:02
+    assert await unpacked(UNITS[1]) == ([], SSCC_CODE)  # packed after it
+    # in one document, the pack dated before the unpack comes first, whatever the order
+    later = _doc(aggregation(6, "DELETE"), aggregation(5, "ADD", u1))
+    assert (await keys["M1"].ok("POST", "/epcis/capture", later, 202))["success"]
+    assert await unpacked(UNITS[0]) == ([two, "2026-03-02T08:06:00Z"], None)
+    assert await unpacked(UNITS[1]) == (["2026-03-02T08:06:00Z"], None)

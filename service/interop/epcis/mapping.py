@@ -4,12 +4,12 @@ custody, the same :class:`~service.core.events.Incoming` command /v1/events buil
 | EPCIS event                                          | command      |
 |------------------------------------------------------|--------------|
 | ObjectEvent ADD, bizStep commissioning               | commission (lot, expiry from ``ilmd``) |
-| ObjectEvent, bizStep shipping, a registered destination | ship (``destinationList``) |
+| ObjectEvent, bizStep shipping, a registered destination | ship (``destinationList``; none: a warning) |
 | ObjectEvent, bizStep receiving                       | receive (``from``: ``sourceList``) |
 | ObjectEvent, bizStep dispensing / retail_selling     | dispense (disposition partially_dispensed: refused) |
 | ObjectEvent, bizStep destroying / decommissioning    | destroy      |
 | ObjectEvent OBSERVE / DELETE, disposition destroyed  | destroy (whatever the step) |
-| AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack (no children named: all) |
+| AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack (none named: all, at its time) |
 
 An event carrying an ``errorDeclaration`` declares the event under its eventID
 erroneous: it is kept and queryable, with no custody effect. Everything else (other
@@ -375,7 +375,8 @@ def own_context(document: Mapping[str, Any]) -> list[Any]:
 def unpacks_all(event: Mapping[str, Any]) -> str | None:
     """The container's code when ``event`` is an AggregationEvent DELETE naming no
     children, which disaggregates all of them (EPCIS 2.0): the caller looks up what the
-    container holds (:func:`map_event`'s ``contents``). None for any other event."""
+    container held at the event's time (:func:`map_event`'s ``contents``). None for any
+    other event."""
     if event.get("type") != "AggregationEvent" or event.get("action") != "DELETE":
         return None
     if _strings(event.get("childEPCs")) or event.get("childQuantityList"):
@@ -397,8 +398,8 @@ def map_event(
     ``actor``: the capturing organisation (it must hold the event's locations: the
     caller checks); ``context``: the capture document's :func:`own_context`, kept with
     an event that has no ``@context`` of its own, so that its extensions keep their
-    meaning wherever a query returns it; ``contents``: the codes each container of an
-    event :func:`unpacks_all` holds; ``earlier``: those of the events' :func:`legacy_id`
+    meaning wherever a query returns it; ``contents``: the codes the container of an
+    event that :func:`unpacks_all` held at its time; ``earlier``: those of the events' :func:`legacy_id`
     stored already (:func:`identify`). Raises EventError."""
     type_ = event.get("type")
     if not isinstance(type_, str) or type_ not in EVENT_TYPES:  # (a list is not hashable)
