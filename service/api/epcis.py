@@ -27,7 +27,14 @@ from service.api.errors import refuse_nul_and_bad_text
 from service.api.openapi import BEARER, KEYED, body, problems
 from service.core.auth import Role
 from service.core.events import MAX_CODES_PER_REQUEST, bound_problem
-from service.interop.epcis.mapping import EVENT_TYPES, GS1_CONTEXT_PREFIX, biz_step, epc_count, own_context
+from service.interop.epcis.mapping import (
+    EVENT_TYPES,
+    GS1_CONTEXT_PREFIX,
+    biz_step,
+    epc_count,
+    own_context,
+    query_keys,
+)
 from service.usecases import epcis as usecase
 
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
@@ -420,7 +427,7 @@ class EpcisController(Controller):
         parameter is a QueryParameterException."""
 
         def many(value: str | None) -> list[str] | None:
-            return [v for v in value.split("|") if v] if value else None
+            return value.split("|") if value is not None else None
 
         unknown = sorted(set(request.query_params) - set(QUERY_PARAMETERS))
         if unknown:
@@ -435,6 +442,11 @@ class EpcisController(Controller):
             raise epcis_problem(
                 400, "QueryParameterException", f"{', '.join(repeated)}: given more than once"
             )
+        # "MATCH_epc=" matched every event (found by a probe): an empty value, or an empty
+        # item of a list, is no value
+        empty = sorted(k for k, v in request.query_params.multi_items() if "" in v.split("|"))
+        if empty:
+            raise epcis_problem(400, "QueryParameterException", f"{', '.join(empty)}: an empty value")
         types = many(event_type)
         if types and (odd := sorted(set(types) - EVENT_TYPES)):
             raise epcis_problem(
@@ -453,15 +465,34 @@ class EpcisController(Controller):
             after = int(next_page_token)
         page_size = _per_page(per_page)
         steps = many(eq_biz_step)
+        # identifiers in any form: a code's URN, Digital Link or own form, a location's
+        # SGLN, Digital Link or GLN, a pattern of one product's EPCs (found by a probe:
+        # they were compared as written)
+        identified = {
+            "EQ_bizLocation": many(eq_biz_location),
+            "MATCH_epc": many(match_epc),
+            "MATCH_anyEPC": many(match_any_epc),
+            "MATCH_parentID": many(match_parent_id),
+        }
+        keys: dict[str, list[str]] = {}
+        for name, values in identified.items():
+            try:
+                keys[name] = query_keys(name, values or [])
+            except ValueError as exc:
+                raise epcis_problem(400, "QueryParameterException", f"{name}: {exc}") from None
         q = usecase.Query(
             event_types=types,
             ge_time=_bound("GE_eventTime", ge_time),
             lt_time=_bound("LT_eventTime", lt_time),
             biz_steps=[biz_step(s) or s for s in steps] if steps else None,
-            biz_locations=many(eq_biz_location),
-            epcs=many(match_epc),
-            any_epcs=many(match_any_epc),
-            parent_ids=many(match_parent_id),
+            biz_locations=identified["EQ_bizLocation"],
+            epcs=identified["MATCH_epc"],
+            any_epcs=identified["MATCH_anyEPC"],
+            parent_ids=identified["MATCH_parentID"],
+            biz_location_keys=keys["EQ_bizLocation"],
+            epc_keys=keys["MATCH_epc"],
+            any_epc_keys=keys["MATCH_anyEPC"],
+            parent_id_keys=keys["MATCH_parentID"],
             after_seq=after,
         )
         page = await usecase.events(services.pool, q, page_size)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,12 +33,13 @@ async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Rec
         return set()
     rows = await conn.fetch(
         """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time,
-                                     action, biz_step, biz_location, epcs, parent_id, body)
+                                     action, biz_step, biz_location, epcs, parent_id, body, match_keys)
            SELECT r.event_id, r.fact_id, $1, $2, r.event_type, r.event_time, r.action, r.biz_step,
-                  r.biz_location, ARRAY(SELECT jsonb_array_elements_text(r.epcs)), r.parent_id, r.body
+                  r.biz_location, ARRAY(SELECT jsonb_array_elements_text(r.epcs)), r.parent_id, r.body,
+                  ARRAY(SELECT jsonb_array_elements_text(r.match_keys))
            FROM jsonb_to_recordset($3::jsonb) AS r(event_id text, fact_id uuid, event_type text,
                 event_time timestamptz, action text, biz_step text, biz_location text, epcs jsonb,
-                parent_id text, body jsonb)
+                parent_id text, body jsonb, match_keys jsonb)
            ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
         capture_id,
         org,
@@ -54,6 +55,7 @@ async def insert_events(conn: Conn, capture_id: str, org: str, records: list[Rec
                 "epcs": list(r.epcs),
                 "parent_id": r.parent_id,
                 "body": r.body,
+                "match_keys": list(r.match_keys),
             }
             for r in records
         ],
@@ -123,6 +125,12 @@ class Query:
     epcs: list[str] | None = None  # MATCH_epc: epcList / childEPCs
     any_epcs: list[str] | None = None  # MATCH_anyEPC: any EPC named, parent included, no class
     parent_ids: list[str] | None = None
+    # the match_keys each of those four lists matches (mapping.query_keys), besides
+    # the identifiers as written
+    biz_location_keys: list[str] = field(default_factory=list)
+    epc_keys: list[str] = field(default_factory=list)
+    any_epc_keys: list[str] = field(default_factory=list)
+    parent_id_keys: list[str] = field(default_factory=list)
     event_id: str | None = None
     after_seq: int = 0
     limit: int = 100
@@ -136,7 +144,8 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
     events whose ``epcList``/``childEPCs`` hold one; MATCH_anyEPC likewise, with
     ``parentID``, ``inputEPCList`` and ``outputEPCList`` too, never a ``quantityList``'s
     class (the binding's list); ``@>`` is false, not an error, where a document stored
-    without the schema has an object there."""
+    without the schema has an object there. Each of those, EQ_bizLocation and
+    MATCH_parentID also match by the indexed ``match_keys``: the identifiers in any form."""
     # the GIN index of EPCs or the time index, as the filters given fit
     rows = await fetch_for_values(
         conn,
@@ -146,16 +155,16 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
              AND ($3::timestamptz IS NULL OR event_time >= $3)
              AND ($4::timestamptz IS NULL OR event_time < $4)
              AND ($5::text[] IS NULL OR biz_step = ANY($5))
-             AND ($6::text[] IS NULL OR biz_location = ANY($6))
-             AND ($7::text[] IS NULL OR (epcs && $7 AND EXISTS (
+             AND ($6::text[] IS NULL OR biz_location = ANY($6) OR match_keys && $12::text[])
+             AND ($7::text[] IS NULL OR match_keys && $13::text[] OR (epcs && $7 AND EXISTS (
                    SELECT 1 FROM unnest($7) m
                    WHERE body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m))))
-             AND ($8::text[] IS NULL OR (epcs && $8 AND EXISTS (
+             AND ($8::text[] IS NULL OR match_keys && $14::text[] OR (epcs && $8 AND EXISTS (
                    SELECT 1 FROM unnest($8) m
                    WHERE body->>'parentID' = m
                       OR body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m)
                       OR body->'inputEPCList' @> to_jsonb(m) OR body->'outputEPCList' @> to_jsonb(m))))
-             AND ($9::text[] IS NULL OR parent_id = ANY($9))
+             AND ($9::text[] IS NULL OR parent_id = ANY($9) OR match_keys && $15::text[])
              AND ($10::text IS NULL OR event_id = $10)
            ORDER BY seq LIMIT $11""",
         q.after_seq,
@@ -169,6 +178,10 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
         q.parent_ids,
         q.event_id,
         q.limit,
+        q.biz_location_keys,
+        q.epc_keys,
+        q.any_epc_keys,
+        q.parent_id_keys,
     )
     return [(r["seq"], _recorded(msgspec.json.decode(r["body"]), r["record_time"])) for r in rows]
 

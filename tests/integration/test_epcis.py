@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 import pytest
@@ -1227,3 +1228,41 @@ async def test_an_unpack_of_all_children_takes_what_the_container_held_at_its_ti
     assert (await keys["M1"].ok("POST", "/epcis/capture", later, 202))["success"]
     assert await unpacked(UNITS[0]) == ([two, "2026-03-02T08:06:00Z"], None)
     assert await unpacked(UNITS[1]) == (["2026-03-02T08:06:00Z"], None)
+
+
+async def test_queries_match_identifiers_in_any_form(admin: Api) -> None:
+    """Found by a probe: the queries compared identifiers as written. MATCH_epc with the
+    Digital Link or the code of an EPC captured as a URN found nothing, nor did
+    MATCH_parentID or EQ_bizLocation; an EPC pattern matched nothing; ``MATCH_epc=``
+    matched every event. Identifiers match in any form, a pattern of one product's EPCs
+    matches them, and an empty value is a QueryParameterException naming it."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey():
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    inv = keys["inv"]
+
+    async def n(**params: Any) -> int:
+        return len(_events(await inv.ok("GET", f"/epcis/events?{urlencode(params)}")))
+
+    unit = "urn:epc:id:sgtin:0614141.107346.1"  # commissioned, packed, dispensed
+    for form in (unit, "https://id.gs1.org/01/10614141073464/21/1", UNITS[0], "(01)10614141073464(21)1"):
+        assert await n(MATCH_epc=form) == 3, form
+        assert await n(MATCH_anyEPC=form) == 3, form
+    assert await n(MATCH_epc="urn:epc:idpat:sgtin:0614141.107346.*") == 3  # .1 .2 .3 in each
+    assert await n(MATCH_epc="urn:epc:idpat:sgtin:0614141.107346.*|" + SSCC_URN) == 3 + 4
+    for form in (SSCC_URN, "https://example.com/00/106141412345678908", SSCC_CODE):
+        assert await n(MATCH_parentID=form) == 1, form
+        assert await n(MATCH_anyEPC=form) == 5, form
+        assert await n(MATCH_epc=form) == 4, form
+    for form in (D_LOC, "https://id.gs1.org/414/0012345111112", GLN_D1):
+        assert await n(EQ_bizLocation=form) == 2, form
+    assert await n(EQ_bizLocation="urn:epc:id:sgln:0012345.11111.400") == 0  # another place there
+    for query in ("MATCH_epc=", "MATCH_anyEPC=a||b", "EQ_bizLocation=", "eventType=", "nextPageToken="):
+        resp = await inv.client.get(f"/epcis/events?{query}", headers=inv.headers)
+        assert resp.status_code == 400, (query, resp.text)
+        problem = resp.json()
+        assert problem["type"] == "epcisException:QueryParameterException", problem
+        assert problem["detail"].startswith(query.split("=")[0] + ":"), problem
+    resp = await inv.get("/epcis/events", MATCH_epc="urn:epc:idpat:sgtin:0614141.*.*")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["detail"].startswith("MATCH_epc:"), resp.text

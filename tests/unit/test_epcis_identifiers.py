@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.interop.epcis.identifiers import to_code, to_gln
+from service.interop.epcis.identifiers import pattern_product, to_code, to_gln, to_location
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,35 @@ def test_glns(uri: str, gln: str) -> None:
 )
 def test_not_glns(uri: str) -> None:
     assert to_gln(uri) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "location"),
+    [
+        ("urn:epc:id:sgln:0614141.07346.0", "4140614141073467"),  # extension 0: none (TDS)
+        ("https://id.gs1.org/414/0614141073467", "4140614141073467"),
+        ("0614141073467", "4140614141073467"),
+        ("urn:epc:id:sgln:0614141.07346.1234", "4140614141073467" + "2541234"),
+        ("https://example.com/414/0614141073467/254/1234", "4140614141073467" + "2541234"),
+        ("urn:epc:id:sgln:0614141.07346", None),
+        ("0614141073468", None),  # check digit
+        ("https://id.gs1.org/01/10614141073464/21/1", None),
+        ("junk", None),
+    ],
+)
+def test_locations(uri: str, location: str | None) -> None:
+    assert to_location(uri) == location
+
+
+@pytest.mark.parametrize(
+    ("uri", "gtin"),
+    [
+        ("urn:epc:idpat:sgtin:0614141.107346.*", "10614141073464"),
+        ("urn:epc:idpat:sgtin:0614141.*.*", None),  # a company's: not one product
+        ("urn:epc:idpat:sscc:0614141.*", None),
+        ("urn:epc:idpat:sgtin:0614141.107346.5", None),  # no pattern
+        ("urn:epc:id:sgtin:0614141.107346.5", None),
+    ],
+)
+def test_patterns_of_one_product(uri: str, gtin: str | None) -> None:
+    assert pattern_product(uri) == gtin

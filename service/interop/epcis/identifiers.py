@@ -26,6 +26,7 @@ from epcpy.utils.common import ConvertException
 from service.core.codes import is_gln, try_parse_code
 
 _EPC_ID: Final = "urn:epc:id:"
+_SGTIN_PATTERN: Final = "urn:epc:idpat:sgtin:"
 MAX_LENGTH: Final = 300  # an identifier longer than this is none this service knows
 _EPCPY_REFUSALS: Final = (ConvertException, ValueError, IndexError, KeyError, AttributeError)  # they vary
 # Each as the unbracketed element string, the canonical form core.codes reads on its fast
@@ -103,6 +104,41 @@ def _to_code(uri: str) -> str | None:
         return None
     parsed = try_parse_code(element_string)
     return parsed.canonical if parsed else None
+
+
+def pattern_product(uri: str) -> str | None:
+    """The GTIN an EPC pattern of one product's instances names
+    (``urn:epc:idpat:sgtin:<company>.<item>.*``), or None for any other string."""
+    if not uri.startswith(_SGTIN_PATTERN) or not uri.endswith(".*") or len(uri) > MAX_LENGTH:
+        return None
+    element_string = _epc(f"{_EPC_ID}sgtin:{uri[len(_SGTIN_PATTERN) : -2]}.0", _CODE_SCHEMES)
+    parsed = try_parse_code(element_string) if element_string else None
+    return parsed.product_id if parsed else None
+
+
+def to_location(uri: str) -> str | None:
+    """A location identifier in one form, ``414<GLN>`` with ``254<extension>`` where it
+    has one: from an SGLN URN (whose extension ``0`` is none, as the Tag Data Standard
+    has it), a Digital Link with AI 414 (and 254), or a bare GLN. None for anything else."""
+    return _to_location(uri) if len(uri) <= MAX_LENGTH else None
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _to_location(uri: str) -> str | None:
+    gln: str | None = None
+    extension: str | None = None
+    if uri.startswith(f"{_EPC_ID}sgln:"):
+        element_string = _epc(uri, {"sgln": lambda u: SGLN(u).gs1_element_string()})
+        if element_string is not None and element_string.startswith("(414)"):
+            gln, _, extension = element_string[len("(414)") :].partition("(254)")
+            extension = None if extension == "0" else extension
+    elif (ais := _digital_link(uri)) is not None:
+        gln, extension = ais.get("414"), ais.get("254")
+    else:
+        gln = uri
+    if gln is None or not is_gln(gln):
+        return None
+    return f"414{gln}" + (f"254{extension}" if extension else "")
 
 
 def to_gln(uri: str) -> str | None:

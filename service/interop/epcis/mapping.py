@@ -29,9 +29,10 @@ from typing import Any, Final
 
 import msgspec
 
+from service.core.custody import product_of
 from service.core.events import REPEATED_CODE, Incoming, Rejection, shape_errors, time_problem
 from service.core.rules import INVALID_CODE
-from service.interop.epcis.identifiers import MAX_LENGTH, to_code, to_gln
+from service.interop.epcis.identifiers import MAX_LENGTH, pattern_product, to_code, to_gln, to_location
 
 # GS1's JSON-LD contexts (every version): the query document names the standard one itself
 GS1_CONTEXT_PREFIX: Final = "https://ref.gs1.org/standards/epcis/"
@@ -63,6 +64,19 @@ _UNORDERED_LISTS: Final = (
 _ACTIONS: Final = ("ADD", "OBSERVE", "DELETE")
 _OFFSET: Final = re.compile(r"[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)")  # GS1's schema's pattern
 _URI: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")  # a scheme, then no space
+# the roles an EPC is matched in by the queries' parameters (match_keys, query_keys)
+_EPC_ROLES: Final = {
+    "epcList": "epc",
+    "childEPCs": "epc",
+    "parentID": "parent",
+    "inputEPCList": "io",
+    "outputEPCList": "io",
+}
+_QUERY_ROLES: Final = {
+    "MATCH_epc": ("epc",),
+    "MATCH_anyEPC": ("epc", "parent", "io"),
+    "MATCH_parentID": ("parent",),
+}
 MAX_EVENT_ID: Final = 1000  # an eventID is kept as a key: PostgreSQL's index holds ~2,700 bytes
 
 # /v1/events' field names (core.events.shape_errors) as this format names them
@@ -99,6 +113,7 @@ class Record:
     epcs: tuple[str, ...]
     parent_id: str | None
     body: dict[str, Any]
+    match_keys: tuple[str, ...]  # its identifiers in one form (:func:`match_keys`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +285,53 @@ def _given_id(event: Mapping[str, Any]) -> str | None:
     return given if isinstance(given, str) and given else None
 
 
+def _code_keys(role: str, code: str) -> list[str]:
+    product = product_of(code)  # the GTIN of an SGTIN: what a pattern of it names
+    return [f"{role}:{code}", *([f"{role}:product:{product}"] if product else [])]
+
+
+def match_keys(event: Mapping[str, Any]) -> tuple[str, ...]:
+    """What GET /epcis/events matches the event's identifiers by, whatever form they
+    were written in: ``<role>:<code>`` and ``<role>:product:<GTIN>`` for each EPC that
+    names a code (role ``epc``: ``epcList``, ``childEPCs``; ``parent``; ``io``: the
+    transformation's lists), and ``location:<414…>`` for ``bizLocation``."""
+    keys: list[str] = []
+    for key, role in _EPC_ROLES.items():
+        value = event.get(key)
+        for raw in value if isinstance(value, list) else [value]:
+            code = to_code(raw) if isinstance(raw, str) else None
+            if code is not None:
+                keys += _code_keys(role, code)
+    location = _id_of(event.get("bizLocation"))
+    place = to_location(location) if location is not None else None
+    if place is not None:
+        keys.append(f"location:{place}")
+    return tuple(dict.fromkeys(keys))
+
+
+def query_keys(parameter: str, values: Sequence[str]) -> list[str]:
+    """The :func:`match_keys` a query parameter's values match (``MATCH_epc``,
+    ``MATCH_anyEPC``, ``MATCH_parentID``: codes in any form, and EPC patterns of one
+    product; ``EQ_bizLocation``: locations in any form). Raises ValueError for an EPC
+    pattern of anything else."""
+    keys: list[str] = []
+    for value in values:
+        if parameter == "EQ_bizLocation":
+            place = to_location(value)
+            keys += [f"location:{place}"] if place is not None else []
+            continue
+        roles = _QUERY_ROLES[parameter]
+        if value.startswith("urn:epc:idpat:"):
+            product = pattern_product(value)
+            if product is None:
+                pattern = "urn:epc:idpat:sgtin:<company>.<item>.*"
+                raise ValueError(f"{value[:100]}: of EPC patterns, one product's only ({pattern})")
+            keys += [f"{role}:product:{product}" for role in roles]
+        elif (code := to_code(value)) is not None:
+            keys += [f"{role}:{code}" for role in roles]
+    return keys
+
+
 def identify(event: Mapping[str, Any], earlier: Container[str] = ()) -> tuple[str, uuid.UUID]:
     """(eventID, fact id). A ``urn:uuid:`` eventID is the fact id itself; another eventID
     (e.g. the CBV ``ni:///sha-256;…`` hash) is named by uuid5 of it; an event without one
@@ -428,6 +490,7 @@ def map_event(
         epcs=epcs_of(event),
         parent_id=parent,
         body=body,
+        match_keys=match_keys(event),
     )
     command, refused, warning = _command(event, record, orgs_by_gln, actor, now, contents or {})
     return Mapped(record, command, tuple(refused), warning)
