@@ -27,7 +27,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from service.config import Settings
-from service.console import auth
+from service.console import auth, text
 from service.console.pages import ConsoleController, InvestigationController, SignInController, page, when
 
 PATH = "/console"
@@ -99,6 +99,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         undefined=StrictUndefined,
     )
     env.filters["when"] = when
+    env.filters.update(text.FILTERS)
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from markupsafe import Markup
+
 DEFAULT = "zh"
 LANGUAGES = ("zh", "en")
 
@@ -336,11 +338,12 @@ def translator(lang: str) -> Translate:
 
 class Translate:
     """``t("key", *args)``: the label, with ``{0}``… filled; an unknown key shows as
-    itself (and fails the catalogue test)."""
+    itself (and fails the catalogue test). Filled, it is markup: the arguments escaped,
+    but those that are markup already (a stored value in its ``<bdi>``) kept as they are."""
 
     def __init__(self, catalogue: Mapping[str, str]) -> None:
         self._catalogue = catalogue
 
     def __call__(self, key: str, *args: object) -> str:
         text = self._catalogue.get(key, key)
-        return text.format(*args) if args else text
+        return Markup(text).format(*args) if args else text  # noqa: S704 - a label, not stored text

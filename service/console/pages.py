@@ -23,6 +23,7 @@ from service import feed
 from service.api.flags import KINDS, STATUSES, FlagChange
 from service.console import auth, charts
 from service.console.i18n import CATALOGUES, Translate, language, translator
+from service.console.text import visible
 from service.console.timeline import layout
 from service.core.codes import is_product_id, try_parse_code
 from service.core.events import bound_problem
@@ -345,7 +346,7 @@ class InvestigationController(Controller):
             summary=summary,
             by_state=charts.bars([(k, t(f"state.{k}"), n) for k, n in summary["by_state"].items()]),
             by_custodian=charts.bars(
-                [(k, holders[k].name if k in holders else k, n) for k, n in by_custodian.items()],
+                [(k, holders[k].name if k in holders else visible(k), n) for k, n in by_custodian.items()],
                 rest=t("lot.others", len(by_custodian) - len(top)),
             ),
             known=set(holders),  # organisations with a page (not "unknown", no custodian)
@@ -410,15 +411,16 @@ def _count(value: object) -> int | None:
 
 
 def _live(flag: dict[str, str], t: Translate) -> str:
-    """One stream entry as the JSON the queue's script shows (as text, never markup)."""
+    """One stream entry as the JSON the queue's script shows (as text, never markup; the
+    identifiers with their hidden characters shown, as the pages show them)."""
     at = datetime.fromisoformat(flag["at"]) if flag.get("at") else None
     return json.dumps(
         {
             "flag_id": flag.get("flag_id", ""),
             "kind": t(f"kind.{flag.get('kind', '')}"),
             "status": t(f"status.{flag.get('status', '')}"),
-            "code": flag.get("code", ""),
-            "org": flag.get("org", ""),
+            "code": visible(flag.get("code", "")),
+            "org": visible(flag.get("org", "")),
             "at": when(at),
         },
         ensure_ascii=False,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from service.console.text import isolated, visible
+
 LEFT = 200  # room for the lane labels
 STEP = 96
 TOP = 24
@@ -79,6 +81,11 @@ def late_flags(events: Sequence[Mapping[str, Any]]) -> list[bool]:
     return late
 
 
+def _label(org: str, name: str | None) -> str:
+    """A lane's label as plain text (SVG): the name isolated, the id's every character shown."""
+    return f"{isolated(name)} ({visible(org)})" if name else visible(org)
+
+
 def layout(events: Sequence[Mapping[str, Any]], org_names: Mapping[str, str]) -> Timeline:
     """Place ``events`` (a history's, in event-time order) on lanes and columns."""
     order: list[str] = []
@@ -87,8 +94,7 @@ def layout(events: Sequence[Mapping[str, Any]], org_names: Mapping[str, str]) ->
             if isinstance(org, str) and org not in order:
                 order.append(org)
     lanes = [
-        Lane(org, f"{org_names[org]} ({org})" if org in org_names else org, TOP + LANE * i + LANE // 2)
-        for i, org in enumerate(order)
+        Lane(org, _label(org, org_names.get(org)), TOP + LANE * i + LANE // 2) for i, org in enumerate(order)
     ]
     y_of = {lane.org: lane.y for lane in lanes}
     late = late_flags(events)

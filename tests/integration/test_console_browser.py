@@ -225,3 +225,53 @@ async def test_an_org_key_and_a_form_without_its_token_are_refused(admin: Api, p
     await page.get_by_role("button", name="保存").click()
     await expect(page.get_by_role("heading", level=1)).to_contain_text("出错了 (403)")
     assert (await w["inv"].ok("GET", f"/v1/flags/{w['open_flags'][0]}"))["status"] == "open"
+
+
+# the left edges of the glyphs of the first ``needle`` in the element's text, in the
+# text's order (HTML or SVG text): increasing when it reads left to right as stored
+_GLYPH_LEFTS = """([element, needle]) => {
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  const nodes = [];
+  let text = "";
+  while (walker.nextNode()) {
+    nodes.push([walker.currentNode, text.length]);
+    text += walker.currentNode.data;
+  }
+  const at = text.indexOf(needle);
+  if (at < 0) return null;
+  const lefts = [];
+  for (let i = at; i < at + needle.length; i++) {
+    const [node, start] = nodes.filter(([, s]) => s <= i).pop();
+    const range = document.createRange();
+    range.setStart(node, i - start);
+    range.setEnd(node, i - start + 1);
+    lefts.push(range.getBoundingClientRect().left);
+  }
+  return lefts;
+}"""
+
+
+async def test_an_open_override_in_a_name_reorders_nothing_after_it(admin: Api, page: object) -> None:
+    """The probe's pharmacy named "Honest Pharmacy" and an unclosed U+202E: its id after
+    the name read "(3P)" in the custodian line, the timeline's lane and the events table."""
+    from playwright.async_api import Page, expect
+
+    from tests.integration.test_console_shown import pharmacy_named_with_an_override
+
+    assert isinstance(page, Page)
+    w = await pharmacy_named_with_an_override(admin)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    await page.goto("/console/codes?q=" + w["code"])
+    places = {
+        "custodian": page.locator("dl.facts dt:text-is('持有方') + dd"),
+        "lane": page.locator("svg.timeline text.lane-label").last,
+        "events": page.locator("table.events tbody tr").last,
+    }
+    for where, element in places.items():
+        lefts = await page.evaluate(_GLYPH_LEFTS, [await element.element_handle(), "(P3)"])
+        assert lefts is not None, where
+        assert lefts == sorted(set(lefts)), (where, lefts)  # left to right, as stored
+    await page.screenshot(path=str(SHOTS / "console-isolated-name.png"), full_page=True)

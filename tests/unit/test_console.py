@@ -51,7 +51,7 @@ def test_a_shipment_points_at_the_receive_that_took_it() -> None:
         _e(2, 2, "ship", "D", to="P"),
     ]
     drawn = layout(events, {"M": "Maker <Ltd>"})
-    assert [lane.label for lane in drawn.lanes] == ["Maker <Ltd> (M)", "D", "P"]
+    assert [lane.label for lane in drawn.lanes] == ["\u2068Maker <Ltd>\u2069 (M)", "D", "P"]
     first, second = drawn.arrows
     assert (first.x2, first.y2) == (drawn.marks[1].x, drawn.marks[1].y)
     assert first.via
@@ -91,3 +91,15 @@ def test_bars_past_the_most_add_up_the_rest_in_one() -> None:
     assert [b.key for b in laid.bars] == ["o0", "o1", "o2", "o3", ""]
     assert laid.bars[-1].label == "35 others"
     assert laid.bars[-1].value == sum(100 - i for i in range(4, 40))
+
+
+def test_an_identifier_shows_its_hidden_characters_and_never_reads_as_another() -> None:
+    from service.console.text import visible
+
+    assert visible("XJ01\u202e65240") == "XJ01\\u202e65240"
+    assert visible("L1\u200b") == "L1\\u200b"  # zero width
+    assert visible("L1\u00a02") == "L1\\u00a02"  # a space that is not the plain one
+    assert visible("L\U000e0041") == "L\\U000e0041"  # a tag character
+    assert visible("L\u3164") == "L\\u3164"  # a filler that prints nothing
+    assert visible("a\\u202e") == "a\\\\u202e"  # the escape's look-alike stays apart
+    assert visible("阿莫西林 L-1/2") == "阿莫西林 L-1/2"

@@ -20,7 +20,14 @@ document.addEventListener("DOMContentLoaded", () => {
       const link = document.createElement("a");
       link.href = "/console/flags/" + encodeURIComponent(flag.flag_id);
       link.textContent = flag.flag_id;
-      item.append(link, " " + [flag.kind, flag.status, flag.code, flag.org, flag.at].join(" · "));
+      // the stored values each in its own <bdi>: a direction character in one cannot
+      // reorder the rest of the line
+      const isolated = (text) => {
+        const bdi = document.createElement("bdi");
+        bdi.textContent = text;
+        return bdi;
+      };
+      item.append(link, ` ${flag.kind} · ${flag.status} · `, isolated(flag.code), " · ", isolated(flag.org), ` · ${flag.at}`);
       list.prepend(item);
       while (list.children.length > 50) list.lastElementChild.remove();
       live.hidden = false;
