@@ -27,6 +27,7 @@ from service.console.text import visible
 from service.console.timeline import layout
 from service.core.codes import is_product_id, try_parse_code
 from service.core.events import bound_problem
+from service.core.ledger import STOCK_IMBALANCE
 from service.core.rules import CHINA
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
@@ -43,6 +44,8 @@ LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s sock
 LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still counts (and before a flag)
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
+# the flags whose code is a catalogue item (med_list_codg), not a trace code
+ITEM_KINDS = frozenset({STOCK_IMBALANCE})
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 
@@ -87,6 +90,7 @@ def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Tem
             "other_lang": next(code for code in CATALOGUES if code != lang),
             "path": _here(request),
             "signed_in": "principal" in request.state.dict(),
+            "item_kinds": ITEM_KINDS,
             **context,
         },
     )
@@ -197,7 +201,7 @@ class ConsoleController(Controller):
         counts = await flag_usecases.counts(services.pool)
         kept = {
             k: v
-            for k in ("kind", "status", "org", "region", "code", "since", "until")
+            for k in ("kind", "status", "org", "region", "code", "med_list_codg", "since", "until")
             if (v := _text(params.get(k)))
         }
         if pending:
@@ -478,4 +482,10 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
             bad.append("code")
         else:
             canonical = parsed.canonical
+    # a catalogue item, as the API's med_list_codg: the code a STOCK_IMBALANCE names
+    item = _filter(params, "med_list_codg", 64, bad)
+    if item is not None:
+        if code is not None:
+            bad.append("med_list_codg")  # one or the other, as the API
+        canonical = item
     return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until), bad

@@ -76,3 +76,46 @@ async def test_signing_in_again_ends_the_previous_session(admin: Api, browser: A
     browser.cookies.clear()
     browser.cookies.set("console_session", first, path="/console")
     assert (await browser.get("/console/flags", follow_redirects=False)).status_code == 303
+
+
+async def test_a_stock_imbalance_flag_reads_and_links_to_its_catalogue_item(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """Its code is a catalogue item (med_list_codg), not a trace code: it had no label
+    in either language, its links answered "Not a CN20 code", and the queue could not
+    be filtered by it (a probe)."""
+    from tests.integration.test_nhsa import _world, envelope, nhsa, sale
+    from tests.integration.test_nhsa_ledger import OTHER, purchase
+
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    await nhsa(p2, envelope("3503", {"purcinfo": {**purchase("C010", 10), "med_list_codg": OTHER}}))
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B110", [], 14, med_list_codg=OTHER)}))
+    (flag,) = out["output"]["tracecode"]["flags"]
+    other = await _sold(w, 903, 1)  # a DUPLICATE, of a trace code
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    item_link = f'<a href="/console/flags?med_list_codg={OTHER}">'
+    queue = await browser.get("/console/flags")
+    assert "kind.STOCK_IMBALANCE" not in queue.text
+    assert queue.text.count("进销存不平") >= 3  # the counts, the kind filter, its row
+    assert item_link in queue.text
+    assert f'href="/console/codes?q={OTHER}"' not in queue.text
+    # the queue filtered by the catalogue item, as GET /v1/flags?med_list_codg=
+    by_item = await browser.get("/console/flags", params={"med_list_codg": OTHER})
+    assert 'role="alert"' not in by_item.text
+    assert _FLAG_IDS.findall(by_item.text) == [flag["flag_id"]]
+    assert set(other) <= set(_FLAG_IDS.findall(queue.text))
+    both = await browser.get("/console/flags", params={"med_list_codg": OTHER, "code": cn20(w["unit"], 903)})
+    assert 'role="alert"' in both.text
+    assert _FLAG_IDS.findall(both.text) == []
+    page = await browser.get(f"/console/flags/{flag['flag_id']}")
+    assert "<h1>预警 " + flag["flag_id"] + ": 进销存不平" in page.text
+    assert item_link in page.text
+    assert 'href="/console/orgs/P2#ledger-h"' in page.text
+    org = await browser.get("/console/orgs/P2")
+    assert item_link in org.text  # its open flag
+    assert f'<a href="/console/flags?med_list_codg={OTHER}&amp;org=P2">' in org.text  # its ledger row
+    browser.cookies.set("console_lang", "en", path="/console")
+    assert "Stock imbalance" in (await browser.get("/console/flags")).text

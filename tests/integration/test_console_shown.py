@@ -83,6 +83,6 @@ async def test_a_catalogue_code_holding_an_override_shows_it_and_never_reads_as_
     page = await browser.get("/console/orgs/P2")
     assert page.status_code == 200
     ledger = page.text[page.text.index('id="ledger-h"') :]
-    assert f"<td><bdi>{MED}</bdi></td>" in ledger
-    assert "<td><bdi>XJ01CAA040A0010101\\u202e65240</bdi></td>" in ledger
+    assert f"<bdi>{MED}</bdi></a></td>" in ledger
+    assert "<bdi>XJ01CAA040A0010101\\u202e65240</bdi></a></td>" in ledger
     assert RLO not in page.text

@@ -103,3 +103,12 @@ def test_an_identifier_shows_its_hidden_characters_and_never_reads_as_another() 
     assert visible("L\u3164") == "L\\u3164"  # a filler that prints nothing
     assert visible("a\\u202e") == "a\\\\u202e"  # the escape's look-alike stays apart
     assert visible("阿莫西林 L-1/2") == "阿莫西林 L-1/2"
+
+
+def test_every_flag_kind_and_status_has_a_label_in_every_language() -> None:
+    """STOCK_IMBALANCE had none: its key showed as "kind.STOCK_IMBALANCE" (a probe)."""
+    from service.api.flags import KINDS, STATUSES
+
+    for catalogue in CATALOGUES.values():
+        assert {f"kind.{k}" for k in KINDS} <= set(catalogue)
+        assert {f"status.{s}" for s in STATUSES} <= set(catalogue)
