@@ -383,18 +383,23 @@ class InvestigationController(Controller):
         if found is None:
             return page(request, "org.html", status_code=404, org_id=org, org=None)
         stats = await investigation.org_stats(services.pool, org)
+        assert stats is not None  # None for an unknown organisation, and this one is known
         today = datetime.now(CHINA).date()
         daily = await investigation.org_daily(services.pool, org, DAYS, today)
         open_flags = await flag_usecases.search(
             services.pool, flag_usecases.FlagQuery(status="open", org=org), before_id=None, limit=PAGE_SIZE
         )
         ledger = await nhsa_usecases.ledger(services.pool, org, None)
+        # each figure as many as its link lists: the queue lists every status but pending
+        pending = stats["flags_by_status"].get("pending", 0)
         return page(
             request,
             "org.html",
             org_id=org,
             org=found,
             stats=stats,
+            flags_listed=stats["flagged"] - pending,
+            flags_pending=pending,
             days=charts.columns(daily),
             open_flags=open_flags.items,
             more_flags=open_flags.next_before is not None,

@@ -57,15 +57,17 @@ async def org_stats(conn: Conn, org: str) -> dict[str, Any]:
 
 
 async def daily(conn: Conn, org: str, since: datetime) -> dict[date, tuple[int, int]]:
-    """Per day in China time, from ``since``: the organisation's settlements (by their
-    time) and the flags raised on it (by the suspicious activity's time)."""
+    """Per day in China time, from ``since``: the organisation's settlements paid in whole
+    or in part (by their time; a rejected claim is no settlement), and the flags raised
+    on it that stand (by the suspicious activity's time): neither pending (a late upload
+    may yet explain it) nor auto-cleared (one did)."""
     rows = await conn.fetch(
         """SELECT day, sum(settlements)::int AS settlements, sum(flags)::int AS flags FROM (
                SELECT (at AT TIME ZONE 'Asia/Shanghai')::date AS day, 1 AS settlements, 0 AS flags
-               FROM settlements WHERE org = $1 AND at >= $2
+               FROM settlements WHERE org = $1 AND at >= $2 AND decision <> 'rejected'
                UNION ALL
                SELECT (at AT TIME ZONE 'Asia/Shanghai')::date, 0, 1
-               FROM flags WHERE org = $1 AND at >= $2) d
+               FROM flags WHERE org = $1 AND at >= $2 AND status NOT IN ('pending', 'auto_cleared')) d
            GROUP BY day ORDER BY day""",
         org,
         since,

@@ -375,3 +375,64 @@ async def test_secure_cookies_when_asked(settings: Settings) -> None:
         page = await c.get("/console/signin")
     cookies = page.headers.get_list("set-cookie")
     assert any(k.startswith("console_csrf=") and "Secure" in k for k in cookies), cookies
+
+
+async def test_org_page_flag_figures_agree_with_their_lists_and_the_chart_says_what_it_counts(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """The flag figure counted pending flags its link does not list, and the daily chart
+    counted pending and auto-cleared flags, and rejected claims as settlements (a probe)."""
+    from datetime import datetime, time, timedelta
+
+    from service.core.rules import CHINA
+    from tests.helpers import cn20, pack_claim, world
+
+    w = await world(admin)
+    day = datetime.now(CHINA).date() - timedelta(days=1)
+    start = datetime.combine(day, time(10), CHINA)
+
+    def when(minutes: int) -> str:
+        return (start + timedelta(minutes=minutes)).isoformat()
+
+    m1, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    sold, late, unknown = (cn20(w["unit"], s) for s in (501, 502, 503))
+    await m1.events(
+        event("commission", "M1", [sold, late], 0, at=when(0), lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [sold], 0, at=when(1), to="P1"),
+    )
+    await p1.events(
+        event("receive", "P1", [sold], 0, at=when(2)), event("receive", "P1", [late], 0, at=when(3))
+    )
+    await m1.events(
+        event("ship", "M1", [late], 0, at=when(2), to="P1")
+    )  # explains P1's receive: auto-cleared
+    paid = await w["insurer"].ok("POST", "/v1/settlements", {**pack_claim("S1", sold, 0), "at": when(4)})
+    assert paid["decision"] == "accepted"
+    refused = await w["insurer"].ok(
+        "POST", "/v1/settlements", {**pack_claim("S2", unknown, 0), "at": when(5)}
+    )
+    assert refused["decision"] == "rejected"  # and a pending UNKNOWN_CODE
+    await p1.events(event("dispense", "P1", [sold], 0, at=when(6)))  # sold again: an open DUPLICATE
+    listed = (await w["inv"].ok("GET", "/v1/flags?org=P1"))["items"]
+    pending = (await w["inv"].ok("GET", "/v1/flags?org=P1&status=pending"))["items"]
+    assert sorted(f["status"] for f in listed) == ["auto_cleared", "open"]
+    assert len(pending) == 1
+
+    await _sign_in(browser, w["inv"].key)
+    html = (await browser.get("/console/orgs/P1")).text
+    figure = re.search(r'<a href="/console/flags\?org=P1">(\d+)</a>', html)
+    assert figure is not None
+    assert int(figure.group(1)) == len(listed)
+    queue = await browser.get("/console/flags", params={"org": "P1"})
+    assert len(re.findall(r'name="flag_id" value="\d+"', queue.text)) == len(listed)
+    waiting = re.search(r'<a href="/console/flags/pending\?org=P1">(\d+)</a>', html)
+    assert waiting is not None
+    assert int(waiting.group(1)) == len(pending)
+    # the day's figures: the paid settlement, not the rejected one; the open flag, not the
+    # pending or the auto-cleared one; each series named for what it counts
+    row = re.search(rf"<tr><td>{day}</td><td class=\"num\">(\d+)</td><td class=\"num\">(\d+)</td></tr>", html)
+    assert row is not None
+    assert row.groups() == ("1", "1")
+    assert "结算（全额或部分支付）" in html
+    assert "预警（不含待定与自动解除）" in html
