@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, get_args
 from urllib.parse import quote, urlencode
@@ -217,6 +218,8 @@ class ConsoleController(Controller):
                 else None
             ),
             first_link=f"{request.url.path}?{urlencode(kept)}" if before_id else None,
+            # the new flags this page would list, as they come: the same filters
+            live_link=f"{request.url.path}/live?{urlencode(kept)}",
             filters=kept,
             bad=bad,
             counts=counts,
@@ -228,9 +231,19 @@ class ConsoleController(Controller):
 
     @get("/flags/live")
     async def live(self, request: Req) -> ServerSentEvent:
+        return self._live(request, pending=False)
+
+    @get("/flags/pending/live")
+    async def pending_live(self, request: Req) -> ServerSentEvent:
+        return self._live(request, pending=True)
+
+    def _live(self, request: Req, *, pending: bool) -> ServerSentEvent:
         """New and changed flags as they reach the feed's stream (server-sent events), for
-        the queue's "new flags" list. Ends when the session's key is revoked."""
+        the queue's "new flags" list: those the queue page with these filters would list
+        (a pending flag on the pending page only). Ends when the session's key is revoked."""
         t = translator(language(request.cookies.get(LANG_COOKIE)))
+        pool = request.app.state.services.pool
+        query, bad = _flag_query(request.query_params, pending=pending)
         redis = request.app.state.redis
         given = _text(request.headers.get("last-event-id"), 40)
         after = given if given is not None and STREAM_ID.fullmatch(given) else "$"
@@ -258,7 +271,8 @@ class ConsoleController(Controller):
                         return
                 for entry_id, fields in found:
                     after = entry_id
-                    yield ServerSentEventMessage(event="flag", id=after, data=_live(fields, t))
+                    if not bad and await _listed(pool, query, fields):
+                        yield ServerSentEventMessage(event="flag", id=after, data=_live_entry(fields, t))
                 if due:
                     yield ServerSentEventMessage(comment="still here")
 
@@ -419,7 +433,17 @@ def _count(value: object) -> int | None:
     return int(text) if text is not None and text.isascii() and text.isdigit() else None
 
 
-def _live(flag: dict[str, str], t: Translate) -> str:
+async def _listed(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str]) -> bool:
+    """Would the queue with ``query`` list this flag (a stream entry) now? Asked of the
+    queue's own search, narrowed to the flag's code (a handful of rows, by their key)."""
+    code, flag_id = flag.get("code", ""), flag.get("flag_id", "")
+    if not code or not (flag_id.isascii() and flag_id.isdigit()) or query.code not in (None, code):
+        return False
+    found = await flag_usecases.search(pool, replace(query, code=code), before_id=int(flag_id) + 1, limit=1)
+    return [f["flag_id"] for f in found.items] == [flag_id]
+
+
+def _live_entry(flag: dict[str, str], t: Translate) -> str:
     """One stream entry as the JSON the queue's script shows (as text, never markup; the
     identifiers with their hidden characters shown, as the pages show them)."""
     at = datetime.fromisoformat(flag["at"]) if flag.get("at") else None

@@ -152,11 +152,12 @@ async def test_a_new_flag_appears_in_the_queue_without_reloading(admin: Api, pag
     await page.goto("/console/signin")
     await page.get_by_label("API 密钥").fill(inv.key)
     await page.get_by_role("button", name="登录").click()
-    await page.goto("/console/flags")
+    await page.goto("/console/flags/pending")
     live = page.locator("section.live")
     await expect(live).to_be_hidden()  # nothing new yet
     await page.wait_for_timeout(500)  # the page's stream is open
-    # a pharmacy receives a code nobody commissioned: an UNKNOWN_CODE flag, on the feed
+    # a pharmacy receives a code nobody commissioned: an UNKNOWN_CODE flag, pending (a late
+    # upload may explain it), on the feed
     code = cn20("8123456", 424242)
     out = await w["keys"]["P1"].events(event("receive", "P1", [code], 0))
     assert [f["kind"] for f in out["flags"]] == ["UNKNOWN_CODE"]
@@ -166,6 +167,40 @@ async def test_a_new_flag_appears_in_the_queue_without_reloading(admin: Api, pag
         "href", f"/console/flags/{out['flags'][0]['flag_id']}"
     )
     await page.screenshot(path=str(SHOTS / "console-flags-live.png"), full_page=True)
+
+
+async def test_the_live_list_shows_only_the_flags_the_page_would_list(admin: Api, page: object) -> None:
+    """On /console/flags?kind=EXPIRED a new pending DIVERSION appeared live (a probe): the
+    stream ignored the page's filters and that the queue lists no pending flag."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await page.goto("/console/flags?kind=EXPIRED")
+    live = page.locator("section.live")
+    await page.wait_for_timeout(500)  # the page's stream is open
+    m1, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    held, stale = cn20(w["unit"], 1), cn20(w["unit"], 2)
+    await m1.events(
+        event("commission", "M1", [held], 0, lot="L1", expiry="2030-12-31"),
+        event("commission", "M1", [stale], 0, lot="OLD", expiry="2020-01-31"),
+        event("ship", "M1", [held, stale], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [held, stale], 2))
+    # first what the page does not list: a pending DIVERSION (P9 sells P1's pack), an
+    # open OUT_OF_REGION; then an EXPIRED flag, which it does
+    out = await w["keys"]["P9"].events(event("dispense", "P9", [held], 3))
+    assert {f["kind"] for f in out["flags"]} == {"DIVERSION", "OUT_OF_REGION"}
+    expired = await p1.events(event("dispense", "P1", [stale], 4))
+    (flag,) = [f for f in expired["flags"] if f["kind"] == "EXPIRED"]
+    await expect(live.locator("li")).to_have_count(1, timeout=15_000)
+    await expect(live.locator("li a")).to_have_attribute("href", f"/console/flags/{flag['flag_id']}")
+    await expect(live.locator("li")).to_contain_text(stale)
 
 
 async def test_work_a_flag_with_a_note_then_bulk_dismiss_at_tablet_width(admin: Api, page: object) -> None:

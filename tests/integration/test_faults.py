@@ -233,7 +233,8 @@ async def test_a_consoles_live_stream_sends_no_flag_once_its_key_is_revoked(tmp_
         first = asyncio.Event()
 
         async def read_until_it_ends() -> None:
-            async with s.client.stream("GET", "/console/flags/live") as stream:
+            # the pending queue's stream: an UNKNOWN_CODE starts pending
+            async with s.client.stream("GET", "/console/flags/pending/live") as stream:
                 assert stream.status_code == 200
                 async for line in stream.aiter_lines():
                     if line.startswith("data: {"):  # a flag (the first message is a comment)
