@@ -310,7 +310,12 @@ class ConsoleController(Controller):
     async def change_flags(self, request: Req) -> Redirect:
         form = await request.form()
         status = _text(form.get("status"))
-        ids = [int(v) for v in form.getall("flag_id", []) if v.isascii() and v.isdigit() and len(v) < 19]
+        # each flag once, however often the form names it (a repeated id was changed twice)
+        ids = list(
+            dict.fromkeys(
+                int(v) for v in form.getall("flag_id", []) if v.isascii() and v.isdigit() and len(v) < 19
+            )
+        )
         back = _text(form.get("next")) or "/console/flags"
         if not back.startswith("/console/flags"):
             back = "/console/flags"

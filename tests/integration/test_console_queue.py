@@ -119,3 +119,27 @@ async def test_a_stock_imbalance_flag_reads_and_links_to_its_catalogue_item(
     assert f'<a href="/console/flags?med_list_codg={OTHER}&amp;org=P2">' in org.text  # its ledger row
     browser.cookies.set("console_lang", "en", path="/console")
     assert "Stock imbalance" in (await browser.get("/console/flags")).text
+
+
+async def test_a_bulk_change_naming_a_flag_twice_changes_it_once(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """flag_id=4&flag_id=8&flag_id=4 answered changed=3 and wrote two identical history
+    rows for flag 4 (a probe)."""
+    w = await world(admin)
+    first, second = await _sold(w, 904, 2)
+    await _sign_in(browser, w["inv"].key)
+    queue = await browser.get("/console/flags")
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', queue.text)
+    assert token
+    answer = await browser.post(
+        "/console/flags/bulk",
+        data={"flag_id": [first, second, first], "status": "investigating", "_csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert "changed=2" in answer.headers["location"]
+    for flag_id in (first, second):
+        history = (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["history"]
+        assert [h["status"] for h in history] == ["investigating"]
