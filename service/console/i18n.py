@@ -169,6 +169,9 @@ ZH: Mapping[str, str] = {
     "code.lot_link": "查看批次",
     "error.title": "出错了",
     "flags.bad_status": "未更改：请选择一个可设置的状态。",
+    "flags.nothing": "未更改：请选择新的状态或填写备注。",
+    "flags.keep": "保持不变（{0}）",
+    "flags.keep_each": "各自保持不变",
     "flags.bad_note": "未更改：备注最多 2000 个字符，且不能含有 NUL 字符。",
     "error.forbidden": "请求被拒绝（表单已过期？请刷新页面后重试）。",
 }
@@ -332,6 +335,9 @@ EN: Mapping[str, str] = {
     "code.lot_link": "See the lot",
     "error.title": "Something went wrong",
     "flags.bad_status": "Nothing changed: choose a status that may be set.",
+    "flags.nothing": "Nothing changed: choose a new status or write a note.",
+    "flags.keep": "keep as it is ({0})",
+    "flags.keep_each": "keep each as it is",
     "flags.bad_note": "Nothing changed: a note is at most 2,000 characters, without NUL characters.",
     "error.forbidden": "The request was refused (an expired form? Reload the page and try again).",
 }

@@ -294,14 +294,16 @@ class ConsoleController(Controller):
     @post("/flags/{flag_id:int}")
     async def change_flag(self, request: Req, flag_id: FromPath[int]) -> Redirect | Template:
         form = await request.form()
-        status = _text(form.get("status"))
+        status = _text(form.get("status"))  # none: keep the flag's status
         readable, note = _note(form.get("note"))
         if not 0 < flag_id < 2**63:  # no such flag (the database's ids are bigints)
             return await self._flag_page(request, flag_id)
-        if status is None or status not in SETTABLE:
+        if status is not None and status not in SETTABLE:
             return await self._flag_page(request, flag_id, "flags.bad_status")
         if not readable:
             return await self._flag_page(request, flag_id, "flags.bad_note")
+        if status is None and note is None:
+            return await self._flag_page(request, flag_id, "flags.nothing")
         if await self._change(request, [flag_id], status, note) == 0:
             return await self._flag_page(request, flag_id)
         return Redirect(f"/console/flags/{flag_id}", status_code=303)
@@ -325,12 +327,12 @@ class ConsoleController(Controller):
         back = f"{path}?{'&'.join(kept)}" if kept else path
         changed = 0
         readable, note = _note(form.get("note"))
-        if status is not None and status in SETTABLE and ids and readable:
+        if (status is None or status in SETTABLE) and (status or note) and ids and readable:
             changed = await self._change(request, ids, status, note)
         sep = "&" if "?" in back else "?"
         return Redirect(f"{back}{sep}changed={changed}", status_code=303)
 
-    async def _change(self, request: Req, ids: list[int], status: str, note: str | None) -> int:
+    async def _change(self, request: Req, ids: list[int], status: str | None, note: str | None) -> int:
         services = request.app.state.services
         who = auth.principal(request).key_id
         changed = 0

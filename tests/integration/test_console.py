@@ -436,3 +436,55 @@ async def test_org_page_flag_figures_agree_with_their_lists_and_the_chart_says_w
     assert row.groups() == ("1", "1")
     assert "结算（全额或部分支付）" in html
     assert "预警（不含待定与自动解除）" in html
+
+
+async def test_a_note_alone_keeps_a_pending_flags_status(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """The status list preselected "open" when the flag's status could not be set
+    (pending, auto-cleared): a note alone silently reopened the flag (a probe)."""
+    from tests.helpers import cn20, world
+
+    w = await world(admin)
+    code = cn20(w["unit"], 1)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [code], 2))
+    out = await w["keys"]["D1"].events(event("dispense", "D1", [code], 3))  # not its pack
+    (flag_id,) = [f["flag_id"] for f in out["flags"] if f["kind"] == "DIVERSION"]
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "pending"
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get(f"/console/flags/{flag_id}")
+    select = re.search(r'<select id="status" name="status">(.*?)</select>', page.text, re.S)
+    assert select is not None
+    options = re.findall(r'<option value="([^"]*)"( selected)?>', select.group(1))
+    # what the form sends untouched: the selected option, else the first
+    sent = next((value for value, selected in options if selected), options[0][0])
+    assert sent == ""
+    assert "保持不变（待定）" in select.group(1)
+    token = _TOKEN.search(page.text).group(1)  # type: ignore[union-attr]
+    noted = await browser.post(
+        f"/console/flags/{flag_id}",
+        data={"status": sent, "note": "asked P1 for its shipment", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert noted.status_code == 303
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert stored["status"] == "pending"
+    assert [(h["status"], h["note"]) for h in stored["history"]] == [("pending", "asked P1 for its shipment")]
+    nothing = await browser.post(
+        f"/console/flags/{flag_id}", data={"status": "", "_csrf_token": token}, follow_redirects=False
+    )
+    assert nothing.status_code == 400
+    assert "请选择新的状态或填写备注" in nothing.text
+    assert len((await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["history"]) == 1
+    # the same from the queue's bulk change, whose list starts with "keep each as it is"
+    queue = await browser.get("/console/flags/pending")
+    assert '<select id="bulk-status" name="status"><option value="" selected>' in queue.text
+    await browser.post(
+        "/console/flags/bulk",
+        data={"flag_id": [flag_id], "status": "", "note": "and D1", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert [(h["status"], h["note"]) for h in stored["history"]][1:] == [("pending", "and D1")]
