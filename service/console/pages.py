@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, get_args
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -92,9 +92,32 @@ def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Tem
             "path": _here(request),
             "signed_in": "principal" in request.state.dict(),
             "item_kinds": ITEM_KINDS,
+            "notice": _take_notice(request),
             **context,
         },
     )
+
+
+NOTICE = "notice"  # the session's key for a page's one-time notice
+
+
+def _leave_notice(request: Req, url: str, key: str, *args: int, error: bool = False) -> None:
+    """What an action did (or why it did nothing), for the page at ``url`` to show once,
+    the next time it is rendered. Kept in the server-side session, never in the URL:
+    anyone can write a count in a link (a probe showed "99,999 codes set to recalled" on a
+    lot never recalled)."""
+    path = unquote(urlsplit(url).path)
+    request.session[NOTICE] = {"path": path, "key": key, "args": list(args), "error": error}
+
+
+def _take_notice(request: Req) -> dict[str, Any] | None:
+    """The notice left for this page, if any; it is shown once."""
+    session = request.scope.get("session")
+    notice = session.get(NOTICE) if isinstance(session, dict) else None
+    if not isinstance(notice, dict) or notice.get("path") != request.scope["path"]:
+        return None
+    del session[NOTICE]  # type: ignore[union-attr]
+    return notice
 
 
 def when(value: datetime | None) -> str:
@@ -226,7 +249,6 @@ class ConsoleController(Controller):
             kinds=KINDS,
             statuses=STATUSES,
             settable=SETTABLE,
-            changed=_text(params.get("changed"), 10),
         )
 
     @get("/flags/live")
@@ -321,16 +343,12 @@ class ConsoleController(Controller):
         back = _text(form.get("next")) or "/console/flags"
         if not back.startswith("/console/flags"):
             back = "/console/flags"
-        # the page's own notice of an earlier change goes: this change's count replaces it
-        path, _, query = back.partition("?")
-        kept = [p for p in query.split("&") if p and not p.startswith("changed=")]
-        back = f"{path}?{'&'.join(kept)}" if kept else path
         changed = 0
         readable, note = _note(form.get("note"))
         if (status is None or status in SETTABLE) and (status or note) and ids and readable:
             changed = await self._change(request, ids, status, note)
-        sep = "&" if "?" in back else "?"
-        return Redirect(f"{back}{sep}changed={changed}", status_code=303)
+        _leave_notice(request, back, "flags.changed", changed)
+        return Redirect(back, status_code=303)
 
     async def _change(self, request: Req, ids: list[int], status: str | None, note: str | None) -> int:
         services = request.app.state.services
@@ -375,8 +393,6 @@ class InvestigationController(Controller):
                 rest=t("lot.others", len(by_custodian) - len(top)),
             ),
             known=set(holders),  # organisations with a page (not "unknown", no custodian)
-            recalled_now=_count(request.query_params.get("recalled")),
-            refused=_text(request.query_params.get("refused"), 20),
         )
 
     @post("/lots/{product_id:str}/{lot:str}/recall")
@@ -385,17 +401,23 @@ class InvestigationController(Controller):
         form = await request.form()
         reason = _text(form.get("reason"))
         back = f"/console/lots/{quote(product_id, safe='')}/{quote(lot, safe='')}"
+        refused = None
         if not _lot_named(product_id, lot):
-            return Redirect(f"{back}?refused=product", status_code=303)
-        if reason is None or form.get("confirm") != "yes":
-            return Redirect(f"{back}?refused={'reason' if reason is None else 'confirm'}", status_code=303)
-        try:
-            done = await investigation.recall(
-                services.pool, product_id, lot, reason, auth.principal(request).key_id
-            )
-        except Invalid:
-            return Redirect(f"{back}?refused=product", status_code=303)
-        return Redirect(f"{back}?recalled={done.codes_recalled}", status_code=303)
+            refused = "product"
+        elif reason is None or form.get("confirm") != "yes":
+            refused = "reason" if reason is None else "confirm"
+        else:
+            try:
+                done = await investigation.recall(
+                    services.pool, product_id, lot, reason, auth.principal(request).key_id
+                )
+            except Invalid:
+                refused = "product"
+            else:
+                _leave_notice(request, back, "lot.recalled_now", done.codes_recalled)
+        if refused is not None:
+            _leave_notice(request, back, f"lot.refused.{refused}", error=True)
+        return Redirect(back, status_code=303)
 
     @get("/orgs/{org:str}")
     async def org(self, request: Req, org: FromPath[str]) -> Template:
@@ -432,12 +454,6 @@ def _lot_named(product_id: str, lot: str) -> bool:
     """A product id and lot that may name a lot (``/v1/lots``); what a recall takes
     besides is its use case's rule (``core.events.identifier_problem``)."""
     return is_product_id(product_id) and 0 < len(lot) <= MAX_LOT and "\x00" not in lot
-
-
-def _count(value: object) -> int | None:
-    """A count passed back in a redirect's query (digits only: nothing else is shown)."""
-    text = _text(value, 10)
-    return int(text) if text is not None and text.isascii() and text.isdigit() else None
 
 
 async def _listed(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str]) -> bool:

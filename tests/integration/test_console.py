@@ -222,20 +222,24 @@ async def test_flag_queue_filters_changes_one_and_many(admin: Api, browser: Asyn
         follow_redirects=False,
     )
     assert bulk.status_code == 303
-    assert "changed=1" in bulk.headers["location"]
+    assert bulk.headers["location"] == "/console/flags"
     assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "dismissed"
-    # sent again from the page it came back to: that page's notice gives way to this one's
+    assert (
+        '<p class="notice" role="status">已更新 1 条预警。</p>' in (await browser.get("/console/flags")).text
+    )
+    assert "已更新" not in (await browser.get("/console/flags")).text  # said once
+    # sent from a filtered page, it comes back to that page
     again = await browser.post(
         "/console/flags/bulk",
         data={
             "flag_id": [str(flag_id)],
             "status": "open",
-            "next": bulk.headers["location"],
+            "next": "/console/flags?kind=OUT_OF_REGION",
             "_csrf_token": token,
         },
         follow_redirects=False,
     )
-    assert again.headers["location"].count("changed=") == 1, again.headers["location"]
+    assert again.headers["location"] == "/console/flags?kind=OUT_OF_REGION"
     pending = await browser.get("/console/flags/pending")
     assert pending.status_code == 200
 
@@ -304,7 +308,8 @@ async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmat
             recall, data={**form, "_csrf_token": token.group(1)}, follow_redirects=False
         )
         assert answer.status_code == 303
-        assert "refused=" in answer.headers["location"]
+        assert answer.headers["location"] == lot_path
+        assert '<p class="error" role="alert">请' in (await browser.get(lot_path)).text
     assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False
     answer = await browser.post(
         recall,
@@ -312,11 +317,12 @@ async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmat
         follow_redirects=False,
     )
     assert answer.status_code == 303
-    assert answer.headers["location"].endswith("?recalled=1")
+    assert answer.headers["location"] == lot_path
     lot = await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9")
     assert lot["recalled"] is True
     assert lot["by_state"] == {"recalled": 1}
     after = (await browser.get(answer.headers["location"])).text
+    assert "已召回，1 个追溯码改为召回状态。" in after
     assert 'class="bar bar-recalled"' in after
     assert "contaminated" in after
     assert 'action="' + recall not in after  # a recalled lot offers no second recall
@@ -364,7 +370,7 @@ async def test_a_lot_too_long_for_the_api_is_refused_by_the_console_too(
         follow_redirects=False,
     )
     assert answer.status_code == 303, answer.text
-    assert "refused=product" in answer.headers["location"]
+    assert "没有此产品" in (await browser.get(answer.headers["location"])).text
     assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False
 
 
@@ -488,3 +494,28 @@ async def test_a_note_alone_keeps_a_pending_flags_status(admin: Api, browser: As
     )
     stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
     assert [(h["status"], h["note"]) for h in stored["history"]][1:] == [("pending", "and D1")]
+
+
+async def test_a_notice_is_never_taken_from_the_url(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """/console/lots/…?recalled=99999 showed "99,999 codes set to recalled" on a lot never
+    recalled, and ?changed=N on the queue a change nobody made (a probe)."""
+    from tests.integration.console_story import GTIN
+
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    forged = await browser.get(f"/console/lots/{GTIN}/L9", params={"recalled": "99999", "refused": "reason"})
+    assert forged.status_code == 200
+    assert 'class="notice"' not in forged.text
+    assert 'role="alert"' not in forged.text
+    assert "改为召回状态" not in forged.text
+    queue = await browser.get("/console/flags", params={"changed": "5"})
+    assert 'class="notice"' not in queue.text
+    # a notice left for one page is not shown on another
+    token = _TOKEN.search(queue.text).group(1)  # type: ignore[union-attr]
+    await browser.post(
+        "/console/flags/bulk",
+        data={"flag_id": w["open_flags"][:1], "status": "investigating", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert 'class="notice"' not in (await browser.get(f"/console/lots/{GTIN}/L9")).text
+    assert "已更新 1 条预警" in (await browser.get("/console/flags")).text

@@ -139,7 +139,7 @@ async def test_a_bulk_change_naming_a_flag_twice_changes_it_once(
         follow_redirects=False,
     )
     assert answer.status_code == 303
-    assert "changed=2" in answer.headers["location"]
+    assert "已更新 2 条预警" in (await browser.get(answer.headers["location"])).text
     for flag_id in (first, second):
         history = (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["history"]
         assert [h["status"] for h in history] == ["investigating"]
