@@ -27,6 +27,12 @@ class Bars:
     height: int
 
 
+def own_bars(count: int, most: int = MOST) -> int:
+    """How many of ``count`` items (longest first) have a bar of their own: all of them
+    up to ``most``; past that ``most - 1``, and one more bar adds up the rest."""
+    return count if count <= most else most - 1
+
+
 def bars(
     items: Sequence[tuple[str, str, int]],
     *,
@@ -38,8 +44,9 @@ def bars(
     """Horizontal bars, one a row, longest first: ``items`` are (key, label, value). Past
     ``most`` bars, the rest are added up in one last bar labelled ``rest`` (key ``""``)."""
     ordered = sorted(items, key=lambda item: (-item[2], item[0]))
-    if len(ordered) > most:
-        ordered = [*ordered[: most - 1], ("", rest, sum(value for _, _, value in ordered[most - 1 :]))]
+    own = own_bars(len(ordered), most)
+    if own < len(ordered):
+        ordered = [*ordered[:own], ("", rest, sum(value for _, _, value in ordered[own:]))]
     top = max((value for _, _, value in ordered), default=0) or 1
     laid = [
         Bar(label, key, value, 8 + i * row, round(length * value / top, 1))

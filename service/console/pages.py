@@ -378,7 +378,8 @@ class InvestigationController(Controller):
             return page(request, "lot.html", status_code=404, product_id=product_id, lot=lot, summary=None)
         t = translator(language(request.cookies.get(LANG_COOKIE)))
         by_custodian = summary["by_custodian"]
-        top = sorted(by_custodian, key=lambda k: (-by_custodian[k], k))[: charts.MOST - 1]
+        # the holders with a bar of their own, named (the order and the count are the chart's)
+        top = sorted(by_custodian, key=lambda k: (-by_custodian[k], k))[: charts.own_bars(len(by_custodian))]
         holders = await registry_usecases.get_orgs(services.pool, top)
         return page(
             request,

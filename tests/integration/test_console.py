@@ -519,3 +519,33 @@ async def test_a_notice_is_never_taken_from_the_url(admin: Api, browser: AsyncTe
     )
     assert 'class="notice"' not in (await browser.get(f"/console/lots/{GTIN}/L9")).text
     assert "已更新 1 条预警" in (await browser.get("/console/flags")).text
+
+
+async def test_a_lot_with_exactly_fifteen_holders_names_every_one(
+    admin: Api, browser: AsyncTestClient
+) -> None:  # type: ignore[type-arg]
+    """The page fetched the names of 14 holders while the chart drew 15 bars: the 15th
+    showed as a bare id (a probe)."""
+    from tests.helpers import cn20, world
+
+    w = await world(admin)
+    holders = [f"Q{i:02d}" for i in range(15)]
+    for org in holders:
+        await admin.ok(
+            "POST",
+            "/v1/orgs",
+            {"id": org, "name": f"药房 {org}", "kind": "pharmacy", "region": "450103"},
+            201,
+        )
+    codes = [cn20(w["unit"], 600 + i) for i in range(15)]
+    await admin.events(
+        event("commission", "M1", codes, 0, lot="L15", expiry="2030-12-31"),
+        *(event("ship", "M1", [code], 1, to=org) for code, org in zip(codes, holders, strict=True)),
+        *(event("receive", org, [code], 2) for code, org in zip(codes, holders, strict=True)),
+    )
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get(f"/console/lots/{w['unit']}/L15")
+    assert page.status_code == 200
+    table = page.text[page.text.index('id="by-custodian"') :]
+    for org in holders:
+        assert f'<a href="/console/orgs/{org}"><bdi>药房 {org}</bdi></a>' in table, org

@@ -112,3 +112,11 @@ def test_every_flag_kind_and_status_has_a_label_in_every_language() -> None:
     for catalogue in CATALOGUES.values():
         assert {f"kind.{k}" for k in KINDS} <= set(catalogue)
         assert {f"status.{s}" for s in STATUSES} <= set(catalogue)
+
+
+def test_a_chart_of_exactly_the_most_bars_has_one_for_each() -> None:
+    from service.console.charts import MOST, bars, own_bars
+
+    assert (own_bars(MOST), own_bars(MOST + 1)) == (MOST, MOST - 1)
+    laid = bars([(f"o{i}", f"O{i}", 100 - i) for i in range(MOST)], rest="none")
+    assert [b.key for b in laid.bars] == [f"o{i}" for i in range(MOST)]
