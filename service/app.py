@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # the limiter after the key middleware: it counts by the key that is calling
         middleware=[auth, *ratelimit.middleware(settings.rate_limits)],
         stores={ratelimit.STORE: ratelimit.store(settings.redis_url)},
-        plugins=[errors.plugin()],
+        plugins=[errors.plugin(), console.error_pages()],  # the console's pages wrap the problems
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
         lifespan=[_lifespan],
         openapi_config=openapi.config(),

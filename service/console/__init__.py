@@ -2,9 +2,10 @@
 cases as the API (``service/usecases``), signed in with an investigator's or admin's key.
 
 Wiring for ``service/app.py``: :func:`router` (pages, static files, the session and
-CSRF middleware, the security headers), :func:`template_config`, and
-:func:`use_redis` once the app's Redis client exists (sessions live there, so every
-worker sees them; in memory when there is no Redis).
+CSRF middleware, the security headers), :func:`template_config`, :func:`error_pages`
+(a plugin, after the problem-details one), and :func:`use_redis` once the app's Redis
+client exists (sessions live there, so every worker sees them; in memory when there is
+no Redis).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from litestar import Litestar, Request, Response, Router
+from litestar.config.app import AppConfig
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import ResponseHeader
-from litestar.exceptions import NotFoundException, PermissionDeniedException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
+from litestar.plugins import InitPluginProtocol
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ExceptionHandler
 
 from service.config import Settings
 from service.console import auth, text
@@ -38,6 +41,17 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# on every console answer, pages and error pages alike
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+# what an error answer announces that its page keeps
+_ANNOUNCED = ("allow", "retry-after")
+# the statuses an error page explains in its own words; others say "something went wrong"
+ERROR_STATUSES = (400, 403, 404, 405, 413, 429, 500, 503)
 
 
 def _secret(settings: Settings) -> str:
@@ -50,11 +64,48 @@ def _to_signin(request: Request[Any, Any, Any], _: auth.SignInRequired) -> Respo
     return Redirect(f"{PATH}/signin", status_code=303)
 
 
-def _refused(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    status = (
-        404 if isinstance(exc, NotFoundException) else 400 if isinstance(exc, ValidationException) else 403
+def _in_console(path: str) -> bool:
+    return path == PATH or path.startswith(f"{PATH}/")
+
+
+def _error_page(request: Request[Any, Any, Any], exc: Exception, answer: Response[Any]) -> Response[Any]:
+    """``answer`` (the app's problem details for ``exc``) as a console page in the reader's
+    language: the same status and announced headers, the console's security headers."""
+    status = answer.status_code or 500
+    if isinstance(exc, auth.SessionsUnavailable):
+        message = "error.sessions"
+    else:
+        message = f"error.status.{status}" if status in ERROR_STATUSES else "error.title"
+    headers = {k: v for k, v in answer.headers.items() if k.lower() in _ANNOUNCED}
+    return page(
+        request, "error.html", status, headers={**SECURITY_HEADERS, **headers}, status=status, message=message
     )
-    return page(request, "error.html", status_code=status, status=status)
+
+
+def _paged(handler: ExceptionHandler[Any]) -> ExceptionHandler[Any]:
+    def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        answer = handler(request, exc)  # as for the API: logged, an outage noted
+        return _error_page(request, exc, answer) if _in_console(request.scope["path"]) else answer
+
+    return handle
+
+
+class _ErrorPages(InitPluginProtocol):
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.exception_handlers = {
+            key: _paged(handler) for key, handler in app_config.exception_handlers.items()
+        }
+        return app_config
+
+
+def error_pages() -> InitPluginProtocol:
+    """Every error under ``/console`` as a page (found by a probe: a route that does not
+    exist, a flag id that is no number, a NUL in the URL, a method a page does not take,
+    PostgreSQL or Valkey away, all reached the browser as problem+json, and those and the
+    CSRF refusal without the security headers). It wraps the app's exception handlers,
+    routing's included, so it must come after the problem-details plugin that sets them;
+    the API's answers are left as they are."""
+    return _ErrorPages()
 
 
 def router(settings: Settings) -> Router:
@@ -76,18 +127,8 @@ def router(settings: Settings) -> Router:
             DefineMiddleware(CSRFMiddleware, config=csrf),
         ],
         guards=[auth.signed_in],
-        exception_handlers={
-            auth.SignInRequired: _to_signin,
-            PermissionDeniedException: _refused,
-            NotFoundException: _refused,
-            ValidationException: _refused,
-        },
-        response_headers=[
-            ResponseHeader(name="Content-Security-Policy", value=CSP),
-            ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
-            ResponseHeader(name="Referrer-Policy", value="same-origin"),
-            ResponseHeader(name="Cache-Control", value="no-store"),
-        ],
+        exception_handlers={auth.SignInRequired: _to_signin},  # the others: error_pages()
+        response_headers=[ResponseHeader(name=k, value=v) for k, v in SECURITY_HEADERS.items()],
         include_in_schema=False,
     )
 
@@ -109,4 +150,4 @@ def use_redis(app: Litestar, redis: Any) -> None:
     app.stores.register(auth.SESSION_STORE, store, allow_override=True)
 
 
-__all__ = ["PATH", "router", "template_config", "use_redis"]
+__all__ = ["PATH", "error_pages", "router", "template_config", "use_redis"]

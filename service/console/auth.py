@@ -32,6 +32,10 @@ class SignInRequired(Exception):
     """No session, an expired one, or its key was revoked: go to the sign-in page."""
 
 
+class SessionsUnavailable(ServiceUnavailableException):
+    """Valkey, which keeps the sessions, does not answer."""
+
+
 class _RotatingBackend(ServerSideSessionBackend):
     """A fresh session id at sign-in, so an id planted before it is worthless."""
 
@@ -84,7 +88,7 @@ def _answered() -> Iterator[None]:
 
 
 def _unavailable() -> ServiceUnavailableException:
-    return ServiceUnavailableException(
+    return SessionsUnavailable(
         "the console keeps its sessions in Valkey, which does not answer now; the API is not affected",
         headers={"Retry-After": "5"},
     )

@@ -173,7 +173,16 @@ ZH: Mapping[str, str] = {
     "flags.keep": "保持不变（{0}）",
     "flags.keep_each": "各自保持不变",
     "flags.bad_note": "未更改：备注最多 2000 个字符，且不能含有 NUL 字符。",
-    "error.forbidden": "请求被拒绝（表单已过期？请刷新页面后重试）。",
+    "error.home": "返回追溯码查询",
+    "error.status.400": "请求无法处理（地址或表单有误）。",
+    "error.status.403": "请求被拒绝（表单已过期？请刷新页面后重试）。",
+    "error.status.404": "没有此页面。",
+    "error.status.405": "此页面不接受这种请求。",
+    "error.status.413": "提交的内容过大。",
+    "error.status.429": "请求过于频繁，请稍后重试。",
+    "error.status.500": "服务处理此请求时出错。",
+    "error.status.503": "服务暂时无法应答（数据库不可用），请稍后重试。",
+    "error.sessions": "调查台的会话保存在 Valkey 中，Valkey 暂时无法应答；请稍后重试（API 不受影响）。",
 }
 
 EN: Mapping[str, str] = {
@@ -339,7 +348,19 @@ EN: Mapping[str, str] = {
     "flags.keep": "keep as it is ({0})",
     "flags.keep_each": "keep each as it is",
     "flags.bad_note": "Nothing changed: a note is at most 2,000 characters, without NUL characters.",
-    "error.forbidden": "The request was refused (an expired form? Reload the page and try again).",
+    "error.home": "Back to finding a code",
+    "error.status.400": "The request could not be handled (a bad address or form).",
+    "error.status.403": "The request was refused (an expired form? Reload the page and try again).",
+    "error.status.404": "No such page.",
+    "error.status.405": "This page does not take that kind of request.",
+    "error.status.413": "What was sent is too large.",
+    "error.status.429": "Too many requests; try again shortly.",
+    "error.status.500": "The service failed to handle this request.",
+    "error.status.503": "The service cannot answer now (its database is unavailable); try again shortly.",
+    "error.sessions": (
+        "The console keeps its sessions in Valkey, which does not answer now; try again shortly "
+        "(the API is not affected)."
+    ),
 }
 
 CATALOGUES: Mapping[str, Mapping[str, str]] = {"zh": ZH, "en": EN}

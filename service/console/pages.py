@@ -79,12 +79,15 @@ def _here(request: Req) -> str:
     return quote(request.url.path, safe="/") + (f"?{query}" if query else "")
 
 
-def page(request: Req, name: str, status_code: int = 200, **context: Any) -> Template:
+def page(
+    request: Req, name: str, status_code: int = 200, *, headers: dict[str, str] | None = None, **context: Any
+) -> Template:
     """Render ``name`` with the labels of the reader's language."""
     lang = language(request.cookies.get(LANG_COOKIE))
     return Template(
         template_name=name,
         status_code=status_code,
+        headers=headers,
         context={
             "t": translator(lang),
             "lang": lang,

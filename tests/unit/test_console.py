@@ -114,6 +114,13 @@ def test_every_flag_kind_and_status_has_a_label_in_every_language() -> None:
         assert {f"status.{s}" for s in STATUSES} <= set(catalogue)
 
 
+def test_every_error_page_has_its_words_in_every_language() -> None:
+    from service.console import ERROR_STATUSES
+
+    for catalogue in CATALOGUES.values():
+        assert {f"error.status.{s}" for s in ERROR_STATUSES} <= set(catalogue)
+
+
 def test_a_chart_of_exactly_the_most_bars_has_one_for_each() -> None:
     from service.console.charts import MOST, bars, own_bars
 
