@@ -24,14 +24,20 @@ from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
 from litestar.plugins import InitPluginProtocol
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ExceptionHandler
 
 from service.config import Settings
 from service.console import auth, text
-from service.console.pages import ConsoleController, InvestigationController, SignInController, page, when
+from service.console.pages import (
+    ConsoleController,
+    InvestigationController,
+    SignInController,
+    page,
+    to_signin,
+    when,
+)
 
 PATH = "/console"
 _STATIC = Path(__file__).parent / "static"
@@ -58,10 +64,6 @@ def _secret(settings: Settings) -> str:
     """The CSRF signing secret, derived from the service's secret so that every worker
     agrees on it."""
     return hmac.new(settings.psn_secret, b"tracecode console csrf", hashlib.sha256).hexdigest()
-
-
-def _to_signin(request: Request[Any, Any, Any], _: auth.SignInRequired) -> Response[Any]:
-    return Redirect(f"{PATH}/signin", status_code=303)
 
 
 def _in_console(path: str) -> bool:
@@ -127,7 +129,7 @@ def router(settings: Settings) -> Router:
             DefineMiddleware(CSRFMiddleware, config=csrf),
         ],
         guards=[auth.signed_in],
-        exception_handlers={auth.SignInRequired: _to_signin},  # the others: error_pages()
+        exception_handlers={auth.SignInRequired: to_signin},  # the others: error_pages()
         response_headers=[ResponseHeader(name=k, value=v) for k, v in SECURITY_HEADERS.items()],
         include_in_schema=False,
     )

@@ -128,31 +128,88 @@ def when(value: datetime | None) -> str:
     return value.astimezone(CHINA).strftime("%Y-%m-%d %H:%M") if value else ""
 
 
+def _console_page(value: object) -> str | None:
+    """``value`` if it is a console page's path (and query) to send the browser back to,
+    never another site's; else None."""
+    text = _text(value)
+    return text if text is not None and (text == "/console" or text.startswith("/console/")) else None
+
+
+def _after_signin(value: object) -> str | None:
+    """The page to go on to once signed in (any console page but sign-in itself)."""
+    back = _console_page(value)
+    return None if back is None or back.startswith("/console/signin") else back
+
+
+ENDED_COOKIE = "console_session_ended"  # for the sign-in page only, for a few minutes
+
+
+def to_signin(request: Req, _: auth.SignInRequired) -> Redirect:
+    """No session for this request: to the sign-in page, and back here once signed in
+    (a page's GET; for a form, the page it was sent from). When the browser still had a
+    session (its key revoked, the session gone), the sign-in page says it has ended; that
+    is said with a cookie of its own, as a link could not. Found by a probe: both were
+    silent, and a sign-in always went on to /console/codes."""
+    if request.method in ("GET", "HEAD"):
+        back = None if request.route_handler.opt.get("stream") else _here(request)
+    else:
+        sent_from = urlsplit(request.headers.get("referer", ""))
+        back = _console_page(sent_from.path + (f"?{sent_from.query}" if sent_from.query else ""))
+    back = _after_signin(back)
+    ended = auth.SESSION_KEY in request.cookies
+    return Redirect(
+        "/console/signin" + (f"?{urlencode({'next': back})}" if back else ""),
+        status_code=303,
+        cookies=[_ended_cookie(request, ended)] if ended else [],
+    )
+
+
+def _ended_cookie(request: Req, ended: bool) -> Cookie:
+    return Cookie(
+        key=ENDED_COOKIE,
+        value="1" if ended else "",
+        path="/console/signin",
+        max_age=600 if ended else 0,
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.settings.secure_cookies,
+    )
+
+
 class SignInController(Controller):
     path = "/"
     opt = {"public": True}
 
     @get("/signin")
     async def signin_form(self, request: Req) -> Template:
-        return page(request, "signin.html", refused=False)
+        return page(
+            request,
+            "signin.html",
+            refused=False,
+            next_page=_after_signin(request.query_params.get("next")),
+            ended=request.cookies.get(ENDED_COOKIE) == "1",
+        )
 
     @post("/signin")
     async def signin(self, request: Req) -> Template | Redirect:
         form = await request.form()
         secret = _text(form.get("key"), 200)
+        next_page = _after_signin(form.get("next"))
         found = await auth.principal_for_secret(request, secret) if secret else None
         if found is None or secret is None:
-            return page(request, "signin.html", status_code=401, refused=True)
+            return page(
+                request, "signin.html", status_code=401, refused=True, next_page=next_page, ended=False
+            )
         await auth.start_session(request, secret)
-        return Redirect("/console/codes", status_code=303)
+        return Redirect(
+            next_page or "/console/codes", status_code=303, cookies=[_ended_cookie(request, ended=False)]
+        )
 
     @post("/lang")
     async def switch_language(self, request: Req) -> Redirect:
         form = await request.form()
         lang = language(_text(form.get("lang")))
-        back = _text(form.get("next")) or "/console"
-        if not back.startswith("/console") or back.startswith("//"):
-            back = "/console"  # never a redirect off the console
+        back = _console_page(form.get("next")) or "/console"  # never a redirect off the console
         return Redirect(
             back,
             status_code=303,
@@ -165,7 +222,7 @@ class SignInController(Controller):
 class ConsoleController(Controller):
     path = "/"
 
-    @get("/")
+    @get("/", opt={"public": True})  # only a redirect, to a page that asks for the session
     async def home(self) -> Redirect:
         return Redirect("/console/codes")
 
@@ -254,11 +311,11 @@ class ConsoleController(Controller):
             settable=SETTABLE,
         )
 
-    @get("/flags/live")
+    @get("/flags/live", opt={"stream": True})
     async def live(self, request: Req) -> ServerSentEvent:
         return self._live(request, pending=False)
 
-    @get("/flags/pending/live")
+    @get("/flags/pending/live", opt={"stream": True})
     async def pending_live(self, request: Req) -> ServerSentEvent:
         return self._live(request, pending=True)
 
@@ -343,7 +400,7 @@ class ConsoleController(Controller):
                 int(v) for v in form.getall("flag_id", []) if v.isascii() and v.isdigit() and len(v) < 19
             )
         )
-        back = _text(form.get("next")) or "/console/flags"
+        back = _console_page(form.get("next")) or "/console/flags"
         if not back.startswith("/console/flags"):
             back = "/console/flags"
         changed = 0

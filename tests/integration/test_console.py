@@ -46,7 +46,7 @@ async def test_sign_in_and_out_with_an_investigator_key(admin: Api, browser: Asy
     inv = await admin.key_for("investigator")
     assert (await browser.get("/console/codes", follow_redirects=False)).headers[
         "location"
-    ] == "/console/signin"
+    ] == "/console/signin?next=%2Fconsole%2Fcodes"
     resp = await _sign_in(browser, inv.key)
     assert resp.status_code == 303
     assert resp.headers["location"] == "/console/codes"
@@ -107,7 +107,7 @@ async def test_a_revoked_key_ends_its_sessions_at_once(admin: Api, browser: Asyn
     await admin.ok("DELETE", f"/v1/keys/{out['key_id']}")
     after = await browser.get("/console/flags", follow_redirects=False)
     assert after.status_code == 303
-    assert after.headers["location"] == "/console/signin"
+    assert after.headers["location"] == "/console/signin?next=%2Fconsole%2Fflags"
 
 
 async def test_code_page_from_a_raw_scan_shows_custody_and_escapes_names(
@@ -549,3 +549,77 @@ async def test_a_lot_with_exactly_fifteen_holders_names_every_one(
     table = page.text[page.text.index('id="by-custodian"') :]
     for org in holders:
         assert f'<a href="/console/orgs/{org}"><bdi>药房 {org}</bdi></a>' in table, org
+
+
+async def test_a_session_that_ended_says_so_and_signing_in_again_returns_to_the_page(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+    server_urls: tuple[str, str],
+) -> None:
+    """After expiry or revocation a page or form went to /console/signin with no word
+    (signin.expired was never used), and signing in again led to /console/codes rather
+    than the page the investigator was on (a probe)."""
+    import redis.asyncio as aioredis
+
+    w = await journey(admin)
+    await _sign_in(browser, w["inv"].key)
+    here = "/console/flags?kind=OUT_OF_REGION&status=open"
+    assert (await browser.get(here)).status_code == 200
+    # the session gone from Valkey (expired there) while the browser still holds its id
+    valkey = aioredis.from_url(server_urls[1])
+    try:
+        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
+    finally:
+        await valkey.aclose()
+    away = await browser.get(here, follow_redirects=False)
+    assert away.status_code == 303
+    assert (
+        away.headers["location"]
+        == "/console/signin?next=%2Fconsole%2Fflags%3Fkind%3DOUT_OF_REGION%26status%3Dopen"
+    )
+    signin = await browser.get(away.headers["location"])
+    assert "会话已结束，请重新登录。" in signin.text
+    assert f'name="next" value="{here.replace("&", "&amp;")}"' in signin.text
+    back = await browser.post(
+        "/console/signin",
+        data={"key": w["inv"].key, "next": here, "_csrf_token": _TOKEN.search(signin.text).group(1)},  # type: ignore[union-attr]
+        follow_redirects=False,
+    )
+    assert back.headers["location"] == here
+    assert "会话已结束" not in (await browser.get("/console/signin")).text  # said once
+    # a key revoked while a form is open: the form's page, once signed in again
+    out = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    await _sign_in(browser, out["secret"])
+    flag_page = f"/console/flags/{w['open_flags'][0]}"
+    token = _TOKEN.search((await browser.get(flag_page)).text).group(1)  # type: ignore[union-attr]
+    await admin.ok("DELETE", f"/v1/keys/{out['key_id']}")
+    lost = await browser.post(
+        flag_page,
+        data={"status": "investigating", "_csrf_token": token},
+        headers={"referer": f"http://testserver.local{flag_page}"},
+        follow_redirects=False,
+    )
+    assert lost.headers["location"] == f"/console/signin?next={flag_page.replace('/', '%2F')}"
+    assert "会话已结束" in (await browser.get(lost.headers["location"])).text
+    assert (await w["inv"].ok("GET", f"/v1/flags/{w['open_flags'][0]}"))["status"] == "open"
+
+
+async def test_a_first_visit_to_a_page_returns_there_after_signing_in_and_nowhere_else(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    inv = await admin.key_for("investigator")
+    away = await browser.get("/console/flags/pending", follow_redirects=False)
+    assert away.headers["location"] == "/console/signin?next=%2Fconsole%2Fflags%2Fpending"
+    signin = await browser.get(away.headers["location"])
+    assert "会话已结束" not in signin.text  # there was none
+    assert "请先登录" in signin.text
+    token = _TOKEN.search(signin.text).group(1)  # type: ignore[union-attr]
+    for elsewhere in ("https://evil.example/", "//evil.example/console/", "/console/signin?next=/x"):
+        answer = await browser.post(
+            "/console/signin",
+            data={"key": inv.key, "next": elsewhere, "_csrf_token": token},
+            follow_redirects=False,
+        )
+        assert answer.headers["location"] == "/console/codes", elsewhere
+        token = _TOKEN.search((await browser.get("/console/signin")).text).group(1)  # type: ignore[union-attr]

@@ -79,7 +79,7 @@ async def test_sign_in_search_a_raw_scan_and_see_its_timeline_and_flags(admin: A
     )
 
     await page.goto("/console")
-    await expect(page).to_have_url("/console/signin")
+    await expect(page).to_have_url("/console/signin?next=%2Fconsole%2Fcodes")
     await page.get_by_label("API 密钥").fill(w["inv"].key)
     await page.get_by_role("button", name="登录").click()
     await expect(page).to_have_url("/console/codes")
