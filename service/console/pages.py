@@ -41,6 +41,7 @@ LANG_COOKIE = "console_lang"
 PAGE_SIZE = 50
 DAYS = 30  # an organisation's daily chart
 MAX_LOT = 64  # as the API's lot field (service/api/types.py Short)
+MAX_CODE = 200  # a code as typed or scanned, as the API's code parameter
 LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s socket timeout)
 LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still counts (and before a flag)
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
@@ -234,7 +235,9 @@ class ConsoleController(Controller):
     @get("/codes")
     async def code(self, request: Req, q: FromQuery[str | None] = None) -> Template:
         services = request.app.state.services
-        raw = _text(q, 200)
+        if q is not None and len(q.strip()) > MAX_CODE:  # it was an empty page, saying nothing
+            return page(request, "code.html", q="", found=None, invalid=False, too_long=True)
+        raw = _text(q)
         if raw is None:
             return page(request, "code.html", q="", found=None, invalid=False)
         parsed = try_parse_code(raw)
@@ -562,32 +565,33 @@ def _day(value: str | None, field: str, bad: list[str]) -> datetime | None:
 
 def _filter(params: Any, field: str, limit: int, bad: list[str]) -> str | None:
     """A text filter: one longer than the API takes is bad, not dropped (it would list
-    every flag under a filter the form still shows)."""
-    value = _text(params.get(field))
-    if value is not None and len(value) > limit:
+    every flag under a filter the form still shows), however long (one past any form
+    value's 2,000 characters was dropped: found by a probe)."""
+    value = params.get(field)
+    if isinstance(value, str) and len(value.strip()) > limit:
         bad.append(field)
         return None
-    return value
+    return _text(value)
 
 
 def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery, list[str]]:
     """The queue's filters, checked as the API checks them; the names of the bad ones."""
     bad: list[str] = []
-    kind = _text(params.get("kind"))
+    kind = _filter(params, "kind", 64, bad)
     if kind is not None and kind not in KINDS:
         bad.append("kind")
-    status = "pending" if pending else _text(params.get("status"))
+    status = "pending" if pending else _filter(params, "status", 64, bad)
     if status is not None and status not in STATUSES:
         bad.append("status")
     region = _filter(params, "region", 6, bad)
     if region is not None and not (region.isascii() and region.isdigit()):
         bad.append("region")
     org = _filter(params, "org", 64, bad)
-    since = _day(_text(params.get("since")), "since", bad)
-    until = _day(_text(params.get("until")), "until", bad)
+    since = _day(_filter(params, "since", 10, bad), "since", bad)
+    until = _day(_filter(params, "until", 10, bad), "until", bad)
     if until is not None:
         until += timedelta(days=1)  # the whole last day
-    code = _filter(params, "code", 200, bad)
+    code = _filter(params, "code", MAX_CODE, bad)
     canonical = None
     if code is not None:
         parsed = try_parse_code(code)

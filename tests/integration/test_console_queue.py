@@ -50,7 +50,18 @@ async def test_the_next_page_keeps_the_code_filter(admin: Api, browser: AsyncTes
 
 @pytest.mark.parametrize(
     "query",
-    [{"until": "9999-12-31"}, {"since": "0001-01-01"}, {"region": "1101011"}, {"org": "X" * 65}],
+    [
+        {"until": "9999-12-31"},
+        {"since": "0001-01-01"},
+        {"region": "1101011"},
+        {"org": "X" * 65},
+        # past any form value's 2,000 characters they were dropped, and every flag listed
+        {"org": "X" * 3000},
+        {"code": "8" * 3000},
+        {"kind": "K" * 3000},
+        {"since": "2026-01-01" + " " * 10 + "x" * 2500},
+        {"med_list_codg": "X" * 3000},
+    ],
 )
 async def test_a_filter_the_api_would_refuse_is_shown_as_refused(
     admin: Api,
@@ -143,3 +154,13 @@ async def test_a_bulk_change_naming_a_flag_twice_changes_it_once(
     for flag_id in (first, second):
         history = (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["history"]
         assert [h["status"] for h in history] == ["investigating"]
+
+
+async def test_a_search_longer_than_a_code_says_so(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]  # noqa: F811
+    """A search of more than 200 characters rendered an empty page with no word (a probe)."""
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    for q in ("8" * 201, "8" * 3000):
+        page = await browser.get("/console/codes", params={"q": q})
+        assert page.status_code == 200
+        assert "追溯码最多 200 个字符" in page.text
