@@ -34,6 +34,7 @@ from service.console.pages import (
     ConsoleController,
     InvestigationController,
     SignInController,
+    org_url,
     page,
     to_signin,
     when,
@@ -143,6 +144,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     )
     env.filters["when"] = when
     env.filters.update(text.FILTERS)
+    env.globals["org_url"] = org_url
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
 
 

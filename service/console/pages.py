@@ -485,6 +485,14 @@ class InvestigationController(Controller):
 
     @get("/orgs/{org:str}")
     async def org(self, request: Req, org: FromPath[str]) -> Template:
+        return await self._org_page(request, org)
+
+    @get("/orgs")
+    async def org_by_query(self, request: Req) -> Template:
+        """The same page, for the ids a path cannot hold (see :func:`org_url`)."""
+        return await self._org_page(request, request.query_params.get("id", ""))
+
+    async def _org_page(self, request: Req, org: str) -> Template:
         services = request.app.state.services
         found = await registry_usecases.get_org(services.pool, org)
         if found is None:
@@ -512,6 +520,15 @@ class InvestigationController(Controller):
             more_flags=open_flags.next_before is not None,
             ledger=ledger or [],
         )
+
+
+def org_url(org_id: str) -> str:
+    """An organisation's page. The registry takes "." and ".." as ids, and browsers
+    resolve such a path segment (also written %2E) before asking: /console/orgs/.. opened
+    /console/ (found by a probe). Those two go in the query instead."""
+    if org_id in (".", ".."):
+        return f"/console/orgs?{urlencode({'id': org_id})}"
+    return f"/console/orgs/{quote(org_id, safe='')}"
 
 
 def _lot_named(product_id: str, lot: str) -> bool:

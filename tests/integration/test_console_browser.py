@@ -310,3 +310,37 @@ async def test_an_open_override_in_a_name_reorders_nothing_after_it(admin: Api, 
         assert lefts is not None, where
         assert lefts == sorted(set(lefts)), (where, lefts)  # left to right, as stored
     await page.screenshot(path=str(SHOTS / "console-isolated-name.png"), full_page=True)
+
+
+async def test_organisations_named_dot_and_dot_dot_open_from_their_links(admin: Api, page: object) -> None:
+    """The registry takes "." and ".." as organisation ids; their links
+    (/console/orgs/..) opened /console/ instead, as a browser resolves such a path
+    segment, even percent-encoded (a probe)."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    codes = {}
+    for serial, org in enumerate((".", ".."), start=1):
+        await admin.ok(
+            "POST",
+            "/v1/orgs",
+            {"id": org, "name": f"Dots {org}", "kind": "pharmacy", "region": "450103"},
+            201,
+        )
+        codes[org] = cn20(w["unit"], serial)
+        await admin.events(
+            event("commission", "M1", [codes[org]], 0, lot="L1", expiry="2030-12-31"),
+            event("ship", "M1", [codes[org]], 1, to=org),
+            event("receive", org, [codes[org]], 2),
+        )
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    for org, code in codes.items():
+        await page.goto("/console/codes?q=" + code)
+        await page.locator("dl.facts dt:text-is('持有方') + dd a").click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text(f"Dots {org} ({org})")
