@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import msgspec
 
 from service.core.codes import try_parse_code
-from service.core.custody import CodeState, Fact, Suspicion
-from service.core.flags import Evidence, FlagRef, NewFlag, suspicion_flag
+from service.core.custody import CodeState, Fact, left_out_by_deletions, replay
+from service.core.flags import Evidence, FlagRef, NewFlag
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
@@ -109,7 +108,7 @@ def shown_request(request: Mapping[str, Any]) -> dict[str, Any]:
     """A stored claim as answers show it: its codes in their canonical form, as every
     answer shows codes (kept as sent; one that is not a code stays as it was sent)."""
     lines = [
-        {**line, "codes": [(p.canonical if (p := try_parse_code(c)) else c) for c in line.get("codes", [])]}
+        {**line, "codes": [canonical(code) or code for code in line.get("codes", [])]}
         for line in request.get("lines", [])
     ]
     return {**request, "lines": lines}
@@ -172,14 +171,12 @@ def judge(
     org: Org,
     on: date,
     earlier: Mapping[str, list[Consumption]],
-    held_then: AbstractSet[str] = frozenset(),
 ) -> list[LineOutcome]:
     """Judge each line in order. Units taken by a payable line are not available to the
     lines after it; a line that is not payable takes nothing. Units that this same sale
     already took from a pack (a dispense event with this setl_id) are billed once, by the
     first line that names the pack; the sale takes no more from that pack (a sale consumes
-    a pack once). A pack in ``held_then`` was the seller's at the sale: it is not refused
-    NOT_IN_CUSTODY for where later events took it (``custody_at_sale``)."""
+    a pack once)."""
     left = {code: s.units_left or 0 for code, s in states.items()}
     own = Sale.of_settlement(setl_id)
     # units this sale took already from each pack it touched, not billed by a line yet
@@ -191,9 +188,8 @@ def judge(
     outcomes = []
     for line in lines:
         outcome = _judge_line(
-            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit,
-            held_then,
-        )  # fmt: skip
+            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit
+        )
         if outcome.payable:
             for code, units in outcome.takes:
                 left[code] -= units
@@ -215,7 +211,6 @@ def _judge_line(
     earlier: Mapping[str, list[Consumption]],
     left: Mapping[str, int],
     credit: Mapping[str, int],
-    held_then: AbstractSet[str],
 ) -> LineOutcome:
     out = LineOutcome(line.line_no, payable=False)
     if not line.codes:
@@ -242,8 +237,6 @@ def _judge_line(
         for reason in code_reasons(code, state, product, org, on):
             if reason.reason == ALREADY_SETTLED:
                 continue  # judged below, against what this settlement leaves
-            if reason.reason == NOT_IN_CUSTODY and code in held_then:
-                continue  # the seller's at the sale; events dated after it moved it on
             out.reasons.append(reason)
         if product is not None and product.med_list_codg != line.med_list_codg:
             out.reasons.append(
@@ -507,13 +500,15 @@ class Decision:
     purchases: list[Purchase]  # of items with a person limit, by the payable lines
 
 
+def canonical(raw: str) -> str | None:
+    """A code as sent in its canonical form (None: not a code)."""
+    parsed = try_parse_code(raw)
+    return parsed.canonical if parsed is not None else None
+
+
 def canonical_codes(claim: Claim) -> dict[str, str | None]:
     """Each code as sent → its canonical form (None: not a code)."""
-    return {
-        raw: (p.canonical if (p := try_parse_code(raw)) else None)
-        for line in claim.lines
-        for raw in line.codes
-    }
+    return {raw: canonical(raw) for line in claim.lines for raw in line.codes}
 
 
 def opened(states: Mapping[str, CodeState]) -> list[str]:
@@ -539,18 +534,18 @@ def _with_given_back(
 def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) -> Decision:
     """Judge every line; the payable lines draw their units (``loaded.states`` is updated
     in place), merged into one consumption per pack; the suspicions become flags."""
-    then = custody_at_sale(claim, loaded) if loaded.history is not None else {}
+    # a late claim is judged on its packs as they were at the sale (their units as now)
+    judged = at_sale(claim, loaded) if loaded.history is not None else loaded.states
     outcomes = judge(
         setl_id=claim.setl_id,
         lines=claim.lines,
         canonical=canonical,
-        states=loaded.states,
+        states=judged,
         products=loaded.products,
         exempt_codgs=loaded.exempt_codgs,
         org=loaded.org,
         on=local_date(claim.at),
         earlier=_with_given_back(loaded.earlier, loaded.given_back),
-        held_then=set(loaded.states) - then.keys() if loaded.history is not None else set(),
     )
     drawn: dict[str, int] = {}  # two lines may draw from one pack: one consumption
     for outcome in outcomes:
@@ -567,11 +562,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         state = loaded.states[code]  # a custody event dated before the sale replays the history
         state.parent = None
         state.sold(claim.at)
-    flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, loaded.states, loaded.earlier)
-    # a pack paid for that the seller holds now but did not hold at the sale (a scan
-    # time may lag the move): the suspicion a later replay would raise, raised now
-    paid = {code for o in outcomes if o.payable for code, _ in [*o.takes, *o.credited]}
-    flags += [suspicion_flag(then[code]) for code in sorted(paid) if code in then]
+    flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, judged, loaded.earlier)
     limits = person_limits(claim, canonical, loaded.states, loaded.products)
     purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])
     after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}
@@ -585,26 +576,25 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
 
 
 def late(at: datetime, states: Mapping[str, CodeState]) -> bool:
-    """Did events dated after the sale reach the service before its claim? Custody is
-    then judged from the packs' history, as it was at the sale (``custody_at_sale``)."""
+    """Did events dated after the sale reach the service before its claim? Its packs are
+    then judged as they were at the sale, from their history (:func:`at_sale`)."""
     return any(s.last_at > at for s in states.values())
 
 
-def custody_at_sale(claim: Claim, loaded: Loaded) -> dict[str, Suspicion]:
-    """For a late claim: each pack's custody suspicion at the sale, folded from its
-    history up to the claim's time, as a replay judges a settlement: DIVERSION (another
-    held it then) or UNKNOWN_CODE (not commissioned yet). A pack without one was the
-    seller's at the sale."""
+def at_sale(claim: Claim, loaded: Loaded) -> dict[str, CodeState]:
+    """For a late claim: its packs as they were at the sale, folded from their history
+    up to the claim's time (without the records an NHSA 3507 deleted, as every replay):
+    who held each, whether it was commissioned, destroyed, in which case; their units,
+    pack size and recall as now. Truth is by event time, so the claim is answered as
+    it would have been had it come before the later events: a pack the seller held then
+    is paid wherever it went since, and one it did not hold then is not, though it
+    holds it now (the same facts in time order refuse it)."""
     assert loaded.history is not None
-    sale = [Fact.settlement(claim.setl_id, claim.at, claim.org, code) for code in sorted(loaded.states)]
-    before = [f for f in loaded.history if f.at <= claim.at]
-    others = [*(f for f in loaded.settled if f.at <= claim.at), *sale]
-    world = replay_counted(before, others, keep=loaded.states, pack_units={}, products={}, orgs={})
-    return {
-        s.code: s
-        for s in world.suspicions
-        if s.fact.setl_id == claim.setl_id and s.kind in ("DIVERSION", "UNKNOWN_CODE")
-    }
+    left_out = left_out_by_deletions(loaded.history)  # over the whole history, then cut
+    before = [f for f in loaded.history if f.event_id not in left_out and f.at <= claim.at]
+    settled = [f for f in loaded.settled if f.at <= claim.at]
+    world = replay([*before, *settled], keep=loaded.states, pack_units={})
+    return {code: world.get(code, claim.at) for code in loaded.states}
 
 
 def sold_in_time(claim: Claim, codes: Sequence[str], loaded: Loaded) -> dict[str, CodeState]:

@@ -6,11 +6,12 @@ and a sale dated before the seller had the pack was paid without a word."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from tests.helpers import Api, cn20, event, pack_claim, sscc, world
+from tests.helpers import BASE_TIME, Api, cn20, event, pack_claim, sscc, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -59,34 +60,36 @@ async def test_the_same_facts_with_the_claim_first_end_the_same(admin: Api) -> N
     assert (sold["custodian"], sold["units_left"], sold["container"]) == ("P1", 0, None), sold
 
 
-async def test_a_sale_dated_before_the_seller_had_the_pack_is_flagged(admin: Api) -> None:
+async def test_a_sale_dated_before_the_seller_had_the_pack_is_refused(admin: Api) -> None:
     """D1 holds a pack until it ships it to P1 at minute 30. A claim of P1 dated minute
-    20 arrives after that: P1 holds the pack now, so it is paid (a scan time can lag the
-    move), but at the sale D1 held it, and the settlement is a DIVERSION, pending, as it
-    is when the ship arrives after the claim (the replay judges it so)."""
+    20 arrives after that: at the sale D1 held the pack, so it is refused NOT_IN_CUSTODY
+    with a DIVERSION naming D1, as when the claim comes before the ship (found by a
+    review: it was paid, as P1 holds the pack now, and the answer hung on the order the
+    facts arrived in)."""
     w = await world(admin)
     code = cn20(w["unit"], 321)
     await w["keys"]["M1"].events(
         event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
         event("ship", "M1", [code], 1, to="D1"),
     )
-    await w["keys"]["D1"].events(event("receive", "D1", [code], 2), event("ship", "D1", [code], 30, to="P1"))
+    await w["keys"]["D1"].events(event("receive", "D1", [code], 2))
+    first = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV3a", code, 20))
+    await w["keys"]["D1"].events(event("ship", "D1", [code], 30, to="P1"))
     await w["keys"]["P1"].events(event("receive", "P1", [code], 31))
-    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV3", code, 20))
-    assert answer["decision"] == "accepted", answer
-    [flag] = answer["flags"]
-    assert flag["kind"] == "DIVERSION", answer
-    stored = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
-    assert (stored["status"], stored["refs"]["settlements"], stored["refs"]["holder"]) == (
-        "pending",
-        ["S-EV3"],
-        "D1",
-    ), stored
+    late = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV3b", code, 20))
+    for answer in (first, late):
+        assert answer["decision"] == "rejected", answer
+        [reason] = answer["lines"][0]["reasons"]
+        assert (reason["reason"], reason["detail"]) == ("NOT_IN_CUSTODY", "the pack is held by D1"), answer
+        [flag] = answer["flags"]
+        stored = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
+        assert (stored["kind"], stored["refs"]["holder"]) == ("DIVERSION", "D1"), stored
+    assert (await w["inv"].ok("GET", f"/v1/codes/{code}/history"))["units_left"] == 24
 
 
-async def test_a_sale_dated_before_the_pack_was_made_is_flagged(admin: Api) -> None:
-    """A claim dated before the pack's commission, of a pack the seller holds now: paid,
-    and UNKNOWN_CODE against the settlement (at the sale the code did not exist)."""
+async def test_a_sale_dated_before_the_pack_was_made_is_refused(admin: Api) -> None:
+    """A claim dated before the pack's commission, of a pack the seller holds now: at the
+    sale the code did not exist, UNKNOWN_CODE, nothing taken."""
     w = await world(admin)
     code = cn20(w["unit"], 331)
     await w["keys"]["M1"].events(
@@ -95,8 +98,41 @@ async def test_a_sale_dated_before_the_pack_was_made_is_flagged(admin: Api) -> N
     )
     await w["keys"]["P1"].events(event("receive", "P1", [code], 62))
     answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV4", code, 10))
-    assert answer["decision"] == "accepted", answer
+    assert answer["decision"] == "rejected", answer
+    assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["UNKNOWN_CODE"], answer
     assert [f["kind"] for f in answer["flags"]] == ["UNKNOWN_CODE"], answer
+
+
+async def test_a_deleted_sale_does_not_take_the_pack_out_of_its_case_at_the_sale(admin: Api) -> None:
+    """P2 sells a pack out of its case by a 3505, deletes that record (3507), then ships
+    the case to M1. A late claim of P2 for the pack, dated after the ship: the deleted
+    sale never was, so the pack went with its case, and P2 did not hold it at the sale:
+    refused, as without the deleted sale (found by a review: the deletion, dated after
+    the claim, was cut off before the fold left the deleted sale out, and it was paid)."""
+    from tests.integration.test_nhsa import MED, _world, envelope, nhsa, sale
+    from tests.integration.test_nhsa_ledger import deletion
+
+    w = await _world(admin)
+    m, p2 = w["keys"]["M1"], w["keys"]["P2"]
+    a, b, case = cn20(w["unit"], 361), cn20(w["unit"], 362), sscc(36)
+    await m.events(
+        event("commission", "M1", [a, b], 0, lot="L1", expiry="2028-12-31"),
+        event("pack", "M1", [a, b], 1, parent=case),
+        event("ship", "M1", [case], 2, to="P2"),
+    )
+    await p2.events(event("receive", "P2", [case], 3))
+    sold_at = (BASE_TIME + timedelta(minutes=5, hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B361", [a], 24, sel_retn_time=sold_at)}))
+    assert out["infcode"] == 0, out
+    out = await nhsa(p2, envelope("3507", {"data": deletion("B361", "4")}))
+    assert out["infcode"] == 0, out
+    await p2.events(event("ship", "P2", [case], 7, to="M1"))
+    await m.events(event("receive", "M1", [case], 8))
+    body = pack_claim("S-EV7", a, 10, org="P2")
+    body["lines"][0]["med_list_codg"] = MED
+    answer = await (await admin.key_for("insurer")).ok("POST", "/v1/settlements", body)
+    assert answer["decision"] == "rejected", answer
+    assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["NOT_IN_CUSTODY"], answer
 
 
 async def test_a_pack_held_neither_then_nor_now_is_refused(admin: Api) -> None:
