@@ -277,6 +277,11 @@ async def set_status(conn: Conn, code: str, flag_id: int, status: str, note: str
         flag_id,
         status,
     )
+    await add_change(conn, code, flag_id, status, note, by_key)
+
+
+async def add_change(conn: Conn, code: str, flag_id: int, status: str, note: str | None, by_key: str) -> None:
+    """A line of the flag's history: who, the status it was left in, and why."""
     await conn.execute(
         "INSERT INTO flag_changes (code, flag_id, status, note, by_key) VALUES ($1, $2, $3, $4, $5)",
         code,

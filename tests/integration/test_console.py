@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -494,6 +496,42 @@ async def test_a_note_alone_keeps_a_pending_flags_status(admin: Api, browser: As
     )
     stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
     assert [(h["status"], h["note"]) for h in stored["history"]][1:] == [("pending", "and D1")]
+
+
+async def test_a_note_alone_does_not_restart_a_pending_flags_grace_window(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+    db: Any,
+    db_url: str,
+) -> None:
+    """A pending flag raised 47 hours ago gets a note; two hours later (49 after it was
+    raised) the promotion opens it: its 48 hours run from when it was raised (API.md), so
+    notes cannot keep a suspicion pending and out of the queue (found by a review: the
+    note set its status again and restarted the window)."""
+    from service.store.db import create_pool
+    from service.usecases import flags as flag_usecases
+    from tests.helpers import cn20, world
+
+    w = await world(admin)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [cn20(w["unit"], 777)], 0))
+    (flag_id,) = [f["flag_id"] for f in out["flags"]]
+    ago = "UPDATE flags SET updated_at = updated_at - $2::interval WHERE flag_id = $1"
+    await db.execute(ago, int(flag_id), timedelta(hours=47))
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get(f"/console/flags/{flag_id}")
+    token = _TOKEN.search(page.text).group(1)  # type: ignore[union-attr]
+    data = {"status": "", "note": "looking", "_csrf_token": token}
+    noted = await browser.post(f"/console/flags/{flag_id}", data=data, follow_redirects=False)
+    assert noted.status_code == 303
+    await db.execute(ago, int(flag_id), timedelta(hours=2))
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        await flag_usecases.promote_due(pool, timedelta(hours=48))
+    finally:
+        await pool.close()
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert stored["status"] == "open", stored
+    assert [(h["status"], h["note"]) for h in stored["history"]][:1] == [("pending", "looking")], stored
 
 
 async def test_a_notice_is_never_taken_from_the_url(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
