@@ -3,6 +3,7 @@ the signal that a transaction lost a race and must run again."""
 
 from __future__ import annotations
 
+import re
 from typing import TypeAlias
 
 import asyncpg
@@ -34,3 +35,15 @@ def unique_violation(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return True
     return isinstance(exc, asyncpg.InternalServerError) and str(exc).startswith(_DUPLICATE_KEY)
+
+
+_CONSTRAINT = re.compile(_DUPLICATE_KEY + r' "([^"]+)"')
+
+
+def violated_index(exc: BaseException) -> str | None:
+    """The unique index a :func:`unique_violation` hit, without a Citus shard's suffix
+    (Citus names the shard's index, ``orgs_fixmedins_code_102008``, in its message only)."""
+    name = getattr(exc, "constraint_name", None)
+    if name is None and (found := _CONSTRAINT.match(str(exc))):
+        name = found.group(1)
+    return re.sub(r"_[0-9]+$", "", name) if isinstance(name, str) else None

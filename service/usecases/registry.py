@@ -12,6 +12,7 @@ import asyncpg
 from service.core.auth import Role, new_key, token_hash
 from service.core.registry import Org, Product
 from service.store import registry
+from service.store.conn import unique_violation, violated_index
 from service.usecases.errors import Conflict, Invalid
 
 R = TypeVar("R", Org, Product)
@@ -39,17 +40,20 @@ async def register_org(pool: asyncpg.Pool, org: Org) -> Registered[Org]:
         try:
             async with conn.transaction():
                 created = await registry.insert_org(conn, org)
-        except asyncpg.UniqueViolationError as exc:
+        except asyncpg.PostgresError as exc:
+            if not unique_violation(exc):
+                raise
             raise _held_elsewhere(exc) from None
         existing = None if created else await registry.get_org(conn, org.id)
     return _created_or_same(created, existing, org)
 
 
-def _held_elsewhere(exc: asyncpg.UniqueViolationError) -> Conflict:
+def _held_elsewhere(exc: asyncpg.PostgresError) -> Conflict:
     """The value another organisation holds, as the unique index the insert hit names it."""
-    if (exc.constraint_name or "").startswith("orgs_fixmedins_code"):  # on Citus, a shard's name
+    index = violated_index(exc)
+    if index == "orgs_fixmedins_code":
         return Conflict("fixmedins_code", "another organisation has this fixmedins_code")
-    if (exc.constraint_name or "").startswith("org_glns_pkey"):
+    if index == "org_glns_pkey":
         return Conflict("glns", "another organisation has one of these GLNs")
     return Conflict()
 
