@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from service.core.custody import TYPE_RANK, replay
+from service.core.custody import TYPE_RANK, left_out_by_deletions, replay
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagRef
 from service.interop.epcis.mapping import (
@@ -161,14 +161,15 @@ async def capture(
     emptying = sorted(
         (m.record.event_time, n) for n, (i, m) in enumerate(indexed) if unpacks_all(events[i]) is not None
     )
-    for _, n in emptying:
-        i, m = indexed[n]
-        parent = unpacks_all(events[i])
-        assert parent is not None
-        others = [o.command for _, o in indexed if o.command is not None]
-        async with pool.acquire() as conn:
-            held = await _held_at(conn, parent, m.record.event_time, others)
-        indexed[n] = (i, map_event(events[i], by_gln, org, created, context, {parent: held}, earlier))
+    if emptying:
+        async with pool.acquire() as conn:  # one connection for them all
+            for _, n in emptying:
+                i, m = indexed[n]
+                parent = unpacks_all(events[i])
+                assert parent is not None
+                others = [o.command for _, o in indexed if o.command is not None]
+                held = await _held_at(conn, parent, m.record.event_time, others)
+                indexed[n] = (i, map_event(events[i], by_gln, org, created, context, {parent: held}, earlier))
     for attempt in range(CAPTURE_ATTEMPTS):
         try:
             return await _store(pool, org, behaviour, created, errors, indexed)
@@ -193,7 +194,13 @@ async def _held_at(conn: Conn, parent: str, at: datetime, others: Sequence[Incom
         codes = tuple(c for c in o.codes if c in family)
         if codes and o.event_id not in stored:
             facts.append(o.fact(codes))
-    before = [f for f in facts if (f.at, TYPE_RANK[f.type]) < (at, TYPE_RANK["unpack"])]
+    # without the records an NHSA 3507 deleted, found over the whole history (a deletion's
+    # compensation is dated when it was deleted, after the facts it undoes)
+    left_out = left_out_by_deletions(facts)
+    before = [
+        f for f in facts
+        if f.event_id not in left_out and (f.at, TYPE_RANK[f.type]) < (at, TYPE_RANK["unpack"])
+    ]  # fmt: skip
     states = replay(before, keep={}, pack_units={}).states
     return sorted(c for c in inside if c in states and states[c].parent == parent)
 

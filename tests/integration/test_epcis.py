@@ -1230,6 +1230,39 @@ async def test_an_unpack_of_all_children_takes_what_the_container_held_at_its_ti
     assert await unpacked(UNITS[1]) == (["2026-03-02T08:06:00Z"], None)
 
 
+async def test_an_unpack_of_all_children_leaves_a_deleted_sale_out(admin: Api) -> None:
+    """P1 sells a pack out of its case by a 3505 (which takes it out of the case), and
+    deletes that record (3507): the sale never was, so the pack is still in its case
+    when P1 unpacks all of the case by EPCIS, and that unpack takes it out (found by a
+    review: the deletion, dated after the unpack, was cut off before the fold left the
+    deleted sale out, and the pack was left in the case)."""
+    from tests.integration.test_nhsa import P1_CODE, envelope, nhsa, sale
+    from tests.integration.test_nhsa_ledger import deletion
+
+    keys = await _pharma_world(admin)
+    p9_org = {"id": "P9", "name": "P9", "kind": "pharmacy", "region": "450100"}
+    await admin.ok("POST", "/v1/orgs", {**p9_org, "fixmedins_code": P1_CODE, "glns": ["9524567987662"]}, 201)
+    p9 = await admin.key_for("org", "P9")
+    u1, u2 = (f"urn:epc:id:sgtin:0614141.107346.{s}" for s in (71, 72))
+    m_events = [
+        _ev("ObjectEvent", 0, M_LOC, action="ADD", bizStep="commissioning", epcList=[u1, u2],
+            ilmd={"cbvmda:lotNumber": "L1", "cbvmda:itemExpirationDate": "2030-12-31"}),
+        _ev("AggregationEvent", 1, M_LOC, action="ADD", parentID=SSCC_URN, childEPCs=[u1, u2]),
+    ]  # fmt: skip
+    assert (await keys["M1"].ok("POST", "/epcis/capture", _doc(*m_events), 202))["success"]
+    await keys["M1"].events(event("ship", "M1", [SSCC_CODE], 2, to="P9"))
+    await p9.events(event("receive", "P9", [SSCC_CODE], 3))
+    code = to_code(u1)
+    sold_at = (BASE_TIME + timedelta(minutes=5, hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+    row = sale("E071", [code], 24, sel_retn_time=sold_at, med_list_codg="X1")
+    assert (await nhsa(p9, envelope("3505", {"selinfo": row})))["infcode"] == 0
+    assert (await nhsa(p9, envelope("3507", {"data": deletion("E071", "4")})))["infcode"] == 0
+    unpack = _ev("AggregationEvent", 6, "urn:epc:id:sgln:9524567.98766.0", action="DELETE", parentID=SSCC_URN)
+    assert (await p9.ok("POST", "/epcis/capture", _doc(unpack), 202))["success"]
+    for unit in (code, to_code(u2)):
+        assert (await keys["inv"].ok("GET", f"/v1/codes/{unit}/history"))["container"] is None, unit
+
+
 async def test_queries_match_identifiers_in_any_form(admin: Api) -> None:
     """Found by a probe: the queries compared identifiers as written. MATCH_epc with the
     Digital Link or the code of an EPC captured as a URN found nothing, nor did
