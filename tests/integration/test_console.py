@@ -515,15 +515,21 @@ async def test_a_note_alone_does_not_restart_a_pending_flags_grace_window(
     w = await world(admin)
     out = await w["keys"]["P1"].events(event("receive", "P1", [cn20(w["unit"], 777)], 0))
     (flag_id,) = [f["flag_id"] for f in out["flags"]]
-    ago = "UPDATE flags SET updated_at = updated_at - $2::interval WHERE flag_id = $1"
-    await db.execute(ago, int(flag_id), timedelta(hours=47))
+
+    async def ago(hours: int) -> None:  # a value, not updated_at - interval: Citus refuses that
+        then = await db.fetchval("SELECT updated_at FROM flags WHERE flag_id = $1", int(flag_id))
+        await db.execute(
+            "UPDATE flags SET updated_at = $2 WHERE flag_id = $1", int(flag_id), then - timedelta(hours=hours)
+        )
+
+    await ago(47)
     await _sign_in(browser, w["inv"].key)
     page = await browser.get(f"/console/flags/{flag_id}")
     token = _TOKEN.search(page.text).group(1)  # type: ignore[union-attr]
     data = {"status": "", "note": "looking", "_csrf_token": token}
     noted = await browser.post(f"/console/flags/{flag_id}", data=data, follow_redirects=False)
     assert noted.status_code == 303
-    await db.execute(ago, int(flag_id), timedelta(hours=2))
+    await ago(2)
     pool = await create_pool(db_url, min_size=1, max_size=1)
     try:
         await flag_usecases.promote_due(pool, timedelta(hours=48))
