@@ -162,3 +162,30 @@ async def test_a_precheck_judges_custody_at_the_sale_too(admin: Api) -> None:
     assert answer["decision"] == "accepted", answer
     still = await w["inv"].ok("GET", f"/v1/codes/{units[0]}/history")
     assert (still["units_left"], still["container"]) == (24, case), still
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+async def test_a_claim_answers_and_ends_the_same_wherever_the_later_facts_arrive(
+    admin: Api, position: int
+) -> None:
+    """The claim (minute 10) arrives before, between or after the facts dated after it
+    (P1 ships the case on at 20, H1 receives it at 30): the same answer and the same
+    end, whatever the order (truth is by event time)."""
+    w = await world(admin)
+    units, case = await _case_at_p1(w, [371 + 10 * position, 372 + 10 * position], 37 + position)
+    later = [
+        lambda: w["keys"]["P1"].events(event("ship", "P1", [case], 20, to="H1")),
+        lambda: w["keys"]["H1"].events(event("receive", "H1", [case], 30)),
+    ]
+    for send in later[:position]:
+        await send()
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim(f"S-ORD{position}", units[0], 10))
+    for send in later[position:]:
+        await send()
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    ends = []
+    for unit in units:
+        h = await w["inv"].ok("GET", f"/v1/codes/{unit}/history")
+        ends.append((h["state"], h["custodian"], h["container"], h["units_left"]))
+    assert ends == [("dispensed", "P1", None, 0), ("received", "H1", case, 24)], ends
+    assert (await w["inv"].ok("GET", f"/v1/flags?code={units[0]}"))["items"] == []
