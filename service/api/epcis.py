@@ -34,10 +34,12 @@ from service.interop.epcis.mapping import (
     epc_count,
     own_context,
     query_keys,
+    unpacks_all,
 )
 from service.usecases import epcis as usecase
 
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
+MAX_UNPACK_ALL = 1_000  # AggregationEvent DELETEs naming no children, per capture
 VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
 CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
@@ -313,6 +315,15 @@ class EpcisController(Controller):
                 413,
                 "CaptureLimitExceededException",
                 f"{epcs} EPCs in the events' lists; at most {MAX_CODES_PER_REQUEST} a capture",
+            )
+        # an unpack naming no children reads its container's history (what it held at its
+        # time): 1,000 took 1.4 s here, 3,000 took 6.5 s, all of it in one request
+        emptying = sum(1 for e in events if isinstance(e, dict) and unpacks_all(e) is not None)
+        if emptying > MAX_UNPACK_ALL:
+            raise epcis_problem(
+                413,
+                "CaptureLimitExceededException",
+                f"{emptying} AggregationEvent DELETEs naming no children; at most {MAX_UNPACK_ALL} a capture",
             )
         invalid, other = _schema_errors(doc, services.settings.epcis_schema, list_path)
         if other:
