@@ -516,6 +516,26 @@ def left_out_by_deletions(events: Iterable[Undoable]) -> set[UUID]:
     return {e.event_id for e in compensations} | {e.undoes for e in compensations if e.undoes is not None}
 
 
+def counted(facts: Iterable[Fact]) -> list[Fact]:
+    """The facts that count: not those of a record an NHSA 3507 deletion deleted, nor the
+    deletion's compensations (:func:`left_out_by_deletions`). Worked out over the whole
+    history: cut it by time only after this, as a compensation is dated when the record
+    was deleted, after what it undoes."""
+    facts = list(facts)
+    left_out = left_out_by_deletions(facts)
+    return [f for f in facts if f.event_id not in left_out] if left_out else facts
+
+
+def held_at(container: str, inside: Iterable[str], at: datetime, facts: Iterable[Fact]) -> list[str]:
+    """The codes among ``inside`` that ``container`` held just before an unpack of it at
+    ``at`` (an EPCIS unpack naming no children): ``facts``, the history of the container,
+    of what was ever inside it and of the containers around them, folded up to what
+    comes before an unpack at that instant."""
+    before = [f for f in counted(facts) if (f.at, TYPE_RANK[f.type]) < (at, TYPE_RANK["unpack"])]
+    states = replay(before, keep={}, pack_units={}).states
+    return sorted(c for c in inside if c in states and states[c].parent == container)
+
+
 def replay(
     facts: Iterable[Fact],
     keep: Mapping[str, CodeState],

@@ -121,7 +121,6 @@ def identifier_problem(name: str) -> str | None:
     return None
 
 
-
 def shape_errors(
     *,
     type_: str,

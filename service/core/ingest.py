@@ -18,7 +18,7 @@ from service.core.custody import (
     CodeState,
     Fact,
     World,
-    left_out_by_deletions,
+    counted,
     product_of,
     replay,
     sort_key,
@@ -123,12 +123,12 @@ def replay_counted(
     the shelf; a deleted return never brought it back), and nothing is raised for either;
     both stay in the log and the history. Their times still count as seen (``last_at``):
     an event dated before them is still late."""
-    left_out = left_out_by_deletions(facts)
-    counted = [f for f in facts if f.event_id not in left_out]
-    world = replay([*counted, *others], keep=keep, pack_units=pack_units, products=products, orgs=orgs)
-    if left_out:
+    kept = counted(facts)
+    world = replay([*kept, *others], keep=keep, pack_units=pack_units, products=products, orgs=orgs)
+    if len(kept) < len(facts):
+        ids = {f.event_id for f in kept}
         for f in facts:
-            if f.event_id in left_out:
+            if f.event_id not in ids:
                 for code in f.codes:
                     if (s := world.states.get(code)) is not None and f.at > s.last_at:
                         s.last_at = f.at

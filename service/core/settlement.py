@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from service.core.codes import try_parse_code
-from service.core.custody import CodeState, Fact, left_out_by_deletions, replay
+from service.core.custody import CodeState, Fact, counted, replay
 from service.core.flags import Evidence, FlagRef, NewFlag
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
@@ -590,8 +590,7 @@ def at_sale(claim: Claim, loaded: Loaded) -> dict[str, CodeState]:
     is paid wherever it went since, and one it did not hold then is not, though it
     holds it now (the same facts in time order refuse it)."""
     assert loaded.history is not None
-    left_out = left_out_by_deletions(loaded.history)  # over the whole history, then cut
-    before = [f for f in loaded.history if f.event_id not in left_out and f.at <= claim.at]
+    before = [f for f in counted(loaded.history) if f.at <= claim.at]
     settled = [f for f in loaded.settled if f.at <= claim.at]
     world = replay([*before, *settled], keep=loaded.states, pack_units={})
     return {code: world.get(code, claim.at) for code in loaded.states}

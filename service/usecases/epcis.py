@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from service.core.custody import TYPE_RANK, left_out_by_deletions, replay
+from service.core.custody import held_at
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagRef
 from service.interop.epcis.mapping import (
@@ -180,10 +180,10 @@ async def capture(
 
 
 async def _held_at(conn: Conn, parent: str, at: datetime, others: Sequence[Incoming]) -> list[str]:
-    """The codes ``parent`` held just before an unpack at ``at``: a history's fold (the
-    stored facts of every code ever inside it and of the containers around them, and the
-    settlements that took packs out) with ``others`` (the capture's own commands), of
-    what comes before an unpack at that instant."""
+    """The codes ``parent`` held just before an unpack at ``at`` (``core.custody.held_at``),
+    from the stored facts of every code ever inside it and of the containers around
+    them, the settlements that took packs out, and ``others`` (the capture's own
+    commands)."""
     inside = set(await code_store.descendants_ever(conn, [parent]))
     inside |= {c for o in others if o.type == "pack" and o.parent == parent for c in o.codes}
     family = {parent, *inside, *await code_store.ancestors_ever(conn, [parent, *inside])}
@@ -194,15 +194,7 @@ async def _held_at(conn: Conn, parent: str, at: datetime, others: Sequence[Incom
         codes = tuple(c for c in o.codes if c in family)
         if codes and o.event_id not in stored:
             facts.append(o.fact(codes))
-    # without the records an NHSA 3507 deleted, found over the whole history (a deletion's
-    # compensation is dated when it was deleted, after the facts it undoes)
-    left_out = left_out_by_deletions(facts)
-    before = [
-        f for f in facts
-        if f.event_id not in left_out and (f.at, TYPE_RANK[f.type]) < (at, TYPE_RANK["unpack"])
-    ]  # fmt: skip
-    states = replay(before, keep={}, pack_units={}).states
-    return sorted(c for c in inside if c in states and states[c].parent == parent)
+    return held_at(parent, inside, at, facts)
 
 
 # a capture runs again when an eventID it took as new was stored meanwhile as another event
