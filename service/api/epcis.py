@@ -34,6 +34,7 @@ from service.interop.epcis.mapping import (
     epc_count,
     own_context,
     query_keys,
+    read_time,
     unpacks_all,
 )
 from service.usecases import epcis as usecase
@@ -540,12 +541,11 @@ def _bound(name: str, raw: str | None) -> datetime | None:
     """A GE_/LT_eventTime: an RFC 3339 date-time with an offset (as ``since`` on /v1/flags)."""
     if raw is None:
         return None
-    try:
-        at = msgspec.convert(raw, datetime)
-    except msgspec.ValidationError:
+    at = read_time(raw)
+    if at is None:
         raise epcis_problem(
             400, "QueryParameterException", f"{name}: not an RFC 3339 date-time with an offset"
-        ) from None
+        )
     problem = bound_problem(at)
     if problem:
         raise epcis_problem(400, "QueryParameterException", f"{name}: {problem}")

@@ -18,8 +18,6 @@ after it into "(3P)"). So:
 
 from __future__ import annotations
 
-import unicodedata
-
 from markupsafe import Markup
 
 # characters that print nothing, or nothing telling, though Unicode files them as
@@ -30,11 +28,11 @@ _IGNORABLE = frozenset(
 
 
 def _hidden(char: str) -> bool:
-    """Would the reader not see this character for what it is? Controls, formats
-    (direction marks and overrides, zero-width characters), unassigned and private
-    ones, separators other than the plain space, and the default-ignorable fillers."""
-    category = unicodedata.category(char)
-    return category[0] == "C" or (category[0] == "Z" and char != " ") or ord(char) in _IGNORABLE
+    """Would the reader not see this character for what it is? What is not printable
+    (controls, formats such as direction marks and zero-width characters, unassigned and
+    private ones, separators other than the plain space: as ``core.events``'s
+    identifiers refuse them), and the default-ignorable fillers."""
+    return not char.isprintable() or ord(char) in _IGNORABLE
 
 
 def visible(value: object) -> str:

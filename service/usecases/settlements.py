@@ -198,7 +198,7 @@ async def _load(
     loaded = Loaded(org=org, states=states, products=products, exempt_codgs=exempt, earlier=earlier)
     if rules.late(claim.at, states):  # custody is judged as it was at the sale, from the history
         family = set(states) | set(await code_store.ancestors_ever(conn, states))
-        loaded.history = event_store.facts_of(await event_store.stored_for(conn, family))
+        loaded.history = await event_store.facts_for(conn, family)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
     limits = rules.person_limits(claim, canonical, states, products)
     if limits:  # the person's purchases of those items within their windows, and their flags
