@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import asyncpg
 import pytest_asyncio
 import redis.asyncio as aioredis
 
 from service.store import registry
+from service.store.migrations import migrate
 
 _TABLES_KEPT = {"schema_migrations"}
 
@@ -40,3 +48,23 @@ async def wipe(db_url: str, redis_url: str) -> None:
     r = aioredis.from_url(redis_url)
     await r.flushdb()
     await r.aclose()
+
+
+@contextlib.asynccontextmanager
+async def own_postgres(prefix: str) -> AsyncIterator[tuple[Path, str]]:
+    """A throwaway embedded PostgreSQL of the test's own, migrated: (its folder, its URL),
+    for a test that stops it (an outage) and starts it again; stopped and removed after."""
+    from service.embedded import start_postgres, stop_postgres
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        url = await asyncio.to_thread(start_postgres, root, throwaway=True)
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield root, url
+    finally:
+        await asyncio.to_thread(stop_postgres, root)
+        shutil.rmtree(root, ignore_errors=True)

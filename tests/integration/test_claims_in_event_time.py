@@ -29,6 +29,18 @@ async def _case_at_p1(w: dict[str, Any], serials: list[int], box: int) -> tuple[
     return units, case
 
 
+async def _delivered(w: dict[str, Any], serial: int, to: str, minutes: tuple[int, int, int]) -> str:
+    """A pack commissioned by M1, shipped to ``to`` and received there, at these minutes."""
+    code = cn20(w["unit"], serial)
+    made, shipped, received = minutes
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], made, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], shipped, to=to),
+    )
+    await w["keys"][to].events(event("receive", to, [code], received))
+    return code
+
+
 async def test_a_sale_out_of_a_case_shipped_on_afterwards_is_paid(admin: Api) -> None:
     """P1 sells a pack out of its case at minute 10 (no scan), then ships the rest of the
     case to H1 at minute 20. The ship reaches the service before the claim: the claim is
@@ -67,12 +79,7 @@ async def test_a_sale_dated_before_the_seller_had_the_pack_is_refused(admin: Api
     review: it was paid, as P1 holds the pack now, and the answer hung on the order the
     facts arrived in)."""
     w = await world(admin)
-    code = cn20(w["unit"], 321)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [code], 1, to="D1"),
-    )
-    await w["keys"]["D1"].events(event("receive", "D1", [code], 2))
+    code = await _delivered(w, 321, "D1", (0, 1, 2))
     first = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV3a", code, 20))
     await w["keys"]["D1"].events(event("ship", "D1", [code], 30, to="P1"))
     await w["keys"]["P1"].events(event("receive", "P1", [code], 31))
@@ -91,12 +98,7 @@ async def test_a_sale_dated_before_the_pack_was_made_is_refused(admin: Api) -> N
     """A claim dated before the pack's commission, of a pack the seller holds now: at the
     sale the code did not exist, UNKNOWN_CODE, nothing taken."""
     w = await world(admin)
-    code = cn20(w["unit"], 331)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [code], 60, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [code], 61, to="P1"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", [code], 62))
+    code = await _delivered(w, 331, "P1", (60, 61, 62))
     answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV4", code, 10))
     assert answer["decision"] == "rejected", answer
     assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["UNKNOWN_CODE"], answer
@@ -139,12 +141,7 @@ async def test_a_pack_held_neither_then_nor_now_is_refused(admin: Api) -> None:
     """D1 held the pack at the sale and holds it now (it shipped nothing to P1): the
     claim is refused NOT_IN_CUSTODY with one DIVERSION flag, late or not."""
     w = await world(admin)
-    code = cn20(w["unit"], 341)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [code], 1, to="D1"),
-    )
-    await w["keys"]["D1"].events(event("receive", "D1", [code], 30))
+    code = await _delivered(w, 341, "D1", (0, 1, 30))
     answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-EV5", code, 20))
     assert answer["decision"] == "rejected", answer
     assert [r["reason"] for r in answer["lines"][0]["reasons"]] == ["NOT_IN_CUSTODY"], answer

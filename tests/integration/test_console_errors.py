@@ -4,19 +4,15 @@ security headers, its status as the API would answer it; the API's problems unch
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
-import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.store.migrations import migrate
 from tests.helpers import Api
+from tests.integration.conftest import own_postgres
 from tests.integration.test_console import _TOKEN, _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -73,27 +69,17 @@ async def test_valkey_away_is_a_503_page(settings: Settings, admin: Api) -> None
 async def test_postgresql_away_is_a_503_page(settings: Settings) -> None:
     """A PostgreSQL of this test's own, stopped under a signed-in console."""
     from service.cli import _create_key
-    from service.embedded import start_postgres, stop_postgres
+    from service.embedded import stop_postgres
 
-    root = Path(tempfile.mkdtemp(prefix="tracecode-console-outage-"))
-    url = await asyncio.to_thread(start_postgres, root, throwaway=True)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
-        # no Redis: the sessions are kept in memory, the feed stays out of it
-        async with AsyncTestClient(
-            app=create_app(replace(settings, database_url=url, redis_url=None))
-        ) as client:
-            _, secret = await _create_key(url, "investigator", None)
-            await _sign_in(client, secret)
-            assert (await client.get("/console/flags")).status_code == 200
-            await asyncio.to_thread(stop_postgres, root)
-            answer = await client.get("/console/flags")
-            assert_console_page(answer, 503, "数据库不可用")
-            assert int(answer.headers["retry-after"]) > 0
-    finally:
+    # no Redis: the sessions are kept in memory, the feed stays out of it
+    async with (
+        own_postgres("tracecode-console-outage-") as (root, url),
+        AsyncTestClient(app=create_app(replace(settings, database_url=url, redis_url=None))) as client,
+    ):
+        _, secret = await _create_key(url, "investigator", None)
+        await _sign_in(client, secret)
+        assert (await client.get("/console/flags")).status_code == 200
         await asyncio.to_thread(stop_postgres, root)
-        shutil.rmtree(root, ignore_errors=True)
+        answer = await client.get("/console/flags")
+        assert_console_page(answer, 503, "数据库不可用")
+        assert int(answer.headers["retry-after"]) > 0

@@ -7,8 +7,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +28,7 @@ from service.store.db import create_pool
 from service.store.migrations import migrate
 from tests.conftest import CITUS_URL
 from tests.helpers import Api, cn20, event, small_world
+from tests.integration.conftest import own_postgres
 from tests.integration.served import Serving, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -259,16 +258,9 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
     """A PostgreSQL of this test's own is stopped under the service and started again."""
     from service.embedded import start_postgres, stop_postgres
 
-    root = Path(tempfile.mkdtemp(prefix="tracecode-outage-"))
-    url = await asyncio.to_thread(start_postgres, root, throwaway=True)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
     # no Redis: the flag feed stays out of it
-    app = create_app(replace(settings, database_url=url, redis_url=None))
-    try:
+    async with own_postgres("tracecode-outage-") as (root, url):
+        app = create_app(replace(settings, database_url=url, redis_url=None))
         async with AsyncTestClient(app=app) as client:
             _, secret = await _create_key(url, "admin", None)
             admin = Api(client, secret)
@@ -305,9 +297,6 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
                 await asyncio.sleep(0.1)
             assert status == 200
             assert (await client.get("/health/ready")).status_code == 200
-    finally:
-        await asyncio.to_thread(stop_postgres, root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_a_database_that_stops_answering_is_503_for_the_requests_queued(tmp_path: Path) -> None:
