@@ -149,6 +149,9 @@ class NhsaOutput(
         "inv_err": "invinfoErrDetail",
         "purc_err": "purcinfoErrDetail",
         "good_err": "goodErrDetail",
+        "page_num": "pageNum",
+        "page_size": "pageSize",
+        "record_counts": "recordCounts",
     },
 ):
     result: NhsaResult
@@ -158,6 +161,12 @@ class NhsaOutput(
     purc_err: list[NhsaRowError] | None = None
     good_err: list[NhsaRowError] | None = None
     data: list[dict[str, Any]] | None = None  # queries (3508/3511/3513): the rows found
+    # queries: which page of how many records (⚠ our paging: page_num and page_size in
+    # input.data; 3513's rows are the trace codes of the page's sales)
+    page_num: int | None = None
+    page_size: int | None = None
+    record_counts: int | None = None
+    pages: int | None = None
     tracecode: NhsaTracecode | None = None
 
 
@@ -359,23 +368,17 @@ class NhsaController(Controller):
         except nhsa.FieldError as exc:
             return _answer(received, region, f"{exc.field}: {exc.message}", None)
         filters: dict[str, Any] = {
-            "med_list_codg": q.med_list_codg,
-            "hilist_id": None,
-            "bchno": q.bchno,
-            "code": None,
             "begin": q.begin,
             "end": q.end,
+            "med_list_codg": q.med_list_codg,
+            "item": q.item,
+            "bchno": q.bchno,
         }
+        page = {"page": q.page_num, "page_size": q.page_size}
         rows: list[dict[str, Any]] = []
         code = env.fixmedins_code
         if env.interface == nhsa.INVENTORY_QUERY:
-            found = await usecase.records(services.pool, org, ("3501",), **filters)
-            if q.item is not None:
-                found = [
-                    r
-                    for r in found
-                    if q.item in (r["med_list_codg"], r["row_data"].get("fixmedins_hilist_id"))
-                ]
+            total, found = await usecase.records(services.pool, org, ("3501",), **page, **filters)
             ledgers = {
                 item["med_list_codg"]: item for item in await usecase.ledger(services.pool, org, None) or []
             }
@@ -392,15 +395,16 @@ class NhsaController(Controller):
                     )
                 )
         else:
-            found = await usecase.records(services.pool, org, ("3505",), **{**filters, "code": q.code})
-            if q.item is not None:
-                found = [
-                    r
-                    for r in found
-                    if q.item in (r["med_list_codg"], r["row_data"].get("fixmedins_hilist_id"))
-                ]
-            if q.mdtrt_id is not None:
-                found = [r for r in found if r["row_data"].get("mdtrt_sn") == q.mdtrt_id]
+            total, found = await usecase.records(
+                services.pool,
+                org,
+                ("3505",),
+                **page,
+                **filters,
+                code=q.code,
+                mdtrt_id=q.mdtrt_id,
+                traced=env.interface == nhsa.SALE_TRACE_QUERY,
+            )
             for r in found:
                 if env.interface == nhsa.SALE_QUERY:
                     rows.append(inventory.answer_row(r, code, selRetnCnt=r["units"]))
@@ -421,4 +425,12 @@ class NhsaController(Controller):
                                 "drugTracCodg": c,
                             }
                         )
-        return _answer(received, region, None, NhsaOutput(result=NhsaResult(OK, "success"), data=rows))
+        output = NhsaOutput(
+            result=NhsaResult(OK, "success"),
+            data=rows,
+            page_num=q.page_num,
+            page_size=q.page_size,
+            record_counts=total,
+            pages=-(-total // q.page_size),
+        )
+        return _answer(received, region, None, output)

@@ -15,7 +15,7 @@ import asyncpg
 
 from service.core.ledger import COUNT, IN_KINDS, OUT_KINDS, Entry, Figures, Standing
 from service.store.conn import Conn, unique_violation
-from service.store.db import fetch_for_values
+from service.store.db import plan_for_values
 
 
 async def lock_items(conn: Conn, org: str, items: Sequence[str]) -> dict[str, Standing | None]:
@@ -483,47 +483,56 @@ async def mark_deleted(conn: Conn, org: str, keys: Sequence[tuple[str, str]], ms
     return sorted({r["fixmedins_bchno"] for r in rows})
 
 
+@dataclass(frozen=True, slots=True)
+class RecordFilters:
+    """What a 3508/3511/3513 query asks for; None: any."""
+
+    begin: datetime  # inclusive
+    end: datetime  # exclusive
+    med_list_codg: str | None = None
+    item: str | None = None  # the catalogue code or the institution's own item code
+    bchno: str | None = None
+    code: str | None = None  # canonical
+    mdtrt_id: str | None = None  # the visit, as the row's mdtrt_sn
+    traced: bool = False  # only records that carry trace codes
+
+
+_RECORDS = """FROM nhsa_records
+    WHERE org = $1 AND interface = ANY($2::text[]) AND deleted_at IS NULL
+      AND ($3::text IS NULL OR med_list_codg = $3)
+      AND ($4::text IS NULL OR med_list_codg = $4 OR row_data->>'fixmedins_hilist_id' = $4)
+      AND ($5::text IS NULL OR fixmedins_bchno = $5)
+      AND ($6::text IS NULL OR $6 = ANY(codes))
+      AND ($7::text IS NULL OR row_data->>'mdtrt_sn' = $7)
+      AND at >= $8 AND at < $9
+      AND (NOT $10::boolean OR cardinality(codes) > 0)"""
+
+
 async def records(
-    conn: Conn,
-    org: str,
-    interfaces: Sequence[str],
-    *,
-    med_list_codg: str | None,
-    hilist_id: str | None,
-    bchno: str | None,
-    code: str | None,
-    begin: datetime | None,
-    end: datetime | None,
-    limit: int = 1000,
-) -> list[dict[str, Any]]:
-    """Records that still count, for the NHSA queries, oldest first."""
-    rows = await fetch_for_values(
-        conn,
-        """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, row_data, received_at
-           FROM nhsa_records
-           WHERE org = $1 AND interface = ANY($2::text[]) AND deleted_at IS NULL
-             AND ($3::text IS NULL OR med_list_codg = $3)
-             AND ($4::text IS NULL OR row_data->>'fixmedins_hilist_id' = $4)
-             AND ($5::text IS NULL OR fixmedins_bchno = $5)
-             AND ($6::text IS NULL OR $6 = ANY(codes))
-             AND ($7::timestamptz IS NULL OR at >= $7)
-             AND ($8::timestamptz IS NULL OR at < $8)
-           ORDER BY at, interface, fixmedins_bchno
-           LIMIT $9""",
-        org,
-        list(interfaces),
-        med_list_codg,
-        hilist_id,
-        bchno,
-        code,
-        begin,
-        end,
-        limit,
-    )
+    conn: Conn, org: str, interfaces: Sequence[str], filters: RecordFilters, *, offset: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many records that still count match ``filters``, and ``limit`` of them from
+    ``offset`` on, oldest first (time, interface, serial: a page is stable)."""
+    f = filters
+    args: tuple[Any, ...] = (org, list(interfaces), f.med_list_codg, f.item, f.bchno, f.code, f.mdtrt_id)
+    args += (f.begin, f.end, f.traced)
+    async with conn.transaction():
+        await plan_for_values(conn)  # any combination of filters: a plan for the ones given
+        total = await conn.fetchval(f"SELECT count(*) {_RECORDS}", *args)
+        rows = await conn.fetch(
+            f"""SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, row_data,
+                       received_at
+                {_RECORDS}
+                ORDER BY at, interface, fixmedins_bchno
+                OFFSET $11 LIMIT $12""",
+            *args,
+            offset,
+            limit,
+        )
     out = []
     for r in rows:
         item = dict(r)
         data = item["row_data"]
         item["row_data"] = json.loads(data) if isinstance(data, str) else dict(data)
         out.append(item)
-    return out
+    return int(total), out

@@ -309,7 +309,16 @@ async def ledger(pool: asyncpg.Pool, org: str, med_list_codg: str | None) -> lis
 
 
 async def records(
-    pool: asyncpg.Pool, org: str, interfaces: tuple[str, ...], **filters: Any
-) -> list[dict[str, Any]]:
+    pool: asyncpg.Pool, org: str, interfaces: tuple[str, ...], *, page: int, page_size: int, **filters: Any
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many of the institution's records match, and the ``page``-th ``page_size`` of
+    them (from 1), oldest first."""
     async with pool.acquire() as conn:
-        return await ledger_store.records(conn, org, interfaces, **filters)
+        return await ledger_store.records(
+            conn,
+            org,
+            interfaces,
+            ledger_store.RecordFilters(**filters),
+            offset=(page - 1) * page_size,
+            limit=page_size,
+        )

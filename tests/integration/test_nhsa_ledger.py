@@ -411,6 +411,61 @@ async def test_queries(admin: Api) -> None:
     assert (await nhsa(p2, envelope("3511", {"data": outside})))["output"]["data"] == []
 
 
+async def test_queries_filter_every_record_and_page_through_them(admin: Api) -> None:
+    """A busy pharmacy's queries: filters find records past the first thousand (they were
+    applied to the first 1,000 only), and every record is reached page by page, each
+    once, with the count of all of them."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    bought = purchase("Q-BUY", 2000, purc_retn_stoin_time="2026-03-01 09:00:00")
+    assert (await nhsa(p2, envelope("3503", {"purcinfo": bought})))["infcode"] == 0
+    busy = [sale(f"Q{i:04d}", [], 1, sel_retn_time="2026-03-05 10:00:00") for i in range(1001)]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": busy}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["records"] == 1001
+    late = [
+        sale(f"QL{i}", [u[i]], 24, sel_retn_time="2026-03-28 10:00:00", fixmedins_hilist_id="YP0009",
+             mdtrt_sn=f"MDLATE{i}")
+        for i in (0, 1)
+    ]  # fmt: skip
+    assert (await nhsa(p2, envelope("3505A", {"selinfoDetail": late})))["infcode"] == 0
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+
+    async def query(infno: str, **data: Any) -> dict[str, Any]:
+        out = await nhsa(p2, envelope(infno, {"data": {**span, **data}}))
+        assert out["infcode"] == 0, out
+        return dict(out["output"])
+
+    first = await query("3511")
+    assert (first["pageNum"], first["pageSize"], first["recordCounts"], first["pages"]) == (1, 1000, 1003, 2)
+    second = await query("3511", page_num="2")
+    seen = [r["fixmedinsBchno"] for r in first["data"] + second["data"]]
+    assert len(seen) == len(set(seen)) == 1003
+    assert seen[-2:] == ["QL0", "QL1"]  # oldest first
+    small = await query("3511", page_num=2, page_size=2)
+    assert [r["fixmedinsBchno"] for r in small["data"]] == seen[2:4]
+    assert small["pages"] == 502
+    beyond = await query("3511", page_num=600, page_size=2)
+    assert (beyond["data"], beyond["recordCounts"]) == ([], 1003)
+
+    by_item = await query("3511", medins_list_codg="YP0009")
+    assert [r["fixmedinsBchno"] for r in by_item["data"]] == ["QL0", "QL1"]
+    by_visit = await query("3511", mdtrt_id="MDLATE1")
+    assert [r["fixmedinsBchno"] for r in by_visit["data"]] == ["QL1"]
+    traced = await query("3513", psn_cert_type="01")
+    assert [r["drugTracCodg"] for r in traced["data"]] == [u[0], u[1]]
+    assert traced["recordCounts"] == 2  # the sales, each with its codes
+    traced = await query("3513", psn_cert_type="01", mdtrt_id="MDLATE0")
+    assert [r["drugTracCodg"] for r in traced["data"]] == [u[0]]
+
+    for bad in ("0", "1001", "x", 1.5, True):
+        out = await nhsa(p2, envelope("3511", {"data": {**span, "page_size": bad}}))
+        assert out["infcode"] == -1, (bad, out)
+        assert out["err_msg"].startswith("input.data.page_size:"), out
+    out = await nhsa(p2, envelope("3511", {"data": {**span, "page_num": -1}}))
+    assert out["err_msg"].startswith("input.data.page_num:"), out
+
+
 async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: Any) -> None:
     """store.ledger.below_zero (running sums in one pass) against the rule written plainly:
     the last live count up to the record, then the live moves after that count up to the

@@ -173,6 +173,9 @@ def _dates(row: dict[str, Any], *, required: bool) -> None:
             calendar_date(row.get(key), key)
 
 
+QUERY_PAGE_MAX = 1000  # records a query answers at most at once (page_size)
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """A 3508/3511/3513 query's input."""
@@ -184,6 +187,8 @@ class Query:
     mdtrt_id: str | None
     begin: datetime  # UTC, inclusive
     end: datetime  # UTC, exclusive (the day after enddate)
+    page_num: int = 1  # ⚠ our paging: which page of page_size records, from 1
+    page_size: int = QUERY_PAGE_MAX
 
 
 def query(envelope: Envelope) -> Query:
@@ -219,6 +224,16 @@ def query(envelope: Envelope) -> Query:
         raise FieldError("input.data.medins_list_codg", "or fixmedins_bchno is required")
     code = named("drug_trac_codg", 100)
     parsed = try_parse_code(code) if code is not None else None  # a code in any of its forms
+
+    def page(key: str, maximum: int, default: int) -> int:
+        value = row.get(key)
+        if value is None or value == "":
+            return default
+        n = number(value, f"input.data.{key}")
+        if n != n.to_integral_value() or not 1 <= n <= maximum:
+            raise FieldError(f"input.data.{key}", f"must be a whole number from 1 to {maximum}")
+        return int(n)
+
     return Query(
         item=item,
         med_list_codg=named("med_list_codg", 50),
@@ -227,6 +242,8 @@ def query(envelope: Envelope) -> Query:
         mdtrt_id=named("mdtrt_id", 30),
         begin=_day_start(begin),
         end=_day_start(end + timedelta(days=1)),
+        page_num=page("page_num", 10_000_000, 1),
+        page_size=page("page_size", QUERY_PAGE_MAX, QUERY_PAGE_MAX),
     )
 
 
