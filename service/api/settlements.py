@@ -65,7 +65,7 @@ class SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
     mode: Literal["settle", "precheck"] = "settle"
 
 
-def _claim(data: SettlementIn) -> Claim:
+def _claim(data: SettlementIn, *, for_org: bool = False) -> Claim:
     problem_at = time_problem(data.at, datetime.now(UTC))
     if problem_at:
         raise bad_input("at", problem_at)
@@ -87,6 +87,7 @@ def _claim(data: SettlementIn) -> Claim:
         lines=tuple(
             Line(ln.line_no, ln.med_list_codg, ln.quantity, ln.split, tuple(ln.codes)) for ln in data.lines
         ),
+        for_org=for_org,
     )
 
 
@@ -123,7 +124,7 @@ class SettlementsController(Controller):
             raise PermissionDeniedException(
                 "an org key may only pre-check settlements for its own organisation"
             )
-        claim = _claim(data)
+        claim = _claim(data, for_org=principal.role is Role.ORG)
         try:
             answer = await usecase.settle(services.pool, claim, services.settings.psn_secret)
         except usecase.Conflict:

@@ -55,7 +55,11 @@ class Consumption:
     reversed: bool = False
     reversed_by: UUID | None = None  # the return that gave the units back (None: a reversal)
 
-    def describe(self) -> str:
+    def describe(self, to: str | None = None) -> str:
+        """The sale as a reason's detail names it; ``to`` an organisation (its own
+        precheck), another organisation's sale is not named."""
+        if to is not None and self.org != to:
+            return "another organisation's sale"
         if self.setl_id:
             return f"settlement {self.setl_id}"
         return f"dispense event {self.event_id}"

@@ -72,6 +72,9 @@ class Claim:
     at: datetime
     mode: str
     lines: tuple[Line, ...]
+    # answered to the dispensing organisation itself (an org key's precheck): other
+    # organisations' sales are not named in its reasons
+    for_org: bool = False
 
 
 def document(claim: Claim) -> dict[str, Any]:
@@ -171,12 +174,14 @@ def judge(
     org: Org,
     on: date,
     earlier: Mapping[str, list[Consumption]],
+    shown_to: str | None = None,
 ) -> list[LineOutcome]:
     """Judge each line in order. Units taken by a payable line are not available to the
     lines after it; a line that is not payable takes nothing. Units that this same sale
     already took from a pack (a dispense event with this setl_id) are billed once, by the
     first line that names the pack; the sale takes no more from that pack (a sale consumes
-    a pack once)."""
+    a pack once). ``shown_to``: the organisation the answer is for, when only its own
+    sales may be named (``Consumption.describe``)."""
     left = {code: s.units_left or 0 for code, s in states.items()}
     own = Sale.of_settlement(setl_id)
     # units this sale took already from each pack it touched, not billed by a line yet
@@ -188,7 +193,7 @@ def judge(
     outcomes = []
     for line in lines:
         outcome = _judge_line(
-            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit
+            line, setl_id, canonical, states, products, exempt_codgs, org, on, earlier, left, credit, shown_to
         )
         if outcome.payable:
             for code, units in outcome.takes:
@@ -211,6 +216,7 @@ def _judge_line(
     earlier: Mapping[str, list[Consumption]],
     left: Mapping[str, int],
     credit: Mapping[str, int],
+    shown_to: str | None,
 ) -> LineOutcome:
     out = LineOutcome(line.line_no, payable=False)
     if not line.codes:
@@ -244,7 +250,7 @@ def _judge_line(
             )
         if state is not None and state.commissioned and state.pack_units:  # a pack, not a logistic unit
             if not own:
-                _check_units(out, line, code, state, left, earlier.get(code, []))
+                _check_units(out, line, code, state, left, earlier.get(code, []), shown_to)
             elif not line.split:
                 _check_credit(out, code, state, credit.get(code, 0), own)
     if out.reasons:
@@ -266,12 +272,14 @@ def _check_units(
     state: CodeState,
     left: Mapping[str, int],
     earlier: list[Consumption],
+    shown_to: str | None,
 ) -> None:
     units = left.get(code, 0)
     whole = state.pack_units or 0
     if units > 0 and (line.split or units == whole):
         return
-    by = ", ".join(e.describe() for e in earlier) or "an earlier line of this settlement"
+    named = dict.fromkeys(e.describe(shown_to) for e in earlier)  # another organisation's once
+    by = ", ".join(named) or "an earlier line of this settlement"
     if units <= 0:
         detail = f"all {whole} units were consumed by {by}"
     else:
@@ -546,6 +554,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         org=loaded.org,
         on=local_date(claim.at),
         earlier=_with_given_back(loaded.earlier, loaded.given_back),
+        shown_to=claim.org if claim.for_org else None,
     )
     drawn: dict[str, int] = {}  # two lines may draw from one pack: one consumption
     for outcome in outcomes:

@@ -254,6 +254,29 @@ async def test_precheck_changes_nothing(admin: Api, db) -> None:  # type: ignore
     assert (await p1.post("/v1/settlements", other)).status_code == 403
 
 
+async def test_an_orgs_precheck_names_no_other_organisations_sale(admin: Api) -> None:
+    """An org key reads only its own settlements: its precheck of a pack another
+    organisation sold says so without that sale's id; the insurer's answer, and the
+    seller's own precheck, name it."""
+    w = await stocked(admin)
+    ins, code = w["insurer"], w["codes"][0]
+    assert (await ins.ok("POST", "/v1/settlements", claim("S1", [{"quantity": 24, "codes": [code]}])))[
+        "decision"
+    ] == "accepted"
+    line = [{"quantity": 24, "codes": [code]}]
+    h1 = await admin.key_for("org", "H1")
+    theirs = await h1.ok("POST", "/v1/settlements", claim("PC", line, org="H1", mode="precheck"))
+    [sold] = [r for r in theirs["lines"][0]["reasons"] if r["reason"] == "ALREADY_SETTLED"]
+    assert sold["detail"] == "all 24 units were consumed by another organisation's sale"
+    assert "S1" not in str(theirs)
+    insurers = await ins.ok("POST", "/v1/settlements", claim("PC", line, org="H1", mode="precheck"))
+    assert "settlement S1" in str(insurers["lines"][0]["reasons"])
+    own = await w["keys"]["P1"].ok("POST", "/v1/settlements", claim("PC", line, mode="precheck"))
+    assert own["lines"][0]["reasons"] == [
+        {"code": code, "reason": "ALREADY_SETTLED", "detail": "all 24 units were consumed by settlement S1"}
+    ]
+
+
 async def test_reversal_restores_exactly_and_once(admin: Api) -> None:
     w = await stocked(admin)
     ins, (a, b) = w["insurer"], w["codes"][:2]
