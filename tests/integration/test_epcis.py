@@ -571,8 +571,29 @@ _BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"ilmd": {**LOT, "cbvmda:itemExpirationDate": "2030-W01-1"}}, "ilmd.cbvmda:itemExpirationDate"),
     ({"ilmd": {**LOT, "cbvmda:itemExpirationDate": 20301231}}, "ilmd.cbvmda:itemExpirationDate"),
     ({"ilmd": {**LOT, "cbvmda:itemExpirationDate": "20301231"}}, "ilmd.cbvmda:itemExpirationDate"),
-    ({"bizLocation": {"id": "9524567987655"}}, "bizLocation.id"),  # P1's GLN: it skipped the 403
+    ({"bizLocation": {"id": GLN_M1}}, "bizLocation.id"),  # a bare GLN is no URI (P1's: a 403, below)
     ({"bizLocation": "urn:epc:id:sgln:9524567.98765.0"}, "bizLocation"),
+    # P1's GLN where no GS1 Digital Link has its key: it was stored, unchecked
+    ({"bizLocation": {"id": "https://id.gs1.org/?414=9524567987655"}}, "bizLocation.id"),
+    (
+        {"bizLocation": {"id": "https://id.gs1.org/01/10614141073464/21/1?414=9524567987655"}},
+        "bizLocation.id",
+    ),
+    ({"readPoint": {"id": "https://id.gs1.org/?414=9524567987655"}}, "readPoint.id"),
+    ({"readPoint": {"id": "urn:epc:id:pgln:9524567.98765"}}, "readPoint.id"),  # a party, no place
+    ({"bizLocation": {"id": "urn:example:warehouse:7"}}, "bizLocation.id"),
+    (
+        {
+            "destinationList": [
+                {"type": "owning_party", "destination": "https://id.gs1.org/?417=9524567987655"}
+            ]
+        },
+        "destinationList[0].destination",
+    ),
+    (
+        {"sourceList": [{"type": "location", "source": "urn:epc:id:pgln:0614141.07346"}]},
+        "sourceList[0].source",
+    ),
     ({"eventTimeZoneOffset": None}, "eventTimeZoneOffset"),
     ({"action": None}, "action"),
     ({"epcList": "urn:epc:id:sgtin:0614141.107346.50"}, "epcList"),  # had no effect, a success
@@ -1310,7 +1331,14 @@ async def test_queries_match_identifiers_in_any_form(admin: Api) -> None:
         assert await n(MATCH_parentID=form) == 1, form
         assert await n(MATCH_anyEPC=form) == 5, form
         assert await n(MATCH_epc=form) == 4, form
-    for form in (D_LOC, "https://id.gs1.org/414/0012345111112", GLN_D1):
+    for form in (
+        D_LOC,
+        "https://id.gs1.org/414/0012345111112",
+        GLN_D1,
+        "URN:EPC:ID:SGLN:0012345.11111.0",
+        "https://id.gs1.org/%34%31%34/0012345111112",
+        "HTTPS://id.gs1.org/414/0012345111112",
+    ):
         assert await n(EQ_bizLocation=form) == 2, form
     assert await n(EQ_bizLocation="urn:epc:id:sgln:0012345.11111.400") == 0  # another place there
     for query in ("MATCH_epc=", "MATCH_anyEPC=a||b", "EQ_bizLocation=", "eventType=", "nextPageToken="):
@@ -1322,3 +1350,42 @@ async def test_queries_match_identifiers_in_any_form(admin: Api) -> None:
     resp = await inv.get("/epcis/events", MATCH_epc="urn:epc:idpat:sgtin:0614141.*.*")
     assert resp.status_code == 400, resp.text
     assert resp.json()["detail"].startswith("MATCH_epc:"), resp.text
+
+
+async def test_a_location_is_its_gln_however_it_is_spelled(admin: Api) -> None:
+    """Found by a probe: with another organisation's key, an event at P1's GLN spelled
+    ``URN:EPC:ID:SGLN:…`` or as a Digital Link with its path percent-encoded was stored
+    (the ownership check read no GLN in it), and EQ_bizLocation with the GLN missed it.
+    Every spelling that names a GLN is that GLN: 403 elsewhere, matched by the queries
+    at home; a source or destination likewise names its party."""
+    keys = await _pharma_world(admin)
+    p1 = "9524567987655"
+    commission = _journey()[0][1]
+    for spelling in (
+        "URN:EPC:ID:SGLN:9524567.98765.0",
+        "urn:EPC:id:Sgln:9524567.98765.0",
+        f"https://id.gs1.org/%34%31%34/{p1}",
+        f"HTTPS://id.gs1.org/414/{p1}",
+        p1,  # no URI, so no location: it skipped the 403
+    ):
+        for key in ("bizLocation", "readPoint"):
+            ev = {**commission, key: {"id": spelling}}
+            single = await keys["M1"].post("/epcis/events", {**ev, "@context": _doc()["@context"]})
+            assert single.status_code == 403, (spelling, key, single.text)
+            assert single.json()["type"] == "epcisException:SecurityException", single.text
+            assert (await keys["M1"].post("/epcis/capture", _doc(ev))).status_code == 403, (spelling, key)
+    assert not _events(await keys["inv"].ok("GET", "/epcis/events"))
+    # at home: the event is found by the GLN in any spelling
+    at_home = {**commission, "bizLocation": {"id": "URN:EPC:ID:SGLN:0614141.07346.0"}}
+    assert (await keys["M1"].ok("POST", "/epcis/capture", _doc(at_home), 202))["success"]
+    for form in (M_LOC, GLN_M1, f"https://id.gs1.org/414/{GLN_M1}"):
+        found = await keys["inv"].get("/epcis/events", EQ_bizLocation=form)
+        assert len(_events(found.json())) == 1, (form, found.text)
+    # a destination's party spelled so: the ship goes to D1, as with urn:epc:id:pgln:…
+    assert (await keys["M1"].ok("POST", "/epcis/capture", _doc(_journey()[1][1]), 202))["success"]
+    ship = _journey()[2][1]
+    ship["destinationList"] = [{"type": "owning_party", "destination": "URN:EPC:ID:PGLN:0012345.11111"}]
+    job = await keys["M1"].ok("POST", "/epcis/capture", _doc(ship), 202)
+    assert (job["success"], job["warnings"]) == (True, []), job
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert [(e["type"], e.get("to")) for e in history["events"]][-1] == ("ship", "D1"), history

@@ -12,6 +12,8 @@ parses GS1 syntax by hand.
 from __future__ import annotations
 
 import functools
+import re
+import string
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -25,7 +27,7 @@ from epcpy.utils.common import ConvertException
 
 from service.core.codes import is_gln, try_parse_code
 
-_EPC_ID: Final = "urn:epc:id:"
+_EPC_ID: Final = "urn:epc:id:"  # read in any case (_is_epc)
 _SGTIN_PATTERN: Final = "urn:epc:idpat:sgtin:"
 MAX_LENGTH: Final = 300  # an identifier longer than this is none this service knows
 _EPCPY_REFUSALS: Final = (ConvertException, ValueError, IndexError, KeyError, AttributeError)  # they vary
@@ -40,6 +42,9 @@ _GLN_SCHEMES: Final[Mapping[str, Callable[[str], str]]] = {
     "sgln": lambda uri: SGLN(uri).gs1_key(),
     "pgln": lambda uri: PGLN(uri).gs1_key(),
 }
+_SGLN_SCHEME: Final[Mapping[str, Callable[[str], str]]] = {"sgln": lambda uri: SGLN(uri).gs1_element_string()}
+_ESCAPE: Final = re.compile("%[0-9A-Fa-f]{2}")
+_UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")  # RFC 3986, 2.3
 
 
 def _gtin_and_serial(element_string: str) -> tuple[str, str]:
@@ -48,29 +53,51 @@ def _gtin_and_serial(element_string: str) -> tuple[str, str]:
     return element_string[4:18], element_string[22:]
 
 
+def _is_epc(uri: str) -> bool:
+    """Is ``uri`` an EPC pure-identity URN? Its ``urn:epc:id:`` in any case: "urn" and the
+    namespace "epc" are case-insensitive (RFC 8141), and so is GS1's ``urn:epc:id:``, so
+    ``URN:EPC:ID:SGLN:…`` is ``urn:epc:id:sgln:…`` (found by a probe: read as no location,
+    it skipped the check that a location is the capturing organisation's)."""
+    return uri[: len(_EPC_ID)].lower() == _EPC_ID
+
+
 def _epc(uri: str, schemes: Mapping[str, Callable[[str], str]]) -> str | None:
-    """What ``epcpy`` makes of a pure-identity URI (``urn:epc:id:<scheme>:…``) of one of
-    ``schemes``, or None (another scheme, too long, or refused)."""
-    if len(uri) > MAX_LENGTH:
+    """What ``epcpy`` makes of a pure-identity URI (``urn:epc:id:<scheme>:…``, its prefix
+    and scheme in any case) of one of ``schemes``, or None (another scheme, too long, or
+    refused)."""
+    if len(uri) > MAX_LENGTH or not _is_epc(uri):
         return None
-    decode = schemes.get(uri[len(_EPC_ID) :].split(":", 1)[0])
+    scheme, _, rest = uri[len(_EPC_ID) :].partition(":")
+    decode = schemes.get(scheme.lower())
     if decode is None:
         return None
     try:
-        return decode(uri)
+        return decode(f"{_EPC_ID}{scheme.lower()}:{rest}")  # epcpy reads the lower case only
     except _EPCPY_REFUSALS:
         return None
 
 
-def _digital_link(uri: str) -> dict[str, str] | None:
-    """The AIs of a GS1 Digital Link URI (path and query), or None if it is not one."""
-    if not uri.startswith(("http://", "https://")) or len(uri) > MAX_LENGTH:
+def _is_web(uri: str) -> bool:
+    return uri[:8].lower().startswith(("http://", "https://"))  # a scheme is case-insensitive
+
+
+def _unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match[0][1:], 16))
+    return char if char in _UNRESERVED else match[0]
+
+
+def _digital_link(uri: str) -> list[tuple[str, str]] | None:
+    """The (AI, value) pairs of a GS1 Digital Link URI, its primary key (the first key of
+    its path) first, or None if it is not one. Read by ``biip`` once its percent-encoded
+    unreserved characters are decoded, which leaves the same URI (RFC 3986, 6.2.2.2):
+    ``/%34%31%34/`` is ``/414/``, which ``biip`` looks for before it decodes."""
+    if not _is_web(uri) or len(uri) > MAX_LENGTH:
         return None
     try:
-        link = GS1DigitalLinkURI.parse(uri)
+        link = GS1DigitalLinkURI.parse(_ESCAPE.sub(_unreserved, uri))
     except (BiipException, ValueError):
         return None
-    return {e.ai.ai: e.value for e in link.element_strings}
+    return [(e.ai.ai, e.value) for e in link.element_strings]
 
 
 def to_code(uri: str) -> str | None:
@@ -87,12 +114,13 @@ def to_code(uri: str) -> str | None:
 @functools.lru_cache(maxsize=1 << 16)
 def _to_code(uri: str) -> str | None:
     element_string: str | None = None
-    if uri.startswith(_EPC_ID):
+    if _is_epc(uri):
         element_string = _epc(uri, _CODE_SCHEMES)
-    elif uri.startswith(("http://", "https://")):
-        ais = _digital_link(uri)
-        if ais is None:
+    elif _is_web(uri):
+        pairs = _digital_link(uri)
+        if pairs is None:
             return None
+        ais = dict(pairs)
         if "00" in ais:
             element_string = f"(00){ais['00']}"
         elif "01" in ais and "21" in ais:
@@ -119,42 +147,53 @@ def pattern_product(uri: str) -> str | None:
 def to_location(uri: str) -> str | None:
     """A location identifier in one form, ``414<GLN>`` with ``254<extension>`` where it
     has one: from an SGLN URN (whose extension ``0`` is none, as the Tag Data Standard
-    has it), a Digital Link with AI 414 (and 254), or a bare GLN. None for anything else."""
-    return _to_location(uri) if len(uri) <= MAX_LENGTH else None
+    has it), a Digital Link whose primary key is AI 414 (and 254), or a bare GLN. None
+    for anything else (a GLN in a Digital Link's query string is no key of it)."""
+    place = _place(uri) if len(uri) <= MAX_LENGTH else None
+    if place is None:
+        return None
+    gln, extension = place
+    return f"414{gln}" + (f"254{extension}" if extension else "")
+
+
+def location_gln(uri: str) -> str | None:
+    """The GLN of the location :func:`to_location` reads, or None where it reads none."""
+    place = _place(uri) if len(uri) <= MAX_LENGTH else None
+    return place[0] if place is not None else None
 
 
 @functools.lru_cache(maxsize=1 << 12)
-def _to_location(uri: str) -> str | None:
-    gln: str | None = None
+def _place(uri: str) -> tuple[str, str | None] | None:
+    """(GLN, extension or None) of a location identifier (:func:`to_location`)."""
     extension: str | None = None
-    if uri.startswith(f"{_EPC_ID}sgln:"):
-        element_string = _epc(uri, {"sgln": lambda u: SGLN(u).gs1_element_string()})
-        if element_string is not None and element_string.startswith("(414)"):
-            gln, _, extension = element_string[len("(414)") :].partition("(254)")
-            extension = None if extension == "0" else extension
-    elif (ais := _digital_link(uri)) is not None:
-        gln, extension = ais.get("414"), ais.get("254")
+    if _is_epc(uri):
+        element_string = _epc(uri, _SGLN_SCHEME)
+        if element_string is None or not element_string.startswith("(414)"):
+            return None
+        gln, _, extension = element_string[len("(414)") :].partition("(254)")
+        extension = None if extension == "0" else extension
+    elif _is_web(uri):
+        pairs = _digital_link(uri)
+        if pairs is None or pairs[0][0] != "414":
+            return None
+        gln, extension = pairs[0][1], dict(pairs).get("254")
     else:
         gln = uri
-    if gln is None or not is_gln(gln):
-        return None
-    return f"414{gln}" + (f"254{extension}" if extension else "")
+    return (gln, extension or None) if is_gln(gln) else None
 
 
 def to_gln(uri: str) -> str | None:
     """The GLN (13 digits) a location or party identifier names: ``urn:epc:id:sgln:…``
     (any extension: a sub-location of that GLN), ``urn:epc:id:pgln:…``, or a Digital
-    Link with AI 414 or 417. None for anything else."""
+    Link whose primary key is AI 414 or 417. None for anything else."""
     return _to_gln(uri) if len(uri) <= MAX_LENGTH else None
 
 
 @functools.lru_cache(maxsize=1 << 12)
 def _to_gln(uri: str) -> str | None:
     gln: str | None = None
-    if uri.startswith(_EPC_ID):
+    if _is_epc(uri):
         gln = _epc(uri, _GLN_SCHEMES)
-    else:
-        ais = _digital_link(uri)
-        if ais is not None:
-            gln = ais.get("414") or ais.get("417")
+    elif (pairs := _digital_link(uri)) is not None and pairs[0][0] in ("414", "417"):
+        gln = pairs[0][1]
     return gln if gln is not None and is_gln(gln) else None

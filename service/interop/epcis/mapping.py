@@ -32,7 +32,14 @@ import msgspec
 from service.core.custody import product_of
 from service.core.events import REPEATED_CODE, Incoming, Rejection, shape_errors, time_problem
 from service.core.rules import INVALID_CODE
-from service.interop.epcis.identifiers import MAX_LENGTH, pattern_product, to_code, to_gln, to_location
+from service.interop.epcis.identifiers import (
+    MAX_LENGTH,
+    location_gln,
+    pattern_product,
+    to_code,
+    to_gln,
+    to_location,
+)
 
 # GS1's JSON-LD contexts (every version): the query document names the standard one itself
 GS1_CONTEXT_PREFIX: Final = "https://ref.gs1.org/standards/epcis/"
@@ -43,6 +50,15 @@ EVENT_TYPES: Final = frozenset(
 )
 _STEP_PREFIXES: Final = ("https://ref.gs1.org/cbv/BizStep-", "urn:epcglobal:cbv:bizstep:", "cbv:BizStep-")
 _DISP_PREFIXES: Final = ("https://ref.gs1.org/cbv/Disp-", "urn:epcglobal:cbv:disp:", "cbv:Disp-")
+_SDT_PREFIXES: Final = ("https://ref.gs1.org/cbv/SDT-", "urn:epcglobal:cbv:sdt:", "cbv:SDT-")
+_LOCATION: Final = "a location: an SGLN (urn:epc:id:sgln:…), or a GS1 Digital Link with AI 414"
+_PARTY: Final = "a party's GLN: a PGLN or an SGLN, or a GS1 Digital Link with AI 417 or 414"
+# what a source or destination of each CBV type names (another type's: any URI)
+_SOURCE_DEST_TYPES: Final = {
+    "owning_party": (to_gln, _PARTY),
+    "possessing_party": (to_gln, _PARTY),
+    "location": (to_location, _LOCATION),
+}
 _LOT_KEYS: Final = ("cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "lotNumber")
 _EXPIRY_KEYS: Final = (
     "cbvmda:itemExpirationDate",
@@ -152,11 +168,12 @@ def _id_of(value: object) -> str | None:
 
 
 def location_glns(event: Mapping[str, Any]) -> list[str]:
-    """The GLNs of the event's read point and business location (the places it happened)."""
+    """The GLNs of the event's read point and business location (the places it happened),
+    as :func:`to_location` reads them (:func:`_check` refuses an event with another)."""
     glns = []
     for key in ("bizLocation", "readPoint"):
         ident = _id_of(event.get(key))
-        gln = to_gln(ident) if ident else None
+        gln = location_gln(ident) if ident else None
         if gln:
             glns.append(gln)
     return glns
@@ -384,11 +401,17 @@ def _check(event: Mapping[str, Any]) -> None:
                 raise EventError(f"{key}[{i}]", "must be an EPC (a string)")
     if "parentID" in event and not _is_uri(event["parentID"]):
         raise EventError("parentID", "must be a URI")
+    # a location is one this service reads, whose GLN the caller checks is the capturing
+    # organisation's: another URI (a GLN in a Digital Link's query string, ...) was stored
+    # unchecked, and matched by no EQ_bizLocation (found by a probe)
     for key in ("bizLocation", "readPoint"):
-        if key in event and not isinstance(event[key], dict):
+        if key not in event:
+            continue
+        if not isinstance(event[key], dict):
             raise EventError(key, "must be an object with the location's id")
-        if key in event and not _is_uri(event[key].get("id")):
-            raise EventError(f"{key}.id", "must be a URI (an SGLN: urn:epc:id:sgln:…)")
+        ident = event[key].get("id")
+        if not (_is_uri(ident) and to_location(ident)):
+            raise EventError(f"{key}.id", f"must be {_LOCATION}")
     for key in ("sourceList", "destinationList"):
         items = event.get(key)
         if key in event and not isinstance(items, list):
@@ -397,6 +420,11 @@ def _check(event: Mapping[str, Any]) -> None:
         for i, item in enumerate(items or ()):
             if not (isinstance(item, dict) and _is_uri(item.get(name))):
                 raise EventError(f"{key}[{i}].{name}", "must be a URI (a PGLN or SGLN)")
+            type_ = _cbv(item.get("type"), _SDT_PREFIXES)
+            if type_ in _SOURCE_DEST_TYPES:
+                read, named = _SOURCE_DEST_TYPES[type_]
+                if read(item[name]) is None:
+                    raise EventError(f"{key}[{i}].{name}", f"must be {named}")
 
 
 def _is_uri(value: object) -> bool:
