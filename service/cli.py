@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from service.config import DEFAULT_SERVER, LOG_FORMAT, SERVERS, Settings, in_range
+from service.config import DEFAULT_SERVER, SERVERS, Settings, in_range, setup_logging
 
 log = logging.getLogger("tracecode")
 
@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    setup_logging()
     return int(args.run(Settings.from_env(), args))
 
 

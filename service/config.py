@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -113,8 +114,25 @@ def _rate_limits() -> dict[str, RateLimit | None]:
 
 SERVERS = ("uvicorn", "granian")
 DEFAULT_SERVER = "uvicorn"
-# the service's log lines (a request's line is JSON after the colon)
+# the service's log lines but a request's (_Lines)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ACCESS_LOGGER = "tracecode.access"  # a line a request, its message JSON (api/requestlog.py)
+
+
+class _Lines(logging.Formatter):
+    """A request's line as its JSON alone, so a log shipper reads each as one object;
+    every other record with its time, level and logger (LOG_FORMAT)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage() if record.name == ACCESS_LOGGER else super().format(record)
+
+
+def setup_logging() -> None:
+    """The process's logging on standard error, at INFO until TRACE_LOG_LEVEL narrows the
+    service's own loggers; a no-op where it is set up already."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Lines(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 @dataclass(frozen=True, slots=True)

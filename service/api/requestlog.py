@@ -26,12 +26,12 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.config import LOG_FORMAT
+from service.config import ACCESS_LOGGER, setup_logging
 from service.core.auth import Principal
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-log = structlog.get_logger("tracecode.access")
+log = structlog.get_logger(ACCESS_LOGGER)
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=repr)  # what JSON lacks, as its repr (as structlog's default)
@@ -49,7 +49,7 @@ def configure(level: str) -> None:
     request lines were lost. Request lines are JSON handed to the standard library's
     ``tracecode.access`` logger, so they go wherever the service's logging goes
     (``tracecode serve``: standard error); below ``level`` they are not even rendered."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # no-op where already set up
+    setup_logging()
     for name in ("tracecode", "service"):
         logging.getLogger(name).setLevel(level.upper())
     structlog.configure(
