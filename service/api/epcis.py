@@ -19,11 +19,10 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import PermissionDeniedException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromPath, QueryParameter
-from litestar.plugins.problem_details import ProblemDetailsException
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
-from service.api.errors import refuse_nul_and_bad_text
+from service.api.errors import ANSWER_HEADERS, epcis_problem, refuse_nul_and_bad_text
 from service.api.openapi import BEARER, KEYED, body, problems
 from service.core.auth import Role
 from service.core.events import MAX_CODES_PER_REQUEST, bound_problem
@@ -84,15 +83,12 @@ def _limits(settings_bytes: int) -> dict[str, str]:
     }
 
 
-def epcis_problem(status: int, exception: str, detail: str, **extra: Any) -> ProblemDetailsException:
-    """The standard's exception (``epcisException:ValidationException``, ...) as problem details."""
-    return ProblemDetailsException(
-        status_code=status,
-        title=exception,
-        detail=detail,
-        type_=f"epcisException:{exception}",
-        extra=extra or None,
-    )
+def _answer_headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The headers every answer under /epcis carries, refusals too (``errors.ANSWER_HEADERS``):
+    the versions, and a capture's (a POST) its limits, which a refused one needs most."""
+    if request.method == "POST":
+        return _limits(request.app.state.settings.max_body_bytes)
+    return VERSIONS
 
 
 class CaptureJobOut(msgspec.Struct):
@@ -291,6 +287,7 @@ class EpcisController(Controller):
     tags = ["epcis"]
     security = BEARER
     before_request = staticmethod(check_request)
+    opt = {ANSWER_HEADERS: _answer_headers}
 
     async def _capture(
         self,

@@ -56,18 +56,47 @@ EPCIS_EXCEPTIONS = {
 }  # others (429, 503) keep the service's own types: the binding has none for them
 
 
+# a route's ``opt`` may name the headers each of its answers carries, errors too: a
+# function of the request (the EPCIS binding's versions and capture limits)
+ANSWER_HEADERS = "answer_headers"
+
+
 class _Problem(ProblemDetailsException):
     def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """The problem, with the request id of the log line that records it; under
-        ``/epcis``, typed as the binding's exception."""
+        """The problem, with the request id of the log line that records it and its
+        route's answer headers; under ``/epcis``, typed as the binding's exception
+        (unless raised as one)."""
         exception = EPCIS_EXCEPTIONS.get(self.status_code)
-        if exception is not None and request.scope["path"].startswith("/epcis"):
-            self.type_, self.title = f"epcisException:{exception}", exception
+        if (
+            exception is not None
+            and request.scope["path"].startswith("/epcis")
+            and not (self.type_ or "").startswith(EPCIS_TYPE)
+        ):
+            self.type_, self.title = f"{EPCIS_TYPE}{exception}", exception
         response = super().to_response(request)
         request_id = request_id_of(request.scope)
         if request_id:
             response.content["request_id"] = request_id
+        handler = request.scope.get("route_handler")
+        headers_of = handler.opt.get(ANSWER_HEADERS) if handler is not None else None
+        if headers_of is not None:
+            response.headers.update(headers_of(request))
         return response
+
+
+EPCIS_TYPE = "epcisException:"
+
+
+def epcis_problem(status: int, exception: str, detail: str, **extra: Any) -> ProblemDetailsException:
+    """The EPCIS binding's exception (``epcisException:ValidationException``, ...) as
+    problem details."""
+    return _Problem(
+        status_code=status,
+        title=exception,
+        detail=detail,
+        type_=f"{EPCIS_TYPE}{exception}",
+        extra=extra or None,
+    )
 
 
 def problem(

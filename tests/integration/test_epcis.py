@@ -931,6 +931,47 @@ async def test_the_services_own_refusals_under_epcis_are_the_bindings_exceptions
     assert (await client.get("/v1/flags")).json()["type"].startswith("https://")
 
 
+async def test_every_refusal_under_epcis_carries_the_bindings_headers_and_request_id(admin: Api) -> None:
+    """A refusal is an answer of the binding too: its version headers (a capture's: its
+    limits, which a 413 most needs), and the request id of its log line in the body as in
+    the header, whichever check refused it (found by a probe: the binding's own
+    exceptions carried neither)."""
+    keys = await _pharma_world(admin)
+    m1, client = keys["M1"], keys["M1"].client
+    inv = await admin.key_for("investigator")
+    json_type = {"content-type": "application/json"}
+    too_many = _ev(
+        "ObjectEvent",
+        1,
+        M_LOC,
+        action="ADD",
+        bizStep="commissioning",
+        epcList=[f"urn:epc:id:sgtin:0614141.107346.{i}" for i in range(10_001)],
+    )
+    refusals = [
+        ("GET", "/epcis/events", {}, None, 401),
+        ("GET", "/epcis/events?perPage=abc", inv.headers, None, 400),
+        ("GET", f"/epcis/events/{uuid.uuid4()}", inv.headers, None, 404),
+        ("GET", "/epcis/events", m1.headers, None, 403),
+        ("POST", "/epcis/capture", {**m1.headers, "content-type": "text/plain"}, b"{}", 415),
+        ("POST", "/epcis/capture", {**m1.headers, **json_type, "GS1-EPCIS-Version": "1.2.0"}, b"{}", 406),
+        ("POST", "/epcis/capture", {**m1.headers, **json_type}, json.dumps(_doc(too_many)).encode(), 413),
+        ("POST", "/epcis/events", {**keys["P1"].headers, **json_type}, json.dumps(too_many).encode(), 413),
+    ]
+    for method, path, headers, body, status in refusals:
+        named = {**headers, "X-Request-ID": f"r-{status}"}
+        resp = await client.request(method, path, headers=named, content=body)
+        assert resp.status_code == status, (path, resp.text)
+        assert resp.json()["type"].startswith("epcisException:"), resp.text
+        assert resp.json()["request_id"] == resp.headers["x-request-id"] == f"r-{status}", resp.text
+        assert (resp.headers["GS1-EPCIS-Version"], resp.headers["GS1-CBV-Version"]) == ("2.0.0", "2.0.0")
+        if method == "POST":
+            assert resp.headers["GS1-EPCIS-Capture-Limit"] == "10000", path
+            assert int(resp.headers["GS1-EPCIS-Capture-File-Size-Limit"]) > 0
+        else:
+            assert "GS1-EPCIS-Capture-Limit" not in resp.headers
+
+
 async def test_a_capture_declared_as_another_media_type_is_415(admin: Api, db: Any) -> None:
     """The REST binding's UnsupportedMediaTypeException; JSON-LD is JSON, and a body with
     no declared type is read as JSON."""
