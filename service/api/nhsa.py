@@ -182,12 +182,17 @@ class NhsaOut(msgspec.Struct):
 
 
 def _answer(received: datetime, region: str, err: str | None, output: NhsaOutput | None) -> NhsaOut:
+    """The response envelope. A refusal (``err``) always carries ``output.result``, so a
+    client may read ``retRslt`` on every answer."""
+    message = err[:200] if err is not None else None
+    if message is not None and output is None:
+        output = NhsaOutput(result=NhsaResult(FAILED, message))
     return NhsaOut(
         infcode=-1 if err is not None else 0,
         inf_refmsgid=nhsa.ref_msgid(region, received, secrets.randbelow(10**10)),
         refmsg_time=nhsa.stamp(received),
         respond_time=nhsa.stamp(datetime.now(UTC)),
-        err_msg=err[:200] if err is not None else None,
+        err_msg=message,
         output=output,
     )
 

@@ -415,9 +415,12 @@ async def test_bad_input_answers_infcode_minus_one(admin: Api, db: Any) -> None:
         out = await nhsa(p2, body)
         assert out["infcode"] == -1, (field, out)
         assert out["err_msg"].startswith(f"{field}:"), (field, out["err_msg"])
+        # every refusal carries output.result, as the platform's answers do
+        assert out["output"]["result"] == {"retRslt": "0", "msgRslt": out["err_msg"]}, (field, out)
     resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=b'{"infno": ')
     assert resp.status_code == 200
     assert resp.json()["infcode"] == -1
+    assert resp.json()["output"]["result"]["retRslt"] == "0"
     assert await _stored_events(db) == 0
 
 
