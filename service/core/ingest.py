@@ -183,6 +183,31 @@ def refunds_needed(
     return named | {t.setl_id for t in sales if t.setl_id and t.reversed_by is not None}
 
 
+def standing_needed(
+    events: Iterable[Incoming],
+    sales: Iterable[Consumption],
+    pack_sales: PackSales,
+    waiting_returns: Iterable[Return],
+    waiting_dispenses: Iterable[Incoming],
+) -> set[str]:
+    """The settlement ids whose standing the decision reads, when it matches patients'
+    returns with sales (the batch's, waiting ones, or those of packs folded again): the
+    ``setl_id`` of each dispense whose take such a return may meet (recorded, new,
+    waiting or folded again). A return does not give back what a standing settlement
+    pays for (``core.sales.paid``); a settlement's own take is paid without a read (its
+    reversal gives it back). None otherwise: a batch with no return to match (the sales,
+    the hot path) reads nothing more."""
+    events = list(events)
+    returns = any(e.type == "return" and e.undoes is None for e in events)
+    returns = returns or any(r.undoes is None for r in waiting_returns)
+    returns = returns or any(r.undoes is None for _, rets in pack_sales.values() for r in rets)
+    if not returns:
+        return set()
+    named = {e.setl_id for e in [*events, *waiting_dispenses] if e.type == "dispense" and e.setl_id}
+    named |= {d.setl_id for dispenses, _ in pack_sales.values() for d in dispenses if d.setl_id}
+    return named | {t.setl_id for t in sales if t.setl_id and t.event_id is not None}
+
+
 def registry_needed(
     events: Iterable[Incoming],
     states: Mapping[str, CodeState],
@@ -226,6 +251,10 @@ class Loaded:
     # settlements the insurer reversed (refunded), by setl_id, among those the dispenses
     # name and those of takes a return gave back (``refunds_needed``)
     refunded: dict[str, Refund] = field(default_factory=dict)
+    # settlements stored and not reversed, by setl_id, among the setl_ids of the
+    # dispenses a return may meet (``standing_needed``): a return does not give back
+    # what they pay for
+    standing: dict[str, Refund] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +497,8 @@ def _consume(
     loaded: Loaded,
     book: _Book,
 ) -> list[NewFlag]:
-    """Dispenses take units from packs; returns give back the latest sale's units. A
+    """Dispenses take units from packs; returns give back the latest sale's units that
+    no standing settlement pays for (those wait for the refund: ``core.sales.paid``). A
     dispense carrying a setl_id that a settlement already consumed takes nothing again.
     Returns the suspicions a dispense raises: a consumed pack dispensed again (回流药),
     expired, recalled or out-of-region stock."""
@@ -510,7 +540,7 @@ def _consume(
     )
     if undoing:
         open_sales = book.open_newest_first({r.code for r in undoing})
-        for ret, sold in match_returns(undoing, open_sales):
+        for ret, sold in match_returns(undoing, open_sales, loaded.standing):
             book.give_back(sold, ret)
             world.changed |= move_units(world.states, [(sold.code, sold.units)])
         for ret in undoing:
@@ -556,7 +586,13 @@ def _refold_late(
         if not new or pack_units is None or not _foldable(dispenses, returns, takes, loaded.refunded):
             continue
         fold = refold(
-            code, pack_units, dispenses, [t for t in takes if t.event_id is None], returns, loaded.refunded
+            code,
+            pack_units,
+            dispenses,
+            [t for t in takes if t.event_id is None],
+            returns,
+            loaded.refunded,
+            loaded.standing,
         )
         if fold is None:
             continue

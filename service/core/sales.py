@@ -101,8 +101,10 @@ def move_units(states: Mapping[str, CodeState], changes: Iterable[tuple[str, int
 
 @dataclass(frozen=True, slots=True)
 class Refund:
-    """A settlement the insurer reversed: what its sale was, for what the reversal gives
-    back (its organisation, and the packs it billed)."""
+    """A stored settlement as its reversal sees it: what its sale was, for what the
+    reversal gives back (its organisation, and the packs it billed). Of a settlement the
+    insurer reversed (a refund), and of one that stands (what it pays for:
+    :func:`paid`)."""
 
     org: str
     billed: frozenset[str]
@@ -129,6 +131,23 @@ class Refund:
         return org == self.org or code in self.billed
 
 
+def paid(take: Consumption, standing: Mapping[str, Refund]) -> bool:
+    """Is ``take`` paid by a settlement that stands: a settlement's own take (written by
+    the settlement itself, so its id is stored; a reversal gives it back), or a
+    dispense's take under the ``setl_id`` of a stored settlement the insurer has not
+    reversed (``standing``, by setl_id), that the settlement's reversal would give back
+    (:meth:`Refund.gives_back`: another organisation's dispense of another pack under its
+    id is no part of its sale)? A patient's return does not give such a take back: the
+    units come back with the refund (the settlement's reversal), and until then the
+    return waits, as one that finds no sale does."""
+    if take.reversed or take.sale.kind != SETTLEMENT:
+        return False
+    if take.event_id is None:
+        return True
+    settlement = standing.get(take.setl_id or "")
+    return settlement is not None and settlement.gives_back(take.org, take.code)
+
+
 @dataclass(frozen=True, slots=True)
 class Return:
     """A patient's return of one pack to the organisation that sold it."""
@@ -143,13 +162,17 @@ class Return:
 
 
 def match_returns(
-    returns: Sequence[Return], open_sales: Sequence[Consumption]
+    returns: Sequence[Return], open_sales: Sequence[Consumption], standing: Mapping[str, Refund] | None = None
 ) -> list[tuple[Return, Consumption]]:
     """Which sale each return undoes: the latest unreversed sale of that pack by the same
     organisation at or before the return (the sale named by ``setl_id`` if the return
-    names one). A return with no such sale undoes nothing yet. A return that names the
-    dispense event it undoes (``undoes``) undoes that event's sale of the pack only, or
-    nothing. ``returns`` in event-time order; ``open_sales`` newest first."""
+    names one) that no standing settlement pays for (:func:`paid`; ``standing``: the
+    stored settlements not reversed, by setl_id, among the dispenses' setl_ids). A return
+    with no such sale undoes nothing yet. A return that names the dispense event it
+    undoes (``undoes``, a 3507 deletion's compensation) undoes that event's sale of the
+    pack only, or nothing. ``returns`` in event-time order; ``open_sales`` newest
+    first."""
+    standing = standing or {}
     undone: set[tuple[str, Sale]] = set()
     out = []
     for r in returns:
@@ -158,7 +181,11 @@ def match_returns(
             if r.undoes is not None:
                 named = sale.event_id == r.undoes
             else:
-                named = sale.at <= r.at and (r.setl_id is None or sale.setl_id == r.setl_id)
+                named = (
+                    sale.at <= r.at
+                    and (r.setl_id is None or sale.setl_id == r.setl_id)
+                    and not paid(sale, standing)
+                )
             if sale.code == r.code and sale.org == r.org and named and key not in undone:
                 undone.add(key)
                 out.append((r, sale))
@@ -200,17 +227,20 @@ def refold(
     settled: Sequence[Consumption],
     returns: Sequence[Return],
     refunded: Mapping[str, Refund] | None = None,
+    standing: Mapping[str, Refund] | None = None,
 ) -> Refold | None:
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to
     its quantity; nothing from a used-up pack: a resale), a settlement's own take takes
     what it took when it was decided, and each return gives back the seller's latest
     sale of the pack at or before it that stands (the one of its ``setl_id`` if it names
-    one), or waits. A sale takes a pack once: a dispense whose sale (its ``setl_id``)
-    took the pack already takes nothing again. At one instant they follow in the order
-    they arrived (settlements' takes first, those arriving now last; within one upload
-    dispenses before returns, as the incremental step takes them), and a return that
-    found no sale undoes a sale of its instant that arrives after it. None when a
+    one) and that no standing settlement pays for (:func:`paid`: a settlement's own take,
+    or a dispense under the id of a settlement in ``standing``), or waits. A sale takes
+    a pack once: a dispense whose sale (its ``setl_id``) took the pack already takes
+    nothing again. At one instant they follow in the order they arrived (settlements'
+    takes first, those arriving now last; within one upload dispenses before returns, as
+    the incremental step takes them), and a return that found no sale undoes a sale of
+    its instant that arrives after it. None when a
     settlement finds fewer units than it took (it was decided on other facts: the pack's
     sales are left as they are). The sales and returns of records an NHSA 3507 deletion
     deleted, and the deletion's compensations (``undoes``), are left out: the pack's
@@ -218,6 +248,7 @@ def refold(
     insurer refunded (``refunded``, by setl_id) takes nothing the refund gives back
     (``Refund.gives_back``)."""
     refunded = refunded or {}
+    standing = standing or {}
     left_out = left_out_by_deletions([*dispenses, *returns])
     dispenses = [d for d in dispenses if d.event_id not in left_out]
     returns = [r for r in returns if r.event_id not in left_out]
@@ -240,6 +271,7 @@ def refold(
             t for t in takes
             if not t.reversed and t.org == ret.org and t.at <= ret.at
             and (ret.setl_id is None or t.setl_id == ret.setl_id)
+            and not paid(t, standing)
         ]  # fmt: skip
         if stands:
             stands[-1].reversed, stands[-1].reversed_by = True, ret.event_id

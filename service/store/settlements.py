@@ -139,15 +139,32 @@ async def stored_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
 
 async def refunds(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, Refund]:
     """The settlements among ``setl_ids`` that the insurer reversed, each as its refund."""
-    wanted = sorted({s for s in setl_ids if s})
+    refunded, _ = await refunds_and_standing(conn, setl_ids, ())
+    return refunded
+
+
+async def refunds_and_standing(
+    conn: Conn, refunded: Iterable[str | None], standing: Iterable[str | None]
+) -> tuple[dict[str, Refund], dict[str, Refund]]:
+    """In one statement: the settlements among ``refunded`` that the insurer reversed,
+    and those among ``standing`` stored and not reversed, each as what its reversal gives
+    back (``Refund``)."""
+    want_refunded = {s for s in refunded if s}
+    want_standing = {s for s in standing if s}
+    wanted = sorted(want_refunded | want_standing)
     if not wanted:
-        return {}
+        return {}, {}
     rows = await conn.fetch(
-        """SELECT setl_id, request FROM settlements
-           WHERE setl_id = ANY($1::text[]) AND reversed_at IS NOT NULL""",
+        """SELECT setl_id, request, reversed_at IS NOT NULL AS reversed FROM settlements
+           WHERE setl_id = ANY($1::text[])""",
         wanted,
     )
-    return {r["setl_id"]: Refund.of(r["request"]) for r in rows}
+    back: dict[str, Refund] = {}
+    paid: dict[str, Refund] = {}
+    for r in rows:
+        if r["setl_id"] in (want_refunded if r["reversed"] else want_standing):
+            (back if r["reversed"] else paid)[r["setl_id"]] = Refund.of(r["request"])
+    return back, paid
 
 
 async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool | None) -> set[str]:

@@ -233,8 +233,14 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
     needed = rules.sales_needed(fresh, states, loaded.waiting_returns, placeholders, loaded.pack_sales)
     if needed:
         loaded.sales = await sale_store.of_codes(conn, sorted(needed), open_only=False)
-    if refunds := rules.refunds_needed([*fresh, *loaded.waiting_dispenses], loaded.sales, loaded.pack_sales):
-        loaded.refunded = await setl_store.refunds(conn, refunds)
+    refunds = rules.refunds_needed([*fresh, *loaded.waiting_dispenses], loaded.sales, loaded.pack_sales)
+    # a return meets sales that a standing settlement may pay for: read which (only
+    # then: a batch with no return to match reads nothing more)
+    standing = rules.standing_needed(
+        fresh, loaded.sales, loaded.pack_sales, loaded.waiting_returns, loaded.waiting_dispenses
+    )
+    if refunds or standing:
+        loaded.refunded, loaded.standing = await setl_store.refunds_and_standing(conn, refunds, standing)
 
     orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)

@@ -450,23 +450,24 @@ async def test_a_refused_settlement_leaves_its_pack_in_its_case_when_history_is_
     assert good["decision"] == "accepted", good
 
 
-@pytest.mark.parametrize("given_back", ["reversal", "return"])
+@pytest.mark.parametrize("given_back", ["reversal", "return, then reversal"])
 async def test_a_pack_sold_then_given_back_stays_out_of_its_case_when_history_is_replayed(
     admin: Api, given_back: str
 ) -> None:
-    """Sold out of the case at P1, then refunded (or returned by the patient): the pack
-    is loose on P1's shelf. A replay of the history (a late re-scan of the case dated
-    before the sale) must not put it back into the case, which D1 now holds."""
+    """Sold out of the case at P1, then refunded (or returned by the patient, then
+    refunded: the return of a settled sale waits for the refund): the pack is loose on
+    P1's shelf. A replay of the history (a late re-scan of the case dated before the
+    sale) must not put it back into the case, which D1 now holds."""
     w = await _world(admin)
     u1, _, box = await _case_at(admin, w, 630 if given_back == "reversal" else 640, "P1")
-    setl_id = f"S-BACK-{given_back}"
+    setl_id = f"S-BACK-{given_back[:6]}"
     sold = await w["insurer"].ok("POST", "/v1/settlements", pack_claim(setl_id, u1, 10))
     assert sold["decision"] == "accepted", sold
     await _send(admin, [event("ship", "P1", [box], 20, to="D1"), event("receive", "D1", [box], 21)])
-    if given_back == "reversal":
-        await w["insurer"].ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
-    else:
+    if given_back != "reversal":
         await _send(admin, [event("return", "P1", [u1], 30, setl_id=setl_id)])
+        assert (await _verify(w, u1))["dispensable"] is False
+    await w["insurer"].ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
     before = await _state(w, u1)
     await _send(admin, [event("receive", "P1", [box], 4)])  # late: a replay
     assert await _state(w, u1) == before

@@ -312,36 +312,42 @@ async def test_dispense_and_settlement_with_one_setl_id_consume_once(admin: Api)
     assert out["accepted"] == 1
     item = await p1.ok("GET", f"/v1/codes/{b}/verify")
     assert item["units_left"] == 0
-    # a return restores the units like a reversal
+    # a patient's return of a settled sale waits for its refund: the reversal gives the
+    # units back
     await p1.events(event("return", "P1", [b], 70, setl_id="SALE-2"))
+    assert (await p1.ok("GET", f"/v1/codes/{b}/verify"))["units_left"] == 0
+    await ins.ok("POST", "/v1/settlements/SALE-2/reversal")
     assert (await p1.ok("GET", f"/v1/codes/{b}/verify"))["units_left"] == 24
 
 
 async def test_a_return_is_not_a_reversal_in_the_codes_history(admin: Api) -> None:
     """A pack given back by a return shows the return's event, not a reversal: only the
-    insurer reverses a settlement."""
+    insurer reverses a settlement. A return of a settled sale gives nothing back (it
+    waits for the refund), so the settlement's reversal is what gives its pack back."""
     w = await stocked(admin)
-    ins, p1, (a, b) = w["insurer"], w["keys"]["P1"], w["codes"][:2]
+    ins, p1, (a, b, c) = w["insurer"], w["keys"]["P1"], w["codes"][:3]
     inv = await admin.key_for("investigator")
     await ins.ok("POST", "/v1/settlements", claim("S-RET", [{"quantity": 24, "codes": [a]}]))
-    back = event("return", "P1", [a], 70)
+    await p1.events(event("return", "P1", [a], 70))
+    await p1.events(event("dispense", "P1", [c], 65))
+    back = event("return", "P1", [c], 70)
     await p1.events(back)
     await ins.ok("POST", "/v1/settlements", claim("S-REV", [{"quantity": 24, "codes": [b]}]))
     await ins.ok("POST", "/v1/settlements/S-REV/reversal")
 
-    returned = (await inv.ok("GET", f"/v1/codes/{a}/history"))["settlements"]
+    returned = (await inv.ok("GET", f"/v1/codes/{c}/history"))["settlements"]
     assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in returned] == [
-        ("S-RET", False, back["event_id"])
+        (None, False, back["event_id"])
     ]
+    waiting = (await inv.ok("GET", f"/v1/codes/{a}/history"))["settlements"]
+    assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in waiting] == [("S-RET", False, None)]
     assert (await ins.ok("GET", "/v1/settlements/S-RET"))["reversed"] is False
     reversed_ = (await inv.ok("GET", f"/v1/codes/{b}/history"))["settlements"]
     assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in reversed_] == [("S-REV", True, None)]
-    # returned first, then reversed by the insurer: both are shown
+    # returned first, then reversed by the insurer: the reversal gave the units back
     await ins.ok("POST", "/v1/settlements/S-RET/reversal")
     both = (await inv.ok("GET", f"/v1/codes/{a}/history"))["settlements"]
-    assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in both] == [
-        ("S-RET", True, back["event_id"])
-    ]
+    assert [(s["setl_id"], s["reversed"], s.get("returned_by")) for s in both] == [("S-RET", True, None)]
 
 
 async def test_a_claim_resent_with_its_codes_spelled_another_way_is_a_replay(

@@ -9,7 +9,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
-from service.core.sales import SETTLEMENT, Consumption, Dispense, Return, Sale, refold
+from service.core.events import Incoming
+from service.core.ingest import standing_needed
+from service.core.sales import SETTLEMENT, Consumption, Dispense, Refund, Return, Sale, match_returns, refold
 
 CODE = "81234560000000000011"
 T0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
@@ -142,3 +144,57 @@ def test_a_deleted_return_is_left_out_with_its_compensation() -> None:
     deletion = replace(sale(30), undoes=ret.event_id)
     left, takes, resales = summary([first, again, deletion], [ret])
     assert (left, takes, resales) == (0, [(at(10), 24, False, None)], [again.event_id])
+
+
+# a return of a sale that a standing settlement pays for gives nothing back: the refund does
+
+STANDS = {"S1": Refund("P1", frozenset({CODE}))}  # settlement S1, stored and not reversed
+
+
+def test_a_return_of_a_settlements_own_take_waits_for_the_refund() -> None:
+    ret = back(20, setl_id="S1")
+    left, takes, _ = summary([], [ret], (settled(10, "S1", 24),))
+    assert (left, takes) == (0, [(at(10), 24, False, None)])
+
+
+def test_a_return_of_a_dispense_under_a_standing_settlement_waits() -> None:
+    dispense, ret, again = sale(10, setl_id="S1"), back(20), sale(30)
+    fold = refold(CODE, 24, [dispense, again], [], [ret], standing=STANDS)
+    assert fold is not None
+    assert (fold.units_left, [t.reversed for t in fold.takes], fold.resales) == (0, [False], [again.event_id])
+    # not stored (or refunded): the return gives the sale back, and the later sale takes the pack
+    fold = refold(CODE, 24, [dispense, again], [], [ret])
+    assert fold is not None
+    assert (fold.units_left, [t.reversed for t in fold.takes], fold.resales) == (0, [True, False], [])
+
+
+def test_another_organisations_settlement_under_the_same_id_does_not_pay_for_the_sale() -> None:
+    """S1 is P2's and billed another pack: its reversal would not give P1's take back, so
+    P1's patient's return does."""
+    other = {"S1": Refund("P2", frozenset({"81234560000000000099"}))}
+    fold = refold(CODE, 24, [sale(10, setl_id="S1")], [], [back(20)], standing=other)
+    assert fold is not None
+    assert (fold.units_left, [t.reversed for t in fold.takes]) == (24, [True])
+
+
+def test_a_return_gives_back_the_latest_sale_no_settlement_pays_for() -> None:
+    """Split sales: 6 units self-paid (minute 10), 6 paid by settlement S1 (11), a return
+    (12): it gives back the self-paid sale; the settled units stay taken."""
+    ret = back(12)
+    left, takes, _ = summary([sale(10, 6)], [ret], (settled(11, "S1", 6),))
+    assert left == 18
+    assert takes == [(at(10), 6, True, ret.event_id), (at(11), 6, False, None)]
+
+
+def test_the_step_by_step_matching_skips_a_paid_sale() -> None:
+    paid_take = Consumption(CODE, Sale(SETTLEMENT, "S1"), "S1", uuid4(), "P1", at(10), 24)
+    ret = back(20)
+    assert match_returns([ret], [paid_take], STANDS) == []
+    assert match_returns([ret], [paid_take]) == [(ret, paid_take)]
+
+
+def test_a_batch_without_returns_reads_no_settlement() -> None:
+    dispense = Incoming(event_id=uuid4(), type="dispense", at=at(10), org="P1", codes=(CODE,), setl_id="S1")
+    assert standing_needed([dispense], [], {}, [], []) == set()
+    ret = Incoming(event_id=uuid4(), type="return", at=at(20), org="P1", codes=(CODE,))
+    assert standing_needed([dispense, ret], [], {}, [], []) == {"S1"}

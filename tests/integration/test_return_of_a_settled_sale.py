@@ -1,0 +1,123 @@
+"""A patient's return of a sale that an insurance settlement pays for, through the public
+API: the units come back with the refund (the settlement's reversal), not with the
+return, which waits for it. Found by a probe: the return put the pack back on the shelf
+at once while the settlement stood, and a second settlement of the same pack was paid
+with no flag (the fund paid twice for one pack if the refund never came)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from tests.helpers import Api, event, pack_claim, received, world
+from tests.integration.test_nhsa import _world as nhsa_world
+from tests.integration.test_nhsa import envelope, nhsa, sale_return
+from tests.integration.test_nhsa_ledger import deletion
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _verify(w: dict[str, Any], code: str, org: str = "P1") -> dict[str, Any]:
+    out: dict[str, Any] = await w["inv"].ok("GET", f"/v1/codes/{code}/verify?org={org}")
+    return out
+
+
+async def _sold(w: dict[str, Any], code: str, setl_id: str, how: str) -> None:
+    """P1 sells ``code`` under the settlement ``setl_id`` (minute 10): the settlement
+    takes the pack itself, or P1's dispense under its id takes it and the settlement
+    bills it."""
+    if how == "dispense, then settlement":
+        out = await w["keys"]["P1"].events(event("dispense", "P1", [code], 10, setl_id=setl_id))
+        assert out["accepted"] == 1, out
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim(setl_id, code, 10))
+    assert answer["decision"] == "accepted", answer
+
+
+SOLD = ["settlement", "dispense, then settlement"]
+
+
+@pytest.mark.parametrize("naming", ["naming the settlement", "naming nothing"])
+@pytest.mark.parametrize("how", SOLD)
+async def test_a_return_of_a_settled_sale_waits_for_its_refund(admin: Api, how: str, naming: str) -> None:
+    w = await world(admin)
+    n = 800 + 10 * SOLD.index(how) + (0 if naming == "naming nothing" else 5)
+    [u] = await received(w, "P1", [n])
+    p1, insurer = w["keys"]["P1"], w["insurer"]
+    setl_id = f"S-RS-{n}"
+    await _sold(w, u, setl_id, how)
+    fields = {"setl_id": setl_id} if naming == "naming the settlement" else {}
+    out = await p1.events(event("return", "P1", [u], 20, **fields))
+    assert (out["accepted"], out["flags"]) == (1, []), out
+
+    # the settlement stands, so the pack is still sold
+    item = await _verify(w, u)
+    assert (item["units_left"], item["dispensable"]) == (0, False), item
+    assert (await insurer.ok("GET", f"/v1/settlements/{setl_id}"))["reversed"] is False
+    again = await insurer.ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-F", u, 30))
+    assert again["decision"] == "rejected", again
+    [reason] = again["lines"][0]["reasons"]
+    assert reason["reason"] == "ALREADY_SETTLED", reason
+    assert f"settlement {setl_id}" in reason["detail"], reason
+    assert [f["kind"] for f in again["flags"]] == ["DUPLICATE"], again
+    resold = await p1.events(event("dispense", "P1", [u], 40))
+    assert [f["kind"] for f in resold["flags"]] == ["DUPLICATE"], resold
+
+    # refunded: the units come back, and the pack may be sold again
+    await insurer.ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
+    item = await _verify(w, u)
+    assert (item["units_left"], item["dispensable"]) == (24, True), item
+    later = await insurer.ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-G", u, 50))
+    assert later["decision"] == "accepted", later
+
+
+async def test_an_nhsa_sale_return_of_a_settled_sale_waits_and_its_deletion_gives_nothing(admin: Api) -> None:
+    """A 3506 naming the settlement gives nothing back while it stands; deleted (3507),
+    the return that gave nothing back gives nothing back; the reversal gives the units
+    back."""
+    w = await nhsa_world(admin)
+    w["inv"] = await admin.key_for("investigator")
+    p2, u = w["keys"]["P2"], w["units"][0]
+    insurer = await admin.key_for("insurer")
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-RS-NHSA", u, 60, org="P2"))
+    assert answer["decision"] == "accepted", answer
+    ret = sale_return("R-RS-NHSA", [u], 24, setl_id="S-RS-NHSA", sel_retn_time="2026-03-06 09:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": ret})))["infcode"] == 0
+    assert (await _verify(w, u, "P2"))["units_left"] == 0
+    again = await insurer.ok("POST", "/v1/settlements", pack_claim("S-RS-NHSA-2", u, 70, org="P2"))
+    assert [r["reason"] for r in again["lines"][0]["reasons"]] == ["ALREADY_SETTLED"], again
+    out = await nhsa(p2, envelope("3507", {"data": deletion("R-RS-NHSA", "4")}))
+    assert out["output"]["tracecode"]["deleted"] == ["R-RS-NHSA"], out
+    assert (await _verify(w, u, "P2"))["units_left"] == 0
+    await insurer.ok("POST", "/v1/settlements/S-RS-NHSA/reversal", None)
+    assert (await _verify(w, u, "P2"))["units_left"] == 24
+
+
+@pytest.mark.parametrize("how", SOLD)
+async def test_a_settled_sales_return_and_a_resale_in_any_order_end_as_in_time_order(
+    admin: Api, how: str
+) -> None:
+    """Sold under a settlement (minute 10), then in every arrival order: the patient's
+    return (20), a dispense of the pack (30: the pack is still paid for, a resale) and a
+    second return (40, which finds no sale to give back). In time order and in every
+    other: the pack used up, and the resale's DUPLICATE standing."""
+    w = await world(admin)
+    results = []
+    for n, order in enumerate(itertools.permutations(range(3))):
+        serial = 850 + 10 * SOLD.index(how) + n
+        [u] = await received(w, "P1", [serial])
+        await _sold(w, u, f"S-RSO-{serial}", how)
+        steps = [
+            event("return", "P1", [u], 20),
+            event("dispense", "P1", [u], 30),
+            event("return", "P1", [u], 40),
+        ]
+        for i in order:
+            assert (await w["keys"]["P1"].events(steps[i]))["rejected"] == []
+        kinds = []
+        for status in ("pending", "open"):
+            flags = (await w["inv"].ok("GET", f"/v1/flags?code={u}&status={status}"))["items"]
+            kinds += [f["kind"] for f in flags]
+        results.append((order, (await _verify(w, u))["units_left"], sorted(kinds)))
+    assert [r[1:] for r in results] == [(0, ["DUPLICATE"])] * len(results), results
