@@ -506,6 +506,9 @@ class Decision:
     changed: list[CodeState]  # packs whose units_left went down
     flags: list[NewFlag]
     purchases: list[Purchase]  # of items with a person limit, by the payable lines
+    # this sale's takes that a patient's return gave back before the settlement came,
+    # taken again (``taken_back``): they stand, and the return waits for the refund
+    reopened: list[Consumption] = field(default_factory=list)
 
 
 def canonical(raw: str) -> str | None:
@@ -539,6 +542,27 @@ def _with_given_back(
     return merged
 
 
+def taken_back(
+    outcomes: Sequence[LineOutcome], given_back: Sequence[Consumption], states: Mapping[str, CodeState]
+) -> list[Consumption]:
+    """Of this sale's takes that a patient's return gave back before its settlement came
+    (a dispense under its ``setl_id``, then the return), those a payable line bills and
+    whose pack still holds the units: the settlement pays for them, and a return does
+    not give back what a standing settlement pays for (``core.sales.paid``), so they
+    stand again and the return waits for the refund, as had the settlement come before
+    the return. A pack sold again since keeps that sale: the settlement bills the units
+    and takes nothing."""
+    billed = {code for o in outcomes if o.payable for code, _ in o.credited}
+    return [
+        t
+        for t in given_back
+        if t.reversed_by is not None
+        and t.code in billed
+        and t.code in states
+        and (states[t.code].units_left or 0) >= t.units
+    ]
+
+
 def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) -> Decision:
     """Judge every line; the payable lines draw their units (``loaded.states`` is updated
     in place), merged into one consumption per pack; the suspicions become flags."""
@@ -567,6 +591,8 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         for code, units in drawn.items()
     ]
     changed = move_units(loaded.states, [(code, -units) for code, units in drawn.items()])
+    reopened = taken_back(outcomes, loaded.given_back, loaded.states)
+    changed |= move_units(loaded.states, [(t.code, -t.units) for t in reopened])
     for code in drawn:  # sold, the pack leaves its case (as a dispense takes it out), and
         state = loaded.states[code]  # a custody event dated before the sale replays the history
         state.parent = None
@@ -581,6 +607,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         [after.get(c) or loaded.states[c] for c in sorted(changed)],
         flags + excess,
         purchases,
+        [replace(t, reversed=False, reversed_by=None) for t in reopened],
     )
 
 

@@ -97,6 +97,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         decision = rules.decide(claim, canonical, loaded)
         # write
         await sale_store.record(conn, decision.consumptions)
+        await sale_store.reopen(conn, decision.reopened)  # a return's give-back undone: it waits
         await code_store.update(conn, decision.changed)
         await purchase_store.record(conn, psn_hash, decision.purchases)
         raised = await flag_store.raise_flags(conn, decision.flags, stored_now=flag_kinds)

@@ -1,9 +1,11 @@
 """A sale whose take of a pack was given back, then the same sale again.
 
 Given back by a patient's return (or a refund), the sale keeps its reversed take and
-does not take the pack again: a late dispense upload under its setl_id, or its
-settlement arriving after the return, bills what the sale took and takes nothing, as
-when they come before the return (the load test's refunds rely on it). Given back by the
+does not take the pack again: a late dispense upload under its setl_id takes nothing, as
+when it comes before the return (the load test's refunds rely on it). Its settlement
+arriving after the return bills what the sale took and takes the pack back while the
+pack still holds it: a return does not give back what a standing settlement pays for,
+so it waits for the refund, as when the settlement comes before it. Given back by the
 deletion of its record (NHSA 3507), the take is erased: the record never counted, and the
 corrected record under the same setl_id takes the pack. Both were a 500 or a sale that
 took nothing: the given-back row had the key (pack, sale) of the new take."""
@@ -37,9 +39,14 @@ async def _taken(db: Any, code: str) -> list[tuple[str, int, bool]]:
 
 
 @pytest.mark.parametrize("path", ["one statement", "locked"])
-async def test_a_settlement_after_its_dispense_was_returned_bills_it_and_takes_nothing(
+async def test_a_settlement_after_its_dispense_was_returned_takes_the_pack_back_until_its_refund(
     admin: Api, db: Any, path: str
 ) -> None:
+    """Dispensed under S-AGAIN, returned, then the settlement S-AGAIN: it pays for the
+    sale, so the return waits for its refund, as when the settlement comes before the
+    return. The pack is sold again (not dispensable, a new settlement ALREADY_SETTLED)
+    until the insurer reverses S-AGAIN. It left the pack on the shelf: a settlement
+    then paid the same pack again."""
     w = await world(admin)
     [u, other] = await received(w, "P1", [700, 701] if path == "one statement" else [702, 703])
     p1 = w["keys"]["P1"]
@@ -51,17 +58,25 @@ async def test_a_settlement_after_its_dispense_was_returned_bills_it_and_takes_n
         body["lines"].append({"line_no": 2, "med_list_codg": MED, "quantity": 24, "codes": [other, other]})
     answer = await w["insurer"].ok("POST", "/v1/settlements", body)
     assert answer["lines"][0]["payable"] is True, answer
-    assert await _units_left(p1, u) == 24  # the return stands: the pack is on the shelf
-    assert await _taken(db, u) == [("S-AGAIN", 24, True)]
+    assert await _units_left(p1, u) == 0  # the sale's take stands again; the return waits
+    assert (await p1.ok("GET", f"/v1/codes/{u}/verify"))["dispensable"] is False
+    assert await _taken(db, u) == [("S-AGAIN", 24, False)]
     got = await w["insurer"].ok("GET", "/v1/settlements/S-AGAIN")
     assert got["answer"] == answer
-    # the same settlement again is the stored answer; a new sale takes the pack
+    # the same settlement again is the stored answer; a new sale is refused
     assert await w["insurer"].ok("POST", "/v1/settlements", body) == answer
     again = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-NEXT", u, 70))
-    assert again["decision"] == "accepted", again
-    assert await _units_left(p1, u) == 0
+    assert again["decision"] == "rejected", again
+    [reason] = again["lines"][0]["reasons"]
+    assert (reason["reason"], "settlement S-AGAIN" in reason["detail"]) == ("ALREADY_SETTLED", True), reason
+    assert [f["kind"] for f in again["flags"]] == ["DUPLICATE"]
     h = await w["inv"].ok("GET", f"/v1/codes/{u}/history")
     assert [e["type"] for e in h["events"]][-2:] == ["dispense", "return"]
+    # refunded: the units come back, and a new sale takes the pack
+    await w["insurer"].ok("POST", "/v1/settlements/S-AGAIN/reversal", None)
+    assert await _units_left(p1, u) == 24
+    later = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-LATER", u, 80))
+    assert later["decision"] == "accepted", later
 
 
 async def test_a_late_dispense_of_a_returned_sale_takes_nothing_again(admin: Api, db: Any) -> None:
