@@ -137,12 +137,6 @@ async def stored_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     return await _stored(conn, setl_ids, reversed_=None)
 
 
-async def refunds(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, Refund]:
-    """The settlements among ``setl_ids`` that the insurer reversed, each as its refund."""
-    refunded, _ = await refunds_and_standing(conn, setl_ids, ())
-    return refunded
-
-
 async def refunds_and_standing(
     conn: Conn, refunded: Iterable[str | None], standing: Iterable[str | None]
 ) -> tuple[dict[str, Refund], dict[str, Refund]]:
