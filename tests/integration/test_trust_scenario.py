@@ -352,6 +352,7 @@ def reserve(p: Province, stock: dict[str, list[str]]) -> dict[str, Any]:
         "excess": [take(s, "8100001") for s in shops_with_xa[:6]],
         "dup_settle": take("P06", "8100002"),
         "dup_dispense": take("H02", "8300001"),
+        "dup_return": take("P09", "8100002"),
         "mismatch": take("P07", "8100002"),
         "conflict": take("P08", "8100001"),
     }
@@ -540,6 +541,12 @@ async def test_a_province_at_scale_is_trusted(admin: Api) -> None:
     await p.legit_settle(claim("DUP-3", shop, "459999000000000004", 26, [line(1, "XE05", 12, [code])]))
     await p.upload(shop, [ev("dispense", shop, [code], 27.5)], legit=False)
     p.inject("DUPLICATE", code, "a consumed pack dispensed again")
+    shop, code = kept["dup_return"]  # taken back from the patient, never refunded, sold again
+    await p.legit_settle(claim("DUP-5", shop, "459999000000000010", 26, [line(1, "XB02", 10, [code])]))
+    await p.upload(shop, [ev("return", shop, [code], 26.5)], legit=False)
+    out = await p.settle(claim("DUP-6", shop, "459999000000000011", 27, [line(1, "XB02", 10, [code])]))
+    p.check(out["decision"] == "rejected", f"DUP-6 returned pack, not refunded: {out}")
+    p.inject("DUPLICATE", code, "a pack returned without a refund and settled again")
     shop, code = kept["mismatch"]  # bills the Guangxi-only XA01 while handing out XB02 (串换)
     out = await p.settle(claim("SWAP", shop, "459999000000000005", 27, [line(1, "XA01", 10, [code])]))
     p.check(out["decision"] == "rejected", f"SWAP: {out}")
