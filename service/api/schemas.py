@@ -295,6 +295,9 @@ class LotOut(msgspec.Struct):
     by_custodian: dict[str, int]
     recalled: bool
     recall: LotRecallOut | None
+    # the recalled codes by where they are (by_state shows each as recalled): dispensed
+    # (with patients), received (on a shelf), in_transit, ...
+    recalled_by_state: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class RecallOut(msgspec.Struct):

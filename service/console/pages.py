@@ -452,6 +452,9 @@ class InvestigationController(Controller):
             product=products.get(product_id),
             summary=summary,
             by_state=charts.bars([(k, t(f"state.{k}"), n) for k, n in summary["by_state"].items()]),
+            recalled_by_state=charts.bars(
+                [(k, t(f"state.{k}"), n) for k, n in summary["recalled_by_state"].items()]
+            ),
             by_custodian=charts.bars(
                 [(k, holders[k].name if k in holders else visible(k), n) for k, n in by_custodian.items()],
                 rest=t("lot.others", len(by_custodian) - len(top)),

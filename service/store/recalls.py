@@ -76,23 +76,30 @@ async def lot_exists(conn: Conn, product_id: str, lot: str) -> bool:
 
 
 async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
-    """Counts of the lot's codes by displayed state and by custodian (one scan)."""
+    """Counts of the lot's codes by displayed state and by custodian, and of its
+    recalled codes by where they are (one scan): a recall shows every code not destroyed
+    as ``recalled``, and the investigator still needs how many are with patients, on
+    shelves or on their way."""
     rows = await conn.fetch(
         """SELECT CASE WHEN state = 'destroyed' THEN 'destroyed'
-                       WHEN recalled THEN 'recalled'
                        WHEN units_left = 0 THEN 'dispensed'
-                       ELSE state END AS shown,
-                  custodian, count(*) AS n, sum(units_left) AS units
+                       ELSE state END AS placed,
+                  recalled, custodian, count(*) AS n, sum(units_left) AS units
            FROM codes WHERE product_id = $1 AND lot = $2
-           GROUP BY 1, 2""",
+           GROUP BY 1, 2, 3""",
         product_id,
         lot,
     )
     by_state: dict[str, int] = {}
     by_custodian: dict[str, int] = {}
+    recalled_by_state: dict[str, int] = {}
     units = 0
     for r in rows:
-        by_state[r["shown"]] = by_state.get(r["shown"], 0) + r["n"]
+        placed: str = r["placed"]
+        shown = "recalled" if r["recalled"] and placed != "destroyed" else placed
+        by_state[shown] = by_state.get(shown, 0) + r["n"]
+        if r["recalled"]:
+            recalled_by_state[placed] = recalled_by_state.get(placed, 0) + r["n"]
         holder = r["custodian"] or "unknown"
         by_custodian[holder] = by_custodian.get(holder, 0) + r["n"]
         units += r["units"] or 0
@@ -106,6 +113,7 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
         "units_left": units,
         "by_state": by_state,
         "by_custodian": by_custodian,
+        "recalled_by_state": recalled_by_state,
         "recalled": recall is not None,
         "recall": dict(recall) if recall else None,
     }

@@ -128,6 +128,8 @@ async def test_follow_a_lot_recall_it_and_judge_an_organisation(admin: Api, page
     await expect(page.get_by_role("status")).to_contain_text("1 个追溯码改为召回状态")
     await expect(by_state.locator("svg.bars rect.bar-recalled")).to_have_count(1)
     await expect(by_state.locator("table")).to_contain_text("已召回")
+    where = page.locator("section", has=page.get_by_role("heading", name="召回的追溯码在何处"))
+    await expect(where.locator("svg.bars rect.bar-received")).to_have_count(1)  # still on the shelf
     await page.screenshot(path=str(SHOTS / "console-lot.png"), full_page=True)
 
     await (

@@ -195,6 +195,11 @@ async def test_recall_lot_summary_and_stats(admin: Api) -> None:
         "POST", "/v1/recalls", {"product_id": "8123456", "lot": "L7", "reason": "impurity"}, 201
     )
     assert recall["codes_recalled"] == 4
+    # every code shows recalled, and where the recalled ones are is kept: one with a
+    # patient, two on the shelf, one on its way (a recall wiped that out: found by a probe)
+    lot = await inv.ok("GET", "/v1/lots/8123456/L7")
+    assert lot["by_state"] == {"recalled": 4}
+    assert lot["recalled_by_state"] == {"dispensed": 1, "received": 2, "in_transit": 1}
     again = await inv.ok("POST", "/v1/recalls", {"product_id": "8123456", "lot": "L7", "reason": "other"})
     assert (again["codes_recalled"], again["reason"]) == (0, "impurity")  # it stands as first ordered
     now = (datetime.now(UTC) - BASE_TIME) / timedelta(minutes=1)  # the recall's time, in the story's minutes
