@@ -254,7 +254,7 @@ class Loaded:
     # settlements stored and not reversed, by setl_id, among the setl_ids of the
     # dispenses a return may meet (``standing_needed``): a return does not give back
     # what they pay for
-    standing: dict[str, Refund] = field(default_factory=dict)
+    standing: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,10 +101,8 @@ def move_units(states: Mapping[str, CodeState], changes: Iterable[tuple[str, int
 
 @dataclass(frozen=True, slots=True)
 class Refund:
-    """A stored settlement as its reversal sees it: what its sale was, for what the
-    reversal gives back (its organisation, and the packs it billed). Of a settlement the
-    insurer reversed (a refund), and of one that stands (what it pays for:
-    :func:`paid`)."""
+    """A settlement the insurer reversed: what its sale was, for what the reversal gives
+    back (its organisation, and the packs it billed)."""
 
     org: str
     billed: frozenset[str]
@@ -131,21 +129,32 @@ class Refund:
         return org == self.org or code in self.billed
 
 
-def paid(take: Consumption, standing: Mapping[str, Refund]) -> bool:
-    """Is ``take`` paid by a settlement that stands: a settlement's own take (written by
-    the settlement itself, so its id is stored; a reversal gives it back), or a
-    dispense's take under the ``setl_id`` of a stored settlement the insurer has not
-    reversed (``standing``, by setl_id), that the settlement's reversal would give back
-    (:meth:`Refund.gives_back`: another organisation's dispense of another pack under its
-    id is no part of its sale)? A patient's return does not give such a take back: the
-    units come back with the refund (the settlement's reversal), and until then the
-    return waits, as one that finds no sale does."""
+def paid_packs(request: Mapping[str, Any], answer: Mapping[str, Any] | None) -> frozenset[str]:
+    """The packs a stored settlement paid for: those its payable lines name (``request``
+    and its ``answer`` as stored). A refused settlement paid for none."""
+    payable = {line.get("line_no") for line in (answer or {}).get("lines", []) if line.get("payable")}
+    return frozenset(
+        parsed.canonical
+        for line in request.get("lines", [])
+        if line.get("line_no") in payable
+        for raw in line.get("codes", [])
+        if (parsed := try_parse_code(raw)) is not None
+    )
+
+
+def paid(take: Consumption, standing: Mapping[str, frozenset[str]]) -> bool:
+    """Is ``take`` paid by a settlement that stands: a settlement's own take (only a
+    payable line takes), or a dispense's take under the ``setl_id`` of a settlement the
+    insurer has not reversed whose payable lines name the pack (``standing``: by setl_id,
+    :func:`paid_packs`)? A patient's return does not give such a take back: the units
+    come back with the refund (the settlement's reversal), and until then the return
+    waits, as one that finds no sale does. A settlement that paid nothing for the pack
+    (refused, or billing other packs) leaves its sale's return to give back at once."""
     if take.reversed or take.sale.kind != SETTLEMENT:
         return False
     if take.event_id is None:
         return True
-    settlement = standing.get(take.setl_id or "")
-    return settlement is not None and settlement.gives_back(take.org, take.code)
+    return take.code in standing.get(take.setl_id or "", frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +171,9 @@ class Return:
 
 
 def match_returns(
-    returns: Sequence[Return], open_sales: Sequence[Consumption], standing: Mapping[str, Refund] | None = None
+    returns: Sequence[Return],
+    open_sales: Sequence[Consumption],
+    standing: Mapping[str, frozenset[str]] | None = None,
 ) -> list[tuple[Return, Consumption]]:
     """Which sale each return undoes: the latest unreversed sale of that pack by the same
     organisation at or before the return (the sale named by ``setl_id`` if the return
@@ -227,7 +238,7 @@ def refold(
     settled: Sequence[Consumption],
     returns: Sequence[Return],
     refunded: Mapping[str, Refund] | None = None,
-    standing: Mapping[str, Refund] | None = None,
+    standing: Mapping[str, frozenset[str]] | None = None,
 ) -> Refold | None:
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to

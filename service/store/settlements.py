@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from service.core.custody import CodeState
-from service.core.sales import Consumption, Refund
+from service.core.sales import Consumption, Refund, paid_packs
 from service.store import codes as code_store
 from service.store import sales as sale_store
 from service.store.conn import Conn
@@ -139,26 +139,28 @@ async def stored_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
 
 async def refunds_and_standing(
     conn: Conn, refunded: Iterable[str | None], standing: Iterable[str | None]
-) -> tuple[dict[str, Refund], dict[str, Refund]]:
+) -> tuple[dict[str, Refund], dict[str, frozenset[str]]]:
     """In one statement: the settlements among ``refunded`` that the insurer reversed,
-    and those among ``standing`` stored and not reversed, each as what its reversal gives
-    back (``Refund``)."""
+    each as its refund, and those among ``standing`` not reversed, each as the packs it
+    paid for (``core.sales.paid_packs``)."""
     want_refunded = {s for s in refunded if s}
     want_standing = {s for s in standing if s}
     wanted = sorted(want_refunded | want_standing)
     if not wanted:
         return {}, {}
     rows = await conn.fetch(
-        """SELECT setl_id, request, reversed_at IS NOT NULL AS reversed FROM settlements
+        """SELECT setl_id, request, response, reversed_at IS NOT NULL AS reversed FROM settlements
            WHERE setl_id = ANY($1::text[])""",
         wanted,
     )
     back: dict[str, Refund] = {}
-    paid: dict[str, Refund] = {}
+    paying: dict[str, frozenset[str]] = {}
     for r in rows:
-        if r["setl_id"] in (want_refunded if r["reversed"] else want_standing):
-            (back if r["reversed"] else paid)[r["setl_id"]] = Refund.of(r["request"])
-    return back, paid
+        if r["reversed"] and r["setl_id"] in want_refunded:
+            back[r["setl_id"]] = Refund.of(r["request"])
+        elif not r["reversed"] and r["setl_id"] in want_standing:
+            paying[r["setl_id"]] = paid_packs(r["request"], r["response"])
+    return back, paying
 
 
 async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool | None) -> set[str]:

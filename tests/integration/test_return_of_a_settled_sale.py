@@ -121,3 +121,28 @@ async def test_a_settled_sales_return_and_a_resale_in_any_order_end_as_in_time_o
             kinds += [f["kind"] for f in flags]
         results.append((order, (await _verify(w, u))["units_left"], sorted(kinds)))
     assert [r[1:] for r in results] == [(0, ["DUPLICATE"])] * len(results), results
+
+
+async def test_a_settlement_that_paid_nothing_for_the_pack_leaves_its_return_to_give_back(admin: Api) -> None:
+    """Only what a settlement paid for waits for its refund (found by a probe): refused
+    (its one line a QUANTITY_MISMATCH), or billing only another pack, it paid nothing for
+    this one, so the patient's return of P1's dispense under its id gives the pack back
+    at once, and a new settlement of it is paid, with no flag."""
+    w = await world(admin)
+    a, b, c = await received(w, "P1", [860, 861, 862])
+    p1, insurer = w["keys"]["P1"], w["insurer"]
+    # refused: its sale's dispense of pack a took the pack, the settlement paid nothing
+    assert (await p1.events(event("dispense", "P1", [a], 10, setl_id="S-NONE")))["accepted"] == 1
+    refused = pack_claim("S-NONE", a, 10)
+    refused["lines"][0]["quantity"] = 12
+    assert (await insurer.ok("POST", "/v1/settlements", refused))["decision"] == "rejected"
+    # paid for pack c only: P1's dispense of pack b under its id is no part of what it paid
+    assert (await p1.events(event("dispense", "P1", [b], 10, setl_id="S-C")))["accepted"] == 1
+    assert (await insurer.ok("POST", "/v1/settlements", pack_claim("S-C", c, 10)))["decision"] == "accepted"
+    for code, setl_id in ((a, "S-NONE"), (b, "S-C")):
+        out = await p1.events(event("return", "P1", [code], 20))
+        assert (out["accepted"], out["flags"]) == (1, []), out
+        item = await _verify(w, code)
+        assert (item["units_left"], item["dispensable"]) == (24, True), (setl_id, item)
+        again = await insurer.ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-F", code, 30))
+        assert (again["decision"], again["flags"]) == ("accepted", []), again

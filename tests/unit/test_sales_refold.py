@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 from service.core.events import Incoming
 from service.core.ingest import standing_needed
-from service.core.sales import SETTLEMENT, Consumption, Dispense, Refund, Return, Sale, match_returns, refold
+from service.core.sales import SETTLEMENT, Consumption, Dispense, Return, Sale, match_returns, refold
 
 CODE = "81234560000000000011"
 T0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
@@ -148,7 +148,7 @@ def test_a_deleted_return_is_left_out_with_its_compensation() -> None:
 
 # a return of a sale that a standing settlement pays for gives nothing back: the refund does
 
-STANDS = {"S1": Refund("P1", frozenset({CODE}))}  # settlement S1, stored and not reversed
+STANDS = {"S1": frozenset({CODE})}  # settlement S1 stands and paid for the pack
 
 
 def test_a_return_of_a_settlements_own_take_waits_for_the_refund() -> None:
@@ -168,10 +168,10 @@ def test_a_return_of_a_dispense_under_a_standing_settlement_waits() -> None:
     assert (fold.units_left, [t.reversed for t in fold.takes], fold.resales) == (0, [True, False], [])
 
 
-def test_another_organisations_settlement_under_the_same_id_does_not_pay_for_the_sale() -> None:
-    """S1 is P2's and billed another pack: its reversal would not give P1's take back, so
-    P1's patient's return does."""
-    other = {"S1": Refund("P2", frozenset({"81234560000000000099"}))}
+def test_a_settlement_that_paid_for_another_pack_does_not_pay_for_the_sale() -> None:
+    """S1 paid for another pack only (or for none: refused): P1's patient's return of this
+    one gives it back."""
+    other = {"S1": frozenset({"81234560000000000099"})}
     fold = refold(CODE, 24, [sale(10, setl_id="S1")], [], [back(20)], standing=other)
     assert fold is not None
     assert (fold.units_left, [t.reversed for t in fold.takes]) == (24, [True])
