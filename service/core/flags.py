@@ -155,13 +155,47 @@ def dispense_flags(
         product = products.get(state.product_id or "")
         if product is not None and not product.sold_in(org.region):
             flag("OUT_OF_REGION", code, f"may not be sold in region {org.region}")
-        if product is not None and event.med_list_codg and product.med_list_codg != event.med_list_codg:
-            flag(
-                PRODUCT_MISMATCH,
-                code,
-                f"billed as {event.med_list_codg}, the pack is {product.med_list_codg} ({product.name})",
-                billed=event.med_list_codg,
+        out += billed_flags(event, [code], states, products, orgs)
+    return out
+
+
+def billed_flags(
+    event: Incoming,
+    codes: list[str],
+    states: Mapping[str, CodeState],
+    products: Mapping[str, Product],
+    orgs: Mapping[str, Org],
+) -> list[NewFlag]:
+    """What a dispense that names the item it bills (``med_list_codg``, as NHSA sales
+    do) is suspicious of: a pack of another product than the one billed (串换,
+    PRODUCT_MISMATCH). It is about what was billed, not about units: a dispense of a
+    sale that took the pack already (its settlement came first) takes nothing again, and
+    is judged for this all the same, so the flag does not depend on which arrived
+    first."""
+    if not event.med_list_codg:
+        return []
+    org = orgs[event.org]
+    out = []
+    for code in codes:
+        state = states[code]
+        product = products.get(state.product_id or "") if state.commissioned else None
+        if product is None or product.med_list_codg == event.med_list_codg:
+            continue
+        out.append(
+            NewFlag(
+                kind=PRODUCT_MISMATCH,
+                code=code,
+                org=event.org,
+                region=org.region,
+                at=event.at,
+                detail=(
+                    f"dispense by {event.org}: billed as {event.med_list_codg}, "
+                    f"the pack is {product.med_list_codg} ({product.name})"
+                ),
+                refs={"events": [str(event.event_id)], "billed": event.med_list_codg},
+                source=Evidence.event(event.event_id),
             )
+        )
     return out
 
 

@@ -501,7 +501,8 @@ def _consume(
     no standing settlement pays for (those wait for the refund: ``core.sales.paid``). A
     dispense carrying a setl_id that a settlement already consumed takes nothing again.
     Returns the suspicions a dispense raises: a consumed pack dispensed again (回流药),
-    expired, recalled or out-of-region stock."""
+    expired, recalled or out-of-region stock, and a pack of another item than the one
+    billed (that one also where the dispense takes nothing again)."""
     flags: list[NewFlag] = []
     dispenses = [(e, codes) for e, codes in sales if e.type == "dispense"]
     # the earlier sales are evidence only for a pack already used up (a DUPLICATE)
@@ -517,6 +518,11 @@ def _consume(
         flags += flag_rules.dispense_flags(
             event, fresh, world.states, loaded.products, loaded.orgs, earlier, recalls=loaded.recalled_lots
         )
+        # a pack its sale took already (the settlement came first) is taken and judged
+        # no more (no DUPLICATE for being the same sale), but what the dispense bills is
+        # judged all the same: PRODUCT_MISMATCH does not depend on which came first
+        taken_already = [c for c in codes if c not in fresh]
+        flags += flag_rules.billed_flags(event, taken_already, world.states, loaded.products, loaded.orgs)
         # judged, but what a refund of its sale gives back it does not take again
         refund = loaded.refunded.get(event.setl_id) if event.setl_id else None
         takes_from = [c for c in fresh if refund is None or not refund.gives_back(event.org, c)]
@@ -600,11 +606,15 @@ def _refold_late(
         left = world.states[code].units_left or 0
         world.changed |= move_units(world.states, [(code, fold.units_left - left)])
         # the batch's dispenses judged on the pack as it stood at their time (a sale that
-        # took the pack already is not judged again); stored ones only for DUPLICATE
+        # took the pack already only for what it bills); stored ones only for DUPLICATE
         resold = set(fold.resales)
         for e in new_dispenses:
+            if e.undoes is None and e.event_id in fold.repeats:
+                # its sale took the pack already: not judged again as a sale, but for
+                # what it bills (as ``_consume`` does)
+                flags += flag_rules.billed_flags(e, [code], world.states, loaded.products, loaded.orgs)
             # a deleted return's compensation sells nothing of its own here: not judged
-            if e.undoes is None and e.event_id not in fold.repeats:
+            elif e.undoes is None:
                 earlier = [t for t in fold.takes if t.at <= e.at]
                 used_up = {code} if e.event_id in resold else set()
                 flags += flag_rules.dispense_flags(

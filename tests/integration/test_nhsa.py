@@ -358,6 +358,66 @@ async def test_product_mismatch_flag(admin: Api) -> None:
     assert kinds == ["PRODUCT_MISMATCH", "STOCK_IMBALANCE"]  # and none of the billed item was bought
 
 
+SWAPPED = "XA02BCA000A001010100001"  # another catalogue item than the packs' (MED)
+
+
+@pytest.mark.parametrize("path", ["in order", "folded again"])
+async def test_a_sale_billed_as_another_item_is_a_product_mismatch_whichever_arrives_first(
+    admin: Api, db: Any, path: str
+) -> None:
+    """A settlement billing the pack's own item and a 3505 of the same sale (same
+    setl_id) billing another item for the pack: PRODUCT_MISMATCH (串换), once, whichever
+    arrives first (pack a: the settlement first; pack b: the 3505 first). The sale takes
+    the pack once (no DUPLICATE for being the same sale). Found by a probe: with the
+    settlement first the 3505 took nothing again and was not judged for what it billed,
+    so the mismatch was missed. "folded again": the packs have a later event, so a 3505
+    arriving after its settlement is folded again in event time
+    (``core.ingest._refold_late``), which skipped it the same way."""
+    w = await _world(admin)
+    p2, [a, b] = w["keys"]["P2"], w["units"][:2]
+    inv = await admin.key_for("investigator")
+    insurer = await admin.key_for("insurer")
+    if path == "folded again":  # a re-scan after the sales: the sales are late
+        await p2.events(event("receive", "P2", [a, b], 60 * 24 * 5))
+
+    def claim(setl_id: str, code: str) -> dict[str, Any]:
+        return {
+            "setl_id": setl_id,
+            "org": "P2",
+            "psn_no": "45000012345678",
+            "at": "2026-03-05T10:00:00+08:00",
+            "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [code]}],
+        }
+
+    def swapped(bchno: str, setl_id: str, code: str) -> dict[str, Any]:
+        return envelope("3505", {"selinfo": sale(bchno, [code], 24, setl_id=setl_id, med_list_codg=SWAPPED)})
+
+    answers = [await insurer.ok("POST", "/v1/settlements", claim("S-SWAP-A", a))]
+    uploads = [await nhsa(p2, swapped("B-SWAP-A", "S-SWAP-A", a))]
+    uploads.append(await nhsa(p2, swapped("B-SWAP-B", "S-SWAP-B", b)))
+    answers.append(await insurer.ok("POST", "/v1/settlements", claim("S-SWAP-B", b)))
+    for answer in answers:
+        assert (answer["decision"], answer["flags"]) == ("accepted", []), answer  # its own item
+    for code, out, setl_id in [(a, uploads[0], "S-SWAP-A"), (b, uploads[1], "S-SWAP-B")]:
+        raised = out["output"]["tracecode"]["flags"]
+        assert sorted((f["kind"], f["code"]) for f in raised) == [
+            ("PRODUCT_MISMATCH", code),
+            ("STOCK_IMBALANCE", SWAPPED),  # none of the billed item was bought
+        ], (code, out)
+        [flag] = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]
+        assert (flag["kind"], flag["status"], flag["org"]) == ("PRODUCT_MISMATCH", "open", "P2"), flag
+        assert flag["refs"]["billed"] == SWAPPED
+        assert flag["flag_id"] == next(f["flag_id"] for f in raised if f["kind"] == "PRODUCT_MISMATCH")
+        # the sale took the pack once
+        assert await _units_left(p2, code) == 0
+        rows = await db.fetch("SELECT sale_id, units FROM consumptions WHERE code = $1", code)
+        assert [(r["sale_id"], r["units"]) for r in rows] == [(setl_id, 24)]
+    # sent again: one fact, no second flag
+    again = await nhsa(p2, swapped("B-SWAP-A", "S-SWAP-A", a))
+    assert again["output"]["tracecode"]["flags"] == [], again
+    assert len((await inv.ok("GET", f"/v1/flags?code={a}"))["items"]) == 1
+
+
 async def test_wrong_institution_is_403(admin: Api, db: Any) -> None:
     w = await _world(admin)
     u = w["units"]
