@@ -103,7 +103,9 @@ class FlagsController(Controller):
         a late upload may still explain, within their grace window; ``status=pending``
         lists them). ``since``/``until`` bound the activity time (``at``);
         ``region`` matches a region-code prefix; ``med_list_codg`` finds the flags that
-        name a catalogue item (STOCK_IMBALANCE), as ``code`` those of a trace code. Pass
+        name a catalogue item (in ``refs.items``: STOCK_IMBALANCE its item, PRODUCT_MISMATCH
+        the item billed and the pack's own, EXCESS_PURCHASE the item bought), as ``code``
+        those of a trace code. Pass
         ``next_cursor`` back as ``cursor`` for the next page; flags raised meanwhile never
         shift a page."""
         refuse_other_parameters(request, SEARCH_PARAMETERS)
@@ -125,11 +127,9 @@ class FlagsController(Controller):
             if parsed is None:
                 raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
             code = parsed.canonical
-        if med_list_codg is not None:
-            if code is not None:
-                raise bad_input("med_list_codg", "give code or med_list_codg, not both")
-            code = med_list_codg  # the catalogue item a STOCK_IMBALANCE names as its code
-        query = usecase.FlagQuery(kind, status, org, region, code, since, until)
+        if med_list_codg is not None and code is not None:
+            raise bad_input("med_list_codg", "give code or med_list_codg, not both")
+        query = usecase.FlagQuery(kind, status, org, region, code, since, until, med_list_codg)
         page = await usecase.search(
             services.pool, query, before_id=_after(cursor) if cursor else None, limit=limit
         )

@@ -619,10 +619,8 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
             bad.append("code")
         else:
             canonical = parsed.canonical
-    # a catalogue item, as the API's med_list_codg: the code a STOCK_IMBALANCE names
+    # a catalogue item, as the API's med_list_codg: the flags that name it (refs.items)
     item = _filter(params, "med_list_codg", 64, bad)
-    if item is not None:
-        if code is not None:
-            bad.append("med_list_codg")  # one or the other, as the API
-        canonical = item
-    return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until), bad
+    if item is not None and code is not None:
+        bad.append("med_list_codg")  # one or the other, as the API
+    return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until, item), bad

@@ -40,6 +40,16 @@ DUPLICATE = "DUPLICATE"  # a consumed pack sold again (回流药), or a destroye
 # it clears it, as it does the custody kinds (one raised by a sale stands: no replay
 # judges that sale again)
 AT_RECEIPT = "at_receipt"
+# refs of a flag that concerns catalogue items (med_list_codg): the items it names, which
+# ``GET /v1/flags?med_list_codg=`` finds it by (an index on them, 0023_flag_items.sql).
+# STOCK_IMBALANCE names its item (also its code), PRODUCT_MISMATCH the item billed and
+# the pack's own item, EXCESS_PURCHASE the item bought; no other kind names one.
+ITEMS = "items"
+
+
+def items(*med_list_codgs: str) -> list[str]:
+    """The catalogue items a flag names (``refs.items``), each once, in order."""
+    return list(dict.fromkeys(med_list_codgs))
 
 
 def initial_status(kind: str) -> str:
@@ -192,7 +202,11 @@ def billed_flags(
                     f"dispense by {event.org}: billed as {event.med_list_codg}, "
                     f"the pack is {product.med_list_codg} ({product.name})"
                 ),
-                refs={"events": [str(event.event_id)], "billed": event.med_list_codg},
+                refs={
+                    "events": [str(event.event_id)],
+                    "billed": event.med_list_codg,
+                    ITEMS: items(event.med_list_codg, product.med_list_codg),
+                },
                 source=Evidence.event(event.event_id),
             )
         )

@@ -12,7 +12,7 @@ from uuid import UUID
 import msgspec
 
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
-from service.core.flags import Evidence, NewFlag
+from service.core.flags import ITEMS, Evidence, NewFlag, items
 
 STOCK_IMBALANCE = "STOCK_IMBALANCE"
 NHSA = "nhsa"  # flag evidence: one uploaded record
@@ -178,6 +178,7 @@ def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], 
                 ),
                 refs={
                     "med_list_codg": e.med_list_codg,
+                    ITEMS: items(e.med_list_codg),
                     "interface": e.interface,
                     "fixmedins_bchno": e.bchno,
                     "kind": e.kind,

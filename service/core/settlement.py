@@ -17,7 +17,7 @@ import msgspec
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState, Fact, counted, replay
-from service.core.flags import Evidence, FlagRef, NewFlag
+from service.core.flags import ITEMS, Evidence, FlagRef, NewFlag, items
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
@@ -347,15 +347,18 @@ def undone_by_reversal(request: Mapping[str, Any], taken: Sequence[Consumption])
 def settlement_flags(
     setl_id: str,
     at: datetime,
+    lines: Sequence[Line],
     outcomes: Sequence[LineOutcome],
     org: Org,
     states: Mapping[str, CodeState],
+    products: Mapping[str, Product],
     earlier: Mapping[str, list[Consumption]],
 ) -> list[NewFlag]:
     """The suspicions among the reasons, each with its evidence: this settlement, and
-    the earlier sales (for a duplicate) or the holder (for a diversion)."""
+    the earlier sales (for a duplicate), the holder (for a diversion) or the items billed
+    and packed (for a mismatch)."""
     flags = []
-    for outcome in outcomes:
+    for line, outcome in zip(lines, outcomes, strict=True):
         for reason in outcome.reasons:
             kind = FLAG_FOR_REASON.get(reason.reason)
             if kind is None or not reason.code:
@@ -370,6 +373,11 @@ def settlement_flags(
                 refs["holder"] = state.custodian
                 if state.destination:
                     refs["last_shipped_to"] = state.destination
+            if kind == PRODUCT_MISMATCH:
+                product = products.get(state.product_id or "") if state is not None else None
+                refs["billed"] = line.med_list_codg
+                packed = [product.med_list_codg] if product is not None else []
+                refs[ITEMS] = items(line.med_list_codg, *packed)
             flags.append(
                 NewFlag(
                     kind=kind,
@@ -486,6 +494,7 @@ def _excess(
                     f"at {len(orgs)} institution(s); a course of treatment needs at most {limit.units}"
                 ),
                 refs={
+                    ITEMS: items(codg),
                     "settlements": [p.setl_id for p in window] + [claim.setl_id],
                     "orgs": orgs,
                     "units": total,
@@ -597,7 +606,9 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         state = loaded.states[code]  # a custody event dated before the sale replays the history
         state.parent = None
         state.sold(claim.at)
-    flags = settlement_flags(claim.setl_id, claim.at, outcomes, loaded.org, judged, loaded.earlier)
+    flags = settlement_flags(
+        claim.setl_id, claim.at, claim.lines, outcomes, loaded.org, judged, loaded.products, loaded.earlier
+    )
     limits = person_limits(claim, canonical, loaded.states, loaded.products)
     purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])
     after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from service.core.custody import Fact
-from service.core.flags import AT_RECEIPT, Evidence, FlagKey, FlagRef, NewFlag
+from service.core.flags import AT_RECEIPT, ITEMS, Evidence, FlagKey, FlagRef, NewFlag
 from service.store import codes as code_store
 from service.store.conn import Conn
 
@@ -303,6 +303,7 @@ class FlagQuery:
     code: str | None = None  # canonical
     since: datetime | None = None  # activity time (``at``), inclusive
     until: datetime | None = None  # exclusive
+    med_list_codg: str | None = None  # a catalogue item the flags name (``refs.items``)
 
 
 def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[str, list[Any]]:
@@ -331,6 +332,9 @@ def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[
         where.append(f"region ~>=~ {arg(query.region)} AND region ~<~ {arg(query.region + ':')}")
     if query.code is not None:
         where.append(f"code = {arg(query.code)}")
+    if query.med_list_codg is not None:
+        # the items a flag names (core.flags.ITEMS), by their GIN index (0023_flag_items.sql)
+        where.append(f"(refs -> '{ITEMS}') ? {arg(query.med_list_codg)}")
     if query.since is not None:
         where.append(f"at >= {arg(query.since)}")
     if query.until is not None:

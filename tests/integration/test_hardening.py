@@ -425,12 +425,16 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     from service.store.stats import RECEIVED_SQL
 
     await db.execute(
-        """INSERT INTO flags (kind, code, org, region, at, status, detail, source_kind, source_id)
+        """INSERT INTO flags (kind, code, org, region, at, status, detail, source_kind, source_id, refs)
            SELECT 'DUPLICATE', '8' || lpad(i::text, 19, '0'), 'O' || (i % 50),
                   CASE WHEN i % 100 = 0 THEN '110101' ELSE (450100 + i % 90)::text END,
                   timestamptz '2026-01-01 00:00+00' + i * interval '1 hour',
                   CASE WHEN i % 97 = 0 THEN 'confirmed' ELSE 'open' END,
-                  'x', 'event', i::text
+                  'x', 'event', i::text,
+                  -- a few name catalogue items (refs.items), as a mismatch names two
+                  CASE WHEN i % 60 = 0
+                       THEN jsonb_build_object('items', jsonb_build_array('XB' || i % 7, 'XP'))
+                       ELSE '{"events": []}' END
            FROM generate_series(1, 6000) i"""
     )
     await db.execute(
@@ -456,6 +460,7 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
         ({"region": "11"}, "flags_region"),
         ({"status": "confirmed"}, "flags_status"),
         ({"since": start, "until": start + timedelta(days=1)}, "flags_at"),
+        ({"med_list_codg": "XB3"}, "flags_items"),
     ]:
         plan = await _plan(db, *search(**given))
         assert index in plan, (given, plan)
@@ -467,6 +472,13 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     assert rows
     assert all(r["region"].startswith("4501") and r["status"] == "confirmed" for r in rows)
     assert all(r["at"] >= start for r in rows)
+    # and a catalogue item: the flags whose refs.items name it, whichever place it has there
+    sql, args = search(med_list_codg="XB3")
+    assert sorted(int(r["code"][1:]) for r in await db.fetch(sql, *args)) == [
+        i for i in range(60, 6001, 60) if i % 7 == 3
+    ]
+    sql, args = search(med_list_codg="XP", status="open")
+    assert len(await db.fetch(sql, *args)) == 100 - sum(1 for i in range(60, 6001, 60) if i % 97 == 0)
 
     plan = await _plan(db, RECEIVED_SQL, ["O7"])
     assert "event_codes_event" in plan, plan
