@@ -30,7 +30,7 @@ from service.api.types import (
     Short,
 )
 from service.core.auth import Role
-from service.core.events import time_problem
+from service.core.events import identifier_problem, time_problem
 from service.core.settlement import Claim, Line
 from service.usecases import settlements as usecase
 
@@ -69,6 +69,10 @@ def _claim(data: SettlementIn, *, for_org: bool = False) -> Claim:
     problem_at = time_problem(data.at, datetime.now(UTC))
     if problem_at:
         raise bad_input("at", problem_at)
+    # one person, one spelling: a look-alike (a space at an end, an invisible character,
+    # full-width digits) would hash as another person and split the EXCESS_PURCHASE count
+    if (problem_psn := identifier_problem(data.psn_no)) is not None:
+        raise bad_input("psn_no", problem_psn)
     seen: set[int] = set()
     total = 0
     for i, line in enumerate(data.lines):

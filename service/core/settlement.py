@@ -117,32 +117,55 @@ def shown_request(request: Mapping[str, Any]) -> dict[str, Any]:
     return {**request, "lines": lines}
 
 
+def person_number(psn_no: str) -> str:
+    """An insured person number as it names the person: upper-cased, as a Chinese ID
+    number's check character is X written either way (``…777x`` is ``…777X``). The API
+    refuses a number that is not a plain identifier (``core.events.identifier_problem``)
+    before this, so no other spelling of one number is left to tell apart."""
+    return psn_no.upper()
+
+
 def person_hash(secret: bytes, psn_no: str) -> bytes:
-    """HMAC-SHA256 of an insured person number: links one person's settlements without
-    storing the number."""
-    return hmac.new(secret, psn_no.encode(), hashlib.sha256).digest()
+    """HMAC-SHA256 of an insured person number (:func:`person_number`): links one
+    person's settlements without storing the number. Every path that keeps a person
+    hashes here."""
+    return hmac.new(secret, person_number(psn_no).encode(), hashlib.sha256).digest()
 
 
-def fingerprint(secret: bytes, claim: Claim, canonical: Mapping[str, str | None] | None = None) -> bytes:
+def fingerprint(
+    secret: bytes,
+    claim: Claim,
+    canonical: Mapping[str, str | None] | None = None,
+    *,
+    person: bool = True,
+) -> bytes:
     """What tells a replay of a settlement from a changed body: an HMAC of the whole
     claim (the same claim always gives the same bytes; the secret keeps the person
-    number in it from being guessed). With ``canonical`` (``canonical_codes``), each code
-    is taken in its canonical form, so a code spelled another way (a GS1 code in
-    brackets, or raw) is the same claim."""
+    number in it from being guessed). With ``canonical`` (``canonical_codes``), the claim
+    as read: each code in its canonical form, so a code spelled another way (a GS1 code
+    in brackets, or raw) is the same claim, and (unless not ``person``) the person number
+    as :func:`person_number` reads it, so ``…x`` and ``…X`` are the same claim."""
     if canonical is not None:
         read = [replace(line, codes=tuple(canonical.get(c) or c for c in line.codes)) for line in claim.lines]
         claim = replace(claim, lines=tuple(read))
+        if person:
+            claim = replace(claim, psn_no=person_number(claim.psn_no))
     return hmac.new(secret, b"settlement\x00" + msgspec.json.encode(claim), hashlib.sha256).digest()
 
 
 def fingerprints(secret: bytes, claim: Claim, canonical: Mapping[str, str | None]) -> tuple[bytes, ...]:
-    """The fingerprint a settlement is stored with (codes in canonical form), and the one
-    of the codes as sent when it differs: a settlement stored before codes were read so
-    (its fingerprint of the codes as sent) is still answered as a replay."""
+    """The fingerprint a settlement is stored with (the claim as read: codes in canonical
+    form, the person number upper-cased), then those it was stored with before, where
+    they differ, so that such a settlement sent again is still answered as a replay: of
+    the person number as sent (before it was upper-cased), and of the codes as sent too
+    (before codes were read so)."""
     as_sent = fingerprint(secret, claim)
-    if all(form is None or form == raw for raw, form in canonical.items()):
-        return (as_sent,)  # the common case: every code sent in its canonical form
-    return fingerprint(secret, claim, canonical), as_sent
+    codes_as_sent = all(form is None or form == raw for raw, form in canonical.items())
+    if codes_as_sent and person_number(claim.psn_no) == claim.psn_no:
+        return (as_sent,)  # the common case: every code and the number sent as read
+    read = fingerprint(secret, claim, canonical)
+    forms = [read, fingerprint(secret, claim, canonical, person=False), as_sent]
+    return tuple(dict.fromkeys(forms))
 
 
 @dataclass(slots=True)
