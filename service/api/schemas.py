@@ -206,7 +206,7 @@ class SettlementLineOut(msgspec.Struct):
     line_no: int
     payable: bool
     reasons: list[ReasonOut]
-    units: int  # consumed by this line (0 unless payable)
+    units: int  # billed by this line: consumed, or its quantity without codes (0 unless payable)
 
 
 class SettlementOut(msgspec.Struct):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -177,6 +177,8 @@ class LineOutcome:
     # (canonical code, units) this sale had taken already (a dispense with its setl_id)
     # that the line bills: paid, not drawn again
     credited: list[tuple[str, int]] = field(default_factory=list)
+    # the units a payable line without codes bills (an item that carries none): its quantity
+    uncoded: int = 0
 
 
 def decision(outcomes: Sequence[LineOutcome]) -> str:
@@ -245,6 +247,7 @@ def _judge_line(
     if not line.codes:
         if line.med_list_codg in exempt_codgs:
             out.payable = True
+            out.uncoded = line.quantity
         else:
             out.reasons.append(Reason("", MISSING_CODES, "a traced product is billed without its codes"))
         return out
@@ -425,6 +428,9 @@ class Loaded:
     products: Mapping[str, Product]  # the products of those codes
     exempt_codgs: set[str]  # catalogue items among the code-less lines that carry no code
     earlier: Mapping[str, list[Consumption]]  # unreversed sales of opened packs, oldest first
+    # the products registered under each of ``exempt_codgs`` (``exempt_products``): a line
+    # of one billed without codes counts toward their person limit
+    item_products: Mapping[str, Sequence[Product]] = field(default_factory=dict)
     # this sale's takes that a return gave back (a dispense under its setl_id, returned
     # before the settlement came), read by the locked path only: the sale took those
     # packs once, and does not take them again
@@ -455,21 +461,45 @@ class Purchase:
 EXCESS_PURCHASE = "EXCESS_PURCHASE"
 
 
+def exempt_products(registered: Mapping[str, Sequence[Product]]) -> dict[str, Sequence[Product]]:
+    """Of the products registered under each catalogue item billed without codes
+    (``registered``), those of the items that carry no code: every product billed as the
+    item is ``trace_exempt`` (one traced product of it means its packs are traced, so a
+    line of it without a code is MISSING_CODES)."""
+    return {codg: found for codg, found in registered.items() if found and all(p.trace_exempt for p in found)}
+
+
+def item_limit(products: Iterable[Product]) -> PersonLimit | None:
+    """The person limit of a catalogue item, from the products billed as it: the
+    strictest of those that carry one (the fewest units, then the most days)."""
+    found = [p.person_limit for p in products if p.person_limit]
+    return min(found, key=lambda limit: (limit.units, -limit.days)) if found else None
+
+
 def person_limits(
     claim: Claim,
     canonical: Mapping[str, str | None],
     states: Mapping[str, CodeState],
     products: Mapping[str, Product],
+    item_products: Mapping[str, Sequence[Product]],
 ) -> dict[str, PersonLimit]:
-    """The person limit of each billed catalogue item whose packs' product has one."""
-    limits: dict[str, PersonLimit] = {}
+    """The person limit of each billed catalogue item that has one (:func:`item_limit`):
+    of the products billed as it, which a line with codes names by its packs, and a
+    line without codes of an item that carries none (``item_products``, from
+    :func:`exempt_products`) by the item."""
+    limited: dict[str, list[Product]] = {}  # (nearly always empty: a plain loop, no more)
     for line in claim.lines:
-        for raw in line.codes:
-            state = states.get(canonical.get(raw) or "")
-            product = products.get(state.product_id or "") if state else None
-            if product and product.person_limit and product.med_list_codg == line.med_list_codg:
-                limits[line.med_list_codg] = product.person_limit
-    return limits
+        if line.codes:
+            for raw in line.codes:
+                state = states.get(canonical.get(raw) or "")
+                product = products.get(state.product_id or "") if state else None
+                if product and product.person_limit and product.med_list_codg == line.med_list_codg:
+                    limited.setdefault(line.med_list_codg, []).append(product)
+        else:
+            for product in item_products.get(line.med_list_codg, ()):
+                if product.person_limit and product.med_list_codg == line.med_list_codg:
+                    limited.setdefault(line.med_list_codg, []).append(product)
+    return {codg: limit for codg, found in limited.items() if (limit := item_limit(found)) is not None}
 
 
 def _excess(
@@ -479,11 +509,13 @@ def _excess(
     limits: Mapping[str, PersonLimit],
     loaded: Loaded,
 ) -> tuple[list[Purchase], list[NewFlag]]:
-    """What the payable lines add to the person's purchases of items with a limit, and
-    an EXCESS_PURCHASE flag where the units bought within the limit's days (up to and
+    """What the payable lines add to the person's purchases of items with a limit (a
+    line without codes of an item that carries none too: its quantity), and an
+    EXCESS_PURCHASE flag where the units bought within the limit's days (up to and
     including this settlement) pass it: one flag per person, item and window, so none
-    while the person's last flag of the item is less than the limit's days old.
-    Payability does not change."""
+    while the person's last flag of the item is less than the limit's days old. The
+    flag names the item's first code in the settlement, or the item itself (as a
+    STOCK_IMBALANCE does) when it was billed without codes. Payability does not change."""
     bought: dict[str, int] = {}
     first_code: dict[str, str] = {}
     for line, outcome in zip(claim.lines, outcomes, strict=True):
@@ -502,13 +534,13 @@ def _excess(
         total = units + sum(p.units for p in window)
         evidence = Evidence.person(loaded.psn_hash, codg)
         last = loaded.excess_flagged.get(evidence.id)
-        if total <= limit.units or (last is not None and last > since) or codg not in first_code:
+        if total <= limit.units or (last is not None and last > since):
             continue
         orgs = sorted({p.org for p in window} | {claim.org})
         flags.append(
             NewFlag(
                 kind=EXCESS_PURCHASE,
-                code=first_code[codg],
+                code=first_code.get(codg, codg),
                 org=claim.org,
                 region=loaded.org.region,
                 at=claim.at,
@@ -632,7 +664,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     flags = settlement_flags(
         claim.setl_id, claim.at, claim.lines, outcomes, loaded.org, judged, loaded.products, loaded.earlier
     )
-    limits = person_limits(claim, canonical, loaded.states, loaded.products)
+    limits = person_limits(claim, canonical, loaded.states, loaded.products, loaded.item_products)
     purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])
     after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}
     return Decision(
@@ -691,7 +723,7 @@ def answer(setl_id: str, outcomes: Sequence[LineOutcome], flags: Sequence[FlagRe
                 "reasons": [
                     {"code": r.code or None, "reason": r.reason, "detail": r.detail} for r in o.reasons
                 ],
-                "units": sum(u for _, u in (*o.takes, *o.credited)) if o.payable else 0,
+                "units": sum(u for _, u in (*o.takes, *o.credited)) + o.uncoded if o.payable else 0,
             }
             for o in outcomes
         ],

@@ -151,6 +151,19 @@ async def get_products(conn: Conn, ids: list[str]) -> dict[str, Product]:
     return {i: _products[i] for i in ids if i in _products}
 
 
+async def products_billed_as(conn: Conn, codgs: list[str]) -> dict[str, list[Product]]:
+    """The products registered under each of the catalogue items ``codgs`` (by index;
+    not cached: a product registered later may change what an item is)."""
+    rows = await conn.fetch(
+        f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE med_list_codg = ANY($1::text[])",  # noqa: S608
+        codgs,
+    )
+    found: dict[str, list[Product]] = {}
+    for r in rows:
+        found.setdefault(r["med_list_codg"], []).append(_product(r))
+    return found
+
+
 async def insert_key(conn: Conn, key_id: str, secret_hash: bytes, role: Role, org: str | None) -> None:
     await conn.execute(
         "INSERT INTO api_keys (key_id, secret_hash, role, org) VALUES ($1, $2, $3, $4)",

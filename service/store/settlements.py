@@ -110,18 +110,6 @@ async def mark_reversed(conn: Conn, setl_id: str, psn_hash: bytes, reversal: dic
     )
 
 
-async def exempt_codgs(conn: Conn, codgs: list[str]) -> set[str]:
-    """The catalogue items among ``codgs`` that carry no code: every product billed as
-    the item is ``trace_exempt`` (one traced product of it means its packs are traced,
-    so a line of it without a code is MISSING_CODES)."""
-    rows = await conn.fetch(
-        """SELECT med_list_codg FROM products WHERE med_list_codg = ANY($1::text[])
-           GROUP BY med_list_codg HAVING bool_and(trace_exempt)""",
-        codgs,
-    )
-    return {r["med_list_codg"] for r in rows}
-
-
 async def standing(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     """Which of ``setl_ids`` are settlements stored and not reversed."""
     return await _stored(conn, setl_ids, reversed_=False)

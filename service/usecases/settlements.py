@@ -190,18 +190,25 @@ async def _load(
         raise NotDispensing
     product_ids = sorted({s.product_id for s in states.values() if s.product_id})
     products = await registry.get_products(conn, product_ids)
-    no_codes = [line.med_list_codg for line in claim.lines if not line.codes]
-    exempt = await setl_store.exempt_codgs(conn, no_codes) if no_codes else set()
+    no_codes = sorted({line.med_list_codg for line in claim.lines if not line.codes})
+    exempt = rules.exempt_products(await registry.products_billed_as(conn, no_codes)) if no_codes else {}
     opened = rules.opened(states)
     earlier: dict[str, list[Consumption]] = {}
     for sale in await sale_store.of_codes(conn, opened, open_only=True) if opened else []:
         earlier.setdefault(sale.code, []).append(sale)
-    loaded = Loaded(org=org, states=states, products=products, exempt_codgs=exempt, earlier=earlier)
+    loaded = Loaded(
+        org=org,
+        states=states,
+        products=products,
+        exempt_codgs=set(exempt),
+        earlier=earlier,
+        item_products=exempt,
+    )
     if rules.late(claim.at, states):  # custody is judged as it was at the sale, from the history
         family = set(states) | set(await code_store.ancestors_ever(conn, states))
         loaded.history = await event_store.facts_for(conn, family)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
-    limits = rules.person_limits(claim, canonical, states, products)
+    limits = rules.person_limits(claim, canonical, states, products, exempt)
     if limits:  # the person's purchases of those items within their windows, and their flags
         since = claim.at - timedelta(days=max(limit.days for limit in limits.values()))
         loaded.psn_hash = psn_hash

@@ -126,3 +126,71 @@ async def test_a_person_number_that_is_not_a_plain_identifier_is_refused(
     # the same number written plainly is taken
     plain = await w["insurer"].ok("POST", "/v1/settlements", sale("XB", "45010319900101888X", w["packs"]))
     assert plain["decision"] == "accepted"
+
+
+EXEMPT = {
+    "product_id": "8123459",
+    "name": "Medical gauze",
+    "med_list_codg": "MEX",
+    "pack_units": 10,
+    "manufacturer": "M1",
+    "regions": ["45"],
+    "trace_exempt": True,
+    "person_limit": {"units": 20, "days": 7},
+}
+
+
+def exempt_sale(
+    setl_id: str, psn_no: str, quantity: int, minutes: float, codes: list[str] | None = None
+) -> dict[str, Any]:
+    line: dict[str, Any] = {"line_no": 1, "med_list_codg": "MEX", "quantity": quantity}
+    if codes:
+        line["codes"] = codes
+    return {"setl_id": setl_id, "org": "P1", "psn_no": psn_no, "at": at(minutes), "lines": [line]}
+
+
+async def test_an_item_that_carries_no_code_counts_toward_its_person_limit(admin: Api) -> None:
+    """A trace-exempt product with a person limit, billed without codes: each payable
+    line counts its quantity, and says the units it billed. Found by a probe: 100 units
+    of it (limit 20) were paid as ``units: 0`` and raised no EXCESS_PURCHASE; nor did
+    15 + 15 without codes and 10 with a code."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    packs = [cn20("8123459", i) for i in (1, 2)]
+    await w["keys"]["M1"].events(
+        event("commission", "M1", packs, 0, lot="G1", expiry="2030-12-31"),
+        event("ship", "M1", packs, 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", packs, 2))
+    # one settlement of 100 units without codes
+    big = await ins.ok("POST", "/v1/settlements", exempt_sale("E2-1", "E2", 100, 60))
+    assert big["decision"] == "accepted"
+    assert big["lines"][0]["units"] == 100
+    assert [(f["kind"], f["code"]) for f in big["flags"]] == [("EXCESS_PURCHASE", "MEX")], big
+    flag = await inv.ok("GET", f"/v1/flags/{big['flags'][0]['flag_id']}")
+    assert (flag["refs"]["settlements"], flag["refs"]["units"]) == (["E2-1"], 100)
+    found = await inv.ok("GET", "/v1/flags?kind=EXCESS_PURCHASE&med_list_codg=MEX")
+    assert [f["flag_id"] for f in found["items"]] == [flag["flag_id"]]
+    # 15 without codes, then 10 with a code: 25
+    first = await ins.ok("POST", "/v1/settlements", exempt_sale("E3-1", "E3", 15, 60))
+    assert (first["decision"], first["lines"][0]["units"], first["flags"]) == ("accepted", 15, [])
+    coded = await ins.ok("POST", "/v1/settlements", exempt_sale("E3-2", "E3", 10, 61, [packs[0]]))
+    assert coded["decision"] == "accepted"
+    assert [(f["kind"], f["code"]) for f in coded["flags"]] == [("EXCESS_PURCHASE", packs[0])], coded
+    flag = await inv.ok("GET", f"/v1/flags/{coded['flags'][0]['flag_id']}")
+    assert (flag["refs"]["settlements"], flag["refs"]["units"]) == (["E3-1", "E3-2"], 25)
+    # 15 + 15 without codes, then 10 with a code: flagged once, at 30
+    kinds_of = []
+    for i, (quantity, codes) in enumerate(((15, None), (15, None), (10, [packs[1]]))):
+        answer = await ins.ok(
+            "POST", "/v1/settlements", exempt_sale(f"E4-{i}", "E4", quantity, 60 + i, codes)
+        )
+        assert answer["decision"] == "accepted"
+        kinds_of.append(kinds(answer))
+    assert kinds_of == [[], ["EXCESS_PURCHASE"], []]
+    # a refund takes a line without codes out of the count too
+    await ins.ok("POST", "/v1/settlements", exempt_sale("E5-1", "E5", 15, 60))
+    await ins.ok("POST", "/v1/settlements/E5-1/reversal")
+    again = await ins.ok("POST", "/v1/settlements", exempt_sale("E5-2", "E5", 10, 61))
+    assert again["flags"] == []  # 10 of 20
