@@ -11,6 +11,24 @@ from service.core.settlement import Purchase
 from service.store.conn import Conn
 
 
+async def lock_person(conn: Conn, psn_hash: bytes, items: Sequence[str]) -> None:
+    """Serialise one person's settlements of the same items (a transaction lock per
+    person and item, taken in key order, so none deadlock): each reads the window after
+    the one before it committed its purchases (read committed), so two racing ones do
+    not both stay under the limit. Only a settlement of an item with a person limit
+    takes it."""
+    if not items:
+        return
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(k)
+           FROM (SELECT DISTINCT hashtextextended('purchases/' || encode($1, 'hex') || '/' || i, 0) AS k
+                 FROM unnest($2::text[]) AS i) AS keys
+           ORDER BY k""",
+        psn_hash,
+        list(items),
+    )
+
+
 async def window(
     conn: Conn, psn_hash: bytes, items: Sequence[str], since: datetime, until: datetime
 ) -> list[Purchase]:

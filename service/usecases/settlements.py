@@ -89,7 +89,8 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
             return _replay(stored, body_hashes)
-        loaded = await _load(conn, claim, canonical, psn_hash, await code_store.lock(conn, _packs(canonical)))
+        packs = await code_store.lock(conn, _packs(canonical))
+        loaded = await _load(conn, claim, canonical, psn_hash, packs, locked=True)
         # a take of this sale given back before it came (read here only: the one-statement
         # path finds such a row when it writes, and ends up here)
         loaded.given_back = await sale_store.of_sale(conn, Sale.of_settlement(claim.setl_id), given_back=True)
@@ -180,9 +181,13 @@ async def _load(
     canonical: Mapping[str, str | None],
     psn_hash: bytes,
     states: dict[str, CodeState],
+    *,
+    locked: bool = False,
 ) -> Loaded:
     """Everything the decision needs besides the packs' rows (``states``, which each path
-    reads its own way: locked, or with their versions)."""
+    reads its own way: locked, or with their versions). On the ``locked`` path (the only
+    one that records purchases), a claim of items with a person limit first takes the
+    person's lock of those items, so that the person's purchases read are all of them."""
     org = await registry.get_org(conn, claim.org)
     if org is None:
         raise UnknownOrg
@@ -210,6 +215,8 @@ async def _load(
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
     limits = rules.person_limits(claim, canonical, states, products, exempt)
     if limits:  # the person's purchases of those items within their windows, and their flags
+        if locked:
+            await purchase_store.lock_person(conn, psn_hash, sorted(limits))
         since = claim.at - timedelta(days=max(limit.days for limit in limits.values()))
         loaded.psn_hash = psn_hash
         loaded.purchases = await purchase_store.window(conn, psn_hash, sorted(limits), since, claim.at)

@@ -3,7 +3,7 @@ spellings of the number, an item that carries no code, settlements racing."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -194,3 +194,47 @@ async def test_an_item_that_carries_no_code_counts_toward_its_person_limit(admin
     await ins.ok("POST", "/v1/settlements/E5-1/reversal")
     again = await ins.ok("POST", "/v1/settlements", exempt_sale("E5-2", "E5", 10, 61))
     assert again["flags"] == []  # 10 of 20
+
+
+async def test_a_persons_racing_settlements_past_the_limit_raise_one_flag(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """Three settlements of 10 units each (limit 20) of one person, at once, through the
+    use case on a pool of their own (the in-process test client answers one request at
+    a time). Found by a probe: they did not see each other's units, and most rounds
+    raised no flag at all. A person's settlements of a limited item take turns: each
+    round raises exactly one EXCESS_PURCHASE."""
+    import asyncio
+
+    from service.core.settlement import Claim, Line
+    from service.store.db import create_pool
+    from service.usecases import settlements as settle_usecase
+    from tests.helpers import BASE_TIME
+
+    rounds = 8
+    w = await limited_world(admin, n=3 * rounds)
+    packs = w["packs"]
+    pool = await create_pool(db_url, min_size=3, max_size=3)
+    raised = []
+    try:
+        for r in range(rounds):
+            claims = [
+                Claim(
+                    f"RC{r}-{i}",
+                    "P1",
+                    f"4501031990010{r:04d}X",
+                    BASE_TIME + timedelta(hours=1),  # one time: none is late for another
+                    "settle",
+                    (Line(1, ITEM, 10, False, (packs[3 * r + i],)),),
+                )
+                for i in range(3)
+            ]
+            answers = await asyncio.gather(*(settle_usecase.settle(pool, c, b"test-secret") for c in claims))
+            assert all(a["decision"] == "accepted" for a in answers), answers
+            raised.append(sum(len(a["flags"]) for a in answers))
+    finally:
+        await pool.close()
+    assert raised == [1] * rounds
+    found = await w["inv"].ok("GET", "/v1/flags?kind=EXCESS_PURCHASE&limit=100")
+    assert len(found["items"]) == rounds
+    assert await db.fetchval("SELECT count(*) FROM purchases") == 3 * rounds
