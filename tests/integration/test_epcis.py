@@ -1430,3 +1430,50 @@ async def test_a_location_is_its_gln_however_it_is_spelled(admin: Api) -> None:
     assert (job["success"], job["warnings"]) == (True, []), job
     history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
     assert [(e["type"], e.get("to")) for e in history["events"]][-1] == ("ship", "D1"), history
+
+
+async def test_a_digital_links_query_string_names_no_pack(admin: Api) -> None:
+    """Found by a probe: a Digital Link's query string overrode the pack its path names
+    (``/01/G/21/XYZ?21=1`` moved pack 1, ``?00=<SSCC>`` the whole case, a product's or a
+    GLN's link with ``?21=``/``?01=…&21=…`` a pack), and the queries matched the same way.
+    Its path is its identity; a query naming a key or a qualifier of it is refused as any
+    unreadable EPC is."""
+    keys = await _pharma_world(admin)
+    m1, inv = keys["M1"], keys["inv"]
+    assert (await m1.post("/epcis/capture", _doc(_journey()[0][1]))).json()["success"]  # .1 .2 .3
+    mixed = f"https://id.gs1.org/01/{GTIN}/21/9?00=106141412345678908"
+    pack = {**_journey()[1][1], "@context": _doc()["@context"], "parentID": mixed}
+    resp = await m1.post("/epcis/events", pack)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["type"] == "epcisException:ValidationException", resp.text
+    assert resp.json()["errors"][0]["field"] == "parentID", resp.text
+    assert (await inv.get(f"/v1/codes/{SSCC_CODE}/history")).status_code == 404
+    assert (await m1.post("/epcis/capture", _doc(_journey()[1][1]))).json()["success"]  # into the SSCC
+
+    for epc in (
+        f"https://id.gs1.org/01/{GTIN}/21/NOTHELD?21=1",
+        f"https://id.gs1.org/01/{GTIN}/21/NOTHELD?%32%31=1",
+        f"https://id.gs1.org/01/{GTIN}/21/NOTHELD?00=106141412345678908",
+        f"https://id.gs1.org/01/{GTIN}?21=1",
+        f"https://id.gs1.org/414/{GLN_M1}?01={GTIN}&21=1",
+        f"https://id.gs1.org/8004/0614141ABC?01={GTIN}&21=1",
+    ):
+        ship = {**_journey()[2][1], "@context": _doc()["@context"], "epcList": [epc]}
+        resp = await m1.post("/epcis/events", ship)
+        assert resp.status_code == 400, (epc, resp.text)
+        assert resp.json()["type"] == "epcisException:ValidationException", (epc, resp.text)
+        assert resp.json()["errors"][0]["field"] == "epcList", (epc, resp.text)
+        assert "INVALID_CODE" in resp.json()["detail"], (epc, resp.text)
+    for code in (UNITS[0], SSCC_CODE):
+        history = await inv.ok("GET", f"/v1/codes/{code}/history")
+        assert "ship" not in [e["type"] for e in history["events"]], (code, history)
+
+    async def n(**params: Any) -> int:
+        return len(_events(await inv.ok("GET", f"/epcis/events?{urlencode(params)}")))
+
+    assert await n(MATCH_epc=f"https://id.gs1.org/01/{GTIN}/21/1") == 2  # commission, pack
+    assert await n(MATCH_epc=f"https://id.gs1.org/01/{GTIN}/21/NOTHELD?21=1") == 0
+    assert await n(MATCH_anyEPC=f"https://id.gs1.org/01/{GTIN}?21=1") == 0
+    assert await n(MATCH_parentID="https://example.com/00/106141412345678908") == 1
+    assert await n(MATCH_parentID=mixed) == 0
+    assert await n(MATCH_anyEPC=f"https://id.gs1.org/414/{GLN_M1}?00=106141412345678908") == 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from biip import gs1_digital_link_uris
 
-from service.interop.epcis.identifiers import pattern_product, to_code, to_gln, to_location
+from service.interop.epcis.identifiers import _QUALIFIERS, pattern_product, to_code, to_gln, to_location
 
 
 @pytest.mark.parametrize(
@@ -22,6 +23,10 @@ from service.interop.epcis.identifiers import pattern_product, to_code, to_gln, 
         # Digital Link (Example_9.6.1-ObjectEventWithDigitalLink)
         ("https://id.gs1.org/01/70614141123451/21/2017", "0170614141123451212017"),
         ("https://example.com/00/106141412345678908", "00106141412345678908"),
+        # data attributes in the query string (GS1's own examples), a lot in the path
+        ("https://id.gs1.org/01/70614141123451/21/2017?17=301231", "0170614141123451212017"),
+        ("https://id.gs1.org/00/106141412345678908?02=00614141123452&37=25&10=AB1", "00106141412345678908"),
+        ("https://id.gs1.org/01/70614141123451/10/L1/21/2017", "0170614141123451212017"),
         # the forms /v1/events takes are taken too
         ("81234560000000000011", "81234560000000000011"),
         ("(01)10614141073464(21)2017", "0110614141073464212017"),
@@ -42,6 +47,21 @@ def test_codes(uri: str, code: str) -> None:
         "https://id.gs1.org/01/04012345987652",  # a GTIN without serial
         "https://id.gs1.org/01/04012345987653/21/1",  # bad check digit
         "urn:epc:id:sgln:0614141.07346.1234",
+        # the query string names a key or a qualifier of the path's key: the path alone is
+        # the identity, and a link naming another in its query names none we can trust
+        "https://id.gs1.org/01/10614141073464/21/XYZ?21=0042",
+        "https://id.gs1.org/01/10614141073464/21/XYZ?%32%31=0042",
+        "https://id.gs1.org/01/10614141073464/21/XYZ?ser=0042",
+        "https://id.gs1.org/01/10614141073464/21/XYZ?00=106141412345678908",
+        "https://id.gs1.org/01/10614141073464/21/XYZ?10=L1",
+        "https://id.gs1.org/01/10614141073464?21=42",
+        "https://id.gs1.org/00/106141412345678908?01=10614141073464&21=1",
+        "https://id.gs1.org/414/0614141073467?01=10614141073464&21=Ab1",
+        "https://id.gs1.org/8004/0614141ABC?01=10614141073464&21=Ab1",
+        # paths of other keys, or of what a pack's code does not say
+        "https://id.gs1.org/414/0614141073467",
+        "https://id.gs1.org/01/10614141073464/22/V1/21/1",
+        "https://id.gs1.org/01/10614141073464/21/1/235/X",
         "junk",
         "urn:epc:id:sgtin:" + "1" * 400,
     ],
@@ -74,6 +94,15 @@ def test_not_glns(uri: str) -> None:
     assert to_gln(uri) is None
 
 
+def test_the_keys_and_qualifiers_named_are_biips() -> None:
+    """The table of Digital Link keys and their qualifiers is biip's, which is private."""
+    table = getattr(gs1_digital_link_uris, "_PRIMARY_IDENTIFIER_MAP", None)
+    if table is None:
+        pytest.skip("this biip has no table of Digital Link keys")
+    theirs = {key: {q.ai.ai for q in pi.qualifiers} for key, pi in table.items()}
+    assert theirs == {key: set(qualifiers) for key, qualifiers in _QUALIFIERS.items()}
+
+
 @pytest.mark.parametrize(
     ("uri", "location"),
     [
@@ -85,6 +114,8 @@ def test_not_glns(uri: str) -> None:
         ("urn:epc:id:sgln:0614141.07346", None),
         ("0614141073468", None),  # check digit
         ("https://id.gs1.org/01/10614141073464/21/1", None),
+        ("https://example.com/414/0614141073467?254=1234", None),  # a qualifier in the query
+        ("https://example.com/414/0614141073467?17=301231", "4140614141073467"),
         ("junk", None),
     ],
 )

@@ -16,6 +16,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from typing import Final
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from biip import BiipException
 from biip.gs1_digital_link_uris import GS1DigitalLinkURI
@@ -45,6 +46,36 @@ _GLN_SCHEMES: Final[Mapping[str, Callable[[str], str]]] = {
 _SGLN_SCHEME: Final[Mapping[str, Callable[[str], str]]] = {"sgln": lambda uri: SGLN(uri).gs1_element_string()}
 _ESCAPE: Final = re.compile("%[0-9A-Fa-f]{2}")
 _UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")  # RFC 3986, 2.3
+# A Digital Link's identity is its path: the primary key and its key qualifiers; its query
+# string carries data attributes only (GS1 Digital Link URI Syntax). A link whose query names
+# a primary key, or a qualifier of its own key, names two things or one by halves and is
+# none of ours (found by a probe: "/01/G/21/XYZ?21=0042" moved pack 0042, "?00=<SSCC>" a
+# whole case, a link to a GLN or a GIAI with "?01=…&21=…" a pack). The primary keys and
+# their qualifiers as the standard has them (biip's table of them is private); a lot (10) is
+# a data attribute of an SSCC, as in GS1's own example "/00/…?02=…&37=25&10=…".
+_QUALIFIERS: Final[Mapping[str, frozenset[str]]] = {
+    "01": frozenset({"22", "10", "21", "235"}),
+    "8006": frozenset({"22", "10", "21"}),
+    "8010": frozenset({"8011"}),
+    "414": frozenset({"254", "7040"}),
+    "415": frozenset({"8020"}),
+    "417": frozenset({"7040"}),
+    "8017": frozenset({"8019"}),
+    "8018": frozenset({"8019"}),
+    "8004": frozenset({"7040"}),
+    **{key: frozenset() for key in ("00", "253", "255", "401", "402", "8003", "8013")},
+}
+# ... and their convenience alphas, which older versions of the standard allowed
+_ALPHAS: Final[Mapping[str, str]] = {
+    **{"gtin": "01", "cpv": "22", "lot": "10", "ser": "21", "sscc": "00", "gln": "414", "glnx": "254"},
+    **{"party": "417", "giai": "8004", "grai": "8003", "itip": "8006", "cpid": "8010", "cpsn": "8011"},
+    **{"gsrn": "8018", "gsrnp": "8017", "srin": "8019", "gdti": "253", "gcn": "255", "ginc": "401"},
+    **{"gsin": "402", "gmn": "8013", "refno": "8020", "payto": "415"},
+}
+# The paths that name a pack or a container: (01) with its serial (21), its lot (10) before
+# it or not, and (00). A variant (22) or a third party's serial (235) names what no code of
+# this service says.
+_CODE_PATHS: Final = frozenset({("01", "21"), ("01", "10", "21"), ("00",)})
 
 
 def _gtin_and_serial(element_string: str) -> tuple[str, str]:
@@ -87,17 +118,28 @@ def _unreserved(match: re.Match[str]) -> str:
 
 
 def _digital_link(uri: str) -> list[tuple[str, str]] | None:
-    """The (AI, value) pairs of a GS1 Digital Link URI, its primary key (the first key of
-    its path) first, or None if it is not one. Read by ``biip`` once its percent-encoded
-    unreserved characters are decoded, which leaves the same URI (RFC 3986, 6.2.2.2):
-    ``/%34%31%34/`` is ``/414/``, which ``biip`` looks for before it decodes."""
+    """The (AI, value) pairs of a GS1 Digital Link URI's path, its primary key first, or
+    None if it is not one or its query string names a primary key or a qualifier of its
+    own (``_QUALIFIERS``). Read by ``biip`` once its percent-encoded unreserved characters
+    are decoded, which leaves the same URI (RFC 3986, 6.2.2.2): ``/%34%31%34/`` is
+    ``/414/``, which ``biip`` looks for before it decodes. Its data attributes are checked
+    by ``biip`` as before, and not returned."""
     if not _is_web(uri) or len(uri) > MAX_LENGTH:
         return None
+    decoded = _ESCAPE.sub(_unreserved, uri)
     try:
-        link = GS1DigitalLinkURI.parse(_ESCAPE.sub(_unreserved, uri))
+        parts = urlsplit(decoded)
+        link = GS1DigitalLinkURI.parse(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+        pairs = [(e.ai.ai, e.value) for e in link.element_strings]
+        if parts.query:
+            query = parse_qsl(parts.query, keep_blank_values=True)
+            named = {_ALPHAS.get(key.lower(), key) for key, _ in query}
+            if not named.isdisjoint(_QUALIFIERS) or not named.isdisjoint(_QUALIFIERS.get(pairs[0][0], ())):
+                return None
+            GS1DigitalLinkURI.parse(decoded)  # its data attributes, as biip checks them
     except (BiipException, ValueError):
         return None
-    return [(e.ai.ai, e.value) for e in link.element_strings]
+    return pairs
 
 
 def to_code(uri: str) -> str | None:
@@ -121,10 +163,9 @@ def _to_code(uri: str) -> str | None:
         if pairs is None:
             return None
         ais = dict(pairs)
-        if "00" in ais:
-            element_string = f"(00){ais['00']}"
-        elif "01" in ais and "21" in ais:
-            element_string = f"(01){ais['01']}(21){ais['21']}"
+        if tuple(ai for ai, _ in pairs) not in _CODE_PATHS:
+            return None
+        element_string = f"(00){ais['00']}" if "00" in ais else f"(01){ais['01']}(21){ais['21']}"
     else:
         parsed = try_parse_code(uri)
         return parsed.canonical if parsed else None
