@@ -16,7 +16,7 @@ from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import LedgerItemOut, LedgerOut, LotOut, OrgStatsOut, RecallOut
 from service.api.types import ProductId, Short
 from service.core.auth import Role
-from service.core.codes import is_product_id
+from service.core.codes import PRODUCT_ID_RULE, is_product_id
 from service.usecases import investigation as usecase
 from service.usecases import nhsa as nhsa_usecase
 
@@ -37,7 +37,7 @@ class InvestigationController(Controller):
     async def lot(self, services: Services, product_id: FromPath[str], lot: FromPath[str]) -> LotOut:
         """Where a lot's units are: counts by state and by custodian."""
         if not is_product_id(product_id):  # as a recall names it
-            raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
+            raise bad_input("product_id", PRODUCT_ID_RULE)
         if len(lot) > 64:
             raise bad_input("lot", "at most 64 characters")
         summary = await usecase.lot(services.pool, product_id, lot)
@@ -57,7 +57,7 @@ class InvestigationController(Controller):
         """Every code of the lot becomes recalled; later dispenses and settlements of them
         are refused and flagged. Ordering the same recall again changes nothing (200)."""
         if not is_product_id(data.product_id):
-            raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
+            raise bad_input("product_id", PRODUCT_ID_RULE)
         by_key = principal_of(request).key_id
         done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
         return Response(

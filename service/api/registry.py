@@ -16,7 +16,7 @@ from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
 from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
 from service.api.types import FixmedinsCode, Gln, OrgId, ProductId, Region, RegionPrefix, Text
 from service.core.auth import Role
-from service.core.codes import is_gln, is_product_id
+from service.core.codes import PRODUCT_ID_RULE, is_gln, is_product_id
 from service.core.registry import Org, PersonLimit, Product
 from service.usecases import registry as usecase
 from service.usecases.errors import Conflict
@@ -100,7 +100,7 @@ class RegistryController(Controller):
     async def create_product(self, services: Services, data: JSONBody[ProductIn]) -> Response[ProductOut]:
         """201 for a new product, 200 when the same body is posted again."""
         if not is_product_id(data.product_id):
-            raise bad_input("product_id", "must be a 7-digit CN20 product identifier or a GTIN-14")
+            raise bad_input("product_id", PRODUCT_ID_RULE)
         if data.level == "unit" and data.contains is not None:
             raise bad_input("contains", "only a case or pallet contains children")
         if data.level != "unit" and data.contains is None:

@@ -29,6 +29,7 @@ from biip.checksums import gs1_standard_check_digit
 from biip.gs1_element_strings import GS1ElementString
 
 __all__ = [
+    "PRODUCT_ID_RULE",
     "CodeKind",
     "InvalidCode",
     "ParsedCode",
@@ -142,12 +143,21 @@ def try_parse_code(raw: str) -> ParsedCode | None:
         return None
 
 
+PRODUCT_ID_RULE: Final = "must be a 7-digit CN20 product identifier beginning with 8, or a GTIN-14"
+
+
 def is_product_id(value: str) -> bool:
-    """True for a 7-digit CN20 product identifier or a GTIN-14 with a valid check digit."""
+    """True for a 7-digit CN20 product identifier beginning with 8 or a GTIN-14 with a
+    valid check digit (:data:`PRODUCT_ID_RULE`).
+
+    A CN20 product identifier begins with 8 (China's prefix): that is what keeps a CN20
+    apart from the 20-digit canonical GS1 and SSCC forms (:func:`parse_code`). A product
+    registered as ``0110614`` or ``0006901`` would have codes read as another maker's GS1
+    pack or as an SSCC (found by a probe)."""
     if not isinstance(value, str) or not value.isascii() or not value.isdigit():
         return False
     if len(value) == 7:
-        return True
+        return value[0] == "8"
     return len(value) == 14 and _check_digit_ok(value)
 
 

@@ -63,6 +63,11 @@ async def test_product_rules(admin: Api) -> None:
     [
         ({"product_id": "06901234567893"}, "product_id"),  # bad GTIN check digit
         ({"product_id": "12345"}, "product_id"),
+        # found by a probe: a CN20 product identifier not beginning with 8 was taken, and
+        # its codes then read as another maker's GS1 pack (0110614…21nn) or an SSCC (00…)
+        ({"product_id": "0110614"}, "product_id"),
+        ({"product_id": "0006901"}, "product_id"),
+        ({"product_id": "9123456"}, "product_id"),
         ({"pack_units": 0}, "pack_units"),
         ({"pack_units": "24"}, "pack_units"),
         ({"manufacturer": "NOPE"}, "manufacturer"),

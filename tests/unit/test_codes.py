@@ -265,7 +265,10 @@ def test_parsed_code_is_frozen() -> None:
     ("value", "expected"),
     [
         ("8123456", True),
-        ("0000000", True),
+        ("0000000", False),  # a CN20 product identifier begins with 8
+        ("0110614", False),  # else its codes could read as GS1 (01)…(21)nn or an SSCC
+        ("0006901", False),
+        ("9123456", False),
         (GTIN, True),
         (GTIN_BAD, False),
         ("812345", False),
@@ -369,7 +372,7 @@ def test_prop_any_20_digits_is_cn20(code: str) -> None:
     parsed = parse_code(code)
     assert parsed == ParsedCode(code, CodeKind.CN20, code[:7], code[7:], None, None)
     assert parse_code(parsed.canonical) == parsed
-    assert is_product_id(parsed.product_id or "")
+    assert is_product_id(parsed.product_id or "") is code.startswith("8")
 
 
 @FAST
