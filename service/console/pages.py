@@ -26,7 +26,7 @@ from service.console import auth, charts
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.text import visible
 from service.console.timeline import layout
-from service.core.codes import is_product_id, try_parse_code
+from service.core.codes import is_product_id, strip_code, try_parse_code
 from service.core.events import bound_problem
 from service.core.ledger import STOCK_IMBALANCE
 from service.core.rules import CHINA
@@ -237,9 +237,9 @@ class ConsoleController(Controller):
         services = request.app.state.services
         if q is not None and len(q.strip()) > MAX_CODE:  # it was an empty page, saying nothing
             return page(request, "code.html", q="", found=None, invalid=False, too_long=True)
-        raw = _text(q)
-        if raw is None:
+        if q is None or _text(q) is None:
             return page(request, "code.html", q="", found=None, invalid=False)
+        raw = strip_code(q)  # as every route reads a code: only ASCII whitespace around it dropped
         parsed = try_parse_code(raw)
         if parsed is None:
             return page(request, "code.html", q=raw, found=None, invalid=True)
@@ -614,7 +614,7 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
     code = _filter(params, "code", MAX_CODE, bad)
     canonical = None
     if code is not None:
-        parsed = try_parse_code(code)
+        parsed = try_parse_code(params.get("code"))  # only ASCII whitespace around it is dropped
         if parsed is None:
             bad.append("code")
         else:

@@ -1,6 +1,7 @@
 """Drug trace-code parsing and normalisation (pure: no I/O, no framework imports).
 
-Accepted inputs (surrounding ASCII whitespace is stripped; everything else is strict):
+Accepted inputs (ASCII space, tab, CR and LF around a code are dropped, :func:`strip_code`;
+everything else is strict):
 
 * **CN20** – exactly 20 ASCII digits (China's drug trace code). Canonical: the digits.
   Any 20-digit string is CN20, even one that would also read as a GS1 element string
@@ -36,12 +37,17 @@ __all__ = [
     "is_gln",
     "is_product_id",
     "parse_code",
+    "strip_code",
     "try_parse_code",
 ]
 
 MAX_RAW_LENGTH: Final = 200
 
-_WHITESPACE: Final = " \t\r\n\v\f"
+# What may surround a code and is dropped: ASCII space, tab, CR, LF (a scanner's or a
+# form's). Nothing else: str.strip() would also drop U+3000, U+00A0, U+2028, \x1c-\x1f,
+# \x85, ..., and then a code one route refuses would be taken by another (found by a probe:
+# NHSA 3505 took a code ending in U+3000 that /v1/events refused).
+_WHITESPACE: Final = " \t\r\n"
 _GS: Final = "\x1d"
 _SYMBOLOGY_DATAMATRIX: Final = "]d2"
 _ALLOWED_AIS: Final = frozenset({"00", "01", "10", "17", "21"})
@@ -92,7 +98,7 @@ def parse_code(raw: str) -> ParsedCode:
         raise InvalidCode(f"expected str, got {type(raw).__name__}")
     if len(raw) > MAX_RAW_LENGTH:
         raise InvalidCode(f"longer than {MAX_RAW_LENGTH} characters")
-    text = raw.strip(_WHITESPACE)
+    text = strip_code(raw)
 
     # Fast path: CN20 (the common case). Two canonical GS1 forms are also 20 digits:
     # "00"+SSCC and "01"+GTIN+"21"+2-digit serial. They are read as such when their
@@ -133,6 +139,12 @@ def parse_code(raw: str) -> ParsedCode:
             msg = f"not CN20 (needs 20 digits, got {len(text)} chars) nor GS1 ({exc})"
             raise InvalidCode(msg) from None
         raise
+
+
+def strip_code(raw: str) -> str:
+    """``raw`` without the ASCII space, tab, CR and LF around it: the only characters
+    dropped around a trace code, on every route (what :func:`parse_code` reads)."""
+    return raw.strip(_WHITESPACE)
 
 
 def try_parse_code(raw: str) -> ParsedCode | None:

@@ -169,6 +169,26 @@ async def test_code_page_of_a_sold_then_returned_pack(admin: Api, browser: Async
     assert [c.strip() for c in re.findall(r"<td>([^<]*)</td>", table.group(0))][-2:] == ["", "✓"]
 
 
+async def test_a_code_is_read_with_the_whitespace_around_it_as_the_api_reads_it(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """Found by a probe: the code page dropped Unicode whitespace around a code (U+3000,
+    U+00A0, ...), which the API refuses as INVALID_CODE; only ASCII space, tab, CR and LF
+    around a code are dropped, on every route."""
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    unknown, invalid = "系统中没有此追溯码的任何记录", "不是有效的 CN20、GS1 元素串或 SSCC。"
+    page = await browser.get("/console/codes", params={"q": " \t81234560000000000011\r\n"})
+    assert unknown in page.text
+    assert invalid not in page.text
+    for around in ("\u3000", "\xa0", "\u2003", "\u2028", "\x85"):
+        page = await browser.get("/console/codes", params={"q": "81234560000000000011" + around})
+        assert page.status_code == 200, repr(around)
+        assert invalid in page.text, repr(around)
+        assert unknown not in page.text, repr(around)
+
+
 async def test_language_switch_and_unknown_code(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
     inv = await admin.key_for("investigator")
     await _sign_in(browser, inv.key)

@@ -58,6 +58,10 @@ async def test_the_next_page_keeps_the_code_filter(admin: Api, browser: AsyncTes
         # past any form value's 2,000 characters they were dropped, and every flag listed
         {"org": "X" * 3000},
         {"code": "8" * 3000},
+        # the sold pack's code with U+3000 or U+00A0 after it: not a code, as on the API
+        # (found by a probe: the console dropped Unicode whitespace around a code)
+        {"code": "81234560000000000902\u3000"},
+        {"code": "81234560000000000902\xa0"},
         {"kind": "K" * 3000},
         {"since": "2026-01-01" + " " * 10 + "x" * 2500},
         {"med_list_codg": "X" * 3000},

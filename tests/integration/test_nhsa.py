@@ -706,3 +706,37 @@ async def test_a_nul_or_bad_utf8_in_a_row_is_answered_in_the_envelope_naming_the
     assert resp.json()["infcode"] == -1
     assert resp.json()["err_msg"].startswith("(body): not UTF-8"), resp.json()
     assert await _stored_events(db) == 0
+
+
+# found by a probe: NHSA read a code with str.strip(), which drops these too
+NOT_DROPPED = ["\u3000", "\xa0", "\u2003", "\u2028", "\x1c", "\x85", "\v", "\f"]
+
+
+async def test_a_code_is_read_with_the_whitespace_around_it_as_on_v1_events(admin: Api) -> None:
+    """Found by a probe: 3505 took a code ending in U+3000 (and U+00A0, U+2003, U+2028,
+    \\x1c, \\x85) that /v1/events refused as INVALID_CODE: NHSA stripped Unicode whitespace
+    from codes. Every route now drops only ASCII space, tab, CR and LF around a code."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    for i, around in enumerate(NOT_DROPPED):
+        out = await p2.events(event("dispense", "P2", [u[0] + around], 3))
+        assert [r["reason"] for r in out["rejected"]] == ["INVALID_CODE"], (repr(around), out)
+        for j, row in enumerate(
+            (
+                sale(f"B{i}0", [u[0] + around], 24),
+                sale(f"B{i}1", [around + u[0]], 24),
+                sale(f"B{i}2", [], 24, drug_trac_codg=u[0] + around),  # the legacy field
+                sale(f"B{i}3", [], 24, drug_trac_codg=f" {around}{u[0]},"),
+            )
+        ):
+            out = await nhsa(p2, envelope("3505", {"selinfo": row}))
+            rejected = out["output"]["tracecode"]["rejected"]
+            assert [x["reason"] for x in rejected] == ["INVALID_CODE"], (repr(around), j, out)
+        assert await _units_left(p2, u[0]) == 24, repr(around)
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B100", [f" \t{u[0]}\r\n"], 24)}))
+    assert out["output"]["tracecode"]["accepted"] == 1, out
+    out = await nhsa(
+        p2, envelope("3505", {"selinfo": sale("B101", [], 24, drug_trac_codg=f"{u[2]} ,\t{u[3]} ")})
+    )
+    assert out["output"]["tracecode"]["accepted"] == 2, out
+    assert [await _units_left(p2, c) for c in u] == [0, 24, 0, 0]

@@ -407,6 +407,11 @@ async def test_queries(admin: Api) -> None:
     assert trace["drugTracCodg"] == u[1]
     assert trace["mdtrtId"] == "MD2026030500001"
     assert trace["setlId"] == "S600"
+    # a code's field is read as every route reads a code: ASCII whitespace around it is
+    # dropped, U+3000 is not (found by a probe: it was, here and in 3505)
+    for spelled, found in ((f" {u[1]}\t", 1), (u[1] + "\u3000", 0), ("\xa0" + u[1], 0)):
+        query = {**span, "psn_cert_type": "01", "drug_trac_codg": spelled}
+        assert len((await nhsa(p2, envelope("3513", {"data": query})))["output"]["data"]) == found, spelled
     outside = {**span, "begndate": "2026-04-01", "enddate": "2026-04-30"}
     assert (await nhsa(p2, envelope("3511", {"data": outside})))["output"]["data"] == []
 

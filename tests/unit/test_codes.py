@@ -16,6 +16,7 @@ from service.core.codes import (
     ParsedCode,
     is_product_id,
     parse_code,
+    strip_code,
     try_parse_code,
 )
 
@@ -51,6 +52,20 @@ def test_cn20_plain() -> None:
 
 def test_cn20_surrounding_whitespace_is_stripped() -> None:
     assert parse_code(" \t81234567890123456789\r\n").canonical == "81234567890123456789"
+
+
+# found by a probe: NHSA and the console dropped these around a code (str.strip()), and
+# took a code /v1/events refused; only ASCII space, tab, CR and LF are dropped anywhere
+@pytest.mark.parametrize("around", ["\u3000", "\xa0", "\u2003", "\u2028", "\x1c", "\x85", "\v", "\f"])
+def test_no_other_whitespace_around_a_code_is_dropped(around: str) -> None:
+    for raw in ("81234567890123456789" + around, around + "(01)06901234567892(21)ABC"):
+        assert strip_code(raw) == raw
+        with pytest.raises(InvalidCode):
+            parse_code(raw)
+
+
+def test_strip_code_drops_ascii_space_tab_cr_lf_only() -> None:
+    assert strip_code(" \t\r\n8123\u3000 \r\n") == "8123\u3000"
 
 
 @pytest.mark.parametrize(

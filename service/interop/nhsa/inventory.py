@@ -23,6 +23,7 @@ from service.interop.nhsa.envelope import (
     calendar_date,
     catalogue_item,
     china_time,
+    code_text,
     flag01,
     number,
     optional_text,
@@ -222,7 +223,10 @@ def query(envelope: Envelope) -> Query:
     item, bchno = named("medins_list_codg", 150), named("fixmedins_bchno", 30)
     if envelope.interface == "3508" and item is None and bchno is None:
         raise FieldError("input.data.medins_list_codg", "or fixmedins_bchno is required")
-    code = named("drug_trac_codg", 100)
+    try:  # a code's field: only the whitespace every route drops around a code is dropped
+        code = code_text(row, "drug_trac_codg", "drug_trac_codg", 100)
+    except FieldError as exc:
+        raise FieldError(f"input.data.{exc.field}", exc.message) from None
     parsed = try_parse_code(code) if code is not None else None  # a code in any of its forms
 
     def page(key: str, maximum: int, default: int) -> int:

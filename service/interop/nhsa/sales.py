@@ -19,7 +19,7 @@ from uuid import UUID
 
 from asyncpg.pgproto.pgproto import UUID as FastUUID
 
-from service.core.codes import try_parse_code
+from service.core.codes import strip_code, try_parse_code
 from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
 from service.core.ledger import Entry
 from service.core.rules import INVALID_CODE
@@ -34,6 +34,7 @@ from service.interop.nhsa.envelope import (
     calendar_date,
     catalogue_item,
     china_time,
+    code_text,
     flag01,
     lower_keys,
     optional_text,
@@ -174,7 +175,9 @@ def translate(
 def raw_codes(row: dict[str, Any]) -> list[str]:
     """The trace codes a row carries, in order: ``drugtracinfo`` as an array of
     ``{"drug_trac_codg"}`` or as one such object (older builds), then the legacy single
-    ``drug_trac_codg`` (a comma-separated list is split, as [A] builds its array)."""
+    ``drug_trac_codg`` (a comma-separated list is split, as [A] builds its array). Each
+    without the ASCII whitespace around it only, as every route reads a code
+    (:func:`service.core.codes.strip_code`): a code with U+3000 around it is INVALID_CODE."""
     out: list[str] = []
     node = row.get("drugtracinfo")
     if isinstance(node, str) and not node.strip():
@@ -186,18 +189,18 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
         if not isinstance(item, dict):
             raise FieldError(f"drugtracinfo[{j}]", "must be an object {drug_trac_codg}")
         value = item.get("drug_trac_codg")
-        if type(value) is str and value.strip():
-            out.append(value.strip())  # the common case first
+        if type(value) is str and (stripped := strip_code(value)):
+            out.append(stripped)  # the common case first
             continue
-        code = optional_text(lower_keys(item), "drug_trac_codg", f"drugtracinfo[{j}].drug_trac_codg")
+        code = code_text(lower_keys(item), "drug_trac_codg", f"drugtracinfo[{j}].drug_trac_codg")
         if code is not None:
             out.append(code)
-    legacy = optional_text(row, "drug_trac_codg", "drug_trac_codg")
+    legacy = code_text(row, "drug_trac_codg", "drug_trac_codg")
     if legacy is not None:
         # [B] sends the legacy code alongside the array: a code in both is one scan (one
         # repeated within either field is still REPEATED_CODE)
         listed = {_canonical(c) for c in out}
-        out += [c for c in (c.strip() for c in legacy.split(",")) if c and _canonical(c) not in listed]
+        out += [c for c in (strip_code(c) for c in legacy.split(",")) if c and _canonical(c) not in listed]
     for code in out:
         if len(code) > MAX_CODE_LENGTH:
             raise FieldError("drugtracinfo", f"a trace code is longer than {MAX_CODE_LENGTH} characters")
