@@ -740,3 +740,31 @@ async def test_a_code_is_read_with_the_whitespace_around_it_as_on_v1_events(admi
     )
     assert out["output"]["tracecode"]["accepted"] == 2, out
     assert [await _units_left(p2, c) for c in u] == [0, 24, 0, 0]
+
+
+async def test_a_legacy_code_whose_serial_holds_a_comma_is_one_pack(admin: Api) -> None:
+    """The legacy ``drug_trac_codg`` is a comma-separated list, but a GS1 serial may hold a
+    comma: ``(01)…(21)A,B`` is one pack, not pack ``(01)…(21)A`` and a bad code B (found by
+    a probe: split, the sale took pack A)."""
+    w = await _world(admin)
+    m, p2 = w["keys"]["M1"], w["keys"]["P2"]
+    gtin = "10614141073464"
+    product = {"product_id": gtin, "name": "Amoxicillin (GS1)", "med_list_codg": MED, "pack_units": 24,
+               "manufacturer": "M1"}  # fmt: skip
+    await admin.ok("POST", "/v1/products", product, 201)
+    whole, part = f"(01){gtin}(21)A,B", f"(01){gtin}(21)A"
+    await m.events(
+        event("commission", "M1", [whole, part], 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"),
+        event("ship", "M1", [whole, part], 1, to="P2"),
+    )
+    await p2.events(event("receive", "P2", [whole, part], 2))
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("BCOMMA", [], 24, drug_trac_codg=whole)}))
+    assert out["infcode"] == 0, out
+    assert (out["output"]["tracecode"]["accepted"], out["output"]["tracecode"]["rejected"]) == (1, [])
+    left = await p2.ok("POST", "/v1/verify", {"codes": [whole, part]})
+    assert [item["units_left"] for item in left["items"]] == [0, 24], left
+    # a list of codes is still split
+    out = await nhsa(
+        p2, envelope("3505", {"selinfo": sale("BLIST", [], 48, drug_trac_codg=f"{w['units'][0]},{part}")})
+    )
+    assert out["output"]["tracecode"]["accepted"] == 2, out

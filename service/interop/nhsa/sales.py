@@ -200,11 +200,21 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
         # [B] sends the legacy code alongside the array: a code in both is one scan (one
         # repeated within either field is still REPEATED_CODE)
         listed = {_canonical(c) for c in out}
-        out += [c for c in (strip_code(c) for c in legacy.split(",")) if c and _canonical(c) not in listed]
+        out += [c for c in _legacy_codes(legacy) if _canonical(c) not in listed]
     for code in out:
         if len(code) > MAX_CODE_LENGTH:
             raise FieldError("drugtracinfo", f"a trace code is longer than {MAX_CODE_LENGTH} characters")
     return out
+
+
+def _legacy_codes(legacy: str) -> list[str]:
+    """The codes of a legacy ``drug_trac_codg``: a comma-separated list, as [A] builds its
+    array, unless a piece is no code and the whole is one: a GS1 serial may hold a comma
+    (``(01)…(21)A,B`` is one pack; split, it sold pack ``(01)…(21)A``: found by a probe)."""
+    pieces = [c for c in (strip_code(c) for c in legacy.split(",")) if c]
+    if len(pieces) > 1 and any(try_parse_code(c) is None for c in pieces) and try_parse_code(legacy):
+        return [legacy]
+    return pieces
 
 
 _CODE_FIELDS = frozenset(("drugtracinfo", "drug_trac_codg"))
