@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, get_args
@@ -48,6 +48,14 @@ LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it 
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 # the flags whose code is a catalogue item (med_list_codg), not a trace code
 ITEM_KINDS = frozenset({STOCK_IMBALANCE})
+
+
+def names_item(flag: Mapping[str, Any]) -> bool:
+    """Is the flag's code a catalogue item rather than a trace code: a ledger's flag, or
+    one whose refs name its code among its items (a person's purchases of an item billed
+    without codes)?"""
+    items = (flag.get("refs") or {}).get("items") or ()
+    return flag.get("kind") in ITEM_KINDS or flag.get("code") in items
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 
@@ -95,7 +103,7 @@ def page(
             "other_lang": next(code for code in CATALOGUES if code != lang),
             "path": _here(request),
             "signed_in": "principal" in request.state.dict(),
-            "item_kinds": ITEM_KINDS,
+            "names_item": names_item,
             "notice": _take_notice(request),
             **context,
         },

@@ -168,3 +168,25 @@ async def test_a_search_longer_than_a_code_says_so(admin: Api, browser: AsyncTes
         page = await browser.get("/console/codes", params={"q": q})
         assert page.status_code == 200
         assert "追溯码最多 200 个字符" in page.text
+
+
+async def test_a_persons_purchases_billed_without_codes_link_to_their_item(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """An EXCESS_PURCHASE of an item billed without codes names the item as its code (its
+    refs name it among the items): the console links it as an item, not as a trace code
+    (whose page would find nothing)."""
+    from tests.integration.test_person_limits import EXEMPT, exempt_sale
+
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    big = await w["insurer"].ok("POST", "/v1/settlements", exempt_sale("CQ-1", "CQ", 100, 60))
+    [flag] = big["flags"]
+    assert (flag["kind"], flag["code"]) == ("EXCESS_PURCHASE", "MEX")
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get(f"/console/flags/{flag['flag_id']}")
+    assert '<a href="/console/flags?med_list_codg=MEX">' in page.text
+    assert 'href="/console/codes?q=MEX"' not in page.text
+    queue = await browser.get("/console/flags")
+    assert '<a href="/console/flags?med_list_codg=MEX">' in queue.text
