@@ -154,8 +154,8 @@ async def test_a_lots_summary_is_planned_for_its_own_lot(admin: Api, db_url: str
             summary = await investigation.lot(pool, w["unit"], "L1")
             assert summary is not None
             assert summary["codes"] == 3
-        shown = "%END AS shown%"
-        assert (await _plans(pool, shown))[shown] == (0, 8)
+        summary_sql = "%END AS placed%"
+        assert (await _plans(pool, summary_sql))[summary_sql] == (0, 8)
 
 
 @pytest.mark.skipif(bool(CITUS_URL), reason="the Citus coordinator keeps PostgreSQL's own choice of plans")
