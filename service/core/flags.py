@@ -74,8 +74,8 @@ class Evidence:
 
     @classmethod
     def person(cls, psn_hash: bytes, med_list_codg: str) -> Evidence:
-        """One insured person's purchases of one catalogue item. The id is opaque: it is
-        compared, never taken apart."""
+        """One insured person's purchases of one catalogue item: ``<hash hex>/<item>``
+        (compared; migration 0024 read the item back out of it once)."""
         return cls(PERSON, f"{psn_hash.hex()}/{med_list_codg}")
 
 

@@ -497,8 +497,8 @@ def _consume(
     loaded: Loaded,
     book: _Book,
 ) -> list[NewFlag]:
-    """Dispenses take units from packs; returns give back the latest sale's units that
-    no standing settlement pays for (those wait for the refund: ``core.sales.paid``). A
+    """Dispenses take units from packs; returns give back the latest sale's units, unless
+    a standing settlement paid for it (then they wait for the refund: ``core.sales.paid``). A
     dispense carrying a setl_id that a settlement already consumed takes nothing again.
     Returns the suspicions a dispense raises: a consumed pack dispensed again (回流药),
     expired, recalled or out-of-region stock, and a pack of another item than the one

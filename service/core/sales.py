@@ -177,9 +177,10 @@ def match_returns(
 ) -> list[tuple[Return, Consumption]]:
     """Which sale each return undoes: the latest unreversed sale of that pack by the same
     organisation at or before the return (the sale named by ``setl_id`` if the return
-    names one) that no standing settlement pays for (:func:`paid`; ``standing``: the
-    stored settlements not reversed, by setl_id, among the dispenses' setl_ids). A return
-    with no such sale undoes nothing yet. A return that names the dispense event it
+    names one), unless a standing settlement paid for it (:func:`paid`; ``standing``: the
+    packs each settlement not reversed paid for, by setl_id): then the return waits for
+    the refund, not undoing an older sale instead. A return with no such sale undoes
+    nothing yet. A return that names the dispense event it
     undoes (``undoes``, a 3507 deletion's compensation) undoes that event's sale of the
     pack only, or nothing. ``returns`` in event-time order; ``open_sales`` newest
     first."""
@@ -192,12 +193,12 @@ def match_returns(
             if r.undoes is not None:
                 named = sale.event_id == r.undoes
             else:
-                named = (
-                    sale.at <= r.at
-                    and (r.setl_id is None or sale.setl_id == r.setl_id)
-                    and not paid(sale, standing)
-                )
+                named = sale.at <= r.at and (r.setl_id is None or sale.setl_id == r.setl_id)
             if sale.code == r.code and sale.org == r.org and named and key not in undone:
+                # the latest such sale is the one returned: paid for by a standing
+                # settlement, the return waits for its refund (not an older sale instead)
+                if r.undoes is None and paid(sale, standing):
+                    break
                 undone.add(key)
                 out.append((r, sale))
                 break
@@ -245,8 +246,8 @@ def refold(
     its quantity; nothing from a used-up pack: a resale), a settlement's own take takes
     what it took when it was decided, and each return gives back the seller's latest
     sale of the pack at or before it that stands (the one of its ``setl_id`` if it names
-    one) and that no standing settlement pays for (:func:`paid`: a settlement's own take,
-    or a dispense under the id of a settlement in ``standing``), or waits. A sale takes
+    one), unless a standing settlement paid for that sale (:func:`paid`: a settlement's
+    own take, or a dispense under the id of a settlement in ``standing``), or waits. A sale takes
     a pack once: a dispense whose sale (its ``setl_id``) took the pack already takes
     nothing again. At one instant they follow in the order they arrived (settlements'
     takes first, those arriving now last; within one upload dispenses before returns, as
@@ -282,12 +283,14 @@ def refold(
             t for t in takes
             if not t.reversed and t.org == ret.org and t.at <= ret.at
             and (ret.setl_id is None or t.setl_id == ret.setl_id)
-            and not paid(t, standing)
         ]  # fmt: skip
-        if stands:
-            stands[-1].reversed, stands[-1].reversed_by = True, ret.event_id
-            left += stands[-1].units
-        return bool(stands)
+        # the latest such sale is the one returned: paid for by a standing settlement,
+        # the return waits for its refund (not an older sale instead)
+        if not stands or paid(stands[-1], standing):
+            return False
+        stands[-1].reversed, stands[-1].reversed_by = True, ret.event_id
+        left += stands[-1].units
+        return True
 
     for *_, action in sorted(arrived, key=lambda a: a[:5]):
         if isinstance(action, Return):

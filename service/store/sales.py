@@ -137,8 +137,9 @@ async def reverse(conn: Conn, undone: Sequence[tuple[Consumption, UUID | None]])
 
 
 async def reopen(conn: Conn, takes: Sequence[Consumption]) -> None:
-    """The takes whose return was deleted (NHSA 3507) stand again. The caller holds the
-    packs' row locks."""
+    """The takes a return gave back stand again: its record was deleted (NHSA 3507), or
+    the settlement of the sale arrived after the return (``core.settlement.taken_back``).
+    The caller holds the packs' row locks."""
     if not takes:
         return
     await conn.execute(
