@@ -52,6 +52,12 @@ def items(*med_list_codgs: str) -> list[str]:
     return list(dict.fromkeys(med_list_codgs))
 
 
+def mismatch_refs(billed: str, product: Product | None) -> dict[str, Any]:
+    """A PRODUCT_MISMATCH's refs about items, whatever raised it (a dispense, a
+    settlement line): the item billed, and the items it names: that one and the pack's."""
+    return {"billed": billed, ITEMS: items(billed, *([product.med_list_codg] if product else []))}
+
+
 def initial_status(kind: str) -> str:
     """The status a new flag of ``kind`` starts in."""
     return PENDING if kind in CUSTODY_KINDS else OPEN
@@ -202,11 +208,7 @@ def billed_flags(
                     f"dispense by {event.org}: billed as {event.med_list_codg}, "
                     f"the pack is {product.med_list_codg} ({product.name})"
                 ),
-                refs={
-                    "events": [str(event.event_id)],
-                    "billed": event.med_list_codg,
-                    ITEMS: items(event.med_list_codg, product.med_list_codg),
-                },
+                refs={"events": [str(event.event_id)], **mismatch_refs(event.med_list_codg, product)},
                 source=Evidence.event(event.event_id),
             )
         )

@@ -17,7 +17,7 @@ import msgspec
 
 from service.core.codes import try_parse_code
 from service.core.custody import CodeState, Fact, counted, replay
-from service.core.flags import ITEMS, Evidence, FlagRef, NewFlag, items
+from service.core.flags import ITEMS, Evidence, FlagRef, NewFlag, items, mismatch_refs
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
@@ -401,9 +401,7 @@ def settlement_flags(
                     refs["last_shipped_to"] = state.destination
             if kind == PRODUCT_MISMATCH:
                 product = products.get(state.product_id or "") if state is not None else None
-                refs["billed"] = line.med_list_codg
-                packed = [product.med_list_codg] if product is not None else []
-                refs[ITEMS] = items(line.med_list_codg, *packed)
+                refs.update(mismatch_refs(line.med_list_codg, product))
             flags.append(
                 NewFlag(
                     kind=kind,
