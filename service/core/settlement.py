@@ -625,6 +625,51 @@ def taken_back(
     ]
 
 
+def resold_meanwhile(
+    claim: Claim,
+    outcomes: Sequence[LineOutcome],
+    given_back: Sequence[Consumption],
+    states: Mapping[str, CodeState],
+    earlier: Mapping[str, list[Consumption]],
+    org: Org,
+) -> list[NewFlag]:
+    """This sale's takes that a patient's return gave back before its settlement came,
+    which a payable line bills but the pack no longer holds (``taken_back`` could not
+    take them back): the pack was sold again after the return, and in event time that
+    later sale is the resale (the return would have waited for this settlement's
+    refund). Its answer stands; a DUPLICATE names it for the investigator."""
+    billed = {code for o in outcomes if o.payable for code, _ in o.credited}
+    flags = []
+    for t in given_back:
+        if t.reversed_by is None or t.code not in billed or (states[t.code].units_left or 0) >= t.units:
+            continue
+        for later in [e for e in earlier.get(t.code, []) if e.at >= t.at and e.sale != t.sale]:
+            # a settlement's own take has no event: its evidence is the settlement
+            event_id = later.event_id
+            source = Evidence.event(event_id) if event_id else Evidence.settlement(later.setl_id or "")
+            flags.append(
+                NewFlag(
+                    kind="DUPLICATE",
+                    code=t.code,
+                    org=later.org,
+                    region=org.region,
+                    at=later.at,
+                    detail=(
+                        f"{later.describe()} sold the pack again after a patient's return of the "
+                        f"sale that settlement {claim.setl_id} paid for (not refunded)"
+                    ),
+                    refs={
+                        "settlements": [later.setl_id] if later.setl_id else [],
+                        "events": [str(later.event_id)] if later.event_id else [],
+                        "earlier_settlements": [claim.setl_id],
+                        "returned_by": [str(t.reversed_by)],
+                    },
+                    source=source,
+                )
+            )
+    return flags
+
+
 def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) -> Decision:
     """Judge every line; the payable lines draw their units (``loaded.states`` is updated
     in place), merged into one consumption per pack; the suspicions become flags."""
@@ -654,6 +699,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     ]
     changed = move_units(loaded.states, [(code, -units) for code, units in drawn.items()])
     reopened = taken_back(outcomes, loaded.given_back, loaded.states)
+    resold = resold_meanwhile(claim, outcomes, loaded.given_back, loaded.states, loaded.earlier, loaded.org)
     changed |= move_units(loaded.states, [(t.code, -t.units) for t in reopened])
     for code in drawn:  # sold, the pack leaves its case (as a dispense takes it out), and
         state = loaded.states[code]  # a custody event dated before the sale replays the history
@@ -669,7 +715,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         outcomes,
         consumptions,
         [after.get(c) or loaded.states[c] for c in sorted(changed)],
-        flags + excess,
+        flags + excess + resold,
         purchases,
         [replace(t, reversed=False, reversed_by=None) for t in reopened],
     )

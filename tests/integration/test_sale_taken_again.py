@@ -79,6 +79,31 @@ async def test_a_settlement_after_its_dispense_was_returned_takes_the_pack_back_
     assert later["decision"] == "accepted", later
 
 
+async def test_a_settlement_after_its_dispense_was_returned_and_the_pack_sold_again_flags_that_sale(
+    admin: Api, db: Any
+) -> None:
+    """Dispensed under S-X, returned, sold again under S-F, then the settlement S-X: it
+    pays for its sale, which the return would have waited for in event time, so S-F was
+    the resale. S-F's answer stands (paid), and a DUPLICATE names it for the
+    investigator (found by a review: the fund paid both with no flag)."""
+    w = await world(admin)
+    [u] = await received(w, "P1", [704])
+    p1, insurer = w["keys"]["P1"], w["insurer"]
+    await p1.events(event("dispense", "P1", [u], 50, setl_id="S-X"))
+    await p1.events(event("return", "P1", [u], 55))
+    resale = await insurer.ok("POST", "/v1/settlements", pack_claim("S-F", u, 57))
+    assert (resale["decision"], resale["flags"]) == ("accepted", []), resale
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-X", u, 50))
+    assert answer["lines"][0]["payable"] is True, answer
+    [flag] = answer["flags"]
+    assert (flag["kind"], flag["code"]) == ("DUPLICATE", u)
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert (stored["refs"]["settlements"], stored["refs"]["earlier_settlements"]) == (["S-F"], ["S-X"])
+    assert stored["status"] == "open"
+    assert await _units_left(p1, u) == 0
+    assert await insurer.ok("POST", "/v1/settlements", pack_claim("S-X", u, 50)) == answer  # a replay
+
+
 async def test_a_late_dispense_of_a_returned_sale_takes_nothing_again(admin: Api, db: Any) -> None:
     w = await world(admin)
     [u] = await received(w, "P1", [710])
