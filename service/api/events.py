@@ -21,10 +21,12 @@ from service.api.types import EXAMPLE_TIME, ExampleCodes, OrgId, RawCode, SetlId
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import (
+    LABEL_MISMATCH,
     MAX_CODES_PER_REQUEST,
     REPEATED_CODE,
     Incoming,
     Rejection,
+    label_mismatch,
     shape_errors,
 )
 from service.core.rules import INVALID_CODE
@@ -97,6 +99,8 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
             parsed = try_parse_code(raw)
             if parsed is None:
                 refused.append(Rejection(e.event_id, raw, INVALID_CODE))
+            elif label_mismatch(e.type, parsed, e.lot, e.expiry):
+                refused.append(Rejection(e.event_id, parsed.canonical, LABEL_MISMATCH))
             elif parsed.canonical in seen:
                 refused.append(Rejection(e.event_id, parsed.canonical, REPEATED_CODE))
             else:

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import msgspec
 
+from service.core.codes import ParsedCode
 from service.core.custody import CodeState, Fact, product_of
 from service.core.registry import UNIT, Org, Product
 
@@ -30,6 +31,18 @@ REPEATED_CODE = "REPEATED_CODE"
 # the event_id is another organisation's event (an id is one organisation's: a retry of
 # someone else's event is no retry, and must not pass for one)
 EVENT_ID_TAKEN = "EVENT_ID_TAKEN"
+# a commissioned code whose own label (GS1 AIs 10, 17) says another lot or expiry than
+# the commission: one of them is wrong, and the pack would be recorded as the other
+LABEL_MISMATCH = "LABEL_MISMATCH"
+
+
+def label_mismatch(type_: str, code: ParsedCode, lot: str | None, expiry: date | None) -> bool:
+    """Does a commission's code carry a lot (10) or expiry (17) on its label other than
+    the event's? Only a commission records them; another event's scan is not compared."""
+    return type_ == "commission" and (
+        (code.lot is not None and lot is not None and code.lot != lot)
+        or (code.expiry is not None and expiry is not None and code.expiry != expiry)
+    )
 
 
 class Incoming(msgspec.Struct, frozen=True):

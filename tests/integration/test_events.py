@@ -475,3 +475,28 @@ async def test_an_event_id_another_organisation_holds_is_refused_not_a_retry(adm
     assert (await w["keys"]["P1"].ok("GET", f"/v1/codes/{mine}/verify"))["units_left"] == 24
     again = await w["keys"]["P9"].events(squat)
     assert (again["duplicates"], again["rejected"]) == (1, [])
+
+
+async def test_a_code_whose_label_says_another_lot_or_expiry_is_not_commissioned(admin: Api) -> None:
+    """A GS1 element string may carry the pack's lot (10) and expiry (17): commissioned
+    into another lot or expiry than its label says, one of them is wrong, and the pack
+    would be recorded as the other (found by a probe: a recall of the printed lot then
+    missed it). LABEL_MISMATCH; a label that agrees, or says nothing, is taken."""
+    w = await small_world(admin)
+    m = w["keys"]["M1"]
+    gtin = "10614141073464"
+    product = {"product_id": gtin, "name": "Amoxicillin (GS1)", "med_list_codg": "XJ01CAA040A001010104256",
+               "pack_units": 24, "manufacturer": "M1"}  # fmt: skip
+    await admin.ok("POST", "/v1/products", product, 201)
+    agrees, silent = f"(01){gtin}(17)301231(10)L1(21)A", f"(01){gtin}(21)D"
+    other_lot, other_expiry = f"(01){gtin}(10)L2(21)B", f"(01){gtin}(17)291231(21)C"
+    out = await m.events(
+        event("commission", "M1", [agrees, other_lot, other_expiry, silent], 0, lot="L1", expiry="2030-12-31")
+    )
+    assert out["accepted"] == 2, out
+    assert sorted((r["code"], r["reason"]) for r in out["rejected"]) == [
+        (f"01{gtin}21B", "LABEL_MISMATCH"),
+        (f"01{gtin}21C", "LABEL_MISMATCH"),
+    ]
+    known = await m.ok("POST", "/v1/verify", {"codes": [agrees, other_lot]})
+    assert [item["known"] for item in known["items"]] == [True, False]
