@@ -139,19 +139,8 @@ def dispense_flags(
     out = []
     org = orgs[event.org]
 
-    def flag(kind: str, code: str, detail: str, **refs: Any) -> None:
-        out.append(
-            NewFlag(
-                kind=kind,
-                code=code,
-                org=event.org,
-                region=org.region,
-                at=event.at,
-                detail=f"dispense by {event.org}: {detail}",
-                refs={"events": [str(event.event_id)], **refs},
-                source=Evidence.event(event.event_id),
-            )
-        )
+    def flag(kind: str, code: str, detail: str) -> None:
+        out.append(_dispense_flag(event, org.region, kind, code, detail))
 
     for code in codes:
         state = states[code]
@@ -197,22 +186,24 @@ def billed_flags(
         product = products.get(state.product_id or "") if state.commissioned else None
         if product is None or product.med_list_codg == event.med_list_codg:
             continue
-        out.append(
-            NewFlag(
-                kind=PRODUCT_MISMATCH,
-                code=code,
-                org=event.org,
-                region=org.region,
-                at=event.at,
-                detail=(
-                    f"dispense by {event.org}: billed as {event.med_list_codg}, "
-                    f"the pack is {product.med_list_codg} ({product.name})"
-                ),
-                refs={"events": [str(event.event_id)], **mismatch_refs(event.med_list_codg, product)},
-                source=Evidence.event(event.event_id),
-            )
-        )
+        detail = f"billed as {event.med_list_codg}, the pack is {product.med_list_codg} ({product.name})"
+        refs = mismatch_refs(event.med_list_codg, product)
+        out.append(_dispense_flag(event, org.region, PRODUCT_MISMATCH, code, detail, **refs))
     return out
+
+
+def _dispense_flag(event: Incoming, region: str, kind: str, code: str, detail: str, **refs: Any) -> NewFlag:
+    """A suspicion of the dispense ``event``, with the event as its evidence."""
+    return NewFlag(
+        kind=kind,
+        code=code,
+        org=event.org,
+        region=region,
+        at=event.at,
+        detail=f"dispense by {event.org}: {detail}",
+        refs={"events": [str(event.event_id)], **refs},
+        source=Evidence.event(event.event_id),
+    )
 
 
 def resale_flag(
