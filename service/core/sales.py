@@ -110,13 +110,7 @@ class Refund:
     @classmethod
     def of(cls, request: Mapping[str, Any]) -> Refund:
         """From the settlement as stored (``request``)."""
-        billed = frozenset(
-            parsed.canonical
-            for line in request.get("lines", [])
-            for raw in line.get("codes", [])
-            if (parsed := try_parse_code(raw)) is not None
-        )
-        return cls(str(request.get("org")), billed)
+        return cls(str(request.get("org")), _packs(request.get("lines", [])))
 
     def gives_back(self, org: str, code: str) -> bool:
         """Is a take of ``code`` by ``org``'s sale under this settlement's id part of the
@@ -133,10 +127,14 @@ def paid_packs(request: Mapping[str, Any], answer: Mapping[str, Any] | None) -> 
     """The packs a stored settlement paid for: those its payable lines name (``request``
     and its ``answer`` as stored). A refused settlement paid for none."""
     payable = {line.get("line_no") for line in (answer or {}).get("lines", []) if line.get("payable")}
+    return _packs(line for line in request.get("lines", []) if line.get("line_no") in payable)
+
+
+def _packs(lines: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The packs stored settlement lines name, canonical."""
     return frozenset(
         parsed.canonical
-        for line in request.get("lines", [])
-        if line.get("line_no") in payable
+        for line in lines
         for raw in line.get("codes", [])
         if (parsed := try_parse_code(raw)) is not None
     )
