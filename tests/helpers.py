@@ -138,12 +138,15 @@ async def world(admin: Api) -> dict[str, Any]:
     return w
 
 
-async def received(w: dict[str, Any], org: str, serials: list[int]) -> list[str]:
-    """Packs of the world's product (these serials) commissioned by M1, shipped to ``org``
-    and received there (minutes 0 to 2); their codes."""
-    codes = [cn20(w["unit"], s) for s in serials]
+async def received(
+    w: dict[str, Any], org: str, serials: list[int], *, product: str | None = None, lot: str = "L1"
+) -> list[str]:
+    """Packs of the world's product (or ``product``; these serials, lot ``lot``)
+    commissioned by M1, shipped to ``org`` and received there (minutes 0 to 2); their
+    codes."""
+    codes = [cn20(product or w["unit"], s) for s in serials]
     await w["keys"]["M1"].events(
-        event("commission", "M1", codes, 0, lot="L1", expiry="2030-12-31"),
+        event("commission", "M1", codes, 0, lot=lot, expiry="2030-12-31"),
         event("ship", "M1", codes, 1, to=org),
     )
     await w["keys"][org].events(event("receive", org, codes, 2))

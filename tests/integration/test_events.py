@@ -336,13 +336,7 @@ async def test_a_return_uploaded_before_its_dispense_still_undoes_it(admin: Api)
 async def _stocked(admin: Api, n: int) -> dict[str, Any]:
     """small_world plus ``n`` packs (24 units each) received by pharmacy P1."""
     w = await _world(admin)
-    codes = [cn20(w["unit"], i) for i in range(1, n + 1)]
-    await w["keys"]["M1"].events(
-        event("commission", "M1", codes, 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", codes, 1, to="P1"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", codes, 2))
-    w["codes"] = codes
+    w["codes"] = await received(w, "P1", list(range(1, n + 1)))
     return w
 
 

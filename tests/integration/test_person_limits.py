@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from tests.helpers import Api, at, cn20, event, world
+from tests.helpers import Api, at, cn20, event, received, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,13 +30,7 @@ async def limited_world(admin: Api, n: int = 8) -> dict[str, Any]:
     of 10 units held by pharmacy P1."""
     w = await world(admin)
     await admin.ok("POST", "/v1/products", LIMITED, 201)
-    packs = [cn20("8123458", i) for i in range(1, n + 1)]
-    await w["keys"]["M1"].events(
-        event("commission", "M1", packs, 0, lot="T1", expiry="2030-12-31"),
-        event("ship", "M1", packs, 1, to="P1"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", packs, 2))
-    w["packs"] = packs
+    w["packs"] = await received(w, "P1", list(range(1, n + 1)), product="8123458", lot="T1")
     return w
 
 
