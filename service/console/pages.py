@@ -28,7 +28,7 @@ from service.console.text import visible
 from service.console.timeline import layout
 from service.core.codes import is_product_id, strip_code, try_parse_code
 from service.core.events import bound_problem
-from service.core.ledger import STOCK_IMBALANCE
+from service.core.flags import code_is_item
 from service.core.rules import CHINA
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
@@ -46,16 +46,13 @@ LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s sock
 LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still counts (and before a flag)
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
-# the flags whose code is a catalogue item (med_list_codg), not a trace code
-ITEM_KINDS = frozenset({STOCK_IMBALANCE})
 
 
 def names_item(flag: Mapping[str, Any]) -> bool:
-    """Is the flag's code a catalogue item rather than a trace code: a ledger's flag, or
-    one whose refs name its code among its items (a person's purchases of an item billed
-    without codes)?"""
-    items = (flag.get("refs") or {}).get("items") or ()
-    return flag.get("kind") in ITEM_KINDS or flag.get("code") in items
+    """Is the flag's code a catalogue item (``core.flags.code_is_item``)?"""
+    return code_is_item(flag.get("code") or "", flag.get("refs") or {})
+
+
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 

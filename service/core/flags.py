@@ -47,6 +47,13 @@ AT_RECEIPT = "at_receipt"
 ITEMS = "items"
 
 
+def code_is_item(code: str, refs: Mapping[str, Any]) -> bool:
+    """Is a flag's code a catalogue item rather than a trace code (a ledger's flag, a
+    person's purchases of an item billed without codes)? Its refs name it among its
+    items."""
+    return code in (refs.get(ITEMS) or ())
+
+
 def items(*med_list_codgs: str) -> list[str]:
     """The catalogue items a flag names (``refs.items``), each once, in order."""
     return list(dict.fromkeys(med_list_codgs))
