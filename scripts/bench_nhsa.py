@@ -196,25 +196,28 @@ async def run(
                     if answer["infcode"] != 0:
                         raise RuntimeError(f"nhsa 3503: {answer}")
                     sold = at + timedelta(seconds=3)
-                    t_nhsa, answer = await timed(
-                        client,
-                        keys["P1"],
-                        "/v1/nhsa",
-                        envelope(sale_rows(sides[0], sold, f"B{size}R{r}N"), sold),
-                    )
-                    if (
-                        answer["output"]["tracecode"]["accepted"] != size
-                        or answer["output"]["tracecode"]["flags"]
-                    ):
-                        raise RuntimeError(f"nhsa: {answer}")
-                    sales = [event("dispense", "P2", [code], sold) for code in sides[1]]
-                    t_sales, answer = await timed(client, keys["P2"], "/v1/events", {"events": sales})
-                    if answer["accepted"] != size:
-                        raise RuntimeError(f"events: {answer}")
-                    one = [event("dispense", "P3", sides[2], sold)]
-                    t_one, answer = await timed(client, keys["P3"], "/v1/events", {"events": one})
-                    if answer["accepted"] != size:
-                        raise RuntimeError(f"events: {answer}")
+                    requests = [
+                        ("P1", "/v1/nhsa", envelope(sale_rows(sides[0], sold, f"B{size}R{r}N"), sold)),
+                        (
+                            "P2",
+                            "/v1/events",
+                            {"events": [event("dispense", "P2", [c], sold) for c in sides[1]]},
+                        ),
+                        ("P3", "/v1/events", {"events": [event("dispense", "P3", sides[2], sold)]}),
+                    ]
+                    # the sides take turns going first (odd rounds: the other way round), so
+                    # that none always follows the purchase upload, or another side
+                    took: dict[int, float] = {}
+                    for i in range(3) if r % 2 == 0 else range(2, -1, -1):
+                        org, path, body = requests[i]
+                        took[i], answer = await timed(client, keys[org], path, body)
+                        if path == "/v1/nhsa":
+                            tracecode = answer["output"]["tracecode"]
+                            if tracecode["accepted"] != size or tracecode["flags"]:
+                                raise RuntimeError(f"nhsa: {answer}")
+                        elif answer["accepted"] != size:
+                            raise RuntimeError(f"events: {answer}")
+                    t_nhsa, t_sales, t_one = took[0], took[1], took[2]
                     for times, t in zip(
                         out.setdefault(size, ([], [], [])), (t_nhsa, t_sales, t_one), strict=True
                     ):
