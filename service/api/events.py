@@ -19,14 +19,14 @@ from service.api.openapi import BEARER, WITH_BODY, problems
 from service.api.schemas import EventsOut, FlagRef, RejectedOut
 from service.api.types import EXAMPLE_TIME, ExampleCodes, OrgId, RawCode, SetlId, Short
 from service.core.auth import Role
-from service.core.codes import try_parse_code
+from service.core.codes import LABEL_MISMATCH, ParsedCode, try_parse_code
 from service.core.events import (
-    LABEL_MISMATCH,
     MAX_CODES_PER_REQUEST,
     REPEATED_CODE,
     Incoming,
     Rejection,
     label_mismatch,
+    scanned_labels,
     shape_errors,
 )
 from service.core.rules import INVALID_CODE
@@ -93,7 +93,7 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
             if parsed_parent is None:
                 raise bad_input(f"events[{i}].parent", "is not a trace code or SSCC")
             parent = parsed_parent.canonical
-        codes: list[str] = []
+        taken: list[ParsedCode] = []
         seen: set[str] = set()
         for raw in e.codes:
             parsed = try_parse_code(raw)
@@ -105,14 +105,14 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
                 refused.append(Rejection(e.event_id, parsed.canonical, REPEATED_CODE))
             else:
                 seen.add(parsed.canonical)
-                codes.append(parsed.canonical)
+                taken.append(parsed)
         incoming.append(
             Incoming(
                 event_id=e.event_id,
                 type=e.type,
                 at=e.at.astimezone(UTC),
                 org=e.org,
-                codes=tuple(codes),
+                codes=tuple(p.canonical for p in taken),
                 to=e.to,
                 from_org=e.from_org,
                 parent=parent,
@@ -122,6 +122,7 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
                 quantity=e.quantity,
                 setl_id=e.setl_id,
                 ref=e.ref,
+                labels=scanned_labels(e.type, taken),
             )
         )
     return incoming, refused

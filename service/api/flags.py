@@ -33,6 +33,7 @@ KINDS = (
     "COMMISSION_CONFLICT",
     "EXCESS_PURCHASE",
     "STOCK_IMBALANCE",
+    "LABEL_MISMATCH",
 )
 STATUSES = ("pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared")
 

@@ -155,6 +155,25 @@ def try_parse_code(raw: str) -> ParsedCode | None:
         return None
 
 
+# A code whose own label (GS1 AIs 10, 17) says another lot or expiry than the pack's
+# record: at a commission one of them is wrong (the code is refused); at a sale or a scan
+# the pack in hand was not made as the code's record says (a serial copied onto another
+# lot's packaging: a fake), so it is not dispensable, and a sale of it is flagged.
+LABEL_MISMATCH: Final = "LABEL_MISMATCH"
+
+
+def label_disagrees(code: ParsedCode, lot: str | None, expiry: datetime.date | None) -> str | None:
+    """What the label of ``code`` as scanned says against ``lot`` and ``expiry`` (the
+    commission's, or the pack's record), or None when it agrees or says nothing of them
+    (a CN20 code, an element string without AIs 10 and 17, a record without them)."""
+    said = []
+    if code.lot is not None and lot is not None and code.lot != lot:
+        said.append(f"lot {code.lot} (the record: {lot})")
+    if code.expiry is not None and expiry is not None and code.expiry != expiry:
+        said.append(f"expiry {code.expiry.isoformat()} (the record: {expiry.isoformat()})")
+    return f"the label says {' and '.join(said)}" if said else None
+
+
 PRODUCT_ID_RULE: Final = "must be a 7-digit CN20 product identifier beginning with 8, or a GTIN-14"
 
 

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from service.core.codes import ParsedCode
+from service.core.codes import ParsedCode, label_disagrees
 from service.core.custody import CodeState, Fact, product_of
 from service.core.registry import UNIT, Org, Product
 
@@ -31,18 +31,21 @@ REPEATED_CODE = "REPEATED_CODE"
 # the event_id is another organisation's event (an id is one organisation's: a retry of
 # someone else's event is no retry, and must not pass for one)
 EVENT_ID_TAKEN = "EVENT_ID_TAKEN"
-# a commissioned code whose own label (GS1 AIs 10, 17) says another lot or expiry than
-# the commission: one of them is wrong, and the pack would be recorded as the other
-LABEL_MISMATCH = "LABEL_MISMATCH"
+
+
+def scanned_labels(type_: str, scanned: list[ParsedCode]) -> tuple[ParsedCode, ...]:
+    """Of a dispense's codes as scanned, those whose labels carry a lot or expiry
+    (``Incoming.labels``); other events' scans are not compared."""
+    if type_ != "dispense":
+        return ()
+    return tuple(p for p in scanned if p.lot is not None or p.expiry is not None)
 
 
 def label_mismatch(type_: str, code: ParsedCode, lot: str | None, expiry: date | None) -> bool:
     """Does a commission's code carry a lot (10) or expiry (17) on its label other than
-    the event's? Only a commission records them; another event's scan is not compared."""
-    return type_ == "commission" and (
-        (code.lot is not None and lot is not None and code.lot != lot)
-        or (code.expiry is not None and expiry is not None and code.expiry != expiry)
-    )
+    the event's (``LABEL_MISMATCH``)? The commission records them; a later scan of the
+    pack is judged against that record (``core.rules.code_reasons``, the sale's flags)."""
+    return type_ == "commission" and label_disagrees(code, lot, expiry) is not None
 
 
 class Incoming(msgspec.Struct, frozen=True):
@@ -69,6 +72,10 @@ class Incoming(msgspec.Struct, frozen=True):
     # dispense whose units it gives back; a dispense, the return whose units it takes
     # again. None otherwise
     undoes: UUID | None = None
+    # the codes of a dispense as scanned whose labels carry a lot or expiry (GS1 AIs 10,
+    # 17): a sale of a pack whose label disagrees with its record raises LABEL_MISMATCH
+    # (``core.flags.dispense_flags``). Read at the sale, not stored
+    labels: tuple[ParsedCode, ...] = ()
 
     def fact(self, codes: tuple[str, ...]) -> Fact:
         return Fact(

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from service.core.codes import LABEL_MISMATCH, label_disagrees
 from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
@@ -137,8 +138,9 @@ def dispense_flags(
     recalls: Mapping[tuple[str, str], datetime] | None = None,
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
-    consumed pack sold again (回流药), expired, recalled or out-of-region stock, and a
-    pack of another product than the one billed (串换, when the dispense names it).
+    consumed pack sold again (回流药), expired, recalled or out-of-region stock, a pack of
+    another product than the one billed (串换, when the dispense names it), and a label
+    scanned with another lot or expiry than the pack's (a fake, LABEL_MISMATCH).
     ``used_up``: the packs that were used up when it was sold, where their state now
     does not say (a late sale, folded again in event time). ``recalls``: when each
     recalled lot's recall was ordered; a sale dated before it (uploaded late) sold a
@@ -149,10 +151,13 @@ def dispense_flags(
     def flag(kind: str, code: str, detail: str) -> None:
         out.append(_dispense_flag(event, org.region, kind, code, detail))
 
+    labels = {p.canonical: p for p in event.labels}
     for code in codes:
         state = states[code]
         if not state.commissioned:
             continue  # the fold already suspects an unknown code
+        if code in labels and (said := label_disagrees(labels[code], state.lot, state.expiry)) is not None:
+            flag(LABEL_MISMATCH, code, f"{said}: not the pack this code was made for")
         if used_up is not None:
             was_used_up = code in used_up
         else:

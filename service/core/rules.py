@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from service.core.codes import CodeKind
+from service.core.codes import LABEL_MISMATCH, CodeKind, ParsedCode, label_disagrees
 from service.core.custody import DESTROYED, CodeState, holds, whereabouts
 from service.core.registry import UNIT, Org, Product
 
@@ -48,10 +48,12 @@ def code_reasons(
     product: Product | None,
     org: Org,
     today: date,
+    label: ParsedCode | None = None,
 ) -> list[Reason]:
     """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would).
     At an organisation that does not dispense to patients nothing is payable (verify says
-    so first, then what it would say of the pack elsewhere)."""
+    so first, then what it would say of the pack elsewhere). ``label``: the code as
+    scanned, when its label carries a lot or expiry, to be compared with the pack's."""
     reasons: list[Reason] = []
     if not org.dispenses:
         detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
@@ -67,6 +69,8 @@ def code_reasons(
         # the case's own code paid too would pay its packs twice (no flag)
         detail = f"a {product.level} of packs, not a pack: bill the packs in it"
         return [*reasons, Reason(code, QUANTITY_MISMATCH, detail)]
+    if label is not None and (said := label_disagrees(label, state.lot, state.expiry)) is not None:
+        reasons.append(Reason(code, LABEL_MISMATCH, f"{said}: not the pack this code was made for"))
     if state.state == DESTROYED:
         reasons.append(Reason(code, DESTROYED_REASON, "the pack was destroyed"))
     if state.recalled:

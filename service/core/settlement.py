@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from service.core.codes import try_parse_code
+from service.core.codes import LABEL_MISMATCH, try_parse_code
 from service.core.custody import CodeState, Fact, counted, replay
 from service.core.flags import ITEMS, Evidence, FlagRef, NewFlag, items, mismatch_refs
 from service.core.ingest import replay_counted
@@ -42,6 +42,7 @@ ACCEPTED, PARTIAL, REJECTED = "accepted", "partial", "rejected"
 
 # Which reasons are also a suspicion for investigators, and under which flag kind.
 FLAG_FOR_REASON = {
+    LABEL_MISMATCH: LABEL_MISMATCH,  # a fake: the label is not the pack the code was made for
     ALREADY_SETTLED: "DUPLICATE",
     DESTROYED_REASON: "DUPLICATE",  # a pack that left the market, back in it
     NOT_IN_CUSTODY: "DIVERSION",
@@ -266,7 +267,10 @@ def _judge_line(
         state = states.get(code)
         product = products.get(state.product_id) if state and state.product_id else None
         own = [e for e in earlier.get(code, []) if e.sale == Sale.of_settlement(setl_id)]
-        for reason in code_reasons(code, state, product, org, on):
+        # a code sent in another form than its canonical one may carry its label's lot and
+        # expiry (a GS1 element string): compared with the pack's record
+        label = try_parse_code(raw) if raw != code else None
+        for reason in code_reasons(code, state, product, org, on, label=label):
             if reason.reason == ALREADY_SETTLED:
                 continue  # judged below, against what this settlement leaves
             out.reasons.append(reason)

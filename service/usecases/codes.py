@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from service.core.codes import try_parse_code
+from service.core.codes import ParsedCode, try_parse_code
 from service.core.custody import CodeState, Fact, display_state, product_of, replay
 from service.core.registry import Org, Product
 from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date
@@ -26,16 +26,17 @@ from service.usecases.flags import shown
 
 def _answer(
     raw: str,
-    canonical: str | None,
+    parsed: ParsedCode | None,
     state: CodeState | None,
     product: Product | None,
     org: Org,
     now: datetime,
 ) -> dict[str, Any]:
-    if canonical is None:
+    canonical = parsed.canonical if parsed is not None else None
+    if parsed is None:
         reasons = [Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")]
     else:
-        reasons = code_reasons(canonical, state, product, org, local_date(now))
+        reasons = code_reasons(parsed.canonical, state, product, org, local_date(now), label=parsed)
     known = state is not None and state.commissioned
     return {
         "code": canonical or raw,
@@ -65,20 +66,17 @@ async def verify_at(pool: asyncpg.Pool, raws: Sequence[str], org_id: str) -> lis
 
 async def verify(conn: Conn, raws: Sequence[str], org: Org) -> list[dict[str, Any]]:
     """One answer per code, in order: would settling it at ``org`` now be payable?"""
-    canon: list[str | None] = []
-    for raw in raws:
-        parsed = try_parse_code(raw)
-        canon.append(parsed.canonical if parsed else None)
-    wanted = [c for c in canon if c is not None]
+    scanned = [try_parse_code(raw) for raw in raws]
+    wanted = [p.canonical for p in scanned if p is not None]
     states = await code_store.read(conn, wanted) if wanted else {}
     product_ids = {s.product_id for s in states.values() if s.product_id}
     products = await registry.get_products(conn, sorted(product_ids)) if product_ids else {}
     now = datetime.now(UTC)
     answers = []
-    for raw, code in zip(raws, canon, strict=True):
-        state = states.get(code) if code else None
+    for raw, parsed in zip(raws, scanned, strict=True):
+        state = states.get(parsed.canonical) if parsed else None
         product = products.get(state.product_id) if state and state.product_id else None
-        answers.append(_answer(raw, code, state, product, org, now))
+        answers.append(_answer(raw, parsed, state, product, org, now))
     return answers
 
 

@@ -19,8 +19,8 @@ from uuid import UUID
 
 from asyncpg.pgproto.pgproto import UUID as FastUUID
 
-from service.core.codes import strip_code, try_parse_code
-from service.core.events import REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.codes import ParsedCode, strip_code, try_parse_code
+from service.core.events import REPEATED_CODE, Incoming, Rejection, scanned_labels, time_problem
 from service.core.ledger import Entry
 from service.core.rules import INVALID_CODE
 from service.core.sales import SETL_ID_SHAPE
@@ -283,6 +283,7 @@ def _record(
     refused: list[Rejection] = []
     canonical: list[str] = []
     seen: set[str] = set()
+    labelled: dict[str, ParsedCode] = {}  # codes whose labels carry a lot or expiry
     for raw in codes:
         parsed = try_parse_code(raw)
         if parsed is None:
@@ -293,6 +294,8 @@ def _record(
         else:
             seen.add(parsed.canonical)
             canonical.append(parsed.canonical)
+            if parsed.lot is not None or parsed.expiry is not None:
+                labelled[parsed.canonical] = parsed
 
     billed = med_list_codg if kind == "dispense" else None
     if kind == "dispense" and split and canonical:
@@ -305,9 +308,11 @@ def _record(
         packs, quantity = [(code,) for code in canonical], None
     event_ids = [event_id(ids, fixmedins_code, interface, bchno, "+".join(codes)) for codes in packs]
     events = [
-        Incoming(i, kind, at, org, codes, quantity=quantity, setl_id=setl_id, ref=bchno, med_list_codg=billed)
+        Incoming(i, kind, at, org, codes, quantity=quantity, setl_id=setl_id, ref=bchno, med_list_codg=billed,
+                 labels=scanned_labels(kind, [labelled[c] for c in codes if c in labelled])
+                 if labelled else ())
         for i, codes in zip(event_ids, packs, strict=True)
-    ]
+    ]  # fmt: skip
     entry = Entry(
         org=org,
         interface=interface,
