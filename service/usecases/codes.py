@@ -201,4 +201,3 @@ def _settlement_pick(fact: Fact, parent: str, sales: list[dict[str, Any]]) -> di
         "setl_id": fact.setl_id,
         "received_at": min(received, default=fact.at),
     }
-

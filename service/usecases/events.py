@@ -37,7 +37,6 @@ OPTIMISTIC_MAX_CODES = 10
 OPTIMISTIC_ATTEMPTS = 3
 
 
-
 @dataclass(slots=True)
 class IngestResult:
     accepted_codes: int = 0
