@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Api, at, event, small_world
+from tests.integration.test_epcis import LOT, M_LOC, P_LOC, _doc, _ev, _pharma_world
 from tests.integration.test_nhsa import MED, P1_CODE, envelope, nhsa, sale
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -137,3 +138,38 @@ async def test_an_nhsa_sale_of_a_pack_whose_label_disagrees_is_flagged(admin: Ap
     assert [(f["kind"], f["code"]) for f in tracecode["flags"] if f["kind"] == "LABEL_MISMATCH"] == [
         ("LABEL_MISMATCH", canonical("S1"))
     ]
+
+
+async def test_epcis_compares_a_digital_links_lot_at_commissioning_and_at_the_sale(admin: Api) -> None:
+    """EPCIS names a pack by an EPC URN, which carries no lot, or by a Digital Link,
+    whose path may (``/01/…/10/{lot}/21/…``). Commissioned with an ``ilmd`` lot, a
+    Digital Link of another lot is refused, as on /v1/events; a dispensing event of one
+    is taken and flagged."""
+    keys = await _pharma_world(admin)
+    link = "https://id.gs1.org/01/10614141073464/10/{lot}/21/{serial}"
+    made = _ev(
+        "ObjectEvent", 1, M_LOC, action="ADD", bizStep="commissioning", ilmd=LOT,
+        epcList=[link.format(lot="L1", serial="7"), link.format(lot="L2", serial="8"),
+                 "urn:epc:id:sgtin:0614141.107346.9"],
+    )  # fmt: skip
+    resp = await keys["M1"].client.post(
+        "/epcis/capture",
+        headers={**keys["M1"].headers, "GS1-Capture-Error-Behaviour": "proceed"},
+        json=_doc(made),
+    )
+    job = resp.json()
+    assert job["eventCount"] == 1, job
+    assert "LABEL_MISMATCH" in job["errors"][0]["detail"], job
+    codes = [f"01{GTIN}21{s}" for s in ("7", "9")]
+    for code in codes:  # to the pharmacy, as /v1/events moves them
+        await keys["M1"].events(event("ship", "M1", [code], 2, to="P1"))
+        await keys["P1"].events(event("receive", "P1", [code], 3))
+    sold = _ev(
+        "ObjectEvent", 4, P_LOC, action="OBSERVE", bizStep="dispensing",
+        epcList=[link.format(lot="L9", serial="7"), link.format(lot="L1", serial="9")],
+    )  # fmt: skip
+    resp = await keys["P1"].post("/epcis/capture", _doc(sold))
+    assert (resp.status_code, resp.json()["success"]) == (202, True), resp.text
+    flags = (await keys["inv"].ok("GET", "/v1/flags?kind=LABEL_MISMATCH"))["items"]
+    assert [(f["code"], f["org"]) for f in flags] == [(codes[0], "P1")]
+    assert "lot L9 (the record: L1)" in flags[0]["detail"]

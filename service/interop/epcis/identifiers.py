@@ -26,7 +26,7 @@ from epcpy.epc_schemes.sgtin import SGTIN
 from epcpy.epc_schemes.sscc import SSCC
 from epcpy.utils.common import ConvertException
 
-from service.core.codes import is_gln, try_parse_code
+from service.core.codes import ParsedCode, is_gln, try_parse_code
 
 _EPC_ID: Final = "urn:epc:id:"  # read in any case (_is_epc)
 _SGTIN_PATTERN: Final = "urn:epc:idpat:sgtin:"
@@ -173,6 +173,28 @@ def _to_code(uri: str) -> str | None:
         return None
     parsed = try_parse_code(element_string)
     return parsed.canonical if parsed else None
+
+
+def labelled(uri: str) -> ParsedCode | None:
+    """The code an identifier names, with its label's lot (AI 10) and expiry (17), when
+    it carries either: a Digital Link's ``/10/`` lot, an element string's (10) and (17).
+    None otherwise (an EPC URN never carries them)."""
+    return _labelled(uri) if len(uri) <= MAX_LENGTH else None
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _labelled(uri: str) -> ParsedCode | None:
+    if _is_epc(uri):
+        return None
+    if _is_web(uri):
+        pairs = _digital_link(uri)
+        if pairs is None or tuple(ai for ai, _ in pairs) != ("01", "10", "21"):
+            return None
+        ais = dict(pairs)
+        parsed = try_parse_code(f"(01){ais['01']}(10){ais['10']}(21){ais['21']}")
+    else:
+        parsed = try_parse_code(uri)
+    return parsed if parsed is not None and (parsed.lot is not None or parsed.expiry is not None) else None
 
 
 def pattern_product(uri: str) -> str | None:

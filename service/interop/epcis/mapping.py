@@ -29,11 +29,21 @@ from typing import Any, Final
 
 import msgspec
 
+from service.core.codes import LABEL_MISMATCH, ParsedCode
 from service.core.custody import product_of
-from service.core.events import REPEATED_CODE, Incoming, Rejection, shape_errors, time_problem
+from service.core.events import (
+    REPEATED_CODE,
+    Incoming,
+    Rejection,
+    label_mismatch,
+    scanned_labels,
+    shape_errors,
+    time_problem,
+)
 from service.core.rules import INVALID_CODE
 from service.interop.epcis.identifiers import (
     MAX_LENGTH,
+    labelled,
     location_gln,
     pattern_product,
     to_code,
@@ -440,18 +450,29 @@ def _ilmd(event: Mapping[str, Any], keys: tuple[str, ...]) -> object:
     return None
 
 
-def _codes(event_id: uuid.UUID, raws: list[str]) -> tuple[tuple[str, ...], list[Rejection]]:
+def _codes(
+    event_id: uuid.UUID, raws: list[str], kind: str, extra: Mapping[str, Any]
+) -> tuple[tuple[str, ...], list[Rejection], tuple[ParsedCode, ...]]:
+    """The event's codes, those refused, and the labels of those a dispense scanned with
+    a lot or expiry (``Incoming.labels``). A commissioned code whose label says another
+    lot or expiry than the event's ``ilmd`` is refused, as on /v1/events."""
     codes: dict[str, None] = {}  # in order, and a set (a list's "in" made 10,000 EPCs quadratic)
     refused: list[Rejection] = []
+    labels: list[ParsedCode] = []
     for raw in raws:
         code = to_code(raw)
+        label = labelled(raw) if code is not None else None
         if code is None:
             refused.append(Rejection(event_id, raw[:200], INVALID_CODE))
+        elif label is not None and label_mismatch(kind, label, extra.get("lot"), extra.get("expiry")):
+            refused.append(Rejection(event_id, code, LABEL_MISMATCH))
         elif code in codes:
             refused.append(Rejection(event_id, code, REPEATED_CODE))
         else:
             codes[code] = None
-    return tuple(codes), refused
+            if label is not None:
+                labels.append(label)
+    return tuple(codes), refused, scanned_labels(kind, labels)
 
 
 def own_context(document: Mapping[str, Any]) -> list[Any]:
@@ -610,7 +631,7 @@ def _command(
         raise EventError(_FIELDS.get(name, name), message)
     if not raws and not held:
         return None, [], None
-    codes, refused = _codes(record.fact_id, raws) if raws else (held, [])
+    codes, refused, labels = _codes(record.fact_id, raws, kind, extra) if raws else (held, [], ())
     command = Incoming(
         event_id=record.fact_id,
         type=kind,
@@ -618,6 +639,7 @@ def _command(
         org=actor,
         codes=codes,
         ref=record.event_id[:200],
+        labels=labels,
         **extra,
     )
     return command, refused, None
