@@ -4,6 +4,7 @@ deletions and queries, with payloads shaped as FIELDS.md describes; a pharmacy's
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -272,6 +273,35 @@ async def test_inventory_changes_with_codes(admin: Api) -> None:
     assert history["events"][-1]["type"] == "ship"
     led = await _ledger(inv)
     assert led["by_kind"] == {"purchase": 96, "destroyed": 24, "count_loss": 2, "transfer_out": 24}
+
+
+async def test_a_part_pack_change_moves_no_pack(admin: Api, db: Any) -> None:
+    """A 3502 of part of a pack (拆零, trdn_flag 1) changes the ledger only: 2 units
+    destroyed do not destroy the pack's 24 (a later split sale was a DUPLICATE), 4 units
+    transferred out do not ship it away. The row is kept with its codes as sent."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    inv = await admin.key_for("investigator")
+    rows = [change("T600", "105", 2, [u[0]], trdn_flag="1"), change("T601", "102", 4, [u[1]], trdn_flag=1)]
+    out = await nhsa(p2, envelope("3502A", {"invinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["result"]["retRslt"] == "1", out
+    assert out["output"]["tracecode"]["records"] == 2
+    assert out["output"]["tracecode"]["accepted"] == 0
+    for code in u[:2]:
+        verify = await p2.ok("GET", f"/v1/codes/{code}/verify")
+        held = (verify["state"], verify["custodian"], verify["dispensable"], verify["units_left"])
+        assert held == ("received", "P2", True, 24), verify  # ⚠ the part is not taken from the pack
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B600", [u[0]], 6, split="1")}))
+    assert out["output"]["tracecode"]["flags"] == [], out
+    assert await _units_left(p2, u[0]) == 18
+    led = await _ledger(inv)
+    assert led["by_kind"] == {"purchase": 96, "destroyed": 2, "transfer_out": 4, "sale": 6}
+    kept = await db.fetchrow(
+        "SELECT codes, row_data->'drugtracinfo' AS sent FROM nhsa_records WHERE fixmedins_bchno = 'T600'"
+    )
+    assert list(kept["codes"]) == [u[0]]
+    assert json.loads(kept["sent"]) == [{"drug_trac_codg": u[0]}]
 
 
 async def test_stock_count_of_a_sold_pack_is_flagged(admin: Api) -> None:

@@ -113,7 +113,10 @@ def _record(
         price(row.get("pric"), "pric")
         units = whole_units(row.get("cnt"), "cnt")
         at = _when(row, "inv_chg_time", now)
-        flag01(row.get("trdn_flag"), "trdn_flag")
+        if flag01(row.get("trdn_flag"), "trdn_flag"):
+            # a part of a pack (拆零) moving is not the pack moving: the ledger only, its
+            # codes kept as sent (found by a probe: 2 units destroyed destroyed all 24)
+            event_type = None
         codes = raw_codes(row)
         seen: set[str] = set()
         for raw in codes:
@@ -123,7 +126,7 @@ def _record(
             if parsed is None:
                 record.refused.append(Rejection(eid, raw, INVALID_CODE))
             elif event_type is None:
-                continue  # a count gain or loss (103/104): its codes go to the ledger only
+                continue  # a count gain or loss (103/104), a part pack: the ledger only
             elif canonical in seen:
                 record.refused.append(Rejection(eid, canonical, REPEATED_CODE))
             else:
