@@ -350,6 +350,7 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
             "input.purcinfo.med_list_codg",
         ),
         (envelope("3501", {"invinfo": count("K500", 1, "2026/03/01")}), "input.invinfo.invdate"),
+        (envelope("3501", {"invinfo": count("K504", 1, "2026-03-07 25:61:99")}), "input.invinfo.invdate"),
         (envelope("3501", {"invinfo": count("K501", 5, "0001-01-01")}), "input.invinfo.invdate"),
         (envelope("3501", {"invinfo": count("K502", 5, "1999-12-31")}), "input.invinfo.invdate"),
         (envelope("3501", {"invinfo": count("K503", 500, "2099-01-01")}), "input.invinfo.invdate"),

@@ -43,6 +43,9 @@ def test_china_time(value: object, expected: datetime | str) -> None:
     [
         ("2025-01-15", date(2025, 1, 15)),
         ("2025-01-15 00:00:00", date(2025, 1, 15)),
+        ("2025-01-15 23:59:59", date(2025, 1, 15)),
+        ("2026-03-07 25:61:99", "not a valid date-time"),
+        ("2026-03-07 24:00:00", "not a valid date-time"),
         ("2025-02-30", "not a valid date"),
         ("2025/01/15", "not a date"),
         ("", "is required"),

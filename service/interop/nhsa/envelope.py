@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -294,7 +294,7 @@ def china_time(value: Any, field: str) -> datetime:
 
 
 def calendar_date(value: Any, field: str) -> date:
-    """``yyyy-MM-dd`` (a date-time is cut to its date)."""
+    """``yyyy-MM-dd`` (a valid date-time is cut to its date)."""
     got = text(value)
     if got is None:
         raise FieldError(field, "is required")
@@ -311,9 +311,15 @@ def _calendar_date(got: str) -> date | str:
     if not _DATE.fullmatch(got):
         return f"is not a date yyyy-MM-dd: {got!r}"
     try:
-        return date.fromisoformat(got[:10])
+        day = date.fromisoformat(got[:10])
     except ValueError:
         return f"is not a valid date: {got!r}"
+    try:  # a time sent with the date must be one (found by a probe: 25:61:99 was taken)
+        if len(got) > 10:
+            time.fromisoformat(got[11:])
+    except ValueError:
+        return f"is not a valid date-time: {got!r}"
+    return day
 
 
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
