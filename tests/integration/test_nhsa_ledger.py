@@ -376,6 +376,46 @@ async def test_bad_inventory_input(admin: Api, db: Any) -> None:
     assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
 
 
+@pytest.mark.parametrize(
+    ("infno", "field", "length"),
+    [
+        ("3503", "spler_name", 200),  # required
+        ("3503", "purc_retn_opter_name", 50),
+        ("3503", "dynt_no", 50),  # optional
+        ("3504", "medins_prod_purc_no", 50),
+        ("3502", "inv_chg_opter_name", 50),
+        ("3501", "memo", 500),  # the item block's
+        ("3501", "manu_lotnum", 30),
+    ],
+)
+async def test_text_longer_than_fields_md_allows_is_refused(
+    admin: Api, db: Any, infno: str, field: str, length: int
+) -> None:
+    """A 3501–3504 text field longer than FIELDS.md's length, required or optional, is
+    refused naming it (the row is kept as sent; found by a probe: spler_name of 201
+    characters was taken); at the length it is taken."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+
+    def body(bchno: str, text: str) -> dict[str, Any]:
+        wrapper, row = {
+            "3501": ("invinfo", count(bchno, 5, "2026-03-07")),
+            "3502": ("invinfo", change(bchno, "103", 5)),
+            "3503": ("purcinfo", purchase(bchno, 5)),
+            "3504": ("purcinfo", purchase_return(bchno, 5)),
+        }[infno]
+        return envelope(infno, {wrapper: {**row, field: text}})
+
+    out = await nhsa(p2, body("L1", "药" * (length + 1)))
+    assert out["infcode"] == -1, out
+    wrapper = "purcinfo" if infno in ("3503", "3504") else "invinfo"
+    assert out["err_msg"] == f"input.{wrapper}.{field}: is longer than {length} characters", out
+    assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+    out = await nhsa(p2, body("L2", "药" * length))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["records"] == 1
+
+
 async def test_stock_count_dated_out_of_range_is_a_bad_row(admin: Api) -> None:
     """A count dated before 2000 or in the future is refused as other times are: it would
     fix the ledger's balance until then. In a batch the other rows are kept."""

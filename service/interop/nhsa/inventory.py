@@ -32,7 +32,7 @@ from service.interop.nhsa.envelope import (
     whole_units,
 )
 from service.interop.nhsa.sales import (
-    MAX_LENGTH,
+    ITEM_LENGTH,
     Record,
     RowError,
     event_id,
@@ -56,6 +56,22 @@ REQUIRED = {
         "purc_retn_opter_name",
     ),
     PURCHASE_RETURN: (*_ITEM, "spler_name", "purc_invo_no", "purc_retn_opter_name"),
+}
+# FIELDS.md's lengths of the text fields of 3501–3504 rows, each checked when given (a row
+# is kept as sent): the item block's, 3502's, then 3503's and 3504's
+MAX_LENGTH = {
+    **ITEM_LENGTH,
+    "inv_chg_type": 6,
+    "inv_chg_opter_name": 50,
+    "dynt_no": 50,
+    "spler_name": 200,
+    "spler_pmtno": 50,
+    "prodentp_name": 200,
+    "aprvno": 100,
+    "purc_invo_codg": 50,
+    "purc_invo_no": 50,
+    "purc_retn_opter_name": 50,
+    "medins_prod_purc_no": 50,
 }
 
 
@@ -83,8 +99,12 @@ def _record(
             raise FieldError("inv_data_type", f"must be one of {', '.join(DATA_TYPES)}, not {data_type!r}")
         record.deletes = DATA_TYPES[data_type]
         return record
-    for key in REQUIRED[interface]:
+    required = REQUIRED[interface]
+    for key in required:
         required_text(row, key, key, MAX_LENGTH.get(key))
+    for key, length in MAX_LENGTH.items():
+        if key not in required:
+            optional_text(row, key, key, length)
     bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
     codg = catalogue_item(required_text(row, "med_list_codg", "med_list_codg", 50))
     codes: list[str] = []

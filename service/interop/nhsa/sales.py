@@ -56,15 +56,17 @@ REQUIRED = {
     SALE: (*_ITEM, *_COMMON, "prsc_dr_name", "phar_name", "phar_prac_cert_no", "rtal_docno"),
     SALE_RETURN: (*_ITEM, *_COMMON, "psn_cert_type"),
 }
-MAX_LENGTH = {
+# FIELDS.md's lengths of the item block every 3501–3506 row carries; a sale checks those
+# of its required fields (MAX_LENGTH), 3501–3504 every one given (inventory.MAX_LENGTH)
+ITEM_LENGTH = {
     "med_list_codg": 50,
     "fixmedins_hilist_id": 30,
     "fixmedins_hilist_name": 200,
     "fixmedins_bchno": 30,
     "manu_lotnum": 30,
-    "mdtrt_sn": 30,
-    "rtal_docno": 40,
+    "memo": 500,
 }
+MAX_LENGTH = {**ITEM_LENGTH, "mdtrt_sn": 30, "rtal_docno": 40}
 # each interface's required fields with their limits, med_list_codg and fixmedins_bchno first
 _FIRST = ("med_list_codg", "fixmedins_bchno")
 _CHECKED = {
