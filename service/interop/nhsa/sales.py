@@ -66,7 +66,16 @@ ITEM_LENGTH = {
     "manu_lotnum": 30,
     "memo": 500,
 }
-MAX_LENGTH = {**ITEM_LENGTH, "mdtrt_sn": 30, "rtal_docno": 40}
+MAX_LENGTH = {
+    **ITEM_LENGTH,
+    "mdtrt_sn": 30,
+    "rtal_docno": 40,
+    "prsc_dr_name": 50,
+    "phar_name": 50,
+    "phar_prac_cert_no": 50,
+    "sel_retn_opter_name": 50,
+    "psn_cert_type": 6,
+}
 # each interface's required fields with their limits, med_list_codg and fixmedins_bchno first
 _FIRST = ("med_list_codg", "fixmedins_bchno")
 _CHECKED = {
