@@ -94,6 +94,20 @@ def deletion(bchno: str, data_type: str) -> dict[str, Any]:
     return {"fixmedins_bchno": bchno, "inv_data_type": data_type}
 
 
+def upload(infno: str, bchno: str, **fields: Any) -> dict[str, Any]:
+    """A single-form upload of one 3501–3506 row of a few units (no codes), with
+    ``fields`` in place of the helpers' values."""
+    wrapper, row = {
+        "3501": ("invinfo", count(bchno, 5, "2026-03-07")),
+        "3502": ("invinfo", change(bchno, "103", 5)),
+        "3503": ("purcinfo", purchase(bchno, 5)),
+        "3504": ("purcinfo", purchase_return(bchno, 5)),
+        "3505": ("selinfo", sale(bchno, [], 5)),
+        "3506": ("selinfo", sale_return(bchno, [], 5)),
+    }[infno]
+    return envelope(infno, {wrapper: {**row, **fields}})
+
+
 async def _ledger(api: Api, org: str = "P2", codg: str = MED) -> dict[str, Any]:
     out = await api.ok("GET", f"/v1/orgs/{org}/ledger?med_list_codg={codg}")
     assert out["org"] == org
@@ -397,23 +411,31 @@ async def test_text_longer_than_fields_md_allows_is_refused(
     w = await _world(admin)
     p2 = w["keys"]["P2"]
 
-    def body(bchno: str, text: str) -> dict[str, Any]:
-        wrapper, row = {
-            "3501": ("invinfo", count(bchno, 5, "2026-03-07")),
-            "3502": ("invinfo", change(bchno, "103", 5)),
-            "3503": ("purcinfo", purchase(bchno, 5)),
-            "3504": ("purcinfo", purchase_return(bchno, 5)),
-        }[infno]
-        return envelope(infno, {wrapper: {**row, field: text}})
-
-    out = await nhsa(p2, body("L1", "药" * (length + 1)))
+    out = await nhsa(p2, upload(infno, "L1", **{field: "药" * (length + 1)}))
     assert out["infcode"] == -1, out
-    wrapper = "purcinfo" if infno in ("3503", "3504") else "invinfo"
+    [wrapper] = upload(infno, "-")["input"]
     assert out["err_msg"] == f"input.{wrapper}.{field}: is longer than {length} characters", out
     assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
-    out = await nhsa(p2, body("L2", "药" * length))
+    out = await nhsa(p2, upload(infno, "L2", **{field: "药" * length}))
     assert out["infcode"] == 0, out
     assert out["output"]["tracecode"]["records"] == 1
+
+
+@pytest.mark.parametrize("infno", ["3501", "3502", "3503", "3504", "3505", "3506"])
+async def test_rx_flag_is_one_of_its_codes(admin: Api, db: Any, infno: str) -> None:
+    """rx_flag is 0, 1 or 2 (双跨), as a string or a number; ⚠ 是/否, as [A] sends it, is
+    taken. Another value is refused naming it (found by a probe: "Z" was stored)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    [wrapper] = upload(infno, "-")["input"]
+    for i, bad in enumerate(["Z", "3", "01", "是否"]):
+        out = await nhsa(p2, upload(infno, f"X{i}", rx_flag=bad))
+        assert out["infcode"] == -1, (bad, out)
+        assert out["err_msg"].startswith(f"input.{wrapper}.rx_flag: must be 0, 1 or 2"), out["err_msg"]
+    assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+    for i, good in enumerate(["0", "1", 2, " 2 ", "是", "否"]):
+        out = await nhsa(p2, upload(infno, f"G{i}", rx_flag=good))
+        assert out["infcode"] == 0, (good, out)
 
 
 async def test_stock_count_dated_out_of_range_is_a_bad_row(admin: Api) -> None:

@@ -322,6 +322,19 @@ def _calendar_date(got: str) -> date | str:
     return day
 
 
+# rx_flag, 处方药标志 (FIELDS.md's item block, [A] YbRxFlag): 0 no, 1 yes, 2 双跨 (dual
+# OTC/Rx); ⚠ [A] sends "是"/"否" (yes/no) instead: a system in use, so taken as sent
+RX_FLAGS = frozenset(("0", "1", "2", "是", "否"))
+
+
+def rx_flag(row: dict[str, Any]) -> str:
+    """A row's ``rx_flag`` (required): one of its codes."""
+    got = required_text(row, "rx_flag", "rx_flag")
+    if got not in RX_FLAGS:
+        raise FieldError("rx_flag", f"must be 0, 1 or 2 (or 是/否), not {got!r}")
+    return got
+
+
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
     """Row keys in lower case: some systems send spec columns in upper case
     (``MDTRT_SETL_TYPE``). A key sent in both casings keeps the lower-case one."""

@@ -29,6 +29,7 @@ from service.interop.nhsa.envelope import (
     optional_text,
     price,
     required_text,
+    rx_flag,
     whole_units,
 )
 from service.interop.nhsa.sales import (
@@ -107,6 +108,7 @@ def _record(
             optional_text(row, key, key, length)
     bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
     codg = catalogue_item(required_text(row, "med_list_codg", "med_list_codg", 50))
+    rx_flag(row)
     codes: list[str] = []
     events: list[Incoming] = []
     if interface == STOCK_COUNT:

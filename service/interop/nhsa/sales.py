@@ -40,6 +40,7 @@ from service.interop.nhsa.envelope import (
     optional_text,
     price,
     required_texts,
+    rx_flag,
     text,
     whole_units,
     wrapper_path,
@@ -272,6 +273,7 @@ def _record(
     interface = envelope.interface
     med_list_codg, bchno = required_texts(row, _CHECKED[interface])[:2]
     catalogue_item(med_list_codg)
+    rx_flag(row)
     split = flag01(row.get("trdn_flag"), "trdn_flag")
     count = whole_units(row.get("sel_retn_cnt"), "sel_retn_cnt")
     at = china_time(row.get("sel_retn_time"), "sel_retn_time")
