@@ -438,6 +438,26 @@ async def test_rx_flag_is_one_of_its_codes(admin: Api, db: Any, infno: str) -> N
         assert out["infcode"] == 0, (good, out)
 
 
+@pytest.mark.parametrize("infno", ["3501", "3503", "3504", "3505", "3506"])
+async def test_an_expiry_before_the_production_date_is_refused(admin: Api, db: Any, infno: str) -> None:
+    """expy_end before manu_date, both given, is refused naming expy_end (found by a
+    probe: a purchase made 2027 expiring 2026 was stored); the same day is taken, and so
+    is either date alone where it is optional (3502 carries neither)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    [wrapper] = upload(infno, "-")["input"]
+    out = await nhsa(p2, upload(infno, "E1", manu_date="2026-01-06", expy_end="2026-01-05 23:59:59"))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"] == f"input.{wrapper}.expy_end: is before manu_date: 2026-01-05 < 2026-01-06", out
+    assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+    out = await nhsa(p2, upload(infno, "E2", manu_date="2026-01-05", expy_end="2026-01-05"))
+    assert out["infcode"] == 0, out
+    if infno != "3503":  # both required in a purchase; manu_date in a sale
+        alone = {"expy_end": ""} if infno == "3505" else {"manu_date": "", "expy_end": "2020-01-01"}
+        out = await nhsa(p2, upload(infno, "E3", **alone))
+        assert out["infcode"] == 0, out
+
+
 async def test_stock_count_dated_out_of_range_is_a_bad_row(admin: Api) -> None:
     """A count dated before 2000 or in the future is refused as other times are: it would
     fix the ledger's balance until then. In a batch the other rows are kept."""

@@ -322,6 +322,18 @@ def _calendar_date(got: str) -> date | str:
     return day
 
 
+def lot_dates(row: dict[str, Any], *, manu: bool, expy: bool) -> None:
+    """A row's ``manu_date`` and ``expy_end``, each read when given or required (``manu``,
+    ``expy``); both given, the expiry is not before the production date."""
+    made = None
+    if manu or row.get("manu_date") not in (None, ""):
+        made = calendar_date(row.get("manu_date"), "manu_date")
+    if expy or row.get("expy_end") not in (None, ""):
+        ends = calendar_date(row.get("expy_end"), "expy_end")
+        if made is not None and ends < made:
+            raise FieldError("expy_end", f"is before manu_date: {ends} < {made}")
+
+
 # rx_flag, 处方药标志 (FIELDS.md's item block, [A] YbRxFlag): 0 no, 1 yes, 2 双跨 (dual
 # OTC/Rx); ⚠ [A] sends "是"/"否" (yes/no) instead: a system in use, so taken as sent
 RX_FLAGS = frozenset(("0", "1", "2", "是", "否"))

@@ -25,6 +25,7 @@ from service.interop.nhsa.envelope import (
     china_time,
     code_text,
     flag01,
+    lot_dates,
     number,
     optional_text,
     price,
@@ -120,7 +121,7 @@ def _record(
             raise FieldError("invdate", problem)
         units = count_units(row.get("inv_cnt"), "inv_cnt")
         kind = COUNT
-        _dates(row, required=False)
+        lot_dates(row, manu=False, expy=False)
         codes = raw_codes(row)
         record.refused += [
             Rejection(event_id(ids, envelope.fixmedins_code, interface, bchno, raw), raw, INVALID_CODE)
@@ -163,10 +164,10 @@ def _record(
             price(row.get("finl_trns_pric"), "finl_trns_pric")
         if interface == PURCHASE:
             flag01(row.get("prod_geay_flag"), "prod_geay_flag")
-            _dates(row, required=True)
+            lot_dates(row, manu=True, expy=True)
             kind = "purchase"
         else:
-            _dates(row, required=False)
+            lot_dates(row, manu=False, expy=False)
             kind = "purchase_return"
     record.events = events
     parsed_codes = [p.canonical for p in (try_parse_code(c) for c in codes) if p is not None]
@@ -191,12 +192,6 @@ def _when(row: dict[str, Any], key: str, now: datetime) -> datetime:
     if problem:
         raise FieldError(key, problem)
     return at
-
-
-def _dates(row: dict[str, Any], *, required: bool) -> None:
-    for key in ("manu_date", "expy_end"):
-        if required or row.get(key) not in (None, ""):
-            calendar_date(row.get(key), key)
 
 
 QUERY_PAGE_MAX = 1000  # records a query answers at most at once (page_size)

@@ -31,11 +31,11 @@ from service.interop.nhsa.envelope import (
     SALE_RETURN,
     Envelope,
     FieldError,
-    calendar_date,
     catalogue_item,
     china_time,
     code_text,
     flag01,
+    lot_dates,
     lower_keys,
     optional_text,
     price,
@@ -280,10 +280,7 @@ def _record(
     problem = time_problem(at, now)
     if problem:
         raise FieldError("sel_retn_time", problem)
-    if interface == SALE or row.get("manu_date") not in (None, ""):
-        calendar_date(row.get("manu_date"), "manu_date")
-    if row.get("expy_end") not in (None, ""):  # ⚠ optional in 3505/3506 per [B] and [Q]
-        calendar_date(row.get("expy_end"), "expy_end")
+    lot_dates(row, manu=interface == SALE, expy=False)  # ⚠ expy_end optional per [B] and [Q]
     if row.get("finl_trns_pric") not in (None, ""):
         price(row.get("finl_trns_pric"), "finl_trns_pric")
     setl_id = optional_text(row, "setl_id", "setl_id")
