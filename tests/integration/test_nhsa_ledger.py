@@ -811,6 +811,22 @@ async def test_deletion_batch_with_no_known_record_is_minus_one(admin: Api) -> N
     assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["NOPE5"]
 
 
+async def test_a_bad_row_sharing_its_serial_with_a_stored_one_is_named_by_its_path(admin: Api) -> None:
+    """A 3503A whose bad row and good row share a fixmedins_bchno: the serial is listed
+    although a record of it was stored, and msgRslt names the row that failed by its
+    index, which the serial cannot."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    out = await nhsa(p2, envelope("3503A", {"purcinfoDetail": [purchase("C800", "x"), purchase("C800", 10)]}))
+    assert out["infcode"] == 0, out
+    assert out["output"]["tracecode"]["records"] == 1
+    [err] = out["output"]["purcinfoErrDetail"]
+    assert err["fixmedins_bchno"] == "C800"
+    assert err["msgRslt"].startswith("input.purcinfoDetail[0].purc_retn_cnt:"), err
+    assert (await _ledger(inv))["by_kind"] == {"purchase": 96 + 10}
+
+
 async def test_codes_that_do_not_parse_are_reported_in_counts_and_ledger_only_changes(admin: Api) -> None:
     """A stock count's codes, and a 103/104 change's, that are not codes are listed as
     INVALID_CODE (as a sale's or a 3502 move's are), not dropped unseen; the record is kept."""
