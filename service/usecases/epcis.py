@@ -20,8 +20,9 @@ from service.interop.epcis.mapping import (
     Mapped,
     Record,
     all_glns,
+    canonical_id,
     content,
-    legacy_id,
+    former_ids,
     location_glns,
     map_event,
     unpacks_all,
@@ -134,10 +135,10 @@ async def capture(
     Raises ForeignLocation (nothing stored)."""
     created = datetime.now(UTC)
     glns = sorted({g for e in events for g in all_glns(e)})
-    legacy = sorted({i for i in map(legacy_id, events) if i is not None})
+    former = sorted({i for e in events for i in former_ids(e)})
     async with pool.acquire() as conn:
         by_gln = {gln: o.id for gln, o in (await registry.orgs_by_gln(conn, glns)).items()}
-        earlier = await store.existing(conn, legacy)  # stored under the ids given before
+        earlier = await store.existing(conn, former)  # stored under the ids given before
     for i, event in enumerate(events):
         for gln in location_glns(event):
             if by_gln.get(gln) != org:
@@ -362,7 +363,11 @@ async def events(pool: asyncpg.Pool, q: Query, per_page: int) -> EventPage:
 
 
 async def event(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
-    """One event by its eventID, as captured."""
+    """One event by its eventID (a UUID one in any case: ``mapping.canonical_id``), as
+    captured; one an earlier version kept under another spelling of its UUID, as written."""
     async with pool.acquire() as conn:
-        rows = await store.query(conn, Query(event_id=event_id, limit=1))
-    return rows[0][1] if rows else None
+        for named in dict.fromkeys((canonical_id(event_id), event_id)):
+            rows = await store.query(conn, Query(event_id=named, limit=1))
+            if rows:
+                return rows[0][1]
+    return None

@@ -55,6 +55,7 @@ from service.interop.epcis.identifiers import (
 GS1_CONTEXT_PREFIX: Final = "https://ref.gs1.org/standards/epcis/"
 # uuid5 namespace of the facts made from EPCIS events whose eventID is not a UUID URN
 NAMESPACE: Final = uuid.UUID("2f6b0c1e-6d0b-5c1a-9a63-4f3c1e0e7a51")
+_UUID_URN: Final = "urn:uuid:"  # read in any case (_uuid_of)
 EVENT_TYPES: Final = frozenset(
     {"ObjectEvent", "AggregationEvent", "TransactionEvent", "TransformationEvent", "AssociationEvent"}
 )
@@ -291,25 +292,47 @@ def content(event: Mapping[str, Any]) -> dict[str, Any]:
 
 def _made_id(digest: str) -> tuple[str, uuid.UUID]:
     fact_id = uuid.uuid5(NAMESPACE, digest)
-    return f"urn:uuid:{fact_id}", fact_id
+    return f"{_UUID_URN}{fact_id}", fact_id
 
 
 def _hash(value: Mapping[str, Any]) -> str:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
 
 
-def legacy_id(event: Mapping[str, Any]) -> str | None:
-    """The eventID an event without one was given before its :func:`content` named it:
-    from its JSON as sent (its ``@context`` and the time as written). None for an event
-    with an eventID."""
-    if _given_id(event):
-        return None
-    return _made_id(_hash({k: v for k, v in event.items() if k not in ("eventID", "recordTime")}))[0]
+def former_ids(event: Mapping[str, Any]) -> list[str]:
+    """The eventIDs the event was kept under by earlier versions, where :func:`identify`
+    now names it otherwise: a ``urn:uuid:`` eventID as written, where it is not in
+    :func:`canonical_id`'s form; for an event without one, the id its JSON as sent (its
+    ``@context`` and the time as written) gave it before its :func:`content` named it."""
+    given = _given_id(event)
+    if given is not None:
+        return [given] if canonical_id(given) != given else []
+    return [_made_id(_hash({k: v for k, v in event.items() if k not in ("eventID", "recordTime")}))[0]]
 
 
 def _given_id(event: Mapping[str, Any]) -> str | None:
     given = event.get("eventID")
     return given if isinstance(given, str) and given else None
+
+
+def _uuid_of(event_id: str) -> uuid.UUID | None:
+    """The UUID a ``urn:uuid:`` eventID names (its ``urn:uuid:`` in any case), or None."""
+    if event_id[: len(_UUID_URN)].lower() != _UUID_URN:
+        return None
+    try:
+        return uuid.UUID(event_id[len(_UUID_URN) :])
+    except ValueError:
+        return None
+
+
+def canonical_id(event_id: str) -> str:
+    """An eventID as this service keeps and looks it up: one that names a UUID as
+    ``urn:uuid:`` and the UUID in lower case (RFC 9562: a UUID compares case-insensitively,
+    and so do the URN's ``urn`` and ``uuid``, RFC 8141), so that one UUID is one event
+    however it is written (found by a probe: ``urn:uuid:6A1F…`` after ``urn:uuid:6a1f…`` was
+    another event under the same fact id); any other as given."""
+    named = _uuid_of(event_id)
+    return f"{_UUID_URN}{named}" if named is not None else event_id
 
 
 def _code_keys(role: str, code: str) -> list[str]:
@@ -360,23 +383,20 @@ def query_keys(parameter: str, values: Sequence[str]) -> list[str]:
 
 
 def identify(event: Mapping[str, Any], earlier: Container[str] = ()) -> tuple[str, uuid.UUID]:
-    """(eventID, fact id). A ``urn:uuid:`` eventID is the fact id itself; another eventID
-    (e.g. the CBV ``ni:///sha-256;…`` hash) is named by uuid5 of it; an event without one
-    is given ``urn:uuid:<uuid5 of the SHA-256 of its content>`` (:func:`content`), so it is
-    one fact however it is sent again (not the CBV's canonical event hash) — unless its
-    :func:`legacy_id` is one of ``earlier`` (the eventIDs stored already): an event stored
-    under that id before keeps it when sent again as it was."""
+    """(eventID, fact id). A ``urn:uuid:`` eventID is the fact id itself, kept in its
+    :func:`canonical_id` form; another eventID (e.g. the CBV ``ni:///sha-256;…`` hash) is
+    named by uuid5 of it; an event without one is given ``urn:uuid:<uuid5 of the SHA-256
+    of its content>`` (:func:`content`), so it is one fact however it is sent again (not
+    the CBV's canonical event hash) — unless one of its :func:`former_ids` is one of
+    ``earlier`` (the eventIDs stored already): an event stored under that id before keeps
+    it when sent again as it was."""
+    former = next((i for i in former_ids(event) if i in earlier), None) if earlier else None
     given = _given_id(event)
     if given is not None:
-        if given.lower().startswith("urn:uuid:"):
-            try:
-                return given, uuid.UUID(given[len("urn:uuid:") :])
-            except ValueError:
-                pass
-        return given, uuid.uuid5(NAMESPACE, given)
-    legacy = legacy_id(event)
-    if legacy is not None and legacy in earlier:
-        return legacy, uuid.UUID(legacy[len("urn:uuid:") :])
+        named = _uuid_of(given)
+        return former or canonical_id(given), named if named is not None else uuid.uuid5(NAMESPACE, given)
+    if former is not None:
+        return former, uuid.UUID(former[len(_UUID_URN) :])
     return _made_id(_hash(content(event)))
 
 
@@ -510,7 +530,7 @@ def map_event(
     caller checks); ``context``: the capture document's :func:`own_context`, kept with
     an event that has no ``@context`` of its own, so that its extensions keep their
     meaning wherever a query returns it; ``contents``: the codes the container of an
-    event that :func:`unpacks_all` held at its time; ``earlier``: those of the events' :func:`legacy_id`
+    event that :func:`unpacks_all` held at its time; ``earlier``: those of the events' :func:`former_ids`
     stored already (:func:`identify`). Raises EventError."""
     type_ = event.get("type")
     if not isinstance(type_, str) or type_ not in EVENT_TYPES:  # (a list is not hashable)
