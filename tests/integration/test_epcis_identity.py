@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
-from tests.helpers import BASE_TIME, Api
+from service.interop.epcis.mapping import NAMESPACE
+from tests.helpers import BASE_TIME, Api, event
 from tests.integration.test_epcis import (
+    D_LOC,
+    GLN_D1,
     P_LOC,
     SSCC_URN,
     UNITS,
@@ -86,3 +92,83 @@ async def test_a_uuid_event_id_names_one_event_whatever_its_case(admin: Api, db:
     listed = _events(await keys["inv"].ok("GET", "/epcis/events?EQ_bizStep=storing"))
     assert [e["eventID"] for e in listed] == [kept], listed
     assert len(_events(await keys["inv"].ok("GET", f"/epcis/events/{kept}"))) == 1
+
+
+async def test_an_event_without_event_id_is_one_fact_however_its_places_are_spelled(
+    admin: Api, db: Any
+) -> None:
+    """Found by a probe: an event without eventID is named by its contents as read, but
+    its places and parties were read as written: a dispense sent again with its
+    ``bizLocation`` as a Digital Link instead of an SGLN was a second dispense (a
+    DUPLICATE), and a receive whose source's type was the CBV URI instead of the bare
+    ``location`` a second receive. Each place, party and type is read as the service reads
+    it; an event kept by the version before under its contents as written keeps its id."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:5]:  # the case is shipped to P1
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    received = _ev(
+        "ObjectEvent",
+        5,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="receiving",
+        readPoint={"id": P_LOC},
+        epcList=[SSCC_URN],
+        sourceList=[{"type": "location", "source": D_LOC}],
+        destinationList=[{"type": "owning_party", "destination": "urn:epc:id:pgln:9524567.98765"}],
+    )
+    again = {
+        **received,
+        "bizLocation": {"id": "https://id.gs1.org/414/9524567987655"},
+        "readPoint": {"id": "urn:epc:id:sgln:9524567.98765.0"},
+        "sourceList": [
+            {"type": "https://ref.gs1.org/cbv/SDT-location", "source": f"https://id.gs1.org/414/{GLN_D1}"}
+        ],
+        "destinationList": [
+            {
+                "type": "https://ref.gs1.org/cbv/SDT-owning_party",
+                "destination": "https://id.gs1.org/417/9524567987655",
+            }
+        ],
+    }
+    sold = _ev("ObjectEvent", 6, P_LOC, action="OBSERVE", bizStep="dispensing",
+               epcList=["urn:epc:id:sgtin:0614141.107346.1"])  # fmt: skip
+    sold_again = {**sold, "bizLocation": {"id": "https://id.gs1.org/414/9524567987655"}}
+    for sent in (received, again, sold, sold_again):
+        job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sent), 202)
+        assert job["success"], (sent, job)
+    for step in ("receiving", "dispensing"):
+        listed = _events(
+            await keys["inv"].ok("GET", f"/epcis/events?EQ_bizStep={step}&EQ_bizLocation={P_LOC}")
+        )
+        assert len(listed) == 1, (step, listed)
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
+    types = [e["type"] for e in history["events"]]
+    assert (types.count("receive"), types.count("dispense")) == (2, 1), history
+    assert not history["flags"], history
+
+    # kept by the version before under the hash of its contents, its places as written
+    last = _ev("ObjectEvent", 7, P_LOC, action="OBSERVE", bizStep="dispensing",
+               epcList=["urn:epc:id:sgtin:0614141.107346.2"])  # fmt: skip
+    read = {**last, "epcList": [UNITS[1]]}
+    fact = uuid.uuid5(NAMESPACE, hashlib.sha256(msgspec.json.encode(read, order="sorted")).hexdigest())
+    assert (await keys["P1"].events({**event("dispense", "P1", [UNITS[1]], 7), "event_id": str(fact)}))[
+        "accepted"
+    ] == 1
+    await db.execute(
+        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time, action,
+                                     biz_step, biz_location, epcs, parent_id, body)
+           VALUES ($1, $2, 'before', 'P1', 'ObjectEvent', $3, 'OBSERVE', 'dispensing', $4, $5, NULL,
+                   $6::jsonb)""",
+        f"urn:uuid:{fact}",
+        fact,
+        BASE_TIME + timedelta(minutes=7),
+        P_LOC,
+        last["epcList"],
+        json.dumps({**last, "eventID": f"urn:uuid:{fact}"}),
+    )
+    assert (await keys["P1"].ok("POST", "/epcis/capture", _doc(last), 202))["success"]
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[1]}/history")
+    assert [e["type"] for e in history["events"]].count("dispense") == 1, history
+    assert not history["flags"], history
+    assert len(_events(await keys["inv"].ok("GET", "/epcis/events?EQ_bizStep=dispensing"))) == 2

@@ -265,13 +265,16 @@ def _sorted(items: list[Any]) -> list[Any]:
     return sorted(items, key=lambda item: msgspec.json.encode(item, order="sorted"))
 
 
-def content(event: Mapping[str, Any]) -> dict[str, Any]:
+def content(event: Mapping[str, Any], *, places: bool = True) -> dict[str, Any]:
     """What an event says, as read: without what is not the event's own (``eventID``,
     ``recordTime`` the repository sets, the ``@context`` a document or the event brings),
     the time as its instant, instance identifiers (the EPC lists, ``parentID``) as the
-    codes they name, the CBV step and disposition by bare name, and the lists whose order
-    means nothing (EPCs, quantities, sources, destinations, transactions) in one order.
-    Two events with equal contents are one event."""
+    codes they name, the CBV step and disposition by bare name, the places and parties
+    (``bizLocation``, ``readPoint``, sources and destinations with their CBV type by bare
+    name) as :func:`_source_dest` reads them, and the lists whose order means nothing
+    (EPCs, quantities, sources, destinations, transactions) in one order. Two events with
+    equal contents are one event. ``places=False``: the places and parties as written,
+    as the version before read them (:func:`former_ids`)."""
     out = {k: v for k, v in event.items() if k not in ("eventID", "recordTime", "@context")}
     at = read_time(out.get("eventTime"))
     if at is not None and at.tzinfo is not None:
@@ -284,9 +287,32 @@ def content(event: Mapping[str, Any]) -> dict[str, Any]:
     for key in _EPC_LISTS:
         if isinstance(out.get(key), list):
             out[key] = [(to_code(v) or v) if isinstance(v, str) else v for v in out[key]]
+    for key in ("bizLocation", "readPoint") if places else ():
+        value = out.get(key)
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            out[key] = {**value, "id": to_location(value["id"]) or value["id"]}
+    for key in ("sourceList", "destinationList") if places else ():
+        if isinstance(out.get(key), list):
+            out[key] = [_source_dest(item, key[: -len("List")]) for item in out[key]]
     for key in _UNORDERED_LISTS:
         if isinstance(out.get(key), list):
             out[key] = _sorted(out[key])
+    return out
+
+
+def _source_dest(item: object, name: str) -> object:
+    """A ``source`` / ``destination`` (``name``) entry as read: its CBV type by bare name
+    (``https://ref.gs1.org/cbv/SDT-location`` is ``location``), and the GLN of a party or
+    the location it names as :data:`_SOURCE_DEST_TYPES` reads that type (an SGLN URN and a
+    Digital Link alike); another type's URI as given."""
+    if not isinstance(item, dict):
+        return item
+    type_ = _cbv(item.get("type"), _SDT_PREFIXES)
+    out = {**item, "type": type_} if type_ is not None else dict(item)
+    ident = item.get(name)
+    if type_ in _SOURCE_DEST_TYPES and isinstance(ident, str):
+        read, _ = _SOURCE_DEST_TYPES[type_]
+        out[name] = read(ident) or ident
     return out
 
 
@@ -303,11 +329,13 @@ def former_ids(event: Mapping[str, Any]) -> list[str]:
     """The eventIDs the event was kept under by earlier versions, where :func:`identify`
     now names it otherwise: a ``urn:uuid:`` eventID as written, where it is not in
     :func:`canonical_id`'s form; for an event without one, the id its JSON as sent (its
-    ``@context`` and the time as written) gave it before its :func:`content` named it."""
+    ``@context`` and the time as written) gave it before its :func:`content` named it,
+    then the id its content gave it before that read its places and parties."""
     given = _given_id(event)
     if given is not None:
         return [given] if canonical_id(given) != given else []
-    return [_made_id(_hash({k: v for k, v in event.items() if k not in ("eventID", "recordTime")}))[0]]
+    as_sent = {k: v for k, v in event.items() if k not in ("eventID", "recordTime")}
+    return [_made_id(_hash(as_sent))[0], _made_id(_hash(content(event, places=False)))[0]]
 
 
 def _given_id(event: Mapping[str, Any]) -> str | None:
