@@ -1477,3 +1477,43 @@ async def test_a_digital_links_query_string_names_no_pack(admin: Api) -> None:
     assert await n(MATCH_parentID="https://example.com/00/106141412345678908") == 1
     assert await n(MATCH_parentID=mixed) == 0
     assert await n(MATCH_anyEPC=f"https://id.gs1.org/414/{GLN_M1}?00=106141412345678908") == 0
+
+
+async def test_custody_follows_the_location_whatever_the_lists_order(admin: Api) -> None:
+    """Found by a probe: a ship went to the first registered organisation its
+    ``destinationList`` named, whatever its type: a drop shipment naming its owner (M1)
+    before the location it goes to (P1) went to M1, and P1's receive was a DIVERSION;
+    listed the other way round, the same event (one fact) went to P1. Custody follows
+    the ``location``, else the ``possessing_party``; an ``owning_party`` names ownership
+    (CBV), and is read only where the list names neither. A list naming two
+    organisations as where the goods go is refused."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:4]:  # M1 ships to D1 naming its owner only; D1 receives
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    owner = {"type": "owning_party", "destination": "urn:epc:id:pgln:0614141.07346"}
+    two = [{"type": "location", "destination": M_LOC}, {"type": "location", "destination": P_LOC}]
+    ship = {**_journey()[4][1], "@context": _doc()["@context"], "destinationList": two}
+    refused = await keys["D1"].ok("POST", "/epcis/events", ship, 400)
+    assert refused["errors"][0]["field"] == "destinationList", refused
+    assert "M1, P1" in refused["detail"], refused
+    for dest in (
+        [owner, {"type": "location", "destination": P_LOC}],
+        [{"type": "location", "destination": P_LOC}, owner],
+    ):
+        job = await keys["D1"].ok(
+            "POST", "/epcis/capture", _doc({**_journey()[4][1], "destinationList": dest}), 202
+        )
+        assert (job["success"], job["warnings"]) == (True, []), job
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert [(e["type"], e.get("to")) for e in history["events"]][-1:] == [("ship", "P1")], history
+    assert [e["type"] for e in history["events"]].count("ship") == 2, history  # M1's and D1's
+    # a possessing party before an owner, in any order: D1 is where it came from
+    sources = [
+        {"type": "https://ref.gs1.org/cbv/SDT-owning_party", "source": "urn:epc:id:pgln:0614141.07346"},
+        {"type": "possessing_party", "source": f"https://id.gs1.org/417/{GLN_D1}"},
+    ]
+    received = {**_journey()[5][1], "sourceList": sources}
+    assert (await keys["P1"].ok("POST", "/epcis/capture", _doc(received), 202))["success"]
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert [(e["type"], e.get("from")) for e in history["events"]][-1:] == [("receive", "D1")], history
+    assert (history["custodian"], history["flags"]) == ("P1", []), history

@@ -14,7 +14,8 @@ custody, the same :class:`~service.core.events.Incoming` command /v1/events buil
 An event carrying an ``errorDeclaration`` declares the event under its eventID
 erroneous: it is kept and queryable, with no custody effect. Everything else (other
 types, steps and actions) is kept and queryable, with no custody effect. The acting
-organisation is the one holding the event's ``bizLocation`` (else ``readPoint``) GLN.
+organisation is the one holding the event's ``bizLocation`` (else ``readPoint``) GLN; the
+one a ship goes to, or a receive comes from, is read by :func:`custody_glns`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ _SOURCE_DEST_TYPES: Final = {
     "possessing_party": (to_gln, _PARTY),
     "location": (to_location, _LOCATION),
 }
+# Where goods are, by the CBV's source/destination types: the location, else the party in
+# possession. An owning party names ownership, not custody (CBV), and is read only where
+# the list names neither (a ship to its new owner, as the commonest simple ship is sent)
+_CUSTODY_TYPES: Final = ("location", "possessing_party", "owning_party")
 _LOT_KEYS: Final = ("cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "lotNumber")
 _EXPIRY_KEYS: Final = (
     "cbvmda:itemExpirationDate",
@@ -201,6 +206,23 @@ def party_glns(event: Mapping[str, Any], key: str) -> list[str]:
             if gln and gln not in out:
                 out.append(gln)
     return out
+
+
+def custody_glns(event: Mapping[str, Any], key: str) -> list[str]:
+    """The GLNs ``sourceList`` / ``destinationList`` names as where the goods come from or
+    go, whatever the list's order: those of its entries of the first of
+    :data:`_CUSTODY_TYPES` it has."""
+    items = event.get(key)
+    by_type: dict[str, list[str]] = {}
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        ident = item.get(key[: -len("List")])
+        gln = to_gln(ident) if isinstance(ident, str) else None
+        type_ = _cbv(item.get("type"), _SDT_PREFIXES)
+        if gln and type_ in _CUSTODY_TYPES:
+            by_type.setdefault(type_, []).append(gln)
+    return next((by_type[t] for t in _CUSTODY_TYPES if t in by_type), [])
 
 
 def all_glns(event: Mapping[str, Any]) -> list[str]:
@@ -624,12 +646,16 @@ def _command(
             except msgspec.ValidationError:
                 raise EventError(_FIELDS["expiry"], "is not a date (YYYY-MM-DD)") from None
         elif step == "shipping" and action == "OBSERVE":
-            dest = [orgs_by_gln.get(g) for g in party_glns(event, "destinationList")]
-            known = [d for d in dest if d is not None]
+            dest = custody_glns(event, "destinationList")
+            known = {orgs_by_gln[g] for g in dest if g in orgs_by_gln}
             if dest and not known:
                 raise EventError("destinationList", "names no GLN of a registered organisation")
+            others = known - {actor}
+            if len(others) > 1:  # which one has the goods would be a guess
+                named = ", ".join(sorted(others))
+                raise EventError("destinationList", f"names more than one organisation to ship to: {named}")
             if known:
-                kind, extra["to"] = "ship", next((d for d in known if d != actor), known[0])
+                kind, extra["to"] = "ship", next(iter(others), actor)
             else:  # GS1's own example ships so: kept, and the sender told (its receive would be a DIVERSION)
                 warning = (
                     "destinationList",
@@ -638,8 +664,9 @@ def _command(
                 )
         elif step == "receiving" and action == "OBSERVE":
             kind = "receive"
-            sources = [orgs_by_gln[g] for g in party_glns(event, "sourceList") if g in orgs_by_gln]
-            extra["from_org"] = next((s for s in sources if s != actor), None)
+            sources = {orgs_by_gln[g] for g in custody_glns(event, "sourceList") if g in orgs_by_gln}
+            others = sources - {actor}
+            extra["from_org"] = next(iter(others)) if len(others) == 1 else None  # (several: unsaid)
         elif step in ("dispensing", "retail_selling") and action == "OBSERVE":
             if state == "partially_dispensed":  # a split pack: how many units, EPCIS does not say
                 raise EventError(
