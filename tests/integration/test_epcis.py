@@ -1517,3 +1517,28 @@ async def test_custody_follows_the_location_whatever_the_lists_order(admin: Api)
     history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
     assert [(e["type"], e.get("from")) for e in history["events"]][-1:] == [("receive", "D1")], history
     assert (history["custodian"], history["flags"]) == ("P1", []), history
+
+
+async def test_a_custody_step_on_an_event_moving_none_is_kept_with_a_warning(admin: Api) -> None:
+    """Found by a probe: an AggregationEvent OBSERVE shipping a case to D1 was stored with
+    no custody effect and no word of it, as a shipping ObjectEvent naming no destination
+    had been (the case stayed with M1). An event whose step moves custody on an
+    ObjectEvent, sent as another type or action, is kept, and the job's ``warnings`` say
+    it moved nothing; one whose step moves none has no warning."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:2]:  # commission, pack into the SSCC
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    units = [f"urn:epc:id:sgtin:0614141.107346.{s}" for s in (1, 2, 3)]
+    shipped = _ev("AggregationEvent", 2, M_LOC, action="OBSERVE", bizStep="shipping", parentID=SSCC_URN,
+                  childEPCs=units, destinationList=[{"type": "location", "destination": D_LOC}])  # fmt: skip
+    seen = {**shipped, "eventTime": at(2.5), "bizStep": "inspecting"}
+    seen.pop("destinationList")
+    added = _ev("ObjectEvent", 3, M_LOC, action="ADD", bizStep="receiving", epcList=units[:1])  # as GS1's
+    job = await keys["M1"].ok("POST", "/epcis/capture", _doc(shipped, seen, added), 202)
+    assert (job["success"], job["errors"], job["eventCount"]) == (True, [], 3), job
+    assert [(w["eventIndex"], w["field"]) for w in job["warnings"]] == [(0, "bizStep"), (2, "bizStep")], job
+    assert job["warnings"][0]["detail"].startswith(
+        "eventList[0].bizStep: shipping on AggregationEvent OBSERVE: stored with no custody effect"
+    ), job
+    history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
+    assert ([e["type"] for e in history["events"]], history["custodian"]) == (["pack"], "M1"), history

@@ -75,6 +75,19 @@ _SOURCE_DEST_TYPES: Final = {
 # possession. An owning party names ownership, not custody (CBV), and is read only where
 # the list names neither (a ship to its new owner, as the commonest simple ship is sent)
 _CUSTODY_TYPES: Final = ("location", "possessing_party", "owning_party")
+# the CBV steps that move custody on an ObjectEvent (_command); on another type or action,
+# none: a warning (_no_effect)
+_CUSTODY_STEPS: Final = frozenset(
+    {
+        "commissioning",
+        "shipping",
+        "receiving",
+        "dispensing",
+        "retail_selling",
+        "destroying",
+        "decommissioning",
+    }
+)
 _LOT_KEYS: Final = ("cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "lotNumber")
 _EXPIRY_KEYS: Final = (
     "cbvmda:itemExpirationDate",
@@ -615,6 +628,21 @@ def map_event(
     return Mapped(record, command, tuple(refused), warning)
 
 
+def _no_effect(record: Record) -> tuple[str, str] | None:
+    """(field, message) for an event whose step is one :func:`_command` moves custody by
+    but that it maps to none (an AggregationEvent OBSERVE shipping, an ObjectEvent ADD
+    receiving, ...), or None: it is stored, and its sender told (found by a probe)."""
+    if record.biz_step not in _CUSTODY_STEPS:
+        return None
+    sent = " ".join(filter(None, (record.type, record.action)))
+    return (
+        "bizStep",
+        f"{record.biz_step} on {sent}: stored with no custody effect (the step moves custody on an"
+        " ObjectEvent naming the codes, with the action the README's table names; an"
+        " AggregationEvent ADD or DELETE packs and unpacks); send it so under a new eventID",
+    )
+
+
 def _command(
     event: Mapping[str, Any],
     record: Record,
@@ -688,7 +716,7 @@ def _command(
         if unpacks_all(event) == parent:
             held = tuple(sorted(contents.get(parent, ())))
     if kind is None:
-        return None, [], warning
+        return None, [], warning or _no_effect(record)
     # what each type needs is /v1/events' rule (core.events.shape_errors), named in EPCIS terms
     errors = shape_errors(
         type_=kind,
