@@ -598,6 +598,10 @@ _BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"action": None}, "action"),
     ({"epcList": "urn:epc:id:sgtin:0614141.107346.50"}, "epcList"),  # had no effect, a success
     ({"epcList": ["urn:epc:id:sgtin:0614141.107346.50", 7]}, "epcList[1]"),  # 7 was dropped
+    # kept under an id of its contents, and "" or 7 answered back as its eventID
+    ({"eventID": ""}, "eventID"),
+    ({"eventID": 7}, "eventID"),
+    ({"eventID": "evt 1"}, "eventID"),
 ]
 
 

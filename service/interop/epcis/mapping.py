@@ -480,6 +480,10 @@ def _check(event: Mapping[str, Any]) -> None:
     """The fields this service reads, as GS1's schema has them, whether or not it is
     configured (its formats are not checked where it names the errors: found by a
     probe). Raises EventError naming the first bad one."""
+    # an empty or non-string eventID was taken as none, the event kept under an id of its
+    # contents while the queries answered the bad value back (found by a probe)
+    if "eventID" in event and not _is_uri(event["eventID"]):
+        raise EventError("eventID", "must be a URI (urn:uuid:…, or the CBV's ni:///sha-256;… hash)")
     offset = event.get("eventTimeZoneOffset")
     if not (isinstance(offset, str) and _OFFSET.fullmatch(offset)):
         raise EventError("eventTimeZoneOffset", "is required: an offset from -14:00 to +14:00 (+08:00)")
