@@ -1546,3 +1546,23 @@ async def test_a_custody_step_on_an_event_moving_none_is_kept_with_a_warning(adm
     ), job
     history = await keys["inv"].ok("GET", f"/v1/codes/{SSCC_CODE}/history")
     assert ([e["type"] for e in history["events"]], history["custodian"]) == (["pack"], "M1"), history
+
+
+async def test_a_lot_too_long_or_not_a_string_is_refused_saying_so(admin: Api) -> None:
+    """Found by a probe: a commission whose ``ilmd`` lot was longer than 64 characters
+    or a number was refused as if it had none ("a commission needs the lot"). Each is
+    refused naming the lot and what is wrong with it; 64 characters are taken."""
+    keys = await _pharma_world(admin)
+    made = _ev("ObjectEvent", 0, M_LOC, action="ADD", bizStep="commissioning")
+    made["epcList"] = ["urn:epc:id:sgtin:0614141.107346.50"]
+    for lot, said in (("L" * 65, "is longer than 64 characters"), (12345, "must be a string")):
+        job = await keys["M1"].ok(
+            "POST", "/epcis/capture", _doc({**made, "ilmd": {**LOT, "cbvmda:lotNumber": lot}}), 202
+        )
+        [error] = job["errors"]
+        assert error["field"] == "ilmd.cbvmda:lotNumber", job
+        assert error["detail"].startswith(f"eventList[0].ilmd.cbvmda:lotNumber: {said}"), job
+    job = await keys["M1"].ok(
+        "POST", "/epcis/capture", _doc({**made, "ilmd": {**LOT, "cbvmda:lotNumber": "L" * 64}}), 202
+    )
+    assert job["success"], job

@@ -88,6 +88,7 @@ _CUSTODY_STEPS: Final = frozenset(
         "decommissioning",
     }
 )
+_MAX_LOT: Final = 64  # as /v1/events takes a lot
 _LOT_KEYS: Final = ("cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "lotNumber")
 _EXPIRY_KEYS: Final = (
     "cbvmda:itemExpirationDate",
@@ -672,7 +673,14 @@ def _command(
         elif step == "commissioning" and action == "ADD":
             kind = "commission"
             lot, expiry = _ilmd(event, _LOT_KEYS), _ilmd(event, _EXPIRY_KEYS)
-            extra["lot"] = lot if isinstance(lot, str) and len(lot) <= 64 else None
+            # found by a probe: one that was not read was refused as missing ("a commission needs the lot")
+            if lot is not None and not isinstance(lot, str):
+                raise EventError(_FIELDS["lot"], "must be a string (the lot as printed on the pack)")
+            if lot is not None and len(lot) > _MAX_LOT:
+                raise EventError(
+                    _FIELDS["lot"], f"is longer than {_MAX_LOT} characters (as lot on /v1/events)"
+                )
+            extra["lot"] = lot
             try:  # as /v1/events reads ``expiry``
                 extra["expiry"] = msgspec.convert(expiry, date) if expiry is not None else None
             except msgspec.ValidationError:
