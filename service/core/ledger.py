@@ -81,7 +81,14 @@ class Entry(msgspec.Struct, frozen=True):
 
     @property
     def evidence(self) -> Evidence:
-        return Evidence(NHSA, f"{self.org}/{self.interface}/{self.bchno}")
+        return record_evidence(self.org, self.interface, self.bchno)
+
+
+def record_evidence(org: str, interface: str, bchno: str) -> Evidence:
+    """The evidence of the flags one record raised: its STOCK_IMBALANCE (on its item) and
+    what a stock count found (on the codes it counted). When a 3507 deletes the record,
+    they rest on nothing and are withdrawn."""
+    return Evidence(NHSA, f"{org}/{interface}/{bchno}")
 
 
 class Figures(msgspec.Struct, frozen=True):

@@ -175,6 +175,27 @@ async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -
     return [r["flag_id"] for r in rows]
 
 
+async def withdraw_resting_on(
+    conn: Conn, sources: Sequence[Evidence], codes: Sequence[str], note: str
+) -> list[int]:
+    """Pending and open flags whose evidence is one of ``sources`` (records an NHSA 3507
+    deleted: nothing else raised them) become auto_cleared, ``note`` saying why.
+    ``codes``: every code such a flag may be on (on Citus, the shards to visit)."""
+    if not sources:
+        return []
+    rows = await conn.fetch(
+        """UPDATE flags SET status = 'auto_cleared', updated_at = now()
+           WHERE code = ANY($1::text[]) AND status IN ('pending', 'open')
+             AND (source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+           RETURNING code, flag_id""",
+        list(codes),
+        [e.kind for e in sources],
+        [e.id for e in sources],
+    )
+    await _changed_by_system(conn, rows, "auto_cleared", note)
+    return [r["flag_id"] for r in rows]
+
+
 async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status: str, note: str) -> None:
     """Keep the system's change of ``flags`` (rows of code and flag_id) in their history,
     and on the feed's outbox."""

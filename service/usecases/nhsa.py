@@ -213,6 +213,14 @@ def _ledger_writer(
         # the answer names this upload's records' flags, and a stored record's only when
         # this upload raised it (not one it stood under already)
         reported = flags + [f for f in rejudged if f.key in fresh]
+        # what only a deleted record raised (its STOCK_IMBALANCE, what a deleted count
+        # found) rests on nothing now: withdrawn
+        await flag_store.withdraw_resting_on(
+            conn,
+            [rules.record_evidence(org, t["interface"], t["fixmedins_bchno"]) for t in uploaded.targets],
+            sorted({c for t in uploaded.targets for c in (t["med_list_codg"], *t["codes"])}),
+            f"the record it rests on was deleted (NHSA 3507, msgid {msgid})",
+        )
         return [raised[f.key] for f in reported if f.key in raised]
 
     return write

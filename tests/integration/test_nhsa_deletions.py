@@ -4,14 +4,16 @@ another sale's or a settlement's."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.helpers import Api, cn20, event
 from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale, sale_return
-from tests.integration.test_nhsa_ledger import deletion
+from tests.integration.test_nhsa_ledger import count, deletion
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -454,3 +456,59 @@ async def test_deleting_the_upload_of_a_refunded_settled_sale_keeps_the_settleme
     after = (await inv.ok("GET", f"/v1/codes/{u[2]}/history"))["settlements"]
     assert after == before
     assert await _units_left(p2, u[2]) == 24
+
+
+async def test_what_only_a_deleted_record_raised_is_withdrawn(
+    admin: Api, server_urls: tuple[str, str]
+) -> None:
+    """A sale beyond the ledger (STOCK_IMBALANCE), a stock count of a pack D1 holds
+    (DIVERSION) and one of a pack sold already (DUPLICATE) rest on their records alone:
+    deleted by a 3507 (the counts in one 3507A), each flag is auto_cleared by the system,
+    its history naming the deletion, and the feed says so. A flag an investigator took
+    up stays as they left it. Found by a probe: they all stood."""
+    w = await _world(admin)  # P2 bought 96 units
+    m, d1, p2, u = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P2"], w["units"]
+    inv = await admin.key_for("investigator")
+    elsewhere = cn20(w["unit"], 79)
+    await m.events(
+        event("commission", "M1", [elsewhere], 0, lot="L1", expiry="2028-12-31"),
+        event("ship", "M1", [elsewhere], 1, to="D1"),
+    )
+    await d1.events(event("receive", "D1", [elsewhere], 2))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("S1", [u[0]], 24, sel_retn_time=MARCH_5_10)}))
+    raised = {}
+    for bchno, body in (
+        ("BIG1", {"selinfo": sale("BIG1", [], 200, sel_retn_time=MARCH_5_11)}),
+        ("BIG2", {"selinfo": sale("BIG2", [], 200, sel_retn_time=MARCH_5_11)}),
+        ("KDIV", {"invinfo": count("KDIV", 1, "2026-03-06", elsewhere)}),
+        ("KDUP", {"invinfo": count("KDUP", 1, "2026-03-06", u[0])}),
+    ):
+        out = await nhsa(p2, envelope("3505" if bchno.startswith("BIG") else "3501", body))
+        [raised[bchno]] = out["output"]["tracecode"]["flags"]
+    assert [raised[b]["kind"] for b in raised] == ["STOCK_IMBALANCE"] * 2 + ["DIVERSION", "DUPLICATE"]
+    taken_up = raised.pop("BIG2")["flag_id"]
+    await inv.ok("PATCH", f"/v1/flags/{taken_up}", {"status": "investigating", "note": "calling them"})
+
+    await delete_sale(p2, "BIG1")
+    await delete_sale(p2, "BIG2")
+    out = await nhsa(p2, envelope("3507A", {"goodDetail": [deletion("KDIV", "1"), deletion("KDUP", "1")]}))
+    assert out["output"]["tracecode"]["deleted"] == ["KDIV", "KDUP"], out
+
+    r = aioredis.from_url(server_urls[1])
+    try:
+        for bchno, f in raised.items():
+            flag = await inv.ok("GET", f"/v1/flags/{f['flag_id']}")
+            assert flag["status"] == "auto_cleared", (bchno, flag)
+            last = flag["history"][-1]
+            assert (last["status"], last["by_key"]) == ("auto_cleared", "system"), (bchno, flag["history"])
+            assert "3507" in last["note"], last
+            for _ in range(100):  # the feed's publisher runs every second at most
+                entries = await r.xrange("flags")
+                fed = [e[1][b"status"] for e in entries if e[1][b"flag_id"].decode() == f["flag_id"]]
+                if fed[-1:] == [b"auto_cleared"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert fed[-1:] == [b"auto_cleared"], (bchno, fed)
+    finally:
+        await r.aclose()
+    assert (await inv.ok("GET", f"/v1/flags/{taken_up}"))["status"] == "investigating"
