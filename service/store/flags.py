@@ -16,6 +16,10 @@ from service.store import codes as code_store
 from service.store.conn import Conn
 
 _COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs"
+# The flags an automatic clear may take (a replay, a late sale, a deletion): pending or
+# open, and not moved by a person. A status a person set (open again after an automatic
+# clear, say) is a decision no automatic change undoes; a note alone moves nothing.
+CLEARABLE = "status IN ('pending', 'open') AND NOT moved_by_person"
 
 
 async def raise_flags(
@@ -117,25 +121,25 @@ async def auto_clear(
     cleared_by: list[str],
     rejudged: Iterable[tuple[str, str]],
 ) -> list[int]:
-    """Open flags of ``kinds`` on ``codes`` (and OUT_OF_REGION flags raised at a receipt)
-    that the current fold no longer suspects (their key is not in ``standing``) become
-    auto_cleared, naming the events that explained them. Event flags on these codes were
+    """Flags of ``kinds`` on ``codes`` (and OUT_OF_REGION flags raised at a receipt), of
+    those CLEARABLE, that the current fold no longer suspects (their key is not in
+    ``standing``) become auto_cleared, naming the events that explained them. Event flags on these codes were
     all re-judged by the fold; a settlement's flag only if its (code, setl_id) is in
     ``rejudged``."""
     keep = list(standing)
     again = list(rejudged)
     rows = await conn.fetch(
-        """UPDATE flags
+        f"""UPDATE flags
            SET status = 'auto_cleared', updated_at = now(),
                refs = refs || jsonb_build_object('cleared_by', $3::text[])
-           WHERE code = ANY($1::text[]) AND status IN ('pending', 'open')
+           WHERE code = ANY($1::text[]) AND {CLEARABLE}
              AND (kind = ANY($2::text[]) OR (kind = 'OUT_OF_REGION' AND refs ? $10::text))
              AND (source_kind = 'event'
                   OR (source_kind = 'settlement'
                       AND (code, source_id) IN (SELECT * FROM unnest($4::text[], $5::text[]))))
              AND (code, kind, source_kind, source_id) NOT IN
                  (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[]))
-           RETURNING code, flag_id""",
+           RETURNING code, flag_id""",  # noqa: S608 - fixed fragments only
         list(codes),
         list(kinds),
         cleared_by,
@@ -152,19 +156,19 @@ async def auto_clear(
 
 
 async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -> list[int]:
-    """Pending and open flags of exactly ``keys`` that later-arriving events explained (a
+    """Flags of exactly ``keys`` (those CLEARABLE) that later-arriving events explained (a
     sale flagged DUPLICATE that, its pack's sales folded again in event time, found the
     pack in stock) become auto_cleared, naming those events."""
     if not keys:
         return []
     rows = await conn.fetch(
-        """UPDATE flags
+        f"""UPDATE flags
            SET status = 'auto_cleared', updated_at = now(),
                refs = refs || jsonb_build_object('cleared_by', $5::text[])
-           WHERE code = ANY($2::text[]) AND status IN ('pending', 'open')
+           WHERE code = ANY($2::text[]) AND {CLEARABLE}
              AND (kind, code, source_kind, source_id) IN
                  (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))
-           RETURNING code, flag_id""",
+           RETURNING code, flag_id""",  # noqa: S608 - fixed fragments only
         [kind for kind, _, _ in keys],
         [code for _, code, _ in keys],
         [source.kind for _, _, source in keys],
@@ -178,16 +182,16 @@ async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -
 async def withdraw_resting_on(
     conn: Conn, sources: Sequence[Evidence], codes: Sequence[str], note: str
 ) -> list[int]:
-    """Pending and open flags whose evidence is one of ``sources`` (records an NHSA 3507
+    """Flags (those CLEARABLE) whose evidence is one of ``sources`` (records an NHSA 3507
     deleted: nothing else raised them) become auto_cleared, ``note`` saying why.
     ``codes``: every code such a flag may be on (on Citus, the shards to visit)."""
     if not sources:
         return []
     rows = await conn.fetch(
-        """UPDATE flags SET status = 'auto_cleared', updated_at = now()
-           WHERE code = ANY($1::text[]) AND status IN ('pending', 'open')
+        f"""UPDATE flags SET status = 'auto_cleared', updated_at = now()
+           WHERE code = ANY($1::text[]) AND {CLEARABLE}
              AND (source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
-           RETURNING code, flag_id""",
+           RETURNING code, flag_id""",  # noqa: S608 - fixed fragments only
         list(codes),
         [e.kind for e in sources],
         [e.id for e in sources],
@@ -290,10 +294,12 @@ async def changes(conn: Conn, code: str, flag_id: int) -> list[dict[str, Any]]:
 
 
 async def set_status(conn: Conn, code: str, flag_id: int, status: str, note: str | None, by_key: str) -> None:
-    """A person's change of status: the flag, its history and the feed's outbox."""
+    """A person's change of status: the flag (moved by a person: no automatic clear takes
+    it now), its history and the feed's outbox."""
     await conn.execute(
         """WITH outbox AS (INSERT INTO flag_outbox (code, flag_id, status) VALUES ($1, $2, $3))
-           UPDATE flags SET status = $3, updated_at = now() WHERE code = $1 AND flag_id = $2""",
+           UPDATE flags SET status = $3, updated_at = now(), moved_by_person = true
+           WHERE code = $1 AND flag_id = $2""",
         code,
         flag_id,
         status,

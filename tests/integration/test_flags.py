@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.store.migrations import MIGRATIONS_DIR
 from tests.helpers import BASE_TIME, Api, at, cn20, event, received, sscc, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -672,3 +673,71 @@ async def test_the_destination_receiving_after_a_wrong_receipt_is_no_diversion(a
     right = await w["keys"]["P1"].events(event("receive", "P1", [code], 3))
     assert right["flags"] == [], right
     assert (await w["inv"].ok("GET", f"/v1/codes/{code}/history"))["custodian"] == "P1"
+
+
+def _lines(flag: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(h["status"], h["by_key"]) for h in flag["history"]]
+
+
+async def test_a_status_a_person_set_is_not_undone_by_an_automatic_clear(admin: Api, db_url: str) -> None:
+    """Auto-cleared by a late ship, opened again by an investigator who doubts that ship:
+    a later replay of the pack's history (an earlier scan uploaded late) leaves it open.
+    Found by a probe: the replay cleared it again. A note alone moves nothing: a pending
+    flag with one is still cleared when its explanation arrives."""
+    from service.store.db import create_pool
+    from service.usecases import flags as flag_usecases
+
+    w = await world(admin)
+    d1, p1, inv = w["keys"]["D1"], w["keys"]["P1"], w["inv"]
+    who = inv.key.split(".")[0]
+    code = await _held_by_d1(w, 906)
+    [flag] = (await p1.events(event("receive", "P1", [code], 10)))["flags"]
+    await d1.events(event("ship", "D1", [code], 3, to="P1"))
+    assert (await inv.ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "auto_cleared"
+    doubt = {"status": "open", "note": "that ship looks forged"}
+    await inv.ok("PATCH", f"/v1/flags/{flag['flag_id']}", doubt)
+    replayed = await d1.events(event("receive", "D1", [code], 2.5))
+    assert replayed["rejected"] == []
+    after = await inv.ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert after["status"] == "open"
+    assert _lines(after) == [("auto_cleared", "system"), ("open", who)]
+
+    other = await _held_by_d1(w, 907)
+    [noted] = (await p1.events(event("receive", "P1", [other], 10)))["flags"]
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        await flag_usecases.change(pool, int(noted["flag_id"]), None, "asking D1", who)
+    finally:
+        await pool.close()
+    await d1.events(event("ship", "D1", [other], 3, to="P1"))
+    cleared = await inv.ok("GET", f"/v1/flags/{noted['flag_id']}")
+    assert _lines(cleared) == [("pending", who), ("auto_cleared", "system")]
+
+
+async def test_flags_moved_by_a_person_before_are_marked_so_by_the_migration(admin: Api, db: Any) -> None:
+    """0025_flag_moved_by_person.sql marks the flags stored before it whose latest status a
+    person set (their latest history line is a person's, of the status they have), and
+    no other; applied again, it changes nothing."""
+    w = await world(admin)
+    d1, p1, inv = w["keys"]["D1"], w["keys"]["P1"], w["inv"]
+    ids = {}
+    for serial, name in ((908, "reopened"), (909, "auto_cleared"), (910, "pending"), (911, "confirmed")):
+        code = await _held_by_d1(w, serial)
+        [flag] = (await p1.events(event("receive", "P1", [code], 10)))["flags"]
+        ids[name] = int(flag["flag_id"])
+        if name in ("reopened", "auto_cleared"):
+            await d1.events(event("ship", "D1", [code], 3, to="P1"))
+    await inv.ok("PATCH", f"/v1/flags/{ids['reopened']}", {"status": "open", "note": "forged ship"})
+    await inv.ok("PATCH", f"/v1/flags/{ids['confirmed']}", {"status": "confirmed"})
+    await db.execute(  # a note alone on the pending one
+        """INSERT INTO flag_changes (code, flag_id, status, note, by_key)
+           SELECT code, flag_id, status, 'asking D1', 'k_inv' FROM flags WHERE flag_id = $1""",
+        ids["pending"],
+    )
+    marked = "SELECT flag_id FROM flags WHERE moved_by_person ORDER BY flag_id"
+    assert [r["flag_id"] for r in await db.fetch(marked)] == [ids["reopened"], ids["confirmed"]]
+    await db.execute("UPDATE flags SET moved_by_person = false")  # as stored before
+    fill = (MIGRATIONS_DIR / "0025_flag_moved_by_person.sql").read_text()
+    for _ in range(2):
+        await db.execute(fill)
+        assert [r["flag_id"] for r in await db.fetch(marked)] == [ids["reopened"], ids["confirmed"]]
