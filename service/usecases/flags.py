@@ -65,22 +65,23 @@ async def change(
 ) -> dict[str, Any] | None:
     """Set the flag's status, keeping who changed it, when and why; the flag as it now
     is (as :func:`read`), or None for an unknown flag. The change goes onto the feed's
-    outbox in the same transaction. ``status`` None adds the note alone to the flag's
-    history, under the status it has once locked (a promotion may have just run): the
-    flag itself does not change, so a pending flag's grace window still runs from when
-    it was raised, and the feed has nothing new."""
+    outbox in the same transaction. ``status`` None, or the status the flag has once
+    locked (a promotion may have just run), adds the note alone to the flag's history,
+    under that status: the flag itself does not change, so a pending flag's grace
+    window still runs from when it was raised, and the feed has nothing new; without a
+    note either, nothing changes."""
     async with pool.acquire() as conn, conn.transaction():
         found = await flag_store.get(conn, flag_id)  # a flag's code never changes
         if found is None:
             return None
         code = found["code"]
         await flag_store.lock(conn, code, flag_id)
-        if status is None:
-            locked = await flag_store.get(conn, flag_id)
-            assert locked is not None
-            await flag_store.add_change(conn, code, flag_id, str(locked["status"]), note, by_key)
-        else:
+        locked = await flag_store.get(conn, flag_id)
+        assert locked is not None
+        if status is not None and status != locked["status"]:
             await flag_store.set_status(conn, code, flag_id, status, note, by_key)
+        elif note:
+            await flag_store.add_change(conn, code, flag_id, str(locked["status"]), note, by_key)
         flag = await flag_store.get(conn, flag_id)
         assert flag is not None
         return {**shown(flag), "history": await flag_store.changes(conn, code, flag_id)}

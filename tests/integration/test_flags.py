@@ -741,3 +741,48 @@ async def test_flags_moved_by_a_person_before_are_marked_so_by_the_migration(adm
     for _ in range(2):
         await db.execute(fill)
         assert [r["flag_id"] for r in await db.fetch(marked)] == [ids["reopened"], ids["confirmed"]]
+
+
+def _notes(flag: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(h["status"], h["note"]) for h in flag["history"]]
+
+
+async def test_setting_the_status_a_flag_has_is_a_note(
+    admin: Api, db: Any, server_urls: tuple[str, str]
+) -> None:
+    """A PATCH of the status the flag has already is a note, as a PATCH without status is:
+    a line of its history, nothing on the feed, and the flag not moved by the person
+    (still cleared automatically); with no note either, nothing changes. The answer is
+    the flag all the same. Found by a probe: the feed had the same change twice."""
+    w = await world(admin)
+    m, p1, inv = w["keys"]["M1"], w["keys"]["P1"], w["inv"]
+    code = cn20(w["unit"], 912)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [code], 2), event("dispense", "P1", [code], 3))
+    [flag] = (await p1.events(event("dispense", "P1", [code], 4)))["flags"]
+    path = f"/v1/flags/{flag['flag_id']}"
+    seen = await inv.ok("PATCH", path, {"status": "open", "note": "seen"})
+    assert (seen["status"], _notes(seen)) == ("open", [("open", "seen")])
+    moved = "SELECT moved_by_person FROM flags WHERE flag_id = $1"
+    assert await db.fetchval(moved, int(flag["flag_id"])) is False
+    await inv.ok("PATCH", path, {"status": "confirmed", "note": "a"})
+    again = await inv.ok("PATCH", path, {"status": "confirmed", "note": "b"})
+    bare = await inv.ok("PATCH", path, {"status": "confirmed"})
+    lines = [("open", "seen"), ("confirmed", "a"), ("confirmed", "b")]
+    assert _notes(again) == lines
+    assert (bare["status"], _notes(bare)) == ("confirmed", lines)
+
+    r = aioredis.from_url(server_urls[1])
+    try:
+        for _ in range(100):
+            entries = await r.xrange("flags")
+            fed = [e[1][b"status"] for e in entries if e[1][b"flag_id"].decode() == flag["flag_id"]]
+            if b"confirmed" in fed and not await db.fetchval("SELECT count(*) FROM flag_outbox"):
+                break
+            await asyncio.sleep(0.05)
+        assert fed == [b"open", b"confirmed"]
+    finally:
+        await r.aclose()
