@@ -51,17 +51,24 @@ def _log_level(name: str, default: str) -> str:
     return raw.lower()
 
 
-def _positive(name: str, default: float) -> float:
+def _positive(name: str, default: float, high: float) -> float:
     """A number above 0: a wait of 0 would answer every request that waits at all with a
     503 (TRACE_DB_ACQUIRE_SECONDS), a period of 0 would loop without pause
     (TRACE_FLAG_PROMOTE_SECONDS: a probe saw 1,600 transactions a second, idle)."""
-    value = _float(name, default)
+    value = _float(name, default, high)
     if value == 0:
         raise SystemExit(f"{name} must be more than 0")
     return value
 
 
-def _float(name: str, default: float) -> float:
+DAY_SECONDS = 24 * 3600
+TEN_YEARS_HOURS = 10 * 365 * 24
+
+
+def _float(name: str, default: float, high: float) -> float:
+    """A finite number from 0 to ``high``: every time setting has a sane upper bound, so
+    that no value taken here fails later (TRACE_FLAG_GRACE_HOURS=1e11 passed, then the
+    app failed at startup: a timedelta of it overflows)."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -73,6 +80,8 @@ def _float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a finite number, got {raw!r}")
     if value < 0:
         raise SystemExit(f"{name} must not be negative, got {raw!r}")
+    if value > high:
+        raise SystemExit(f"{name} must be at most {high:g}, got {raw!r}")
     return value
 
 
@@ -185,13 +194,13 @@ class Settings:
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024, 1),
             psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
             log_level=_log_level("TRACE_LOG_LEVEL", "info"),
-            key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0),
-            flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0),
-            flag_promote_seconds=_positive("TRACE_FLAG_PROMOTE_SECONDS", 60.0),
+            key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0, DAY_SECONDS),
+            flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0, TEN_YEARS_HOURS),
+            flag_promote_seconds=_positive("TRACE_FLAG_PROMOTE_SECONDS", 60.0, DAY_SECONDS),
             epcis_schema=Path(os.environ["TRACE_EPCIS_SCHEMA"])
             if os.environ.get("TRACE_EPCIS_SCHEMA")
             else None,
             rate_limits=_rate_limits(),
             secure_cookies=_flag("TRACE_SECURE_COOKIES"),
-            db_acquire_seconds=_positive("TRACE_DB_ACQUIRE_SECONDS", 10.0),
+            db_acquire_seconds=_positive("TRACE_DB_ACQUIRE_SECONDS", 10.0, 3600),
         )

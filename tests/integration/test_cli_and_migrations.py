@@ -185,6 +185,10 @@ async def test_typed_identities_migration_converts_stored_rows(db, tmp_path) -> 
         ("TRACE_MAX_BODY_BYTES", "-5", "TRACE_MAX_BODY_BYTES must be at least 1"),
         ("TRACE_FLAG_PROMOTE_SECONDS", "0", "TRACE_FLAG_PROMOTE_SECONDS must be more than 0"),
         ("TRACE_KEY_CACHE_SECONDS", "nan", "TRACE_KEY_CACHE_SECONDS must be a finite number"),
+        ("TRACE_FLAG_GRACE_HOURS", "1e11", "TRACE_FLAG_GRACE_HOURS must be at most 87600"),
+        ("TRACE_FLAG_PROMOTE_SECONDS", "1e300", "TRACE_FLAG_PROMOTE_SECONDS must be at most 86400"),
+        ("TRACE_KEY_CACHE_SECONDS", "86401", "TRACE_KEY_CACHE_SECONDS must be at most 86400"),
+        ("TRACE_DB_ACQUIRE_SECONDS", "3601", "TRACE_DB_ACQUIRE_SECONDS must be at most 3600"),
         ("TRACE_DB_POOL_MAX", "0", "TRACE_DB_POOL_MAX must be at least 2"),  # the min, 2 by default
         ("TRACE_DB_POOL_MIN", "12", "TRACE_DB_POOL_MAX must be at least 12"),
     ],
@@ -194,8 +198,9 @@ async def test_a_setting_out_of_range_stops_serve_before_anything_starts(
 ) -> None:
     """Found by a probe: a port beyond 65535 bound another, 0 workers ran one, a promote
     period of 0 looped without pause, a body limit below 1 refused every body, NaN was
-    taken as a cache time, and pool sizes that asyncpg refuses failed with a traceback
-    after the embedded servers had started."""
+    taken as a cache time, pool sizes that asyncpg refuses failed with a traceback
+    after the embedded servers had started, and so did a grace window of 1e11 hours
+    (an OverflowError: each time setting now has an upper bound)."""
     env = {**_env(tmp_path / "data"), setting: value}
     if setting == "TRACE_DB_POOL_MIN":
         env["TRACE_DB_POOL_MAX"] = "4"
