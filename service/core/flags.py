@@ -24,12 +24,16 @@ from service.core.sales import Consumption
 EVENT = "event"
 SETTLEMENT = "settlement"
 PERSON = "person"
+NHSA = "nhsa"  # one uploaded 进销存 record (core.ledger.record_evidence)
 
 PENDING, OPEN = "pending", "open"
 # The custody suspicions: activity on a code whose commission is not known, or by an
 # organisation not known to hold it (a receive with no matching shipment, a move or sale
 # by someone else). A late upload can explain them (the commission, the shipment), and the
 # fold judges them again when one arrives, so they start pending for the grace window.
+# Only those the fold raised, on an event or a settlement: a stock count's DIVERSION
+# (core.ledger.count_flags) is judged once, when the count arrives (nothing replays a
+# count), so it is open at once; pending, it would be promoted whatever arrived meanwhile.
 # Every other kind rests on facts that a later upload rarely changes (the pack was already
 # consumed, its product, expiry, recall or region, a second commission, a person's
 # purchases), so it is open at once. The one exception: a late sale or return folds its
@@ -66,9 +70,10 @@ def mismatch_refs(billed: str, product: Product | None) -> dict[str, Any]:
     return {"billed": billed, ITEMS: items(billed, *([product.med_list_codg] if product else []))}
 
 
-def initial_status(kind: str) -> str:
-    """The status a new flag of ``kind`` starts in."""
-    return PENDING if kind in CUSTODY_KINDS else OPEN
+def initial_status(kind: str, source: Evidence) -> str:
+    """The status a new flag of ``kind`` resting on ``source`` starts in: pending for a
+    custody suspicion that the fold judges again (on an event or a settlement)."""
+    return PENDING if kind in CUSTODY_KINDS and source.kind in (EVENT, SETTLEMENT) else OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,7 @@ class NewFlag:
 
     @property
     def status(self) -> str:
-        return initial_status(self.kind)
+        return initial_status(self.kind, self.source)
 
     @property
     def key(self) -> FlagKey:

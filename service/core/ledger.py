@@ -12,10 +12,9 @@ from uuid import UUID
 import msgspec
 
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
-from service.core.flags import ITEMS, Evidence, NewFlag, items
+from service.core.flags import ITEMS, NHSA, Evidence, NewFlag, items
 
 STOCK_IMBALANCE = "STOCK_IMBALANCE"
-NHSA = "nhsa"  # flag evidence: one uploaded record
 
 # ledger kinds, and the side of the balance each is on
 COUNT = "count"
@@ -207,7 +206,8 @@ def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], 
 def count_flags(entry: Entry, states: Mapping[str, CodeState], region: str | None) -> list[NewFlag]:
     """What a stock count reveals about the codes it counted: a pack this service knows to
     be held by another organisation (DIVERSION), sold already (DUPLICATE, 回流) or destroyed
-    (DUPLICATE: a destroyed pack back in stock). A code never seen adds nothing here."""
+    (DUPLICATE: a destroyed pack back in stock). A code never seen adds nothing here.
+    Judged once, as the count arrives (open at once: ``core.flags.initial_status``)."""
     out = []
     for code in entry.codes:
         s = states.get(code)

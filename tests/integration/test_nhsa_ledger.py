@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api
+from tests.helpers import Api, cn20, event
 from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale, sale_return
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -326,6 +326,29 @@ async def test_stock_count_of_a_sold_pack_is_flagged(admin: Api) -> None:
     out = await nhsa(p2, envelope("3501A", {"invinfoDetail": rows}))
     assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["DUPLICATE"], out
     assert [e["fixmedins_bchno"] for e in out["output"]["invinfoErrDetail"]] == ["K301"]
+
+
+async def test_a_stock_counts_diversion_is_open_at_once(admin: Api) -> None:
+    """A count of a pack D1 holds is DIVERSION, and open at once: nothing judges a count
+    again (a ship to the counting pharmacy uploaded late does not clear it), so a pending
+    one was promoted to open after the grace window whatever had arrived meanwhile, its
+    history saying nothing explained it (found by a probe)."""
+    w = await _world(admin)
+    inv = await admin.key_for("investigator")
+    m, d1, p2 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P2"]
+    code = cn20(w["unit"], 78)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31"),
+        event("ship", "M1", [code], 1, to="D1"),
+    )
+    await d1.events(event("receive", "D1", [code], 2))
+    out = await nhsa(p2, envelope("3501", {"invinfo": count("KDIV2", 1, "2026-03-03", code)}))
+    [flag] = out["output"]["tracecode"]["flags"]
+    [listed] = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]  # not pending: listed
+    assert (listed["flag_id"], listed["kind"], listed["status"]) == (flag["flag_id"], "DIVERSION", "open")
+    await d1.events(event("ship", "D1", [code], 10, to="P2"))
+    await p2.events(event("receive", "P2", [code], 20))
+    assert (await inv.ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "open"  # an investigator's call
 
 
 async def test_bad_inventory_input(admin: Api, db: Any) -> None:
