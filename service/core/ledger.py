@@ -11,8 +11,9 @@ from uuid import UUID
 
 import msgspec
 
-from service.core.custody import DESTROYED, IN_TRANSIT, CodeState
+from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, Fact, counted, replay
 from service.core.flags import ITEMS, NHSA, Evidence, NewFlag, items
+from service.core.sales import Consumption
 
 STOCK_IMBALANCE = "STOCK_IMBALANCE"
 
@@ -200,6 +201,42 @@ def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], 
                 source=e.evidence,
             )
         )
+    return out
+
+
+def _moved_since(state: CodeState, at: datetime) -> bool:
+    """Did anything happen to the pack after ``at``: an event, or a settlement's take?"""
+    return state.last_at > at or (state.sold_at is not None and state.sold_at > at)
+
+
+def counted_late(counts: Iterable[Entry], states: Mapping[str, CodeState]) -> list[str]:
+    """The counted packs that moved or were sold after their count's time: a count
+    uploaded late (a month's count, say) is judged on them as they were then
+    (:func:`as_counted`), which takes their history."""
+    return sorted({c for e in counts for c in e.codes if c in states and _moved_since(states[c], e.at)})
+
+
+def as_counted(
+    entry: Entry, states: Mapping[str, CodeState], history: Iterable[Fact], takes: Iterable[Consumption]
+) -> Mapping[str, CodeState]:
+    """The packs a count counted as they were at its time (it stands at the start of its
+    ``invdate``): a pack that moved or was sold after it is folded from its ``history``
+    (its events and its settlements' takes, as the stored rows' ``counted_late`` packs
+    need) up to the count, and has the units that the sales before it left (``takes``;
+    one returned since counts as returned then too). Found by a probe: a month's count
+    uploaded after the month's sales called a pack sold after the count a resale, and
+    one shipped after it a diversion; in date order, nothing was flagged."""
+    late = [c for c in entry.codes if c in states and _moved_since(states[c], entry.at)]
+    if not late:
+        return states
+    before = [f for f in counted(history) if f.at <= entry.at]
+    world = replay(before, keep={c: states[c] for c in late}, pack_units={})
+    out = dict(states)
+    for code in late:
+        then = world.get(code, entry.at)
+        used = sum(t.units for t in takes if t.code == code and t.at <= entry.at and not t.reversed)
+        then.units_left = None if then.pack_units is None else then.pack_units - used
+        out[code] = then
     return out
 
 

@@ -13,14 +13,18 @@ import asyncpg
 
 from service import metrics
 from service.core import ledger as rules
+from service.core.custody import Fact
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagKey, FlagRef, NewFlag
+from service.core.sales import Consumption
 from service.interop.nhsa.envelope import text
 from service.interop.nhsa.sales import NAMESPACE, Record, same_record
 from service.store import codes as code_store
+from service.store import events as event_store
 from service.store import flags as flag_store
 from service.store import ledger as ledger_store
 from service.store import registry
+from service.store import sales as sale_store
 from service.store import settlements as setl_store
 from service.store.conn import Conn
 from service.usecases.events import IngestResult, ingest
@@ -206,8 +210,16 @@ def _ledger_writer(
         if counts:
             found = await registry.get_orgs(conn, [org])
             region = found[org].region if org in found else None
+            # a count stands at its time: packs moved or sold since are judged as they were
+            history: list[Fact] = []
+            takes: list[Consumption] = []
+            if late := rules.counted_late(counts, states):
+                family = sorted({*late, *await code_store.ancestors_ever(conn, late)})
+                history = await event_store.facts_for(conn, family)
+                history += await sale_store.settlement_facts(conn, family)
+                takes = await sale_store.of_codes(conn, late, open_only=False)
             for e in counts:
-                flags += rules.count_flags(e, states, region)
+                flags += rules.count_flags(e, rules.as_counted(e, states, history, takes), region)
         fresh: set[FlagKey] = set()
         raised = await flag_store.raise_flags(conn, flags + rejudged, fresh, uploaded.ledger_flag_kinds)
         # the answer names this upload's records' flags, and a stored record's only when

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, cn20, event
+from tests.helpers import Api, cn20, event, pack_claim
 from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale, sale_return
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -326,6 +326,30 @@ async def test_stock_count_of_a_sold_pack_is_flagged(admin: Api) -> None:
     out = await nhsa(p2, envelope("3501A", {"invinfoDetail": rows}))
     assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["DUPLICATE"], out
     assert [e["fixmedins_bchno"] for e in out["output"]["invinfoErrDetail"]] == ["K301"]
+
+
+async def test_a_count_uploaded_late_judges_its_packs_as_they_were_on_its_day(admin: Api) -> None:
+    """A month's count comes after the month's sales and moves. Judged against its packs
+    as they are now, it called a pack sold (by a 3505 or a settlement) after the count's
+    day a resale, and one shipped away after it a diversion; in date order nothing was
+    flagged (found by a probe). A pack sold before the count's day is still DUPLICATE."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    sold = sale("LS1", [u[0]], 24, sel_retn_time="2026-03-08 10:00:00")
+    await nhsa(p2, envelope("3505", {"selinfo": sold}))
+    shipped = change("LT1", "102", 24, [u[1]], inv_chg_time="2026-03-08 11:00:00")
+    assert (await nhsa(p2, envelope("3502", {"invinfo": shipped})))["infcode"] == 0
+    claim = pack_claim("LSETL", u[2], 0, org="P2")
+    claim["at"] = "2026-03-08T04:00:00+00:00"  # 12:00 China time on the 8th
+    assert (await insurer.ok("POST", "/v1/settlements", claim))["decision"] == "accepted"
+    before = sale("LS0", [u[3]], 24, sel_retn_time="2026-03-06 10:00:00")
+    await nhsa(p2, envelope("3505", {"selinfo": before}))
+    counted = count("LK1", 96, "2026-03-07", drugtracinfo=[{"drug_trac_codg": code} for code in u])
+    out = await nhsa(p2, envelope("3501", {"invinfo": counted}))
+    assert out["infcode"] == 0, out
+    flagged = [(f["kind"], f["code"]) for f in out["output"]["tracecode"]["flags"]]
+    assert flagged == [("DUPLICATE", u[3])], out  # sold on the 6th, counted on the 7th
 
 
 async def test_a_stock_counts_diversion_is_open_at_once(admin: Api) -> None:
