@@ -275,7 +275,7 @@ async def test_service_keeps_working_while_redis_is_down(
         out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 9)], 0))
         assert [f["kind"] for f in out["flags"]] == ["UNKNOWN_CODE"]
         failed = 0.0
-        for _ in range(100):
+        for _ in range(400):  # up to 20 s: the publisher's loop is slow on a busy Citus cluster
             failed = _metric((await client.get("/metrics")).text, "tracecode_flags_publish_failed_total")
             if failed > failed_before:
                 break
