@@ -65,8 +65,9 @@ class Incoming(msgspec.Struct, frozen=True):
     quantity: int | None = None
     setl_id: str | None = None
     ref: str | None = None
-    # the catalogue item a dispense was billed as (NHSA sale uploads carry it): a pack of
-    # another product raises PRODUCT_MISMATCH (串换), as a settlement line does
+    # the catalogue item a dispense was billed as (NHSA sale uploads carry it), or an NHSA
+    # 3502 move was recorded under: a pack of another product raises PRODUCT_MISMATCH
+    # (串换), as a settlement line does
     med_list_codg: str | None = None
     # an NHSA 3507 deletion's compensation names the event it undoes: a return, the
     # dispense whose units it gives back; a dispense, the return whose units it takes

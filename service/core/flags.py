@@ -188,11 +188,12 @@ def billed_flags(
     products: Mapping[str, Product],
     orgs: Mapping[str, Org],
 ) -> list[NewFlag]:
-    """What a dispense that names the item it bills (``med_list_codg``, as NHSA sales
-    do) is suspicious of: a pack of another product than the one billed (串换,
-    PRODUCT_MISMATCH). It is about what was billed, not about units: a dispense of a
-    sale that took the pack already (its settlement came first) takes nothing again, and
-    is judged for this all the same, so the flag does not depend on which arrived
+    """What an event that names the item it moves (``med_list_codg``: an NHSA sale
+    bills it, a 3502 change records its ledger under it) is suspicious of: a pack of
+    another product than that item (串换, PRODUCT_MISMATCH; the ledger of one item moves
+    while the other's packs do). It is about the item named, not about units: a dispense
+    of a sale that took the pack already (its settlement came first) takes nothing again,
+    and is judged for this all the same, so the flag does not depend on which arrived
     first."""
     if not event.med_list_codg:
         return []
@@ -203,21 +204,23 @@ def billed_flags(
         product = products.get(state.product_id or "") if state.commissioned else None
         if product is None or product.med_list_codg == event.med_list_codg:
             continue
-        detail = f"billed as {event.med_list_codg}, the pack is {product.med_list_codg} ({product.name})"
+        named = "billed" if event.type == "dispense" else "recorded"
+        detail = f"{named} as {event.med_list_codg}, the pack is {product.med_list_codg} ({product.name})"
         refs = mismatch_refs(event.med_list_codg, product)
         out.append(_dispense_flag(event, org.region, PRODUCT_MISMATCH, code, detail, **refs))
     return out
 
 
 def _dispense_flag(event: Incoming, region: str, kind: str, code: str, detail: str, **refs: Any) -> NewFlag:
-    """A suspicion of the dispense ``event``, with the event as its evidence."""
+    """A suspicion of the dispense (or other move) ``event``, with the event as its
+    evidence."""
     return NewFlag(
         kind=kind,
         code=code,
         org=event.org,
         region=region,
         at=event.at,
-        detail=f"dispense by {event.org}: {detail}",
+        detail=f"{event.type} by {event.org}: {detail}",
         refs={"events": [str(event.event_id)], **refs},
         source=Evidence.event(event.event_id),
     )

@@ -449,6 +449,12 @@ def decide(loaded: Loaded) -> Plan:
         if (codes := tuple(c for c in f.codes if c not in folded))
     ]
     flags += _consume(world, in_order, loaded, book)
+    # a move recorded under a catalogue item (an NHSA 3502) is judged for it, as a sale is
+    for moved in loaded.events:
+        if moved.type != "dispense" and moved.med_list_codg:
+            flags += flag_rules.billed_flags(
+                moved, list(moved.codes), world.states, loaded.products, loaded.orgs
+            )
     # a dispense that arrived before its code's commission took nothing (the pack size
     # was unknown); now it takes its units, and is judged as a dispense of a known pack
     # (on arrival the fold suspected an unknown code only): a pack dispensed twice,

@@ -289,6 +289,28 @@ async def test_inventory_changes_with_codes(admin: Api) -> None:
     assert led["by_kind"] == {"purchase": 96, "destroyed": 24, "count_loss": 2, "transfer_out": 24}
 
 
+async def test_a_change_recorded_under_another_item_than_its_packs_is_flagged(admin: Api) -> None:
+    """A 3502 names the catalogue item whose ledger it moves: packs of another product
+    moved under it (the ledger of one item goes down while the other's packs leave) are
+    PRODUCT_MISMATCH (串换), as a sale billed so is; under their own item, nothing
+    (found by a probe: a destroy under another item was taken silently)."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    other = "XJ01CAA040A001010109999"
+    rows = [
+        change("TX1", "105", 24, [u[0]], med_list_codg=other),  # destroyed under another item
+        change("TX2", "102", 24, [u[1]]),  # sent away under its own
+    ]
+    out = await nhsa(p2, envelope("3502A", {"invinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    flags = [f for f in out["output"]["tracecode"]["flags"] if f["kind"] == "PRODUCT_MISMATCH"]
+    assert [f["code"] for f in flags] == [u[0]], out
+    inv = await admin.key_for("investigator")
+    flag = await inv.ok("GET", f"/v1/flags/{flags[0]['flag_id']}")
+    assert flag["detail"].startswith(f"destroy by P2: recorded as {other}, the pack is {MED}"), flag
+    assert flag["refs"]["items"] == [other, MED]
+
+
 async def test_a_part_pack_change_moves_no_pack(admin: Api, db: Any) -> None:
     """A 3502 of part of a pack (拆零, trdn_flag 1) changes the ledger only: 2 units
     destroyed do not destroy the pack's 24 (a later split sale was a DUPLICATE), 4 units

@@ -156,7 +156,7 @@ def _record(
                 seen.add(canonical)
                 # ⚠ 3502 names no counterpart: a transfer or return out is a ship with
                 # no destination, a receipt a receive with no sender
-                events.append(Incoming(eid, event_type, at, org, (canonical,), ref=bchno))
+                events.append(Incoming(eid, event_type, at, org, (canonical,), ref=bchno, med_list_codg=codg))
     else:  # purchase, purchase return
         units = whole_units(row.get("purc_retn_cnt"), "purc_retn_cnt")
         at = _when(row, "purc_retn_stoin_time", now)
