@@ -11,11 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.exceptions import ServiceUnavailableException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 from litestar.stores.redis import RedisStore
 from litestar.types import Empty, Message, ScopeSession
+from litestar.utils.dataclass import extract_dataclass_items
 from redis.exceptions import RedisError
 
 from service.api.auth import principal_for_digest
@@ -52,6 +54,19 @@ class _RotatingBackend(ServerSideSessionBackend):
             if not connection.cookies.get(self.config.key):
                 return
             scope_session = Empty
+        if scope_session is Empty:
+            # the session ends: its row goes, and so does the cookie, at once (Litestar's
+            # own keeps the config's Max-Age beside expires=0, and Max-Age wins: browsers
+            # sent "null" back for 8 hours: found by a probe)
+            await self.delete(
+                self.get_session_id(connection), store=self.config.get_store_from_app(connection.scope["app"])
+            )
+            params = extract_dataclass_items(self.config, exclude_none=True, include=Cookie.__dict__.keys())
+            ended = Cookie(
+                **{**dict(params), "key": self.config.key, "value": "", "max_age": 0, "expires": 0}
+            )
+            MutableScopeHeaders.from_message(message).add("Set-Cookie", ended.to_header(header=""))
+            return
         await super().store_in_message(scope_session, message, connection)
 
 

@@ -220,7 +220,14 @@ class SignInController(Controller):
             back,
             status_code=303,
             cookies=[
-                Cookie(key=LANG_COOKIE, value=lang, path="/console", samesite="strict", max_age=31536000)
+                Cookie(
+                    key=LANG_COOKIE,
+                    value=lang,
+                    path="/console",
+                    samesite="strict",
+                    max_age=31536000,
+                    secure=request.app.state.settings.secure_cookies,  # as every console cookie
+                )
             ],
         )
 

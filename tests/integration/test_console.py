@@ -70,6 +70,9 @@ async def test_sign_in_and_out_with_an_investigator_key(admin: Api, browser: Asy
         follow_redirects=False,  # type: ignore[union-attr]
     )
     assert out.status_code == 303
+    # the cookie ends with the session (found by a probe: it stayed 8 hours, valued "null")
+    ended = next(c for c in out.headers.get_list("set-cookie") if c.startswith("console_session="))  # type: ignore[attr-defined]
+    assert "Max-Age=0" in ended, ended
     assert (await browser.get("/console/codes", follow_redirects=False)).status_code == 303
 
 
@@ -399,10 +402,16 @@ async def test_a_lot_too_long_for_the_api_is_refused_by_the_console_too(
 async def test_secure_cookies_when_asked(settings: Settings) -> None:
     """TRACE_SECURE_COOKIES: behind TLS, the console's cookies are sent over HTTPS only
     (the CSRF cookie of the sign-in page; the session cookie is set by the same config)."""
-    async with AsyncTestClient(app=create_app(replace(settings, secure_cookies=True))) as c:
+    app = create_app(replace(settings, secure_cookies=True))
+    async with AsyncTestClient(app=app, base_url="https://testserver.local") as c:  # Secure: sent back
         page = await c.get("/console/signin")
+        token = _TOKEN.search(page.text).group(1)  # type: ignore[union-attr]
+        form = {"lang": "en", "_csrf_token": token}
+        lang = await c.post("/console/lang", data=form, follow_redirects=False)
     cookies = page.headers.get_list("set-cookie")
     assert any(k.startswith("console_csrf=") and "Secure" in k for k in cookies), cookies
+    # the language cookie too (found by a probe: it was the one sent over plain HTTP)
+    assert any(k.startswith("console_lang=") and "Secure" in k for k in lang.headers.get_list("set-cookie"))
 
 
 async def test_org_page_flag_figures_agree_with_their_lists_and_the_chart_says_what_it_counts(
