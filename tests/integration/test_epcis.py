@@ -7,7 +7,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -428,6 +428,23 @@ async def test_rollback_and_proceed_with_one_bad_event(admin: Api) -> None:
 
 
 LOT = {"cbvmda:lotNumber": "L1", "cbvmda:itemExpirationDate": "2030-12-31"}
+
+
+async def kept_before(db: Any, observed: dict[str, Any], event_id: str) -> None:
+    """P1's ObjectEvent OBSERVE ``observed`` as an earlier version of the service stored
+    it, under ``event_id`` (its row written directly: no version here writes it so)."""
+    await db.execute(
+        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time, action,
+                                     biz_step, biz_location, epcs, parent_id, body)
+           VALUES ($1, $2, 'before', 'P1', 'ObjectEvent', $3, 'OBSERVE', $4, $5, $6, NULL, $7::jsonb)""",
+        event_id,
+        uuid.UUID(event_id[len("urn:uuid:") :]),
+        datetime.fromisoformat(observed["eventTime"]),
+        observed["bizStep"],
+        observed["bizLocation"]["id"],
+        observed["epcList"],
+        json.dumps({**observed, "eventID": event_id}),
+    )
 
 
 def _events(answer: Any) -> list[dict[str, Any]]:
@@ -1186,18 +1203,7 @@ async def test_an_event_without_event_id_is_one_fact_however_it_is_sent_again(ad
     fact = uuid.uuid5(NAMESPACE, hashlib.sha256(msgspec.json.encode(last, order="sorted")).hexdigest())
     dispensed = {**event("dispense", "P1", [UNITS[2]], 7), "event_id": str(fact)}
     assert (await keys["P1"].events(dispensed))["accepted"] == 1
-    await db.execute(
-        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time, action,
-                                     biz_step, biz_location, epcs, parent_id, body)
-           VALUES ($1, $2, 'before', 'P1', 'ObjectEvent', $3, 'OBSERVE', 'dispensing', $4, $5, NULL,
-                   $6::jsonb)""",
-        f"urn:uuid:{fact}",
-        fact,
-        BASE_TIME + timedelta(minutes=7),
-        P_LOC,
-        last["epcList"],
-        json.dumps({**last, "eventID": f"urn:uuid:{fact}"}),
-    )
+    await kept_before(db, last, f"urn:uuid:{fact}")
     job = await keys["P1"].ok("POST", "/epcis/capture", _doc(last), 202)
     assert job["success"], job
     history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[2]}/history")

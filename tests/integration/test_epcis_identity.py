@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import msgspec
 import pytest
 
 from service.interop.epcis.mapping import NAMESPACE
-from tests.helpers import BASE_TIME, Api, event
+from tests.helpers import Api, event
 from tests.integration.test_epcis import (
     D_LOC,
     GLN_D1,
@@ -24,6 +22,7 @@ from tests.integration.test_epcis import (
     _events,
     _journey,
     _pharma_world,
+    kept_before,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -75,18 +74,7 @@ async def test_a_uuid_event_id_names_one_event_whatever_its_case(admin: Api, db:
     # same event, still found as written
     kept = "urn:uuid:9C6F0F4E-1A7B-4D8E-9A51-2F0C7D3B6E10"
     stored = _ev("ObjectEvent", 5.7, P_LOC, action="OBSERVE", bizStep="storing", epcList=[SSCC_URN])
-    await db.execute(
-        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time, action,
-                                     biz_step, biz_location, epcs, parent_id, body)
-           VALUES ($1, $2, 'before', 'P1', 'ObjectEvent', $3, 'OBSERVE', 'storing', $4, $5, NULL,
-                   $6::jsonb)""",
-        kept,
-        uuid.UUID(kept[len("urn:uuid:") :]),
-        BASE_TIME.replace(minute=5, second=42),
-        P_LOC,
-        [SSCC_URN],
-        json.dumps({**stored, "eventID": kept}),
-    )
+    await kept_before(db, stored, kept)
     job = await keys["P1"].ok("POST", "/epcis/capture", _doc({**stored, "eventID": kept}), 202)
     assert job["success"], job
     listed = _events(await keys["inv"].ok("GET", "/epcis/events?EQ_bizStep=storing"))
@@ -155,18 +143,7 @@ async def test_an_event_without_event_id_is_one_fact_however_its_places_are_spel
     assert (await keys["P1"].events({**event("dispense", "P1", [UNITS[1]], 7), "event_id": str(fact)}))[
         "accepted"
     ] == 1
-    await db.execute(
-        """INSERT INTO epcis_events (event_id, fact_id, capture_id, org, event_type, event_time, action,
-                                     biz_step, biz_location, epcs, parent_id, body)
-           VALUES ($1, $2, 'before', 'P1', 'ObjectEvent', $3, 'OBSERVE', 'dispensing', $4, $5, NULL,
-                   $6::jsonb)""",
-        f"urn:uuid:{fact}",
-        fact,
-        BASE_TIME + timedelta(minutes=7),
-        P_LOC,
-        last["epcList"],
-        json.dumps({**last, "eventID": f"urn:uuid:{fact}"}),
-    )
+    await kept_before(db, last, f"urn:uuid:{fact}")
     assert (await keys["P1"].ok("POST", "/epcis/capture", _doc(last), 202))["success"]
     history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[1]}/history")
     assert [e["type"] for e in history["events"]].count("dispense") == 1, history
