@@ -226,8 +226,11 @@ async def units_taken_once(db: Any, codes: list[str]) -> dict[str, int]:
     return {code: consumed.get(code, 0) for code in codes}
 
 
-def pack_claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict[str, Any]:
-    """A settlement (mode settle) of one whole pack of the small world's unit product."""
+def pack_claim(
+    setl_id: str, code: str, minutes: float, org: str = "P1", *, item: str = "XJ01CAA040A001010104256"
+) -> dict[str, Any]:
+    """A settlement (mode settle) of one whole pack of 24 units billed as ``item`` (the
+    small world's unit product's)."""
     return {
         "setl_id": setl_id,
         "org": org,
@@ -235,6 +238,6 @@ def pack_claim(setl_id: str, code: str, minutes: float, org: str = "P1") -> dict
         "at": at(minutes),
         "mode": "settle",
         "lines": [
-            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24, "codes": [code]}
+            {"line_no": 1, "med_list_codg": item, "quantity": 24, "codes": [code]}
         ],
     }

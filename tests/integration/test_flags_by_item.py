@@ -12,9 +12,9 @@ from urllib.parse import urlencode
 import pytest
 
 from service.store.migrations import MIGRATIONS_DIR
-from tests.helpers import Api, cn20, event
+from tests.helpers import Api, cn20, event, pack_claim
+from tests.integration.test_nhsa import SALE_MINUTES, envelope, nhsa, sale
 from tests.integration.test_nhsa import _world as nhsa_world
-from tests.integration.test_nhsa import envelope, nhsa, sale
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -55,13 +55,7 @@ async def _story(admin: Api) -> dict[str, Any]:
     await p2.events(event("receive", "P2", [x], 2))
 
     def claim(setl_id: str, item: str, code: str) -> dict[str, Any]:
-        return {
-            "setl_id": setl_id,
-            "org": "P2",
-            "psn_no": "45000012345678",
-            "at": "2026-03-05T10:00:00+08:00",
-            "lines": [{"line_no": 1, "med_list_codg": item, "quantity": 24, "codes": [code]}],
-        }
+        return pack_claim(setl_id, code, SALE_MINUTES, org="P2", item=item)
 
     raised: dict[str, Any] = {}
     # a pack of ITEM bought by one person past its limit: EXCESS_PURCHASE, on the pack

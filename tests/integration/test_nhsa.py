@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
 
+from service.core.rules import CHINA
 from service.interop.nhsa.sales import id_namespace as nhsa_ids
-from tests.helpers import Api, cn20, event, small_world
+from tests.helpers import BASE_TIME, Api, cn20, event, pack_claim, small_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MED = "XJ01CAA040A001010104256"
 P1_CODE = "P45010300001"
+# a sale row's time (sel_retn_time 2026-03-05 10:00 China time), in minutes after the
+# helpers' base time, for a settlement of the same sale (tests.helpers.pack_claim)
+SALE_MINUTES = (datetime(2026, 3, 5, 10, tzinfo=CHINA) - BASE_TIME).total_seconds() / 60
 # the namespace of NHSA event ids under the tests' secret (conftest's settings), for the
 # tests that translate uploads themselves and run the use case on a pool of their own
 IDS = nhsa_ids(b"test-secret")
@@ -381,13 +386,7 @@ async def test_a_sale_billed_as_another_item_is_a_product_mismatch_whichever_arr
         await p2.events(event("receive", "P2", [a, b], 60 * 24 * 5))
 
     def claim(setl_id: str, code: str) -> dict[str, Any]:
-        return {
-            "setl_id": setl_id,
-            "org": "P2",
-            "psn_no": "45000012345678",
-            "at": "2026-03-05T10:00:00+08:00",
-            "lines": [{"line_no": 1, "med_list_codg": MED, "quantity": 24, "codes": [code]}],
-        }
+        return pack_claim(setl_id, code, SALE_MINUTES, org="P2")
 
     def swapped(bchno: str, setl_id: str, code: str) -> dict[str, Any]:
         return envelope("3505", {"selinfo": sale(bchno, [code], 24, setl_id=setl_id, med_list_codg=SWAPPED)})
