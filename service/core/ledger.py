@@ -12,7 +12,7 @@ from uuid import UUID
 import msgspec
 
 from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, Fact, counted, replay
-from service.core.flags import ITEMS, NHSA, Evidence, NewFlag, items
+from service.core.flags import ITEMS, NHSA, Evidence, FlagKey, NewFlag, items
 from service.core.sales import Consumption
 
 STOCK_IMBALANCE = "STOCK_IMBALANCE"
@@ -161,6 +161,33 @@ def append_items(
             moved[item], item_figures = after
             figures.update(item_figures)
     return moved, figures, slow
+
+
+class Imbalance(msgspec.Struct, frozen=True):
+    """A STOCK_IMBALANCE flag as stored: the item, the time and the record it rests on."""
+
+    key: FlagKey
+    med_list_codg: str
+    at: datetime
+    interface: str
+    bchno: str
+
+
+def explained(
+    standing: Sequence[Imbalance],
+    since: Mapping[str, datetime],
+    below: Mapping[tuple[str, str], Figures],
+) -> list[Imbalance]:
+    """The STOCK_IMBALANCE flags that records arriving later explain: each item of
+    ``since`` had its moves out from that time on judged again (``below``: those still
+    leaving their ledger below zero), and a flagged move among them that no longer does
+    (a purchase dated before it came, an earlier sale or a count was deleted, a count
+    showed the stock) rests on nothing now."""
+    return [
+        f
+        for f in standing
+        if f.med_list_codg in since and f.at >= since[f.med_list_codg] and (f.interface, f.bchno) not in below
+    ]
 
 
 def imbalance_flags(entries: Sequence[Entry], figures: Mapping[tuple[str, str], Figures]) -> list[NewFlag]:

@@ -12,6 +12,7 @@ import asyncpg
 
 from service.core.custody import Fact
 from service.core.flags import AT_RECEIPT, ITEMS, Evidence, FlagKey, FlagRef, NewFlag
+from service.core.ledger import STOCK_IMBALANCE, Imbalance
 from service.store import codes as code_store
 from service.store.conn import Conn
 
@@ -155,10 +156,16 @@ async def auto_clear(
     return [r["flag_id"] for r in rows]
 
 
-async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -> list[int]:
-    """Flags of exactly ``keys`` (those CLEARABLE) that later-arriving events explained (a
+async def withdraw(
+    conn: Conn,
+    keys: Sequence[FlagKey],
+    cleared_by: list[str],
+    note: str = "explained by later-arriving events",
+) -> list[int]:
+    """Flags of exactly ``keys`` (those CLEARABLE) that later-arriving facts explained (a
     sale flagged DUPLICATE that, its pack's sales folded again in event time, found the
-    pack in stock) become auto_cleared, naming those events."""
+    pack in stock; a STOCK_IMBALANCE a late purchase backs) become auto_cleared, naming
+    what explained them (``cleared_by``, and ``note`` in their history)."""
     if not keys:
         return []
     rows = await conn.fetch(
@@ -175,8 +182,34 @@ async def withdraw(conn: Conn, keys: Sequence[FlagKey], cleared_by: list[str]) -
         [source.id for _, _, source in keys],
         cleared_by,
     )
-    await _changed_by_system(conn, rows, "auto_cleared", "explained by later-arriving events")
+    await _changed_by_system(conn, rows, "auto_cleared", note)
     return [r["flag_id"] for r in rows]
+
+
+async def imbalances(conn: Conn, org: str, items: Sequence[str]) -> list[Imbalance]:
+    """The organisation's STOCK_IMBALANCE flags on ``items`` that an automatic clear may
+    take (CLEARABLE), with the record each rests on."""
+    if not items:
+        return []
+    rows = await conn.fetch(
+        f"""SELECT code, source_kind, source_id, at, refs->>'interface' AS interface,
+                  refs->>'fixmedins_bchno' AS bchno
+           FROM flags
+           WHERE code = ANY($1::text[]) AND kind = $2 AND org = $3 AND {CLEARABLE}""",  # noqa: S608
+        list(items),
+        STOCK_IMBALANCE,
+        org,
+    )
+    return [
+        Imbalance(
+            (STOCK_IMBALANCE, r["code"], Evidence(r["source_kind"], r["source_id"])),
+            r["code"],
+            r["at"],
+            r["interface"],
+            r["bchno"],
+        )
+        for r in rows
+    ]
 
 
 async def withdraw_resting_on(

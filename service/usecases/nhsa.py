@@ -233,9 +233,27 @@ def _ledger_writer(
             sorted({c for t in uploaded.targets for c in (t["med_list_codg"], *t["codes"])}),
             f"the record it rests on was deleted (NHSA 3507, msgid {msgid})",
         )
+        # and a move out flagged before that the records written or deleted now back again
+        if since:
+            standing = await flag_store.imbalances(conn, org, sorted(since))
+            now_backed = rules.explained(standing, since, figures)
+            await flag_store.withdraw(
+                conn, [f.key for f in now_backed], [msgid], _explained_by(entries, uploaded.targets, msgid)
+            )
         return [raised[f.key] for f in reported if f.key in raised]
 
     return write
+
+
+def _explained_by(entries: list[rules.Entry], deleted: list[dict[str, Any]], msgid: str) -> str:
+    """The history line of a STOCK_IMBALANCE that an upload's records explained."""
+    named = [f"{e.interface} {e.bchno}" for e in entries]
+    named += [f"{t['interface']} {t['fixmedins_bchno']} deleted" for t in deleted]
+    shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+    return (
+        "explained by records uploaded later: the ledger no longer falls below zero"
+        f" here ({shown}; msgid {msgid})"
+    )
 
 
 def _appender(

@@ -916,3 +916,54 @@ async def test_codes_that_do_not_parse_are_reported_in_counts_and_ledger_only_ch
     ]
     assert out["output"]["result"]["retRslt"] == "0"
     assert out["output"]["tracecode"]["records"] == 1
+
+
+async def test_a_record_sent_late_that_backs_a_flagged_move_clears_its_imbalance(admin: Api) -> None:
+    """A move out flagged STOCK_IMBALANCE because the records that back it had not come
+    yet (a purchase uploaded after the month's sales, an earlier sale deleted) no longer
+    leaves its ledger below zero: the flag is withdrawn (auto_cleared by system, a line
+    of its history), and raised again when what backed it goes. Before, it stayed open,
+    and investigators chased a pharmacy whose records added up (found in the ledger's
+    known limits)."""
+    w = await _world(admin)  # P2 bought 96 units of MED on 03-01
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+
+    async def imbalance(bchno: str) -> dict[str, Any]:
+        page = await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE")
+        (flag,) = [f for f in page["items"] if f["refs"]["fixmedins_bchno"] == bchno]
+        return await inv.ok("GET", f"/v1/flags/{flag['flag_id']}")
+
+    over = sale("OVER", [], 120, sel_retn_time="2026-03-05 10:00:00")
+    sold = await nhsa(p2, envelope("3505", {"selinfo": over}))
+    assert [f["kind"] for f in sold["output"]["tracecode"]["flags"]] == ["STOCK_IMBALANCE"], sold
+    assert (await imbalance("OVER"))["status"] == "open"
+    # the purchase that backs it, dated before the sale and uploaded after it
+    late = purchase("LATEBUY", 24, purc_retn_stoin_time="2026-03-04 09:00:00")
+    assert (await nhsa(p2, envelope("3503", {"purcinfo": late})))["output"]["tracecode"]["flags"] == []
+    flag = await imbalance("OVER")
+    assert flag["status"] == "auto_cleared", flag
+    assert [(h["status"], h["by_key"]) for h in flag["history"]] == [("auto_cleared", "system")]
+    assert "LATEBUY" in flag["history"][-1]["note"], flag["history"]
+    # deleting that purchase leaves the sale unbacked again: suspected again
+    await nhsa(p2, envelope("3507", {"data": deletion("LATEBUY", "3")}))
+    assert (await imbalance("OVER"))["status"] == "open"
+
+    # another item: a later sale flagged because of an earlier one, which is then deleted
+    await nhsa(p2, envelope("3503", {"purcinfo": {**purchase("OBUY", 30), "med_list_codg": OTHER}}))
+    for bchno, hour in (("FIRST", "10"), ("SECOND", "11")):
+        row = sale(bchno, [], 20, sel_retn_time=f"2026-03-05 {hour}:00:00", med_list_codg=OTHER)
+        await nhsa(p2, envelope("3505", {"selinfo": row}))
+    assert (await imbalance("SECOND"))["status"] == "open"
+    await nhsa(p2, envelope("3507", {"data": deletion("FIRST", "4")}))
+    assert (await imbalance("SECOND"))["status"] == "auto_cleared"
+    assert (await _ledger(inv, codg=OTHER))["balance"] == 10
+
+    # a third: a sale of stock the ledger did not know of, which a stock count then shows
+    third = "XA02BCA000A001010100002"
+    row = sale("UNCOUNTED", [], 20, sel_retn_time="2026-03-05 10:00:00", med_list_codg=third)
+    await nhsa(p2, envelope("3505", {"selinfo": row}))
+    assert (await imbalance("UNCOUNTED"))["status"] == "open"
+    await nhsa(p2, envelope("3501", {"invinfo": {**count("CNT", 50, "2026-03-05"), "med_list_codg": third}}))
+    assert (await imbalance("UNCOUNTED"))["status"] == "auto_cleared"
+    assert (await _ledger(inv, codg=third))["balance"] == 30
