@@ -19,7 +19,7 @@ from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
 from service.core.rules import PRODUCT_MISMATCH, local_date
-from service.core.sales import Consumption
+from service.core.sales import Consumption, short_of
 
 EVENT = "event"
 SETTLEMENT = "settlement"
@@ -140,6 +140,7 @@ def dispense_flags(
     earlier: Sequence[Consumption],
     *,
     used_up: Collection[str] | None = None,
+    short: Mapping[str, int] | None = None,
     recalls: Mapping[tuple[str, str], datetime] | None = None,
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
@@ -147,7 +148,9 @@ def dispense_flags(
     another product than the one billed (串换, when the dispense names it), and a label
     scanned with another lot or expiry than the pack's (a fake, LABEL_MISMATCH).
     ``used_up``: the packs that were used up when it was sold, where their state now
-    does not say (a late sale, folded again in event time). ``recalls``: when each
+    does not say (a late sale, folded again in event time), and ``short`` the packs a
+    split sale found fewer units in than it sold, with how many (``core.sales.short_of``;
+    from their state now when ``used_up`` is not given). ``recalls``: when each
     recalled lot's recall was ordered; a sale dated before it (uploaded late) sold a
     pack that was not recalled yet (a lot missing there: recalled, whenever)."""
     out = []
@@ -157,6 +160,8 @@ def dispense_flags(
         out.append(_dispense_flag(event, org.region, kind, code, detail))
 
     labels = {p.canonical: p for p in event.labels}
+    if used_up is None and short is None and event.undoes is None:
+        short = short_of(event.quantity, {c: states[c].units_left or 0 for c in codes}, codes)
     for code in codes:
         state = states[code]
         if not state.commissioned:
@@ -169,6 +174,9 @@ def dispense_flags(
             was_used_up = state.units_left is not None and state.units_left <= 0
         if was_used_up:
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
+        elif short and code in short:
+            found = (event.quantity, short[code])
+            out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier, found))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
         recalled_at = (recalls or {}).get((state.product_id or "", state.lot or ""))
@@ -227,25 +235,32 @@ def _dispense_flag(event: Incoming, region: str, kind: str, code: str, detail: s
 
 
 def resale_flag(
-    event_id: UUID, org: str, region: str, at: datetime, code: str, earlier: Sequence[Consumption]
+    event_id: UUID,
+    org: str,
+    region: str,
+    at: datetime,
+    code: str,
+    earlier: Sequence[Consumption],
+    short: tuple[int | None, int] | None = None,
 ) -> NewFlag:
     """DUPLICATE: the dispense ``event_id`` sold a pack that was already consumed
-    (回流药), with the sales before it as evidence."""
+    (回流药), or, ``short`` (units sold, units the pack had left), more of a part-sold
+    pack than it had left; with the sales before it as evidence."""
     before = [e for e in earlier if e.code == code]
+    refs: dict[str, Any] = {
+        "events": [str(event_id)],
+        "earlier_settlements": [e.setl_id for e in before if e.setl_id],
+        "earlier_events": [str(e.event_id) for e in before if e.event_id],
+    }
+    detail = f"dispense by {org}: the pack was already consumed"
+    if short is not None:
+        sold, left = short
+        refs |= {"units_sold": sold, "units_left": left}
+        detail = f"dispense by {org} of {sold} units: the pack had {left} left, the rest already consumed"
     return NewFlag(
-        kind=DUPLICATE,
-        code=code,
-        org=org,
-        region=region,
-        at=at,
-        detail=f"dispense by {org}: the pack was already consumed",
-        refs={
-            "events": [str(event_id)],
-            "earlier_settlements": [e.setl_id for e in before if e.setl_id],
-            "earlier_events": [str(e.event_id) for e in before if e.event_id],
-        },
+        kind=DUPLICATE, code=code, org=org, region=region, at=at, detail=detail, refs=refs,
         source=Evidence.event(event_id),
-    )
+    )  # fmt: skip
 
 
 def suspicion_flag(s: Suspicion) -> NewFlag:

@@ -622,7 +622,8 @@ def _refold_late(
             # a deleted return's compensation sells nothing of its own here: not judged
             elif e.undoes is None:
                 earlier = [t for t in fold.takes if t.at <= e.at]
-                used_up = {code} if e.event_id in resold else set()
+                found = fold.short.get(e.event_id)
+                used_up = {code} if e.event_id in resold and found is None else set()
                 flags += flag_rules.dispense_flags(
                     e,
                     [code],
@@ -631,13 +632,16 @@ def _refold_late(
                     loaded.orgs,
                     earlier,
                     used_up=used_up,
+                    short={code: found} if found is not None else {},
                     recalls=loaded.recalled_lots,
                 )
         for d in stored_dispenses:
             if d.event_id in resold and d.org in loaded.orgs:
                 before = [t for t in fold.takes if t.at <= d.at]
                 region = loaded.orgs[d.org].region
-                rejudged.append(flag_rules.resale_flag(d.event_id, d.org, region, d.at, code, before))
+                found = fold.short.get(d.event_id)
+                short = (d.quantity, found) if found is not None else None
+                rejudged.append(flag_rules.resale_flag(d.event_id, d.org, region, d.at, code, before, short))
         folded[code] = [
             (flag_rules.DUPLICATE, code, Evidence.event(d.event_id))
             for d in stored_dispenses

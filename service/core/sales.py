@@ -87,6 +87,17 @@ def draw(units_left: Mapping[str, int], codes: Sequence[str], quantity: int | No
     return taken
 
 
+def short_of(quantity: int | None, units_left: Mapping[str, int], codes: Sequence[str]) -> dict[str, int]:
+    """A split sale of more units than its packs have left (some of them sold before):
+    the packs it empties, each with the units it finds there. Empty for a whole-pack
+    sale, for packs that hold enough, and for packs that hold nothing (a used-up pack
+    sold again is a resale as such)."""
+    if quantity is None:
+        return {}
+    found = {c: units_left.get(c, 0) for c in codes if units_left.get(c, 0) > 0}
+    return found if found and sum(found.values()) < quantity else {}
+
+
 def move_units(states: Mapping[str, CodeState], changes: Iterable[tuple[str, int]]) -> set[str]:
     """Apply (code, units) changes to the packs' ``units_left``: negative units are drawn
     by a sale, positive units come back (a return or a reversal). Returns the codes
@@ -226,7 +237,8 @@ class Refold:
 
     takes: list[Consumption]  # what each sale took, oldest first; given back ones reversed
     units_left: int
-    resales: list[UUID]  # dispenses that found the pack used up (DUPLICATE)
+    resales: list[UUID]  # dispenses that found the pack used up, or short (DUPLICATE)
+    short: dict[UUID, int]  # of those, the split sales that found fewer units: how many
     repeats: list[UUID]  # dispenses of a sale that had taken the pack already
 
 
@@ -241,7 +253,8 @@ def refold(
 ) -> Refold | None:
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to
-    its quantity; nothing from a used-up pack: a resale), a settlement's own take takes
+    its quantity, and a resale when it finds fewer (``short_of``); nothing from a used-up
+    pack: a resale), a settlement's own take takes
     what it took when it was decided, and each return gives back the seller's latest
     sale of the pack at or before it that stands (the one of its ``setl_id`` if it names
     one), unless a standing settlement paid for that sale (:func:`paid`: a settlement's
@@ -272,6 +285,7 @@ def refold(
     takes: list[Consumption] = []
     sales: set[Sale] = {t.sale for t in settled}  # a dispense of a settled sale takes nothing again
     resales: list[UUID] = []
+    short: dict[UUID, int] = {}
     repeats: list[UUID] = []
     waiting: list[Return] = []  # returns that found no sale to undo
 
@@ -309,6 +323,9 @@ def refold(
         if left <= 0:
             resales.append(action.event_id)
             continue
+        if short_of(action.quantity, {code: left}, [code]):
+            resales.append(action.event_id)
+            short[action.event_id] = left
         [(_, units)] = draw({code: left}, [code], action.quantity)
         sales.add(sale)
         takes.append(Consumption(code, sale, action.setl_id, action.event_id, action.org, action.at, units))
@@ -318,4 +335,4 @@ def refold(
         for ret in [r for r in waiting if r.at == action.at]:
             if give_back(ret):
                 waiting.remove(ret)
-    return Refold(takes, left, resales, repeats)
+    return Refold(takes, left, resales, short, repeats)

@@ -201,3 +201,14 @@ def test_a_batch_without_returns_reads_no_settlement() -> None:
     assert standing_needed([dispense], [], {}, [], []) == set()
     ret = Incoming(event_id=uuid4(), type="return", at=at(20), org="P1", codes=(CODE,))
     assert standing_needed([dispense, ret], [], {}, [], []) == {"S1"}
+
+
+def test_a_split_sale_beyond_what_is_left_takes_it_and_is_a_resale_in_any_order() -> None:
+    first, beyond, within = sale(10, 20), sale(20, 6), sale(30, 4)
+    for order in itertools.permutations([first, beyond, within]):
+        fold = refold(CODE, 24, list(order), (), [])
+        assert fold is not None
+        assert fold.units_left == 0
+        assert sorted((t.at, t.units) for t in fold.takes) == [(at(10), 20), (at(20), 4)]
+        assert sorted(fold.resales, key=str) == sorted([beyond.event_id, within.event_id], key=str)
+        assert fold.short == {beyond.event_id: 4}  # the last 4 found nothing: used up
