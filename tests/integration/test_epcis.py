@@ -1286,6 +1286,28 @@ async def test_a_shipping_event_naming_no_destination_is_kept_with_a_warning(adm
     assert (job["success"], job["warnings"]) == (True, []), job
 
 
+async def test_a_quantity_of_a_product_class_is_kept_with_a_warning(admin: Api) -> None:
+    """Found by a probe: a shipping event that moves a quantity of a class (a
+    ``quantityList`` of an LGTIN, GS1's shape for goods without serials) was stored with
+    no custody effect and no word of it. It is kept, and the job's ``warnings`` say that
+    custody follows packs by their codes; with packs in ``epcList`` too, those move and
+    the warning names the class's quantity."""
+    keys = await _pharma_world(admin)
+    assert (await keys["M1"].post("/epcis/capture", _doc(_journey()[0][1]))).json()["success"]
+    dest = [{"type": "location", "destination": D_LOC}]
+    classes = [{"epcClass": "urn:epc:class:lgtin:0614141.107346.L1", "quantity": 200, "uom": "EA"}]
+    only = _ev("ObjectEvent", 2, M_LOC, action="OBSERVE", bizStep="shipping", quantityList=classes,
+               destinationList=dest)  # fmt: skip
+    both = {**only, "eventTime": at(3), "epcList": ["urn:epc:id:sgtin:0614141.107346.1"]}
+    job = await keys["M1"].ok("POST", "/epcis/capture", _doc(only, both), 202)
+    assert (job["success"], job["errors"], job["eventCount"]) == (True, [], 2), job
+    warned = [(w["eventIndex"], w["field"]) for w in job["warnings"]]
+    assert warned == [(0, "quantityList"), (1, "quantityList")], job
+    assert "no custody effect" in job["warnings"][0]["detail"], job
+    moved = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
+    assert [e["type"] for e in moved["events"]] == ["commission", "ship"], moved  # the pack moved
+
+
 async def test_an_unpack_of_all_children_takes_what_the_container_held_at_its_time(admin: Api) -> None:
     """Found by a probe: an AggregationEvent DELETE naming no children took what the case
     held when it arrived, not at its own time: a late "unpack all" dated before a later

@@ -744,8 +744,9 @@ def _command(
     if errors:
         name, message = errors[0]
         raise EventError(_FIELDS.get(name, name), message)
+    classes = _classes_only(event)
     if not raws and not held:
-        return None, [], None
+        return None, [], classes
     codes, refused, labels = _codes(record.fact_id, raws, kind, extra) if raws else (held, [], ())
     command = Incoming(
         event_id=record.fact_id,
@@ -757,4 +758,18 @@ def _command(
         labels=labels,
         **extra,
     )
-    return command, refused, None
+    return command, refused, classes
+
+
+def _classes_only(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, message) for an event that moves a quantity of a product class (a
+    ``quantityList``): stored, but custody follows packs by their serial codes, so the
+    class's quantity moves nothing, and the sender is told (found by a probe)."""
+    for key in _QUANTITY_LISTS:
+        if isinstance(event.get(key), list) and event[key]:
+            return (
+                key,
+                "counts a product class, not packs: its quantity is stored with no custody effect"
+                " (custody follows each pack by its serial code); send the packs in the EPC list",
+            )
+    return None
