@@ -173,3 +173,33 @@ async def test_epcis_compares_a_digital_links_lot_at_commissioning_and_at_the_sa
     flags = (await keys["inv"].ok("GET", "/v1/flags?kind=LABEL_MISMATCH"))["items"]
     assert [(f["code"], f["org"]) for f in flags] == [(codes[0], "P1")]
     assert "lot L9 (the record: L1)" in flags[0]["detail"]
+
+
+async def test_epcis_compares_a_digital_links_expiry_in_its_query_string(admin: Api) -> None:
+    """A Digital Link carries its expiry as a data attribute (``?17=YYMMDD``), with or
+    without a lot in its path. It was read past (a known limit): a link of another expiry
+    than the ``ilmd``'s was commissioned, and sold with no flag. It is compared as an
+    element string's (17) is."""
+    keys = await _pharma_world(admin)
+    link = "https://id.gs1.org/01/10614141073464/21/{serial}?17={expiry}"
+    made = _ev(
+        "ObjectEvent", 1, M_LOC, action="ADD", bizStep="commissioning", ilmd=LOT,
+        epcList=[link.format(serial="31", expiry="301231"), link.format(serial="32", expiry="280630")],
+    )  # fmt: skip
+    resp = await keys["M1"].client.post(
+        "/epcis/capture",
+        headers={**keys["M1"].headers, "GS1-Capture-Error-Behaviour": "proceed"},
+        json=_doc(made),
+    )
+    job = resp.json()
+    assert "LABEL_MISMATCH" in job["errors"][0]["detail"], job
+    code = "01106141410734642131"
+    await keys["M1"].events(event("ship", "M1", [code], 2, to="P1"))
+    await keys["P1"].events(event("receive", "P1", [code], 3))
+    sold = _ev("ObjectEvent", 4, P_LOC, action="OBSERVE", bizStep="dispensing",
+               epcList=[link.format(serial="31", expiry="270101")])  # fmt: skip
+    resp = await keys["P1"].post("/epcis/capture", _doc(sold))
+    assert (resp.status_code, resp.json()["success"]) == (202, True), resp.text
+    flags = (await keys["inv"].ok("GET", "/v1/flags?kind=LABEL_MISMATCH"))["items"]
+    assert [(f["code"], f["org"]) for f in flags] == [(code, "P1")]
+    assert "2027-01-01" in flags[0]["detail"], flags[0]["detail"]

@@ -177,8 +177,8 @@ def _to_code(uri: str) -> str | None:
 
 def labelled(uri: str) -> ParsedCode | None:
     """The code an identifier names, with its label's lot (AI 10) and expiry (17), when
-    it carries either: a Digital Link's ``/10/`` lot, an element string's (10) and (17).
-    None otherwise (an EPC URN never carries them)."""
+    it carries either: a Digital Link's ``/10/`` lot and ``?17=`` expiry, an element
+    string's (10) and (17). None otherwise (an EPC URN never carries them)."""
     return _labelled(uri) if len(uri) <= MAX_LENGTH else None
 
 
@@ -188,10 +188,14 @@ def _labelled(uri: str) -> ParsedCode | None:
         return None
     if _is_web(uri):
         pairs = _digital_link(uri)
-        if pairs is None or tuple(ai for ai, _ in pairs) != ("01", "10", "21"):
+        if pairs is None or tuple(ai for ai, _ in pairs) not in (("01", "10", "21"), ("01", "21")):
             return None
         ais = dict(pairs)
-        parsed = try_parse_code(f"(01){ais['01']}(10){ais['10']}(21){ais['21']}")
+        # its expiry, a data attribute in the query string (biip checked it is a date)
+        query = dict(parse_qsl(urlsplit(_ESCAPE.sub(_unreserved, uri)).query))
+        expiry = f"(17){query['17']}" if "17" in query else ""
+        lot = f"(10){ais['10']}" if "10" in ais else ""
+        parsed = try_parse_code(f"(01){ais['01']}{expiry}{lot}(21){ais['21']}")
     else:
         parsed = try_parse_code(uri)
     return parsed if parsed is not None and (parsed.lot is not None or parsed.expiry is not None) else None
