@@ -623,7 +623,14 @@ async def test_row_nested_just_short_of_the_decoder_limit(admin: Api, db: Any) -
         resp = await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)
         assert resp.status_code == 200, (depth, resp.text)
         answers.add((resp.json()["infcode"], (resp.json()["err_msg"] or "").split(":")[0]))
-    assert answers <= {(0, ""), (-1, "(body)"), (-1, "input")}, answers
+    assert answers <= {(0, ""), (-1, "(body)"), (-1, "input"), (-1, "input.selinfo.memo")}, answers
+    # a field nested deeper than any NHSA row is refused, naming it (the kept row is
+    # walked for the person's fields: not down to the interpreter's recursion limit)
+    for depth, infcode in ((15, 0), (17, -1)):
+        raw = template.replace('"@@"', "[" * depth + "]" * depth).replace("%%", f"d{depth}").encode()
+        out = (await p2.client.post("/v1/nhsa", headers=p2.headers, content=raw)).json()
+        assert out["infcode"] == infcode, (depth, out)
+    assert out["err_msg"].startswith("input.selinfo.memo: nests objects or arrays more than 16"), out
 
 
 @pytest.mark.parametrize("mode", ["deep", "nul", "surrogate"])
@@ -770,3 +777,32 @@ async def test_a_legacy_code_whose_serial_holds_a_comma_is_one_pack(admin: Api) 
         p2, envelope("3505", {"selinfo": sale("BLIST", [], 48, drug_trac_codg=f"{w['units'][0]},{part}")})
     )
     assert out["output"]["tracecode"]["accepted"] == 2, out
+
+
+async def test_the_person_is_never_kept_however_spelled_or_wherever_sent(admin: Api, db: Any) -> None:
+    """Found by a security probe: the person's fields were left out of the kept row only
+    under their exact lower-case names. ``psnNo`` (the [C] client model's camelCase), one
+    in a trace-code item beside the code, or one in an object of its own were kept, and
+    answered back by 3511. Nor are the prescriber's and pharmacist's ID-card numbers
+    kept (their names and practice certificates are)."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    unsaid = {"psn_no": "", "certno": "", "psn_name": ""}
+    rows = [
+        {**sale("Y1", [u[0]], 24, **unsaid), "psnNo": "45000011110001", "psnName": "李四", "CERTNO": "X1"},
+        {**sale("Y2", [], 24, **unsaid), "drugtracinfo": [{"drug_trac_codg": u[1], "psn_No": "4500111102"}]},
+        {**sale("Y3", [], 24, **unsaid), "exp_content": {"psn_no": "45000011110003", "note": "kept"}},
+        {**sale("Y4", [], 24, **unsaid), "prsc_dr_certno": "450103197001011111", "phar_certno": "4501031980"},
+    ]
+    for row in rows:
+        assert (await nhsa(p2, envelope("3505", {"selinfo": row})))["infcode"] == 0
+    kept = await db.fetchval("SELECT string_agg(row_data::text, ' ') FROM nhsa_records WHERE org = 'P2'")
+    for secret in ("45000011110001", "李四", "X1", "4500111102", "45000011110003", "4501031"):
+        assert secret not in kept, (secret, kept)
+    assert "kept" in kept  # the rest of the object is
+    out = await nhsa(p2, envelope("3511", {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31"}}))
+    sold = {r["fixmedinsBchno"]: r for r in out["output"]["data"]}
+    assert sold["Y4"]["prscDrName"] == "李医生", sold["Y4"]
+    assert "prscDrCertno" not in sold["Y4"], sold["Y4"]
+    item = await db.fetchval("SELECT row_data FROM nhsa_records WHERE fixmedins_bchno = 'Y2'")
+    assert u[1] in json.dumps(item)

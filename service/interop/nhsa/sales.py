@@ -132,33 +132,80 @@ _UUID5_SET = (0x5000 << 64) | (0x8000 << 48)  # version 5, RFC 4122 variant
 
 
 PERSON_FIELDS = ("psn_no", "certno", "psn_name")
-_PERSON = frozenset(PERSON_FIELDS)
+# What is never kept of a row, however spelled (``psnNo``, ``PSN_NO``, ``certNo``) and
+# wherever (the row, a trace-code item, any object nested in it): the insured person,
+# and the ID-card numbers of the prescriber and the pharmacist (FIELDS.md: 证件号码;
+# their names and practice certificate numbers are kept). Compared without "_" and case.
+_NEVER_KEPT = frozenset(
+    k.replace("_", "") for k in (*PERSON_FIELDS, "prsc_dr_certno", "phar_certno")
+)
+# The documented row fields (FIELDS.md, 3501–3506) that are none of those: a row of these
+# alone, with scalar values and bare trace-code items, is kept as it came (no copy)
+_DOCUMENTED = frozenset(
+    (
+        "aprvno", "bchno", "drug_prod_barc", "drugtracinfo", "drug_trac_codg", "dynt_no", "expy_end",
+        "finl_trns_pric", "fixmedins_bchno", "fixmedins_hilist_id", "fixmedins_hilist_name",
+        "hi_feesetl_type", "inv_chg_opter_name", "inv_chg_time", "inv_chg_type", "inv_cnt", "invdate",
+        "manu_date", "manu_lotnum", "mdtrt_setl_type", "mdtrt_sn", "med_list_codg", "medins_prod_purc_no",
+        "medins_prod_sel_no", "memo", "phar_cert_type", "phar_name", "phar_prac_cert_no", "pric",
+        "prod_geay_flag", "prodentp_name", "prsc_dr_cert_type", "prsc_dr_name", "psn_cert_type",
+        "purc_invo_codg", "purc_invo_no", "purc_retn_cnt", "purc_retn_opter_name", "purc_retn_stoin_time",
+        "rtal_docno", "rx_circ_flag", "rx_flag", "rxno", "sel_retn_cnt", "sel_retn_opter_name",
+        "sel_retn_time", "setl_id", "shelf_posi", "spler_name", "spler_pmtno", "stoout_no", "trdn_flag",
+    )
+)  # fmt: skip
 
 
 def kept_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as kept with the ledger: the person is never stored, also where a system
-    repeats the person's fields in each trace-code item."""
+    """The row as kept with the ledger: the person (and the ID-card numbers of the
+    prescriber and pharmacist) is never stored, however its keys are spelled and wherever
+    a system repeats them (each trace-code item, an object of its own)."""
+    if _DOCUMENTED.issuperset(row) and _plain(row):
+        return row  # the common case, checked at C speed: nothing to take out
+    return {
+        k: v if type(v) in _SCALARS else _scrubbed(v, k, 1)
+        for k, v in row.items()
+        if k in _DOCUMENTED or k.replace("_", "").lower() not in _NEVER_KEPT
+    }
+
+
+def _plain(row: dict[str, Any]) -> bool:
+    """Are the row's values scalars, but for ``drugtracinfo``'s items of one key each?"""
+    kinds = set(map(type, row.values()))
+    if dict in kinds:
+        return False
+    if list not in kinds:
+        return True
     items = row.get("drugtracinfo")
-    nested = False  # an item with more than its code (a plain loop: each row asks)
-    if type(items) is list:
-        for item in items:
-            if type(item) is dict and len(item) > 1:
-                nested = True
-                break
-    elif type(items) is dict:
-        nested = len(items) > 1
-    if not nested and _PERSON.isdisjoint(row):
-        return row
-    out = {k: v for k, v in row.items() if k not in _PERSON}
-    if nested:
-        out["drugtracinfo"] = (
-            [_without_person(i) for i in items] if isinstance(items, list) else _without_person(items)
-        )
-    return out
+    lists = sum(1 for v in row.values() if type(v) is list)
+    return (
+        lists == 1
+        and type(items) is list
+        and all(type(i) is dict and len(i) == 1 and "drug_trac_codg" in i for i in items)
+    )
 
 
-def _without_person(item: Any) -> Any:
-    return {k: v for k, v in item.items() if k.lower() not in _PERSON} if isinstance(item, dict) else item
+def _scrubbed(value: Any, field: str, depth: int) -> Any:
+    """``value`` (of the row's ``field``, ``depth`` levels down) without what is never
+    kept. A row field nested deeper than any NHSA row is refused (naming the field), not
+    walked down to the interpreter's recursion limit."""
+    if depth > MAX_NESTING:
+        raise FieldError(field, f"nests objects or arrays more than {MAX_NESTING} levels deep")
+    if type(value) is dict:  # a documented field is none to drop, a scalar holds no key
+        return {
+            k: v if type(v) in _SCALARS else _scrubbed(v, field, depth + 1)
+            for k, v in value.items()
+            if k in _DOCUMENTED or k.replace("_", "").lower() not in _NEVER_KEPT
+        }
+    if type(value) is list:
+        return [v if type(v) in _SCALARS else _scrubbed(v, field, depth + 1) for v in value]
+    return value
+
+
+MAX_NESTING = 16
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 Build = Callable[[Envelope, str, datetime, bytes, int, str, dict[str, Any]], Record]
