@@ -41,6 +41,25 @@ def _flag(name: str) -> bool:
     raise SystemExit(f"{name} must be on or off (1/true/yes/on, 0/false/no/off), got {raw!r}")
 
 
+MIN_SECRET_BYTES = 16
+
+
+def _secret(name: str, default: str) -> bytes:
+    """A secret: ``default`` when unset (development: ``serve`` warns), and refused when
+    set but short, an empty one above all (a unit file's ``=$UNSET``): a short key makes
+    the keyed hashes of insured persons' numbers guessable (found by a probe)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default.encode()
+    secret = raw.encode()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SystemExit(
+            f"{name} must be at least {MIN_SECRET_BYTES} bytes (a long random secret), "
+            f"got {len(secret)}; leave it unset only in development"
+        )
+    return secret
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -192,7 +211,7 @@ class Settings:
             db_pool_min=(pool_min := _int("TRACE_DB_POOL_MIN", 2, 0)),
             db_pool_max=_int("TRACE_DB_POOL_MAX", max(10, pool_min), max(1, pool_min)),
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024, 1),
-            psn_secret=os.environ.get("TRACE_PSN_SECRET", "dev-only-change-me").encode(),
+            psn_secret=_secret("TRACE_PSN_SECRET", "dev-only-change-me"),
             log_level=_log_level("TRACE_LOG_LEVEL", "info"),
             key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0, DAY_SECONDS),
             flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0, TEN_YEARS_HOURS),

@@ -191,6 +191,9 @@ async def test_typed_identities_migration_converts_stored_rows(db, tmp_path) -> 
         ("TRACE_DB_ACQUIRE_SECONDS", "3601", "TRACE_DB_ACQUIRE_SECONDS must be at most 3600"),
         ("TRACE_DB_POOL_MAX", "0", "TRACE_DB_POOL_MAX must be at least 2"),  # the min, 2 by default
         ("TRACE_DB_POOL_MIN", "12", "TRACE_DB_POOL_MAX must be at least 12"),
+        # a security probe: set but empty, the person hash was keyed with b""
+        ("TRACE_PSN_SECRET", "", "TRACE_PSN_SECRET must be at least 16 bytes"),
+        ("TRACE_PSN_SECRET", "short", "TRACE_PSN_SECRET must be at least 16 bytes"),
     ],
 )
 async def test_a_setting_out_of_range_stops_serve_before_anything_starts(

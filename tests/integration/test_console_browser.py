@@ -45,7 +45,7 @@ def service_url(server_urls: tuple[str, str], db_url: str, tmp_path: Path) -> It
         **os.environ,
         "TRACE_DATABASE_URL": db_url,
         "TRACE_REDIS_URL": server_urls[1],
-        "TRACE_PSN_SECRET": "test-secret",
+        "TRACE_PSN_SECRET": "test-secret-of-the-browser-tests",
         "TRACE_LOG_LEVEL": "warning",
     }
     proc = start_service(env, port, tmp_path / "service.log")
