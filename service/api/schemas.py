@@ -209,11 +209,14 @@ class SettlementLineOut(msgspec.Struct):
     units: int  # billed by this line: consumed, or its quantity without codes (0 unless payable)
 
 
-class SettlementOut(msgspec.Struct):
+class SettlementOut(msgspec.Struct, omit_defaults=True):
     setl_id: str
     decision: str  # accepted, partial or rejected
     lines: list[SettlementLineOut]
     flags: list[FlagRef]
+    # our addition, only in the answer to a settlement sent again after its reversal
+    reversed: bool = False
+    reversed_at: datetime | None = None
 
 
 class StoredLineOut(msgspec.Struct):

@@ -164,10 +164,16 @@ def _row(claim: Claim, psn_hash: bytes, body_hash: bytes, answer: dict[str, Any]
 
 
 def _replay(stored: Mapping[str, Any], body_hashes: tuple[bytes, ...]) -> dict[str, Any]:
-    """The stored answer of a settlement sent again; Conflict if the body differs."""
+    """The stored answer of a settlement sent again; Conflict if the body differs. A
+    settlement the insurer reversed since says so (``reversed``, ``reversed_at``): its
+    units were given back, and an engine retrying after its reversal must not take the
+    sale as paid (found by a probe)."""
     if not any(hmac.compare_digest(stored["body_hash"], h) for h in body_hashes):
         raise Conflict
-    return dict(stored["response"])
+    answer = dict(stored["response"])
+    if stored["reversed_at"] is not None:
+        answer |= {"reversed": True, "reversed_at": stored["reversed_at"]}
+    return answer
 
 
 def _packs(canonical: Mapping[str, str | None]) -> list[str]:

@@ -296,6 +296,29 @@ async def test_reversal_restores_exactly_and_once(admin: Api) -> None:
     assert (await ins.post("/v1/settlements/UNKNOWN/reversal", None)).status_code == 404
 
 
+async def test_a_reversed_settlement_sent_again_says_it_was_reversed(admin: Api) -> None:
+    """Found by a probe: an engine whose settlement call timed out reverses it (冲正) and
+    its retry queue then sends the original again. The stored answer came back,
+    "accepted", with nothing saying that the units were given back and may be sold
+    again: the engine took the sale as paid while the pack was free. The replay is
+    still the stored answer (no second consumption), and says ``reversed`` and when."""
+    w = await stocked(admin)
+    ins, (a,) = w["insurer"], w["codes"][:1]
+    body = claim("SRR", [{"quantity": 24, "codes": [a]}])
+    first = await ins.ok("POST", "/v1/settlements", body)
+    assert first["decision"] == "accepted"
+    assert "reversed" not in first  # only a reversed settlement's replay carries it
+    assert await ins.ok("POST", "/v1/settlements", body) == first  # a replay, as before
+    await ins.ok("POST", "/v1/settlements/SRR/reversal")
+    again = await ins.ok("POST", "/v1/settlements", body)
+    record = await ins.ok("GET", "/v1/settlements/SRR")
+    assert (again["reversed"], again["reversed_at"]) == (True, record["reversed_at"]), again
+    assert {k: v for k, v in again.items() if not k.startswith("reversed")} == first
+    left = (await w["keys"]["P1"].ok("POST", "/v1/verify", {"codes": [a]}))["items"]
+    assert left[0]["units_left"] == 24  # nothing consumed again
+    assert "reversed" not in record["answer"]  # the answer as it was given
+
+
 async def test_dispense_and_settlement_with_one_setl_id_consume_once(admin: Api) -> None:
     w = await stocked(admin)
     ins, p1, (a, b) = w["insurer"], w["keys"]["P1"], w["codes"][:2]
