@@ -160,29 +160,27 @@ def kept_row(row: dict[str, Any]) -> dict[str, Any]:
     """The row as kept with the ledger: the person (and the ID-card numbers of the
     prescriber and pharmacist) is never stored, however its keys are spelled and wherever
     a system repeats them (each trace-code item, an object of its own)."""
-    if _DOCUMENTED.issuperset(row) and _plain(row):
-        return row  # the common case, checked at C speed: nothing to take out
+    # the common case, a row of documented fields with scalar values but for its bare
+    # trace-code items, is kept as it came: asked at C speed but for those items (a row
+    # of a 1,000-row upload in about a microsecond)
+    if _DOCUMENTED.issuperset(row):
+        kinds = list(map(type, row.values()))
+        if dict not in kinds:
+            lists = kinds.count(list)
+            if not lists:
+                return row
+            items = row.get("drugtracinfo")
+            if lists == 1 and type(items) is list:
+                for item in items:
+                    if type(item) is not dict or len(item) != 1 or "drug_trac_codg" not in item:
+                        break
+                else:
+                    return row
     return {
         k: v if type(v) in _SCALARS else _scrubbed(v, k, 1)
         for k, v in row.items()
         if k in _DOCUMENTED or k.replace("_", "").lower() not in _NEVER_KEPT
     }
-
-
-def _plain(row: dict[str, Any]) -> bool:
-    """Are the row's values scalars, but for ``drugtracinfo``'s items of one key each?"""
-    kinds = set(map(type, row.values()))
-    if dict in kinds:
-        return False
-    if list not in kinds:
-        return True
-    items = row.get("drugtracinfo")
-    lists = sum(1 for v in row.values() if type(v) is list)
-    return (
-        lists == 1
-        and type(items) is list
-        and all(type(i) is dict and len(i) == 1 and "drug_trac_codg" in i for i in items)
-    )
 
 
 def _scrubbed(value: Any, field: str, depth: int) -> Any:
