@@ -24,9 +24,10 @@ from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
 from litestar.plugins import InitPluginProtocol
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response.base import ASGIResponse
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
-from litestar.types import ExceptionHandler
+from litestar.types import ASGIApp, ExceptionHandler
 
 from service.config import Settings
 from service.console import auth, text
@@ -48,13 +49,15 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-# on every console answer, pages and error pages alike
+# on every console answer: pages, error pages and the static files
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
 }
+# on pages and error pages besides: what they show is kept by no browser or proxy (the
+# static files are the same for everyone, and may be)
+PAGE_HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
 # what an error answer announces that its page keeps
 _ANNOUNCED = ("allow", "retry-after")
 # the statuses an error page explains in its own words; others say "something went wrong"
@@ -81,7 +84,7 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception, answer: Respons
         message = f"error.status.{status}" if status in ERROR_STATUSES else "error.title"
     headers = {k: v for k, v in answer.headers.items() if k.lower() in _ANNOUNCED}
     return page(
-        request, "error.html", status, headers={**SECURITY_HEADERS, **headers}, status=status, message=message
+        request, "error.html", status, headers={**PAGE_HEADERS, **headers}, status=status, message=message
     )
 
 
@@ -111,6 +114,15 @@ def error_pages() -> InitPluginProtocol:
     return _ErrorPages()
 
 
+async def _static_headers(response: ASGIApp) -> ASGIApp:
+    """The security headers on a static file (a file answer, which the router's
+    ``response_headers`` do not reach: a probe found the CSS and script without them)."""
+    if isinstance(response, ASGIResponse):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers[name] = value
+    return response
+
+
 def router(settings: Settings) -> Router:
     secure_cookies = settings.secure_cookies  # TRACE_SECURE_COOKIES: behind TLS
     csrf = CSRFConfig(
@@ -121,7 +133,9 @@ def router(settings: Settings) -> Router:
         cookie_samesite="strict",
         cookie_secure=secure_cookies,
     )
-    static = create_static_files_router(path="/static", directories=[_STATIC], opt={"public": True})
+    static = create_static_files_router(
+        path="/static", directories=[_STATIC], opt={"public": True}, after_request=_static_headers
+    )
     return Router(
         path=PATH,
         route_handlers=[SignInController, ConsoleController, InvestigationController, static],
@@ -131,7 +145,7 @@ def router(settings: Settings) -> Router:
         ],
         guards=[auth.signed_in],
         exception_handlers={auth.SignInRequired: to_signin},  # the others: error_pages()
-        response_headers=[ResponseHeader(name=k, value=v) for k, v in SECURITY_HEADERS.items()],
+        response_headers=[ResponseHeader(name=k, value=v) for k, v in PAGE_HEADERS.items()],
         include_in_schema=False,
     )
 

@@ -399,6 +399,21 @@ async def test_a_lot_too_long_for_the_api_is_refused_by_the_console_too(
     assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False
 
 
+async def test_the_static_files_carry_the_pages_security_headers(browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """A probe found the console's CSS and script served without X-Content-Type-Options
+    or the Content-Security-Policy that its pages send."""
+    page = await browser.get("/console/signin")
+    linked = re.findall(r'(?:href|src)="(/console/static/[^"]+)"', page.text)
+    assert sorted(linked) == ["/console/static/console.css", "/console/static/console.js"]
+    for path in linked:
+        for method in ("GET", "HEAD"):
+            answer = await browser.request(method, path)
+            assert answer.status_code == 200, (method, path, answer.status_code)
+            for name in ("content-security-policy", "x-content-type-options", "referrer-policy"):
+                assert answer.headers.get(name) == page.headers[name], (method, path, name)
+    assert (await browser.get("/console/static/console.css")).headers["content-type"].startswith("text/css")
+
+
 async def test_secure_cookies_when_asked(settings: Settings) -> None:
     """TRACE_SECURE_COOKIES: behind TLS, the console's cookies are sent over HTTPS only
     (the CSRF cookie of the sign-in page; the session cookie is set by the same config)."""
