@@ -35,6 +35,7 @@ from service.console.pages import (
     ConsoleController,
     InvestigationController,
     SignInController,
+    lot_url,
     org_url,
     page,
     to_signin,
@@ -159,6 +160,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     env.filters["when"] = when
     env.filters.update(text.FILTERS)
     env.globals["org_url"] = org_url
+    env.globals["lot_url"] = lot_url
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, get_args
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -110,13 +110,26 @@ def page(
 NOTICE = "notice"  # the session's key for a page's one-time notice
 
 
+def _query_of(query: str) -> list[list[str]]:
+    """A URL's query as its decoded (name, value) pairs, in order (as a session keeps
+    them: lists)."""
+    return [[name, value] for name, value in parse_qsl(query, keep_blank_values=True)]
+
+
 def _leave_notice(request: Req, url: str, key: str, *args: int, error: bool = False) -> None:
     """What an action did (or why it did nothing), for the page at ``url`` to show once,
     the next time it is rendered. Kept in the server-side session, never in the URL:
     anyone can write a count in a link (a probe showed "99,999 codes set to recalled" on a
-    lot never recalled)."""
-    path = unquote(urlsplit(url).path)
-    request.session[NOTICE] = {"path": path, "key": key, "args": list(args), "error": error}
+    lot never recalled). The page is its path and its query: a lot whose page is
+    addressed in the query (:func:`lot_url`) shares its path with every other such lot."""
+    parts = urlsplit(url)
+    request.session[NOTICE] = {
+        "path": unquote(parts.path),
+        "query": _query_of(parts.query),
+        "key": key,
+        "args": list(args),
+        "error": error,
+    }
 
 
 def _take_notice(request: Req) -> dict[str, Any] | None:
@@ -124,6 +137,8 @@ def _take_notice(request: Req) -> dict[str, Any] | None:
     session = request.scope.get("session")
     notice = session.get(NOTICE) if isinstance(session, dict) else None
     if not isinstance(notice, dict) or notice.get("path") != request.scope["path"]:
+        return None
+    if notice.get("query", []) != _query_of(request.scope["query_string"].decode("latin-1")):
         return None
     del session[NOTICE]  # type: ignore[union-attr]
     return notice
@@ -444,6 +459,15 @@ class InvestigationController(Controller):
 
     @get("/lots/{product_id:str}/{lot:str}")
     async def lot(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Template:
+        return await self._lot_page(request, product_id, lot)
+
+    @get("/lots")
+    async def lot_by_query(self, request: Req) -> Template:
+        """The same page, for the lots a path cannot hold (see :func:`lot_url`)."""
+        params = request.query_params
+        return await self._lot_page(request, params.get("product_id", ""), params.get("lot", ""))
+
+    async def _lot_page(self, request: Req, product_id: str, lot: str) -> Template:
         services = request.app.state.services
         if not _lot_named(product_id, lot):
             return page(request, "lot.html", status_code=404, product_id=product_id, lot=lot, summary=None)
@@ -474,12 +498,25 @@ class InvestigationController(Controller):
             known=set(holders),  # organisations with a page (not "unknown", no custodian)
         )
 
-    @post("/lots/{product_id:str}/{lot:str}/recall")
-    async def recall(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Redirect:
-        services = request.app.state.services
+    @post("/lots/recall")
+    async def recall(self, request: Req) -> Redirect:
+        """The lot page's recall form: the lot in the form, as it is (any lot a path
+        cannot hold too)."""
         form = await request.form()
+        product_id, lot = (form.get(field) for field in ("product_id", "lot"))
+        if not isinstance(product_id, str) or not isinstance(lot, str):  # absent, or a file
+            product_id, lot = "", ""
+        return await self._recall(request, form, product_id, lot)
+
+    @post("/lots/{product_id:str}/{lot:str}/recall")
+    async def recall_by_path(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Redirect:
+        """Where the form was sent before (a page still open from then)."""
+        return await self._recall(request, await request.form(), product_id, lot)
+
+    async def _recall(self, request: Req, form: Any, product_id: str, lot: str) -> Redirect:
+        services = request.app.state.services
         reason = _text(form.get("reason"))
-        back = f"/console/lots/{quote(product_id, safe='')}/{quote(lot, safe='')}"
+        back = lot_url(product_id, lot)
         refused = None
         if not _lot_named(product_id, lot):
             refused = "product"
@@ -544,6 +581,18 @@ def org_url(org_id: str) -> str:
     if org_id in (".", ".."):
         return f"/console/orgs?{urlencode({'id': org_id})}"
     return f"/console/orgs/{quote(org_id, safe='')}"
+
+
+def lot_url(product_id: str, lot: str) -> str:
+    """A lot's page. GS1 lets a lot hold "/" and "%" and be "." or "..": a "/" (also
+    written %2F) splits the path, and browsers resolve "." and ".." (also written %2E)
+    before asking (a probe: such a lot's page and recall could not be reached); a "%" is
+    kept out of the path too (a proxy that decodes the path once more would ask for
+    another lot). Those go in the query instead, as :func:`org_url`'s ids; any other lot
+    keeps its path (links and bookmarks as before)."""
+    if all(part not in ("", ".", "..") and "/" not in part and "%" not in part for part in (product_id, lot)):
+        return f"/console/lots/{quote(product_id, safe='')}/{quote(lot, safe='')}"
+    return "/console/lots?" + urlencode({"product_id": product_id, "lot": lot}, quote_via=quote)
 
 
 def _lot_named(product_id: str, lot: str) -> bool:

@@ -3,6 +3,7 @@ revocation, the code page and the flag queue."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -326,11 +327,14 @@ async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmat
     assert 'href="/console/orgs/X1"' in html
     token = _TOKEN.search(html)
     assert token
-    recall = f"{lot_path}/recall"
+    recall = "/console/lots/recall"  # the lot in the form
+    assert f'action="{recall}"' in html
+    assert '<input type="hidden" name="lot" value="L9">' in html
+    named = {"product_id": GTIN, "lot": "L9"}
     # no reason, or no confirmation: nothing recalled
     for form in ({"reason": "", "confirm": "yes"}, {"reason": "contaminated"}):
         answer = await browser.post(
-            recall, data={**form, "_csrf_token": token.group(1)}, follow_redirects=False
+            recall, data={**named, **form, "_csrf_token": token.group(1)}, follow_redirects=False
         )
         assert answer.status_code == 303
         assert answer.headers["location"] == lot_path
@@ -338,7 +342,7 @@ async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmat
     assert (await w["inv"].ok("GET", f"/v1/lots/{GTIN}/L9"))["recalled"] is False
     answer = await browser.post(
         recall,
-        data={"reason": "contaminated", "confirm": "yes", "_csrf_token": token.group(1)},
+        data={**named, "reason": "contaminated", "confirm": "yes", "_csrf_token": token.group(1)},
         follow_redirects=False,
     )
     assert answer.status_code == 303
@@ -352,7 +356,9 @@ async def test_lot_page_charts_the_units_and_recalls_with_a_reason_and_confirmat
     assert "contaminated" in after
     assert 'action="' + recall not in after  # a recalled lot offers no second recall
     # without the CSRF token the recall form is refused
-    refused = await browser.post(recall, data={"reason": "x", "confirm": "yes"}, follow_redirects=False)
+    refused = await browser.post(
+        recall, data={**named, "reason": "x", "confirm": "yes"}, follow_redirects=False
+    )
     assert refused.status_code == 403
     assert (await browser.get(f"/console/lots/{GTIN}/NOPE")).status_code == 404
 
@@ -412,6 +418,58 @@ async def test_the_static_files_carry_the_pages_security_headers(browser: AsyncT
             for name in ("content-security-policy", "x-content-type-options", "referrer-policy"):
                 assert answer.headers.get(name) == page.headers[name], (method, path, name)
     assert (await browser.get("/console/static/console.css")).headers["content-type"].startswith("text/css")
+
+
+# lots GS1 allows that a URL path cannot hold ("/", "%", dot segments), and one that it can
+ODD_LOTS = ("A/B%2.", "..", ".", "%2E%2E", "a+b c&d=e#f?")
+_LOT_LINK = re.compile(r'<a href="(/console/lots[^"]*)">')
+_RECALL_FORM = re.compile(r'<form method="post" action="([^"]+)" class="change">(.*?)</form>', re.S)
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
+
+
+async def test_every_lot_opens_from_its_code_and_is_recalled_from_its_page(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """A lot holding "/" or "%", or that is "." or "..", had a page nobody could open (a
+    404, or the browser went elsewhere) and so no recall (a probe)."""
+    from tests.helpers import cn20, world
+
+    w = await world(admin)
+    codes = {lot: cn20(w["unit"], serial) for serial, lot in enumerate(ODD_LOTS, start=1)}
+    for lot, code in codes.items():
+        await admin.events(event("commission", "M1", [code], 0, lot=lot, expiry="2030-12-31"))
+    await _sign_in(browser, w["inv"].key)
+    pages = {}
+    for lot, code in codes.items():
+        link = _LOT_LINK.search((await browser.get("/console/codes", params={"q": code})).text)
+        assert link, lot
+        pages[lot] = html.unescape(link.group(1))
+        page = await browser.get(pages[lot])
+        assert page.status_code == 200, (lot, pages[lot], page.status_code)
+        assert (
+            f'<h1>批次 <span class="code"><bdi>{html.escape(lot, quote=True)}</bdi></span></h1>' in page.text
+        )
+    # each recalled through its page's form, in turn; each notice on its own lot's page
+    for lot in ODD_LOTS:
+        page = (await browser.get(pages[lot])).text
+        form = _RECALL_FORM.search(page)
+        assert form, lot
+        fields = {name: html.unescape(value) for name, value in _HIDDEN.findall(form.group(2))}
+        answer = await browser.post(
+            html.unescape(form.group(1)),
+            data={**fields, "reason": f"recall of {lot}", "confirm": "yes"},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, (lot, answer.status_code)
+        assert answer.headers["location"] == pages[lot]
+        for other in ODD_LOTS:  # another lot's page, addressed alike, does not take it
+            if other != lot:
+                assert 'class="notice"' not in (await browser.get(pages[other])).text, (lot, other)
+        after = (await browser.get(pages[lot])).text
+        assert "已召回，1 个追溯码改为召回状态。" in after, lot
+        assert html.escape(f"recall of {lot}", quote=True) in after
+        assert 'class="bar bar-recalled"' in after
 
 
 async def test_secure_cookies_when_asked(settings: Settings) -> None:

@@ -346,3 +346,41 @@ async def test_organisations_named_dot_and_dot_dot_open_from_their_links(admin: 
         await page.goto("/console/codes?q=" + code)
         await page.locator("dl.facts dt:text-is('持有方') + dd a").click()
         await expect(page.get_by_role("heading", level=1)).to_have_text(f"Dots {org} ({org})")
+
+
+async def test_lots_a_path_cannot_hold_open_from_their_codes_and_are_recalled(
+    admin: Api, page: object
+) -> None:
+    """GS1 lets a lot hold "/" and "%" and be "..": their links went to a 404, or the
+    browser resolved ".." to another page, so their recall could not be reached (a probe)."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    codes = {lot: cn20(w["unit"], serial) for serial, lot in enumerate(("A/B%2.", ".."), start=1)}
+    for lot, code in codes.items():
+        await admin.events(
+            event("commission", "M1", [code], 0, lot=lot, expiry="2030-12-31"),
+            event("ship", "M1", [code], 1, to="P1"),
+            event("receive", "P1", [code], 2),
+        )
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    for lot, code in codes.items():
+        await page.goto("/console/codes?q=" + code)
+        await page.get_by_role("link", name="查看批次").click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text(f"批次 {lot}")
+        by_state = page.locator("section", has=page.get_by_role("heading", name="按状态"))
+        await expect(by_state.locator("svg.bars rect.bar-received")).to_have_count(1)
+        await page.get_by_label("召回原因").fill(f"污染 {lot}")
+        await page.get_by_label("我确认召回").check()
+        await page.get_by_role("button", name="召回", exact=True).click()
+        await expect(page.get_by_role("status")).to_contain_text("1 个追溯码改为召回状态")
+        await expect(page.get_by_role("heading", level=1)).to_have_text(f"批次 {lot}")
+        await expect(by_state.locator("svg.bars rect.bar-recalled")).to_have_count(1)
+        await expect(page.locator("dl.facts")).to_contain_text(f"污染 {lot}")
+    await page.screenshot(path=str(SHOTS / "console-lot-dots.png"), full_page=True)
