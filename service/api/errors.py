@@ -39,6 +39,8 @@ _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
+# Litestar's refusal of a request without a required parameter (it names the URL too)
+_MISSING_PARAMETER = re.compile(r"^Missing required (\w+) parameter '([^']*)'")
 
 
 # Under /epcis, the REST binding's exception types name the service's own refusals (a
@@ -170,6 +172,9 @@ def _short(text: str, limit: int = 200) -> str:
 def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     extra = exc.extra if isinstance(exc.extra, list) else []
     errors = [dict(zip(("field", "message"), _field_of(item), strict=True)) for item in extra]
+    missing = _MISSING_PARAMETER.match(str(exc.detail))
+    if not errors and missing:  # the parameter itself, as a missing field is named
+        errors = [{"field": _short(missing.group(2)), "message": f"a required {missing.group(1)} parameter"}]
     if not errors:
         errors = [{"field": "body", "message": str(exc.detail)}]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi.spec import Example
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import principal_of, requires
@@ -36,14 +37,20 @@ class InvestigationController(Controller):
     @get("/lots/{product_id:str}/{lot:str}", responses=problems(*KEYED, 404))
     async def lot(self, services: Services, product_id: FromPath[str], lot: FromPath[str]) -> LotOut:
         """Where a lot's units are: counts by state and by custodian."""
-        if not is_product_id(product_id):  # as a recall names it
-            raise bad_input("product_id", PRODUCT_ID_RULE)
-        if len(lot) > 64:
-            raise bad_input("lot", "at most 64 characters")
-        summary = await usecase.lot(services.pool, product_id, lot)
-        if summary is None:
-            raise problem(404, f"no codes of product {product_id} lot {lot}")
-        return msgspec.convert(summary, LotOut, from_attributes=True)
+        return await _lot(services, product_id, lot)
+
+    @get("/lots", responses=problems(*KEYED, 404))
+    async def lot_by_query(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        product_id: Annotated[str, QueryParameter(examples=[Example(value="8123456")])],
+        lot: Annotated[str, QueryParameter(examples=[Example(value="L2603")])],
+    ) -> LotOut:
+        """The same answer as ``/v1/lots/{product_id}/{lot}``, for any lot: one holding
+        "/", or that is "." or "..", cannot be named in a path (⚠ our addition)."""
+        refuse_other_parameters(request, ("product_id", "lot"))
+        return await _lot(services, product_id, lot)
 
     @post(
         "/recalls",
@@ -105,3 +112,16 @@ class InvestigationController(Controller):
                 for i in items
             ],
         )
+
+
+async def _lot(services: Services, product_id: str, lot: str) -> LotOut:
+    """A lot's summary: the product id as a recall names it, a lot of 1 to 64 characters
+    as a recall's; 404 for a lot no code carries that was never recalled."""
+    if not is_product_id(product_id):
+        raise bad_input("product_id", PRODUCT_ID_RULE)
+    if not 0 < len(lot) <= 64:
+        raise bad_input("lot", "1 to 64 characters")
+    summary = await usecase.lot(services.pool, product_id, lot)
+    if summary is None:
+        raise problem(404, f"no codes of product {product_id} lot {lot}")
+    return msgspec.convert(summary, LotOut, from_attributes=True)

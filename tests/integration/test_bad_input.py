@@ -57,6 +57,7 @@ async def test_nul_bad_utf8_and_extreme_dates_are_400(admin: Api) -> None:
     assert (await inv.get("/v1/flags/\u00b2")).status_code == 404
     assert (await inv.get("/v1/orgs/a%00b/stats")).status_code in (400, 404)
     assert (await inv.get("/v1/lots/8123456/L%00")).status_code in (400, 404)
+    assert (await inv.get("/v1/lots?product_id=8123456&lot=L%00")).status_code in (400, 404)
     assert (await ins.get("/v1/settlements/S%00")).status_code in (400, 404)
     assert (await m.get("/v1/codes/81234560000000000001/verify?org=P%001")).status_code in (400, 403)
 
@@ -102,6 +103,12 @@ async def test_a_settlement_id_outside_its_pattern_is_400_and_stores_nothing(adm
     [
         ("/v1/lots/abc/L1", "product_id"),  # as POST /v1/recalls names it, not a 404
         (f"/v1/lots/8123456/{'L' * 65}", "lot"),
+        ("/v1/lots?product_id=abc&lot=L1", "product_id"),
+        (f"/v1/lots?product_id=8123456&lot={'L' * 65}", "lot"),
+        ("/v1/lots?product_id=8123456&lot=", "lot"),  # empty: no lot, not every lot
+        ("/v1/lots?product_id=8123456", "lot"),
+        ("/v1/lots?product_id=8123456&lot=L1&lot=L2", "lot"),  # which one counts would be a guess
+        ("/v1/lots?product_id=8123456&lot=L1&org=P1", "org"),  # not a parameter there
         ("/v1/orgs/P1/ledger?med_list_codg=", "med_list_codg"),  # empty: not "no item"
     ],
 )
@@ -113,7 +120,7 @@ async def test_malformed_investigation_paths_are_400_naming_the_field(
     inv = await admin.key_for("investigator")
     resp = await inv.get(path)
     assert resp.status_code == 400, resp.text
-    assert field in resp.text
+    assert [e["field"] for e in resp.json()["errors"]] == [field], resp.text
 
 
 @pytest.mark.parametrize("lot", ["L2603 ", " L2603", "L2603\u200b", "\u202e3062L", "L26\n03", "Ｌ２６０３"])

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import redis.asyncio as aioredis
@@ -240,6 +241,34 @@ async def test_recall_lot_summary_and_stats(admin: Api) -> None:
     out = await p1.events(event("receive", "P1", [early], 2), event("dispense", "P1", [early], 4))
     assert out["flags"] == [], out
     assert (await inv.get("/v1/orgs/NOPE/stats")).status_code == 404
+
+
+async def test_a_lot_a_path_cannot_name_is_read_in_the_query(admin: Api) -> None:
+    """GS1 lets a lot hold "/" and be "." or "..": /v1/lots/{product_id}/{lot} cannot
+    name those (a "/", also as %2F, splits the path; clients resolve dot segments), so
+    nothing answered where they are. /v1/lots?product_id=&lot= does, for any lot."""
+    w = await world(admin)
+    inv = w["inv"]
+    lots = ("A/B%2.", "..", ".", "%2F", "A%B", "L7")
+    for serial, lot in enumerate(lots, start=1):
+        await w["keys"]["M1"].events(
+            event("commission", "M1", [cn20(w["unit"], serial)], 0, lot=lot, expiry="2030-01-01")
+        )
+    for lot in lots:
+        found = await inv.ok("GET", "/v1/lots?" + urlencode({"product_id": w["unit"], "lot": lot}))
+        assert (found["product_id"], found["lot"], found["codes"]) == (w["unit"], lot, 1), lot
+        assert found["by_custodian"] == {"M1": 1}
+    recall = {"product_id": w["unit"], "lot": "A/B%2.", "reason": "impurity"}
+    assert (await inv.ok("POST", "/v1/recalls", recall, 201))["codes_recalled"] == 1
+    found = await inv.ok("GET", "/v1/lots?" + urlencode({"product_id": w["unit"], "lot": "A/B%2."}))
+    assert (found["recalled"], found["by_state"]) == (True, {"recalled": 1})
+    # the same answer as the path gives, where a path can name the lot ("%" as %25)
+    path = await inv.ok("GET", f"/v1/lots/{w['unit']}/L7")
+    assert path == await inv.ok("GET", f"/v1/lots?product_id={w['unit']}&lot=L7")
+    path = await inv.ok("GET", f"/v1/lots/{w['unit']}/A%25B")
+    assert path == await inv.ok("GET", f"/v1/lots?product_id={w['unit']}&lot=A%25B")
+    none = await inv.get("/v1/lots", product_id=w["unit"], lot="A/B")
+    assert none.status_code == 404
 
 
 async def test_flags_reach_the_redis_stream(admin: Api, server_urls: tuple[str, str]) -> None:
