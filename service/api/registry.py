@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Response, delete, post
-from litestar.params import FromPath, JSONBody
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.openapi.spec import Example
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import requires
 from service.api.body import StrictJSON
 from service.api.deps import Services
-from service.api.errors import bad_input, problem
+from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
-from service.api.schemas import KeyOut, KeyRevoked, OrgOut, ProductOut
-from service.api.types import FixmedinsCode, Gln, OrgId, ProductId, Region, RegionPrefix, Text
+from service.api.schemas import KeyInfoOut, KeyOut, KeyPage, KeyRevoked, OrgOut, ProductOut
+from service.api.types import (
+    FixmedinsCode,
+    Gln,
+    OrgId,
+    OrgInQuery,
+    ProductId,
+    Region,
+    RegionPrefix,
+    Text,
+)
 from service.core.auth import Role
 from service.core.codes import PRODUCT_ID_RULE, is_gln, is_product_id
 from service.core.registry import Org, PersonLimit, Product
@@ -54,6 +67,38 @@ class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
     org: OrgId | None = None
+
+
+# the query parameters of GET /v1/keys, as its handler names them
+KEY_PARAMETERS = ("org", "role", "revoked", "limit", "cursor")
+ROLES = tuple(r.value for r in Role)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _key_cursor(last: tuple[datetime, str]) -> str:
+    """The cursor of the page after the key ``last`` (its created_at, key_id)."""
+    micros = (last[0] - _EPOCH) // _MICROSECOND
+    return base64.urlsafe_b64encode(f"k{micros}.{last[1]}".encode()).decode().rstrip("=")
+
+
+def _key_after(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, dot, key_id = raw[1:].partition(".")
+        if not (
+            raw.startswith("k")
+            and dot
+            and micros.isascii()
+            and micros.isdigit()
+            and 0 < len(key_id) <= 64
+            and key_id.isascii()
+            and key_id.isprintable()
+        ):
+            raise ValueError(cursor)
+        return _EPOCH + int(micros) * _MICROSECOND, key_id
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise bad_input("cursor", "not a cursor this service handed out") from None
 
 
 def _conflict(what: str) -> Exception:
@@ -131,6 +176,40 @@ class RegistryController(Controller):
             raise bad_input("org", f"a {data.role.value} key is not bound to an organisation")
         key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
         return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org)
+
+    @get("/keys", responses=problems(*KEYED))
+    async def list_keys(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        org: OrgInQuery = None,
+        role: Annotated[str | None, QueryParameter(examples=[Example(value="org")])] = None,
+        revoked: Annotated[str | None, QueryParameter(examples=[Example(value="true")])] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, QueryParameter(max_length=128)] = None,
+    ) -> KeyPage:
+        """Keys, newest first, never with their secrets. Without ``revoked`` only live
+        keys (those that still open the API); ``revoked=true`` lists only the revoked
+        ones, ``revoked=false`` only the live ones. ``org`` must be a registered
+        organisation (its keys), ``role`` one of the roles. Pass ``next_cursor`` back as
+        ``cursor`` for the next page; keys made meanwhile never shift a page."""
+        refuse_other_parameters(request, KEY_PARAMETERS)
+        if role is not None and role not in ROLES:
+            raise bad_input("role", f"one of {', '.join(ROLES)}")
+        if revoked is not None and revoked not in ("true", "false"):
+            raise bad_input("revoked", "true or false")
+        query = usecase.KeyQuery(
+            org=org,
+            role=Role(role) if role is not None else None,
+            revoked=revoked == "true",
+        )
+        page = await usecase.list_keys(
+            services.pool, query, after=_key_after(cursor) if cursor else None, limit=limit
+        )
+        return KeyPage(
+            items=msgspec.convert(page.items, list[KeyInfoOut], from_attributes=True),
+            next_cursor=_key_cursor(page.last) if page.last is not None else None,
+        )
 
     @delete("/keys/{key_id:str}", status_code=200, responses=problems(*KEYED, 404))
     async def revoke_key(self, services: Services, key_id: FromPath[str]) -> KeyRevoked:

@@ -100,6 +100,21 @@ class KeyRevoked(msgspec.Struct):
     revoked_at: datetime
 
 
+class KeyInfoOut(msgspec.Struct):
+    """A key as listed: never its secret, nor the secret's hash."""
+
+    key_id: str
+    role: str
+    org: str | None  # set for (and only for) an org key
+    created_at: datetime
+    revoked_at: datetime | None  # null while the key is live
+
+
+class KeyPage(msgspec.Struct):
+    items: list[KeyInfoOut]  # newest first
+    next_cursor: str | None  # pass back as ``cursor``; null on the last page
+
+
 # -- events ------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import enum
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class Role(enum.StrEnum):
@@ -24,6 +25,17 @@ class Principal:
     def may_act_for(self, org: str) -> bool:
         """An org key acts only as its own organisation; admin acts as any."""
         return self.role is Role.ADMIN or (self.role is Role.ORG and self.org == org)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A key as an admin may see it: never its secret, nor the secret's hash."""
+
+    key_id: str
+    role: Role
+    org: str | None
+    created_at: datetime
+    revoked_at: datetime | None  # None while the key is live
 
 
 def new_key() -> tuple[str, str]:

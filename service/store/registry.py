@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from service.core.auth import Principal, Role
+from service.core.auth import KeyRecord, Principal, Role
 from service.core.registry import Org, PersonLimit, Product
 from service.store.conn import Conn
 
@@ -189,6 +190,43 @@ async def revoke_key(conn: Conn, key_id: str) -> datetime | None:
     if revoked is not None:  # on this server: the service's processes listen here, not on shards
         await conn.execute("SELECT pg_notify($1, $2)", KEY_REVOKED_CHANNEL, key_id)
     return revoked
+
+
+async def list_keys(
+    conn: Conn,
+    *,
+    org: str | None = None,
+    role: Role | None = None,
+    revoked: bool | None = False,
+    after: tuple[datetime, str] | None = None,
+    limit: int | None = None,
+) -> list[KeyRecord]:
+    """Keys, newest first (by ``created_at``, then ``key_id``), below the cursor
+    ``after`` (the last key of the page before). ``revoked``: False, only live keys;
+    True, only revoked ones; None, both."""
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = []
+    if org is not None:
+        where.append(f"org = {arg(org)}")
+    if role is not None:
+        where.append(f"role = {arg(role.value)}")
+    if revoked is not None:
+        where.append("revoked_at IS NOT NULL" if revoked else "revoked_at IS NULL")
+    if after is not None:
+        where.append(f"(created_at, key_id) < ({arg(after[0])}, {arg(after[1])})")
+    rows = await conn.fetch(
+        f"""SELECT key_id, role, org, created_at, revoked_at FROM api_keys
+            {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY created_at DESC, key_id DESC
+            {f"LIMIT {arg(limit)}" if limit is not None else ""}""",  # noqa: S608 - fixed fragments only
+        *args,
+    )
+    return [KeyRecord(r["key_id"], Role(r["role"]), r["org"], r["created_at"], r["revoked_at"]) for r in rows]
 
 
 async def principal_for(conn: Conn, secret_hash: bytes) -> Principal | None:

@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from service.core.auth import Role, new_key, token_hash
+from service.core.auth import KeyRecord, Role, new_key, token_hash
 from service.core.registry import Org, Product
 from service.store import registry
 from service.store.conn import unique_violation, violated_index
@@ -108,6 +108,37 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str) -> datetime | None:
     process listening for revocations hears of it when this commits."""
     async with pool.acquire() as conn:
         return await registry.revoke_key(conn, key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyQuery:
+    org: str | None = None
+    role: Role | None = None
+    revoked: bool | None = False  # False: live keys only; True: revoked only; None: both
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    items: list[KeyRecord]
+    last: tuple[datetime, str] | None  # where the next page starts below; None on the last page
+
+
+async def list_keys(
+    pool: asyncpg.Pool, query: KeyQuery, *, after: tuple[datetime, str] | None, limit: int
+) -> KeyPage:
+    """Up to ``limit`` keys, newest first, below ``after`` (the last key of the page
+    before, as (created_at, key_id)): keys made while an admin pages never shift a page.
+    Raises Invalid (``org``) for an unknown organisation: a misspelt one must not read
+    as an organisation without keys."""
+    async with pool.acquire() as conn:
+        if query.org is not None and await registry.get_org(conn, query.org) is None:
+            raise Invalid("org", f"unknown organisation {query.org}")
+        rows = await registry.list_keys(
+            conn, org=query.org, role=query.role, revoked=query.revoked, after=after, limit=limit + 1
+        )
+    items = rows[:limit]
+    more = len(rows) > limit and bool(items)
+    return KeyPage(items, (items[-1].created_at, items[-1].key_id) if more else None)
 
 
 async def get_products(pool: asyncpg.Pool, product_ids: list[str]) -> dict[str, Product]:

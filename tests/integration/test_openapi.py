@@ -166,6 +166,11 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     key = await c.call(admin, "POST", "/v1/keys", 201, body={"role": "insurer"})
     await c.call(admin, "DELETE", "/v1/keys/{key_id}", 200, key_id=key["key_id"])
     await c.call(admin, "DELETE", "/v1/keys/{key_id}", 404, key_id="nope")
+    page = await c.call(admin, "GET", "/v1/keys", 200, query={"limit": "1"})
+    assert page["next_cursor"]
+    await c.call(admin, "GET", "/v1/keys", 200, query={"cursor": page["next_cursor"], "revoked": "true"})
+    await c.call(admin, "GET", "/v1/keys", 400, query={"revoked": "maybe"})
+    await c.call(p1, "GET", "/v1/keys", 403)
 
     # events: a journey into a case, to the pharmacy; a key acting for another org
     out = await c.call(
