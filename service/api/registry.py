@@ -17,7 +17,7 @@ from service.api.body import StrictJSON
 from service.api.deps import Services
 from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
-from service.api.schemas import KeyInfoOut, KeyOut, KeyPage, KeyRevoked, OrgOut, ProductOut
+from service.api.schemas import KeyInfoOut, KeyOut, KeyPage, KeyRevoked, OrgKeysRevoked, OrgOut, ProductOut
 from service.api.types import (
     FixmedinsCode,
     Gln,
@@ -209,6 +209,24 @@ class RegistryController(Controller):
         return KeyPage(
             items=msgspec.convert(page.items, list[KeyInfoOut], from_attributes=True),
             next_cursor=_key_cursor(page.last) if page.last is not None else None,
+        )
+
+    @post(
+        "/orgs/{org:str}/keys/revoke",
+        status_code=200,
+        responses=problems(*KEYED, 413, 404),  # a body, if sent, is read (and ignored)
+    )
+    async def revoke_org_keys(self, services: Services, org: FromPath[str]) -> OrgKeysRevoked:
+        """Revoke every live key of an organisation (its licence is gone, a key leaked),
+        each as ``DELETE /v1/keys/{key_id}`` does: every worker refuses them at once.
+        Idempotent: once none is live, the list is empty."""
+        revoked = await usecase.revoke_org_keys(services.pool, org)
+        if revoked is None:
+            raise problem(404, f"no organisation {org}")
+        for key_id, _ in revoked:
+            services.key_cache.drop_key(key_id)  # as revoke_key does, before the NOTIFYs arrive
+        return OrgKeysRevoked(
+            org=org, revoked=[KeyRevoked(key_id=key_id, revoked_at=at) for key_id, at in revoked]
         )
 
     @delete("/keys/{key_id:str}", status_code=200, responses=problems(*KEYED, 404))

@@ -115,6 +115,11 @@ class KeyPage(msgspec.Struct):
     next_cursor: str | None  # pass back as ``cursor``; null on the last page
 
 
+class OrgKeysRevoked(msgspec.Struct):
+    org: str
+    revoked: list[KeyRevoked]  # the keys that were live; empty when none was
+
+
 # -- events ------------------------------------------------------------------------
 
 

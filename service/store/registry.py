@@ -192,6 +192,21 @@ async def revoke_key(conn: Conn, key_id: str) -> datetime | None:
     return revoked
 
 
+async def revoke_org_keys(conn: Conn, org: str) -> list[tuple[str, datetime]]:
+    """Revoke every live key of ``org``, each by :func:`revoke_key` (so each is
+    announced on KEY_REVOKED_CHANNEL); (key id, when revoked) of each. Call inside a
+    transaction, so that they are revoked, and announced, together."""
+    rows = await conn.fetch(
+        "SELECT key_id FROM api_keys WHERE org = $1 AND revoked_at IS NULL ORDER BY key_id", org
+    )
+    revoked = []
+    for r in rows:
+        at = await revoke_key(conn, r["key_id"])
+        if at is not None:
+            revoked.append((r["key_id"], at))
+    return revoked
+
+
 async def list_keys(
     conn: Conn,
     *,

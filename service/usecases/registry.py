@@ -141,6 +141,17 @@ async def list_keys(
     return KeyPage(items, (items[-1].created_at, items[-1].key_id) if more else None)
 
 
+async def revoke_org_keys(pool: asyncpg.Pool, org: str) -> list[tuple[str, datetime]] | None:
+    """Revoke every live key of ``org``, each as :func:`revoke_key` does (so every
+    process listening for revocations hears of each when this commits), all in one
+    transaction; (key id, when revoked) of each, or None for an unknown organisation."""
+    async with pool.acquire() as conn:
+        if await registry.get_org(conn, org) is None:
+            return None
+        async with conn.transaction():
+            return await registry.revoke_org_keys(conn, org)
+
+
 async def get_products(pool: asyncpg.Pool, product_ids: list[str]) -> dict[str, Product]:
     """The registered products among ``product_ids``, by id."""
     async with pool.acquire() as conn:

@@ -1,4 +1,5 @@
-"""An admin finds the keys (GET /v1/keys), through the public API."""
+"""An admin finds the keys (GET /v1/keys) and revokes every key of one organisation at
+once (POST /v1/orgs/{org}/keys/revoke), through the public API."""
 
 from __future__ import annotations
 
@@ -115,9 +116,43 @@ async def test_a_bad_or_repeated_parameter_is_a_400_naming_it(
     assert field in [e["field"] for e in resp.json()["errors"]], resp.text
 
 
-async def test_only_an_admin_lists_keys(admin: Api) -> None:
+async def test_only_an_admin_lists_or_revokes_keys(admin: Api) -> None:
     await _orgs(admin)
+    p1 = await admin.key_for("org", "P1")
     for role, org in (("insurer", None), ("investigator", None), ("org", "P1")):
         key = await admin.key_for(role, org)
         assert (await key.get("/v1/keys")).status_code == 403, role
+        assert (await key.post("/v1/orgs/P1/keys/revoke", None)).status_code == 403, role
     assert (await admin.client.get("/v1/keys")).status_code == 401
+    assert (await p1.get(f"/v1/codes/{CODE}/verify")).status_code == 200  # not revoked by them
+
+
+async def test_revoking_an_organisations_keys_refuses_each_on_the_very_next_request(admin: Api) -> None:
+    """A pharmacy's licence is withdrawn: one call revokes all its live keys, and each is
+    refused on its next request, though this worker had it cached."""
+    await _orgs(admin)
+    p1a = await admin.key_for("org", "P1")
+    p1b = await admin.key_for("org", "P1")
+    p1_old = await admin.key_for("org", "P1")
+    p2 = await admin.key_for("org", "P2")
+    await admin.ok("DELETE", f"/v1/keys/{_id(p1_old)}")
+    for key in (p1a, p1b, p2):
+        assert (await key.get(f"/v1/codes/{CODE}/verify")).status_code == 200  # now cached
+    assert admin.client.app.state.key_cache.live
+
+    done = await admin.ok("POST", "/v1/orgs/P1/keys/revoke")
+    assert done["org"] == "P1"
+    assert sorted(r["key_id"] for r in done["revoked"]) == sorted([_id(p1a), _id(p1b)])
+    for key in (p1a, p1b):
+        resp = await key.get(f"/v1/codes/{CODE}/verify")
+        assert resp.status_code == 401, resp.text
+    assert (await p2.get(f"/v1/codes/{CODE}/verify")).status_code == 200  # another organisation's
+    assert await _list(admin, org="P1") == []
+    revoked = {i["key_id"]: i["revoked_at"] for i in await _list(admin, org="P1", revoked="true")}
+    assert revoked.keys() == {_id(p1a), _id(p1b), _id(p1_old)}
+    assert all(revoked[r["key_id"]] == r["revoked_at"] for r in done["revoked"])
+
+    again = await admin.ok("POST", "/v1/orgs/P1/keys/revoke")  # idempotent
+    assert again == {"org": "P1", "revoked": []}
+    assert (await admin.post("/v1/orgs/NOPE/keys/revoke", None)).status_code == 404
+    assert (await admin.get("/v1/keys")).status_code == 200  # the admin's own key is no org's

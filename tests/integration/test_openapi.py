@@ -171,6 +171,11 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(admin, "GET", "/v1/keys", 200, query={"cursor": page["next_cursor"], "revoked": "true"})
     await c.call(admin, "GET", "/v1/keys", 400, query={"revoked": "maybe"})
     await c.call(p1, "GET", "/v1/keys", 403)
+    p2_key = await c.call(admin, "POST", "/v1/keys", 201, body={"role": "org", "org": "P2"})
+    done = await c.call(admin, "POST", "/v1/orgs/{org}/keys/revoke", 200, org="P2")
+    assert [r["key_id"] for r in done["revoked"]] == [p2_key["key_id"]]
+    await c.call(admin, "POST", "/v1/orgs/{org}/keys/revoke", 404, org="NOPE")
+    await c.call(p1, "POST", "/v1/orgs/{org}/keys/revoke", 403, org="P1")
 
     # events: a journey into a case, to the pharmacy; a key acting for another org
     out = await c.call(
