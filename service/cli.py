@@ -11,9 +11,14 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import DEFAULT_SERVER, SERVERS, Settings, in_range, setup_logging
+
+if TYPE_CHECKING:
+    from service.core.auth import KeyRecord
 
 log = logging.getLogger("tracecode")
 
@@ -193,6 +198,57 @@ async def _revoke_key(url: str, key_id: str) -> bool:
         await conn.close()
 
 
+async def _revoke_org_keys(url: str, org: str) -> list[str] | None:
+    import asyncpg
+
+    from service.store import registry
+
+    conn = await asyncpg.connect(url)
+    try:
+        if await registry.get_org(conn, org) is None:
+            return None
+        async with conn.transaction():
+            return [key_id for key_id, _ in await registry.revoke_org_keys(conn, org)]
+    finally:
+        await conn.close()
+
+
+async def _list_keys(url: str, org: str | None, role: str | None, everything: bool) -> list[KeyRecord]:
+    import asyncpg
+
+    from service.core.auth import Role
+    from service.store import registry
+
+    conn = await asyncpg.connect(url)
+    try:
+        if org is not None and await registry.get_org(conn, org) is None:
+            raise SystemExit(f"unknown organisation {org}")
+        return await registry.list_keys(
+            conn, org=org, role=Role(role) if role else None, revoked=None if everything else False
+        )
+    finally:
+        await conn.close()
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if at is not None else "-"
+
+
+def cmd_key_list(settings: Settings, args: argparse.Namespace) -> int:
+    settings = resolve_servers(settings, need_redis=False)
+    assert settings.database_url
+    keys = asyncio.run(_list_keys(settings.database_url, args.org, args.role, args.all))
+    if not keys:
+        print("no keys" if args.all else "no live keys (--all lists revoked ones too)")
+        return 0
+    rows = [("KEY_ID", "ROLE", "ORG", "CREATED", "REVOKED")]
+    rows += [(k.key_id, k.role.value, k.org or "-", _when(k.created_at), _when(k.revoked_at)) for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
     if (args.role == "org") != (args.org is not None):
         print("an org key needs --org; other roles take none", file=sys.stderr)
@@ -206,8 +262,21 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    if (args.key_id is None) == (args.org is None):
+        print("give a KEY_ID or --org ORG (not both)", file=sys.stderr)
+        return 2
     settings = resolve_servers(settings, need_redis=False)
     assert settings.database_url
+    if args.org is not None:
+        revoked = asyncio.run(_revoke_org_keys(settings.database_url, args.org))
+        if revoked is None:
+            print(f"no organisation {args.org}", file=sys.stderr)
+            return 1
+        for key_id in revoked:
+            print(f"key {key_id} revoked")
+        if not revoked:
+            print(f"organisation {args.org} has no live keys")
+        return 0
     if not asyncio.run(_revoke_key(settings.database_url, args.key_id)):
         print(f"no key {args.key_id}", file=sys.stderr)
         return 1
@@ -232,9 +301,15 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["org", "insurer", "investigator", "admin"])
     create.add_argument("--org", default=None, help="the organisation of an org key")
     create.set_defaults(run=cmd_key_create)
-    revoke = key.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id")
+    revoke = key.add_parser("revoke", help="revoke a key, or every live key of an organisation")
+    revoke.add_argument("key_id", nargs="?", default=None)
+    revoke.add_argument("--org", default=None, help="revoke every live key of this organisation")
     revoke.set_defaults(run=cmd_key_revoke)
+    listing = key.add_parser("list", help="list the live keys, newest first (never their secrets)")
+    listing.add_argument("--org", default=None, help="only this organisation's keys")
+    listing.add_argument("--role", default=None, choices=["org", "insurer", "investigator", "admin"])
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
+    listing.set_defaults(run=cmd_key_list)
     return p
 
 

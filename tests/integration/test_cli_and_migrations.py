@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from service.store.migrations import load_migrations, migrate
+from tests.helpers import Api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -229,3 +230,76 @@ async def test_a_serve_flag_out_of_range_is_refused(tmp_path: Path, flag: str, v
     assert done.returncode != 0
     assert f"{flag} must be" in done.stderr, done.stderr
     assert not (tmp_path / "data" / "postgres").exists()
+
+
+async def _cli(data_dir: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**_env(data_dir), "TRACE_DATABASE_URL": db_url}
+    return await asyncio.to_thread(
+        subprocess.run, [TRACECODE, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _listed(out: str) -> list[list[str]]:
+    """The rows of ``key list``'s table under its header."""
+    header, *rows = out.splitlines()
+    assert header.split() == ["KEY_ID", "ROLE", "ORG", "CREATED", "REVOKED"], out
+    return [row.split() for row in rows]
+
+
+async def test_key_list_and_revoking_an_organisations_keys(admin: Api, db_url: str, tmp_path: Path) -> None:
+    """``key list`` shows an admin the live keys, newest first, never a secret (``--all``
+    the revoked ones too); ``key revoke --org`` revokes each live key of an organisation,
+    and the running service refuses them."""
+    for org_id in ("P1", "P2"):
+        body = {"id": org_id, "name": org_id, "kind": "pharmacy", "region": "450100"}
+        await admin.ok("POST", "/v1/orgs", body, 201)
+    old, p1, p2, ins = [
+        await admin.key_for(*spec) for spec in (("org", "P1"), ("org", "P1"), ("org", "P2"), ("insurer",))
+    ]
+    key_id = {k.key: k.key.split(".")[0] for k in (admin, old, p1, p2, ins)}
+    await admin.ok("DELETE", f"/v1/keys/{key_id[old.key]}")
+
+    listed = await _cli(tmp_path, db_url, "key", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = _listed(listed.stdout)
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [
+        (key_id[ins.key], "insurer", "-", "-"),
+        (key_id[p2.key], "org", "P2", "-"),
+        (key_id[p1.key], "org", "P1", "-"),
+        (key_id[admin.key], "admin", "-", "-"),
+    ]
+    assert not any(k.split(".", 1)[1] in listed.stdout for k in key_id)
+    mine = await _cli(tmp_path, db_url, "key", "list", "--org", "P1", "--all")
+    assert [(r[0], r[4] != "-") for r in _listed(mine.stdout)] == [
+        (key_id[p1.key], False),
+        (key_id[old.key], True),
+    ]
+    insurers = await _cli(tmp_path, db_url, "key", "list", "--role", "insurer")
+    assert [r[0] for r in _listed(insurers.stdout)] == [key_id[ins.key]]
+    unknown = await _cli(tmp_path, db_url, "key", "list", "--org", "NOPE")
+    assert unknown.returncode == 1
+    assert "unknown organisation NOPE" in unknown.stderr
+
+    assert (await p1.get("/v1/codes/81234560000000000011/verify")).status_code == 200  # cached
+    revoked = await _cli(tmp_path, db_url, "key", "revoke", "--org", "P1")
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.splitlines() == [f"key {key_id[p1.key]} revoked"]
+    status = 0
+    for _ in range(50):  # announced by the database to this app, which runs elsewhere
+        status = (await p1.get("/v1/codes/81234560000000000011/verify")).status_code
+        if status == 401:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 401
+    assert (await p2.get("/v1/codes/81234560000000000011/verify")).status_code == 200
+    none_left = await _cli(tmp_path, db_url, "key", "list", "--org", "P1")
+    assert none_left.stdout.startswith("no live keys")
+
+    again = await _cli(tmp_path, db_url, "key", "revoke", "--org", "P1")
+    assert (again.returncode, again.stdout.strip()) == (0, "organisation P1 has no live keys")
+    nowhere = await _cli(tmp_path, db_url, "key", "revoke", "--org", "NOPE")
+    assert (nowhere.returncode, nowhere.stderr.strip()) == (1, "no organisation NOPE")
+    for args in ((), (key_id[p2.key], "--org", "P2")):
+        wrong = await _cli(tmp_path, db_url, "key", "revoke", *args)
+        assert wrong.returncode == 2, args
+    assert (await p2.get("/v1/codes/81234560000000000011/verify")).status_code == 200
