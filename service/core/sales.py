@@ -254,8 +254,8 @@ def refold(
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to
     its quantity, and a resale when it finds fewer (``short_of``); nothing from a used-up
-    pack: a resale), a settlement's own take takes
-    what it took when it was decided, and each return gives back the seller's latest
+    pack: a resale), a settlement's own take takes what it took when it was decided, and
+    each return gives back the seller's latest
     sale of the pack at or before it that stands (the one of its ``setl_id`` if it names
     one), unless a standing settlement paid for that sale (:func:`paid`: a settlement's
     own take, or a dispense under the id of a settlement in ``standing``), or waits. A sale takes
