@@ -38,6 +38,7 @@ from service.core.sales import (
     match_returns,
     move_units,
     refold,
+    short_of,
 )
 
 
@@ -330,6 +331,12 @@ class _Book:
     def sold(self, code: str, sale: Sale) -> bool:
         return (code, sale) in self.keys
 
+    def units_taken(self, sale: Sale, codes: Iterable[str]) -> int:
+        """The units ``sale`` took from ``codes`` (also those given back since: a sale
+        takes a pack once)."""
+        wanted = set(codes)
+        return sum(r.units for r in self.rows if r.sale == sale and r.code in wanted)
+
     def add(self, sale: Consumption) -> None:
         self.rows.append(sale)
         self.keys.add((sale.code, sale.sale))
@@ -505,7 +512,9 @@ def _consume(
 ) -> list[NewFlag]:
     """Dispenses take units from packs; returns give back the latest sale's units, unless
     a standing settlement paid for it (then they wait for the refund: ``core.sales.paid``). A
-    dispense carrying a setl_id that a settlement already consumed takes nothing again.
+    dispense carrying a setl_id that a settlement already consumed takes nothing again
+    from the packs the settlement took, and a split one draws from its other packs only
+    the units its sale has not taken yet.
     Returns the suspicions a dispense raises: a consumed pack dispensed again (回流药),
     expired, recalled or out-of-region stock, and a pack of another item than the one
     billed (that one also where the dispense takes nothing again)."""
@@ -521,13 +530,27 @@ def _consume(
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         fresh = [c for c in codes if not book.sold(c, sale)]
-        flags += flag_rules.dispense_flags(
-            event, fresh, world.states, loaded.products, loaded.orgs, earlier, recalls=loaded.recalled_lots
-        )
         # a pack its sale took already (the settlement came first) is taken and judged
         # no more (no DUPLICATE for being the same sale), but what the dispense bills is
         # judged all the same: PRODUCT_MISMATCH does not depend on which came first
         taken_already = [c for c in codes if c not in fresh]
+        short = None
+        if quantity is not None and event.undoes is None:
+            # a split sale draws from the packs it has not taken only the units it has
+            # not taken yet from those it names (as a settlement's line bills what its
+            # dispense took: core.settlement._draw), so it ends as when it comes first
+            quantity = max(0, quantity - book.units_taken(sale, taken_already))
+            short = short_of(quantity, {c: world.states[c].units_left or 0 for c in fresh}, fresh)
+        flags += flag_rules.dispense_flags(
+            event,
+            fresh,
+            world.states,
+            loaded.products,
+            loaded.orgs,
+            earlier,
+            short=short,
+            recalls=loaded.recalled_lots,
+        )
         flags += flag_rules.billed_flags(event, taken_already, world.states, loaded.products, loaded.orgs)
         # judged, but what a refund of its sale gives back it does not take again
         refund = loaded.refunded.get(event.setl_id) if event.setl_id else None
