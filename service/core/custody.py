@@ -72,12 +72,12 @@ class Fact(msgspec.Struct, frozen=True):
     undoes: UUID | None = None
 
     @classmethod
-    def settlement(cls, setl_id: str, at: datetime, org: str, code: str, *, sold: bool = False) -> Fact:
-        """A settlement of ``code``, folded by event time when a history is replayed:
-        judged again as a dispense is; one that took units (``sold``, a refunded or
-        returned sale too) took the pack out of its case."""
+    def settlement(cls, setl_id: str, at: datetime, org: str, *codes: str, sold: bool = False) -> Fact:
+        """A settlement of ``codes`` (one, as stored), folded by event time when a
+        history is replayed: judged again as a dispense is; one that took units
+        (``sold``, a refunded or returned sale too) took the pack out of its case."""
         event_id = uuid5(NAMESPACE_URL, f"settlement:{setl_id}")
-        return cls(event_id, "settle", at, org, (code,), setl_id=setl_id, sold=sold)
+        return cls(event_id, "settle", at, org, codes, setl_id=setl_id, sold=sold)
 
 
 def sort_key(fact: Fact) -> tuple[datetime, int, int]:
@@ -88,31 +88,45 @@ def sort_key(fact: Fact) -> tuple[datetime, int, int]:
 
 def fold_order(facts: Iterable[Fact]) -> list[Fact]:
     """The facts in the order the fold applies them: :func:`sort_key` order, except that
-    at one instant an organisation takes in what was shipped to it before it ships
-    anything on. TYPE_RANK alone puts every ship of an instant before every receive,
-    which is right between two organisations (M1 ships, D1 receives) but not for one that
-    receives a case and sends it on in the same second (cross-docking). A function of
-    the facts alone, so the fold still converges whatever order they arrived in."""
+    at one instant an organisation takes in what was shipped to it, and sells what it
+    sells, before it ships anything on. TYPE_RANK alone puts every ship of an instant
+    before every receive and every sale, which is right between two organisations (M1
+    ships, D1 receives) but not for one that receives a case and sends it on in the same
+    second (cross-docking), nor for one that sells a pack out of a case and sends the
+    rest of the case on in that second (the pack it sold stays sold with it, not on its
+    way onward). A function of the facts alone, so the fold still converges whatever
+    order they arrived in."""
     out: list[Fact] = []
     for _, instant in itertools.groupby(sorted(facts, key=sort_key), key=attrgetter("at")):
-        out += _receive_before_shipping_on(list(instant))
+        out += _before_shipping_on(list(instant))
     return out
 
 
+def folded_before(facts: Iterable[Fact], fact: Fact) -> list[Fact]:
+    """The facts the fold applies before ``fact``, in :func:`fold_order`: those of
+    earlier instants, and of its own instant those that go first (an organisation's sale
+    comes before its own ship onward of that instant)."""
+    ordered = fold_order([*facts, fact])
+    return ordered[: ordered.index(fact)]
+
+
 _Node = int | tuple[str, str]  # a fact's index in its group, or an organisation's gate
+SALES = ("dispense", "settle")  # an organisation's sales, which come before its ships
 
 
-def _receive_before_shipping_on(group: list[Fact]) -> list[Fact]:
-    """One instant's facts (in sort_key order), each organisation's receives moved before
-    its own ships: the order in which every fact that can go next does, smallest key
-    first, where a receive by X waits for every ship to X and a ship by X for every
-    receive by X. With a cycle (X and Y shipping to each other in one second) the rest
-    keeps sort_key order."""
+def _before_shipping_on(group: list[Fact]) -> list[Fact]:
+    """One instant's facts (in sort_key order), each organisation's receives and sales
+    moved before its own ships: the order in which every fact that can go next does,
+    smallest key first, where a receive by X waits for every ship to X, a sale by X for
+    every receive by X, and a ship by X for every receive and sale by X. With a cycle (X
+    and Y shipping to each other in one second) the rest keeps sort_key order."""
     receivers = {f.org for f in group if f.type == "receive"}
-    if not any(f.type == "ship" and f.org in receivers for f in group):
+    sellers = {f.org for f in group if f.type in SALES}
+    if not any(f.type == "ship" and (f.org in receivers or f.org in sellers) for f in group):
         return group  # nearly always: nothing to move
     # nodes: the facts (their index in the group is their priority) and, per organisation,
-    # a gate before its receives ("in") and one before its ships ("out")
+    # a gate before its receives ("in"), one before its sales ("sell") and one before its
+    # ships ("out")
     after: dict[_Node, list[_Node]] = {}
     waits: dict[_Node, int] = {}
 
@@ -125,8 +139,12 @@ def _receive_before_shipping_on(group: list[Fact]) -> list[Fact]:
             edge(i, ("in", f.to))
         if f.type == "receive":
             edge(("in", f.org), i)
+            edge(i, ("sell", f.org))
             edge(i, ("out", f.org))
-        if f.type == "ship" and f.org in receivers:
+        if f.type in SALES:
+            edge(("sell", f.org), i)
+            edge(i, ("out", f.org))
+        if f.type == "ship" and (f.org in receivers or f.org in sellers):
             edge(("out", f.org), i)
     gates = {n for n in (*after, *waits) if isinstance(n, tuple)}
     ready: list[tuple[int, _Node]] = [(-1, g) for g in gates if not waits.get(g)]

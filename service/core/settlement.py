@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from service.core.codes import LABEL_MISMATCH, try_parse_code
-from service.core.custody import CodeState, Fact, counted, replay
+from service.core.custody import DESTROYED, CodeState, Fact, counted, folded_before, holds, replay
 from service.core.flags import ITEMS, Evidence, FlagRef, NewFlag, items, mismatch_refs
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
@@ -725,10 +725,18 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     )
 
 
-def late(at: datetime, states: Mapping[str, CodeState]) -> bool:
-    """Did events dated after the sale reach the service before its claim? Its packs are
-    then judged as they were at the sale, from their history (:func:`at_sale`)."""
-    return any(s.last_at > at for s in states.values())
+def late(at: datetime, org: str, states: Mapping[str, CodeState]) -> bool:
+    """Did events dated after the sale reach the service before its claim, or events of
+    its instant that fold after it (``custody.fold_order``: the seller's own ship onward
+    of the case holding a pack it sold, a destroy)? Its packs are then judged as they
+    were at the sale, from their history (:func:`at_sale`). Of its instant, only a pack
+    the seller does not hold now, or one destroyed, is read so: a pack it holds, as
+    it was at the sale, is judged the same either way (a claim after its own dispense
+    of that instant, the common case, reads no history)."""
+    return any(
+        s.last_at > at or (s.last_at == at and (not holds(s, org) or s.state == DESTROYED))
+        for s in states.values()
+    )
 
 
 def at_sale(claim: Claim, loaded: Loaded) -> dict[str, CodeState]:
@@ -742,7 +750,10 @@ def at_sale(claim: Claim, loaded: Loaded) -> dict[str, CodeState]:
     assert loaded.history is not None
     before = [f for f in counted(loaded.history) if f.at <= claim.at]
     settled = [f for f in loaded.settled if f.at <= claim.at]
-    world = replay([*before, *settled], keep=loaded.states, pack_units={})
+    # of the sale's own instant, only what the fold applies before the sale: not the
+    # seller's own ship onward of that instant (custody.fold_order)
+    sale = Fact.settlement(claim.setl_id, claim.at, claim.org, *sorted(loaded.states))
+    world = replay(folded_before([*before, *settled], sale), keep=loaded.states, pack_units={})
     return {code: world.get(code, claim.at) for code in loaded.states}
 
 

@@ -132,7 +132,7 @@ async def _settle_unchanged(
         if stored is not None:
             return _replay(stored, body_hashes)
     states, versions = await code_store.read_versions(conn, _packs(canonical))
-    if rules.late(claim.at, states):
+    if rules.late(claim.at, claim.org, states):
         return None  # its packs' history is read with their rows locked
     loaded = await _load(conn, claim, canonical, psn_hash, states)
     decision = rules.decide(claim, canonical, loaded)
@@ -215,7 +215,7 @@ async def _load(
         earlier=earlier,
         item_products=exempt,
     )
-    if rules.late(claim.at, states):  # custody is judged as it was at the sale, from the history
+    if rules.late(claim.at, claim.org, states):  # custody is judged as it was at the sale, from the history
         family = set(states) | set(await code_store.ancestors_ever(conn, states))
         loaded.history = await event_store.facts_for(conn, family)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))

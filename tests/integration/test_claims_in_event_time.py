@@ -186,3 +186,78 @@ async def test_a_claim_answers_and_ends_the_same_wherever_the_later_facts_arrive
         ends.append((h["state"], h["custodian"], h["container"], h["units_left"]))
     assert ends == [("dispensed", "P1", None, 0), ("received", "H1", case, 24)], ends
     assert (await w["inv"].ok("GET", f"/v1/flags?code={units[0]}"))["items"] == []
+
+
+@pytest.mark.parametrize("order", ["claim first", "ship first", "ship and receipt first"])
+async def test_a_sale_at_the_instant_the_rest_of_the_case_is_shipped_on_is_paid(
+    admin: Api, order: str
+) -> None:
+    """P1 sells a pack out of its case and ships the rest of the case to H1 in the same
+    minute: at one instant an organisation's own sale comes before its ship onward. The
+    claim is paid and the pack stays sold at P1, out of the case, whichever arrives
+    first, also when H1's receipt (in that minute too) came before the claim. Found by a
+    probe: the claim first was paid, and the sold pack then on record as on its way to
+    H1; the ship first refused it NOT_IN_CUSTODY with a DIVERSION."""
+    w = await world(admin)
+    units, case = await _case_at_p1(w, [391, 392], 39)
+    ship = (w["keys"]["P1"], event("ship", "P1", [case], 20, to="H1"))
+    receipt = (w["keys"]["H1"], event("receive", "H1", [case], 20 if order.endswith("receipt first") else 30))
+    before = {"claim first": [], "ship first": [ship], "ship and receipt first": [ship, receipt]}[order]
+    for api, sent in before:
+        await api.events(sent)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-INST", units[0], 20))
+    for api, sent in [m for m in (ship, receipt) if m not in before]:
+        await api.events(sent)
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    sold = await w["inv"].ok("GET", f"/v1/codes/{units[0]}/history")
+    ends = (sold["state"], sold["custodian"], sold["destination"], sold["container"], sold["units_left"])
+    assert ends == ("dispensed", "P1", None, None, 0), sold
+    other = await w["inv"].ok("GET", f"/v1/codes/{units[1]}/history")
+    assert (other["custodian"], other["container"], other["units_left"]) == ("H1", case, 24), other
+    assert (await w["inv"].ok("GET", f"/v1/flags?code={units[0]}"))["items"] == []
+    # H1 sells the pack it received; the pack P1 sold is not H1's to sell
+    later = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-H1", units[1], 40, org="H1"))
+    assert later["decision"] == "accepted", later
+    again = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-H1b", units[0], 41, org="H1"))
+    assert again["decision"] == "rejected", again
+
+
+@pytest.mark.parametrize("order", ["dispense first", "ship first"])
+async def test_a_dispense_at_the_instant_the_rest_of_the_case_is_shipped_on_stays_put(
+    admin: Api, order: str
+) -> None:
+    """The same with the sale as a dispense event: no DIVERSION, the pack stays sold at
+    P1, not on its way to H1, whichever arrives first."""
+    w = await world(admin)
+    units, case = await _case_at_p1(w, [395, 396], 40)
+    p1 = w["keys"]["P1"]
+    sent = [
+        event("dispense", "P1", [units[0]], 20),
+        event("ship", "P1", [case], 20, to="H1"),
+    ]
+    outs = [await p1.events(e) for e in (sent if order == "dispense first" else reversed(sent))]
+    await w["keys"]["H1"].events(event("receive", "H1", [case], 30))
+    assert [o["flags"] for o in outs] == [[], []], outs
+    sold = await w["inv"].ok("GET", f"/v1/codes/{units[0]}/history")
+    ends = (sold["state"], sold["custodian"], sold["destination"], sold["container"])
+    assert ends == ("dispensed", "P1", None, None), sold
+    assert (await w["inv"].ok("GET", f"/v1/flags?code={units[0]}"))["items"] == []
+
+
+@pytest.mark.parametrize("order", ["claim first", "destroy first"])
+async def test_a_sale_in_the_second_its_pack_is_destroyed_gets_one_answer(admin: Api, order: str) -> None:
+    """At one instant a sale goes before a destroy (the type order): the claim is paid
+    whichever arrives first. The destroy first refused it DESTROYED (with a DUPLICATE),
+    the claim first was paid: the answer hung on the arrival order."""
+    w = await world(admin)
+    code = await _delivered(w, 401, "P1", (0, 1, 2))
+    destroy = event("destroy", "P1", [code], 20)
+    if order == "destroy first":
+        await w["keys"]["P1"].events(destroy)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-GONE", code, 20))
+    if order == "claim first":
+        await w["keys"]["P1"].events(destroy)
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    h = await w["inv"].ok("GET", f"/v1/codes/{code}/history")
+    assert (h["state"], h["units_left"]) == ("destroyed", 0), h
+    assert (await w["inv"].ok("GET", f"/v1/flags?code={code}"))["items"] == []

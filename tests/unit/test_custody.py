@@ -258,6 +258,40 @@ def test_the_fold_order_is_a_function_of_the_facts(order: list[int], split: int)
     }
 
 
+# At one minute D1 sells UNIT_A out of the case and ships the rest of the case (UNIT_B)
+# on to P1, and P1 takes it in and sells UNIT_B; the ids put every sale before every ship.
+SELL_AND_SHIP_ON = [
+    *JOURNEY[:6],
+    fact("dispense", "D1", (UNIT_A,), 6, 503),
+    fact("ship", "D1", (CASE,), 6, 504, to="P1"),
+    fact("receive", "P1", (CASE,), 6, 505),
+    fact("settle", "P1", (UNIT_B,), 6, 501, setl_id="S1", sold=True),  # type: ignore[arg-type]
+]
+
+
+def test_at_one_instant_an_organisation_sells_before_it_ships_on() -> None:
+    """A pack sold out of a case stays with its seller when the rest of the case is
+    shipped on in the same minute; what the case brings in is sold after its receipt."""
+    assert [(f.type, f.org) for f in fold_order(SELL_AND_SHIP_ON)][6:] == [
+        ("dispense", "D1"),
+        ("ship", "D1"),
+        ("receive", "P1"),
+        ("settle", "P1"),
+    ]
+    world = replay(SELL_AND_SHIP_ON, keep={}, pack_units={"8123456": 24})
+    sold, sent = world.states[UNIT_A], world.states[UNIT_B]
+    assert (sold.state, sold.custodian, sold.destination, sold.parent) == ("received", "D1", None, None)
+    assert (sent.state, sent.custodian, sent.parent) == ("received", "P1", None)
+    assert world.suspicions == []
+
+
+@settings(max_examples=100)
+@given(order=st.permutations(range(6, len(SELL_AND_SHIP_ON))))
+def test_selling_before_shipping_on_is_a_function_of_the_facts(order: list[int]) -> None:
+    shuffled = SELL_AND_SHIP_ON[:6] + [SELL_AND_SHIP_ON[i] for i in order]
+    assert fold_order(shuffled) == fold_order(SELL_AND_SHIP_ON)
+
+
 def test_shipping_to_each_other_in_one_instant_keeps_every_fact() -> None:
     """X and Y ship to each other and receive in the same second: a cycle of waits. No
     fact is lost and the order is still the same for the same facts."""
