@@ -140,7 +140,7 @@ def dispense_flags(
     earlier: Sequence[Consumption],
     *,
     used_up: Collection[str] | None = None,
-    short: Mapping[str, int] | None = None,
+    short: Mapping[str, tuple[int, int]] | None = None,
     recalls: Mapping[tuple[str, str], datetime] | None = None,
 ) -> list[NewFlag]:
     """What a dispense of these packs (their state before it) is suspicious of: a
@@ -149,8 +149,9 @@ def dispense_flags(
     scanned with another lot or expiry than the pack's (a fake, LABEL_MISMATCH).
     ``used_up``: the packs that were used up when it was sold, where their state now
     does not say (a late sale, folded again in event time), and ``short`` the packs a
-    split sale found fewer units in than it sold, with how many (``core.sales.short_of``;
-    from their state now when ``used_up`` is not given). ``recalls``: when each
+    split sale found fewer units in than it drew on them, each with (units drawn, units
+    left) (``core.sales.short_of``; from their state now when ``used_up`` is not given).
+    ``recalls``: when each
     recalled lot's recall was ordered; a sale dated before it (uploaded late) sold a
     pack that was not recalled yet (a lot missing there: recalled, whenever)."""
     out = []
@@ -160,8 +161,9 @@ def dispense_flags(
         out.append(_dispense_flag(event, org.region, kind, code, detail))
 
     labels = {p.canonical: p for p in event.labels}
-    if used_up is None and short is None and event.undoes is None:
-        short = short_of(event.quantity, {c: states[c].units_left or 0 for c in codes}, codes)
+    if used_up is None and short is None and event.undoes is None and event.quantity is not None:
+        left = short_of(event.quantity, {c: states[c].units_left or 0 for c in codes}, codes)
+        short = {c: (event.quantity, units) for c, units in left.items()}
     for code in codes:
         state = states[code]
         if not state.commissioned:
@@ -175,7 +177,7 @@ def dispense_flags(
         if was_used_up:
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         elif short and code in short:
-            found = (event.quantity, short[code])
+            found = short[code]
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier, found))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
@@ -241,7 +243,7 @@ def resale_flag(
     at: datetime,
     code: str,
     earlier: Sequence[Consumption],
-    short: tuple[int | None, int] | None = None,
+    short: tuple[int, int] | None = None,
 ) -> NewFlag:
     """DUPLICATE: the dispense ``event_id`` sold a pack that was already consumed
     (回流药), or, ``short`` (units sold, units the pack had left), more of a part-sold

@@ -540,7 +540,8 @@ def _consume(
             # not taken yet from those it names (as a settlement's line bills what its
             # dispense took: core.settlement._draw), so it ends as when it comes first
             quantity = max(0, quantity - book.units_taken(sale, taken_already))
-            short = short_of(quantity, {c: world.states[c].units_left or 0 for c in fresh}, fresh)
+            found = short_of(quantity, {c: world.states[c].units_left or 0 for c in fresh}, fresh)
+            short = {c: (quantity, left) for c, left in found.items()}
         flags += flag_rules.dispense_flags(
             event,
             fresh,
@@ -655,7 +656,7 @@ def _refold_late(
                     loaded.orgs,
                     earlier,
                     used_up=used_up,
-                    short={code: found} if found is not None else {},
+                    short={code: (e.quantity or 0, found)} if found is not None else {},
                     recalls=loaded.recalled_lots,
                 )
         for d in stored_dispenses:
@@ -663,7 +664,7 @@ def _refold_late(
                 before = [t for t in fold.takes if t.at <= d.at]
                 region = loaded.orgs[d.org].region
                 found = fold.short.get(d.event_id)
-                short = (d.quantity, found) if found is not None else None
+                short = (d.quantity or 0, found) if found is not None else None
                 rejudged.append(flag_rules.resale_flag(d.event_id, d.org, region, d.at, code, before, short))
         folded[code] = [
             (flag_rules.DUPLICATE, code, Evidence.event(d.event_id))

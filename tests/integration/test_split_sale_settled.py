@@ -146,3 +146,20 @@ async def test_a_3505_of_a_settled_split_sale_leaves_the_third_pack_whole(admin:
     assert await _left(p2, u[:3]) == [0, 18, 24]
     inv = await admin.key_for("investigator")
     assert (await inv.ok("GET", "/v1/flags?kind=DUPLICATE"))["items"] == []
+
+
+async def test_what_is_left_to_draw_is_what_a_short_flag_names(admin: Api) -> None:
+    """Settlement X7 sells 6 units of pack a; the till's dispense of the same sale says 30
+    units from a and b, where b had sold 4 already: what is left to draw is 24 and b has
+    20. The DUPLICATE (a split sale beyond what is left) names those figures, not the
+    dispense's 30 (found in review)."""
+    w = await world(admin)
+    a, b = await received(w, "P1", [5201, 5202])
+    await w["keys"]["P1"].events(event("dispense", "P1", [b], 50, quantity=4))
+    await w["insurer"].ok("POST", "/v1/settlements", _split_claim("X7", [a], 6, 60))
+    out = await w["keys"]["P1"].events(event("dispense", "P1", [a, b], 60, quantity=30, setl_id="X7"))
+    assert [(f["kind"], f["code"]) for f in out["flags"]] == [("DUPLICATE", b)], out
+    page = await w["inv"].ok("GET", f"/v1/flags?kind=DUPLICATE&code={b}")
+    (flag,) = page["items"]
+    assert (flag["refs"]["units_sold"], flag["refs"]["units_left"]) == (24, 20), flag
+    assert await _left(w["keys"]["P1"], [a, b]) == [18, 0]
