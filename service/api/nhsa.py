@@ -229,8 +229,12 @@ def _output(
 
 
 CONFLICT = (
-    "a record of this type was uploaded with it before, with other contents, and stands as it was"
-    " (a deleted one stays deleted): send the correction under a new fixmedins_bchno"
+    "a record of this type was uploaded with it before, with other contents, and stands as it was:"
+    " send the correction under a new fixmedins_bchno"
+)
+DELETED_BEFORE = (
+    "the record of this type uploaded with it was deleted (3507) and stays deleted:"
+    " send it again under a new fixmedins_bchno"
 )
 
 
@@ -334,6 +338,9 @@ class NhsaController(Controller):
         ]
         row_errors += [_row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts]
         row_errors += [
+            _row_error(r.row, f"{r.path}.fixmedins_bchno: {DELETED_BEFORE}") for r in done.deleted_before
+        ]
+        row_errors += [
             _row_error(
                 r.row,
                 f"{r.path}.fixmedins_bchno: names a {' and a '.join(interfaces)} record, and "
@@ -341,7 +348,9 @@ class NhsaController(Controller):
             )
             for r, interfaces in done.ambiguous
         ]
-        unknown_or_conflicting = len(done.missing) + len(done.conflicts) + len(done.ambiguous)
+        unknown_or_conflicting = (
+            len(done.missing) + len(done.conflicts) + len(done.ambiguous) + len(done.deleted_before)
+        )
         if unknown_or_conflicting and (not env.batch or unknown_or_conflicting == len(records)):
             # no good row (the single record, or a batch whose rows all name unknown records,
             # conflict with stored ones, or are bad): -1, naming the first

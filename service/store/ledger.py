@@ -175,12 +175,16 @@ async def insert(conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dic
         raise
 
 
-async def stored_rows(conn: Conn, org: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-    """The row as sent of each of ``keys`` (interface, fixmedins_bchno) stored already."""
+async def stored_rows(
+    conn: Conn, org: str, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """The row as sent of each of ``keys`` (interface, fixmedins_bchno) stored already,
+    None for one a 3507 deleted."""
     if not keys:
         return {}
     rows = await conn.fetch(
-        """SELECT interface, fixmedins_bchno, row_data FROM nhsa_records
+        """SELECT interface, fixmedins_bchno, CASE WHEN deleted_at IS NULL THEN row_data END AS row_data
+           FROM nhsa_records
            WHERE org = $1
              AND (interface, fixmedins_bchno) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
         org,

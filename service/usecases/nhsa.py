@@ -41,6 +41,7 @@ class Uploaded:
     ambiguous: list[tuple[Record, list[str]]] = field(default_factory=list)
     ledger_flag_kinds: list[str] = field(default_factory=list)  # stored by the ledger's write
     conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
+    deleted_before: list[Record] = field(default_factory=list)  # a serial whose record a 3507 deleted
     targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
     # setl_ids of deleted sales that are settlements (standing or refunded) when read
     settled: set[str] = field(default_factory=set)
@@ -77,9 +78,9 @@ async def upload(
     deletions = [r for r in records if r.deletes]
     compensations = await _deletions(pool, org, deletions, uploaded, now)
     keys = [(r.entry.interface, r.entry.bchno) for r in records if r.entry is not None]
-    stored: dict[tuple[str, str], Any] = {}
+    stored: dict[tuple[str, str], dict[str, Any] | None] = {}
     for attempt in range(RECORD_ATTEMPTS):
-        taken, again, uploaded.conflicts = _sort_out(records, stored)
+        taken, again, uploaded.conflicts, uploaded.deleted_before = _sort_out(records, stored)
         events = [e for r in taken for e in r.events] + compensations
         entries = [r.entry for r in taken if r.entry is not None]
         # with no deletion, the records may be written with their events in one statement
@@ -110,25 +111,30 @@ async def upload(
 
 
 def _sort_out(
-    records: list[Record], stored: dict[tuple[str, str], Any]
-) -> tuple[list[Record], list[Record], list[Record]]:
+    records: list[Record], stored: dict[tuple[str, str], dict[str, Any] | None]
+) -> tuple[list[Record], list[Record], list[Record], list[Record]]:
     """(records to take, records sent again as they were, records sent again with other
-    contents), each key taken once: the stored record, else the upload's first row."""
-    first = dict(stored)
-    taken, again, conflicts = [], [], []
+    contents, records sent again after a 3507 deleted them), each key taken once: the
+    stored record, else the upload's first row. A deleted record stays deleted, and one
+    sent again is told so, not answered as stored (found by a probe: "success", and
+    nothing counted)."""
+    first = {key: row for key, row in stored.items() if row is not None}
+    taken, again, conflicts, deleted = [], [], [], []
     for r in records:
         if r.entry is None:  # a deletion
             taken.append(r)
             continue
         key = (r.entry.interface, r.entry.bchno)
-        if key not in first:
+        if key in stored and stored[key] is None:
+            deleted.append(r)
+        elif key not in first:
             first[key] = r.entry.row
             taken.append(r)
         elif same_record(first[key], r.entry.row):
             again.append(r)
         else:
             conflicts.append(r)
-    return taken, again, conflicts
+    return taken, again, conflicts, deleted
 
 
 async def _deletions(

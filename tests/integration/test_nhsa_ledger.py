@@ -161,9 +161,20 @@ async def test_a_pharmacys_month(admin: Api, db: Any) -> None:
     assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'return'") == 2
     led = await _ledger(inv)
     assert led["balance"] == 156
-    # the deleted sale sent again stays deleted (one fact)
+    # the deleted sale sent again stays deleted, and the answer says so (found by a probe:
+    # it was "success" with nothing stored); in a batch, that row is listed, the others kept
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B103", [u[2]], 24)}))
-    assert out["output"]["tracecode"]["records"] == 0
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.selinfo.fixmedins_bchno: the record of this type uploaded"), out
+    assert "stays deleted" in out["err_msg"], out
+    assert (await _ledger(inv))["balance"] == 156
+    rows = [sale("B103", [u[2]], 24), sale("B103b", [], 2, med_list_codg=OTHER)]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": rows}))
+    assert (out["infcode"], out["output"]["result"]["retRslt"]) == (0, "0"), out
+    [listed] = out["output"]["selinfoErrDetail"]
+    assert listed["fixmedins_bchno"] == "B103", listed
+    assert "stays deleted" in listed["msgRslt"], listed
+    assert out["output"]["tracecode"]["records"] == 1
     assert (await _ledger(inv))["balance"] == 156
 
     # the month's stock count, counting a pack it holds: the count is kept and compared
