@@ -19,6 +19,7 @@ from service.api.errors import refuse_nul_in_url, text_field, text_problem
 from service.api.openapi import BEARER, WITH_BODY, body, problems
 from service.core.auth import Role
 from service.core.rules import CHINA
+from service.core.settlement import person_hash
 from service.interop.nhsa import envelope as nhsa
 from service.interop.nhsa import inventory, sales
 from service.usecases import nhsa as usecase
@@ -294,6 +295,7 @@ class NhsaController(Controller):
             return await self._query(services, env, own.id, received)
         translate = sales.translate if env.interface in (nhsa.SALE, nhsa.SALE_RETURN) else inventory.translate
         records, errors = translate(env, own.id, received, sales.id_namespace(services.settings.psn_secret))
+        sales.keep_persons(records, services.settings.psn_secret)
         if errors and (not env.batch or not records):
             first = errors[0]
             return _answer(
@@ -417,6 +419,7 @@ class NhsaController(Controller):
                 **filters,
                 code=q.code,
                 mdtrt_id=q.mdtrt_id,
+                psn_hash=person_hash(services.settings.psn_secret, q.psn_no) if q.psn_no else None,
                 traced=env.interface == nhsa.SALE_TRACE_QUERY,
             )
             for r in found:

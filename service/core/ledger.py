@@ -74,6 +74,7 @@ class Entry(msgspec.Struct, frozen=True):
     codes: tuple[str, ...] = ()
     event_ids: tuple[UUID, ...] = ()
     row: dict[str, Any] = msgspec.field(default_factory=dict)
+    psn_hash: bytes | None = None  # a sale's or return's insured person, keyed (person_hash)
 
     @property
     def delta(self) -> int:

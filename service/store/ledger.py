@@ -164,7 +164,7 @@ async def insert(conn: Conn, entries: Sequence[Entry], msgid: str, envelope: dic
     )
     records = [
         (e.org, e.interface, e.bchno, e.med_list_codg, e.kind, e.units, e.delta, e.at,
-         e.codes, e.event_ids, msgid, upload, e.row)
+         e.codes, e.event_ids, msgid, upload, e.row, e.psn_hash)
         for e in entries
     ]  # fmt: skip
     try:
@@ -196,7 +196,7 @@ async def stored_rows(
 
 _COLUMNS = (
     "org", "interface", "fixmedins_bchno", "med_list_codg", "kind", "units", "delta", "at",
-    "codes", "event_ids", "msgid", "upload_id", "row_data",
+    "codes", "event_ids", "msgid", "upload_id", "row_data", "psn_hash",
 )  # fmt: skip
 
 
@@ -215,7 +215,7 @@ class Appended:
     after: Mapping[str, Standing]
 
 
-APPEND_PARAMS = 25  # the parameters of append_sql, in append_arrays' order
+APPEND_PARAMS = 26  # the parameters of append_sql, in append_arrays' order
 
 
 def append_sql(first: int) -> tuple[str, str]:
@@ -231,11 +231,12 @@ def append_sql(first: int) -> tuple[str, str]:
                 SELECT {p[0]}, n.interface, n.bchno, n.item, n.kind, n.units, n.delta, n.at,
                        ARRAY(SELECT jsonb_array_elements_text(n.codes::jsonb)),
                        ARRAY(SELECT jsonb_array_elements_text(n.event_ids::jsonb)::uuid),
-                       {p[2]}, {p[1]}, n.row_data
+                       {p[2]}, {p[1]}, n.row_data, n.psn_hash
                 FROM unnest({p[4]}::text[], {p[5]}::text[], {p[6]}::text[], {p[7]}::text[], {p[8]}::bigint[],
                             {p[9]}::bigint[], {p[10]}::timestamptz[], {p[11]}::text[], {p[12]}::text[],
-                            {p[13]}::json[])
-                     AS n(interface, bchno, item, kind, units, delta, at, codes, event_ids, row_data)),
+                            {p[13]}::json[], {p[25]}::bytea[])
+                     AS n(interface, bchno, item, kind, units, delta, at, codes, event_ids, row_data,
+                          psn_hash)),
             moved AS (
                 UPDATE nhsa_items i
                 SET balance = n.balance, units_in = n.units_in, units_out = n.units_out, last_at = n.last_at
@@ -284,6 +285,7 @@ def append_arrays(appended: Appended) -> list[Any]:
         [s.figures.units_in for s in now],
         [s.figures.units_out for s in now],
         [s.last_at for s in now],
+        [e.psn_hash for e in entries],
     ]
 
 
@@ -499,6 +501,7 @@ class RecordFilters:
     code: str | None = None  # canonical
     mdtrt_id: str | None = None  # the visit, as the row's mdtrt_sn
     traced: bool = False  # only records that carry trace codes
+    psn_hash: bytes | None = None  # the insured person's, keyed (core.settlement.person_hash)
 
 
 _RECORDS = """FROM nhsa_records
@@ -509,7 +512,8 @@ _RECORDS = """FROM nhsa_records
       AND ($6::text IS NULL OR $6 = ANY(codes))
       AND ($7::text IS NULL OR row_data->>'mdtrt_sn' = $7)
       AND at >= $8 AND at < $9
-      AND (NOT $10::boolean OR cardinality(codes) > 0)"""
+      AND (NOT $10::boolean OR cardinality(codes) > 0)
+      AND ($11::bytea IS NULL OR psn_hash = $11)"""
 
 
 async def records(
@@ -519,7 +523,7 @@ async def records(
     ``offset`` on, oldest first (time, interface, serial: a page is stable)."""
     f = filters
     args: tuple[Any, ...] = (org, list(interfaces), f.med_list_codg, f.item, f.bchno, f.code, f.mdtrt_id)
-    args += (f.begin, f.end, f.traced)
+    args += (f.begin, f.end, f.traced, f.psn_hash)
     async with conn.transaction():
         await plan_for_values(conn)  # any combination of filters: a plan for the ones given
         total = await conn.fetchval(f"SELECT count(*) {_RECORDS}", *args)
@@ -528,7 +532,7 @@ async def records(
                        received_at
                 {_RECORDS}
                 ORDER BY at, interface, fixmedins_bchno
-                OFFSET $11 LIMIT $12""",
+                OFFSET $12 LIMIT $13""",
             *args,
             offset,
             limit,

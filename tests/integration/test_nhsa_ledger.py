@@ -978,3 +978,36 @@ async def test_a_record_sent_late_that_backs_a_flagged_move_clears_its_imbalance
     await nhsa(p2, envelope("3501", {"invinfo": {**count("CNT", 50, "2026-03-05"), "med_list_codg": third}}))
     assert (await imbalance("UNCOUNTED"))["status"] == "auto_cleared"
     assert (await _ledger(inv, codg=third))["balance"] == 30
+
+
+async def test_queries_by_the_person_find_their_sales_by_the_keyed_hash(admin: Api, db: Any) -> None:
+    """3511 and 3513 take the person's filters (FIELDS.md). They were read past, so a
+    query for one patient's sales answered every patient's (found by a probe). A sale's
+    ``psn_no`` is kept as the keyed hash settlements keep (never the number), and a
+    query by ``psn_no`` finds that person's records, its check character X in either
+    case; an ID number or name alone cannot filter (neither is kept): -1 naming it."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+    one, other = "45010319900101123x", "450103198002022345"
+    await nhsa(p2, envelope("3505", {"selinfo": sale("PA1", [u[0]], 24, psn_no=one)}))  # one statement
+    rows = [sale("PB1", [], 2, psn_no=other), sale("PA2", [], 3, psn_no=one.upper())]
+    rows.append(sale("PN", [], 1, psn_no=""))
+    assert (await nhsa(p2, envelope("3505A", {"selinfoDetail": rows})))["infcode"] == 0  # by COPY
+
+    async def found(infno: str, **person: str) -> list[str]:
+        out = await nhsa(p2, envelope(infno, {"data": {**span, "psn_cert_type": "01", **person}}))
+        assert out["infcode"] == 0, out
+        return [r.get("drugTracCodg") or r["fixmedinsBchno"] for r in out["output"]["data"]]
+
+    assert await found("3511", psn_no=one.upper()) == ["PA1", "PA2"]
+    assert await found("3511", psn_no=other, certno="450103198002022345", psn_name="李四") == ["PB1"]
+    assert await found("3513", psn_no=one) == [u[0]]
+    assert await found("3511", psn_no="") == ["PA1", "PA2", "PB1", "PN"]  # "" is no filter
+    assert await found("3511", psn_no="450103000000000000") == []
+    refused = await nhsa(p2, envelope("3513", {"data": {**span, "psn_cert_type": "01", "certno": other}}))
+    assert refused["infcode"] == -1, refused
+    assert refused["err_msg"].startswith("input.data.certno: cannot filter"), refused
+    kept = await db.fetch("SELECT fixmedins_bchno, psn_hash, row_data::text AS row FROM nhsa_records")
+    assert sorted(r["fixmedins_bchno"] for r in kept if r["psn_hash"] is not None) == ["PA1", "PA2", "PB1"]
+    assert not any(one[:12] in r["row"] or other[:12] in r["row"] for r in kept)

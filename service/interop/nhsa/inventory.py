@@ -206,6 +206,7 @@ class Query:
     bchno: str | None
     code: str | None
     mdtrt_id: str | None
+    psn_no: str | None  # the insured person (3511, 3513), found by its keyed hash
     begin: datetime  # UTC, inclusive
     end: datetime  # UTC, exclusive (the day after enddate)
     page_num: int = 1  # ⚠ our paging: which page of page_size records, from 1
@@ -258,12 +259,22 @@ def query(envelope: Envelope) -> Query:
             raise FieldError(f"input.data.{key}", f"must be a whole number from 1 to {maximum}")
         return int(n)
 
+    # the person: by psn_no, kept as its keyed hash; the ID number and name name the same
+    # person and are not kept, so alone they cannot filter (⚠ beside psn_no: not compared)
+    psn_no = named("psn_no", 30)
+    for key in ("certno", "psn_name"):
+        if psn_no is None and named(key, 50) is not None:
+            raise FieldError(
+                f"input.data.{key}",
+                "cannot filter: no ID number or name is kept with a record; filter by psn_no",
+            )
     return Query(
         item=item,
         med_list_codg=named("med_list_codg", 50),
         bchno=bchno,
         code=parsed.canonical if parsed is not None else code,
         mdtrt_id=named("mdtrt_id", 30),
+        psn_no=psn_no,
         begin=_day_start(begin),
         end=_day_start(end + timedelta(days=1)),
         page_num=page("page_num", 10_000_000, 1),

@@ -17,6 +17,7 @@ from hashlib import sha1, sha256
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from asyncpg.pgproto.pgproto import UUID as FastUUID
 
 from service.core.codes import ParsedCode, strip_code, try_parse_code
@@ -24,6 +25,7 @@ from service.core.events import REPEATED_CODE, Incoming, Rejection, scanned_labe
 from service.core.ledger import Entry
 from service.core.rules import INVALID_CODE
 from service.core.sales import SETL_ID_SHAPE
+from service.core.settlement import person_hash
 from service.interop.nhsa.envelope import (
     NUMBER,
     NUMERIC_FIELDS,
@@ -227,6 +229,17 @@ def translate(
             name = exc.field if exc.field.startswith(path) else f"{path}.{exc.field}"
             errors.append(RowError(i, row, name, exc.message))
     return records, errors
+
+
+def keep_persons(records: list[Record], secret: bytes) -> None:
+    """Give each sale and return record its insured person (``psn_no``) as the keyed hash
+    every path that keeps a person keeps (:func:`service.core.settlement.person_hash`):
+    the number itself is never kept (:func:`kept_row`), and a 3511 or 3513 query by
+    ``psn_no`` finds the person's records by the hash."""
+    for r in records:
+        psn_no = text(r.row.get("psn_no"))
+        if r.entry is not None and psn_no:
+            r.entry = msgspec.structs.replace(r.entry, psn_hash=person_hash(secret, psn_no))
 
 
 def raw_codes(row: dict[str, Any]) -> list[str]:
