@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
+from litestar.enums import MediaType
 from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 
 from service.api.auth import principal_of, requires
@@ -229,6 +232,30 @@ def _output(
     return out
 
 
+def _too_large(request: Request[Any, Any, Any], _exc: RequestEntityTooLarge) -> Response[NhsaOut]:
+    """A body over the size limit, answered in the response envelope (a 35xx client reads
+    ``infcode`` and ``err_msg``, not problem details), still with the 413 every route gives.
+    Litestar stopped reading it at the limit (at once when its Content-Length said so):
+    nothing was decoded, nothing stored."""
+    limit = request.route_handler.resolve_request_max_body_size()
+    message = (
+        f"(body): is larger than the {limit} bytes this service takes in one request:"
+        " nothing was stored; send the rows in smaller uploads"
+    )
+    return Response(
+        _answer(datetime.now(UTC), "000000", message, None), status_code=413, media_type=MediaType.JSON
+    )
+
+
+TOO_LARGE = ResponseSpec(
+    data_container=NhsaOut,
+    media_type=MediaType.JSON,
+    description="The body is larger than the service accepts (TRACE_MAX_BODY_BYTES): the response "
+    "envelope, infcode -1, err_msg naming the limit in bytes; nothing stored",
+    generate_examples=False,
+)
+
+
 CONFLICT = (
     "a record of this type was uploaded with it before, with other contents, and stands as it was:"
     " send the correction under a new fixmedins_bchno"
@@ -246,11 +273,13 @@ class NhsaController(Controller):
     security = BEARER
     # the app's body checks (NUL, UTF-8) are the handler's: answered in the envelope
     before_request = staticmethod(refuse_nul_in_url)
+    # and so is a body over the size limit (its status stays 413)
+    exception_handlers = {RequestEntityTooLarge: _too_large}
 
     @post(
         "/",
         status_code=200,
-        responses=problems(*WITH_BODY),
+        responses={**problems(*WITH_BODY), 413: TOO_LARGE},
         operation_class=body("The platform's request envelope", ENVELOPE, EXAMPLE_SALE, "application/json"),
     )
     async def upload(self, request: Request[Any, Any, Any], services: Services) -> NhsaOut:

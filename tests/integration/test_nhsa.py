@@ -717,6 +717,66 @@ async def test_a_nul_or_bad_utf8_in_a_row_is_answered_in_the_envelope_naming_the
     assert await _stored_events(db) == 0
 
 
+async def test_a_body_over_the_size_limit_is_answered_in_the_envelope(
+    admin: Api, db: Any, settings: Any
+) -> None:
+    """Found by a probe: a 3505A within the 10,000-row limit but over TRACE_MAX_BODY_BYTES
+    (10,000 two-pack sales are 8.65 MB, the default limit 8 MiB) was a 413 problem+json,
+    which a 35xx client cannot read. It is the platform's envelope now, infcode -1 naming
+    the limit in bytes, still with the 413; nothing is stored. Sent with its
+    Content-Length it is refused before a byte is read; sent in chunks without one,
+    reading stops at the limit."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    limit = settings.max_body_bytes
+    rows = [sale(f"BIG{i:05d}", [u[i % 4]], 24) for i in range(limit // 700)]
+    raw = json.dumps(envelope("3505A", {"selinfoDetail": rows}), ensure_ascii=False).encode()
+    assert len(raw) > limit
+
+    resp = await p2.client.post(
+        "/v1/nhsa", headers={**p2.headers, "content-type": "application/json"}, content=raw
+    )
+    assert resp.status_code == 413, resp.text
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    out = resp.json()
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith(f"(body): is larger than the {limit} bytes"), out
+    assert out["output"]["result"]["retRslt"] == "0", out
+    assert out["inf_refmsgid"].startswith("000000"), out
+
+    # in chunks, no Content-Length: the app asks for no more than the limit's worth
+    chunk = 64 * 1024
+    pieces = [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+    asked: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        i = len(asked)
+        asked.append(i)
+        return {"type": "http.request", "body": pieces[i], "more_body": i + 1 < len(pieces)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {p2.key}".encode()), (b"content-type", b"application/json")]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/nhsa", "raw_path": b"/v1/nhsa", "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }  # fmt: skip
+    # as the test client calls the app (in its portal's event loop), with these receive and send
+    p2.client.blocking_portal.call(p2.client.app, scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 413
+    answer = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    assert answer["infcode"] == -1, answer
+    assert answer["err_msg"].startswith(f"(body): is larger than the {limit} bytes"), answer
+    assert len(asked) * chunk <= limit + chunk < len(raw), (len(asked), len(pieces))
+
+    assert await _stored_events(db) == 0
+    assert await db.fetchval("SELECT count(*) FROM nhsa_records") == 1  # _world's purchase
+
+
 # found by a probe: NHSA read a code with str.strip(), which drops these too
 NOT_DROPPED = ["\u3000", "\xa0", "\u2003", "\u2028", "\x1c", "\x85", "\v", "\f"]
 
