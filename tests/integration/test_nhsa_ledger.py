@@ -664,6 +664,44 @@ async def test_queries_filter_every_record_and_page_through_them(admin: Api) -> 
     assert out["err_msg"].startswith("input.data.page_num:"), out
 
 
+async def test_queries_answer_fields_as_read_not_as_sent(admin: Api) -> None:
+    """Found by a probe: query rows echoed a row's values as sent, so one sale's time was
+    "2026-03-05T16:30:00Z" in 3511 and "2026-03-06 00:30:00" in 3513, and a price "12.50"
+    from one system and 12.5 from another. Times are China time, dates yyyy-MM-dd, and
+    quantities and prices JSON numbers (their digits exactly), whoever sent them."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    rows = [
+        sale("F1", [u[0]], "24.0000", finl_trns_pric="12.50", sel_retn_time="2026-03-05T16:30:00Z",
+             manu_date="2026-01-05 00:00:00"),
+        sale("F2", [u[1]], 24, finl_trns_pric=12.5, sel_retn_time="2026-03-06 00:30:00"),
+        sale("F3", [u[2]], 24, finl_trns_pric="9999999999.999999", sel_retn_time="2026-03-06 08:00:00+08:00"),
+        sale("F4", [], 1, finl_trns_pric=""),
+    ]  # fmt: skip
+    assert (await nhsa(p2, envelope("3505A", {"selinfoDetail": rows})))["infcode"] == 0
+    counted = count("K700", "10.00", "2026-03-07")
+    assert (await nhsa(p2, envelope("3501", {"invinfo": counted})))["infcode"] == 0
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+
+    resp = await p2.post("/v1/nhsa", envelope("3511", {"data": span}))
+    sold = {r["fixmedinsBchno"]: r for r in resp.json()["output"]["data"]}
+    traced = {
+        r["fixmedinsBchno"]: r for r in (await nhsa(p2, envelope("3513", {"data": span})))["output"]["data"]
+    }
+    for bchno in ("F1", "F2", "F3"):
+        assert sold[bchno]["selRetnTime"] == traced[bchno]["selRetnTime"], (sold[bchno], traced[bchno])
+    assert sold["F1"]["selRetnTime"] == sold["F2"]["selRetnTime"] == "2026-03-06 00:30:00"
+    assert sold["F3"]["selRetnTime"] == "2026-03-06 08:00:00"
+    assert sold["F1"]["finlTrnsPric"] == sold["F2"]["finlTrnsPric"] == 12.5
+    assert '"finlTrnsPric":9999999999.999999' in resp.text  # a number, and not a float's digits
+    assert sold["F4"]["finlTrnsPric"] == ""  # absent, as sent
+    assert sold["F1"]["selRetnCnt"] == 24
+    assert sold["F1"]["manuDate"] == "2026-01-05"
+    out = await nhsa(p2, envelope("3508", {"data": {**span, "fixmedins_bchno": "K700"}}))
+    [stock] = out["output"]["data"]
+    assert (stock["invCnt"], stock["invdate"], stock["expyEnd"]) == (10, "2026-03-07", "2028-12-31")
+
+
 async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: Any) -> None:
     """store.ledger.below_zero (running sums in one pass) against the rule written plainly:
     the last live count up to the record, then the live moves after that count up to the

@@ -322,6 +322,33 @@ def _calendar_date(got: str) -> date | str:
     return day
 
 
+# FIELDS.md's datetime and date fields of 3501–3506 rows (read in China time, as sent)
+TIME_FIELDS = frozenset(("inv_chg_time", "purc_retn_stoin_time", "sel_retn_time"))
+DATE_FIELDS = frozenset(("invdate", "manu_date", "expy_end"))
+
+
+def as_answered(key: str, value: Any) -> Any:
+    """A kept row's field as a query answers it: as read, not as sent, so that a record
+    reads the same whoever sent it, and in 3511 as in 3513. A time in China time
+    ``yyyy-MM-dd HH:mm:ss`` (sent as ``2026-03-05T16:30:00Z``, it is ``2026-03-06
+    00:30:00``), a date ``yyyy-MM-dd``, a quantity or price a JSON number ("12.50" and
+    12.5 are 12.5; its digits exactly, not a float's). Anything else, or a value that
+    does not read (``""`` for an absent field), as sent."""
+    try:
+        if key in NUMERIC_FIELDS and value not in (None, ""):
+            n = number(value, key)
+            if n == n.to_integral_value():
+                return int(n)
+            return msgspec.Raw(format(n.normalize(), "f").encode())
+        if key in TIME_FIELDS and value not in (None, ""):
+            return china_time(value, key).astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+        if key in DATE_FIELDS and value not in (None, ""):
+            return calendar_date(value, key).isoformat()
+    except FieldError:
+        pass
+    return value
+
+
 def lot_dates(row: dict[str, Any], *, manu: bool, expy: bool) -> None:
     """A row's ``manu_date`` and ``expy_end``, each read when given or required (``manu``,
     ``expy``); both given, the expiry is not before the production date."""

@@ -20,6 +20,7 @@ from service.interop.nhsa.envelope import (
     STOCK_COUNT,
     Envelope,
     FieldError,
+    as_answered,
     calendar_date,
     catalogue_item,
     china_time,
@@ -292,8 +293,13 @@ def camel(key: str) -> str:
 
 
 def answer_row(record: dict[str, Any], fixmedins_code: str, **extra: Any) -> dict[str, Any]:
-    """A stored record as the platform's camelCase output row."""
-    row = {camel(k): v for k, v in record["row_data"].items() if k not in ("drugtracinfo", "drug_trac_codg")}
+    """A stored record as the platform's camelCase output row, its fields as read
+    (``envelope.as_answered``: times in China time, quantities and prices numbers)."""
+    row = {
+        camel(k): as_answered(k, v)
+        for k, v in record["row_data"].items()
+        if k not in ("drugtracinfo", "drug_trac_codg")
+    }
     row.update(fixmedinsCode=fixmedins_code, fixmedinsBchno=record["fixmedins_bchno"])
     row["medListCodg"] = record["med_list_codg"]
     row["valiFlag"] = "1"
