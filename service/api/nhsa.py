@@ -166,7 +166,7 @@ class NhsaOutput(
     good_err: list[NhsaRowError] | None = None
     data: list[dict[str, Any]] | None = None  # queries (3508/3511/3513): the rows found
     # queries: which page of how many records (⚠ our paging: page_num and page_size in
-    # input.data; 3513's rows are the trace codes of the page's sales)
+    # input.data; 3513's rows are the trace codes of the page's sales and returns)
     page_num: int | None = None
     page_size: int | None = None
     record_counts: int | None = None
@@ -405,8 +405,8 @@ class NhsaController(Controller):
         return _answer(received, region, None, output)
 
     async def _query(self, services: Services, env: nhsa.Envelope, org: str, received: datetime) -> NhsaOut:
-        """3508 stock (the counts, with the ledger's balance), 3511 sales, 3513 the trace
-        codes of sales: from this service's records of the institution."""
+        """3508 stock (the counts, with the ledger's balance), 3511 sales and sale returns,
+        3513 the trace codes of both: from this service's records of the institution."""
         region = env.mdtrtarea_admvs
         try:
             q = inventory.query(env)
@@ -440,10 +440,12 @@ class NhsaController(Controller):
                     )
                 )
         else:
+            # sales and sale returns (⚠ FIELDS.md gives both the same 销售/退货 fields, read
+            # as one record of the platform's): each row says which (infno), its count as sent
             total, found = await usecase.records(
                 services.pool,
                 org,
-                ("3505",),
+                (nhsa.SALE, nhsa.SALE_RETURN),
                 **page,
                 **filters,
                 code=q.code,
@@ -453,7 +455,7 @@ class NhsaController(Controller):
             )
             for r in found:
                 if env.interface == nhsa.SALE_QUERY:
-                    rows.append(inventory.answer_row(r, code, selRetnCnt=r["units"]))
+                    rows.append(inventory.answer_row(r, code, selRetnCnt=r["units"], infno=r["interface"]))
                     continue
                 data = r["row_data"]
                 for c in r["codes"]:
@@ -469,6 +471,7 @@ class NhsaController(Controller):
                                 "setlId": data.get("setl_id"),
                                 "selRetnTime": r["at"].astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S"),
                                 "drugTracCodg": c,
+                                "infno": r["interface"],  # 3506: the code came back
                             }
                         )
         output = NhsaOutput(

@@ -702,6 +702,52 @@ async def test_queries_answer_fields_as_read_not_as_sent(admin: Api) -> None:
     assert (stock["invCnt"], stock["invdate"], stock["expyEnd"]) == (10, "2026-03-07", "2028-12-31")
 
 
+async def test_queries_list_sale_returns_beside_the_sales(admin: Api) -> None:
+    """Found by a probe: 3511 read only 3505 records, so a 3506 return never appeared,
+    and 3513 listed a returned pack's code as sold with nothing saying it came back.
+    Both read sales and returns now, in time order, each row naming its interface
+    (``infno``), a return's count as uploaded."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    for bchno, pack, hour in (("SR1", u[0], "10"), ("SR3", u[1], "11")):
+        row = sale(bchno, [pack], 24, sel_retn_time=f"2026-03-05 {hour}:00:00")
+        assert (await nhsa(p2, envelope("3505", {"selinfo": row})))["infcode"] == 0
+    back = sale_return("SR2", [u[0]], 24, medins_prod_sel_no="SR1", sel_retn_time="2026-03-06 09:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": back})))["infcode"] == 0
+    assert await _units_left(p2, u[0]) == 24  # back on the shelf
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+
+    async def query(infno: str, **data: Any) -> dict[str, Any]:
+        out = await nhsa(p2, envelope(infno, {"data": {**span, **data}}))
+        assert out["infcode"] == 0, out
+        return dict(out["output"])
+
+    sold = await query("3511")
+    assert [r["fixmedinsBchno"] for r in sold["data"]] == ["SR1", "SR3", "SR2"]
+    assert [r["infno"] for r in sold["data"]] == ["3505", "3505", "3506"]
+    assert sold["recordCounts"] == 3
+    returned = sold["data"][2]
+    assert (returned["selRetnCnt"], returned["selRetnTime"]) == (24, "2026-03-06 09:00:00")
+    assert returned["medinsProdSelNo"] == "SR1"  # the sale it returns, as the pharmacy said
+    traced = await query("3513")
+    assert [(r["drugTracCodg"], r["fixmedinsBchno"], r["infno"]) for r in traced["data"]] == [
+        (u[0], "SR1", "3505"),
+        (u[1], "SR3", "3505"),
+        (u[0], "SR2", "3506"),
+    ]
+    one = await query("3513", drug_trac_codg=u[0])
+    assert [(r["infno"], r["selRetnTime"]) for r in one["data"]] == [
+        ("3505", "2026-03-05 10:00:00"),
+        ("3506", "2026-03-06 09:00:00"),
+    ]
+    assert [r["fixmedinsBchno"] for r in (await query("3511", fixmedins_bchno="SR2"))["data"]] == ["SR2"]
+    # a deleted return is no longer listed (the pack is sold again)
+    out = await nhsa(p2, envelope("3507", {"data": deletion("SR2", "4")}))
+    assert out["output"]["tracecode"]["deleted"] == ["SR2"], out
+    assert [r["fixmedinsBchno"] for r in (await query("3511"))["data"]] == ["SR1", "SR3"]
+    assert [r["infno"] for r in (await query("3513", drug_trac_codg=u[0]))["data"]] == ["3505"]
+
+
 async def test_figures_as_of_each_record_follow_the_ledger_rule(admin: Api, db: Any) -> None:
     """store.ledger.below_zero (running sums in one pass) against the rule written plainly:
     the last live count up to the record, then the live moves after that count up to the
