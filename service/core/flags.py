@@ -92,10 +92,18 @@ class Evidence:
         return cls(SETTLEMENT, setl_id)
 
     @classmethod
-    def person(cls, psn_hash: bytes, med_list_codg: str) -> Evidence:
-        """One insured person's purchases of one catalogue item: ``<hash hex>/<item>``
-        (compared; migration 0024 read the item back out of it once)."""
-        return cls(PERSON, f"{psn_hash.hex()}/{med_list_codg}")
+    def person(cls, psn_hash: bytes, med_list_codg: str, setl_id: str | None = None) -> Evidence:
+        """One insured person's purchases of one catalogue item in one window: those up
+        to the settlement ``setl_id`` that took them past the item's limit,
+        ``<hash hex>:<setl_id>/<item>``, so that each window's excess is a flag of its
+        own. Without ``setl_id``: the person and the item alone, ``<hash hex>/<item>``,
+        the evidence of the flags stored before (one flag per person and item, whatever
+        the window; still read, as what holds back a flag in its window). A hash and a
+        settlement id hold no ``:`` or ``/``, so the two forms never meet, and the item
+        is what follows the first ``/`` in either (as migration 0024 read it)."""
+        if setl_id is None:
+            return cls(PERSON, f"{psn_hash.hex()}/{med_list_codg}")
+        return cls(PERSON, f"{psn_hash.hex()}:{setl_id}/{med_list_codg}")
 
 
 FlagKey = tuple[str, str, Evidence]  # (kind, code, evidence): one flag each

@@ -17,7 +17,7 @@ import msgspec
 
 from service.core.codes import LABEL_MISMATCH, try_parse_code
 from service.core.custody import DESTROYED, CodeState, Fact, counted, folded_before, holds, replay
-from service.core.flags import ITEMS, Evidence, FlagRef, NewFlag, items, mismatch_refs
+from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
@@ -439,9 +439,12 @@ class Loaded:
     given_back: Sequence[Consumption] = ()
     # for EXCESS_PURCHASE, only when an item billed has a person limit:
     psn_hash: bytes = b""  # the insured person, by keyed hash
-    purchases: Sequence[Purchase] = ()  # the person's unreversed purchases of those items in their windows
-    # when the person's latest EXCESS_PURCHASE flag of each item (by evidence id) was raised
-    excess_flagged: Mapping[str, datetime] = field(default_factory=dict)
+    # the person's purchases of those items, reversed ones too, within the longest
+    # limit's days of the claim, either side (:func:`in_window` counts them)
+    purchases: Sequence[Purchase] = ()
+    # the person's EXCESS_PURCHASE flags of those items raised within those days
+    # (their evidence: :func:`excess_evidence`)
+    excess_flagged: Sequence[Flagged] = ()
     # a claim dated before its packs' latest events (``late``): the events of the packs
     # and of every container they were ever in, and the settlements that took units of
     # them, to fold custody as it was at the sale; None otherwise
@@ -458,6 +461,22 @@ class Purchase:
     org: str
     at: datetime
     units: int
+    reversed: bool = False  # the settlement was reversed: its units no longer count
+
+
+@dataclass(frozen=True, slots=True)
+class Flagged:
+    """A stored EXCESS_PURCHASE of one person and item, and when it was raised (the time
+    of the settlement that took the person past the limit)."""
+
+    key: FlagKey
+    at: datetime
+
+    @property
+    def med_list_codg(self) -> str:
+        """The item: what follows the first ``/`` of its evidence (either form of
+        :meth:`Evidence.person`)."""
+        return self.key[2].id.partition("/")[2]
 
 
 EXCESS_PURCHASE = "EXCESS_PURCHASE"
@@ -504,6 +523,69 @@ def person_limits(
     return {codg: limit for codg, found in limited.items() if (limit := item_limit(found)) is not None}
 
 
+def in_window(purchases: Iterable[Purchase], med_list_codg: str, at: datetime, days: int) -> list[Purchase]:
+    """The purchases of an item that count toward its person limit at ``at``: those not
+    reversed within the limit's ``days`` up to it, ``(at - days, at]`` (a sliding
+    window, ending at each sale), in the order given."""
+    since = at - timedelta(days=days)
+    return [
+        p for p in purchases if p.med_list_codg == med_list_codg and not p.reversed and since < p.at <= at
+    ]
+
+
+def covered(at: datetime, flagged: Iterable[datetime], days: int) -> bool:
+    """Is an excess at ``at`` one that a flag of the same person and item reports
+    already: one raised less than the limit's ``days`` before it (its own window holds
+    that flag's sale), or after it (a claim dated before that flag, whose window holds
+    it)? One flag per window, not one per sale within it."""
+    return any(abs(f - at) < timedelta(days=days) for f in flagged)
+
+
+def excess_evidence(psn_hash: bytes, codgs: Iterable[str], purchases: Iterable[Purchase]) -> list[Evidence]:
+    """The evidence the person's EXCESS_PURCHASE flags of the items ``codgs`` near
+    ``purchases`` may rest on: each of those settlements (reversed ones too), as the one
+    that took the person past the limit, and the person and item alone (the flags stored
+    before each window had its own, :meth:`Evidence.person`)."""
+    wanted = set(codgs)
+    found = [Evidence.person(psn_hash, codg) for codg in sorted(wanted)]
+    found += [
+        Evidence.person(psn_hash, p.med_list_codg, p.setl_id) for p in purchases if p.med_list_codg in wanted
+    ]
+    return list(dict.fromkeys(found))
+
+
+def excess_flag(
+    psn_hash: bytes, window: Sequence[Purchase], limit: PersonLimit, code: str, region: str | None
+) -> NewFlag:
+    """The EXCESS_PURCHASE of one window of a person's purchases of an item, the last of
+    ``window`` the settlement that took them past ``limit``: its evidence that window
+    (:meth:`Evidence.person` of that settlement), its code the item's first code in
+    that settlement, or the item itself when it was billed without codes (``code``)."""
+    last = window[-1]
+    codg = last.med_list_codg
+    total = sum(p.units for p in window)
+    orgs = sorted({p.org for p in window})
+    return NewFlag(
+        kind=EXCESS_PURCHASE,
+        code=code,
+        org=last.org,
+        region=region,
+        at=last.at,
+        detail=(
+            f"one insured person bought {total} units of {codg} within {limit.days} days "
+            f"at {len(orgs)} institution(s); a course of treatment needs at most {limit.units}"
+        ),
+        refs={
+            ITEMS: items(codg),
+            "settlements": [p.setl_id for p in window],
+            "orgs": orgs,
+            "units": total,
+            "person_limit": {"units": limit.units, "days": limit.days},
+        },
+        source=Evidence.person(psn_hash, codg, last.setl_id),
+    )
+
+
 def _excess(
     claim: Claim,
     canonical: Mapping[str, str | None],
@@ -514,10 +596,12 @@ def _excess(
     """What the payable lines add to the person's purchases of items with a limit (a
     line without codes of an item that carries none too: its quantity), and an
     EXCESS_PURCHASE flag where the units bought within the limit's days (up to and
-    including this settlement) pass it: one flag per person, item and window, so none
-    while the person's last flag of the item is less than the limit's days old. The
-    flag names the item's first code in the settlement, or the item itself (as a
-    STOCK_IMBALANCE does) when it was billed without codes. Payability does not change."""
+    including this settlement, :func:`in_window`) pass it: one flag per person, item
+    and window, so none while a flag of the person's item is less than the limit's days
+    away (:func:`covered`); each window's flag rests on the settlement that took the
+    person past the limit, so a later window raises its own. The flag names the item's
+    first code in the settlement, or the item itself (as a STOCK_IMBALANCE does) when
+    it was billed without codes. Payability does not change."""
     bought: dict[str, int] = {}
     first_code: dict[str, str] = {}
     for line, outcome in zip(claim.lines, outcomes, strict=True):
@@ -530,36 +614,14 @@ def _excess(
     purchases, flags = [], []
     for codg, units in bought.items():
         limit = limits[codg]
-        purchases.append(Purchase(codg, claim.setl_id, claim.org, claim.at, units))
-        since = claim.at - timedelta(days=limit.days)
-        window = [p for p in loaded.purchases if p.med_list_codg == codg and since < p.at <= claim.at]
-        total = units + sum(p.units for p in window)
-        evidence = Evidence.person(loaded.psn_hash, codg)
-        last = loaded.excess_flagged.get(evidence.id)
-        if total <= limit.units or (last is not None and last > since):
+        purchase = Purchase(codg, claim.setl_id, claim.org, claim.at, units)
+        purchases.append(purchase)
+        window = [*in_window(loaded.purchases, codg, claim.at, limit.days), purchase]
+        flagged = [f.at for f in loaded.excess_flagged if f.med_list_codg == codg]
+        if sum(p.units for p in window) <= limit.units or covered(claim.at, flagged, limit.days):
             continue
-        orgs = sorted({p.org for p in window} | {claim.org})
-        flags.append(
-            NewFlag(
-                kind=EXCESS_PURCHASE,
-                code=first_code.get(codg, codg),
-                org=claim.org,
-                region=loaded.org.region,
-                at=claim.at,
-                detail=(
-                    f"one insured person bought {total} units of {codg} within {limit.days} days "
-                    f"at {len(orgs)} institution(s); a course of treatment needs at most {limit.units}"
-                ),
-                refs={
-                    ITEMS: items(codg),
-                    "settlements": [p.setl_id for p in window] + [claim.setl_id],
-                    "orgs": orgs,
-                    "units": total,
-                    "person_limit": {"units": limit.units, "days": limit.days},
-                },
-                source=evidence,
-            )
-        )
+        code = first_code.get(codg, codg)
+        flags.append(excess_flag(loaded.psn_hash, window, limit, code, loaded.org.region))
     return purchases, flags
 
 

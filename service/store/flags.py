@@ -13,6 +13,7 @@ import asyncpg
 from service.core.custody import Fact
 from service.core.flags import AT_RECEIPT, ITEMS, Evidence, FlagKey, FlagRef, NewFlag
 from service.core.ledger import STOCK_IMBALANCE, Imbalance
+from service.core.settlement import EXCESS_PURCHASE, Flagged
 from service.store import codes as code_store
 from service.store.conn import Conn
 
@@ -99,19 +100,17 @@ def _key(row: asyncpg.Record) -> FlagKey:
     return (row["kind"], row["code"], Evidence(row["source_kind"], row["source_id"]))
 
 
-async def last_raised(conn: Conn, kind: str, sources: Sequence[Evidence]) -> dict[str, datetime]:
-    """For each piece of evidence that has flags of ``kind`` (on any code), the activity
-    time of the latest, by evidence id."""
+async def excess_raised(conn: Conn, sources: Sequence[Evidence]) -> list[Flagged]:
+    """The EXCESS_PURCHASE flags resting on any of ``sources`` (a person's windows of
+    items, ``core.settlement.excess_evidence``), on any code: by the evidence index."""
     rows = await conn.fetch(
-        """SELECT source_id, max(at) AS at FROM flags
-           WHERE kind = $1 AND (source_kind, source_id) IN
-                 (SELECT * FROM unnest($2::text[], $3::text[]))
-           GROUP BY source_id""",
-        kind,
+        """SELECT kind, code, source_kind, source_id, at FROM flags
+           WHERE kind = $1 AND (source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
+        EXCESS_PURCHASE,
         [e.kind for e in sources],
         [e.id for e in sources],
     )
-    return {r["source_id"]: r["at"] for r in rows}
+    return [Flagged(_key(r), r["at"]) for r in rows]
 
 
 async def auto_clear(

@@ -29,21 +29,23 @@ async def lock_person(conn: Conn, psn_hash: bytes, items: Sequence[str]) -> None
     )
 
 
-async def window(
+async def around(
     conn: Conn, psn_hash: bytes, items: Sequence[str], since: datetime, until: datetime
 ) -> list[Purchase]:
-    """The person's unreversed purchases of ``items`` in (since, until], by index."""
+    """The person's purchases of ``items`` in (since, until), reversed ones too (they
+    say so), oldest first, by index."""
     rows = await conn.fetch(
-        """SELECT med_list_codg, setl_id, org, at, units FROM purchases
-           WHERE psn_hash = $1 AND med_list_codg = ANY($2::text[]) AND at > $3 AND at <= $4
-             AND NOT reversed
+        """SELECT med_list_codg, setl_id, org, at, units, reversed FROM purchases
+           WHERE psn_hash = $1 AND med_list_codg = ANY($2::text[]) AND at > $3 AND at < $4
            ORDER BY at""",
         psn_hash,
         list(items),
         since,
         until,
     )
-    return [Purchase(r["med_list_codg"], r["setl_id"], r["org"], r["at"], r["units"]) for r in rows]
+    return [
+        Purchase(r["med_list_codg"], r["setl_id"], r["org"], r["at"], r["units"], r["reversed"]) for r in rows
+    ]
 
 
 async def record(conn: Conn, psn_hash: bytes, purchases: Sequence[Purchase]) -> None:

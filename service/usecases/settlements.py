@@ -14,7 +14,6 @@ import asyncpg
 from service import metrics
 from service.core import settlement as rules
 from service.core.custody import CodeState
-from service.core.flags import Evidence
 from service.core.sales import Consumption, Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprints, person_hash
 from service.store import codes as code_store
@@ -220,14 +219,15 @@ async def _load(
         loaded.history = await event_store.facts_for(conn, family)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
     limits = rules.person_limits(claim, canonical, states, products, exempt)
-    if limits:  # the person's purchases of those items within their windows, and their flags
+    if limits:  # the person's purchases of those items near the claim, and their flags
         if locked:
             await purchase_store.lock_person(conn, psn_hash, sorted(limits))
-        since = claim.at - timedelta(days=max(limit.days for limit in limits.values()))
+        days = timedelta(days=max(limit.days for limit in limits.values()))
         loaded.psn_hash = psn_hash
-        loaded.purchases = await purchase_store.window(conn, psn_hash, sorted(limits), since, claim.at)
-        people = [Evidence.person(psn_hash, item) for item in limits]
-        loaded.excess_flagged = await flag_store.last_raised(conn, rules.EXCESS_PURCHASE, people)
+        near = await purchase_store.around(conn, psn_hash, sorted(limits), claim.at - days, claim.at + days)
+        loaded.purchases = near
+        evidence = rules.excess_evidence(psn_hash, limits, near)
+        loaded.excess_flagged = await flag_store.excess_raised(conn, evidence)
     return loaded
 
 

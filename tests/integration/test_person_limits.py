@@ -232,3 +232,99 @@ async def test_a_persons_racing_settlements_past_the_limit_raise_one_flag(
     found = await w["inv"].ok("GET", "/v1/flags?kind=EXCESS_PURCHASE&limit=100")
     assert len(found["items"]) == rounds
     assert await db.fetchval("SELECT count(*) FROM purchases") == 3 * rounds
+
+
+DAY = 24 * 60  # minutes
+
+
+async def test_each_window_past_the_limit_raises_a_flag_of_its_own(admin: Api) -> None:
+    """An item billed without codes: every flag's code is the item. Found by a probe: 30
+    units (limit 20 in 7 days), the flag dismissed, then 30 units a month later was
+    answered with the dismissed flag and left no flag open: every window's excess rested
+    on one piece of evidence (the person and the item), and the first flag's time held
+    back each later one. Each window is a flag of its own; within one, still one flag."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    first = await ins.ok("POST", "/v1/settlements", exempt_sale("W1", "PW", 30, 60))
+    assert [(f["kind"], f["code"]) for f in first["flags"]] == [("EXCESS_PURCHASE", "MEX")]
+    dismissed = first["flags"][0]["flag_id"]
+    await inv.ok("PATCH", f"/v1/flags/{dismissed}", {"status": "dismissed", "note": "after surgery"})
+    # within the week: the dismissed flag's window, no other flag
+    assert (await ins.ok("POST", "/v1/settlements", exempt_sale("W2", "PW", 5, 60 + 3 * DAY)))["flags"] == []
+    # a month later, 30 units again: a new excess, a new flag
+    later = await ins.ok("POST", "/v1/settlements", exempt_sale("W3", "PW", 30, 60 + 30 * DAY))
+    assert [(f["kind"], f["code"]) for f in later["flags"]] == [("EXCESS_PURCHASE", "MEX")], later
+    raised = later["flags"][0]["flag_id"]
+    assert raised != dismissed
+    flag = await inv.ok("GET", f"/v1/flags/{raised}")
+    assert (flag["status"], flag["refs"]["settlements"], flag["refs"]["units"]) == ("open", ["W3"], 30)
+    assert (await inv.ok("GET", f"/v1/flags/{dismissed}"))["status"] == "dismissed"
+    # more within the new window: held back by the new flag
+    more = await ins.ok("POST", "/v1/settlements", exempt_sale("W4", "PW", 10, 60 + 32 * DAY))
+    assert more["flags"] == []
+    found = await inv.ok("GET", "/v1/flags?kind=EXCESS_PURCHASE&status=open")
+    assert [f["flag_id"] for f in found["items"]] == [raised]
+
+
+async def test_a_pack_split_over_windows_raises_a_flag_in_each(admin: Api) -> None:
+    """A pack of 100 units sold in parts to one person a month apart, each part past the
+    limit: both flags name the pack (its code, the same each time), each its own
+    window's settlement. Found by a probe: the second was taken for the first."""
+    w = await world(admin)
+    big = {**LIMITED, "product_id": "8123460", "med_list_codg": "MLIM", "pack_units": 100}
+    await admin.ok("POST", "/v1/products", big, 201)
+    [pack] = await received(w, "P1", [1], product="8123460", lot="G1")
+    ins, inv = w["insurer"], w["inv"]
+
+    def part(setl_id: str, minutes: float) -> dict[str, Any]:
+        line = {"line_no": 1, "med_list_codg": "MLIM", "quantity": 30, "split": True, "codes": [pack]}
+        return {"setl_id": setl_id, "org": "P1", "psn_no": "PY", "at": at(minutes), "lines": [line]}
+
+    first = await ins.ok("POST", "/v1/settlements", part("Y1", 60))
+    second = await ins.ok("POST", "/v1/settlements", part("Y2", 60 + 30 * DAY))
+    assert (first["decision"], second["decision"]) == ("accepted", "accepted")
+    assert [f["code"] for f in first["flags"] + second["flags"]] == [pack, pack]
+    assert first["flags"][0]["flag_id"] != second["flags"][0]["flag_id"]
+    found = await inv.ok("GET", "/v1/flags?kind=EXCESS_PURCHASE")
+    assert sorted(f["refs"]["settlements"][-1] for f in found["items"]) == ["Y1", "Y2"]
+
+
+async def test_a_flag_stored_before_windows_had_their_own_still_holds_back_its_window(
+    admin: Api, db: Any
+) -> None:
+    """A flag stored before each window was its own rests on the person and the item
+    alone (``<hash>/<item>``): it still holds back another flag within its window, and no
+    longer swallows a later window's."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    first = await ins.ok("POST", "/v1/settlements", exempt_sale("L1", "PL", 30, 60))
+    old = first["flags"][0]["flag_id"]
+    # as it was stored before: the person's hash and the item, no settlement
+    hashed = (await ins.ok("GET", "/v1/settlements/L1"))["request"]["psn_hash"]
+    moved = await db.execute("UPDATE flags SET source_id = $1 WHERE flag_id = $2", f"{hashed}/MEX", int(old))
+    assert moved == "UPDATE 1"
+    assert (await ins.ok("POST", "/v1/settlements", exempt_sale("L2", "PL", 5, 60 + 3 * DAY)))["flags"] == []
+    later = await ins.ok("POST", "/v1/settlements", exempt_sale("L3", "PL", 30, 60 + 30 * DAY))
+    assert [f["kind"] for f in later["flags"]] == ["EXCESS_PURCHASE"]
+    assert later["flags"][0]["flag_id"] != old
+    flag = await inv.ok("GET", f"/v1/flags/{later['flags'][0]['flag_id']}")
+    assert (flag["status"], flag["refs"]["settlements"]) == ("open", ["L3"])
+
+
+async def test_a_claim_dated_before_a_flag_is_held_back_only_within_its_window(admin: Api) -> None:
+    """A settlement arriving late, dated before the person's flag of the item: held back
+    when its sale is within the limit's days of the flag (one window), flagged on its
+    own when it is weeks before it (any later flag held it back before)."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    flagged = await ins.ok("POST", "/v1/settlements", exempt_sale("D20", "PD", 30, 60 + 20 * DAY))
+    assert [f["kind"] for f in flagged["flags"]] == ["EXCESS_PURCHASE"]
+    near = await ins.ok("POST", "/v1/settlements", exempt_sale("D18", "PD", 25, 60 + 18 * DAY))
+    assert near["flags"] == []  # two days before the flag: its window
+    weeks = await ins.ok("POST", "/v1/settlements", exempt_sale("D1", "PD", 30, 60 + DAY))
+    assert [f["kind"] for f in weeks["flags"]] == ["EXCESS_PURCHASE"], weeks
+    flag = await inv.ok("GET", f"/v1/flags/{weeks['flags'][0]['flag_id']}")
+    assert (flag["refs"]["settlements"], flag["refs"]["units"]) == (["D1"], 30)
