@@ -38,7 +38,9 @@ PENDING, OPEN = "pending", "open"
 # consumed, its product, expiry, recall or region, a second commission, a person's
 # purchases), so it is open at once. The one exception: a late sale or return folds its
 # pack's sales again in event time (``core.ingest``), and a DUPLICATE that the fold no
-# longer finds (the pack was back in stock by then) is withdrawn.
+# longer finds (the pack was back in stock by then) is withdrawn; and a reversal judges
+# the person's windows again (``core.settlement.excess_after_reversal``), withdrawing an
+# EXCESS_PURCHASE whose window it brings within the limit.
 CUSTODY_KINDS = ("UNKNOWN_CODE", "DIVERSION")
 DUPLICATE = "DUPLICATE"  # a consumed pack sold again (回流药), or a destroyed one
 # refs of an OUT_OF_REGION raised by the fold at a receipt: a replay that no longer raises

@@ -442,8 +442,8 @@ class Loaded:
     # the person's purchases of those items, reversed ones too, within the longest
     # limit's days of the claim, either side (:func:`in_window` counts them)
     purchases: Sequence[Purchase] = ()
-    # the person's EXCESS_PURCHASE flags of those items raised within those days
-    # (their evidence: :func:`excess_evidence`)
+    # the person's EXCESS_PURCHASE flags of those items that stand, raised within those
+    # days (their evidence: :func:`excess_evidence`)
     excess_flagged: Sequence[Flagged] = ()
     # a claim dated before its packs' latest events (``late``): the events of the packs
     # and of every container they were ever in, and the settlements that took units of
@@ -466,11 +466,13 @@ class Purchase:
 
 @dataclass(frozen=True, slots=True)
 class Flagged:
-    """A stored EXCESS_PURCHASE of one person and item, and when it was raised (the time
-    of the settlement that took the person past the limit)."""
+    """A stored EXCESS_PURCHASE of one person and item that stands (any status but
+    auto_cleared), and when it was raised (the time of the settlement that took the
+    person past the limit)."""
 
     key: FlagKey
     at: datetime
+    clearable: bool  # no person has taken it up: an automatic change may withdraw it
 
     @property
     def med_list_codg(self) -> str:
@@ -554,41 +556,134 @@ def excess_evidence(psn_hash: bytes, codgs: Iterable[str], purchases: Iterable[P
     return list(dict.fromkeys(found))
 
 
+def item_code(lines: Iterable[Line], payable: Iterable[bool], codg: str) -> str:
+    """The code an EXCESS_PURCHASE of the item ``codg`` names: the item's first code in
+    the settlement's payable lines (canonical), or the item itself (as a
+    STOCK_IMBALANCE does) when it was billed without codes."""
+    for line, paid in zip(lines, payable, strict=True):
+        if paid and line.med_list_codg == codg and line.codes and (code := canonical(line.codes[0])):
+            return code
+    return codg
+
+
+def stored_item_code(request: Mapping[str, Any], response: Mapping[str, Any], codg: str) -> str:
+    """:func:`item_code` of a stored settlement (its ``request`` and the answer it was
+    given)."""
+    paid = {line.get("line_no") for line in response.get("lines", []) if line.get("payable")}
+    lines = [
+        Line(
+            line["line_no"],
+            line["med_list_codg"],
+            line["quantity"],
+            bool(line.get("split")),
+            tuple(line.get("codes", [])),
+        )
+        for line in request.get("lines", [])
+    ]
+    return item_code(lines, [line.line_no in paid for line in lines], codg)
+
+
 def excess_flag(
-    psn_hash: bytes, window: Sequence[Purchase], limit: PersonLimit, code: str, region: str | None
+    psn_hash: bytes,
+    window: Sequence[Purchase],
+    limit: PersonLimit,
+    code: str,
+    region: str | None,
+    *,
+    after_reversal: str | None = None,
 ) -> NewFlag:
     """The EXCESS_PURCHASE of one window of a person's purchases of an item, the last of
     ``window`` the settlement that took them past ``limit``: its evidence that window
-    (:meth:`Evidence.person` of that settlement), its code the item's first code in
-    that settlement, or the item itself when it was billed without codes (``code``)."""
+    (:meth:`Evidence.person` of that settlement), its code :func:`item_code`.
+    ``after_reversal``: raised when that settlement's reversal withdrew the flag that
+    had held this one back (:func:`excess_after_reversal`)."""
     last = window[-1]
     codg = last.med_list_codg
     total = sum(p.units for p in window)
     orgs = sorted({p.org for p in window})
+    detail = (
+        f"one insured person bought {total} units of {codg} within {limit.days} days "
+        f"at {len(orgs)} institution(s); a course of treatment needs at most {limit.units}"
+    )
+    refs: dict[str, Any] = {
+        ITEMS: items(codg),
+        "settlements": [p.setl_id for p in window],
+        "orgs": orgs,
+        "units": total,
+        "person_limit": {"units": limit.units, "days": limit.days},
+    }
+    if after_reversal is not None:
+        detail += f" (flagged when settlement {after_reversal} was reversed: its flag had held this back)"
+        refs["after_reversal"] = after_reversal
     return NewFlag(
         kind=EXCESS_PURCHASE,
         code=code,
         org=last.org,
         region=region,
         at=last.at,
-        detail=(
-            f"one insured person bought {total} units of {codg} within {limit.days} days "
-            f"at {len(orgs)} institution(s); a course of treatment needs at most {limit.units}"
-        ),
-        refs={
-            ITEMS: items(codg),
-            "settlements": [p.setl_id for p in window],
-            "orgs": orgs,
-            "units": total,
-            "person_limit": {"units": limit.units, "days": limit.days},
-        },
+        detail=detail,
+        refs=refs,
         source=Evidence.person(psn_hash, codg, last.setl_id),
     )
 
 
+@dataclass(slots=True)
+class Rejudged:
+    """What a reversal changes in a person's EXCESS_PURCHASE flags."""
+
+    withdrawn: list[FlagKey]  # flags that no longer hold
+    # windows past the limit that only a withdrawn flag held back, each ending with the
+    # settlement that took the person past the limit (flag each: :func:`excess_flag`)
+    crossings: list[list[Purchase]]
+
+
+def excess_after_reversal(
+    at: datetime,
+    limits: Mapping[str, PersonLimit],
+    purchases: Sequence[Purchase],
+    flagged: Sequence[Flagged],
+) -> Rejudged:
+    """A person's windows judged again once a sale of theirs dated ``at`` is reversed
+    (``purchases``: theirs of the items with ``limits``, oldest first, the reversed
+    sale's read reversed, within twice the limit's days before ``at`` and three times
+    after; ``flagged``: their flags resting on those). A flag whose window holds the sale
+    and whose units are now within the limit (:func:`in_window`) no longer holds: it is
+    withdrawn, unless a person has taken it up (then it stands as they left it, and goes
+    on holding back its window). A sale past the limit that a withdrawn flag held back
+    (:func:`covered`), and that no flag standing covers now, is flagged, as its
+    settlement would be now: one flag per window still."""
+    out = Rejudged([], [])
+    for codg, limit in limits.items():
+        standing = [f for f in flagged if f.med_list_codg == codg]
+        span = timedelta(days=limit.days)
+        gone = [
+            f
+            for f in standing
+            if f.clearable
+            and f.at - span < at <= f.at
+            and _units(purchases, codg, f.at, limit) <= limit.units
+        ]
+        if not gone:
+            continue
+        out.withdrawn += [f.key for f in gone]
+        held = [f.at for f in standing if f not in gone]
+        for p in purchases:
+            if p.med_list_codg != codg or p.reversed or not covered(p.at, [f.at for f in gone], limit.days):
+                continue
+            if _units(purchases, codg, p.at, limit) <= limit.units or covered(p.at, held, limit.days):
+                continue
+            window = [q for q in in_window(purchases, codg, p.at, limit.days) if q.setl_id != p.setl_id]
+            out.crossings.append([*window, p])
+            held.append(p.at)
+    return out
+
+
+def _units(purchases: Iterable[Purchase], codg: str, at: datetime, limit: PersonLimit) -> int:
+    return sum(p.units for p in in_window(purchases, codg, at, limit.days))
+
+
 def _excess(
     claim: Claim,
-    canonical: Mapping[str, str | None],
     outcomes: Sequence[LineOutcome],
     limits: Mapping[str, PersonLimit],
     loaded: Loaded,
@@ -599,18 +694,13 @@ def _excess(
     including this settlement, :func:`in_window`) pass it: one flag per person, item
     and window, so none while a flag of the person's item is less than the limit's days
     away (:func:`covered`); each window's flag rests on the settlement that took the
-    person past the limit, so a later window raises its own. The flag names the item's
-    first code in the settlement, or the item itself (as a STOCK_IMBALANCE does) when
-    it was billed without codes. Payability does not change."""
+    person past the limit, so a later window raises its own. The flag names
+    :func:`item_code`. Payability does not change."""
     bought: dict[str, int] = {}
-    first_code: dict[str, str] = {}
     for line, outcome in zip(claim.lines, outcomes, strict=True):
         if outcome.payable and line.med_list_codg in limits:
             # the units billed: a dispense of the same sale may have drawn them already
             bought[line.med_list_codg] = bought.get(line.med_list_codg, 0) + line.quantity
-            code = canonical.get(line.codes[0]) if line.codes else None
-            if code:
-                first_code.setdefault(line.med_list_codg, code)
     purchases, flags = [], []
     for codg, units in bought.items():
         limit = limits[codg]
@@ -620,7 +710,7 @@ def _excess(
         flagged = [f.at for f in loaded.excess_flagged if f.med_list_codg == codg]
         if sum(p.units for p in window) <= limit.units or covered(claim.at, flagged, limit.days):
             continue
-        code = first_code.get(codg, codg)
+        code = item_code(claim.lines, [o.payable for o in outcomes], codg)
         flags.append(excess_flag(loaded.psn_hash, window, limit, code, loaded.org.region))
     return purchases, flags
 
@@ -775,7 +865,7 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         claim.setl_id, claim.at, claim.lines, outcomes, loaded.org, judged, loaded.products, loaded.earlier
     )
     limits = person_limits(claim, canonical, loaded.states, loaded.products, loaded.item_products)
-    purchases, excess = _excess(claim, canonical, outcomes, limits, loaded) if limits else ([], [])
+    purchases, excess = _excess(claim, outcomes, limits, loaded) if limits else ([], [])
     after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}
     return Decision(
         outcomes,

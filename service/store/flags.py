@@ -102,15 +102,18 @@ def _key(row: asyncpg.Record) -> FlagKey:
 
 async def excess_raised(conn: Conn, sources: Sequence[Evidence]) -> list[Flagged]:
     """The EXCESS_PURCHASE flags resting on any of ``sources`` (a person's windows of
-    items, ``core.settlement.excess_evidence``), on any code: by the evidence index."""
+    items, ``core.settlement.excess_evidence``), on any code, that stand: all but those
+    withdrawn (auto_cleared: a reversal found they no longer held). By the evidence
+    index."""
     rows = await conn.fetch(
-        """SELECT kind, code, source_kind, source_id, at FROM flags
-           WHERE kind = $1 AND (source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",
+        f"""SELECT kind, code, source_kind, source_id, at, ({CLEARABLE}) AS clearable FROM flags
+           WHERE kind = $1 AND status <> 'auto_cleared'
+             AND (source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))""",  # noqa: S608
         EXCESS_PURCHASE,
         [e.kind for e in sources],
         [e.id for e in sources],
     )
-    return [Flagged(_key(r), r["at"]) for r in rows]
+    return [Flagged(_key(r), r["at"], r["clearable"]) for r in rows]
 
 
 async def auto_clear(

@@ -48,6 +48,19 @@ async def around(
     ]
 
 
+async def of_settlement(conn: Conn, psn_hash: bytes, items: Sequence[str], setl_id: str) -> list[Purchase]:
+    """The person's purchases under one settlement, of those of ``items`` it recorded
+    (by the primary key), not reversed."""
+    rows = await conn.fetch(
+        """SELECT med_list_codg, setl_id, org, at, units FROM purchases
+           WHERE psn_hash = $1 AND med_list_codg = ANY($2::text[]) AND setl_id = $3 AND NOT reversed""",
+        psn_hash,
+        list(items),
+        setl_id,
+    )
+    return [Purchase(r["med_list_codg"], r["setl_id"], r["org"], r["at"], r["units"]) for r in rows]
+
+
 async def record(conn: Conn, psn_hash: bytes, purchases: Sequence[Purchase]) -> None:
     if not purchases:
         return

@@ -254,7 +254,10 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
     None for an unknown id). Doing it again returns the same result and restores nothing
     more."""
 
+    flag_kinds: list[str] = []  # the flags the committed attempt stored, counted after it
+
     async def work(conn: Conn) -> dict[str, Any] | None:
+        flag_kinds.clear()
         # load: the settlement (locked), the packs its sale took units from (locked in
         # code order, as every writer locks), then what it took from them: a concurrent
         # return of the same sale has then either restored its units already (and its
@@ -275,10 +278,58 @@ async def reverse(pool: asyncpg.Pool, setl_id: str) -> dict[str, Any] | None:
             "reversed": True,
             "restored": [{"code": t.code, "units": t.units} for t in taken],
         }
+        # the person's purchases of items with a limit that the sale counted: their
+        # windows are judged again once it no longer counts (the person's lock of those
+        # items first, as a settlement of them takes it)
+        psn_hash = stored["psn_hash"]
+        items = sorted({line["med_list_codg"] for line in stored["request"].get("lines", [])})
+        bought = await purchase_store.of_settlement(conn, psn_hash, items, setl_id)
+        await purchase_store.lock_person(conn, psn_hash, sorted({p.med_list_codg for p in bought}))
         # write
         await sale_store.reverse(conn, [(t, None) for t in taken])
         await code_store.update(conn, [states[c] for c in sorted(changed)])
-        await setl_store.mark_reversed(conn, setl_id, stored["psn_hash"], result)
+        await setl_store.mark_reversed(conn, setl_id, psn_hash, result)
+        if bought:
+            flag_kinds.extend(await _excess_after_reversal(conn, setl_id, psn_hash, bought))
         return result
 
-    return await with_retry(pool, work)
+    answer = await with_retry(pool, work)
+    metrics.flags_raised(flag_kinds)
+    return answer
+
+
+async def _excess_after_reversal(
+    conn: Conn, setl_id: str, psn_hash: bytes, bought: list[rules.Purchase]
+) -> list[str]:
+    """Once a reversed sale's purchases (``bought``, now reversed) no longer count, the
+    person's EXCESS_PURCHASE flags near it, judged again
+    (``core.settlement.excess_after_reversal``): those that no longer hold are withdrawn,
+    naming the reversal, and what only they held back is flagged. Returns the kind of
+    each flag stored."""
+    at = bought[0].at  # one settlement: one time
+    registered = await registry.products_billed_as(conn, sorted({p.med_list_codg for p in bought}))
+    limits = {codg: limit for codg, found in registered.items() if (limit := rules.item_limit(found))}
+    if not limits:
+        return []
+    days = timedelta(days=max(limit.days for limit in limits.values()))
+    near = await purchase_store.around(conn, psn_hash, sorted(limits), at - 2 * days, at + 3 * days)
+    flagged = await flag_store.excess_raised(conn, rules.excess_evidence(psn_hash, limits, near))
+    judged = rules.excess_after_reversal(at, limits, near, flagged)
+    note = f"settlement {setl_id} was reversed: the person's units in the window are within the limit"
+    await flag_store.withdraw(conn, judged.withdrawn, [setl_id], note)
+    if not judged.crossings:
+        return []
+    new = []
+    for window in judged.crossings:
+        last = window[-1]
+        crossed = await setl_store.get(conn, last.setl_id)
+        code = (
+            rules.stored_item_code(crossed["request"], crossed["response"], last.med_list_codg)
+            if crossed
+            else last.med_list_codg
+        )
+        limit = limits[last.med_list_codg]
+        new.append(rules.excess_flag(psn_hash, window, limit, code, None, after_reversal=setl_id))
+    stored_now: list[str] = []
+    await flag_store.raise_flags(conn, new, stored_now=stored_now)
+    return stored_now

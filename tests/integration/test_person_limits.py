@@ -328,3 +328,85 @@ async def test_a_claim_dated_before_a_flag_is_held_back_only_within_its_window(a
     assert [f["kind"] for f in weeks["flags"]] == ["EXCESS_PURCHASE"], weeks
     flag = await inv.ok("GET", f"/v1/flags/{weeks['flags'][0]['flag_id']}")
     assert (flag["refs"]["settlements"], flag["refs"]["units"]) == (["D1"], 30)
+
+
+async def test_a_reversal_withdraws_the_excess_it_takes_back_within_the_limit(admin: Api) -> None:
+    """Found by a probe: 15 then 10 units (limit 20) raised a flag; the 10 refunded, the
+    person had 15 of 20, yet the flag stayed open naming the refunded settlement and held
+    back every new flag of its window. The reversal judges the window again: the flag
+    is withdrawn (auto_cleared by the system, naming the reversal), and holds nothing
+    back."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    await ins.ok("POST", "/v1/settlements", exempt_sale("R1", "PR", 15, 60))
+    second = await ins.ok("POST", "/v1/settlements", exempt_sale("R2", "PR", 10, 61))
+    fid = second["flags"][0]["flag_id"]
+    await ins.ok("POST", "/v1/settlements/R2/reversal")
+    flag = await inv.ok("GET", f"/v1/flags/{fid}")
+    assert (flag["status"], flag["refs"]["cleared_by"]) == ("auto_cleared", ["R2"])
+    assert [(h["status"], h["by_key"]) for h in flag["history"]] == [("auto_cleared", "system")]
+    assert "R2 was reversed" in flag["history"][0]["note"]
+    # re-billed as 4 units: 19 of 20
+    assert (await ins.ok("POST", "/v1/settlements", exempt_sale("R3", "PR", 4, 62)))["flags"] == []
+    # 5 more: 24, a flag of its own (the withdrawn one holds nothing back)
+    more = await ins.ok("POST", "/v1/settlements", exempt_sale("R4", "PR", 5, 63))
+    assert [f["kind"] for f in more["flags"]] == ["EXCESS_PURCHASE"], more
+    flag = await inv.ok("GET", f"/v1/flags/{more['flags'][0]['flag_id']}")
+    assert flag["status"] == "open"
+    assert (flag["refs"]["settlements"], flag["refs"]["units"]) == (["R1", "R3", "R4"], 24)
+
+
+async def test_a_reversal_flags_what_the_withdrawn_flag_held_back(admin: Api) -> None:
+    """A small sale reversed must not hide a large one: 10 units, 20 more (flagged at 30),
+    20 more two days later (held back by that flag), then the 20 of the flagged sale
+    refunded. Its flag is withdrawn, and the later sale, now 30 units in its own window
+    with no flag standing, is flagged, naming its first pack and the reversal."""
+    w = await limited_world(admin)
+    ins, inv, packs = w["insurer"], w["inv"], w["packs"]
+    await ins.ok("POST", "/v1/settlements", sale("V1", "PV", packs[:1]))
+    second = await ins.ok("POST", "/v1/settlements", sale("V2", "PV", packs[1:3], 60 + DAY))
+    withdrawn = second["flags"][0]["flag_id"]
+    held = await ins.ok("POST", "/v1/settlements", sale("V3", "PV", packs[3:5], 60 + 3 * DAY))
+    assert (held["decision"], held["flags"]) == ("accepted", [])
+    await ins.ok("POST", "/v1/settlements/V2/reversal")
+    assert (await inv.ok("GET", f"/v1/flags/{withdrawn}"))["status"] == "auto_cleared"
+    found = await inv.ok("GET", "/v1/flags?kind=EXCESS_PURCHASE&status=open")
+    assert len(found["items"]) == 1, found
+    flag = found["items"][0]
+    assert (flag["code"], flag["org"], flag["refs"]["after_reversal"]) == (packs[3], "P1", "V2")
+    assert (flag["refs"]["settlements"], flag["refs"]["units"]) == (["V1", "V3"], 30)
+    assert flag["at"] == (await ins.ok("GET", "/v1/settlements/V3"))["at"]
+
+
+async def test_a_reversal_leaves_a_flag_a_person_took_up_as_they_left_it(admin: Api) -> None:
+    """An investigator investigating the flag: the reversal that brings the window
+    within the limit leaves it so (their decision), and it goes on holding back its
+    window."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    await ins.ok("POST", "/v1/settlements", exempt_sale("T1", "PT", 15, 60))
+    fid = (await ins.ok("POST", "/v1/settlements", exempt_sale("T2", "PT", 10, 61)))["flags"][0]["flag_id"]
+    await inv.ok("PATCH", f"/v1/flags/{fid}", {"status": "investigating", "note": "calling the pharmacy"})
+    await ins.ok("POST", "/v1/settlements/T2/reversal")
+    flag = await inv.ok("GET", f"/v1/flags/{fid}")
+    assert flag["status"] == "investigating"
+    assert [h["status"] for h in flag["history"]] == ["investigating"]
+    assert (await ins.ok("POST", "/v1/settlements", exempt_sale("T3", "PT", 10, 62)))["flags"] == []
+
+
+async def test_a_reversal_that_leaves_the_window_past_the_limit_leaves_its_flag(admin: Api) -> None:
+    """15 then 10 units flagged (25 of 20); a claim dated before the flag, arriving
+    after it, adds 10 to its window (held back: one flag per window). Refunding the 10
+    that crossed the limit leaves 25 in the window: the excess holds, the flag stays
+    open."""
+    w = await world(admin)
+    await admin.ok("POST", "/v1/products", EXEMPT, 201)
+    ins, inv = w["insurer"], w["inv"]
+    await ins.ok("POST", "/v1/settlements", exempt_sale("S1", "PS", 15, 60))
+    fid = (await ins.ok("POST", "/v1/settlements", exempt_sale("S2", "PS", 10, 62)))["flags"][0]["flag_id"]
+    assert (await ins.ok("POST", "/v1/settlements", exempt_sale("S0", "PS", 10, 59)))["flags"] == []
+    await ins.ok("POST", "/v1/settlements/S2/reversal")
+    flag = await inv.ok("GET", f"/v1/flags/{fid}")
+    assert (flag["status"], flag["history"]) == ("open", [])
