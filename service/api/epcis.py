@@ -30,7 +30,10 @@ from service.interop.epcis.mapping import (
     EVENT_TYPES,
     GS1_CONTEXT_PREFIX,
     biz_step,
+    canonical_id,
+    disposition_spellings,
     epc_count,
+    is_uri,
     own_context,
     query_keys,
     read_time,
@@ -44,19 +47,74 @@ VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
 CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
 
-# the query parameters GET /epcis/events takes (any other is a QueryParameterException)
+# the query parameters GET /epcis/events takes
 QUERY_PARAMETERS = (
     "eventType",
     "GE_eventTime",
     "LT_eventTime",
+    "GE_recordTime",
+    "LT_recordTime",
+    "EQ_action",
     "EQ_bizStep",
+    "EQ_disposition",
+    "EQ_readPoint",
     "EQ_bizLocation",
     "MATCH_epc",
     "MATCH_anyEPC",
     "MATCH_parentID",
+    "EQ_eventID",
     "perPage",
     "nextPageToken",
 )
+# The binding's other query parameters of GET /events with fixed names, which this service
+# does not offer: 501 ImplementationException ("functionality not supported"), not the
+# 400 of a name that is none of the standard's (found by a probe: all were 400s)
+NOT_OFFERED = (
+    "EQ_persistentDisposition_set",
+    "EQ_persistentDisposition_unset",
+    "WD_readPoint",
+    "WD_bizLocation",
+    "EQ_transformationID",
+    "MATCH_inputEPC",
+    "MATCH_outputEPC",
+    "MATCH_epcClass",
+    "MATCH_inputEPCClass",
+    "MATCH_outputEPCClass",
+    "MATCH_anyEPCClass",
+    "EQ_quantity",
+    "GT_quantity",
+    "GE_quantity",
+    "LT_quantity",
+    "LE_quantity",
+    "EXISTS_errorDeclaration",
+    "GE_errorDeclarationTime",
+    "LT_errorDeclarationTime",
+    "EQ_errorReason",
+    "EQ_correctiveEventID",
+    "orderBy",
+    "orderDirection",
+    "eventCountLimit",
+    "maxEventCount",
+    "GE_startTime",
+    "LT_startTime",
+    "GE_endTime",
+    "LT_endTime",
+    "EQ_type",
+    "EQ_deviceID",
+    "EQ_dataProcessingMethod",
+    "EQ_microorganism",
+    "EQ_chemicalSubstance",
+    "EQ_bizRules",
+    "EQ_stringValue",
+    "EQ_hexBinaryValue",
+    "EQ_uriValue",
+    "EQ_booleanValue",
+)
+# ... and the standard's parameters named after a field, an extension or a unit
+# (EQ_<field>, EQ_INNER_<field>, EXISTS_ILMD_<field>, HASATTR_<field>, EQATTR_<field>_<attr>,
+# GE_value_<uom>, ...): not offered either
+FIELD_PREFIXES = ("EQ_", "GT_", "GE_", "LT_", "LE_", "EXISTS_", "HASATTR_", "EQATTR_")
+ACTIONS = ("ADD", "OBSERVE", "DELETE")
 
 DATE_TIME = OpenAPIFormat.DATE_TIME
 PER_PAGE_DEFAULT = 30
@@ -425,6 +483,12 @@ class EpcisController(Controller):
         lt_time: Annotated[str | None, QueryParameter(name="LT_eventTime", format=DATE_TIME)] = None,
         eq_biz_step: Annotated[str | None, QueryParameter(name="EQ_bizStep")] = None,
         eq_biz_location: Annotated[str | None, QueryParameter(name="EQ_bizLocation")] = None,
+        ge_record: Annotated[str | None, QueryParameter(name="GE_recordTime", format=DATE_TIME)] = None,
+        lt_record: Annotated[str | None, QueryParameter(name="LT_recordTime", format=DATE_TIME)] = None,
+        eq_action: Annotated[str | None, QueryParameter(name="EQ_action")] = None,
+        eq_disposition: Annotated[str | None, QueryParameter(name="EQ_disposition")] = None,
+        eq_read_point: Annotated[str | None, QueryParameter(name="EQ_readPoint")] = None,
+        eq_event_id: Annotated[str | None, QueryParameter(name="EQ_eventID")] = None,
         match_epc: Annotated[str | None, QueryParameter(name="MATCH_epc")] = None,
         match_any_epc: Annotated[str | None, QueryParameter(name="MATCH_anyEPC")] = None,
         match_parent_id: Annotated[str | None, QueryParameter(name="MATCH_parentID")] = None,
@@ -432,19 +496,14 @@ class EpcisController(Controller):
         next_page_token: Annotated[str | None, QueryParameter(name="nextPageToken")] = None,
     ) -> Response[EPCISQueryDocument]:
         """Events matching every parameter given (each list pipe-delimited, any of its
-        values), in capture order; a ``Link: rel="next"`` header pages on. Any other
-        parameter is a QueryParameterException."""
+        values), in capture order; a ``Link: rel="next"`` header pages on. Another of the
+        standard's parameters is a 501 ImplementationException; a name that is none of
+        the standard's, a QueryParameterException."""
 
         def many(value: str | None) -> list[str] | None:
             return value.split("|") if value is not None else None
 
-        unknown = sorted(set(request.query_params) - set(QUERY_PARAMETERS))
-        if unknown:
-            raise epcis_problem(
-                400,
-                "QueryParameterException",
-                f"{', '.join(unknown)[:300]}: not supported (the parameters: {', '.join(QUERY_PARAMETERS)})",
-            )
+        _check_parameter_names(set(request.query_params))
         given = Counter(k for k, _ in request.query_params.multi_items())
         repeated = sorted(k for k, n in given.items() if n > 1)
         if repeated:  # which one counts would be a guess: a list is pipe-delimited
@@ -457,13 +516,24 @@ class EpcisController(Controller):
         if empty:
             raise epcis_problem(400, "QueryParameterException", f"{', '.join(empty)}: an empty value")
         types = many(event_type)
-        if types and (odd := sorted(set(types) - EVENT_TYPES)):
+        # an extension event type is named by a URI (the binding's EPCISEventTypes): taken,
+        # and it matches nothing, as this service keeps the five standard types only
+        if types and (odd := sorted(t for t in set(types) - EVENT_TYPES if not is_uri(t))):
             raise epcis_problem(
                 400,
                 "QueryParameterException",
                 f"eventType: {', '.join(odd)[:200]} is not an event type"
-                f" (one of {', '.join(sorted(EVENT_TYPES))})",
+                f" (one of {', '.join(sorted(EVENT_TYPES))}, or an extension type's URI)",
             )
+        actions = many(eq_action)
+        if actions and (odd := sorted(set(actions) - set(ACTIONS))):
+            raise epcis_problem(
+                400,
+                "QueryParameterException",
+                f"EQ_action: {', '.join(odd)[:200]} is not one of {', '.join(ACTIONS)}",
+            )
+        dispositions = many(eq_disposition)
+        event_ids = many(eq_event_id)
         after = 0
         if next_page_token:
             # ASCII digits only ("³".isdigit() is true), and within a bigint
@@ -479,6 +549,7 @@ class EpcisController(Controller):
         # they were compared as written)
         identified = {
             "EQ_bizLocation": many(eq_biz_location),
+            "EQ_readPoint": many(eq_read_point),
             "MATCH_epc": many(match_epc),
             "MATCH_anyEPC": many(match_any_epc),
             "MATCH_parentID": many(match_parent_id),
@@ -502,6 +573,18 @@ class EpcisController(Controller):
             epc_keys=keys["MATCH_epc"],
             any_epc_keys=keys["MATCH_anyEPC"],
             parent_id_keys=keys["MATCH_parentID"],
+            # a UUID eventID in any case, and as an earlier version kept it (usecase.event)
+            event_ids=[i for e in event_ids for i in dict.fromkeys((canonical_id(e), e))]
+            if event_ids
+            else None,
+            actions=actions,
+            dispositions=[d for v in dispositions for d in disposition_spellings(v)]
+            if dispositions
+            else None,
+            read_points=identified["EQ_readPoint"],
+            read_point_keys=keys["EQ_readPoint"],
+            ge_record_time=_bound("GE_recordTime", ge_record),
+            lt_record_time=_bound("LT_recordTime", lt_record),
             after_seq=after,
         )
         page = await usecase.events(services.pool, q, page_size)
@@ -524,6 +607,36 @@ class EpcisController(Controller):
         if found is None:
             raise epcis_problem(404, "NoSuchResourceException", f"no event {event_id}")
         return Response(_document([found]), headers=VERSIONS)
+
+
+def _check_parameter_names(names: set[str]) -> None:
+    """A query parameter this service does not take: a name that is none of the
+    standard's (or a supported one in another case: ``eventtype``) is a 400
+    QueryParameterException, one of the standard's it does not offer a 501."""
+    unknown = names - set(QUERY_PARAMETERS)
+    if not unknown:
+        return
+    supported = {p.lower() for p in QUERY_PARAMETERS}
+
+    def standard(name: str) -> bool:
+        if name.lower() in supported:
+            return False
+        return name in NOT_OFFERED or any(name.startswith(p) and len(name) > len(p) for p in FIELD_PREFIXES)
+
+    foreign = sorted(n for n in unknown if not standard(n))
+    if foreign:
+        raise epcis_problem(
+            400,
+            "QueryParameterException",
+            f"{', '.join(foreign)[:300]}: not a parameter of the standard's query"
+            f" (this service takes: {', '.join(QUERY_PARAMETERS)})",
+        )
+    raise epcis_problem(
+        501,
+        "ImplementationException",
+        f"{', '.join(sorted(unknown))[:300]}: not offered by this service"
+        f" (it takes: {', '.join(QUERY_PARAMETERS)})",
+    )
 
 
 def _per_page(raw: str | None) -> int:

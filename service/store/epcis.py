@@ -131,7 +131,14 @@ class Query:
     epc_keys: list[str] = field(default_factory=list)
     any_epc_keys: list[str] = field(default_factory=list)
     parent_id_keys: list[str] = field(default_factory=list)
-    event_id: str | None = None
+    event_ids: list[str] | None = None  # EQ_eventID (and one event by its id)
+    actions: list[str] | None = None  # EQ_action
+    # EQ_disposition: each value in every spelling of it (mapping.disposition_spellings)
+    dispositions: list[str] | None = None
+    read_points: list[str] | None = None  # EQ_readPoint as written, and its match_keys:
+    read_point_keys: list[str] = field(default_factory=list)
+    ge_record_time: datetime | None = None
+    lt_record_time: datetime | None = None
     after_seq: int = 0
     limit: int = 100
 
@@ -145,7 +152,12 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
     ``parentID``, ``inputEPCList`` and ``outputEPCList`` too, never a ``quantityList``'s
     class (the binding's list); ``@>`` is false, not an error, where a document stored
     without the schema has an object there. Each of those, EQ_bizLocation and
-    MATCH_parentID also match by the indexed ``match_keys``: the identifiers in any form."""
+    MATCH_parentID also match by the indexed ``match_keys``: the identifiers in any form;
+    EQ_readPoint too, for events captured since its key was kept (older ones: as written).
+    EQ_disposition and EQ_readPoint read the stored JSON (no column, no index of their
+    own), and the record times are not indexed: alone, each walks the events in capture
+    order until a page is found, which on a large table with few matches reads most of it;
+    with an indexed filter (an EPC, a location, a time) they narrow what that found."""
     # the GIN index of EPCs or the time index, as the filters given fit
     rows = await fetch_for_values(
         conn,
@@ -165,7 +177,12 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
                       OR body->'epcList' @> to_jsonb(m) OR body->'childEPCs' @> to_jsonb(m)
                       OR body->'inputEPCList' @> to_jsonb(m) OR body->'outputEPCList' @> to_jsonb(m))))
              AND ($9::text[] IS NULL OR parent_id = ANY($9) OR match_keys && $15::text[])
-             AND ($10::text IS NULL OR event_id = $10)
+             AND ($10::text[] IS NULL OR event_id = ANY($10))
+             AND ($16::text[] IS NULL OR action = ANY($16))
+             AND ($17::text[] IS NULL OR body->>'disposition' = ANY($17))
+             AND ($18::text[] IS NULL OR body->'readPoint'->>'id' = ANY($18) OR match_keys && $19::text[])
+             AND ($20::timestamptz IS NULL OR record_time >= $20)
+             AND ($21::timestamptz IS NULL OR record_time < $21)
            ORDER BY seq LIMIT $11""",
         q.after_seq,
         q.event_types,
@@ -176,12 +193,18 @@ async def query(conn: Conn, q: Query) -> list[tuple[int, dict[str, Any]]]:
         q.epcs,
         q.any_epcs,
         q.parent_ids,
-        q.event_id,
+        q.event_ids,
         q.limit,
         q.biz_location_keys,
         q.epc_keys,
         q.any_epc_keys,
         q.parent_id_keys,
+        q.actions,
+        q.dispositions,
+        q.read_points,
+        q.read_point_keys,
+        q.ge_record_time,
+        q.lt_record_time,
     )
     return [(r["seq"], _recorded(msgspec.json.decode(r["body"]), r["record_time"])) for r in rows]
 

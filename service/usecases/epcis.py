@@ -367,7 +367,7 @@ async def event(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
     captured; one an earlier version kept under another spelling of its UUID, as written."""
     async with pool.acquire() as conn:
         for named in dict.fromkeys((canonical_id(event_id), event_id)):
-            rows = await store.query(conn, Query(event_id=named, limit=1))
+            rows = await store.query(conn, Query(event_ids=[named], limit=1))
             if rows:
                 return rows[0][1]
     return None

@@ -123,6 +123,9 @@ _QUERY_ROLES: Final = {
     "MATCH_anyEPC": ("epc", "parent", "io"),
     "MATCH_parentID": ("parent",),
 }
+# the places kept as match keys, by role, and the query parameter matching each
+_PLACE_ROLES: Final = {"bizLocation": "location", "readPoint": "readpoint"}
+_PLACE_PARAMETERS: Final = {"EQ_bizLocation": "location", "EQ_readPoint": "readpoint"}
 MAX_EVENT_ID: Final = 1000  # an eventID is kept as a key: PostgreSQL's index holds ~2,700 bytes
 
 # /v1/events' field names (core.events.shape_errors) as this format names them
@@ -188,6 +191,16 @@ def biz_step(value: object) -> str | None:
 def disposition(value: object) -> str | None:
     """The CBV disposition's bare name (``destroyed``); other URIs as given."""
     return _cbv(value, _DISP_PREFIXES)
+
+
+def disposition_spellings(value: str) -> list[str]:
+    """Every way a capture may have written the disposition ``value`` names (EQ_disposition
+    reads the stored JSON, as written): a CBV disposition by its bare name and each of its
+    prefixed forms, in whichever form it is asked for; another URI as given."""
+    bare = disposition(value) or value
+    if ":" in bare:  # not a CBV term: a URI or CURIE of its own
+        return [value]
+    return list(dict.fromkeys([value, bare, *(prefix + bare for prefix in _DISP_PREFIXES)]))
 
 
 def _id_of(value: object) -> str | None:
@@ -408,7 +421,9 @@ def match_keys(event: Mapping[str, Any]) -> tuple[str, ...]:
     """What GET /epcis/events matches the event's identifiers by, whatever form they
     were written in: ``<role>:<code>`` and ``<role>:product:<GTIN>`` for each EPC that
     names a code (role ``epc``: ``epcList``, ``childEPCs``; ``parent``; ``io``: the
-    transformation's lists), and ``location:<414…>`` for ``bizLocation``."""
+    transformation's lists), ``location:<414…>`` for ``bizLocation`` and
+    ``readpoint:<414…>`` for ``readPoint`` (kept since EQ_readPoint was offered: an event
+    captured before is matched by its readPoint as written)."""
     keys: list[str] = []
     for key, role in _EPC_ROLES.items():
         value = event.get(key)
@@ -416,23 +431,24 @@ def match_keys(event: Mapping[str, Any]) -> tuple[str, ...]:
             code = to_code(raw) if isinstance(raw, str) else None
             if code is not None:
                 keys += _code_keys(role, code)
-    location = _id_of(event.get("bizLocation"))
-    place = to_location(location) if location is not None else None
-    if place is not None:
-        keys.append(f"location:{place}")
+    for key, role in _PLACE_ROLES.items():
+        location = _id_of(event.get(key))
+        place = to_location(location) if location is not None else None
+        if place is not None:
+            keys.append(f"{role}:{place}")
     return tuple(dict.fromkeys(keys))
 
 
 def query_keys(parameter: str, values: Sequence[str]) -> list[str]:
     """The :func:`match_keys` a query parameter's values match (``MATCH_epc``,
     ``MATCH_anyEPC``, ``MATCH_parentID``: codes in any form, and EPC patterns of one
-    product; ``EQ_bizLocation``: locations in any form). Raises ValueError for an EPC
+    product; ``EQ_bizLocation``, ``EQ_readPoint``: locations in any form). Raises ValueError for an EPC
     pattern of anything else."""
     keys: list[str] = []
     for value in values:
-        if parameter == "EQ_bizLocation":
+        if parameter in _PLACE_PARAMETERS:
             place = to_location(value)
-            keys += [f"location:{place}"] if place is not None else []
+            keys += [f"{_PLACE_PARAMETERS[parameter]}:{place}"] if place is not None else []
             continue
         roles = _QUERY_ROLES[parameter]
         if value.startswith("urn:epc:idpat:"):
@@ -525,8 +541,12 @@ def _check(event: Mapping[str, Any]) -> None:
                     raise EventError(f"{key}[{i}].{name}", f"must be {named}")
 
 
-def _is_uri(value: object) -> bool:
+def is_uri(value: object) -> bool:
+    """A URI or a CURIE: a scheme (or prefix), a colon, then no space."""
     return isinstance(value, str) and _URI.fullmatch(value) is not None
+
+
+_is_uri = is_uri
 
 
 def _ilmd(event: Mapping[str, Any], keys: tuple[str, ...]) -> object:

@@ -1,0 +1,185 @@
+"""GS1 EPCIS 2.0 queries against the REST binding: the standard's parameters, those the
+service does not offer, the resources it lacks, the EPC format header."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+from tests.conftest import EPCIS_DIR
+from tests.helpers import Api
+from tests.integration.test_epcis import (
+    P_LOC,
+    _doc,
+    _ev,
+    _events,
+    _journey,
+    _pharma_world,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+READ_POINT = "urn:epc:id:sgln:9524567.98765.7"  # P1's GLN, extension 7
+READ_POINT_LINK = "https://id.gs1.org/414/9524567987655/254/7"
+INSPECTED = "urn:uuid:0f0f0f0f-0000-4000-8000-00000000000a"
+
+
+async def _world(admin: Api) -> dict[str, Api]:
+    """The journey, one capture an event, then P1's inspection: a disposition in its
+    Web URI form and a read point."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey():
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    inspected = _ev(
+        "ObjectEvent",
+        7,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="inspecting",
+        disposition="https://ref.gs1.org/cbv/Disp-in_progress",
+        readPoint={"id": READ_POINT},
+        epcList=["urn:epc:id:sgtin:0614141.107346.2"],
+        eventID=INSPECTED,
+    )
+    resp = await keys["P1"].post("/epcis/capture", _doc(inspected))
+    assert resp.json()["success"], resp.text
+    return keys
+
+
+def _when(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+
+
+async def test_the_standards_filters_on_what_is_stored(admin: Api) -> None:
+    """Found by a probe: EQ_action, EQ_disposition, EQ_readPoint, EQ_eventID and the
+    record time bounds were refused as not supported."""
+    keys = await _world(admin)
+    inv = keys["inv"]
+    everything = _events(await inv.ok("GET", "/epcis/events?perPage=1000"))
+    assert len(everything) == 8
+    ids = [e["eventID"] for e in everything]
+    times = sorted({e["recordTime"] for e in everything})
+    assert len(times) > 2  # one capture a time: the bounds below cut the list
+    middle = times[len(times) // 2]
+    cases: list[tuple[dict[str, str], Callable[[dict[str, Any]], bool]]] = [
+        ({"EQ_action": "ADD"}, lambda e: e.get("action") == "ADD"),
+        ({"EQ_action": "ADD|DELETE"}, lambda e: e.get("action") in ("ADD", "DELETE")),
+        ({"EQ_action": "OBSERVE", "EQ_bizStep": "shipping"}, lambda e: e.get("bizStep") == "shipping"),
+        # a CBV disposition in any of its spellings, as EQ_bizStep takes a step
+        ({"EQ_disposition": "in_progress"}, lambda e: e["eventID"] == INSPECTED),
+        ({"EQ_disposition": "urn:epcglobal:cbv:disp:in_progress"}, lambda e: e["eventID"] == INSPECTED),
+        ({"EQ_disposition": "cbv:Disp-in_progress|active"}, lambda e: e["eventID"] == INSPECTED),
+        ({"EQ_disposition": "active"}, lambda e: False),
+        # a read point in any form, as EQ_bizLocation takes a location
+        ({"EQ_readPoint": READ_POINT}, lambda e: e["eventID"] == INSPECTED),
+        ({"EQ_readPoint": READ_POINT_LINK}, lambda e: e["eventID"] == INSPECTED),
+        ({"EQ_readPoint": P_LOC}, lambda e: False),  # the business location is another field
+        (
+            {"EQ_eventID": f"{ids[0]}|{INSPECTED.upper().replace('URN:UUID:', 'urn:uuid:')}"},
+            lambda e: e["eventID"] in (ids[0], INSPECTED),
+        ),
+        ({"EQ_eventID": "urn:uuid:00000000-0000-4000-8000-000000000000"}, lambda e: False),
+        ({"GE_recordTime": middle}, lambda e: _when(e["recordTime"]) >= _when(middle)),
+        ({"LT_recordTime": middle}, lambda e: _when(e["recordTime"]) < _when(middle)),
+        ({"GE_recordTime": times[1], "LT_recordTime": times[2]}, lambda e: e["recordTime"] == times[1]),
+        # an extension event type (a URI, the binding's EPCISEventTypes) is one no event has
+        ({"eventType": "example:MyExtensionEvent"}, lambda e: False),
+        (
+            {"eventType": "AggregationEvent|https://example.com/MyEvent"},
+            lambda e: e["type"] == "AggregationEvent",
+        ),
+    ]
+    for params, wanted in cases:
+        resp = await inv.get("/epcis/events", **params)
+        assert resp.status_code == 200, (params, resp.text)
+        got = [e["eventID"] for e in _events(resp.json())]
+        assert got == [e["eventID"] for e in everything if wanted(e)], params
+    # a page at a time, the filter kept
+    resp = await inv.get("/epcis/events", EQ_action="OBSERVE", perPage=2)
+    assert "EQ_action=OBSERVE" in resp.headers["link"]
+    for params in (
+        {"EQ_action": "observe"},
+        {"EQ_action": "ADD|MOVE"},
+        {"GE_recordTime": "yesterday"},
+        {"LT_recordTime": "2026-03-02T08:00:00"},
+        {"eventType": "MyExtensionEvent"},
+    ):
+        resp = await inv.get("/epcis/events", **params)
+        assert resp.status_code == 400, (params, resp.text)
+        problem = resp.json()
+        assert problem["type"] == "epcisException:QueryParameterException", problem
+        assert problem["detail"].startswith(next(iter(params))), problem
+
+
+def _binding() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((EPCIS_DIR / "schema" / "epcis-openapi.yaml").read_text())
+    return loaded
+
+
+def _query_parameters_of_events() -> list[str]:
+    """The query parameters the binding names for GET /events."""
+    binding = _binding()
+    named = []
+    for ref in binding["paths"]["/events"]["get"]["parameters"]:
+        parameter = binding["components"]["parameters"][ref["$ref"].rsplit("/", 1)[1]]
+        if parameter["in"] == "query":
+            named.append(parameter["name"])
+    return named
+
+
+async def test_the_standards_parameters_not_offered_are_501_others_400(admin: Api) -> None:
+    """Found by a probe: every parameter not offered was a 400 QueryParameterException,
+    which says the client asked what the standard does not define; a parameter the
+    standard defines and this service does not offer is the binding's 501."""
+    keys = await _world(admin)
+    inv = keys["inv"]
+    offered = {
+        "eventType",
+        "GE_eventTime",
+        "LT_eventTime",
+        "GE_recordTime",
+        "LT_recordTime",
+        "EQ_action",
+        "EQ_bizStep",
+        "EQ_disposition",
+        "EQ_readPoint",
+        "EQ_bizLocation",
+        "MATCH_epc",
+        "MATCH_anyEPC",
+        "MATCH_parentID",
+        "EQ_eventID",
+        "perPage",
+        "nextPageToken",
+    }
+    binding = _query_parameters_of_events()
+    assert offered <= set(binding)
+    # and those named after a field, an extension or a unit
+    flexible = [
+        "EQ_example:myField",
+        "EQ_INNER_example:myField",
+        "EXISTS_ILMD_example:lot",
+        "GE_value_KGM",
+        "EQATTR_example:f_attr",
+        "HASATTR_example:f",
+        "EXISTS_errorDeclaration",
+    ]
+    for name in [*(n for n in binding if n not in offered), *flexible]:
+        resp = await inv.client.get(f"/epcis/events?{quote(name, safe=':')}=1", headers=inv.headers)
+        assert resp.status_code == 501, (name, resp.text)
+        problem = resp.json()
+        assert problem["type"] == "epcisException:ImplementationException", problem
+        assert problem["detail"].startswith(name), problem
+        assert resp.headers["GS1-EPCIS-Version"] == "2.0.0"
+    # a name the standard has not (or an offered one in another case) is the client's error
+    for name in ("foo", "eventtype", "ge_eventTime", "EQ_", "MATCH_something", "WD_place", "action"):
+        resp = await inv.client.get(f"/epcis/events?{name}=1", headers=inv.headers)
+        assert resp.status_code == 400, (name, resp.text)
+        assert resp.json()["type"] == "epcisException:QueryParameterException", resp.text
+    # both: the client's error first
+    resp = await inv.client.get("/epcis/events?foo=1&orderBy=eventTime", headers=inv.headers)
+    assert resp.status_code == 400, resp.text
