@@ -183,3 +183,39 @@ async def test_the_standards_parameters_not_offered_are_501_others_400(admin: Ap
     # both: the client's error first
     resp = await inv.client.get("/epcis/events?foo=1&orderBy=eventTime", headers=inv.headers)
     assert resp.status_code == 400, resp.text
+
+
+async def test_an_event_with_its_own_context_keeps_its_documents_too(admin: Api) -> None:
+    """Found by a probe: an event that brought its own ``@context`` was kept with that
+    only, so the ``example:`` prefix its document defined meant nothing in the answer."""
+    keys = await _pharma_world(admin)
+    doc = _doc()
+    doc["@context"] = [*doc["@context"], {"example": "http://ns.example.com/epcis/"}]
+    own = {"other": "http://other.example/ns/"}
+    events = []
+    for i, context in enumerate(([own], own, None)):
+        e = _ev(
+            "ObjectEvent",
+            1,
+            P_LOC,
+            action="OBSERVE",
+            bizStep="inspecting",
+            epcList=[f"urn:epc:id:sgtin:0614141.107346.{500 + i}"],
+        )
+        e["eventID"] = f"urn:uuid:1b2c3d4e-0000-4000-8000-00000000abc{i}"
+        e["example:myField"] = "the document's prefix"
+        if context is not None:
+            e["@context"] = context
+            e["other:field"] = "the event's prefix"
+        events.append(e)
+    doc["epcisBody"]["eventList"] = events
+    assert (await keys["P1"].post("/epcis/capture", doc)).json()["success"]
+    for e, wanted in zip(
+        events,
+        ([{"example": "http://ns.example.com/epcis/"}, own],) * 2
+        + ([{"example": "http://ns.example.com/epcis/"}],),
+        strict=True,
+    ):
+        got = _events(await keys["inv"].ok("GET", f"/epcis/events/{e['eventID']}"))[0]
+        assert got["@context"] == wanted, got
+        assert got["example:myField"] == "the document's prefix"

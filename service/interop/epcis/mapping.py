@@ -591,6 +591,16 @@ def own_context(document: Mapping[str, Any]) -> list[Any]:
     return [c for c in entries if not (isinstance(c, str) and c.startswith(GS1_CONTEXT_PREFIX))]
 
 
+def merged_context(document: Sequence[Any], event: object) -> list[Any]:
+    """An event's ``@context`` as kept: the document's own entries (:func:`own_context`),
+    then the event's own (a string, an object or a list of them), which JSON-LD reads
+    after the document's, as it did where the event sat in its document. An event that
+    brought its own kept only that (found by a probe: a document's ``example:`` prefix
+    was lost from an event naming ``other:``)."""
+    given = event if isinstance(event, list) else [event] if event is not None else []
+    return [*document, *(c for c in given if c not in document)]
+
+
 def unpacks_all(event: Mapping[str, Any]) -> str | None:
     """The container's code when ``event`` is an AggregationEvent DELETE naming no
     children, which disaggregates all of them (EPCIS 2.0): the caller looks up what the
@@ -616,8 +626,8 @@ def map_event(
     """Map one event (already shape-checked). ``orgs_by_gln``: organisation id by GLN;
     ``actor``: the capturing organisation (it must hold the event's locations: the
     caller checks); ``context``: the capture document's :func:`own_context`, kept with
-    an event that has no ``@context`` of its own, so that its extensions keep their
-    meaning wherever a query returns it; ``contents``: the codes the container of an
+    each event (before the event's own ``@context``: :func:`merged_context`), so that
+    its extensions keep their meaning wherever a query returns it; ``contents``: the codes the container of an
     event that :func:`unpacks_all` held at its time; ``earlier``: those of the events' :func:`former_ids`
     stored already (:func:`identify`). Raises EventError."""
     type_ = event.get("type")
@@ -633,8 +643,8 @@ def map_event(
     step = biz_step(event.get("bizStep"))
     body = dict(event)
     body.setdefault("eventID", event_id)
-    if context and "@context" not in body:
-        body["@context"] = list(context)
+    if context:
+        body["@context"] = merged_context(context, event.get("@context"))
     parent = event.get("parentID") if isinstance(event.get("parentID"), str) else None
     record = Record(
         event_id=event_id,
