@@ -44,6 +44,13 @@ from service.usecases import epcis as usecase
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
 MAX_UNPACK_ALL = 1_000  # AggregationEvent DELETEs naming no children, per capture
 VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
+# EPCs are answered as they were captured: a URN stays a URN, a Digital Link a Digital Link
+# (a Digital Link's GTIN does not say where its company prefix ends, which its URN needs).
+# The binding's default when a client names none is Always_GS1_Digital_Link: this service
+# announces what it does instead, on every answer, and refuses a request for a translation.
+EPC_FORMAT = "Never_Translates"
+EPC_FORMATS = ("No_Preference", "Always_GS1_Digital_Link", "Always_EPC_URN", "Never_Translates")
+ANSWERS = {**VERSIONS, "GS1-EPC-Format": EPC_FORMAT}
 CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
 
@@ -146,7 +153,7 @@ def _answer_headers(request: Request[Any, Any, Any]) -> dict[str, str]:
     the versions, and a capture's (a POST) its limits, which a refused one needs most."""
     if request.method == "POST":
         return _limits(request.app.state.settings.max_body_bytes)
-    return VERSIONS
+    return ANSWERS
 
 
 class CaptureJobOut(msgspec.Struct):
@@ -290,12 +297,32 @@ async def check_versions(request: Request[Any, Any, Any]) -> None:
             )
 
 
+def check_epc_format(request: Request[Any, Any, Any]) -> None:
+    """The binding's ``GS1-EPC-Format``: EPCs are answered as captured (``EPC_FORMAT``),
+    so a request for ``Always_GS1_Digital_Link`` or ``Always_EPC_URN`` is a 406
+    NotAcceptableException (found by a probe: it was ignored, and the answer mixed both
+    forms), and a value the binding does not define a 400 naming the header."""
+    asked = request.headers.get("GS1-EPC-Format")
+    if asked is None or asked in ("No_Preference", EPC_FORMAT):
+        return
+    if asked not in EPC_FORMATS:
+        raise epcis_problem(400, "ValidationException", f"GS1-EPC-Format: one of {', '.join(EPC_FORMATS)}")
+    raise epcis_problem(
+        406,
+        "NotAcceptableException",
+        f"GS1-EPC-Format: {asked}; this service answers EPCs as they were captured"
+        f" (GS1-EPC-Format: {EPC_FORMAT}): ask with {EPC_FORMAT} or No_Preference",
+    )
+
+
 async def check_request(request: Request[Any, Any, Any]) -> None:
     """The app's checks of every request (a route's own ``before_request`` replaces the
     app's: without them a NUL in a query was a 500, found by scripts/fuzz.py), then the
-    binding's version headers."""
+    binding's version headers, and a query's EPC format."""
     await refuse_nul_and_bad_text(request)
     await check_versions(request)
+    if request.method == "GET" and request.scope["path"].startswith("/epcis/events"):
+        check_epc_format(request)  # (a capture job names no EPCs)
 
 
 # What a capture takes, for the OpenAPI document (the handlers read the body themselves:
@@ -440,7 +467,7 @@ class EpcisController(Controller):
         principal = principal_of(request)
         if job is None or not principal.may_act_for(job.org):
             raise epcis_problem(404, "NoSuchResourceException", f"no capture job {capture_id}")
-        return Response(_job_out(job), headers=VERSIONS)
+        return Response(_job_out(job), headers=ANSWERS)
 
     @post(
         "/events",
@@ -588,7 +615,7 @@ class EpcisController(Controller):
             after_seq=after,
         )
         page = await usecase.events(services.pool, q, page_size)
-        headers = dict(VERSIONS)
+        headers = dict(ANSWERS)
         if page.next_token is not None:
             # the same query, page size and all, from the next token on (as the binding's example)
             paging = ("perPage", "nextPageToken")
@@ -606,7 +633,7 @@ class EpcisController(Controller):
         found = await usecase.event(services.pool, event_id.lstrip("/"))
         if found is None:
             raise epcis_problem(404, "NoSuchResourceException", f"no event {event_id}")
-        return Response(_document([found]), headers=VERSIONS)
+        return Response(_document([found]), headers=ANSWERS)
 
 
 def _check_parameter_names(names: set[str]) -> None:

@@ -219,3 +219,37 @@ async def test_an_event_with_its_own_context_keeps_its_documents_too(admin: Api)
         got = _events(await keys["inv"].ok("GET", f"/epcis/events/{e['eventID']}"))[0]
         assert got["@context"] == wanted, got
         assert got["example:myField"] == "the document's prefix"
+
+
+async def test_the_epc_format_asked_is_given_or_refused(admin: Api) -> None:
+    """Found by a probe: ``GS1-EPC-Format`` was ignored, so a client asking for URNs
+    (or, by the binding's default, Digital Links) got both forms as they were captured.
+    The service answers EPCs as captured, says so on every answer, and refuses a
+    translation it does not make."""
+    keys = await _world(admin)
+    inv = keys["inv"]
+    link = "https://id.gs1.org/01/10614141073464/21/9"
+    e = _ev("ObjectEvent", 8, P_LOC, action="OBSERVE", bizStep="inspecting", epcList=[link])
+    assert (await keys["P1"].post("/epcis/capture", _doc(e))).json()["success"]
+    for path in ("/epcis/events", f"/epcis/events/{INSPECTED}"):
+        for asked in (None, "Never_Translates", "No_Preference"):
+            headers = {**inv.headers, **({"GS1-EPC-Format": asked} if asked else {})}
+            resp = await inv.client.get(path, headers=headers)
+            assert resp.status_code == 200, (path, asked, resp.text)
+            assert resp.headers["GS1-EPC-Format"] == "Never_Translates"
+        for asked, status, exception in (
+            ("Always_EPC_URN", 406, "NotAcceptableException"),
+            ("Always_GS1_Digital_Link", 406, "NotAcceptableException"),
+            ("always_epc_urn", 400, "ValidationException"),
+        ):
+            resp = await inv.client.get(path, headers={**inv.headers, "GS1-EPC-Format": asked})
+            assert resp.status_code == status, (path, asked, resp.text)
+            assert resp.json()["type"] == f"epcisException:{exception}", resp.text
+            assert "GS1-EPC-Format" in resp.json()["detail"]
+            assert resp.headers["GS1-EPC-Format"] == "Never_Translates"
+    # as captured: a URN stays a URN, a Digital Link a Digital Link
+    epcs = [
+        x for ev in _events(await inv.ok("GET", "/epcis/events?perPage=1000")) for x in ev.get("epcList", [])
+    ]
+    assert link in epcs
+    assert "urn:epc:id:sgtin:0614141.107346.2" in epcs
