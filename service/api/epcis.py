@@ -15,14 +15,14 @@ from urllib.parse import quote, urlencode
 import fastjsonschema
 import msgspec
 from jsonschema import Draft7Validator
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, HttpMethod, Request, Response, get, post, route
 from litestar.exceptions import PermissionDeniedException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromPath, QueryParameter
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
-from service.api.errors import ANSWER_HEADERS, epcis_problem, refuse_nul_and_bad_text
+from service.api.errors import ANSWER_HEADERS, EPCIS_VERSIONS, epcis_problem, refuse_nul_and_bad_text
 from service.api.openapi import BEARER, KEYED, body, problems
 from service.core.auth import Role
 from service.core.events import MAX_CODES_PER_REQUEST, bound_problem
@@ -43,7 +43,7 @@ from service.usecases import epcis as usecase
 
 MAX_EVENTS = 10_000  # per capture (GS1-EPCIS-Capture-Limit)
 MAX_UNPACK_ALL = 1_000  # AggregationEvent DELETEs naming no children, per capture
-VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
+VERSIONS = EPCIS_VERSIONS
 # EPCs are answered as they were captured: a URN stays a URN, a Digital Link a Digital Link
 # (a Digital Link's GTIN does not say where its company prefix ends, which its URN needs).
 # The binding's default when a client names none is Always_GS1_Digital_Link: this service
@@ -367,6 +367,21 @@ EXAMPLE_DOCUMENT = {
 }
 
 
+# The binding's resources this service does not offer (GET /epcis/capture, the
+# top-level resource, event types, EPCs, business steps, locations, read points,
+# dispositions, named queries and subscriptions, dropping a page token): the binding's 501
+# ImplementationException, with its headers (found by a probe: 404 and 405 answers of
+# the service's own shape); a path the binding has not stays a 404 NoSuchResourceException.
+_NOT_OFFERED_PATHS = [
+    "/",
+    *(f"/{r}" for r in ("eventTypes", "epcs", "bizSteps", "bizLocations", "readPoints", "dispositions")),
+    *(
+        f"/{r}/{{rest:path}}"
+        for r in ("eventTypes", "epcs", "bizSteps", "bizLocations", "readPoints", "dispositions")
+    ),
+]
+
+
 class EpcisController(Controller):
     path = "/epcis"
     tags = ["epcis"]
@@ -634,6 +649,41 @@ class EpcisController(Controller):
         if found is None:
             raise epcis_problem(404, "NoSuchResourceException", f"no event {event_id}")
         return Response(_document([found]), headers=ANSWERS)
+
+    # what the binding defines and this service does not offer: 501 to any key
+    async def _refuse(self, request: Request[Any, Any, Any]) -> Response[None]:
+        raise epcis_problem(
+            501,
+            "ImplementationException",
+            f"{request.method} {request.scope['path']}: not offered by this service"
+            " (it offers capture, capture jobs by id, and GET /epcis/events and /epcis/events/{eventID})",
+        )
+
+    @get(_NOT_OFFERED_PATHS, guards=[requires(*Role)], include_in_schema=False)
+    async def resources(self, request: Request[Any, Any, Any]) -> Response[None]:
+        return await self._refuse(request)
+
+    @get("/capture", guards=[requires(*Role)], include_in_schema=False)
+    async def capture_jobs(self, request: Request[Any, Any, Any]) -> Response[None]:
+        return await self._refuse(request)
+
+    @route(
+        ["/queries", "/queries/{rest:path}"],
+        http_method=[HttpMethod.GET, HttpMethod.POST, HttpMethod.DELETE],
+        guards=[requires(*Role)],
+        include_in_schema=False,
+    )
+    async def queries(self, request: Request[Any, Any, Any]) -> Response[None]:
+        return await self._refuse(request)
+
+    @route(
+        "/nextPageToken/{rest:path}",
+        http_method=[HttpMethod.DELETE],
+        guards=[requires(*Role)],
+        include_in_schema=False,
+    )
+    async def page_token(self, request: Request[Any, Any, Any]) -> Response[None]:
+        return await self._refuse(request)
 
 
 def _check_parameter_names(names: set[str]) -> None:

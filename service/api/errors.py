@@ -53,9 +53,13 @@ EPCIS_EXCEPTIONS = {
     406: "NotAcceptableException",
     413: "CaptureLimitExceededException",
     414: "URITooLongException",
+    405: "ImplementationException",  # a method the binding does not define here (none of its own)
     415: "UnsupportedMediaTypeException",
     500: "ImplementationException",
 }  # others (429, 503) keep the service's own types: the binding has none for them
+# the headers every answer under /epcis carries, those the router answers (a path or
+# method it has no route for) too; a route's own (``ANSWER_HEADERS``) replace them
+EPCIS_VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
 
 
 # a route's ``opt`` may name the headers each of its answers carries, errors too: a
@@ -69,11 +73,7 @@ class _Problem(ProblemDetailsException):
         route's answer headers; under ``/epcis``, typed as the binding's exception
         (unless raised as one)."""
         exception = EPCIS_EXCEPTIONS.get(self.status_code)
-        if (
-            exception is not None
-            and request.scope["path"].startswith("/epcis")
-            and not (self.type_ or "").startswith(EPCIS_TYPE)
-        ):
+        if exception is not None and _under_epcis(request) and not (self.type_ or "").startswith(EPCIS_TYPE):
             self.type_, self.title = f"{EPCIS_TYPE}{exception}", exception
         response = super().to_response(request)
         request_id = request_id_of(request.scope)
@@ -83,10 +83,17 @@ class _Problem(ProblemDetailsException):
         headers_of = handler.opt.get(ANSWER_HEADERS) if handler is not None else None
         if headers_of is not None:
             response.headers.update(headers_of(request))
+        elif _under_epcis(request):  # found by a probe: a 404 or 405 of the router had none
+            response.headers.update(EPCIS_VERSIONS)
         return response
 
 
 EPCIS_TYPE = "epcisException:"
+
+
+def _under_epcis(request: Request[Any, Any, Any]) -> bool:
+    path: str = request.scope["path"]
+    return path == "/epcis" or path.startswith("/epcis/")
 
 
 def epcis_problem(status: int, exception: str, detail: str, **extra: Any) -> ProblemDetailsException:

@@ -253,3 +253,60 @@ async def test_the_epc_format_asked_is_given_or_refused(admin: Api) -> None:
     ]
     assert link in epcs
     assert "urn:epc:id:sgtin:0614141.107346.2" in epcs
+
+
+async def test_the_bindings_resources_not_offered_are_501_in_its_shape(admin: Api) -> None:
+    """Found by a probe: the binding's resources the service lacks were 404s, GET
+    /epcis/capture and other methods 405s of the service's own problem type, and none
+    carried the binding's version headers."""
+    keys = await _pharma_world(admin)
+    inv, m1 = keys["inv"], keys["M1"]
+    not_offered = [
+        (inv, "GET", "/epcis"),
+        (m1, "GET", "/epcis/capture"),
+        (admin, "GET", "/epcis/capture"),
+        *(
+            (inv, "GET", f"/epcis/{r}")
+            for r in (
+                "eventTypes",
+                "epcs",
+                "bizSteps",
+                "bizLocations",
+                "readPoints",
+                "dispositions",
+                "queries",
+            )
+        ),
+        (inv, "GET", "/epcis/eventTypes/ObjectEvent/events"),
+        (inv, "GET", f"/epcis/epcs/{quote('https://id.gs1.org/01/10614141073464/21/1', safe=':/')}/events"),
+        (inv, "GET", "/epcis/bizLocations/urn:epc:id:sgln:0614141.07346.0"),
+        (inv, "POST", "/epcis/queries"),
+        (inv, "GET", "/epcis/queries/SimpleEventQuery/events"),
+        (inv, "DELETE", "/epcis/queries/mine"),
+        (inv, "DELETE", "/epcis/nextPageToken/123"),
+    ]
+    for who, method, path in not_offered:
+        resp = await who.client.request(
+            method, path, headers=who.headers, json={} if method == "POST" else None
+        )
+        assert resp.status_code == 501, (method, path, resp.text)
+        assert resp.json()["type"] == "epcisException:ImplementationException", resp.text
+        assert resp.headers["GS1-EPCIS-Version"] == "2.0.0", path
+    # without a key, still the binding's 401
+    resp = await inv.client.get("/epcis/eventTypes")
+    assert resp.status_code == 401, resp.text
+    # a path the binding has not: 404; a method it has not: 405 naming those allowed
+    for method, path, status in (
+        ("GET", "/epcis/nothing", 404),
+        ("GET", "/epcis/events/urn:uuid:00000000-0000-4000-8000-000000000000", 404),
+        ("PUT", "/epcis/events", 405),
+        ("DELETE", "/epcis/events/urn:uuid:00000000-0000-4000-8000-000000000000", 405),
+    ):
+        resp = await inv.client.request(method, path, headers=inv.headers)
+        assert resp.status_code == status, (method, path, resp.text)
+        expected = "NoSuchResourceException" if status == 404 else "ImplementationException"
+        assert resp.json()["type"] == f"epcisException:{expected}", resp.text
+        assert resp.headers["GS1-EPCIS-Version"] == "2.0.0", path
+        assert resp.headers["GS1-CBV-Version"] == "2.0.0", path
+        if status == 405:
+            assert "GET" in resp.headers["allow"], resp.headers
