@@ -19,17 +19,8 @@ from service.api.openapi import BEARER, WITH_BODY, problems
 from service.api.schemas import EventsOut, FlagRef, RejectedOut
 from service.api.types import EXAMPLE_TIME, ExampleCodes, OrgId, RawCode, SetlId, Short
 from service.core.auth import Role
-from service.core.codes import LABEL_MISMATCH, ParsedCode, try_parse_code
-from service.core.events import (
-    MAX_CODES_PER_REQUEST,
-    REPEATED_CODE,
-    Incoming,
-    Rejection,
-    label_mismatch,
-    scanned_labels,
-    shape_errors,
-)
-from service.core.rules import INVALID_CODE
+from service.core.codes import try_parse_code
+from service.core.events import MAX_CODES_PER_REQUEST, Incoming, Rejection, shape_errors, take_codes
 from service.usecases.events import ingest
 
 
@@ -93,26 +84,17 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
             if parsed_parent is None:
                 raise bad_input(f"events[{i}].parent", "is not a trace code or SSCC")
             parent = parsed_parent.canonical
-        taken: list[ParsedCode] = []
-        seen: set[str] = set()
-        for raw in e.codes:
-            parsed = try_parse_code(raw)
-            if parsed is None:
-                refused.append(Rejection(e.event_id, raw, INVALID_CODE))
-            elif label_mismatch(e.type, parsed, e.lot, e.expiry):
-                refused.append(Rejection(e.event_id, parsed.canonical, LABEL_MISMATCH))
-            elif parsed.canonical in seen:
-                refused.append(Rejection(e.event_id, parsed.canonical, REPEATED_CODE))
-            else:
-                seen.add(parsed.canonical)
-                taken.append(parsed)
+        parsed = [(raw, try_parse_code(raw)) for raw in e.codes]
+        scanned = [(raw, p.canonical if p else None, p) for raw, p in parsed]
+        codes, refused_now, labels = take_codes(e.event_id, e.type, scanned, e.lot, e.expiry)
+        refused += refused_now
         incoming.append(
             Incoming(
                 event_id=e.event_id,
                 type=e.type,
                 at=e.at.astimezone(UTC),
                 org=e.org,
-                codes=tuple(p.canonical for p in taken),
+                codes=tuple(codes),
                 to=e.to,
                 from_org=e.from_org,
                 parent=parent,
@@ -122,7 +104,7 @@ def _parse(batch: EventsIn, now: datetime) -> tuple[list[Incoming], list[Rejecti
                 quantity=e.quantity,
                 setl_id=e.setl_id,
                 ref=e.ref,
-                labels=scanned_labels(e.type, taken),
+                labels=labels,
             )
         )
     return incoming, refused

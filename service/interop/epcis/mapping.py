@@ -30,18 +30,9 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core.codes import LABEL_MISMATCH, ParsedCode
+from service.core.codes import ParsedCode
 from service.core.custody import product_of
-from service.core.events import (
-    REPEATED_CODE,
-    Incoming,
-    Rejection,
-    label_mismatch,
-    scanned_labels,
-    shape_errors,
-    time_problem,
-)
-from service.core.rules import INVALID_CODE
+from service.core.events import Incoming, Rejection, shape_errors, take_codes, time_problem
 from service.interop.epcis.identifiers import (
     MAX_LENGTH,
     labelled,
@@ -562,25 +553,15 @@ def _codes(
     event_id: uuid.UUID, raws: list[str], kind: str, extra: Mapping[str, Any]
 ) -> tuple[tuple[str, ...], list[Rejection], tuple[ParsedCode, ...]]:
     """The event's codes, those refused, and the labels of those a dispense scanned with
-    a lot or expiry (``Incoming.labels``). A commissioned code whose label says another
-    lot or expiry than the event's ``ilmd`` is refused, as on /v1/events."""
-    codes: dict[str, None] = {}  # in order, and a set (a list's "in" made 10,000 EPCs quadratic)
-    refused: list[Rejection] = []
-    labels: list[ParsedCode] = []
+    a lot or expiry (``Incoming.labels``), by /v1/events' rule (``core.events.take_codes``):
+    an EPC read as its code, a Digital Link's or element string's label as its lot and
+    expiry."""
+    scanned = []
     for raw in raws:
         code = to_code(raw)
-        label = labelled(raw) if code is not None else None
-        if code is None:
-            refused.append(Rejection(event_id, raw[:200], INVALID_CODE))
-        elif label is not None and label_mismatch(kind, label, extra.get("lot"), extra.get("expiry")):
-            refused.append(Rejection(event_id, code, LABEL_MISMATCH))
-        elif code in codes:
-            refused.append(Rejection(event_id, code, REPEATED_CODE))
-        else:
-            codes[code] = None
-            if label is not None:
-                labels.append(label)
-    return tuple(codes), refused, scanned_labels(kind, labels)
+        scanned.append((raw, code, labelled(raw) if code is not None else None))
+    codes, refused, labels = take_codes(event_id, kind, scanned, extra.get("lot"), extra.get("expiry"))
+    return tuple(codes), refused, labels
 
 
 def own_context(document: Mapping[str, Any]) -> list[Any]:
