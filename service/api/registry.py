@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -14,6 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.auth import requires
 from service.api.body import StrictJSON
+from service.api.cursors import cursor, position
 from service.api.deps import Services
 from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, unchanged
@@ -79,26 +78,24 @@ _MICROSECOND = timedelta(microseconds=1)
 def _key_cursor(last: tuple[datetime, str]) -> str:
     """The cursor of the page after the key ``last`` (its created_at, key_id)."""
     micros = (last[0] - _EPOCH) // _MICROSECOND
-    return base64.urlsafe_b64encode(f"k{micros}.{last[1]}".encode()).decode().rstrip("=")
+    return cursor("k", f"{micros}.{last[1]}")
 
 
-def _key_after(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        micros, dot, key_id = raw[1:].partition(".")
+def _key_after(given: str) -> tuple[datetime, str]:
+    def last(text: str) -> tuple[datetime, str]:
+        micros, dot, key_id = text.partition(".")
         if not (
-            raw.startswith("k")
-            and dot
+            dot
             and micros.isascii()
             and micros.isdigit()
             and 0 < len(key_id) <= 64
             and key_id.isascii()
             and key_id.isprintable()
         ):
-            raise ValueError(cursor)
+            raise ValueError(text)
         return _EPOCH + int(micros) * _MICROSECOND, key_id
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
-        raise bad_input("cursor", "not a cursor this service handed out") from None
+
+    return position("k", given, last)
 
 
 def _conflict(what: str) -> Exception:
