@@ -19,7 +19,7 @@ from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
 from service.core.rules import PRODUCT_MISMATCH, local_date
-from service.core.sales import Consumption, short_of
+from service.core.sales import Consumption
 
 EVENT = "event"
 SETTLEMENT = "settlement"
@@ -160,7 +160,7 @@ def dispense_flags(
     ``used_up``: the packs that were used up when it was sold, where their state now
     does not say (a late sale, folded again in event time), and ``short`` the packs a
     split sale found fewer units in than it drew on them, each with (units drawn, units
-    left) (``core.sales.short_of``; from their state now when ``used_up`` is not given).
+    left) (``core.sales.short_of``, as the caller drew them).
     ``recalls``: when each
     recalled lot's recall was ordered; a sale dated before it (uploaded late) sold a
     pack that was not recalled yet (a lot missing there: recalled, whenever)."""
@@ -171,9 +171,6 @@ def dispense_flags(
         out.append(_dispense_flag(event, org.region, kind, code, detail))
 
     labels = {p.canonical: p for p in event.labels}
-    if used_up is None and short is None and event.undoes is None and event.quantity is not None:
-        left = short_of(event.quantity, {c: states[c].units_left or 0 for c in codes}, codes)
-        short = {c: (event.quantity, units) for c, units in left.items()}
     for code in codes:
         state = states[code]
         if not state.commissioned:
