@@ -79,7 +79,7 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
     """Counts of the lot's codes by displayed state and by custodian, and of its
     recalled codes by where they are (one scan): a recall shows every code not destroyed
     as ``recalled``, and the investigator still needs how many are with patients, on
-    shelves or on their way."""
+    shelves or on their way. ``units_left``: the units left in the packs not destroyed."""
     rows = await conn.fetch(
         """SELECT CASE WHEN state = 'destroyed' THEN 'destroyed'
                        WHEN units_left = 0 THEN 'dispensed'
@@ -102,7 +102,8 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
             recalled_by_state[placed] = recalled_by_state.get(placed, 0) + r["n"]
         holder = r["custodian"] or "unknown"
         by_custodian[holder] = by_custodian.get(holder, 0) + r["n"]
-        units += r["units"] or 0
+        if placed != "destroyed":  # a destroyed pack's units are not left
+            units += r["units"] or 0
     recall = await conn.fetchrow(
         "SELECT reason, at FROM recalls WHERE product_id = $1 AND lot = $2", product_id, lot
     )

@@ -243,6 +243,29 @@ async def test_recall_lot_summary_and_stats(admin: Api) -> None:
     assert (await inv.get("/v1/orgs/NOPE/stats")).status_code == 404
 
 
+async def test_a_lots_units_left_leaves_out_destroyed_packs(admin: Api) -> None:
+    """``units_left`` of a lot: the units left in its packs not destroyed (found by a
+    probe: a destroyed pack's units were counted as left)."""
+    w = await world(admin)
+    m, p1, inv = w["keys"]["M1"], w["keys"]["P1"], w["inv"]
+    codes = [cn20(w["unit"], i) for i in range(1, 5)]
+    part, sold, destroyed = codes[1:]  # the first stays on the shelf
+    await m.events(
+        event("commission", "M1", codes, 0, lot="L9", expiry="2030-01-01"),
+        event("ship", "M1", codes, 1, to="P1"),
+    )
+    await p1.events(
+        event("receive", "P1", codes, 2),
+        event("dispense", "P1", [part], 3, quantity=10),
+        event("dispense", "P1", [sold], 3),
+        event("destroy", "P1", [destroyed], 4),
+    )
+    lot = await inv.ok("GET", f"/v1/lots/{w['unit']}/L9")
+    assert lot["by_state"] == {"received": 2, "dispensed": 1, "destroyed": 1}
+    assert lot["units_left"] == 24 + 14  # the shelf's pack and what the part-sold one has left
+    assert lot == await inv.ok("GET", "/v1/lots?" + urlencode({"product_id": w["unit"], "lot": "L9"}))
+
+
 async def test_a_lot_a_path_cannot_name_is_read_in_the_query(admin: Api) -> None:
     """GS1 lets a lot hold "/" and be "." or "..": /v1/lots/{product_id}/{lot} cannot
     name those (a "/", also as %2F, splits the path; clients resolve dot segments), so
