@@ -62,11 +62,15 @@ class InvestigationController(Controller):
         self, request: Request[Any, Any, Any], services: Services, data: JSONBody[RecallIn]
     ) -> Response[RecallOut]:
         """Every code of the lot becomes recalled; later dispenses and settlements of them
-        are refused and flagged. Ordering the same recall again changes nothing (200)."""
+        are refused and flagged (dispenses by their time: one dated at or after the
+        recall and stored before it is flagged now). Ordering the same recall again
+        changes nothing (200)."""
         if not is_product_id(data.product_id):
             raise bad_input("product_id", PRODUCT_ID_RULE)
         by_key = principal_of(request).key_id
         done = await usecase.recall(services.pool, data.product_id, data.lot, data.reason, by_key)
+        if done.flags_raised:
+            services.feed_wake()
         return Response(
             msgspec.convert(done, RecallOut, from_attributes=True), status_code=201 if done.new else 200
         )

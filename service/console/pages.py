@@ -530,6 +530,8 @@ class InvestigationController(Controller):
             except Invalid:
                 refused = "product"
             else:
+                if done.flags_raised:
+                    services.feed_wake()
                 _leave_notice(request, back, "lot.recalled_now", done.codes_recalled)
         if refused is not None:
             _leave_notice(request, back, f"lot.refused.{refused}", error=True)

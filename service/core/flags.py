@@ -8,7 +8,7 @@ suspicion, code and piece of evidence: :attr:`NewFlag.key` names them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +18,7 @@ from service.core.codes import LABEL_MISMATCH, label_disagrees
 from service.core.custody import CodeState, Suspicion
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
-from service.core.rules import PRODUCT_MISMATCH, local_date
+from service.core.rules import PRODUCT_MISMATCH, RECALLED, local_date
 from service.core.sales import Consumption
 
 EVENT = "event"
@@ -188,13 +188,64 @@ def dispense_flags(
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier, found))
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
-        recalled_at = (recalls or {}).get((state.product_id or "", state.lot or ""))
-        if state.recalled and (recalled_at is None or recalled_at <= event.at):
-            flag("RECALLED", code, f"lot {state.lot} is recalled")
+        if recalled_when_sold(state, event.at, recalls):
+            out.append(_recalled_flag(event, org.region, code, state))
         product = products.get(state.product_id or "")
         if product is not None and not product.sold_in(org.region):
             flag("OUT_OF_REGION", code, f"may not be sold in region {org.region}")
         out += billed_flags(event, [code], states, products, orgs)
+    return out
+
+
+def recalled_when_sold(
+    state: CodeState, at: datetime, recalls: Mapping[tuple[str, str], datetime] | None
+) -> bool:
+    """Was the pack recalled when a sale at ``at`` sold it: its lot's recall was ordered
+    at or before then (``recalls``: when each recalled lot's recall was ordered; a lot
+    missing there: recalled, whenever)."""
+    recalled_at = (recalls or {}).get((state.product_id or "", state.lot or ""))
+    return state.recalled and (recalled_at is None or recalled_at <= at)
+
+
+def _recalled_flag(event: Incoming, region: str, code: str, state: CodeState) -> NewFlag:
+    return _dispense_flag(event, region, RECALLED, code, f"lot {state.lot} is recalled")
+
+
+def reached_by_recall(states: Iterable[CodeState], at: datetime) -> list[str]:
+    """The packs of a lot recalled at ``at`` that may have stored dispenses dated at or
+    after it (their latest event is not older): those :func:`recall_flags` judges. A lot
+    whose packs saw nothing since reads nothing more."""
+    return sorted(s.code for s in states if s.last_at >= at)
+
+
+def recall_flags(
+    dispenses: Sequence[Incoming],
+    states: Mapping[str, CodeState],
+    orgs: Mapping[str, Org],
+    recalled_at: datetime,
+    settled: Collection[tuple[str, str]] = (),
+) -> list[NewFlag]:
+    """RECALLED on the stored dispenses of the packs a recall ordered at ``recalled_at``
+    marks (``states``, recalled now) that are dated at or after it: stored before it was
+    ordered (a till's clock ahead), they are judged as :func:`dispense_flags` judges a
+    dispense arriving after the recall, so a sale's judgement follows its time and not
+    when it arrived. Not a pack whose sale its settlement took itself before the
+    dispense came (``settled``: (code, setl_id)): that dispense took nothing and is
+    judged only for what it bills (``core.ingest``), and the settlement's answer stands.
+    ``dispenses``: each with the codes it took among the lot's, as stored."""
+    out = []
+    for event in dispenses:
+        org = orgs.get(event.org)
+        if org is None:
+            continue
+        for code in event.codes:
+            state = states.get(code)
+            if state is None or not state.commissioned:
+                continue
+            if event.setl_id and (code, event.setl_id) in settled:
+                continue
+            if recalled_when_sold(state, event.at, {(state.product_id or "", state.lot or ""): recalled_at}):
+                out.append(_recalled_flag(event, org.region, code, state))
     return out
 
 

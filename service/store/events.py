@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +12,7 @@ import asyncpg
 
 from service.core.custody import Fact
 from service.core.events import Incoming
+from service.store import codes as code_store
 from service.store.conn import Conn
 
 
@@ -104,6 +106,19 @@ async def links(conn: Conn, codes: Iterable[str]) -> list[tuple[str, UUID, bool]
         list(set(codes)),
     )
     return [(r["code"], r["event_id"], r["named"]) for r in rows]
+
+
+async def named_since(conn: Conn, codes: Iterable[str], at: datetime) -> list[tuple[str, UUID]]:
+    """(code, event id) of every event dated at or after ``at`` that named one of
+    ``codes`` (as one of its codes, not as a container): by the links' key (code, at),
+    one read per shard of the codes."""
+    rows = await code_store.fetch_by_shard(
+        conn,
+        "SELECT code, event_id FROM event_codes WHERE code = ANY($1::text[]) AND at >= $2 AND role = 'c'",
+        codes,
+        at,
+    )
+    return [(r["code"], r["event_id"]) for r in rows]
 
 
 async def fields(

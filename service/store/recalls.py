@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from service.core.custody import CodeState
 from service.store import codes as code_store
 from service.store.conn import Conn
 from service.store.db import LARGE_BATCH, plan_for_values
@@ -36,35 +37,46 @@ async def recalled_lots(conn: Conn, lots: list[tuple[str, str]]) -> dict[tuple[s
     return {(r["product_id"], r["lot"]): r["at"] for r in rows}
 
 
-async def recall(conn: Conn, product_id: str, lot: str, reason: str, by_key: str) -> tuple[bool, str, int]:
-    """Record the recall (once) and mark every code of the lot; returns (new, the reason
-    it stands under: the first order's, codes marked)."""
-    await lock_lots(conn, [(product_id, lot)])
-    new = await conn.fetchval(
-        """INSERT INTO recalls (product_id, lot, reason, ordered_by) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (product_id, lot) DO NOTHING RETURNING true""",
-        product_id,
-        lot,
-        reason,
-        by_key,
+async def ordered(conn: Conn, product_id: str, lot: str) -> tuple[str, datetime] | None:
+    """The lot's recall, if it was ordered: (the reason it stands under, when it was
+    ordered). Call :func:`lock_lots` first: the answer then holds until commit."""
+    row = await conn.fetchrow(
+        "SELECT reason, at FROM recalls WHERE product_id = $1 AND lot = $2", product_id, lot
     )
-    if not new:  # ordered before: it stands under its first reason
-        reason = await conn.fetchval(
-            "SELECT reason FROM recalls WHERE product_id = $1 AND lot = $2", product_id, lot
-        )
-    # lock the lot's rows as every writer of codes rows does (store.codes.lock), so a
-    # recall cannot deadlock with a settlement or an ingest; then mark them
+    return (row["reason"], row["at"]) if row else None
+
+
+async def transaction_time(conn: Conn) -> datetime:
+    """The transaction's time (PostgreSQL's ``now()``): when a recall ordered in it is
+    ordered."""
+    at: datetime = await conn.fetchval("SELECT now()")
+    return at
+
+
+async def lock_unrecalled(conn: Conn, product_id: str, lot: str) -> dict[str, CodeState]:
+    """Lock the rows of the lot's codes not recalled yet, as every writer of codes rows
+    does (``store.codes.lock``), so that a recall cannot deadlock with a settlement or an
+    ingest; returns them."""
     rows = await conn.fetch(
         "SELECT code FROM codes WHERE product_id = $1 AND lot = $2 AND NOT recalled", product_id, lot
     )
     if len(rows) > LARGE_BATCH:
         await plan_for_values(conn)
     locked = await code_store.lock(conn, [r["code"] for r in rows])
-    marked = [state for state in locked.values() if not state.recalled]
-    for state in marked:
-        state.recalled = True
-    await code_store.update(conn, marked)
-    return bool(new), reason, len(marked)
+    return {code: state for code, state in locked.items() if not state.recalled}
+
+
+async def record(conn: Conn, product_id: str, lot: str, reason: str, by_key: str, at: datetime) -> None:
+    """Store the recall, ordered at ``at`` (with the lot locked and no recall of it read
+    before: :func:`ordered`)."""
+    await conn.execute(
+        "INSERT INTO recalls (product_id, lot, reason, ordered_by, at) VALUES ($1, $2, $3, $4, $5)",
+        product_id,
+        lot,
+        reason,
+        by_key,
+        at,
+    )
 
 
 async def lot_exists(conn: Conn, product_id: str, lot: str) -> bool:

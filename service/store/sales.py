@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -216,9 +217,7 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
     those of deleted records (a return names them, ``undoes``), nor a deleted return's
     compensation (it sells only what that return gave back, which was nothing)."""
     linked = [(code, event_id) for code, event_id, named in await event_store.links(conn, codes) if named]
-    found = await event_store.fields(conn, [event_id for _, event_id in linked], "dispense")
-    deleted = await event_store.undone(conn, list(found))
-    dispenses = {i: e for i, e in found.items() if i not in deleted and e["undoes"] is None}
+    dispenses = await _dispenses(conn, [event_id for _, event_id in linked])
     if not dispenses:
         return []
     taken = await of_codes(conn, codes, open_only=False)
@@ -243,6 +242,42 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
         )
         for e in sorted((dispenses[i] for i in waiting), key=lambda e: (e["at"], e["event_id"]))
     ]
+
+
+async def dispenses_since(conn: Conn, codes: Sequence[str], at: datetime) -> list[Incoming]:
+    """The stored dispenses of ``codes`` dated at or after ``at`` (what a recall ordered
+    then reaches), oldest first, one per event with those of its codes among ``codes``
+    in order. Not those of deleted records, nor a deleted return's compensation (as
+    :func:`unapplied_dispenses`)."""
+    linked = await event_store.named_since(conn, codes, at)
+    dispenses = await _dispenses(conn, [event_id for _, event_id in linked])
+    named: dict[UUID, list[str]] = {}
+    for code, event_id in linked:
+        if event_id in dispenses:
+            named.setdefault(event_id, []).append(code)
+    return [
+        Incoming(
+            event_id=e["event_id"],
+            type="dispense",
+            at=e["at"],
+            org=e["org"],
+            codes=tuple(sorted(named[e["event_id"]])),
+            quantity=e["quantity"],
+            setl_id=e["setl_id"],
+        )
+        for e in sorted(dispenses.values(), key=lambda e: (e["at"], e["event_id"]))
+    ]
+
+
+async def _dispenses(conn: Conn, event_ids: Sequence[UUID]) -> dict[UUID, asyncpg.Record]:
+    """The stored dispenses among ``event_ids`` that sold: not those of records an NHSA
+    3507 deletion deleted (a return names them, ``undoes``), nor a deleted return's
+    compensation (it sells only what that return gave back)."""
+    if not event_ids:
+        return {}
+    found = await event_store.fields(conn, event_ids, "dispense")
+    deleted = await event_store.undone(conn, list(found))
+    return {i: e for i, e in found.items() if i not in deleted and e["undoes"] is None}
 
 
 def pack_sales(stored: event_store.Stored, codes: Iterable[str]) -> PackSales:

@@ -8,10 +8,15 @@ from typing import Any
 
 import asyncpg
 
+from service import metrics
+from service.core import flags as flag_rules
 from service.core.events import identifier_problem
 from service.core.rules import CHINA
+from service.store import codes as code_store
+from service.store import flags as flag_store
 from service.store import recalls as recall_store
 from service.store import registry
+from service.store import sales as sale_store
 from service.store import stats as stats_store
 from service.store.conn import Conn
 from service.store.db import plan_for_values, with_retry
@@ -36,11 +41,14 @@ class Recalled:
     reason: str
     codes_recalled: int
     new: bool  # False: the lot was recalled before (nothing changed)
+    flags_raised: int = 0  # RECALLED on dispenses stored before it, dated at or after it
 
 
 async def recall(pool: asyncpg.Pool, product_id: str, lot: str, reason: str, by_key: str) -> Recalled:
     """Every code of the lot becomes recalled, and so does any code of it commissioned
-    later. Raises Invalid (``product_id``) for an unknown product."""
+    later; a dispense of it dated at or after the recall's time and stored before it
+    was ordered (a till's clock ahead) is flagged RECALLED, as one arriving after it
+    would be. Raises Invalid (``product_id``) for an unknown product."""
     async with pool.acquire() as conn:
         if not await registry.get_products(conn, [product_id]):
             raise Invalid("product_id", f"unknown product {product_id}")
@@ -49,12 +57,37 @@ async def recall(pool: asyncpg.Pool, product_id: str, lot: str, reason: str, by_
         problem = identifier_problem(lot)
         if problem and not await recall_store.lot_exists(conn, product_id, lot):
             raise Invalid("lot", problem)
+    stored_now: list[str] = []
 
-    async def work(conn: Conn) -> tuple[bool, str, int]:
-        return await recall_store.recall(conn, product_id, lot, reason, by_key)
+    async def work(conn: Conn) -> Recalled:
+        stored_now.clear()  # a retry starts clean
+        # load: the lot locked (commissions into it wait), its recall if ordered before,
+        # the rows of its codes not recalled yet (locked), and the dispenses of them
+        # dated at or after the recall
+        await recall_store.lock_lots(conn, [(product_id, lot)])
+        before = await recall_store.ordered(conn, product_id, lot)
+        stands_under, at = before or (reason, await recall_store.transaction_time(conn))
+        states = await recall_store.lock_unrecalled(conn, product_id, lot)
+        reached = flag_rules.reached_by_recall(states.values(), at)  # most lots: none
+        dispenses = await sale_store.dispenses_since(conn, reached, at) if reached else []
+        # the packs their settlements took themselves, for the dispenses under a setl_id
+        billed = sorted({c for d in dispenses if d.setl_id for c in d.codes})
+        settled = {(f.codes[0], f.setl_id or "") for f in await sale_store.settlement_facts(conn, billed)}
+        orgs = await registry.get_orgs(conn, sorted({d.org for d in dispenses}))
+        # decide
+        for state in states.values():
+            state.recalled = True
+        flags = flag_rules.recall_flags(dispenses, states, orgs, at, settled)
+        # write
+        if before is None:
+            await recall_store.record(conn, product_id, lot, reason, by_key, at)
+        await code_store.update(conn, list(states.values()))
+        await flag_store.raise_flags(conn, flags, stored_now=stored_now)
+        return Recalled(product_id, lot, stands_under, len(states), before is None, len(stored_now))
 
-    new, stands_under, marked = await with_retry(pool, work)
-    return Recalled(product_id, lot, stands_under, marked, new)
+    done = await with_retry(pool, work)
+    metrics.flags_raised(stored_now)  # committed: counted once
+    return done
 
 
 async def org_stats(pool: asyncpg.Pool, org: str) -> dict[str, Any] | None:

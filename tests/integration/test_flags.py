@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.config import Settings
 from service.store.migrations import MIGRATIONS_DIR
-from tests.helpers import BASE_TIME, Api, at, cn20, event, received, sscc, world
+from tests.helpers import BASE_TIME, Api, at, cn20, event, pack_claim, received, sscc, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -241,6 +241,69 @@ async def test_recall_lot_summary_and_stats(admin: Api) -> None:
     out = await p1.events(event("receive", "P1", [early], 2), event("dispense", "P1", [early], 4))
     assert out["flags"] == [], out
     assert (await inv.get("/v1/orgs/NOPE/stats")).status_code == 404
+
+
+async def test_a_dispense_dated_after_a_recall_and_stored_before_it_is_flagged_by_the_recall(
+    admin: Api, server_urls: tuple[str, str]
+) -> None:
+    """A till's clock ahead (events may be dated up to 10 minutes on): a sale dated after
+    the recall's time that arrived before the recall was ordered is RECALLED as one
+    arriving after it is, the same flag, raised by the recall and put on the feed; a
+    sale dated before it is not (found by a probe: the recall judged no stored sale)."""
+    w = await world(admin)
+    m, p1, inv = w["keys"]["M1"], w["keys"]["P1"], w["inv"]
+    codes = [cn20(w["unit"], i) for i in range(1, 6)]
+    ahead, split, before, paid, after = codes
+    await m.events(
+        event("commission", "M1", codes, 0, lot="L8", expiry="2030-01-01"),
+        event("ship", "M1", codes, 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", codes, 2))
+    now = (datetime.now(UTC) - BASE_TIME) / timedelta(minutes=1)  # in the story's minutes
+    sale = event("dispense", "P1", [ahead], now + 5)  # the till is 5 minutes ahead
+    part = event("dispense", "P1", [split], now + 6, quantity=6)
+    early = event("dispense", "P1", [before], now - 1)
+    # a sale whose settlement, paid before the recall, took the pack before its dispense
+    # came: the dispense takes nothing and the settlement's answer stands (as when the
+    # dispense arrives after the recall)
+    claim = pack_claim("S-AHEAD", paid, now + 5)
+    assert (await w["insurer"].ok("POST", "/v1/settlements", claim))["decision"] == "accepted"
+    billed = event("dispense", "P1", [paid], now + 5, setl_id="S-AHEAD")
+    stored = await p1.events(sale, part, early, billed)
+    assert (stored["accepted"], stored["flags"]) == (4, [])
+    recall = {"product_id": w["unit"], "lot": "L8", "reason": "impurity"}
+    assert (await inv.ok("POST", "/v1/recalls", recall, 201))["codes_recalled"] == 5
+    # the same sale arriving after the recall: the flag ingest raises, to compare with
+    late = event("dispense", "P1", [after], now + 5)
+    [raised] = (await p1.events(late))["flags"]
+    assert raised["kind"] == "RECALLED"
+    late_flag = await inv.ok("GET", f"/v1/flags/{raised['flag_id']}")
+    found = {f["code"]: f for f in await flags(inv, kind="RECALLED")}
+    assert sorted(found) == sorted([ahead, split, after])
+    for code, dispense in ((ahead, sale), (split, part)):
+        flag = await inv.ok("GET", f"/v1/flags/{found[code]['flag_id']}")
+        assert flag["status"] == "open"
+        assert flag["refs"] == {"events": [dispense["event_id"]]}
+        assert (flag["org"], flag["region"]) == ("P1", late_flag["region"])
+        assert datetime.fromisoformat(flag["at"]) == datetime.fromisoformat(dispense["at"])
+        assert flag["detail"] == late_flag["detail"] == "dispense by P1: lot L8 is recalled"
+    assert await flags(inv, code=before) == []
+    assert await flags(inv, code=paid) == []
+    # ordered again: nothing more is raised
+    await inv.ok("POST", "/v1/recalls", recall)
+    assert len(await flags(inv, kind="RECALLED")) == 3
+    # raised by the recall, they reach the feed like every flag
+    r = aioredis.from_url(server_urls[1])
+    try:
+        wanted = {found[ahead]["flag_id"], found[split]["flag_id"]}
+        for _ in range(100):
+            published = {e[1][b"flag_id"].decode() for e in await r.xrange("flags")}
+            if wanted <= published:
+                break
+            await asyncio.sleep(0.05)
+        assert wanted <= published
+    finally:
+        await r.aclose()
 
 
 async def test_a_lots_units_left_leaves_out_destroyed_packs(admin: Api) -> None:
