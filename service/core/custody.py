@@ -526,12 +526,18 @@ class Undoable(Protocol):
     def undoes(self) -> UUID | None: ...
 
 
+def undone_by_deletions(events: Iterable[Undoable]) -> set[UUID]:
+    """The ids of the events of records an NHSA 3507 deletion deleted, among those the
+    compensations among ``events`` name (``undoes``)."""
+    return {e.undoes for e in events if e.undoes is not None}
+
+
 def left_out_by_deletions(events: Iterable[Undoable]) -> set[UUID]:
     """The ids of the events that count as never sent: those of records an NHSA 3507
     deletion deleted (its compensations name them) and the compensations themselves.
     Custody and a pack's sales are folded without them."""
     compensations = [e for e in events if e.undoes is not None]
-    return {e.event_id for e in compensations} | {e.undoes for e in compensations if e.undoes is not None}
+    return {e.event_id for e in compensations} | undone_by_deletions(compensations)
 
 
 def counted(facts: Iterable[Fact]) -> list[Fact]:

@@ -11,7 +11,16 @@ from uuid import UUID
 
 import msgspec
 
-from service.core.custody import DESTROYED, IN_TRANSIT, CodeState, Fact, counted, replay
+from service.core.custody import (
+    DESTROYED,
+    IN_TRANSIT,
+    CodeState,
+    Fact,
+    Undoable,
+    counted,
+    replay,
+    undone_by_deletions,
+)
 from service.core.flags import ITEMS, NHSA, Evidence, FlagKey, NewFlag, items
 from service.core.sales import Consumption
 
@@ -90,6 +99,22 @@ def record_evidence(org: str, interface: str, bchno: str) -> Evidence:
     what a stock count found (on the codes it counted). When a 3507 deletes the record,
     they rest on nothing and are withdrawn."""
     return Evidence(NHSA, f"{org}/{interface}/{bchno}")
+
+
+def deleted_evidence(
+    org: str, deleted: Iterable[tuple[str, str]], compensations: Iterable[Undoable]
+) -> list[Evidence]:
+    """What the flags rest on that a 3507 deletion leaves resting on nothing, withdrawn in
+    its transaction: each deleted record, (interface, ``fixmedins_bchno``)
+    (``record_evidence``), and each event of theirs that the deletion's compensations
+    undo (``core.custody.undone_by_deletions``): what a deleted sale's dispense raised
+    (EXPIRED, RECALLED, OUT_OF_REGION, PRODUCT_MISMATCH, LABEL_MISMATCH, DUPLICATE, a
+    custody suspicion), and a deleted return's. Not an event the deletion leaves
+    standing (a sale whose settlement stands is the settlement's; a deleted 3502's scans
+    of a physical move), nor a compensation itself (a deleted return's that sells a
+    pack again is judged as a sale)."""
+    out = [record_evidence(org, interface, bchno) for interface, bchno in deleted]
+    return out + [Evidence.event(i) for i in sorted(undone_by_deletions(compensations))]
 
 
 class Figures(msgspec.Struct, frozen=True):

@@ -218,7 +218,8 @@ async def withdraw_resting_on(
     conn: Conn, sources: Sequence[Evidence], codes: Sequence[str], note: str
 ) -> list[int]:
     """Flags (those CLEARABLE) whose evidence is one of ``sources`` (records an NHSA 3507
-    deleted: nothing else raised them) become auto_cleared, ``note`` saying why.
+    deleted, and their events it undid: nothing else raised them) become auto_cleared,
+    ``note`` saying why.
     ``codes``: every code such a flag may be on (on Citus, the shards to visit)."""
     if not sources:
         return []

@@ -90,7 +90,7 @@ async def upload(
                 pool,
                 events,
                 refused,
-                also=_ledger_writer(org, entries, msgid, envelope, uploaded),
+                also=_ledger_writer(org, entries, msgid, envelope, uploaded, compensations),
                 also_unchanged=unchanged,
             )
             uploaded.records_new = len(entries)
@@ -164,10 +164,16 @@ async def _deletions(
 
 
 def _ledger_writer(
-    org: str, entries: list[rules.Entry], msgid: str, envelope: dict[str, Any], uploaded: Uploaded
+    org: str,
+    entries: list[rules.Entry],
+    msgid: str,
+    envelope: dict[str, Any],
+    uploaded: Uploaded,
+    compensations: list[Incoming],
 ) -> Callable[[Conn, list[Rejection]], Awaitable[list[FlagRef]]]:
     """The ledger's part of the upload's transaction, run after its events: the records,
-    the deletions, each item's ledger and the flags they raise."""
+    the deletions (``compensations``: the events undoing the deleted records'), each
+    item's ledger and the flags they raise."""
 
     async def write(conn: Conn, _refused: list[Rejection]) -> list[FlagRef]:
         uploaded.ledger_flag_kinds = []  # this attempt's (the transaction may run again)
@@ -232,11 +238,14 @@ def _ledger_writer(
         # this upload raised it (not one it stood under already)
         reported = flags + [f for f in rejudged if f.key in fresh]
         # what only a deleted record raised (its STOCK_IMBALANCE, what a deleted count
-        # found) rests on nothing now: withdrawn
+        # found, what its undone sale or return raised) rests on nothing now: withdrawn
         await flag_store.withdraw_resting_on(
             conn,
-            [rules.record_evidence(org, t["interface"], t["fixmedins_bchno"]) for t in uploaded.targets],
-            sorted({c for t in uploaded.targets for c in (t["med_list_codg"], *t["codes"])}),
+            rules.deleted_evidence(org, keys, compensations),
+            sorted(
+                {c for t in uploaded.targets for c in (t["med_list_codg"], *t["codes"])}
+                | {c for e in compensations for c in e.codes}
+            ),
             f"the record it rests on was deleted (NHSA 3507, msgid {msgid})",
         )
         # and a move out flagged before that the records written or deleted now back again

@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from service.core.rules import CHINA
 from tests.helpers import Api, cn20, event
-from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale, sale_return
+from tests.integration.test_nhsa import (
+    IDS,
+    MED,
+    P1_CODE,
+    SWAPPED,
+    _units_left,
+    _world,
+    envelope,
+    nhsa,
+    sale,
+    sale_return,
+)
 from tests.integration.test_nhsa_ledger import count, deletion
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -39,8 +52,11 @@ async def sold_and_returned(api: Api, code: str, sold: str, returned: str) -> No
     assert await _units_left(api, code) == 24
 
 
-async def delete_sale(api: Api, bchno: str) -> dict[str, Any]:
-    out = await nhsa(api, envelope("3507", {"data": deletion(bchno, "4")}))
+async def delete_sale(api: Api, bchno: str, msgid: str | None = None) -> dict[str, Any]:
+    body = envelope("3507", {"data": deletion(bchno, "4")})
+    if msgid is not None:
+        body["msgid"] = msgid
+    out = await nhsa(api, body)
     assert out["infcode"] == 0, out
     assert out["output"]["tracecode"]["deleted"] == [bchno]
     return out
@@ -311,11 +327,13 @@ async def test_a_settlement_committed_while_a_deletion_is_worked_out_keeps_its_u
     assert await _units_left(p2, u[0]) == 0
 
 
-async def _shelf_pack(w: dict[str, Any], serial: int) -> str:
-    """A new pack of the unit product, received by P2."""
-    code = cn20(w["unit"], serial)
+async def _shelf_pack(
+    w: dict[str, Any], serial: int, *, lot: str = "L1", expiry: str = "2028-12-31", product: str | None = None
+) -> str:
+    """A new pack of the unit product (or of ``product``), received by P2."""
+    code = cn20(product or w["unit"], serial)
     m, p2 = w["keys"]["M1"], w["keys"]["P2"]
-    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"))
+    await m.events(event("commission", "M1", [code], 0, lot=lot, expiry=expiry, produced="2026-01-05"))
     await m.events(event("ship", "M1", [code], 1, to="P2"))
     await p2.events(event("receive", "P2", [code], 2))
     return code
@@ -512,3 +530,124 @@ async def test_what_only_a_deleted_record_raised_is_withdrawn(
     finally:
         await r.aclose()
     assert (await inv.ok("GET", f"/v1/flags/{taken_up}"))["status"] == "investigating"
+
+
+def _msgid(serial: int) -> str:
+    """A deletion's own msgid (the envelope's is the same for every upload)."""
+    return f"{P1_CODE}20260306{serial:010d}"
+
+
+async def _withdrawn_by(inv: Api, feed: aioredis.Redis, flag_id: str, msgid: str) -> None:
+    """The flag was withdrawn by the deletion ``msgid``: auto_cleared by the system, the
+    last line of its history naming that deletion, and the feed says so."""
+    flag = await inv.ok("GET", f"/v1/flags/{flag_id}")
+    assert flag["status"] == "auto_cleared", flag
+    last = flag["history"][-1]
+    assert (last["status"], last["by_key"]) == ("auto_cleared", "system"), flag["history"]
+    assert msgid in last["note"], last
+    for _ in range(100):  # the feed's publisher runs every second at most
+        fed = [e[1][b"status"] for e in await feed.xrange("flags") if e[1][b"flag_id"].decode() == flag_id]
+        if fed[-1:] == [b"auto_cleared"]:
+            break
+        await asyncio.sleep(0.05)
+    assert fed[-1:] == [b"auto_cleared"], fed
+
+
+FAR = "XA02BCA000A001010100009"  # the catalogue item of a product sold only in Beijing (11)
+
+
+@pytest.mark.parametrize("kind", ["EXPIRED", "RECALLED", "OUT_OF_REGION", "PRODUCT_MISMATCH"])
+async def test_what_a_deleted_sale_raised_on_its_pack_is_withdrawn(
+    admin: Api, server_urls: tuple[str, str], kind: str
+) -> None:
+    """A 3505 sale of an expired pack, of a recalled lot, of a product not sold in the
+    region, or billed as another item raises that flag on its dispense. Deleted by a 3507,
+    the sale is as if never sent, and so is what it raised (and its STOCK_IMBALANCE, where
+    it billed an item never bought): auto_cleared by the system, the history naming the
+    deletion's msgid, on the feed. Found by a probe: they stayed open, the pack back on
+    the shelf."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    row: dict[str, Any] = {"sel_retn_time": MARCH_5_10}
+    if kind == "EXPIRED":
+        code = await _shelf_pack(w, 600, expiry="2026-03-04")
+    elif kind == "RECALLED":
+        code = await _shelf_pack(w, 601, lot="LR601")
+        recall = {"product_id": w["unit"], "lot": "LR601", "reason": "impurity"}
+        await inv.ok("POST", "/v1/recalls", recall, 201)
+        # sold after the recall was ordered (one dated before it sold a pack not recalled yet)
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        row["sel_retn_time"] = later.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    elif kind == "OUT_OF_REGION":
+        product = {"product_id": "8123458", "name": "Beijing only", "med_list_codg": FAR,
+                   "pack_units": 24, "manufacturer": "M1", "regions": ["11"]}  # fmt: skip
+        await admin.ok("POST", "/v1/products", product, 201)
+        code = await _shelf_pack(w, 602, product="8123458")
+        row["med_list_codg"] = FAR
+    else:
+        code = await _shelf_pack(w, 603)
+        row["med_list_codg"] = SWAPPED
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("Z600", [code], 24, **row)}))
+    raised = out["output"]["tracecode"]["flags"]
+    assert kind in [f["kind"] for f in raised], out
+    assert await _units_left(p2, code) == 0
+
+    msgid = _msgid(600)
+    await delete_sale(p2, "Z600", msgid)
+    assert await _units_left(p2, code) == 24
+    feed = aioredis.from_url(server_urls[1])
+    try:
+        for f in raised:
+            await _withdrawn_by(inv, feed, f["flag_id"], msgid)
+    finally:
+        await feed.aclose()
+    # none stands on the pack for the sale (an OUT_OF_REGION at its receipt does)
+    standing = await _standing_flags(inv, code)
+    assert standing == (["OUT_OF_REGION"] if kind == "OUT_OF_REGION" else []), standing
+
+
+async def test_a_deleted_sale_withdraws_its_own_flags_only_and_leaves_those_taken_up(
+    admin: Api, server_urls: tuple[str, str]
+) -> None:
+    """An expired pack sold (Z610), returned, sold again (Z611): each sale's EXPIRED rests
+    on its own dispense. Deleting Z611 withdraws its flag and leaves Z610's, the same
+    suspicion of the same pack resting on a sale that stands. Another expired pack's sale
+    (Z612), whose EXPIRED an investigator took up, stays as they left it when Z612 is
+    deleted. Deleting twice is one fact: nothing more in the flag's history."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    code = await _shelf_pack(w, 610, expiry="2026-03-04")
+    other = await _shelf_pack(w, 611, expiry="2026-03-04")
+
+    async def expired(bchno: str, pack: str, when: str) -> str:
+        out = await nhsa(p2, envelope("3505", {"selinfo": sale(bchno, [pack], 24, sel_retn_time=when)}))
+        [flag] = out["output"]["tracecode"]["flags"]
+        assert flag["kind"] == "EXPIRED", out
+        return str(flag["flag_id"])
+
+    first = await expired("Z610", code, MARCH_5_10)
+    ret = sale_return("R610", [code], 24, sel_retn_time="2026-03-06 10:00:00")
+    assert (await nhsa(p2, envelope("3506", {"selinfo": ret})))["infcode"] == 0
+    second = await expired("Z611", code, "2026-03-07 10:00:00")
+    taken_up = await expired("Z612", other, MARCH_5_10)
+    await inv.ok("PATCH", f"/v1/flags/{taken_up}", {"status": "investigating", "note": "calling them"})
+
+    await delete_sale(p2, "Z611", _msgid(611))
+    await delete_sale(p2, "Z612", _msgid(612))
+    feed = aioredis.from_url(server_urls[1])
+    try:
+        await _withdrawn_by(inv, feed, second, _msgid(611))
+    finally:
+        await feed.aclose()
+    assert (await inv.ok("GET", f"/v1/flags/{first}"))["status"] == "open"
+    kept = await inv.ok("GET", f"/v1/flags/{taken_up}")
+    assert kept["status"] == "investigating", kept
+    assert [h["by_key"] == "system" for h in kept["history"]] == [False], kept["history"]
+    assert await _units_left(p2, code) == 24
+
+    history = (await inv.ok("GET", f"/v1/flags/{second}"))["history"]
+    again = await nhsa(p2, envelope("3507", {"data": deletion("Z611", "4")}))
+    assert again["output"]["tracecode"]["deleted"] == [], again
+    assert (await inv.ok("GET", f"/v1/flags/{second}"))["history"] == history
