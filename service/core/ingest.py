@@ -22,6 +22,7 @@ from service.core.custody import (
     product_of,
     replay,
     sort_key,
+    undone_by_deletions,
 )
 from service.core.events import EVENT_ID_TAKEN, Incoming, Rejection, judge
 from service.core.flags import Evidence, FlagKey, NewFlag
@@ -267,6 +268,9 @@ class AutoClear:
     standing: set[FlagKey]
     cleared_by: list[str]
     rejudged: set[tuple[str, str]]  # (code, setl_id) of the settlements judged again
+    # events of records deleted now (NHSA 3507): what rests on them the deletion withdraws
+    # itself, naming it (``core.ledger.deleted_evidence``), not as explained
+    deleted: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -489,6 +493,7 @@ def decide(loaded: Loaded) -> Plan:
             standing={f.key for f in flags},
             cleared_by=[str(i) for i in taken],
             rejudged={(f.codes[0], f.setl_id) for f in reopen if f.setl_id},
+            deleted=sorted(str(i) for i in undone_by_deletions(facts)),
         )
 
     # after a replay every locked code may have changed (ancestors were only read)
@@ -593,7 +598,9 @@ def _refold_late(
     change, returns matched again.
 
     Returns the flags of the batch's dispenses, those of stored ones, and per pack folded
-    the DUPLICATE keys to withdraw (those packs are left out of the incremental step).
+    the DUPLICATE keys to withdraw (those packs are left out of the incremental step):
+    not those of a sale deleted now, which its deletion withdraws, naming it
+    (``core.ledger.deleted_evidence``).
     A pack whose sales hold what the fold does not model stays with that step: a
     settlement's reversal, a split sale over several packs, or a settlement that would
     find fewer units than it took."""
@@ -609,6 +616,7 @@ def _refold_late(
     flags: list[NewFlag] = []
     rejudged: list[NewFlag] = []
     folded: dict[str, list[FlagKey]] = {}
+    deleted = undone_by_deletions(facts)
     for code, (stored_dispenses, stored_returns) in sorted(loaded.pack_sales.items()):
         new = arriving.get(code, [])  # none: the late sale or return was refused
         takes = recorded.get(code, [])
@@ -669,7 +677,7 @@ def _refold_late(
         folded[code] = [
             (flag_rules.DUPLICATE, code, Evidence.event(d.event_id))
             for d in stored_dispenses
-            if d.event_id not in resold
+            if d.event_id not in resold and d.event_id not in deleted
         ]
     return flags, rejudged, folded
 

@@ -123,12 +123,14 @@ async def auto_clear(
     kinds: Sequence[str],
     cleared_by: list[str],
     rejudged: Iterable[tuple[str, str]],
+    deleted: Sequence[str] = (),
 ) -> list[int]:
     """Flags of ``kinds`` on ``codes`` (and OUT_OF_REGION flags raised at a receipt), of
     those CLEARABLE, that the current fold no longer suspects (their key is not in
     ``standing``) become auto_cleared, naming the events that explained them. Event flags on these codes were
     all re-judged by the fold; a settlement's flag only if its (code, setl_id) is in
-    ``rejudged``."""
+    ``rejudged``. Not those resting on the events ``deleted`` (ids of events of records
+    an NHSA 3507 deletes in this transaction: it withdraws them itself, naming it)."""
     keep = list(standing)
     again = list(rejudged)
     rows = await conn.fetch(
@@ -142,6 +144,7 @@ async def auto_clear(
                       AND (code, source_id) IN (SELECT * FROM unnest($4::text[], $5::text[]))))
              AND (code, kind, source_kind, source_id) NOT IN
                  (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[]))
+             AND NOT (source_kind = 'event' AND source_id = ANY($11::text[]))
            RETURNING code, flag_id""",  # noqa: S608 - fixed fragments only
         list(codes),
         list(kinds),
@@ -153,6 +156,7 @@ async def auto_clear(
         [source.kind for _, _, source in keep],
         [source.id for _, _, source in keep],
         AT_RECEIPT,
+        list(deleted),
     )
     await _changed_by_system(conn, rows, "auto_cleared", "explained by later-arriving events")
     return [r["flag_id"] for r in rows]

@@ -271,6 +271,7 @@ async def _write(conn: Conn, plan: rules.Plan, result: IngestResult) -> None:
             CUSTODY_KINDS,
             plan.clear.cleared_by,
             plan.clear.rejudged,
+            plan.clear.deleted,
         )
     _report(plan, raised, result)
 

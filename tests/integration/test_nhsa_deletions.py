@@ -556,7 +556,9 @@ async def _withdrawn_by(inv: Api, feed: aioredis.Redis, flag_id: str, msgid: str
 FAR = "XA02BCA000A001010100009"  # the catalogue item of a product sold only in Beijing (11)
 
 
-@pytest.mark.parametrize("kind", ["EXPIRED", "RECALLED", "OUT_OF_REGION", "PRODUCT_MISMATCH"])
+@pytest.mark.parametrize(
+    "kind", ["EXPIRED", "RECALLED", "OUT_OF_REGION", "PRODUCT_MISMATCH", "DUPLICATE", "DIVERSION"]
+)
 async def test_what_a_deleted_sale_raised_on_its_pack_is_withdrawn(
     admin: Api, server_urls: tuple[str, str], kind: str
 ) -> None:
@@ -585,9 +587,20 @@ async def test_what_a_deleted_sale_raised_on_its_pack_is_withdrawn(
         await admin.ok("POST", "/v1/products", product, 201)
         code = await _shelf_pack(w, 602, product="8123458")
         row["med_list_codg"] = FAR
-    else:
+    elif kind == "PRODUCT_MISMATCH":
         code = await _shelf_pack(w, 603)
         row["med_list_codg"] = SWAPPED
+    elif kind == "DUPLICATE":  # sold already, an hour before
+        code = await _shelf_pack(w, 604)
+        first = sale("Z599", [code], 24, sel_retn_time="2026-03-05 09:00:00")
+        assert (await nhsa(p2, envelope("3505", {"selinfo": first})))["output"]["tracecode"]["flags"] == []
+    else:  # a pack D1 holds, sold by P2
+        code = cn20(w["unit"], 605)
+        await w["keys"]["M1"].events(
+            event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"),
+            event("ship", "M1", [code], 1, to="D1"),
+        )
+        await w["keys"]["D1"].events(event("receive", "D1", [code], 2))
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("Z600", [code], 24, **row)}))
     raised = out["output"]["tracecode"]["flags"]
     assert kind in [f["kind"] for f in raised], out
@@ -595,7 +608,7 @@ async def test_what_a_deleted_sale_raised_on_its_pack_is_withdrawn(
 
     msgid = _msgid(600)
     await delete_sale(p2, "Z600", msgid)
-    assert await _units_left(p2, code) == 24
+    assert await _units_left(p2, code) == (0 if kind == "DUPLICATE" else 24)
     feed = aioredis.from_url(server_urls[1])
     try:
         for f in raised:
@@ -651,3 +664,30 @@ async def test_a_deleted_sale_withdraws_its_own_flags_only_and_leaves_those_take
     again = await nhsa(p2, envelope("3507", {"data": deletion("Z611", "4")}))
     assert again["output"]["tracecode"]["deleted"] == [], again
     assert (await inv.ok("GET", f"/v1/flags/{second}"))["history"] == history
+
+
+async def test_what_a_deleted_return_raised_is_withdrawn(admin: Api, server_urls: tuple[str, str]) -> None:
+    """A 3506 return by P2 of a pack D1 holds: a DIVERSION on the return's event. Deleted
+    by a 3507, the return is as if never sent: the flag is withdrawn by the deletion,
+    naming it (not as explained by later events)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    code = cn20(w["unit"], 620)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"),
+        event("ship", "M1", [code], 1, to="D1"),
+    )
+    await w["keys"]["D1"].events(event("receive", "D1", [code], 2))
+    ret = sale_return("R620", [code], 24, sel_retn_time="2026-03-06 10:00:00")
+    out = await nhsa(p2, envelope("3506", {"selinfo": ret}))
+    raised = out["output"]["tracecode"]["flags"]
+    assert [f["kind"] for f in raised] == ["DIVERSION"], out
+
+    await delete_sale(p2, "R620", _msgid(620))
+    feed = aioredis.from_url(server_urls[1])
+    try:
+        await _withdrawn_by(inv, feed, raised[0]["flag_id"], _msgid(620))
+    finally:
+        await feed.aclose()
+    assert await _standing_flags(inv, code) == []
