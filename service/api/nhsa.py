@@ -247,6 +247,34 @@ def _too_large(request: Request[Any, Any, Any], _exc: RequestEntityTooLarge) -> 
     )
 
 
+class OtherInstitution(PermissionDeniedException):
+    """An org key uploading for an institution (``fixmedins_code``) not its own: a 403,
+    answered in the response envelope like every other refusal of an upload."""
+
+    def __init__(self, region: str, message: str) -> None:
+        super().__init__(message)
+        self.region = region
+
+
+def _other_institution(_request: Request[Any, Any, Any], exc: OtherInstitution) -> Response[NhsaOut]:
+    """Nothing was stored; a 35xx client reads ``infcode`` and ``err_msg``, not problem
+    details (found by a newcomer's walkthrough), and the status stays the 403 API.md gives
+    a key acting outside its organisation."""
+    return Response(
+        _answer(datetime.now(UTC), exc.region, exc.detail, None), status_code=403, media_type=MediaType.JSON
+    )
+
+
+OTHER_INSTITUTION = ResponseSpec(
+    data_container=NhsaOut,
+    media_type=MediaType.JSON,
+    description="The key's organisation is not the institution named by fixmedins_code (or has none):"
+    " the response envelope, infcode -1, err_msg naming fixmedins_code; nothing stored (a key of a"
+    " role that may not upload gets problem details)",
+    generate_examples=False,
+)
+
+
 TOO_LARGE = ResponseSpec(
     data_container=NhsaOut,
     media_type=MediaType.JSON,
@@ -274,12 +302,12 @@ class NhsaController(Controller):
     # the app's body checks (NUL, UTF-8) are the handler's: answered in the envelope
     before_request = staticmethod(refuse_nul_in_url)
     # and so is a body over the size limit (its status stays 413)
-    exception_handlers = {RequestEntityTooLarge: _too_large}
+    exception_handlers = {RequestEntityTooLarge: _too_large, OtherInstitution: _other_institution}
 
     @post(
         "/",
         status_code=200,
-        responses={**problems(*WITH_BODY), 413: TOO_LARGE},
+        responses={**problems(*WITH_BODY), 403: OTHER_INSTITUTION, 413: TOO_LARGE},
         operation_class=body("The platform's request envelope", ENVELOPE, EXAMPLE_SALE, "application/json"),
     )
     async def upload(self, request: Request[Any, Any, Any], services: Services) -> NhsaOut:
@@ -302,18 +330,20 @@ class NhsaController(Controller):
             return _answer(received, "000000", "(body): is nested too deeply", None)
         raw_input = body.get("input") if isinstance(body, dict) else None
         if isinstance(raw_input, str) and (problem := text_problem(raw_input.encode())) is not None:
-            return _answer(received, "000000", f"input: {problem}", None)  # checked as the body is
+            # checked as the body is
+            return _answer(received, nhsa.region_of(body), f"input: {problem}", None)
         try:
             env = nhsa.parse(body)
         except nhsa.FieldError as exc:
-            return _answer(received, "000000", f"{exc.field}: {exc.message}", None)
+            return _answer(received, nhsa.region_of(body), f"{exc.field}: {exc.message}", None)
         region = env.mdtrtarea_admvs
         if principal.role is Role.ORG:
             own = await get_org(services.pool, principal.org or "")
             if own is None or own.fixmedins_code != env.fixmedins_code:
-                raise PermissionDeniedException(
+                raise OtherInstitution(
+                    region,
                     f"fixmedins_code: this key uploads only for organisation {principal.org}"
-                    + (f" (fixmedins_code {own.fixmedins_code})" if own and own.fixmedins_code else "")
+                    + (f" (fixmedins_code {own.fixmedins_code})" if own and own.fixmedins_code else ""),
                 )
         else:
             own = await org_by_fixmedins_code(services.pool, env.fixmedins_code)

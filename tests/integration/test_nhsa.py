@@ -418,15 +418,46 @@ async def test_a_sale_billed_as_another_item_is_a_product_mismatch_whichever_arr
 
 
 async def test_wrong_institution_is_403(admin: Api, db: Any) -> None:
+    """A 403, answered in the response envelope a 35xx client reads (not problem
+    details), naming fixmedins_code; nothing stored."""
     w = await _world(admin)
     u = w["units"]
     body = envelope("3505", {"selinfo": sale("B050", [u[0]], 24)})
     resp = await w["keys"]["P1"].post("/v1/nhsa", body)  # P1 has no fixmedins_code
     assert resp.status_code == 403
-    assert "fixmedins_code" in resp.json()["detail"]
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    out = resp.json()
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("fixmedins_code: this key uploads only for organisation P1"), out
+    assert out["output"]["result"]["retRslt"] == "0", out
+    assert out["inf_refmsgid"].startswith("450103"), out
     other = envelope("3505", {"selinfo": sale("B050", [u[0]], 24)}, fixmedins_code="P45010399999")
-    assert (await w["keys"]["P2"].post("/v1/nhsa", other)).status_code == 403
+    resp = await w["keys"]["P2"].post("/v1/nhsa", other)
+    assert resp.status_code == 403
+    out = resp.json()
+    assert out["err_msg"].startswith("fixmedins_code: this key uploads only for organisation P2"), out
     assert await _stored_events(db) == 0
+    # a key of a role that may not upload is refused by the role check, as on every route
+    insurer = await admin.key_for("insurer")
+    resp = await insurer.post("/v1/nhsa", envelope("3505", {"selinfo": sale("B050", [u[0]], 24)}))
+    assert resp.status_code == 403, resp.text
+    assert "detail" in resp.json(), resp.text
+
+
+async def test_a_refused_envelope_answers_with_its_region(admin: Api) -> None:
+    """An envelope refused for one of its fields still names its region (mdtrtarea_admvs)
+    in inf_refmsgid when that reads as one; 000000 when it does not."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    body = envelope("3509", {"data": {}})  # P2's institution
+    out = await nhsa(p2, body)
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("infno"), out
+    assert out["inf_refmsgid"].startswith("450103"), out
+    body["mdtrtarea_admvs"] = "45x103"
+    out = await nhsa(p2, body)
+    assert out["infcode"] == -1, out
+    assert out["inf_refmsgid"].startswith("000000"), out
 
 
 async def test_bad_input_answers_infcode_minus_one(admin: Api, db: Any) -> None:

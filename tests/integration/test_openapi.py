@@ -25,9 +25,12 @@ pytestmark = [
 CODG = "XJ01CAA040A001010104256"
 PUBLIC = ("/health/live", "/health/ready", "/metrics")
 ERRORS_EXERCISED = {400, 401, 403, 404, 409, 413}
-# errors a route answers in its own format: /v1/nhsa's over-size body, in the platform's
+# errors a route answers in its own format: /v1/nhsa's other institution and over-size body, in the
 # response envelope (a 35xx client reads infcode and err_msg)
-OWN_FORMAT = {("/v1/nhsa", "413"): "#/components/schemas/NhsaOut"}
+OWN_FORMAT = {
+    ("/v1/nhsa", "403"): "#/components/schemas/NhsaOut",
+    ("/v1/nhsa", "413"): "#/components/schemas/NhsaOut",
+}
 
 
 async def _spec(client: AsyncTestClient) -> dict[str, Any]:  # type: ignore[type-arg]

@@ -450,6 +450,17 @@ def parse(body: Any) -> Envelope:
     )
 
 
+_REGION = re.compile(r"[0-9]{6}")
+
+
+def region_of(body: Any) -> str:
+    """The region an answer's ``inf_refmsgid`` begins with: the envelope's
+    ``mdtrtarea_admvs`` when it reads as one (six digits), also when another field of
+    the envelope was refused; else ``000000``."""
+    region = text(body.get("mdtrtarea_admvs")) if isinstance(body, dict) else None
+    return region if region is not None and _REGION.fullmatch(region) else "000000"
+
+
 def wrapper_path(envelope: Envelope, index: int) -> str:
     """The JSON path of a row, as error messages name it: ``input.selinfoDetail[3]``."""
     single_key, batch_key = WRAPPERS[envelope.interface]
