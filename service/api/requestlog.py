@@ -119,7 +119,6 @@ class RequestLog:
             if counted:
                 in_progress.dec()
                 metrics.request_answered(method, scope.get("path_template") or "unmatched", status, seconds)
-            user = scope.get("user")
             log.info(
                 "request",
                 request_id=rid,
@@ -127,5 +126,16 @@ class RequestLog:
                 route=scope.get("path_template") or None,  # None: no route matched
                 status=status,
                 duration_ms=round(seconds * 1000, 2),
-                key_id=user.key_id if isinstance(user, Principal) else None,
+                key_id=_key_id(scope),
             )
+
+
+def _key_id(scope: Scope) -> str | None:
+    """The key the request was made with: an API request's bearer (the key middleware's
+    ``user``), or a console page's signed-in key (its session's principal, kept in the
+    connection's state)."""
+    user = scope.get("user")
+    if not isinstance(user, Principal):
+        state = scope.get("state")
+        user = state.get("principal") if isinstance(state, dict) else None
+    return user.key_id if isinstance(user, Principal) else None

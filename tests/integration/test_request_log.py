@@ -116,3 +116,28 @@ async def test_an_unknown_log_level_stops_serve_naming_the_variable(tmp_path: Pa
     assert done.returncode != 0
     assert "TRACE_LOG_LEVEL must be one of debug, info, warning, error, critical" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+async def test_a_console_page_is_logged_under_the_signed_in_key(
+    admin: Api, client: AsyncTestClient, caplog: pytest.LogCaptureFixture  # type: ignore[type-arg]
+) -> None:
+    """A console page's request is the signed-in key's, as an API request is its bearer's
+    (found by a newcomer's walkthrough: console lines said null)."""
+    inv = await admin.key_for("investigator")
+    client.cookies.clear()
+    try:
+        page = await client.get("/console/signin")
+        token = page.text.split('name="_csrf_token" value="', 1)[1].split('"', 1)[0]
+        signed = await client.post(
+            "/console/signin", data={"key": inv.key, "_csrf_token": token}, follow_redirects=False
+        )
+        assert signed.status_code in (302, 303), signed.text
+        with caplog.at_level(logging.INFO, logger="tracecode.access"):
+            resp = await client.get("/console/flags")
+        assert resp.status_code == 200, resp.text
+    finally:
+        client.cookies.clear()
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tracecode.access"]
+    assert [line["route"] for line in lines] == ["/console/flags"], lines
+    assert lines[0]["key_id"] == inv.key.partition(".")[0], lines
+    assert inv.key not in caplog.text
