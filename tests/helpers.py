@@ -153,6 +153,25 @@ async def received(
     return codes
 
 
+async def lot_with_packs_sold_destroyed_and_on_their_way(w: dict[str, Any], lot: str) -> None:
+    """Eight packs of ``lot``: two at M1 (never shipped); at D1 one on the shelf, one
+    destroyed, one shipped to H1 and not received yet; at P1 one sold out, one part sold
+    (10 of 24 units) and one on the shelf."""
+    m, d1, p1 = (w["keys"][org] for org in ("M1", "D1", "P1"))
+    codes = [cn20(w["unit"], 700 + i) for i in range(8)]
+    await m.events(
+        event("commission", "M1", codes, 0, lot=lot, expiry="2030-01-01"),
+        event("ship", "M1", codes[2:], 1, to="D1"),
+    )
+    await d1.events(event("receive", "D1", codes[2:], 2), event("ship", "D1", codes[2:5], 3, to="P1"))
+    await p1.events(
+        event("receive", "P1", codes[2:5], 4),
+        event("dispense", "P1", [codes[2]], 5),
+        event("dispense", "P1", [codes[3]], 5, quantity=10),
+    )
+    await d1.events(event("destroy", "D1", [codes[5]], 5), event("ship", "D1", [codes[6]], 5, to="H1"))
+
+
 def shuffled(items: list[Any], seed: int) -> list[Any]:
     copy = list(items)
     random.Random(seed).shuffle(copy)

@@ -321,6 +321,11 @@ class LotOut(msgspec.Struct):
     # the recalled codes by where they are (by_state shows each as recalled): dispensed
     # (with patients), received (on a shelf), in_transit, ...
     recalled_by_state: dict[str, int] = msgspec.field(default_factory=dict)
+    # ⚠ our additions: by_custodian counts every code under its last holder, sold out and
+    # destroyed ones too; these say which of them are still held, and where on their way
+    by_custodian_and_state: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    held_by_custodian: dict[str, int] = msgspec.field(default_factory=dict)  # neither sold out nor destroyed
+    in_transit_to: dict[str, int] = msgspec.field(default_factory=dict)  # on their way, by destination
 
 
 class RecallOut(msgspec.Struct):

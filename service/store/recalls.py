@@ -91,29 +91,52 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
     """Counts of the lot's codes by displayed state and by custodian, and of its
     recalled codes by where they are (one scan): a recall shows every code not destroyed
     as ``recalled``, and the investigator still needs how many are with patients, on
-    shelves or on their way. ``units_left``: the units left in the packs not destroyed."""
+    shelves or on their way. ``units_left``: the units left in the packs not destroyed.
+
+    ``by_custodian`` counts every code under the organisation that last held it, the
+    packs it sold out and destroyed too (as API.md has it). Where the packs still are:
+    ``by_custodian_and_state`` splits each custodian's count by where its packs are
+    (``received``/``commissioned`` in its stock, ``in_transit`` shipped by it and not
+    received yet, ``dispensed`` sold out, ``destroyed``); ``held_by_custodian``: the
+    packs neither sold out nor destroyed, by custodian (a pack on its way counted with
+    the one that shipped it, its custodian until a receipt); ``in_transit_to``: the
+    packs on their way, by where they were shipped to."""
     rows = await conn.fetch(
         """SELECT CASE WHEN state = 'destroyed' THEN 'destroyed'
                        WHEN units_left = 0 THEN 'dispensed'
                        ELSE state END AS placed,
-                  recalled, custodian, count(*) AS n, sum(units_left) AS units
+                  recalled, custodian,
+                  CASE WHEN state = 'in_transit' AND units_left IS DISTINCT FROM 0
+                       THEN destination END AS bound_for,
+                  count(*) AS n, sum(units_left) AS units
            FROM codes WHERE product_id = $1 AND lot = $2
-           GROUP BY 1, 2, 3""",
+           GROUP BY 1, 2, 3, 4""",
         product_id,
         lot,
     )
     by_state: dict[str, int] = {}
     by_custodian: dict[str, int] = {}
+    by_custodian_and_state: dict[str, dict[str, int]] = {}
+    held_by_custodian: dict[str, int] = {}
+    in_transit_to: dict[str, int] = {}
     recalled_by_state: dict[str, int] = {}
     units = 0
     for r in rows:
         placed: str = r["placed"]
+        n: int = r["n"]
         shown = "recalled" if r["recalled"] and placed != "destroyed" else placed
-        by_state[shown] = by_state.get(shown, 0) + r["n"]
+        by_state[shown] = by_state.get(shown, 0) + n
         if r["recalled"]:
-            recalled_by_state[placed] = recalled_by_state.get(placed, 0) + r["n"]
+            recalled_by_state[placed] = recalled_by_state.get(placed, 0) + n
         holder = r["custodian"] or "unknown"
-        by_custodian[holder] = by_custodian.get(holder, 0) + r["n"]
+        by_custodian[holder] = by_custodian.get(holder, 0) + n
+        split = by_custodian_and_state.setdefault(holder, {})
+        split[placed] = split.get(placed, 0) + n
+        if placed not in ("dispensed", "destroyed"):
+            held_by_custodian[holder] = held_by_custodian.get(holder, 0) + n
+        if placed == "in_transit":  # no destination named (an NHSA transfer out): unknown
+            bound = r["bound_for"] or "unknown"
+            in_transit_to[bound] = in_transit_to.get(bound, 0) + n
         if placed != "destroyed":  # a destroyed pack's units are not left
             units += r["units"] or 0
     recall = await conn.fetchrow(
@@ -126,6 +149,9 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
         "units_left": units,
         "by_state": by_state,
         "by_custodian": by_custodian,
+        "by_custodian_and_state": by_custodian_and_state,
+        "held_by_custodian": held_by_custodian,
+        "in_transit_to": in_transit_to,
         "recalled_by_state": recalled_by_state,
         "recalled": recall is not None,
         "recall": dict(recall) if recall else None,

@@ -15,7 +15,18 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.config import Settings
 from service.store.migrations import MIGRATIONS_DIR
-from tests.helpers import BASE_TIME, Api, at, cn20, event, pack_claim, received, sscc, world
+from tests.helpers import (
+    BASE_TIME,
+    Api,
+    at,
+    cn20,
+    event,
+    lot_with_packs_sold_destroyed_and_on_their_way,
+    pack_claim,
+    received,
+    sscc,
+    world,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -327,6 +338,32 @@ async def test_a_lots_units_left_leaves_out_destroyed_packs(admin: Api) -> None:
     assert lot["by_state"] == {"received": 2, "dispensed": 1, "destroyed": 1}
     assert lot["units_left"] == 24 + 14  # the shelf's pack and what the part-sold one has left
     assert lot == await inv.ok("GET", "/v1/lots?" + urlencode({"product_id": w["unit"], "lot": "L9"}))
+
+
+async def test_a_lot_says_which_packs_each_custodian_still_holds(admin: Api) -> None:
+    """``by_custodian`` counts every code under the one that last held it, sold out and
+    destroyed too: a probe read sold-out packs as stock on a pharmacy's shelf. The lot
+    also says what each still holds, where each custodian's packs are, and what is on its
+    way where (our additions; ``by_custodian`` keeps its meaning)."""
+    w = await world(admin)
+    inv = w["inv"]
+    await lot_with_packs_sold_destroyed_and_on_their_way(w, "L2611")
+    lot = await inv.ok("GET", f"/v1/lots/{w['unit']}/L2611")
+    assert lot["by_custodian"] == {"M1": 2, "D1": 3, "P1": 3}  # as before: every code
+    assert lot["held_by_custodian"] == {"M1": 2, "D1": 2, "P1": 2}  # D1's includes the one to H1
+    assert lot["by_custodian_and_state"] == {
+        "M1": {"commissioned": 2},
+        "D1": {"received": 1, "in_transit": 1, "destroyed": 1},
+        "P1": {"received": 2, "dispensed": 1},
+    }
+    assert lot["in_transit_to"] == {"H1": 1}
+    # a recall shows the codes as recalled; where they are stays told
+    recall = {"product_id": w["unit"], "lot": "L2611", "reason": "impurity"}
+    await inv.ok("POST", "/v1/recalls", recall, 201)
+    after = await inv.ok("GET", "/v1/lots?" + urlencode({"product_id": w["unit"], "lot": "L2611"}))
+    assert after["by_state"] == {"recalled": 7, "destroyed": 1}
+    for field in ("by_custodian", "held_by_custodian", "by_custodian_and_state", "in_transit_to"):
+        assert after[field] == lot[field], field
 
 
 async def test_a_lot_a_path_cannot_name_is_read_in_the_query(admin: Api) -> None:
