@@ -136,7 +136,15 @@ ZH: Mapping[str, str] = {
     "lot.codes": "追溯码数",
     "lot.units_left": "剩余单位",
     "lot.by_state": "按状态",
-    "lot.by_custodian": "按持有方",
+    "lot.by_custodian": "按持有方：仍持有的包装",
+    "lot.held_note": (
+        "仍持有：未售完、未销毁的包装，含已发出而收货方尚未扫码收货的（计在发货方）。"
+        "已售出、已销毁的另列，不计入。"
+    ),
+    "lot.custodian": "持有方",
+    "lot.held": "仍持有",
+    "lot.shipped": "其中已发出在途",
+    "lot.incoming": "发往此处在途",
     "lot.recalled_by_state": "召回的追溯码在何处",
     "lot.count": "数量",
     "lot.others": "其余 {0} 家",
@@ -312,7 +320,16 @@ EN: Mapping[str, str] = {
     "lot.codes": "Codes",
     "lot.units_left": "Units left",
     "lot.by_state": "By state",
-    "lot.by_custodian": "By custodian",
+    "lot.by_custodian": "By custodian: packs still held",
+    "lot.held_note": (
+        "Still held: packs neither sold out nor destroyed, including those shipped and not "
+        "yet scanned in by the receiver (counted with the shipper). Sold-out and destroyed "
+        "packs are shown apart, not in it."
+    ),
+    "lot.custodian": "Custodian",
+    "lot.held": "Still held",
+    "lot.shipped": "Of which shipped, on their way",
+    "lot.incoming": "On their way to it",
     "lot.recalled_by_state": "Where the recalled codes are",
     "lot.count": "Count",
     "lot.others": "{0} others",

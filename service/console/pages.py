@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from service import feed
 from service.api.flags import KINDS, STATUSES, FlagChange
-from service.console import auth, charts
+from service.console import auth, charts, lots
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.text import visible
 from service.console.timeline import layout
@@ -476,10 +476,14 @@ class InvestigationController(Controller):
         if summary is None:
             return page(request, "lot.html", status_code=404, product_id=product_id, lot=lot, summary=None)
         t = translator(language(request.cookies.get(LANG_COOKIE)))
-        by_custodian = summary["by_custodian"]
+        # per organisation, the packs it still holds (the chart), and in the table also
+        # those on their way to it, sold out and destroyed: by_custodian counts them all
+        # as its stock (a probe read sold-out packs as stock on shelves)
+        holding = lots.holdings(summary)
         # the holders with a bar of their own, named (the order and the count are the chart's)
-        top = sorted(by_custodian, key=lambda k: (-by_custodian[k], k))[: charts.own_bars(len(by_custodian))]
+        top = sorted(holding, key=lambda k: (-holding[k].held, k))[: charts.own_bars(len(holding))]
         holders = await registry_usecases.get_orgs(services.pool, top)
+        others = lots.added(h for k, h in holding.items() if k not in top)
         return page(
             request,
             "lot.html",
@@ -492,9 +496,11 @@ class InvestigationController(Controller):
                 [(k, t(f"state.{k}"), n) for k, n in summary["recalled_by_state"].items()]
             ),
             by_custodian=charts.bars(
-                [(k, holders[k].name if k in holders else visible(k), n) for k, n in by_custodian.items()],
-                rest=t("lot.others", len(by_custodian) - len(top)),
+                [(k, holders[k].name if k in holders else visible(k), h.held) for k, h in holding.items()],
+                rest=t("lot.others", len(holding) - len(top)),
             ),
+            # the table's figures for each bar ("": the others, added up)
+            holding={**{k: holding[k] for k in top}, "": others},
             known=set(holders),  # organisations with a page (not "unknown", no custodian)
         )
 

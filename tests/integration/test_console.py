@@ -697,6 +697,62 @@ async def test_a_lot_with_exactly_fifteen_holders_names_every_one(
         assert f'<a href="/console/orgs/{org}"><bdi>药房 {org}</bdi></a>' in table, org
 
 
+_ROW = re.compile(r'<tr><td>(.*?)</td>((?:<td class="num">\d+</td>)+)</tr>')
+
+
+def _custody(page: str) -> tuple[list[int], list[tuple[str, list[int]]]]:
+    """The lot page's custodian section: its bars' values, and its table's rows (the
+    organisation's name, its figures)."""
+    section = page[page.index('<section aria-labelledby="by-custodian">') :]
+    section = section[: section.index("</section>")]
+    values = [int(v) for v in re.findall(r'<text class="bar-value"[^>]*>(\d+)</text>', section)]
+    rows = [
+        (re.sub(r"<[^>]+>", "", name), [int(n) for n in re.findall(r"\d+", figures)])
+        for name, figures in _ROW.findall(section)
+    ]
+    return values, rows
+
+
+async def test_a_lots_holders_are_charted_by_the_packs_they_still_hold(
+    admin: Api, browser: AsyncTestClient
+) -> None:  # type: ignore[type-arg]
+    """The lot's chart 按持有方 counted every code under its last holder: sold-out and
+    destroyed packs read as stock on that organisation's shelf (a probe: a pharmacy whose 12 packs were
+    all sold showed 12). The chart shows what each still holds; its table also what is
+    on its way, sold out and destroyed, in both languages."""
+    from tests.helpers import lot_with_packs_sold_destroyed_and_on_their_way, world
+
+    w = await world(admin)
+    await lot_with_packs_sold_destroyed_and_on_their_way(w, "L2611")
+    await _sign_in(browser, w["inv"].key)
+    path = f"/console/lots/{w['unit']}/L2611"
+    page = (await browser.get(path)).text
+    values, rows = _custody(page)
+    # still held, of which shipped on their way, on their way to it, sold out, destroyed
+    expected = [
+        ("D1 Ltd", [2, 1, 0, 0, 1]),
+        ("M1 Ltd", [2, 0, 0, 0, 0]),
+        ("P1 Ltd", [2, 0, 0, 1, 0]),  # three packs there, one of them sold out
+        ("H1 Ltd", [0, 0, 1, 0, 0]),
+    ]
+    assert rows == expected
+    assert values == [2, 2, 2, 0]
+    for header in ("仍持有", "其中已发出在途", "发往此处在途", "已售出", "已销毁"):
+        assert f'<th scope="col">{header}</th>' in page, header
+    assert "按持有方：仍持有的包装" in page
+    assert 'href="/console/orgs/H1"' in page
+    browser.cookies.set("console_lang", "en", path="/console")
+    try:
+        page = (await browser.get(path)).text
+    finally:
+        browser.cookies.delete("console_lang", path="/console")
+    assert _custody(page) == (values, rows)
+    headers = ("Still held", "Of which shipped, on their way", "On their way to it", "dispensed", "destroyed")
+    for header in headers:
+        assert f'<th scope="col">{header}</th>' in page, header
+    assert "By custodian: packs still held" in page
+
+
 async def test_a_session_that_ended_says_so_and_signing_in_again_returns_to_the_page(
     admin: Api,
     browser: AsyncTestClient,  # type: ignore[type-arg]
