@@ -151,7 +151,10 @@ ZH: Mapping[str, str] = {
     "lot.recalled": "已召回：{0}（{1}）",
     "lot.recall": "召回此批次",
     "lot.reason": "召回原因",
-    "lot.confirm": "我确认召回此批次的全部追溯码（此后的销售与结算将被拒绝并预警）",
+    "lot.confirm": (
+        "我确认召回此批次的全部追溯码（销售时间在召回时或之后的销售照常记录，但会预警；"
+        "此后收到的医保结算中，结算此批次包装的明细将被拒绝并预警）"
+    ),
     "lot.recall_submit": "召回",
     "lot.recalled_now": "已召回，{0} 个追溯码改为召回状态。",
     "lot.refused.reason": "请填写召回原因。",
@@ -337,8 +340,9 @@ EN: Mapping[str, str] = {
     "lot.recall": "Recall this lot",
     "lot.reason": "Reason",
     "lot.confirm": (
-        "I confirm the recall of every code of this lot "
-        "(later dispenses and settlements are refused and flagged)"
+        "I confirm the recall of every code of this lot (dispenses dated from the recall on "
+        "are still recorded, and flagged; in settlements arriving from now on, the lines "
+        "billing its packs are refused and flagged)"
     ),
     "lot.recall_submit": "Recall",
     "lot.recalled_now": "Recalled: {0} codes are now recalled.",

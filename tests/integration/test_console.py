@@ -719,7 +719,8 @@ async def test_a_lots_holders_are_charted_by_the_packs_they_still_hold(
     """The lot's chart 按持有方 counted every code under its last holder: sold-out and
     destroyed packs read as stock on that organisation's shelf (a probe: a pharmacy whose 12 packs were
     all sold showed 12). The chart shows what each still holds; its table also what is
-    on its way, sold out and destroyed, in both languages."""
+    on its way, sold out and destroyed, in both languages. The recall's confirmation no
+    longer says dispenses are refused (they are recorded and flagged)."""
     from tests.helpers import lot_with_packs_sold_destroyed_and_on_their_way, world
 
     w = await world(admin)
@@ -741,6 +742,8 @@ async def test_a_lots_holders_are_charted_by_the_packs_they_still_hold(
         assert f'<th scope="col">{header}</th>' in page, header
     assert "按持有方：仍持有的包装" in page
     assert 'href="/console/orgs/H1"' in page
+    assert "销售时间在召回时或之后的销售照常记录，但会预警" in page
+    assert "销售与结算将被拒绝" not in page
     browser.cookies.set("console_lang", "en", path="/console")
     try:
         page = (await browser.get(path)).text
@@ -751,6 +754,8 @@ async def test_a_lots_holders_are_charted_by_the_packs_they_still_hold(
     for header in headers:
         assert f'<th scope="col">{header}</th>' in page, header
     assert "By custodian: packs still held" in page
+    assert "dispenses dated from the recall on are still recorded, and flagged" in page
+    assert "later dispenses and settlements are refused" not in page
 
 
 async def test_a_session_that_ended_says_so_and_signing_in_again_returns_to_the_page(
