@@ -110,9 +110,10 @@ def deleted_evidence(
     undo (``core.custody.undone_by_deletions``): what a deleted sale's dispense raised
     (EXPIRED, RECALLED, OUT_OF_REGION, PRODUCT_MISMATCH, LABEL_MISMATCH, DUPLICATE, a
     custody suspicion), and a deleted return's. Not an event the deletion leaves
-    standing (a sale whose settlement stands is the settlement's; a deleted 3502's scans
-    of a physical move), nor a compensation itself (a deleted return's that sells a
-    pack again is judged as a sale)."""
+    standing (a sale's take of a pack its settlement paid for is the settlement's:
+    ``core.sales.kept_by_settlement``; a deleted 3502's scans of a physical move), nor a
+    compensation itself (a deleted return's that sells a pack again is judged as a
+    sale)."""
     out = [record_evidence(org, interface, bchno) for interface, bchno in deleted]
     return out + [Evidence.event(i) for i in sorted(undone_by_deletions(compensations))]
 

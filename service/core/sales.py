@@ -166,6 +166,21 @@ def paid(take: Consumption, standing: Mapping[str, frozenset[str]]) -> bool:
     return take.code in standing.get(take.setl_id or "", frozenset())
 
 
+def kept_by_settlement(packs: Iterable[str], paid: frozenset[str]) -> bool:
+    """Does an NHSA 3507 deletion of a sale leave the take of one of its events standing
+    (``packs``: the packs that event took), rather than undo it? Only when a settlement
+    of the sale's ``setl_id`` paid for one of them (``paid``: :func:`paid_packs`): the
+    sale is then the settlement's, its units taken until the insurer's reversal gives
+    them back, and once reversed the deletion gives nothing more. A pack the settlement
+    did not pay for (rejected, its line refused, the pack not billed) is the deleted
+    sale's alone, given back as with no settlement. An event is undone whole: a split
+    sale's one event over several packs stays taken when the settlement paid for any of
+    them (the conservative reading: a split line's units are credited from the packs the
+    sale took them from, so what it paid cannot be told apart from what it did not, and
+    nothing that may be paid for comes back)."""
+    return not paid.isdisjoint(packs)
+
+
 @dataclass(frozen=True, slots=True)
 class Return:
     """A patient's return of one pack to the organisation that sold it."""

@@ -110,19 +110,21 @@ async def mark_reversed(conn: Conn, setl_id: str, psn_hash: bytes, reversal: dic
     )
 
 
-async def standing(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
-    """Which of ``setl_ids`` are settlements stored and not reversed."""
-    return await _stored(conn, setl_ids, reversed_=False)
-
-
 async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     """Which of ``setl_ids`` are settlements the insurer reversed."""
     return await _stored(conn, setl_ids, reversed_=True)
 
 
-async def stored_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
-    """Which of ``setl_ids`` are settlements, standing or reversed."""
-    return await _stored(conn, setl_ids, reversed_=None)
+async def paid_for(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, frozenset[str]]:
+    """The settlements among ``setl_ids``, standing or reversed, each with the packs it
+    paid for (``core.sales.paid_packs``: none for a rejected one)."""
+    wanted = sorted({s for s in setl_ids if s})
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT setl_id, request, response FROM settlements WHERE setl_id = ANY($1::text[])", wanted
+    )
+    return {r["setl_id"]: paid_packs(r["request"], r["response"]) for r in rows}
 
 
 async def refunds_and_standing(

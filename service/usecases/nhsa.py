@@ -16,7 +16,7 @@ from service.core import ledger as rules
 from service.core.custody import Fact
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagKey, FlagRef, NewFlag
-from service.core.sales import Consumption
+from service.core.sales import Consumption, kept_by_settlement
 from service.interop.nhsa.envelope import text
 from service.interop.nhsa.sales import NAMESPACE, Record, same_record
 from service.store import codes as code_store
@@ -43,14 +43,15 @@ class Uploaded:
     conflicts: list[Record] = field(default_factory=list)  # a serial uploaded before, other contents
     deleted_before: list[Record] = field(default_factory=list)  # a serial whose record a 3507 deleted
     targets: list[dict[str, Any]] = field(default_factory=list)  # the stored records deleted now
-    # setl_ids of deleted sales that are settlements (standing or refunded) when read
-    settled: set[str] = field(default_factory=set)
+    # the settlements (standing or reversed) of the deleted sales' setl_ids when read, each
+    # with the packs it paid for: a deleted sale's take of those stays (kept_by_settlement)
+    paying: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class SettledMeanwhile(Exception):
-    """A settlement of a deleted sale's setl_id was committed after the deletion read
-    which ones stand: nothing of this transaction is kept, and the deletion is worked out
-    again."""
+    """A settlement of a deleted sale's setl_id that pays for packs was committed after
+    the deletion read what they paid for: nothing of this transaction is kept, and the
+    deletion is worked out again."""
 
 
 # an upload runs again when one of its records was stored meanwhile (RecordsStored)
@@ -158,9 +159,9 @@ async def _deletions(
             targets += live
             if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
                 uploaded.missing.append(d)
-        settled = await setl_store.stored_among(conn, [_setl_id(stored) for stored in targets])
-    uploaded.targets, uploaded.settled = targets, settled
-    return _compensations(org, targets, settled, now)
+        paying = await setl_store.paid_for(conn, [_setl_id(stored) for stored in targets])
+    uploaded.targets, uploaded.paying = targets, paying
+    return _compensations(org, targets, paying, now)
 
 
 def _ledger_writer(
@@ -177,13 +178,17 @@ def _ledger_writer(
 
     async def write(conn: Conn, _refused: list[Rejection]) -> list[FlagRef]:
         uploaded.ledger_flag_kinds = []  # this attempt's (the transaction may run again)
-        # A deleted sale whose settlement stands is not undone. Which stand was read before
-        # this transaction; read again now that the packs' rows are locked: a settlement
-        # committed in between means working the deletion out again (one committing later
-        # waits for these rows, and is judged after this upload).
+        # A deleted sale's take of a pack its settlement paid for is not undone. What they
+        # paid for was read before this transaction; read again now that the packs' rows
+        # are locked: a settlement committed in between that pays for packs means working
+        # the deletion out again (one committing later waits for these rows, and is
+        # judged after this upload). A settlement's answer is stored with it and does not
+        # change: only one committed meanwhile pays for more.
         sales = [_setl_id(stored) for stored in uploaded.targets if stored["interface"] == "3505"]
-        if any(sales) and await setl_store.standing(conn, sales) - uploaded.settled:
-            raise SettledMeanwhile
+        if any(sales):
+            paying = await setl_store.paid_for(conn, sales)
+            if any(packs - uploaded.paying.get(s, frozenset()) for s, packs in paying.items()):
+                raise SettledMeanwhile
         deleted_items = {stored["med_list_codg"] for stored in uploaded.targets}
         # the counted packs' rows before the items' ledgers, as every writer takes them
         # (code rows, then ledger rows: a sale written in one statement does too)
@@ -295,18 +300,19 @@ def _setl_id(stored: dict[str, Any]) -> str | None:
 
 
 def _compensations(
-    org: str, targets: list[dict[str, Any]], settled: set[str], now: datetime
+    org: str, targets: list[dict[str, Any]], paying: dict[str, frozenset[str]], now: datetime
 ) -> list[Incoming]:
     """The events that undo deleted sales and sale returns.
 
     A deleted sale: one return per event of the record, naming that event (``undoes``),
     so that it gives back the units that very sale took, and nothing when it took
-    nothing (a resend of a settled sale, a DUPLICATE, a sale returned already). A sale
-    whose ``setl_id`` names a settlement is not undone: the sale is the settlement's, its
-    units taken until the insurer reverses it, and given back by that reversal (a
-    refunded one stays in the pack's history). A deleted return: one dispense per event
-    of the record, naming that event, which sells again what it gave back, and nothing
-    when it gave nothing back.
+    nothing (a resend of a settled sale, a DUPLICATE, a sale returned already). An event
+    whose pack a settlement of the sale's ``setl_id`` paid for (``paying``) is not undone
+    (``core.sales.kept_by_settlement``): that take is the settlement's, its units taken
+    until the insurer reverses it, and given back by that reversal (a refunded one stays
+    in the pack's history). A deleted return: one dispense per event of the record,
+    naming that event, which sells again what it gave back, and nothing when it gave
+    nothing back.
 
     ⚠ Only sales and returns are undone so: a 3502 record's receive, ship or destroy is a
     scan of a physical move, and its deletion changes the ledger only."""
@@ -322,11 +328,10 @@ def _compensations(
         ref = f"3507:{bchno}"
         ids: list[UUID] = list(stored["event_ids"])
         if interface == "3505":
-            if setl_id in settled:
-                continue
             # whole packs: one event per code, in order; a split sale: one event of all
             whole = len(ids) == len(codes)
             sold = list(zip(ids, [(c,) for c in codes], strict=True)) if whole else [(ids[0], codes)]
+            paid = paying.get(setl_id or "", frozenset())
             out += [
                 Incoming(
                     compensation_id(org, interface, bchno, original),
@@ -339,6 +344,7 @@ def _compensations(
                     undoes=original,
                 )
                 for original, packs in sold
+                if not kept_by_settlement(packs, paid)
             ]
             continue
         # a deleted return (one event per pack): what each event gave back is sold again,
