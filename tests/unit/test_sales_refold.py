@@ -11,7 +11,17 @@ from uuid import UUID, uuid4
 
 from service.core.events import Incoming
 from service.core.ingest import standing_needed
-from service.core.sales import SETTLEMENT, Consumption, Dispense, Return, Sale, match_returns, refold
+from service.core.sales import (
+    SETTLEMENT,
+    Consumption,
+    Dispense,
+    Return,
+    Sale,
+    kept_by_settlement,
+    match_returns,
+    paid_packs,
+    refold,
+)
 
 CODE = "81234560000000000011"
 T0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
@@ -212,3 +222,25 @@ def test_a_split_sale_beyond_what_is_left_takes_it_and_is_a_resale_in_any_order(
         assert sorted((t.at, t.units) for t in fold.takes) == [(at(10), 20), (at(20), 4)]
         assert sorted(fold.resales, key=str) == sorted([beyond.event_id, within.event_id], key=str)
         assert fold.short == {beyond.event_id: 4}  # the last 4 found nothing: used up
+
+
+def test_a_deleted_sale_stays_taken_only_for_a_pack_its_settlement_paid_for() -> None:
+    """``core.sales.kept_by_settlement`` on ``paid_packs``: a refused line pays for
+    nothing, a payable one for the packs it names; a split sale's one event over several
+    packs stays taken when any of them was paid for."""
+    other = CODE[:-1] + "2"
+    request = {
+        "lines": [
+            {"line_no": 1, "codes": [CODE]},
+            {"line_no": 2, "codes": [other]},
+        ]
+    }
+    refused = {"lines": [{"line_no": 1, "payable": False}, {"line_no": 2, "payable": False}]}
+    partly = {"lines": [{"line_no": 1, "payable": True}, {"line_no": 2, "payable": False}]}
+    assert paid_packs(request, refused) == frozenset()
+    assert not kept_by_settlement([CODE], paid_packs(request, refused))
+    paid = paid_packs(request, partly)
+    assert paid == {CODE}
+    assert kept_by_settlement([CODE], paid)
+    assert not kept_by_settlement([other], paid)
+    assert kept_by_settlement([CODE, other], paid)  # one split event: kept whole
