@@ -112,7 +112,13 @@ async def mark_reversed(conn: Conn, setl_id: str, psn_hash: bytes, reversal: dic
 
 async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]:
     """Which of ``setl_ids`` are settlements the insurer reversed."""
-    return await _stored(conn, setl_ids, reversed_=True)
+    wanted = sorted({s for s in setl_ids if s})
+    if not wanted:
+        return set()
+    rows = await conn.fetch(
+        "SELECT setl_id FROM settlements WHERE setl_id = ANY($1::text[]) AND reversed_at IS NOT NULL", wanted
+    )
+    return {r["setl_id"] for r in rows}
 
 
 async def paid_for(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, frozenset[str]]:
@@ -152,15 +158,3 @@ async def refunds_and_standing(
             paying[r["setl_id"]] = paid_packs(r["request"], r["response"])
     return back, paying
 
-
-async def _stored(conn: Conn, setl_ids: Iterable[str | None], *, reversed_: bool | None) -> set[str]:
-    wanted = sorted({s for s in setl_ids if s})
-    if not wanted:
-        return set()
-    rows = await conn.fetch(
-        """SELECT setl_id FROM settlements
-           WHERE setl_id = ANY($1::text[]) AND ($2::bool IS NULL OR (reversed_at IS NOT NULL) = $2)""",
-        wanted,
-        reversed_,
-    )
-    return {r["setl_id"] for r in rows}
