@@ -14,12 +14,13 @@ from service.api.body import StrictJSON
 from service.api.cursors import cursor, position
 from service.api.deps import Services
 from service.api.errors import bad_input, problem, refuse_other_parameters
-from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
+from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, stale_flag
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import bound_problem
 from service.usecases import flags as usecase
+from service.usecases.errors import Stale
 
 KINDS = (
     "UNKNOWN_CODE",
@@ -40,6 +41,10 @@ STATUSES = ("pending", "open", "investigating", "confirmed", "dismissed", "auto_
 class FlagChange(msgspec.Struct, forbid_unknown_fields=True):
     status: Literal["open", "investigating", "confirmed", "dismissed"]
     note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    # our addition: the status the client read; another one now refuses the change (409)
+    expected_status: (
+        Literal["pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared"] | None
+    ) = None
 
 
 def _cursor(flag_id: int) -> str:
@@ -145,7 +150,9 @@ class FlagsController(Controller):
             raise problem(404, f"no flag {flag_id}")
         return msgspec.convert(found, FlagDetailOut, from_attributes=True)
 
-    @patch("/{flag_id:str}", dto=StrictJSON[FlagChange], responses=problems(*WITH_BODY, 404))
+    @patch(
+        "/{flag_id:str}", dto=StrictJSON[FlagChange], responses={**problems(*WITH_BODY, 404), **stale_flag()}
+    )
     async def change(
         self,
         request: Request[Any, Any, Any],
@@ -153,11 +160,36 @@ class FlagsController(Controller):
         flag_id: FromPath[str],
         data: JSONBody[FlagChange],
     ) -> FlagDetailOut:
-        """Move a flag through the workflow; each change is kept with who and when."""
+        """Move a flag through the workflow; each change is kept with who and when. With
+        ``expected_status`` (our addition), the change is made only while the flag's
+        status is that one: else nothing changes and the answer is a 409 naming it, which
+        says who moved the flag to what, and when."""
         key = _flag_id(flag_id)
         who = principal_of(request).key_id
-        found = await usecase.change(services.pool, key, data.status, data.note, who)
+        try:
+            found = await usecase.change(
+                services.pool, key, data.status, data.note, who, expected=data.expected_status
+            )
+        except Stale as exc:
+            raise _stale(exc) from None
         if found is None:
             raise problem(404, f"no flag {flag_id}")
         services.feed_wake()
         return msgspec.convert(found, FlagDetailOut, from_attributes=True)
+
+
+def _stale(exc: Stale) -> Exception:
+    """The 409 of a change made against a status the flag no longer has: what the flag's
+    status is, and who set it when (its history's last line)."""
+    status = exc.flag["status"]
+    message = f"the flag's status is {status}, not {exc.expected}"
+    history = exc.flag["history"]
+    if history:
+        last = history[-1]
+        message += f" (set by {last['by_key']} at {last['at'].isoformat()})"
+    return problem(
+        409,
+        f"expected_status: {message}",
+        errors=[{"field": "expected_status", "message": message}],
+        kind="stale-status",
+    )

@@ -36,7 +36,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     title: str
     status: int
     detail: str
-    errors: list[FieldError] | None = None  # each bad field (400 only)
+    errors: list[FieldError] | None = None  # each bad field (400; a flag change's stale expected_status, 409)
     request_id: str | None = None  # as in the X-Request-ID header and the request's log line
 
 
@@ -73,6 +73,21 @@ def unchanged(type_: type[msgspec.Struct]) -> dict[int, ResponseSpec]:
         200: ResponseSpec(
             data_container=type_,
             description="The same record again: nothing changed",
+            generate_examples=False,
+        )
+    }
+
+
+def stale_flag() -> dict[int, ResponseSpec]:
+    """The 409 of a flag change whose ``expected_status`` is not the flag's status."""
+    return {
+        409: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_JSON,
+            description=(
+                "`expected_status` was given and the flag's status is another (someone changed it "
+                "since it was read): nothing changed; `errors` names `expected_status`"
+            ),
             generate_examples=False,
         )
     }

@@ -78,6 +78,16 @@ def initial_status(kind: str, source: Evidence) -> str:
     return PENDING if kind in CUSTODY_KINDS and source.kind in (EVENT, SETTLEMENT) else OPEN
 
 
+def stale_change(expected: str | None, current: str) -> bool:
+    """Is a person's change made against a status the flag no longer has? Then it is
+    refused and nothing changes, its note neither: the person decided on what they saw,
+    and someone (or the service) has moved the flag since (two investigators taking the
+    same flag, one dismissing what the other confirmed). ``expected`` None: the change names
+    no status it saw (the API's PATCH without ``expected_status``) and is made against
+    whatever the flag's status is."""
+    return expected is not None and expected != current
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What a suspicion rests on: an event, or a settlement."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Invalid(Exception):
     """The request names something the service cannot accept (an unknown organisation,
@@ -21,3 +23,14 @@ class Conflict(Exception):
         super().__init__(f"{field}: {message}" if field else "conflict")
         self.field = field
         self.message = message
+
+
+class Stale(Exception):
+    """A change made against a status the flag no longer has (``core.flags.stale_change``):
+    nothing changed. ``flag`` is the flag as it is, with its history (who moved it, when,
+    to what); ``expected`` the status the change was made against: a 409."""
+
+    def __init__(self, flag: dict[str, Any], expected: str) -> None:
+        super().__init__(f"the flag's status is {flag['status']}, not {expected}")
+        self.flag = flag
+        self.expected = expected

@@ -13,8 +13,10 @@ from typing import Any
 import asyncpg
 
 from service import metrics
+from service.core.flags import stale_change
 from service.store import flags as flag_store
 from service.store.flags import FlagQuery as FlagQuery  # what a search filters on
+from service.usecases.errors import Stale
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,13 @@ async def read(pool: asyncpg.Pool, flag_id: int) -> dict[str, Any] | None:
 
 
 async def change(
-    pool: asyncpg.Pool, flag_id: int, status: str | None, note: str | None, by_key: str
+    pool: asyncpg.Pool,
+    flag_id: int,
+    status: str | None,
+    note: str | None,
+    by_key: str,
+    *,
+    expected: str | None = None,
 ) -> dict[str, Any] | None:
     """Set the flag's status, keeping who changed it, when and why; the flag as it now
     is (as :func:`read`), or None for an unknown flag. The change goes onto the feed's
@@ -69,7 +77,9 @@ async def change(
     locked (a promotion may have just run), adds the note alone to the flag's history,
     under that status: the flag itself does not change, so a pending flag's grace
     window still runs from when it was raised, and the feed has nothing new; without a
-    note either, nothing changes."""
+    note either, nothing changes. ``expected``: the status the person saw when deciding;
+    when the locked flag's status is another (``core.flags.stale_change``), nothing
+    changes and :class:`Stale` is raised with the flag as it is."""
     async with pool.acquire() as conn, conn.transaction():
         found = await flag_store.get(conn, flag_id)  # a flag's code never changes
         if found is None:
@@ -78,6 +88,10 @@ async def change(
         await flag_store.lock(conn, code, flag_id)
         locked = await flag_store.get(conn, flag_id)
         assert locked is not None
+        if stale_change(expected, str(locked["status"])):
+            assert expected is not None
+            history = await flag_store.changes(conn, code, flag_id)
+            raise Stale({**shown(locked), "history": history}, expected)
         if status is not None and status != locked["status"]:
             await flag_store.set_status(conn, code, flag_id, status, note, by_key)
         elif note:

@@ -938,3 +938,58 @@ async def test_setting_the_status_a_flag_has_is_a_note(
         assert fed == [b"open", b"confirmed"]
     finally:
         await r.aclose()
+
+
+async def test_a_change_against_a_status_the_flag_no_longer_has_is_refused(admin: Api) -> None:
+    """Our addition to PATCH /v1/flags/{id}: ``expected_status``, the status the client
+    read. Two investigators read the flag open; the first confirms it; the second's
+    dismissal, made against "open", is a 409 naming ``expected_status`` that says who set
+    what, and changes nothing, its note neither. Without ``expected_status`` a PATCH
+    changes the flag whatever its status, as API.md has it."""
+    w = await world(admin)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 77)], 0))
+    flag_id = out["flags"][0]["flag_id"]
+    path = f"/v1/flags/{flag_id}"
+    first, second = w["inv"], await admin.key_for("investigator")
+    await first.ok("PATCH", path, {"status": "open", "note": "promoted by hand"})
+    assert (await first.ok("GET", path))["status"] == "open"
+    read = await second.ok("GET", path)
+    done = await first.ok(
+        "PATCH", path, {"status": "confirmed", "note": "fake pack", "expected_status": read["status"]}
+    )
+    assert done["status"] == "confirmed"
+    refused = await second.client.patch(
+        path,
+        headers=second.headers,
+        json={"status": "dismissed", "note": "till error", "expected_status": read["status"]},
+    )
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in problem["errors"]] == ["expected_status"]
+    who = first.key.split(".")[0]
+    assert "confirmed, not open" in problem["detail"], problem
+    assert who in problem["detail"], problem
+    after = await first.ok("GET", path)
+    assert after["status"] == "confirmed"
+    assert [h["note"] for h in after["history"]] == ["promoted by hand", "fake pack"]
+    # a note alone made against a stale status is refused too
+    note_only = await second.client.patch(
+        path, headers=second.headers, json={"status": "confirmed", "expected_status": "open", "note": "x"}
+    )
+    assert note_only.status_code == 409
+    # the status it has now: taken; an unknown one: 400 naming it; none: as before
+    taken = await second.ok(
+        "PATCH", path, {"status": "dismissed", "note": "till error", "expected_status": "confirmed"}
+    )
+    assert taken["status"] == "dismissed"
+    bad = await second.client.patch(
+        path, headers=second.headers, json={"status": "open", "expected_status": "closed"}
+    )
+    assert bad.status_code == 400
+    assert [e["field"] for e in bad.json()["errors"]] == ["expected_status"]
+    assert (await second.ok("PATCH", path, {"status": "open"}))["status"] == "open"
+    gone = await second.client.patch(
+        "/v1/flags/999999", headers=second.headers, json={"status": "open", "expected_status": "open"}
+    )
+    assert gone.status_code == 404

@@ -279,6 +279,11 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 200, flag_id=flag_id, body=change)
     await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 404, flag_id="999999", body=change)
     await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 400, flag_id=flag_id, body={"status": "gone"})
+    # our addition: a change made against a status the flag no longer has
+    stale = {"status": "dismissed", "expected_status": "open"}
+    await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 409, flag_id=flag_id, body=stale)
+    current = {"status": "open", "expected_status": "investigating"}
+    await c.call(inv, "PATCH", "/v1/flags/{flag_id}", 200, flag_id=flag_id, body=current)
 
     # NHSA uploads: envelope errors answer in the platform's envelope (infcode -1)
     await c.call(p1, "POST", "/v1/nhsa", 200, body={"infno": "3505"}, documented=False)
