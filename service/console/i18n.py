@@ -188,6 +188,13 @@ ZH: Mapping[str, str] = {
     "flags.keep": "保持不变（{0}）",
     "flags.keep_each": "各自保持不变",
     "flags.bad_note": "未更改：备注最多 2000 个字符，且不能含有 NUL 字符。",
+    "flags.stale": (
+        "未更改：您打开此页时此预警为「{0}」，此后已被更改，现为「{1}」。请看下面的现状与处理记录，再决定是否提交。"
+    ),
+    "flags.stale_by": "由 {0} 于 {1} 改为「{2}」。",
+    "flags.stale_bulk": "{0} 条预警未更改：在您打开此页后已被更改（请打开查看后再决定）：",
+    "flags.stale_item": "{0}（现为「{1}」）",
+    "flags.list_sep": "、",
     "error.home": "返回追溯码查询",
     "error.status.400": "请求无法处理（地址或表单有误）。",
     "error.status.403": "请求被拒绝（表单已过期？请刷新页面后重试）。",
@@ -377,6 +384,16 @@ EN: Mapping[str, str] = {
     "flags.keep": "keep as it is ({0})",
     "flags.keep_each": "keep each as it is",
     "flags.bad_note": "Nothing changed: a note is at most 2,000 characters, without NUL characters.",
+    "flags.stale": (
+        "Nothing changed: this flag was {0} when you opened the page and has been changed since: it is "
+        "now {1}. Read its state and history below, then decide again."
+    ),
+    "flags.stale_by": "Set to {2} by {0} at {1}.",
+    "flags.stale_bulk": (
+        "{0} flag(s) not changed: each was changed after you opened this page (open it to decide again): "
+    ),
+    "flags.stale_item": "{0} (now {1})",
+    "flags.list_sep": ", ",
     "error.home": "Back to finding a code",
     "error.status.400": "The request could not be handled (a bad address or form).",
     "error.status.403": "The request was refused (an expired form? Reload the page and try again).",

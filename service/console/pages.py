@@ -35,7 +35,7 @@ from service.usecases import flags as flag_usecases
 from service.usecases import investigation
 from service.usecases import nhsa as nhsa_usecases
 from service.usecases import registry as registry_usecases
-from service.usecases.errors import Invalid
+from service.usecases.errors import Invalid, Stale
 
 LANG_COOKIE = "console_lang"
 PAGE_SIZE = 50
@@ -48,6 +48,16 @@ LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it 
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 
 
+def _set_by(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The line of a flag's history that set the status it has: the first of the last
+    run of lines under one status (the lines after it are notes), or None without any."""
+    found = None
+    for line in history:
+        if found is None or line["status"] != found["status"]:
+            found = line
+    return found
+
+
 def names_item(flag: Mapping[str, Any]) -> bool:
     """Is the flag's code a catalogue item (``core.flags.code_is_item``)?"""
     return code_is_item(flag.get("code") or "", flag.get("refs") or {})
@@ -57,6 +67,10 @@ def names_item(flag: Mapping[str, Any]) -> bool:
 SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
 
 Req = Request[Any, Any, Any]
+# a flag form's field for the status its page showed (per row in the queue: ``_<id>``)
+EXPECTED = "expected_status"
+# a route's opt: a form that saves something (lost when sent without a session)
+SAVES = "saves"
 
 
 def _text(value: object, limit: int = 2000) -> str | None:
@@ -116,12 +130,16 @@ def _query_of(query: str) -> list[list[str]]:
     return [[name, value] for name, value in parse_qsl(query, keep_blank_values=True)]
 
 
-def _leave_notice(request: Req, url: str, key: str, *args: int, error: bool = False) -> None:
+def _leave_notice(
+    request: Req, url: str, key: str, *args: int, error: bool = False, stale: list[list[str]] | None = None
+) -> None:
     """What an action did (or why it did nothing), for the page at ``url`` to show once,
     the next time it is rendered. Kept in the server-side session, never in the URL:
     anyone can write a count in a link (a probe showed "99,999 codes set to recalled" on a
     lot never recalled). The page is its path and its query: a lot whose page is
-    addressed in the query (:func:`lot_url`) shares its path with every other such lot."""
+    addressed in the query (:func:`lot_url`) shares its path with every other such lot.
+    ``stale``: the flags a bulk change left alone, as [flag id, status now], because
+    their status was no longer the one their rows showed."""
     parts = urlsplit(url)
     request.session[NOTICE] = {
         "path": unquote(parts.path),
@@ -129,6 +147,7 @@ def _leave_notice(request: Req, url: str, key: str, *args: int, error: bool = Fa
         "key": key,
         "args": list(args),
         "error": error,
+        "stale": stale or [],
     }
 
 
@@ -394,33 +413,61 @@ class ConsoleController(Controller):
     async def flag(self, request: Req, flag_id: FromPath[int]) -> Template:
         return await self._flag_page(request, flag_id)
 
-    async def _flag_page(self, request: Req, flag_id: int, error: str | None = None) -> Template:
-        """The flag's page: 404 for an unknown flag, 400 with ``error`` for a refused change."""
+    async def _flag_page(
+        self,
+        request: Req,
+        flag_id: int,
+        error: str | None = None,
+        *,
+        expected: str | None = None,
+        note: object = None,
+    ) -> Template:
+        """The flag's page: 404 for an unknown flag, 400 with ``error`` for a refused change;
+        409 for a change made against the status ``expected``, which the flag no longer
+        has (it says so, and who set the status it has, when). A refused change's note is
+        in its field again, to send once more."""
         pool = request.app.state.services.pool
         found = await flag_usecases.read(pool, flag_id) if 0 < flag_id < 2**63 else None
-        status_code = 404 if found is None else 400 if error else 200
+        status_code = 404 if found is None else 409 if expected else 400 if error else 200
         return page(
-            request, "flag.html", status_code, flag=found, flag_id=flag_id, settable=SETTABLE, error=error
+            request,
+            "flag.html",
+            status_code,
+            flag=found,
+            flag_id=flag_id,
+            settable=SETTABLE,
+            error=error,
+            stale=expected,
+            set_by=_set_by(found["history"]) if found and expected else None,
+            note=note if isinstance(note, str) and (error or expected) else "",
         )
 
-    @post("/flags/{flag_id:int}")
+    @post("/flags/{flag_id:int}", opt={SAVES: True})
     async def change_flag(self, request: Req, flag_id: FromPath[int]) -> Redirect | Template:
         form = await request.form()
         status = _text(form.get("status"))  # none: keep the flag's status
         readable, note = _note(form.get("note"))
+        typed = form.get("note")
+        # the status the page showed (a page opened before it was sent: none, no check)
+        expected = _text(form.get(EXPECTED))
         if not 0 < flag_id < 2**63:  # no such flag (the database's ids are bigints)
             return await self._flag_page(request, flag_id)
-        if status is not None and status not in SETTABLE:
-            return await self._flag_page(request, flag_id, "flags.bad_status")
+        if (status is not None and status not in SETTABLE) or (
+            expected is not None and expected not in STATUSES
+        ):
+            return await self._flag_page(request, flag_id, "flags.bad_status", note=typed)
         if not readable:
-            return await self._flag_page(request, flag_id, "flags.bad_note")
+            return await self._flag_page(request, flag_id, "flags.bad_note", note=typed)
         if status is None and note is None:
             return await self._flag_page(request, flag_id, "flags.nothing")
-        if await self._change(request, [flag_id], status, note) == 0:
+        changed, stale = await self._change(request, [(flag_id, expected)], status, note)
+        if stale:
+            return await self._flag_page(request, flag_id, expected=expected, note=typed)
+        if changed == 0:
             return await self._flag_page(request, flag_id)
         return Redirect(f"/console/flags/{flag_id}", status_code=303)
 
-    @post("/flags/bulk")
+    @post("/flags/bulk", opt={SAVES: True})
     async def change_flags(self, request: Req) -> Redirect:
         form = await request.form()
         status = _text(form.get("status"))
@@ -430,26 +477,45 @@ class ConsoleController(Controller):
                 int(v) for v in form.getall("flag_id", []) if v.isascii() and v.isdigit() and len(v) < 19
             )
         )
+        # with the status each row showed (a row of a page opened before it was sent: none)
+        wanted = [(flag_id, _text(form.get(f"{EXPECTED}_{flag_id}"))) for flag_id in ids]
         back = _console_page(form.get("next")) or "/console/flags"
         if not back.startswith("/console/flags"):
             back = "/console/flags"
-        changed = 0
+        changed, stale = 0, list[dict[str, Any]]()
         readable, note = _note(form.get("note"))
         if (status is None or status in SETTABLE) and (status or note) and ids and readable:
-            changed = await self._change(request, ids, status, note)
-        _leave_notice(request, back, "flags.changed", changed)
+            changed, stale = await self._change(request, wanted, status, note)
+        _leave_notice(
+            request, back, "flags.changed", changed, stale=[[f["flag_id"], f["status"]] for f in stale]
+        )
         return Redirect(back, status_code=303)
 
-    async def _change(self, request: Req, ids: list[int], status: str | None, note: str | None) -> int:
+    async def _change(
+        self, request: Req, wanted: list[tuple[int, str | None]], status: str | None, note: str | None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Each flag in ``wanted`` changed, if the status its page showed (None: unknown)
+        is still its status; how many changed, and the flags that had moved on since, as
+        they are now (``usecases.flags.change`` judges that, under the flag's lock)."""
         services = request.app.state.services
         who = auth.principal(request).key_id
         changed = 0
-        for flag_id in ids:
-            if await flag_usecases.change(services.pool, flag_id, status, note, who) is not None:
+        stale: list[dict[str, Any]] = []
+        for flag_id, expected in wanted:
+            if expected is not None and expected not in STATUSES:
+                expected = ""  # no status the flag may have: the page showed another
+            try:
+                done = await flag_usecases.change(
+                    services.pool, flag_id, status, note, who, expected=expected
+                )
+            except Stale as exc:
+                stale.append(exc.flag)
+                continue
+            if done is not None:
                 changed += 1
         if changed:
             services.feed_wake()
-        return changed
+        return changed, stale
 
 
 class InvestigationController(Controller):
