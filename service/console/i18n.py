@@ -188,6 +188,7 @@ ZH: Mapping[str, str] = {
     "flags.keep": "保持不变（{0}）",
     "flags.keep_each": "各自保持不变",
     "flags.bad_note": "未更改：备注最多 2000 个字符，且不能含有 NUL 字符。",
+    "flags.none_ticked": "未更改：请先勾选要变更的预警。",
     "flags.stale": (
         "未更改：您打开此页时此预警为「{0}」，此后已被更改，现为「{1}」。请看下面的现状与处理记录，再决定是否提交。"
     ),
@@ -384,6 +385,7 @@ EN: Mapping[str, str] = {
     "flags.keep": "keep as it is ({0})",
     "flags.keep_each": "keep each as it is",
     "flags.bad_note": "Nothing changed: a note is at most 2,000 characters, without NUL characters.",
+    "flags.none_ticked": "Nothing changed: tick the flags to change first.",
     "flags.stale": (
         "Nothing changed: this flag was {0} when you opened the page and has been changed since: it is "
         "now {1}. Read its state and history below, then decide again."

@@ -482,13 +482,21 @@ class ConsoleController(Controller):
         back = _console_page(form.get("next")) or "/console/flags"
         if not back.startswith("/console/flags"):
             back = "/console/flags"
-        changed, stale = 0, list[dict[str, Any]]()
         readable, note = _note(form.get("note"))
-        if (status is None or status in SETTABLE) and (status or note) and ids and readable:
+        # a change that does nothing says why (it said "0 flags updated": a probe)
+        if status is not None and status not in SETTABLE:
+            _leave_notice(request, back, "flags.bad_status", error=True)
+        elif not readable:
+            _leave_notice(request, back, "flags.bad_note", error=True)
+        elif not ids:
+            _leave_notice(request, back, "flags.none_ticked", error=True)
+        elif status is None and note is None:
+            _leave_notice(request, back, "flags.nothing", error=True)
+        else:
             changed, stale = await self._change(request, wanted, status, note)
-        _leave_notice(
-            request, back, "flags.changed", changed, stale=[[f["flag_id"], f["status"]] for f in stale]
-        )
+            _leave_notice(
+                request, back, "flags.changed", changed, stale=[[f["flag_id"], f["status"]] for f in stale]
+            )
         return Redirect(back, status_code=303)
 
     async def _change(

@@ -1,6 +1,7 @@
 """Two tabs, or two investigators, on one flag: a change made against a status the flag
 no longer has changes nothing and says so (found by a probe: the second save silently
-overwrote the first, one flag or a bulk change of many)."""
+overwrote the first, one flag or a bulk change of many); and a bulk change that does
+nothing says why."""
 
 from __future__ import annotations
 
@@ -178,3 +179,41 @@ async def test_a_bulk_change_skips_the_flags_changed_since_and_names_them(
         stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
         assert (stored["status"], [h["note"] for h in stored["history"]]) == ("dismissed", ["A"])
     assert (await w["inv"].ok("GET", f"/v1/flags/{fourth}"))["status"] == "confirmed"
+
+
+@pytest.mark.parametrize(
+    ("sent", "says"),
+    [
+        ({"status": "dismissed", "note": "x"}, "请先勾选要变更的预警"),  # nothing ticked
+        ({"flag_id": ["{id}"], "status": "", "note": ""}, "请选择新的状态或填写备注"),  # keep each, no note
+        ({"flag_id": ["{id}"], "status": "dismissed", "note": "x" * 2001}, "备注最多 2000 个字符"),
+        ({"flag_id": ["{id}"], "status": "auto_cleared"}, "请选择一个可设置的状态"),
+    ],
+)
+async def test_a_bulk_change_that_does_nothing_says_why(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    sent: dict[str, Any],
+    says: str,
+) -> None:
+    """It said only "0 flags updated" (a probe), though the README has the notice tell
+    why a bulk change did nothing."""
+    w = await world(admin)
+    (flag_id,) = await _resold(w, range(31, 32))
+    await _sign_in(browser, w["inv"].key)
+    queue = "/console/flags?kind=DUPLICATE&status=open"
+    page = (await browser.get(queue)).text
+    data = {k: [v.format(id=flag_id) for v in vs] if isinstance(vs, list) else vs for k, vs in sent.items()}
+    done = await browser.post(
+        "/console/flags/bulk",
+        data={**_form(page, "/console/flags/bulk"), **data},
+        follow_redirects=False,
+    )
+    assert done.headers["location"] == queue
+    after = (await browser.get(queue)).text
+    said = re.search(r'<p class="error" role="alert">(.*?)</p>', after, re.S)
+    assert said is not None, after
+    assert says in said.group(1)
+    assert "已更新" not in after
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert (stored["status"], stored["history"]) == ("open", [])
