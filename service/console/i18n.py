@@ -27,6 +27,8 @@ ZH: Mapping[str, str] = {
     "signin.refused": "密钥无效、已吊销，或不是调查员/管理员密钥。",
     "signin.expired": "会话已结束，请重新登录。",
     "signin.needed": "请先登录；登录后回到刚才的页面。",
+    "signin.unsaved": "您刚才提交的更改未保存：提交时会话已结束。请重新登录，然后再提交一次。",
+    "signin.unsaved_after": "登录前提交的更改未保存，请在此页重新提交。",
     "code.title": "追溯码查询",
     "code.query": "追溯码（CN20、GS1 或 SSCC，可直接粘贴扫码内容）",
     "code.search": "查询",
@@ -222,6 +224,11 @@ EN: Mapping[str, str] = {
     "signin.refused": "The key is unknown, revoked, or not an investigator's or admin's key.",
     "signin.expired": "Your session has ended; please sign in again.",
     "signin.needed": "Sign in first; you will then be back on the page you opened.",
+    "signin.unsaved": (
+        "The change you just submitted was not saved: your session had ended. Sign in again, then "
+        "submit it once more."
+    ),
+    "signin.unsaved_after": "The change you submitted before signing in was not saved; submit it again here.",
     "code.title": "Find a code",
     "code.query": "Code (CN20, GS1 or SSCC; paste a scan as it is)",
     "code.search": "Search",

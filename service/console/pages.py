@@ -182,6 +182,7 @@ def _after_signin(value: object) -> str | None:
 
 
 ENDED_COOKIE = "console_session_ended"  # for the sign-in page only, for a few minutes
+UNSAVED_COOKIE = "console_unsaved"  # as that: a form sent without a session saved nothing
 
 
 def to_signin(request: Req, _: auth.SignInRequired) -> Redirect:
@@ -197,19 +198,31 @@ def to_signin(request: Req, _: auth.SignInRequired) -> Redirect:
         back = _console_page(sent_from.path + (f"?{sent_from.query}" if sent_from.query else ""))
     back = _after_signin(back)
     ended = auth.SESSION_KEY in request.cookies
+    # a form that saves something, sent without a session, saved nothing: the sign-in
+    # page says so, and so does the page signing in goes back to (a probe: the change
+    # was lost without a word)
+    unsaved = request.method not in ("GET", "HEAD") and bool(request.route_handler.opt.get(SAVES))
     return Redirect(
         "/console/signin" + (f"?{urlencode({'next': back})}" if back else ""),
         status_code=303,
-        cookies=[_ended_cookie(request, ended)] if ended else [],
+        cookies=[
+            *([_ended_cookie(request, ended)] if ended else []),
+            *([_signin_cookie(request, UNSAVED_COOKIE, True)] if unsaved else []),
+        ],
     )
 
 
 def _ended_cookie(request: Req, ended: bool) -> Cookie:
+    return _signin_cookie(request, ENDED_COOKIE, ended)
+
+
+def _signin_cookie(request: Req, key: str, on: bool) -> Cookie:
+    """A note for the sign-in page only, for a few minutes; off: gone."""
     return Cookie(
-        key=ENDED_COOKIE,
-        value="1" if ended else "",
+        key=key,
+        value="1" if on else "",
         path="/console/signin",
-        max_age=600 if ended else 0,
+        max_age=600 if on else 0,
         httponly=True,
         samesite="strict",
         secure=request.app.state.settings.secure_cookies,
@@ -228,6 +241,7 @@ class SignInController(Controller):
             refused=False,
             next_page=_after_signin(request.query_params.get("next")),
             ended=request.cookies.get(ENDED_COOKIE) == "1",
+            unsaved=request.cookies.get(UNSAVED_COOKIE) == "1",
         )
 
     @post("/signin")
@@ -235,14 +249,26 @@ class SignInController(Controller):
         form = await request.form()
         secret = _text(form.get("key"), 200)
         next_page = _after_signin(form.get("next"))
+        unsaved = request.cookies.get(UNSAVED_COOKIE) == "1"
         found = await auth.principal_for_secret(request, secret) if secret else None
         if found is None or secret is None:
             return page(
-                request, "signin.html", status_code=401, refused=True, next_page=next_page, ended=False
+                request,
+                "signin.html",
+                status_code=401,
+                refused=True,
+                next_page=next_page,
+                ended=False,
+                unsaved=unsaved,
             )
         await auth.start_session(request, secret)
+        back = next_page or "/console/codes"
+        if unsaved:  # said again where the form is
+            _leave_notice(request, back, "signin.unsaved_after", error=True)
         return Redirect(
-            next_page or "/console/codes", status_code=303, cookies=[_ended_cookie(request, ended=False)]
+            back,
+            status_code=303,
+            cookies=[_ended_cookie(request, ended=False), _signin_cookie(request, UNSAVED_COOKIE, False)],
         )
 
     @post("/lang")
@@ -578,7 +604,7 @@ class InvestigationController(Controller):
             known=set(holders),  # organisations with a page (not "unknown", no custodian)
         )
 
-    @post("/lots/recall")
+    @post("/lots/recall", opt={SAVES: True})
     async def recall(self, request: Req) -> Redirect:
         """The lot page's recall form: the lot in the form, as it is (any lot a path
         cannot hold too)."""
@@ -588,7 +614,7 @@ class InvestigationController(Controller):
             product_id, lot = "", ""
         return await self._recall(request, form, product_id, lot)
 
-    @post("/lots/{product_id:str}/{lot:str}/recall")
+    @post("/lots/{product_id:str}/{lot:str}/recall", opt={SAVES: True})
     async def recall_by_path(self, request: Req, product_id: FromPath[str], lot: FromPath[str]) -> Redirect:
         """Where the form was sent before (a page still open from then)."""
         return await self._recall(request, await request.form(), product_id, lot)

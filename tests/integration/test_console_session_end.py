@@ -1,0 +1,105 @@
+"""A change sent after the session ended (expired, the key revoked) saves nothing; the
+sign-in page says so, and so does the page signing in goes back to (found by a probe: the
+investigator signed in again, landed on the page, and nothing said the change was lost)."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api
+from tests.integration.console_story import journey
+from tests.integration.test_console import _TOKEN, _sign_in, browser  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UNSAVED = "您刚才提交的更改未保存"
+UNSAVED_EN = "The change you just submitted was not saved"
+AGAIN = "登录前提交的更改未保存，请在此页重新提交。"
+
+
+async def test_a_flag_change_sent_after_the_session_expired_says_it_was_not_saved(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    server_urls: tuple[str, str],
+) -> None:
+    w = await journey(admin)
+    flag_id = w["open_flags"][0]
+    flag_page = f"/console/flags/{flag_id}"
+    await _sign_in(browser, w["inv"].key)
+    token = _TOKEN.search((await browser.get(flag_page)).text).group(1)  # type: ignore[union-attr]
+    valkey = aioredis.from_url(server_urls[1])  # the session expires in Valkey
+    try:
+        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
+    finally:
+        await valkey.aclose()
+    lost = await browser.post(
+        flag_page,
+        data={"status": "confirmed", "note": "a long careful note", "_csrf_token": token},
+        headers={"referer": f"http://testserver.local{flag_page}"},
+        follow_redirects=False,
+    )
+    assert lost.status_code == 303
+    signin = await browser.get(lost.headers["location"])
+    assert UNSAVED in signin.text
+    assert "会话已结束" in signin.text
+    # a wrong key typed: still said
+    refused = await browser.post(
+        "/console/signin",
+        data={"key": "nonsense", "next": flag_page, "_csrf_token": _TOKEN.search(signin.text).group(1)},  # type: ignore[union-attr]
+        follow_redirects=False,
+    )
+    assert refused.status_code == 401
+    assert UNSAVED in refused.text
+    back = await browser.post(
+        "/console/signin",
+        data={"key": w["inv"].key, "next": flag_page, "_csrf_token": _TOKEN.search(refused.text).group(1)},  # type: ignore[union-attr]
+        follow_redirects=False,
+    )
+    assert back.headers["location"] == flag_page
+    landed = await browser.get(flag_page)
+    assert f'<p class="error" role="alert">{AGAIN}</p>' in landed.text
+    assert AGAIN not in (await browser.get(flag_page)).text  # said once
+    assert UNSAVED not in (await browser.get("/console/signin")).text  # and no more there
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert (stored["status"], stored["history"]) == ("open", [])
+
+
+async def test_a_bulk_change_sent_with_a_revoked_key_says_it_was_not_saved_in_english_too(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    w = await journey(admin)
+    out = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    await _sign_in(browser, out["secret"])
+    browser.cookies.set("console_lang", "en", path="/console")
+    queue = "/console/flags?status=open"
+    token = _TOKEN.search((await browser.get(queue)).text).group(1)  # type: ignore[union-attr]
+    await admin.ok("DELETE", f"/v1/keys/{out['key_id']}")
+    lost = await browser.post(
+        "/console/flags/bulk",
+        data={"flag_id": w["open_flags"], "status": "dismissed", "next": queue, "_csrf_token": token},
+        headers={"referer": f"http://testserver.local{queue}"},
+        follow_redirects=False,
+    )
+    signin = await browser.get(lost.headers["location"])
+    assert UNSAVED_EN in signin.text
+    assert "Your session has ended" in signin.text
+    for flag_id in w["open_flags"]:
+        assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "open"
+
+
+async def test_signing_out_or_opening_a_page_without_a_session_loses_nothing_and_says_nothing_of_it(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    token = _TOKEN.search((await browser.get("/console/codes")).text).group(1)  # type: ignore[union-attr]
+    browser.cookies.delete("console_session")  # the cookie expired in the browser
+    out = await browser.post("/console/signout", data={"_csrf_token": token}, follow_redirects=False)
+    assert out.status_code == 303
+    assert UNSAVED not in (await browser.get(out.headers["location"])).text
+    away = await browser.get("/console/flags", follow_redirects=False)
+    assert UNSAVED not in (await browser.get(away.headers["location"])).text
