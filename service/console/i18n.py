@@ -101,6 +101,10 @@ ZH: Mapping[str, str] = {
     "flags.changed": "已更新 {0} 条预警。",
     "flags.not_found": "没有此预警。",
     "flags.live": "新到预警（实时）",
+    "flags.live_ended": "实时更新已停止：会话已结束（已退出、过期或密钥已吊销），此页不再更新。",
+    "flags.live_signin": "重新登录",
+    "flags.live_stopped": "实时更新已停止（连接被拒绝），此页不再更新。",
+    "flags.live_reload": "刷新页面",
     "kind.UNKNOWN_CODE": "未知追溯码",
     "kind.DUPLICATE": "重复销售",
     "kind.DIVERSION": "流向异常",
@@ -301,6 +305,13 @@ EN: Mapping[str, str] = {
     "flags.changed": "{0} flag(s) updated.",
     "flags.not_found": "No such flag.",
     "flags.live": "New flags (live)",
+    "flags.live_ended": (
+        "Live updates stopped: your session has ended (signed out, expired or the key revoked); "
+        "this page no longer updates."
+    ),
+    "flags.live_signin": "Sign in again",
+    "flags.live_stopped": "Live updates stopped (the connection was refused); this page no longer updates.",
+    "flags.live_reload": "Reload the page",
     "kind.UNKNOWN_CODE": "Unknown code",
     "kind.DUPLICATE": "Duplicate sale",
     "kind.DIVERSION": "Diversion",

@@ -45,6 +45,7 @@ MAX_CODE = 200  # a code as typed or scanned, as the API's code parameter
 LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s socket timeout)
 LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still counts (and before a flag)
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
+ENDED_EVENT = "ended"  # a live stream's last message when its session has ended
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 
 
@@ -185,14 +186,19 @@ ENDED_COOKIE = "console_session_ended"  # for the sign-in page only, for a few m
 UNSAVED_COOKIE = "console_unsaved"  # as that: a form sent without a session saved nothing
 
 
-def to_signin(request: Req, _: auth.SignInRequired) -> Redirect:
+def to_signin(request: Req, _: auth.SignInRequired) -> Redirect | ServerSentEvent:
     """No session for this request: to the sign-in page, and back here once signed in
     (a page's GET; for a form, the page it was sent from). When the browser still had a
     session (its key revoked, the session gone), the sign-in page says it has ended; that
     is said with a cookie of its own, as a link could not. Found by a probe: both were
-    silent, and a sign-in always went on to /console/codes."""
+    silent, and a sign-in always went on to /console/codes. A live stream (its browser
+    reconnecting) is told, as a stream, that the session has ended (:data:`ENDED_EVENT`):
+    a redirect to a page is only an error to the browser's EventSource."""
+    if request.route_handler.opt.get("stream"):
+        return ServerSentEvent([ServerSentEventMessage(event=ENDED_EVENT, data=ENDED_EVENT)])
+    back: str | None
     if request.method in ("GET", "HEAD"):
-        back = None if request.route_handler.opt.get("stream") else _here(request)
+        back = _here(request)
     else:
         sent_from = urlsplit(request.headers.get("referer", ""))
         back = _console_page(sent_from.path + (f"?{sent_from.query}" if sent_from.query else ""))
@@ -378,6 +384,8 @@ class ConsoleController(Controller):
             first_link=f"{request.url.path}?{urlencode(kept)}" if before_id else None,
             # the new flags this page would list, as they come: the same filters
             live_link=f"{request.url.path}/live?{urlencode(kept)}",
+            # when the stream says the session has ended: to sign in, then back here
+            signin_link=f"/console/signin?{urlencode({'next': _here(request)})}",
             filters=kept,
             bad=bad,
             counts=counts,
@@ -422,9 +430,13 @@ class ConsoleController(Controller):
                 due = now - checked > LIVE_RECHECK_SECONDS
                 if found or due:  # sign-out, expiry or revocation ends it, before any flag goes out
                     checked = now
-                    if not await auth.session_lives(request):
-                        return
-                    if digest is None or await auth.console_principal(request, digest) is None:
+                    if (
+                        not await auth.session_lives(request)
+                        or digest is None
+                        or await auth.console_principal(request, digest) is None
+                    ):
+                        # said, so that the page says so (it stopped without a word: a probe)
+                        yield ServerSentEventMessage(event=ENDED_EVENT, data=ENDED_EVENT)
                         return
                 for entry_id, fields in found:
                     after = entry_id

@@ -384,3 +384,47 @@ async def test_lots_a_path_cannot_hold_open_from_their_codes_and_are_recalled(
         await expect(by_state.locator("svg.bars rect.bar-recalled")).to_have_count(1)
         await expect(page.locator("dl.facts")).to_contain_text(f"污染 {lot}")
     await page.screenshot(path=str(SHOTS / "console-lot-dots.png"), full_page=True)
+
+
+async def test_the_queue_says_when_its_live_updates_stop(admin: Api, page: object) -> None:
+    """The live list stopped without a word when the session ended (a probe): the page
+    kept looking live. The service ends the stream saying the session has ended (here at
+    the first flag after the key's revocation), and the page says so, with a link to sign
+    in again that comes back here; a stream the browser gives up on (refused) is said too."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(made["secret"])
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    await page.goto("/console/flags/pending?kind=UNKNOWN_CODE")
+    ended = page.locator("p.live-ended")
+    await expect(ended).to_be_hidden()
+    await page.wait_for_timeout(500)  # the page's stream is open
+    await admin.ok("DELETE", f"/v1/keys/{made['key_id']}")
+    # a flag: the stream checks the key before it goes out (else at its 15 s check)
+    await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 515151)], 0))
+    await expect(ended).to_be_visible(timeout=20_000)
+    await expect(ended).to_contain_text("实时更新已停止：会话已结束")
+    await expect(page.locator("p.live-stopped")).to_be_hidden()
+    await page.screenshot(path=str(SHOTS / "console-live-ended.png"), full_page=True)
+    await ended.get_by_role("link").click()
+    await expect(page).to_have_url("/console/signin?next=%2Fconsole%2Fflags%2Fpending%3Fkind%3DUNKNOWN_CODE")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/flags/pending?kind=UNKNOWN_CODE")
+    await expect(page.locator("table.flags")).to_contain_text(cn20("8123456", 515151))
+
+    # in English, a stream the browser gives up on: said as stopped
+    await page.get_by_role("button", name="English").click()
+    await page.route("**/console/flags/pending/live*", lambda route: route.fulfill(status=503, body="away"))
+    await page.reload()
+    stopped = page.locator("p.live-stopped")
+    await expect(stopped).to_be_visible(timeout=20_000)
+    await expect(stopped).to_contain_text("Live updates stopped")
+    await expect(page.locator("p.live-ended")).to_be_hidden()

@@ -1,6 +1,7 @@
 """A change sent after the session ended (expired, the key revoked) saves nothing; the
 sign-in page says so, and so does the page signing in goes back to (found by a probe: the
-investigator signed in again, landed on the page, and nothing said the change was lost)."""
+investigator signed in again, landed on the page, and nothing said the change was lost).
+A live stream asked for without a session says, as a stream, that the session ended."""
 
 from __future__ import annotations
 
@@ -103,3 +104,15 @@ async def test_signing_out_or_opening_a_page_without_a_session_loses_nothing_and
     assert UNSAVED not in (await browser.get(out.headers["location"])).text
     away = await browser.get("/console/flags", follow_redirects=False)
     assert UNSAVED not in (await browser.get(away.headers["location"])).text
+
+
+async def test_a_live_stream_without_a_session_says_it_has_ended(
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """The queue's EventSource, reconnecting after its session ended, got a redirect to
+    the sign-in page: to the browser only an error, and the page said nothing (a probe)."""
+    for live in ("/console/flags/live?kind=DUPLICATE", "/console/flags/pending/live"):
+        answer = await browser.get(live, follow_redirects=False)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        assert "event: ended\r\ndata: ended" in answer.text, answer.text

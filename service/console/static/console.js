@@ -14,6 +14,20 @@ document.addEventListener("DOMContentLoaded", () => {
   if (live && "EventSource" in window) {
     const list = live.querySelector("ul.live-flags");
     const source = new EventSource(live.dataset.live);
+    // the stream stops: said on the page (it stopped without a word: a probe). The
+    // service says when the session has ended; any other end the browser gives up on
+    // (a refused connection) is an error with the stream closed. A dropped connection
+    // the browser retries by itself, and says nothing.
+    const ended = document.querySelector("p.live-ended");
+    const stopped = document.querySelector("p.live-stopped");
+    source.addEventListener("ended", () => {
+      source.close();
+      stopped.hidden = true;
+      ended.hidden = false;
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED && ended.hidden) stopped.hidden = false;
+    });
     source.addEventListener("flag", (message) => {
       const flag = JSON.parse(message.data);
       const item = document.createElement("li");
