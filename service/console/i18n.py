@@ -100,7 +100,10 @@ ZH: Mapping[str, str] = {
     "flags.bad_filter": "筛选条件无效：",
     "flags.changed": "已更新 {0} 条预警。",
     "flags.not_found": "没有此预警。",
-    "flags.live": "新到预警（实时）",
+    "flags.live": "新到与变更的预警（实时）",
+    "flags.live_new": "新预警",
+    "flags.live_changed": "状态变更",
+    "flags.row_changed": "打开此页后已被更改，刷新后再勾选",
     "flags.live_ended": "实时更新已停止：会话已结束（已退出、过期或密钥已吊销），此页不再更新。",
     "flags.live_signin": "重新登录",
     "flags.live_stopped": "实时更新已停止（连接被拒绝），此页不再更新。",
@@ -304,7 +307,10 @@ EN: Mapping[str, str] = {
     "flags.bad_filter": "Invalid filter: ",
     "flags.changed": "{0} flag(s) updated.",
     "flags.not_found": "No such flag.",
-    "flags.live": "New flags (live)",
+    "flags.live": "New and changed flags (live)",
+    "flags.live_new": "new",
+    "flags.live_changed": "status changed",
+    "flags.row_changed": "changed since this page was opened; reload to select it",
     "flags.live_ended": (
         "Live updates stopped: your session has ended (signed out, expired or the key revoked); "
         "this page no longer updates."

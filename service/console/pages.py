@@ -404,8 +404,11 @@ class ConsoleController(Controller):
 
     def _live(self, request: Req, *, pending: bool) -> ServerSentEvent:
         """New and changed flags as they reach the feed's stream (server-sent events), for
-        the queue's "new flags" list: those the queue page with these filters would list
-        (a pending flag on the pending page only). Ends when the session's key is revoked."""
+        the queue's live list: new flags the queue page with these filters would list (a
+        pending flag on the pending page only); a change of status of a flag the page
+        lists now, or may show as a row (its filters but the status: a flag confirmed
+        leaves the open queue, and its row must say so), told apart from a new flag
+        (``published_change``: who, when). Ends when the session's key is revoked."""
         t = translator(language(request.cookies.get(LANG_COOKIE)))
         pool = request.app.state.services.pool
         query, bad = _flag_query(request.query_params, pending=pending)
@@ -440,8 +443,11 @@ class ConsoleController(Controller):
                         return
                 for entry_id, fields in found:
                     after = entry_id
-                    if not bad and await _listed(pool, query, fields):
-                        yield ServerSentEventMessage(event="flag", id=after, data=_live_entry(fields, t))
+                    if bad:
+                        continue
+                    entry = await _live(pool, query, fields, t)
+                    if entry is not None:
+                        yield ServerSentEventMessage(event="flag", id=after, data=entry)
                 if due:
                     yield ServerSentEventMessage(comment="still here")
 
@@ -731,18 +737,50 @@ async def _listed(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str
     return [f["flag_id"] for f in found.items] == [flag_id]
 
 
-def _live_entry(flag: dict[str, str], t: Translate) -> str:
+async def _live(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str], t: Translate) -> str | None:
+    """What the queue's live list is told of a stream entry (:func:`_live_entry`), or
+    None when the page has no use for it. A new flag: when the page would list it. A
+    change of status (the feed carries new flags and changes alike, each with its
+    ``changed_at``; a change's is its history line's time): when the page would list the
+    flag with its new status (``listed``), or it may be one of its rows (the page's
+    filters but its status)."""
+    status = flag.get("status", "")
+    try:
+        changed_at = datetime.fromisoformat(flag.get("changed_at", ""))
+        flag_id = int(flag.get("flag_id", ""))
+    except ValueError:
+        return None
+    change = await flag_usecases.published_change(pool, flag.get("code", ""), flag_id, changed_at)
+    if change is None:
+        return _live_entry(flag, t, None, listed=True) if await _listed(pool, query, flag) else None
+    if not await _listed(pool, replace(query, status=status), flag):
+        return None
+    listed = status == query.status if query.status is not None else status != "pending"
+    return _live_entry(flag, t, change, listed=listed)
+
+
+def _live_entry(flag: dict[str, str], t: Translate, change: dict[str, Any] | None, *, listed: bool) -> str:
     """One stream entry as the JSON the queue's script shows (as text, never markup; the
-    identifiers with their hidden characters shown, as the pages show them)."""
+    identifiers with their hidden characters shown, as the pages show them). ``change``:
+    the history line of a change of status (None: a new flag); ``listed``: would the
+    page list the flag now (a change may be only for a row it shows)."""
     at = datetime.fromisoformat(flag["at"]) if flag.get("at") else None
     return json.dumps(
         {
             "flag_id": flag.get("flag_id", ""),
             "kind": t(f"kind.{flag.get('kind', '')}"),
             "status": t(f"status.{flag.get('status', '')}"),
+            "status_key": flag.get("status", ""),  # its style (status-open, ...)
             "code": visible(flag.get("code", "")),
             "org": visible(flag.get("org", "")),
             "at": when(at),
+            "changed": change is not None,
+            "listed": listed,
+            # how the list and a row label it, in the reader's language
+            "label": t("flags.live_changed") if change is not None else t("flags.live_new"),
+            "by": visible(change["by_key"]) if change is not None else "",
+            "changed_at": when(change["at"]) if change is not None else "",
+            "row_label": t("flags.row_changed"),
         },
         ensure_ascii=False,
     )

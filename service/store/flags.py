@@ -242,14 +242,14 @@ async def withdraw_resting_on(
 
 async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status: str, note: str) -> None:
     """Keep the system's change of ``flags`` (rows of code and flag_id) in their history,
-    and on the feed's outbox."""
+    and on the feed's outbox at the history line's time (:func:`published_change`)."""
     if flags:
         await conn.execute(
-            """WITH outbox AS (
-                   INSERT INTO flag_outbox (code, flag_id, status)
-                   SELECT code, id, $3 FROM unnest($1::text[], $2::bigint[]) AS f(code, id))
-               INSERT INTO flag_changes (code, flag_id, status, note, by_key)
-               SELECT code, id, $3, $4, 'system' FROM unnest($1::text[], $2::bigint[]) AS f(code, id)""",
+            """WITH line AS (
+                   INSERT INTO flag_changes (code, flag_id, status, note, by_key)
+                   SELECT code, id, $3, $4, 'system' FROM unnest($1::text[], $2::bigint[]) AS f(code, id)
+                   RETURNING code, flag_id, at)
+               INSERT INTO flag_outbox (code, flag_id, status, at) SELECT code, flag_id, $3, at FROM line""",
             [r["code"] for r in flags],
             [r["flag_id"] for r in flags],
             status,
@@ -335,16 +335,39 @@ async def changes(conn: Conn, code: str, flag_id: int) -> list[dict[str, Any]]:
 
 async def set_status(conn: Conn, code: str, flag_id: int, status: str, note: str | None, by_key: str) -> None:
     """A person's change of status: the flag (moved by a person: no automatic clear takes
-    it now), its history and the feed's outbox."""
+    it now), its history and the feed's outbox, at the history line's time
+    (:func:`published_change`)."""
     await conn.execute(
-        """WITH outbox AS (INSERT INTO flag_outbox (code, flag_id, status) VALUES ($1, $2, $3))
-           UPDATE flags SET status = $3, updated_at = now(), moved_by_person = true
+        """UPDATE flags SET status = $3, updated_at = now(), moved_by_person = true
            WHERE code = $1 AND flag_id = $2""",
         code,
         flag_id,
         status,
     )
-    await add_change(conn, code, flag_id, status, note, by_key)
+    await conn.execute(
+        """WITH line AS (
+               INSERT INTO flag_changes (code, flag_id, status, note, by_key) VALUES ($1, $2, $3, $4, $5)
+               RETURNING at)
+           INSERT INTO flag_outbox (code, flag_id, status, at) SELECT $1, $2, $3, at FROM line""",
+        code,
+        flag_id,
+        status,
+        note,
+        by_key,
+    )
+
+
+async def published_change(conn: Conn, code: str, flag_id: int, at: datetime) -> dict[str, Any] | None:
+    """The history line of the change the feed published at ``at`` (its ``changed_at``):
+    a change's outbox row carries its history line's time; None when there is none: the
+    entry is the flag's raising (which has no history line)."""
+    row = await conn.fetchrow(
+        "SELECT at, status, note, by_key FROM flag_changes WHERE code = $1 AND flag_id = $2 AND at = $3",
+        code,
+        flag_id,
+        at,
+    )
+    return dict(row) if row else None
 
 
 async def add_change(conn: Conn, code: str, flag_id: int, status: str, note: str | None, by_key: str) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -99,6 +99,15 @@ async def change(
         flag = await flag_store.get(conn, flag_id)
         assert flag is not None
         return {**shown(flag), "history": await flag_store.changes(conn, code, flag_id)}
+
+
+async def published_change(
+    pool: asyncpg.Pool, code: str, flag_id: int, at: datetime
+) -> dict[str, Any] | None:
+    """What a feed entry of the flag, published with ``changed_at`` ``at``, was: a change
+    of status (its history line: who, to what, when), or None for the flag's raising."""
+    async with pool.acquire() as conn:
+        return await flag_store.published_change(conn, code, flag_id, at)
 
 
 async def promote_due(pool: asyncpg.Pool, window: timedelta) -> list[int] | None:

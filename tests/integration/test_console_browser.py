@@ -428,3 +428,60 @@ async def test_the_queue_says_when_its_live_updates_stop(admin: Api, page: objec
     await expect(stopped).to_be_visible(timeout=20_000)
     await expect(stopped).to_contain_text("Live updates stopped")
     await expect(page.locator("p.live-ended")).to_be_hidden()
+
+
+async def test_a_colleagues_change_marks_its_row_and_is_listed_as_a_change(admin: Api, page: object) -> None:
+    """A probe: a flag a colleague confirmed appeared in the live list as if new, while
+    its row below still showed it open, ready to tick. Now its row shows its status now,
+    who changed it, and cannot be ticked; a flag the page now lists because of a change
+    (back to open) is listed as a change, and a new flag as new."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    m1, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    codes = [cn20(w["unit"], s) for s in (61, 62, 63)]
+    await m1.events(
+        event("commission", "M1", codes, 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", codes, 1, to="P1"),
+    )
+    await p1.events(event("receive", "P1", codes, 2), event("dispense", "P1", codes[:2], 3))
+    resold = await p1.events(event("dispense", "P1", codes[:2], 4))
+    row_id, back_id = (f["flag_id"] for f in resold["flags"])
+    colleague = await admin.key_for("investigator")
+    await colleague.ok("PATCH", f"/v1/flags/{back_id}", {"status": "investigating"})
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    await page.goto("/console/flags?kind=DUPLICATE&status=open")
+    row = page.locator(f'table.flags tr[data-flag="{row_id}"]')
+    await expect(row).to_contain_text("待处理")
+    await expect(page.locator(f'table.flags tr[data-flag="{back_id}"]')).to_have_count(0)
+    await row.locator('input[name="flag_id"]').check()
+    await page.wait_for_timeout(500)  # the page's stream is open
+
+    await colleague.ok("PATCH", f"/v1/flags/{row_id}", {"status": "confirmed", "note": "resold"})
+    await expect(row.locator("td.status-cell")).to_contain_text("已确认", timeout=15_000)
+    await expect(row.locator("td.status-cell")).to_contain_text(colleague.key.split(".")[0])
+    await expect(row.locator("td.status-cell")).to_contain_text("打开此页后已被更改")
+    await expect(row.locator('input[name="flag_id"]')).to_be_disabled()
+    await expect(row.locator('input[name="flag_id"]')).not_to_be_checked()
+    live = page.locator("section.live")
+    await expect(live).to_be_hidden()  # not listed as if new
+
+    await colleague.ok("PATCH", f"/v1/flags/{back_id}", {"status": "open", "note": "not yet"})
+    changed = live.locator("li", has=page.locator(f'a[href="/console/flags/{back_id}"]'))
+    await expect(changed).to_contain_text("状态变更", timeout=15_000)
+    await expect(changed).to_contain_text(colleague.key.split(".")[0])
+    await p1.events(event("dispense", "P1", [codes[0]], 5))  # sold once more: a new DUPLICATE
+    await expect(live.locator("li").first).to_contain_text("新预警", timeout=15_000)
+    await expect(live.locator("li")).to_have_count(2)
+    await expect(live.locator("h2")).to_have_text("新到与变更的预警（实时）")
+    await page.screenshot(path=str(SHOTS / "console-flags-live-changed.png"), full_page=True)
+
+    # "select all" leaves the changed row out
+    await page.get_by_label("选择", exact=True).check()
+    await expect(row.locator('input[name="flag_id"]')).not_to_be_checked()

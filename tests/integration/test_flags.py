@@ -993,3 +993,45 @@ async def test_a_change_against_a_status_the_flag_no_longer_has_is_refused(admin
         "/v1/flags/999999", headers=second.headers, json={"status": "open", "expected_status": "open"}
     )
     assert gone.status_code == 404
+
+
+async def test_a_change_on_the_feed_carries_its_history_lines_time(
+    admin: Api, server_urls: tuple[str, str]
+) -> None:
+    """Each change of status on the stream has, as ``changed_at``, the time of the line
+    of the flag's history that records it (a person's change and the system's alike);
+    the flag's raising has none. So a reader tells a new flag from a changed one, and
+    finds who changed it (the console's live list: it showed a colleague's change as a
+    new flag, a probe)."""
+    w = await world(admin)
+    m, p1, inv = w["keys"]["M1"], w["keys"]["P1"], w["inv"]
+    taken, explained = cn20(w["unit"], 906), cn20(w["unit"], 907)
+    await m.events(
+        event("commission", "M1", [taken, explained], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [taken], 1, to="D1"),
+    )
+    out = await p1.events(event("receive", "P1", [taken, explained], 2))  # DIVERSIONs, pending
+    ids = {f["code"]: f["flag_id"] for f in out["flags"]}
+    await inv.ok("PATCH", f"/v1/flags/{ids[taken]}", {"status": "investigating", "note": "mine"})
+    await m.events(event("ship", "M1", [explained], 1, to="P1"))  # late: auto-cleared by the system
+    r = aioredis.from_url(server_urls[1])
+    try:
+        for code, changed, by in (
+            (taken, "investigating", inv.key.split(".")[0]),
+            (explained, "auto_cleared", "system"),
+        ):
+            read = await inv.ok("GET", f"/v1/flags/{ids[code]}")
+            lines = {datetime.fromisoformat(h["at"]): (h["status"], h["by_key"]) for h in read["history"]}
+            for _ in range(100):
+                entries = [e[1] for e in await r.xrange("flags") if e[1][b"flag_id"].decode() == ids[code]]
+                if len(entries) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            published = [
+                (e[b"status"].decode(), datetime.fromisoformat(e[b"changed_at"].decode())) for e in entries
+            ]
+            assert [status for status, _ in published] == ["pending", changed]
+            assert published[0][1] not in lines  # the raising
+            assert lines[published[1][1]] == (changed, by)
+    finally:
+        await r.aclose()

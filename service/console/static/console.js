@@ -5,7 +5,7 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const all of document.querySelectorAll("input.select-all")) {
     all.addEventListener("change", () => {
       const form = all.closest("form");
-      for (const box of form.querySelectorAll('input[name="flag_id"]')) box.checked = all.checked;
+      for (const box of form.querySelectorAll('input[name="flag_id"]')) box.checked = all.checked && !box.disabled;
     });
   }
   // new and changed flags as they reach the feed (server-sent events), newest first;
@@ -28,20 +28,50 @@ document.addEventListener("DOMContentLoaded", () => {
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED && ended.hidden) stopped.hidden = false;
     });
+    // the stored values each in its own <bdi>: a direction character in one cannot
+    // reorder the rest of the line
+    const isolated = (text) => {
+      const bdi = document.createElement("bdi");
+      bdi.textContent = text;
+      return bdi;
+    };
     source.addEventListener("flag", (message) => {
       const flag = JSON.parse(message.data);
+      // a change of a flag the table shows: its row says so, with its status now, and
+      // is no longer ticked (its form still carries the status the page showed, so a
+      // bulk change would leave it alone); it was listed as if new, beside a row that
+      // still showed the old status (a probe)
+      if (flag.changed) {
+        const row = Array.from(document.querySelectorAll("table.flags tbody tr[data-flag]")).find(
+          (tr) => tr.dataset.flag === flag.flag_id,
+        );
+        if (row) {
+          const cell = row.querySelector("td.status-cell");
+          const status = document.createElement("span");
+          status.className = "status status-" + flag.status_key;
+          status.textContent = flag.status;
+          const mark = document.createElement("span");
+          mark.className = "row-changed";
+          mark.append(` ${flag.row_label} (`, isolated(flag.by), ` · ${flag.changed_at})`);
+          cell.replaceChildren(status, mark);
+          row.classList.add("changed");
+          const box = row.querySelector('input[name="flag_id"]');
+          box.checked = false;
+          box.disabled = true;
+          return;
+        }
+        if (!flag.listed) return; // the page would not list it: nothing to say
+      }
       const item = document.createElement("li");
+      if (flag.changed) item.className = "changed";
       const link = document.createElement("a");
       link.href = "/console/flags/" + encodeURIComponent(flag.flag_id);
       link.textContent = flag.flag_id;
-      // the stored values each in its own <bdi>: a direction character in one cannot
-      // reorder the rest of the line
-      const isolated = (text) => {
-        const bdi = document.createElement("bdi");
-        bdi.textContent = text;
-        return bdi;
-      };
-      item.append(link, ` ${flag.kind} · ${flag.status} · `, isolated(flag.code), " · ", isolated(flag.org), ` · ${flag.at}`);
+      const label = document.createElement("strong");
+      label.className = "live-label";
+      label.textContent = flag.label;
+      item.append(label, " ", link, ` ${flag.kind} · ${flag.status} · `, isolated(flag.code), " · ", isolated(flag.org), ` · ${flag.at}`);
+      if (flag.changed) item.append(" · ", isolated(flag.by), ` · ${flag.changed_at}`);
       list.prepend(item);
       while (list.children.length > 50) list.lastElementChild.remove();
       live.hidden = false;
