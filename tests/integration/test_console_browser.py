@@ -411,6 +411,7 @@ async def test_the_queue_says_when_its_live_updates_stop(admin: Api, page: objec
     await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 515151)], 0))
     await expect(ended).to_be_visible(timeout=20_000)
     await expect(ended).to_contain_text("实时更新已停止：会话已结束")
+    await expect(ended).to_have_attribute("role", "alert")
     await expect(page.locator("p.live-stopped")).to_be_hidden()
     await page.screenshot(path=str(SHOTS / "console-live-ended.png"), full_page=True)
     await ended.get_by_role("link").click()

@@ -18,15 +18,20 @@ document.addEventListener("DOMContentLoaded", () => {
     // service says when the session has ended; any other end the browser gives up on
     // (a refused connection) is an error with the stream closed. A dropped connection
     // the browser retries by itself, and says nothing.
+    // (an alert once shown: a page holds no alert until something is wrong)
     const ended = document.querySelector("p.live-ended");
     const stopped = document.querySelector("p.live-stopped");
+    const show = (message) => {
+      message.setAttribute("role", "alert");
+      message.hidden = false;
+    };
     source.addEventListener("ended", () => {
       source.close();
       stopped.hidden = true;
-      ended.hidden = false;
+      show(ended);
     });
     source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED && ended.hidden) stopped.hidden = false;
+      if (source.readyState === EventSource.CLOSED && ended.hidden) show(stopped);
     });
     // the stored values each in its own <bdi>: a direction character in one cannot
     // reorder the rest of the line
