@@ -194,8 +194,12 @@ def to_signin(request: Req, _: auth.SignInRequired) -> Redirect | ServerSentEven
     silent, and a sign-in always went on to /console/codes. A live stream (its browser
     reconnecting) is told, as a stream, that the session has ended (:data:`ENDED_EVENT`):
     a redirect to a page is only an error to the browser's EventSource."""
+    ended = auth.SESSION_KEY in request.cookies
     if request.route_handler.opt.get("stream"):
-        return ServerSentEvent([ServerSentEventMessage(event=ENDED_EVENT, data=ENDED_EVENT)])
+        return ServerSentEvent(
+            [ServerSentEventMessage(event=ENDED_EVENT, data=ENDED_EVENT)],
+            cookies=[_ended_cookie(request, ended)] if ended else [],
+        )
     back: str | None
     if request.method in ("GET", "HEAD"):
         back = _here(request)
@@ -203,7 +207,6 @@ def to_signin(request: Req, _: auth.SignInRequired) -> Redirect | ServerSentEven
         sent_from = urlsplit(request.headers.get("referer", ""))
         back = _console_page(sent_from.path + (f"?{sent_from.query}" if sent_from.query else ""))
     back = _after_signin(back)
-    ended = auth.SESSION_KEY in request.cookies
     # a form that saves something, sent without a session, saved nothing: the sign-in
     # page says so, and so does the page signing in goes back to (a probe: the change
     # was lost without a word)

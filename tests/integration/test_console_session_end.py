@@ -107,7 +107,9 @@ async def test_signing_out_or_opening_a_page_without_a_session_loses_nothing_and
 
 
 async def test_a_live_stream_without_a_session_says_it_has_ended(
+    admin: Api,
     browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    server_urls: tuple[str, str],
 ) -> None:
     """The queue's EventSource, reconnecting after its session ended, got a redirect to
     the sign-in page: to the browser only an error, and the page said nothing (a probe)."""
@@ -116,3 +118,14 @@ async def test_a_live_stream_without_a_session_says_it_has_ended(
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/event-stream")
         assert "event: ended\r\ndata: ended" in answer.text, answer.text
+    # one whose session has gone: the sign-in page it links to says the session ended
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    valkey = aioredis.from_url(server_urls[1])
+    try:
+        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
+    finally:
+        await valkey.aclose()
+    answer = await browser.get("/console/flags/live", follow_redirects=False)
+    assert "event: ended" in answer.text
+    assert "会话已结束" in (await browser.get("/console/signin?next=%2Fconsole%2Fflags")).text
