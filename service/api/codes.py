@@ -56,10 +56,10 @@ class CodesController(Controller):
     ) -> VerifyOut:
         """May this pack be dispensed and settled at this organisation now?"""
         refuse_other_parameters(request, ("org",), others=True)  # a client may add its own
-        target = _org_for(principal_of(request), org, "org")
-        return msgspec.convert(
-            (await usecase.verify_at(services.pool, [code], target))[0], VerifyOut, from_attributes=True
-        )
+        principal = principal_of(request)
+        target = _org_for(principal, org, "org")
+        answers = await usecase.verify_at(services.pool, [code], target, for_org=principal.role is Role.ORG)
+        return msgspec.convert(answers[0], VerifyOut, from_attributes=True)
 
     @post(
         "/verify",
@@ -72,8 +72,9 @@ class CodesController(Controller):
         self, request: Request[Any, Any, Any], services: Services, data: JSONBody[VerifyIn]
     ) -> VerifyPage:
         """Verify up to 1,000 codes; one answer per code, in request order."""
-        target = _org_for(principal_of(request), data.org, "org")
-        items = await usecase.verify_at(services.pool, data.codes, target)
+        principal = principal_of(request)
+        target = _org_for(principal, data.org, "org")
+        items = await usecase.verify_at(services.pool, data.codes, target, for_org=principal.role is Role.ORG)
         return VerifyPage(items=msgspec.convert(items, list[VerifyOut], from_attributes=True))
 
     @get(

@@ -3,12 +3,14 @@ rows of API.md's reason table). Settlement adds the line-level rules on top."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from service.core.codes import LABEL_MISMATCH, CodeKind, ParsedCode, label_disagrees
 from service.core.custody import DESTROYED, CodeState, holds, whereabouts
 from service.core.registry import UNIT, Org, Product
+from service.core.sales import Consumption, named
 
 MISSING_CODES = "MISSING_CODES"
 QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
@@ -42,6 +44,20 @@ class Reason:
     detail: str
 
 
+def used_up(states: Mapping[str, CodeState]) -> list[str]:
+    """The packs with no units left, in code order: the only ones whose ALREADY_SETTLED
+    names the sales that took them (so verify looks those sales up for these alone)."""
+    return sorted(code for code, s in states.items() if s.units_left is not None and s.units_left <= 0)
+
+
+def consumed(whole: int, left: int, by: str) -> str:
+    """ALREADY_SETTLED's detail: how many of a pack's ``whole`` units were taken (``left``
+    are left), and by what (``by``: the sales, as ``core.sales.named`` names them)."""
+    if left <= 0:
+        return f"all {whole} units were consumed by {by}"
+    return f"{whole - left} of {whole} units were consumed by {by}"
+
+
 def code_reasons(
     code: str,
     state: CodeState | None,
@@ -49,11 +65,16 @@ def code_reasons(
     org: Org,
     today: date,
     label: ParsedCode | None = None,
+    sold: Sequence[Consumption] | None = None,
+    shown_to: str | None = None,
 ) -> list[Reason]:
     """Why settling ``code`` at ``org`` on ``today`` would not be payable ([] if it would).
     At an organisation that does not dispense to patients nothing is payable (verify says
     so first, then what it would say of the pack elsewhere). ``label``: the code as
-    scanned, when its label carries a lot or expiry, to be compared with the pack's."""
+    scanned, when its label carries a lot or expiry, to be compared with the pack's.
+    ``sold``: the open sales of a used-up pack (:func:`used_up`), which ALREADY_SETTLED
+    names (:func:`consumed`); to an organisation (``shown_to``: its own verify, as its
+    own precheck) another organisation's sale is not named (``Consumption.describe``)."""
     reasons: list[Reason] = []
     if not org.dispenses:
         detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
@@ -78,7 +99,11 @@ def code_reasons(
     if state.expiry is not None and state.expiry < today:
         reasons.append(Reason(code, EXPIRED, f"expired on {state.expiry.isoformat()}"))
     if state.units_left is not None and state.units_left <= 0:
-        reasons.append(Reason(code, ALREADY_SETTLED, "no units are left in this pack"))
+        if sold:
+            detail = consumed(state.pack_units or 0, state.units_left, named(sold, shown_to))
+        else:  # not looked up (a settlement names them itself), or none found open
+            detail = "no units are left in this pack"
+        reasons.append(Reason(code, ALREADY_SETTLED, detail))
     if not holds(state, org.id):
         reasons.append(Reason(code, NOT_IN_CUSTODY, f"the pack is {whereabouts(state)}"))
     if not product.sold_in(org.region):

@@ -65,6 +65,12 @@ class Consumption:
         return f"dispense event {self.event_id}"
 
 
+def named(sales: Iterable[Consumption], to: str | None = None) -> str:
+    """The sales that took a pack's units as a reason's detail names them, each once
+    (``to``: :meth:`Consumption.describe`; other organisations' sales once, unnamed)."""
+    return ", ".join(dict.fromkeys(sale.describe(to) for sale in sales))
+
+
 def draw(units_left: Mapping[str, int], codes: Sequence[str], quantity: int | None) -> list[tuple[str, int]]:
     """The (code, units) a sale takes: a whole-pack sale (``quantity`` None) takes what
     is left in each code; a split sale takes ``quantity`` units from the codes in the

@@ -34,9 +34,10 @@ from service.core.rules import (
     UNKNOWN_CODE,
     Reason,
     code_reasons,
+    consumed,
     local_date,
 )
-from service.core.sales import Consumption, Refund, Sale, draw, move_units
+from service.core.sales import Consumption, Refund, Sale, draw, move_units, named
 
 ACCEPTED, PARTIAL, REJECTED = "accepted", "partial", "rejected"
 
@@ -308,14 +309,10 @@ def _check_units(
     whole = state.pack_units or 0
     if units > 0 and (line.split or units == whole):
         return
-    named = dict.fromkeys(e.describe(shown_to) for e in earlier)  # another organisation's once
-    by = ", ".join(named) or "an earlier line of this settlement"
-    if units <= 0:
-        detail = f"all {whole} units were consumed by {by}"
-    else:
-        detail = (
-            f"{whole - units} of {whole} units were consumed by {by}; a whole-pack line needs a full pack"
-        )
+    by = named(earlier, shown_to) or "an earlier line of this settlement"
+    detail = consumed(whole, units, by)
+    if units > 0:
+        detail += "; a whole-pack line needs a full pack"
     out.reasons.append(Reason(code, ALREADY_SETTLED, detail))
 
 

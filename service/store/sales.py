@@ -49,6 +49,15 @@ async def of_codes(conn: Conn, codes: Iterable[str], *, open_only: bool) -> list
     return [_consumption(r) for r in rows]
 
 
+async def open_by_code(conn: Conn, codes: Sequence[str]) -> dict[str, list[Consumption]]:
+    """The unreversed consumptions of ``codes`` (one statement), by code, each code's in
+    the order they happened."""
+    by_code: dict[str, list[Consumption]] = {}
+    for take in await of_codes(conn, codes, open_only=True):
+        by_code.setdefault(take.code, []).append(take)
+    return by_code
+
+
 async def of_sale(conn: Conn, sale: Sale, *, given_back: bool = False) -> list[Consumption]:
     """The unreversed consumptions of one sale (with ``given_back``: the reversed ones),
     in code order."""

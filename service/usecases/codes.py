@@ -12,7 +12,8 @@ import asyncpg
 from service.core.codes import ParsedCode, try_parse_code
 from service.core.custody import CodeState, Fact, display_state, product_of, replay
 from service.core.registry import Org, Product
-from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date
+from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date, used_up
+from service.core.sales import Consumption
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
@@ -31,12 +32,17 @@ def _answer(
     product: Product | None,
     org: Org,
     now: datetime,
+    sold: Sequence[Consumption] = (),
+    shown_to: str | None = None,
 ) -> dict[str, Any]:
     canonical = parsed.canonical if parsed is not None else None
     if parsed is None:
         reasons = [Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")]
     else:
-        reasons = code_reasons(parsed.canonical, state, product, org, local_date(now), label=parsed)
+        today = local_date(now)
+        reasons = code_reasons(
+            parsed.canonical, state, product, org, today, label=parsed, sold=sold, shown_to=shown_to
+        )
     known = state is not None and state.commissioned
     return {
         "code": canonical or raw,
@@ -54,29 +60,41 @@ def _answer(
     }
 
 
-async def verify_at(pool: asyncpg.Pool, raws: Sequence[str], org_id: str) -> list[dict[str, Any]]:
+async def verify_at(
+    pool: asyncpg.Pool, raws: Sequence[str], org_id: str, *, for_org: bool = False
+) -> list[dict[str, Any]]:
     """:func:`verify` at the organisation ``org_id``, on one connection (organisation and
-    product rows are cached). Raises Invalid (``org``) for an unknown organisation."""
+    product rows are cached). Raises Invalid (``org``) for an unknown organisation.
+    ``for_org``: answered to that organisation's own key, which reads only its own sales
+    (as its precheck does: ``Claim.for_org``)."""
     async with pool.acquire() as conn:
         org = await registry.get_org(conn, org_id)
         if org is None:
             raise Invalid("org", f"unknown organisation {org_id}")
-        return await verify(conn, raws, org)
+        return await verify(conn, raws, org, shown_to=org.id if for_org else None)
 
 
-async def verify(conn: Conn, raws: Sequence[str], org: Org) -> list[dict[str, Any]]:
-    """One answer per code, in order: would settling it at ``org`` now be payable?"""
+async def verify(
+    conn: Conn, raws: Sequence[str], org: Org, *, shown_to: str | None = None
+) -> list[dict[str, Any]]:
+    """One answer per code, in order: would settling it at ``org`` now be payable? A used-up
+    pack's ALREADY_SETTLED names the sales that took it (``core.rules.code_reasons``; to
+    ``shown_to``, only its own): one more read, for those packs only, and none when no
+    pack asked about is used up."""
     scanned = [try_parse_code(raw) for raw in raws]
     wanted = [p.canonical for p in scanned if p is not None]
     states = await code_store.read(conn, wanted) if wanted else {}
     product_ids = {s.product_id for s in states.values() if s.product_id}
     products = await registry.get_products(conn, sorted(product_ids)) if product_ids else {}
+    used = used_up(states)
+    sold = await sale_store.open_by_code(conn, used) if used else {}
     now = datetime.now(UTC)
     answers = []
     for raw, parsed in zip(raws, scanned, strict=True):
         state = states.get(parsed.canonical) if parsed else None
         product = products.get(state.product_id) if state and state.product_id else None
-        answers.append(_answer(raw, parsed, state, product, org, now))
+        taken = sold.get(parsed.canonical, ()) if parsed else ()
+        answers.append(_answer(raw, parsed, state, product, org, now, taken, shown_to))
     return answers
 
 

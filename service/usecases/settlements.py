@@ -14,7 +14,7 @@ import asyncpg
 from service import metrics
 from service.core import settlement as rules
 from service.core.custody import CodeState
-from service.core.sales import Consumption, Sale, move_units
+from service.core.sales import Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprints, person_hash
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -203,9 +203,7 @@ async def _load(
     no_codes = sorted({line.med_list_codg for line in claim.lines if not line.codes})
     exempt = rules.exempt_products(await registry.products_billed_as(conn, no_codes)) if no_codes else {}
     opened = rules.opened(states)
-    earlier: dict[str, list[Consumption]] = {}
-    for sale in await sale_store.of_codes(conn, opened, open_only=True) if opened else []:
-        earlier.setdefault(sale.code, []).append(sale)
+    earlier = await sale_store.open_by_code(conn, opened) if opened else {}
     loaded = Loaded(
         org=org,
         states=states,

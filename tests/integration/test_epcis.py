@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -316,9 +317,14 @@ async def test_bad_query_values_are_query_parameter_exceptions_naming_them(admin
     assert problem["detail"].startswith(query.split("=")[0] + ":"), problem
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 async def _snapshot(keys: dict[str, Api]) -> dict[str, Any]:
     """What investigators and pharmacies see of the journey: each code's state and
-    history, and the flags, without the ids and clock times each upload gets anew."""
+    history, and the flags, without the ids and clock times each upload gets anew (an
+    event id named in a reason's detail too: verify names the dispense that used a pack
+    up)."""
     volatile = {"event_id", "flag_id", "raised_at", "received_at", "refs", "ref", "updated_at"}
 
     def meaning(value: Any) -> Any:
@@ -326,6 +332,8 @@ async def _snapshot(keys: dict[str, Api]) -> dict[str, Any]:
             return {k: meaning(v) for k, v in value.items() if k not in volatile}
         if isinstance(value, list):
             return [meaning(v) for v in value]
+        if isinstance(value, str):
+            return _UUID.sub("<id>", value)
         return value
 
     inv = keys["inv"]
