@@ -32,7 +32,8 @@ ZH: Mapping[str, str] = {
     "code.title": "追溯码查询",
     "code.query": "追溯码（CN20、GS1 或 SSCC，可直接粘贴扫码内容）",
     "code.search": "查询",
-    "code.invalid": "不是有效的 CN20、GS1 元素串或 SSCC。",
+    "code.invalid": "不是有效的 CN20、GS1 元素串或 SSCC（去除空格、全角字符按半角读取后也不是）。",
+    "code.read_as": "已按 {0} 查询：去除了空格，全角字符按半角读取。",
     "code.too_long": "追溯码最多 200 个字符。",
     "code.unknown": "系统中没有此追溯码的任何记录。",
     "code.product": "产品",
@@ -239,7 +240,11 @@ EN: Mapping[str, str] = {
     "code.title": "Find a code",
     "code.query": "Code (CN20, GS1 or SSCC; paste a scan as it is)",
     "code.search": "Search",
-    "code.invalid": "Not a CN20 code, GS1 element string or SSCC.",
+    "code.invalid": (
+        "Not a CN20 code, GS1 element string or SSCC (even without its spaces, and full-width "
+        "characters read as half-width)."
+    ),
+    "code.read_as": "Searched for {0}: spaces dropped, full-width characters read as half-width.",
     "code.too_long": "A code is at most 200 characters.",
     "code.unknown": "Nothing is known of this code.",
     "code.product": "Product",

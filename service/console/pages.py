@@ -26,7 +26,7 @@ from service.console import auth, charts, lots
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.text import visible
 from service.console.timeline import layout
-from service.core.codes import is_product_id, strip_code, try_parse_code
+from service.core.codes import as_typed, is_product_id, strip_code, try_parse_code
 from service.core.events import bound_problem
 from service.core.flags import code_is_item
 from service.core.rules import CHINA
@@ -322,11 +322,24 @@ class ConsoleController(Controller):
             return page(request, "code.html", q="", found=None, invalid=False)
         raw = strip_code(q)  # as every route reads a code: only ASCII whitespace around it dropped
         parsed = try_parse_code(raw)
+        read_as = None  # the code searched for, when only its typed form reads as one
+        if parsed is None and (typed := as_typed(raw)) != raw:
+            # as a person types it: spaces inside, full-width digits (the API stays strict)
+            parsed = try_parse_code(typed)
+            read_as = parsed.canonical if parsed is not None else None
         if parsed is None:
             return page(request, "code.html", q=raw, found=None, invalid=True)
         found = await code_usecases.history_of(services.pool, parsed.canonical)
         if found is None:
-            return page(request, "code.html", q=raw, found=None, invalid=False, unknown=parsed.canonical)
+            return page(
+                request,
+                "code.html",
+                q=raw,
+                found=None,
+                invalid=False,
+                unknown=parsed.canonical,
+                read_as=read_as,
+            )
         orgs = {
             o
             for e in found["events"]
@@ -344,6 +357,7 @@ class ConsoleController(Controller):
             q=raw,
             found=found,
             invalid=False,
+            read_as=read_as,
             names=names,
             timeline=layout(found["events"], names),
         )

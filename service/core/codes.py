@@ -34,6 +34,7 @@ __all__ = [
     "CodeKind",
     "InvalidCode",
     "ParsedCode",
+    "as_typed",
     "is_gln",
     "is_product_id",
     "parse_code",
@@ -145,6 +146,28 @@ def strip_code(raw: str) -> str:
     """``raw`` without the ASCII space, tab, CR and LF around it: the only characters
     dropped around a trace code, on every route (what :func:`parse_code` reads)."""
     return raw.strip(_WHITESPACE)
+
+
+# Full-width forms of the printable ASCII characters (U+FF01-U+FF5E, what a Chinese
+# input method types in its full-width mode), each read as the one it stands for, and the
+# space, half- or full-width (U+3000), that a person types inside a code, read as none.
+# Other Unicode spaces (U+00A0, U+2003, ...) are no one's typing: still not a code.
+_TYPED: Final = {
+    **{0xFF01 + i: chr(0x21 + i) for i in range(0x5E)},
+    ord(" "): None,
+    0x3000: None,  # the ideographic space: the full-width form of the space
+}
+
+
+def as_typed(raw: str) -> str:
+    """``raw`` as a person meant it, for a search typed by a person (the console's) only:
+    its full-width ASCII forms read as ASCII and its spaces dropped. No code holds a space
+    (GS1 leaves it out of the characters of a serial or lot) or a non-ASCII character, so a
+    code as written is unchanged; and each full-width form is the very character it looks
+    like, so what reads as a code afterwards is the one on the screen. Not NFKC, which also
+    reads ① as 1, ² as 2 and Ⅻ as XII: a code nobody typed. The API's codes stay strict
+    (:func:`parse_code`)."""
+    return raw.translate(_TYPED)
 
 
 def try_parse_code(raw: str) -> ParsedCode | None:

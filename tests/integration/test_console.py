@@ -179,14 +179,19 @@ async def test_a_code_is_read_with_the_whitespace_around_it_as_the_api_reads_it(
 ) -> None:
     """Found by a probe: the code page dropped Unicode whitespace around a code (U+3000,
     U+00A0, ...), which the API refuses as INVALID_CODE; only ASCII space, tab, CR and LF
-    around a code are dropped, on every route."""
+    around a code are dropped, on every route. The search reads a code as a person types
+    it since (test_console_figures.py): the full-width space U+3000 is dropped, and the
+    page says which code it searched for; no other Unicode space is."""
     inv = await admin.key_for("investigator")
     await _sign_in(browser, inv.key)
-    unknown, invalid = "系统中没有此追溯码的任何记录", "不是有效的 CN20、GS1 元素串或 SSCC。"
+    unknown, invalid = "系统中没有此追溯码的任何记录", "不是有效的 CN20、GS1 元素串或 SSCC"
     page = await browser.get("/console/codes", params={"q": " \t81234560000000000011\r\n"})
     assert unknown in page.text
     assert invalid not in page.text
-    for around in ("\u3000", "\xa0", "\u2003", "\u2028", "\x85"):
+    page = await browser.get("/console/codes", params={"q": "81234560000000000011\u3000"})
+    assert unknown in page.text
+    assert "已按 <bdi" in page.text  # said: the code searched for is not what was typed
+    for around in ("\xa0", "\u2003", "\u2028", "\x85"):
         page = await browser.get("/console/codes", params={"q": "81234560000000000011" + around})
         assert page.status_code == 200, repr(around)
         assert invalid in page.text, repr(around)

@@ -1,0 +1,107 @@
+"""What the console's figures and forms say (found by a probe of the console): the search
+reads a code as a person types it."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api, cn20, event, world
+from tests.integration.test_console import _sign_in, browser  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+_FLAG_IDS = re.compile(r'name="flag_id" value="(\d+)"')
+
+
+async def _resold(w: dict[str, Any], org: str, serial: int, resales: int) -> str:
+    """A pack received and sold by ``org``, then dispensed again ``resales`` times: one
+    DUPLICATE flag each. Its code."""
+    m, shop = w["keys"]["M1"], w["keys"][org]
+    code = cn20(w["unit"], serial)
+    await m.events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"),
+        event("ship", "M1", [code], 1, to=org),
+    )
+    await shop.events(event("receive", org, [code], 2), event("dispense", org, [code], 3))
+    await shop.events(*[event("dispense", org, [code], 4 + i) for i in range(resales)])
+    return code
+
+
+def _counts(page: str) -> dict[str, int]:
+    """The queue's counts table: each count's link (its query) and figure."""
+    table = page[
+        page.index('<table class="counts">') : page.index("</table>", page.index('<table class="counts">'))
+    ]
+    return {html.unescape(href): int(n) for href, n in re.findall(r'<a href="([^"]+)">(\d+)</a>', table)}
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "8123456 0000000000083",  # as a label prints it
+        "８１２３４５６０００００００００００８３",  # a Chinese input method's full-width digits
+        "８１２３４５６\u3000０００００００００００８３",  # with its full-width space
+        " 81 2345 600 0000 0000 083 ",
+    ],
+)
+async def test_the_search_reads_a_code_as_a_person_types_it(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    typed: str,
+) -> None:
+    """Spaces inside a code and full-width digits were refused as "not a code"; the page
+    now searches for the code they spell, and says which code it searched for."""
+    w = await world(admin)
+    code = cn20(w["unit"], 83)
+    assert code == "81234560000000000083"
+    await w["keys"]["M1"].events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"))
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/codes", params={"q": typed})
+    assert page.status_code == 200
+    assert f'<h2 id="code-h" class="code"><bdi>{code}</bdi></h2>' in page.text
+    assert f"已按 <bdi>{code}</bdi> 查询" in page.text
+    # the API's codes stay as strict as its contract says
+    assert (await w["inv"].get(f"/v1/codes/{typed}/history")).status_code == 400
+
+
+async def test_the_search_reads_a_typed_element_string_and_no_look_alike(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """An element string typed with spaces, or full-width brackets and letters, reads as
+    its code; a character that only NFKC would read as a digit (①, ²) is no digit."""
+    w = await world(admin)
+    gtin = "06901234567892"
+    await admin.ok(
+        "POST",
+        "/v1/products",
+        {
+            "product_id": gtin,
+            "name": "Cefixime",
+            "med_list_codg": "G1",
+            "pack_units": 6,
+            "manufacturer": "M1",
+            "regions": ["45"],
+        },
+        201,
+    )
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [f"(01){gtin}(21)SER1"], 0, lot="L1", expiry="2030-01-01")
+    )
+    await _sign_in(browser, w["inv"].key)
+    for typed in (f"(01) {gtin} (21) SER1", f"（０１）{gtin}（２１）ＳＥＲ１"):
+        page = await browser.get("/console/codes", params={"q": typed})
+        assert f'<h2 id="code-h" class="code"><bdi>01{gtin}21SER1</bdi></h2>' in page.text, typed
+    for typed in ("①8123456000000000008３", "8123456000000000008²"):
+        page = await browser.get("/console/codes", params={"q": typed})
+        assert "不是有效的 CN20、GS1 元素串或 SSCC" in page.text, typed
+        assert 'id="code-h"' not in page.text
+    # a code as written is searched for as it is, with no word of reading it otherwise
+    page = await browser.get("/console/codes", params={"q": f"01{gtin}21SER1"})
+    assert 'id="code-h"' in page.text
+    assert "已按" not in page.text
