@@ -377,10 +377,13 @@ class ConsoleController(Controller):
         before = _text(params.get("before"), 19)
         number = before is not None and before.isascii() and before.isdigit()  # "³" is a digit too
         before_id = int(before) if number and before and int(before) < 2**63 else None
-        result = None
-        if not bad:
+        # a day range that ends before it starts selects nothing: said so, not an empty list
+        reversed_dates = query.since is not None and query.until is not None and query.since >= query.until
+        result = counts = None
+        if not bad and not reversed_dates:
             result = await flag_usecases.search(services.pool, query, before_id=before_id, limit=PAGE_SIZE)
-        counts = await flag_usecases.counts(services.pool)
+            # the counts of the flags the filters select, by kind and every status
+            counts = await flag_usecases.counts(services.pool, query)
         kept = {
             k: v
             for k in ("kind", "status", "org", "region", "code", "med_list_codg", "since", "until")
@@ -388,11 +391,16 @@ class ConsoleController(Controller):
         }
         if pending:
             kept.pop("status", None)
+        # what a count's link keeps: the filters, its own kind and status apart
+        count_filters = {k: v for k, v in kept.items() if k not in ("kind", "status")}
+        items = result.items if result else []
+        named = await registry_usecases.get_orgs(services.pool, sorted({f["org"] for f in items if f["org"]}))
         return page(
             request,
             "flags.html",
             pending=pending,
-            items=result.items if result else [],
+            items=items,
+            names={org_id: org.name for org_id, org in named.items()},  # as the code page shows them
             next_link=(
                 f"{request.url.path}?{urlencode({**kept, 'before': result.next_before})}"
                 if result and result.next_before is not None
@@ -405,7 +413,9 @@ class ConsoleController(Controller):
             signin_link=f"/console/signin?{urlencode({'next': _here(request)})}",
             filters=kept,
             bad=bad,
+            reversed_dates=reversed_dates,
             counts=counts,
+            count_filters=count_filters,
             kinds=KINDS,
             statuses=STATUSES,
             settable=SETTABLE,
@@ -490,6 +500,7 @@ class ConsoleController(Controller):
         pool = request.app.state.services.pool
         found = await flag_usecases.read(pool, flag_id) if 0 < flag_id < 2**63 else None
         status_code = 404 if found is None else 409 if expected else 400 if error else 200
+        org = await registry_usecases.get_org(pool, found["org"]) if found and found["org"] else None
         return page(
             request,
             "flag.html",
@@ -501,6 +512,7 @@ class ConsoleController(Controller):
             stale=expected,
             set_by=_set_by(found["history"]) if found and expected else None,
             note=note if isinstance(note, str) and (error or expected) else "",
+            org_name=org.name if org else None,  # as the code page shows it
         )
 
     @post("/flags/{flag_id:int}", opt={SAVES: True})

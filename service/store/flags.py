@@ -405,35 +405,43 @@ def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[
     128), and each plans with the indexes that fit it (0009_search_indexes.sql).
     """
     args: list[Any] = []
+    where = [f"status = {_arg(args, query.status)}" if query.status is not None else "status <> 'pending'"]
+    where += _filters(query, args)
+    if before_id is not None:
+        where.append(f"flag_id < {_arg(args, before_id)}")
+    sql = f"""SELECT {_COLUMNS} FROM flags WHERE {" AND ".join(where)}
+              ORDER BY flag_id DESC LIMIT {_arg(args, limit)}"""  # noqa: S608 - fixed fragments only
+    return sql, args
 
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
 
-    where = [f"status = {arg(query.status)}" if query.status is not None else "status <> 'pending'"]
+def _arg(args: list[Any], value: Any) -> str:
+    args.append(value)
+    return f"${len(args)}"
+
+
+def _filters(query: FlagQuery, args: list[Any]) -> list[str]:
+    """The conditions of every filter given but the status, their values added to ``args``."""
+    where = []
     if query.kind is not None:
-        where.append(f"kind = {arg(query.kind)}")
+        where.append(f"kind = {_arg(args, query.kind)}")
     if query.org is not None:
-        where.append(f"org = {arg(query.org)}")
+        where.append(f"org = {_arg(args, query.org)}")
     if query.region is not None:
         # a prefix of digits, as a byte-wise range (``~>=~``/``~<~``, the operators of
         # the text_pattern_ops index): a LIKE on a parameter cannot use an index in a
         # generic plan, and ':' is the byte after '9'
-        where.append(f"region ~>=~ {arg(query.region)} AND region ~<~ {arg(query.region + ':')}")
+        low, high = _arg(args, query.region), _arg(args, query.region + ":")
+        where.append(f"region ~>=~ {low} AND region ~<~ {high}")
     if query.code is not None:
-        where.append(f"code = {arg(query.code)}")
+        where.append(f"code = {_arg(args, query.code)}")
     if query.med_list_codg is not None:
         # the items a flag names (core.flags.ITEMS), by their GIN index (0023_flag_items.sql)
-        where.append(f"(refs -> '{ITEMS}') ? {arg(query.med_list_codg)}")
+        where.append(f"(refs -> '{ITEMS}') ? {_arg(args, query.med_list_codg)}")
     if query.since is not None:
-        where.append(f"at >= {arg(query.since)}")
+        where.append(f"at >= {_arg(args, query.since)}")
     if query.until is not None:
-        where.append(f"at < {arg(query.until)}")
-    if before_id is not None:
-        where.append(f"flag_id < {arg(before_id)}")
-    sql = f"""SELECT {_COLUMNS} FROM flags WHERE {" AND ".join(where)}
-              ORDER BY flag_id DESC LIMIT {arg(limit)}"""  # noqa: S608 - fixed fragments only
-    return sql, args
+        where.append(f"at < {_arg(args, query.until)}")
+    return where
 
 
 async def search(conn: Conn, query: FlagQuery, *, before_id: int | None, limit: int) -> list[dict[str, Any]]:
@@ -442,9 +450,17 @@ async def search(conn: Conn, query: FlagQuery, *, before_id: int | None, limit: 
     return [dict(r) for r in await conn.fetch(sql, *args)]
 
 
-async def counts(conn: Conn) -> list[tuple[str, str, int]]:
-    """(kind, status, how many) for every kind and status that has flags."""
-    rows = await conn.fetch("SELECT kind, status, count(*) AS n FROM flags GROUP BY kind, status")
+async def counts(conn: Conn, query: FlagQuery | None = None) -> list[tuple[str, str, int]]:
+    """(kind, status, how many) for every kind and status that has flags: of the flags
+    ``query`` selects whatever their status (the statuses are what is counted), or of all.
+    Each combination of filters is its own statement, as a search's is."""
+    args: list[Any] = []
+    where = _filters(query, args) if query is not None else []
+    rows = await conn.fetch(
+        f"""SELECT kind, status, count(*) AS n FROM flags {"WHERE " + " AND ".join(where) if where else ""}
+            GROUP BY kind, status""",  # noqa: S608 - fixed fragments only
+        *args,
+    )
     return [(r["kind"], r["status"], r["n"]) for r in rows]
 
 

@@ -43,10 +43,11 @@ async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None,
     return Page([shown(f) for f in items], int(items[-1]["flag_id"]) if more else None)
 
 
-async def counts(pool: asyncpg.Pool) -> dict[str, dict[str, int]]:
-    """How many flags there are, by kind and then status (pending ones included)."""
+async def counts(pool: asyncpg.Pool, query: FlagQuery | None = None) -> dict[str, dict[str, int]]:
+    """How many flags there are, by kind and then status (pending ones included): of
+    those ``query`` selects, whatever its status, or of all."""
     async with pool.acquire() as conn:
-        rows = await flag_store.counts(conn)
+        rows = await flag_store.counts(conn, query)
     by_kind: dict[str, dict[str, int]] = {}
     for kind, status, n in rows:
         by_kind.setdefault(kind, {})[status] = n

@@ -1,5 +1,6 @@
-"""What the console's figures and forms say (found by a probe of the console): the search
-reads a code as a person types it."""
+"""What the console's figures and forms say (found by a probe of the console): the queue's
+counts follow its filters, its code filter is in the form, a reversed day range is said
+to be one, organisations are named, and the search reads a code as a person types it."""
 
 from __future__ import annotations
 
@@ -38,6 +39,96 @@ def _counts(page: str) -> dict[str, int]:
         page.index('<table class="counts">') : page.index("</table>", page.index('<table class="counts">'))
     ]
     return {html.unescape(href): int(n) for href, n in re.findall(r'<a href="([^"]+)">(\d+)</a>', table)}
+
+
+async def test_the_queue_counts_the_flags_its_filters_select(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """/console/flags?org=P1 counted every organisation's flags under "counts by kind
+    and status"; each count now links to the flags it counts."""
+    w = await world(admin)
+    w["keys"]["H1"] = await admin.key_for("org", "H1")
+    await _resold(w, "P1", 1, 2)
+    await _resold(w, "H1", 2, 3)
+    await _sign_in(browser, w["inv"].key)
+    everyone = await browser.get("/console/flags")
+    assert "（全部预警）" in everyone.text
+    assert _counts(everyone.text) == {"/console/flags?kind=DUPLICATE&status=open": 5}
+    p1 = await browser.get("/console/flags", params={"org": "P1"})
+    assert "（符合当前筛选条件的预警，不限状态）" in p1.text
+    counted = _counts(p1.text)
+    assert counted == {"/console/flags?org=P1&kind=DUPLICATE&status=open": 2}
+    listed = await browser.get(next(iter(counted)))
+    assert len(_FLAG_IDS.findall(listed.text)) == 2
+    # a status filter leaves every status counted (the table's columns); a kind, its row
+    open_h1 = await browser.get("/console/flags", params={"org": "H1", "status": "dismissed"})
+    assert _counts(open_h1.text) == {"/console/flags?org=H1&kind=DUPLICATE&status=open": 3}
+    assert _counts((await browser.get("/console/flags", params={"kind": "EXPIRED"})).text) == {}
+
+
+async def test_the_code_filter_is_in_the_queue_form(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """/console/flags?code=… listed one code's flags, but the form had no code field:
+    the next "筛选" dropped it."""
+    w = await world(admin)
+    code = await _resold(w, "P1", 3, 1)
+    await _resold(w, "P1", 4, 1)
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/flags", params={"code": code})
+    form = page.text[
+        page.text.index('class="filters"') : page.text.index("</form>", page.text.index('class="filters"'))
+    ]
+    assert f'name="code" value="{code}"' in form
+    assert len(_FLAG_IDS.findall(page.text)) == 1
+
+
+async def test_a_day_range_that_ends_before_it_starts_says_so(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """since after until listed nothing, silently, as if there were no flags."""
+    w = await world(admin)
+    await _resold(w, "P1", 5, 1)  # flagged on 2026-03-02
+    await _sign_in(browser, w["inv"].key)
+    both = await browser.get("/console/flags", params={"since": "2026-03-02", "until": "2026-03-02"})
+    assert len(_FLAG_IDS.findall(both.text)) == 1  # one day, from its start to its end
+    assert 'role="alert"' not in both.text
+    reversed_ = await browser.get("/console/flags", params={"since": "2026-03-03", "until": "2026-03-02"})
+    assert reversed_.status_code == 200
+    assert "“起”日期晚于“止”日期" in reversed_.text
+    assert 'role="alert"' in reversed_.text
+    assert _FLAG_IDS.findall(reversed_.text) == []
+    pending = await browser.get(
+        "/console/flags/pending", params={"since": "2026-03-03", "until": "2026-03-02"}
+    )
+    assert "“起”日期晚于“止”日期" in pending.text
+
+
+async def test_the_queue_and_a_flag_name_its_organisation(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """The queue and the flag page showed the bare id; the code page, the name too."""
+    w = await world(admin)
+    await admin.ok(
+        "POST",
+        "/v1/orgs",
+        {"id": "P7", "name": "仁心 <b>药房</b>", "kind": "pharmacy", "region": "450103"},
+        201,
+    )
+    w["keys"]["P7"] = await admin.key_for("org", "P7")
+    await _resold(w, "P7", 6, 1)
+    await _sign_in(browser, w["inv"].key)
+    shown = '<a href="/console/orgs/P7"><bdi>仁心 &lt;b&gt;药房&lt;/b&gt;</bdi></a> <span class="muted">(<bdi>P7</bdi>)</span>'
+    queue = await browser.get("/console/flags")
+    assert shown in queue.text
+    (flag_id,) = _FLAG_IDS.findall(queue.text)
+    assert shown in (await browser.get(f"/console/flags/{flag_id}")).text
+    # an organisation the registry does not know keeps its bare id
+    assert (await browser.get("/console/flags", params={"org": "NOPE"})).status_code == 200
 
 
 @pytest.mark.parametrize(
