@@ -337,7 +337,9 @@ class RecallOut(msgspec.Struct):
 
 class OrgStatsOut(msgspec.Struct):
     org: str
-    received: int
+    received: int  # the codes its receives named: a case or pallet counts as one code
+    # ⚠ our addition: those codes counted as packs, a case or pallet as the packs in it then
+    received_packs: int
     dispensed: int
     dispensed_units: int
     settled: int

@@ -10,6 +10,7 @@ import asyncpg
 
 from service import metrics
 from service.core import flags as flag_rules
+from service.core import receipts
 from service.core.events import identifier_problem
 from service.core.rules import CHINA
 from service.store import codes as code_store
@@ -95,7 +96,30 @@ async def org_stats(pool: asyncpg.Pool, org: str) -> dict[str, Any] | None:
     async with pool.acquire() as conn:
         if await registry.get_org(conn, org) is None:
             return None
-        return await stats_store.org_stats(conn, org)
+        stats = await stats_store.org_stats(conn, org)
+        return {**stats, "received_packs": await received_packs(conn, org)}
+
+
+async def received_packs(conn: Conn, org: str) -> int:
+    """The packs the organisation's receives named, a case or pallet counted as the packs
+    in it then (``core.receipts``): a few statements a level of containers (cases; or
+    pallets, then their cases), each reading a row or an index entry a container or pack."""
+    products = await stats_store.container_products(conn)
+    containers = frozenset(products)
+    packs = await stats_store.received_packs_named(conn, org, products)
+    received, of = await stats_store.received_maybe_containers(conn, org, products)
+    held: list[receipts.Held] = []
+    for code, at in received:
+        if receipts.is_container(code, containers):
+            held.append(receipts.Held(code, at))
+        else:  # its text only looked like a container's
+            packs += 1
+    while held:
+        counted, held = receipts.count_level(held, await stats_store.scanned(conn, of, products), containers)
+        packs += counted
+        if held:
+            of = await stats_store.container_scans(conn, {h.code for h in held})
+    return packs
 
 
 async def org_daily(pool: asyncpg.Pool, org: str, days: int, today: date) -> list[tuple[date, int, int]]:

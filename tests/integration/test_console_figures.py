@@ -1,6 +1,7 @@
-"""What the console's figures and forms say (found by a probe of the console): the queue's
-counts follow its filters, its code filter is in the form, a reversed day range is said
-to be one, organisations are named, and the search reads a code as a person types it."""
+"""What the console's figures and forms say (found by a probe of the console): an
+organisation's received packs count those in the cases it received, the queue's counts
+follow its filters, its code filter is in the form, a reversed day range is said to be
+one, organisations are named, and the search reads a code as a person types it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.helpers import Api, cn20, event, world
+from tests.helpers import Api, cn20, event, sscc, world
 from tests.integration.test_console import _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -122,7 +123,10 @@ async def test_the_queue_and_a_flag_name_its_organisation(
     w["keys"]["P7"] = await admin.key_for("org", "P7")
     await _resold(w, "P7", 6, 1)
     await _sign_in(browser, w["inv"].key)
-    shown = '<a href="/console/orgs/P7"><bdi>仁心 &lt;b&gt;药房&lt;/b&gt;</bdi></a> <span class="muted">(<bdi>P7</bdi>)</span>'
+    shown = (
+        '<a href="/console/orgs/P7"><bdi>仁心 &lt;b&gt;药房&lt;/b&gt;</bdi></a> '
+        '<span class="muted">(<bdi>P7</bdi>)</span>'
+    )
     queue = await browser.get("/console/flags")
     assert shown in queue.text
     (flag_id,) = _FLAG_IDS.findall(queue.text)
@@ -196,3 +200,78 @@ async def test_the_search_reads_a_typed_element_string_and_no_look_alike(
     page = await browser.get("/console/codes", params={"q": f"01{gtin}21SER1"})
     assert 'id="code-h"' in page.text
     assert "已按" not in page.text
+
+
+async def _stats(w: dict[str, Any], org: str) -> dict[str, Any]:
+    stats: dict[str, Any] = await w["inv"].ok("GET", f"/v1/orgs/{org}/stats")
+    return stats
+
+
+async def test_a_received_case_counts_as_the_packs_in_it(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """The probe's case: M1 packs 12 packs into an SSCC and ships it to P1, which receives
+    the case and dispenses the 12 packs. The organisation's page said received 1, sold 12:
+    what an investigator looks for when a pharmacy sells what it never bought. The API's
+    ``received`` keeps its meaning (the codes its receives named); ``received_packs``
+    counts the packs, and the page shows both, each said for what it is."""
+    w = await world(admin)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    packs = [cn20(w["unit"], 100 + i) for i in range(12)]
+    case = sscc(23)
+    await m.events(
+        event("commission", "M1", packs, 0, lot="L1", expiry="2030-01-01"),
+        event("pack", "M1", packs, 1, parent=case),
+        event("ship", "M1", [case], 2, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [case], 3), event("dispense", "P1", packs, 4))
+    stats = await _stats(w, "P1")
+    assert (stats["received"], stats["received_packs"], stats["dispensed"]) == (1, 12, 12)
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/orgs/P1")
+    facts = page.text[page.text.index('<dl class="facts">') : page.text.index("</dl>")]
+    figures = dict(re.findall(r"<dt>([^<]+)</dt><dd class=\"num\">(?:<a [^>]+>)?(\d+)", facts))
+    assert figures["收货（追溯码，一箱计一个）"] == "1"
+    assert figures["收货（药品包装，含箱内）"] == "12"
+    assert figures["销售（追溯码）"] == "12"
+
+
+async def test_received_packs_are_those_in_the_case_when_it_was_received(admin: Api) -> None:
+    """A pallet counts the packs of its cases; a case, what its scans had put in it by
+    the receipt: not the pack unpacked before it was shipped on, nor one packed into it
+    after; a receipt of loose packs and a case of a case product counts each."""
+    w = await world(admin)
+    m, d1, p1 = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"]
+    first = [cn20(w["unit"], 200 + i) for i in range(3)]
+    second = [cn20(w["unit"], 210 + i) for i in range(4)]
+    late = cn20(w["unit"], 220)
+    loose = [cn20(w["unit"], 230 + i) for i in range(2)]
+    boxed = [cn20(w["unit"], 240 + i) for i in range(5)]
+    case_a, case_b, pallet = sscc(31), sscc(32), sscc(33)
+    case_code = cn20(w["case"], 1)  # a code of the registry's case product
+    await m.events(
+        event("commission", "M1", [*first, *second, late, *loose, *boxed], 0, lot="L1", expiry="2030-01-01"),
+        event("commission", "M1", [case_code], 0, lot="C1", expiry="2030-01-01"),
+        event("pack", "M1", first, 1, parent=case_a),
+        event("pack", "M1", second, 1, parent=case_b),
+        event("pack", "M1", [case_a, case_b], 2, parent=pallet),
+        event("pack", "M1", boxed, 2, parent=case_code),
+        event("ship", "M1", [pallet, case_code, *loose], 3, to="D1"),
+    )
+    await d1.events(event("receive", "D1", [pallet, case_code, *loose], 4))
+    stats = await _stats(w, "D1")
+    assert (stats["received"], stats["received_packs"]) == (4, 3 + 4 + 5 + 2)
+    # D1 takes one pack out of case A (an unpack scan) and sends the case on to P1,
+    # which receives it; M1's scan of a pack into the case after that is not counted
+    await d1.events(
+        event("unpack", "D1", [case_a], 5, parent=pallet),
+        event("unpack", "D1", [first[0]], 6, parent=case_a),
+        event("ship", "D1", [case_a], 7, to="P1"),
+    )
+    await p1.events(event("receive", "P1", [case_a], 8))
+    await p1.events(event("pack", "P1", [late], 9, parent=case_a))
+    stats = await _stats(w, "P1")
+    assert (stats["received"], stats["received_packs"]) == (1, 2)
+    # D1's own figure is what it received, whatever it did with it afterwards
+    assert (await _stats(w, "D1"))["received_packs"] == 3 + 4 + 5 + 2
