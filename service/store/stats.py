@@ -25,10 +25,18 @@ RECEIVED = """FROM event_codes l
 # pallet products. Any other code is a pack.
 MAYBE_CONTAINER = """((left(%(c)s, 2) = '00' AND length(%(c)s) = 20)
                       OR left(%(c)s, 7) = ANY($2::text[]) OR substr(%(c)s, 3, 14) = ANY($2::text[]))"""
+RECEIVED_SQL = f"SELECT count(*) {RECEIVED}"
+# The received codes that may be containers, each with its container scans dated up to
+# the receipt: a look-up on the code's own rows (its shard) for each, by the primary key.
+RECEIVED_CONTAINERS_SQL = f"""SELECT l.event_id AS receipt, l.code, l.at, p.at AS scan_at, p.event_id AS scan
+    FROM event_codes l
+    LEFT JOIN event_codes p ON p.code = l.code AND p.role = 'p' AND p.at <= l.at
+    WHERE l.event_id = ANY(ARRAY(SELECT event_id FROM events WHERE org = $1 AND type = 'receive'))
+      AND l.role = 'c' AND {MAYBE_CONTAINER % {"c": "l.code"}}"""  # noqa: S608
 
 
 async def org_stats(conn: Conn, org: str) -> dict[str, Any]:
-    received = await conn.fetchval(f"SELECT count(*) {RECEIVED}", org)
+    received = await conn.fetchval(RECEIVED_SQL, org)
     # a dispense event counts as dispensed; a sale settled by insurance as settled (a
     # dispense that carries its settlement id is both)
     sales = await conn.fetchrow(
@@ -100,16 +108,7 @@ async def received_maybe_containers(
     codes (pack and unpack events naming one as their container: by id, their times) dated
     up to a receipt of it. The scans are on the code's own shard (``event_codes`` is keyed
     by code)."""
-    maybe = MAYBE_CONTAINER % {"c": "l.code"}
-    rows = await conn.fetch(
-        f"""SELECT l.event_id AS receipt, l.code, l.at, p.at AS scan_at, p.event_id AS scan
-            FROM event_codes l
-            LEFT JOIN event_codes p ON p.code = l.code AND p.role = 'p' AND p.at <= l.at
-            WHERE l.event_id = ANY(ARRAY(SELECT event_id FROM events WHERE org = $1 AND type = 'receive'))
-              AND l.role = 'c' AND {maybe}""",  # noqa: S608
-        org,
-        list(container_products),
-    )
+    rows = await conn.fetch(RECEIVED_CONTAINERS_SQL, org, list(container_products))
     received: dict[tuple[UUID, str], datetime] = {}
     scans: dict[str, dict[UUID, datetime]] = {}
     for r in rows:

@@ -422,7 +422,7 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     from datetime import UTC, datetime, timedelta
 
     from service.store.flags import FlagQuery, search_sql
-    from service.store.stats import RECEIVED_SQL
+    from service.store.stats import RECEIVED_CONTAINERS_SQL, RECEIVED_SQL
 
     await db.execute(
         """INSERT INTO flags (kind, code, org, region, at, status, detail, source_kind, source_id, refs)
@@ -485,6 +485,11 @@ async def test_flag_searches_and_org_stats_use_indexes(db: asyncpg.Connection) -
     assert "Seq Scan on event_codes" not in plan, plan
     assert "events_org_type" in plan, plan  # the organisation's events by index, never all
     assert "Seq Scan on events" not in plan, plan
+    # and the cases it received, each with its scans by the code's own key
+    plan = await _plan(db, RECEIVED_CONTAINERS_SQL, ["O7", ["8123457"]])
+    assert "event_codes_event" in plan, plan
+    assert "event_codes_pkey" in plan, plan
+    assert "Seq Scan" not in plan, plan
 
 
 async def test_a_pooled_connection_ended_by_the_server_is_never_a_500(settings: Settings, db: Any) -> None:
