@@ -43,6 +43,8 @@ async def _watch_pool(app: Litestar) -> None:
         size = pool.get_size()
         metrics.DB_POOL_SIZE.set(size)
         metrics.DB_POOL_IN_USE.set(size - pool.get_idle_size())
+        metrics.DB_POOL_MAX.set(pool.get_max_size())
+        metrics.DB_POOL_WAITING.set(pool.waiting)
         if outage.since is not None:  # a request found the database down: is it back?
             with contextlib.suppress(Exception):  # any failure: not back yet
                 await probe(pool)

@@ -64,6 +64,32 @@ DB_POOL_SIZE = Gauge(
 DB_POOL_IN_USE = Gauge(
     "tracecode_db_pool_in_use", "Database connections checked out", multiprocess_mode="livesum"
 )
+# what the pools may open: the measure of their use (the open connections are not: the
+# pool opens them on demand and closes idle ones after 5 minutes, so one request on a
+# quiet worker had its one open connection 100 % in use)
+DB_POOL_MAX = Gauge(
+    "tracecode_db_pool_max",
+    "Database connections the pool may open (TRACE_DB_POOL_MAX; summed over workers)",
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAITING = Gauge(
+    "tracecode_db_pool_waiting",
+    "Requests waiting for a database connection to come free or to open",
+    multiprocess_mode="livesum",
+)
+# Answered 503 for the database (requests, and readiness probes, which a load balancer
+# sends without traffic), by cause: "unreachable" (refused or lost connections, a
+# restarting server, a statement or a new connection not answered in time) or "pool" (no
+# pooled connection came free within TRACE_DB_ACQUIRE_SECONDS, all of them in use: the
+# database may be answering). Both causes are there from the start, so the first 503 of
+# each is an increase Prometheus sees, not a new series.
+DB_UNAVAILABLE = Counter(
+    "tracecode_db_unavailable_total",
+    "Requests and readiness probes answered 503 for the database, by cause (unreachable, pool)",
+    ["cause"],
+)
+for _cause in ("unreachable", "pool"):
+    DB_UNAVAILABLE.labels(_cause)
 FLAGS_PUBLISHED = Counter("tracecode_flags_published_total", "Flags published to the Redis stream")
 FLAGS_PUBLISH_FAILED = Counter(
     "tracecode_flags_publish_failed_total",

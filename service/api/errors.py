@@ -15,8 +15,9 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from service import metrics
 from service.api.requestlog import request_id_of
-from service.store.db import unavailable
+from service.store.db import unavailable, unavailable_cause
 from service.usecases.errors import Invalid
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ RETRY_AFTER_SECONDS = 5
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if unavailable(exc):  # the database is down: say so, log it once
+    if unavailable(exc):  # the database is down (or the pool full): say so, log it once
+        metrics.DB_UNAVAILABLE.labels(unavailable_cause(exc)).inc()
         request.app.state.db_outage.begin(exc)
         return problem(
             503,

@@ -8,9 +8,10 @@ from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
 
+from service import metrics
 from service.api.deps import Services
 from service.api.schemas import HealthOut
-from service.store.db import probe
+from service.store.db import probe, unavailable, unavailable_cause
 
 
 class HealthController(Controller):
@@ -34,6 +35,8 @@ class HealthController(Controller):
         try:
             await probe(services.pool)
         except Exception as exc:
+            if unavailable(exc):
+                metrics.DB_UNAVAILABLE.labels(unavailable_cause(exc)).inc()
             return Response(HealthOut(status="unavailable", reason=type(exc).__name__), status_code=503)
         return Response(HealthOut(status="ready"), status_code=200)
 

@@ -19,10 +19,13 @@ __all__ = [
     "UNAVAILABLE",
     "Connection",
     "Outage",
+    "Pool",
+    "PoolExhausted",
     "RetryTransaction",
     "create_pool",
     "probe",
     "unavailable",
+    "unavailable_cause",
     "with_retry",
 ]
 log = logging.getLogger(__name__)
@@ -67,6 +70,13 @@ def unavailable(exc: BaseException) -> bool:
             for frame, _ in traceback.walk_tb(exc.__traceback__)
         )
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def unavailable_cause(exc: BaseException) -> str:
+    """The ``cause`` label of ``tracecode_db_unavailable_total`` for an ``unavailable``
+    error: ``pool`` when no pooled connection came free in time (PoolExhausted), else
+    ``unreachable``."""
+    return "pool" if isinstance(exc, PoolExhausted) else "unreachable"
 
 
 class Outage:
@@ -171,21 +181,49 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 ACQUIRE_SECONDS = 10.0
 
 
+class PoolExhausted(TimeoutError):
+    """No pooled connection came free in time, every connection the pool may open being
+    open and in use: the load needs more connections than the pool has, or the statements
+    that hold them do not finish (a database that stopped answering, a lock held long).
+    A TimeoutError, so UNAVAILABLE and a 503 like an outage, but told apart in the
+    metrics (``unavailable_cause``): the database itself may be answering."""
+
+
 class Pool(asyncpg.Pool):
     """A pool whose ``acquire`` waits at most ``acquire_seconds`` unless told otherwise:
     when the database stops answering (rather than refusing), its connections stay stuck
     in their statements (until ``command_timeout``), and the requests queued behind them
-    get a 503 (a TimeoutError is UNAVAILABLE), not a wait without end."""
+    get a 503 (a TimeoutError is UNAVAILABLE), not a wait without end.
+
+    ``waiting`` counts the acquires under way: those waiting for a connection to come
+    free, or for a new one to open (one that finds an idle connection never waits)."""
 
     acquire_seconds = ACQUIRE_SECONDS
+    waiting = 0
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self.acquire_seconds if timeout is None else timeout)
 
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's signature)
+        # asyncpg's own, which both ``async with pool.acquire()`` and ``await
+        # pool.acquire()`` run (tests/integration/test_monitoring.py checks it still is)
+        self.waiting += 1
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        except TimeoutError as exc:
+            if self.get_idle_size() == 0 and self.get_size() >= self.get_max_size():
+                raise PoolExhausted(
+                    f"no database connection came free within {timeout} s: all "
+                    f"{self.get_max_size()} of this worker's pool were in use"
+                ) from exc
+            raise
+        finally:
+            self.waiting -= 1
+
 
 async def create_pool(
     url: str, *, min_size: int = 2, max_size: int = 10, acquire_seconds: float = ACQUIRE_SECONDS
-) -> asyncpg.Pool:
+) -> Pool:
     """A pool whose connections decode jsonb to Python values."""
     pool = Pool(
         url,

@@ -270,6 +270,7 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
 
             await asyncio.to_thread(stop_postgres, root)
             caplog.clear()
+            counted = {c: _db_unavailable(c) for c in ("unreachable", "pool")}
             with caplog.at_level(logging.WARNING):
                 # under load: requests arrive together while the database is away
                 asked = [(inv, "/v1/flags"), (inv, "/v1/flags/1"), (admin, "/v1/orgs/X/stats")] * 10
@@ -283,6 +284,10 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
                 )
                 assert resp.status_code == 503
                 assert (await client.get("/health/ready")).status_code == 503
+            # each 503 counted as the database's (TracecodeDatabaseUnavailable), none as
+            # a full pool's (TracecodeDbPoolExhausted)
+            assert _db_unavailable("unreachable") - counted["unreachable"] == len(asked) + 2
+            assert _db_unavailable("pool") == counted["pool"]
             warned = [r for r in caplog.records if r.name == "service.store.db"]
             assert len(warned) == 1, [r.getMessage() for r in caplog.records]
             assert "database unavailable" in warned[0].getMessage()
@@ -297,6 +302,10 @@ async def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
                 await asyncio.sleep(0.1)
             assert status == 200
             assert (await client.get("/health/ready")).status_code == 200
+
+
+def _db_unavailable(cause: str) -> float:
+    return REGISTRY.get_sample_value("tracecode_db_unavailable_total", {"cause": cause}) or 0.0
 
 
 async def test_a_database_that_stops_answering_is_503_for_the_requests_queued(tmp_path: Path) -> None:

@@ -5,20 +5,29 @@ templates the query selects."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import re
 import shutil
 import subprocess
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchkit.localrun import create_admin_key
+from service.app import create_app
+from service.cli import _create_key
+from service.config import Settings
+from service.store.db import PoolExhausted, create_pool, unavailable, unavailable_cause
 from tests.helpers import Api, cn20, event, pack_claim, received, world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,3 +286,146 @@ async def test_a_method_of_a_clients_own_is_counted_as_other(client: AsyncTestCl
     }
     assert "BREW" not in methods
     assert "OTHER" in methods
+
+
+# --- the database pools and their 503s -------------------------------------------
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of a /metrics text (None when it is not there)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def _unavailable(cause: str) -> float:
+    return REGISTRY.get_sample_value("tracecode_db_unavailable_total", {"cause": cause}) or 0.0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_pools_maximum_is_exported(client: AsyncTestClient, settings: Settings) -> None:  # type: ignore[type-arg]
+    """TracecodeDbPoolSaturated divides the connections in use by what the pool may open
+    (it divided by the open ones, which the pool opens on demand: one request on a quiet
+    worker read 100 %; found by a probe)."""
+    seen = None
+    for _ in range(50):  # the pool's watcher sets it as the app starts, then each second
+        seen = _sample((await client.get("/metrics")).text, "tracecode_db_pool_max")
+        if seen:
+            break
+        await asyncio.sleep(0.1)
+    assert seen == settings.db_pool_max
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_pool_counts_the_acquires_that_wait_and_says_when_it_is_full(db_url: str) -> None:
+    """``Pool.waiting`` counts an acquire that waits, both ways of acquiring (they go
+    through asyncpg's private ``_acquire``, which the pool wraps: an asyncpg that changes
+    it fails here); one that times out with every connection in use is PoolExhausted."""
+    pool = await create_pool(db_url, min_size=1, max_size=1, acquire_seconds=30)
+    try:
+        held = await pool.acquire()
+        assert pool.waiting == 0
+
+        async def with_block() -> None:
+            async with pool.acquire():
+                pass
+
+        async def awaited() -> Any:
+            return await pool.acquire()
+
+        waiters = [asyncio.create_task(with_block()), asyncio.create_task(awaited())]
+        for _ in range(100):
+            if pool.waiting == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.waiting == 2
+        with pytest.raises(PoolExhausted) as exhausted:
+            await pool.acquire(timeout=0.1)
+        assert unavailable(exhausted.value)
+        assert unavailable_cause(exhausted.value) == "pool"
+        await pool.release(held)
+        # whichever gets the connection first hands it on to the other
+        await pool.release(await waiters[1])
+        await waiters[0]
+        assert pool.waiting == 0
+    finally:
+        pool.terminate()  # not close(): it waits for every connection to come back
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_503_for_a_full_pool_is_counted_apart_from_an_unreachable_database(
+    settings: Settings, db_url: str
+) -> None:
+    """A request and a readiness probe that find every pooled connection in use are
+    answered 503 and counted as the pool's, not as the database being unavailable:
+    TracecodeDatabaseUnavailable paged on any 503, a full pool's too (found by a probe)."""
+    small = replace(settings, db_pool_min=1, db_pool_max=1, db_acquire_seconds=0.2, redis_url=None)
+    app = create_app(small)
+    async with AsyncTestClient(app=app) as c:
+        _, secret = await _create_key(db_url, "admin", None)
+        api = Api(c, secret)
+        pool_before, unreachable_before = _unavailable("pool"), _unavailable("unreachable")
+        held = await app.state.pool.acquire()
+        try:
+            resp = await api.get("/v1/flags")  # the key's look-up waits for the connection
+            assert resp.status_code == 503, resp.text
+            assert int(resp.headers["retry-after"]) > 0
+            ready = await c.get("/health/ready")
+            assert ready.status_code == 503
+            assert ready.json()["reason"] == "PoolExhausted"
+        finally:
+            await app.state.pool.release(held)
+        assert _unavailable("pool") - pool_before == 2
+        assert _unavailable("unreachable") == unreachable_before
+        assert (await api.get("/v1/flags")).status_code == 200
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_served_workers_sum_their_pools_and_the_requests_waiting(tmp_path: Path) -> None:
+    """``tracecode serve --workers 2``: /metrics adds up both workers' pool maximum, and
+    counts the requests waiting for a connection while a lock holds the pools' every
+    connection (each worker's pool has one)."""
+    import httpx
+
+    from service.embedded import start_postgres
+    from tests.integration.served import serving
+
+    pools = {"TRACE_DB_POOL_MIN": "1", "TRACE_DB_POOL_MAX": "1", "TRACE_DB_ACQUIRE_SECONDS": "120"}
+    async with (
+        serving(tmp_path, workers=2, extra_env=pools) as s,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=180) as http,
+    ):
+        admin = await asyncio.to_thread(create_admin_key, s.env)
+        bearer = {"Authorization": f"Bearer {admin}"}
+
+        async def metrics_until(ok: Any) -> str:
+            text = ""
+            for _ in range(300):
+                text = (await http.get("/metrics")).text
+                if ok(text):
+                    break
+                await asyncio.sleep(0.2)
+            return text
+
+        text = await metrics_until(lambda t: _sample(t, "tracecode_db_pool_max") == 2)
+        assert _sample(text, "tracecode_db_pool_max") == 2, text
+        url = await asyncio.to_thread(start_postgres, s.data_dir)
+        locker = await asyncpg.connect(url)
+        try:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE flags IN ACCESS EXCLUSIVE MODE")
+            asked = [asyncio.create_task(http.get("/v1/flags", headers=bearer)) for _ in range(6)]
+            # at most one request a worker holds its connection (blocked on the lock);
+            # the others wait for it
+            text = await metrics_until(lambda t: (_sample(t, "tracecode_db_pool_waiting") or 0) >= 4)
+            assert (_sample(text, "tracecode_db_pool_waiting") or 0) >= 4, text
+            await tx.rollback()
+        finally:
+            await locker.close()
+        for resp in await asyncio.gather(*asked):
+            assert resp.status_code == 200, resp.text
+        text = await metrics_until(lambda t: _sample(t, "tracecode_db_pool_waiting") == 0)
+        assert _sample(text, "tracecode_db_pool_waiting") == 0, text
