@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 import yaml
 from litestar.testing import AsyncTestClient
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchkit.localrun import create_admin_key
@@ -429,3 +429,20 @@ async def test_served_workers_sum_their_pools_and_the_requests_waiting(tmp_path:
             assert resp.status_code == 200, resp.text
         text = await metrics_until(lambda t: _sample(t, "tracecode_db_pool_waiting") == 0)
         assert _sample(text, "tracecode_db_pool_waiting") == 0, text
+
+
+def test_the_readme_names_every_metric_the_service_exports() -> None:
+    """README's metrics list left out metrics the alerts and the dashboard use (the flag
+    feed's, event duplicates, GC pauses; found by a probe)."""
+    from service import metrics
+
+    readme = (ROOT / "README.md").read_text()
+    listed = readme[readme.index("**Metrics** (`/metrics`") :]
+    listed = listed[: listed.index("\n#")]
+    exported = [
+        m._name + ("_total" if isinstance(m, Counter) else "")  # a counter's family drops it
+        for m in vars(metrics).values()
+        if isinstance(m, Counter | Gauge | Histogram)
+    ]
+    assert len(exported) >= 20
+    assert [name for name in exported if f"`{name}" not in listed] == []
