@@ -13,6 +13,8 @@ from pathlib import Path
 
 from service.store.conn import Conn
 
+# read from the checkout, beside the service package: they are not packaged, so tracecode
+# runs from a checkout installed in place (pip install -e ., as ./dev does)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 _LOCK_KEY = 7_413_000_001  # arbitrary, constant: "tracecode migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -26,7 +28,14 @@ class Migration:
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Read the migration files, ordered by number; raise on a malformed or repeated number."""
+    """Read the migration files, ordered by number; raise on a malformed or repeated number,
+    or when the folder is missing (an install that is not a checkout: with no migrations
+    found, serve said the database was up to date and served it without its tables)."""
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"no migrations folder at {directory}: tracecode runs from a checkout of its "
+            "repository, installed in place (pip install -e .)"
+        )
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)
