@@ -80,9 +80,9 @@ DB_POOL_WAITING = Gauge(
 # Answered 503 for the database (requests, and readiness probes, which a load balancer
 # sends without traffic), by cause: "unreachable" (refused or lost connections, a
 # restarting server, a statement or a new connection not answered in time) or "pool" (no
-# pooled connection came free within TRACE_DB_ACQUIRE_SECONDS, all of them in use: the
-# database may be answering). Both causes are there from the start, so the first 503 of
-# each is an increase Prometheus sees, not a new series.
+# pooled connection came free within TRACE_DB_ACQUIRE_SECONDS, a readiness probe's 2 s,
+# all of them in use: the database may be answering). Both causes are there from the
+# start, so the first 503 of each is an increase Prometheus sees, not a new series.
 DB_UNAVAILABLE = Counter(
     "tracecode_db_unavailable_total",
     "Requests and readiness probes answered 503 for the database, by cause (unreachable, pool)",
