@@ -115,6 +115,9 @@ def page(
             "other_lang": next(code for code in CATALOGUES if code != lang),
             "path": _here(request),
             "signed_in": "principal" in request.state.dict(),
+            # who this page was rendered for: the session's key as the guard found it on
+            # this request (another key signed in from another tab shows at the next page)
+            "who": request.state.dict().get("principal"),
             "names_item": names_item,
             "notice": _take_notice(request),
             **context,

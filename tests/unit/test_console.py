@@ -114,6 +114,15 @@ def test_every_flag_kind_and_status_has_a_label_in_every_language() -> None:
         assert {f"status.{s}" for s in STATUSES} <= set(catalogue)
 
 
+def test_every_console_role_has_a_label_in_every_language() -> None:
+    """The header names the signed-in key's role (and the roles it may not sign in with
+    have labels too, should they ever be let in)."""
+    from service.core.auth import Role
+
+    for catalogue in CATALOGUES.values():
+        assert {f"role.{r}" for r in Role} <= set(catalogue)
+
+
 def test_every_error_page_has_its_words_in_every_language() -> None:
     from service.console import ERROR_STATUSES
 
