@@ -53,3 +53,32 @@ async def test_the_header_names_the_signed_in_key_and_its_role_and_follows_anoth
     out = await browser.post("/console/signout", data={"_csrf_token": token.group(1)}, follow_redirects=False)
     assert out.status_code == 303
     assert '<span class="who">' not in (await browser.get("/console/signin")).text
+
+
+@pytest.mark.parametrize(
+    ("org", "zh", "en"),
+    [
+        ("M1", "药品生产企业", "manufacturer"),
+        ("D1", "药品批发企业", "distributor"),
+        ("H1", "医疗机构", "hospital"),
+        ("P1", "零售药店", "pharmacy"),
+    ],
+)
+async def test_an_organisations_kind_is_shown_in_the_readers_language(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    org: str,
+    zh: str,
+    en: str,
+) -> None:
+    """It read "pharmacy" in the Chinese console (a probe)."""
+    w = await world(admin)
+    await _sign_in(browser, w["inv"].key)
+    kind = re.compile(r"<dt>(?:类型|Kind)</dt><dd>(.*?)</dd>")
+    found = kind.search((await browser.get(f"/console/orgs/{org}")).text)
+    assert found is not None
+    assert found.group(1) == zh
+    browser.cookies.set("console_lang", "en", path="/console")
+    found = kind.search((await browser.get(f"/console/orgs/{org}")).text)
+    assert found is not None
+    assert found.group(1) == en

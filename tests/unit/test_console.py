@@ -123,6 +123,21 @@ def test_every_console_role_has_a_label_in_every_language() -> None:
         assert {f"role.{r}" for r in Role} <= set(catalogue)
 
 
+def test_every_kind_of_organisation_has_a_label_in_every_language() -> None:
+    """The organisation page showed "pharmacy" in the Chinese console (a probe): the
+    kinds the registry takes (its database allows no other) each have a label."""
+    from typing import get_args
+
+    import msgspec
+
+    from service.api.registry import OrgIn
+
+    kinds = get_args(next(f.type for f in msgspec.structs.fields(OrgIn) if f.name == "kind"))
+    assert kinds
+    for catalogue in CATALOGUES.values():
+        assert {f"org_kind.{k}" for k in kinds} <= set(catalogue)
+
+
 def test_every_error_page_has_its_words_in_every_language() -> None:
     from service.console import ERROR_STATUSES
 
