@@ -107,6 +107,12 @@ ZH: Mapping[str, str] = {
     "flags.bulk": "批量变更所选",
     "flags.select": "选择",
     "flags.by": "操作者",
+    "flags.grace": "宽限期",
+    "flags.grace_ends": (
+        "至 {0}（自 {1} 转为待定起 {2} 小时）。在此之前若有迟到的上传说明此预警，它将自动解除；"
+        "否则届时转为「待处理」（每 {3} 秒检查一次）。"
+    ),
+    "flags.grace_passed": "已于 {0} 结束，没有上传说明此预警：下一次检查时（每 {1} 秒一次）转为「待处理」。",
     "flags.bad_filter": "筛选条件无效：",
     "flags.changed": "已更新 {0} 条预警。",
     "flags.not_found": "没有此预警。",
@@ -332,6 +338,14 @@ EN: Mapping[str, str] = {
     "flags.bulk": "Change the selected",
     "flags.select": "Select",
     "flags.by": "By",
+    "flags.grace": "Grace window",
+    "flags.grace_ends": (
+        "until {0} ({2} h from {1}, when it became pending). A late upload that explains it before "
+        "then clears it; otherwise it opens then (checked every {3} s)."
+    ),
+    "flags.grace_passed": (
+        "ended at {0} with nothing explaining it: it opens at the next check (every {1} s)."
+    ),
     "flags.bad_filter": "Invalid filter: ",
     "flags.changed": "{0} flag(s) updated.",
     "flags.not_found": "No such flag.",

@@ -504,11 +504,13 @@ class ConsoleController(Controller):
         found = await flag_usecases.read(pool, flag_id) if 0 < flag_id < 2**63 else None
         status_code = 404 if found is None else 409 if expected else 400 if error else 200
         org = await registry_usecases.get_org(pool, found["org"]) if found and found["org"] else None
+        grace = await _grace(request, found) if found and found["status"] == "pending" else None
         return page(
             request,
             "flag.html",
             status_code,
             flag=found,
+            grace=grace,
             flag_id=flag_id,
             settable=SETTABLE,
             error=error,
@@ -730,6 +732,26 @@ class InvestigationController(Controller):
             more_flags=open_flags.next_before is not None,
             ledger=ledger or [],
         )
+
+
+async def _grace(request: Req, flag: dict[str, Any]) -> dict[str, Any] | None:
+    """When a pending flag opens unless something explains it first: the end of its grace
+    window (the service's ``TRACE_FLAG_GRACE_HOURS`` from when it became pending, as the
+    promotion reads it), and how often the promotion looks (it opens at the first look
+    after). None when the flag is no longer pending."""
+    settings = request.app.state.settings
+    window = timedelta(hours=settings.flag_grace_hours)
+    pool = request.app.state.services.pool
+    ends = await flag_usecases.grace_ends(pool, flag["code"], int(flag["flag_id"]), window)
+    if ends is None:
+        return None
+    return {
+        "ends": ends,
+        "since": ends - window,
+        "hours": f"{settings.flag_grace_hours:g}",
+        "every": f"{settings.flag_promote_seconds:g}",
+        "passed": ends <= datetime.now(ends.tzinfo),
+    }
 
 
 def org_url(org_id: str) -> str:

@@ -309,6 +309,18 @@ async def promote_pending(conn: Conn, window: timedelta, limit: int = 10_000) ->
     return [r["flag_id"] for r in rows]
 
 
+async def pending_since(conn: Conn, code: str, flag_id: int) -> datetime | None:
+    """When a pending flag became pending (raised, or raised again once auto-cleared):
+    its grace window runs from then, as :func:`promote_pending` reads it; None for a
+    flag that is not pending."""
+    since: datetime | None = await conn.fetchval(
+        "SELECT updated_at FROM flags WHERE code = $1 AND flag_id = $2 AND status = 'pending'",
+        code,
+        flag_id,
+    )
+    return since
+
+
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM flags WHERE code = $1 ORDER BY at, flag_id", code)  # noqa: S608
     return [dict(r) for r in rows]

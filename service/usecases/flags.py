@@ -118,6 +118,14 @@ async def promote_due(pool: asyncpg.Pool, window: timedelta) -> list[int] | None
         return await flag_store.promote_pending(conn, window)
 
 
+async def grace_ends(pool: asyncpg.Pool, code: str, flag_id: int, window: timedelta) -> datetime | None:
+    """When a pending flag's grace ``window`` ends: from then the next promotion opens
+    it, unless something explains it first. None for a flag that is not pending."""
+    async with pool.acquire() as conn:
+        since = await flag_store.pending_since(conn, code, flag_id)
+    return since + window if since is not None else None
+
+
 async def keep_promoting(
     pool: asyncpg.Pool, window: timedelta, every: float, promoted: Callable[[], None]
 ) -> None:

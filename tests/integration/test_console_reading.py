@@ -5,11 +5,17 @@ signed in, when a pending flag opens, an organisation's kind in the reader's lan
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.helpers import Api, world
+from service.app import create_app
+from service.config import Settings
+from service.console.pages import when
+from tests.helpers import Api, cn20, event, world
 from tests.integration.test_console import _TOKEN, _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -82,3 +88,41 @@ async def test_an_organisations_kind_is_shown_in_the_readers_language(
     found = kind.search((await browser.get(f"/console/orgs/{org}")).text)
     assert found is not None
     assert found.group(1) == en
+
+
+async def test_a_pending_flags_page_says_when_its_grace_window_ends(
+    admin: Api, settings: Settings, db: Any
+) -> None:
+    """A pending flag's page did not say when it would open (a probe): it says so, from
+    the service's grace window (here 6 hours, not the default 48) counted from when the
+    flag became pending, and once that has passed, that the next check opens it."""
+    app = create_app(replace(settings, flag_grace_hours=6, flag_promote_seconds=3600))
+    async with AsyncTestClient(app=app) as c:
+        w = await world(Api(c, admin.key))  # the same keys, asked of this service
+        out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 737373)], 0))
+        ((flag_id, kind),) = [(f["flag_id"], f["kind"]) for f in out["flags"]]
+        assert kind == "UNKNOWN_CODE"
+        assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "pending"
+        await _sign_in(c, w["inv"].key)
+        since = await db.fetchval("SELECT updated_at FROM flags WHERE flag_id = $1", int(flag_id))
+        page = (await c.get(f"/console/flags/{flag_id}")).text
+        grace = re.search(r'<dt>宽限期</dt><dd class="grace">(.*?)</dd>', page)
+        assert grace is not None, page
+        ends = when(since + timedelta(hours=6))
+        assert grace.group(1).startswith(f"至 {ends}（自 {when(since)} 转为待定起 6 小时）")
+        assert "每 3600 秒检查一次" in grace.group(1)
+        c.cookies.set("console_lang", "en", path="/console")
+        page = (await c.get(f"/console/flags/{flag_id}")).text
+        assert f"until {ends} (6 h from {when(since)}, when it became pending)" in page
+        # the window has passed (the promotion looks again within the hour)
+        await db.execute(
+            "UPDATE flags SET updated_at = updated_at - interval '7 hours' WHERE flag_id = $1", int(flag_id)
+        )
+        page = (await c.get(f"/console/flags/{flag_id}")).text
+        assert (
+            f"ended at {when(since - timedelta(hours=1))} with nothing explaining it: it opens at the next "
+            "check (every 3600 s)."
+        ) in page
+        # an open flag has no grace window
+        await w["inv"].ok("PATCH", f"/v1/flags/{flag_id}", {"status": "open"})
+        assert "Grace window" not in (await c.get(f"/console/flags/{flag_id}")).text
