@@ -107,6 +107,16 @@ ZH: Mapping[str, str] = {
     "flags.bulk": "批量变更所选",
     "flags.select": "选择",
     "flags.by": "操作者",
+    "confirm.title": "确认批量变更",
+    "confirm.what": "将把以下 {0} 条预警改为「{1}」：",
+    "confirm.shown": "（页面显示为「{0}」）",
+    "confirm.colon": "：",
+    "confirm.lasting": (
+        "由人设置的状态不会再被自动解除；待定的预警一经更改便不能再回到待定（宽限期不再计算），"
+        "自动解除的也不能再改回自动解除。在您打开列表后已被更改的预警不会被更改，届时逐条列出。"
+    ),
+    "confirm.submit": "确认：将 {0} 条预警改为「{1}」",
+    "confirm.back": "返回，不作任何更改",
     "flags.grace": "宽限期",
     "flags.grace_ends": (
         "至 {0}（自 {1} 转为待定起 {2} 小时）。在此之前若有迟到的上传说明此预警，它将自动解除；"
@@ -338,6 +348,17 @@ EN: Mapping[str, str] = {
     "flags.bulk": "Change the selected",
     "flags.select": "Select",
     "flags.by": "By",
+    "confirm.title": "Confirm the bulk change",
+    "confirm.what": "These {0} flags will be set to {1}:",
+    "confirm.shown": "(shown as {0})",
+    "confirm.colon": ": ",
+    "confirm.lasting": (
+        "A status a person sets is never undone by an automatic clear; a pending flag, once changed, "
+        "cannot be pending again (its grace window no longer runs), nor an auto-cleared one auto-cleared "
+        "again. A flag changed since you opened the list is left alone, and named."
+    ),
+    "confirm.submit": "Confirm: set {0} flags to {1}",
+    "confirm.back": "Go back without changing anything",
     "flags.grace": "Grace window",
     "flags.grace_ends": (
         "until {0} ({2} h from {1}, when it became pending). A late upload that explains it before "

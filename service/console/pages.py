@@ -4,6 +4,8 @@ the API (``service/usecases``), and renders a template. No rule lives here."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -59,6 +61,20 @@ def _set_by(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     return found
 
 
+def _confirmation(request: Req, wanted: list[tuple[int, str | None]], status: str, note: str | None) -> str:
+    """What confirms a bulk change of status: a digest of its choices (each flag with the
+    status its row showed, the status, the note) under a key of the service's own. A
+    change of status of more than one flag is made only with it, so a form that did not
+    come from the confirmation page of those very choices changes nothing. Every such
+    change is asked about, whatever the status: a status a person sets is never undone by
+    an automatic clear, and a pending or auto-cleared flag cannot be made so again."""
+    key = hmac.new(request.app.state.settings.psn_secret, b"tracecode console bulk change", hashlib.sha256)
+    if note is not None:  # as a browser sends it back from a hidden field: CRLF line breaks
+        note = note.replace("\r\n", "\n").replace("\r", "\n")
+    chosen = json.dumps([[[flag_id, shown] for flag_id, shown in wanted], status, note], ensure_ascii=False)
+    return hmac.new(key.digest(), chosen.encode(), hashlib.sha256).hexdigest()
+
+
 def names_item(flag: Mapping[str, Any]) -> bool:
     """Is the flag's code a catalogue item (``core.flags.code_is_item``)?"""
     return code_is_item(flag.get("code") or "", flag.get("refs") or {})
@@ -72,6 +88,8 @@ Req = Request[Any, Any, Any]
 EXPECTED = "expected_status"
 # a route's opt: a form that saves something (lost when sent without a session)
 SAVES = "saves"
+# a bulk change's field that confirms it (:func:`_confirmation`)
+CONFIRM = "confirm"
 
 
 def _text(value: object, limit: int = 2000) -> str | None:
@@ -546,7 +564,7 @@ class ConsoleController(Controller):
         return Redirect(f"/console/flags/{flag_id}", status_code=303)
 
     @post("/flags/bulk", opt={SAVES: True})
-    async def change_flags(self, request: Req) -> Redirect:
+    async def change_flags(self, request: Req) -> Redirect | Template:
         form = await request.form()
         status = _text(form.get("status"))
         # each flag once, however often the form names it (a repeated id was changed twice)
@@ -570,6 +588,25 @@ class ConsoleController(Controller):
             _leave_notice(request, back, "flags.none_ticked", error=True)
         elif status is None and note is None:
             _leave_notice(request, back, "flags.nothing", error=True)
+        elif (
+            status is not None
+            and len(wanted) > 1
+            and not hmac.compare_digest(
+                str(form.get(CONFIRM, "")), _confirmation(request, wanted, status, note)
+            )
+        ):
+            # a change of status of many flags, not confirmed yet (or confirmed for other
+            # choices): nothing changes; the page asks, its form the same choices again
+            return page(
+                request,
+                "flags_confirm.html",
+                wanted=wanted,
+                status=status,
+                note=note or "",
+                back=back,
+                confirm=_confirmation(request, wanted, status, note),
+                statuses=STATUSES,
+            )
         else:
             changed, stale = await self._change(request, wanted, status, note)
             _leave_notice(

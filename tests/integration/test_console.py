@@ -45,6 +45,30 @@ async def _sign_in(c: AsyncTestClient, key: str) -> object:  # type: ignore[type
     return await c.post("/console/signin", data={"key": key, "_csrf_token": token}, follow_redirects=False)
 
 
+_HIDDEN_FIELD = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
+
+
+def _fields(page: str, action: str) -> dict[str, list[str]]:
+    """Every hidden field of the page's form posted to ``action`` (repeated ones too), as
+    the browser sends them."""
+    start = page.index(f'action="{action}"')
+    body = page[start : page.index("</form>", start)]
+    fields: dict[str, list[str]] = {}
+    for name, value in _HIDDEN_FIELD.findall(body):
+        fields.setdefault(name, []).append(html.unescape(value))
+    return fields
+
+
+async def _confirmed(c: AsyncTestClient, asked: Any) -> Any:  # type: ignore[type-arg]
+    """A bulk change of status of several flags answers a page that asks to confirm it:
+    its form sent, as its button sends it."""
+    assert asked.status_code == 200, asked.text
+    assert 'name="confirm"' in asked.text, asked.text
+    return await c.post(
+        "/console/flags/bulk", data=_fields(asked.text, "/console/flags/bulk"), follow_redirects=False
+    )
+
+
 async def test_sign_in_and_out_with_an_investigator_key(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
     inv = await admin.key_for("investigator")
     assert (await browser.get("/console/codes", follow_redirects=False)).headers[

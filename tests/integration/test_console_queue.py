@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.helpers import Api, cn20, event, world
-from tests.integration.test_console import _sign_in, browser  # noqa: F401 - the fixture
+from tests.integration.test_console import _confirmed, _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -153,6 +153,9 @@ async def test_a_bulk_change_naming_a_flag_twice_changes_it_once(
         data={"flag_id": [first, second, first], "status": "investigating", "_csrf_token": token.group(1)},
         follow_redirects=False,
     )
+    assert set(_FLAG_IDS.findall(answer.text)) == {first, second}  # confirmed first, each once
+    assert len(_FLAG_IDS.findall(answer.text)) == 2
+    answer = await _confirmed(browser, answer)
     assert answer.status_code == 303
     assert "已更新 2 条预警" in (await browser.get(answer.headers["location"])).text
     for flag_id in (first, second):

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.helpers import Api, cn20, event, world
-from tests.integration.test_console import _TOKEN, _sign_in, browser  # noqa: F401 - the fixture
+from tests.integration.test_console import _TOKEN, _confirmed, _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -137,9 +137,10 @@ async def test_a_bulk_change_skips_the_flags_changed_since_and_names_them(
     admin: Api,
     browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
 ) -> None:
-    """Two tabs on the open DUPLICATEs tick the same three; A dismisses them; B confirms
-    them and a fourth: only the fourth is confirmed, and the notice names the three, each
-    with its status now."""
+    """Two tabs on the open DUPLICATEs tick the same three; B confirms them and a fourth,
+    and is asked to confirm that; meanwhile A dismisses the three; then B confirms: only
+    the fourth is confirmed (the statuses B's rows showed went through its confirmation
+    page), and the notice names the three, each with its status now."""
     w = await world(admin)
     ids = await _resold(w, range(21, 25))
     await _sign_in(browser, w["inv"].key)
@@ -147,14 +148,7 @@ async def test_a_bulk_change_skips_the_flags_changed_since_and_names_them(
     tab_a, tab_b = (await browser.get(queue)).text, (await browser.get(queue)).text
     assert set(_FLAG_IDS.findall(tab_a)) == set(ids)
     three, fourth = ids[:3], ids[3]
-    a = await browser.post(
-        "/console/flags/bulk",
-        data={**_form(tab_a, "/console/flags/bulk"), "flag_id": three, "status": "dismissed", "note": "A"},
-        follow_redirects=False,
-    )
-    assert a.status_code == 303
-    assert "已更新 3 条预警" in (await browser.get(queue)).text
-    b = await browser.post(
+    b_asked = await browser.post(
         "/console/flags/bulk",
         data={
             **_form(tab_b, "/console/flags/bulk"),
@@ -164,6 +158,13 @@ async def test_a_bulk_change_skips_the_flags_changed_since_and_names_them(
         },
         follow_redirects=False,
     )
+    assert b_asked.status_code == 200
+    a_sent = {**_form(tab_a, "/console/flags/bulk"), "flag_id": three, "status": "dismissed", "note": "A"}
+    a_asked = await browser.post("/console/flags/bulk", data=a_sent, follow_redirects=False)
+    a = await _confirmed(browser, a_asked)
+    assert a.status_code == 303
+    assert "已更新 3 条预警" in (await browser.get(queue)).text
+    b = await _confirmed(browser, b_asked)
     assert b.headers["location"] == queue
     page = (await browser.get(queue)).text
     assert '<p class="notice" role="status">已更新 1 条预警。</p>' in page

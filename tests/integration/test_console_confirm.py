@@ -1,0 +1,127 @@
+"""A bulk change of status of more than one flag is asked about first, on a page of its
+own (a probe: one click dismissed fifty flags, with no way back). The form that sends it
+changes nothing by itself; the page lists the flags and carries the same choices, with
+a confirmation bound to them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import Api, world
+from tests.integration.test_console import _confirmed, _fields, _sign_in, browser  # noqa: F401 - the fixture
+from tests.integration.test_console_stale import _form, _resold
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+QUEUE = "/console/flags?kind=DUPLICATE&status=open"
+BULK = "/console/flags/bulk"
+
+
+async def _history(w: dict[str, object], flag_id: str) -> tuple[str, list[str | None]]:
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")  # type: ignore[attr-defined]
+    return stored["status"], [h["note"] for h in stored["history"]]
+
+
+async def test_dismissing_several_flags_asks_first_and_changes_nothing_until_confirmed(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    w = await world(admin)
+    ids = await _resold(w, range(41, 44))
+    await _sign_in(browser, w["inv"].key)
+    queue = (await browser.get(QUEUE)).text
+    two = ids[:2]
+    asked = await browser.post(
+        BULK,
+        data={**_form(queue, BULK), "flag_id": two, "status": "dismissed", "note": "<b>till</b> error"},
+        follow_redirects=False,
+    )
+    assert asked.status_code == 200
+    page = asked.text
+    assert "<h1>确认批量变更</h1>" in page
+    assert "将把以下 2 条预警改为「已排除」" in page
+    listed = re.findall(r'<li><a href="/console/flags/(\d+)">\1</a> （页面显示为「待处理」）</li>', page)
+    assert listed == two
+    assert "<bdi>&lt;b&gt;till&lt;/b&gt; error</bdi>" in page  # the note, as text
+    assert f'<a href="{QUEUE.replace("&", "&amp;")}">返回，不作任何更改</a>' in page  # the way back
+    for flag_id in ids:  # nothing changed yet
+        assert await _history(w, flag_id) == ("open", [])
+    # the confirmation's form: the same choices, the rows' statuses, its CSRF token
+    sent = _fields(page, BULK)
+    assert sent["flag_id"] == two
+    assert {sent[f"expected_status_{i}"][0] for i in two} == {"open"}
+    assert (sent["status"], sent["note"], sent["next"]) == (["dismissed"], ["<b>till</b> error"], [QUEUE])
+    assert sent["_csrf_token"]
+    assert sent["confirm"]
+
+    # without its CSRF token: refused
+    forged = {k: v for k, v in sent.items() if k != "_csrf_token"}
+    assert (await browser.post(BULK, data=forged, follow_redirects=False)).status_code == 403
+    # a confirmation of other choices confirms nothing: asked again, nothing changed
+    others = ({"status": ["confirmed"]}, {"flag_id": ids}, {"flag_id": [two[0], ids[2]]}, {"note": ["x"]})
+    for other in others:
+        again = await browser.post(BULK, data={**sent, **other}, follow_redirects=False)
+        assert again.status_code == 200, other
+        assert "<h1>确认批量变更</h1>" in again.text
+    for flag_id in ids:
+        assert await _history(w, flag_id) == ("open", [])
+
+    done = await _confirmed(browser, asked)
+    assert done.status_code == 303
+    assert done.headers["location"] == QUEUE
+    assert "已更新 2 条预警" in (await browser.get(QUEUE)).text
+    for flag_id in two:
+        assert await _history(w, flag_id) == ("dismissed", ["<b>till</b> error"])
+    assert await _history(w, ids[2]) == ("open", [])
+
+
+async def test_one_flag_or_a_note_alone_is_not_asked_about(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    w = await world(admin)
+    ids = await _resold(w, range(51, 54))
+    await _sign_in(browser, w["inv"].key)
+    queue = (await browser.get(QUEUE)).text
+    one = await browser.post(
+        BULK, data={**_form(queue, BULK), "flag_id": ids[:1], "status": "confirmed"}, follow_redirects=False
+    )
+    assert one.status_code == 303
+    assert await _history(w, ids[0]) == ("confirmed", [None])
+    noted = await browser.post(
+        BULK,
+        data={**_form(queue, BULK), "flag_id": ids[1:], "status": "", "note": "seen"},
+        follow_redirects=False,
+    )
+    assert noted.status_code == 303
+    for flag_id in ids[1:]:
+        assert await _history(w, flag_id) == ("open", ["seen"])
+
+
+async def test_taking_several_flags_into_investigation_is_asked_about_in_english_too(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """Every change of status of many flags is asked about, not only closing ones: what
+    a person sets is never undone by an automatic clear, and a pending flag cannot be
+    made pending again."""
+    w = await world(admin)
+    ids = await _resold(w, range(61, 63))
+    await _sign_in(browser, w["inv"].key)
+    browser.cookies.set("console_lang", "en", path="/console")
+    queue = (await browser.get(QUEUE)).text
+    asked = await browser.post(
+        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": "investigating"}, follow_redirects=False
+    )
+    assert asked.status_code == 200
+    assert "These 2 flags will be set to investigating:" in asked.text
+    assert "Go back without changing anything" in asked.text
+    assert "Confirm: set 2 flags to investigating" in asked.text
+    for flag_id in ids:
+        assert await _history(w, flag_id) == ("open", [])
+    assert (await _confirmed(browser, asked)).status_code == 303
+    for flag_id in ids:
+        assert (await _history(w, flag_id))[0] == "investigating"
