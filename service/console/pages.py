@@ -843,19 +843,34 @@ async def _live(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str],
         return None
     change = await flag_usecases.published_change(pool, flag.get("code", ""), flag_id, changed_at)
     if change is None:
-        return _live_entry(flag, t, None, listed=True) if await _listed(pool, query, flag) else None
+        if not await _listed(pool, query, flag):
+            return None
+        return _live_entry(flag, t, None, listed=True, org_name=await _org_name(pool, flag.get("org", "")))
     if not await _listed(pool, replace(query, status=status), flag):
         return None
     listed = status == query.status if query.status is not None else status != "pending"
-    return _live_entry(flag, t, change, listed=listed)
+    return _live_entry(flag, t, change, listed=listed, org_name=await _org_name(pool, flag.get("org", "")))
 
 
-def _live_entry(flag: dict[str, str], t: Translate, change: dict[str, Any] | None, *, listed: bool) -> str:
+async def _org_name(pool: Any, org: str) -> str | None:
+    """The name of the flag's organisation, as the table shows it beside its id (the
+    registry's rows are cached by each process: no query once read)."""
+    if not org:
+        return None
+    found = await registry_usecases.get_orgs(pool, [org])
+    return found[org].name if org in found else None
+
+
+def _live_entry(
+    flag: dict[str, str], t: Translate, change: dict[str, Any] | None, *, listed: bool, org_name: str | None
+) -> str:
     """One stream entry as the JSON the queue's script shows (as text, never markup; the
     identifiers with their hidden characters shown, as the pages show them). ``change``:
     the history line of a change of status (None: a new flag); ``listed``: would the
-    page list the flag now (a change may be only for a row it shows)."""
+    page list the flag now (a change may be only for a row it shows); ``org_name``: the
+    organisation's name, shown with its id and linked to its page as the table does."""
     at = datetime.fromisoformat(flag["at"]) if flag.get("at") else None
+    org = flag.get("org", "")
     return json.dumps(
         {
             "flag_id": flag.get("flag_id", ""),
@@ -863,7 +878,9 @@ def _live_entry(flag: dict[str, str], t: Translate, change: dict[str, Any] | Non
             "status": t(f"status.{flag.get('status', '')}"),
             "status_key": flag.get("status", ""),  # its style (status-open, ...)
             "code": visible(flag.get("code", "")),
-            "org": visible(flag.get("org", "")),
+            "org": visible(org),
+            "org_name": org_name or "",  # people's text: shown as written, isolated
+            "org_url": org_url(org) if org else "",
             "at": when(at),
             "changed": change is not None,
             "listed": listed,

@@ -168,6 +168,10 @@ async def test_a_new_flag_appears_in_the_queue_without_reloading(admin: Api, pag
     await expect(live.locator("li a").first).to_have_attribute(
         "href", f"/console/flags/{out['flags'][0]['flag_id']}"
     )
+    # its organisation as the table shows it: the name linked to its page, then the id
+    # (it showed the id alone: a probe)
+    await expect(live.locator("li").first).to_contain_text("P1 Ltd (P1)")
+    await expect(live.locator("li").first.locator('a[href="/console/orgs/P1"]')).to_have_text("P1 Ltd")
     await page.screenshot(path=str(SHOTS / "console-flags-live.png"), full_page=True)
 
 
@@ -201,7 +205,8 @@ async def test_the_live_list_shows_only_the_flags_the_page_would_list(admin: Api
     expired = await p1.events(event("dispense", "P1", [stale], 4))
     (flag,) = [f for f in expired["flags"] if f["kind"] == "EXPIRED"]
     await expect(live.locator("li")).to_have_count(1, timeout=15_000)
-    await expect(live.locator("li a")).to_have_attribute("href", f"/console/flags/{flag['flag_id']}")
+    flag_link = live.locator("li a[href^='/console/flags/']")  # the organisation has a link too
+    await expect(flag_link).to_have_attribute("href", f"/console/flags/{flag['flag_id']}")
     await expect(live.locator("li")).to_contain_text(stale)
 
 

@@ -40,6 +40,22 @@ document.addEventListener("DOMContentLoaded", () => {
       bdi.textContent = text;
       return bdi;
     };
+    // the flag's organisation as the table shows it: its name linked to its page, then
+    // its id; its id linked when it has no name
+    const organisation = (flag) => {
+      if (!flag.org) return [];
+      const link = document.createElement("a");
+      link.href = flag.org_url;
+      if (!flag.org_name) {
+        link.append(isolated(flag.org));
+        return [link];
+      }
+      link.append(isolated(flag.org_name));
+      const id = document.createElement("span");
+      id.className = "muted";
+      id.append("(", isolated(flag.org), ")");
+      return [link, " ", id];
+    };
     source.addEventListener("flag", (message) => {
       const flag = JSON.parse(message.data);
       // a change of a flag the table shows: its row says so, with its status now, and
@@ -75,7 +91,7 @@ document.addEventListener("DOMContentLoaded", () => {
       const label = document.createElement("strong");
       label.className = "live-label";
       label.textContent = flag.label;
-      item.append(label, " ", link, ` ${flag.kind} · ${flag.status} · `, isolated(flag.code), " · ", isolated(flag.org), ` · ${flag.at}`);
+      item.append(label, " ", link, ` ${flag.kind} · ${flag.status} · `, isolated(flag.code), " · ", ...organisation(flag), ` · ${flag.at}`);
       if (flag.changed) item.append(" · ", isolated(flag.by), ` · ${flag.changed_at}`);
       list.prepend(item);
       while (list.children.length > 50) list.lastElementChild.remove();
