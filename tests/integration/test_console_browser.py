@@ -243,6 +243,53 @@ async def test_work_a_flag_with_a_note_then_bulk_dismiss_at_tablet_width(admin: 
     await page.screenshot(path=str(SHOTS / "console-flags-tablet.png"), full_page=True)
 
 
+async def test_a_bulk_dismissal_of_several_flags_is_confirmed_first(admin: Api, page: object) -> None:
+    """One click dismissed every ticked flag (a probe). The button now opens a page that
+    lists them, with a way back that changes nothing; confirming changes them. The
+    header names the key signed in."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import world
+    from tests.integration.test_console_stale import _resold
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    ids = await _resold(w, range(71, 74))
+    blocked: list[str] = []  # anything the Content-Security-Policy refused
+    page.on(
+        "console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None
+    )
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    await expect(page.locator("header .who")).to_have_text(f"已登录：{w['inv'].key.split('.')[0]}（调查员）")
+    queue = "/console/flags?kind=DUPLICATE&status=open"
+    await page.goto(queue)
+    await page.get_by_label("选择", exact=True).check()  # select all
+    await page.locator("#bulk-status").select_option("dismissed")
+    await page.locator("#bulk-note").fill("till error")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("确认批量变更")
+    await expect(page.locator("p.confirm-what")).to_have_text("将把以下 3 条预警改为「已排除」：")
+    await expect(page.locator("ul.confirm-flags li a")).to_have_text(sorted(ids, key=int, reverse=True))
+    await page.screenshot(path=str(SHOTS / "console-flags-confirm.png"), full_page=True)
+    await page.get_by_role("link", name="返回，不作任何更改").click()
+    await expect(page).to_have_url(queue)
+    for flag_id in ids:
+        assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "open"
+
+    await page.get_by_label("选择", exact=True).check()
+    await page.locator("#bulk-status").select_option("dismissed")
+    await page.get_by_role("button", name="保存").click()
+    await page.get_by_role("button", name="确认：将 3 条预警改为「已排除」").click()
+    await expect(page).to_have_url(queue)
+    await expect(page.get_by_role("status")).to_contain_text("已更新 3 条预警")
+    for flag_id in ids:
+        assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "dismissed"
+    assert blocked == []
+
+
 async def test_an_org_key_and_a_form_without_its_token_are_refused(admin: Api, page: object) -> None:
     from playwright.async_api import Page, expect
 
