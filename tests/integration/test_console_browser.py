@@ -173,6 +173,10 @@ async def test_a_new_flag_appears_in_the_queue_without_reloading(admin: Api, pag
     await expect(live.locator("li").first).to_contain_text("P1 Ltd (P1)")
     await expect(live.locator("li").first.locator('a[href="/console/orgs/P1"]')).to_have_text("P1 Ltd")
     await page.screenshot(path=str(SHOTS / "console-flags-live.png"), full_page=True)
+    # the pending flag's page says when its grace window ends
+    await live.locator("li a[href^='/console/flags/']").first.click()
+    await expect(page.locator("dd.grace")).to_contain_text("转为「待处理」")
+    await page.screenshot(path=str(SHOTS / "console-flag-pending.png"), full_page=True)
 
 
 async def test_the_live_list_shows_only_the_flags_the_page_would_list(admin: Api, page: object) -> None:
