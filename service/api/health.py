@@ -31,9 +31,11 @@ class HealthController(Controller):
     async def ready(self, services: Services) -> Response[HealthOut]:
         """Ready only when the database answers (API.md). Not Valkey: while it is down the
         API serves on (flags wait in the outbox, rate limits count nothing), so a load
-        balancer must not take every instance out of rotation for it."""
+        balancer must not take every instance out of rotation for it. Nor a full pool
+        while the database answers on the probe's own connection (``store.db.probe``):
+        the worker is busy, not broken."""
         try:
-            await probe(services.pool)
+            await probe(services.pool, services.settings.database_url)
         except Exception as exc:
             if unavailable(exc):
                 metrics.DB_UNAVAILABLE.labels(unavailable_cause(exc)).inc()

@@ -251,11 +251,27 @@ async def create_pool(
 PROBE_SECONDS = 2
 
 
-async def probe(pool: asyncpg.Pool) -> None:
+async def probe(pool: asyncpg.Pool, url: str | None = None) -> None:
     """Does the database answer? Waits at most ``PROBE_SECONDS`` for a connection, and as
-    long again for ``SELECT 1``; raises whatever kept it from answering."""
-    async with pool.acquire(timeout=PROBE_SECONDS) as conn:
-        await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
+    long again for ``SELECT 1``; raises whatever kept it from answering.
+
+    With ``url``, a pool whose every connection is in use (PoolExhausted: a busy worker,
+    or a database whose statements no longer finish) is not taken for an unanswering
+    database: the probe asks on a connection of its own, opened and closed within
+    ``PROBE_SECONDS`` each. A readiness probe that failed on a full pool took a busy
+    worker out of a load balancer's rotation, and all of them at the peak, sending the
+    load nowhere (found by a probe of ops/)."""
+    try:
+        async with pool.acquire(timeout=PROBE_SECONDS) as conn:
+            await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
+    except PoolExhausted:
+        if url is None:
+            raise
+        own = await asyncpg.connect(url, timeout=PROBE_SECONDS)
+        try:
+            await own.fetchval("SELECT 1", timeout=PROBE_SECONDS)
+        finally:
+            await own.close(timeout=PROBE_SECONDS)
 
 
 # Batches with more codes than this are planned for their own values (plan_for_values).

@@ -337,10 +337,15 @@ async def test_a_database_that_stops_answering_is_503_for_the_requests_queued(tm
                 resp = task.result()
                 assert resp.status_code == 503, resp.text
                 assert int(resp.headers["retry-after"]) > 0
+            # the pool is full; readiness asks on a connection of its own, which the
+            # frozen database does not answer either: not ready
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503, ready.text
         finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGCONT)
         await asyncio.gather(*asked)
+        assert (await client.get("/health/ready")).status_code == 200
 
 
 def _bearer(secret: str) -> dict[str, str]:
