@@ -362,8 +362,13 @@ class _Book:
         take.reversed, take.reversed_by = True, by
         self.reversals.append((take, by))
 
-    def open_newest_first(self, codes: set[str]) -> list[Consumption]:
-        return [r for r in reversed(self.rows) if r.code in codes and not r.reversed]
+    def newest_first(self, codes: set[str]) -> list[Consumption]:
+        """The takes of ``codes``, given back ones included (a refunded sale is still the
+        sale a return after it meets: ``core.sales.returned_sale``), the latest sale first
+        by event time (at one instant, the one recorded last first): a late sale arriving
+        now is placed by its time, not by its arrival."""
+        # a stable sort: at one instant the order of ``reversed`` (recorded last first) stays
+        return sorted((r for r in reversed(self.rows) if r.code in codes), key=lambda r: r.at, reverse=True)
 
     def give_back(self, sold: Consumption, by: Return) -> None:
         """A return gives a sale's take back: it stays, reversed, and that sale does not
@@ -374,6 +379,7 @@ class _Book:
         sold.reversed = True
         self.applied.add((by.event_id, by.code))
         if by.undoes is None:
+            sold.reversed_by = by.event_id  # given back by a return, not refunded
             self.reversals.append((sold, by.event_id))
             return
         self.erase(sold)
@@ -516,7 +522,8 @@ def _consume(
     book: _Book,
 ) -> list[NewFlag]:
     """Dispenses take units from packs; returns give back the latest sale's units, unless
-    a standing settlement paid for it (then they wait for the refund: ``core.sales.paid``). A
+    a standing settlement paid for it (then they wait for the refund: ``core.sales.paid``)
+    or it was refunded already (then they give nothing: ``core.sales.returned_sale``). A
     dispense carrying a setl_id that a settlement already consumed takes nothing again
     from the packs the settlement took, and a split one draws from its other packs only
     the units its sale has not taken yet.
@@ -566,8 +573,12 @@ def _consume(
         for code, units in taken:
             book.add(Consumption(code, sale, event.setl_id, event.event_id, event.org, event.at, units))
         world.changed |= move_units(world.states, [(code, -units) for code, units in taken])
-    # A return undoes the seller's latest sale of the pack before it (by event time).
-    # Returns that arrived before the dispense they undo wait: each new dispense looks for them.
+    # A return undoes the seller's latest sale of the pack before it (by event time), or
+    # nothing when a standing settlement paid for that sale or it was refunded
+    # (``core.sales.returned_sale``). Returns that undid nothing (they arrived before the
+    # dispense they undo, or met a paid or refunded sale) wait: each new dispense looks
+    # for them, and a return whose latest sale is a refunded one finds it again and
+    # gives nothing, unless a sale dated between them has arrived since.
     wanted = {c for e, codes in sales for c in codes}
     undoing = sorted(
         (
@@ -580,8 +591,8 @@ def _consume(
         key=lambda r: (r.at, r.event_id),
     )
     if undoing:
-        open_sales = book.open_newest_first({r.code for r in undoing})
-        for ret, sold in match_returns(undoing, open_sales, loaded.standing):
+        takes = book.newest_first({r.code for r in undoing})
+        for ret, sold in match_returns(undoing, takes, loaded.standing):
             book.give_back(sold, ret)
             world.changed |= move_units(world.states, [(sold.code, sold.units)])
         for ret in undoing:

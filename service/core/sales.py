@@ -6,7 +6,7 @@ dispenses, returns and reversals alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -172,6 +172,40 @@ def paid(take: Consumption, standing: Mapping[str, frozenset[str]]) -> bool:
     return take.code in standing.get(take.setl_id or "", frozenset())
 
 
+def refunded(take: Consumption) -> bool:
+    """Did the insurer's reversal of its settlement give ``take``'s units back (the
+    refund), rather than a patient's return (which names itself, ``reversed_by``)?"""
+    return take.reversed and take.reversed_by is None
+
+
+def returned_sale(
+    ret: Return,
+    newest_first: Iterable[Consumption],
+    standing: Mapping[str, frozenset[str]],
+    undone: Set[tuple[str, Sale]] = frozenset(),
+) -> Consumption | None:
+    """The sale whose units a patient's return gives back (one that does not name the
+    event it undoes): the seller's latest sale of the pack at or before the return (of
+    the ``setl_id`` the return names, if it names one) that no return gave back yet
+    (``undone``: those given back by returns matched before it, not marked yet). None
+    when there is no such sale, and when that sale's units are not the return's to give:
+    a standing settlement paid for it (:func:`paid`: they come back with the refund, and
+    the return waits for it) or the insurer refunded it already (:func:`refunded`: they
+    came back with the refund, and the return gives nothing more). Then not an older sale
+    instead: which sale came back is not known. ``newest_first``: the pack's takes, given
+    back ones included, the latest sale first (by event time; at one instant, the one
+    that arrived last first)."""
+    for take in newest_first:
+        if take.code != ret.code or take.org != ret.org or take.at > ret.at:
+            continue
+        if ret.setl_id is not None and take.setl_id != ret.setl_id:
+            continue
+        if (take.reversed and not refunded(take)) or (take.code, take.sale) in undone:
+            continue  # a return gave it back already
+        return None if refunded(take) or paid(take, standing) else take
+    return None
+
+
 def kept_by_settlement(packs: Iterable[str], paid: frozenset[str]) -> bool:
     """Does an NHSA 3507 deletion of a sale leave the take of one of its events standing
     (``packs``: the packs that event took), rather than undo it? Only when a settlement
@@ -202,36 +236,34 @@ class Return:
 
 def match_returns(
     returns: Sequence[Return],
-    open_sales: Sequence[Consumption],
+    sales: Sequence[Consumption],
     standing: Mapping[str, frozenset[str]] | None = None,
 ) -> list[tuple[Return, Consumption]]:
-    """Which sale each return undoes: the latest unreversed sale of that pack by the same
-    organisation at or before the return (the sale named by ``setl_id`` if the return
-    names one), unless a standing settlement paid for it (:func:`paid`; ``standing``: the
-    packs each settlement not reversed paid for, by setl_id): then the return waits for
-    the refund, not undoing an older sale instead. A return with no such sale undoes
-    nothing yet. A return that names the dispense event it
-    undoes (``undoes``, a 3507 deletion's compensation) undoes that event's sale of the
-    pack only, or nothing. ``returns`` in event-time order; ``open_sales`` newest
-    first."""
+    """Which sale each return undoes (:func:`returned_sale`; ``standing``: the packs each
+    settlement not reversed paid for, by setl_id): a return with no sale to give back
+    undoes nothing (yet). A return that names the dispense event it undoes (``undoes``, a
+    3507 deletion's compensation) undoes that event's standing sale of the pack only, or
+    nothing. ``returns`` in event-time order; ``sales`` the packs' takes newest first,
+    given back ones included (as :func:`returned_sale` reads them)."""
     standing = standing or {}
     undone: set[tuple[str, Sale]] = set()
     out = []
     for r in returns:
-        for sale in open_sales:
-            key = (sale.code, sale.sale)
-            if r.undoes is not None:
-                named = sale.event_id == r.undoes
-            else:
-                named = sale.at <= r.at and (r.setl_id is None or sale.setl_id == r.setl_id)
-            if sale.code == r.code and sale.org == r.org and named and key not in undone:
-                # the latest such sale is the one returned: paid for by a standing
-                # settlement, the return waits for its refund (not an older sale instead)
-                if r.undoes is None and paid(sale, standing):
-                    break
-                undone.add(key)
-                out.append((r, sale))
-                break
+        if r.undoes is not None:
+            sold = next(
+                (
+                    s
+                    for s in sales
+                    if s.event_id == r.undoes and s.code == r.code and s.org == r.org
+                    and not s.reversed and (s.code, s.sale) not in undone
+                ),
+                None,
+            )  # fmt: skip
+        else:
+            sold = returned_sale(r, sales, standing, undone)
+        if sold is not None:
+            undone.add((sold.code, sold.sale))
+            out.append((r, sold))
     return out
 
 
@@ -277,9 +309,11 @@ def refold(
     its quantity, and a resale when it finds fewer (``short_of``); nothing from a used-up
     pack: a resale), a settlement's own take takes what it took when it was decided, and
     each return gives back the seller's latest
-    sale of the pack at or before it that stands (the one of its ``setl_id`` if it names
-    one), unless a standing settlement paid for that sale (:func:`paid`: a settlement's
-    own take, or a dispense under the id of a settlement in ``standing``), or waits. A sale takes
+    sale of the pack at or before it that no return gave back (the one of its ``setl_id``
+    if it names one), unless a standing settlement paid for that sale (:func:`paid`: a
+    settlement's own take, or a dispense under the id of a settlement in ``standing``),
+    or waits (:func:`returned_sale`, as the step-by-step matching; a refunded take, which
+    it would also stop at, is not folded: such a pack keeps that matching). A sale takes
     a pack once: a dispense whose sale (its ``setl_id``) took the pack already takes
     nothing again. At one instant they follow in the order they arrived (settlements'
     takes first, those arriving now last; within one upload dispenses before returns, as
@@ -312,17 +346,13 @@ def refold(
 
     def give_back(ret: Return) -> bool:
         nonlocal left
-        stands = [
-            t for t in takes
-            if not t.reversed and t.org == ret.org and t.at <= ret.at
-            and (ret.setl_id is None or t.setl_id == ret.setl_id)
-        ]  # fmt: skip
-        # the latest such sale is the one returned: paid for by a standing settlement,
-        # the return waits for its refund (not an older sale instead)
-        if not stands or paid(stands[-1], standing):
+        # as the step-by-step matching: the latest sale before it, unless a standing
+        # settlement paid for it or it was refunded (not an older sale instead)
+        sold = returned_sale(ret, reversed(takes), standing)
+        if sold is None:
             return False
-        stands[-1].reversed, stands[-1].reversed_by = True, ret.event_id
-        left += stands[-1].units
+        sold.reversed, sold.reversed_by = True, ret.event_id
+        left += sold.units
         return True
 
     for *_, action in sorted(arrived, key=lambda a: a[:5]):

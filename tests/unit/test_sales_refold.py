@@ -206,6 +206,27 @@ def test_the_step_by_step_matching_waits_at_a_paid_sale() -> None:
     assert match_returns([ret], [paid_take, older]) == [(ret, paid_take)]
 
 
+def test_the_step_by_step_matching_gives_nothing_at_a_refunded_sale() -> None:
+    """The latest sale before the return was refunded (its settlement's reversal gave its
+    units back): the return gives nothing, not the older cash sale instead. A sale a
+    patient's return gave back is passed over, and a refunded sale dated after the
+    return is not its sale (found by a probe: the matching left refunded takes out, and
+    the return gave back the older cash sale)."""
+    cash = Consumption(CODE, Sale.of_dispense(uuid4(), None), None, uuid4(), "P1", at(5), 6)
+    refunded = replace(settled(10, "S1", 6), reversed=True)  # reversed_by None: the reversal
+    ret = back(20)
+    assert match_returns([ret], [refunded, cash]) == []
+    assert match_returns([ret], [refunded, cash], STANDS) == []
+    later = replace(refunded, at=at(30))
+    assert match_returns([ret], [later, cash]) == [(ret, cash)]
+    returned = replace(refunded, reversed_by=uuid4())  # a patient's return gave it back
+    assert match_returns([ret], [returned, cash]) == [(ret, cash)]
+    # two returns: the first gives back the cash sale after the refund, the second nothing
+    cash_after = replace(cash, sale=Sale.of_dispense(uuid4(), None), at=at(15))
+    second = back(25)
+    assert match_returns([ret, second], [cash_after, refunded, cash]) == [(ret, cash_after)]
+
+
 def test_a_batch_without_returns_reads_no_settlement() -> None:
     dispense = Incoming(event_id=uuid4(), type="dispense", at=at(10), org="P1", codes=(CODE,), setl_id="S1")
     assert standing_needed([dispense], [], {}, [], []) == set()
