@@ -369,6 +369,13 @@ async def test_a_503_for_a_full_pool_is_counted_apart_from_an_unreachable_databa
         _, secret = await _create_key(db_url, "admin", None)
         api = Api(c, secret)
         pool_before, unreachable_before = _unavailable("pool"), _unavailable("unreachable")
+        # taken when it is idle: an acquire that waited here, in the test's event loop,
+        # would bind the pool's queue to it, and the app's own acquires (in the client's
+        # loop) then fail (found on a busy Citus cluster: the promotion loop held it)
+        for _ in range(200):
+            if app.state.pool.get_idle_size():
+                break
+            await asyncio.sleep(0.05)
         held = await app.state.pool.acquire()
         try:
             resp = await api.get("/v1/flags")  # the key's look-up waits for the connection
