@@ -75,6 +75,13 @@ def _confirmation(request: Req, wanted: list[tuple[int, str | None]], status: st
     return hmac.new(key.digest(), chosen.encode(), hashlib.sha256).hexdigest()
 
 
+def _confirms(given: object, expected: str) -> bool:
+    """Is the form's confirmation field the one expected? Compared as bytes: any text a
+    form may carry (compare_digest refuses a str that is not ASCII with a TypeError: a
+    crafted "é" was a 500), and a file is no confirmation."""
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def names_item(flag: Mapping[str, Any]) -> bool:
     """Is the flag's code a catalogue item (``core.flags.code_is_item``)?"""
     return code_is_item(flag.get("code") or "", flag.get("refs") or {})
@@ -591,9 +598,7 @@ class ConsoleController(Controller):
         elif (
             status is not None
             and len(wanted) > 1
-            and not hmac.compare_digest(
-                str(form.get(CONFIRM, "")), _confirmation(request, wanted, status, note)
-            )
+            and not _confirms(form.get(CONFIRM), _confirmation(request, wanted, status, note))
         ):
             # a change of status of many flags, not confirmed yet (or confirmed for other
             # choices): nothing changes; the page asks, its form the same choices again

@@ -125,3 +125,25 @@ async def test_taking_several_flags_into_investigation_is_asked_about_in_english
     assert (await _confirmed(browser, asked)).status_code == 303
     for flag_id in ids:
         assert (await _history(w, flag_id))[0] == "investigating"
+
+
+async def test_a_confirmation_that_is_not_ascii_text_is_asked_about_again(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A crafted confirmation field (text beyond ASCII) confirms nothing: the page asks
+    again, as for any other confirmation of other choices (it was a 500)."""
+    w = await world(admin)
+    ids = await _resold(w, range(71, 73))
+    await _sign_in(browser, w["inv"].key)
+    queue = (await browser.get(QUEUE)).text
+    for forged in ("é", "\u00e9" * 64, "１２"):
+        asked = await browser.post(
+            BULK,
+            data={**_form(queue, BULK), "flag_id": ids, "status": "dismissed", "confirm": forged},
+            follow_redirects=False,
+        )
+        assert asked.status_code == 200, asked.text
+        assert "<h1>确认批量变更</h1>" in asked.text
+    for flag_id in ids:
+        assert await _history(w, flag_id) == ("open", [])
