@@ -19,6 +19,7 @@ from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
 from service.core.codes import try_parse_code
 from service.core.events import bound_problem
+from service.core.flags import status_set_by
 from service.usecases import flags as usecase
 from service.usecases.errors import Stale
 
@@ -180,13 +181,13 @@ class FlagsController(Controller):
 
 def _stale(exc: Stale) -> Exception:
     """The 409 of a change made against a status the flag no longer has: what the flag's
-    status is, and who set it when (its history's last line)."""
+    status is, and who set it when (``core.flags.status_set_by``: not a note added since,
+    as the console's flag page says it)."""
     status = exc.flag["status"]
     message = f"the flag's status is {status}, not {exc.expected}"
-    history = exc.flag["history"]
-    if history:
-        last = history[-1]
-        message += f" (set by {last['by_key']} at {last['at'].isoformat()})"
+    set_by = status_set_by(exc.flag["history"])
+    if set_by is not None:
+        message += f" (set by {set_by['by_key']} at {set_by['at'].isoformat()})"
     return problem(
         409,
         f"expected_status: {message}",

@@ -30,7 +30,7 @@ from service.console.text import visible
 from service.console.timeline import layout
 from service.core.codes import as_typed, is_product_id, strip_code, try_parse_code
 from service.core.events import bound_problem
-from service.core.flags import code_is_item
+from service.core.flags import code_is_item, status_set_by
 from service.core.rules import CHINA
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
@@ -49,16 +49,6 @@ LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still 
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 ENDED_EVENT = "ended"  # a live stream's last message when its session has ended
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
-
-
-def _set_by(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The line of a flag's history that set the status it has: the first of the last
-    run of lines under one status (the lines after it are notes), or None without any."""
-    found = None
-    for line in history:
-        if found is None or line["status"] != found["status"]:
-            found = line
-    return found
 
 
 def _confirmation(request: Req, wanted: list[tuple[int, str | None]], status: str, note: str | None) -> str:
@@ -540,7 +530,7 @@ class ConsoleController(Controller):
             settable=SETTABLE,
             error=error,
             stale=expected,
-            set_by=_set_by(found["history"]) if found and expected else None,
+            set_by=status_set_by(found["history"]) if found and expected else None,
             note=note if isinstance(note, str) and (error or expected) else "",
             org_name=org.name if org else None,  # as the code page shows it
         )

@@ -88,6 +88,18 @@ def stale_change(expected: str | None, current: str) -> bool:
     return expected is not None and expected != current
 
 
+def status_set_by(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The line of a flag's history (oldest first) that set the status it has: the first
+    of the last run of lines under one status. A note alone is kept under the status the
+    flag has then (``store.flags.add_change``), so the lines after that first one are
+    notes, and the last line may be one; None without any line (a flag never changed)."""
+    found = None
+    for line in history:
+        if found is None or line["status"] != found["status"]:
+            found = line
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What a suspicion rests on: an event, or a settlement."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1001,6 +1002,32 @@ async def test_a_change_against_a_status_the_flag_no_longer_has_is_refused(admin
         "/v1/flags/999999", headers=second.headers, json={"status": "open", "expected_status": "open"}
     )
     assert gone.status_code == 404
+
+
+async def test_a_stale_changes_409_names_who_set_the_status_not_who_added_a_note(admin: Api) -> None:
+    """A note alone is kept under the flag's status, as a line of its history: the 409 of
+    a stale change names who set the status the flag has (the first line under it), not
+    the last line's author, as the console's flag page does (it named the note's)."""
+    w = await world(admin)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 78)], 0))
+    path = f"/v1/flags/{out['flags'][0]['flag_id']}"
+    a, b = w["inv"], await admin.key_for("investigator")
+    await a.ok("PATCH", path, {"status": "open"})
+    set_it = await a.ok("PATCH", path, {"status": "investigating", "expected_status": "open"})
+    noted = await admin.ok("PATCH", path, {"status": "investigating", "note": "a note only"})
+    assert [(h["status"], h["by_key"]) for h in noted["history"]][1:] == [
+        ("investigating", a.key.split(".")[0]),
+        ("investigating", admin.key.split(".")[0]),
+    ]
+    refused = await b.client.patch(
+        path, headers=b.headers, json={"status": "dismissed", "expected_status": "open"}
+    )
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    named = re.search(r"\(set by (\S+) at (\S+)\)", detail)
+    assert named is not None, detail
+    assert named[1] == a.key.split(".")[0], detail
+    assert datetime.fromisoformat(named[2]) == datetime.fromisoformat(set_it["history"][-1]["at"])
 
 
 async def test_a_change_on_the_feed_carries_its_history_lines_time(
