@@ -117,6 +117,9 @@ ZH: Mapping[str, str] = {
     ),
     "confirm.submit": "确认：将 {0} 条预警改为「{1}」",
     "confirm.back": "返回，不作任何更改",
+    "confirm.again": (
+        "此确认已失效（选择有变、已换用其他密钥登录，或已超过 {0} 分钟），未作任何更改。请核对后再次确认。"
+    ),
     "flags.grace": "宽限期",
     "flags.grace_ends": (
         "至 {0}（自 {1} 转为待定起 {2} 小时）。在此之前若有迟到的上传说明此预警，它将自动解除；"
@@ -359,6 +362,10 @@ EN: Mapping[str, str] = {
     ),
     "confirm.submit": "Confirm: set {0} flags to {1}",
     "confirm.back": "Go back without changing anything",
+    "confirm.again": (
+        "That confirmation no longer holds (other choices, another key signed in since, or older than "
+        "{0} minutes): nothing was changed. Check and confirm again."
+    ),
     "flags.grace": "Grace window",
     "flags.grace_ends": (
         "until {0} ({2} h from {1}, when it became pending). A late upload that explains it before "

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, get_args
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -51,25 +51,60 @@ ENDED_EVENT = "ended"  # a live stream's last message when its session has ended
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 
 
-def _confirmation(request: Req, wanted: list[tuple[int, str | None]], status: str, note: str | None) -> str:
-    """What confirms a bulk change of status: a digest of its choices (each flag with the
-    status its row showed, the status, the note) under a key of the service's own. A
-    change of status of more than one flag is made only with it, so a form that did not
-    come from the confirmation page of those very choices changes nothing. Every such
-    change is asked about, whatever the status: a status a person sets is never undone by
-    an automatic clear, and a pending or auto-cleared flag cannot be made so again."""
+def _confirmation(
+    request: Req, wanted: list[tuple[int, str | None]], status: str, note: str | None, issued: int
+) -> str:
+    """What confirms a bulk change of status: when it was asked (``issued``, seconds since
+    the epoch) and a digest, under a key of the service's own, of that time, the signed-in
+    key's id and the change's choices (each flag with the status its row showed, the
+    status, the note). A change of status of more than one flag is made only with it, so
+    a form that did not come from the confirmation page of those very choices, asked of
+    the key signed in now within :data:`CONFIRM_SECONDS`, changes nothing
+    (:func:`_confirmed`). Every such change is asked about, whatever the status: a
+    status a person sets is never undone by an automatic clear, and a pending or
+    auto-cleared flag cannot be made so again."""
     key = hmac.new(request.app.state.settings.psn_secret, b"tracecode console bulk change", hashlib.sha256)
     if note is not None:  # as a browser sends it back from a hidden field: CRLF line breaks
         note = note.replace("\r\n", "\n").replace("\r", "\n")
-    chosen = json.dumps([[[flag_id, shown] for flag_id, shown in wanted], status, note], ensure_ascii=False)
-    return hmac.new(key.digest(), chosen.encode(), hashlib.sha256).hexdigest()
+    chosen = json.dumps(
+        [
+            auth.principal(request).key_id,
+            issued,
+            [[flag_id, shown] for flag_id, shown in wanted],
+            status,
+            note,
+        ],
+        ensure_ascii=False,
+    )
+    return f"{issued}.{hmac.new(key.digest(), chosen.encode(), hashlib.sha256).hexdigest()}"
 
 
-def _confirms(given: object, expected: str) -> bool:
+def _confirmed(
+    request: Req, given: object, wanted: list[tuple[int, str | None]], status: str, note: str | None
+) -> bool:
+    """Does the form's confirmation field confirm these choices, for the key signed in
+    now, asked no more than :data:`CONFIRM_SECONDS` ago? (A page left open longer, or
+    opened before signing in as another key, asks again.)"""
+    if not isinstance(given, str):  # absent, or a file
+        return False
+    issued, _, _ = given.partition(".")
+    if not (issued.isascii() and issued.isdigit() and len(issued) <= 12):
+        return False
+    if not -CONFIRM_SKEW_SECONDS <= _now() - int(issued) <= CONFIRM_SECONDS:
+        return False
+    return _confirms(given, _confirmation(request, wanted, status, note, int(issued)))
+
+
+def _now() -> int:
+    """Seconds since the epoch (a bulk confirmation's time)."""
+    return int(datetime.now(UTC).timestamp())
+
+
+def _confirms(given: str, expected: str) -> bool:
     """Is the form's confirmation field the one expected? Compared as bytes: any text a
     form may carry (compare_digest refuses a str that is not ASCII with a TypeError: a
-    crafted "é" was a 500), and a file is no confirmation."""
-    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+    crafted "é" was a 500)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def names_item(flag: Mapping[str, Any]) -> bool:
@@ -85,8 +120,10 @@ Req = Request[Any, Any, Any]
 EXPECTED = "expected_status"
 # a route's opt: a form that saves something (lost when sent without a session)
 SAVES = "saves"
-# a bulk change's field that confirms it (:func:`_confirmation`)
+# a bulk change's field that confirms it (:func:`_confirmation`), and how long it holds
 CONFIRM = "confirm"
+CONFIRM_SECONDS = 15 * 60
+CONFIRM_SKEW_SECONDS = 60  # a confirmation asked of another process, its clock ahead
 
 
 def _text(value: object, limit: int = 2000) -> str | None:
@@ -588,10 +625,11 @@ class ConsoleController(Controller):
         elif (
             status is not None
             and len(wanted) > 1
-            and not _confirms(form.get(CONFIRM), _confirmation(request, wanted, status, note))
+            and not _confirmed(request, form.get(CONFIRM), wanted, status, note)
         ):
             # a change of status of many flags, not confirmed yet (or confirmed for other
-            # choices): nothing changes; the page asks, its form the same choices again
+            # choices, another key, too long ago): nothing changes; the page asks, its
+            # form the same choices again
             return page(
                 request,
                 "flags_confirm.html",
@@ -599,8 +637,10 @@ class ConsoleController(Controller):
                 status=status,
                 note=note or "",
                 back=back,
-                confirm=_confirmation(request, wanted, status, note),
+                confirm=_confirmation(request, wanted, status, note, _now()),
                 statuses=STATUSES,
+                again=bool(form.get(CONFIRM)),  # a confirmation that no longer holds
+                minutes=CONFIRM_SECONDS // 60,
             )
         else:
             changed, stale = await self._change(request, wanted, status, note)

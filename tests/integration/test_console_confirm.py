@@ -6,10 +6,12 @@ a confirmation bound to them."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from service.console import pages
 from tests.helpers import Api, world
 from tests.integration.test_console import _confirmed, _fields, _sign_in, browser  # noqa: F401 - the fixture
 from tests.integration.test_console_stale import _form, _resold
@@ -147,3 +149,65 @@ async def test_a_confirmation_that_is_not_ascii_text_is_asked_about_again(
         assert "<h1>确认批量变更</h1>" in asked.text
     for flag_id in ids:
         assert await _history(w, flag_id) == ("open", [])
+
+
+async def test_a_confirmation_asked_of_another_key_changes_nothing_and_asks_again(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A confirmation is bound to the key signed in when it was asked: a page opened
+    under key A, sent after signing in as B in the same browser, changes nothing; the page
+    asks B again, saying why, and B's own confirmation is taken."""
+    w = await world(admin)
+    ids = await _resold(w, range(81, 83))
+    other = await admin.key_for("investigator")
+    await _sign_in(browser, w["inv"].key)
+    queue = (await browser.get(QUEUE)).text
+    asked = await browser.post(
+        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": "dismissed"}, follow_redirects=False
+    )
+    assert asked.status_code == 200
+    assert "此确认已失效" not in asked.text
+    await _sign_in(browser, other.key)
+    again = await _confirmed(browser, asked)
+    assert again.status_code == 200, again.text
+    assert "<h1>确认批量变更</h1>" in again.text
+    assert "此确认已失效（选择有变、已换用其他密钥登录，或已超过 15 分钟）" in again.text
+    for flag_id in ids:
+        assert await _history(w, flag_id) == ("open", [])
+    assert (await _confirmed(browser, again)).status_code == 303
+    for flag_id in ids:
+        stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+        assert [(h["status"], h["by_key"]) for h in stored["history"]] == [
+            ("dismissed", other.key.split(".")[0])
+        ]
+
+
+async def test_a_confirmation_older_than_fifteen_minutes_changes_nothing_and_asks_again(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A confirmation page left open for longer than 15 minutes asks again (what the
+    person saw may no longer be so); one sent in time is taken."""
+    w = await world(admin)
+    ids = await _resold(w, range(91, 93))
+    await _sign_in(browser, w["inv"].key)
+    browser.cookies.set("console_lang", "en", path="/console")
+    queue = (await browser.get(QUEUE)).text
+    asked = await browser.post(
+        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": "confirmed"}, follow_redirects=False
+    )
+    issued = int(time.time())
+    monkeypatch.setattr(pages, "_now", lambda: issued + 15 * 60 + 1, raising=False)
+    again = await _confirmed(browser, asked)
+    assert again.status_code == 200, again.text
+    assert "That confirmation no longer holds" in again.text
+    assert "older than 15 minutes" in again.text
+    for flag_id in ids:
+        assert await _history(w, flag_id) == ("open", [])
+    # the page asked again: its confirmation holds for 15 minutes from then
+    monkeypatch.setattr(pages, "_now", lambda: issued + 2 * 15 * 60, raising=False)
+    assert (await _confirmed(browser, again)).status_code == 303
+    for flag_id in ids:
+        assert (await _history(w, flag_id))[0] == "confirmed"
