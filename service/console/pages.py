@@ -853,11 +853,35 @@ def _lot_named(product_id: str, lot: str) -> bool:
     return is_product_id(product_id) and 0 < len(lot) <= MAX_LOT and "\x00" not in lot
 
 
+def _may_list(query: flag_usecases.FlagQuery, flag: dict[str, str]) -> bool:
+    """Might the queue with ``query`` list this flag (a stream entry), whatever its status?
+    Read from the entry's own fields, which a flag keeps (its kind, code, organisation,
+    region and activity time), without asking the database: False only when it never
+    would. Most entries of a filtered queue's stream end here."""
+    code, flag_id = flag.get("code", ""), flag.get("flag_id", "")
+    if not code or not (flag_id.isascii() and flag_id.isdigit()):
+        return False
+    if query.code not in (None, code) or query.kind not in (None, flag.get("kind")):
+        return False
+    if query.org not in (None, flag.get("org")):
+        return False
+    if query.region is not None and not flag.get("region", "").startswith(query.region):
+        return False
+    if query.since is not None or query.until is not None:
+        try:
+            at = datetime.fromisoformat(flag.get("at", ""))
+        except ValueError:
+            return True  # the database says
+        if (query.since is not None and at < query.since) or (query.until is not None and at >= query.until):
+            return False
+    return True
+
+
 async def _listed(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str]) -> bool:
     """Would the queue with ``query`` list this flag (a stream entry) now? Asked of the
     queue's own search, narrowed to the flag's code (a handful of rows, by their key)."""
     code, flag_id = flag.get("code", ""), flag.get("flag_id", "")
-    if not code or not (flag_id.isascii() and flag_id.isdigit()) or query.code not in (None, code):
+    if not _may_list(query, flag):
         return False
     found = await flag_usecases.search(pool, replace(query, code=code), before_id=int(flag_id) + 1, limit=1)
     return [f["flag_id"] for f in found.items] == [flag_id]
@@ -869,21 +893,32 @@ async def _live(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str],
     change of status (the feed carries new flags and changes alike, each with its
     ``changed_at``; a change's is its history line's time): when the page would list the
     flag with its new status (``listed``), or it may be one of its rows (the page's
-    filters but its status)."""
+    filters but its status). Cheapest first: the entry's own fields (no query), then
+    the page's search, and only for a flag it shows, which of the two the entry is (the
+    flag's history) and its organisation's name."""
     status = flag.get("status", "")
     try:
         changed_at = datetime.fromisoformat(flag.get("changed_at", ""))
         flag_id = int(flag.get("flag_id", ""))
     except ValueError:
         return None
-    change = await flag_usecases.published_change(pool, flag.get("code", ""), flag_id, changed_at)
-    if change is None:
+    if not _may_list(query, flag):
+        return None
+    code = flag.get("code", "")
+    # would the page list the flag, or a row of it, with the entry's status?
+    listed = status == query.status if query.status is not None else status != "pending"
+    if await _listed(pool, replace(query, status=status), flag):
+        change = await flag_usecases.published_change(pool, code, flag_id, changed_at)
+        if change is None and not listed:
+            return None  # a new flag of a status the page does not list
+    else:
+        # the flag has moved on since the entry (its change follows on the stream): a
+        # new flag the page lists as it is now, or nothing
         if not await _listed(pool, query, flag):
             return None
-        return _live_entry(flag, t, None, listed=True, org_name=await _org_name(pool, flag.get("org", "")))
-    if not await _listed(pool, replace(query, status=status), flag):
-        return None
-    listed = status == query.status if query.status is not None else status != "pending"
+        if await flag_usecases.published_change(pool, code, flag_id, changed_at) is not None:
+            return None
+        change, listed = None, True
     return _live_entry(flag, t, change, listed=listed, org_name=await _org_name(pool, flag.get("org", "")))
 
 
