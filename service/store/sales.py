@@ -36,25 +36,27 @@ def _consumption(row: asyncpg.Record) -> Consumption:
     )
 
 
+# the consumptions of the codes $1 (only unreversed ones when $2), in the order they
+# happened: by sale time, then by when they were recorded
+_OF_CODES = f"""SELECT {_COLUMNS} FROM consumptions
+                WHERE code = ANY($1::text[]) AND (NOT $2 OR reversed_at IS NULL)
+                ORDER BY at, created_at"""  # noqa: S608
+
+
 async def of_codes(conn: Conn, codes: Iterable[str], *, open_only: bool) -> list[Consumption]:
     """The consumptions of ``codes`` (only unreversed ones with ``open_only``), in the
     order they happened: by sale time, then by when they were recorded."""
-    rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM consumptions
-            WHERE code = ANY($1::text[]) AND (NOT $2 OR reversed_at IS NULL)
-            ORDER BY at, created_at""",  # noqa: S608
-        list(codes),
-        open_only,
-    )
-    return [_consumption(r) for r in rows]
+    return [_consumption(r) for r in await conn.fetch(_OF_CODES, list(codes), open_only)]
 
 
 async def open_by_code(conn: Conn, codes: Sequence[str]) -> dict[str, list[Consumption]]:
-    """The unreversed consumptions of ``codes`` (one statement), by code, each code's in
-    the order they happened."""
+    """The unreversed consumptions of ``codes``, by code, each code's in the order they
+    happened: one statement per shard of the codes (``store.codes.fetch_by_shard``: one
+    on plain PostgreSQL), as Citus routes them by code (verify's read of used-up packs,
+    a settlement's of opened ones)."""
     by_code: dict[str, list[Consumption]] = {}
-    for take in await of_codes(conn, codes, open_only=True):
-        by_code.setdefault(take.code, []).append(take)
+    for row in await code_store.fetch_by_shard(conn, _OF_CODES, codes, True):
+        by_code.setdefault(row["code"], []).append(_consumption(row))
     return by_code
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service.store import sales as sale_store
+from service.store import codes as code_store
 from tests.helpers import Api, event
 from tests.integration.test_nhsa import _world, envelope, nhsa, sale
 from tests.integration.test_settlements import claim, stocked
@@ -120,19 +120,21 @@ async def test_the_sales_are_read_once_a_batch_and_only_for_used_up_packs(
     admin: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Verify is the hottest read: a batch with used-up packs reads their sales in one
-    statement, for those packs alone; a batch with none reads no sales at all."""
+    statement a shard (one on plain PostgreSQL: Citus routes them by code), for those
+    packs alone; a batch with none reads no sales at all."""
     w = await stocked(admin, n=4)
     p1, (a, b, c, d) = w["keys"]["P1"], w["codes"]
     await p1.events(event("dispense", "P1", [a], 30), event("dispense", "P1", [b], 31))
     await p1.events(event("dispense", "P1", [c], 32, quantity=6))  # a split sale: units left
     reads: list[list[str]] = []
-    real = sale_store.of_codes
+    real = code_store.fetch_by_shard
 
-    async def counted(conn: Any, codes: Any, *, open_only: bool) -> Any:
-        reads.append(sorted(codes))
-        return await real(conn, codes, open_only=open_only)
+    async def counted(conn: Any, sql: str, codes: Any, *args: object) -> Any:
+        if "FROM consumptions" in sql:
+            reads.append(sorted(codes))
+        return await real(conn, sql, codes, *args)
 
-    monkeypatch.setattr(sale_store, "of_codes", counted)
+    monkeypatch.setattr(code_store, "fetch_by_shard", counted)
     items = await verify_many(p1, [a, c, b, d, "not a code"])
     assert reads == [sorted([a, b])]
     assert [x["dispensable"] for x in items] == [False, True, False, True, False]
