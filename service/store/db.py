@@ -208,10 +208,16 @@ class Pool(asyncpg.Pool):
         # asyncpg's own, which both ``async with pool.acquire()`` and ``await
         # pool.acquire()`` run (tests/integration/test_monitoring.py checks it still is)
         self.waiting += 1
+        # full when the wait began: it waited for a connection to come free, not for a new
+        # one to open (asyncpg hands an acquire a free slot at once, and then connects):
+        # so judged, not only at the timeout, by when a held connection may have closed
+        # meanwhile (it left the pool not "full", and a full pool's 503 was counted as the
+        # database's)
+        full = self._full()
         try:
             return await super()._acquire(timeout)  # type: ignore[misc]
         except TimeoutError as exc:
-            if self.get_idle_size() == 0 and self.get_size() >= self.get_max_size():
+            if full or self._full():
                 raise PoolExhausted(
                     f"no database connection came free within {timeout} s: all "
                     f"{self.get_max_size()} of this worker's pool were in use"
@@ -219,6 +225,10 @@ class Pool(asyncpg.Pool):
             raise
         finally:
             self.waiting -= 1
+
+    def _full(self) -> bool:
+        """Is every connection the pool may open open and in use?"""
+        return self.get_idle_size() == 0 and self.get_size() >= self.get_max_size()
 
 
 async def create_pool(

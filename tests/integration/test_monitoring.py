@@ -6,6 +6,7 @@ templates the query selects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import re
@@ -352,6 +353,52 @@ async def test_the_pool_counts_the_acquires_that_wait_and_says_when_it_is_full(d
         assert pool.waiting == 0
     finally:
         pool.terminate()  # not close(): it waits for every connection to come back
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_wait_that_began_on_a_full_pool_is_the_pools_though_it_ends_as_a_connection_opens(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acquire that began with every connection in use waited for one to come free:
+    it times out as PoolExhausted (cause "pool") even when, at the timeout, the pool did
+    not look full because another acquire, ahead of it, was opening a connection in a
+    slot that came free (a connection closed: asyncpg opens a new one in its slot). It
+    was counted as an unreachable database's."""
+    pool = await create_pool(db_url, min_size=1, max_size=1, acquire_seconds=30)
+    opening = asyncio.Event()
+
+    async def slow_to_open(*_: Any, **__: Any) -> Any:
+        opening.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    try:
+        held = await pool.acquire()
+
+        async def acquired(seconds: float) -> Any:
+            return await pool.acquire(timeout=seconds)
+
+        ahead = asyncio.create_task(acquired(30))
+        for _ in range(100):
+            if pool.waiting == 1:
+                break
+            await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(acquired(0.5))
+        for _ in range(100):
+            if pool.waiting == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.waiting == 2
+        monkeypatch.setattr(pool, "_get_new_connection", slow_to_open)
+        held.terminate()  # its slot comes free: the acquire ahead opens a connection in it
+        await asyncio.wait_for(opening.wait(), 5)
+        with pytest.raises(PoolExhausted) as exhausted:
+            await waiter
+        assert unavailable_cause(exhausted.value) == "pool"
+        ahead.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ahead
+    finally:
+        pool.terminate()
 
 
 @pytest.mark.asyncio(loop_scope="session")
