@@ -267,10 +267,12 @@ async def probe(pool: asyncpg.Pool, url: str | None = None) -> None:
 
     With ``url``, a pool whose every connection is in use (PoolExhausted: a busy worker,
     or a database whose statements no longer finish) is not taken for an unanswering
-    database: the probe asks on a connection of its own, opened and closed within
-    ``PROBE_SECONDS`` each. A readiness probe that failed on a full pool took a busy
-    worker out of a load balancer's rotation, and all of them at the peak, sending the
-    load nowhere (found by a probe of ops/)."""
+    database: the probe asks on a connection of its own, opened within ``PROBE_SECONDS``
+    and asked as long again (dropped at once when it does not answer), so at most three
+    times ``PROBE_SECONDS`` in all; one connection beyond the pool's, which PostgreSQL's
+    ``max_connections`` must leave room for (README, Configuration). A readiness probe
+    that failed on a full pool took a busy worker out of a load balancer's rotation, and
+    all of them at the peak, sending the load nowhere (found by a probe of ops/)."""
     try:
         async with pool.acquire(timeout=PROBE_SECONDS) as conn:
             await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
@@ -280,8 +282,10 @@ async def probe(pool: asyncpg.Pool, url: str | None = None) -> None:
         own = await asyncpg.connect(url, timeout=PROBE_SECONDS)
         try:
             await own.fetchval("SELECT 1", timeout=PROBE_SECONDS)
-        finally:
-            await own.close(timeout=PROBE_SECONDS)
+        except BaseException:
+            own.terminate()  # not close(): it waits for an answer too
+            raise
+        await own.close(timeout=PROBE_SECONDS)
 
 
 # Batches with more codes than this are planned for their own values (plan_for_values).
