@@ -127,6 +127,7 @@ ZH: Mapping[str, str] = {
     ),
     "flags.grace_passed": "已于 {0} 结束，没有上传说明此预警：下一次检查时（每 {1} 秒一次）转为「待处理」。",
     "flags.bad_filter": "筛选条件无效：",
+    "flags.code_read_as": "已按追溯码 {0} 筛选：去除了空格，全角字符按半角读取。",
     "flags.changed": "已更新 {0} 条预警。",
     "flags.not_found": "没有此预警。",
     "flags.live": "新到与变更的预警（实时）",
@@ -375,6 +376,9 @@ EN: Mapping[str, str] = {
         "ended at {0} with nothing explaining it: it opens at the next check (every {1} s)."
     ),
     "flags.bad_filter": "Invalid filter: ",
+    "flags.code_read_as": (
+        "Filtered by the code {0}: spaces dropped, full-width characters read as half-width."
+    ),
     "flags.changed": "{0} flag(s) updated.",
     "flags.not_found": "No such flag.",
     "flags.live": "New and changed flags (live)",

@@ -28,7 +28,7 @@ from service.console import auth, charts, lots
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.text import visible
 from service.console.timeline import layout
-from service.core.codes import as_typed, is_product_id, strip_code, try_parse_code
+from service.core.codes import ParsedCode, as_typed, is_product_id, strip_code, try_parse_code
 from service.core.events import bound_problem
 from service.core.flags import code_is_item, status_set_by
 from service.core.rules import CHINA
@@ -124,6 +124,19 @@ SAVES = "saves"
 CONFIRM = "confirm"
 CONFIRM_SECONDS = 15 * 60
 CONFIRM_SKEW_SECONDS = 60  # a confirmation asked of another process, its clock ahead
+
+
+def _typed_code(value: str) -> tuple[ParsedCode | None, str | None]:
+    """A code typed into the console (the search, the queue's filter): as every route
+    reads one (only ASCII whitespace around it dropped), else as a person types it
+    (``core.codes.as_typed``: spaces inside, full-width forms; the API stays strict); and
+    the code read, when only its typed form reads as one (the page says so)."""
+    raw = strip_code(value)
+    parsed = try_parse_code(raw)
+    if parsed is None and (typed := as_typed(raw)) != raw:
+        parsed = try_parse_code(typed)
+        return parsed, parsed.canonical if parsed is not None else None
+    return parsed, None
 
 
 def _text(value: object, limit: int = 2000) -> str | None:
@@ -376,12 +389,7 @@ class ConsoleController(Controller):
         if q is None or _text(q) is None:
             return page(request, "code.html", q="", found=None, invalid=False)
         raw = strip_code(q)  # as every route reads a code: only ASCII whitespace around it dropped
-        parsed = try_parse_code(raw)
-        read_as = None  # the code searched for, when only its typed form reads as one
-        if parsed is None and (typed := as_typed(raw)) != raw:
-            # as a person types it: spaces inside, full-width digits (the API stays strict)
-            parsed = try_parse_code(typed)
-            read_as = parsed.canonical if parsed is not None else None
+        parsed, read_as = _typed_code(raw)
         if parsed is None:
             return page(request, "code.html", q=raw, found=None, invalid=True)
         found = await code_usecases.history_of(services.pool, parsed.canonical)
@@ -429,6 +437,8 @@ class ConsoleController(Controller):
         services = request.app.state.services
         params = request.query_params
         query, bad = _flag_query(params, pending=pending)
+        # the code filtered by, when only its typed form reads as one (said, as the search says it)
+        code_read_as = _typed_code(params.get("code", ""))[1] if query.code is not None else None
         before = _text(params.get("before"), 19)
         number = before is not None and before.isascii() and before.isdigit()  # "³" is a digit too
         before_id = int(before) if number and before and int(before) < 2**63 else None
@@ -469,6 +479,7 @@ class ConsoleController(Controller):
             filters=kept,
             bad=bad,
             reversed_dates=reversed_dates,
+            code_read_as=code_read_as,
             counts=counts,
             count_filters=count_filters,
             kinds=KINDS,
@@ -1011,7 +1022,7 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
     code = _filter(params, "code", MAX_CODE, bad)
     canonical = None
     if code is not None:
-        parsed = try_parse_code(params.get("code"))  # only ASCII whitespace around it is dropped
+        parsed, _ = _typed_code(params.get("code"))  # as the code search reads it
         if parsed is None:
             bad.append("code")
         else:

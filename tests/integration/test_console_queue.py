@@ -3,6 +3,7 @@ it cannot apply; signing in again ends the browser's previous session."""
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -58,10 +59,11 @@ async def test_the_next_page_keeps_the_code_filter(admin: Api, browser: AsyncTes
         # past any form value's 2,000 characters they were dropped, and every flag listed
         {"org": "X" * 3000},
         {"code": "8" * 3000},
-        # the sold pack's code with U+3000 or U+00A0 after it: not a code, as on the API
-        # (found by a probe: the console dropped Unicode whitespace around a code)
-        {"code": "81234560000000000902\u3000"},
+        # the sold pack's code with U+00A0 after it: not a code, as on the API (found by a
+        # probe: the console dropped Unicode whitespace around a code); a full-width space
+        # (U+3000) is a person's typing, read as the search reads it (below)
         {"code": "81234560000000000902\xa0"},
+        {"code": "81234560000000000902\u2003"},
         {"kind": "K" * 3000},
         {"since": "2026-01-01" + " " * 10 + "x" * 2500},
         {"med_list_codg": "X" * 3000},
@@ -193,3 +195,42 @@ async def test_a_persons_purchases_billed_without_codes_link_to_their_item(
     assert 'href="/console/codes?q=MEX"' not in page.text
     queue = await browser.get("/console/flags")
     assert '<a href="/console/flags?med_list_codg=MEX">' in queue.text
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "8123456 0000000000904",  # as a label prints it
+        "８１２３４５６００００００００００９０４",  # a Chinese input method's full-width digits
+        "81234560000000000904\u3000",  # with its full-width space after it
+    ],
+)
+async def test_the_code_filter_reads_a_code_as_a_person_types_it_as_the_search_does(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    typed: str,
+) -> None:
+    """The queue's code filter refused what the code search reads (spaces inside a code,
+    full-width digits: ``core.codes.as_typed``): it now filters by the code they spell,
+    says so, and keeps it on the live list's link."""
+    w = await world(admin)
+    others = await _sold(w, 905, 1)
+    mine = await _sold(w, 904, 2)
+    code = cn20(w["unit"], 904)
+    assert code == "81234560000000000904"
+    await _sign_in(browser, w["inv"].key)
+    page = await browser.get("/console/flags", params={"code": typed})
+    assert page.status_code == 200
+    assert 'role="alert"' not in page.text, page.text
+    assert sorted(_FLAG_IDS.findall(page.text)) == sorted(mine)
+    assert not set(_FLAG_IDS.findall(page.text)) & set(others)
+    assert f"已按追溯码 <bdi>{code}</bdi> 筛选" in page.text
+    # the live list's link keeps the filter, which its stream reads as the page does
+    live = re.search(r'data-live="/console/flags/live\?([^"]*)"', page.text)
+    assert live is not None
+    kept = await browser.get(f"/console/flags?{html.unescape(live[1])}")
+    assert sorted(_FLAG_IDS.findall(kept.text)) == sorted(mine)
+    # the code as written reads as it is: nothing to say
+    plain = await browser.get("/console/flags", params={"code": code})
+    assert sorted(_FLAG_IDS.findall(plain.text)) == sorted(mine)
+    assert "已按追溯码" not in plain.text
