@@ -7,6 +7,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The API's key for a pack with no custodian (``by_custodian_and_state``,
+# ``held_by_custodian``) and for one on its way to no named organisation
+# (``in_transit_to``: an NHSA transfer out may name none): two things, one word
+# (store.recalls.lot_summary). The lot page keeps them apart, each under a key no
+# organisation id can be (ids are letters, digits and "_.:-") and a label of its own.
+UNKNOWN = "unknown"
+NO_CUSTODIAN = "(no-custodian)"
+NO_DESTINATION = "(no-destination)"
+LABELS = {NO_CUSTODIAN: "lot.no_custodian", NO_DESTINATION: "lot.no_destination"}
+
 
 @dataclass(frozen=True, slots=True)
 class Holding:
@@ -21,10 +31,16 @@ class Holding:
 
 def holdings(summary: Mapping[str, Any]) -> dict[str, Holding]:
     """Every organisation the lot's packs are with or on their way to, from the API's
-    ``by_custodian_and_state``, ``held_by_custodian`` and ``in_transit_to``."""
-    split: Mapping[str, Mapping[str, int]] = summary["by_custodian_and_state"]
-    held: Mapping[str, int] = summary["held_by_custodian"]
-    incoming: Mapping[str, int] = summary["in_transit_to"]
+    ``by_custodian_and_state``, ``held_by_custodian`` and ``in_transit_to``; the packs
+    with no custodian under :data:`NO_CUSTODIAN`, those on their way to no named
+    organisation under :data:`NO_DESTINATION` (the API says ``unknown`` for both)."""
+
+    def renamed(counts: Mapping[str, Any], key: str) -> dict[str, Any]:
+        return {key if org == UNKNOWN else org: n for org, n in counts.items()}
+
+    split: Mapping[str, Mapping[str, int]] = renamed(summary["by_custodian_and_state"], NO_CUSTODIAN)
+    held: Mapping[str, int] = renamed(summary["held_by_custodian"], NO_CUSTODIAN)
+    incoming: Mapping[str, int] = renamed(summary["in_transit_to"], NO_DESTINATION)
     return {
         org: Holding(
             held=held.get(org, 0),

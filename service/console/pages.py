@@ -717,8 +717,13 @@ class InvestigationController(Controller):
         holding = lots.holdings(summary)
         # the holders with a bar of their own, named (the order and the count are the chart's)
         top = sorted(holding, key=lambda k: (-holding[k].held, k))[: charts.own_bars(len(holding))]
-        holders = await registry_usecases.get_orgs(services.pool, top)
+        holders = await registry_usecases.get_orgs(services.pool, [k for k in top if k not in lots.LABELS])
         others = lots.added(h for k, h in holding.items() if k not in top)
+
+        def label(k: str) -> str:
+            """An organisation's name, its bare id, or what a key of no organisation means."""
+            return holders[k].name if k in holders else t(lots.LABELS[k]) if k in lots.LABELS else visible(k)
+
         return page(
             request,
             "lot.html",
@@ -731,12 +736,12 @@ class InvestigationController(Controller):
                 [(k, t(f"state.{k}"), n) for k, n in summary["recalled_by_state"].items()]
             ),
             by_custodian=charts.bars(
-                [(k, holders[k].name if k in holders else visible(k), h.held) for k, h in holding.items()],
+                [(k, label(k), h.held) for k, h in holding.items()],
                 rest=t("lot.others", len(holding) - len(top)),
             ),
             # the table's figures for each bar ("": the others, added up)
             holding={**{k: holding[k] for k in top}, "": others},
-            known=set(holders),  # organisations with a page (not "unknown", no custodian)
+            known=set(holders),  # organisations with a page (not the keys of lots.LABELS)
         )
 
     @post("/lots/recall", opt={SAVES: True})

@@ -787,6 +787,48 @@ async def test_a_lots_holders_are_charted_by_the_packs_they_still_hold(
     assert "later dispenses and settlements are refused" not in page
 
 
+async def test_a_lots_packs_with_no_custodian_and_on_their_way_nowhere_named_are_two_rows(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+    db: Any,
+) -> None:
+    """The API says "unknown" both for packs with no custodian and for packs on their
+    way to no named organisation (an NHSA transfer out may name none): the lot page
+    showed them as one row "unknown", its figures two things added up. Each is a row of
+    its own now, labelled in both languages."""
+    from tests.helpers import cn20, lot_with_packs_sold_destroyed_and_on_their_way, world
+
+    w = await world(admin)
+    await lot_with_packs_sold_destroyed_and_on_their_way(w, "L2612")
+    # as stored by what leaves them unnamed: one of M1's packs with no custodian, and
+    # the pack D1 shipped to H1 with no destination
+    await db.execute("UPDATE codes SET custodian = NULL WHERE code = $1", cn20(w["unit"], 701))
+    await db.execute("UPDATE codes SET destination = NULL WHERE code = $1", cn20(w["unit"], 706))
+    await _sign_in(browser, w["inv"].key)
+    path = f"/console/lots/{w['unit']}/L2612"
+    _, rows = _custody((await browser.get(path)).text)
+    # still held, of which shipped on their way, on their way to it, sold out, destroyed
+    assert rows == [
+        ("D1 Ltd", [2, 1, 0, 0, 1]),
+        ("P1 Ltd", [2, 0, 0, 1, 0]),
+        ("（无持有方记录）", [1, 0, 0, 0, 0]),
+        ("M1 Ltd", [1, 0, 0, 0, 0]),
+        ("（发往未注明的机构）", [0, 0, 1, 0, 0]),
+    ]
+    browser.cookies.set("console_lang", "en", path="/console")
+    try:
+        _, rows = _custody((await browser.get(path)).text)
+    finally:
+        browser.cookies.delete("console_lang", path="/console")
+    assert [name for name, _ in rows] == [
+        "D1 Ltd",
+        "P1 Ltd",
+        "(no custodian recorded)",
+        "M1 Ltd",
+        "(shipped to an organisation not named)",
+    ]
+
+
 async def test_a_session_that_ended_says_so_and_signing_in_again_returns_to_the_page(
     admin: Api,
     browser: AsyncTestClient,  # type: ignore[type-arg]
