@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -241,18 +241,7 @@ async def unapplied_dispenses(conn: Conn, codes: Sequence[str]) -> list[Incoming
             for c in taken
         ):
             waiting.setdefault(event_id, []).append(code)
-    return [
-        Incoming(
-            event_id=e["event_id"],
-            type="dispense",
-            at=e["at"],
-            org=e["org"],
-            codes=tuple(sorted(waiting[e["event_id"]])),
-            quantity=e["quantity"],
-            setl_id=e["setl_id"],
-        )
-        for e in sorted((dispenses[i] for i in waiting), key=lambda e: (e["at"], e["event_id"]))
-    ]
+    return _as_dispenses(dispenses, waiting)
 
 
 async def dispenses_since(conn: Conn, codes: Sequence[str], at: datetime) -> list[Incoming]:
@@ -266,17 +255,25 @@ async def dispenses_since(conn: Conn, codes: Sequence[str], at: datetime) -> lis
     for code, event_id in linked:
         if event_id in dispenses:
             named.setdefault(event_id, []).append(code)
+    return _as_dispenses(dispenses, named)
+
+
+def _as_dispenses(
+    dispenses: Mapping[UUID, asyncpg.Record], codes: Mapping[UUID, list[str]]
+) -> list[Incoming]:
+    """The stored dispenses (:func:`_dispenses`) that ``codes`` names, oldest first, each
+    as the event it was with those of its codes, in order."""
     return [
         Incoming(
             event_id=e["event_id"],
             type="dispense",
             at=e["at"],
             org=e["org"],
-            codes=tuple(sorted(named[e["event_id"]])),
+            codes=tuple(sorted(codes[e["event_id"]])),
             quantity=e["quantity"],
             setl_id=e["setl_id"],
         )
-        for e in sorted(dispenses.values(), key=lambda e: (e["at"], e["event_id"]))
+        for e in sorted((dispenses[i] for i in codes), key=lambda e: (e["at"], e["event_id"]))
     ]
 
 
