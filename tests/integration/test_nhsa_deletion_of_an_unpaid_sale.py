@@ -7,15 +7,18 @@ or not, kept every pack of the deleted sale taken, with nothing paying for it.""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from tests.helpers import Api
-from tests.integration.test_nhsa import IDS, MED, _units_left, _world, envelope, nhsa, sale
-from tests.integration.test_nhsa_deletions import _shelf_pack, _standing_flags, delete_sale
-from tests.integration.test_nhsa_ledger import deletion
+from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa_deletions import (
+    _shelf_pack,
+    _standing_flags,
+    delete_sale,
+    delete_sale_settled_meanwhile,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -171,35 +174,16 @@ async def test_a_rejected_settlement_committed_while_a_deletion_is_worked_out_le
     transaction is read again inside it (one that pays for the pack makes the deletion
     work itself out again: test_nhsa_deletions). A rejected one pays for nothing: the
     pack comes back all the same."""
-    from service.interop.nhsa import envelope as nhsa_envelope
-    from service.interop.nhsa import inventory as nhsa_inventory
-    from service.store.db import create_pool
-    from service.usecases import nhsa as nhsa_usecase
-
     w = await _world(admin)
     p2 = w["keys"]["P2"]
     insurer = await admin.key_for("insurer")
     code = await _shelf_pack(w, 650)
     await nhsa(p2, envelope("3505", {"selinfo": sale("B650", [code], 24, setl_id="S650")}))
-    worked_out = nhsa_usecase._deletions
-    committed = []
 
-    async def settled_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        found = await worked_out(*args, **kwargs)
-        if not committed:
-            committed.append(await settled(insurer, "S650", [line(1, code, 12)], "rejected"))
-        return found
+    async def settle() -> None:
+        await settled(insurer, "S650", [line(1, code, 12)], "rejected")
 
-    monkeypatch.setattr(nhsa_usecase, "_deletions", settled_meanwhile)
-    env = nhsa_envelope.parse(envelope("3507", {"data": deletion("B650", "4")}))
-    now = datetime.now(UTC)
-    records, errors = nhsa_inventory.translate(env, "P2", now, IDS)
-    assert not errors
-    pool = await create_pool(db_url, min_size=1, max_size=1)
-    try:
-        done = await nhsa_usecase.upload(pool, "P2", records, env.msgid, {}, now)
-    finally:
-        await pool.close()
+    done = await delete_sale_settled_meanwhile(db_url, monkeypatch, "B650", settle)
     assert done.deleted == ["B650"]
     assert done.result.accepted_codes == 1  # the compensating return
     assert await _units_left(p2, code) == 24

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -293,38 +294,53 @@ async def test_a_settlement_committed_while_a_deletion_is_worked_out_keeps_its_u
     settlement's. Before, its units came back while the settlement stood, and the pack
     could have been settled and paid a second time. The deletion runs through the use
     case on a pool of its own (the in-process client answers one request at a time)."""
-    from datetime import UTC, datetime
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    insurer = await admin.key_for("insurer")
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B511", [u[0]], 24, setl_id="S511")}))
 
+    async def settle() -> None:
+        answer = await insurer.ok("POST", "/v1/settlements", claim("S511", u[0], "2026-03-05T10:00:00+08:00"))
+        assert answer["decision"] == "accepted"  # the sale it repeats: paid, once
+
+    done = await delete_sale_settled_meanwhile(db_url, monkeypatch, "B511", settle)
+    assert done.deleted == ["B511"]
+    assert done.result.accepted_codes == 0  # no compensating return
+    assert await _units_left(p2, u[0]) == 0
+
+
+async def delete_sale_settled_meanwhile(
+    db_url: str, monkeypatch: Any, batch: str, settle: Callable[[], Awaitable[None]]
+) -> Any:
+    """P2's 3507 deletion of its sale ``batch``, with ``settle`` run (once) between the
+    deletion's first read of which settlements stand and its transaction, as a
+    settlement committed just then would be. The deletion runs through the use case on a
+    pool of its own (the in-process client answers one request at a time); its result."""
     from service.interop.nhsa import envelope as nhsa_envelope
     from service.interop.nhsa import inventory as nhsa_inventory
     from service.store.db import create_pool
     from service.usecases import nhsa as nhsa_usecase
 
-    w = await _world(admin)
-    p2, u = w["keys"]["P2"], w["units"]
-    insurer = await admin.key_for("insurer")
-    await nhsa(p2, envelope("3505", {"selinfo": sale("B511", [u[0]], 24, setl_id="S511")}))
     worked_out = nhsa_usecase._deletions
+    committed: list[bool] = []
 
     async def settled_meanwhile(*args: Any, **kwargs: Any) -> Any:
         found = await worked_out(*args, **kwargs)
-        answer = await insurer.ok("POST", "/v1/settlements", claim("S511", u[0], "2026-03-05T10:00:00+08:00"))
-        assert answer["decision"] == "accepted"  # the sale it repeats: paid, once
+        if not committed:
+            await settle()
+            committed.append(True)
         return found
 
     monkeypatch.setattr(nhsa_usecase, "_deletions", settled_meanwhile)
-    env = nhsa_envelope.parse(envelope("3507", {"data": deletion("B511", "4")}))
+    env = nhsa_envelope.parse(envelope("3507", {"data": deletion(batch, "4")}))
     now = datetime.now(UTC)
     records, errors = nhsa_inventory.translate(env, "P2", now, IDS)
     assert not errors
     pool = await create_pool(db_url, min_size=1, max_size=1)
     try:
-        done = await nhsa_usecase.upload(pool, "P2", records, env.msgid, {}, now)
+        return await nhsa_usecase.upload(pool, "P2", records, env.msgid, {}, now)
     finally:
         await pool.close()
-    assert done.deleted == ["B511"]
-    assert done.result.accepted_codes == 0  # no compensating return
-    assert await _units_left(p2, u[0]) == 0
 
 
 async def _shelf_pack(
