@@ -15,13 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from operator import attrgetter
-from typing import Protocol
+from typing import Protocol, TypeGuard
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import msgspec
 
-from service.core.codes import parse_code
-from service.core.registry import Org, Product
+from service.core.codes import CodeKind, parse_code
+from service.core.registry import UNIT, Org, Product
 
 # Same-instant events are ordered by what must logically come first.
 TYPE_RANK = {
@@ -213,6 +213,20 @@ class CodeState:
 def _parts(code: str) -> tuple[str, str | None]:
     parsed = parse_code(code)
     return parsed.kind.value, parsed.product_id
+
+
+def none_left(units_left: int | None) -> TypeGuard[int]:
+    """Is a pack used up: no units left (sold out)? ``None``: it holds no units of its own
+    that anyone counts (never commissioned, a container), so never used up."""
+    return units_left is not None and units_left <= 0
+
+
+def holds_packs(kind: str, level: str | None) -> bool:
+    """Does a code hold packs rather than being one (a settlement bills the packs in it,
+    a receipt counts them)? An SSCC (a logistic unit, of no product), or a code of a case
+    or pallet product. ``kind``: the code's (:func:`kind_of`); ``level``: its product's
+    (None: not known)."""
+    return kind == CodeKind.SSCC.value or (level is not None and level != UNIT)
 
 
 def kind_of(code: str) -> str:

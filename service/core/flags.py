@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from service.core.codes import LABEL_MISMATCH, label_disagrees
-from service.core.custody import CodeState, Suspicion
+from service.core.custody import CodeState, Suspicion, none_left
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
 from service.core.rules import PRODUCT_MISMATCH, RECALLED, local_date
@@ -199,10 +199,7 @@ def dispense_flags(
             continue  # the fold already suspects an unknown code
         if code in labels and (said := label_disagrees(labels[code], state.lot, state.expiry)) is not None:
             flag(LABEL_MISMATCH, code, f"{said}: not the pack this code was made for")
-        if used_up is not None:
-            was_used_up = code in used_up
-        else:
-            was_used_up = state.units_left is not None and state.units_left <= 0
+        was_used_up = code in used_up if used_up is not None else none_left(state.units_left)
         if was_used_up:
             out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
         elif short and code in short:

@@ -18,6 +18,7 @@ from service.core.custody import (
     Fact,
     Undoable,
     counted,
+    none_left,
     replay,
     undone_by_deletions,
 )
@@ -307,7 +308,7 @@ def count_flags(entry: Entry, states: Mapping[str, CodeState], region: str | Non
         found: tuple[str, str] | None = None
         if s.state == DESTROYED:
             found = ("DUPLICATE", "the pack was destroyed")
-        elif s.units_left is not None and s.units_left <= 0:
+        elif none_left(s.units_left):
             found = ("DUPLICATE", "the pack was already consumed")
         elif s.state == IN_TRANSIT and s.destination != entry.org:
             found = ("DIVERSION", f"the pack is in transit to {s.destination}")

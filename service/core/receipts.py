@@ -12,21 +12,21 @@ case by a move of its own (no unpack scan), or packed into another case without 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from service.core.codes import CodeKind
-from service.core.custody import kind_of, product_of
+from service.core.custody import holds_packs, kind_of, product_of
 
 MAX_DEPTH = 8  # containers inside containers: a pallet of cases of packs is 2; more is malformed
 
 
-def is_container(code: str, container_products: Collection[str]) -> bool:
-    """A code that holds packs rather than being one, as a settlement judges it: an SSCC
-    (a logistic unit), or a code of a case or pallet product."""
-    return kind_of(code) == CodeKind.SSCC.value or product_of(code) in container_products
+def is_container(code: str, container_levels: Mapping[str, str]) -> bool:
+    """A code that holds packs rather than being one, as a settlement judges it
+    (``core.custody.holds_packs``); ``container_levels``: the level of each case and
+    pallet product, by its id (a unit product is none of them)."""
+    return holds_packs(kind_of(code), container_levels.get(product_of(code) or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class Scans:
 
 
 def count_level(
-    held: Sequence[Held], scans: Scans, container_products: Collection[str]
+    held: Sequence[Held], scans: Scans, container_levels: Mapping[str, str]
 ) -> tuple[int, list[Held]]:
     """The packs the scans of ``held`` (dated up to each one's receipt) put in them, less
     those their unpack scans took out; and the containers they named, to count next."""
@@ -68,7 +68,7 @@ def count_level(
             sign = h.sign if kind == "pack" else -h.sign
             packs += sign * scans.packs.get(scan, 0)
             for child in scans.maybe_containers.get(scan, ()):
-                if not is_container(child, container_products):
+                if not is_container(child, container_levels):
                     packs += sign
                 elif child != h.code and child not in h.within and len(h.within) < MAX_DEPTH:
                     deeper.append(Held(child, h.at, sign, (*h.within, h.code)))

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from service.core.codes import LABEL_MISMATCH, CodeKind, ParsedCode, label_disagrees
-from service.core.custody import DESTROYED, CodeState, holds, whereabouts
-from service.core.registry import UNIT, Org, Product
+from service.core.custody import DESTROYED, CodeState, holds, holds_packs, none_left, whereabouts
+from service.core.registry import Org, Product
 from service.core.sales import Consumption, named
 
 MISSING_CODES = "MISSING_CODES"
@@ -47,7 +47,7 @@ class Reason:
 def used_up(states: Mapping[str, CodeState]) -> list[str]:
     """The packs with no units left, in code order: the only ones whose ALREADY_SETTLED
     names the sales that took them (so verify looks those sales up for these alone)."""
-    return sorted(code for code, s in states.items() if s.units_left is not None and s.units_left <= 0)
+    return sorted(code for code, s in states.items() if none_left(s.units_left))
 
 
 def consumed(whole: int, left: int, by: str) -> str:
@@ -79,17 +79,16 @@ def code_reasons(
     if not org.dispenses:
         detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
         reasons.append(Reason(code, NOT_DISPENSING, detail))
-    if state is not None and state.kind == CodeKind.SSCC.value:
-        # a logistic unit packed here: known, but it holds no units of its own (no flag)
-        detail = "a logistic unit (SSCC), not a pack: bill the packs in it"
-        return [*reasons, Reason(code, QUANTITY_MISMATCH, detail)]
+    # the level of the pack's product, once the pack is known (commissioned, its product too)
+    level = product.level if state is not None and state.commissioned and product is not None else None
+    if state is not None and holds_packs(state.kind, level):
+        # a logistic unit packed here, a case or a pallet: known, but it holds no units of
+        # its own, and each pack is sold and paid once, as itself: the container's own
+        # code paid too would pay its packs twice (no flag)
+        what = "a logistic unit (SSCC)" if state.kind == CodeKind.SSCC.value else f"a {level} of packs"
+        return [*reasons, Reason(code, QUANTITY_MISMATCH, f"{what}, not a pack: bill the packs in it")]
     if state is None or not state.commissioned or product is None:
         return [*reasons, Reason(code, UNKNOWN_CODE, "this code was never commissioned")]
-    if product.level != UNIT:
-        # a case or pallet holds packs, and each pack is sold and paid once, as itself:
-        # the case's own code paid too would pay its packs twice (no flag)
-        detail = f"a {product.level} of packs, not a pack: bill the packs in it"
-        return [*reasons, Reason(code, QUANTITY_MISMATCH, detail)]
     if label is not None and (said := label_disagrees(label, state.lot, state.expiry)) is not None:
         reasons.append(Reason(code, LABEL_MISMATCH, f"{said}: not the pack this code was made for"))
     if state.state == DESTROYED:
@@ -98,7 +97,7 @@ def code_reasons(
         reasons.append(Reason(code, RECALLED, f"lot {state.lot} is recalled"))
     if state.expiry is not None and state.expiry < today:
         reasons.append(Reason(code, EXPIRED, f"expired on {state.expiry.isoformat()}"))
-    if state.units_left is not None and state.units_left <= 0:
+    if none_left(state.units_left):
         if sold:
             detail = consumed(state.pack_units or 0, state.units_left, named(sold, shown_to))
         else:  # not looked up (a settlement names them itself), or none found open

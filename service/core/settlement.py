@@ -16,7 +16,16 @@ from typing import Any
 import msgspec
 
 from service.core.codes import LABEL_MISMATCH, try_parse_code
-from service.core.custody import DESTROYED, CodeState, Fact, counted, folded_before, holds, replay
+from service.core.custody import (
+    DESTROYED,
+    CodeState,
+    Fact,
+    counted,
+    folded_before,
+    holds,
+    none_left,
+    replay,
+)
 from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
@@ -307,11 +316,11 @@ def _check_units(
 ) -> None:
     units = left.get(code, 0)
     whole = state.pack_units or 0
-    if units > 0 and (line.split or units == whole):
+    if not none_left(units) and (line.split or units == whole):
         return
     by = named(earlier, shown_to) or "an earlier line of this settlement"
     detail = consumed(whole, units, by)
-    if units > 0:
+    if not none_left(units):
         detail += "; a whole-pack line needs a full pack"
     out.reasons.append(Reason(code, ALREADY_SETTLED, detail))
 

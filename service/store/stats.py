@@ -174,7 +174,8 @@ async def scanned(
     )
 
 
-async def container_products(conn: Conn) -> list[str]:
-    """The ids of the case and pallet products (a few: a registry's small table)."""
-    rows = await conn.fetch("SELECT product_id FROM products WHERE level <> 'unit'")
-    return [r["product_id"] for r in rows]
+async def container_products(conn: Conn) -> dict[str, str]:
+    """The case and pallet products (a few: a registry's small table): each one's level,
+    by its id."""
+    rows = await conn.fetch("SELECT product_id, level FROM products WHERE level <> 'unit'")
+    return {r["product_id"]: r["level"] for r in rows}

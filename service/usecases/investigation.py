@@ -104,8 +104,8 @@ async def received_packs(conn: Conn, org: str) -> int:
     """The packs the organisation's receives named, a case or pallet counted as the packs
     in it then (``core.receipts``): a few statements a level of containers (cases; or
     pallets, then their cases), each reading a row or an index entry a container or pack."""
-    products = await stats_store.container_products(conn)
-    containers = frozenset(products)
+    containers = await stats_store.container_products(conn)
+    products = list(containers)
     packs = await stats_store.received_packs_named(conn, org, products)
     received, of = await stats_store.received_maybe_containers(conn, org, products)
     held: list[receipts.Held] = []

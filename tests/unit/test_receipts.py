@@ -20,9 +20,9 @@ def test_a_case_counts_its_pack_scans_up_to_the_receipt_less_its_unpack_scans() 
         packs={pack: 12, unpack: 1, later: 5},
         maybe_containers={},
     )
-    assert count_level([Held(CASE, T0 + timedelta(hours=2))], scans, ()) == (11, [])
+    assert count_level([Held(CASE, T0 + timedelta(hours=2))], scans, {}) == (11, [])
     # received again later: counted again, with what was packed by then
-    assert count_level([Held(CASE, T0 + timedelta(hours=4))], scans, ()) == (16, [])
+    assert count_level([Held(CASE, T0 + timedelta(hours=4))], scans, {}) == (16, [])
 
 
 def test_a_pallet_names_its_cases_to_count_next_and_a_cycle_stops() -> None:
@@ -35,12 +35,12 @@ def test_a_pallet_names_its_cases_to_count_next_and_a_cycle_stops() -> None:
         maybe_containers={pallet_pack: [CASE, maybe]},
     )
     at = T0 + timedelta(hours=1)
-    packs, deeper = count_level([Held(PALLET, at)], scans, ())
+    packs, deeper = count_level([Held(PALLET, at)], scans, {})
     assert (packs, deeper) == (3, [Held(CASE, at, 1, (PALLET,))])  # the non-case code is a pack
-    assert count_level([Held(PALLET, at)], scans, {"8123457"})[1] == [
+    assert count_level([Held(PALLET, at)], scans, {"8123457": "case"})[1] == [
         Held(CASE, at, 1, (PALLET,)),
         Held(maybe, at, 1, (PALLET,)),
     ]
     # the case "holds" the pallet it is in (a malformed history): not counted round again
     looped = Scans({CASE: {case_pack: T0}}, {case_pack: "pack"}, {case_pack: 0}, {case_pack: [PALLET]})
-    assert count_level(deeper, looped, ()) == (0, [])
+    assert count_level(deeper, looped, {}) == (0, [])
