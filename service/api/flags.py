@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from litestar import Controller, Request, get, patch
@@ -36,16 +36,16 @@ KINDS = (
     "STOCK_IMBALANCE",
     "LABEL_MISMATCH",
 )
-STATUSES = ("pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared")
+# a flag's statuses, written once: the type (an enum in the OpenAPI document) and the list
+Status = Literal["pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared"]
+STATUSES: tuple[str, ...] = get_args(Status)
 
 
 class FlagChange(msgspec.Struct, forbid_unknown_fields=True):
     status: Literal["open", "investigating", "confirmed", "dismissed"]
     note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     # our addition: the status the client read; another one now refuses the change (409)
-    expected_status: (
-        Literal["pending", "open", "investigating", "confirmed", "dismissed", "auto_cleared"] | None
-    ) = None
+    expected_status: Status | None = None
 
 
 def _cursor(flag_id: int) -> str:
