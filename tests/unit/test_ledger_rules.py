@@ -13,8 +13,8 @@ from service.core.ledger import deleted_evidence, record_evidence
 def test_a_deletion_leaves_its_records_and_the_events_it_undoes_resting_on_nothing() -> None:
     """What a 3507 withdraws rests on the deleted records and on each event their
     compensations undo; not on a compensation itself (a deleted return's, selling a
-    pack again, is judged as a sale), nor on an event no compensation names (a sale
-    whose settlement stands)."""
+    pack again, is judged as a sale), nor on an event no compensation names (a sale's
+    event that took a pack its settlement paid for: ``core.sales.kept_by_settlement``)."""
     at = datetime(2026, 3, 6, tzinfo=UTC)
     sold, returned, undo_sale, undo_return = uuid4(), uuid4(), uuid4(), uuid4()
     compensations = [
