@@ -79,6 +79,10 @@ def _claim(data: SettlementIn, *, for_org: bool = False) -> Claim:
         if line.line_no in seen:
             raise bad_input(f"lines[{i}].line_no", f"line {line.line_no} appears twice")
         seen.add(line.line_no)
+        # a look-alike catalogue code reads as the real one but is another item: it was
+        # judged PRODUCT_MISMATCH and flagged against the pharmacy (found by a probe)
+        if (problem_codg := identifier_problem(line.med_list_codg)) is not None:
+            raise bad_input(f"lines[{i}].med_list_codg", problem_codg)
         total += len(line.codes)
     if total > MAX_CODES:
         raise bad_input("lines", f"{total} codes in one settlement; at most {MAX_CODES}")

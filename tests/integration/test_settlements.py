@@ -751,3 +751,22 @@ async def test_a_reversal_gives_back_the_packs_it_billed_whoever_dispensed_them(
     reversed_ = await ins.ok("POST", "/v1/settlements/S-X/reversal", None)
     assert reversed_["restored"] == [{"code": pack, "units": 24}]
     assert (await w["keys"]["P1"].ok("GET", f"/v1/codes/{pack}/verify"))["units_left"] == 24
+
+
+@pytest.mark.parametrize("codg", [f"{CODG} ", f"\u200b{CODG}", CODG.replace("X", "Ｘ", 1)])
+async def test_a_billed_item_that_is_not_a_plain_identifier_is_refused(admin: Api, db, codg: str) -> None:  # type: ignore[no-untyped-def]
+    """A catalogue code with a space at an end, an invisible character or a full-width
+    letter reads as the real one to a person but is another item: it was judged
+    PRODUCT_MISMATCH and raised a flag against the pharmacy (found by a probe). Refused,
+    400 naming the line's med_list_codg, nothing stored, as a look-alike psn_no is."""
+    w = await stocked(admin, n=1)
+    body = claim("LOOK1", [{"quantity": 24, "codes": w["codes"]}])
+    body["lines"][0]["med_list_codg"] = codg
+    resp = await w["insurer"].post("/v1/settlements", body)
+    assert resp.status_code == 400, resp.text
+    assert [e["field"] for e in resp.json()["errors"]] == ["lines[0].med_list_codg"]
+    assert await db.fetchval("SELECT count(*) FROM settlements WHERE setl_id = 'LOOK1'") == 0
+    assert await db.fetchval("SELECT count(*) FROM flags") == 0
+    again = claim("LOOK1", [{"quantity": 24, "codes": w["codes"]}])
+    plain = await w["insurer"].ok("POST", "/v1/settlements", again)
+    assert plain["decision"] == "accepted"
