@@ -231,6 +231,9 @@ ZH: Mapping[str, str] = {
     "error.title": "出错了",
     "flags.bad_status": "未更改：请选择一个可设置的状态。",
     "flags.nothing": "未更改：请选择新的状态或填写备注。",
+    "flags.other_key": (
+        "未更改：此页面是为另一把密钥打开的，您现在以另一把密钥登录。请在本页重新确认后再提交。"
+    ),
     "flags.keep": "保持不变（{0}）",
     "flags.keep_each": "各自保持不变",
     "flags.bad_note": "未更改：备注最多 2000 个字符，且不能含有 NUL 字符。",
@@ -489,6 +492,10 @@ EN: Mapping[str, str] = {
     "error.title": "Something went wrong",
     "flags.bad_status": "Nothing changed: choose a status that may be set.",
     "flags.nothing": "Nothing changed: choose a new status or write a note.",
+    "flags.other_key": (
+        "Nothing changed: this page was opened for another key than the one now signed in."
+        " Check the page again, then send."
+    ),
     "flags.keep": "keep as it is ({0})",
     "flags.keep_each": "keep each as it is",
     "flags.bad_note": "Nothing changed: a note is at most 2,000 characters, without NUL characters.",

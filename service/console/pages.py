@@ -118,6 +118,17 @@ SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f
 Req = Request[Any, Any, Any]
 # a flag form's field for the status its page showed (per row in the queue: ``_<id>``)
 EXPECTED = "expected_status"
+# the key a form's page was rendered for: signed in since with another key (a second tab
+# replaced the browser's one session), its change would be saved under a key whose holder
+# never saw the page
+RENDERED_FOR = "rendered_for"
+
+
+def _rendered_for_another(request: Req, rendered_for: object) -> bool:
+    """Was the form's page rendered for another key than the one signed in now? A form
+    that names none (a page from before this check) is not refused."""
+    shown = _text(rendered_for)
+    return shown is not None and shown != auth.principal(request).key_id
 # a route's opt: a form that saves something (lost when sent without a session)
 SAVES = "saves"
 # a bulk change's field that confirms it (:func:`_confirmation`), and how long it holds
@@ -593,6 +604,8 @@ class ConsoleController(Controller):
         expected = _text(form.get(EXPECTED))
         if not 0 < flag_id < 2**63:  # no such flag (the database's ids are bigints)
             return await self._flag_page(request, flag_id)
+        if _rendered_for_another(request, form.get(RENDERED_FOR)):
+            return await self._flag_page(request, flag_id, "flags.other_key", note=typed)
         if (status is not None and status not in SETTABLE) or (
             expected is not None and expected not in STATUSES
         ):
@@ -625,7 +638,9 @@ class ConsoleController(Controller):
             back = "/console/flags"
         readable, note = _note(form.get("note"))
         # a change that does nothing says why (it said "0 flags updated": a probe)
-        if status is not None and status not in SETTABLE:
+        if _rendered_for_another(request, form.get(RENDERED_FOR)):
+            _leave_notice(request, back, "flags.other_key", error=True)
+        elif status is not None and status not in SETTABLE:
             _leave_notice(request, back, "flags.bad_status", error=True)
         elif not readable:
             _leave_notice(request, back, "flags.bad_note", error=True)

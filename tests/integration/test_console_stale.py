@@ -218,3 +218,42 @@ async def test_a_bulk_change_that_does_nothing_says_why(
     assert "已更新" not in after
     stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
     assert (stored["status"], stored["history"]) == ("open", [])
+
+
+async def test_a_page_opened_for_another_key_saves_nothing(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """Tab 1 opens a flag and the queue as investigator A; tab 2 signs in as B, which
+    replaces the browser's one session. A form sent from tab 1 was saved under B, whose
+    holder never saw it: now nothing changes and the page says why (both forms)."""
+    w = await world(admin)
+    (flag_id,) = await _resold(w, range(1, 2))
+    other = await admin.key_for("investigator")
+    await _sign_in(browser, w["inv"].key)
+    path = f"/console/flags/{flag_id}"
+    tab_1 = (await browser.get(path)).text
+    queue = (await browser.get("/console/flags")).text
+    assert _form(tab_1, path)["rendered_for"] == _key_id(w["inv"])
+    await _sign_in(browser, other.key)  # tab 2
+    refused = await browser.post(
+        path, data={**_form(tab_1, path), "status": "dismissed", "note": "from tab 1"}, follow_redirects=False
+    )
+    assert refused.status_code == 400, refused.text
+    assert "此页面是为另一把密钥打开的" in refused.text
+    assert 'value="from tab 1"' in refused.text  # the note, to send again
+    bulk = await browser.post(
+        "/console/flags/bulk",
+        data={**_form(queue, "/console/flags/bulk"), "flag_id": str(flag_id), "note": "from tab 1"},
+        follow_redirects=True,
+    )
+    assert "此页面是为另一把密钥打开的" in bulk.text, bulk.text
+    stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    assert (stored["status"], stored["history"]) == ("open", [])
+    # the page as tab 2 sees it now names B, and its form is taken
+    tab_2 = (await browser.get(path)).text
+    assert _form(tab_2, path)["rendered_for"] == _key_id(other)
+    done = await browser.post(path, data={**_form(tab_2, path), "note": "from tab 2"}, follow_redirects=False)
+    assert done.status_code == 303
+    history = (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["history"]
+    assert [h["note"] for h in history] == ["from tab 2"]
