@@ -246,17 +246,25 @@ async def units_taken_once(db: Any, codes: list[str]) -> dict[str, int]:
 
 
 def pack_claim(
-    setl_id: str, code: str, minutes: float, org: str = "P1", *, item: str = "XJ01CAA040A001010104256"
+    setl_id: str,
+    code: str,
+    minutes: float,
+    org: str = "P1",
+    *,
+    item: str = "XJ01CAA040A001010104256",
+    split_units: int | None = None,
 ) -> dict[str, Any]:
     """A settlement (mode settle) of one whole pack of 24 units billed as ``item`` (the
-    small world's unit product's)."""
+    small world's unit product's), or with ``split_units`` a split line (拆零) of that
+    many units of it."""
+    line: dict[str, Any] = {"line_no": 1, "med_list_codg": item, "quantity": 24, "codes": [code]}
+    if split_units is not None:
+        line.update(quantity=split_units, split=True)
     return {
         "setl_id": setl_id,
         "org": org,
         "psn_no": "450103199001011234",
         "at": at(minutes),
         "mode": "settle",
-        "lines": [
-            {"line_no": 1, "med_list_codg": item, "quantity": 24, "codes": [code]}
-        ],
+        "lines": [line],
     }

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, at, event, received, world
+from tests.helpers import Api, event, pack_claim, received, world
 from tests.integration.test_nhsa import MED, SALE_MINUTES, envelope, nhsa, sale, sale_return
 from tests.integration.test_nhsa import _world as nhsa_world
 
@@ -27,15 +27,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 def split_claim(setl_id: str, code: str, units: int, minutes: float, org: str = "P1") -> dict[str, Any]:
     """A settlement (mode settle) of ``units`` units of ``code`` (a split line, 拆零)."""
-    line = {"line_no": 1, "med_list_codg": MED, "quantity": units, "split": True, "codes": [code]}
-    return {
-        "setl_id": setl_id,
-        "org": org,
-        "psn_no": "450103199001011234",
-        "at": at(minutes),
-        "mode": "settle",
-        "lines": [line],
-    }
+    return pack_claim(setl_id, code, minutes, org, item=MED, split_units=units)
 
 
 async def _left(w: dict[str, Any], code: str, org: str = "P1") -> int:
