@@ -92,22 +92,14 @@ async def daily(conn: Conn, org: str, since: datetime) -> dict[date, tuple[int, 
     return {r["day"]: (r["settlements"], r["flags"]) for r in rows}
 
 
-async def received_packs_named(conn: Conn, org: str, container_products: Sequence[str]) -> int:
-    """How many of the codes the organisation's receives named are packs by their text
-    (a re-scan counts again, as ``received`` does)."""
-    maybe = MAYBE_CONTAINER % {"c": "l.code"}
-    named = await conn.fetchval(f"SELECT count(*) {RECEIVED} AND NOT {maybe}", org, list(container_products))
-    return int(named)
-
-
 async def received_maybe_containers(
     conn: Conn, org: str, container_products: Sequence[str]
 ) -> tuple[list[tuple[str, datetime]], dict[str, dict[UUID, datetime]]]:
     """Each code a receive of the organisation named that may be a container, with the
-    receipt's time (once for each time it was received), and the container scans of those
-    codes (pack and unpack events naming one as their container: by id, their times) dated
-    up to a receipt of it. The scans are on the code's own shard (``event_codes`` is keyed
-    by code)."""
+    receipt's time (once for each time it was received: one entry a row of ``received``),
+    and the container scans of those codes (pack and unpack events naming one as their
+    container: by id, their times) dated up to a receipt of it. The scans are on the
+    code's own shard (``event_codes`` is keyed by code)."""
     rows = await conn.fetch(RECEIVED_CONTAINERS_SQL, org, list(container_products))
     received: dict[tuple[UUID, str], datetime] = {}
     scans: dict[str, dict[UUID, datetime]] = {}

@@ -97,17 +97,18 @@ async def org_stats(pool: asyncpg.Pool, org: str) -> dict[str, Any] | None:
         if await registry.get_org(conn, org) is None:
             return None
         stats = await stats_store.org_stats(conn, org)
-        return {**stats, "received_packs": await received_packs(conn, org)}
+        return {**stats, "received_packs": await received_packs(conn, org, stats["received"])}
 
 
-async def received_packs(conn: Conn, org: str) -> int:
-    """The packs the organisation's receives named, a case or pallet counted as the packs
-    in it then (``core.receipts``): a few statements a level of containers (cases; or
-    pallets, then their cases), each reading a row or an index entry a container or pack."""
+async def received_packs(conn: Conn, org: str, named: int) -> int:
+    """The packs the organisation's receives named (``named`` codes in all, its
+    ``received``), a case or pallet counted as the packs in it then (``core.receipts``): a
+    few statements a level of containers (cases; or pallets, then their cases), each
+    reading a row or an index entry a container or pack."""
     containers = await stats_store.container_products(conn)
     products = list(containers)
-    packs = await stats_store.received_packs_named(conn, org, products)
     received, of = await stats_store.received_maybe_containers(conn, org, products)
+    packs = named - len(received)  # the codes that by their text alone are packs
     held: list[receipts.Held] = []
     for code, at in received:
         if receipts.is_container(code, containers):
