@@ -22,7 +22,6 @@ from service.api.errors import refuse_nul_in_url, text_field, text_problem
 from service.api.openapi import BEARER, WITH_BODY, body, problems
 from service.core.auth import Role
 from service.core.rules import CHINA
-from service.core.settlement import person_hash
 from service.interop.nhsa import envelope as nhsa
 from service.interop.nhsa import inventory, sales
 from service.usecases import nhsa as usecase
@@ -449,11 +448,12 @@ class NhsaController(Controller):
             "item": q.item,
             "bchno": q.bchno,
         }
-        page = {"page": q.page_num, "page_size": q.page_size}
         rows: list[dict[str, Any]] = []
         code = env.fixmedins_code
         if env.interface == nhsa.INVENTORY_QUERY:
-            total, found = await usecase.records(services.pool, org, ("3501",), **page, **filters)
+            total, found = await usecase.records(
+                services.pool, org, ("3501",), page=q.page_num, page_size=q.page_size, **filters
+            )
             ledgers = {
                 item["med_list_codg"]: item for item in await usecase.ledger(services.pool, org, None) or []
             }
@@ -476,11 +476,13 @@ class NhsaController(Controller):
                 services.pool,
                 org,
                 (nhsa.SALE, nhsa.SALE_RETURN),
-                **page,
+                page=q.page_num,
+                page_size=q.page_size,
                 **filters,
                 code=q.code,
                 mdtrt_id=q.mdtrt_id,
-                psn_hash=person_hash(services.settings.psn_secret, q.psn_no) if q.psn_no else None,
+                psn_no=q.psn_no,
+                secret=services.settings.psn_secret,
                 traced=env.interface == nhsa.SALE_TRACE_QUERY,
             )
             for r in found:

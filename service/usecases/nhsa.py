@@ -17,6 +17,7 @@ from service.core.custody import Fact
 from service.core.events import Incoming, Rejection
 from service.core.flags import FlagKey, FlagRef, NewFlag
 from service.core.sales import Consumption, kept_by_settlement
+from service.core.settlement import person_hash
 from service.interop.nhsa.envelope import text
 from service.interop.nhsa.sales import NAMESPACE, Record, same_record
 from service.store import codes as code_store
@@ -368,10 +369,21 @@ async def ledger(pool: asyncpg.Pool, org: str, med_list_codg: str | None) -> lis
 
 
 async def records(
-    pool: asyncpg.Pool, org: str, interfaces: tuple[str, ...], *, page: int, page_size: int, **filters: Any
+    pool: asyncpg.Pool,
+    org: str,
+    interfaces: tuple[str, ...],
+    *,
+    page: int,
+    page_size: int,
+    psn_no: str | None = None,
+    secret: bytes = b"",
+    **filters: Any,
 ) -> tuple[int, list[dict[str, Any]]]:
     """How many of the institution's records match, and the ``page``-th ``page_size`` of
-    them (from 1), oldest first."""
+    them (from 1), oldest first. ``psn_no``: the person's records only, found by the keyed
+    hash (under ``secret``) that every record keeps instead of the number."""
+    if psn_no:
+        filters["psn_hash"] = person_hash(secret, psn_no)
     async with pool.acquire() as conn:
         return await ledger_store.records(
             conn,
