@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     state = State(
         {"settings": settings, "key_cache": KeyCache(settings.key_cache_seconds), "db_outage": Outage()}
     )
+    limiter = ratelimit.Limiter(settings.rate_limits, settings.redis_url)
     config = AppConfig(
         route_handlers=[
             HealthController,
@@ -143,11 +144,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         template_config=console.template_config(),
         # the limiter after the key middleware: it counts by the key that is calling
-        middleware=[auth, *ratelimit.middleware(settings.rate_limits)],
-        stores={ratelimit.STORE: ratelimit.store(settings.redis_url)},
+        middleware=[auth, *ratelimit.middleware(limiter)],
         plugins=[errors.plugin(), console.error_pages()],  # the console's pages wrap the problems
         exception_handlers=dict(errors.exception_handlers),  # type: ignore[arg-type]
         lifespan=[_lifespan],
+        on_shutdown=[limiter.close],
         openapi_config=openapi.config(),
         state=state,
         dependencies=dependencies(state),

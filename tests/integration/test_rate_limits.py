@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from benchkit import localrun
 from service.app import create_app
 from service.config import Settings, rate_limit
 from tests.helpers import Api
+from tests.integration.served import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,3 +56,29 @@ async def test_a_key_over_its_roles_limit_gets_429_with_retry_after_and_others_c
         assert (await Api(client, admin.key).get("/v1/flags")).status_code == 200
         for path in ("/health/live", "/metrics", "/schema/openapi.json"):
             assert (await client.get(path, headers=first.headers)).status_code == 200
+
+
+
+async def test_two_workers_share_one_count_of_a_keys_requests(tmp_path: Path) -> None:
+    """``tracecode serve --workers 2`` taking one key's requests at once admits exactly its
+    limit between the workers: the count is one atomic increment a request. Litestar's
+    limiter read the key's count and wrote it back, each worker under its own lock, so a
+    request of the other worker fell between the two and more than the limit passed."""
+    limits = {"TRACE_RATE_LIMIT_INVESTIGATOR": "30/minute"}
+    async with (
+        serving(tmp_path, workers=2, extra_env=limits) as s,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{s.port}", timeout=60, limits=httpx.Limits(max_connections=40)
+        ) as client,
+    ):
+        admin = await asyncio.to_thread(localrun.create_admin_key, s.env)
+        made = await client.post("/v1/keys", json={"role": "investigator"}, headers=_bearer(admin))
+        inv = _bearer(made.json()["secret"])
+        answers = await asyncio.gather(*(client.get("/v1/flags?limit=1", headers=inv) for _ in range(120)))
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 30, sorted(statuses)
+    assert statuses.count(429) == 90, sorted(statuses)
+
+
+def _bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
