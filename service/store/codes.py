@@ -3,7 +3,8 @@ containers (``containment``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -54,6 +55,7 @@ _TYPES = (
     "timestamptz",
 )
 SELECT = ", ".join(COLUMNS)  # the column list of statements (also store.settlements)
+_TYPE_OF = dict(zip(COLUMNS, _TYPES, strict=True))
 
 
 def _state(row: asyncpg.Record) -> CodeState:
@@ -155,7 +157,7 @@ async def lock_with_contents(
 
 async def read_with_contents(
     conn: Conn, named: Iterable[str], children: Iterable[str]
-) -> tuple[dict[str, CodeState], dict[str, int]]:
+) -> tuple[dict[str, CodeState], dict[str, AsRead]]:
     """``lock_with_contents`` without the locks: the rows of ``named`` and of every code
     ever packed inside them, with their versions. A code packed into one of them since
     changes that container's row, so its version tells (``store.ingest.write_unchanged``)."""
@@ -189,31 +191,59 @@ async def read(conn: Conn, codes: Iterable[str]) -> dict[str, CodeState]:
     return {r["code"]: _state(r) for r in rows}
 
 
-async def read_versions(conn: Conn, codes: Iterable[str]) -> tuple[dict[str, CodeState], dict[str, int]]:
-    """The rows of ``codes`` as ``read`` gives them, and the version of each (every
-    write adds one): what ``store.settlements.settle_unchanged`` checks they still are."""
+class AsRead(NamedTuple):
+    """A codes row as an optimistic read found it: its version (every write adds one),
+    which the write checks is unchanged, and its columns, in COLUMNS' order, against
+    which the write finds what changed."""
+
+    version: int
+    row: tuple[object, ...]
+
+
+async def read_versions(conn: Conn, codes: Iterable[str]) -> tuple[dict[str, CodeState], dict[str, AsRead]]:
+    """The rows of ``codes`` as ``read`` gives them, and each as read (its version and
+    columns): what ``store.settlements.settle_unchanged`` checks they still are."""
     rows = await conn.fetch(
         f"SELECT {SELECT}, version FROM codes WHERE code = ANY($1::text[])",  # noqa: S608
         list(codes),
     )
-    return {r["code"]: _state(r) for r in rows}, {r["code"]: r["version"] for r in rows}
+    read = {r["code"]: AsRead(r["version"], tuple(r)[:-1]) for r in rows}
+    return {r["code"]: _state(r) for r in rows}, read
 
 
-def update_arrays(states: Iterable[CodeState]) -> tuple[str, str, list[list[object]]]:
+def update_arrays(
+    states: Iterable[CodeState], columns: tuple[str, ...] = COLUMNS
+) -> tuple[str, str, list[list[object]]]:
     """For an ``UPDATE codes … FROM unnest(…) AS n(…)`` whose parameters start at $1:
-    the unnest arguments, the SET list and the arrays (one per column, codes first)."""
+    the unnest arguments, the SET list and the arrays (one per column, codes first) of
+    ``columns`` (``code`` and any of the others, in COLUMNS' order)."""
     states = list(states)
-    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-    sets = ", ".join(f"{c} = n.{c}" for c in COLUMNS[1:])
-    return params, sets, [[getattr(s, c) for s in states] for c in COLUMNS]
+    params = ", ".join(f"${i + 1}::{_TYPE_OF[c]}[]" for i, c in enumerate(columns))
+    sets = ", ".join(f"{c} = n.{c}" for c in columns[1:])
+    return params, sets, [[getattr(s, c) for s in states] for c in columns]
 
 
-def update_unchanged_sql(params: str, sets: str, versions_at: int) -> str:
+def changed_columns(read: Mapping[str, AsRead], written: Iterable[CodeState]) -> tuple[str, ...]:
+    """``code`` and the columns in which a row to be written differs from the row as
+    ``read`` (all of them for a row not read): what a write of rows still as read needs
+    to send. A decision changes a few (a sale: the units left, the state, the times)."""
+    changed: set[str] = set()
+    for state in written:
+        before = read.get(state.code)
+        if before is None:
+            return COLUMNS
+        changed.update(c for c, was in zip(COLUMNS, before.row, strict=True) if getattr(state, c) != was)
+    return ("code", *(c for c in COLUMNS[1:] if c in changed))
+
+
+def update_unchanged_sql(params: str, sets: str, versions_at: int, columns: tuple[str, ...] = COLUMNS) -> str:
     """``UPDATE codes`` of ``update_arrays``'s rows (parameters from $1), each only where
     its version is still the one in the array ``$versions_at``, advancing it; returns the
-    codes written (the one-statement writes compare their count with the rows')."""
-    return f"""UPDATE codes SET {sets}, updated_at = now(), version = codes.version + 1
-               FROM unnest({params}, ${versions_at}::bigint[]) AS n({SELECT}, version)
+    codes written (the one-statement writes compare their count with the rows'). A row
+    whose columns are all as read is still written: its version advances, so that two
+    writers that read it cannot both write."""
+    return f"""UPDATE codes SET {sets + ", " if sets else ""}updated_at = now(), version = codes.version + 1
+               FROM unnest({params}, ${versions_at}::bigint[]) AS n({", ".join(columns)}, version)
                WHERE codes.code = n.code AND codes.code = ANY($1::text[]) AND codes.version = n.version
                RETURNING codes.code"""  # noqa: S608
 

@@ -22,7 +22,7 @@ async def write_unchanged(
     conn: Conn,
     plan: Plan,
     codes: Mapping[str, CodeState],
-    versions: Mapping[str, int],
+    read: Mapping[str, code_store.AsRead],
     ledger: ledger_store.Appended | None = None,
 ) -> None:
     """Store ``plan`` (its events, their links, its sales) and the rows of ``codes`` in
@@ -32,11 +32,12 @@ async def write_unchanged(
     or, where a concurrent request stored the same event's sale first, this raises
     RetryTransaction.
     ``codes`` holds every row the decision read, changed or not: each is written back
-    with its version advanced, so two writers that read the same row cannot both win.
+    with its version advanced, so two writers that read the same row cannot both win;
+    only the columns that differ from the rows as ``read`` are sent.
     ``ledger``: an NHSA upload's records, written with the rest only if each item's
     ledger is still as read; one of the records stored already raises RecordsStored."""
     try:
-        await _write(conn, codes, versions, plan, ledger)
+        await _write(conn, codes, read, plan, ledger)
     except asyncpg.PostgresError as exc:
         if ledger_store.records_stored(exc):
             raise ledger_store.RecordsStored from exc
@@ -48,12 +49,13 @@ async def write_unchanged(
 async def _write(
     conn: Conn,
     codes: Mapping[str, CodeState],
-    versions: Mapping[str, int],
+    read: Mapping[str, code_store.AsRead],
     plan: Plan,
     ledger: ledger_store.Appended | None,
 ) -> None:
     order = sorted(codes)
-    params, sets, arrays = code_store.update_arrays(codes[c] for c in order)
+    columns = code_store.changed_columns(read, codes.values())
+    params, sets, arrays = code_store.update_arrays((codes[c] for c in order), columns)
     events = event_store.insert_arrays(plan.events)
     links = event_store.link_arrays(plan.facts)
     sales = sale_store.insert_arrays(plan.consumptions)
@@ -71,7 +73,7 @@ async def _write(
         ledger_ctes = ",\n" + ledger_ctes
         ledger_args = ledger_store.append_arrays(ledger)
     await conn.execute(
-        f"""WITH written AS ({code_store.update_unchanged_sql(params, sets, versions_at)}),
+        f"""WITH written AS ({code_store.update_unchanged_sql(params, sets, versions_at, columns)}),
             stored AS ({event_store.insert_sql(events_at)}),
             linked AS ({event_store.link_sql(links_at)}),
             sold AS ({sale_store.insert_sql(sales_at)}){ledger_ctes}
@@ -81,7 +83,7 @@ async def _write(
                              AND {ledger_unchanged}
                         THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
         *arrays,
-        [versions[c] for c in order],
+        [read[c].version for c in order],
         len(order),
         *events,
         len(plan.events),

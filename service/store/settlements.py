@@ -50,7 +50,7 @@ async def settle_unchanged(
     row: Row,
     *,
     packs: Mapping[str, CodeState],
-    versions: Mapping[str, int],
+    read: Mapping[str, code_store.AsRead],
     consumptions: Sequence[Consumption],
 ) -> None:
     """Store a settlement, its consumptions and its packs' new rows in ONE statement (its
@@ -58,9 +58,11 @@ async def settle_unchanged(
     id is still free. Otherwise PostgreSQL raises SQLSTATE 40001 and nothing is written:
     the caller reads again. ``packs`` holds every pack the decision read, changed or not:
     each is written back with its version advanced, so two settlements that read the
-    same pack cannot both be written."""
+    same pack cannot both be written. Only the columns that differ from the rows as
+    ``read`` are sent."""
     codes = sorted(packs)
-    params, sets, arrays = code_store.update_arrays(packs[c] for c in codes)
+    columns = code_store.changed_columns(read, packs.values())
+    params, sets, arrays = code_store.update_arrays((packs[c] for c in codes), columns)
     consumed = sale_store.insert_arrays(consumptions)
     # parameters: the packs' arrays, their versions, their count, the consumptions' arrays,
     # then the settlement's row
@@ -69,7 +71,7 @@ async def settle_unchanged(
     row_at = insert_at + len(consumed)
     settlement = ", ".join(f"${row_at + i}" for i in range(len(_ROW)))
     await conn.execute(
-        f"""WITH written AS ({code_store.update_unchanged_sql(params, sets, versions_at)}),
+        f"""WITH written AS ({code_store.update_unchanged_sql(params, sets, versions_at, columns)}),
             consumed AS ({sale_store.insert_sql(insert_at)}),
             settled AS ({_INSERT} VALUES ({settlement}) ON CONFLICT (setl_id) DO NOTHING RETURNING 1)
             SELECT CASE WHEN (SELECT count(*) FROM written) = ${versions_at + 1}::int
@@ -77,7 +79,7 @@ async def settle_unchanged(
                              AND EXISTS (SELECT FROM settled)
                         THEN true ELSE tracecode_changed_since_read() END""",  # noqa: S608
         *arrays,
-        [versions[c] for c in codes],
+        [read[c].version for c in codes],
         len(codes),
         *consumed,
         *row.values(),

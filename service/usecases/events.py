@@ -156,15 +156,17 @@ async def _ingest_unchanged(
     if also_unchanged is not None and (ledger := await also_unchanged(conn)) is None:
         return None
     if plan.events or ledger is not None:
-        read = {**loaded.states, **{s.code: s for s in plan.changed_codes}}
-        await ingest_store.write_unchanged(conn, plan, read, versions, ledger)
+        rows = {**loaded.states, **{s.code: s for s in plan.changed_codes}}
+        await ingest_store.write_unchanged(conn, plan, rows, versions, ledger)
     _report(plan, {}, result)
     return result
 
 
-async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[rules.Loaded, dict[str, int]]:
+async def _load(
+    conn: Conn, events: list[Incoming], *, locked: bool
+) -> tuple[rules.Loaded, dict[str, code_store.AsRead]]:
     """Everything the decision needs, the code rows locked; or, not ``locked``, the code
-    rows read with their versions (returned beside). Lot locks come first, as a recall
+    rows read with their versions (returned beside, each row as read). Lot locks come first, as a recall
     takes them, then every code row in one statement in code order, so no two writers
     can deadlock."""
     loaded = rules.Loaded(
@@ -179,7 +181,7 @@ async def _load(conn: Conn, events: list[Incoming], *, locked: bool) -> tuple[ru
         waiting_returns=[],
         waiting_dispenses=[],
     )
-    versions: dict[str, int] = {}
+    versions: dict[str, code_store.AsRead] = {}
     if not events:
         return loaded, versions
     stored, pairs = await code_store.stored_and_children(

@@ -142,7 +142,7 @@ async def _settle_unchanged(
         conn,
         _row(claim, psn_hash, body_hashes[0], answer),
         packs={**loaded.states, **{s.code: s for s in decision.changed}},
-        versions=versions,
+        read=versions,
         consumptions=decision.consumptions,
     )
     return answer
