@@ -208,17 +208,22 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
 RETRY_AFTER_SECONDS = 5
 
 
-def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if unavailable(exc):  # the database is down (or the pool full): say so, log it once
+def failure(request: Request[Any, Any, Any], exc: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """An exception no handler expected, as its answer's status, detail and headers: 503
+    while the database is down (or the pool full), counted and logged once an outage;
+    otherwise 500, logged with its traceback and kept inside."""
+    if unavailable(exc):
         metrics.DB_UNAVAILABLE.labels(unavailable_cause(exc)).inc()
         request.app.state.db_outage.begin(exc)
-        return problem(
-            503,
-            "the database is unavailable; try again shortly",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        ).to_response(request)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return 503, "the database is unavailable; try again shortly", retry
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "the service failed to handle this request").to_response(request)
+    return 500, "the service failed to handle this request", None
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    status, detail, headers = failure(request, exc)
+    return problem(status, detail, headers=headers).to_response(request)
 
 
 def _from_invalid(exc: Invalid) -> ProblemDetailsException:

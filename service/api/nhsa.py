@@ -11,14 +11,14 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.enums import MediaType
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import PermissionDeniedException, TooManyRequestsException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 
 from service.api.auth import principal_of, requires
 from service.api.deps import Services
-from service.api.errors import refuse_nul_in_url, text_field, text_problem
+from service.api.errors import failure, refuse_nul_in_url, text_field, text_problem
 from service.api.openapi import BEARER, WITH_BODY, body, problems
 from service.core.auth import Role
 from service.core.rules import CHINA
@@ -246,6 +246,31 @@ def _too_large(request: Request[Any, Any, Any], _exc: RequestEntityTooLarge) -> 
     )
 
 
+def _too_many(_request: Request[Any, Any, Any], exc: TooManyRequestsException) -> Response[NhsaOut]:
+    """A key over its rate limit (the limiter refused it before the body was read, so the
+    region is unknown), answered in the response envelope, with the 429, ``Retry-After``
+    and the ``RateLimit-*`` headers every route gives: nothing was stored."""
+    return Response(
+        _answer(datetime.now(UTC), "000000", f"(key): {exc.detail}; nothing was stored", None),
+        status_code=429,
+        headers=dict(exc.headers or {}),
+        media_type=MediaType.JSON,
+    )
+
+
+def _failed(request: Request[Any, Any, Any], exc: Exception) -> Response[NhsaOut]:
+    """The database unavailable (503, ``Retry-After``), or an error the service did not
+    expect (500), answered in the response envelope a 35xx client reads: the transaction
+    stored nothing, and the upload may be sent again."""
+    status, detail, headers = failure(request, exc)
+    return Response(
+        _answer(datetime.now(UTC), "000000", f"(service): {detail}; nothing was stored", None),
+        status_code=status,
+        headers=headers,
+        media_type=MediaType.JSON,
+    )
+
+
 class OtherInstitution(PermissionDeniedException):
     """An org key uploading for an institution (``fixmedins_code``) not its own: a 403,
     answered in the response envelope like every other refusal of an upload."""
@@ -282,6 +307,21 @@ TOO_LARGE = ResponseSpec(
     generate_examples=False,
 )
 
+TOO_MANY = ResponseSpec(
+    data_container=NhsaOut,
+    media_type=MediaType.JSON,
+    description="The key sent more than its rate limit (TRACE_RATE_LIMIT_ORG): the response envelope,"
+    " infcode -1, err_msg naming the key's limit, with Retry-After; nothing stored",
+    generate_examples=False,
+)
+FAILED_HERE = ResponseSpec(
+    data_container=NhsaOut,
+    media_type=MediaType.JSON,
+    description="The database is unavailable (503, with Retry-After), or the service failed (500): the"
+    " response envelope, infcode -1, err_msg starting (service); nothing stored, send the upload again",
+    generate_examples=False,
+)
+
 
 CONFLICT = (
     "a record of this type was uploaded with it before, with other contents, and stands as it was:"
@@ -301,12 +341,26 @@ class NhsaController(Controller):
     # the app's body checks (NUL, UTF-8) are the handler's: answered in the envelope
     before_request = staticmethod(refuse_nul_in_url)
     # and so is a body over the size limit (its status stays 413)
-    exception_handlers = {RequestEntityTooLarge: _too_large, OtherInstitution: _other_institution}
+    # and so are a rate limit's 429 and a failure's 503 or 500 (a key's role refused, or
+    # no key, stay problem details, as on every route: a client set up wrong)
+    exception_handlers = {
+        RequestEntityTooLarge: _too_large,
+        OtherInstitution: _other_institution,
+        TooManyRequestsException: _too_many,
+        Exception: _failed,
+    }
 
     @post(
         "/",
         status_code=200,
-        responses={**problems(*WITH_BODY), 403: OTHER_INSTITUTION, 413: TOO_LARGE},
+        responses={
+            **problems(*WITH_BODY),
+            403: OTHER_INSTITUTION,
+            413: TOO_LARGE,
+            429: TOO_MANY,
+            500: FAILED_HERE,
+            503: FAILED_HERE,
+        },
         operation_class=body("The platform's request envelope", ENVELOPE, EXAMPLE_SALE, "application/json"),
     )
     async def upload(self, request: Request[Any, Any, Any], services: Services) -> NhsaOut:

@@ -3,13 +3,17 @@ send them (../shared/nhsa/FIELDS.md), and the registry's fixmedins_code."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
 
+from service.app import create_app
 from service.core.rules import CHINA
 from service.interop.nhsa.sales import id_namespace as nhsa_ids
 from tests.helpers import BASE_TIME, Api, cn20, event, pack_claim, small_world
@@ -897,3 +901,64 @@ async def test_the_person_is_never_kept_however_spelled_or_wherever_sent(admin: 
     assert "prscDrCertno" not in sold["Y4"], sold["Y4"]
     item = await db.fetchval("SELECT row_data FROM nhsa_records WHERE fixmedins_bchno = 'Y2'")
     assert u[1] in json.dumps(item)
+
+
+async def test_a_key_over_its_rate_limit_is_answered_in_the_envelope(admin: Api, settings: Any) -> None:
+    """A till that sends faster than its key's limit gets the 429 every route gives, with
+    Retry-After, but in the response envelope a 35xx client reads (infcode -1, err_msg
+    naming the key's limit), not problem details; the refused upload stores nothing."""
+    w = await _world(admin)
+    u = w["units"]
+    limited = replace(settings, rate_limits={**settings.rate_limits, "org": ("minute", 2)})
+    async with AsyncTestClient(app=create_app(limited)) as client:
+        p2 = Api(client, w["keys"]["P2"].key)
+        first = await p2.post("/v1/nhsa", envelope("3505", {"selinfo": sale("B900", [u[0]], 24)}))
+        assert first.json()["infcode"] == 0, first.text
+        await p2.post("/v1/nhsa", envelope("3505", {"selinfo": sale("B901", [u[1]], 24)}))
+        over = await p2.post("/v1/nhsa", envelope("3505", {"selinfo": sale("B902", [u[2]], 24)}))
+    assert over.status_code == 429, over.text
+    assert over.headers["content-type"].startswith("application/json"), over.headers
+    assert 1 <= int(over.headers["retry-after"]) <= 60
+    out = over.json()
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("(key): this key sent more than its rate limit"), out
+    assert out["output"]["result"]["retRslt"] == "0", out
+    assert await _units_left(w["keys"]["P2"], u[2]) == 24  # B902 took nothing
+
+
+async def test_an_upload_while_the_database_is_down_is_answered_in_the_envelope(settings: Any) -> None:
+    """PostgreSQL stopped under the service: an upload gets the 503 with Retry-After every
+    route gives, in the response envelope (infcode -1), not problem details, so a 35xx
+    client sees that it must send again."""
+    from service.cli import _create_key
+    from service.embedded import stop_postgres
+    from tests.integration.conftest import own_postgres
+
+    async with own_postgres("tracecode-nhsa-outage-") as (root, url):
+        app = create_app(replace(settings, database_url=url, redis_url=None))
+        async with AsyncTestClient(app=app) as client:
+            _, secret = await _create_key(url, "admin", None)
+            admin = Api(client, secret)
+            await admin.ok(
+                "POST",
+                "/v1/orgs",
+                {
+                    "id": "P2",
+                    "name": "P2 Ltd",
+                    "kind": "pharmacy",
+                    "region": "450103",
+                    "fixmedins_code": P1_CODE,
+                },
+                201,
+            )
+            p2 = await admin.key_for("org", "P2")
+            await asyncio.to_thread(stop_postgres, root)
+            resp = await p2.post(
+                "/v1/nhsa", envelope("3505", {"selinfo": sale("B950", [cn20("8123456", 1)], 24)})
+            )
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    assert int(resp.headers["retry-after"]) > 0
+    out = resp.json()
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("(service): the database is unavailable"), out

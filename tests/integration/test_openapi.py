@@ -30,6 +30,9 @@ ERRORS_EXERCISED = {400, 401, 403, 404, 409, 413}
 OWN_FORMAT = {
     ("/v1/nhsa", "403"): "#/components/schemas/NhsaOut",
     ("/v1/nhsa", "413"): "#/components/schemas/NhsaOut",
+    ("/v1/nhsa", "429"): "#/components/schemas/NhsaOut",
+    ("/v1/nhsa", "500"): "#/components/schemas/NhsaOut",
+    ("/v1/nhsa", "503"): "#/components/schemas/NhsaOut",
 }
 
 
