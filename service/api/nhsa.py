@@ -260,11 +260,12 @@ def _too_many(_request: Request[Any, Any, Any], exc: TooManyRequestsException) -
 
 def _failed(request: Request[Any, Any, Any], exc: Exception) -> Response[NhsaOut]:
     """The database unavailable (503, ``Retry-After``), or an error the service did not
-    expect (500), answered in the response envelope a 35xx client reads: the transaction
-    stored nothing, and the upload may be sent again."""
+    expect (500), answered in the response envelope a 35xx client reads. Whether the
+    upload was stored is not known (the connection may have failed in its commit): it
+    is sent again as it was, and a record sent twice is one fact."""
     status, detail, headers = failure(request, exc)
     return Response(
-        _answer(datetime.now(UTC), "000000", f"(service): {detail}; nothing was stored", None),
+        _answer(datetime.now(UTC), "000000", f"(service): {detail}; send the upload again as it is", None),
         status_code=status,
         headers=headers,
         media_type=MediaType.JSON,
@@ -318,7 +319,7 @@ FAILED_HERE = ResponseSpec(
     data_container=NhsaOut,
     media_type=MediaType.JSON,
     description="The database is unavailable (503, with Retry-After), or the service failed (500): the"
-    " response envelope, infcode -1, err_msg starting (service); nothing stored, send the upload again",
+    " response envelope, infcode -1, err_msg starting (service); send the upload again as it is",
     generate_examples=False,
 )
 

@@ -67,8 +67,8 @@ class Limiter:
             self._pool = aioredis.ConnectionPool.from_url(
                 redis_url, socket_timeout=STORE_TIMEOUT_SECONDS, socket_connect_timeout=STORE_TIMEOUT_SECONDS
             )
-            # redis-py's client on this pool, whatever the URL's scheme (limits would pick
-            # another client library for a unix:// or valkey:// URL)
+            # redis-py's client on this pool, for a redis://, rediss:// or unix:// URL
+            # alike (limits would pick another client library for a unix:// one)
             storage = RedisStorage(
                 "async+redis://",
                 implementation="redispy",
@@ -91,12 +91,15 @@ class Limiter:
             return True
 
     async def seconds_to_reset(self, item: RateLimitItem, key_id: str) -> int:
-        """The whole seconds until the key's window ends (at least 1)."""
+        """The whole seconds until the key's window has ended (at least 1, at most the
+        window), never fewer: Valkey gives the window's time to live rounded to the
+        nearest second, so half a second is added before rounding up (a client that
+        waited 59 s with 59.4 s left was refused again)."""
         try:
             reset, _ = await self.strategy.get_window_stats(item, key_id)
         except (RedisError, OSError):
             return 1
-        return max(1, math.ceil(reset - time.time()))
+        return max(1, min(item.get_expiry(), math.ceil(reset - time.time() + 0.5)))
 
     async def close(self) -> None:
         if self._pool is not None:

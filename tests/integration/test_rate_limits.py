@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,3 +83,23 @@ async def test_two_workers_share_one_count_of_a_keys_requests(tmp_path: Path) ->
 
 def _bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+async def test_retry_after_is_never_shorter_than_what_is_left_of_the_window(
+    admin: Api, settings: Settings
+) -> None:
+    """Valkey gives a window's time to live rounded to the nearest second: with 59.4 s left
+    the 429 said ``Retry-After: 59``, and a client that waited that long was refused
+    again (found by a review). It now never says less than what is left."""
+    limited = replace(settings, rate_limits={"investigator": ("minute", 1), "admin": None})
+    inv = await admin.key_for("investigator")
+    async with AsyncTestClient(app=create_app(limited)) as client:
+        api = Api(client, inv.key)
+        started = time.monotonic()  # the window starts after this, with the first request
+        assert (await api.get("/v1/flags")).status_code == 200
+        await asyncio.sleep(0.6)  # past the half second, where rounding down goes early
+        over = await api.get("/v1/flags")
+        answered = time.monotonic()
+    assert over.status_code == 429, over.text
+    left_at_least = 60 - (answered - started)
+    assert int(over.headers["retry-after"]) >= left_at_least, (over.headers["retry-after"], left_at_least)
