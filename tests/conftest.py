@@ -81,6 +81,10 @@ def settings(server_urls: tuple[str, str], db_url: str) -> Settings:
         max_body_bytes=4 * 1024 * 1024,
         psn_secret=b"test-secret",
         log_level="warning",  # a test that reads the request log asks for it (caplog)
+        # no per-key rate limits: in-process, a test can send a key's 500 requests within a
+        # second on a fast machine (a 429 in test_event_order); the limiter's own tests set
+        # theirs, and a served instance (tests/integration/served.py) keeps the defaults
+        rate_limits=dict.fromkeys(base.rate_limits),
         # validated against GS1's schema where it is laid beside the repository
         epcis_schema=EPCIS_SCHEMA if EPCIS_SCHEMA.exists() else None,
     )
