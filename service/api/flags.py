@@ -99,14 +99,20 @@ class FlagsController(Controller):
         region: Annotated[str | None, QueryParameter(max_length=6)] = None,
         code: Annotated[str | None, QueryParameter(max_length=200)] = None,
         med_list_codg: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
-        since: Annotated[datetime | None, QueryParameter()] = None,
-        until: Annotated[datetime | None, QueryParameter()] = None,
+        since: Annotated[
+            datetime | None, QueryParameter(description="flags whose activity time (at) is at or after it")
+        ] = None,
+        until: Annotated[
+            datetime | None,
+            QueryParameter(description="flags whose activity time (at) is before it, not at it"),
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> FlagPage:
         """Flags, newest first; without ``status`` every status but ``pending`` (suspicions
         a late upload may still explain, within their grace window; ``status=pending``
-        lists them). ``since``/``until`` bound the activity time (``at``);
+        lists them). ``since``/``until`` bound the activity time (``at``), half-open:
+        ``since`` <= ``at`` < ``until`` (a ``until`` before ``since`` is a 400);
         ``region`` matches a region-code prefix; ``med_list_codg`` finds the flags that
         name a catalogue item (in ``refs.items``: STOCK_IMBALANCE its item, PRODUCT_MISMATCH
         the item billed and the pack's own, EXCESS_PURCHASE the item bought), as ``code``
@@ -127,6 +133,8 @@ class FlagsController(Controller):
             problem = bound_problem(value) if value is not None else None
             if problem:
                 raise bad_input(name, problem)
+        if since is not None and until is not None and until < since:
+            raise bad_input("until", "is before since: the range is since <= at < until")
         if code is not None:
             parsed = try_parse_code(code)
             if parsed is None:
@@ -182,10 +190,10 @@ class FlagsController(Controller):
 def _stale(exc: Stale) -> Exception:
     """The 409 of a change made against a status the flag no longer has: what the flag's
     status is, and who set it when (``core.flags.status_set_by``: not a note added since,
-    as the console's flag page says it)."""
+    as the console's flag page says it); nothing more when it was raised with it."""
     status = exc.flag["status"]
     message = f"the flag's status is {status}, not {exc.expected}"
-    set_by = status_set_by(exc.flag["history"])
+    set_by = status_set_by(exc.flag["history"], moved_by_person=exc.flag["moved_by_person"])
     if set_by is not None:
         message += f" (set by {set_by['by_key']} at {set_by['at'].isoformat()})"
     return problem(

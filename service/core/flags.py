@@ -88,13 +88,23 @@ def stale_change(expected: str | None, current: str) -> bool:
     return expected is not None and expected != current
 
 
-def status_set_by(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+# the author of a flag's automatic changes in its history (a promotion, an automatic
+# clear, a raise again), where a person's key id stands for a person's
+SYSTEM = "system"
+
+
+def status_set_by(history: Sequence[Mapping[str, Any]], *, moved_by_person: bool) -> Mapping[str, Any] | None:
     """The line of a flag's history (oldest first) that set the status it has: the first
     of the last run of lines under one status. A note alone is kept under the status the
     flag has then (``store.flags.add_change``), so the lines after that first one are
-    notes, and the last line may be one; None without any line (a flag never changed)."""
+    notes, and the last line may be one. The history does not hold the flag's raising,
+    so a note under the status it was raised with would pass for the line that set it:
+    until a person has moved the flag (``moved_by_person``) every person's line is a
+    note, and only the system's lines count. None when nothing set the status since the
+    flag was raised with it (found by a probe: the 409 named the key of a note)."""
+    lines = history if moved_by_person else [line for line in history if line["by_key"] == SYSTEM]
     found = None
-    for line in history:
+    for line in lines:
         if found is None or line["status"] != found["status"]:
             found = line
     return found

@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 
 from service.core.custody import Fact
-from service.core.flags import AT_RECEIPT, ITEMS, Evidence, FlagKey, FlagRef, NewFlag
+from service.core.flags import AT_RECEIPT, ITEMS, SYSTEM, Evidence, FlagKey, FlagRef, NewFlag
 from service.core.ledger import STOCK_IMBALANCE, Imbalance
 from service.core.settlement import EXCESS_PURCHASE, Flagged
 from service.store import codes as code_store
 from service.store.conn import Conn
 
-_COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs"
+_COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs, moved_by_person"
 # The flags an automatic clear may take (a replay, a late sale, a deletion): pending or
 # open, and not moved by a person. A status a person set (open again after an automatic
 # clear, say) is a decision no automatic change undoes; a note alone moves nothing.
@@ -247,13 +247,14 @@ async def _changed_by_system(conn: Conn, flags: Sequence[asyncpg.Record], status
         await conn.execute(
             """WITH line AS (
                    INSERT INTO flag_changes (code, flag_id, status, note, by_key)
-                   SELECT code, id, $3, $4, 'system' FROM unnest($1::text[], $2::bigint[]) AS f(code, id)
+                   SELECT code, id, $3, $4, $5 FROM unnest($1::text[], $2::bigint[]) AS f(code, id)
                    RETURNING code, flag_id, at)
                INSERT INTO flag_outbox (code, flag_id, status, at) SELECT code, flag_id, $3, at FROM line""",
             [r["code"] for r in flags],
             [r["flag_id"] for r in flags],
             status,
             note,
+            SYSTEM,
         )
 
 

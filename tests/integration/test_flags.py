@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 import redis.asyncio as aioredis
@@ -144,6 +144,16 @@ async def test_listing_filters_and_stable_cursor(admin: Api) -> None:
     assert len(await flags(inv, status="pending", code=cn20("8123456", 103))) == 1
     window = "since=2026-03-02T08:03:00%2B00:00&until=2026-03-02T08:05:00%2B00:00"
     assert len((await inv.ok("GET", f"/v1/flags?status=pending&{window}"))["items"]) == 2
+    # half-open: a flag whose time is since is in, one whose time is until is not
+    one = (await flags(inv, status="pending", code=cn20("8123456", 103)))[0]
+    at = quote(one["at"])
+    assert one["flag_id"] in [f["flag_id"] for f in await flags(inv, status="pending", since=at)]
+    assert one["flag_id"] not in [f["flag_id"] for f in await flags(inv, status="pending", until=at)]
+    reversed_range = await inv.client.get(
+        "/v1/flags?since=2026-03-02T08:05:00%2B00:00&until=2026-03-02T08:03:00%2B00:00", headers=inv.headers
+    )
+    assert reversed_range.status_code == 400, reversed_range.text
+    assert [e["field"] for e in reversed_range.json()["errors"]] == ["until"]
     page1 = await inv.ok("GET", "/v1/flags?limit=3&status=pending")
     assert [f["code"] for f in page1["items"]] == [
         cn20("8123456", 200),
@@ -1070,3 +1080,33 @@ async def test_a_change_on_the_feed_carries_its_history_lines_time(
             assert lines[published[1][1]] == (changed, by)
     finally:
         await r.aclose()
+
+
+async def test_a_stale_changes_409_does_not_name_a_note_under_the_status_it_was_raised_with(
+    admin: Api,
+) -> None:
+    """Found by a probe: a flag raised open, then a note alone under "open" by one
+    investigator; another's change made against "investigating" was a 409 saying the
+    status had been "set by" the note's author, who never set it. The history does not
+    hold the raising: until a person moves the flag, a person's line is a note."""
+    w = await world(admin)
+    code = cn20(w["unit"], 79)
+    m, p1 = w["keys"]["M1"], w["keys"]["P1"]
+    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"))
+    await m.events(event("ship", "M1", [code], 1, to="P1"))
+    await p1.events(event("receive", "P1", [code], 2))
+    await p1.events(event("dispense", "P1", [code], 3))
+    out = await p1.events(event("dispense", "P1", [code], 4))
+    flag = out["flags"][0]
+    path = f"/v1/flags/{flag['flag_id']}"
+    assert (await w["inv"].ok("GET", path))["status"] == "open"
+    noter, mover = await admin.key_for("investigator"), w["inv"]
+    noted = await noter.ok("PATCH", path, {"status": "open", "note": "a remark; it stays open"})
+    assert [(h["status"], h["by_key"]) for h in noted["history"]] == [("open", noter.key.split(".")[0])]
+    refused = await mover.client.patch(
+        path, headers=mover.headers, json={"status": "confirmed", "expected_status": "investigating"}
+    )
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert detail.endswith("the flag's status is open, not investigating"), detail
+    assert noter.key.split(".")[0] not in detail, detail
