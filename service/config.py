@@ -117,14 +117,17 @@ DEFAULT_RATE_LIMITS = {
 
 def rate_limit(name: str, raw: str) -> RateLimit | None:
     """``"600/minute"`` → ``("minute", 600)``; a bare number is per second; ``"off"`` or
-    ``"0"`` → None (no limit)."""
+    a count of 0 (``"0"``, ``"0/minute"``) → None (no limit: "0" always meant that, and
+    "0/second" refused every request of the role, found by a probe)."""
     text = raw.strip().lower()
-    if text in ("off", "0"):
+    if text == "off":
         return None
     count, _, unit = text.partition("/")
     unit = unit or "second"
     if not (count.isascii() and count.isdigit()) or unit not in get_args(RateUnit):
         raise SystemExit(f"{name} must be N/second, N/minute, N/hour, N/day or off, got {raw!r}")
+    if int(count) == 0:
+        return None
     return unit, int(count)  # type: ignore[return-value]
 
 

@@ -29,6 +29,7 @@ from service.api.types import (
 )
 from service.core.auth import Role
 from service.core.codes import PRODUCT_ID_RULE, is_gln, is_product_id
+from service.core.events import identifier_problem
 from service.core.registry import Org, PersonLimit, Product
 from service.usecases import registry as usecase
 from service.usecases.errors import Conflict
@@ -143,6 +144,11 @@ class RegistryController(Controller):
         """201 for a new product, 200 when the same body is posted again."""
         if not is_product_id(data.product_id):
             raise bad_input("product_id", PRODUCT_ID_RULE)
+        # the catalogue item settlements bill, read as they read it: a look-alike (a space
+        # at an end, a full-width letter, an invisible character) made every settlement of
+        # the product a PRODUCT_MISMATCH while verify said dispensable (found by a probe)
+        if (codg_problem := identifier_problem(data.med_list_codg)) is not None:
+            raise bad_input("med_list_codg", codg_problem)
         if data.level == "unit" and data.contains is not None:
             raise bad_input("contains", "only a case or pallet contains children")
         if data.level != "unit" and data.contains is None:

@@ -24,6 +24,11 @@ async def test_a_rate_limit_is_read_as_count_per_unit() -> None:
     assert rate_limit("X", "600/minute") == ("minute", 600)
     assert rate_limit("X", "50") == ("second", 50)
     assert rate_limit("X", "off") is None
+    # a count of 0 is no limit however written: "0/second" refused every request of the
+    # role, while "0" was no limit (found by a probe)
+    assert rate_limit("X", "0") is None
+    assert rate_limit("X", "00") is None
+    assert rate_limit("X", "0/minute") is None
     with pytest.raises(SystemExit):
         rate_limit("X", "fast")
     with pytest.raises(SystemExit):  # "²".isdigit() is true, but int() refuses it

@@ -75,6 +75,11 @@ async def test_product_rules(admin: Api) -> None:
         ({"level": "case"}, "contains"),
         ({"regions": ["4x"]}, "regions[0]"),
         ({"colour": "red"}, "colour"),
+        # found by a probe: a look-alike catalogue item was registered, and verify then
+        # said dispensable for packs no settlement of the item could pay
+        ({"med_list_codg": "XJ01 "}, "med_list_codg"),
+        ({"med_list_codg": "\uff38J01"}, "med_list_codg"),  # a full-width X
+        ({"med_list_codg": "XJ01\u200b"}, "med_list_codg"),
     ],
 )
 async def test_bad_product_is_400_naming_field(admin: Api, db, change: dict[str, object], field: str) -> None:  # type: ignore[no-untyped-def]
