@@ -42,7 +42,9 @@ STATUSES: tuple[str, ...] = get_args(Status)
 
 
 class FlagChange(msgspec.Struct, forbid_unknown_fields=True):
-    status: Literal["open", "investigating", "confirmed", "dismissed"]
+    # our addition: without a status, the note alone (a pending or auto-cleared flag's
+    # too, as the console takes it; no person sets either status)
+    status: Literal["open", "investigating", "confirmed", "dismissed"] | None = None
     note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     # our addition: the status the client read; another one now refuses the change (409)
     expected_status: Status | None = None
@@ -169,11 +171,15 @@ class FlagsController(Controller):
         flag_id: FromPath[str],
         data: JSONBody[FlagChange],
     ) -> FlagDetailOut:
-        """Move a flag through the workflow; each change is kept with who and when. With
+        """Move a flag through the workflow; each change is kept with who and when.
+        Without ``status`` (our addition), add ``note`` alone to the flag's history, under
+        the status it has, whatever it is (``pending`` and ``auto_cleared`` too). With
         ``expected_status`` (our addition), the change is made only while the flag's
         status is that one: else nothing changes and the answer is a 409 naming it, which
         says who moved the flag to what, and when."""
         key = _flag_id(flag_id)
+        if data.status is None and not data.note:
+            raise bad_input("status", "a status, or a note to add to the flag's history")
         who = principal_of(request).key_id
         try:
             found = await usecase.change(

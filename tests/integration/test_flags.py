@@ -1110,3 +1110,34 @@ async def test_a_stale_changes_409_does_not_name_a_note_under_the_status_it_was_
     detail = refused.json()["detail"]
     assert detail.endswith("the flag's status is open, not investigating"), detail
     assert noter.key.split(".")[0] not in detail, detail
+
+
+async def test_a_note_alone_is_added_to_a_pending_flag_and_it_is_still_cleared(admin: Api) -> None:
+    """Found by a probe: the README said a pending flag with a note is still cleared by
+    its explanation, but PATCH required a status, and no person may set ``pending``: a
+    note could be added only by moving the flag. A PATCH without ``status`` (our
+    addition, as the console's "keep as it is") adds the note alone."""
+    w = await world(admin)
+    m, d1, p1, inv = w["keys"]["M1"], w["keys"]["D1"], w["keys"]["P1"], w["inv"]
+    code = cn20(w["unit"], 81)
+    await m.events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-01-01"))
+    await m.events(event("ship", "M1", [code], 1, to="D1"))
+    await d1.events(event("receive", "D1", [code], 2))
+    out = await p1.events(event("receive", "P1", [code], 4))  # before D1's ship: DIVERSION
+    path = f"/v1/flags/{out['flags'][0]['flag_id']}"
+    noted = await inv.ok(
+        "PATCH", path, {"note": "asked D1 for its delivery note", "expected_status": "pending"}
+    )
+    assert noted["status"] == "pending"
+    assert [(h["status"], h["note"]) for h in noted["history"]] == [
+        ("pending", "asked D1 for its delivery note")
+    ]
+    nothing = await inv.client.patch(path, headers=inv.headers, json={})
+    assert nothing.status_code == 400, nothing.text
+    assert [e["field"] for e in nothing.json()["errors"]] == ["status"]
+    await d1.events(event("ship", "D1", [code], 3, to="P1"))  # the late ship explains it
+    cleared = await inv.ok("GET", path)
+    assert cleared["status"] == "auto_cleared"
+    later = await inv.ok("PATCH", path, {"note": "D1 confirmed"})
+    assert later["status"] == "auto_cleared"
+    assert [h["status"] for h in later["history"]] == ["pending", "auto_cleared", "auto_cleared"]
