@@ -41,10 +41,14 @@ Status = Literal["pending", "open", "investigating", "confirmed", "dismissed", "
 STATUSES: tuple[str, ...] = get_args(Status)
 
 
+# the statuses a person may set (the console offers the same)
+Settable = Literal["open", "investigating", "confirmed", "dismissed"]
+
+
 class FlagChange(msgspec.Struct, forbid_unknown_fields=True):
     # our addition: without a status, the note alone (a pending or auto-cleared flag's
     # too, as the console takes it; no person sets either status)
-    status: Literal["open", "investigating", "confirmed", "dismissed"] | None = None
+    status: Settable | None = None
     note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     # our addition: the status the client read; another one now refuses the change (409)
     expected_status: Status | None = None

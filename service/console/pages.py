@@ -14,7 +14,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, get_args
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
 from litestar.params import FromPath, FromQuery
@@ -23,7 +22,7 @@ from litestar.response.sse import ServerSentEventMessage
 from redis.exceptions import RedisError
 
 from service import feed
-from service.api.flags import KINDS, STATUSES, FlagChange
+from service.api.flags import KINDS, STATUSES, Settable
 from service.console import auth, charts, lots
 from service.console.i18n import CATALOGUES, Translate, language, translator
 from service.console.text import visible
@@ -113,7 +112,7 @@ def names_item(flag: Mapping[str, Any]) -> bool:
 
 
 # the statuses a person may set (the rest are the service's own): the API's workflow
-SETTABLE = get_args(next(f.type for f in msgspec.structs.fields(FlagChange) if f.name == "status"))
+SETTABLE = get_args(Settable)
 
 Req = Request[Any, Any, Any]
 # a flag form's field for the status its page showed (per row in the queue: ``_<id>``)
