@@ -22,6 +22,7 @@ from service.core.events import bound_problem
 from service.core.flags import status_set_by
 from service.usecases import flags as usecase
 from service.usecases.errors import Stale
+from service.usecases.registry import get_org
 
 KINDS = (
     "UNKNOWN_CODE",
@@ -101,7 +102,7 @@ class FlagsController(Controller):
         services: Services,
         kind: Annotated[str | None, QueryParameter()] = None,
         status: Annotated[str | None, QueryParameter()] = None,
-        org: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        org: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
         region: Annotated[str | None, QueryParameter(max_length=6)] = None,
         code: Annotated[str | None, QueryParameter(max_length=200)] = None,
         med_list_codg: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
@@ -130,6 +131,10 @@ class FlagsController(Controller):
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:
             raise bad_input("status", f"one of {', '.join(STATUSES)}")
+        # an organisation that is not registered: a misspelt one must not read as one
+        # without flags (found by a probe), as the key listing says it
+        if org is not None and await get_org(services.pool, org) is None:
+            raise bad_input("org", f"unknown organisation {org}")
         if region is not None and not (region.isascii() and region.isdigit()):
             raise bad_input("region", "a region code or prefix (digits)")
         for name, value in (("since", since), ("until", until)):

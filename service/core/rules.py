@@ -58,6 +58,22 @@ def consumed(whole: int, left: int, by: str) -> str:
     return f"{whole - left} of {whole} units were consumed by {by}"
 
 
+def not_dispensing(code: str, org: Org) -> list[Reason]:
+    """NOT_DISPENSING at an organisation that does not dispense to patients, the first of
+    any scan's reasons there, a code's or a scan that is none ([] elsewhere)."""
+    if org.dispenses:
+        return []
+    detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
+    return [Reason(code, NOT_DISPENSING, detail)]
+
+
+def unreadable_reasons(raw: str, org: Org) -> list[Reason]:
+    """Why a scan that is no code (no CN20 code, GS1 element string or SSCC) is not
+    payable at ``org``: INVALID_CODE, after NOT_DISPENSING where that is said first."""
+    invalid = Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")
+    return [*not_dispensing(raw, org), invalid]
+
+
 def code_reasons(
     code: str,
     state: CodeState | None,
@@ -75,10 +91,7 @@ def code_reasons(
     ``sold``: the open sales of a used-up pack (:func:`used_up`), which ALREADY_SETTLED
     names (:func:`consumed`); to an organisation (``shown_to``: its own verify, as its
     own precheck) another organisation's sale is not named (``Consumption.describe``)."""
-    reasons: list[Reason] = []
-    if not org.dispenses:
-        detail = f"{org.id} does not dispense to patients (a hospital or pharmacy does)"
-        reasons.append(Reason(code, NOT_DISPENSING, detail))
+    reasons = not_dispensing(code, org)
     # the level of the pack's product, once the pack is known (commissioned, its product too)
     level = product.level if state is not None and state.commissioned and product is not None else None
     if state is not None and holds_packs(state.kind, level):

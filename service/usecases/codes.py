@@ -12,7 +12,7 @@ import asyncpg
 from service.core.codes import ParsedCode, try_parse_code
 from service.core.custody import CodeState, Fact, display_state, product_of, replay
 from service.core.registry import Org, Product
-from service.core.rules import INVALID_CODE, Reason, code_reasons, local_date, used_up
+from service.core.rules import code_reasons, local_date, unreadable_reasons, used_up
 from service.core.sales import Consumption
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -37,7 +37,7 @@ def _answer(
 ) -> dict[str, Any]:
     canonical = parsed.canonical if parsed is not None else None
     if parsed is None:
-        reasons = [Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")]
+        reasons = unreadable_reasons(raw, org)
     else:
         today = local_date(now)
         reasons = code_reasons(

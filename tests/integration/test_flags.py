@@ -149,6 +149,11 @@ async def test_listing_filters_and_stable_cursor(admin: Api) -> None:
     at = quote(one["at"])
     assert one["flag_id"] in [f["flag_id"] for f in await flags(inv, status="pending", since=at)]
     assert one["flag_id"] not in [f["flag_id"] for f in await flags(inv, status="pending", until=at)]
+    # an organisation not registered, or none named, is a 400 naming org, not an empty page
+    for unknown in ("NOPE", ""):
+        asked = await inv.client.get(f"/v1/flags?org={unknown}", headers=inv.headers)
+        assert asked.status_code == 400, asked.text
+        assert [e["field"] for e in asked.json()["errors"]] == ["org"], asked.text
     reversed_range = await inv.client.get(
         "/v1/flags?since=2026-03-02T08:05:00%2B00:00&until=2026-03-02T08:03:00%2B00:00", headers=inv.headers
     )

@@ -529,6 +529,9 @@ async def test_a_manufacturer_or_distributor_is_not_paid(admin: Api, db) -> None
         assert answer["dispensable"] is False, answer
         assert answer["reasons"][0]["reason"] == "NOT_DISPENSING", answer
     assert [r["reason"] for r in answers[0]["reasons"]] == ["NOT_DISPENSING"]  # M1 holds it
+    # a scan that is no code there too (found by a probe: INVALID_CODE alone)
+    scanned = (await ins.ok("POST", "/v1/verify", {"org": "D1", "codes": ["not-a-code"]}))["items"][0]
+    assert [r["reason"] for r in scanned["reasons"]] == ["NOT_DISPENSING", "INVALID_CODE"], scanned
 
 
 @pytest.mark.parametrize(
