@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -27,20 +28,30 @@ async def _history(w: dict[str, object], flag_id: str) -> tuple[str, list[str | 
     return stored["status"], [h["note"] for h in stored["history"]]
 
 
+async def _queue(client: AsyncTestClient, key: str, lang: str | None = None) -> str:  # type: ignore[type-arg]
+    """Signed in with ``key`` (in ``lang``: the console's cookie), the queue's page."""
+    await _sign_in(client, key)
+    if lang is not None:
+        client.cookies.set("console_lang", lang, path="/console")
+    return (await client.get(QUEUE)).text
+
+
+async def _bulk(client: AsyncTestClient, queue: str, ids: list[str], status: str, **extra: str) -> Any:  # type: ignore[type-arg]
+    """The queue's bulk form sent for ``ids``: the page that asks first, or the change."""
+    return await client.post(
+        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": status, **extra}, follow_redirects=False
+    )
+
+
 async def test_dismissing_several_flags_asks_first_and_changes_nothing_until_confirmed(
     admin: Api,
     browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
 ) -> None:
     w = await world(admin)
     ids = await _resold(w, range(41, 44))
-    await _sign_in(browser, w["inv"].key)
-    queue = (await browser.get(QUEUE)).text
+    queue = await _queue(browser, w["inv"].key)
     two = ids[:2]
-    asked = await browser.post(
-        BULK,
-        data={**_form(queue, BULK), "flag_id": two, "status": "dismissed", "note": "<b>till</b> error"},
-        follow_redirects=False,
-    )
+    asked = await _bulk(browser, queue, two, "dismissed", note="<b>till</b> error")
     assert asked.status_code == 200
     page = asked.text
     assert "<h1>确认批量变更</h1>" in page
@@ -86,18 +97,11 @@ async def test_one_flag_or_a_note_alone_is_not_asked_about(
 ) -> None:
     w = await world(admin)
     ids = await _resold(w, range(51, 54))
-    await _sign_in(browser, w["inv"].key)
-    queue = (await browser.get(QUEUE)).text
-    one = await browser.post(
-        BULK, data={**_form(queue, BULK), "flag_id": ids[:1], "status": "confirmed"}, follow_redirects=False
-    )
+    queue = await _queue(browser, w["inv"].key)
+    one = await _bulk(browser, queue, ids[:1], "confirmed")
     assert one.status_code == 303
     assert await _history(w, ids[0]) == ("confirmed", [None])
-    noted = await browser.post(
-        BULK,
-        data={**_form(queue, BULK), "flag_id": ids[1:], "status": "", "note": "seen"},
-        follow_redirects=False,
-    )
+    noted = await _bulk(browser, queue, ids[1:], "", note="seen")
     assert noted.status_code == 303
     for flag_id in ids[1:]:
         assert await _history(w, flag_id) == ("open", ["seen"])
@@ -112,12 +116,8 @@ async def test_taking_several_flags_into_investigation_is_asked_about_in_english
     made pending again."""
     w = await world(admin)
     ids = await _resold(w, range(61, 63))
-    await _sign_in(browser, w["inv"].key)
-    browser.cookies.set("console_lang", "en", path="/console")
-    queue = (await browser.get(QUEUE)).text
-    asked = await browser.post(
-        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": "investigating"}, follow_redirects=False
-    )
+    queue = await _queue(browser, w["inv"].key, "en")
+    asked = await _bulk(browser, queue, ids, "investigating")
     assert asked.status_code == 200
     assert "These 2 flags will be set to investigating:" in asked.text
     assert "Go back without changing anything" in asked.text
@@ -137,14 +137,9 @@ async def test_a_confirmation_that_is_not_ascii_text_is_asked_about_again(
     again, as for any other confirmation of other choices (it was a 500)."""
     w = await world(admin)
     ids = await _resold(w, range(71, 73))
-    await _sign_in(browser, w["inv"].key)
-    queue = (await browser.get(QUEUE)).text
+    queue = await _queue(browser, w["inv"].key)
     for forged in ("é", "\u00e9" * 64, "１２"):
-        asked = await browser.post(
-            BULK,
-            data={**_form(queue, BULK), "flag_id": ids, "status": "dismissed", "confirm": forged},
-            follow_redirects=False,
-        )
+        asked = await _bulk(browser, queue, ids, "dismissed", confirm=forged)
         assert asked.status_code == 200, asked.text
         assert "<h1>确认批量变更</h1>" in asked.text
     for flag_id in ids:
@@ -161,11 +156,8 @@ async def test_a_confirmation_asked_of_another_key_changes_nothing_and_asks_agai
     w = await world(admin)
     ids = await _resold(w, range(81, 83))
     other = await admin.key_for("investigator")
-    await _sign_in(browser, w["inv"].key)
-    queue = (await browser.get(QUEUE)).text
-    asked = await browser.post(
-        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": "dismissed"}, follow_redirects=False
-    )
+    queue = await _queue(browser, w["inv"].key)
+    asked = await _bulk(browser, queue, ids, "dismissed")
     assert asked.status_code == 200
     assert "此确认已失效" not in asked.text
     await _sign_in(browser, other.key)
@@ -192,12 +184,8 @@ async def test_a_confirmation_older_than_fifteen_minutes_changes_nothing_and_ask
     person saw may no longer be so); one sent in time is taken."""
     w = await world(admin)
     ids = await _resold(w, range(91, 93))
-    await _sign_in(browser, w["inv"].key)
-    browser.cookies.set("console_lang", "en", path="/console")
-    queue = (await browser.get(QUEUE)).text
-    asked = await browser.post(
-        BULK, data={**_form(queue, BULK), "flag_id": ids, "status": "confirmed"}, follow_redirects=False
-    )
+    queue = await _queue(browser, w["inv"].key, "en")
+    asked = await _bulk(browser, queue, ids, "confirmed")
     issued = int(time.time())
     monkeypatch.setattr(pages, "_now", lambda: issued + 15 * 60 + 1, raising=False)
     again = await _confirmed(browser, asked)
