@@ -231,6 +231,19 @@ def _output(
     return out
 
 
+def _refused(
+    status: int, region: str, message: str, headers: dict[str, str] | None = None
+) -> Response[NhsaOut]:
+    """A refusal answered by an exception handler: the response envelope (``infcode`` -1,
+    ``err_msg``), with the status and headers every route gives it."""
+    return Response(
+        _answer(datetime.now(UTC), region, message, None),
+        status_code=status,
+        headers=headers,
+        media_type=MediaType.JSON,
+    )
+
+
 def _too_large(request: Request[Any, Any, Any], _exc: RequestEntityTooLarge) -> Response[NhsaOut]:
     """A body over the size limit, answered in the response envelope (a 35xx client reads
     ``infcode`` and ``err_msg``, not problem details), still with the 413 every route gives.
@@ -241,21 +254,14 @@ def _too_large(request: Request[Any, Any, Any], _exc: RequestEntityTooLarge) -> 
         f"(body): is larger than the {limit} bytes this service takes in one request:"
         " nothing was stored; send the rows in smaller uploads"
     )
-    return Response(
-        _answer(datetime.now(UTC), "000000", message, None), status_code=413, media_type=MediaType.JSON
-    )
+    return _refused(413, "000000", message)
 
 
 def _too_many(_request: Request[Any, Any, Any], exc: TooManyRequestsException) -> Response[NhsaOut]:
     """A key over its rate limit (the limiter refused it before the body was read, so the
     region is unknown), answered in the response envelope, with the 429, ``Retry-After``
     and the ``RateLimit-*`` headers every route gives: nothing was stored."""
-    return Response(
-        _answer(datetime.now(UTC), "000000", f"(key): {exc.detail}; nothing was stored", None),
-        status_code=429,
-        headers=dict(exc.headers or {}),
-        media_type=MediaType.JSON,
-    )
+    return _refused(429, "000000", f"(key): {exc.detail}; nothing was stored", dict(exc.headers or {}))
 
 
 def _failed(request: Request[Any, Any, Any], exc: Exception) -> Response[NhsaOut]:
@@ -264,12 +270,7 @@ def _failed(request: Request[Any, Any, Any], exc: Exception) -> Response[NhsaOut
     upload was stored is not known (the connection may have failed in its commit): it
     is sent again as it was, and a record sent twice is one fact."""
     status, detail, headers = failure(request, exc)
-    return Response(
-        _answer(datetime.now(UTC), "000000", f"(service): {detail}; send the upload again as it is", None),
-        status_code=status,
-        headers=headers,
-        media_type=MediaType.JSON,
-    )
+    return _refused(status, "000000", f"(service): {detail}; send the upload again as it is", headers)
 
 
 class OtherInstitution(PermissionDeniedException):
@@ -285,9 +286,7 @@ def _other_institution(_request: Request[Any, Any, Any], exc: OtherInstitution) 
     """Nothing was stored; a 35xx client reads ``infcode`` and ``err_msg``, not problem
     details (found by a newcomer's walkthrough), and the status stays the 403 API.md gives
     a key acting outside its organisation."""
-    return Response(
-        _answer(datetime.now(UTC), exc.region, exc.detail, None), status_code=403, media_type=MediaType.JSON
-    )
+    return _refused(403, exc.region, exc.detail)
 
 
 OTHER_INSTITUTION = ResponseSpec(
