@@ -181,6 +181,11 @@ class HistoryEventOut(msgspec.Struct, kw_only=True, omit_defaults=True, rename={
     # an unpack the service inferred: the pack was moved or sold on its own (event_id is
     # that move; for a settlement's, the settlement's id in the fold, setl_id names it)
     implicit: bool | None = None
+    # an NHSA 3507 deletion: ``deleted``, an event of the record it deleted; ``undoes``,
+    # on the compensation it stored, names that event. Neither counts: the state is the
+    # fold of the other events
+    deleted: bool | None = None
+    undoes: UUID | None = None
     received_at: datetime
 
 

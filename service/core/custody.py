@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from operator import attrgetter
@@ -562,6 +562,24 @@ def counted(facts: Iterable[Fact]) -> list[Fact]:
     facts = list(facts)
     left_out = left_out_by_deletions(facts)
     return [f for f in facts if f.event_id not in left_out] if left_out else facts
+
+
+def as_logged(code: str, facts: Sequence[Fact]) -> tuple[World, list[tuple[Fact, str | None]]]:
+    """A code's history: the fold of the facts that count (:func:`counted`), and what
+    reached the code, each with the container it came through, in fold order. The
+    events of records a 3507 deletion deleted, and the compensations that undo them,
+    count for nothing (custody is folded without them, so a deleted sale's pick left the
+    pack in its case) but the log keeps both: they are listed too, where the whole log
+    puts them."""
+    kept = counted(facts)
+    world = replay(kept, keep={}, pack_units={}, record=True)
+    reached = world.applied.get(code, [])
+    if len(kept) == len(facts):
+        return world, reached
+    left_out = left_out_by_deletions(facts)
+    logged = replay(facts, keep={}, pack_units={}, record=True).applied.get(code, [])
+    dropped = [(fact, via) for fact, via in logged if fact.event_id in left_out]
+    return world, list(heapq.merge(reached, dropped, key=lambda applied: sort_key(applied[0])))
 
 
 def held_at(container: str, inside: Iterable[str], at: datetime, facts: Iterable[Fact]) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from service.core.codes import ParsedCode, try_parse_code
-from service.core.custody import CodeState, Fact, display_state, product_of, replay
+from service.core.custody import CodeState, Fact, as_logged, display_state, product_of, undone_by_deletions
 from service.core.registry import Org, Product
 from service.core.rules import code_reasons, local_date, unreadable_reasons, used_up
 from service.core.sales import Consumption
@@ -116,8 +116,8 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
     # a settlement that took the pack took it out of its case, as in the stored state:
     # the case's later moves no longer carry it
     facts += await sale_store.settlement_facts(conn, [code])
-    world = replay(facts, keep={}, pack_units={}, record=True)
-    applied = world.applied.get(code, [])
+    world, applied = as_logged(code, facts)
+    deleted = undone_by_deletions(facts)  # events of records a 3507 deletion deleted
     details = await event_store.details(conn, [f.event_id for f, _ in applied if f.type != "settle"])
     sales = await sale_store.for_code(conn, code)
     # reversed: by the insurer, also where a return had given the units back before
@@ -166,6 +166,10 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
                 item[out] = d[key]
         if via is not None:
             item["via"] = via
+        if d["undoes"] is not None:  # a 3507 deletion's compensation: neither counts
+            item["undoes"] = d["undoes"]
+        elif fact.event_id in deleted:
+            item["deleted"] = True
         item["received_at"] = d["received_at"]
         events.append(item)
     product_id = state.product_id if state else product_of(code)

@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.core.rules import CHINA
-from tests.helpers import Api, cn20, event
+from tests.helpers import Api, cn20, event, sscc
+from tests.integration.test_console import _sign_in
 from tests.integration.test_nhsa import (
     IDS,
     MED,
@@ -707,3 +708,50 @@ async def test_what_a_deleted_return_raised_is_withdrawn(admin: Api, server_urls
     finally:
         await feed.aclose()
     assert await _standing_flags(inv, code) == []
+
+
+async def test_history_after_a_deleted_sale_shows_the_case_moves_that_carried_the_pack(admin: Api) -> None:
+    """A 3505 sale picked a pack out of its case (no unpack scan), and a 3507 deleted it:
+    the pack never left the case, which then went on to P1. The stored state said so, but
+    the history folded the deleted sale's pick and left out the moves of the case that
+    carried the pack (found by a probe). Both the deleted sale and the return that undoes
+    it are still listed, marked."""
+    w = await _world(admin)
+    m, p1, p2 = w["keys"]["M1"], w["keys"]["P1"], w["keys"]["P2"]
+    packs, case = [cn20(w["unit"], 31), cn20(w["unit"], 32)], sscc(31)
+    await m.events(
+        event("commission", "M1", packs, 0, lot="L1", expiry="2028-12-31", produced="2026-01-05"),
+        event("pack", "M1", packs, 1, parent=case),
+        event("ship", "M1", [case], 2, to="P2"),
+    )
+    await p2.events(event("receive", "P2", [case], 3))
+    await nhsa(p2, envelope("3505", {"selinfo": sale("B431", [packs[0]], 24, sel_retn_time=MARCH_5_10)}))
+    await delete_sale(p2, "B431")
+    await p2.events(event("ship", "P2", [case], 5 * 24 * 60, to="P1"))
+    await p1.events(event("receive", "P1", [case], 5 * 24 * 60 + 60))
+
+    inv = await admin.key_for("investigator")
+    h = await inv.ok("GET", f"/v1/codes/{packs[0]}/history")
+    assert (h["custodian"], h["container"], h["units_left"]) == ("P1", case, 24)
+    shown = [(e["type"], e["org"], e.get("via"), e.get("implicit")) for e in h["events"]]
+    assert ("ship", "P2", case, None) in shown, shown
+    assert ("receive", "P1", case, None) in shown, shown
+    assert ("unpack", "P2", None, True) not in shown, shown  # the deleted sale's pick counts for nothing
+    [sold] = [e for e in h["events"] if e["type"] == "dispense"]
+    [undone] = [e for e in h["events"] if e["type"] == "return"]
+    assert sold.get("deleted") is True, sold
+    assert undone["undoes"] == sold["event_id"], undone
+    assert "deleted" not in undone
+    assert "undoes" not in sold
+
+    # and the console's code page marks both
+    browser = admin.client
+    browser.cookies.clear()
+    try:
+        assert (await _sign_in(browser, inv.key)).status_code == 303
+        browser.cookies.set("console_lang", "en")
+        page = (await browser.get("/console/codes", params={"q": packs[0]})).text
+    finally:
+        browser.cookies.clear()
+    assert "its record was deleted by a 3507: does not count" in page
+    assert "undoes a record a 3507 deleted: does not count" in page
