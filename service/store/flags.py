@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -325,6 +326,24 @@ async def pending_since(conn: Conn, code: str, flag_id: int) -> datetime | None:
 async def for_code(conn: Conn, code: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM flags WHERE code = $1 ORDER BY at, flag_id", code)  # noqa: S608
     return [dict(r) for r in rows]
+
+
+async def resting_on_events(conn: Conn, pairs: Iterable[tuple[str, UUID]]) -> list[dict[str, Any]]:
+    """The flags on each (code, event id) of ``pairs`` that rest on that event."""
+    wanted = {(code, str(event_id)) for code, event_id in pairs}
+    if not wanted:
+        return []
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS}, source_id FROM flags
+            WHERE code = ANY($1::text[]) AND source_kind = 'event' AND source_id = ANY($2::text[])""",  # noqa: S608
+        sorted({code for code, _ in wanted}),
+        sorted({event_id for _, event_id in wanted}),
+    )
+    return [
+        {k: v for k, v in r.items() if k != "source_id"}
+        for r in rows
+        if (r["code"], r["source_id"]) in wanted
+    ]
 
 
 async def get(conn: Conn, flag_id: int) -> dict[str, Any] | None:

@@ -204,8 +204,17 @@ async def history(conn: Conn, code: str) -> dict[str, Any]:
             }
             for s in sales
         ],
-        "flags": [shown(f) for f in await flag_store.for_code(conn, code)],
+        "flags": [shown(f) for f in await _flags(conn, code, applied)],
     }
+
+
+async def _flags(conn: Conn, code: str, applied: list[tuple[Fact, str | None]]) -> list[dict[str, Any]]:
+    """The code's flags, and those a container raised on a move that carried the code
+    (a case received by the wrong organisation: its packs were diverted too), in time
+    order. Each names the code it was raised on."""
+    own = await flag_store.for_code(conn, code)
+    carried = await flag_store.resting_on_events(conn, [(via, f.event_id) for f, via in applied if via])
+    return sorted(own + carried, key=lambda f: (f["at"], f["flag_id"]))
 
 
 def _settlement_pick(fact: Fact, parent: str, sales: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,11 +3,13 @@ later moves do not carry it, and its new holder may settle it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from tests.helpers import Api, at, cn20, event, small_world, sscc
+from tests.integration.test_console import _sign_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -183,3 +185,41 @@ async def test_a_packs_history_shows_its_case_going_onto_a_pallet_and_off_it(adm
         ("receive", pallet, None),
         ("unpack", w["box"], pallet),
     ], shown
+
+
+async def test_a_packs_history_lists_the_flags_its_case_raised_while_carrying_it(admin: Api) -> None:
+    """D2 takes in a case M1 shipped to P1: DIVERSION is raised on the case, the code the
+    receive named. The pack inside travelled with it, and its history lists that receive
+    (via the case) but not the flag (found by a probe): an investigator who looks up a
+    diverted pack must see the diversion. A pack taken out of the case before does not
+    get it."""
+    w = await _world(admin)
+    m, d2, inv = w["keys"]["M1"], w["keys"]["D2"], w["investigator"]
+    inside, out = w["units"][0], w["units"][1]
+    box = w["box"]
+    await m.events(
+        event("commission", "M1", [inside, out], 0, lot="L1", expiry="2030-12-31"),
+        event("pack", "M1", [inside, out], 1, parent=box),
+        event("unpack", "M1", [out], 2, parent=box),
+        event("ship", "M1", [box], 3, to="P1"),
+    )
+    await d2.events(event("receive", "D2", [box], 4))
+    on_box = [(f["kind"], f["code"]) for f in (await inv.ok("GET", f"/v1/codes/{box}/history"))["flags"]]
+    assert ("DIVERSION", box) in on_box, on_box
+
+    history = await inv.ok("GET", f"/v1/codes/{inside}/history")
+    assert ("receive", "D2", box) in [(e["type"], e["org"], e.get("via")) for e in history["events"]]
+    assert ("DIVERSION", box) in [(f["kind"], f["code"]) for f in history["flags"]], history["flags"]
+    elsewhere = await inv.ok("GET", f"/v1/codes/{out}/history")
+    assert box not in [f["code"] for f in elsewhere["flags"]], elsewhere["flags"]
+
+    # the console's code page says whose flag it is
+    browser = admin.client
+    browser.cookies.clear()
+    try:
+        assert (await _sign_in(browser, inv.key)).status_code == 303
+        browser.cookies.set("console_lang", "en")
+        page = (await browser.get("/console/codes", params={"q": inside})).text
+    finally:
+        browser.cookies.clear()
+    assert re.search(rf"raised on <bdi[^>]*>{box}</bdi>, which carried it", page), page
