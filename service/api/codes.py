@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import JSONBody
+from litestar.openapi.spec import Example
+from litestar.params import JSONBody, QueryParameter
 
 from service.api.auth import principal_of, require_org_access, requires
 from service.api.body import StrictJSON
@@ -14,9 +15,9 @@ from service.api.deps import Services
 from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems
 from service.api.schemas import HistoryOut, VerifyOut, VerifyPage
-from service.api.types import CodeInPath, ExampleCodes, OrgInQuery, RawCode
+from service.api.types import EXAMPLE_CODE, CodeInPath, ExampleCodes, OrgInQuery, RawCode
 from service.core.auth import Principal, Role
-from service.core.codes import try_parse_code
+from service.core.codes import NOT_A_CODE, try_parse_code
 from service.usecases import codes as usecase
 
 MAX_VERIFY = 1_000
@@ -84,10 +85,31 @@ class CodesController(Controller):
     )
     async def history(self, services: Services, code: CodeInPath) -> HistoryOut:
         """Everything that happened to a code and to the containers it was in."""
-        parsed = try_parse_code(code)
-        if parsed is None:
-            raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
-        found = await usecase.history_of(services.pool, parsed.canonical)
-        if found is None:
-            raise problem(404, f"nothing is known about {parsed.canonical}")
-        return msgspec.convert(found, HistoryOut, from_attributes=True)
+        return await _history(services, code)
+
+    @get(
+        "/codes/history",
+        guards=[requires(Role.INVESTIGATOR)],
+        responses=problems(*KEYED, 404),
+    )
+    async def history_by_query(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        code: Annotated[str, QueryParameter(examples=[Example(value=EXAMPLE_CODE)])],
+    ) -> HistoryOut:
+        """The same answer as ``/v1/codes/{code}/history``, for any code: a GS1 serial
+        holding "/" (AI 21 allows it) cannot be named in a path (⚠ our addition)."""
+        refuse_other_parameters(request, ("code",))
+        return await _history(services, code)
+
+
+async def _history(services: Services, code: str) -> HistoryOut:
+    """A code's history, the code in any of its forms; 404 when nothing is known of it."""
+    parsed = try_parse_code(code)
+    if parsed is None:
+        raise bad_input("code", NOT_A_CODE)
+    found = await usecase.history_of(services.pool, parsed.canonical)
+    if found is None:
+        raise problem(404, f"nothing is known about {parsed.canonical}")
+    return msgspec.convert(found, HistoryOut, from_attributes=True)

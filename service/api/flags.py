@@ -17,7 +17,7 @@ from service.api.errors import bad_input, problem, refuse_other_parameters
 from service.api.openapi import BEARER, KEYED, WITH_BODY, problems, stale_flag
 from service.api.schemas import FlagDetailOut, FlagOut, FlagPage
 from service.core.auth import Role
-from service.core.codes import try_parse_code
+from service.core.codes import NOT_A_CODE, try_parse_code
 from service.core.events import bound_problem
 from service.core.flags import status_set_by
 from service.usecases import flags as usecase
@@ -149,7 +149,7 @@ class FlagsController(Controller):
         if code is not None:
             parsed = try_parse_code(code)
             if parsed is None:
-                raise bad_input("code", "not a CN20 code, GS1 element string or SSCC")
+                raise bad_input("code", NOT_A_CODE)
             code = parsed.canonical
         if med_list_codg is not None and code is not None:
             raise bad_input("med_list_codg", "give code or med_list_codg, not both")

@@ -30,6 +30,7 @@ from biip.checksums import gs1_standard_check_digit
 from biip.gs1_element_strings import GS1ElementString
 
 __all__ = [
+    "NOT_A_CODE",
     "PRODUCT_ID_RULE",
     "CodeKind",
     "InvalidCode",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 MAX_RAW_LENGTH: Final = 200
+# what every answer says of a string that is no code (a reason's detail, a filter's 400)
+NOT_A_CODE: Final = "not a CN20 code, GS1 element string or SSCC"
 
 # What may surround a code and is dropped: ASCII space, tab, CR, LF (a scanner's or a
 # form's). Nothing else: str.strip() would also drop U+3000, U+00A0, U+2028, \x1c-\x1f,

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from service.core.codes import LABEL_MISMATCH, CodeKind, ParsedCode, label_disagrees
+from service.core.codes import LABEL_MISMATCH, NOT_A_CODE, CodeKind, ParsedCode, label_disagrees
 from service.core.custody import DESTROYED, CodeState, holds, holds_packs, none_left, whereabouts
 from service.core.registry import Org, Product
 from service.core.sales import Consumption, named
@@ -70,7 +70,7 @@ def not_dispensing(code: str, org: Org) -> list[Reason]:
 def unreadable_reasons(raw: str, org: Org) -> list[Reason]:
     """Why a scan that is no code (no CN20 code, GS1 element string or SSCC) is not
     payable at ``org``: INVALID_CODE, after NOT_DISPENSING where that is said first."""
-    invalid = Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC")
+    invalid = Reason(raw, INVALID_CODE, NOT_A_CODE)
     return [*not_dispensing(raw, org), invalid]
 
 

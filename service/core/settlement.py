@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from service.core.codes import LABEL_MISMATCH, try_parse_code
+from service.core.codes import LABEL_MISMATCH, NOT_A_CODE, try_parse_code
 from service.core.custody import (
     DESTROYED,
     CodeState,
@@ -267,7 +267,7 @@ def _judge_line(
     for raw in line.codes:
         code = canonical.get(raw)
         if code is None:
-            out.reasons.append(Reason(raw, INVALID_CODE, "not a CN20 code, GS1 element string or SSCC"))
+            out.reasons.append(Reason(raw, INVALID_CODE, NOT_A_CODE))
             continue
         if code in seen:
             out.reasons.append(Reason(code, QUANTITY_MISMATCH, "the code is listed twice"))

@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import Api, event
+from tests.helpers import Api, event, sscc
 from tests.integration.console_story import BRACKETED, CANONICAL, EVIL, RAW_SCAN, journey
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -220,6 +220,39 @@ async def test_a_code_is_read_with_the_whitespace_around_it_as_the_api_reads_it(
         assert page.status_code == 200, repr(around)
         assert invalid in page.text, repr(around)
         assert unknown not in page.text, repr(around)
+
+
+async def test_a_code_whose_serial_holds_a_slash_has_its_page_and_its_links(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """AI (21) allows "/" (the API reads such a code's history in the query since a probe,
+    /v1/codes/history?code=): the console names a code in the query, never in the path,
+    so the pack's page opens from the search and from its case's list of contents."""
+    await admin.ok(
+        "POST", "/v1/orgs", {"id": "M1", "name": "M1", "kind": "manufacturer", "region": "450100"}, 201
+    )
+    product = {"product_id": "06901234000115", "name": "GS1", "med_list_codg": "G2", "pack_units": 20}
+    await admin.ok("POST", "/v1/products", {**product, "manufacturer": "M1"}, 201)
+    m1 = await admin.key_for("org", "M1")
+    slashed, case = "(01)06901234000115(21)A/1&2", sscc(5)
+    await m1.events(
+        event("commission", "M1", [slashed], 0, lot="G1", expiry="2030-01-01"),
+        event("pack", "M1", [slashed], 1, parent=case),
+    )
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    page = await browser.get("/console/codes", params={"q": slashed})
+    assert page.status_code == 200, page.text
+    assert "010690123400011521A/1&amp;2" in page.text
+    assert "系统中没有此追溯码的任何记录" not in page.text
+    holder = await browser.get("/console/codes", params={"q": case})
+    link = re.search(r'<a href="(/console/codes\?q=010690123400011521A[^"]*)"', holder.text)
+    assert link is not None, holder.text
+    followed = await browser.get(html.unescape(link.group(1)))
+    assert followed.status_code == 200
+    assert "010690123400011521A/1&amp;2" in followed.text
+    assert "系统中没有此追溯码的任何记录" not in followed.text
 
 
 async def test_language_switch_and_unknown_code(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]

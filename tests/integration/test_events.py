@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -315,6 +316,49 @@ async def test_history_needs_investigator(admin: Api) -> None:
     assert (await inv.get(f"/v1/codes/{code}/history")).status_code == 404
     assert (await inv.get("/v1/codes/nonsense/history")).status_code == 400
     assert at(0).endswith("+00:00")
+
+
+async def test_the_history_of_a_code_whose_serial_holds_a_slash_is_read_in_the_query(admin: Api) -> None:
+    """Found by a probe: AI (21) allows "/" and such a pack is commissioned, but its
+    history had no readable address: /v1/codes/{code}/history splits at the slash (as
+    %2F too) and answered the router's bare 404. /v1/codes/history?code= reads any code,
+    in any of its forms, with the path's answer where a path can name it."""
+    w = await _world(admin)
+    m = w["keys"]["M1"]
+    product = {"product_id": "06901234000115", "name": "GS1", "med_list_codg": "G2", "pack_units": 20}
+    await admin.ok("POST", "/v1/products", {**product, "manufacturer": "M1"}, 201)
+    slashed = "(01)06901234000115(21)A/123"
+    out = await m.events(
+        event("commission", "M1", [slashed, "(01)06901234000115(21)B1"], 0, lot="G1", expiry="2030-01-01")
+    )
+    assert out["accepted"] == 2, out
+    inv = await admin.key_for("investigator")
+    found = await inv.ok("GET", "/v1/codes/history?" + urlencode({"code": slashed}))
+    assert found["code"] == "010690123400011521A/123"
+    assert [e["type"] for e in found["events"]] == ["commission"]
+    # in its other forms too, and the path's answer where a path can name the code
+    assert await inv.ok("GET", "/v1/codes/history?" + urlencode({"code": "010690123400011521A/123"})) == found
+    plain = await inv.ok("GET", "/v1/codes/010690123400011521B1/history")
+    assert (
+        await inv.ok("GET", "/v1/codes/history?" + urlencode({"code": "(01)06901234000115(21)B1"})) == plain
+    )
+    # as the path form: not a code 400, unknown 404, investigators only; a parameter it
+    # does not take, or the code twice or left out, is a 400 naming it
+    for query, status, field in (
+        ({"code": "nonsense"}, 400, "code"),
+        ({"code": cn20(w["unit"], 99)}, 404, None),
+        ({"code": slashed, "org": "P1"}, 400, "org"),
+        ({}, 400, "code"),
+    ):
+        resp = await inv.get("/v1/codes/history", **query)
+        assert resp.status_code == status, (query, resp.text)
+        if field:
+            assert [e["field"] for e in resp.json()["errors"]] == [field], resp.text
+    twice = await inv.client.get(
+        "/v1/codes/history?" + urlencode([("code", slashed), ("code", slashed)]), headers=inv.headers
+    )
+    assert (twice.status_code, twice.json()["errors"][0]["field"]) == (400, "code")
+    assert (await w["keys"]["P1"].get("/v1/codes/history", code=slashed)).status_code == 403
 
 
 async def test_a_return_uploaded_before_its_dispense_still_undoes_it(admin: Api) -> None:

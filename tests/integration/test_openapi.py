@@ -313,6 +313,10 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     # after the recall: a verify and a history with reasons and flags of every kind seen
     await c.call(p1, "GET", "/v1/codes/{code}/verify", 200, code=codes[2])
     await c.call(inv, "GET", "/v1/codes/{code}/history", 200, code=codes[1])
+    await c.call(inv, "GET", "/v1/codes/history", 200, query={"code": codes[1]})
+    await c.call(inv, "GET", "/v1/codes/history", 400, query={"code": "nonsense"})
+    await c.call(inv, "GET", "/v1/codes/history", 404, query={"code": cn20(w["unit"], 999)})
+    await c.call(p1, "GET", "/v1/codes/history", 403, query={"code": codes[1]})
 
     # EPCIS 2.0: an event at the pharmacy's own location (no GLNs registered: none named)
     ev = {
