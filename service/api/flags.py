@@ -126,7 +126,7 @@ class FlagsController(Controller):
         those of a trace code. Pass
         ``next_cursor`` back as ``cursor`` for the next page; flags raised meanwhile never
         shift a page."""
-        refuse_other_parameters(request, SEARCH_PARAMETERS)
+        refuse_other_parameters(request, SEARCH_PARAMETERS, integers=("limit",))
         if kind is not None and kind not in KINDS:
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:

@@ -196,7 +196,7 @@ class RegistryController(Controller):
         ones, ``revoked=false`` only the live ones. ``org`` must be a registered
         organisation (its keys), ``role`` one of the roles. Pass ``next_cursor`` back as
         ``cursor`` for the next page; keys made meanwhile never shift a page."""
-        refuse_other_parameters(request, KEY_PARAMETERS)
+        refuse_other_parameters(request, KEY_PARAMETERS, integers=("limit",))
         if role is not None and role not in ROLES:
             raise bad_input("role", f"one of {', '.join(ROLES)}")
         if revoked is not None and revoked not in ("true", "false"):

@@ -179,6 +179,22 @@ async def test_listing_filters_and_stable_cursor(admin: Api) -> None:
     assert (await p1.get("/v1/flags")).status_code == 403
 
 
+@pytest.mark.parametrize("limit", ["1e3", "2.0", "1e0", "+2", " 2", "２", ""])
+async def test_a_limit_that_is_not_written_as_a_whole_number_is_a_400_naming_it(
+    admin: Api, limit: str
+) -> None:
+    """Found by a probe: Litestar reads "1e3" as 1000 and "2.0" as 2, so limit=1e3
+    listed 1,000 flags. A limit is a whole number in ASCII digits, else a 400 naming it."""
+    w = await world(admin)
+    for serial in range(3):
+        await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 400 + serial)], serial))
+    inv = w["inv"]
+    assert len((await inv.ok("GET", "/v1/flags?limit=2&status=pending"))["items"]) == 2
+    resp = await inv.get("/v1/flags", limit=limit, status="pending")
+    assert resp.status_code == 400, (limit, resp.text)
+    assert [e["field"] for e in resp.json()["errors"]] == ["limit"], resp.text
+
+
 async def test_workflow_keeps_history(admin: Api) -> None:
     w = await world(admin)
     out = await w["keys"]["P1"].events(event("receive", "P1", [cn20("8123456", 1)], 0))
