@@ -601,12 +601,38 @@ async def test_queries(admin: Api) -> None:
     assert trace["mdtrtId"] == "MD2026030500001"
     assert trace["setlId"] == "S600"
     # a code's field is read as every route reads a code: ASCII whitespace around it is
-    # dropped, U+3000 is not (found by a probe: it was, here and in 3505)
-    for spelled, found in ((f" {u[1]}\t", 1), (u[1] + "\u3000", 0), ("\xa0" + u[1], 0)):
-        query = {**span, "psn_cert_type": "01", "drug_trac_codg": spelled}
-        assert len((await nhsa(p2, envelope("3513", {"data": query})))["output"]["data"]) == found, spelled
+    # dropped, U+3000 is not (found by a probe: it was, here and in 3505), and then it is
+    # no code: refused, not answered with no rows (test_a_trace_code_filter_that_is_no_code…)
+    query = {**span, "psn_cert_type": "01", "drug_trac_codg": f" {u[1]}\t"}
+    assert len((await nhsa(p2, envelope("3513", {"data": query})))["output"]["data"]) == 1
+    for spelled in (u[1] + "\u3000", "\xa0" + u[1]):
+        out = await nhsa(p2, envelope("3513", {"data": {**query, "drug_trac_codg": spelled}}))
+        assert out["infcode"] == -1, (spelled, out)
+        assert out["err_msg"].startswith("input.data.drug_trac_codg:"), out
     outside = {**span, "begndate": "2026-04-01", "enddate": "2026-04-30"}
     assert (await nhsa(p2, envelope("3511", {"data": outside})))["output"]["data"] == []
+
+
+@pytest.mark.parametrize("infno", ["3511", "3513"])
+@pytest.mark.parametrize(
+    "spelled",
+    ["abc", "8123456000000000040\uff12", "\u300081234560000000000011", "81234560000000000011\u3000", "0"],
+)
+async def test_a_trace_code_filter_that_is_no_code_is_minus_one_naming_it(
+    admin: Api, infno: str, spelled: str
+) -> None:
+    """Found by a probe: 3513 answered a drug_trac_codg that is no code ("abc", a
+    full-width digit, U+3000 around it) with success and no rows, as if the pack had
+    never been sold here; /v1/flags?code=abc is a 400. It is -1 naming the field now."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    assert (await nhsa(p2, envelope("3505", {"selinfo": sale("B610", [u[0]], 24)})))["infcode"] == 0
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+    found = await nhsa(p2, envelope(infno, {"data": {**span, "drug_trac_codg": u[0]}}))
+    assert (found["infcode"], len(found["output"]["data"])) == (0, 1), found
+    out = await nhsa(p2, envelope(infno, {"data": {**span, "drug_trac_codg": spelled}}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.data.drug_trac_codg: not a CN20 code"), out
 
 
 async def test_queries_filter_every_record_and_page_through_them(admin: Api) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from service.core.codes import try_parse_code
+from service.core.codes import NOT_A_CODE, try_parse_code
 from service.core.events import EARLIEST_YEAR, REPEATED_CODE, Incoming, Rejection, time_problem
 from service.core.ledger import COUNT, DATA_TYPES, INV_CHG_TYPES, Entry
 from service.core.rules import CHINA, INVALID_CODE
@@ -250,6 +250,10 @@ def query(envelope: Envelope) -> Query:
     except FieldError as exc:
         raise FieldError(f"input.data.{exc.field}", exc.message) from None
     parsed = try_parse_code(code) if code is not None else None  # a code in any of its forms
+    if code is not None and parsed is None:
+        # a filter that is no code would match nothing: refused, as /v1/flags?code= is,
+        # not answered "success" with no rows (found by a probe: "abc", a full-width digit)
+        raise FieldError("input.data.drug_trac_codg", NOT_A_CODE)
 
     def page(key: str, maximum: int, default: int) -> int:
         value = row.get(key)
@@ -273,7 +277,7 @@ def query(envelope: Envelope) -> Query:
         item=item,
         med_list_codg=named("med_list_codg", 50),
         bchno=bchno,
-        code=parsed.canonical if parsed is not None else code,
+        code=parsed.canonical if parsed is not None else None,
         mdtrt_id=named("mdtrt_id", 30),
         psn_no=psn_no,
         begin=_day_start(begin),
