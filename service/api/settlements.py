@@ -31,7 +31,7 @@ from service.api.types import (
 )
 from service.core.auth import Role
 from service.core.events import identifier_problem, time_problem
-from service.core.settlement import Claim, Line
+from service.core.settlement import Claim, Line, person_number_problem
 from service.usecases import settlements as usecase
 
 MAX_LINES = 500
@@ -71,7 +71,7 @@ def _claim(data: SettlementIn, *, for_org: bool = False) -> Claim:
         raise bad_input("at", problem_at)
     # one person, one spelling: a look-alike (a space at an end, an invisible character,
     # full-width digits) would hash as another person and split the EXCESS_PURCHASE count
-    if (problem_psn := identifier_problem(data.psn_no)) is not None:
+    if (problem_psn := person_number_problem(data.psn_no)) is not None:
         raise bad_input("psn_no", problem_psn)
     seen: set[int] = set()
     total = 0

@@ -155,20 +155,21 @@ def bound_problem(at: datetime) -> str | None:
     return None
 
 
-def identifier_problem(name: str) -> str | None:
+def identifier_problem(name: str, *, shown: bool = True) -> str | None:
     """What is wrong with an identifier as named (a lot printed on the pack, a catalogue
     item's code): a look-alike (an invisible character, a direction mark, a space at an
     end, a full-width letter) would be another identifier that reads the same to a
     person, so a recall of the printed lot would miss it, or an investigator would take
-    one institution's made-up item for the real one."""
+    one institution's made-up item for the real one. Not ``shown``: the message does not
+    repeat the identifier (a person's number)."""
     if name != name.strip():
         return "no spaces at either end"
     # not printable: control, format (direction marks), separator other than the ASCII
     # space, surrogate, private-use or unassigned characters
     if not name.isprintable():
         return "control, invisible or unassigned characters are not allowed"
-    if not name.isascii() and unicodedata.normalize("NFKC", name) != name:
-        return f"must be written in its plain form ({unicodedata.normalize('NFKC', name)!r})"
+    if not name.isascii() and (plain := unicodedata.normalize("NFKC", name)) != name:
+        return "must be written in its plain form" + (f" ({plain!r})" if shown else "")
     return None
 
 

@@ -26,6 +26,7 @@ from service.core.custody import (
     none_left,
     replay,
 )
+from service.core.events import identifier_problem
 from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
@@ -128,11 +129,21 @@ def shown_request(request: Mapping[str, Any]) -> dict[str, Any]:
     return {**request, "lines": lines}
 
 
+def person_number_problem(psn_no: str) -> str | None:
+    """What is wrong with an insured person number as sent (a settlement's, an NHSA
+    sale's or return's, a 3511/3513 query's): one person, one spelling. A look-alike (a
+    space at an end, an invisible or control character, full-width digits) would hash as
+    another person (:func:`person_hash`), whose purchases the real one's EXCESS_PURCHASE
+    count misses and whom a query by the real number does not find. The rule of every
+    identifier (``core.events.identifier_problem``); the message never repeats the number."""
+    return identifier_problem(psn_no, shown=False)
+
+
 def person_number(psn_no: str) -> str:
     """An insured person number as it names the person: upper-cased, as a Chinese ID
-    number's check character is X written either way (``…777x`` is ``…777X``). The API
-    refuses a number that is not a plain identifier (``core.events.identifier_problem``)
-    before this, so no other spelling of one number is left to tell apart."""
+    number's check character is X written either way (``…777x`` is ``…777X``). Every
+    path refuses a number :func:`person_number_problem` finds wrong before this, so no
+    other spelling of one number is left to tell apart."""
     return psn_no.upper()
 
 

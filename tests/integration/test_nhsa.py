@@ -903,6 +903,64 @@ async def test_the_person_is_never_kept_however_spelled_or_wherever_sent(admin: 
     assert u[1] in json.dumps(item)
 
 
+PERSON = "45010319900101888X"
+
+
+@pytest.mark.parametrize(
+    "look_alike",
+    [
+        PERSON.translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789X"}),  # full-width
+        PERSON + "\u200b",  # a zero-width space
+        PERSON[:10] + "\u202e" + PERSON[10:],  # a direction mark
+        PERSON[:10] + "\t" + PERSON[10:],  # a control character
+    ],
+)
+async def test_a_look_alike_person_number_is_refused_as_a_settlement_refuses_it(
+    admin: Api, db: Any, look_alike: str
+) -> None:
+    """Found by a probe: 3505/3506 kept the hash of a look-alike psn_no (full-width
+    digits, an invisible character), a person of its own, so 3511/3513 by the person's
+    real number missed the sale, while a settlement refuses the same number (400 naming
+    psn_no). Rows are held to the settlement's rule (-1 naming the row's psn_no; in a
+    batch the row is listed and the others kept), and so is a query's psn_no; no
+    answer repeats the number."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+    for infno, row in (
+        ("3505", sale("PA1", [u[0]], 24, psn_no=look_alike)),
+        ("3506", sale_return("PA2", [u[0]], 24, psn_no=look_alike)),
+    ):
+        out = await nhsa(p2, envelope(infno, {"selinfo": row}))
+        assert out["infcode"] == -1, out
+        assert out["err_msg"].startswith("input.selinfo.psn_no: "), out
+        assert PERSON not in out["err_msg"] and look_alike not in out["err_msg"], out
+    assert await _stored_events(db) == 0
+    assert await _units_left(p2, u[0]) == 24
+    rows = [sale("PB1", [u[1]], 24, psn_no=look_alike), sale("PB2", [u[2]], 24, psn_no=PERSON)]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    [bad] = out["output"]["selinfoErrDetail"]
+    assert bad["fixmedins_bchno"] == "PB1"
+    assert bad["msgRslt"].startswith("input.selinfoDetail[0].psn_no: "), bad
+    assert (await _units_left(p2, u[1]), await _units_left(p2, u[2])) == (24, 0)
+    # the person's sale is found by the number as written plainly (its x either way) ...
+    for infno in ("3511", "3513"):
+        for number in (PERSON, PERSON.lower()):
+            found = await nhsa(p2, envelope(infno, {"data": {**span, "psn_no": number}}))
+            assert [r["fixmedinsBchno"] for r in found["output"]["data"]] == ["PB2"], found
+        # ... and a query by a look-alike is refused, not answered with nobody's records
+        out = await nhsa(p2, envelope(infno, {"data": {**span, "psn_no": look_alike}}))
+        assert out["infcode"] == -1, out
+        assert out["err_msg"].startswith("input.data.psn_no: "), out
+    # a settlement says the same of the same number
+    claim = pack_claim("SPA", u[3], SALE_MINUTES, "P2")
+    refused = await (await admin.key_for("insurer")).post("/v1/settlements", {**claim, "psn_no": look_alike})
+    assert refused.status_code == 400, refused.text
+    [error] = refused.json()["errors"]
+    assert error["field"] == "psn_no" and PERSON not in error["message"], error
+
+
 async def test_a_key_over_its_rate_limit_is_answered_in_the_envelope(admin: Api, settings: Any) -> None:
     """A till that sends faster than its key's limit gets the 429 every route gives, with
     Retry-After, but in the response envelope a 35xx client reads (infcode -1, err_msg

@@ -25,7 +25,7 @@ from service.core.events import REPEATED_CODE, Incoming, Rejection, scanned_labe
 from service.core.ledger import Entry
 from service.core.rules import INVALID_CODE
 from service.core.sales import SETL_ID_SHAPE
-from service.core.settlement import person_hash
+from service.core.settlement import person_hash, person_number_problem
 from service.interop.nhsa.envelope import (
     NUMBER,
     NUMERIC_FIELDS,
@@ -242,6 +242,18 @@ def keep_persons(records: list[Record], secret: bytes) -> None:
             r.entry = msgspec.structs.replace(r.entry, psn_hash=person_hash(secret, psn_no))
 
 
+def person_number(row: dict[str, Any]) -> str | None:
+    """A sale's or return's insured person (``psn_no``, optional) as read: a look-alike of
+    a number (full-width digits, an invisible character inside) is refused naming it, as
+    a settlement's is (:func:`service.core.settlement.person_number_problem`): kept as its
+    hash it would be a person of its own, whom a 3511/3513 query by the real number, and
+    the real person's purchase count, miss (found by a probe)."""
+    psn_no = text(row.get("psn_no"))
+    if psn_no is not None and (problem := person_number_problem(psn_no)) is not None:
+        raise FieldError("psn_no", problem)
+    return psn_no
+
+
 def raw_codes(row: dict[str, Any]) -> list[str]:
     """The trace codes a row carries, in order: ``drugtracinfo`` as an array of
     ``{"drug_trac_codg"}`` or as one such object (older builds), then the legacy single
@@ -344,6 +356,7 @@ def _record(
     setl_id = optional_text(row, "setl_id", "setl_id")
     if setl_id is not None and not SETL_ID.fullmatch(setl_id):
         raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
+    person_number(row)
     codes = raw_codes(row)
 
     kind = "dispense" if interface == SALE else "return"
