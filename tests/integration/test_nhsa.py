@@ -961,6 +961,42 @@ async def test_a_look_alike_person_number_is_refused_as_a_settlement_refuses_it(
     assert error["field"] == "psn_no" and PERSON not in error["message"], error
 
 
+async def test_a_key_sent_in_two_casings_is_taken_only_with_one_value(admin: Api, db: Any) -> None:
+    """Row and query keys are read in any case (MDTRT_SETL_TYPE). Found by a probe: a key
+    sent twice, in two casings with different values (begndate and BEGNDATE), was taken
+    and one of the values silently chosen. Different values are -1 naming the field (in
+    a batch the row is listed, the others kept); the same value twice is taken."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    span = {"begndate": "2026-03-01", "enddate": "2026-03-31"}
+    out = await nhsa(p2, envelope("3505", {"selinfo": {**sale("KC1", [u[0]], 24), "SEL_RETN_CNT": 6}}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.selinfo.sel_retn_cnt: is sent as "), out
+    item = {"drug_trac_codg": u[0], "DRUG_TRAC_CODG": u[1]}
+    out = await nhsa(p2, envelope("3505", {"selinfo": {**sale("KC2", [], 24), "drugtracinfo": [item]}}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.selinfo.drugtracinfo[0].drug_trac_codg: is sent as "), out
+    assert await _stored_events(db) == 0
+    rows = [
+        {**sale("KC3", [u[0]], 24), "Sel_Retn_Cnt": 6},
+        {**sale("KC4", [u[1]], 24), "SEL_RETN_CNT": 24, "drugtracinfo": [{**item, "drug_trac_codg": u[1]}]},
+    ]
+    out = await nhsa(p2, envelope("3505A", {"selinfoDetail": rows}))
+    assert out["infcode"] == 0, out
+    [bad] = out["output"]["selinfoErrDetail"]
+    assert bad["msgRslt"].startswith("input.selinfoDetail[0].sel_retn_cnt: "), bad
+    assert (await _units_left(p2, u[0]), await _units_left(p2, u[1])) == (24, 0)  # the same value twice
+    for infno in ("3508", "3511", "3513"):
+        data = {**span, "medins_list_codg": "YP0001", "BEGNDATE": "2026-03-06"}
+        out = await nhsa(p2, envelope(infno, {"data": data}))
+        assert out["infcode"] == -1, out
+        assert out["err_msg"].startswith("input.data.begndate: is sent as "), out
+        same = await nhsa(p2, envelope(infno, {"data": {**data, "BEGNDATE": "2026-03-01"}}))
+        assert same["infcode"] == 0, same
+    found = await nhsa(p2, envelope("3511", {"data": {**span, "ENDDATE": "2026-03-31"}}))
+    assert [r["fixmedinsBchno"] for r in found["output"]["data"]] == ["KC4"]
+
+
 async def test_a_key_over_its_rate_limit_is_answered_in_the_envelope(admin: Api, settings: Any) -> None:
     """A till that sends faster than its key's limit gets the 429 every route gives, with
     Retry-After, but in the response envelope a 35xx client reads (infcode -1, err_msg

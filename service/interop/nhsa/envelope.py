@@ -376,12 +376,24 @@ def rx_flag(row: dict[str, Any]) -> str:
 
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
     """Row keys in lower case: some systems send spec columns in upper case
-    (``MDTRT_SETL_TYPE``). A key sent in both casings keeps the lower-case one."""
+    (``MDTRT_SETL_TYPE``). A key sent in two casings is taken when both carry the same
+    value; with different values it is refused naming it (FieldError): which one the
+    institution meant would be a guess (found by a probe: ``BEGNDATE`` beside
+    ``begndate``, one silently chosen)."""
     keys = "".join(row)
     if keys.lower() == keys:
         return row  # the common case, no upper-case letter: nothing to change (the row is only read)
-    out = {k.lower(): v for k, v in row.items() if k.lower() != k}
-    out.update((k, v) for k, v in row.items() if k.lower() == k)
+    out: dict[str, Any] = {}
+    sent: dict[str, str] = {}  # the spelling each key was first sent in
+    for key, value in row.items():
+        low = key.lower()
+        if low in out:
+            first = out[low]
+            if type(first) is not type(value) or first != value:
+                raise FieldError(low, f"is sent as {sent[low]!r} and as {key!r} with different values")
+            continue
+        out[low] = value
+        sent[low] = key
     return out
 
 

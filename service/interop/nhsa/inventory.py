@@ -222,7 +222,10 @@ def query(envelope: Envelope) -> Query:
         raise FieldError("input.data", "must be an object")
     from service.interop.nhsa.envelope import lower_keys
 
-    row = lower_keys(row)
+    try:
+        row = lower_keys(row)
+    except FieldError as exc:
+        raise FieldError(f"input.data.{exc.field}", exc.message) from None
 
     def named(key: str, length: int | None = None) -> str | None:
         try:

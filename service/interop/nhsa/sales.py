@@ -220,10 +220,11 @@ def translate(
     errors: list[RowError] = []
     for i, raw in enumerate(envelope.rows):
         path = wrapper_path(envelope, i)
-        row = lower_keys(raw) if isinstance(raw, dict) else {}
+        row: dict[str, Any] = raw if isinstance(raw, dict) else {}  # as sent, if lower_keys refuses it
         try:
             if not isinstance(raw, dict):
                 raise FieldError(path, "must be an object")
+            row = lower_keys(raw)
             records.append((build or _record)(envelope, org, now, ids, i, path, row))
         except FieldError as exc:
             name = exc.field if exc.field.startswith(path) else f"{path}.{exc.field}"
@@ -271,10 +272,14 @@ def raw_codes(row: dict[str, Any]) -> list[str]:
         if not isinstance(item, dict):
             raise FieldError(f"drugtracinfo[{j}]", "must be an object {drug_trac_codg}")
         value = item.get("drug_trac_codg")
-        if type(value) is str and (stripped := strip_code(value)):
-            out.append(stripped)  # the common case first
+        if type(value) is str and len(item) == 1 and (stripped := strip_code(value)):
+            out.append(stripped)  # the common case first: the code alone, no key to lower
             continue
-        code = code_text(lower_keys(item), "drug_trac_codg", f"drugtracinfo[{j}].drug_trac_codg")
+        try:
+            item = lower_keys(item)
+        except FieldError as exc:
+            raise FieldError(f"drugtracinfo[{j}].{exc.field}", exc.message) from None
+        code = code_text(item, "drug_trac_codg", f"drugtracinfo[{j}].drug_trac_codg")
         if code is not None:
             out.append(code)
     legacy = code_text(row, "drug_trac_codg", "drug_trac_codg")
