@@ -934,7 +934,8 @@ async def test_a_look_alike_person_number_is_refused_as_a_settlement_refuses_it(
         out = await nhsa(p2, envelope(infno, {"selinfo": row}))
         assert out["infcode"] == -1, out
         assert out["err_msg"].startswith("input.selinfo.psn_no: "), out
-        assert PERSON not in out["err_msg"] and look_alike not in out["err_msg"], out
+        assert PERSON not in out["err_msg"], out
+        assert look_alike not in out["err_msg"], out
     assert await _stored_events(db) == 0
     assert await _units_left(p2, u[0]) == 24
     rows = [sale("PB1", [u[1]], 24, psn_no=look_alike), sale("PB2", [u[2]], 24, psn_no=PERSON)]
@@ -958,7 +959,8 @@ async def test_a_look_alike_person_number_is_refused_as_a_settlement_refuses_it(
     refused = await (await admin.key_for("insurer")).post("/v1/settlements", {**claim, "psn_no": look_alike})
     assert refused.status_code == 400, refused.text
     [error] = refused.json()["errors"]
-    assert error["field"] == "psn_no" and PERSON not in error["message"], error
+    assert error["field"] == "psn_no", error
+    assert PERSON not in error["message"], error
 
 
 async def test_a_key_sent_in_two_casings_is_taken_only_with_one_value(admin: Api, db: Any) -> None:

@@ -124,7 +124,6 @@ def _answers(read: Callable[[Any, str], object], value: object, field: str, expe
         ("(01)04000001000012(21)TF1", "010400000100001221TF1"),
         ("010400000100001221TF1", "010400000100001221TF1"),
         ("81234560000000000001", "81234560000000000001"),
-        ("not-a-code", "not-a-code"),  # finds nothing, as before
     ],
 )
 def test_a_3513_query_reads_a_trace_code_in_any_of_its_forms(sent: str, read: str) -> None:
@@ -146,3 +145,63 @@ def test_a_3513_query_reads_a_trace_code_in_any_of_its_forms(sent: str, read: st
         "input": {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31", "drug_trac_codg": sent}},
     }
     assert query(parse(body)).code == read
+
+
+def test_a_3513_query_by_a_string_that_is_no_code_is_refused_naming_it() -> None:
+    """It found nothing, and read as "never sold here"; /v1/flags?code= is a 400."""
+    from service.interop.nhsa.envelope import parse
+    from service.interop.nhsa.inventory import query
+
+    body = {
+        "infno": "3513",
+        "msgid": "P4501030000120260310100000001",
+        "mdtrtarea_admvs": "450103",
+        "recer_sys_code": "YBXT",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "1",
+        "opter_name": "x",
+        "inf_time": "2026-03-10 10:00:00",
+        "fixmedins_code": "P45010300001",
+        "fixmedins_name": "x",
+        "input": {
+            "data": {"begndate": "2026-03-01", "enddate": "2026-03-31", "drug_trac_codg": "not-a-code"}
+        },
+    }
+    with pytest.raises(FieldError) as caught:
+        query(parse(body))
+    assert caught.value.field == "input.data.drug_trac_codg"
+
+
+@pytest.mark.parametrize(
+    ("row", "read"),
+    [
+        ({"begndate": "1", "BEGNDATE": "1"}, {"begndate": "1"}),
+        ({"begndate": "", "BEGNDATE": "2"}, {"begndate": "2"}),  # "" is an absent field
+        ({"BEGNDATE": "2", "begndate": None}, {"begndate": "2"}),
+        ({"Memo": "a", "memo": " ", "MEMO": "a"}, {"memo": "a"}),
+        ({"a": 1}, {"a": 1}),
+    ],
+)
+def test_a_key_in_two_casings_with_one_value_is_taken(
+    row: dict[str, object], read: dict[str, object]
+) -> None:
+    from service.interop.nhsa.envelope import lower_keys
+
+    assert lower_keys(row) == read
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"begndate": "1", "BEGNDATE": "2"},
+        {"Cnt": 24, "cnt": "24"},  # the same number in two types: which was meant is a guess too
+        {"memo": "a", "MEMO": "", "Memo": "b"},
+    ],
+)
+def test_a_key_in_two_casings_with_different_values_is_refused_naming_it(row: dict[str, object]) -> None:
+    from service.interop.nhsa.envelope import lower_keys
+
+    with pytest.raises(FieldError) as caught:
+        lower_keys(row)
+    assert caught.value.field == next(iter(row)).lower()

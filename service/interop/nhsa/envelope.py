@@ -377,9 +377,9 @@ def rx_flag(row: dict[str, Any]) -> str:
 def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
     """Row keys in lower case: some systems send spec columns in upper case
     (``MDTRT_SETL_TYPE``). A key sent in two casings is taken when both carry the same
-    value; with different values it is refused naming it (FieldError): which one the
-    institution meant would be a guess (found by a probe: ``BEGNDATE`` beside
-    ``begndate``, one silently chosen)."""
+    value, or one of them none (null or blank, as for an absent field); with different
+    values it is refused naming it (FieldError): which one the institution meant would
+    be a guess (found by a probe: ``BEGNDATE`` beside ``begndate``, one silently chosen)."""
     keys = "".join(row)
     if keys.lower() == keys:
         return row  # the common case, no upper-case letter: nothing to change (the row is only read)
@@ -387,14 +387,19 @@ def lower_keys(row: dict[str, Any]) -> dict[str, Any]:
     sent: dict[str, str] = {}  # the spelling each key was first sent in
     for key, value in row.items():
         low = key.lower()
-        if low in out:
+        if low in out and not _absent(value):
             first = out[low]
-            if type(first) is not type(value) or first != value:
+            if not _absent(first) and (type(first) is not type(value) or first != value):
                 raise FieldError(low, f"is sent as {sent[low]!r} and as {key!r} with different values")
-            continue
-        out[low] = value
-        sent[low] = key
+        if low not in out or _absent(out[low]):
+            out[low] = value
+            sent[low] = key
     return out
+
+
+def _absent(value: Any) -> bool:
+    """A field sent with no value: null, or a blank string (as :func:`text` reads it)."""
+    return value is None or (type(value) is str and not value.strip())
 
 
 def parse(body: Any) -> Envelope:
