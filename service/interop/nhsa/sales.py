@@ -138,9 +138,7 @@ PERSON_FIELDS = ("psn_no", "certno", "psn_name")
 # wherever (the row, a trace-code item, any object nested in it): the insured person,
 # and the ID-card numbers of the prescriber and the pharmacist (FIELDS.md: 证件号码;
 # their names and practice certificate numbers are kept). Compared without "_" and case.
-_NEVER_KEPT = frozenset(
-    k.replace("_", "") for k in (*PERSON_FIELDS, "prsc_dr_certno", "phar_certno")
-)
+_NEVER_KEPT = frozenset(k.replace("_", "") for k in (*PERSON_FIELDS, "prsc_dr_certno", "phar_certno"))
 # The documented row fields (FIELDS.md, 3501–3506) that are none of those: a row of these
 # alone, with scalar values and bare trace-code items, is kept as it came (no copy)
 _DOCUMENTED = frozenset(
