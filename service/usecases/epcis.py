@@ -228,10 +228,13 @@ def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
     once through /v1/events and once as EPCIS it is one fact; another event under its id
     is refused, as within EPCIS (the repository would have kept an event the custody
     log does not hold: found by a probe). Compared by what both formats carry, the codes
-    by their number. Read before the capture's transaction: a /v1/events upload of the
-    same id committed in between is not compared (README, EPCIS)."""
+    by their number, and the settlement of a dispense that names one. Read before the
+    capture's transaction: a /v1/events upload of the same id committed in between is
+    not compared (README, EPCIS)."""
     if stored is None:
         return True
+    if command.setl_id is not None and command.setl_id != stored["setl_id"]:
+        return False  # another sale (an event naming no settlement says less, not otherwise)
     given = (
         command.type,
         command.at,

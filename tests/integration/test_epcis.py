@@ -1602,3 +1602,160 @@ async def test_a_lot_too_long_or_not_a_string_is_refused_saying_so(admin: Api) -
         "POST", "/epcis/capture", _doc({**made, "ilmd": {**LOT, "cbvmda:lotNumber": "L" * 64}}), 202
     )
     assert job["success"], job
+
+
+# the business-transaction type naming the insurance settlement a dispense is (README, EPCIS)
+SETTLEMENT_TYPE = "https://tracecode.example/cbv/BTT-setl"
+SETTLEMENT_URI = "https://tracecode.example/setl/"
+
+
+@pytest.mark.parametrize("epcis_first", [True, False], ids=["epcis-first", "settlement-first"])
+async def test_an_insured_sale_sent_as_epcis_is_one_sale_with_its_settlement(
+    admin: Api, epcis_first: bool
+) -> None:
+    """Found by a probe: EPCIS had no way to say which settlement a dispense is (its
+    ``bizTransactionList`` was not read), so a pharmacy's dispensing event and the
+    insurer's settlement of the same pack were two sales: the settlement ``rejected``
+    ALREADY_SETTLED and a DUPLICATE against the pharmacy (or, settled first, a DUPLICATE
+    on the dispense). A dispense naming the settlement in a business transaction of this
+    service's type is that settlement's sale, in either order, as ``setl_id`` on
+    /v1/events; the other business transactions are kept as they are, and the query
+    answers the event as it was captured."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    ins = await admin.key_for("insurer")
+    setl_id = "S-2026.03_0007"
+    transactions = [
+        {"type": "po", "bizTransaction": "http://transaction.acme.com/po/12345678"},
+        {"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + setl_id},
+    ]
+    sale = {
+        **_ev("ObjectEvent", 7, P_LOC, action="OBSERVE", bizStep="dispensing"),
+        "eventID": f"urn:uuid:{uuid.uuid4()}",
+        "epcList": ["urn:epc:id:sgtin:0614141.107346.2"],
+        "bizTransactionList": transactions,
+    }
+    line = {"line_no": 1, "med_list_codg": "X1", "quantity": 24, "codes": [UNITS[1]]}
+    claim = {"setl_id": setl_id, "org": "P1", "psn_no": "450103199001011234", "at": at(7), "lines": [line]}
+
+    async def dispense() -> None:
+        job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sale), 202)
+        assert (job["success"], job["errors"], job["warnings"]) == (True, [], []), job
+
+    if epcis_first:
+        await dispense()
+    answer = await ins.ok("POST", "/v1/settlements", claim)
+    assert answer["decision"] == "accepted", answer
+    if not epcis_first:
+        await dispense()
+    paid = await ins.ok("GET", f"/v1/settlements/{setl_id}")
+    assert paid["decision"] == "accepted", paid
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[1]}/history")
+    assert not history["flags"], history["flags"]
+    flags = (await keys["inv"].ok("GET", "/v1/flags?org=P1"))["items"]
+    assert not flags, flags
+    state = await keys["P1"].ok("GET", f"/v1/codes/{UNITS[1]}/verify")
+    assert (state["units_left"], state["dispensable"]) == (0, False), state
+    # the query answers the event with its business transactions as captured
+    found = await keys["inv"].ok("GET", f"/epcis/events/{sale['eventID']}")
+    [kept] = found["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert kept["bizTransactionList"] == transactions, kept
+
+
+@pytest.mark.parametrize(
+    ("transactions", "field"),
+    [
+        (
+            [{"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + "S 1"}],
+            "bizTransactionList[0].bizTransaction",
+        ),
+        (
+            [{"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI}],
+            "bizTransactionList[0].bizTransaction",
+        ),
+        (
+            [{"type": SETTLEMENT_TYPE, "bizTransaction": "urn:example:setl:S1"}],
+            "bizTransactionList[0].bizTransaction",
+        ),
+        (
+            [{"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + "-S1"}],
+            "bizTransactionList[0].bizTransaction",
+        ),
+        (
+            [{"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + "S" * 65}],
+            "bizTransactionList[0].bizTransaction",
+        ),
+        (
+            [
+                {"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + "S1"},
+                {"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + "S2"},
+            ],
+            "bizTransactionList[1].bizTransaction",
+        ),
+    ],
+)
+async def test_a_settlement_business_transaction_not_a_settlement_id_is_refused(
+    admin: Api, transactions: list[dict[str, str]], field: str
+) -> None:
+    """A dispense's settlement business transaction whose value is not this service's
+    settlement URI of a settlement id (core.sales.SETL_ID_SHAPE, as ``setl_id`` on
+    /v1/events and NHSA), or a second settlement for one dispense: a
+    ``ValidationException`` naming the field, nothing stored. A ship naming one is
+    refused as /v1/events refuses a ``setl_id`` on it."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    sale = _ev(
+        "ObjectEvent",
+        7,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="dispensing",
+        epcList=["urn:epc:id:sgtin:0614141.107346.2"],
+        bizTransactionList=transactions,
+    )
+    job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sale), 202)
+    assert (job["success"], job["eventCount"]) == (False, 0), job
+    [error] = job["errors"]
+    assert (error["type"], error["field"]) == ("epcisException:ValidationException", field), job
+    assert (await keys["P1"].ok("GET", f"/v1/codes/{UNITS[1]}/verify"))["units_left"] == 24
+    shipped = {
+        **sale,
+        "bizStep": "shipping",
+        "destinationList": [{"type": "location", "destination": M_LOC}],
+        "bizTransactionList": [{"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + "S1"}],
+    }
+    job = await keys["P1"].ok("POST", "/epcis/capture", _doc(shipped), 202)
+    [error] = job["errors"]
+    assert (error["type"], error["field"]) == ("epcisException:ValidationException", "bizTransactionList"), (
+        job
+    )
+    assert "settlement" in error["detail"], job
+
+
+async def test_a_dispense_taken_through_v1_events_is_not_captured_as_another_settlements(admin: Api) -> None:
+    """A dispense stored through /v1/events with its ``setl_id``, then an EPCIS event
+    under its id (``urn:uuid:``) naming another settlement: another sale, refused as
+    another event under a taken id; naming the same settlement, it is one fact."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    sold = event("dispense", "P1", [UNITS[1]], 7, setl_id="S1")
+    assert (await keys["P1"].events(sold))["accepted"] == 1
+    epcis = {
+        "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+        **_ev("ObjectEvent", 7, P_LOC, action="OBSERVE", bizStep="dispensing"),
+        "eventID": f"urn:uuid:{sold['event_id']}",
+        "epcList": ["urn:epc:id:sgtin:0614141.107346.2"],
+    }
+    for setl_id, status in (("S2", 409), ("S1", 202)):
+        named = {
+            **epcis,
+            "bizTransactionList": [{"type": SETTLEMENT_TYPE, "bizTransaction": SETTLEMENT_URI + setl_id}],
+        }
+        resp = await keys["P1"].post("/epcis/events", named)
+        assert resp.status_code == status, resp.text
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[1]}/history")
+    assert [e["type"] for e in history["events"]][-1:] == ["dispense"], history
+    assert not history["flags"], history["flags"]

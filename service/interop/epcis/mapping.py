@@ -11,7 +11,9 @@ custody, the same :class:`~service.core.events.Incoming` command /v1/events buil
 | ObjectEvent OBSERVE / DELETE, disposition destroyed  | destroy (whatever the step) |
 | AggregationEvent ADD / DELETE with a ``parentID``    | pack / unpack (none named: all, at its time) |
 
-An event carrying an ``errorDeclaration`` declares the event under its eventID
+A dispense's ``setl_id`` is the settlement its ``bizTransactionList`` names in a business
+transaction of :data:`SETTLEMENT_TYPE` (:func:`settlement_of`). An event carrying an
+``errorDeclaration`` declares the event under its eventID
 erroneous: it is kept and queryable, with no custody effect. Everything else (other
 types, steps and actions) is kept and queryable, with no custody effect. The acting
 organisation is the one holding the event's ``bizLocation`` (else ``readPoint``) GLN; the
@@ -33,6 +35,7 @@ import msgspec
 from service.core.codes import ParsedCode
 from service.core.custody import product_of
 from service.core.events import Incoming, Rejection, shape_errors, take_codes, time_problem
+from service.core.sales import SETL_ID_SHAPE
 from service.interop.epcis.identifiers import (
     MAX_LENGTH,
     labelled,
@@ -117,6 +120,13 @@ _QUERY_ROLES: Final = {
 # the places kept as match keys, by role, and the query parameter matching each
 _PLACE_ROLES: Final = {"bizLocation": "location", "readPoint": "readpoint"}
 _PLACE_PARAMETERS: Final = {"EQ_bizLocation": "location", "EQ_readPoint": "readpoint"}
+# The business-transaction type naming the insurance settlement a dispense is (the CBV has
+# none for an insurance claim): the CBV's form of a type (``https://ref.gs1.org/cbv/BTT-po``)
+# under this service's own namespace, as its problem types are. Its ``bizTransaction`` is
+# SETTLEMENT_URI followed by the settlement id: the dispense's ``setl_id`` on /v1/events
+SETTLEMENT_TYPE: Final = "https://tracecode.example/cbv/BTT-setl"
+SETTLEMENT_URI: Final = "https://tracecode.example/setl/"
+_SETL_ID: Final = re.compile(SETL_ID_SHAPE)  # fullmatch, as /v1/events and NHSA read setl_id
 MAX_EVENT_ID: Final = 1000  # an eventID is kept as a key: PostgreSQL's index holds ~2,700 bytes
 
 # /v1/events' field names (core.events.shape_errors) as this format names them
@@ -126,6 +136,7 @@ _FIELDS: Final = {
     "expiry": "ilmd.cbvmda:itemExpirationDate",
     "to": "destinationList",
     "parent": "parentID",
+    "setl_id": "bizTransactionList",
 }
 
 
@@ -532,6 +543,38 @@ def _check(event: Mapping[str, Any]) -> None:
                     raise EventError(f"{key}[{i}].{name}", f"must be {named}")
 
 
+def settlement_of(event: Mapping[str, Any]) -> str | None:
+    """The settlement id the event's ``bizTransactionList`` names in a business
+    transaction of :data:`SETTLEMENT_TYPE` (None: none), the others being kept as they
+    are. Raises EventError naming the value when it is not :data:`SETTLEMENT_URI` and a
+    settlement id (core.sales.SETL_ID_SHAPE), or when a second one names another
+    settlement (a dispense is one sale)."""
+    items = event.get("bizTransactionList")
+    found: str | None = None
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if not (isinstance(item, dict) and item.get("type") == SETTLEMENT_TYPE):
+            continue
+        value = item.get("bizTransaction")
+        setl_id = (
+            value[len(SETTLEMENT_URI) :]
+            if isinstance(value, str) and value.startswith(SETTLEMENT_URI)
+            else ""
+        )
+        field = f"bizTransactionList[{i}].bizTransaction"
+        if not _SETL_ID.fullmatch(setl_id):
+            raise EventError(
+                field,
+                f"must be {SETTLEMENT_URI}<setl_id>, the settlement's id (1 to 64 letters, digits,"
+                " '.', '_' and '-', starting with a letter or digit), as setl_id on /v1/events",
+            )
+        if found is not None and setl_id != found:
+            raise EventError(
+                field, f"names a second settlement ({found} and {setl_id}): a dispense is one sale"
+            )
+        found = setl_id
+    return found
+
+
 def is_uri(value: object) -> bool:
     """A URI or a CURIE: a scheme (or prefix), a colon, then no space."""
     return isinstance(value, str) and _URI.fullmatch(value) is not None
@@ -619,6 +662,7 @@ def map_event(
         raise EventError(*too_long)
     at = _time(event, now)
     _check(event)
+    setl_id = settlement_of(event)
     event_id, fact_id = identify(event, earlier)
     action = event.get("action") if isinstance(event.get("action"), str) else None
     step = biz_step(event.get("bizStep"))
@@ -640,7 +684,7 @@ def map_event(
         body=body,
         match_keys=match_keys(event),
     )
-    command, refused, warning = _command(event, record, orgs_by_gln, actor, now, contents or {})
+    command, refused, warning = _command(event, record, orgs_by_gln, actor, now, contents or {}, setl_id)
     return Mapped(record, command, tuple(refused), warning)
 
 
@@ -666,6 +710,7 @@ def _command(
     actor: str,
     now: datetime,
     contents: Mapping[str, Collection[str]],
+    setl_id: str | None = None,
 ) -> tuple[Incoming | None, list[Rejection], tuple[str, str] | None]:
     if "errorDeclaration" in event:
         # it declares the event under its eventID erroneous (EPCIS 2.0): kept and
@@ -750,7 +795,7 @@ def _command(
         lot=extra.get("lot"),
         expiry=extra.get("expiry"),
         quantity=None,
-        setl_id=None,
+        setl_id=setl_id,
     )
     if errors:
         name, message = errors[0]
@@ -767,6 +812,7 @@ def _command(
         codes=codes,
         ref=record.event_id[:200],
         labels=labels,
+        setl_id=setl_id,
         **extra,
     )
     return command, refused, classes
