@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from service.core.custody import Fact
 from service.core.flags import AT_RECEIPT, ITEMS, SYSTEM, Evidence, FlagKey, FlagRef, NewFlag
@@ -95,6 +96,61 @@ async def raise_flags(
         ):
             stored[_key(r)] = FlagRef(r["flag_id"], r["kind"], r["code"])
     return stored
+
+
+async def restate(conn: Conn, flags: Sequence[NewFlag], why: str) -> list[int]:
+    """Flags of exactly these keys that stand (CLEARABLE: pending or open, no person
+    moved them) and whose evidence (``detail``, ``refs``) is not the one given take it:
+    judged again with other figures (a STOCK_IMBALANCE whose ledger later records
+    changed), they show the facts as they are now. Their status stays, and so does
+    ``updated_at`` (a pending flag's grace window runs from its status); each gets a line
+    of its history by the system under its status, ``why`` and what it said before. Not
+    a change of status: nothing goes onto the feed (as a note, :func:`add_change`). A
+    flag a person moved stays as they left it, as with the automatic clears. Returns the
+    ids of the flags restated."""
+    if not flags:
+        return []
+    rows = await conn.fetch(
+        f"""SELECT code, flag_id, kind, source_kind, source_id, detail, refs FROM flags
+           WHERE code = ANY($2::text[]) AND {CLEARABLE}
+             AND (kind, code, source_kind, source_id) IN
+                 (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))""",  # noqa: S608
+        [f.kind for f in flags],
+        [f.code for f in flags],
+        [f.source.kind for f in flags],
+        [f.source.id for f in flags],
+    )
+    given = {f.key: f for f in flags}
+    changed = []
+    for r in rows:
+        flag = given[_key(r)]
+        refs = msgspec.json.decode(msgspec.json.encode(flag.refs))  # as jsonb gives it back
+        if (r["detail"], r["refs"]) != (flag.detail, refs):
+            changed.append((r, flag))
+    if not changed:
+        return []
+    updated = await conn.fetch(
+        # the status is checked on the row updated too: a person's change committed while
+        # this waited for the row stands
+        f"""UPDATE flags SET detail = n.detail, refs = n.refs
+           FROM unnest($1::text[], $2::bigint[], $3::text[], $4::jsonb[]) AS n(code, flag_id, detail, refs)
+           WHERE flags.code = ANY($1::text[]) AND flags.code = n.code AND flags.flag_id = n.flag_id
+             AND {CLEARABLE}
+           RETURNING flags.code, flags.flag_id, flags.status""",  # noqa: S608
+        [r["code"] for r, _ in changed],
+        [r["flag_id"] for r, _ in changed],
+        [f.detail for _, f in changed],
+        [f.refs for _, f in changed],
+    )
+    before = {r["flag_id"]: r["detail"] for r, _ in changed}
+    await conn.executemany(
+        "INSERT INTO flag_changes (code, flag_id, status, note, by_key) VALUES ($1, $2, $3, $4, $5)",
+        [
+            (u["code"], u["flag_id"], u["status"], f"{why}; it said: {before[u['flag_id']]}", SYSTEM)
+            for u in updated
+        ],
+    )
+    return [u["flag_id"] for u in updated]
 
 
 def _key(row: asyncpg.Record) -> FlagKey:

@@ -240,6 +240,11 @@ def _ledger_writer(
                 flags += rules.count_flags(e, rules.as_counted(e, states, history, takes), region)
         fresh: set[FlagKey] = set()
         raised = await flag_store.raise_flags(conn, flags + rejudged, fresh, uploaded.ledger_flag_kinds)
+        # a flag that stood already, judged again with other figures, shows the ledger as
+        # it is now (its status stays)
+        await flag_store.restate(
+            conn, [f for f in rejudged if f.key not in fresh], _refigured_by(entries, uploaded.targets, msgid)
+        )
         # the answer names this upload's records' flags, and a stored record's only when
         # this upload raised it (not one it stood under already)
         reported = flags + [f for f in rejudged if f.key in fresh]
@@ -266,14 +271,26 @@ def _ledger_writer(
     return write
 
 
-def _explained_by(entries: list[rules.Entry], deleted: list[dict[str, Any]], msgid: str) -> str:
-    """The history line of a STOCK_IMBALANCE that an upload's records explained."""
+def _named(entries: list[rules.Entry], deleted: list[dict[str, Any]]) -> str:
+    """An upload's records and deletions, as a history line names them (three at most)."""
     named = [f"{e.interface} {e.bchno}" for e in entries]
     named += [f"{t['interface']} {t['fixmedins_bchno']} deleted" for t in deleted]
-    shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+    return ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+
+
+def _explained_by(entries: list[rules.Entry], deleted: list[dict[str, Any]], msgid: str) -> str:
+    """The history line of a STOCK_IMBALANCE that an upload's records explained."""
     return (
         "explained by records uploaded later: the ledger no longer falls below zero"
-        f" here ({shown}; msgid {msgid})"
+        f" here ({_named(entries, deleted)}; msgid {msgid})"
+    )
+
+
+def _refigured_by(entries: list[rules.Entry], deleted: list[dict[str, Any]], msgid: str) -> str:
+    """The history line of a standing STOCK_IMBALANCE whose figures an upload changed."""
+    return (
+        "figures changed by records uploaded later: the ledger still falls below zero"
+        f" here, its evidence now as the ledger is ({_named(entries, deleted)}; msgid {msgid})"
     )
 
 

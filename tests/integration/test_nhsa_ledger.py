@@ -3,14 +3,16 @@ deletions and queries, with payloads shaped as FIELDS.md describes; a pharmacy's
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.helpers import Api, cn20, event, pack_claim
-from tests.integration.test_nhsa import MED, _units_left, _world, envelope, nhsa, sale, sale_return
+from tests.integration.test_nhsa import MED, P1_CODE, _units_left, _world, envelope, nhsa, sale, sale_return
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -258,7 +260,9 @@ async def test_a_record_sent_late_or_deleted_flags_the_later_moves_it_leaves_unb
     # does not name LATE2's flag, which stood already (found in review)
     topped = purchase("LATE3", 1, purc_retn_stoin_time="2026-03-05 11:00:00")
     assert (await nhsa(p2, envelope("3503", {"purcinfo": topped})))["output"]["tracecode"]["flags"] == []
-    assert len((await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE"))["items"]) == 1
+    (flag,) = (await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE"))["items"]
+    # its evidence is the ledger as it is now: one unit more came in before it
+    assert (flag["refs"]["fixmedins_bchno"], flag["refs"]["balance_after"]) == ("LATE2", -23)
 
     # another item: two purchases back one sale; deleting the second leaves it unbacked
     bought = [purchase(f"BUY{i}", 30, purc_retn_stoin_time=f"2026-03-0{2 + i} 09:00:00") for i in range(2)]
@@ -272,7 +276,7 @@ async def test_a_record_sent_late_or_deleted_flags_the_later_moves_it_leaves_unb
     assert [f["kind"] for f in deleted["output"]["tracecode"]["flags"]] == ["STOCK_IMBALANCE"], deleted
     page = await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE")
     found = [(f["refs"]["fixmedins_bchno"], f["refs"]["balance_after"]) for f in page["items"]]
-    assert found == [("SOLD", -20), ("LATE2", -24)]
+    assert found == [("SOLD", -20), ("LATE2", -23)]
 
 
 async def test_inventory_changes_with_codes(admin: Api) -> None:
@@ -1121,3 +1125,74 @@ async def test_queries_by_the_person_find_their_sales_by_the_keyed_hash(admin: A
     kept = await db.fetch("SELECT fixmedins_bchno, psn_hash, row_data::text AS row FROM nhsa_records")
     assert sorted(r["fixmedins_bchno"] for r in kept if r["psn_hash"] is not None) == ["PA1", "PA2", "PB1"]
     assert not any(one[:12] in r["row"] or other[:12] in r["row"] for r in kept)
+
+
+async def test_a_standing_imbalance_shows_the_ledger_as_it_is_now(
+    admin: Api, db: Any, server_urls: tuple[str, str]
+) -> None:
+    """Found by a probe: sales S1, S2 and S3 of 24 units each with no stock, then a late
+    purchase of 24 dated before them: S1's flag was withdrawn (right), but S2's stayed
+    open saying "its ledger then holds -48", 0 units in, while the ledger gives -24 there.
+    A standing flag judged again with other figures takes them (its detail and refs, the
+    ledger as it is now), with a line of its history by the system naming the upload's
+    msgid and what it said before; its status stays, and the feed, which publishes
+    changes of status, has nothing new for it. A flag an investigator took up stays as
+    they left it, as with the automatic clears."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    for bchno, hour in (("S1", "10"), ("S2", "11"), ("S3", "12")):
+        row = sale(bchno, [], 24, sel_retn_time=f"2026-03-07 {hour}:00:00", med_list_codg=OTHER)
+        [raised] = (await nhsa(p2, envelope("3505", {"selinfo": row})))["output"]["tracecode"]["flags"]
+        assert raised["kind"] == "STOCK_IMBALANCE", raised
+
+    async def imbalance(bchno: str) -> dict[str, Any]:
+        page = await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE&org=P2")
+        (flag,) = [f for f in page["items"] if f["refs"]["fixmedins_bchno"] == bchno]
+        return await inv.ok("GET", f"/v1/flags/{flag['flag_id']}")
+
+    assert (await imbalance("S2"))["refs"]["balance_after"] == -48
+    taken_up = await imbalance("S3")
+    await inv.ok(
+        "PATCH", f"/v1/flags/{taken_up['flag_id']}", {"status": "investigating", "note": "calling them"}
+    )
+    taken_up = await imbalance("S3")
+
+    late = envelope(
+        "3503",
+        {
+            "purcinfo": {
+                **purchase("PU", 24, purc_retn_stoin_time="2026-03-06 10:00:00"),
+                "med_list_codg": OTHER,
+            }
+        },
+    )
+    late["msgid"] = f"{P1_CODE}202603080900000042"
+    assert (await nhsa(p2, late))["output"]["tracecode"]["flags"] == []
+    assert (await imbalance("S1"))["status"] == "auto_cleared"
+    flag = await imbalance("S2")
+    assert flag["status"] == "open", flag
+    figures = {k: flag["refs"][k] for k in ("balance_before", "balance_after", "units_in", "units_out")}
+    assert figures == {"balance_before": 0, "balance_after": -24, "units_in": 24, "units_out": 48}, flag
+    assert flag["detail"].endswith("its ledger then holds -24"), flag
+    [line] = flag["history"]
+    assert (line["status"], line["by_key"]) == ("open", "system"), line
+    assert late["msgid"] in line["note"], line
+    assert "its ledger then holds -48" in line["note"], line  # what it said before
+    assert (await _ledger(inv, codg=OTHER))["balance"] == -48
+    # the investigator's flag is as they left it
+    assert await imbalance("S3") == taken_up
+
+    # the feed: S1's withdrawal (the same transaction) reaches it; S2 has only its raising
+    r = aioredis.from_url(server_urls[1])
+    try:
+        for _ in range(100):  # the feed's publisher runs every second at most
+            if not await db.fetchval("SELECT count(*) FROM flag_outbox"):
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval("SELECT count(*) FROM flag_outbox") == 0
+        fed = [(e[1][b"flag_id"].decode(), e[1][b"status"]) for e in await r.xrange("flags")]
+        assert [s for f, s in fed if f == flag["flag_id"]] == [b"open"], fed
+        assert [s for f, s in fed if f == (await imbalance("S1"))["flag_id"]][-1:] == [b"auto_cleared"], fed
+    finally:
+        await r.aclose()
