@@ -28,6 +28,10 @@ SESSION_KEY = "console_session"
 SESSION_STORE = "console-sessions"
 SESSION_SECONDS = 8 * 3600  # a working day; then sign in again
 _ROTATE = "console_rotate_session"
+# a route's opt: its answers write no session, so they renew none. A live stream, which
+# the browser keeps open and reconnects to by itself, is no person's request: it renewed
+# the session at every (re)connect, and a queue left open never expired (a probe)
+NOT_RENEWED = "session_not_renewed"
 
 
 class SignInRequired(Exception):
@@ -39,7 +43,8 @@ class SessionsUnavailable(ServiceUnavailableException):
 
 
 class _RotatingBackend(ServerSideSessionBackend):
-    """A fresh session id at sign-in, so an id planted before it is worthless."""
+    """A fresh session id at sign-in, so an id planted before it is worthless; a session
+    written with a fresh expiry by a person's requests only (:data:`NOT_RENEWED`)."""
 
     def get_session_id(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
         if connection.scope.get("state", {}).get(_ROTATE):
@@ -67,6 +72,8 @@ class _RotatingBackend(ServerSideSessionBackend):
             )
             MutableScopeHeaders.from_message(message).add("Set-Cookie", ended.to_header(header=""))
             return
+        if connection.route_handler.opt.get(NOT_RENEWED):
+            return  # left as it is: its expiry, its cookie
         await super().store_in_message(scope_session, message, connection)
 
 

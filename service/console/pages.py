@@ -48,6 +48,9 @@ LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still 
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 ENDED_EVENT = "ended"  # a live stream's last message when its session has ended
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
+# a live stream's route: told "ended" without a session (:func:`to_signin`), and renewing
+# none (the browser keeps it open by itself: only a person's requests extend a session)
+LIVE_OPT = {"stream": True, auth.NOT_RENEWED: True}
 
 
 def _confirmation(
@@ -128,6 +131,8 @@ def _rendered_for_another(request: Req, rendered_for: object) -> bool:
     that names none (a page from before this check) is not refused."""
     shown = _text(rendered_for)
     return shown is not None and shown != auth.principal(request).key_id
+
+
 # a route's opt: a form that saves something (lost when sent without a session)
 SAVES = "saves"
 # a bulk change's field that confirms it (:func:`_confirmation`), and how long it holds
@@ -497,11 +502,11 @@ class ConsoleController(Controller):
             settable=SETTABLE,
         )
 
-    @get("/flags/live", opt={"stream": True})
+    @get("/flags/live", opt=LIVE_OPT)
     async def live(self, request: Req) -> ServerSentEvent:
         return self._live(request, pending=False)
 
-    @get("/flags/pending/live", opt={"stream": True})
+    @get("/flags/pending/live", opt=LIVE_OPT)
     async def pending_live(self, request: Req) -> ServerSentEvent:
         return self._live(request, pending=True)
 

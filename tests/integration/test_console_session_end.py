@@ -129,3 +129,52 @@ async def test_a_live_stream_without_a_session_says_it_has_ended(
     answer = await browser.get("/console/flags/live", follow_redirects=False)
     assert "event: ended" in answer.text
     assert "会话已结束" in (await browser.get("/console/signin?next=%2Fconsole%2Fflags")).text
+
+
+async def _session_ttl(server_urls: tuple[str, str], session_id: str, set_to: int | None = None) -> int:
+    """The session's seconds left in Valkey (after setting them to ``set_to``)."""
+    valkey = aioredis.from_url(server_urls[1])
+    try:
+        if set_to is not None:
+            assert await valkey.expire(f"console:{session_id}", set_to)
+        return int(await valkey.ttl(f"console:{session_id}"))
+    finally:
+        await valkey.aclose()
+
+
+async def test_a_live_stream_renews_no_session_and_ends_when_it_expires(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    server_urls: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each (re)connect of the queue's stream wrote the session with a fresh expiry: a
+    workstation left with the queue open (its browser reconnecting every 10 minutes)
+    stayed signed in for ever (a probe). Only a person's requests extend it now; the
+    stream ends, saying so, once the session has expired."""
+    from service.console import pages
+
+    monkeypatch.setattr(pages, "LIVE_RECHECK_SECONDS", 0.2)
+    monkeypatch.setattr(pages, "LIVE_MAX_SECONDS", 1)  # then the browser would reconnect
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    session_id = browser.cookies.get("console_session")
+    assert session_id
+    assert await _session_ttl(server_urls, session_id) > 8 * 3600 - 60
+    await _session_ttl(server_urls, session_id, set_to=100)  # 8 hours less 100 s have passed
+    for live in ("/console/flags/live?kind=DUPLICATE", "/console/flags/pending/live"):
+        answer = await browser.get(live)
+        assert answer.status_code == 200
+        assert "event: ended" not in answer.text  # still signed in
+        assert "console_session" not in answer.headers.get("set-cookie", "")
+        assert await _session_ttl(server_urls, session_id) <= 100
+    # a page the person opens extends it
+    assert (await browser.get("/console/flags")).status_code == 200
+    assert await _session_ttl(server_urls, session_id) > 8 * 3600 - 60
+
+    # the session expires while the stream is open: the stream says so, and ends
+    monkeypatch.setattr(pages, "LIVE_MAX_SECONDS", 20)
+    await _session_ttl(server_urls, session_id, set_to=2)
+    answer = await browser.get("/console/flags/live")
+    assert answer.text.endswith("event: ended\r\ndata: ended\r\n\r\n"), answer.text
+    assert await _session_ttl(server_urls, session_id) < 0  # gone, not written again
