@@ -47,6 +47,9 @@ LIVE_BLOCK_MS = 800  # one wait on the stream (below the Redis client's 1 s sock
 LIVE_RECHECK_SECONDS = 15  # how often an idle live stream checks its key still counts (and before a flag)
 LIVE_MAX_SECONDS = 600  # then the stream ends; the browser reconnects where it left off
 ENDED_EVENT = "ended"  # a live stream's last message when its session has ended
+# where a live stream has read to (a stream entry's id), told every check when it moved
+# without a flag sent: a page that closes its stream (hidden) opens it again from there
+POSITION_EVENT = "position"
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry's id
 # a live stream's route: told "ended" without a session (:func:`to_signin`), and renewing
 # none (the browser keeps it open by itself: only a person's requests extend a session)
@@ -487,8 +490,10 @@ class ConsoleController(Controller):
                 else None
             ),
             first_link=f"{request.url.path}?{urlencode(kept)}" if before_id else None,
-            # the new flags this page would list, as they come: the same filters
+            # the new flags this page would list, as they come: the same filters, from
+            # where the flag stream is as the page is rendered
             live_link=f"{request.url.path}/live?{urlencode(kept)}",
+            live_after=await _feed_position(request) if not bad and not reversed_dates else None,
             # when the stream says the session has ended: to sign in, then back here
             signin_link=f"/console/signin?{urlencode({'next': _here(request)})}",
             filters=kept,
@@ -516,17 +521,23 @@ class ConsoleController(Controller):
         pending flag on the pending page only); a change of status of a flag the page
         lists now, or may show as a row (its filters but the status: a flag confirmed
         leaves the open queue, and its row must say so), told apart from a new flag
-        (``published_change``: who, when). Ends when the session's key is revoked."""
+        (``published_change``: who, when). Ends when the session ends (signed out,
+        expired, the key revoked). Read from the entry after ``Last-Event-ID`` (the
+        browser's own reconnect) or ``after`` (the page's: it closes its stream while
+        hidden, and opens it again where it was), else from now."""
         t = translator(language(request.cookies.get(LANG_COOKIE)))
         pool = request.app.state.services.pool
         query, bad = _flag_query(request.query_params, pending=pending)
         redis = request.app.state.redis
-        given = _text(request.headers.get("last-event-id"), 40)
+        given = _text(request.headers.get("last-event-id"), 40) or _text(
+            request.query_params.get("after"), 40
+        )
         after = given if given is not None and STREAM_ID.fullmatch(given) else "$"
         digest = auth.session_digest(request)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
             nonlocal after
+            told = after  # the position the page knows
             checked = started = asyncio.get_running_loop().time()
             yield ServerSentEventMessage(comment="live", retry=3000)
             while redis is not None and checked - started < LIVE_MAX_SECONDS:
@@ -556,7 +567,11 @@ class ConsoleController(Controller):
                     entry = await _live(pool, query, fields, t)
                     if entry is not None:
                         yield ServerSentEventMessage(event="flag", id=after, data=entry)
-                if due:
+                        told = after
+                if due and after != told:
+                    yield ServerSentEventMessage(event=POSITION_EVENT, id=after, data=after)
+                    told = after
+                elif due:
                     yield ServerSentEventMessage(comment="still here")
 
         return ServerSentEvent(events())
@@ -841,6 +856,20 @@ class InvestigationController(Controller):
             more_flags=open_flags.next_before is not None,
             ledger=ledger or [],
         )
+
+
+async def _feed_position(request: Req) -> str | None:
+    """Where the flag stream is now (its newest entry's id): the queue's live list starts
+    there, so that it misses nothing that came after the page, even when its stream opens
+    later (a tab opened in the background opens none until it is shown). None without
+    Redis: then the stream starts when it opens."""
+    redis = request.app.state.redis
+    if redis is None:
+        return None
+    try:
+        return await feed.last_entry(redis)
+    except (RedisError, OSError):
+        return None
 
 
 async def _grace(request: Req, flag: dict[str, Any]) -> dict[str, Any] | None:

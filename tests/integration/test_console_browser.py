@@ -542,3 +542,81 @@ async def test_a_colleagues_change_marks_its_row_and_is_listed_as_a_change(admin
     # "select all" leaves the changed row out
     await page.get_by_label("选择", exact=True).check()
     await expect(row.locator('input[name="flag_id"]')).not_to_be_checked()
+
+
+# what a browser does when its tab goes to the background or comes back (Playwright's
+# headless pages are all shown): the page's visibility, and its visibilitychange event
+_VISIBILITY = """hidden => {
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  const state = hidden ? "hidden" : "visible";
+  Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+# a tab opened in the background (a middle click): hidden from its first script on
+_OPENED_HIDDEN = """Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
+Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});"""
+
+
+async def test_many_queue_tabs_leave_the_console_usable_and_catch_up_when_shown(
+    admin: Api, page: object
+) -> None:
+    """Each queue tab held its live stream, and the browser keeps six connections to a
+    host: with six queue tabs open every other page waited (a probe). A hidden tab now
+    closes its stream; shown again, it opens it where it was, and lists what came
+    meanwhile."""
+    from playwright.async_api import Page, expect
+
+    from tests.helpers import cn20, event, world
+
+    assert isinstance(page, Page)
+    w = await world(admin)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    queues = [
+        "/console/flags",
+        "/console/flags/pending?kind=UNKNOWN_CODE",
+        "/console/flags?kind=DIVERSION",
+        "/console/flags?kind=DUPLICATE",
+        "/console/flags?status=open",
+        "/console/flags/pending",
+        "/console/flags?kind=OUT_OF_REGION",
+        "/console/flags?kind=EXPIRED",
+    ]
+    tabs = []
+    for n, queue in enumerate(queues):
+        tab = await page.context.new_page()
+        if n % 2:  # opened in the background
+            await tab.add_init_script(_OPENED_HIDDEN)
+        await tab.goto(queue)
+        await expect(tab.get_by_role("heading", level=1)).to_be_visible()
+        if not n % 2:  # looked at, then left for another tab
+            await tab.wait_for_timeout(300)  # its stream is open
+            await tab.evaluate(_VISIBILITY, True)
+        tabs.append(tab)
+    # eight queue tabs open: another page still loads, and a form still answers
+    await page.goto("/console/flags?kind=DUPLICATE", timeout=15_000)
+    await expect(page.get_by_role("heading", level=1)).to_have_text("预警")
+    await page.get_by_role("button", name="筛选").click()
+    await expect(page.locator("select[name=kind]")).to_have_value("DUPLICATE")
+
+    # a flag the background tab's queue lists, raised while it is hidden: listed once shown
+    unknown = cn20("8123456", 626262)
+    out = await w["keys"]["P1"].events(event("receive", "P1", [unknown], 0))
+    assert [f["kind"] for f in out["flags"]] == ["UNKNOWN_CODE"]
+    background = tabs[1]
+    live = background.locator("section.live")
+    await expect(live).to_be_hidden()
+    await background.bring_to_front()
+    await background.evaluate(_VISIBILITY, False)
+    await expect(live).to_be_visible(timeout=15_000)
+    await expect(live.locator("li")).to_have_count(1)
+    await expect(live.locator("li").first).to_contain_text(unknown)
+    # and one raised while it is shown arrives as before
+    later = cn20("8123456", 626263)
+    await w["keys"]["P1"].events(event("receive", "P1", [later], 1))
+    await expect(live.locator("li")).to_have_count(2, timeout=15_000)
+    await expect(live.locator("li").first).to_contain_text(later)
+    for tab in tabs:
+        await tab.close()

@@ -13,7 +13,14 @@ document.addEventListener("DOMContentLoaded", () => {
   const live = document.querySelector("section.live[data-live]");
   if (live && "EventSource" in window) {
     const list = live.querySelector("ul.live-flags");
-    const source = new EventSource(live.dataset.live);
+    // one stream per page, open only while the page is shown: a browser keeps six
+    // connections to a host, and six queue tabs each holding a stream left every other
+    // page waiting (a probe). A hidden page closes its stream; shown again, it opens it
+    // where it was (the last position the service told, at first where the flag stream
+    // was as the page was rendered), so it misses nothing meanwhile.
+    let source = null;
+    let position = live.dataset.after || "";
+    let over = false; // the session ended, or the browser gave up: not opened again
     // the stream stops: said on the page (it stopped without a word: a probe). The
     // service says when the session has ended; any other end the browser gives up on
     // (a refused connection) is an error with the stream closed. A dropped connection
@@ -25,13 +32,37 @@ document.addEventListener("DOMContentLoaded", () => {
       message.setAttribute("role", "alert");
       message.hidden = false;
     };
-    source.addEventListener("ended", () => {
-      source.close();
-      stopped.hidden = true;
-      show(ended);
-    });
-    source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED && ended.hidden) show(stopped);
+    const open = () => {
+      const url = new URL(live.dataset.live, window.location.href);
+      if (position) url.searchParams.set("after", position);
+      const opened = new EventSource(url);
+      opened.addEventListener("ended", () => {
+        opened.close();
+        over = true;
+        stopped.hidden = true;
+        show(ended);
+      });
+      opened.addEventListener("error", () => {
+        if (opened.readyState !== EventSource.CLOSED) return;
+        over = true;
+        if (ended.hidden) show(stopped);
+      });
+      opened.addEventListener("position", (message) => {
+        position = message.lastEventId;
+      });
+      opened.addEventListener("flag", (message) => {
+        position = message.lastEventId;
+        arrived(JSON.parse(message.data));
+      });
+      source = opened;
+    };
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden && source) {
+        source.close();
+        source = null;
+      } else if (!document.hidden && !source && !over) {
+        open();
+      }
     });
     // the stored values each in its own <bdi>: a direction character in one cannot
     // reorder the rest of the line
@@ -56,8 +87,7 @@ document.addEventListener("DOMContentLoaded", () => {
       id.append("(", isolated(flag.org), ")");
       return [link, " ", id];
     };
-    source.addEventListener("flag", (message) => {
-      const flag = JSON.parse(message.data);
+    const arrived = (flag) => {
       // a change of a flag the table shows: its row says so, with its status now, and
       // is no longer ticked (its form still carries the status the page showed, so a
       // bulk change would leave it alone); it was listed as if new, beside a row that
@@ -96,6 +126,7 @@ document.addEventListener("DOMContentLoaded", () => {
       list.prepend(item);
       while (list.children.length > 50) list.lastElementChild.remove();
       live.hidden = false;
-    });
+    };
+    if (!document.hidden) open();
   }
 });
