@@ -19,6 +19,7 @@ from litestar.datastructures import Cookie
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.response.sse import ServerSentEventMessage
+from litestar.utils.scope.state import ScopeState
 from redis.exceptions import RedisError
 
 from service import feed
@@ -289,6 +290,8 @@ def to_signin(request: Req, _: auth.SignInRequired) -> Redirect | ServerSentEven
     back: str | None
     if request.method in ("GET", "HEAD"):
         back = _here(request)
+    elif (named := _form_next(request)) is not None:
+        back = named
     else:
         sent_from = urlsplit(request.headers.get("referer", ""))
         back = _console_page(sent_from.path + (f"?{sent_from.query}" if sent_from.query else ""))
@@ -305,6 +308,17 @@ def to_signin(request: Req, _: auth.SignInRequired) -> Redirect | ServerSentEven
             *([_signin_cookie(request, UNSAVED_COOKIE, True)] if unsaved else []),
         ],
     )
+
+
+def _form_next(request: Req) -> str | None:
+    """The console page a form names to come back to (its ``next``: the bulk form's
+    queue), read from the form as the CSRF middleware parsed it before the guard (an
+    exception handler cannot await the body). The page a form was sent from may be no
+    page to go back to: the bulk confirmation answers a POST, and signing in went on to
+    ``GET /console/flags/bulk``, a 405 (a probe)."""
+    form = ScopeState.from_scope(request.scope).form
+    value = form.get("next") if isinstance(form, dict) else None
+    return _console_page(value)
 
 
 def _ended_cookie(request: Req, ended: bool) -> Cookie:
@@ -680,6 +694,9 @@ class ConsoleController(Controller):
             return page(
                 request,
                 "flags_confirm.html",
+                # the page to come back to (switching language, signing in again): the
+                # queue it was asked from; its own address takes only a POST (a probe)
+                path=back,
                 wanted=wanted,
                 status=status,
                 note=note or "",

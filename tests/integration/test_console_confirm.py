@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -199,3 +200,56 @@ async def test_a_confirmation_older_than_fifteen_minutes_changes_nothing_and_ask
     assert (await _confirmed(browser, again)).status_code == 303
     for flag_id in ids:
         assert (await _history(w, flag_id))[0] == "confirmed"
+
+
+async def test_the_confirmation_page_comes_back_to_its_queue_after_signing_in_or_switching_language(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+    server_urls: tuple[str, str],
+) -> None:
+    """The confirmation page answers a POST: its address takes no GET. Its language
+    switch went to ``GET /console/flags/bulk`` (a 405 page), and so did signing in again
+    after its session ended, the notice that the change was not saved lost (a probe).
+    Both come back to the queue it was asked from."""
+    import redis.asyncio as aioredis
+
+    from tests.integration.test_console_session_end import AGAIN
+
+    w = await world(admin)
+    ids = await _resold(w, range(95, 97))
+    queue = await _queue(browser, w["inv"].key)
+    asked = await _bulk(browser, queue, ids, "dismissed")
+    assert "<h1>确认批量变更</h1>" in asked.text
+    lang = _fields(asked.text, "/console/lang")
+    assert lang["next"] == [QUEUE]
+    switched = await browser.post(
+        "/console/lang", data={k: v[0] for k, v in lang.items()}, follow_redirects=False
+    )
+    assert switched.headers["location"] == QUEUE
+    browser.cookies.set("console_lang", "zh", path="/console")
+
+    valkey = aioredis.from_url(server_urls[1])  # the session expires in Valkey
+    try:
+        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
+    finally:
+        await valkey.aclose()
+    lost = await browser.post(
+        BULK,
+        data=_fields(asked.text, BULK),
+        headers={"referer": f"http://testserver.local{BULK}"},  # the confirmation's address
+        follow_redirects=False,
+    )
+    assert lost.status_code == 303
+    assert lost.headers["location"] == "/console/signin?" + urlencode({"next": QUEUE})
+    signin = await browser.get(lost.headers["location"])
+    back = await browser.post(
+        "/console/signin",
+        data={"key": w["inv"].key, **_fields(signin.text, "/console/signin")},
+        follow_redirects=False,
+    )
+    assert back.headers["location"] == QUEUE
+    landed = await browser.get(QUEUE)
+    assert landed.status_code == 200
+    assert AGAIN in landed.text  # the change was not saved: send it again
+    for flag_id in ids:
+        assert await _history(w, flag_id) == ("open", [])
