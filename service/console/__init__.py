@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,17 @@ from litestar import Litestar, Request, Response, Router
 from litestar.config.app import AppConfig
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import ResponseHeader
+from litestar.enums import MediaType
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
 from litestar.plugins import InitPluginProtocol
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, ExceptionHandler
+from litestar.utils.scope.state import ScopeState
 
 from service.config import Settings
 from service.console import auth, text
@@ -43,6 +47,7 @@ from service.console.pages import (
 )
 
 PATH = "/console"
+CSRF_COOKIE = "console_csrf"
 _STATIC = Path(__file__).parent / "static"
 
 # no inline script or style anywhere: the pages' own files only
@@ -83,10 +88,26 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception, answer: Respons
         message = "error.sessions"
     else:
         message = f"error.status.{status}" if status in ERROR_STATUSES else "error.title"
-    headers = {k: v for k, v in answer.headers.items() if k.lower() in _ANNOUNCED}
-    return page(
-        request, "error.html", status, headers={**PAGE_HEADERS, **headers}, status=status, message=message
-    )
+    headers = {**PAGE_HEADERS, **{k: v for k, v in answer.headers.items() if k.lower() in _ANNOUNCED}}
+    if "session" in request.scope or auth.SESSION_KEY not in request.cookies:
+        return page(request, "error.html", status, headers=headers, status=status, message=message)
+
+    # no route took the request (a page that does not exist, a method it does not take):
+    # routing fails before any middleware, so the session is not read and the header
+    # showed neither the navigation nor who is signed in (a probe). An exception handler
+    # cannot await: the page is made as its body is sent, once the session is read
+    async def body() -> AsyncIterator[str]:
+        await auth.read_session(request)
+        if csrf := request.cookies.get(CSRF_COOKIE):  # the header's forms (language, sign-out)
+            ScopeState.from_scope(request.scope).csrf_token = csrf
+        made = page(request, "error.html", status, status=status, message=message)
+        engine = request.app.template_engine
+        assert engine is not None
+        yield engine.get_template(made.template_name or "error.html").render(
+            **made.create_template_context(request)
+        )
+
+    return Stream(body(), status_code=status, headers=headers, media_type=MediaType.HTML)
 
 
 def _paged(handler: ExceptionHandler[Any]) -> ExceptionHandler[Any]:
@@ -128,7 +149,7 @@ def router(settings: Settings) -> Router:
     secure_cookies = settings.secure_cookies  # TRACE_SECURE_COOKIES: behind TLS
     csrf = CSRFConfig(
         secret=_secret(settings),
-        cookie_name="console_csrf",
+        cookie_name=CSRF_COOKIE,
         cookie_path=PATH,
         cookie_httponly=True,
         cookie_samesite="strict",

@@ -203,6 +203,24 @@ async def session_lives(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
     return await store.exists(session_id)
 
 
+async def read_session(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """For an answer no route took (no middleware ran): the session read as the session
+    middleware reads it, and its key checked as :func:`signed_in` checks it, writing
+    nothing; ``connection.state.principal`` set when it may use the console. Read as an
+    error page's body is sent: anything that fails is taken as no session."""
+    backend = _RotatingBackend(config=session_config(secure=False))
+    try:
+        session = await backend.load_from_connection(connection)
+        digest_hex = session.get("digest")
+        if not isinstance(digest_hex, str):
+            return
+        found = await console_principal(connection, bytes.fromhex(digest_hex))
+    except Exception:  # Valkey, PostgreSQL away, a digest that is no hex: the page all the same
+        return
+    if found is not None:
+        connection.state.principal = found
+
+
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     found = connection.state.principal
     assert isinstance(found, Principal)

@@ -83,3 +83,38 @@ async def test_postgresql_away_is_a_503_page(settings: Settings) -> None:
         answer = await client.get("/console/flags")
         assert_console_page(answer, 503, "数据库不可用")
         assert int(answer.headers["retry-after"]) > 0
+
+
+async def test_an_error_page_no_route_took_has_the_header_when_signed_in(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A page that does not exist and a method a page does not take fail before any
+    middleware: their pages showed no navigation, language switch, key or sign-out,
+    signed in or not (a probe). Signed in, they show the header every page has, and its
+    forms work."""
+    inv = await admin.key_for("investigator")
+    signed_out = await browser.get("/console/nope")
+    assert 'action="/console/signout"' not in signed_out.text
+    await _sign_in(browser, inv.key)
+    key_id = inv.key.split(".")[0]
+    for answer in (await browser.get("/console/nope/deeper"), await browser.put("/console/flags")):
+        assert answer.status_code in (404, 405)
+        assert_console_page(answer, answer.status_code, "出错了")
+        assert '<nav aria-label="main">' in answer.text
+        assert f"已登录：<bdi>{key_id}</bdi>（调查员）" in answer.text
+        assert 'action="/console/signout"' in answer.text
+        assert 'action="/console/lang"' in answer.text
+    # its forms carry the CSRF token: switching language and signing out work from it
+    page = (await browser.get("/console/nope")).text
+    token = _TOKEN.search(page).group(1)  # type: ignore[union-attr]
+    switched = await browser.post(
+        "/console/lang",
+        data={"_csrf_token": token, "lang": "en", "next": "/console/nope"},
+        follow_redirects=False,
+    )
+    assert switched.status_code == 303
+    assert "Signed in:" in (await browser.get("/console/nope")).text
+    out = await browser.post("/console/signout", data={"_csrf_token": token}, follow_redirects=False)
+    assert out.status_code == 303
+    assert 'action="/console/signout"' not in (await browser.get("/console/nope")).text
