@@ -495,6 +495,7 @@ class ConsoleController(Controller):
         return page(
             request,
             "flags.html",
+            400 if bad else 200,  # a refused filter: no search ran
             pending=pending,
             items=items,
             names={org_id: org.name for org_id, org in named.items()},  # as the code page shows them
@@ -512,6 +513,7 @@ class ConsoleController(Controller):
             signin_link=f"/console/signin?{urlencode({'next': _here(request)})}",
             filters=kept,
             bad=bad,
+            filter_labels=FILTER_LABELS,
             reversed_dates=reversed_dates,
             code_read_as=code_read_as,
             counts=counts,
@@ -1072,6 +1074,20 @@ def _filter(params: Any, field: str, limit: int, bad: list[str]) -> str | None:
         bad.append(field)
         return None
     return _text(value)
+
+
+# each filter's label on the queue's form: a refused filter is named by it (the page
+# listed the parameters' names, "kind, region, since", on Chinese pages too: a probe)
+FILTER_LABELS = {
+    "kind": "flags.kind",
+    "status": "flags.status",
+    "region": "flags.region",
+    "org": "flags.org",
+    "code": "flags.trace_code",
+    "med_list_codg": "flags.item",
+    "since": "flags.since",
+    "until": "flags.until",
+}
 
 
 def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery, list[str]]:

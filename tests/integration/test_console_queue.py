@@ -78,7 +78,7 @@ async def test_a_filter_the_api_would_refuse_is_shown_as_refused(
     await _sold(w, 902, 1)
     await _sign_in(browser, w["inv"].key)
     page = await browser.get("/console/flags", params=query)
-    assert page.status_code == 200
+    assert page.status_code == 400  # no search ran
     assert 'role="alert"' in page.text
     assert _FLAG_IDS.findall(page.text) == []
 
@@ -234,3 +234,24 @@ async def test_the_code_filter_reads_a_code_as_a_person_types_it_as_the_search_d
     plain = await browser.get("/console/flags", params={"code": code})
     assert sorted(_FLAG_IDS.findall(plain.text)) == sorted(mine)
     assert "已按追溯码" not in plain.text
+
+
+async def test_a_refused_filter_is_a_400_naming_its_labels_and_says_no_flags_found(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A refused filter answered 200 with "No flags" under the error, though no search
+    ran, and named the parameters ("kind, region, since") on Chinese pages too (a probe)."""
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    for queue in ("/console/flags", "/console/flags/pending"):
+        refused = await browser.get(queue, params={"kind": "NOPE", "region": "x", "since": "yesterday"})
+        assert refused.status_code == 400
+        assert '<p class="error" role="alert">筛选条件无效：类型、地区、起</p>' in refused.text
+        assert "没有预警" not in refused.text
+    assert "没有预警" in (await browser.get("/console/flags", params={"kind": "EXPIRED"})).text
+    browser.cookies.set("console_lang", "en", path="/console")
+    refused = await browser.get("/console/flags", params={"med_list_codg": "X", "code": "nonsense"})
+    assert refused.status_code == 400
+    assert "Invalid filter: Code, Catalogue item</p>" in refused.text
+    assert "No flags" not in refused.text
