@@ -255,3 +255,21 @@ async def test_a_refused_filter_is_a_400_naming_its_labels_and_says_no_flags_fou
     assert refused.status_code == 400
     assert "Invalid filter: Code, Catalogue item</p>" in refused.text
     assert "No flags" not in refused.text
+
+
+async def test_the_status_select_shows_the_status_filtered_by_pending_too(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """/console/flags?status=pending listed pending flags while its status select showed
+    "any": it had no pending option (a probe)."""
+    inv = await admin.key_for("investigator")
+    await _sign_in(browser, inv.key)
+    for status in ("pending", "open", "auto_cleared"):
+        page = (await browser.get("/console/flags", params={"status": status})).text
+        select = page[
+            page.index('<select name="status">') : page.index(
+                "</select>", page.index('<select name="status">')
+            )
+        ]
+        assert re.findall(r'<option value="(\w*)" selected>', select) == [status]
