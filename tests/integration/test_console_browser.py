@@ -620,3 +620,40 @@ async def test_many_queue_tabs_leave_the_console_usable_and_catch_up_when_shown(
     await expect(live.locator("li").first).to_contain_text(later)
     for tab in tabs:
         await tab.close()
+
+
+# per count link of the counts table: [the right edge of its number, the right edge of
+# its column's heading's text]
+_COUNT_EDGES = """table => {
+  const heads = Array.from(table.querySelectorAll("thead th"));
+  const edges = [];
+  for (const link of table.querySelectorAll("tbody td a")) {
+    const column = Array.from(link.closest("tr").children).indexOf(link.closest("td"));
+    const range = document.createRange();
+    range.selectNodeContents(heads[column]);
+    edges.push([link.getBoundingClientRect().right, range.getBoundingClientRect().right]);
+  }
+  return edges;
+}"""
+
+
+async def test_each_count_stands_under_its_status_in_both_languages(admin: Api, page: object) -> None:
+    """The counts were right-aligned under left-aligned status names: in Chinese a
+    count stood nearer the next column's name than its own (a probe)."""
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    for lang in ("zh", "en"):
+        await page.goto("/console/flags")
+        table = page.locator("table.counts")
+        edges = await table.evaluate(_COUNT_EDGES)
+        assert edges
+        for number, heading in edges:
+            assert abs(number - heading) <= 2, (lang, edges)
+        if lang == "zh":
+            await page.get_by_role("button", name="English").click()
