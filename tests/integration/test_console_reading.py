@@ -128,3 +128,31 @@ async def test_a_pending_flags_page_says_when_its_grace_window_ends(
         # an open flag has no grace window
         await w["inv"].ok("PATCH", f"/v1/flags/{flag_id}", {"status": "open"})
         assert "Grace window" not in (await c.get(f"/console/flags/{flag_id}")).text
+
+
+async def test_a_flags_page_is_titled_as_one_flag_and_says_when_it_has_no_history(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """The English flag page was titled "Flags 4: Diversion" (the queue's plural), and a
+    new flag's history was a table of headings alone (a probe)."""
+    from tests.integration.console_story import journey
+
+    w = await journey(admin)
+    flag_id = w["open_flags"][0]
+    await _sign_in(browser, w["inv"].key)
+    zh = (await browser.get(f"/console/flags/{flag_id}")).text
+    assert re.search(rf"<h1>预警 {flag_id}: ", zh)
+    assert '<p class="muted history-none">尚无处理记录。</p>' in zh
+    assert '<table class="history">' not in zh
+    browser.cookies.set("console_lang", "en", path="/console")
+    en = (await browser.get(f"/console/flags/{flag_id}")).text
+    assert re.search(rf"<title>Flag {flag_id} · ", en)
+    assert re.search(rf"<h1>Flag {flag_id}: ", en)
+    assert "No history yet." in en
+    assert "<h1>Flag 99999</h1>" in (await browser.get("/console/flags/99999")).text
+    # once something happened, its history
+    await w["inv"].ok("PATCH", f"/v1/flags/{flag_id}", {"note": "called"})
+    en = (await browser.get(f"/console/flags/{flag_id}")).text
+    assert '<table class="history">' in en
+    assert "No history yet." not in en
