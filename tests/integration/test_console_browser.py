@@ -657,3 +657,41 @@ async def test_each_count_stands_under_its_status_in_both_languages(admin: Api, 
             assert abs(number - heading) <= 2, (lang, edges)
         if lang == "zh":
             await page.get_by_role("button", name="English").click()
+
+
+async def test_a_skip_link_leads_to_the_content_and_counts_are_named_by_kind_and_status(
+    admin: Api, page: object
+) -> None:
+    """The counts' links were named by their bare numbers ("1", "2"), and nothing let a
+    keyboard skip the header (a probe)."""
+    import re
+
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
+    await page.goto("/console/flags")
+    await page.keyboard.press("Tab")  # the first stop
+    skip = page.get_by_role("link", name="跳到主要内容")
+    await expect(skip).to_be_focused()
+    box = await skip.bounding_box()
+    assert box is not None
+    assert box["x"] >= 0  # seen once focused
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main")).to_be_focused()
+    await expect(page).to_have_url("/console/flags#main")
+
+    counts = page.locator("table.counts")
+    await expect(counts.get_by_role("link", name=re.compile(r"^超区域，待处理：\d+ 条$"))).to_have_count(1)
+    for link in await counts.get_by_role("link").all():
+        label = await link.get_attribute("aria-label")
+        assert label is not None
+        assert label.endswith(f"：{await link.inner_text()} 条")
+    await page.get_by_role("button", name="English").click()
+    await expect(
+        page.locator("table.counts").get_by_role("link", name=re.compile(r"^Out of region, open: \d+$"))
+    ).to_have_count(1)

@@ -39,7 +39,7 @@ def _counts(page: str) -> dict[str, int]:
     table = page[
         page.index('<table class="counts">') : page.index("</table>", page.index('<table class="counts">'))
     ]
-    return {html.unescape(href): int(n) for href, n in re.findall(r'<a href="([^"]+)">(\d+)</a>', table)}
+    return {html.unescape(href): int(n) for href, n in re.findall(r'<a href="([^"]+)"[^>]*>(\d+)</a>', table)}
 
 
 async def test_the_queue_counts_the_flags_its_filters_select(
