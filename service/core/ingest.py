@@ -243,6 +243,9 @@ class Loaded:
     sales: list[Consumption]  # recorded sales of the packs in sales_needed, oldest first
     waiting_returns: list[Return]  # stored returns that undid nothing yet, of dispensed/commissioned packs
     waiting_dispenses: list[Incoming]  # stored dispenses that took nothing yet, of packs commissioned now
+    # stored moves recorded under a catalogue item (an NHSA 3502's) of packs commissioned
+    # now: judged for that item now that the pack's product is known
+    waiting_moves: list[Incoming] = field(default_factory=list)
     # events whose event_id another organisation's stored event holds: refused, not retries
     taken_elsewhere: list[Incoming] = field(default_factory=list)
     # with the history: the settlements that took units of the family's packs (standing
@@ -467,11 +470,7 @@ def decide(loaded: Loaded) -> Plan:
     ]
     flags += _consume(world, in_order, loaded, book)
     # a move recorded under a catalogue item (an NHSA 3502) is judged for it, as a sale is
-    for moved in loaded.events:
-        if moved.type != "dispense" and moved.med_list_codg:
-            flags += flag_rules.billed_flags(
-                moved, list(moved.codes), world.states, loaded.products, loaded.orgs
-            )
+    flags += _billed_moves([(e, e.codes) for e in loaded.events], world, loaded)
     # a dispense that arrived before its code's commission took nothing (the pack size
     # was unknown); now it takes its units, and is judged as a dispense of a known pack
     # (on arrival the fold suspected an unknown code only): a pack dispensed twice,
@@ -480,6 +479,10 @@ def decide(loaded: Loaded) -> Plan:
     newly = {c for c in placeholders if world.states[c].commissioned}
     early = [(d, d.codes) for d in loaded.waiting_dispenses if newly.intersection(d.codes)]
     flags += _consume(world, early, loaded, book)
+    # and so is a move recorded under an item before the pack's commission (on arrival
+    # its product was unknown): PRODUCT_MISMATCH, as in date order
+    moved = [(m, tuple(c for c in m.codes if c in newly)) for m in loaded.waiting_moves]
+    flags += _billed_moves(moved, world, loaded)
     flags += rejudged  # stored sales a late one found to be resales: raised, not reported
 
     # a replay judges old facts again too: those suspicions stand (or are raised again),
@@ -513,6 +516,18 @@ def decide(loaded: Loaded) -> Plan:
     plan.erased = book.erased
     plan.reopened = book.reopened
     return plan
+
+
+def _billed_moves(
+    moves: Iterable[tuple[Incoming, tuple[str, ...]]], world: World, loaded: Loaded
+) -> list[NewFlag]:
+    """What the events other than dispenses (those are judged as sales) recorded under a
+    catalogue item are suspicious of, on the codes given: ``core.flags.billed_flags``."""
+    flags: list[NewFlag] = []
+    for moved, codes in moves:
+        if moved.type != "dispense" and moved.med_list_codg and codes:
+            flags += flag_rules.billed_flags(moved, list(codes), world.states, loaded.products, loaded.orgs)
+    return flags
 
 
 def _consume(

@@ -26,15 +26,15 @@ async def insert(conn: Conn, events: list[Incoming]) -> set[UUID]:
 
 
 def insert_sql(first: int) -> str:
-    """``INSERT INTO events`` of the 15 arrays ``insert_arrays`` gives, as parameters
+    """``INSERT INTO events`` of the 16 arrays ``insert_arrays`` gives, as parameters
     ``$first`` onwards; an id stored already is skipped, the new ones are returned."""
-    p = [f"${first + i}" for i in range(15)]
+    p = [f"${first + i}" for i in range(16)]
     return f"""INSERT INTO events (event_id, type, at, org, to_org, from_org, parent, lot, expiry,
-                                   produced, quantity, setl_id, ref, code_count, undoes)
+                                   produced, quantity, setl_id, ref, code_count, undoes, med_list_codg)
                SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::timestamptz[], {p[3]}::text[],
                                     {p[4]}::text[], {p[5]}::text[], {p[6]}::text[], {p[7]}::text[],
                                     {p[8]}::date[], {p[9]}::date[], {p[10]}::int4[], {p[11]}::text[],
-                                    {p[12]}::text[], {p[13]}::int4[], {p[14]}::uuid[])
+                                    {p[12]}::text[], {p[13]}::int4[], {p[14]}::uuid[], {p[15]}::text[])
                ON CONFLICT (event_id) DO NOTHING
                RETURNING event_id"""  # noqa: S608
 
@@ -56,6 +56,7 @@ def insert_arrays(events: list[Incoming]) -> list[list[Any]]:
         [e.ref for e in events],
         [len(e.codes) for e in events],
         [e.undoes for e in events],
+        [e.med_list_codg for e in events],  # what it was billed as, or recorded under
     ]
 
 
@@ -127,7 +128,7 @@ async def fields(
     """The stored fields of the events ``event_ids`` (only those of ``type_``), by id."""
     rows = await conn.fetch(
         """SELECT event_id, type, at, org, to_org, from_org, parent, lot, expiry, produced,
-                  quantity, setl_id, ref, undoes, code_count, received_at
+                  quantity, setl_id, ref, undoes, code_count, received_at, med_list_codg
            FROM events WHERE event_id = ANY($1::uuid[]) AND ($2::text IS NULL OR type = $2)""",
         list(set(event_ids)),
         type_,
@@ -142,6 +143,33 @@ async def undone(conn: Conn, event_ids: Sequence[UUID]) -> set[UUID]:
         return set()
     rows = await conn.fetch("SELECT undoes FROM events WHERE undoes = ANY($1::uuid[])", list(event_ids))
     return {r["undoes"] for r in rows}
+
+
+async def billed_moves(conn: Conn, codes: Sequence[str]) -> list[Incoming]:
+    """The stored events of ``codes`` other than dispenses (those wait as sales:
+    ``store.sales.unapplied_dispenses``) recorded under a catalogue item (an NHSA 3502's
+    receive, ship or destroy, a 3506's return), oldest first, each with those of its
+    codes among ``codes``: judged for that item (PRODUCT_MISMATCH) when the codes'
+    commission arrives after them (``core.ingest.decide``)."""
+    linked = [(code, event_id) for code, event_id, named in await links(conn, codes) if named]
+    found = await fields(conn, {event_id for _, event_id in linked})
+    named: dict[UUID, list[str]] = {}
+    for code, event_id in linked:
+        e = found.get(event_id)
+        if e is not None and e["med_list_codg"] and e["type"] != "dispense":
+            named.setdefault(event_id, []).append(code)
+    return [
+        Incoming(
+            event_id=e["event_id"],
+            type=e["type"],
+            at=e["at"],
+            org=e["org"],
+            codes=tuple(sorted(named[e["event_id"]])),
+            to=e["to_org"],
+            med_list_codg=e["med_list_codg"],
+        )
+        for e in sorted((found[i] for i in named), key=lambda e: (e["at"], e["event_id"]))
+    ]
 
 
 @dataclass(frozen=True, slots=True)

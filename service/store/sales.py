@@ -272,6 +272,7 @@ def _as_dispenses(
             codes=tuple(sorted(codes[e["event_id"]])),
             quantity=e["quantity"],
             setl_id=e["setl_id"],
+            med_list_codg=e["med_list_codg"],  # what it billed: judged for it (PRODUCT_MISMATCH)
         )
         for e in sorted((dispenses[i] for i in codes), key=lambda e: (e["at"], e["event_id"]))
     ]

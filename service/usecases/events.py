@@ -228,6 +228,7 @@ async def _load(
     placeholders = rules.commissioned_now(fresh, states)
     if placeholders:
         loaded.waiting_dispenses = await sale_store.unapplied_dispenses(conn, sorted(placeholders))
+        loaded.waiting_moves = await event_store.billed_moves(conn, sorted(placeholders))
     returnable = rules.dispensed(fresh) | placeholders
     if returnable:
         loaded.waiting_returns = await sale_store.unapplied_returns(conn, sorted(returnable))
@@ -243,7 +244,8 @@ async def _load(
     if refunds or standing:
         loaded.refunded, loaded.standing = await setl_store.refunds_and_standing(conn, refunds, standing)
 
-    orgs, products = rules.registry_needed(fresh, states, loaded.waiting_dispenses, loaded.history or ())
+    waiting = [*loaded.waiting_dispenses, *loaded.waiting_moves]
+    orgs, products = rules.registry_needed(fresh, states, waiting, loaded.history or ())
     loaded.orgs = await registry.get_orgs(conn, orgs)
     loaded.products = await registry.get_products(conn, products)
     return loaded, versions
