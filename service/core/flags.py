@@ -126,6 +126,17 @@ class Evidence:
         return cls(SETTLEMENT, setl_id)
 
     @classmethod
+    def sale(cls, event_id: UUID, setl_id: str | None) -> Evidence:
+        """What a dispense's suspicions as a sale rest on: its sale. A dispense carrying a
+        ``setl_id`` and the settlement of that id are one sale (``core.sales.Sale``), so
+        what either finds (DUPLICATE, EXPIRED, RECALLED, OUT_OF_REGION, PRODUCT_MISMATCH,
+        LABEL_MISMATCH) is one flag resting on the settlement, whichever arrives first
+        (found by a probe: one flag on each); a dispense with none rests on its event.
+        Not its custody suspicions (``suspicion_flag``): the fold judges those again, on
+        the event."""
+        return cls.settlement(setl_id) if setl_id else cls.event(event_id)
+
+    @classmethod
     def person(cls, psn_hash: bytes, med_list_codg: str, setl_id: str | None = None) -> Evidence:
         """One insured person's purchases of one catalogue item in one window: those up
         to the settlement ``setl_id`` that took them past the item's limit,
@@ -211,10 +222,25 @@ def dispense_flags(
             flag(LABEL_MISMATCH, code, f"{said}: not the pack this code was made for")
         was_used_up = code in used_up if used_up is not None else none_left(state.units_left)
         if was_used_up:
-            out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier))
+            out.append(
+                resale_flag(
+                    event.event_id, event.org, org.region, event.at, code, earlier, setl_id=event.setl_id
+                )
+            )
         elif short and code in short:
             found = short[code]
-            out.append(resale_flag(event.event_id, event.org, org.region, event.at, code, earlier, found))
+            out.append(
+                resale_flag(
+                    event.event_id,
+                    event.org,
+                    org.region,
+                    event.at,
+                    code,
+                    earlier,
+                    found,
+                    setl_id=event.setl_id,
+                )
+            )
         if state.expiry is not None and state.expiry < local_date(event.at):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
         if recalled_when_sold(state, event.at, recalls):
@@ -309,8 +335,10 @@ def billed_flags(
 
 
 def _dispense_flag(event: Incoming, region: str, kind: str, code: str, detail: str, **refs: Any) -> NewFlag:
-    """A suspicion of the dispense (or other move) ``event``, with the event as its
-    evidence."""
+    """A suspicion of the dispense (or other move) ``event``: a dispense's rests on its
+    sale (:meth:`Evidence.sale`: the settlement of its ``setl_id``, named in its refs
+    too), any other event's on the event."""
+    setl_id = event.setl_id if event.type == "dispense" else None
     return NewFlag(
         kind=kind,
         code=code,
@@ -318,9 +346,14 @@ def _dispense_flag(event: Incoming, region: str, kind: str, code: str, detail: s
         region=region,
         at=event.at,
         detail=f"{event.type} by {event.org}: {detail}",
-        refs={"events": [str(event.event_id)], **refs},
-        source=Evidence.event(event.event_id),
+        refs={"events": [str(event.event_id)], **_settlements(setl_id), **refs},
+        source=Evidence.sale(event.event_id, setl_id),
     )
+
+
+def _settlements(setl_id: str | None) -> dict[str, Any]:
+    """The refs naming a dispense's settlement, when it carries a ``setl_id``."""
+    return {"settlements": [setl_id]} if setl_id else {}
 
 
 def resale_flag(
@@ -331,13 +364,17 @@ def resale_flag(
     code: str,
     earlier: Sequence[Consumption],
     short: tuple[int, int] | None = None,
+    *,
+    setl_id: str | None = None,
 ) -> NewFlag:
-    """DUPLICATE: the dispense ``event_id`` sold a pack that was already consumed
-    (回流药), or, ``short`` (units sold, units the pack had left), more of a part-sold
-    pack than it had left; with the sales before it as evidence."""
+    """DUPLICATE: the dispense ``event_id`` (of the sale ``setl_id``, if it carries one:
+    :meth:`Evidence.sale`) sold a pack that was already consumed (回流药), or, ``short``
+    (units sold, units the pack had left), more of a part-sold pack than it had left;
+    with the sales before it as evidence."""
     before = [e for e in earlier if e.code == code]
     refs: dict[str, Any] = {
         "events": [str(event_id)],
+        **_settlements(setl_id),
         "earlier_settlements": [e.setl_id for e in before if e.setl_id],
         "earlier_events": [str(e.event_id) for e in before if e.event_id],
     }
@@ -348,7 +385,7 @@ def resale_flag(
         detail = f"dispense by {org} of {sold} units: the pack had {left} left, the rest already consumed"
     return NewFlag(
         kind=DUPLICATE, code=code, org=org, region=region, at=at, detail=detail, refs=refs,
-        source=Evidence.event(event_id),
+        source=Evidence.sale(event_id, setl_id),
     )  # fmt: skip
 
 

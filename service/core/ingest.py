@@ -699,9 +699,13 @@ def _refold_late(
                 region = loaded.orgs[d.org].region
                 found = fold.short.get(d.event_id)
                 short = (d.quantity or 0, found) if found is not None else None
-                rejudged.append(flag_rules.resale_flag(d.event_id, d.org, region, d.at, code, before, short))
+                rejudged.append(
+                    flag_rules.resale_flag(
+                        d.event_id, d.org, region, d.at, code, before, short, setl_id=d.setl_id
+                    )
+                )
         folded[code] = [
-            (flag_rules.DUPLICATE, code, Evidence.event(d.event_id))
+            (flag_rules.DUPLICATE, code, Evidence.sale(d.event_id, d.setl_id))
             for d in stored_dispenses
             if d.event_id not in resold and d.event_id not in deleted
         ]

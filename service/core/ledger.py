@@ -22,6 +22,7 @@ from service.core.custody import (
     replay,
     undone_by_deletions,
 )
+from service.core.events import Incoming
 from service.core.flags import ITEMS, NHSA, Evidence, FlagKey, NewFlag, items
 from service.core.sales import Consumption
 
@@ -117,6 +118,25 @@ def deleted_evidence(
     sale)."""
     out = [record_evidence(org, interface, bchno) for interface, bchno in deleted]
     return out + [Evidence.event(i) for i in sorted(undone_by_deletions(compensations))]
+
+
+def deleted_sale_evidence(
+    compensations: Iterable[Incoming], billed: Mapping[str, frozenset[str]]
+) -> list[tuple[str, Evidence]]:
+    """(code, evidence) of what a deleted sale under a ``setl_id`` raised as a sale, which
+    rests on the settlement of that id (``Evidence.sale``: one sale, one flag) and not on
+    its event: withdrawn with the deletion on each pack it undoes (each compensating
+    return names its ``setl_id``), unless the settlement of that id billed the pack
+    (``billed``: the packs each stored settlement names, by setl_id). The settlement then
+    judged that pack itself, and its judgement stands (its answer was paid on); a pack
+    it does not name was the deleted sale's alone."""
+    return [
+        (code, Evidence.settlement(e.setl_id))
+        for e in compensations
+        if e.type == "return" and e.undoes is not None and e.setl_id
+        for code in e.codes
+        if code not in billed.get(e.setl_id, frozenset())
+    ]
 
 
 class Figures(msgspec.Struct, frozen=True):

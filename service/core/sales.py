@@ -127,7 +127,7 @@ class Refund:
     @classmethod
     def of(cls, request: Mapping[str, Any]) -> Refund:
         """From the settlement as stored (``request``)."""
-        return cls(str(request.get("org")), _packs(request.get("lines", [])))
+        return cls(str(request.get("org")), billed_packs(request))
 
     def gives_back(self, org: str, code: str) -> bool:
         """Is a take of ``code`` by ``org``'s sale under this settlement's id part of the
@@ -145,6 +145,11 @@ def paid_packs(request: Mapping[str, Any], answer: Mapping[str, Any] | None) -> 
     and its ``answer`` as stored). A refused settlement paid for none."""
     payable = {line.get("line_no") for line in (answer or {}).get("lines", []) if line.get("payable")}
     return _packs(line for line in request.get("lines", []) if line.get("line_no") in payable)
+
+
+def billed_packs(request: Mapping[str, Any]) -> frozenset[str]:
+    """The packs a stored settlement (``request``) bills, on any line, payable or not."""
+    return _packs(request.get("lines", []))
 
 
 def _packs(lines: Iterable[Mapping[str, Any]]) -> frozenset[str]:

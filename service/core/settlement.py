@@ -817,9 +817,14 @@ def resold_meanwhile(
         if t.reversed_by is None or t.code not in billed or (states[t.code].units_left or 0) >= t.units:
             continue
         for later in [e for e in earlier.get(t.code, []) if e.at >= t.at and e.sale != t.sale]:
-            # a settlement's own take has no event: its evidence is the settlement
+            # a settlement's own take has no event: its evidence is the settlement, as
+            # is a dispense's under a setl_id (one sale: ``Evidence.sale``)
             event_id = later.event_id
-            source = Evidence.event(event_id) if event_id else Evidence.settlement(later.setl_id or "")
+            source = (
+                Evidence.sale(event_id, later.setl_id)
+                if event_id
+                else Evidence.settlement(later.setl_id or "")
+            )
             flags.append(
                 NewFlag(
                     kind="DUPLICATE",

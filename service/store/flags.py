@@ -276,22 +276,34 @@ async def imbalances(conn: Conn, org: str, items: Sequence[str]) -> list[Imbalan
 
 
 async def withdraw_resting_on(
-    conn: Conn, sources: Sequence[Evidence], codes: Sequence[str], note: str
+    conn: Conn,
+    sources: Sequence[Evidence],
+    codes: Sequence[str],
+    note: str,
+    on_codes: Sequence[tuple[str, Evidence]] = (),
 ) -> list[int]:
     """Flags (those CLEARABLE) whose evidence is one of ``sources`` (records an NHSA 3507
-    deleted, and their events it undid: nothing else raised them) become auto_cleared,
-    ``note`` saying why.
-    ``codes``: every code such a flag may be on (on Citus, the shards to visit)."""
-    if not sources:
+    deleted, and their events it undid: nothing else raised them), or, on one code,
+    whose (code, evidence) is one of ``on_codes`` (a deleted sale's, resting on its
+    settlement id: ``core.ledger.deleted_sale_evidence``), become auto_cleared, ``note``
+    saying why.
+    ``codes``: every code such a flag of ``sources`` may be on (on Citus, with the codes
+    of ``on_codes``, the shards to visit)."""
+    if not sources and not on_codes:
         return []
     rows = await conn.fetch(
         f"""UPDATE flags SET status = 'auto_cleared', updated_at = now()
            WHERE code = ANY($1::text[]) AND {CLEARABLE}
-             AND (source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+             AND ((source_kind, source_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+                  OR (code, source_kind, source_id) IN
+                     (SELECT * FROM unnest($4::text[], $5::text[], $6::text[])))
            RETURNING code, flag_id""",  # noqa: S608 - fixed fragments only
-        list(codes),
+        sorted({*codes, *(code for code, _ in on_codes)}),
         [e.kind for e in sources],
         [e.id for e in sources],
+        [code for code, _ in on_codes],
+        [e.kind for _, e in on_codes],
+        [e.id for _, e in on_codes],
     )
     await _changed_by_system(conn, rows, "auto_cleared", note)
     return [r["flag_id"] for r in rows]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from service.core.custody import CodeState
-from service.core.sales import Consumption, Refund, paid_packs
+from service.core.sales import Consumption, Refund, billed_packs, paid_packs
 from service.store import codes as code_store
 from service.store import sales as sale_store
 from service.store.conn import Conn
@@ -135,6 +135,18 @@ async def paid_for(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, froz
     return {r["setl_id"]: paid_packs(r["request"], r["response"]) for r in rows}
 
 
+async def billed_by(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, frozenset[str]]:
+    """The settlements among ``setl_ids``, standing or reversed, each with the packs it
+    bills (``core.sales.billed_packs``: on any line, payable or not)."""
+    wanted = sorted({s for s in setl_ids if s})
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT setl_id, request FROM settlements WHERE setl_id = ANY($1::text[])", wanted
+    )
+    return {r["setl_id"]: billed_packs(r["request"]) for r in rows}
+
+
 async def refunds_and_standing(
     conn: Conn, refunded: Iterable[str | None], standing: Iterable[str | None]
 ) -> tuple[dict[str, Refund], dict[str, frozenset[str]]]:
@@ -159,4 +171,3 @@ async def refunds_and_standing(
         elif not r["reversed"] and r["setl_id"] in want_standing:
             paying[r["setl_id"]] = paid_packs(r["request"], r["response"])
     return back, paying
-

@@ -249,7 +249,9 @@ def _ledger_writer(
         # this upload raised it (not one it stood under already)
         reported = flags + [f for f in rejudged if f.key in fresh]
         # what only a deleted record raised (its STOCK_IMBALANCE, what a deleted count
-        # found, what its undone sale or return raised) rests on nothing now: withdrawn
+        # found, what its undone sale or return raised) rests on nothing now: withdrawn;
+        # a sale's under a setl_id rests on that id, unless its settlement billed the pack
+        billed = await setl_store.billed_by(conn, [e.setl_id for e in compensations if e.type == "return"])
         await flag_store.withdraw_resting_on(
             conn,
             rules.deleted_evidence(org, keys, compensations),
@@ -258,6 +260,7 @@ def _ledger_writer(
                 | {c for e in compensations for c in e.codes}
             ),
             f"the record it rests on was deleted (NHSA 3507, msgid {msgid})",
+            rules.deleted_sale_evidence(compensations, billed),
         )
         # and a move out flagged before that the records written or deleted now back again
         if since:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, cn20, event
-from tests.integration.test_nhsa import MED, SWAPPED, _world, envelope, nhsa, sale
+from tests.helpers import Api, cn20, event, pack_claim
+from tests.integration.test_nhsa import MED, SALE_MINUTES, SWAPPED, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa_deletions import delete_sale
 from tests.integration.test_nhsa_ledger import change
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -22,6 +23,11 @@ async def _flags(inv: Api, code: str, kind: str) -> list[dict[str, Any]]:
     for status in ("", "&status=pending"):
         out += (await inv.ok("GET", f"/v1/flags?code={code}&kind={kind}{status}"))["items"]
     return out
+
+
+async def _units_left(api: Api, code: str) -> int:
+    verify = await api.ok("GET", f"/v1/codes/{code}/verify")
+    return int(verify["units_left"])
 
 
 async def _supplied(w: dict[str, Any], code: str, expiry: str = "2028-12-31") -> None:
@@ -59,3 +65,76 @@ async def test_an_item_swapped_before_the_pack_is_commissioned_is_flagged_once_i
     assert (flag["status"], flag["org"], flag["refs"]["billed"]) == ("open", "P2", SWAPPED), flag
     assert flag["refs"]["items"] == [SWAPPED, MED]
     assert flag["detail"].startswith(f"{named} {SWAPPED}, the pack is {MED}"), flag
+
+
+async def _sold_in_two_channels(admin: Api, kind: str, settlement_first: bool) -> str:
+    """One sale under setl_id S-ONE of one pack, sent as a settlement and as a 3505 of
+    that setl_id, in the order asked, with what makes it ``kind``: billed as another
+    item (both say so), an expired pack, or a pack a cash sale used up an hour before.
+    Returns the pack."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    insurer = await admin.key_for("insurer")
+    code, item = w["units"][0], MED
+    if kind == "PRODUCT_MISMATCH":
+        item = SWAPPED
+    elif kind == "EXPIRED":
+        code = cn20(w["unit"], 60)
+        await _supplied(w, code, expiry="2026-03-04")
+    else:  # DUPLICATE: sold for cash before
+        cash = sale("B-CASH", [code], 24, sel_retn_time="2026-03-05 09:00:00")
+        assert (await nhsa(p2, envelope("3505", {"selinfo": cash})))["infcode"] == 0
+    claim = pack_claim("S-ONE", code, SALE_MINUTES, org="P2", item=item)
+    upload = envelope("3505", {"selinfo": sale("B-ONE", [code], 24, setl_id="S-ONE", med_list_codg=item)})
+    if settlement_first:
+        await insurer.ok("POST", "/v1/settlements", claim)
+        assert (await nhsa(p2, upload))["infcode"] == 0
+    else:
+        assert (await nhsa(p2, upload))["infcode"] == 0
+        await insurer.ok("POST", "/v1/settlements", claim)
+    return code
+
+
+@pytest.mark.parametrize("kind", ["PRODUCT_MISMATCH", "EXPIRED", "DUPLICATE"])
+@pytest.mark.parametrize("settlement_first", [True, False], ids=["settlement first", "3505 first"])
+async def test_one_sale_as_a_settlement_and_a_3505_is_flagged_once(
+    admin: Api, kind: str, settlement_first: bool
+) -> None:
+    """A sale's settlement and its 3505 (same setl_id, same pack) are one sale: each
+    suspicion of it is one flag, resting on the settlement, whichever arrives first, and
+    the organisation's figures count it once. Found by a probe: two flags of each kind,
+    one on the settlement and one on the 3505's dispense event."""
+    code = await _sold_in_two_channels(admin, kind, settlement_first)
+    inv = await admin.key_for("investigator")
+    [flag] = await _flags(inv, code, kind)
+    assert (flag["org"], flag["refs"]["settlements"]) == ("P2", ["S-ONE"]), flag
+    stats = await inv.ok("GET", "/v1/orgs/P2/stats")
+    assert stats["flags_by_kind"][kind] == 1, stats
+    listed = (await inv.ok("GET", "/v1/flags?org=P2&limit=1000"))["items"]
+    assert stats["flagged"] == len(listed), (stats, listed)
+
+
+@pytest.mark.parametrize("settlement", ["none", "of another pack"])
+async def test_what_a_deleted_sale_under_a_setl_id_raised_is_withdrawn(admin: Api, settlement: str) -> None:
+    """A 3505 under a setl_id raises what it finds as a sale on that settlement id (one
+    sale, one flag): deleted (NHSA 3507), what it raised on a pack that no settlement of
+    that id billed rests on nothing, and is withdrawn, as one resting on its event was
+    (a settlement that billed the pack keeps it:
+    ``test_nhsa_deletion_of_an_unpaid_sale``)."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    code = cn20(w["unit"], 70)
+    await _supplied(w, code, expiry="2026-03-04")
+    if settlement == "of another pack":
+        insurer = await admin.key_for("insurer")
+        other = pack_claim("S-DEL", w["units"][0], SALE_MINUTES, "P2")
+        paid = await insurer.ok("POST", "/v1/settlements", other)
+        assert paid["decision"] == "accepted", paid
+    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B-DEL", [code], 24, setl_id="S-DEL")}))
+    assert [f["kind"] for f in out["output"]["tracecode"]["flags"]] == ["EXPIRED"], out
+    [flag] = await _flags(inv, code, "EXPIRED")
+    assert (flag["status"], flag["refs"]["settlements"]) == ("open", ["S-DEL"]), flag
+    await delete_sale(p2, "B-DEL")
+    assert (await inv.ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "auto_cleared"
+    assert await _units_left(p2, code) == 24
