@@ -39,6 +39,7 @@ from service.core.sales import (
     match_returns,
     move_units,
     refold,
+    sent_again,
     short_of,
 )
 
@@ -338,6 +339,16 @@ class _Book:
     def sold(self, code: str, sale: Sale) -> bool:
         return (code, sale) in self.keys
 
+    def sold_as(self, code: str, event: Incoming, pack_units: int | None) -> bool:
+        """Did a recorded sale take ``code`` in the sale ``event`` is: its own
+        (:meth:`sold`), or one it sends again in another format
+        (``core.sales.sent_again``)?"""
+        sale = Sale.of_dispense(event.event_id, event.setl_id)
+        return self.sold(code, sale) or any(
+            r.code == code and sent_again(r, event.org, event.at, event.quantity, event.setl_id, pack_units)
+            for r in self.rows
+        )
+
     def units_taken(self, sale: Sale, codes: Iterable[str]) -> int:
         """The units ``sale`` took from ``codes`` (also those given back since: a sale
         takes a pack once)."""
@@ -556,10 +567,11 @@ def _consume(
             if not codes:
                 continue
         sale = Sale.of_dispense(event.event_id, event.setl_id)
-        fresh = [c for c in codes if not book.sold(c, sale)]
-        # a pack its sale took already (the settlement came first) is taken and judged
-        # no more (no DUPLICATE for being the same sale), but what the dispense bills is
-        # judged all the same: PRODUCT_MISMATCH does not depend on which came first
+        fresh = [c for c in codes if not book.sold_as(c, event, world.states[c].pack_units)]
+        # a pack its sale took already (the settlement came first, or the same sale sent
+        # in another format) is taken and judged no more (no DUPLICATE for being the
+        # same sale), but what the dispense bills is judged all the same:
+        # PRODUCT_MISMATCH does not depend on which came first
         taken_already = [c for c in codes if c not in fresh]
         short = None
         if quantity is not None and event.undoes is None:

@@ -32,6 +32,9 @@ class Sale:
     kind: str  # SETTLEMENT | EVENT
     id: str
 
+    # one whole-pack sale sent as two dispenses (another format, no setl_id to say so) is
+    # one sale too: :func:`sent_again`
+
     @classmethod
     def of_settlement(cls, setl_id: str) -> Sale:
         return cls(SETTLEMENT, setl_id)
@@ -39,6 +42,34 @@ class Sale:
     @classmethod
     def of_dispense(cls, event_id: UUID, setl_id: str | None) -> Sale:
         return cls(SETTLEMENT, setl_id) if setl_id else cls(EVENT, str(event_id))
+
+
+def sent_again(
+    take: Consumption,
+    org: str,
+    at: datetime,
+    quantity: int | None,
+    setl_id: str | None,
+    pack_units: int | None,
+) -> bool:
+    """Is a dispense by ``org`` at ``at`` of ``take``'s pack the sale ``take`` recorded,
+    sent again in another format (an NHSA 3505 and an EPCIS ``dispensing`` event or a
+    /v1/events dispense: API.md, a fact sent twice in two formats is one fact)? So when
+    both sell the whole pack, by the same organisation at the same instant (the
+    dispense names no ``quantity``; the take is all of the pack's ``pack_units``, so
+    not what is left of a part-sold pack) whose ``setl_id``s do not name two sales (one has none, or both the
+    same): the same organisation cannot sell the same whole pack twice at one instant.
+    Then the dispense is that sale, as a dispense and a settlement with one setl_id are
+    (:class:`Sale`): it takes nothing more and is no resale. A split sale (a
+    ``quantity``) is another sale: two split sales of one pack at one instant may be."""
+    return (
+        quantity is None
+        and take.org == org
+        and take.at == at
+        and pack_units is not None
+        and take.units == pack_units
+        and (take.setl_id is None or setl_id is None or take.setl_id == setl_id)
+    )
 
 
 @dataclass(slots=True)
@@ -323,7 +354,8 @@ def refold(
     nothing again. At one instant they follow in the order they arrived (settlements'
     takes first, those arriving now last; within one upload dispenses before returns, as
     the incremental step takes them), and a return that found no sale undoes a sale of
-    its instant that arrives after it. None when a
+    its instant that arrives after it. A whole-pack dispense that is a take's sale sent
+    again in another format (:func:`sent_again`) takes nothing either. None when a
     settlement finds fewer units than it took (it was decided on other facts: the pack's
     sales are left as they are). The sales and returns of records an NHSA 3507 deletion
     deleted, and the deletion's compensations (``undoes``), are left out: the pack's
@@ -373,7 +405,10 @@ def refold(
             continue
         sale = Sale.of_dispense(action.event_id, action.setl_id)
         refund = refunded.get(action.setl_id) if action.setl_id else None
-        if sale in sales or (refund is not None and refund.gives_back(action.org, code)):
+        again = any(
+            sent_again(t, action.org, action.at, action.quantity, action.setl_id, pack_units) for t in takes
+        )
+        if sale in sales or again or (refund is not None and refund.gives_back(action.org, code)):
             repeats.append(action.event_id)
             continue
         if left <= 0:

@@ -297,8 +297,10 @@ async def test_sale_return_restores_units(admin: Api) -> None:
     out = await nhsa(p2, envelope("3506A", batch))
     assert out["infcode"] == 0, out
     assert await _units_left(p2, u[1]) == 24
-    # returned packs may be sold again
-    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B012", [u[0]], 24)}))
+    # returned packs may be sold again (after the return: a whole-pack sale of the pack
+    # by P2 at the first sale's instant would be that sale sent again, core.sales.sent_again)
+    again = sale("B012", [u[0]], 24, sel_retn_time="2026-03-06 10:00:00")
+    out = await nhsa(p2, envelope("3505", {"selinfo": again}))
     assert out["output"]["tracecode"]["flags"] == []
     assert await _units_left(p2, u[0]) == 0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, cn20, event, pack_claim
+from tests.helpers import Api, cn20, eid, event, pack_claim
 from tests.integration.test_nhsa import MED, SALE_MINUTES, SWAPPED, _world, envelope, nhsa, sale
 from tests.integration.test_nhsa_deletions import delete_sale
 from tests.integration.test_nhsa_ledger import change
@@ -138,3 +138,48 @@ async def test_what_a_deleted_sale_under_a_setl_id_raised_is_withdrawn(admin: Ap
     await delete_sale(p2, "B-DEL")
     assert (await inv.ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "auto_cleared"
     assert await _units_left(p2, code) == 24
+
+
+@pytest.mark.parametrize(
+    "channel", ["/v1/events", "3505", "one batch"], ids=["3505 then event", "event then 3505", "one batch"]
+)
+async def test_one_whole_pack_sale_as_a_3505_and_a_dispense_event_is_one_sale(
+    admin: Api, db: Any, channel: str
+) -> None:
+    """One whole-pack sale sent as a 3505 (no setl_id) and as a dispense event of the
+    same organisation at the same instant, in either order, is one sale (API.md: a fact
+    sent twice in two formats is one fact): the second is taken as an event, takes
+    nothing more, and is no resale (DUPLICATE). A split sale (a quantity) is left as it
+    is (README). Found by a probe: two sales and an open DUPLICATE. "one batch": the
+    sale sent twice under two event ids in one /v1/events request (judged in arrival
+    order, not folded again in event time), one sale all the same."""
+    w = await _world(admin)
+    p2, code = w["keys"]["P2"], w["units"][0]
+    inv = await admin.key_for("investigator")
+    upload = envelope("3505", {"selinfo": sale("B-TWICE", [code], 24)})
+    # the 3505's time, 2026-03-05 10:00 China time
+    dispense = event("dispense", "P2", [code], SALE_MINUTES)
+
+    async def by_event() -> None:
+        out = await p2.events(dispense)
+        assert (out["accepted"], out["rejected"]) == (1, []), out
+
+    async def by_nhsa() -> None:
+        out = await nhsa(p2, upload)
+        assert out["output"]["tracecode"]["accepted"] == 1, out
+
+    if channel == "/v1/events":  # the event second
+        await by_nhsa()
+        await by_event()
+    elif channel == "one batch":
+        out = await p2.events(dispense, {**dispense, "event_id": eid()})
+        assert (out["accepted"], out["rejected"]) == (2, []), out
+    else:
+        await by_event()
+        await by_nhsa()
+    assert not await _flags(inv, code, "DUPLICATE")
+    assert await _units_left(p2, code) == 0
+    rows = await db.fetch("SELECT units FROM consumptions WHERE code = $1", code)
+    assert [r["units"] for r in rows] == [24]
+    stats = await inv.ok("GET", "/v1/orgs/P2/stats")
+    assert stats["dispensed"] == 1, stats

@@ -265,3 +265,22 @@ def test_a_deleted_sale_stays_taken_only_for_a_pack_its_settlement_paid_for() ->
     assert kept_by_settlement([CODE], paid)
     assert not kept_by_settlement([other], paid)
     assert kept_by_settlement([CODE, other], paid)  # one split event: kept whole
+
+
+def test_one_whole_pack_sale_sent_twice_in_two_formats_is_one_sale_in_any_order() -> None:
+    """A whole-pack sale sent as two dispenses (a 3505 and an EPCIS event: two event ids)
+    by the same organisation at the same instant, under no two setl_ids, is one sale
+    (``core.sales.sent_again``): it takes the pack once and is no resale, whichever is
+    listed first. Not another organisation's, not another instant's, not a split sale,
+    not two setl_ids: those are a resale."""
+    for first, second in itertools.permutations([sale(10), sale(10, setl_id="S1")]):
+        fold = refold(CODE, 24, [first, second], [], [])
+        assert fold is not None
+        assert (fold.units_left, fold.resales, len(fold.takes)) == (0, [], 1)
+        # at one instant, the one folded first takes the pack
+        assert {fold.takes[0].event_id, *fold.repeats} == {first.event_id, second.event_id}
+    stored = replace(sale(10, setl_id="S1"), received=at(20))  # folded first
+    for other in (sale(10, org="P2"), sale(11), sale(10, quantity=24), sale(10, setl_id="S2")):
+        fold = refold(CODE, 24, [stored, other], [], [])
+        assert fold is not None
+        assert fold.resales == [other.event_id], other
