@@ -68,9 +68,11 @@ async def _story(admin: Api) -> dict[str, Any]:
     # (the institution bought none of it)
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B-SWAP", [b], 24, med_list_codg=ITEM)}))
     [raised["sold swap"], raised["imbalance"]] = out["output"]["tracecode"]["flags"]
-    # a flag that names no item: a MED pack sold twice
+    # a flag that names no item: a MED pack sold twice (an hour apart: at one instant,
+    # one whole-pack sale sent again, core.sales.sent_again)
     await nhsa(p2, envelope("3505", {"selinfo": sale("B-C1", [c], 24)}))
-    out = await nhsa(p2, envelope("3505", {"selinfo": sale("B-C2", [c], 24)}))
+    again = sale("B-C2", [c], 24, sel_retn_time="2026-03-05 11:00:00")
+    out = await nhsa(p2, envelope("3505", {"selinfo": again}))
     [raised["duplicate"]] = out["output"]["tracecode"]["flags"]
     kinds = {name: f["kind"] for name, f in raised.items()}
     assert kinds == {
