@@ -4,6 +4,7 @@ signed in, when a pending flag opens, an organisation's kind in the reader's lan
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import replace
 from datetime import timedelta
@@ -156,3 +157,28 @@ async def test_a_flags_page_is_titled_as_one_flag_and_says_when_it_has_no_histor
     en = (await browser.get(f"/console/flags/{flag_id}")).text
     assert '<table class="history">' in en
     assert "No history yet." not in en
+
+
+async def test_a_flags_evidence_is_marked_as_the_english_it_is_written_in(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A flag's evidence is stored as the rules write it, in English; on the Chinese
+    pages it was marked as Chinese, so a screen reader read it with a Chinese voice (a
+    probe). It is marked lang="en" wherever it is shown: the queue, the flag, the code."""
+    from tests.integration.console_story import journey
+
+    w = await journey(admin)
+    flag_id = w["open_flags"][0]
+    flag = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
+    await _sign_in(browser, w["inv"].key)
+    marked = re.compile(r'<bdi lang="en">([^<]*)</bdi>')
+    for path, params in (
+        (f"/console/flags/{flag_id}", {}),
+        ("/console/flags", {"kind": flag["kind"]}),
+        ("/console/codes", {"q": flag["code"]}),
+    ):
+        page = (await browser.get(path, params=params)).text
+        assert '<html lang="zh-CN">' in page or '<html lang="zh' in page, path
+        shown = [html.unescape(m) for m in marked.findall(page)]
+        assert flag["detail"] in shown, (path, shown)
