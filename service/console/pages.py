@@ -624,7 +624,7 @@ class ConsoleController(Controller):
             settable=SETTABLE,
             error=error,
             stale=expected,
-            set_by=status_set_by(found["history"], moved_by_person=found["moved_by_person"])
+            set_by=status_set_by(found, found["history"])
             if found and expected
             else None,
             note=note if isinstance(note, str) and (error or expected) else "",

@@ -579,7 +579,8 @@ def as_logged(code: str, facts: Sequence[Fact]) -> tuple[World, list[tuple[Fact,
     left_out = left_out_by_deletions(facts)
     logged = replay(facts, keep={}, pack_units={}, record=True).applied.get(code, [])
     dropped = [(fact, via) for fact, via in logged if fact.event_id in left_out]
-    return world, list(heapq.merge(reached, dropped, key=lambda applied: sort_key(applied[0])))
+    place = {fact.event_id: i for i, fact in enumerate(fold_order(facts))}
+    return world, sorted(reached + dropped, key=lambda applied: place[applied[0].event_id])
 
 
 def held_at(container: str, inside: Iterable[str], at: datetime, facts: Iterable[Fact]) -> list[str]:

@@ -93,20 +93,24 @@ def stale_change(expected: str | None, current: str) -> bool:
 SYSTEM = "system"
 
 
-def status_set_by(history: Sequence[Mapping[str, Any]], *, moved_by_person: bool) -> Mapping[str, Any] | None:
+def status_set_by(flag: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The line of a flag's history (oldest first) that set the status it has: the first
-    of the last run of lines under one status. A note alone is kept under the status the
-    flag has then (``store.flags.add_change``), so the lines after that first one are
-    notes, and the last line may be one. The history does not hold the flag's raising,
-    so a note under the status it was raised with would pass for the line that set it:
-    until a person has moved the flag (``moved_by_person``) every person's line is a
-    note, and only the system's lines count. None when nothing set the status since the
-    flag was raised with it (found by a probe: the 409 named the key of a note)."""
-    lines = history if moved_by_person else [line for line in history if line["by_key"] == SYSTEM]
+    of the last run of lines under one status, after the status it was raised with
+    (:func:`initial_status`, from the flag's ``kind`` and ``source_kind``). A note alone is
+    kept under the status the flag has then (``store.flags.add_change``), and so is the
+    system's line of evidence restated (``store.flags.restate``): the lines after that
+    first one are such lines, and the last line may be one. The history does not hold
+    the flag's raising, so until a person has moved the flag (its ``moved_by_person``)
+    every person's line is a note, and only the system's lines count. None when nothing
+    set the status since the flag was raised with it (found by probes: the 409 named the
+    key of a note, and then the system's restating of an open flag's evidence)."""
+    moved = flag["moved_by_person"]
+    lines = history if moved else [line for line in history if line["by_key"] == SYSTEM]
+    status = initial_status(flag["kind"], Evidence(flag["source_kind"], ""))
     found = None
     for line in lines:
-        if found is None or line["status"] != found["status"]:
-            found = line
+        if line["status"] != status:
+            found, status = line, line["status"]
     return found
 
 

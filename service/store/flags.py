@@ -19,7 +19,9 @@ from service.core.settlement import EXCESS_PURCHASE, Flagged
 from service.store import codes as code_store
 from service.store.conn import Conn
 
-_COLUMNS = "flag_id, kind, code, org, region, at, raised_at, status, detail, refs, moved_by_person"
+_COLUMNS = (
+    "flag_id, kind, code, org, region, at, raised_at, status, detail, refs, moved_by_person, source_kind"
+)
 # The flags an automatic clear may take (a replay, a late sale, a deletion): pending or
 # open, and not moved by a person. A status a person set (open again after an automatic
 # clear, say) is a decision no automatic change undoes; a note alone moves nothing.
@@ -143,13 +145,17 @@ async def restate(conn: Conn, flags: Sequence[NewFlag], why: str) -> list[int]:
         [f.refs for _, f in changed],
     )
     before = {r["flag_id"]: r["detail"] for r, _ in changed}
-    await conn.executemany(
-        "INSERT INTO flag_changes (code, flag_id, status, note, by_key) VALUES ($1, $2, $3, $4, $5)",
-        [
-            (u["code"], u["flag_id"], u["status"], f"{why}; it said: {before[u['flag_id']]}", SYSTEM)
-            for u in updated
-        ],
-    )
+    if updated:  # their history lines, in one statement (an upload may restate many)
+        await conn.execute(
+            """INSERT INTO flag_changes (code, flag_id, status, note, by_key)
+               SELECT code, id, status, note, $5 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[])
+                   AS l(code, id, status, note)""",
+            [u["code"] for u in updated],
+            [u["flag_id"] for u in updated],
+            [u["status"] for u in updated],
+            [f"{why}; it said: {before[u['flag_id']]}" for u in updated],
+            SYSTEM,
+        )
     return [u["flag_id"] for u in updated]
 
 

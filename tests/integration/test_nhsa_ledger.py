@@ -1196,3 +1196,30 @@ async def test_a_standing_imbalance_shows_the_ledger_as_it_is_now(
         assert [s for f, s in fed if f == (await imbalance("S1"))["flag_id"]][-1:] == [b"auto_cleared"], fed
     finally:
         await r.aclose()
+
+
+async def test_a_restated_imbalance_names_no_one_as_having_set_its_status(admin: Api) -> None:
+    """A STOCK_IMBALANCE is raised open; a late purchase restates its figures with a
+    system line under that status. A stale change's 409 then said the status was "set
+    by system" at the restate's time, though it dates from the raising (found by a
+    review): a line under the status the flag already had sets nothing."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    for bchno, hour in (("T1", "10"), ("T2", "11")):
+        row = sale(bchno, [], 24, sel_retn_time=f"2026-03-07 {hour}:00:00", med_list_codg=OTHER)
+        assert (await nhsa(p2, envelope("3505", {"selinfo": row})))["infcode"] == 0
+    late = {**purchase("TPU", 24, purc_retn_stoin_time="2026-03-06 10:00:00"), "med_list_codg": OTHER}
+    assert (await nhsa(p2, envelope("3503", {"purcinfo": late})))["infcode"] == 0
+    page = await inv.ok("GET", "/v1/flags?kind=STOCK_IMBALANCE&org=P2")
+    (flag,) = [f for f in page["items"] if f["refs"]["fixmedins_bchno"] == "T2"]
+    detail = await inv.ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert detail["status"] == "open", detail
+    assert [line["by_key"] for line in detail["history"]] == ["system"], detail  # restated once
+    resp = await inv.client.patch(
+        f"/v1/flags/{flag['flag_id']}",
+        json={"status": "dismissed", "expected_status": "pending", "note": "x"},
+        headers=inv.headers,
+    )
+    assert resp.status_code == 409, resp.text
+    assert "set by" not in resp.json()["detail"], resp.json()["detail"]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.custody import Fact, World, display_state, fold_order, replay, sort_key
+from service.core.custody import Fact, World, as_logged, display_state, fold_order, replay, sort_key
 from service.core.flags import Evidence, suspicion_flag
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -309,3 +309,25 @@ def test_shipping_to_each_other_in_one_instant_keeps_every_fact() -> None:
 def test_an_instant_without_an_organisation_both_receiving_and_shipping_keeps_sort_key_order() -> None:
     facts = [f for f in JOURNEY]
     assert fold_order(reversed(facts)) == sorted(facts, key=sort_key)
+
+
+def test_a_deleted_sale_is_listed_where_the_whole_log_puts_it() -> None:
+    """A history lists a 3507-deleted sale and its compensation among the events that
+    count, in fold order: a sale in the second its seller ships the case on comes before
+    the ship (the fold's order), not after it as the time-and-type order has it (found
+    by a review)."""
+    sold = fact("dispense", "P2", (UNIT_A,), 10, 4)  # a 3505 sale, deleted later
+    facts = [
+        fact("commission", "M1", (UNIT_A,), 0, 1, lot="L1"),
+        fact("pack", "M1", (UNIT_A,), 1, 2, parent=CASE),
+        fact("receive", "P2", (CASE,), 5, 3),
+        sold,
+        fact("ship", "P2", (CASE,), 10, 5, to="P1"),  # the same second as the sale
+        Fact(uuid.UUID(int=6), "return", T0 + timedelta(minutes=60), "P2", (UNIT_A,), undoes=sold.event_id),
+    ]
+    world, listed = as_logged(UNIT_A, facts)
+    whole_log = [f.event_id for f in fold_order(facts)]
+    shown = [f.event_id for f, _ in listed]
+    assert shown == [e for e in whole_log if e in shown]
+    assert sold.event_id in shown
+    assert world.states[UNIT_A].parent == CASE  # the deleted sale's pick counts for nothing
