@@ -328,6 +328,9 @@ class _Book:
     def __init__(self, stored: Sequence[Consumption], returns: Sequence[Return]) -> None:
         self.rows = list(stored)  # oldest first; new rows are appended
         self.keys = {(r.code, r.sale) for r in stored}
+        self.of_code: dict[str, list[Consumption]] = {}  # the rows by pack (each dispense looks)
+        for r in stored:
+            self.of_code.setdefault(r.code, []).append(r)
         self.new: list[Consumption] = []
         self.reversals: list[tuple[Consumption, UUID]] = []
         self.erased: list[Consumption] = []
@@ -345,8 +348,8 @@ class _Book:
         (``core.sales.sent_again``)?"""
         sale = Sale.of_dispense(event.event_id, event.setl_id)
         return self.sold(code, sale) or any(
-            r.code == code and sent_again(r, event.org, event.at, event.quantity, event.setl_id, pack_units)
-            for r in self.rows
+            sent_again(r, event.org, event.at, event.quantity, event.setl_id, pack_units)
+            for r in self.of_code.get(code, ())
         )
 
     def units_taken(self, sale: Sale, codes: Iterable[str]) -> int:
@@ -358,6 +361,7 @@ class _Book:
     def add(self, sale: Consumption) -> None:
         self.rows.append(sale)
         self.keys.add((sale.code, sale.sale))
+        self.of_code.setdefault(sale.code, []).append(sale)
         self.new.append(sale)
 
     def given_back_by(self, ret: UUID, codes: Iterable[str]) -> list[Consumption]:
@@ -415,6 +419,7 @@ class _Book:
             self.erased.append(take)
         self.new = kept
         self.rows = [r for r in self.rows if r is not take]
+        self.of_code[take.code] = [r for r in self.of_code.get(take.code, []) if r is not take]
 
 
 def decide(loaded: Loaded) -> Plan:
