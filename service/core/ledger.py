@@ -23,7 +23,9 @@ from service.core.custody import (
     undone_by_deletions,
 )
 from service.core.events import Incoming
-from service.core.flags import ITEMS, NHSA, Evidence, FlagKey, NewFlag, items
+from service.core.flags import ITEMS, NHSA, Evidence, FlagKey, NewFlag, items, mismatch_refs
+from service.core.registry import Product
+from service.core.rules import PRODUCT_MISMATCH
 from service.core.sales import Consumption
 
 STOCK_IMBALANCE = "STOCK_IMBALANCE"
@@ -315,16 +317,39 @@ def as_counted(
     return out
 
 
-def count_flags(entry: Entry, states: Mapping[str, CodeState], region: str | None) -> list[NewFlag]:
+def count_flags(
+    entry: Entry, states: Mapping[str, CodeState], products: Mapping[str, Product], region: str | None
+) -> list[NewFlag]:
     """What a stock count reveals about the codes it counted: a pack this service knows to
     be held by another organisation (DIVERSION), sold already (DUPLICATE, 回流) or destroyed
-    (DUPLICATE: a destroyed pack back in stock). A code never seen adds nothing here.
-    Judged once, as the count arrives (open at once: ``core.flags.initial_status``)."""
+    (DUPLICATE: a destroyed pack back in stock); and, as for a 3502 move, a pack of
+    another product than the item it is counted under (PRODUCT_MISMATCH, 串换: one item's
+    stock holds another's packs). A code never seen adds nothing here. Judged once, as
+    the count arrives (open at once: ``core.flags.initial_status``)."""
     out = []
     for code in entry.codes:
         s = states.get(code)
         if s is None or not s.commissioned:
             continue
+        product = products.get(s.product_id or "")
+        if product is not None and product.med_list_codg != entry.med_list_codg:
+            out.append(
+                NewFlag(
+                    kind=PRODUCT_MISMATCH,
+                    code=code,
+                    org=entry.org,
+                    region=region,
+                    at=entry.at,
+                    detail=f"stock count by {entry.org} (record {entry.bchno}): counted as "
+                    f"{entry.med_list_codg}, the pack is {product.med_list_codg} ({product.name})",
+                    refs={
+                        "fixmedins_bchno": entry.bchno,
+                        "interface": entry.interface,
+                        **mismatch_refs(entry.med_list_codg, product),
+                    },
+                    source=entry.evidence,
+                )
+            )
         found: tuple[str, str] | None = None
         if s.state == DESTROYED:
             found = ("DUPLICATE", "the pack was destroyed")

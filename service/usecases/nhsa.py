@@ -236,8 +236,10 @@ def _ledger_writer(
                 history = await event_store.facts_for(conn, family)
                 history += await sale_store.settlement_facts(conn, family)
                 takes = await sale_store.of_codes(conn, late, open_only=False)
+            made = sorted({s.product_id for s in states.values() if s.product_id})
+            products = await registry.get_products(conn, made) if made else {}
             for e in counts:
-                flags += rules.count_flags(e, rules.as_counted(e, states, history, takes), region)
+                flags += rules.count_flags(e, rules.as_counted(e, states, history, takes), products, region)
         fresh: set[FlagKey] = set()
         raised = await flag_store.raise_flags(conn, flags + rejudged, fresh, uploaded.ledger_flag_kinds)
         # a flag that stood already, judged again with other figures, shows the ledger as

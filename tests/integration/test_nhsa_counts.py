@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import Api
 from tests.integration.test_nhsa import _world, envelope, nhsa, sale
-from tests.integration.test_nhsa_ledger import _ledger, count, deletion
+from tests.integration.test_nhsa_ledger import OTHER, _ledger, count, deletion
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,3 +28,30 @@ async def test_a_count_is_measured_from_the_count_before_it(admin: Api) -> None:
     await nhsa(p2, envelope("3507", {"data": deletion("K1", "1")}))
     led = await _ledger(inv)
     assert led["count_difference"] == 170 - (96 - 24)
+
+
+async def test_a_pack_counted_under_another_item_is_product_mismatch(admin: Api) -> None:
+    """A 3502 move recorded under an item its pack is not raises PRODUCT_MISMATCH (串换:
+    one item's ledger moves while another's packs do); a 3501 count of a pack the
+    pharmacy holds, filed under another item, raised nothing (found by a probe). It is
+    the same suspicion: the count's, open at once, and a deletion of the count withdraws
+    it. A pack counted under its own item raises nothing."""
+    w = await _world(admin)
+    p2, [mine, other, *_] = w["keys"]["P2"], w["units"]
+    inv = await admin.key_for("investigator")
+    out = await nhsa(
+        p2, envelope("3501", {"invinfo": count("KSWAP", 1, "2026-03-03", mine, med_list_codg=OTHER)})
+    )
+    [flag] = out["output"]["tracecode"]["flags"]
+    assert (flag["kind"], flag["code"]) == ("PRODUCT_MISMATCH", mine), out
+    stored = await inv.ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert stored["status"] == "open", stored
+    assert stored["refs"]["billed"] == OTHER, stored["refs"]
+    assert stored["refs"]["fixmedins_bchno"] == "KSWAP", stored["refs"]
+    assert "KSWAP" in stored["detail"], stored["detail"]
+
+    own = await nhsa(p2, envelope("3501", {"invinfo": count("KOWN", 1, "2026-03-03", other)}))
+    assert own["output"]["tracecode"]["flags"] == [], own
+
+    await nhsa(p2, envelope("3507", {"data": deletion("KSWAP", "1")}))
+    assert (await inv.ok("GET", f"/v1/flags/{flag['flag_id']}"))["status"] == "auto_cleared"
