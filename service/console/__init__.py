@@ -39,9 +39,12 @@ from service.console.pages import (
     ConsoleController,
     InvestigationController,
     SignInController,
+    event_anchor,
+    event_url,
     lot_url,
     org_url,
     page,
+    short_id,
     to_signin,
     when,
 )
@@ -182,6 +185,9 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     env.filters.update(text.FILTERS)
     env.globals["org_url"] = org_url
     env.globals["lot_url"] = lot_url
+    env.globals["event_url"] = event_url
+    env.globals["event_anchor"] = event_anchor
+    env.filters["short_id"] = short_id
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
 
 

@@ -118,6 +118,73 @@ def names_item(flag: Mapping[str, Any]) -> bool:
     return code_is_item(flag.get("code") or "", flag.get("refs") or {})
 
 
+# a flag's refs that name events (``core.flags``, ``core.settlement``, ``core.ledger``):
+# each links to its row on the code's page (:func:`event_url`); a return's is an event
+EVENT_REFS = frozenset({"events", "earlier_events", "returned_by"})
+# a flag's refs that name organisations: each links to its page
+ORG_REFS = frozenset({"holder", "last_shipped_to", "custodian", "orgs"})
+
+
+def event_anchor(event_id: object) -> str:
+    """The id of an event's row on its code's page (``code.html``)."""
+    return f"event-{event_id}"
+
+
+def event_url(code: str, event_id: object) -> str:
+    """An event's row on the page of the code ``code`` (a flag's evidence names it)."""
+    return (
+        "/console/codes?"
+        + urlencode({"q": code}, quote_via=quote)
+        + "#"
+        + quote(event_anchor(event_id), safe="")
+    )
+
+
+def short_id(event_id: object) -> str:
+    """An event's id as a table shows it: its first 8 characters (a UUID's first group);
+    the full id goes beside it, in a title."""
+    return str(event_id)[:8]
+
+
+def anchored_rows(events: list[dict[str, Any]]) -> set[int]:
+    """The rows of a code's events table that carry their event's anchor: one per event
+    id (an id is unique on a page). A move that took the pack out of its case shows an
+    implicit unpack under its own id before it: the move's row is the anchor."""
+    first: dict[str, int] = {}
+    for i, e in enumerate(events):
+        key = str(e.get("event_id"))
+        if key not in first or (events[first[key]].get("implicit") and not e.get("implicit")):
+            first[key] = i
+    return set(first.values())
+
+
+def refs_shown(flag: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """A flag's refs as its page lists them: (key, how, value), ``how`` one of
+    ``events`` (a list of event ids, linked to the code's page when the flag's code is
+    a trace code: :func:`event_url`), ``orgs`` (organisation ids), ``list``, ``map``
+    (a nested object: its keys and values), ``yes_no`` or ``text``."""
+    refs = flag.get("refs") or {}
+    if not isinstance(refs, Mapping):
+        return [("", "text", refs)]
+    out: list[tuple[str, str, Any]] = []
+    for key, value in refs.items():
+        values = value if isinstance(value, list) else [value]
+        if key in EVENT_REFS and isinstance(value, list):
+            how = "events"
+        elif key in ORG_REFS and all(isinstance(v, str) for v in values):
+            how, value = "orgs", values
+        elif isinstance(value, list):
+            how = "list"
+        elif isinstance(value, Mapping):
+            how = "map"
+        elif isinstance(value, bool):
+            how = "yes_no"
+        else:
+            how = "text"
+        out.append((key, how, value))
+    return out
+
+
 # the statuses a person may set (the rest are the service's own): the API's workflow
 SETTABLE = get_args(Settable)
 
@@ -455,6 +522,7 @@ class ConsoleController(Controller):
             read_as=read_as,
             names=names,
             timeline=layout(found["events"], names),
+            anchored=anchored_rows(found["events"]),
         )
 
     @get("/flags")
@@ -624,11 +692,10 @@ class ConsoleController(Controller):
             settable=SETTABLE,
             error=error,
             stale=expected,
-            set_by=status_set_by(found, found["history"])
-            if found and expected
-            else None,
+            set_by=status_set_by(found, found["history"]) if found and expected else None,
             note=note if isinstance(note, str) and (error or expected) else "",
             org_name=org.name if org else None,  # as the code page shows it
+            refs=refs_shown(found) if found else [],
         )
 
     @post("/flags/{flag_id:int}", opt={SAVES: True})

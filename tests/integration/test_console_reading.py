@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.config import Settings
 from service.console.pages import when
-from tests.helpers import Api, cn20, event, world
+from tests.helpers import Api, cn20, event, received, world
 from tests.integration.test_console import _TOKEN, _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -182,3 +182,48 @@ async def test_a_flags_evidence_is_marked_as_the_english_it_is_written_in(
         assert '<html lang="zh-CN">' in page or '<html lang="zh' in page, path
         shown = [html.unescape(m) for m in marked.findall(page)]
         assert flag["detail"] in shown, (path, shown)
+
+
+async def test_a_duplicates_page_links_the_earlier_sale_to_its_row_on_the_codes_page(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A flag's page showed its refs as raw JSON, and its event ids matched nothing on
+    the code's page, which showed no event id: with two sales listed, the investigator
+    could not tell which one a DUPLICATE names as the earlier (a probe). Each event's
+    row carries an anchor and its id's first 8 characters (the whole in a title) and its
+    document no.; the flag's page links each event it names to that row, its other
+    refs listed under labels in the reader's language."""
+    w = await world(admin)
+    [code] = await received(w, "P1", [4242])
+    p1 = w["keys"]["P1"]
+    first = event("dispense", "P1", [code], 10, ref="RX-0001")
+    await p1.events(first)
+    again = event("dispense", "P1", [code], 20, ref="RX-0002")
+    [flag] = (await p1.events(again))["flags"]
+    assert flag["kind"] == "DUPLICATE"
+    await _sign_in(browser, w["inv"].key)
+    page = (await browser.get(f"/console/flags/{flag['flag_id']}")).text
+    refs = re.search(r'<dl class="refs">(.*?)</dl>', page, re.S)
+    assert refs is not None, page
+    shown = dict(re.findall(r"<dt>(.*?)</dt>\s*<dd>(.*?)</dd>", refs.group(1), re.S))
+    for named, listed in (("事件", again), ("此前售出的事件", first)):
+        link = f'href="/console/codes?q={code}#event-{listed["event_id"]}"'
+        assert link in shown[named], shown
+        assert f">{html.escape(listed['event_id'][:8])}<" in shown[named].replace("<bdi>", "").replace(
+            "</bdi>", ""
+        )
+    assert "earlier_events" not in page  # no raw JSON
+    code_page = (await browser.get("/console/codes", params={"q": code})).text
+    anchors = re.findall(r'<tr[^>]* id="event-([^"]+)">(.*?)</tr>', code_page, re.S)
+    assert len(anchors) == len({a for a, _ in anchors})  # an id once on the page
+    rows = dict(anchors)
+    for listed, ref in ((first, "RX-0001"), (again, "RX-0002")):
+        row = rows[listed["event_id"]]
+        assert f'<abbr title="{listed["event_id"]}"><bdi>{listed["event_id"][:8]}</bdi></abbr>' in row
+        assert f"单据号 <bdi>{ref}</bdi>" in row
+    browser.cookies.set("console_lang", "en", path="/console")
+    page = (await browser.get(f"/console/flags/{flag['flag_id']}")).text
+    assert "<dt>Earlier sales (events)</dt>" in page
+    code_page = (await browser.get("/console/codes", params={"q": code})).text
+    assert "document no. <bdi>RX-0001</bdi>" in code_page
