@@ -1693,6 +1693,16 @@ async def test_an_insured_sale_sent_as_epcis_is_one_sale_with_its_settlement(
             ],
             "bizTransactionList[1].bizTransaction",
         ),
+        # a type that reads like this service's but is not (found by a probe: taken as
+        # another type, the dispense lost its settlement without a word)
+        (
+            [{"type": SETTLEMENT_TYPE.lower(), "bizTransaction": SETTLEMENT_URI + "S1"}],
+            "bizTransactionList[0].type",
+        ),
+        (
+            [{"type": SETTLEMENT_TYPE + "/", "bizTransaction": SETTLEMENT_URI + "S1"}],
+            "bizTransactionList[0].type",
+        ),
     ],
 )
 async def test_a_settlement_business_transaction_not_a_settlement_id_is_refused(
@@ -1759,3 +1769,30 @@ async def test_a_dispense_taken_through_v1_events_is_not_captured_as_another_set
     history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[1]}/history")
     assert [e["type"] for e in history["events"]][-1:] == ["dispense"], history
     assert not history["flags"], history["flags"]
+
+
+async def test_a_settlement_type_with_its_scheme_and_host_in_capitals_is_read(admin: Api) -> None:
+    """``HTTPS://TRACECODE.EXAMPLE/cbv/BTT-setl`` is the same URI as the settlement type
+    (RFC 3986: scheme and host in any case): the dispense names its settlement."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    scheme, rest = SETTLEMENT_TYPE.split("://", 1)
+    host, path = rest.split("/", 1)
+    shouted = f"{scheme.upper()}://{host.upper()}/{path}"
+    sale = _ev(
+        "ObjectEvent",
+        7,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="dispensing",
+        epcList=["urn:epc:id:sgtin:0614141.107346.2"],
+        bizTransactionList=[{"type": shouted, "bizTransaction": SETTLEMENT_URI + "S1"}],
+    )
+    job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sale), 202)
+    assert job["success"], job
+    inv = await admin.key_for("investigator")
+    history = await inv.ok("GET", f"/v1/codes/{UNITS[1]}/history")
+    assert [e.get("setl_id") for e in history["events"] if e["type"] == "dispense"] == ["S1"], history[
+        "events"
+    ]

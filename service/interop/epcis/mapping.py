@@ -552,7 +552,9 @@ def settlement_of(event: Mapping[str, Any]) -> str | None:
     items = event.get("bizTransactionList")
     found: str | None = None
     for i, item in enumerate(items if isinstance(items, list) else ()):
-        if not (isinstance(item, dict) and item.get("type") == SETTLEMENT_TYPE):
+        if not (
+            isinstance(item, dict) and _names_settlement(item.get("type"), f"bizTransactionList[{i}].type")
+        ):
             continue
         value = item.get("bizTransaction")
         setl_id = (
@@ -573,6 +575,25 @@ def settlement_of(event: Mapping[str, Any]) -> str | None:
             )
         found = setl_id
     return found
+
+
+def _names_settlement(value: object, field: str) -> bool:
+    """Is a business transaction's ``type`` :data:`SETTLEMENT_TYPE`, its scheme and host
+    in any case (RFC 3986: the same URI)? One that differs from it only in the case of
+    its path or a trailing '/' is refused naming ``field``: read as another type, the
+    dispense would lose its settlement without a word, and the insurer's settlement of
+    the pack be refused as a resale (found by a probe)."""
+    if not isinstance(value, str):
+        return False
+    scheme, _, rest = value.partition("://")
+    host, slash, path = rest.partition("/")
+    if f"{scheme.lower()}://{host.lower()}{slash}{path}" == SETTLEMENT_TYPE:
+        return True
+    if value.lower().rstrip("/") == SETTLEMENT_TYPE.lower():
+        raise EventError(
+            field, f"reads like {SETTLEMENT_TYPE}, this service's settlement type, but is not it"
+        )
+    return False
 
 
 def is_uri(value: object) -> bool:
