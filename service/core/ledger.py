@@ -123,21 +123,36 @@ def deleted_evidence(
 
 
 def deleted_sale_evidence(
-    compensations: Iterable[Incoming], billed: Mapping[str, frozenset[str]]
+    compensations: Iterable[Incoming],
+    billed: Mapping[str, frozenset[str]],
+    standing: Iterable[Consumption],
+    sold_at: Mapping[UUID, datetime],
 ) -> list[tuple[str, Evidence]]:
     """(code, evidence) of what a deleted sale under a ``setl_id`` raised as a sale, which
     rests on the settlement of that id (``Evidence.sale``: one sale, one flag) and not on
     its event: withdrawn with the deletion on each pack it undoes (each compensating
     return names its ``setl_id``), unless the settlement of that id billed the pack
-    (``billed``: the packs each stored settlement names, by setl_id). The settlement then
-    judged that pack itself, and its judgement stands (its answer was paid on); a pack
-    it does not name was the deleted sale's alone."""
+    (``billed``: the packs each stored settlement names, by setl_id): the settlement then
+    judged that pack itself, and its judgement stands (its answer was paid on). Nor when
+    the sale still sells the pack through another copy of it (``standing``: the packs'
+    takes after the deletion; one under the same ``setl_id``, or by the same
+    organisation at the deleted sale's instant, ``sold_at`` by its event:
+    ``core.sales.sent_again``; found by a probe: the sale's EXPIRED went with the 3505
+    while the dispense event of the same sale stood). A pack it alone sold was its own."""
+    takes = list(standing)
+
+    def sold_still(e: Incoming, code: str) -> bool:
+        at = sold_at.get(e.undoes) if e.undoes is not None else None
+        return any(
+            t.code == code and (t.setl_id == e.setl_id or (t.org == e.org and t.at == at)) for t in takes
+        )
+
     return [
         (code, Evidence.settlement(e.setl_id))
         for e in compensations
         if e.type == "return" and e.undoes is not None and e.setl_id
         for code in e.codes
-        if code not in billed.get(e.setl_id, frozenset())
+        if code not in billed.get(e.setl_id, frozenset()) and not sold_still(e, code)
     ]
 
 

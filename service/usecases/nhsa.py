@@ -254,6 +254,9 @@ def _ledger_writer(
         # found, what its undone sale or return raised) rests on nothing now: withdrawn;
         # a sale's under a setl_id rests on that id, unless its settlement billed the pack
         billed = await setl_store.billed_by(conn, [e.setl_id for e in compensations if e.type == "return"])
+        undone = sorted({c for e in compensations if e.type == "return" and e.setl_id for c in e.codes})
+        still_taken = await sale_store.of_codes(conn, undone, open_only=True) if undone else []
+        sold_at = {i: t["at"] for t in uploaded.targets for i in t["event_ids"]}  # by the deleted events
         await flag_store.withdraw_resting_on(
             conn,
             rules.deleted_evidence(org, keys, compensations),
@@ -262,7 +265,7 @@ def _ledger_writer(
                 | {c for e in compensations for c in e.codes}
             ),
             f"the record it rests on was deleted (NHSA 3507, msgid {msgid})",
-            rules.deleted_sale_evidence(compensations, billed),
+            rules.deleted_sale_evidence(compensations, billed, still_taken, sold_at),
         )
         # and a move out flagged before that the records written or deleted now back again
         if since:

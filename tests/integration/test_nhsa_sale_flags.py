@@ -183,3 +183,32 @@ async def test_one_whole_pack_sale_as_a_3505_and_a_dispense_event_is_one_sale(
     assert [r["units"] for r in rows] == [24]
     stats = await inv.ok("GET", "/v1/orgs/P2/stats")
     assert stats["dispensed"] == 1, stats
+
+
+@pytest.mark.parametrize("copy_setl", ["S-K", None], ids=["copy under S-K", "copy without setl_id"])
+@pytest.mark.parametrize("order", ["3505 first", "event first"])
+async def test_deleting_one_copy_of_a_sale_leaves_the_sales_flag_to_the_other(
+    admin: Api, copy_setl: str | None, order: str
+) -> None:
+    """An expired pack sold once, sent as a 3505 under S-K and as a dispense event at the
+    same instant (under S-K, or with no setl_id: the same sale sent again). A 3507 then
+    deletes the 3505: the other copy still sells the pack, and so the sale's EXPIRED
+    stands. It was withdrawn with the 3505 in three of the four orders (found by a
+    probe): the deletion took it for the deleted record's alone."""
+    w = await _world(admin)
+    p2 = w["keys"]["P2"]
+    inv = await admin.key_for("investigator")
+    code = cn20(w["unit"], 77)
+    await _supplied(w, code, expiry="2026-03-04")
+    upload = envelope("3505", {"selinfo": sale("B-K", [code], 24, setl_id="S-K")})
+    copy = event("dispense", "P2", [code], SALE_MINUTES, **({"setl_id": copy_setl} if copy_setl else {}))
+    if order == "3505 first":
+        await nhsa(p2, upload)
+        await p2.events(copy)
+    else:
+        await p2.events(copy)
+        await nhsa(p2, upload)
+    await delete_sale(p2, "B-K")
+    assert await _units_left(p2, code) == 0
+    page = await inv.ok("GET", f"/v1/flags?code={code}&kind=EXPIRED")
+    assert [f["status"] for f in page["items"]] == ["open"], page["items"]
