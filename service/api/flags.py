@@ -208,7 +208,7 @@ def _stale(exc: Stale) -> Exception:
     as the console's flag page says it); nothing more when it was raised with it."""
     status = exc.flag["status"]
     message = f"the flag's status is {status}, not {exc.expected}"
-    set_by = status_set_by(exc.flag, exc.flag["history"])
+    set_by = status_set_by(exc.flag)
     if set_by is not None:
         message += f" (set by {set_by['by_key']} at {set_by['at'].isoformat()})"
     return problem(

@@ -692,7 +692,7 @@ class ConsoleController(Controller):
             settable=SETTABLE,
             error=error,
             stale=expected,
-            set_by=status_set_by(found, found["history"]) if found and expected else None,
+            set_by=status_set_by(found) if found and expected else None,
             note=note if isinstance(note, str) and (error or expected) else "",
             org_name=org.name if org else None,  # as the code page shows it
             refs=refs_shown(found) if found else [],

@@ -93,8 +93,8 @@ def stale_change(expected: str | None, current: str) -> bool:
 SYSTEM = "system"
 
 
-def status_set_by(flag: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The line of a flag's history (oldest first) that set the status it has: the first
+def status_set_by(flag: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The line of a flag's ``history`` (oldest first) that set the status it has: the first
     of the last run of lines under one status, after the status it was raised with
     (:func:`initial_status`, from the flag's ``kind`` and ``source_kind``). A note alone is
     kept under the status the flag has then (``store.flags.add_change``), and so is the
@@ -104,8 +104,8 @@ def status_set_by(flag: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
     every person's line is a note, and only the system's lines count. None when nothing
     set the status since the flag was raised with it (found by probes: the 409 named the
     key of a note, and then the system's restating of an open flag's evidence)."""
-    moved = flag["moved_by_person"]
-    lines = history if moved else [line for line in history if line["by_key"] == SYSTEM]
+    history = flag["history"]
+    lines = history if flag["moved_by_person"] else [line for line in history if line["by_key"] == SYSTEM]
     status = initial_status(flag["kind"], Evidence(flag["source_kind"], ""))
     found = None
     for line in lines:

@@ -342,41 +342,8 @@ def count_flags(
     stock holds another's packs). A code never seen adds nothing here. Judged once, as
     the count arrives (open at once: ``core.flags.initial_status``)."""
     out = []
-    for code in entry.codes:
-        s = states.get(code)
-        if s is None or not s.commissioned:
-            continue
-        product = products.get(s.product_id or "")
-        if product is not None and product.med_list_codg != entry.med_list_codg:
-            out.append(
-                NewFlag(
-                    kind=PRODUCT_MISMATCH,
-                    code=code,
-                    org=entry.org,
-                    region=region,
-                    at=entry.at,
-                    detail=f"stock count by {entry.org} (record {entry.bchno}): counted as "
-                    f"{entry.med_list_codg}, the pack is {product.med_list_codg} ({product.name})",
-                    refs={
-                        "fixmedins_bchno": entry.bchno,
-                        "interface": entry.interface,
-                        **mismatch_refs(entry.med_list_codg, product),
-                    },
-                    source=entry.evidence,
-                )
-            )
-        found: tuple[str, str] | None = None
-        if s.state == DESTROYED:
-            found = ("DUPLICATE", "the pack was destroyed")
-        elif none_left(s.units_left):
-            found = ("DUPLICATE", "the pack was already consumed")
-        elif s.state == IN_TRANSIT and s.destination != entry.org:
-            found = ("DIVERSION", f"the pack is in transit to {s.destination}")
-        elif s.state != IN_TRANSIT and s.custodian is not None and s.custodian != entry.org:
-            found = ("DIVERSION", f"the pack is held by {s.custodian}")
-        if found is None:
-            continue
-        kind, why = found
+
+    def flag(kind: str, code: str, why: str, **refs: Any) -> None:
         out.append(
             NewFlag(
                 kind=kind,
@@ -385,8 +352,25 @@ def count_flags(
                 region=region,
                 at=entry.at,
                 detail=f"stock count by {entry.org} (record {entry.bchno}): {why}",
-                refs={"fixmedins_bchno": entry.bchno, "interface": entry.interface, "custodian": s.custodian},
+                refs={"fixmedins_bchno": entry.bchno, "interface": entry.interface, **refs},
                 source=entry.evidence,
             )
         )
+
+    for code in entry.codes:
+        s = states.get(code)
+        if s is None or not s.commissioned:
+            continue
+        product = products.get(s.product_id or "")
+        if product is not None and product.med_list_codg != entry.med_list_codg:
+            why = f"counted as {entry.med_list_codg}, the pack is {product.med_list_codg} ({product.name})"
+            flag(PRODUCT_MISMATCH, code, why, **mismatch_refs(entry.med_list_codg, product))
+        if s.state == DESTROYED:
+            flag("DUPLICATE", code, "the pack was destroyed", custodian=s.custodian)
+        elif none_left(s.units_left):
+            flag("DUPLICATE", code, "the pack was already consumed", custodian=s.custodian)
+        elif s.state == IN_TRANSIT and s.destination != entry.org:
+            flag("DIVERSION", code, f"the pack is in transit to {s.destination}", custodian=s.custodian)
+        elif s.state != IN_TRANSIT and s.custodian is not None and s.custodian != entry.org:
+            flag("DIVERSION", code, f"the pack is held by {s.custodian}", custodian=s.custodian)
     return out

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from service.core.custody import CodeState
 from service.core.sales import Consumption, Refund, billed_packs, paid_packs
 from service.store import codes as code_store
@@ -126,25 +128,23 @@ async def reversed_among(conn: Conn, setl_ids: Iterable[str | None]) -> set[str]
 async def paid_for(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, frozenset[str]]:
     """The settlements among ``setl_ids``, standing or reversed, each with the packs it
     paid for (``core.sales.paid_packs``: none for a rejected one)."""
-    wanted = sorted({s for s in setl_ids if s})
-    if not wanted:
-        return {}
-    rows = await conn.fetch(
-        "SELECT setl_id, request, response FROM settlements WHERE setl_id = ANY($1::text[])", wanted
-    )
-    return {r["setl_id"]: paid_packs(r["request"], r["response"]) for r in rows}
+    return {s: paid_packs(request, response) for s, request, response in await _stored(conn, setl_ids)}
 
 
 async def billed_by(conn: Conn, setl_ids: Iterable[str | None]) -> dict[str, frozenset[str]]:
     """The settlements among ``setl_ids``, standing or reversed, each with the packs it
     bills (``core.sales.billed_packs``: on any line, payable or not)."""
+    return {s: billed_packs(request) for s, request, _ in await _stored(conn, setl_ids)}
+
+
+async def _stored(conn: Conn, setl_ids: Iterable[str | None]) -> list[asyncpg.Record]:
+    """The stored request and answer of each settlement among ``setl_ids``."""
     wanted = sorted({s for s in setl_ids if s})
     if not wanted:
-        return {}
-    rows = await conn.fetch(
-        "SELECT setl_id, request FROM settlements WHERE setl_id = ANY($1::text[])", wanted
+        return []
+    return await conn.fetch(
+        "SELECT setl_id, request, response FROM settlements WHERE setl_id = ANY($1::text[])", wanted
     )
-    return {r["setl_id"]: billed_packs(r["request"]) for r in rows}
 
 
 async def refunds_and_standing(
