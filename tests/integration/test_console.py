@@ -40,6 +40,17 @@ async def _token(c: AsyncTestClient, path: str = "/console/signin") -> str:  # t
     return found.group(1)
 
 
+async def _expire_session(c: AsyncTestClient, redis_url: str) -> None:  # type: ignore[type-arg]
+    """The console session of ``c`` ends in Valkey, as when it expires."""
+    import redis.asyncio as aioredis
+
+    valkey = aioredis.from_url(redis_url)
+    try:
+        assert await valkey.delete(f"console:{c.cookies.get('console_session')}") == 1
+    finally:
+        await valkey.aclose()
+
+
 async def _sign_in(c: AsyncTestClient, key: str) -> object:  # type: ignore[type-arg]
     token = await _token(c)
     return await c.post("/console/signin", data={"key": key, "_csrf_token": token}, follow_redirects=False)
@@ -870,18 +881,13 @@ async def test_a_session_that_ended_says_so_and_signing_in_again_returns_to_the_
     """After expiry or revocation a page or form went to /console/signin with no word
     (signin.expired was never used), and signing in again led to /console/codes rather
     than the page the investigator was on (a probe)."""
-    import redis.asyncio as aioredis
 
     w = await journey(admin)
     await _sign_in(browser, w["inv"].key)
     here = "/console/flags?kind=OUT_OF_REGION&status=open"
     assert (await browser.get(here)).status_code == 200
     # the session gone from Valkey (expired there) while the browser still holds its id
-    valkey = aioredis.from_url(server_urls[1])
-    try:
-        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
-    finally:
-        await valkey.aclose()
+    await _expire_session(browser, server_urls[1])  # the session expires in Valkey
     away = await browser.get(here, follow_redirects=False)
     assert away.status_code == 303
     assert (

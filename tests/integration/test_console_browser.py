@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -66,6 +67,16 @@ async def page(service_url: str) -> AsyncIterator[object]:
             yield await context.new_page()
         finally:
             await browser.close()
+
+
+async def _sign_in(page: Any, key: str) -> None:
+    """Sign in on the sign-in page, in Chinese (the default), and land on code search."""
+    from playwright.async_api import expect
+
+    await page.goto("/console/signin")
+    await page.get_by_label("API 密钥").fill(key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url("/console/codes")
 
 
 async def test_sign_in_search_a_raw_scan_and_see_its_timeline_and_flags(admin: Api, page: object) -> None:
@@ -263,10 +274,7 @@ async def test_a_bulk_dismissal_of_several_flags_is_confirmed_first(admin: Api, 
     page.on(
         "console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None
     )
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     await expect(page.locator("header .who")).to_have_text(f"已登录：{w['inv'].key.split('.')[0]}（调查员）")
     queue = "/console/flags?kind=DUPLICATE&status=open"
     await page.goto(queue)
@@ -347,16 +355,13 @@ _GLYPH_LEFTS = """([element, needle]) => {
 async def test_an_open_override_in_a_name_reorders_nothing_after_it(admin: Api, page: object) -> None:
     """The probe's pharmacy named "Honest Pharmacy" and an unclosed U+202E: its id after
     the name read "(3P)" in the custodian line, the timeline's lane and the events table."""
-    from playwright.async_api import Page, expect
+    from playwright.async_api import Page
 
     from tests.integration.test_console_shown import pharmacy_named_with_an_override
 
     assert isinstance(page, Page)
     w = await pharmacy_named_with_an_override(admin)
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     await page.goto("/console/codes?q=" + w["code"])
     places = {
         "custodian": page.locator("dl.facts dt:text-is('持有方') + dd"),
@@ -394,10 +399,7 @@ async def test_organisations_named_dot_and_dot_dot_open_from_their_links(admin: 
             event("ship", "M1", [codes[org]], 1, to=org),
             event("receive", org, [codes[org]], 2),
         )
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     for org, code in codes.items():
         await page.goto("/console/codes?q=" + code)
         await page.locator("dl.facts dt:text-is('持有方') + dd a").click()
@@ -422,10 +424,7 @@ async def test_lots_a_path_cannot_hold_open_from_their_codes_and_are_recalled(
             event("ship", "M1", [code], 1, to="P1"),
             event("receive", "P1", [code], 2),
         )
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     for lot, code in codes.items():
         await page.goto("/console/codes?q=" + code)
         await page.get_by_role("link", name="查看批次").click()
@@ -454,10 +453,7 @@ async def test_the_queue_says_when_its_live_updates_stop(admin: Api, page: objec
     assert isinstance(page, Page)
     w = await world(admin)
     made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(made["secret"])
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, made["secret"])
     await page.goto("/console/flags/pending?kind=UNKNOWN_CODE")
     ended = page.locator("p.live-ended")
     await expect(ended).to_be_hidden()
@@ -509,10 +505,7 @@ async def test_a_colleagues_change_marks_its_row_and_is_listed_as_a_change(admin
     row_id, back_id = (f["flag_id"] for f in resold["flags"])
     colleague = await admin.key_for("investigator")
     await colleague.ok("PATCH", f"/v1/flags/{back_id}", {"status": "investigating"})
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     await page.goto("/console/flags?kind=DUPLICATE&status=open")
     row = page.locator(f'table.flags tr[data-flag="{row_id}"]')
     await expect(row).to_contain_text("待处理")
@@ -570,10 +563,7 @@ async def test_many_queue_tabs_leave_the_console_usable_and_catch_up_when_shown(
 
     assert isinstance(page, Page)
     w = await world(admin)
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     queues = [
         "/console/flags",
         "/console/flags/pending?kind=UNKNOWN_CODE",
@@ -640,14 +630,11 @@ _COUNT_EDGES = """table => {
 async def test_each_count_stands_under_its_status_in_both_languages(admin: Api, page: object) -> None:
     """The counts were right-aligned under left-aligned status names: in Chinese a
     count stood nearer the next column's name than its own (a probe)."""
-    from playwright.async_api import Page, expect
+    from playwright.async_api import Page
 
     assert isinstance(page, Page)
     w = await journey(admin)
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     for lang in ("zh", "en"):
         await page.goto("/console/flags")
         table = page.locator("table.counts")
@@ -670,10 +657,7 @@ async def test_a_skip_link_leads_to_the_content_and_counts_are_named_by_kind_and
 
     assert isinstance(page, Page)
     w = await journey(admin)
-    await page.goto("/console/signin")
-    await page.get_by_label("API 密钥").fill(w["inv"].key)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page).to_have_url("/console/codes")
+    await _sign_in(page, w["inv"].key)
     await page.goto("/console/flags")
     await page.keyboard.press("Tab")  # the first stop
     skip = page.get_by_role("link", name="跳到主要内容")

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from service.console import pages
 from tests.helpers import Api, world
-from tests.integration.test_console import _confirmed, _fields, _sign_in, browser  # noqa: F401 - the fixture
+from tests.integration.test_console import _confirmed, _expire_session, _fields, _sign_in, browser  # noqa: F401 - the fixture
 from tests.integration.test_console_stale import _form, _resold
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -211,7 +211,6 @@ async def test_the_confirmation_page_comes_back_to_its_queue_after_signing_in_or
     switch went to ``GET /console/flags/bulk`` (a 405 page), and so did signing in again
     after its session ended, the notice that the change was not saved lost (a probe).
     Both come back to the queue it was asked from."""
-    import redis.asyncio as aioredis
 
     from tests.integration.test_console_session_end import AGAIN
 
@@ -228,11 +227,7 @@ async def test_the_confirmation_page_comes_back_to_its_queue_after_signing_in_or
     assert switched.headers["location"] == QUEUE
     browser.cookies.set("console_lang", "zh", path="/console")
 
-    valkey = aioredis.from_url(server_urls[1])  # the session expires in Valkey
-    try:
-        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
-    finally:
-        await valkey.aclose()
+    await _expire_session(browser, server_urls[1])  # the session expires in Valkey
     lost = await browser.post(
         BULK,
         data=_fields(asked.text, BULK),

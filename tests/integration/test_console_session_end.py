@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from tests.helpers import Api
 from tests.integration.console_story import journey
-from tests.integration.test_console import _TOKEN, _sign_in, browser  # noqa: F401 - the fixture
+from tests.integration.test_console import _TOKEN, _expire_session, _sign_in, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,11 +30,7 @@ async def test_a_flag_change_sent_after_the_session_expired_says_it_was_not_save
     flag_page = f"/console/flags/{flag_id}"
     await _sign_in(browser, w["inv"].key)
     token = _TOKEN.search((await browser.get(flag_page)).text).group(1)  # type: ignore[union-attr]
-    valkey = aioredis.from_url(server_urls[1])  # the session expires in Valkey
-    try:
-        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
-    finally:
-        await valkey.aclose()
+    await _expire_session(browser, server_urls[1])  # the session expires in Valkey
     lost = await browser.post(
         flag_page,
         data={"status": "confirmed", "note": "a long careful note", "_csrf_token": token},
@@ -121,11 +117,7 @@ async def test_a_live_stream_without_a_session_says_it_has_ended(
     # one whose session has gone: the sign-in page it links to says the session ended
     inv = await admin.key_for("investigator")
     await _sign_in(browser, inv.key)
-    valkey = aioredis.from_url(server_urls[1])
-    try:
-        assert await valkey.delete(f"console:{browser.cookies.get('console_session')}") == 1
-    finally:
-        await valkey.aclose()
+    await _expire_session(browser, server_urls[1])  # the session expires in Valkey
     answer = await browser.get("/console/flags/live", follow_redirects=False)
     assert "event: ended" in answer.text
     assert "会话已结束" in (await browser.get("/console/signin?next=%2Fconsole%2Fflags")).text

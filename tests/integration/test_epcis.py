@@ -108,6 +108,15 @@ async def _pharma_world(admin: Api) -> dict[str, Api]:
     return keys
 
 
+async def _units_at_the_pharmacy(admin: Api) -> dict[str, Api]:
+    """``_pharma_world``'s keys, once the three units have reached the pharmacy (the
+    journey but its last event, captured)."""
+    keys = await _pharma_world(admin)
+    for org, ev in _journey()[:-1]:
+        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    return keys
+
+
 def _journey() -> list[tuple[str, dict[str, Any]]]:
     units = [f"urn:epc:id:sgtin:0614141.107346.{s}" for s in (1, 2, 3)]
     return [
@@ -1075,9 +1084,7 @@ async def test_an_error_declaration_of_an_event_never_captured_is_kept_and_not_d
     captured was done as the event it declares erroneous (a dispense emptied the pack, a
     commission made codes). It is kept and queryable, with no custody effect; the event
     it declares, sent after it under that eventID, is refused as another event."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     declared = {"declarationTime": at(9), "reason": "incorrect_data"}
     dispensed = {**_journey()[-1][1], "eventID": "urn:uuid:5e0c4a7b-2f1d-4c3e-8a9b-0d1e2f3a4b5c"}
     commissioned = {
@@ -1142,9 +1149,7 @@ async def test_the_dispositions_that_decide_custody(admin: Api) -> None:
     was then ALREADY_SETTLED and a DUPLICATE); an inspection finding a pack
     ``destroyed`` left it dispensable. EPCIS does not say how many units a partial
     dispense took: it is refused, naming the field; ``destroyed`` destroys."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     unit, other = "urn:epc:id:sgtin:0614141.107346.2", "urn:epc:id:sgtin:0614141.107346.3"
     partial = _ev("ObjectEvent", 7, P_LOC, action="OBSERVE", bizStep="dispensing", epcList=[unit])
     for spelling in ("partially_dispensed", "https://ref.gs1.org/cbv/Disp-partially_dispensed"):
@@ -1176,9 +1181,7 @@ async def test_an_event_without_event_id_is_one_fact_however_it_is_sent_again(ad
     flag). It is named by its contents as read: the instant, the codes its EPCs name
     (in any form), its lists in any order. An event stored under the id its JSON gave
     it before keeps that id when sent again as it was."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     sold = _ev(
         "ObjectEvent",
         6,
@@ -1621,9 +1624,7 @@ async def test_an_insured_sale_sent_as_epcis_is_one_sale_with_its_settlement(
     service's type is that settlement's sale, in either order, as ``setl_id`` on
     /v1/events; the other business transactions are kept as they are, and the query
     answers the event as it was captured."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:  # the three units reach the pharmacy
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     ins = await admin.key_for("insurer")
     setl_id = "S-2026.03_0007"
     transactions = [
@@ -1713,9 +1714,7 @@ async def test_a_settlement_business_transaction_not_a_settlement_id_is_refused(
     /v1/events and NHSA), or a second settlement for one dispense: a
     ``ValidationException`` naming the field, nothing stored. A ship naming one is
     refused as /v1/events refuses a ``setl_id`` on it."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     sale = _ev(
         "ObjectEvent",
         7,
@@ -1748,9 +1747,7 @@ async def test_a_dispense_taken_through_v1_events_is_not_captured_as_another_set
     """A dispense stored through /v1/events with its ``setl_id``, then an EPCIS event
     under its id (``urn:uuid:``) naming another settlement: another sale, refused as
     another event under a taken id; naming the same settlement, it is one fact."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     sold = event("dispense", "P1", [UNITS[1]], 7, setl_id="S1")
     assert (await keys["P1"].events(sold))["accepted"] == 1
     epcis = {
@@ -1774,9 +1771,7 @@ async def test_a_dispense_taken_through_v1_events_is_not_captured_as_another_set
 async def test_a_settlement_type_with_its_scheme_and_host_in_capitals_is_read(admin: Api) -> None:
     """``HTTPS://TRACECODE.EXAMPLE/cbv/BTT-setl`` is the same URI as the settlement type
     (RFC 3986: scheme and host in any case): the dispense names its settlement."""
-    keys = await _pharma_world(admin)
-    for org, ev in _journey()[:-1]:
-        assert (await keys[org].post("/epcis/capture", _doc(ev))).json()["success"]
+    keys = await _units_at_the_pharmacy(admin)
     scheme, rest = SETTLEMENT_TYPE.split("://", 1)
     host, path = rest.split("/", 1)
     shouted = f"{scheme.upper()}://{host.upper()}/{path}"

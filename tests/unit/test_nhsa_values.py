@@ -118,6 +118,29 @@ def _answers(read: Callable[[Any, str], object], value: object, field: str, expe
     assert expected in caught.value.message
 
 
+def _query_3513(code: str) -> Any:
+    """A 3513 query of March 2026 by the trace code ``code``, as ``inventory.query``
+    reads it."""
+    from service.interop.nhsa.envelope import parse
+    from service.interop.nhsa.inventory import query
+
+    body = {
+        "infno": "3513",
+        "msgid": "P4501030000120260310100000001",
+        "mdtrtarea_admvs": "450103",
+        "recer_sys_code": "YBXT",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "1",
+        "opter_name": "x",
+        "inf_time": "2026-03-10 10:00:00",
+        "fixmedins_code": "P45010300001",
+        "fixmedins_name": "x",
+        "input": {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31", "drug_trac_codg": code}},
+    }
+    return query(parse(body))
+
+
 @pytest.mark.parametrize(
     ("sent", "read"),
     [
@@ -127,49 +150,13 @@ def _answers(read: Callable[[Any, str], object], value: object, field: str, expe
     ],
 )
 def test_a_3513_query_reads_a_trace_code_in_any_of_its_forms(sent: str, read: str) -> None:
-    from service.interop.nhsa.envelope import parse
-    from service.interop.nhsa.inventory import query
-
-    body = {
-        "infno": "3513",
-        "msgid": "P4501030000120260310100000001",
-        "mdtrtarea_admvs": "450103",
-        "recer_sys_code": "YBXT",
-        "infver": "V1.0",
-        "opter_type": "1",
-        "opter": "1",
-        "opter_name": "x",
-        "inf_time": "2026-03-10 10:00:00",
-        "fixmedins_code": "P45010300001",
-        "fixmedins_name": "x",
-        "input": {"data": {"begndate": "2026-03-01", "enddate": "2026-03-31", "drug_trac_codg": sent}},
-    }
-    assert query(parse(body)).code == read
+    assert _query_3513(sent).code == read
 
 
 def test_a_3513_query_by_a_string_that_is_no_code_is_refused_naming_it() -> None:
     """It found nothing, and read as "never sold here"; /v1/flags?code= is a 400."""
-    from service.interop.nhsa.envelope import parse
-    from service.interop.nhsa.inventory import query
-
-    body = {
-        "infno": "3513",
-        "msgid": "P4501030000120260310100000001",
-        "mdtrtarea_admvs": "450103",
-        "recer_sys_code": "YBXT",
-        "infver": "V1.0",
-        "opter_type": "1",
-        "opter": "1",
-        "opter_name": "x",
-        "inf_time": "2026-03-10 10:00:00",
-        "fixmedins_code": "P45010300001",
-        "fixmedins_name": "x",
-        "input": {
-            "data": {"begndate": "2026-03-01", "enddate": "2026-03-31", "drug_trac_codg": "not-a-code"}
-        },
-    }
     with pytest.raises(FieldError) as caught:
-        query(parse(body))
+        _query_3513("not-a-code")
     assert caught.value.field == "input.data.drug_trac_codg"
 
 
