@@ -1664,6 +1664,20 @@ async def test_an_insured_sale_sent_as_epcis_is_one_sale_with_its_settlement(
     assert kept["bizTransactionList"] == transactions, kept
 
 
+def _dispensing_unit_2(transactions: list[dict[str, str]]) -> dict[str, Any]:
+    """The pharmacy's dispensing event of the second unit (minute 7), naming
+    ``transactions`` in its bizTransactionList."""
+    return _ev(
+        "ObjectEvent",
+        7,
+        P_LOC,
+        action="OBSERVE",
+        bizStep="dispensing",
+        epcList=["urn:epc:id:sgtin:0614141.107346.2"],
+        bizTransactionList=transactions,
+    )
+
+
 @pytest.mark.parametrize(
     ("transactions", "field"),
     [
@@ -1715,15 +1729,7 @@ async def test_a_settlement_business_transaction_not_a_settlement_id_is_refused(
     ``ValidationException`` naming the field, nothing stored. A ship naming one is
     refused as /v1/events refuses a ``setl_id`` on it."""
     keys = await _units_at_the_pharmacy(admin)
-    sale = _ev(
-        "ObjectEvent",
-        7,
-        P_LOC,
-        action="OBSERVE",
-        bizStep="dispensing",
-        epcList=["urn:epc:id:sgtin:0614141.107346.2"],
-        bizTransactionList=transactions,
-    )
+    sale = _dispensing_unit_2(transactions)
     job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sale), 202)
     assert (job["success"], job["eventCount"]) == (False, 0), job
     [error] = job["errors"]
@@ -1775,15 +1781,7 @@ async def test_a_settlement_type_with_its_scheme_and_host_in_capitals_is_read(ad
     scheme, rest = SETTLEMENT_TYPE.split("://", 1)
     host, path = rest.split("/", 1)
     shouted = f"{scheme.upper()}://{host.upper()}/{path}"
-    sale = _ev(
-        "ObjectEvent",
-        7,
-        P_LOC,
-        action="OBSERVE",
-        bizStep="dispensing",
-        epcList=["urn:epc:id:sgtin:0614141.107346.2"],
-        bizTransactionList=[{"type": shouted, "bizTransaction": SETTLEMENT_URI + "S1"}],
-    )
+    sale = _dispensing_unit_2([{"type": shouted, "bizTransaction": SETTLEMENT_URI + "S1"}])
     job = await keys["P1"].ok("POST", "/epcis/capture", _doc(sale), 202)
     assert job["success"], job
     inv = await admin.key_for("investigator")
