@@ -22,7 +22,6 @@ from service.core.events import bound_problem
 from service.core.flags import status_set_by
 from service.usecases import flags as usecase
 from service.usecases.errors import Stale
-from service.usecases.registry import get_org
 
 KINDS = (
     "UNKNOWN_CODE",
@@ -131,10 +130,6 @@ class FlagsController(Controller):
             raise bad_input("kind", f"one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:
             raise bad_input("status", f"one of {', '.join(STATUSES)}")
-        # an organisation that is not registered: a misspelt one must not read as one
-        # without flags (found by a probe), as the key listing says it
-        if org is not None and await get_org(services.pool, org) is None:
-            raise bad_input("org", f"unknown organisation {org}")
         if region is not None and not (region.isascii() and region.isdigit()):
             raise bad_input("region", "a region code or prefix (digits)")
         for name, value in (("since", since), ("until", until)):

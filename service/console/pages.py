@@ -546,9 +546,15 @@ class ConsoleController(Controller):
         reversed_dates = query.since is not None and query.until is not None and query.since >= query.until
         result = counts = None
         if not bad and not reversed_dates:
-            result = await flag_usecases.search(services.pool, query, before_id=before_id, limit=PAGE_SIZE)
-            # the counts of the flags the filters select, by kind and every status
-            counts = await flag_usecases.counts(services.pool, query)
+            try:
+                result = await flag_usecases.search(
+                    services.pool, query, before_id=before_id, limit=PAGE_SIZE
+                )
+            except Invalid as exc:  # an organisation that is not registered, refused as the API does
+                bad.append(exc.field)
+            else:
+                # the counts of the flags the filters select, by kind and every status
+                counts = await flag_usecases.counts(services.pool, query)
         kept = {
             k: v
             for k in ("kind", "status", "org", "region", "code", "med_list_codg", "since", "until")

@@ -15,8 +15,9 @@ import asyncpg
 from service import metrics
 from service.core.flags import stale_change
 from service.store import flags as flag_store
+from service.store import registry
 from service.store.flags import FlagQuery as FlagQuery  # what a search filters on
-from service.usecases.errors import Stale
+from service.usecases.errors import Invalid, Stale
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,12 @@ def shown(flag: dict[str, Any]) -> dict[str, Any]:
 
 async def search(pool: asyncpg.Pool, query: FlagQuery, *, before_id: int | None, limit: int) -> Page:
     """Up to ``limit`` flags, newest first (by id, which only grows), below ``before_id``:
-    flags raised while an investigator pages never shift a page."""
+    flags raised while an investigator pages never shift a page. Raises Invalid (``org``)
+    for an organisation that is not registered: a misspelt one must not read as one
+    without flags (found by a probe, in the API and then in the console)."""
     async with pool.acquire() as conn:
+        if query.org is not None and await registry.get_org(conn, query.org) is None:
+            raise Invalid("org", f"unknown organisation {query.org}")
         # one more than asked for tells whether there is a next page
         rows = await flag_store.search(conn, query, before_id=before_id, limit=limit + 1)
     items = rows[:limit]

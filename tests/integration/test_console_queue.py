@@ -255,6 +255,13 @@ async def test_a_refused_filter_is_a_400_naming_its_labels_and_says_no_flags_fou
     assert refused.status_code == 400
     assert "Invalid filter: Code, Catalogue item</p>" in refused.text
     assert "No flags" not in refused.text
+    # an organisation that is not registered: refused as the API refuses it, not a
+    # misspelt organisation shown as one with no flags (a probe)
+    for queue in ("/console/flags", "/console/flags/pending"):
+        refused = await browser.get(queue, params={"org": "NOPE"})
+        assert refused.status_code == 400, refused.text
+        assert "Invalid filter: Organisation</p>" in refused.text
+        assert "No flags" not in refused.text
 
 
 async def test_the_status_select_shows_the_status_filtered_by_pending_too(
