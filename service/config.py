@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -61,6 +62,38 @@ def _secret(name: str, default: str) -> bytes:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _host(name: str, default: str) -> str:
+    """A bind address; set but empty (or blank) is refused, not bound as the server's own
+    default (found by a probe)."""
+    raw = os.environ.get(name, default)
+    if not raw.strip():
+        raise SystemExit(f"{name} must be a host name or address, got {raw!r}")
+    return raw.strip()
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name) or default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _json_file(name: str) -> Path | None:
+    """A JSON file that exists and reads (GS1's EPCIS schema): a wrong path stopped the
+    start with a traceback after the embedded servers had started (found by a probe)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    try:
+        json.loads(path.read_bytes())
+    except OSError as exc:
+        raise SystemExit(f"{name} must be a readable JSON file, got {raw!r}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a readable JSON file, got {raw!r}: not JSON ({exc})") from exc
+    return path
 
 
 def _log_level(name: str, default: str) -> str:
@@ -207,10 +240,10 @@ class Settings:
             database_url=os.environ.get("TRACE_DATABASE_URL") or None,
             redis_url=os.environ.get("TRACE_REDIS_URL") or None,
             data_dir=Path(data_dir).expanduser(),
-            host=os.environ.get("TRACE_HOST", "127.0.0.1"),
+            host=_host("TRACE_HOST", "127.0.0.1"),
             port=_int("TRACE_PORT", 8000, 1, 65535),
             workers=_int("TRACE_WORKERS", 1, 1),
-            server=os.environ.get("TRACE_SERVER", DEFAULT_SERVER),
+            server=_choice("TRACE_SERVER", DEFAULT_SERVER, SERVERS),
             db_pool_min=(pool_min := _int("TRACE_DB_POOL_MIN", 2, 0)),
             db_pool_max=_int("TRACE_DB_POOL_MAX", max(10, pool_min), max(1, pool_min)),
             max_body_bytes=_int("TRACE_MAX_BODY_BYTES", 8 * 1024 * 1024, 1),
@@ -219,9 +252,7 @@ class Settings:
             key_cache_seconds=_float("TRACE_KEY_CACHE_SECONDS", 60.0, DAY_SECONDS),
             flag_grace_hours=_float("TRACE_FLAG_GRACE_HOURS", 48.0, TEN_YEARS_HOURS),
             flag_promote_seconds=_positive("TRACE_FLAG_PROMOTE_SECONDS", 60.0, DAY_SECONDS),
-            epcis_schema=Path(os.environ["TRACE_EPCIS_SCHEMA"])
-            if os.environ.get("TRACE_EPCIS_SCHEMA")
-            else None,
+            epcis_schema=_json_file("TRACE_EPCIS_SCHEMA"),
             rate_limits=_rate_limits(),
             secure_cookies=_flag("TRACE_SECURE_COOKIES"),
             db_acquire_seconds=_positive("TRACE_DB_ACQUIRE_SECONDS", 10.0, 3600),

@@ -195,6 +195,12 @@ async def test_typed_identities_migration_converts_stored_rows(db, tmp_path) -> 
         # a security probe: set but empty, the person hash was keyed with b""
         ("TRACE_PSN_SECRET", "", "TRACE_PSN_SECRET must be at least 16 bytes"),
         ("TRACE_PSN_SECRET", "short", "TRACE_PSN_SECRET must be at least 16 bytes"),
+        # a newcomer's probe: a wrong schema path stopped the start with a traceback, after
+        # the embedded servers had started; an empty host was bound as the server's default
+        ("TRACE_EPCIS_SCHEMA", "/nonexistent/schema.json", "TRACE_EPCIS_SCHEMA must be a readable JSON file"),
+        ("TRACE_EPCIS_SCHEMA", "/etc/hostname", "TRACE_EPCIS_SCHEMA must be a readable JSON file"),
+        ("TRACE_HOST", " ", "TRACE_HOST must be a host name or address"),
+        ("TRACE_SERVER", "gunicorn", "TRACE_SERVER must be one of uvicorn, granian"),
     ],
 )
 async def test_a_setting_out_of_range_stops_serve_before_anything_starts(
