@@ -17,6 +17,7 @@ from litestar.plugins.problem_details import (
 
 from service import metrics
 from service.api.requestlog import request_id_of
+from service.api.types import PATTERN_MEANS
 from service.store.db import unavailable, unavailable_cause
 from service.usecases.errors import Invalid
 
@@ -40,6 +41,8 @@ _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
 _AT_PATH = re.compile(r"\s*-\s*at\s*`\$\.?([^`]*)`\s*$")
+_REGEX = re.compile(r"^Expected `str` matching regex '(.*)'$", re.DOTALL)
+_MEANS = {repr(pattern)[1:-1]: means for pattern, means in PATTERN_MEANS.items()}  # as msgspec shows it
 # Litestar's refusal of a request without a required parameter (it names the URL too)
 _MISSING_PARAMETER = re.compile(r"^Missing required (\w+) parameter '([^']*)'")
 
@@ -174,6 +177,8 @@ def _field_of(item: Any) -> tuple[str, str]:
     if match:
         message = message[: match.start()]
         key = key or match.group(1)
+    if (regex := _REGEX.match(message)) is not None:
+        message = "must be " + _MEANS.get(regex.group(1), f"as the pattern {regex.group(1)} says")
     named = _UNKNOWN_FIELD.search(message) or _MISSING_FIELD.search(message)
     if named:  # name the unexpected or missing field itself, not the object holding it
         key = f"{key}.{named.group(1)}" if key else named.group(1)

@@ -21,6 +21,7 @@ from service.api.schemas import ReversalOut, SettlementOut, SettlementRecordOut
 from service.api.types import (
     EXAMPLE_CODE,
     EXAMPLE_TIME,
+    PATTERN_MEANS,
     SETL_ID_PATTERN,
     ExampleCodes,
     OrgId,
@@ -102,7 +103,7 @@ def _claim(data: SettlementIn, *, for_org: bool = False) -> Claim:
 def _check_setl_id(setl_id: str) -> None:
     """A settlement id in a path follows the same pattern as in a body (400 otherwise)."""
     if not _SETL_ID.fullmatch(setl_id):
-        raise bad_input("setl_id", f"must match {SETL_ID_PATTERN}")
+        raise bad_input("setl_id", "must be " + PATTERN_MEANS[SETL_ID_PATTERN])
 
 
 _SETL_ID = re.compile(SETL_ID_PATTERN)

@@ -35,6 +35,17 @@ RegionPrefix = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}" + END)]
 # A GS1 Global Location Number: 13 digits (the check digit is checked by the handler).
 Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}" + END)]
 
+# What each pattern above means, as a 400 says it: msgspec's own message shows the
+# regex, with the END guard in it (found by a probe: "matching regex '…$(?!\n)'")
+PATTERN_MEANS = {
+    r"^[A-Za-z0-9_.:-]+" + END: "letters, digits, '_', '.', ':' or '-'",
+    SETL_ID_PATTERN: "1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit",
+    r"^[A-Za-z0-9]{1,30}" + END: "1 to 30 letters or digits",
+    r"^[0-9]{6}" + END: "6 digits",
+    r"^[0-9]{1,6}" + END: "1 to 6 digits",
+    r"^[0-9]{13}" + END: "13 digits",
+}
+
 # Examples for the OpenAPI document: a request built from them gets past validation into
 # the rules (the README's first session), so generated requests (schemathesis) do too.
 # They say more about a field without changing what it accepts.
