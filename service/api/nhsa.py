@@ -431,7 +431,6 @@ class NhsaController(Controller):
             services.feed_wake()
 
         record_of = {e.event_id: r for r in records for e in r.events}
-        record_of.update((x.event_id, r) for r in records for x in r.refused)
         by_row: dict[int, list[str]] = {}
         rejected = []
         for x in result.rejected:

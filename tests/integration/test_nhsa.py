@@ -14,6 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
+from service.core.codes import NOT_A_CODE
 from service.core.rules import CHINA
 from service.interop.nhsa.sales import id_namespace as nhsa_ids
 from tests.helpers import BASE_TIME, Api, cn20, event, pack_claim, small_world
@@ -540,17 +541,18 @@ async def test_batch_with_one_bad_row(admin: Api) -> None:
     assert errs["B071"]["msgRslt"].startswith("input.selinfoDetail[1].sel_retn_cnt:")
     assert errs["B071"]["retRslt"] == "0"
     assert errs["B071"]["med_list_codg"] == MED
-    assert (
-        errs["B073"]["msgRslt"]
-        == "input.selinfoDetail[3].drugtracinfo: trace codes refused: not-a-code: INVALID_CODE"
+    # a code that is no code makes its row a bad row: nothing of it is stored (it was
+    # stored without that code, answered retRslt "0": a probe)
+    assert errs["B073"]["msgRslt"] == (
+        "input.selinfoDetail[3].drugtracinfo[0].drug_trac_codg: "
+        "not a CN20 code, GS1 element string or SSCC: 'not-a-code'"
     )
-    assert out["output"]["tracecode"]["rejected"] == [
-        {"fixmedins_bchno": "B073", "code": "not-a-code", "reason": "INVALID_CODE"}
-    ]
+    assert out["output"]["tracecode"]["rejected"] == []
+    assert out["output"]["tracecode"]["records"] == 2
     assert await _units_left(p2, u[0]) == 0
-    assert await _units_left(p2, u[1]) == 24  # the bad row changed nothing
+    assert await _units_left(p2, u[1]) == 24  # the bad rows changed nothing
     assert await _units_left(p2, u[2]) == 18
-    assert await _units_left(p2, u[3]) == 0
+    assert await _units_left(p2, u[3]) == 24
 
 
 async def test_concurrent_retries_of_one_upload_are_one_fact(admin: Api, db: Any, db_url: str) -> None:
@@ -699,8 +701,8 @@ async def test_input_as_a_json_string_is_taken(admin: Api) -> None:
 
 async def test_same_code_in_both_code_fields_is_one_scan(admin: Api) -> None:
     """[B] sends the legacy single drug_trac_codg alongside drugtracinfo: a code in both is
-    one scan, not REPEATED_CODE (which would answer retRslt 0 and make the sender retry).
-    A code repeated within drugtracinfo itself is still refused."""
+    one scan, not a repeat (which would refuse the row). A code repeated within
+    drugtracinfo itself is still refused."""
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B095", [u[0]], 24, drug_trac_codg=u[0])}))
@@ -712,7 +714,11 @@ async def test_same_code_in_both_code_fields_is_one_scan(admin: Api) -> None:
     assert out["output"]["result"]["retRslt"] == "1", out
     assert [await _units_left(p2, c) for c in u[1:3]] == [0, 0]
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B097", [u[3], u[3]], 24)}))
-    assert [x["reason"] for x in out["output"]["tracecode"]["rejected"]] == ["REPEATED_CODE"]
+    assert (out["infcode"], out["err_msg"]) == (
+        -1,
+        "input.selinfo.drugtracinfo[1].drug_trac_codg: is the code of drugtracinfo[0].drug_trac_codg again",
+    ), out
+    assert await _units_left(p2, u[3]) == 24
 
 
 async def test_another_organisation_cannot_take_a_sales_event_id_first(admin: Api) -> None:
@@ -836,8 +842,8 @@ async def test_a_code_is_read_with_the_whitespace_around_it_as_on_v1_events(admi
             )
         ):
             out = await nhsa(p2, envelope("3505", {"selinfo": row}))
-            rejected = out["output"]["tracecode"]["rejected"]
-            assert [x["reason"] for x in rejected] == ["INVALID_CODE"], (repr(around), j, out)
+            assert out["infcode"] == -1, (repr(around), j, out)
+            assert NOT_A_CODE in out["err_msg"], (repr(around), j, out)
         assert await _units_left(p2, u[0]) == 24, repr(around)
     out = await nhsa(p2, envelope("3505", {"selinfo": sale("B100", [f" \t{u[0]}\r\n"], 24)}))
     assert out["output"]["tracecode"]["accepted"] == 1, out

@@ -65,18 +65,29 @@ async def test_the_same_row_twice_in_a_batch_is_one_fact(admin: Api) -> None:
     assert out["output"]["tracecode"]["records"] == 1
 
 
-async def test_a_code_corrected_under_the_same_serial_is_not_taken(admin: Api) -> None:
-    """The record stands as first sent; the correction goes under a new serial."""
+async def test_a_sale_with_a_code_that_is_no_code_is_refused_and_taken_corrected_under_its_serial(
+    admin: Api,
+) -> None:
+    """Found by a probe: the sale was stored without the bad code and answered retRslt
+    "0", which a system reads as "not stored"; sent again corrected under its serial it
+    was refused as other contents, and under a new serial the ledger counted the sale
+    twice. A code that is no code now makes the row bad input: -1 naming the field,
+    nothing stored, and the corrected row is taken under the same serial, once."""
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
     first = await nhsa(p2, envelope("3505", {"selinfo": sale("X060", [u[0], "not-a-code"], 48)}))
-    assert first["output"]["tracecode"]["accepted"] == 1
-    again = await nhsa(p2, envelope("3505", {"selinfo": sale("X060", [u[0], u[1]], 48)}))
-    assert again["infcode"] == -1
-    assert await _units_left(p2, u[1]) == 24
-    corrected = await nhsa(p2, envelope("3505", {"selinfo": sale("X061", [u[1]], 24)}))
-    assert corrected["output"]["tracecode"]["accepted"] == 1
-    assert await _units_left(p2, u[1]) == 0
+    assert first["infcode"] == -1, first
+    assert first["err_msg"].startswith("input.selinfo.drugtracinfo[1].drug_trac_codg: not a CN20 code"), first
+    assert first["output"]["result"]["retRslt"] == "0"
+    assert await _units_left(p2, u[0]) == 24  # nothing stored
+    corrected = await nhsa(p2, envelope("3505", {"selinfo": sale("X060", [u[0], u[1]], 48)}))
+    assert corrected["infcode"] == 0, corrected
+    assert corrected["output"]["result"]["retRslt"] == "1", corrected
+    assert corrected["output"]["tracecode"]["accepted"] == 2
+    assert [await _units_left(p2, c) for c in u[:2]] == [0, 0]
+    inv = await admin.key_for("investigator")
+    ledger = (await inv.ok("GET", "/v1/orgs/P2/ledger"))["items"][0]
+    assert ledger["by_kind"]["sale"] == 48, ledger  # the sale once
 
 
 async def test_a_record_resent_in_another_spelling_is_one_fact(admin: Api) -> None:

@@ -1021,26 +1021,29 @@ async def test_a_bad_row_sharing_its_serial_with_a_stored_one_is_named_by_its_pa
     assert (await _ledger(inv))["by_kind"] == {"purchase": 96 + 10}
 
 
-async def test_codes_that_do_not_parse_are_reported_in_counts_and_ledger_only_changes(admin: Api) -> None:
-    """A stock count's codes, and a 103/104 change's, that are not codes are listed as
-    INVALID_CODE (as a sale's or a 3502 move's are), not dropped unseen; the record is kept."""
+async def test_a_count_or_a_ledger_only_change_with_a_code_that_is_no_code_is_a_bad_row(admin: Api) -> None:
+    """A stock count's codes, and a 103/104 change's, that are not codes make the row a bad
+    row, as a sale's or a 3502 move's do (``sales.read_codes``): named, nothing of it
+    stored, to be sent again corrected under the same serial. They were stored without
+    the code and answered retRslt "0", which a system reads as "not stored" (a probe)."""
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
     rows = [count("K710", 5, "2026-03-07", "not-a-code"), count("K711", 24, "2026-03-07", u[0])]
     out = await nhsa(p2, envelope("3501A", {"invinfoDetail": rows}))
     assert out["infcode"] == 0, out
-    assert out["output"]["tracecode"]["rejected"] == [
-        {"fixmedins_bchno": "K710", "code": "not-a-code", "reason": "INVALID_CODE"}
-    ]
-    assert [e["fixmedins_bchno"] for e in out["output"]["invinfoErrDetail"]] == ["K710"]
-    assert out["output"]["tracecode"]["records"] == 2
-    out = await nhsa(p2, envelope("3502", {"invinfo": change("T710", "103", 1, ["bad-code", u[1]])}))
-    assert out["infcode"] == 0, out
-    assert out["output"]["tracecode"]["rejected"] == [
-        {"fixmedins_bchno": "T710", "code": "bad-code", "reason": "INVALID_CODE"}
-    ]
-    assert out["output"]["result"]["retRslt"] == "0"
+    assert out["output"]["tracecode"]["rejected"] == []
+    [error] = out["output"]["invinfoErrDetail"]
+    assert error["fixmedins_bchno"] == "K710"
+    assert error["msgRslt"].startswith("input.invinfoDetail[0].drugtracinfo.drug_trac_codg: not a CN20 code")
     assert out["output"]["tracecode"]["records"] == 1
+    out = await nhsa(p2, envelope("3501A", {"invinfoDetail": [count("K710", 5, "2026-03-07", u[1])]}))
+    assert (out["infcode"], out["output"]["tracecode"]["records"]) == (0, 1), out  # corrected: taken
+    out = await nhsa(p2, envelope("3502", {"invinfo": change("T710", "103", 1, ["bad-code", u[1]])}))
+    assert out["infcode"] == -1, out
+    assert out["err_msg"].startswith("input.invinfo.drugtracinfo[0].drug_trac_codg: not a CN20 code"), out
+    assert out["output"]["result"]["retRslt"] == "0"
+    out = await nhsa(p2, envelope("3502", {"invinfo": change("T710", "103", 1, [u[1]])}))
+    assert (out["infcode"], out["output"]["tracecode"]["records"]) == (0, 1), out
 
 
 async def test_a_record_sent_late_that_backs_a_flagged_move_clears_its_imbalance(admin: Api) -> None:

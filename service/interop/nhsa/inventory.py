@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from service.core.codes import NOT_A_CODE, try_parse_code
-from service.core.events import EARLIEST_YEAR, REPEATED_CODE, Incoming, Rejection, time_problem
+from service.core.codes import NOT_A_CODE, ParsedCode, try_parse_code
+from service.core.events import EARLIEST_YEAR, Incoming, time_problem
 from service.core.ledger import COUNT, DATA_TYPES, INV_CHG_TYPES, Entry
-from service.core.rules import CHINA, INVALID_CODE
+from service.core.rules import CHINA
 from service.core.settlement import person_number_problem
 from service.interop.nhsa.envelope import (
     DELETION,
@@ -41,7 +41,7 @@ from service.interop.nhsa.sales import (
     RowError,
     event_id,
     kept_row,
-    raw_codes,
+    read_codes,
 )
 from service.interop.nhsa.sales import (
     translate as _translate,
@@ -112,7 +112,7 @@ def _record(
     bchno = required_text(row, "fixmedins_bchno", "fixmedins_bchno", 30)
     codg = catalogue_item(required_text(row, "med_list_codg", "med_list_codg", 50))
     rx_flag(row)
-    codes: list[str] = []
+    codes: list[ParsedCode] = []
     events: list[Incoming] = []
     if interface == STOCK_COUNT:
         day = calendar_date(row.get("invdate"), "invdate")
@@ -124,12 +124,7 @@ def _record(
         units = count_units(row.get("inv_cnt"), "inv_cnt")
         kind = COUNT
         lot_dates(row, manu=False, expy=False)
-        codes = raw_codes(row)
-        record.refused += [
-            Rejection(event_id(ids, envelope.fixmedins_code, interface, bchno, raw), raw, INVALID_CODE)
-            for raw in codes
-            if try_parse_code(raw) is None
-        ]
+        codes = read_codes(row)
     elif interface == INVENTORY_CHANGE:
         chg = required_text(row, "inv_chg_type", "inv_chg_type", 6)
         if chg not in INV_CHG_TYPES:
@@ -142,23 +137,22 @@ def _record(
             # a part of a pack (拆零) moving is not the pack moving: the ledger only, its
             # codes kept as sent (found by a probe: 2 units destroyed destroyed all 24)
             event_type = None
-        codes = raw_codes(row)
-        seen: set[str] = set()
-        for raw in codes:
-            parsed = try_parse_code(raw)
-            canonical = parsed.canonical if parsed else raw
-            eid = event_id(ids, envelope.fixmedins_code, interface, bchno, canonical)
-            if parsed is None:
-                record.refused.append(Rejection(eid, raw, INVALID_CODE))
-            elif event_type is None:
-                continue  # a count gain or loss (103/104), a part pack: the ledger only
-            elif canonical in seen:
-                record.refused.append(Rejection(eid, canonical, REPEATED_CODE))
-            else:
-                seen.add(canonical)
-                # ⚠ 3502 names no counterpart: a transfer or return out is a ship with
-                # no destination, a receipt a receive with no sender
-                events.append(Incoming(eid, event_type, at, org, (canonical,), ref=bchno, med_list_codg=codg))
+        codes = read_codes(row)
+        if event_type is not None:  # not a count gain or loss (103/104), nor a part pack: the ledger only
+            # ⚠ 3502 names no counterpart: a transfer or return out is a ship with no
+            # destination, a receipt a receive with no sender
+            events = [
+                Incoming(
+                    event_id(ids, envelope.fixmedins_code, interface, bchno, p.canonical),
+                    event_type,
+                    at,
+                    org,
+                    (p.canonical,),
+                    ref=bchno,
+                    med_list_codg=codg,
+                )
+                for p in codes
+            ]
     else:  # purchase, purchase return
         units = whole_units(row.get("purc_retn_cnt"), "purc_retn_cnt")
         at = _when(row, "purc_retn_stoin_time", now)
@@ -172,7 +166,6 @@ def _record(
             lot_dates(row, manu=False, expy=False)
             kind = "purchase_return"
     record.events = events
-    parsed_codes = [p.canonical for p in (try_parse_code(c) for c in codes) if p is not None]
     record.entry = Entry(
         org=org,
         interface=interface,
@@ -181,7 +174,7 @@ def _record(
         kind=kind,
         units=units,
         at=at,
-        codes=tuple(dict.fromkeys(parsed_codes)),
+        codes=tuple(p.canonical for p in codes),
         event_ids=tuple(e.event_id for e in events),
         row=kept_row(row),
     )

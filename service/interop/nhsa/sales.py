@@ -20,10 +20,9 @@ from uuid import UUID
 import msgspec
 from asyncpg.pgproto.pgproto import UUID as FastUUID
 
-from service.core.codes import ParsedCode, strip_code, try_parse_code
-from service.core.events import REPEATED_CODE, Incoming, Rejection, scanned_labels, time_problem
+from service.core.codes import NOT_A_CODE, ParsedCode, strip_code, try_parse_code
+from service.core.events import Incoming, scanned_labels, time_problem
 from service.core.ledger import Entry
-from service.core.rules import INVALID_CODE
 from service.core.sales import SETL_ID_SHAPE
 from service.core.settlement import person_hash, person_number_problem
 from service.interop.nhsa.envelope import (
@@ -96,7 +95,6 @@ class Record:
     path: str  # e.g. input.selinfoDetail[2]
     row: dict[str, Any]  # as sent, keys in lower case
     events: list[Incoming] = field(default_factory=list)
-    refused: list[Rejection] = field(default_factory=list)  # codes that are not codes
     entry: Entry | None = None  # the ledger's record of it (None: a deletion)
     deletes: tuple[str, ...] = ()  # a 3507 deletion: the interfaces whose record it deletes
 
@@ -253,42 +251,66 @@ def person_number(row: dict[str, Any]) -> str | None:
     return psn_no
 
 
-def raw_codes(row: dict[str, Any]) -> list[str]:
-    """The trace codes a row carries, in order: ``drugtracinfo`` as an array of
+def raw_codes(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The trace codes a row carries, in order, each with the field it came in
+    (``drugtracinfo[1].drug_trac_codg``): ``drugtracinfo`` as an array of
     ``{"drug_trac_codg"}`` or as one such object (older builds), then the legacy single
     ``drug_trac_codg`` (a comma-separated list is split, as [A] builds its array). Each
     without the ASCII whitespace around it only, as every route reads a code
-    (:func:`service.core.codes.strip_code`): a code with U+3000 around it is INVALID_CODE."""
-    out: list[str] = []
+    (:func:`service.core.codes.strip_code`): a code with U+3000 around it is no code."""
+    out: list[tuple[str, str]] = []
     node = row.get("drugtracinfo")
     if isinstance(node, str) and not node.strip():
         node = None  # "" for an absent field, as for every other field
-    items = [node] if isinstance(node, dict) else node if isinstance(node, list) else []
     if node is not None and not isinstance(node, dict | list):
         raise FieldError("drugtracinfo", "must be an array of {drug_trac_codg} objects")
+    single = isinstance(node, dict)  # older builds: one object, not an array
+    items = [node] if single else node if isinstance(node, list) else []
     for j, item in enumerate(items):
+        at = "drugtracinfo" if single else f"drugtracinfo[{j}]"
         if not isinstance(item, dict):
-            raise FieldError(f"drugtracinfo[{j}]", "must be an object {drug_trac_codg}")
+            raise FieldError(at, "must be an object {drug_trac_codg}")
         value = item.get("drug_trac_codg")
         if type(value) is str and len(item) == 1 and (stripped := strip_code(value)):
-            out.append(stripped)  # the common case first: the code alone, no key to lower
+            out.append((f"{at}.drug_trac_codg", stripped))  # the common case first: no key to lower
             continue
         try:
             item = lower_keys(item)
         except FieldError as exc:
-            raise FieldError(f"drugtracinfo[{j}].{exc.field}", exc.message) from None
-        code = code_text(item, "drug_trac_codg", f"drugtracinfo[{j}].drug_trac_codg")
+            raise FieldError(f"{at}.{exc.field}", exc.message) from None
+        code = code_text(item, "drug_trac_codg", f"{at}.drug_trac_codg")
         if code is not None:
-            out.append(code)
+            out.append((f"{at}.drug_trac_codg", code))
     legacy = code_text(row, "drug_trac_codg", "drug_trac_codg")
     if legacy is not None:
         # [B] sends the legacy code alongside the array: a code in both is one scan (one
-        # repeated within either field is still REPEATED_CODE)
-        listed = {_canonical(c) for c in out}
-        out += [c for c in _legacy_codes(legacy) if _canonical(c) not in listed]
-    for code in out:
+        # repeated within either field is still a repeat)
+        listed = {_canonical(c) for _, c in out}
+        out += [("drug_trac_codg", c) for c in _legacy_codes(legacy) if _canonical(c) not in listed]
+    for at, code in out:
         if len(code) > MAX_CODE_LENGTH:
-            raise FieldError("drugtracinfo", f"a trace code is longer than {MAX_CODE_LENGTH} characters")
+            raise FieldError(at, f"is longer than {MAX_CODE_LENGTH} characters")
+    return out
+
+
+def read_codes(row: dict[str, Any]) -> list[ParsedCode]:
+    """The row's trace codes, read (:func:`raw_codes`). A code that is no code, or one
+    listed twice, makes the row a bad row (FieldError naming its field): nothing of it is
+    stored, and the row is sent again corrected under the same ``fixmedins_bchno``. It
+    used to be stored without that code and answered ``retRslt`` "0", so a system that
+    took "0" for "not stored" sent the corrected sale under a new serial and the ledger
+    counted the sale twice; or under the same serial, refused as other contents (found
+    by a probe)."""
+    out: list[ParsedCode] = []
+    seen: dict[str, str] = {}
+    for at, raw in raw_codes(row):
+        parsed = try_parse_code(raw)
+        if parsed is None:
+            raise FieldError(at, f"{NOT_A_CODE}: {raw!r}")
+        if parsed.canonical in seen:
+            raise FieldError(at, f"is the code of {seen[parsed.canonical]} again")
+        seen[parsed.canonical] = at
+        out.append(parsed)
     return out
 
 
@@ -328,7 +350,7 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
         if read is not None:
             out[key] = read
     try:
-        codes = [_canonical(c) for c in raw_codes(row)]
+        codes = [_canonical(c) for _, c in raw_codes(row)]
         out[" codes"] = codes if text(row.get("trdn_flag")) == "1" else sorted(codes)
     except FieldError:  # not readable: only the same spelling is the same record
         out[" codes"] = [row.get(k) for k in sorted(_CODE_FIELDS)]
@@ -360,35 +382,21 @@ def _record(
     if setl_id is not None and not SETL_ID.fullmatch(setl_id):
         raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
     person_number(row)
-    codes = raw_codes(row)
+    scanned = read_codes(row)
 
     kind = "dispense" if interface == SALE else "return"
     fixmedins_code = envelope.fixmedins_code
-    refused: list[Rejection] = []
-    canonical: list[str] = []
-    seen: set[str] = set()
-    labelled: dict[str, ParsedCode] = {}  # codes whose labels carry a lot or expiry
-    for raw in codes:
-        parsed = try_parse_code(raw)
-        if parsed is None:
-            refused.append(Rejection(event_id(ids, fixmedins_code, interface, bchno, raw), raw, INVALID_CODE))
-        elif parsed.canonical in seen:
-            code_id = event_id(ids, fixmedins_code, interface, bchno, parsed.canonical)
-            refused.append(Rejection(code_id, parsed.canonical, REPEATED_CODE))
-        else:
-            seen.add(parsed.canonical)
-            canonical.append(parsed.canonical)
-            if parsed.lot is not None or parsed.expiry is not None:
-                labelled[parsed.canonical] = parsed
+    canonical = [parsed.canonical for parsed in scanned]
+    # codes whose labels carry a lot or expiry
+    labelled = {p.canonical: p for p in scanned if p.lot is not None or p.expiry is not None}
 
     billed = med_list_codg if kind == "dispense" else None
     if kind == "dispense" and split and canonical:
         # a split sale (拆零) draws sel_retn_cnt smallest units from its codes in order
         packs, quantity = [tuple(canonical)], count
     else:
-        # whole packs, one event per code: a code refused now (not a code) can be sent
-        # corrected under the same record and still be taken. A return restores the
-        # whole of the sale it undoes (⚠ a partial return of a split sale restores all).
+        # whole packs, one event per code. A return restores the whole of the sale it
+        # undoes (⚠ a partial return of a split sale restores all).
         packs, quantity = [(code,) for code in canonical], None
     event_ids = [event_id(ids, fixmedins_code, interface, bchno, "+".join(codes)) for codes in packs]
     events = [
@@ -409,4 +417,4 @@ def _record(
         event_ids=tuple(event_ids),
         row=kept_row(row),
     )
-    return Record(index, path, row, events, refused, entry)
+    return Record(index, path, row, events, entry)
