@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -154,40 +154,60 @@ def person_hash(secret: bytes, psn_no: str) -> bytes:
     return hmac.new(secret, person_number(psn_no).encode(), hashlib.sha256).digest()
 
 
+# the fields of a claim that say what it asks (for_org says whom the answer is for)
+_ASKED = tuple(f.name for f in fields(Claim) if f.name != "for_org")
+
+
 def fingerprint(
     secret: bytes,
     claim: Claim,
     canonical: Mapping[str, str | None] | None = None,
     *,
     person: bool = True,
+    reader: bool = False,
 ) -> bytes:
-    """What tells a replay of a settlement from a changed body: an HMAC of the whole
-    claim (the same claim always gives the same bytes; the secret keeps the person
-    number in it from being guessed). With ``canonical`` (``canonical_codes``), the claim
-    as read: each code in its canonical form, so a code spelled another way (a GS1 code
-    in brackets, or raw) is the same claim, and (unless not ``person``) the person number
-    as :func:`person_number` reads it, so ``…x`` and ``…X`` are the same claim."""
+    """What tells a replay of a settlement from a changed body: an HMAC of what the claim
+    asks (the same claim always gives the same bytes; the secret keeps the person number
+    in it from being guessed). With ``canonical`` (``canonical_codes``), the claim as
+    read: each code in its canonical form, so a code spelled another way (a GS1 code in
+    brackets, or raw) is the same claim, and (unless not ``person``) the person number
+    as :func:`person_number` reads it, so ``…x`` and ``…X`` are the same claim.
+
+    Whom the answer is for (``for_org``) is no part of the claim: it is left out, as
+    before it was a field, unless ``reader`` (the form settlements stored while it was
+    hashed with the claim carry)."""
     if canonical is not None:
         read = [replace(line, codes=tuple(canonical.get(c) or c for c in line.codes)) for line in claim.lines]
         claim = replace(claim, lines=tuple(read))
         if person:
             claim = replace(claim, psn_no=person_number(claim.psn_no))
-    return hmac.new(secret, b"settlement\x00" + msgspec.json.encode(claim), hashlib.sha256).digest()
+    asked = claim if reader else {f: getattr(claim, f) for f in _ASKED}  # encoded alike, field by field
+    return hmac.new(secret, b"settlement\x00" + msgspec.json.encode(asked), hashlib.sha256).digest()
 
 
 def fingerprints(secret: bytes, claim: Claim, canonical: Mapping[str, str | None]) -> tuple[bytes, ...]:
     """The fingerprint a settlement is stored with (the claim as read: codes in canonical
     form, the person number upper-cased), then those it was stored with before, where
     they differ, so that such a settlement sent again is still answered as a replay: of
-    the person number as sent (before it was upper-cased), and of the codes as sent too
-    (before codes were read so)."""
-    as_sent = fingerprint(secret, claim)
+    the person number as sent (before it was upper-cased), of the codes as sent too
+    (before codes were read so), and each with ``for_org`` in it, as settlements were
+    fingerprinted from its addition (06e7c61) to its removal from the hash: their
+    identical retries were refused 409 as changed bodies after an upgrade, and those of
+    settlements stored before it after that addition (found by an upgrade probe)."""
     codes_as_sent = all(form is None or form == raw for raw, form in canonical.items())
-    if codes_as_sent and person_number(claim.psn_no) == claim.psn_no:
-        return (as_sent,)  # the common case: every code and the number sent as read
-    read = fingerprint(secret, claim, canonical)
-    forms = [read, fingerprint(secret, claim, canonical, person=False), as_sent]
-    return tuple(dict.fromkeys(forms))
+    as_read = codes_as_sent and person_number(claim.psn_no) == claim.psn_no
+
+    def forms(reader: bool) -> list[bytes]:
+        as_sent = fingerprint(secret, claim, reader=reader)
+        if as_read:
+            return [as_sent]  # the common case: every code and the number sent as read
+        return [
+            fingerprint(secret, claim, canonical, reader=reader),
+            fingerprint(secret, claim, canonical, person=False, reader=reader),
+            as_sent,
+        ]
+
+    return tuple(dict.fromkeys(forms(reader=False) + forms(reader=True)))
 
 
 @dataclass(slots=True)

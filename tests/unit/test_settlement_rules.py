@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from service.core.custody import CodeState
 from service.core.registry import Org, Product
 from service.core.sales import Consumption, Return, Sale, draw, match_returns
-from service.core.settlement import Line, decision, judge
+from service.core.settlement import Claim, Line, canonical_codes, decision, fingerprints, judge
 
 ORG = Org("P1", "Qingxiu Pharmacy", "pharmacy", "450103")
 PRODUCT = Product("8123456", "Amoxicillin", "X1", 24, "M1", "unit", None, ("45",), False)
@@ -93,3 +94,24 @@ def test_draw_and_returns() -> None:
     ]  # not a sale after the return
     assert match_returns([Return(uuid.UUID(int=2), "H1", at, None, A)], sales) == []  # only the seller's
     assert decision([]) == "accepted"
+
+
+# A settlement's fingerprint as releases stored it, for one claim under one secret:
+# before for_org was added to Claim (06e7c61^), and from then on (dab1166).
+SECRET = b"0123456789abcdef-secret"
+STORED_BEFORE_FOR_ORG = "a87a6213834c7d4a2c40126eb76830ffbf7166f339047cfab7c69aca0af741f8"
+STORED_WITH_FOR_ORG = "481376921a1784a9c7782b3597a2967301a5a513155112ec08edc2554d965b1a"
+
+
+def test_a_settlement_stored_by_an_earlier_release_is_replayed_by_its_fingerprint() -> None:
+    """Found by an upgrade probe: for_org, a field added to Claim for whom an answer is
+    shown to, went into the fingerprint, so every settlement stored before it was
+    answered 409 ("a different body") when sent again unchanged after the upgrade. The
+    fingerprint is what the claim asks, as before; the form of the releases that hashed
+    for_org is still matched."""
+    line = Line(1, "XJ01", 24, False, ("83912345678901234567",))
+    claim = Claim("S0001", "P1", "P00001", datetime(2026, 3, 5, 2, 0, tzinfo=UTC), "settle", (line,))
+    forms = [f.hex() for f in fingerprints(SECRET, claim, canonical_codes(claim))]
+    assert forms == [STORED_BEFORE_FOR_ORG, STORED_WITH_FOR_ORG]
+    # the same claim answered to its organisation is the same request
+    assert fingerprints(SECRET, replace(claim, for_org=True), canonical_codes(claim))[0].hex() == forms[0]
