@@ -447,30 +447,22 @@ async def ledger(conn: Conn, org: str, med_list_codg: str | None) -> list[dict[s
     return out
 
 
-async def live_records(conn: Conn, org: str, interfaces: Sequence[str], bchno: str) -> list[dict[str, Any]]:
-    """The records of ``bchno`` under ``interfaces`` that still count, locked."""
+async def records_of(conn: Conn, org: str, interfaces: Sequence[str], bchno: str) -> list[dict[str, Any]]:
+    """The records of ``bchno`` under ``interfaces``, each with ``deleted`` (a 3507 deleted
+    it), in one statement: read in two (those that count, then whether any exists), a
+    record committed in between was neither, and its deletion answered "success" and
+    deleted nothing (found by a concurrency probe)."""
     rows = await conn.fetch(
-        """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, event_ids, row_data
+        """SELECT interface, fixmedins_bchno, med_list_codg, kind, units, at, codes, event_ids, row_data,
+                  deleted_at IS NOT NULL AS deleted
            FROM nhsa_records
-           WHERE org = $1 AND interface = ANY($2::text[]) AND fixmedins_bchno = $3 AND deleted_at IS NULL
+           WHERE org = $1 AND interface = ANY($2::text[]) AND fixmedins_bchno = $3
            ORDER BY interface FOR UPDATE""",
         org,
         list(interfaces),
         bchno,
     )
     return [dict(r) for r in rows]
-
-
-async def any_records(conn: Conn, org: str, interfaces: Sequence[str], bchno: str) -> bool:
-    return bool(
-        await conn.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM nhsa_records
-               WHERE org = $1 AND interface = ANY($2::text[]) AND fixmedins_bchno = $3)""",
-            org,
-            list(interfaces),
-            bchno,
-        )
-    )
 
 
 async def mark_deleted(conn: Conn, org: str, keys: Sequence[tuple[str, str]], msgid: str) -> list[str]:

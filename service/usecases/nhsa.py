@@ -152,12 +152,13 @@ async def _deletions(
     async with pool.acquire() as conn:
         for d in deletions:
             bchno = text(d.row.get("fixmedins_bchno")) or ""  # as the row was read: 0 is "0"
-            live = await ledger_store.live_records(conn, org, d.deletes, bchno)
+            stored = await ledger_store.records_of(conn, org, d.deletes, bchno)
+            live = [r for r in stored if not r.pop("deleted")]
             if len(live) > 1:  # one record per interface: a sale and a return, say
                 uploaded.ambiguous.append((d, [r["interface"] for r in live]))
                 continue
             targets += live
-            if not live and not await ledger_store.any_records(conn, org, d.deletes, bchno):
+            if not stored:
                 uploaded.missing.append(d)
         paying = await setl_store.paid_for(conn, [_setl_id(stored) for stored in targets])
     uploaded.targets, uploaded.paying = targets, paying

@@ -189,6 +189,49 @@ async def test_racing_deletions_of_one_record_report_one_deletion(admin: Api, db
     assert await _units_left(p2, u[0]) == 24
 
 
+async def test_a_deletion_of_a_sale_stored_while_it_reads_is_answered_as_one_before_the_sale(
+    admin: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a concurrency probe: a 3507 racing the 3505 it deletes answered "success"
+    and deleted nothing (2 in 300 runs), so the pharmacy took the sale for gone while it
+    stood. The deletion read the records that count, then whether any existed, in two
+    statements: the sale committed in between was neither. One statement reads both now,
+    and here the sale is stored right after it: the deletion came first (-1, no record),
+    as in one order the two could have run in; sent again, it deletes the sale."""
+    from datetime import UTC, datetime
+
+    from service.interop.nhsa import envelope as nhsa_envelope
+    from service.interop.nhsa import sales as nhsa_sales
+    from service.store import ledger as ledger_store
+    from service.store.db import create_pool
+    from service.usecases import nhsa as nhsa_usecase
+
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    env = nhsa_envelope.parse(envelope("3505", {"selinfo": sale("Z20", [u[0]], 24)}))
+    read = ledger_store.records_of
+
+    async def sale_stored_right_after(*args: Any) -> list[dict[str, Any]]:
+        found = await read(*args)
+        monkeypatch.setattr(ledger_store, "records_of", read)  # once
+        pool = await create_pool(db_url, min_size=1, max_size=1)
+        try:
+            records, _ = nhsa_sales.translate(env, "P2", datetime.now(UTC), IDS)
+            await nhsa_usecase.upload(pool, "P2", records, env.msgid, {}, datetime.now(UTC))
+        finally:
+            await pool.close()
+        return found
+
+    monkeypatch.setattr(ledger_store, "records_of", sale_stored_right_after)
+    first = await nhsa(p2, envelope("3507", {"data": deletion("Z20", "4")}))
+    assert first["infcode"] == -1, first
+    assert "no record of this type was uploaded with it" in first["err_msg"], first
+    assert await _units_left(p2, u[0]) == 0  # the sale stands, as the answer says
+    again = await nhsa(p2, envelope("3507", {"data": deletion("Z20", "4")}))
+    assert again["output"]["tracecode"]["deleted"] == ["Z20"], again
+    assert await _units_left(p2, u[0]) == 24
+
+
 async def test_deleting_a_return_that_named_its_settlement_sells_the_pack_again(admin: Api) -> None:
     w = await _world(admin)
     p2, u = w["keys"]["P2"], w["units"]
