@@ -16,6 +16,7 @@ import fastjsonschema
 import msgspec
 from jsonschema import Draft7Validator
 from litestar import Controller, HttpMethod, Request, Response, get, post, route
+from litestar.datastructures import ResponseHeader
 from litestar.exceptions import PermissionDeniedException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromPath, QueryParameter
@@ -50,6 +51,20 @@ VERSIONS = EPCIS_VERSIONS
 # announces what it does instead, on every answer, and refuses a request for a translation.
 EPC_FORMAT = "Never_Translates"
 EPC_FORMATS = ("No_Preference", "Always_GS1_Digital_Link", "Always_EPC_URN", "Never_Translates")
+
+# Headers the answers carry, for the OpenAPI document (the handlers set them)
+CAPTURE_JOB_LOCATION = ResponseHeader(
+    name="Location",
+    documentation_only=True,
+    description="The capture job",
+    value="/epcis/capture/{captureID}",  # its form (a string), not sent: the handler sets it
+)
+NEXT_PAGE_LINK = ResponseHeader(
+    name="Link",
+    documentation_only=True,
+    description="The next page, when there is one",
+    value='</epcis/events?...&nextPageToken=...>; rel="next"',  # its form, not sent
+)
 ANSWERS = {**VERSIONS, "GS1-EPC-Format": EPC_FORMAT}
 CONTEXT = f"{GS1_CONTEXT_PREFIX}2.0.0/epcis-context.jsonld"
 
@@ -442,6 +457,7 @@ class EpcisController(Controller):
     @post(
         "/capture",
         status_code=202,
+        response_headers=[CAPTURE_JOB_LOCATION],
         guards=[requires(Role.ORG)],
         responses=problems(*KEYED, 406, 413, 415),
         operation_class=body("The document to capture", DOCUMENT_SCHEMA, EXAMPLE_DOCUMENT, *_JSON),
@@ -487,6 +503,7 @@ class EpcisController(Controller):
     @post(
         "/events",
         status_code=202,
+        response_headers=[CAPTURE_JOB_LOCATION],
         guards=[requires(Role.ORG)],
         responses=problems(*KEYED, 406, 409, 413, 415),
         operation_class=body("The event to capture", EVENT_SCHEMA, EXAMPLE_EVENT, *_JSON),
@@ -514,7 +531,12 @@ class EpcisController(Controller):
         }
         return Response(_job_out(job), status_code=202, headers=headers)
 
-    @get("/events", guards=[requires(Role.INVESTIGATOR)], responses=problems(*KEYED, 406))
+    @get(
+        "/events",
+        guards=[requires(Role.INVESTIGATOR)],
+        responses=problems(*KEYED, 406),
+        response_headers=[NEXT_PAGE_LINK],
+    )
     async def events(
         self,
         request: Request[Any, Any, Any],

@@ -134,6 +134,14 @@ async def test_document_declares_problems_security_and_media_types(client: Async
             if "requestBody" in op:
                 assert "413" in op["responses"], where
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    # what a probe of the contract found missing or wrong: the headers the answers carry,
+    # and NHSA's 415, which it never gives (a body of any media type is read, and
+    # refused in the response envelope when it is no envelope)
+    for path in ("/epcis/capture", "/epcis/events"):
+        located = spec["paths"][path]["post"]["responses"]["202"]["headers"]["Location"]
+        assert located["schema"]["type"] == "string", located
+    assert "Link" in spec["paths"]["/epcis/events"]["get"]["responses"]["200"]["headers"]
+    assert "415" not in spec["paths"]["/v1/nhsa"]["post"]["responses"]
 
 
 async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, admin: Api) -> None:  # type: ignore[type-arg]
