@@ -766,6 +766,18 @@ class Decision:
     reopened: list[Consumption] = field(default_factory=list)
 
 
+def written(loaded: Loaded, decision: Decision) -> dict[str, CodeState]:
+    """The rows settling the claim writes: every pack it was judged on, changed or not,
+    each as the sale leaves it (``decision.changed``: the packs it drew from). Each is
+    written back with its version advanced, on either path: a pack's version is what a
+    writer that read the pack without a lock checks before its write, and a settlement
+    may store about a pack what is not in its row, a flag (a DIVERSION on a refused line,
+    which a custody event dated before the sale explains). Written only where units moved,
+    a ship read before that flag was stored and written after it went through as if it
+    were not there, and the flag stood pending for good (found by a probe)."""
+    return {**loaded.states, **{s.code: s for s in decision.changed}}
+
+
 def canonical(raw: str) -> str | None:
     """A code as sent in its canonical form (None: not a code)."""
     parsed = try_parse_code(raw)

@@ -98,7 +98,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         # write
         await sale_store.record(conn, decision.consumptions)
         await sale_store.reopen(conn, decision.reopened)  # a return's give-back undone: it waits
-        await code_store.update(conn, decision.changed)
+        await code_store.update(conn, rules.written(loaded, decision).values())  # every pack, changed or not
         await purchase_store.record(conn, psn_hash, decision.purchases)
         raised = await flag_store.raise_flags(conn, decision.flags, stored_now=flag_kinds)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
@@ -141,7 +141,7 @@ async def _settle_unchanged(
     await setl_store.settle_unchanged(
         conn,
         _row(claim, psn_hash, body_hashes[0], answer),
-        packs={**loaded.states, **{s.code: s for s in decision.changed}},
+        packs=rules.written(loaded, decision),
         read=versions,
         consumptions=decision.consumptions,
     )
