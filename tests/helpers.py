@@ -178,15 +178,15 @@ def shuffled(items: list[Any], seed: int) -> list[Any]:
     return copy
 
 
-async def until_waiting_on_a_lock(db: Any, what: str) -> None:
-    """Return once some database session waits on a lock (a statement that another
-    connection's open transaction holds up); fail naming ``what`` after 10 s. On Citus
-    the coordinator's view of every node's sessions."""
+async def until_waiting_on_a_lock(db: Any, what: str, sessions: int = 1) -> None:
+    """Return once some database session (``sessions`` of them) waits on a lock (a
+    statement that another connection's open transaction holds up); fail naming ``what``
+    after 10 s. On Citus the coordinator's view of every node's sessions."""
     from tests.conftest import CITUS_URL
 
     activity = "citus_stat_activity" if CITUS_URL else "pg_stat_activity"
     for _ in range(500):
-        if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'"):
+        if await db.fetchval(f"SELECT count(*) FROM {activity} WHERE wait_event_type = 'Lock'") >= sessions:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{what} never waited on the held row")

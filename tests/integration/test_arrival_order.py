@@ -474,3 +474,119 @@ async def test_a_pack_sold_then_given_back_stays_out_of_its_case_when_history_is
     assert before[:2] == ("received", "P1")
     again = await w["insurer"].ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-2", u1, 40))
     assert again["decision"] == "accepted", again
+
+
+# --------------------------------------------------------------------------- at once
+
+
+def _ship_and_sale(code: str, n: int) -> tuple[Any, Any]:
+    """P1's ship of ``code`` to H1 (t=10) and H1's settlement of the whole pack (t=20),
+    as the use cases take them."""
+    import uuid
+    from datetime import timedelta
+
+    from service.core.events import Incoming
+    from service.core.settlement import Claim, Line
+    from tests.helpers import BASE_TIME
+
+    ship = Incoming(uuid.uuid4(), "ship", BASE_TIME + timedelta(minutes=10), "P1", (code,), to="H1")
+    line = Line(1, "XJ01CAA040A001010104256", 24, False, (code,))
+    when = BASE_TIME + timedelta(minutes=20)
+    sale = Claim(f"S-AT-ONCE-{n}", "H1", "450103199001011234", when, "settle", (line,))
+    return ship, sale
+
+
+async def _standing_in_db(db: Any, codes: list[str]) -> list[tuple[str, str, str]]:
+    rows = await db.fetch(
+        "SELECT code, kind, status FROM flags WHERE code = ANY($1::text[]) AND status IN ('pending', 'open')",
+        codes,
+    )
+    return [(r["code"], r["kind"], r["status"]) for r in rows]
+
+
+async def test_a_ship_read_before_a_settlements_diversion_and_written_after_it_clears_it(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """P1 ships a pack to H1 (t=10) while H1's sale of it (t=20) is being settled. One
+    after the other, in either order, no DIVERSION stands: shipped first, the sale is
+    H1's; settled first, the refusal raises one and the ship, dated before the sale,
+    explains it (auto_cleared). Here they overlap: the settlement has locked the pack and
+    stored its DIVERSION, and is held before it commits (another connection holds its id);
+    the ship reads the pack meanwhile, without the flag, and its write waits on the
+    pack's row. Once the settlement commits, the ship must not be written as read: the
+    flag stood pending for good (no later event judged it again; the grace window made it
+    open), the settlement having left the pack's row as it was. Both run through the use
+    cases on a pool of their own, as request handlers do."""
+    import asyncio
+
+    import asyncpg
+
+    from service.store.db import create_pool
+    from service.usecases import events as ingest_usecase
+    from service.usecases import settlements as settle_usecase
+    from tests.helpers import until_waiting_on_a_lock
+
+    w = await _world(admin)
+    [code] = await received(w, "P1", [700])
+    ship, sale = _ship_and_sale(code, 0)
+    pool = await create_pool(db_url, min_size=2, max_size=2)
+    other = await asyncpg.connect(db_url)
+    try:
+        held = other.transaction()
+        await held.start()
+        await other.execute(
+            """INSERT INTO settlements (setl_id, org, psn_hash, at, body_hash, request)
+               VALUES ($1, 'H1', '\\x00', now(), '\\x00', '{}')""",
+            sale.setl_id,
+        )
+        settled = asyncio.create_task(settle_usecase.settle(pool, sale, b"test-secret"))
+        await until_waiting_on_a_lock(db, "the settlement's insert")  # the pack locked, the flag stored
+        shipped = asyncio.create_task(ingest_usecase.ingest(pool, [ship], []))
+        await until_waiting_on_a_lock(db, "the ship's write", sessions=2)  # read as it was: no flag
+        await held.rollback()
+        answer, result = await asyncio.gather(settled, shipped)
+    finally:
+        await other.close()
+        await pool.close()
+    assert answer["decision"] == "rejected", answer
+    [flag] = answer["flags"]
+    assert flag["kind"] == "DIVERSION"
+    assert result.accepted_events == 1
+    assert await _standing_in_db(db, [code]) == []
+    got = await w["inv"].ok("GET", f"/v1/flags/{flag['flag_id']}")
+    assert got["status"] == "auto_cleared", got
+    assert str(ship.event_id) in got["refs"]["cleared_by"]
+
+
+async def test_settlements_racing_the_ships_that_explain_them_leave_no_diversion(
+    admin: Api, db: Any, db_url: str
+) -> None:
+    """The test above with the two really overlapping: 40 packs, each shipped by P1 to H1
+    while H1's sale of it is settled, through the use cases on a pool of 2 connections,
+    one pack after another. Each ship is sent 0 to 1.9 ms after its settlement, across
+    the settlement's few milliseconds (where, unfixed, most of them left the flag
+    pending). Whatever the interleaving, no DIVERSION stands, as when they come one after
+    the other."""
+    import asyncio
+
+    from service.store.db import create_pool
+    from service.usecases import events as ingest_usecase
+    from service.usecases import settlements as settle_usecase
+
+    w = await _world(admin)
+    codes = await received(w, "P1", list(range(710, 750)))
+    pool = await create_pool(db_url, min_size=2, max_size=2)
+
+    async def shipped_after(delay: float, ship: Any) -> None:
+        await asyncio.sleep(delay)
+        await ingest_usecase.ingest(pool, [ship], [])
+
+    try:
+        for n, code in enumerate(codes):
+            ship, sale = _ship_and_sale(code, n)
+            await asyncio.gather(
+                settle_usecase.settle(pool, sale, b"test-secret"), shipped_after((n % 20) / 10_000, ship)
+            )
+    finally:
+        await pool.close()
+    assert await _standing_in_db(db, codes) == []
