@@ -395,6 +395,9 @@ class NhsaController(Controller):
         region = env.mdtrtarea_admvs
         if principal.role is Role.ORG:
             own = await get_org(services.pool, principal.org or "")
+            if own is not None and own.fixmedins_code != env.fixmedins_code:
+                # read again: it may have been given its code since this worker kept it
+                own = await get_org(services.pool, own.id, fresh=True)
             if own is None or own.fixmedins_code != env.fixmedins_code:
                 raise OtherInstitution(
                     region,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -40,6 +40,13 @@ class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Text
     kind: Literal["manufacturer", "distributor", "hospital", "pharmacy"]
     region: Region
+    fixmedins_code: FixmedinsCode | None = None
+    glns: Annotated[list[Gln], msgspec.Meta(max_length=1000)] = []
+
+
+class OrgIdentifiersIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Identifiers an organisation is given after it was registered."""
+
     fixmedins_code: FixmedinsCode | None = None
     glns: Annotated[list[Gln], msgspec.Meta(max_length=1000)] = []
 
@@ -99,6 +106,12 @@ def _key_after(given: str) -> tuple[datetime, str]:
     return position("k", given, last)
 
 
+def _check_glns(glns: list[str]) -> None:
+    for i, gln in enumerate(glns):
+        if not is_gln(gln):
+            raise bad_input(f"glns[{i}]", "the GLN's check digit is wrong")
+
+
 def _conflict(what: str) -> Exception:
     return problem(409, f"{what} exists with different attributes", kind="conflict")
 
@@ -118,9 +131,7 @@ class RegistryController(Controller):
     async def create_org(self, services: Services, data: JSONBody[OrgIn]) -> Response[OrgOut]:
         """201 for a new organisation, 200 when the same body is posted again. A GLN
         another organisation holds is a 409."""
-        for i, gln in enumerate(data.glns):
-            if not is_gln(gln):
-                raise bad_input(f"glns[{i}]", "the GLN's check digit is wrong")
+        _check_glns(data.glns)
         wanted = Org(**{**msgspec.structs.asdict(data), "glns": tuple(sorted(set(data.glns)))})
         try:
             done = await usecase.register_org(services.pool, wanted)
@@ -133,6 +144,30 @@ class RegistryController(Controller):
             msgspec.convert(done.record, OrgOut, from_attributes=True),
             status_code=201 if done.created else 200,
         )
+
+    @patch(
+        "/orgs/{org:str}",
+        dto=StrictJSON[OrgIdentifiersIn],
+        responses=problems(*WITH_BODY, 404, 409),
+    )
+    async def add_identifiers(
+        self, services: Services, org: FromPath[str], data: JSONBody[OrgIdentifiersIn]
+    ) -> OrgOut:
+        """Give a registered organisation its NHSA institution code (``fixmedins_code``)
+        when it has none, and more GLNs: for one that starts NHSA uploads or EPCIS after
+        it was registered. Its code, once set, is kept (another is a 409), and no GLN is
+        taken away; a code or GLN another organisation holds is a 409. The answer is the
+        organisation as it is now; sent again, nothing changes."""
+        _check_glns(data.glns)
+        try:
+            now = await usecase.add_identifiers(services.pool, org, data.fixmedins_code, data.glns)
+        except Conflict as exc:
+            field = exc.field or "body"
+            errors = [{"field": field, "message": exc.message}]
+            raise problem(409, f"{field}: {exc.message}", errors=errors, kind="conflict") from None
+        if now is None:
+            raise problem(404, f"no organisation {org}")
+        return msgspec.convert(now, OrgOut, from_attributes=True)
 
     @post(
         "/products",

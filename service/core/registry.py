@@ -1,9 +1,11 @@
 """The registry as the rules see it: organisations and products, typed values built by
-``service/store/registry.py``. They never change once registered."""
+``service/store/registry.py``. They never change once registered, but for the
+identifiers an organisation may be given later (:func:`with_identifiers`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,28 @@ class Org:
 
 
 DISPENSING = ("hospital", "pharmacy")
+
+
+class IdentifierKept(Exception):
+    """An organisation's NHSA institution code is set once: another one for it is refused."""
+
+
+def with_identifiers(org: Org, fixmedins_code: str | None, glns: Iterable[str]) -> Org:
+    """``org`` with identifiers added, for an organisation that joins NHSA uploads or
+    EPCIS after it was registered (found by an upgrade probe: no way to give them): its
+    ``fixmedins_code`` where it has none, and ``glns`` besides its own. The code it has
+    is kept (IdentifierKept for another): its uploads' records and event ids were made
+    under it; and no GLN is taken away: events captured under it name the organisation."""
+    if fixmedins_code is not None and org.fixmedins_code not in (None, fixmedins_code):
+        raise IdentifierKept(
+            f"this organisation's fixmedins_code is {org.fixmedins_code}, and it is kept: "
+            "its uploads were made under it"
+        )
+    return replace(
+        org,
+        fixmedins_code=org.fixmedins_code or fixmedins_code,
+        glns=tuple(sorted({*org.glns, *glns})),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,34 @@ async def insert_org(conn: Conn, org: Org) -> Org | None:
     return _org(row)
 
 
+async def add_identifiers(conn: Conn, was: Org, now: Org) -> bool:
+    """Store ``now``'s NHSA institution code and GLNs for the organisation read as ``was``,
+    only if its row is still as read (False otherwise: read it again). A GLN or code
+    another organisation holds raises UniqueViolationError (call inside a transaction)."""
+    done = await conn.fetchval(
+        """UPDATE orgs SET fixmedins_code = $2, glns = $3
+           WHERE id = $1 AND fixmedins_code IS NOT DISTINCT FROM $4 AND glns = $5
+           RETURNING true""",
+        now.id,
+        now.fixmedins_code,
+        list(now.glns),
+        was.fixmedins_code,
+        list(was.glns),
+    )
+    if not done:
+        return False
+    added = sorted(set(now.glns) - set(was.glns))
+    if added:
+        await conn.execute("INSERT INTO org_glns (gln, org) SELECT unnest($1::text[]), $2", added, now.id)
+    _orgs[now.id] = now
+    return True
+
+
 # Organisations and products never change once registered (a different body for an
 # existing id is refused with 409), so each process keeps the rows it has read: hot
 # paths (verify, settlement, ingest) then skip those round trips. Misses are not kept.
+# An organisation's identifiers may be added later (``add_identifiers``): a worker that
+# kept it without them reads it again where one is looked for and missing (``fresh``).
 _orgs: dict[str, Org] = {}
 _products: dict[str, Product] = {}
 
@@ -81,7 +106,10 @@ def forget_cached() -> None:
     _products.clear()
 
 
-async def get_org(conn: Conn, org_id: str) -> Org | None:
+async def get_org(conn: Conn, org_id: str, *, fresh: bool = False) -> Org | None:
+    """The organisation, as this process kept it, or read now (``fresh``)."""
+    if fresh:
+        _orgs.pop(org_id, None)
     return (await get_orgs(conn, [org_id])).get(org_id)
 
 

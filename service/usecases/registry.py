@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from service.core.auth import KeyRecord, Role, new_key, token_hash
-from service.core.registry import Org, Product
+from service.core.registry import IdentifierKept, Org, Product, with_identifiers
 from service.store import registry
 from service.store.conn import unique_violation, violated_index
 from service.usecases.errors import Conflict, Invalid
@@ -58,9 +58,42 @@ def _held_elsewhere(exc: asyncpg.PostgresError) -> Conflict:
     return Conflict()
 
 
-async def get_org(pool: asyncpg.Pool, org_id: str) -> Org | None:
+async def add_identifiers(
+    pool: asyncpg.Pool, org_id: str, fixmedins_code: str | None, glns: list[str]
+) -> Org | None:
+    """Give a registered organisation its NHSA institution code and more GLNs
+    (``core.registry.with_identifiers``); the organisation as it is now, or None when
+    there is none. Raises Conflict: another code for it, or a code or GLN another
+    organisation holds. Sent again, it changes nothing."""
     async with pool.acquire() as conn:
-        return await registry.get_org(conn, org_id)
+        for _ in range(ADD_ATTEMPTS):
+            was = await registry.get_org(conn, org_id, fresh=True)
+            if was is None:
+                return None
+            try:
+                now = with_identifiers(was, fixmedins_code, glns)
+            except IdentifierKept as exc:
+                raise Conflict("fixmedins_code", str(exc)) from None
+            if now == was:
+                return now
+            try:
+                async with conn.transaction():
+                    if await registry.add_identifiers(conn, was, now):
+                        return now
+            except asyncpg.PostgresError as exc:
+                if not unique_violation(exc):
+                    raise
+                raise _held_elsewhere(exc) from None
+        raise Conflict(None, "the organisation was changed meanwhile; send it again")
+
+
+ADD_ATTEMPTS = 3  # reads of an organisation that another request changed meanwhile
+
+
+async def get_org(pool: asyncpg.Pool, org_id: str, *, fresh: bool = False) -> Org | None:
+    """The organisation (``fresh``: read now, not as this process kept it)."""
+    async with pool.acquire() as conn:
+        return await registry.get_org(conn, org_id, fresh=fresh)
 
 
 async def get_orgs(pool: asyncpg.Pool, org_ids: list[str]) -> dict[str, Org]:

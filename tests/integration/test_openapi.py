@@ -168,6 +168,12 @@ async def test_every_endpoint_answers_as_documented(client: AsyncTestClient, adm
     await c.call(admin, "POST", "/v1/orgs", 409, body={**org, "name": "Other"})
     await c.call(p1, "POST", "/v1/orgs", 403, body=org)
     await c.call(None, "POST", "/v1/orgs", 401, body=org)
+    ids = {"fixmedins_code": "H45010300002"}
+    await c.call(admin, "PATCH", "/v1/orgs/{org}", 200, body=ids, org="P2")
+    await c.call(admin, "PATCH", "/v1/orgs/{org}", 409, body={"fixmedins_code": "H1"}, org="P2")
+    await c.call(admin, "PATCH", "/v1/orgs/{org}", 404, body=ids, org="NOPE")
+    await c.call(admin, "PATCH", "/v1/orgs/{org}", 400, body={"name": "Other"}, org="P2")
+    await c.call(p1, "PATCH", "/v1/orgs/{org}", 403, body=ids, org="P2")
     product = {
         "product_id": "8123458",
         "name": "Ibuprofen",

@@ -181,3 +181,67 @@ async def test_a_revoke_from_another_process_reaches_the_key_cache(admin: Api, d
             break
         await asyncio.sleep(0.02)
     assert status == 401
+
+
+async def test_an_organisation_is_given_its_nhsa_code_and_glns_after_it_was_registered(admin: Api) -> None:
+    """Found by an upgrade probe: an organisation registered without them could never
+    upload NHSA records or capture EPCIS events (POST /v1/orgs again is a 409, and no
+    route gave them). PATCH /v1/orgs/{id} adds them: its code once, GLNs besides its own."""
+    from tests.integration.test_epcis import _doc, _ev
+    from tests.integration.test_nhsa import envelope
+    from tests.integration.test_nhsa_ledger import purchase
+
+    code, gln, gln2 = "H45010300901", "6900000000014", "6900000000021"
+    pharmacy = {"id": "P9", "name": "Late joiner", "kind": "pharmacy", "region": "450103"}
+    await admin.ok("POST", "/v1/orgs", pharmacy, 201)
+    p9 = await admin.key_for("org", "P9")
+    upload = envelope("3503", {"purcinfo": purchase("C901", 5)}, fixmedins_code=code)
+    assert (await p9.post("/v1/nhsa", upload)).json()["infcode"] == -1  # not its code yet
+    capture = _doc(_ev("ObjectEvent", 0, "urn:epc:id:sgln:6900000.00001.0", action="OBSERVE",
+                       epcList=["urn:epc:id:sgtin:0614141.107346.901"]))  # fmt: skip
+    assert (await p9.post("/epcis/capture", capture)).status_code == 403  # not its location yet
+
+    given = await admin.ok("PATCH", "/v1/orgs/P9", {"fixmedins_code": code, "glns": [gln]})
+    assert given == {**pharmacy, "fixmedins_code": code, "glns": [gln]}
+    assert (await p9.post("/v1/nhsa", upload)).json()["infcode"] == 0
+    assert (await p9.post("/epcis/capture", capture)).status_code == 202
+    # sent again: nothing changes; more GLNs are added to its own
+    assert await admin.ok("PATCH", "/v1/orgs/P9", {"fixmedins_code": code, "glns": [gln]}) == given
+    more = await admin.ok("PATCH", "/v1/orgs/P9", {"glns": [gln2]})
+    assert more == {**given, "glns": [gln, gln2]}
+    # its code is kept; what another organisation holds is refused, naming it
+    other = await admin.client.patch("/v1/orgs/P9", headers=admin.headers, json={"fixmedins_code": "H1"})
+    assert other.status_code == 409
+    assert other.json()["errors"][0]["field"] == "fixmedins_code"
+    await admin.ok("POST", "/v1/orgs", {**pharmacy, "id": "P8"}, 201)
+    for field, clash in (("fixmedins_code", {"fixmedins_code": code}), ("glns", {"glns": [gln2]})):
+        taken = await admin.client.patch("/v1/orgs/P8", headers=admin.headers, json=clash)
+        assert taken.status_code == 409, taken.text
+        assert taken.json()["errors"] == [{"field": field, "message": taken.json()["errors"][0]["message"]}]
+        assert taken.json()["detail"].startswith(f"{field}: another organisation has"), taken.json()
+    # refused as every admin route refuses
+    for path, body, status in (
+        ("/v1/orgs/NOPE", {"glns": [gln]}, 404),
+        ("/v1/orgs/P8", {"glns": ["6900000000015"]}, 400),  # check digit
+        ("/v1/orgs/P8", {"name": "Renamed"}, 400),  # only identifiers are added
+    ):
+        resp = await admin.client.patch(path, headers=admin.headers, json=body)
+        assert resp.status_code == status, (path, body, resp.text)
+    assert (await p9.client.patch("/v1/orgs/P9", headers=p9.headers, json={"glns": []})).status_code == 403
+    assert await admin.ok("PATCH", "/v1/orgs/P8", {}) == {**pharmacy, "id": "P8"}
+
+
+async def test_an_nhsa_code_given_by_another_worker_is_read_again(admin: Api, db) -> None:  # type: ignore[no-untyped-def]
+    """Each worker keeps the organisations it has read: one that kept P7 before another
+    worker gave it its code reads it again when an upload names a code it lacks, rather
+    than refusing the upload until a restart."""
+    from tests.integration.test_nhsa import envelope
+    from tests.integration.test_nhsa_ledger import purchase
+
+    p7_org = {"id": "P7", "name": "P7", "kind": "pharmacy", "region": "450103"}
+    await admin.ok("POST", "/v1/orgs", p7_org, 201)
+    p7 = await admin.key_for("org", "P7")
+    upload = envelope("3503", {"purcinfo": purchase("C701", 5)}, fixmedins_code="H45010300701")
+    assert (await p7.post("/v1/nhsa", upload)).json()["infcode"] == -1  # kept without a code
+    await db.execute("UPDATE orgs SET fixmedins_code = 'H45010300701' WHERE id = 'P7'")  # another worker
+    assert (await p7.post("/v1/nhsa", upload)).json()["infcode"] == 0
