@@ -28,16 +28,19 @@ def resolve_servers(settings: Settings, *, need_redis: bool = True) -> Settings:
     the URLs in the environment so worker processes use the same servers."""
     from service import embedded
 
-    if not settings.database_url:
-        url = embedded.start_postgres(settings.data_dir)
-        log.info("embedded PostgreSQL in %s", settings.data_dir / "postgres")
-        settings = replace(settings, database_url=url)
-        os.environ["TRACE_DATABASE_URL"] = url
-    if need_redis and not settings.redis_url:
-        url = embedded.start_redis(settings.data_dir / "valkey")
-        log.info("embedded Valkey in %s", settings.data_dir / "valkey")
-        settings = replace(settings, redis_url=url)
-        os.environ["TRACE_REDIS_URL"] = url
+    try:
+        if not settings.database_url:
+            url = embedded.start_postgres(settings.data_dir)
+            log.info("embedded PostgreSQL in %s", settings.data_dir / "postgres")
+            settings = replace(settings, database_url=url)
+            os.environ["TRACE_DATABASE_URL"] = url
+        if need_redis and not settings.redis_url:
+            url = embedded.start_redis(settings.data_dir / "valkey")
+            log.info("embedded Valkey in %s", settings.data_dir / "valkey")
+            settings = replace(settings, redis_url=url)
+            os.environ["TRACE_REDIS_URL"] = url
+    except embedded.EmbeddedError as exc:  # one line naming the folder, not a traceback
+        raise SystemExit(str(exc)) from None
     return settings
 
 

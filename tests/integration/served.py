@@ -30,6 +30,17 @@ class Serving:
         return self.data_dir / "valkey"
 
 
+def serve_env(data_dir: Path, log_level: str = "warning") -> dict[str, str]:
+    """The environment of a serve on embedded servers in ``data_dir``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": log_level})
+    return env
+
+
 @contextlib.asynccontextmanager
 async def serving(
     tmp_path: Path,
@@ -39,12 +50,7 @@ async def serving(
     extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Serving]:
     data_dir = tmp_path / "data"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TRACE_DATABASE_URL", "TRACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
-    }
-    env.update({"TRACE_DATA_DIR": str(data_dir), "TRACE_LOG_LEVEL": log_level})
+    env = serve_env(data_dir, log_level)
     if server is not None:
         env["TRACE_SERVER"] = server
     env.update(extra_env or {})
@@ -61,10 +67,15 @@ async def serving(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        await asyncio.to_thread(stop_postgres, data_dir)
-        if await asyncio.to_thread(redis_answers, data_dir / "valkey"):
-            import redis
+        await stop_embedded(data_dir)
 
-            sock = str(data_dir / "valkey" / "valkey.sock")
-            with contextlib.suppress(redis.RedisError):
-                redis.Redis(unix_socket_path=sock).shutdown(nosave=True)
+
+async def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded PostgreSQL and Valkey in ``data_dir``, if they run."""
+    await asyncio.to_thread(stop_postgres, data_dir)
+    if await asyncio.to_thread(redis_answers, data_dir / "valkey"):
+        import redis
+
+        sock = str(data_dir / "valkey" / "valkey.sock")
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(unix_socket_path=sock).shutdown(nosave=True)

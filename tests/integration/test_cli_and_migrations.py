@@ -223,6 +223,38 @@ async def test_a_setting_out_of_range_stops_serve_before_anything_starts(
     assert not (tmp_path / "data" / "postgres").exists()  # nothing was started
 
 
+async def test_an_embedded_postgres_that_does_not_start_is_one_line_naming_its_folder(tmp_path: Path) -> None:
+    """Its data is there but PostgreSQL does not start (here a setting it refuses): serve
+    stops with one line naming the folder and why, not a traceback (found by a probe,
+    after a crash: a refused connection's traceback)."""
+    data_dir = tmp_path / "data"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [TRACECODE, "migrate"],
+        env=_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    with (data_dir / "postgres" / "postgresql.auto.conf").open("a") as conf:
+        conf.write("shared_buffers = 'plenty'\n")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [TRACECODE, "serve", "--port", str(_free_port())],
+        env=_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    said = done.stderr.strip().splitlines()[-1]
+    assert str((data_dir / "postgres").resolve()) in said, done.stderr
+    assert "postgresql.auto.conf" in said, done.stderr  # PostgreSQL's why
+    assert "contains errors" in said, done.stderr
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--port", "0"), ("--workers", "0")])
 async def test_a_serve_flag_out_of_range_is_refused(tmp_path: Path, flag: str, value: str) -> None:
     done = await asyncio.to_thread(

@@ -712,6 +712,11 @@ async def test_metrics_survive_a_second_serve_and_forget_a_dead_worker(tmp_path:
         )
         assert second.returncode != 0  # the port is taken
         assert "tracecode_requests_total" in (await client.get("/metrics")).text
+        # and it left the running serve's servers alone: they are not its to stop
+        from service.embedded import postgres_runs, redis_answers
+
+        assert await asyncio.to_thread(postgres_runs, s.data_dir)
+        assert await asyncio.to_thread(redis_answers, s.valkey_dir)
 
         await asyncio.sleep(1.5)  # each worker's pool gauge is set every second
         assert pool_connections((await client.get("/metrics")).text) == 4
@@ -757,6 +762,159 @@ async def test_a_frozen_embedded_valkey_is_replaced_not_doubled(tmp_path: Path) 
         # one server on the data: the frozen one is gone (or a zombie, holding no files)
         servers = _valkeys_on(s.valkey_dir)
         assert len(servers) == 1, servers
+
+
+# Runs ``tracecode serve`` (its arguments) as its child, prints its pid, and waits for its
+# stdin to close. PR_SET_CHILD_SUBREAPER: the postmaster pg_ctl leaves behind becomes this
+# process's child, and is never reaped: killed, it stays a zombie, as under an init that
+# reaps late (here, 1.5 s) or a serve that is PID 1 in a container (for ever)
+_NO_REAPER = """
+import ctypes, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+with open(sys.argv[1], "wb") as log:
+    serve = subprocess.Popen(
+        sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+print(serve.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_serve_starts_at_once_after_it_and_its_postmaster_were_killed(tmp_path: Path) -> None:
+    """``kill -9`` of ``serve`` and of its postmaster, and ``serve`` again at once: the
+    killed postmaster, not yet reaped, left its ``postmaster.pid``; ``pg_ctl status`` took
+    it for a running server, the start was skipped, and serve died with a traceback of a
+    refused connection (found by a probe, 3 times in 3). Now it starts PostgreSQL, and a
+    graceful stop leaves nothing running, the Valkey the killed serve left included."""
+    import signal
+    import subprocess
+    import sys
+
+    from benchkit.localrun import TRACECODE, free_port, start_service, stop_service
+    from service.embedded import postgres_runs
+    from tests.integration.served import serve_env, stop_embedded
+
+    data_dir = tmp_path / "data"
+    env = serve_env(data_dir)
+    port = free_port()
+    args = [sys.executable, "-c", _NO_REAPER, str(tmp_path / "first.log"), str(TRACECODE), "serve"]
+    holder = await asyncio.to_thread(
+        subprocess.Popen, [*args, "--port", str(port)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        first = int(await asyncio.to_thread(holder.stdout.readline))
+        for _ in range(450):  # 90 s
+            if await asyncio.to_thread(_answers_ready, port):
+                break
+            assert _state(first) not in ("", "Z"), (tmp_path / "first.log").read_text()[-3000:]
+            await asyncio.sleep(0.2)
+        pid_file = data_dir / "postgres" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        os.killpg(first, signal.SIGKILL)
+        os.kill(postmaster, signal.SIGKILL)
+        for _ in range(100):
+            if _state(postmaster) == "Z":
+                break
+            await asyncio.sleep(0.05)
+        assert _state(postmaster) == "Z"  # and stays one: nobody reaps it
+        assert pid_file.exists()
+
+        log = tmp_path / "second.log"
+        second = await asyncio.to_thread(start_service, env, port, log)  # raises if it dies
+        try:
+            assert "Traceback" not in log.read_text()
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(second.wait, 60) == 0, log.read_text()[-3000:]
+            assert not await asyncio.to_thread(postgres_runs, data_dir)
+            assert not _valkeys_on(data_dir / "valkey"), log.read_text()[-3000:]
+        finally:
+            await asyncio.to_thread(stop_service, second)
+    finally:
+        holder.kill()  # its zombies go to init, which reaps them
+        await asyncio.to_thread(holder.communicate)
+        await stop_embedded(data_dir)
+
+
+def _answers_ready(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_the_servers_of_a_killed_serve_are_stopped_by_the_next_one(tmp_path: Path) -> None:
+    """``kill -9`` of ``serve`` leaves its PostgreSQL and Valkey running. The next ``serve``
+    on the data used them and, not having started them, left them running when it
+    stopped: they outlived everything (found by a probe). Now it adopts them and stops
+    them; a ``tracecode key`` run meanwhile uses them and stops nothing."""
+    import signal
+
+    from benchkit.localrun import create_admin_key, free_port, start_service, stop_service
+    from service.embedded import postgres_runs, redis_answers
+
+    async with serving(tmp_path) as s:
+        os.killpg(s.process.pid, signal.SIGKILL)
+        await asyncio.to_thread(s.process.wait)
+        assert await asyncio.to_thread(postgres_runs, s.data_dir)  # left running
+        assert await asyncio.to_thread(redis_answers, s.valkey_dir)
+
+        log = tmp_path / "second.log"
+        second = await asyncio.to_thread(start_service, s.env, free_port(), log)
+        try:
+            await asyncio.to_thread(create_admin_key, s.env)  # not theirs to stop
+            assert await asyncio.to_thread(postgres_runs, s.data_dir)
+            assert await asyncio.to_thread(redis_answers, s.valkey_dir)
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(second.wait, 60) == 0, log.read_text()[-3000:]
+            assert not await asyncio.to_thread(postgres_runs, s.data_dir), log.read_text()[-3000:]
+            assert not _valkeys_on(s.valkey_dir), log.read_text()[-3000:]
+        finally:
+            await asyncio.to_thread(stop_service, second)
+
+
+async def test_a_stale_postmaster_pid_whose_pid_was_reused_is_no_server(tmp_path: Path) -> None:
+    """A ``postmaster.pid`` a killed postmaster left, whose pid a process of the same user
+    has since (a container started again): ``pg_ctl status`` said running and the start
+    was skipped. Now the file is seen stale and PostgreSQL starts; that process lives on."""
+    import signal
+    import subprocess
+
+    from service.embedded import postgres_runs, start_postgres, stop_postgres
+
+    root = tmp_path / "pg"
+    url = await asyncio.to_thread(start_postgres, root)
+    try:
+        pgdata = root / "postgres"
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        for _ in range(200):
+            if _state(postmaster) in ("", "Z"):
+                break
+            await asyncio.sleep(0.05)
+        # as root the server runs as its own user, and pg_ctl ignores a pid of another one
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        other = await asyncio.to_thread(subprocess.Popen, ["sleep", "120"], user=user)
+        try:
+            for lock in (pgdata / "postmaster.pid", pgdata / ".s.PGSQL.5432.lock"):
+                lines = lock.read_text().splitlines()
+                lock.write_text("\n".join([str(other.pid), *lines[1:]]) + "\n")
+            assert await asyncio.to_thread(start_postgres, root) == url
+            assert await asyncio.to_thread(postgres_runs, root)
+            conn = await asyncpg.connect(url)
+            try:
+                assert await conn.fetchval("SELECT 1") == 1
+            finally:
+                await conn.close()
+            assert other.poll() is None  # not signalled
+        finally:
+            other.kill()
+            other.wait()
+    finally:
+        await asyncio.to_thread(stop_postgres, root)
 
 
 def _valkeys_on(folder: Path) -> list[str]:
