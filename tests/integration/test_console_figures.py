@@ -131,8 +131,8 @@ async def test_the_queue_and_a_flag_name_its_organisation(
     assert shown in queue.text
     (flag_id,) = _FLAG_IDS.findall(queue.text)
     assert shown in (await browser.get(f"/console/flags/{flag_id}")).text
-    # an organisation the registry does not know keeps its bare id
-    assert (await browser.get("/console/flags", params={"org": "NOPE"})).status_code == 200
+    # an organisation the registry does not know is a refused filter, as in the API
+    assert (await browser.get("/console/flags", params={"org": "NOPE"})).status_code == 400
 
 
 @pytest.mark.parametrize(
