@@ -185,7 +185,8 @@ class CodeState:
     recalled: bool = False
     # the latest settlement that took units of the pack: a custody event dated before it
     # replays the history, so the settlement is judged again (a sale's own dispense or
-    # return does not: it changes no custody)
+    # return does not: it changes no custody, unless a dispense by an organisation that
+    # does not hold the pack, which takes it over: World._taken_over)
     sold_at: datetime | None = None
 
     def sold(self, at: datetime) -> None:
@@ -352,7 +353,10 @@ class World:
         container, but not that container nor any container around it, takes the code
         out of its direct container first (an implicit unpack): the container's later
         moves no longer carry it. What the code itself contains stays inside it, and the
-        container it left stays where it was (in its own pallet, say)."""
+        container it left stays where it was (in its own pallet, say).
+
+        A dispense by an organisation that does not hold the pack moves it to that
+        organisation, with what is inside it, as a receipt would (:meth:`_taken_over`)."""
         kind = fact.type
         if kind == "settle":
             # judged as the pack was then; sold, it leaves its case (as a dispense of it does)
@@ -398,10 +402,12 @@ class World:
                 self.children.setdefault(fact.parent, set()).add(code)
             elif kind == "unpack" and s.parent == fact.parent:
                 self._detach(s)
-            if kind in ("ship", "receive", "destroy"):
+            if kind in ("ship", "receive", "destroy") or (kind == "dispense" and self._taken_over(s, fact)):
                 for inner, via in self.subtree(code):
                     t = self.get(inner, fact.at)
-                    if t.state == DESTROYED and kind != "destroy":
+                    if t.state == DESTROYED and kind == "dispense":
+                        pass  # it stays destroyed (DUPLICATE is the named pack's, judged above)
+                    elif t.state == DESTROYED and kind != "destroy":
                         self._destroyed_moved(t, fact)
                     else:
                         self._move(t, fact)
@@ -416,6 +422,17 @@ class World:
                     for inner, via in self.subtree(code):
                         if via is not None:
                             self.applied.setdefault(inner, []).append((fact, via))
+
+    @staticmethod
+    def _taken_over(s: CodeState, fact: Fact) -> bool:
+        """A dispense by an organisation that does not hold the pack (``holds``), which
+        was commissioned and not destroyed: evidence that the organisation has it
+        (DIVERSION, raised by :meth:`_suspect`). The pack, and what is inside it, is
+        then the dispenser's, as a receipt would make it: the holder's later sales of it
+        are not in its custody, and the dispenser's return puts it back on its own
+        shelf. A settlement is no such evidence: one by a non-holder is refused and takes
+        nothing, and custody stays a fold of the events alone."""
+        return s.commissioned and s.state != DESTROYED and not holds(s, fact.org)
 
     def _picked(self, fact: Fact) -> set[str]:
         """The codes the fact names that sit in a container which the fact names
@@ -515,13 +532,13 @@ class World:
         if fact.type == "ship":
             s.state = IN_TRANSIT
             s.destination = fact.to
-        elif fact.type == "receive":
+        elif fact.type in ("receive", "dispense"):  # a dispense only when taken over (_taken_over)
             s.state = RECEIVED
             s.custodian = fact.org
             if s.destination == fact.org:
                 s.destination = None
-            # else a receipt by another (DIVERSION): the shipment's destination stays on
-            # record, so its own receipt later is no diversion (API.md)
+            # else a receipt (or sale) by another (DIVERSION): the shipment's destination
+            # stays on record, so its own receipt later is no diversion (API.md)
         elif fact.type == "destroy":
             s.state = DESTROYED
 

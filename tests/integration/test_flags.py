@@ -511,6 +511,82 @@ async def test_moving_or_destroying_someone_elses_stock_is_diversion(admin: Api)
     assert [f["kind"] for f in destroyed["flags"]] == ["DIVERSION"]
 
 
+async def test_a_split_dispense_of_a_pack_another_holds_takes_the_pack_over(admin: Api) -> None:
+    """README, "Custody follows every scan": P1's dispense of 3 units of a pack H1 holds
+    is evidence that P1 has it. The pack is P1's: verify names P1 as its custodian and
+    lets P1 sell the rest; H1's later sale of it is NOT_IN_CUSTODY. DIVERSION is raised
+    once, on the dispense. Found by a model-based probe: the pack stayed H1's, and H1's
+    settlement of 2 more units was paid."""
+    w = await world(admin)
+    p1, h1 = w["keys"]["P1"], w["keys"]["H1"]
+    [code] = await received(w, "H1", [31])
+    dispense = event("dispense", "P1", [code], 3, quantity=3)
+    out = await p1.events(dispense)
+    assert [f["kind"] for f in out["flags"]] == ["DIVERSION"], out
+    mine, theirs = (
+        await p1.ok("GET", f"/v1/codes/{code}/verify"),
+        await h1.ok("GET", f"/v1/codes/{code}/verify"),
+    )
+    assert (mine["custodian"], mine["units_left"], mine["dispensable"], mine["reasons"]) == (
+        "P1",
+        21,
+        True,
+        [],
+    )
+    assert (theirs["custodian"], theirs["dispensable"]) == ("P1", False)
+    assert [r["reason"] for r in theirs["reasons"]] == ["NOT_IN_CUSTODY"]
+    split = {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 2, "split": True}
+    held = {"psn_no": "1", "lines": [{**split, "codes": [code]}]}
+    refused = await w["insurer"].ok(
+        "POST", "/v1/settlements", {"setl_id": "S-H1", "org": "H1", "at": at(4), **held}
+    )
+    assert (refused["decision"], refused["lines"][0]["units"]) == ("rejected", 0), refused
+    assert [r["reason"] for r in refused["lines"][0]["reasons"]] == ["NOT_IN_CUSTODY"]
+    paid = await w["insurer"].ok(
+        "POST", "/v1/settlements", {"setl_id": "S-P1", "org": "P1", "at": at(5), **held}
+    )
+    assert (paid["decision"], paid["lines"][0]["units"]) == ("accepted", 2), paid
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 19
+    raised = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    on_dispense = [f for f in raised if f["refs"].get("events") == [dispense["event_id"]]]
+    assert [f["kind"] for f in on_dispense] == ["DIVERSION"], raised
+    # and H1's refused settlement: its own (as any sale of a pack another holds)
+    assert sorted(f["kind"] for f in raised) == ["DIVERSION", "DIVERSION"], raised
+
+
+async def test_a_pack_another_dispensed_whole_goes_back_to_its_shelf_when_it_returns_it(admin: Api) -> None:
+    """P1 dispenses a pack H1 holds, whole, under a settlement id (DIVERSION), and takes
+    it back (a return): the pack is on P1's shelf, not H1's, so P1's settlement of that
+    sale is paid and H1's settlement of the pack is NOT_IN_CUSTODY. Found by a
+    model-based probe: the return put the pack back on H1's shelf, H1 was paid for it and
+    P1's own settlement was refused NOT_IN_CUSTODY."""
+    w = await world(admin)
+    p1, h1 = w["keys"]["P1"], w["keys"]["H1"]
+    [code] = await received(w, "H1", [32])
+    sold = await p1.events(event("dispense", "P1", [code], 3, setl_id="S-P1W"))
+    assert [f["kind"] for f in sold["flags"]] == ["DIVERSION"], sold
+    back = await p1.events(event("return", "P1", [code], 4))
+    assert (back["accepted"], back["flags"]) == (1, []), back  # the holder's own return
+    shown = await p1.ok("GET", f"/v1/codes/{code}/verify")
+    assert (shown["state"], shown["custodian"], shown["units_left"], shown["dispensable"]) == (
+        "received",
+        "P1",
+        24,
+        True,
+    )
+    assert [r["reason"] for r in (await h1.ok("GET", f"/v1/codes/{code}/verify"))["reasons"]] == [
+        "NOT_IN_CUSTODY"
+    ]
+    h1_claim = {**_settle_body("S-H1W", "H1", code, 8), "at": at(5)}
+    refused = await w["insurer"].ok("POST", "/v1/settlements", h1_claim)
+    assert [r["reason"] for r in refused["lines"][0]["reasons"]] == ["NOT_IN_CUSTODY"], refused
+    paid = await w["insurer"].ok(
+        "POST", "/v1/settlements", {**_settle_body("S-P1W", "P1", code, 8), "at": at(6)}
+    )
+    assert (paid["decision"], paid["lines"][0]["units"]) == ("accepted", 24), paid
+    assert (await p1.ok("GET", f"/v1/codes/{code}/verify"))["units_left"] == 0
+
+
 async def test_a_destroyed_pack_dispensed_or_settled_is_a_duplicate(admin: Api) -> None:
     """A pack its holder reported destroyed, then sold (dispensed, or settled by code),
     is a pack back in the market (回流): DUPLICATE, as a stock count that lists it. Found
@@ -786,8 +862,34 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     P1 had shipped that pack to H1 at 08:05: at the sale the pack was on its way to H1,
     so the settlement is a DIVERSION, as a dispense in its place would be. It is raised
     against the settlement, not reported to the late upload's sender (it was not judged
-    again: a paid settlement with no flag stayed as it was). The sale's own dispense,
-    dated before the settlement, moves no custody and replays nothing."""
+    again: a paid settlement with no flag stayed as it was)."""
+    w = await world(admin)
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [22])
+    body = _settle_body("S-LATE2", "P1", code, 8)
+    body["at"] = at(10)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    late = await p1.events(event("ship", "P1", [code], 5, to="H1"))
+    assert (late["accepted"], late["flags"]) == (1, []), late  # the settlement's flag is not this upload's
+    flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    # said as it was: the pack was on its way to H1 (not "held by P1, last shipped to H1")
+    assert [(f["kind"], f["org"], f["refs"].get("settlements"), f["detail"]) for f in flags] == [
+        ("DIVERSION", "P1", ["S-LATE2"], "settle by P1, but the pack is on its way from P1 to H1")
+    ], flags
+    # the receiver confirms it: still a diversion (P1 sold a pack it had sent away)
+    await w["keys"]["H1"].events(event("receive", "H1", [code], 6))
+    flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    assert [(f["kind"], f["refs"].get("settlements")) for f in flags] == [("DIVERSION", ["S-LATE2"])], flags
+
+
+async def test_a_sales_own_dispense_dated_before_a_late_ship_takes_the_pack_back(admin: Api) -> None:
+    """As above, with the sale's own dispense (08:09, before its settlement at 08:10).
+    On arrival it moves no custody (P1 holds the pack) and replays nothing. Once the
+    late ship (08:05, to H1) arrives, the dispense is of a pack P1 had sent away: a
+    DIVERSION, and evidence that P1 has the pack again (README, "Custody follows every
+    scan"), so the settlement after it is P1's own sale: the diversion is raised once,
+    on the dispense, and the pack is P1's."""
     w = await world(admin)
     p1 = w["keys"]["P1"]
     [code] = await received(w, "P1", [21])
@@ -810,20 +912,17 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     late = await p1.events(event("ship", "P1", [code], 5, to="H1"))
     assert late["accepted"] == 1, late
     assert await replays() == before + 1
-    assert late["flags"] == []  # the settlement's flag is not this upload's
+    assert late["flags"] == []  # the dispense's flag is not this upload's
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
-    raised = sorted((f["kind"], f["org"], f["refs"].get("settlements") or f["refs"]["events"]) for f in flags)
-    # the settlement, and its sale's own dispense (both by P1, of a pack it had sent away)
-    assert raised == sorted([("DIVERSION", "P1", ["S-LATE"]), ("DIVERSION", "P1", [own_id])]), flags
-    # said as it was: the pack was on its way to H1 (not "held by P1, last shipped to H1")
-    assert {f["detail"] for f in flags} == {
-        "settle by P1, but the pack is on its way from P1 to H1",
-        "dispense by P1, but the pack is on its way from P1 to H1",
-    }, flags
-    # the receiver confirms it: still a diversion (P1 sold a pack it had sent away)
+    assert [(f["kind"], f["org"], f["refs"]["events"], f["detail"]) for f in flags] == [
+        ("DIVERSION", "P1", [own_id], "dispense by P1, but the pack is on its way from P1 to H1")
+    ], flags
+    # the receiver's scan, dated before the dispense: still one diversion, on the dispense
     await w["keys"]["H1"].events(event("receive", "H1", [code], 6))
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
-    assert [f["kind"] for f in flags] == ["DIVERSION", "DIVERSION"], flags
+    assert [(f["kind"], f["refs"]["events"]) for f in flags] == [("DIVERSION", [own_id])], flags
+    shown = await w["keys"]["H1"].ok("GET", f"/v1/codes/{code}/verify")
+    assert shown["custodian"] == "P1", shown
 
 
 async def test_a_paid_settlement_of_a_pack_destroyed_before_it_is_flagged(admin: Api) -> None:

@@ -752,10 +752,12 @@ async def test_a_reversal_gives_back_the_packs_it_billed_whoever_dispensed_them(
     """The settlement was credited the units another organisation's dispense under its id
     took from the pack it billed (that dispense raised DIVERSION): its reversal gives
     them back, as API.md's reversal does. Found in review of the rule above, which at
-    first gave back only the settling organisation's own units, here nothing."""
+    first gave back only the settling organisation's own units, here nothing. The
+    dispense is dated after the sale (60): it takes the pack over (README, "Custody
+    follows every scan"), so dated before it, P1's settlement would not be P1's to make."""
     w = await small_world(admin)
     (pack,) = await received(w, "P1", [81])
-    sold = await w["keys"]["P9"].events(event("dispense", "P9", [pack], 3, setl_id="S-X"))
+    sold = await w["keys"]["P9"].events(event("dispense", "P9", [pack], 61, setl_id="S-X"))
     assert "DIVERSION" in [f["kind"] for f in sold["flags"]]  # (and OUT_OF_REGION: P9 is in Beijing)
     ins = await admin.key_for("insurer")
     settled = await ins.ok("POST", "/v1/settlements", claim("S-X", [{"quantity": 24, "codes": [pack]}]))

@@ -63,6 +63,42 @@ def test_receive_by_a_party_that_was_not_shipped_to_is_diversion() -> None:
     assert [(s.kind, s.code, s.holder) for s in world.suspicions] == [("DIVERSION", UNIT_B, "P1")]
 
 
+def test_a_dispense_by_one_that_does_not_hold_the_pack_takes_it_over() -> None:
+    """README, "Custody follows every scan": the dispenser has the pack now (DIVERSION,
+    once); a pack on its way keeps its destination on record, as a receipt by another
+    does; the holder's own dispense, the destination's while on its way, and a settlement
+    move nothing; a destroyed pack stays destroyed and its holder's."""
+    world = replay([*JOURNEY, fact("dispense", "P9", (UNIT_B,), 9, 9)], keep={}, pack_units={})
+    unit = world.states[UNIT_B]
+    assert (unit.state, unit.custodian, unit.destination, unit.parent) == ("received", "P9", None, None)
+    assert [(s.kind, s.holder) for s in world.suspicions] == [("DIVERSION", "P1")]
+    assert world.states[UNIT_A].custodian == "P1"  # still in the case
+    on_its_way = [*JOURNEY, fact("ship", "P1", (CASE,), 8, 9, to="D1")]
+    world = replay([*on_its_way, fact("dispense", "P9", (CASE,), 9, 10)], keep={}, pack_units={})
+    assert {c: (s.state, s.custodian, s.destination) for c, s in world.states.items() if c != PALLET} == {
+        c: ("received", "P9", "D1") for c in (UNIT_A, UNIT_B, CASE)
+    }
+    # the destination's sale of a pack on its way to it, and the holder's sale (picked
+    # out of the case before the case was shipped on): their own stock
+    for own, where in (
+        (fact("dispense", "D1", (UNIT_A,), 9, 10), "in_transit"),
+        (fact("dispense", "P1", (UNIT_A,), 7, 10), "received"),
+    ):
+        world = replay([*on_its_way, own], keep={}, pack_units={})
+        assert (world.states[UNIT_A].custodian, world.states[UNIT_A].state, world.suspicions) == (
+            "P1",
+            where,
+            [],
+        )
+    sold = Fact.settlement("S1", T0 + timedelta(minutes=9), "P9", UNIT_A, sold=True)
+    world = replay([*JOURNEY, sold], keep={}, pack_units={})
+    assert world.states[UNIT_A].custodian == "P1"
+    assert [s.kind for s in world.suspicions] == ["DIVERSION"]
+    destroyed = [*JOURNEY, fact("destroy", "P1", (UNIT_A,), 8, 9), fact("dispense", "P9", (UNIT_A,), 9, 10)]
+    world = replay(destroyed, keep={}, pack_units={})
+    assert (world.states[UNIT_A].state, world.states[UNIT_A].custodian) == ("destroyed", "P1")
+
+
 def test_activity_on_a_code_never_commissioned_is_suspected() -> None:
     world = replay([fact("receive", "P1", ("81234569999999999999",), 1, 1)], keep={}, pack_units={})
     assert [s.kind for s in world.suspicions] == ["UNKNOWN_CODE"]
