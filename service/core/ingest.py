@@ -15,10 +15,12 @@ from uuid import UUID
 
 from service.core import flags as flag_rules
 from service.core.custody import (
+    DESTROYED,
     CodeState,
     Fact,
     World,
     counted,
+    holds,
     product_of,
     replay,
     sort_key,
@@ -55,9 +57,11 @@ def commission_lots(events: Iterable[Incoming]) -> list[tuple[str, str]]:
     return sorted((p, lot) for p, lot in lots if p and lot)
 
 
-def may_explain_settlements(events: Iterable[Incoming]) -> bool:
-    """Only a commission, ship or receive can explain a settlement's custody suspicion."""
-    return any(e.type in ("commission", "ship", "receive") for e in events)
+def may_explain_settlements(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> bool:
+    """Only a commission, ship or receive can explain a settlement's custody suspicion, or
+    a dispense by an organisation that does not hold the pack (it takes it over:
+    ``custody.World._taken_over``), dated before that organisation's settlement."""
+    return any(e.type in ("commission", "ship", "receive") or _takes_over(e, states) for e in events)
 
 
 def needs_replay(
@@ -67,9 +71,11 @@ def needs_replay(
     event older than a settlement that sold one of them, and no settlement to judge
     again) the fold is an incremental step; otherwise the codes' whole history is folded
     again. A sale's own dispense or return dated before its settlement moves no custody:
-    it changes no settlement's judgement."""
+    it changes no settlement's judgement. A dispense by an organisation that does not
+    hold one of its packs does: it takes the pack over (``custody.World._taken_over``);
+    dated after everything its packs have seen, it finds them as they are now."""
     earliest = min(e.at for e in events)
-    moves = [e.at for e in events if e.type not in ("dispense", "return")]
+    moves = [e.at for e in events if e.type not in ("dispense", "return") or _takes_over(e, states)]
     moved_from = min(moves) if moves else None
     return (
         bool(reopen)
@@ -77,6 +83,15 @@ def needs_replay(
         or any(s.last_at >= earliest for s in states.values())
         or (moved_from is not None and any(s.sold_at and s.sold_at >= moved_from for s in states.values()))
     )
+
+
+def _takes_over(event: Incoming | Fact, states: Mapping[str, CodeState]) -> bool:
+    """A dispense of a pack that its organisation does not hold now, commissioned and not
+    destroyed (``custody.World._taken_over``)."""
+    if event.type != "dispense":
+        return False
+    found = [s for c in event.codes if (s := states.get(c)) is not None]
+    return any(s.commissioned and s.state != DESTROYED and not holds(s, event.org) for s in found)
 
 
 def commissioned_now(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:

@@ -211,7 +211,7 @@ async def _load(
     if missing := sorted(recalled - loaded.recalled_lots.keys()):
         loaded.recalled_lots |= await recall_store.recalled_lots(conn, missing)
 
-    if rules.may_explain_settlements(fresh):
+    if rules.may_explain_settlements(fresh, states):
         loaded.reopen = await flag_store.settlement_suspicions(conn, sorted(family))
     earliest = min(e.at for e in fresh)
     if rules.needs_replay(fresh, states, [r for r in loaded.reopen if r.at >= earliest]):

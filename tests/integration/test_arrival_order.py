@@ -590,3 +590,41 @@ async def test_settlements_racing_the_ships_that_explain_them_leave_no_diversion
     finally:
         await pool.close()
     assert await _standing_in_db(db, codes) == []
+
+
+# --------------------------------------------------------------------------- a sale of a pack another holds
+
+
+@pytest.mark.parametrize("seller", ["H1", "P1"])
+@pytest.mark.parametrize("arrival", ["dispense first", "settlement first"])
+async def test_a_dispense_of_a_pack_another_holds_takes_it_over_in_either_arrival_order(
+    admin: Api, seller: str, arrival: str
+) -> None:
+    """H1 holds a pack; P1 dispenses 3 units of it (t=15: DIVERSION, and the pack is P1's
+    from then on: README, "Custody follows every scan"); a settlement of 2 units by
+    ``seller`` follows (t=20). Uploaded in time order or the settlement first, the pack
+    ends P1's and the same flags stand. H1's settlement is a DIVERSION either way
+    (refused as NOT_IN_CUSTODY, or, paid before the dispense arrived, judged again when
+    it does: the dispense dated before it replays the history). P1's is P1's own sale:
+    refused before its dispense arrived, its DIVERSION is cleared by it. Only the units
+    differ (a paid answer stands)."""
+    w = await _world(admin)
+    serial = 800 + 2 * ["H1", "P1"].index(seller) + ["dispense first", "settlement first"].index(arrival)
+    [code] = await received(w, "H1", [serial])
+    dispense = event("dispense", "P1", [code], 15, quantity=3)
+    sale = pack_claim(f"S-TAKEN-{serial}", code, 20, seller, split_units=2)
+    if arrival == "dispense first":
+        await _send(admin, [dispense])
+    answer = await w["insurer"].ok("POST", "/v1/settlements", sale)
+    if arrival == "settlement first":
+        assert answer["decision"] == ("accepted" if seller == "H1" else "rejected"), answer
+        await _send(admin, [dispense])
+    else:
+        assert answer["decision"] == ("rejected" if seller == "H1" else "accepted"), answer
+    assert (await _state(w, code))[:2] == ("received", "P1")
+    standing = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    got = sorted((f["kind"], f["org"], f["refs"].get("settlements") or f["refs"]["events"]) for f in standing)
+    expected = [("DIVERSION", "P1", [dispense["event_id"]])]
+    if seller == "H1":
+        expected = sorted([*expected, ("DIVERSION", "H1", [sale["setl_id"]])])
+    assert got == expected, standing
