@@ -273,6 +273,17 @@ def holds(state: CodeState, org: str) -> bool:
     return state.custodian == org
 
 
+def takes_over(state: CodeState, org: str) -> bool:
+    """Does a dispense by ``org`` take the pack over? When the organisation does not hold
+    it (``holds``) and it was commissioned and not destroyed: evidence that the
+    organisation has it (a DIVERSION). The pack, and what is inside it, is then the
+    dispenser's, as a receipt would make it: the holder's later sales of it are not in
+    its custody, and the dispenser's return puts it back on its own shelf. A settlement
+    is no such evidence: one by a non-holder is refused and takes nothing, and custody
+    stays a fold of the events alone."""
+    return state.commissioned and state.state != DESTROYED and not holds(state, org)
+
+
 @dataclass(frozen=True, slots=True)
 class Suspicion:
     """Physically real but suspicious activity seen while folding (becomes a flag)."""
@@ -425,14 +436,7 @@ class World:
 
     @staticmethod
     def _taken_over(s: CodeState, fact: Fact) -> bool:
-        """A dispense by an organisation that does not hold the pack (``holds``), which
-        was commissioned and not destroyed: evidence that the organisation has it
-        (DIVERSION, raised by :meth:`_suspect`). The pack, and what is inside it, is
-        then the dispenser's, as a receipt would make it: the holder's later sales of it
-        are not in its custody, and the dispenser's return puts it back on its own
-        shelf. A settlement is no such evidence: one by a non-holder is refused and takes
-        nothing, and custody stays a fold of the events alone."""
-        return s.commissioned and s.state != DESTROYED and not holds(s, fact.org)
+        return takes_over(s, fact.org)
 
     def _picked(self, fact: Fact) -> set[str]:
         """The codes the fact names that sit in a container which the fact names

@@ -15,15 +15,14 @@ from uuid import UUID
 
 from service.core import flags as flag_rules
 from service.core.custody import (
-    DESTROYED,
     CodeState,
     Fact,
     World,
     counted,
-    holds,
     product_of,
     replay,
     sort_key,
+    takes_over,
     undone_by_deletions,
 )
 from service.core.events import EVENT_ID_TAKEN, Incoming, Rejection, judge
@@ -90,8 +89,7 @@ def _takes_over(event: Incoming | Fact, states: Mapping[str, CodeState]) -> bool
     destroyed (``custody.World._taken_over``)."""
     if event.type != "dispense":
         return False
-    found = [s for c in event.codes if (s := states.get(c)) is not None]
-    return any(s.commissioned and s.state != DESTROYED and not holds(s, event.org) for s in found)
+    return any(takes_over(s, event.org) for c in event.codes if (s := states.get(c)) is not None)
 
 
 def commissioned_now(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> set[str]:
