@@ -536,6 +536,10 @@ class World:
         if fact.type == "ship":
             s.state = IN_TRANSIT
             s.destination = fact.to
+            # shipped by whoever scanned it out: for its holder nothing changes; by another
+            # (a DIVERSION), the pack is on its way from that organisation, as custody
+            # follows every scan (it stayed on record as the holder's: a probe)
+            s.custodian = fact.org
         elif fact.type in ("receive", "dispense"):  # a dispense only when taken over (_taken_over)
             s.state = RECEIVED
             s.custodian = fact.org

@@ -511,6 +511,26 @@ async def test_moving_or_destroying_someone_elses_stock_is_diversion(admin: Api)
     assert [f["kind"] for f in destroyed["flags"]] == ["DIVERSION"]
 
 
+async def test_a_pack_another_ships_is_on_its_way_from_the_shipper(admin: Api) -> None:
+    """README, "Custody follows every scan": P1's ship of a pack H1 holds is evidence that
+    P1 had it, so the pack is on its way from P1 (the lot lists it under the one that
+    shipped it) and DIVERSION is raised on the ship. Found by two probes: the pack stayed
+    on record as H1's, "on its way from H1", though H1 never sent it."""
+    w = await world(admin)
+    p1, inv = w["keys"]["P1"], w["inv"]
+    [code] = await received(w, "H1", [41], lot="L41")
+    out = await p1.events(event("ship", "P1", [code], 3, to="D1"))
+    assert [f["kind"] for f in out["flags"]] == ["DIVERSION"], out
+    history = await inv.ok("GET", f"/v1/codes/{code}/history")
+    on_its_way = (history["state"], history["custodian"], history["destination"])
+    assert on_its_way == ("in_transit", "P1", "D1"), history
+    lot = await inv.ok("GET", f"/v1/lots/{w['unit']}/L41")
+    assert lot["by_custodian"] == {"P1": 1}, lot
+    # the destination takes it in as its own shipment, without another flag
+    received_at_d1 = await w["keys"]["D1"].events(event("receive", "D1", [code], 4))
+    assert received_at_d1["flags"] == [], received_at_d1
+
+
 async def test_a_split_dispense_of_a_pack_another_holds_takes_the_pack_over(admin: Api) -> None:
     """README, "Custody follows every scan": P1's dispense of 3 units of a pack H1 holds
     is evidence that P1 has it. The pack is P1's: verify names P1 as its custodian and
