@@ -91,6 +91,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # checked before anything starts
     workers = in_range("--workers", args.workers, 1) if args.workers is not None else settings.workers
     port = in_range("--port", args.port, 1, 65535) if args.port is not None else settings.port
+    if args.host is not None and not args.host.strip():
+        print(f"--host must be a host name or address, got {args.host!r}", file=sys.stderr)
+        return 1
     if "TRACE_PSN_SECRET" not in os.environ:
         log.warning(
             "TRACE_PSN_SECRET is not set: insured person numbers are keyed with a development "

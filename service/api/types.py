@@ -9,7 +9,7 @@ import msgspec
 from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 
-from service.core.sales import SETL_ID_SHAPE
+from service.core.sales import SETL_ID_MEANS, SETL_ID_SHAPE
 
 # Patterns end in END, not a bare "$": Python's "$" (msgspec checks patterns with re)
 # also matches before a final newline, so "P1\n" was taken for "P1" in bodies while the
@@ -39,7 +39,7 @@ Gln = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}" + END)]
 # regex, with the END guard in it (found by a probe: "matching regex '…$(?!\n)'")
 PATTERN_MEANS = {
     r"^[A-Za-z0-9_.:-]+" + END: "letters, digits, '_', '.', ':' or '-'",
-    SETL_ID_PATTERN: "1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit",
+    SETL_ID_PATTERN: SETL_ID_MEANS,
     r"^[A-Za-z0-9]{1,30}" + END: "1 to 30 letters or digits",
     r"^[0-9]{6}" + END: "6 digits",
     r"^[0-9]{1,6}" + END: "1 to 6 digits",

@@ -186,7 +186,7 @@ class CodeState:
     # the latest settlement that took units of the pack: a custody event dated before it
     # replays the history, so the settlement is judged again (a sale's own dispense or
     # return does not: it changes no custody, unless a dispense by an organisation that
-    # does not hold the pack, which takes it over: World._taken_over)
+    # does not hold the pack, which takes it over: takes_over)
     sold_at: datetime | None = None
 
     def sold(self, at: datetime) -> None:
@@ -367,7 +367,7 @@ class World:
         container it left stays where it was (in its own pallet, say).
 
         A dispense by an organisation that does not hold the pack moves it to that
-        organisation, with what is inside it, as a receipt would (:meth:`_taken_over`)."""
+        organisation, with what is inside it, as a receipt would (:func:`takes_over`)."""
         kind = fact.type
         if kind == "settle":
             # judged as the pack was then; sold, it leaves its case (as a dispense of it does)
@@ -413,7 +413,7 @@ class World:
                 self.children.setdefault(fact.parent, set()).add(code)
             elif kind == "unpack" and s.parent == fact.parent:
                 self._detach(s)
-            if kind in ("ship", "receive", "destroy") or (kind == "dispense" and self._taken_over(s, fact)):
+            if kind in ("ship", "receive", "destroy") or (kind == "dispense" and takes_over(s, fact.org)):
                 for inner, via in self.subtree(code):
                     t = self.get(inner, fact.at)
                     if t.state == DESTROYED and kind == "dispense":
@@ -433,10 +433,6 @@ class World:
                     for inner, via in self.subtree(code):
                         if via is not None:
                             self.applied.setdefault(inner, []).append((fact, via))
-
-    @staticmethod
-    def _taken_over(s: CodeState, fact: Fact) -> bool:
-        return takes_over(s, fact.org)
 
     def _picked(self, fact: Fact) -> set[str]:
         """The codes the fact names that sit in a container which the fact names
@@ -540,7 +536,7 @@ class World:
             # (a DIVERSION), the pack is on its way from that organisation, as custody
             # follows every scan (it stayed on record as the holder's: a probe)
             s.custodian = fact.org
-        elif fact.type in ("receive", "dispense"):  # a dispense only when taken over (_taken_over)
+        elif fact.type in ("receive", "dispense"):  # a dispense only when it takes the pack over (takes_over)
             s.state = RECEIVED
             s.custodian = fact.org
             if s.destination == fact.org:

@@ -59,7 +59,7 @@ def commission_lots(events: Iterable[Incoming]) -> list[tuple[str, str]]:
 def may_explain_settlements(events: Iterable[Incoming], states: Mapping[str, CodeState]) -> bool:
     """Only a commission, ship or receive can explain a settlement's custody suspicion, or
     a dispense by an organisation that does not hold the pack (it takes it over:
-    ``custody.World._taken_over``), dated before that organisation's settlement."""
+    ``custody.takes_over``), dated before that organisation's settlement."""
     return any(e.type in ("commission", "ship", "receive") or _takes_over(e, states) for e in events)
 
 
@@ -71,7 +71,7 @@ def needs_replay(
     again) the fold is an incremental step; otherwise the codes' whole history is folded
     again. A sale's own dispense or return dated before its settlement moves no custody:
     it changes no settlement's judgement. A dispense by an organisation that does not
-    hold one of its packs does: it takes the pack over (``custody.World._taken_over``);
+    hold one of its packs does: it takes the pack over (``custody.takes_over``);
     dated after everything its packs have seen, it finds them as they are now."""
     earliest = min(e.at for e in events)
     moves = [e.at for e in events if e.type not in ("dispense", "return") or _takes_over(e, states)]
@@ -86,7 +86,7 @@ def needs_replay(
 
 def _takes_over(event: Incoming | Fact, states: Mapping[str, CodeState]) -> bool:
     """A dispense of a pack that its organisation does not hold now, commissioned and not
-    destroyed (``custody.World._taken_over``)."""
+    destroyed (``custody.takes_over``)."""
     if event.type != "dispense":
         return False
     return any(takes_over(s, event.org) for c in event.codes if (s := states.get(c)) is not None)

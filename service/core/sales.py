@@ -21,6 +21,7 @@ EVENT = "event"
 # letters and digits): letters, digits, '.', '_' and '-', starting with a letter or
 # digit. It names a resource in URL paths, so nothing that would need escaping there.
 SETL_ID_SHAPE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+SETL_ID_MEANS = "1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit"  # as said
 
 
 @dataclass(frozen=True, slots=True)

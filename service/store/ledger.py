@@ -457,7 +457,7 @@ async def records_of(conn: Conn, org: str, interfaces: Sequence[str], bchno: str
                   deleted_at IS NOT NULL AS deleted
            FROM nhsa_records
            WHERE org = $1 AND interface = ANY($2::text[]) AND fixmedins_bchno = $3
-           ORDER BY interface FOR UPDATE""",
+           ORDER BY interface""",
         org,
         list(interfaces),
         bchno,

@@ -87,8 +87,7 @@ async def add_identifiers(conn: Conn, was: Org, now: Org) -> bool:
     added = sorted(set(now.glns) - set(was.glns))
     if added:
         await conn.execute("INSERT INTO org_glns (gln, org) SELECT unnest($1::text[]), $2", added, now.id)
-    _orgs[now.id] = now
-    return True
+    return True  # kept by this process once committed (the caller's get_org, fresh)
 
 
 # Organisations and products never change once registered (a different body for an

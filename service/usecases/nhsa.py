@@ -160,7 +160,7 @@ async def _deletions(
             targets += live
             if not stored:
                 uploaded.missing.append(d)
-        paying = await setl_store.paid_for(conn, [_setl_id(stored) for stored in targets])
+        paying = await setl_store.paid_for(conn, [_setl_id(target) for target in targets])
     uploaded.targets, uploaded.paying = targets, paying
     return _compensations(org, targets, paying, now)
 

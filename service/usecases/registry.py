@@ -78,12 +78,13 @@ async def add_identifiers(
                 return now
             try:
                 async with conn.transaction():
-                    if await registry.add_identifiers(conn, was, now):
-                        return now
+                    stored = await registry.add_identifiers(conn, was, now)
             except asyncpg.PostgresError as exc:
                 if not unique_violation(exc):
                     raise
                 raise _held_elsewhere(exc) from None
+            if stored:  # committed: this process keeps the organisation as it is now
+                return await registry.get_org(conn, org_id, fresh=True)
         raise Conflict(None, "the organisation was changed meanwhile; send it again")
 
 

@@ -56,7 +56,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             loaded = await _load(conn, claim, canonical, psn_hash, states)
         return rules.answer(claim.setl_id, rules.decide(claim, canonical, loaded).outcomes, [])
 
-    # stored with the first; a replay matches either (fingerprints)
+    # stored with the first; a replay matches any of them (fingerprints)
     body_hashes = fingerprints(secret, claim, canonical)
 
     # The common case in two round trips, without a transaction held open across them:

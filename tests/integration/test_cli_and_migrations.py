@@ -255,7 +255,7 @@ async def test_an_embedded_postgres_that_does_not_start_is_one_line_naming_its_f
     assert "contains errors" in said, done.stderr
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--port", "0"), ("--workers", "0")])
+@pytest.mark.parametrize(("flag", "value"), [("--port", "0"), ("--workers", "0"), ("--host", " ")])
 async def test_a_serve_flag_out_of_range_is_refused(tmp_path: Path, flag: str, value: str) -> None:
     done = await asyncio.to_thread(
         subprocess.run,

@@ -35,7 +35,7 @@ import msgspec
 from service.core.codes import ParsedCode
 from service.core.custody import product_of
 from service.core.events import Incoming, Rejection, shape_errors, take_codes, time_problem
-from service.core.sales import SETL_ID_SHAPE
+from service.core.sales import SETL_ID_MEANS, SETL_ID_SHAPE
 from service.interop.epcis.identifiers import (
     MAX_LENGTH,
     labelled,
@@ -566,8 +566,8 @@ def settlement_of(event: Mapping[str, Any]) -> str | None:
         if not _SETL_ID.fullmatch(setl_id):
             raise EventError(
                 field,
-                f"must be {SETTLEMENT_URI}<setl_id>, the settlement's id (1 to 64 letters, digits,"
-                " '.', '_' and '-', starting with a letter or digit), as setl_id on /v1/events",
+                f"must be {SETTLEMENT_URI}<setl_id>, the settlement's id ({SETL_ID_MEANS}), as setl_id"
+                " on /v1/events",
             )
         if found is not None and setl_id != found:
             raise EventError(

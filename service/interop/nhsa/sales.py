@@ -23,7 +23,7 @@ from asyncpg.pgproto.pgproto import UUID as FastUUID
 from service.core.codes import NOT_A_CODE, ParsedCode, strip_code, try_parse_code
 from service.core.events import Incoming, scanned_labels, time_problem
 from service.core.ledger import Entry
-from service.core.sales import SETL_ID_SHAPE
+from service.core.sales import SETL_ID_MEANS, SETL_ID_SHAPE
 from service.core.settlement import person_hash, person_number_problem
 from service.interop.nhsa.envelope import (
     NUMBER,
@@ -380,7 +380,7 @@ def _record(
         price(row.get("finl_trns_pric"), "finl_trns_pric")
     setl_id = optional_text(row, "setl_id", "setl_id")
     if setl_id is not None and not SETL_ID.fullmatch(setl_id):
-        raise FieldError("setl_id", "must be letters, digits, '.', '_' or '-' (up to 64)")
+        raise FieldError("setl_id", f"must be {SETL_ID_MEANS}")
     person_number(row)
     scanned = read_codes(row)
 
