@@ -15,7 +15,7 @@ from service import metrics
 from service.core import settlement as rules
 from service.core.custody import CodeState
 from service.core.sales import Sale, move_units
-from service.core.settlement import Claim, Loaded, fingerprints, person_hash
+from service.core.settlement import Claim, Loaded, fingerprint, fingerprints, person_hash
 from service.store import codes as code_store
 from service.store import events as event_store
 from service.store import flags as flag_store
@@ -56,8 +56,9 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             loaded = await _load(conn, claim, canonical, psn_hash, states)
         return rules.answer(claim.setl_id, rules.decide(claim, canonical, loaded).outcomes, [])
 
-    # stored with the first; a replay matches any of them (fingerprints)
-    body_hashes = fingerprints(secret, claim, canonical)
+    # stored with it; a replay matches it or a form an earlier release stored, worked out
+    # only for a replay (fingerprints)
+    body_hash = fingerprint(secret, claim, canonical)
 
     # The common case in two round trips, without a transaction held open across them:
     # the packs as they are, then one statement that writes the sale only if none of its
@@ -69,7 +70,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         try:
             async with pool.acquire() as conn:
                 answer = await _settle_unchanged(
-                    conn, claim, canonical, psn_hash, body_hashes, look_for_stored=attempt > 0
+                    conn, claim, canonical, psn_hash, body_hash, secret, look_for_stored=attempt > 0
                 )
         except RETRYABLE:
             metrics.OPTIMISTIC.labels("settle", "raced").inc()
@@ -87,7 +88,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         # code order, and what the decision reads besides
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
-            return _replay(stored, body_hashes)
+            return _replay(stored, secret, claim, canonical)
         packs = await code_store.lock(conn, _packs(canonical))
         loaded = await _load(conn, claim, canonical, psn_hash, packs, locked=True)
         # a take of this sale given back before it came (read here only: the one-statement
@@ -102,7 +103,7 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         await purchase_store.record(conn, psn_hash, decision.purchases)
         raised = await flag_store.raise_flags(conn, decision.flags, stored_now=flag_kinds)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
-        fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hashes[0], answer))
+        fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hash, answer))
         if not fresh:  # a concurrent request with the same id stored it first: run again,
             raise RetryTransaction  # which then finds it and answers as a replay
         return answer
@@ -117,7 +118,8 @@ async def _settle_unchanged(
     claim: Claim,
     canonical: Mapping[str, str | None],
     psn_hash: bytes,
-    body_hashes: tuple[bytes, ...],
+    body_hash: bytes,
+    secret: bytes,
     *,
     look_for_stored: bool,
 ) -> dict[str, Any] | None:
@@ -129,7 +131,7 @@ async def _settle_unchanged(
     if look_for_stored:
         stored = await setl_store.get(conn, claim.setl_id)
         if stored is not None:
-            return _replay(stored, body_hashes)
+            return _replay(stored, secret, claim, canonical)
     states, versions = await code_store.read_versions(conn, _packs(canonical))
     if rules.late(claim.at, claim.org, states):
         return None  # its packs' history is read with their rows locked
@@ -140,7 +142,7 @@ async def _settle_unchanged(
     answer = rules.answer(claim.setl_id, decision.outcomes, [])
     await setl_store.settle_unchanged(
         conn,
-        _row(claim, psn_hash, body_hashes[0], answer),
+        _row(claim, psn_hash, body_hash, answer),
         packs=rules.written(loaded, decision),
         read=versions,
         consumptions=decision.consumptions,
@@ -162,12 +164,14 @@ def _row(claim: Claim, psn_hash: bytes, body_hash: bytes, answer: dict[str, Any]
     )
 
 
-def _replay(stored: Mapping[str, Any], body_hashes: tuple[bytes, ...]) -> dict[str, Any]:
+def _replay(
+    stored: Mapping[str, Any], secret: bytes, claim: Claim, canonical: Mapping[str, str | None]
+) -> dict[str, Any]:
     """The stored answer of a settlement sent again; Conflict if the body differs. A
     settlement the insurer reversed since says so (``reversed``, ``reversed_at``): its
     units were given back, and an engine retrying after its reversal must not take the
     sale as paid (found by a probe)."""
-    if not any(hmac.compare_digest(stored["body_hash"], h) for h in body_hashes):
+    if not any(hmac.compare_digest(stored["body_hash"], h) for h in fingerprints(secret, claim, canonical)):
         raise Conflict
     answer = dict(stored["response"])
     if stored["reversed_at"] is not None:
