@@ -91,18 +91,7 @@ def start_postgres(root: Path, *, throwaway: bool = False) -> str:
             for key, value in _PG_SETTINGS.items():
                 conf.write(f"{key} = '{value}'\n")
     sock_dir = _socket_dir(pgdata, user)
-    adopting = root / "postgres.owner" not in _owned
-    if _own(root / "postgres.owner"):
-
-        def stop() -> None:
-            stop_postgres(root)
-            if throwaway:
-                shutil.rmtree(root, ignore_errors=True)
-
-        # before it starts: a start that fails half-way leaves nothing running either
-        _stop_at_exit(f"postgres:{root}", stop)
-    else:
-        adopting = False
+    adopting = _take_ownership(root, "postgres", stop_postgres, throwaway=throwaway)
     pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
     host = quote(str(sock_dir), safe="")
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -275,6 +264,27 @@ def _serialised(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _take_ownership(root: Path, name: str, stop_server: Callable[[Path], None], *, throwaway: bool) -> bool:
+    """Own the embedded server ``name`` under ``root`` (:func:`_own`, its owner file
+    ``<name>.owner``) and stop it at exit, its folder deleted too with ``throwaway``:
+    registered before it starts, so a start that fails half-way leaves nothing running
+    either. True when this process has just taken it over (it may be running, left by a
+    process that ended: adopted); False when it owned it already, or another living
+    process does (that one stops it)."""
+    owner = root / f"{name}.owner"
+    new = owner not in _owned
+    if not _own(owner):
+        return False
+
+    def stop() -> None:
+        stop_server(root)
+        if throwaway:
+            shutil.rmtree(root, ignore_errors=True)
+
+    _stop_at_exit(f"{name}:{root}", stop)
+    return new
+
+
 def _stop_at_exit(name: str, stop: Callable[[], None]) -> None:
     if name not in _stops:
         _stops.add(name)
@@ -392,17 +402,7 @@ def start_redis(root: Path, *, throwaway: bool = False) -> str:
     root.mkdir(parents=True, exist_ok=True)
     sock = root / "valkey.sock"
     url = f"unix://{sock}"
-    adopting = root / "valkey.owner" not in _owned
-    if _own(root / "valkey.owner"):
-
-        def stop() -> None:
-            stop_redis(root)
-            if throwaway:
-                shutil.rmtree(root, ignore_errors=True)
-
-        _stop_at_exit(f"valkey:{root}", stop)
-    else:
-        adopting = False
+    adopting = _take_ownership(root, "valkey", stop_redis, throwaway=throwaway)
     with _serialised(root / "valkey.starting"):
         if sock.exists():
             if redis_answers(root):  # an earlier run's server is still up: reuse it
