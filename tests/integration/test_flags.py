@@ -877,6 +877,16 @@ async def test_promotion_leaves_a_change_committed_while_it_waited(admin: Api, d
     assert [h["status"] for h in after["history"]][-1:] == ["dismissed"]
 
 
+async def _settled_by_p1_at_08_10(w: dict[str, Any], setl_id: str, serial: int) -> str:
+    """A pack received by P1 and settled by P1 at 08:10, paid with no flag; its code."""
+    [code] = await received(w, "P1", [serial])
+    body = _settle_body(setl_id, "P1", code, 8)
+    body["at"] = at(10)
+    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
+    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    return code
+
+
 async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_suspect(admin: Api) -> None:
     """P1 settles a pack it holds (08:10, accepted, no flag). Then an upload arrives that
     P1 had shipped that pack to H1 at 08:05: at the sale the pack was on its way to H1,
@@ -885,11 +895,7 @@ async def test_a_paid_settlement_is_judged_again_when_a_late_event_makes_it_susp
     again: a paid settlement with no flag stayed as it was)."""
     w = await world(admin)
     p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [22])
-    body = _settle_body("S-LATE2", "P1", code, 8)
-    body["at"] = at(10)
-    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
-    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    code = await _settled_by_p1_at_08_10(w, "S-LATE2", 22)
     late = await p1.events(event("ship", "P1", [code], 5, to="H1"))
     assert (late["accepted"], late["flags"]) == (1, []), late  # the settlement's flag is not this upload's
     flags = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
@@ -912,11 +918,7 @@ async def test_a_sales_own_dispense_dated_before_a_late_ship_takes_the_pack_back
     on the dispense, and the pack is P1's."""
     w = await world(admin)
     p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [21])
-    body = _settle_body("S-LATE", "P1", code, 8)
-    body["at"] = at(10)
-    answer = await w["insurer"].ok("POST", "/v1/settlements", body)
-    assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
+    code = await _settled_by_p1_at_08_10(w, "S-LATE", 21)
 
     async def replays() -> float:
         return _metric((await admin.client.get("/metrics")).text, "tracecode_replays_total")
