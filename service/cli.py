@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.config import DEFAULT_SERVER, SERVERS, Settings, in_range, setup_logging
+from service.config import DEFAULT_SERVER, SERVERS, Settings, bind_host, in_range, setup_logging
 
 if TYPE_CHECKING:
     from service.core.auth import KeyRecord
@@ -91,9 +91,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # checked before anything starts
     workers = in_range("--workers", args.workers, 1) if args.workers is not None else settings.workers
     port = in_range("--port", args.port, 1, 65535) if args.port is not None else settings.port
-    if args.host is not None and not args.host.strip():
-        print(f"--host must be a host name or address, got {args.host!r}", file=sys.stderr)
-        return 1
+    host = bind_host("--host", args.host) if args.host is not None else settings.host
     if "TRACE_PSN_SECRET" not in os.environ:
         log.warning(
             "TRACE_PSN_SECRET is not set: insured person numbers are keyed with a development "
@@ -111,7 +109,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # serve's own: a second serve on the same data (which then fails to bind) used to
         # empty the running one's, blanking its /metrics (found by a probe)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(settings.data_dir / "prometheus"))
-    host = args.host or settings.host
     print(f"tracecode serving on http://{host}:{port} ({workers} worker(s), {server})", flush=True)
     # the embedded servers are watched while the service serves, and only then
     unwatch: Callable[[], None] = lambda: None  # noqa: E731

@@ -64,10 +64,9 @@ def _secret(name: str, default: str) -> bytes:
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def _host(name: str, default: str) -> str:
-    """A bind address; set but empty (or blank) is refused, not bound as the server's own
-    default (found by a probe)."""
-    raw = os.environ.get(name, default)
+def bind_host(name: str, raw: str) -> str:
+    """A bind address, or SystemExit naming ``name``: set but empty (or blank), it is
+    refused, not bound as the server's own default (found by a probe)."""
     if not raw.strip():
         raise SystemExit(f"{name} must be a host name or address, got {raw!r}")
     return raw.strip()
@@ -240,7 +239,7 @@ class Settings:
             database_url=os.environ.get("TRACE_DATABASE_URL") or None,
             redis_url=os.environ.get("TRACE_REDIS_URL") or None,
             data_dir=Path(data_dir).expanduser(),
-            host=_host("TRACE_HOST", "127.0.0.1"),
+            host=bind_host("TRACE_HOST", os.environ.get("TRACE_HOST", "127.0.0.1")),
             port=_int("TRACE_PORT", 8000, 1, 65535),
             workers=_int("TRACE_WORKERS", 1, 1),
             server=_choice("TRACE_SERVER", DEFAULT_SERVER, SERVERS),
