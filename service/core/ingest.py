@@ -37,9 +37,11 @@ from service.core.sales import (
     Return,
     Sale,
     draw,
+    foldable,
     match_returns,
     move_units,
     refold,
+    restate,
     sent_again,
     short_of,
 )
@@ -683,7 +685,7 @@ def _refold_late(
         ]
         returns = stored_returns + [_return_of(e, code) for e in new if e.type == "return"]
         pack_units = world.states[code].pack_units
-        if not new or pack_units is None or not _foldable(dispenses, returns, takes, loaded.refunded):
+        if not new or pack_units is None or not foldable(dispenses, returns, takes, loaded.refunded):
             continue
         fold = refold(
             code,
@@ -746,46 +748,17 @@ def _return_of(event: Incoming, code: str) -> Return:
     return Return(event.event_id, event.org, event.at, event.setl_id, code, event.undoes)
 
 
-def _foldable(
-    dispenses: Sequence[Dispense],
-    returns: Sequence[Return],
-    takes: Sequence[Consumption],
-    refunded: Mapping[str, Refund],
-) -> bool:
-    """Does ``core.sales.refold`` model all of a pack's sales: no settlement's reversal
-    (also one refunded after a return gave its units back), no split sale over several
-    packs?"""
-    return not (
-        any(d.quantity is not None and d.packs > 1 for d in dispenses)
-        or any(t.reversed and (t.reversed_by is None or t.setl_id in refunded) for t in takes)
-    )
-
-
 def _record_refold(fold: Refold, stored: Sequence[Consumption], book: _Book) -> None:
-    """Bring the pack's recorded takes to the fold's: a take whose units, sale or return
-    changed is written again, one given back or standing again is marked so."""
-    folded = {t.sale: t for t in fold.takes}
-
-    def add(take: Consumption) -> None:
+    """Bring the pack's recorded takes to the fold's (``core.sales.restate``) in the book."""
+    restated = restate(fold, stored)
+    for take in restated.erased:
+        book.erase(take)
+    for take in restated.added:
         book.add(take)
-        if take.reversed_by is not None:
-            book.reverse(take, take.reversed_by)
-
-    for take in stored:
-        now = folded.pop(take.sale, None)
-        if now is None:
-            book.erase(take)
-        elif (now.units, now.event_id, now.at, now.org) != (take.units, take.event_id, take.at, take.org) or (
-            take.reversed and now.reversed_by not in (None, take.reversed_by)
-        ):
-            book.erase(take)  # written again
-            add(now)
-        elif take.reversed and not now.reversed:
-            book.reopen(take)
-        elif not take.reversed and now.reversed_by is not None:
-            book.reverse(take, now.reversed_by)
-    for take in folded.values():
-        add(take)
+    for take, by in restated.given_back:
+        book.reverse(take, by)
+    for take in restated.reopened:
+        book.reopen(take)
 
 
 def _undo_return(

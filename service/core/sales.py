@@ -7,7 +7,7 @@ dispenses, returns and reversals alike.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -428,3 +428,59 @@ def refold(
             if give_back(ret):
                 waiting.remove(ret)
     return Refold(takes, left, resales, short, repeats)
+
+
+def foldable(
+    dispenses: Sequence[Dispense],
+    returns: Sequence[Return],
+    takes: Sequence[Consumption],
+    refunded: Mapping[str, Refund],
+) -> bool:
+    """Does :func:`refold` model all of a pack's sales: no settlement's reversal (also one
+    refunded after a return gave its units back), no split sale over several packs?"""
+    return not (
+        any(d.quantity is not None and d.packs > 1 for d in dispenses)
+        or any(t.reversed and (t.reversed_by is None or t.setl_id in refunded) for t in takes)
+    )
+
+
+@dataclass(slots=True)
+class Restated:
+    """What a pack's recorded takes need to become a fold's (:func:`restate`), in the
+    order they are written: ``erased`` first (a take written again is erased, then
+    recorded), then ``added``, then ``given_back`` (added ones among them), ``reopened``."""
+
+    erased: list[Consumption] = field(default_factory=list)
+    added: list[Consumption] = field(default_factory=list)
+    given_back: list[tuple[Consumption, UUID]] = field(default_factory=list)  # by the return
+    reopened: list[Consumption] = field(default_factory=list)
+
+
+def restate(fold: Refold, stored: Sequence[Consumption]) -> Restated:
+    """Bring the pack's recorded takes (``stored``) to the fold's: a take whose units,
+    sale or return changed is written again, one given back or standing again is marked
+    so, and a sale the fold adds is recorded."""
+    folded = {t.sale: t for t in fold.takes}
+    out = Restated()
+
+    def add(take: Consumption) -> None:
+        out.added.append(take)
+        if take.reversed_by is not None:
+            out.given_back.append((take, take.reversed_by))
+
+    for take in stored:
+        now = folded.pop(take.sale, None)
+        if now is None:
+            out.erased.append(take)
+        elif (now.units, now.event_id, now.at, now.org) != (take.units, take.event_id, take.at, take.org) or (
+            take.reversed and now.reversed_by not in (None, take.reversed_by)
+        ):
+            out.erased.append(take)  # written again
+            add(now)
+        elif take.reversed and not now.reversed:
+            out.reopened.append(take)
+        elif not take.reversed and now.reversed_by is not None:
+            out.given_back.append((take, now.reversed_by))
+    for take in folded.values():
+        add(take)
+    return out

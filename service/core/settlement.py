@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import msgspec
 
@@ -27,7 +28,7 @@ from service.core.custody import (
     replay,
 )
 from service.core.events import identifier_problem
-from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs
+from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs, resale_flag
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
@@ -47,7 +48,19 @@ from service.core.rules import (
     consumed,
     local_date,
 )
-from service.core.sales import Consumption, Refund, Sale, draw, move_units, named
+from service.core.sales import (
+    Consumption,
+    PackSales,
+    Refund,
+    Restated,
+    Sale,
+    draw,
+    foldable,
+    move_units,
+    named,
+    refold,
+    restate,
+)
 
 ACCEPTED, PARTIAL, REJECTED = "accepted", "partial", "rejected"
 
@@ -487,6 +500,16 @@ class Loaded:
     # them, to fold custody as it was at the sale; None otherwise
     history: Sequence[Fact] | None = None
     settled: Sequence[Fact] = ()
+    # a late claim's packs that have stored dispenses or returns, for their sales to be
+    # folded again in event time with this one (:func:`in_time`): those dispenses and
+    # returns by pack, every recorded take of the packs (given back ones too), the
+    # refunds and the standing settlements of the sales they name, and the
+    # organisations of the dispenses (the region of a DUPLICATE)
+    pack_sales: PackSales = field(default_factory=dict)
+    takes: Sequence[Consumption] = ()
+    refunded: Mapping[str, Refund] = field(default_factory=dict)
+    standing: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    dispensers: Mapping[str, Org] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,6 +787,13 @@ class Decision:
     # this sale's takes that a patient's return gave back before the settlement came,
     # taken again (``taken_back``): they stand, and the return waits for the refund
     reopened: list[Consumption] = field(default_factory=list)
+    # a late claim's packs' recorded takes brought to their sales in event time
+    # (:func:`in_time`): erased (before ``consumptions`` are recorded) and given back
+    erased: list[Consumption] = field(default_factory=list)
+    given_back: list[tuple[Consumption, UUID]] = field(default_factory=list)
+    # stored dispenses that the sales in event time find to be resales: raised, not
+    # named in the answer (they are not this claim's)
+    rejudged: list[NewFlag] = field(default_factory=list)
 
 
 def written(loaded: Loaded, decision: Decision) -> dict[str, CodeState]:
@@ -920,6 +950,10 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     )
     limits = person_limits(claim, canonical, loaded.states, loaded.products, loaded.item_products)
     purchases, excess = _excess(claim, outcomes, limits, loaded) if limits else ([], [])
+    folded = in_time(consumptions, loaded) if loaded.pack_sales else InTime()
+    for code, left in folded.left.items():
+        loaded.states[code].units_left = left
+    consumptions = [c for c in consumptions if c.code not in folded.left] + folded.restated.added
     after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}
     return Decision(
         outcomes,
@@ -927,8 +961,74 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
         [after.get(c) or loaded.states[c] for c in sorted(changed)],
         flags + excess + resold,
         purchases,
-        [replace(t, reversed=False, reversed_by=None) for t in reopened],
+        [replace(t, reversed=False, reversed_by=None) for t in reopened] + folded.restated.reopened,
+        folded.restated.erased,
+        folded.restated.given_back,
+        folded.rejudged,
     )
+
+
+@dataclass(slots=True)
+class InTime:
+    """A late claim's packs whose sales were folded again with it (:func:`in_time`)."""
+
+    restated: Restated = field(default_factory=Restated)  # their takes, as recorded now
+    left: dict[str, int] = field(default_factory=dict)  # the units each has left
+    rejudged: list[NewFlag] = field(default_factory=list)  # stored dispenses found resales
+
+
+def in_time(consumptions: Sequence[Consumption], loaded: Loaded) -> InTime:
+    """For a late claim: the sales of each pack it takes units of, folded again in event
+    time with its take among them (``core.sales.refold``, as a late dispense folds
+    them). A patient's return dated after the sale that was matched to an older sale,
+    having arrived before this claim, meets this sale instead: the insurer pays for it,
+    so the return waits for its refund, and the older sale stands again; the sales after
+    it draw from what is left. Found by a model-based probe: the pack kept the units of
+    the older sale, and a later claim of them was paid.
+
+    The claim's answer stands (it is judged on the pack as it was at the sale, with its
+    units as now). A pack whose fold finds fewer units for this sale than it takes, or
+    whose sales hold what the fold does not model (``core.sales.foldable``), keeps its
+    takes as recorded. A stored dispense the fold finds to be a resale is flagged
+    DUPLICATE; none stops being one: a sale added in event time leaves every later sale
+    as many units or fewer."""
+    out = InTime()
+    recorded: dict[str, list[Consumption]] = {}
+    for t in loaded.takes:
+        recorded.setdefault(t.code, []).append(t)
+    for take in consumptions:
+        code = take.code
+        dispenses, returns = loaded.pack_sales.get(code, ([], []))
+        stored = recorded.get(code, [])
+        pack_units = loaded.states[code].pack_units
+        if (
+            pack_units is None
+            or not (dispenses or returns)
+            or not foldable(dispenses, returns, stored, loaded.refunded)
+        ):
+            continue
+        settled = [t for t in stored if t.event_id is None]
+        fold = refold(
+            code, pack_units, dispenses, [*settled, take], returns, loaded.refunded, loaded.standing
+        )
+        if fold is None:
+            continue
+        restated = restate(fold, stored)
+        out.restated.erased += restated.erased
+        out.restated.added += restated.added
+        out.restated.given_back += restated.given_back
+        out.restated.reopened += restated.reopened
+        out.left[code] = fold.units_left
+        for d in dispenses:
+            if d.event_id in fold.resales and d.org in loaded.dispensers:
+                found = fold.short.get(d.event_id)
+                before = [t for t in fold.takes if t.at <= d.at]
+                short = (d.quantity or 0, found) if found is not None else None
+                region = loaded.dispensers[d.org].region
+                out.rejudged.append(
+                    resale_flag(d.event_id, d.org, region, d.at, code, before, short, setl_id=d.setl_id)
+                )
+    return out
 
 
 def late(at: datetime, org: str, states: Mapping[str, CodeState]) -> bool:

@@ -14,7 +14,7 @@ import asyncpg
 from service import metrics
 from service.core import settlement as rules
 from service.core.custody import CodeState
-from service.core.sales import Sale, move_units
+from service.core.sales import PackSales, Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprint, fingerprints, person_hash
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -97,11 +97,13 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         # decide
         decision = rules.decide(claim, canonical, loaded)
         # write
+        await sale_store.erase(conn, decision.erased)  # first: a take written again is erased, then recorded
         await sale_store.record(conn, decision.consumptions)
+        await sale_store.reverse(conn, decision.given_back)
         await sale_store.reopen(conn, decision.reopened)  # a return's give-back undone: it waits
         await code_store.update(conn, rules.written(loaded, decision).values())  # every pack, changed or not
         await purchase_store.record(conn, psn_hash, decision.purchases)
-        raised = await flag_store.raise_flags(conn, decision.flags, stored_now=flag_kinds)
+        raised = await flag_store.raise_flags(conn, decision.flags + decision.rejudged, stored_now=flag_kinds)
         answer = rules.answer(claim.setl_id, decision.outcomes, [raised[f.key] for f in decision.flags])
         fresh = await setl_store.insert(conn, _row(claim, psn_hash, body_hash, answer))
         if not fresh:  # a concurrent request with the same id stored it first: run again,
@@ -218,8 +220,11 @@ async def _load(
     )
     if rules.late(claim.at, claim.org, states):  # custody is judged as it was at the sale, from the history
         family = set(states) | set(await code_store.ancestors_ever(conn, states))
-        loaded.history = await event_store.facts_for(conn, family)
+        stored = await event_store.stored_for(conn, family)
+        loaded.history = event_store.facts_of(stored)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
+        if locked:  # the packs' sales, to fold them again in event time with this one
+            await _load_sales(conn, loaded, sale_store.pack_sales(stored, states))
     limits = rules.person_limits(claim, canonical, states, products, exempt)
     if limits:  # the person's purchases of those items near the claim, and their flags
         if locked:
@@ -231,6 +236,21 @@ async def _load(
         evidence = rules.excess_evidence(psn_hash, limits, near)
         loaded.excess_flagged = await flag_store.excess_raised(conn, evidence)
     return loaded
+
+
+async def _load_sales(conn: Conn, loaded: Loaded, pack_sales: PackSales) -> None:
+    """For a late claim on the locked path: what folding its packs' sales again in event
+    time reads (``core.settlement.in_time``), for the packs with stored dispenses or
+    returns only (none: nothing more is read)."""
+    pack_sales = {code: sales for code, sales in pack_sales.items() if sales[0] or sales[1]}
+    if not pack_sales:
+        return
+    loaded.pack_sales = pack_sales
+    loaded.takes = await sale_store.of_codes(conn, sorted(pack_sales), open_only=False)
+    dispenses = [d for dispensed, _ in pack_sales.values() for d in dispensed]
+    named = {d.setl_id for d in dispenses} | {t.setl_id for t in loaded.takes}
+    loaded.refunded, loaded.standing = await setl_store.refunds_and_standing(conn, named, named)
+    loaded.dispensers = await registry.get_orgs(conn, sorted({d.org for d in dispenses}))
 
 
 async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
