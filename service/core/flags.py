@@ -363,7 +363,7 @@ def _settlements(setl_id: str | None) -> dict[str, Any]:
 def resale_flag(
     event_id: UUID,
     org: str,
-    region: str,
+    region: str | None,
     at: datetime,
     code: str,
     earlier: Sequence[Consumption],

@@ -503,13 +503,11 @@ class Loaded:
     # a late claim's packs that have stored dispenses or returns, for their sales to be
     # folded again in event time with this one (:func:`in_time`): those dispenses and
     # returns by pack, every recorded take of the packs (given back ones too), the
-    # refunds and the standing settlements of the sales they name, and the
-    # organisations of the dispenses (the region of a DUPLICATE)
+    # refunds and the standing settlements of the sales they name
     pack_sales: PackSales = field(default_factory=dict)
     takes: Sequence[Consumption] = ()
     refunded: Mapping[str, Refund] = field(default_factory=dict)
     standing: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    dispensers: Mapping[str, Org] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1020,13 +1018,12 @@ def in_time(consumptions: Sequence[Consumption], loaded: Loaded) -> InTime:
         out.restated.reopened += restated.reopened
         out.left[code] = fold.units_left
         for d in dispenses:
-            if d.event_id in fold.resales and d.org in loaded.dispensers:
+            if d.event_id in fold.resales:  # its organisation's region (None: as stored)
                 found = fold.short.get(d.event_id)
                 before = [t for t in fold.takes if t.at <= d.at]
                 short = (d.quantity or 0, found) if found is not None else None
-                region = loaded.dispensers[d.org].region
                 out.rejudged.append(
-                    resale_flag(d.event_id, d.org, region, d.at, code, before, short, setl_id=d.setl_id)
+                    resale_flag(d.event_id, d.org, None, d.at, code, before, short, setl_id=d.setl_id)
                 )
     return out
 

@@ -250,7 +250,6 @@ async def _load_sales(conn: Conn, loaded: Loaded, pack_sales: PackSales) -> None
     dispenses = [d for dispensed, _ in pack_sales.values() for d in dispensed]
     named = {d.setl_id for d in dispenses} | {t.setl_id for t in loaded.takes}
     loaded.refunded, loaded.standing = await setl_store.refunds_and_standing(conn, named, named)
-    loaded.dispensers = await registry.get_orgs(conn, sorted({d.org for d in dispenses}))
 
 
 async def get(conn: Conn, setl_id: str) -> dict[str, Any] | None:
