@@ -340,6 +340,7 @@ def refold(
     returns: Sequence[Return],
     refunded: Mapping[str, Refund] | None = None,
     standing: Mapping[str, frozenset[str]] | None = None,
+    settling: Sequence[Consumption] = (),
 ) -> Refold | None:
     """The sales of one pack in event time, whatever order they arrived in: each
     dispense draws from what is left (a whole-pack sale all of it, a split sale up to
@@ -362,7 +363,9 @@ def refold(
     deleted, and the deletion's compensations (``undoes``), are left out: the pack's
     sales end as if those records had never been sent. A dispense under a settlement the
     insurer refunded (``refunded``, by setl_id) takes nothing the refund gives back
-    (``Refund.gives_back``)."""
+    (``Refund.gives_back``). ``settling``: the takes of a settlement arriving now (a late
+    claim's: ``core.settlement.in_time``), folded as settlements' takes are, last at
+    their instant as what arrives now is."""
     refunded = refunded or {}
     standing = standing or {}
     left_out = left_out_by_deletions([*dispenses, *returns])
@@ -371,12 +374,15 @@ def refold(
     arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
         (s.at, 0, s.at, 0, 0, s) for s in settled
     ]
+    arrived += [(s.at, 2, s.at, 0, 0, s) for s in settling]
     for kind, events in ((0, dispenses), (1, returns)):
         for e in events:  # stored ones by when they were stored, then those arriving now
             arrived.append((e.at, 1 if e.received else 2, e.received or e.at, kind, e.event_id.int, e))
     left = pack_units
     takes: list[Consumption] = []
-    sales: set[Sale] = {t.sale for t in settled}  # a dispense of a settled sale takes nothing again
+    sales: set[Sale] = {
+        t.sale for t in [*settled, *settling]
+    }  # a dispense of a settled sale takes nothing again
     resales: list[UUID] = []
     short: dict[UUID, int] = {}
     repeats: list[UUID] = []

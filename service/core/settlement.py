@@ -1006,9 +1006,7 @@ def in_time(consumptions: Sequence[Consumption], loaded: Loaded) -> InTime:
         ):
             continue
         settled = [t for t in stored if t.event_id is None]
-        fold = refold(
-            code, pack_units, dispenses, [*settled, take], returns, loaded.refunded, loaded.standing
-        )
+        fold = refold(code, pack_units, dispenses, settled, returns, loaded.refunded, loaded.standing, [take])
         if fold is None:
             continue
         restated = restate(fold, stored)

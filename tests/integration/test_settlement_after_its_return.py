@@ -93,3 +93,25 @@ async def test_a_later_sale_that_the_settlement_leaves_short_is_flagged(admin: A
     flags = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]
     assert [(f["kind"], f["refs"].get("units_left")) for f in flags] == [("DUPLICATE", 12)], flags
     assert later["event_id"] in flags[0]["refs"]["events"]
+
+
+async def test_at_its_own_instant_a_late_settlement_follows_what_arrived_before_it(admin: Api) -> None:
+    """At one instant, sales and returns follow in the order they arrived (README). The
+    patient's return (minute 20) arrived before X, of the same minute: it gave back the
+    cash sale (minute 10), and stays so when X comes, late because of a sale of 2 units
+    at minute 30: 24 - 6 + 6 - 6 - 2 = 16 (found in review: X was folded first at its
+    instant, the return then met X and waited, and the pack kept 10)."""
+    w = await small_world(admin)
+    insurer = await admin.key_for("insurer")
+    inv = await admin.key_for("investigator")
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [5191])
+    for e in (
+        event("dispense", "P1", [code], 10, quantity=6),
+        event("return", "P1", [code], 20),
+        event("dispense", "P1", [code], 30, quantity=2),
+    ):
+        assert (await p1.events(e))["rejected"] == []
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5191", code, 20, split_units=6))
+    assert answer["decision"] == "accepted", answer
+    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 16
