@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -948,10 +948,13 @@ def decide(claim: Claim, canonical: Mapping[str, str | None], loaded: Loaded) ->
     )
     limits = person_limits(claim, canonical, loaded.states, loaded.products, loaded.item_products)
     purchases, excess = _excess(claim, outcomes, limits, loaded) if limits else ([], [])
-    folded = in_time(consumptions, loaded) if loaded.pack_sales else InTime()
+    credited = {code for o in outcomes if o.payable for code, _ in o.credited}
+    folded = in_time(claim.setl_id, consumptions, credited, loaded) if loaded.pack_sales else InTime()
     for code, left in folded.left.items():
         loaded.states[code].units_left = left
+    changed |= folded.left.keys()
     consumptions = [c for c in consumptions if c.code not in folded.left] + folded.restated.added
+    reopened = [t for t in reopened if t.code not in folded.left]  # the fold reopens what stands
     after = sold_in_time(claim, sorted(drawn), loaded) if loaded.history is not None and drawn else {}
     return Decision(
         outcomes,
@@ -975,14 +978,16 @@ class InTime:
     rejudged: list[NewFlag] = field(default_factory=list)  # stored dispenses found resales
 
 
-def in_time(consumptions: Sequence[Consumption], loaded: Loaded) -> InTime:
+def in_time(setl_id: str, consumptions: Sequence[Consumption], credited: Set[str], loaded: Loaded) -> InTime:
     """For a late claim: the sales of each pack it takes units of, folded again in event
     time with its take among them (``core.sales.refold``, as a late dispense folds
-    them). A patient's return dated after the sale that was matched to an older sale,
-    having arrived before this claim, meets this sale instead: the insurer pays for it,
-    so the return waits for its refund, and the older sale stands again; the sales after
-    it draw from what is left. Found by a model-based probe: the pack kept the units of
-    the older sale, and a later claim of them was paid.
+    them), and of each pack its sale took by a dispense under its ``setl_id``
+    (``credited``), which it pays for. A patient's return dated after the sale that was
+    matched to an older sale, having arrived before this claim, meets this sale instead:
+    the insurer pays for it, so the return waits for its refund, and the older sale
+    stands again; the sales after it draw from what is left. Found by model-based
+    probes: the pack kept the units of the older sale, and a later claim of them was
+    paid.
 
     The claim's answer stands (it is judged on the pack as it was at the sale, with its
     units as now). A pack whose fold finds fewer units for this sale than it takes, or
@@ -994,8 +999,9 @@ def in_time(consumptions: Sequence[Consumption], loaded: Loaded) -> InTime:
     recorded: dict[str, list[Consumption]] = {}
     for t in loaded.takes:
         recorded.setdefault(t.code, []).append(t)
-    for take in consumptions:
-        code = take.code
+    taking = {c.code: c for c in consumptions}
+    standing = {**loaded.standing, setl_id: frozenset(taking) | frozenset(credited)}  # it pays for them
+    for code in sorted(taking.keys() | credited):
         dispenses, returns = loaded.pack_sales.get(code, ([], []))
         stored = recorded.get(code, [])
         pack_units = loaded.states[code].pack_units
@@ -1006,7 +1012,8 @@ def in_time(consumptions: Sequence[Consumption], loaded: Loaded) -> InTime:
         ):
             continue
         settled = [t for t in stored if t.event_id is None]
-        fold = refold(code, pack_units, dispenses, settled, returns, loaded.refunded, loaded.standing, [take])
+        settling = [taking[code]] if code in taking else []
+        fold = refold(code, pack_units, dispenses, settled, returns, loaded.refunded, standing, settling)
         if fold is None:
             continue
         restated = restate(fold, stored)

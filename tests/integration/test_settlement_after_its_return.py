@@ -115,3 +115,58 @@ async def test_at_its_own_instant_a_late_settlement_follows_what_arrived_before_
     answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5191", code, 20, split_units=6))
     assert answer["decision"] == "accepted", answer
     assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 16
+
+
+async def test_a_late_settlement_of_its_own_dispense_meets_the_returns_after_it(admin: Api) -> None:
+    """P1 sells 6 units for cash (minute 10), then 2 units under X: its dispense at
+    minute 19, the settlement dated 20; the patient returns at minutes 30 and 40. The
+    returns arrive before X: the first gave back X's dispense, the second the cash sale.
+    In event time both meet X, which the insurer pays for, and wait for its refund: 16
+    units left, not 22 (found by a model-based probe: X took its dispense's 2 units back,
+    and the cash sale stayed given back, so a claim of 22 units was paid)."""
+    w = await small_world(admin)
+    insurer = await admin.key_for("insurer")
+    inv = await admin.key_for("investigator")
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [5192])
+    for e in (
+        event("dispense", "P1", [code], 10, quantity=6),
+        event("dispense", "P1", [code], 19, quantity=2, setl_id="S-LR5192"),
+        event("return", "P1", [code], 30),
+        event("return", "P1", [code], 40),
+    ):
+        assert (await p1.events(e))["rejected"] == []
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5192", code, 20, split_units=2))
+    assert answer["decision"] == "accepted", answer
+    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 16
+    more = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5192-B", code, 50, split_units=22))
+    assert more["decision"] != "accepted", more
+    await insurer.ok("POST", "/v1/settlements/S-LR5192/reversal", None)
+    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 18
+
+
+async def test_a_cash_sale_after_a_late_settlement_of_the_whole_pack_is_the_resale(admin: Api) -> None:
+    """X sells the whole pack (settlement dated minute 25, its dispense 26); the patient
+    returns at 30 and 60; P1 sells the pack for cash at 85, and a return at 95. All but
+    X arrive first (95, 26, 85, 30, 60). In event time the returns wait for X's refund,
+    so the cash sale found the pack used up: it is the resale (DUPLICATE) and the pack
+    holds nothing (found by a model-based probe: the cash sale went unflagged)."""
+    w = await small_world(admin)
+    insurer = await admin.key_for("insurer")
+    inv = await admin.key_for("investigator")
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [5193])
+    cash = event("dispense", "P1", [code], 85)
+    for e in (
+        event("return", "P1", [code], 95),
+        event("dispense", "P1", [code], 26, setl_id="S-LR5193"),
+        cash,
+        event("return", "P1", [code], 30),
+        event("return", "P1", [code], 60),
+    ):
+        assert (await p1.events(e))["rejected"] == []
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5193", code, 25))
+    assert answer["decision"] == "accepted", answer
+    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 0
+    flags = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]
+    assert [(f["kind"], f["refs"]["events"]) for f in flags] == [("DUPLICATE", [cash["event_id"]])], flags
