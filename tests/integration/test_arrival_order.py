@@ -628,3 +628,28 @@ async def test_a_dispense_of_a_pack_another_holds_takes_it_over_in_either_arriva
     if seller == "H1":
         expected = sorted([*expected, ("DIVERSION", "H1", [sale["setl_id"]])])
     assert got == expected, standing
+
+
+async def test_a_return_dated_before_a_paid_settlement_clears_the_cash_sale_it_gave_back(admin: Api) -> None:
+    """Settlement X of the whole pack (minute 90) arrives first; P1's cash sale of 2
+    units (minute 70) then finds the pack used up (DUPLICATE: a paid take is not changed,
+    Known limits); the patient's return of the cash sale (minute 75) arrives last. In
+    event time the cash sale took 2 units, the return gave them back, and X took the
+    whole pack: the cash sale is no resale, and its DUPLICATE is auto_cleared (found by a
+    model-based probe: it stayed open, as a return dated before a settlement did not fold
+    the pack's sales again)."""
+    w = await _world(admin)
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [5302])
+    answer = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S-AO5302", code, 90))
+    assert answer["decision"] == "accepted", answer
+    cash = event("dispense", "P1", [code], 70, quantity=2)
+    assert [f["kind"] for f in (await p1.events(cash))["flags"]] == ["DUPLICATE"]
+    await _send(p1, [event("return", "P1", [code], 75)])
+    assert await _standing(w, code) == []
+    history = await w["inv"].ok("GET", f"/v1/codes/{code}/history")
+    assert history["units_left"] == 0
+    [take] = [s for s in history["settlements"] if s.get("event_id") == cash["event_id"]]
+    assert (take["units"], take["returned_by"] is not None) == (2, True), history["settlements"]
+    cleared = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=auto_cleared"))["items"]
+    assert [f["kind"] for f in cleared] == ["DUPLICATE"], cleared
