@@ -380,9 +380,8 @@ def refold(
             arrived.append((e.at, 1 if e.received else 2, e.received or e.at, kind, e.event_id.int, e))
     left = pack_units
     takes: list[Consumption] = []
-    sales: set[Sale] = {
-        t.sale for t in [*settled, *settling]
-    }  # a dispense of a settled sale takes nothing again
+    # a dispense of a settled sale takes nothing again
+    sales: set[Sale] = {t.sale for t in [*settled, *settling]}
     resales: list[UUID] = []
     short: dict[UUID, int] = {}
     repeats: list[UUID] = []
