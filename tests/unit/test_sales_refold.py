@@ -21,6 +21,7 @@ from service.core.sales import (
     match_returns,
     paid_packs,
     refold,
+    restate,
 )
 
 CODE = "81234560000000000011"
@@ -284,3 +285,47 @@ def test_one_whole_pack_sale_sent_twice_in_two_formats_is_one_sale_in_any_order(
         fold = refold(CODE, 24, [stored, other], [], [])
         assert fold is not None
         assert fold.resales == [other.event_id], other
+
+
+def test_a_settlement_arriving_now_goes_after_what_arrived_before_it_at_its_instant() -> None:
+    """A late claim's take (``settling``) is folded last at its instant, as what arrives
+    now is; a stored settlement's take first. The return of minute 20 was stored before
+    the claim of minute 20 arrives: it gives back the cash sale (minute 10), and the claim
+    takes from what that leaves. Stored first, the same claim's take is the sale the
+    return meets, and the return waits for its refund."""
+    cash, ret = replace(sale(10, 6), received=at(11)), replace(back(20), received=at(21))
+    claim = settled(20, "X", 6)
+    arriving = refold(CODE, 24, [cash], [], [ret], settling=[claim])
+    assert arriving is not None
+    assert arriving.units_left == 18
+    assert {(t.sale.kind, t.reversed_by) for t in arriving.takes} == {
+        ("event", ret.event_id),
+        (SETTLEMENT, None),
+    }
+    stored = refold(CODE, 24, [cash], [claim], [ret])
+    assert stored is not None
+    assert stored.units_left == 12  # the return waits for X's refund
+
+
+def test_restate_brings_recorded_takes_to_the_fold() -> None:
+    """``core.sales.restate``: a recorded take given back that the fold leaves standing is
+    reopened; a sale the fold adds is recorded; a take whose units changed is erased and
+    recorded again."""
+    cash, later, ret = sale(10, 6), sale(30, 18), back(25)
+    recorded_cash = Consumption(CODE, Sale("event", str(cash.event_id)), None, cash.event_id, "P1", at(10), 6,
+                                reversed=True, reversed_by=ret.event_id)  # fmt: skip
+    recorded_later = Consumption(
+        CODE, Sale("event", str(later.event_id)), None, later.event_id, "P1", at(30), 18
+    )
+    claim = settled(20, "X", 6)
+    fold = refold(CODE, 24, [cash, later], [], [ret], settling=[claim])
+    assert fold is not None
+    restated = restate(fold, [recorded_cash, recorded_later])
+    assert restated.reopened == [recorded_cash]  # the return waits for X's refund
+    assert restated.erased == [recorded_later]  # it found 12 units, not 18
+    assert sorted((t.sale.id, t.units) for t in restated.added) == sorted(
+        [("X", 6), (str(later.event_id), 12)]
+    )
+    assert restated.given_back == []
+    assert fold.resales == [later.event_id]
+    assert fold.units_left == 0
