@@ -94,6 +94,11 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
         # a take of this sale given back before it came (read here only: the one-statement
         # path finds such a row when it writes, and ends up here)
         loaded.given_back = await sale_store.of_sale(conn, Sale.of_settlement(claim.setl_id), given_back=True)
+        if loaded.given_back and not loaded.pack_sales:  # not late: their packs' sales are folded too
+            returned = sorted({t.code for t in loaded.given_back})
+            await _load_sales(
+                conn, loaded, sale_store.pack_sales(await event_store.stored_for(conn, returned), returned)
+            )
         # decide
         decision = rules.decide(claim, canonical, loaded)
         # write
@@ -239,9 +244,10 @@ async def _load(
 
 
 async def _load_sales(conn: Conn, loaded: Loaded, pack_sales: PackSales) -> None:
-    """For a late claim on the locked path: what folding its packs' sales again in event
-    time reads (``core.settlement.in_time``), for the packs with stored dispenses or
-    returns only (none: nothing more is read)."""
+    """For a late claim on the locked path, or one whose sale's takes a patient's return
+    gave back before it came: what folding its packs' sales again in event time reads
+    (``core.settlement.in_time``), for the packs with stored dispenses or returns only
+    (none: nothing more is read)."""
     pack_sales = {code: sales for code, sales in pack_sales.items() if sales[0] or sales[1]}
     if not pack_sales:
         return

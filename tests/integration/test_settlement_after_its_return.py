@@ -172,3 +172,25 @@ async def test_a_cash_sale_after_a_late_settlement_of_the_whole_pack_is_the_resa
     assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 0
     flags = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]
     assert [(f["kind"], f["refs"]["events"]) for f in flags] == [("DUPLICATE", [cash["event_id"]])], flags
+
+
+async def test_a_settlement_after_everything_meets_the_returns_of_its_sale(admin: Api) -> None:
+    """As above, but X is dated after every event of the pack (not late): a cash sale of 5
+    units (minute 17), X's dispense of 5 (minute 50), returns at 66 and 83, then X dated
+    87. X takes its dispense's units back, and the return that had given back the cash
+    sale meets X too: 14 units left, not 19 (found by a model-based probe)."""
+    w = await small_world(admin)
+    insurer = await admin.key_for("insurer")
+    inv = await admin.key_for("investigator")
+    p1 = w["keys"]["P1"]
+    [code] = await received(w, "P1", [5194])
+    for e in (
+        event("dispense", "P1", [code], 17, quantity=5),
+        event("dispense", "P1", [code], 50, quantity=5, setl_id="S-LR5194"),
+        event("return", "P1", [code], 66),
+        event("return", "P1", [code], 83),
+    ):
+        assert (await p1.events(e))["rejected"] == []
+    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5194", code, 87, split_units=5))
+    assert answer["decision"] == "accepted", answer
+    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 14
