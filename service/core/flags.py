@@ -19,7 +19,7 @@ from service.core.custody import CodeState, Suspicion, none_left
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
 from service.core.rules import PRODUCT_MISMATCH, RECALLED, local_date
-from service.core.sales import Consumption
+from service.core.sales import Consumption, Dispense, Refold
 
 EVENT = "event"
 SETTLEMENT = "settlement"
@@ -391,6 +391,20 @@ def resale_flag(
         kind=DUPLICATE, code=code, org=org, region=region, at=at, detail=detail, refs=refs,
         source=Evidence.sale(event_id, setl_id),
     )  # fmt: skip
+
+
+def resales_found(fold: Refold, code: str, stored: Iterable[Dispense]) -> list[NewFlag]:
+    """DUPLICATE of each of the pack's ``stored`` dispenses that its sales folded in
+    event time (``fold``: ``core.sales.refold``) find to be a resale (:func:`resale_flag`,
+    with the sales before it as evidence; its region the dispensing organisation's)."""
+    out = []
+    for d in stored:
+        if d.event_id in fold.resales:
+            found = fold.short.get(d.event_id)
+            short = (d.quantity or 0, found) if found is not None else None
+            before = [t for t in fold.takes if t.at <= d.at]
+            out.append(resale_flag(d.event_id, d.org, None, d.at, code, before, short, setl_id=d.setl_id))
+    return out
 
 
 def suspicion_flag(s: Suspicion) -> NewFlag:

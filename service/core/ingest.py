@@ -749,17 +749,7 @@ def _refold_late(
                     short={code: (e.quantity or 0, found)} if found is not None else {},
                     recalls=loaded.recalled_lots,
                 )
-        for d in stored_dispenses:
-            if d.event_id in resold and d.org in loaded.orgs:
-                before = [t for t in fold.takes if t.at <= d.at]
-                region = loaded.orgs[d.org].region
-                found = fold.short.get(d.event_id)
-                short = (d.quantity or 0, found) if found is not None else None
-                rejudged.append(
-                    flag_rules.resale_flag(
-                        d.event_id, d.org, region, d.at, code, before, short, setl_id=d.setl_id
-                    )
-                )
+        rejudged += flag_rules.resales_found(fold, code, stored_dispenses)
         folded[code] = [
             (flag_rules.DUPLICATE, code, Evidence.sale(d.event_id, d.setl_id))
             for d in stored_dispenses

@@ -28,7 +28,7 @@ from service.core.custody import (
     replay,
 )
 from service.core.events import identifier_problem
-from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs, resale_flag
+from service.core.flags import ITEMS, Evidence, FlagKey, FlagRef, NewFlag, items, mismatch_refs, resales_found
 from service.core.ingest import replay_counted
 from service.core.registry import Org, PersonLimit, Product
 from service.core.rules import (
@@ -1022,14 +1022,7 @@ def in_time(setl_id: str, consumptions: Sequence[Consumption], credited: Set[str
         out.restated.given_back += restated.given_back
         out.restated.reopened += restated.reopened
         out.left[code] = fold.units_left
-        for d in dispenses:
-            if d.event_id in fold.resales:  # its organisation's region (None: as stored)
-                found = fold.short.get(d.event_id)
-                before = [t for t in fold.takes if t.at <= d.at]
-                short = (d.quantity or 0, found) if found is not None else None
-                out.rejudged.append(
-                    resale_flag(d.event_id, d.org, None, d.at, code, before, short, setl_id=d.setl_id)
-                )
+        out.rejudged += resales_found(fold, code, dispenses)
     return out
 
 
