@@ -14,7 +14,7 @@ import asyncpg
 from service import metrics
 from service.core import settlement as rules
 from service.core.custody import CodeState
-from service.core.sales import PackSales, Sale, move_units
+from service.core.sales import Sale, move_units
 from service.core.settlement import Claim, Loaded, fingerprint, fingerprints, person_hash
 from service.store import codes as code_store
 from service.store import events as event_store
@@ -91,14 +91,6 @@ async def settle(pool: asyncpg.Pool, claim: Claim, secret: bytes) -> dict[str, A
             return _replay(stored, secret, claim, canonical)
         packs = await code_store.lock(conn, _packs(canonical))
         loaded = await _load(conn, claim, canonical, psn_hash, packs, locked=True)
-        # a take of this sale given back before it came (read here only: the one-statement
-        # path finds such a row when it writes, and ends up here)
-        loaded.given_back = await sale_store.of_sale(conn, Sale.of_settlement(claim.setl_id), given_back=True)
-        if loaded.given_back and not loaded.pack_sales:  # not late: their packs' sales are folded too
-            returned = sorted({t.code for t in loaded.given_back})
-            await _load_sales(
-                conn, loaded, sale_store.pack_sales(await event_store.stored_for(conn, returned), returned)
-            )
         # decide
         decision = rules.decide(claim, canonical, loaded)
         # write
@@ -203,7 +195,9 @@ async def _load(
     """Everything the decision needs besides the packs' rows (``states``, which each path
     reads its own way: locked, or with their versions). On the ``locked`` path (the only
     one that records purchases), a claim of items with a person limit first takes the
-    person's lock of those items, so that the person's purchases read are all of them."""
+    person's lock of those items, so that the person's purchases read are all of them;
+    that path also reads this sale's takes a return gave back before it came, and what
+    folding the packs' sales again in event time needs (:func:`_load_sales`)."""
     org = await registry.get_org(conn, claim.org)
     if org is None:
         raise UnknownOrg
@@ -223,13 +217,17 @@ async def _load(
         earlier=earlier,
         item_products=exempt,
     )
+    stored = None
     if rules.late(claim.at, claim.org, states):  # custody is judged as it was at the sale, from the history
         family = set(states) | set(await code_store.ancestors_ever(conn, states))
         stored = await event_store.stored_for(conn, family)
         loaded.history = event_store.facts_of(stored)
         loaded.settled = await sale_store.settlement_facts(conn, sorted(family))
-        if locked:  # the packs' sales, to fold them again in event time with this one
-            await _load_sales(conn, loaded, sale_store.pack_sales(stored, states))
+    if locked:
+        # a take of this sale given back before it came (read on this path only: the
+        # one-statement path finds such a row when it writes, and ends up here)
+        loaded.given_back = await sale_store.of_sale(conn, Sale.of_settlement(claim.setl_id), given_back=True)
+        await _load_sales(conn, loaded, stored)
     limits = rules.person_limits(claim, canonical, states, products, exempt)
     if limits:  # the person's purchases of those items near the claim, and their flags
         if locked:
@@ -243,12 +241,19 @@ async def _load(
     return loaded
 
 
-async def _load_sales(conn: Conn, loaded: Loaded, pack_sales: PackSales) -> None:
-    """For a late claim on the locked path, or one whose sale's takes a patient's return
-    gave back before it came: what folding its packs' sales again in event time reads
-    (``core.settlement.in_time``), for the packs with stored dispenses or returns only
-    (none: nothing more is read)."""
-    pack_sales = {code: sales for code, sales in pack_sales.items() if sales[0] or sales[1]}
+async def _load_sales(conn: Conn, loaded: Loaded, stored: event_store.Stored | None) -> None:
+    """What folding the claim's packs' sales again in event time reads
+    (``core.settlement.in_time``): for a late claim, of its packs (their events are in
+    its history, ``stored``); for another, of the packs whose takes of this sale a
+    patient's return gave back before it came (their events read now); for none, or for
+    packs with no stored dispense or return, nothing more."""
+    if stored is None:
+        returned = sorted({t.code for t in loaded.given_back} & loaded.states.keys())
+        if not returned:
+            return
+        stored = await event_store.stored_for(conn, returned)
+    folded = sale_store.pack_sales(stored, loaded.states)
+    pack_sales = {code: sales for code, sales in folded.items() if sales[0] or sales[1]}
     if not pack_sales:
         return
     loaded.pack_sales = pack_sales
