@@ -416,12 +416,10 @@ class World:
             if kind in ("ship", "receive", "destroy") or (kind == "dispense" and takes_over(s, fact.org)):
                 for inner, via in self.subtree(code):
                     t = self.get(inner, fact.at)
-                    if t.state == DESTROYED and kind == "dispense":
-                        pass  # it stays destroyed (DUPLICATE is the named pack's, judged above)
-                    elif t.state == DESTROYED and kind != "destroy":
-                        self._destroyed_moved(t, fact)
-                    else:
+                    if t.state != DESTROYED or kind == "destroy":
                         self._move(t, fact)
+                    elif kind != "dispense":  # a dispense leaves it destroyed (DUPLICATE: judged above)
+                        self._destroyed_moved(t, fact)
                     self._touch(t, fact, via)
                     if kind == "receive":
                         self._check_region(t, fact)
