@@ -12,6 +12,7 @@ claim of 18 split units was paid), and 24 after X's reversal."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,49 +24,70 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 EVERY_ORDER = list(itertools.permutations(range(3)))  # of: the cash sale, X, the return
 
 
+@dataclass(frozen=True)
+class Pack:
+    """A 24-unit pack received by P1, with the keys that sell, settle and read it."""
+
+    code: str
+    p1: Api
+    insurer: Api
+    inv: Api
+
+    async def send(self, *events: dict[str, Any]) -> None:
+        for e in events:
+            assert (await self.p1.events(e))["rejected"] == []
+
+    async def settle(self, setl_id: str, minute: float, **line: Any) -> Any:
+        return await self.insurer.ok(
+            "POST", "/v1/settlements", pack_claim(setl_id, self.code, minute, **line)
+        )
+
+    async def left(self) -> Any:
+        return (await self.inv.ok("GET", f"/v1/codes/{self.code}/verify?org=P1"))["units_left"]
+
+
+async def _pack(admin: Api, serial: int) -> Pack:
+    w = await small_world(admin)
+    [code] = await received(w, "P1", [serial])
+    return Pack(code, w["keys"]["P1"], await admin.key_for("insurer"), await admin.key_for("investigator"))
+
+
 @pytest.mark.parametrize("order", EVERY_ORDER, ids=lambda o: "-".join(("cash", "X", "return")[i] for i in o))
 async def test_a_settlement_after_its_sales_return_leaves_what_event_time_does(
     admin: Api, order: tuple[int, ...]
 ) -> None:
-    w = await small_world(admin)
-    insurer = await admin.key_for("insurer")
-    inv = await admin.key_for("investigator")
-    p1 = w["keys"]["P1"]
     serial = 5100 + sum(i * 10**k for k, i in enumerate(order))
-    [code] = await received(w, "P1", [serial])
-    setl_id = f"S-LR{serial}"
+    pack = await _pack(admin, serial)
+    code, setl_id = pack.code, f"S-LR{serial}"
 
     async def cash() -> None:
-        assert (await p1.events(event("dispense", "P1", [code], 10, quantity=6)))["rejected"] == []
+        await pack.send(event("dispense", "P1", [code], 10, quantity=6))
 
     async def settlement() -> None:
-        answer = await insurer.ok("POST", "/v1/settlements", pack_claim(setl_id, code, 20, split_units=6))
+        answer = await pack.settle(setl_id, 20, split_units=6)
         assert answer["decision"] == "accepted", answer
 
     async def patients_return() -> None:
-        assert (await p1.events(event("return", "P1", [code], 30)))["rejected"] == []
+        await pack.send(event("return", "P1", [code], 30))
 
     steps = (cash, settlement, patients_return)
     for i in order:
         await steps[i]()
 
-    async def left() -> Any:
-        return (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"]
-
-    assert await left() == 12
-    sales = (await inv.ok("GET", f"/v1/codes/{code}/history"))["settlements"]
+    assert await pack.left() == 12
+    sales = (await pack.inv.ok("GET", f"/v1/codes/{code}/history"))["settlements"]
     standing = sorted(
         (s["setl_id"] or "cash", s["units"]) for s in sales if not s["reversed"] and not s.get("returned_by")
     )
     assert standing == [(setl_id, 6), ("cash", 6)], sales  # the return waits for X's reversal
 
     # a claim of the 18 units the pack would hold had the return met the cash sale
-    more = await insurer.ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-B", code, 40, split_units=18))
+    more = await pack.settle(f"{setl_id}-B", 40, split_units=18)
     assert more["decision"] != "accepted", more
-    assert await left() == 12
+    assert await pack.left() == 12
 
-    await insurer.ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
-    assert await left() == 18
+    await pack.insurer.ok("POST", f"/v1/settlements/{setl_id}/reversal", None)
+    assert await pack.left() == 18
 
 
 async def test_a_later_sale_that_the_settlement_leaves_short_is_flagged(admin: Api) -> None:
@@ -73,26 +95,18 @@ async def test_a_later_sale_that_the_settlement_leaves_short_is_flagged(admin: A
     arrives, in event time the return waits for X's refund, so the sale of minute 35
     found 12 units, not 18: it took those, and is flagged DUPLICATE (short). X's answer
     stands (it was decided on the 6 units the pack held when it came)."""
-    w = await small_world(admin)
-    insurer = await admin.key_for("insurer")
-    inv = await admin.key_for("investigator")
-    p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [5190])
+    pack = await _pack(admin, 5190)
+    code = pack.code
     later = event("dispense", "P1", [code], 35, quantity=18)
-    for e in (
-        event("dispense", "P1", [code], 10, quantity=6),
-        event("return", "P1", [code], 30),
-        later,
-    ):
-        assert (await p1.events(e))["rejected"] == []
-    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5190", code, 20, split_units=6))
+    await pack.send(event("dispense", "P1", [code], 10, quantity=6), event("return", "P1", [code], 30), later)
+    answer = await pack.settle("S-LR5190", 20, split_units=6)
     assert (answer["decision"], answer["flags"]) == ("accepted", []), answer
 
-    history = await inv.ok("GET", f"/v1/codes/{code}/history")
+    history = await pack.inv.ok("GET", f"/v1/codes/{code}/history")
     assert history["units_left"] == 0
     [take] = [s for s in history["settlements"] if s.get("event_id") == later["event_id"]]
     assert take["units"] == 12, history["settlements"]
-    flags = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]
+    flags = (await pack.inv.ok("GET", f"/v1/flags?code={code}"))["items"]
     assert [(f["kind"], f["refs"].get("units_left")) for f in flags] == [("DUPLICATE", 12)], flags
     assert later["event_id"] in flags[0]["refs"]["events"]
 
@@ -103,20 +117,16 @@ async def test_at_its_own_instant_a_late_settlement_follows_what_arrived_before_
     cash sale (minute 10), and stays so when X comes, late because of a sale of 2 units
     at minute 30: 24 - 6 + 6 - 6 - 2 = 16 (found in review: X was folded first at its
     instant, the return then met X and waited, and the pack kept 10)."""
-    w = await small_world(admin)
-    insurer = await admin.key_for("insurer")
-    inv = await admin.key_for("investigator")
-    p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [5191])
-    for e in (
+    pack = await _pack(admin, 5191)
+    code = pack.code
+    await pack.send(
         event("dispense", "P1", [code], 10, quantity=6),
         event("return", "P1", [code], 20),
         event("dispense", "P1", [code], 30, quantity=2),
-    ):
-        assert (await p1.events(e))["rejected"] == []
-    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5191", code, 20, split_units=6))
+    )
+    answer = await pack.settle("S-LR5191", 20, split_units=6)
     assert answer["decision"] == "accepted", answer
-    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 16
+    assert await pack.left() == 16
 
 
 async def test_a_late_settlement_of_its_own_dispense_meets_the_returns_after_it(admin: Api) -> None:
@@ -126,25 +136,21 @@ async def test_a_late_settlement_of_its_own_dispense_meets_the_returns_after_it(
     In event time both meet X, which the insurer pays for, and wait for its refund: 16
     units left, not 22 (found by a model-based probe: X took its dispense's 2 units back,
     and the cash sale stayed given back, so a claim of 22 units was paid)."""
-    w = await small_world(admin)
-    insurer = await admin.key_for("insurer")
-    inv = await admin.key_for("investigator")
-    p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [5192])
-    for e in (
+    pack = await _pack(admin, 5192)
+    code = pack.code
+    await pack.send(
         event("dispense", "P1", [code], 10, quantity=6),
         event("dispense", "P1", [code], 19, quantity=2, setl_id="S-LR5192"),
         event("return", "P1", [code], 30),
         event("return", "P1", [code], 40),
-    ):
-        assert (await p1.events(e))["rejected"] == []
-    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5192", code, 20, split_units=2))
+    )
+    answer = await pack.settle("S-LR5192", 20, split_units=2)
     assert answer["decision"] == "accepted", answer
-    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 16
-    more = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5192-B", code, 50, split_units=22))
+    assert await pack.left() == 16
+    more = await pack.settle("S-LR5192-B", 50, split_units=22)
     assert more["decision"] != "accepted", more
-    await insurer.ok("POST", "/v1/settlements/S-LR5192/reversal", None)
-    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 18
+    await pack.insurer.ok("POST", "/v1/settlements/S-LR5192/reversal", None)
+    assert await pack.left() == 18
 
 
 async def test_a_cash_sale_after_a_late_settlement_of_the_whole_pack_is_the_resale(admin: Api) -> None:
@@ -153,24 +159,20 @@ async def test_a_cash_sale_after_a_late_settlement_of_the_whole_pack_is_the_resa
     X arrive first (95, 26, 85, 30, 60). In event time the returns wait for X's refund,
     so the cash sale found the pack used up: it is the resale (DUPLICATE) and the pack
     holds nothing (found by a model-based probe: the cash sale went unflagged)."""
-    w = await small_world(admin)
-    insurer = await admin.key_for("insurer")
-    inv = await admin.key_for("investigator")
-    p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [5193])
+    pack = await _pack(admin, 5193)
+    code = pack.code
     cash = event("dispense", "P1", [code], 85)
-    for e in (
+    await pack.send(
         event("return", "P1", [code], 95),
         event("dispense", "P1", [code], 26, setl_id="S-LR5193"),
         cash,
         event("return", "P1", [code], 30),
         event("return", "P1", [code], 60),
-    ):
-        assert (await p1.events(e))["rejected"] == []
-    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5193", code, 25))
+    )
+    answer = await pack.settle("S-LR5193", 25)
     assert answer["decision"] == "accepted", answer
-    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 0
-    flags = (await inv.ok("GET", f"/v1/flags?code={code}"))["items"]
+    assert await pack.left() == 0
+    flags = (await pack.inv.ok("GET", f"/v1/flags?code={code}"))["items"]
     assert [(f["kind"], f["refs"]["events"]) for f in flags] == [("DUPLICATE", [cash["event_id"]])], flags
 
 
@@ -179,18 +181,14 @@ async def test_a_settlement_after_everything_meets_the_returns_of_its_sale(admin
     units (minute 17), X's dispense of 5 (minute 50), returns at 66 and 83, then X dated
     87. X takes its dispense's units back, and the return that had given back the cash
     sale meets X too: 14 units left, not 19 (found by a model-based probe)."""
-    w = await small_world(admin)
-    insurer = await admin.key_for("insurer")
-    inv = await admin.key_for("investigator")
-    p1 = w["keys"]["P1"]
-    [code] = await received(w, "P1", [5194])
-    for e in (
+    pack = await _pack(admin, 5194)
+    code = pack.code
+    await pack.send(
         event("dispense", "P1", [code], 17, quantity=5),
         event("dispense", "P1", [code], 50, quantity=5, setl_id="S-LR5194"),
         event("return", "P1", [code], 66),
         event("return", "P1", [code], 83),
-    ):
-        assert (await p1.events(e))["rejected"] == []
-    answer = await insurer.ok("POST", "/v1/settlements", pack_claim("S-LR5194", code, 87, split_units=5))
+    )
+    answer = await pack.settle("S-LR5194", 87, split_units=5)
     assert answer["decision"] == "accepted", answer
-    assert (await inv.ok("GET", f"/v1/codes/{code}/verify?org=P1"))["units_left"] == 14
+    assert await pack.left() == 14
