@@ -460,6 +460,13 @@ class Restated:
     given_back: list[tuple[Consumption, UUID]] = field(default_factory=list)  # by the return
     reopened: list[Consumption] = field(default_factory=list)
 
+    def extend(self, other: Restated) -> None:
+        """Add another pack's (each list after this one's)."""
+        self.erased += other.erased
+        self.added += other.added
+        self.given_back += other.given_back
+        self.reopened += other.reopened
+
 
 def restate(fold: Refold, stored: Sequence[Consumption]) -> Restated:
     """Bring the pack's recorded takes (``stored``) to the fold's: a take whose units,

@@ -1016,11 +1016,7 @@ def in_time(setl_id: str, consumptions: Sequence[Consumption], credited: Set[str
         fold = refold(code, pack_units, dispenses, settled, returns, loaded.refunded, standing, settling)
         if fold is None:
             continue
-        restated = restate(fold, stored)
-        out.restated.erased += restated.erased
-        out.restated.added += restated.added
-        out.restated.given_back += restated.given_back
-        out.restated.reopened += restated.reopened
+        out.restated.extend(restate(fold, stored))
         out.left[code] = fold.units_left
         out.rejudged += resales_found(fold, code, dispenses)
     return out
