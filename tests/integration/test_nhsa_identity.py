@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import Api
 from tests.integration.test_nhsa import _units_left, _world, envelope, nhsa, sale
+from tests.integration.test_nhsa_ledger import purchase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -129,3 +130,42 @@ async def test_a_record_resent_in_another_spelling_is_one_fact(admin: Api) -> No
         )
         assert changed["infcode"] == -1, (field, changed)
     assert [await _units_left(p2, c) for c in u[:2]] == [0, 0]
+
+
+async def test_a_record_resent_with_its_times_and_dates_spelled_another_way_is_one_fact(admin: Api) -> None:
+    """Found by a probe: a retry serialised anew (``T`` for the space, fractions of a
+    second, UTC with its offset, a date as a date-time at midnight) names the same
+    instant and the same days, yet it was refused as other contents; told to send it
+    under a new serial, a purchase (no codes to stop it) was counted twice."""
+    w = await _world(admin)
+    p2, u = w["keys"]["P2"], w["units"]
+    inv = await admin.key_for("investigator")
+    bought = purchase("V090", 240)
+    assert (await nhsa(p2, envelope("3503", {"purcinfo": bought})))["infcode"] == 0
+    sold = sale("V091", [u[0]], 24)
+    assert (await nhsa(p2, envelope("3505", {"selinfo": sold})))["infcode"] == 0
+    before = (await inv.ok("GET", "/v1/orgs/P2/ledger"))["items"][0]
+    respellings: list[tuple[str, dict[str, Any]]] = [
+        ("3503", {"purcinfo": {**bought, "purc_retn_stoin_time": "2026-03-02T09:00:00"}}),
+        ("3503", {"purcinfo": {**bought, "purc_retn_stoin_time": "2026-03-02 09:00:00.000"}}),
+        ("3503", {"purcinfo": {**bought, "purc_retn_stoin_time": "2026-03-02T01:00:00Z"}}),
+        ("3503", {"purcinfo": {**bought, "manu_date": "2026-01-05 00:00:00"}}),
+        ("3505", {"selinfo": {**sold, "sel_retn_time": "2026-03-05T10:00:00+08:00"}}),
+        ("3505", {"selinfo": {**sold, "expy_end": "2028-12-31 00:00:00"}}),
+    ]
+    for infno, input_ in respellings:
+        again = await nhsa(p2, envelope(infno, input_))
+        assert again["infcode"] == 0, (input_, again)
+        assert again["output"]["result"]["retRslt"] == "1", again
+        assert again["output"]["tracecode"]["records"] == 0, again
+    assert (await inv.ok("GET", "/v1/orgs/P2/ledger"))["items"][0] == before  # counted once
+    assert await _units_left(p2, u[0]) == 0
+    # another instant, or another day, is still other contents
+    for infno, input_ in (
+        ("3503", {"purcinfo": {**bought, "purc_retn_stoin_time": "2026-03-02 09:00:01"}}),
+        ("3503", {"purcinfo": {**bought, "purc_retn_stoin_time": "2026-03-02T09:00:00Z"}}),
+        ("3505", {"selinfo": {**sold, "manu_date": "2026-01-06"}}),
+    ):
+        refused = await nhsa(p2, envelope(infno, input_))
+        assert refused["infcode"] == -1, (input_, refused)
+        assert "fixmedins_bchno" in refused["err_msg"], refused

@@ -11,7 +11,7 @@ import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from hashlib import sha1, sha256
 from typing import Any
@@ -26,12 +26,15 @@ from service.core.ledger import Entry
 from service.core.sales import SETL_ID_MEANS, SETL_ID_SHAPE
 from service.core.settlement import person_hash, person_number_problem
 from service.interop.nhsa.envelope import (
+    DATE_FIELDS,
     NUMBER,
     NUMERIC_FIELDS,
     SALE,
     SALE_RETURN,
+    TIME_FIELDS,
     Envelope,
     FieldError,
+    calendar_date,
     catalogue_item,
     china_time,
     code_text,
@@ -331,8 +334,8 @@ def same_record(first: dict[str, Any], again: dict[str, Any]) -> bool:
     """Is ``again`` the record ``first`` sent once more (rows as kept: keys in lower case,
     no person fields)? Compared as read, not as spelled: a number for the string of its
     digits, a quantity or price in another form (24, "24.0000"; "12.5", "12.50"; not
-    another field: "000123" is not "123"), "" or null for a
-    missing field, the legacy ``drug_trac_codg`` for
+    another field: "000123" is not "123"), a time or date in another spelling of the
+    same instant or day, "" or null for a missing field, the legacy ``drug_trac_codg`` for
     ``drugtracinfo``, a code in another of its forms (GS1 element string, CN20). A code
     of a split sale in another place is another record (a split sale draws its units in
     the order listed); the packs of a whole-pack sale may come in any order."""
@@ -347,6 +350,8 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
         read: Any = value if isinstance(value, list | dict) else text(value)
         if key in NUMERIC_FIELDS and isinstance(read, str) and NUMBER.fullmatch(read):
             read = Decimal(read)  # compared by value
+        elif isinstance(read, str) and (key in TIME_FIELDS or key in DATE_FIELDS):
+            read = _when(key, read)
         if read is not None:
             out[key] = read
     try:
@@ -355,6 +360,18 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
     except FieldError:  # not readable: only the same spelling is the same record
         out[" codes"] = [row.get(k) for k in sorted(_CODE_FIELDS)]
     return out
+
+
+def _when(key: str, got: str) -> datetime | date | str:
+    """A time as the instant it names, a date as its day (as the row was read: a
+    ``T`` for the space, fractions of a second, an offset, a date sent as a date-time
+    at midnight); one that does not read, as spelled (found by a probe: a resend whose
+    serializer wrote ``2026-10-01T09:00:00`` for ``2026-10-01 09:00:00`` was refused as
+    other contents, and sent under a new serial, counted twice)."""
+    try:
+        return china_time(got, key) if key in TIME_FIELDS else calendar_date(got, key)
+    except FieldError:
+        return got
 
 
 def _canonical(code: str) -> str:
