@@ -507,6 +507,11 @@ async def test_bad_input_answers_infcode_minus_one(admin: Api, db: Any) -> None:
             "input.selinfo.drugtracinfo[0].drug_trac_codg",
         ),
         (envelope("3505", {"selinfo": {**good, "setl_id": True}}), "input.selinfo.setl_id"),
+        # one older model's misspelt key (FIELDS.md, 3501A): not read as a row without codes
+        (
+            envelope("3505", {"selinfo": {**good, "drugtracinfo": {"drug_trac_code": u[0]}}}),
+            "input.selinfo.drugtracinfo.drug_trac_code",
+        ),
         # longer than FIELDS.md's length (str 50, str 6)
         (envelope("3505", {"selinfo": {**good, "phar_name": "王" * 51}}), "input.selinfo.phar_name"),
         (envelope("3506", {"selinfo": {**good, "psn_cert_type": "0123456"}}), "input.selinfo.psn_cert_type"),

@@ -284,6 +284,12 @@ def raw_codes(row: dict[str, Any]) -> list[tuple[str, str]]:
         code = code_text(item, "drug_trac_codg", f"{at}.drug_trac_codg")
         if code is not None:
             out.append((f"{at}.drug_trac_codg", code))
+        elif item.get("drug_trac_code") not in (None, ""):
+            # one older [B] 3501A model's misspelling (FIELDS.md: a bug): read as no code,
+            # the count was stored without its packs (found by a probe)
+            raise FieldError(
+                f"{at}.drug_trac_code", "is no field of the trace-code node: the code goes in drug_trac_codg"
+            )
     legacy = code_text(row, "drug_trac_codg", "drug_trac_codg")
     if legacy is not None:
         # [B] sends the legacy code alongside the array: a code in both is one scan (one
