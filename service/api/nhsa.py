@@ -445,28 +445,31 @@ class NhsaController(Controller):
             rejected.append(NhsaRejected(bchno, x.code, x.reason))
             if rec is not None:
                 by_row.setdefault(rec.index, []).append(f"{x.code}: {x.reason}")
-        row_errors = [_row_error(e.row, f"{e.field}: {e.message}") for e in errors]
-        row_errors += [
-            _row_error(r.row, f"{r.path}.drugtracinfo: trace codes refused: " + "; ".join(by_row[r.index]))
+        # each row not (wholly) taken and why, listed in the order of the rows
+        why: list[tuple[int, dict[str, Any], str]] = [
+            (e.index, e.row, f"{e.field}: {e.message}") for e in errors
+        ]
+        why += [
+            (r.index, r.row, f"{r.path}.drugtracinfo: trace codes refused: " + "; ".join(by_row[r.index]))
             for r in records
             if r.index in by_row
         ]
-        row_errors += [
-            _row_error(r.row, f"{r.path}.fixmedins_bchno: no record of this type was uploaded with it")
+        why += [
+            (r.index, r.row, f"{r.path}.fixmedins_bchno: no record of this type was uploaded with it")
             for r in done.missing
         ]
-        row_errors += [_row_error(r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts]
-        row_errors += [
-            _row_error(r.row, f"{r.path}.fixmedins_bchno: {DELETED_BEFORE}") for r in done.deleted_before
-        ]
-        row_errors += [
-            _row_error(
+        why += [(r.index, r.row, f"{r.path}.fixmedins_bchno: {CONFLICT}") for r in done.conflicts]
+        why += [(r.index, r.row, f"{r.path}.fixmedins_bchno: {DELETED_BEFORE}") for r in done.deleted_before]
+        why += [
+            (
+                r.index,
                 r.row,
                 f"{r.path}.fixmedins_bchno: names a {' and a '.join(interfaces)} record, and "
                 "inv_data_type cannot tell which is meant: neither is deleted",
             )
             for r, interfaces in done.ambiguous
         ]
+        row_errors = [_row_error(row, message) for _, row, message in sorted(why, key=lambda w: w[0])]
         unknown_or_conflicting = (
             len(done.missing) + len(done.conflicts) + len(done.ambiguous) + len(done.deleted_before)
         )

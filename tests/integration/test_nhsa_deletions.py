@@ -485,11 +485,16 @@ async def test_a_deletion_naming_a_sale_and_a_return_deletes_neither(admin: Api)
     assert "3505" in out["err_msg"], out
     assert "3506" in out["err_msg"], out
     assert [await _units_left(p2, c) for c in u[:2]] == before
-    # in a batch, the row is listed and the others are deleted
-    both = [deletion("X96", "4"), deletion("X97", "4")]
-    out = await nhsa(p2, envelope("3507A", {"goodDetail": both}))
+    # in a batch, the row is listed and the others are deleted; the rows not taken are
+    # listed in the order of the rows, whatever kept each (they were listed by kind)
+    rows = [deletion("X96", "4"), deletion("X98", "4"), deletion("X97", "9"), deletion("X97", "4")]
+    out = await nhsa(p2, envelope("3507A", {"goodDetail": rows}))
     assert out["output"]["tracecode"]["deleted"] == ["X97"], out
-    assert [e["fixmedins_bchno"] for e in out["output"]["goodErrDetail"]] == ["X96"], out
+    listed = out["output"]["goodErrDetail"]
+    assert [e["fixmedins_bchno"] for e in listed] == ["X96", "X98", "X97"], out
+    assert [e["msgRslt"][: len("input.goodDetail[0]")] for e in listed] == [
+        f"input.goodDetail[{i}]" for i in range(3)
+    ], listed
 
 
 async def test_deleting_a_return_raises_nothing_against_its_compensation(admin: Api) -> None:
