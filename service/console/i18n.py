@@ -130,6 +130,9 @@ ZH: Mapping[str, str] = {
     "flags.until": "止",
     "flags.filter": "筛选",
     "flags.any": "全部",
+    "flags.any_status": "全部（待定除外）",
+    "flags.pending_also": "另有 {0} 条待定预警符合这些条件（宽限期内，不在此队列）。",
+    "flags.pending_also_link": "查看待定预警",
     "flags.counts": "按类型与状态统计",
     "flags.counts_filtered": "（符合当前筛选条件的预警，不限状态）",
     "flags.counts_all": "（全部预警）",
@@ -421,6 +424,11 @@ EN: Mapping[str, str] = {
     "flags.until": "Until",
     "flags.filter": "Filter",
     "flags.any": "any",
+    "flags.any_status": "any but pending",
+    "flags.pending_also": (
+        "Pending flags these filters also select (within their grace window, not in this queue): {0}."
+    ),
+    "flags.pending_also_link": "See the pending flags",
     "flags.counts": "Counts by kind and status",
     "flags.counts_filtered": "(of the flags the filters select, in every status)",
     "flags.counts_all": "(all flags)",

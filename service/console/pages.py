@@ -564,6 +564,15 @@ class ConsoleController(Controller):
             kept.pop("status", None)
         # what a count's link keeps: the filters, its own kind and status apart
         count_filters = {k: v for k, v in kept.items() if k not in ("kind", "status")}
+        # the queue's "any" status leaves pending flags out, as the API's does: how many
+        # the filters also select there, so that none found here is not taken for none
+        # at all (found by a walkthrough: no DIVERSION listed, 3 pending)
+        pending_also = (
+            sum(c.get("pending", 0) for c in counts.values())
+            if counts and not pending and not query.status
+            else 0
+        )
+        pending_filters = {k: v for k, v in kept.items() if k != "status"}
         items = result.items if result else []
         named = await registry_usecases.get_orgs(services.pool, sorted({f["org"] for f in items if f["org"]}))
         return page(
@@ -592,6 +601,8 @@ class ConsoleController(Controller):
             code_read_as=code_read_as,
             counts=counts,
             count_filters=count_filters,
+            pending_also=pending_also,
+            pending_link=f"/console/flags/pending?{urlencode(pending_filters)}",
             kinds=KINDS,
             statuses=STATUSES,
             settable=SETTABLE,

@@ -280,3 +280,41 @@ async def test_the_status_select_shows_the_status_filtered_by_pending_too(
             )
         ]
         assert re.findall(r'<option value="(\w*)" selected>', select) == [status]
+
+
+async def test_the_queue_says_how_many_pending_flags_its_filters_also_select(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """The queue's "any" status leaves pending flags out, as the API does: filtered by a
+    kind whose flags were all pending, it said "no flags" while its counts showed them,
+    and an investigator took it for none (found by a walkthrough). It now says how many
+    pending flags the filters also select, and links to them."""
+    w = await world(admin)
+    code = cn20(w["unit"], 950)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [code], 2))
+    out = await w["keys"]["D1"].events(event("dispense", "D1", [code], 3))  # not its pack
+    (flag_id,) = [f["flag_id"] for f in out["flags"] if f["kind"] == "DIVERSION"]
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "pending"
+    await _sign_in(browser, w["inv"].key)
+    page = (await browser.get("/console/flags", params={"kind": "DIVERSION", "code": code})).text
+    assert not _FLAG_IDS.findall(page)
+    notice = re.search(r'<p class="notice pending-also" role="status">(.*?)</p>', page, re.S)
+    assert notice is not None, page
+    assert "1" in notice.group(1)
+    link = re.search(r'href="([^"]+)"', notice.group(1))
+    assert link is not None
+    pending = (await browser.get(html.unescape(link.group(1)))).text
+    assert _FLAG_IDS.findall(pending) == [str(flag_id)]
+    select = page[page.index('<select name="status">') :]
+    assert re.match(r'<select name="status"><option value="">[^<]*(待定|pending)', select), select[:200]
+    # a status asked for, or the pending queue itself: nothing more to say
+    for path, params in (
+        ("/console/flags", {"kind": "DIVERSION", "status": "open"}),
+        ("/console/flags/pending", {}),
+    ):
+        assert "pending-also" not in (await browser.get(path, params=params)).text
