@@ -679,3 +679,32 @@ async def test_a_skip_link_leads_to_the_content_and_counts_are_named_by_kind_and
     await expect(
         page.locator("table.counts").get_by_role("link", name=re.compile(r"^Out of region, open: \d+$"))
     ).to_have_count(1)
+
+
+async def test_a_flag_and_the_queue_read_at_phone_width(admin: Api, page: object) -> None:
+    """At 375 px a flag's evidence stood in a column one character wide beside its long
+    names, pushed off the screen, and the queue and its status pills (待/处/理) broke the
+    page's width (a walkthrough). Now each name stands above its value, and a wide table
+    scrolls inside itself."""
+    from playwright.async_api import Page
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    await _sign_in(page, w["inv"].key)
+    await page.set_viewport_size({"width": 375, "height": 812})
+    await page.goto(f"/console/flags/{w['open_flags'][0]}")
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    widths = await page.locator("dl.facts > dd").evaluate_all(
+        "dds => dds.map(d => d.getBoundingClientRect().width)"
+    )
+    assert widths
+    assert min(widths) > 250, widths  # the screen's width, less the margins
+    await page.screenshot(path=str(SHOTS / "console-flag-phone.png"), full_page=True)
+    await page.goto("/console/flags")
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    pills = await page.locator("table.flags span.status").evaluate_all(
+        "spans => spans.map(s => s.getClientRects().length)"
+    )
+    assert pills
+    assert set(pills) == {1}, pills  # each on one line
+    await page.screenshot(path=str(SHOTS / "console-flags-phone.png"), full_page=True)
