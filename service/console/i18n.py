@@ -36,6 +36,7 @@ ZH: Mapping[str, str] = {
     "signin.needed": "请先登录；登录后回到刚才的页面。",
     "signin.unsaved": "您刚才提交的更改未保存：提交时会话已结束。请重新登录，然后再提交一次。",
     "signin.unsaved_after": "登录前提交的更改未保存，请在此页重新提交。",
+    "flags.draft_restored": "已恢复您未保存的状态与备注：请核对后保存。",
     "code.title": "追溯码查询",
     "code.query": "追溯码（CN20、GS1 或 SSCC，可直接粘贴扫码内容）",
     "code.search": "查询",
@@ -327,6 +328,7 @@ EN: Mapping[str, str] = {
         "submit it once more."
     ),
     "signin.unsaved_after": "The change you submitted before signing in was not saved; submit it again here.",
+    "flags.draft_restored": "The status and note not saved are filled in again: check them, then save.",
     "code.title": "Find a code",
     "code.query": "Code (CN20, GS1 or SSCC; paste a scan as it is)",
     "code.search": "Search",

@@ -708,3 +708,40 @@ async def test_a_flag_and_the_queue_read_at_phone_width(admin: Api, page: object
     assert pills
     assert set(pills) == {1}, pills  # each on one line
     await page.screenshot(path=str(SHOTS / "console-flags-phone.png"), full_page=True)
+
+
+async def test_a_change_sent_after_the_session_ended_is_filled_in_again_after_signing_in(
+    admin: Api, page: object
+) -> None:
+    """A status and note sent once the session had ended (the key revoked, or expired)
+    saved nothing, and signing in came back to the flag with its form empty: the typed
+    note was lost (a walkthrough). The page now fills them in again, says so, and saves
+    nothing until sent again."""
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    await _sign_in(page, made["secret"])
+    flag_id = w["open_flags"][0]
+    await page.goto(f"/console/flags/{flag_id}")
+    await page.get_by_label("状态").select_option("confirmed")
+    note = "药房承认转售，已取证 <见附件>"
+    await page.get_by_label("备注").fill(note)
+    await admin.ok("DELETE", f"/v1/keys/{made['key_id']}")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page).to_have_url(f"/console/signin?next=%2Fconsole%2Fflags%2F{flag_id}")
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page).to_have_url(f"/console/flags/{flag_id}")
+    await expect(page.locator("p.draft-restored")).to_be_visible()
+    await expect(page.get_by_label("备注")).to_have_value(note)
+    await expect(page.get_by_label("状态")).to_have_value("confirmed")
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "open"  # nothing saved yet
+    await page.get_by_role("button", name="保存").click()
+    await expect(page.locator("table.history")).to_contain_text(note)
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "confirmed"
+    # saved: the page opened again starts empty
+    await page.reload()
+    await expect(page.get_by_label("备注")).to_have_value("")
+    await expect(page.locator("p.draft-restored")).to_be_hidden()

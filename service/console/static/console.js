@@ -1,6 +1,24 @@
 // The console works without scripts; this only adds conveniences.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
+  // a flag's change as it was sent, kept in this tab until the flag's page is shown
+  // again: when the session had ended, nothing was saved and signing in comes back to an
+  // empty form (a typed note was lost: a walkthrough), so it is filled in again there
+  const change = document.querySelector("form[data-draft]");
+  if (change) {
+    const key = `unsaved:${change.getAttribute("action")}`;
+    const draft = JSON.parse(sessionStorage.getItem(key) || "null");
+    sessionStorage.removeItem(key);
+    if (draft && change.hasAttribute("data-unsent")) {
+      change.elements.status.value = draft.status;
+      change.elements.note.value = draft.note;
+      document.querySelector("p.draft-restored").hidden = false;
+    }
+    change.addEventListener("submit", () => {
+      const sent = { status: change.elements.status.value, note: change.elements.note.value };
+      sessionStorage.setItem(key, JSON.stringify(sent));
+    });
+  }
   // "select all" in the flag queue
   for (const all of document.querySelectorAll("input.select-all")) {
     all.addEventListener("change", () => {
