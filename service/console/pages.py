@@ -493,6 +493,11 @@ class ConsoleController(Controller):
             return page(request, "code.html", q=raw, found=None, invalid=True)
         found = await code_usecases.history_of(services.pool, parsed.canonical)
         if found is None:
+            # no record of the code, but flags may name it (a settlement of a code never
+            # commissioned: UNKNOWN_CODE): said, with links (it read as nothing at all: a
+            # walkthrough)
+            naming = await flag_usecases.counts(services.pool, flag_usecases.FlagQuery(code=parsed.canonical))
+            by_status = [(s, n) for c in naming.values() for s, n in c.items()]
             return page(
                 request,
                 "code.html",
@@ -500,6 +505,8 @@ class ConsoleController(Controller):
                 found=None,
                 invalid=False,
                 unknown=parsed.canonical,
+                unknown_flags=sum(n for s, n in by_status if s != "pending"),
+                unknown_pending=sum(n for s, n in by_status if s == "pending"),
                 read_as=read_as,
             )
         orgs = {

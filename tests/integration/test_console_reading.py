@@ -227,3 +227,32 @@ async def test_a_duplicates_page_links_the_earlier_sale_to_its_row_on_the_codes_
     assert "<dt>Earlier sales (events)</dt>" in page
     code_page = (await browser.get("/console/codes", params={"q": code})).text
     assert "document no. <bdi>RX-0001</bdi>" in code_page
+
+
+async def test_a_code_nothing_is_known_of_links_the_flags_that_name_it(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """A settlement of a code never commissioned raises UNKNOWN_CODE on it, yet the
+    code's page said only that nothing was known of it, with no way to its flag (a
+    walkthrough). It says flags name it, and links them."""
+    from tests.helpers import pack_claim
+
+    w = await world(admin)
+    unknown = cn20(w["unit"], 777)
+    refused = await w["insurer"].ok("POST", "/v1/settlements", pack_claim("S777", unknown, 0))
+    assert refused["decision"] == "rejected"
+    (flag,) = (await w["inv"].ok("GET", f"/v1/flags?code={unknown}&status=pending"))["items"]
+    await _sign_in(browser, w["inv"].key)
+    page = (await browser.get("/console/codes", params={"q": unknown})).text
+    assert "系统中没有此追溯码的任何记录" in page
+    said = re.search(r'<p class="unknown-flags">(.*?)</p>', page, re.S)
+    assert said is not None, page
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', said.group(1))
+    assert [text for _, text in links] == ["1 条待定预警"], links
+    listed = (await browser.get(html.unescape(links[0][0]))).text
+    assert f'name="flag_id" value="{flag["flag_id"]}"' in listed
+    # a code no flag names says nothing more
+    other = (await browser.get("/console/codes", params={"q": cn20(w["unit"], 778)})).text
+    assert "系统中没有此追溯码的任何记录" in other
+    assert "unknown-flags" not in other
