@@ -158,6 +158,16 @@ def anchored_rows(events: list[dict[str, Any]]) -> set[int]:
     return set(first.values())
 
 
+# refs a reader compares, in the order they are read (jsonb keeps an object's keys
+# shortest first: "balance_after" came before "balance_before", a walkthrough); the rest
+# after them, as stored
+_READ_IN_ORDER = (
+    "med_list_codg", "items", "interface", "fixmedins_bchno", "kind", "units",
+    "balance_before", "balance_after", "units_in", "units_out", "last_count", "last_count_at",
+)  # fmt: skip
+REF_ORDER = {key: i for i, key in enumerate(_READ_IN_ORDER)}
+
+
 def refs_shown(flag: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     """A flag's refs as its page lists them: (key, how, value), ``how`` one of
     ``events`` (a list of event ids, linked to the code's page when the flag's code is
@@ -167,7 +177,7 @@ def refs_shown(flag: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     if not isinstance(refs, Mapping):
         return [("", "text", refs)]
     out: list[tuple[str, str, Any]] = []
-    for key, value in refs.items():
+    for key, value in sorted(refs.items(), key=lambda ref: REF_ORDER.get(ref[0], len(REF_ORDER))):
         values = value if isinstance(value, list) else [value]
         if key in EVENT_REFS and isinstance(value, list):
             how = "events"

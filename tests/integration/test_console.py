@@ -163,6 +163,7 @@ async def test_code_page_from_a_raw_scan_shows_custody_and_escapes_names(
     assert CANONICAL in html
     assert "Cefixime 100mg x 6" in html
     assert "L9" in html
+    assert "<dt>码制</dt><dd>GS1 元素串</dd>" in html  # its form in words (it read "层级 gs1")
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; Pharmacy" in html
     assert EVIL not in html

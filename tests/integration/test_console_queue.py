@@ -131,6 +131,11 @@ async def test_a_stock_imbalance_flag_reads_and_links_to_its_catalogue_item(
     assert "<h1>预警 " + flag["flag_id"] + ": 进销存不平" in page.text
     assert item_link in page.text
     assert 'href="/console/orgs/P2#ledger-h"' in page.text
+    # its evidence reads in order, the record's kind in words (a walkthrough: the balance
+    # after came before the balance before, and the kind read "sale")
+    names = re.findall(r"<dt>([^<]+)</dt>", page.text[page.text.index('<dl class="refs">') :])
+    assert names.index("变动前结存") < names.index("变动后结存"), names
+    assert "<dd>销售</dd>" in page.text
     org = await browser.get("/console/orgs/P2")
     assert item_link in org.text  # its open flag
     assert f'<a href="/console/flags?med_list_codg={OTHER}&amp;org=P2">' in org.text  # its ledger row
