@@ -86,6 +86,9 @@ class Consumption:
     units: int
     reversed: bool = False
     reversed_by: UUID | None = None  # the return that gave the units back (None: a reversal)
+    # when it was recorded (stored: the transaction's time, as an event's ``received``);
+    # None: not known. Not part of what the take is.
+    recorded: datetime | None = field(default=None, compare=False)
 
     def describe(self, to: str | None = None) -> str:
         """The sale as a reason's detail names it; ``to`` an organisation (its own
@@ -353,9 +356,10 @@ def refold(
     or waits (:func:`returned_sale`, as the step-by-step matching; a refunded take, which
     it would also stop at, is not folded: such a pack keeps that matching). A sale takes
     a pack once: a dispense whose sale (its ``setl_id``) took the pack already takes
-    nothing again. At one instant they follow in the order they arrived (settlements'
-    takes first, those arriving now last; within one upload dispenses before returns, as
-    the incremental step takes them), and a return that found no sale undoes a sale of
+    nothing again. At one instant they follow in the order they arrived (a stored
+    settlement's take by when it was recorded, or first when that is not known; those
+    arriving now last; within one upload dispenses before returns, as the incremental
+    step takes them), and a return that found no sale undoes a sale of
     its instant that arrives after it. A whole-pack dispense that is a take's sale sent
     again in another format (:func:`sent_again`) takes nothing either. None when a
     settlement finds fewer units than it took (it was decided on other facts: the pack's
@@ -371,8 +375,11 @@ def refold(
     left_out = left_out_by_deletions([*dispenses, *returns])
     dispenses = [d for d in dispenses if d.event_id not in left_out]
     returns = [r for r in returns if r.event_id not in left_out]
+    # at one instant, a stored settlement's take goes where it arrived among the stored
+    # events (it went before them all: a return that arrived after a cash sale and then a
+    # paid settlement of its instant gave back the cash sale, found by a probe)
     arrived: list[tuple[datetime, int, datetime, int, int, Dispense | Consumption | Return]] = [
-        (s.at, 0, s.at, 0, 0, s) for s in settled
+        (s.at, 1, s.recorded, 0, 0, s) if s.recorded else (s.at, 0, s.at, 0, 0, s) for s in settled
     ]
     arrived += [(s.at, 2, s.at, 0, 0, s) for s in settling]
     for kind, events in ((0, dispenses), (1, returns)):

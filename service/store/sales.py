@@ -18,7 +18,7 @@ from service.store.conn import Conn, RetryTransaction, distributed
 
 _COLUMNS = (
     "code, sale_kind, sale_id, setl_id, event_id, org, at, units, reversed_at IS NOT NULL AS reversed,"
-    " reversed_by_event"
+    " reversed_by_event, created_at"
 )
 
 
@@ -33,6 +33,7 @@ def _consumption(row: asyncpg.Record) -> Consumption:
         units=row["units"],
         reversed=row["reversed"],
         reversed_by=row["reversed_by_event"],
+        recorded=row["created_at"],
     )
 
 

@@ -146,3 +146,27 @@ async def test_a_settlement_that_paid_nothing_for_the_pack_leaves_its_return_to_
         assert (item["units_left"], item["dispensable"]) == (24, True), (setl_id, item)
         again = await insurer.ok("POST", "/v1/settlements", pack_claim(f"{setl_id}-F", code, 30))
         assert (again["decision"], again["flags"]) == ("accepted", []), again
+
+
+async def test_a_return_at_the_instant_of_a_cash_sale_and_a_later_arriving_settlement_waits_for_the_refund(
+    admin: Api,
+) -> None:
+    """A cash sale of 5 units, then a paid split settlement of 9 from the same pack, then
+    a patient's return, all at one instant: at one instant sales follow in the order they
+    arrived, so the return's sale is the settlement's, and it waits for the refund. The
+    fold put a settlement's take before every dispense of its instant, so the return gave
+    back the cash sale: 15 units left instead of 10, 24 after the refund instead of 19,
+    and a whole-pack claim paid for units the cash patient kept (found by a probe)."""
+    w = await world(admin)
+    [u] = await received(w, "P1", [870])
+    p1, insurer = w["keys"]["P1"], w["insurer"]
+    assert (await p1.events(event("dispense", "P1", [u], 10, quantity=5)))["accepted"] == 1
+    paid = await insurer.ok("POST", "/v1/settlements", pack_claim("S-SI-870", u, 10, split_units=9))
+    assert paid["decision"] == "accepted", paid
+    out = await p1.events(event("return", "P1", [u], 10))
+    assert out["accepted"] == 1, out
+    assert (await _verify(w, u))["units_left"] == 10
+    await insurer.ok("POST", "/v1/settlements/S-SI-870/reversal", {})
+    assert (await _verify(w, u))["units_left"] == 19  # the refund gave the 9 back; the cash sale stands
+    again = await insurer.ok("POST", "/v1/settlements", pack_claim("S-SI-870-F", u, 30))
+    assert again["decision"] == "rejected", again
