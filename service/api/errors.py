@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
@@ -202,9 +202,26 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     return problem(400, detail, errors=errors, kind="invalid-input")
 
 
+# the status a request the client abandoned is counted under (nginx's "client closed
+# request"): it left while its body was being read, so nothing was stored and no one
+# reads the answer. It counted as a 500, which the alerts call a bug (found by a probe:
+# a keep-alive connection closed as the client reused it).
+CLIENT_GONE = 499
+_CLIENT_GONE = "the client closed the connection before its request was read: nothing was stored"
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Did the client close its connection while its body was being read (Litestar's
+    ``InternalServerException`` of a disconnect)?"""
+    return isinstance(exc, InternalServerException) and exc.detail == "client disconnected prematurely"
+
+
 def _from_http(exc: HTTPException) -> ProblemDetailsException:
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
+    if client_gone(exc):
+        log.info("client gone: %s", _CLIENT_GONE)
+        return problem(CLIENT_GONE, _CLIENT_GONE)
     status = exc.status_code
     if status == 500:  # e.g. Litestar's own ImproperlyConfiguredException: keep it inside
         log.error("internal error: %s", exc.detail)
@@ -222,9 +239,13 @@ RETRY_AFTER_SECONDS = 5
 
 
 def failure(request: Request[Any, Any, Any], exc: Exception) -> tuple[int, str, dict[str, str] | None]:
-    """An exception no handler expected, as its answer's status, detail and headers: 503
-    while the database is down (or the pool full), counted and logged once an outage;
-    otherwise 500, logged with its traceback and kept inside."""
+    """An exception no handler expected, as its answer's status, detail and headers: 499
+    when the client left while its body was read; 503 while the database is down (or the
+    pool full), counted and logged once an outage; otherwise 500, logged with its
+    traceback and kept inside."""
+    if client_gone(exc):
+        log.info("client gone on %s %s: %s", request.method, request.url.path, _CLIENT_GONE)
+        return CLIENT_GONE, _CLIENT_GONE, None
     if unavailable(exc):
         metrics.DB_UNAVAILABLE.labels(unavailable_cause(exc)).inc()
         request.app.state.db_outage.begin(exc)

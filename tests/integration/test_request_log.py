@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ PSN_NO = "450103199001011234"
 
 
 async def test_one_log_line_per_request_names_the_request_and_key_but_no_secret_or_person(
-    admin: Api, client: AsyncTestClient, caplog: pytest.LogCaptureFixture  # type: ignore[type-arg]
+    admin: Api,
+    client: AsyncTestClient,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[type-arg]
 ) -> None:
     w = await world(admin)
     insurer: Api = w["insurer"]
@@ -35,8 +38,12 @@ async def test_one_log_line_per_request_names_the_request_and_key_but_no_secret_
         "psn_no": PSN_NO,
         "at": "2026-03-05T10:00:00+08:00",
         "lines": [
-            {"line_no": 1, "med_list_codg": "XJ01CAA040A001010104256", "quantity": 24,
-             "codes": [cn20(w["unit"], 1)]}
+            {
+                "line_no": 1,
+                "med_list_codg": "XJ01CAA040A001010104256",
+                "quantity": 24,
+                "codes": [cn20(w["unit"], 1)],
+            }
         ],
     }
     headers = {**insurer.headers, "X-Request-ID": "pos-7.batch_42:1"}
@@ -49,7 +56,10 @@ async def test_one_log_line_per_request_names_the_request_and_key_but_no_secret_
     line = lines[0]
     assert line["event"] == "request"
     assert (line["request_id"], line["method"], line["route"], line["status"]) == (
-        "pos-7.batch_42:1", "POST", "/v1/settlements", 200
+        "pos-7.batch_42:1",
+        "POST",
+        "/v1/settlements",
+        200,
     )
     assert isinstance(line["duration_ms"], float | int)
     assert line["duration_ms"] >= 0
@@ -61,7 +71,9 @@ async def test_one_log_line_per_request_names_the_request_and_key_but_no_secret_
 
 
 async def test_the_request_id_is_in_problem_details_and_generated_when_not_sane(
-    admin: Api, client: AsyncTestClient, caplog: pytest.LogCaptureFixture  # type: ignore[type-arg]
+    admin: Api,
+    client: AsyncTestClient,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[type-arg]
 ) -> None:
     with caplog.at_level(logging.INFO, logger="tracecode.access"):
         given = await client.get("/v1/settlements/NOPE", headers={**admin.headers, "X-Request-ID": "r-1"})
@@ -75,8 +87,9 @@ async def test_the_request_id_is_in_problem_details_and_generated_when_not_sane(
     assert odd.json()["request_id"] == odd.headers["x-request-id"]
     assert unkeyed.status_code == 401
     assert unkeyed.json()["request_id"] == unkeyed.headers["x-request-id"]
-    logged: list[dict[str, Any]] = [json.loads(r.getMessage()) for r in caplog.records
-                                    if r.name == "tracecode.access"]
+    logged: list[dict[str, Any]] = [
+        json.loads(r.getMessage()) for r in caplog.records if r.name == "tracecode.access"
+    ]
     assert [(x["request_id"], x["status"], x["route"], x["key_id"]) for x in logged] == [
         ("r-1", 404, "/v1/settlements/{setl_id}", admin.key.partition(".")[0]),
         (odd.headers["x-request-id"], 404, None, None),
@@ -119,7 +132,9 @@ async def test_an_unknown_log_level_stops_serve_naming_the_variable(tmp_path: Pa
 
 
 async def test_a_console_page_is_logged_under_the_signed_in_key(
-    admin: Api, client: AsyncTestClient, caplog: pytest.LogCaptureFixture  # type: ignore[type-arg]
+    admin: Api,
+    client: AsyncTestClient,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[type-arg]
 ) -> None:
     """A console page's request is the signed-in key's, as an API request is its bearer's
     (found by a newcomer's walkthrough: console lines said null)."""
@@ -141,3 +156,36 @@ async def test_a_console_page_is_logged_under_the_signed_in_key(
     assert [line["route"] for line in lines] == ["/console/flags"], lines
     assert lines[0]["key_id"] == inv.key.partition(".")[0], lines
     assert inv.key not in caplog.text
+
+
+async def test_a_client_that_leaves_while_sending_its_body_is_no_server_error(tmp_path: Path) -> None:
+    """A client that closed its connection while sending its body was logged as an
+    internal error and counted as a 500, which the alerts call a bug (found by a probe: a
+    keep-alive connection closed as the client reused it). Nothing was stored and no one
+    reads the answer: it is counted and logged as 499, nginx's "client closed request"."""
+    from benchkit.localrun import create_admin_key
+
+    async with serving(tmp_path, log_level="info") as s:
+        key = await asyncio.to_thread(create_admin_key, s.env)
+        for path in ("/v1/settlements", "/v1/nhsa", "/epcis/capture"):
+            _, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n"
+                'Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{"setl_id": '.encode()
+            )
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}") as c:
+            for _ in range(50):  # each request's line is written as it ends
+                lines = [json.loads(x) for x in s.log.read_text().splitlines() if '"event":"request"' in x]
+                if len([x for x in lines if x["method"] == "POST"]) == 3:
+                    break
+                await asyncio.sleep(0.1)
+            metrics = (await c.get("/metrics")).text
+    posted = {x["route"]: x["status"] for x in lines if x["method"] == "POST"}
+    assert posted == {"/v1/settlements": 499, "/v1/nhsa": 499, "/epcis/capture": 499}, posted
+    assert 'status_code="500"' not in metrics
+    assert "internal error" not in s.log.read_text()
+    counted = re.findall(r'tracecode_requests_total\{([^}]*path="/v1/settlements"[^}]*)\} (\S+)', metrics)
+    assert [(labels, n) for labels, n in counted if 'status_code="499"' in labels and n == "1.0"], counted
