@@ -484,7 +484,12 @@ async def test_the_static_files_carry_the_pages_security_headers(browser: AsyncT
     or the Content-Security-Policy that its pages send."""
     page = await browser.get("/console/signin")
     linked = re.findall(r'(?:href|src)="(/console/static/[^"]+)"', page.text)
-    assert sorted(linked) == ["/console/static/console.css", "/console/static/console.js"]
+    # the icon too: without it every page logged a 404 for /favicon.ico (a walkthrough)
+    assert sorted(linked) == [
+        "/console/static/console.css",
+        "/console/static/console.js",
+        "/console/static/favicon.svg",
+    ]
     for path in linked:
         for method in ("GET", "HEAD"):
             answer = await browser.request(method, path)

@@ -78,7 +78,7 @@ async def test_a_tab_that_shows_a_stale_status_changes_nothing_and_says_who_did(
     assert "现为「已确认」" in said.group(1)  # what it is now
     assert _key_id(w["inv"]) in said.group(1)  # who
     assert '<span class="status status-confirmed">已确认</span>' in b.text  # the flag as it is
-    assert 'value="tab B: &lt;till&gt; error"' in b.text  # the note, to send again
+    assert '>tab B: &lt;till&gt; error</textarea>' in b.text  # the note, to send again
     assert _form(b.text, path)["expected_status"] == "confirmed"  # a new decision: on this
     stored = await w["inv"].ok("GET", f"/v1/flags/{flag_id}")
     assert stored["status"] == "confirmed"
@@ -241,7 +241,7 @@ async def test_a_page_opened_for_another_key_saves_nothing(
     )
     assert refused.status_code == 400, refused.text
     assert "此页面是为另一把密钥打开的" in refused.text
-    assert 'value="from tab 1"' in refused.text  # the note, to send again
+    assert '>from tab 1</textarea>' in refused.text  # the note, to send again
     bulk = await browser.post(
         "/console/flags/bulk",
         data={**_form(queue, "/console/flags/bulk"), "flag_id": str(flag_id), "note": "from tab 1"},
