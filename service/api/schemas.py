@@ -331,6 +331,8 @@ class LotOut(msgspec.Struct):
     by_custodian_and_state: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
     held_by_custodian: dict[str, int] = msgspec.field(default_factory=dict)  # neither sold out nor destroyed
     in_transit_to: dict[str, int] = msgspec.field(default_factory=dict)  # on their way, by destination
+    # ⚠ our addition: the expiry dates its codes carry (one, nearly always), earliest first
+    expiries: list[date] = msgspec.field(default_factory=list)
 
 
 class RecallOut(msgspec.Struct):

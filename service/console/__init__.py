@@ -44,6 +44,7 @@ from service.console.pages import (
     lot_url,
     org_url,
     page,
+    past_expiry,
     short_id,
     to_signin,
     when,
@@ -182,6 +183,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         undefined=StrictUndefined,
     )
     env.filters["when"] = when
+    env.tests["expired"] = past_expiry
     env.filters.update(text.FILTERS)
     env.globals["org_url"] = org_url
     env.globals["lot_url"] = lot_url

@@ -31,7 +31,7 @@ from service.console.timeline import layout
 from service.core.codes import ParsedCode, as_typed, is_product_id, strip_code, try_parse_code
 from service.core.events import bound_problem
 from service.core.flags import code_is_item, status_set_by
-from service.core.rules import CHINA
+from service.core.rules import CHINA, expired, local_date
 from service.usecases import codes as code_usecases
 from service.usecases import flags as flag_usecases
 from service.usecases import investigation
@@ -331,6 +331,12 @@ def _take_notice(request: Req) -> dict[str, Any] | None:
 def when(value: datetime | None) -> str:
     """A time in China time, to the minute."""
     return value.astimezone(CHINA).strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+def past_expiry(day: date | None) -> bool:
+    """Is a pack of this expiry date expired today, as verify judges it (a page said
+    nothing of it: a walkthrough)?"""
+    return expired(day, local_date(datetime.now(UTC)))
 
 
 def _console_page(value: object) -> str | None:

@@ -37,6 +37,11 @@ def local_date(moment: datetime) -> date:
     return moment.astimezone(CHINA).date()
 
 
+def expired(expiry: date | None, today: date) -> bool:
+    """Is a pack past its expiry date on ``today`` (China's day)? Its last day is its own."""
+    return expiry is not None and expiry < today
+
+
 @dataclass(frozen=True, slots=True)
 class Reason:
     code: str
@@ -108,7 +113,7 @@ def code_reasons(
         reasons.append(Reason(code, DESTROYED_REASON, "the pack was destroyed"))
     if state.recalled:
         reasons.append(Reason(code, RECALLED, f"lot {state.lot} is recalled"))
-    if state.expiry is not None and state.expiry < today:
+    if state.expiry is not None and expired(state.expiry, today):
         reasons.append(Reason(code, EXPIRED, f"expired on {state.expiry.isoformat()}"))
     if none_left(state.units_left):
         if sold:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from service.core.custody import CodeState
@@ -108,9 +108,9 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
                   recalled, custodian,
                   CASE WHEN state = 'in_transit' AND units_left IS DISTINCT FROM 0
                        THEN destination END AS bound_for,
-                  count(*) AS n, sum(units_left) AS units
+                  expiry, count(*) AS n, sum(units_left) AS units
            FROM codes WHERE product_id = $1 AND lot = $2
-           GROUP BY 1, 2, 3, 4""",
+           GROUP BY 1, 2, 3, 4, 5""",
         product_id,
         lot,
     )
@@ -121,8 +121,11 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
     in_transit_to: dict[str, int] = {}
     recalled_by_state: dict[str, int] = {}
     units = 0
+    expiries: set[date] = set()
     for r in rows:
         placed: str = r["placed"]
+        if r["expiry"] is not None:
+            expiries.add(r["expiry"])
         n: int = r["n"]
         shown = "recalled" if r["recalled"] and placed != "destroyed" else placed
         by_state[shown] = by_state.get(shown, 0) + n
@@ -153,6 +156,7 @@ async def lot_summary(conn: Conn, product_id: str, lot: str) -> dict[str, Any]:
         "held_by_custodian": held_by_custodian,
         "in_transit_to": in_transit_to,
         "recalled_by_state": recalled_by_state,
+        "expiries": sorted(expiries),
         "recalled": recall is not None,
         "recall": dict(recall) if recall else None,
     }

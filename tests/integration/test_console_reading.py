@@ -256,3 +256,32 @@ async def test_a_code_nothing_is_known_of_links_the_flags_that_name_it(
     other = (await browser.get("/console/codes", params={"q": cn20(w["unit"], 778)})).text
     assert "系统中没有此追溯码的任何记录" in other
     assert "unknown-flags" not in other
+
+
+async def test_an_expired_pack_and_its_lot_say_they_are_expired(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """Neither a pack's page nor its lot's marked it expired, and the lot's page did not
+    show its expiry at all (a walkthrough): both mark it as verify judges it, and the
+    lot's answer lists the expiry dates its codes carry (⚠ our addition)."""
+    w = await world(admin)
+    old, fresh = cn20(w["unit"], 880), cn20(w["unit"], 881)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [old], 0, lot="LX1", expiry="2025-01-31"),
+        event("commission", "M1", [fresh], 0, lot="LX2", expiry="2099-12-31"),
+    )
+    assert (await w["inv"].ok("GET", f"/v1/lots/{w['unit']}/LX1"))["expiries"] == ["2025-01-31"]
+    await _sign_in(browser, w["inv"].key)
+    for code, lot, expiry, is_expired in (
+        (old, "LX1", "2025-01-31", True),
+        (fresh, "LX2", "2099-12-31", False),
+    ):
+        page = (await browser.get("/console/codes", params={"q": code})).text
+        shown = re.search(r"<dt>有效期至</dt><dd>(.*?)</dd>", page, re.S)
+        assert shown is not None and expiry in shown.group(1), page
+        assert ("已过期" in shown.group(1)) is is_expired, shown.group(1)
+        lot_page = (await browser.get(f"/console/lots/{w['unit']}/{lot}")).text
+        shown = re.search(r"<dt>有效期至</dt><dd>(.*?)</dd>", lot_page, re.S)
+        assert shown is not None and expiry in shown.group(1), lot_page
+        assert ("已过期" in shown.group(1)) is is_expired, shown.group(1)
