@@ -279,9 +279,11 @@ async def test_an_expired_pack_and_its_lot_say_they_are_expired(
     ):
         page = (await browser.get("/console/codes", params={"q": code})).text
         shown = re.search(r"<dt>有效期至</dt><dd>(.*?)</dd>", page, re.S)
-        assert shown is not None and expiry in shown.group(1), page
+        assert shown is not None, page
+        assert expiry in shown.group(1), shown.group(1)
         assert ("已过期" in shown.group(1)) is is_expired, shown.group(1)
         lot_page = (await browser.get(f"/console/lots/{w['unit']}/{lot}")).text
         shown = re.search(r"<dt>有效期至</dt><dd>(.*?)</dd>", lot_page, re.S)
-        assert shown is not None and expiry in shown.group(1), lot_page
+        assert shown is not None, lot_page
+        assert expiry in shown.group(1), shown.group(1)
         assert ("已过期" in shown.group(1)) is is_expired, shown.group(1)
