@@ -624,6 +624,12 @@ async def test_org_page_flag_figures_agree_with_their_lists_and_the_chart_says_w
     assert row is not None
     assert row.groups() == ("1", "1")
     assert "结算（全额或部分支付）" in html
+    # the settlements by decision and the units, as GET /v1/orgs/P1/stats (a walkthrough
+    # found the page without them)
+    stats = await w["inv"].ok("GET", "/v1/orgs/P1/stats")
+    assert stats["settlements"] == {"accepted": 1, "rejected": 1}, stats
+    assert "<dt>医保结算单</dt><dd class=\"num\">全额支付 1、部分支付 0、拒付 1</dd>" in html, html
+    assert f"{stats['settled']} <span class=\"muted\">（{stats['settled_units']} 单位）</span>" in html
     assert "预警（不含待定与自动解除）" in html
 
 
