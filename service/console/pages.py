@@ -333,6 +333,9 @@ def when(value: datetime | None) -> str:
     return value.astimezone(CHINA).strftime("%Y-%m-%d %H:%M") if value else ""
 
 
+ORGS_LISTED = 50  # organisations an organisation search lists
+
+
 def past_expiry(day: date | None) -> bool:
     """Is a pack of this expiry date expired today, as verify judges it (a page said
     nothing of it: a walkthrough)?"""
@@ -951,8 +954,22 @@ class InvestigationController(Controller):
 
     @get("/orgs")
     async def org_by_query(self, request: Req) -> Template:
-        """The same page, for the ids a path cannot hold (see :func:`org_url`)."""
-        return await self._org_page(request, request.query_params.get("id", ""))
+        """The same page, for the ids a path cannot hold (see :func:`org_url`); without
+        an ``id``, the organisations found by ``q``: a part of an id or a name, an NHSA
+        institution code or a GLN (an organisation was reachable only through a code or
+        a flag, and the queue's filter took only an exact id: a walkthrough)."""
+        params = request.query_params
+        if "id" in params:
+            return await self._org_page(request, params.get("id", ""))
+        wanted = _text(params.get("q"), 200)
+        found = (
+            await registry_usecases.find_orgs(request.app.state.services.pool, wanted, ORGS_LISTED + 1)
+            if wanted
+            else []
+        )
+        return page(
+            request, "orgs.html", q=wanted or "", orgs=found[:ORGS_LISTED], more=len(found) > ORGS_LISTED
+        )
 
     async def _org_page(self, request: Req, org: str) -> Template:
         services = request.app.state.services

@@ -97,6 +97,13 @@ async def get_org(pool: asyncpg.Pool, org_id: str, *, fresh: bool = False) -> Or
         return await registry.get_org(conn, org_id, fresh=fresh)
 
 
+async def find_orgs(pool: asyncpg.Pool, text: str, limit: int) -> list[Org]:
+    """The organisations an investigator may mean by ``text``: a part of an id or name,
+    an NHSA institution code or a GLN."""
+    async with pool.acquire() as conn:
+        return await registry.find_orgs(conn, text, limit)
+
+
 async def get_orgs(pool: asyncpg.Pool, org_ids: list[str]) -> dict[str, Org]:
     """The registered organisations among ``org_ids``, by id (unknown ids are left out)."""
     async with pool.acquire() as conn:

@@ -287,3 +287,29 @@ async def test_an_expired_pack_and_its_lot_say_they_are_expired(
         assert shown is not None, lot_page
         assert expiry in shown.group(1), shown.group(1)
         assert ("已过期" in shown.group(1)) is is_expired, shown.group(1)
+
+
+async def test_an_organisation_is_found_by_part_of_its_name_and_from_a_refused_filter(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """An organisation was reachable only through a code or a flag, and the queue's
+    filter took only its exact id: typing its name gave "invalid filter" and no way on
+    (a walkthrough). /console/orgs finds it by a part of its name or id, any case, and a
+    refused organisation filter links there with what was typed."""
+    w = await world(admin)
+    await admin.ok("PATCH", "/v1/orgs/P1", {"fixmedins_code": "P45010300077"})
+    await _sign_in(browser, w["inv"].key)
+    for typed in ("p1 ltd", "P1", "P45010300077"):
+        page = (await browser.get("/console/orgs", params={"q": typed})).text
+        listed = re.findall(r'<td><a href="(/console/orgs/[^"]+)">', page)
+        assert "/console/orgs/P1" in listed, (typed, listed)
+    ltd = (await browser.get("/console/orgs", params={"q": "ltd"})).text
+    assert len(re.findall(r'<td><a href="/console/orgs/', ltd)) == 6  # the world's six
+    assert "没有符合的机构" in (await browser.get("/console/orgs", params={"q": "nobody"})).text
+    assert 'href="/console/orgs"' in ltd  # the menu's entry
+    queue = await browser.get("/console/flags", params={"org": "P1 Ltd"})
+    assert queue.status_code == 400
+    found = re.search(r'<a href="(/console/orgs\?q=[^"]+)">', queue.text)
+    assert found is not None, queue.text
+    assert html.unescape(found.group(1)) == "/console/orgs?q=P1+Ltd"
