@@ -120,7 +120,7 @@ def names_item(flag: Mapping[str, Any]) -> bool:
 
 # a flag's refs that name events (``core.flags``, ``core.settlement``, ``core.ledger``):
 # each links to its row on the code's page (:func:`event_url`); a return's is an event
-EVENT_REFS = frozenset({"events", "earlier_events", "returned_by"})
+EVENT_REFS = frozenset({"events", "earlier_events", "returned_by", "cleared_by"})
 # a flag's refs that name organisations: each links to its page
 ORG_REFS = frozenset({"holder", "last_shipped_to", "custodian", "orgs"})
 

@@ -184,6 +184,18 @@ async def test_code_page_from_a_raw_scan_shows_custody_and_escapes_names(
         assert f'href="/console/flags/{flag_id}"' in html
     assert "流向异常" in html
     assert "自动解除" in html
+    # the case it moved in links to the case's page (a walkthrough: it was bare text)
+    assert f'<a href="/console/codes?q={w["case"]}">' in html
+    # and the cleared flag's explaining event links to its row here (it was a bare id)
+    cleared = [
+        f
+        for f in (await w["inv"].ok("GET", f"/v1/flags?code={CANONICAL}"))["items"]
+        if f["status"] == "auto_cleared"
+    ]
+    assert cleared
+    flag_page = (await browser.get(f"/console/flags/{cleared[0]['flag_id']}")).text
+    (explained_by,) = cleared[0]["refs"]["cleared_by"]
+    assert f'#event-{explained_by}"' in flag_page, flag_page
     assert (await browser.get("/console/codes", params={"q": "not a code"})).status_code == 200
 
 
@@ -628,8 +640,8 @@ async def test_org_page_flag_figures_agree_with_their_lists_and_the_chart_says_w
     # found the page without them)
     stats = await w["inv"].ok("GET", "/v1/orgs/P1/stats")
     assert stats["settlements"] == {"accepted": 1, "rejected": 1}, stats
-    assert "<dt>医保结算单</dt><dd class=\"num\">全额支付 1、部分支付 0、拒付 1</dd>" in html, html
-    assert f"{stats['settled']} <span class=\"muted\">（{stats['settled_units']} 单位）</span>" in html
+    assert '<dt>医保结算单</dt><dd class="num">全额支付 1、部分支付 0、拒付 1</dd>' in html, html
+    assert f'{stats["settled"]} <span class="muted">（{stats["settled_units"]} 单位）</span>' in html
     assert "预警（不含待定与自动解除）" in html
 
 
