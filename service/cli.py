@@ -167,7 +167,7 @@ def _granian(host: str, port: int, workers: int, log_level: str) -> None:
     ).serve()
 
 
-async def _create_key(url: str, role: str, org: str | None) -> tuple[str, str]:
+async def _create_key(url: str, role: str, org: str | None, name: str | None = None) -> tuple[str, str]:
     import asyncpg
 
     from service.core.auth import Role, new_key, token_hash
@@ -180,7 +180,7 @@ async def _create_key(url: str, role: str, org: str | None) -> tuple[str, str]:
         if org is not None and await registry.get_org(conn, org) is None:
             raise SystemExit(f"unknown organisation {org}; register it first (POST /v1/orgs)")
         key_id, secret = new_key()
-        await registry.insert_key(conn, key_id, token_hash(secret), Role(role), org)
+        await registry.insert_key(conn, key_id, token_hash(secret), Role(role), org, name)
         return key_id, secret
     finally:
         await conn.close()
@@ -241,8 +241,11 @@ def cmd_key_list(settings: Settings, args: argparse.Namespace) -> int:
     if not keys:
         print("no keys" if args.all else "no live keys (--all lists revoked ones too)")
         return 0
-    rows = [("KEY_ID", "ROLE", "ORG", "CREATED", "REVOKED")]
-    rows += [(k.key_id, k.role.value, k.org or "-", _when(k.created_at), _when(k.revoked_at)) for k in keys]
+    rows = [("KEY_ID", "ROLE", "ORG", "CREATED", "REVOKED", "NAME")]
+    rows += [
+        (k.key_id, k.role.value, k.org or "-", _when(k.created_at), _when(k.revoked_at), k.name or "-")
+        for k in keys
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -255,7 +258,11 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     settings = resolve_servers(settings, need_redis=False)
     assert settings.database_url
-    key_id, secret = asyncio.run(_create_key(settings.database_url, args.role, args.org))
+    name = args.name.strip() if args.name else None
+    if args.name is not None and not (name and len(name) <= 200):
+        print("--name: 1 to 200 characters", file=sys.stderr)
+        return 2
+    key_id, secret = asyncio.run(_create_key(settings.database_url, args.role, args.org, name))
     print(f"key {key_id} created (role {args.role}); the secret below is shown only once:")
     print(secret)
     return 0
@@ -300,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     create = key.add_parser("create", help="create a key; its secret is the last line printed")
     create.add_argument("--role", required=True, choices=["org", "insurer", "investigator", "admin"])
     create.add_argument("--org", default=None, help="the organisation of an org key")
+    create.add_argument(
+        "--name", default=None, help="who holds it (a person, a system): a flag's history names them"
+    )
     create.set_defaults(run=cmd_key_create)
     revoke = key.add_parser("revoke", help="revoke a key, or every live key of an organisation")
     revoke.add_argument("key_id", nargs="?", default=None)

@@ -74,6 +74,7 @@ class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
     org: OrgId | None = None
+    name: Text | None = None  # ⚠ our addition: who holds the key (a flag's history names them)
 
 
 # the query parameters of GET /v1/keys, as its handler names them
@@ -212,8 +213,8 @@ class RegistryController(Controller):
             raise bad_input("org", "an org key must name its organisation")
         if data.role is not Role.ORG and data.org is not None:
             raise bad_input("org", f"a {data.role.value} key is not bound to an organisation")
-        key_id, secret = await usecase.create_key(services.pool, data.role, data.org)
-        return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org)
+        key_id, secret = await usecase.create_key(services.pool, data.role, data.org, data.name)
+        return KeyOut(key_id=key_id, secret=secret, role=data.role.value, org=data.org, name=data.name)
 
     @get("/keys", responses=problems(*KEYED))
     async def list_keys(

@@ -93,6 +93,7 @@ class KeyOut(msgspec.Struct):
     secret: str
     role: str
     org: str | None
+    name: str | None = None  # ⚠ our addition: who holds it, as given
 
 
 class KeyRevoked(msgspec.Struct):
@@ -108,6 +109,7 @@ class KeyInfoOut(msgspec.Struct):
     org: str | None  # set for (and only for) an org key
     created_at: datetime
     revoked_at: datetime | None  # null while the key is live
+    name: str | None = None  # ⚠ our addition: who holds it, as given
 
 
 class KeyPage(msgspec.Struct):

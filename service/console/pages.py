@@ -725,6 +725,11 @@ class ConsoleController(Controller):
         status_code = 404 if found is None else 409 if expected else 400 if error else 200
         org = await registry_usecases.get_org(pool, found["org"]) if found and found["org"] else None
         grace = await _grace(request, found) if found and found["status"] == "pending" else None
+        set_by = status_set_by(found) if found and expected else None
+        # who moved it, named when their keys were given names (a bare key id said nothing:
+        # a walkthrough)
+        movers = [h["by_key"] for h in found["history"] if h.get("by_key")] if found else []
+        key_names = await registry_usecases.key_names(pool, movers + ([set_by["by_key"]] if set_by else []))
         return page(
             request,
             "flag.html",
@@ -735,7 +740,8 @@ class ConsoleController(Controller):
             settable=SETTABLE,
             error=error,
             stale=expected,
-            set_by=status_set_by(found) if found and expected else None,
+            set_by=set_by,
+            key_names=key_names,
             note=note if isinstance(note, str) and (error or expected) else "",
             org_name=org.name if org else None,  # as the code page shows it
             refs=refs_shown(found) if found else [],

@@ -21,6 +21,7 @@ class Principal:
     key_id: str
     role: Role
     org: str | None  # set for (and only for) the org role
+    name: str | None = None  # who holds the key, when it was given one
 
     def may_act_for(self, org: str) -> bool:
         """An org key acts only as its own organisation; admin acts as any."""
@@ -36,6 +37,7 @@ class KeyRecord:
     org: str | None
     created_at: datetime
     revoked_at: datetime | None  # None while the key is live
+    name: str | None = None  # who holds it
 
 
 def new_key() -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,9 +30,7 @@ _PRODUCT_COLUMNS = ", ".join((*PRODUCT_FIELDS, "person_limit_units", "person_lim
 
 
 def _org(row: asyncpg.Record) -> Org:
-    return Org(
-        row["id"], row["name"], row["kind"], row["region"], row["fixmedins_code"], tuple(row["glns"])
-    )
+    return Org(row["id"], row["name"], row["kind"], row["region"], row["fixmedins_code"], tuple(row["glns"]))
 
 
 def _product(row: asyncpg.Record) -> Product:
@@ -207,14 +206,26 @@ async def products_billed_as(conn: Conn, codgs: list[str]) -> dict[str, list[Pro
     return found
 
 
-async def insert_key(conn: Conn, key_id: str, secret_hash: bytes, role: Role, org: str | None) -> None:
+async def insert_key(
+    conn: Conn, key_id: str, secret_hash: bytes, role: Role, org: str | None, name: str | None = None
+) -> None:
     await conn.execute(
-        "INSERT INTO api_keys (key_id, secret_hash, role, org) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO api_keys (key_id, secret_hash, role, org, name) VALUES ($1, $2, $3, $4, $5)",
         key_id,
         secret_hash,
         role.value,
         org,
+        name,
     )
+
+
+async def key_names(conn: Conn, key_ids: Sequence[str]) -> dict[str, str]:
+    """The names of the keys among ``key_ids`` that have one."""
+    rows = await conn.fetch(
+        "SELECT key_id, name FROM api_keys WHERE key_id = ANY($1::text[]) AND name IS NOT NULL",
+        sorted(set(key_ids)),
+    )
+    return {r["key_id"]: r["name"] for r in rows}
 
 
 KEY_REVOKED_CHANNEL = "tracecode_key_revoked"
@@ -277,20 +288,23 @@ async def list_keys(
     if after is not None:
         where.append(f"(created_at, key_id) < ({arg(after[0])}, {arg(after[1])})")
     rows = await conn.fetch(
-        f"""SELECT key_id, role, org, created_at, revoked_at FROM api_keys
+        f"""SELECT key_id, role, org, created_at, revoked_at, name FROM api_keys
             {"WHERE " + " AND ".join(where) if where else ""}
             ORDER BY created_at DESC, key_id DESC
             {f"LIMIT {arg(limit)}" if limit is not None else ""}""",  # noqa: S608 - fixed fragments only
         *args,
     )
-    return [KeyRecord(r["key_id"], Role(r["role"]), r["org"], r["created_at"], r["revoked_at"]) for r in rows]
+    return [
+        KeyRecord(r["key_id"], Role(r["role"]), r["org"], r["created_at"], r["revoked_at"], r["name"])
+        for r in rows
+    ]
 
 
 async def principal_for(conn: Conn, secret_hash: bytes) -> Principal | None:
     row = await conn.fetchrow(
-        "SELECT key_id, role, org FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+        "SELECT key_id, role, org, name FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
         secret_hash,
     )
     if row is None:
         return None
-    return Principal(key_id=row["key_id"], role=Role(row["role"]), org=row["org"])
+    return Principal(key_id=row["key_id"], role=Role(row["role"]), org=row["org"], name=row["name"])

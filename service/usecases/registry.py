@@ -133,15 +133,26 @@ async def register_product(pool: asyncpg.Pool, product: Product) -> Registered[P
     return _created_or_same(created, existing, product)
 
 
-async def create_key(pool: asyncpg.Pool, role: Role, org: str | None) -> tuple[str, str]:
-    """A new key for ``role`` (bound to ``org`` for an org key); returns (key id,
-    secret). Only its hash is stored. Raises Invalid (``org``) for an unknown org."""
+async def create_key(
+    pool: asyncpg.Pool, role: Role, org: str | None, name: str | None = None
+) -> tuple[str, str]:
+    """A new key for ``role`` (bound to ``org`` for an org key; ``name``: who holds it);
+    returns (key id, secret). Only its hash is stored. Raises Invalid (``org``) for an
+    unknown org."""
     key_id, secret = new_key()
     async with pool.acquire() as conn:
         if org is not None and await registry.get_org(conn, org) is None:
             raise Invalid("org", f"unknown organisation {org}")
-        await registry.insert_key(conn, key_id, token_hash(secret), role, org)
+        await registry.insert_key(conn, key_id, token_hash(secret), role, org, name)
     return key_id, secret
+
+
+async def key_names(pool: asyncpg.Pool, key_ids: list[str]) -> dict[str, str]:
+    """Who holds each of ``key_ids`` that was given a name."""
+    if not key_ids:
+        return {}
+    async with pool.acquire() as conn:
+        return await registry.key_names(conn, key_ids)
 
 
 async def revoke_key(pool: asyncpg.Pool, key_id: str) -> datetime | None:

@@ -76,13 +76,18 @@ def _first_run_and_restart(data_dir: Path) -> None:
     server = _serve(data_dir, port)
     try:
         made = subprocess.run(
-            [TRACECODE, "key", "create", "--role", "admin"],
+            [TRACECODE, "key", "create", "--role", "admin", "--name", "ops desk"],
             env=_env(data_dir),
             capture_output=True,
             text=True,
             check=True,
         )
         secret = made.stdout.strip().splitlines()[-1]
+        listed = subprocess.run(
+            [TRACECODE, "key", "list"], env=_env(data_dir), capture_output=True, text=True, check=True
+        )
+        assert listed.stdout.splitlines()[0].split()[-1] == "NAME", listed.stdout
+        assert listed.stdout.rstrip().endswith("ops desk"), listed.stdout  # who holds it
         headers = {"Authorization": f"Bearer {secret}"}
         org = {"id": "M1", "name": "Maker", "kind": "manufacturer", "region": "450100"}
         base = f"http://127.0.0.1:{port}"

@@ -313,3 +313,35 @@ async def test_an_organisation_is_found_by_part_of_its_name_and_from_a_refused_f
     found = re.search(r'<a href="(/console/orgs\?q=[^"]+)">', queue.text)
     assert found is not None, queue.text
     assert html.unescape(found.group(1)) == "/console/orgs?q=P1+Ltd"
+
+
+async def test_a_flag_history_and_the_header_name_who_holds_the_key(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """Who moved a flag read as a bare key id (k_9a20…), so "who has this flag" had no
+    answer (a walkthrough). A key made with a name (⚠ our addition) is named, with its
+    id beside it, in the flag's history, in a stale change's notice and in the header."""
+    w = await world(admin)
+    code = cn20(w["unit"], 890)
+    await w["keys"]["M1"].events(event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"))
+    await w["keys"]["P1"].events(event("receive", "P1", [code], 1))  # never shipped to it
+    (flag,) = (await w["inv"].ok("GET", f"/v1/flags?code={code}&status=pending"))["items"]
+    made = await admin.ok("POST", "/v1/keys", {"role": "investigator", "name": "王<调查员>"}, 201)
+    await _sign_in(browser, made["secret"])
+    page = (await browser.get(f"/console/flags/{flag['flag_id']}")).text
+    assert f'<span class="who">已登录：<bdi>王&lt;调查员&gt;</bdi> · <bdi>{made["key_id"]}</bdi>' in page, (
+        _who(page)
+    )
+    token = _TOKEN.search(page).group(1)  # type: ignore[union-attr]
+    moved = await browser.post(
+        f"/console/flags/{flag['flag_id']}",
+        data={"status": "investigating", "note": "called them", "_csrf_token": token},
+        follow_redirects=True,
+    )
+    row = re.search(r"<td><bdi>called them</bdi></td><td>(.*?)</td></tr>", moved.text, re.S)
+    assert row is not None, moved.text
+    assert (
+        row.group(1)
+        == f'<bdi>王&lt;调查员&gt;</bdi> <span class="muted">(<bdi>{made["key_id"]}</bdi>)</span>'
+    )

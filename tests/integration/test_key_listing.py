@@ -13,7 +13,7 @@ from tests.helpers import Api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-FIELDS = {"key_id", "role", "org", "created_at", "revoked_at"}
+FIELDS = {"key_id", "role", "org", "created_at", "revoked_at", "name"}
 CODE = "81234560000000000011"
 
 
@@ -159,3 +159,18 @@ async def test_revoking_an_organisations_keys_refuses_each_on_the_very_next_requ
     assert again == {"org": "P1", "revoked": []}
     assert (await admin.post("/v1/orgs/NOPE/keys/revoke", None)).status_code == 404
     assert (await admin.get("/v1/keys")).status_code == 200  # the admin's own key is no org's
+
+
+async def test_a_key_made_with_a_name_is_listed_with_it(admin: Api) -> None:
+    """⚠ Our addition: a key may carry who holds it (a flag's history and the console
+    name them; a bare key id said nothing: a walkthrough). 1 to 200 characters."""
+    made = await admin.ok("POST", "/v1/keys", {"role": "investigator", "name": "王调查员"}, 201)
+    assert made["name"] == "王调查员"
+    listed = {k["key_id"]: k for k in await _list(admin, role="investigator")}
+    assert listed[made["key_id"]]["name"] == "王调查员"
+    unnamed = await admin.ok("POST", "/v1/keys", {"role": "insurer"}, 201)
+    assert unnamed["name"] is None
+    for bad in ("", "x" * 201, 7):
+        resp = await admin.post("/v1/keys", {"role": "investigator", "name": bad})
+        assert resp.status_code == 400, (bad, resp.text)
+        assert [e["field"] for e in resp.json()["errors"]] == ["name"], resp.json()
