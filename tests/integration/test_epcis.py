@@ -1789,3 +1789,30 @@ async def test_a_settlement_type_with_its_scheme_and_host_in_capitals_is_read(ad
     assert [e.get("setl_id") for e in history["events"] if e["type"] == "dispense"] == ["S1"], history[
         "events"
     ]
+
+
+async def test_an_aggregation_with_a_custody_step_packs_or_unpacks_and_says_the_step_did_nothing(
+    admin: Api,
+) -> None:
+    """Found by a probe: an AggregationEvent DELETE with bizStep destroying unpacked its
+    children and said nothing, so a warehouse that "destroyed" a case so had its packs
+    still dispensable here, as an ADD shipping packed a case and shipped nothing. It
+    still packs or unpacks, and the job's ``warnings`` say the step moved nothing."""
+    keys = await _pharma_world(admin)
+    u1 = "urn:epc:id:sgtin:0614141.107346.1"
+    assert (await keys["M1"].post("/epcis/capture", _doc(_journey()[0][1]))).json()["success"]
+    packed = {**_ev("AggregationEvent", 1, M_LOC, action="ADD", parentID=SSCC_URN, bizStep="packing"),
+              "childEPCs": [u1]}  # fmt: skip
+    assert (await keys["M1"].ok("POST", "/epcis/capture", _doc(packed), 202))["warnings"] == []
+    gone = {
+        **_ev("AggregationEvent", 2, M_LOC, action="DELETE", parentID=SSCC_URN, bizStep="destroying"),
+        "disposition": "destroyed",
+        "childEPCs": [u1],
+    }
+    job = await keys["M1"].ok("POST", "/epcis/capture", _doc(gone), 202)
+    assert job["success"], job
+    assert [(w["eventIndex"], w["field"]) for w in job["warnings"]] == [(0, "bizStep")], job
+    assert "unpacked from the parent, and nothing more" in job["warnings"][0]["detail"], job
+    history = await keys["inv"].ok("GET", f"/v1/codes/{UNITS[0]}/history")
+    assert [e["type"] for e in history["events"]][-1] == "unpack", history
+    assert history["state"] != "destroyed", history

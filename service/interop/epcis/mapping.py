@@ -724,6 +724,20 @@ def _no_effect(record: Record) -> tuple[str, str] | None:
     )
 
 
+def _step_not_applied(record: Record, kind: str) -> tuple[str, str] | None:
+    """(field, message) for an AggregationEvent whose step moves custody on an
+    ObjectEvent: its children are packed or unpacked, the step does nothing more."""
+    if record.biz_step not in _CUSTODY_STEPS:
+        return None
+    done = "packed into" if kind == "pack" else "unpacked from"
+    return (
+        "bizStep",
+        f"{record.biz_step} on AggregationEvent {record.action}: its children were {done} the"
+        " parent, and nothing more (the step moves custody on an ObjectEvent naming the codes,"
+        " with the action the README's table names); send the step so under a new eventID",
+    )
+
+
 def _command(
     event: Mapping[str, Any],
     record: Record,
@@ -804,6 +818,10 @@ def _command(
         raws = _strings(event.get("childEPCs"))
         if unpacks_all(event) == parent:
             held = tuple(sorted(contents.get(parent, ())))
+        # it packs or unpacks; a step that moves custody (a DELETE destroying, an ADD
+        # shipping) does not move it here, and its sender is told so (found by a probe: the
+        # packs of a case "destroyed" so were only unpacked, dispensable, without a word)
+        warning = _step_not_applied(record, kind)
     if kind is None:
         return None, [], warning or _no_effect(record)
     # what each type needs is /v1/events' rule (core.events.shape_errors), named in EPCIS terms
@@ -821,7 +839,7 @@ def _command(
     if errors:
         name, message = errors[0]
         raise EventError(_FIELDS.get(name, name), message)
-    classes = _classes_only(event)
+    classes = _classes_only(event) or warning
     if not raws and not held:
         return None, [], classes
     codes, refused, labels = _codes(record.fact_id, raws, kind, extra) if raws else (held, [], ())
