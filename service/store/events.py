@@ -109,6 +109,20 @@ async def links(conn: Conn, codes: Iterable[str]) -> list[tuple[str, UUID, bool]
     return [(r["code"], r["event_id"], r["named"]) for r in rows]
 
 
+async def named_codes(conn: Conn, event_ids: Sequence[UUID]) -> dict[UUID, set[str]]:
+    """The codes each of ``event_ids`` named and took (not the container of a pack or
+    unpack). By the events' index on ``event_codes`` (on Citus, a read of every shard:
+    for the rare event sent through two formats under one id)."""
+    rows = await conn.fetch(
+        "SELECT event_id, code FROM event_codes WHERE event_id = ANY($1::uuid[]) AND role = 'c'",
+        list(event_ids),
+    )
+    named: dict[UUID, set[str]] = {}
+    for r in rows:
+        named.setdefault(r["event_id"], set()).add(r["code"])
+    return named
+
+
 async def named_since(conn: Conn, codes: Iterable[str], at: datetime) -> list[tuple[str, UUID]]:
     """(code, event id) of every event dated at or after ``at`` that named one of
     ``codes`` (as one of its codes, not as a container): by the links' key (code, at),

@@ -223,16 +223,20 @@ def _taken(prior: tuple[str, dict[str, Any]] | None, org: str, record: Record) -
     return stored_org != org or content(body) != content(record.body)
 
 
-def _same_fact(stored: asyncpg.Record | None, command: Incoming) -> bool:
+def _same_fact(stored: asyncpg.Record | None, took: set[str], command: Incoming) -> bool:
     """Is the fact stored under the command's id (None: none) the command's own? Sent
     once through /v1/events and once as EPCIS it is one fact; another event under its id
     is refused, as within EPCIS (the repository would have kept an event the custody
-    log does not hold: found by a probe). Compared by what both formats carry, the codes
-    by their number, and the settlement of a dispense that names one. Read before the
-    capture's transaction: a /v1/events upload of the same id committed in between is
-    not compared (README, EPCIS)."""
+    log does not hold: found by a probe). Compared by what both formats carry: the codes
+    by their number, and every code the stored fact took (``took``) among the command's
+    (one it refused may be left out: a second probe found a ship of one pack captured as
+    that of another, the repository listing the other as shipped); and the settlement of
+    a dispense that names one. Read before the capture's transaction: a /v1/events
+    upload of the same id committed in between is not compared (README, EPCIS)."""
     if stored is None:
         return True
+    if not took <= set(command.codes):
+        return False
     if command.setl_id is not None and command.setl_id != stored["setl_id"]:
         return False  # another sale (an event naming no settlement says less, not otherwise)
     given = (
@@ -279,9 +283,13 @@ async def _store(
         elsewhere = await event_store.fields(
             conn, [m.command.event_id for _, m in indexed if m.command and m.record.event_id not in priors]
         )
+        took = await event_store.named_codes(conn, list(elsewhere)) if elsewhere else {}
     taken = {i for i, m in indexed if _taken(priors.get(m.record.event_id), org, m.record)}
     taken |= {
-        i for i, m in indexed if m.command and not _same_fact(elsewhere.get(m.command.event_id), m.command)
+        i
+        for i, m in indexed
+        if m.command
+        and not _same_fact(elsewhere.get(m.command.event_id), took.get(m.command.event_id, set()), m.command)
     }
     # an eventID given twice in the document: the first is the event, another with
     # other contents is refused (one with the same is the same fact)
