@@ -346,3 +346,29 @@ async def test_key_list_and_revoking_an_organisations_keys(admin: Api, db_url: s
         wrong = await _cli(tmp_path, db_url, "key", "revoke", *args)
         assert wrong.returncode == 2, args
     assert (await p2.get("/v1/codes/81234560000000000011/verify")).status_code == 200
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+async def test_serve_on_a_port_in_use_says_so_in_one_line_and_starts_nothing(
+    tmp_path: Path, server: str
+) -> None:
+    """Found by a newcomer's walkthrough: uvicorn printed "serving on" and then the bind
+    error (exit 3), Granian a 77-line traceback. One line names the port and how to
+    choose another, exit 1, before any embedded server starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [TRACECODE, "serve", "--port", str(port), "--server", server],
+            env=_env(tmp_path / "data"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    said = f"port {port} on 127.0.0.1 is in use (Address already in use)"
+    wanted = [f"{said}: choose another with --port or TRACE_PORT"]
+    assert done.stderr.strip().splitlines() == wanted, done.stderr
+    assert not (tmp_path / "data" / "postgres").exists()
