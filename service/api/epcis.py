@@ -140,6 +140,7 @@ ACTIONS = ("ADD", "OBSERVE", "DELETE")
 
 DATE_TIME = OpenAPIFormat.DATE_TIME
 PER_PAGE_DEFAULT = 30
+PER_PAGE_MAX = 1000  # a larger perPage is a page of this many
 
 # where each kind of document a capture takes holds its events
 _EVENT_LISTS: dict[str, tuple[str, ...]] = {
@@ -556,7 +557,9 @@ class EpcisController(Controller):
         match_epc: Annotated[str | None, QueryParameter(name="MATCH_epc")] = None,
         match_any_epc: Annotated[str | None, QueryParameter(name="MATCH_anyEPC")] = None,
         match_parent_id: Annotated[str | None, QueryParameter(name="MATCH_parentID")] = None,
-        per_page: Annotated[str | None, QueryParameter(name="perPage", description="1 to 1000 (30)")] = None,
+        per_page: Annotated[
+            str | None, QueryParameter(name="perPage", description="1 or more (30); pages hold at most 1000")
+        ] = None,
         next_page_token: Annotated[str | None, QueryParameter(name="nextPageToken")] = None,
     ) -> Response[EPCISQueryDocument]:
         """Events matching every parameter given (each list pipe-delimited, any of its
@@ -741,11 +744,15 @@ def _check_parameter_names(names: set[str]) -> None:
 
 
 def _per_page(raw: str | None) -> int:
+    """The page size asked for, at most 1,000: the binding's perPage is a maximum the
+    server need not reach, so a larger one is a page of 1,000, not an error (a probe)."""
     if raw is None:
         return PER_PAGE_DEFAULT
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):
-        raise epcis_problem(400, "QueryParameterException", "perPage: an integer from 1 to 1000")
-    return int(raw)
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) >= 1):
+        raise epcis_problem(
+            400, "QueryParameterException", "perPage: a positive integer (pages hold at most 1000)"
+        )
+    return min(int(raw), PER_PAGE_MAX)
 
 
 def _bound(name: str, raw: str | None) -> datetime | None:
