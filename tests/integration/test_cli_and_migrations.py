@@ -285,7 +285,7 @@ async def _cli(data_dir: Path, db_url: str, *args: str) -> subprocess.CompletedP
 def _listed(out: str) -> list[list[str]]:
     """The rows of ``key list``'s table under its header."""
     header, *rows = out.splitlines()
-    assert header.split() == ["KEY_ID", "ROLE", "ORG", "CREATED", "REVOKED"], out
+    assert header.split() == ["KEY_ID", "ROLE", "ORG", "CREATED", "REVOKED", "NAME"], out
     return [row.split() for row in rows]
 
 
