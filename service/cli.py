@@ -128,6 +128,7 @@ def _port_free(host: str, port: int) -> None:
     """SystemExit naming the port when another process listens there, before anything
     starts: uvicorn said so after "serving on" with exit 3, and Granian with a long
     traceback (found by a newcomer's walkthrough)."""
+    import errno
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -136,9 +137,10 @@ def _port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise SystemExit(
-                f"port {port} on {host} is in use ({exc.strerror}): choose another with --port or TRACE_PORT"
-            ) from None
+            # in use: said here; anything else (a host name, a privileged port) the server says
+            if exc.errno == errno.EADDRINUSE:
+                choose = "choose another with --port or TRACE_PORT"
+                raise SystemExit(f"port {port} on {host} is in use ({exc.strerror}): {choose}") from None
 
 
 def _uvicorn(host: str, port: int, workers: int, log_level: str) -> None:

@@ -18,7 +18,7 @@ from service.core.codes import LABEL_MISMATCH, label_disagrees
 from service.core.custody import CodeState, Suspicion, none_left
 from service.core.events import COMMISSION_CONFLICT, Incoming, Rejection
 from service.core.registry import Org, Product
-from service.core.rules import PRODUCT_MISMATCH, RECALLED, local_date
+from service.core.rules import PRODUCT_MISMATCH, RECALLED, expired, local_date
 from service.core.sales import Consumption, Dispense, Refold
 
 EVENT = "event"
@@ -245,7 +245,7 @@ def dispense_flags(
                     setl_id=event.setl_id,
                 )
             )
-        if state.expiry is not None and state.expiry < local_date(event.at):
+        if state.expiry is not None and expired(state.expiry, local_date(event.at)):
             flag("EXPIRED", code, f"expired on {state.expiry.isoformat()}")
         if recalled_when_sold(state, event.at, recalls):
             out.append(_recalled_flag(event, org.region, code, state))

@@ -121,13 +121,15 @@ async def get_orgs(conn: Conn, ids: list[str]) -> dict[str, Org]:
 
 async def find_orgs(conn: Conn, text: str, limit: int) -> list[Org]:
     """The organisations whose id or name holds ``text`` (any case), or whose NHSA
-    institution code or a GLN is it, by id; at most ``limit``. A scan of the registry,
+    institution code or a GLN is it; the one it names exactly first, then by id; at most
+    ``limit``. A scan of the registry,
     which holds thousands of rows, not millions."""
     rows = await conn.fetch(
         f"""SELECT {_ORG_COLUMNS} FROM orgs
             WHERE strpos(lower(id), lower($1)) > 0 OR strpos(lower(name), lower($1)) > 0
                OR fixmedins_code = $1 OR $1 = ANY(glns)
-            ORDER BY id LIMIT $2""",  # noqa: S608
+            ORDER BY lower(id) = lower($1) OR fixmedins_code = $1 OR $1 = ANY(glns) DESC, id
+            LIMIT $2""",  # noqa: S608
         text,
         limit,
     )

@@ -100,16 +100,21 @@ async def record(conn: Conn, consumptions: Sequence[Consumption]) -> None:
 
 
 def insert_sql(first: int) -> str:
-    """``INSERT INTO consumptions`` of the 8 arrays ``insert_arrays`` gives, as parameters
+    """``INSERT INTO consumptions`` of the 9 arrays ``insert_arrays`` gives, as parameters
     ``$first`` onwards, returning a row for each one written. A row whose sale already
     took that pack is left as it is and not returned: the callers count the rows. They
     read the packs' sales before deciding, so a missing row means the sale's take was
     stored since (a concurrent writer), or was given back and the writer did not read
-    that (a settlement's one-statement path): either way the request reads again."""
-    p = [f"${first + i}" for i in range(8)]
-    return f"""INSERT INTO consumptions (code, sale_kind, sale_id, setl_id, event_id, org, at, units)
-               SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
-                                    {p[4]}::uuid[], {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[])
+    that (a settlement's one-statement path): either way the request reads again. A take
+    written again (a refold restating it) keeps when it was first recorded (``recorded``:
+    the fold orders a settlement's takes by it; found in review), a new one is now."""
+    p = [f"${first + i}" for i in range(9)]
+    return f"""INSERT INTO consumptions
+                   (code, sale_kind, sale_id, setl_id, event_id, org, at, units, created_at)
+               SELECT code, sale_kind, sale_id, setl_id, event_id, org, at, units, coalesce(recorded, now())
+               FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::uuid[],
+                           {p[5]}::text[], {p[6]}::timestamptz[], {p[7]}::int4[], {p[8]}::timestamptz[])
+                    AS n(code, sale_kind, sale_id, setl_id, event_id, org, at, units, recorded)
                ON CONFLICT (code, sale_kind, sale_id) DO NOTHING
                RETURNING 1"""  # noqa: S608
 
@@ -124,6 +129,7 @@ def insert_arrays(consumptions: Sequence[Consumption]) -> list[list[Any]]:
         [c.org for c in consumptions],
         [c.at for c in consumptions],
         [c.units for c in consumptions],
+        [c.recorded for c in consumptions],
     ]
 
 

@@ -745,3 +745,31 @@ async def test_a_change_sent_after_the_session_ended_is_filled_in_again_after_si
     await page.reload()
     await expect(page.get_by_label("备注")).to_have_value("")
     await expect(page.locator("p.draft-restored")).to_be_hidden()
+
+
+async def test_a_change_filled_in_again_is_refused_when_the_flag_moved_meanwhile(
+    admin: Api, page: object
+) -> None:
+    """The change filled in again after signing in is the change made against the status
+    the page showed then: when a colleague moved the flag meanwhile, saving it is refused
+    as stale and says who did (a review: it overwrote their change)."""
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    w = await journey(admin)
+    made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    await _sign_in(page, made["secret"])
+    flag_id = w["open_flags"][0]
+    await page.goto(f"/console/flags/{flag_id}")
+    await page.get_by_label("状态").select_option("dismissed")
+    await page.get_by_label("备注").fill("not a diversion")
+    await admin.ok("DELETE", f"/v1/keys/{made['key_id']}")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page).to_have_url(f"/console/signin?next=%2Fconsole%2Fflags%2F{flag_id}")
+    await w["inv"].ok("PATCH", f"/v1/flags/{flag_id}", {"status": "confirmed", "note": "resold"})
+    await page.get_by_label("API 密钥").fill(w["inv"].key)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page.get_by_label("备注")).to_have_value("not a diversion")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page.locator("p.stale")).to_be_visible()
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "confirmed"

@@ -170,3 +170,32 @@ async def test_a_return_at_the_instant_of_a_cash_sale_and_a_later_arriving_settl
     assert (await _verify(w, u))["units_left"] == 19  # the refund gave the 9 back; the cash sale stands
     again = await insurer.ok("POST", "/v1/settlements", pack_claim("S-SI-870-F", u, 30))
     assert again["decision"] == "rejected", again
+
+
+async def test_a_take_written_again_keeps_when_it_was_first_recorded(admin: Api, db: Any) -> None:
+    """The fold orders a stored settlement's take among the events of its instant by
+    when it was recorded; a take a refold writes again (its return changed) was given the
+    time of that refold, which put it after events that arrived after it (found in
+    review). Written again, a take keeps its time; a new one is recorded now."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from service.core.sales import SETTLEMENT, Consumption, Sale
+    from service.store import sales as sale_store
+
+    w = await world(admin)
+    [u] = await received(w, "P1", [871])
+    first = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    take = Consumption(u, Sale(SETTLEMENT, "S-REC-871"), "S-REC-871", None, "P1", first, 6, recorded=first)
+    await sale_store.record(db, [take])
+    await sale_store.record(
+        db, [replace(take, sale=Sale(SETTLEMENT, "S-REC-872"), setl_id="S-REC-872", recorded=None)]
+    )
+    stored = {
+        r["sale_id"]: r["created_at"]
+        for r in await db.fetch("SELECT sale_id, created_at FROM consumptions WHERE code = $1", u)
+    }
+    assert stored["S-REC-871"] == first
+    assert stored["S-REC-872"] > first  # now
+    [read] = [t for t in await sale_store.of_codes(db, [u], open_only=True) if t.sale.id == "S-REC-871"]
+    assert read.recorded == first

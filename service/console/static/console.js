@@ -9,13 +9,17 @@ document.addEventListener("DOMContentLoaded", () => {
     const key = `unsaved:${change.getAttribute("action")}`;
     const draft = JSON.parse(sessionStorage.getItem(key) || "null");
     sessionStorage.removeItem(key);
+    const expected = change.elements.expected_status;
     if (draft && change.hasAttribute("data-unsent")) {
       change.elements.status.value = draft.status;
       change.elements.note.value = draft.note;
+      // the status the change was made against: changed meanwhile, saving is refused as
+      // stale (409) and says who changed it, as for any page opened before (found in review)
+      expected.value = draft.expected;
       document.querySelector("p.draft-restored").hidden = false;
     }
     change.addEventListener("submit", () => {
-      const sent = { status: change.elements.status.value, note: change.elements.note.value };
+      const sent = { status: change.elements.status.value, note: change.elements.note.value, expected: expected.value };
       sessionStorage.setItem(key, JSON.stringify(sent));
     });
   }

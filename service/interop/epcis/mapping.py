@@ -709,32 +709,19 @@ def map_event(
     return Mapped(record, command, tuple(refused), warning)
 
 
-def _no_effect(record: Record) -> tuple[str, str] | None:
+def _no_effect(record: Record, done: str = "stored with no custody effect") -> tuple[str, str] | None:
     """(field, message) for an event whose step is one :func:`_command` moves custody by
     but that it maps to none (an AggregationEvent OBSERVE shipping, an ObjectEvent ADD
-    receiving, ...), or None: it is stored, and its sender told (found by a probe)."""
+    receiving, ...), or maps to a pack or unpack only (``done``: an AggregationEvent ADD
+    or DELETE), or None: it is stored, and its sender told (found by probes)."""
     if record.biz_step not in _CUSTODY_STEPS:
         return None
     sent = " ".join(filter(None, (record.type, record.action)))
     return (
         "bizStep",
-        f"{record.biz_step} on {sent}: stored with no custody effect (the step moves custody on an"
-        " ObjectEvent naming the codes, with the action the README's table names; an"
-        " AggregationEvent ADD or DELETE packs and unpacks); send it so under a new eventID",
-    )
-
-
-def _step_not_applied(record: Record, kind: str) -> tuple[str, str] | None:
-    """(field, message) for an AggregationEvent whose step moves custody on an
-    ObjectEvent: its children are packed or unpacked, the step does nothing more."""
-    if record.biz_step not in _CUSTODY_STEPS:
-        return None
-    done = "packed into" if kind == "pack" else "unpacked from"
-    return (
-        "bizStep",
-        f"{record.biz_step} on AggregationEvent {record.action}: its children were {done} the"
-        " parent, and nothing more (the step moves custody on an ObjectEvent naming the codes,"
-        " with the action the README's table names); send the step so under a new eventID",
+        f"{record.biz_step} on {sent}: {done} (the step moves custody on an ObjectEvent naming"
+        " the codes, with the action the README's table names; an AggregationEvent ADD or"
+        " DELETE packs and unpacks); send it so under a new eventID",
     )
 
 
@@ -821,7 +808,8 @@ def _command(
         # it packs or unpacks; a step that moves custody (a DELETE destroying, an ADD
         # shipping) does not move it here, and its sender is told so (found by a probe: the
         # packs of a case "destroyed" so were only unpacked, dispensable, without a word)
-        warning = _step_not_applied(record, kind)
+        done = "packed into" if kind == "pack" else "unpacked from"
+        warning = _no_effect(record, f"its children were {done} the parent, and nothing more")
     if kind is None:
         return None, [], warning or _no_effect(record)
     # what each type needs is /v1/events' rule (core.events.shape_errors), named in EPCIS terms
