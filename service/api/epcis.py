@@ -331,12 +331,24 @@ def check_epc_format(request: Request[Any, Any, Any]) -> None:
     )
 
 
+def check_accept(request: Request[Any, Any, Any]) -> None:
+    """An ``Accept`` that takes no JSON (``application/xml``: the binding's XML, which this
+    service does not speak) is a 406 NotAcceptableException, not an answer in JSON (a
+    probe); none, or one taking ``*/*``, is answered in JSON."""
+    asked = request.headers.get("accept", "").strip()
+    if asked and request.accept.best_match(list(_JSON)) is None:
+        raise epcis_problem(
+            406, "NotAcceptableException", f"Accept: {asked[:100]}; this service answers {' or '.join(_JSON)}"
+        )
+
+
 async def check_request(request: Request[Any, Any, Any]) -> None:
     """The app's checks of every request (a route's own ``before_request`` replaces the
     app's: without them a NUL in a query was a 500, found by scripts/fuzz.py), then the
-    binding's version headers, and a query's EPC format."""
+    binding's version headers, what the client accepts, and a query's EPC format."""
     await refuse_nul_and_bad_text(request)
     await check_versions(request)
+    check_accept(request)
     if request.method == "GET" and request.scope["path"].startswith("/epcis/events"):
         check_epc_format(request)  # (a capture job names no EPCs)
 

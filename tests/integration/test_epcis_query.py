@@ -310,3 +310,21 @@ async def test_the_bindings_resources_not_offered_are_501_in_its_shape(admin: Ap
         assert resp.headers["GS1-CBV-Version"] == "2.0.0", path
         if status == 405:
             assert "GET" in resp.headers["allow"], resp.headers
+
+
+async def test_an_accept_that_takes_no_json_is_not_acceptable(admin: Api) -> None:
+    """Found by a probe: ``Accept: application/xml`` (the binding's XML) was answered 200
+    in JSON. It is a 406 NotAcceptableException; an Accept that takes JSON, or anything,
+    is answered."""
+    inv = await admin.key_for("investigator")
+    for accept, status in (
+        ("application/xml", 406),
+        ("text/xml, application/xml;q=0.9", 406),
+        ("application/json", 200),
+        ("application/ld+json", 200),
+        ("text/html, application/xhtml+xml, */*;q=0.8", 200),
+    ):
+        resp = await inv.client.get("/epcis/events", headers={**inv.headers, "Accept": accept})
+        assert resp.status_code == status, (accept, resp.text)
+        if status == 406:
+            assert resp.json()["type"] == "epcisException:NotAcceptableException", resp.json()
