@@ -163,6 +163,7 @@ ZH: Mapping[str, str] = {
     "flags.filter": "筛选",
     "flags.any": "全部",
     "flags.any_status": "全部（待定除外）",
+    "flags.to_do": "待办（待处理与调查中）",
     "flags.pending_also": "另有 {0} 条待定预警符合这些条件（宽限期内，不在此队列）。",
     "flags.pending_also_link": "查看待定预警",
     "flags.counts": "按类型与状态统计",
@@ -494,6 +495,7 @@ EN: Mapping[str, str] = {
     "flags.filter": "Filter",
     "flags.any": "any",
     "flags.any_status": "any but pending",
+    "flags.to_do": "to do (open and investigating)",
     "flags.pending_also": (
         "Pending flags these filters also select (within their grace window, not in this queue): {0}."
     ),

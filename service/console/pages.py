@@ -334,6 +334,9 @@ def when(value: datetime | None) -> str:
 
 
 ORGS_LISTED = 50  # organisations an organisation search lists
+# the queue's choice of the flags still to work on, and what it selects
+TO_DO = "to_do"
+TO_DO_STATUSES = ("open", "investigating")
 
 
 def past_expiry(day: date | None) -> bool:
@@ -595,7 +598,7 @@ class ConsoleController(Controller):
         # at all (found by a walkthrough: no DIVERSION listed, 3 pending)
         pending_also = (
             sum(c.get("pending", 0) for c in counts.values())
-            if counts and not pending and not query.status
+            if counts and not pending and not query.status and not query.statuses
             else 0
         )
         pending_filters = {k: v for k, v in kept.items() if k != "status"}
@@ -631,6 +634,7 @@ class ConsoleController(Controller):
             pending_link=f"/console/flags/pending?{urlencode(pending_filters)}",
             kinds=KINDS,
             statuses=STATUSES,
+            to_do=TO_DO,
             settable=SETTABLE,
         )
 
@@ -1121,8 +1125,11 @@ async def _live(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str],
         return None
     code = flag.get("code", "")
     # would the page list the flag, or a row of it, with the entry's status?
-    listed = status == query.status if query.status is not None else status != "pending"
-    if await _listed(pool, replace(query, status=status), flag):
+    if query.status is not None:
+        listed = status == query.status
+    else:
+        listed = status in query.statuses if query.statuses else status != "pending"
+    if await _listed(pool, replace(query, status=status, statuses=None), flag):
         change = await flag_usecases.published_change(pool, code, flag_id, changed_at)
         if change is None and not listed:
             return None  # a new flag of a status the page does not list
@@ -1227,7 +1234,10 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
     if kind is not None and kind not in KINDS:
         bad.append("kind")
     status = "pending" if pending else _filter(params, "status", 64, bad)
-    if status is not None and status not in STATUSES:
+    statuses = None
+    if status == TO_DO:  # the work still to do: open and investigating (a walkthrough)
+        status, statuses = None, TO_DO_STATUSES
+    elif status is not None and status not in STATUSES:
         bad.append("status")
     region = _filter(params, "region", 6, bad)
     if region is not None and not (region.isascii() and region.isdigit()):
@@ -1249,4 +1259,4 @@ def _flag_query(params: Any, *, pending: bool) -> tuple[flag_usecases.FlagQuery,
     item = _filter(params, "med_list_codg", 64, bad)
     if item is not None and code is not None:
         bad.append("med_list_codg")  # one or the other, as the API
-    return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until, item), bad
+    return flag_usecases.FlagQuery(kind, status, org, region, canonical, since, until, item, statuses), bad

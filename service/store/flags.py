@@ -493,13 +493,14 @@ class FlagQuery:
     """What a flag search filters on; None: not filtered."""
 
     kind: str | None = None
-    status: str | None = None  # None: every status but pending
+    status: str | None = None  # None: every status but pending (or ``statuses``)
     org: str | None = None
     region: str | None = None  # a region-code prefix
     code: str | None = None  # canonical
     since: datetime | None = None  # activity time (``at``), inclusive
     until: datetime | None = None  # exclusive
     med_list_codg: str | None = None  # a catalogue item the flags name (``refs.items``)
+    statuses: tuple[str, ...] | None = None  # any of these (status None): a queue of work to do
 
 
 def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[str, list[Any]]:
@@ -511,7 +512,12 @@ def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[
     128), and each plans with the indexes that fit it (0009_search_indexes.sql).
     """
     args: list[Any] = []
-    where = [f"status = {_arg(args, query.status)}" if query.status is not None else "status <> 'pending'"]
+    if query.status is not None:
+        where = [f"status = {_arg(args, query.status)}"]
+    elif query.statuses:
+        where = [f"status = ANY({_arg(args, list(query.statuses))}::text[])"]
+    else:
+        where = ["status <> 'pending'"]
     where += _filters(query, args)
     if before_id is not None:
         where.append(f"flag_id < {_arg(args, before_id)}")

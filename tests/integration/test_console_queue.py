@@ -323,3 +323,25 @@ async def test_the_queue_says_how_many_pending_flags_its_filters_also_select(
         ("/console/flags/pending", {}),
     ):
         assert "pending-also" not in (await browser.get(path, params=params)).text
+
+
+async def test_the_queue_of_work_to_do_lists_open_and_investigating_flags_only(
+    admin: Api,
+    browser: AsyncTestClient,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    """Dismissed, confirmed and auto-cleared flags stayed in the queue among the ones to
+    work on, and a status filter takes one status (a walkthrough). "To do" lists the
+    open and investigating ones, newest first, across its pages."""
+    w = await world(admin)
+    flags = await _sold(w, 960, 4)  # four DUPLICATEs, open
+    inv = w["inv"]
+    await inv.ok("PATCH", f"/v1/flags/{flags[0]}", {"status": "investigating"})
+    await inv.ok("PATCH", f"/v1/flags/{flags[1]}", {"status": "dismissed", "note": "a test"})
+    await inv.ok("PATCH", f"/v1/flags/{flags[2]}", {"status": "confirmed", "note": "resold"})
+    await _sign_in(browser, inv.key)
+    code = cn20(w["unit"], 960)
+    page = (await browser.get("/console/flags", params={"status": "to_do", "code": code})).text
+    assert _FLAG_IDS.findall(page) == [str(flags[3]), str(flags[0])], page
+    assert '<option value="to_do" selected>' in page
+    everything = (await browser.get("/console/flags", params={"code": code})).text
+    assert sorted(_FLAG_IDS.findall(everything)) == sorted(map(str, flags))
