@@ -70,6 +70,23 @@ def _fields(page: str, action: str) -> dict[str, list[str]]:
     return fields
 
 
+async def pending_diversion(w: dict[str, Any], serial: int) -> tuple[str, str]:
+    """A pack of the world's product received by P1 and dispensed by D1, whose pack it is
+    not: the code, and its pending DIVERSION flag's id."""
+    from tests.helpers import cn20
+
+    code = cn20(w["unit"], serial)
+    await w["keys"]["M1"].events(
+        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
+        event("ship", "M1", [code], 1, to="P1"),
+    )
+    await w["keys"]["P1"].events(event("receive", "P1", [code], 2))
+    out = await w["keys"]["D1"].events(event("dispense", "D1", [code], 3))
+    (flag_id,) = [f["flag_id"] for f in out["flags"] if f["kind"] == "DIVERSION"]
+    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "pending"
+    return code, flag_id
+
+
 async def _confirmed(c: AsyncTestClient, asked: Any) -> Any:  # type: ignore[type-arg]
     """A bulk change of status of several flags answers a page that asks to confirm it:
     its form sent, as its button sends it."""
@@ -648,18 +665,10 @@ async def test_org_page_flag_figures_agree_with_their_lists_and_the_chart_says_w
 async def test_a_note_alone_keeps_a_pending_flags_status(admin: Api, browser: AsyncTestClient) -> None:  # type: ignore[type-arg]
     """The status list preselected "open" when the flag's status could not be set
     (pending, auto-cleared): a note alone silently reopened the flag (a probe)."""
-    from tests.helpers import cn20, world
+    from tests.helpers import world
 
     w = await world(admin)
-    code = cn20(w["unit"], 1)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [code], 1, to="P1"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", [code], 2))
-    out = await w["keys"]["D1"].events(event("dispense", "D1", [code], 3))  # not its pack
-    (flag_id,) = [f["flag_id"] for f in out["flags"] if f["kind"] == "DIVERSION"]
-    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "pending"
+    _, flag_id = await pending_diversion(w, 1)
     await _sign_in(browser, w["inv"].key)
     page = await browser.get(f"/console/flags/{flag_id}")
     select = re.search(r'<select id="status" name="status">(.*?)</select>', page.text, re.S)

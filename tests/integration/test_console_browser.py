@@ -710,6 +710,27 @@ async def test_a_flag_and_the_queue_read_at_phone_width(admin: Api, page: object
     await page.screenshot(path=str(SHOTS / "console-flags-phone.png"), full_page=True)
 
 
+async def _sent_after_the_session_ended(
+    admin: Api, page: Any, status: str, note: str
+) -> tuple[dict[str, Any], str]:
+    """The journey's first open flag, its change (``status``, ``note``) sent by an
+    investigator whose key was revoked meanwhile: the page is the sign-in page, to come
+    back to the flag. The world, and the flag's id."""
+    from playwright.async_api import expect
+
+    w = await journey(admin)
+    made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
+    await _sign_in(page, made["secret"])
+    flag_id = w["open_flags"][0]
+    await page.goto(f"/console/flags/{flag_id}")
+    await page.get_by_label("状态").select_option(status)
+    await page.get_by_label("备注").fill(note)
+    await admin.ok("DELETE", f"/v1/keys/{made['key_id']}")
+    await page.get_by_role("button", name="保存").click()
+    await expect(page).to_have_url(f"/console/signin?next=%2Fconsole%2Fflags%2F{flag_id}")
+    return w, flag_id
+
+
 async def test_a_change_sent_after_the_session_ended_is_filled_in_again_after_signing_in(
     admin: Api, page: object
 ) -> None:
@@ -720,17 +741,8 @@ async def test_a_change_sent_after_the_session_ended_is_filled_in_again_after_si
     from playwright.async_api import Page, expect
 
     assert isinstance(page, Page)
-    w = await journey(admin)
-    made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
-    await _sign_in(page, made["secret"])
-    flag_id = w["open_flags"][0]
-    await page.goto(f"/console/flags/{flag_id}")
-    await page.get_by_label("状态").select_option("confirmed")
     note = "药房承认转售，已取证 <见附件>"
-    await page.get_by_label("备注").fill(note)
-    await admin.ok("DELETE", f"/v1/keys/{made['key_id']}")
-    await page.get_by_role("button", name="保存").click()
-    await expect(page).to_have_url(f"/console/signin?next=%2Fconsole%2Fflags%2F{flag_id}")
+    w, flag_id = await _sent_after_the_session_ended(admin, page, "confirmed", note)
     await page.get_by_label("API 密钥").fill(w["inv"].key)
     await page.get_by_role("button", name="登录").click()
     await expect(page).to_have_url(f"/console/flags/{flag_id}")
@@ -756,16 +768,7 @@ async def test_a_change_filled_in_again_is_refused_when_the_flag_moved_meanwhile
     from playwright.async_api import Page, expect
 
     assert isinstance(page, Page)
-    w = await journey(admin)
-    made = await admin.ok("POST", "/v1/keys", {"role": "investigator"}, 201)
-    await _sign_in(page, made["secret"])
-    flag_id = w["open_flags"][0]
-    await page.goto(f"/console/flags/{flag_id}")
-    await page.get_by_label("状态").select_option("dismissed")
-    await page.get_by_label("备注").fill("not a diversion")
-    await admin.ok("DELETE", f"/v1/keys/{made['key_id']}")
-    await page.get_by_role("button", name="保存").click()
-    await expect(page).to_have_url(f"/console/signin?next=%2Fconsole%2Fflags%2F{flag_id}")
+    w, flag_id = await _sent_after_the_session_ended(admin, page, "dismissed", "not a diversion")
     await w["inv"].ok("PATCH", f"/v1/flags/{flag_id}", {"status": "confirmed", "note": "resold"})
     await page.get_by_label("API 密钥").fill(w["inv"].key)
     await page.get_by_role("button", name="登录").click()

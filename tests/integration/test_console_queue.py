@@ -11,7 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.helpers import Api, cn20, event, world
-from tests.integration.test_console import _confirmed, _sign_in, browser  # noqa: F401 - the fixture
+from tests.integration.test_console import _confirmed, _sign_in, browser, pending_diversion  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -296,15 +296,7 @@ async def test_the_queue_says_how_many_pending_flags_its_filters_also_select(
     and an investigator took it for none (found by a walkthrough). It now says how many
     pending flags the filters also select, and links to them."""
     w = await world(admin)
-    code = cn20(w["unit"], 950)
-    await w["keys"]["M1"].events(
-        event("commission", "M1", [code], 0, lot="L1", expiry="2030-12-31"),
-        event("ship", "M1", [code], 1, to="P1"),
-    )
-    await w["keys"]["P1"].events(event("receive", "P1", [code], 2))
-    out = await w["keys"]["D1"].events(event("dispense", "D1", [code], 3))  # not its pack
-    (flag_id,) = [f["flag_id"] for f in out["flags"] if f["kind"] == "DIVERSION"]
-    assert (await w["inv"].ok("GET", f"/v1/flags/{flag_id}"))["status"] == "pending"
+    code, flag_id = await pending_diversion(w, 950)
     await _sign_in(browser, w["inv"].key)
     page = (await browser.get("/console/flags", params={"kind": "DIVERSION", "code": code})).text
     assert not _FLAG_IDS.findall(page)
