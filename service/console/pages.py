@@ -1125,10 +1125,7 @@ async def _live(pool: Any, query: flag_usecases.FlagQuery, flag: dict[str, str],
         return None
     code = flag.get("code", "")
     # would the page list the flag, or a row of it, with the entry's status?
-    if query.status is not None:
-        listed = status == query.status
-    else:
-        listed = status in query.statuses if query.statuses else status != "pending"
+    listed = query.lists(status)
     if await _listed(pool, replace(query, status=status, statuses=None), flag):
         change = await flag_usecases.published_change(pool, code, flag_id, changed_at)
         if change is None and not listed:

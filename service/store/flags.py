@@ -502,6 +502,12 @@ class FlagQuery:
     med_list_codg: str | None = None  # a catalogue item the flags name (``refs.items``)
     statuses: tuple[str, ...] | None = None  # any of these (status None): a queue of work to do
 
+    def lists(self, status: str) -> bool:
+        """Does the search list flags of ``status``? (What :func:`search_sql` selects by.)"""
+        if self.status is not None:
+            return status == self.status
+        return status in self.statuses if self.statuses else status != "pending"
+
 
 def search_sql(query: FlagQuery, *, before_id: int | None, limit: int) -> tuple[str, list[Any]]:
     """The statement for one combination of filters, naming only the filters given.
